@@ -1,0 +1,727 @@
+//! Snapshot and delta archives: how world state travels between region servers.
+//!
+//! # Format (version 1)
+//! An archive is a hand-written frame around rkyv sections, so that the frame can be checked with
+//! plain bounds checks and every section starts 16-byte aligned (rkyv's checked access rejects
+//! unaligned input):
+//!
+//! ```text
+//! 0   magic "BTNA" | u16 format version | u8 kind | u8 reserved | u32 section count | u32 total length
+//! 16  16 reserved bytes (zero)
+//! 32  section table: per section { u32 offset, u32 length, u64 reserved }
+//!     sections, each at a 16-byte aligned offset:
+//!       section 0: the manifest (rkyv): tick, entity allocator, the archive's component table
+//!                  (name + schema per type), entity lists, tombstones, one descriptor per column
+//!       section i: column i-1 (rkyv `Vec<T::Archived>`), values in the descriptor's entity order
+//! ```
+//! All integers are little-endian. A receiver validates the frame, then every section with
+//! bytecheck, then maps every component name to its own registry (unknown name or different schema:
+//! error), and only then touches its world, so a bad archive never half-applies.
+//!
+//! # Snapshot chunks and deltas
+//! A snapshot is a series of chunks, each covering a contiguous range of entity ids; the ranges of
+//! one snapshot tile the whole id space, so applying a chunk makes that id range of the receiver
+//! equal to the source's at the time the chunk was encoded (entities missing from the chunk are
+//! despawned, components missing from an entity are removed). Chunks are encoded one at a time
+//! while the source keeps ticking ([`SnapshotWriter`]); what changes under a finished chunk is
+//! caught by the next delta, because the handoff creates its change tracker before the first
+//! chunk. A delta carries spawns, despawns, component removals and the full new value of every
+//! changed component; applying it twice is harmless.
+//!
+//! # What it does not do
+//! No compression, no transport, no authentication: archives travel only on authenticated
+//! region-to-region links. Player bytes never reach this decoder.
+
+pub mod column;
+
+use std::any::Any;
+
+use rkyv::rancor::BoxedError;
+use rkyv::util::AlignedVec;
+
+use crate::component::{ComponentId, Registry};
+use crate::world::{ChangeSet, EntityId, World};
+
+/// The archive format version this build writes and reads.
+pub const FORMAT_VERSION: u16 = 1;
+/// The first four bytes of every archive.
+pub const MAGIC: [u8; 4] = *b"BTNA";
+const HEADER_LEN: usize = 32;
+const SECTION_ENTRY_LEN: usize = 16;
+const ALIGN: usize = 16;
+
+/// Errors from encoding or decoding archives.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CodecError {
+    /// The input ends before the frame says it should.
+    #[error("archive truncated: {0}")]
+    Truncated(&'static str),
+    /// The input does not start with the archive magic.
+    #[error("not a baton archive (bad magic)")]
+    BadMagic,
+    /// The archive was written by an incompatible format version.
+    #[error("unsupported archive format version {found} (this build reads {FORMAT_VERSION})")]
+    UnsupportedVersion {
+        /// The version in the header.
+        found: u16,
+    },
+    /// The input is larger than the receiver accepts.
+    #[error("archive of {length} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Bytes received.
+        length: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The frame or a section is malformed (bad length, offset, kind, or failed validation).
+    #[error("invalid archive: {0}")]
+    Invalid(String),
+    /// The archive holds a component type the receiver does not have.
+    #[error("archive holds unknown component type {name:?}")]
+    UnknownComponent {
+        /// The name in the archive.
+        name: String,
+    },
+    /// Sender and receiver define a component type differently.
+    #[error("component type {name:?} has schema {remote:016x} in the archive but {local:016x} here")]
+    SchemaMismatch {
+        /// The component name.
+        name: String,
+        /// The receiver's schema fingerprint.
+        local: u64,
+        /// The archive's schema fingerprint.
+        remote: u64,
+    },
+    /// Encoding failed (a serializer error or an entity too large for a chunk).
+    #[error("encoding failed: {0}")]
+    Encode(String),
+}
+
+/// What an archive is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArchiveKind {
+    /// Chunk `index` of a snapshot; `last` marks the final chunk.
+    SnapshotChunk {
+        /// Position in the snapshot, from 0.
+        index: u32,
+        /// Whether this chunk ends the snapshot.
+        last: bool,
+    },
+    /// Part `part` of delta round `round`.
+    Delta {
+        /// The delta round, from 1.
+        round: u32,
+        /// Which part of the round (a large round is split), from 0.
+        part: u32,
+    },
+}
+
+/// Limits a receiver enforces before decoding anything.
+#[derive(Clone, Copy, Debug)]
+pub struct DecodeLimits {
+    /// Largest archive accepted, in bytes.
+    pub max_archive_bytes: usize,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits { max_archive_bytes: 64 * 1024 * 1024 }
+    }
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct Manifest {
+    kind: u8,
+    /// Snapshot chunk index, or delta round.
+    sequence: u32,
+    /// Delta part within its round (0 for snapshot chunks).
+    part: u32,
+    last: bool,
+    tick: u64,
+    next_entity: u64,
+    /// For snapshot chunks, the id range (inclusive) this chunk is authoritative for.
+    range_first: u64,
+    range_last: u64,
+    components: Vec<ComponentDecl>,
+    /// Snapshot chunk: every live entity in the range. Delta: spawned entities.
+    entities: Vec<u64>,
+    despawned: Vec<u64>,
+    /// (entity, index into `components`).
+    removed: Vec<(u64, u16)>,
+    columns: Vec<ColumnDesc>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct ComponentDecl {
+    name: String,
+    schema: u64,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct ColumnDesc {
+    /// Index into `components`.
+    component: u16,
+    entities: Vec<u64>,
+}
+
+const KIND_SNAPSHOT: u8 = 1;
+const KIND_DELTA: u8 = 2;
+
+/// Settings of snapshot chunking.
+#[derive(Clone, Copy, Debug)]
+pub struct ChunkConfig {
+    /// Chunks aim at this size; the number of entities per chunk adapts to it.
+    pub target_chunk_bytes: usize,
+    /// No chunk or delta part is larger than this (an entity that alone exceeds it is an error).
+    pub max_chunk_bytes: usize,
+}
+
+impl Default for ChunkConfig {
+    fn default() -> Self {
+        ChunkConfig { target_chunk_bytes: 256 * 1024, max_chunk_bytes: 1024 * 1024 }
+    }
+}
+
+/// Encodes a snapshot of a world chunk by chunk, so a large world is snapshotted in slices across
+/// ticks instead of stalling one tick (see the module documentation for why this is consistent).
+#[derive(Debug)]
+pub struct SnapshotWriter {
+    config: ChunkConfig,
+    next_from: EntityId,
+    index: u32,
+    entities_per_chunk: usize,
+    done: bool,
+}
+
+impl SnapshotWriter {
+    /// A writer starting at the lowest entity id.
+    #[must_use]
+    pub fn new(config: ChunkConfig) -> SnapshotWriter {
+        SnapshotWriter { config, next_from: EntityId(0), index: 0, entities_per_chunk: 512, done: false }
+    }
+
+    /// Whether the last chunk was produced.
+    #[must_use]
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Encodes the next chunk from the world as it is now, or `None` when the snapshot is complete.
+    pub fn next_chunk(&mut self, world: &World) -> Result<Option<AlignedVec>, CodecError> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut count = self.entities_per_chunk.max(1);
+        loop {
+            let entities: Vec<(EntityId, u128)> = world.entities_from(self.next_from).take(count + 1).collect();
+            let last = entities.len() <= count;
+            let taken = &entities[..entities.len().min(count)];
+            let range_last = if last { EntityId(u64::MAX) } else { taken[taken.len() - 1].0 };
+            let kind = ArchiveKind::SnapshotChunk { index: self.index, last };
+            let bytes = encode_snapshot_range(world, kind, self.next_from, range_last, taken)?;
+            if bytes.len() > self.config.max_chunk_bytes && taken.len() > 1 {
+                count = taken.len() / 2;
+                continue;
+            }
+            if bytes.len() > self.config.max_chunk_bytes {
+                return Err(CodecError::Encode(format!(
+                    "entity {} alone needs {} bytes, over the chunk limit of {}",
+                    taken[0].0,
+                    bytes.len(),
+                    self.config.max_chunk_bytes
+                )));
+            }
+            // Aim the next chunk at the target size from what this one weighed per entity.
+            if !taken.is_empty() {
+                let per_entity = (bytes.len() / taken.len()).max(1);
+                self.entities_per_chunk = (self.config.target_chunk_bytes / per_entity).clamp(1, 1 << 20);
+            }
+            self.index += 1;
+            if last {
+                self.done = true;
+            } else {
+                self.next_from = EntityId(range_last.0 + 1);
+            }
+            return Ok(Some(bytes));
+        }
+    }
+}
+
+/// Encodes a whole snapshot at once (tests, checkpoints, small worlds).
+pub fn encode_snapshot(world: &World, config: ChunkConfig) -> Result<Vec<AlignedVec>, CodecError> {
+    let mut writer = SnapshotWriter::new(config);
+    let mut chunks = Vec::new();
+    while let Some(chunk) = writer.next_chunk(world)? {
+        chunks.push(chunk);
+    }
+    Ok(chunks)
+}
+
+fn encode_snapshot_range(
+    world: &World,
+    kind: ArchiveKind,
+    first: EntityId,
+    last: EntityId,
+    entities: &[(EntityId, u128)],
+) -> Result<AlignedVec, CodecError> {
+    let registry = world.registry();
+    let mut columns: Vec<(ComponentId, Vec<EntityId>)> = Vec::new();
+    if let (Some(lowest), Some(highest)) = (entities.first(), entities.last()) {
+        for (id, _) in registry.infos() {
+            let holders = world.store(id).entities_in(lowest.0, highest.0);
+            if !holders.is_empty() {
+                columns.push((id, holders));
+            }
+        }
+    }
+    let listed: Vec<EntityId> = entities.iter().map(|(entity, _)| *entity).collect();
+    write_archive(world, kind, (first, last), &listed, &[], &[], &columns)
+}
+
+/// Encodes the changes in `changes` as one or more delta archives, each at most
+/// `config.max_chunk_bytes` (all records of one entity stay in one archive).
+pub fn encode_delta(
+    world: &World,
+    changes: &ChangeSet,
+    round: u32,
+    config: ChunkConfig,
+) -> Result<Vec<AlignedVec>, CodecError> {
+    let mut parts = Vec::new();
+    encode_delta_split(world, changes, round, config, &mut parts)?;
+    Ok(parts)
+}
+
+fn encode_delta_split(
+    world: &World,
+    changes: &ChangeSet,
+    round: u32,
+    config: ChunkConfig,
+    parts: &mut Vec<AlignedVec>,
+) -> Result<(), CodecError> {
+    let kind = ArchiveKind::Delta { round, part: parts.len() as u32 };
+    let mut columns: Vec<(ComponentId, Vec<EntityId>)> = Vec::new();
+    let mut sorted = changes.set.clone();
+    sorted.sort_unstable_by_key(|(entity, id)| (*id, *entity));
+    for (entity, id) in sorted {
+        match columns.last_mut() {
+            Some((current, holders)) if *current == id => holders.push(entity),
+            _ => columns.push((id, vec![entity])),
+        }
+    }
+    let bytes = write_archive(
+        world,
+        kind,
+        (EntityId(0), EntityId(0)),
+        &changes.spawned,
+        &changes.despawned,
+        &changes.removed,
+        &columns,
+    )?;
+    if bytes.len() <= config.max_chunk_bytes {
+        parts.push(bytes);
+        return Ok(());
+    }
+    let mut touched: Vec<EntityId> = changes
+        .spawned
+        .iter()
+        .chain(&changes.despawned)
+        .copied()
+        .chain(changes.set.iter().map(|(entity, _)| *entity))
+        .chain(changes.removed.iter().map(|(entity, _)| *entity))
+        .collect();
+    touched.sort_unstable();
+    touched.dedup();
+    if touched.len() < 2 {
+        return Err(CodecError::Encode(format!(
+            "changes of one entity need {} bytes, over the chunk limit of {}",
+            bytes.len(),
+            config.max_chunk_bytes
+        )));
+    }
+    let split = touched[touched.len() / 2];
+    let (low, high) = split_changes(changes, split);
+    encode_delta_split(world, &low, round, config, parts)?;
+    encode_delta_split(world, &high, round, config, parts)
+}
+
+fn split_changes(changes: &ChangeSet, split: EntityId) -> (ChangeSet, ChangeSet) {
+    let mut low = ChangeSet::default();
+    let mut high = ChangeSet::default();
+    for entity in &changes.spawned {
+        if *entity < split { &mut low } else { &mut high }.spawned.push(*entity);
+    }
+    for entity in &changes.despawned {
+        if *entity < split { &mut low } else { &mut high }.despawned.push(*entity);
+    }
+    for record in &changes.set {
+        if record.0 < split { &mut low } else { &mut high }.set.push(*record);
+    }
+    for record in &changes.removed {
+        if record.0 < split { &mut low } else { &mut high }.removed.push(*record);
+    }
+    (low, high)
+}
+
+fn write_archive(
+    world: &World,
+    kind: ArchiveKind,
+    range: (EntityId, EntityId),
+    entities: &[EntityId],
+    despawned: &[EntityId],
+    removed: &[(EntityId, ComponentId)],
+    columns: &[(ComponentId, Vec<EntityId>)],
+) -> Result<AlignedVec, CodecError> {
+    let registry = world.registry();
+    // The archive's own component table lists only the types it uses, by name.
+    let mut used: Vec<ComponentId> =
+        columns.iter().map(|(id, _)| *id).chain(removed.iter().map(|(_, id)| *id)).collect();
+    used.sort_unstable();
+    used.dedup();
+    let local_index = |id: ComponentId| used.binary_search(&id).unwrap_or(0) as u16;
+    let mut components = Vec::with_capacity(used.len());
+    for id in &used {
+        let Some(info) = registry.info(*id) else {
+            return Err(CodecError::Encode(format!("component id {} is not registered", id.0)));
+        };
+        components.push(ComponentDecl { name: info.name.to_owned(), schema: info.schema });
+    }
+    let (kind_byte, sequence, part, last) = match kind {
+        ArchiveKind::SnapshotChunk { index, last } => (KIND_SNAPSHOT, index, 0, last),
+        ArchiveKind::Delta { round, part } => (KIND_DELTA, round, part, false),
+    };
+    let manifest = Manifest {
+        kind: kind_byte,
+        sequence,
+        part,
+        last,
+        tick: world.tick(),
+        next_entity: world.next_entity_id(),
+        range_first: range.0.0,
+        range_last: range.1.0,
+        components,
+        entities: entities.iter().map(|entity| entity.0).collect(),
+        despawned: despawned.iter().map(|entity| entity.0).collect(),
+        removed: removed.iter().map(|(entity, id)| (entity.0, local_index(*id))).collect(),
+        columns: columns
+            .iter()
+            .map(|(id, holders)| ColumnDesc {
+                component: local_index(*id),
+                entities: holders.iter().map(|entity| entity.0).collect(),
+            })
+            .collect(),
+    };
+
+    let section_count = 1 + columns.len();
+    let table_end = HEADER_LEN + section_count * SECTION_ENTRY_LEN;
+    let mut buffer = AlignedVec::with_capacity(align_up(table_end) + 4096);
+    buffer.resize(align_up(table_end), 0);
+    let mut sections = Vec::with_capacity(section_count);
+
+    let start = buffer.len();
+    buffer = rkyv::api::high::to_bytes_in::<_, BoxedError>(&manifest, buffer)
+        .map_err(|error| CodecError::Encode(error.to_string()))?;
+    sections.push((start, buffer.len() - start));
+    for (id, holders) in columns {
+        pad_to_alignment(&mut buffer);
+        let start = buffer.len();
+        buffer = world.store(*id).encode_entities(holders, buffer)?;
+        sections.push((start, buffer.len() - start));
+    }
+
+    let total = buffer.len();
+    let total_u32 = u32::try_from(total)
+        .map_err(|_| CodecError::Encode(format!("archive of {total} bytes exceeds the 4 GiB format limit")))?;
+    buffer[0..4].copy_from_slice(&MAGIC);
+    buffer[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    buffer[6] = kind_byte;
+    buffer[8..12].copy_from_slice(&(section_count as u32).to_le_bytes());
+    buffer[12..16].copy_from_slice(&total_u32.to_le_bytes());
+    for (index, (offset, length)) in sections.iter().enumerate() {
+        let entry = HEADER_LEN + index * SECTION_ENTRY_LEN;
+        buffer[entry..entry + 4].copy_from_slice(&(*offset as u32).to_le_bytes());
+        buffer[entry + 4..entry + 8].copy_from_slice(&(*length as u32).to_le_bytes());
+    }
+    Ok(buffer)
+}
+
+fn align_up(value: usize) -> usize {
+    value.div_ceil(ALIGN) * ALIGN
+}
+
+fn pad_to_alignment(buffer: &mut AlignedVec) {
+    let padded = align_up(buffer.len());
+    buffer.resize(padded, 0);
+}
+
+/// An archive that passed every check and is ready to apply; holds decoded values.
+pub struct DecodedArchive {
+    /// What the archive is.
+    pub kind: ArchiveKind,
+    /// The source world's tick when the archive was encoded.
+    pub tick: u64,
+    /// The source world's entity allocator.
+    pub next_entity: u64,
+    /// Size of the archive in bytes.
+    pub byte_len: usize,
+    range: (EntityId, EntityId),
+    entities: Vec<EntityId>,
+    despawned: Vec<EntityId>,
+    removed: Vec<(EntityId, ComponentId)>,
+    columns: Vec<(ComponentId, Vec<EntityId>, Box<dyn Any>)>,
+}
+
+impl std::fmt::Debug for DecodedArchive {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("DecodedArchive")
+            .field("kind", &self.kind)
+            .field("tick", &self.tick)
+            .field("entities", &self.entities.len())
+            .field("columns", &self.columns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts of what applying an archive did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Component values written.
+    pub values: usize,
+    /// Entities despawned.
+    pub despawned: usize,
+    /// Components removed.
+    pub removed: usize,
+}
+
+/// Checks `bytes` completely and decodes it against `registry`. Never panics on any input.
+pub fn decode(registry: &Registry, bytes: &[u8], limits: DecodeLimits) -> Result<DecodedArchive, CodecError> {
+    if bytes.len() > limits.max_archive_bytes {
+        return Err(CodecError::TooLarge { length: bytes.len(), limit: limits.max_archive_bytes });
+    }
+    if bytes.len() < HEADER_LEN {
+        return Err(CodecError::Truncated("shorter than the header"));
+    }
+    if bytes[0..4] != MAGIC {
+        return Err(CodecError::BadMagic);
+    }
+    let version = read_u16(bytes, 4);
+    if version != FORMAT_VERSION {
+        return Err(CodecError::UnsupportedVersion { found: version });
+    }
+    let kind_byte = bytes[6];
+    if kind_byte != KIND_SNAPSHOT && kind_byte != KIND_DELTA {
+        return Err(CodecError::Invalid(format!("unknown archive kind {kind_byte}")));
+    }
+    let section_count = read_u32(bytes, 8) as usize;
+    let total = read_u32(bytes, 12) as usize;
+    if total != bytes.len() {
+        return if total > bytes.len() {
+            Err(CodecError::Truncated("shorter than its declared length"))
+        } else {
+            Err(CodecError::Invalid(format!("declared length {total} but {} bytes given", bytes.len())))
+        };
+    }
+    if section_count == 0 {
+        return Err(CodecError::Invalid("no manifest section".to_owned()));
+    }
+    let table_end = section_count
+        .checked_mul(SECTION_ENTRY_LEN)
+        .and_then(|table| table.checked_add(HEADER_LEN))
+        .filter(|end| *end <= bytes.len())
+        .ok_or(CodecError::Truncated("section table runs past the end"))?;
+    let mut sections = Vec::with_capacity(section_count);
+    for index in 0..section_count {
+        let entry = HEADER_LEN + index * SECTION_ENTRY_LEN;
+        let offset = read_u32(bytes, entry) as usize;
+        let length = read_u32(bytes, entry + 4) as usize;
+        if offset % ALIGN != 0 || offset < table_end || offset.saturating_add(length) > bytes.len() {
+            return Err(CodecError::Invalid(format!("section {index} at {offset}+{length} is out of bounds")));
+        }
+        sections.push(offset..offset + length);
+    }
+
+    // rkyv's checked access needs 16-byte aligned input; copy only when the caller's buffer is not.
+    let aligned_copy;
+    let bytes: &[u8] = if (bytes.as_ptr() as usize) % ALIGN == 0 {
+        bytes
+    } else {
+        let mut copy = AlignedVec::<ALIGN>::with_capacity(bytes.len());
+        copy.extend_from_slice(bytes);
+        aligned_copy = copy;
+        &aligned_copy
+    };
+
+    let manifest = rkyv::access::<ArchivedManifest, BoxedError>(&bytes[sections[0].clone()])
+        .map_err(|error| CodecError::Invalid(format!("manifest: {error}")))?;
+    if manifest.kind != kind_byte {
+        return Err(CodecError::Invalid("manifest kind differs from the header".to_owned()));
+    }
+    if manifest.columns.len() != section_count - 1 {
+        return Err(CodecError::Invalid(format!(
+            "{} columns described but {} column sections present",
+            manifest.columns.len(),
+            section_count - 1
+        )));
+    }
+
+    let mut local_ids = Vec::with_capacity(manifest.components.len());
+    for declared in manifest.components.iter() {
+        let name = declared.name.as_str();
+        let Some(id) = registry.id_by_name(name) else {
+            return Err(CodecError::UnknownComponent { name: name.to_owned() });
+        };
+        let Some(info) = registry.info(id) else {
+            return Err(CodecError::UnknownComponent { name: name.to_owned() });
+        };
+        let remote = declared.schema.to_native();
+        if info.schema != remote {
+            return Err(CodecError::SchemaMismatch { name: name.to_owned(), local: info.schema, remote });
+        }
+        if local_ids.contains(&id) {
+            return Err(CodecError::Invalid(format!("component {name:?} declared twice")));
+        }
+        local_ids.push(id);
+    }
+    let map_component = |index: u16| -> Result<ComponentId, CodecError> {
+        local_ids
+            .get(usize::from(index))
+            .copied()
+            .ok_or_else(|| CodecError::Invalid(format!("component index {index} is not declared")))
+    };
+
+    let mut columns = Vec::with_capacity(manifest.columns.len());
+    let mut column_components = Vec::with_capacity(manifest.columns.len());
+    for (position, column) in manifest.columns.iter().enumerate() {
+        let id = map_component(column.component.to_native())?;
+        if column_components.contains(&id) {
+            return Err(CodecError::Invalid("a component has two columns".to_owned()));
+        }
+        column_components.push(id);
+        let holders = strictly_increasing(column.entities.iter().map(|entity| entity.to_native()), "column")?;
+        let Some(info) = registry.info(id) else {
+            return Err(CodecError::Invalid(format!("component index {} is not declared", id.0)));
+        };
+        let values = (info.decode)(&bytes[sections[position + 1].clone()], holders.len())?;
+        columns.push((id, holders, values));
+    }
+    let mut removed = Vec::with_capacity(manifest.removed.len());
+    for record in manifest.removed.iter() {
+        removed.push((EntityId(record.0.to_native()), map_component(record.1.to_native())?));
+    }
+    let entities = strictly_increasing(manifest.entities.iter().map(|entity| entity.to_native()), "entity list")?;
+    let despawned: Vec<EntityId> = manifest.despawned.iter().map(|entity| EntityId(entity.to_native())).collect();
+    let range = (EntityId(manifest.range_first.to_native()), EntityId(manifest.range_last.to_native()));
+    let kind = if kind_byte == KIND_SNAPSHOT {
+        if range.0 > range.1 {
+            return Err(CodecError::Invalid("snapshot chunk range is reversed".to_owned()));
+        }
+        let outside = |entity: &EntityId| *entity < range.0 || *entity > range.1;
+        if entities.iter().any(outside) || columns.iter().any(|(_, holders, _)| holders.iter().any(outside)) {
+            return Err(CodecError::Invalid("snapshot chunk names an entity outside its range".to_owned()));
+        }
+        ArchiveKind::SnapshotChunk { index: manifest.sequence.to_native(), last: manifest.last }
+    } else {
+        ArchiveKind::Delta { round: manifest.sequence.to_native(), part: manifest.part.to_native() }
+    };
+    Ok(DecodedArchive {
+        kind,
+        tick: manifest.tick.to_native(),
+        next_entity: manifest.next_entity.to_native(),
+        byte_len: bytes.len(),
+        range,
+        entities,
+        despawned,
+        removed,
+        columns,
+    })
+}
+
+fn strictly_increasing(values: impl Iterator<Item = u64>, what: &str) -> Result<Vec<EntityId>, CodecError> {
+    let mut out: Vec<EntityId> = Vec::with_capacity(values.size_hint().0);
+    for value in values {
+        if out.last().is_some_and(|previous| previous.0 >= value) {
+            return Err(CodecError::Invalid(format!("{what} is not in strictly increasing entity order")));
+        }
+        out.push(EntityId(value));
+    }
+    Ok(out)
+}
+
+fn read_u16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([bytes[at], bytes[at + 1]])
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+impl DecodedArchive {
+    /// Applies the archive to `world` and sets the world's tick and entity allocator to the source's.
+    pub fn apply(self, world: &mut World) -> ApplyStats {
+        let mut stats = ApplyStats::default();
+        if let ArchiveKind::SnapshotChunk { .. } = self.kind {
+            // The chunk is authoritative for its id range: whatever the receiver has there that the
+            // chunk does not list is gone at the source.
+            let stale: Vec<EntityId> = world
+                .entities_from(self.range.0)
+                .take_while(|(entity, _)| *entity <= self.range.1)
+                .map(|(entity, _)| entity)
+                .filter(|entity| self.entities.binary_search(entity).is_err())
+                .collect();
+            for entity in stale {
+                world.despawn(entity);
+                stats.despawned += 1;
+            }
+        }
+        for entity in &self.despawned {
+            if world.despawn(*entity) {
+                stats.despawned += 1;
+            }
+        }
+        for entity in &self.entities {
+            world.spawn_with_id(*entity);
+        }
+        for (entity, id) in &self.removed {
+            if world.remove_erased(*entity, *id) {
+                stats.removed += 1;
+            }
+        }
+        let mut received_masks: Vec<u128> = Vec::new();
+        let is_snapshot = matches!(self.kind, ArchiveKind::SnapshotChunk { .. });
+        if is_snapshot {
+            received_masks = vec![0; self.entities.len()];
+        }
+        for (id, holders, values) in self.columns {
+            if is_snapshot {
+                for entity in &holders {
+                    if let Ok(position) = self.entities.binary_search(entity) {
+                        received_masks[position] |= 1u128 << id.0;
+                    }
+                }
+            }
+            stats.values += holders.len();
+            world.insert_decoded(id, &holders, values);
+        }
+        if is_snapshot {
+            // Components the receiver has on a listed entity but the chunk does not carry were
+            // removed at the source.
+            for (entity, received) in self.entities.iter().zip(received_masks) {
+                let extra = world.mask_of(*entity).unwrap_or(0) & !received;
+                for index in 0..128u16 {
+                    if extra & (1u128 << index) != 0 && world.remove_erased(*entity, ComponentId(index)) {
+                        stats.removed += 1;
+                    }
+                }
+            }
+        }
+        world.set_tick(self.tick);
+        world.raise_next_entity_id(self.next_entity);
+        stats
+    }
+}
+
+/// Decodes and applies one archive.
+pub fn apply(world: &mut World, bytes: &[u8], limits: DecodeLimits) -> Result<ApplyStats, CodecError> {
+    let decoded = decode(world.registry(), bytes, limits)?;
+    Ok(decoded.apply(world))
+}

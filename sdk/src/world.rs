@@ -1,0 +1,774 @@
+//! The world: entities, their components, change tracking and the world digest.
+//!
+//! # What it owns
+//! Every piece of a region's state that must move in a handoff lives here as a component on an
+//! entity. Engines (physics, scripts) keep caches outside the world, but their authoritative state
+//! is written back into components, so a snapshot of the world is a snapshot of the region.
+//!
+//! # Change tracking
+//! The world keeps a journal of changes. Each change is stamped with the world's current *change
+//! stamp*, a process-local counter that every reader of changes advances. A reader (a
+//! [`TrackerId`], or the digest) asks for "everything with a stamp above my boundary": the journal
+//! is ordered by stamp, so finding the start is a binary search and the cost is proportional to the
+//! changes, not to the world. A component value is journaled at most once per stamp, when it is
+//! first borrowed mutably ([`Mut`]), inserted or removed; despawns are journaled as tombstones.
+//! Entity ids are never reused, so a tombstone is never ambiguous.
+//!
+//! # Digest
+//! [`World::digest`] is a 128-bit hash of the whole world that is the same for equal worlds,
+//! whatever the insertion order or process: it is a sum (mod 2^128) of a hash per (entity,
+//! component, archived value) plus a hash per live entity, finished with the tick, the entity
+//! allocator and the registry's schema hash. The per-entry hashes are kept, so computing the digest
+//! again costs only what changed since the last time.
+//!
+//! # What it does not do
+//! No scheduling, no queries across several component types (iterate one and look up the others),
+//! no I/O. Iteration is always in entity-id order so that systems are deterministic in any process.
+
+use std::any::Any;
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use rkyv::util::AlignedVec;
+use xxhash_rust::xxh3::{Xxh3, xxh3_128};
+
+use crate::codec::CodecError;
+use crate::component::{Component, ComponentId, Registry};
+
+/// An entity: a stable id, unique within a region for the region's whole life (never reused).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug, PartialEq, Eq))]
+pub struct EntityId(pub u64);
+
+impl fmt::Display for EntityId {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "#{}", self.0)
+    }
+}
+
+/// A 128-bit digest of a whole world (see the module documentation).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WorldDigest(pub u128);
+
+impl fmt::Display for WorldDigest {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for WorldDigest {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "WorldDigest({self})")
+    }
+}
+
+/// Errors from changing a world.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WorldError {
+    /// The component type was not registered when the world was created.
+    #[error("component type {name} is not registered in this world")]
+    Unregistered {
+        /// The type's component name.
+        name: &'static str,
+    },
+    /// The entity does not exist (never spawned, or despawned).
+    #[error("entity {0} does not exist")]
+    NoSuchEntity(EntityId),
+}
+
+/// A reader of changes, created by [`World::create_tracker`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrackerId(usize);
+
+/// What changed in a world between two reads of a tracker.
+///
+/// Each (entity, component) appears at most once; the values are read from the world when
+/// encoding, so they are always the latest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangeSet {
+    /// Entities spawned in the range that are still alive.
+    pub spawned: Vec<EntityId>,
+    /// Components inserted or modified in the range, still present.
+    pub set: Vec<(EntityId, ComponentId)>,
+    /// Components removed in the range (and not re-inserted), from entities still alive.
+    pub removed: Vec<(EntityId, ComponentId)>,
+    /// Entities despawned in the range.
+    pub despawned: Vec<EntityId>,
+}
+
+impl ChangeSet {
+    /// Whether nothing changed.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.spawned.is_empty() && self.set.is_empty() && self.removed.is_empty() && self.despawned.is_empty()
+    }
+
+    /// Number of change records.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.spawned.len() + self.set.len() + self.removed.len() + self.despawned.len()
+    }
+}
+
+/// The region's world state.
+pub struct World {
+    registry: Arc<Registry>,
+    /// Live entities and a bit per component type they hold.
+    entities: BTreeMap<EntityId, u128>,
+    stores: Vec<Box<dyn ErasedStore>>,
+    next_entity: u64,
+    tick: u64,
+    journal: Journal,
+    trackers: Vec<Option<u64>>,
+    digest: DigestState,
+}
+
+struct DigestState {
+    /// Changes with a stamp above this are not folded into `component_sum` yet.
+    boundary: u64,
+    component_sum: u128,
+    entity_sum: u128,
+    scratch: AlignedVec,
+}
+
+impl World {
+    /// An empty world holding the component types of `registry`.
+    #[must_use]
+    pub fn new(registry: Registry) -> World {
+        let stores = registry.infos().map(|(_, info)| (info.new_store)()).collect();
+        World {
+            registry: Arc::new(registry),
+            entities: BTreeMap::new(),
+            stores,
+            next_entity: 1,
+            tick: 0,
+            journal: Journal { records: VecDeque::new(), stamp: 1 },
+            trackers: Vec::new(),
+            digest: DigestState { boundary: 0, component_sum: 0, entity_sum: 0, scratch: AlignedVec::new() },
+        }
+    }
+
+    /// The component types this world holds.
+    #[must_use]
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The simulation tick the world is at (the number of completed ticks).
+    #[must_use]
+    pub fn tick(&self) -> u64 {
+        self.tick
+    }
+
+    /// Sets the simulation tick. The tick loop and the codec call this; games should not.
+    pub fn set_tick(&mut self, tick: u64) {
+        self.tick = tick;
+    }
+
+    /// The id the next spawned entity will get.
+    #[must_use]
+    pub fn next_entity_id(&self) -> u64 {
+        self.next_entity
+    }
+
+    pub(crate) fn raise_next_entity_id(&mut self, at_least: u64) {
+        self.next_entity = self.next_entity.max(at_least);
+    }
+
+    /// Spawns an entity with no components.
+    pub fn spawn(&mut self) -> EntityId {
+        let entity = EntityId(self.next_entity);
+        self.next_entity += 1;
+        self.spawn_with_id(entity);
+        entity
+    }
+
+    /// Spawns `entity` if it is not alive; returns whether it was spawned. Used when applying
+    /// archives, where ids come from the source world.
+    pub(crate) fn spawn_with_id(&mut self, entity: EntityId) -> bool {
+        if self.entities.contains_key(&entity) {
+            return false;
+        }
+        self.entities.insert(entity, 0);
+        self.next_entity = self.next_entity.max(entity.0.saturating_add(1));
+        self.digest.entity_sum = self.digest.entity_sum.wrapping_add(entity_hash(entity));
+        self.journal.push(entity, ChangeKind::Spawned);
+        true
+    }
+
+    /// Despawns `entity` and all its components; returns whether it was alive.
+    pub fn despawn(&mut self, entity: EntityId) -> bool {
+        let Some(mask) = self.entities.remove(&entity) else {
+            return false;
+        };
+        for index in MaskBits(mask) {
+            if let Some(Some(folded)) = self.stores[index].remove(entity) {
+                self.digest.component_sum = self.digest.component_sum.wrapping_sub(folded);
+            }
+        }
+        self.digest.entity_sum = self.digest.entity_sum.wrapping_sub(entity_hash(entity));
+        self.journal.push(entity, ChangeKind::Despawned);
+        true
+    }
+
+    /// Whether `entity` is alive.
+    #[must_use]
+    pub fn is_alive(&self, entity: EntityId) -> bool {
+        self.entities.contains_key(&entity)
+    }
+
+    /// Number of live entities.
+    #[must_use]
+    pub fn entity_count(&self) -> usize {
+        self.entities.len()
+    }
+
+    /// Live entities in id order.
+    pub fn entities(&self) -> impl Iterator<Item = EntityId> + '_ {
+        self.entities.keys().copied()
+    }
+
+    /// Live entities with ids in `from..`, in id order.
+    pub(crate) fn entities_from(&self, from: EntityId) -> impl Iterator<Item = (EntityId, u128)> + '_ {
+        self.entities.range(from..).map(|(entity, mask)| (*entity, *mask))
+    }
+
+    /// The component mask of a live entity.
+    pub(crate) fn mask_of(&self, entity: EntityId) -> Option<u128> {
+        self.entities.get(&entity).copied()
+    }
+
+    /// Inserts or replaces component `T` on `entity`; returns the previous value.
+    pub fn insert<T: Component>(&mut self, entity: EntityId, value: T) -> Result<Option<T>, WorldError> {
+        let id = self.component_id::<T>()?;
+        let Some(mask) = self.entities.get_mut(&entity) else {
+            return Err(WorldError::NoSuchEntity(entity));
+        };
+        *mask |= 1u128 << id.0;
+        let stamp = self.journal.stamp;
+        let store = typed_store_mut::<T>(&mut self.stores, id);
+        let previous = store.entries.insert(entity, Entry { value, stamp, folded: None });
+        let previous = previous.map(|entry| {
+            if let Some(folded) = entry.folded {
+                self.digest.component_sum = self.digest.component_sum.wrapping_sub(folded);
+            }
+            entry.value
+        });
+        self.journal.push(entity, ChangeKind::Set(id));
+        Ok(previous)
+    }
+
+    /// Removes component `T` from `entity`; returns it.
+    pub fn remove<T: Component>(&mut self, entity: EntityId) -> Option<T> {
+        let id = self.registry.id_of::<T>()?;
+        let entry = typed_store_mut::<T>(&mut self.stores, id).entries.remove(&entity)?;
+        if let Some(mask) = self.entities.get_mut(&entity) {
+            *mask &= !(1u128 << id.0);
+        }
+        if let Some(folded) = entry.folded {
+            self.digest.component_sum = self.digest.component_sum.wrapping_sub(folded);
+        }
+        self.journal.push(entity, ChangeKind::Removed(id));
+        Some(entry.value)
+    }
+
+    /// Removes component `id` from `entity` without knowing its type.
+    pub(crate) fn remove_erased(&mut self, entity: EntityId, id: ComponentId) -> bool {
+        let Some(store) = self.stores.get_mut(usize::from(id.0)) else {
+            return false;
+        };
+        let Some(folded) = store.remove(entity) else {
+            return false;
+        };
+        if let Some(mask) = self.entities.get_mut(&entity) {
+            *mask &= !(1u128 << id.0);
+        }
+        if let Some(folded) = folded {
+            self.digest.component_sum = self.digest.component_sum.wrapping_sub(folded);
+        }
+        self.journal.push(entity, ChangeKind::Removed(id));
+        true
+    }
+
+    /// Component `T` of `entity`.
+    #[must_use]
+    pub fn get<T: Component>(&self, entity: EntityId) -> Option<&T> {
+        let id = self.registry.id_of::<T>()?;
+        typed_store::<T>(&self.stores, id).entries.get(&entity).map(|entry| &entry.value)
+    }
+
+    /// Whether `entity` has component `T`.
+    #[must_use]
+    pub fn has<T: Component>(&self, entity: EntityId) -> bool {
+        self.get::<T>(entity).is_some()
+    }
+
+    /// Component `T` of `entity`, for change. The change is recorded only if the guard is
+    /// dereferenced mutably, so read through it freely.
+    pub fn get_mut<T: Component>(&mut self, entity: EntityId) -> Option<Mut<'_, T>> {
+        let id = self.registry.id_of::<T>()?;
+        let store = typed_store_mut::<T>(&mut self.stores, id);
+        let entry = store.entries.get_mut(&entity)?;
+        Some(Mut { entry, journal: &mut self.journal, entity, component: id })
+    }
+
+    /// Every entity with component `T` and its value, in entity-id order.
+    pub fn iter<T: Component>(&self) -> impl Iterator<Item = (EntityId, &T)> + '_ {
+        let entries = self
+            .registry
+            .id_of::<T>()
+            .map(|id| typed_store::<T>(&self.stores, id).entries.iter())
+            .into_iter()
+            .flatten();
+        entries.map(|(entity, entry)| (*entity, &entry.value))
+    }
+
+    /// Calls `visit` with every entity holding `T` and a change guard for its value, in entity-id
+    /// order. Only values dereferenced mutably are recorded as changed.
+    pub fn for_each_mut<T: Component>(&mut self, mut visit: impl FnMut(EntityId, Mut<'_, T>)) {
+        let Some(id) = self.registry.id_of::<T>() else {
+            return;
+        };
+        let store = typed_store_mut::<T>(&mut self.stores, id);
+        for (entity, entry) in &mut store.entries {
+            visit(*entity, Mut { entry, journal: &mut self.journal, entity: *entity, component: id });
+        }
+    }
+
+    /// Number of entities holding `T`.
+    #[must_use]
+    pub fn count<T: Component>(&self) -> usize {
+        self.registry.id_of::<T>().map_or(0, |id| self.stores[usize::from(id.0)].len())
+    }
+
+    fn component_id<T: Component>(&self) -> Result<ComponentId, WorldError> {
+        self.registry.id_of::<T>().ok_or(WorldError::Unregistered { name: T::NAME })
+    }
+
+    pub(crate) fn store(&self, id: ComponentId) -> &dyn ErasedStore {
+        self.stores[usize::from(id.0)].as_ref()
+    }
+
+    /// Inserts already-decoded values of one component type (from an archive).
+    pub(crate) fn insert_decoded(&mut self, id: ComponentId, entities: &[EntityId], values: Box<dyn Any>) {
+        for entity in entities {
+            self.spawn_with_id(*entity);
+            if let Some(mask) = self.entities.get_mut(entity) {
+                *mask |= 1u128 << id.0;
+            }
+        }
+        let stamp = self.journal.stamp;
+        let replaced = self.stores[usize::from(id.0)].insert_decoded(entities, values, stamp);
+        for folded in replaced {
+            self.digest.component_sum = self.digest.component_sum.wrapping_sub(folded);
+        }
+        for entity in entities {
+            self.journal.push(*entity, ChangeKind::Set(id));
+        }
+    }
+
+    /// A new change reader that will see every change made from now on.
+    pub fn create_tracker(&mut self) -> TrackerId {
+        let boundary = self.journal.advance();
+        if let Some(index) = self.trackers.iter().position(Option::is_none) {
+            self.trackers[index] = Some(boundary);
+            return TrackerId(index);
+        }
+        self.trackers.push(Some(boundary));
+        TrackerId(self.trackers.len() - 1)
+    }
+
+    /// Stops tracking for `tracker`, so the journal no longer keeps changes for it.
+    pub fn drop_tracker(&mut self, tracker: TrackerId) {
+        if let Some(slot) = self.trackers.get_mut(tracker.0) {
+            *slot = None;
+        }
+        self.trim_journal();
+    }
+
+    /// Everything that changed since the last read of `tracker` (or its creation), and moves the
+    /// tracker to now. Cost is proportional to the number of changes.
+    ///
+    /// # Panics
+    /// If `tracker` was dropped or belongs to another world (a programming error).
+    pub fn changes(&mut self, tracker: TrackerId) -> ChangeSet {
+        #[allow(clippy::expect_used)]
+        let boundary = self.trackers.get(tracker.0).copied().flatten().expect("tracker is live in this world");
+        let changes = self.collect_changes(boundary);
+        self.trackers[tracker.0] = Some(self.journal.advance());
+        self.trim_journal();
+        changes
+    }
+
+    fn collect_changes(&self, boundary: u64) -> ChangeSet {
+        let mut seen = rustc_hash::FxHashSet::default();
+        let mut changes = ChangeSet::default();
+        for record in self.journal.since(boundary) {
+            match record.kind {
+                ChangeKind::Spawned => {
+                    if self.is_alive(record.entity) && seen.insert((record.entity, u16::MAX)) {
+                        changes.spawned.push(record.entity);
+                    }
+                }
+                ChangeKind::Despawned => {
+                    if !self.is_alive(record.entity) && seen.insert((record.entity, u16::MAX - 1)) {
+                        changes.despawned.push(record.entity);
+                    }
+                }
+                ChangeKind::Set(id) => {
+                    let store = &self.stores[usize::from(id.0)];
+                    if store.stamp_of(record.entity) == Some(record.stamp) && seen.insert((record.entity, id.0)) {
+                        changes.set.push((record.entity, id));
+                    }
+                }
+                ChangeKind::Removed(id) => {
+                    let store = &self.stores[usize::from(id.0)];
+                    if self.is_alive(record.entity)
+                        && !store.contains(record.entity)
+                        && seen.insert((record.entity, id.0))
+                    {
+                        changes.removed.push((record.entity, id));
+                    }
+                }
+            }
+        }
+        changes
+    }
+
+    /// The world digest, folding in only what changed since the last call.
+    pub fn digest(&mut self) -> WorldDigest {
+        self.fold_digest();
+        self.finish_digest(self.digest.component_sum, self.digest.entity_sum)
+    }
+
+    /// The world digest recomputed from scratch, ignoring every cached hash. Slow; for checks.
+    #[must_use]
+    pub fn digest_full(&self) -> WorldDigest {
+        let mut scratch = AlignedVec::new();
+        let mut component_sum: u128 = 0;
+        let mut entity_sum: u128 = 0;
+        for (entity, mask) in &self.entities {
+            entity_sum = entity_sum.wrapping_add(entity_hash(*entity));
+            for index in MaskBits(*mask) {
+                let (hash, returned) = self.stores[index].hash_entry(*entity, scratch);
+                scratch = returned;
+                component_sum = component_sum.wrapping_add(hash.unwrap_or(0));
+            }
+        }
+        self.finish_digest(component_sum, entity_sum)
+    }
+
+    fn finish_digest(&self, component_sum: u128, entity_sum: u128) -> WorldDigest {
+        let mut bytes = Vec::with_capacity(72);
+        bytes.extend_from_slice(&component_sum.to_le_bytes());
+        bytes.extend_from_slice(&entity_sum.to_le_bytes());
+        bytes.extend_from_slice(&(self.entities.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&self.tick.to_le_bytes());
+        bytes.extend_from_slice(&self.next_entity.to_le_bytes());
+        bytes.extend_from_slice(&self.registry.schema_hash().to_le_bytes());
+        WorldDigest(xxh3_128(&bytes))
+    }
+
+    fn fold_digest(&mut self) {
+        let boundary = self.digest.boundary;
+        if self.journal.stamp <= boundary {
+            return;
+        }
+        let mut scratch = std::mem::take(&mut self.digest.scratch);
+        let start = self.journal.first_after(boundary);
+        for position in start..self.journal.records.len() {
+            let record = self.journal.records[position];
+            let ChangeKind::Set(id) = record.kind else {
+                continue;
+            };
+            let store = &mut self.stores[usize::from(id.0)];
+            if store.stamp_of(record.entity) != Some(record.stamp) {
+                continue;
+            }
+            let (refolded, returned) = store.refold(record.entity, scratch);
+            scratch = returned;
+            if let Some((previous, next)) = refolded {
+                self.digest.component_sum = self.digest.component_sum.wrapping_sub(previous).wrapping_add(next);
+            }
+        }
+        self.digest.scratch = scratch;
+        self.digest.boundary = self.journal.advance();
+        self.trim_journal();
+    }
+
+    /// Number of change records kept (for observability and tests of journal trimming).
+    #[must_use]
+    pub fn journal_len(&self) -> usize {
+        self.journal.records.len()
+    }
+
+    /// Drops journal records no reader needs. Folding the digest first when the journal is long
+    /// keeps it from growing without bound when nobody reads changes.
+    fn trim_journal(&mut self) {
+        let oldest_needed = self.trackers.iter().flatten().copied().chain([self.digest.boundary]).min().unwrap_or(0);
+        let keep_from = self.journal.first_after(oldest_needed);
+        self.journal.records.drain(..keep_from);
+    }
+
+    /// Bounds the journal at the end of a tick: folds the digest when many records wait, which
+    /// frees them unless a tracker still needs them.
+    pub fn end_tick_housekeeping(&mut self) {
+        if self.journal.records.len() > 4096 && self.journal.since(self.digest.boundary).len() > 4096 {
+            self.fold_digest();
+        }
+    }
+}
+
+impl fmt::Debug for World {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("World")
+            .field("tick", &self.tick)
+            .field("entities", &self.entities.len())
+            .field("next_entity", &self.next_entity)
+            .field("journal", &self.journal.records.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A change guard for one component value; see [`World::get_mut`].
+pub struct Mut<'w, T> {
+    entry: &'w mut Entry<T>,
+    journal: &'w mut Journal,
+    entity: EntityId,
+    component: ComponentId,
+}
+
+impl<T> Mut<'_, T> {
+    /// Replaces the value only if it differs, so unchanged writes are not recorded as changes.
+    pub fn set_if_changed(&mut self, value: T)
+    where
+        T: PartialEq,
+    {
+        if self.entry.value != value {
+            **self = value;
+        }
+    }
+}
+
+impl<T> Deref for Mut<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.entry.value
+    }
+}
+
+impl<T> DerefMut for Mut<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        if self.entry.stamp != self.journal.stamp {
+            self.entry.stamp = self.journal.stamp;
+            self.journal.push(self.entity, ChangeKind::Set(self.component));
+        }
+        &mut self.entry.value
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum ChangeKind {
+    Spawned,
+    Despawned,
+    Set(ComponentId),
+    Removed(ComponentId),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ChangeRecord {
+    stamp: u64,
+    entity: EntityId,
+    kind: ChangeKind,
+}
+
+struct Journal {
+    /// Ordered by stamp (non-decreasing), because stamps only grow.
+    records: VecDeque<ChangeRecord>,
+    /// The stamp given to changes made now.
+    stamp: u64,
+}
+
+impl Journal {
+    fn push(&mut self, entity: EntityId, kind: ChangeKind) {
+        self.records.push_back(ChangeRecord { stamp: self.stamp, entity, kind });
+    }
+
+    /// Closes the current stamp and returns it: changes made from now on have a larger stamp.
+    fn advance(&mut self) -> u64 {
+        let closed = self.stamp;
+        self.stamp += 1;
+        closed
+    }
+
+    fn first_after(&self, boundary: u64) -> usize {
+        self.records.partition_point(|record| record.stamp <= boundary)
+    }
+
+    fn since(&self, boundary: u64) -> std::collections::vec_deque::Iter<'_, ChangeRecord> {
+        self.records.range(self.first_after(boundary)..)
+    }
+}
+
+pub(crate) struct Entry<T> {
+    pub(crate) value: T,
+    /// Stamp of the last change.
+    stamp: u64,
+    /// The hash of this entry currently included in the digest sum, if any.
+    folded: Option<u128>,
+}
+
+/// Storage of one component type.
+pub(crate) struct Store<T> {
+    pub(crate) entries: BTreeMap<EntityId, Entry<T>>,
+}
+
+impl<T> Default for Store<T> {
+    fn default() -> Self {
+        Store { entries: BTreeMap::new() }
+    }
+}
+
+/// Type-erased operations on a [`Store`], so the world and codec can handle any component type.
+pub(crate) trait ErasedStore: Send + Sync {
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    fn len(&self) -> usize;
+    fn contains(&self, entity: EntityId) -> bool;
+    fn stamp_of(&self, entity: EntityId) -> Option<u64>;
+    /// Removes the entry; `Some(folded)` when it existed.
+    fn remove(&mut self, entity: EntityId) -> Option<Option<u128>>;
+    /// Recomputes the entry's hash: `(previously folded or 0, new)`.
+    fn refold(&mut self, entity: EntityId, scratch: AlignedVec) -> (Option<(u128, u128)>, AlignedVec);
+    /// The entry's hash, without caching it.
+    fn hash_entry(&self, entity: EntityId, scratch: AlignedVec) -> (Option<u128>, AlignedVec);
+    /// Appends a column archive of the values of `entities` (each must be present) to `out`.
+    fn encode_entities(&self, entities: &[EntityId], out: AlignedVec) -> Result<AlignedVec, CodecError>;
+    /// Entities holding this component within `first..=last`, in order.
+    fn entities_in(&self, first: EntityId, last: EntityId) -> Vec<EntityId>;
+    /// Inserts decoded values; returns the folded hashes of replaced entries.
+    fn insert_decoded(&mut self, entities: &[EntityId], values: Box<dyn Any>, stamp: u64) -> Vec<u128>;
+}
+
+impl<T: Component> ErasedStore for Store<T> {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+    fn contains(&self, entity: EntityId) -> bool {
+        self.entries.contains_key(&entity)
+    }
+    fn stamp_of(&self, entity: EntityId) -> Option<u64> {
+        self.entries.get(&entity).map(|entry| entry.stamp)
+    }
+    fn remove(&mut self, entity: EntityId) -> Option<Option<u128>> {
+        self.entries.remove(&entity).map(|entry| entry.folded)
+    }
+    fn refold(&mut self, entity: EntityId, scratch: AlignedVec) -> (Option<(u128, u128)>, AlignedVec) {
+        let Some(entry) = self.entries.get_mut(&entity) else {
+            return (None, scratch);
+        };
+        let (hash, scratch) = value_hash(&entry.value, entity, scratch);
+        let previous = entry.folded.replace(hash).unwrap_or(0);
+        (Some((previous, hash)), scratch)
+    }
+    fn hash_entry(&self, entity: EntityId, scratch: AlignedVec) -> (Option<u128>, AlignedVec) {
+        match self.entries.get(&entity) {
+            Some(entry) => {
+                let (hash, scratch) = value_hash(&entry.value, entity, scratch);
+                (Some(hash), scratch)
+            }
+            None => (None, scratch),
+        }
+    }
+    fn encode_entities(&self, entities: &[EntityId], out: AlignedVec) -> Result<AlignedVec, CodecError> {
+        let mut values = Vec::with_capacity(entities.len());
+        for entity in entities {
+            match self.entries.get(entity) {
+                Some(entry) => values.push(&entry.value),
+                None => return Err(CodecError::Encode(format!("entity {entity} has no {}", T::NAME))),
+            }
+        }
+        T::encode_column(&values, out)
+    }
+    fn entities_in(&self, first: EntityId, last: EntityId) -> Vec<EntityId> {
+        self.entries.range(first..=last).map(|(entity, _)| *entity).collect()
+    }
+    fn insert_decoded(&mut self, entities: &[EntityId], values: Box<dyn Any>, stamp: u64) -> Vec<u128> {
+        let mut replaced = Vec::new();
+        // The codec pairs each store with the values it decoded itself; another type here is a bug.
+        let Ok(values) = values.downcast::<Vec<T>>() else {
+            debug_assert!(false, "decoded column type does not match its store");
+            return replaced;
+        };
+        for (entity, value) in entities.iter().zip(*values) {
+            if let Some(previous) = self.entries.insert(*entity, Entry { value, stamp, folded: None })
+                && let Some(folded) = previous.folded
+            {
+                replaced.push(folded);
+            }
+        }
+        replaced
+    }
+}
+
+fn typed_store<T: Component>(stores: &[Box<dyn ErasedStore>], id: ComponentId) -> &Store<T> {
+    // The registry maps T to id and created this store as Store<T>, so the downcast holds.
+    #[allow(clippy::expect_used)]
+    stores[usize::from(id.0)].as_any().downcast_ref::<Store<T>>().expect("store type matches its registry id")
+}
+
+fn typed_store_mut<T: Component>(stores: &mut [Box<dyn ErasedStore>], id: ComponentId) -> &mut Store<T> {
+    #[allow(clippy::expect_used)]
+    stores[usize::from(id.0)].as_any_mut().downcast_mut::<Store<T>>().expect("store type matches its registry id")
+}
+
+/// The hash of one (entity, component value). The component is named, not numbered, because ids
+/// follow registration order, which may differ between processes.
+fn value_hash<T: Component>(value: &T, entity: EntityId, mut scratch: AlignedVec) -> (u128, AlignedVec) {
+    scratch.clear();
+    let scratch = match value.encode_one(scratch) {
+        Ok(bytes) => bytes,
+        // Encoding into memory fails only on allocation failure or a broken Serialize impl; hash the
+        // failure so the digest still differs from a correct world's.
+        Err(_) => AlignedVec::new(),
+    };
+    let mut hasher = Xxh3::new();
+    hasher.update(&entity.0.to_le_bytes());
+    hasher.update(&(T::NAME.len() as u64).to_le_bytes());
+    hasher.update(T::NAME.as_bytes());
+    hasher.update(&scratch);
+    (hasher.digest128(), scratch)
+}
+
+fn entity_hash(entity: EntityId) -> u128 {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&entity.0.to_le_bytes());
+    bytes[8..].copy_from_slice(b"entity\0\0");
+    xxh3_128(&bytes)
+}
+
+/// Iterates the indices of set bits of a component mask.
+struct MaskBits(u128);
+
+impl Iterator for MaskBits {
+    type Item = usize;
+    fn next(&mut self) -> Option<usize> {
+        if self.0 == 0 {
+            return None;
+        }
+        let index = self.0.trailing_zeros() as usize;
+        self.0 &= self.0 - 1;
+        Some(index)
+    }
+}
