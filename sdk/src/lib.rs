@@ -12,10 +12,16 @@ extern crate self as baton_sdk;
 
 pub mod codec;
 pub mod component;
+pub mod events;
+pub mod physics;
+pub mod region;
+pub mod scripts;
+pub mod sessions;
 pub mod world;
 
 pub use baton_sdk_derive::Component;
 pub use baton_wire as wire;
 pub use component::{Component, ComponentId, Registry, RegistryError};
 pub use rkyv;
+pub use region::{Region, RegionConfig, RegionError, RegionLogic, TickReport, TickSchedule};
 pub use world::{ChangeSet, EntityId, Mut, TrackerId, World, WorldDigest, WorldError};

@@ -404,6 +404,17 @@ impl World {
         changes
     }
 
+    /// Moves `tracker` to now without collecting: the changes made since its last read are skipped.
+    /// An engine calls this right after writing its own results back, so they do not echo.
+    pub fn catch_up(&mut self, tracker: TrackerId) {
+        if let Some(slot) = self.trackers.get_mut(tracker.0)
+            && slot.is_some()
+        {
+            *slot = Some(self.journal.advance());
+        }
+        self.trim_journal();
+    }
+
     fn collect_changes(&self, boundary: u64) -> ChangeSet {
         let mut seen = rustc_hash::FxHashSet::default();
         let mut changes = ChangeSet::default();

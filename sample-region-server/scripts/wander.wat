@@ -1,0 +1,41 @@
+;; Wandering NPC: every 10-40 ticks picks a new heading and walking speed.
+;; Slots: 2 = velocity x, 3 = velocity z (m/s). State: exported mutable globals.
+(module
+  (import "baton" "random" (func $random (result i32)))
+  (import "baton" "set" (func $set (param i32 f32)))
+  (import "baton" "set_timer" (func $set_timer (param i32 i32)))
+  (global $turns (export "turns") (mut i32) (i32.const 0))
+  (global $heading (export "heading") (mut f32) (f32.const 0))
+  (func $rand_unit (result f32)
+    ;; a number in [0, 1) from 16 random bits
+    (f32.div (f32.convert_i32_u (i32.and (call $random) (i32.const 65535))) (f32.const 65536)))
+  (func $schedule
+    (call $set_timer (i32.const 1)
+      (i32.add (i32.const 10) (i32.rem_u (call $random) (i32.const 30)))))
+  (func (export "init") (call $schedule))
+  (func (export "on_timer") (param $id i32)
+    (local $speed f32)
+    (global.set $heading (f32.mul (call $rand_unit) (f32.const 6.2831853)))
+    (local.set $speed (f32.mul (call $rand_unit) (f32.const 2.0)))
+    ;; cos/sin by a short Taylor series around 0 after folding into [-pi, pi]
+    (call $set (i32.const 2) (f32.mul (local.get $speed) (call $cos (global.get $heading))))
+    (call $set (i32.const 3) (f32.mul (local.get $speed) (call $cos (f32.sub (global.get $heading) (f32.const 1.5707963)))))
+    (global.set $turns (i32.add (global.get $turns) (i32.const 1)))
+    (call $schedule))
+  (func $cos (param $x f32) (result f32)
+    (local $x2 f32)
+    (if (f32.gt (local.get $x) (f32.const 3.1415926))
+      (then (local.set $x (f32.sub (local.get $x) (f32.const 6.2831853)))))
+    (if (f32.lt (local.get $x) (f32.const -3.1415926))
+      (then (local.set $x (f32.add (local.get $x) (f32.const 6.2831853)))))
+    (local.set $x2 (f32.mul (local.get $x) (local.get $x)))
+    ;; 1 - x^2/2 + x^4/24 - x^6/720 + x^8/40320
+    (f32.add (f32.const 1)
+      (f32.mul (local.get $x2)
+        (f32.add (f32.const -0.5)
+          (f32.mul (local.get $x2)
+            (f32.add (f32.const 0.041666668)
+              (f32.mul (local.get $x2)
+                (f32.add (f32.const -0.0013888889)
+                  (f32.mul (local.get $x2) (f32.const 0.0000248016))))))))))
+)

@@ -1,0 +1,456 @@
+//! A sample Baton region: a 256 m x 256 m meadow with physics crates and balls, NPCs that wander or
+//! graze under WebAssembly scripts, plants that grow on script timers, and avatars walked by their
+//! players' inputs.
+//!
+//! It is a real game built on the SDK, used by the tests, the benchmarks and (later) the demo. All
+//! of its state is in the world; [`SampleLogic`] holds only configuration.
+//!
+//! # Player input format (version 1, the sample's own; the SDK treats it as opaque bytes)
+//! `u8 version = 1 | f32 LE walk x | f32 LE walk z | game data up to the payload limit`. The walk
+//! vector is clamped to length 1. An input that does not parse is consumed without effect.
+
+use baton_sdk::physics::{Body, BodyKind, Shape};
+use baton_sdk::region::{RegionLogic, TickSchedule};
+use baton_sdk::scripts::{PROPERTY_SLOTS, ScriptBindings, ScriptEngine, ScriptError};
+use baton_sdk::sessions::ReadyInput;
+use baton_sdk::wire::{PlayerId, PlayerInput, RegionId};
+use baton_sdk::{Component, EntityId, Region, RegionConfig, RegionError, Registry, RegistryError, World};
+
+/// Half the side of the region, in metres.
+pub const HALF_SIZE: f32 = 128.0;
+/// Avatars walk at this speed, in m/s.
+pub const AVATAR_SPEED: f32 = 4.0;
+
+/// Where an NPC or plant stands (physics objects and avatars keep their pose in their [`Body`]).
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Component)]
+#[component(name = "sample.transform")]
+pub struct Transform {
+    /// Position in metres.
+    pub position: [f32; 3],
+}
+
+/// A scripted non-player character.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Component)]
+#[component(name = "sample.npc")]
+pub struct Npc {
+    /// Walking velocity on the ground plane (x, z), in m/s, set by its script.
+    pub velocity: [f32; 2],
+}
+
+/// A plant whose size its script grows.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Component)]
+#[component(name = "sample.plant")]
+pub struct Plant {
+    /// Size relative to a seedling.
+    pub size: f32,
+}
+
+/// A player's avatar; its pose is its kinematic [`Body`].
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Component)]
+#[component(name = "sample.avatar")]
+pub struct Avatar {
+    /// Walk direction from the last input, as f32 bits (x, z).
+    pub walk_bits: [u32; 2],
+    /// Inputs applied to this avatar.
+    pub inputs_applied: u64,
+    /// A running hash of every applied input's sequence number and payload, in order: two worlds
+    /// agree on it only if they applied the same inputs exactly once each, in the same order.
+    pub input_chain: u64,
+}
+
+/// How many of each thing a freshly populated region holds.
+#[derive(Clone, Copy, Debug)]
+pub struct WorldSpec {
+    /// Physics objects (crates and balls).
+    pub objects: usize,
+    /// Scripted NPCs.
+    pub npcs: usize,
+    /// Scripted plants.
+    pub plants: usize,
+    /// Seed of every random choice.
+    pub seed: u64,
+}
+
+impl Default for WorldSpec {
+    fn default() -> Self {
+        WorldSpec { objects: 2000, npcs: 500, plants: 1000, seed: 1 }
+    }
+}
+
+/// The sample's game logic. Stateless apart from configuration.
+#[derive(Clone, Debug)]
+pub struct SampleLogic {
+    /// Seconds per tick.
+    pub dt: f32,
+}
+
+const SLOT_X: usize = 0;
+const SLOT_Z: usize = 1;
+const SLOT_VELOCITY_X: usize = 2;
+const SLOT_VELOCITY_Z: usize = 3;
+const SLOT_SIZE: usize = 4;
+
+impl ScriptBindings for SampleLogic {
+    fn read(&self, world: &World, entity: EntityId, slots: &mut [f32; PROPERTY_SLOTS]) {
+        if let Some(transform) = world.get::<Transform>(entity) {
+            slots[SLOT_X] = transform.position[0];
+            slots[SLOT_Z] = transform.position[2];
+        }
+        if let Some(npc) = world.get::<Npc>(entity) {
+            slots[SLOT_VELOCITY_X] = npc.velocity[0];
+            slots[SLOT_VELOCITY_Z] = npc.velocity[1];
+        }
+        if let Some(plant) = world.get::<Plant>(entity) {
+            slots[SLOT_SIZE] = plant.size;
+        }
+    }
+
+    fn write(&mut self, world: &mut World, entity: EntityId, slot: usize, value: f32) {
+        let value = if value.is_finite() { value.clamp(-10.0, 10.0) } else { 0.0 };
+        match slot {
+            SLOT_VELOCITY_X | SLOT_VELOCITY_Z => {
+                if let Some(mut npc) = world.get_mut::<Npc>(entity) {
+                    let index = slot - SLOT_VELOCITY_X;
+                    if npc.velocity[index].to_bits() != value.to_bits() {
+                        npc.velocity[index] = value;
+                    }
+                }
+            }
+            SLOT_SIZE => {
+                if let Some(mut plant) = world.get_mut::<Plant>(entity) {
+                    plant.size = value;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl RegionLogic for SampleLogic {
+    fn register(&self, registry: &mut Registry) -> Result<(), RegistryError> {
+        registry.register::<Transform>()?;
+        registry.register::<Npc>()?;
+        registry.register::<Plant>()?;
+        registry.register::<Avatar>()?;
+        Ok(())
+    }
+
+    fn load_assets(&mut self, scripts: &mut ScriptEngine) -> Result<(), ScriptError> {
+        scripts.register_module("wander", include_bytes!("../scripts/wander.wat"))?;
+        scripts.register_module("graze", include_bytes!("../scripts/graze.wat"))?;
+        scripts.register_module("grow", include_bytes!("../scripts/grow.wat"))?;
+        Ok(())
+    }
+
+    fn apply_input(&mut self, world: &mut World, input: &ReadyInput) {
+        let walk = parse_walk(&input.payload);
+        if let Some(mut avatar) = world.get_mut::<Avatar>(input.avatar) {
+            if let Some([x, z]) = walk {
+                avatar.walk_bits = [x.to_bits(), z.to_bits()];
+            }
+            avatar.inputs_applied += 1;
+            let mut chained = Vec::with_capacity(16 + input.payload.len());
+            chained.extend_from_slice(&avatar.input_chain.to_le_bytes());
+            chained.extend_from_slice(&input.seq.to_le_bytes());
+            chained.extend_from_slice(&input.payload);
+            avatar.input_chain = xxhash_rust::xxh3::xxh3_64(&chained);
+        }
+    }
+
+    fn tick(&mut self, world: &mut World) {
+        let dt = self.dt;
+        // Avatars: move the kinematic body along the walk direction.
+        let walkers: Vec<(EntityId, [f32; 2])> = world
+            .iter::<Avatar>()
+            .map(|(entity, avatar)| (entity, [f32::from_bits(avatar.walk_bits[0]), f32::from_bits(avatar.walk_bits[1])]))
+            .filter(|(_, walk)| walk[0] != 0.0 || walk[1] != 0.0)
+            .collect();
+        for (entity, walk) in walkers {
+            if let Some(mut body) = world.get_mut::<Body>(entity) {
+                let x = (body.translation[0] + walk[0] * AVATAR_SPEED * dt).clamp(-HALF_SIZE + 1.0, HALF_SIZE - 1.0);
+                let z = (body.translation[2] + walk[1] * AVATAR_SPEED * dt).clamp(-HALF_SIZE + 1.0, HALF_SIZE - 1.0);
+                body.translation[0] = x;
+                body.translation[2] = z;
+            }
+        }
+        // NPCs: walk with the velocity their script chose, turning back at the region's edge.
+        let movers: Vec<(EntityId, [f32; 2])> =
+            world.iter::<Npc>().filter(|(_, npc)| npc.velocity != [0.0, 0.0]).map(|(entity, npc)| (entity, npc.velocity)).collect();
+        for (entity, velocity) in movers {
+            let mut bounced = velocity;
+            if let Some(mut transform) = world.get_mut::<Transform>(entity) {
+                for (axis, index) in [(0usize, 0usize), (2, 1)] {
+                    let next = transform.position[axis] + velocity[index] * dt;
+                    if next.abs() > HALF_SIZE - 0.5 {
+                        bounced[index] = -velocity[index];
+                    } else {
+                        transform.position[axis] = next;
+                    }
+                }
+            }
+            if bounced != velocity
+                && let Some(mut npc) = world.get_mut::<Npc>(entity)
+            {
+                npc.velocity = bounced;
+            }
+        }
+    }
+}
+
+/// Parses the sample's input payload; `None` if it is not version 1 or too short.
+#[must_use]
+pub fn parse_walk(payload: &[u8]) -> Option<[f32; 2]> {
+    if payload.len() < 9 || payload[0] != 1 {
+        return None;
+    }
+    let x = f32::from_le_bytes([payload[1], payload[2], payload[3], payload[4]]);
+    let z = f32::from_le_bytes([payload[5], payload[6], payload[7], payload[8]]);
+    if !x.is_finite() || !z.is_finite() {
+        return None;
+    }
+    let length = (x * x + z * z).sqrt();
+    Some(if length > 1.0 { [x / length, z / length] } else { [x, z] })
+}
+
+/// Builds an input payload of `length` bytes (at least 9) walking towards `walk`.
+#[must_use]
+pub fn walk_payload(walk: [f32; 2], length: usize, rng: &mut fastrand::Rng) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(length.max(9));
+    payload.push(1);
+    payload.extend_from_slice(&walk[0].to_le_bytes());
+    payload.extend_from_slice(&walk[1].to_le_bytes());
+    while payload.len() < length {
+        payload.push(rng.u8(..));
+    }
+    payload
+}
+
+/// A sample region with an empty world.
+pub fn new_region(id: RegionId, config: RegionConfig) -> Result<Region<SampleLogic>, RegionError> {
+    Region::new(id, SampleLogic { dt: config.tick_interval().as_secs_f32() }, config)
+}
+
+/// Fills a region with objects, NPCs and plants.
+pub fn populate(region: &mut Region<SampleLogic>, spec: WorldSpec) -> Result<(), anyhow::Error> {
+    let mut rng = fastrand::Rng::with_seed(spec.seed);
+    let place = |rng: &mut fastrand::Rng| (rng.f32() * 2.0 - 1.0) * (HALF_SIZE - 2.0);
+    for _ in 0..spec.objects {
+        let (x, z) = (place(&mut rng), place(&mut rng));
+        let body = if rng.u8(..4) == 0 {
+            let radius = 0.25 + rng.f32() * 0.5;
+            Body::new(BodyKind::Dynamic, Shape::Ball { radius }, [x, radius, z])
+        } else {
+            let half = [0.2 + rng.f32() * 0.6, 0.2 + rng.f32() * 0.6, 0.2 + rng.f32() * 0.6];
+            Body::new(BodyKind::Dynamic, Shape::Cuboid { half_extents: half }, [x, half[1], z])
+        };
+        let world = region.world_mut();
+        let entity = world.spawn();
+        world.insert(entity, body)?;
+    }
+    for index in 0..spec.npcs {
+        let (x, z) = (place(&mut rng), place(&mut rng));
+        let world = region.world_mut();
+        let entity = world.spawn();
+        world.insert(entity, Transform { position: [x, 0.0, z] })?;
+        world.insert(entity, Npc { velocity: [0.0, 0.0] })?;
+        let module = if index % 2 == 0 { "wander" } else { "graze" };
+        region.attach_script(entity, module, rng.u64(..))?;
+    }
+    for _ in 0..spec.plants {
+        let (x, z) = (place(&mut rng), place(&mut rng));
+        let world = region.world_mut();
+        let entity = world.spawn();
+        world.insert(entity, Transform { position: [x, 0.0, z] })?;
+        world.insert(entity, Plant { size: 1.0 })?;
+        region.attach_script(entity, "grow", rng.u64(..))?;
+    }
+    Ok(())
+}
+
+/// Spawns an avatar for `player` and adds the player to the region.
+pub fn join_avatar(region: &mut Region<SampleLogic>, player: PlayerId, position: [f32; 2]) -> Result<EntityId, anyhow::Error> {
+    let world = region.world_mut();
+    let entity = world.spawn();
+    let body = Body::new(BodyKind::Kinematic, Shape::CapsuleY { half_height: 0.6, radius: 0.35 }, [position[0], 0.95, position[1]]);
+    world.insert(entity, body)?;
+    world.insert(entity, Avatar { walk_bits: [0, 0], inputs_applied: 0, input_chain: 0 })?;
+    region.join(player, entity)?;
+    Ok(entity)
+}
+
+/// Simulated players: each sends inputs at `inputs_per_second` with payloads of 256-512 bytes,
+/// walking a random walk. Deterministic for a seed.
+#[derive(Debug)]
+pub struct SimulatedPlayers {
+    rng: fastrand::Rng,
+    players: Vec<SimulatedPlayer>,
+    inputs_per_second: u32,
+    tick_rate_hz: u32,
+}
+
+#[derive(Debug)]
+struct SimulatedPlayer {
+    id: PlayerId,
+    next_seq: u64,
+    heading: f32,
+}
+
+impl SimulatedPlayers {
+    /// `count` players with ids `first_id..`, joined to `region` at random places.
+    pub fn join(
+        region: &mut Region<SampleLogic>,
+        count: usize,
+        first_id: u64,
+        inputs_per_second: u32,
+        seed: u64,
+    ) -> Result<SimulatedPlayers, anyhow::Error> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut players = Vec::with_capacity(count);
+        for index in 0..count {
+            let id = PlayerId(first_id + index as u64);
+            let position = [(rng.f32() * 2.0 - 1.0) * 100.0, (rng.f32() * 2.0 - 1.0) * 100.0];
+            join_avatar(region, id, position)?;
+            players.push(SimulatedPlayer { id, next_seq: 1, heading: rng.f32() * std::f32::consts::TAU });
+        }
+        Ok(SimulatedPlayers { rng, players, inputs_per_second, tick_rate_hz: region.config().tick_rate_hz })
+    }
+
+    /// The inputs every player sends during tick `tick` (spreading `inputs_per_second` evenly).
+    pub fn inputs_for_tick(&mut self, tick: u64) -> Vec<PlayerInput> {
+        let rate = u64::from(self.inputs_per_second);
+        let ticks = u64::from(self.tick_rate_hz.max(1));
+        let due = ((tick + 1) * rate / ticks) - (tick * rate / ticks);
+        let mut inputs = Vec::with_capacity(self.players.len() * due as usize);
+        for player in &mut self.players {
+            for _ in 0..due {
+                player.heading += (self.rng.f32() - 0.5) * 0.6;
+                let walk = if self.rng.u8(..10) == 0 { [0.0, 0.0] } else { [player.heading.cos(), player.heading.sin()] };
+                let length = 256 + self.rng.usize(..=256);
+                let payload = walk_payload(walk, length, &mut self.rng);
+                inputs.push(PlayerInput { player: player.id, seq: player.next_seq, payload });
+                player.next_seq += 1;
+            }
+        }
+        inputs
+    }
+
+    /// Number of inputs sent so far, over all players.
+    #[must_use]
+    pub fn inputs_sent(&self) -> u64 {
+        self.players.iter().map(|player| player.next_seq - 1).sum()
+    }
+}
+
+/// What a headless run measured.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct HeadlessSummary {
+    /// Ticks run.
+    pub ticks: u64,
+    /// Live entities at the end.
+    pub entities: usize,
+    /// Script components at the end.
+    pub scripts: usize,
+    /// Physics bodies at the end.
+    pub bodies: usize,
+    /// Tick durations in milliseconds.
+    pub tick_ms: Percentiles,
+    /// The world digest at the end, hex.
+    pub digest: String,
+    /// Inputs the simulated players sent.
+    pub inputs_sent: u64,
+    /// Inputs the region applied.
+    pub inputs_applied: u64,
+    /// Ticks that started more than half an interval late.
+    pub late_ticks: u64,
+    /// Largest number of physics bodies awake after a step.
+    pub awake_bodies_max: usize,
+}
+
+/// Percentiles of a measurement.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// Percentiles of a histogram of microseconds, in milliseconds.
+    #[must_use]
+    pub fn from_micros(histogram: &hdrhistogram::Histogram<u64>) -> Percentiles {
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Percentiles {
+            p50: ms(histogram.value_at_quantile(0.50)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            max: ms(histogram.max()),
+        }
+    }
+}
+
+/// Options of a headless run.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadlessOptions {
+    /// How long to run, in seconds of wall time (or simulated time when `paced` is false).
+    pub seconds: f64,
+    /// The world to build.
+    pub spec: WorldSpec,
+    /// Simulated players.
+    pub avatars: usize,
+    /// Inputs per second per player.
+    pub inputs_per_second: u32,
+    /// Region settings.
+    pub config: RegionConfig,
+    /// Sleep between ticks to hold the tick rate (false: run ticks back to back).
+    pub paced: bool,
+}
+
+/// Runs a populated sample region with simulated players and reports what it measured.
+pub fn run_headless(options: HeadlessOptions) -> Result<HeadlessSummary, anyhow::Error> {
+    let mut region = new_region(RegionId(1), options.config)?;
+    populate(&mut region, options.spec)?;
+    let mut players = SimulatedPlayers::join(&mut region, options.avatars, 1, options.inputs_per_second, options.spec.seed ^ 0x5eed)?;
+    let interval = options.config.tick_interval();
+    let total_ticks = (options.seconds * f64::from(options.config.tick_rate_hz)).round().max(0.0) as u64;
+    let mut tick_micros = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut schedule = TickSchedule::new(interval, std::time::Instant::now());
+    let mut inputs_applied = 0u64;
+    let mut late_ticks = 0u64;
+    let mut awake_bodies_max = 0usize;
+    for _ in 0..total_ticks {
+        if options.paced {
+            let now = std::time::Instant::now();
+            if let Some(wait) = schedule.next_due().checked_duration_since(now) {
+                std::thread::sleep(wait);
+            }
+            let timing = schedule.start_tick(std::time::Instant::now());
+            if timing.late_by > interval / 2 {
+                late_ticks += 1;
+                baton_sdk::events::tick_overrun(region.id(), region.world().tick(), timing.late_by);
+            }
+        }
+        for input in players.inputs_for_tick(region.world().tick()) {
+            region.submit_input(input)?;
+        }
+        let report = region.tick();
+        inputs_applied += report.applied.len() as u64;
+        awake_bodies_max = awake_bodies_max.max(report.physics.awake);
+        tick_micros.record((report.duration.as_micros() as u64).max(1))?;
+    }
+    let world = region.world_mut();
+    let digest = world.digest().to_string();
+    Ok(HeadlessSummary {
+        ticks: total_ticks,
+        entities: world.entity_count(),
+        scripts: world.count::<baton_sdk::scripts::Script>(),
+        bodies: world.count::<Body>(),
+        tick_ms: Percentiles::from_micros(&tick_micros),
+        digest,
+        inputs_sent: players.inputs_sent(),
+        inputs_applied,
+        late_ticks,
+        awake_bodies_max,
+    })
+}

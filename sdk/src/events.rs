@@ -1,0 +1,98 @@
+//! The catalogue of the SDK's observable events.
+//!
+//! Every event is declared here once: its tracing record and the metric it feeds. Code elsewhere
+//! calls these functions instead of naming metrics, so names stay consistent (Prometheus style:
+//! base units, `_total` for counters) and every metric is described in one place ([`describe`]).
+
+use std::time::Duration;
+
+use baton_wire::RegionId;
+
+use crate::world::EntityId;
+
+/// Histogram: time to run one tick, in seconds. Label: `region`.
+pub const TICK_DURATION_SECONDS: &str = "baton_tick_duration_seconds";
+/// Counter: ticks run. Label: `region`.
+pub const TICKS_TOTAL: &str = "baton_ticks_total";
+/// Counter: ticks that started more than half an interval late. Label: `region`.
+pub const TICK_OVERRUNS_TOTAL: &str = "baton_tick_overruns_total";
+/// Gauge: live entities. Label: `region`.
+pub const REGION_ENTITIES: &str = "baton_region_entities";
+/// Counter: player inputs applied. Label: `region`.
+pub const INPUTS_APPLIED_TOTAL: &str = "baton_inputs_applied_total";
+/// Counter: player inputs refused (bad, duplicate or overflowing). Labels: `region`, `reason`.
+pub const INPUTS_REFUSED_TOTAL: &str = "baton_inputs_refused_total";
+/// Counter: script calls. Label: `region`.
+pub const SCRIPT_CALLS_TOTAL: &str = "baton_script_calls_total";
+/// Counter: scripts stopped for a trap, fuel or memory. No label (the entity is in the log).
+pub const SCRIPT_FAULTS_TOTAL: &str = "baton_script_faults_total";
+/// Gauge: awake physics bodies. Label: `region`.
+pub const PHYSICS_AWAKE_BODIES: &str = "baton_physics_awake_bodies";
+
+/// Registers descriptions and units of every SDK metric with the installed recorder.
+pub fn describe() {
+    metrics::describe_histogram!(TICK_DURATION_SECONDS, metrics::Unit::Seconds, "Time to run one region tick.");
+    metrics::describe_counter!(TICKS_TOTAL, "Region ticks run.");
+    metrics::describe_counter!(TICK_OVERRUNS_TOTAL, "Ticks that started more than half a tick interval late.");
+    metrics::describe_gauge!(REGION_ENTITIES, "Live entities in the region's world.");
+    metrics::describe_counter!(INPUTS_APPLIED_TOTAL, "Player inputs applied.");
+    metrics::describe_counter!(INPUTS_REFUSED_TOTAL, "Player inputs refused, by reason.");
+    metrics::describe_counter!(SCRIPT_CALLS_TOTAL, "Calls into region scripts.");
+    metrics::describe_counter!(SCRIPT_FAULTS_TOTAL, "Scripts stopped for a trap, exhausted fuel or memory.");
+    metrics::describe_gauge!(PHYSICS_AWAKE_BODIES, "Physics bodies awake after the last step.");
+}
+
+/// Facts about one finished tick.
+#[derive(Clone, Copy, Debug)]
+pub struct TickFacts {
+    /// The region.
+    pub region: RegionId,
+    /// The tick number just completed.
+    pub tick: u64,
+    /// How long the tick ran.
+    pub duration: Duration,
+    /// Live entities after the tick.
+    pub entities: usize,
+    /// Inputs applied in the tick.
+    pub inputs_applied: u64,
+    /// Script calls in the tick.
+    pub script_calls: u64,
+    /// Physics bodies awake after the tick.
+    pub awake_bodies: usize,
+}
+
+/// A tick finished.
+pub fn tick_completed(facts: &TickFacts) {
+    let region = facts.region.to_string();
+    metrics::histogram!(TICK_DURATION_SECONDS, "region" => region.clone()).record(facts.duration.as_secs_f64());
+    metrics::counter!(TICKS_TOTAL, "region" => region.clone()).increment(1);
+    metrics::gauge!(REGION_ENTITIES, "region" => region.clone()).set(facts.entities as f64);
+    metrics::counter!(INPUTS_APPLIED_TOTAL, "region" => region.clone()).increment(facts.inputs_applied);
+    metrics::counter!(SCRIPT_CALLS_TOTAL, "region" => region.clone()).increment(facts.script_calls);
+    metrics::gauge!(PHYSICS_AWAKE_BODIES, "region" => region).set(facts.awake_bodies as f64);
+    tracing::trace!(
+        region = %facts.region,
+        tick = facts.tick,
+        duration_us = facts.duration.as_micros() as u64,
+        entities = facts.entities,
+        "tick completed"
+    );
+}
+
+/// A tick started later than half an interval after it was due.
+pub fn tick_overrun(region: RegionId, tick: u64, late_by: Duration) {
+    metrics::counter!(TICK_OVERRUNS_TOTAL, "region" => region.to_string()).increment(1);
+    tracing::debug!(%region, tick, late_by_us = late_by.as_micros() as u64, "tick started late");
+}
+
+/// A player input was refused.
+pub fn input_refused(region: RegionId, player: baton_wire::PlayerId, reason: &'static str) {
+    metrics::counter!(INPUTS_REFUSED_TOTAL, "region" => region.to_string(), "reason" => reason).increment(1);
+    tracing::debug!(%region, %player, reason, "input refused");
+}
+
+/// A script was stopped.
+pub fn script_faulted(entity: EntityId, reason: &str) {
+    metrics::counter!(SCRIPT_FAULTS_TOTAL).increment(1);
+    tracing::warn!(%entity, reason, "script stopped");
+}

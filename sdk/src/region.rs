@@ -1,0 +1,321 @@
+//! A region: one world plus the engines that advance it, ticked at a fixed rate.
+//!
+//! # One tick, in order
+//! 1. inputs: every player's next-in-sequence inputs, players in entity order ([`Sessions`]);
+//! 2. scripts: timers due at this tick, in (due, entity, id) order ([`ScriptEngine`]);
+//! 3. the game's own systems ([`RegionLogic::tick`]);
+//! 4. physics: the game's edits applied, one step, moved bodies written back ([`PhysicsEngine`]);
+//! 5. the tick counter advances.
+//!
+//! Everything that step reads or writes is world state or derived from it, and every step is
+//! deterministic, so a region restored from archives continues as the original would have.
+//!
+//! # What it does not do
+//! It owns no thread, socket or timer: [`TickSchedule`] says when ticks are due and a driver (the
+//! sample server's loop, or the handoff driver) calls [`Region::tick`]. The game's [`RegionLogic`]
+//! value must keep no state that matters outside the world (configuration and caches only), or that
+//! state would not migrate.
+
+use std::time::{Duration, Instant};
+
+use baton_wire::{PlayerId, PlayerInput, RegionId};
+
+use crate::component::{Registry, RegistryError};
+use crate::events::{self, TickFacts};
+use crate::physics::{Body, PhysicsConfig, PhysicsEngine, PhysicsStepStats};
+use crate::scripts::{Script, ScriptBindings, ScriptConfig, ScriptEngine, ScriptError};
+use crate::sessions::{InputOutcome, PlayerSession, ReadyInput, SessionError, Sessions};
+use crate::world::{EntityId, World};
+
+/// The game side of a region.
+pub trait RegionLogic: ScriptBindings + Send {
+    /// Registers the game's component types (the SDK's own are registered already).
+    fn register(&self, registry: &mut Registry) -> Result<(), RegistryError>;
+    /// Loads script modules and other assets. Runs once per process, before any state arrives, so a
+    /// pre-warmed handoff target has done it before the handoff starts.
+    fn load_assets(&mut self, scripts: &mut ScriptEngine) -> Result<(), ScriptError>;
+    /// Applies one player input to the world.
+    fn apply_input(&mut self, world: &mut World, input: &ReadyInput);
+    /// Runs the game's systems for one tick.
+    fn tick(&mut self, world: &mut World);
+}
+
+/// Settings of a region.
+#[derive(Clone, Copy, Debug)]
+pub struct RegionConfig {
+    /// Ticks per second.
+    pub tick_rate_hz: u32,
+    /// Script limits.
+    pub scripts: ScriptConfig,
+    /// Physics settings (its timestep is set from the tick rate).
+    pub physics: PhysicsConfig,
+}
+
+impl Default for RegionConfig {
+    fn default() -> Self {
+        RegionConfig { tick_rate_hz: 30, scripts: ScriptConfig::default(), physics: PhysicsConfig::default() }
+    }
+}
+
+impl RegionConfig {
+    /// The tick interval.
+    #[must_use]
+    pub fn tick_interval(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / f64::from(self.tick_rate_hz.max(1)))
+    }
+}
+
+/// Errors from setting a region up.
+#[derive(Debug, thiserror::Error)]
+pub enum RegionError {
+    /// A component type could not be registered.
+    #[error("registering component types: {0}")]
+    Registry(#[from] RegistryError),
+    /// Assets (script modules) failed to load.
+    #[error("loading assets: {0}")]
+    Assets(#[from] ScriptError),
+    /// The configuration is unusable.
+    #[error("invalid region configuration: {0}")]
+    Config(String),
+}
+
+/// What one tick did.
+#[derive(Clone, Debug, Default)]
+pub struct TickReport {
+    /// The tick number completed.
+    pub tick: u64,
+    /// Inputs applied, in order.
+    pub applied: Vec<(PlayerId, u64)>,
+    /// Script calls made.
+    pub script_calls: u64,
+    /// Scripts stopped this tick.
+    pub script_faults: u64,
+    /// Physics counts.
+    pub physics: PhysicsStepStats,
+    /// Time the tick took.
+    pub duration: Duration,
+}
+
+/// A running region.
+pub struct Region<L: RegionLogic> {
+    id: RegionId,
+    config: RegionConfig,
+    world: World,
+    sessions: Sessions,
+    scripts: ScriptEngine,
+    physics: PhysicsEngine,
+    logic: L,
+}
+
+/// The registry of the SDK's own components plus the game's.
+pub fn region_registry(logic: &dyn RegionLogic) -> Result<Registry, RegistryError> {
+    let mut registry = Registry::new();
+    registry.register::<PlayerSession>()?;
+    registry.register::<Script>()?;
+    registry.register::<Body>()?;
+    logic.register(&mut registry)?;
+    Ok(registry)
+}
+
+impl<L: RegionLogic> Region<L> {
+    /// A region with an empty world; assets are loaded now.
+    pub fn new(id: RegionId, mut logic: L, config: RegionConfig) -> Result<Region<L>, RegionError> {
+        if config.tick_rate_hz == 0 || config.tick_rate_hz > 1000 {
+            return Err(RegionError::Config(format!("tick rate {} Hz is outside 1..=1000", config.tick_rate_hz)));
+        }
+        let registry = region_registry(&logic)?;
+        let mut scripts = ScriptEngine::new(config.scripts);
+        logic.load_assets(&mut scripts)?;
+        let mut physics_config = config.physics;
+        physics_config.timestep = config.tick_interval().as_secs_f32();
+        let mut world = World::new(registry);
+        let mut physics = PhysicsEngine::new(physics_config);
+        physics.rebuild(&mut world);
+        Ok(Region { id, config, world, sessions: Sessions::default(), scripts, physics, logic })
+    }
+
+    /// The region's id.
+    #[must_use]
+    pub fn id(&self) -> RegionId {
+        self.id
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &RegionConfig {
+        &self.config
+    }
+
+    /// The world.
+    #[must_use]
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    /// The world, for the game to populate or edit between ticks.
+    pub fn world_mut(&mut self) -> &mut World {
+        &mut self.world
+    }
+
+    /// The game logic.
+    pub fn logic_mut(&mut self) -> &mut L {
+        &mut self.logic
+    }
+
+    /// Players in the region.
+    #[must_use]
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    /// The physics engine (for counts).
+    #[must_use]
+    pub fn physics(&self) -> &PhysicsEngine {
+        &self.physics
+    }
+
+    /// Attaches a script to an entity and runs its `init`.
+    pub fn attach_script(&mut self, entity: EntityId, module: &str, seed: u64) -> Result<(), ScriptError> {
+        self.scripts.attach(&mut self.world, &mut self.logic, entity, module, seed)
+    }
+
+    /// Adds a player whose avatar is `avatar`.
+    pub fn join(&mut self, player: PlayerId, avatar: EntityId) -> Result<(), SessionError> {
+        self.sessions.join(&mut self.world, player, avatar)
+    }
+
+    /// Removes a player; returns the avatar and the session state.
+    pub fn leave(&mut self, player: PlayerId) -> Option<(EntityId, PlayerSession)> {
+        self.sessions.leave(&mut self.world, player)
+    }
+
+    /// Queues a player's input for the next tick.
+    pub fn submit_input(&mut self, input: PlayerInput) -> Result<InputOutcome, SessionError> {
+        let player = input.player;
+        let outcome = self.sessions.submit(&mut self.world, input);
+        match &outcome {
+            Ok(InputOutcome::Duplicate) => events::input_refused(self.id, player, "duplicate"),
+            Err(error) => events::input_refused(self.id, player, refusal_reason(error)),
+            Ok(InputOutcome::Queued) => {}
+        }
+        outcome
+    }
+
+    /// Rebuilds every engine cache from the world. Call after the world was replaced or restored
+    /// from archives, before the first tick.
+    pub fn rebuild_caches(&mut self) {
+        self.sessions = Sessions::from_world(&self.world);
+        self.scripts.rebuild(&self.world);
+        self.physics.rebuild(&mut self.world);
+    }
+
+    /// Runs one tick.
+    pub fn tick(&mut self) -> TickReport {
+        let started = Instant::now();
+        let ready = self.sessions.take_ready(&mut self.world);
+        for input in &ready {
+            self.logic.apply_input(&mut self.world, input);
+        }
+        let script_stats = self.scripts.run_due(&mut self.world, &mut self.logic);
+        self.logic.tick(&mut self.world);
+        let physics = self.physics.step(&mut self.world);
+        let tick = self.world.tick() + 1;
+        self.world.set_tick(tick);
+        self.world.end_tick_housekeeping();
+        let duration = started.elapsed();
+        events::tick_completed(&TickFacts {
+            region: self.id,
+            tick,
+            duration,
+            entities: self.world.entity_count(),
+            inputs_applied: ready.len() as u64,
+            script_calls: script_stats.calls,
+            awake_bodies: physics.awake,
+        });
+        TickReport {
+            tick,
+            applied: ready.iter().map(|input| (input.player, input.seq)).collect(),
+            script_calls: script_stats.calls,
+            script_faults: script_stats.faults,
+            physics,
+            duration,
+        }
+    }
+}
+
+fn refusal_reason(error: &SessionError) -> &'static str {
+    match error {
+        SessionError::UnknownPlayer(_) => "unknown_player",
+        SessionError::AlreadyJoined(_) => "already_joined",
+        SessionError::PayloadTooLarge(_) => "payload_too_large",
+        SessionError::ZeroSequence => "zero_sequence",
+        SessionError::QueueFull(_) => "queue_full",
+        SessionError::World(_) => "world",
+    }
+}
+
+/// When ticks are due, for a driver that sleeps between them.
+///
+/// Ticks are scheduled on a fixed grid (`start + n * interval`), so a late tick does not push the
+/// following ones back; a tick more than a whole interval late is reported, and the grid skips
+/// ahead rather than running a burst of catch-up ticks.
+#[derive(Clone, Debug)]
+pub struct TickSchedule {
+    interval: Duration,
+    next_due: Instant,
+}
+
+/// How a tick's start related to its due time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TickTiming {
+    /// How late the tick started.
+    pub late_by: Duration,
+    /// Ticks skipped because the loop fell more than an interval behind.
+    pub skipped: u64,
+}
+
+impl TickSchedule {
+    /// A schedule whose first tick is due at `start`.
+    #[must_use]
+    pub fn new(interval: Duration, start: Instant) -> TickSchedule {
+        TickSchedule { interval, next_due: start }
+    }
+
+    /// When the next tick is due.
+    #[must_use]
+    pub fn next_due(&self) -> Instant {
+        self.next_due
+    }
+
+    /// Records that a tick starts at `now` and moves the schedule to the following one.
+    pub fn start_tick(&mut self, now: Instant) -> TickTiming {
+        let late_by = now.saturating_duration_since(self.next_due);
+        let mut skipped = 0;
+        self.next_due += self.interval;
+        while self.next_due + self.interval <= now {
+            self.next_due += self.interval;
+            skipped += 1;
+        }
+        TickTiming { late_by, skipped }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_keeps_a_fixed_grid_and_skips_when_far_behind() {
+        let start = Instant::now();
+        let interval = Duration::from_millis(10);
+        let mut schedule = TickSchedule::new(interval, start);
+        let timing = schedule.start_tick(start + Duration::from_millis(3));
+        assert_eq!(timing, TickTiming { late_by: Duration::from_millis(3), skipped: 0 });
+        assert_eq!(schedule.next_due(), start + interval);
+        // 35 ms late: the grid jumps to the next slot after now instead of bursting.
+        let timing = schedule.start_tick(start + Duration::from_millis(45));
+        assert_eq!(timing.late_by, Duration::from_millis(35));
+        assert_eq!(timing.skipped, 2);
+        assert_eq!(schedule.next_due(), start + Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,197 @@
+//! Player sessions and their ordered input queues.
+//!
+//! Each player in a region has one avatar entity carrying a [`PlayerSession`] component: the
+//! player's id, the sequence number of the last input the region applied, and the inputs received
+//! but not applied yet. All of it is world state, so it migrates with the region: a handoff's final
+//! delta carries exactly the inputs the source had not applied, and the target continues from the
+//! source's `last_applied`.
+//!
+//! # Consistency
+//! - Inputs of one player are applied in sequence order, each exactly once: an input whose `seq` is
+//!   at or below `last_applied`, or already queued, is a duplicate and is dropped (this is what makes
+//!   the gateway's replay after a handoff safe, invariant 2).
+//! - An input that arrives ahead of a gap waits until the gap is filled; nothing is applied past a
+//!   gap. The queue per player is bounded ([`MAX_PENDING_INPUTS`]).
+//! - Inputs of different players are independent; within a tick, players are served in entity order.
+
+use std::collections::HashMap;
+
+use baton_wire::{InputSeq, MAX_INPUT_PAYLOAD, PlayerId, PlayerInput};
+
+use crate::world::{EntityId, World, WorldError};
+
+/// Most inputs one player may have waiting in a region.
+pub const MAX_PENDING_INPUTS: usize = 256;
+
+/// A player's presence in the region, on the player's avatar entity.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, crate::Component)]
+#[component(name = "baton.player_session")]
+pub struct PlayerSession {
+    /// The player.
+    pub player: u64,
+    /// Sequence number of the last input applied (0: none yet).
+    pub last_applied: InputSeq,
+    /// Received, not yet applied, in increasing sequence order.
+    pub pending: Vec<PendingInput>,
+}
+
+/// An input waiting to be applied.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct PendingInput {
+    /// Its sequence number.
+    pub seq: InputSeq,
+    /// Game-defined bytes.
+    pub payload: Vec<u8>,
+}
+
+/// What happened to a submitted input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputOutcome {
+    /// Queued for application.
+    Queued,
+    /// Already applied or already queued; dropped.
+    Duplicate,
+}
+
+/// Errors from joining, leaving or submitting inputs.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SessionError {
+    /// The player has no session in this region.
+    #[error("player {0} has no session in this region")]
+    UnknownPlayer(PlayerId),
+    /// The player already has a session here.
+    #[error("player {0} already has a session in this region")]
+    AlreadyJoined(PlayerId),
+    /// The input's payload is over the size limit.
+    #[error("input payload of {0} bytes exceeds {MAX_INPUT_PAYLOAD} bytes")]
+    PayloadTooLarge(usize),
+    /// The input's sequence number is 0 (sequences start at 1).
+    #[error("input sequence 0 is invalid (sequences start at 1)")]
+    ZeroSequence,
+    /// Too many inputs are waiting for this player.
+    #[error("player {0} has {MAX_PENDING_INPUTS} inputs waiting; input dropped")]
+    QueueFull(PlayerId),
+    /// The world refused the change.
+    #[error(transparent)]
+    World(#[from] WorldError),
+}
+
+/// Index from players to their avatar entities, rebuilt from the world when a region is restored.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    avatars: HashMap<PlayerId, EntityId>,
+}
+
+impl Sessions {
+    /// Builds the index from the [`PlayerSession`] components in `world`.
+    #[must_use]
+    pub fn from_world(world: &World) -> Sessions {
+        let avatars = world.iter::<PlayerSession>().map(|(entity, session)| (PlayerId(session.player), entity)).collect();
+        Sessions { avatars }
+    }
+
+    /// Adds `player` with `avatar` (an existing entity) to the region.
+    pub fn join(&mut self, world: &mut World, player: PlayerId, avatar: EntityId) -> Result<(), SessionError> {
+        self.join_at(world, player, avatar, 0)
+    }
+
+    /// Adds `player` whose inputs up to `last_applied` were applied elsewhere (a player crossing in
+    /// from a neighbouring region keeps its sequence numbers).
+    pub fn join_at(
+        &mut self,
+        world: &mut World,
+        player: PlayerId,
+        avatar: EntityId,
+        last_applied: InputSeq,
+    ) -> Result<(), SessionError> {
+        if self.avatars.contains_key(&player) {
+            return Err(SessionError::AlreadyJoined(player));
+        }
+        world.insert(avatar, PlayerSession { player: player.0, last_applied, pending: Vec::new() })?;
+        self.avatars.insert(player, avatar);
+        Ok(())
+    }
+
+    /// Removes `player`'s session (the avatar entity stays; the game decides its fate).
+    pub fn leave(&mut self, world: &mut World, player: PlayerId) -> Option<(EntityId, PlayerSession)> {
+        let avatar = self.avatars.remove(&player)?;
+        let session = world.remove::<PlayerSession>(avatar)?;
+        Some((avatar, session))
+    }
+
+    /// The avatar of `player`.
+    #[must_use]
+    pub fn avatar_of(&self, player: PlayerId) -> Option<EntityId> {
+        self.avatars.get(&player).copied()
+    }
+
+    /// Number of players in the region.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.avatars.len()
+    }
+
+    /// Whether no player is in the region.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.avatars.is_empty()
+    }
+
+    /// Queues an input for its player.
+    pub fn submit(&self, world: &mut World, input: PlayerInput) -> Result<InputOutcome, SessionError> {
+        if input.payload.len() > MAX_INPUT_PAYLOAD {
+            return Err(SessionError::PayloadTooLarge(input.payload.len()));
+        }
+        if input.seq == 0 {
+            return Err(SessionError::ZeroSequence);
+        }
+        let avatar = self.avatar_of(input.player).ok_or(SessionError::UnknownPlayer(input.player))?;
+        let mut session = world.get_mut::<PlayerSession>(avatar).ok_or(SessionError::UnknownPlayer(input.player))?;
+        // Invariant 2: an input already applied or already waiting is dropped, never applied twice.
+        if input.seq <= session.last_applied {
+            return Ok(InputOutcome::Duplicate);
+        }
+        let position = match session.pending.binary_search_by_key(&input.seq, |pending| pending.seq) {
+            Ok(_) => return Ok(InputOutcome::Duplicate),
+            Err(position) => position,
+        };
+        if session.pending.len() >= MAX_PENDING_INPUTS {
+            return Err(SessionError::QueueFull(input.player));
+        }
+        session.pending.insert(position, PendingInput { seq: input.seq, payload: input.payload });
+        Ok(InputOutcome::Queued)
+    }
+
+    /// Takes, for every player in entity order, the inputs that are next in sequence (stopping at a
+    /// gap), and marks them applied. The caller applies them in the returned order within the tick.
+    pub fn take_ready(&self, world: &mut World) -> Vec<ReadyInput> {
+        let mut ready = Vec::new();
+        world.for_each_mut::<PlayerSession>(|avatar, mut session| {
+            let next_in_order =
+                session.pending.iter().enumerate().take_while(|(index, pending)| pending.seq == session.last_applied + 1 + *index as u64).count();
+            if next_in_order == 0 {
+                return;
+            }
+            let player = PlayerId(session.player);
+            let taken: Vec<PendingInput> = session.pending.drain(..next_in_order).collect();
+            if let Some(last) = taken.last() {
+                session.last_applied = last.seq;
+            }
+            ready.extend(taken.into_iter().map(|pending| ReadyInput { player, avatar, seq: pending.seq, payload: pending.payload }));
+        });
+        ready
+    }
+}
+
+/// An input due for application this tick.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadyInput {
+    /// The player.
+    pub player: PlayerId,
+    /// The player's avatar.
+    pub avatar: EntityId,
+    /// The input's sequence number.
+    pub seq: InputSeq,
+    /// Game-defined bytes.
+    pub payload: Vec<u8>,
+}
