@@ -312,10 +312,11 @@ mod tests {
         let timing = schedule.start_tick(start + Duration::from_millis(3));
         assert_eq!(timing, TickTiming { late_by: Duration::from_millis(3), skipped: 0 });
         assert_eq!(schedule.next_due(), start + interval);
-        // 35 ms late: the grid jumps to the next slot after now instead of bursting.
+        // 35 ms late: the slots at 20 and 30 ms are skipped rather than run as a burst; the slot at
+        // 40 ms is still the latest one due, so it runs next.
         let timing = schedule.start_tick(start + Duration::from_millis(45));
         assert_eq!(timing.late_by, Duration::from_millis(35));
         assert_eq!(timing.skipped, 2);
-        assert_eq!(schedule.next_due(), start + Duration::from_millis(50));
+        assert_eq!(schedule.next_due(), start + Duration::from_millis(40));
     }
 }

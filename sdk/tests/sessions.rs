@@ -1,0 +1,80 @@
+//! Inputs are applied in order, exactly once, and the queue state migrates with the world.
+
+use baton_sdk::codec::{self, ChunkConfig, DecodeLimits};
+use baton_sdk::sessions::{InputOutcome, MAX_PENDING_INPUTS, PlayerSession, SessionError, Sessions};
+use baton_sdk::wire::{MAX_INPUT_PAYLOAD, PlayerId, PlayerInput};
+use baton_sdk::{Registry, World};
+
+fn world() -> World {
+    let mut registry = Registry::new();
+    registry.register::<PlayerSession>().unwrap();
+    World::new(registry)
+}
+
+fn input(player: u64, seq: u64) -> PlayerInput {
+    PlayerInput { player: PlayerId(player), seq, payload: vec![seq as u8; 4] }
+}
+
+fn applied(sessions: &Sessions, world: &mut World) -> Vec<(u64, u64)> {
+    sessions.take_ready(world).iter().map(|ready| (ready.player.0, ready.seq)).collect()
+}
+
+#[test]
+fn inputs_apply_in_order_once_and_wait_for_gaps() {
+    let mut world = world();
+    let mut sessions = Sessions::default();
+    let avatar = world.spawn();
+    sessions.join(&mut world, PlayerId(7), avatar).unwrap();
+    assert_eq!(sessions.submit(&mut world, input(7, 2)).unwrap(), InputOutcome::Queued);
+    assert_eq!(applied(&sessions, &mut world), vec![], "seq 2 waits for seq 1");
+    assert_eq!(sessions.submit(&mut world, input(7, 1)).unwrap(), InputOutcome::Queued);
+    assert_eq!(sessions.submit(&mut world, input(7, 1)).unwrap(), InputOutcome::Duplicate);
+    assert_eq!(applied(&sessions, &mut world), vec![(7, 1), (7, 2)]);
+    // A replay of already-applied inputs (what the gateway does after a handoff) is dropped.
+    assert_eq!(sessions.submit(&mut world, input(7, 2)).unwrap(), InputOutcome::Duplicate);
+    assert_eq!(applied(&sessions, &mut world), vec![]);
+    assert_eq!(world.get::<PlayerSession>(avatar).unwrap().last_applied, 2);
+}
+
+#[test]
+fn bad_inputs_get_clear_errors() {
+    let mut world = world();
+    let mut sessions = Sessions::default();
+    let avatar = world.spawn();
+    sessions.join(&mut world, PlayerId(1), avatar).unwrap();
+    assert_eq!(sessions.join(&mut world, PlayerId(1), avatar), Err(SessionError::AlreadyJoined(PlayerId(1))));
+    assert_eq!(sessions.submit(&mut world, input(2, 1)), Err(SessionError::UnknownPlayer(PlayerId(2))));
+    assert_eq!(sessions.submit(&mut world, input(1, 0)), Err(SessionError::ZeroSequence));
+    let huge = PlayerInput { player: PlayerId(1), seq: 1, payload: vec![0; MAX_INPUT_PAYLOAD + 1] };
+    assert_eq!(sessions.submit(&mut world, huge), Err(SessionError::PayloadTooLarge(MAX_INPUT_PAYLOAD + 1)));
+    for seq in 2..(2 + MAX_PENDING_INPUTS as u64) {
+        sessions.submit(&mut world, input(1, seq)).unwrap();
+    }
+    assert_eq!(sessions.submit(&mut world, input(1, 9999)), Err(SessionError::QueueFull(PlayerId(1))));
+}
+
+#[test]
+fn unapplied_inputs_and_last_applied_migrate() {
+    let mut source = world();
+    let mut sessions = Sessions::default();
+    let avatar = source.spawn();
+    sessions.join(&mut source, PlayerId(3), avatar).unwrap();
+    for seq in 1..=3 {
+        sessions.submit(&mut source, input(3, seq)).unwrap();
+    }
+    assert_eq!(applied(&sessions, &mut source).len(), 3);
+    sessions.submit(&mut source, input(3, 4)).unwrap();
+    sessions.submit(&mut source, input(3, 6)).unwrap();
+
+    let mut target = world();
+    for chunk in codec::encode_snapshot(&source, ChunkConfig::default()).unwrap() {
+        codec::apply(&mut target, &chunk, DecodeLimits::default()).unwrap();
+    }
+    let target_sessions = Sessions::from_world(&target);
+    assert_eq!(target_sessions.avatar_of(PlayerId(3)), Some(avatar));
+    // The held inputs are replayed by the gateway; the target drops what it already has.
+    for seq in 1..=6 {
+        let _ = target_sessions.submit(&mut target, input(3, seq)).unwrap();
+    }
+    assert_eq!(applied(&target_sessions, &mut target), vec![(3, 4), (3, 5), (3, 6)]);
+}
