@@ -162,7 +162,9 @@ impl RegionLogic for SampleLogic {
         // Avatars: move the kinematic body along the walk direction.
         let walkers: Vec<(EntityId, [f32; 2])> = world
             .iter::<Avatar>()
-            .map(|(entity, avatar)| (entity, [f32::from_bits(avatar.walk_bits[0]), f32::from_bits(avatar.walk_bits[1])]))
+            .map(|(entity, avatar)| {
+                (entity, [f32::from_bits(avatar.walk_bits[0]), f32::from_bits(avatar.walk_bits[1])])
+            })
             .filter(|(_, walk)| walk[0] != 0.0 || walk[1] != 0.0)
             .collect();
         for (entity, walk) in walkers {
@@ -174,8 +176,11 @@ impl RegionLogic for SampleLogic {
             }
         }
         // NPCs: walk with the velocity their script chose, turning back at the region's edge.
-        let movers: Vec<(EntityId, [f32; 2])> =
-            world.iter::<Npc>().filter(|(_, npc)| npc.velocity != [0.0, 0.0]).map(|(entity, npc)| (entity, npc.velocity)).collect();
+        let movers: Vec<(EntityId, [f32; 2])> = world
+            .iter::<Npc>()
+            .filter(|(_, npc)| npc.velocity != [0.0, 0.0])
+            .map(|(entity, npc)| (entity, npc.velocity))
+            .collect();
         for (entity, velocity) in movers {
             let mut bounced = velocity;
             if let Some(mut transform) = world.get_mut::<Transform>(entity) {
@@ -268,10 +273,18 @@ pub fn populate(region: &mut Region<SampleLogic>, spec: WorldSpec) -> Result<(),
 }
 
 /// Spawns an avatar for `player` and adds the player to the region.
-pub fn join_avatar(region: &mut Region<SampleLogic>, player: PlayerId, position: [f32; 2]) -> Result<EntityId, anyhow::Error> {
+pub fn join_avatar(
+    region: &mut Region<SampleLogic>,
+    player: PlayerId,
+    position: [f32; 2],
+) -> Result<EntityId, anyhow::Error> {
     let world = region.world_mut();
     let entity = world.spawn();
-    let body = Body::new(BodyKind::Kinematic, Shape::CapsuleY { half_height: 0.6, radius: 0.35 }, [position[0], 0.95, position[1]]);
+    let body = Body::new(
+        BodyKind::Kinematic,
+        Shape::CapsuleY { half_height: 0.6, radius: 0.35 },
+        [position[0], 0.95, position[1]],
+    );
     world.insert(entity, body)?;
     world.insert(entity, Avatar { walk_bits: [0, 0], inputs_applied: 0, input_chain: 0 })?;
     region.join(player, entity)?;
@@ -280,7 +293,7 @@ pub fn join_avatar(region: &mut Region<SampleLogic>, player: PlayerId, position:
 
 /// Simulated players: each sends inputs at `inputs_per_second` with payloads of 256-512 bytes,
 /// walking a random walk. Deterministic for a seed.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct SimulatedPlayers {
     rng: fastrand::Rng,
     players: Vec<SimulatedPlayer>,
@@ -288,7 +301,7 @@ pub struct SimulatedPlayers {
     tick_rate_hz: u32,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct SimulatedPlayer {
     id: PlayerId,
     next_seq: u64,
@@ -324,7 +337,8 @@ impl SimulatedPlayers {
         for player in &mut self.players {
             for _ in 0..due {
                 player.heading += (self.rng.f32() - 0.5) * 0.6;
-                let walk = if self.rng.u8(..10) == 0 { [0.0, 0.0] } else { [player.heading.cos(), player.heading.sin()] };
+                let walk =
+                    if self.rng.u8(..10) == 0 { [0.0, 0.0] } else { [player.heading.cos(), player.heading.sin()] };
                 let length = 256 + self.rng.usize(..=256);
                 let payload = walk_payload(walk, length, &mut self.rng);
                 inputs.push(PlayerInput { player: player.id, seq: player.next_seq, payload });
@@ -411,7 +425,8 @@ pub struct HeadlessOptions {
 pub fn run_headless(options: HeadlessOptions) -> Result<HeadlessSummary, anyhow::Error> {
     let mut region = new_region(RegionId(1), options.config)?;
     populate(&mut region, options.spec)?;
-    let mut players = SimulatedPlayers::join(&mut region, options.avatars, 1, options.inputs_per_second, options.spec.seed ^ 0x5eed)?;
+    let mut players =
+        SimulatedPlayers::join(&mut region, options.avatars, 1, options.inputs_per_second, options.spec.seed ^ 0x5eed)?;
     let interval = options.config.tick_interval();
     let total_ticks = (options.seconds * f64::from(options.config.tick_rate_hz)).round().max(0.0) as u64;
     let mut tick_micros = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;

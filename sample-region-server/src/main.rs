@@ -62,7 +62,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
     match run(&cli) {
@@ -89,7 +90,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     }
     let config = RegionConfig {
         tick_rate_hz: cli.tick_rate,
-        scripts: ScriptConfig { fuel_per_tick: cli.script_fuel, memory_limit_bytes: cli.script_memory_kib * 1024, ..ScriptConfig::default() },
+        scripts: ScriptConfig {
+            fuel_per_tick: cli.script_fuel,
+            memory_limit_bytes: cli.script_memory_kib * 1024,
+            ..ScriptConfig::default()
+        },
         ..RegionConfig::default()
     };
     let options = HeadlessOptions {
@@ -112,7 +117,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     } else {
         println!("ticks           {}", summary.ticks);
         println!("entities        {} ({} scripts, {} bodies)", summary.entities, summary.scripts, summary.bodies);
-        println!("tick ms         p50 {:.3}  p99 {:.3}  max {:.3}", summary.tick_ms.p50, summary.tick_ms.p99, summary.tick_ms.max);
+        println!(
+            "tick ms         p50 {:.3}  p99 {:.3}  max {:.3}",
+            summary.tick_ms.p50, summary.tick_ms.p99, summary.tick_ms.max
+        );
         println!("inputs          {} sent, {} applied", summary.inputs_sent, summary.inputs_applied);
         println!("late ticks      {}", summary.late_ticks);
         println!("awake bodies    max {}", summary.awake_bodies_max);

@@ -211,6 +211,28 @@ impl PhysicsEngine {
                 self.awake.insert(entity);
             }
         }
+        // A fresh engine would see every contact as new in its first step and wake every sleeping
+        // body that a new collider touches; in the source those contacts are old and the bodies
+        // sleep on. So find the contacts now, with a collision-only pass, and then put back to
+        // sleep exactly the bodies that were asleep at the source.
+        let rapier = &mut self.rapier;
+        rapier.collision_pipeline.step(
+            rapier.integration_parameters.prediction_distance(),
+            &mut rapier.islands,
+            &mut rapier.broad_phase,
+            &mut rapier.narrow_phase,
+            &mut rapier.bodies,
+            &mut rapier.colliders,
+            &(),
+            &(),
+        );
+        for (entity, body) in world.iter::<Body>() {
+            if let Some(tracked) = self.bodies.get(&entity)
+                && let Some(rigid_body) = rapier.bodies.get_mut(tracked.body)
+            {
+                restore_activation(rigid_body, body);
+            }
+        }
         self.tracker = Some(world.create_tracker());
     }
 
@@ -319,7 +341,8 @@ impl PhysicsEngine {
             }
             return;
         }
-        let Some(rigid_body) = self.bodies.get(&entity).and_then(|tracked| self.rapier.bodies.get_mut(tracked.body)) else {
+        let Some(rigid_body) = self.bodies.get(&entity).and_then(|tracked| self.rapier.bodies.get_mut(tracked.body))
+        else {
             return;
         };
         let pose = pose_of(body);
@@ -357,7 +380,8 @@ fn new_rapier(config: PhysicsConfig) -> PhysicsWorld {
     rapier.gravity = Vector::from_array(config.gravity);
     rapier.integration_parameters.dt = config.timestep;
     if let Some(half_extent) = config.ground_half_extent {
-        let ground = ColliderBuilder::cuboid(half_extent, 0.5, half_extent).translation(Vector::new(0.0, -0.5, 0.0)).build();
+        let ground =
+            ColliderBuilder::cuboid(half_extent, 0.5, half_extent).translation(Vector::new(0.0, -0.5, 0.0)).build();
         rapier.colliders.insert(ground);
     }
     rapier
@@ -389,19 +413,25 @@ fn insert_body(rapier: &mut PhysicsWorld, entity: EntityId, body: &Body) -> Trac
         .angvel(Vector::from_array(body.angvel))
         .user_data(u128::from(entity.0))
         .build();
-    if !body.engine_state.is_empty()
-        && let Ok(activation) = postcard::from_bytes::<RigidBodyActivation>(&body.engine_state)
-    {
-        *rigid_body.activation_mut() = activation;
-    } else if body.sleeping {
-        rigid_body.sleep();
-    }
+    restore_activation(&mut rigid_body, body);
     let handle = rapier.bodies.insert(rigid_body);
     let collider = collider_builder(body).user_data(u128::from(entity.0)).build();
     rapier.colliders.insert_with_parent(collider, handle, &mut rapier.bodies);
     let mut spec = body.clone();
     spec.engine_state = Vec::new();
     Tracked { body: handle, spec }
+}
+
+/// Gives a rapier body the activation (sleep) state recorded in its component.
+fn restore_activation(rigid_body: &mut rapier3d::prelude::RigidBody, body: &Body) {
+    if !body.engine_state.is_empty()
+        && let Ok(activation) = postcard::from_bytes::<RigidBodyActivation>(&body.engine_state)
+    {
+        *rigid_body.activation_mut() = activation;
+    }
+    if body.sleeping && !rigid_body.is_sleeping() {
+        rigid_body.sleep();
+    }
 }
 
 fn bits_equal<const N: usize>(left: &[f32; N], right: &[f32; N]) -> bool {

@@ -31,7 +31,10 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
-use wasmi::{Caller, Config, Engine, Global, Instance, Linker, Memory, Module, Store, StoreLimits, StoreLimitsBuilder, TypedFunc, Val};
+use wasmi::{
+    Caller, Config, Engine, Global, Instance, Linker, Memory, Module, Store, StoreLimits, StoreLimitsBuilder,
+    TypedFunc, Val,
+};
 use wasmparser::{ExternalKind, Operator, Parser, Payload, TypeRef, ValType};
 
 use crate::world::{EntityId, World, WorldError};
@@ -284,7 +287,8 @@ impl ScriptEngine {
             let Some(mut script) = world.get_mut::<Script>(entity) else {
                 continue;
             };
-            let Some(position) = script.timers.iter().position(|timer| timer.id == id && timer.due_tick == due_tick) else {
+            let Some(position) = script.timers.iter().position(|timer| timer.id == id && timer.due_tick == due_tick)
+            else {
                 continue;
             };
             if script.fault.is_some() {
@@ -334,7 +338,8 @@ impl ScriptEngine {
         tick: u64,
     ) -> Result<(), String> {
         let script = world.get::<Script>(entity).ok_or("script vanished")?.clone();
-        let module = self.modules.get(&script.module).ok_or_else(|| format!("no script module named {:?}", script.module))?;
+        let module =
+            self.modules.get(&script.module).ok_or_else(|| format!("no script module named {:?}", script.module))?;
         let stale = self.live.get(&entity).is_none_or(|live| live.revision != script.revision);
         if stale {
             let live = instantiate(&self.engine, &self.linker, module, &script, self.config)?;
@@ -461,7 +466,9 @@ fn instantiate(
     store.limiter(|state| &mut state.limits);
     // The start function and data segments cost fuel too; give them one tick's worth.
     store.set_fuel(config.fuel_per_tick).map_err(|error| error.to_string())?;
-    let instance = linker.instantiate_and_start(&mut store, &module.module).map_err(|error| format!("instantiation failed: {error}"))?;
+    let instance = linker
+        .instantiate_and_start(&mut store, &module.module)
+        .map_err(|error| format!("instantiation failed: {error}"))?;
     let globals: Vec<Global> = module
         .global_exports
         .iter()
@@ -533,14 +540,20 @@ fn define_host_api(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::
         value as i32
     })?;
     linker.func_wrap("baton", "get", |caller: Caller<'_, HostState>, slot: i32| -> Result<f32, wasmi::Error> {
-        let slot = usize::try_from(slot).ok().filter(|slot| *slot < PROPERTY_SLOTS).ok_or_else(|| wasmi::Error::new(format!("get: no slot {slot}")))?;
+        let slot = usize::try_from(slot)
+            .ok()
+            .filter(|slot| *slot < PROPERTY_SLOTS)
+            .ok_or_else(|| wasmi::Error::new(format!("get: no slot {slot}")))?;
         Ok(caller.data().slots[slot])
     })?;
     linker.func_wrap(
         "baton",
         "set",
         |mut caller: Caller<'_, HostState>, slot: i32, value: f32| -> Result<(), wasmi::Error> {
-            let slot = usize::try_from(slot).ok().filter(|slot| *slot < PROPERTY_SLOTS).ok_or_else(|| wasmi::Error::new(format!("set: no slot {slot}")))?;
+            let slot = usize::try_from(slot)
+                .ok()
+                .filter(|slot| *slot < PROPERTY_SLOTS)
+                .ok_or_else(|| wasmi::Error::new(format!("set: no slot {slot}")))?;
             let state = caller.data_mut();
             state.slots[slot] = value;
             state.written |= 1 << slot;
@@ -595,8 +608,18 @@ fn inspect_module(binary: &[u8], memory_limit_bytes: usize) -> Result<ModuleShap
                     let import = import.map_err(|error| error.to_string())?;
                     match import.ty {
                         TypeRef::Func(_) if import.module == "baton" => {}
-                        TypeRef::Func(_) => return Err(format!("imports {}.{} (only module `baton` exists)", import.module, import.name)),
-                        _ => return Err(format!("imports {}.{}: only functions may be imported", import.module, import.name)),
+                        TypeRef::Func(_) => {
+                            return Err(format!(
+                                "imports {}.{} (only module `baton` exists)",
+                                import.module, import.name
+                            ));
+                        }
+                        _ => {
+                            return Err(format!(
+                                "imports {}.{}: only functions may be imported",
+                                import.module, import.name
+                            ));
+                        }
                     }
                 }
             }
@@ -604,7 +627,8 @@ fn inspect_module(binary: &[u8], memory_limit_bytes: usize) -> Result<ModuleShap
                 for global in reader {
                     let global = global.map_err(|error| error.to_string())?;
                     if global.ty.mutable {
-                        if !matches!(global.ty.content_type, ValType::I32 | ValType::I64 | ValType::F32 | ValType::F64) {
+                        if !matches!(global.ty.content_type, ValType::I32 | ValType::I64 | ValType::F32 | ValType::F64)
+                        {
                             return Err(format!("mutable global {defined_globals} is not a number"));
                         }
                         mutable_globals.push((defined_globals, global.ty.content_type));
@@ -618,7 +642,9 @@ fn inspect_module(binary: &[u8], memory_limit_bytes: usize) -> Result<ModuleShap
                     memories += 1;
                     let initial = usize::try_from(memory.initial).unwrap_or(usize::MAX).saturating_mul(WASM_PAGE);
                     if initial > memory_limit_bytes {
-                        return Err(format!("initial memory of {initial} bytes exceeds the limit of {memory_limit_bytes}"));
+                        return Err(format!(
+                            "initial memory of {initial} bytes exceeds the limit of {memory_limit_bytes}"
+                        ));
                     }
                 }
             }

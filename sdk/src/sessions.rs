@@ -86,7 +86,8 @@ impl Sessions {
     /// Builds the index from the [`PlayerSession`] components in `world`.
     #[must_use]
     pub fn from_world(world: &World) -> Sessions {
-        let avatars = world.iter::<PlayerSession>().map(|(entity, session)| (PlayerId(session.player), entity)).collect();
+        let avatars =
+            world.iter::<PlayerSession>().map(|(entity, session)| (PlayerId(session.player), entity)).collect();
         Sessions { avatars }
     }
 
@@ -167,8 +168,12 @@ impl Sessions {
     pub fn take_ready(&self, world: &mut World) -> Vec<ReadyInput> {
         let mut ready = Vec::new();
         world.for_each_mut::<PlayerSession>(|avatar, mut session| {
-            let next_in_order =
-                session.pending.iter().enumerate().take_while(|(index, pending)| pending.seq == session.last_applied + 1 + *index as u64).count();
+            let next_in_order = session
+                .pending
+                .iter()
+                .enumerate()
+                .take_while(|(index, pending)| pending.seq == session.last_applied + 1 + *index as u64)
+                .count();
             if next_in_order == 0 {
                 return;
             }
@@ -177,7 +182,12 @@ impl Sessions {
             if let Some(last) = taken.last() {
                 session.last_applied = last.seq;
             }
-            ready.extend(taken.into_iter().map(|pending| ReadyInput { player, avatar, seq: pending.seq, payload: pending.payload }));
+            ready.extend(taken.into_iter().map(|pending| ReadyInput {
+                player,
+                avatar,
+                seq: pending.seq,
+                payload: pending.payload,
+            }));
         });
         ready
     }

@@ -19,14 +19,19 @@ fn sample_archives() -> Vec<Vec<u8>> {
     }
     let tracker = world.create_tracker();
     let mut archives: Vec<Vec<u8>> =
-        codec::encode_snapshot(&world, ChunkConfig { target_chunk_bytes: 1024, max_chunk_bytes: 4096 }).unwrap().iter().map(|c| c.to_vec()).collect();
+        codec::encode_snapshot(&world, ChunkConfig { target_chunk_bytes: 1024, max_chunk_bytes: 4096 })
+            .unwrap()
+            .iter()
+            .map(|c| c.to_vec())
+            .collect();
     let first = world.entities().next().unwrap();
     world.despawn(first);
     let second = world.entities().next().unwrap();
     world.insert(second, Health(3)).unwrap();
     world.remove::<Inventory>(second);
     let changes = world.changes(tracker);
-    archives.extend(codec::encode_delta(&world, &changes, 1, ChunkConfig::default()).unwrap().iter().map(|c| c.to_vec()));
+    archives
+        .extend(codec::encode_delta(&world, &changes, 1, ChunkConfig::default()).unwrap().iter().map(|c| c.to_vec()));
     archives
 }
 

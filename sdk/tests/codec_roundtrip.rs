@@ -42,7 +42,9 @@ fn apply_op(world: &mut World, op: &Op) {
     match op {
         Op::Spawn { health, items } => {
             let entity = world.spawn();
-            world.insert(entity, Position { xyz: [entity.0 as f32, 0.0, 0.0], label: format!("n{}", entity.0) }).unwrap();
+            world
+                .insert(entity, Position { xyz: [entity.0 as f32, 0.0, 0.0], label: format!("n{}", entity.0) })
+                .unwrap();
             if let Some(health) = health {
                 world.insert(entity, Health(*health)).unwrap();
             }
@@ -51,12 +53,16 @@ fn apply_op(world: &mut World, op: &Op) {
             }
         }
         Op::Move { pick: index, dx } => {
-            if let Some(entity) = pick(world, *index) && let Some(mut position) = world.get_mut::<Position>(entity) {
+            if let Some(entity) = pick(world, *index)
+                && let Some(mut position) = world.get_mut::<Position>(entity)
+            {
                 position.xyz[0] += dx;
             }
         }
         Op::Rename { pick: index, len } => {
-            if let Some(entity) = pick(world, *index) && let Some(mut position) = world.get_mut::<Position>(entity) {
+            if let Some(entity) = pick(world, *index)
+                && let Some(mut position) = world.get_mut::<Position>(entity)
+            {
                 position.label = "x".repeat(usize::from(*len));
             }
         }

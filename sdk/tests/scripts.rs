@@ -120,10 +120,18 @@ fn a_script_growing_past_its_memory_cap_is_stopped() {
 #[test]
 fn modules_whose_state_could_not_migrate_are_refused() {
     let cases = [
-        ("hidden", r#"(module (global $g (mut i32) (i32.const 0)) (func (export "init") (global.set $g (i32.const 1))))"#, "not exported"),
+        (
+            "hidden",
+            r#"(module (global $g (mut i32) (i32.const 0)) (func (export "init") (global.set $g (i32.const 1))))"#,
+            "not exported",
+        ),
         ("imported memory", r#"(module (import "env" "memory" (memory 1)))"#, "only functions"),
         ("private memory", r#"(module (memory 1))"#, "exported as \"memory\""),
-        ("table writer", r#"(module (table 1 funcref) (func (table.set 0 (i32.const 0) (ref.null func))))"#, "table.set"),
+        (
+            "table writer",
+            r#"(module (table 1 funcref) (func (table.set 0 (i32.const 0) (ref.null func))))"#,
+            "table.set",
+        ),
         ("big memory", r#"(module (memory (export "memory") 2))"#, "exceeds the limit"),
         ("foreign import", r#"(module (import "wasi" "fd_write" (func (param i32))))"#, "only module `baton`"),
     ];
