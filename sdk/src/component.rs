@@ -42,6 +42,9 @@ pub struct ComponentId(pub u16);
 /// Most component types one registry can hold (entity component masks are 128 bits wide).
 pub const MAX_COMPONENT_TYPES: usize = 128;
 
+/// Validates and decodes a column archive of one component type into a `Box<Vec<T>>`.
+pub(crate) type DecodeColumn = fn(&[u8], usize) -> Result<Box<dyn Any>, CodecError>;
+
 /// What a registry knows about one component type.
 #[derive(Clone, Debug)]
 pub struct ComponentInfo {
@@ -51,7 +54,7 @@ pub struct ComponentInfo {
     pub schema: u64,
     pub(crate) new_store: fn() -> Box<dyn ErasedStore>,
     /// Validates and decodes a column archive into a `Box<Vec<T>>`.
-    pub(crate) decode: fn(&[u8], usize) -> Result<Box<dyn Any>, CodecError>,
+    pub(crate) decode: DecodeColumn,
 }
 
 /// Errors from registering component types.

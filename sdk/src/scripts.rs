@@ -414,9 +414,9 @@ impl ScriptEngine {
             component.revision += 1;
         }
         live.revision = component.revision;
-        for slot in 0..PROPERTY_SLOTS {
+        for (slot, value) in slots.iter().enumerate() {
             if written & (1 << slot) != 0 {
-                bindings.write(world, entity, slot, slots[slot]);
+                bindings.write(world, entity, slot, *value);
             }
         }
         Ok(())

@@ -1,6 +1,8 @@
 //! restore(snapshot) + deltas == source, by digest, after every round, for random operation
 //! sequences — with the snapshot taken in chunks while the source keeps changing, as in a handoff.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use baton_sdk::codec::{self, ChunkConfig, DecodeLimits, SnapshotWriter};

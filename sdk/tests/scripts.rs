@@ -1,6 +1,8 @@
 //! Scripts keep their whole state across snapshot/restore, and a misbehaving script is stopped
 //! without stopping anything else.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use baton_sdk::codec::{self, ChunkConfig, DecodeLimits};
 use baton_sdk::scripts::{PROPERTY_SLOTS, Script, ScriptBindings, ScriptConfig, ScriptEngine, ScriptError};
 use baton_sdk::{EntityId, Registry, World};

@@ -1,5 +1,7 @@
 //! Inputs are applied in order, exactly once, and the queue state migrates with the world.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use baton_sdk::codec::{self, ChunkConfig, DecodeLimits};
 use baton_sdk::sessions::{InputOutcome, MAX_PENDING_INPUTS, PlayerSession, SessionError, Sessions};
 use baton_sdk::wire::{MAX_INPUT_PAYLOAD, PlayerId, PlayerInput};

@@ -6,6 +6,8 @@
 //! (scripts, NPCs, plants, avatars) continues bit-identically, and dynamic bodies stay within
 //! `MAX_DIVERGENCE_M` of their twin. The measured figures are in docs/benchmarks.md.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 
 use baton_sdk::codec::{self, ChunkConfig, DecodeLimits};

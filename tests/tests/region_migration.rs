@@ -1,6 +1,8 @@
 //! A whole sample region (physics, scripts, players) restored from a streamed snapshot and deltas
 //! equals its source at every round, and then continues exactly as its source does.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use baton_sdk::codec::{self, ChunkConfig, DecodeLimits, SnapshotWriter};
 use baton_sdk::physics::{Body, BodyKind, Shape};
 use baton_sdk::wire::{PlayerId, RegionId};

@@ -534,7 +534,7 @@ pub fn decode(registry: &Registry, bytes: &[u8], limits: DecodeLimits) -> Result
         let entry = HEADER_LEN + index * SECTION_ENTRY_LEN;
         let offset = read_u32(bytes, entry) as usize;
         let length = read_u32(bytes, entry + 4) as usize;
-        if offset % ALIGN != 0 || offset < table_end || offset.saturating_add(length) > bytes.len() {
+        if !offset.is_multiple_of(ALIGN) || offset < table_end || offset.saturating_add(length) > bytes.len() {
             return Err(CodecError::Invalid(format!("section {index} at {offset}+{length} is out of bounds")));
         }
         sections.push(offset..offset + length);
@@ -542,7 +542,7 @@ pub fn decode(registry: &Registry, bytes: &[u8], limits: DecodeLimits) -> Result
 
     // rkyv's checked access needs 16-byte aligned input; copy only when the caller's buffer is not.
     let aligned_copy;
-    let bytes: &[u8] = if (bytes.as_ptr() as usize) % ALIGN == 0 {
+    let bytes: &[u8] = if (bytes.as_ptr() as usize).is_multiple_of(ALIGN) {
         bytes
     } else {
         let mut copy = AlignedVec::<ALIGN>::with_capacity(bytes.len());
