@@ -248,6 +248,9 @@ pub fn populate(region: &mut Region<SampleLogic>, spec: WorldSpec) -> Result<(),
             let half = [0.2 + rng.f32() * 0.6, 0.2 + rng.f32() * 0.6, 0.2 + rng.f32() * 0.6];
             Body::new(BodyKind::Dynamic, Shape::Cuboid { half_extents: half }, [x, half[1], z])
         };
+        // Objects are placed resting on the ground, as a loaded level is: asleep until disturbed.
+        let mut body = body;
+        body.sleeping = true;
         let world = region.world_mut();
         let entity = world.spawn();
         world.insert(entity, body)?;
@@ -269,6 +272,9 @@ pub fn populate(region: &mut Region<SampleLogic>, spec: WorldSpec) -> Result<(),
         world.insert(entity, Plant { size: 1.0 })?;
         region.attach_script(entity, "grow", rng.u64(..))?;
     }
+    // Level load: build the engines from the finished world once, so the crates placed at rest
+    // start asleep instead of all settling in the first ticks.
+    region.rebuild_caches();
     Ok(())
 }
 

@@ -211,10 +211,24 @@ impl PhysicsEngine {
                 self.awake.insert(entity);
             }
         }
-        // A fresh engine would see every contact as new in its first step and wake every sleeping
-        // body that a new collider touches; in the source those contacts are old and the bodies
-        // sleep on. So find the contacts now, with a collision-only pass, and then put back to
-        // sleep exactly the bodies that were asleep at the source.
+        let all: Vec<EntityId> = self.bodies.keys().copied().collect();
+        self.prime_contacts(world, &all);
+        self.tracker = Some(world.create_tracker());
+    }
+
+    /// Finds the contacts of a freshly built engine with a collision-only pass, then gives every
+    /// body back the sleep state of its component.
+    ///
+    /// rapier wakes the parent of every new collider in the first step after insertion; a body
+    /// that was asleep at the source (or placed at rest by the game) would wake and jitter while
+    /// its contacts re-converge. After this pass the contacts exist and the colliders are no longer
+    /// new, so the bodies sleep on. Only valid on a fresh engine: rapier links the contacts found
+    /// here into its persistent islands when it bootstraps them in the first step, which it does
+    /// only once per engine.
+    fn prime_contacts(&mut self, world: &World, inserted: &[EntityId]) {
+        if inserted.is_empty() {
+            return;
+        }
         let rapier = &mut self.rapier;
         rapier.collision_pipeline.step(
             rapier.integration_parameters.prediction_distance(),
@@ -226,14 +240,17 @@ impl PhysicsEngine {
             &(),
             &(),
         );
-        for (entity, body) in world.iter::<Body>() {
-            if let Some(tracked) = self.bodies.get(&entity)
+        for entity in inserted {
+            if let Some(tracked) = self.bodies.get(entity)
                 && let Some(rigid_body) = rapier.bodies.get_mut(tracked.body)
+                && let Some(body) = world.get::<Body>(*entity)
             {
                 restore_activation(rigid_body, body);
+                if body.sleeping {
+                    self.awake.remove(entity);
+                }
             }
         }
-        self.tracker = Some(world.create_tracker());
     }
 
     /// Applies the game's edits, steps the simulation once and writes moved bodies back.
@@ -255,8 +272,14 @@ impl PhysicsEngine {
             if *component == body_component
                 && let Some(body) = world.get::<Body>(*entity)
             {
-                self.sync(*entity, body);
                 stats.synced += 1;
+                if self.bodies.get(entity).is_some_and(|tracked| tracked.spec.same_collider(body)) {
+                    self.apply_edit(*entity, body);
+                } else {
+                    // A body added while the region runs is woken by rapier in its first step, as
+                    // any new object would be; only `rebuild` primes contacts (see there).
+                    self.reinsert(*entity, body);
+                }
             }
         }
 
@@ -328,19 +351,18 @@ impl PhysicsEngine {
         }
     }
 
-    /// Applies a game edit of `entity`'s body to the engine.
-    fn sync(&mut self, entity: EntityId, body: &Body) {
-        let same_collider = self.bodies.get(&entity).is_some_and(|tracked| tracked.spec.same_collider(body));
-        if !same_collider {
-            // New body, or its kind, shape or material changed: rebuild it in the engine.
-            self.remove(entity);
-            let tracked = insert_body(&mut self.rapier, entity, body);
-            self.bodies.insert(entity, tracked);
-            if body.kind == BodyKind::Dynamic {
-                self.awake.insert(entity);
-            }
-            return;
+    /// Puts a new body, or one whose kind, shape or material changed, into the engine afresh.
+    fn reinsert(&mut self, entity: EntityId, body: &Body) {
+        self.remove(entity);
+        let tracked = insert_body(&mut self.rapier, entity, body);
+        self.bodies.insert(entity, tracked);
+        if body.kind == BodyKind::Dynamic {
+            self.awake.insert(entity);
         }
+    }
+
+    /// Applies a game edit of an existing body's pose or velocities to the engine.
+    fn apply_edit(&mut self, entity: EntityId, body: &Body) {
         let Some(rigid_body) = self.bodies.get(&entity).and_then(|tracked| self.rapier.bodies.get_mut(tracked.body))
         else {
             return;
@@ -423,14 +445,21 @@ fn insert_body(rapier: &mut PhysicsWorld, entity: EntityId, body: &Body) -> Trac
 }
 
 /// Gives a rapier body the activation (sleep) state recorded in its component.
+///
+/// The sleeping flag itself is changed only through rapier's `sleep`/`wake_up`, never by assigning
+/// the saved state, because rapier's island manager must see every change of it (assigning it
+/// directly leaves an awake body in a sleeping island).
 fn restore_activation(rigid_body: &mut rapier3d::prelude::RigidBody, body: &Body) {
     if !body.engine_state.is_empty()
-        && let Ok(activation) = postcard::from_bytes::<RigidBodyActivation>(&body.engine_state)
+        && let Ok(mut activation) = postcard::from_bytes::<RigidBodyActivation>(&body.engine_state)
     {
+        activation.sleeping = rigid_body.is_sleeping();
         *rigid_body.activation_mut() = activation;
     }
     if body.sleeping && !rigid_body.is_sleeping() {
         rigid_body.sleep();
+    } else if !body.sleeping && rigid_body.is_sleeping() {
+        rigid_body.wake_up(false);
     }
 }
 
