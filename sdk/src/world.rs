@@ -355,10 +355,17 @@ impl World {
 
     /// Inserts already-decoded values of one component type (from an archive).
     pub(crate) fn insert_decoded(&mut self, id: ComponentId, entities: &[EntityId], values: Box<dyn Any>) {
+        let bit = 1u128 << id.0;
         for entity in entities {
-            self.spawn_with_id(*entity);
-            if let Some(mask) = self.entities.get_mut(entity) {
-                *mask |= 1u128 << id.0;
+            // One lookup per value: mark the component on a live entity, or spawn it with it.
+            match self.entities.entry(*entity) {
+                std::collections::btree_map::Entry::Occupied(mut occupied) => *occupied.get_mut() |= bit,
+                std::collections::btree_map::Entry::Vacant(vacant) => {
+                    vacant.insert(bit);
+                    self.next_entity = self.next_entity.max(entity.0.saturating_add(1));
+                    self.digest.entity_sum = self.digest.entity_sum.wrapping_add(entity_hash(*entity));
+                    self.journal.push(*entity, ChangeKind::Spawned);
+                }
             }
         }
         let stamp = self.journal.stamp;
@@ -770,7 +777,7 @@ fn entity_hash(entity: EntityId) -> u128 {
 }
 
 /// Iterates the indices of set bits of a component mask.
-struct MaskBits(u128);
+pub(crate) struct MaskBits(pub(crate) u128);
 
 impl Iterator for MaskBits {
     type Item = usize;

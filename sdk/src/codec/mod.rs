@@ -707,8 +707,8 @@ impl DecodedArchive {
             // removed at the source.
             for (entity, received) in self.entities.iter().zip(received_masks) {
                 let extra = world.mask_of(*entity).unwrap_or(0) & !received;
-                for index in 0..128u16 {
-                    if extra & (1u128 << index) != 0 && world.remove_erased(*entity, ComponentId(index)) {
+                for index in crate::world::MaskBits(extra) {
+                    if world.remove_erased(*entity, ComponentId(index as u16)) {
                         stats.removed += 1;
                     }
                 }
