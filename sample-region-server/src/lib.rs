@@ -425,6 +425,8 @@ pub struct HeadlessOptions {
     pub config: RegionConfig,
     /// Sleep between ticks to hold the tick rate (false: run ticks back to back).
     pub paced: bool,
+    /// Print a progress line to standard error every 5 s of simulated time.
+    pub progress: bool,
 }
 
 /// Runs a populated sample region with simulated players and reports what it measured.
@@ -459,6 +461,16 @@ pub fn run_headless(options: HeadlessOptions) -> Result<HeadlessSummary, anyhow:
         inputs_applied += report.applied.len() as u64;
         awake_bodies_max = awake_bodies_max.max(report.physics.awake);
         tick_micros.record((report.duration.as_micros() as u64).max(1))?;
+        let progress_every = u64::from(options.config.tick_rate_hz) * 5;
+        if options.progress && report.tick % progress_every == 0 {
+            eprintln!(
+                "  {:>5} s  tick {:>6}/{total_ticks}  tick p99 {:.2} ms  awake bodies {}  inputs applied {inputs_applied}",
+                report.tick / u64::from(options.config.tick_rate_hz),
+                report.tick,
+                tick_micros.value_at_quantile(0.99) as f64 / 1000.0,
+                report.physics.awake,
+            );
+        }
     }
     let world = region.world_mut();
     let digest = world.digest().to_string();

@@ -104,6 +104,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         inputs_per_second: cli.input_rate,
         config,
         paced: !cli.unpaced,
+        progress: !cli.json,
     };
     if !cli.json {
         eprintln!(

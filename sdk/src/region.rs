@@ -212,6 +212,7 @@ impl<L: RegionLogic> Region<L> {
     /// Runs one tick.
     pub fn tick(&mut self) -> TickReport {
         let started = Instant::now();
+        let _span = tracing::trace_span!("region_tick", region = %self.id, tick = self.world.tick() + 1).entered();
         let ready = self.sessions.take_ready(&mut self.world);
         for input in &ready {
             self.logic.apply_input(&mut self.world, input);
