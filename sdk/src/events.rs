@@ -29,8 +29,29 @@ pub const SCRIPT_FAULTS_TOTAL: &str = "baton_script_faults_total";
 /// Gauge: awake physics bodies. Label: `region`.
 pub const PHYSICS_AWAKE_BODIES: &str = "baton_physics_awake_bodies";
 
+/// Histogram: handoff freeze, source's view (end of its last tick to the target's commit), seconds.
+pub const HANDOFF_FREEZE_SECONDS: &str = "baton_handoff_freeze_seconds";
+/// Histogram: delta rounds before the freeze.
+pub const HANDOFF_ROUNDS: &str = "baton_handoff_rounds";
+/// Counter: archive bytes sent by handoffs. Label: `phase` (`snapshot`, `deltas`, `final`).
+pub const HANDOFF_BYTES_TOTAL: &str = "baton_handoff_bytes_total";
+/// Counter: finished handoffs. Label: `outcome` (`committed`, `aborted`).
+pub const HANDOFFS_TOTAL: &str = "baton_handoffs_total";
+
 /// Registers descriptions and units of every SDK metric with the installed recorder.
 pub fn describe() {
+    metrics::describe_histogram!(
+        HANDOFF_FREEZE_SECONDS,
+        metrics::Unit::Seconds,
+        "Handoff freeze: source's last tick to the target's commit."
+    );
+    metrics::describe_histogram!(HANDOFF_ROUNDS, "Delta rounds before a handoff's freeze.");
+    metrics::describe_counter!(
+        HANDOFF_BYTES_TOTAL,
+        metrics::Unit::Bytes,
+        "World archive bytes sent by handoffs, by phase."
+    );
+    metrics::describe_counter!(HANDOFFS_TOTAL, "Finished handoffs, by outcome.");
     metrics::describe_histogram!(TICK_DURATION_SECONDS, metrics::Unit::Seconds, "Time to run one region tick.");
     metrics::describe_counter!(TICKS_TOTAL, "Region ticks run.");
     metrics::describe_counter!(TICK_OVERRUNS_TOTAL, "Ticks that started more than half a tick interval late.");
@@ -95,4 +116,37 @@ pub fn input_refused(region: RegionId, player: baton_wire::PlayerId, reason: &'s
 pub fn script_faulted(entity: EntityId, reason: &str) {
     metrics::counter!(SCRIPT_FAULTS_TOTAL).increment(1);
     tracing::warn!(%entity, reason, "script stopped");
+}
+
+/// A handoff's source froze after its last tick.
+pub fn handoff_frozen(region: RegionId, epoch: baton_wire::Epoch, round: u32, final_bytes: u64) {
+    tracing::debug!(%region, %epoch, round, final_bytes, "handoff frozen");
+}
+
+/// A handoff committed: the target owns the region at `epoch`.
+pub fn handoff_committed(region: RegionId, epoch: baton_wire::Epoch, stats: &crate::handoff::source::SourceStats) {
+    if let Some(freeze) = stats.freeze {
+        metrics::histogram!(HANDOFF_FREEZE_SECONDS).record(freeze.as_secs_f64());
+    }
+    metrics::histogram!(HANDOFF_ROUNDS).record(f64::from(stats.rounds));
+    metrics::counter!(HANDOFF_BYTES_TOTAL, "phase" => "snapshot").increment(stats.snapshot_bytes);
+    metrics::counter!(HANDOFF_BYTES_TOTAL, "phase" => "deltas").increment(stats.delta_bytes);
+    metrics::counter!(HANDOFF_BYTES_TOTAL, "phase" => "final").increment(stats.final_bytes);
+    metrics::counter!(HANDOFFS_TOTAL, "outcome" => "committed").increment(1);
+    tracing::info!(
+        %region,
+        %epoch,
+        rounds = stats.rounds,
+        snapshot_bytes = stats.snapshot_bytes,
+        delta_bytes = stats.delta_bytes,
+        final_bytes = stats.final_bytes,
+        freeze_us = stats.freeze.map_or(0, |freeze| freeze.as_micros() as u64),
+        "handoff committed"
+    );
+}
+
+/// A handoff was aborted.
+pub fn handoff_aborted(region: RegionId, reason: &crate::handoff::AbortReason) {
+    metrics::counter!(HANDOFFS_TOTAL, "outcome" => "aborted").increment(1);
+    tracing::warn!(%region, culprit = ?reason.culprit, phase = %reason.phase, reason = %reason.reason, "handoff aborted");
 }

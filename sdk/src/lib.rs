@@ -13,6 +13,7 @@ extern crate self as baton_sdk;
 pub mod codec;
 pub mod component;
 pub mod events;
+pub mod handoff;
 pub mod physics;
 pub mod region;
 pub mod scripts;

@@ -1,0 +1,236 @@
+//! Messages between a handoff's source and target, and their encoding.
+//!
+//! These travel only on the authenticated region-to-region link. Each encoded message is one rkyv
+//! archive, validated with checked access on receipt; the transport frames them (length prefix).
+//! Archives inside (`Chunk`, `Delta`) are validated again by the world codec when applied.
+
+use rkyv::rancor::BoxedError;
+use rkyv::util::AlignedVec;
+
+use super::HandoffId;
+
+/// Version of the handoff message set; a peer with another version is refused at `Begin`.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Largest encoded message accepted (a world chunk is at most 1 MiB by default).
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+pub use definition::{ArchivedMessage, Message};
+
+/// The message type lives in its own module so that the items rkyv derives for its variants'
+/// fields (which cannot carry doc comments) are exempt from the documentation lint.
+mod definition {
+    #![allow(missing_docs)]
+
+    use baton_wire::PlayerInput;
+
+    use super::HandoffId;
+
+    /// One handoff message.
+    #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub enum Message {
+        /// Source → target: start a handoff (protocol.md §2).
+        Begin {
+            /// This attempt.
+            handoff: HandoffId,
+            /// Message-set version.
+            version: u16,
+            /// The region.
+            region: u64,
+            /// The source's ownership epoch.
+            epoch: u64,
+            /// The source instance's name at the authority.
+            source: String,
+            /// The source's component registry schema hash.
+            schema: u64,
+            /// Tick interval in microseconds.
+            tick_interval_us: u64,
+        },
+        /// Target → source: ready to receive (schemas match).
+        Ready {
+            /// This attempt.
+            handoff: HandoffId,
+            /// The target instance's name at the authority.
+            target: String,
+        },
+        /// Source → target: one snapshot chunk (a world archive).
+        Chunk {
+            /// This attempt.
+            handoff: HandoffId,
+            /// Position in the snapshot.
+            index: u32,
+            /// The archive.
+            bytes: Vec<u8>,
+        },
+        /// Source → target: one part of a delta round (a world archive).
+        Delta {
+            /// This attempt.
+            handoff: HandoffId,
+            /// The round, from 1.
+            round: u32,
+            /// The part within the round, from 0.
+            part: u32,
+            /// The archive.
+            bytes: Vec<u8>,
+        },
+        /// Target → source: everything up to this many bulk bytes is applied.
+        Progress {
+            /// This attempt.
+            handoff: HandoffId,
+            /// Archive bytes applied so far.
+            applied_bytes: u64,
+        },
+        /// Source → target: the source froze after tick `tick`; `round` with `parts` parts is final.
+        Freeze {
+            /// This attempt.
+            handoff: HandoffId,
+            /// The final round.
+            round: u32,
+            /// Its number of parts (possibly 0).
+            parts: u32,
+            /// The source's world digest at the freeze.
+            digest: u128,
+            /// The last tick the source ran.
+            tick: u64,
+            /// When the next tick is due, in microseconds after this message was made.
+            next_tick_in_us: u64,
+        },
+        /// Target → source: the target owns the region now, at `epoch`.
+        Committed {
+            /// This attempt.
+            handoff: HandoffId,
+            /// The new epoch.
+            epoch: u64,
+        },
+        /// Source → target: inputs that reached the source after the freeze.
+        Stragglers {
+            /// This attempt.
+            handoff: HandoffId,
+            /// The inputs, in arrival order.
+            inputs: Vec<PlayerInput>,
+        },
+        /// Either side: this attempt is over without a commit (or the target refused it).
+        Abort {
+            /// This attempt.
+            handoff: HandoffId,
+            /// Why, lower-case.
+            reason: String,
+        },
+    }
+}
+
+impl Message {
+    /// The attempt this message belongs to.
+    #[must_use]
+    pub fn handoff(&self) -> HandoffId {
+        match self {
+            Message::Begin { handoff, .. }
+            | Message::Ready { handoff, .. }
+            | Message::Chunk { handoff, .. }
+            | Message::Delta { handoff, .. }
+            | Message::Progress { handoff, .. }
+            | Message::Freeze { handoff, .. }
+            | Message::Committed { handoff, .. }
+            | Message::Stragglers { handoff, .. }
+            | Message::Abort { handoff, .. } => *handoff,
+        }
+    }
+
+    /// Whether it carries bulk state (and goes on the paced bulk stream).
+    #[must_use]
+    pub fn is_bulk(&self) -> bool {
+        matches!(self, Message::Chunk { .. } | Message::Delta { .. })
+    }
+
+    /// Bytes of world archive it carries.
+    #[must_use]
+    pub fn archive_bytes(&self) -> usize {
+        match self {
+            Message::Chunk { bytes, .. } | Message::Delta { bytes, .. } => bytes.len(),
+            _ => 0,
+        }
+    }
+
+    /// Encodes the message.
+    pub fn encode(&self) -> Result<AlignedVec, MessageError> {
+        rkyv::to_bytes::<BoxedError>(self).map_err(|error| MessageError::Encode(error.to_string()))
+    }
+
+    /// Validates and decodes a message. Never panics on any input.
+    pub fn decode(bytes: &[u8]) -> Result<Message, MessageError> {
+        if bytes.len() > MAX_MESSAGE_BYTES {
+            return Err(MessageError::TooLarge(bytes.len()));
+        }
+        let aligned_copy;
+        let bytes: &[u8] = if (bytes.as_ptr() as usize).is_multiple_of(16) {
+            bytes
+        } else {
+            let mut copy = AlignedVec::<16>::with_capacity(bytes.len());
+            copy.extend_from_slice(bytes);
+            aligned_copy = copy;
+            &aligned_copy
+        };
+        let archived = rkyv::access::<ArchivedMessage, BoxedError>(bytes)
+            .map_err(|error| MessageError::Invalid(error.to_string()))?;
+        rkyv::deserialize::<Message, BoxedError>(archived).map_err(|error| MessageError::Invalid(error.to_string()))
+    }
+}
+
+/// Errors from encoding or decoding handoff messages.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MessageError {
+    /// Larger than [`MAX_MESSAGE_BYTES`].
+    #[error("handoff message of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    /// Failed validation.
+    #[error("invalid handoff message: {0}")]
+    Invalid(String),
+    /// Encoding failed.
+    #[error("encoding a handoff message failed: {0}")]
+    Encode(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_wire::PlayerInput;
+
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_garbage_is_refused() {
+        let messages = [
+            Message::Begin {
+                handoff: 9,
+                version: PROTOCOL_VERSION,
+                region: 3,
+                epoch: 4,
+                source: "a".into(),
+                schema: 5,
+                tick_interval_us: 33_333,
+            },
+            Message::Chunk { handoff: 9, index: 2, bytes: vec![1, 2, 3] },
+            Message::Freeze {
+                handoff: 9,
+                round: 4,
+                parts: 1,
+                digest: u128::MAX - 7,
+                tick: 100,
+                next_tick_in_us: 30_000,
+            },
+            Message::Stragglers {
+                handoff: 9,
+                inputs: vec![PlayerInput { player: baton_wire::PlayerId(1), seq: 2, payload: vec![0; 300] }],
+            },
+        ];
+        for message in messages {
+            let bytes = message.encode().unwrap();
+            assert_eq!(Message::decode(&bytes).unwrap(), message);
+            let mut shifted = vec![0u8; bytes.len() + 1];
+            shifted[1..].copy_from_slice(&bytes);
+            assert_eq!(Message::decode(&shifted[1..]).unwrap(), message, "unaligned input is copied, not refused");
+            for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
+                let _ = Message::decode(&bytes[..cut]);
+            }
+        }
+        assert!(Message::decode(&[0xff; 64]).is_err());
+    }
+}

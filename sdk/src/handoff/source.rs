@@ -1,0 +1,668 @@
+//! The source side of a handoff: the instance that owns the region and gives it away.
+//!
+//! Invariant: the source stops ticking at the freeze and starts again only after it won back
+//! ownership at the authority (protocol.md §5); before the freeze it never stops. Inputs that reach
+//! it while frozen are held, then forwarded to the new owner or handed back to its own region.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use baton_wire::{Epoch, PlayerInput, RegionId};
+use rkyv::util::AlignedVec;
+
+use super::authority::{AuthorityError, Ownership};
+use super::message::{Message, PROTOCOL_VERSION};
+use super::{AbortReason, Culprit, HandoffId, Phase, Timeouts};
+use crate::codec::{self, ChunkConfig, SnapshotWriter};
+use crate::world::{TrackerId, World};
+
+/// Settings of the source side.
+#[derive(Clone, Copy, Debug)]
+pub struct SourceConfig {
+    /// Snapshot chunk and delta part sizes.
+    pub chunk: ChunkConfig,
+    /// A round at most this large (bytes) is small enough to be the final one: the freeze budget,
+    /// i.e. what the link moves in the freeze time (default 100 kB: 2 ms at 50 MB/s).
+    pub freeze_budget_bytes: usize,
+    /// After this many rounds that did not fit the budget, freeze anyway if the round is at most
+    /// four budgets, else abort: the region changes faster than the link moves it.
+    pub max_rounds: u32,
+    /// Most archive bytes sent and not yet applied by the target.
+    pub window_bytes: usize,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            chunk: ChunkConfig::default(),
+            freeze_budget_bytes: 100_000,
+            max_rounds: 20,
+            window_bytes: 4 * 1024 * 1024,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+impl SourceConfig {
+    /// A configuration whose freeze budget is what `bytes_per_second` moves in `freeze_time`.
+    #[must_use]
+    pub fn for_link(bytes_per_second: u64, freeze_time: Duration) -> SourceConfig {
+        let budget = (bytes_per_second as f64 * freeze_time.as_secs_f64()) as usize;
+        SourceConfig { freeze_budget_bytes: budget.max(4096), ..SourceConfig::default() }
+    }
+}
+
+/// Where the source is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourcePhase {
+    /// Waiting for the target to accept.
+    Prepare,
+    /// Streaming the snapshot while ticking.
+    Snapshot,
+    /// Streaming delta rounds while ticking.
+    Rounds,
+    /// Frozen: final delta sent, waiting for the target's commit.
+    Frozen,
+    /// Frozen: asking the authority who owns the region.
+    Settling,
+    /// The target owns the region; forwarding stragglers until the grace period ends.
+    HandedOff,
+    /// Done: the region can be freed.
+    Retired,
+    /// The handoff failed; the source owns the region (again).
+    Aborted,
+}
+
+/// What the source wants its driver to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceAction {
+    /// Compare-and-swap at the authority; answer with [`HandoffSource::handle_authority`].
+    Authority {
+        /// The ownership the region must be at.
+        expected: Ownership,
+        /// The ownership to move it to.
+        next: Ownership,
+    },
+    /// The source owns the region again, at `epoch`; tick again and submit `held` inputs.
+    Resume {
+        /// The (possibly new) epoch.
+        epoch: Epoch,
+        /// Inputs that arrived while frozen, in arrival order.
+        held: Vec<PlayerInput>,
+        /// Why the handoff failed.
+        reason: AbortReason,
+    },
+    /// The target owns the region at `epoch`; never tick this region again.
+    HandedOff {
+        /// The target's epoch.
+        epoch: Epoch,
+        /// Inputs that could not be forwarded (link lost); route them to the new owner.
+        undelivered: Vec<PlayerInput>,
+    },
+    /// The grace period ended: free the region.
+    Retire,
+    /// A third instance owns the region (not this handoff's target): never tick it again.
+    Fenced {
+        /// Who owns it.
+        owner: String,
+        /// At which epoch.
+        epoch: Epoch,
+    },
+}
+
+/// Counts and timings of one handoff, source side.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceStats {
+    /// Snapshot archive bytes.
+    pub snapshot_bytes: u64,
+    /// Snapshot chunks.
+    pub snapshot_chunks: u32,
+    /// Delta bytes before the freeze.
+    pub delta_bytes: u64,
+    /// Delta rounds before the freeze.
+    pub rounds: u32,
+    /// Bytes of the final delta.
+    pub final_bytes: u64,
+    /// From the end of the last tick to the target's commit arriving (source's view of the freeze).
+    pub freeze: Option<Duration>,
+    /// From start to the commit or abort.
+    pub total: Option<Duration>,
+}
+
+/// What to move, and who moves it.
+#[derive(Clone, Debug)]
+pub struct HandoffPlan {
+    /// This attempt's id (random).
+    pub id: HandoffId,
+    /// The region.
+    pub region: RegionId,
+    /// The source's current ownership epoch.
+    pub epoch: Epoch,
+    /// The source instance's name at the authority.
+    pub name: String,
+    /// The region's tick interval.
+    pub tick_interval: Duration,
+}
+
+/// The source side of one handoff.
+#[derive(Debug)]
+pub struct HandoffSource {
+    id: HandoffId,
+    region: RegionId,
+    epoch: Epoch,
+    name: String,
+    target: Option<String>,
+    config: SourceConfig,
+    phase: SourcePhase,
+    started: Instant,
+    deadline: Option<Instant>,
+    tracker: Option<TrackerId>,
+    writer: Option<SnapshotWriter>,
+    outbox: VecDeque<Message>,
+    actions: VecDeque<SourceAction>,
+    sent_bytes: u64,
+    applied_bytes: u64,
+    last_heard: Instant,
+    round: u32,
+    frozen_at: Option<Instant>,
+    held: Vec<PlayerInput>,
+    link_lost: bool,
+    abort_reason: Option<AbortReason>,
+    stats: SourceStats,
+}
+
+impl HandoffSource {
+    /// Starts a handoff (protocol.md §2).
+    #[must_use]
+    pub fn start(now: Instant, world: &World, plan: HandoffPlan, config: SourceConfig) -> HandoffSource {
+        let HandoffPlan { id, region, epoch, name, tick_interval } = plan;
+        let name = name.as_str();
+        let mut source = HandoffSource {
+            id,
+            region,
+            epoch,
+            name: name.to_owned(),
+            target: None,
+            config,
+            phase: SourcePhase::Prepare,
+            started: now,
+            deadline: Some(now + config.timeouts.prepare),
+            tracker: None,
+            writer: None,
+            outbox: VecDeque::new(),
+            actions: VecDeque::new(),
+            sent_bytes: 0,
+            applied_bytes: 0,
+            last_heard: now,
+            round: 0,
+            frozen_at: None,
+            held: Vec::new(),
+            link_lost: false,
+            abort_reason: None,
+            stats: SourceStats::default(),
+        };
+        source.outbox.push_back(Message::Begin {
+            handoff: id,
+            version: PROTOCOL_VERSION,
+            region: region.0,
+            epoch: epoch.0,
+            source: name.to_owned(),
+            schema: world.registry().schema_hash(),
+            tick_interval_us: tick_interval.as_micros() as u64,
+        });
+        source
+    }
+
+    /// This attempt's id.
+    #[must_use]
+    pub fn id(&self) -> HandoffId {
+        self.id
+    }
+
+    /// The phase.
+    #[must_use]
+    pub fn phase(&self) -> SourcePhase {
+        self.phase
+    }
+
+    /// Counts and timings so far.
+    #[must_use]
+    pub fn stats(&self) -> SourceStats {
+        self.stats
+    }
+
+    /// Why it aborted, once it has.
+    #[must_use]
+    pub fn abort_reason(&self) -> Option<&AbortReason> {
+        self.abort_reason.as_ref()
+    }
+
+    /// Whether the region may tick now. False from the freeze until the source owns it again.
+    #[must_use]
+    pub fn allows_ticks(&self) -> bool {
+        !matches!(
+            self.phase,
+            SourcePhase::Frozen | SourcePhase::Settling | SourcePhase::HandedOff | SourcePhase::Retired
+        )
+    }
+
+    /// Whether the handoff is over (retired or aborted).
+    #[must_use]
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, SourcePhase::Retired | SourcePhase::Aborted)
+    }
+
+    /// Offers a player input to the region. Returns it back if the region should take it now;
+    /// keeps it (held, or forwarded to the new owner) while the region is frozen or handed off.
+    pub fn handle_input(&mut self, input: PlayerInput) -> Option<PlayerInput> {
+        match self.phase {
+            SourcePhase::Frozen | SourcePhase::Settling => {
+                // protocol.md §5: inputs that reach a frozen source are held, never applied here.
+                self.held.push(input);
+                None
+            }
+            SourcePhase::HandedOff if !self.link_lost => {
+                self.outbox.push_back(Message::Stragglers { handoff: self.id, inputs: vec![input] });
+                None
+            }
+            SourcePhase::HandedOff | SourcePhase::Retired => {
+                self.held.push(input);
+                None
+            }
+            _ => Some(input),
+        }
+    }
+
+    /// Inputs held and not forwarded (for a driver whose link to the target is gone).
+    pub fn take_undelivered(&mut self) -> Vec<PlayerInput> {
+        std::mem::take(&mut self.held)
+    }
+
+    /// A message from the target.
+    pub fn handle_message(&mut self, now: Instant, world: &mut World, message: Message) {
+        if message.handoff() != self.id {
+            return;
+        }
+        self.last_heard = now;
+        match (self.phase, message) {
+            (SourcePhase::Prepare, Message::Ready { target, .. }) => {
+                self.target = Some(target);
+                // protocol.md §3: the tracker exists before the first chunk, so every change under
+                // an already-sent chunk is in a later delta.
+                self.tracker = Some(world.create_tracker());
+                self.writer = Some(SnapshotWriter::new(self.config.chunk));
+                self.phase = SourcePhase::Snapshot;
+                self.deadline = Some(self.started + self.config.timeouts.transfer);
+            }
+            (_, Message::Progress { applied_bytes, .. }) => {
+                self.applied_bytes = self.applied_bytes.max(applied_bytes);
+            }
+            (SourcePhase::Frozen | SourcePhase::Settling, Message::Committed { epoch, .. })
+                if Epoch(epoch) == self.epoch.next() =>
+            {
+                self.handed_off(now, Epoch(epoch));
+            }
+            (SourcePhase::Prepare | SourcePhase::Snapshot | SourcePhase::Rounds, Message::Abort { reason, .. }) => {
+                let phase = self.protocol_phase();
+                self.abort_before_freeze(world, AbortReason { culprit: Culprit::Target, phase, reason });
+            }
+            (SourcePhase::Frozen, Message::Abort { reason, .. }) => {
+                self.settle(now, AbortReason { culprit: Culprit::Target, phase: Phase::Freeze, reason });
+            }
+            _ => {}
+        }
+    }
+
+    /// The next message to send, if any. In the snapshot phase this encodes the next chunk from the
+    /// world as it is now, when the window allows.
+    pub fn poll_message(&mut self, world: &mut World) -> Option<Message> {
+        if let Some(message) = self.outbox.pop_front() {
+            return Some(message);
+        }
+        if self.phase != SourcePhase::Snapshot || self.in_flight() >= self.config.window_bytes as u64 {
+            return None;
+        }
+        let writer = self.writer.as_mut()?;
+        match writer.next_chunk(world) {
+            Ok(Some(chunk)) => {
+                let index = self.stats.snapshot_chunks;
+                self.stats.snapshot_chunks += 1;
+                self.stats.snapshot_bytes += chunk.len() as u64;
+                self.sent_bytes += chunk.len() as u64;
+                Some(Message::Chunk { handoff: self.id, index, bytes: chunk.to_vec() })
+            }
+            Ok(None) => None,
+            Err(error) => {
+                let reason = AbortReason {
+                    culprit: Culprit::Source,
+                    phase: Phase::Snapshot,
+                    reason: format!("encoding the snapshot: {error}"),
+                };
+                self.abort_before_freeze(world, reason);
+                self.outbox.pop_front()
+            }
+        }
+    }
+
+    /// The next thing the driver must do, if any.
+    pub fn poll_action(&mut self) -> Option<SourceAction> {
+        self.actions.pop_front()
+    }
+
+    /// When [`HandoffSource::handle_timeout`] must be called next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let silence = match self.phase {
+            SourcePhase::Prepare | SourcePhase::Snapshot | SourcePhase::Rounds | SourcePhase::Frozen
+                if self.awaits_reply() =>
+            {
+                Some(self.last_heard + self.config.timeouts.silence)
+            }
+            _ => None,
+        };
+        match (self.deadline, silence) {
+            (Some(deadline), Some(silence)) => Some(deadline.min(silence)),
+            (deadline, silence) => deadline.or(silence),
+        }
+    }
+
+    fn awaits_reply(&self) -> bool {
+        self.phase == SourcePhase::Prepare || self.phase == SourcePhase::Frozen || self.in_flight() > 0
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now: Instant, world: &mut World) {
+        let silent = self.awaits_reply() && now >= self.last_heard + self.config.timeouts.silence;
+        let expired = self.deadline.is_some_and(|deadline| now >= deadline);
+        if !silent && !expired {
+            return;
+        }
+        let phase = self.protocol_phase();
+        match self.phase {
+            SourcePhase::Prepare | SourcePhase::Snapshot | SourcePhase::Rounds => {
+                let (culprit, reason) = if silent {
+                    (Culprit::Link, "the target went silent".to_owned())
+                } else if self.phase == SourcePhase::Prepare {
+                    (Culprit::Target, "the target did not accept in time".to_owned())
+                } else {
+                    (Culprit::Link, "the transfer did not finish in time".to_owned())
+                };
+                self.abort_before_freeze(world, AbortReason { culprit, phase, reason });
+            }
+            SourcePhase::Frozen => {
+                let reason = if silent {
+                    "the target went silent after the freeze"
+                } else {
+                    "the target did not commit in time"
+                };
+                self.settle(
+                    now,
+                    AbortReason { culprit: Culprit::Target, phase: Phase::Freeze, reason: reason.to_owned() },
+                );
+            }
+            SourcePhase::Settling => {
+                // The authority was unavailable; ask again.
+                self.deadline = None;
+                self.request_reclaim();
+            }
+            SourcePhase::HandedOff => {
+                self.deadline = None;
+                self.phase = SourcePhase::Retired;
+                self.actions.push_back(SourceAction::Retire);
+            }
+            SourcePhase::Retired | SourcePhase::Aborted => self.deadline = None,
+        }
+    }
+
+    /// The link to the target broke (connection closed or reset).
+    pub fn handle_link_lost(&mut self, now: Instant, world: &mut World) {
+        self.link_lost = true;
+        let phase = self.protocol_phase();
+        match self.phase {
+            SourcePhase::Prepare | SourcePhase::Snapshot | SourcePhase::Rounds => {
+                self.abort_before_freeze(
+                    world,
+                    AbortReason { culprit: Culprit::Link, phase, reason: "link to the target lost".to_owned() },
+                );
+            }
+            SourcePhase::Frozen => {
+                self.settle(
+                    now,
+                    AbortReason {
+                        culprit: Culprit::Link,
+                        phase: Phase::Freeze,
+                        reason: "link to the target lost after the freeze".to_owned(),
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Called after every tick the region ran, at the tick boundary; `next_tick_due` is when the
+    /// next tick is scheduled. Delta rounds and the freeze happen here (protocol.md §4).
+    pub fn handle_tick_completed(&mut self, now: Instant, world: &mut World, next_tick_due: Instant) {
+        if self.phase == SourcePhase::Snapshot
+            && self.writer.as_ref().is_some_and(SnapshotWriter::is_done)
+            && self.in_flight() == 0
+        {
+            self.phase = SourcePhase::Rounds;
+        }
+        if self.phase != SourcePhase::Rounds || self.in_flight() > 0 {
+            return;
+        }
+        let Some(tracker) = self.tracker else {
+            return;
+        };
+        let changes = world.changes(tracker);
+        let round = self.round + 1;
+        let parts = match codec::encode_delta(world, &changes, round, self.config.chunk) {
+            Ok(parts) => parts,
+            Err(error) => {
+                let reason = AbortReason {
+                    culprit: Culprit::Source,
+                    phase: Phase::Rounds,
+                    reason: format!("encoding delta round {round}: {error}"),
+                };
+                self.abort_before_freeze(world, reason);
+                return;
+            }
+        };
+        let bytes: usize = parts.iter().map(AlignedVec::len).sum();
+        let budget = self.config.freeze_budget_bytes;
+        // protocol.md §4: freeze once a round fits the budget; after max_rounds, freeze if it is
+        // within four budgets, else give up (the region changes faster than the link moves it).
+        if bytes <= budget || (round > self.config.max_rounds && bytes <= budget * 4) {
+            self.freeze(now, world, round, parts, next_tick_due);
+        } else if round > self.config.max_rounds {
+            let reason = AbortReason {
+                culprit: Culprit::Link,
+                phase: Phase::Rounds,
+                reason: format!(
+                    "did not converge: round {round} still holds {bytes} bytes, over four freeze budgets of {budget}"
+                ),
+            };
+            self.abort_before_freeze(world, reason);
+        } else {
+            self.round = round;
+            self.stats.rounds = round;
+            self.stats.delta_bytes += bytes as u64;
+            self.send_parts(round, parts);
+        }
+    }
+
+    /// Abandons the handoff (operator or coordinator request). Before the freeze this is immediate;
+    /// after it, ownership is settled at the authority first.
+    pub fn cancel(&mut self, now: Instant, world: &mut World, reason: &str) {
+        let phase = self.protocol_phase();
+        let reason = AbortReason { culprit: Culprit::Source, phase, reason: reason.to_owned() };
+        match self.phase {
+            SourcePhase::Prepare | SourcePhase::Snapshot | SourcePhase::Rounds => {
+                self.abort_before_freeze(world, reason)
+            }
+            SourcePhase::Frozen => {
+                self.outbox.push_back(Message::Abort { handoff: self.id, reason: reason.reason.clone() });
+                self.settle(now, reason);
+            }
+            _ => {}
+        }
+    }
+
+    /// The authority's answer to the compare-and-swap this source asked for.
+    pub fn handle_authority(&mut self, now: Instant, result: Result<(), AuthorityError>) {
+        if self.phase != SourcePhase::Settling {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                // protocol.md §5: the source won epoch + 1 for itself; the target can no longer commit.
+                self.epoch = self.epoch.next();
+                self.phase = SourcePhase::Aborted;
+                self.deadline = None;
+                self.stats.total = Some(now - self.started);
+                let reason = self.abort_reason.clone().unwrap_or(AbortReason {
+                    culprit: Culprit::Target,
+                    phase: Phase::Commit,
+                    reason: "aborted".to_owned(),
+                });
+                crate::events::handoff_aborted(self.region, &reason);
+                self.actions.push_back(SourceAction::Resume {
+                    epoch: self.epoch,
+                    held: std::mem::take(&mut self.held),
+                    reason,
+                });
+            }
+            Err(AuthorityError::Conflict { actual_epoch, actual_owner, .. })
+                if actual_epoch == self.epoch.next() && self.target.as_deref() == Some(actual_owner.as_str()) =>
+            {
+                // The target's commit won; its report was lost on the way.
+                self.handed_off(now, actual_epoch);
+            }
+            Err(AuthorityError::Conflict { actual_epoch, actual_owner, .. })
+                if actual_epoch == self.epoch.next() && actual_owner == self.name =>
+            {
+                // Our own earlier attempt went through although its answer was lost.
+                self.handle_authority(now, Ok(()));
+            }
+            Err(AuthorityError::Conflict { actual_epoch, actual_owner, .. }) => {
+                // Someone else owns the region: this instance is fenced off for good (invariant 1).
+                let reason = AbortReason {
+                    culprit: Culprit::Authority,
+                    phase: Phase::Commit,
+                    reason: format!("the region was taken by {actual_owner}@{actual_epoch}"),
+                };
+                crate::events::handoff_aborted(self.region, &reason);
+                self.abort_reason = Some(reason);
+                self.phase = SourcePhase::Retired;
+                self.deadline = None;
+                self.stats.total = Some(now - self.started);
+                self.actions.push_back(SourceAction::Fenced { owner: actual_owner, epoch: actual_epoch });
+            }
+            Err(_) => {
+                // Unknown outcome: stay frozen and ask again (protocol.md §5, availability yields to safety).
+                self.deadline = Some(now + self.config.timeouts.authority_retry);
+            }
+        }
+    }
+
+    fn in_flight(&self) -> u64 {
+        self.sent_bytes.saturating_sub(self.applied_bytes)
+    }
+
+    fn protocol_phase(&self) -> Phase {
+        match self.phase {
+            SourcePhase::Prepare => Phase::Prepare,
+            SourcePhase::Snapshot => Phase::Snapshot,
+            SourcePhase::Rounds => Phase::Rounds,
+            SourcePhase::Frozen => Phase::Freeze,
+            _ => Phase::Commit,
+        }
+    }
+
+    fn send_parts(&mut self, round: u32, parts: Vec<AlignedVec>) {
+        for (part, bytes) in parts.into_iter().enumerate() {
+            self.sent_bytes += bytes.len() as u64;
+            self.outbox.push_back(Message::Delta { handoff: self.id, round, part: part as u32, bytes: bytes.to_vec() });
+        }
+    }
+
+    fn freeze(&mut self, now: Instant, world: &mut World, round: u32, parts: Vec<AlignedVec>, next_tick_due: Instant) {
+        let part_count = parts.len() as u32;
+        self.stats.final_bytes = parts.iter().map(|part| part.len() as u64).sum();
+        self.send_parts(round, parts);
+        let digest = world.digest();
+        self.outbox.push_back(Message::Freeze {
+            handoff: self.id,
+            round,
+            parts: part_count,
+            digest: digest.0,
+            tick: world.tick(),
+            next_tick_in_us: next_tick_due.saturating_duration_since(now).as_micros() as u64,
+        });
+        if let Some(tracker) = self.tracker.take() {
+            world.drop_tracker(tracker);
+        }
+        self.writer = None;
+        self.phase = SourcePhase::Frozen;
+        self.frozen_at = Some(now);
+        self.last_heard = now;
+        self.deadline = Some(now + self.config.timeouts.commit);
+        crate::events::handoff_frozen(self.region, self.epoch, round, self.stats.final_bytes);
+    }
+
+    fn handed_off(&mut self, now: Instant, epoch: Epoch) {
+        self.phase = SourcePhase::HandedOff;
+        self.stats.freeze = self.frozen_at.map(|frozen| now - frozen);
+        self.stats.total = Some(now - self.started);
+        self.deadline = Some(now + self.config.timeouts.straggler_grace);
+        let undelivered = if self.link_lost {
+            std::mem::take(&mut self.held)
+        } else {
+            if !self.held.is_empty() {
+                self.outbox.push_back(Message::Stragglers { handoff: self.id, inputs: std::mem::take(&mut self.held) });
+            }
+            Vec::new()
+        };
+        crate::events::handoff_committed(self.region, epoch, &self.stats);
+        self.actions.push_back(SourceAction::HandedOff { epoch, undelivered });
+    }
+
+    /// After the freeze, only the authority can say who owns the region (protocol.md §5).
+    fn settle(&mut self, now: Instant, reason: AbortReason) {
+        if self.abort_reason.is_none() {
+            self.abort_reason = Some(reason);
+        }
+        self.phase = SourcePhase::Settling;
+        self.deadline = None;
+        let _ = now;
+        self.request_reclaim();
+    }
+
+    fn request_reclaim(&mut self) {
+        let expected = Ownership { owner: self.name.clone(), epoch: self.epoch };
+        let next = Ownership { owner: self.name.clone(), epoch: self.epoch.next() };
+        self.actions.push_back(SourceAction::Authority { expected, next });
+    }
+
+    fn abort_before_freeze(&mut self, world: &mut World, reason: AbortReason) {
+        if let Some(tracker) = self.tracker.take() {
+            world.drop_tracker(tracker);
+        }
+        self.writer = None;
+        self.outbox.clear();
+        if !self.link_lost {
+            self.outbox.push_back(Message::Abort { handoff: self.id, reason: reason.reason.clone() });
+        }
+        self.phase = SourcePhase::Aborted;
+        self.deadline = None;
+        crate::events::handoff_aborted(self.region, &reason);
+        self.abort_reason = Some(reason.clone());
+        self.actions.push_back(SourceAction::Resume {
+            epoch: self.epoch,
+            held: std::mem::take(&mut self.held),
+            reason,
+        });
+    }
+}

@@ -1,0 +1,396 @@
+//! The target side of a handoff: a pre-warmed instance that receives the region and takes it over.
+//!
+//! Invariant: the target never ticks the region unless its compare-and-swap at the authority won
+//! (protocol.md §5); once it has asked for the swap it keeps the received state until it knows the
+//! outcome, so a commit can never be lost to a target that gave up too early.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use baton_wire::{Epoch, PlayerInput, RegionId};
+
+use super::authority::{AuthorityError, Ownership};
+use super::message::{Message, PROTOCOL_VERSION};
+use super::{AbortReason, Culprit, HandoffId, Phase, Timeouts};
+use crate::codec::{self, DecodeLimits};
+use crate::world::{World, WorldDigest};
+
+/// Settings of the target side.
+#[derive(Clone, Debug)]
+pub struct TargetConfig {
+    /// This instance's name at the authority.
+    pub name: String,
+    /// Limits on received archives.
+    pub limits: DecodeLimits,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+}
+
+impl TargetConfig {
+    /// Defaults for an instance called `name`.
+    #[must_use]
+    pub fn new(name: &str) -> TargetConfig {
+        TargetConfig { name: name.to_owned(), limits: DecodeLimits::default(), timeouts: Timeouts::default() }
+    }
+}
+
+/// Where the target is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetPhase {
+    /// Pre-warmed, no handoff yet.
+    Idle,
+    /// Receiving the snapshot and delta rounds.
+    Receiving,
+    /// Frozen source: applying the final round.
+    Verifying,
+    /// Asked the authority for the region; waiting for the answer.
+    Committing,
+    /// Owns the region.
+    Authoritative,
+    /// This attempt failed; the received state must be discarded.
+    Aborted,
+}
+
+/// What the target wants its driver to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetAction {
+    /// Compare-and-swap at the authority; answer with [`HandoffTarget::handle_authority`].
+    Authority {
+        /// The ownership the region must be at (the source's).
+        expected: Ownership,
+        /// The ownership to take.
+        next: Ownership,
+    },
+    /// The target owns the region: rebuild engine caches and run the next tick at `first_tick_at`.
+    Authoritative {
+        /// The new epoch.
+        epoch: Epoch,
+        /// The last tick the source ran; the target continues from it.
+        tick: u64,
+        /// When the first tick is due, on the source's schedule.
+        first_tick_at: Instant,
+    },
+    /// Inputs the source forwarded: submit them to the region (duplicates are dropped there).
+    Stragglers(Vec<PlayerInput>),
+    /// The attempt failed: discard the received world and return to the pre-warmed state.
+    Discard(AbortReason),
+}
+
+/// Counts and timings, target side.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TargetStats {
+    /// Archive bytes applied.
+    pub applied_bytes: u64,
+    /// From the freeze message's arrival to owning the region.
+    pub freeze_to_commit: Option<Duration>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PendingFreeze {
+    round: u32,
+    parts: u32,
+    digest: u128,
+    tick: u64,
+    next_tick_in: Duration,
+    received_at: Instant,
+}
+
+/// The target side of handoffs, one at a time.
+#[derive(Debug)]
+pub struct HandoffTarget {
+    config: TargetConfig,
+    phase: TargetPhase,
+    handoff: Option<HandoffId>,
+    region: RegionId,
+    source: Ownership,
+    outbox: VecDeque<Message>,
+    actions: VecDeque<TargetAction>,
+    last_heard: Instant,
+    deadline: Option<Instant>,
+    parts_applied: HashMap<u32, u32>,
+    progress_due: bool,
+    freeze: Option<PendingFreeze>,
+    stats: TargetStats,
+}
+
+impl HandoffTarget {
+    /// A pre-warmed target waiting for a handoff.
+    #[must_use]
+    pub fn new(now: Instant, config: TargetConfig) -> HandoffTarget {
+        HandoffTarget {
+            config,
+            phase: TargetPhase::Idle,
+            handoff: None,
+            region: RegionId(0),
+            source: Ownership { owner: String::new(), epoch: Epoch(0) },
+            outbox: VecDeque::new(),
+            actions: VecDeque::new(),
+            last_heard: now,
+            deadline: None,
+            parts_applied: HashMap::new(),
+            progress_due: false,
+            freeze: None,
+            stats: TargetStats::default(),
+        }
+    }
+
+    /// The phase.
+    #[must_use]
+    pub fn phase(&self) -> TargetPhase {
+        self.phase
+    }
+
+    /// Counts and timings.
+    #[must_use]
+    pub fn stats(&self) -> TargetStats {
+        self.stats
+    }
+
+    /// The region being received or owned.
+    #[must_use]
+    pub fn region(&self) -> RegionId {
+        self.region
+    }
+
+    /// A message from the source.
+    pub fn handle_message(&mut self, now: Instant, world: &mut World, message: Message) {
+        self.last_heard = now;
+        if let Message::Begin { handoff, version, region, epoch, source, schema, .. } = &message {
+            if self.phase != TargetPhase::Idle && self.phase != TargetPhase::Aborted {
+                self.outbox.push_back(Message::Abort {
+                    handoff: *handoff,
+                    reason: "the target is busy with another handoff".to_owned(),
+                });
+                return;
+            }
+            self.reset();
+            self.handoff = Some(*handoff);
+            self.region = RegionId(*region);
+            self.source = Ownership { owner: source.clone(), epoch: Epoch(*epoch) };
+            // protocol.md §2: a target refuses a source whose message set or component types differ.
+            let refusal = if *version != PROTOCOL_VERSION {
+                Some(format!("protocol version {version} is not {PROTOCOL_VERSION}"))
+            } else if *schema != world.registry().schema_hash() {
+                Some(format!(
+                    "component schema {schema:016x} differs from this build's {:016x}",
+                    world.registry().schema_hash()
+                ))
+            } else if world.entity_count() != 0 {
+                Some("the target's world is not empty".to_owned())
+            } else {
+                None
+            };
+            match refusal {
+                Some(reason) => self.abort(Culprit::Target, Phase::Prepare, reason),
+                None => {
+                    self.phase = TargetPhase::Receiving;
+                    self.outbox.push_back(Message::Ready { handoff: *handoff, target: self.config.name.clone() });
+                }
+            }
+            return;
+        }
+        if Some(message.handoff()) != self.handoff {
+            return;
+        }
+        match (self.phase, message) {
+            (TargetPhase::Receiving | TargetPhase::Verifying, Message::Chunk { bytes, .. }) => {
+                self.apply(world, &bytes, Phase::Snapshot);
+            }
+            (TargetPhase::Receiving | TargetPhase::Verifying, Message::Delta { round, bytes, .. })
+                if self.apply(world, &bytes, Phase::Rounds) =>
+            {
+                *self.parts_applied.entry(round).or_default() += 1;
+            }
+            (TargetPhase::Receiving, Message::Freeze { round, parts, digest, tick, next_tick_in_us, .. }) => {
+                self.freeze = Some(PendingFreeze {
+                    round,
+                    parts,
+                    digest,
+                    tick,
+                    next_tick_in: Duration::from_micros(next_tick_in_us),
+                    received_at: now,
+                });
+                self.phase = TargetPhase::Verifying;
+            }
+            (TargetPhase::Receiving | TargetPhase::Verifying, Message::Abort { reason, .. }) => {
+                self.abort(Culprit::Source, Phase::Rounds, reason);
+                // The source asked for it; no need to tell it back.
+                self.outbox.clear();
+            }
+            (TargetPhase::Authoritative, Message::Stragglers { inputs, .. }) => {
+                self.actions.push_back(TargetAction::Stragglers(inputs));
+            }
+            _ => {}
+        }
+        if self.phase == TargetPhase::Verifying {
+            self.try_verify(world);
+        }
+    }
+
+    /// The next message to send, if any.
+    pub fn poll_message(&mut self) -> Option<Message> {
+        if let Some(message) = self.outbox.pop_front() {
+            return Some(message);
+        }
+        if self.progress_due
+            && let Some(handoff) = self.handoff
+        {
+            self.progress_due = false;
+            return Some(Message::Progress { handoff, applied_bytes: self.stats.applied_bytes });
+        }
+        None
+    }
+
+    /// The next thing the driver must do, if any.
+    pub fn poll_action(&mut self) -> Option<TargetAction> {
+        self.actions.pop_front()
+    }
+
+    /// When [`HandoffTarget::handle_timeout`] must be called next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let silence = matches!(self.phase, TargetPhase::Receiving | TargetPhase::Verifying)
+            .then(|| self.last_heard + self.config.timeouts.silence);
+        match (self.deadline, silence) {
+            (Some(deadline), Some(silence)) => Some(deadline.min(silence)),
+            (deadline, silence) => deadline.or(silence),
+        }
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if matches!(self.phase, TargetPhase::Receiving | TargetPhase::Verifying)
+            && now >= self.last_heard + self.config.timeouts.silence
+        {
+            let phase = if self.phase == TargetPhase::Verifying { Phase::Freeze } else { Phase::Rounds };
+            self.abort(Culprit::Link, phase, "the source went silent".to_owned());
+            return;
+        }
+        if self.phase == TargetPhase::Committing && self.deadline.is_some_and(|deadline| now >= deadline) {
+            // The authority's answer was unknown; ask again with the same swap.
+            self.deadline = None;
+            self.request_commit();
+        }
+    }
+
+    /// The link to the source broke.
+    pub fn handle_link_lost(&mut self, _now: Instant) {
+        match self.phase {
+            TargetPhase::Receiving => self.abort(Culprit::Link, Phase::Rounds, "link to the source lost".to_owned()),
+            TargetPhase::Verifying => self.abort(Culprit::Link, Phase::Freeze, "link to the source lost".to_owned()),
+            // protocol.md §5: after asking for the swap the target settles with the authority alone.
+            _ => {}
+        }
+        self.outbox.clear();
+    }
+
+    /// The authority's answer to this target's compare-and-swap.
+    pub fn handle_authority(&mut self, now: Instant, result: Result<(), AuthorityError>) {
+        if self.phase != TargetPhase::Committing {
+            return;
+        }
+        let next_epoch = self.source.epoch.next();
+        match result {
+            Ok(()) => self.commit(now, next_epoch),
+            Err(AuthorityError::Conflict { actual_epoch, actual_owner, .. })
+                if actual_epoch == next_epoch && actual_owner == self.config.name =>
+            {
+                // Our earlier attempt went through although its answer was lost.
+                self.commit(now, next_epoch);
+            }
+            Err(AuthorityError::Conflict { actual_epoch, actual_owner, .. }) => {
+                self.abort(
+                    Culprit::Authority,
+                    Phase::Commit,
+                    format!("the authority refused the commit: the region is at {actual_owner}@{actual_epoch}"),
+                );
+            }
+            Err(error) => {
+                // Unknown outcome: keep the state and ask again (never discard a possible commit).
+                tracing::warn!(region = %self.region, %error, "commit outcome unknown; retrying");
+                self.deadline = Some(now + self.config.timeouts.authority_retry);
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.handoff = None;
+        self.outbox.clear();
+        self.actions.clear();
+        self.parts_applied.clear();
+        self.progress_due = false;
+        self.freeze = None;
+        self.deadline = None;
+        self.stats = TargetStats::default();
+    }
+
+    fn apply(&mut self, world: &mut World, bytes: &[u8], phase: Phase) -> bool {
+        match codec::apply(world, bytes, self.config.limits) {
+            Ok(_) => {
+                self.stats.applied_bytes += bytes.len() as u64;
+                self.progress_due = true;
+                // Fold the digest as state arrives, so that the check at the freeze costs only the
+                // final round.
+                let _ = world.digest();
+                true
+            }
+            Err(error) => {
+                self.abort(Culprit::Source, phase, format!("a received archive is invalid: {error}"));
+                false
+            }
+        }
+    }
+
+    fn try_verify(&mut self, world: &mut World) {
+        let Some(freeze) = self.freeze else {
+            return;
+        };
+        if self.parts_applied.get(&freeze.round).copied().unwrap_or(0) < freeze.parts {
+            return;
+        }
+        let ours = world.digest();
+        // protocol.md §4: the target's world must equal the source's at the freeze (invariant 4).
+        if ours != WorldDigest(freeze.digest) {
+            self.abort(
+                Culprit::Target,
+                Phase::Freeze,
+                format!("digest mismatch: source {} target {ours}", WorldDigest(freeze.digest)),
+            );
+            return;
+        }
+        self.phase = TargetPhase::Committing;
+        self.request_commit();
+    }
+
+    fn request_commit(&mut self) {
+        let next = Ownership { owner: self.config.name.clone(), epoch: self.source.epoch.next() };
+        self.actions.push_back(TargetAction::Authority { expected: self.source.clone(), next });
+    }
+
+    fn commit(&mut self, now: Instant, epoch: Epoch) {
+        let Some(freeze) = self.freeze else {
+            return;
+        };
+        self.phase = TargetPhase::Authoritative;
+        self.deadline = None;
+        self.stats.freeze_to_commit = Some(now - freeze.received_at);
+        if let Some(handoff) = self.handoff {
+            self.outbox.push_back(Message::Committed { handoff, epoch: epoch.0 });
+        }
+        // protocol.md §6: the first tick keeps the source's schedule.
+        let first_tick_at = (freeze.received_at + freeze.next_tick_in).max(now);
+        self.actions.push_back(TargetAction::Authoritative { epoch, tick: freeze.tick, first_tick_at });
+    }
+
+    fn abort(&mut self, culprit: Culprit, phase: Phase, reason: String) {
+        if let Some(handoff) = self.handoff {
+            self.outbox.push_back(Message::Abort { handoff, reason: reason.clone() });
+        }
+        self.phase = TargetPhase::Aborted;
+        self.deadline = None;
+        self.freeze = None;
+        let reason = AbortReason { culprit, phase, reason };
+        crate::events::handoff_aborted(self.region, &reason);
+        self.actions.push_back(TargetAction::Discard(reason));
+    }
+}
