@@ -9,6 +9,8 @@
 //! `u8 version = 1 | f32 LE walk x | f32 LE walk z | game data up to the payload limit`. The walk
 //! vector is clamped to length 1. An input that does not parse is consumed without effect.
 
+pub mod serve;
+
 use baton_sdk::physics::{Body, BodyKind, Shape};
 use baton_sdk::region::{RegionLogic, TickSchedule};
 use baton_sdk::scripts::{PROPERTY_SLOTS, ScriptBindings, ScriptEngine, ScriptError};
@@ -58,6 +60,16 @@ pub struct Avatar {
     pub input_chain: u64,
 }
 
+/// Filler state that changes at a configured rate (benchmarks: `--dirty`).
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Component)]
+#[component(name = "sample.churn")]
+pub struct Churn {
+    /// Bumped whenever the entity churns.
+    pub counter: u64,
+    /// Payload that travels with it.
+    pub payload: [u8; 40],
+}
+
 /// How many of each thing a freshly populated region holds.
 #[derive(Clone, Copy, Debug)]
 pub struct WorldSpec {
@@ -69,11 +81,13 @@ pub struct WorldSpec {
     pub plants: usize,
     /// Seed of every random choice.
     pub seed: u64,
+    /// Entities that only carry [`Churn`] state.
+    pub churn: usize,
 }
 
 impl Default for WorldSpec {
     fn default() -> Self {
-        WorldSpec { objects: 2000, npcs: 500, plants: 1000, seed: 1 }
+        WorldSpec { objects: 2000, npcs: 500, plants: 1000, seed: 1, churn: 0 }
     }
 }
 
@@ -82,6 +96,8 @@ impl Default for WorldSpec {
 pub struct SampleLogic {
     /// Seconds per tick.
     pub dt: f32,
+    /// Every tick, one in this many [`Churn`] entities changes (0: none).
+    pub churn_period: u64,
 }
 
 const SLOT_X: usize = 0;
@@ -132,6 +148,7 @@ impl RegionLogic for SampleLogic {
         registry.register::<Npc>()?;
         registry.register::<Plant>()?;
         registry.register::<Avatar>()?;
+        registry.register::<Churn>()?;
         Ok(())
     }
 
@@ -159,6 +176,21 @@ impl RegionLogic for SampleLogic {
 
     fn tick(&mut self, world: &mut World) {
         let dt = self.dt;
+        if self.churn_period > 0 {
+            let phase = world.tick() % self.churn_period;
+            let due: Vec<EntityId> = world
+                .iter::<Churn>()
+                .filter(|(entity, _)| entity.0 % self.churn_period == phase)
+                .map(|(entity, _)| entity)
+                .collect();
+            for entity in due {
+                if let Some(mut churn) = world.get_mut::<Churn>(entity) {
+                    churn.counter += 1;
+                    let counter = churn.counter;
+                    churn.payload[..8].copy_from_slice(&counter.to_le_bytes());
+                }
+            }
+        }
         // Avatars: move the kinematic body along the walk direction.
         let walkers: Vec<(EntityId, [f32; 2])> = world
             .iter::<Avatar>()
@@ -232,7 +264,43 @@ pub fn walk_payload(walk: [f32; 2], length: usize, rng: &mut fastrand::Rng) -> V
 
 /// A sample region with an empty world.
 pub fn new_region(id: RegionId, config: RegionConfig) -> Result<Region<SampleLogic>, RegionError> {
-    Region::new(id, SampleLogic { dt: config.tick_interval().as_secs_f32() }, config)
+    new_region_with_churn(id, config, 0)
+}
+
+/// A sample region with an empty world whose [`Churn`] entities change one in `churn_period` per
+/// tick (the same setting must be used on every instance of the region).
+pub fn new_region_with_churn(
+    id: RegionId,
+    config: RegionConfig,
+    churn_period: u64,
+) -> Result<Region<SampleLogic>, RegionError> {
+    Region::new(id, SampleLogic { dt: config.tick_interval().as_secs_f32(), churn_period }, config)
+}
+
+/// The input player `player` sends as number `seq` in cluster tests and benchmarks: a random walk
+/// with a 256-512 byte payload, derived from the pair alone so that every process can rebuild it.
+#[must_use]
+pub fn scripted_input(player: u64, seq: u64) -> PlayerInput {
+    let mut rng = fastrand::Rng::with_seed(player.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seq);
+    let heading = rng.f32() * std::f32::consts::TAU;
+    let walk = if rng.u8(..10) == 0 { [0.0, 0.0] } else { [heading.cos(), heading.sin()] };
+    let length = 256 + rng.usize(..=256);
+    PlayerInput { player: PlayerId(player), seq, payload: walk_payload(walk, length, &mut rng) }
+}
+
+/// The [`Avatar::input_chain`] a region holds after applying `first..=last` of `scripted_input`
+/// for `player`, starting from `chain`.
+#[must_use]
+pub fn expected_chain(player: u64, mut chain: u64, first: u64, last: u64) -> u64 {
+    for seq in first..=last {
+        let input = scripted_input(player, seq);
+        let mut chained = Vec::with_capacity(16 + input.payload.len());
+        chained.extend_from_slice(&chain.to_le_bytes());
+        chained.extend_from_slice(&seq.to_le_bytes());
+        chained.extend_from_slice(&input.payload);
+        chain = xxhash_rust::xxh3::xxh3_64(&chained);
+    }
+    chain
 }
 
 /// Fills a region with objects, NPCs and plants.
@@ -271,6 +339,13 @@ pub fn populate(region: &mut Region<SampleLogic>, spec: WorldSpec) -> Result<(),
         world.insert(entity, Transform { position: [x, 0.0, z] })?;
         world.insert(entity, Plant { size: 1.0 })?;
         region.attach_script(entity, "grow", rng.u64(..))?;
+    }
+    for _ in 0..spec.churn {
+        let world = region.world_mut();
+        let entity = world.spawn();
+        let mut payload = [0u8; 40];
+        rng.fill(&mut payload);
+        world.insert(entity, Churn { counter: 0, payload })?;
     }
     // Level load: build the engines from the finished world once, so the crates placed at rest
     // start asleep instead of all settling in the first ticks.

@@ -12,13 +12,44 @@ use clap::Parser;
 use sample_region_server::{HeadlessOptions, WorldSpec, run_headless};
 
 /// Run the sample Baton region: physics objects, scripted NPCs, growing plants and avatars.
+///
+/// Modes: `--headless` runs one region in this process with simulated players and reports what it
+/// measured; `--serve` hosts regions and moves them between processes (controlled by JSON lines on
+/// standard input, see the documentation of the `serve` module); `--dev-certs DIR --node NAME...`
+/// creates a development cluster CA and node certificates.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
-    /// Run without a network, with simulated players inside the process. Required for now: the
-    /// networked mode arrives with the gateway.
-    #[arg(long)]
+    /// Run one region without a network, with simulated players inside the process.
+    #[arg(long, conflicts_with_all = ["serve", "dev_certs"])]
     headless: bool,
+    /// Host regions and hand them off to other processes (needs --name, --certs, --authority).
+    #[arg(long, conflicts_with = "dev_certs")]
+    serve: bool,
+    /// Create (or reuse) a development cluster CA in this folder and issue certificates for --node.
+    #[arg(long, value_name = "DIR")]
+    dev_certs: Option<std::path::PathBuf>,
+    /// Node names to issue certificates for (with --dev-certs).
+    #[arg(long = "node", value_name = "NAME")]
+    nodes: Vec<String>,
+    /// This instance's name (with --serve); its certificate is <certs>/<name>.pem.
+    #[arg(long)]
+    name: Option<String>,
+    /// Address to accept handoff links on (with --serve).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
+    /// Folder with ca.pem and this node's certificate and key (with --serve).
+    #[arg(long, value_name = "DIR")]
+    certs: Option<std::path::PathBuf>,
+    /// Folder of the shared file-backed ownership authority (with --serve).
+    #[arg(long, value_name = "DIR")]
+    authority: Option<std::path::PathBuf>,
+    /// Bulk bandwidth a handoff may use, in MB/s (with --serve).
+    #[arg(long, default_value_t = 50)]
+    bulk_mbps: u64,
+    /// Fraction of churn entities that change per tick (with --serve; 0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    dirty: f64,
     /// How long to run, in seconds.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
@@ -57,6 +88,32 @@ struct Cli {
     json: bool,
 }
 
+fn serve(cli: &Cli) -> anyhow::Result<()> {
+    let name = cli.name.clone().context("--serve needs --name")?;
+    let certs = cli.certs.clone().context("--serve needs --certs DIR (create one with --dev-certs DIR --node NAME)")?;
+    let authority = cli.authority.clone().context("--serve needs --authority DIR")?;
+    if !(0.0..=1.0).contains(&cli.dirty) {
+        anyhow::bail!("--dirty must be within 0..=1, got {}", cli.dirty);
+    }
+    if cli.bulk_mbps == 0 {
+        anyhow::bail!("--bulk-mbps must be at least 1");
+    }
+    let churn_period = if cli.dirty > 0.0 { (1.0 / cli.dirty).round().max(1.0) as u64 } else { 0 };
+    let bulk_bytes_per_second = cli.bulk_mbps * 1_000_000;
+    let options = sample_region_server::serve::ServeOptions {
+        name,
+        listen: cli.listen,
+        certs,
+        authority,
+        config: RegionConfig { tick_rate_hz: cli.tick_rate, ..RegionConfig::default() },
+        churn_period,
+        bulk_bytes_per_second,
+        // protocol.md §4: the freeze budget is what the paced link moves in 2 ms.
+        source: baton_sdk::handoff::SourceConfig::for_link(bulk_bytes_per_second, std::time::Duration::from_millis(2)),
+    };
+    sample_region_server::serve::serve(options)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -76,8 +133,23 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
+    if let Some(directory) = &cli.dev_certs {
+        if cli.nodes.is_empty() {
+            anyhow::bail!("--dev-certs needs at least one --node NAME");
+        }
+        let ca = baton_net::DevCa::open_or_create(directory)
+            .with_context(|| format!("creating the CA in {}", directory.display()))?;
+        for node in &cli.nodes {
+            ca.issue(node).with_context(|| format!("issuing a certificate for {node}"))?;
+        }
+        eprintln!("certificates for {} written to {}", cli.nodes.join(", "), directory.display());
+        return Ok(());
+    }
+    if cli.serve {
+        return serve(cli);
+    }
     if !cli.headless {
-        anyhow::bail!("only --headless is available until the gateway exists (try --headless --seconds 10)");
+        anyhow::bail!("choose a mode: --headless, --serve or --dev-certs (see --help)");
     }
     if !(cli.seconds.is_finite() && cli.seconds >= 0.0) {
         anyhow::bail!("--seconds must be a non-negative number, got {}", cli.seconds);
@@ -99,7 +171,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     };
     let options = HeadlessOptions {
         seconds: cli.seconds,
-        spec: WorldSpec { objects: cli.objects, npcs: cli.npcs, plants: cli.plants, seed: cli.seed },
+        spec: WorldSpec { objects: cli.objects, npcs: cli.npcs, plants: cli.plants, seed: cli.seed, churn: 0 },
         avatars: cli.avatars,
         inputs_per_second: cli.input_rate,
         config,

@@ -17,7 +17,7 @@ const REGION: RegionId = RegionId(1);
 
 fn pair(objects: usize) -> HandoffPair<SampleLogic> {
     let mut source = new_region(REGION, RegionConfig::default()).unwrap();
-    populate(&mut source, WorldSpec { objects, npcs: 80, plants: 80, seed: 3 }).unwrap();
+    populate(&mut source, WorldSpec { objects, npcs: 80, plants: 80, seed: 3, churn: 0 }).unwrap();
     let mut players = SimulatedPlayers::join(&mut source, 20, 1, 20, 3).unwrap();
     let mut pair = HandoffPair::new(
         REGION,

@@ -42,7 +42,7 @@ struct Scene {
 
 fn scene(seed: u64) -> Scene {
     let mut region = new_region(RegionId(1), RegionConfig::default()).unwrap();
-    populate(&mut region, WorldSpec { objects: 150, npcs: 30, plants: 30, seed }).unwrap();
+    populate(&mut region, WorldSpec { objects: 150, npcs: 30, plants: 30, seed, churn: 40 }).unwrap();
     let players = SimulatedPlayers::join(&mut region, 8, 1, 20, seed).unwrap();
     Scene { region, players, next_player: 1000 }
 }

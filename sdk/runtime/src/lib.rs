@@ -1,0 +1,283 @@
+//! The runtime of a region-server process: hosts regions, ticks them, and moves them.
+//!
+//! Each region runs on its own OS thread ([`region_loop`]) so that a busy region, or one in a
+//! handoff, never delays another's ticks. The thread owns the region and its handoff state
+//! machine and serves one channel of [`Command`]s (inputs, peer messages, control), the one closed
+//! set of things that can happen to it. Networking runs on tokio ([`link`]): each handoff has a
+//! QUIC connection with mutual TLS, a control stream and a paced bulk stream.
+//!
+//! What it does not do: decide when to move a region (the coordinator, or a test), talk to players
+//! (the gateway), or decode anything but handoff messages from peers.
+
+pub mod link;
+pub mod region_loop;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use baton_net::{ClusterIdentity, LinkSettings};
+use baton_sdk::handoff::{OwnershipAuthority, SourceConfig, SourceStats};
+use baton_sdk::wire::{Epoch, PlayerInput, RegionId};
+use baton_sdk::{Region, RegionLogic};
+use tokio::sync::mpsc::UnboundedSender;
+
+pub use region_loop::{Command, RegionQuery};
+
+/// Makes a pre-warmed (assets loaded, empty world) region of the game.
+pub type RegionFactory<L> = Arc<dyn Fn(RegionId) -> Result<Region<L>, baton_sdk::RegionError> + Send + Sync>;
+
+/// Settings of a host.
+#[derive(Clone)]
+pub struct HostConfig {
+    /// This instance's name at the authority (unique in the cluster).
+    pub name: String,
+    /// Where to accept handoff links.
+    pub bind: SocketAddr,
+    /// The cluster certificate and this node's.
+    pub identity: ClusterIdentity,
+    /// The ownership authority.
+    pub authority: Arc<dyn OwnershipAuthority>,
+    /// Bulk bytes per second a handoff may send (invariant 6; default 50 MB/s).
+    pub bulk_bytes_per_second: u64,
+    /// Bulk burst in bytes (default 256 KiB).
+    pub bulk_burst_bytes: u64,
+    /// Settings of handoffs this host starts.
+    pub source: SourceConfig,
+    /// Link timeouts.
+    pub link: LinkSettings,
+}
+
+impl std::fmt::Debug for HostConfig {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("HostConfig")
+            .field("name", &self.name)
+            .field("bind", &self.bind)
+            .field("bulk_bytes_per_second", &self.bulk_bytes_per_second)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Something that happened on the host, for its operator (or a test).
+#[derive(Clone, Debug, PartialEq)]
+pub enum HostEvent {
+    /// A region is hosted here and owned by this instance.
+    Owning {
+        /// The region.
+        region: RegionId,
+        /// Its epoch.
+        epoch: Epoch,
+    },
+    /// A pre-warmed slot waits for `region`.
+    Prepared {
+        /// The region.
+        region: RegionId,
+    },
+    /// This host's copy of `region` froze after its last tick.
+    Frozen {
+        /// The region.
+        region: RegionId,
+        /// The last tick.
+        tick: u64,
+        /// When that tick started, in microseconds since the Unix epoch (wall clock; comparable
+        /// between processes on one host).
+        last_tick_at_us: u64,
+    },
+    /// This host took `region` over in a handoff.
+    Authoritative {
+        /// The region.
+        region: RegionId,
+        /// The new epoch.
+        epoch: Epoch,
+    },
+    /// The first tick this host ran after taking `region` over.
+    FirstTick {
+        /// The region.
+        region: RegionId,
+        /// Its number.
+        tick: u64,
+        /// When it started, microseconds since the Unix epoch.
+        at_us: u64,
+    },
+    /// This host gave `region` away.
+    HandedOff {
+        /// The region.
+        region: RegionId,
+        /// The new owner's epoch.
+        epoch: Epoch,
+        /// What the handoff moved and how long it froze.
+        stats: SourceStats,
+    },
+    /// A handoff of `region` failed; the side that reports it says what it does next.
+    Aborted {
+        /// The region.
+        region: RegionId,
+        /// Who, where and why.
+        reason: String,
+        /// Whether this host owns the region afterwards.
+        owning: bool,
+    },
+    /// `region` was freed here (after handing off and the straggler grace period).
+    Retired {
+        /// The region.
+        region: RegionId,
+    },
+    /// An input reached a host that does not own the region; route it to the owner.
+    InputRefused {
+        /// The region.
+        region: RegionId,
+        /// The input.
+        input: PlayerInput,
+    },
+}
+
+/// A running host.
+pub struct Host<L: RegionLogic + 'static> {
+    config: HostConfig,
+    local_address: SocketAddr,
+    regions: Arc<Mutex<HashMap<RegionId, Slot<L>>>>,
+    factory: RegionFactory<L>,
+    events: UnboundedSender<HostEvent>,
+    endpoint: quinn::Endpoint,
+    runtime: tokio::runtime::Handle,
+}
+
+impl<L: RegionLogic + 'static> Host<L> {
+    /// Binds the endpoint and starts accepting handoff links. Events arrive on the returned channel.
+    pub fn start(
+        config: HostConfig,
+        factory: RegionFactory<L>,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<(Host<L>, tokio::sync::mpsc::UnboundedReceiver<HostEvent>), baton_net::NetError> {
+        let endpoint = {
+            let _guard = runtime.enter();
+            baton_net::cluster_endpoint(config.bind, &config.identity, config.link)?
+        };
+        let local_address = endpoint.local_addr()?;
+        let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let regions: Arc<Mutex<HashMap<RegionId, Slot<L>>>> = Arc::default();
+        runtime.spawn(link::accept_loop(endpoint.clone(), regions.clone()));
+        let host = Host { config, local_address, regions, factory, events, endpoint, runtime };
+        Ok((host, receiver))
+    }
+
+    /// The address peers connect to.
+    #[must_use]
+    pub fn local_address(&self) -> SocketAddr {
+        self.local_address
+    }
+
+    /// This instance's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Hosts a populated region owned by this instance (registering it with the authority).
+    pub fn host_region(&self, region: Region<L>) -> Result<(), String> {
+        let id = region.id();
+        let ownership = self.config.authority.register(id, &self.config.name).map_err(|error| error.to_string())?;
+        if ownership.owner != self.config.name {
+            return Err(format!("region {id} is owned by {}@{}", ownership.owner, ownership.epoch));
+        }
+        self.spawn_loop(region, region_loop::Role::Owner { epoch: ownership.epoch });
+        Ok(())
+    }
+
+    /// Pre-warms an empty slot for `region` so this host can receive it.
+    pub fn prepare(&self, region: RegionId) -> Result<(), String> {
+        let empty = (self.factory)(region).map_err(|error| error.to_string())?;
+        self.spawn_loop(empty, region_loop::Role::Target);
+        let _ = self.events.send(HostEvent::Prepared { region });
+        Ok(())
+    }
+
+    /// Starts moving `region` to the host at `peer`.
+    pub fn start_handoff(&self, region: RegionId, peer: SocketAddr) -> Result<(), String> {
+        self.send(region, Command::StartHandoff { peer })
+    }
+
+    /// Offers a player input to `region`.
+    pub fn submit_input(&self, region: RegionId, input: PlayerInput) {
+        if let Err(error) = self.send(region, Command::Input(input.clone())) {
+            tracing::debug!(%region, %error, "input for a region not hosted here");
+            let _ = self.events.send(HostEvent::InputRefused { region, input });
+        }
+    }
+
+    /// Runs `query` on the region's thread, between ticks.
+    pub fn query(&self, region: RegionId, query: RegionQuery<L>) -> Result<(), String> {
+        self.send(region, Command::Query(query))
+    }
+
+    /// Stops every region thread and closes the endpoint.
+    pub fn shutdown(&self) {
+        let senders: Vec<_> = self
+            .regions
+            .lock()
+            .map(|regions| regions.values().map(|slot| slot.sender.clone()).collect())
+            .unwrap_or_default();
+        for sender in senders {
+            let _ = sender.send(Command::Shutdown);
+        }
+        self.endpoint.close(0u32.into(), b"shutdown");
+    }
+
+    fn send(&self, region: RegionId, command: Command<L>) -> Result<(), String> {
+        let sender = self
+            .regions
+            .lock()
+            .ok()
+            .and_then(|regions| regions.get(&region).map(|slot| slot.sender.clone()))
+            .ok_or_else(|| format!("region {region} is not hosted here"))?;
+        sender.send(command).map_err(|_| format!("region {region} stopped"))
+    }
+
+    fn spawn_loop(&self, region: Region<L>, role: region_loop::Role) {
+        let (sender, receiver) = mpsc::channel();
+        let id = region.id();
+        let generation = NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut regions) = self.regions.lock() {
+            regions.insert(id, Slot { generation, sender: sender.clone() });
+        }
+        let context = region_loop::LoopContext {
+            name: self.config.name.clone(),
+            authority: self.config.authority.clone(),
+            source_config: self.config.source,
+            bulk_bytes_per_second: self.config.bulk_bytes_per_second,
+            bulk_burst_bytes: self.config.bulk_burst_bytes,
+            endpoint: self.endpoint.clone(),
+            runtime: self.runtime.clone(),
+            events: self.events.clone(),
+            commands: sender,
+            factory: self.factory.clone(),
+            regions: self.regions.clone(),
+            generation,
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("region-{}", id.0))
+            .spawn(move || region_loop::run(region, role, receiver, context));
+        if let Err(error) = spawned {
+            tracing::error!(region = %id, %error, "could not start the region's thread");
+        }
+    }
+}
+
+/// A region thread registered on the host; the generation tells a replaced slot from its successor.
+pub(crate) struct Slot<L: RegionLogic> {
+    pub(crate) generation: u64,
+    pub(crate) sender: mpsc::Sender<Command<L>>,
+}
+
+static NEXT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Microseconds since the Unix epoch, for events compared between processes on one host.
+#[must_use]
+pub fn unix_micros() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_micros() as u64)
+}
+
+/// Default pause between polls of an idle region thread.
+pub const IDLE_POLL: Duration = Duration::from_millis(50);

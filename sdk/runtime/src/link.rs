@@ -1,0 +1,189 @@
+//! Handoff links: one QUIC connection per handoff, a control stream (bidirectional, unpaced) and a
+//! bulk stream (source to target, paced by a token bucket so the migration does not starve other
+//! traffic on the link; invariant 6).
+//!
+//! Frames are length-prefixed handoff messages, decoded with checked rkyv access; anything that
+//! does not decode ends that link (and so that handoff attempt), nothing else.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Instant;
+
+use baton_net::TokenBucket;
+use baton_sdk::RegionLogic;
+use baton_sdk::handoff::Message;
+use baton_sdk::handoff::message::MAX_MESSAGE_BYTES;
+use baton_sdk::wire::RegionId;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+use crate::Slot;
+use crate::region_loop::{Command, LinkHandle};
+
+/// Accepts handoff links from sources and attaches each to the pre-warmed slot of its region.
+pub(crate) async fn accept_loop<L: RegionLogic + 'static>(
+    endpoint: quinn::Endpoint,
+    regions: Arc<Mutex<HashMap<RegionId, Slot<L>>>>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        let regions = regions.clone();
+        tokio::spawn(async move {
+            let connection = match incoming.await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    tracing::info!(%error, "refused a handoff link");
+                    return;
+                }
+            };
+            if let Err(reason) = serve_incoming(connection.clone(), regions).await {
+                tracing::warn!(peer = %connection.remote_address(), reason, "closing a handoff link");
+                connection.close(1u32.into(), reason.as_bytes());
+            }
+        });
+    }
+}
+
+async fn serve_incoming<L: RegionLogic + 'static>(
+    connection: quinn::Connection,
+    regions: Arc<Mutex<HashMap<RegionId, Slot<L>>>>,
+) -> Result<(), String> {
+    let (control_send, mut control_recv) = connection.accept_bi().await.map_err(|error| error.to_string())?;
+    let first = baton_net::read_frame(&mut control_recv, MAX_MESSAGE_BYTES)
+        .await
+        .map_err(|error| error.to_string())?
+        .ok_or("link closed before Begin")?;
+    let begin = Message::decode(&first).map_err(|error| error.to_string())?;
+    let Message::Begin { region, .. } = &begin else {
+        return Err("the first message of a handoff link must be Begin".to_owned());
+    };
+    let region = RegionId(*region);
+    let sender = regions
+        .lock()
+        .ok()
+        .and_then(|regions| regions.get(&region).map(|slot| slot.sender.clone()))
+        .ok_or_else(|| format!("no slot is prepared for region {region}"))?;
+    let (control_tx, control_rx) = unbounded_channel();
+    // A target sends no bulk; the channel exists so the handle has one shape.
+    let (bulk_tx, _bulk_rx) = unbounded_channel();
+    tokio::spawn(write_loop(connection.clone(), control_send, control_rx, None));
+    let send = |command: Command<L>| sender.send(command).map_err(|_| "the region stopped".to_owned());
+    send(Command::Attach(LinkHandle { control: control_tx, bulk: bulk_tx }))?;
+    send(Command::Peer(begin))?;
+    let bulk_sender = sender.clone();
+    let bulk_connection = connection.clone();
+    tokio::spawn(async move {
+        if let Ok(recv) = bulk_connection.accept_uni().await {
+            read_loop(recv, bulk_sender, false).await;
+        }
+    });
+    read_loop(control_recv, sender, true).await;
+    Ok(())
+}
+
+/// Connects to a target and returns where the region thread sends its messages.
+pub(crate) fn connect<L: RegionLogic + 'static>(
+    runtime: &tokio::runtime::Handle,
+    endpoint: quinn::Endpoint,
+    peer: SocketAddr,
+    commands: mpsc::Sender<Command<L>>,
+    bulk_bytes_per_second: u64,
+    bulk_burst_bytes: u64,
+) -> LinkHandle {
+    let (control_tx, control_rx) = unbounded_channel();
+    let (bulk_tx, bulk_rx) = unbounded_channel();
+    runtime.spawn(async move {
+        let connection = match baton_net::connect(&endpoint, peer).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                tracing::warn!(%peer, %error, "handoff link failed");
+                let _ = commands.send(Command::LinkLost);
+                return;
+            }
+        };
+        let opened = async {
+            let (control_send, control_recv) = connection.open_bi().await?;
+            let bulk_send = connection.open_uni().await?;
+            Ok::<_, quinn::ConnectionError>((control_send, control_recv, bulk_send))
+        };
+        let (control_send, control_recv, bulk_send) = match opened.await {
+            Ok(streams) => streams,
+            Err(error) => {
+                tracing::warn!(%peer, %error, "opening handoff streams failed");
+                let _ = commands.send(Command::LinkLost);
+                return;
+            }
+        };
+        tokio::spawn(write_loop(connection.clone(), control_send, control_rx, None));
+        let bucket = TokenBucket::new(bulk_bytes_per_second, bulk_burst_bytes, Instant::now());
+        tokio::spawn(write_loop(connection.clone(), bulk_send, bulk_rx, Some(bucket)));
+        read_loop(control_recv, commands, true).await;
+    });
+    LinkHandle { control: control_tx, bulk: bulk_tx }
+}
+
+/// Writes messages until the region thread drops its sender; paces when given a bucket.
+async fn write_loop(
+    connection: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut messages: UnboundedReceiver<Message>,
+    mut bucket: Option<TokenBucket>,
+) {
+    while let Some(message) = messages.recv().await {
+        let bytes = match message.encode() {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::error!(%error, "could not encode a handoff message");
+                break;
+            }
+        };
+        if let Some(bucket) = bucket.as_mut() {
+            let wait = bucket.delay(Instant::now(), bytes.len());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            bucket.consume(Instant::now(), bytes.len());
+        }
+        if let Err(error) = baton_net::write_frame(&mut send, &bytes).await {
+            tracing::debug!(%error, "handoff stream closed");
+            break;
+        }
+    }
+    let _ = send.finish();
+    // The control writer ending means the region thread is done with this link.
+    if bucket.is_none() {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        connection.close(0u32.into(), b"done");
+    }
+}
+
+/// Forwards decoded messages to the region thread; reports the link lost when the control stream
+/// ends or anything fails.
+async fn read_loop<L: RegionLogic + 'static>(
+    mut recv: quinn::RecvStream,
+    commands: mpsc::Sender<Command<L>>,
+    report_loss: bool,
+) {
+    loop {
+        match baton_net::read_frame(&mut recv, MAX_MESSAGE_BYTES).await {
+            Ok(Some(frame)) => match Message::decode(&frame) {
+                Ok(message) => {
+                    if commands.send(Command::Peer(message)).is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "dropping a handoff link that sent an invalid message");
+                    break;
+                }
+            },
+            Ok(None) => break,
+            Err(error) => {
+                tracing::debug!(%error, "handoff stream ended");
+                break;
+            }
+        }
+    }
+    if report_loss {
+        let _ = commands.send(Command::LinkLost);
+    }
+}

@@ -1,0 +1,433 @@
+//! One region's thread: ticks, inputs, and the region's side of a handoff.
+//!
+//! The loop waits for the earliest of: the next tick, the handoff's next timeout, or a command,
+//! then handles it, then drains what the handoff state machine wants done. Ticks follow a fixed
+//! grid ([`TickSchedule`]); a target that takes over continues on the source's grid.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Instant;
+
+use baton_sdk::handoff::{
+    HandoffPlan, HandoffSource, HandoffTarget, Message, OwnershipAuthority, SourceAction, SourceConfig, TargetAction,
+    TargetConfig,
+};
+use baton_sdk::wire::{Epoch, PlayerInput, RegionId};
+use baton_sdk::{Region, RegionLogic, TickSchedule};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::{HostEvent, IDLE_POLL, RegionFactory, unix_micros};
+
+/// A closure run on a region's thread between ticks.
+pub type RegionQuery<L> = Box<dyn FnOnce(&mut Region<L>) + Send>;
+
+/// Everything that can happen to a region's thread.
+pub enum Command<L: RegionLogic> {
+    /// A player input.
+    Input(PlayerInput),
+    /// A message from the handoff peer.
+    Peer(Message),
+    /// A handoff link to a source arrived: replies go to these senders (control, bulk).
+    Attach(LinkHandle),
+    /// The handoff link broke.
+    LinkLost,
+    /// Start moving the region to `peer`.
+    StartHandoff {
+        /// The target host's address.
+        peer: SocketAddr,
+    },
+    /// Run a closure on the region between ticks.
+    Query(RegionQuery<L>),
+    /// Stop the thread.
+    Shutdown,
+}
+
+/// Where a region thread sends handoff messages.
+#[derive(Clone, Debug)]
+pub struct LinkHandle {
+    /// Control messages (unpaced).
+    pub control: UnboundedSender<Message>,
+    /// Bulk messages (paced).
+    pub bulk: UnboundedSender<Message>,
+}
+
+impl LinkHandle {
+    fn send(&self, message: Message) -> bool {
+        let channel = if message.is_bulk() { &self.bulk } else { &self.control };
+        channel.send(message).is_ok()
+    }
+}
+
+pub(crate) enum Role {
+    Owner { epoch: Epoch },
+    Target,
+}
+
+pub(crate) struct LoopContext<L: RegionLogic + 'static> {
+    pub(crate) name: String,
+    pub(crate) authority: Arc<dyn OwnershipAuthority>,
+    pub(crate) source_config: SourceConfig,
+    pub(crate) bulk_bytes_per_second: u64,
+    pub(crate) bulk_burst_bytes: u64,
+    pub(crate) endpoint: quinn::Endpoint,
+    pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) events: UnboundedSender<HostEvent>,
+    pub(crate) commands: mpsc::Sender<Command<L>>,
+    pub(crate) factory: RegionFactory<L>,
+    pub(crate) regions: Arc<Mutex<HashMap<RegionId, crate::Slot<L>>>>,
+    pub(crate) generation: u64,
+}
+
+enum State {
+    /// This instance owns the region and ticks it (unless a handoff froze it).
+    Owner { epoch: Epoch, schedule: TickSchedule, handoff: Option<HandoffSource>, first_tick_pending: bool },
+    /// Pre-warmed, receiving or waiting.
+    Target { receiver: HandoffTarget },
+    /// Done; the thread ends.
+    Finished,
+}
+
+/// Runs the region until it retires or is shut down.
+pub(crate) fn run<L: RegionLogic + 'static>(
+    mut region: Region<L>,
+    role: Role,
+    commands: mpsc::Receiver<Command<L>>,
+    context: LoopContext<L>,
+) {
+    let id = region.id();
+    let interval = region.config().tick_interval();
+    let mut link: Option<LinkHandle> = None;
+    // After a takeover the target keeps its receiver to accept stragglers from the old source.
+    let mut late_receiver: Option<HandoffTarget> = None;
+    let mut state = match role {
+        Role::Owner { epoch } => {
+            let _ = context.events.send(HostEvent::Owning { region: id, epoch });
+            State::Owner {
+                epoch,
+                schedule: TickSchedule::new(interval, Instant::now()),
+                handoff: None,
+                first_tick_pending: false,
+            }
+        }
+        Role::Target => {
+            State::Target { receiver: HandoffTarget::new(Instant::now(), TargetConfig::new(&context.name)) }
+        }
+    };
+
+    loop {
+        let now = Instant::now();
+        let deadline = next_deadline(&state, now);
+        let command = match commands.recv_timeout(deadline.saturating_duration_since(now)) {
+            Ok(command) => Some(command),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let now = Instant::now();
+        match command {
+            Some(Command::Shutdown) => break,
+            Some(Command::Input(input)) => route_input(&mut state, &mut region, input, &context),
+            Some(Command::Query(query)) => query(&mut region),
+            Some(Command::Attach(handle)) => link = Some(handle),
+            Some(Command::StartHandoff { peer }) => {
+                start_handoff(&mut state, &mut region, peer, &context, &mut link, now)
+            }
+            Some(Command::LinkLost) => {
+                link = None;
+                match &mut state {
+                    State::Owner { handoff: Some(handoff), .. } => handoff.handle_link_lost(now, region.world_mut()),
+                    State::Target { receiver } => receiver.handle_link_lost(now),
+                    _ => {}
+                }
+            }
+            Some(Command::Peer(message)) => match &mut state {
+                State::Owner { handoff: Some(handoff), .. } => handoff.handle_message(now, region.world_mut(), message),
+                State::Owner { .. } => {
+                    if let Some(receiver) = late_receiver.as_mut() {
+                        receiver.handle_message(now, region.world_mut(), message);
+                    }
+                }
+                State::Target { receiver } => receiver.handle_message(now, region.world_mut(), message),
+                State::Finished => {}
+            },
+            None => {}
+        }
+
+        // Tick when due (protocol.md §6: never while frozen).
+        if let State::Owner { schedule, handoff, first_tick_pending, .. } = &mut state
+            && handoff.as_ref().is_none_or(HandoffSource::allows_ticks)
+            && schedule.next_due() <= now
+        {
+            let started_us = unix_micros();
+            let timing = schedule.start_tick(now);
+            if timing.late_by > interval / 2 {
+                baton_sdk::events::tick_overrun(id, region.world().tick(), timing.late_by);
+            }
+            let report = region.tick();
+            if *first_tick_pending {
+                *first_tick_pending = false;
+                let _ = context.events.send(HostEvent::FirstTick { region: id, tick: report.tick, at_us: started_us });
+            }
+            let next_due = schedule.next_due();
+            if let Some(handoff) = handoff.as_mut() {
+                handoff.handle_tick_completed(Instant::now(), region.world_mut(), next_due);
+                if !handoff.allows_ticks() {
+                    let _ = context.events.send(HostEvent::Frozen {
+                        region: id,
+                        tick: report.tick,
+                        last_tick_at_us: started_us,
+                    });
+                }
+            }
+        }
+
+        // Timeouts.
+        let now = Instant::now();
+        match &mut state {
+            State::Owner { handoff: Some(handoff), .. } if handoff.poll_timeout().is_some_and(|at| at <= now) => {
+                handoff.handle_timeout(now, region.world_mut());
+            }
+            State::Target { receiver } if receiver.poll_timeout().is_some_and(|at| at <= now) => {
+                receiver.handle_timeout(now)
+            }
+            _ => {}
+        }
+
+        pump(&mut state, &mut region, &context, &mut link, &mut late_receiver);
+        if matches!(state, State::Finished) {
+            break;
+        }
+    }
+    if let Ok(mut regions) = context.regions.lock() {
+        // Only remove our own entry: a new slot for the same region may have been prepared meanwhile.
+        if regions.get(&id).is_some_and(|slot| slot.generation == context.generation) {
+            regions.remove(&id);
+        }
+    }
+}
+
+fn next_deadline(state: &State, now: Instant) -> Instant {
+    let mut deadline = now + IDLE_POLL;
+    match state {
+        State::Owner { schedule, handoff, .. } => {
+            if handoff.as_ref().is_none_or(HandoffSource::allows_ticks) {
+                deadline = deadline.min(schedule.next_due());
+            }
+            if let Some(at) = handoff.as_ref().and_then(HandoffSource::poll_timeout) {
+                deadline = deadline.min(at);
+            }
+        }
+        State::Target { receiver } => {
+            if let Some(at) = receiver.poll_timeout() {
+                deadline = deadline.min(at);
+            }
+        }
+        State::Finished => {}
+    }
+    deadline.max(now)
+}
+
+fn route_input<L: RegionLogic + 'static>(
+    state: &mut State,
+    region: &mut Region<L>,
+    input: PlayerInput,
+    context: &LoopContext<L>,
+) {
+    match state {
+        State::Owner { handoff, .. } => {
+            let input = match handoff.as_mut() {
+                Some(handoff) => handoff.handle_input(input),
+                None => Some(input),
+            };
+            if let Some(input) = input
+                && let Err(error) = region.submit_input(input)
+            {
+                tracing::debug!(region = %region.id(), %error, "input refused");
+            }
+        }
+        State::Target { .. } | State::Finished => {
+            let _ = context.events.send(HostEvent::InputRefused { region: region.id(), input });
+        }
+    }
+}
+
+fn start_handoff<L: RegionLogic + 'static>(
+    state: &mut State,
+    region: &mut Region<L>,
+    peer: SocketAddr,
+    context: &LoopContext<L>,
+    link: &mut Option<LinkHandle>,
+    now: Instant,
+) {
+    let State::Owner { epoch, handoff, .. } = state else {
+        tracing::warn!(region = %region.id(), "cannot start a handoff of a region this host does not own");
+        return;
+    };
+    if handoff.as_ref().is_some_and(|handoff| !handoff.is_finished()) {
+        tracing::warn!(region = %region.id(), "a handoff of this region is already running");
+        return;
+    }
+    let plan = HandoffPlan {
+        id: fastrand::u64(..),
+        region: region.id(),
+        epoch: *epoch,
+        name: context.name.clone(),
+        tick_interval: region.config().tick_interval(),
+    };
+    *handoff = Some(HandoffSource::start(now, region.world(), plan, context.source_config));
+    let handle = crate::link::connect(
+        &context.runtime,
+        context.endpoint.clone(),
+        peer,
+        context.commands.clone(),
+        context.bulk_bytes_per_second,
+        context.bulk_burst_bytes,
+    );
+    *link = Some(handle);
+}
+
+fn pump<L: RegionLogic + 'static>(
+    state: &mut State,
+    region: &mut Region<L>,
+    context: &LoopContext<L>,
+    link: &mut Option<LinkHandle>,
+    late_receiver: &mut Option<HandoffTarget>,
+) {
+    let id = region.id();
+    loop {
+        let mut busy = false;
+        let mut next_state = None;
+        match state {
+            State::Owner { epoch, schedule, handoff: Some(handoff), .. } => {
+                if let Some(message) = handoff.poll_message(region.world_mut()) {
+                    busy = true;
+                    if !link.as_ref().is_some_and(|link| link.send(message)) {
+                        handoff.handle_link_lost(Instant::now(), region.world_mut());
+                    }
+                }
+                if let Some(action) = handoff.poll_action() {
+                    busy = true;
+                    match action {
+                        SourceAction::Authority { expected, next } => {
+                            let result = context.authority.compare_and_swap(id, &expected, &next);
+                            handoff.handle_authority(Instant::now(), result);
+                        }
+                        SourceAction::Resume { epoch: resumed, held, reason } => {
+                            *epoch = resumed;
+                            // Continue on the same grid from the next slot.
+                            *schedule = TickSchedule::new(
+                                region.config().tick_interval(),
+                                schedule.next_due().max(Instant::now()),
+                            );
+                            for input in held {
+                                let _ = region.submit_input(input);
+                            }
+                            let _ = context.events.send(HostEvent::Aborted {
+                                region: id,
+                                reason: reason.to_string(),
+                                owning: true,
+                            });
+                        }
+                        SourceAction::HandedOff { epoch: new_epoch, undelivered } => {
+                            let _ = context.events.send(HostEvent::HandedOff {
+                                region: id,
+                                epoch: new_epoch,
+                                stats: handoff.stats(),
+                            });
+                            for input in undelivered {
+                                let _ = context.events.send(HostEvent::InputRefused { region: id, input });
+                            }
+                        }
+                        SourceAction::Retire => {
+                            for input in handoff.take_undelivered() {
+                                let _ = context.events.send(HostEvent::InputRefused { region: id, input });
+                            }
+                            let _ = context.events.send(HostEvent::Retired { region: id });
+                            next_state = Some(State::Finished);
+                        }
+                        SourceAction::Fenced { owner, epoch: fenced_at } => {
+                            let reason = format!("the region was taken by {owner}@{fenced_at}");
+                            let _ = context.events.send(HostEvent::Aborted { region: id, reason, owning: false });
+                            next_state = Some(State::Finished);
+                        }
+                    }
+                }
+            }
+            State::Target { receiver } => {
+                if let Some(message) = receiver.poll_message() {
+                    busy = true;
+                    if let Some(link) = link.as_ref() {
+                        link.send(message);
+                    }
+                }
+                if let Some(action) = receiver.poll_action() {
+                    busy = true;
+                    match action {
+                        TargetAction::Authority { expected, next } => {
+                            let result = context.authority.compare_and_swap(id, &expected, &next);
+                            receiver.handle_authority(Instant::now(), result);
+                        }
+                        TargetAction::Authoritative { epoch, first_tick_at, .. } => {
+                            region.rebuild_caches();
+                            let _ = context.events.send(HostEvent::Authoritative { region: id, epoch });
+                            let schedule = TickSchedule::new(region.config().tick_interval(), first_tick_at);
+                            // Keep answering the source (Committed, then stragglers) after the switch.
+                            let mut finished_receiver =
+                                HandoffTarget::new(Instant::now(), TargetConfig::new(&context.name));
+                            std::mem::swap(&mut finished_receiver, receiver);
+                            while let Some(message) = finished_receiver.poll_message() {
+                                if let Some(link) = link.as_ref() {
+                                    link.send(message);
+                                }
+                            }
+                            *late_receiver = Some(finished_receiver);
+                            next_state =
+                                Some(State::Owner { epoch, schedule, handoff: None, first_tick_pending: true });
+                        }
+                        TargetAction::Stragglers(inputs) => {
+                            for input in inputs {
+                                let _ = region.submit_input(input);
+                            }
+                        }
+                        TargetAction::Discard(reason) => {
+                            match (context.factory)(id) {
+                                Ok(fresh) => *region = fresh,
+                                Err(error) => tracing::error!(region = %id, %error, "could not re-warm the region"),
+                            }
+                            let _ = context.events.send(HostEvent::Aborted {
+                                region: id,
+                                reason: reason.to_string(),
+                                owning: false,
+                            });
+                        }
+                    }
+                }
+            }
+            State::Owner { handoff: None, .. } => {
+                if let Some(receiver) = late_receiver.as_mut() {
+                    while let Some(action) = receiver.poll_action() {
+                        busy = true;
+                        if let TargetAction::Stragglers(inputs) = action {
+                            for input in inputs {
+                                let _ = region.submit_input(input);
+                            }
+                        }
+                    }
+                    while let Some(message) = receiver.poll_message() {
+                        if let Some(link) = link.as_ref() {
+                            link.send(message);
+                        }
+                    }
+                }
+            }
+            State::Finished => {}
+        }
+        if let Some(next) = next_state {
+            *state = next;
+            busy = true;
+        }
+        if !busy {
+            break;
+        }
+    }
+}
