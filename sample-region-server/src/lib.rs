@@ -9,6 +9,7 @@
 //! `u8 version = 1 | f32 LE walk x | f32 LE walk z | game data up to the payload limit`. The walk
 //! vector is clamped to length 1. An input that does not parse is consumed without effect.
 
+pub mod cluster;
 pub mod serve;
 
 use baton_sdk::physics::{Body, BodyKind, Shape};

@@ -18,6 +18,12 @@ use baton_sdk::wire::RegionId;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 use crate::Slot;
+
+static NEXT_LINK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_link_id() -> u64 {
+    NEXT_LINK.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
 use crate::region_loop::{Command, LinkHandle};
 
 /// Accepts handoff links from sources and attaches each to the pre-warmed slot of its region.
@@ -66,17 +72,18 @@ async fn serve_incoming<L: RegionLogic + 'static>(
     // A target sends no bulk; the channel exists so the handle has one shape.
     let (bulk_tx, _bulk_rx) = unbounded_channel();
     tokio::spawn(write_loop(connection.clone(), control_send, control_rx, None));
+    let link = next_link_id();
     let send = |command: Command<L>| sender.send(command).map_err(|_| "the region stopped".to_owned());
-    send(Command::Attach(LinkHandle { control: control_tx, bulk: bulk_tx }))?;
-    send(Command::Peer(begin))?;
+    send(Command::Attach(LinkHandle { id: link, control: control_tx, bulk: bulk_tx }))?;
+    send(Command::Peer { link, message: begin })?;
     let bulk_sender = sender.clone();
     let bulk_connection = connection.clone();
     tokio::spawn(async move {
         if let Ok(recv) = bulk_connection.accept_uni().await {
-            read_loop(recv, bulk_sender, false).await;
+            read_loop(recv, bulk_sender, link, false).await;
         }
     });
-    read_loop(control_recv, sender, true).await;
+    read_loop(control_recv, sender, link, true).await;
     Ok(())
 }
 
@@ -91,12 +98,13 @@ pub(crate) fn connect<L: RegionLogic + 'static>(
 ) -> LinkHandle {
     let (control_tx, control_rx) = unbounded_channel();
     let (bulk_tx, bulk_rx) = unbounded_channel();
+    let link = next_link_id();
     runtime.spawn(async move {
         let connection = match baton_net::connect(&endpoint, peer).await {
             Ok(connection) => connection,
             Err(error) => {
                 tracing::warn!(%peer, %error, "handoff link failed");
-                let _ = commands.send(Command::LinkLost);
+                let _ = commands.send(Command::LinkLost { link });
                 return;
             }
         };
@@ -109,16 +117,16 @@ pub(crate) fn connect<L: RegionLogic + 'static>(
             Ok(streams) => streams,
             Err(error) => {
                 tracing::warn!(%peer, %error, "opening handoff streams failed");
-                let _ = commands.send(Command::LinkLost);
+                let _ = commands.send(Command::LinkLost { link });
                 return;
             }
         };
         tokio::spawn(write_loop(connection.clone(), control_send, control_rx, None));
         let bucket = TokenBucket::new(bulk_bytes_per_second, bulk_burst_bytes, Instant::now());
         tokio::spawn(write_loop(connection.clone(), bulk_send, bulk_rx, Some(bucket)));
-        read_loop(control_recv, commands, true).await;
+        read_loop(control_recv, commands, link, true).await;
     });
-    LinkHandle { control: control_tx, bulk: bulk_tx }
+    LinkHandle { id: link, control: control_tx, bulk: bulk_tx }
 }
 
 /// Writes messages until the region thread drops its sender; paces when given a bucket.
@@ -161,13 +169,14 @@ async fn write_loop(
 async fn read_loop<L: RegionLogic + 'static>(
     mut recv: quinn::RecvStream,
     commands: mpsc::Sender<Command<L>>,
+    link: u64,
     report_loss: bool,
 ) {
     loop {
         match baton_net::read_frame(&mut recv, MAX_MESSAGE_BYTES).await {
             Ok(Some(frame)) => match Message::decode(&frame) {
                 Ok(message) => {
-                    if commands.send(Command::Peer(message)).is_err() {
+                    if commands.send(Command::Peer { link, message }).is_err() {
                         return;
                     }
                 }
@@ -184,6 +193,6 @@ async fn read_loop<L: RegionLogic + 'static>(
         }
     }
     if report_loss {
-        let _ = commands.send(Command::LinkLost);
+        let _ = commands.send(Command::LinkLost { link });
     }
 }

@@ -26,12 +26,20 @@ pub type RegionQuery<L> = Box<dyn FnOnce(&mut Region<L>) + Send>;
 pub enum Command<L: RegionLogic> {
     /// A player input.
     Input(PlayerInput),
-    /// A message from the handoff peer.
-    Peer(Message),
+    /// A message from the handoff peer on link `link`.
+    Peer {
+        /// Which link it came on.
+        link: u64,
+        /// The message.
+        message: Message,
+    },
     /// A handoff link to a source arrived: replies go to these senders (control, bulk).
     Attach(LinkHandle),
-    /// The handoff link broke.
-    LinkLost,
+    /// Handoff link `link` broke.
+    LinkLost {
+        /// Which link.
+        link: u64,
+    },
     /// Start moving the region to `peer`.
     StartHandoff {
         /// The target host's address.
@@ -46,6 +54,8 @@ pub enum Command<L: RegionLogic> {
 /// Where a region thread sends handoff messages.
 #[derive(Clone, Debug)]
 pub struct LinkHandle {
+    /// Identifies the link, so events of an older link are not taken for the current one's.
+    pub id: u64,
     /// Control messages (unpaced).
     pub control: UnboundedSender<Message>,
     /// Bulk messages (paced).
@@ -132,7 +142,8 @@ pub(crate) fn run<L: RegionLogic + 'static>(
             Some(Command::StartHandoff { peer }) => {
                 start_handoff(&mut state, &mut region, peer, &context, &mut link, now)
             }
-            Some(Command::LinkLost) => {
+            // Events of a link other than the current one (an earlier handoff's) are stale.
+            Some(Command::LinkLost { link: lost }) if link.as_ref().is_some_and(|current| current.id == lost) => {
                 link = None;
                 match &mut state {
                     State::Owner { handoff: Some(handoff), .. } => handoff.handle_link_lost(now, region.world_mut()),
@@ -140,17 +151,21 @@ pub(crate) fn run<L: RegionLogic + 'static>(
                     _ => {}
                 }
             }
-            Some(Command::Peer(message)) => match &mut state {
-                State::Owner { handoff: Some(handoff), .. } => handoff.handle_message(now, region.world_mut(), message),
-                State::Owner { .. } => {
-                    if let Some(receiver) = late_receiver.as_mut() {
-                        receiver.handle_message(now, region.world_mut(), message);
+            Some(Command::Peer { link: from, message }) if link.as_ref().is_some_and(|current| current.id == from) => {
+                match &mut state {
+                    State::Owner { handoff: Some(handoff), .. } => {
+                        handoff.handle_message(now, region.world_mut(), message)
                     }
+                    State::Owner { .. } => {
+                        if let Some(receiver) = late_receiver.as_mut() {
+                            receiver.handle_message(now, region.world_mut(), message);
+                        }
+                    }
+                    State::Target { receiver } => receiver.handle_message(now, region.world_mut(), message),
+                    State::Finished => {}
                 }
-                State::Target { receiver } => receiver.handle_message(now, region.world_mut(), message),
-                State::Finished => {}
-            },
-            None => {}
+            }
+            Some(Command::Peer { .. } | Command::LinkLost { .. }) | None => {}
         }
 
         // Tick when due (protocol.md §6: never while frozen).
