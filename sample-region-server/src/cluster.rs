@@ -336,6 +336,40 @@ impl Cluster {
         }
     }
 
+    /// Prepares process `to` and tells the owner to start moving the region there, without waiting.
+    /// Returns the owner's log position at the start.
+    pub fn begin_handoff(&mut self, to: usize) -> anyhow::Result<usize> {
+        let region = self.region;
+        let target_mark = self.processes[to].log.len();
+        self.processes[to].send(&json!({"cmd": "prepare", "region": region}))?;
+        self.processes[to].wait_for(target_mark, Duration::from_secs(30), |event| event["event"] == "prepared")?;
+        let from = self.owner;
+        let mark = self.processes[from].log.len();
+        let address = self.processes[to].address.to_string();
+        self.processes[from].send(&json!({"cmd": "handoff", "region": region, "to": address}))?;
+        Ok(mark)
+    }
+
+    /// Plays until the owner reports an event at or after `since` that satisfies `predicate`.
+    pub fn play_until(
+        &mut self,
+        since: usize,
+        timeout: Duration,
+        predicate: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.pump_inputs()?;
+            let owner = self.owner;
+            if let Ok((_, event)) = self.processes[owner].wait_for(since, Duration::from_millis(5), &predicate) {
+                return Ok(event);
+            }
+            if Instant::now() > deadline {
+                bail!("timed out waiting on {}", self.processes[owner].name);
+            }
+        }
+    }
+
     /// Stops the players, lets everything drain, and checks every player's inputs at the owner:
     /// returns (inputs sent, lost, duplicated or out of order, region digest).
     pub fn settle_and_check(&mut self) -> anyhow::Result<(u64, u64, u64, String)> {

@@ -50,6 +50,10 @@ struct Cli {
     /// Fraction of churn entities that change per tick (with --serve; 0 to 1).
     #[arg(long, default_value_t = 0.0)]
     dirty: f64,
+    /// Fault injection for tests (with --serve): hold a handoff's commit this many milliseconds
+    /// after the digest check.
+    #[arg(long, hide = true)]
+    test_commit_delay_ms: Option<u64>,
     /// How long to run, in seconds.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
@@ -110,6 +114,7 @@ fn serve(cli: &Cli) -> anyhow::Result<()> {
         bulk_bytes_per_second,
         // protocol.md §4: the freeze budget is what the paced link moves in 2 ms.
         source: baton_sdk::handoff::SourceConfig::for_link(bulk_bytes_per_second, std::time::Duration::from_millis(2)),
+        test_commit_delay: cli.test_commit_delay_ms.map(std::time::Duration::from_millis),
     };
     sample_region_server::serve::serve(options)
 }

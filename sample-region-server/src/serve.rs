@@ -52,6 +52,8 @@ pub struct ServeOptions {
     pub bulk_bytes_per_second: u64,
     /// Handoff settings.
     pub source: SourceConfig,
+    /// Fault injection for tests: hold the commit this long after the digest check.
+    pub test_commit_delay: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +129,7 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
         bulk_burst_bytes: 256 * 1024,
         source: options.source,
         link: LinkSettings::default(),
+        test_commit_delay: options.test_commit_delay,
     };
     let (host, mut events) =
         Host::start(host_config, factory.clone(), runtime.handle().clone()).context("starting the host")?;
@@ -240,6 +243,7 @@ fn event_json(event: &HostEvent) -> serde_json::Value {
     match event {
         HostEvent::Owning { region, epoch } => json!({"event": "owning", "region": region.0, "epoch": epoch.0}),
         HostEvent::Prepared { region } => json!({"event": "prepared", "region": region.0}),
+        HostEvent::Phase { region, phase } => json!({"event": "phase", "region": region.0, "phase": phase}),
         HostEvent::Frozen { region, tick, last_tick_at_us } => {
             json!({"event": "frozen", "region": region.0, "tick": tick, "last_tick_at_us": last_tick_at_us})
         }

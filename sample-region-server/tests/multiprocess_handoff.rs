@@ -40,3 +40,94 @@ fn a_busy_region_moves_back_and_forth_twenty_times_without_losing_an_input() {
     assert_eq!(lost, 0, "inputs lost");
     assert_eq!(duplicated, 0, "inputs applied twice or out of order");
 }
+
+#[derive(Clone, Copy, Debug)]
+enum KillIn {
+    Prepare,
+    Snapshot,
+    Rounds,
+    Freeze,
+}
+
+/// SIGKILL of the target in `phase`: the source keeps the region, keeps ticking, and no input is
+/// lost or applied twice.
+fn kill_target_in(phase: KillIn) {
+    // A slow (1 MB/s) link and 20,000 churning entities stretch the snapshot and the rounds over
+    // seconds; for the freeze, the target holds its commit 3 s after the digest check.
+    let mut extra: Vec<String> = ["--bulk-mbps", "1"].iter().map(|arg| arg.to_string()).collect();
+    let churn = match phase {
+        KillIn::Freeze => {
+            extra.extend(["--test-commit-delay-ms".to_owned(), "3000".to_owned()]);
+            0
+        }
+        _ => {
+            extra.extend(["--dirty".to_owned(), "0.02".to_owned()]);
+            20_000
+        }
+    };
+    let mut cluster = Cluster::start(binary(), 2, &extra).unwrap();
+    cluster.host(&json!({"objects": 500, "npcs": 50, "plants": 50, "churn": churn, "seed": 9}), 20).unwrap();
+    cluster.play(Duration::from_millis(500)).unwrap();
+    let mark = match phase {
+        KillIn::Prepare => {
+            // The target dies after it was prepared and before the source reaches it.
+            let region_mark = cluster.processes[1].log.len();
+            cluster.processes[1].send(&json!({"cmd": "prepare", "region": 1})).unwrap();
+            cluster.processes[1]
+                .wait_for(region_mark, Duration::from_secs(10), |event| event["event"] == "prepared")
+                .unwrap();
+            cluster.processes[1].kill();
+            let mark = cluster.processes[0].log.len();
+            let address = cluster.processes[1].address.to_string();
+            cluster.processes[0].send(&json!({"cmd": "handoff", "region": 1, "to": address})).unwrap();
+            mark
+        }
+        _ => {
+            let mark = cluster.begin_handoff(1).unwrap();
+            let wanted = match phase {
+                KillIn::Snapshot => "snapshot",
+                KillIn::Rounds => "rounds",
+                _ => "frozen",
+            };
+            cluster
+                .play_until(mark, Duration::from_secs(30), |event| {
+                    event["event"] == "phase" && event["phase"] == wanted
+                })
+                .unwrap();
+            if let KillIn::Snapshot = phase {
+                cluster.play(Duration::from_millis(100)).unwrap();
+            }
+            cluster.processes[1].kill();
+            mark
+        }
+    };
+    let aborted = cluster.play_until(mark, Duration::from_secs(20), |event| event["event"] == "aborted").unwrap();
+    assert_eq!(aborted["owning"], true, "{phase:?}: the source must own the region after {aborted}");
+    // The source keeps ticking and applying inputs.
+    cluster.play(Duration::from_secs(1)).unwrap();
+    let (sent, lost, duplicated, _) = cluster.settle_and_check().unwrap();
+    println!("kill -9 of the target in {phase:?}: {aborted}; {sent} inputs, {lost} lost, {duplicated} duplicated");
+    assert!(sent > 0);
+    assert_eq!(lost, 0, "{phase:?}: inputs lost");
+    assert_eq!(duplicated, 0, "{phase:?}: inputs duplicated");
+}
+
+#[test]
+fn killing_the_target_in_prepare_leaves_the_source_running() {
+    kill_target_in(KillIn::Prepare);
+}
+
+#[test]
+fn killing_the_target_in_the_snapshot_leaves_the_source_running() {
+    kill_target_in(KillIn::Snapshot);
+}
+
+#[test]
+fn killing_the_target_in_delta_rounds_leaves_the_source_running() {
+    kill_target_in(KillIn::Rounds);
+}
+
+#[test]
+fn killing_the_target_after_the_freeze_gives_the_region_back_to_the_source() {
+    kill_target_in(KillIn::Freeze);
+}

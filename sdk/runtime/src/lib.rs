@@ -47,6 +47,9 @@ pub struct HostConfig {
     pub source: SourceConfig,
     /// Link timeouts.
     pub link: LinkSettings,
+    /// Fault injection for tests: a target waits this long after its digest check before asking
+    /// the authority for the region (so a test can kill it while the source is frozen).
+    pub test_commit_delay: Option<Duration>,
 }
 
 impl std::fmt::Debug for HostConfig {
@@ -69,6 +72,13 @@ pub enum HostEvent {
         region: RegionId,
         /// Its epoch.
         epoch: Epoch,
+    },
+    /// A handoff this host started entered a new phase.
+    Phase {
+        /// The region.
+        region: RegionId,
+        /// The source's phase, lower-case (`prepare`, `snapshot`, `rounds`, `frozen`, ...).
+        phase: String,
     },
     /// A pre-warmed slot waits for `region`.
     Prepared {
@@ -255,6 +265,7 @@ impl<L: RegionLogic + 'static> Host<L> {
             factory: self.factory.clone(),
             regions: self.regions.clone(),
             generation,
+            test_commit_delay: self.config.test_commit_delay,
         };
         let spawned = std::thread::Builder::new()
             .name(format!("region-{}", id.0))

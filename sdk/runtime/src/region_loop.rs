@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
 use baton_sdk::handoff::{
-    HandoffPlan, HandoffSource, HandoffTarget, Message, OwnershipAuthority, SourceAction, SourceConfig, TargetAction,
-    TargetConfig,
+    HandoffPlan, HandoffSource, HandoffTarget, Message, Ownership, OwnershipAuthority, SourceAction, SourceConfig,
+    SourcePhase, TargetAction, TargetConfig,
 };
 use baton_sdk::wire::{Epoch, PlayerInput, RegionId};
 use baton_sdk::{Region, RegionLogic, TickSchedule};
@@ -87,6 +87,7 @@ pub(crate) struct LoopContext<L: RegionLogic + 'static> {
     pub(crate) factory: RegionFactory<L>,
     pub(crate) regions: Arc<Mutex<HashMap<RegionId, crate::Slot<L>>>>,
     pub(crate) generation: u64,
+    pub(crate) test_commit_delay: Option<std::time::Duration>,
 }
 
 enum State {
@@ -110,6 +111,8 @@ pub(crate) fn run<L: RegionLogic + 'static>(
     let mut link: Option<LinkHandle> = None;
     // After a takeover the target keeps its receiver to accept stragglers from the old source.
     let mut late_receiver: Option<HandoffTarget> = None;
+    let mut reported_phase: Option<SourcePhase> = None;
+    let mut delayed_commit: Option<(Instant, Ownership, Ownership)> = None;
     let mut state = match role {
         Role::Owner { epoch } => {
             let _ = context.events.send(HostEvent::Owning { region: id, epoch });
@@ -127,7 +130,10 @@ pub(crate) fn run<L: RegionLogic + 'static>(
 
     loop {
         let now = Instant::now();
-        let deadline = next_deadline(&state, now);
+        let mut deadline = next_deadline(&state, now);
+        if let Some((due, _, _)) = &delayed_commit {
+            deadline = deadline.min(*due);
+        }
         let command = match commands.recv_timeout(deadline.saturating_duration_since(now)) {
             Ok(command) => Some(command),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
@@ -208,7 +214,27 @@ pub(crate) fn run<L: RegionLogic + 'static>(
             _ => {}
         }
 
-        pump(&mut state, &mut region, &context, &mut link, &mut late_receiver);
+        // Fault injection (tests only): a held commit request goes out when its delay is over.
+        if let Some((due, expected, next)) = delayed_commit.take() {
+            match &mut state {
+                State::Target { receiver } if Instant::now() >= due => {
+                    let result = context.authority.compare_and_swap(id, &expected, &next);
+                    receiver.handle_authority(Instant::now(), result);
+                }
+                State::Target { .. } => delayed_commit = Some((due, expected, next)),
+                _ => {}
+            }
+        }
+
+        pump(&mut state, &mut region, &context, &mut link, &mut late_receiver, &mut delayed_commit);
+        if let State::Owner { handoff: Some(handoff), .. } = &state
+            && reported_phase != Some(handoff.phase())
+        {
+            reported_phase = Some(handoff.phase());
+            let _ = context
+                .events
+                .send(HostEvent::Phase { region: id, phase: format!("{:?}", handoff.phase()).to_lowercase() });
+        }
         if matches!(state, State::Finished) {
             break;
         }
@@ -307,6 +333,7 @@ fn pump<L: RegionLogic + 'static>(
     context: &LoopContext<L>,
     link: &mut Option<LinkHandle>,
     late_receiver: &mut Option<HandoffTarget>,
+    delayed_commit: &mut Option<(Instant, Ownership, Ownership)>,
 ) {
     let id = region.id();
     loop {
@@ -378,10 +405,13 @@ fn pump<L: RegionLogic + 'static>(
                 if let Some(action) = receiver.poll_action() {
                     busy = true;
                     match action {
-                        TargetAction::Authority { expected, next } => {
-                            let result = context.authority.compare_and_swap(id, &expected, &next);
-                            receiver.handle_authority(Instant::now(), result);
-                        }
+                        TargetAction::Authority { expected, next } => match context.test_commit_delay {
+                            Some(delay) => *delayed_commit = Some((Instant::now() + delay, expected, next)),
+                            None => {
+                                let result = context.authority.compare_and_swap(id, &expected, &next);
+                                receiver.handle_authority(Instant::now(), result);
+                            }
+                        },
                         TargetAction::Authoritative { epoch, first_tick_at, .. } => {
                             region.rebuild_caches();
                             let _ = context.events.send(HostEvent::Authoritative { region: id, epoch });
