@@ -1,0 +1,132 @@
+//! `handoff-bench`: moves a busy region between two `sample-region-server --serve` processes on
+//! loopback, again and again, and prints one JSON object with what it measured.
+//!
+//! The region holds `--entities` entities of which `--dirty` change every tick at 30 Hz, plus
+//! `--avatars` players sending 20 inputs/s. Run it from a release build:
+//! `cargo run --release -p sample-region-server --bin handoff-bench -- --entities 10000 --dirty 0.05 --handoffs 20`
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use sample_region_server::cluster::{Cluster, HandoffOutcome, server_binary};
+use serde_json::json;
+
+/// Benchmark live handoffs between two region-server processes.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Entities in the region (each with 48 bytes of state that can change).
+    #[arg(long, default_value_t = 10_000)]
+    entities: usize,
+    /// Fraction of the entities that change every tick (0 to 1).
+    #[arg(long, default_value_t = 0.05)]
+    dirty: f64,
+    /// Handoffs to run (alternating between the two processes).
+    #[arg(long, default_value_t = 20)]
+    handoffs: usize,
+    /// Players sending 20 inputs/s each.
+    #[arg(long, default_value_t = 50)]
+    avatars: u64,
+    /// Bulk bandwidth a handoff may use, MB/s.
+    #[arg(long, default_value_t = 50)]
+    bulk_mbps: u64,
+    /// Seconds of play between handoffs.
+    #[arg(long, default_value_t = 0.5)]
+    pause: f64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("handoff-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], quantile: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * quantile).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&cli.dirty) {
+        anyhow::bail!("--dirty must be within 0..=1");
+    }
+    if cli.handoffs == 0 {
+        anyhow::bail!("--handoffs must be at least 1");
+    }
+    let binary = server_binary()?;
+    let extra = vec!["--dirty".to_owned(), cli.dirty.to_string(), "--bulk-mbps".to_owned(), cli.bulk_mbps.to_string()];
+    let mut cluster = Cluster::start(&binary, 2, &extra).context("starting two region servers")?;
+    cluster.host(&json!({"churn": cli.entities, "seed": 1}), cli.avatars)?;
+    cluster.play(Duration::from_secs(1))?;
+    let mut outcomes: Vec<HandoffOutcome> = Vec::new();
+    let mut digest_mismatches = 0;
+    let mut aborts = Vec::new();
+    for index in 0..cli.handoffs {
+        let to = 1 - cluster.owner;
+        let outcome = cluster.handoff(to, Duration::from_secs(120))?;
+        if let Some(reason) = &outcome.aborted {
+            if reason.contains("digest") {
+                digest_mismatches += 1;
+            }
+            aborts.push(reason.clone());
+        }
+        eprintln!(
+            "handoff {:>3}/{}: {} freeze {:.2} ms, total {:.1} ms, {} rounds, tick gap {:.1} ms",
+            index + 1,
+            cli.handoffs,
+            if outcome.committed { "committed" } else { "aborted" },
+            outcome.freeze_us as f64 / 1000.0,
+            outcome.total_us as f64 / 1000.0,
+            outcome.rounds,
+            outcome.tick_gap_us as f64 / 1000.0
+        );
+        outcomes.push(outcome);
+        cluster.play(Duration::from_secs_f64(cli.pause))?;
+    }
+    let (_, lost, duplicated, _) = cluster.settle_and_check()?;
+    let committed: Vec<&HandoffOutcome> = outcomes.iter().filter(|outcome| outcome.committed).collect();
+    let sorted = |values: Vec<f64>| {
+        let mut values = values;
+        values.sort_by(f64::total_cmp);
+        values
+    };
+    let freeze = sorted(committed.iter().map(|outcome| outcome.freeze_us as f64 / 1000.0).collect());
+    let total = sorted(committed.iter().map(|outcome| outcome.total_us as f64 / 1000.0).collect());
+    let rounds = sorted(committed.iter().map(|outcome| outcome.rounds as f64).collect());
+    let interval_us = cluster.tick_interval.as_micros() as u64;
+    let missed_ticks = committed.iter().filter(|outcome| outcome.tick_gap_us > interval_us * 3 / 2).count();
+    let mean = |pick: fn(&HandoffOutcome) -> u64| {
+        if committed.is_empty() {
+            0
+        } else {
+            committed.iter().map(|outcome| pick(outcome)).sum::<u64>() / committed.len() as u64
+        }
+    };
+    let report = json!({
+        "entities": cli.entities,
+        "dirty": cli.dirty,
+        "handoffs": cli.handoffs,
+        "committed": committed.len(),
+        "freeze_ms": {"p50": percentile(&freeze, 0.5), "p99": percentile(&freeze, 0.99), "max": freeze.last().copied().unwrap_or(0.0)},
+        "total_ms": {"p50": percentile(&total, 0.5), "p99": percentile(&total, 0.99)},
+        "rounds": {"p50": percentile(&rounds, 0.5), "max": rounds.last().copied().unwrap_or(0.0)},
+        "bytes": {"snapshot": mean(|outcome| outcome.snapshot_bytes), "deltas": mean(|outcome| outcome.delta_bytes), "final": mean(|outcome| outcome.final_bytes)},
+        "digest_mismatches": digest_mismatches,
+        "inputs_lost": lost,
+        "inputs_duplicated": duplicated,
+        "missed_ticks": missed_ticks,
+        "aborts": aborts,
+    });
+    println!("{report}");
+    Ok(())
+}
