@@ -27,6 +27,9 @@ pub struct SourceConfig {
     /// After this many rounds that did not fit the budget, freeze anyway if the round is at most
     /// four budgets, else abort: the region changes faster than the link moves it.
     pub max_rounds: u32,
+    /// Rounds stop shrinking when this many in a row are not 10% smaller than the smallest so
+    /// far; then the same decision is taken at once instead of after `max_rounds`.
+    pub stall_rounds: u32,
     /// Most archive bytes sent and not yet applied by the target.
     pub window_bytes: usize,
     /// Timeouts.
@@ -39,6 +42,7 @@ impl Default for SourceConfig {
             chunk: ChunkConfig::default(),
             freeze_budget_bytes: 100_000,
             max_rounds: 20,
+            stall_rounds: 3,
             window_bytes: 4 * 1024 * 1024,
             timeouts: Timeouts::default(),
         }
@@ -166,6 +170,8 @@ pub struct HandoffSource {
     applied_bytes: u64,
     last_heard: Instant,
     round: u32,
+    smallest_round: usize,
+    stalled_rounds: u32,
     frozen_at: Option<Instant>,
     held: Vec<PlayerInput>,
     link_lost: bool,
@@ -197,6 +203,8 @@ impl HandoffSource {
             applied_bytes: 0,
             last_heard: now,
             round: 0,
+            smallest_round: usize::MAX,
+            stalled_rounds: 0,
             frozen_at: None,
             held: Vec::new(),
             link_lost: false,
@@ -472,11 +480,19 @@ impl HandoffSource {
         };
         let bytes: usize = parts.iter().map(AlignedVec::len).sum();
         let budget = self.config.freeze_budget_bytes;
-        // protocol.md §4: freeze once a round fits the budget; after max_rounds, freeze if it is
-        // within four budgets, else give up (the region changes faster than the link moves it).
-        if bytes <= budget || (round > self.config.max_rounds && bytes <= budget * 4) {
+        if bytes.saturating_mul(10) < self.smallest_round.saturating_mul(9) {
+            self.smallest_round = bytes;
+            self.stalled_rounds = 0;
+        } else {
+            self.stalled_rounds += 1;
+        }
+        let out_of_rounds = round > self.config.max_rounds || self.stalled_rounds >= self.config.stall_rounds;
+        // protocol.md §4: freeze once a round fits the budget; when rounds stop shrinking (or run
+        // out), freeze if the round is within four budgets, else give up: the region changes faster
+        // than the link moves it.
+        if bytes <= budget || (out_of_rounds && bytes <= budget * 4) {
             self.freeze(now, world, round, parts, next_tick_due);
-        } else if round > self.config.max_rounds {
+        } else if out_of_rounds {
             let reason = AbortReason {
                 culprit: Culprit::Link,
                 phase: Phase::Rounds,
