@@ -370,6 +370,15 @@ impl Cluster {
         }
     }
 
+    /// Asks process `index` for a report of `region` (its tick, late ticks, digest, players).
+    pub fn report(&mut self, index: usize, region: u64) -> anyhow::Result<Value> {
+        let mark = self.processes[index].log.len();
+        self.processes[index].send(&json!({"cmd": "report", "region": region}))?;
+        let (_, report) = self.processes[index]
+            .wait_for(mark, Duration::from_secs(10), |event| event["event"] == "report" && event["region"] == region)?;
+        Ok(report)
+    }
+
     /// Stops the players, lets everything drain, and checks every player's inputs at the owner:
     /// returns (inputs sent, lost, duplicated or out of order, region digest).
     pub fn settle_and_check(&mut self) -> anyhow::Result<(u64, u64, u64, String)> {

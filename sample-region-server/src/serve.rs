@@ -207,6 +207,7 @@ fn execute(
                 RegionId(region),
                 Box::new(move |built| {
                     let tick = built.world().tick();
+                    let late_ticks = built.late_ticks();
                     let digest = built.world_mut().digest().to_string();
                     let world = built.world();
                     let players: Vec<serde_json::Value> = world
@@ -222,7 +223,7 @@ fn execute(
                             })
                         })
                         .collect();
-                    emit(&out, json!({"event": "report", "region": region, "tick": tick, "digest": digest, "entities": world.entity_count(), "players": players}));
+                    emit(&out, json!({"event": "report", "region": region, "tick": tick, "late_ticks": late_ticks, "digest": digest, "entities": world.entity_count(), "players": players}));
                 }),
             )
             .map_err(anyhow::Error::msg)?;

@@ -33,6 +33,8 @@ pub const PHYSICS_AWAKE_BODIES: &str = "baton_physics_awake_bodies";
 pub const HANDOFF_FREEZE_SECONDS: &str = "baton_handoff_freeze_seconds";
 /// Histogram: delta rounds before the freeze.
 pub const HANDOFF_ROUNDS: &str = "baton_handoff_rounds";
+/// Histogram: bytes of each delta round before the freeze (how fast rounds converge).
+pub const HANDOFF_ROUND_BYTES: &str = "baton_handoff_round_bytes";
 /// Counter: archive bytes sent by handoffs. Label: `phase` (`snapshot`, `deltas`, `final`).
 pub const HANDOFF_BYTES_TOTAL: &str = "baton_handoff_bytes_total";
 /// Counter: finished handoffs. Label: `outcome` (`committed`, `aborted`).
@@ -46,6 +48,11 @@ pub fn describe() {
         "Handoff freeze: source's last tick to the target's commit."
     );
     metrics::describe_histogram!(HANDOFF_ROUNDS, "Delta rounds before a handoff's freeze.");
+    metrics::describe_histogram!(
+        HANDOFF_ROUND_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes of each delta round before the freeze."
+    );
     metrics::describe_counter!(
         HANDOFF_BYTES_TOTAL,
         metrics::Unit::Bytes,
@@ -149,4 +156,10 @@ pub fn handoff_committed(region: RegionId, epoch: baton_wire::Epoch, stats: &cra
 pub fn handoff_aborted(region: RegionId, reason: &crate::handoff::AbortReason) {
     metrics::counter!(HANDOFFS_TOTAL, "outcome" => "aborted").increment(1);
     tracing::warn!(%region, culprit = ?reason.culprit, phase = %reason.phase, reason = %reason.reason, "handoff aborted");
+}
+
+/// A delta round was sent before the freeze.
+pub fn handoff_round(region: RegionId, round: u32, bytes: usize) {
+    metrics::histogram!(HANDOFF_ROUND_BYTES).record(bytes as f64);
+    tracing::debug!(%region, round, bytes, "handoff delta round");
 }

@@ -105,6 +105,7 @@ pub struct Region<L: RegionLogic> {
     scripts: ScriptEngine,
     physics: PhysicsEngine,
     logic: L,
+    late_ticks: u64,
 }
 
 /// The registry of the SDK's own components plus the game's.
@@ -131,7 +132,7 @@ impl<L: RegionLogic> Region<L> {
         let mut world = World::new(registry);
         let mut physics = PhysicsEngine::new(physics_config);
         physics.rebuild(&mut world);
-        Ok(Region { id, config, world, sessions: Sessions::default(), scripts, physics, logic })
+        Ok(Region { id, config, world, sessions: Sessions::default(), scripts, physics, logic, late_ticks: 0 })
     }
 
     /// The region's id.
@@ -166,6 +167,18 @@ impl<L: RegionLogic> Region<L> {
     #[must_use]
     pub fn sessions(&self) -> &Sessions {
         &self.sessions
+    }
+
+    /// Records that a tick started more than half an interval late (the driver knows; the region
+    /// keeps the count for reports).
+    pub fn note_late_tick(&mut self) {
+        self.late_ticks += 1;
+    }
+
+    /// Ticks this instance started more than half an interval late.
+    #[must_use]
+    pub fn late_ticks(&self) -> u64 {
+        self.late_ticks
     }
 
     /// The physics engine (for counts).

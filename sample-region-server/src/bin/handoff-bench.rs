@@ -35,6 +35,10 @@ struct Cli {
     /// Seconds of play between handoffs.
     #[arg(long, default_value_t = 0.5)]
     pause: f64,
+    /// Physics objects of a second region that stays on the first process the whole time (its
+    /// late ticks show whether moving one region disturbs another); 0 for none.
+    #[arg(long, default_value_t = 2000)]
+    bystander_objects: usize,
 }
 
 fn main() -> ExitCode {
@@ -67,7 +71,16 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let extra = vec!["--dirty".to_owned(), cli.dirty.to_string(), "--bulk-mbps".to_owned(), cli.bulk_mbps.to_string()];
     let mut cluster = Cluster::start(&binary, 2, &extra).context("starting two region servers")?;
     cluster.host(&json!({"churn": cli.entities, "seed": 1}), cli.avatars)?;
+    const BYSTANDER: u64 = 2;
+    if cli.bystander_objects > 0 {
+        let mark = cluster.processes[0].log.len();
+        cluster.processes[0].send(&json!({"cmd": "host", "region": BYSTANDER, "objects": cli.bystander_objects, "npcs": 200, "plants": 200, "seed": 2}))?;
+        cluster.processes[0].wait_for(mark, Duration::from_secs(60), |event| {
+            event["event"] == "owning" && event["region"] == BYSTANDER
+        })?;
+    }
     cluster.play(Duration::from_secs(1))?;
+    let bystander_before = if cli.bystander_objects > 0 { Some(cluster.report(0, BYSTANDER)?) } else { None };
     let mut outcomes: Vec<HandoffOutcome> = Vec::new();
     let mut digest_mismatches = 0;
     let mut aborts = Vec::new();
@@ -94,6 +107,16 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         cluster.play(Duration::from_secs_f64(cli.pause))?;
     }
     let (_, lost, duplicated, _) = cluster.settle_and_check()?;
+    let bystander = match bystander_before {
+        Some(before) => {
+            let after = cluster.report(0, BYSTANDER)?;
+            let ticks = after["tick"].as_u64().unwrap_or(0).saturating_sub(before["tick"].as_u64().unwrap_or(0));
+            let late =
+                after["late_ticks"].as_u64().unwrap_or(0).saturating_sub(before["late_ticks"].as_u64().unwrap_or(0));
+            json!({"objects": cli.bystander_objects, "ticks": ticks, "late_ticks": late})
+        }
+        None => json!(null),
+    };
     let committed: Vec<&HandoffOutcome> = outcomes.iter().filter(|outcome| outcome.committed).collect();
     let sorted = |values: Vec<f64>| {
         let mut values = values;
@@ -126,6 +149,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         "inputs_duplicated": duplicated,
         "missed_ticks": missed_ticks,
         "aborts": aborts,
+        "bystander": bystander,
     });
     println!("{report}");
     Ok(())

@@ -140,6 +140,16 @@ pub(crate) fn run<L: RegionLogic + 'static>(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         let now = Instant::now();
+        let _handoff_span = match &state {
+            State::Owner { epoch, handoff: Some(handoff), .. } if !handoff.is_finished() => Some(
+                tracing::info_span!("handoff", region = %id, epoch = %epoch, handoff = handoff.id(), side = "source")
+                    .entered(),
+            ),
+            State::Target { receiver } if receiver.phase() != baton_sdk::handoff::TargetPhase::Idle => {
+                Some(tracing::info_span!("handoff", region = %id, side = "target").entered())
+            }
+            _ => None,
+        };
         match command {
             Some(Command::Shutdown) => break,
             Some(Command::Input(input)) => route_input(&mut state, &mut region, input, &context),
@@ -182,6 +192,7 @@ pub(crate) fn run<L: RegionLogic + 'static>(
             let started_us = unix_micros();
             let timing = schedule.start_tick(now);
             if timing.late_by > interval / 2 {
+                region.note_late_tick();
                 baton_sdk::events::tick_overrun(id, region.world().tick(), timing.late_by);
             }
             let report = region.tick();

@@ -502,6 +502,7 @@ impl HandoffSource {
             };
             self.abort_before_freeze(world, reason);
         } else {
+            crate::events::handoff_round(self.region, round, bytes);
             self.round = round;
             self.stats.rounds = round;
             self.stats.delta_bytes += bytes as u64;
