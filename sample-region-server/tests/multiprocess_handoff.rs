@@ -165,3 +165,24 @@ fn moving_one_region_leaves_another_in_the_same_process_running() {
     let (_, lost, duplicated, _) = cluster.settle_and_check().unwrap();
     assert_eq!((lost, duplicated), (0, 0));
 }
+
+#[test]
+fn an_owner_refuses_to_prepare_for_its_own_region() {
+    let mut cluster = Cluster::start(binary(), 1, &[]).unwrap();
+    cluster.host(&json!({"objects": 100, "seed": 1}), 2).unwrap();
+    let mark = cluster.processes[0].log.len();
+    cluster.processes[0].send(&json!({"cmd": "prepare", "region": 1})).unwrap();
+    let (_, error) =
+        cluster.processes[0].wait_for(mark, Duration::from_secs(10), |event| event["event"] == "error").unwrap();
+    assert!(error["error"].as_str().unwrap().contains("owned by this host"), "{error}");
+    // A second host command for the same region is refused too, and the region keeps working.
+    cluster.processes[0].send(&json!({"cmd": "host", "region": 1, "objects": 10})).unwrap();
+    let already = |event: &serde_json::Value| {
+        event["event"] == "error" && event["error"].as_str().is_some_and(|text| text.contains("already has a slot"))
+    };
+    cluster.processes[0].wait_for(mark, Duration::from_secs(10), already).unwrap();
+    cluster.play(Duration::from_millis(500)).unwrap();
+    let (sent, lost, duplicated, _) = cluster.settle_and_check().unwrap();
+    assert!(sent > 0);
+    assert_eq!((lost, duplicated), (0, 0));
+}

@@ -188,6 +188,9 @@ impl<L: RegionLogic + 'static> Host<L> {
     /// Hosts a populated region owned by this instance (registering it with the authority).
     pub fn host_region(&self, region: Region<L>) -> Result<(), String> {
         let id = region.id();
+        if self.regions.lock().map(|regions| regions.contains_key(&id)).unwrap_or(true) {
+            return Err(format!("region {id} already has a slot on this host"));
+        }
         let ownership = self.config.authority.register(id, &self.config.name).map_err(|error| error.to_string())?;
         if ownership.owner != self.config.name {
             return Err(format!("region {id} is owned by {}@{}", ownership.owner, ownership.epoch));
@@ -198,6 +201,16 @@ impl<L: RegionLogic + 'static> Host<L> {
 
     /// Pre-warms an empty slot for `region` so this host can receive it.
     pub fn prepare(&self, region: RegionId) -> Result<(), String> {
+        // Replacing the slot of a region this host owns would orphan its ticking owner.
+        if let Ok(ownership) = self.config.authority.current(region)
+            && ownership.owner == self.config.name
+            && self.regions.lock().map(|regions| regions.contains_key(&region)).unwrap_or(false)
+        {
+            return Err(format!(
+                "region {region} is owned by this host ({}); it cannot also receive it",
+                ownership.epoch
+            ));
+        }
         let empty = (self.factory)(region).map_err(|error| error.to_string())?;
         self.spawn_loop(empty, region_loop::Role::Target);
         let _ = self.events.send(HostEvent::Prepared { region });
