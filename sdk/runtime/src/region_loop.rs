@@ -265,6 +265,10 @@ fn next_deadline(state: &State, now: Instant) -> Instant {
             if handoff.as_ref().is_none_or(HandoffSource::allows_ticks) {
                 deadline = deadline.min(schedule.next_due());
             }
+            // A snapshot in progress continues right after a tick.
+            if handoff.as_ref().is_some_and(|handoff| handoff.phase() == SourcePhase::Snapshot) {
+                deadline = deadline.min(now + std::time::Duration::from_millis(1));
+            }
             if let Some(at) = handoff.as_ref().and_then(HandoffSource::poll_timeout) {
                 deadline = deadline.min(at);
             }
@@ -352,7 +356,11 @@ fn pump<L: RegionLogic + 'static>(
         let mut next_state = None;
         match state {
             State::Owner { epoch, schedule, handoff: Some(handoff), .. } => {
-                if let Some(message) = handoff.poll_message(region.world_mut()) {
+                // Snapshot chunks are encoded only in the time left before the next tick is due, so
+                // streaming a large region never pushes its ticks late; the next pass continues.
+                let encoding_allowed = handoff.phase() != SourcePhase::Snapshot || Instant::now() < schedule.next_due();
+                let message = if encoding_allowed { handoff.poll_message(region.world_mut()) } else { None };
+                if let Some(message) = message {
                     busy = true;
                     if !link.as_ref().is_some_and(|link| link.send(message)) {
                         handoff.handle_link_lost(Instant::now(), region.world_mut());
