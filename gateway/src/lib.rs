@@ -1,12 +1,16 @@
-//! Baton's player gateway.
+//! Baton's player gateway: keeps every player's QUIC connection for the whole session and moves
+//! only the route when the player's region moves (a handoff) or the player walks into another
+//! region (a border crossing).
 //!
-//! Status: the protocol cores exist and are tested, the service does not yet. [`route`] holds
-//! per-region routes with ownership epochs, holds inputs during a handoff's freeze and replays them
-//! in order at cutover; [`token`] checks session tokens (HMAC-SHA256); [`frame`] is the player
-//! stream's frame format (postcard, bounded). The QUIC player endpoint, upstream connections to
-//! region servers, zone-boundary crossing, resume and the client library are not built yet:
-//! nothing here listens on a socket.
+//! - [`route`]: per-region routes with ownership epochs; holds inputs during a handoff's freeze and
+//!   replays them in order at cutover (no I/O, property-tested).
+//! - [`token`]: session and resume tokens (HMAC-SHA256).
+//! - [`service`]: the running gateway: player endpoint, upstream connections, sessions, limits.
+//! - The player protocol's frames are in `baton_wire::player`, the upstream protocol's in
+//!   `baton_wire::upstream`; docs/protocol.md §9-§10 describe both.
 
-pub mod frame;
 pub mod route;
+pub mod service;
 pub mod token;
+
+pub use service::{Gateway, GatewayConfig, GatewayStats, Limits};

@@ -84,6 +84,8 @@ pub enum RouteEvent {
 pub enum RouteAction {
     /// Send `input` to `server`, stamped with `epoch`.
     Forward {
+        /// The region.
+        region: RegionId,
         /// Where.
         server: ServerId,
         /// The owner's epoch.
@@ -204,7 +206,7 @@ impl RouteTable {
         let route = self.routes.get_mut(&region).ok_or(RouteError::UnknownRegion(region))?;
         match &mut route.stage {
             Stage::Open | Stage::Preparing { .. } => {
-                Ok(Some(RouteAction::Forward { server: route.owner, epoch: route.epoch, input }))
+                Ok(Some(RouteAction::Forward { region, server: route.owner, epoch: route.epoch, input }))
             }
             Stage::Held { held, .. } => {
                 if held.len() >= max_held {
@@ -233,7 +235,7 @@ impl RouteTable {
                 };
                 self.routes.insert(region, Route { owner: server, epoch, stage: Stage::Open });
                 let mut actions = vec![RouteAction::Connect { server }];
-                actions.extend(held.into_iter().map(|input| RouteAction::Forward { server, epoch, input }));
+                actions.extend(held.into_iter().map(|input| RouteAction::Forward { region, server, epoch, input }));
                 Ok(actions)
             }
             RouteEvent::HandoffStarted { region, epoch, target } => {
@@ -272,7 +274,7 @@ impl RouteTable {
                 // goes to the new owner, and the held ones go first, in order.
                 route.owner = server;
                 route.epoch = epoch;
-                Ok(held.into_iter().map(|input| RouteAction::Forward { server, epoch, input }).collect())
+                Ok(held.into_iter().map(|input| RouteAction::Forward { region, server, epoch, input }).collect())
             }
             RouteEvent::Aborted { region, epoch } => {
                 let route = self.routes.get_mut(&region).ok_or(RouteError::UnknownRegion(region))?;
@@ -286,7 +288,7 @@ impl RouteTable {
                     Stage::Held { held, .. } => held,
                     _ => VecDeque::new(),
                 };
-                Ok(held.into_iter().map(|input| RouteAction::Forward { server: owner, epoch, input }).collect())
+                Ok(held.into_iter().map(|input| RouteAction::Forward { region, server: owner, epoch, input }).collect())
             }
         }
     }
@@ -353,7 +355,7 @@ mod tests {
         let mut forwarded: Vec<(PlayerId, u64)> = Vec::new();
         let verify = |actions: Vec<RouteAction>, model: &Model, forwarded: &mut Vec<(PlayerId, u64)>| {
             for action in actions {
-                if let RouteAction::Forward { server, epoch, input } = action {
+                if let RouteAction::Forward { server, epoch, input, .. } = action {
                     // Invariant 1: only to the owner of the current epoch.
                     assert_eq!((server, epoch), (model.owner, model.epoch), "forwarded to a non-owner");
                     forwarded.push((input.player, input.seq));

@@ -42,14 +42,23 @@ impl ServerProcess {
         authority: &Path,
         extra: &[String],
     ) -> anyhow::Result<ServerProcess> {
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .arg("--serve")
             .args(["--name", name])
             .arg("--certs")
             .arg(certs)
             .arg("--authority")
             .arg(authority)
-            .args(extra)
+            .args(extra);
+        ServerProcess::spawn_command(name, command)
+    }
+
+    /// Starts a process that speaks JSON lines (a region server or a gateway in `--control`
+    /// mode) and waits until it reports `listening`.
+    pub fn spawn_command(name: &str, mut command: Command) -> anyhow::Result<ServerProcess> {
+        let binary = PathBuf::from(command.get_program());
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -426,7 +435,16 @@ impl Drop for Cluster {
 /// The `sample-region-server` binary next to the running executable (tests and benchmarks), or
 /// `BATON_SAMPLE_SERVER` when set.
 pub fn server_binary() -> anyhow::Result<PathBuf> {
-    if let Ok(path) = std::env::var("BATON_SAMPLE_SERVER") {
+    sibling_binary("sample-region-server", "BATON_SAMPLE_SERVER")
+}
+
+/// The `baton-gateway` binary next to the running executable (or `BATON_GATEWAY`).
+pub fn gateway_binary() -> anyhow::Result<PathBuf> {
+    sibling_binary("baton-gateway", "BATON_GATEWAY")
+}
+
+fn sibling_binary(name: &str, variable: &str) -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var(variable) {
         return Ok(PathBuf::from(path));
     }
     let executable = std::env::current_exe()?;
@@ -435,13 +453,10 @@ pub fn server_binary() -> anyhow::Result<PathBuf> {
     if directory.ends_with("deps") {
         directory.pop();
     }
-    let candidate = directory.join("sample-region-server");
+    let candidate = directory.join(name);
     if candidate.exists() {
         Ok(candidate)
     } else {
-        bail!(
-            "{} not found; build it first (cargo build -p sample-region-server) or set BATON_SAMPLE_SERVER",
-            candidate.display()
-        )
+        bail!("{} not found; build it first (cargo build --bins) or set {variable}", candidate.display())
     }
 }

@@ -10,6 +10,7 @@
 //! vector is clamped to length 1. An input that does not parse is consumed without effect.
 
 pub mod cluster;
+pub mod players;
 pub mod serve;
 
 use baton_sdk::physics::{Body, BodyKind, Shape};
@@ -17,7 +18,9 @@ use baton_sdk::region::{RegionLogic, TickSchedule};
 use baton_sdk::scripts::{PROPERTY_SLOTS, ScriptBindings, ScriptEngine, ScriptError};
 use baton_sdk::sessions::ReadyInput;
 use baton_sdk::wire::{PlayerId, PlayerInput, RegionId};
-use baton_sdk::{Component, EntityId, Region, RegionConfig, RegionError, Registry, RegistryError, World};
+use baton_sdk::{
+    AvatarLocation, Component, EntityId, Region, RegionConfig, RegionError, Registry, RegistryError, World,
+};
 
 /// Half the side of the region, in metres.
 pub const HALF_SIZE: f32 = 128.0;
@@ -92,13 +95,137 @@ impl Default for WorldSpec {
     }
 }
 
-/// The sample's game logic. Stateless apart from configuration.
+/// The sample's game logic. Holds configuration and a view cache rebuilt every tick; no state.
 #[derive(Clone, Debug)]
 pub struct SampleLogic {
     /// Seconds per tick.
     pub dt: f32,
     /// Every tick, one in this many [`Churn`] entities changes (0: none).
     pub churn_period: u64,
+    /// How regions tile the world (`None`: a lone region whose edges are walls).
+    pub layout: Option<Layout>,
+    /// The region this logic runs.
+    pub region: RegionId,
+    views: ViewIndex,
+}
+
+impl SampleLogic {
+    /// Logic for `region` ticking every `dt` seconds.
+    #[must_use]
+    pub fn new(region: RegionId, dt: f32, churn_period: u64, layout: Option<Layout>) -> SampleLogic {
+        SampleLogic { dt, churn_period, layout, region, views: ViewIndex::default() }
+    }
+
+    /// How far avatars may walk from the centre: `[+x, -x, +z, -z]`; past an edge with a neighbour
+    /// behind it they walk on (and cross after the tick), other edges are walls.
+    fn avatar_bounds(&self) -> [f32; 4] {
+        let mut bounds = [HALF_SIZE - 1.0; 4];
+        if let Some(layout) = self.layout {
+            for (index, (dx, dz)) in [(1, 0), (-1, 0), (0, 1), (0, -1)].into_iter().enumerate() {
+                if layout.neighbour(self.region, dx, dz).is_some() {
+                    bounds[index] = HALF_SIZE + 2.0;
+                }
+            }
+        }
+        bounds
+    }
+}
+
+/// Regions tile the world in a grid, `columns` wide, numbered row by row from 1 to `count`; each
+/// is [`HALF_SIZE`] * 2 metres square with its own coordinates centred on 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Regions per row.
+    pub columns: u64,
+    /// Regions in all.
+    pub count: u64,
+}
+
+impl Layout {
+    fn cell(&self, region: RegionId) -> Option<(i64, i64)> {
+        let columns = self.columns.max(1);
+        (region.0 >= 1 && region.0 <= self.count)
+            .then(|| (((region.0 - 1) % columns) as i64, ((region.0 - 1) / columns) as i64))
+    }
+
+    fn at(&self, column: i64, row: i64) -> Option<RegionId> {
+        let columns = self.columns.max(1) as i64;
+        if column < 0 || row < 0 || column >= columns {
+            return None;
+        }
+        let id = (row * columns + column + 1) as u64;
+        (id <= self.count).then_some(RegionId(id))
+    }
+
+    /// The neighbour of `region` one step along `(dx, dz)`.
+    #[must_use]
+    pub fn neighbour(&self, region: RegionId, dx: i64, dz: i64) -> Option<RegionId> {
+        let (column, row) = self.cell(region)?;
+        self.at(column + dx, row + dz)
+    }
+}
+
+/// Entities near each 16 m cell, rebuilt before the views of a tick.
+#[derive(Clone, Debug, Default)]
+struct ViewIndex {
+    cells: std::collections::HashMap<(i32, i32), Vec<ViewItem>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ViewItem {
+    entity: u64,
+    kind: u8,
+    position: [f32; 2],
+}
+
+const VIEW_CELL: f32 = 16.0;
+/// Most neighbours listed in one player view.
+pub const VIEW_ITEMS: usize = 40;
+/// Most objects listed in one border view.
+pub const BORDER_ITEMS: usize = 100;
+
+fn view_cell(position: [f32; 2]) -> (i32, i32) {
+    ((position[0] / VIEW_CELL).floor() as i32, (position[1] / VIEW_CELL).floor() as i32)
+}
+
+fn push_item(out: &mut Vec<u8>, item: &ViewItem) {
+    out.push(item.kind);
+    out.extend_from_slice(&item.position[0].to_le_bytes());
+    out.extend_from_slice(&item.position[1].to_le_bytes());
+}
+
+/// A decoded sample player view (version 1 of the sample's view format:
+/// `u8 1 | u64 inputs_applied | u64 input_chain | f32 x | f32 z | u16 n | n * (u8 kind, f32 x, f32 z)`,
+/// little-endian; kinds: 0 avatar, 1 NPC, 2 physics object, 3 plant).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlayerView {
+    /// Inputs applied to the avatar so far.
+    pub inputs_applied: u64,
+    /// [`Avatar::input_chain`].
+    pub input_chain: u64,
+    /// The avatar's position.
+    pub position: [f32; 2],
+    /// What is near: `(kind, position)`.
+    pub near: Vec<(u8, [f32; 2])>,
+}
+
+impl PlayerView {
+    /// Parses a view; `None` if it is not one.
+    #[must_use]
+    pub fn parse(bytes: &[u8]) -> Option<PlayerView> {
+        if bytes.len() < 31 || bytes[0] != 1 {
+            return None;
+        }
+        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
+        let f32_at = |at: usize| f32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4]));
+        let count = usize::from(u16::from_le_bytes([bytes[25], bytes[26]]));
+        if bytes.len() != 27 + count * 9 {
+            return None;
+        }
+        let near =
+            (0..count).map(|index| 27 + index * 9).map(|at| (bytes[at], [f32_at(at + 1), f32_at(at + 5)])).collect();
+        Some(PlayerView { inputs_applied: u64_at(1), input_chain: u64_at(9), position: [f32_at(17), f32_at(21)], near })
+    }
 }
 
 const SLOT_X: usize = 0;
@@ -175,6 +302,130 @@ impl RegionLogic for SampleLogic {
         }
     }
 
+    fn spawn_avatar(&mut self, world: &mut World, player: PlayerId) -> Result<EntityId, String> {
+        // Avatars appear on a ring around the centre, spread by player id.
+        let angle = (player.0 % 360) as f32 * std::f32::consts::PI / 180.0;
+        let radius = 20.0 + (player.0 / 360 % 80) as f32;
+        spawn_avatar_entity(world, [radius * angle.cos(), radius * angle.sin()]).map_err(|error| error.to_string())
+    }
+
+    fn prepare_views(&mut self, world: &World) {
+        for items in self.views.cells.values_mut() {
+            items.clear();
+        }
+        let mut add = |entity: EntityId, kind: u8, position: [f32; 2]| {
+            self.views.cells.entry(view_cell(position)).or_default().push(ViewItem {
+                entity: entity.0,
+                kind,
+                position,
+            });
+        };
+        for (entity, body) in world.iter::<Body>() {
+            let kind = if world.has::<Avatar>(entity) { 0 } else { 2 };
+            add(entity, kind, [body.translation[0], body.translation[2]]);
+        }
+        for (entity, transform) in world.iter::<Transform>() {
+            let kind = if world.has::<Npc>(entity) { 1 } else { 3 };
+            add(entity, kind, [transform.position[0], transform.position[2]]);
+        }
+    }
+
+    fn player_view(&self, world: &World, avatar: EntityId, out: &mut Vec<u8>) {
+        let (Some(state), Some(body)) = (world.get::<Avatar>(avatar), world.get::<Body>(avatar)) else { return };
+        let position = [body.translation[0], body.translation[2]];
+        out.push(1);
+        out.extend_from_slice(&state.inputs_applied.to_le_bytes());
+        out.extend_from_slice(&state.input_chain.to_le_bytes());
+        out.extend_from_slice(&position[0].to_le_bytes());
+        out.extend_from_slice(&position[1].to_le_bytes());
+        let count_at = out.len();
+        out.extend_from_slice(&[0, 0]);
+        let (column, row) = view_cell(position);
+        let mut count = 0u16;
+        'cells: for dz in -1..=1 {
+            for dx in -1..=1 {
+                for item in self.views.cells.get(&(column + dx, row + dz)).map(Vec::as_slice).unwrap_or_default() {
+                    if item.entity == avatar.0 {
+                        continue;
+                    }
+                    if usize::from(count) == VIEW_ITEMS {
+                        break 'cells;
+                    }
+                    push_item(out, item);
+                    count += 1;
+                }
+            }
+        }
+        out[count_at..count_at + 2].copy_from_slice(&count.to_le_bytes());
+    }
+
+    fn avatar_location(&self, world: &World, region: RegionId, avatar: EntityId, view_distance: f32) -> AvatarLocation {
+        let (Some(layout), Some(body)) = (self.layout, world.get::<Body>(avatar)) else {
+            return AvatarLocation::default();
+        };
+        let [x, z] = [body.translation[0], body.translation[2]];
+        let mut location = AvatarLocation::default();
+        for (dx, dz, beyond) in
+            [(1, 0, x - HALF_SIZE), (-1, 0, -HALF_SIZE - x), (0, 1, z - HALF_SIZE), (0, -1, -HALF_SIZE - z)]
+        {
+            let Some(neighbour) = layout.neighbour(region, dx, dz) else { continue };
+            if beyond > 0.0 && location.crossed_into.is_none() {
+                location.crossed_into = Some(neighbour);
+            }
+            if beyond > -view_distance {
+                location.near.push(neighbour);
+            }
+        }
+        location
+    }
+
+    fn arrived(&mut self, world: &mut World, region: RegionId, avatar: EntityId, from: RegionId) {
+        let Some(layout) = self.layout else { return };
+        let (Some(here), Some(there)) = (layout.cell(region), layout.cell(from)) else { return };
+        if let Some(mut body) = world.get_mut::<Body>(avatar) {
+            let side = 2.0 * HALF_SIZE;
+            body.translation[0] += (there.0 - here.0) as f32 * side;
+            body.translation[2] += (there.1 - here.1) as f32 * side;
+            // Land just inside, whatever rounding did.
+            body.translation[0] = body.translation[0].clamp(-HALF_SIZE + 0.5, HALF_SIZE - 0.5);
+            body.translation[2] = body.translation[2].clamp(-HALF_SIZE + 0.5, HALF_SIZE - 0.5);
+        }
+    }
+
+    fn neighbours(&self, region: RegionId) -> Vec<RegionId> {
+        let Some(layout) = self.layout else { return Vec::new() };
+        [(1, 0), (-1, 0), (0, 1), (0, -1)].into_iter().filter_map(|(dx, dz)| layout.neighbour(region, dx, dz)).collect()
+    }
+
+    fn border_view(&self, world: &World, region: RegionId, toward: RegionId, view_distance: f32, out: &mut Vec<u8>) {
+        let _ = world;
+        let Some(layout) = self.layout else { return };
+        let (Some(here), Some(there)) = (layout.cell(region), layout.cell(toward)) else { return };
+        let (dx, dz) = (there.0 - here.0, there.1 - here.1);
+        let mut items: Vec<&ViewItem> = Vec::new();
+        'cells: for cell_items in self.views.cells.values() {
+            for item in cell_items {
+                let beyond = match (dx, dz) {
+                    (1, 0) => item.position[0] - HALF_SIZE,
+                    (-1, 0) => -HALF_SIZE - item.position[0],
+                    (0, 1) => item.position[1] - HALF_SIZE,
+                    _ => -HALF_SIZE - item.position[1],
+                };
+                if beyond > -view_distance {
+                    items.push(item);
+                    if items.len() == BORDER_ITEMS {
+                        break 'cells;
+                    }
+                }
+            }
+        }
+        out.push(1);
+        out.extend_from_slice(&(items.len() as u16).to_le_bytes());
+        for item in items {
+            push_item(out, item);
+        }
+    }
+
     fn tick(&mut self, world: &mut World) {
         let dt = self.dt;
         if self.churn_period > 0 {
@@ -200,10 +451,12 @@ impl RegionLogic for SampleLogic {
             })
             .filter(|(_, walk)| walk[0] != 0.0 || walk[1] != 0.0)
             .collect();
+        // Edges with a neighbour behind them let avatars through (they cross over after the tick).
+        let bounds = self.avatar_bounds();
         for (entity, walk) in walkers {
             if let Some(mut body) = world.get_mut::<Body>(entity) {
-                let x = (body.translation[0] + walk[0] * AVATAR_SPEED * dt).clamp(-HALF_SIZE + 1.0, HALF_SIZE - 1.0);
-                let z = (body.translation[2] + walk[1] * AVATAR_SPEED * dt).clamp(-HALF_SIZE + 1.0, HALF_SIZE - 1.0);
+                let x = (body.translation[0] + walk[0] * AVATAR_SPEED * dt).clamp(-bounds[1], bounds[0]);
+                let z = (body.translation[2] + walk[1] * AVATAR_SPEED * dt).clamp(-bounds[3], bounds[2]);
                 body.translation[0] = x;
                 body.translation[2] = z;
             }
@@ -275,7 +528,17 @@ pub fn new_region_with_churn(
     config: RegionConfig,
     churn_period: u64,
 ) -> Result<Region<SampleLogic>, RegionError> {
-    Region::new(id, SampleLogic { dt: config.tick_interval().as_secs_f32(), churn_period }, config)
+    new_region_in(id, config, churn_period, None)
+}
+
+/// A sample region that is part of a world of regions laid out as `layout`.
+pub fn new_region_in(
+    id: RegionId,
+    config: RegionConfig,
+    churn_period: u64,
+    layout: Option<Layout>,
+) -> Result<Region<SampleLogic>, RegionError> {
+    Region::new(id, SampleLogic::new(id, config.tick_interval().as_secs_f32(), churn_period, layout), config)
 }
 
 /// The input player `player` sends as number `seq` in cluster tests and benchmarks: a random walk
@@ -360,7 +623,13 @@ pub fn join_avatar(
     player: PlayerId,
     position: [f32; 2],
 ) -> Result<EntityId, anyhow::Error> {
-    let world = region.world_mut();
+    let entity = spawn_avatar_entity(region.world_mut(), position)?;
+    region.join(player, entity)?;
+    Ok(entity)
+}
+
+/// Spawns an avatar entity (no session) standing at `position`.
+pub fn spawn_avatar_entity(world: &mut World, position: [f32; 2]) -> Result<EntityId, baton_sdk::WorldError> {
     let entity = world.spawn();
     let body = Body::new(
         BodyKind::Kinematic,
@@ -369,7 +638,6 @@ pub fn join_avatar(
     );
     world.insert(entity, body)?;
     world.insert(entity, Avatar { walk_bits: [0, 0], inputs_applied: 0, input_chain: 0 })?;
-    region.join(player, entity)?;
     Ok(entity)
 }
 

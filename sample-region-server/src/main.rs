@@ -54,6 +54,20 @@ struct Cli {
     /// after the digest check.
     #[arg(long, hide = true)]
     test_commit_delay_ms: Option<u64>,
+    /// Regions per row of the world's grid (with --serve; with --world-regions, avatars cross
+    /// borders between neighbouring regions).
+    #[arg(long, default_value_t = 4)]
+    world_columns: u64,
+    /// Regions in the world, numbered 1..=N row by row (with --serve; 0: every region is alone and
+    /// its edges are walls).
+    #[arg(long, default_value_t = 0)]
+    world_regions: u64,
+    /// Send players a state update every this many ticks (with --serve).
+    #[arg(long, default_value_t = 1)]
+    update_every: u32,
+    /// Players this close to a border (metres) see the neighbour's objects near it (with --serve).
+    #[arg(long, default_value_t = 24.0)]
+    border_view: f32,
     /// How long to run, in seconds.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
@@ -99,6 +113,15 @@ fn serve(cli: &Cli) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&cli.dirty) {
         anyhow::bail!("--dirty must be within 0..=1, got {}", cli.dirty);
     }
+    if cli.world_columns == 0 {
+        anyhow::bail!("--world-columns must be at least 1");
+    }
+    if cli.update_every == 0 {
+        anyhow::bail!("--update-every must be at least 1");
+    }
+    if !(cli.border_view.is_finite() && cli.border_view >= 0.0) {
+        anyhow::bail!("--border-view must be a distance of 0 or more metres, got {}", cli.border_view);
+    }
     if cli.bulk_mbps == 0 {
         anyhow::bail!("--bulk-mbps must be at least 1");
     }
@@ -115,6 +138,13 @@ fn serve(cli: &Cli) -> anyhow::Result<()> {
         // protocol.md §4: the freeze budget is what the paced link moves in 2 ms.
         source: baton_sdk::handoff::SourceConfig::for_link(bulk_bytes_per_second, std::time::Duration::from_millis(2)),
         test_commit_delay: cli.test_commit_delay_ms.map(std::time::Duration::from_millis),
+        layout: (cli.world_regions > 0)
+            .then_some(sample_region_server::Layout { columns: cli.world_columns, count: cli.world_regions }),
+        players: baton_runtime::PlayerSettings {
+            update_every_ticks: cli.update_every,
+            border_every_ticks: 3,
+            border_view_distance: cli.border_view,
+        },
     };
     sample_region_server::serve::serve(options)
 }

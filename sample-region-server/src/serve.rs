@@ -31,7 +31,7 @@ use baton_sdk::wire::{PlayerId, RegionId};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::{Avatar, SampleLogic, WorldSpec, join_avatar, new_region_with_churn, populate, scripted_input};
+use crate::{Avatar, SampleLogic, WorldSpec, join_avatar, new_region_in, populate, scripted_input};
 
 /// Settings of a serving process.
 #[derive(Clone, Debug)]
@@ -54,6 +54,10 @@ pub struct ServeOptions {
     pub source: SourceConfig,
     /// Fault injection for tests: hold the commit this long after the digest check.
     pub test_commit_delay: Option<std::time::Duration>,
+    /// How the cluster's regions tile the world (border crossings need it).
+    pub layout: Option<crate::Layout>,
+    /// What players get through gateways.
+    pub players: baton_runtime::PlayerSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,8 +122,9 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .with_context(|| format!("opening the authority in {}", options.authority.display()))?;
     let config = options.config;
     let churn_period = options.churn_period;
+    let layout = options.layout;
     let factory: baton_runtime::RegionFactory<SampleLogic> =
-        Arc::new(move |region| new_region_with_churn(region, config, churn_period));
+        Arc::new(move |region| new_region_in(region, config, churn_period, layout));
     let host_config = HostConfig {
         name: options.name.clone(),
         bind: options.listen,
@@ -130,6 +135,7 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
         source: options.source,
         link: LinkSettings::default(),
         test_commit_delay: options.test_commit_delay,
+        players: options.players,
     };
     let (host, mut events) =
         Host::start(host_config, factory.clone(), runtime.handle().clone()).context("starting the host")?;

@@ -39,6 +39,8 @@ pub const HANDOFF_ROUND_BYTES: &str = "baton_handoff_round_bytes";
 pub const HANDOFF_BYTES_TOTAL: &str = "baton_handoff_bytes_total";
 /// Counter: finished handoffs. Label: `outcome` (`committed`, `aborted`).
 pub const HANDOFFS_TOTAL: &str = "baton_handoffs_total";
+/// Counter: avatars that left a region across a border, by region.
+pub const BORDER_CROSSINGS_TOTAL: &str = "baton_border_crossings_total";
 
 /// Registers descriptions and units of every SDK metric with the installed recorder.
 pub fn describe() {
@@ -117,6 +119,12 @@ pub fn tick_overrun(region: RegionId, tick: u64, late_by: Duration) {
 pub fn input_refused(region: RegionId, player: baton_wire::PlayerId, reason: &'static str) {
     metrics::counter!(INPUTS_REFUSED_TOTAL, "region" => region.to_string(), "reason" => reason).increment(1);
     tracing::debug!(%region, %player, reason, "input refused");
+}
+
+/// An avatar left `region` across its border into `to`.
+pub fn border_crossed(region: RegionId, to: RegionId, player: baton_wire::PlayerId) {
+    metrics::counter!(BORDER_CROSSINGS_TOTAL, "region" => region.to_string()).increment(1);
+    tracing::info!(%region, %to, %player, "avatar crossed the border");
 }
 
 /// A script was stopped.

@@ -23,6 +23,8 @@ pub mod world;
 pub use baton_sdk_derive::Component;
 pub use baton_wire as wire;
 pub use component::{Component, ComponentId, Registry, RegistryError};
-pub use region::{Region, RegionConfig, RegionError, RegionLogic, TickReport, TickSchedule};
+pub use region::{
+    AvatarLocation, Emigrant, PlayerUpdate, Region, RegionConfig, RegionError, RegionLogic, TickReport, TickSchedule,
+};
 pub use rkyv;
 pub use world::{ChangeSet, EntityId, Mut, TrackerId, World, WorldDigest, WorldError};

@@ -38,6 +38,84 @@ pub trait RegionLogic: ScriptBindings + Send {
     fn apply_input(&mut self, world: &mut World, input: &ReadyInput);
     /// Runs the game's systems for one tick.
     fn tick(&mut self, world: &mut World);
+
+    /// Creates the avatar of a player joining this region for the first time (a player who has a
+    /// session here already keeps it). The default refuses: the game must say how avatars look.
+    fn spawn_avatar(&mut self, world: &mut World, player: PlayerId) -> Result<EntityId, String> {
+        let _ = (world, player);
+        Err("this region does not take players".into())
+    }
+
+    /// Called once before the [`RegionLogic::player_view`]s of a tick, to build caches (e.g. a
+    /// spatial index) they share.
+    fn prepare_views(&mut self, world: &World) {
+        let _ = world;
+    }
+
+    /// Writes the state update a player gets after a tick (its view of the world) into `out`;
+    /// leaving `out` empty sends none.
+    fn player_view(&self, world: &World, avatar: EntityId, out: &mut Vec<u8>) {
+        let _ = (world, avatar, out);
+    }
+
+    /// Where the avatar stands relative to this region's borders: the neighbour it has crossed
+    /// into, if any, and the neighbours whose border is within `view_distance`.
+    fn avatar_location(&self, world: &World, region: RegionId, avatar: EntityId, view_distance: f32) -> AvatarLocation {
+        let _ = (world, region, avatar, view_distance);
+        AvatarLocation::default()
+    }
+
+    /// Adjusts an avatar that just arrived from `from` (e.g. into this region's coordinates).
+    fn arrived(&mut self, world: &mut World, region: RegionId, avatar: EntityId, from: RegionId) {
+        let _ = (world, region, avatar, from);
+    }
+
+    /// The regions that share a border with `region`.
+    fn neighbours(&self, region: RegionId) -> Vec<RegionId> {
+        let _ = region;
+        Vec::new()
+    }
+
+    /// Writes the view of this region's objects within `view_distance` of its border with
+    /// `toward` into `out` (sent to players of `toward` standing near that border).
+    fn border_view(&self, world: &World, region: RegionId, toward: RegionId, view_distance: f32, out: &mut Vec<u8>) {
+        let _ = (world, region, toward, view_distance, out);
+    }
+}
+
+/// Where an avatar stands relative to its region's borders.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AvatarLocation {
+    /// The neighbour the avatar has walked into.
+    pub crossed_into: Option<RegionId>,
+    /// Neighbours whose border is within the view distance.
+    pub near: Vec<RegionId>,
+}
+
+/// A player's state update produced after a tick.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlayerUpdate {
+    /// The player.
+    pub player: PlayerId,
+    /// Its last applied input.
+    pub last_applied: u64,
+    /// The game's view.
+    pub payload: Vec<u8>,
+}
+
+/// An avatar leaving its region across a border, with everything needed to continue elsewhere.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Emigrant {
+    /// The player.
+    pub player: PlayerId,
+    /// The neighbour it enters.
+    pub to: RegionId,
+    /// The last input applied here.
+    pub last_applied: u64,
+    /// Inputs received here and not applied, in order.
+    pub pending: Vec<(u64, Vec<u8>)>,
+    /// The avatar entity without its session ([`crate::codec::encode_bundle`]).
+    pub avatar: Vec<u8>,
 }
 
 /// Settings of a region.
@@ -200,6 +278,149 @@ impl<L: RegionLogic> Region<L> {
     /// Removes a player; returns the avatar and the session state.
     pub fn leave(&mut self, player: PlayerId) -> Option<(EntityId, PlayerSession)> {
         self.sessions.leave(&mut self.world, player)
+    }
+
+    /// Lets `player` in: a player with a session here keeps it, anyone else gets a new avatar from
+    /// [`RegionLogic::spawn_avatar`]. Returns the last input applied for the player.
+    pub fn join_player(&mut self, player: PlayerId) -> Result<u64, String> {
+        if let Some(session) = self.session_of(player) {
+            return Ok(session.last_applied);
+        }
+        let avatar = self.logic.spawn_avatar(&mut self.world, player)?;
+        self.sessions.join(&mut self.world, player, avatar).map_err(|error| error.to_string())?;
+        Ok(0)
+    }
+
+    /// Removes `player` and despawns its avatar.
+    pub fn remove_player(&mut self, player: PlayerId) -> bool {
+        match self.sessions.leave(&mut self.world, player) {
+            Some((avatar, _)) => {
+                self.world.despawn(avatar);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The session of `player`, if it is here.
+    #[must_use]
+    pub fn session_of(&self, player: PlayerId) -> Option<&PlayerSession> {
+        let avatar = self.sessions.avatar_of(player)?;
+        self.world.get::<PlayerSession>(avatar)
+    }
+
+    /// Every player's state update ([`RegionLogic::player_view`]), in entity order.
+    #[must_use]
+    pub fn player_updates(&mut self) -> Vec<PlayerUpdate> {
+        self.logic.prepare_views(&self.world);
+        let mut updates = Vec::new();
+        for (avatar, session) in self.world.iter::<PlayerSession>() {
+            let mut payload = Vec::new();
+            self.logic.player_view(&self.world, avatar, &mut payload);
+            if !payload.is_empty() {
+                updates.push(PlayerUpdate {
+                    player: PlayerId(session.player),
+                    last_applied: session.last_applied,
+                    payload,
+                });
+            }
+        }
+        updates
+    }
+
+    /// Players within `view_distance` of each neighbour's border: `(neighbour, players)` for
+    /// every neighbour.
+    #[must_use]
+    pub fn players_near_borders(&self, view_distance: f32) -> Vec<(RegionId, Vec<PlayerId>)> {
+        let mut near: Vec<(RegionId, Vec<PlayerId>)> =
+            self.logic.neighbours(self.id).into_iter().map(|neighbour| (neighbour, Vec::new())).collect();
+        for (avatar, session) in self.world.iter::<PlayerSession>() {
+            for neighbour in self.logic.avatar_location(&self.world, self.id, avatar, view_distance).near {
+                if let Some((_, players)) = near.iter_mut().find(|(region, _)| *region == neighbour) {
+                    players.push(PlayerId(session.player));
+                }
+            }
+        }
+        near
+    }
+
+    /// The view of objects near the border with each neighbour: `(neighbour, view)`.
+    #[must_use]
+    pub fn border_views(&self, view_distance: f32) -> Vec<(RegionId, Vec<u8>)> {
+        self.logic
+            .neighbours(self.id)
+            .into_iter()
+            .map(|neighbour| {
+                let mut view = Vec::new();
+                self.logic.border_view(&self.world, self.id, neighbour, view_distance, &mut view);
+                (neighbour, view)
+            })
+            .collect()
+    }
+
+    /// Takes every avatar that has crossed a border out of the region (session, pending inputs and
+    /// entity) and returns them to be delivered to their new regions.
+    /// Only players for whom `may_leave` is true are taken (e.g. those a gateway can re-route).
+    pub fn take_emigrants(&mut self, may_leave: impl Fn(PlayerId) -> bool) -> Vec<Emigrant> {
+        let crossing: Vec<(EntityId, PlayerId, RegionId)> = self
+            .world
+            .iter::<PlayerSession>()
+            .filter_map(|(avatar, session)| {
+                if !may_leave(PlayerId(session.player)) {
+                    return None;
+                }
+                let to = self.logic.avatar_location(&self.world, self.id, avatar, 0.0).crossed_into?;
+                (to != self.id).then_some((avatar, PlayerId(session.player), to))
+            })
+            .collect();
+        let session_id = self.world.registry().id_of::<PlayerSession>();
+        let mut emigrants = Vec::with_capacity(crossing.len());
+        for (avatar, player, to) in crossing {
+            let exclude: Vec<_> = session_id.into_iter().collect();
+            let bundle = match crate::codec::encode_bundle(&self.world, avatar, &exclude) {
+                Ok(bundle) => bundle,
+                Err(error) => {
+                    tracing::error!(region = %self.id, %player, %error, "cannot encode a crossing avatar; it stays");
+                    continue;
+                }
+            };
+            let Some((_, session)) = self.sessions.leave(&mut self.world, player) else { continue };
+            self.world.despawn(avatar);
+            events::border_crossed(self.id, to, player);
+            emigrants.push(Emigrant {
+                player,
+                to,
+                last_applied: session.last_applied,
+                pending: session.pending.into_iter().map(|input| (input.seq, input.payload)).collect(),
+                avatar: bundle.to_vec(),
+            });
+        }
+        emigrants
+    }
+
+    /// Takes in an avatar that crossed from `from`: validates and spawns its entity, opens its
+    /// session where `from` left it and queues its pending inputs. Returns its last applied input.
+    pub fn immigrate(&mut self, from: RegionId, emigrant: &Emigrant) -> Result<u64, String> {
+        if let Some(session) = self.session_of(emigrant.player) {
+            return Err(format!(
+                "player {} already has a session here (last applied {})",
+                emigrant.player, session.last_applied
+            ));
+        }
+        let avatar =
+            crate::codec::apply_bundle(&mut self.world, &emigrant.avatar, crate::codec::DecodeLimits::default())
+                .map_err(|error| format!("the avatar of player {} is invalid: {error}", emigrant.player))?;
+        if let Err(error) = self.sessions.join_at(&mut self.world, emigrant.player, avatar, emigrant.last_applied) {
+            self.world.despawn(avatar);
+            return Err(error.to_string());
+        }
+        for (seq, payload) in &emigrant.pending {
+            let _ = self
+                .sessions
+                .submit(&mut self.world, PlayerInput { player: emigrant.player, seq: *seq, payload: payload.clone() });
+        }
+        self.logic.arrived(&mut self.world, self.id, avatar, from);
+        Ok(emigrant.last_applied)
     }
 
     /// Queues a player's input for the next tick.

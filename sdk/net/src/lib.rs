@@ -8,6 +8,7 @@
 
 pub mod pace;
 pub mod pki;
+pub mod public;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -76,7 +77,7 @@ fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn transport(settings: LinkSettings) -> Result<Arc<quinn::TransportConfig>, NetError> {
+pub(crate) fn transport(settings: LinkSettings) -> Result<Arc<quinn::TransportConfig>, NetError> {
     let mut transport = quinn::TransportConfig::default();
     let idle = quinn::IdleTimeout::try_from(settings.idle_timeout).map_err(|error| NetError::Tls(error.to_string()))?;
     transport.max_idle_timeout(Some(idle));
@@ -94,6 +95,18 @@ pub fn cluster_endpoint(
     identity: &ClusterIdentity,
     settings: LinkSettings,
 ) -> Result<quinn::Endpoint, NetError> {
+    cluster_endpoint_with(bind, identity, settings, &[ALPN_REGION], ALPN_REGION)
+}
+
+/// Like [`cluster_endpoint`], accepting the protocols `accept` (dispatch on [`negotiated_alpn`])
+/// and connecting with `connect_as` by default.
+pub fn cluster_endpoint_with(
+    bind: SocketAddr,
+    identity: &ClusterIdentity,
+    settings: LinkSettings,
+    accept: &[&[u8]],
+    connect_as: &[u8],
+) -> Result<quinn::Endpoint, NetError> {
     let roots = identity.roots()?;
     let client_verifier =
         rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots.clone()), crypto_provider())
@@ -105,25 +118,52 @@ pub fn cluster_endpoint(
         .with_client_cert_verifier(client_verifier)
         .with_single_cert(identity.chain(), identity.key())
         .map_err(|error| NetError::Tls(error.to_string()))?;
-    server_tls.alpn_protocols = vec![ALPN_REGION.to_vec()];
+    server_tls.alpn_protocols = accept.iter().map(|alpn| alpn.to_vec()).collect();
     let server_crypto = QuicServerConfig::try_from(server_tls).map_err(|error| NetError::Tls(error.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
     server.transport_config(transport(settings)?);
 
+    let mut endpoint = quinn::Endpoint::server(server, bind)?;
+    endpoint.set_default_client_config(cluster_client_config(identity, settings, connect_as)?);
+    Ok(endpoint)
+}
+
+/// A client configuration that presents this node's certificate, trusts only the cluster CA and
+/// asks for protocol `alpn`.
+pub fn cluster_client_config(
+    identity: &ClusterIdentity,
+    settings: LinkSettings,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig, NetError> {
     let mut client_tls = rustls::ClientConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|error| NetError::Tls(error.to_string()))?
-        .with_root_certificates(roots)
+        .with_root_certificates(identity.roots()?)
         .with_client_auth_cert(identity.chain(), identity.key())
         .map_err(|error| NetError::Tls(error.to_string()))?;
-    client_tls.alpn_protocols = vec![ALPN_REGION.to_vec()];
+    client_tls.alpn_protocols = vec![alpn.to_vec()];
     let client_crypto = QuicClientConfig::try_from(client_tls).map_err(|error| NetError::Tls(error.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
     client.transport_config(transport(settings)?);
+    Ok(client)
+}
 
-    let mut endpoint = quinn::Endpoint::server(server, bind)?;
-    endpoint.set_default_client_config(client);
-    Ok(endpoint)
+/// The application protocol a connection negotiated.
+#[must_use]
+pub fn negotiated_alpn(connection: &quinn::Connection) -> Option<Vec<u8>> {
+    connection.handshake_data()?.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?.protocol
+}
+
+/// Connects to a cluster peer with a client configuration of one's own.
+pub async fn connect_with(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    peer: SocketAddr,
+) -> Result<quinn::Connection, NetError> {
+    let connecting = endpoint
+        .connect_with(config, peer, CLUSTER_SERVER_NAME)
+        .map_err(|error| NetError::Connect { peer, reason: error.to_string() })?;
+    connecting.await.map_err(|error| NetError::Connect { peer, reason: error.to_string() })
 }
 
 /// Connects to a cluster peer.

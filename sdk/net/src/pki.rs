@@ -119,7 +119,7 @@ impl DevCa {
     }
 }
 
-fn write_private(path: &Path, contents: &str) -> Result<(), NetError> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), NetError> {
     fs::write(path, contents).map_err(|error| NetError::Pki(format!("{}: {error}", path.display())))?;
     #[cfg(unix)]
     {

@@ -11,6 +11,7 @@
 
 pub mod link;
 pub mod region_loop;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -50,6 +51,25 @@ pub struct HostConfig {
     /// Fault injection for tests: a target waits this long after its digest check before asking
     /// the authority for the region (so a test can kill it while the source is frozen).
     pub test_commit_delay: Option<Duration>,
+    /// What players get from this host's regions.
+    pub players: PlayerSettings,
+}
+
+/// What players get from a host's regions through the gateways.
+#[derive(Clone, Copy, Debug)]
+pub struct PlayerSettings {
+    /// A state update goes to every player each this many ticks (1: every tick).
+    pub update_every_ticks: u32,
+    /// Border views and near-border player lists go out each this many ticks (0: never).
+    pub border_every_ticks: u32,
+    /// Players within this distance of a border see the neighbour's objects near it, in metres.
+    pub border_view_distance: f32,
+}
+
+impl Default for PlayerSettings {
+    fn default() -> Self {
+        PlayerSettings { update_every_ticks: 1, border_every_ticks: 3, border_view_distance: 24.0 }
+    }
 }
 
 impl std::fmt::Debug for HostConfig {
@@ -152,6 +172,7 @@ pub struct Host<L: RegionLogic + 'static> {
     events: UnboundedSender<HostEvent>,
     endpoint: quinn::Endpoint,
     runtime: tokio::runtime::Handle,
+    hub: Arc<upstream::GatewayHub>,
 }
 
 impl<L: RegionLogic + 'static> Host<L> {
@@ -163,13 +184,20 @@ impl<L: RegionLogic + 'static> Host<L> {
     ) -> Result<(Host<L>, tokio::sync::mpsc::UnboundedReceiver<HostEvent>), baton_net::NetError> {
         let endpoint = {
             let _guard = runtime.enter();
-            baton_net::cluster_endpoint(config.bind, &config.identity, config.link)?
+            baton_net::cluster_endpoint_with(
+                config.bind,
+                &config.identity,
+                config.link,
+                &[baton_net::ALPN_REGION, baton_sdk::wire::upstream::ALPN_UPSTREAM],
+                baton_net::ALPN_REGION,
+            )?
         };
         let local_address = endpoint.local_addr()?;
         let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
         let regions: Arc<Mutex<HashMap<RegionId, Slot<L>>>> = Arc::default();
-        runtime.spawn(link::accept_loop(endpoint.clone(), regions.clone()));
-        let host = Host { config, local_address, regions, factory, events, endpoint, runtime };
+        let hub = Arc::new(upstream::GatewayHub::new(&config.name));
+        runtime.spawn(link::accept_loop(endpoint.clone(), regions.clone(), hub.clone()));
+        let host = Host { config, local_address, regions, factory, events, endpoint, runtime, hub };
         Ok((host, receiver))
     }
 
@@ -279,6 +307,9 @@ impl<L: RegionLogic + 'static> Host<L> {
             regions: self.regions.clone(),
             generation,
             test_commit_delay: self.config.test_commit_delay,
+            hub: self.hub.clone(),
+            address: self.local_address,
+            players: self.config.players,
         };
         let spawned = std::thread::Builder::new()
             .name(format!("region-{}", id.0))

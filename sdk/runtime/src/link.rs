@@ -30,17 +30,23 @@ use crate::region_loop::{Command, LinkHandle};
 pub(crate) async fn accept_loop<L: RegionLogic + 'static>(
     endpoint: quinn::Endpoint,
     regions: Arc<Mutex<HashMap<RegionId, Slot<L>>>>,
+    hub: Arc<crate::upstream::GatewayHub>,
 ) {
     while let Some(incoming) = endpoint.accept().await {
         let regions = regions.clone();
+        let hub = hub.clone();
         tokio::spawn(async move {
             let connection = match incoming.await {
                 Ok(connection) => connection,
                 Err(error) => {
-                    tracing::info!(%error, "refused a handoff link");
+                    tracing::info!(%error, "refused a cluster connection");
                     return;
                 }
             };
+            if baton_net::negotiated_alpn(&connection).as_deref() == Some(baton_sdk::wire::upstream::ALPN_UPSTREAM) {
+                crate::upstream::serve_gateway(connection, hub, regions).await;
+                return;
+            }
             if let Err(reason) = serve_incoming(connection.clone(), regions).await {
                 tracing::warn!(peer = %connection.remote_address(), reason, "closing a handoff link");
                 connection.close(1u32.into(), reason.as_bytes());

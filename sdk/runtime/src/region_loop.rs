@@ -13,11 +13,13 @@ use baton_sdk::handoff::{
     HandoffPlan, HandoffSource, HandoffTarget, Message, Ownership, OwnershipAuthority, SourceAction, SourceConfig,
     SourcePhase, TargetAction, TargetConfig,
 };
-use baton_sdk::wire::{Epoch, PlayerInput, RegionId};
-use baton_sdk::{Region, RegionLogic, TickSchedule};
+use baton_sdk::wire::upstream::{ServerMessage, Transfer};
+use baton_sdk::wire::{Epoch, PlayerId, PlayerInput, RegionId};
+use baton_sdk::{Emigrant, Region, RegionLogic, TickSchedule};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::{HostEvent, IDLE_POLL, RegionFactory, unix_micros};
+use crate::upstream::{GatewayHub, GatewayId};
+use crate::{HostEvent, IDLE_POLL, PlayerSettings, RegionFactory, unix_micros};
 
 /// A closure run on a region's thread between ticks.
 pub type RegionQuery<L> = Box<dyn FnOnce(&mut Region<L>) + Send>;
@@ -47,6 +49,25 @@ pub enum Command<L: RegionLogic> {
     },
     /// Run a closure on the region between ticks.
     Query(RegionQuery<L>),
+    /// A gateway lets a player in (or back in).
+    Join {
+        /// The player.
+        player: PlayerId,
+        /// The gateway serving it.
+        gateway: GatewayId,
+    },
+    /// A player left for good.
+    Leave {
+        /// The player.
+        player: PlayerId,
+    },
+    /// An avatar crossing the border into this region.
+    Immigrate {
+        /// The avatar.
+        transfer: Transfer,
+        /// The gateway serving its player.
+        gateway: GatewayId,
+    },
     /// Stop the thread.
     Shutdown,
 }
@@ -88,11 +109,21 @@ pub(crate) struct LoopContext<L: RegionLogic + 'static> {
     pub(crate) regions: Arc<Mutex<HashMap<RegionId, crate::Slot<L>>>>,
     pub(crate) generation: u64,
     pub(crate) test_commit_delay: Option<std::time::Duration>,
+    pub(crate) hub: Arc<GatewayHub>,
+    pub(crate) address: SocketAddr,
+    pub(crate) players: PlayerSettings,
 }
 
 enum State {
     /// This instance owns the region and ticks it (unless a handoff froze it).
-    Owner { epoch: Epoch, schedule: TickSchedule, handoff: Option<HandoffSource>, first_tick_pending: bool },
+    Owner {
+        epoch: Epoch,
+        schedule: TickSchedule,
+        handoff: Option<HandoffSource>,
+        first_tick_pending: bool,
+        /// Where the current handoff goes.
+        peer: Option<SocketAddr>,
+    },
     /// Pre-warmed, receiving or waiting.
     Target { receiver: HandoffTarget },
     /// Done; the thread ends.
@@ -113,14 +144,18 @@ pub(crate) fn run<L: RegionLogic + 'static>(
     let mut late_receiver: Option<HandoffTarget> = None;
     let mut reported_phase: Option<SourcePhase> = None;
     let mut delayed_commit: Option<(Instant, Ownership, Ownership)> = None;
+    // Gateway requests that change the world wait while the region is frozen (protocol.md §9).
+    let mut deferred: Vec<Command<L>> = Vec::new();
     let mut state = match role {
         Role::Owner { epoch } => {
             let _ = context.events.send(HostEvent::Owning { region: id, epoch });
+            context.hub.set_owned(id, epoch, true);
             State::Owner {
                 epoch,
                 schedule: TickSchedule::new(interval, Instant::now()),
                 handoff: None,
                 first_tick_pending: false,
+                peer: None,
             }
         }
         Role::Target => {
@@ -153,6 +188,13 @@ pub(crate) fn run<L: RegionLogic + 'static>(
         match command {
             Some(Command::Shutdown) => break,
             Some(Command::Input(input)) => route_input(&mut state, &mut region, input, &context),
+            Some(command @ (Command::Join { .. } | Command::Leave { .. } | Command::Immigrate { .. })) => {
+                if is_frozen(&state) {
+                    deferred.push(command);
+                } else {
+                    serve_gateway_request(&state, &mut region, command, &context);
+                }
+            }
             Some(Command::Query(query)) => query(&mut region),
             Some(Command::Attach(handle)) => link = Some(handle),
             Some(Command::StartHandoff { peer }) => {
@@ -185,7 +227,7 @@ pub(crate) fn run<L: RegionLogic + 'static>(
         }
 
         // Tick when due (protocol.md §6: never while frozen).
-        if let State::Owner { schedule, handoff, first_tick_pending, .. } = &mut state
+        if let State::Owner { schedule, handoff, first_tick_pending, epoch, .. } = &mut state
             && handoff.as_ref().is_none_or(HandoffSource::allows_ticks)
             && schedule.next_due() <= now
         {
@@ -200,10 +242,12 @@ pub(crate) fn run<L: RegionLogic + 'static>(
                 *first_tick_pending = false;
                 let _ = context.events.send(HostEvent::FirstTick { region: id, tick: report.tick, at_us: started_us });
             }
+            after_tick(&mut region, *epoch, report.tick, &context);
             let next_due = schedule.next_due();
             if let Some(handoff) = handoff.as_mut() {
                 handoff.handle_tick_completed(Instant::now(), region.world_mut(), next_due);
                 if !handoff.allows_ticks() {
+                    context.hub.broadcast(&ServerMessage::Frozen { region: id.0, epoch: epoch.0 });
                     let _ = context.events.send(HostEvent::Frozen {
                         region: id,
                         tick: report.tick,
@@ -238,6 +282,11 @@ pub(crate) fn run<L: RegionLogic + 'static>(
         }
 
         pump(&mut state, &mut region, &context, &mut link, &mut late_receiver, &mut delayed_commit);
+        if !deferred.is_empty() && !is_frozen(&state) {
+            for command in std::mem::take(&mut deferred) {
+                serve_gateway_request(&state, &mut region, command, &context);
+            }
+        }
         if let State::Owner { handoff: Some(handoff), .. } = &state
             && reported_phase != Some(handoff.phase())
         {
@@ -249,6 +298,9 @@ pub(crate) fn run<L: RegionLogic + 'static>(
         if matches!(state, State::Finished) {
             break;
         }
+    }
+    for command in deferred {
+        serve_gateway_request(&state, &mut region, command, &context);
     }
     if let Ok(mut regions) = context.regions.lock() {
         // Only remove our own entry: a new slot for the same region may have been prepared meanwhile.
@@ -295,14 +347,151 @@ fn route_input<L: RegionLogic + 'static>(
                 Some(handoff) => handoff.handle_input(input),
                 None => Some(input),
             };
-            if let Some(input) = input
-                && let Err(error) = region.submit_input(input)
-            {
-                tracing::debug!(region = %region.id(), %error, "input refused");
+            if let Some(input) = input {
+                let player = input.player;
+                match region.submit_input(input.clone()) {
+                    Ok(_) => {}
+                    // The player is not here (its avatar crossed a border, or it has not arrived
+                    // yet): its gateway routes the input again.
+                    Err(baton_sdk::sessions::SessionError::UnknownPlayer(_)) => {
+                        refuse_input(context, region.id(), input)
+                    }
+                    Err(error) => tracing::debug!(region = %region.id(), %player, %error, "input refused"),
+                }
             }
         }
-        State::Target { .. } | State::Finished => {
-            let _ = context.events.send(HostEvent::InputRefused { region: region.id(), input });
+        State::Target { .. } | State::Finished => refuse_input(context, region.id(), input),
+    }
+}
+
+/// An input this instance will not apply: reported, and sent back to its gateway to route again.
+fn refuse_input<L: RegionLogic + 'static>(context: &LoopContext<L>, region: RegionId, input: PlayerInput) {
+    context.hub.to_players(vec![(
+        input.player,
+        ServerMessage::Bounced {
+            region: region.0,
+            player: input.player.0,
+            seq: input.seq,
+            payload: input.payload.clone(),
+        },
+    )]);
+    let _ = context.events.send(HostEvent::InputRefused { region, input });
+}
+
+fn is_frozen(state: &State) -> bool {
+    matches!(state, State::Owner { handoff: Some(handoff), .. } if !handoff.allows_ticks() && !handoff.is_finished())
+}
+
+/// Joins, leaves and arrivals from gateways, on an owner that is not frozen (or refused elsewhere).
+fn serve_gateway_request<L: RegionLogic + 'static>(
+    state: &State,
+    region: &mut Region<L>,
+    command: Command<L>,
+    context: &LoopContext<L>,
+) {
+    let id = region.id();
+    // The hub's record is the truth about ownership: set on taking a region, cleared on giving it.
+    let epoch = match state {
+        State::Owner { epoch, .. } if context.hub.owned_epoch(id) == Some(*epoch) => Some(*epoch),
+        _ => None,
+    };
+    let hub = &context.hub;
+    match (command, epoch) {
+        (Command::Join { player, gateway }, Some(epoch)) => match region.join_player(player) {
+            Ok(last_applied) => {
+                hub.attach(player, gateway);
+                hub.to_gateway(
+                    gateway,
+                    ServerMessage::Joined { region: id.0, epoch: epoch.0, player: player.0, last_applied },
+                );
+            }
+            Err(reason) => {
+                hub.to_gateway(gateway, ServerMessage::JoinRefused { region: id.0, player: player.0, reason })
+            }
+        },
+        (Command::Join { player, gateway }, None) => hub.to_gateway(
+            gateway,
+            ServerMessage::JoinRefused { region: id.0, player: player.0, reason: "the region moved".into() },
+        ),
+        (Command::Leave { player }, Some(_)) => {
+            region.remove_player(player);
+        }
+        (Command::Leave { player }, None) => {
+            tracing::warn!(region = %id, %player, "a leave arrived while the region moved away; the avatar stays");
+        }
+        (Command::Immigrate { transfer, gateway }, Some(epoch)) => {
+            let emigrant = Emigrant {
+                player: PlayerId(transfer.player),
+                to: id,
+                last_applied: transfer.last_applied,
+                pending: transfer.pending.clone(),
+                avatar: transfer.avatar.clone(),
+            };
+            match region.immigrate(RegionId(transfer.from), &emigrant) {
+                Ok(last_applied) => {
+                    hub.attach(emigrant.player, gateway);
+                    hub.to_gateway(
+                        gateway,
+                        ServerMessage::Arrived { region: id.0, epoch: epoch.0, player: transfer.player, last_applied },
+                    );
+                }
+                Err(reason) => hub.to_gateway(gateway, ServerMessage::ImmigrationRefused { transfer, reason }),
+            }
+        }
+        (Command::Immigrate { transfer, gateway }, None) => {
+            hub.to_gateway(gateway, ServerMessage::ImmigrationRefused { transfer, reason: "the region moved".into() })
+        }
+        _ => {}
+    }
+}
+
+/// What players get after each tick: their updates, border views, and avatars leaving.
+fn after_tick<L: RegionLogic + 'static>(region: &mut Region<L>, epoch: Epoch, tick: u64, context: &LoopContext<L>) {
+    let hub = &context.hub;
+    if !hub.has_gateways() {
+        return;
+    }
+    let id = region.id();
+    let settings = context.players;
+    for emigrant in region.take_emigrants(|player| hub.serves(player)) {
+        let transfer = Transfer {
+            player: emigrant.player.0,
+            from: id.0,
+            to: emigrant.to.0,
+            last_applied: emigrant.last_applied,
+            pending: emigrant.pending,
+            avatar: emigrant.avatar,
+        };
+        hub.to_players(vec![(emigrant.player, ServerMessage::Emigrated { epoch: epoch.0, transfer })]);
+    }
+    if tick.is_multiple_of(u64::from(settings.update_every_ticks.max(1))) {
+        let updates = region
+            .player_updates()
+            .into_iter()
+            .map(|update| {
+                let message = ServerMessage::Update {
+                    region: id.0,
+                    epoch: epoch.0,
+                    player: update.player.0,
+                    tick,
+                    last_applied: update.last_applied,
+                    payload: update.payload,
+                };
+                (update.player, message)
+            })
+            .collect();
+        hub.to_players(updates);
+    }
+    if settings.border_every_ticks > 0 && tick.is_multiple_of(u64::from(settings.border_every_ticks)) {
+        let distance = settings.border_view_distance;
+        for (toward, payload) in region.border_views(distance) {
+            if !payload.is_empty() {
+                hub.broadcast(&ServerMessage::Border { region: id.0, epoch: epoch.0, toward: toward.0, tick, payload });
+            }
+        }
+        for (toward, players) in region.players_near_borders(distance) {
+            let players = players.into_iter().map(|player| player.0).collect();
+            hub.broadcast(&ServerMessage::NearBorder { region: id.0, toward: toward.0, players });
         }
     }
 }
@@ -315,7 +504,7 @@ fn start_handoff<L: RegionLogic + 'static>(
     link: &mut Option<LinkHandle>,
     now: Instant,
 ) {
-    let State::Owner { epoch, handoff, .. } = state else {
+    let State::Owner { epoch, handoff, peer: handoff_peer, .. } = state else {
         tracing::warn!(region = %region.id(), "cannot start a handoff of a region this host does not own");
         return;
     };
@@ -331,6 +520,8 @@ fn start_handoff<L: RegionLogic + 'static>(
         tick_interval: region.config().tick_interval(),
     };
     *handoff = Some(HandoffSource::start(now, region.world(), plan, context.source_config));
+    *handoff_peer = Some(peer);
+    context.hub.broadcast(&ServerMessage::HandoffStarted { region: region.id().0, epoch: epoch.0, target: peer });
     let handle = crate::link::connect(
         &context.runtime,
         context.endpoint.clone(),
@@ -355,7 +546,7 @@ fn pump<L: RegionLogic + 'static>(
         let mut busy = false;
         let mut next_state = None;
         match state {
-            State::Owner { epoch, schedule, handoff: Some(handoff), .. } => {
+            State::Owner { epoch, schedule, handoff: Some(handoff), peer, .. } => {
                 // Snapshot chunks are encoded only in the time left before the next tick is due, so
                 // streaming a large region never pushes its ticks late; the next pass continues.
                 let encoding_allowed = handoff.phase() != SourcePhase::Snapshot || Instant::now() < schedule.next_due();
@@ -383,6 +574,8 @@ fn pump<L: RegionLogic + 'static>(
                             for input in held {
                                 let _ = region.submit_input(input);
                             }
+                            context.hub.set_owned(id, resumed, false);
+                            context.hub.broadcast(&ServerMessage::Aborted { region: id.0, epoch: resumed.0 });
                             let _ = context.events.send(HostEvent::Aborted {
                                 region: id,
                                 reason: reason.to_string(),
@@ -390,23 +583,32 @@ fn pump<L: RegionLogic + 'static>(
                             });
                         }
                         SourceAction::HandedOff { epoch: new_epoch, undelivered } => {
+                            context.hub.clear_owned(id);
+                            if let Some(owner) = *peer {
+                                context.hub.broadcast(&ServerMessage::Committed {
+                                    region: id.0,
+                                    epoch: new_epoch.0,
+                                    owner,
+                                });
+                            }
                             let _ = context.events.send(HostEvent::HandedOff {
                                 region: id,
                                 epoch: new_epoch,
                                 stats: handoff.stats(),
                             });
                             for input in undelivered {
-                                let _ = context.events.send(HostEvent::InputRefused { region: id, input });
+                                refuse_input(context, id, input);
                             }
                         }
                         SourceAction::Retire => {
                             for input in handoff.take_undelivered() {
-                                let _ = context.events.send(HostEvent::InputRefused { region: id, input });
+                                refuse_input(context, id, input);
                             }
                             let _ = context.events.send(HostEvent::Retired { region: id });
                             next_state = Some(State::Finished);
                         }
                         SourceAction::Fenced { owner, epoch: fenced_at } => {
+                            context.hub.clear_owned(id);
                             let reason = format!("the region was taken by {owner}@{fenced_at}");
                             let _ = context.events.send(HostEvent::Aborted { region: id, reason, owning: false });
                             next_state = Some(State::Finished);
@@ -433,6 +635,12 @@ fn pump<L: RegionLogic + 'static>(
                         },
                         TargetAction::Authoritative { epoch, first_tick_at, .. } => {
                             region.rebuild_caches();
+                            context.hub.set_owned(id, epoch, false);
+                            context.hub.broadcast(&ServerMessage::Committed {
+                                region: id.0,
+                                epoch: epoch.0,
+                                owner: context.address,
+                            });
                             let _ = context.events.send(HostEvent::Authoritative { region: id, epoch });
                             let schedule = TickSchedule::new(region.config().tick_interval(), first_tick_at);
                             // Keep answering the source (Committed, then stragglers) after the switch.
@@ -445,8 +653,13 @@ fn pump<L: RegionLogic + 'static>(
                                 }
                             }
                             *late_receiver = Some(finished_receiver);
-                            next_state =
-                                Some(State::Owner { epoch, schedule, handoff: None, first_tick_pending: true });
+                            next_state = Some(State::Owner {
+                                epoch,
+                                schedule,
+                                handoff: None,
+                                first_tick_pending: true,
+                                peer: None,
+                            });
                         }
                         TargetAction::Stragglers(inputs) => {
                             for input in inputs {

@@ -720,6 +720,53 @@ impl DecodedArchive {
     }
 }
 
+/// Encodes one entity with all its components except `exclude` as a bundle (a one-entity delta
+/// archive), to move it into another world with [`apply_bundle`] (an avatar crossing a border).
+pub fn encode_bundle(world: &World, entity: EntityId, exclude: &[ComponentId]) -> Result<AlignedVec, CodecError> {
+    let Some(mask) = world.mask_of(entity) else {
+        return Err(CodecError::Encode(format!("entity {} does not exist", entity.0)));
+    };
+    let columns: Vec<(ComponentId, Vec<EntityId>)> = crate::world::MaskBits(mask)
+        .map(|index| ComponentId(index as u16))
+        .filter(|id| !exclude.contains(id))
+        .map(|id| (id, vec![entity]))
+        .collect();
+    write_archive(
+        world,
+        ArchiveKind::Delta { round: BUNDLE_ROUND, part: 0 },
+        (EntityId(0), EntityId(0)),
+        &[entity],
+        &[],
+        &[],
+        &columns,
+    )
+}
+
+/// The round number that marks a bundle.
+const BUNDLE_ROUND: u32 = u32::MAX;
+
+/// Checks a bundle from [`encode_bundle`] completely and spawns its entity in `world` under a new
+/// id, which it returns. Anything but a well-formed one-entity bundle is refused, unchanged world.
+pub fn apply_bundle(world: &mut World, bytes: &[u8], limits: DecodeLimits) -> Result<EntityId, CodecError> {
+    let decoded = decode(world.registry(), bytes, limits)?;
+    if decoded.kind != (ArchiveKind::Delta { round: BUNDLE_ROUND, part: 0 })
+        || decoded.entities.len() != 1
+        || !decoded.despawned.is_empty()
+        || !decoded.removed.is_empty()
+    {
+        return Err(CodecError::Invalid("not an entity bundle".into()));
+    }
+    let original = decoded.entities[0];
+    if decoded.columns.iter().any(|(_, holders, _)| holders.as_slice() != [original]) {
+        return Err(CodecError::Invalid("a bundle column holds another entity".into()));
+    }
+    let entity = world.spawn();
+    for (id, _, values) in decoded.columns {
+        world.insert_decoded(id, &[entity], values);
+    }
+    Ok(entity)
+}
+
 /// Decodes and applies one archive.
 pub fn apply(world: &mut World, bytes: &[u8], limits: DecodeLimits) -> Result<ApplyStats, CodecError> {
     let decoded = decode(world.registry(), bytes, limits)?;

@@ -4,6 +4,9 @@
 //! gateway and the coordinator can depend on it without compiling what only region servers need.
 //! It owns the *meaning* of these identifiers (for example that epochs only grow), not any transport.
 
+pub mod player;
+pub mod upstream;
+
 use std::fmt;
 
 /// A region of the world (one zone, e.g. a 256 m x 256 m square), stable across hosts and restarts.

@@ -1,0 +1,933 @@
+//! The gateway service: players' QUIC endpoint, upstream connections to region servers, and the
+//! glue between them (routes, sessions, border crossings, resume).
+//!
+//! # Data flow
+//! A player connects (ALPN `baton-player/1`), says `Hello` with a token, and is joined to the region
+//! its token (or its lingering session) names, at the owner the route table knows. Its inputs go
+//! through [`RouteTable::handle_input`] to the owner's upstream connection (or are held during a
+//! handoff's freeze). Updates come back on the upstream connection, are checked against the route
+//! (only the owner at the current epoch is heard) and go to the player as datagrams, where quinn
+//! keeps only the newest few (a stalled player gets the latest state, not a backlog).
+//!
+//! # What runs where
+//! One task per player connection (reading its reliable stream), one writer task per player for
+//! reliable frames, two tasks per upstream connection (reader, writer). Shared state is in
+//! [`DashMap`]s (sessions, servers) and one [`RouteTable`] behind a mutex held for microseconds.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use baton_net::public::PlayerTransport;
+use baton_net::{ClusterIdentity, LinkSettings, TokenBucket};
+use baton_wire::player::{
+    ALPN_PLAYER, ClientFrame, CloseCode, Datagram, FrameReader, PLAYER_PROTOCOL_VERSION, ServerFrame, StateUpdate,
+};
+use baton_wire::upstream::{
+    ALPN_UPSTREAM, GatewayMessage, ServerMessage, Transfer, UPSTREAM_VERSION, UpstreamReader, encode_into,
+};
+use baton_wire::{Epoch, MAX_INPUT_PAYLOAD, PlayerId, PlayerInput, RegionId};
+use dashmap::DashMap;
+use serde::Serialize;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::oneshot;
+
+use crate::route::{RouteAction, RouteConfig, RouteError, RouteEvent, RouteTable, ServerId};
+use crate::token::{Claims, TokenKey};
+
+/// Limits that protect the gateway and other players from one client.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Most player connections at once.
+    pub max_connections: usize,
+    /// Inputs per second one player may send on average.
+    pub inputs_per_second: u32,
+    /// Inputs one player may send in a burst.
+    pub input_burst: u32,
+    /// A player whose inputs were dropped this many times for its rate is disconnected.
+    pub flood_disconnect_after: u64,
+    /// Time a new connection has to say `Hello`.
+    pub hello_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            inputs_per_second: 60,
+            input_burst: 120,
+            flood_disconnect_after: 600,
+            hello_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Everything a gateway needs to start.
+pub struct GatewayConfig {
+    /// This gateway's name (unique among gateways; shown to region servers).
+    pub name: String,
+    /// Where players connect.
+    pub listen: SocketAddr,
+    /// The player-facing certificate chain and key (taken at start).
+    pub tls: Option<(baton_net::Chain, baton_net::Key)>,
+    /// This gateway's cluster identity (mutual TLS to region servers).
+    pub identity: ClusterIdentity,
+    /// Checks session and resume tokens.
+    pub token_key: TokenKey,
+    /// Per-player and per-gateway limits.
+    pub limits: Limits,
+    /// Player transport settings.
+    pub transport: PlayerTransport,
+    /// How long a disconnected player's session waits for a resume.
+    pub resume_grace: Duration,
+    /// Cluster link settings.
+    pub link: LinkSettings,
+}
+
+/// Counters of what the gateway did; a snapshot is [`GatewayStats`].
+#[derive(Debug, Default)]
+struct Counters {
+    connections: AtomicU64,
+    refused_full: AtomicU64,
+    refused_token: AtomicU64,
+    protocol_errors: AtomicU64,
+    flood_disconnects: AtomicU64,
+    inputs_forwarded: AtomicU64,
+    inputs_dropped_rate: AtomicU64,
+    inputs_dropped_unroutable: AtomicU64,
+    inputs_bounced: AtomicU64,
+    updates_datagram: AtomicU64,
+    updates_reliable: AtomicU64,
+    updates_stale: AtomicU64,
+    neighbour_views: AtomicU64,
+    crossings: AtomicU64,
+    resumes: AtomicU64,
+    handoff_flips: AtomicU64,
+}
+
+/// A snapshot of the gateway's counters.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct GatewayStats {
+    /// Players with a session (connected or waiting for a resume).
+    pub sessions: u64,
+    /// Connections accepted.
+    pub connections: u64,
+    /// Connections refused at the connection limit.
+    pub refused_full: u64,
+    /// Connections refused for their token.
+    pub refused_token: u64,
+    /// Connections closed for malformed frames or protocol violations.
+    pub protocol_errors: u64,
+    /// Connections closed for input floods.
+    pub flood_disconnects: u64,
+    /// Inputs sent to region servers (replays included).
+    pub inputs_forwarded: u64,
+    /// Inputs dropped for exceeding a player's rate.
+    pub inputs_dropped_rate: u64,
+    /// Inputs dropped because their region has no route.
+    pub inputs_dropped_unroutable: u64,
+    /// Inputs a server sent back to route again.
+    pub inputs_bounced: u64,
+    /// Updates sent as datagrams.
+    pub updates_datagram: u64,
+    /// Updates sent on the reliable stream (too large for a datagram).
+    pub updates_reliable: u64,
+    /// Updates refused for a stale epoch or a wrong server.
+    pub updates_stale: u64,
+    /// Neighbour views sent to players near a border.
+    pub neighbour_views: u64,
+    /// Border crossings completed.
+    pub crossings: u64,
+    /// Sessions resumed.
+    pub resumes: u64,
+    /// Handoffs that flipped a route.
+    pub handoff_flips: u64,
+}
+
+/// A player's session on this gateway.
+struct Session {
+    player: PlayerId,
+    /// Distinguishes this session's connection from a later one of the same player.
+    generation: u64,
+    connection: Mutex<Option<quinn::Connection>>,
+    reliable: Mutex<Option<UnboundedSender<ServerFrame>>>,
+    region: Mutex<RegionId>,
+    /// Inputs waiting while the avatar crosses a border.
+    transit: Mutex<Option<Vec<PlayerInput>>>,
+}
+
+impl Session {
+    fn region(&self) -> RegionId {
+        self.region.lock().map(|region| *region).unwrap_or(RegionId(0))
+    }
+
+    fn send_reliable(&self, frame: ServerFrame) {
+        if let Ok(reliable) = self.reliable.lock()
+            && let Some(sender) = reliable.as_ref()
+        {
+            let _ = sender.send(frame);
+        }
+    }
+
+    fn close(&self, code: CloseCode, reason: &str) {
+        if let Ok(mut connection) = self.connection.lock()
+            && let Some(connection) = connection.take()
+        {
+            connection.close((code as u32).into(), reason.as_bytes());
+        }
+    }
+}
+
+/// Waits for a region's answer to a join: the region and the player's last applied input.
+type JoinWaiter = oneshot::Sender<Result<(RegionId, u64), String>>;
+
+struct Upstream {
+    address: SocketAddr,
+    outbound: UnboundedSender<GatewayMessage>,
+}
+
+struct Inner {
+    config: GatewayConfig,
+    endpoint: quinn::Endpoint,
+    cluster: quinn::Endpoint,
+    cluster_client: quinn::ClientConfig,
+    routes: Mutex<RouteTable>,
+    servers: DashMap<ServerId, Upstream>,
+    server_ids: DashMap<SocketAddr, ServerId>,
+    next_server: AtomicU32,
+    sessions: DashMap<PlayerId, Arc<Session>>,
+    next_generation: AtomicU64,
+    joins: DashMap<PlayerId, JoinWaiter>,
+    /// Latest border view of (region, toward), as an encoded datagram.
+    borders: DashMap<(RegionId, RegionId), Vec<u8>>,
+    counters: Counters,
+    live_connections: AtomicU64,
+}
+
+/// A running gateway.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+/// Unix time in seconds.
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
+}
+
+impl Gateway {
+    /// Binds the player endpoint and starts accepting players.
+    pub fn start(mut config: GatewayConfig) -> Result<Gateway, baton_net::NetError> {
+        let (chain, key) = config.tls.take().ok_or_else(|| baton_net::NetError::Tls("no certificate".into()))?;
+        let server = baton_net::public::player_server_config(chain, key, ALPN_PLAYER, config.transport)?;
+        let endpoint = quinn::Endpoint::server(server, config.listen)?;
+        let cluster =
+            quinn::Endpoint::client("0.0.0.0:0".parse().map_err(|_| baton_net::NetError::Tls("bind".into()))?)?;
+        let cluster_client = baton_net::cluster_client_config(&config.identity, config.link, ALPN_UPSTREAM)?;
+        let inner = Arc::new(Inner {
+            config,
+            endpoint: endpoint.clone(),
+            cluster,
+            cluster_client,
+            routes: Mutex::new(RouteTable::new(RouteConfig::default())),
+            servers: DashMap::new(),
+            server_ids: DashMap::new(),
+            next_server: AtomicU32::new(1),
+            sessions: DashMap::new(),
+            next_generation: AtomicU64::new(1),
+            joins: DashMap::new(),
+            borders: DashMap::new(),
+            counters: Counters::default(),
+            live_connections: AtomicU64::new(0),
+        });
+        tokio::spawn(accept_loop(inner.clone()));
+        Ok(Gateway { inner })
+    }
+
+    /// Where players connect.
+    pub fn player_address(&self) -> Result<SocketAddr, std::io::Error> {
+        self.inner.endpoint.local_addr()
+    }
+
+    /// Connects to the region server at `address` (it announces the regions it owns).
+    pub fn add_server(&self, address: SocketAddr) -> ServerId {
+        server_for(&self.inner, address)
+    }
+
+    /// Applies a route change from the control plane (the coordinator): `region` is owned by the
+    /// server at `owner` at `epoch`. Stale epochs are refused.
+    pub fn assign(&self, region: RegionId, owner: SocketAddr, epoch: Epoch) -> Result<(), RouteError> {
+        let server = server_for(&self.inner, owner);
+        route_event(&self.inner, RouteEvent::Assign { region, server, epoch })
+    }
+
+    /// The owner and epoch the gateway routes `region` to.
+    #[must_use]
+    pub fn route(&self, region: RegionId) -> Option<(SocketAddr, Epoch)> {
+        let (server, epoch) = self.inner.routes.lock().ok()?.owner(region)?;
+        Some((self.inner.servers.get(&server)?.address, epoch))
+    }
+
+    /// A snapshot of the counters.
+    #[must_use]
+    pub fn stats(&self) -> GatewayStats {
+        let counters = &self.inner.counters;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        GatewayStats {
+            sessions: self.inner.sessions.len() as u64,
+            connections: load(&counters.connections),
+            refused_full: load(&counters.refused_full),
+            refused_token: load(&counters.refused_token),
+            protocol_errors: load(&counters.protocol_errors),
+            flood_disconnects: load(&counters.flood_disconnects),
+            inputs_forwarded: load(&counters.inputs_forwarded),
+            inputs_dropped_rate: load(&counters.inputs_dropped_rate),
+            inputs_dropped_unroutable: load(&counters.inputs_dropped_unroutable),
+            inputs_bounced: load(&counters.inputs_bounced),
+            updates_datagram: load(&counters.updates_datagram),
+            updates_reliable: load(&counters.updates_reliable),
+            updates_stale: load(&counters.updates_stale),
+            neighbour_views: load(&counters.neighbour_views),
+            crossings: load(&counters.crossings),
+            resumes: load(&counters.resumes),
+            handoff_flips: load(&counters.handoff_flips),
+        }
+    }
+
+    /// Closes every player connection and stops accepting.
+    pub fn shutdown(&self) {
+        self.inner.endpoint.close((CloseCode::Shutdown as u32).into(), b"gateway shutting down");
+        self.inner.cluster.close(0u32.into(), b"gateway shutting down");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Players
+
+async fn accept_loop(inner: Arc<Inner>) {
+    while let Some(incoming) = inner.endpoint.accept().await {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let connection = match incoming.await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    tracing::debug!(%error, "a player handshake failed");
+                    return;
+                }
+            };
+            let live = inner.live_connections.fetch_add(1, Ordering::Relaxed) + 1;
+            if live as usize > inner.config.limits.max_connections {
+                inner.counters.refused_full.fetch_add(1, Ordering::Relaxed);
+                connection.close((CloseCode::Full as u32).into(), b"the gateway is at its connection limit");
+            } else {
+                inner.counters.connections.fetch_add(1, Ordering::Relaxed);
+                serve_player(&inner, connection).await;
+            }
+            inner.live_connections.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// Why a player connection ended.
+struct Closing {
+    code: CloseCode,
+    reason: String,
+}
+
+impl Closing {
+    fn new(code: CloseCode, reason: impl Into<String>) -> Closing {
+        Closing { code, reason: reason.into() }
+    }
+}
+
+async fn serve_player(inner: &Arc<Inner>, connection: quinn::Connection) {
+    let peer = connection.remote_address();
+    let result = player_session(inner, &connection).await;
+    if let Err(closing) = result {
+        match closing.code {
+            CloseCode::Protocol => inner.counters.protocol_errors.fetch_add(1, Ordering::Relaxed),
+            CloseCode::Unauthorized | CloseCode::Version => {
+                inner.counters.refused_token.fetch_add(1, Ordering::Relaxed)
+            }
+            CloseCode::Flood => inner.counters.flood_disconnects.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        tracing::info!(%peer, code = ?closing.code, reason = closing.reason, "closing a player connection");
+        let reason: String = closing.reason.chars().take(200).collect();
+        connection.close((closing.code as u32).into(), reason.as_bytes());
+    }
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream, reader: &mut FrameReader) -> Result<Option<ClientFrame>, Closing> {
+    loop {
+        match reader.next_frame::<ClientFrame>() {
+            Ok(Some(frame)) => return Ok(Some(frame)),
+            Ok(None) => {}
+            Err(error) => return Err(Closing::new(CloseCode::Protocol, error.to_string())),
+        }
+        match recv.read_chunk(4096, true).await {
+            Ok(Some(chunk)) => reader.feed(&chunk.bytes),
+            Ok(None) => return Ok(None),
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
+async fn player_session(inner: &Arc<Inner>, connection: &quinn::Connection) -> Result<(), Closing> {
+    let limits = inner.config.limits;
+    let (send, mut recv) = tokio::time::timeout(limits.hello_timeout, connection.accept_bi())
+        .await
+        .map_err(|_| Closing::new(CloseCode::Idle, "no stream opened in time"))?
+        .map_err(|error| Closing::new(CloseCode::Normal, error.to_string()))?;
+    let mut reader = FrameReader::default();
+    let hello = tokio::time::timeout(limits.hello_timeout, read_frame(&mut recv, &mut reader))
+        .await
+        .map_err(|_| Closing::new(CloseCode::Idle, "no Hello in time"))??;
+    let Some(ClientFrame::Hello { version, token }) = hello else {
+        return Err(Closing::new(CloseCode::Protocol, "the first frame must be Hello"));
+    };
+    if version != PLAYER_PROTOCOL_VERSION {
+        return Err(Closing::new(
+            CloseCode::Version,
+            format!("player protocol version {version} is not supported (want {PLAYER_PROTOCOL_VERSION})"),
+        ));
+    }
+    let claims = inner
+        .config
+        .token_key
+        .verify(&token, unix_seconds())
+        .map_err(|error| Closing::new(CloseCode::Unauthorized, error.to_string()))?;
+    let player = PlayerId(claims.player);
+
+    // A player has one session: a new connection (a resume, here or from another gateway) takes
+    // the previous one over, and the region it knows wins over the token's.
+    let previous = inner.sessions.get(&player).map(|session| session.clone());
+    let region = match &previous {
+        Some(session) => {
+            session.close(CloseCode::Replaced, "the session continues on a newer connection");
+            inner.counters.resumes.fetch_add(1, Ordering::Relaxed);
+            session.region()
+        }
+        None => RegionId(claims.region),
+    };
+    let (reliable_sender, reliable_receiver) = unbounded_channel();
+    let session = Arc::new(Session {
+        player,
+        generation: inner.next_generation.fetch_add(1, Ordering::Relaxed),
+        connection: Mutex::new(Some(connection.clone())),
+        reliable: Mutex::new(Some(reliable_sender)),
+        region: Mutex::new(region),
+        transit: Mutex::new(
+            previous.as_ref().and_then(|session| session.transit.lock().ok().and_then(|mut t| t.take())),
+        ),
+    });
+    inner.sessions.insert(player, session.clone());
+    tokio::spawn(write_reliable(send, reliable_receiver));
+
+    let joined = join(inner, player, region).await;
+    let (region, last_applied) = match joined {
+        Ok(joined) => joined,
+        Err(reason) => {
+            if inner.sessions.get(&player).is_some_and(|current| current.generation == session.generation) {
+                inner.sessions.remove(&player);
+            }
+            return Err(Closing::new(CloseCode::Unavailable, reason));
+        }
+    };
+    if let Ok(mut current) = session.region.lock() {
+        *current = region;
+    }
+    session.send_reliable(ServerFrame::Welcome {
+        player: player.0,
+        region: region.0,
+        last_applied,
+        resume_token: resume_token(inner, player, region),
+    });
+    tracing::debug!(%player, %region, last_applied, "player session open");
+
+    let now = Instant::now();
+    let mut bucket = TokenBucket::new(u64::from(limits.inputs_per_second), u64::from(limits.input_burst), now);
+    let mut highest_seq = last_applied;
+    let mut dropped = 0u64;
+    let result = loop {
+        let frame = match read_frame(&mut recv, &mut reader).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break Ok(()),
+            Err(closing) => break Err(closing),
+        };
+        match frame {
+            ClientFrame::Hello { .. } => break Err(Closing::new(CloseCode::Protocol, "Hello sent twice")),
+            ClientFrame::Ping { nonce } => session.send_reliable(ServerFrame::Pong { nonce }),
+            ClientFrame::Input { seq, payload } => {
+                if seq == 0 || seq > highest_seq + 1 {
+                    break Err(Closing::new(
+                        CloseCode::Protocol,
+                        format!("input {seq} out of sequence (next is {})", highest_seq + 1),
+                    ));
+                }
+                if payload.len() > MAX_INPUT_PAYLOAD {
+                    break Err(Closing::new(
+                        CloseCode::Protocol,
+                        format!("input payload of {} bytes exceeds {MAX_INPUT_PAYLOAD}", payload.len()),
+                    ));
+                }
+                let now = Instant::now();
+                // A dropped input still uses its number: the client's sequence goes on without
+                // a protocol error, and the region waits for a gap only that client made.
+                highest_seq = highest_seq.max(seq);
+                if !bucket.delay(now, 1).is_zero() {
+                    inner.counters.inputs_dropped_rate.fetch_add(1, Ordering::Relaxed);
+                    dropped += 1;
+                    if dropped >= limits.flood_disconnect_after {
+                        break Err(Closing::new(CloseCode::Flood, "far more inputs than the rate limit allows"));
+                    }
+                    continue;
+                }
+                bucket.consume(now, 1);
+                forward_input(inner, &session, PlayerInput { player, seq, payload });
+            }
+        }
+    };
+    // The connection is gone (or is being closed): keep the session for a resume until the grace
+    // period ends, then leave the region, unless a newer connection took it over meanwhile.
+    if let Ok(mut reliable) = session.reliable.lock() {
+        reliable.take();
+    }
+    if let Ok(mut connection) = session.connection.lock() {
+        connection.take();
+    }
+    let inner_for_grace = inner.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(inner_for_grace.config.resume_grace + Duration::from_secs(1)).await;
+        let expired = inner_for_grace
+            .sessions
+            .remove_if(&session.player, |_, current| current.generation == session.generation)
+            .is_some();
+        if expired {
+            let region = session.region();
+            if let Some((server, epoch)) = inner_for_grace.routes.lock().ok().and_then(|routes| routes.owner(region)) {
+                send_upstream(
+                    &inner_for_grace,
+                    server,
+                    GatewayMessage::Leave { region: region.0, epoch: epoch.0, player: session.player.0 },
+                );
+            }
+        }
+    });
+    result
+}
+
+fn resume_token(inner: &Inner, player: PlayerId, region: RegionId) -> String {
+    let expires_at = unix_seconds() + inner.config.resume_grace.as_secs().max(1);
+    inner.config.token_key.issue(&Claims { player: player.0, region: region.0, expires_at })
+}
+
+async fn write_reliable(mut send: quinn::SendStream, mut frames: UnboundedReceiver<ServerFrame>) {
+    let mut buffer = Vec::new();
+    while let Some(frame) = frames.recv().await {
+        buffer.clear();
+        let mut next = Some(frame);
+        while let Some(frame) = next.take() {
+            match baton_wire::player::encode(&frame) {
+                Ok(bytes) => buffer.extend_from_slice(&bytes),
+                Err(error) => tracing::warn!(%error, "dropping a player frame that cannot be encoded"),
+            }
+            if buffer.len() < 32 * 1024 {
+                next = frames.try_recv().ok();
+            }
+        }
+        if send.write_all(&buffer).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+/// Joins `player` to `region` at its owner; retries while the route is in flux (a handoff).
+async fn join(inner: &Arc<Inner>, player: PlayerId, region: RegionId) -> Result<(RegionId, u64), String> {
+    let mut last_error = String::from("no route");
+    for attempt in 0..25u32 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let Some((server, epoch)) = inner.routes.lock().ok().and_then(|routes| routes.owner(region)) else {
+            last_error = format!("region {region} has no route at this gateway");
+            continue;
+        };
+        let (sender, receiver) = oneshot::channel();
+        inner.joins.insert(player, sender);
+        send_upstream(inner, server, GatewayMessage::Join { region: region.0, epoch: epoch.0, player: player.0 });
+        match tokio::time::timeout(Duration::from_secs(3), receiver).await {
+            Ok(Ok(Ok(joined))) => return Ok(joined),
+            Ok(Ok(Err(reason))) => last_error = format!("region {region} refused the player: {reason}"),
+            Ok(Err(_)) | Err(_) => last_error = format!("region {region} did not answer the join"),
+        }
+    }
+    inner.joins.remove(&player);
+    Err(last_error)
+}
+
+fn forward_input(inner: &Inner, session: &Session, input: PlayerInput) {
+    if let Ok(mut transit) = session.transit.lock()
+        && let Some(waiting) = transit.as_mut()
+    {
+        waiting.push(input);
+        return;
+    }
+    route_input(inner, session.region(), input);
+}
+
+fn route_input(inner: &Inner, region: RegionId, input: PlayerInput) {
+    let action = inner
+        .routes
+        .lock()
+        .map_err(|_| RouteError::UnknownRegion(region))
+        .and_then(|mut routes| routes.handle_input(region, input));
+    match action {
+        Ok(Some(action)) => run_actions(inner, vec![action]),
+        Ok(None) => {}
+        Err(error) => {
+            inner.counters.inputs_dropped_unroutable.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%error, "input dropped");
+        }
+    }
+}
+
+fn run_actions(inner: &Inner, actions: Vec<RouteAction>) {
+    for action in actions {
+        match action {
+            RouteAction::Forward { region, server, epoch, input } => {
+                inner.counters.inputs_forwarded.fetch_add(1, Ordering::Relaxed);
+                send_upstream(
+                    inner,
+                    server,
+                    GatewayMessage::Input {
+                        region: region.0,
+                        epoch: epoch.0,
+                        player: input.player.0,
+                        seq: input.seq,
+                        payload: input.payload,
+                    },
+                );
+            }
+            RouteAction::Connect { .. } => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream
+
+fn server_for(inner: &Arc<Inner>, address: SocketAddr) -> ServerId {
+    if let Some(id) = inner.server_ids.get(&address) {
+        return *id;
+    }
+    let id =
+        *inner.server_ids.entry(address).or_insert_with(|| ServerId(inner.next_server.fetch_add(1, Ordering::Relaxed)));
+    if !inner.servers.contains_key(&id) {
+        let (outbound, receiver) = unbounded_channel();
+        inner.servers.insert(id, Upstream { address, outbound });
+        tokio::spawn(run_upstream(inner.clone(), id, address, receiver));
+    }
+    id
+}
+
+fn send_upstream(inner: &Inner, server: ServerId, message: GatewayMessage) {
+    if let Some(upstream) = inner.servers.get(&server) {
+        let _ = upstream.outbound.send(message);
+    }
+}
+
+async fn run_upstream(
+    inner: Arc<Inner>,
+    id: ServerId,
+    address: SocketAddr,
+    mut outbound: UnboundedReceiver<GatewayMessage>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let connection = match baton_net::connect_with(&inner.cluster, inner.cluster_client.clone(), address).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                tracing::warn!(%address, %error, "cannot reach a region server; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        let Ok((mut send, recv)) = connection.open_bi().await else { continue };
+        tracing::info!(%address, server = id.0, "connected to a region server");
+        let reader = tokio::spawn(read_upstream(inner.clone(), id, recv));
+        let mut buffer = Vec::with_capacity(64 * 1024);
+        let hello = GatewayMessage::Hello { version: UPSTREAM_VERSION, gateway: inner.config.name.clone() };
+        let mut pending = Some(hello);
+        loop {
+            buffer.clear();
+            let first = match pending.take() {
+                Some(message) => message,
+                None => {
+                    tokio::select! {
+                        message = outbound.recv() => match message {
+                            Some(message) => message,
+                            None => return,
+                        },
+                        _ = connection.closed() => break,
+                    }
+                }
+            };
+            let mut next = Some(first);
+            while let Some(message) = next.take() {
+                if let Err(error) = encode_into(&message, &mut buffer) {
+                    tracing::error!(%error, "dropping an upstream message that cannot be encoded");
+                }
+                if buffer.len() < 60 * 1024 {
+                    next = outbound.try_recv().ok();
+                }
+            }
+            if send.write_all(&buffer).await.is_err() {
+                break;
+            }
+        }
+        reader.abort();
+        tracing::warn!(%address, "lost the region server connection; reconnecting");
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+async fn read_upstream(inner: Arc<Inner>, server: ServerId, mut recv: quinn::RecvStream) {
+    let mut reader = UpstreamReader::default();
+    loop {
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => reader.feed(&chunk.bytes),
+            Ok(None) | Err(_) => return,
+        }
+        loop {
+            match reader.next_message::<ServerMessage>() {
+                Ok(Some(message)) => handle_server(&inner, server, message),
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::error!(server = server.0, %error, "malformed frame from a region server");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn route_event(inner: &Inner, event: RouteEvent) -> Result<(), RouteError> {
+    let actions = inner.routes.lock().map_err(|_| RouteError::UnknownRegion(RegionId(0)))?.handle_event(event)?;
+    run_actions(inner, actions);
+    Ok(())
+}
+
+fn players_in(inner: &Inner, region: RegionId) -> Vec<u64> {
+    inner.sessions.iter().filter(|session| session.region() == region).map(|session| session.player.0).collect()
+}
+
+fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
+    match message {
+        ServerMessage::Welcome { server: name, regions } => {
+            tracing::info!(server = server.0, name, regions = regions.len(), "region server introduced itself");
+            for (region, epoch) in regions {
+                let region = RegionId(region);
+                let _ = route_event(inner, RouteEvent::Assign { region, server, epoch: Epoch(epoch) });
+                // After a reconnect the server knows none of our players: tell it again.
+                if inner.routes.lock().ok().and_then(|routes| routes.owner(region)) == Some((server, Epoch(epoch))) {
+                    let players = players_in(inner, region);
+                    if !players.is_empty() {
+                        send_upstream(inner, server, GatewayMessage::Attach { region: region.0, epoch, players });
+                    }
+                }
+            }
+        }
+        ServerMessage::Owning { region, epoch } => {
+            let region = RegionId(region);
+            if route_event(inner, RouteEvent::Assign { region, server, epoch: Epoch(epoch) }).is_ok() {
+                let players = players_in(inner, region);
+                if !players.is_empty() {
+                    send_upstream(inner, server, GatewayMessage::Attach { region: region.0, epoch, players });
+                }
+            }
+        }
+        ServerMessage::HandoffStarted { region, epoch, target } => {
+            let target = server_for(inner, target);
+            if let Err(error) =
+                route_event(inner, RouteEvent::HandoffStarted { region: RegionId(region), epoch: Epoch(epoch), target })
+            {
+                tracing::debug!(%error, "handoff start ignored");
+            }
+        }
+        ServerMessage::Frozen { region, epoch } => {
+            if let Err(error) = route_event(inner, RouteEvent::Frozen { region: RegionId(region), epoch: Epoch(epoch) })
+            {
+                tracing::debug!(%error, "freeze ignored");
+            }
+        }
+        ServerMessage::Committed { region, epoch, owner } => {
+            let region = RegionId(region);
+            let owner = server_for(inner, owner);
+            // Flip under the table's lock, tell the new owner whose updates come here, then replay.
+            let actions = inner.routes.lock().ok().map(|mut routes| {
+                routes.handle_event(RouteEvent::Committed { region, server: owner, epoch: Epoch(epoch) })
+            });
+            match actions {
+                Some(Ok(actions)) => {
+                    inner.counters.handoff_flips.fetch_add(1, Ordering::Relaxed);
+                    send_upstream(
+                        inner,
+                        owner,
+                        GatewayMessage::Attach { region: region.0, epoch, players: players_in(inner, region) },
+                    );
+                    run_actions(inner, actions);
+                }
+                Some(Err(error)) => tracing::debug!(%error, "commit already known"),
+                None => {}
+            }
+        }
+        ServerMessage::Aborted { region, epoch } => {
+            if let Err(error) =
+                route_event(inner, RouteEvent::Aborted { region: RegionId(region), epoch: Epoch(epoch) })
+            {
+                tracing::debug!(%error, "abort ignored");
+            }
+        }
+        ServerMessage::Joined { region, player, last_applied, .. } => {
+            if let Some((_, waiting)) = inner.joins.remove(&PlayerId(player)) {
+                let _ = waiting.send(Ok((RegionId(region), last_applied)));
+            }
+        }
+        ServerMessage::JoinRefused { player, reason, .. } => {
+            if let Some((_, waiting)) = inner.joins.remove(&PlayerId(player)) {
+                let _ = waiting.send(Err(reason));
+            }
+        }
+        ServerMessage::Detached { player } => {
+            let player = PlayerId(player);
+            if let Some((_, session)) = inner.sessions.remove(&player) {
+                session.close(CloseCode::Replaced, "the session continues on another gateway");
+            }
+        }
+        ServerMessage::Update { region, epoch, player, tick, last_applied, payload } => {
+            let region = RegionId(region);
+            let admitted = inner.routes.lock().is_ok_and(|routes| routes.admits_update(region, server, Epoch(epoch)));
+            let session = inner.sessions.get(&PlayerId(player)).map(|session| session.clone());
+            let Some(session) = session.filter(|session| admitted && session.region() == region) else {
+                inner.counters.updates_stale.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            send_update(inner, &session, StateUpdate { region: region.0, tick, last_applied, payload });
+        }
+        ServerMessage::Border { region, epoch, toward, tick, payload } => {
+            let admitted =
+                inner.routes.lock().is_ok_and(|routes| routes.admits_update(RegionId(region), server, Epoch(epoch)));
+            if admitted && let Ok(bytes) = (Datagram::Neighbour { region, tick, payload }).encode() {
+                inner.borders.insert((RegionId(region), RegionId(toward)), bytes);
+            }
+        }
+        ServerMessage::NearBorder { region, toward, players } => {
+            let Some(view) = inner.borders.get(&(RegionId(toward), RegionId(region))).map(|view| view.clone()) else {
+                return;
+            };
+            for player in players {
+                if let Some(session) = inner.sessions.get(&PlayerId(player))
+                    && let Ok(connection) = session.connection.lock()
+                    && let Some(connection) = connection.as_ref()
+                    && view.len() <= connection.max_datagram_size().unwrap_or(0)
+                    && connection.send_datagram(view.clone().into()).is_ok()
+                {
+                    inner.counters.neighbour_views.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        ServerMessage::Bounced { player, seq, payload, .. } => {
+            inner.counters.inputs_bounced.fetch_add(1, Ordering::Relaxed);
+            let player = PlayerId(player);
+            let input = PlayerInput { player, seq, payload };
+            match inner.sessions.get(&player).map(|session| session.clone()) {
+                Some(session) => forward_input(inner, &session, input),
+                None => tracing::debug!(%player, "a bounced input of a player without a session"),
+            }
+        }
+        ServerMessage::Emigrated { epoch, transfer } => {
+            let from = RegionId(transfer.from);
+            if !inner.routes.lock().is_ok_and(|routes| routes.admits_update(from, server, Epoch(epoch))) {
+                tracing::warn!(%from, "an emigration from a server that does not own the region; delivering anyway");
+            }
+            if let Some(session) = inner.sessions.get(&PlayerId(transfer.player))
+                && let Ok(mut transit) = session.transit.lock()
+                && transit.is_none()
+            {
+                *transit = Some(Vec::new());
+            }
+            deliver_transfer(inner.clone(), transfer, 0);
+        }
+        ServerMessage::Arrived { region, player, .. } => {
+            let (region, player) = (RegionId(region), PlayerId(player));
+            inner.counters.crossings.fetch_add(1, Ordering::Relaxed);
+            let Some(session) = inner.sessions.get(&player).map(|session| session.clone()) else { return };
+            if let Ok(mut current) = session.region.lock() {
+                *current = region;
+            }
+            let waiting = session.transit.lock().ok().and_then(|mut transit| transit.take()).unwrap_or_default();
+            for input in waiting {
+                route_input(inner, region, input);
+            }
+            session.send_reliable(ServerFrame::RegionChanged {
+                region: region.0,
+                resume_token: resume_token(inner, player, region),
+            });
+        }
+        ServerMessage::ImmigrationRefused { transfer, reason } => {
+            tracing::info!(player = transfer.player, to = transfer.to, reason, "a crossing was refused; retrying");
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                deliver_transfer(inner, transfer, 1);
+            });
+        }
+    }
+}
+
+/// Sends a crossing avatar to the owner of its destination; after many refusals it goes back
+/// where it came from. Nothing is dropped: the avatar and its pending inputs travel together.
+fn deliver_transfer(inner: Arc<Inner>, mut transfer: Transfer, attempt: u32) {
+    if attempt > 30 && attempt.is_multiple_of(31) {
+        tracing::warn!(player = transfer.player, to = transfer.to, "a crossing keeps failing; sending the avatar back");
+        std::mem::swap(&mut transfer.from, &mut transfer.to);
+    }
+    let to = RegionId(transfer.to);
+    let route = inner.routes.lock().ok().and_then(|routes| (routes.held(to) == 0).then(|| routes.owner(to)).flatten());
+    match route {
+        Some((server, epoch)) => send_upstream(&inner, server, GatewayMessage::Immigrate { epoch: epoch.0, transfer }),
+        None => {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                deliver_transfer(inner, transfer, attempt + 1);
+            });
+        }
+    }
+}
+
+fn send_update(inner: &Inner, session: &Session, update: StateUpdate) {
+    let datagram = Datagram::State(update);
+    let Ok(bytes) = datagram.encode() else { return };
+    let fits = session.connection.lock().ok().and_then(|connection| {
+        connection.as_ref().map(|connection| (connection.max_datagram_size(), connection.clone()))
+    });
+    match fits {
+        // quinn drops the oldest queued datagrams when its small buffer is full: latest wins.
+        Some((Some(max), connection)) if bytes.len() <= max => {
+            let sent = connection.send_datagram(bytes.into()).is_ok();
+            inner.counters.updates_datagram.fetch_add(u64::from(sent), Ordering::Relaxed);
+        }
+        Some(_) => {
+            if let Datagram::State(update) = datagram {
+                inner.counters.updates_reliable.fetch_add(1, Ordering::Relaxed);
+                session.send_reliable(ServerFrame::State(update));
+            }
+        }
+        None => {}
+    }
+}

@@ -1,0 +1,391 @@
+//! A whole cluster on loopback with real players: region-server processes, gateway processes and
+//! simulated players connected through the client library. Used by the gateway tests, the
+//! gateway benchmark and the load test.
+//!
+//! Each simulated player sends inputs at a fixed rate and checks, from the state updates it gets,
+//! that the region applied every input exactly once and in order: the sample's view carries the
+//! avatar's input count and hash chain, which the player recomputes from what it sent.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use baton_client::{Client, ClientOptions, Event};
+use baton_gateway::token::{Claims, TokenKey};
+use serde_json::{Value, json};
+
+use crate::cluster::{ServerProcess, gateway_binary, server_binary};
+use crate::{PlayerView, walk_payload};
+
+/// Processes of a cluster with gateways; all are stopped when it is dropped.
+pub struct GatewayCluster {
+    /// Region servers (`s0`, `s1`, ...).
+    pub servers: Vec<ServerProcess>,
+    /// Gateways (`g0`, `g1`, ...).
+    pub gateways: Vec<ServerProcess>,
+    /// Players' addresses of the gateways.
+    pub gateway_addresses: Vec<SocketAddr>,
+    /// The certificate players trust.
+    pub trust: PathBuf,
+    key: TokenKey,
+    directory: PathBuf,
+}
+
+/// Settings of a [`GatewayCluster`].
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// Region servers.
+    pub servers: usize,
+    /// Gateways.
+    pub gateways: usize,
+    /// Regions in the world grid (they cross borders), laid out `columns` wide.
+    pub world_regions: u64,
+    /// Grid width.
+    pub columns: u64,
+    /// Extra arguments for every server.
+    pub server_args: Vec<String>,
+    /// Extra arguments for every gateway.
+    pub gateway_args: Vec<String>,
+}
+
+impl GatewayCluster {
+    /// Starts everything: certificates, servers, gateways connected to every server.
+    pub fn start(spec: &ClusterSpec) -> anyhow::Result<GatewayCluster> {
+        let server = server_binary()?;
+        let gateway = gateway_binary()?;
+        let directory =
+            std::env::temp_dir().join(format!("baton-gateway-cluster-{}-{}", std::process::id(), fastrand::u64(..)));
+        let certs = directory.join("certs");
+        let server_names: Vec<String> = (0..spec.servers).map(|index| format!("s{index}")).collect();
+        let gateway_names: Vec<String> = (0..spec.gateways).map(|index| format!("g{index}")).collect();
+        let mut issue = Command::new(&server);
+        issue.arg("--dev-certs").arg(&certs);
+        for name in server_names.iter().chain(&gateway_names) {
+            issue.args(["--node", name]);
+        }
+        let status = issue.stderr(Stdio::null()).status().context("issuing certificates")?;
+        if !status.success() {
+            bail!("issuing certificates failed: {status}");
+        }
+        let key_file = directory.join("token.key");
+        let key_text: String = (0..48).map(|_| fastrand::alphanumeric()).collect();
+        std::fs::write(&key_file, &key_text)?;
+        let key = TokenKey::new(key_text.as_bytes()).map_err(anyhow::Error::msg)?;
+        let authority = directory.join("authority");
+        let world = [
+            "--world-regions".to_owned(),
+            spec.world_regions.to_string(),
+            "--world-columns".to_owned(),
+            spec.columns.to_string(),
+        ];
+        let mut servers = Vec::new();
+        for name in &server_names {
+            let extra: Vec<String> = world.iter().cloned().chain(spec.server_args.iter().cloned()).collect();
+            servers.push(ServerProcess::spawn(&server, name, &certs, &authority, &extra)?);
+        }
+        let dev_tls = directory.join("tls");
+        let mut gateways = Vec::new();
+        let mut gateway_addresses = Vec::new();
+        for name in &gateway_names {
+            let mut command = Command::new(&gateway);
+            command
+                .args(["--name", name, "--listen", "127.0.0.1:0", "--control"])
+                .arg("--certs")
+                .arg(&certs)
+                .arg("--dev-tls")
+                .arg(&dev_tls)
+                .arg("--token-key-file")
+                .arg(&key_file)
+                .args(&spec.gateway_args);
+            for server in &servers {
+                command.args(["--server", &server.address.to_string()]);
+            }
+            let process = ServerProcess::spawn_command(name, command)?;
+            let address =
+                process.log.iter().find(|event| event["event"] == "listening").and_then(|event| event["addr"].as_str());
+            gateway_addresses.push(address.context("gateway without an address")?.parse()?);
+            gateways.push(process);
+        }
+        Ok(GatewayCluster { servers, gateways, gateway_addresses, trust: dev_tls.join("gateway.pem"), key, directory })
+    }
+
+    /// Hosts `region` on server `server` with `objects` physics objects (and a few NPCs).
+    pub fn host(&mut self, server: usize, region: u64, objects: usize) -> anyhow::Result<()> {
+        let mark = self.servers[server].log.len();
+        let npcs = objects / 10;
+        self.servers[server].send(
+            &json!({"cmd": "host", "region": region, "objects": objects, "npcs": npcs, "plants": npcs, "seed": region}),
+        )?;
+        let (_, event) = self.servers[server].wait_for(mark, Duration::from_secs(120), |event| {
+            (event["event"] == "owning" && event["region"] == region) || event["event"] == "error"
+        })?;
+        if event["event"] == "error" {
+            bail!("hosting region {region}: {event}");
+        }
+        Ok(())
+    }
+
+    /// Moves `region` from server `from` to server `to`; returns the source's final event
+    /// (`handed_off` or `aborted`).
+    pub fn handoff(&mut self, region: u64, from: usize, to: usize) -> anyhow::Result<Value> {
+        let target_mark = self.servers[to].log.len();
+        self.servers[to].send(&json!({"cmd": "prepare", "region": region}))?;
+        self.servers[to].wait_for(target_mark, Duration::from_secs(30), |event| {
+            event["event"] == "prepared" && event["region"] == region
+        })?;
+        let source_mark = self.servers[from].log.len();
+        let address = self.servers[to].address.to_string();
+        self.servers[from].send(&json!({"cmd": "handoff", "region": region, "to": address}))?;
+        let (_, event) = self.servers[from].wait_for(source_mark, Duration::from_secs(60), |event| {
+            (event["event"] == "handed_off" || event["event"] == "aborted" || event["event"] == "error")
+                && (event["region"] == region || event["event"] == "error")
+        })?;
+        Ok(event)
+    }
+
+    /// A session token for `player` entering at `region`, valid for an hour.
+    #[must_use]
+    pub fn token(&self, player: u64, region: u64) -> String {
+        let expires_at = unix_seconds() + 3600;
+        self.key.issue(&Claims { player, region, expires_at })
+    }
+
+    /// A token signed with the cluster's key (tests make bad ones with it).
+    #[must_use]
+    pub fn token_with(&self, claims: &Claims) -> String {
+        self.key.issue(claims)
+    }
+
+    /// Client options for gateway `index`.
+    #[must_use]
+    pub fn client_options(&self, index: usize) -> ClientOptions {
+        ClientOptions::new(self.gateway_addresses[index], &self.trust)
+    }
+
+    /// The counters of gateway `index`.
+    pub fn gateway_stats(&mut self, index: usize) -> anyhow::Result<Value> {
+        let mark = self.gateways[index].log.len();
+        self.gateways[index].send(&json!({"cmd": "stats"}))?;
+        let (_, event) =
+            self.gateways[index].wait_for(mark, Duration::from_secs(10), |event| event["event"] == "stats")?;
+        Ok(event["stats"].clone())
+    }
+
+    /// The folder holding certificates and keys.
+    #[must_use]
+    pub fn directory(&self) -> &Path {
+        &self.directory
+    }
+}
+
+impl Drop for GatewayCluster {
+    fn drop(&mut self) {
+        self.gateways.clear();
+        self.servers.clear();
+        let _ = std::fs::remove_dir_all(&self.directory);
+    }
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
+}
+
+/// How a simulated player moves.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Movement {
+    /// A random walk that changes direction every couple of seconds.
+    Wander,
+    /// Walks along x towards the other region, and back after each crossing.
+    Patrol {
+        /// Direction at the start: +1 east, -1 west.
+        heading: f32,
+    },
+}
+
+/// What one simulated player should do.
+#[derive(Clone, Debug)]
+pub struct PlayerPlan {
+    /// The player.
+    pub player: u64,
+    /// The region to enter.
+    pub region: u64,
+    /// How it moves.
+    pub movement: Movement,
+    /// Inputs per second.
+    pub inputs_per_second: u32,
+    /// Connect after this long (a ramp-up spreads connection handshakes).
+    pub start_after: Duration,
+    /// Stop sending inputs after this long.
+    pub play_for: Duration,
+    /// Then wait at most this long for every input to be acknowledged.
+    pub settle_for: Duration,
+}
+
+/// What one simulated player saw.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PlayerOutcome {
+    /// The player.
+    pub player: u64,
+    /// Inputs sent.
+    pub sent: u64,
+    /// Inputs the region acknowledged (last_applied at the end).
+    pub acked: u64,
+    /// Inputs the avatar counted as applied (the view's count).
+    pub applied: u64,
+    /// Whether the avatar's input chain equals the chain of what was sent.
+    pub chain_ok: bool,
+    /// Connections lost or closed by the gateway.
+    pub disconnects: u64,
+    /// Why, for each.
+    pub close_reasons: Vec<String>,
+    /// State updates received.
+    pub updates: u64,
+    /// Longest time between two updates, in milliseconds.
+    pub max_gap_ms: f64,
+    /// Border crossings seen.
+    pub crossings: u64,
+    /// Neighbour views received.
+    pub neighbour_views: u64,
+    /// The region at the end.
+    pub region: u64,
+    /// Round trips from sending an input to an update acknowledging it, in microseconds.
+    #[serde(skip)]
+    pub round_trips_us: Vec<u64>,
+    /// Gaps between updates, in microseconds.
+    #[serde(skip)]
+    pub gaps_us: Vec<u64>,
+}
+
+/// Runs one simulated player to the end of its plan.
+pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan) -> anyhow::Result<PlayerOutcome> {
+    tokio::time::sleep(plan.start_after).await;
+    let mut client =
+        Client::connect(&options, &token).await.with_context(|| format!("player {} connecting", plan.player))?;
+    let mut outcome = PlayerOutcome { player: plan.player, region: client.region(), ..PlayerOutcome::default() };
+    let mut rng = fastrand::Rng::with_seed(plan.player);
+    let mut chain = 0u64;
+    let mut heading = match plan.movement {
+        Movement::Patrol { heading } => [heading, 0.0],
+        Movement::Wander => [0.0, 0.0],
+    };
+    let start_region = client.region();
+    let mut turn_at = Instant::now();
+    let period = Duration::from_secs_f64(1.0 / f64::from(plan.inputs_per_second.max(1)));
+    let started = Instant::now();
+    let mut next_input = started;
+    let mut last_update: Option<Instant> = None;
+    let mut sent_at: std::collections::VecDeque<(u64, Instant)> = std::collections::VecDeque::new();
+    let mut view: Option<PlayerView> = None;
+    let mut done_sending = false;
+    let settle_deadline = started + plan.play_for + plan.settle_for;
+    loop {
+        let now = Instant::now();
+        if !done_sending && now >= started + plan.play_for {
+            done_sending = true;
+        }
+        if done_sending
+            && (view.as_ref().is_some_and(|view| view.inputs_applied >= outcome.sent && client.acked() >= outcome.sent)
+                || now >= settle_deadline)
+        {
+            break;
+        }
+        if !done_sending && now >= next_input {
+            next_input += period;
+            match plan.movement {
+                Movement::Wander if now >= turn_at => {
+                    let angle = rng.f32() * std::f32::consts::TAU;
+                    heading = if rng.u8(..5) == 0 { [0.0, 0.0] } else { [angle.cos(), angle.sin()] };
+                    turn_at = now + Duration::from_millis(1500 + rng.u64(..1000));
+                }
+                Movement::Patrol { heading: initial } if now >= turn_at => {
+                    // Head for the other region; once there, come back.
+                    let direction = if client.region() == start_region { initial } else { -initial };
+                    if direction != heading[0] {
+                        heading = [direction, 0.0];
+                        turn_at = now + Duration::from_millis(1500);
+                    }
+                }
+                _ => {}
+            }
+            let payload = walk_payload(heading, 256 + rng.usize(..=256), &mut rng);
+            let seq = client.next_seq();
+            chain = chain_step(chain, seq, &payload);
+            if let Err(error) = client.send_input(payload).await {
+                outcome.disconnects += 1;
+                outcome.close_reasons.push(error.to_string());
+                break;
+            }
+            outcome.sent += 1;
+            sent_at.push_back((seq, Instant::now()));
+        }
+        let wait =
+            if done_sending { Duration::from_millis(20) } else { next_input.saturating_duration_since(Instant::now()) };
+        let event = match tokio::time::timeout(wait, client.next_event()).await {
+            Ok(Some(event)) => event,
+            Ok(None) => {
+                outcome.disconnects += 1;
+                outcome.close_reasons.push("events ended".into());
+                break;
+            }
+            Err(_) => continue,
+        };
+        match event {
+            Event::Update(update) => {
+                let now = Instant::now();
+                if let Some(previous) = last_update {
+                    let gap = now.duration_since(previous);
+                    outcome.gaps_us.push(gap.as_micros() as u64);
+                    outcome.max_gap_ms = outcome.max_gap_ms.max(gap.as_secs_f64() * 1000.0);
+                }
+                last_update = Some(now);
+                outcome.updates += 1;
+                while sent_at.front().is_some_and(|(seq, _)| *seq <= update.last_applied) {
+                    if let Some((_, at)) = sent_at.pop_front() {
+                        outcome.round_trips_us.push(now.duration_since(at).as_micros() as u64);
+                    }
+                }
+                if let Some(parsed) = PlayerView::parse(&update.payload) {
+                    view = Some(parsed);
+                }
+            }
+            Event::Neighbour { .. } => outcome.neighbour_views += 1,
+            Event::RegionChanged { .. } => outcome.crossings += 1,
+            Event::Pong { .. } => {}
+            Event::Closed { reason, .. } => {
+                outcome.disconnects += 1;
+                outcome.close_reasons.push(reason);
+                break;
+            }
+        }
+    }
+    outcome.acked = client.acked();
+    outcome.region = client.region();
+    if let Some(view) = view {
+        outcome.applied = view.inputs_applied;
+        outcome.chain_ok = view.input_chain == chain && view.inputs_applied == outcome.sent;
+    }
+    client.close();
+    Ok(outcome)
+}
+
+/// One step of the sample avatar's input chain (as `SampleLogic::apply_input` computes it).
+#[must_use]
+pub fn chain_step(chain: u64, seq: u64, payload: &[u8]) -> u64 {
+    let mut chained = Vec::with_capacity(16 + payload.len());
+    chained.extend_from_slice(&chain.to_le_bytes());
+    chained.extend_from_slice(&seq.to_le_bytes());
+    chained.extend_from_slice(payload);
+    xxhash_rust::xxh3::xxh3_64(&chained)
+}
+
+/// A player id whose avatar spawns `distance` metres from region centre towards `east` (true) or
+/// west, near the border it will patrol (the sample spawns player `p` on a ring: angle `p % 360`
+/// degrees, radius `20 + p / 360 % 80` metres). `index` picks among nearby spawn points.
+#[must_use]
+pub fn patrol_player(east: bool, index: u64) -> u64 {
+    let ring = 79 - (index / 3) % 20;
+    let angle = if east { index % 3 } else { 180 + index % 3 };
+    360 * ring + angle
+}

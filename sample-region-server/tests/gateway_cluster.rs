@@ -1,0 +1,308 @@
+//! Players through the gateway while regions hand off and avatars cross borders (invariants 1-3),
+//! and the gateway's defences against bad clients. Every process is a real binary on loopback.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use baton_client::{Client, ClientError, Event};
+use baton_gateway::token::Claims;
+use baton_wire::player::CloseCode;
+use sample_region_server::players::{
+    ClusterSpec, GatewayCluster, Movement, PlayerOutcome, PlayerPlan, patrol_player, run_player,
+};
+
+fn spec(servers: usize, gateways: usize, gateway_args: &[&str]) -> ClusterSpec {
+    ClusterSpec {
+        servers,
+        gateways,
+        world_regions: 2,
+        columns: 2,
+        server_args: ["--tick-rate", "20"].iter().map(|arg| (*arg).to_owned()).collect(),
+        gateway_args: gateway_args.iter().map(|arg| (*arg).to_owned()).collect(),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+#[test]
+fn players_keep_playing_through_handoffs_and_border_crossings() {
+    let mut cluster = GatewayCluster::start(&spec(2, 1, &[])).unwrap();
+    cluster.host(0, 1, 200).unwrap();
+    cluster.host(1, 2, 200).unwrap();
+    let play_for = Duration::from_secs(24);
+    let mut plans = Vec::new();
+    for player in 1..=180u64 {
+        let region = 1 + player % 2;
+        plans.push((player, region, Movement::Wander));
+    }
+    for index in 0..10 {
+        plans.push((patrol_player(true, index), 1, Movement::Patrol { heading: 1.0 }));
+        plans.push((patrol_player(false, index), 2, Movement::Patrol { heading: -1.0 }));
+    }
+    assert!(plans.len() >= 200);
+    let runtime = runtime();
+    let options = cluster.client_options(0);
+    let tasks: Vec<_> = plans
+        .iter()
+        .enumerate()
+        .map(|(index, (player, region, movement))| {
+            let plan = PlayerPlan {
+                player: *player,
+                region: *region,
+                movement: *movement,
+                inputs_per_second: 20,
+                start_after: Duration::from_millis(index as u64 * 10),
+                play_for,
+                settle_for: Duration::from_secs(15),
+            };
+            runtime.spawn(run_player(options.clone(), cluster.token(*player, *region), plan))
+        })
+        .collect();
+
+    // Hand both regions back and forth between the two servers while the players play.
+    let started = Instant::now();
+    let mut owners = [0usize, 1usize];
+    let mut handoffs = Vec::new();
+    let mut turn = 0;
+    std::thread::sleep(Duration::from_secs(3));
+    while started.elapsed() < play_for - Duration::from_secs(3) {
+        let region = 1 + (turn % 2) as u64;
+        let from = owners[turn % 2];
+        let to = 1 - from;
+        let event = cluster.handoff(region, from, to).unwrap();
+        if event["event"] == "handed_off" {
+            owners[turn % 2] = to;
+        }
+        handoffs.push(event);
+        turn += 1;
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+
+    let outcomes: Vec<PlayerOutcome> = tasks.into_iter().map(|task| runtime.block_on(task).unwrap().unwrap()).collect();
+    let stats = cluster.gateway_stats(0).unwrap();
+    let committed = handoffs.iter().filter(|event| event["event"] == "handed_off").count();
+    let disconnects: u64 = outcomes.iter().map(|outcome| outcome.disconnects).sum();
+    let sent: u64 = outcomes.iter().map(|outcome| outcome.sent).sum();
+    let crossings: u64 = outcomes.iter().map(|outcome| outcome.crossings).sum();
+    let neighbour_views: u64 = outcomes.iter().map(|outcome| outcome.neighbour_views).sum();
+    let max_gap = outcomes.iter().map(|outcome| outcome.max_gap_ms).fold(0.0, f64::max);
+    let mut gaps: Vec<u64> = outcomes.iter().flat_map(|outcome| outcome.gaps_us.iter().copied()).collect();
+    gaps.sort_unstable();
+    let p99_gap = gaps.get(gaps.len() * 99 / 100).copied().unwrap_or(0) as f64 / 1000.0;
+    eprintln!(
+        "{} players, {sent} inputs, {committed}/{} handoffs committed, {crossings} crossings, \
+         {neighbour_views} neighbour views, {disconnects} disconnects, update gap p99 {p99_gap:.1} ms max {max_gap:.1} ms; gateway {stats}",
+        outcomes.len(),
+        handoffs.len()
+    );
+    for event in &handoffs {
+        eprintln!("handoff: {event}");
+    }
+    for outcome in outcomes.iter().filter(|outcome| !outcome.chain_ok || outcome.disconnects > 0) {
+        eprintln!(
+            "player {} (region {}): sent {} acked {} applied {} updates {} max gap {:.0} ms crossings {} closes {:?}",
+            outcome.player,
+            outcome.region,
+            outcome.sent,
+            outcome.acked,
+            outcome.applied,
+            outcome.updates,
+            outcome.max_gap_ms,
+            outcome.crossings,
+            outcome.close_reasons
+        );
+    }
+    for outcome in &outcomes {
+        assert_eq!(outcome.disconnects, 0, "player {} was disconnected: {:?}", outcome.player, outcome.close_reasons);
+        assert_eq!(
+            (outcome.acked, outcome.applied),
+            (outcome.sent, outcome.sent),
+            "player {}: every input applied exactly once ({outcome:?})",
+            outcome.player
+        );
+        assert!(outcome.chain_ok, "player {}: inputs applied out of order or altered", outcome.player);
+    }
+    assert!(committed >= 4, "expected several committed handoffs, got {handoffs:?}");
+    assert!(crossings >= 20, "patrolling avatars should cross borders, saw {crossings}");
+    assert!(neighbour_views > 0, "players near a border should see the neighbour's objects");
+    assert_eq!(stats["protocol_errors"], 0);
+}
+
+async fn refused(cluster: &GatewayCluster, token: &str) -> (Option<CloseCode>, String) {
+    match Client::connect(&cluster.client_options(0), token).await {
+        Err(ClientError::Refused { code, reason }) => (code, reason),
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(_) => panic!("a bad token was accepted"),
+    }
+}
+
+async fn wait_for_update(client: &mut Client) -> Option<baton_wire::player::StateUpdate> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, client.next_event()).await {
+            Ok(Some(Event::Update(update))) => return Some(update),
+            Ok(Some(Event::Closed { .. }) | None) | Err(_) => return None,
+            Ok(Some(_)) => {}
+        }
+    }
+}
+
+async fn closed_with(client: &mut Client) -> Option<CloseCode> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, client.next_event()).await {
+            Ok(Some(Event::Closed { code, .. })) => return code,
+            Ok(None) | Err(_) => return None,
+            Ok(Some(_)) => {}
+        }
+    }
+}
+
+#[test]
+fn bad_clients_are_refused_and_nobody_else_notices() {
+    let mut cluster =
+        GatewayCluster::start(&spec(1, 1, &["--max-connections", "6", "--input-rate", "40", "--input-burst", "40"]))
+            .unwrap();
+    cluster.host(0, 1, 100).unwrap();
+    let runtime = runtime();
+    runtime.block_on(async {
+        // A well-behaved player, watched throughout.
+        let mut good = Client::connect(&cluster.client_options(0), &cluster.token(1, 1)).await.unwrap();
+        assert!(wait_for_update(&mut good).await.is_some());
+
+        // Tokens: signed with another key, expired, another player's claims under a stolen mac, garbage.
+        let stranger = baton_gateway::token::TokenKey::new(&[9; 32]).unwrap();
+        let far_future = u64::MAX / 2;
+        let (code, reason) =
+            refused(&cluster, &stranger.issue(&Claims { player: 1, region: 1, expires_at: far_future })).await;
+        assert_eq!(code, Some(CloseCode::Unauthorized), "{reason}");
+        let (code, reason) =
+            refused(&cluster, &cluster.token_with(&Claims { player: 5, region: 1, expires_at: 1 })).await;
+        assert_eq!(code, Some(CloseCode::Unauthorized));
+        assert!(reason.contains("expired"), "{reason}");
+        // Claiming player 1's avatar with player 2's signature.
+        let mine = cluster.token(2, 1);
+        let theirs = cluster.token(1, 1);
+        let forged = format!("{}.{}", theirs.rsplit_once('.').unwrap().0, mine.rsplit_once('.').unwrap().1);
+        let (code, _) = refused(&cluster, &forged).await;
+        assert_eq!(code, Some(CloseCode::Unauthorized));
+        let (code, _) = refused(&cluster, "not a token").await;
+        assert_eq!(code, Some(CloseCode::Unauthorized));
+
+        // Garbage on the reliable stream, an oversized frame, an input out of sequence: each
+        // closes only that connection, with a protocol error.
+        for bytes in [vec![3, 0, 0xff, 0xff, 0xff], vec![0xff, 0xff, 1, 2, 3], {
+            let mut out =
+                baton_wire::player::encode(&baton_wire::player::ClientFrame::Input { seq: 9, payload: vec![1] })
+                    .unwrap();
+            out.extend_from_slice(&[0; 4]);
+            out
+        }] {
+            let mut bad = Client::connect(&cluster.client_options(0), &cluster.token(3, 1)).await.unwrap();
+            bad.send_raw(&bytes).await.unwrap();
+            assert_eq!(closed_with(&mut bad).await, Some(CloseCode::Protocol), "after sending {bytes:?}");
+        }
+
+        // Garbage datagrams to the gateway's port are ignored.
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for size in [1usize, 20, 1200, 1500] {
+            socket.send_to(&vec![0xab; size], cluster.gateway_addresses[0]).unwrap();
+        }
+
+        // An input flood: dropped over the rate, then disconnected.
+        let mut flooder = Client::connect(&cluster.client_options(0), &cluster.token(4, 1)).await.unwrap();
+        for _ in 0..5_000 {
+            if flooder.send_input(vec![1, 0, 0, 0, 0, 0, 0, 0, 0]).await.is_err() {
+                break;
+            }
+        }
+        assert_eq!(closed_with(&mut flooder).await, Some(CloseCode::Flood));
+
+        // The connection limit: 6 in all.
+        let mut extra = Vec::new();
+        let mut full = None;
+        for player in 10..20 {
+            match Client::connect(&cluster.client_options(0), &cluster.token(player, 1)).await {
+                Ok(client) => extra.push(client),
+                Err(ClientError::Refused { code, .. }) => {
+                    full = code;
+                    break;
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+        assert_eq!(full, Some(CloseCode::Full));
+        assert!(extra.len() <= 5);
+
+        // The good player noticed nothing: still connected, still updated, its inputs applied.
+        let seq = good.send_input(vec![1, 0, 0, 0, 0, 0, 0, 0, 0]).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while good.acked() < seq && Instant::now() < deadline {
+            assert!(wait_for_update(&mut good).await.is_some(), "the good player lost its updates");
+        }
+        assert_eq!(good.acked(), seq);
+    });
+    let stats = cluster.gateway_stats(0).unwrap();
+    assert!(stats["protocol_errors"].as_u64().unwrap() >= 3, "{stats}");
+    assert!(stats["refused_token"].as_u64().unwrap() >= 4, "{stats}");
+    assert!(stats["inputs_dropped_rate"].as_u64().unwrap() > 0, "{stats}");
+    assert_eq!(stats["flood_disconnects"], 1, "{stats}");
+    assert!(stats["refused_full"].as_u64().unwrap() >= 1, "{stats}");
+}
+
+#[test]
+fn sessions_survive_address_changes_lost_connections_and_a_dead_gateway() {
+    let mut cluster = GatewayCluster::start(&spec(1, 2, &["--resume-grace-s", "20"])).unwrap();
+    cluster.host(0, 1, 100).unwrap();
+    let runtime = runtime();
+    runtime.block_on(async {
+        let mut client = Client::connect(&cluster.client_options(0), &cluster.token(7, 1)).await.unwrap();
+        let mut chain = 0u64;
+        let send = async |client: &mut Client, count: u64, chain: &mut u64| {
+            for _ in 0..count {
+                let payload = vec![1, 0, 0, 0, 0, 0, 0, 0, 0, fastrand::u8(..)];
+                let seq = client.next_seq();
+                *chain = sample_region_server::players::chain_step(*chain, seq, &payload);
+                client.send_input(payload).await.unwrap();
+            }
+        };
+        send(&mut client, 20, &mut chain).await;
+
+        // Connection migration: the client's address changes, the session carries on.
+        let before = client.local_address().unwrap();
+        client.rebind("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_ne!(client.local_address().unwrap(), before);
+        send(&mut client, 20, &mut chain).await;
+        let update = wait_for_update(&mut client).await.expect("updates after the address change");
+        assert!(update.last_applied <= 40);
+
+        // The gateway dies with inputs in flight: resume on the other gateway; the unacknowledged
+        // inputs are sent again and applied once.
+        send(&mut client, 20, &mut chain).await;
+        cluster.gateways[0].kill();
+        client.resume(cluster.gateway_addresses[1]).await.unwrap();
+        send(&mut client, 20, &mut chain).await;
+
+        // A lost connection, resumed on the same gateway.
+        client.resume(cluster.gateway_addresses[1]).await.unwrap();
+        send(&mut client, 20, &mut chain).await;
+
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut view = None;
+        while Instant::now() < deadline {
+            if let Some(update) = wait_for_update(&mut client).await {
+                view = sample_region_server::PlayerView::parse(&update.payload);
+                if update.last_applied == 100 {
+                    break;
+                }
+            }
+        }
+        let view = view.expect("a view");
+        assert_eq!(client.acked(), 100, "every input acknowledged");
+        assert_eq!(view.inputs_applied, 100, "each input applied exactly once");
+        assert_eq!(view.input_chain, chain, "in order");
+    });
+}

@@ -1,0 +1,326 @@
+//! The region server's side of the upstream protocol: gateways connect (mutual TLS, ALPN
+//! `baton-upstream/1`) and multiplex their players over one stream each.
+//!
+//! The [`GatewayHub`] knows every connected gateway, which gateway serves which player, and which
+//! regions this host owns at which epoch. Region threads hand it what players must see (updates,
+//! route changes, avatars leaving across a border); it never blocks them: each gateway has a
+//! writer task fed through an unbounded channel, which batches frames into few stream writes.
+//! What a gateway sends is checked (frame size, decoding, epochs) before it reaches a region;
+//! a malformed frame closes that gateway's connection and nothing else.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+use baton_sdk::RegionLogic;
+use baton_sdk::wire::upstream::{GatewayMessage, ServerMessage, UPSTREAM_VERSION, UpstreamReader, encode_into};
+use baton_sdk::wire::{Epoch, PlayerId, PlayerInput, RegionId};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use crate::Slot;
+use crate::region_loop::Command;
+
+/// Identifies one gateway connection on this host.
+pub type GatewayId = u64;
+
+/// Connected gateways, the players they serve, and the regions this host owns.
+#[derive(Default)]
+pub struct GatewayHub {
+    next_id: AtomicU64,
+    server_name: String,
+    gateways: Mutex<HashMap<GatewayId, UnboundedSender<ServerMessage>>>,
+    players: Mutex<HashMap<PlayerId, GatewayId>>,
+    owned: Mutex<HashMap<RegionId, Epoch>>,
+}
+
+impl GatewayHub {
+    pub(crate) fn new(server_name: &str) -> GatewayHub {
+        GatewayHub { server_name: server_name.to_owned(), ..GatewayHub::default() }
+    }
+
+    /// Whether any gateway is connected.
+    #[must_use]
+    pub fn has_gateways(&self) -> bool {
+        self.gateways.lock().is_ok_and(|gateways| !gateways.is_empty())
+    }
+
+    /// Whether a gateway serves `player`.
+    #[must_use]
+    pub fn serves(&self, player: PlayerId) -> bool {
+        self.players.lock().is_ok_and(|players| players.contains_key(&player))
+    }
+
+    /// The epoch at which this host owns `region`.
+    #[must_use]
+    pub fn owned_epoch(&self, region: RegionId) -> Option<Epoch> {
+        self.owned.lock().ok().and_then(|owned| owned.get(&region).copied())
+    }
+
+    /// Records that this host owns `region` at `epoch`, and tells every gateway when `announce`
+    /// (a handoff's own messages announce the other changes).
+    pub(crate) fn set_owned(&self, region: RegionId, epoch: Epoch, announce: bool) {
+        if let Ok(mut owned) = self.owned.lock() {
+            owned.insert(region, epoch);
+        }
+        if announce {
+            self.broadcast(&ServerMessage::Owning { region: region.0, epoch: epoch.0 });
+        }
+    }
+
+    /// Records that this host no longer owns `region`.
+    pub(crate) fn clear_owned(&self, region: RegionId) {
+        if let Ok(mut owned) = self.owned.lock() {
+            owned.remove(&region);
+        }
+    }
+
+    /// Sends `message` to every gateway.
+    pub(crate) fn broadcast(&self, message: &ServerMessage) {
+        if let Ok(gateways) = self.gateways.lock() {
+            for sender in gateways.values() {
+                let _ = sender.send(message.clone());
+            }
+        }
+    }
+
+    /// Sends `message` to one gateway.
+    pub(crate) fn to_gateway(&self, gateway: GatewayId, message: ServerMessage) {
+        if let Ok(gateways) = self.gateways.lock()
+            && let Some(sender) = gateways.get(&gateway)
+        {
+            let _ = sender.send(message);
+        }
+    }
+
+    /// Sends each message to the gateway serving its player (players without one are skipped).
+    /// Returns how many were sent.
+    pub(crate) fn to_players(&self, messages: Vec<(PlayerId, ServerMessage)>) -> usize {
+        let (Ok(players), Ok(gateways)) = (self.players.lock(), self.gateways.lock()) else { return 0 };
+        let mut sent = 0;
+        for (player, message) in messages {
+            if let Some(sender) = players.get(&player).and_then(|gateway| gateways.get(gateway))
+                && sender.send(message).is_ok()
+            {
+                sent += 1;
+            }
+        }
+        sent
+    }
+
+    /// `gateway` serves `player` from now on; a gateway that served it before is told to let go.
+    pub(crate) fn attach(&self, player: PlayerId, gateway: GatewayId) {
+        let previous = self.players.lock().ok().and_then(|mut players| players.insert(player, gateway));
+        if let Some(previous) = previous
+            && previous != gateway
+        {
+            self.to_gateway(previous, ServerMessage::Detached { player: player.0 });
+        }
+    }
+
+    /// `player` has no gateway here any more (it left, or its gateway went away).
+    pub(crate) fn detach(&self, player: PlayerId, gateway: GatewayId) {
+        if let Ok(mut players) = self.players.lock()
+            && players.get(&player) == Some(&gateway)
+        {
+            players.remove(&player);
+        }
+    }
+
+    fn register(&self) -> (GatewayId, UnboundedReceiver<ServerMessage>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let (sender, receiver) = unbounded_channel();
+        if let Ok(mut gateways) = self.gateways.lock() {
+            gateways.insert(id, sender);
+        }
+        (id, receiver)
+    }
+
+    fn unregister(&self, gateway: GatewayId) {
+        if let Ok(mut gateways) = self.gateways.lock() {
+            gateways.remove(&gateway);
+        }
+        if let Ok(mut players) = self.players.lock() {
+            players.retain(|_, served_by| *served_by != gateway);
+        }
+    }
+
+    fn welcome(&self) -> ServerMessage {
+        let regions = self
+            .owned
+            .lock()
+            .map(|owned| owned.iter().map(|(region, epoch)| (region.0, epoch.0)).collect())
+            .unwrap_or_default();
+        ServerMessage::Welcome { server: self.server_name.clone(), regions }
+    }
+}
+
+/// Serves one gateway connection until it closes or misbehaves.
+pub(crate) async fn serve_gateway<L: RegionLogic + 'static>(
+    connection: quinn::Connection,
+    hub: Arc<GatewayHub>,
+    regions: Arc<Mutex<HashMap<RegionId, Slot<L>>>>,
+) {
+    let peer = connection.remote_address();
+    let (send, mut recv) = match connection.accept_bi().await {
+        Ok(streams) => streams,
+        Err(error) => {
+            tracing::info!(%peer, %error, "gateway connection closed before its stream opened");
+            return;
+        }
+    };
+    let (gateway, outbound) = hub.register();
+    tracing::info!(%peer, gateway, "gateway connected");
+    hub.to_gateway(gateway, hub.welcome());
+    let writer = tokio::spawn(write_loop(send, outbound));
+    let result = read_loop(&mut recv, gateway, &hub, &regions).await;
+    hub.unregister(gateway);
+    writer.abort();
+    match result {
+        Ok(()) => tracing::info!(%peer, gateway, "gateway disconnected"),
+        Err(reason) => {
+            tracing::warn!(%peer, gateway, reason, "closing a misbehaving gateway connection");
+            connection.close(1u32.into(), reason.as_bytes());
+        }
+    }
+}
+
+async fn write_loop(mut send: quinn::SendStream, mut outbound: UnboundedReceiver<ServerMessage>) {
+    let mut buffer = Vec::with_capacity(64 * 1024);
+    while let Some(message) = outbound.recv().await {
+        buffer.clear();
+        let mut next = Some(message);
+        // Batch whatever is queued into one write: few large stream writes, few packets.
+        while let Some(message) = next.take() {
+            if let Err(error) = encode_into(&message, &mut buffer) {
+                tracing::error!(%error, "dropping an upstream message that cannot be encoded");
+            }
+            if buffer.len() < 60 * 1024 {
+                next = outbound.try_recv().ok();
+            }
+        }
+        if send.write_all(&buffer).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn read_loop<L: RegionLogic + 'static>(
+    recv: &mut quinn::RecvStream,
+    gateway: GatewayId,
+    hub: &GatewayHub,
+    regions: &Mutex<HashMap<RegionId, Slot<L>>>,
+) -> Result<(), String> {
+    let mut reader = UpstreamReader::default();
+    let mut greeted = false;
+    loop {
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => reader.feed(&chunk.bytes),
+            Ok(None) => return Ok(()),
+            Err(error) => {
+                tracing::debug!(gateway, %error, "gateway stream ended");
+                return Ok(());
+            }
+        }
+        while let Some(message) = reader.next_message::<GatewayMessage>().map_err(|error| error.to_string())? {
+            if !greeted {
+                match message {
+                    GatewayMessage::Hello { version: UPSTREAM_VERSION, gateway: name } => {
+                        tracing::info!(gateway, name, "gateway introduced itself");
+                        greeted = true;
+                        continue;
+                    }
+                    GatewayMessage::Hello { version, .. } => {
+                        return Err(format!("upstream version {version} is not supported (want {UPSTREAM_VERSION})"));
+                    }
+                    _ => return Err("the first upstream message must be Hello".into()),
+                }
+            }
+            dispatch(message, gateway, hub, regions);
+        }
+    }
+}
+
+fn dispatch<L: RegionLogic + 'static>(
+    message: GatewayMessage,
+    gateway: GatewayId,
+    hub: &GatewayHub,
+    regions: &Mutex<HashMap<RegionId, Slot<L>>>,
+) {
+    let send = |region: RegionId, command: Command<L>| -> bool {
+        let sender = regions.lock().ok().and_then(|regions| regions.get(&region).map(|slot| slot.sender.clone()));
+        sender.is_some_and(|sender| send_command(&sender, command))
+    };
+    // Invariant 1: only the owner at the current epoch takes anything; a stamp older than our epoch
+    // comes from a gateway that has not heard of a newer owner yet.
+    let admits = |region: RegionId, epoch: u64| hub.owned_epoch(region).is_some_and(|owned| owned.admits(Epoch(epoch)));
+    match message {
+        GatewayMessage::Hello { .. } => {}
+        GatewayMessage::Join { region, epoch, player } => {
+            let (region, player) = (RegionId(region), PlayerId(player));
+            if !admits(region, epoch) || !send(region, Command::Join { player, gateway }) {
+                hub.to_gateway(
+                    gateway,
+                    ServerMessage::JoinRefused { region: region.0, player: player.0, reason: "not the owner".into() },
+                );
+            }
+        }
+        GatewayMessage::Leave { region, epoch, player } => {
+            let (region, player) = (RegionId(region), PlayerId(player));
+            hub.detach(player, gateway);
+            if admits(region, epoch) {
+                send(region, Command::Leave { player });
+            }
+        }
+        GatewayMessage::Input { region, epoch, player, seq, payload } => {
+            let region = RegionId(region);
+            let input = PlayerInput { player: PlayerId(player), seq, payload };
+            let bounced = |input: PlayerInput| ServerMessage::Bounced {
+                region: region.0,
+                player: input.player.0,
+                seq: input.seq,
+                payload: input.payload,
+            };
+            if !admits(region, epoch) || !send(region, Command::Input(input.clone())) {
+                hub.to_gateway(gateway, bounced(input));
+            }
+        }
+        GatewayMessage::Attach { region, epoch, players } => {
+            if admits(RegionId(region), epoch) {
+                for player in players {
+                    hub.attach(PlayerId(player), gateway);
+                }
+            }
+        }
+        GatewayMessage::Immigrate { epoch, transfer } => {
+            let region = RegionId(transfer.to);
+            if !admits(region, epoch) {
+                hub.to_gateway(gateway, ServerMessage::ImmigrationRefused { transfer, reason: "not the owner".into() });
+            } else if let Err(transfer) = send_immigrant(regions, region, transfer, gateway) {
+                hub.to_gateway(
+                    gateway,
+                    ServerMessage::ImmigrationRefused { transfer, reason: "region stopped".into() },
+                );
+            }
+        }
+    }
+}
+
+fn send_immigrant<L: RegionLogic + 'static>(
+    regions: &Mutex<HashMap<RegionId, Slot<L>>>,
+    region: RegionId,
+    transfer: baton_sdk::wire::upstream::Transfer,
+    gateway: GatewayId,
+) -> Result<(), baton_sdk::wire::upstream::Transfer> {
+    let Some(sender) = regions.lock().ok().and_then(|regions| regions.get(&region).map(|slot| slot.sender.clone()))
+    else {
+        return Err(transfer);
+    };
+    match sender.send(Command::Immigrate { transfer, gateway }) {
+        Err(mpsc::SendError(Command::Immigrate { transfer, .. })) => Err(transfer),
+        _ => Ok(()),
+    }
+}
+
+fn send_command<L: RegionLogic>(sender: &mpsc::Sender<Command<L>>, command: Command<L>) -> bool {
+    sender.send(command).is_ok()
+}

@@ -1,0 +1,362 @@
+//! The upstream protocol (version 1): what a gateway and a region server say to each other.
+//!
+//! A gateway keeps one QUIC connection (mutual TLS with cluster certificates, ALPN
+//! [`ALPN_UPSTREAM`]) to each region server and multiplexes all its players routed there over
+//! one bidirectional stream. Each frame is a little-endian `u32` length then postcard; a frame
+//! carries one [`GatewayMessage`] (gateway to server) or [`ServerMessage`] (server to gateway).
+//! Everything about a region is stamped with the sender's view of its ownership epoch; the
+//! receiver refuses what is stale (invariant 1). Player bytes (input payloads, views) are opaque
+//! here and never reach rkyv; the avatar carried by a border crossing is an SDK archive that the
+//! receiving region validates like any other.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::player::FrameError;
+
+/// ALPN of the upstream protocol.
+pub const ALPN_UPSTREAM: &[u8] = b"baton-upstream/1";
+/// Version of the upstream message set.
+pub const UPSTREAM_VERSION: u16 = 1;
+/// Largest upstream frame, in bytes.
+pub const MAX_UPSTREAM_FRAME: usize = 1024 * 1024;
+
+/// An avatar on its way from one region to a neighbour (a border crossing).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    /// The player.
+    pub player: u64,
+    /// The region it leaves.
+    pub from: u64,
+    /// The region it enters.
+    pub to: u64,
+    /// The last input applied in `from`.
+    pub last_applied: u64,
+    /// Inputs received by `from` but not applied, in order: `(seq, payload)`.
+    pub pending: Vec<(u64, Vec<u8>)>,
+    /// The avatar entity: an SDK bundle archive of its components (session excluded).
+    pub avatar: Vec<u8>,
+}
+
+/// Gateway to region server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GatewayMessage {
+    /// First message: version and the gateway's name.
+    Hello {
+        /// [`UPSTREAM_VERSION`].
+        version: u16,
+        /// The gateway instance's name (unique among gateways).
+        gateway: String,
+    },
+    /// Let `player` into `region` (spawning an avatar if it has no session there yet), and send
+    /// its updates to this gateway. Answered by `Joined` or `JoinRefused`.
+    Join {
+        /// The region.
+        region: u64,
+        /// The gateway's epoch for it.
+        epoch: u64,
+        /// The player.
+        player: u64,
+    },
+    /// `player` left for good: remove its session.
+    Leave {
+        /// The region.
+        region: u64,
+        /// The gateway's epoch for it.
+        epoch: u64,
+        /// The player.
+        player: u64,
+    },
+    /// One player input.
+    Input {
+        /// The region.
+        region: u64,
+        /// The gateway's epoch for it.
+        epoch: u64,
+        /// The player.
+        player: u64,
+        /// Sequence number.
+        seq: u64,
+        /// Game-defined bytes.
+        payload: Vec<u8>,
+    },
+    /// After a route flip: these players of `region` are served by this gateway.
+    Attach {
+        /// The region.
+        region: u64,
+        /// The new owner's epoch.
+        epoch: u64,
+        /// The players.
+        players: Vec<u64>,
+    },
+    /// Take in an avatar crossing the border into `transfer.to`.
+    Immigrate {
+        /// The gateway's epoch for `transfer.to`.
+        epoch: u64,
+        /// The avatar.
+        transfer: Transfer,
+    },
+}
+
+/// Region server to gateway.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerMessage {
+    /// First message: who this is and what it owns.
+    Welcome {
+        /// The server instance's name.
+        server: String,
+        /// Regions owned here, with their epochs.
+        regions: Vec<(u64, u64)>,
+    },
+    /// This server owns `region` at `epoch` (a region created here, or taken over).
+    Owning {
+        /// The region.
+        region: u64,
+        /// Its epoch.
+        epoch: u64,
+    },
+    /// The owner at `epoch` started handing `region` to the server at `target`.
+    HandoffStarted {
+        /// The region.
+        region: u64,
+        /// The source's epoch.
+        epoch: u64,
+        /// The target's cluster address.
+        target: SocketAddr,
+    },
+    /// The owner at `epoch` froze `region`: hold its inputs.
+    Frozen {
+        /// The region.
+        region: u64,
+        /// The source's epoch.
+        epoch: u64,
+    },
+    /// The handoff committed: the server at `owner` owns `region` at `epoch`.
+    Committed {
+        /// The region.
+        region: u64,
+        /// The new epoch.
+        epoch: u64,
+        /// The new owner's cluster address.
+        owner: SocketAddr,
+    },
+    /// The handoff failed; this server owns `region` at `epoch`.
+    Aborted {
+        /// The region.
+        region: u64,
+        /// The epoch now.
+        epoch: u64,
+    },
+    /// `player` is in `region`.
+    Joined {
+        /// The region.
+        region: u64,
+        /// Its epoch.
+        epoch: u64,
+        /// The player.
+        player: u64,
+        /// Its last applied input.
+        last_applied: u64,
+    },
+    /// `player` could not join `region`.
+    JoinRefused {
+        /// The region.
+        region: u64,
+        /// The player.
+        player: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Another gateway serves `player` now (it resumed there): drop the session here.
+    Detached {
+        /// The player.
+        player: u64,
+    },
+    /// A state update for one player.
+    Update {
+        /// The region.
+        region: u64,
+        /// Its epoch.
+        epoch: u64,
+        /// The player.
+        player: u64,
+        /// The tick.
+        tick: u64,
+        /// The player's last applied input.
+        last_applied: u64,
+        /// The game's view for the player.
+        payload: Vec<u8>,
+    },
+    /// The view of `region`'s objects near its border with `toward`, for players close to it.
+    Border {
+        /// The region.
+        region: u64,
+        /// Its epoch.
+        epoch: u64,
+        /// The neighbour the strip faces.
+        toward: u64,
+        /// The tick.
+        tick: u64,
+        /// Players of `toward` (or of `region`, crossing soon) near that border.
+        payload: Vec<u8>,
+    },
+    /// `players` of `region` are within the neighbour-view distance of its border with `toward`.
+    NearBorder {
+        /// The region.
+        region: u64,
+        /// The neighbour.
+        toward: u64,
+        /// The players near that border now (replaces the previous list).
+        players: Vec<u64>,
+    },
+    /// An input this server did not take (it does not own the region, or the player is not in
+    /// it): route it again.
+    Bounced {
+        /// The region it was sent to.
+        region: u64,
+        /// The player.
+        player: u64,
+        /// Sequence number.
+        seq: u64,
+        /// Game-defined bytes.
+        payload: Vec<u8>,
+    },
+    /// An avatar left `transfer.from` across a border: deliver it to `transfer.to`.
+    Emigrated {
+        /// The epoch of `transfer.from`.
+        epoch: u64,
+        /// The avatar.
+        transfer: Transfer,
+    },
+    /// The avatar arrived in `region`.
+    Arrived {
+        /// The region.
+        region: u64,
+        /// Its epoch.
+        epoch: u64,
+        /// The player.
+        player: u64,
+        /// Its last applied input.
+        last_applied: u64,
+    },
+    /// `transfer.to` could not take the avatar; deliver it back to `transfer.from`.
+    ImmigrationRefused {
+        /// The avatar.
+        transfer: Transfer,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Appends one frame (`u32` length + postcard) to `out`.
+pub fn encode_into<T: Serialize>(message: &T, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    if let Err(error) = postcard::to_io(message, &mut *out) {
+        out.truncate(start);
+        return Err(FrameError::Malformed(error.to_string()));
+    }
+    let length = out.len() - start - 4;
+    if length > MAX_UPSTREAM_FRAME {
+        out.truncate(start);
+        return Err(FrameError::TooLarge(length));
+    }
+    out[start..start + 4].copy_from_slice(&(length as u32).to_le_bytes());
+    Ok(())
+}
+
+/// Splits the upstream byte stream into messages.
+#[derive(Debug, Default)]
+pub struct UpstreamReader {
+    buffer: Vec<u8>,
+    start: usize,
+}
+
+impl UpstreamReader {
+    /// Appends received bytes.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.start > 0 && self.start == self.buffer.len() {
+            self.buffer.clear();
+            self.start = 0;
+        } else if self.start > 64 * 1024 {
+            self.buffer.drain(..self.start);
+            self.start = 0;
+        }
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// The next whole message, if one has arrived. After an error the connection must be closed.
+    pub fn next_message<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, FrameError> {
+        let available = &self.buffer[self.start..];
+        if available.len() < 4 {
+            return Ok(None);
+        }
+        let length = u32::from_le_bytes([available[0], available[1], available[2], available[3]]) as usize;
+        if length > MAX_UPSTREAM_FRAME {
+            return Err(FrameError::TooLarge(length));
+        }
+        if available.len() < 4 + length {
+            return Ok(None);
+        }
+        let message =
+            postcard::from_bytes(&available[4..4 + length]).map_err(|error| FrameError::Malformed(error.to_string()));
+        self.start += 4 + length;
+        message.map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn messages_round_trip_in_pieces() {
+        let messages = vec![
+            ServerMessage::Welcome { server: "a".into(), regions: vec![(1, 4)] },
+            ServerMessage::Update { region: 1, epoch: 4, player: 9, tick: 77, last_applied: 3, payload: vec![1; 300] },
+            ServerMessage::Emigrated {
+                epoch: 4,
+                transfer: Transfer {
+                    player: 9,
+                    from: 1,
+                    to: 2,
+                    last_applied: 3,
+                    pending: vec![(4, vec![1, 2])],
+                    avatar: vec![0; 100],
+                },
+            },
+        ];
+        let mut bytes = Vec::new();
+        for message in &messages {
+            encode_into(message, &mut bytes).unwrap();
+        }
+        let mut reader = UpstreamReader::default();
+        let mut received = Vec::new();
+        for piece in bytes.chunks(7) {
+            reader.feed(piece);
+            while let Some(message) = reader.next_message::<ServerMessage>().unwrap() {
+                received.push(message);
+            }
+        }
+        assert_eq!(received, messages);
+        let mut reader = UpstreamReader::default();
+        reader.feed(&[0xff, 0xff, 0xff, 0x7f]);
+        assert!(matches!(reader.next_message::<ServerMessage>(), Err(FrameError::TooLarge(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_gives_errors_not_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let mut reader = UpstreamReader::default();
+            reader.feed(&bytes);
+            for _ in 0..8 {
+                match reader.next_message::<GatewayMessage>() {
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+    }
+}
