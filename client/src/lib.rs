@@ -54,6 +54,9 @@ pub struct ClientOptions {
     pub bind: SocketAddr,
     /// How long to wait for the gateway's welcome.
     pub welcome_timeout: Duration,
+    /// An endpoint to share with other clients (a load generator runs many players over a few
+    /// sockets); `None` gives the client a socket of its own.
+    pub endpoint: Option<quinn::Endpoint>,
 }
 
 impl ClientOptions {
@@ -67,7 +70,17 @@ impl ClientOptions {
             transport: PlayerTransport::default(),
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             welcome_timeout: Duration::from_secs(10),
+            endpoint: None,
         }
+    }
+
+    /// An endpoint several clients can share (see [`ClientOptions::endpoint`]).
+    pub fn shared_endpoint(&self) -> Result<quinn::Endpoint, ClientError> {
+        let config = baton_net::public::player_client_config(&self.trust, ALPN_PLAYER, self.transport)
+            .map_err(|error| ClientError::Setup(error.to_string()))?;
+        let mut endpoint = quinn::Endpoint::client(self.bind).map_err(|error| ClientError::Setup(error.to_string()))?;
+        endpoint.set_default_client_config(config);
+        Ok(endpoint)
     }
 }
 
@@ -311,7 +324,8 @@ impl Client {
         Ok(())
     }
 
-    /// Moves the connection to a new local socket bound to `bind` (as when a phone changes network).
+    /// Moves the connection to a new local socket bound to `bind` (as when a phone changes network;
+    /// with a shared endpoint, every client on it moves).
     pub fn rebind(&self, bind: SocketAddr) -> Result<(), ClientError> {
         let socket = std::net::UdpSocket::bind(bind).map_err(|error| ClientError::Setup(error.to_string()))?;
         self.endpoint.rebind(socket).map_err(|error| ClientError::Setup(error.to_string()))

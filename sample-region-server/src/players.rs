@@ -62,7 +62,7 @@ impl GatewayCluster {
         let gateway_names: Vec<String> = (0..spec.gateways).map(|index| format!("g{index}")).collect();
         let mut issue = Command::new(&server);
         issue.arg("--dev-certs").arg(&certs);
-        for name in server_names.iter().chain(&gateway_names) {
+        for name in server_names.iter().chain(&gateway_names).map(String::as_str).chain(["probe"]) {
             issue.args(["--node", name]);
         }
         let status = issue.stderr(Stdio::null()).status().context("issuing certificates")?;
@@ -177,6 +177,11 @@ impl GatewayCluster {
     #[must_use]
     pub fn directory(&self) -> &Path {
         &self.directory
+    }
+
+    /// The cluster identity of the `probe` node (for clients that talk to a server directly).
+    pub fn probe_identity(&self) -> anyhow::Result<baton_net::ClusterIdentity> {
+        Ok(baton_net::ClusterIdentity::load(&self.directory.join("certs"), "probe")?)
     }
 }
 
@@ -388,4 +393,95 @@ pub fn patrol_player(east: bool, index: u64) -> u64 {
     let ring = 79 - (index / 3) % 20;
     let angle = if east { index % 3 } else { 180 + index % 3 };
     360 * ring + angle
+}
+
+/// A player connected straight to a region server, without a gateway: it speaks the upstream
+/// protocol itself (as a gateway would for it). The baseline of the gateway's added latency.
+/// Returns the input-to-acknowledgement round trips, in microseconds.
+pub async fn run_direct_probe(
+    identity: baton_net::ClusterIdentity,
+    server: SocketAddr,
+    region: u64,
+    player: u64,
+    inputs_per_second: u32,
+    play_for: Duration,
+) -> anyhow::Result<Vec<u64>> {
+    use baton_wire::upstream::{
+        ALPN_UPSTREAM, GatewayMessage, ServerMessage, UPSTREAM_VERSION, UpstreamReader, encode_into,
+    };
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    let config = baton_net::cluster_client_config(&identity, baton_net::LinkSettings::default(), ALPN_UPSTREAM)?;
+    let connection = baton_net::connect_with(&endpoint, config, server).await?;
+    let (mut send, mut recv) = connection.open_bi().await?;
+    let mut out = Vec::new();
+    encode_into(&GatewayMessage::Hello { version: UPSTREAM_VERSION, gateway: format!("probe-{player}") }, &mut out)?;
+    send.write_all(&out).await?;
+    let mut reader = UpstreamReader::default();
+    let next = async |recv: &mut quinn::RecvStream, reader: &mut UpstreamReader| -> anyhow::Result<ServerMessage> {
+        loop {
+            if let Some(message) = reader.next_message::<ServerMessage>()? {
+                return Ok(message);
+            }
+            let chunk = recv.read_chunk(64 * 1024, true).await?.context("server closed the stream")?;
+            reader.feed(&chunk.bytes);
+        }
+    };
+    let epoch = loop {
+        if let ServerMessage::Welcome { regions, .. } = next(&mut recv, &mut reader).await? {
+            break regions
+                .iter()
+                .find(|(owned, _)| *owned == region)
+                .map(|(_, epoch)| *epoch)
+                .context("region not on that server")?;
+        }
+    };
+    out.clear();
+    encode_into(&GatewayMessage::Join { region, epoch, player }, &mut out)?;
+    send.write_all(&out).await?;
+    let mut last_applied = loop {
+        match next(&mut recv, &mut reader).await? {
+            ServerMessage::Joined { player: joined, last_applied, .. } if joined == player => break last_applied,
+            ServerMessage::JoinRefused { reason, .. } => bail!("join refused: {reason}"),
+            _ => {}
+        }
+    };
+    let mut rng = fastrand::Rng::with_seed(player);
+    let period = Duration::from_secs_f64(1.0 / f64::from(inputs_per_second.max(1)));
+    // Start at a random phase of the tick grid, as real players (and the gateway's players) do.
+    tokio::time::sleep(period.mul_f64(rng.f64())).await;
+    let started = Instant::now();
+    let mut next_input = started;
+    let mut seq = last_applied;
+    let mut sent_at = std::collections::VecDeque::new();
+    let mut round_trips = Vec::new();
+    while started.elapsed() < play_for {
+        if Instant::now() >= next_input {
+            next_input += period;
+            seq += 1;
+            let payload = walk_payload([0.0, 0.0], 256 + rng.usize(..=256), &mut rng);
+            out.clear();
+            encode_into(&GatewayMessage::Input { region, epoch, player, seq, payload }, &mut out)?;
+            send.write_all(&out).await?;
+            sent_at.push_back((seq, Instant::now()));
+        }
+        let wait = next_input.saturating_duration_since(Instant::now());
+        let Ok(message) = tokio::time::timeout(wait, next(&mut recv, &mut reader)).await else { continue };
+        if let ServerMessage::Update { player: updated, last_applied: applied, .. } = message?
+            && updated == player
+            && applied > last_applied
+        {
+            last_applied = applied;
+            let now = Instant::now();
+            while sent_at.front().is_some_and(|(sent, _)| *sent <= applied) {
+                if let Some((_, at)) = sent_at.pop_front() {
+                    round_trips.push(now.duration_since(at).as_micros() as u64);
+                }
+            }
+        }
+    }
+    out.clear();
+    encode_into(&GatewayMessage::Leave { region, epoch, player }, &mut out)?;
+    let _ = send.write_all(&out).await;
+    connection.close(0u32.into(), b"done");
+    Ok(round_trips)
 }

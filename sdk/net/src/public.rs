@@ -40,6 +40,11 @@ fn transport(settings: PlayerTransport, keep_alive: Option<Duration>) -> Result<
     transport.keep_alive_interval(keep_alive);
     transport.datagram_send_buffer_size(settings.datagram_send_buffer);
     transport.datagram_receive_buffer_size(Some(64 * 1024));
+    // Each side sends 20-30 small packets a second to the other; asking the peer to acknowledge
+    // every 8th ack-eliciting packet (or after 60 ms) roughly halves the packets on the wire.
+    let mut ack_frequency = quinn::AckFrequencyConfig::default();
+    ack_frequency.ack_eliciting_threshold(quinn::VarInt::from_u32(8)).max_ack_delay(Some(Duration::from_millis(60)));
+    transport.ack_frequency_config(Some(ack_frequency));
     Ok(Arc::new(transport))
 }
 

@@ -36,6 +36,7 @@ pub enum ClientFrame {
         /// Sequence number.
         seq: u64,
         /// Game-defined bytes.
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
     /// Keep-alive with an echo.
@@ -86,6 +87,7 @@ pub struct StateUpdate {
     /// The last of this player's inputs applied at that tick (inputs up to it are acknowledged).
     pub last_applied: u64,
     /// Game-defined view of the world.
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 
@@ -101,6 +103,7 @@ pub enum Datagram {
         /// Its tick.
         tick: u64,
         /// Game-defined view of its objects near the border.
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
 }

@@ -36,6 +36,7 @@ pub struct Transfer {
     /// Inputs received by `from` but not applied, in order: `(seq, payload)`.
     pub pending: Vec<(u64, Vec<u8>)>,
     /// The avatar entity: an SDK bundle archive of its components (session excluded).
+    #[serde(with = "serde_bytes")]
     pub avatar: Vec<u8>,
 }
 
@@ -79,6 +80,7 @@ pub enum GatewayMessage {
         /// Sequence number.
         seq: u64,
         /// Game-defined bytes.
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
     /// After a route flip: these players of `region` are served by this gateway.
@@ -186,6 +188,7 @@ pub enum ServerMessage {
         /// The player's last applied input.
         last_applied: u64,
         /// The game's view for the player.
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
     /// The view of `region`'s objects near its border with `toward`, for players close to it.
@@ -199,6 +202,7 @@ pub enum ServerMessage {
         /// The tick.
         tick: u64,
         /// Players of `toward` (or of `region`, crossing soon) near that border.
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
     /// `players` of `region` are within the neighbour-view distance of its border with `toward`.
@@ -220,6 +224,7 @@ pub enum ServerMessage {
         /// Sequence number.
         seq: u64,
         /// Game-defined bytes.
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
     /// An avatar left `transfer.from` across a border: deliver it to `transfer.to`.

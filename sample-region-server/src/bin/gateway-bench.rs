@@ -1,0 +1,208 @@
+//! `gateway-bench`: how many avatars one gateway carries, and the latency it adds.
+//!
+//! Starts two region servers (one region each) and one gateway on loopback, connects `--avatars`
+//! simulated players through the gateway (inputs of 256-512 bytes at `--input-rate`, a state update
+//! of a few hundred bytes every tick), and in the same run a few probe players connected straight to
+//! the region servers. Prints one JSON object: update gaps, input round trips through the gateway
+//! and direct, their ratio, losses and the gateway's CPU use. Run it from a release build:
+//! `cargo build --release --bins && target/release/gateway-bench --avatars 2000`
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use sample_region_server::players::{ClusterSpec, GatewayCluster, Movement, PlayerPlan, run_direct_probe, run_player};
+use serde_json::json;
+
+/// Benchmark one gateway: avatars carried, update gaps, added latency.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Players connected through the gateway.
+    #[arg(long, default_value_t = 2000)]
+    avatars: usize,
+    /// Seconds every player plays once all are connected.
+    #[arg(long, default_value_t = 20.0)]
+    seconds: f64,
+    /// Seconds over which players connect.
+    #[arg(long, default_value_t = 10.0)]
+    ramp: f64,
+    /// Inputs per second per player.
+    #[arg(long, default_value_t = 20)]
+    input_rate: u32,
+    /// Region tick rate (one state update per player per tick).
+    #[arg(long, default_value_t = 20)]
+    tick_rate: u32,
+    /// Physics objects per region.
+    #[arg(long, default_value_t = 200)]
+    objects: usize,
+    /// Probe players connected straight to the region servers.
+    #[arg(long, default_value_t = 20)]
+    probes: u64,
+    /// Worker threads of the load generator.
+    #[arg(long, default_value_t = 2)]
+    client_threads: usize,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("gateway-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn percentile(sorted: &[u64], quantile: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * quantile).round() as usize;
+    sorted[index.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+fn summary(mut values: Vec<u64>) -> serde_json::Value {
+    values.sort_unstable();
+    json!({
+        "count": values.len(),
+        "p50": percentile(&values, 0.50),
+        "p99": percentile(&values, 0.99),
+        "p999": percentile(&values, 0.999),
+        "max": values.last().copied().unwrap_or(0) as f64 / 1000.0,
+    })
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    if cli.avatars == 0 || cli.input_rate == 0 || cli.tick_rate == 0 || cli.client_threads == 0 {
+        anyhow::bail!("--avatars, --input-rate, --tick-rate and --client-threads must be at least 1");
+    }
+    let spec = ClusterSpec {
+        servers: 2,
+        gateways: 1,
+        world_regions: 2,
+        columns: 2,
+        server_args: vec!["--tick-rate".into(), cli.tick_rate.to_string()],
+        gateway_args: vec!["--max-connections".into(), (cli.avatars + 100).to_string(), "--threads".into(), "2".into()],
+    };
+    let mut cluster = GatewayCluster::start(&spec)?;
+    cluster.host(0, 1, cli.objects)?;
+    cluster.host(1, 2, cli.objects)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.client_threads)
+        .enable_all()
+        .build()
+        .context("starting the load generator's runtime")?;
+    let ramp = Duration::from_secs_f64(cli.ramp);
+    let play = Duration::from_secs_f64(cli.seconds);
+    let base = cluster.client_options(0);
+    // The load generator shares a socket among 50 players, as a real one would not: it keeps the
+    // generator's own cost down on a machine it shares with the cluster.
+    let endpoints: Vec<quinn::Endpoint> = {
+        let _guard = runtime.enter();
+        (0..cli.avatars.div_ceil(50)).map(|_| base.shared_endpoint()).collect::<Result<_, _>>()?
+    };
+    eprintln!("connecting {} players over {:.0} s, then {:.0} s of play", cli.avatars, cli.ramp, cli.seconds);
+    let players: Vec<_> = (0..cli.avatars)
+        .map(|index| {
+            let player = index as u64 + 1;
+            let region = 1 + player % 2;
+            let start_after = ramp.mul_f64(index as f64 / cli.avatars as f64);
+            let plan = PlayerPlan {
+                player,
+                region,
+                movement: Movement::Wander,
+                inputs_per_second: cli.input_rate,
+                start_after,
+                play_for: ramp + play - start_after,
+                settle_for: Duration::from_secs(5),
+            };
+            let mut options = base.clone();
+            options.endpoint = Some(endpoints[index / 50].clone());
+            runtime.spawn(run_player(options, cluster.token(player, region), plan))
+        })
+        .collect();
+    let identity = cluster.probe_identity()?;
+    let server_addresses = [cluster.servers[0].address, cluster.servers[1].address];
+    let probes: Vec<_> = (0..cli.probes)
+        .map(|index| {
+            let identity = identity.clone();
+            let region = 1 + index % 2;
+            let server = server_addresses[(region - 1) as usize];
+            let rate = cli.input_rate;
+            runtime.spawn(async move {
+                tokio::time::sleep(ramp).await;
+                run_direct_probe(identity, server, region, 1_000_000 + index, rate, play).await
+            })
+        })
+        .collect();
+
+    std::thread::sleep(ramp);
+    let cpu_before = cluster.gateways[0].cpu_time();
+    let measured_from = Instant::now();
+    std::thread::sleep(play);
+    let cpu_after = cluster.gateways[0].cpu_time();
+    let measured = measured_from.elapsed();
+
+    let mut outcomes = Vec::new();
+    let mut failures = 0u64;
+    for task in players {
+        match runtime.block_on(task) {
+            Ok(Ok(outcome)) => outcomes.push(outcome),
+            Ok(Err(error)) => {
+                failures += 1;
+                if failures <= 5 {
+                    eprintln!("a player failed: {error:#}");
+                }
+            }
+            Err(error) => anyhow::bail!("a player task panicked: {error}"),
+        }
+    }
+    let mut direct = Vec::new();
+    for task in probes {
+        direct.extend(runtime.block_on(task).context("probe task")??);
+    }
+    let stats = cluster.gateway_stats(0)?;
+
+    let sent: u64 = outcomes.iter().map(|outcome| outcome.sent).sum();
+    let acked: u64 = outcomes.iter().map(|outcome| outcome.acked).sum();
+    let applied_once = outcomes.iter().filter(|outcome| outcome.chain_ok).count();
+    let disconnects: u64 = outcomes.iter().map(|outcome| outcome.disconnects).sum();
+    let gaps: Vec<u64> = outcomes.iter().flat_map(|outcome| outcome.gaps_us.iter().copied()).collect();
+    let through: Vec<u64> = outcomes.iter().flat_map(|outcome| outcome.round_trips_us.iter().copied()).collect();
+    let gap = summary(gaps);
+    let through = summary(through);
+    let direct = summary(direct);
+    let tick_ms = 1000.0 / f64::from(cli.tick_rate);
+    let ratio = |field: &str| {
+        let straight = direct[field].as_f64().unwrap_or(0.0);
+        if straight > 0.0 { through[field].as_f64().unwrap_or(0.0) / straight } else { 0.0 }
+    };
+    let gateway_cpu = match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) => (after - before).as_secs_f64() / measured.as_secs_f64(),
+        _ => f64::NAN,
+    };
+    let report = json!({
+        "avatars": cli.avatars,
+        "connected": outcomes.len(),
+        "failed_to_connect": failures,
+        "disconnects": disconnects,
+        "inputs_sent": sent,
+        "inputs_acked": acked,
+        "inputs_lost": sent - acked,
+        "players_with_every_input_applied_once_in_order": applied_once,
+        "tick_ms": tick_ms,
+        "update_gap_ms": gap,
+        "update_gap_p99_within_1_5_ticks": gap["p99"].as_f64().unwrap_or(f64::MAX) <= 1.5 * tick_ms,
+        "rtt_through_gateway_ms": through,
+        "rtt_direct_ms": direct,
+        "rtt_ratio_p50": ratio("p50"),
+        "rtt_ratio_p99": ratio("p99"),
+        "gateway_cpu_cores": gateway_cpu,
+        "gateway": stats,
+    });
+    println!("{report}");
+    Ok(())
+}
