@@ -4,13 +4,15 @@
 //!
 //! - [`route`]: per-region routes with ownership epochs; holds inputs during a handoff's freeze and
 //!   replays them in order at cutover (no I/O, property-tested).
-//! - [`token`]: session and resume tokens (HMAC-SHA256).
+//! - [`token`]: session and resume tokens (HMAC-SHA256), defined in `baton_wire::token`.
 //! - [`service`]: the running gateway: player endpoint, upstream connections, sessions, limits.
 //! - The player protocol's frames are in `baton_wire::player`, the upstream protocol's in
 //!   `baton_wire::upstream`; docs/protocol.md §9-§10 describe both.
 
 pub mod route;
 pub mod service;
-pub mod token;
+
+/// Session and resume tokens (shared with the login service; defined in `baton-wire`).
+pub use baton_wire::token;
 
 pub use service::{Gateway, GatewayConfig, GatewayStats, Limits};

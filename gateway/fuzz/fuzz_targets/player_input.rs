@@ -2,7 +2,7 @@
 #![no_main]
 
 use baton_wire::player::{ClientFrame, Datagram, FrameReader};
-use baton_gateway::token::TokenKey;
+use baton_wire::token::TokenKey;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {

@@ -5,6 +5,7 @@
 //! It owns the *meaning* of these identifiers (for example that epochs only grow), not any transport.
 
 pub mod player;
+pub mod token;
 pub mod upstream;
 
 use std::fmt;
