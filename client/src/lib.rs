@@ -359,12 +359,16 @@ async fn open_session(
         .connect(options.gateway, &options.server_name)
         .map_err(|error| ClientError::Connection(error.to_string()))?;
     let connection = connecting.await.map_err(|error| ClientError::Connection(error.to_string()))?;
-    let (mut send, mut recv) =
-        connection.open_bi().await.map_err(|error| ClientError::Connection(error.to_string()))?;
+    // The gateway may close the connection at once (full, shutting down): report its reason.
+    let closed = |error: String| match connection.close_reason() {
+        Some(reason) => refusal_from(reason),
+        None => ClientError::Connection(error),
+    };
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|error| closed(error.to_string()))?;
     let hello =
         baton_wire::player::encode(&ClientFrame::Hello { version: PLAYER_PROTOCOL_VERSION, token: token.to_owned() })
             .map_err(|error| ClientError::Protocol(error.to_string()))?;
-    send.write_all(&hello).await.map_err(|error| ClientError::Connection(error.to_string()))?;
+    send.write_all(&hello).await.map_err(|error| closed(error.to_string()))?;
     let mut reader = FrameReader::default();
     let first = tokio::time::timeout(options.welcome_timeout, next_server_frame(&mut recv, &mut reader))
         .await
@@ -384,7 +388,11 @@ async fn open_session(
 }
 
 async fn refusal(connection: &quinn::Connection) -> ClientError {
-    match connection.closed().await {
+    refusal_from(connection.closed().await)
+}
+
+fn refusal_from(error: quinn::ConnectionError) -> ClientError {
+    match error {
         quinn::ConnectionError::ApplicationClosed(close) => ClientError::Refused {
             code: u32::try_from(close.error_code.into_inner()).ok().and_then(CloseCode::from_u32),
             reason: String::from_utf8_lossy(&close.reason).into_owned(),

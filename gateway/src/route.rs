@@ -12,7 +12,11 @@
 //! Consistency: inputs of one region keep their arrival order through a handoff; inputs of
 //! different regions are independent. What is held is bounded ([`RouteConfig::max_held`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use dashmap::mapref::one::RefMut;
 
 use baton_wire::{Epoch, PlayerInput, RegionId};
 
@@ -159,14 +163,16 @@ struct Route {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     config: RouteConfig,
-    routes: HashMap<RegionId, Route>,
+    /// One entry per region; each operation holds only its region's shard lock, so the hold, flip
+    /// and replay of one region are atomic and different regions never wait for each other.
+    routes: DashMap<RegionId, Route>,
 }
 
 impl RouteTable {
     /// An empty table.
     #[must_use]
     pub fn new(config: RouteConfig) -> RouteTable {
-        RouteTable { config, routes: HashMap::new() }
+        RouteTable { config, routes: DashMap::new() }
     }
 
     /// The owner and epoch of `region`.
@@ -178,19 +184,20 @@ impl RouteTable {
     /// The target a handoff of `region` is moving to, while one is prepared or frozen.
     #[must_use]
     pub fn handoff_target(&self, region: RegionId) -> Option<ServerId> {
-        match self.routes.get(&region).map(|route| &route.stage) {
-            Some(Stage::Preparing { target } | Stage::Held { target, .. }) => Some(*target),
-            _ => None,
+        let route = self.routes.get(&region)?;
+        match &route.stage {
+            Stage::Preparing { target } | Stage::Held { target, .. } => Some(*target),
+            Stage::Open => None,
         }
     }
 
     /// Inputs held for `region` now.
     #[must_use]
     pub fn held(&self, region: RegionId) -> usize {
-        match self.routes.get(&region).map(|route| &route.stage) {
-            Some(Stage::Held { held, .. }) => held.len(),
+        self.routes.get(&region).map_or(0, |route| match &route.stage {
+            Stage::Held { held, .. } => held.len(),
             _ => 0,
-        }
+        })
     }
 
     /// Whether a state update from `server` stamped `epoch` for `region` may reach players: only
@@ -201,12 +208,13 @@ impl RouteTable {
     }
 
     /// A player's input for `region`: forwarded to the owner, or held during a freeze.
-    pub fn handle_input(&mut self, region: RegionId, input: PlayerInput) -> Result<Option<RouteAction>, RouteError> {
+    pub fn handle_input(&self, region: RegionId, input: PlayerInput) -> Result<Option<RouteAction>, RouteError> {
         let max_held = self.config.max_held;
-        let route = self.routes.get_mut(&region).ok_or(RouteError::UnknownRegion(region))?;
+        let mut route = self.routes.get_mut(&region).ok_or(RouteError::UnknownRegion(region))?;
+        let (owner, epoch) = (route.owner, route.epoch);
         match &mut route.stage {
             Stage::Open | Stage::Preparing { .. } => {
-                Ok(Some(RouteAction::Forward { region, server: route.owner, epoch: route.epoch, input }))
+                Ok(Some(RouteAction::Forward { region, server: owner, epoch, input }))
             }
             Stage::Held { held, .. } => {
                 if held.len() >= max_held {
@@ -219,27 +227,33 @@ impl RouteTable {
     }
 
     /// A control-plane event; returns what to do, in order.
-    pub fn handle_event(&mut self, event: RouteEvent) -> Result<Vec<RouteAction>, RouteError> {
+    pub fn handle_event(&self, event: RouteEvent) -> Result<Vec<RouteAction>, RouteError> {
         match event {
             RouteEvent::Assign { region, server, epoch } => {
-                if let Some(route) = self.routes.get(&region)
-                    && epoch <= route.epoch
-                {
-                    return Err(RouteError::StaleEpoch { region, got: epoch, current: route.epoch });
-                }
+                let fresh = Route { owner: server, epoch, stage: Stage::Open };
                 // A newer owner (failover) takes the region whatever was going on; held inputs
                 // go to it, in order.
-                let held = match self.routes.remove(&region).map(|route| route.stage) {
-                    Some(Stage::Held { held, .. }) => held,
-                    _ => VecDeque::new(),
+                let held = match self.routes.entry(region) {
+                    Entry::Occupied(mut occupied) => {
+                        if epoch <= occupied.get().epoch {
+                            return Err(RouteError::StaleEpoch { region, got: epoch, current: occupied.get().epoch });
+                        }
+                        match std::mem::replace(occupied.get_mut(), fresh).stage {
+                            Stage::Held { held, .. } => held,
+                            _ => VecDeque::new(),
+                        }
+                    }
+                    Entry::Vacant(vacant) => {
+                        vacant.insert(fresh);
+                        VecDeque::new()
+                    }
                 };
-                self.routes.insert(region, Route { owner: server, epoch, stage: Stage::Open });
                 let mut actions = vec![RouteAction::Connect { server }];
                 actions.extend(held.into_iter().map(|input| RouteAction::Forward { region, server, epoch, input }));
                 Ok(actions)
             }
             RouteEvent::HandoffStarted { region, epoch, target } => {
-                let route = self.current(region, epoch)?;
+                let mut route = self.current(region, epoch)?;
                 match route.stage {
                     Stage::Open => {
                         route.stage = Stage::Preparing { target };
@@ -249,7 +263,7 @@ impl RouteTable {
                 }
             }
             RouteEvent::Frozen { region, epoch } => {
-                let route = self.current(region, epoch)?;
+                let mut route = self.current(region, epoch)?;
                 match route.stage {
                     Stage::Preparing { target } => {
                         route.stage = Stage::Held { target, held: VecDeque::new() };
@@ -259,7 +273,7 @@ impl RouteTable {
                 }
             }
             RouteEvent::Committed { region, server, epoch } => {
-                let route = self.routes.get_mut(&region).ok_or(RouteError::UnknownRegion(region))?;
+                let mut route = self.routes.get_mut(&region).ok_or(RouteError::UnknownRegion(region))?;
                 if epoch <= route.epoch {
                     return Err(RouteError::StaleEpoch { region, got: epoch, current: route.epoch });
                 }
@@ -277,7 +291,7 @@ impl RouteTable {
                 Ok(held.into_iter().map(|input| RouteAction::Forward { region, server, epoch, input }).collect())
             }
             RouteEvent::Aborted { region, epoch } => {
-                let route = self.routes.get_mut(&region).ok_or(RouteError::UnknownRegion(region))?;
+                let mut route = self.routes.get_mut(&region).ok_or(RouteError::UnknownRegion(region))?;
                 if epoch < route.epoch {
                     return Err(RouteError::StaleEpoch { region, got: epoch, current: route.epoch });
                 }
@@ -293,7 +307,7 @@ impl RouteTable {
         }
     }
 
-    fn current(&mut self, region: RegionId, epoch: Epoch) -> Result<&mut Route, RouteError> {
+    fn current(&self, region: RegionId, epoch: Epoch) -> Result<RefMut<'_, RegionId, Route>, RouteError> {
         let route = self.routes.get_mut(&region).ok_or(RouteError::UnknownRegion(region))?;
         if route.epoch != epoch {
             return Err(RouteError::StaleEpoch { region, got: epoch, current: route.epoch });
@@ -347,7 +361,7 @@ mod tests {
     }
 
     fn check(ops: Vec<Op>) {
-        let mut table = RouteTable::new(RouteConfig::default());
+        let table = RouteTable::new(RouteConfig::default());
         table.handle_event(RouteEvent::Assign { region: REGION, server: ServerId(0), epoch: Epoch(1) }).unwrap();
         let mut model = Model { owner: ServerId(0), epoch: Epoch(1), target: None, frozen: false };
         let mut next_seq = [1u64; 4];
@@ -489,7 +503,7 @@ mod tests {
 
     #[test]
     fn the_hold_is_bounded_and_refuses_rather_than_drops_silently() {
-        let mut table = RouteTable::new(RouteConfig { max_held: 2 });
+        let table = RouteTable::new(RouteConfig { max_held: 2 });
         table.handle_event(RouteEvent::Assign { region: REGION, server: ServerId(0), epoch: Epoch(1) }).unwrap();
         table
             .handle_event(RouteEvent::HandoffStarted { region: REGION, epoch: Epoch(1), target: ServerId(1) })

@@ -12,7 +12,7 @@
 //! # What runs where
 //! One task per player connection (reading its reliable stream), one writer task per player for
 //! reliable frames, two tasks per upstream connection (reader, writer). Shared state is in
-//! [`DashMap`]s (sessions, servers) and one [`RouteTable`] behind a mutex held for microseconds.
+//! [`DashMap`]s: sessions, servers, and the routes inside [`RouteTable`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -25,7 +25,7 @@ use baton_wire::player::{
     ALPN_PLAYER, ClientFrame, CloseCode, Datagram, FrameReader, PLAYER_PROTOCOL_VERSION, ServerFrame, StateUpdate,
 };
 use baton_wire::upstream::{
-    ALPN_UPSTREAM, GatewayMessage, ServerMessage, Transfer, UPSTREAM_VERSION, UpstreamReader, encode_into,
+    ALPN_UPSTREAM, GatewayMessage, ServerMessage, Transfer, UPSTREAM_VERSION, UpstreamReader, encode_batch,
 };
 use baton_wire::{Epoch, MAX_INPUT_PAYLOAD, PlayerId, PlayerInput, RegionId};
 use dashmap::DashMap;
@@ -192,7 +192,7 @@ struct Inner {
     endpoint: quinn::Endpoint,
     cluster: quinn::Endpoint,
     cluster_client: quinn::ClientConfig,
-    routes: Mutex<RouteTable>,
+    routes: RouteTable,
     servers: DashMap<ServerId, Upstream>,
     server_ids: DashMap<SocketAddr, ServerId>,
     next_server: AtomicU32,
@@ -230,7 +230,7 @@ impl Gateway {
             endpoint: endpoint.clone(),
             cluster,
             cluster_client,
-            routes: Mutex::new(RouteTable::new(RouteConfig::default())),
+            routes: RouteTable::new(RouteConfig::default()),
             servers: DashMap::new(),
             server_ids: DashMap::new(),
             next_server: AtomicU32::new(1),
@@ -265,7 +265,7 @@ impl Gateway {
     /// The owner and epoch the gateway routes `region` to.
     #[must_use]
     pub fn route(&self, region: RegionId) -> Option<(SocketAddr, Epoch)> {
-        let (server, epoch) = self.inner.routes.lock().ok()?.owner(region)?;
+        let (server, epoch) = self.inner.routes.owner(region)?;
         Some((self.inner.servers.get(&server)?.address, epoch))
     }
 
@@ -506,7 +506,7 @@ async fn player_session(inner: &Arc<Inner>, connection: &quinn::Connection) -> R
             .is_some();
         if expired {
             let region = session.region();
-            if let Some((server, epoch)) = inner_for_grace.routes.lock().ok().and_then(|routes| routes.owner(region)) {
+            if let Some((server, epoch)) = inner_for_grace.routes.owner(region) {
                 send_upstream(
                     &inner_for_grace,
                     server,
@@ -551,7 +551,7 @@ async fn join(inner: &Arc<Inner>, player: PlayerId, region: RegionId) -> Result<
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let Some((server, epoch)) = inner.routes.lock().ok().and_then(|routes| routes.owner(region)) else {
+        let Some((server, epoch)) = inner.routes.owner(region) else {
             last_error = format!("region {region} has no route at this gateway");
             continue;
         };
@@ -579,11 +579,7 @@ fn forward_input(inner: &Inner, session: &Session, input: PlayerInput) {
 }
 
 fn route_input(inner: &Inner, region: RegionId, input: PlayerInput) {
-    let action = inner
-        .routes
-        .lock()
-        .map_err(|_| RouteError::UnknownRegion(region))
-        .and_then(|mut routes| routes.handle_input(region, input));
+    let action = inner.routes.handle_input(region, input);
     match action {
         Ok(Some(action)) => run_actions(inner, vec![action]),
         Ok(None) => {}
@@ -677,14 +673,8 @@ async fn run_upstream(
                     }
                 }
             };
-            let mut next = Some(first);
-            while let Some(message) = next.take() {
-                if let Err(error) = encode_into(&message, &mut buffer) {
-                    tracing::error!(%error, "dropping an upstream message that cannot be encoded");
-                }
-                if buffer.len() < 60 * 1024 {
-                    next = outbound.try_recv().ok();
-                }
+            for error in encode_batch(first, || outbound.try_recv().ok(), &mut buffer, 60 * 1024) {
+                tracing::error!(%error, "dropping an upstream message that cannot be encoded");
             }
             if send.write_all(&buffer).await.is_err() {
                 break;
@@ -717,7 +707,7 @@ async fn read_upstream(inner: Arc<Inner>, server: ServerId, mut recv: quinn::Rec
 }
 
 fn route_event(inner: &Inner, event: RouteEvent) -> Result<(), RouteError> {
-    let actions = inner.routes.lock().map_err(|_| RouteError::UnknownRegion(RegionId(0)))?.handle_event(event)?;
+    let actions = inner.routes.handle_event(event)?;
     run_actions(inner, actions);
     Ok(())
 }
@@ -734,7 +724,7 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
                 let region = RegionId(region);
                 let _ = route_event(inner, RouteEvent::Assign { region, server, epoch: Epoch(epoch) });
                 // After a reconnect the server knows none of our players: tell it again.
-                if inner.routes.lock().ok().and_then(|routes| routes.owner(region)) == Some((server, Epoch(epoch))) {
+                if inner.routes.owner(region) == Some((server, Epoch(epoch))) {
                     let players = players_in(inner, region);
                     if !players.is_empty() {
                         send_upstream(inner, server, GatewayMessage::Attach { region: region.0, epoch, players });
@@ -768,12 +758,9 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
         ServerMessage::Committed { region, epoch, owner } => {
             let region = RegionId(region);
             let owner = server_for(inner, owner);
-            // Flip under the table's lock, tell the new owner whose updates come here, then replay.
-            let actions = inner.routes.lock().ok().map(|mut routes| {
-                routes.handle_event(RouteEvent::Committed { region, server: owner, epoch: Epoch(epoch) })
-            });
-            match actions {
-                Some(Ok(actions)) => {
+            // Flip (atomic for the region), tell the new owner whose updates come here, then replay.
+            match inner.routes.handle_event(RouteEvent::Committed { region, server: owner, epoch: Epoch(epoch) }) {
+                Ok(actions) => {
                     inner.counters.handoff_flips.fetch_add(1, Ordering::Relaxed);
                     send_upstream(
                         inner,
@@ -782,8 +769,7 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
                     );
                     run_actions(inner, actions);
                 }
-                Some(Err(error)) => tracing::debug!(%error, "commit already known"),
-                None => {}
+                Err(error) => tracing::debug!(%error, "commit already known"),
             }
         }
         ServerMessage::Aborted { region, epoch } => {
@@ -811,7 +797,7 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
         }
         ServerMessage::Update { region, epoch, player, tick, last_applied, payload } => {
             let region = RegionId(region);
-            let admitted = inner.routes.lock().is_ok_and(|routes| routes.admits_update(region, server, Epoch(epoch)));
+            let admitted = inner.routes.admits_update(region, server, Epoch(epoch));
             let session = inner.sessions.get(&PlayerId(player)).map(|session| session.clone());
             let Some(session) = session.filter(|session| admitted && session.region() == region) else {
                 inner.counters.updates_stale.fetch_add(1, Ordering::Relaxed);
@@ -820,8 +806,7 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
             send_update(inner, &session, StateUpdate { region: region.0, tick, last_applied, payload });
         }
         ServerMessage::Border { region, epoch, toward, tick, payload } => {
-            let admitted =
-                inner.routes.lock().is_ok_and(|routes| routes.admits_update(RegionId(region), server, Epoch(epoch)));
+            let admitted = inner.routes.admits_update(RegionId(region), server, Epoch(epoch));
             if admitted && let Ok(bytes) = (Datagram::Neighbour { region, tick, payload }).encode() {
                 inner.borders.insert((RegionId(region), RegionId(toward)), bytes);
             }
@@ -852,7 +837,7 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
         }
         ServerMessage::Emigrated { epoch, transfer } => {
             let from = RegionId(transfer.from);
-            if !inner.routes.lock().is_ok_and(|routes| routes.admits_update(from, server, Epoch(epoch))) {
+            if !inner.routes.admits_update(from, server, Epoch(epoch)) {
                 tracing::warn!(%from, "an emigration from a server that does not own the region; delivering anyway");
             }
             if let Some(session) = inner.sessions.get(&PlayerId(transfer.player))
@@ -898,7 +883,7 @@ fn deliver_transfer(inner: Arc<Inner>, mut transfer: Transfer, attempt: u32) {
         std::mem::swap(&mut transfer.from, &mut transfer.to);
     }
     let to = RegionId(transfer.to);
-    let route = inner.routes.lock().ok().and_then(|routes| (routes.held(to) == 0).then(|| routes.owner(to)).flatten());
+    let route = (inner.routes.held(to) == 0).then(|| inner.routes.owner(to)).flatten();
     match route {
         Some((server, epoch)) => send_upstream(&inner, server, GatewayMessage::Immigrate { epoch: epoch.0, transfer }),
         None => {

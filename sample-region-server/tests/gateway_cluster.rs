@@ -206,6 +206,20 @@ fn bad_clients_are_refused_and_nobody_else_notices() {
             assert_eq!(closed_with(&mut bad).await, Some(CloseCode::Protocol), "after sending {bytes:?}");
         }
 
+        // A connection that never says Hello is closed after the hello timeout (5 s), with a reason.
+        let silent = {
+            let options = cluster.client_options(0);
+            let endpoint = options.shared_endpoint().unwrap();
+            let connection = endpoint.connect(options.gateway, &options.server_name).unwrap().await.unwrap();
+            connection.closed().await
+        };
+        match silent {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(CloseCode::from_u32(close.error_code.into_inner() as u32), Some(CloseCode::Idle))
+            }
+            other => panic!("expected the gateway to close a silent connection, got {other}"),
+        }
+
         // Garbage datagrams to the gateway's port are ignored.
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         for size in [1usize, 20, 1200, 1500] {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
 use baton_sdk::RegionLogic;
-use baton_sdk::wire::upstream::{GatewayMessage, ServerMessage, UPSTREAM_VERSION, UpstreamReader, encode_into};
+use baton_sdk::wire::upstream::{GatewayMessage, ServerMessage, UPSTREAM_VERSION, UpstreamReader, encode_batch};
 use baton_sdk::wire::{Epoch, PlayerId, PlayerInput, RegionId};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
@@ -188,15 +188,9 @@ async fn write_loop(mut send: quinn::SendStream, mut outbound: UnboundedReceiver
     let mut buffer = Vec::with_capacity(64 * 1024);
     while let Some(message) = outbound.recv().await {
         buffer.clear();
-        let mut next = Some(message);
         // Batch whatever is queued into one write: few large stream writes, few packets.
-        while let Some(message) = next.take() {
-            if let Err(error) = encode_into(&message, &mut buffer) {
-                tracing::error!(%error, "dropping an upstream message that cannot be encoded");
-            }
-            if buffer.len() < 60 * 1024 {
-                next = outbound.try_recv().ok();
-            }
+        for error in encode_batch(message, || outbound.try_recv().ok(), &mut buffer, 60 * 1024) {
+            tracing::error!(%error, "dropping an upstream message that cannot be encoded");
         }
         if send.write_all(&buffer).await.is_err() {
             return;

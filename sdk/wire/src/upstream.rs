@@ -271,6 +271,28 @@ pub fn encode_into<T: Serialize>(message: &T, out: &mut Vec<u8>) -> Result<(), F
     Ok(())
 }
 
+/// Encodes `first`, then whatever `more` yields, into `out` until `more` runs dry or `out` holds
+/// `limit` bytes: one stream write for everything queued. Messages that cannot be encoded are
+/// skipped; their errors are returned.
+pub fn encode_batch<T: Serialize>(
+    first: T,
+    mut more: impl FnMut() -> Option<T>,
+    out: &mut Vec<u8>,
+    limit: usize,
+) -> Vec<FrameError> {
+    let mut errors = Vec::new();
+    let mut next = Some(first);
+    while let Some(message) = next.take() {
+        if let Err(error) = encode_into(&message, out) {
+            errors.push(error);
+        }
+        if out.len() < limit {
+            next = more();
+        }
+    }
+    errors
+}
+
 /// Splits the upstream byte stream into messages.
 #[derive(Debug, Default)]
 pub struct UpstreamReader {
