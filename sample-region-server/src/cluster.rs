@@ -54,6 +54,25 @@ impl ServerProcess {
         ServerProcess::spawn_command(name, command)
     }
 
+    /// Starts `binary --serve` deciding ownership at the coordinator at `coordinator`.
+    pub fn spawn_coordinated(
+        binary: &Path,
+        name: &str,
+        certs: &Path,
+        coordinator: SocketAddr,
+        extra: &[String],
+    ) -> anyhow::Result<ServerProcess> {
+        let mut command = Command::new(binary);
+        command
+            .arg("--serve")
+            .args(["--name", name])
+            .arg("--certs")
+            .arg(certs)
+            .args(["--coordinator", &coordinator.to_string()])
+            .args(extra);
+        ServerProcess::spawn_command(name, command)
+    }
+
     /// Starts a process that speaks JSON lines (a region server or a gateway in `--control`
     /// mode) and waits until it reports `listening`.
     pub fn spawn_command(name: &str, mut command: Command) -> anyhow::Result<ServerProcess> {
@@ -206,17 +225,41 @@ pub struct Cluster {
     inputs_per_second: u32,
     /// Tick interval of the region.
     pub tick_interval: Duration,
+    /// The coordinator, when ownership is decided there ([`Cluster::start_coordinated`]).
+    pub coordinator: Option<ServerProcess>,
+    coordinator_address: Option<SocketAddr>,
 }
 
 impl Cluster {
-    /// Starts `count` processes named `node-0..` with certificates in a fresh folder.
+    /// Starts `count` processes named `node-0..` with certificates in a fresh folder, sharing a
+    /// file-backed authority.
     pub fn start(binary: &Path, count: usize, extra: &[String]) -> anyhow::Result<Cluster> {
+        Cluster::start_inner(binary, None, count, extra)
+    }
+
+    /// Starts a coordinator (`coordinator_binary`, its directory in the cluster's folder) and
+    /// `count` processes that decide ownership there.
+    pub fn start_coordinated(
+        binary: &Path,
+        coordinator_binary: &Path,
+        count: usize,
+        extra: &[String],
+    ) -> anyhow::Result<Cluster> {
+        Cluster::start_inner(binary, Some(coordinator_binary), count, extra)
+    }
+
+    fn start_inner(
+        binary: &Path,
+        coordinator_binary: Option<&Path>,
+        count: usize,
+        extra: &[String],
+    ) -> anyhow::Result<Cluster> {
         let directory =
             std::env::temp_dir().join(format!("baton-cluster-{}-{}", std::process::id(), fastrand::u64(..)));
         let certs = directory.join("certs");
         let names: Vec<String> = (0..count).map(|index| format!("node-{index}")).collect();
         let mut issue = Command::new(binary);
-        issue.arg("--dev-certs").arg(&certs);
+        issue.arg("--dev-certs").arg(&certs).args(["--node", "coordinator"]);
         for name in &names {
             issue.args(["--node", name]);
         }
@@ -224,10 +267,22 @@ impl Cluster {
         if !status.success() {
             bail!("issuing certificates failed: {status}");
         }
+        let mut coordinator = None;
+        let mut coordinator_address = None;
+        if let Some(coordinator_binary) = coordinator_binary {
+            // A fixed port, so a restarted coordinator is found where the servers look for it.
+            let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+            let process = spawn_coordinator(coordinator_binary, &directory, port)?;
+            coordinator_address = Some(port);
+            coordinator = Some(process);
+        }
         let authority = directory.join("authority");
         let mut processes = Vec::new();
         for name in &names {
-            processes.push(ServerProcess::spawn(binary, name, &certs, &authority, extra)?);
+            processes.push(match coordinator_address {
+                Some(address) => ServerProcess::spawn_coordinated(binary, name, &certs, address, extra)?,
+                None => ServerProcess::spawn(binary, name, &certs, &authority, extra)?,
+            });
         }
         Ok(Cluster {
             processes,
@@ -238,7 +293,51 @@ impl Cluster {
             last_inputs: Instant::now(),
             inputs_per_second: 20,
             tick_interval: Duration::from_secs_f64(1.0 / 30.0),
+            coordinator,
+            coordinator_address,
         })
+    }
+
+    /// Kills the coordinator with SIGKILL (as a crash would).
+    pub fn kill_coordinator(&mut self) {
+        if let Some(mut coordinator) = self.coordinator.take() {
+            coordinator.kill();
+        }
+    }
+
+    /// Starts the coordinator again on the same address and data (after [`Cluster::kill_coordinator`]).
+    pub fn restart_coordinator(&mut self, coordinator_binary: &Path) -> anyhow::Result<()> {
+        let address = self.coordinator_address.context("this cluster has no coordinator")?;
+        self.coordinator = Some(spawn_coordinator(coordinator_binary, &self.directory, address)?);
+        Ok(())
+    }
+
+    /// The coordinator's directory: `(region, owner, epoch)` rows.
+    pub fn directory_rows(&mut self) -> anyhow::Result<Vec<(u64, String, u64)>> {
+        let coordinator = self.coordinator.as_mut().context("no coordinator running")?;
+        let mark = coordinator.log.len();
+        coordinator.send(&json!({"cmd": "regions"}))?;
+        let (_, event) = coordinator.wait_for(mark, Duration::from_secs(10), |event| event["event"] == "regions")?;
+        Ok(event["regions"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .map(|row| {
+                        (
+                            row["region"].as_u64().unwrap_or(0),
+                            row["owner"].as_str().unwrap_or_default().to_owned(),
+                            row["epoch"].as_u64().unwrap_or(0),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// The region this cluster plays.
+    #[must_use]
+    pub fn region(&self) -> u64 {
+        self.region
     }
 
     /// Hosts the region on process 0 with `players` avatars.
@@ -444,8 +543,25 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.processes.clear();
+        self.coordinator = None;
         let _ = std::fs::remove_dir_all(&self.directory);
     }
+}
+
+fn spawn_coordinator(binary: &Path, directory: &Path, address: SocketAddr) -> anyhow::Result<ServerProcess> {
+    let mut command = Command::new(binary);
+    command
+        .args(["--name", "coordinator", "--control", "--listen", &address.to_string()])
+        .arg("--certs")
+        .arg(directory.join("certs"))
+        .arg("--data")
+        .arg(directory.join("coordinator-data"));
+    ServerProcess::spawn_command("coordinator", command)
+}
+
+/// The `baton-coordinator` binary next to the running executable (or `BATON_COORDINATOR`).
+pub fn coordinator_binary() -> anyhow::Result<PathBuf> {
+    sibling_binary("baton-coordinator", "BATON_COORDINATOR")
 }
 
 /// The `sample-region-server` binary next to the running executable (tests and benchmarks), or

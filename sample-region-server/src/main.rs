@@ -23,7 +23,8 @@ struct Cli {
     /// Run one region without a network, with simulated players inside the process.
     #[arg(long, conflicts_with_all = ["serve", "dev_certs"])]
     headless: bool,
-    /// Host regions and hand them off to other processes (needs --name, --certs, --authority).
+    /// Host regions and hand them off to other processes (needs --name, --certs, and --authority or
+    /// --coordinator).
     #[arg(long, conflicts_with = "dev_certs")]
     serve: bool,
     /// Create (or reuse) a development cluster CA in this folder and issue certificates for --node.
@@ -44,6 +45,10 @@ struct Cli {
     /// Folder of the shared file-backed ownership authority (with --serve).
     #[arg(long, value_name = "DIR")]
     authority: Option<std::path::PathBuf>,
+    /// The coordinator whose region directory decides ownership (with --serve; instead of
+    /// --authority).
+    #[arg(long, value_name = "ADDR", conflicts_with = "authority")]
+    coordinator: Option<std::net::SocketAddr>,
     /// Bulk bandwidth a handoff may use, in MB/s (with --serve).
     #[arg(long, default_value_t = 50)]
     bulk_mbps: u64,
@@ -109,7 +114,11 @@ struct Cli {
 fn serve(cli: &Cli) -> anyhow::Result<()> {
     let name = cli.name.clone().context("--serve needs --name")?;
     let certs = cli.certs.clone().context("--serve needs --certs DIR (create one with --dev-certs DIR --node NAME)")?;
-    let authority = cli.authority.clone().context("--serve needs --authority DIR")?;
+    let authority = match (&cli.authority, cli.coordinator) {
+        (Some(folder), None) => sample_region_server::serve::AuthoritySource::Directory(folder.clone()),
+        (None, Some(address)) => sample_region_server::serve::AuthoritySource::Coordinator(address),
+        _ => anyhow::bail!("--serve needs --authority DIR (processes on one host) or --coordinator ADDR"),
+    };
     if !(0.0..=1.0).contains(&cli.dirty) {
         anyhow::bail!("--dirty must be within 0..=1, got {}", cli.dirty);
     }

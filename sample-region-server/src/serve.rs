@@ -33,6 +33,15 @@ use serde_json::json;
 
 use crate::{Avatar, SampleLogic, WorldSpec, join_avatar, new_region_in, populate, scripted_input};
 
+/// The ownership authority a serving process uses.
+#[derive(Clone, Debug)]
+pub enum AuthoritySource {
+    /// A folder of the file-backed authority shared by processes on one host.
+    Directory(PathBuf),
+    /// The coordinator at this address.
+    Coordinator(SocketAddr),
+}
+
 /// Settings of a serving process.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
@@ -42,8 +51,8 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     /// Folder with `ca.pem`, `<name>.pem`, `<name>.key`.
     pub certs: PathBuf,
-    /// Folder of the file-backed ownership authority shared by the cluster's processes.
-    pub authority: PathBuf,
+    /// Where ownership is decided.
+    pub authority: AuthoritySource,
     /// Region settings.
     pub config: RegionConfig,
     /// One in this many churn entities changes per tick (0: none).
@@ -118,8 +127,15 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let identity = ClusterIdentity::load(&options.certs, &options.name)
         .with_context(|| format!("loading certificates for {}", options.name))?;
-    let authority = FileAuthority::open(&options.authority)
-        .with_context(|| format!("opening the authority in {}", options.authority.display()))?;
+    let authority: Arc<dyn baton_sdk::handoff::OwnershipAuthority> = match &options.authority {
+        AuthoritySource::Directory(folder) => Arc::new(
+            FileAuthority::open(folder).with_context(|| format!("opening the authority in {}", folder.display()))?,
+        ),
+        AuthoritySource::Coordinator(address) => Arc::new(
+            baton_runtime::remote_authority::RemoteAuthority::new(*address, &identity, runtime.handle().clone())
+                .context("setting up the coordinator connection")?,
+        ),
+    };
     let config = options.config;
     let churn_period = options.churn_period;
     let layout = options.layout;
@@ -129,7 +145,7 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
         name: options.name.clone(),
         bind: options.listen,
         identity,
-        authority: Arc::new(authority),
+        authority,
         bulk_bytes_per_second: options.bulk_bytes_per_second,
         bulk_burst_bytes: 256 * 1024,
         source: options.source,

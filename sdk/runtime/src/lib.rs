@@ -11,6 +11,7 @@
 
 pub mod link;
 pub mod region_loop;
+pub mod remote_authority;
 pub mod upstream;
 
 use std::collections::HashMap;

@@ -4,6 +4,7 @@
 //! gateway and the coordinator can depend on it without compiling what only region servers need.
 //! It owns the *meaning* of these identifiers (for example that epochs only grow), not any transport.
 
+pub mod authority;
 pub mod player;
 pub mod token;
 pub mod upstream;
@@ -12,9 +13,22 @@ use std::fmt;
 
 /// A region of the world (one zone, e.g. a 256 m x 256 m square), stable across hosts and restarts.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[rkyv(derive(Debug, PartialEq, Eq))]
+#[serde(transparent)]
 pub struct RegionId(pub u64);
 
 impl fmt::Display for RegionId {
@@ -41,9 +55,22 @@ impl fmt::Display for PlayerId {
 /// Invariant 1 (single authority): each change of owner takes `epoch + 1`, and anything stamped
 /// with an epoch lower than the current one is refused. Epochs never go backwards.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[rkyv(derive(Debug, PartialEq, Eq))]
+#[serde(transparent)]
 pub struct Epoch(pub u64);
 
 impl Epoch {
