@@ -10,21 +10,41 @@ use std::sync::Arc;
 
 use baton_net::{ClusterIdentity, LinkSettings};
 use baton_wire::authority::{ALPN_AUTHORITY, AuthorityRequest, MAX_AUTHORITY_FRAME, OwnershipAuthority};
+use baton_wire::control::{ALPN_CONTROL, ALPN_ROUTES};
 
-/// Binds the authority endpoint and serves `authority` on it until the endpoint is closed.
+/// Binds the coordinator's cluster endpoint: region servers ask the authority (`authority`), host
+/// agents keep their control connections (`hosts`) and gateways follow the route feed
+/// (`crate::routes`) on it, until the endpoint is closed.
 pub fn serve(
     bind: SocketAddr,
     identity: &ClusterIdentity,
     authority: Arc<dyn OwnershipAuthority>,
+    hosts: Arc<crate::hosts::Hosts>,
+    directory: Arc<crate::directory::Directory>,
 ) -> Result<quinn::Endpoint, baton_net::NetError> {
-    let endpoint =
-        baton_net::cluster_endpoint_with(bind, identity, LinkSettings::default(), &[ALPN_AUTHORITY], ALPN_AUTHORITY)?;
+    let endpoint = baton_net::cluster_endpoint_with(
+        bind,
+        identity,
+        LinkSettings::default(),
+        &[ALPN_AUTHORITY, ALPN_CONTROL, ALPN_ROUTES],
+        ALPN_AUTHORITY,
+    )?;
     let accepting = endpoint.clone();
     tokio::spawn(async move {
         while let Some(incoming) = accepting.accept().await {
             let authority = authority.clone();
+            let hosts = hosts.clone();
+            let directory = directory.clone();
             tokio::spawn(async move {
                 let Ok(connection) = incoming.await else { return };
+                if baton_net::negotiated_alpn(&connection).as_deref() == Some(ALPN_CONTROL) {
+                    crate::hosts::serve_agent(connection, hosts).await;
+                    return;
+                }
+                if baton_net::negotiated_alpn(&connection).as_deref() == Some(ALPN_ROUTES) {
+                    crate::routes::serve_gateway(connection, directory, hosts).await;
+                    return;
+                }
                 let peer = connection.remote_address();
                 while let Ok((send, recv)) = connection.accept_bi().await {
                     let authority = authority.clone();

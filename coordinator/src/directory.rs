@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 
 /// region id → postcard of [`Record`].
 const REGIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("regions");
+/// migration id → JSON of a `MigrationRecord` (the history, readable by tools).
+const MIGRATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("migrations");
 
 /// What the directory keeps per region.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,8 +50,29 @@ impl Directory {
         let db = Database::create(&path).map_err(|error| unavailable(format!("{}: {error}", path.display())))?;
         let write = db.begin_write().map_err(unavailable)?;
         write.open_table(REGIONS).map_err(unavailable)?;
+        write.open_table(MIGRATIONS).map_err(unavailable)?;
         write.commit().map_err(unavailable)?;
         Ok(Directory { db })
+    }
+
+    /// Persists a migration record (durably).
+    pub fn save_migration(&self, record: &crate::migrations::MigrationRecord) -> Result<(), AuthorityError> {
+        let bytes = serde_json::to_vec(record).map_err(unavailable)?;
+        let write = self.db.begin_write().map_err(unavailable)?;
+        write.open_table(MIGRATIONS).map_err(unavailable)?.insert(record.id, bytes.as_slice()).map_err(unavailable)?;
+        write.commit().map_err(unavailable)
+    }
+
+    /// Every persisted migration record, by id.
+    pub fn load_migrations(&self) -> Result<Vec<crate::migrations::MigrationRecord>, AuthorityError> {
+        let read = self.db.begin_read().map_err(unavailable)?;
+        let table = read.open_table(MIGRATIONS).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(unavailable)? {
+            let (_, value) = entry.map_err(unavailable)?;
+            out.push(serde_json::from_slice(value.value()).map_err(unavailable)?);
+        }
+        Ok(out)
     }
 
     /// Every region with its ownership, in region order.

@@ -1,9 +1,18 @@
 //! Baton's coordinator.
 //!
-//! Built so far: [`directory`], the persistent region directory that is the ownership authority of
-//! handoff commits, and [`authority`], which serves it to region servers over mutual-TLS QUIC.
-//! Not built yet (see the project's open issue): host agents and warm pools, migrations driven
-//! through an admin HTTP API, checkpoints, route pushes to gateways, `batonctl`.
+//! - [`directory`]: the persistent region directory, the ownership authority of handoff commits.
+//! - [`authority`]: the cluster endpoint: region servers ask the authority, agents connect.
+//! - [`hosts`]: the hosts as their agents report them; claiming warm processes, running commands.
+//! - [`migrations`]: moving regions between hosts, one state machine per migration (no I/O) and
+//!   its driver; the history is persisted with the directory.
+//! - [`routes`]: the route feed that tells every gateway which process owns each region.
+//! - [`api`]: the admin HTTP API (JSON, bearer token, OpenAPI at `/openapi.json`).
+//!
+//! Not built yet: checkpoints, creating regions from checkpoints.
 
+pub mod api;
 pub mod authority;
 pub mod directory;
+pub mod hosts;
+pub mod migrations;
+pub mod routes;

@@ -19,6 +19,10 @@ use serde_json::json;
 /// coordinator answers exactly what it had committed. Region servers reach it with
 /// `--coordinator ADDR` over mutual TLS (cluster certificates in --certs).
 ///
+/// Host agents register on the same endpoint. The admin HTTP API (--api-listen; bearer token from
+/// --api-token-file; OpenAPI document at /openapi.json, Prometheus metrics at /metrics) creates
+/// regions, moves them between hosts and drains hosts; `batonctl` is its command line.
+///
 /// With --control, standard input takes JSON lines: {"cmd":"regions"} prints the directory,
 /// {"cmd":"quit"} stops. Without it, the coordinator runs until Ctrl-C.
 #[derive(Debug, Parser)]
@@ -39,6 +43,16 @@ struct Cli {
     /// Read control lines from standard input.
     #[arg(long)]
     control: bool,
+    /// Where the admin HTTP API listens (TCP).
+    #[arg(long, default_value = "127.0.0.1:7480")]
+    api_listen: SocketAddr,
+    /// File holding the admin API's bearer token (at least 16 characters; surrounding whitespace
+    /// is ignored).
+    #[arg(long, value_name = "FILE")]
+    api_token_file: PathBuf,
+    /// Most migrations running at once that involve one host.
+    #[arg(long, default_value_t = 2)]
+    migrations_per_host: usize,
 }
 
 fn emit(value: &serde_json::Value) {
@@ -48,6 +62,16 @@ fn emit(value: &serde_json::Value) {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let token = std::fs::read_to_string(&cli.api_token_file)
+        .with_context(|| format!("reading the API token {}", cli.api_token_file.display()))?
+        .trim()
+        .to_owned();
+    if token.len() < 16 {
+        anyhow::bail!("the API token in {} must have at least 16 characters", cli.api_token_file.display());
+    }
+    if cli.migrations_per_host == 0 {
+        anyhow::bail!("--migrations-per-host must be at least 1");
+    }
     let identity = ClusterIdentity::load(&cli.certs, &cli.name)
         .with_context(|| format!("loading the cluster certificate of {} from {}", cli.name, cli.certs.display()))?;
     let directory = Arc::new(
@@ -58,15 +82,50 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let endpoint = {
-        let _guard = runtime.enter();
-        baton_coordinator::authority::serve(cli.listen, &identity, directory.clone())
-            .context("starting the authority endpoint")?
-    };
+    let hosts = Arc::new(baton_coordinator::hosts::Hosts::default());
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok();
+    let (endpoint, api_address) = runtime.block_on(async {
+        let endpoint = baton_coordinator::authority::serve(
+            cli.listen,
+            &identity,
+            directory.clone(),
+            hosts.clone(),
+            directory.clone(),
+        )
+        .context("starting the cluster endpoint")?;
+        let migrations = baton_coordinator::migrations::Migrations::open(
+            hosts.clone(),
+            directory.clone(),
+            cli.migrations_per_host,
+            baton_coordinator::migrations::Timeouts::default(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        let state = baton_coordinator::api::ApiState {
+            token: Arc::new(token),
+            directory: directory.clone(),
+            hosts: hosts.clone(),
+            migrations,
+            metrics,
+        };
+        let listener = tokio::net::TcpListener::bind(cli.api_listen)
+            .await
+            .with_context(|| format!("binding the admin API on {}", cli.api_listen))?;
+        let api_address = listener.local_addr()?;
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, baton_coordinator::api::router(state)).await {
+                tracing::error!(%error, "the admin API stopped");
+            }
+        });
+        Ok::<_, anyhow::Error>((endpoint, api_address))
+    })?;
     let address = endpoint.local_addr()?;
-    emit(
-        &json!({"event": "listening", "name": cli.name, "addr": address.to_string(), "regions": directory.list()?.len()}),
-    );
+    emit(&json!({
+        "event": "listening",
+        "name": cli.name,
+        "addr": address.to_string(),
+        "api": api_address.to_string(),
+        "regions": directory.list()?.len(),
+    }));
     if cli.control {
         for line in std::io::stdin().lock().lines() {
             let line = line.context("reading standard input")?;

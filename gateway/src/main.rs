@@ -20,8 +20,9 @@ use serde_json::json;
 ///
 /// Players connect with a session token signed by the login service (HMAC-SHA256 with the key in
 /// --token-key-file). The gateway connects to region servers with its cluster certificate (mutual
-/// TLS) and learns from them which regions they own; --server names them at start, and the
-/// control lines on standard input (--control) add servers and routes later:
+/// TLS) and learns from them which regions they own. With --coordinator it follows the
+/// coordinator's route feed, which names every region's owner; --server names servers at start,
+/// and the control lines on standard input (--control) add servers and routes later:
 ///
 ///   {"cmd":"server","addr":"127.0.0.1:4433"}
 ///   {"cmd":"assign","region":1,"owner":"127.0.0.1:4433","epoch":3}
@@ -55,6 +56,10 @@ struct Cli {
     /// whitespace is ignored).
     #[arg(long, value_name = "FILE")]
     token_key_file: PathBuf,
+    /// The coordinator's cluster address: follow its route feed (every region's owner, pushed as
+    /// it changes). Without it, routes come from --server and the control lines.
+    #[arg(long, value_name = "ADDR")]
+    coordinator: Option<SocketAddr>,
     /// A region server to connect to at start (repeatable).
     #[arg(long = "server", value_name = "ADDR")]
     servers: Vec<SocketAddr>,
@@ -150,6 +155,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let _guard = runtime.enter();
         for server in &cli.servers {
             gateway.add_server(*server);
+        }
+        if let Some(coordinator) = cli.coordinator {
+            gateway.follow_coordinator(coordinator).context("following the coordinator's route feed")?;
         }
     }
     emit(&json!({"event": "listening", "name": cli.name, "addr": address.to_string()}));

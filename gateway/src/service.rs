@@ -203,6 +203,7 @@ struct Inner {
     borders: DashMap<(RegionId, RegionId), Vec<u8>>,
     counters: Counters,
     live_connections: AtomicU64,
+    shut_down: std::sync::atomic::AtomicBool,
 }
 
 /// A running gateway.
@@ -240,6 +241,7 @@ impl Gateway {
             borders: DashMap::new(),
             counters: Counters::default(),
             live_connections: AtomicU64::new(0),
+            shut_down: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(accept_loop(inner.clone()));
         Ok(Gateway { inner })
@@ -248,6 +250,30 @@ impl Gateway {
     /// Where players connect.
     pub fn player_address(&self) -> Result<SocketAddr, std::io::Error> {
         self.inner.endpoint.local_addr()
+    }
+
+    /// This gateway's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.inner.config.name
+    }
+
+    /// Whether [`Gateway::shutdown`] was called.
+    #[must_use]
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.shut_down.load(Ordering::Relaxed)
+    }
+
+    /// Follows the route feed of the coordinator at `coordinator` (reconnecting while it is away):
+    /// every route it pushes is applied with [`Gateway::assign`].
+    pub fn follow_coordinator(&self, coordinator: SocketAddr) -> Result<(), baton_net::NetError> {
+        let client = baton_net::cluster_client_config(
+            &self.inner.config.identity,
+            self.inner.config.link,
+            baton_wire::control::ALPN_ROUTES,
+        )?;
+        tokio::spawn(crate::feed::follow(self.clone(), client, self.inner.cluster.clone(), coordinator));
+        Ok(())
     }
 
     /// Connects to the region server at `address` (it announces the regions it owns).
@@ -259,7 +285,7 @@ impl Gateway {
     /// server at `owner` at `epoch`. Stale epochs are refused.
     pub fn assign(&self, region: RegionId, owner: SocketAddr, epoch: Epoch) -> Result<(), RouteError> {
         let server = server_for(&self.inner, owner);
-        route_event(&self.inner, RouteEvent::Assign { region, server, epoch })
+        take_route(&self.inner, region, server, epoch)
     }
 
     /// The owner and epoch the gateway routes `region` to.
@@ -297,6 +323,7 @@ impl Gateway {
 
     /// Closes every player connection and stops accepting.
     pub fn shutdown(&self) {
+        self.inner.shut_down.store(true, Ordering::Relaxed);
         self.inner.endpoint.close((CloseCode::Shutdown as u32).into(), b"gateway shutting down");
         self.inner.cluster.close(0u32.into(), b"gateway shutting down");
     }
@@ -712,6 +739,20 @@ fn route_event(inner: &Inner, event: RouteEvent) -> Result<(), RouteError> {
     Ok(())
 }
 
+/// `server` owns `region` at `epoch` (it said so, or the coordinator's feed did): route there if
+/// the epoch is newer, tell the server whose updates come here, then send what was held, in
+/// order. The same steps as a commit's flip, so whichever news arrives first does the flip and the
+/// other is refused as stale.
+fn take_route(inner: &Inner, region: RegionId, server: ServerId, epoch: Epoch) -> Result<(), RouteError> {
+    let actions = inner.routes.handle_event(RouteEvent::Assign { region, server, epoch })?;
+    let players = players_in(inner, region);
+    if !players.is_empty() {
+        send_upstream(inner, server, GatewayMessage::Attach { region: region.0, epoch: epoch.0, players });
+    }
+    run_actions(inner, actions);
+    Ok(())
+}
+
 fn players_in(inner: &Inner, region: RegionId) -> Vec<u64> {
     inner.sessions.iter().filter(|session| session.region() == region).map(|session| session.player.0).collect()
 }
@@ -733,13 +774,7 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
             }
         }
         ServerMessage::Owning { region, epoch } => {
-            let region = RegionId(region);
-            if route_event(inner, RouteEvent::Assign { region, server, epoch: Epoch(epoch) }).is_ok() {
-                let players = players_in(inner, region);
-                if !players.is_empty() {
-                    send_upstream(inner, server, GatewayMessage::Attach { region: region.0, epoch, players });
-                }
-            }
+            let _ = take_route(inner, RegionId(region), server, Epoch(epoch));
         }
         ServerMessage::HandoffStarted { region, epoch, target } => {
             let target = server_for(inner, target);

@@ -548,15 +548,40 @@ impl Drop for Cluster {
     }
 }
 
-fn spawn_coordinator(binary: &Path, directory: &Path, address: SocketAddr) -> anyhow::Result<ServerProcess> {
+/// Starts `baton-coordinator` for a test cluster in `directory` (certificates in `certs/`, data in
+/// `coordinator-data/`, the API token in `api.token`, made if missing), its cluster endpoint on
+/// `address` and its admin API on `api` (port 0: any).
+pub fn spawn_coordinator_at(
+    binary: &Path,
+    directory: &Path,
+    address: SocketAddr,
+    api: SocketAddr,
+) -> anyhow::Result<ServerProcess> {
+    let token_file = directory.join("api.token");
+    if !token_file.exists() {
+        let token: String = (0..32).map(|_| fastrand::alphanumeric()).collect();
+        std::fs::write(&token_file, token)?;
+    }
     let mut command = Command::new(binary);
     command
         .args(["--name", "coordinator", "--control", "--listen", &address.to_string()])
+        .args(["--api-listen", &api.to_string()])
+        .arg("--api-token-file")
+        .arg(&token_file)
         .arg("--certs")
         .arg(directory.join("certs"))
         .arg("--data")
         .arg(directory.join("coordinator-data"));
     ServerProcess::spawn_command("coordinator", command)
+}
+
+fn spawn_coordinator(binary: &Path, directory: &Path, address: SocketAddr) -> anyhow::Result<ServerProcess> {
+    spawn_coordinator_at(binary, directory, address, SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// The `baton-agent` binary next to the running executable (or `BATON_AGENT`).
+pub fn agent_binary() -> anyhow::Result<PathBuf> {
+    sibling_binary("baton-agent", "BATON_AGENT")
 }
 
 /// The `baton-coordinator` binary next to the running executable (or `BATON_COORDINATOR`).

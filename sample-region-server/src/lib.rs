@@ -10,6 +10,7 @@
 //! vector is clamped to length 1. An input that does not parse is consumed without effect.
 
 pub mod cluster;
+pub mod fleet;
 pub mod players;
 pub mod serve;
 

@@ -36,6 +36,10 @@ struct Cli {
     /// This instance's name (with --serve); its certificate is <certs>/<name>.pem.
     #[arg(long)]
     name: Option<String>,
+    /// The cluster certificate to use, <certs>/<NAME>.pem (with --serve; default: --name). Processes
+    /// a host agent starts share the host's certificate.
+    #[arg(long, value_name = "NAME")]
+    cert_name: Option<String>,
     /// Address to accept handoff links on (with --serve).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: std::net::SocketAddr,
@@ -67,6 +71,17 @@ struct Cli {
     /// its edges are walls).
     #[arg(long, default_value_t = 0)]
     world_regions: u64,
+    /// Folder of the checkpoint store (with --serve): owned regions are checkpointed there every
+    /// --checkpoint-every-s seconds, and `{"cmd":"host","region":R,"checkpoint":true}` restores
+    /// from it. Hosts that should restore each other's regions share one folder.
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<std::path::PathBuf>,
+    /// Seconds between two checkpoints of a region (with --checkpoint-dir; 0: only restore).
+    #[arg(long, default_value_t = 10.0)]
+    checkpoint_every_s: f64,
+    /// Checkpoints kept per region (with --checkpoint-dir).
+    #[arg(long, default_value_t = 3)]
+    checkpoint_keep: usize,
     /// Send players a state update every this many ticks (with --serve).
     #[arg(long, default_value_t = 1)]
     update_every: u32,
@@ -134,9 +149,24 @@ fn serve(cli: &Cli) -> anyhow::Result<()> {
     if cli.bulk_mbps == 0 {
         anyhow::bail!("--bulk-mbps must be at least 1");
     }
+    if !(cli.checkpoint_every_s.is_finite() && cli.checkpoint_every_s >= 0.0) {
+        anyhow::bail!("--checkpoint-every-s must be 0 or more seconds, got {}", cli.checkpoint_every_s);
+    }
+    if cli.checkpoint_keep == 0 {
+        anyhow::bail!("--checkpoint-keep must be at least 1");
+    }
+    let checkpoints = match &cli.checkpoint_dir {
+        Some(directory) => Some(baton_runtime::CheckpointSettings {
+            store: baton_runtime::checkpoint_store::CheckpointStore::open(directory, cli.checkpoint_keep)
+                .with_context(|| format!("opening the checkpoint store {}", directory.display()))?,
+            every_ticks: (cli.checkpoint_every_s * f64::from(cli.tick_rate)).round() as u64,
+        }),
+        None => None,
+    };
     let churn_period = if cli.dirty > 0.0 { (1.0 / cli.dirty).round().max(1.0) as u64 } else { 0 };
     let bulk_bytes_per_second = cli.bulk_mbps * 1_000_000;
     let options = sample_region_server::serve::ServeOptions {
+        cert_name: cli.cert_name.clone().unwrap_or_else(|| name.clone()),
         name,
         listen: cli.listen,
         certs,
@@ -154,6 +184,7 @@ fn serve(cli: &Cli) -> anyhow::Result<()> {
             border_every_ticks: 3,
             border_view_distance: cli.border_view,
         },
+        checkpoints,
     };
     sample_region_server::serve::serve(options)
 }

@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! {"cmd":"host","region":1,"objects":2000,"npcs":200,"plants":200,"churn":0,"seed":1}
+//! {"cmd":"host","region":1,"checkpoint":true}        restore region 1 from its newest checkpoint
 //! {"cmd":"prepare","region":1}                       pre-warm an empty slot to receive region 1
 //! {"cmd":"handoff","region":1,"to":"127.0.0.1:4433"} move region 1 to the host listening there
 //! {"cmd":"join","region":1,"players":[{"id":7,"x":0.0,"z":0.0}]}
@@ -14,7 +15,8 @@
 //! ```
 //!
 //! Events: `listening`, `owning`, `prepared`, `frozen`, `authoritative`, `first_tick`,
-//! `handed_off`, `aborted`, `retired`, `input_refused`, `report`, `error`.
+//! `handed_off`, `aborted`, `retired`, `input_refused`, `report`, `checkpointed`,
+//! `checkpoint_failed`, `restored`, `error`.
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -47,6 +49,9 @@ pub enum AuthoritySource {
 pub struct ServeOptions {
     /// This instance's name (its certificate is `<certs>/<name>.pem`).
     pub name: String,
+    /// The name of its cluster certificate (`<certs>/<cert_name>.pem`; processes of one host share
+    /// the host's).
+    pub cert_name: String,
     /// Where to accept handoff links.
     pub listen: SocketAddr,
     /// Folder with `ca.pem`, `<name>.pem`, `<name>.key`.
@@ -67,6 +72,8 @@ pub struct ServeOptions {
     pub layout: Option<crate::Layout>,
     /// What players get through gateways.
     pub players: baton_runtime::PlayerSettings,
+    /// Periodic checkpoints, and where `host` with `"checkpoint": true` restores from.
+    pub checkpoints: Option<baton_runtime::CheckpointSettings>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +91,9 @@ enum ServeCommand {
         churn: usize,
         #[serde(default = "one")]
         seed: u64,
+        /// Restore the region from its newest checkpoint instead of populating it.
+        #[serde(default)]
+        checkpoint: bool,
     },
     Prepare {
         region: u64,
@@ -125,8 +135,8 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let identity = ClusterIdentity::load(&options.certs, &options.name)
-        .with_context(|| format!("loading certificates for {}", options.name))?;
+    let identity = ClusterIdentity::load(&options.certs, &options.cert_name)
+        .with_context(|| format!("loading certificates for {}", options.cert_name))?;
     let authority: Arc<dyn baton_sdk::handoff::OwnershipAuthority> = match &options.authority {
         AuthoritySource::Directory(folder) => Arc::new(
             FileAuthority::open(folder).with_context(|| format!("opening the authority in {}", folder.display()))?,
@@ -152,6 +162,7 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
         link: LinkSettings::default(),
         test_commit_delay: options.test_commit_delay,
         players: options.players,
+        checkpoints: options.checkpoints.clone(),
     };
     let (host, mut events) =
         Host::start(host_config, factory.clone(), runtime.handle().clone()).context("starting the host")?;
@@ -178,7 +189,7 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 continue;
             }
         };
-        if let Err(error) = execute(&host, &factory, command, &out) {
+        if let Err(error) = execute(&host, &factory, options.checkpoints.as_ref(), command, &out) {
             if error.to_string() == "quit" {
                 break;
             }
@@ -193,11 +204,29 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
 fn execute(
     host: &Host<SampleLogic>,
     factory: &baton_runtime::RegionFactory<SampleLogic>,
+    checkpoints: Option<&baton_runtime::CheckpointSettings>,
     command: ServeCommand,
     out: &Arc<std::sync::Mutex<std::io::Stdout>>,
 ) -> anyhow::Result<()> {
     match command {
-        ServeCommand::Host { region, objects, npcs, plants, churn, seed } => {
+        ServeCommand::Host { region, checkpoint: true, .. } => {
+            let store = &checkpoints.context("this server has no checkpoint store (--checkpoint-dir)")?.store;
+            let stored = store
+                .latest(RegionId(region))
+                .with_context(|| format!("reading the checkpoint store {}", store.directory().display()))?
+                .with_context(|| format!("no checkpoint of region {region} in {}", store.directory().display()))?;
+            let bytes = std::fs::read(&stored.path).with_context(|| format!("reading {}", stored.path.display()))?;
+            let mut built = factory(RegionId(region)).context("creating the region")?;
+            let info = baton_sdk::checkpoint::restore(&mut built, &bytes)
+                .with_context(|| format!("restoring {}", stored.path.display()))?;
+            let epoch = host.restore_region(built).map_err(anyhow::Error::msg)?;
+            emit(
+                out,
+                json!({"event": "restored", "region": region, "tick": info.tick, "from_epoch": info.epoch.0,
+                       "epoch": epoch.0, "path": stored.path.display().to_string()}),
+            );
+        }
+        ServeCommand::Host { region, objects, npcs, plants, churn, seed, checkpoint: false } => {
             let mut built = factory(RegionId(region)).context("creating the region")?;
             populate(&mut built, WorldSpec { objects, npcs, plants, seed, churn })?;
             host.host_region(built).map_err(anyhow::Error::msg)?;
@@ -291,6 +320,17 @@ fn event_json(event: &HostEvent) -> serde_json::Value {
             json!({"event": "aborted", "region": region.0, "reason": reason, "owning": owning})
         }
         HostEvent::Retired { region } => json!({"event": "retired", "region": region.0}),
+        HostEvent::Checkpointed { region, tick, epoch, bytes, path } => json!({
+            "event": "checkpointed",
+            "region": region.0,
+            "tick": tick,
+            "epoch": epoch.0,
+            "bytes": bytes,
+            "path": path.display().to_string(),
+        }),
+        HostEvent::CheckpointFailed { region, error } => {
+            json!({"event": "checkpoint_failed", "region": region.0, "error": error})
+        }
         HostEvent::InputRefused { region, input } => {
             json!({"event": "input_refused", "region": region.0, "player": input.player.0, "seq": input.seq})
         }

@@ -10,6 +10,7 @@
 
 extern crate self as baton_sdk;
 
+pub mod checkpoint;
 pub mod codec;
 pub mod component;
 pub mod events;

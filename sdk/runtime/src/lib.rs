@@ -9,6 +9,7 @@
 //! What it does not do: decide when to move a region (the coordinator, or a test), talk to players
 //! (the gateway), or decode anything but handoff messages from peers.
 
+pub mod checkpoint_store;
 pub mod link;
 pub mod region_loop;
 pub mod remote_authority;
@@ -20,7 +21,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use baton_net::{ClusterIdentity, LinkSettings};
-use baton_sdk::handoff::{OwnershipAuthority, SourceConfig, SourceStats};
+use baton_sdk::handoff::{Ownership, OwnershipAuthority, SourceConfig, SourceStats};
 use baton_sdk::wire::{Epoch, PlayerInput, RegionId};
 use baton_sdk::{Region, RegionLogic};
 use tokio::sync::mpsc::UnboundedSender;
@@ -54,6 +55,17 @@ pub struct HostConfig {
     pub test_commit_delay: Option<Duration>,
     /// What players get from this host's regions.
     pub players: PlayerSettings,
+    /// Periodic checkpoints of owned regions (none: never).
+    pub checkpoints: Option<CheckpointSettings>,
+}
+
+/// Where and how often owned regions are checkpointed.
+#[derive(Clone, Debug)]
+pub struct CheckpointSettings {
+    /// The store.
+    pub store: checkpoint_store::CheckpointStore,
+    /// A checkpoint every this many ticks (at a tick boundary, never during a handoff).
+    pub every_ticks: u64,
 }
 
 /// What players get from a host's regions through the gateways.
@@ -155,6 +167,26 @@ pub enum HostEvent {
         /// The region.
         region: RegionId,
     },
+    /// A checkpoint of `region` was stored.
+    Checkpointed {
+        /// The region.
+        region: RegionId,
+        /// The tick it holds.
+        tick: u64,
+        /// The owner's epoch.
+        epoch: Epoch,
+        /// Its size in bytes.
+        bytes: u64,
+        /// Where it is.
+        path: std::path::PathBuf,
+    },
+    /// Storing a checkpoint of `region` failed (the region goes on ticking).
+    CheckpointFailed {
+        /// The region.
+        region: RegionId,
+        /// Why.
+        error: String,
+    },
     /// An input reached a host that does not own the region; route it to the owner.
     InputRefused {
         /// The region.
@@ -226,6 +258,35 @@ impl<L: RegionLogic + 'static> Host<L> {
         }
         self.spawn_loop(region, region_loop::Role::Owner { epoch: ownership.epoch });
         Ok(())
+    }
+
+    /// Hosts a region restored from a checkpoint, taking ownership from whoever the authority
+    /// names now (epoch + 1, so anything the previous owner stamps is refused from then on), or
+    /// registering it if the authority has never heard of it. The caller makes sure the previous
+    /// owner is gone (the coordinator refuses a restore while any host serves the region).
+    pub fn restore_region(&self, region: Region<L>) -> Result<Epoch, String> {
+        let id = region.id();
+        if self.regions.lock().map(|regions| regions.contains_key(&id)).unwrap_or(true) {
+            return Err(format!("region {id} already has a slot on this host"));
+        }
+        let epoch = match self.config.authority.current(id) {
+            Ok(current) => {
+                let next = Ownership { owner: self.config.name.clone(), epoch: current.epoch.next() };
+                self.config.authority.compare_and_swap(id, &current, &next).map_err(|error| error.to_string())?;
+                next.epoch
+            }
+            Err(baton_sdk::handoff::AuthorityError::UnknownRegion(_)) => {
+                let ownership =
+                    self.config.authority.register(id, &self.config.name).map_err(|error| error.to_string())?;
+                if ownership.owner != self.config.name {
+                    return Err(format!("region {id} is owned by {}@{}", ownership.owner, ownership.epoch));
+                }
+                ownership.epoch
+            }
+            Err(error) => return Err(error.to_string()),
+        };
+        self.spawn_loop(region, region_loop::Role::Owner { epoch });
+        Ok(epoch)
     }
 
     /// Pre-warms an empty slot for `region` so this host can receive it.
@@ -311,6 +372,7 @@ impl<L: RegionLogic + 'static> Host<L> {
             hub: self.hub.clone(),
             address: self.local_address,
             players: self.config.players,
+            checkpoints: self.config.checkpoints.clone(),
         };
         let spawned = std::thread::Builder::new()
             .name(format!("region-{}", id.0))

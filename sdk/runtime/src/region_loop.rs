@@ -112,6 +112,7 @@ pub(crate) struct LoopContext<L: RegionLogic + 'static> {
     pub(crate) hub: Arc<GatewayHub>,
     pub(crate) address: SocketAddr,
     pub(crate) players: PlayerSettings,
+    pub(crate) checkpoints: Option<crate::CheckpointSettings>,
 }
 
 enum State {
@@ -128,6 +129,33 @@ enum State {
     Target { receiver: HandoffTarget },
     /// Done; the thread ends.
     Finished,
+}
+
+/// Encodes a checkpoint on the region's thread (a snapshot costs about what one handoff chunk
+/// round does) and stores it on a blocking thread, so the disk's fsync never delays a tick.
+fn checkpoint<L: RegionLogic + 'static>(
+    region: &mut Region<L>,
+    epoch: Epoch,
+    settings: &crate::CheckpointSettings,
+    context: &LoopContext<L>,
+) {
+    let id = region.id();
+    let (info, bytes) = match baton_sdk::checkpoint::encode(region, epoch) {
+        Ok(encoded) => encoded,
+        Err(error) => {
+            let _ = context.events.send(HostEvent::CheckpointFailed { region: id, error: error.to_string() });
+            return;
+        }
+    };
+    let store = settings.store.clone();
+    let events = context.events.clone();
+    context.runtime.spawn_blocking(move || {
+        let event = match store.save(&info, &bytes) {
+            Ok(path) => HostEvent::Checkpointed { region: id, tick: info.tick, epoch, bytes: bytes.len() as u64, path },
+            Err(error) => HostEvent::CheckpointFailed { region: id, error: format!("storing: {error}") },
+        };
+        let _ = events.send(event);
+    });
 }
 
 /// Runs the region until it retires or is shut down.
@@ -243,6 +271,15 @@ pub(crate) fn run<L: RegionLogic + 'static>(
                 let _ = context.events.send(HostEvent::FirstTick { region: id, tick: report.tick, at_us: started_us });
             }
             after_tick(&mut region, *epoch, report.tick, &context);
+            // A checkpoint is a snapshot at a tick boundary; during a handoff the snapshot being
+            // streamed is the region's safety net instead, and a frozen source never gets here.
+            if handoff.is_none()
+                && let Some(settings) = &context.checkpoints
+                && settings.every_ticks > 0
+                && report.tick % settings.every_ticks == 0
+            {
+                checkpoint(&mut region, *epoch, settings, &context);
+            }
             let next_due = schedule.next_due();
             if let Some(handoff) = handoff.as_mut() {
                 handoff.handle_tick_completed(Instant::now(), region.world_mut(), next_due);

@@ -5,6 +5,8 @@
 //! It owns the *meaning* of these identifiers (for example that epochs only grow), not any transport.
 
 pub mod authority;
+pub mod control;
+pub mod framing;
 pub mod player;
 pub mod token;
 pub mod upstream;

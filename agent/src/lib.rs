@@ -1,0 +1,400 @@
+//! Baton's host agent.
+//!
+//! One per host. It registers the host with the coordinator (mutual TLS, control protocol in
+//! `baton_wire::control`), keeps a pool of pre-warmed region-server processes (started from the
+//! configured command, assets loaded, idle) so a handoff target is ready at once, refills the pool
+//! when a process is claimed, restarts a process that crashed, reports the host's processes and
+//! load every interval, relays the processes' events, and stops every child when it stops.
+//!
+//! A region-server process is any program that takes `--name NAME --listen ADDR`, prints JSON lines
+//! with an `{"event":"listening","addr":...}` first, and accepts the serve protocol's commands on
+//! standard input (`sample-region-server --serve` is one; docs/protocol.md §11).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use baton_net::{ClusterIdentity, LinkSettings};
+use baton_wire::control::{ALPN_CONTROL, AgentMessage, CONTROL_VERSION, CoordinatorMessage, HostLoad, ProcessInfo};
+use baton_wire::framing::{FramedReader, encode_into};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+
+/// Settings of an agent.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The host's name (unique in the cluster); also its certificate's name.
+    pub host: String,
+    /// The coordinator's control address.
+    pub coordinator: SocketAddr,
+    /// Warm (idle, ready) processes to keep.
+    pub pool: usize,
+    /// Most processes on this host.
+    pub capacity: usize,
+    /// The region-server command and its arguments (the agent adds `--name` and `--listen`).
+    pub command: Vec<String>,
+    /// How often to report.
+    pub status_interval: Duration,
+}
+
+struct Process {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    address: Option<SocketAddr>,
+    warm: bool,
+    regions: Vec<u64>,
+    restarts: u32,
+    last_cpu: Option<(Instant, u64)>,
+    cpu_cores: f64,
+}
+
+enum Happening {
+    Line { process: String, line: String },
+    Exited { process: String },
+    FromCoordinator(CoordinatorMessage),
+    CoordinatorLost,
+}
+
+/// Runs the agent until `stop` resolves; every child is stopped before it returns.
+pub async fn run(
+    config: AgentConfig,
+    identity: ClusterIdentity,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    if config.command.is_empty() {
+        anyhow::bail!("the region-server command is empty");
+    }
+    if config.pool > config.capacity {
+        anyhow::bail!("the warm pool ({}) cannot exceed the capacity ({})", config.pool, config.capacity);
+    }
+    let client = baton_net::cluster_client_config(&identity, LinkSettings::default(), ALPN_CONTROL)?;
+    let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+    let (happenings, mut inbox) = unbounded_channel::<Happening>();
+    let mut processes: BTreeMap<String, Process> = BTreeMap::new();
+    let mut next_index = 0u32;
+    let mut outbound: Option<UnboundedSender<AgentMessage>> = None;
+    let mut reconnect_at = Instant::now();
+    let mut status_timer = tokio::time::interval(config.status_interval);
+    // Claims waiting for a warm process to finish starting.
+    let mut waiting_claims: Vec<u64> = Vec::new();
+    tokio::pin!(stop);
+
+    loop {
+        // Keep the pool full, within the capacity.
+        while processes.values().filter(|process| process.warm).count() < config.pool
+            && processes.len() < config.capacity
+        {
+            next_index += 1;
+            let name = format!("{}-p{next_index}", config.host);
+            match spawn(&config, &name, &happenings) {
+                Ok(process) => {
+                    tracing::info!(name, "started a warm region-server process");
+                    processes.insert(name, process);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot start a region-server process");
+                    break;
+                }
+            }
+        }
+        if outbound.is_none() && Instant::now() >= reconnect_at {
+            match connect(&endpoint, client.clone(), &config, &happenings).await {
+                Ok(sender) => {
+                    tracing::info!(coordinator = %config.coordinator, "registered with the coordinator");
+                    outbound = Some(sender);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot reach the coordinator; retrying");
+                    reconnect_at = Instant::now() + Duration::from_millis(500);
+                }
+            }
+        }
+
+        let happening = tokio::select! {
+            () = &mut stop => break,
+            _ = status_timer.tick() => {
+                if let Some(sender) = &outbound {
+                    let _ = sender.send(status(&mut processes));
+                }
+                continue;
+            }
+            happening = inbox.recv() => happening,
+        };
+        let Some(happening) = happening else { break };
+        match happening {
+            Happening::Line { process, line } => {
+                let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    tracing::warn!(process, line, "a process printed a line that is not JSON");
+                    continue;
+                };
+                if let Some(entry) = processes.get_mut(&process) {
+                    track(entry, &event);
+                }
+                if event["event"] == "listening" {
+                    while !waiting_claims.is_empty() {
+                        let Some(reply) = claim(&mut processes, waiting_claims[0]) else { break };
+                        waiting_claims.remove(0);
+                        if let Some(sender) = &outbound {
+                            let _ = sender.send(reply);
+                        }
+                    }
+                }
+                if let Some(sender) = &outbound {
+                    let _ = sender.send(AgentMessage::Event { process, event: line });
+                }
+            }
+            Happening::Exited { process } => {
+                let Some(old) = processes.remove(&process) else { continue };
+                tracing::warn!(process, regions = ?old.regions, "a region-server process exited; restarting it");
+                if let Some(sender) = &outbound {
+                    let event = serde_json::json!({"event": "process_exited", "regions": old.regions}).to_string();
+                    let _ = sender.send(AgentMessage::Event { process: process.clone(), event });
+                }
+                match spawn(&config, &process, &happenings) {
+                    Ok(mut fresh) => {
+                        fresh.restarts = old.restarts + 1;
+                        processes.insert(process, fresh);
+                    }
+                    Err(error) => tracing::error!(%error, "cannot restart a region-server process"),
+                }
+            }
+            Happening::FromCoordinator(CoordinatorMessage::Claim { request }) => {
+                // A warm process that is ready goes at once; otherwise the claim waits for the
+                // next one to finish starting (the coordinator gives up after its timeout).
+                match claim(&mut processes, request) {
+                    Some(reply) => {
+                        if let Some(sender) = &outbound {
+                            let _ = sender.send(reply);
+                        }
+                    }
+                    None if processes.values().any(|process| process.warm) || processes.len() < config.capacity => {
+                        waiting_claims.push(request);
+                    }
+                    None => {
+                        if let Some(sender) = &outbound {
+                            let reason = format!("all {} processes of this host are busy", config.capacity);
+                            let _ = sender.send(AgentMessage::Claimed { request, process: None, reason });
+                        }
+                    }
+                }
+            }
+            Happening::FromCoordinator(message) => {
+                handle_command(message, &mut processes, outbound.as_ref()).await;
+            }
+            Happening::CoordinatorLost => {
+                tracing::warn!("lost the coordinator; reconnecting");
+                outbound = None;
+                reconnect_at = Instant::now() + Duration::from_millis(200);
+            }
+        }
+    }
+
+    // Stop every child: ask politely, then kill what is left.
+    for process in processes.values_mut() {
+        let _ = process.stdin.write_all(b"{\"cmd\":\"quit\"}\n").await;
+        let _ = process.stdin.flush().await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for process in processes.values_mut() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if tokio::time::timeout(left, process.child.wait()).await.is_err() {
+            let _ = process.child.kill().await;
+        }
+    }
+    endpoint.close(0u32.into(), b"agent stopping");
+    Ok(())
+}
+
+fn spawn(config: &AgentConfig, name: &str, happenings: &UnboundedSender<Happening>) -> anyhow::Result<Process> {
+    let mut command = tokio::process::Command::new(&config.command[0]);
+    command
+        .args(&config.command[1..])
+        .args(["--name", name, "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let mut child = command.spawn().map_err(|error| anyhow::anyhow!("starting {}: {error}", config.command[0]))?;
+    let stdin = child.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let sender = happenings.clone();
+    let process = name.to_owned();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if sender.send(Happening::Line { process: process.clone(), line }).is_err() {
+                return;
+            }
+        }
+        let _ = sender.send(Happening::Exited { process });
+    });
+    Ok(Process {
+        child,
+        stdin,
+        address: None,
+        warm: true,
+        regions: Vec::new(),
+        restarts: 0,
+        last_cpu: None,
+        cpu_cores: 0.0,
+    })
+}
+
+/// Follows a process's events: its address, and the regions it owns.
+fn track(process: &mut Process, event: &serde_json::Value) {
+    let region = event["region"].as_u64();
+    match event["event"].as_str() {
+        Some("listening") => process.address = event["addr"].as_str().and_then(|addr| addr.parse().ok()),
+        Some("owning" | "authoritative") => {
+            if let Some(region) = region
+                && !process.regions.contains(&region)
+            {
+                process.regions.push(region);
+            }
+            process.warm = false;
+        }
+        Some("handed_off" | "retired") => process.regions.retain(|owned| Some(*owned) != region),
+        Some("aborted") if event["owning"] == false => process.regions.retain(|owned| Some(*owned) != region),
+        _ => {}
+    }
+}
+
+/// Reserves a warm process that is ready, if there is one.
+fn claim(processes: &mut BTreeMap<String, Process>, request: u64) -> Option<AgentMessage> {
+    let (name, process) = processes.iter_mut().find(|(_, process)| process.warm && process.address.is_some())?;
+    process.warm = false;
+    Some(AgentMessage::Claimed {
+        request,
+        process: process.address.map(|address| (name.clone(), address)),
+        reason: String::new(),
+    })
+}
+
+async fn handle_command(
+    message: CoordinatorMessage,
+    processes: &mut BTreeMap<String, Process>,
+    outbound: Option<&UnboundedSender<AgentMessage>>,
+) {
+    match message {
+        CoordinatorMessage::Claim { .. } => {
+            let _ = outbound;
+        }
+        CoordinatorMessage::Run { process, command } => match processes.get_mut(&process) {
+            Some(entry) => {
+                let mut line = command.into_bytes();
+                line.push(b'\n');
+                if entry.stdin.write_all(&line).await.is_err() {
+                    tracing::warn!(process, "could not pass a command to a process");
+                }
+                let _ = entry.stdin.flush().await;
+            }
+            None => tracing::warn!(process, "a command for a process this host does not run"),
+        },
+        CoordinatorMessage::Release { process } => {
+            if let Some(mut entry) = processes.remove(&process) {
+                let _ = entry.stdin.write_all(b"{\"cmd\":\"quit\"}\n").await;
+                let _ = entry.stdin.flush().await;
+                tokio::spawn(async move {
+                    if tokio::time::timeout(Duration::from_secs(2), entry.child.wait()).await.is_err() {
+                        let _ = entry.child.kill().await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+fn status(processes: &mut BTreeMap<String, Process>) -> AgentMessage {
+    let mut load = HostLoad::default();
+    let infos = processes
+        .iter_mut()
+        .map(|(name, process)| {
+            if let Some(pid) = process.child.id() {
+                let now = Instant::now();
+                if let Some(ticks) = cpu_ticks(pid) {
+                    if let Some((at, before)) = process.last_cpu {
+                        let seconds = now.duration_since(at).as_secs_f64();
+                        if seconds > 0.0 {
+                            process.cpu_cores = ticks.saturating_sub(before) as f64 / 100.0 / seconds;
+                        }
+                    }
+                    process.last_cpu = Some((now, ticks));
+                }
+                load.memory_bytes += resident_bytes(pid).unwrap_or(0);
+            }
+            load.cpu_cores += process.cpu_cores;
+            ProcessInfo {
+                name: name.clone(),
+                address: process.address.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                warm: process.warm,
+                regions: process.regions.clone(),
+                restarts: process.restarts,
+            }
+        })
+        .collect();
+    AgentMessage::Status { processes: infos, load }
+}
+
+/// User + system CPU time of a process in clock ticks (100 per second), from `/proc`.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Resident memory of a process in bytes, from `/proc`.
+fn resident_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    Some(statm.split_whitespace().nth(1)?.parse::<u64>().ok()? * 4096)
+}
+
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    client: quinn::ClientConfig,
+    config: &AgentConfig,
+    happenings: &UnboundedSender<Happening>,
+) -> anyhow::Result<UnboundedSender<AgentMessage>> {
+    let connection = baton_net::connect_with(endpoint, client, config.coordinator).await?;
+    let (mut send, mut recv) = connection.open_bi().await?;
+    let (sender, mut outbound) = unbounded_channel::<AgentMessage>();
+    let _ = sender.send(AgentMessage::Hello {
+        version: CONTROL_VERSION,
+        host: config.host.clone(),
+        capacity: u32::try_from(config.capacity).unwrap_or(u32::MAX),
+    });
+    tokio::spawn(async move {
+        let mut buffer = Vec::new();
+        while let Some(message) = outbound.recv().await {
+            buffer.clear();
+            if encode_into(&message, &mut buffer).is_err() || send.write_all(&buffer).await.is_err() {
+                return;
+            }
+        }
+    });
+    let happenings = happenings.clone();
+    tokio::spawn(async move {
+        let mut reader = FramedReader::default();
+        loop {
+            match recv.read_chunk(64 * 1024, true).await {
+                Ok(Some(chunk)) => reader.feed(&chunk.bytes),
+                Ok(None) | Err(_) => break,
+            }
+            loop {
+                match reader.next_message::<CoordinatorMessage>() {
+                    Ok(Some(message)) => {
+                        let _ = happenings.send(Happening::FromCoordinator(message));
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        tracing::error!(%error, "malformed frame from the coordinator");
+                        let _ = happenings.send(Happening::CoordinatorLost);
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = happenings.send(Happening::CoordinatorLost);
+    });
+    Ok(sender)
+}

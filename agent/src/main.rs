@@ -1,0 +1,96 @@
+//! `baton-agent`: one per host; keeps pre-warmed region-server processes and reports to the coordinator.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use baton_agent::AgentConfig;
+use baton_net::ClusterIdentity;
+use clap::Parser;
+
+/// Register this host with the coordinator and keep a pool of pre-warmed region-server processes.
+///
+/// The agent starts `--pool` idle processes from the command after `--` (adding `--name
+/// <host>-pN --listen 127.0.0.1:0`), starts a replacement whenever the coordinator claims one,
+/// restarts a process that crashed, reports load every interval, and stops every process it
+/// started when it stops (Ctrl-C, SIGTERM).
+///
+/// Example:
+///   baton-agent --host h1 --certs certs --coordinator 127.0.0.1:7400 --pool 2 -- \
+///     sample-region-server --serve --certs certs --cert-name h1 --coordinator 127.0.0.1:7400
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// This host's name; its cluster certificate is <certs>/<host>.pem.
+    #[arg(long)]
+    host: String,
+    /// Folder with the cluster CA (ca.pem) and this host's certificate and key.
+    #[arg(long, value_name = "DIR")]
+    certs: PathBuf,
+    /// The coordinator's address.
+    #[arg(long, value_name = "ADDR")]
+    coordinator: SocketAddr,
+    /// Warm processes to keep ready.
+    #[arg(long, default_value_t = 2)]
+    pool: usize,
+    /// Most region-server processes on this host.
+    #[arg(long, default_value_t = 16)]
+    capacity: usize,
+    /// Milliseconds between load reports.
+    #[arg(long, default_value_t = 1000)]
+    status_interval_ms: u64,
+    /// The region-server command and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("baton-agent: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.status_interval_ms == 0 {
+        anyhow::bail!("--status-interval-ms must be at least 1");
+    }
+    let identity = ClusterIdentity::load(&cli.certs, &cli.host)
+        .with_context(|| format!("loading the cluster certificate of {} from {}", cli.host, cli.certs.display()))?;
+    let config = AgentConfig {
+        host: cli.host,
+        coordinator: cli.coordinator,
+        pool: cli.pool,
+        capacity: cli.capacity,
+        command: cli.command,
+        status_interval: Duration::from_millis(cli.status_interval_ms),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let stop = async {
+            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match terminate.as_mut() { Some(signal) => { signal.recv().await; } None => std::future::pending().await } } => {}
+            }
+        };
+        baton_agent::run(config, identity, stop).await
+    })
+}

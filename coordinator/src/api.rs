@@ -1,0 +1,363 @@
+//! The admin HTTP API: hosts, regions, migrations, draining. JSON; every `/v1` route needs
+//! `Authorization: Bearer <token>`; `/openapi.json` (the OpenAPI document) and `/metrics`
+//! (Prometheus) are open. Errors are `{"error": "..."}` with 400 (malformed request), 401 (no or
+//! wrong token), 404 (unknown host, region or migration) or 409 (not possible now).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use baton_wire::RegionId;
+use baton_wire::authority::{AuthorityError, OwnershipAuthority};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::OpenApi;
+
+use crate::directory::Directory;
+use crate::hosts::{HostView, Hosts, ProcessView};
+use crate::migrations::{MigrationRecord, Migrations, Phase, PhaseTiming, StartError};
+
+/// What the API serves from.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The bearer token.
+    pub token: Arc<String>,
+    /// The region directory.
+    pub directory: Arc<Directory>,
+    /// The hosts.
+    pub hosts: Arc<Hosts>,
+    /// The migrations.
+    pub migrations: Arc<Migrations>,
+    /// Renders Prometheus metrics.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+/// An error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ApiError {
+    /// What went wrong.
+    pub error: String,
+}
+
+struct Failure(StatusCode, String);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, Json(ApiError { error: self.1 })).into_response()
+    }
+}
+
+impl From<StartError> for Failure {
+    fn from(error: StartError) -> Failure {
+        match error {
+            StartError::NotFound(message) => Failure(StatusCode::NOT_FOUND, message),
+            StartError::Conflict(message) => Failure(StatusCode::CONFLICT, message),
+        }
+    }
+}
+
+fn bad_body(rejection: JsonRejection) -> Failure {
+    Failure(StatusCode::BAD_REQUEST, format!("malformed request body: {}", rejection.body_text()))
+}
+
+/// Proof that the request carried the API token.
+struct Authorized;
+
+impl FromRequestParts<ApiState> for Authorized {
+    type Rejection = Failure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Self::Rejection> {
+        let presented = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        match presented {
+            Some(token) if constant_time_eq(token.as_bytes(), state.token.as_bytes()) => Ok(Authorized),
+            Some(_) => Err(Failure(StatusCode::UNAUTHORIZED, "the bearer token is not valid".into())),
+            None => Err(Failure(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer <token>".into())),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |difference, (x, y)| difference | (x ^ y)) == 0
+}
+
+/// A region as the directory and the hosts know it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RegionView {
+    /// The region.
+    pub region: u64,
+    /// The owning instance (process) at the directory.
+    pub owner: String,
+    /// The ownership epoch.
+    pub epoch: u64,
+    /// The host serving it, as its agent reports.
+    pub host: Option<String>,
+    /// The serving process's cluster address.
+    pub address: Option<String>,
+}
+
+/// Create a region on a host.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRegion {
+    /// The region's id (unused so far).
+    pub region: u64,
+    /// The host to place it on.
+    pub host: String,
+    /// The game's initial world (for the sample: `objects`, `npcs`, `plants`, `seed`).
+    #[serde(default)]
+    pub world: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Move a region.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartMigration {
+    /// The region.
+    pub region: u64,
+    /// The host to move it to.
+    pub to_host: String,
+}
+
+/// Draining started.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DrainStarted {
+    /// The host.
+    pub host: String,
+    /// The regions that will move away.
+    pub regions: Vec<u64>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Baton coordinator admin API", version = "1"),
+    paths(list_hosts, drain_host, list_regions, create_region, list_migrations, start_migration, get_migration, cancel_migration),
+    components(schemas(HostView, ProcessView, RegionView, CreateRegion, StartMigration, MigrationRecord, Phase, PhaseTiming, DrainStarted, ApiError)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        openapi.security =
+            Some(vec![utoipa::openapi::security::SecurityRequirement::new("bearer", Vec::<String>::new())]);
+    }
+}
+
+/// The OpenAPI document.
+#[must_use]
+pub fn openapi_json() -> String {
+    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+}
+
+/// The API's routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/hosts", get(list_hosts))
+        .route("/v1/hosts/{host}/drain", post(drain_host))
+        .route("/v1/regions", get(list_regions).post(create_region))
+        .route("/v1/migrations", get(list_migrations).post(start_migration))
+        .route("/v1/migrations/{id}", get(get_migration))
+        .route("/v1/migrations/{id}/cancel", post(cancel_migration))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], openapi_json()) }),
+        )
+        .route("/metrics", get(metrics))
+        .fallback(|| async { Failure(StatusCode::NOT_FOUND, "no such route".into()) })
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let hosts = state.hosts.views();
+    metrics::gauge!("baton_coordinator_hosts").set(hosts.len() as f64);
+    metrics::gauge!("baton_coordinator_hosts_connected").set(hosts.iter().filter(|host| host.connected).count() as f64);
+    metrics::gauge!("baton_coordinator_regions").set(state.directory.list().map_or(0, |regions| regions.len()) as f64);
+    let migrations = state.migrations.list();
+    for phase in ["committed", "aborted"] {
+        let count =
+            migrations.iter().filter(|record| serde_json::to_value(record.phase).ok() == Some(json!(phase))).count();
+        metrics::gauge!("baton_coordinator_migrations", "outcome" => phase).set(count as f64);
+    }
+    metrics::gauge!("baton_coordinator_migrations_running")
+        .set(migrations.iter().filter(|record| !record.phase.is_final()).count() as f64);
+    match state.metrics {
+        Some(handle) => handle.render().into_response(),
+        None => Failure(StatusCode::NOT_FOUND, "metrics are not enabled".into()).into_response(),
+    }
+}
+
+/// Every host and its processes.
+#[utoipa::path(get, path = "/v1/hosts", responses((status = 200, body = Vec<HostView>), (status = 401, body = ApiError)))]
+async fn list_hosts(_: Authorized, State(state): State<ApiState>) -> Json<Vec<HostView>> {
+    Json(state.hosts.views())
+}
+
+/// Drain a host: no new regions, and its regions move to other hosts.
+#[utoipa::path(post, path = "/v1/hosts/{host}/drain", params(("host" = String, Path)),
+    responses((status = 202, body = DrainStarted), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
+async fn drain_host(
+    _: Authorized,
+    State(state): State<ApiState>,
+    Path(host): Path<String>,
+) -> Result<Response, Failure> {
+    let regions = state.migrations.drain(&host)?;
+    Ok((StatusCode::ACCEPTED, Json(DrainStarted { host, regions })).into_response())
+}
+
+fn region_view(state: &ApiState, region: RegionId, owner: String, epoch: u64) -> RegionView {
+    let located = state.hosts.locate(region.0);
+    RegionView {
+        region: region.0,
+        owner,
+        epoch,
+        host: located.as_ref().map(|(host, _, _)| host.clone()),
+        address: located.map(|(_, _, address)| address.to_string()),
+    }
+}
+
+/// Every region in the directory.
+#[utoipa::path(get, path = "/v1/regions", responses((status = 200, body = Vec<RegionView>), (status = 401, body = ApiError)))]
+async fn list_regions(_: Authorized, State(state): State<ApiState>) -> Result<Json<Vec<RegionView>>, Failure> {
+    let regions =
+        state.directory.list().map_err(|error| Failure(StatusCode::SERVICE_UNAVAILABLE, error.to_string()))?;
+    Ok(Json(
+        regions
+            .into_iter()
+            .map(|(region, ownership)| region_view(&state, region, ownership.owner, ownership.epoch.0))
+            .collect(),
+    ))
+}
+
+/// Create a region on a host (a warm process of that host takes it).
+#[utoipa::path(post, path = "/v1/regions", request_body = CreateRegion,
+    responses((status = 201, body = RegionView), (status = 400, body = ApiError), (status = 401, body = ApiError),
+        (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn create_region(
+    _: Authorized,
+    State(state): State<ApiState>,
+    body: Result<Json<CreateRegion>, JsonRejection>,
+) -> Result<Response, Failure> {
+    let Json(request) = body.map_err(bad_body)?;
+    match state.directory.current(RegionId(request.region)) {
+        Ok(ownership) => {
+            return Err(Failure(
+                StatusCode::CONFLICT,
+                format!("region {} exists ({}@{})", request.region, ownership.owner, ownership.epoch),
+            ));
+        }
+        Err(AuthorityError::UnknownRegion(_)) => {}
+        Err(error) => return Err(Failure(StatusCode::SERVICE_UNAVAILABLE, error.to_string())),
+    }
+    if !state.hosts.exists(&request.host) {
+        return Err(Failure(StatusCode::NOT_FOUND, format!("unknown host {}", request.host)));
+    }
+    if state.hosts.is_draining(&request.host) {
+        return Err(Failure(StatusCode::CONFLICT, format!("host {} is draining", request.host)));
+    }
+    let mut events = state.hosts.subscribe();
+    let (process, _) = state
+        .hosts
+        .claim(&request.host, Duration::from_secs(10))
+        .await
+        .map_err(|reason| Failure(StatusCode::CONFLICT, reason))?;
+    let mut command = request.world.clone();
+    command.insert("cmd".into(), json!("host"));
+    command.insert("region".into(), json!(request.region));
+    state
+        .hosts
+        .run(&request.host, &process, &serde_json::Value::Object(command))
+        .map_err(|reason| Failure(StatusCode::CONFLICT, reason))?;
+    let waited = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            match events.recv().await {
+                Ok(event)
+                    if event.process == process
+                        && event.event["event"] == "owning"
+                        && event.event["region"] == request.region =>
+                {
+                    return Ok(event.event["epoch"].as_u64().unwrap_or(1));
+                }
+                Ok(event) if event.process == process && event.event["event"] == "error" => {
+                    return Err(event.event["error"].as_str().unwrap_or("error").to_owned());
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return Err("the coordinator is stopping".to_owned()),
+            }
+        }
+    })
+    .await;
+    match waited {
+        Ok(Ok(epoch)) => {
+            Ok((StatusCode::CREATED, Json(region_view(&state, RegionId(request.region), process, epoch)))
+                .into_response())
+        }
+        Ok(Err(reason)) => {
+            let _ = state.hosts.release(&request.host, &process);
+            Err(Failure(StatusCode::CONFLICT, format!("the process refused the region: {reason}")))
+        }
+        Err(_) => Err(Failure(StatusCode::GATEWAY_TIMEOUT, "the region did not start within 120 s".into())),
+    }
+}
+
+/// The migration history, oldest first.
+#[utoipa::path(get, path = "/v1/migrations", responses((status = 200, body = Vec<MigrationRecord>), (status = 401, body = ApiError)))]
+async fn list_migrations(_: Authorized, State(state): State<ApiState>) -> Json<Vec<MigrationRecord>> {
+    Json(state.migrations.list())
+}
+
+/// Move a region to another host.
+#[utoipa::path(post, path = "/v1/migrations", request_body = StartMigration,
+    responses((status = 202, body = MigrationRecord), (status = 400, body = ApiError), (status = 401, body = ApiError),
+        (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn start_migration(
+    _: Authorized,
+    State(state): State<ApiState>,
+    body: Result<Json<StartMigration>, JsonRejection>,
+) -> Result<Response, Failure> {
+    let Json(request) = body.map_err(bad_body)?;
+    let record = state.migrations.start(request.region, &request.to_host, "migration")?;
+    Ok((StatusCode::ACCEPTED, Json(record)).into_response())
+}
+
+/// One migration.
+#[utoipa::path(get, path = "/v1/migrations/{id}", params(("id" = u64, Path)),
+    responses((status = 200, body = MigrationRecord), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
+async fn get_migration(
+    _: Authorized,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<MigrationRecord>, Failure> {
+    let id: u64 = id.parse().map_err(|_| Failure(StatusCode::BAD_REQUEST, format!("{id:?} is not a migration id")))?;
+    state.migrations.get(id).map(Json).ok_or_else(|| Failure(StatusCode::NOT_FOUND, format!("no migration {id}")))
+}
+
+/// Cancel a migration that has not started its handoff.
+#[utoipa::path(post, path = "/v1/migrations/{id}/cancel", params(("id" = u64, Path)),
+    responses((status = 202), (status = 401, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn cancel_migration(
+    _: Authorized,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Failure> {
+    let id: u64 = id.parse().map_err(|_| Failure(StatusCode::BAD_REQUEST, format!("{id:?} is not a migration id")))?;
+    state.migrations.cancel(id)?;
+    Ok(StatusCode::ACCEPTED)
+}

@@ -1,0 +1,261 @@
+//! `batonctl`: the command line of the coordinator's admin API.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+/// Operate a Baton cluster through its coordinator's admin API.
+///
+/// The token comes from --token-file or the BATON_API_TOKEN environment variable. Output is a
+/// readable table; --json prints the API's JSON instead.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// The admin API's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:7480", env = "BATON_API")]
+    api: String,
+    /// File holding the bearer token.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List hosts and their processes.
+    Hosts,
+    /// List regions with their owner, epoch and host.
+    Regions,
+    /// Create a region on a host.
+    Create {
+        /// The region id.
+        #[arg(long)]
+        region: u64,
+        /// The host.
+        #[arg(long)]
+        host: String,
+        /// The initial world as JSON (for the sample: {"objects":2000,"npcs":200,"plants":200,"seed":1}).
+        #[arg(long, default_value = "{}")]
+        world: String,
+    },
+    /// Move a region to another host.
+    Migrate {
+        /// The region.
+        #[arg(long)]
+        region: u64,
+        /// The host to move it to.
+        #[arg(long)]
+        to: String,
+        /// Wait until it commits or aborts, showing its phase.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List migrations (the history with per-phase timings).
+    Migrations,
+    /// Show one migration.
+    Migration {
+        /// Its id.
+        id: u64,
+    },
+    /// Cancel a migration that has not started its handoff.
+    Cancel {
+        /// Its id.
+        id: u64,
+    },
+    /// Drain a host: its regions move elsewhere and it takes no new ones.
+    Drain {
+        /// The host.
+        host: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("batonctl: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Api {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base.trim_end_matches('/'));
+        let authorization = format!("Bearer {}", self.token);
+        let response = match (method, body) {
+            ("GET", _) => self.agent.get(&url).header("Authorization", &authorization).call(),
+            (_, Some(body)) => self.agent.post(&url).header("Authorization", &authorization).send_json(body),
+            (_, None) => self.agent.post(&url).header("Authorization", &authorization).send_empty(),
+        };
+        let mut response = response.with_context(|| format!("calling {url}"))?;
+        let status = response.status();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if !status.is_success() {
+            anyhow::bail!("{} {}: {}", status.as_u16(), path, value["error"].as_str().unwrap_or(&text));
+        }
+        Ok(value)
+    }
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|header| header.len()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect::<Vec<_>>().join("  ")
+    };
+    println!("{}", line(headers.iter().map(|header| (*header).to_owned()).collect()));
+    for row in rows {
+        println!("{}", line(row));
+    }
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn migration_rows(migrations: &[Value]) -> Vec<Vec<String>> {
+    migrations
+        .iter()
+        .map(|record| {
+            let timings: Vec<String> = record["phases"]
+                .as_array()
+                .map(|phases| {
+                    phases
+                        .iter()
+                        .map(|timing| {
+                            format!("{}={:.0}ms", text(&timing["phase"]), timing["ms"].as_f64().unwrap_or(0.0))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            vec![
+                text(&record["id"]),
+                text(&record["region"]),
+                text(&record["kind"]),
+                format!("{}/{}", text(&record["from_host"]), text(&record["from_process"])),
+                format!("{}/{}", text(&record["to_host"]), text(&record["to_process"])),
+                text(&record["phase"]),
+                record["freeze_ms"].as_f64().map_or("-".into(), |ms| format!("{ms:.1}")),
+                timings.join(" "),
+                text(&record["reason"]),
+            ]
+        })
+        .collect()
+}
+
+const MIGRATION_HEADERS: [&str; 9] = ["ID", "REGION", "KIND", "FROM", "TO", "PHASE", "FREEZE MS", "PHASES", "REASON"];
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let token = match &cli.token_file {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        None => std::env::var("BATON_API_TOKEN").context("give --token-file FILE or set BATON_API_TOKEN")?,
+    };
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(150)))
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let api = Api { base: cli.api.clone(), token: token.trim().to_owned(), agent };
+    let output = match &cli.command {
+        Command::Hosts => api.call("GET", "/v1/hosts", None)?,
+        Command::Regions => api.call("GET", "/v1/regions", None)?,
+        Command::Create { region, host, world } => {
+            let world: Value = serde_json::from_str(world).context("--world must be a JSON object")?;
+            api.call("POST", "/v1/regions", Some(json!({"region": region, "host": host, "world": world})))?
+        }
+        Command::Migrate { region, to, wait } => {
+            let mut record = api.call("POST", "/v1/migrations", Some(json!({"region": region, "to_host": to})))?;
+            if *wait {
+                let id = record["id"].as_u64().unwrap_or(0);
+                let deadline = Instant::now() + Duration::from_secs(300);
+                let mut shown = String::new();
+                while !matches!(record["phase"].as_str(), Some("committed" | "aborted")) && Instant::now() < deadline {
+                    let phase = text(&record["phase"]);
+                    if phase != shown && !cli.json {
+                        eprintln!("migration {id}: {phase}");
+                        shown = phase;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                    record = api.call("GET", &format!("/v1/migrations/{id}"), None)?;
+                }
+            }
+            record
+        }
+        Command::Migrations => api.call("GET", "/v1/migrations", None)?,
+        Command::Migration { id } => api.call("GET", &format!("/v1/migrations/{id}"), None)?,
+        Command::Cancel { id } => api.call("POST", &format!("/v1/migrations/{id}/cancel"), None)?,
+        Command::Drain { host } => api.call("POST", &format!("/v1/hosts/{host}/drain"), None)?,
+    };
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&output)?);
+        return Ok(());
+    }
+    match &cli.command {
+        Command::Hosts => {
+            let mut rows = Vec::new();
+            for host in output.as_array().into_iter().flatten() {
+                for process in host["processes"].as_array().into_iter().flatten() {
+                    rows.push(vec![
+                        text(&host["name"]),
+                        if host["connected"] == true { "up".into() } else { "down".into() },
+                        if host["draining"] == true { "yes".into() } else { "no".into() },
+                        format!("{:.2}", host["cpu_cores"].as_f64().unwrap_or(0.0)),
+                        text(&process["name"]),
+                        text(&process["address"]),
+                        if process["warm"] == true { "warm".into() } else { "serving".into() },
+                        text(&process["regions"]),
+                        text(&process["restarts"]),
+                    ]);
+                }
+            }
+            table(&["HOST", "AGENT", "DRAINING", "CPU", "PROCESS", "ADDRESS", "STATE", "REGIONS", "RESTARTS"], rows);
+        }
+        Command::Regions | Command::Create { .. } => {
+            let regions = if output.is_array() { output.as_array().cloned().unwrap_or_default() } else { vec![output] };
+            let rows = regions
+                .iter()
+                .map(|region| {
+                    vec![
+                        text(&region["region"]),
+                        text(&region["owner"]),
+                        text(&region["epoch"]),
+                        text(&region["host"]),
+                        text(&region["address"]),
+                    ]
+                })
+                .collect();
+            table(&["REGION", "OWNER", "EPOCH", "HOST", "ADDRESS"], rows);
+        }
+        Command::Migrate { .. } | Command::Migration { .. } => table(&MIGRATION_HEADERS, migration_rows(&[output])),
+        Command::Migrations => {
+            table(&MIGRATION_HEADERS, migration_rows(output.as_array().map(Vec::as_slice).unwrap_or_default()))
+        }
+        Command::Cancel { id } => println!("migration {id}: cancel requested"),
+        Command::Drain { host } => println!("draining {host}: regions {} will move", text(&output["regions"])),
+    }
+    Ok(())
+}

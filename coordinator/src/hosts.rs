@@ -1,0 +1,372 @@
+//! The hosts of the cluster, as their agents report them, and the way to give them work.
+//!
+//! Each agent keeps one control connection (`baton_wire::control`). The coordinator knows, per
+//! host, its processes (warm or serving, the regions each owns), its load and when it last spoke.
+//! Events the processes report (a handoff's phases, ownership changes) are broadcast to whoever
+//! drives a migration. Nothing here is persisted: hosts re-register after a coordinator restart
+//! and report their processes again within one status interval.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use baton_wire::control::{AgentMessage, CONTROL_VERSION, CoordinatorMessage, HostLoad, ProcessInfo};
+use baton_wire::framing::{FramedReader, encode_into};
+use serde::Serialize;
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::sync::{broadcast, oneshot};
+
+/// An event a region-server process reported through its agent.
+#[derive(Clone, Debug)]
+pub struct ProcessEvent {
+    /// The host.
+    pub host: String,
+    /// The process.
+    pub process: String,
+    /// The serve-protocol event.
+    pub event: serde_json::Value,
+}
+
+/// What the coordinator knows of a host (the admin API shows it).
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct HostView {
+    /// The host's name.
+    pub name: String,
+    /// Whether its agent is connected.
+    pub connected: bool,
+    /// Whether it is being drained (no new regions).
+    pub draining: bool,
+    /// Most processes it runs.
+    pub capacity: u32,
+    /// Seconds since its agent last reported.
+    pub last_seen_s: f64,
+    /// CPU used by its region-server processes, in cores.
+    pub cpu_cores: f64,
+    /// Their resident memory, in bytes.
+    pub memory_bytes: u64,
+    /// Its processes.
+    pub processes: Vec<ProcessView>,
+}
+
+/// A region-server process of a host.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct ProcessView {
+    /// Its instance name.
+    pub name: String,
+    /// Its cluster address.
+    pub address: String,
+    /// Idle in the warm pool.
+    pub warm: bool,
+    /// Regions it owns.
+    pub regions: Vec<u64>,
+    /// Restarts after crashes.
+    pub restarts: u32,
+}
+
+struct HostEntry {
+    capacity: u32,
+    processes: Vec<ProcessInfo>,
+    load: HostLoad,
+    last_seen: Instant,
+    sender: Option<UnboundedSender<CoordinatorMessage>>,
+    connection: u64,
+    draining: bool,
+}
+
+/// The registry of hosts.
+pub struct Hosts {
+    hosts: Mutex<HashMap<String, HostEntry>>,
+    events: broadcast::Sender<ProcessEvent>,
+    claims: Mutex<HashMap<u64, oneshot::Sender<Result<(String, SocketAddr), String>>>>,
+    next_id: AtomicU64,
+}
+
+impl Default for Hosts {
+    fn default() -> Self {
+        Hosts {
+            hosts: Mutex::new(HashMap::new()),
+            events: broadcast::channel(4096).0,
+            claims: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+}
+
+impl Hosts {
+    /// Every host, by name.
+    #[must_use]
+    pub fn views(&self) -> Vec<HostView> {
+        let Ok(hosts) = self.hosts.lock() else { return Vec::new() };
+        let mut views: Vec<HostView> = hosts
+            .iter()
+            .map(|(name, entry)| HostView {
+                name: name.clone(),
+                connected: entry.sender.is_some(),
+                draining: entry.draining,
+                capacity: entry.capacity,
+                last_seen_s: entry.last_seen.elapsed().as_secs_f64(),
+                cpu_cores: entry.load.cpu_cores,
+                memory_bytes: entry.load.memory_bytes,
+                processes: entry
+                    .processes
+                    .iter()
+                    .map(|process| ProcessView {
+                        name: process.name.clone(),
+                        address: process.address.to_string(),
+                        warm: process.warm,
+                        regions: process.regions.clone(),
+                        restarts: process.restarts,
+                    })
+                    .collect(),
+            })
+            .collect();
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        views
+    }
+
+    /// Whether `host` is known.
+    #[must_use]
+    pub fn exists(&self, host: &str) -> bool {
+        self.hosts.lock().is_ok_and(|hosts| hosts.contains_key(host))
+    }
+
+    /// Marks `host` as draining (or not).
+    pub fn set_draining(&self, host: &str, draining: bool) -> bool {
+        self.hosts
+            .lock()
+            .ok()
+            .and_then(|mut hosts| hosts.get_mut(host).map(|entry| entry.draining = draining))
+            .is_some()
+    }
+
+    /// Whether `host` is draining.
+    #[must_use]
+    pub fn is_draining(&self, host: &str) -> bool {
+        self.hosts.lock().ok().is_some_and(|hosts| hosts.get(host).is_some_and(|entry| entry.draining))
+    }
+
+    /// Where `region` is served, as reported: `(host, process, address)`.
+    #[must_use]
+    pub fn locate(&self, region: u64) -> Option<(String, String, SocketAddr)> {
+        let hosts = self.hosts.lock().ok()?;
+        hosts.iter().find_map(|(host, entry)| {
+            entry
+                .processes
+                .iter()
+                .find(|process| process.regions.contains(&region))
+                .map(|process| (host.clone(), process.name.clone(), process.address))
+        })
+    }
+
+    /// The cluster address of the process named `process`, once it has reported one.
+    #[must_use]
+    pub fn address_of(&self, process: &str) -> Option<SocketAddr> {
+        let hosts = self.hosts.lock().ok()?;
+        hosts
+            .values()
+            .flat_map(|entry| entry.processes.iter())
+            .find(|info| info.name == process && !info.address.ip().is_unspecified())
+            .map(|info| info.address)
+    }
+
+    /// The regions served on `host`.
+    #[must_use]
+    pub fn regions_on(&self, host: &str) -> Vec<u64> {
+        let Ok(hosts) = self.hosts.lock() else { return Vec::new() };
+        hosts
+            .get(host)
+            .map(|entry| entry.processes.iter().flat_map(|process| process.regions.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Receives every process event from now on.
+    #[must_use]
+    pub fn subscribe(&self) -> broadcast::Receiver<ProcessEvent> {
+        self.events.subscribe()
+    }
+
+    /// Reserves a warm process on `host`; its agent starts a replacement.
+    pub async fn claim(&self, host: &str, timeout: Duration) -> Result<(String, SocketAddr), String> {
+        let request = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = oneshot::channel();
+        if let Ok(mut claims) = self.claims.lock() {
+            claims.insert(request, sender);
+        }
+        self.send(host, CoordinatorMessage::Claim { request })?;
+        let answer = tokio::time::timeout(timeout, receiver).await;
+        if let Ok(mut claims) = self.claims.lock() {
+            claims.remove(&request);
+        }
+        match answer {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) | Err(_) => Err(format!("host {host} did not answer the claim in time")),
+        }
+    }
+
+    /// Sends a serve-protocol command to a process of `host`.
+    pub fn run(&self, host: &str, process: &str, command: &serde_json::Value) -> Result<(), String> {
+        self.send(host, CoordinatorMessage::Run { process: process.to_owned(), command: command.to_string() })
+    }
+
+    /// Stops a process of `host`.
+    pub fn release(&self, host: &str, process: &str) -> Result<(), String> {
+        self.send(host, CoordinatorMessage::Release { process: process.to_owned() })
+    }
+
+    fn send(&self, host: &str, message: CoordinatorMessage) -> Result<(), String> {
+        let hosts = self.hosts.lock().map_err(|_| "host registry unavailable".to_owned())?;
+        let entry = hosts.get(host).ok_or_else(|| format!("unknown host {host}"))?;
+        let sender = entry.sender.as_ref().ok_or_else(|| format!("host {host} is not connected"))?;
+        sender.send(message).map_err(|_| format!("host {host} is not connected"))
+    }
+
+    fn handle(&self, host: &str, message: AgentMessage) {
+        match message {
+            AgentMessage::Hello { .. } => {}
+            AgentMessage::Status { processes, load } => {
+                if let Ok(mut hosts) = self.hosts.lock()
+                    && let Some(entry) = hosts.get_mut(host)
+                {
+                    entry.processes = processes;
+                    entry.load = load;
+                    entry.last_seen = Instant::now();
+                }
+            }
+            AgentMessage::Event { process, event } => {
+                let Ok(event) = serde_json::from_str(&event) else { return };
+                if let Ok(mut hosts) = self.hosts.lock()
+                    && let Some(entry) = hosts.get_mut(host)
+                {
+                    entry.last_seen = Instant::now();
+                    apply_event(entry, &process, &event);
+                }
+                let _ = self.events.send(ProcessEvent { host: host.to_owned(), process, event });
+            }
+            AgentMessage::Claimed { request, process, reason } => {
+                if let Some((name, address)) = &process
+                    && let Ok(mut hosts) = self.hosts.lock()
+                    && let Some(entry) = hosts.get_mut(host)
+                {
+                    ensure_process(entry, name, *address, false);
+                }
+                let waiting = self.claims.lock().ok().and_then(|mut claims| claims.remove(&request));
+                if let Some(waiting) = waiting {
+                    let _ = waiting.send(process.ok_or(reason));
+                }
+            }
+        }
+    }
+}
+
+/// Keeps the registry's view of a host's processes current between status reports.
+fn apply_event(entry: &mut HostEntry, process: &str, event: &serde_json::Value) {
+    if event["event"] == "listening"
+        && let Some(address) = event["addr"].as_str().and_then(|addr| addr.parse().ok())
+    {
+        ensure_process(entry, process, address, true);
+    }
+    let Some(info) = entry.processes.iter_mut().find(|info| info.name == process) else { return };
+    let region = event["region"].as_u64();
+    match event["event"].as_str() {
+        Some("owning" | "authoritative") => {
+            if let Some(region) = region
+                && !info.regions.contains(&region)
+            {
+                info.regions.push(region);
+            }
+            info.warm = false;
+        }
+        Some("handed_off" | "retired") => info.regions.retain(|owned| Some(*owned) != region),
+        Some("process_exited") => info.regions.clear(),
+        _ => {}
+    }
+}
+
+/// Adds a process the last status report did not list yet (it started since).
+fn ensure_process(entry: &mut HostEntry, process: &str, address: SocketAddr, warm: bool) {
+    match entry.processes.iter_mut().find(|info| info.name == process) {
+        Some(info) => {
+            info.address = address;
+            info.warm = warm;
+        }
+        None => entry.processes.push(ProcessInfo {
+            name: process.to_owned(),
+            address,
+            warm,
+            regions: Vec::new(),
+            restarts: 0,
+        }),
+    }
+}
+
+/// Serves one agent's control connection until it closes or misbehaves.
+pub(crate) async fn serve_agent(connection: quinn::Connection, hosts: std::sync::Arc<Hosts>) {
+    let peer = connection.remote_address();
+    let Ok((mut send, mut recv)) = connection.accept_bi().await else { return };
+    let (sender, mut outbound) = unbounded_channel::<CoordinatorMessage>();
+    tokio::spawn(async move {
+        let mut buffer = Vec::new();
+        while let Some(message) = outbound.recv().await {
+            buffer.clear();
+            if encode_into(&message, &mut buffer).is_err() || send.write_all(&buffer).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut reader = FramedReader::default();
+    let mut host: Option<(String, u64)> = None;
+    'read: loop {
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => reader.feed(&chunk.bytes),
+            Ok(None) | Err(_) => break,
+        }
+        loop {
+            let message = match reader.next_message::<AgentMessage>() {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::warn!(%peer, %error, "malformed frame from an agent");
+                    connection.close(1u32.into(), b"malformed frame");
+                    break 'read;
+                }
+            };
+            match (&host, message) {
+                (None, AgentMessage::Hello { version: CONTROL_VERSION, host: name, capacity }) => {
+                    let id = hosts.next_id.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut registry) = hosts.hosts.lock() {
+                        let entry = registry.entry(name.clone()).or_insert_with(|| HostEntry {
+                            capacity,
+                            processes: Vec::new(),
+                            load: HostLoad::default(),
+                            last_seen: Instant::now(),
+                            sender: None,
+                            connection: id,
+                            draining: false,
+                        });
+                        entry.capacity = capacity;
+                        entry.sender = Some(sender.clone());
+                        entry.connection = id;
+                        entry.last_seen = Instant::now();
+                    }
+                    tracing::info!(%peer, host = name, "host agent registered");
+                    host = Some((name, id));
+                }
+                (None, _) => {
+                    connection.close(1u32.into(), b"the first message must be Hello (version 1)");
+                    break 'read;
+                }
+                (Some((name, _)), message) => hosts.handle(name, message),
+            }
+        }
+    }
+    if let Some((name, id)) = host
+        && let Ok(mut registry) = hosts.hosts.lock()
+        && let Some(entry) = registry.get_mut(&name)
+        && entry.connection == id
+    {
+        entry.sender = None;
+        tracing::warn!(host = name, "host agent disconnected");
+    }
+}

@@ -1,0 +1,673 @@
+//! Moving regions between hosts.
+//!
+//! One [`Migration`] state machine per move, in the handoff's no-I/O style: it takes what happened
+//! (a claim's answer, a process event, the time) and says what to do (claim a warm process on the
+//! target host, tell a process a serve-protocol command, release a process). The driver
+//! ([`Migrations`]) does the I/O through [`Hosts`], persists every record in the directory's store,
+//! limits concurrent migrations per host, and drains hosts.
+//!
+//! Phases: `claiming` (a warm process on the target host) → `preparing` (it pre-warms a slot for
+//! the region) → `transferring` (the source hands off; the handoff protocol decides, at the
+//! directory) → `cleaning_up` (the source retires its copy) → `committed`; or `aborted` with the
+//! reason from any phase. A coordinator restarted with migrations in flight waits for the handoffs
+//! to settle, then resolves each from the directory: committed if the target owns the region, else
+//! aborted — never both.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use baton_wire::RegionId;
+use baton_wire::authority::OwnershipAuthority;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::directory::Directory;
+use crate::hosts::{Hosts, ProcessEvent};
+
+/// A migration's phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Reserving a warm process on the target host.
+    Claiming,
+    /// The target process pre-warms a slot for the region.
+    Preparing,
+    /// The handoff runs.
+    Transferring,
+    /// Committed; the source retires its copy.
+    CleaningUp,
+    /// Done: the target owns the region.
+    Committed,
+    /// Done: the source kept the region (or it never moved).
+    Aborted,
+}
+
+impl Phase {
+    /// Whether the migration is over.
+    #[must_use]
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::Committed | Phase::Aborted)
+    }
+}
+
+/// How long one phase took.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PhaseTiming {
+    /// The phase.
+    pub phase: Phase,
+    /// Milliseconds spent in it.
+    pub ms: f64,
+}
+
+/// Everything known about one migration (persisted; the admin API shows it).
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MigrationRecord {
+    /// Its id.
+    pub id: u64,
+    /// The region.
+    pub region: u64,
+    /// `migration` (asked for) or `drain` (part of draining a host).
+    pub kind: String,
+    /// Source host and process.
+    pub from_host: String,
+    /// Source process.
+    pub from_process: String,
+    /// Target host.
+    pub to_host: String,
+    /// Target process, once claimed.
+    pub to_process: Option<String>,
+    /// Current phase.
+    pub phase: Phase,
+    /// Why it aborted.
+    pub reason: Option<String>,
+    /// When it started, Unix milliseconds.
+    pub started_unix_ms: u64,
+    /// Time spent in each phase so far.
+    pub phases: Vec<PhaseTiming>,
+    /// The source's freeze, as it reported it.
+    pub freeze_ms: Option<f64>,
+}
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Reserve a warm process on `host`.
+    Claim {
+        /// The host.
+        host: String,
+    },
+    /// Send a serve-protocol command to a process.
+    Run {
+        /// The host.
+        host: String,
+        /// The process.
+        process: String,
+        /// The command.
+        command: serde_json::Value,
+    },
+    /// Stop a process.
+    Release {
+        /// The host.
+        host: String,
+        /// The process.
+        process: String,
+    },
+}
+
+/// Time limits per phase.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// Claiming a warm process.
+    pub claim: Duration,
+    /// Pre-warming the slot.
+    pub prepare: Duration,
+    /// The handoff (its own protocol times out within this).
+    pub transfer: Duration,
+    /// The source's retirement.
+    pub cleanup: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            claim: Duration::from_secs(10),
+            prepare: Duration::from_secs(30),
+            transfer: Duration::from_secs(150),
+            cleanup: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One migration's state machine. No I/O.
+#[derive(Debug)]
+pub struct Migration {
+    record: MigrationRecord,
+    target_address: Option<SocketAddr>,
+    phase_started: Instant,
+    timeouts: Timeouts,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+impl Migration {
+    /// Starts moving `region` from `(from_host, from_process)` to `to_host`.
+    #[must_use]
+    pub fn start(
+        id: u64,
+        kind: &str,
+        region: u64,
+        from: (String, String),
+        to_host: String,
+        timeouts: Timeouts,
+        now: Instant,
+    ) -> (Migration, Vec<Action>) {
+        let record = MigrationRecord {
+            id,
+            region,
+            kind: kind.to_owned(),
+            from_host: from.0,
+            from_process: from.1,
+            to_host: to_host.clone(),
+            to_process: None,
+            phase: Phase::Claiming,
+            reason: None,
+            started_unix_ms: unix_ms(),
+            phases: Vec::new(),
+            freeze_ms: None,
+        };
+        (
+            Migration { record, target_address: None, phase_started: now, timeouts },
+            vec![Action::Claim { host: to_host }],
+        )
+    }
+
+    /// The record as it stands.
+    #[must_use]
+    pub fn record(&self) -> &MigrationRecord {
+        &self.record
+    }
+
+    fn enter(&mut self, phase: Phase, now: Instant) {
+        self.record.phases.push(PhaseTiming {
+            phase: self.record.phase,
+            ms: now.duration_since(self.phase_started).as_secs_f64() * 1000.0,
+        });
+        self.record.phase = phase;
+        self.phase_started = now;
+    }
+
+    fn abort(&mut self, reason: String, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        // A claimed target that did not take the region goes away; its agent refills the pool.
+        if let Some(process) = self.record.to_process.clone() {
+            actions.push(Action::Release { host: self.record.to_host.clone(), process });
+        }
+        self.record.reason = Some(reason);
+        self.enter(Phase::Aborted, now);
+        actions
+    }
+
+    /// A claim's answer.
+    pub fn handle_claimed(&mut self, result: Result<(String, SocketAddr), String>, now: Instant) -> Vec<Action> {
+        if self.record.phase != Phase::Claiming {
+            return Vec::new();
+        }
+        match result {
+            Ok((process, address)) => {
+                self.record.to_process = Some(process.clone());
+                self.target_address = Some(address);
+                self.enter(Phase::Preparing, now);
+                vec![Action::Run {
+                    host: self.record.to_host.clone(),
+                    process,
+                    command: json!({"cmd": "prepare", "region": self.record.region}),
+                }]
+            }
+            Err(reason) => self.abort(format!("no warm process on {}: {reason}", self.record.to_host), now),
+        }
+    }
+
+    /// An event from a process.
+    pub fn handle_event(&mut self, event: &ProcessEvent, now: Instant) -> Vec<Action> {
+        let region = self.record.region;
+        let is_target = self.record.to_process.as_deref() == Some(event.process.as_str());
+        let is_source = event.process == self.record.from_process;
+        let kind = event.event["event"].as_str().unwrap_or_default();
+        let about_region = event.event["region"].as_u64() == Some(region);
+        match self.record.phase {
+            Phase::Preparing if is_target && kind == "prepared" && about_region => {
+                let Some(address) = self.target_address else { return Vec::new() };
+                self.enter(Phase::Transferring, now);
+                vec![Action::Run {
+                    host: self.record.from_host.clone(),
+                    process: self.record.from_process.clone(),
+                    command: json!({"cmd": "handoff", "region": region, "to": address.to_string()}),
+                }]
+            }
+            Phase::Preparing | Phase::Transferring if is_target && kind == "process_exited" => {
+                self.abort("the target process exited".into(), now)
+            }
+            Phase::Preparing if is_target && kind == "error" => {
+                self.abort(format!("the target refused to prepare: {}", event.event["error"]), now)
+            }
+            Phase::Transferring if is_source && kind == "error" => {
+                self.abort(format!("the source refused the handoff: {}", event.event["error"]), now)
+            }
+            Phase::Transferring if is_source && kind == "handed_off" && about_region => {
+                self.record.freeze_ms = event.event["freeze_us"].as_f64().map(|us| us / 1000.0);
+                self.enter(Phase::CleaningUp, now);
+                Vec::new()
+            }
+            Phase::Transferring if is_source && kind == "aborted" && about_region && event.event["owning"] == true => {
+                self.abort(format!("the handoff aborted: {}", event.event["reason"].as_str().unwrap_or("?")), now)
+            }
+            Phase::CleaningUp if is_source && (kind == "retired" || kind == "process_exited") => {
+                self.enter(Phase::Committed, now);
+                vec![Action::Release { host: self.record.from_host.clone(), process: self.record.from_process.clone() }]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The time passes; a phase over its limit ends the migration.
+    pub fn handle_time(&mut self, now: Instant) -> Vec<Action> {
+        let limit = match self.record.phase {
+            Phase::Claiming => self.timeouts.claim,
+            Phase::Preparing => self.timeouts.prepare,
+            Phase::Transferring => self.timeouts.transfer,
+            Phase::CleaningUp => self.timeouts.cleanup,
+            Phase::Committed | Phase::Aborted => return Vec::new(),
+        };
+        if now.duration_since(self.phase_started) < limit {
+            return Vec::new();
+        }
+        match self.record.phase {
+            Phase::CleaningUp => {
+                // Committed all the same; the source is stopped.
+                self.enter(Phase::Committed, now);
+                vec![Action::Release { host: self.record.from_host.clone(), process: self.record.from_process.clone() }]
+            }
+            Phase::Transferring => {
+                // The handoff reported no outcome: the directory's answer is resolved later.
+                self.record.reason = Some("no outcome reported in time".into());
+                Vec::new()
+            }
+            phase => self.abort(format!("timed out in {phase:?}"), now),
+        }
+    }
+
+    /// Asked to stop: possible before the handoff starts.
+    pub fn handle_cancel(&mut self, now: Instant) -> Result<Vec<Action>, String> {
+        match self.record.phase {
+            Phase::Claiming | Phase::Preparing => Ok(self.abort("cancelled".into(), now)),
+            phase => Err(format!("a migration cannot be cancelled in phase {phase:?}")),
+        }
+    }
+}
+
+/// Why a migration could not start.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StartError {
+    /// Something named does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request cannot be done now (busy host, draining target, migration in flight).
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// All migrations: running ones, their drivers, and the history.
+pub struct Migrations {
+    hosts: Arc<Hosts>,
+    directory: Arc<Directory>,
+    records: Mutex<BTreeMap<u64, MigrationRecord>>,
+    cancels: Mutex<BTreeMap<u64, tokio::sync::mpsc::UnboundedSender<()>>>,
+    next_id: Mutex<u64>,
+    per_host_limit: usize,
+    timeouts: Timeouts,
+}
+
+impl Migrations {
+    /// The migrations of a coordinator; records of earlier runs are loaded, and those that were in
+    /// flight are resolved from the directory once their handoffs can have settled.
+    pub fn open(
+        hosts: Arc<Hosts>,
+        directory: Arc<Directory>,
+        per_host_limit: usize,
+        timeouts: Timeouts,
+    ) -> Result<Arc<Migrations>, String> {
+        let loaded = directory.load_migrations().map_err(|error| error.to_string())?;
+        let next = loaded.iter().map(|record| record.id).max().unwrap_or(0) + 1;
+        let in_flight: Vec<u64> =
+            loaded.iter().filter(|record| !record.phase.is_final()).map(|record| record.id).collect();
+        let migrations = Arc::new(Migrations {
+            hosts,
+            directory,
+            records: Mutex::new(loaded.into_iter().map(|record| (record.id, record)).collect()),
+            cancels: Mutex::new(BTreeMap::new()),
+            next_id: Mutex::new(next),
+            per_host_limit: per_host_limit.max(1),
+            timeouts,
+        });
+        if !in_flight.is_empty() {
+            let resolver = migrations.clone();
+            tokio::spawn(async move {
+                // Commits and settling retry until the authority answers; give them time to.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                for id in in_flight {
+                    resolver.resolve_from_directory(id);
+                }
+            });
+        }
+        Ok(migrations)
+    }
+
+    fn resolve_from_directory(&self, id: u64) {
+        let Some(mut record) = self.get(id) else { return };
+        if record.phase.is_final() {
+            return;
+        }
+        let owner = self.directory.current(RegionId(record.region)).map(|ownership| ownership.owner);
+        let committed = owner.as_ref().ok().is_some_and(|owner| Some(owner) == record.to_process.as_ref());
+        record.phase = if committed { Phase::Committed } else { Phase::Aborted };
+        record.reason = Some(format!(
+            "resolved from the directory after a coordinator restart (owner: {})",
+            owner.unwrap_or_else(|error| error.to_string())
+        ));
+        // Clean up what the lost driver would have: the loser's process goes away.
+        if committed {
+            let _ = self.hosts.release(&record.from_host, &record.from_process);
+        } else if let Some(process) = &record.to_process {
+            let _ = self.hosts.release(&record.to_host, process);
+        }
+        self.store(&record);
+    }
+
+    /// Every migration, oldest first.
+    #[must_use]
+    pub fn list(&self) -> Vec<MigrationRecord> {
+        self.records.lock().map(|records| records.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// One migration.
+    #[must_use]
+    pub fn get(&self, id: u64) -> Option<MigrationRecord> {
+        self.records.lock().ok().and_then(|records| records.get(&id).cloned())
+    }
+
+    fn store(&self, record: &MigrationRecord) {
+        if let Err(error) = self.directory.save_migration(record) {
+            tracing::error!(id = record.id, %error, "could not persist a migration record");
+        }
+        if let Ok(mut records) = self.records.lock() {
+            records.insert(record.id, record.clone());
+        }
+    }
+
+    fn active_on(&self, host: &str) -> usize {
+        self.list()
+            .iter()
+            .filter(|record| !record.phase.is_final() && (record.from_host == host || record.to_host == host))
+            .count()
+    }
+
+    /// Starts moving `region` to `to_host`.
+    pub fn start(self: &Arc<Self>, region: u64, to_host: &str, kind: &str) -> Result<MigrationRecord, StartError> {
+        let (from_host, from_process, _) = self
+            .hosts
+            .locate(region)
+            .ok_or_else(|| StartError::NotFound(format!("region {region} is not served by any registered host")))?;
+        if !self.hosts.exists(to_host) {
+            return Err(StartError::NotFound(format!("unknown host {to_host}")));
+        }
+        if from_host == to_host {
+            return Err(StartError::Conflict(format!("region {region} is on {to_host} already")));
+        }
+        if self.hosts.is_draining(to_host) {
+            return Err(StartError::Conflict(format!("host {to_host} is draining")));
+        }
+        if self.list().iter().any(|record| record.region == region && !record.phase.is_final()) {
+            return Err(StartError::Conflict(format!("region {region} is being migrated already")));
+        }
+        for host in [&from_host, &to_host.to_owned()] {
+            if self.active_on(host) >= self.per_host_limit {
+                return Err(StartError::Conflict(format!(
+                    "host {host} has {} migrations running (the limit)",
+                    self.per_host_limit
+                )));
+            }
+        }
+        let id = {
+            let Ok(mut next) = self.next_id.lock() else {
+                return Err(StartError::Conflict("migration ids unavailable".into()));
+            };
+            let id = *next;
+            *next += 1;
+            id
+        };
+        let (machine, actions) = Migration::start(
+            id,
+            kind,
+            region,
+            (from_host, from_process),
+            to_host.to_owned(),
+            self.timeouts,
+            Instant::now(),
+        );
+        let record = machine.record().clone();
+        self.store(&record);
+        let (cancel, cancelled) = tokio::sync::mpsc::unbounded_channel();
+        if let Ok(mut cancels) = self.cancels.lock() {
+            cancels.insert(id, cancel);
+        }
+        tokio::spawn(drive(self.clone(), machine, actions, cancelled));
+        Ok(record)
+    }
+
+    /// Asks a migration to stop (only before its handoff starts).
+    pub fn cancel(&self, id: u64) -> Result<(), StartError> {
+        let record = self.get(id).ok_or_else(|| StartError::NotFound(format!("no migration {id}")))?;
+        if record.phase.is_final() {
+            return Err(StartError::Conflict(format!("migration {id} is over ({:?})", record.phase)));
+        }
+        if !matches!(record.phase, Phase::Claiming | Phase::Preparing) {
+            return Err(StartError::Conflict(format!(
+                "migration {id} cannot be cancelled in phase {:?}",
+                record.phase
+            )));
+        }
+        let sender = self.cancels.lock().ok().and_then(|cancels| cancels.get(&id).cloned());
+        sender.map(|sender| sender.send(())).transpose().map_err(|_| StartError::Conflict("already over".into()))?;
+        Ok(())
+    }
+
+    /// Drains `host`: no new regions go there, and each of its regions moves to the least loaded
+    /// other host, a few at a time (the per-host limit). Returns the regions to move.
+    pub fn drain(self: &Arc<Self>, host: &str) -> Result<Vec<u64>, StartError> {
+        if !self.hosts.set_draining(host, true) {
+            return Err(StartError::NotFound(format!("unknown host {host}")));
+        }
+        let regions = self.hosts.regions_on(host);
+        let migrations = self.clone();
+        let draining = host.to_owned();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while Instant::now() < deadline {
+                let left = migrations.hosts.regions_on(&draining);
+                if left.is_empty() {
+                    tracing::info!(host = draining, "drained");
+                    return;
+                }
+                for region in left {
+                    if let Some(target) = migrations.least_loaded_except(&draining) {
+                        match migrations.start(region, &target, "drain") {
+                            Ok(record) => {
+                                tracing::info!(id = record.id, region, to = target, "drain migration started")
+                            }
+                            Err(error) => tracing::debug!(region, %error, "drain migration waits"),
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            tracing::error!(host = draining, "draining did not finish in 10 minutes");
+        });
+        Ok(regions)
+    }
+
+    fn least_loaded_except(&self, host: &str) -> Option<String> {
+        self.hosts
+            .views()
+            .into_iter()
+            .filter(|view| view.name != host && view.connected && !view.draining)
+            .filter(|view| view.processes.iter().any(|process| process.warm))
+            .min_by(|a, b| {
+                let load =
+                    |view: &crate::hosts::HostView| view.processes.iter().map(|p| p.regions.len()).sum::<usize>();
+                load(a).cmp(&load(b)).then(a.cpu_cores.total_cmp(&b.cpu_cores))
+            })
+            .map(|view| view.name)
+    }
+}
+
+async fn drive(
+    migrations: Arc<Migrations>,
+    mut machine: Migration,
+    actions: Vec<Action>,
+    mut cancelled: tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    let mut events = migrations.hosts.subscribe();
+    let mut ticker = tokio::time::interval(Duration::from_millis(250));
+    let (claims, mut claimed) = tokio::sync::mpsc::unbounded_channel();
+    let mut pending = actions;
+    loop {
+        for action in std::mem::take(&mut pending) {
+            perform(&migrations, action, &claims);
+        }
+        migrations.store(machine.record());
+        if machine.record().phase.is_final() {
+            break;
+        }
+        let now = Instant::now();
+        pending = tokio::select! {
+            event = events.recv() => match event {
+                Ok(event) => machine.handle_event(&event, Instant::now()),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "a migration driver missed process events");
+                    Vec::new()
+                }
+                Err(_) => break,
+            },
+            Some(result) = claimed.recv() => machine.handle_claimed(result, Instant::now()),
+            Some(()) = cancelled.recv() => machine.handle_cancel(Instant::now()).unwrap_or_default(),
+            _ = ticker.tick() => machine.handle_time(now),
+        };
+    }
+    if let Ok(mut cancels) = migrations.cancels.lock() {
+        cancels.remove(&machine.record().id);
+    }
+}
+
+fn perform(
+    migrations: &Arc<Migrations>,
+    action: Action,
+    claims: &tokio::sync::mpsc::UnboundedSender<Result<(String, SocketAddr), String>>,
+) {
+    match action {
+        Action::Claim { host } => {
+            let migrations = migrations.clone();
+            let claims = claims.clone();
+            tokio::spawn(async move {
+                let result = migrations.hosts.claim(&host, migrations.timeouts.claim).await;
+                let _ = claims.send(result);
+            });
+        }
+        Action::Run { host, process, command } => {
+            if let Err(error) = migrations.hosts.run(&host, &process, &command) {
+                tracing::warn!(host, process, %error, "could not send a command");
+            }
+        }
+        Action::Release { host, process } => {
+            if let Err(error) = migrations.hosts.release(&host, &process) {
+                tracing::warn!(host, process, %error, "could not release a process");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(process: &str, event: serde_json::Value) -> ProcessEvent {
+        ProcessEvent { host: String::new(), process: process.to_owned(), event }
+    }
+
+    fn started() -> (Migration, Instant) {
+        let now = Instant::now();
+        let (machine, actions) =
+            Migration::start(1, "migration", 7, ("h1".into(), "h1-p1".into()), "h2".into(), Timeouts::default(), now);
+        assert_eq!(actions, vec![Action::Claim { host: "h2".into() }]);
+        (machine, now)
+    }
+
+    #[test]
+    fn a_migration_walks_its_phases_and_times_them() {
+        let (mut machine, now) = started();
+        let target: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        let actions = machine.handle_claimed(Ok(("h2-p3".into(), target)), now);
+        assert!(matches!(&actions[..], [Action::Run { process, .. }] if process == "h2-p3"));
+        // Events of other processes or regions change nothing.
+        assert!(machine.handle_event(&event("h2-p9", json!({"event": "prepared", "region": 7})), now).is_empty());
+        assert!(machine.handle_event(&event("h2-p3", json!({"event": "prepared", "region": 8})), now).is_empty());
+        let actions = machine.handle_event(&event("h2-p3", json!({"event": "prepared", "region": 7})), now);
+        assert!(matches!(&actions[..], [Action::Run { process, command, .. }]
+            if process == "h1-p1" && command["to"] == "127.0.0.1:9000"));
+        assert_eq!(machine.record().phase, Phase::Transferring);
+        assert!(machine.handle_cancel(now).is_err(), "no cancel once the handoff runs");
+        machine.handle_event(&event("h1-p1", json!({"event": "handed_off", "region": 7, "freeze_us": 2500})), now);
+        assert_eq!(machine.record().phase, Phase::CleaningUp);
+        let actions = machine.handle_event(&event("h1-p1", json!({"event": "retired", "region": 7})), now);
+        assert_eq!(actions, vec![Action::Release { host: "h1".into(), process: "h1-p1".into() }]);
+        assert_eq!(machine.record().phase, Phase::Committed);
+        assert_eq!(machine.record().freeze_ms, Some(2.5));
+        let phases: Vec<Phase> = machine.record().phases.iter().map(|timing| timing.phase).collect();
+        assert_eq!(phases, vec![Phase::Claiming, Phase::Preparing, Phase::Transferring, Phase::CleaningUp]);
+    }
+
+    #[test]
+    fn failures_abort_and_release_the_claimed_target() {
+        let (mut machine, now) = started();
+        assert_eq!(
+            machine.handle_claimed(Err("none ready".into()), now),
+            Vec::new(),
+            "nothing was claimed, nothing to release"
+        );
+        assert_eq!(machine.record().phase, Phase::Aborted);
+
+        let (mut machine, now) = started();
+        machine.handle_claimed(Ok(("h2-p3".into(), "127.0.0.1:9000".parse().unwrap())), now);
+        machine.handle_event(&event("h2-p3", json!({"event": "prepared", "region": 7})), now);
+        let actions = machine.handle_event(
+            &event("h1-p1", json!({"event": "aborted", "region": 7, "owning": true, "reason": "x"})),
+            now,
+        );
+        assert_eq!(actions, vec![Action::Release { host: "h2".into(), process: "h2-p3".into() }]);
+        assert_eq!(machine.record().phase, Phase::Aborted);
+
+        let (mut machine, now) = started();
+        machine.handle_claimed(Ok(("h2-p3".into(), "127.0.0.1:9000".parse().unwrap())), now);
+        assert!(machine.handle_time(now + Duration::from_secs(29)).is_empty());
+        let actions = machine.handle_time(now + Duration::from_secs(31));
+        assert_eq!(actions, vec![Action::Release { host: "h2".into(), process: "h2-p3".into() }]);
+        assert_eq!(machine.record().phase, Phase::Aborted);
+
+        let (mut machine, now) = started();
+        assert!(machine.handle_cancel(now).is_ok());
+        assert_eq!(machine.record().reason.as_deref(), Some("cancelled"));
+    }
+}

@@ -1,0 +1,101 @@
+//! The route feed: the coordinator tells every gateway which process owns each region.
+//!
+//! A route is the directory's owner and epoch joined with the owner's address as its host agent
+//! reports it. Each gateway connection gets the whole table first (so a gateway that connects late
+//! knows every route), then every change. Changes are found by comparing the table with what this
+//! connection was last sent, whenever a process reports an event and at least every
+//! [`REFRESH`]: the directory is the truth, the events only make the push prompt.
+//!
+//! The feed never decides anything: a gateway applies a route only if its epoch is newer than the
+//! one it routes by (protocol.md §10), so a late or repeated push cannot move a region back.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_wire::control::{CONTROL_VERSION, GatewayHello, RouteEntry, RouteFeed};
+use baton_wire::framing::{FramedReader, encode_into};
+
+use crate::directory::Directory;
+use crate::hosts::Hosts;
+
+/// Longest time between two comparisons of a connection's table with the directory.
+pub const REFRESH: Duration = Duration::from_millis(250);
+
+/// The current table: every region of the directory whose owner's address is known.
+#[must_use]
+pub fn table(directory: &Directory, hosts: &Hosts) -> BTreeMap<u64, RouteEntry> {
+    let Ok(regions) = directory.list() else { return BTreeMap::new() };
+    regions
+        .into_iter()
+        .filter_map(|(region, ownership)| {
+            let address = hosts.address_of(&ownership.owner)?;
+            Some((region.0, RouteEntry { region: region.0, owner: ownership.owner, address, epoch: ownership.epoch.0 }))
+        })
+        .collect()
+}
+
+/// Serves one gateway's route feed until it closes or misbehaves.
+pub(crate) async fn serve_gateway(connection: quinn::Connection, directory: Arc<Directory>, hosts: Arc<Hosts>) {
+    let peer = connection.remote_address();
+    let Ok((mut send, mut recv)) = connection.accept_bi().await else { return };
+    let mut reader = FramedReader::default();
+    // The hello comes first; a gateway that sends anything else is closed.
+    let hello = loop {
+        match reader.next_message::<GatewayHello>() {
+            Ok(Some(hello)) => break hello,
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%peer, %error, "malformed hello on the route feed");
+                connection.close(1u32.into(), b"malformed hello");
+                return;
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(10), recv.read_chunk(4096, true)).await {
+            Ok(Ok(Some(chunk))) => reader.feed(&chunk.bytes),
+            _ => return,
+        }
+    };
+    if hello.version != CONTROL_VERSION {
+        connection.close(1u32.into(), b"unsupported control version");
+        return;
+    }
+    tracing::info!(%peer, gateway = hello.name, "gateway follows the route feed");
+    let mut events = hosts.subscribe();
+    let mut sent: BTreeMap<u64, RouteEntry> = table(&directory, &hosts);
+    let mut buffer = Vec::new();
+    if encode_into(&RouteFeed::Table { routes: sent.values().cloned().collect() }, &mut buffer).is_err()
+        || send.write_all(&buffer).await.is_err()
+    {
+        return;
+    }
+    let mut refresh = tokio::time::interval(REFRESH);
+    loop {
+        tokio::select! {
+            _ = refresh.tick() => {}
+            event = events.recv() => {
+                if matches!(event, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                    return;
+                }
+            }
+            // The gateway says nothing after its hello; its stream ending means it is gone.
+            read = recv.read_chunk(4096, true) => {
+                if !matches!(read, Ok(Some(_))) {
+                    return;
+                }
+            }
+        }
+        buffer.clear();
+        for (region, entry) in table(&directory, &hosts) {
+            if sent.get(&region) != Some(&entry) {
+                if encode_into(&RouteFeed::Route(entry.clone()), &mut buffer).is_err() {
+                    continue;
+                }
+                sent.insert(region, entry);
+            }
+        }
+        if !buffer.is_empty() && send.write_all(&buffer).await.is_err() {
+            return;
+        }
+    }
+}

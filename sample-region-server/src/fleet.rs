@@ -1,0 +1,330 @@
+//! A whole Baton deployment on loopback: a coordinator, host agents with warm pools of sample
+//! region servers, a gateway, players. Operated through the coordinator's admin API, as an operator
+//! would. Used by the fleet tests (and later the demo and the load test).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use baton_client::ClientOptions;
+use baton_gateway::token::{Claims, TokenKey};
+use serde_json::{Value, json};
+
+use crate::cluster::{
+    ServerProcess, agent_binary, coordinator_binary, gateway_binary, server_binary, spawn_coordinator_at,
+};
+
+/// Settings of a [`Fleet`].
+#[derive(Clone, Debug)]
+pub struct FleetSpec {
+    /// Hosts (one agent each).
+    pub hosts: usize,
+    /// Warm processes each agent keeps.
+    pub pool: usize,
+    /// Most processes per host.
+    pub capacity: usize,
+    /// Regions of the world grid, and its width.
+    pub world_regions: u64,
+    /// Grid width.
+    pub columns: u64,
+    /// Tick rate of the regions.
+    pub tick_rate: u32,
+}
+
+/// The processes of a deployment; all are stopped when it is dropped.
+pub struct Fleet {
+    /// The coordinator (None while killed).
+    pub coordinator: Option<ServerProcess>,
+    coordinator_address: SocketAddr,
+    api_address: SocketAddr,
+    /// The admin API's base URL.
+    pub api: String,
+    token: String,
+    agents: Vec<Child>,
+    /// The gateway.
+    pub gateway: ServerProcess,
+    /// Its players' address.
+    pub gateway_address: SocketAddr,
+    trust: PathBuf,
+    key: TokenKey,
+    directory: PathBuf,
+    http: ureq::Agent,
+}
+
+impl Fleet {
+    /// Starts the coordinator, the agents (whose pools start the region servers) and a gateway.
+    pub fn start(spec: &FleetSpec) -> anyhow::Result<Fleet> {
+        let server = server_binary()?;
+        let directory = std::env::temp_dir().join(format!("baton-fleet-{}-{}", std::process::id(), fastrand::u64(..)));
+        let certs = directory.join("certs");
+        let hosts: Vec<String> = (1..=spec.hosts).map(|index| format!("h{index}")).collect();
+        let mut issue = Command::new(&server);
+        issue.arg("--dev-certs").arg(&certs).args(["--node", "coordinator", "--node", "g0", "--node", "g1"]);
+        for host in &hosts {
+            issue.args(["--node", host]);
+        }
+        if !issue.stderr(Stdio::null()).status().context("issuing certificates")?.success() {
+            bail!("issuing certificates failed");
+        }
+        let free = |protocol_udp: bool| -> anyhow::Result<SocketAddr> {
+            Ok(if protocol_udp {
+                std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?
+            } else {
+                std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?
+            })
+        };
+        let coordinator_address = free(true)?;
+        let api_address = free(false)?;
+        let coordinator = spawn_coordinator_at(&coordinator_binary()?, &directory, coordinator_address, api_address)?;
+        let token = std::fs::read_to_string(directory.join("api.token"))?;
+        let mut agents = Vec::new();
+        for host in &hosts {
+            let child = Command::new(agent_binary()?)
+                .args(["--host", host, "--coordinator", &coordinator_address.to_string()])
+                .arg("--certs")
+                .arg(&certs)
+                .args(["--pool", &spec.pool.to_string(), "--capacity", &spec.capacity.to_string()])
+                .args(["--status-interval-ms", "200", "--"])
+                .arg(&server)
+                .args(["--serve", "--cert-name", host, "--coordinator", &coordinator_address.to_string()])
+                .arg("--certs")
+                .arg(&certs)
+                .args(["--tick-rate", &spec.tick_rate.to_string()])
+                .args([
+                    "--world-regions",
+                    &spec.world_regions.to_string(),
+                    "--world-columns",
+                    &spec.columns.to_string(),
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .context("starting an agent")?;
+            agents.push(child);
+        }
+        let key_text: String = (0..48).map(|_| fastrand::alphanumeric()).collect();
+        std::fs::write(directory.join("token.key"), &key_text)?;
+        let key = TokenKey::new(key_text.as_bytes()).map_err(anyhow::Error::msg)?;
+        let (gateway, gateway_address) = start_gateway(&directory, "g0", coordinator_address)?;
+        let http = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(150)))
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        Ok(Fleet {
+            coordinator: Some(coordinator),
+            coordinator_address,
+            api_address,
+            api: format!("http://{api_address}"),
+            token: token.trim().to_owned(),
+            agents,
+            gateway,
+            gateway_address,
+            trust: directory.join("tls").join("gateway.pem"),
+            key,
+            directory,
+            http,
+        })
+    }
+
+    /// Calls the admin API with the token; returns the status and the JSON body.
+    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
+        self.call_with(method, path, body, Some(&self.token))
+    }
+
+    /// Calls the admin API with `token` (or none).
+    pub fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let url = format!("{}{path}", self.api);
+        let authorization = token.map(|token| format!("Bearer {token}"));
+        let response = match method {
+            "GET" => {
+                let mut request = self.http.get(&url);
+                if let Some(value) = &authorization {
+                    request = request.header("Authorization", value);
+                }
+                request.call()
+            }
+            _ => {
+                let mut request = self.http.post(&url);
+                if let Some(value) = &authorization {
+                    request = request.header("Authorization", value);
+                }
+                match body {
+                    Some(Value::String(raw)) => request.header("Content-Type", "application/json").send(raw.as_bytes()),
+                    Some(body) => request.send_json(body),
+                    None => request.send_empty(),
+                }
+            }
+        };
+        let mut response = response.with_context(|| format!("calling {url}"))?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    /// Calls the API and fails unless it answers 2xx.
+    pub fn ok(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let (status, value) = self.call(method, path, body)?;
+        if !(200..300).contains(&status) {
+            bail!("{method} {path}: {status} {value}");
+        }
+        Ok(value)
+    }
+
+    /// Waits until every host's agent is connected with `warm` ready processes.
+    pub fn wait_hosts_ready(&self, hosts: usize, warm: usize, timeout: Duration) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let views = self.ok("GET", "/v1/hosts", None)?;
+            let ready = views
+                .as_array()
+                .map(|hosts| {
+                    hosts
+                        .iter()
+                        .filter(|host| host["connected"] == true)
+                        .filter(|host| {
+                            host["processes"]
+                                .as_array()
+                                .map(|processes| {
+                                    processes
+                                        .iter()
+                                        .filter(|process| process["warm"] == true && process["address"] != "0.0.0.0:0")
+                                        .count()
+                                })
+                                .unwrap_or(0)
+                                >= warm
+                        })
+                        .count()
+                })
+                .unwrap_or(0);
+            if ready >= hosts {
+                return Ok(views);
+            }
+            if Instant::now() > deadline {
+                bail!("hosts not ready in time: {views}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts another gateway (`g1`) following the coordinator's route feed; returns it and its
+    /// players' address. It learns every route from the feed alone (no `--server`).
+    pub fn start_late_gateway(&self) -> anyhow::Result<(ServerProcess, SocketAddr)> {
+        start_gateway(&self.directory, "g1", self.coordinator_address)
+    }
+
+    /// Starts a migration and waits for its end; returns the final record.
+    pub fn migrate(&self, region: u64, to: &str, timeout: Duration) -> anyhow::Result<Value> {
+        let record = self.ok("POST", "/v1/migrations", Some(json!({"region": region, "to_host": to})))?;
+        self.wait_migration(record["id"].as_u64().unwrap_or(0), timeout)
+    }
+
+    /// Waits until migration `id` commits or aborts.
+    pub fn wait_migration(&self, id: u64, timeout: Duration) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let record = self.ok("GET", &format!("/v1/migrations/{id}"), None)?;
+            if matches!(record["phase"].as_str(), Some("committed" | "aborted")) {
+                return Ok(record);
+            }
+            if Instant::now() > deadline {
+                bail!("migration {id} did not finish: {record}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the coordinator with SIGKILL.
+    pub fn kill_coordinator(&mut self) {
+        if let Some(mut coordinator) = self.coordinator.take() {
+            coordinator.kill();
+        }
+    }
+
+    /// Starts the coordinator again with the same addresses and data.
+    pub fn restart_coordinator(&mut self) -> anyhow::Result<()> {
+        self.coordinator = Some(spawn_coordinator_at(
+            &coordinator_binary()?,
+            &self.directory,
+            self.coordinator_address,
+            self.api_address,
+        )?);
+        Ok(())
+    }
+
+    /// A session token for `player` entering at `region`.
+    #[must_use]
+    pub fn token(&self, player: u64, region: u64) -> String {
+        let expires_at =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
+                + 3600;
+        self.key.issue(&Claims { player, region, expires_at })
+    }
+
+    /// Options for players of the gateway.
+    #[must_use]
+    pub fn client_options(&self) -> ClientOptions {
+        ClientOptions::new(self.gateway_address, &self.trust)
+    }
+
+    /// The folder of this deployment.
+    #[must_use]
+    pub fn directory(&self) -> &Path {
+        &self.directory
+    }
+}
+
+/// Starts a gateway named `name` (certificate issued by [`Fleet::start`]) that follows the
+/// coordinator's route feed.
+fn start_gateway(directory: &Path, name: &str, coordinator: SocketAddr) -> anyhow::Result<(ServerProcess, SocketAddr)> {
+    let mut command = Command::new(gateway_binary()?);
+    command
+        .args(["--name", name, "--listen", "127.0.0.1:0", "--control"])
+        .args(["--coordinator", &coordinator.to_string()])
+        .arg("--certs")
+        .arg(directory.join("certs"))
+        .arg("--dev-tls")
+        .arg(directory.join("tls"))
+        .arg("--token-key-file")
+        .arg(directory.join("token.key"));
+    let gateway = ServerProcess::spawn_command(name, command)?;
+    let address = gateway
+        .log
+        .iter()
+        .find(|event| event["event"] == "listening")
+        .and_then(|event| event["addr"].as_str())
+        .context("gateway without an address")?
+        .parse()?;
+    Ok((gateway, address))
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        // Agents stop their processes on SIGTERM; anything left is killed.
+        for agent in &mut self.agents {
+            let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for agent in &mut self.agents {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = agent.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = agent.kill();
+            let _ = agent.wait();
+        }
+        self.coordinator = None;
+        let _ = std::fs::remove_dir_all(&self.directory);
+    }
+}

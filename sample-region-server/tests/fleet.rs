@@ -1,0 +1,232 @@
+//! A deployment operated through the admin API: a coordinator, three host agents with warm pools,
+//! a gateway, twelve regions and players. Regions are created, migrated and a host drained while
+//! the players play; the coordinator is killed mid-migration and restarted. Zero disconnects, no
+//! input lost or applied twice, one owner per region throughout.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use sample_region_server::fleet::{Fleet, FleetSpec};
+use sample_region_server::players::{Movement, PlayerOutcome, PlayerPlan, run_player};
+use serde_json::{Value, json};
+
+fn spec(hosts: usize, pool: usize) -> FleetSpec {
+    FleetSpec { hosts, pool, capacity: 12, world_regions: 12, columns: 4, tick_rate: 20 }
+}
+
+fn host_of(fleet: &Fleet, region: u64) -> String {
+    let regions = fleet.ok("GET", "/v1/regions", None).unwrap();
+    let row = regions.as_array().unwrap().iter().find(|row| row["region"] == region).cloned().unwrap_or(Value::Null);
+    row["host"].as_str().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn operators_migrate_regions_and_drain_a_host_while_players_play() {
+    let mut fleet = Fleet::start(&spec(3, 3)).unwrap();
+    fleet.wait_hosts_ready(3, 3, Duration::from_secs(90)).unwrap();
+    for region in 1..=12u64 {
+        let host = format!("h{}", (region - 1) % 3 + 1);
+        let created = fleet
+            .ok("POST", "/v1/regions", Some(json!({"region": region, "host": host, "world": {"objects": 40, "npcs": 4, "plants": 4, "seed": region}})))
+            .unwrap();
+        assert_eq!(created["host"], json!(host), "{created}");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let options = fleet.client_options();
+    let play_for = Duration::from_secs(40);
+    let players: Vec<_> = (1..=48u64)
+        .map(|player| {
+            let region = (player - 1) % 12 + 1;
+            let plan = PlayerPlan {
+                player,
+                region,
+                movement: Movement::Wander,
+                inputs_per_second: 20,
+                start_after: Duration::from_millis(player * 20),
+                play_for,
+                settle_for: Duration::from_secs(20),
+            };
+            runtime.spawn(run_player(options.clone(), fleet.token(player, region), plan))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Migrations asked for through the API.
+    for (region, to) in [(1u64, "h2"), (5, "h3"), (9, "h1")] {
+        let record = fleet.migrate(region, to, Duration::from_secs(90)).unwrap();
+        assert_eq!(record["phase"], "committed", "{record}");
+        assert_eq!(host_of(&fleet, region), to);
+        let phases: Vec<&str> =
+            record["phases"].as_array().unwrap().iter().filter_map(|timing| timing["phase"].as_str()).collect();
+        assert_eq!(phases, ["claiming", "preparing", "transferring", "cleaning_up"], "{record}");
+    }
+
+    // Drain h3: its regions move away, one or two at a time.
+    let drain = fleet.ok("POST", "/v1/hosts/h3/drain", None).unwrap();
+    assert!(!drain["regions"].as_array().unwrap().is_empty(), "{drain}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let regions = fleet.ok("GET", "/v1/regions", None).unwrap();
+        if regions.as_array().unwrap().iter().all(|row| row["host"] != "h3" && !row["host"].is_null()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "h3 did not drain: {regions}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (status, _) = fleet.call("POST", "/v1/regions", Some(json!({"region": 99, "host": "h3"}))).unwrap();
+    assert_eq!(status, 409, "a draining host takes no new region");
+    // The drain's migrations finish cleaning up (the sources retire) before the next step.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let migrations = fleet.ok("GET", "/v1/migrations", None).unwrap();
+        let records = migrations.as_array().unwrap();
+        if records.iter().all(|record| record["phase"] == "committed" || record["phase"] == "aborted") {
+            assert!(
+                records.iter().filter(|record| record["kind"] == "drain").all(|record| record["phase"] == "committed"),
+                "{migrations}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "drain migrations did not finish: {migrations}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The coordinator dies in the middle of a migration and comes back.
+    let from = host_of(&fleet, 2);
+    let to = if from == "h1" { "h2" } else { "h1" };
+    let record = fleet.ok("POST", "/v1/migrations", Some(json!({"region": 2, "to_host": to}))).unwrap();
+    let id = record["id"].as_u64().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while fleet.ok("GET", &format!("/v1/migrations/{id}"), None).unwrap()["phase"] != "transferring" {
+        assert!(std::time::Instant::now() < deadline, "migration {id} never reached the handoff");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    fleet.kill_coordinator();
+    std::thread::sleep(Duration::from_secs(2));
+    fleet.restart_coordinator().unwrap();
+    let resolved = fleet.wait_migration(id, Duration::from_secs(60)).unwrap();
+    eprintln!("after the coordinator's restart: {resolved}");
+    // One owner: the directory's owner is the process its host reports serving the region.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let regions = fleet.ok("GET", "/v1/regions", None).unwrap();
+        let hosts = fleet.ok("GET", "/v1/hosts", None).unwrap();
+        let row = regions.as_array().unwrap().iter().find(|row| row["region"] == 2).cloned().unwrap();
+        let servers: Vec<String> = hosts
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|host| host["processes"].as_array().cloned().unwrap_or_default())
+            .filter(|process| process["regions"].as_array().is_some_and(|regions| regions.contains(&json!(2))))
+            .filter_map(|process| process["name"].as_str().map(str::to_owned))
+            .collect();
+        if servers == vec![row["owner"].as_str().unwrap().to_owned()] {
+            let expected_host = if resolved["phase"] == "committed" { to.to_owned() } else { from.clone() };
+            assert_eq!(row["host"], json!(expected_host), "{row} {resolved}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "region 2 has owners {servers:?}, directory {row}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let outcomes: Vec<PlayerOutcome> =
+        players.into_iter().map(|task| runtime.block_on(task).unwrap().unwrap()).collect();
+    let disconnects: u64 = outcomes.iter().map(|outcome| outcome.disconnects).sum();
+    let sent: u64 = outcomes.iter().map(|outcome| outcome.sent).sum();
+    let max_gap = outcomes.iter().map(|outcome| outcome.max_gap_ms).fold(0.0, f64::max);
+    let migrations = fleet.ok("GET", "/v1/migrations", None).unwrap();
+    eprintln!(
+        "{} players, {sent} inputs, {disconnects} disconnects, max update gap {max_gap:.0} ms, {} migrations",
+        outcomes.len(),
+        migrations.as_array().unwrap().len()
+    );
+    for outcome in outcomes.iter().filter(|outcome| !outcome.chain_ok || outcome.disconnects > 0) {
+        eprintln!(
+            "player {} region {}: sent {} acked {} updates {}",
+            outcome.player, outcome.region, outcome.sent, outcome.acked, outcome.updates
+        );
+    }
+    for record in migrations.as_array().unwrap() {
+        eprintln!(
+            "migration {} region {} {}: {} -> {} {} {}",
+            record["id"],
+            record["region"],
+            record["kind"],
+            record["from_process"],
+            record["to_process"],
+            record["phase"],
+            record["reason"]
+        );
+    }
+    for outcome in &outcomes {
+        assert_eq!(outcome.disconnects, 0, "player {}: {:?}", outcome.player, outcome.close_reasons);
+        assert!(outcome.chain_ok && outcome.acked == outcome.sent, "player {}: {outcome:?}", outcome.player);
+    }
+    assert!(
+        migrations
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|record| record["phase"] == "committed" || record["phase"] == "aborted")
+    );
+}
+
+#[test]
+fn the_admin_api_refuses_bad_requests_clearly() {
+    let fleet = Fleet::start(&spec(1, 1)).unwrap();
+    fleet.wait_hosts_ready(1, 1, Duration::from_secs(60)).unwrap();
+    let (status, body) = fleet.call_with("GET", "/v1/hosts", None, None).unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("Bearer"));
+    let (status, _) = fleet.call_with("GET", "/v1/regions", None, Some("not-the-token")).unwrap();
+    assert_eq!(status, 401);
+    let (status, body) =
+        fleet.call("POST", "/v1/migrations", Some(Value::String("{\"region\": \"one\"}".into()))).unwrap();
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = fleet.call("POST", "/v1/regions", Some(json!({"region": 1, "host": "nowhere"}))).unwrap();
+    assert_eq!(status, 404);
+    let (status, _) = fleet.call("POST", "/v1/migrations", Some(json!({"region": 77, "to_host": "h1"}))).unwrap();
+    assert_eq!(status, 404, "an unknown region");
+    fleet.ok("POST", "/v1/regions", Some(json!({"region": 1, "host": "h1", "world": {"objects": 10}}))).unwrap();
+    let (status, _) = fleet.call("POST", "/v1/regions", Some(json!({"region": 1, "host": "h1"}))).unwrap();
+    assert_eq!(status, 409, "the region exists");
+
+    // A gateway that starts after the region exists learns its route from the coordinator's feed
+    // alone (it is given no server): its player plays, every input applied once.
+    let (late_gateway, late_address) = fleet.start_late_gateway().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let plan = PlayerPlan {
+        player: 1,
+        region: 1,
+        movement: Movement::Wander,
+        inputs_per_second: 20,
+        start_after: Duration::from_millis(500),
+        play_for: Duration::from_secs(3),
+        settle_for: Duration::from_secs(10),
+    };
+    let mut options = fleet.client_options();
+    options.gateway = late_address;
+    let outcome = runtime.block_on(run_player(options, fleet.token(1, 1), plan)).unwrap();
+    assert!(outcome.sent > 0 && outcome.acked == outcome.sent && outcome.chain_ok, "{outcome:?}");
+    assert_eq!(outcome.disconnects, 0, "{:?}", outcome.close_reasons);
+    drop(late_gateway);
+
+    let (status, _) = fleet.call("POST", "/v1/migrations", Some(json!({"region": 1, "to_host": "h1"}))).unwrap();
+    assert_eq!(status, 409, "already there");
+    let (status, _) = fleet.call("GET", "/v1/migrations/12345", None).unwrap();
+    assert_eq!(status, 404);
+    let (status, _) = fleet.call("GET", "/v1/migrations/abc", None).unwrap();
+    assert_eq!(status, 400);
+    let (status, _) = fleet.call("POST", "/v1/hosts/nowhere/drain", None).unwrap();
+    assert_eq!(status, 404);
+    let (status, openapi) = fleet.call_with("GET", "/openapi.json", None, None).unwrap();
+    assert_eq!(status, 200);
+    for path in ["/v1/hosts", "/v1/regions", "/v1/migrations", "/v1/migrations/{id}/cancel", "/v1/hosts/{host}/drain"] {
+        assert!(openapi["paths"].get(path).is_some(), "the OpenAPI document lacks {path}");
+    }
+    let metrics = ureq::get(format!("{}/metrics", fleet.api)).call().unwrap().body_mut().read_to_string().unwrap();
+    assert!(metrics.contains("baton_coordinator_hosts 1"), "{metrics}");
+}

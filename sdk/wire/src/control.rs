@@ -1,0 +1,147 @@
+//! The control protocol (version 1): host agents ↔ the coordinator.
+//!
+//! An agent connects to the coordinator (mutual TLS with the host's cluster certificate, ALPN
+//! [`ALPN_CONTROL`]) and keeps one bidirectional stream of `u32`-framed postcard messages
+//! ([`crate::framing`]). It says `Hello`, then reports its host's load and its processes every
+//! interval and relays what its region-server processes report. The coordinator asks it to run
+//! serve-protocol commands on its processes (`Run`), e.g. to host, prepare or hand off a region, and
+//! to claim a pre-warmed process (`Claim`).
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// ALPN of the control protocol.
+pub const ALPN_CONTROL: &[u8] = b"baton-control/1";
+/// Version of the control message set.
+pub const CONTROL_VERSION: u16 = 1;
+
+/// What one region-server process of a host is doing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// Its instance name (unique in the cluster).
+    pub name: String,
+    /// Its cluster address (handoff links and gateways).
+    pub address: SocketAddr,
+    /// Idle and ready to receive a region (a warm-pool member) or claimed/serving.
+    pub warm: bool,
+    /// Regions it owns.
+    pub regions: Vec<u64>,
+    /// How many times the agent restarted it.
+    pub restarts: u32,
+}
+
+/// A host's load.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostLoad {
+    /// CPU used by the host's region-server processes, in cores.
+    pub cpu_cores: f64,
+    /// Resident memory of those processes, in bytes.
+    pub memory_bytes: u64,
+    /// Per region: (region, last tick duration in ms, players).
+    pub regions: Vec<(u64, f64, u64)>,
+    /// Bytes sent by handoffs so far.
+    pub migration_bytes: u64,
+}
+
+/// Agent to coordinator.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum AgentMessage {
+    /// First message.
+    Hello {
+        /// [`CONTROL_VERSION`].
+        version: u16,
+        /// The host's name (unique in the cluster).
+        host: String,
+        /// Most region-server processes it runs.
+        capacity: u32,
+    },
+    /// Every interval: the host's processes and load.
+    Status {
+        /// The processes.
+        processes: Vec<ProcessInfo>,
+        /// The load.
+        load: HostLoad,
+    },
+    /// A process reported an event (a serve-protocol JSON line).
+    Event {
+        /// The process.
+        process: String,
+        /// The event, as JSON text.
+        event: String,
+    },
+    /// Answer to `Claim`: the process now reserved for the request, or why none is.
+    Claimed {
+        /// The request.
+        request: u64,
+        /// The process and its address, if one was free.
+        process: Option<(String, SocketAddr)>,
+        /// Why not, if none.
+        reason: String,
+    },
+}
+
+/// Coordinator to agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CoordinatorMessage {
+    /// Reserve a warm process (it leaves the pool; the agent starts a replacement).
+    Claim {
+        /// Identifies the request.
+        request: u64,
+    },
+    /// Send one serve-protocol command (JSON text) to a process.
+    Run {
+        /// The process.
+        process: String,
+        /// The command, as JSON text.
+        command: String,
+    },
+    /// Stop a process (its regions are gone from it).
+    Release {
+        /// The process.
+        process: String,
+    },
+}
+
+/// ALPN of the route feed: gateways ↔ the coordinator.
+///
+/// A gateway connects with its cluster certificate, opens one bidirectional stream and says
+/// [`GatewayHello`]; the coordinator answers with the whole table ([`RouteFeed::Table`]) and then
+/// every change ([`RouteFeed::Route`]) as the directory's owners and the hosts' addresses change.
+/// Routes carry the directory's epoch, so a gateway refuses one older than what it already knows
+/// (protocol.md §10); the feed may repeat a route.
+pub const ALPN_ROUTES: &[u8] = b"baton-routes/1";
+
+/// A gateway's first message on the route feed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayHello {
+    /// [`CONTROL_VERSION`].
+    pub version: u16,
+    /// The gateway's name.
+    pub name: String,
+}
+
+/// One route: `region` is owned at `epoch` by the instance `owner`, reachable at `address`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteEntry {
+    /// The region.
+    pub region: u64,
+    /// The owning instance's name (as in the directory).
+    pub owner: String,
+    /// Its cluster address.
+    pub address: SocketAddr,
+    /// The ownership epoch.
+    pub epoch: u64,
+}
+
+/// Coordinator to gateway on the route feed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RouteFeed {
+    /// Every route known now (the first message).
+    Table {
+        /// The routes.
+        routes: Vec<RouteEntry>,
+    },
+    /// One route changed.
+    Route(RouteEntry),
+}
