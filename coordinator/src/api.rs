@@ -116,6 +116,11 @@ pub struct CreateRegion {
     /// The game's initial world (for the sample: `objects`, `npcs`, `plants`, `seed`).
     #[serde(default)]
     pub world: serde_json::Map<String, serde_json::Value>,
+    /// Restore the region from its newest checkpoint in the host's checkpoint store instead
+    /// (after a full restart, or when its host died). The region may be in the directory already;
+    /// it must not be served by any registered host.
+    #[serde(default)]
+    pub from_checkpoint: bool,
 }
 
 /// Move a region.
@@ -257,14 +262,31 @@ async fn create_region(
 ) -> Result<Response, Failure> {
     let Json(request) = body.map_err(bad_body)?;
     match state.directory.current(RegionId(request.region)) {
+        // Restoring from a checkpoint takes the region over at epoch + 1; starting it afresh
+        // would throw away the world it has.
+        Ok(_) if request.from_checkpoint => {}
         Ok(ownership) => {
             return Err(Failure(
                 StatusCode::CONFLICT,
-                format!("region {} exists ({}@{})", request.region, ownership.owner, ownership.epoch),
+                format!(
+                    "region {} exists ({}@{}); restore it with \"from_checkpoint\": true",
+                    request.region, ownership.owner, ownership.epoch
+                ),
             ));
         }
         Err(AuthorityError::UnknownRegion(_)) => {}
         Err(error) => return Err(Failure(StatusCode::SERVICE_UNAVAILABLE, error.to_string())),
+    }
+    if request.from_checkpoint && !request.world.is_empty() {
+        return Err(Failure(StatusCode::BAD_REQUEST, "give either \"world\" or \"from_checkpoint\", not both".into()));
+    }
+    // Invariant 1: a restore fences the previous owner by epoch, but only a dead owner can be
+    // fenced safely, so a region some host still serves is moved with a migration instead.
+    if let Some((host, process, _)) = state.hosts.locate(request.region) {
+        return Err(Failure(
+            StatusCode::CONFLICT,
+            format!("region {} is served by {process} on {host}; move it with a migration", request.region),
+        ));
     }
     if !state.hosts.exists(&request.host) {
         return Err(Failure(StatusCode::NOT_FOUND, format!("unknown host {}", request.host)));
@@ -281,6 +303,9 @@ async fn create_region(
     let mut command = request.world.clone();
     command.insert("cmd".into(), json!("host"));
     command.insert("region".into(), json!(request.region));
+    if request.from_checkpoint {
+        command.insert("checkpoint".into(), json!(true));
+    }
     state
         .hosts
         .run(&request.host, &process, &serde_json::Value::Object(command))

@@ -160,14 +160,14 @@ impl Hosts {
         })
     }
 
-    /// The cluster address of the process named `process`, once it has reported one.
+    /// The cluster address of the process named `process` if it reports serving `region`.
     #[must_use]
-    pub fn address_of(&self, process: &str) -> Option<SocketAddr> {
+    pub fn serving_address(&self, process: &str, region: u64) -> Option<SocketAddr> {
         let hosts = self.hosts.lock().ok()?;
         hosts
             .values()
             .flat_map(|entry| entry.processes.iter())
-            .find(|info| info.name == process && !info.address.ip().is_unspecified())
+            .find(|info| info.name == process && info.regions.contains(&region) && !info.address.ip().is_unspecified())
             .map(|info| info.address)
     }
 

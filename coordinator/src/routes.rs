@@ -22,14 +22,19 @@ use crate::hosts::Hosts;
 /// Longest time between two comparisons of a connection's table with the directory.
 pub const REFRESH: Duration = Duration::from_millis(250);
 
-/// The current table: every region of the directory whose owner's address is known.
+/// The current table: every region of the directory whose owner reports serving it.
+///
+/// The directory changes the instant a handoff's commit lands, a moment before the new owner
+/// hears its swap won and starts taking players; a route pushed in that moment would send the
+/// gateway's players to a server that turns them away. So a route appears only once the owner
+/// itself has reported owning the region (`owning`/`authoritative`, relayed by its agent).
 #[must_use]
 pub fn table(directory: &Directory, hosts: &Hosts) -> BTreeMap<u64, RouteEntry> {
     let Ok(regions) = directory.list() else { return BTreeMap::new() };
     regions
         .into_iter()
         .filter_map(|(region, ownership)| {
-            let address = hosts.address_of(&ownership.owner)?;
+            let address = hosts.serving_address(&ownership.owner, region.0)?;
             Some((region.0, RouteEntry { region: region.0, owner: ownership.owner, address, epoch: ownership.epoch.0 }))
         })
         .collect()

@@ -804,7 +804,18 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
                     );
                     run_actions(inner, actions);
                 }
-                Err(error) => tracing::debug!(%error, "commit already known"),
+                // The route may have flipped already (the coordinator's feed, or the other side's
+                // report). The new owner may have turned an earlier Attach away because it did not
+                // own the region yet; now it says it does, so tell it again (Attach is idempotent).
+                Err(error) => {
+                    if inner.routes.owner(region) == Some((owner, Epoch(epoch))) {
+                        let players = players_in(inner, region);
+                        if !players.is_empty() {
+                            send_upstream(inner, owner, GatewayMessage::Attach { region: region.0, epoch, players });
+                        }
+                    }
+                    tracing::debug!(%error, "commit already known");
+                }
             }
         }
         ServerMessage::Aborted { region, epoch } => {

@@ -31,6 +31,8 @@ pub struct FleetSpec {
     pub columns: u64,
     /// Tick rate of the regions.
     pub tick_rate: u32,
+    /// Seconds between checkpoints of each region (into the fleet's shared checkpoint folder).
+    pub checkpoint_every_s: f64,
 }
 
 /// The processes of a deployment; all are stopped when it is dropped.
@@ -51,6 +53,7 @@ pub struct Fleet {
     key: TokenKey,
     directory: PathBuf,
     http: ureq::Agent,
+    spec: FleetSpec,
 }
 
 impl Fleet {
@@ -79,32 +82,7 @@ impl Fleet {
         let api_address = free(false)?;
         let coordinator = spawn_coordinator_at(&coordinator_binary()?, &directory, coordinator_address, api_address)?;
         let token = std::fs::read_to_string(directory.join("api.token"))?;
-        let mut agents = Vec::new();
-        for host in &hosts {
-            let child = Command::new(agent_binary()?)
-                .args(["--host", host, "--coordinator", &coordinator_address.to_string()])
-                .arg("--certs")
-                .arg(&certs)
-                .args(["--pool", &spec.pool.to_string(), "--capacity", &spec.capacity.to_string()])
-                .args(["--status-interval-ms", "200", "--"])
-                .arg(&server)
-                .args(["--serve", "--cert-name", host, "--coordinator", &coordinator_address.to_string()])
-                .arg("--certs")
-                .arg(&certs)
-                .args(["--tick-rate", &spec.tick_rate.to_string()])
-                .args([
-                    "--world-regions",
-                    &spec.world_regions.to_string(),
-                    "--world-columns",
-                    &spec.columns.to_string(),
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .context("starting an agent")?;
-            agents.push(child);
-        }
+        let agents = spawn_agents(spec, &directory, coordinator_address)?;
         let key_text: String = (0..48).map(|_| fastrand::alphanumeric()).collect();
         std::fs::write(directory.join("token.key"), &key_text)?;
         let key = TokenKey::new(key_text.as_bytes()).map_err(anyhow::Error::msg)?;
@@ -127,6 +105,7 @@ impl Fleet {
             key,
             directory,
             http,
+            spec: spec.clone(),
         })
     }
 
@@ -243,6 +222,25 @@ impl Fleet {
         }
     }
 
+    /// Stops every process of the deployment (agents with their region servers, the gateway, the
+    /// coordinator), keeping its data: the directory, the migration history and the checkpoints.
+    pub fn stop_everything(&mut self) {
+        stop_agents(&mut self.agents);
+        self.gateway.kill();
+        self.kill_coordinator();
+    }
+
+    /// Starts the whole deployment again after [`Fleet::stop_everything`], with the same addresses
+    /// and data. Regions come back only when asked to (`from_checkpoint`).
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        self.restart_coordinator()?;
+        self.agents = spawn_agents(&self.spec, &self.directory, self.coordinator_address)?;
+        let (gateway, address) = start_gateway(&self.directory, "g0", self.coordinator_address)?;
+        self.gateway = gateway;
+        self.gateway_address = address;
+        Ok(())
+    }
+
     /// Kills the coordinator with SIGKILL.
     pub fn kill_coordinator(&mut self) {
         if let Some(mut coordinator) = self.coordinator.take() {
@@ -283,6 +281,57 @@ impl Fleet {
     }
 }
 
+/// Starts one agent per host, each keeping a pool of sample region servers that share the
+/// fleet's checkpoint folder.
+fn spawn_agents(spec: &FleetSpec, directory: &Path, coordinator: SocketAddr) -> anyhow::Result<Vec<Child>> {
+    let server = server_binary()?;
+    let certs = directory.join("certs");
+    let mut agents = Vec::new();
+    for index in 1..=spec.hosts {
+        let host = format!("h{index}");
+        let child = Command::new(agent_binary()?)
+            .args(["--host", &host, "--coordinator", &coordinator.to_string()])
+            .arg("--certs")
+            .arg(&certs)
+            .args(["--pool", &spec.pool.to_string(), "--capacity", &spec.capacity.to_string()])
+            .args(["--status-interval-ms", "200", "--"])
+            .arg(&server)
+            .args(["--serve", "--cert-name", &host, "--coordinator", &coordinator.to_string()])
+            .arg("--certs")
+            .arg(&certs)
+            .arg("--checkpoint-dir")
+            .arg(directory.join("checkpoints"))
+            .args(["--checkpoint-every-s", &spec.checkpoint_every_s.to_string()])
+            .args(["--tick-rate", &spec.tick_rate.to_string()])
+            .args(["--world-regions", &spec.world_regions.to_string(), "--world-columns", &spec.columns.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting an agent")?;
+        agents.push(child);
+    }
+    Ok(agents)
+}
+
+/// Stops agents with SIGTERM (they stop their processes), killing what does not stop in time.
+fn stop_agents(agents: &mut Vec<Child>) {
+    for agent in agents.iter() {
+        let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for mut agent in agents.drain(..) {
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = agent.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = agent.kill();
+        let _ = agent.wait();
+    }
+}
+
 /// Starts a gateway named `name` (certificate issued by [`Fleet::start`]) that follows the
 /// coordinator's route feed.
 fn start_gateway(directory: &Path, name: &str, coordinator: SocketAddr) -> anyhow::Result<(ServerProcess, SocketAddr)> {
@@ -309,21 +358,7 @@ fn start_gateway(directory: &Path, name: &str, coordinator: SocketAddr) -> anyho
 
 impl Drop for Fleet {
     fn drop(&mut self) {
-        // Agents stop their processes on SIGTERM; anything left is killed.
-        for agent in &mut self.agents {
-            let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        for agent in &mut self.agents {
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = agent.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = agent.kill();
-            let _ = agent.wait();
-        }
+        stop_agents(&mut self.agents);
         self.coordinator = None;
         let _ = std::fs::remove_dir_all(&self.directory);
     }

@@ -235,11 +235,16 @@ pub struct PlayerOutcome {
     pub player: u64,
     /// Inputs sent.
     pub sent: u64,
-    /// Inputs the region acknowledged (last_applied at the end).
+    /// Inputs the region had applied for this player before this session (a player whose avatar
+    /// lives on, e.g. in a restored checkpoint); 0 for a new player.
+    pub acked_before: u64,
+    /// Inputs the region acknowledged (last_applied at the end, counting `acked_before`).
     pub acked: u64,
     /// Inputs the avatar counted as applied (the view's count).
     pub applied: u64,
-    /// Whether the avatar's input chain equals the chain of what was sent.
+    /// Whether the avatar's input chain equals the chain of what was sent (for a player with
+    /// `acked_before` > 0, whose earlier inputs this run did not see: whether the avatar counted
+    /// exactly `acked_before` + `sent` inputs).
     pub chain_ok: bool,
     /// Connections lost or closed by the gateway.
     pub disconnects: u64,
@@ -268,7 +273,9 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
     tokio::time::sleep(plan.start_after).await;
     let mut client =
         Client::connect(&options, &token).await.with_context(|| format!("player {} connecting", plan.player))?;
-    let mut outcome = PlayerOutcome { player: plan.player, region: client.region(), ..PlayerOutcome::default() };
+    let acked_before = client.acked();
+    let mut outcome =
+        PlayerOutcome { player: plan.player, region: client.region(), acked_before, ..PlayerOutcome::default() };
     let mut rng = fastrand::Rng::with_seed(plan.player);
     let mut chain = 0u64;
     let mut heading = match plan.movement {
@@ -291,7 +298,9 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
             done_sending = true;
         }
         if done_sending
-            && (view.as_ref().is_some_and(|view| view.inputs_applied >= outcome.sent && client.acked() >= outcome.sent)
+            && (view.as_ref().is_some_and(|view| {
+                view.inputs_applied >= acked_before + outcome.sent && client.acked() >= acked_before + outcome.sent
+            })
                 || now >= settle_deadline)
         {
             break;
@@ -369,7 +378,11 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
     outcome.region = client.region();
     if let Some(view) = view {
         outcome.applied = view.inputs_applied;
-        outcome.chain_ok = view.input_chain == chain && view.inputs_applied == outcome.sent;
+        outcome.chain_ok = if acked_before == 0 {
+            view.input_chain == chain && view.inputs_applied == outcome.sent
+        } else {
+            view.inputs_applied == acked_before + outcome.sent
+        };
     }
     client.close();
     Ok(outcome)

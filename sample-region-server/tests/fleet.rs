@@ -12,7 +12,7 @@ use sample_region_server::players::{Movement, PlayerOutcome, PlayerPlan, run_pla
 use serde_json::{Value, json};
 
 fn spec(hosts: usize, pool: usize) -> FleetSpec {
-    FleetSpec { hosts, pool, capacity: 12, world_regions: 12, columns: 4, tick_rate: 20 }
+    FleetSpec { hosts, pool, capacity: 12, world_regions: 12, columns: 4, tick_rate: 20, checkpoint_every_s: 5.0 }
 }
 
 fn host_of(fleet: &Fleet, region: u64) -> String {
@@ -197,6 +197,7 @@ fn the_admin_api_refuses_bad_requests_clearly() {
     // A gateway that starts after the region exists learns its route from the coordinator's feed
     // alone (it is given no server): its player plays, every input applied once.
     let (late_gateway, late_address) = fleet.start_late_gateway().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let plan = PlayerPlan {
         player: 1,
@@ -229,4 +230,72 @@ fn the_admin_api_refuses_bad_requests_clearly() {
     }
     let metrics = ureq::get(format!("{}/metrics", fleet.api)).call().unwrap().body_mut().read_to_string().unwrap();
     assert!(metrics.contains("baton_coordinator_hosts 1"), "{metrics}");
+}
+
+/// One player plays `seconds` in `region` through the fleet's gateway.
+fn play(fleet: &Fleet, player: u64, region: u64, seconds: u64) -> PlayerOutcome {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let plan = PlayerPlan {
+        player,
+        region,
+        movement: Movement::Wander,
+        inputs_per_second: 20,
+        start_after: Duration::ZERO,
+        play_for: Duration::from_secs(seconds),
+        settle_for: Duration::from_secs(10),
+    };
+    runtime.block_on(run_player(fleet.client_options(), fleet.token(player, region), plan)).unwrap()
+}
+
+#[test]
+fn a_world_survives_a_restart_of_everything() {
+    let spec = FleetSpec {
+        hosts: 1,
+        pool: 1,
+        capacity: 4,
+        world_regions: 1,
+        columns: 1,
+        tick_rate: 20,
+        checkpoint_every_s: 0.5,
+    };
+    let mut fleet = Fleet::start(&spec).unwrap();
+    fleet.wait_hosts_ready(1, 1, Duration::from_secs(60)).unwrap();
+    let created = fleet
+        .ok("POST", "/v1/regions", Some(json!({"region": 1, "host": "h1", "world": {"objects": 60, "npcs": 6, "plants": 6}})))
+        .unwrap();
+    let first = play(&fleet, 7, 1, 3);
+    assert!(first.sent > 0 && first.acked == first.sent && first.chain_ok, "{first:?}");
+    // Every input of the first session is in a checkpoint taken after it (one every 0.5 s).
+    std::thread::sleep(Duration::from_millis(1500));
+    let checkpoints = fleet.directory().join("checkpoints");
+    let saved = std::fs::read_dir(&checkpoints).unwrap().count();
+    assert!(saved >= 1, "no checkpoint in {}", checkpoints.display());
+
+    fleet.stop_everything();
+    fleet.start_again().unwrap();
+    fleet.wait_hosts_ready(1, 1, Duration::from_secs(60)).unwrap();
+    // The directory survived: the region is known, its old owner is gone, no host serves it.
+    let regions = fleet.ok("GET", "/v1/regions", None).unwrap();
+    let row = regions.as_array().unwrap().iter().find(|row| row["region"] == 1).cloned().unwrap();
+    assert_eq!(row["epoch"], created["epoch"], "{row}");
+    assert!(row["host"].is_null(), "{row}");
+    let (status, body) = fleet.call("POST", "/v1/regions", Some(json!({"region": 1, "host": "h1"}))).unwrap();
+    assert_eq!(status, 409, "starting an existing region afresh would lose its world: {body}");
+    assert!(body["error"].as_str().unwrap().contains("from_checkpoint"), "{body}");
+    let (status, body) = fleet
+        .call("POST", "/v1/regions", Some(json!({"region": 1, "host": "h1", "from_checkpoint": true, "world": {"objects": 1}})))
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+
+    let restored = fleet.ok("POST", "/v1/regions", Some(json!({"region": 1, "host": "h1", "from_checkpoint": true}))).unwrap();
+    assert_eq!(restored["epoch"].as_u64(), created["epoch"].as_u64().map(|epoch| epoch + 1), "{restored}");
+    let (status, body) = fleet.call("POST", "/v1/regions", Some(json!({"region": 1, "host": "h1", "from_checkpoint": true}))).unwrap();
+    assert_eq!(status, 409, "a served region is not restored over its owner: {body}");
+
+    // The same player comes back to the same avatar: every input of the first session is there,
+    // and the new ones are applied once each on top.
+    let second = play(&fleet, 7, 1, 2);
+    assert_eq!(second.acked_before, first.sent, "{second:?}");
+    assert_eq!(second.acked, first.sent + second.sent, "{second:?}");
+    assert!(second.chain_ok && second.disconnects == 0, "{second:?}");
 }
