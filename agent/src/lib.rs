@@ -21,6 +21,29 @@ use baton_wire::framing::{FramedReader, encode_into};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
+/// Region-server processes the agent runs.
+pub const PROCESSES: &str = "baton_agent_processes";
+/// Of those, warm (idle, ready) ones.
+pub const WARM_PROCESSES: &str = "baton_agent_warm_processes";
+/// Processes restarted after they exited on their own.
+pub const RESTARTS_TOTAL: &str = "baton_agent_process_restarts_total";
+/// Claims of a warm process, by outcome (`granted`, `waited`, `refused`).
+pub const CLAIMS_TOTAL: &str = "baton_agent_claims_total";
+/// CPU used by the region-server processes, in cores.
+pub const CPU_CORES: &str = "baton_agent_cpu_cores";
+/// Resident memory of the region-server processes.
+pub const MEMORY_BYTES: &str = "baton_agent_memory_bytes";
+
+/// Describes the agent's metrics (call once, after installing a recorder).
+pub fn describe_metrics() {
+    metrics::describe_gauge!(PROCESSES, "Region-server processes the agent runs.");
+    metrics::describe_gauge!(WARM_PROCESSES, "Warm (idle, ready) region-server processes.");
+    metrics::describe_counter!(RESTARTS_TOTAL, "Region-server processes restarted after they exited on their own.");
+    metrics::describe_counter!(CLAIMS_TOTAL, "Claims of a warm process, by outcome.");
+    metrics::describe_gauge!(CPU_CORES, metrics::Unit::Count, "CPU used by the region-server processes, in cores.");
+    metrics::describe_gauge!(MEMORY_BYTES, metrics::Unit::Bytes, "Resident memory of the region-server processes.");
+}
+
 /// Settings of an agent.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -151,6 +174,7 @@ pub async fn run(
                     let event = serde_json::json!({"event": "process_exited", "regions": old.regions}).to_string();
                     let _ = sender.send(AgentMessage::Event { process: process.clone(), event });
                 }
+                metrics::counter!(RESTARTS_TOTAL).increment(1);
                 match spawn(&config, &process, &happenings) {
                     Ok(mut fresh) => {
                         fresh.restarts = old.restarts + 1;
@@ -164,14 +188,17 @@ pub async fn run(
                 // next one to finish starting (the coordinator gives up after its timeout).
                 match claim(&mut processes, request) {
                     Some(reply) => {
+                        metrics::counter!(CLAIMS_TOTAL, "outcome" => "granted").increment(1);
                         if let Some(sender) = &outbound {
                             let _ = sender.send(reply);
                         }
                     }
                     None if processes.values().any(|process| process.warm) || processes.len() < config.capacity => {
+                        metrics::counter!(CLAIMS_TOTAL, "outcome" => "waited").increment(1);
                         waiting_claims.push(request);
                     }
                     None => {
+                        metrics::counter!(CLAIMS_TOTAL, "outcome" => "refused").increment(1);
                         if let Some(sender) = &outbound {
                             let reason = format!("all {} processes of this host are busy", config.capacity);
                             let _ = sender.send(AgentMessage::Claimed { request, process: None, reason });
@@ -332,7 +359,11 @@ fn status(processes: &mut BTreeMap<String, Process>) -> AgentMessage {
                 restarts: process.restarts,
             }
         })
-        .collect();
+        .collect::<Vec<ProcessInfo>>();
+    metrics::gauge!(PROCESSES).set(infos.len() as f64);
+    metrics::gauge!(WARM_PROCESSES).set(infos.iter().filter(|info| info.warm).count() as f64);
+    metrics::gauge!(CPU_CORES).set(load.cpu_cores);
+    metrics::gauge!(MEMORY_BYTES).set(load.memory_bytes as f64);
     AgentMessage::Status { processes: infos, load }
 }
 

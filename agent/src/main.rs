@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use baton_agent::AgentConfig;
 use baton_net::ClusterIdentity;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 /// Register this host with the coordinator and keep a pool of pre-warmed region-server processes.
 ///
@@ -21,8 +21,12 @@ use clap::Parser;
 ///   baton-agent --host h1 --certs certs --coordinator 127.0.0.1:7400 --pool 2 -- \
 ///     sample-region-server --serve --certs certs --cert-name h1 --coordinator 127.0.0.1:7400
 #[derive(Debug, Parser)]
-#[command(version, about, long_about)]
+#[command(version, about, long_about, args_override_self = true)]
 struct Cli {
+    /// Settings file (TOML; keys are the long options without dashes, e.g. `tick_rate = 20`).
+    /// BATON_AGENT_<OPTION> environment variables override it, options given here override both.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     /// This host's name; its cluster certificate is <certs>/<host>.pem.
     #[arg(long)]
     host: String,
@@ -41,13 +45,25 @@ struct Cli {
     /// Milliseconds between load reports.
     #[arg(long, default_value_t = 1000)]
     status_interval_ms: u64,
+    /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9101; any path).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// The region-server command and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The settings file and the environment become arguments in front of the real ones, so
+    // one parser validates everything and the command line has the last word.
+    let arguments = match baton_config::arguments(&Cli::command(), "BATON_AGENT") {
+        Ok(arguments) => arguments,
+        Err(error) => {
+            eprintln!("baton-agent: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(arguments);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -70,6 +86,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let identity = ClusterIdentity::load(&cli.certs, &cli.host)
         .with_context(|| format!("loading the cluster certificate of {} from {}", cli.host, cli.certs.display()))?;
+    if let Some(address) = cli.metrics_listen {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(address)
+            .install()
+            .with_context(|| format!("serving metrics on {address}"))?;
+        baton_agent::describe_metrics();
+    }
     let config = AgentConfig {
         host: cli.host,
         coordinator: cli.coordinator,

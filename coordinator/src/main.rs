@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use baton_coordinator::directory::Directory;
 use baton_net::ClusterIdentity;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use serde_json::json;
 
 /// Keep the region directory (who owns each region, at which epoch) and serve it to region servers
@@ -26,8 +26,12 @@ use serde_json::json;
 /// With --control, standard input takes JSON lines: {"cmd":"regions"} prints the directory,
 /// {"cmd":"quit"} stops. Without it, the coordinator runs until Ctrl-C.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about)]
+#[command(version, about, long_about, args_override_self = true)]
 struct Cli {
+    /// Settings file (TOML; keys are the long options without dashes, e.g. `tick_rate = 20`).
+    /// BATON_COORDINATOR_<OPTION> environment variables override it, options given here override both.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     /// This coordinator's name; its cluster certificate is <certs>/<name>.pem.
     #[arg(long, default_value = "coordinator")]
     name: String,
@@ -154,7 +158,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The settings file and the environment become arguments in front of the real ones, so
+    // one parser validates everything and the command line has the last word.
+    let arguments = match baton_config::arguments(&Cli::command(), "BATON_COORDINATOR") {
+        Ok(arguments) => arguments,
+        Err(error) => {
+            eprintln!("baton-coordinator: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(arguments);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

@@ -12,7 +12,7 @@ use baton_gateway::{Gateway, GatewayConfig, Limits};
 use baton_net::public::PlayerTransport;
 use baton_net::{ClusterIdentity, LinkSettings};
 use baton_wire::{Epoch, RegionId};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -31,8 +31,12 @@ use serde_json::json;
 ///
 /// Events and answers are JSON lines on standard output; logs go to standard error (RUST_LOG).
 #[derive(Debug, Parser)]
-#[command(version, about, long_about)]
+#[command(version, about, long_about, args_override_self = true)]
 struct Cli {
+    /// Settings file (TOML; keys are the long options without dashes, e.g. `tick_rate = 20`).
+    /// BATON_GATEWAY_<OPTION> environment variables override it, options given here override both.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     /// This gateway's name; its cluster certificate is <certs>/<name>.pem.
     #[arg(long)]
     name: String,
@@ -81,6 +85,9 @@ struct Cli {
     /// Seconds a disconnected player's session waits for a resume.
     #[arg(long, default_value_t = 30)]
     resume_grace_s: u64,
+    /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9102; any path).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Worker threads of the async runtime.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -125,6 +132,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let identity = ClusterIdentity::load(&cli.certs, &cli.name)
         .with_context(|| format!("loading the cluster certificate of {} from {}", cli.name, cli.certs.display()))?;
+    // Outside the data plane's runtime: the exporter gets a thread of its own, so metrics answer
+    // even when the player traffic saturates the runtime.
+    if let Some(address) = cli.metrics_listen {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(address)
+            .install()
+            .with_context(|| format!("serving metrics on {address}"))?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.threads)
         .enable_all()
@@ -156,6 +171,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         for server in &cli.servers {
             gateway.add_server(*server);
         }
+        let publisher = gateway.clone();
+        runtime.spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            while !publisher.is_shut_down() {
+                every.tick().await;
+                publisher.stats().record_metrics();
+            }
+        });
         if let Some(coordinator) = cli.coordinator {
             gateway.follow_coordinator(coordinator).context("following the coordinator's route feed")?;
         }
@@ -195,7 +218,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The settings file and the environment become arguments in front of the real ones, so
+    // one parser validates everything and the command line has the last word.
+    let arguments = match baton_config::arguments(&Cli::command(), "BATON_GATEWAY") {
+        Ok(arguments) => arguments,
+        Err(error) => {
+            eprintln!("baton-gateway: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(arguments);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

@@ -145,6 +145,23 @@ pub struct GatewayStats {
     pub handoff_flips: u64,
 }
 
+impl GatewayStats {
+    /// Records the snapshot as Prometheus metrics: `baton_gateway_sessions` (a gauge) and
+    /// `baton_gateway_<counter>_total` for every other field, so the metric names follow the
+    /// fields of this one struct and cannot drift from what `{"cmd":"stats"}` prints.
+    pub fn record_metrics(&self) {
+        let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(self) else { return };
+        for (name, value) in fields {
+            let value = value.as_u64().unwrap_or(0);
+            if name == "sessions" {
+                metrics::gauge!("baton_gateway_sessions").set(value as f64);
+            } else {
+                metrics::counter!(format!("baton_gateway_{name}_total")).absolute(value);
+            }
+        }
+    }
+}
+
 /// A player's session on this gateway.
 struct Session {
     player: PlayerId,

@@ -579,6 +579,11 @@ fn spawn_coordinator(binary: &Path, directory: &Path, address: SocketAddr) -> an
     spawn_coordinator_at(binary, directory, address, SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
+/// The `batonctl` binary next to the running executable (or `BATONCTL`).
+pub fn batonctl_binary() -> anyhow::Result<PathBuf> {
+    sibling_binary("batonctl", "BATONCTL")
+}
+
 /// The `baton-agent` binary next to the running executable (or `BATON_AGENT`).
 pub fn agent_binary() -> anyhow::Result<PathBuf> {
     sibling_binary("baton-agent", "BATON_AGENT")

@@ -49,6 +49,10 @@ pub struct Fleet {
     pub gateway: ServerProcess,
     /// Its players' address.
     pub gateway_address: SocketAddr,
+    /// Where each agent serves its metrics (host `h1` first).
+    pub agent_metrics: Vec<SocketAddr>,
+    /// Where the gateway serves its metrics.
+    pub gateway_metrics: SocketAddr,
     trust: PathBuf,
     key: TokenKey,
     directory: PathBuf,
@@ -71,22 +75,15 @@ impl Fleet {
         if !issue.stderr(Stdio::null()).status().context("issuing certificates")?.success() {
             bail!("issuing certificates failed");
         }
-        let free = |protocol_udp: bool| -> anyhow::Result<SocketAddr> {
-            Ok(if protocol_udp {
-                std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?
-            } else {
-                std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?
-            })
-        };
-        let coordinator_address = free(true)?;
-        let api_address = free(false)?;
+        let coordinator_address = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+        let api_address = free_tcp_address()?;
         let coordinator = spawn_coordinator_at(&coordinator_binary()?, &directory, coordinator_address, api_address)?;
         let token = std::fs::read_to_string(directory.join("api.token"))?;
-        let agents = spawn_agents(spec, &directory, coordinator_address)?;
+        let (agents, agent_metrics) = spawn_agents(spec, &directory, coordinator_address)?;
         let key_text: String = (0..48).map(|_| fastrand::alphanumeric()).collect();
         std::fs::write(directory.join("token.key"), &key_text)?;
         let key = TokenKey::new(key_text.as_bytes()).map_err(anyhow::Error::msg)?;
-        let (gateway, gateway_address) = start_gateway(&directory, "g0", coordinator_address)?;
+        let (gateway, gateway_address, gateway_metrics) = start_gateway(&directory, "g0", coordinator_address)?;
         let http = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(150)))
             .http_status_as_error(false)
@@ -99,6 +96,8 @@ impl Fleet {
             api: format!("http://{api_address}"),
             token: token.trim().to_owned(),
             agents,
+            agent_metrics,
+            gateway_metrics,
             gateway,
             gateway_address,
             trust: directory.join("tls").join("gateway.pem"),
@@ -198,7 +197,8 @@ impl Fleet {
     /// Starts another gateway (`g1`) following the coordinator's route feed; returns it and its
     /// players' address. It learns every route from the feed alone (no `--server`).
     pub fn start_late_gateway(&self) -> anyhow::Result<(ServerProcess, SocketAddr)> {
-        start_gateway(&self.directory, "g1", self.coordinator_address)
+        let (gateway, address, _) = start_gateway(&self.directory, "g1", self.coordinator_address)?;
+        Ok((gateway, address))
     }
 
     /// Starts a migration and waits for its end; returns the final record.
@@ -234,10 +234,11 @@ impl Fleet {
     /// and data. Regions come back only when asked to (`from_checkpoint`).
     pub fn start_again(&mut self) -> anyhow::Result<()> {
         self.restart_coordinator()?;
-        self.agents = spawn_agents(&self.spec, &self.directory, self.coordinator_address)?;
-        let (gateway, address) = start_gateway(&self.directory, "g0", self.coordinator_address)?;
+        (self.agents, self.agent_metrics) = spawn_agents(&self.spec, &self.directory, self.coordinator_address)?;
+        let (gateway, address, metrics) = start_gateway(&self.directory, "g0", self.coordinator_address)?;
         self.gateway = gateway;
         self.gateway_address = address;
+        self.gateway_metrics = metrics;
         Ok(())
     }
 
@@ -283,14 +284,22 @@ impl Fleet {
 
 /// Starts one agent per host, each keeping a pool of sample region servers that share the
 /// fleet's checkpoint folder.
-fn spawn_agents(spec: &FleetSpec, directory: &Path, coordinator: SocketAddr) -> anyhow::Result<Vec<Child>> {
+fn spawn_agents(
+    spec: &FleetSpec,
+    directory: &Path,
+    coordinator: SocketAddr,
+) -> anyhow::Result<(Vec<Child>, Vec<SocketAddr>)> {
     let server = server_binary()?;
     let certs = directory.join("certs");
     let mut agents = Vec::new();
+    let mut metrics = Vec::new();
     for index in 1..=spec.hosts {
         let host = format!("h{index}");
+        let metrics_address = free_tcp_address()?;
+        metrics.push(metrics_address);
         let child = Command::new(agent_binary()?)
             .args(["--host", &host, "--coordinator", &coordinator.to_string()])
+            .args(["--metrics-listen", &metrics_address.to_string()])
             .arg("--certs")
             .arg(&certs)
             .args(["--pool", &spec.pool.to_string(), "--capacity", &spec.capacity.to_string()])
@@ -311,7 +320,12 @@ fn spawn_agents(spec: &FleetSpec, directory: &Path, coordinator: SocketAddr) -> 
             .context("starting an agent")?;
         agents.push(child);
     }
-    Ok(agents)
+    Ok((agents, metrics))
+}
+
+/// A loopback TCP address that was free a moment ago (for a child's listener).
+fn free_tcp_address() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// Stops agents with SIGTERM (they stop their processes), killing what does not stop in time.
@@ -333,11 +347,17 @@ fn stop_agents(agents: &mut Vec<Child>) {
 }
 
 /// Starts a gateway named `name` (certificate issued by [`Fleet::start`]) that follows the
-/// coordinator's route feed.
-fn start_gateway(directory: &Path, name: &str, coordinator: SocketAddr) -> anyhow::Result<(ServerProcess, SocketAddr)> {
+/// coordinator's route feed; returns it, its players' address and its metrics address.
+fn start_gateway(
+    directory: &Path,
+    name: &str,
+    coordinator: SocketAddr,
+) -> anyhow::Result<(ServerProcess, SocketAddr, SocketAddr)> {
+    let metrics = free_tcp_address()?;
     let mut command = Command::new(gateway_binary()?);
     command
         .args(["--name", name, "--listen", "127.0.0.1:0", "--control"])
+        .args(["--metrics-listen", &metrics.to_string()])
         .args(["--coordinator", &coordinator.to_string()])
         .arg("--certs")
         .arg(directory.join("certs"))
@@ -353,7 +373,7 @@ fn start_gateway(directory: &Path, name: &str, coordinator: SocketAddr) -> anyho
         .and_then(|event| event["addr"].as_str())
         .context("gateway without an address")?
         .parse()?;
-    Ok((gateway, address))
+    Ok((gateway, address, metrics))
 }
 
 impl Drop for Fleet {

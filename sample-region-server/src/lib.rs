@@ -214,7 +214,8 @@ impl PlayerView {
     /// Parses a view; `None` if it is not one.
     #[must_use]
     pub fn parse(bytes: &[u8]) -> Option<PlayerView> {
-        if bytes.len() < 31 || bytes[0] != 1 {
+        // 27 bytes of header; a view with nothing nearby is just the header.
+        if bytes.len() < 27 || bytes[0] != 1 {
             return None;
         }
         let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
@@ -831,4 +832,28 @@ pub fn run_headless(options: HeadlessOptions) -> Result<HeadlessSummary, anyhow:
         late_ticks,
         awake_bodies_max,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn views_parse_with_and_without_nearby_things() {
+        let mut region = new_region(RegionId(1), RegionConfig::default()).unwrap();
+        join_avatar(&mut region, PlayerId(3), [0.0, 0.0]).unwrap();
+        // Alone in an empty region: the view is the 27-byte header with nothing nearby.
+        let alone = region.player_updates().remove(0).payload;
+        assert_eq!(alone.len(), 27);
+        assert!(PlayerView::parse(&alone).unwrap().near.is_empty());
+        populate(&mut region, WorldSpec { objects: 2000, npcs: 50, plants: 50, seed: 1, churn: 0 }).unwrap();
+        let busy = region.player_updates().remove(0).payload;
+        let view = PlayerView::parse(&busy).unwrap();
+        assert!(!view.near.is_empty());
+        assert_eq!(busy.len(), 27 + view.near.len() * 9);
+        assert!(PlayerView::parse(&busy[..busy.len() - 1]).is_none(), "a truncated view is not a view");
+        assert!(PlayerView::parse(&[]).is_none());
+    }
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use baton_sdk::RegionConfig;
 use baton_sdk::scripts::ScriptConfig;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use sample_region_server::{HeadlessOptions, WorldSpec, run_headless};
 
 /// Run the sample Baton region: physics objects, scripted NPCs, growing plants and avatars.
@@ -18,8 +18,12 @@ use sample_region_server::{HeadlessOptions, WorldSpec, run_headless};
 /// standard input, see the documentation of the `serve` module); `--dev-certs DIR --node NAME...`
 /// creates a development cluster CA and node certificates.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, args_override_self = true)]
 struct Cli {
+    /// Settings file (TOML; keys are the long options without dashes, e.g. `tick_rate = 20`).
+    /// BATON_SERVER_<OPTION> environment variables override it, options given here override both.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     /// Run one region without a network, with simulated players inside the process.
     #[arg(long, conflicts_with_all = ["serve", "dev_certs"])]
     headless: bool,
@@ -82,6 +86,9 @@ struct Cli {
     /// Checkpoints kept per region (with --checkpoint-dir).
     #[arg(long, default_value_t = 3)]
     checkpoint_keep: usize,
+    /// Serve Prometheus metrics over HTTP on this address (with --serve; any path).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Send players a state update every this many ticks (with --serve).
     #[arg(long, default_value_t = 1)]
     update_every: u32,
@@ -155,6 +162,13 @@ fn serve(cli: &Cli) -> anyhow::Result<()> {
     if cli.checkpoint_keep == 0 {
         anyhow::bail!("--checkpoint-keep must be at least 1");
     }
+    if let Some(address) = cli.metrics_listen {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(address)
+            .install()
+            .with_context(|| format!("serving metrics on {address}"))?;
+        baton_sdk::events::describe();
+    }
     let checkpoints = match &cli.checkpoint_dir {
         Some(directory) => Some(baton_runtime::CheckpointSettings {
             store: baton_runtime::checkpoint_store::CheckpointStore::open(directory, cli.checkpoint_keep)
@@ -190,7 +204,16 @@ fn serve(cli: &Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The settings file and the environment become arguments in front of the real ones, so
+    // one parser validates everything and the command line has the last word.
+    let arguments = match baton_config::arguments(&Cli::command(), "BATON_SERVER") {
+        Ok(arguments) => arguments,
+        Err(error) => {
+            eprintln!("sample-region-server: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(arguments);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

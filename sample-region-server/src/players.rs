@@ -252,6 +252,9 @@ pub struct PlayerOutcome {
     pub close_reasons: Vec<String>,
     /// State updates received.
     pub updates: u64,
+    /// Of those, updates whose payload is not a view of the avatar (the server had no avatar for
+    /// the player).
+    pub updates_without_view: u64,
     /// Longest time between two updates, in milliseconds.
     pub max_gap_ms: f64,
     /// Border crossings seen.
@@ -300,8 +303,7 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
         if done_sending
             && (view.as_ref().is_some_and(|view| {
                 view.inputs_applied >= acked_before + outcome.sent && client.acked() >= acked_before + outcome.sent
-            })
-                || now >= settle_deadline)
+            }) || now >= settle_deadline)
         {
             break;
         }
@@ -360,8 +362,11 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
                         outcome.round_trips_us.push(now.duration_since(at).as_micros() as u64);
                     }
                 }
-                if let Some(parsed) = PlayerView::parse(&update.payload) {
-                    view = Some(parsed);
+                match PlayerView::parse(&update.payload) {
+                    Some(parsed) => view = Some(parsed),
+                    None => {
+                        outcome.updates_without_view += 1;
+                    }
                 }
             }
             Event::Neighbour { .. } => outcome.neighbour_views += 1,

@@ -42,8 +42,12 @@ enum Command {
         #[arg(long)]
         host: String,
         /// The initial world as JSON (for the sample: {"objects":2000,"npcs":200,"plants":200,"seed":1}).
-        #[arg(long, default_value = "{}")]
+        #[arg(long, default_value = "{}", conflicts_with = "from_checkpoint")]
         world: String,
+        /// Restore the region from its newest checkpoint instead (after a full restart, or when its
+        /// host died; refused while a host serves it).
+        #[arg(long)]
+        from_checkpoint: bool,
     },
     /// Move a region to another host.
     Migrate {
@@ -183,9 +187,14 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let output = match &cli.command {
         Command::Hosts => api.call("GET", "/v1/hosts", None)?,
         Command::Regions => api.call("GET", "/v1/regions", None)?,
-        Command::Create { region, host, world } => {
+        Command::Create { region, host, world, from_checkpoint } => {
             let world: Value = serde_json::from_str(world).context("--world must be a JSON object")?;
-            api.call("POST", "/v1/regions", Some(json!({"region": region, "host": host, "world": world})))?
+            let body = if *from_checkpoint {
+                json!({"region": region, "host": host, "from_checkpoint": true})
+            } else {
+                json!({"region": region, "host": host, "world": world})
+            };
+            api.call("POST", "/v1/regions", Some(body))?
         }
         Command::Migrate { region, to, wait } => {
             let mut record = api.call("POST", "/v1/migrations", Some(json!({"region": region, "to_host": to})))?;
