@@ -75,11 +75,14 @@ struct HostEntry {
     draining: bool,
 }
 
+/// A claim's answer: the reserved process and its address, or why none is.
+pub type ClaimResult = Result<(String, SocketAddr), String>;
+
 /// The registry of hosts.
 pub struct Hosts {
     hosts: Mutex<HashMap<String, HostEntry>>,
     events: broadcast::Sender<ProcessEvent>,
-    claims: Mutex<HashMap<u64, oneshot::Sender<Result<(String, SocketAddr), String>>>>,
+    claims: Mutex<HashMap<u64, oneshot::Sender<ClaimResult>>>,
     next_id: AtomicU64,
 }
 
@@ -188,7 +191,7 @@ impl Hosts {
     }
 
     /// Reserves a warm process on `host`; its agent starts a replacement.
-    pub async fn claim(&self, host: &str, timeout: Duration) -> Result<(String, SocketAddr), String> {
+    pub async fn claim(&self, host: &str, timeout: Duration) -> ClaimResult {
         let request = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
         if let Ok(mut claims) = self.claims.lock() {

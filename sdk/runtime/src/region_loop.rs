@@ -276,7 +276,7 @@ pub(crate) fn run<L: RegionLogic + 'static>(
             if handoff.is_none()
                 && let Some(settings) = &context.checkpoints
                 && settings.every_ticks > 0
-                && report.tick % settings.every_ticks == 0
+                && report.tick.is_multiple_of(settings.every_ticks)
             {
                 checkpoint(&mut region, *epoch, settings, &context);
             }
