@@ -23,7 +23,8 @@ use clap::{CommandFactory, Parser};
 #[derive(Debug, Parser)]
 #[command(version, about, long_about, args_override_self = true)]
 struct Cli {
-    /// Settings file (TOML; keys are the long options without dashes, e.g. `tick_rate = 20`).
+    /// Settings file (TOML: each key is a long option without its dashes, `pool_size = 3` for
+    /// `--pool-size 3`).
     /// BATON_AGENT_<OPTION> environment variables override it, options given here override both.
     #[arg(long, value_name = "FILE")]
     config: Option<std::path::PathBuf>,

@@ -181,6 +181,15 @@ impl RouteTable {
         self.routes.get(&region).map(|route| (route.owner, route.epoch))
     }
 
+    /// Whether any route names `server`, as its owner or as a handoff's target.
+    #[must_use]
+    pub fn references(&self, server: ServerId) -> bool {
+        self.routes.iter().any(|route| {
+            route.owner == server
+                || matches!(&route.stage, Stage::Preparing { target } | Stage::Held { target, .. } if *target == server)
+        })
+    }
+
     /// The target a handoff of `region` is moving to, while one is prepared or frozen.
     #[must_use]
     pub fn handoff_target(&self, region: RegionId) -> Option<ServerId> {

@@ -679,6 +679,12 @@ fn send_upstream(inner: &Inner, server: ServerId, message: GatewayMessage) {
     }
 }
 
+/// After this long unreachable, a region server no route names is retried only every
+/// [`QUIET_RETRY`], without warnings.
+const QUIET_AFTER: Duration = Duration::from_secs(10);
+/// See [`QUIET_AFTER`].
+const QUIET_RETRY: Duration = Duration::from_secs(10);
+
 async fn run_upstream(
     inner: Arc<Inner>,
     id: ServerId,
@@ -686,16 +692,27 @@ async fn run_upstream(
     mut outbound: UnboundedReceiver<GatewayMessage>,
 ) {
     let mut backoff = Duration::from_millis(50);
+    let mut unreachable_since: Option<std::time::Instant> = None;
     loop {
         let connection = match baton_net::connect_with(&inner.cluster, inner.cluster_client.clone(), address).await {
             Ok(connection) => connection,
             Err(error) => {
+                // A server that was stopped (its regions moved away, its process released) is
+                // only retried now and then, quietly, once no route names it: a route that
+                // names it again finds the connection machinery still in place.
+                let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= QUIET_AFTER && !inner.routes.references(id) {
+                    tracing::debug!(%address, %error, "an unreachable region server no route names");
+                    tokio::time::sleep(QUIET_RETRY).await;
+                    continue;
+                }
                 tracing::warn!(%address, %error, "cannot reach a region server; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
         };
+        unreachable_since = None;
         backoff = Duration::from_millis(50);
         let Ok((mut send, recv)) = connection.open_bi().await else { continue };
         tracing::info!(%address, server = id.0, "connected to a region server");
