@@ -70,6 +70,8 @@ struct Process {
     restarts: u32,
     last_cpu: Option<(Instant, u64)>,
     cpu_cores: f64,
+    /// Per owned region: (mean tick ms over the last second, players), from its `load` events.
+    region_load: BTreeMap<u64, (f64, u64)>,
 }
 
 enum Happening {
@@ -101,6 +103,8 @@ pub async fn run(
     let mut status_timer = tokio::time::interval(config.status_interval);
     // Claims waiting for a warm process to finish starting.
     let mut waiting_claims: Vec<u64> = Vec::new();
+    // Bytes the host's handoffs have sent so far (kept here: processes come and go).
+    let mut migration_bytes = 0u64;
     tokio::pin!(stop);
 
     loop {
@@ -138,7 +142,7 @@ pub async fn run(
             () = &mut stop => break,
             _ = status_timer.tick() => {
                 if let Some(sender) = &outbound {
-                    let _ = sender.send(status(&mut processes));
+                    let _ = sender.send(status(&mut processes, migration_bytes));
                 }
                 continue;
             }
@@ -154,6 +158,12 @@ pub async fn run(
                 if let Some(entry) = processes.get_mut(&process) {
                     track(entry, &event);
                 }
+                if event["event"] == "handed_off" {
+                    migration_bytes += ["snapshot_bytes", "delta_bytes", "final_bytes"]
+                        .iter()
+                        .map(|field| event[*field].as_u64().unwrap_or(0))
+                        .sum::<u64>();
+                }
                 if event["event"] == "listening" {
                     while !waiting_claims.is_empty() {
                         let Some(reply) = claim(&mut processes, waiting_claims[0]) else { break };
@@ -163,7 +173,11 @@ pub async fn run(
                         }
                     }
                 }
-                if let Some(sender) = &outbound {
+                // Load figures travel in the status reports; every other event is relayed as it
+                // happens (migrations and the route feed wait for them).
+                if event["event"] != "load"
+                    && let Some(sender) = &outbound
+                {
                     let _ = sender.send(AgentMessage::Event { process, event: line });
                 }
             }
@@ -265,6 +279,7 @@ fn spawn(config: &AgentConfig, name: &str, happenings: &UnboundedSender<Happenin
         restarts: 0,
         last_cpu: None,
         cpu_cores: 0.0,
+        region_load: BTreeMap::new(),
     })
 }
 
@@ -281,9 +296,23 @@ fn track(process: &mut Process, event: &serde_json::Value) {
             }
             process.warm = false;
         }
-        Some("handed_off" | "retired") => process.regions.retain(|owned| Some(*owned) != region),
-        Some("aborted") if event["owning"] == false => process.regions.retain(|owned| Some(*owned) != region),
+        Some("load") => {
+            if let Some(region) = region {
+                let tick_ms = event["tick_ms"].as_f64().unwrap_or(0.0);
+                process.region_load.insert(region, (tick_ms, event["players"].as_u64().unwrap_or(0)));
+            }
+        }
+        Some("handed_off" | "retired") => forget(process, region),
+        Some("aborted") if event["owning"] == false => forget(process, region),
         _ => {}
+    }
+}
+
+/// The process no longer owns `region`.
+fn forget(process: &mut Process, region: Option<u64>) {
+    process.regions.retain(|owned| Some(*owned) != region);
+    if let Some(region) = region {
+        process.region_load.remove(&region);
     }
 }
 
@@ -332,8 +361,8 @@ async fn handle_command(
     }
 }
 
-fn status(processes: &mut BTreeMap<String, Process>) -> AgentMessage {
-    let mut load = HostLoad::default();
+fn status(processes: &mut BTreeMap<String, Process>, migration_bytes: u64) -> AgentMessage {
+    let mut load = HostLoad { migration_bytes, ..HostLoad::default() };
     let infos = processes
         .iter_mut()
         .map(|(name, process)| {
@@ -351,6 +380,8 @@ fn status(processes: &mut BTreeMap<String, Process>) -> AgentMessage {
                 load.memory_bytes += resident_bytes(pid).unwrap_or(0);
             }
             load.cpu_cores += process.cpu_cores;
+            load.regions
+                .extend(process.region_load.iter().map(|(region, (tick_ms, players))| (*region, *tick_ms, *players)));
             ProcessInfo {
                 name: name.clone(),
                 address: process.address.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),

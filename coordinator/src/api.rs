@@ -20,7 +20,7 @@ use serde_json::json;
 use utoipa::OpenApi;
 
 use crate::directory::Directory;
-use crate::hosts::{HostView, Hosts, ProcessView};
+use crate::hosts::{HostView, Hosts, ProcessView, RegionLoad};
 use crate::migrations::{MigrationRecord, Migrations, Phase, PhaseTiming, StartError};
 
 /// What the API serves from.
@@ -103,6 +103,10 @@ pub struct RegionView {
     pub host: Option<String>,
     /// The serving process's cluster address.
     pub address: Option<String>,
+    /// Mean tick duration over the last second, in milliseconds, as its host reports.
+    pub tick_ms: Option<f64>,
+    /// Players in it, as its host reports.
+    pub players: Option<u64>,
 }
 
 /// Create a region on a host.
@@ -146,7 +150,7 @@ pub struct DrainStarted {
 #[openapi(
     info(title = "Baton coordinator admin API", version = "1"),
     paths(list_hosts, drain_host, list_regions, create_region, list_migrations, start_migration, get_migration, cancel_migration),
-    components(schemas(HostView, ProcessView, RegionView, CreateRegion, StartMigration, MigrationRecord, Phase, PhaseTiming, DrainStarted, ApiError)),
+    components(schemas(HostView, ProcessView, RegionLoad, RegionView, CreateRegion, StartMigration, MigrationRecord, Phase, PhaseTiming, DrainStarted, ApiError)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
@@ -229,12 +233,15 @@ async fn drain_host(
 
 fn region_view(state: &ApiState, region: RegionId, owner: String, epoch: u64) -> RegionView {
     let located = state.hosts.locate(region.0);
+    let load = state.hosts.region_load(region.0);
     RegionView {
         region: region.0,
         owner,
         epoch,
         host: located.as_ref().map(|(host, _, _)| host.clone()),
         address: located.map(|(_, _, address)| address.to_string()),
+        tick_ms: load.as_ref().map(|load| load.tick_ms),
+        players: load.map(|load| load.players),
     }
 }
 

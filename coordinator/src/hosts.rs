@@ -46,8 +46,23 @@ pub struct HostView {
     pub cpu_cores: f64,
     /// Their resident memory, in bytes.
     pub memory_bytes: u64,
+    /// Bytes its handoffs have sent since its agent started.
+    pub migration_bytes: u64,
+    /// What each region it serves costs.
+    pub regions: Vec<RegionLoad>,
     /// Its processes.
     pub processes: Vec<ProcessView>,
+}
+
+/// What one region costs its host (its owner reports it once a second).
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct RegionLoad {
+    /// The region.
+    pub region: u64,
+    /// Mean tick duration over the last second, in milliseconds.
+    pub tick_ms: f64,
+    /// Players in it.
+    pub players: u64,
 }
 
 /// A region-server process of a host.
@@ -112,6 +127,17 @@ impl Hosts {
                 last_seen_s: entry.last_seen.elapsed().as_secs_f64(),
                 cpu_cores: entry.load.cpu_cores,
                 memory_bytes: entry.load.memory_bytes,
+                migration_bytes: entry.load.migration_bytes,
+                regions: entry
+                    .load
+                    .regions
+                    .iter()
+                    .map(|(region, tick_ms, players)| RegionLoad {
+                        region: *region,
+                        tick_ms: *tick_ms,
+                        players: *players,
+                    })
+                    .collect(),
                 processes: entry
                     .processes
                     .iter()
@@ -172,6 +198,17 @@ impl Hosts {
             .flat_map(|entry| entry.processes.iter())
             .find(|info| info.name == process && info.regions.contains(&region) && !info.address.ip().is_unspecified())
             .map(|info| info.address)
+    }
+
+    /// What `region` costs, as its host last reported.
+    #[must_use]
+    pub fn region_load(&self, region: u64) -> Option<RegionLoad> {
+        let hosts = self.hosts.lock().ok()?;
+        hosts
+            .values()
+            .flat_map(|entry| entry.load.regions.iter())
+            .find(|(id, _, _)| *id == region)
+            .map(|(region, tick_ms, players)| RegionLoad { region: *region, tick_ms: *tick_ms, players: *players })
     }
 
     /// The regions served on `host`.

@@ -16,7 +16,7 @@
 //!
 //! Events: `listening`, `owning`, `prepared`, `frozen`, `authoritative`, `first_tick`,
 //! `handed_off`, `aborted`, `retired`, `input_refused`, `report`, `checkpointed`,
-//! `checkpoint_failed`, `restored`, `error`.
+//! `checkpoint_failed`, `restored`, `load` (once a second per owned region), `error`.
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -327,6 +327,14 @@ fn event_json(event: &HostEvent) -> serde_json::Value {
             "epoch": epoch.0,
             "bytes": bytes,
             "path": path.display().to_string(),
+        }),
+        HostEvent::Load { region, tick_ms_mean, tick_ms_max, players, entities } => json!({
+            "event": "load",
+            "region": region.0,
+            "tick_ms": tick_ms_mean,
+            "tick_ms_max": tick_ms_max,
+            "players": players,
+            "entities": entities,
         }),
         HostEvent::CheckpointFailed { region, error } => {
             json!({"event": "checkpoint_failed", "region": region.0, "error": error})

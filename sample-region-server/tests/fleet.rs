@@ -15,6 +15,43 @@ fn spec(hosts: usize, pool: usize) -> FleetSpec {
     FleetSpec { hosts, pool, capacity: 12, world_regions: 12, columns: 4, tick_rate: 20, checkpoint_every_s: 5.0 }
 }
 
+/// Invariant 1 at a quiet moment (no migration running): every region of the directory is served by
+/// exactly one process, and that process is the directory's owner.
+fn assert_one_owner_each(fleet: &Fleet) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let regions = fleet.ok("GET", "/v1/regions", None).unwrap();
+        let hosts = fleet.ok("GET", "/v1/hosts", None).unwrap();
+        let processes: Vec<Value> = hosts
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|host| host["processes"].as_array().cloned().unwrap_or_default())
+            .collect();
+        let wrong: Vec<String> = regions
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|row| {
+                let serving: Vec<&str> = processes
+                    .iter()
+                    .filter(|process| {
+                        process["regions"].as_array().is_some_and(|regions| regions.contains(&row["region"]))
+                    })
+                    .filter_map(|process| process["name"].as_str())
+                    .collect();
+                (serving != [row["owner"].as_str().unwrap_or_default()]).then(|| format!("{row} served by {serving:?}"))
+            })
+            .collect();
+        if wrong.is_empty() {
+            return;
+        }
+        // A retiring source stops listing the region a moment after the handoff's last event.
+        assert!(std::time::Instant::now() < deadline, "regions without exactly one owner: {wrong:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn host_of(fleet: &Fleet, region: u64) -> String {
     let regions = fleet.ok("GET", "/v1/regions", None).unwrap();
     let row = regions.as_array().unwrap().iter().find(|row| row["region"] == region).cloned().unwrap_or(Value::Null);
@@ -53,6 +90,17 @@ fn operators_migrate_regions_and_drain_a_host_while_players_play() {
         })
         .collect();
     std::thread::sleep(Duration::from_secs(3));
+    assert_one_owner_each(&fleet);
+    // Hosts report what each region costs (players, tick time) once a second.
+    let hosts = fleet.ok("GET", "/v1/hosts", None).unwrap();
+    let players_reported: u64 = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|host| host["regions"].as_array().cloned().unwrap_or_default())
+        .map(|load| load["players"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(players_reported, 48, "{hosts}");
 
     // Migrations asked for through the API.
     for (region, to) in [(1u64, "h2"), (5, "h3"), (9, "h1")] {
@@ -78,6 +126,9 @@ fn operators_migrate_regions_and_drain_a_host_while_players_play() {
     }
     let (status, _) = fleet.call("POST", "/v1/regions", Some(json!({"region": 99, "host": "h3"}))).unwrap();
     assert_eq!(status, 409, "a draining host takes no new region");
+    let hosts = fleet.ok("GET", "/v1/hosts", None).unwrap();
+    let h3 = hosts.as_array().unwrap().iter().find(|host| host["name"] == "h3").unwrap();
+    assert!(h3["migration_bytes"].as_u64().unwrap() > 0, "h3 sent its regions away: {h3}");
     // The drain's migrations finish cleaning up (the sources retire) before the next step.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -93,6 +144,8 @@ fn operators_migrate_regions_and_drain_a_host_while_players_play() {
         assert!(std::time::Instant::now() < deadline, "drain migrations did not finish: {migrations}");
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    assert_one_owner_each(&fleet);
 
     // The coordinator dies in the middle of a migration and comes back.
     let from = host_of(&fleet, 2);
@@ -134,6 +187,7 @@ fn operators_migrate_regions_and_drain_a_host_while_players_play() {
 
     let outcomes: Vec<PlayerOutcome> =
         players.into_iter().map(|task| runtime.block_on(task).unwrap().unwrap()).collect();
+    assert_one_owner_each(&fleet);
     let disconnects: u64 = outcomes.iter().map(|outcome| outcome.disconnects).sum();
     let sent: u64 = outcomes.iter().map(|outcome| outcome.sent).sum();
     let max_gap = outcomes.iter().map(|outcome| outcome.max_gap_ms).fold(0.0, f64::max);
@@ -151,13 +205,15 @@ fn operators_migrate_regions_and_drain_a_host_while_players_play() {
     }
     for record in migrations.as_array().unwrap() {
         eprintln!(
-            "migration {} region {} {}: {} -> {} {} {}",
+            "migration {} region {} {}: {} -> {} {} freeze_ms {} phases {} {}",
             record["id"],
             record["region"],
             record["kind"],
             record["from_process"],
             record["to_process"],
             record["phase"],
+            record["freeze_ms"],
+            record["phases"],
             record["reason"]
         );
     }

@@ -254,10 +254,12 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                         text(&region["epoch"]),
                         text(&region["host"]),
                         text(&region["address"]),
+                        region["tick_ms"].as_f64().map_or("-".into(), |ms| format!("{ms:.2}")),
+                        text(&region["players"]),
                     ]
                 })
                 .collect();
-            table(&["REGION", "OWNER", "EPOCH", "HOST", "ADDRESS"], rows);
+            table(&["REGION", "OWNER", "EPOCH", "HOST", "ADDRESS", "TICK MS", "PLAYERS"], rows);
         }
         Command::Migrate { .. } | Command::Migration { .. } => table(&MIGRATION_HEADERS, migration_rows(&[output])),
         Command::Migrations => {

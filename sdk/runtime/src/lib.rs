@@ -167,6 +167,20 @@ pub enum HostEvent {
         /// The region.
         region: RegionId,
     },
+    /// Once a second of ticks, what owning `region` costs (host agents report it to the
+    /// coordinator as the host's load).
+    Load {
+        /// The region.
+        region: RegionId,
+        /// Mean tick duration over the last second, in milliseconds.
+        tick_ms_mean: f64,
+        /// Longest tick in it.
+        tick_ms_max: f64,
+        /// Players with a session in the region.
+        players: u64,
+        /// Live entities.
+        entities: u64,
+    },
     /// A checkpoint of `region` was stored.
     Checkpointed {
         /// The region.

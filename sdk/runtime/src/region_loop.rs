@@ -174,6 +174,9 @@ pub(crate) fn run<L: RegionLogic + 'static>(
     let mut delayed_commit: Option<(Instant, Ownership, Ownership)> = None;
     // Gateway requests that change the world wait while the region is frozen (protocol.md §9).
     let mut deferred: Vec<Command<L>> = Vec::new();
+    // Tick durations since the last load report: (ticks, total, longest).
+    let mut load_window = (0u32, std::time::Duration::ZERO, std::time::Duration::ZERO);
+    let ticks_per_report = region.config().tick_rate_hz.max(1);
     let mut state = match role {
         Role::Owner { epoch } => {
             let _ = context.events.send(HostEvent::Owning { region: id, epoch });
@@ -266,6 +269,17 @@ pub(crate) fn run<L: RegionLogic + 'static>(
                 baton_sdk::events::tick_overrun(id, region.world().tick(), timing.late_by);
             }
             let report = region.tick();
+            load_window = (load_window.0 + 1, load_window.1 + report.duration, load_window.2.max(report.duration));
+            if load_window.0 >= ticks_per_report {
+                let _ = context.events.send(HostEvent::Load {
+                    region: id,
+                    tick_ms_mean: load_window.1.as_secs_f64() * 1000.0 / f64::from(load_window.0),
+                    tick_ms_max: load_window.2.as_secs_f64() * 1000.0,
+                    players: region.sessions().len() as u64,
+                    entities: region.world().entity_count() as u64,
+                });
+                load_window = (0, std::time::Duration::ZERO, std::time::Duration::ZERO);
+            }
             if *first_tick_pending {
                 *first_tick_pending = false;
                 let _ = context.events.send(HostEvent::FirstTick { region: id, tick: report.tick, at_us: started_us });
