@@ -388,6 +388,7 @@ fn status(processes: &mut BTreeMap<String, Process>, migration_bytes: u64) -> Ag
                 warm: process.warm,
                 regions: process.regions.clone(),
                 restarts: process.restarts,
+                pid: process.child.id().unwrap_or(0),
             }
         })
         .collect::<Vec<ProcessInfo>>();

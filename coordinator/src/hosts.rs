@@ -78,6 +78,8 @@ pub struct ProcessView {
     pub regions: Vec<u64>,
     /// Restarts after crashes.
     pub restarts: u32,
+    /// Its operating-system process id on its host.
+    pub pid: u32,
 }
 
 struct HostEntry {
@@ -147,6 +149,7 @@ impl Hosts {
                         warm: process.warm,
                         regions: process.regions.clone(),
                         restarts: process.restarts,
+                        pid: process.pid,
                     })
                     .collect(),
             })
@@ -337,6 +340,7 @@ fn ensure_process(entry: &mut HostEntry, process: &str, address: SocketAddr, war
             warm,
             regions: Vec::new(),
             restarts: 0,
+            pid: 0,
         }),
     }
 }

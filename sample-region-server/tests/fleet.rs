@@ -73,7 +73,7 @@ fn operators_migrate_regions_and_drain_a_host_while_players_play() {
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let options = fleet.client_options();
-    let play_for = Duration::from_secs(40);
+    let play_for = Duration::from_secs(50);
     let players: Vec<_> = (1..=48u64)
         .map(|player| {
             let region = (player - 1) % 12 + 1;
@@ -145,6 +145,31 @@ fn operators_migrate_regions_and_drain_a_host_while_players_play() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    assert_one_owner_each(&fleet);
+
+    // At most two migrations involve one host at a time (--migrations-per-host): a third is
+    // refused while two run, clearly.
+    let regions = fleet.ok("GET", "/v1/regions", None).unwrap();
+    let on_h1: Vec<u64> = regions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["host"] == "h1")
+        .filter_map(|row| row["region"].as_u64())
+        .collect();
+    assert!(on_h1.len() >= 3, "{regions}");
+    let mut started = Vec::new();
+    for region in &on_h1[..2] {
+        started.push(fleet.ok("POST", "/v1/migrations", Some(json!({"region": region, "to_host": "h2"}))).unwrap());
+    }
+    let (status, body) =
+        fleet.call("POST", "/v1/migrations", Some(json!({"region": on_h1[2], "to_host": "h2"}))).unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("the limit"), "{body}");
+    for record in started {
+        let done = fleet.wait_migration(record["id"].as_u64().unwrap(), Duration::from_secs(60)).unwrap();
+        assert_eq!(done["phase"], "committed", "{done}");
+    }
     assert_one_owner_each(&fleet);
 
     // The coordinator dies in the middle of a migration and comes back.
@@ -329,11 +354,46 @@ fn the_admin_api_refuses_bad_requests_clearly() {
     let refused = batonctl(&token_file, &["migrate", "--region", "1", "--to", "nowhere"]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("404") && stderr.contains("unknown host nowhere"), "{stderr}");
+    // The agent restarts a process that dies (kill -9 of its warm one), and stops every child
+    // when it stops.
+    let processes = |fleet: &Fleet| -> Vec<Value> {
+        let hosts = fleet.ok("GET", "/v1/hosts", None).unwrap();
+        hosts[0]["processes"].as_array().cloned().unwrap_or_default()
+    };
+    let warm = processes(&fleet).into_iter().find(|process| process["warm"] == true).unwrap();
+    let (name, pid) = (warm["name"].as_str().unwrap().to_owned(), warm["pid"].as_u64().unwrap());
+    assert!(pid > 0, "{warm}");
+    assert!(std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let restarted = processes(&fleet).into_iter().find(|process| process["name"] == name.as_str());
+        if let Some(process) = restarted
+            && process["restarts"] == 1
+            && process["warm"] == true
+            && process["pid"].as_u64().is_some_and(|new| new != pid && new > 0)
+            && process["address"] != "0.0.0.0:0"
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{name} was not restarted: {:?}", processes(&fleet));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pids: Vec<u64> = processes(&fleet).iter().filter_map(|process| process["pid"].as_u64()).collect();
+    assert_eq!(pids.len(), 2, "the serving process and the warm one");
+
     let wrong_token = fleet.directory().join("wrong.token");
     std::fs::write(&wrong_token, "not-the-token-at-all").unwrap();
     let refused = batonctl(&wrong_token, &["hosts"]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("401"), "{stderr}");
+
+    let mut fleet = fleet;
+    fleet.stop_everything();
+    for pid in pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = status.rsplit_once(") ").map(|(_, rest)| rest.chars().next().unwrap_or('?'));
+        assert!(status.is_empty() || state == Some('Z'), "region server {pid} outlived its agent: {status}");
+    }
 }
 
 /// One player plays `seconds` in `region` through the fleet's gateway.

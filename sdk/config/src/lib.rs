@@ -10,6 +10,8 @@
 //! `true`/`false`; a repeatable option takes an array; the binary's trailing command (if it has one)
 //! takes an array and is used only when none is given on the command line.
 //!
+//! [`init_logging`] sets up the same logs for every binary (text, or JSON lines).
+//!
 //! What it does not do: nested tables, or keys that are not options of the binary (both are refused
 //! with the file's name, so a typo never goes unnoticed).
 
@@ -17,6 +19,19 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{ArgAction, Command};
+
+/// Sets up a binary's logs: to standard error, filtered by `RUST_LOG` (default `warn`), as
+/// readable text, or as one JSON object per line with `BATON_LOG_FORMAT=json` (for log shippers).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    if std::env::var("BATON_LOG_FORMAT").is_ok_and(|format| format.eq_ignore_ascii_case("json")) {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
 
 /// Why the settings could not be read.
 #[derive(Debug, thiserror::Error)]

@@ -29,6 +29,8 @@ pub struct ProcessInfo {
     pub regions: Vec<u64>,
     /// How many times the agent restarted it.
     pub restarts: u32,
+    /// Its operating-system process id (0 while unknown).
+    pub pid: u32,
 }
 
 /// A host's load.
