@@ -15,9 +15,9 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use baton_net::framed::{ReadEnd, read_frames, spawn_writer};
 use baton_net::{ClusterIdentity, LinkSettings};
 use baton_wire::control::{ALPN_CONTROL, AgentMessage, CONTROL_VERSION, CoordinatorMessage, HostLoad, ProcessInfo};
-use baton_wire::framing::{FramedReader, encode_into};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
@@ -419,43 +419,18 @@ async fn connect(
     happenings: &UnboundedSender<Happening>,
 ) -> anyhow::Result<UnboundedSender<AgentMessage>> {
     let connection = baton_net::connect_with(endpoint, client, config.coordinator).await?;
-    let (mut send, mut recv) = connection.open_bi().await?;
-    let (sender, mut outbound) = unbounded_channel::<AgentMessage>();
+    let (send, mut recv) = connection.open_bi().await?;
+    let sender = spawn_writer::<AgentMessage>(send);
     let _ = sender.send(AgentMessage::Hello {
         version: CONTROL_VERSION,
         host: config.host.clone(),
         capacity: u32::try_from(config.capacity).unwrap_or(u32::MAX),
     });
-    tokio::spawn(async move {
-        let mut buffer = Vec::new();
-        while let Some(message) = outbound.recv().await {
-            buffer.clear();
-            if encode_into(&message, &mut buffer).is_err() || send.write_all(&buffer).await.is_err() {
-                return;
-            }
-        }
-    });
     let happenings = happenings.clone();
     tokio::spawn(async move {
-        let mut reader = FramedReader::default();
-        loop {
-            match recv.read_chunk(64 * 1024, true).await {
-                Ok(Some(chunk)) => reader.feed(&chunk.bytes),
-                Ok(None) | Err(_) => break,
-            }
-            loop {
-                match reader.next_message::<CoordinatorMessage>() {
-                    Ok(Some(message)) => {
-                        let _ = happenings.send(Happening::FromCoordinator(message));
-                    }
-                    Ok(None) => break,
-                    Err(error) => {
-                        tracing::error!(%error, "malformed frame from the coordinator");
-                        let _ = happenings.send(Happening::CoordinatorLost);
-                        return;
-                    }
-                }
-            }
+        let relay = |message| happenings.send(Happening::FromCoordinator(message)).is_ok();
+        if let ReadEnd::Malformed(error) = read_frames::<CoordinatorMessage>(&mut recv, relay).await {
+            tracing::error!(%error, "malformed frame from the coordinator");
         }
         let _ = happenings.send(Happening::CoordinatorLost);
     });

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use baton_agent::AgentConfig;
 use baton_net::ClusterIdentity;
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 
 /// Register this host with the coordinator and keep a pool of pre-warmed region-server processes.
 ///
@@ -55,24 +55,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    // The settings file and the environment become arguments in front of the real ones, so
-    // one parser validates everything and the command line has the last word.
-    let arguments = match baton_config::arguments(&Cli::command(), "BATON_AGENT") {
-        Ok(arguments) => arguments,
-        Err(error) => {
-            eprintln!("baton-agent: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    let cli = Cli::parse_from(arguments);
-    baton_config::init_logging();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("baton-agent: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    baton_config::main("baton-agent", "BATON_AGENT", |cli: Cli| run(cli))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

@@ -12,10 +12,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use baton_net::framed::{ReadEnd, read_frames, spawn_writer};
 use baton_wire::control::{AgentMessage, CONTROL_VERSION, CoordinatorMessage, HostLoad, ProcessInfo};
-use baton_wire::framing::{FramedReader, encode_into};
 use serde::Serialize;
-use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{broadcast, oneshot};
 
 /// An event a region-server process reported through its agent.
@@ -348,62 +348,48 @@ fn ensure_process(entry: &mut HostEntry, process: &str, address: SocketAddr, war
 /// Serves one agent's control connection until it closes or misbehaves.
 pub(crate) async fn serve_agent(connection: quinn::Connection, hosts: std::sync::Arc<Hosts>) {
     let peer = connection.remote_address();
-    let Ok((mut send, mut recv)) = connection.accept_bi().await else { return };
-    let (sender, mut outbound) = unbounded_channel::<CoordinatorMessage>();
-    tokio::spawn(async move {
-        let mut buffer = Vec::new();
-        while let Some(message) = outbound.recv().await {
-            buffer.clear();
-            if encode_into(&message, &mut buffer).is_err() || send.write_all(&buffer).await.is_err() {
-                return;
-            }
-        }
-    });
-    let mut reader = FramedReader::default();
+    let Ok((send, mut recv)) = connection.accept_bi().await else { return };
+    let sender = spawn_writer::<CoordinatorMessage>(send);
     let mut host: Option<(String, u64)> = None;
-    'read: loop {
-        match recv.read_chunk(64 * 1024, true).await {
-            Ok(Some(chunk)) => reader.feed(&chunk.bytes),
-            Ok(None) | Err(_) => break,
-        }
-        loop {
-            let message = match reader.next_message::<AgentMessage>() {
-                Ok(Some(message)) => message,
-                Ok(None) => break,
-                Err(error) => {
-                    tracing::warn!(%peer, %error, "malformed frame from an agent");
-                    connection.close(1u32.into(), b"malformed frame");
-                    break 'read;
+    let end = read_frames::<AgentMessage>(&mut recv, |message| {
+        match (&host, message) {
+            (None, AgentMessage::Hello { version: CONTROL_VERSION, host: name, capacity }) => {
+                let id = hosts.next_id.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut registry) = hosts.hosts.lock() {
+                    let entry = registry.entry(name.clone()).or_insert_with(|| HostEntry {
+                        capacity,
+                        processes: Vec::new(),
+                        load: HostLoad::default(),
+                        last_seen: Instant::now(),
+                        sender: None,
+                        connection: id,
+                        draining: false,
+                    });
+                    entry.capacity = capacity;
+                    entry.sender = Some(sender.clone());
+                    entry.connection = id;
+                    entry.last_seen = Instant::now();
                 }
-            };
-            match (&host, message) {
-                (None, AgentMessage::Hello { version: CONTROL_VERSION, host: name, capacity }) => {
-                    let id = hosts.next_id.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut registry) = hosts.hosts.lock() {
-                        let entry = registry.entry(name.clone()).or_insert_with(|| HostEntry {
-                            capacity,
-                            processes: Vec::new(),
-                            load: HostLoad::default(),
-                            last_seen: Instant::now(),
-                            sender: None,
-                            connection: id,
-                            draining: false,
-                        });
-                        entry.capacity = capacity;
-                        entry.sender = Some(sender.clone());
-                        entry.connection = id;
-                        entry.last_seen = Instant::now();
-                    }
-                    tracing::info!(%peer, host = name, "host agent registered");
-                    host = Some((name, id));
-                }
-                (None, _) => {
-                    connection.close(1u32.into(), b"the first message must be Hello (version 1)");
-                    break 'read;
-                }
-                (Some((name, _)), message) => hosts.handle(name, message),
+                tracing::info!(%peer, host = name, "host agent registered");
+                host = Some((name, id));
+                true
+            }
+            // The first message must be a hello of this version.
+            (None, _) => false,
+            (Some((name, _)), message) => {
+                hosts.handle(name, message);
+                true
             }
         }
+    })
+    .await;
+    match end {
+        ReadEnd::Malformed(error) => {
+            tracing::warn!(%peer, %error, "malformed frame from an agent");
+            connection.close(1u32.into(), b"malformed frame");
+        }
+        ReadEnd::Stopped => connection.close(1u32.into(), b"the first message must be Hello (version 1)"),
+        ReadEnd::Closed => {}
     }
     if let Some((name, id)) = host
         && let Ok(mut registry) = hosts.hosts.lock()

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use baton_coordinator::directory::Directory;
 use baton_net::ClusterIdentity;
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 use serde_json::json;
 
 /// Keep the region directory (who owns each region, at which epoch) and serve it to region servers
@@ -159,22 +159,5 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    // The settings file and the environment become arguments in front of the real ones, so
-    // one parser validates everything and the command line has the last word.
-    let arguments = match baton_config::arguments(&Cli::command(), "BATON_COORDINATOR") {
-        Ok(arguments) => arguments,
-        Err(error) => {
-            eprintln!("baton-coordinator: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    let cli = Cli::parse_from(arguments);
-    baton_config::init_logging();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("baton-coordinator: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    baton_config::main("baton-coordinator", "BATON_COORDINATOR", |cli: Cli| run(cli))
 }

@@ -9,8 +9,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use baton_net::framed::{ReadEnd, read_frames};
 use baton_wire::control::{CONTROL_VERSION, GatewayHello, RouteFeed};
-use baton_wire::framing::{FramedReader, encode_into};
+use baton_wire::framing::encode_into;
 use baton_wire::{Epoch, RegionId};
 
 use crate::Gateway;
@@ -49,24 +50,25 @@ async fn follow_once(
     encode_into(&GatewayHello { version: CONTROL_VERSION, name: gateway.name().to_owned() }, &mut buffer)?;
     send.write_all(&buffer).await?;
     tracing::info!(%coordinator, "following the coordinator's route feed");
-    let mut reader = FramedReader::default();
-    while let Some(chunk) = recv.read_chunk(64 * 1024, true).await? {
-        reader.feed(&chunk.bytes);
-        while let Some(message) = reader.next_message::<RouteFeed>()? {
-            let routes = match message {
-                RouteFeed::Table { routes } => routes,
-                RouteFeed::Route(route) => vec![route],
-            };
-            for route in routes {
-                // protocol.md §10: a route no newer than the one in use is refused, which is fine.
-                match gateway.assign(RegionId(route.region), route.address, Epoch(route.epoch)) {
-                    Ok(()) => {
-                        tracing::debug!(region = route.region, owner = route.owner, epoch = route.epoch, "route pushed")
-                    }
-                    Err(error) => tracing::trace!(%error, "pushed route not applied"),
+    let apply = |message: RouteFeed| {
+        let routes = match message {
+            RouteFeed::Table { routes } => routes,
+            RouteFeed::Route(route) => vec![route],
+        };
+        for route in routes {
+            // protocol.md §10: a route no newer than the one in use is refused, which is fine.
+            match gateway.assign(RegionId(route.region), route.address, Epoch(route.epoch)) {
+                Ok(()) => {
+                    tracing::debug!(region = route.region, owner = route.owner, epoch = route.epoch, "route pushed")
                 }
+                Err(error) => tracing::trace!(%error, "pushed route not applied"),
             }
         }
+        true
+    };
+    if let ReadEnd::Malformed(error) = read_frames(&mut recv, apply).await {
+        connection.close(1u32.into(), b"malformed frame");
+        return Err(error.into());
     }
     Ok(())
 }

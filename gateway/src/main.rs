@@ -12,7 +12,7 @@ use baton_gateway::{Gateway, GatewayConfig, Limits};
 use baton_net::public::PlayerTransport;
 use baton_net::{ClusterIdentity, LinkSettings};
 use baton_wire::{Epoch, RegionId};
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -219,22 +219,5 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    // The settings file and the environment become arguments in front of the real ones, so
-    // one parser validates everything and the command line has the last word.
-    let arguments = match baton_config::arguments(&Cli::command(), "BATON_GATEWAY") {
-        Ok(arguments) => arguments,
-        Err(error) => {
-            eprintln!("baton-gateway: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    let cli = Cli::parse_from(arguments);
-    baton_config::init_logging();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("baton-gateway: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    baton_config::main("baton-gateway", "BATON_GATEWAY", |cli: Cli| run(cli))
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use baton_sdk::RegionConfig;
 use baton_sdk::scripts::ScriptConfig;
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 use sample_region_server::{HeadlessOptions, WorldSpec, run_headless};
 
 /// Run the sample Baton region: physics objects, scripted NPCs, growing plants and avatars.
@@ -205,24 +205,7 @@ fn serve(cli: &Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    // The settings file and the environment become arguments in front of the real ones, so
-    // one parser validates everything and the command line has the last word.
-    let arguments = match baton_config::arguments(&Cli::command(), "BATON_SERVER") {
-        Ok(arguments) => arguments,
-        Err(error) => {
-            eprintln!("sample-region-server: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    let cli = Cli::parse_from(arguments);
-    baton_config::init_logging();
-    match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("sample-region-server: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    baton_config::main("sample-region-server", "BATON_SERVER", |cli: Cli| run(&cli))
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {

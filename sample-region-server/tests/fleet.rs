@@ -52,6 +52,29 @@ fn assert_one_owner_each(fleet: &Fleet) {
     }
 }
 
+/// A player who wanders about `region` at 20 inputs/s.
+fn wanderer(player: u64, region: u64, start_after: Duration, play_for: Duration, settle_for: Duration) -> PlayerPlan {
+    PlayerPlan { player, region, movement: Movement::Wander, inputs_per_second: 20, start_after, play_for, settle_for }
+}
+
+/// Starts moving `region` to `to`, kills the coordinator with SIGKILL as soon as the handoff runs,
+/// starts it again after 2 s and returns the migration's final record.
+fn migrate_through_a_coordinator_crash(fleet: &mut Fleet, region: u64, to: &str) -> Value {
+    let record = fleet.ok("POST", "/v1/migrations", Some(json!({"region": region, "to_host": to}))).unwrap();
+    let id = record["id"].as_u64().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while fleet.ok("GET", &format!("/v1/migrations/{id}"), None).unwrap()["phase"] != "transferring" {
+        assert!(std::time::Instant::now() < deadline, "migration {id} never reached the handoff");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    fleet.kill_coordinator();
+    std::thread::sleep(Duration::from_secs(2));
+    fleet.restart_coordinator().unwrap();
+    let resolved = fleet.wait_migration(id, Duration::from_secs(60)).unwrap();
+    eprintln!("after the coordinator's restart: {resolved}");
+    resolved
+}
+
 fn host_of(fleet: &Fleet, region: u64) -> String {
     let regions = fleet.ok("GET", "/v1/regions", None).unwrap();
     let row = regions.as_array().unwrap().iter().find(|row| row["region"] == region).cloned().unwrap_or(Value::Null);
@@ -77,15 +100,7 @@ fn operators_migrate_regions_and_drain_a_host_while_players_play() {
     let players: Vec<_> = (1..=48u64)
         .map(|player| {
             let region = (player - 1) % 12 + 1;
-            let plan = PlayerPlan {
-                player,
-                region,
-                movement: Movement::Wander,
-                inputs_per_second: 20,
-                start_after: Duration::from_millis(player * 20),
-                play_for,
-                settle_for: Duration::from_secs(20),
-            };
+            let plan = wanderer(player, region, Duration::from_millis(player * 20), play_for, Duration::from_secs(20));
             runtime.spawn(run_player(options.clone(), fleet.token(player, region), plan))
         })
         .collect();
@@ -175,18 +190,7 @@ fn operators_migrate_regions_and_drain_a_host_while_players_play() {
     // The coordinator dies in the middle of a migration and comes back.
     let from = host_of(&fleet, 2);
     let to = if from == "h1" { "h2" } else { "h1" };
-    let record = fleet.ok("POST", "/v1/migrations", Some(json!({"region": 2, "to_host": to}))).unwrap();
-    let id = record["id"].as_u64().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while fleet.ok("GET", &format!("/v1/migrations/{id}"), None).unwrap()["phase"] != "transferring" {
-        assert!(std::time::Instant::now() < deadline, "migration {id} never reached the handoff");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    fleet.kill_coordinator();
-    std::thread::sleep(Duration::from_secs(2));
-    fleet.restart_coordinator().unwrap();
-    let resolved = fleet.wait_migration(id, Duration::from_secs(60)).unwrap();
-    eprintln!("after the coordinator's restart: {resolved}");
+    let resolved = migrate_through_a_coordinator_crash(&mut fleet, 2, to);
     // One owner: the directory's owner is the process its host reports serving the region.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -281,15 +285,7 @@ fn the_admin_api_refuses_bad_requests_clearly() {
     let (late_gateway, late_address) = fleet.start_late_gateway().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let plan = PlayerPlan {
-        player: 1,
-        region: 1,
-        movement: Movement::Wander,
-        inputs_per_second: 20,
-        start_after: Duration::from_millis(500),
-        play_for: Duration::from_secs(3),
-        settle_for: Duration::from_secs(10),
-    };
+    let plan = wanderer(1, 1, Duration::from_millis(500), Duration::from_secs(3), Duration::from_secs(10));
     let mut options = fleet.client_options();
     options.gateway = late_address;
     let outcome = runtime.block_on(run_player(options, fleet.token(1, 1), plan)).unwrap();
@@ -399,15 +395,7 @@ fn the_admin_api_refuses_bad_requests_clearly() {
 /// One player plays `seconds` in `region` through the fleet's gateway.
 fn play(fleet: &Fleet, player: u64, region: u64, seconds: u64) -> PlayerOutcome {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let plan = PlayerPlan {
-        player,
-        region,
-        movement: Movement::Wander,
-        inputs_per_second: 20,
-        start_after: Duration::ZERO,
-        play_for: Duration::from_secs(seconds),
-        settle_for: Duration::from_secs(10),
-    };
+    let plan = wanderer(player, region, Duration::ZERO, Duration::from_secs(seconds), Duration::from_secs(10));
     runtime.block_on(run_player(fleet.client_options(), fleet.token(player, region), plan)).unwrap()
 }
 
@@ -494,31 +482,19 @@ fn a_migration_survives_a_coordinator_crash_with_players_on_board() {
     let players: Vec<_> = (1..=9u64)
         .map(|player| {
             let region = (player - 1) % 3 + 1;
-            let plan = PlayerPlan {
+            let plan = wanderer(
                 player,
                 region,
-                movement: Movement::Wander,
-                inputs_per_second: 20,
-                start_after: Duration::from_millis(player * 50),
-                play_for: Duration::from_secs(14),
-                settle_for: Duration::from_secs(15),
-            };
+                Duration::from_millis(player * 50),
+                Duration::from_secs(14),
+                Duration::from_secs(15),
+            );
             runtime.spawn(run_player(fleet.client_options(), fleet.token(player, region), plan))
         })
         .collect();
     std::thread::sleep(Duration::from_secs(3));
-    let record = fleet.ok("POST", "/v1/migrations", Some(json!({"region": 2, "to_host": "h1"}))).unwrap();
-    let id = record["id"].as_u64().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while fleet.ok("GET", &format!("/v1/migrations/{id}"), None).unwrap()["phase"] != "transferring" {
-        assert!(std::time::Instant::now() < deadline, "migration {id} never reached the handoff");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    fleet.kill_coordinator();
-    std::thread::sleep(Duration::from_secs(2));
-    fleet.restart_coordinator().unwrap();
-    let resolved = fleet.wait_migration(id, Duration::from_secs(60)).unwrap();
-    eprintln!("after the coordinator's restart: {resolved}");
+    let resolved = migrate_through_a_coordinator_crash(&mut fleet, 2, "h1");
+    let expected_host = if resolved["phase"] == "committed" { "h1" } else { "h2" };
     for task in players {
         let outcome = runtime.block_on(task).unwrap().unwrap();
         eprintln!(
@@ -534,4 +510,6 @@ fn a_migration_survives_a_coordinator_crash_with_players_on_board() {
         assert_eq!(outcome.disconnects, 0, "{:?}", outcome.close_reasons);
         assert!(outcome.chain_ok && outcome.acked == outcome.sent, "player {}", outcome.player);
     }
+    assert_one_owner_each(&fleet);
+    assert_eq!(host_of(&fleet, 2), expected_host, "{resolved}");
 }

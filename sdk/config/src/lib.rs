@@ -20,6 +20,33 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Command};
 
+/// How every long-running Baton binary starts and ends: settings from the file and the environment
+/// folded into the arguments (a settings error is printed and exits with 2), parsed by `C`
+/// (clap prints its own errors and `--help`), logs set up, then `run`; an error from `run` is
+/// printed with its causes and exits with 1.
+pub fn main<C: clap::Parser, E: std::fmt::Display>(
+    name: &str,
+    prefix: &str,
+    run: impl FnOnce(C) -> Result<(), E>,
+) -> std::process::ExitCode {
+    let arguments = match arguments(&C::command(), prefix) {
+        Ok(arguments) => arguments,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let cli = C::parse_from(arguments);
+    init_logging();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{name}: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Sets up a binary's logs: to standard error, filtered by `RUST_LOG` (default `warn`), as
 /// readable text, or as one JSON object per line with `BATON_LOG_FORMAT=json` (for log shippers).
 pub fn init_logging() {

@@ -6,6 +6,7 @@
 //! certificate from the cluster CA cannot connect, and we connect to no one else. This crate knows
 //! nothing of regions or world state, so the gateway and coordinator use it without the SDK.
 
+pub mod framed;
 pub mod pace;
 pub mod pki;
 pub mod public;

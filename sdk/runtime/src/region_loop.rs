@@ -417,15 +417,21 @@ fn route_input<L: RegionLogic + 'static>(
 
 /// An input this instance will not apply: reported, and sent back to its gateway to route again.
 fn refuse_input<L: RegionLogic + 'static>(context: &LoopContext<L>, region: RegionId, input: PlayerInput) {
-    context.hub.to_players(vec![(
-        input.player,
-        ServerMessage::Bounced {
-            region: region.0,
-            player: input.player.0,
-            seq: input.seq,
-            payload: input.payload.clone(),
-        },
-    )]);
+    let bounced = ServerMessage::Bounced {
+        region: region.0,
+        player: input.player.0,
+        seq: input.seq,
+        payload: input.payload.clone(),
+    };
+    // Invariant 2: a bounced input must reach the gateway that holds the player's session. This
+    // host may not know it (the player was never attached here: a handoff target, or an avatar
+    // that left before its gateway's Attach arrived); then every gateway gets it, and those
+    // without the player's session drop it. Dropping it here would leave a gap in the player's
+    // sequence that no later input could cross.
+    if context.hub.to_players(vec![(input.player, bounced.clone())]) == 0 {
+        tracing::debug!(%region, player = %input.player, seq = input.seq, "bouncing an input of a player not attached here to every gateway");
+        context.hub.broadcast(&bounced);
+    }
     let _ = context.events.send(HostEvent::InputRefused { region, input });
 }
 
