@@ -193,6 +193,12 @@ impl Drop for GatewayCluster {
     }
 }
 
+/// Milliseconds since the Unix epoch (comparable between processes on one machine).
+#[must_use]
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
 fn unix_seconds() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
 }
@@ -206,6 +212,12 @@ pub enum Movement {
     Patrol {
         /// Direction at the start: +1 east, -1 west.
         heading: f32,
+    },
+    /// Drifts towards one corner of the world (crossing regions on the way, and piling up in the
+    /// corner region), with a little jitter: the hotspot of the Cluster 2010 experiment.
+    Hotspot {
+        /// The corner: x and z, each +1 or -1.
+        corner: [f32; 2],
     },
 }
 
@@ -226,6 +238,26 @@ pub struct PlayerPlan {
     pub play_for: Duration,
     /// Then wait at most this long for every input to be acknowledged.
     pub settle_for: Duration,
+    /// Input payload sizes, in bytes (at least 9; each input draws one in this range).
+    pub payload_bytes: (usize, usize),
+}
+
+impl PlayerPlan {
+    /// A plan with the usual load: 20 inputs/s of 256-512 B, starting at once, playing for
+    /// `play_for` and waiting up to 10 s for the last acknowledgements.
+    #[must_use]
+    pub fn new(player: u64, region: u64, movement: Movement, play_for: Duration) -> PlayerPlan {
+        PlayerPlan {
+            player,
+            region,
+            movement,
+            inputs_per_second: 20,
+            start_after: Duration::ZERO,
+            play_for,
+            settle_for: Duration::from_secs(10),
+            payload_bytes: (256, 512),
+        }
+    }
 }
 
 /// What one simulated player saw.
@@ -269,6 +301,15 @@ pub struct PlayerOutcome {
     /// Gaps between updates, in microseconds.
     #[serde(skip)]
     pub gaps_us: Vec<u64>,
+    /// When each gap in `gaps_us` ended, in milliseconds since the Unix epoch.
+    #[serde(skip)]
+    pub gap_ends_unix_ms: Vec<u64>,
+    /// When each round trip in `round_trips_us` ended, in milliseconds since the Unix epoch.
+    #[serde(skip)]
+    pub round_trip_ends_unix_ms: Vec<u64>,
+    /// Border crossings: (milliseconds since the Unix epoch, from, to).
+    #[serde(skip)]
+    pub crossing_log: Vec<(u64, u64, u64)>,
 }
 
 /// Runs one simulated player to the end of its plan.
@@ -283,9 +324,10 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
     let mut chain = 0u64;
     let mut heading = match plan.movement {
         Movement::Patrol { heading } => [heading, 0.0],
-        Movement::Wander => [0.0, 0.0],
+        Movement::Wander | Movement::Hotspot { .. } => [0.0, 0.0],
     };
     let start_region = client.region();
+    let mut current_region = start_region;
     let mut turn_at = Instant::now();
     let period = Duration::from_secs_f64(1.0 / f64::from(plan.inputs_per_second.max(1)));
     let started = Instant::now();
@@ -315,6 +357,14 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
                     heading = if rng.u8(..5) == 0 { [0.0, 0.0] } else { [angle.cos(), angle.sin()] };
                     turn_at = now + Duration::from_millis(1500 + rng.u64(..1000));
                 }
+                Movement::Hotspot { corner } if now >= turn_at => {
+                    let jitter = (rng.f32() - 0.5) * 0.6;
+                    let (sin, cos) = jitter.sin_cos();
+                    let [x, z] =
+                        [corner[0] * std::f32::consts::FRAC_1_SQRT_2, corner[1] * std::f32::consts::FRAC_1_SQRT_2];
+                    heading = [x * cos - z * sin, x * sin + z * cos];
+                    turn_at = now + Duration::from_millis(1000 + rng.u64(..1000));
+                }
                 Movement::Patrol { heading: initial } if now >= turn_at => {
                     // Head for the other region; once there, come back.
                     let direction = if client.region() == start_region { initial } else { -initial };
@@ -325,7 +375,8 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
                 }
                 _ => {}
             }
-            let payload = walk_payload(heading, 256 + rng.usize(..=256), &mut rng);
+            let (smallest, largest) = plan.payload_bytes;
+            let payload = walk_payload(heading, rng.usize(smallest.max(9)..=largest.max(smallest).max(9)), &mut rng);
             let seq = client.next_seq();
             chain = chain_step(chain, seq, &payload);
             if let Err(error) = client.send_input(payload).await {
@@ -350,9 +401,11 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
         match event {
             Event::Update(update) => {
                 let now = Instant::now();
+                let now_unix_ms = unix_ms();
                 if let Some(previous) = last_update {
                     let gap = now.duration_since(previous);
                     outcome.gaps_us.push(gap.as_micros() as u64);
+                    outcome.gap_ends_unix_ms.push(now_unix_ms);
                     outcome.max_gap_ms = outcome.max_gap_ms.max(gap.as_secs_f64() * 1000.0);
                 }
                 last_update = Some(now);
@@ -360,6 +413,7 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
                 while sent_at.front().is_some_and(|(seq, _)| *seq <= update.last_applied) {
                     if let Some((_, at)) = sent_at.pop_front() {
                         outcome.round_trips_us.push(now.duration_since(at).as_micros() as u64);
+                        outcome.round_trip_ends_unix_ms.push(now_unix_ms);
                     }
                 }
                 match PlayerView::parse(&update.payload) {
@@ -370,7 +424,11 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
                 }
             }
             Event::Neighbour { .. } => outcome.neighbour_views += 1,
-            Event::RegionChanged { .. } => outcome.crossings += 1,
+            Event::RegionChanged { region } => {
+                outcome.crossings += 1;
+                outcome.crossing_log.push((unix_ms(), current_region, region));
+                current_region = region;
+            }
             Event::Pong { .. } => {}
             Event::Closed { reason, .. } => {
                 outcome.disconnects += 1;
@@ -410,7 +468,8 @@ pub fn chain_step(chain: u64, seq: u64, payload: &[u8]) -> u64 {
 pub fn patrol_player(east: bool, index: u64) -> u64 {
     let ring = 79 - (index / 3) % 20;
     let angle = if east { index % 3 } else { 180 + index % 3 };
-    360 * ring + angle
+    // Past 60 players, the same rings and angles again: ids 28,800 apart fall on the same spot.
+    360 * ring + angle + 28_800 * (index / 60)
 }
 
 /// A player connected straight to a region server, without a gateway: it speaks the upstream

@@ -54,7 +54,7 @@ fn assert_one_owner_each(fleet: &Fleet) {
 
 /// A player who wanders about `region` at 20 inputs/s.
 fn wanderer(player: u64, region: u64, start_after: Duration, play_for: Duration, settle_for: Duration) -> PlayerPlan {
-    PlayerPlan { player, region, movement: Movement::Wander, inputs_per_second: 20, start_after, play_for, settle_for }
+    PlayerPlan { start_after, settle_for, ..PlayerPlan::new(player, region, Movement::Wander, play_for) }
 }
 
 /// Starts moving `region` to `to`, kills the coordinator with SIGKILL as soon as the handoff runs,

@@ -57,6 +57,7 @@ fn players_keep_playing_through_handoffs_and_border_crossings() {
                 start_after: Duration::from_millis(index as u64 * 10),
                 play_for,
                 settle_for: Duration::from_secs(15),
+                payload_bytes: (256, 512),
             };
             runtime.spawn(run_player(options.clone(), cluster.token(*player, *region), plan))
         })

@@ -118,6 +118,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 start_after,
                 play_for: ramp + play - start_after,
                 settle_for: Duration::from_secs(5),
+                payload_bytes: (256, 512),
             };
             let mut options = base.clone();
             options.endpoint = Some(endpoints[index / 50].clone());

@@ -1,0 +1,364 @@
+//! What a run measured: `report.json`, a self-contained `report.html` with charts, a terminal
+//! summary, and the SLO verdict. Definitions are the brief's: the update gap is the time between
+//! two consecutive state updates a player receives; the round trip is from sending an input to the
+//! first update that acknowledges it; an input is lost when it was sent and never acknowledged.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use hdrhistogram::Histogram;
+use sample_region_server::players::PlayerOutcome;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::scenario::Scenario;
+
+/// Percentiles of a distribution, in milliseconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Percentiles {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+/// One region move or border crossing, and what players in that region felt during it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Handoff {
+    /// The region that moved (for a crossing: the region the avatar left).
+    pub region: u64,
+    /// Where from (a host, or for a crossing the region `r<N>`).
+    pub from: String,
+    /// Where to.
+    pub to: String,
+    /// `migration`, `drain` or `crossing`.
+    pub kind: String,
+    /// The freeze as the source measured it (none for a crossing, or when not reported).
+    pub freeze_ms: Option<f64>,
+    /// Longest update gap a player of the region saw from the start of the move to a second
+    /// after its end (for a crossing: the crossing player, within a second either side).
+    pub max_player_gap_ms: f64,
+    /// `committed` or `aborted` (crossings: `committed`).
+    pub outcome: String,
+    /// Seconds after the start of the run.
+    pub at_s: f64,
+}
+
+/// One second of the run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Second {
+    /// Seconds after the start.
+    pub at_s: u64,
+    /// Update gaps that ended in this second.
+    pub update_gap_ms: Percentiles,
+    /// Round trips that ended in this second.
+    pub rtt_ms: Percentiles,
+    /// Inputs acknowledged in this second.
+    pub inputs_acked: u64,
+}
+
+/// One host's load at one moment.
+#[derive(Clone, Debug, Serialize)]
+pub struct HostSample {
+    /// Seconds after the start.
+    pub at_s: f64,
+    /// The host.
+    pub host: String,
+    /// CPU of its region servers, in cores.
+    pub cpu_cores: f64,
+    /// Players in its regions.
+    pub players: u64,
+}
+
+/// Everything a run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// The scenario's name.
+    pub scenario: String,
+    /// Avatars that played (churn newcomers included).
+    pub avatars: usize,
+    /// Avatars that could not connect.
+    pub failed_to_connect: usize,
+    /// Ramp plus play, in seconds.
+    pub duration_s: u64,
+    /// Inputs sent.
+    pub inputs_sent: u64,
+    /// Inputs the region acknowledged as applied.
+    pub inputs_acked: u64,
+    /// Sent and never acknowledged.
+    pub inputs_lost: u64,
+    /// Applied more often than sent (the avatar's own count against the player's).
+    pub inputs_duplicated: u64,
+    /// Connections that closed or timed out.
+    pub disconnects: u64,
+    /// Input round trips.
+    pub rtt_ms: Percentiles,
+    /// Update gaps.
+    pub update_gap_ms: Percentiles,
+    /// Moves and crossings.
+    pub handoffs: Vec<Handoff>,
+    /// Per second.
+    pub seconds: Vec<Second>,
+    /// Hosts' load over time.
+    pub hosts: Vec<HostSample>,
+    /// The SLOs the run was judged by.
+    pub slo: crate::scenario::Slo,
+    /// Which SLOs were violated, in words.
+    pub slo_violations: Vec<String>,
+    /// Whether every SLO held.
+    pub slo_ok: bool,
+}
+
+fn histogram() -> Histogram<u64> {
+    // Microseconds, 1 µs to 10 min, three significant digits; samples above are clamped.
+    match Histogram::new_with_bounds(1, 600_000_000, 3) {
+        Ok(histogram) => histogram,
+        Err(_) => unreachable!("the bounds are constants hdrhistogram accepts"),
+    }
+}
+
+fn percentiles(histogram: &Histogram<u64>) -> Percentiles {
+    let ms = |micros: u64| micros as f64 / 1000.0;
+    Percentiles {
+        count: histogram.len(),
+        p50: ms(histogram.value_at_quantile(0.50)),
+        p99: ms(histogram.value_at_quantile(0.99)),
+        p999: ms(histogram.value_at_quantile(0.999)),
+        max: ms(histogram.max()),
+    }
+}
+
+/// The region `outcome`'s avatar was in at `unix_ms`.
+fn region_at(outcome: &PlayerOutcome, unix_ms: u64) -> u64 {
+    let mut region = outcome.crossing_log.first().map_or(outcome.region, |(_, from, _)| *from);
+    for (at, _, to) in &outcome.crossing_log {
+        if *at <= unix_ms {
+            region = *to;
+        }
+    }
+    region
+}
+
+/// Builds the report from the players' outcomes and the coordinator's migration history.
+#[must_use]
+pub fn build_report(
+    scenario: &Scenario,
+    started_unix_ms: u64,
+    outcomes: &[PlayerOutcome],
+    failed_to_connect: usize,
+    migrations: &[Value],
+    hosts: Vec<HostSample>,
+) -> Report {
+    let mut rtt = histogram();
+    let mut gaps = histogram();
+    let duration_s = scenario.ramp_s + scenario.duration_s;
+    let buckets = duration_s as usize + 30;
+    let mut second_gaps: Vec<Histogram<u64>> = (0..buckets).map(|_| histogram()).collect();
+    let mut second_rtts: Vec<Histogram<u64>> = (0..buckets).map(|_| histogram()).collect();
+    let bucket = |unix_ms: u64| (unix_ms.saturating_sub(started_unix_ms) / 1000) as usize;
+    for outcome in outcomes {
+        for (value, at) in outcome.round_trips_us.iter().zip(&outcome.round_trip_ends_unix_ms) {
+            rtt.saturating_record(*value);
+            if let Some(histogram) = second_rtts.get_mut(bucket(*at)) {
+                histogram.saturating_record(*value);
+            }
+        }
+        for (value, at) in outcome.gaps_us.iter().zip(&outcome.gap_ends_unix_ms) {
+            gaps.saturating_record(*value);
+            if let Some(histogram) = second_gaps.get_mut(bucket(*at)) {
+                histogram.saturating_record(*value);
+            }
+        }
+    }
+    let seconds: Vec<Second> = (0..buckets)
+        .filter(|index| second_gaps[*index].len() + second_rtts[*index].len() > 0)
+        .map(|index| Second {
+            at_s: index as u64,
+            update_gap_ms: percentiles(&second_gaps[index]),
+            rtt_ms: percentiles(&second_rtts[index]),
+            inputs_acked: second_rtts[index].len(),
+        })
+        .collect();
+
+    // The longest gap players of `region` saw between two moments.
+    let worst_gap = |region: Option<u64>, player: Option<u64>, from_ms: u64, to_ms: u64| -> f64 {
+        outcomes
+            .iter()
+            .filter(|outcome| player.is_none_or(|player| outcome.player == player))
+            .flat_map(|outcome| {
+                outcome.gaps_us.iter().zip(&outcome.gap_ends_unix_ms).filter(move |(gap, end)| {
+                    let began = end.saturating_sub(**gap / 1000);
+                    **end >= from_ms
+                        && began <= to_ms
+                        && region.is_none_or(|region| region_at(outcome, **end) == region)
+                })
+            })
+            .map(|(gap, _)| *gap as f64 / 1000.0)
+            .fold(0.0, f64::max)
+    };
+    let mut handoffs: Vec<Handoff> = migrations
+        .iter()
+        .map(|record| {
+            let region = record["region"].as_u64().unwrap_or(0);
+            let begun = record["started_unix_ms"].as_u64().unwrap_or(started_unix_ms);
+            let took: f64 = record["phases"]
+                .as_array()
+                .map(|phases| phases.iter().filter_map(|timing| timing["ms"].as_f64()).sum())
+                .unwrap_or(0.0);
+            Handoff {
+                region,
+                from: record["from_host"].as_str().unwrap_or_default().to_owned(),
+                to: record["to_host"].as_str().unwrap_or_default().to_owned(),
+                kind: record["kind"].as_str().unwrap_or("migration").to_owned(),
+                freeze_ms: record["freeze_ms"].as_f64(),
+                max_player_gap_ms: worst_gap(Some(region), None, begun, begun + took as u64 + 1000),
+                outcome: record["phase"].as_str().unwrap_or_default().to_owned(),
+                at_s: begun.saturating_sub(started_unix_ms) as f64 / 1000.0,
+            }
+        })
+        .collect();
+    for outcome in outcomes {
+        for (at, from, to) in &outcome.crossing_log {
+            handoffs.push(Handoff {
+                region: *from,
+                from: format!("r{from}"),
+                to: format!("r{to}"),
+                kind: "crossing".into(),
+                freeze_ms: None,
+                max_player_gap_ms: worst_gap(None, Some(outcome.player), at.saturating_sub(1000), at + 1000),
+                outcome: "committed".into(),
+                at_s: at.saturating_sub(started_unix_ms) as f64 / 1000.0,
+            });
+        }
+    }
+    handoffs.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+
+    let inputs_sent: u64 = outcomes.iter().map(|outcome| outcome.sent).sum();
+    let inputs_acked: u64 =
+        outcomes.iter().map(|outcome| outcome.acked.saturating_sub(outcome.acked_before).min(outcome.sent)).sum();
+    let inputs_duplicated: u64 =
+        outcomes.iter().map(|outcome| outcome.applied.saturating_sub(outcome.acked_before + outcome.sent)).sum();
+    let disconnects: u64 = outcomes.iter().map(|outcome| outcome.disconnects).sum();
+    let mut report = Report {
+        scenario: scenario.name.clone(),
+        avatars: outcomes.len(),
+        failed_to_connect,
+        duration_s,
+        inputs_sent,
+        inputs_acked,
+        inputs_lost: inputs_sent - inputs_acked,
+        inputs_duplicated,
+        disconnects,
+        rtt_ms: percentiles(&rtt),
+        update_gap_ms: percentiles(&gaps),
+        handoffs,
+        seconds,
+        hosts,
+        slo: scenario.slo.clone(),
+        slo_violations: Vec::new(),
+        slo_ok: false,
+    };
+    report.judge();
+    report
+}
+
+fn violations(report: &Report) -> Vec<String> {
+    let slo = &report.slo;
+    let mut found = Vec::new();
+    if report.update_gap_ms.p99 > slo.update_gap_p99_ms {
+        found.push(format!("update gap p99 {:.1} ms > {:.1} ms", report.update_gap_ms.p99, slo.update_gap_p99_ms));
+    }
+    if report.rtt_ms.p99 > slo.rtt_p99_ms {
+        found.push(format!("round trip p99 {:.1} ms > {:.1} ms", report.rtt_ms.p99, slo.rtt_p99_ms));
+    }
+    if report.inputs_lost > slo.inputs_lost {
+        found.push(format!("{} inputs lost > {}", report.inputs_lost, slo.inputs_lost));
+    }
+    if report.inputs_duplicated > slo.inputs_duplicated {
+        found.push(format!("{} inputs applied twice > {}", report.inputs_duplicated, slo.inputs_duplicated));
+    }
+    if report.disconnects > slo.disconnects {
+        found.push(format!("{} disconnects > {}", report.disconnects, slo.disconnects));
+    }
+    if report.failed_to_connect > 0 {
+        found.push(format!("{} avatars could not connect", report.failed_to_connect));
+    }
+    if slo.migrations_commit {
+        for handoff in
+            report.handoffs.iter().filter(|handoff| handoff.kind != "crossing" && handoff.outcome != "committed")
+        {
+            found.push(format!(
+                "moving region {} from {} to {}: {}",
+                handoff.region, handoff.from, handoff.to, handoff.outcome
+            ));
+        }
+    }
+    found
+}
+
+impl Report {
+    /// Judges the measurements against `slo` (again): fills `slo_violations` and `slo_ok`.
+    pub fn judge(&mut self) {
+        self.slo_violations = violations(self);
+        self.slo_ok = self.slo_violations.is_empty();
+    }
+
+    /// Writes `report.json` and `report.html` into `folder`; returns their paths.
+    pub fn write(&self, folder: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+        std::fs::create_dir_all(folder).map_err(|error| anyhow::anyhow!("creating {}: {error}", folder.display()))?;
+        let json = folder.join("report.json");
+        std::fs::write(&json, serde_json::to_vec_pretty(self)?)?;
+        let html = folder.join("report.html");
+        std::fs::write(&html, crate::chart::html(self)?)?;
+        Ok((json, html))
+    }
+
+    /// A few readable lines for the terminal.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let moves = self.handoffs.iter().filter(|handoff| handoff.kind != "crossing").count();
+        let crossings = self.handoffs.len() - moves;
+        let _ = writeln!(out, "scenario {}: {} avatars for {} s", self.scenario, self.avatars, self.duration_s);
+        let _ = writeln!(
+            out,
+            "  inputs: {} sent, {} acknowledged, {} lost, {} applied twice; disconnects: {}",
+            self.inputs_sent, self.inputs_acked, self.inputs_lost, self.inputs_duplicated, self.disconnects
+        );
+        let line = |name: &str, value: &Percentiles| {
+            format!(
+                "  {name}: p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1} ms",
+                value.p50, value.p99, value.p999, value.max
+            )
+        };
+        let _ = writeln!(out, "{}", line("update gap", &self.update_gap_ms));
+        let _ = writeln!(out, "{}", line("round trip", &self.rtt_ms));
+        let _ = writeln!(out, "  region moves: {moves}, border crossings: {crossings}");
+        for handoff in self.handoffs.iter().filter(|handoff| handoff.kind != "crossing") {
+            let _ = writeln!(
+                out,
+                "    t={:>5.1}s {:<9} region {:>3} {} -> {}: {}, freeze {}, worst player gap {:.0} ms",
+                handoff.at_s,
+                handoff.kind,
+                handoff.region,
+                handoff.from,
+                handoff.to,
+                handoff.outcome,
+                handoff.freeze_ms.map_or("-".into(), |ms| format!("{ms:.1} ms")),
+                handoff.max_player_gap_ms
+            );
+        }
+        if self.slo_ok {
+            let _ = writeln!(out, "  SLO: met");
+        } else {
+            let _ = writeln!(out, "  SLO: VIOLATED: {}", self.slo_violations.join("; "));
+        }
+        out
+    }
+}

@@ -1,0 +1,264 @@
+//! Running a scenario: a whole deployment on loopback (`sample_region_server::fleet`), avatars
+//! through the gateway (`baton-client`), the operator's events through the admin API, a live
+//! progress line every second, and what players felt gathered into a [`Report`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sample_region_server::fleet::{Fleet, FleetSpec};
+use sample_region_server::players::{Movement, PlayerOutcome, PlayerPlan, run_player, unix_ms};
+use serde_json::{Value, json};
+
+use crate::report::{HostSample, Report, build_report};
+use crate::scenario::Scenario;
+
+/// How to run a scenario.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Overrides the scenario's avatar count.
+    pub avatars: Option<usize>,
+    /// Overrides its duration, in seconds.
+    pub seconds: Option<u64>,
+    /// No progress lines.
+    pub quiet: bool,
+}
+
+/// Runs `scenario`; returns early (with what was measured so far) when `stop` is set.
+pub fn run(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool) -> anyhow::Result<Report> {
+    let mut scenario = scenario.clone();
+    if let Some(avatars) = options.avatars {
+        scenario.avatars = avatars;
+    }
+    if let Some(seconds) = options.seconds {
+        scenario.duration_s = seconds;
+    }
+    scenario.check().map_err(anyhow::Error::msg)?;
+    let say = |line: String| {
+        if !options.quiet {
+            eprintln!("{line}");
+        }
+    };
+
+    say(format!(
+        "starting a coordinator, {} host agents and a gateway; {} regions of {} objects",
+        scenario.hosts, scenario.regions, scenario.objects_per_region
+    ));
+    let mut fleet = Fleet::start(&FleetSpec {
+        hosts: scenario.hosts,
+        pool: 2,
+        capacity: scenario.regions as usize + 4,
+        world_regions: scenario.regions,
+        columns: scenario.columns,
+        tick_rate: 20,
+        checkpoint_every_s: 10.0,
+    })?;
+    fleet.wait_hosts_ready(scenario.hosts, 1, Duration::from_secs(120))?;
+    for region in 1..=scenario.regions {
+        let host = format!("h{}", (region - 1) % scenario.hosts as u64 + 1);
+        let objects = scenario.objects_per_region;
+        fleet
+            .ok(
+                "POST",
+                "/v1/regions",
+                Some(json!({"region": region, "host": host,
+                            "world": {"objects": objects, "npcs": objects / 10, "plants": objects / 10, "seed": region}})),
+            )
+            .with_context(|| format!("creating region {region}"))?;
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the load generator's runtime")?;
+    let base = fleet.client_options();
+    // One socket per 50 players keeps the generator's own cost down on a machine it shares with
+    // the whole cluster (a real client has one each).
+    let plans = plans(&scenario);
+    let endpoints: Vec<_> = {
+        let _guard = runtime.enter();
+        (0..plans.len().div_ceil(50)).map(|_| base.shared_endpoint()).collect::<Result<_, _>>()?
+    };
+    let started_unix_ms = unix_ms();
+    let started = Instant::now();
+    let tasks: Vec<_> = plans
+        .into_iter()
+        .enumerate()
+        .map(|(index, plan)| {
+            let mut client = base.clone();
+            client.endpoint = Some(endpoints[index / 50].clone());
+            let token = fleet.token(plan.player, plan.region);
+            runtime.spawn(run_player(client, token, plan))
+        })
+        .collect();
+    say(format!("{} avatars connect over {} s, then play for {} s", tasks.len(), scenario.ramp_s, scenario.duration_s));
+
+    // The operator's events, the live display and the hosts' load, once per second.
+    let mut events: Vec<_> = scenario.events.clone();
+    events.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+    let mut events = events.into_iter().peekable();
+    let mut requested: Vec<(u64, String)> = Vec::new();
+    let mut host_samples: Vec<HostSample> = Vec::new();
+    let mut last_stats: Option<Value> = None;
+    let play_ends = Duration::from_secs(scenario.ramp_s + scenario.duration_s);
+    let mut next_second = Duration::from_secs(1);
+    while started.elapsed() < play_ends && !stop.load(Ordering::Relaxed) {
+        while let Some(event) = events.next_if(|event| started.elapsed().as_secs_f64() >= event.at_s) {
+            if let Some(migrate) = &event.migrate {
+                match fleet.call(
+                    "POST",
+                    "/v1/migrations",
+                    Some(json!({"region": migrate.region, "to_host": migrate.to})),
+                ) {
+                    Ok((202, record)) => {
+                        say(format!("t={:.0}s: moving region {} to {}", event.at_s, migrate.region, migrate.to));
+                        requested.push((record["id"].as_u64().unwrap_or(0), "migration".into()));
+                    }
+                    Ok((status, body)) => say(format!("t={:.0}s: the move was refused: {status} {body}", event.at_s)),
+                    Err(error) => say(format!("t={:.0}s: the move failed: {error:#}", event.at_s)),
+                }
+            }
+            if let Some(host) = &event.drain {
+                match fleet.call("POST", &format!("/v1/hosts/{host}/drain"), None) {
+                    Ok((202, body)) => {
+                        say(format!("t={:.0}s: draining {host}: regions {}", event.at_s, body["regions"]))
+                    }
+                    Ok((status, body)) => say(format!("t={:.0}s: the drain was refused: {status} {body}", event.at_s)),
+                    Err(error) => say(format!("t={:.0}s: the drain failed: {error:#}", event.at_s)),
+                }
+            }
+        }
+        if started.elapsed() >= next_second {
+            next_second += Duration::from_secs(1);
+            if let Ok(hosts) = fleet.ok("GET", "/v1/hosts", None) {
+                let at_s = started.elapsed().as_secs_f64();
+                for host in hosts.as_array().into_iter().flatten() {
+                    host_samples.push(HostSample {
+                        at_s,
+                        host: host["name"].as_str().unwrap_or_default().to_owned(),
+                        cpu_cores: host["cpu_cores"].as_f64().unwrap_or(0.0),
+                        players: host["regions"]
+                            .as_array()
+                            .map(|loads| loads.iter().filter_map(|load| load["players"].as_u64()).sum())
+                            .unwrap_or(0),
+                    });
+                }
+            }
+            let stats = gateway_stats(&mut fleet);
+            if let (Some(now), false) = (&stats, options.quiet) {
+                let rate = |field: &str| {
+                    let before = last_stats.as_ref().and_then(|old| old[field].as_u64()).unwrap_or(0);
+                    now[field].as_u64().unwrap_or(0).saturating_sub(before)
+                };
+                eprintln!(
+                    "t={:>3.0}s  sessions {:>5}  inputs/s {:>6}  updates/s {:>6}  crossings {:>4}  handoff flips {:>3}",
+                    started.elapsed().as_secs_f64(),
+                    now["sessions"],
+                    rate("inputs_forwarded"),
+                    rate("updates_datagram") + rate("updates_reliable"),
+                    now["crossings"],
+                    now["handoff_flips"],
+                );
+            }
+            last_stats = stats.or(last_stats);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    say("play is over; waiting for the last acknowledgements".to_owned());
+    let mut outcomes: Vec<PlayerOutcome> = Vec::new();
+    let mut failed_to_connect = 0;
+    for task in tasks {
+        if stop.load(Ordering::Relaxed) {
+            task.abort();
+            continue;
+        }
+        match runtime.block_on(task) {
+            Ok(Ok(outcome)) => outcomes.push(outcome),
+            Ok(Err(_)) => failed_to_connect += 1,
+            Err(error) if error.is_cancelled() => {}
+            Err(error) => anyhow::bail!("a player task panicked: {error}"),
+        }
+    }
+    // Drains start migrations of their own: every migration the run caused is in the history.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let migrations = loop {
+        let migrations = fleet.ok("GET", "/v1/migrations", None)?;
+        let running = migrations.as_array().is_some_and(|records| {
+            records.iter().any(|record| !matches!(record["phase"].as_str(), Some("committed" | "aborted")))
+        });
+        if !running || Instant::now() > deadline || stop.load(Ordering::Relaxed) {
+            break migrations;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let migrations = migrations.as_array().cloned().unwrap_or_default();
+    Ok(build_report(&scenario, started_unix_ms, &outcomes, failed_to_connect, &migrations, host_samples))
+}
+
+/// The gateway's counters (its `stats` control line).
+fn gateway_stats(fleet: &mut Fleet) -> Option<Value> {
+    let gateway = &mut fleet.gateway;
+    gateway.drain();
+    let before = gateway.log.len();
+    gateway.send(&json!({"cmd": "stats"})).ok()?;
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < deadline {
+        gateway.drain();
+        if let Some(stats) = gateway.log[before..].iter().rev().find(|event| event["event"] == "stats") {
+            return Some(stats["stats"].clone());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// Every avatar's plan: movement by the scenario's shares, regions round-robin, a ramp, churn.
+fn plans(scenario: &Scenario) -> Vec<PlayerPlan> {
+    let ramp = Duration::from_secs(scenario.ramp_s);
+    let play = Duration::from_secs(scenario.duration_s);
+    let mix = &scenario.movement;
+    let total = mix.random_walk + mix.hotspot + mix.border_patrol;
+    let leaving =
+        scenario.churn.as_ref().map_or(0, |churn| (churn.fraction * scenario.avatars as f64).round() as usize);
+    let halfway = ramp + play / 2;
+    let mut plans = Vec::with_capacity(scenario.avatars + leaving);
+    let mut patrols = 0;
+    for index in 0..scenario.avatars + leaving {
+        let mut player = index as u64 + 1;
+        let region = (index as u64 % scenario.regions) + 1;
+        let share = (index % scenario.avatars) as f64 / scenario.avatars as f64 * total;
+        let movement = if share < mix.random_walk {
+            Movement::Wander
+        } else if share < mix.random_walk + mix.hotspot {
+            let corner = [[1.0, 1.0], [-1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]][index % 4];
+            Movement::Hotspot { corner }
+        } else {
+            // Patrol towards the neighbour in the same row (west from the last column).
+            let column = (region - 1) % scenario.columns;
+            let east = column + 1 < scenario.columns && region < scenario.regions;
+            // The sample places avatars by player id: these ids stand near the border they patrol.
+            player = sample_region_server::players::patrol_player(east, patrols);
+            patrols += 1;
+            Movement::Patrol { heading: if east { 1.0 } else { -1.0 } }
+        };
+        let (start_after, play_for) = if index >= scenario.avatars {
+            // Newcomers join halfway through and play to the end.
+            (halfway, play / 2)
+        } else {
+            let start_after = ramp.mul_f64(index as f64 / scenario.avatars as f64);
+            // The first `leaving` avatars leave halfway through.
+            let end = if index < leaving { halfway } else { ramp + play };
+            (start_after, end.saturating_sub(start_after))
+        };
+        plans.push(PlayerPlan {
+            inputs_per_second: scenario.inputs_per_second,
+            start_after,
+            settle_for: Duration::from_secs(10),
+            payload_bytes: scenario.payload_bytes,
+            ..PlayerPlan::new(player, region, movement, play_for)
+        });
+    }
+    plans
+}

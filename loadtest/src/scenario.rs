@@ -1,0 +1,314 @@
+//! Scenario files (TOML, `loadtest/scenarios/*.toml`): the deployment, the avatars and how they
+//! move, what the operator does when (through the coordinator's admin API), and the SLOs the run
+//! is judged by.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// One scenario.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Its name (the report's `scenario`).
+    pub name: String,
+    /// What it shows.
+    #[serde(default)]
+    pub description: String,
+    /// Simulated avatars.
+    pub avatars: usize,
+    /// Seconds of play after the ramp.
+    pub duration_s: u64,
+    /// Seconds over which avatars connect.
+    #[serde(default = "default_ramp")]
+    pub ramp_s: u64,
+    /// Inputs per second per avatar.
+    #[serde(default = "default_rate")]
+    pub inputs_per_second: u32,
+    /// Input payload sizes in bytes, smallest and largest.
+    #[serde(default = "default_payload")]
+    pub payload_bytes: (usize, usize),
+    /// Hosts (one agent each), named `h1`, `h2`, ...
+    #[serde(default = "default_hosts")]
+    pub hosts: usize,
+    /// Regions of the world grid, numbered 1..=N row by row, placed round-robin on the hosts.
+    #[serde(default = "default_regions")]
+    pub regions: u64,
+    /// Regions per row.
+    #[serde(default = "default_columns")]
+    pub columns: u64,
+    /// Physics objects per region (plus a tenth as many scripted NPCs and plants).
+    #[serde(default = "default_objects")]
+    pub objects_per_region: usize,
+    /// How avatars move (shares; they need not add up to 1).
+    #[serde(default)]
+    pub movement: MovementMix,
+    /// Avatars leaving and new ones joining mid-run.
+    #[serde(default)]
+    pub churn: Option<Churn>,
+    /// What the operator does, and when.
+    #[serde(default)]
+    pub events: Vec<Event>,
+    /// What the run must achieve.
+    #[serde(default)]
+    pub slo: Slo,
+}
+
+/// Shares of the movement patterns.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MovementMix {
+    /// Random walk.
+    #[serde(default)]
+    pub random_walk: f64,
+    /// Drift to a corner of the world.
+    #[serde(default)]
+    pub hotspot: f64,
+    /// Walk back and forth across a border.
+    #[serde(default)]
+    pub border_patrol: f64,
+}
+
+impl Default for MovementMix {
+    fn default() -> Self {
+        MovementMix { random_walk: 1.0, hotspot: 0.0, border_patrol: 0.0 }
+    }
+}
+
+/// Join/leave churn: `fraction` of the avatars leave halfway through and as many new ones join.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Churn {
+    /// Between 0 and 1.
+    pub fraction: f64,
+}
+
+/// Something the operator does at `at_s` seconds after the ramp began.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    /// When.
+    pub at_s: f64,
+    /// Move `region` to host `to`.
+    #[serde(default)]
+    pub migrate: Option<Migrate>,
+    /// Drain this host.
+    #[serde(default)]
+    pub drain: Option<String>,
+}
+
+/// A migration asked for by a scenario.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Migrate {
+    /// The region.
+    pub region: u64,
+    /// The host.
+    pub to: String,
+}
+
+/// Service-level objectives; a violated one makes the run fail.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slo {
+    /// Highest p99 update gap, milliseconds.
+    #[serde(default = "default_gap_slo")]
+    pub update_gap_p99_ms: f64,
+    /// Highest p99 input round trip, milliseconds.
+    #[serde(default = "default_rtt_slo")]
+    pub rtt_p99_ms: f64,
+    /// Most inputs lost.
+    #[serde(default)]
+    pub inputs_lost: u64,
+    /// Most inputs applied twice.
+    #[serde(default)]
+    pub inputs_duplicated: u64,
+    /// Most disconnects.
+    #[serde(default)]
+    pub disconnects: u64,
+    /// Every operator event must end committed.
+    #[serde(default = "yes")]
+    pub migrations_commit: bool,
+}
+
+impl Default for Slo {
+    fn default() -> Self {
+        Slo {
+            update_gap_p99_ms: default_gap_slo(),
+            rtt_p99_ms: default_rtt_slo(),
+            inputs_lost: 0,
+            inputs_duplicated: 0,
+            disconnects: 0,
+            migrations_commit: true,
+        }
+    }
+}
+
+fn default_ramp() -> u64 {
+    5
+}
+fn default_rate() -> u32 {
+    20
+}
+fn default_payload() -> (usize, usize) {
+    (256, 512)
+}
+fn default_hosts() -> usize {
+    3
+}
+fn default_regions() -> u64 {
+    12
+}
+fn default_columns() -> u64 {
+    4
+}
+fn default_objects() -> usize {
+    300
+}
+fn default_gap_slo() -> f64 {
+    // 1.5 tick intervals at 20 Hz.
+    75.0
+}
+fn default_rtt_slo() -> f64 {
+    150.0
+}
+fn yes() -> bool {
+    true
+}
+
+impl Scenario {
+    /// Reads and checks a scenario file.
+    pub fn load(path: &Path) -> anyhow::Result<Scenario> {
+        let text =
+            std::fs::read_to_string(path).map_err(|error| anyhow::anyhow!("reading {}: {error}", path.display()))?;
+        let scenario: Scenario =
+            toml::from_str(&text).map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+        scenario.check().map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+        Ok(scenario)
+    }
+
+    /// The scenario shipped under this name (`loadtest/scenarios/<name>.toml`).
+    pub fn shipped(name: &str) -> anyhow::Result<Scenario> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios").join(format!("{name}.toml"));
+        if !path.exists() {
+            anyhow::bail!("no scenario {name:?}; shipped: {}", shipped_names().join(", "));
+        }
+        Scenario::load(&path)
+    }
+
+    /// Checks values no type can: ranges, hosts and regions that exist.
+    pub fn check(&self) -> Result<(), String> {
+        if self.avatars == 0 || self.duration_s == 0 {
+            return Err("avatars and duration_s must be at least 1".into());
+        }
+        if self.hosts == 0 || self.regions == 0 || self.columns == 0 {
+            return Err("hosts, regions and columns must be at least 1".into());
+        }
+        if self.inputs_per_second == 0 || self.inputs_per_second > 200 {
+            return Err(format!("inputs_per_second must be within 1..=200, got {}", self.inputs_per_second));
+        }
+        let (smallest, largest) = self.payload_bytes;
+        if smallest < 9 || largest < smallest || largest > baton_limits::MAX_PAYLOAD {
+            return Err(format!(
+                "payload_bytes must be [smallest, largest] with 9 <= smallest <= largest <= {}",
+                baton_limits::MAX_PAYLOAD
+            ));
+        }
+        let mix = &self.movement;
+        if [mix.random_walk, mix.hotspot, mix.border_patrol].iter().any(|share| !share.is_finite() || *share < 0.0)
+            || mix.random_walk + mix.hotspot + mix.border_patrol <= 0.0
+        {
+            return Err("movement shares must be 0 or more and not all 0".into());
+        }
+        if let Some(churn) = &self.churn
+            && !(0.0..=1.0).contains(&churn.fraction)
+        {
+            return Err(format!("churn.fraction must be within 0..=1, got {}", churn.fraction));
+        }
+        for event in &self.events {
+            let host_exists = |host: &str| {
+                host.strip_prefix('h')
+                    .and_then(|index| index.parse::<usize>().ok())
+                    .is_some_and(|index| (1..=self.hosts).contains(&index))
+            };
+            match (&event.migrate, &event.drain) {
+                (Some(migrate), None) => {
+                    if !(1..=self.regions).contains(&migrate.region) || !host_exists(&migrate.to) {
+                        return Err(format!(
+                            "event at {} s moves region {} to {}: no such region or host",
+                            event.at_s, migrate.region, migrate.to
+                        ));
+                    }
+                }
+                (None, Some(host)) => {
+                    if !host_exists(host) {
+                        return Err(format!("event at {} s drains {host}: no such host", event.at_s));
+                    }
+                }
+                _ => return Err(format!("event at {} s must have exactly one of migrate or drain", event.at_s)),
+            }
+            if !event.at_s.is_finite() || event.at_s < 0.0 {
+                return Err("event times must be 0 or more seconds".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The names of the shipped scenarios.
+#[must_use]
+pub fn shipped_names() -> Vec<String> {
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let mut names: Vec<String> = std::fs::read_dir(folder)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.path().file_stem().and_then(|stem| stem.to_str()).map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+}
+
+mod baton_limits {
+    /// Largest input payload the player protocol carries.
+    pub const MAX_PAYLOAD: usize = baton_wire::MAX_INPUT_PAYLOAD;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn every_shipped_scenario_loads() {
+        let names = shipped_names();
+        for required in ["steady", "migrate", "crossing", "hotspot", "mixed"] {
+            assert!(names.iter().any(|name| name == required), "{required} is not shipped: {names:?}");
+        }
+        for name in names {
+            Scenario::shipped(&name).unwrap();
+        }
+    }
+
+    #[test]
+    fn bad_scenarios_are_refused_clearly() {
+        let parse = |text: &str| {
+            toml::from_str::<Scenario>(text)
+                .map_err(|error| error.to_string())
+                .and_then(|scenario| scenario.check().map(|()| scenario))
+        };
+        let base = "name = \"x\"\navatars = 10\nduration_s = 5\n";
+        assert!(parse(base).is_ok());
+        assert!(parse(&format!("{base}avatarz = 3\n")).unwrap_err().contains("avatarz"));
+        assert!(
+            parse(&format!("{base}[[events]]\nat_s = 1\nmigrate = {{ region = 99, to = \"h1\" }}\n"))
+                .unwrap_err()
+                .contains("no such region")
+        );
+        assert!(parse(&format!("{base}[[events]]\nat_s = 1\ndrain = \"h9\"\n")).unwrap_err().contains("no such host"));
+        assert!(parse(&format!("{base}[[events]]\nat_s = 1\n")).unwrap_err().contains("exactly one"));
+        assert!(parse(&format!("{base}payload_bytes = [4, 2]\n")).unwrap_err().contains("payload_bytes"));
+        assert!(parse(&format!("{base}[movement]\nrandom_walk = 0\n")).unwrap_err().contains("movement"));
+    }
+}

@@ -1,0 +1,95 @@
+//! A short scenario end to end: a deployment on loopback, avatars that wander and patrol, a
+//! migration through the admin API, and a report whose numbers add up.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::AtomicBool;
+
+use baton_loadtest::{RunOptions, Scenario};
+
+#[test]
+fn a_short_scenario_measures_what_players_felt_and_writes_its_reports() {
+    let scenario: Scenario = toml::from_str(
+        r#"
+        name = "smoke"
+        avatars = 24
+        duration_s = 8
+        ramp_s = 2
+        hosts = 2
+        regions = 4
+        columns = 2
+        objects_per_region = 40
+        [movement]
+        random_walk = 0.5
+        border_patrol = 0.5
+        [[events]]
+        at_s = 4
+        migrate = { region = 1, to = "h2" }
+        [slo]
+        update_gap_p99_ms = 10000
+        rtt_p99_ms = 10000
+        "#,
+    )
+    .unwrap();
+    let report = baton_loadtest::run(
+        &scenario,
+        &RunOptions { avatars: None, seconds: None, quiet: true },
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    eprint!("{}", report.summary());
+    assert_eq!(report.avatars, 24);
+    assert!(report.inputs_sent > 24 * 20 * 5, "{}", report.inputs_sent);
+    assert_eq!(report.inputs_lost, 0);
+    assert_eq!(report.inputs_duplicated, 0);
+    assert_eq!(report.disconnects, 0);
+    assert!(
+        report.update_gap_ms.count > 0 && report.update_gap_ms.p50 > 20.0 && report.update_gap_ms.p50 < 200.0,
+        "{:?}",
+        report.update_gap_ms
+    );
+    assert!(report.rtt_ms.count as u64 >= report.inputs_acked / 2, "{:?}", report.rtt_ms);
+    let moves: Vec<_> = report.handoffs.iter().filter(|handoff| handoff.kind == "migration").collect();
+    assert_eq!(moves.len(), 1, "{:?}", report.handoffs);
+    assert_eq!(
+        (moves[0].region, moves[0].from.as_str(), moves[0].to.as_str(), moves[0].outcome.as_str()),
+        (1, "h1", "h2", "committed")
+    );
+    assert!(moves[0].freeze_ms.is_some_and(|freeze| freeze > 0.0));
+    assert!(report.handoffs.iter().any(|handoff| handoff.kind == "crossing"), "patrolling avatars cross borders");
+    assert!(!report.seconds.is_empty() && !report.hosts.is_empty());
+    assert!(report.slo_ok, "{:?}", report.slo_violations);
+
+    let out = std::env::temp_dir().join(format!("baton-loadtest-smoke-{}", std::process::id()));
+    let (json, html) = report.write(&out).unwrap();
+    let written: serde_json::Value = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
+    for field in [
+        "scenario",
+        "avatars",
+        "duration_s",
+        "inputs_sent",
+        "inputs_acked",
+        "inputs_lost",
+        "inputs_duplicated",
+        "disconnects",
+        "rtt_ms",
+        "update_gap_ms",
+        "handoffs",
+        "slo_ok",
+    ] {
+        assert!(written.get(field).is_some(), "report.json lacks {field}");
+    }
+    for field in ["p50", "p99", "p999", "max"] {
+        assert!(written["rtt_ms"].get(field).is_some() && written["update_gap_ms"].get(field).is_some());
+    }
+    let page = std::fs::read_to_string(html).unwrap();
+    assert!(page.matches("<svg").count() >= 4, "four charts");
+    assert!(page.contains("Update gap per second") && page.contains("<text"), "charts carry their text");
+    let _ = std::fs::remove_dir_all(out);
+
+    // A violated SLO is reported as such.
+    let mut strict = report.clone();
+    strict.slo.update_gap_p99_ms = 1.0;
+    strict.judge();
+    assert!(!strict.slo_ok && strict.slo_violations[0].contains("update gap p99"), "{:?}", strict.slo_violations);
+}
