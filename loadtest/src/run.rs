@@ -166,6 +166,10 @@ pub fn run(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool) -> anyh
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    let skipped = events.count();
+    if skipped > 0 {
+        say(format!("{skipped} operator events fall after the end of play and were not performed"));
+    }
     say("play is over; waiting for the last acknowledgements".to_owned());
     let mut outcomes: Vec<PlayerOutcome> = Vec::new();
     let mut failed_to_connect = 0;
