@@ -399,19 +399,24 @@ fn route_input<L: RegionLogic + 'static>(
                 None => Some(input),
             };
             if let Some(input) = input {
-                let player = input.player;
-                match region.submit_input(input.clone()) {
-                    Ok(_) => {}
-                    // The player is not here (its avatar crossed a border, or it has not arrived
-                    // yet): its gateway routes the input again.
-                    Err(baton_sdk::sessions::SessionError::UnknownPlayer(_)) => {
-                        refuse_input(context, region.id(), input)
-                    }
-                    Err(error) => tracing::debug!(region = %region.id(), %player, %error, "input refused"),
-                }
+                submit_or_bounce(region, input, context);
             }
         }
         State::Target { .. } | State::Finished => refuse_input(context, region.id(), input),
+    }
+}
+
+/// Queues an input for the next tick; one for a player who is not in the region (its avatar
+/// crossed a border, or has not arrived yet) goes back to its gateway to be routed again.
+/// Invariant 2: this is the only way an input that reached an owner leaves it unapplied, so a
+/// straggler forwarded by a handoff's source can never vanish and leave a gap in its player's
+/// sequence. Duplicates are dropped by the session (they were applied already).
+fn submit_or_bounce<L: RegionLogic + 'static>(region: &mut Region<L>, input: PlayerInput, context: &LoopContext<L>) {
+    let player = input.player;
+    match region.submit_input(input.clone()) {
+        Ok(_) => {}
+        Err(baton_sdk::sessions::SessionError::UnknownPlayer(_)) => refuse_input(context, region.id(), input),
+        Err(error) => tracing::debug!(region = %region.id(), %player, %error, "input refused"),
     }
 }
 
@@ -629,7 +634,7 @@ fn pump<L: RegionLogic + 'static>(
                                 schedule.next_due().max(Instant::now()),
                             );
                             for input in held {
-                                let _ = region.submit_input(input);
+                                submit_or_bounce(region, input, context);
                             }
                             context.hub.set_owned(id, resumed, false);
                             context.hub.broadcast(&ServerMessage::Aborted { region: id.0, epoch: resumed.0 });
@@ -720,7 +725,7 @@ fn pump<L: RegionLogic + 'static>(
                         }
                         TargetAction::Stragglers(inputs) => {
                             for input in inputs {
-                                let _ = region.submit_input(input);
+                                submit_or_bounce(region, input, context);
                             }
                         }
                         TargetAction::Discard(reason) => {
@@ -743,7 +748,7 @@ fn pump<L: RegionLogic + 'static>(
                         busy = true;
                         if let TargetAction::Stragglers(inputs) = action {
                             for input in inputs {
-                                let _ = region.submit_input(input);
+                                submit_or_bounce(region, input, context);
                             }
                         }
                     }
