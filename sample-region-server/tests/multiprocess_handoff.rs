@@ -203,3 +203,22 @@ fn bulk_state_is_paced_to_the_configured_budget() {
     assert!(bytes > 1_000_000, "the snapshot is big enough to measure pacing ({bytes} B)");
     assert!(outcome.total_us as f64 >= floor_us * 0.95, "bulk state moved faster than its budget allows");
 }
+
+/// Invariant 2: an input that reaches the old owner after the commit is forwarded to the new owner
+/// as a straggler; if its player is not in the region there (its avatar crossed a border, say), the
+/// new owner hands it back for routing instead of dropping it (a dropped one would leave a gap in
+/// the player's sequence that no later input could cross).
+#[test]
+fn a_straggler_for_a_player_who_is_not_there_is_handed_back_not_dropped() {
+    let mut cluster = Cluster::start(binary(), 2, &[]).unwrap();
+    cluster.host(&json!({"objects": 50, "npcs": 5, "plants": 5, "seed": 3}), 4).unwrap();
+    cluster.play(Duration::from_millis(300)).unwrap();
+    let outcome = cluster.handoff(1, Duration::from_secs(60)).unwrap();
+    assert!(outcome.committed, "{outcome:?}");
+    // The old owner is within its straggler grace: player 999 has no avatar anywhere.
+    let mark = cluster.processes[1].log.len();
+    cluster.processes[0].send(&json!({"cmd": "inputs", "region": 1, "inputs": [[999, 1]]})).unwrap();
+    cluster.processes[1]
+        .wait_for(mark, Duration::from_secs(10), |event| event["event"] == "input_refused" && event["player"] == 999)
+        .unwrap();
+}
