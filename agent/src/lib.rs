@@ -302,7 +302,7 @@ fn track(process: &mut Process, event: &serde_json::Value) {
                 process.region_load.insert(region, (tick_ms, event["players"].as_u64().unwrap_or(0)));
             }
         }
-        Some("handed_off" | "retired") => forget(process, region),
+        Some("handed_off" | "retired" | "stopped") => forget(process, region),
         Some("aborted") if event["owning"] == false => forget(process, region),
         _ => {}
     }

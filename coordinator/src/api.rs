@@ -1,4 +1,4 @@
-//! The admin HTTP API: hosts, regions, migrations, draining. JSON; every `/v1` route needs
+//! The admin HTTP API: hosts, regions, migrations, draining, stopping a region the old way. JSON; every `/v1` route needs
 //! `Authorization: Bearer <token>`; `/openapi.json` (the OpenAPI document) and `/metrics`
 //! (Prometheus) are open. Errors are `{"error": "..."}` with 400 (malformed request), 401 (no or
 //! wrong token), 404 (unknown host, region or migration) or 409 (not possible now).
@@ -127,6 +127,27 @@ pub struct CreateRegion {
     pub from_checkpoint: bool,
 }
 
+/// A region that was stopped: saved to its host's checkpoint store and no longer served.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StoppedRegion {
+    /// The region.
+    pub region: u64,
+    /// The host that served it.
+    pub host: String,
+    /// The process that served it (released when it serves nothing else).
+    pub process: String,
+    /// The epoch it had (a restore takes it over at the next).
+    pub epoch: u64,
+    /// The tick the checkpoint holds.
+    pub tick: u64,
+    /// The checkpoint file.
+    pub checkpoint: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Player inputs received but not applied at the save, which it does not hold.
+    pub inputs_discarded: u64,
+}
+
 /// Move a region.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -149,8 +170,8 @@ pub struct DrainStarted {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Baton coordinator admin API", version = "1"),
-    paths(list_hosts, drain_host, list_regions, create_region, list_migrations, start_migration, get_migration, cancel_migration),
-    components(schemas(HostView, ProcessView, RegionLoad, RegionView, CreateRegion, StartMigration, MigrationRecord, Phase, PhaseTiming, DrainStarted, ApiError)),
+    paths(list_hosts, drain_host, list_regions, create_region, stop_region, list_migrations, start_migration, get_migration, cancel_migration),
+    components(schemas(HostView, ProcessView, RegionLoad, RegionView, CreateRegion, StoppedRegion, StartMigration, MigrationRecord, Phase, PhaseTiming, DrainStarted, ApiError)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
@@ -182,6 +203,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/hosts", get(list_hosts))
         .route("/v1/hosts/{host}/drain", post(drain_host))
         .route("/v1/regions", get(list_regions).post(create_region))
+        .route("/v1/regions/{region}/stop", post(stop_region))
         .route("/v1/migrations", get(list_migrations).post(start_migration))
         .route("/v1/migrations/{id}", get(get_migration))
         .route("/v1/migrations/{id}/cancel", post(cancel_migration))
@@ -347,6 +369,87 @@ async fn create_region(
         }
         Err(_) => Err(Failure(StatusCode::GATEWAY_TIMEOUT, "the region did not start within 120 s".into())),
     }
+}
+
+/// Stop a region the way regions were restarted before handoffs: its host saves it to the
+/// checkpoint store and stops serving it; its players' sessions end. Start it again, on any host
+/// that reads the same store, with `POST /v1/regions {"from_checkpoint": true}`. A migration moves
+/// a region without any of this; stopping is for maintenance that needs the region down, and the
+/// load test's restart baseline.
+#[utoipa::path(post, path = "/v1/regions/{region}/stop", params(("region" = u64, Path)),
+    responses((status = 200, body = StoppedRegion), (status = 400, body = ApiError), (status = 401, body = ApiError),
+        (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 504, body = ApiError)))]
+async fn stop_region(
+    _: Authorized,
+    State(state): State<ApiState>,
+    Path(region): Path<String>,
+) -> Result<Json<StoppedRegion>, Failure> {
+    let region: u64 =
+        region.parse().map_err(|_| Failure(StatusCode::BAD_REQUEST, format!("{region:?} is not a region id")))?;
+    match state.directory.current(RegionId(region)) {
+        Ok(_) => {}
+        Err(AuthorityError::UnknownRegion(_)) => {
+            return Err(Failure(StatusCode::NOT_FOUND, format!("no region {region}")));
+        }
+        Err(error) => return Err(Failure(StatusCode::SERVICE_UNAVAILABLE, error.to_string())),
+    }
+    if state.migrations.list().iter().any(|record| record.region == region && !record.phase.is_final()) {
+        return Err(Failure(StatusCode::CONFLICT, format!("region {region} is being migrated; stop it afterwards")));
+    }
+    let Some((host, process, _)) = state.hosts.locate(region) else {
+        return Err(Failure(
+            StatusCode::CONFLICT,
+            format!("region {region} is not served by any host (stopped already?)"),
+        ));
+    };
+    let mut events = state.hosts.subscribe();
+    state
+        .hosts
+        .run(&host, &process, &json!({"cmd": "stop", "region": region}))
+        .map_err(|reason| Failure(StatusCode::CONFLICT, reason))?;
+    let waited = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match events.recv().await {
+                Ok(event) if event.process == process && event.event["region"] == region => {
+                    match event.event["event"].as_str() {
+                        Some("stopped") => return Ok(event.event),
+                        Some("stop_refused") => {
+                            return Err(event.event["reason"].as_str().unwrap_or("refused").to_owned());
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(event) if event.process == process && event.event["event"] == "error" => {
+                    return Err(event.event["error"].as_str().unwrap_or("error").to_owned());
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return Err("the coordinator is stopping".to_owned()),
+            }
+        }
+    })
+    .await;
+    let stopped = match waited {
+        Ok(Ok(stopped)) => stopped,
+        Ok(Err(reason)) => {
+            return Err(Failure(StatusCode::CONFLICT, format!("{process} refused to stop it: {reason}")));
+        }
+        Err(_) => return Err(Failure(StatusCode::GATEWAY_TIMEOUT, format!("{process} did not stop it within 30 s"))),
+    };
+    // A process serving nothing any more goes away; the agent's warm pool has replacements.
+    if state.hosts.regions_of(&host, &process).is_some_and(|regions| regions.is_empty()) {
+        let _ = state.hosts.release(&host, &process);
+    }
+    tracing::info!(region, host, process, "region stopped and saved");
+    Ok(Json(StoppedRegion {
+        region,
+        host,
+        process,
+        epoch: stopped["epoch"].as_u64().unwrap_or(0),
+        tick: stopped["tick"].as_u64().unwrap_or(0),
+        checkpoint: stopped["path"].as_str().unwrap_or_default().to_owned(),
+        bytes: stopped["bytes"].as_u64().unwrap_or(0),
+        inputs_discarded: stopped["inputs_discarded"].as_u64().unwrap_or(0),
+    }))
 }
 
 /// The migration history, oldest first.

@@ -203,6 +203,14 @@ impl Hosts {
             .map(|info| info.address)
     }
 
+    /// The regions `process` of `host` serves, as far as the coordinator knows (`None`: no such
+    /// process).
+    #[must_use]
+    pub fn regions_of(&self, host: &str, process: &str) -> Option<Vec<u64>> {
+        let hosts = self.hosts.lock().ok()?;
+        hosts.get(host)?.processes.iter().find(|info| info.name == process).map(|info| info.regions.clone())
+    }
+
     /// What `region` costs, as its host last reported.
     #[must_use]
     pub fn region_load(&self, region: u64) -> Option<RegionLoad> {
@@ -321,7 +329,7 @@ fn apply_event(entry: &mut HostEntry, process: &str, event: &serde_json::Value) 
             }
             info.warm = false;
         }
-        Some("handed_off" | "retired") => info.regions.retain(|owned| Some(*owned) != region),
+        Some("handed_off" | "retired" | "stopped") => info.regions.retain(|owned| Some(*owned) != region),
         Some("process_exited") => info.regions.clear(),
         _ => {}
     }

@@ -104,6 +104,7 @@ struct Counters {
     crossings: AtomicU64,
     resumes: AtomicU64,
     handoff_flips: AtomicU64,
+    stopped_sessions: AtomicU64,
 }
 
 /// A snapshot of the gateway's counters.
@@ -143,6 +144,8 @@ pub struct GatewayStats {
     pub resumes: u64,
     /// Handoffs that flipped a route.
     pub handoff_flips: u64,
+    /// Sessions ended because their region was stopped (the old way of restarting it).
+    pub stopped_sessions: u64,
 }
 
 impl GatewayStats {
@@ -335,6 +338,7 @@ impl Gateway {
             crossings: load(&counters.crossings),
             resumes: load(&counters.resumes),
             handoff_flips: load(&counters.handoff_flips),
+            stopped_sessions: load(&counters.stopped_sessions),
         }
     }
 
@@ -903,6 +907,24 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
                     && connection.send_datagram(view.clone().into()).is_ok()
                 {
                     inner.counters.neighbour_views.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        // The region's owner saved it and let it go: its players' sessions end (they reconnect
+        // once it runs again, elsewhere). Only the owner the gateway routes by can say so.
+        ServerMessage::Stopped { region, epoch } => {
+            let region = RegionId(region);
+            if !inner.routes.admits_update(region, server, Epoch(epoch)) {
+                tracing::debug!(%region, epoch, "a stop from a server that does not own the region; ignored");
+                return;
+            }
+            let players = players_in(inner, region);
+            tracing::info!(%region, epoch, players = players.len(), "region stopped; ending its sessions");
+            let reason = format!("region {region} was stopped for a restart; reconnect to play on");
+            for player in players {
+                if let Some((_, session)) = inner.sessions.remove(&PlayerId(player)) {
+                    session.close(CloseCode::Unavailable, &reason);
+                    inner.counters.stopped_sessions.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }

@@ -119,11 +119,63 @@ pub fn html(report: &Report) -> anyhow::Result<String> {
         page.push_str(&svg);
         page.push_str("</div>");
     }
-    page.push_str(
-        "<h2>Region moves</h2><table><tr><th>at s</th><th>kind</th><th>region</th><th>from</th><th>to</th>\
-         <th>outcome</th><th>freeze ms</th><th>worst player gap ms</th></tr>",
+    page.push_str("<h2>Region moves</h2>");
+    moves_table(&mut page, report, "freeze ms");
+    let crossings = report.handoffs.iter().filter(|handoff| handoff.kind == "crossing").count();
+    let worst_crossing = report
+        .handoffs
+        .iter()
+        .filter(|handoff| handoff.kind == "crossing")
+        .map(|handoff| handoff.max_player_gap_ms)
+        .fold(0.0, f64::max);
+    let _ = write!(
+        page,
+        "<p>{crossings} border crossings; the worst gap a crossing player saw within a second of \
+         crossing: {worst_crossing:.0} ms.</p><p>Definitions: the update gap is the time between two state \
+         updates a player receives; the round trip is from sending an input to the first update that \
+         acknowledges it (it includes the wait for the next tick).</p>"
     );
-    for handoff in report.handoffs.iter().filter(|handoff| handoff.kind != "crossing") {
+    if let Some(baseline) = &report.baseline {
+        page.push_str(
+            "<h2>Baton against the restart baseline</h2><p>The same scenario on a fresh deployment, with \
+             each move done the old way: stop the region (its host saves it), start it on the new host \
+             from the save; its players are disconnected and log in again every 250 ms until it runs.</p>\
+             <table><tr><th></th><th>Baton</th><th>restart</th></tr>",
+        );
+        for (name, baton, restart) in crate::report::comparison(report, baseline) {
+            let _ = write!(
+                page,
+                "<tr><td style=\"text-align:left\">{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&name),
+                escape(&baton),
+                escape(&restart)
+            );
+        }
+        page.push_str("</table>");
+        let per_second = |report: &Report| -> Vec<(f64, f64)> {
+            report.seconds.iter().map(|second| (second.at_s as f64, second.update_gap_ms.max)).collect()
+        };
+        let side_by_side = chart(
+            "Longest update gap per second (ms): Baton and the restart baseline; grey lines: moves",
+            end.max(baseline.duration_s as f64 + 5.0),
+            &[("Baton".into(), BLUE, per_second(report)), ("restart".into(), RED, per_second(baseline))],
+            &markers,
+        )?;
+        let _ = write!(page, "<div>{side_by_side}</div><h3>Moves in the restart baseline</h3>");
+        moves_table(&mut page, baseline, "down ms");
+    }
+    page.push_str("</body></html>");
+    Ok(page)
+}
+
+/// The table of a report's region moves.
+fn moves_table(page: &mut String, report: &Report, frozen: &str) {
+    let _ = write!(
+        page,
+        "<table><tr><th>at s</th><th>kind</th><th>region</th><th>from</th><th>to</th>\
+         <th>outcome</th><th>{frozen}</th><th>worst player gap ms</th></tr>"
+    );
+    for handoff in report.moves() {
         let _ = write!(
             page,
             "<tr><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td></tr>",
@@ -137,21 +189,7 @@ pub fn html(report: &Report) -> anyhow::Result<String> {
             handoff.max_player_gap_ms
         );
     }
-    let crossings = report.handoffs.iter().filter(|handoff| handoff.kind == "crossing").count();
-    let worst_crossing = report
-        .handoffs
-        .iter()
-        .filter(|handoff| handoff.kind == "crossing")
-        .map(|handoff| handoff.max_player_gap_ms)
-        .fold(0.0, f64::max);
-    let _ = write!(
-        page,
-        "</table><p>{crossings} border crossings; the worst gap a crossing player saw within a second of \
-         crossing: {worst_crossing:.0} ms.</p><p>Definitions: the update gap is the time between two state \
-         updates a player receives; the round trip is from sending an input to the first update that \
-         acknowledges it (it includes the wait for the next tick).</p></body></html>"
-    );
-    Ok(page)
+    page.push_str("</table>");
 }
 
 /// One line chart as an SVG string, with vertical markers.

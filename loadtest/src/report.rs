@@ -81,6 +81,10 @@ pub struct HostSample {
 pub struct Report {
     /// The scenario's name.
     pub scenario: String,
+    /// How region moves were done: `baton` (migrations; players stay connected) or `restart`
+    /// (the old way: stop, start elsewhere from the save, players log in again). For `restart`, a
+    /// move's `freeze_ms` is the region's downtime, from the stop request to it running again.
+    pub mode: String,
     /// Avatars that played (churn newcomers included).
     pub avatars: usize,
     /// Avatars that could not connect.
@@ -97,6 +101,10 @@ pub struct Report {
     pub inputs_duplicated: u64,
     /// Connections that closed or timed out.
     pub disconnects: u64,
+    /// Times players logged in again after their region was stopped (restart mode).
+    pub relogins: u64,
+    /// How long players who logged in again were offline, in milliseconds.
+    pub offline_ms: Percentiles,
     /// Input round trips.
     pub rtt_ms: Percentiles,
     /// Update gaps.
@@ -113,6 +121,10 @@ pub struct Report {
     pub slo_violations: Vec<String>,
     /// Whether every SLO held.
     pub slo_ok: bool,
+    /// The same scenario with every move done the old way, when run (its SLO verdict does not
+    /// decide the run's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Box<Report>>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -242,11 +254,20 @@ pub fn build_report(
     let inputs_sent: u64 = outcomes.iter().map(|outcome| outcome.sent).sum();
     let inputs_acked: u64 =
         outcomes.iter().map(|outcome| outcome.acked.saturating_sub(outcome.acked_before).min(outcome.sent)).sum();
-    let inputs_duplicated: u64 =
-        outcomes.iter().map(|outcome| outcome.applied.saturating_sub(outcome.acked_before + outcome.sent)).sum();
+    let inputs_duplicated: u64 = outcomes
+        .iter()
+        .map(|outcome| {
+            outcome.applied.saturating_sub((outcome.acked_before + outcome.sent).saturating_sub(outcome.lost))
+        })
+        .sum();
     let disconnects: u64 = outcomes.iter().map(|outcome| outcome.disconnects).sum();
+    let mut offline = histogram();
+    for (from, to) in outcomes.iter().flat_map(|outcome| &outcome.offline_log) {
+        offline.saturating_record(to.saturating_sub(*from) * 1000);
+    }
     let mut report = Report {
         scenario: scenario.name.clone(),
+        mode: "baton".into(),
         avatars: outcomes.len(),
         failed_to_connect,
         duration_s,
@@ -255,6 +276,8 @@ pub fn build_report(
         inputs_lost: inputs_sent - inputs_acked,
         inputs_duplicated,
         disconnects,
+        relogins: outcomes.iter().map(|outcome| outcome.relogins).sum(),
+        offline_ms: percentiles(&offline),
         rtt_ms: percentiles(&rtt),
         update_gap_ms: percentiles(&gaps),
         handoffs,
@@ -263,6 +286,7 @@ pub fn build_report(
         slo: scenario.slo.clone(),
         slo_violations: Vec::new(),
         slo_ok: false,
+        baseline: None,
     };
     report.judge();
     report
@@ -359,6 +383,61 @@ impl Report {
         } else {
             let _ = writeln!(out, "  SLO: VIOLATED: {}", self.slo_violations.join("; "));
         }
+        if let Some(baseline) = &self.baseline {
+            let _ = writeln!(out, "\nBaton against the restart baseline (the same scenario, each move the old way):");
+            let _ = writeln!(out, "  {:<44} {:>12} {:>12}", "", "Baton", "restart");
+            for (name, baton, restart) in comparison(self, baseline) {
+                let _ = writeln!(out, "  {name:<44} {baton:>12} {restart:>12}");
+            }
+        }
         out
     }
+
+    /// The region moves (not border crossings).
+    pub fn moves(&self) -> impl Iterator<Item = &Handoff> {
+        self.handoffs.iter().filter(|handoff| handoff.kind != "crossing")
+    }
+}
+
+/// The side-by-side rows of a run and its restart baseline: (what, Baton, restart).
+#[must_use]
+pub fn comparison(baton: &Report, restart: &Report) -> Vec<(String, String, String)> {
+    let ms = |value: f64| format!("{value:.1}");
+    let frozen = |report: &Report| -> String {
+        let mut values: Vec<f64> = report.moves().filter_map(|handoff| handoff.freeze_ms).collect();
+        values.sort_by(f64::total_cmp);
+        match (values.get(values.len() / 2), values.last()) {
+            (Some(median), Some(max)) => format!("{median:.0} / {max:.0}"),
+            _ => "-".into(),
+        }
+    };
+    let worst = |report: &Report| ms(report.moves().map(|handoff| handoff.max_player_gap_ms).fold(0.0, f64::max));
+    let count = |report: &Report| report.moves().count().to_string();
+    vec![
+        ("region moves".into(), count(baton), count(restart)),
+        ("region frozen / down per move, median / max ms".into(), frozen(baton), frozen(restart)),
+        ("worst update gap in a move's players, ms".into(), worst(baton), worst(restart)),
+        ("update gap p99, ms".into(), ms(baton.update_gap_ms.p99), ms(restart.update_gap_ms.p99)),
+        ("update gap p99.9, ms".into(), ms(baton.update_gap_ms.p999), ms(restart.update_gap_ms.p999)),
+        ("update gap max, ms".into(), ms(baton.update_gap_ms.max), ms(restart.update_gap_ms.max)),
+        ("round trip p99, ms".into(), ms(baton.rtt_ms.p99), ms(restart.rtt_ms.p99)),
+        ("disconnects".into(), baton.disconnects.to_string(), restart.disconnects.to_string()),
+        ("players logging in again".into(), baton.relogins.to_string(), restart.relogins.to_string()),
+        ("offline per log-in-again, p50 / max ms".into(), offline(baton), offline(restart)),
+        ("inputs lost".into(), baton.inputs_lost.to_string(), restart.inputs_lost.to_string()),
+        ("inputs applied twice".into(), baton.inputs_duplicated.to_string(), restart.inputs_duplicated.to_string()),
+        ("SLO".into(), verdict(baton), verdict(restart)),
+    ]
+}
+
+fn offline(report: &Report) -> String {
+    if report.offline_ms.count == 0 {
+        "-".into()
+    } else {
+        format!("{:.0} / {:.0}", report.offline_ms.p50, report.offline_ms.max)
+    }
+}
+
+fn verdict(report: &Report) -> String {
+    if report.slo_ok { "met".into() } else { "violated".into() }
 }

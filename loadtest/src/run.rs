@@ -1,12 +1,16 @@
 //! Running a scenario: a whole deployment on loopback (`sample_region_server::fleet`), avatars
 //! through the gateway (`baton-client`), the operator's events through the admin API, a live
 //! progress line every second, and what players felt gathered into a [`Report`].
+//!
+//! With the restart baseline, the scenario runs a second time on a fresh deployment with each
+//! region move done the way it was done before handoffs ([`Mode::Restart`]): stop the region (its
+//! host saves it), start it on the new host from the save, and its players log in again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sample_region_server::fleet::{Fleet, FleetSpec};
+use sample_region_server::fleet::{AdminApi, Fleet, FleetSpec};
 use sample_region_server::players::{Movement, PlayerOutcome, PlayerPlan, run_player, unix_ms};
 use serde_json::{Value, json};
 
@@ -22,10 +26,54 @@ pub struct RunOptions {
     pub seconds: Option<u64>,
     /// No progress lines.
     pub quiet: bool,
+    /// Also run the restart baseline (when the scenario moves regions) and report it alongside.
+    pub baseline: bool,
 }
 
-/// Runs `scenario`; returns early (with what was measured so far) when `stop` is set.
+/// How a run does the scenario's region moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// With Baton: migrations and drains through the coordinator; players stay connected.
+    Baton,
+    /// The old way: stop the region (its host saves it), start it on the new host from the save;
+    /// its players are disconnected and log in again.
+    Restart,
+}
+
+impl Mode {
+    /// Its name in reports.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Baton => "baton",
+            Mode::Restart => "restart",
+        }
+    }
+}
+
+/// Runs `scenario`, then its restart baseline if asked for; returns early (with what was
+/// measured so far) when `stop` is set.
 pub fn run(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool) -> anyhow::Result<Report> {
+    let mut report = run_once(scenario, options, stop, Mode::Baton)?;
+    let moves = scenario.events.iter().any(|event| event.migrate.is_some() || event.drain.is_some());
+    if options.baseline && !stop.load(Ordering::Relaxed) {
+        if moves {
+            if !options.quiet {
+                eprintln!(
+                    "\nnow the restart baseline: the same scenario on a fresh deployment, each move done the old way \
+                     (stop the region, start it on the new host from its save, players log in again)"
+                );
+            }
+            report.baseline = Some(Box::new(run_once(scenario, options, stop, Mode::Restart)?));
+        } else if !options.quiet {
+            eprintln!("the scenario moves no region: no restart baseline to compare with");
+        }
+    }
+    Ok(report)
+}
+
+/// Runs `scenario` once, doing its moves the `mode` way.
+pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mode: Mode) -> anyhow::Result<Report> {
     let mut scenario = scenario.clone();
     if let Some(avatars) = options.avatars {
         scenario.avatars = avatars;
@@ -75,7 +123,13 @@ pub fn run(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool) -> anyh
     let base = fleet.client_options();
     // One socket per 50 players keeps the generator's own cost down on a machine it shares with
     // the whole cluster (a real client has one each).
-    let plans = plans(&scenario);
+    let mut plans = plans(&scenario);
+    if mode == Mode::Restart {
+        let login = fleet.login();
+        for plan in &mut plans {
+            plan.relogin = Some(login.clone());
+        }
+    }
     let endpoints: Vec<_> = {
         let _guard = runtime.enter();
         (0..plans.len().div_ceil(50)).map(|_| base.shared_endpoint()).collect::<Result<_, _>>()?
@@ -98,22 +152,45 @@ pub fn run(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool) -> anyh
     let mut events: Vec<_> = scenario.events.clone();
     events.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
     let mut events = events.into_iter().peekable();
-    let mut requested: Vec<(u64, String)> = Vec::new();
+    // Restart-baseline moves run on their own threads (each takes seconds) and record themselves.
+    let restarts: std::sync::Arc<std::sync::Mutex<Vec<Value>>> = std::sync::Arc::default();
+    let mut restart_threads: Vec<std::thread::JoinHandle<()>> = Vec::new();
     let mut host_samples: Vec<HostSample> = Vec::new();
     let mut last_stats: Option<Value> = None;
     let play_ends = Duration::from_secs(scenario.ramp_s + scenario.duration_s);
     let mut next_second = Duration::from_secs(1);
     while started.elapsed() < play_ends && !stop.load(Ordering::Relaxed) {
         while let Some(event) = events.next_if(|event| started.elapsed().as_secs_f64() >= event.at_s) {
+            if mode == Mode::Restart {
+                let moves = restart_moves(&fleet, &event, scenario.hosts);
+                if moves.is_empty() {
+                    say(format!("t={:.0}s: nothing to move", event.at_s));
+                }
+                for (region, from, to, _) in &moves {
+                    say(format!(
+                        "t={:.0}s: restarting region {region}: stopping it on {from}, then starting it on {to}",
+                        event.at_s
+                    ));
+                }
+                let (admin, records) = (fleet.admin(), restarts.clone());
+                restart_threads.push(std::thread::spawn(move || {
+                    for (region, from, to, kind) in moves {
+                        let record = restart(&admin, region, &from, &to, kind);
+                        if let Ok(mut records) = records.lock() {
+                            records.push(record);
+                        }
+                    }
+                }));
+                continue;
+            }
             if let Some(migrate) = &event.migrate {
                 match fleet.call(
                     "POST",
                     "/v1/migrations",
                     Some(json!({"region": migrate.region, "to_host": migrate.to})),
                 ) {
-                    Ok((202, record)) => {
-                        say(format!("t={:.0}s: moving region {} to {}", event.at_s, migrate.region, migrate.to));
-                        requested.push((record["id"].as_u64().unwrap_or(0), "migration".into()));
+                    Ok((202, _)) => {
+                        say(format!("t={:.0}s: moving region {} to {}", event.at_s, migrate.region, migrate.to))
                     }
                     Ok((status, body)) => say(format!("t={:.0}s: the move was refused: {status} {body}", event.at_s)),
                     Err(error) => say(format!("t={:.0}s: the move failed: {error:#}", event.at_s)),
@@ -185,6 +262,15 @@ pub fn run(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool) -> anyh
             Err(error) => anyhow::bail!("a player task panicked: {error}"),
         }
     }
+    for thread in restart_threads {
+        let _ = thread.join();
+    }
+    if mode == Mode::Restart {
+        let records = restarts.lock().map(|records| records.clone()).unwrap_or_default();
+        let mut report = build_report(&scenario, started_unix_ms, &outcomes, failed_to_connect, &records, host_samples);
+        report.mode = mode.name().to_owned();
+        return Ok(report);
+    }
     // Drains start migrations of their own: every migration the run caused is in the history.
     let deadline = Instant::now() + Duration::from_secs(60);
     let migrations = loop {
@@ -199,6 +285,71 @@ pub fn run(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool) -> anyh
     };
     let migrations = migrations.as_array().cloned().unwrap_or_default();
     Ok(build_report(&scenario, started_unix_ms, &outcomes, failed_to_connect, &migrations, host_samples))
+}
+
+/// The moves one scenario event asks for, the old way: (region, from host, to host, kind). A
+/// drain moves each of the host's regions to the other hosts in turn.
+fn restart_moves(
+    fleet: &Fleet,
+    event: &crate::scenario::Event,
+    hosts: usize,
+) -> Vec<(u64, String, String, &'static str)> {
+    let Ok(regions) = fleet.ok("GET", "/v1/regions", None) else { return Vec::new() };
+    let host_of = |region: u64| -> Option<String> {
+        regions.as_array()?.iter().find(|row| row["region"] == region)?["host"].as_str().map(str::to_owned)
+    };
+    if let Some(migrate) = &event.migrate {
+        return match host_of(migrate.region) {
+            Some(from) if from != migrate.to => vec![(migrate.region, from, migrate.to.clone(), "migration")],
+            _ => Vec::new(),
+        };
+    }
+    let Some(drained) = &event.drain else { return Vec::new() };
+    let others: Vec<String> = (1..=hosts).map(|index| format!("h{index}")).filter(|host| host != drained).collect();
+    regions
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|row| row["host"].as_str() == Some(drained.as_str()))
+        .filter_map(|row| row["region"].as_u64())
+        .enumerate()
+        .filter_map(|(index, region)| {
+            let to = others.get(index % others.len().max(1))?;
+            Some((region, drained.clone(), to.clone(), "drain"))
+        })
+        .collect()
+}
+
+/// Moves `region` the old way and records it in the shape of a migration record: stop it (its
+/// host saves it; its players are disconnected), then start it on `to` from the save. The
+/// region's downtime, from the stop request to the restored region owning again, is the record's
+/// `freeze_ms`.
+fn restart(admin: &AdminApi, region: u64, from: &str, to: &str, kind: &str) -> Value {
+    let started_unix_ms = unix_ms();
+    let started = Instant::now();
+    let stopped = admin.ok("POST", &format!("/v1/regions/{region}/stop"), None);
+    let stop_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let restored = stopped.as_ref().map_err(|error| format!("stopping: {error:#}")).and_then(|_| {
+        admin
+            .ok("POST", "/v1/regions", Some(json!({"region": region, "host": to, "from_checkpoint": true})))
+            .map_err(|error| format!("starting it again: {error:#}"))
+    });
+    let down_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (phase, reason) = match &restored {
+        Ok(_) => ("committed", Value::Null),
+        Err(reason) => ("aborted", json!(reason)),
+    };
+    json!({
+        "region": region,
+        "from_host": from,
+        "to_host": to,
+        "kind": kind,
+        "phase": phase,
+        "reason": reason,
+        "started_unix_ms": started_unix_ms,
+        "phases": [{"phase": "stop", "ms": stop_ms}, {"phase": "start", "ms": down_ms - stop_ms}],
+        "freeze_ms": down_ms,
+    })
 }
 
 /// The gateway's counters (its `stats` control line).

@@ -1,5 +1,6 @@
 //! A short scenario end to end: a deployment on loopback, avatars that wander and patrol, a
-//! migration through the admin API, and a report whose numbers add up.
+//! migration through the admin API, the same again with the move done the old way (the restart
+//! baseline), and a report whose numbers add up.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -33,7 +34,7 @@ fn a_short_scenario_measures_what_players_felt_and_writes_its_reports() {
     .unwrap();
     let report = baton_loadtest::run(
         &scenario,
-        &RunOptions { avatars: None, seconds: None, quiet: true },
+        &RunOptions { avatars: None, seconds: None, quiet: true, baseline: true },
         &AtomicBool::new(false),
     )
     .unwrap();
@@ -60,6 +61,35 @@ fn a_short_scenario_measures_what_players_felt_and_writes_its_reports() {
     assert!(!report.seconds.is_empty() && !report.hosts.is_empty());
     assert!(report.slo_ok, "{:?}", report.slo_violations);
 
+    // The restart baseline: the same move done the old way disconnects the region's players,
+    // who log in again; what the region applied is kept, nothing is applied twice.
+    let baseline = report.baseline.as_deref().expect("the scenario moves a region: a baseline ran");
+    eprint!("{}", baseline.summary());
+    assert_eq!((report.mode.as_str(), baseline.mode.as_str()), ("baton", "restart"));
+    let restarts: Vec<_> = baseline.moves().collect();
+    assert_eq!(restarts.len(), 1, "{:?}", baseline.handoffs);
+    assert_eq!(
+        (restarts[0].region, restarts[0].from.as_str(), restarts[0].to.as_str(), restarts[0].outcome.as_str()),
+        (1, "h1", "h2", "committed")
+    );
+    let down = restarts[0].freeze_ms.unwrap();
+    assert!(down > moves[0].freeze_ms.unwrap(), "a restart is down longer than a handoff is frozen ({down} ms)");
+    assert!(baseline.disconnects > 0 && baseline.relogins > 0, "region 1's players were disconnected");
+    assert!(baseline.offline_ms.count > 0 && baseline.offline_ms.p50 > 250.0, "{:?}", baseline.offline_ms);
+    assert!(
+        restarts[0].max_player_gap_ms > moves[0].max_player_gap_ms && restarts[0].max_player_gap_ms >= down * 0.5,
+        "players of the restarted region waited: {} ms against {} ms",
+        restarts[0].max_player_gap_ms,
+        moves[0].max_player_gap_ms
+    );
+    assert_eq!(baseline.inputs_duplicated, 0);
+    assert_eq!(baseline.failed_to_connect, 0);
+    let rows = baton_loadtest::report::comparison(&report, baseline);
+    assert!(
+        rows.iter().any(|(name, baton, restart)| name == "disconnects" && baton == "0" && restart != "0"),
+        "{rows:?}"
+    );
+
     let out = std::env::temp_dir().join(format!("baton-loadtest-smoke-{}", std::process::id()));
     let (json, html) = report.write(&out).unwrap();
     let written: serde_json::Value = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
@@ -82,8 +112,13 @@ fn a_short_scenario_measures_what_players_felt_and_writes_its_reports() {
     for field in ["p50", "p99", "p999", "max"] {
         assert!(written["rtt_ms"].get(field).is_some() && written["update_gap_ms"].get(field).is_some());
     }
+    for field in ["scenario", "inputs_lost", "disconnects", "update_gap_ms", "handoffs", "slo_ok"] {
+        assert!(written["baseline"].get(field).is_some(), "report.json's baseline lacks {field}");
+    }
+    assert_eq!(written["baseline"]["mode"], "restart");
     let page = std::fs::read_to_string(html).unwrap();
-    assert!(page.matches("<svg").count() >= 4, "four charts");
+    assert!(page.matches("<svg").count() >= 5, "four charts and the side-by-side one");
+    assert!(page.contains("restart baseline"), "the side-by-side table");
     assert!(page.contains("Update gap per second") && page.contains("<text"), "charts carry their text");
     let _ = std::fs::remove_dir_all(out);
 

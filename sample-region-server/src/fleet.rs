@@ -43,7 +43,7 @@ pub struct Fleet {
     api_address: SocketAddr,
     /// The admin API's base URL.
     pub api: String,
-    token: String,
+    admin: AdminApi,
     agents: Vec<Child>,
     /// The gateway.
     pub gateway: ServerProcess,
@@ -56,64 +56,35 @@ pub struct Fleet {
     trust: PathBuf,
     key: TokenKey,
     directory: PathBuf,
-    http: ureq::Agent,
     spec: FleetSpec,
 }
 
-impl Fleet {
-    /// Starts the coordinator, the agents (whose pools start the region servers) and a gateway.
-    pub fn start(spec: &FleetSpec) -> anyhow::Result<Fleet> {
-        let server = server_binary()?;
-        let directory = std::env::temp_dir().join(format!("baton-fleet-{}-{}", std::process::id(), fastrand::u64(..)));
-        let certs = directory.join("certs");
-        let hosts: Vec<String> = (1..=spec.hosts).map(|index| format!("h{index}")).collect();
-        let mut issue = Command::new(&server);
-        issue.arg("--dev-certs").arg(&certs).args(["--node", "coordinator", "--node", "g0", "--node", "g1"]);
-        for host in &hosts {
-            issue.args(["--node", host]);
-        }
-        if !issue.stderr(Stdio::null()).status().context("issuing certificates")?.success() {
-            bail!("issuing certificates failed");
-        }
-        let coordinator_address = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
-        let api_address = free_tcp_address()?;
-        let coordinator = spawn_coordinator_at(&coordinator_binary()?, &directory, coordinator_address, api_address)?;
-        let token = std::fs::read_to_string(directory.join("api.token"))?;
-        let (agents, agent_metrics) = spawn_agents(spec, &directory, coordinator_address)?;
-        let key_text: String = (0..48).map(|_| fastrand::alphanumeric()).collect();
-        std::fs::write(directory.join("token.key"), &key_text)?;
-        let key = TokenKey::new(key_text.as_bytes()).map_err(anyhow::Error::msg)?;
-        let (gateway, gateway_address, gateway_metrics) = start_gateway(&directory, "g0", coordinator_address)?;
+/// A client of the admin API with the deployment's token (cheap to clone, usable from any thread).
+#[derive(Clone)]
+pub struct AdminApi {
+    base: String,
+    token: String,
+    http: ureq::Agent,
+}
+
+impl AdminApi {
+    /// A client of the API at `base` (e.g. `http://127.0.0.1:8080`) with bearer `token`.
+    #[must_use]
+    pub fn new(base: &str, token: &str) -> AdminApi {
         let http = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(150)))
             .http_status_as_error(false)
             .build()
             .new_agent();
-        Ok(Fleet {
-            coordinator: Some(coordinator),
-            coordinator_address,
-            api_address,
-            api: format!("http://{api_address}"),
-            token: token.trim().to_owned(),
-            agents,
-            agent_metrics,
-            gateway_metrics,
-            gateway,
-            gateway_address,
-            trust: directory.join("tls").join("gateway.pem"),
-            key,
-            directory,
-            http,
-            spec: spec.clone(),
-        })
+        AdminApi { base: base.trim_end_matches('/').to_owned(), token: token.trim().to_owned(), http }
     }
 
-    /// Calls the admin API with the token; returns the status and the JSON body.
+    /// Calls the API with the token; returns the status and the JSON body.
     pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
         self.call_with(method, path, body, Some(&self.token))
     }
 
-    /// Calls the admin API with `token` (or none).
+    /// Calls the API with `token` (or none).
     pub fn call_with(
         &self,
         method: &str,
@@ -121,7 +92,7 @@ impl Fleet {
         body: Option<Value>,
         token: Option<&str>,
     ) -> anyhow::Result<(u16, Value)> {
-        let url = format!("{}{path}", self.api);
+        let url = format!("{}{path}", self.base);
         let authorization = token.map(|token| format!("Bearer {token}"));
         let response = match method {
             "GET" => {
@@ -156,6 +127,77 @@ impl Fleet {
             bail!("{method} {path}: {status} {value}");
         }
         Ok(value)
+    }
+}
+
+impl Fleet {
+    /// Starts the coordinator, the agents (whose pools start the region servers) and a gateway.
+    pub fn start(spec: &FleetSpec) -> anyhow::Result<Fleet> {
+        let server = server_binary()?;
+        let directory = std::env::temp_dir().join(format!("baton-fleet-{}-{}", std::process::id(), fastrand::u64(..)));
+        let certs = directory.join("certs");
+        let hosts: Vec<String> = (1..=spec.hosts).map(|index| format!("h{index}")).collect();
+        let mut issue = Command::new(&server);
+        issue.arg("--dev-certs").arg(&certs).args(["--node", "coordinator", "--node", "g0", "--node", "g1"]);
+        for host in &hosts {
+            issue.args(["--node", host]);
+        }
+        if !issue.stderr(Stdio::null()).status().context("issuing certificates")?.success() {
+            bail!("issuing certificates failed");
+        }
+        let coordinator_address = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+        let api_address = free_tcp_address()?;
+        let coordinator = spawn_coordinator_at(&coordinator_binary()?, &directory, coordinator_address, api_address)?;
+        let token = std::fs::read_to_string(directory.join("api.token"))?;
+        let (agents, agent_metrics) = spawn_agents(spec, &directory, coordinator_address)?;
+        let key_text: String = (0..48).map(|_| fastrand::alphanumeric()).collect();
+        std::fs::write(directory.join("token.key"), &key_text)?;
+        let key = TokenKey::new(key_text.as_bytes()).map_err(anyhow::Error::msg)?;
+        let (gateway, gateway_address, gateway_metrics) = start_gateway(&directory, "g0", coordinator_address)?;
+        let api = format!("http://{api_address}");
+        Ok(Fleet {
+            coordinator: Some(coordinator),
+            coordinator_address,
+            api_address,
+            admin: AdminApi::new(&api, &token),
+            api,
+            agents,
+            agent_metrics,
+            gateway_metrics,
+            gateway,
+            gateway_address,
+            trust: directory.join("tls").join("gateway.pem"),
+            key,
+            directory,
+            spec: spec.clone(),
+        })
+    }
+
+    /// Calls the admin API with the token; returns the status and the JSON body.
+    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
+        self.admin.call(method, path, body)
+    }
+
+    /// Calls the admin API with `token` (or none).
+    pub fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> anyhow::Result<(u16, Value)> {
+        self.admin.call_with(method, path, body, token)
+    }
+
+    /// Calls the API and fails unless it answers 2xx.
+    pub fn ok(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        self.admin.ok(method, path, body)
+    }
+
+    /// A client of the admin API for other threads.
+    #[must_use]
+    pub fn admin(&self) -> AdminApi {
+        self.admin.clone()
     }
 
     /// Waits until every host's agent is connected with `warm` ready processes.
@@ -258,6 +300,20 @@ impl Fleet {
             self.api_address,
         )?);
         Ok(())
+    }
+
+    /// The fleet's login service: tokens for players who log in again (see
+    /// [`PlayerPlan::relogin`](crate::players::PlayerPlan::relogin)).
+    #[must_use]
+    pub fn login(&self) -> crate::players::Login {
+        let key = self.key.clone();
+        crate::players::Login(std::sync::Arc::new(move |player, region| {
+            let expires_at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_secs())
+                + 3600;
+            key.issue(&Claims { player, region, expires_at })
+        }))
     }
 
     /// A session token for `player` entering at `region`.

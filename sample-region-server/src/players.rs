@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use baton_client::player::CloseCode;
 use baton_client::{Client, ClientOptions, Event};
 use baton_gateway::token::{Claims, TokenKey};
 use serde_json::{Value, json};
@@ -240,6 +241,25 @@ pub struct PlayerPlan {
     pub settle_for: Duration,
     /// Input payload sizes, in bytes (at least 9; each input draws one in this range).
     pub payload_bytes: (usize, usize),
+    /// Log in again when the session ends because the player's region was stopped (close code
+    /// `Unavailable`), the way players come back after a region restart: a new token for the
+    /// region the avatar was in, tried every [`RELOGIN_EVERY`] until the region takes the player
+    /// again. Inputs the region had not applied when it stopped are lost. Without it, the end of
+    /// the session ends the player.
+    pub relogin: Option<Login>,
+}
+
+/// Pause between a stopped player's attempts to log in again.
+pub const RELOGIN_EVERY: Duration = Duration::from_millis(250);
+
+/// Issues session tokens (player, region) as a game's login service does.
+#[derive(Clone)]
+pub struct Login(pub std::sync::Arc<dyn Fn(u64, u64) -> String + Send + Sync>);
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("Login")
+    }
 }
 
 impl PlayerPlan {
@@ -256,6 +276,7 @@ impl PlayerPlan {
             play_for,
             settle_for: Duration::from_secs(10),
             payload_bytes: (256, 512),
+            relogin: None,
         }
     }
 }
@@ -280,6 +301,11 @@ pub struct PlayerOutcome {
     pub chain_ok: bool,
     /// Connections lost or closed by the gateway.
     pub disconnects: u64,
+    /// Inputs sent that the region never applied because the session ended (a stopped region);
+    /// the player's next inputs reused their numbers.
+    pub lost: u64,
+    /// Times the player logged in again after its region was stopped.
+    pub relogins: u64,
     /// Why, for each.
     pub close_reasons: Vec<String>,
     /// State updates received.
@@ -310,6 +336,9 @@ pub struct PlayerOutcome {
     /// Border crossings: (milliseconds since the Unix epoch, from, to).
     #[serde(skip)]
     pub crossing_log: Vec<(u64, u64, u64)>,
+    /// Times offline after a stop: (session ended, back in), milliseconds since the Unix epoch.
+    #[serde(skip)]
+    pub offline_log: Vec<(u64, u64)>,
 }
 
 /// Runs one simulated player to the end of its plan.
@@ -321,7 +350,9 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
     let mut outcome =
         PlayerOutcome { player: plan.player, region: client.region(), acked_before, ..PlayerOutcome::default() };
     let mut rng = fastrand::Rng::with_seed(plan.player);
+    // The input chain after the newest input sent, and after the newest one acknowledged.
     let mut chain = 0u64;
+    let mut acked_chain = 0u64;
     let mut heading = match plan.movement {
         Movement::Patrol { heading } => [heading, 0.0],
         Movement::Wander | Movement::Hotspot { .. } => [0.0, 0.0],
@@ -333,7 +364,8 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
     let started = Instant::now();
     let mut next_input = started;
     let mut last_update: Option<Instant> = None;
-    let mut sent_at: std::collections::VecDeque<(u64, Instant)> = std::collections::VecDeque::new();
+    // Inputs not acknowledged yet: (seq, when sent, the chain after it).
+    let mut sent_at: std::collections::VecDeque<(u64, Instant, u64)> = std::collections::VecDeque::new();
     let mut view: Option<PlayerView> = None;
     let mut done_sending = false;
     let settle_deadline = started + plan.play_for + plan.settle_for;
@@ -344,11 +376,13 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
         }
         if done_sending
             && (view.as_ref().is_some_and(|view| {
-                view.inputs_applied >= acked_before + outcome.sent && client.acked() >= acked_before + outcome.sent
+                view.inputs_applied + outcome.lost >= acked_before + outcome.sent
+                    && client.acked() + outcome.lost >= acked_before + outcome.sent
             }) || now >= settle_deadline)
         {
             break;
         }
+        let mut ended: Option<(Option<CloseCode>, String)> = None;
         if !done_sending && now >= next_input {
             next_input += period;
             match plan.movement {
@@ -378,73 +412,106 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
             let (smallest, largest) = plan.payload_bytes;
             let payload = walk_payload(heading, rng.usize(smallest.max(9)..=largest.max(smallest).max(9)), &mut rng);
             let seq = client.next_seq();
-            chain = chain_step(chain, seq, &payload);
-            if let Err(error) = client.send_input(payload).await {
-                outcome.disconnects += 1;
-                outcome.close_reasons.push(error.to_string());
-                break;
+            let next_chain = chain_step(chain, seq, &payload);
+            match client.send_input(payload).await {
+                Ok(_) => {
+                    chain = next_chain;
+                    outcome.sent += 1;
+                    sent_at.push_back((seq, Instant::now(), chain));
+                }
+                Err(error) => ended = Some((None, error.to_string())),
             }
-            outcome.sent += 1;
-            sent_at.push_back((seq, Instant::now()));
         }
-        let wait =
-            if done_sending { Duration::from_millis(20) } else { next_input.saturating_duration_since(Instant::now()) };
-        let event = match tokio::time::timeout(wait, client.next_event()).await {
-            Ok(Some(event)) => event,
-            Ok(None) => {
-                outcome.disconnects += 1;
-                outcome.close_reasons.push("events ended".into());
-                break;
+        if ended.is_none() {
+            let wait = if done_sending {
+                Duration::from_millis(20)
+            } else {
+                next_input.saturating_duration_since(Instant::now())
+            };
+            let event = match tokio::time::timeout(wait, client.next_event()).await {
+                Ok(Some(event)) => Some(event),
+                Ok(None) => {
+                    ended = Some((None, "events ended".into()));
+                    None
+                }
+                Err(_) => None,
+            };
+            match event {
+                Some(Event::Update(update)) => {
+                    let now = Instant::now();
+                    let now_unix_ms = unix_ms();
+                    if let Some(previous) = last_update {
+                        let gap = now.duration_since(previous);
+                        outcome.gaps_us.push(gap.as_micros() as u64);
+                        outcome.gap_ends_unix_ms.push(now_unix_ms);
+                        outcome.max_gap_ms = outcome.max_gap_ms.max(gap.as_secs_f64() * 1000.0);
+                    }
+                    last_update = Some(now);
+                    outcome.updates += 1;
+                    while sent_at.front().is_some_and(|(seq, _, _)| *seq <= update.last_applied) {
+                        if let Some((_, at, chain_after)) = sent_at.pop_front() {
+                            outcome.round_trips_us.push(now.duration_since(at).as_micros() as u64);
+                            outcome.round_trip_ends_unix_ms.push(now_unix_ms);
+                            acked_chain = chain_after;
+                        }
+                    }
+                    match PlayerView::parse(&update.payload) {
+                        Some(parsed) => view = Some(parsed),
+                        None => {
+                            outcome.updates_without_view += 1;
+                        }
+                    }
+                }
+                Some(Event::Neighbour { .. }) => outcome.neighbour_views += 1,
+                Some(Event::RegionChanged { region }) => {
+                    outcome.crossings += 1;
+                    outcome.crossing_log.push((unix_ms(), current_region, region));
+                    current_region = region;
+                }
+                Some(Event::Pong { .. }) | None => {}
+                Some(Event::Closed { code, reason }) => ended = Some((code, reason)),
             }
-            Err(_) => continue,
+        }
+        let Some((code, reason)) = ended else { continue };
+        outcome.disconnects += 1;
+        outcome.close_reasons.push(reason);
+        let Some(login) = plan.relogin.as_ref().filter(|_| code == Some(CloseCode::Unavailable)) else { break };
+        // The region was stopped: log in again until it is back (the old way of moving a region).
+        let region = client.region();
+        client.close();
+        let offline_since = unix_ms();
+        let back = loop {
+            if Instant::now() >= settle_deadline {
+                break None;
+            }
+            tokio::time::sleep(RELOGIN_EVERY).await;
+            if let Ok(again) = Client::connect(&options, &(login.0)(plan.player, region)).await {
+                break Some(again);
+            }
         };
-        match event {
-            Event::Update(update) => {
-                let now = Instant::now();
-                let now_unix_ms = unix_ms();
-                if let Some(previous) = last_update {
-                    let gap = now.duration_since(previous);
-                    outcome.gaps_us.push(gap.as_micros() as u64);
-                    outcome.gap_ends_unix_ms.push(now_unix_ms);
-                    outcome.max_gap_ms = outcome.max_gap_ms.max(gap.as_secs_f64() * 1000.0);
-                }
-                last_update = Some(now);
-                outcome.updates += 1;
-                while sent_at.front().is_some_and(|(seq, _)| *seq <= update.last_applied) {
-                    if let Some((_, at)) = sent_at.pop_front() {
-                        outcome.round_trips_us.push(now.duration_since(at).as_micros() as u64);
-                        outcome.round_trip_ends_unix_ms.push(now_unix_ms);
-                    }
-                }
-                match PlayerView::parse(&update.payload) {
-                    Some(parsed) => view = Some(parsed),
-                    None => {
-                        outcome.updates_without_view += 1;
-                    }
-                }
-            }
-            Event::Neighbour { .. } => outcome.neighbour_views += 1,
-            Event::RegionChanged { region } => {
-                outcome.crossings += 1;
-                outcome.crossing_log.push((unix_ms(), current_region, region));
-                current_region = region;
-            }
-            Event::Pong { .. } => {}
-            Event::Closed { reason, .. } => {
-                outcome.disconnects += 1;
-                outcome.close_reasons.push(reason);
-                break;
-            }
+        let Some(again) = back else { break };
+        client = again;
+        outcome.relogins += 1;
+        outcome.offline_log.push((offline_since, unix_ms()));
+        // What the region applied before it stopped is in its save; the rest is gone, and the
+        // player's numbering continues after what was applied.
+        let applied = client.acked();
+        if let Some(position) = sent_at.iter().position(|(seq, _, _)| *seq > applied) {
+            outcome.lost += (sent_at.len() - position) as u64;
+            sent_at.truncate(position);
         }
+        chain = sent_at.back().map_or(acked_chain, |(_, _, chain_after)| *chain_after);
+        next_input = Instant::now().max(next_input);
     }
     outcome.acked = client.acked();
     outcome.region = client.region();
     if let Some(view) = view {
         outcome.applied = view.inputs_applied;
+        let expected = (acked_before + outcome.sent).saturating_sub(outcome.lost);
         outcome.chain_ok = if acked_before == 0 {
-            view.input_chain == chain && view.inputs_applied == outcome.sent
+            view.input_chain == chain && view.inputs_applied == expected
         } else {
-            view.inputs_applied == acked_before + outcome.sent
+            view.inputs_applied == expected
         };
     }
     client.close();

@@ -8,6 +8,7 @@
 //! {"cmd":"host","region":1,"checkpoint":true}        restore region 1 from its newest checkpoint
 //! {"cmd":"prepare","region":1}                       pre-warm an empty slot to receive region 1
 //! {"cmd":"handoff","region":1,"to":"127.0.0.1:4433"} move region 1 to the host listening there
+//! {"cmd":"stop","region":1}                          save region 1 to the checkpoint store and let it go
 //! {"cmd":"join","region":1,"players":[{"id":7,"x":0.0,"z":0.0}]}
 //! {"cmd":"inputs","region":1,"inputs":[[7,1],[7,2]]} (player, seq): `scripted_input(player, seq)`
 //! {"cmd":"report","region":1}
@@ -16,7 +17,8 @@
 //!
 //! Events: `listening`, `owning`, `prepared`, `frozen`, `authoritative`, `first_tick`,
 //! `handed_off`, `aborted`, `retired`, `input_refused`, `report`, `checkpointed`,
-//! `checkpoint_failed`, `restored`, `load` (once a second per owned region), `error`.
+//! `checkpoint_failed`, `restored`, `stopped`, `stop_refused`, `load` (once a second per owned
+//! region), `error`.
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -101,6 +103,9 @@ enum ServeCommand {
     Handoff {
         region: u64,
         to: SocketAddr,
+    },
+    Stop {
+        region: u64,
     },
     Join {
         region: u64,
@@ -233,6 +238,7 @@ fn execute(
         }
         ServeCommand::Prepare { region } => host.prepare(RegionId(region)).map_err(anyhow::Error::msg)?,
         ServeCommand::Handoff { region, to } => host.start_handoff(RegionId(region), to).map_err(anyhow::Error::msg)?,
+        ServeCommand::Stop { region } => host.stop_region(RegionId(region)).map_err(anyhow::Error::msg)?,
         ServeCommand::Join { region, players } => {
             let out = out.clone();
             host.query(
@@ -336,6 +342,18 @@ fn event_json(event: &HostEvent) -> serde_json::Value {
             "players": players,
             "entities": entities,
         }),
+        HostEvent::Stopped { region, epoch, tick, bytes, path, inputs_discarded } => json!({
+            "event": "stopped",
+            "region": region.0,
+            "epoch": epoch.0,
+            "tick": tick,
+            "bytes": bytes,
+            "path": path.display().to_string(),
+            "inputs_discarded": inputs_discarded,
+        }),
+        HostEvent::StopRefused { region, reason } => {
+            json!({"event": "stop_refused", "region": region.0, "reason": reason})
+        }
         HostEvent::CheckpointFailed { region, error } => {
             json!({"event": "checkpoint_failed", "region": region.0, "error": error})
         }

@@ -276,6 +276,10 @@ fn the_admin_api_refuses_bad_requests_clearly() {
     assert_eq!(status, 404);
     let (status, _) = fleet.call("POST", "/v1/migrations", Some(json!({"region": 77, "to_host": "h1"}))).unwrap();
     assert_eq!(status, 404, "an unknown region");
+    let (status, body) = fleet.call("POST", "/v1/regions/77/stop", None).unwrap();
+    assert_eq!(status, 404, "stopping an unknown region: {body}");
+    let (status, body) = fleet.call("POST", "/v1/regions/seven/stop", None).unwrap();
+    assert_eq!(status, 400, "{body}");
     fleet.ok("POST", "/v1/regions", Some(json!({"region": 1, "host": "h1", "world": {"objects": 10}}))).unwrap();
     let (status, _) = fleet.call("POST", "/v1/regions", Some(json!({"region": 1, "host": "h1"}))).unwrap();
     assert_eq!(status, 409, "the region exists");
@@ -512,4 +516,92 @@ fn a_migration_survives_a_coordinator_crash_with_players_on_board() {
     }
     assert_one_owner_each(&fleet);
     assert_eq!(host_of(&fleet, 2), expected_host, "{resolved}");
+}
+
+/// The old way of moving a region, which the load test's restart baseline measures: stop it (its
+/// host saves it), start it on another host from the save, and its players log in again. Nothing
+/// it had applied is lost; what it had not applied at the stop is, and the players say how much.
+#[test]
+fn a_region_stopped_the_old_way_comes_back_from_its_save_and_its_players_log_in_again() {
+    let spec = FleetSpec { checkpoint_every_s: 30.0, ..spec(2, 1) };
+    let fleet = Fleet::start(&spec).unwrap();
+    fleet.wait_hosts_ready(2, 1, Duration::from_secs(60)).unwrap();
+    let created = fleet
+        .ok("POST", "/v1/regions", Some(json!({"region": 1, "host": "h1", "world": {"objects": 60, "npcs": 6}})))
+        .unwrap();
+    fleet.ok("POST", "/v1/regions", Some(json!({"region": 2, "host": "h2", "world": {"objects": 60}}))).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let tasks: Vec<_> = (1..=8u64)
+        .map(|player| {
+            let region = 1 + player % 2;
+            let plan = PlayerPlan {
+                relogin: Some(fleet.login()),
+                ..wanderer(player, region, Duration::ZERO, Duration::from_secs(9), Duration::from_secs(15))
+            };
+            runtime.spawn(run_player(fleet.client_options(), fleet.token(player, region), plan))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let stopped = fleet.ok("POST", "/v1/regions/1/stop", None).unwrap();
+    assert_eq!(stopped["host"], "h1", "{stopped}");
+    assert_eq!(stopped["epoch"], created["epoch"], "{stopped}");
+    assert!(stopped["tick"].as_u64().unwrap() > 0 && stopped["bytes"].as_u64().unwrap() > 0, "{stopped}");
+    assert!(std::path::Path::new(stopped["checkpoint"].as_str().unwrap()).exists(), "{stopped}");
+    let (status, body) = fleet.call("POST", "/v1/regions/1/stop", None).unwrap();
+    assert_eq!(status, 409, "a stopped region is not stopped twice: {body}");
+    // While it is down the players of region 1 cannot play; then it starts on h2 from the save.
+    std::thread::sleep(Duration::from_secs(1));
+    let restored =
+        fleet.ok("POST", "/v1/regions", Some(json!({"region": 1, "host": "h2", "from_checkpoint": true}))).unwrap();
+    assert_eq!(restored["epoch"].as_u64(), created["epoch"].as_u64().map(|epoch| epoch + 1), "{restored}");
+    assert_eq!(host_of(&fleet, 1), "h2");
+
+    let outcomes: Vec<PlayerOutcome> = tasks.into_iter().map(|task| runtime.block_on(task).unwrap().unwrap()).collect();
+    for outcome in &outcomes {
+        let region_one = outcome.player % 2 == 0;
+        eprintln!(
+            "player {}: sent {} acked {} lost {} disconnects {} relogins {} max gap {:.0} ms",
+            outcome.player,
+            outcome.sent,
+            outcome.acked,
+            outcome.lost,
+            outcome.disconnects,
+            outcome.relogins,
+            outcome.max_gap_ms
+        );
+        // Every input is accounted for: applied exactly once, in order (the avatar's chain is the
+        // chain of what the region took), or lost at the stop.
+        assert!(outcome.chain_ok, "{outcome:?}");
+        assert_eq!(outcome.acked + outcome.lost, outcome.sent, "{outcome:?}");
+        assert_eq!(outcome.applied, outcome.acked, "{outcome:?}");
+        if region_one {
+            assert_eq!((outcome.disconnects, outcome.relogins), (1, 1), "{:?}", outcome.close_reasons);
+            assert!(outcome.close_reasons[0].contains("stopped"), "{:?}", outcome.close_reasons);
+            assert!(outcome.max_gap_ms >= 1000.0, "the region was down for over a second: {outcome:?}");
+            assert_eq!(outcome.region, 1);
+        } else {
+            assert_eq!((outcome.disconnects, outcome.lost), (0, 0), "region 2 was not touched: {outcome:?}");
+        }
+    }
+    // The process that served it went away; the agent keeps its warm pool full.
+    let hosts = fleet.ok("GET", "/v1/hosts", None).unwrap();
+    let stopped_process = stopped["process"].as_str().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let hosts = fleet.ok("GET", "/v1/hosts", None).unwrap();
+        let names: Vec<String> = hosts
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|host| host["processes"].as_array().cloned().unwrap_or_default())
+            .filter_map(|process| process["name"].as_str().map(str::to_owned))
+            .collect();
+        if !names.iter().any(|name| name == stopped_process) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{stopped_process} still runs: {hosts}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(hosts);
+    assert_one_owner_each(&fleet);
 }

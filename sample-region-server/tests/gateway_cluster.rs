@@ -50,14 +50,9 @@ fn players_keep_playing_through_handoffs_and_border_crossings() {
         .enumerate()
         .map(|(index, (player, region, movement))| {
             let plan = PlayerPlan {
-                player: *player,
-                region: *region,
-                movement: *movement,
-                inputs_per_second: 20,
                 start_after: Duration::from_millis(index as u64 * 10),
-                play_for,
                 settle_for: Duration::from_secs(15),
-                payload_bytes: (256, 512),
+                ..PlayerPlan::new(*player, *region, *movement, play_for)
             };
             runtime.spawn(run_player(options.clone(), cluster.token(*player, *region), plan))
         })

@@ -435,6 +435,12 @@ impl<L: RegionLogic> Region<L> {
         outcome
     }
 
+    /// Takes every player input received but not applied yet out of the queues (see
+    /// [`Sessions::take_pending`](crate::sessions::Sessions::take_pending)).
+    pub fn take_pending_inputs(&mut self) -> Vec<PlayerInput> {
+        self.sessions.take_pending(&mut self.world)
+    }
+
     /// Rebuilds every engine cache from the world. Call after the world was replaced or restored
     /// from archives, before the first tick.
     pub fn rebuild_caches(&mut self) {

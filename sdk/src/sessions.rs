@@ -163,6 +163,25 @@ impl Sessions {
         Ok(InputOutcome::Queued)
     }
 
+    /// Takes every input received but not applied yet out of the queues, in entity then
+    /// sequence order. For a region being stopped the old way (saved, then started again elsewhere
+    /// while its players reconnect): what was not applied at the save is not in it, and each
+    /// player's next input is `last_applied + 1`. Submitting the inputs again puts them back.
+    pub fn take_pending(&self, world: &mut World) -> Vec<PlayerInput> {
+        let mut taken = Vec::new();
+        world.for_each_mut::<PlayerSession>(|_, mut session| {
+            if !session.pending.is_empty() {
+                let player = PlayerId(session.player);
+                taken.extend(session.pending.drain(..).map(|pending| PlayerInput {
+                    player,
+                    seq: pending.seq,
+                    payload: pending.payload,
+                }));
+            }
+        });
+        taken
+    }
+
     /// Takes, for every player in entity order, the inputs that are next in sequence (stopping at a
     /// gap), and marks them applied. The caller applies them in the returned order within the tick.
     pub fn take_ready(&self, world: &mut World) -> Vec<ReadyInput> {

@@ -80,3 +80,31 @@ fn unapplied_inputs_and_last_applied_migrate() {
     }
     assert_eq!(applied(&target_sessions, &mut target), vec![(3, 4), (3, 5), (3, 6)]);
 }
+
+#[test]
+fn taking_pending_inputs_keeps_what_was_applied_and_frees_the_next_numbers() {
+    let mut world = world();
+    let mut sessions = Sessions::default();
+    let (first, second) = (world.spawn(), world.spawn());
+    sessions.join(&mut world, PlayerId(1), first).unwrap();
+    sessions.join(&mut world, PlayerId(2), second).unwrap();
+    for seq in 1..=3 {
+        sessions.submit(&mut world, input(1, seq)).unwrap();
+    }
+    assert_eq!(applied(&sessions, &mut world).len(), 3);
+    sessions.submit(&mut world, input(1, 4)).unwrap();
+    sessions.submit(&mut world, input(1, 6)).unwrap();
+    sessions.submit(&mut world, input(2, 1)).unwrap();
+    let taken = sessions.take_pending(&mut world);
+    let taken_ids: Vec<(u64, u64)> = taken.iter().map(|input| (input.player.0, input.seq)).collect();
+    assert_eq!(taken_ids, vec![(1, 4), (1, 6), (2, 1)]);
+    assert_eq!(applied(&sessions, &mut world), vec![], "nothing taken is applied later");
+    assert_eq!(world.get::<PlayerSession>(first).unwrap().last_applied, 3);
+    // A player who reconnects continues at last_applied + 1 with new inputs.
+    assert_eq!(sessions.submit(&mut world, input(1, 4)).unwrap(), InputOutcome::Queued);
+    assert_eq!(applied(&sessions, &mut world), vec![(1, 4)]);
+    assert!(sessions.take_pending(&mut world).is_empty());
+    // Submitting taken inputs again puts them back (a stop that could not save goes on).
+    sessions.submit(&mut world, input(2, 1)).unwrap();
+    assert_eq!(applied(&sessions, &mut world), vec![(2, 1)]);
+}

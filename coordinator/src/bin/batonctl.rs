@@ -49,6 +49,13 @@ enum Command {
         #[arg(long)]
         from_checkpoint: bool,
     },
+    /// Stop a region the old way: its host saves it to the checkpoint store and stops serving
+    /// it, and its players are disconnected. Start it again with `create --from-checkpoint`.
+    /// (To move a region while players stay connected, use `migrate`.)
+    Stop {
+        /// The region.
+        region: u64,
+    },
     /// Move a region to another host.
     Migrate {
         /// The region.
@@ -214,6 +221,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             }
             record
         }
+        Command::Stop { region } => api.call("POST", &format!("/v1/regions/{region}/stop"), None)?,
         Command::Migrations => api.call("GET", "/v1/migrations", None)?,
         Command::Migration { id } => api.call("GET", &format!("/v1/migrations/{id}"), None)?,
         Command::Cancel { id } => api.call("POST", &format!("/v1/migrations/{id}/cancel"), None)?,
@@ -266,6 +274,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             table(&MIGRATION_HEADERS, migration_rows(output.as_array().map(Vec::as_slice).unwrap_or_default()))
         }
         Command::Cancel { id } => println!("migration {id}: cancel requested"),
+        Command::Stop { region } => println!(
+            "region {region} stopped on {} at tick {}; saved to {} ({} bytes); restore it with: batonctl create --region {region} --host HOST --from-checkpoint",
+            text(&output["host"]),
+            text(&output["tick"]),
+            text(&output["checkpoint"]),
+            text(&output["bytes"]),
+        ),
         Command::Drain { host } => println!("draining {host}: regions {} will move", text(&output["regions"])),
     }
     Ok(())

@@ -8,7 +8,8 @@ use clap::Parser;
 
 /// Baton in one command: a coordinator, three host agents, a gateway and sample regions on
 /// loopback, with hundreds of avatars playing while regions migrate, a host drains and avatars
-/// cross borders.
+/// cross borders; then the same again with each move done the old way (stop, start elsewhere,
+/// players log in again), to compare.
 ///
 /// Prints progress every second, then a summary and the paths of report.json and report.html.
 /// Every process it started is stopped when it ends, also on Ctrl-C. Exits 1 when an SLO of the
@@ -29,6 +30,11 @@ struct Cli {
     /// Seconds of play (default: the scenario's).
     #[arg(long)]
     seconds: Option<u64>,
+    /// Also run the scenario with each region move done the old way (stop the region, start it
+    /// on the new host from its save, players log in again) and report both side by side:
+    /// `restart`, or `none`. Scenarios that move no region have nothing to compare.
+    #[arg(long, default_value = "restart", value_parser = ["restart", "none"])]
+    baseline: String,
     /// Where the reports go.
     #[arg(long, default_value = "baton-demo-report")]
     out: PathBuf,
@@ -38,7 +44,12 @@ fn main() -> ExitCode {
     baton_config::main("baton-demo", "BATON_DEMO", |cli: Cli| -> anyhow::Result<()> {
         let path = std::path::Path::new(&cli.scenario);
         let scenario = if path.exists() { Scenario::load(path)? } else { Scenario::shipped(&cli.scenario)? };
-        let options = RunOptions { avatars: cli.avatars, seconds: cli.seconds, quiet: false };
+        let options = RunOptions {
+            avatars: cli.avatars,
+            seconds: cli.seconds,
+            quiet: false,
+            baseline: cli.baseline == "restart",
+        };
         if baton_loadtest::run_and_report(&scenario, &options, &cli.out)? {
             Ok(())
         } else {

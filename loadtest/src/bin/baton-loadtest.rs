@@ -29,6 +29,11 @@ struct Cli {
     /// Seconds of play after the ramp (overrides the scenario).
     #[arg(long)]
     seconds: Option<u64>,
+    /// Also run the scenario with each region move done the old way (stop the region, start it
+    /// on the new host from its save, players log in again) and report both side by side:
+    /// `restart`, or `none`. Scenarios that move no region have nothing to compare.
+    #[arg(long, default_value = "none", value_parser = ["restart", "none"])]
+    baseline: String,
     /// Where report.json and report.html go.
     #[arg(long, default_value = "loadtest-report")]
     out: PathBuf,
@@ -40,7 +45,12 @@ struct Cli {
 fn main() -> ExitCode {
     baton_config::main("baton-loadtest", "BATON_LOADTEST", |cli: Cli| -> anyhow::Result<()> {
         let scenario = load(&cli.scenario)?;
-        let options = RunOptions { avatars: cli.avatars, seconds: cli.seconds, quiet: cli.quiet };
+        let options = RunOptions {
+            avatars: cli.avatars,
+            seconds: cli.seconds,
+            quiet: cli.quiet,
+            baseline: cli.baseline == "restart",
+        };
         if baton_loadtest::run_and_report(&scenario, &options, &cli.out)? {
             Ok(())
         } else {

@@ -111,14 +111,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             let region = 1 + player % 2;
             let start_after = ramp.mul_f64(index as f64 / cli.avatars as f64);
             let plan = PlayerPlan {
-                player,
-                region,
-                movement: Movement::Wander,
                 inputs_per_second: cli.input_rate,
                 start_after,
-                play_for: ramp + play - start_after,
                 settle_for: Duration::from_secs(5),
-                payload_bytes: (256, 512),
+                ..PlayerPlan::new(player, region, Movement::Wander, ramp + play - start_after)
             };
             let mut options = base.clone();
             options.endpoint = Some(endpoints[index / 50].clone());

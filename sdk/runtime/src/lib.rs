@@ -201,6 +201,28 @@ pub enum HostEvent {
         /// Why.
         error: String,
     },
+    /// `region` was saved to the checkpoint store and is no longer hosted here.
+    Stopped {
+        /// The region.
+        region: RegionId,
+        /// The epoch it had here (a restore takes it over at the next).
+        epoch: Epoch,
+        /// The tick the checkpoint holds.
+        tick: u64,
+        /// The checkpoint's size in bytes.
+        bytes: u64,
+        /// Where it is.
+        path: std::path::PathBuf,
+        /// Inputs received but not applied, which the checkpoint does not hold.
+        inputs_discarded: u64,
+    },
+    /// A stop of `region` was refused; it goes on here.
+    StopRefused {
+        /// The region.
+        region: RegionId,
+        /// Why.
+        reason: String,
+    },
     /// An input reached a host that does not own the region; route it to the owner.
     InputRefused {
         /// The region.
@@ -332,6 +354,12 @@ impl<L: RegionLogic + 'static> Host<L> {
             tracing::debug!(%region, %error, "input for a region not hosted here");
             let _ = self.events.send(HostEvent::InputRefused { region, input });
         }
+    }
+
+    /// Saves `region` to the checkpoint store and stops hosting it (between ticks; refused
+    /// during a handoff). [`HostEvent::Stopped`] or [`HostEvent::StopRefused`] tells how it went.
+    pub fn stop_region(&self, region: RegionId) -> Result<(), String> {
+        self.send(region, Command::Stop)
     }
 
     /// Runs `query` on the region's thread, between ticks.

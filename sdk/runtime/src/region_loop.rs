@@ -68,6 +68,8 @@ pub enum Command<L: RegionLogic> {
         /// The gateway serving its player.
         gateway: GatewayId,
     },
+    /// Save the region to the checkpoint store and stop hosting it (a restart the old way).
+    Stop,
     /// Stop the thread.
     Shutdown,
 }
@@ -227,6 +229,7 @@ pub(crate) fn run<L: RegionLogic + 'static>(
                 }
             }
             Some(Command::Query(query)) => query(&mut region),
+            Some(Command::Stop) => stop(&mut state, &mut region, &context),
             Some(Command::Attach(handle)) => link = Some(handle),
             Some(Command::StartHandoff { peer }) => {
                 start_handoff(&mut state, &mut region, peer, &context, &mut link, now)
@@ -357,6 +360,52 @@ pub(crate) fn run<L: RegionLogic + 'static>(
         // Only remove our own entry: a new slot for the same region may have been prepared meanwhile.
         if regions.get(&id).is_some_and(|slot| slot.generation == context.generation) {
             regions.remove(&id);
+        }
+    }
+}
+
+/// Saves the region and stops hosting it: the old way of moving a region (stop, save, start
+/// elsewhere, players reconnect), kept for operators who want it and as the load test's baseline.
+/// Refused during a handoff or without a checkpoint store; if the save fails the region goes on.
+fn stop<L: RegionLogic + 'static>(state: &mut State, region: &mut Region<L>, context: &LoopContext<L>) {
+    let id = region.id();
+    let refuse = |reason: &str| {
+        let _ = context.events.send(HostEvent::StopRefused { region: id, reason: reason.to_owned() });
+    };
+    let epoch = match state {
+        State::Owner { handoff: Some(_), .. } => return refuse("a handoff of the region is in progress"),
+        State::Owner { epoch, .. } => *epoch,
+        State::Target { .. } | State::Finished => return refuse("this host does not own the region"),
+    };
+    let Some(settings) = &context.checkpoints else {
+        return refuse("this host has no checkpoint store to save the region in");
+    };
+    // What was received but not applied is not saved: players continue at last_applied + 1.
+    let pending = region.take_pending_inputs();
+    let saved =
+        baton_sdk::checkpoint::encode(region, epoch).map_err(|error| error.to_string()).and_then(|(info, bytes)| {
+            let path = settings.store.save(&info, &bytes).map_err(|error| format!("storing: {error}"))?;
+            Ok((info.tick, bytes.len() as u64, path))
+        });
+    match saved {
+        Ok((tick, bytes, path)) => {
+            context.hub.clear_owned(id);
+            context.hub.broadcast(&ServerMessage::Stopped { region: id.0, epoch: epoch.0 });
+            let _ = context.events.send(HostEvent::Stopped {
+                region: id,
+                epoch,
+                tick,
+                bytes,
+                path,
+                inputs_discarded: pending.len() as u64,
+            });
+            *state = State::Finished;
+        }
+        Err(error) => {
+            for input in pending {
+                let _ = region.submit_input(input);
+            }
+            refuse(&format!("saving the region failed: {error}"));
         }
     }
 }

@@ -250,6 +250,14 @@ pub enum ServerMessage {
         /// Why.
         reason: String,
     },
+    /// The owner at `epoch` stopped `region` (saved it and let it go, the way regions were
+    /// restarted before handoffs): its players' sessions end; they reconnect once it runs again.
+    Stopped {
+        /// The region.
+        region: u64,
+        /// The epoch it had.
+        epoch: u64,
+    },
 }
 
 pub use crate::framing::{UpstreamReader, encode_batch, encode_into};
