@@ -39,7 +39,10 @@ pub struct Handoff {
     pub to: String,
     /// `migration`, `drain` or `crossing`.
     pub kind: String,
-    /// The freeze as the source measured it (none for a crossing, or when not reported).
+    /// For a migration or drain: the freeze as the source measured it (in the restart baseline:
+    /// the region's downtime, from the stop request to it running again). For a crossing: the
+    /// avatar's transit as its player saw it, from the last update of the region it left to the
+    /// first of the region it entered. None when not reported.
     pub freeze_ms: Option<f64>,
     /// Longest update gap a player of the region saw from the start of the move to a second
     /// after its end (for a crossing: the crossing player, within a second either side).
@@ -237,12 +240,18 @@ pub fn build_report(
         .collect();
     for outcome in outcomes {
         for (at, from, to) in &outcome.crossing_log {
+            // The first update from the new region after the player heard of the crossing.
+            let transit = outcome
+                .region_switch_log
+                .iter()
+                .find(|(switched, _)| *switched + 50 >= *at && *switched <= at + 2000)
+                .map(|(_, gap_us)| *gap_us as f64 / 1000.0);
             handoffs.push(Handoff {
                 region: *from,
                 from: format!("r{from}"),
                 to: format!("r{to}"),
                 kind: "crossing".into(),
-                freeze_ms: None,
+                freeze_ms: transit,
                 max_player_gap_ms: worst_gap(None, Some(outcome.player), at.saturating_sub(1000), at + 1000),
                 outcome: "committed".into(),
                 at_s: at.saturating_sub(started_unix_ms) as f64 / 1000.0,
@@ -363,7 +372,18 @@ impl Report {
         };
         let _ = writeln!(out, "{}", line("update gap", &self.update_gap_ms));
         let _ = writeln!(out, "{}", line("round trip", &self.rtt_ms));
-        let _ = writeln!(out, "  region moves: {moves}, border crossings: {crossings}");
+        let mut transits: Vec<f64> = self
+            .handoffs
+            .iter()
+            .filter(|handoff| handoff.kind == "crossing")
+            .filter_map(|handoff| handoff.freeze_ms)
+            .collect();
+        transits.sort_by(f64::total_cmp);
+        let transit = match (transits.get(transits.len() / 2), transits.last()) {
+            (Some(median), Some(max)) => format!(" (avatar in transit: median {median:.0} ms, max {max:.0} ms)"),
+            _ => String::new(),
+        };
+        let _ = writeln!(out, "  region moves: {moves}, border crossings: {crossings}{transit}");
         for handoff in self.handoffs.iter().filter(|handoff| handoff.kind != "crossing") {
             let _ = writeln!(
                 out,

@@ -336,6 +336,11 @@ pub struct PlayerOutcome {
     /// Border crossings: (milliseconds since the Unix epoch, from, to).
     #[serde(skip)]
     pub crossing_log: Vec<(u64, u64, u64)>,
+    /// Updates that came from another region than the one before (a border crossing): (when, in
+    /// milliseconds since the Unix epoch; the time since the previous region's last update, in
+    /// microseconds).
+    #[serde(skip)]
+    pub region_switch_log: Vec<(u64, u64)>,
     /// Times offline after a stop: (session ended, back in), milliseconds since the Unix epoch.
     #[serde(skip)]
     pub offline_log: Vec<(u64, u64)>,
@@ -364,6 +369,7 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
     let started = Instant::now();
     let mut next_input = started;
     let mut last_update: Option<Instant> = None;
+    let mut last_update_region: Option<u64> = None;
     // Inputs not acknowledged yet: (seq, when sent, the chain after it).
     let mut sent_at: std::collections::VecDeque<(u64, Instant, u64)> = std::collections::VecDeque::new();
     let mut view: Option<PlayerView> = None;
@@ -445,8 +451,12 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
                         outcome.gaps_us.push(gap.as_micros() as u64);
                         outcome.gap_ends_unix_ms.push(now_unix_ms);
                         outcome.max_gap_ms = outcome.max_gap_ms.max(gap.as_secs_f64() * 1000.0);
+                        if last_update_region.is_some_and(|region| region != update.region) {
+                            outcome.region_switch_log.push((now_unix_ms, gap.as_micros() as u64));
+                        }
                     }
                     last_update = Some(now);
+                    last_update_region = Some(update.region);
                     outcome.updates += 1;
                     while sent_at.front().is_some_and(|(seq, _, _)| *seq <= update.last_applied) {
                         if let Some((_, at, chain_after)) = sent_at.pop_front() {
