@@ -78,7 +78,9 @@ impl ClientOptions {
     pub fn shared_endpoint(&self) -> Result<quinn::Endpoint, ClientError> {
         let config = baton_net::public::player_client_config(&self.trust, ALPN_PLAYER, self.transport)
             .map_err(|error| ClientError::Setup(error.to_string()))?;
-        let mut endpoint = quinn::Endpoint::client(self.bind).map_err(|error| ClientError::Setup(error.to_string()))?;
+        // Many connections on one socket: large buffers, so a burst does not overflow it.
+        let mut endpoint = baton_net::udp_endpoint(self.bind, quinn::EndpointConfig::default(), None)
+            .map_err(|error| ClientError::Setup(error.to_string()))?;
         endpoint.set_default_client_config(config);
         Ok(endpoint)
     }
@@ -164,11 +166,19 @@ pub struct Client {
 impl Client {
     /// Connects to the gateway with a session token and waits for the welcome.
     pub async fn connect(options: &ClientOptions, token: &str) -> Result<Client, ClientError> {
-        let config = baton_net::public::player_client_config(&options.trust, ALPN_PLAYER, options.transport)
-            .map_err(|error| ClientError::Setup(error.to_string()))?;
-        let mut endpoint =
-            quinn::Endpoint::client(options.bind).map_err(|error| ClientError::Setup(error.to_string()))?;
-        endpoint.set_default_client_config(config);
+        let endpoint = match &options.endpoint {
+            // A shared endpoint has this configuration as its default already; `open_session`
+            // connects with it explicitly either way.
+            Some(shared) => shared.clone(),
+            None => {
+                let config = baton_net::public::player_client_config(&options.trust, ALPN_PLAYER, options.transport)
+                    .map_err(|error| ClientError::Setup(error.to_string()))?;
+                let mut own =
+                    quinn::Endpoint::client(options.bind).map_err(|error| ClientError::Setup(error.to_string()))?;
+                own.set_default_client_config(config);
+                own
+            }
+        };
         let (connection, send, events, shared, welcome) = open_session(&endpoint, options, token).await?;
         Ok(Client {
             options: options.clone(),

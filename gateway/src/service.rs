@@ -242,9 +242,12 @@ impl Gateway {
     pub fn start(mut config: GatewayConfig) -> Result<Gateway, baton_net::NetError> {
         let (chain, key) = config.tls.take().ok_or_else(|| baton_net::NetError::Tls("no certificate".into()))?;
         let server = baton_net::public::player_server_config(chain, key, ALPN_PLAYER, config.transport)?;
-        let endpoint = quinn::Endpoint::server(server, config.listen)?;
-        let cluster =
-            quinn::Endpoint::client("0.0.0.0:0".parse().map_err(|_| baton_net::NetError::Tls("bind".into()))?)?;
+        let endpoint = baton_net::udp_endpoint(config.listen, quinn::EndpointConfig::default(), Some(server))?;
+        let cluster = baton_net::udp_endpoint(
+            "0.0.0.0:0".parse().map_err(|_| baton_net::NetError::Tls("bind".into()))?,
+            quinn::EndpointConfig::default(),
+            None,
+        )?;
         let cluster_client = baton_net::cluster_client_config(&config.identity, config.link, ALPN_UPSTREAM)?;
         let inner = Arc::new(Inner {
             config,

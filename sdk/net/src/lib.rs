@@ -124,9 +124,36 @@ pub fn cluster_endpoint_with(
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
     server.transport_config(transport(settings)?);
 
-    let mut endpoint = quinn::Endpoint::server(server, bind)?;
+    let mut endpoint = udp_endpoint(bind, quinn::EndpointConfig::default(), Some(server))?;
     endpoint.set_default_client_config(cluster_client_config(identity, settings, connect_as)?);
     Ok(endpoint)
+}
+
+/// Socket buffer size asked for on every Baton UDP socket. One busy socket (a gateway's, a region
+/// server's upstream) takes tens of thousands of datagrams a second; the kernel's default receive
+/// buffer (~208 KiB) overflows in a scheduling hiccup and every datagram it drops is a
+/// retransmission or a missed update. The kernel caps the size at `net.core.rmem_max` /
+/// `wmem_max` (raise those on production hosts; `sysctl -w net.core.rmem_max=8388608`).
+pub const UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// A quinn endpoint on a UDP socket bound to `bind` with [`UDP_BUFFER_BYTES`] buffers (as much of
+/// them as the kernel allows), accepting connections when `server` is given.
+pub fn udp_endpoint(
+    bind: SocketAddr,
+    config: quinn::EndpointConfig,
+    server: Option<quinn::ServerConfig>,
+) -> Result<quinn::Endpoint, NetError> {
+    let socket = std::net::UdpSocket::bind(bind)?;
+    let buffers = socket2::SockRef::from(&socket);
+    if let Err(error) = buffers.set_recv_buffer_size(UDP_BUFFER_BYTES) {
+        tracing::debug!(%error, "could not enlarge the UDP receive buffer");
+    }
+    if let Err(error) = buffers.set_send_buffer_size(UDP_BUFFER_BYTES) {
+        tracing::debug!(%error, "could not enlarge the UDP send buffer");
+    }
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| NetError::Tls("a QUIC endpoint needs a tokio runtime".into()))?;
+    Ok(quinn::Endpoint::new(config, server, socket, runtime)?)
 }
 
 /// A client configuration that presents this node's certificate, trusts only the cluster CA and
