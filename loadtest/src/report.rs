@@ -356,7 +356,7 @@ impl Report {
     #[must_use]
     pub fn summary(&self) -> String {
         let mut out = String::new();
-        let moves = self.handoffs.iter().filter(|handoff| handoff.kind != "crossing").count();
+        let moves = self.moves().count();
         let crossings = self.handoffs.len() - moves;
         let _ = writeln!(out, "scenario {}: {} avatars for {} s", self.scenario, self.avatars, self.duration_s);
         let _ = writeln!(
@@ -372,19 +372,12 @@ impl Report {
         };
         let _ = writeln!(out, "{}", line("update gap", &self.update_gap_ms));
         let _ = writeln!(out, "{}", line("round trip", &self.rtt_ms));
-        let mut transits: Vec<f64> = self
-            .handoffs
-            .iter()
-            .filter(|handoff| handoff.kind == "crossing")
-            .filter_map(|handoff| handoff.freeze_ms)
-            .collect();
-        transits.sort_by(f64::total_cmp);
-        let transit = match (transits.get(transits.len() / 2), transits.last()) {
-            (Some(median), Some(max)) => format!(" (avatar in transit: median {median:.0} ms, max {max:.0} ms)"),
-            _ => String::new(),
-        };
+        let transit = median_and_max(
+            self.handoffs.iter().filter(|handoff| handoff.kind == "crossing").filter_map(|handoff| handoff.freeze_ms),
+        )
+        .map_or(String::new(), |(median, max)| format!(" (avatar in transit: median {median:.0} ms, max {max:.0} ms)"));
         let _ = writeln!(out, "  region moves: {moves}, border crossings: {crossings}{transit}");
-        for handoff in self.handoffs.iter().filter(|handoff| handoff.kind != "crossing") {
+        for handoff in self.moves() {
             let _ = writeln!(
                 out,
                 "    t={:>5.1}s {:<9} region {:>3} {} -> {}: {}, freeze {}, worst player gap {:.0} ms",
@@ -424,12 +417,8 @@ impl Report {
 pub fn comparison(baton: &Report, restart: &Report) -> Vec<(String, String, String)> {
     let ms = |value: f64| format!("{value:.1}");
     let frozen = |report: &Report| -> String {
-        let mut values: Vec<f64> = report.moves().filter_map(|handoff| handoff.freeze_ms).collect();
-        values.sort_by(f64::total_cmp);
-        match (values.get(values.len() / 2), values.last()) {
-            (Some(median), Some(max)) => format!("{median:.0} / {max:.0}"),
-            _ => "-".into(),
-        }
+        median_and_max(report.moves().filter_map(|handoff| handoff.freeze_ms))
+            .map_or("-".into(), |(median, max)| format!("{median:.0} / {max:.0}"))
     };
     let worst = |report: &Report| ms(report.moves().map(|handoff| handoff.max_player_gap_ms).fold(0.0, f64::max));
     let count = |report: &Report| report.moves().count().to_string();
@@ -448,6 +437,13 @@ pub fn comparison(baton: &Report, restart: &Report) -> Vec<(String, String, Stri
         ("inputs applied twice".into(), baton.inputs_duplicated.to_string(), restart.inputs_duplicated.to_string()),
         ("SLO".into(), verdict(baton), verdict(restart)),
     ]
+}
+
+/// The median and the largest of `values`, if there are any.
+fn median_and_max(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    Some((*values.get(values.len() / 2)?, *values.last()?))
 }
 
 fn offline(report: &Report) -> String {

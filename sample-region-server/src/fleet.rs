@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use baton_client::ClientOptions;
-use baton_gateway::token::{Claims, TokenKey};
+use baton_gateway::token::TokenKey;
 use serde_json::{Value, json};
 
 use crate::cluster::{
@@ -308,21 +308,14 @@ impl Fleet {
     pub fn login(&self) -> crate::players::Login {
         let key = self.key.clone();
         crate::players::Login(std::sync::Arc::new(move |player, region| {
-            let expires_at = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |elapsed| elapsed.as_secs())
-                + 3600;
-            key.issue(&Claims { player, region, expires_at })
+            crate::players::hour_token(&key, player, region)
         }))
     }
 
     /// A session token for `player` entering at `region`.
     #[must_use]
     pub fn token(&self, player: u64, region: u64) -> String {
-        let expires_at =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
-                + 3600;
-        self.key.issue(&Claims { player, region, expires_at })
+        crate::players::hour_token(&self.key, player, region)
     }
 
     /// Options for players of the gateway.
