@@ -154,6 +154,9 @@ pub struct Client {
     connection: quinn::Connection,
     send: quinn::SendStream,
     events: UnboundedReceiver<Event>,
+    /// Datagrams are read in [`Client::next_event`] itself (no task of their own: one wake-up less
+    /// per update); false once the connection is gone.
+    datagrams_open: bool,
     shared: Arc<Mutex<Shared>>,
     player: u64,
     next_seq: u64,
@@ -186,6 +189,7 @@ impl Client {
             connection,
             send,
             events,
+            datagrams_open: true,
             shared,
             player: welcome.player,
             next_seq: welcome.last_applied + 1,
@@ -259,7 +263,26 @@ impl Client {
     /// The next event; `None` once the session's connection is gone and every event was taken.
     pub async fn next_event(&mut self) -> Option<Event> {
         loop {
-            let event = self.events.recv().await?;
+            let event = if self.datagrams_open {
+                // Reliable events first: a region change must be seen before the new region's
+                // updates. Both branches are cancel-safe.
+                tokio::select! {
+                    biased;
+                    event = self.events.recv() => event?,
+                    datagram = self.connection.read_datagram() => match datagram {
+                        Ok(bytes) => match datagram_event(&bytes) {
+                            Some(event) => event,
+                            None => continue,
+                        },
+                        Err(_) => {
+                            self.datagrams_open = false;
+                            continue;
+                        }
+                    },
+                }
+            } else {
+                self.events.recv().await?
+            };
             if let Some(event) = self.observe(event) {
                 return Some(event);
             }
@@ -269,7 +292,25 @@ impl Client {
     /// The next event if one is waiting.
     pub fn try_next_event(&mut self) -> Option<Event> {
         loop {
-            let event = self.events.try_recv().ok()?;
+            let event = match self.events.try_recv() {
+                Ok(event) => event,
+                Err(_) if self.datagrams_open => {
+                    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+                    let read = std::pin::pin!(self.connection.read_datagram());
+                    match std::future::Future::poll(read, &mut context) {
+                        std::task::Poll::Ready(Ok(bytes)) => match datagram_event(&bytes) {
+                            Some(event) => event,
+                            None => continue,
+                        },
+                        std::task::Poll::Ready(Err(_)) => {
+                            self.datagrams_open = false;
+                            return None;
+                        }
+                        std::task::Poll::Pending => return None,
+                    }
+                }
+                Err(_) => return None,
+            };
             if let Some(event) = self.observe(event) {
                 return Some(event);
             }
@@ -322,6 +363,7 @@ impl Client {
         self.connection = connection;
         self.send = send;
         self.events = events;
+        self.datagrams_open = true;
         self.shared = shared;
         self.options = options;
         self.newest_region = welcome.region;
@@ -392,8 +434,7 @@ async fn open_session(
     };
     let shared = Arc::new(Mutex::new(Shared { region: welcome.0.region, resume_token: welcome.1 }));
     let (sender, events) = unbounded_channel();
-    tokio::spawn(read_reliable(recv, reader, sender.clone(), shared.clone(), connection.clone()));
-    tokio::spawn(read_datagrams(connection.clone(), sender));
+    tokio::spawn(read_reliable(recv, reader, sender, shared.clone(), connection.clone()));
     Ok((connection, send, events, shared, welcome.0))
 }
 
@@ -462,18 +503,14 @@ async fn read_reliable(
     let _ = events.send(closed);
 }
 
-async fn read_datagrams(connection: quinn::Connection, events: UnboundedSender<Event>) {
-    while let Ok(bytes) = connection.read_datagram().await {
-        let event = match Datagram::decode(&bytes) {
-            Ok(Datagram::State(update)) => Event::Update(update),
-            Ok(Datagram::Neighbour { region, tick, payload }) => Event::Neighbour { region, tick, payload },
-            Err(error) => {
-                tracing::debug!(%error, "ignoring a malformed datagram from the gateway");
-                continue;
-            }
-        };
-        if events.send(event).is_err() {
-            return;
+/// The event a datagram from the gateway carries; a malformed one is ignored (and logged).
+fn datagram_event(bytes: &[u8]) -> Option<Event> {
+    match Datagram::decode(bytes) {
+        Ok(Datagram::State(update)) => Some(Event::Update(update)),
+        Ok(Datagram::Neighbour { region, tick, payload }) => Some(Event::Neighbour { region, tick, payload }),
+        Err(error) => {
+            tracing::debug!(%error, "ignoring a malformed datagram from the gateway");
+            None
         }
     }
 }

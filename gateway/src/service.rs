@@ -1003,21 +1003,23 @@ fn deliver_transfer(inner: Arc<Inner>, mut transfer: Transfer, attempt: u32) {
 fn send_update(inner: &Inner, session: &Session, update: StateUpdate) {
     let datagram = Datagram::State(update);
     let Ok(bytes) = datagram.encode() else { return };
-    let fits = session.connection.lock().ok().and_then(|connection| {
-        connection.as_ref().map(|connection| (connection.max_datagram_size(), connection.clone()))
-    });
-    match fits {
-        // quinn drops the oldest queued datagrams when its small buffer is full: latest wins.
-        Some((Some(max), connection)) if bytes.len() <= max => {
-            let sent = connection.send_datagram(bytes.into()).is_ok();
-            inner.counters.updates_datagram.fetch_add(u64::from(sent), Ordering::Relaxed);
+    let Some(connection) = session.connection.lock().ok().and_then(|connection| connection.clone()) else { return };
+    // quinn drops the oldest queued datagrams when its small buffer is full: latest wins. What
+    // does not fit in a datagram (or a peer without datagrams) takes the reliable stream.
+    match connection.send_datagram(bytes.into()) {
+        Ok(()) => {
+            inner.counters.updates_datagram.fetch_add(1, Ordering::Relaxed);
         }
-        Some(_) => {
+        Err(
+            quinn::SendDatagramError::TooLarge
+            | quinn::SendDatagramError::UnsupportedByPeer
+            | quinn::SendDatagramError::Disabled,
+        ) => {
             if let Datagram::State(update) = datagram {
                 inner.counters.updates_reliable.fetch_add(1, Ordering::Relaxed);
                 session.send_reliable(ServerFrame::State(update));
             }
         }
-        None => {}
+        Err(quinn::SendDatagramError::ConnectionLost(_)) => {}
     }
 }

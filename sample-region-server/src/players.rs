@@ -380,6 +380,8 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
     let mut view: Option<PlayerView> = None;
     let mut done_sending = false;
     let settle_deadline = started + plan.play_for + plan.settle_for;
+    let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(next_input));
+    tokio::pin!(timer);
     loop {
         let now = Instant::now();
         if !done_sending && now >= started + plan.play_for {
@@ -434,18 +436,21 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
             }
         }
         if ended.is_none() {
-            let wait = if done_sending {
-                Duration::from_millis(20)
-            } else {
-                next_input.saturating_duration_since(Instant::now())
-            };
-            let event = match tokio::time::timeout(wait, client.next_event()).await {
-                Ok(Some(event)) => Some(event),
-                Ok(None) => {
-                    ended = Some((None, "events ended".into()));
-                    None
-                }
-                Err(_) => None,
+            // One timer for the whole session, moved only when the wake-up time changes (a new
+            // timer per event cost the generator a timer-wheel insert and removal per update).
+            let wake_at = if done_sending { Instant::now() + Duration::from_millis(20) } else { next_input };
+            if timer.deadline() != tokio::time::Instant::from_std(wake_at) {
+                timer.as_mut().reset(tokio::time::Instant::from_std(wake_at));
+            }
+            let event = tokio::select! {
+                event = client.next_event() => match event {
+                    Some(event) => Some(event),
+                    None => {
+                        ended = Some((None, "events ended".into()));
+                        None
+                    }
+                },
+                () = &mut timer => None,
             };
             match event {
                 Some(Event::Update(update)) => {
