@@ -316,3 +316,96 @@ fn sessions_survive_address_changes_lost_connections_and_a_dead_gateway() {
         assert_eq!(view.input_chain, chain, "in order");
     });
 }
+
+/// Invariant 1 at the gateway: a region server that does not own a region can neither stop it nor
+/// speak for it. An impostor with a valid cluster certificate connects as a region server and
+/// sends, for a region another server owns, at every epoch it could guess, an update for a player
+/// there and a `Stopped`: the gateway refuses and counts them, and the player goes on playing with
+/// the real owner's updates only.
+#[test]
+fn a_server_that_does_not_own_a_region_can_neither_stop_it_nor_speak_for_it() {
+    use baton_wire::upstream::{ALPN_UPSTREAM, GatewayMessage, ServerMessage, UpstreamReader, encode_batch};
+
+    let mut cluster = GatewayCluster::start(&spec(1, 1, &[])).unwrap();
+    cluster.host(0, 1, 20).unwrap();
+    let identity = cluster.probe_identity().unwrap();
+    let runtime = runtime();
+    let (endpoint, impostor) = runtime.block_on(async {
+        let endpoint = baton_net::cluster_endpoint_with(
+            "127.0.0.1:0".parse().unwrap(),
+            &identity,
+            baton_net::LinkSettings::default(),
+            &[ALPN_UPSTREAM],
+            ALPN_UPSTREAM,
+        )
+        .unwrap();
+        let address = endpoint.local_addr().unwrap();
+        (endpoint, address)
+    });
+    let mut client = runtime.block_on(Client::connect(&cluster.client_options(0), &cluster.token(7, 1))).unwrap();
+    assert!(runtime.block_on(wait_for_update(&mut client)).is_some(), "the player gets the owner's updates");
+
+    cluster.gateways[0].send(&serde_json::json!({"cmd": "server", "addr": impostor.to_string()})).unwrap();
+    runtime.block_on(async {
+        let incoming = tokio::time::timeout(Duration::from_secs(10), endpoint.accept())
+            .await
+            .expect("the gateway connects to the server it was told of")
+            .unwrap();
+        let connection = incoming.await.unwrap();
+        let (mut send, mut recv) = connection.accept_bi().await.unwrap();
+        let mut reader = UpstreamReader::default();
+        let hello = loop {
+            if let Some(message) = reader.next_message::<GatewayMessage>().unwrap() {
+                break message;
+            }
+            let chunk = recv.read_chunk(64 * 1024, true).await.unwrap().expect("the gateway says hello");
+            reader.feed(&chunk.bytes);
+        };
+        assert!(matches!(hello, GatewayMessage::Hello { .. }), "first message: {hello:?}");
+        let mut lies = vec![ServerMessage::Welcome { server: "impostor".into(), regions: Vec::new() }];
+        for epoch in 0..4 {
+            lies.push(ServerMessage::Update {
+                region: 1,
+                epoch,
+                player: 7,
+                tick: u64::MAX / 2,
+                last_applied: 1_000_000,
+                payload: b"impostor".to_vec(),
+            });
+            lies.push(ServerMessage::Stopped { region: 1, epoch });
+        }
+        let mut bytes = Vec::new();
+        let mut rest = lies.into_iter();
+        let first = rest.next().unwrap();
+        assert!(encode_batch(first, || rest.next(), &mut bytes, 1 << 20).is_empty());
+        send.write_all(&bytes).await.unwrap();
+
+        // Two seconds of play after the lies: the owner's updates keep coming, none of the
+        // impostor's gets through, and the session is not ended.
+        let until = tokio::time::Instant::now() + Duration::from_secs(2);
+        let mut updates = 0;
+        while let Ok(event) = tokio::time::timeout_at(until, client.next_event()).await {
+            match event {
+                Some(Event::Update(update)) => {
+                    assert_ne!(
+                        update.payload,
+                        b"impostor".to_vec(),
+                        "an update from a server that does not own the region"
+                    );
+                    assert!(update.last_applied < 1_000_000);
+                    updates += 1;
+                }
+                Some(Event::Closed { code, reason }) => panic!("the session ended ({code:?}): {reason}"),
+                None => panic!("the session's events ended"),
+                Some(_) => {}
+            }
+        }
+        assert!(updates >= 20, "only {updates} updates in two seconds at 20 Hz");
+        connection.close(0u32.into(), b"done");
+    });
+    let stats = cluster.gateway_stats(0).unwrap();
+    assert_eq!(stats["stopped_sessions"], 0, "{stats}");
+    assert!(stats["updates_stale"].as_u64().unwrap() >= 4, "the impostor's updates are counted: {stats}");
+    assert_eq!(stats["sessions"], 1, "{stats}");
+    client.close();
+}
