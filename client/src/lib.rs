@@ -162,8 +162,10 @@ pub struct Client {
     next_seq: u64,
     unacked: VecDeque<(u64, Vec<u8>)>,
     acked: u64,
-    newest_tick: u64,
-    newest_region: u64,
+    /// Which updates are news (newest per region, across region changes).
+    updates: UpdateOrder,
+    /// Events to hand out before reading more.
+    queued: VecDeque<Event>,
 }
 
 impl Client {
@@ -195,8 +197,8 @@ impl Client {
             next_seq: welcome.last_applied + 1,
             unacked: VecDeque::new(),
             acked: welcome.last_applied,
-            newest_tick: 0,
-            newest_region: welcome.region,
+            updates: UpdateOrder::new(welcome.region),
+            queued: VecDeque::new(),
         })
     }
 
@@ -263,6 +265,9 @@ impl Client {
     /// The next event; `None` once the session's connection is gone and every event was taken.
     pub async fn next_event(&mut self) -> Option<Event> {
         loop {
+            if let Some(event) = self.queued.pop_front() {
+                return Some(event);
+            }
             let event = if self.datagrams_open {
                 // Reliable events first: a region change must be seen before the new region's
                 // updates. Both branches are cancel-safe.
@@ -292,6 +297,9 @@ impl Client {
     /// The next event if one is waiting.
     pub fn try_next_event(&mut self) -> Option<Event> {
         loop {
+            if let Some(event) = self.queued.pop_front() {
+                return Some(event);
+            }
             let event = match self.events.try_recv() {
                 Ok(event) => event,
                 Err(_) if self.datagrams_open => {
@@ -318,29 +326,23 @@ impl Client {
     }
 
     fn observe(&mut self, event: Event) -> Option<Event> {
-        match &event {
+        match event {
             Event::Update(update) => {
-                if update.region != self.newest_region {
-                    // An update from a region the avatar has left (or not reached yet).
-                    if update.region != self.region() {
-                        return None;
-                    }
-                    self.newest_region = update.region;
-                    self.newest_tick = 0;
-                }
-                if update.tick <= self.newest_tick {
-                    return None;
-                }
-                self.newest_tick = update.tick;
+                let region = self.region();
+                let update = self.updates.handle_update(update, region)?;
                 self.acknowledge(update.last_applied);
+                Some(Event::Update(update))
             }
             Event::RegionChanged { region } => {
-                self.newest_region = *region;
-                self.newest_tick = 0;
+                // Handed out right after this event, as it is (it was checked here).
+                if let Some(early) = self.updates.handle_region_changed(region) {
+                    self.acknowledge(early.last_applied);
+                    self.queued.push_back(Event::Update(early));
+                }
+                Some(Event::RegionChanged { region })
             }
-            _ => {}
+            other => Some(other),
         }
-        Some(event)
     }
 
     fn acknowledge(&mut self, last_applied: u64) {
@@ -366,8 +368,8 @@ impl Client {
         self.datagrams_open = true;
         self.shared = shared;
         self.options = options;
-        self.newest_region = welcome.region;
-        self.newest_tick = 0;
+        self.updates = UpdateOrder::new(welcome.region);
+        self.queued.clear();
         self.acknowledge(welcome.last_applied);
         let resend: Vec<(u64, Vec<u8>)> = self.unacked.iter().cloned().collect();
         for (seq, payload) in resend {
@@ -391,6 +393,75 @@ impl Client {
     /// Ends the session.
     pub fn close(&self) {
         self.connection.close((CloseCode::Normal as u32).into(), b"bye");
+    }
+}
+
+/// Which state updates are news to the player, as its avatar moves between regions.
+///
+/// Updates are datagrams and come in any order; the word that the avatar entered another region
+/// comes on the reliable stream and can be overtaken by datagrams, or share a packet with them. So:
+/// an update older than the newest one of its region is dropped; an update from the region being
+/// entered that comes before the word is held and handed out right after it; the last view of the
+/// region just left (sent in the tick the avatar left) is still handed out after the word, until
+/// the new region's first update; anything else from a region the avatar is not in is dropped.
+#[derive(Debug)]
+struct UpdateOrder {
+    /// The region the newest update handed out is from (or the one the avatar entered).
+    region: u64,
+    /// The tick of the newest update handed out from `region`; 0 before the first.
+    tick: u64,
+    /// The newest update from a region the avatar is not known to be in yet.
+    early: Option<StateUpdate>,
+    /// The region left last and the newest tick handed out from it.
+    left: Option<(u64, u64)>,
+}
+
+impl UpdateOrder {
+    fn new(region: u64) -> UpdateOrder {
+        UpdateOrder { region, tick: 0, early: None, left: None }
+    }
+
+    /// An update arrived; `current` is the region the avatar is in as far as the reliable stream
+    /// has said. Returns it if it is news.
+    fn handle_update(&mut self, update: StateUpdate, current: u64) -> Option<StateUpdate> {
+        if update.region != self.region {
+            if self.tick == 0
+                && let Some((left, left_tick)) = self.left.as_mut()
+                && *left == update.region
+                && update.tick > *left_tick
+            {
+                *left_tick = update.tick;
+                return Some(update);
+            }
+            if update.region != current {
+                if self.early.as_ref().is_none_or(|early| early.region != update.region || early.tick < update.tick) {
+                    self.early = Some(update);
+                }
+                return None;
+            }
+            self.enter(update.region);
+        }
+        if update.tick <= self.tick {
+            return None;
+        }
+        self.tick = update.tick;
+        Some(update)
+    }
+
+    /// The avatar is now in `region`: returns an update from it that came before the word.
+    fn handle_region_changed(&mut self, region: u64) -> Option<StateUpdate> {
+        if region != self.region {
+            self.enter(region);
+        }
+        let early = self.early.take().filter(|early| early.region == region && early.tick > self.tick)?;
+        self.tick = early.tick;
+        Some(early)
+    }
+
+    fn enter(&mut self, region: u64) {
+        self.left = Some((self.region, self.tick));
+        self.region = region;
+        self.tick = 0;
     }
 }
 
@@ -512,5 +583,132 @@ fn datagram_event(bytes: &[u8]) -> Option<Event> {
             tracing::debug!(%error, "ignoring a malformed datagram from the gateway");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{StateUpdate, UpdateOrder};
+
+    fn update(region: u64, tick: u64) -> StateUpdate {
+        StateUpdate { region, tick, last_applied: tick, payload: Vec::new() }
+    }
+
+    enum Step {
+        /// An update arrives while the reliable stream has said the avatar is in `current`.
+        Update { region: u64, tick: u64, current: u64 },
+        /// The word that the avatar entered `region`.
+        Changed(u64),
+    }
+
+    /// Runs the steps from region 1 and returns what was handed out: `(region, tick)`.
+    fn check(steps: &[Step], expected: &[(u64, u64)]) {
+        let mut order = UpdateOrder::new(1);
+        let mut out = Vec::new();
+        for step in steps {
+            let handed = match step {
+                Step::Update { region, tick, current } => order.handle_update(update(*region, *tick), *current),
+                Step::Changed(region) => order.handle_region_changed(*region),
+            };
+            out.extend(handed.map(|update| (update.region, update.tick)));
+        }
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn older_and_repeated_updates_of_a_region_are_dropped() {
+        use Step::Update;
+        check(
+            &[
+                Update { region: 1, tick: 5, current: 1 },
+                Update { region: 1, tick: 4, current: 1 },
+                Update { region: 1, tick: 5, current: 1 },
+                Update { region: 1, tick: 6, current: 1 },
+            ],
+            &[(1, 5), (1, 6)],
+        );
+    }
+
+    #[test]
+    fn the_last_view_of_the_region_left_still_counts_after_the_word_of_the_arrival() {
+        use Step::{Changed, Update};
+        // Region 1's update of the tick the avatar left shares a packet with the word, and the
+        // word is read first.
+        check(
+            &[
+                Update { region: 1, tick: 10, current: 1 },
+                Changed(2),
+                Update { region: 1, tick: 11, current: 2 },
+                Update { region: 2, tick: 40, current: 2 },
+                // Once region 2 has spoken, region 1 is history.
+                Update { region: 1, tick: 12, current: 2 },
+                Update { region: 2, tick: 41, current: 2 },
+            ],
+            &[(1, 10), (1, 11), (2, 40), (2, 41)],
+        );
+    }
+
+    #[test]
+    fn an_update_of_the_region_entered_that_overtakes_the_word_is_held_until_it() {
+        use Step::{Changed, Update};
+        check(
+            &[
+                Update { region: 1, tick: 10, current: 1 },
+                Update { region: 2, tick: 40, current: 1 },
+                Update { region: 2, tick: 41, current: 1 },
+                Changed(2),
+                Update { region: 2, tick: 41, current: 2 },
+                Update { region: 2, tick: 42, current: 2 },
+            ],
+            &[(1, 10), (2, 41), (2, 42)],
+        );
+    }
+
+    #[test]
+    fn an_update_of_a_region_entered_comes_through_once_the_stream_has_said_so() {
+        use Step::{Changed, Update};
+        // The reliable reader has already recorded the new region; its event comes later.
+        check(
+            &[
+                Update { region: 1, tick: 10, current: 1 },
+                Update { region: 2, tick: 40, current: 2 },
+                Changed(2),
+                Update { region: 1, tick: 11, current: 2 },
+                Update { region: 2, tick: 41, current: 2 },
+            ],
+            &[(1, 10), (2, 40), (2, 41)],
+        );
+    }
+
+    #[test]
+    fn updates_of_a_region_the_avatar_is_not_entering_are_never_handed_out() {
+        use Step::{Changed, Update};
+        check(
+            &[
+                Update { region: 1, tick: 10, current: 1 },
+                Update { region: 3, tick: 70, current: 1 },
+                Changed(2),
+                Update { region: 3, tick: 71, current: 2 },
+                Update { region: 2, tick: 40, current: 2 },
+            ],
+            &[(1, 10), (2, 40)],
+        );
+    }
+
+    #[test]
+    fn crossing_back_and_forth_keeps_each_region_in_order() {
+        use Step::{Changed, Update};
+        check(
+            &[
+                Update { region: 1, tick: 10, current: 1 },
+                Changed(2),
+                Update { region: 2, tick: 40, current: 2 },
+                Changed(1),
+                Update { region: 2, tick: 41, current: 1 },
+                Update { region: 1, tick: 12, current: 1 },
+                Update { region: 2, tick: 42, current: 1 },
+            ],
+            &[(1, 10), (2, 40), (2, 41), (1, 12)],
+        );
     }
 }

@@ -564,19 +564,12 @@ fn after_tick<L: RegionLogic + 'static>(region: &mut Region<L>, epoch: Epoch, ti
     }
     let id = region.id();
     let settings = context.players;
-    for emigrant in region.take_emigrants(|player| hub.serves(player)) {
-        let transfer = Transfer {
-            player: emigrant.player.0,
-            from: id.0,
-            to: emigrant.to.0,
-            last_applied: emigrant.last_applied,
-            pending: emigrant.pending,
-            avatar: emigrant.avatar,
-        };
-        hub.to_players(vec![(emigrant.player, ServerMessage::Emigrated { epoch: epoch.0, transfer })]);
-    }
-    if tick.is_multiple_of(u64::from(settings.update_every_ticks.max(1))) {
-        let updates = region
+    // This tick's views are taken before the crossing avatars leave: a player whose avatar
+    // crosses now still gets this tick's view from here, its last, so its update gap spans only
+    // the wait for the new region's next tick instead of a whole tick more.
+    let updates: Vec<(PlayerId, ServerMessage)> = if tick.is_multiple_of(u64::from(settings.update_every_ticks.max(1)))
+    {
+        region
             .player_updates()
             .into_iter()
             .map(|update| {
@@ -590,8 +583,25 @@ fn after_tick<L: RegionLogic + 'static>(region: &mut Region<L>, epoch: Epoch, ti
                 };
                 (update.player, message)
             })
-            .collect();
+            .collect()
+    } else {
+        Vec::new()
+    };
+    // The updates go first: the gateway admits a region's updates for a player until the new
+    // region says the avatar arrived, and the last view should not trail the emigration.
+    if !updates.is_empty() {
         hub.to_players(updates);
+    }
+    for emigrant in region.take_emigrants(|player| hub.serves(player)) {
+        let transfer = Transfer {
+            player: emigrant.player.0,
+            from: id.0,
+            to: emigrant.to.0,
+            last_applied: emigrant.last_applied,
+            pending: emigrant.pending,
+            avatar: emigrant.avatar,
+        };
+        hub.to_players(vec![(emigrant.player, ServerMessage::Emigrated { epoch: epoch.0, transfer })]);
     }
     if settings.border_every_ticks > 0 && tick.is_multiple_of(u64::from(settings.border_every_ticks)) {
         let distance = settings.border_view_distance;
