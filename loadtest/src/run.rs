@@ -6,12 +6,13 @@
 //! region move done the way it was done before handoffs ([`Mode::Restart`]): stop the region (its
 //! host saves it), start it on the new host from the save, and its players log in again.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sample_region_server::fleet::{AdminApi, Fleet, FleetSpec};
-use sample_region_server::players::{Movement, PlayerOutcome, PlayerPlan, run_player, unix_ms};
+use sample_region_server::players::{LiveStats, Movement, PlayerOutcome, PlayerPlan, run_player, unix_ms};
 use serde_json::{Value, json};
 
 use crate::report::{HostSample, Report, build_report};
@@ -124,11 +125,11 @@ pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mo
     // One socket per 50 players keeps the generator's own cost down on a machine it shares with
     // the whole cluster (a real client has one each).
     let mut plans = plans(&scenario);
-    if mode == Mode::Restart {
-        let login = fleet.login();
-        for plan in &mut plans {
-            plan.relogin = Some(login.clone());
-        }
+    let live = Arc::new(LiveStats::default());
+    let login = (mode == Mode::Restart).then(|| fleet.login());
+    for plan in &mut plans {
+        plan.relogin.clone_from(&login);
+        plan.live = Some(live.clone());
     }
     let endpoints: Vec<_> = {
         let _guard = runtime.enter();
@@ -153,7 +154,7 @@ pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mo
     events.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
     let mut events = events.into_iter().peekable();
     // Restart-baseline moves run on their own threads (each takes seconds) and record themselves.
-    let restarts: std::sync::Arc<std::sync::Mutex<Vec<Value>>> = std::sync::Arc::default();
+    let restarts: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
     let mut restart_threads: Vec<std::thread::JoinHandle<()>> = Vec::new();
     let mut host_samples: Vec<HostSample> = Vec::new();
     let mut last_stats: Option<Value> = None;
@@ -228,12 +229,18 @@ pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mo
                     let before = last_stats.as_ref().and_then(|old| old[field].as_u64()).unwrap_or(0);
                     now[field].as_u64().unwrap_or(0).saturating_sub(before)
                 };
+                // The last second's gaps and round trips, as the players saw them.
+                let (gaps, round_trips) = (live.gaps.take(), live.round_trips.take());
                 eprintln!(
-                    "t={:>3.0}s  sessions {:>5}  inputs/s {:>6}  updates/s {:>6}  crossings {:>4}  handoff flips {:>3}",
+                    "t={:>3.0}s  sessions {:>5}  inputs/s {:>6}  updates/s {:>6}  gap p50/p99/max {:>3}/{:>3}/{:>4} ms  rtt p99 {:>3} ms  crossings {:>4}  handoff flips {:>3}",
                     started.elapsed().as_secs_f64(),
                     now["sessions"],
                     rate("inputs_forwarded"),
                     rate("updates_datagram") + rate("updates_reliable"),
+                    gaps.p50_ms,
+                    gaps.p99_ms,
+                    gaps.max_ms,
+                    round_trips.p99_ms,
                     now["crossings"],
                     now["handoff_flips"],
                 );

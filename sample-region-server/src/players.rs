@@ -252,6 +252,81 @@ pub struct PlayerPlan {
     /// again. Inputs the region had not applied when it stopped are lost. Without it, the end of
     /// the session ends the player.
     pub relogin: Option<Login>,
+    /// Where the player also records its update gaps and input round trips as they happen, for
+    /// a live progress display (the outcome has them all at the end either way).
+    pub live: Option<std::sync::Arc<LiveStats>>,
+}
+
+/// Update gaps and round trips of many players, recorded as they happen and read (and reset)
+/// once a second by a progress display: 1 ms buckets up to [`LiveHistogram::CEILING_MS`], lock-free,
+/// so thousands of players can record without contending.
+#[derive(Debug, Default)]
+pub struct LiveStats {
+    /// Update gaps.
+    pub gaps: LiveHistogram,
+    /// Input round trips (sent to first acknowledging update).
+    pub round_trips: LiveHistogram,
+}
+
+/// See [`LiveStats`].
+#[derive(Debug)]
+pub struct LiveHistogram {
+    buckets: Vec<std::sync::atomic::AtomicU64>,
+}
+
+/// What a [`LiveHistogram`] held since it was last taken.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LiveSummary {
+    /// Values recorded.
+    pub count: u64,
+    /// Median, ms (to the bucket's upper edge).
+    pub p50_ms: u64,
+    /// 99th percentile, ms.
+    pub p99_ms: u64,
+    /// Largest, ms ([`LiveHistogram::CEILING_MS`] stands for that or more).
+    pub max_ms: u64,
+}
+
+impl Default for LiveHistogram {
+    fn default() -> Self {
+        LiveHistogram {
+            buckets: (0..=LiveHistogram::CEILING_MS).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl LiveHistogram {
+    /// The last bucket: values at or above this many milliseconds.
+    pub const CEILING_MS: u64 = 5_000;
+
+    /// Records one value.
+    pub fn record(&self, value: Duration) {
+        let bucket = (value.as_micros().div_ceil(1000) as u64).min(LiveHistogram::CEILING_MS) as usize;
+        self.buckets[bucket].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// What was recorded since the last call, and starts over.
+    pub fn take(&self) -> LiveSummary {
+        let counts: Vec<u64> =
+            self.buckets.iter().map(|bucket| bucket.swap(0, std::sync::atomic::Ordering::Relaxed)).collect();
+        let count: u64 = counts.iter().sum();
+        if count == 0 {
+            return LiveSummary::default();
+        }
+        let at = |quantile: f64| {
+            let rank = ((count as f64 * quantile).ceil() as u64).max(1);
+            let mut seen = 0;
+            counts
+                .iter()
+                .position(|bucket| {
+                    seen += bucket;
+                    seen >= rank
+                })
+                .unwrap_or(0) as u64
+        };
+        let max_ms = counts.iter().rposition(|bucket| *bucket > 0).unwrap_or(0) as u64;
+        LiveSummary { count, p50_ms: at(0.50), p99_ms: at(0.99), max_ms }
+    }
 }
 
 /// Pause between a stopped player's attempts to log in again.
@@ -282,6 +357,7 @@ impl PlayerPlan {
             settle_for: Duration::from_secs(10),
             payload_bytes: (256, 512),
             relogin: None,
+            live: None,
         }
     }
 }
@@ -458,6 +534,9 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
                     let now_unix_ms = unix_ms();
                     if let Some(previous) = last_update {
                         let gap = now.duration_since(previous);
+                        if let Some(live) = &plan.live {
+                            live.gaps.record(gap);
+                        }
                         outcome.gaps_us.push(gap.as_micros() as u64);
                         outcome.gap_ends_unix_ms.push(now_unix_ms);
                         outcome.max_gap_ms = outcome.max_gap_ms.max(gap.as_secs_f64() * 1000.0);
@@ -470,6 +549,9 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
                     outcome.updates += 1;
                     while sent_at.front().is_some_and(|(seq, _, _)| *seq <= update.last_applied) {
                         if let Some((_, at, chain_after)) = sent_at.pop_front() {
+                            if let Some(live) = &plan.live {
+                                live.round_trips.record(now.duration_since(at));
+                            }
                             outcome.round_trips_us.push(now.duration_since(at).as_micros() as u64);
                             outcome.round_trip_ends_unix_ms.push(now_unix_ms);
                             acked_chain = chain_after;
@@ -648,4 +730,28 @@ pub async fn run_direct_probe(
     let _ = send.write_all(&out).await;
     connection.close(0u32.into(), b"done");
     Ok(round_trips)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{LiveHistogram, LiveSummary};
+
+    #[test]
+    fn a_live_histogram_reports_the_last_window_and_starts_over() {
+        let histogram = LiveHistogram::default();
+        assert_eq!(histogram.take(), LiveSummary::default());
+        // 98 gaps of one tick, one of 120 ms, one far beyond the ceiling.
+        for _ in 0..98 {
+            histogram.record(Duration::from_micros(49_600));
+        }
+        histogram.record(Duration::from_millis(120));
+        histogram.record(Duration::from_secs(60));
+        let summary = histogram.take();
+        assert_eq!(summary, LiveSummary { count: 100, p50_ms: 50, p99_ms: 120, max_ms: LiveHistogram::CEILING_MS });
+        assert_eq!(histogram.take().count, 0, "taking starts a new window");
+        histogram.record(Duration::ZERO);
+        assert_eq!(histogram.take(), LiveSummary { count: 1, p50_ms: 0, p99_ms: 0, max_ms: 0 });
+    }
 }
