@@ -5,7 +5,8 @@
 //! of a few hundred bytes every tick), and in the same run a few probe players connected straight to
 //! the region servers. Prints one JSON object: update gaps, input round trips through the gateway
 //! and direct, their ratio, losses and the gateway's CPU use. Run it from a release build:
-//! `cargo build --release --bins && target/release/gateway-bench --avatars 2000`
+//! `cargo build --release --bins && target/release/gateway-bench --avatars 2000`, or
+//! `target/release/gateway-bench --find-capacity` to find the most avatars that meet the target.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -51,6 +52,20 @@ struct Cli {
     /// Worker threads of the gateway.
     #[arg(long, default_value_t = 2)]
     gateway_threads: usize,
+    /// Find the capacity instead of measuring one load (`--avatars` is then ignored): run with
+    /// `--step` players, then `--step` more each time (a fresh cluster every run), until a run
+    /// misses the target (p99
+    /// update gap above 1.5 ticks, an input lost, a disconnect or a player that could not
+    /// connect) or `--up-to` is passed. Prints each run's report, then the largest load that met
+    /// the target.
+    #[arg(long)]
+    find_capacity: bool,
+    /// With --find-capacity: players in the first run and added per run.
+    #[arg(long, default_value_t = 250)]
+    step: usize,
+    /// With --find-capacity: the largest load tried.
+    #[arg(long, default_value_t = 4000)]
+    up_to: usize,
 }
 
 fn main() -> ExitCode {
@@ -87,6 +102,56 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     if cli.avatars == 0 || cli.input_rate == 0 || cli.tick_rate == 0 || cli.client_threads == 0 {
         anyhow::bail!("--avatars, --input-rate, --tick-rate and --client-threads must be at least 1");
     }
+    if !cli.find_capacity {
+        println!("{}", measure(cli, cli.avatars)?);
+        return Ok(());
+    }
+    if cli.step == 0 || cli.up_to < cli.step {
+        anyhow::bail!("--find-capacity needs --step of at least 1 and --up-to of at least --step");
+    }
+    let mut carried: Option<usize> = None;
+    let mut missed: Option<(usize, String)> = None;
+    let mut avatars = cli.step;
+    while avatars <= cli.up_to {
+        eprintln!("-- {avatars} avatars");
+        let report = measure(cli, avatars)?;
+        println!("{report}");
+        match missed_target(&report) {
+            None => carried = Some(avatars),
+            Some(why) => {
+                missed = Some((avatars, why));
+                break;
+            }
+        }
+        avatars += cli.step;
+    }
+    println!(
+        "{}",
+        json!({
+            "capacity_avatars": carried,
+            "first_miss": missed.as_ref().map(|(avatars, why)| json!({"avatars": avatars, "why": why})),
+            "target": "p99 update gap <= 1.5 ticks, no input lost, no disconnect, every player connected",
+        })
+    );
+    Ok(())
+}
+
+/// Why a run missed the target, if it did.
+fn missed_target(report: &serde_json::Value) -> Option<String> {
+    let count = |field: &str| report[field].as_u64().unwrap_or(u64::MAX);
+    if report["update_gap_p99_within_1_5_ticks"] != true {
+        return Some(format!("p99 update gap {} ms", report["update_gap_ms"]["p99"]));
+    }
+    for field in ["inputs_lost", "disconnects", "failed_to_connect"] {
+        if count(field) != 0 {
+            return Some(format!("{field}: {}", report[field]));
+        }
+    }
+    None
+}
+
+/// One run with `avatars` players on a fresh cluster; its report.
+fn measure(cli: &Cli, avatars: usize) -> anyhow::Result<serde_json::Value> {
     let spec = ClusterSpec {
         servers: 2,
         gateways: 1,
@@ -95,7 +160,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         server_args: vec!["--tick-rate".into(), cli.tick_rate.to_string()],
         gateway_args: vec![
             "--max-connections".into(),
-            (cli.avatars + 100).to_string(),
+            (avatars + 100).to_string(),
             "--threads".into(),
             cli.gateway_threads.to_string(),
         ],
@@ -115,14 +180,14 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     // generator's own cost down on a machine it shares with the cluster.
     let endpoints: Vec<quinn::Endpoint> = {
         let _guard = runtime.enter();
-        (0..cli.avatars.div_ceil(50)).map(|_| base.shared_endpoint()).collect::<Result<_, _>>()?
+        (0..avatars.div_ceil(50)).map(|_| base.shared_endpoint()).collect::<Result<_, _>>()?
     };
-    eprintln!("connecting {} players over {:.0} s, then {:.0} s of play", cli.avatars, cli.ramp, cli.seconds);
-    let players: Vec<_> = (0..cli.avatars)
+    eprintln!("connecting {} players over {:.0} s, then {:.0} s of play", avatars, cli.ramp, cli.seconds);
+    let players: Vec<_> = (0..avatars)
         .map(|index| {
             let player = index as u64 + 1;
             let region = 1 + player % 2;
-            let start_after = ramp.mul_f64(index as f64 / cli.avatars as f64);
+            let start_after = ramp.mul_f64(index as f64 / avatars as f64);
             let plan = PlayerPlan {
                 inputs_per_second: cli.input_rate,
                 start_after,
@@ -195,7 +260,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         _ => f64::NAN,
     };
     let report = json!({
-        "avatars": cli.avatars,
+        "avatars": avatars,
         "connected": outcomes.len(),
         "failed_to_connect": failures,
         "disconnects": disconnects,
@@ -213,6 +278,5 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         "gateway_cpu_cores": gateway_cpu,
         "gateway": stats,
     });
-    println!("{report}");
-    Ok(())
+    Ok(report)
 }
