@@ -164,8 +164,9 @@ pub struct Client {
     acked: u64,
     /// Which updates are news (newest per region, across region changes).
     updates: UpdateOrder,
-    /// Events to hand out before reading more.
-    queued: VecDeque<Event>,
+    /// An update to hand out before reading more: one from a region entered that came before
+    /// the word of the arrival (see [`UpdateOrder::handle_region_changed`]).
+    next_update: Option<StateUpdate>,
 }
 
 impl Client {
@@ -198,7 +199,7 @@ impl Client {
             unacked: VecDeque::new(),
             acked: welcome.last_applied,
             updates: UpdateOrder::new(welcome.region),
-            queued: VecDeque::new(),
+            next_update: None,
         })
     }
 
@@ -265,12 +266,12 @@ impl Client {
     /// The next event; `None` once the session's connection is gone and every event was taken.
     pub async fn next_event(&mut self) -> Option<Event> {
         loop {
-            if let Some(event) = self.queued.pop_front() {
-                return Some(event);
+            if let Some(update) = self.next_update.take() {
+                return Some(Event::Update(update));
             }
             let event = if self.datagrams_open {
-                // Reliable events first: a region change must be seen before the new region's
-                // updates. Both branches are cancel-safe.
+                // Reliable events first (`UpdateOrder` sorts out updates that overtake a region
+                // change). Both branches are cancel-safe.
                 tokio::select! {
                     biased;
                     event = self.events.recv() => event?,
@@ -297,8 +298,8 @@ impl Client {
     /// The next event if one is waiting.
     pub fn try_next_event(&mut self) -> Option<Event> {
         loop {
-            if let Some(event) = self.queued.pop_front() {
-                return Some(event);
+            if let Some(update) = self.next_update.take() {
+                return Some(Event::Update(update));
             }
             let event = match self.events.try_recv() {
                 Ok(event) => event,
@@ -312,7 +313,7 @@ impl Client {
                         },
                         std::task::Poll::Ready(Err(_)) => {
                             self.datagrams_open = false;
-                            return None;
+                            continue;
                         }
                         std::task::Poll::Pending => return None,
                     }
@@ -337,7 +338,7 @@ impl Client {
                 // Handed out right after this event, as it is (it was checked here).
                 if let Some(early) = self.updates.handle_region_changed(region) {
                     self.acknowledge(early.last_applied);
-                    self.queued.push_back(Event::Update(early));
+                    self.next_update = Some(early);
                 }
                 Some(Event::RegionChanged { region })
             }
@@ -369,7 +370,7 @@ impl Client {
         self.shared = shared;
         self.options = options;
         self.updates = UpdateOrder::new(welcome.region);
-        self.queued.clear();
+        self.next_update = None;
         self.acknowledge(welcome.last_applied);
         let resend: Vec<(u64, Vec<u8>)> = self.unacked.iter().cloned().collect();
         for (seq, payload) in resend {

@@ -55,7 +55,8 @@ fn cpu_seconds() -> anyhow::Result<f64> {
     let ticks = |index: usize| -> anyhow::Result<f64> {
         Ok(fields.get(index).context("short /proc/self/stat")?.parse::<f64>()?)
     };
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name, in clock
+    // ticks of USER_HZ, which is 100 on Linux.
     Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 

@@ -589,9 +589,7 @@ fn after_tick<L: RegionLogic + 'static>(region: &mut Region<L>, epoch: Epoch, ti
     };
     // The updates go first: the gateway admits a region's updates for a player until the new
     // region says the avatar arrived, and the last view should not trail the emigration.
-    if !updates.is_empty() {
-        hub.to_players(updates);
-    }
+    hub.to_players(updates);
     for emigrant in region.take_emigrants(|player| hub.serves(player)) {
         let transfer = Transfer {
             player: emigrant.player.0,
