@@ -6,9 +6,11 @@
 //! when a process is claimed, restarts a process that crashed, reports the host's processes and
 //! load every interval, relays the processes' events, and stops every child when it stops.
 //!
-//! A region-server process is any program that takes `--name NAME --listen ADDR`, prints JSON lines
-//! with an `{"event":"listening","addr":...}` first, and accepts the serve protocol's commands on
-//! standard input (`sample-region-server --serve` is one; docs/protocol.md §11).
+//! A region-server process is any program that takes `--name NAME --listen ADDR`, prints the serve
+//! protocol's events (`baton_wire::serve::ServerEvent`) as JSON lines with `listening` first, and
+//! accepts its commands on standard input: any game served by `baton_runtime::serve`
+//! (`sample-region-server --serve` is one; docs/protocol.md §11). Lines that are not serve-protocol
+//! events are logged and dropped, never relayed.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use baton_net::framed::{ReadEnd, read_frames, spawn_writer};
 use baton_net::{ClusterIdentity, LinkSettings};
+use baton_wire::RegionId;
 use baton_wire::control::{ALPN_CONTROL, AgentMessage, CONTROL_VERSION, CoordinatorMessage, HostLoad, ProcessInfo};
+use baton_wire::serve::{AsJson, ServerCommand, ServerEvent, parse_event, to_line};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
@@ -66,12 +70,12 @@ struct Process {
     stdin: tokio::process::ChildStdin,
     address: Option<SocketAddr>,
     warm: bool,
-    regions: Vec<u64>,
+    regions: Vec<RegionId>,
     restarts: u32,
     last_cpu: Option<(Instant, u64)>,
     cpu_cores: f64,
     /// Per owned region: (mean tick ms over the last second, players), from its `load` events.
-    region_load: BTreeMap<u64, (f64, u64)>,
+    region_load: BTreeMap<RegionId, (f64, u64)>,
 }
 
 enum Happening {
@@ -151,20 +155,20 @@ pub async fn run(
         let Some(happening) = happening else { break };
         match happening {
             Happening::Line { process, line } => {
-                let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    tracing::warn!(process, line, "a process printed a line that is not JSON");
-                    continue;
+                let event = match parse_event(&line) {
+                    Ok(event) => event,
+                    Err(error) => {
+                        tracing::warn!(process, line, %error, "a process printed a line that is not a serve-protocol event");
+                        continue;
+                    }
                 };
                 if let Some(entry) = processes.get_mut(&process) {
                     track(entry, &event);
                 }
-                if event["event"] == "handed_off" {
-                    migration_bytes += ["snapshot_bytes", "delta_bytes", "final_bytes"]
-                        .iter()
-                        .map(|field| event[*field].as_u64().unwrap_or(0))
-                        .sum::<u64>();
+                if let ServerEvent::HandedOff { figures, .. } = &event {
+                    migration_bytes += figures.total_bytes();
                 }
-                if event["event"] == "listening" {
+                if matches!(event, ServerEvent::Listening { .. }) {
                     while !waiting_claims.is_empty() {
                         let Some(reply) = claim(&mut processes, waiting_claims[0]) else { break };
                         waiting_claims.remove(0);
@@ -175,18 +179,17 @@ pub async fn run(
                 }
                 // Load figures travel in the status reports; every other event is relayed as it
                 // happens (migrations and the route feed wait for them).
-                if event["event"] != "load"
+                if !matches!(event, ServerEvent::Load { .. })
                     && let Some(sender) = &outbound
                 {
-                    let _ = sender.send(AgentMessage::Event { process, event: line });
+                    let _ = sender.send(AgentMessage::Event { process, event: AsJson(event) });
                 }
             }
             Happening::Exited { process } => {
                 let Some(old) = processes.remove(&process) else { continue };
                 tracing::warn!(process, regions = ?old.regions, "a region-server process exited; restarting it");
                 if let Some(sender) = &outbound {
-                    let event = serde_json::json!({"event": "process_exited", "regions": old.regions}).to_string();
-                    let _ = sender.send(AgentMessage::Event { process: process.clone(), event });
+                    let _ = sender.send(AgentMessage::ProcessExited { process: process.clone(), regions: old.regions });
                 }
                 metrics::counter!(RESTARTS_TOTAL).increment(1);
                 match spawn(&config, &process, &happenings) {
@@ -233,8 +236,7 @@ pub async fn run(
 
     // Stop every child: ask politely, then kill what is left.
     for process in processes.values_mut() {
-        let _ = process.stdin.write_all(b"{\"cmd\":\"quit\"}\n").await;
-        let _ = process.stdin.flush().await;
+        send_command(process, &ServerCommand::Quit).await;
     }
     let deadline = Instant::now() + Duration::from_secs(2);
     for process in processes.values_mut() {
@@ -284,36 +286,35 @@ fn spawn(config: &AgentConfig, name: &str, happenings: &UnboundedSender<Happenin
 }
 
 /// Follows a process's events: its address, and the regions it owns.
-fn track(process: &mut Process, event: &serde_json::Value) {
-    let region = event["region"].as_u64();
-    match event["event"].as_str() {
-        Some("listening") => process.address = event["addr"].as_str().and_then(|addr| addr.parse().ok()),
-        Some("owning" | "authoritative") => {
-            if let Some(region) = region
-                && !process.regions.contains(&region)
-            {
+fn track(process: &mut Process, event: &ServerEvent) {
+    match event {
+        ServerEvent::Listening { addr, .. } => process.address = Some(*addr),
+        ServerEvent::Load { region, tick_ms, players, .. } => {
+            process.region_load.insert(*region, (*tick_ms, *players));
+        }
+        _ => {}
+    }
+    match event.ownership_change() {
+        Some((region, true)) => {
+            if !process.regions.contains(&region) {
                 process.regions.push(region);
             }
             process.warm = false;
         }
-        Some("load") => {
-            if let Some(region) = region {
-                let tick_ms = event["tick_ms"].as_f64().unwrap_or(0.0);
-                process.region_load.insert(region, (tick_ms, event["players"].as_u64().unwrap_or(0)));
-            }
+        Some((region, false)) => {
+            process.regions.retain(|owned| *owned != region);
+            process.region_load.remove(&region);
         }
-        Some("handed_off" | "retired" | "stopped") => forget(process, region),
-        Some("aborted") if event["owning"] == false => forget(process, region),
-        _ => {}
+        None => {}
     }
 }
 
-/// The process no longer owns `region`.
-fn forget(process: &mut Process, region: Option<u64>) {
-    process.regions.retain(|owned| Some(*owned) != region);
-    if let Some(region) = region {
-        process.region_load.remove(&region);
-    }
+/// Writes one serve-protocol command to a process's standard input.
+async fn send_command(process: &mut Process, command: &ServerCommand) -> bool {
+    let mut line = to_line(command).into_bytes();
+    line.push(b'\n');
+    let written = process.stdin.write_all(&line).await.is_ok();
+    written && process.stdin.flush().await.is_ok()
 }
 
 /// Reserves a warm process that is ready, if there is one.
@@ -336,21 +337,17 @@ async fn handle_command(
         CoordinatorMessage::Claim { .. } => {
             let _ = outbound;
         }
-        CoordinatorMessage::Run { process, command } => match processes.get_mut(&process) {
+        CoordinatorMessage::Run { process, command: AsJson(command) } => match processes.get_mut(&process) {
             Some(entry) => {
-                let mut line = command.into_bytes();
-                line.push(b'\n');
-                if entry.stdin.write_all(&line).await.is_err() {
+                if !send_command(entry, &command).await {
                     tracing::warn!(process, "could not pass a command to a process");
                 }
-                let _ = entry.stdin.flush().await;
             }
             None => tracing::warn!(process, "a command for a process this host does not run"),
         },
         CoordinatorMessage::Release { process } => {
             if let Some(mut entry) = processes.remove(&process) {
-                let _ = entry.stdin.write_all(b"{\"cmd\":\"quit\"}\n").await;
-                let _ = entry.stdin.flush().await;
+                send_command(&mut entry, &ServerCommand::Quit).await;
                 tokio::spawn(async move {
                     if tokio::time::timeout(Duration::from_secs(2), entry.child.wait()).await.is_err() {
                         let _ = entry.child.kill().await;

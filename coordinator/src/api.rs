@@ -1,13 +1,19 @@
 //! The admin HTTP API: hosts, regions, migrations, draining, stopping a region the old way. JSON; every `/v1` route needs
 //! `Authorization: Bearer <token>`; `/openapi.json` (the OpenAPI document) and `/metrics`
-//! (Prometheus) are open. Errors are `{"error": "..."}` with 400 (malformed request), 401 (no or
-//! wrong token), 404 (unknown host, region or migration) or 409 (not possible now).
+//! (Prometheus) are open. Errors are `{"error": "..."}` with 400 (malformed request: a bad id in
+//! the path, or a body that is not the operation's JSON, whatever axum's own rejection was), 401 (no
+//! or wrong token), 404 (unknown host, region or migration, or no such route), 409 (not possible
+//! now), 503 (the directory's store failed) or 504 (a process did not answer in time).
+//!
+//! The OpenAPI document lists, per operation, every status the handler can answer; the
+//! [`doc`] module says what the derives cannot (exact ids, the create-region body's two shapes),
+//! and `tests/openapi_contract.rs` holds the running API to it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -19,9 +25,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::OpenApi;
 
+use self::doc::{
+    CreateRegionAfresh, CreateRegionFromCheckpoint, MigrationIdSchema, MigrationPath, PathText, RegionIdSchema,
+    RegionPath,
+};
+
 use crate::directory::Directory;
-use crate::hosts::{HostView, Hosts, ProcessView, RegionLoad};
+use crate::hosts::{Happened, HostView, Hosts, ProcessView, RegionLoad};
 use crate::migrations::{MigrationRecord, Migrations, Phase, PhaseTiming, StartError};
+use baton_wire::serve::{ServerCommand, ServerEvent};
 
 /// What the API serves from.
 #[derive(Clone)]
@@ -66,6 +78,8 @@ fn bad_body(rejection: JsonRejection) -> Failure {
     Failure(StatusCode::BAD_REQUEST, format!("malformed request body: {}", rejection.body_text()))
 }
 
+pub mod doc;
+
 /// Proof that the request carried the API token.
 struct Authorized;
 
@@ -77,7 +91,10 @@ impl FromRequestParts<ApiState> for Authorized {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
+            // RFC 9110 §11.1: the scheme's name is case-insensitive ("bearer" is "Bearer").
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
+            .map(|(_, token)| token);
         match presented {
             Some(token) if constant_time_eq(token.as_bytes(), state.token.as_bytes()) => Ok(Authorized),
             Some(_) => Err(Failure(StatusCode::UNAUTHORIZED, "the bearer token is not valid".into())),
@@ -109,8 +126,9 @@ pub struct RegionView {
     pub players: Option<u64>,
 }
 
-/// Create a region on a host.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// Create a region on a host. Its OpenAPI schema ([`doc`]) is the `oneOf` of its two shapes, afresh
+/// and from a checkpoint, which the derive cannot say.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRegion {
     /// The region's id (unused so far).
@@ -153,6 +171,7 @@ pub struct StoppedRegion {
 #[serde(deny_unknown_fields)]
 pub struct StartMigration {
     /// The region.
+    #[schema(value_type = RegionIdSchema)]
     pub region: u64,
     /// The host to move it to.
     pub to_host: String,
@@ -170,8 +189,8 @@ pub struct DrainStarted {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Baton coordinator admin API", version = "1"),
-    paths(list_hosts, drain_host, list_regions, create_region, stop_region, list_migrations, start_migration, get_migration, cancel_migration),
-    components(schemas(HostView, ProcessView, RegionLoad, RegionView, CreateRegion, StoppedRegion, StartMigration, MigrationRecord, Phase, PhaseTiming, DrainStarted, ApiError)),
+    paths(list_hosts, drain_host, list_regions, create_region, stop_region, list_migrations, start_migration, get_migration, cancel_migration, openapi_document, metrics),
+    components(schemas(HostView, ProcessView, RegionLoad, RegionView, CreateRegion, CreateRegionAfresh, CreateRegionFromCheckpoint, RegionIdSchema, MigrationIdSchema, StoppedRegion, StartMigration, MigrationRecord, Phase, PhaseTiming, DrainStarted, ApiError)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
@@ -194,7 +213,9 @@ impl utoipa::Modify for BearerAuth {
 /// The OpenAPI document.
 #[must_use]
 pub fn openapi_json() -> String {
-    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+    let mut document = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    doc::fix_unsigned_formats(&mut document);
+    serde_json::to_string_pretty(&document).unwrap_or_default()
 }
 
 /// The API's routes.
@@ -207,15 +228,24 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/migrations", get(list_migrations).post(start_migration))
         .route("/v1/migrations/{id}", get(get_migration))
         .route("/v1/migrations/{id}/cancel", post(cancel_migration))
-        .route(
-            "/openapi.json",
-            get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], openapi_json()) }),
-        )
+        .route("/openapi.json", get(openapi_document))
         .route("/metrics", get(metrics))
         .fallback(|| async { Failure(StatusCode::NOT_FOUND, "no such route".into()) })
         .with_state(state)
 }
 
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", security(()),
+    responses((status = 200, description = "The OpenAPI document (no token needed).", body = serde_json::Value,
+        content_type = "application/json")))]
+async fn openapi_document() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
+}
+
+/// The coordinator's metrics, in Prometheus's text format.
+#[utoipa::path(get, path = "/metrics", security(()),
+    responses((status = 200, description = "The metrics (no token needed).", body = String, content_type = "text/plain"),
+        (status = 404, description = "This coordinator does not record metrics.", body = ApiError)))]
 async fn metrics(State(state): State<ApiState>) -> Response {
     let hosts = state.hosts.views();
     metrics::gauge!("baton_coordinator_hosts").set(hosts.len() as f64);
@@ -236,26 +266,32 @@ async fn metrics(State(state): State<ApiState>) -> Response {
 }
 
 /// Every host and its processes.
-#[utoipa::path(get, path = "/v1/hosts", responses((status = 200, body = Vec<HostView>), (status = 401, body = ApiError)))]
+#[utoipa::path(get, path = "/v1/hosts",
+    responses((status = 200, description = "The hosts, by name.", body = Vec<HostView>),
+        (status = 401, description = "No or wrong bearer token.", body = ApiError)))]
 async fn list_hosts(_: Authorized, State(state): State<ApiState>) -> Json<Vec<HostView>> {
     Json(state.hosts.views())
 }
 
 /// Drain a host: no new regions, and its regions move to other hosts.
-#[utoipa::path(post, path = "/v1/hosts/{host}/drain", params(("host" = String, Path)),
-    responses((status = 202, body = DrainStarted), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
+#[utoipa::path(post, path = "/v1/hosts/{host}/drain",
+    params(("host" = String, Path, description = "The host's name (percent-encoded UTF-8).")),
+    responses((status = 202, description = "Draining started; its migrations run in the background.", body = DrainStarted),
+        (status = 400, description = "The host segment is not UTF-8 once percent-decoded.", body = ApiError),
+        (status = 401, description = "No or wrong bearer token.", body = ApiError),
+        (status = 404, description = "Unknown host, or an empty host segment (no such route).", body = ApiError)))]
 async fn drain_host(
     _: Authorized,
     State(state): State<ApiState>,
-    Path(host): Path<String>,
+    PathText(host): PathText,
 ) -> Result<Response, Failure> {
     let regions = state.migrations.drain(&host)?;
     Ok((StatusCode::ACCEPTED, Json(DrainStarted { host, regions })).into_response())
 }
 
 fn region_view(state: &ApiState, region: RegionId, owner: String, epoch: u64) -> RegionView {
-    let located = state.hosts.locate(region.0);
-    let load = state.hosts.region_load(region.0);
+    let located = state.hosts.locate(region);
+    let load = state.hosts.region_load(region);
     RegionView {
         region: region.0,
         owner,
@@ -268,7 +304,10 @@ fn region_view(state: &ApiState, region: RegionId, owner: String, epoch: u64) ->
 }
 
 /// Every region in the directory.
-#[utoipa::path(get, path = "/v1/regions", responses((status = 200, body = Vec<RegionView>), (status = 401, body = ApiError)))]
+#[utoipa::path(get, path = "/v1/regions",
+    responses((status = 200, description = "The regions, in id order.", body = Vec<RegionView>),
+        (status = 401, description = "No or wrong bearer token.", body = ApiError),
+        (status = 503, description = "The directory's store failed.", body = ApiError)))]
 async fn list_regions(_: Authorized, State(state): State<ApiState>) -> Result<Json<Vec<RegionView>>, Failure> {
     let regions =
         state.directory.list().map_err(|error| Failure(StatusCode::SERVICE_UNAVAILABLE, error.to_string()))?;
@@ -282,8 +321,16 @@ async fn list_regions(_: Authorized, State(state): State<ApiState>) -> Result<Js
 
 /// Create a region on a host (a warm process of that host takes it).
 #[utoipa::path(post, path = "/v1/regions", request_body = CreateRegion,
-    responses((status = 201, body = RegionView), (status = 400, body = ApiError), (status = 401, body = ApiError),
-        (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+    responses((status = 201, description = "A process of the host owns the region.", body = RegionView),
+        (status = 400, description = "The body is not a `CreateRegion`: not JSON, no `Content-Type: application/json`, \
+            a missing, unknown or mistyped field, more than 2 MiB, or both `from_checkpoint: true` and a non-empty `world`.",
+            body = ApiError),
+        (status = 401, description = "No or wrong bearer token.", body = ApiError),
+        (status = 404, description = "Unknown host.", body = ApiError),
+        (status = 409, description = "Not possible now: the region exists (restore it with `from_checkpoint`), a host \
+            serves it, the host is draining or has no warm process, or the process refused the region.", body = ApiError),
+        (status = 503, description = "The directory's store failed.", body = ApiError),
+        (status = 504, description = "The process did not report owning the region within 120 s.", body = ApiError)))]
 async fn create_region(
     _: Authorized,
     State(state): State<ApiState>,
@@ -311,7 +358,7 @@ async fn create_region(
     }
     // Invariant 1: a restore fences the previous owner by epoch, but only a dead owner can be
     // fenced safely, so a region some host still serves is moved with a migration instead.
-    if let Some((host, process, _)) = state.hosts.locate(request.region) {
+    if let Some((host, process, _)) = state.hosts.locate(RegionId(request.region)) {
         return Err(Failure(
             StatusCode::CONFLICT,
             format!("region {} is served by {process} on {host}; move it with a migration", request.region),
@@ -329,29 +376,25 @@ async fn create_region(
         .claim(&request.host, Duration::from_secs(10))
         .await
         .map_err(|reason| Failure(StatusCode::CONFLICT, reason))?;
-    let mut command = request.world.clone();
-    command.insert("cmd".into(), json!("host"));
-    command.insert("region".into(), json!(request.region));
-    if request.from_checkpoint {
-        command.insert("checkpoint".into(), json!(true));
-    }
-    state
-        .hosts
-        .run(&request.host, &process, &serde_json::Value::Object(command))
-        .map_err(|reason| Failure(StatusCode::CONFLICT, reason))?;
+    let region = RegionId(request.region);
+    let command =
+        ServerCommand::Host { region, world: request.world.clone(), from_checkpoint: request.from_checkpoint };
+    state.hosts.run(&request.host, &process, command).map_err(|reason| Failure(StatusCode::CONFLICT, reason))?;
     let waited = tokio::time::timeout(Duration::from_secs(120), async {
         loop {
             match events.recv().await {
-                Ok(event)
-                    if event.process == process
-                        && event.event["event"] == "owning"
-                        && event.event["region"] == request.region =>
-                {
-                    return Ok(event.event["epoch"].as_u64().unwrap_or(1));
-                }
-                Ok(event) if event.process == process && event.event["event"] == "error" => {
-                    return Err(event.event["error"].as_str().unwrap_or("error").to_owned());
-                }
+                Ok(event) if event.process == process => match event.happened {
+                    Happened::Event(ServerEvent::Owning { region: owned, epoch }) if owned == region => {
+                        return Ok(epoch.0);
+                    }
+                    Happened::Event(ServerEvent::Error { region: about, error })
+                        if about.is_none_or(|about| about == region) =>
+                    {
+                        return Err(error);
+                    }
+                    Happened::Exited { .. } => return Err("the process exited".to_owned()),
+                    Happened::Event(_) => {}
+                },
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => return Err("the coordinator is stopping".to_owned()),
             }
@@ -376,16 +419,22 @@ async fn create_region(
 /// that reads the same store, with `POST /v1/regions {"from_checkpoint": true}`. A migration moves
 /// a region without any of this; stopping is for maintenance that needs the region down, and the
 /// load test's restart baseline.
-#[utoipa::path(post, path = "/v1/regions/{region}/stop", params(("region" = u64, Path)),
-    responses((status = 200, body = StoppedRegion), (status = 400, body = ApiError), (status = 401, body = ApiError),
-        (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 504, body = ApiError)))]
+#[utoipa::path(post, path = "/v1/regions/{region}/stop",
+    params(("region" = RegionIdSchema, Path, description = "The region (decimal digits).")),
+    responses((status = 200, description = "The region was saved and is no longer served.", body = StoppedRegion),
+        (status = 400, description = "The region segment is not a `RegionId`.", body = ApiError),
+        (status = 401, description = "No or wrong bearer token.", body = ApiError),
+        (status = 404, description = "The directory does not know the region, or an empty region segment (no such route).",
+            body = ApiError),
+        (status = 409, description = "Not possible now: the region is being migrated, no host serves it, its host is \
+            not connected, or its process refused to stop it.", body = ApiError),
+        (status = 503, description = "The directory's store failed.", body = ApiError),
+        (status = 504, description = "The process did not report the region stopped within 30 s.", body = ApiError)))]
 async fn stop_region(
     _: Authorized,
     State(state): State<ApiState>,
-    Path(region): Path<String>,
+    RegionPath(region): RegionPath,
 ) -> Result<Json<StoppedRegion>, Failure> {
-    let region: u64 =
-        region.parse().map_err(|_| Failure(StatusCode::BAD_REQUEST, format!("{region:?} is not a region id")))?;
     match state.directory.current(RegionId(region)) {
         Ok(_) => {}
         Err(AuthorityError::UnknownRegion(_)) => {
@@ -396,32 +445,52 @@ async fn stop_region(
     if state.migrations.list().iter().any(|record| record.region == region && !record.phase.is_final()) {
         return Err(Failure(StatusCode::CONFLICT, format!("region {region} is being migrated; stop it afterwards")));
     }
-    let Some((host, process, _)) = state.hosts.locate(region) else {
+    let Some((host, process, _)) = state.hosts.locate(RegionId(region)) else {
         return Err(Failure(
             StatusCode::CONFLICT,
             format!("region {region} is not served by any host (stopped already?)"),
         ));
     };
     let mut events = state.hosts.subscribe();
+    let stopping = RegionId(region);
     state
         .hosts
-        .run(&host, &process, &json!({"cmd": "stop", "region": region}))
+        .run(&host, &process, ServerCommand::Stop { region: stopping })
         .map_err(|reason| Failure(StatusCode::CONFLICT, reason))?;
     let waited = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             match events.recv().await {
-                Ok(event) if event.process == process && event.event["region"] == region => {
-                    match event.event["event"].as_str() {
-                        Some("stopped") => return Ok(event.event),
-                        Some("stop_refused") => {
-                            return Err(event.event["reason"].as_str().unwrap_or("refused").to_owned());
-                        }
-                        _ => {}
+                Ok(event) if event.process == process => match event.happened {
+                    Happened::Event(ServerEvent::Stopped {
+                        region: about,
+                        epoch,
+                        tick,
+                        bytes,
+                        path,
+                        inputs_discarded,
+                    }) if about == stopping => {
+                        return Ok(StoppedRegion {
+                            region,
+                            host: host.clone(),
+                            process: process.clone(),
+                            epoch: epoch.0,
+                            tick,
+                            checkpoint: path,
+                            bytes,
+                            inputs_discarded,
+                        });
                     }
-                }
-                Ok(event) if event.process == process && event.event["event"] == "error" => {
-                    return Err(event.event["error"].as_str().unwrap_or("error").to_owned());
-                }
+                    Happened::Event(ServerEvent::StopRefused { region: about, reason }) if about == stopping => {
+                        return Err(reason);
+                    }
+                    Happened::Event(ServerEvent::Error { region: about, error })
+                        if about.is_none_or(|about| about == stopping) =>
+                    {
+                        return Err(error);
+                    }
+                    Happened::Exited { .. } => return Err("the process exited".to_owned()),
+                    Happened::Event(_) => {}
+                },
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => return Err("the coordinator is stopping".to_owned()),
             }
@@ -440,28 +509,26 @@ async fn stop_region(
         let _ = state.hosts.release(&host, &process);
     }
     tracing::info!(region, host, process, "region stopped and saved");
-    Ok(Json(StoppedRegion {
-        region,
-        host,
-        process,
-        epoch: stopped["epoch"].as_u64().unwrap_or(0),
-        tick: stopped["tick"].as_u64().unwrap_or(0),
-        checkpoint: stopped["path"].as_str().unwrap_or_default().to_owned(),
-        bytes: stopped["bytes"].as_u64().unwrap_or(0),
-        inputs_discarded: stopped["inputs_discarded"].as_u64().unwrap_or(0),
-    }))
+    Ok(Json(stopped))
 }
 
 /// The migration history, oldest first.
-#[utoipa::path(get, path = "/v1/migrations", responses((status = 200, body = Vec<MigrationRecord>), (status = 401, body = ApiError)))]
+#[utoipa::path(get, path = "/v1/migrations",
+    responses((status = 200, description = "Every migration, oldest first.", body = Vec<MigrationRecord>),
+        (status = 401, description = "No or wrong bearer token.", body = ApiError)))]
 async fn list_migrations(_: Authorized, State(state): State<ApiState>) -> Json<Vec<MigrationRecord>> {
     Json(state.migrations.list())
 }
 
 /// Move a region to another host.
 #[utoipa::path(post, path = "/v1/migrations", request_body = StartMigration,
-    responses((status = 202, body = MigrationRecord), (status = 400, body = ApiError), (status = 401, body = ApiError),
-        (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+    responses((status = 202, description = "The migration started; follow it at `/v1/migrations/{id}`.", body = MigrationRecord),
+        (status = 400, description = "The body is not a `StartMigration`: not JSON, no `Content-Type: application/json`, \
+            a missing, unknown or mistyped field, or more than 2 MiB.", body = ApiError),
+        (status = 401, description = "No or wrong bearer token.", body = ApiError),
+        (status = 404, description = "No registered host serves the region, or the target host is unknown.", body = ApiError),
+        (status = 409, description = "Not possible now: the region is on the target already or being migrated, the \
+            target is draining, or a host has as many migrations running as it may.", body = ApiError)))]
 async fn start_migration(
     _: Authorized,
     State(state): State<ApiState>,
@@ -473,26 +540,33 @@ async fn start_migration(
 }
 
 /// One migration.
-#[utoipa::path(get, path = "/v1/migrations/{id}", params(("id" = u64, Path)),
-    responses((status = 200, body = MigrationRecord), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
+#[utoipa::path(get, path = "/v1/migrations/{id}",
+    params(("id" = MigrationIdSchema, Path, description = "The migration (decimal digits).")),
+    responses((status = 200, description = "The migration.", body = MigrationRecord),
+        (status = 400, description = "The id segment is not a `MigrationId`.", body = ApiError),
+        (status = 401, description = "No or wrong bearer token.", body = ApiError),
+        (status = 404, description = "No such migration, or an empty id segment (no such route).", body = ApiError)))]
 async fn get_migration(
     _: Authorized,
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    MigrationPath(id): MigrationPath,
 ) -> Result<Json<MigrationRecord>, Failure> {
-    let id: u64 = id.parse().map_err(|_| Failure(StatusCode::BAD_REQUEST, format!("{id:?} is not a migration id")))?;
     state.migrations.get(id).map(Json).ok_or_else(|| Failure(StatusCode::NOT_FOUND, format!("no migration {id}")))
 }
 
 /// Cancel a migration that has not started its handoff.
-#[utoipa::path(post, path = "/v1/migrations/{id}/cancel", params(("id" = u64, Path)),
-    responses((status = 202), (status = 401, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+#[utoipa::path(post, path = "/v1/migrations/{id}/cancel",
+    params(("id" = MigrationIdSchema, Path, description = "The migration (decimal digits).")),
+    responses((status = 202, description = "Cancelling: the migration aborts (no body)."),
+        (status = 400, description = "The id segment is not a `MigrationId`.", body = ApiError),
+        (status = 401, description = "No or wrong bearer token.", body = ApiError),
+        (status = 404, description = "No such migration, or an empty id segment (no such route).", body = ApiError),
+        (status = 409, description = "The migration is over or its handoff has started.", body = ApiError)))]
 async fn cancel_migration(
     _: Authorized,
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    MigrationPath(id): MigrationPath,
 ) -> Result<StatusCode, Failure> {
-    let id: u64 = id.parse().map_err(|_| Failure(StatusCode::BAD_REQUEST, format!("{id:?} is not a migration id")))?;
     state.migrations.cancel(id)?;
     Ok(StatusCode::ACCEPTED)
 }

@@ -13,20 +13,45 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use baton_net::framed::{ReadEnd, read_frames, spawn_writer};
+use baton_wire::RegionId;
 use baton_wire::control::{AgentMessage, CONTROL_VERSION, CoordinatorMessage, HostLoad, ProcessInfo};
+use baton_wire::serve::{AsJson, ServerCommand, ServerEvent};
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{broadcast, oneshot};
 
-/// An event a region-server process reported through its agent.
+/// What happened to a region-server process, as its agent reported it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Happened {
+    /// The process reported a serve-protocol event.
+    Event(ServerEvent),
+    /// The process exited on its own (its agent starts it again, empty).
+    Exited {
+        /// The regions it owned.
+        regions: Vec<RegionId>,
+    },
+}
+
+/// Something a region-server process reported through its agent, or its exit.
 #[derive(Clone, Debug)]
 pub struct ProcessEvent {
     /// The host.
     pub host: String,
     /// The process.
     pub process: String,
-    /// The serve-protocol event.
-    pub event: serde_json::Value,
+    /// What happened.
+    pub happened: Happened,
+}
+
+impl ProcessEvent {
+    /// The serve-protocol event, unless the process exited.
+    #[must_use]
+    pub fn event(&self) -> Option<&ServerEvent> {
+        match &self.happened {
+            Happened::Event(event) => Some(event),
+            Happened::Exited { .. } => None,
+        }
+    }
 }
 
 /// What the coordinator knows of a host (the admin API shows it).
@@ -135,7 +160,7 @@ impl Hosts {
                     .regions
                     .iter()
                     .map(|(region, tick_ms, players)| RegionLoad {
-                        region: *region,
+                        region: region.0,
                         tick_ms: *tick_ms,
                         players: *players,
                     })
@@ -147,7 +172,7 @@ impl Hosts {
                         name: process.name.clone(),
                         address: process.address.to_string(),
                         warm: process.warm,
-                        regions: process.regions.clone(),
+                        regions: process.regions.iter().map(|region| region.0).collect(),
                         restarts: process.restarts,
                         pid: process.pid,
                     })
@@ -181,7 +206,7 @@ impl Hosts {
 
     /// Where `region` is served, as reported: `(host, process, address)`.
     #[must_use]
-    pub fn locate(&self, region: u64) -> Option<(String, String, SocketAddr)> {
+    pub fn locate(&self, region: RegionId) -> Option<(String, String, SocketAddr)> {
         let hosts = self.hosts.lock().ok()?;
         hosts.iter().find_map(|(host, entry)| {
             entry
@@ -194,7 +219,7 @@ impl Hosts {
 
     /// The cluster address of the process named `process` if it reports serving `region`.
     #[must_use]
-    pub fn serving_address(&self, process: &str, region: u64) -> Option<SocketAddr> {
+    pub fn serving_address(&self, process: &str, region: RegionId) -> Option<SocketAddr> {
         let hosts = self.hosts.lock().ok()?;
         hosts
             .values()
@@ -206,25 +231,25 @@ impl Hosts {
     /// The regions `process` of `host` serves, as far as the coordinator knows (`None`: no such
     /// process).
     #[must_use]
-    pub fn regions_of(&self, host: &str, process: &str) -> Option<Vec<u64>> {
+    pub fn regions_of(&self, host: &str, process: &str) -> Option<Vec<RegionId>> {
         let hosts = self.hosts.lock().ok()?;
         hosts.get(host)?.processes.iter().find(|info| info.name == process).map(|info| info.regions.clone())
     }
 
     /// What `region` costs, as its host last reported.
     #[must_use]
-    pub fn region_load(&self, region: u64) -> Option<RegionLoad> {
+    pub fn region_load(&self, region: RegionId) -> Option<RegionLoad> {
         let hosts = self.hosts.lock().ok()?;
         hosts
             .values()
             .flat_map(|entry| entry.load.regions.iter())
             .find(|(id, _, _)| *id == region)
-            .map(|(region, tick_ms, players)| RegionLoad { region: *region, tick_ms: *tick_ms, players: *players })
+            .map(|(region, tick_ms, players)| RegionLoad { region: region.0, tick_ms: *tick_ms, players: *players })
     }
 
     /// The regions served on `host`.
     #[must_use]
-    pub fn regions_on(&self, host: &str) -> Vec<u64> {
+    pub fn regions_on(&self, host: &str) -> Vec<RegionId> {
         let Ok(hosts) = self.hosts.lock() else { return Vec::new() };
         hosts
             .get(host)
@@ -257,8 +282,8 @@ impl Hosts {
     }
 
     /// Sends a serve-protocol command to a process of `host`.
-    pub fn run(&self, host: &str, process: &str, command: &serde_json::Value) -> Result<(), String> {
-        self.send(host, CoordinatorMessage::Run { process: process.to_owned(), command: command.to_string() })
+    pub fn run(&self, host: &str, process: &str, command: ServerCommand) -> Result<(), String> {
+        self.send(host, CoordinatorMessage::Run { process: process.to_owned(), command: AsJson(command) })
     }
 
     /// Stops a process of `host`.
@@ -273,6 +298,17 @@ impl Hosts {
         sender.send(message).map_err(|_| format!("host {host} is not connected"))
     }
 
+    /// Records what a process did and tells whoever follows the processes.
+    fn happened(&self, host: &str, process: String, happened: Happened) {
+        if let Ok(mut hosts) = self.hosts.lock()
+            && let Some(entry) = hosts.get_mut(host)
+        {
+            entry.last_seen = Instant::now();
+            apply_event(entry, &process, &happened);
+        }
+        let _ = self.events.send(ProcessEvent { host: host.to_owned(), process, happened });
+    }
+
     fn handle(&self, host: &str, message: AgentMessage) {
         match message {
             AgentMessage::Hello { .. } => {}
@@ -285,15 +321,11 @@ impl Hosts {
                     entry.last_seen = Instant::now();
                 }
             }
-            AgentMessage::Event { process, event } => {
-                let Ok(event) = serde_json::from_str(&event) else { return };
-                if let Ok(mut hosts) = self.hosts.lock()
-                    && let Some(entry) = hosts.get_mut(host)
-                {
-                    entry.last_seen = Instant::now();
-                    apply_event(entry, &process, &event);
-                }
-                let _ = self.events.send(ProcessEvent { host: host.to_owned(), process, event });
+            AgentMessage::Event { process, event: AsJson(event) } => {
+                self.happened(host, process, Happened::Event(event));
+            }
+            AgentMessage::ProcessExited { process, regions } => {
+                self.happened(host, process, Happened::Exited { regions });
             }
             AgentMessage::Claimed { request, process, reason } => {
                 if let Some((name, address)) = &process
@@ -312,26 +344,23 @@ impl Hosts {
 }
 
 /// Keeps the registry's view of a host's processes current between status reports.
-fn apply_event(entry: &mut HostEntry, process: &str, event: &serde_json::Value) {
-    if event["event"] == "listening"
-        && let Some(address) = event["addr"].as_str().and_then(|addr| addr.parse().ok())
-    {
-        ensure_process(entry, process, address, true);
+fn apply_event(entry: &mut HostEntry, process: &str, happened: &Happened) {
+    if let Happened::Event(ServerEvent::Listening { addr, .. }) = happened {
+        ensure_process(entry, process, *addr, true);
     }
     let Some(info) = entry.processes.iter_mut().find(|info| info.name == process) else { return };
-    let region = event["region"].as_u64();
-    match event["event"].as_str() {
-        Some("owning" | "authoritative") => {
-            if let Some(region) = region
-                && !info.regions.contains(&region)
-            {
-                info.regions.push(region);
+    match happened {
+        Happened::Exited { .. } => info.regions.clear(),
+        Happened::Event(event) => match event.ownership_change() {
+            Some((region, true)) => {
+                if !info.regions.contains(&region) {
+                    info.regions.push(region);
+                }
+                info.warm = false;
             }
-            info.warm = false;
-        }
-        Some("handed_off" | "retired" | "stopped") => info.regions.retain(|owned| Some(*owned) != region),
-        Some("process_exited") => info.regions.clear(),
-        _ => {}
+            Some((region, false)) => info.regions.retain(|owned| *owned != region),
+            None => {}
+        },
     }
 }
 

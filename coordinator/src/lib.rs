@@ -7,11 +7,11 @@
 //!   its driver; the history is persisted with the directory.
 //! - [`routes`]: the route feed that tells every gateway which process owns each region.
 //! - [`api`]: the admin HTTP API (JSON, bearer token, OpenAPI at `/openapi.json`).
-//!
-//! Not built yet: checkpoints, creating regions from checkpoints.
+//! - [`console`]: the `--control` console's JSON lines (typed).
 
 pub mod api;
 pub mod authority;
+pub mod console;
 pub mod directory;
 pub mod hosts;
 pub mod migrations;

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use baton_coordinator::console::{ConsoleCommand, ConsoleEvent, DirectoryEntry};
 use baton_coordinator::directory::Directory;
 use baton_net::ClusterIdentity;
 use clap::Parser;
-use serde_json::json;
 
 /// Keep the region directory (who owns each region, at which epoch) and serve it to region servers
 /// as the authority of handoff commits.
@@ -60,9 +60,9 @@ struct Cli {
     migrations_per_host: usize,
 }
 
-fn emit(value: &serde_json::Value) {
+fn emit(event: &ConsoleEvent) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{value}");
+    let _ = writeln!(out, "{}", serde_json::to_string(event).unwrap_or_default());
     let _ = out.flush();
 }
 
@@ -124,28 +124,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Ok::<_, anyhow::Error>((endpoint, api_address))
     })?;
     let address = endpoint.local_addr()?;
-    emit(&json!({
-        "event": "listening",
-        "name": cli.name,
-        "addr": address.to_string(),
-        "api": api_address.to_string(),
-        "regions": directory.list()?.len(),
-    }));
+    emit(&ConsoleEvent::Listening {
+        name: cli.name.clone(),
+        addr: address,
+        api: api_address,
+        regions: directory.list()?.len(),
+    });
     if cli.control {
         for line in std::io::stdin().lock().lines() {
             let line = line.context("reading standard input")?;
-            match serde_json::from_str::<serde_json::Value>(&line) {
-                Ok(command) if command["cmd"] == "quit" => break,
-                Ok(command) if command["cmd"] == "regions" => {
-                    let regions: Vec<serde_json::Value> = directory
+            match serde_json::from_str::<ConsoleCommand>(&line) {
+                Ok(ConsoleCommand::Quit) => break,
+                Ok(ConsoleCommand::Regions) => {
+                    let regions = directory
                         .list()?
                         .into_iter()
-                        .map(|(region, ownership)| json!({"region": region.0, "owner": ownership.owner, "epoch": ownership.epoch.0}))
+                        .map(|(region, ownership)| DirectoryEntry {
+                            region: region.0,
+                            owner: ownership.owner,
+                            epoch: ownership.epoch.0,
+                        })
                         .collect();
-                    emit(&json!({"event": "regions", "regions": regions}));
+                    emit(&ConsoleEvent::Regions { regions });
                 }
-                Ok(other) => emit(&json!({"event": "error", "error": format!("unknown command {other}")})),
-                Err(error) => emit(&json!({"event": "error", "error": format!("bad control line: {error}")})),
+                Err(error) => emit(&ConsoleEvent::Error { error: format!("bad control line: {error}") }),
             }
         }
     } else {

@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use baton_wire::RegionId;
 use baton_wire::authority::OwnershipAuthority;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::directory::Directory;
-use crate::hosts::{Hosts, ProcessEvent};
+use crate::hosts::{Happened, Hosts, ProcessEvent};
+use baton_wire::serve::{ServerCommand, ServerEvent};
 
 /// A migration's phase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -105,7 +105,7 @@ pub enum Action {
         /// The process.
         process: String,
         /// The command.
-        command: serde_json::Value,
+        command: ServerCommand,
     },
     /// Stop a process.
     Release {
@@ -224,7 +224,7 @@ impl Migration {
                 vec![Action::Run {
                     host: self.record.to_host.clone(),
                     process,
-                    command: json!({"cmd": "prepare", "region": self.record.region}),
+                    command: ServerCommand::Prepare { region: RegionId(self.record.region) },
                 }]
             }
             Err(reason) => self.abort(format!("no warm process on {}: {reason}", self.record.to_host), now),
@@ -233,44 +233,55 @@ impl Migration {
 
     /// An event from a process.
     pub fn handle_event(&mut self, event: &ProcessEvent, now: Instant) -> Vec<Action> {
-        let region = self.record.region;
+        let region = RegionId(self.record.region);
         let is_target = self.record.to_process.as_deref() == Some(event.process.as_str());
         let is_source = event.process == self.record.from_process;
-        let kind = event.event["event"].as_str().unwrap_or_default();
-        let about_region = event.event["region"].as_u64() == Some(region);
-        match self.record.phase {
-            Phase::Preparing if is_target && kind == "prepared" && about_region => {
+        let exited = matches!(event.happened, Happened::Exited { .. });
+        // An error names the region of the command it answers; one that names no region (a line
+        // the process could not read) still answers the command this migration sent it.
+        let about_region = |event: &ServerEvent| event.region().is_none_or(|about| about == region);
+        let Some(reported) = event.event().filter(|reported| about_region(reported)) else {
+            return match self.record.phase {
+                Phase::Preparing | Phase::Transferring if is_target && exited => {
+                    self.abort("the target process exited".into(), now)
+                }
+                Phase::CleaningUp if is_source && exited => self.commit_cleaned_up(now),
+                _ => Vec::new(),
+            };
+        };
+        match (self.record.phase, reported) {
+            (Phase::Preparing, ServerEvent::Prepared { .. }) if is_target => {
                 let Some(address) = self.target_address else { return Vec::new() };
                 self.enter(Phase::Transferring, now);
                 vec![Action::Run {
                     host: self.record.from_host.clone(),
                     process: self.record.from_process.clone(),
-                    command: json!({"cmd": "handoff", "region": region, "to": address.to_string()}),
+                    command: ServerCommand::Handoff { region, to: address },
                 }]
             }
-            Phase::Preparing | Phase::Transferring if is_target && kind == "process_exited" => {
-                self.abort("the target process exited".into(), now)
+            (Phase::Preparing, ServerEvent::Error { error, .. }) if is_target => {
+                self.abort(format!("the target refused to prepare: {error}"), now)
             }
-            Phase::Preparing if is_target && kind == "error" => {
-                self.abort(format!("the target refused to prepare: {}", event.event["error"]), now)
+            (Phase::Transferring, ServerEvent::Error { error, .. }) if is_source => {
+                self.abort(format!("the source refused the handoff: {error}"), now)
             }
-            Phase::Transferring if is_source && kind == "error" => {
-                self.abort(format!("the source refused the handoff: {}", event.event["error"]), now)
-            }
-            Phase::Transferring if is_source && kind == "handed_off" && about_region => {
-                self.record.freeze_ms = event.event["freeze_us"].as_f64().map(|us| us / 1000.0);
+            (Phase::Transferring, ServerEvent::HandedOff { figures, .. }) if is_source => {
+                self.record.freeze_ms = figures.freeze_us.map(|us| us as f64 / 1000.0);
                 self.enter(Phase::CleaningUp, now);
                 Vec::new()
             }
-            Phase::Transferring if is_source && kind == "aborted" && about_region && event.event["owning"] == true => {
-                self.abort(format!("the handoff aborted: {}", event.event["reason"].as_str().unwrap_or("?")), now)
+            (Phase::Transferring, ServerEvent::Aborted { reason, owning: true, .. }) if is_source => {
+                self.abort(format!("the handoff aborted: {reason}"), now)
             }
-            Phase::CleaningUp if is_source && (kind == "retired" || kind == "process_exited") => {
-                self.enter(Phase::Committed, now);
-                vec![Action::Release { host: self.record.from_host.clone(), process: self.record.from_process.clone() }]
-            }
+            (Phase::CleaningUp, ServerEvent::Retired { .. }) if is_source => self.commit_cleaned_up(now),
             _ => Vec::new(),
         }
+    }
+
+    /// The source retired (or its process went away): the migration is over.
+    fn commit_cleaned_up(&mut self, now: Instant) -> Vec<Action> {
+        self.enter(Phase::Committed, now);
+        vec![Action::Release { host: self.record.from_host.clone(), process: self.record.from_process.clone() }]
     }
 
     /// The time passes; a phase over its limit ends the migration.
@@ -419,7 +430,7 @@ impl Migrations {
     pub fn start(self: &Arc<Self>, region: u64, to_host: &str, kind: &str) -> Result<MigrationRecord, StartError> {
         let (from_host, from_process, _) = self
             .hosts
-            .locate(region)
+            .locate(RegionId(region))
             .ok_or_else(|| StartError::NotFound(format!("region {region} is not served by any registered host")))?;
         if !self.hosts.exists(to_host) {
             return Err(StartError::NotFound(format!("unknown host {to_host}")));
@@ -491,7 +502,7 @@ impl Migrations {
         if !self.hosts.set_draining(host, true) {
             return Err(StartError::NotFound(format!("unknown host {host}")));
         }
-        let regions = self.hosts.regions_on(host);
+        let regions = self.hosts.regions_on(host).into_iter().map(|region| region.0).collect();
         let migrations = self.clone();
         let draining = host.to_owned();
         tokio::spawn(async move {
@@ -504,11 +515,11 @@ impl Migrations {
                 }
                 for region in left {
                     if let Some(target) = migrations.least_loaded_except(&draining) {
-                        match migrations.start(region, &target, "drain") {
+                        match migrations.start(region.0, &target, "drain") {
                             Ok(record) => {
-                                tracing::info!(id = record.id, region, to = target, "drain migration started")
+                                tracing::info!(id = record.id, %region, to = target, "drain migration started")
                             }
-                            Err(error) => tracing::debug!(region, %error, "drain migration waits"),
+                            Err(error) => tracing::debug!(%region, %error, "drain migration waits"),
                         }
                     }
                 }
@@ -587,7 +598,7 @@ fn perform(
             });
         }
         Action::Run { host, process, command } => {
-            if let Err(error) = migrations.hosts.run(&host, &process, &command) {
+            if let Err(error) = migrations.hosts.run(&host, &process, command) {
                 tracing::warn!(host, process, %error, "could not send a command");
             }
         }
@@ -603,8 +614,12 @@ fn perform(
 mod tests {
     use super::*;
 
-    fn event(process: &str, event: serde_json::Value) -> ProcessEvent {
-        ProcessEvent { host: String::new(), process: process.to_owned(), event }
+    fn event(process: &str, event: ServerEvent) -> ProcessEvent {
+        ProcessEvent { host: String::new(), process: process.to_owned(), happened: Happened::Event(event) }
+    }
+
+    fn prepared(region: u64) -> ServerEvent {
+        ServerEvent::Prepared { region: RegionId(region) }
     }
 
     fn started() -> (Migration, Instant) {
@@ -622,16 +637,32 @@ mod tests {
         let actions = machine.handle_claimed(Ok(("h2-p3".into(), target)), now);
         assert!(matches!(&actions[..], [Action::Run { process, .. }] if process == "h2-p3"));
         // Events of other processes or regions change nothing.
-        assert!(machine.handle_event(&event("h2-p9", json!({"event": "prepared", "region": 7})), now).is_empty());
-        assert!(machine.handle_event(&event("h2-p3", json!({"event": "prepared", "region": 8})), now).is_empty());
-        let actions = machine.handle_event(&event("h2-p3", json!({"event": "prepared", "region": 7})), now);
-        assert!(matches!(&actions[..], [Action::Run { process, command, .. }]
-            if process == "h1-p1" && command["to"] == "127.0.0.1:9000"));
+        assert!(machine.handle_event(&event("h2-p9", prepared(7)), now).is_empty());
+        assert!(machine.handle_event(&event("h2-p3", prepared(8)), now).is_empty());
+        let actions = machine.handle_event(&event("h2-p3", prepared(7)), now);
+        assert_eq!(
+            actions,
+            vec![Action::Run {
+                host: "h1".into(),
+                process: "h1-p1".into(),
+                command: ServerCommand::Handoff { region: RegionId(7), to: target },
+            }]
+        );
         assert_eq!(machine.record().phase, Phase::Transferring);
         assert!(machine.handle_cancel(now).is_err(), "no cancel once the handoff runs");
-        machine.handle_event(&event("h1-p1", json!({"event": "handed_off", "region": 7, "freeze_us": 2500})), now);
+        machine.handle_event(
+            &event(
+                "h1-p1",
+                ServerEvent::HandedOff {
+                    region: RegionId(7),
+                    epoch: baton_wire::Epoch(2),
+                    figures: baton_wire::serve::HandoffFigures { freeze_us: Some(2500), ..Default::default() },
+                },
+            ),
+            now,
+        );
         assert_eq!(machine.record().phase, Phase::CleaningUp);
-        let actions = machine.handle_event(&event("h1-p1", json!({"event": "retired", "region": 7})), now);
+        let actions = machine.handle_event(&event("h1-p1", ServerEvent::Retired { region: RegionId(7) }), now);
         assert_eq!(actions, vec![Action::Release { host: "h1".into(), process: "h1-p1".into() }]);
         assert_eq!(machine.record().phase, Phase::Committed);
         assert_eq!(machine.record().freeze_ms, Some(2.5));
@@ -651,9 +682,9 @@ mod tests {
 
         let (mut machine, now) = started();
         machine.handle_claimed(Ok(("h2-p3".into(), "127.0.0.1:9000".parse().unwrap())), now);
-        machine.handle_event(&event("h2-p3", json!({"event": "prepared", "region": 7})), now);
+        machine.handle_event(&event("h2-p3", prepared(7)), now);
         let actions = machine.handle_event(
-            &event("h1-p1", json!({"event": "aborted", "region": 7, "owning": true, "reason": "x"})),
+            &event("h1-p1", ServerEvent::Aborted { region: RegionId(7), owning: true, reason: "x".into() }),
             now,
         );
         assert_eq!(actions, vec![Action::Release { host: "h2".into(), process: "h2-p3".into() }]);

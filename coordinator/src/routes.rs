@@ -34,8 +34,8 @@ pub fn table(directory: &Directory, hosts: &Hosts) -> BTreeMap<u64, RouteEntry> 
     regions
         .into_iter()
         .filter_map(|(region, ownership)| {
-            let address = hosts.serving_address(&ownership.owner, region.0)?;
-            Some((region.0, RouteEntry { region: region.0, owner: ownership.owner, address, epoch: ownership.epoch.0 }))
+            let address = hosts.serving_address(&ownership.owner, region)?;
+            Some((region.0, RouteEntry { region, owner: ownership.owner, address, epoch: ownership.epoch }))
         })
         .collect()
 }

@@ -12,7 +12,6 @@ use std::time::Duration;
 use baton_net::framed::{ReadEnd, read_frames};
 use baton_wire::control::{CONTROL_VERSION, GatewayHello, RouteFeed};
 use baton_wire::framing::encode_into;
-use baton_wire::{Epoch, RegionId};
 
 use crate::Gateway;
 
@@ -57,9 +56,9 @@ async fn follow_once(
         };
         for route in routes {
             // protocol.md §10: a route no newer than the one in use is refused, which is fine.
-            match gateway.assign(RegionId(route.region), route.address, Epoch(route.epoch)) {
+            match gateway.assign(route.region, route.address, route.epoch) {
                 Ok(()) => {
-                    tracing::debug!(region = route.region, owner = route.owner, epoch = route.epoch, "route pushed")
+                    tracing::debug!(region = %route.region, owner = route.owner, epoch = %route.epoch, "route pushed")
                 }
                 Err(error) => tracing::trace!(%error, "pushed route not applied"),
             }

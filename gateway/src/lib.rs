@@ -6,10 +6,13 @@
 //!   replays them in order at cutover (no I/O, property-tested).
 //! - [`token`]: session and resume tokens (HMAC-SHA256), defined in `baton_wire::token`.
 //! - [`service`]: the running gateway: player endpoint, upstream connections, sessions, limits.
+//! - `crossing`: counts the failed deliveries of avatars crossing borders and decides when one
+//!   goes back (no I/O).
 //! - `feed`: follows the coordinator's route feed (`Gateway::follow_coordinator`).
 //! - The player protocol's frames are in `baton_wire::player`, the upstream protocol's in
 //!   `baton_wire::upstream`; docs/protocol.md §9-§10 describe both.
 
+mod crossing;
 mod feed;
 pub mod route;
 pub mod service;

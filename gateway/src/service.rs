@@ -33,6 +33,7 @@ use serde::Serialize;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
 
+use crate::crossing::{Crossings, Delivery};
 use crate::route::{RouteAction, RouteConfig, RouteError, RouteEvent, RouteTable, ServerId};
 use crate::token::{Claims, TokenKey};
 
@@ -221,6 +222,8 @@ struct Inner {
     joins: DashMap<PlayerId, JoinWaiter>,
     /// Latest border view of (region, toward), as an encoded datagram.
     borders: DashMap<(RegionId, RegionId), Vec<u8>>,
+    /// Failed deliveries of the avatars crossing borders, which decide when one goes back.
+    crossings: Mutex<Crossings>,
     counters: Counters,
     live_connections: AtomicU64,
     shut_down: std::sync::atomic::AtomicBool,
@@ -262,6 +265,7 @@ impl Gateway {
             next_generation: AtomicU64::new(1),
             joins: DashMap::new(),
             borders: DashMap::new(),
+            crossings: Mutex::new(Crossings::default()),
             counters: Counters::default(),
             live_connections: AtomicU64::new(0),
             shut_down: std::sync::atomic::AtomicBool::new(false),
@@ -951,11 +955,13 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
             {
                 *transit = Some(Vec::new());
             }
-            deliver_transfer(inner.clone(), transfer, 0);
+            let delivery = crossings(inner).handle_emigrated(PlayerId(transfer.player));
+            deliver_transfer(inner.clone(), transfer, delivery);
         }
         ServerMessage::Arrived { region, player, .. } => {
             let (region, player) = (RegionId(region), PlayerId(player));
             inner.counters.crossings.fetch_add(1, Ordering::Relaxed);
+            crossings(inner).handle_arrived(player);
             let Some(session) = inner.sessions.get(&player).map(|session| session.clone()) else { return };
             if let Ok(mut current) = session.region.lock() {
                 *current = region;
@@ -971,19 +977,28 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
         }
         ServerMessage::ImmigrationRefused { transfer, reason } => {
             tracing::info!(player = transfer.player, to = transfer.to, reason, "a crossing was refused; retrying");
+            // The refusal counts with the crossing's earlier failures, so one that is refused
+            // every time still goes back after `SEND_BACK_AFTER` of them (docs/protocol.md §10).
+            let delivery = crossings(inner).handle_refused(PlayerId(transfer.player));
             let inner = inner.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                deliver_transfer(inner, transfer, 1);
+                deliver_transfer(inner, transfer, delivery);
             });
         }
     }
 }
 
-/// Sends a crossing avatar to the owner of its destination; after many refusals it goes back
-/// where it came from. Nothing is dropped: the avatar and its pending inputs travel together.
-fn deliver_transfer(inner: Arc<Inner>, mut transfer: Transfer, attempt: u32) {
-    if attempt > 30 && attempt.is_multiple_of(31) {
+/// The crossings in flight. A panic elsewhere while the lock was held leaves at worst one count
+/// off, so a poisoned lock is used as it is rather than stopping every crossing.
+fn crossings(inner: &Inner) -> std::sync::MutexGuard<'_, Crossings> {
+    inner.crossings.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Sends a crossing avatar to the owner of its destination, or turns it back when [`Crossings`]
+/// says so. Nothing is dropped: the avatar and its pending inputs travel together.
+fn deliver_transfer(inner: Arc<Inner>, mut transfer: Transfer, delivery: Delivery) {
+    if delivery == Delivery::Back {
         tracing::warn!(player = transfer.player, to = transfer.to, "a crossing keeps failing; sending the avatar back");
         std::mem::swap(&mut transfer.from, &mut transfer.to);
     }
@@ -992,9 +1007,10 @@ fn deliver_transfer(inner: Arc<Inner>, mut transfer: Transfer, attempt: u32) {
     match route {
         Some((server, epoch)) => send_upstream(&inner, server, GatewayMessage::Immigrate { epoch: epoch.0, transfer }),
         None => {
+            let delivery = crossings(&inner).handle_unroutable(PlayerId(transfer.player));
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                deliver_transfer(inner, transfer, attempt + 1);
+                deliver_transfer(inner, transfer, delivery);
             });
         }
     }

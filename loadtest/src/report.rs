@@ -6,8 +6,8 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use baton_harness::players::PlayerOutcome;
 use hdrhistogram::Histogram;
-use sample_region_server::players::PlayerOutcome;
 use serde::Serialize;
 use serde_json::Value;
 

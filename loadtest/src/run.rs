@@ -1,4 +1,4 @@
-//! Running a scenario: a whole deployment on loopback (`sample_region_server::fleet`), avatars
+//! Running a scenario: a whole deployment on loopback (`baton_harness::fleet`), avatars
 //! through the gateway (`baton-client`), the operator's events through the admin API, a live
 //! progress line every second, and what players felt gathered into a [`Report`].
 //!
@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sample_region_server::fleet::{AdminApi, Fleet, FleetSpec};
-use sample_region_server::players::{LiveStats, Movement, PlayerOutcome, PlayerPlan, run_player, unix_ms};
+use baton_harness::fleet::{AdminApi, Fleet, FleetSpec};
+use baton_harness::players::{LiveStats, Movement, PlayerOutcome, PlayerPlan, run_player, unix_ms};
 use serde_json::{Value, json};
 
 use crate::report::{HostSample, Report, build_report};
@@ -401,7 +401,7 @@ fn plans(scenario: &Scenario) -> Vec<PlayerPlan> {
             let column = (region - 1) % scenario.columns;
             let east = column + 1 < scenario.columns && region < scenario.regions;
             // The sample places avatars by player id: these ids stand near the border they patrol.
-            player = sample_region_server::players::patrol_player(east, patrols);
+            player = baton_harness::players::patrol_player(east, patrols);
             patrols += 1;
             Movement::Patrol { heading: if east { 1.0 } else { -1.0 } }
         };

@@ -2,17 +2,15 @@
 //! graze under WebAssembly scripts, plants that grow on script timers, and avatars walked by their
 //! players' inputs.
 //!
-//! It is a real game built on the SDK, used by the tests, the benchmarks and (later) the demo. All
-//! of its state is in the world; [`SampleLogic`] holds only configuration.
+//! It is a real game built on the SDK, used by the tests, the benchmarks and the demo. All of its
+//! state is in the world; [`SampleLogic`] holds only configuration. [`game::SampleGame`] makes it a
+//! Baton region server (`sample-region-server --serve`).
 //!
 //! # Player input format (version 1, the sample's own; the SDK treats it as opaque bytes)
 //! `u8 version = 1 | f32 LE walk x | f32 LE walk z | game data up to the payload limit`. The walk
 //! vector is clamped to length 1. An input that does not parse is consumed without effect.
 
-pub mod cluster;
-pub mod fleet;
-pub mod players;
-pub mod serve;
+pub mod game;
 
 use baton_sdk::physics::{Body, BodyKind, Shape};
 use baton_sdk::region::{RegionLogic, TickSchedule};

@@ -11,7 +11,9 @@
 //!   at or below `last_applied`, or already queued, is a duplicate and is dropped (this is what makes
 //!   the gateway's replay after a handoff safe, invariant 2).
 //! - An input that arrives ahead of a gap waits until the gap is filled; nothing is applied past a
-//!   gap. The queue per player is bounded ([`MAX_PENDING_INPUTS`]).
+//!   gap. The queue per player is bounded ([`MAX_PENDING_INPUTS`]), except that the input filling
+//!   the gap (`last_applied + 1`) is always taken, so a full queue can still drain (see
+//!   [`Sessions::submit`]).
 //! - Inputs of different players are independent; within a tick, players are served in entity order.
 
 use std::collections::HashMap;
@@ -20,7 +22,8 @@ use baton_wire::{InputSeq, MAX_INPUT_PAYLOAD, PlayerId, PlayerInput};
 
 use crate::world::{EntityId, World, WorldError};
 
-/// Most inputs one player may have waiting in a region.
+/// Most inputs one player may have waiting in a region behind a gap. The input that fills the gap
+/// is taken beyond it, so a queue holds at most one more than this (see [`Sessions::submit`]).
 pub const MAX_PENDING_INPUTS: usize = 256;
 
 /// A player's presence in the region, on the player's avatar entity.
@@ -68,7 +71,8 @@ pub enum SessionError {
     /// The input's sequence number is 0 (sequences start at 1).
     #[error("input sequence 0 is invalid (sequences start at 1)")]
     ZeroSequence,
-    /// Too many inputs are waiting for this player.
+    /// Too many inputs are waiting for this player behind a gap (the input that fills the gap is
+    /// never refused for this).
     #[error("player {0} has {MAX_PENDING_INPUTS} inputs waiting; input dropped")]
     QueueFull(PlayerId),
     /// The world refused the change.
@@ -139,6 +143,15 @@ impl Sessions {
     }
 
     /// Queues an input for its player.
+    ///
+    /// A player whose queue holds [`MAX_PENDING_INPUTS`] inputs gets [`SessionError::QueueFull`]
+    /// for any further input except the next one in sequence (`last_applied + 1`): that one fills
+    /// the gap every waiting input is blocked on, so refusing it would block the player for good
+    /// (a resuming client resends its inputs from `last_applied + 1` on, into the same full queue).
+    /// It is taken beyond the bound, and the next [`take_ready`](Sessions::take_ready) applies it
+    /// and everything in order behind it. So a queue holds at most `MAX_PENDING_INPUTS + 1`
+    /// inputs: once the gap input is queued, the next input in sequence is a duplicate until the
+    /// queue drains, and nothing else passes the bound.
     pub fn submit(&self, world: &mut World, input: PlayerInput) -> Result<InputOutcome, SessionError> {
         if input.payload.len() > MAX_INPUT_PAYLOAD {
             return Err(SessionError::PayloadTooLarge(input.payload.len()));
@@ -156,7 +169,9 @@ impl Sessions {
             Ok(_) => return Ok(InputOutcome::Duplicate),
             Err(position) => position,
         };
-        if session.pending.len() >= MAX_PENDING_INPUTS {
+        // The gap input is checked before the bound: it is what lets a full queue drain.
+        let fills_gap = input.seq == session.last_applied + 1;
+        if session.pending.len() >= MAX_PENDING_INPUTS && !fills_gap {
             return Err(SessionError::QueueFull(input.player));
         }
         session.pending.insert(position, PendingInput { seq: input.seq, payload: input.payload });

@@ -108,3 +108,56 @@ fn taking_pending_inputs_keeps_what_was_applied_and_frees_the_next_numbers() {
     sessions.submit(&mut world, input(2, 1)).unwrap();
     assert_eq!(applied(&sessions, &mut world), vec![(2, 1)]);
 }
+
+/// One step of a single-player input scenario and what it must produce.
+enum Step {
+    /// Submits the inputs with these sequence numbers, in order; each must give the outcome.
+    Submit(std::ops::RangeInclusive<u64>, Result<InputOutcome, SessionError>),
+    /// Takes what is ready (one tick); these sequence numbers must come out, in order.
+    Tick(Vec<u64>),
+}
+
+/// Runs `steps` for one player who joined with nothing applied, and checks after every step that
+/// the queue never holds more than [`MAX_PENDING_INPUTS`] inputs plus the one that fills the gap.
+fn check(steps: Vec<Step>) {
+    let mut world = world();
+    let mut sessions = Sessions::default();
+    let avatar = world.spawn();
+    sessions.join(&mut world, PlayerId(1), avatar).unwrap();
+    for (index, step) in steps.into_iter().enumerate() {
+        match step {
+            Step::Submit(seqs, expected) => {
+                for seq in seqs {
+                    let outcome = sessions.submit(&mut world, input(1, seq));
+                    assert_eq!(outcome, expected, "step {index}: submitting input {seq}");
+                }
+            }
+            Step::Tick(expected) => {
+                let taken: Vec<u64> = sessions.take_ready(&mut world).iter().map(|ready| ready.seq).collect();
+                assert_eq!(taken, expected, "step {index}: inputs applied by the tick");
+            }
+        }
+        let waiting = world.get::<PlayerSession>(avatar).unwrap().pending.len();
+        assert!(waiting <= MAX_PENDING_INPUTS + 1, "step {index}: {waiting} inputs waiting");
+    }
+}
+
+#[test]
+fn a_full_queue_still_takes_the_input_that_fills_its_gap() {
+    let max = MAX_PENDING_INPUTS as u64;
+    let full = || Err(SessionError::QueueFull(PlayerId(1)));
+    check(vec![
+        // Input 1 is late (held elsewhere, or resent after a resume): the queue fills behind the gap.
+        Step::Submit(2..=max + 1, Ok(InputOutcome::Queued)),
+        Step::Submit(max + 2..=max + 2, full()),
+        Step::Tick(vec![]),
+        // The one input that unblocks the player is taken although the queue is at its bound...
+        Step::Submit(1..=1, Ok(InputOutcome::Queued)),
+        Step::Submit(1..=1, Ok(InputOutcome::Duplicate)),
+        // ...and only that one: anything else still waits for the queue to drain.
+        Step::Submit(max + 2..=max + 2, full()),
+        Step::Tick((1..=max + 1).collect()),
+        Step::Submit(max + 2..=max + 2, Ok(InputOutcome::Queued)),
+        Step::Tick(vec![max + 2]),
+    ]);
+}

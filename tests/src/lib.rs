@@ -1,2 +1,4 @@
-//! Baton's end-to-end tests live in `tests/tests/`. This library is empty on purpose: the tests
-//! drive the real crates (SDK, sample region; later gateway and coordinator processes).
+//! Baton's end-to-end tests live in `tests/tests/`: whole sample regions moved in one process
+//! (`region_migration`, `physics_continuation`, `handoff_protocol`, `checkpoint`) and real processes
+//! on loopback driven through `baton-harness` (`multiprocess_handoff`, `coordinator_authority`,
+//! `gateway_cluster`, `fleet`, `observability`, `example_game`). This library is empty on purpose.

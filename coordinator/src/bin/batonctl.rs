@@ -85,6 +85,27 @@ enum Command {
         /// The host.
         host: String,
     },
+    /// Make (or reuse) a development cluster CA in DIR and issue certificates for each --node (the
+    /// coordinator, each host, each gateway). Needs no running coordinator. For production, issue
+    /// them from your own CA: DIR holds ca.pem and <node>.pem/<node>.key.
+    Certs {
+        /// The folder (created if missing; an existing CA in it is reused).
+        dir: std::path::PathBuf,
+        /// A node to issue a certificate for (repeat it).
+        #[arg(long = "node", value_name = "NAME", required = true)]
+        nodes: Vec<String>,
+    },
+}
+
+/// Makes the development CA and the nodes' certificates (`batonctl certs`).
+fn issue_certificates(directory: &std::path::Path, nodes: &[String]) -> anyhow::Result<()> {
+    let ca = baton_net::DevCa::open_or_create(directory)
+        .with_context(|| format!("creating the CA in {}", directory.display()))?;
+    for node in nodes {
+        ca.issue(node).with_context(|| format!("issuing a certificate for {node}"))?;
+    }
+    eprintln!("certificates for {} written to {}", nodes.join(", "), directory.display());
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -181,6 +202,9 @@ fn migration_rows(migrations: &[Value]) -> Vec<Vec<String>> {
 const MIGRATION_HEADERS: [&str; 9] = ["ID", "REGION", "KIND", "FROM", "TO", "PHASE", "FREEZE MS", "PHASES", "REASON"];
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
+    if let Command::Certs { dir, nodes } = &cli.command {
+        return issue_certificates(dir, nodes);
+    }
     let token = match &cli.token_file {
         Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
         None => std::env::var("BATON_API_TOKEN").context("give --token-file FILE or set BATON_API_TOKEN")?,
@@ -226,6 +250,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Migration { id } => api.call("GET", &format!("/v1/migrations/{id}"), None)?,
         Command::Cancel { id } => api.call("POST", &format!("/v1/migrations/{id}/cancel"), None)?,
         Command::Drain { host } => api.call("POST", &format!("/v1/hosts/{host}/drain"), None)?,
+        Command::Certs { .. } => return Ok(()),
     };
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&output)?);
@@ -282,6 +307,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             text(&output["bytes"]),
         ),
         Command::Drain { host } => println!("draining {host}: regions {} will move", text(&output["regions"])),
+        Command::Certs { .. } => {}
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ pub mod checkpoint_store;
 pub mod link;
 pub mod region_loop;
 pub mod remote_authority;
+pub mod serve;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -27,6 +28,44 @@ use baton_sdk::{Region, RegionLogic};
 use tokio::sync::mpsc::UnboundedSender;
 
 pub use region_loop::{Command, RegionQuery};
+
+/// Why a [`Host`] refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The region has a slot (owned, prepared or retiring) on this host already.
+    #[error("region {0} already has a slot on this host")]
+    AlreadyHosted(RegionId),
+    /// The authority names another owner.
+    #[error("region {region} is owned by {owner}@{epoch}")]
+    OwnedElsewhere {
+        /// The region.
+        region: RegionId,
+        /// Its owner.
+        owner: String,
+        /// The owner's epoch.
+        epoch: Epoch,
+    },
+    /// This host owns and serves the region, so it cannot also receive it.
+    #[error("region {region} is owned by this host ({epoch}); it cannot also receive it")]
+    OwnedHere {
+        /// The region.
+        region: RegionId,
+        /// This host's epoch.
+        epoch: Epoch,
+    },
+    /// The region has no slot on this host.
+    #[error("region {0} is not hosted here")]
+    NotHosted(RegionId),
+    /// The region's thread has stopped.
+    #[error("region {0} stopped")]
+    Stopped(RegionId),
+    /// The ownership authority refused or could not be reached.
+    #[error("authority: {0}")]
+    Authority(#[from] baton_sdk::handoff::AuthorityError),
+    /// The game could not build the region.
+    #[error("the game could not build the region: {0}")]
+    Region(#[from] baton_sdk::RegionError),
+}
 
 /// Makes a pre-warmed (assets loaded, empty world) region of the game.
 pub type RegionFactory<L> = Arc<dyn Fn(RegionId) -> Result<Region<L>, baton_sdk::RegionError> + Send + Sync>;
@@ -283,14 +322,14 @@ impl<L: RegionLogic + 'static> Host<L> {
     }
 
     /// Hosts a populated region owned by this instance (registering it with the authority).
-    pub fn host_region(&self, region: Region<L>) -> Result<(), String> {
+    pub fn host_region(&self, region: Region<L>) -> Result<(), HostError> {
         let id = region.id();
         if self.regions.lock().map(|regions| regions.contains_key(&id)).unwrap_or(true) {
-            return Err(format!("region {id} already has a slot on this host"));
+            return Err(HostError::AlreadyHosted(id));
         }
-        let ownership = self.config.authority.register(id, &self.config.name).map_err(|error| error.to_string())?;
+        let ownership = self.config.authority.register(id, &self.config.name)?;
         if ownership.owner != self.config.name {
-            return Err(format!("region {id} is owned by {}@{}", ownership.owner, ownership.epoch));
+            return Err(HostError::OwnedElsewhere { region: id, owner: ownership.owner, epoch: ownership.epoch });
         }
         self.spawn_loop(region, region_loop::Role::Owner { epoch: ownership.epoch });
         Ok(())
@@ -300,51 +339,51 @@ impl<L: RegionLogic + 'static> Host<L> {
     /// names now (epoch + 1, so anything the previous owner stamps is refused from then on), or
     /// registering it if the authority has never heard of it. The caller makes sure the previous
     /// owner is gone (the coordinator refuses a restore while any host serves the region).
-    pub fn restore_region(&self, region: Region<L>) -> Result<Epoch, String> {
+    pub fn restore_region(&self, region: Region<L>) -> Result<Epoch, HostError> {
         let id = region.id();
         if self.regions.lock().map(|regions| regions.contains_key(&id)).unwrap_or(true) {
-            return Err(format!("region {id} already has a slot on this host"));
+            return Err(HostError::AlreadyHosted(id));
         }
         let epoch = match self.config.authority.current(id) {
             Ok(current) => {
                 let next = Ownership { owner: self.config.name.clone(), epoch: current.epoch.next() };
-                self.config.authority.compare_and_swap(id, &current, &next).map_err(|error| error.to_string())?;
+                self.config.authority.compare_and_swap(id, &current, &next)?;
                 next.epoch
             }
             Err(baton_sdk::handoff::AuthorityError::UnknownRegion(_)) => {
-                let ownership =
-                    self.config.authority.register(id, &self.config.name).map_err(|error| error.to_string())?;
+                let ownership = self.config.authority.register(id, &self.config.name)?;
                 if ownership.owner != self.config.name {
-                    return Err(format!("region {id} is owned by {}@{}", ownership.owner, ownership.epoch));
+                    return Err(HostError::OwnedElsewhere {
+                        region: id,
+                        owner: ownership.owner,
+                        epoch: ownership.epoch,
+                    });
                 }
                 ownership.epoch
             }
-            Err(error) => return Err(error.to_string()),
+            Err(error) => return Err(error.into()),
         };
         self.spawn_loop(region, region_loop::Role::Owner { epoch });
         Ok(epoch)
     }
 
     /// Pre-warms an empty slot for `region` so this host can receive it.
-    pub fn prepare(&self, region: RegionId) -> Result<(), String> {
+    pub fn prepare(&self, region: RegionId) -> Result<(), HostError> {
         // Replacing the slot of a region this host owns would orphan its ticking owner.
         if let Ok(ownership) = self.config.authority.current(region)
             && ownership.owner == self.config.name
             && self.regions.lock().map(|regions| regions.contains_key(&region)).unwrap_or(false)
         {
-            return Err(format!(
-                "region {region} is owned by this host ({}); it cannot also receive it",
-                ownership.epoch
-            ));
+            return Err(HostError::OwnedHere { region, epoch: ownership.epoch });
         }
-        let empty = (self.factory)(region).map_err(|error| error.to_string())?;
+        let empty = (self.factory)(region)?;
         self.spawn_loop(empty, region_loop::Role::Target);
         let _ = self.events.send(HostEvent::Prepared { region });
         Ok(())
     }
 
     /// Starts moving `region` to the host at `peer`.
-    pub fn start_handoff(&self, region: RegionId, peer: SocketAddr) -> Result<(), String> {
+    pub fn start_handoff(&self, region: RegionId, peer: SocketAddr) -> Result<(), HostError> {
         self.send(region, Command::StartHandoff { peer })
     }
 
@@ -358,12 +397,12 @@ impl<L: RegionLogic + 'static> Host<L> {
 
     /// Saves `region` to the checkpoint store and stops hosting it (between ticks; refused
     /// during a handoff). [`HostEvent::Stopped`] or [`HostEvent::StopRefused`] tells how it went.
-    pub fn stop_region(&self, region: RegionId) -> Result<(), String> {
+    pub fn stop_region(&self, region: RegionId) -> Result<(), HostError> {
         self.send(region, Command::Stop)
     }
 
     /// Runs `query` on the region's thread, between ticks.
-    pub fn query(&self, region: RegionId, query: RegionQuery<L>) -> Result<(), String> {
+    pub fn query(&self, region: RegionId, query: RegionQuery<L>) -> Result<(), HostError> {
         self.send(region, Command::Query(query))
     }
 
@@ -380,14 +419,14 @@ impl<L: RegionLogic + 'static> Host<L> {
         self.endpoint.close(0u32.into(), b"shutdown");
     }
 
-    fn send(&self, region: RegionId, command: Command<L>) -> Result<(), String> {
+    fn send(&self, region: RegionId, command: Command<L>) -> Result<(), HostError> {
         let sender = self
             .regions
             .lock()
             .ok()
             .and_then(|regions| regions.get(&region).map(|slot| slot.sender.clone()))
-            .ok_or_else(|| format!("region {region} is not hosted here"))?;
-        sender.send(command).map_err(|_| format!("region {region} stopped"))
+            .ok_or(HostError::NotHosted(region))?;
+        sender.send(command).map_err(|_| HostError::Stopped(region))
     }
 
     fn spawn_loop(&self, region: Region<L>, role: region_loop::Role) {

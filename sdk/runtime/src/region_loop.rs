@@ -13,6 +13,7 @@ use baton_sdk::handoff::{
     HandoffPlan, HandoffSource, HandoffTarget, Message, Ownership, OwnershipAuthority, SourceAction, SourceConfig,
     SourcePhase, TargetAction, TargetConfig,
 };
+use baton_sdk::sessions::SessionError;
 use baton_sdk::wire::upstream::{ServerMessage, Transfer};
 use baton_sdk::wire::{Epoch, PlayerId, PlayerInput, RegionId};
 use baton_sdk::{Emigrant, Region, RegionLogic, TickSchedule};
@@ -457,15 +458,51 @@ fn route_input<L: RegionLogic + 'static>(
 
 /// Queues an input for the next tick; one for a player who is not in the region (its avatar
 /// crossed a border, or has not arrived yet) goes back to its gateway to be routed again.
-/// Invariant 2: this is the only way an input that reached an owner leaves it unapplied, so a
-/// straggler forwarded by a handoff's source can never vanish and leave a gap in its player's
-/// sequence. Duplicates are dropped by the session (they were applied already).
+/// Invariant 2: a straggler forwarded by a handoff's source is queued, or bounced when its player
+/// is not here, so it cannot vanish in a region that lost the player. What [`after_refusal`]
+/// drops is counted (`baton_inputs_refused_total` by reason) and is never the input its player is
+/// blocked on. Duplicates are dropped by the session (they were applied already).
 fn submit_or_bounce<L: RegionLogic + 'static>(region: &mut Region<L>, input: PlayerInput, context: &LoopContext<L>) {
-    let player = input.player;
     match region.submit_input(input.clone()) {
         Ok(_) => {}
-        Err(baton_sdk::sessions::SessionError::UnknownPlayer(_)) => refuse_input(context, region.id(), input),
-        Err(error) => tracing::debug!(region = %region.id(), %player, %error, "input refused"),
+        Err(error) => match after_refusal(&error) {
+            Refused::Bounce => refuse_input(context, region.id(), input),
+            // Already counted and logged by the region's `input_refused` event.
+            Refused::Drop => {}
+        },
+    }
+}
+
+/// What an owner does with an input its region's sessions refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refused {
+    /// Send it back to the player's gateway to be routed again (`Bounced`).
+    Bounce,
+    /// Drop it.
+    Drop,
+}
+
+/// Decides between bouncing and dropping a refused input.
+fn after_refusal(error: &SessionError) -> Refused {
+    match error {
+        // The avatar is elsewhere (it crossed a border or has not arrived yet): the gateway routes
+        // the input to wherever the player is now.
+        SessionError::UnknownPlayer(_) => Refused::Bounce,
+        // A full queue is not bounced. The gateway would route the input straight back to this
+        // owner, which refuses it again for as long as the gap lasts, so every such input would
+        // circle between gateway and server at network speed; a client that leaves a gap (the
+        // gateway's rate limit drops an input but keeps its number) would add one to the circle
+        // for every input it sends until it disconnects. The input the player is blocked on is
+        // never refused for a full queue (`Sessions::submit`), and a resuming client resends
+        // everything after `last_applied`, so dropping here loses nothing the player cannot
+        // send again.
+        SessionError::QueueFull(_) => Refused::Drop,
+        // Invalid anywhere (the gateway checks size and sequence before forwarding), or a bug of
+        // this region: routing it again cannot help.
+        SessionError::PayloadTooLarge(_)
+        | SessionError::ZeroSequence
+        | SessionError::AlreadyJoined(_)
+        | SessionError::World(_) => Refused::Drop,
     }
 }
 
@@ -824,6 +861,30 @@ fn pump<L: RegionLogic + 'static>(
         }
         if !busy {
             break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_sdk::sessions::SessionError;
+    use baton_sdk::wire::PlayerId;
+
+    use super::{Refused, after_refusal};
+
+    #[test]
+    fn only_inputs_of_players_elsewhere_are_bounced() {
+        let player = PlayerId(1);
+        let cases = [
+            (SessionError::UnknownPlayer(player), Refused::Bounce),
+            // Bouncing would send it straight back here, again and again while the gap lasts.
+            (SessionError::QueueFull(player), Refused::Drop),
+            (SessionError::PayloadTooLarge(usize::MAX), Refused::Drop),
+            (SessionError::ZeroSequence, Refused::Drop),
+            (SessionError::AlreadyJoined(player), Refused::Drop),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(after_refusal(&error), expected, "{error}");
         }
     }
 }

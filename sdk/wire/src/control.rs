@@ -3,18 +3,24 @@
 //! An agent connects to the coordinator (mutual TLS with the host's cluster certificate, ALPN
 //! [`ALPN_CONTROL`]) and keeps one bidirectional stream of `u32`-framed postcard messages
 //! ([`crate::framing`]). It says `Hello`, then reports its host's load and its processes every
-//! interval and relays what its region-server processes report. The coordinator asks it to run
-//! serve-protocol commands on its processes (`Run`), e.g. to host, prepare or hand off a region, and
-//! to claim a pre-warmed process (`Claim`).
+//! interval and relays what its region-server processes report ([`ServerEvent`]). The coordinator
+//! asks it to run serve-protocol commands on its processes (`Run` with a [`ServerCommand`]), e.g.
+//! to host, prepare or hand off a region, and to claim a pre-warmed process (`Claim`).
+//!
+//! Version 2 carries the serve protocol as its types ([`crate::serve`]) instead of JSON text, and
+//! reports a process's exit as its own message.
 
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::serve::{AsJson, ServerCommand, ServerEvent};
+use crate::{Epoch, RegionId};
+
 /// ALPN of the control protocol.
 pub const ALPN_CONTROL: &[u8] = b"baton-control/1";
 /// Version of the control message set.
-pub const CONTROL_VERSION: u16 = 1;
+pub const CONTROL_VERSION: u16 = 2;
 
 /// What one region-server process of a host is doing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,7 +32,7 @@ pub struct ProcessInfo {
     /// Idle and ready to receive a region (a warm-pool member) or claimed/serving.
     pub warm: bool,
     /// Regions it owns.
-    pub regions: Vec<u64>,
+    pub regions: Vec<RegionId>,
     /// How many times the agent restarted it.
     pub restarts: u32,
     /// Its operating-system process id (0 while unknown).
@@ -40,8 +46,8 @@ pub struct HostLoad {
     pub cpu_cores: f64,
     /// Resident memory of those processes, in bytes.
     pub memory_bytes: u64,
-    /// Per region: (region, last tick duration in ms, players).
-    pub regions: Vec<(u64, f64, u64)>,
+    /// Per region: (region, mean tick duration over the last second in ms, players).
+    pub regions: Vec<(RegionId, f64, u64)>,
     /// Bytes sent by handoffs so far.
     pub migration_bytes: u64,
 }
@@ -65,12 +71,20 @@ pub enum AgentMessage {
         /// The load.
         load: HostLoad,
     },
-    /// A process reported an event (a serve-protocol JSON line).
+    /// A process reported an event (every serve-protocol event but `load`, which the status
+    /// reports fold in).
     Event {
         /// The process.
         process: String,
-        /// The event, as JSON text.
-        event: String,
+        /// The event.
+        event: AsJson<ServerEvent>,
+    },
+    /// A process exited without being asked to (the agent starts it again, empty and warm).
+    ProcessExited {
+        /// The process.
+        process: String,
+        /// The regions it owned: nobody serves them now.
+        regions: Vec<RegionId>,
     },
     /// Answer to `Claim`: the process now reserved for the request, or why none is.
     Claimed {
@@ -91,12 +105,12 @@ pub enum CoordinatorMessage {
         /// Identifies the request.
         request: u64,
     },
-    /// Send one serve-protocol command (JSON text) to a process.
+    /// Send one serve-protocol command to a process.
     Run {
         /// The process.
         process: String,
-        /// The command, as JSON text.
-        command: String,
+        /// The command.
+        command: AsJson<ServerCommand>,
     },
     /// Stop a process (its regions are gone from it).
     Release {
@@ -127,13 +141,13 @@ pub struct GatewayHello {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteEntry {
     /// The region.
-    pub region: u64,
+    pub region: RegionId,
     /// The owning instance's name (as in the directory).
     pub owner: String,
     /// Its cluster address.
     pub address: SocketAddr,
     /// The ownership epoch.
-    pub epoch: u64,
+    pub epoch: Epoch,
 }
 
 /// Coordinator to gateway on the route feed.

@@ -8,6 +8,7 @@ pub mod authority;
 pub mod control;
 pub mod framing;
 pub mod player;
+pub mod serve;
 pub mod token;
 pub mod upstream;
 
@@ -41,9 +42,22 @@ impl fmt::Display for RegionId {
 
 /// A player account as issued by the operator's login service.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[rkyv(derive(Debug, PartialEq, Eq, PartialOrd, Ord))]
+#[serde(transparent)]
 pub struct PlayerId(pub u64);
 
 impl fmt::Display for PlayerId {

@@ -9,8 +9,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use baton_harness::cluster::{Cluster, HandoffOutcome, server_binary, world_object};
 use clap::Parser;
-use sample_region_server::cluster::{Cluster, HandoffOutcome, server_binary};
+use sample_region_server::game::WorldRequest;
 use serde_json::json;
 
 /// Benchmark live handoffs between two region-server processes.
@@ -70,14 +71,14 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let binary = server_binary()?;
     let extra = vec!["--dirty".to_owned(), cli.dirty.to_string(), "--bulk-mbps".to_owned(), cli.bulk_mbps.to_string()];
     let mut cluster = Cluster::start(&binary, 2, &extra).context("starting two region servers")?;
-    cluster.host(&json!({"churn": cli.entities, "seed": 1}), cli.avatars)?;
+    cluster.host(
+        &world_object(WorldRequest { churn: cli.entities, seed: Some(1), ..WorldRequest::default() }),
+        cli.avatars,
+    )?;
     const BYSTANDER: u64 = 2;
     if cli.bystander_objects > 0 {
-        let mark = cluster.processes[0].log.len();
-        cluster.processes[0].send(&json!({"cmd": "host", "region": BYSTANDER, "objects": cli.bystander_objects, "npcs": 200, "plants": 200, "seed": 2}))?;
-        cluster.processes[0].wait_for(mark, Duration::from_secs(60), |event| {
-            event["event"] == "owning" && event["region"] == BYSTANDER
-        })?;
+        let world = WorldRequest { objects: cli.bystander_objects, npcs: 200, plants: 200, churn: 0, seed: Some(2) };
+        cluster.host_other(0, BYSTANDER, &world_object(world))?;
     }
     cluster.play(Duration::from_secs(1))?;
     let bystander_before = if cli.bystander_objects > 0 { Some(cluster.report(0, BYSTANDER)?) } else { None };
@@ -110,9 +111,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let bystander = match bystander_before {
         Some(before) => {
             let after = cluster.report(0, BYSTANDER)?;
-            let ticks = after["tick"].as_u64().unwrap_or(0).saturating_sub(before["tick"].as_u64().unwrap_or(0));
-            let late =
-                after["late_ticks"].as_u64().unwrap_or(0).saturating_sub(before["late_ticks"].as_u64().unwrap_or(0));
+            let ticks = after.tick.saturating_sub(before.tick);
+            let late = after.late_ticks.saturating_sub(before.late_ticks);
             json!({"objects": cli.bystander_objects, "ticks": ticks, "late_ticks": late})
         }
         None => json!(null),

@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -17,15 +17,18 @@ use baton_client::{Client, ClientOptions, Event};
 use baton_gateway::token::{Claims, TokenKey};
 use serde_json::{Value, json};
 
-use crate::cluster::{ServerProcess, gateway_binary, server_binary};
-use crate::{PlayerView, walk_payload};
+use crate::cluster::{GatewayProcess, ServerProcess, gateway_binary, issue_certificates, server_binary};
+use baton_wire::RegionId;
+use baton_wire::serve::{ServerCommand, ServerEvent};
+use sample_region_server::game::WorldRequest;
+use sample_region_server::{PlayerView, walk_payload};
 
 /// Processes of a cluster with gateways; all are stopped when it is dropped.
 pub struct GatewayCluster {
     /// Region servers (`s0`, `s1`, ...).
     pub servers: Vec<ServerProcess>,
     /// Gateways (`g0`, `g1`, ...).
-    pub gateways: Vec<ServerProcess>,
+    pub gateways: Vec<GatewayProcess>,
     /// Players' addresses of the gateways.
     pub gateway_addresses: Vec<SocketAddr>,
     /// The certificate players trust.
@@ -61,15 +64,9 @@ impl GatewayCluster {
         let certs = directory.join("certs");
         let server_names: Vec<String> = (0..spec.servers).map(|index| format!("s{index}")).collect();
         let gateway_names: Vec<String> = (0..spec.gateways).map(|index| format!("g{index}")).collect();
-        let mut issue = Command::new(&server);
-        issue.arg("--dev-certs").arg(&certs);
-        for name in server_names.iter().chain(&gateway_names).map(String::as_str).chain(["probe"]) {
-            issue.args(["--node", name]);
-        }
-        let status = issue.stderr(Stdio::null()).status().context("issuing certificates")?;
-        if !status.success() {
-            bail!("issuing certificates failed: {status}");
-        }
+        let nodes: Vec<String> =
+            server_names.iter().chain(&gateway_names).cloned().chain(["probe".to_owned()]).collect();
+        issue_certificates(&certs, &nodes)?;
         let key_file = directory.join("token.key");
         let key_text: String = (0..48).map(|_| fastrand::alphanumeric()).collect();
         std::fs::write(&key_file, &key_text)?;
@@ -103,10 +100,8 @@ impl GatewayCluster {
             for server in &servers {
                 command.args(["--server", &server.address.to_string()]);
             }
-            let process = ServerProcess::spawn_command(name, command)?;
-            let address =
-                process.log.iter().find(|event| event["event"] == "listening").and_then(|event| event["addr"].as_str());
-            gateway_addresses.push(address.context("gateway without an address")?.parse()?);
+            let process = GatewayProcess::spawn_gateway(name, command)?;
+            gateway_addresses.push(process.address);
             gateways.push(process);
         }
         Ok(GatewayCluster { servers, gateways, gateway_addresses, trust: dev_tls.join("gateway.pem"), key, directory })
@@ -114,36 +109,45 @@ impl GatewayCluster {
 
     /// Hosts `region` on server `server` with `objects` physics objects (and a few NPCs).
     pub fn host(&mut self, server: usize, region: u64, objects: usize) -> anyhow::Result<()> {
+        let region = RegionId(region);
         let mark = self.servers[server].log.len();
         let npcs = objects / 10;
-        self.servers[server].send(
-            &json!({"cmd": "host", "region": region, "objects": objects, "npcs": npcs, "plants": npcs, "seed": region}),
-        )?;
-        let (_, event) = self.servers[server].wait_for(mark, Duration::from_secs(120), |event| {
-            (event["event"] == "owning" && event["region"] == region) || event["event"] == "error"
-        })?;
-        if event["event"] == "error" {
-            bail!("hosting region {region}: {event}");
-        }
+        let world = WorldRequest { objects, npcs, plants: npcs, churn: 0, seed: Some(region.0) };
+        let world = match serde_json::to_value(world)? {
+            Value::Object(world) => world,
+            other => bail!("a world request is not an object: {other}"),
+        };
+        self.servers[server].command(&ServerCommand::Host { region, world, from_checkpoint: false })?;
+        self.servers[server]
+            .wait_outcome(
+                mark,
+                Duration::from_secs(120),
+                region,
+                |event| matches!(event, ServerEvent::Owning { region: owned, .. } if *owned == region),
+            )
+            .with_context(|| format!("hosting region {region}"))?;
         Ok(())
     }
 
     /// Moves `region` from server `from` to server `to`; returns the source's final event
     /// (`handed_off` or `aborted`).
-    pub fn handoff(&mut self, region: u64, from: usize, to: usize) -> anyhow::Result<Value> {
+    pub fn handoff(&mut self, region: u64, from: usize, to: usize) -> anyhow::Result<ServerEvent> {
+        let region = RegionId(region);
         let target_mark = self.servers[to].log.len();
-        self.servers[to].send(&json!({"cmd": "prepare", "region": region}))?;
-        self.servers[to].wait_for(target_mark, Duration::from_secs(30), |event| {
-            event["event"] == "prepared" && event["region"] == region
-        })?;
+        self.servers[to].command(&ServerCommand::Prepare { region })?;
+        self.servers[to].wait_outcome(
+            target_mark,
+            Duration::from_secs(30),
+            region,
+            |event| matches!(event, ServerEvent::Prepared { region: prepared } if *prepared == region),
+        )?;
         let source_mark = self.servers[from].log.len();
-        let address = self.servers[to].address.to_string();
-        self.servers[from].send(&json!({"cmd": "handoff", "region": region, "to": address}))?;
-        let (_, event) = self.servers[from].wait_for(source_mark, Duration::from_secs(60), |event| {
-            (event["event"] == "handed_off" || event["event"] == "aborted" || event["event"] == "error")
-                && (event["region"] == region || event["event"] == "error")
-        })?;
-        Ok(event)
+        let address = self.servers[to].address;
+        self.servers[from].command(&ServerCommand::Handoff { region, to: address })?;
+        self.servers[from].wait_outcome(source_mark, Duration::from_secs(60), region, |event| {
+            matches!(event, ServerEvent::HandedOff { region: about, .. } | ServerEvent::Aborted { region: about, .. }
+                if *about == region)
+        })
     }
 
     /// A session token for `player` entering at `region`, valid for an hour.

@@ -2,25 +2,25 @@
 //! `sample-region-server --serve` processes over mutually authenticated QUIC while 50 players
 //! send 20 inputs/s each; then target processes are killed (SIGKILL) mid-handoff.
 //!
-//! These live with the sample server because they run its binary (`CARGO_BIN_EXE_*` is only
-//! given to a package's own tests).
+//! The processes are the sample's binary, found next to the test executable (`baton-harness`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use sample_region_server::cluster::Cluster;
-use serde_json::json;
+use baton_harness::cluster::{Cluster, sample_world, server_binary};
+use baton_wire::serve::{ServerCommand, ServerEvent};
+use baton_wire::{PlayerId, RegionId};
 
-fn binary() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_sample-region-server"))
+fn binary() -> PathBuf {
+    server_binary().expect("the sample-region-server binary (cargo build --bins)")
 }
 
 #[test]
 fn a_busy_region_moves_back_and_forth_twenty_times_without_losing_an_input() {
-    let mut cluster = Cluster::start(binary(), 2, &[]).unwrap();
-    cluster.host(&json!({"objects": 2000, "npcs": 200, "plants": 200, "seed": 5}), 50).unwrap();
+    let mut cluster = Cluster::start(&binary(), 2, &[]).unwrap();
+    cluster.host(&sample_world(2000, 200, 200, 0, 5), 50).unwrap();
     cluster.play(Duration::from_secs(1)).unwrap();
     let mut freezes = Vec::new();
     for handoff in 0..20 {
@@ -65,21 +65,21 @@ fn kill_target_in(phase: KillIn) {
             20_000
         }
     };
-    let mut cluster = Cluster::start(binary(), 2, &extra).unwrap();
-    cluster.host(&json!({"objects": 500, "npcs": 50, "plants": 50, "churn": churn, "seed": 9}), 20).unwrap();
+    let mut cluster = Cluster::start(&binary(), 2, &extra).unwrap();
+    cluster.host(&sample_world(500, 50, 50, churn, 9), 20).unwrap();
     cluster.play(Duration::from_millis(500)).unwrap();
     let mark = match phase {
         KillIn::Prepare => {
             // The target dies after it was prepared and before the source reaches it.
             let region_mark = cluster.processes[1].log.len();
-            cluster.processes[1].send(&json!({"cmd": "prepare", "region": 1})).unwrap();
+            cluster.processes[1].command(&ServerCommand::Prepare { region: RegionId(1) }).unwrap();
             cluster.processes[1]
-                .wait_for(region_mark, Duration::from_secs(10), |event| event["event"] == "prepared")
+                .wait_for(region_mark, Duration::from_secs(10), |event| matches!(event, ServerEvent::Prepared { .. }))
                 .unwrap();
             cluster.processes[1].kill();
             let mark = cluster.processes[0].log.len();
-            let address = cluster.processes[1].address.to_string();
-            cluster.processes[0].send(&json!({"cmd": "handoff", "region": 1, "to": address})).unwrap();
+            let address = cluster.processes[1].address;
+            cluster.processes[0].command(&ServerCommand::Handoff { region: RegionId(1), to: address }).unwrap();
             mark
         }
         _ => {
@@ -90,9 +90,11 @@ fn kill_target_in(phase: KillIn) {
                 _ => "frozen",
             };
             cluster
-                .play_until(mark, Duration::from_secs(30), |event| {
-                    event["event"] == "phase" && event["phase"] == wanted
-                })
+                .play_until(
+                    mark,
+                    Duration::from_secs(30),
+                    |event| matches!(event, ServerEvent::Phase { phase, .. } if phase == wanted),
+                )
                 .unwrap();
             if let KillIn::Snapshot = phase {
                 cluster.play(Duration::from_millis(100)).unwrap();
@@ -101,12 +103,17 @@ fn kill_target_in(phase: KillIn) {
             mark
         }
     };
-    let aborted = cluster.play_until(mark, Duration::from_secs(20), |event| event["event"] == "aborted").unwrap();
-    assert_eq!(aborted["owning"], true, "{phase:?}: the source must own the region after {aborted}");
+    let aborted = cluster
+        .play_until(mark, Duration::from_secs(20), |event| matches!(event, ServerEvent::Aborted { .. }))
+        .unwrap();
+    assert!(
+        matches!(aborted, ServerEvent::Aborted { owning: true, .. }),
+        "{phase:?}: the source must own the region after {aborted:?}"
+    );
     // The source keeps ticking and applying inputs.
     cluster.play(Duration::from_secs(1)).unwrap();
     let (sent, lost, duplicated, _) = cluster.settle_and_check().unwrap();
-    println!("kill -9 of the target in {phase:?}: {aborted}; {sent} inputs, {lost} lost, {duplicated} duplicated");
+    println!("kill -9 of the target in {phase:?}: {aborted:?}; {sent} inputs, {lost} lost, {duplicated} duplicated");
     assert!(sent > 0);
     assert_eq!(lost, 0, "{phase:?}: inputs lost");
     assert_eq!(duplicated, 0, "{phase:?}: inputs duplicated");
@@ -134,15 +141,9 @@ fn killing_the_target_after_the_freeze_gives_the_region_back_to_the_source() {
 
 #[test]
 fn moving_one_region_leaves_another_in_the_same_process_running() {
-    let mut cluster = Cluster::start(binary(), 2, &[]).unwrap();
-    cluster.host(&json!({"objects": 500, "npcs": 50, "plants": 50, "seed": 3}), 10).unwrap();
-    let mark = cluster.processes[0].log.len();
-    cluster.processes[0]
-        .send(&json!({"cmd": "host", "region": 2, "objects": 1000, "npcs": 100, "plants": 100, "seed": 4}))
-        .unwrap();
-    cluster.processes[0]
-        .wait_for(mark, Duration::from_secs(30), |event| event["event"] == "owning" && event["region"] == 2)
-        .unwrap();
+    let mut cluster = Cluster::start(&binary(), 2, &[]).unwrap();
+    cluster.host(&sample_world(500, 50, 50, 0, 3), 10).unwrap();
+    cluster.host_other(0, 2, &sample_world(1000, 100, 100, 0, 4)).unwrap();
     let before = cluster.report(0, 2).unwrap();
     let started = std::time::Instant::now();
     for _ in 0..4 {
@@ -151,35 +152,39 @@ fn moving_one_region_leaves_another_in_the_same_process_running() {
         cluster.play(Duration::from_millis(200)).unwrap();
     }
     let after = cluster.report(0, 2).unwrap();
-    let ticks = after["tick"].as_u64().unwrap() - before["tick"].as_u64().unwrap();
+    let ticks = after.tick - before.tick;
     let expected = started.elapsed().as_secs_f64() * 30.0;
     println!(
         "bystander region: {ticks} ticks in {:.2} s ({expected:.0} due), {} late",
         started.elapsed().as_secs_f64(),
-        after["late_ticks"]
+        after.late_ticks
     );
     // Region 2 stayed where it was, owned, ticking on its own thread (timing is benchmarked, not
     // asserted: docs/benchmarks.md).
     assert!(ticks as f64 > expected * 0.5, "region 2 stopped ticking while region 1 moved");
-    assert_ne!(before["digest"], after["digest"], "region 2 kept changing");
+    assert_ne!(before.digest, after.digest, "region 2 kept changing");
     let (_, lost, duplicated, _) = cluster.settle_and_check().unwrap();
     assert_eq!((lost, duplicated), (0, 0));
 }
 
 #[test]
 fn an_owner_refuses_to_prepare_for_its_own_region() {
-    let mut cluster = Cluster::start(binary(), 1, &[]).unwrap();
-    cluster.host(&json!({"objects": 100, "seed": 1}), 2).unwrap();
+    let mut cluster = Cluster::start(&binary(), 1, &[]).unwrap();
+    cluster.host(&sample_world(100, 0, 0, 0, 1), 2).unwrap();
     let mark = cluster.processes[0].log.len();
-    cluster.processes[0].send(&json!({"cmd": "prepare", "region": 1})).unwrap();
-    let (_, error) =
-        cluster.processes[0].wait_for(mark, Duration::from_secs(10), |event| event["event"] == "error").unwrap();
-    assert!(error["error"].as_str().unwrap().contains("owned by this host"), "{error}");
+    cluster.processes[0].command(&ServerCommand::Prepare { region: RegionId(1) }).unwrap();
+    let (_, error) = cluster.processes[0]
+        .wait_for(mark, Duration::from_secs(10), |event| matches!(event, ServerEvent::Error { .. }))
+        .unwrap();
+    assert!(
+        matches!(&error, ServerEvent::Error { region: Some(RegionId(1)), error } if error.contains("owned by this host")),
+        "{error:?}"
+    );
     // A second host command for the same region is refused too, and the region keeps working.
-    cluster.processes[0].send(&json!({"cmd": "host", "region": 1, "objects": 10})).unwrap();
-    let already = |event: &serde_json::Value| {
-        event["event"] == "error" && event["error"].as_str().is_some_and(|text| text.contains("already has a slot"))
-    };
+    let world = sample_world(10, 0, 0, 0, 1);
+    cluster.processes[0].command(&ServerCommand::Host { region: RegionId(1), world, from_checkpoint: false }).unwrap();
+    let already =
+        |event: &ServerEvent| matches!(event, ServerEvent::Error { error, .. } if error.contains("already has a slot"));
     cluster.processes[0].wait_for(mark, Duration::from_secs(10), already).unwrap();
     cluster.play(Duration::from_millis(500)).unwrap();
     let (sent, lost, duplicated, _) = cluster.settle_and_check().unwrap();
@@ -192,8 +197,8 @@ fn bulk_state_is_paced_to_the_configured_budget() {
     // Invariant 6: 20,000 churn entities make a ~1.2 MB snapshot; at 2 MB/s with a 256 KiB burst it
     // cannot arrive in less than ~0.47 s. Unpaced, it would take tens of milliseconds on loopback.
     let extra: Vec<String> = ["--bulk-mbps", "2"].iter().map(|arg| arg.to_string()).collect();
-    let mut cluster = Cluster::start(binary(), 2, &extra).unwrap();
-    cluster.host(&json!({"churn": 20_000, "seed": 2}), 5).unwrap();
+    let mut cluster = Cluster::start(&binary(), 2, &extra).unwrap();
+    cluster.host(&sample_world(0, 0, 0, 20_000, 2), 5).unwrap();
     cluster.play(Duration::from_millis(300)).unwrap();
     let outcome = cluster.handoff(1, Duration::from_secs(30)).unwrap();
     assert!(outcome.committed, "{outcome:?}");
@@ -210,15 +215,19 @@ fn bulk_state_is_paced_to_the_configured_budget() {
 /// the player's sequence that no later input could cross).
 #[test]
 fn a_straggler_for_a_player_who_is_not_there_is_handed_back_not_dropped() {
-    let mut cluster = Cluster::start(binary(), 2, &[]).unwrap();
-    cluster.host(&json!({"objects": 50, "npcs": 5, "plants": 5, "seed": 3}), 4).unwrap();
+    let mut cluster = Cluster::start(&binary(), 2, &[]).unwrap();
+    cluster.host(&sample_world(50, 5, 5, 0, 3), 4).unwrap();
     cluster.play(Duration::from_millis(300)).unwrap();
     let outcome = cluster.handoff(1, Duration::from_secs(60)).unwrap();
     assert!(outcome.committed, "{outcome:?}");
     // The old owner is within its straggler grace: player 999 has no avatar anywhere.
     let mark = cluster.processes[1].log.len();
-    cluster.processes[0].send(&json!({"cmd": "inputs", "region": 1, "inputs": [[999, 1]]})).unwrap();
+    cluster.processes[0]
+        .command(&ServerCommand::Inputs { region: RegionId(1), inputs: vec![(PlayerId(999), 1)] })
+        .unwrap();
     cluster.processes[1]
-        .wait_for(mark, Duration::from_secs(10), |event| event["event"] == "input_refused" && event["player"] == 999)
+        .wait_for(mark, Duration::from_secs(10), |event| {
+            matches!(event, ServerEvent::InputRefused { player: PlayerId(999), .. })
+        })
         .unwrap();
 }

@@ -5,11 +5,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use sample_region_server::cluster::Cluster;
-use serde_json::json;
+use baton_harness::cluster::{Cluster, sample_world, server_binary};
 
 fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sample-region-server"))
+    server_binary().expect("the sample-region-server binary (cargo build --bins)")
 }
 
 #[test]
@@ -22,7 +21,7 @@ fn a_region_server_serves_prometheus_metrics_and_takes_its_settings_from_a_file(
     std::fs::write(&settings, format!("metrics_listen = \"{metrics}\"\n")).unwrap();
     let extra = vec!["--config".to_owned(), settings.display().to_string()];
     let mut cluster = Cluster::start(&binary(), 1, &extra).unwrap();
-    cluster.host(&json!({"objects": 20, "npcs": 2, "plants": 2, "seed": 1}), 2).unwrap();
+    cluster.host(&sample_world(20, 2, 2, 0, 1), 2).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let text = loop {
         let text = ureq::get(format!("http://{metrics}/metrics"))

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use baton_client::{Client, ClientError, Event};
 use baton_gateway::token::Claims;
-use baton_wire::player::CloseCode;
-use sample_region_server::players::{
+use baton_harness::players::{
     ClusterSpec, GatewayCluster, Movement, PlayerOutcome, PlayerPlan, patrol_player, run_player,
 };
+use baton_wire::player::CloseCode;
+use baton_wire::serve::ServerEvent;
 
 fn spec(servers: usize, gateways: usize, gateway_args: &[&str]) -> ClusterSpec {
     ClusterSpec {
@@ -69,7 +70,7 @@ fn players_keep_playing_through_handoffs_and_border_crossings() {
         let from = owners[turn % 2];
         let to = 1 - from;
         let event = cluster.handoff(region, from, to).unwrap();
-        if event["event"] == "handed_off" {
+        if matches!(event, ServerEvent::HandedOff { .. }) {
             owners[turn % 2] = to;
         }
         handoffs.push(event);
@@ -79,7 +80,7 @@ fn players_keep_playing_through_handoffs_and_border_crossings() {
 
     let outcomes: Vec<PlayerOutcome> = tasks.into_iter().map(|task| runtime.block_on(task).unwrap().unwrap()).collect();
     let stats = cluster.gateway_stats(0).unwrap();
-    let committed = handoffs.iter().filter(|event| event["event"] == "handed_off").count();
+    let committed = handoffs.iter().filter(|event| matches!(event, ServerEvent::HandedOff { .. })).count();
     let disconnects: u64 = outcomes.iter().map(|outcome| outcome.disconnects).sum();
     let sent: u64 = outcomes.iter().map(|outcome| outcome.sent).sum();
     let crossings: u64 = outcomes.iter().map(|outcome| outcome.crossings).sum();
@@ -95,7 +96,7 @@ fn players_keep_playing_through_handoffs_and_border_crossings() {
         handoffs.len()
     );
     for event in &handoffs {
-        eprintln!("handoff: {event}");
+        eprintln!("handoff: {event:?}");
     }
     for outcome in outcomes.iter().filter(|outcome| !outcome.chain_ok || outcome.disconnects > 0) {
         eprintln!(
@@ -275,7 +276,7 @@ fn sessions_survive_address_changes_lost_connections_and_a_dead_gateway() {
             for _ in 0..count {
                 let payload = vec![1, 0, 0, 0, 0, 0, 0, 0, 0, fastrand::u8(..)];
                 let seq = client.next_seq();
-                *chain = sample_region_server::players::chain_step(*chain, seq, &payload);
+                *chain = baton_harness::players::chain_step(*chain, seq, &payload);
                 client.send_input(payload).await.unwrap();
             }
         };

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use sample_region_server::fleet::{Fleet, FleetSpec};
-use sample_region_server::players::{Movement, PlayerOutcome, PlayerPlan, run_player};
+use baton_harness::fleet::{Fleet, FleetSpec};
+use baton_harness::players::{Movement, PlayerOutcome, PlayerPlan, run_player};
 use serde_json::{Value, json};
 
 fn spec(hosts: usize, pool: usize) -> FleetSpec {
@@ -334,7 +334,7 @@ fn the_admin_api_refuses_bad_requests_clearly() {
     // batonctl over the same API: readable tables, --json, and clear refusals.
     let token_file = fleet.directory().join("api.token");
     let batonctl = |token: &std::path::Path, arguments: &[&str]| {
-        std::process::Command::new(sample_region_server::cluster::batonctl_binary().unwrap())
+        std::process::Command::new(baton_harness::cluster::batonctl_binary().unwrap())
             .args(["--api", &fleet.api])
             .arg("--token-file")
             .arg(token)

@@ -1,8 +1,9 @@
-//! Drives a cluster of `sample-region-server --serve` processes on loopback: used by the
+//! Drives a cluster of region-server processes (`sample-region-server --serve`, or any game served
+//! by `baton_runtime::serve`) on loopback through the serve protocol's types: used by the
 //! multi-process tests and by `handoff-bench`.
 //!
 //! The controller plays the parts that later issues build properly: it is the players (each
-//! sends [`scripted_input`](crate::scripted_input)s at a fixed rate to the process that owns the
+//! sends [`scripted_input`](sample_region_server::scripted_input)s at a fixed rate to the process that owns the
 //! region), the gateway (it switches to the new owner when it reports `authoritative`, and sends
 //! again whatever an old owner refused), and the operator (it tells processes to prepare and to
 //! hand off). Processes are killed when the controller is dropped, even when a test fails.
@@ -16,22 +17,35 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
+use baton_coordinator::console::{ConsoleCommand, ConsoleEvent};
+use baton_wire::serve::{GameObject, JoinRequest, ServerCommand, ServerEvent, to_line};
+use baton_wire::{PlayerId, RegionId};
+use sample_region_server::expected_chain;
+use sample_region_server::game::{AvatarReport, Spawn, WorldRequest};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
-use crate::expected_chain;
-
-/// One server process.
-pub struct ServerProcess {
+/// A child process that prints JSON lines of type `E` (its events) and reads commands as JSON
+/// lines; killed when dropped, also when a test fails.
+pub struct Process<E> {
     /// Its instance name.
     pub name: String,
-    /// Where it accepts handoff links.
+    /// The address it reported in its first event (handoff links and gateways for a region
+    /// server; players for a gateway; the cluster endpoint for a coordinator).
     pub address: SocketAddr,
     child: Child,
     stdin: ChildStdin,
-    events: mpsc::Receiver<Value>,
+    events: mpsc::Receiver<E>,
     /// Every event received so far.
-    pub log: Vec<Value>,
+    pub log: Vec<E>,
 }
+
+/// A region-server process (any game served by `baton_runtime::serve`).
+pub type ServerProcess = Process<ServerEvent>;
+/// A coordinator started with `--control`.
+pub type CoordinatorProcess = Process<ConsoleEvent>;
+/// A gateway started with `--control` (its console prints untyped JSON lines).
+pub type GatewayProcess = Process<serde_json::Value>;
 
 impl ServerProcess {
     /// Starts `binary --serve` and waits until it listens.
@@ -51,7 +65,7 @@ impl ServerProcess {
             .arg("--authority")
             .arg(authority)
             .args(extra);
-        ServerProcess::spawn_command(name, command)
+        ServerProcess::spawn_server(name, command)
     }
 
     /// Starts `binary --serve` deciding ownership at the coordinator at `coordinator`.
@@ -70,12 +84,69 @@ impl ServerProcess {
             .arg(certs)
             .args(["--coordinator", &coordinator.to_string()])
             .args(extra);
-        ServerProcess::spawn_command(name, command)
+        ServerProcess::spawn_server(name, command)
     }
 
-    /// Starts a process that speaks JSON lines (a region server or a gateway in `--control`
-    /// mode) and waits until it reports `listening`.
-    pub fn spawn_command(name: &str, mut command: Command) -> anyhow::Result<ServerProcess> {
+    /// Starts a region server from `command` and waits until it reports `listening`.
+    pub fn spawn_server(name: &str, command: Command) -> anyhow::Result<ServerProcess> {
+        Process::spawn_command(name, command, |event| match event {
+            ServerEvent::Listening { addr, .. } => Some(*addr),
+            _ => None,
+        })
+    }
+
+    /// Sends one serve-protocol command.
+    pub fn command(&mut self, command: &ServerCommand) -> anyhow::Result<()> {
+        self.send(command)
+    }
+
+    /// Waits for the outcome of a command about `region` that succeeds with an event `done`
+    /// accepts; an `error` about the region (or about no region) fails it.
+    pub fn wait_outcome(
+        &mut self,
+        since: usize,
+        timeout: Duration,
+        region: RegionId,
+        done: impl Fn(&ServerEvent) -> bool,
+    ) -> anyhow::Result<ServerEvent> {
+        let (_, event) = self.wait_for(since, timeout, |event| {
+            done(event)
+                || matches!(event, ServerEvent::Error { region: about, .. } if about.is_none_or(|about| about == region))
+        })?;
+        if let ServerEvent::Error { error, .. } = &event {
+            bail!("{}: {error}", self.name);
+        }
+        Ok(event)
+    }
+}
+
+impl CoordinatorProcess {
+    /// Starts a coordinator from `command` and waits until it reports `listening`.
+    pub fn spawn_coordinator_command(command: Command) -> anyhow::Result<CoordinatorProcess> {
+        Process::spawn_command("coordinator", command, |event| match event {
+            ConsoleEvent::Listening { addr, .. } => Some(*addr),
+            _ => None,
+        })
+    }
+}
+
+impl GatewayProcess {
+    /// Starts a gateway with `--control` from `command` and waits until it reports `listening`.
+    pub fn spawn_gateway(name: &str, command: Command) -> anyhow::Result<GatewayProcess> {
+        Process::spawn_command(name, command, |event: &serde_json::Value| {
+            (event["event"] == "listening").then(|| event["addr"].as_str()?.parse().ok()).flatten()
+        })
+    }
+}
+
+impl<E: DeserializeOwned + std::fmt::Debug + Clone + Send + 'static> Process<E> {
+    /// Starts a process that speaks JSON lines of `E` and waits for the first event from which
+    /// `listening` reads an address.
+    pub fn spawn_command(
+        name: &str,
+        mut command: Command,
+        listening: impl Fn(&E) -> Option<SocketAddr>,
+    ) -> anyhow::Result<Process<E>> {
         let binary = PathBuf::from(command.get_program());
         let mut child = command
             .stdin(Stdio::piped())
@@ -86,35 +157,37 @@ impl ServerProcess {
         let stdin = child.stdin.take().context("no stdin")?;
         let stdout = child.stdout.take().context("no stdout")?;
         let (sender, events) = mpsc::channel();
+        let reader_name = name.to_owned();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                match serde_json::from_str::<Value>(&line) {
-                    Ok(value) => {
-                        if sender.send(value).is_err() {
+                match serde_json::from_str::<E>(&line) {
+                    Ok(event) => {
+                        if sender.send(event).is_err() {
                             break;
                         }
                     }
-                    Err(_) => eprintln!("unparsable line from server: {line}"),
+                    // A line of another shape is a protocol break a test should see in its log.
+                    Err(error) => eprintln!("{reader_name}: unreadable line ({error}): {line}"),
                 }
             }
         });
-        let mut process = ServerProcess {
+        let mut process = Process {
             name: name.to_owned(),
-            address: "0.0.0.0:0".parse()?,
+            address: SocketAddr::from(([0, 0, 0, 0], 0)),
             child,
             stdin,
             events,
             log: Vec::new(),
         };
-        let listening = process.wait_for(0, Duration::from_secs(20), |event| event["event"] == "listening")?;
-        process.address = listening.1["addr"].as_str().context("listening without addr")?.parse()?;
+        let (_, first) = process.wait_for(0, Duration::from_secs(20), |event| listening(event).is_some())?;
+        process.address = listening(&first).context("listening without an address")?;
         Ok(process)
     }
 
-    /// Sends one command.
-    pub fn send(&mut self, command: &Value) -> anyhow::Result<()> {
-        writeln!(self.stdin, "{command}").with_context(|| format!("writing to {}", self.name))?;
+    /// Sends one command as a JSON line.
+    pub fn send<C: Serialize>(&mut self, command: &C) -> anyhow::Result<()> {
+        writeln!(self.stdin, "{}", to_line(command)).with_context(|| format!("writing to {}", self.name))?;
         self.stdin.flush()?;
         Ok(())
     }
@@ -133,8 +206,8 @@ impl ServerProcess {
         &mut self,
         since: usize,
         timeout: Duration,
-        predicate: impl Fn(&Value) -> bool,
-    ) -> anyhow::Result<(usize, Value)> {
+        predicate: impl Fn(&E) -> bool,
+    ) -> anyhow::Result<(usize, E)> {
         let deadline = Instant::now() + timeout;
         loop {
             self.drain();
@@ -150,7 +223,9 @@ impl ServerProcess {
             }
         }
     }
+}
 
+impl<E> Process<E> {
     /// The operating system's process id.
     #[must_use]
     pub fn pid(&self) -> u32 {
@@ -174,9 +249,10 @@ impl ServerProcess {
     }
 }
 
-impl Drop for ServerProcess {
+impl<E> Drop for Process<E> {
     fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "{}", json!({"cmd": "quit"}));
+        // Region servers, gateways and coordinators all stop on this line.
+        let _ = writeln!(self.stdin, "{}", to_line(&ServerCommand::Quit));
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -226,8 +302,25 @@ pub struct Cluster {
     /// Tick interval of the region.
     pub tick_interval: Duration,
     /// The coordinator, when ownership is decided there ([`Cluster::start_coordinated`]).
-    pub coordinator: Option<ServerProcess>,
+    pub coordinator: Option<CoordinatorProcess>,
     coordinator_address: Option<SocketAddr>,
+    /// Per process, how much of its log was searched for refused inputs already.
+    refused_seen: Vec<usize>,
+}
+
+/// A region's report, as a process answered [`ServerCommand::Report`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct RegionReport {
+    /// The tick.
+    pub tick: u64,
+    /// Ticks that started late.
+    pub late_ticks: u64,
+    /// The world digest (hex).
+    pub digest: String,
+    /// Live entities.
+    pub entities: u64,
+    /// Per player: `(player, last applied, pending, the sample's avatar figures)`.
+    pub players: Vec<(PlayerId, u64, u64, AvatarReport)>,
 }
 
 impl Cluster {
@@ -258,15 +351,9 @@ impl Cluster {
             std::env::temp_dir().join(format!("baton-cluster-{}-{}", std::process::id(), fastrand::u64(..)));
         let certs = directory.join("certs");
         let names: Vec<String> = (0..count).map(|index| format!("node-{index}")).collect();
-        let mut issue = Command::new(binary);
-        issue.arg("--dev-certs").arg(&certs).args(["--node", "coordinator"]);
-        for name in &names {
-            issue.args(["--node", name]);
-        }
-        let status = issue.stderr(Stdio::null()).status().context("issuing certificates")?;
-        if !status.success() {
-            bail!("issuing certificates failed: {status}");
-        }
+        let mut nodes = vec!["coordinator".to_owned()];
+        nodes.extend(names.iter().cloned());
+        issue_certificates(&certs, &nodes)?;
         let mut coordinator = None;
         let mut coordinator_address = None;
         if let Some(coordinator_binary) = coordinator_binary {
@@ -295,6 +382,7 @@ impl Cluster {
             tick_interval: Duration::from_secs_f64(1.0 / 30.0),
             coordinator,
             coordinator_address,
+            refused_seen: vec![0; count],
         })
     }
 
@@ -316,22 +404,11 @@ impl Cluster {
     pub fn directory_rows(&mut self) -> anyhow::Result<Vec<(u64, String, u64)>> {
         let coordinator = self.coordinator.as_mut().context("no coordinator running")?;
         let mark = coordinator.log.len();
-        coordinator.send(&json!({"cmd": "regions"}))?;
-        let (_, event) = coordinator.wait_for(mark, Duration::from_secs(10), |event| event["event"] == "regions")?;
-        Ok(event["regions"]
-            .as_array()
-            .map(|rows| {
-                rows.iter()
-                    .map(|row| {
-                        (
-                            row["region"].as_u64().unwrap_or(0),
-                            row["owner"].as_str().unwrap_or_default().to_owned(),
-                            row["epoch"].as_u64().unwrap_or(0),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default())
+        coordinator.send(&ConsoleCommand::Regions)?;
+        let (_, event) = coordinator
+            .wait_for(mark, Duration::from_secs(10), |event| matches!(event, ConsoleEvent::Regions { .. }))?;
+        let ConsoleEvent::Regions { regions } = event else { bail!("not a regions answer: {event:?}") };
+        Ok(regions.into_iter().map(|row| (row.region, row.owner, row.epoch)).collect())
     }
 
     /// The region this cluster plays.
@@ -340,22 +417,44 @@ impl Cluster {
         self.region
     }
 
-    /// Hosts the region on process 0 with `players` avatars.
-    pub fn host(&mut self, spec: &Value, players: u64) -> anyhow::Result<()> {
-        let mut command = spec.clone();
-        command["cmd"] = json!("host");
-        command["region"] = json!(self.region);
-        self.processes[0].send(&command)?;
-        self.processes[0]
-            .wait_for(0, Duration::from_secs(120), |event| event["event"] == "owning" || event["event"] == "error")?;
-        let joins: Vec<Value> = (1..=players)
-            .map(|id| json!({"id": id, "x": (id % 50) as f32 * 4.0 - 100.0, "z": (id / 50) as f32 * 4.0 - 100.0}))
+    /// Hosts the region on process 0, its world made from `world` (the game's keys), with
+    /// `players` avatars.
+    pub fn host(&mut self, world: &GameObject, players: u64) -> anyhow::Result<()> {
+        let region = RegionId(self.region);
+        let mark = self.processes[0].log.len();
+        self.processes[0].command(&ServerCommand::Host { region, world: world.clone(), from_checkpoint: false })?;
+        self.processes[0].wait_outcome(
+            mark,
+            Duration::from_secs(120),
+            region,
+            |event| matches!(event, ServerEvent::Owning { region: owned, .. } if *owned == region),
+        )?;
+        let joins = (1..=players)
+            .map(|id| JoinRequest {
+                player: PlayerId(id),
+                spawn: spawn_object(Spawn { x: (id % 50) as f32 * 4.0 - 100.0, z: (id / 50) as f32 * 4.0 - 100.0 }),
+            })
             .collect();
-        self.processes[0].send(&json!({"cmd": "join", "region": self.region, "players": joins}))?;
+        self.processes[0].command(&ServerCommand::Join { region, players: joins })?;
         for id in 1..=players {
             self.next_seq.insert(id, 1);
         }
         self.last_inputs = Instant::now();
+        Ok(())
+    }
+
+    /// Hosts another region (no players) on process `index` and waits until it owns it.
+    pub fn host_other(&mut self, index: usize, region: u64, world: &GameObject) -> anyhow::Result<()> {
+        let region = RegionId(region);
+        let process = &mut self.processes[index];
+        let mark = process.log.len();
+        process.command(&ServerCommand::Host { region, world: world.clone(), from_checkpoint: false })?;
+        process.wait_outcome(
+            mark,
+            Duration::from_secs(120),
+            region,
+            |event| matches!(event, ServerEvent::Owning { region: owned, .. } if *owned == region),
+        )?;
         Ok(())
     }
 
@@ -368,30 +467,32 @@ impl Cluster {
             let mut inputs = Vec::new();
             for (player, next) in &mut self.next_seq {
                 for _ in 0..due {
-                    inputs.push(json!([*player, *next]));
+                    inputs.push((PlayerId(*player), *next));
                     *next += 1;
                 }
             }
             let owner = self.owner;
-            self.processes[owner].send(&json!({"cmd": "inputs", "region": self.region, "inputs": inputs}))?;
+            self.processes[owner].command(&ServerCommand::Inputs { region: RegionId(self.region), inputs })?;
         }
         self.resend_refused()
     }
 
+    /// Sends every input a process refused since the last call to the current owner (the part
+    /// of a gateway that routes a bounced input again).
     fn resend_refused(&mut self) -> anyhow::Result<()> {
         let mut refused = Vec::new();
-        for process in &mut self.processes {
+        for (process, seen) in self.processes.iter_mut().zip(self.refused_seen.iter_mut()) {
             process.drain();
-            for event in process.log.iter_mut() {
-                if event["event"] == "input_refused" {
-                    refused.push(json!([event["player"], event["seq"]]));
-                    event["event"] = json!("input_refused_resent");
+            for event in &process.log[*seen..] {
+                if let ServerEvent::InputRefused { player, seq, .. } = event {
+                    refused.push((*player, *seq));
                 }
             }
+            *seen = process.log.len();
         }
         if !refused.is_empty() {
             let owner = self.owner;
-            self.processes[owner].send(&json!({"cmd": "inputs", "region": self.region, "inputs": refused}))?;
+            self.processes[owner].command(&ServerCommand::Inputs { region: RegionId(self.region), inputs: refused })?;
         }
         Ok(())
     }
@@ -409,44 +510,48 @@ impl Cluster {
     /// Moves the region from its owner to process `to`, with the players playing throughout.
     pub fn handoff(&mut self, to: usize, timeout: Duration) -> anyhow::Result<HandoffOutcome> {
         let from = self.owner;
-        let region = self.region;
         let target_mark = self.processes[to].log.len();
-        self.processes[to].send(&json!({"cmd": "prepare", "region": region}))?;
-        self.processes[to].wait_for(target_mark, Duration::from_secs(30), |event| event["event"] == "prepared")?;
-        let source_mark = self.processes[from].log.len();
-        let address = self.processes[to].address.to_string();
-        self.processes[from].send(&json!({"cmd": "handoff", "region": region, "to": address}))?;
+        let source_mark = self.begin_handoff(to)?;
         let deadline = Instant::now() + timeout;
         let mut outcome = HandoffOutcome::default();
         loop {
             self.pump_inputs()?;
             let target_events = &self.processes[to].log[target_mark..];
-            if !outcome.committed && target_events.iter().any(|event| event["event"] == "authoritative") {
+            if !outcome.committed
+                && target_events.iter().any(|event| matches!(event, ServerEvent::Authoritative { .. }))
+            {
                 // The gateway flips the route as soon as the new owner says so.
                 outcome.committed = true;
                 self.owner = to;
             }
             let source_events = &self.processes[from].log[source_mark..];
-            if let Some(aborted) =
-                source_events.iter().find(|event| event["event"] == "aborted" && event["owning"] == true)
-            {
-                outcome.aborted = aborted["reason"].as_str().map(str::to_owned);
+            if let Some(reason) = source_events.iter().find_map(|event| match event {
+                ServerEvent::Aborted { reason, owning: true, .. } => Some(reason.clone()),
+                _ => None,
+            }) {
+                outcome.aborted = Some(reason);
                 return Ok(outcome);
             }
-            let handed = source_events.iter().find(|event| event["event"] == "handed_off").cloned();
-            let first_tick = target_events.iter().find(|event| event["event"] == "first_tick").cloned();
-            let frozen = source_events.iter().rev().find(|event| event["event"] == "frozen").cloned();
-            if let (Some(handed), Some(first_tick), Some(frozen)) = (handed, first_tick, frozen) {
-                outcome.freeze_us = handed["freeze_us"].as_u64().unwrap_or(0);
-                outcome.total_us = handed["total_us"].as_u64().unwrap_or(0);
-                outcome.rounds = handed["rounds"].as_u64().unwrap_or(0);
-                outcome.snapshot_bytes = handed["snapshot_bytes"].as_u64().unwrap_or(0);
-                outcome.delta_bytes = handed["delta_bytes"].as_u64().unwrap_or(0);
-                outcome.final_bytes = handed["final_bytes"].as_u64().unwrap_or(0);
-                outcome.tick_gap_us = first_tick["at_us"]
-                    .as_u64()
-                    .unwrap_or(0)
-                    .saturating_sub(frozen["last_tick_at_us"].as_u64().unwrap_or(0));
+            let handed = source_events.iter().find_map(|event| match event {
+                ServerEvent::HandedOff { figures, .. } => Some(figures.clone()),
+                _ => None,
+            });
+            let first_tick_at = target_events.iter().find_map(|event| match event {
+                ServerEvent::FirstTick { at_us, .. } => Some(*at_us),
+                _ => None,
+            });
+            let last_tick_at = source_events.iter().rev().find_map(|event| match event {
+                ServerEvent::Frozen { last_tick_at_us, .. } => Some(*last_tick_at_us),
+                _ => None,
+            });
+            if let (Some(figures), Some(first_tick_at), Some(last_tick_at)) = (handed, first_tick_at, last_tick_at) {
+                outcome.freeze_us = figures.freeze_us.unwrap_or(0);
+                outcome.total_us = figures.total_us.unwrap_or(0);
+                outcome.rounds = u64::from(figures.rounds);
+                outcome.snapshot_bytes = figures.snapshot_bytes;
+                outcome.delta_bytes = figures.delta_bytes;
+                outcome.final_bytes = figures.final_bytes;
+                outcome.tick_gap_us = first_tick_at.saturating_sub(last_tick_at);
                 return Ok(outcome);
             }
             if Instant::now() > deadline {
@@ -463,14 +568,19 @@ impl Cluster {
     /// Prepares process `to` and tells the owner to start moving the region there, without waiting.
     /// Returns the owner's log position at the start.
     pub fn begin_handoff(&mut self, to: usize) -> anyhow::Result<usize> {
-        let region = self.region;
+        let region = RegionId(self.region);
         let target_mark = self.processes[to].log.len();
-        self.processes[to].send(&json!({"cmd": "prepare", "region": region}))?;
-        self.processes[to].wait_for(target_mark, Duration::from_secs(30), |event| event["event"] == "prepared")?;
+        self.processes[to].command(&ServerCommand::Prepare { region })?;
+        self.processes[to].wait_outcome(
+            target_mark,
+            Duration::from_secs(30),
+            region,
+            |event| matches!(event, ServerEvent::Prepared { region: prepared } if *prepared == region),
+        )?;
         let from = self.owner;
         let mark = self.processes[from].log.len();
-        let address = self.processes[to].address.to_string();
-        self.processes[from].send(&json!({"cmd": "handoff", "region": region, "to": address}))?;
+        let address = self.processes[to].address;
+        self.processes[from].command(&ServerCommand::Handoff { region, to: address })?;
         Ok(mark)
     }
 
@@ -479,8 +589,8 @@ impl Cluster {
         &mut self,
         since: usize,
         timeout: Duration,
-        predicate: impl Fn(&Value) -> bool,
-    ) -> anyhow::Result<Value> {
+        predicate: impl Fn(&ServerEvent) -> bool,
+    ) -> anyhow::Result<ServerEvent> {
         let deadline = Instant::now() + timeout;
         loop {
             self.pump_inputs()?;
@@ -495,12 +605,25 @@ impl Cluster {
     }
 
     /// Asks process `index` for a report of `region` (its tick, late ticks, digest, players).
-    pub fn report(&mut self, index: usize, region: u64) -> anyhow::Result<Value> {
-        let mark = self.processes[index].log.len();
-        self.processes[index].send(&json!({"cmd": "report", "region": region}))?;
-        let (_, report) = self.processes[index]
-            .wait_for(mark, Duration::from_secs(10), |event| event["event"] == "report" && event["region"] == region)?;
-        Ok(report)
+    pub fn report(&mut self, index: usize, region: u64) -> anyhow::Result<RegionReport> {
+        let region = RegionId(region);
+        let process = &mut self.processes[index];
+        let mark = process.log.len();
+        process.command(&ServerCommand::Report { region })?;
+        let event = process.wait_outcome(
+            mark,
+            Duration::from_secs(10),
+            region,
+            |event| matches!(event, ServerEvent::Report { region: about, .. } if *about == region),
+        )?;
+        let ServerEvent::Report { tick, late_ticks, digest, entities, players, .. } = event else {
+            bail!("not a report: {event:?}");
+        };
+        let players = players
+            .into_iter()
+            .map(|player| (player.player, player.last_applied, player.pending, AvatarReport::from_game(&player.game)))
+            .collect();
+        Ok(RegionReport { tick, late_ticks, digest, entities, players })
     }
 
     /// Stops the players, lets everything drain, and checks every player's inputs at the owner:
@@ -511,32 +634,26 @@ impl Cluster {
             self.resend_refused()?;
             std::thread::sleep(Duration::from_millis(20));
         }
-        let owner = self.owner;
-        let mark = self.processes[owner].log.len();
-        self.processes[owner].send(&json!({"cmd": "report", "region": self.region}))?;
-        let (_, report) =
-            self.processes[owner].wait_for(mark, Duration::from_secs(10), |event| event["event"] == "report")?;
+        let report = self.report(self.owner, self.region)?;
         let mut sent_total = 0;
         let mut lost = 0;
         let mut duplicated = 0;
-        let players = report["players"].as_array().cloned().unwrap_or_default();
         for (player, next) in &self.next_seq {
             let sent = next - 1;
             sent_total += sent;
-            let Some(state) = players.iter().find(|state| state["id"].as_u64() == Some(*player)) else {
+            let Some((_, last_applied, _, avatar)) = report.players.iter().find(|state| state.0 == PlayerId(*player))
+            else {
                 lost += sent;
                 continue;
             };
-            let last_applied = state["last_applied"].as_u64().unwrap_or(0);
-            let applied = state["applied"].as_u64().unwrap_or(0);
-            lost += sent.saturating_sub(last_applied);
-            duplicated += applied.saturating_sub(last_applied);
+            lost += sent.saturating_sub(*last_applied);
+            duplicated += avatar.applied.saturating_sub(*last_applied);
             // The hash chain proves each of 1..=last_applied was applied exactly once, in order.
-            if state["chain"].as_u64() != Some(expected_chain(*player, 0, 1, last_applied)) {
+            if avatar.chain != expected_chain(*player, 0, 1, *last_applied) {
                 duplicated += 1;
             }
         }
-        Ok((sent_total, lost, duplicated, report["digest"].as_str().unwrap_or_default().to_owned()))
+        Ok((sent_total, lost, duplicated, report.digest))
     }
 }
 
@@ -556,7 +673,7 @@ pub fn spawn_coordinator_at(
     directory: &Path,
     address: SocketAddr,
     api: SocketAddr,
-) -> anyhow::Result<ServerProcess> {
+) -> anyhow::Result<CoordinatorProcess> {
     let token_file = directory.join("api.token");
     if !token_file.exists() {
         let token: String = (0..32).map(|_| fastrand::alphanumeric()).collect();
@@ -572,10 +689,49 @@ pub fn spawn_coordinator_at(
         .arg(directory.join("certs"))
         .arg("--data")
         .arg(directory.join("coordinator-data"));
-    ServerProcess::spawn_command("coordinator", command)
+    CoordinatorProcess::spawn_coordinator_command(command)
 }
 
-fn spawn_coordinator(binary: &Path, directory: &Path, address: SocketAddr) -> anyhow::Result<ServerProcess> {
+/// Makes (or reuses) a development cluster CA in `certs` and issues a certificate for each of
+/// `nodes`, with `batonctl certs`.
+pub fn issue_certificates(certs: &Path, nodes: &[String]) -> anyhow::Result<()> {
+    let mut issue = Command::new(batonctl_binary()?);
+    issue.arg("certs").arg(certs);
+    for node in nodes {
+        issue.args(["--node", node]);
+    }
+    let status = issue.stderr(Stdio::null()).status().context("issuing certificates")?;
+    if !status.success() {
+        bail!("issuing certificates in {} failed: {status}", certs.display());
+    }
+    Ok(())
+}
+
+/// The `world` object of a sample region made as `request` says.
+#[must_use]
+pub fn world_object(request: WorldRequest) -> GameObject {
+    match serde_json::to_value(request) {
+        Ok(serde_json::Value::Object(object)) => object,
+        _ => GameObject::new(),
+    }
+}
+
+/// The `world` object of a sample region with these counts.
+#[must_use]
+pub fn sample_world(objects: usize, npcs: usize, plants: usize, churn: usize, seed: u64) -> GameObject {
+    world_object(WorldRequest { objects, npcs, plants, churn, seed: Some(seed) })
+}
+
+/// The `spawn` object of a sample avatar standing at `spawn`.
+#[must_use]
+pub fn spawn_object(spawn: Spawn) -> GameObject {
+    match serde_json::to_value(spawn) {
+        Ok(serde_json::Value::Object(object)) => object,
+        _ => GameObject::new(),
+    }
+}
+
+fn spawn_coordinator(binary: &Path, directory: &Path, address: SocketAddr) -> anyhow::Result<CoordinatorProcess> {
     spawn_coordinator_at(binary, directory, address, SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 

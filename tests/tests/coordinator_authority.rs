@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use sample_region_server::cluster::{Cluster, coordinator_binary, server_binary};
-use serde_json::json;
+use baton_harness::cluster::{Cluster, coordinator_binary, sample_world, server_binary};
+use baton_wire::serve::{GameObject, ServerEvent};
 
-fn spec() -> serde_json::Value {
-    json!({"objects": 500, "npcs": 50, "plants": 50, "seed": 5})
+fn spec() -> GameObject {
+    sample_world(500, 50, 50, 0, 5)
 }
 
 #[test]
@@ -45,33 +45,36 @@ fn a_coordinator_killed_mid_handoff_restarts_and_the_handoff_resolves_to_one_own
     .unwrap();
     cluster.host(&spec(), 20).unwrap();
     let mark = cluster.begin_handoff(1).unwrap();
-    cluster.play_until(mark, Duration::from_secs(30), |event| event["event"] == "frozen").unwrap();
+    cluster.play_until(mark, Duration::from_secs(30), |event| matches!(event, ServerEvent::Frozen { .. })).unwrap();
     cluster.kill_coordinator();
     // The commit and the source's settling both find the authority gone; they keep asking.
     cluster.play(Duration::from_millis(2500)).unwrap();
     cluster.restart_coordinator(&coordinator).unwrap();
     let outcome = cluster
         .play_until(mark, Duration::from_secs(30), |event| {
-            event["event"] == "handed_off" || (event["event"] == "aborted" && event["owning"] == true)
+            matches!(event, ServerEvent::HandedOff { .. } | ServerEvent::Aborted { owning: true, .. })
         })
         .unwrap();
-    eprintln!("outcome after the coordinator's restart: {outcome}");
-    if outcome["event"] == "handed_off" {
+    eprintln!("outcome after the coordinator's restart: {outcome:?}");
+    let handed_off = matches!(outcome, ServerEvent::HandedOff { .. });
+    if handed_off {
         cluster.owner = 1;
     }
     cluster.play(Duration::from_millis(500)).unwrap();
     // Exactly one owner: the directory's, and only it still ticks the region.
     let rows = cluster.directory_rows().unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].1, cluster.processes[cluster.owner].name, "directory {rows:?}, outcome {outcome}");
+    assert_eq!(rows[0].1, cluster.processes[cluster.owner].name, "directory {rows:?}, outcome {outcome:?}");
     assert_eq!(rows[0].2, 2, "one change of owner (a commit, or the source reclaiming)");
     // The other side let go: a source that handed off retires its copy; a target that lost
     // discards what it received.
-    if outcome["event"] == "handed_off" {
-        cluster.processes[0].wait_for(mark, Duration::from_secs(10), |event| event["event"] == "retired").unwrap();
+    if handed_off {
+        cluster.processes[0]
+            .wait_for(mark, Duration::from_secs(10), |event| matches!(event, ServerEvent::Retired { .. }))
+            .unwrap();
     } else {
         cluster.processes[1]
-            .wait_for(0, Duration::from_secs(10), |event| event["event"] == "aborted" && event["owning"] == false)
+            .wait_for(0, Duration::from_secs(10), |event| matches!(event, ServerEvent::Aborted { owning: false, .. }))
             .unwrap();
     }
     let (_, lost, duplicated, _) = cluster.settle_and_check().unwrap();

@@ -13,7 +13,8 @@ use baton_gateway::token::TokenKey;
 use serde_json::{Value, json};
 
 use crate::cluster::{
-    ServerProcess, agent_binary, coordinator_binary, gateway_binary, server_binary, spawn_coordinator_at,
+    CoordinatorProcess, GatewayProcess, agent_binary, coordinator_binary, gateway_binary, issue_certificates,
+    server_binary, spawn_coordinator_at,
 };
 
 /// Settings of a [`Fleet`].
@@ -38,7 +39,7 @@ pub struct FleetSpec {
 /// The processes of a deployment; all are stopped when it is dropped.
 pub struct Fleet {
     /// The coordinator (None while killed).
-    pub coordinator: Option<ServerProcess>,
+    pub coordinator: Option<CoordinatorProcess>,
     coordinator_address: SocketAddr,
     api_address: SocketAddr,
     /// The admin API's base URL.
@@ -46,7 +47,7 @@ pub struct Fleet {
     admin: AdminApi,
     agents: Vec<Child>,
     /// The gateway.
-    pub gateway: ServerProcess,
+    pub gateway: GatewayProcess,
     /// Its players' address.
     pub gateway_address: SocketAddr,
     /// Where each agent serves its metrics (host `h1` first).
@@ -133,18 +134,12 @@ impl AdminApi {
 impl Fleet {
     /// Starts the coordinator, the agents (whose pools start the region servers) and a gateway.
     pub fn start(spec: &FleetSpec) -> anyhow::Result<Fleet> {
-        let server = server_binary()?;
         let directory = std::env::temp_dir().join(format!("baton-fleet-{}-{}", std::process::id(), fastrand::u64(..)));
         let certs = directory.join("certs");
         let hosts: Vec<String> = (1..=spec.hosts).map(|index| format!("h{index}")).collect();
-        let mut issue = Command::new(&server);
-        issue.arg("--dev-certs").arg(&certs).args(["--node", "coordinator", "--node", "g0", "--node", "g1"]);
-        for host in &hosts {
-            issue.args(["--node", host]);
-        }
-        if !issue.stderr(Stdio::null()).status().context("issuing certificates")?.success() {
-            bail!("issuing certificates failed");
-        }
+        let mut nodes = vec!["coordinator".to_owned(), "g0".to_owned(), "g1".to_owned()];
+        nodes.extend(hosts.iter().cloned());
+        issue_certificates(&certs, &nodes)?;
         let coordinator_address = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
         let api_address = free_tcp_address()?;
         let coordinator = spawn_coordinator_at(&coordinator_binary()?, &directory, coordinator_address, api_address)?;
@@ -238,7 +233,7 @@ impl Fleet {
 
     /// Starts another gateway (`g1`) following the coordinator's route feed; returns it and its
     /// players' address. It learns every route from the feed alone (no `--server`).
-    pub fn start_late_gateway(&self) -> anyhow::Result<(ServerProcess, SocketAddr)> {
+    pub fn start_late_gateway(&self) -> anyhow::Result<(GatewayProcess, SocketAddr)> {
         let (gateway, address, _) = start_gateway(&self.directory, "g1", self.coordinator_address)?;
         Ok((gateway, address))
     }
@@ -401,7 +396,7 @@ fn start_gateway(
     directory: &Path,
     name: &str,
     coordinator: SocketAddr,
-) -> anyhow::Result<(ServerProcess, SocketAddr, SocketAddr)> {
+) -> anyhow::Result<(GatewayProcess, SocketAddr, SocketAddr)> {
     let metrics = free_tcp_address()?;
     let mut command = Command::new(gateway_binary()?);
     command
@@ -414,14 +409,8 @@ fn start_gateway(
         .arg(directory.join("tls"))
         .arg("--token-key-file")
         .arg(directory.join("token.key"));
-    let gateway = ServerProcess::spawn_command(name, command)?;
-    let address = gateway
-        .log
-        .iter()
-        .find(|event| event["event"] == "listening")
-        .and_then(|event| event["addr"].as_str())
-        .context("gateway without an address")?
-        .parse()?;
+    let gateway = GatewayProcess::spawn_gateway(name, command)?;
+    let address = gateway.address;
     Ok((gateway, address, metrics))
 }
 

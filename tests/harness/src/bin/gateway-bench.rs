@@ -12,8 +12,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use baton_harness::players::{ClusterSpec, GatewayCluster, Movement, PlayerPlan, run_direct_probe, run_player};
 use clap::Parser;
-use sample_region_server::players::{ClusterSpec, GatewayCluster, Movement, PlayerPlan, run_direct_probe, run_player};
 use serde_json::json;
 
 /// mimalloc: thousands of simulated clients allocate and free small buffers per packet, where

@@ -1,0 +1,489 @@
+//! The serve protocol (version 2): what a region-server process is told and what it reports.
+//!
+//! A region-server process (`baton_runtime::serve`) reads [`ServerCommand`]s as JSON lines on its
+//! standard input and prints [`ServerEvent`]s as JSON lines on its standard output, one object per
+//! line (logs go to standard error). Its host agent speaks it on the process's behalf, and relays
+//! the events to the coordinator inside the control protocol ([`crate::control`]) as the same
+//! types, so every party reads and writes these enums and nobody matches an event's name or a
+//! field by string. protocol.md §11 lists the commands and events.
+//!
+//! Consistency: the events of one process are in the order it printed them. A command's outcome is
+//! an event naming the same region (`owning` for `host`, `prepared` for `prepare`, `handed_off` or
+//! `aborted` for `handoff`, `stopped` or `stop_refused` for `stop`), or an `error` naming the
+//! region when the command was refused outright.
+//!
+//! What it deliberately does not carry: player traffic (gateways speak `upstream` to the same
+//! process), world state (handoff links), or anything game-specific except the opaque `world`
+//! object a game reads when it creates a region, the `spawn` of a joining player and the `game`
+//! part of a player's report.
+
+use std::net::SocketAddr;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::{Epoch, PlayerId, RegionId};
+
+/// Version of the serve protocol; a process says it in its `listening` event.
+pub const SERVE_VERSION: u16 = 2;
+
+/// A JSON object a game defines (a region's initial world, a player's spawn point, a report's
+/// game-specific part). Baton passes it through without reading it.
+pub type GameObject = serde_json::Map<String, serde_json::Value>;
+
+/// A command to a region-server process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServerCommand {
+    /// Create `region` here and own it: afresh from `world`, or restored from the newest checkpoint
+    /// in the process's checkpoint store. Answered by `owning` (afresh), `restored` then `owning`
+    /// (checkpoint), or `error`.
+    Host {
+        /// The region.
+        region: RegionId,
+        /// The game's initial world (game-defined keys; empty: the game's default).
+        #[serde(default)]
+        world: GameObject,
+        /// Restore from the newest checkpoint instead of creating the world.
+        #[serde(default)]
+        from_checkpoint: bool,
+    },
+    /// Pre-warm an empty slot to receive `region` in a handoff. Answered by `prepared`.
+    Prepare {
+        /// The region.
+        region: RegionId,
+    },
+    /// Hand `region` off to the prepared process listening at `to`. Answered by `handed_off` or
+    /// `aborted`.
+    Handoff {
+        /// The region.
+        region: RegionId,
+        /// The target's cluster address.
+        to: SocketAddr,
+    },
+    /// Save `region` to the checkpoint store and stop serving it (the old way of moving a region;
+    /// its players are disconnected). Answered by `stopped` or `stop_refused`.
+    Stop {
+        /// The region.
+        region: RegionId,
+    },
+    /// Add players without a gateway (tests and tools): the game places each at its `spawn`.
+    Join {
+        /// The region.
+        region: RegionId,
+        /// The players.
+        players: Vec<JoinRequest>,
+    },
+    /// Feed the game's scripted inputs `(player, sequence)` without a gateway (tests and tools).
+    /// An input the region cannot take is reported as `input_refused`.
+    Inputs {
+        /// The region.
+        region: RegionId,
+        /// The inputs.
+        inputs: Vec<(PlayerId, u64)>,
+    },
+    /// Report the region's tick, digest and players. Answered by `report`.
+    Report {
+        /// The region.
+        region: RegionId,
+    },
+    /// Stop every region thread and exit.
+    Quit,
+}
+
+/// A player to add with [`ServerCommand::Join`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// The player.
+    pub player: PlayerId,
+    /// Where to place the avatar (game-defined; the sample reads `x` and `z`).
+    #[serde(default)]
+    pub spawn: GameObject,
+}
+
+/// What a handoff moved and how long its freeze was, as the source measured it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HandoffFigures {
+    /// From the source's last authoritative tick to the target's first, in microseconds (when the
+    /// source learned it).
+    pub freeze_us: Option<u64>,
+    /// From the start of the handoff to its commit, in microseconds.
+    pub total_us: Option<u64>,
+    /// Delta rounds before the freeze.
+    pub rounds: u32,
+    /// Bytes of the streamed snapshot.
+    pub snapshot_bytes: u64,
+    /// Bytes of the delta rounds.
+    pub delta_bytes: u64,
+    /// Bytes of the final delta sent at the freeze.
+    pub final_bytes: u64,
+}
+
+impl HandoffFigures {
+    /// Every byte the handoff sent.
+    #[must_use]
+    pub fn total_bytes(&self) -> u64 {
+        self.snapshot_bytes.saturating_add(self.delta_bytes).saturating_add(self.final_bytes)
+    }
+}
+
+/// One player in a [`ServerEvent::Report`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlayerReport {
+    /// The player.
+    pub player: PlayerId,
+    /// The highest input sequence applied.
+    pub last_applied: u64,
+    /// Inputs received and waiting (at a gap, or for the next tick).
+    pub pending: u64,
+    /// The game's own figures for this player (the sample: inputs applied and their hash chain).
+    #[serde(default)]
+    pub game: GameObject,
+}
+
+/// What a region-server process reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ServerEvent {
+    /// The first line: the process is ready and accepts handoff links and gateways at `addr`.
+    Listening {
+        /// Its instance name.
+        name: String,
+        /// Its cluster address.
+        addr: SocketAddr,
+        /// [`SERVE_VERSION`].
+        version: u16,
+    },
+    /// `region` is hosted here and owned by this process at `epoch`.
+    Owning {
+        /// The region.
+        region: RegionId,
+        /// The epoch.
+        epoch: Epoch,
+    },
+    /// A slot waits to receive `region`.
+    Prepared {
+        /// The region.
+        region: RegionId,
+    },
+    /// A handoff this process started entered a phase (`snapshot`, `rounds`, `frozen`, ...).
+    Phase {
+        /// The region.
+        region: RegionId,
+        /// The source's phase, lower-case.
+        phase: String,
+    },
+    /// This process's copy of `region` froze after its last tick.
+    Frozen {
+        /// The region.
+        region: RegionId,
+        /// The last tick.
+        tick: u64,
+        /// When that tick started, in microseconds since the Unix epoch.
+        last_tick_at_us: u64,
+    },
+    /// This process took `region` over in a handoff.
+    Authoritative {
+        /// The region.
+        region: RegionId,
+        /// The new epoch.
+        epoch: Epoch,
+    },
+    /// The first tick this process ran after taking `region` over.
+    FirstTick {
+        /// The region.
+        region: RegionId,
+        /// The tick.
+        tick: u64,
+        /// When it started, in microseconds since the Unix epoch.
+        at_us: u64,
+    },
+    /// This process gave `region` away to the owner at `epoch`.
+    HandedOff {
+        /// The region.
+        region: RegionId,
+        /// The new owner's epoch.
+        epoch: Epoch,
+        /// What the handoff moved.
+        #[serde(flatten)]
+        figures: HandoffFigures,
+    },
+    /// A handoff of `region` failed; `owning` says whether this process owns it afterwards.
+    Aborted {
+        /// The region.
+        region: RegionId,
+        /// Who failed, in which phase, and why.
+        reason: String,
+        /// Whether this process owns the region now.
+        owning: bool,
+    },
+    /// `region` was freed here after handing it off.
+    Retired {
+        /// The region.
+        region: RegionId,
+    },
+    /// Once a second: what owning `region` costs.
+    Load {
+        /// The region.
+        region: RegionId,
+        /// Mean tick duration over the last second, in milliseconds.
+        tick_ms: f64,
+        /// Longest tick in it, in milliseconds.
+        tick_ms_max: f64,
+        /// Players with a session in the region.
+        players: u64,
+        /// Live entities.
+        entities: u64,
+    },
+    /// A checkpoint of `region` was stored.
+    Checkpointed {
+        /// The region.
+        region: RegionId,
+        /// The tick it holds.
+        tick: u64,
+        /// The owner's epoch.
+        epoch: Epoch,
+        /// Its size in bytes.
+        bytes: u64,
+        /// Where it is.
+        path: String,
+    },
+    /// Storing a checkpoint of `region` failed (the region goes on ticking).
+    CheckpointFailed {
+        /// The region.
+        region: RegionId,
+        /// Why.
+        error: String,
+    },
+    /// `region` was restored from a checkpoint (an `owning` follows).
+    Restored {
+        /// The region.
+        region: RegionId,
+        /// The tick the checkpoint held.
+        tick: u64,
+        /// The epoch the checkpoint was taken at.
+        from_epoch: Epoch,
+        /// The epoch this process owns it at.
+        epoch: Epoch,
+        /// The checkpoint's file.
+        path: String,
+    },
+    /// `region` was saved to the checkpoint store and is no longer served here.
+    Stopped {
+        /// The region.
+        region: RegionId,
+        /// The epoch it had here.
+        epoch: Epoch,
+        /// The tick the checkpoint holds.
+        tick: u64,
+        /// The checkpoint's size in bytes.
+        bytes: u64,
+        /// Where it is.
+        path: String,
+        /// Inputs received but not applied, which the checkpoint does not hold.
+        inputs_discarded: u64,
+    },
+    /// A stop of `region` was refused; it goes on here.
+    StopRefused {
+        /// The region.
+        region: RegionId,
+        /// Why.
+        reason: String,
+    },
+    /// An input reached a process that does not serve the region.
+    InputRefused {
+        /// The region.
+        region: RegionId,
+        /// The player.
+        player: PlayerId,
+        /// The input's sequence.
+        seq: u64,
+    },
+    /// The answer to [`ServerCommand::Report`].
+    Report {
+        /// The region.
+        region: RegionId,
+        /// Its tick.
+        tick: u64,
+        /// Ticks that started later than their schedule.
+        late_ticks: u64,
+        /// The world digest (hex).
+        digest: String,
+        /// Live entities.
+        entities: u64,
+        /// The players with a session.
+        players: Vec<PlayerReport>,
+    },
+    /// A command was refused or failed (bad JSON, unknown region, the game refused it).
+    Error {
+        /// The region the command named, if it named one.
+        #[serde(default)]
+        region: Option<RegionId>,
+        /// What went wrong.
+        error: String,
+    },
+}
+
+impl ServerEvent {
+    /// The region the event is about, if any.
+    #[must_use]
+    pub fn region(&self) -> Option<RegionId> {
+        match self {
+            ServerEvent::Listening { .. } => None,
+            ServerEvent::Error { region, .. } => *region,
+            ServerEvent::Owning { region, .. }
+            | ServerEvent::Prepared { region }
+            | ServerEvent::Phase { region, .. }
+            | ServerEvent::Frozen { region, .. }
+            | ServerEvent::Authoritative { region, .. }
+            | ServerEvent::FirstTick { region, .. }
+            | ServerEvent::HandedOff { region, .. }
+            | ServerEvent::Aborted { region, .. }
+            | ServerEvent::Retired { region }
+            | ServerEvent::Load { region, .. }
+            | ServerEvent::Checkpointed { region, .. }
+            | ServerEvent::CheckpointFailed { region, .. }
+            | ServerEvent::Restored { region, .. }
+            | ServerEvent::Stopped { region, .. }
+            | ServerEvent::StopRefused { region, .. }
+            | ServerEvent::InputRefused { region, .. }
+            | ServerEvent::Report { region, .. } => Some(*region),
+        }
+    }
+
+    /// How the owner of regions changes with this event, for whoever keeps a process's list of
+    /// owned regions (the agent and the coordinator).
+    #[must_use]
+    pub fn ownership_change(&self) -> Option<(RegionId, bool)> {
+        match self {
+            ServerEvent::Owning { region, .. } | ServerEvent::Authoritative { region, .. } => Some((*region, true)),
+            ServerEvent::HandedOff { region, .. }
+            | ServerEvent::Retired { region }
+            | ServerEvent::Stopped { region, .. } => Some((*region, false)),
+            ServerEvent::Aborted { region, owning, .. } => Some((*region, *owning)),
+            _ => None,
+        }
+    }
+}
+
+/// Why a line is not a serve-protocol message.
+#[derive(Debug, thiserror::Error)]
+#[error("not a serve-protocol line: {0}")]
+pub struct LineError(#[from] serde_json::Error);
+
+/// Reads one command line.
+pub fn parse_command(line: &str) -> Result<ServerCommand, LineError> {
+    Ok(serde_json::from_str(line)?)
+}
+
+/// Reads one event line.
+pub fn parse_event(line: &str) -> Result<ServerEvent, LineError> {
+    Ok(serde_json::from_str(line)?)
+}
+
+/// Writes a message as one line (without the newline).
+#[must_use]
+pub fn to_line<T: Serialize>(message: &T) -> String {
+    // Serialising these types cannot fail: their maps have string keys and no custom
+    // serialisers; an empty object is still a line the reader refuses loudly.
+    serde_json::to_string(message).unwrap_or_else(|_| String::from("{}"))
+}
+
+/// A value carried as JSON text inside another encoding (the control protocol's postcard frames
+/// carry serve-protocol messages this way, since their shape needs a self-describing format).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AsJson<T>(pub T);
+
+impl<T: Serialize> Serialize for AsJson<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let text = serde_json::to_string(&self.0).map_err(serde::ser::Error::custom)?;
+        serializer.serialize_str(&text)
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for AsJson<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        serde_json::from_str(&text).map(AsJson).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_read_as_operators_type_them() {
+        let host = parse_command(r#"{"cmd":"host","region":1,"world":{"objects":20}}"#).unwrap();
+        let mut world = GameObject::new();
+        world.insert("objects".into(), 20.into());
+        assert_eq!(host, ServerCommand::Host { region: RegionId(1), world, from_checkpoint: false });
+        let handoff = parse_command(r#"{"cmd":"handoff","region":1,"to":"127.0.0.1:4433"}"#).unwrap();
+        assert_eq!(handoff, ServerCommand::Handoff { region: RegionId(1), to: "127.0.0.1:4433".parse().unwrap() });
+        assert_eq!(parse_command(r#"{"cmd":"quit"}"#).unwrap(), ServerCommand::Quit);
+        // A misspelt field or command is refused, never ignored.
+        assert!(parse_command(r#"{"cmd":"prepare","regoin":1}"#).is_err());
+        assert!(parse_command(r#"{"cmd":"prepare","region":1,"extra":2}"#).is_err());
+        assert!(parse_command(r#"{"cmd":"migrate","region":1}"#).is_err());
+        assert!(parse_command(r#"{"cmd":"prepare","region":-1}"#).is_err());
+    }
+
+    #[test]
+    fn every_event_round_trips_through_a_line_and_a_postcard_frame() {
+        let events = vec![
+            ServerEvent::Listening {
+                name: "h1-p1".into(),
+                addr: "127.0.0.1:9".parse().unwrap(),
+                version: SERVE_VERSION,
+            },
+            ServerEvent::Owning { region: RegionId(3), epoch: Epoch(2) },
+            ServerEvent::HandedOff {
+                region: RegionId(3),
+                epoch: Epoch(3),
+                figures: HandoffFigures {
+                    freeze_us: Some(2500),
+                    total_us: None,
+                    rounds: 2,
+                    snapshot_bytes: 9,
+                    delta_bytes: 1,
+                    final_bytes: 1,
+                },
+            },
+            ServerEvent::Aborted { region: RegionId(3), reason: "target: frozen: gone".into(), owning: true },
+            ServerEvent::Error { region: None, error: "bad".into() },
+            ServerEvent::Report {
+                region: RegionId(3),
+                tick: 7,
+                late_ticks: 0,
+                digest: "ab".into(),
+                entities: 4,
+                players: vec![PlayerReport {
+                    player: PlayerId(5),
+                    last_applied: 9,
+                    pending: 1,
+                    game: GameObject::new(),
+                }],
+            },
+        ];
+        for event in events {
+            let line = to_line(&event);
+            assert_eq!(parse_event(&line).unwrap(), event, "{line}");
+            let frame = postcard::to_allocvec(&AsJson(event.clone())).unwrap();
+            let back: AsJson<ServerEvent> = postcard::from_bytes(&frame).unwrap();
+            assert_eq!(back.0, event);
+        }
+    }
+
+    #[test]
+    fn ownership_changes_follow_the_events() {
+        let region = RegionId(4);
+        assert_eq!(ServerEvent::Owning { region, epoch: Epoch(1) }.ownership_change(), Some((region, true)));
+        assert_eq!(ServerEvent::Retired { region }.ownership_change(), Some((region, false)));
+        let kept = ServerEvent::Aborted { region, reason: String::new(), owning: true };
+        assert_eq!(kept.ownership_change(), Some((region, true)));
+        let lost = ServerEvent::Aborted { region, reason: String::new(), owning: false };
+        assert_eq!(lost.ownership_change(), Some((region, false)));
+        assert_eq!(ServerEvent::Prepared { region }.ownership_change(), None);
+    }
+}

@@ -1,0 +1,20 @@
+//! Baton's harness for process-level tests, the load test and the benches.
+//!
+//! - [`cluster`]: region-server processes of any game served by `baton_runtime::serve`, driven
+//!   through the serve protocol's types (and a coordinator on its console), for the multi-process
+//!   tests and `handoff-bench`;
+//! - [`fleet`]: a whole deployment on loopback (coordinator, host agents with warm pools, a gateway)
+//!   operated through the admin API, as an operator would;
+//! - [`players`]: simulated players through the client library, their live statistics, and direct
+//!   probes for the latency baseline.
+//!
+//! Binaries are found next to the running executable (`target/<profile>/`), or where the
+//! `BATON_<NAME>` variables say. The harness never reaches into a process: it reads what the
+//! processes print and what players receive.
+//!
+//! It plays the sample game (`sample-region-server`); a game of its own is one `--serve` command
+//! away (`Cluster::start_with` takes the binary).
+
+pub mod cluster;
+pub mod fleet;
+pub mod players;
