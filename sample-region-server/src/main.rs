@@ -23,11 +23,6 @@ use sample_region_server::{HeadlessOptions, WorldSpec, run_headless};
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None, args_override_self = true)]
 struct Cli {
-    /// Settings file (TOML: each key is a long option without its dashes, `pool_size = 3` for
-    /// `--pool-size 3`).
-    /// BATON_SERVER_<OPTION> environment variables override it, options given here override both.
-    #[arg(long, value_name = "FILE")]
-    config: Option<std::path::PathBuf>,
     /// Run one region without a network, with simulated players inside the process.
     #[arg(long, conflicts_with = "serve")]
     headless: bool,

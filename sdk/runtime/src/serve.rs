@@ -72,6 +72,11 @@ pub trait Game: Send + Sync + 'static {
 /// `#[command(flatten)]`).
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServeSettings {
+    /// Settings file (TOML: each key is a long option without its dashes, `tick_rate = 20` for
+    /// `--tick-rate 20`). `<PREFIX>_<OPTION>` environment variables override it (the game names
+    /// the prefix: `BATON_SERVER_TICK_RATE` for the sample), options given here override both.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// This instance's name, unique in the cluster (a host agent gives it).
     #[arg(long)]
     pub name: Option<String>,

@@ -740,6 +740,12 @@ pub fn batonctl_binary() -> anyhow::Result<PathBuf> {
     sibling_binary("batonctl", "BATONCTL")
 }
 
+/// The `tally-region` example game (`sdk/runtime/examples/`, built by `cargo test` and
+/// `cargo build --examples`) next to the running executable (or `BATON_TALLY_REGION`).
+pub fn tally_region_binary() -> anyhow::Result<PathBuf> {
+    sibling_binary("examples/tally-region", "BATON_TALLY_REGION")
+}
+
 /// The `baton-agent` binary next to the running executable (or `BATON_AGENT`).
 pub fn agent_binary() -> anyhow::Result<PathBuf> {
     sibling_binary("baton-agent", "BATON_AGENT")

@@ -36,6 +36,32 @@ pub struct FleetSpec {
     pub checkpoint_every_s: f64,
 }
 
+/// The region-server command the fleet's agents run (the agent adds `--name` and `--listen`).
+#[derive(Clone, Debug)]
+pub struct ServerCommandLine {
+    /// The binary (any game served by `baton_runtime::serve`).
+    pub binary: PathBuf,
+    /// Arguments before the fleet's own (`--coordinator`, `--certs`, `--cert-name`,
+    /// `--checkpoint-dir`, `--checkpoint-every-s`, `--tick-rate`).
+    pub args: Vec<String>,
+}
+
+impl ServerCommandLine {
+    /// The sample game, its world laid out as `spec` says.
+    pub fn sample(spec: &FleetSpec) -> anyhow::Result<ServerCommandLine> {
+        Ok(ServerCommandLine {
+            binary: server_binary()?,
+            args: vec![
+                "--serve".into(),
+                "--world-regions".into(),
+                spec.world_regions.to_string(),
+                "--world-columns".into(),
+                spec.columns.to_string(),
+            ],
+        })
+    }
+}
+
 /// The processes of a deployment; all are stopped when it is dropped.
 pub struct Fleet {
     /// The coordinator (None while killed).
@@ -58,6 +84,7 @@ pub struct Fleet {
     key: TokenKey,
     directory: PathBuf,
     spec: FleetSpec,
+    server: ServerCommandLine,
 }
 
 /// A client of the admin API with the deployment's token (cheap to clone, usable from any thread).
@@ -134,6 +161,11 @@ impl AdminApi {
 impl Fleet {
     /// Starts the coordinator, the agents (whose pools start the region servers) and a gateway.
     pub fn start(spec: &FleetSpec) -> anyhow::Result<Fleet> {
+        Fleet::start_with(spec, ServerCommandLine::sample(spec)?)
+    }
+
+    /// Starts a deployment whose agents run `server` as their region servers.
+    pub fn start_with(spec: &FleetSpec, server: ServerCommandLine) -> anyhow::Result<Fleet> {
         let directory = std::env::temp_dir().join(format!("baton-fleet-{}-{}", std::process::id(), fastrand::u64(..)));
         let certs = directory.join("certs");
         let hosts: Vec<String> = (1..=spec.hosts).map(|index| format!("h{index}")).collect();
@@ -144,7 +176,7 @@ impl Fleet {
         let api_address = free_tcp_address()?;
         let coordinator = spawn_coordinator_at(&coordinator_binary()?, &directory, coordinator_address, api_address)?;
         let token = std::fs::read_to_string(directory.join("api.token"))?;
-        let (agents, agent_metrics) = spawn_agents(spec, &directory, coordinator_address)?;
+        let (agents, agent_metrics) = spawn_agents(spec, &server, &directory, coordinator_address)?;
         let key_text: String = (0..48).map(|_| fastrand::alphanumeric()).collect();
         std::fs::write(directory.join("token.key"), &key_text)?;
         let key = TokenKey::new(key_text.as_bytes()).map_err(anyhow::Error::msg)?;
@@ -165,6 +197,7 @@ impl Fleet {
             key,
             directory,
             spec: spec.clone(),
+            server,
         })
     }
 
@@ -271,7 +304,8 @@ impl Fleet {
     /// and data. Regions come back only when asked to (`from_checkpoint`).
     pub fn start_again(&mut self) -> anyhow::Result<()> {
         self.restart_coordinator()?;
-        (self.agents, self.agent_metrics) = spawn_agents(&self.spec, &self.directory, self.coordinator_address)?;
+        (self.agents, self.agent_metrics) =
+            spawn_agents(&self.spec, &self.server, &self.directory, self.coordinator_address)?;
         let (gateway, address, metrics) = start_gateway(&self.directory, "g0", self.coordinator_address)?;
         self.gateway = gateway;
         self.gateway_address = address;
@@ -330,10 +364,10 @@ impl Fleet {
 /// fleet's checkpoint folder.
 fn spawn_agents(
     spec: &FleetSpec,
+    server: &ServerCommandLine,
     directory: &Path,
     coordinator: SocketAddr,
 ) -> anyhow::Result<(Vec<Child>, Vec<SocketAddr>)> {
-    let server = server_binary()?;
     let certs = directory.join("certs");
     let mut agents = Vec::new();
     let mut metrics = Vec::new();
@@ -348,15 +382,15 @@ fn spawn_agents(
             .arg(&certs)
             .args(["--pool", &spec.pool.to_string(), "--capacity", &spec.capacity.to_string()])
             .args(["--status-interval-ms", "200", "--"])
-            .arg(&server)
-            .args(["--serve", "--cert-name", &host, "--coordinator", &coordinator.to_string()])
+            .arg(&server.binary)
+            .args(&server.args)
+            .args(["--cert-name", &host, "--coordinator", &coordinator.to_string()])
             .arg("--certs")
             .arg(&certs)
             .arg("--checkpoint-dir")
             .arg(directory.join("checkpoints"))
             .args(["--checkpoint-every-s", &spec.checkpoint_every_s.to_string()])
             .args(["--tick-rate", &spec.tick_rate.to_string()])
-            .args(["--world-regions", &spec.world_regions.to_string(), "--world-columns", &spec.columns.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -3,7 +3,7 @@
 //!
 //! The region holds `--entities` entities of which `--dirty` change every tick at 30 Hz, plus
 //! `--avatars` players sending 20 inputs/s. Run it from a release build:
-//! `cargo run --release -p sample-region-server --bin handoff-bench -- --entities 10000 --dirty 0.05 --handoffs 20`
+//! `cargo run --release -p baton-harness --bin handoff-bench -- --entities 10000 --dirty 0.05 --handoffs 20`
 
 use std::process::ExitCode;
 use std::time::Duration;
