@@ -189,8 +189,15 @@ pub struct DrainStarted {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Baton coordinator admin API", version = "1"),
-    paths(list_hosts, drain_host, list_regions, create_region, stop_region, list_migrations, start_migration, get_migration, cancel_migration, openapi_document, metrics),
-    components(schemas(HostView, ProcessView, RegionLoad, RegionView, CreateRegion, CreateRegionAfresh, CreateRegionFromCheckpoint, RegionIdSchema, MigrationIdSchema, StoppedRegion, StartMigration, MigrationRecord, Phase, PhaseTiming, DrainStarted, ApiError)),
+    paths(
+        list_hosts, drain_host, list_regions, create_region, stop_region, list_migrations, start_migration,
+        get_migration, cancel_migration, openapi_document, metrics
+    ),
+    components(schemas(
+        HostView, ProcessView, RegionLoad, RegionView, CreateRegion, CreateRegionAfresh, CreateRegionFromCheckpoint,
+        RegionIdSchema, MigrationIdSchema, StoppedRegion, StartMigration, MigrationRecord, Phase, PhaseTiming,
+        DrainStarted, ApiError
+    )),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
@@ -244,7 +251,8 @@ async fn openapi_document() -> Response {
 
 /// The coordinator's metrics, in Prometheus's text format.
 #[utoipa::path(get, path = "/metrics", security(()),
-    responses((status = 200, description = "The metrics (no token needed).", body = String, content_type = "text/plain"),
+    responses(
+        (status = 200, description = "The metrics (no token needed).", body = String, content_type = "text/plain"),
         (status = 404, description = "This coordinator does not record metrics.", body = ApiError)))]
 async fn metrics(State(state): State<ApiState>) -> Response {
     let hosts = state.hosts.views();
@@ -276,7 +284,8 @@ async fn list_hosts(_: Authorized, State(state): State<ApiState>) -> Json<Vec<Ho
 /// Drain a host: no new regions, and its regions move to other hosts.
 #[utoipa::path(post, path = "/v1/hosts/{host}/drain",
     params(("host" = String, Path, description = "The host's name (percent-encoded UTF-8).")),
-    responses((status = 202, description = "Draining started; its migrations run in the background.", body = DrainStarted),
+    responses(
+        (status = 202, description = "Draining started; its migrations run in the background.", body = DrainStarted),
         (status = 400, description = "The host segment is not UTF-8 once percent-decoded.", body = ApiError),
         (status = 401, description = "No or wrong bearer token.", body = ApiError),
         (status = 404, description = "Unknown host, or an empty host segment (no such route).", body = ApiError)))]
@@ -323,12 +332,14 @@ async fn list_regions(_: Authorized, State(state): State<ApiState>) -> Result<Js
 #[utoipa::path(post, path = "/v1/regions", request_body = CreateRegion,
     responses((status = 201, description = "A process of the host owns the region.", body = RegionView),
         (status = 400, description = "The body is not a `CreateRegion`: not JSON, no `Content-Type: application/json`, \
-            a missing, unknown or mistyped field, more than 2 MiB, or both `from_checkpoint: true` and a non-empty `world`.",
+            a missing, unknown or mistyped field, more than 2 MiB, or both `from_checkpoint: true` and a non-empty \
+            `world`.",
             body = ApiError),
         (status = 401, description = "No or wrong bearer token.", body = ApiError),
         (status = 404, description = "Unknown host.", body = ApiError),
         (status = 409, description = "Not possible now: the region exists (restore it with `from_checkpoint`), a host \
-            serves it, the host is draining or has no warm process, or the process refused the region.", body = ApiError),
+            serves it, the host is draining, not connected or has no warm process, or the process refused the \
+            region.", body = ApiError),
         (status = 503, description = "The directory's store failed.", body = ApiError),
         (status = 504, description = "The process did not report owning the region within 120 s.", body = ApiError)))]
 async fn create_region(
@@ -424,7 +435,8 @@ async fn create_region(
     responses((status = 200, description = "The region was saved and is no longer served.", body = StoppedRegion),
         (status = 400, description = "The region segment is not a `RegionId`.", body = ApiError),
         (status = 401, description = "No or wrong bearer token.", body = ApiError),
-        (status = 404, description = "The directory does not know the region, or an empty region segment (no such route).",
+        (status = 404, description = "The directory does not know the region, or an empty region segment (no such \
+            route).",
             body = ApiError),
         (status = 409, description = "Not possible now: the region is being migrated, no host serves it, its host is \
             not connected, or its process refused to stop it.", body = ApiError),
@@ -522,11 +534,15 @@ async fn list_migrations(_: Authorized, State(state): State<ApiState>) -> Json<V
 
 /// Move a region to another host.
 #[utoipa::path(post, path = "/v1/migrations", request_body = StartMigration,
-    responses((status = 202, description = "The migration started; follow it at `/v1/migrations/{id}`.", body = MigrationRecord),
-        (status = 400, description = "The body is not a `StartMigration`: not JSON, no `Content-Type: application/json`, \
-            a missing, unknown or mistyped field, or more than 2 MiB.", body = ApiError),
+    responses(
+        (status = 202, description = "The migration started; follow it at `/v1/migrations/{id}`.",
+            body = MigrationRecord),
+        (status = 400, description = "The body is not a `StartMigration`: not JSON, no \
+            `Content-Type: application/json`, a missing, unknown or mistyped field, or more than 2 MiB.",
+            body = ApiError),
         (status = 401, description = "No or wrong bearer token.", body = ApiError),
-        (status = 404, description = "No registered host serves the region, or the target host is unknown.", body = ApiError),
+        (status = 404, description = "No registered host serves the region, or the target host is unknown.",
+            body = ApiError),
         (status = 409, description = "Not possible now: the region is on the target already or being migrated, the \
             target is draining, or a host has as many migrations running as it may.", body = ApiError)))]
 async fn start_migration(
