@@ -15,6 +15,7 @@ pub mod codec;
 pub mod component;
 pub mod events;
 pub mod handoff;
+pub mod node;
 pub mod physics;
 pub mod region;
 pub mod scripts;

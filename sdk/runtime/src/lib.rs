@@ -19,14 +19,16 @@ pub mod upstream;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use baton_net::{ClusterIdentity, LinkSettings};
-use baton_sdk::handoff::{Ownership, OwnershipAuthority, SourceConfig, SourceStats};
+use baton_sdk::handoff::{Ownership, OwnershipAuthority, SourceConfig};
+use baton_sdk::node::{NodeSettings, RegionNode, Role};
 use baton_sdk::wire::{Epoch, PlayerInput, RegionId};
 use baton_sdk::{Region, RegionLogic};
 use tokio::sync::mpsc::UnboundedSender;
 
+pub use baton_sdk::node::{HostEvent, PlayerSettings};
 pub use region_loop::{Command, RegionQuery};
 
 /// Why a [`Host`] refused a request.
@@ -107,23 +109,6 @@ pub struct CheckpointSettings {
     pub every_ticks: u64,
 }
 
-/// What players get from a host's regions through the gateways.
-#[derive(Clone, Copy, Debug)]
-pub struct PlayerSettings {
-    /// A state update goes to every player each this many ticks (1: every tick).
-    pub update_every_ticks: u32,
-    /// Border views and near-border player lists go out each this many ticks (0: never).
-    pub border_every_ticks: u32,
-    /// Players within this distance of a border see the neighbour's objects near it, in metres.
-    pub border_view_distance: f32,
-}
-
-impl Default for PlayerSettings {
-    fn default() -> Self {
-        PlayerSettings { update_every_ticks: 1, border_every_ticks: 3, border_view_distance: 24.0 }
-    }
-}
-
 impl std::fmt::Debug for HostConfig {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
@@ -133,142 +118,6 @@ impl std::fmt::Debug for HostConfig {
             .field("bulk_bytes_per_second", &self.bulk_bytes_per_second)
             .finish_non_exhaustive()
     }
-}
-
-/// Something that happened on the host, for its operator (or a test).
-#[derive(Clone, Debug, PartialEq)]
-pub enum HostEvent {
-    /// A region is hosted here and owned by this instance.
-    Owning {
-        /// The region.
-        region: RegionId,
-        /// Its epoch.
-        epoch: Epoch,
-    },
-    /// A handoff this host started entered a new phase.
-    Phase {
-        /// The region.
-        region: RegionId,
-        /// The source's phase, lower-case (`prepare`, `snapshot`, `rounds`, `frozen`, ...).
-        phase: String,
-    },
-    /// A pre-warmed slot waits for `region`.
-    Prepared {
-        /// The region.
-        region: RegionId,
-    },
-    /// This host's copy of `region` froze after its last tick.
-    Frozen {
-        /// The region.
-        region: RegionId,
-        /// The last tick.
-        tick: u64,
-        /// When that tick started, in microseconds since the Unix epoch (wall clock; comparable
-        /// between processes on one host).
-        last_tick_at_us: u64,
-    },
-    /// This host took `region` over in a handoff.
-    Authoritative {
-        /// The region.
-        region: RegionId,
-        /// The new epoch.
-        epoch: Epoch,
-    },
-    /// The first tick this host ran after taking `region` over.
-    FirstTick {
-        /// The region.
-        region: RegionId,
-        /// Its number.
-        tick: u64,
-        /// When it started, microseconds since the Unix epoch.
-        at_us: u64,
-    },
-    /// This host gave `region` away.
-    HandedOff {
-        /// The region.
-        region: RegionId,
-        /// The new owner's epoch.
-        epoch: Epoch,
-        /// What the handoff moved and how long it froze.
-        stats: SourceStats,
-    },
-    /// A handoff of `region` failed; the side that reports it says what it does next.
-    Aborted {
-        /// The region.
-        region: RegionId,
-        /// Who, where and why.
-        reason: String,
-        /// Whether this host owns the region afterwards.
-        owning: bool,
-    },
-    /// `region` was freed here (after handing off and the straggler grace period).
-    Retired {
-        /// The region.
-        region: RegionId,
-    },
-    /// Once a second of ticks, what owning `region` costs (host agents report it to the
-    /// coordinator as the host's load).
-    Load {
-        /// The region.
-        region: RegionId,
-        /// Mean tick duration over the last second, in milliseconds.
-        tick_ms_mean: f64,
-        /// Longest tick in it.
-        tick_ms_max: f64,
-        /// Players with a session in the region.
-        players: u64,
-        /// Live entities.
-        entities: u64,
-    },
-    /// A checkpoint of `region` was stored.
-    Checkpointed {
-        /// The region.
-        region: RegionId,
-        /// The tick it holds.
-        tick: u64,
-        /// The owner's epoch.
-        epoch: Epoch,
-        /// Its size in bytes.
-        bytes: u64,
-        /// Where it is.
-        path: std::path::PathBuf,
-    },
-    /// Storing a checkpoint of `region` failed (the region goes on ticking).
-    CheckpointFailed {
-        /// The region.
-        region: RegionId,
-        /// Why.
-        error: String,
-    },
-    /// `region` was saved to the checkpoint store and is no longer hosted here.
-    Stopped {
-        /// The region.
-        region: RegionId,
-        /// The epoch it had here (a restore takes it over at the next).
-        epoch: Epoch,
-        /// The tick the checkpoint holds.
-        tick: u64,
-        /// The checkpoint's size in bytes.
-        bytes: u64,
-        /// Where it is.
-        path: std::path::PathBuf,
-        /// Inputs received but not applied, which the checkpoint does not hold.
-        inputs_discarded: u64,
-    },
-    /// A stop of `region` was refused; it goes on here.
-    StopRefused {
-        /// The region.
-        region: RegionId,
-        /// Why.
-        reason: String,
-    },
-    /// An input reached a host that does not own the region; route it to the owner.
-    InputRefused {
-        /// The region.
-        region: RegionId,
-        /// The input.
-        input: PlayerInput,
-    },
 }
 
 /// A running host.
@@ -331,7 +180,7 @@ impl<L: RegionLogic + 'static> Host<L> {
         if ownership.owner != self.config.name {
             return Err(HostError::OwnedElsewhere { region: id, owner: ownership.owner, epoch: ownership.epoch });
         }
-        self.spawn_loop(region, region_loop::Role::Owner { epoch: ownership.epoch });
+        self.spawn_loop(region, Role::Owner { epoch: ownership.epoch });
         Ok(())
     }
 
@@ -363,7 +212,7 @@ impl<L: RegionLogic + 'static> Host<L> {
             }
             Err(error) => return Err(error.into()),
         };
-        self.spawn_loop(region, region_loop::Role::Owner { epoch });
+        self.spawn_loop(region, Role::Owner { epoch });
         Ok(epoch)
     }
 
@@ -377,7 +226,7 @@ impl<L: RegionLogic + 'static> Host<L> {
             return Err(HostError::OwnedHere { region, epoch: ownership.epoch });
         }
         let empty = (self.factory)(region)?;
-        self.spawn_loop(empty, region_loop::Role::Target);
+        self.spawn_loop(empty, Role::Target);
         let _ = self.events.send(HostEvent::Prepared { region });
         Ok(())
     }
@@ -429,35 +278,42 @@ impl<L: RegionLogic + 'static> Host<L> {
         sender.send(command).map_err(|_| HostError::Stopped(region))
     }
 
-    fn spawn_loop(&self, region: Region<L>, role: region_loop::Role) {
+    fn spawn_loop(&self, region: Region<L>, role: Role) {
         let (sender, receiver) = mpsc::channel();
         let id = region.id();
         let generation = NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut regions) = self.regions.lock() {
             regions.insert(id, Slot { generation, sender: sender.clone() });
         }
-        let context = region_loop::LoopContext {
+        let settings = NodeSettings {
             name: self.config.name.clone(),
+            address: self.local_address,
+            source: self.config.source,
+            players: self.config.players,
+            checkpoint_every_ticks: self.config.checkpoints.as_ref().map_or(0, |settings| settings.every_ticks),
+            wall_clock: (Instant::now(), unix_micros()),
+        };
+        let factory = self.factory.clone();
+        let context = region_loop::LoopContext {
             authority: self.config.authority.clone(),
-            source_config: self.config.source,
             bulk_bytes_per_second: self.config.bulk_bytes_per_second,
             bulk_burst_bytes: self.config.bulk_burst_bytes,
             endpoint: self.endpoint.clone(),
             runtime: self.runtime.clone(),
             events: self.events.clone(),
             commands: sender,
-            factory: self.factory.clone(),
             regions: self.regions.clone(),
             generation,
             test_commit_delay: self.config.test_commit_delay,
             hub: self.hub.clone(),
-            address: self.local_address,
-            players: self.config.players,
             checkpoints: self.config.checkpoints.clone(),
         };
-        let spawned = std::thread::Builder::new()
-            .name(format!("region-{}", id.0))
-            .spawn(move || region_loop::run(region, role, receiver, context));
+        let spawned = std::thread::Builder::new().name(format!("region-{}", id.0)).spawn(move || {
+            // Built on its own thread: the node (and the game's region in it) never moves again.
+            let rewarm = Box::new(move |region| factory(region));
+            let node = RegionNode::new(region, role, settings, rewarm, Instant::now());
+            region_loop::run(node, receiver, context);
+        });
         if let Err(error) = spawned {
             tracing::error!(region = %id, %error, "could not start the region's thread");
         }

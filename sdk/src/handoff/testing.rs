@@ -2,21 +2,27 @@
 //! link, on a virtual clock, with faults — so a game can test its own region's handoff without
 //! sockets. Baton's own protocol tests use it too.
 //!
-//! The harness plays every other part: the link (latency, bandwidth, partition), the authority
-//! (which can be made unavailable), a minimal gateway (inputs go to whichever side owns the region,
-//! and to the frozen source during the freeze, which holds them), and the drivers of both sides.
+//! Both instances are the production [`RegionNode`]s the runtime drives; the harness plays every
+//! other part: the link (latency, bandwidth, partition), the authority (which can be made
+//! unavailable), a minimal gateway (inputs go to whichever side owns the region; during the freeze
+//! the gateway holds them and replays them to the owner afterwards; bounced inputs are routed
+//! again), and the drivers of both sides (carrying out each node's outputs).
 //! It records every tick and every applied input, and [`HandoffPair::check_invariants`] verifies
 //! single authority, exactly-once in-order inputs and tick continuity from that record.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use baton_wire::upstream::ServerMessage;
 use baton_wire::{Epoch, PlayerId, PlayerInput, RegionId};
 
 use super::authority::{AuthorityError, InMemoryAuthority, Ownership, OwnershipAuthority};
 use super::message::Message;
-use super::source::{HandoffPlan, HandoffSource, SourceAction, SourceConfig, SourcePhase};
-use super::target::{HandoffTarget, TargetAction, TargetConfig, TargetPhase};
+use super::source::{HandoffSource, SourceConfig, SourcePhase};
+use super::target::TargetPhase;
+use crate::RegionError;
+use crate::node::{HostEvent, NoGateways, NodeSettings, Output, PlayerSettings, RegionNode, Role};
 use crate::region::{Region, RegionLogic, TickSchedule};
 use crate::world::WorldDigest;
 
@@ -70,25 +76,17 @@ pub enum Record {
 pub struct HandoffPair<L: RegionLogic> {
     start: Instant,
     now: Instant,
-    /// The source instance's region.
-    pub source: Region<L>,
-    /// The target instance's region (pre-warmed: assets loaded, empty world).
-    pub target: Region<L>,
-    new_target: Box<dyn FnMut() -> Region<L>>,
+    region: RegionId,
+    /// The source instance: the production [`RegionNode`] that owns the region at first.
+    pub source: RegionNode<L>,
+    /// The target instance: a pre-warmed production [`RegionNode`].
+    pub target: RegionNode<L>,
     /// The ownership authority.
     pub authority: InMemoryAuthority,
     /// When true, every authority call answers "unavailable".
     pub authority_down: bool,
     /// The link.
     pub link: Link,
-    source_name: String,
-    target_name: String,
-    handoff: Option<HandoffSource>,
-    receiver: HandoffTarget,
-    source_config: SourceConfig,
-    source_schedule: TickSchedule,
-    target_schedule: Option<TickSchedule>,
-    source_ticking: bool,
     to_target: VecDeque<(Instant, Message)>,
     to_source: VecDeque<(Instant, Message)>,
     link_free: [Instant; 2],
@@ -107,7 +105,23 @@ pub struct HandoffPair<L: RegionLogic> {
     next_handoff_id: u64,
 }
 
-impl<L: RegionLogic> HandoffPair<L> {
+/// The source's name at the authority.
+const SOURCE: &str = "source";
+/// The target's name at the authority.
+const TARGET: &str = "target";
+
+fn settings(name: &str, port: u16, start: Instant) -> NodeSettings {
+    NodeSettings {
+        name: name.to_owned(),
+        address: SocketAddr::from(([127, 0, 0, 1], port)),
+        source: SourceConfig::default(),
+        players: PlayerSettings::default(),
+        checkpoint_every_ticks: 0,
+        wall_clock: (start, 0),
+    }
+}
+
+impl<L: RegionLogic + 'static> HandoffPair<L> {
     /// A pair: `source` is a populated, running region; `new_target` makes pre-warmed (empty)
     /// regions of the same game; `inputs(round)` gives the players' inputs sent at each 1/30 s.
     pub fn new(
@@ -118,26 +132,33 @@ impl<L: RegionLogic> HandoffPair<L> {
     ) -> HandoffPair<L> {
         let start = Instant::now();
         let authority = InMemoryAuthority::new();
-        let _ = authority.register(region, "source");
+        let _ = authority.register(region, SOURCE);
         let interval = source.config().tick_interval();
         let target = new_target();
-        HandoffPair {
+        let source = RegionNode::new(
+            source,
+            Role::Owner { epoch: Epoch(1) },
+            settings(SOURCE, 1, start),
+            // The source never discards the region it owns.
+            Box::new(|region| Err(RegionError::Config(format!("the source of {region} is never re-warmed")))),
+            start,
+        );
+        let target = RegionNode::new(
+            target,
+            Role::Target,
+            settings(TARGET, 2, start),
+            Box::new(move |_| Ok(new_target())),
+            start,
+        );
+        let mut pair = HandoffPair {
             start,
             now: start,
+            region,
             source,
             target,
-            new_target,
             authority,
             authority_down: false,
             link: Link::default(),
-            source_name: "source".to_owned(),
-            target_name: "target".to_owned(),
-            handoff: None,
-            receiver: HandoffTarget::new(start, TargetConfig::new("target")),
-            source_config: SourceConfig::default(),
-            source_schedule: TickSchedule::new(interval, start),
-            target_schedule: None,
-            source_ticking: true,
             to_target: VecDeque::new(),
             to_source: VecDeque::new(),
             link_free: [start; 2],
@@ -153,7 +174,9 @@ impl<L: RegionLogic> HandoffPair<L> {
             records: Vec::new(),
             freeze_digest: None,
             next_handoff_id: 1,
-        }
+        };
+        pair.pump();
+        pair
     }
 
     /// The virtual time since the start.
@@ -164,25 +187,25 @@ impl<L: RegionLogic> HandoffPair<L> {
 
     /// Settings for the next handoff's source side.
     pub fn set_source_config(&mut self, config: SourceConfig) {
-        self.source_config = config;
+        self.source.set_source_config(config);
     }
 
     /// The source's handoff state, once started.
     #[must_use]
     pub fn source_phase(&self) -> Option<SourcePhase> {
-        self.handoff.as_ref().map(HandoffSource::phase)
+        self.source.handoff().map(HandoffSource::phase)
     }
 
     /// The target's handoff state.
     #[must_use]
     pub fn target_phase(&self) -> TargetPhase {
-        self.receiver.phase()
+        self.target.target_phase()
     }
 
     /// The current handoff's source side.
     #[must_use]
     pub fn handoff(&self) -> Option<&HandoffSource> {
-        self.handoff.as_ref()
+        self.source.handoff()
     }
 
     /// Which side runs the region's ticks now (the target if both do; see
@@ -200,28 +223,20 @@ impl<L: RegionLogic> HandoffPair<L> {
 
     /// Whether the source instance runs ticks, by its own state alone.
     fn source_ticks(&self) -> bool {
-        self.source_ticking && !self.source_crashed && self.handoff.as_ref().is_none_or(HandoffSource::allows_ticks)
+        !self.source_crashed && self.source.ticks()
     }
 
     /// Whether the target instance runs ticks, by its own state alone.
     fn target_ticks(&self) -> bool {
-        self.target_schedule.is_some() && !self.target_crashed
+        !self.target_crashed && self.target.ticks()
     }
 
     /// Starts moving the region from the source to the target.
     pub fn start_handoff(&mut self) {
-        let epoch = self.authority.current(self.source.id()).map(|ownership| ownership.epoch).unwrap_or(Epoch(1));
         let id = self.next_handoff_id;
         self.next_handoff_id += 1;
-        let interval = self.source.config().tick_interval();
-        let plan = HandoffPlan {
-            id,
-            region: self.source.id(),
-            epoch,
-            name: self.source_name.clone(),
-            tick_interval: interval,
-        };
-        self.handoff = Some(HandoffSource::start(self.now, self.source.world(), plan, self.source_config));
+        let peer = SocketAddr::from(([127, 0, 0, 1], 2));
+        self.source.handle_start_handoff(self.now, peer, id);
         self.pump();
     }
 
@@ -230,18 +245,16 @@ impl<L: RegionLogic> HandoffPair<L> {
         self.target_crashed = true;
         self.to_target.clear();
         self.to_source.clear();
-        if let Some(handoff) = self.handoff.as_mut() {
-            handoff.handle_link_lost(self.now, self.source.world_mut());
-        }
+        self.source.handle_link_lost(self.now);
         self.pump();
     }
 
     /// A third instance takes the region at the authority (an operator's forced move, a buggy
     /// coordinator): both sides of the handoff must then stay off it.
     pub fn steal_ownership(&mut self) {
-        if let Ok(current) = self.authority.current(self.source.id()) {
+        if let Ok(current) = self.authority.current(self.region) {
             let next = Ownership { owner: "intruder".to_owned(), epoch: current.epoch.next() };
-            let _ = self.authority.compare_and_swap(self.source.id(), &current, &next);
+            let _ = self.authority.compare_and_swap(self.region, &current, &next);
         }
     }
 
@@ -254,32 +267,23 @@ impl<L: RegionLogic> HandoffPair<L> {
 
     /// Corrupts the target's world so the digest check at the freeze fails.
     pub fn corrupt_target(&mut self) {
-        let world = self.target.world_mut();
+        let world = self.target.region_mut().world_mut();
         let entity = world.spawn();
         let _ = entity;
     }
 
     /// Advances to the next event and processes it. Returns false when nothing is scheduled.
     pub fn step(&mut self) -> bool {
+        let now = self.now;
         let mut next: Vec<Instant> = vec![self.input_clock.next_due()];
-        if self.source_ticks() {
-            next.push(self.source_schedule.next_due());
+        if !self.source_crashed {
+            next.extend(self.source.poll_timeout(now));
         }
-        if let Some(schedule) = &self.target_schedule
-            && self.target_ticks()
-        {
-            next.push(schedule.next_due());
+        if !self.target_crashed {
+            next.extend(self.target.poll_timeout(now));
         }
         next.extend(self.to_target.front().map(|(at, _)| *at));
         next.extend(self.to_source.front().map(|(at, _)| *at));
-        if let Some(handoff) = &self.handoff
-            && !self.source_crashed
-        {
-            next.extend(handoff.poll_timeout());
-        }
-        if !self.target_crashed {
-            next.extend(self.receiver.poll_timeout());
-        }
         let Some(at) = next.into_iter().min() else {
             return false;
         };
@@ -332,46 +336,24 @@ impl<L: RegionLogic> HandoffPair<L> {
             if let Some((_, message)) = self.to_target.pop_front()
                 && !self.target_crashed
             {
-                self.receiver.handle_message(now, self.target.world_mut(), message);
+                self.target.handle_peer_message(now, message);
             }
         }
         while self.to_source.front().is_some_and(|(at, _)| *at <= now) {
             if let Some((_, message)) = self.to_source.pop_front()
                 && !self.source_crashed
-                && let Some(handoff) = self.handoff.as_mut()
             {
-                handoff.handle_message(now, self.source.world_mut(), message);
+                self.source.handle_peer_message(now, message);
             }
         }
-        if let Some(handoff) = self.handoff.as_mut()
-            && !self.source_crashed
-            && handoff.poll_timeout().is_some_and(|at| at <= now)
-        {
-            handoff.handle_timeout(now, self.source.world_mut());
-        }
-        if !self.target_crashed && self.receiver.poll_timeout().is_some_and(|at| at <= now) {
-            self.receiver.handle_timeout(now);
-        }
-        if self.source_ticks() && self.source_schedule.next_due() <= now {
-            self.source_schedule.start_tick(now);
-            let report = self.source.tick();
-            self.record_tick(Side::Source, report.tick, &report.applied);
-            let next_due = self.source_schedule.next_due();
-            if let Some(handoff) = self.handoff.as_mut() {
-                handoff.handle_tick_completed(now, self.source.world_mut(), next_due);
-                if handoff.phase() == SourcePhase::Frozen && self.freeze_digest.is_none() {
-                    self.freeze_digest = Some(self.source.world_mut().digest());
-                }
+        if !self.source_crashed {
+            self.source.handle_timeout(now, &NoGateways);
+            if self.freeze_digest.is_none() && self.source_phase() == Some(SourcePhase::Frozen) {
+                self.freeze_digest = Some(self.source.region_mut().world_mut().digest());
             }
         }
-        let target_ticks = self.target_ticks();
-        if let Some(schedule) = self.target_schedule.as_mut()
-            && target_ticks
-            && schedule.next_due() <= now
-        {
-            schedule.start_tick(now);
-            let report = self.target.tick();
-            self.record_tick(Side::Target, report.tick, &report.applied);
+        if !self.target_crashed {
+            self.target.handle_timeout(now, &NoGateways);
         }
     }
 
@@ -382,28 +364,26 @@ impl<L: RegionLogic> HandoffPair<L> {
         }
     }
 
+    /// Where the harness's gateway sends an input now: the owner; nobody while the source is
+    /// frozen (the gateway holds it) or when the region left the pair.
+    fn destination(&self) -> Option<Side> {
+        if self.target.target_phase() == TargetPhase::Authoritative && !self.target.is_finished() {
+            return (!self.target_crashed).then_some(Side::Target);
+        }
+        if self.source_crashed || self.fenced || self.source.is_finished() || self.source.is_frozen() {
+            return None;
+        }
+        Some(Side::Source)
+    }
+
     fn route_input(&mut self, input: PlayerInput) {
         // The harness's gateway: the owner gets inputs; while the source is frozen the gateway
         // holds them and replays them, in order, to whoever owns the region afterwards.
-        if self.target_schedule.is_some() {
-            if !self.target_crashed {
-                let _ = self.target.submit_input(input);
-            }
-            return;
-        }
-        if self.source_crashed || self.fenced {
-            return;
-        }
-        if self.handoff.as_ref().is_some_and(|handoff| !handoff.allows_ticks()) {
-            self.held_at_gateway.push(input);
-            return;
-        }
-        let input = match self.handoff.as_mut() {
-            Some(handoff) => handoff.handle_input(input),
-            None => Some(input),
-        };
-        if let Some(input) = input {
-            let _ = self.source.submit_input(input);
+        match self.destination() {
+            Some(Side::Target) => self.target.handle_input(self.now, input),
+            Some(Side::Source) => self.source.handle_input(self.now, input),
+            None if self.source.is_frozen() && !self.source_crashed => self.held_at_gateway.push(input),
+            None => {}
         }
     }
 
@@ -423,30 +403,25 @@ impl<L: RegionLogic> HandoffPair<L> {
         }
     }
 
-    /// Drains messages and actions of both sides until both are quiet.
+    /// Carries out what both nodes ask, as the runtime's drivers do, until both are quiet.
     fn pump(&mut self) {
         loop {
             let mut busy = false;
-            if !self.source_crashed
-                && let Some(handoff) = self.handoff.as_mut()
-            {
-                if let Some(message) = handoff.poll_message(self.source.world_mut()) {
-                    self.send(Side::Target, message);
-                    busy = true;
+            for side in [Side::Source, Side::Target] {
+                let crashed = match side {
+                    Side::Source => self.source_crashed,
+                    Side::Target => self.target_crashed,
+                };
+                if crashed {
+                    continue;
                 }
-                if let Some(action) = self.handoff.as_mut().and_then(HandoffSource::poll_action) {
-                    self.source_action(action);
+                let output = match side {
+                    Side::Source => self.source.poll_output(self.now),
+                    Side::Target => self.target.poll_output(self.now),
+                };
+                if let Some(output) = output {
                     busy = true;
-                }
-            }
-            if !self.target_crashed {
-                if let Some(message) = self.receiver.poll_message() {
-                    self.send(Side::Source, message);
-                    busy = true;
-                }
-                if let Some(action) = self.receiver.poll_action() {
-                    self.target_action(action);
-                    busy = true;
+                    self.carry_out(side, output);
                 }
             }
             if !busy {
@@ -455,69 +430,66 @@ impl<L: RegionLogic> HandoffPair<L> {
         }
     }
 
-    fn authority_cas(&self, expected: &Ownership, next: &Ownership) -> Result<(), AuthorityError> {
-        if self.authority_down {
-            return Err(AuthorityError::Unavailable("the authority is down (harness)".to_owned()));
-        }
-        self.authority.compare_and_swap(self.source.id(), expected, next)
-    }
-
-    fn source_action(&mut self, action: SourceAction) {
-        match action {
-            SourceAction::Authority { expected, next } => {
-                let result = self.authority_cas(&expected, &next);
-                if let Some(handoff) = self.handoff.as_mut() {
-                    handoff.handle_authority(self.now, result);
-                }
-            }
-            SourceAction::Resume { held, reason, .. } => {
-                self.records.push(Record::Resumed(reason.to_string()));
-                // The source ticks again on its own schedule, from the next slot.
-                self.source_schedule = TickSchedule::new(
-                    self.source.config().tick_interval(),
-                    self.source_schedule.next_due().max(self.now),
-                );
-                for input in held.into_iter().chain(std::mem::take(&mut self.held_at_gateway)) {
-                    let _ = self.source.submit_input(input);
-                }
-            }
-            SourceAction::HandedOff { undelivered, .. } => {
-                self.source_ticking = false;
-                for input in undelivered {
-                    let _ = self.target.submit_input(input);
-                }
-            }
-            SourceAction::Retire => {}
-            SourceAction::Fenced { .. } => {
-                self.source_ticking = false;
-                self.fenced = true;
-            }
+    fn node(&mut self, side: Side) -> &mut RegionNode<L> {
+        match side {
+            Side::Source => &mut self.source,
+            Side::Target => &mut self.target,
         }
     }
 
-    fn target_action(&mut self, action: TargetAction) {
-        match action {
-            TargetAction::Authority { expected, next } => {
-                let result = self.authority_cas(&expected, &next);
-                self.receiver.handle_authority(self.now, result);
+    fn carry_out(&mut self, side: Side, output: Output) {
+        let now = self.now;
+        let other = match side {
+            Side::Source => Side::Target,
+            Side::Target => Side::Source,
+        };
+        match output {
+            Output::ToPeer(message) => self.send(other, message),
+            Output::Authority { expected, next } => {
+                let result = if self.authority_down {
+                    Err(AuthorityError::Unavailable("the authority is down (harness)".to_owned()))
+                } else {
+                    self.authority.compare_and_swap(self.region, &expected, &next)
+                };
+                self.node(side).handle_authority(now, result);
             }
-            TargetAction::Authoritative { epoch, first_tick_at, .. } => {
-                self.records.push(Record::Committed(epoch));
-                self.target.rebuild_caches();
-                self.target_schedule = Some(TickSchedule::new(self.target.config().tick_interval(), first_tick_at));
+            Output::Ticked(report) => self.record_tick(side, report.tick, &report.applied),
+            Output::Bounce(ServerMessage::Bounced { player, seq, payload, .. }, _) => {
+                // The gateway routes a bounced input again, unless that would hand it straight
+                // back to the side that refused it.
+                let input = PlayerInput { player: PlayerId(player), seq, payload };
+                if self.destination() != Some(side) {
+                    self.route_input(input);
+                }
+            }
+            Output::Event(HostEvent::Aborted { reason, owning: true, .. }) => {
+                self.records.push(Record::Resumed(reason));
                 for input in std::mem::take(&mut self.held_at_gateway) {
-                    let _ = self.target.submit_input(input);
+                    self.route_input(input);
                 }
             }
-            TargetAction::Stragglers(inputs) => {
-                for input in inputs {
-                    let _ = self.target.submit_input(input);
+            Output::Event(HostEvent::Aborted { reason, owning: false, .. }) => match side {
+                Side::Target => self.records.push(Record::Discarded(reason)),
+                Side::Source => self.fenced = true,
+            },
+            Output::Event(HostEvent::Authoritative { epoch, .. }) => {
+                self.records.push(Record::Committed(epoch));
+                for input in std::mem::take(&mut self.held_at_gateway) {
+                    self.route_input(input);
                 }
             }
-            TargetAction::Discard(reason) => {
-                self.records.push(Record::Discarded(reason.to_string()));
-                self.target = (self.new_target)();
-            }
+            Output::Connect { .. }
+            | Output::Owned { .. }
+            | Output::NotOwned
+            | Output::ToGateway { .. }
+            | Output::ToPlayers(_)
+            | Output::Broadcast(_)
+            | Output::Attach { .. }
+            | Output::Bounce(..)
+            | Output::StoreCheckpoint { .. }
+            | Output::SaveAndStop { .. }
+            | Output::Event(_)
+            | Output::Finished => {}
         }
     }
 
@@ -533,7 +505,7 @@ impl<L: RegionLogic> HandoffPair<L> {
     /// Returns the number of ticks that started more than 1.5 tick intervals after the previous.
     pub fn check_invariants(&self) -> u64 {
         let mut last_tick: Option<(u64, Duration)> = None;
-        let interval = self.source.config().tick_interval();
+        let interval = self.source.region().config().tick_interval();
         let mut missed = 0;
         for record in &self.records {
             if let Record::Tick { side, tick, at } = record {
@@ -552,18 +524,14 @@ impl<L: RegionLogic> HandoffPair<L> {
             }
         }
         assert!(!(self.source_ticks() && self.target_ticks()), "both instances tick the region: split brain");
-        let owner = self.authority.current(self.source.id()).ok();
+        let owner = self.authority.current(self.region).ok();
         match self.ticking() {
-            Some(Side::Source) => assert_eq!(
-                owner.map(|owner| owner.owner),
-                Some(self.source_name.clone()),
-                "the source ticks but does not own"
-            ),
-            Some(Side::Target) => assert_eq!(
-                owner.map(|owner| owner.owner),
-                Some(self.target_name.clone()),
-                "the target ticks but does not own"
-            ),
+            Some(Side::Source) => {
+                assert_eq!(owner.map(|owner| owner.owner), Some(SOURCE.to_owned()), "the source ticks but does not own")
+            }
+            Some(Side::Target) => {
+                assert_eq!(owner.map(|owner| owner.owner), Some(TARGET.to_owned()), "the target ticks but does not own")
+            }
             None => {}
         }
         for (player, applied) in &self.applied {
@@ -594,12 +562,12 @@ impl<L: RegionLogic> HandoffPair<L> {
     /// The target's name at the authority.
     #[must_use]
     pub fn target_name(&self) -> &str {
-        &self.target_name
+        TARGET
     }
 
     /// The source's name at the authority.
     #[must_use]
     pub fn source_name(&self) -> &str {
-        &self.source_name
+        SOURCE
     }
 }

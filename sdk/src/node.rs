@@ -1,0 +1,1196 @@
+//! `RegionNode`: one region on one instance — its ticks, its players' requests and its side of a
+//! handoff — as a state machine without I/O.
+//!
+//! Everything that can happen to the region comes in through a `handle_*` method with the time as
+//! an argument (an input, a gateway's request, a handoff message, the link's loss, the authority's
+//! answer, the passing of time); everything it wants done comes out of [`RegionNode::poll_output`]
+//! ([`Output`]: messages for the peer, requests to the ownership authority, messages for gateways,
+//! checkpoints to store, events for the operator); [`RegionNode::poll_timeout`] says when to call
+//! [`RegionNode::handle_timeout`] next. It owns no socket, channel, thread or clock: the runtime's
+//! region thread (`baton_runtime`'s `region_loop`) drives it with real time and real sockets, and
+//! [`crate::handoff::testing`] drives two of them on a virtual clock over a simulated link, so the
+//! in-process fault scenarios run exactly the code production runs.
+//!
+//! Invariants it keeps (see `docs/protocol.md`):
+//! - It ticks only as the owner, never while a handoff has frozen it (§6), on a fixed grid that a
+//!   target continues from the source's.
+//! - Inputs and gateway requests reach the world only through the owner; what it cannot take goes
+//!   back to the gateway ([`Output::Bounce`]) so it can be routed again (invariant 2).
+//! - Joins, leaves and arrivals that reach a frozen region wait and are answered after the outcome
+//!   (§9).
+//! - Ownership changes only through the authority's compare-and-swap, asked for with
+//!   [`Output::Authority`] and answered with [`RegionNode::handle_authority`].
+//!
+//! What it deliberately does not do: decide when to move (the coordinator does), pick the handoff's
+//! id (randomness is the driver's), pace or encrypt the link, or store anything.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use baton_wire::upstream::{ServerMessage, Transfer};
+use baton_wire::{Epoch, PlayerId, PlayerInput, RegionId};
+
+use crate::RegionError;
+use crate::checkpoint::CheckpointInfo;
+use crate::handoff::{
+    AuthorityError, HandoffPlan, HandoffSource, HandoffTarget, Message, Ownership, SourceAction, SourceConfig,
+    SourcePhase, SourceStats, TargetAction, TargetConfig, TargetPhase,
+};
+use crate::region::{Emigrant, Region, RegionLogic, TickReport, TickSchedule};
+use crate::sessions::SessionError;
+
+/// Identifies a gateway connection on the host.
+pub type GatewayId = u64;
+
+/// Builds a fresh, pre-warmed (empty) copy of the region, after a target discarded what it had
+/// received.
+pub type Rewarm<L> = Box<dyn FnMut(RegionId) -> Result<Region<L>, RegionError>>;
+
+/// What players get from the region through the gateways.
+#[derive(Clone, Copy, Debug)]
+pub struct PlayerSettings {
+    /// A state update goes to every player each this many ticks (1: every tick).
+    pub update_every_ticks: u32,
+    /// Border views and near-border player lists go out each this many ticks (0: never).
+    pub border_every_ticks: u32,
+    /// Players within this distance of a border see the neighbour's objects near it, in metres.
+    pub border_view_distance: f32,
+}
+
+impl Default for PlayerSettings {
+    fn default() -> Self {
+        PlayerSettings { update_every_ticks: 1, border_every_ticks: 3, border_view_distance: 24.0 }
+    }
+}
+
+/// A node's settings.
+#[derive(Clone, Debug)]
+pub struct NodeSettings {
+    /// This instance's name at the authority.
+    pub name: String,
+    /// This instance's cluster address (gateways are told to route to it when it takes over).
+    pub address: SocketAddr,
+    /// Settings of handoffs it starts.
+    pub source: SourceConfig,
+    /// What players get.
+    pub players: PlayerSettings,
+    /// A checkpoint every this many ticks while it owns the region and no handoff runs (0: never).
+    pub checkpoint_every_ticks: u64,
+    /// The wall clock at one instant, so events can carry Unix times that other processes compare
+    /// (`(instant, microseconds since the Unix epoch)`); the node itself never reads a clock.
+    pub wall_clock: (Instant, u64),
+}
+
+/// What the node does with the region when it starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// It owns the region at `epoch` (created afresh or restored) and ticks it from `now`.
+    Owner {
+        /// The epoch the authority gave it.
+        epoch: Epoch,
+    },
+    /// It is a pre-warmed slot waiting for a handoff.
+    Target,
+}
+
+/// A gateway's request about a player.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GatewayRequest {
+    /// A gateway lets a player in (or back in).
+    Join {
+        /// The player.
+        player: PlayerId,
+        /// The gateway serving it.
+        gateway: GatewayId,
+    },
+    /// A player left for good.
+    Leave {
+        /// The player.
+        player: PlayerId,
+    },
+    /// An avatar crossing the border into this region.
+    Immigrate {
+        /// The avatar.
+        transfer: Transfer,
+        /// The gateway serving its player.
+        gateway: GatewayId,
+    },
+}
+
+/// What the node knows of the host's gateways when it ticks (the driver answers from its table).
+pub trait Gateways {
+    /// Whether any gateway is connected (no views are built otherwise).
+    fn any(&self) -> bool;
+    /// Whether a gateway serves `player` (an avatar may leave across a border only then).
+    fn serves(&self, player: PlayerId) -> bool;
+}
+
+/// No gateways (tests, tools).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoGateways;
+
+impl Gateways for NoGateways {
+    fn any(&self) -> bool {
+        false
+    }
+    fn serves(&self, _player: PlayerId) -> bool {
+        false
+    }
+}
+
+/// Something that happened to the region, for its operator (or a test).
+#[derive(Clone, Debug, PartialEq)]
+pub enum HostEvent {
+    /// A region is hosted here and owned by this instance.
+    Owning {
+        /// The region.
+        region: RegionId,
+        /// Its epoch.
+        epoch: Epoch,
+    },
+    /// A handoff this host started entered a new phase.
+    Phase {
+        /// The region.
+        region: RegionId,
+        /// The source's phase, lower-case (`prepare`, `snapshot`, `rounds`, `frozen`, ...).
+        phase: String,
+    },
+    /// A pre-warmed slot waits for `region`.
+    Prepared {
+        /// The region.
+        region: RegionId,
+    },
+    /// This host's copy of `region` froze after its last tick.
+    Frozen {
+        /// The region.
+        region: RegionId,
+        /// The last tick.
+        tick: u64,
+        /// When that tick started, in microseconds since the Unix epoch (wall clock; comparable
+        /// between processes on one host).
+        last_tick_at_us: u64,
+    },
+    /// This host took `region` over in a handoff.
+    Authoritative {
+        /// The region.
+        region: RegionId,
+        /// The new epoch.
+        epoch: Epoch,
+    },
+    /// The first tick this host ran after taking `region` over.
+    FirstTick {
+        /// The region.
+        region: RegionId,
+        /// Its number.
+        tick: u64,
+        /// When it started, microseconds since the Unix epoch.
+        at_us: u64,
+    },
+    /// This host gave `region` away.
+    HandedOff {
+        /// The region.
+        region: RegionId,
+        /// The new owner's epoch.
+        epoch: Epoch,
+        /// What the handoff moved and how long it froze.
+        stats: SourceStats,
+    },
+    /// A handoff of `region` failed; the side that reports it says what it does next.
+    Aborted {
+        /// The region.
+        region: RegionId,
+        /// Who, where and why.
+        reason: String,
+        /// Whether this host owns the region afterwards.
+        owning: bool,
+    },
+    /// `region` was freed here (after handing off and the straggler grace period).
+    Retired {
+        /// The region.
+        region: RegionId,
+    },
+    /// Once a second of ticks, what owning `region` costs (host agents report it to the
+    /// coordinator as the host's load).
+    Load {
+        /// The region.
+        region: RegionId,
+        /// Mean tick duration over the last second, in milliseconds.
+        tick_ms_mean: f64,
+        /// Longest tick in it.
+        tick_ms_max: f64,
+        /// Players with a session in the region.
+        players: u64,
+        /// Live entities.
+        entities: u64,
+    },
+    /// A checkpoint of `region` was stored.
+    Checkpointed {
+        /// The region.
+        region: RegionId,
+        /// The tick it holds.
+        tick: u64,
+        /// The owner's epoch.
+        epoch: Epoch,
+        /// Its size in bytes.
+        bytes: u64,
+        /// Where it is.
+        path: PathBuf,
+    },
+    /// Storing a checkpoint of `region` failed (the region goes on ticking).
+    CheckpointFailed {
+        /// The region.
+        region: RegionId,
+        /// Why.
+        error: String,
+    },
+    /// `region` was saved to the checkpoint store and is no longer hosted here.
+    Stopped {
+        /// The region.
+        region: RegionId,
+        /// The epoch it had here (a restore takes it over at the next).
+        epoch: Epoch,
+        /// The tick the checkpoint holds.
+        tick: u64,
+        /// The checkpoint's size in bytes.
+        bytes: u64,
+        /// Where it is.
+        path: PathBuf,
+        /// Inputs received but not applied, which the checkpoint does not hold.
+        inputs_discarded: u64,
+    },
+    /// A stop of `region` was refused; it goes on here.
+    StopRefused {
+        /// The region.
+        region: RegionId,
+        /// Why.
+        reason: String,
+    },
+    /// An input reached a host that does not own the region; route it to the owner.
+    InputRefused {
+        /// The region.
+        region: RegionId,
+        /// The input.
+        input: PlayerInput,
+    },
+}
+
+/// What the node wants done, in order.
+#[derive(Debug)]
+pub enum Output {
+    /// Open a handoff link to the target at `peer`; the messages after this go on it.
+    Connect {
+        /// The target's cluster address.
+        peer: SocketAddr,
+    },
+    /// Send a handoff message to the peer on the current link (the driver reports a failed send
+    /// with [`RegionNode::handle_link_lost`]).
+    ToPeer(Message),
+    /// Ask the ownership authority to swap `expected` for `next`; answer with
+    /// [`RegionNode::handle_authority`]. Never done by the node itself, so a slow authority never
+    /// blocks the thread that drives it.
+    Authority {
+        /// What the authority must hold now.
+        expected: Ownership,
+        /// What it holds afterwards.
+        next: Ownership,
+    },
+    /// The host owns the region at `epoch` from now on (the table gateways' joins and inputs are
+    /// checked against); tell every gateway with `Owning` when `announce`.
+    Owned {
+        /// The epoch.
+        epoch: Epoch,
+        /// Whether to announce it (a handoff's own messages announce the other changes).
+        announce: bool,
+    },
+    /// The host no longer owns the region.
+    NotOwned,
+    /// A message for one gateway.
+    ToGateway {
+        /// The gateway.
+        gateway: GatewayId,
+        /// The message.
+        message: ServerMessage,
+    },
+    /// Each message to the gateway serving its player.
+    ToPlayers(Vec<(PlayerId, ServerMessage)>),
+    /// A message for every gateway.
+    Broadcast(ServerMessage),
+    /// `gateway` serves `player` from now on.
+    Attach {
+        /// The player.
+        player: PlayerId,
+        /// The gateway.
+        gateway: GatewayId,
+    },
+    /// An input the node will not apply: back to the player's gateway to be routed again (to every
+    /// gateway if the host does not know the player's).
+    Bounce(ServerMessage, PlayerId),
+    /// A tick ran (for statistics and tests).
+    Ticked(TickReport),
+    /// Store this checkpoint (encoded at a tick boundary); report how it went as
+    /// [`HostEvent::Checkpointed`] or [`HostEvent::CheckpointFailed`].
+    StoreCheckpoint {
+        /// What it holds.
+        info: CheckpointInfo,
+        /// The checkpoint.
+        bytes: Vec<u8>,
+    },
+    /// Save this checkpoint and stop (the old way of moving a region); answer with
+    /// [`RegionNode::handle_stop_saved`].
+    SaveAndStop {
+        /// What it holds.
+        info: CheckpointInfo,
+        /// The checkpoint.
+        bytes: Vec<u8>,
+    },
+    /// Something for the operator.
+    Event(HostEvent),
+    /// The node is done with the region; its driver may end.
+    Finished,
+}
+
+enum State {
+    /// This instance owns the region and ticks it (unless a handoff froze it).
+    Owner {
+        epoch: Epoch,
+        schedule: TickSchedule,
+        handoff: Option<HandoffSource>,
+        first_tick_pending: bool,
+        /// Where the current handoff goes.
+        peer: Option<SocketAddr>,
+    },
+    /// Saving the region before letting it go; inputs received meanwhile wait.
+    Stopping { epoch: Epoch, schedule: TickSchedule, pending: Vec<PlayerInput> },
+    /// Pre-warmed, receiving or waiting.
+    Target { receiver: HandoffTarget },
+    /// Done; the last handoff stays readable.
+    Finished { handoff: Option<HandoffSource> },
+}
+
+/// One region on one instance (see the module documentation).
+pub struct RegionNode<L: RegionLogic> {
+    region: Region<L>,
+    settings: NodeSettings,
+    rewarm: Rewarm<L>,
+    state: State,
+    /// After a takeover the receiver stays to take stragglers the old source forwards.
+    late_receiver: Option<HandoffTarget>,
+    /// Gateway requests that wait while the region is frozen (protocol.md §9).
+    deferred: Vec<GatewayRequest>,
+    /// Tick durations since the last load report: (ticks, total, longest).
+    load_window: (u32, Duration, Duration),
+    reported_phase: Option<SourcePhase>,
+    outputs: VecDeque<Output>,
+}
+
+impl<L: RegionLogic> RegionNode<L> {
+    /// A node for `region` in `role`, from `now`.
+    pub fn new(region: Region<L>, role: Role, settings: NodeSettings, rewarm: Rewarm<L>, now: Instant) -> Self {
+        let id = region.id();
+        let interval = region.config().tick_interval();
+        let mut outputs = VecDeque::new();
+        let state = match role {
+            Role::Owner { epoch } => {
+                outputs.push_back(Output::Event(HostEvent::Owning { region: id, epoch }));
+                outputs.push_back(Output::Owned { epoch, announce: true });
+                State::Owner {
+                    epoch,
+                    schedule: TickSchedule::new(interval, now),
+                    handoff: None,
+                    first_tick_pending: false,
+                    peer: None,
+                }
+            }
+            Role::Target => State::Target { receiver: HandoffTarget::new(now, TargetConfig::new(&settings.name)) },
+        };
+        RegionNode {
+            region,
+            settings,
+            rewarm,
+            state,
+            late_receiver: None,
+            deferred: Vec::new(),
+            load_window: (0, Duration::ZERO, Duration::ZERO),
+            reported_phase: None,
+            outputs,
+        }
+    }
+
+    /// The region.
+    #[must_use]
+    pub fn region(&self) -> &Region<L> {
+        &self.region
+    }
+
+    /// The region, to change between ticks (queries, tests).
+    pub fn region_mut(&mut self) -> &mut Region<L> {
+        &mut self.region
+    }
+
+    /// Settings for the handoffs this node starts from now on.
+    pub fn set_source_config(&mut self, config: SourceConfig) {
+        self.settings.source = config;
+    }
+
+    /// The epoch this node owns the region at, if it does.
+    #[must_use]
+    pub fn owned_epoch(&self) -> Option<Epoch> {
+        match &self.state {
+            State::Owner { epoch, handoff, .. }
+                if handoff.as_ref().is_none_or(|handoff| !handoff_gave_away(handoff)) =>
+            {
+                Some(*epoch)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the node ticks the region now, by its own state alone.
+    #[must_use]
+    pub fn ticks(&self) -> bool {
+        matches!(&self.state, State::Owner { handoff, .. } if handoff.as_ref().is_none_or(HandoffSource::allows_ticks))
+    }
+
+    /// Whether a handoff froze the region (it neither ticks nor takes requests).
+    #[must_use]
+    pub fn is_frozen(&self) -> bool {
+        matches!(&self.state, State::Owner { handoff: Some(handoff), .. } if !handoff.allows_ticks() && !handoff.is_finished())
+    }
+
+    /// Whether the node is done with the region.
+    #[must_use]
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state, State::Finished { .. })
+    }
+
+    /// The handoff this node started last, as the source (kept after it ends).
+    #[must_use]
+    pub fn handoff(&self) -> Option<&HandoffSource> {
+        match &self.state {
+            State::Owner { handoff, .. } | State::Finished { handoff } => handoff.as_ref(),
+            State::Stopping { .. } | State::Target { .. } => None,
+        }
+    }
+
+    /// The receiving side's phase (`Authoritative` once it took the region over).
+    #[must_use]
+    pub fn target_phase(&self) -> TargetPhase {
+        match (&self.state, &self.late_receiver) {
+            (State::Target { receiver }, _) => receiver.phase(),
+            (_, Some(receiver)) => receiver.phase(),
+            _ => TargetPhase::Idle,
+        }
+    }
+
+    /// When [`RegionNode::handle_timeout`] is due next (the next tick, a handoff's timeout, or
+    /// right away while a snapshot is being streamed).
+    #[must_use]
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        let mut deadline: Option<Instant> = None;
+        let mut earliest = |at: Instant| deadline = Some(deadline.map_or(at, |current| current.min(at)));
+        match &self.state {
+            State::Owner { schedule, handoff, .. } => {
+                if handoff.as_ref().is_none_or(HandoffSource::allows_ticks) {
+                    earliest(schedule.next_due());
+                }
+                // A snapshot in progress continues right after a tick.
+                if handoff.as_ref().is_some_and(|handoff| handoff.phase() == SourcePhase::Snapshot) {
+                    earliest(now + Duration::from_millis(1));
+                }
+                if let Some(at) = handoff.as_ref().and_then(HandoffSource::poll_timeout) {
+                    earliest(at);
+                }
+            }
+            State::Target { receiver } => {
+                if let Some(at) = receiver.poll_timeout() {
+                    earliest(at);
+                }
+            }
+            State::Stopping { .. } | State::Finished { .. } => {}
+        }
+        deadline.map(|at| at.max(now))
+    }
+
+    /// A player input from a gateway (or forwarded by a handoff's source).
+    pub fn handle_input(&mut self, _now: Instant, input: PlayerInput) {
+        match &mut self.state {
+            State::Owner { handoff, .. } => {
+                let input = match handoff.as_mut() {
+                    Some(handoff) => handoff.handle_input(input),
+                    None => Some(input),
+                };
+                if let Some(input) = input {
+                    self.submit_or_bounce(input);
+                }
+            }
+            State::Stopping { pending, .. } => pending.push(input),
+            State::Target { .. } | State::Finished { .. } => self.refuse_input(input),
+        }
+    }
+
+    /// A join, leave or arrival from a gateway; one that reaches a frozen region waits for the
+    /// handoff's outcome.
+    pub fn handle_gateway(&mut self, _now: Instant, request: GatewayRequest) {
+        if self.is_frozen() {
+            self.deferred.push(request);
+        } else {
+            self.serve_gateway_request(request);
+        }
+    }
+
+    /// Starts moving the region to the target at `peer` (`id` identifies this attempt).
+    pub fn handle_start_handoff(&mut self, now: Instant, peer: SocketAddr, id: u64) {
+        let region = self.region.id();
+        let State::Owner { epoch, handoff, peer: handoff_peer, .. } = &mut self.state else {
+            tracing::warn!(%region, "cannot start a handoff of a region this host does not own");
+            return;
+        };
+        if handoff.as_ref().is_some_and(|handoff| !handoff.is_finished()) {
+            tracing::warn!(%region, "a handoff of this region is already running");
+            return;
+        }
+        let plan = HandoffPlan {
+            id,
+            region,
+            epoch: *epoch,
+            name: self.settings.name.clone(),
+            tick_interval: self.region.config().tick_interval(),
+        };
+        *handoff = Some(HandoffSource::start(now, self.region.world(), plan, self.settings.source));
+        *handoff_peer = Some(peer);
+        self.reported_phase = None;
+        self.outputs.push_back(Output::Broadcast(ServerMessage::HandoffStarted {
+            region: region.0,
+            epoch: epoch.0,
+            target: peer,
+        }));
+        self.outputs.push_back(Output::Connect { peer });
+    }
+
+    /// A handoff message from the peer on the current link.
+    pub fn handle_peer_message(&mut self, now: Instant, message: Message) {
+        let world = self.region.world_mut();
+        match &mut self.state {
+            State::Owner { handoff: Some(handoff), .. } => handoff.handle_message(now, world, message),
+            State::Owner { .. } => {
+                if let Some(receiver) = self.late_receiver.as_mut() {
+                    receiver.handle_message(now, world, message);
+                }
+            }
+            State::Target { receiver } => receiver.handle_message(now, world, message),
+            State::Stopping { .. } | State::Finished { .. } => {}
+        }
+    }
+
+    /// The current handoff link broke.
+    pub fn handle_link_lost(&mut self, now: Instant) {
+        match &mut self.state {
+            State::Owner { handoff: Some(handoff), .. } => handoff.handle_link_lost(now, self.region.world_mut()),
+            State::Target { receiver } => receiver.handle_link_lost(now),
+            _ => {}
+        }
+    }
+
+    /// The authority's answer to the last [`Output::Authority`].
+    pub fn handle_authority(&mut self, now: Instant, result: Result<(), AuthorityError>) {
+        match &mut self.state {
+            State::Owner { handoff: Some(handoff), .. } => handoff.handle_authority(now, result),
+            State::Target { receiver } => receiver.handle_authority(now, result),
+            _ => tracing::debug!(region = %self.region.id(), ?result, "an authority answer nobody waits for"),
+        }
+    }
+
+    /// Save the region and stop hosting it (the old way of moving a region): refused during a
+    /// handoff or when `can_store` is false (no checkpoint store). Outputs [`Output::SaveAndStop`].
+    pub fn handle_stop(&mut self, _now: Instant, can_store: bool) {
+        let id = self.region.id();
+        let (epoch, schedule) = match &self.state {
+            State::Owner { handoff: Some(_), .. } => return self.refuse_stop("a handoff of the region is in progress"),
+            State::Owner { epoch, schedule, .. } => (*epoch, schedule.clone()),
+            State::Stopping { .. } => return self.refuse_stop("the region is being stopped already"),
+            State::Target { .. } | State::Finished { .. } => {
+                return self.refuse_stop("this host does not own the region");
+            }
+        };
+        if !can_store {
+            return self.refuse_stop("this host has no checkpoint store to save the region in");
+        }
+        // What was received but not applied is not saved: players continue at last_applied + 1.
+        let pending = self.region.take_pending_inputs();
+        match crate::checkpoint::encode(&mut self.region, epoch) {
+            Ok((info, bytes)) => {
+                self.state = State::Stopping { epoch, schedule, pending };
+                self.outputs.push_back(Output::SaveAndStop { info, bytes });
+            }
+            Err(error) => {
+                for input in pending {
+                    let _ = self.region.submit_input(input);
+                }
+                tracing::warn!(region = %id, %error, "could not encode the region to stop it");
+                self.refuse_stop(&format!("saving the region failed: {error}"));
+            }
+        }
+    }
+
+    /// How saving for a stop went: `Ok((tick, bytes, path))` lets the region go, an error keeps
+    /// it here (the inputs that waited are queued again).
+    pub fn handle_stop_saved(&mut self, _now: Instant, saved: Result<(u64, u64, PathBuf), String>) {
+        let id = self.region.id();
+        let State::Stopping { epoch, schedule, pending } =
+            std::mem::replace(&mut self.state, State::Finished { handoff: None })
+        else {
+            return;
+        };
+        match saved {
+            Ok((tick, bytes, path)) => {
+                // Inputs that arrived while saving were never applied either.
+                let discarded = self.region.take_pending_inputs().len() + pending.len();
+                self.outputs.push_back(Output::NotOwned);
+                self.outputs.push_back(Output::Broadcast(ServerMessage::Stopped { region: id.0, epoch: epoch.0 }));
+                self.outputs.push_back(Output::Event(HostEvent::Stopped {
+                    region: id,
+                    epoch,
+                    tick,
+                    bytes,
+                    path,
+                    inputs_discarded: discarded as u64,
+                }));
+                self.outputs.push_back(Output::Finished);
+            }
+            Err(error) => {
+                self.state = State::Owner { epoch, schedule, handoff: None, first_tick_pending: false, peer: None };
+                for input in pending {
+                    self.submit_or_bounce(input);
+                }
+                self.refuse_stop(&format!("saving the region failed: {error}"));
+            }
+        }
+    }
+
+    /// The driver is going away: requests still waiting are answered (refused where the region
+    /// is no longer here).
+    pub fn handle_close(&mut self, _now: Instant) {
+        for request in std::mem::take(&mut self.deferred) {
+            self.serve_gateway_request(request);
+        }
+    }
+
+    /// The time passes: runs the tick if it is due (never while frozen, protocol.md §6), then the
+    /// handoff's timeouts. `gateways` says who serves which player (for views and crossings).
+    pub fn handle_timeout(&mut self, now: Instant, gateways: &dyn Gateways) {
+        let id = self.region.id();
+        let interval = self.region.config().tick_interval();
+        let ticks_per_report = self.region.config().tick_rate_hz.max(1);
+        if let State::Owner { schedule, handoff, first_tick_pending, epoch, .. } = &mut self.state
+            && handoff.as_ref().is_none_or(HandoffSource::allows_ticks)
+            && schedule.next_due() <= now
+        {
+            let started_us = wall_micros(self.settings.wall_clock, now);
+            let timing = schedule.start_tick(now);
+            if timing.late_by > interval / 2 {
+                self.region.note_late_tick();
+                crate::events::tick_overrun(id, self.region.world().tick(), timing.late_by);
+            }
+            let report = self.region.tick();
+            let window = &mut self.load_window;
+            *window = (window.0 + 1, window.1 + report.duration, window.2.max(report.duration));
+            if window.0 >= ticks_per_report {
+                self.outputs.push_back(Output::Event(HostEvent::Load {
+                    region: id,
+                    tick_ms_mean: window.1.as_secs_f64() * 1000.0 / f64::from(window.0),
+                    tick_ms_max: window.2.as_secs_f64() * 1000.0,
+                    players: self.region.sessions().len() as u64,
+                    entities: self.region.world().entity_count() as u64,
+                }));
+                *window = (0, Duration::ZERO, Duration::ZERO);
+            }
+            if *first_tick_pending {
+                *first_tick_pending = false;
+                self.outputs.push_back(Output::Event(HostEvent::FirstTick {
+                    region: id,
+                    tick: report.tick,
+                    at_us: started_us,
+                }));
+            }
+            let tick = report.tick;
+            after_tick(&mut self.region, *epoch, tick, self.settings.players, gateways, &mut self.outputs);
+            // A checkpoint is a snapshot at a tick boundary; during a handoff the snapshot being
+            // streamed is the region's safety net instead, and a frozen source never gets here.
+            let every = self.settings.checkpoint_every_ticks;
+            if handoff.is_none() && every > 0 && tick.is_multiple_of(every) {
+                match crate::checkpoint::encode(&mut self.region, *epoch) {
+                    Ok((info, bytes)) => self.outputs.push_back(Output::StoreCheckpoint { info, bytes }),
+                    Err(error) => self
+                        .outputs
+                        .push_back(Output::Event(HostEvent::CheckpointFailed { region: id, error: error.to_string() })),
+                }
+            }
+            let next_due = schedule.next_due();
+            if let Some(handoff) = handoff.as_mut() {
+                handoff.handle_tick_completed(now, self.region.world_mut(), next_due);
+                if !handoff.allows_ticks() {
+                    self.outputs.push_back(Output::Broadcast(ServerMessage::Frozen { region: id.0, epoch: epoch.0 }));
+                    self.outputs.push_back(Output::Event(HostEvent::Frozen {
+                        region: id,
+                        tick,
+                        last_tick_at_us: started_us,
+                    }));
+                }
+            }
+            self.outputs.push_back(Output::Ticked(report));
+        }
+        match &mut self.state {
+            State::Owner { handoff: Some(handoff), .. } if handoff.poll_timeout().is_some_and(|at| at <= now) => {
+                handoff.handle_timeout(now, self.region.world_mut());
+            }
+            State::Target { receiver } if receiver.poll_timeout().is_some_and(|at| at <= now) => {
+                receiver.handle_timeout(now);
+            }
+            _ => {}
+        }
+    }
+
+    /// The next thing to do, if any. `now` bounds the snapshot work done in this call: chunks are
+    /// encoded only in the time left before the next tick is due, so streaming a large region never
+    /// pushes its ticks late.
+    pub fn poll_output(&mut self, now: Instant) -> Option<Output> {
+        loop {
+            if let Some(output) = self.outputs.pop_front() {
+                return Some(output);
+            }
+            if !self.drive(now) {
+                return None;
+            }
+        }
+    }
+
+    /// Moves what the handoff state machines want done into the output queue; false when quiet.
+    fn drive(&mut self, now: Instant) -> bool {
+        let id = self.region.id();
+        let mut busy = false;
+        let mut next_state = None;
+        match &mut self.state {
+            State::Owner { epoch, schedule, handoff: Some(handoff), peer, .. } => {
+                let encoding_allowed = handoff.phase() != SourcePhase::Snapshot || now < schedule.next_due();
+                if encoding_allowed && let Some(message) = handoff.poll_message(self.region.world_mut()) {
+                    busy = true;
+                    self.outputs.push_back(Output::ToPeer(message));
+                }
+                if let Some(action) = handoff.poll_action() {
+                    busy = true;
+                    match action {
+                        SourceAction::Authority { expected, next } => {
+                            self.outputs.push_back(Output::Authority { expected, next });
+                        }
+                        SourceAction::Resume { epoch: resumed, held, reason } => {
+                            *epoch = resumed;
+                            // Continue on the same grid from the next slot.
+                            *schedule =
+                                TickSchedule::new(self.region.config().tick_interval(), schedule.next_due().max(now));
+                            for input in held {
+                                submit_or_bounce(&mut self.region, input, &mut self.outputs);
+                            }
+                            self.outputs.push_back(Output::Owned { epoch: resumed, announce: false });
+                            self.outputs.push_back(Output::Broadcast(ServerMessage::Aborted {
+                                region: id.0,
+                                epoch: resumed.0,
+                            }));
+                            self.outputs.push_back(Output::Event(HostEvent::Aborted {
+                                region: id,
+                                reason: reason.to_string(),
+                                owning: true,
+                            }));
+                        }
+                        SourceAction::HandedOff { epoch: new_epoch, undelivered } => {
+                            self.outputs.push_back(Output::NotOwned);
+                            if let Some(owner) = *peer {
+                                self.outputs.push_back(Output::Broadcast(ServerMessage::Committed {
+                                    region: id.0,
+                                    epoch: new_epoch.0,
+                                    owner,
+                                }));
+                            }
+                            self.outputs.push_back(Output::Event(HostEvent::HandedOff {
+                                region: id,
+                                epoch: new_epoch,
+                                stats: handoff.stats(),
+                            }));
+                            for input in undelivered {
+                                refuse_input(id, input, &mut self.outputs);
+                            }
+                        }
+                        SourceAction::Retire => {
+                            for input in handoff.take_undelivered() {
+                                refuse_input(id, input, &mut self.outputs);
+                            }
+                            self.outputs.push_back(Output::Event(HostEvent::Retired { region: id }));
+                            self.outputs.push_back(Output::Finished);
+                            next_state = Some(State::Finished { handoff: None });
+                        }
+                        SourceAction::Fenced { owner, epoch: fenced_at } => {
+                            self.outputs.push_back(Output::NotOwned);
+                            let reason = format!("the region was taken by {owner}@{fenced_at}");
+                            self.outputs.push_back(Output::Event(HostEvent::Aborted {
+                                region: id,
+                                reason,
+                                owning: false,
+                            }));
+                            self.outputs.push_back(Output::Finished);
+                            next_state = Some(State::Finished { handoff: None });
+                        }
+                    }
+                }
+            }
+            State::Target { receiver } => {
+                if let Some(message) = receiver.poll_message() {
+                    busy = true;
+                    self.outputs.push_back(Output::ToPeer(message));
+                }
+                if let Some(action) = receiver.poll_action() {
+                    busy = true;
+                    match action {
+                        TargetAction::Authority { expected, next } => {
+                            self.outputs.push_back(Output::Authority { expected, next });
+                        }
+                        TargetAction::Authoritative { epoch, first_tick_at, .. } => {
+                            self.region.rebuild_caches();
+                            self.outputs.push_back(Output::Owned { epoch, announce: false });
+                            self.outputs.push_back(Output::Broadcast(ServerMessage::Committed {
+                                region: id.0,
+                                epoch: epoch.0,
+                                owner: self.settings.address,
+                            }));
+                            self.outputs.push_back(Output::Event(HostEvent::Authoritative { region: id, epoch }));
+                            let schedule = TickSchedule::new(self.region.config().tick_interval(), first_tick_at);
+                            // Keep answering the source (Committed, then stragglers) after the switch.
+                            let mut finished = HandoffTarget::new(now, TargetConfig::new(&self.settings.name));
+                            std::mem::swap(&mut finished, receiver);
+                            while let Some(message) = finished.poll_message() {
+                                self.outputs.push_back(Output::ToPeer(message));
+                            }
+                            self.late_receiver = Some(finished);
+                            next_state = Some(State::Owner {
+                                epoch,
+                                schedule,
+                                handoff: None,
+                                first_tick_pending: true,
+                                peer: None,
+                            });
+                        }
+                        TargetAction::Stragglers(inputs) => {
+                            for input in inputs {
+                                submit_or_bounce(&mut self.region, input, &mut self.outputs);
+                            }
+                        }
+                        TargetAction::Discard(reason) => {
+                            match (self.rewarm)(id) {
+                                Ok(fresh) => self.region = fresh,
+                                Err(error) => tracing::error!(region = %id, %error, "could not re-warm the region"),
+                            }
+                            self.outputs.push_back(Output::Event(HostEvent::Aborted {
+                                region: id,
+                                reason: reason.to_string(),
+                                owning: false,
+                            }));
+                        }
+                    }
+                }
+            }
+            State::Owner { handoff: None, .. } => {
+                if let Some(receiver) = self.late_receiver.as_mut() {
+                    while let Some(action) = receiver.poll_action() {
+                        busy = true;
+                        if let TargetAction::Stragglers(inputs) = action {
+                            for input in inputs {
+                                submit_or_bounce(&mut self.region, input, &mut self.outputs);
+                            }
+                        }
+                    }
+                    while let Some(message) = receiver.poll_message() {
+                        busy = true;
+                        self.outputs.push_back(Output::ToPeer(message));
+                    }
+                }
+            }
+            State::Stopping { .. } | State::Finished { .. } => {}
+        }
+        if let Some(next) = next_state {
+            // A finished source keeps its handoff readable (its statistics, its outcome).
+            let next = match (next, std::mem::replace(&mut self.state, State::Finished { handoff: None })) {
+                (State::Finished { .. }, State::Owner { handoff, .. }) => State::Finished { handoff },
+                (next, _) => next,
+            };
+            self.state = next;
+            busy = true;
+        }
+        if let State::Owner { handoff: Some(handoff), .. } = &self.state
+            && self.reported_phase != Some(handoff.phase())
+        {
+            self.reported_phase = Some(handoff.phase());
+            let phase = format!("{:?}", handoff.phase()).to_lowercase();
+            self.outputs.push_back(Output::Event(HostEvent::Phase { region: id, phase }));
+            busy = true;
+        }
+        if !self.deferred.is_empty() && !self.is_frozen() {
+            for request in std::mem::take(&mut self.deferred) {
+                self.serve_gateway_request(request);
+            }
+            busy = true;
+        }
+        busy
+    }
+
+    fn refuse_stop(&mut self, reason: &str) {
+        let region = self.region.id();
+        self.outputs.push_back(Output::Event(HostEvent::StopRefused { region, reason: reason.to_owned() }));
+    }
+
+    fn submit_or_bounce(&mut self, input: PlayerInput) {
+        submit_or_bounce(&mut self.region, input, &mut self.outputs);
+    }
+
+    fn refuse_input(&mut self, input: PlayerInput) {
+        refuse_input(self.region.id(), input, &mut self.outputs);
+    }
+
+    /// Joins, leaves and arrivals, on an owner that is not frozen (or refused elsewhere).
+    fn serve_gateway_request(&mut self, request: GatewayRequest) {
+        let id = self.region.id();
+        let epoch = self.owned_epoch();
+        let out = &mut self.outputs;
+        match (request, epoch) {
+            (GatewayRequest::Join { player, gateway }, Some(epoch)) => match self.region.join_player(player) {
+                Ok(last_applied) => {
+                    out.push_back(Output::Attach { player, gateway });
+                    out.push_back(Output::ToGateway {
+                        gateway,
+                        message: ServerMessage::Joined { region: id.0, epoch: epoch.0, player: player.0, last_applied },
+                    });
+                }
+                Err(reason) => out.push_back(Output::ToGateway {
+                    gateway,
+                    message: ServerMessage::JoinRefused { region: id.0, player: player.0, reason },
+                }),
+            },
+            (GatewayRequest::Join { player, gateway }, None) => out.push_back(Output::ToGateway {
+                gateway,
+                message: ServerMessage::JoinRefused {
+                    region: id.0,
+                    player: player.0,
+                    reason: "the region moved".into(),
+                },
+            }),
+            (GatewayRequest::Leave { player }, Some(_)) => {
+                self.region.remove_player(player);
+            }
+            (GatewayRequest::Leave { player }, None) => {
+                tracing::warn!(region = %id, %player, "a leave arrived while the region moved away; the avatar stays");
+            }
+            (GatewayRequest::Immigrate { transfer, gateway }, Some(epoch)) => {
+                let emigrant = Emigrant {
+                    player: PlayerId(transfer.player),
+                    to: id,
+                    last_applied: transfer.last_applied,
+                    pending: transfer.pending.clone(),
+                    avatar: transfer.avatar.clone(),
+                };
+                match self.region.immigrate(RegionId(transfer.from), &emigrant) {
+                    Ok(last_applied) => {
+                        out.push_back(Output::Attach { player: emigrant.player, gateway });
+                        out.push_back(Output::ToGateway {
+                            gateway,
+                            message: ServerMessage::Arrived {
+                                region: id.0,
+                                epoch: epoch.0,
+                                player: transfer.player,
+                                last_applied,
+                            },
+                        });
+                    }
+                    Err(reason) => out.push_back(Output::ToGateway {
+                        gateway,
+                        message: ServerMessage::ImmigrationRefused { transfer, reason },
+                    }),
+                }
+            }
+            (GatewayRequest::Immigrate { transfer, gateway }, None) => out.push_back(Output::ToGateway {
+                gateway,
+                message: ServerMessage::ImmigrationRefused { transfer, reason: "the region moved".into() },
+            }),
+        }
+    }
+}
+
+/// Whether a source handed the region off (it owns it no more, although it still holds it).
+fn handoff_gave_away(handoff: &HandoffSource) -> bool {
+    matches!(handoff.phase(), SourcePhase::HandedOff | SourcePhase::Retired)
+}
+
+/// Microseconds since the Unix epoch at `now`, from the settings' anchor.
+fn wall_micros(anchor: (Instant, u64), now: Instant) -> u64 {
+    let (at, micros) = anchor;
+    if now >= at {
+        micros.saturating_add(now.duration_since(at).as_micros() as u64)
+    } else {
+        micros.saturating_sub(at.duration_since(now).as_micros() as u64)
+    }
+}
+
+/// Queues an input for the next tick; one for a player who is not in the region (its avatar
+/// crossed a border, or has not arrived yet) goes back to its gateway to be routed again.
+/// Invariant 2: a straggler forwarded by a handoff's source is queued, or bounced when its player
+/// is not here, so it cannot vanish in a region that lost the player. What [`after_refusal`]
+/// drops is counted (`baton_inputs_refused_total` by reason) and is never the input its player is
+/// blocked on. Duplicates are dropped by the session (they were applied already).
+fn submit_or_bounce<L: RegionLogic>(region: &mut Region<L>, input: PlayerInput, outputs: &mut VecDeque<Output>) {
+    match region.submit_input(input.clone()) {
+        Ok(_) => {}
+        Err(error) => match after_refusal(&error) {
+            Refused::Bounce => refuse_input(region.id(), input, outputs),
+            // Already counted and logged by the region's `input_refused` event.
+            Refused::Drop => {}
+        },
+    }
+}
+
+/// What an owner does with an input its region's sessions refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refused {
+    /// Send it back to the player's gateway to be routed again (`Bounced`).
+    Bounce,
+    /// Drop it.
+    Drop,
+}
+
+/// Decides between bouncing and dropping a refused input.
+fn after_refusal(error: &SessionError) -> Refused {
+    match error {
+        // The avatar is elsewhere (it crossed a border or has not arrived yet): the gateway routes
+        // the input to wherever the player is now.
+        SessionError::UnknownPlayer(_) => Refused::Bounce,
+        // A full queue is not bounced. The gateway would route the input straight back to this
+        // owner, which refuses it again for as long as the gap lasts, so every such input would
+        // circle between gateway and server at network speed; a client that leaves a gap (the
+        // gateway's rate limit drops an input but keeps its number) would add one to the circle
+        // for every input it sends until it disconnects. The input the player is blocked on is
+        // never refused for a full queue (`Sessions::submit`), and a resuming client resends
+        // everything after `last_applied`, so dropping here loses nothing the player cannot
+        // send again.
+        SessionError::QueueFull(_) => Refused::Drop,
+        // Invalid anywhere (the gateway checks size and sequence before forwarding), or a bug of
+        // this region: routing it again cannot help.
+        SessionError::PayloadTooLarge(_)
+        | SessionError::ZeroSequence
+        | SessionError::AlreadyJoined(_)
+        | SessionError::World(_) => Refused::Drop,
+    }
+}
+
+/// An input this instance will not apply: reported, and sent back to its gateway to route again.
+fn refuse_input(region: RegionId, input: PlayerInput, outputs: &mut VecDeque<Output>) {
+    let bounced = ServerMessage::Bounced {
+        region: region.0,
+        player: input.player.0,
+        seq: input.seq,
+        payload: input.payload.clone(),
+    };
+    outputs.push_back(Output::Bounce(bounced, input.player));
+    outputs.push_back(Output::Event(HostEvent::InputRefused { region, input }));
+}
+
+/// What players get after each tick: their updates, border views, and avatars leaving.
+fn after_tick<L: RegionLogic>(
+    region: &mut Region<L>,
+    epoch: Epoch,
+    tick: u64,
+    settings: PlayerSettings,
+    gateways: &dyn Gateways,
+    outputs: &mut VecDeque<Output>,
+) {
+    if !gateways.any() {
+        return;
+    }
+    let id = region.id();
+    // This tick's views are taken before the crossing avatars leave: a player whose avatar
+    // crosses now still gets this tick's view from here, its last, so its update gap spans only
+    // the wait for the new region's next tick instead of a whole tick more.
+    if tick.is_multiple_of(u64::from(settings.update_every_ticks.max(1))) {
+        let updates: Vec<(PlayerId, ServerMessage)> = region
+            .player_updates()
+            .into_iter()
+            .map(|update| {
+                let message = ServerMessage::Update {
+                    region: id.0,
+                    epoch: epoch.0,
+                    player: update.player.0,
+                    tick,
+                    last_applied: update.last_applied,
+                    payload: update.payload,
+                };
+                (update.player, message)
+            })
+            .collect();
+        // The updates go first: the gateway admits a region's updates for a player until the new
+        // region says the avatar arrived, and the last view should not trail the emigration.
+        if !updates.is_empty() {
+            outputs.push_back(Output::ToPlayers(updates));
+        }
+    }
+    for emigrant in region.take_emigrants(|player| gateways.serves(player)) {
+        let transfer = Transfer {
+            player: emigrant.player.0,
+            from: id.0,
+            to: emigrant.to.0,
+            last_applied: emigrant.last_applied,
+            pending: emigrant.pending,
+            avatar: emigrant.avatar,
+        };
+        outputs.push_back(Output::ToPlayers(vec![(
+            emigrant.player,
+            ServerMessage::Emigrated { epoch: epoch.0, transfer },
+        )]));
+    }
+    if settings.border_every_ticks > 0 && tick.is_multiple_of(u64::from(settings.border_every_ticks)) {
+        let distance = settings.border_view_distance;
+        for (toward, payload) in region.border_views(distance) {
+            if !payload.is_empty() {
+                outputs.push_back(Output::Broadcast(ServerMessage::Border {
+                    region: id.0,
+                    epoch: epoch.0,
+                    toward: toward.0,
+                    tick,
+                    payload,
+                }));
+            }
+        }
+        for (toward, players) in region.players_near_borders(distance) {
+            let players = players.into_iter().map(|player| player.0).collect();
+            outputs.push_back(Output::Broadcast(ServerMessage::NearBorder { region: id.0, toward: toward.0, players }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_inputs_of_players_elsewhere_are_bounced() {
+        // Pins today's rule: bouncing a full queue's input would circle it between gateway and
+        // server (see `after_refusal`); everything else that cannot apply anywhere is dropped.
+        assert_eq!(after_refusal(&SessionError::UnknownPlayer(PlayerId(1))), Refused::Bounce);
+        assert_eq!(after_refusal(&SessionError::QueueFull(PlayerId(1))), Refused::Drop);
+        assert_eq!(after_refusal(&SessionError::ZeroSequence), Refused::Drop);
+        assert_eq!(after_refusal(&SessionError::PayloadTooLarge(4096)), Refused::Drop);
+        assert_eq!(after_refusal(&SessionError::AlreadyJoined(PlayerId(1))), Refused::Drop);
+    }
+
+    #[test]
+    fn wall_times_follow_the_anchor_both_ways() {
+        let at = Instant::now();
+        assert_eq!(wall_micros((at, 1_000_000), at + Duration::from_millis(3)), 1_003_000);
+        assert_eq!(wall_micros((at + Duration::from_millis(3), 1_000_000), at), 997_000);
+    }
+}
