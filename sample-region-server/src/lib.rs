@@ -302,11 +302,11 @@ impl RegionLogic for SampleLogic {
         }
     }
 
-    fn spawn_avatar(&mut self, world: &mut World, player: PlayerId) -> Result<EntityId, String> {
+    fn spawn_avatar(&mut self, world: &mut World, player: PlayerId) -> Result<EntityId, baton_sdk::EntryError> {
         // Avatars appear on a ring around the centre, spread by player id.
         let angle = (player.0 % 360) as f32 * std::f32::consts::PI / 180.0;
         let radius = 20.0 + (player.0 / 360 % 80) as f32;
-        spawn_avatar_entity(world, [radius * angle.cos(), radius * angle.sin()]).map_err(|error| error.to_string())
+        Ok(spawn_avatar_entity(world, [radius * angle.cos(), radius * angle.sin()])?)
     }
 
     fn prepare_views(&mut self, world: &World) {

@@ -969,9 +969,9 @@ impl<L: RegionLogic> RegionNode<L> {
                         message: ServerMessage::Joined { region: id.0, epoch: epoch.0, player: player.0, last_applied },
                     });
                 }
-                Err(reason) => out.push_back(Output::ToGateway {
+                Err(error) => out.push_back(Output::ToGateway {
                     gateway,
-                    message: ServerMessage::JoinRefused { region: id.0, player: player.0, reason },
+                    message: ServerMessage::JoinRefused { region: id.0, player: player.0, reason: error.to_string() },
                 }),
             },
             (GatewayRequest::Join { player, gateway }, None) => out.push_back(Output::ToGateway {
@@ -1009,9 +1009,9 @@ impl<L: RegionLogic> RegionNode<L> {
                             },
                         });
                     }
-                    Err(reason) => out.push_back(Output::ToGateway {
+                    Err(error) => out.push_back(Output::ToGateway {
                         gateway,
-                        message: ServerMessage::ImmigrationRefused { transfer, reason },
+                        message: ServerMessage::ImmigrationRefused { transfer, reason: error.to_string() },
                     }),
                 }
             }

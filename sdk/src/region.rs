@@ -25,7 +25,7 @@ use crate::events::{self, TickFacts};
 use crate::physics::{Body, PhysicsConfig, PhysicsEngine, PhysicsStepStats};
 use crate::scripts::{Script, ScriptBindings, ScriptConfig, ScriptEngine, ScriptError};
 use crate::sessions::{InputOutcome, PlayerSession, ReadyInput, SessionError, Sessions};
-use crate::world::{EntityId, World};
+use crate::world::{EntityId, World, WorldError};
 
 /// The game side of a region.
 pub trait RegionLogic: ScriptBindings + Send {
@@ -41,9 +41,9 @@ pub trait RegionLogic: ScriptBindings + Send {
 
     /// Creates the avatar of a player joining this region for the first time (a player who has a
     /// session here already keeps it). The default refuses: the game must say how avatars look.
-    fn spawn_avatar(&mut self, world: &mut World, player: PlayerId) -> Result<EntityId, String> {
+    fn spawn_avatar(&mut self, world: &mut World, player: PlayerId) -> Result<EntityId, EntryError> {
         let _ = (world, player);
-        Err("this region does not take players".into())
+        Err(EntryError::NoAvatars)
     }
 
     /// Called once before the [`RegionLogic::player_view`]s of a tick, to build caches (e.g. a
@@ -141,6 +141,40 @@ impl RegionConfig {
     pub fn tick_interval(&self) -> Duration {
         Duration::from_secs_f64(1.0 / f64::from(self.tick_rate_hz.max(1)))
     }
+}
+
+/// Why a player could not enter a region (joining, or arriving across a border). The gateway
+/// passes the message on to the player's client as the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    /// The game does not create avatars ([`RegionLogic::spawn_avatar`] is not implemented).
+    #[error("this region does not take players")]
+    NoAvatars,
+    /// The game refused the player.
+    #[error("the game refused the player: {0}")]
+    Refused(String),
+    /// The avatar's entity could not be created.
+    #[error("creating the avatar: {0}")]
+    World(#[from] WorldError),
+    /// The player's session could not be opened.
+    #[error("opening the session: {0}")]
+    Session(#[from] SessionError),
+    /// An arriving player has a session here already.
+    #[error("player {player} already has a session here (last applied {last_applied})")]
+    AlreadyHere {
+        /// The player.
+        player: PlayerId,
+        /// Its last applied input here.
+        last_applied: u64,
+    },
+    /// A crossing avatar's archive does not decode.
+    #[error("the avatar of player {player} is invalid: {error}")]
+    InvalidAvatar {
+        /// The player.
+        player: PlayerId,
+        /// What is wrong with it.
+        error: crate::codec::CodecError,
+    },
 }
 
 /// Errors from setting a region up.
@@ -282,12 +316,12 @@ impl<L: RegionLogic> Region<L> {
 
     /// Lets `player` in: a player with a session here keeps it, anyone else gets a new avatar from
     /// [`RegionLogic::spawn_avatar`]. Returns the last input applied for the player.
-    pub fn join_player(&mut self, player: PlayerId) -> Result<u64, String> {
+    pub fn join_player(&mut self, player: PlayerId) -> Result<u64, EntryError> {
         if let Some(session) = self.session_of(player) {
             return Ok(session.last_applied);
         }
         let avatar = self.logic.spawn_avatar(&mut self.world, player)?;
-        self.sessions.join(&mut self.world, player, avatar).map_err(|error| error.to_string())?;
+        self.sessions.join(&mut self.world, player, avatar)?;
         Ok(0)
     }
 
@@ -400,19 +434,16 @@ impl<L: RegionLogic> Region<L> {
 
     /// Takes in an avatar that crossed from `from`: validates and spawns its entity, opens its
     /// session where `from` left it and queues its pending inputs. Returns its last applied input.
-    pub fn immigrate(&mut self, from: RegionId, emigrant: &Emigrant) -> Result<u64, String> {
+    pub fn immigrate(&mut self, from: RegionId, emigrant: &Emigrant) -> Result<u64, EntryError> {
         if let Some(session) = self.session_of(emigrant.player) {
-            return Err(format!(
-                "player {} already has a session here (last applied {})",
-                emigrant.player, session.last_applied
-            ));
+            return Err(EntryError::AlreadyHere { player: emigrant.player, last_applied: session.last_applied });
         }
         let avatar =
             crate::codec::apply_bundle(&mut self.world, &emigrant.avatar, crate::codec::DecodeLimits::default())
-                .map_err(|error| format!("the avatar of player {} is invalid: {error}", emigrant.player))?;
+                .map_err(|error| EntryError::InvalidAvatar { player: emigrant.player, error })?;
         if let Err(error) = self.sessions.join_at(&mut self.world, emigrant.player, avatar, emigrant.last_applied) {
             self.world.despawn(avatar);
-            return Err(error.to_string());
+            return Err(error.into());
         }
         for (seq, payload) in &emigrant.pending {
             let _ = self

@@ -14,7 +14,7 @@ use baton_sdk::scripts::{PROPERTY_SLOTS, ScriptBindings, ScriptEngine, ScriptErr
 use baton_sdk::sessions::ReadyInput;
 use baton_sdk::wire::serve::GameObject;
 use baton_sdk::wire::{PlayerId, PlayerInput, RegionId};
-use baton_sdk::{Component, EntityId, Region, RegionConfig, RegionError, Registry, RegistryError, World};
+use baton_sdk::{Component, EntityId, EntryError, Region, RegionConfig, RegionError, Registry, RegistryError, World};
 
 /// A lamp that switches every `period` ticks.
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Component)]
@@ -67,9 +67,9 @@ impl RegionLogic for TallyLogic {
         }
     }
 
-    fn spawn_avatar(&mut self, world: &mut World, _player: PlayerId) -> Result<EntityId, String> {
+    fn spawn_avatar(&mut self, world: &mut World, _player: PlayerId) -> Result<EntityId, EntryError> {
         let avatar = world.spawn();
-        world.insert(avatar, Tally { inputs: 0, sum: 0 }).map_err(|error| error.to_string())?;
+        world.insert(avatar, Tally { inputs: 0, sum: 0 })?;
         Ok(avatar)
     }
 
