@@ -565,7 +565,7 @@ async fn player_session(inner: &Arc<Inner>, connection: &quinn::Connection) -> R
                 send_upstream(
                     &inner_for_grace,
                     server,
-                    GatewayMessage::Leave { region: region.0, epoch: epoch.0, player: session.player.0 },
+                    GatewayMessage::Leave { region, epoch, player: session.player },
                 );
             }
         }
@@ -612,7 +612,7 @@ async fn join(inner: &Arc<Inner>, player: PlayerId, region: RegionId) -> Result<
         };
         let (sender, receiver) = oneshot::channel();
         inner.joins.insert(player, sender);
-        send_upstream(inner, server, GatewayMessage::Join { region: region.0, epoch: epoch.0, player: player.0 });
+        send_upstream(inner, server, GatewayMessage::Join { region, epoch, player });
         match tokio::time::timeout(Duration::from_secs(3), receiver).await {
             Ok(Ok(Ok(joined))) => return Ok(joined),
             Ok(Ok(Err(reason))) => last_error = format!("region {region} refused the player: {reason}"),
@@ -654,9 +654,9 @@ fn run_actions(inner: &Inner, actions: Vec<RouteAction>) {
                     inner,
                     server,
                     GatewayMessage::Input {
-                        region: region.0,
-                        epoch: epoch.0,
-                        player: input.player.0,
+                        region,
+                        epoch,
+                        player: input.player,
                         seq: input.seq,
                         payload: input.payload,
                     },
@@ -792,14 +792,14 @@ fn take_route(inner: &Inner, region: RegionId, server: ServerId, epoch: Epoch) -
     let actions = inner.routes.handle_event(RouteEvent::Assign { region, server, epoch })?;
     let players = players_in(inner, region);
     if !players.is_empty() {
-        send_upstream(inner, server, GatewayMessage::Attach { region: region.0, epoch: epoch.0, players });
+        send_upstream(inner, server, GatewayMessage::Attach { region, epoch, players });
     }
     run_actions(inner, actions);
     Ok(())
 }
 
-fn players_in(inner: &Inner, region: RegionId) -> Vec<u64> {
-    inner.sessions.iter().filter(|session| session.region() == region).map(|session| session.player.0).collect()
+fn players_in(inner: &Inner, region: RegionId) -> Vec<PlayerId> {
+    inner.sessions.iter().filter(|session| session.region() == region).map(|session| session.player).collect()
 }
 
 fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
@@ -807,45 +807,40 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
         ServerMessage::Welcome { server: name, regions } => {
             tracing::info!(server = server.0, name, regions = regions.len(), "region server introduced itself");
             for (region, epoch) in regions {
-                let region = RegionId(region);
-                let _ = route_event(inner, RouteEvent::Assign { region, server, epoch: Epoch(epoch) });
+                let _ = route_event(inner, RouteEvent::Assign { region, server, epoch });
                 // After a reconnect the server knows none of our players: tell it again.
-                if inner.routes.owner(region) == Some((server, Epoch(epoch))) {
+                if inner.routes.owner(region) == Some((server, epoch)) {
                     let players = players_in(inner, region);
                     if !players.is_empty() {
-                        send_upstream(inner, server, GatewayMessage::Attach { region: region.0, epoch, players });
+                        send_upstream(inner, server, GatewayMessage::Attach { region, epoch, players });
                     }
                 }
             }
         }
         ServerMessage::Owning { region, epoch } => {
-            let _ = take_route(inner, RegionId(region), server, Epoch(epoch));
+            let _ = take_route(inner, region, server, epoch);
         }
         ServerMessage::HandoffStarted { region, epoch, target } => {
             let target = server_for(inner, target);
-            if let Err(error) =
-                route_event(inner, RouteEvent::HandoffStarted { region: RegionId(region), epoch: Epoch(epoch), target })
-            {
+            if let Err(error) = route_event(inner, RouteEvent::HandoffStarted { region, epoch, target }) {
                 tracing::debug!(%error, "handoff start ignored");
             }
         }
         ServerMessage::Frozen { region, epoch } => {
-            if let Err(error) = route_event(inner, RouteEvent::Frozen { region: RegionId(region), epoch: Epoch(epoch) })
-            {
+            if let Err(error) = route_event(inner, RouteEvent::Frozen { region, epoch }) {
                 tracing::debug!(%error, "freeze ignored");
             }
         }
         ServerMessage::Committed { region, epoch, owner } => {
-            let region = RegionId(region);
             let owner = server_for(inner, owner);
             // Flip (atomic for the region), tell the new owner whose updates come here, then replay.
-            match inner.routes.handle_event(RouteEvent::Committed { region, server: owner, epoch: Epoch(epoch) }) {
+            match inner.routes.handle_event(RouteEvent::Committed { region, server: owner, epoch }) {
                 Ok(actions) => {
                     inner.counters.handoff_flips.fetch_add(1, Ordering::Relaxed);
                     send_upstream(
                         inner,
                         owner,
-                        GatewayMessage::Attach { region: region.0, epoch, players: players_in(inner, region) },
+                        GatewayMessage::Attach { region, epoch, players: players_in(inner, region) },
                     );
                     run_actions(inner, actions);
                 }
@@ -853,10 +848,10 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
                 // report). The new owner may have turned an earlier Attach away because it did not
                 // own the region yet; now it says it does, so tell it again (Attach is idempotent).
                 Err(error) => {
-                    if inner.routes.owner(region) == Some((owner, Epoch(epoch))) {
+                    if inner.routes.owner(region) == Some((owner, epoch)) {
                         let players = players_in(inner, region);
                         if !players.is_empty() {
-                            send_upstream(inner, owner, GatewayMessage::Attach { region: region.0, epoch, players });
+                            send_upstream(inner, owner, GatewayMessage::Attach { region, epoch, players });
                         }
                     }
                     tracing::debug!(%error, "commit already known");
@@ -864,32 +859,28 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
             }
         }
         ServerMessage::Aborted { region, epoch } => {
-            if let Err(error) =
-                route_event(inner, RouteEvent::Aborted { region: RegionId(region), epoch: Epoch(epoch) })
-            {
+            if let Err(error) = route_event(inner, RouteEvent::Aborted { region, epoch }) {
                 tracing::debug!(%error, "abort ignored");
             }
         }
         ServerMessage::Joined { region, player, last_applied, .. } => {
-            if let Some((_, waiting)) = inner.joins.remove(&PlayerId(player)) {
-                let _ = waiting.send(Ok((RegionId(region), last_applied)));
+            if let Some((_, waiting)) = inner.joins.remove(&player) {
+                let _ = waiting.send(Ok((region, last_applied)));
             }
         }
         ServerMessage::JoinRefused { player, reason, .. } => {
-            if let Some((_, waiting)) = inner.joins.remove(&PlayerId(player)) {
+            if let Some((_, waiting)) = inner.joins.remove(&player) {
                 let _ = waiting.send(Err(reason));
             }
         }
         ServerMessage::Detached { player } => {
-            let player = PlayerId(player);
             if let Some((_, session)) = inner.sessions.remove(&player) {
                 session.close(CloseCode::Replaced, "the session continues on another gateway");
             }
         }
         ServerMessage::Update { region, epoch, player, tick, last_applied, payload } => {
-            let region = RegionId(region);
-            let admitted = inner.routes.admits_update(region, server, Epoch(epoch));
-            let session = inner.sessions.get(&PlayerId(player)).map(|session| session.clone());
+            let admitted = inner.routes.admits_update(region, server, epoch);
+            let session = inner.sessions.get(&player).map(|session| session.clone());
             let Some(session) = session.filter(|session| admitted && session.region() == region) else {
                 inner.counters.updates_stale.fetch_add(1, Ordering::Relaxed);
                 return;
@@ -897,17 +888,17 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
             send_update(inner, &session, StateUpdate { region: region.0, tick, last_applied, payload });
         }
         ServerMessage::Border { region, epoch, toward, tick, payload } => {
-            let admitted = inner.routes.admits_update(RegionId(region), server, Epoch(epoch));
-            if admitted && let Ok(bytes) = (Datagram::Neighbour { region, tick, payload }).encode() {
-                inner.borders.insert((RegionId(region), RegionId(toward)), bytes);
+            let admitted = inner.routes.admits_update(region, server, epoch);
+            if admitted && let Ok(bytes) = (Datagram::Neighbour { region: region.0, tick, payload }).encode() {
+                inner.borders.insert((region, toward), bytes);
             }
         }
         ServerMessage::NearBorder { region, toward, players } => {
-            let Some(view) = inner.borders.get(&(RegionId(toward), RegionId(region))).map(|view| view.clone()) else {
+            let Some(view) = inner.borders.get(&(toward, region)).map(|view| view.clone()) else {
                 return;
             };
             for player in players {
-                if let Some(session) = inner.sessions.get(&PlayerId(player))
+                if let Some(session) = inner.sessions.get(&player)
                     && let Ok(connection) = session.connection.lock()
                     && let Some(connection) = connection.as_ref()
                     && view.len() <= connection.max_datagram_size().unwrap_or(0)
@@ -920,16 +911,15 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
         // The region's owner saved it and let it go: its players' sessions end (they reconnect
         // once it runs again, elsewhere). Only the owner the gateway routes by can say so.
         ServerMessage::Stopped { region, epoch } => {
-            let region = RegionId(region);
-            if !inner.routes.admits_update(region, server, Epoch(epoch)) {
-                tracing::debug!(%region, epoch, "a stop from a server that does not own the region; ignored");
+            if !inner.routes.admits_update(region, server, epoch) {
+                tracing::debug!(%region, %epoch, "a stop from a server that does not own the region; ignored");
                 return;
             }
             let players = players_in(inner, region);
-            tracing::info!(%region, epoch, players = players.len(), "region stopped; ending its sessions");
+            tracing::info!(%region, %epoch, players = players.len(), "region stopped; ending its sessions");
             let reason = format!("region {region} was stopped for a restart; reconnect to play on");
             for player in players {
-                if let Some((_, session)) = inner.sessions.remove(&PlayerId(player)) {
+                if let Some((_, session)) = inner.sessions.remove(&player) {
                     session.close(CloseCode::Unavailable, &reason);
                     inner.counters.stopped_sessions.fetch_add(1, Ordering::Relaxed);
                 }
@@ -937,7 +927,6 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
         }
         ServerMessage::Bounced { player, seq, payload, .. } => {
             inner.counters.inputs_bounced.fetch_add(1, Ordering::Relaxed);
-            let player = PlayerId(player);
             let input = PlayerInput { player, seq, payload };
             match inner.sessions.get(&player).map(|session| session.clone()) {
                 Some(session) => forward_input(inner, &session, input),
@@ -945,21 +934,20 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
             }
         }
         ServerMessage::Emigrated { epoch, transfer } => {
-            let from = RegionId(transfer.from);
-            if !inner.routes.admits_update(from, server, Epoch(epoch)) {
+            let from = transfer.from;
+            if !inner.routes.admits_update(from, server, epoch) {
                 tracing::warn!(%from, "an emigration from a server that does not own the region; delivering anyway");
             }
-            if let Some(session) = inner.sessions.get(&PlayerId(transfer.player))
+            if let Some(session) = inner.sessions.get(&transfer.player)
                 && let Ok(mut transit) = session.transit.lock()
                 && transit.is_none()
             {
                 *transit = Some(Vec::new());
             }
-            let delivery = crossings(inner).handle_emigrated(PlayerId(transfer.player));
+            let delivery = crossings(inner).handle_emigrated(transfer.player);
             deliver_transfer(inner.clone(), transfer, delivery);
         }
         ServerMessage::Arrived { region, player, .. } => {
-            let (region, player) = (RegionId(region), PlayerId(player));
             inner.counters.crossings.fetch_add(1, Ordering::Relaxed);
             crossings(inner).handle_arrived(player);
             let Some(session) = inner.sessions.get(&player).map(|session| session.clone()) else { return };
@@ -976,10 +964,10 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
             });
         }
         ServerMessage::ImmigrationRefused { transfer, reason } => {
-            tracing::info!(player = transfer.player, to = transfer.to, reason, "a crossing was refused; retrying");
+            tracing::info!(player = %transfer.player, to = %transfer.to, reason, "a crossing was refused; retrying");
             // The refusal counts with the crossing's earlier failures, so one that is refused
             // every time still goes back after `SEND_BACK_AFTER` of them (docs/protocol.md §10).
-            let delivery = crossings(inner).handle_refused(PlayerId(transfer.player));
+            let delivery = crossings(inner).handle_refused(transfer.player);
             let inner = inner.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -999,15 +987,15 @@ fn crossings(inner: &Inner) -> std::sync::MutexGuard<'_, Crossings> {
 /// says so. Nothing is dropped: the avatar and its pending inputs travel together.
 fn deliver_transfer(inner: Arc<Inner>, mut transfer: Transfer, delivery: Delivery) {
     if delivery == Delivery::Back {
-        tracing::warn!(player = transfer.player, to = transfer.to, "a crossing keeps failing; sending the avatar back");
+        tracing::warn!(player = %transfer.player, to = %transfer.to, "a crossing keeps failing; sending the avatar back");
         std::mem::swap(&mut transfer.from, &mut transfer.to);
     }
-    let to = RegionId(transfer.to);
+    let to = transfer.to;
     let route = (inner.routes.held(to) == 0).then(|| inner.routes.owner(to)).flatten();
     match route {
-        Some((server, epoch)) => send_upstream(&inner, server, GatewayMessage::Immigrate { epoch: epoch.0, transfer }),
+        Some((server, epoch)) => send_upstream(&inner, server, GatewayMessage::Immigrate { epoch, transfer }),
         None => {
-            let delivery = crossings(&inner).handle_unroutable(PlayerId(transfer.player));
+            let delivery = crossings(&inner).handle_unroutable(transfer.player);
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 deliver_transfer(inner, transfer, delivery);

@@ -453,10 +453,13 @@ impl<L: RegionLogic> RegionNode<L> {
         matches!(&self.state, State::Owner { handoff, .. } if handoff.as_ref().is_none_or(HandoffSource::allows_ticks))
     }
 
-    /// Whether a handoff froze the region (it neither ticks nor takes requests).
+    /// Whether a handoff froze the region and its outcome is not known yet: it neither ticks nor
+    /// answers gateways' requests (they wait, protocol.md §9). Once the region is handed off the
+    /// outcome is known, and requests are answered at once ("the region moved").
     #[must_use]
     pub fn is_frozen(&self) -> bool {
-        matches!(&self.state, State::Owner { handoff: Some(handoff), .. } if !handoff.allows_ticks() && !handoff.is_finished())
+        matches!(&self.state, State::Owner { handoff: Some(handoff), .. }
+            if matches!(handoff.phase(), SourcePhase::Frozen | SourcePhase::Settling))
     }
 
     /// Whether the node is done with the region.
@@ -562,8 +565,8 @@ impl<L: RegionLogic> RegionNode<L> {
         *handoff_peer = Some(peer);
         self.reported_phase = None;
         self.outputs.push_back(Output::Broadcast(ServerMessage::HandoffStarted {
-            region: region.0,
-            epoch: epoch.0,
+            region,
+            epoch: *epoch,
             target: peer,
         }));
         self.outputs.push_back(Output::Connect { peer });
@@ -648,7 +651,7 @@ impl<L: RegionLogic> RegionNode<L> {
                 // Inputs that arrived while saving were never applied either.
                 let discarded = self.region.take_pending_inputs().len() + pending.len();
                 self.outputs.push_back(Output::NotOwned);
-                self.outputs.push_back(Output::Broadcast(ServerMessage::Stopped { region: id.0, epoch: epoch.0 }));
+                self.outputs.push_back(Output::Broadcast(ServerMessage::Stopped { region: id, epoch }));
                 self.outputs.push_back(Output::Event(HostEvent::Stopped {
                     region: id,
                     epoch,
@@ -731,7 +734,7 @@ impl<L: RegionLogic> RegionNode<L> {
             if let Some(handoff) = handoff.as_mut() {
                 handoff.handle_tick_completed(now, self.region.world_mut(), next_due);
                 if !handoff.allows_ticks() {
-                    self.outputs.push_back(Output::Broadcast(ServerMessage::Frozen { region: id.0, epoch: epoch.0 }));
+                    self.outputs.push_back(Output::Broadcast(ServerMessage::Frozen { region: id, epoch: *epoch }));
                     self.outputs.push_back(Output::Event(HostEvent::Frozen {
                         region: id,
                         tick,
@@ -793,10 +796,8 @@ impl<L: RegionLogic> RegionNode<L> {
                                 submit_or_bounce(&mut self.region, input, &mut self.outputs);
                             }
                             self.outputs.push_back(Output::Owned { epoch: resumed, announce: false });
-                            self.outputs.push_back(Output::Broadcast(ServerMessage::Aborted {
-                                region: id.0,
-                                epoch: resumed.0,
-                            }));
+                            self.outputs
+                                .push_back(Output::Broadcast(ServerMessage::Aborted { region: id, epoch: resumed }));
                             self.outputs.push_back(Output::Event(HostEvent::Aborted {
                                 region: id,
                                 reason: reason.to_string(),
@@ -807,8 +808,8 @@ impl<L: RegionLogic> RegionNode<L> {
                             self.outputs.push_back(Output::NotOwned);
                             if let Some(owner) = *peer {
                                 self.outputs.push_back(Output::Broadcast(ServerMessage::Committed {
-                                    region: id.0,
-                                    epoch: new_epoch.0,
+                                    region: id,
+                                    epoch: new_epoch,
                                     owner,
                                 }));
                             }
@@ -858,8 +859,8 @@ impl<L: RegionLogic> RegionNode<L> {
                             self.region.rebuild_caches();
                             self.outputs.push_back(Output::Owned { epoch, announce: false });
                             self.outputs.push_back(Output::Broadcast(ServerMessage::Committed {
-                                region: id.0,
-                                epoch: epoch.0,
+                                region: id,
+                                epoch,
                                 owner: self.settings.address,
                             }));
                             self.outputs.push_back(Output::Event(HostEvent::Authoritative { region: id, epoch }));
@@ -966,21 +967,17 @@ impl<L: RegionLogic> RegionNode<L> {
                     out.push_back(Output::Attach { player, gateway });
                     out.push_back(Output::ToGateway {
                         gateway,
-                        message: ServerMessage::Joined { region: id.0, epoch: epoch.0, player: player.0, last_applied },
+                        message: ServerMessage::Joined { region: id, epoch, player, last_applied },
                     });
                 }
                 Err(error) => out.push_back(Output::ToGateway {
                     gateway,
-                    message: ServerMessage::JoinRefused { region: id.0, player: player.0, reason: error.to_string() },
+                    message: ServerMessage::JoinRefused { region: id, player, reason: error.to_string() },
                 }),
             },
             (GatewayRequest::Join { player, gateway }, None) => out.push_back(Output::ToGateway {
                 gateway,
-                message: ServerMessage::JoinRefused {
-                    region: id.0,
-                    player: player.0,
-                    reason: "the region moved".into(),
-                },
+                message: ServerMessage::JoinRefused { region: id, player, reason: "the region moved".into() },
             }),
             (GatewayRequest::Leave { player }, Some(_)) => {
                 self.region.remove_player(player);
@@ -990,20 +987,20 @@ impl<L: RegionLogic> RegionNode<L> {
             }
             (GatewayRequest::Immigrate { transfer, gateway }, Some(epoch)) => {
                 let emigrant = Emigrant {
-                    player: PlayerId(transfer.player),
+                    player: transfer.player,
                     to: id,
                     last_applied: transfer.last_applied,
                     pending: transfer.pending.clone(),
                     avatar: transfer.avatar.clone(),
                 };
-                match self.region.immigrate(RegionId(transfer.from), &emigrant) {
+                match self.region.immigrate(transfer.from, &emigrant) {
                     Ok(last_applied) => {
                         out.push_back(Output::Attach { player: emigrant.player, gateway });
                         out.push_back(Output::ToGateway {
                             gateway,
                             message: ServerMessage::Arrived {
-                                region: id.0,
-                                epoch: epoch.0,
+                                region: id,
+                                epoch,
                                 player: transfer.player,
                                 last_applied,
                             },
@@ -1090,12 +1087,8 @@ fn after_refusal(error: &SessionError) -> Refused {
 
 /// An input this instance will not apply: reported, and sent back to its gateway to route again.
 fn refuse_input(region: RegionId, input: PlayerInput, outputs: &mut VecDeque<Output>) {
-    let bounced = ServerMessage::Bounced {
-        region: region.0,
-        player: input.player.0,
-        seq: input.seq,
-        payload: input.payload.clone(),
-    };
+    let bounced =
+        ServerMessage::Bounced { region, player: input.player, seq: input.seq, payload: input.payload.clone() };
     outputs.push_back(Output::Bounce(bounced, input.player));
     outputs.push_back(Output::Event(HostEvent::InputRefused { region, input }));
 }
@@ -1122,9 +1115,9 @@ fn after_tick<L: RegionLogic>(
             .into_iter()
             .map(|update| {
                 let message = ServerMessage::Update {
-                    region: id.0,
-                    epoch: epoch.0,
-                    player: update.player.0,
+                    region: id,
+                    epoch,
+                    player: update.player,
                     tick,
                     last_applied: update.last_applied,
                     payload: update.payload,
@@ -1140,34 +1133,30 @@ fn after_tick<L: RegionLogic>(
     }
     for emigrant in region.take_emigrants(|player| gateways.serves(player)) {
         let transfer = Transfer {
-            player: emigrant.player.0,
-            from: id.0,
-            to: emigrant.to.0,
+            player: emigrant.player,
+            from: id,
+            to: emigrant.to,
             last_applied: emigrant.last_applied,
             pending: emigrant.pending,
             avatar: emigrant.avatar,
         };
-        outputs.push_back(Output::ToPlayers(vec![(
-            emigrant.player,
-            ServerMessage::Emigrated { epoch: epoch.0, transfer },
-        )]));
+        outputs.push_back(Output::ToPlayers(vec![(emigrant.player, ServerMessage::Emigrated { epoch, transfer })]));
     }
     if settings.border_every_ticks > 0 && tick.is_multiple_of(u64::from(settings.border_every_ticks)) {
         let distance = settings.border_view_distance;
         for (toward, payload) in region.border_views(distance) {
             if !payload.is_empty() {
                 outputs.push_back(Output::Broadcast(ServerMessage::Border {
-                    region: id.0,
-                    epoch: epoch.0,
-                    toward: toward.0,
+                    region: id,
+                    epoch,
+                    toward,
                     tick,
                     payload,
                 }));
             }
         }
         for (toward, players) in region.players_near_borders(distance) {
-            let players = players.into_iter().map(|player| player.0).collect();
-            outputs.push_back(Output::Broadcast(ServerMessage::NearBorder { region: id.0, toward: toward.0, players }));
+            outputs.push_back(Output::Broadcast(ServerMessage::NearBorder { region: id, toward, players }));
         }
     }
 }

@@ -12,6 +12,7 @@ use baton_harness::players::{
 };
 use baton_wire::player::CloseCode;
 use baton_wire::serve::ServerEvent;
+use baton_wire::{Epoch, PlayerId, RegionId};
 
 fn spec(servers: usize, gateways: usize, gateway_args: &[&str]) -> ClusterSpec {
     ClusterSpec {
@@ -366,14 +367,14 @@ fn a_server_that_does_not_own_a_region_can_neither_stop_it_nor_speak_for_it() {
         let mut lies = vec![ServerMessage::Welcome { server: "impostor".into(), regions: Vec::new() }];
         for epoch in 0..4 {
             lies.push(ServerMessage::Update {
-                region: 1,
-                epoch,
-                player: 7,
+                region: RegionId(1),
+                epoch: Epoch(epoch),
+                player: PlayerId(7),
                 tick: u64::MAX / 2,
                 last_applied: 1_000_000,
                 payload: b"impostor".to_vec(),
             });
-            lies.push(ServerMessage::Stopped { region: 1, epoch });
+            lies.push(ServerMessage::Stopped { region: RegionId(1), epoch: Epoch(epoch) });
         }
         let mut bytes = Vec::new();
         let mut rest = lies.into_iter();

@@ -63,7 +63,7 @@ impl GatewayHub {
             owned.insert(region, epoch);
         }
         if announce {
-            self.broadcast(&ServerMessage::Owning { region: region.0, epoch: epoch.0 });
+            self.broadcast(&ServerMessage::Owning { region, epoch });
         }
     }
 
@@ -113,7 +113,7 @@ impl GatewayHub {
         if let Some(previous) = previous
             && previous != gateway
         {
-            self.to_gateway(previous, ServerMessage::Detached { player: player.0 });
+            self.to_gateway(previous, ServerMessage::Detached { player });
         }
     }
 
@@ -148,7 +148,7 @@ impl GatewayHub {
         let regions = self
             .owned
             .lock()
-            .map(|owned| owned.iter().map(|(region, epoch)| (region.0, epoch.0)).collect())
+            .map(|owned| owned.iter().map(|(region, epoch)| (*region, *epoch)).collect())
             .unwrap_or_default();
         ServerMessage::Welcome { server: self.server_name.clone(), regions }
     }
@@ -246,47 +246,56 @@ fn dispatch<L: RegionLogic + 'static>(
     };
     // Invariant 1: only the owner at the current epoch takes anything; a stamp older than our epoch
     // comes from a gateway that has not heard of a newer owner yet.
-    let admits = |region: RegionId, epoch: u64| hub.owned_epoch(region).is_some_and(|owned| owned.admits(Epoch(epoch)));
+    let admits = |region: RegionId, epoch: Epoch| hub.owned_epoch(region).is_some_and(|owned| owned.admits(epoch));
     match message {
         GatewayMessage::Hello { .. } => {}
         GatewayMessage::Join { region, epoch, player } => {
-            let (region, player) = (RegionId(region), PlayerId(player));
             if !admits(region, epoch) || !send(region, Command::Join { player, gateway }) {
-                hub.to_gateway(
-                    gateway,
-                    ServerMessage::JoinRefused { region: region.0, player: player.0, reason: "not the owner".into() },
-                );
+                hub.to_gateway(gateway, ServerMessage::JoinRefused { region, player, reason: "not the owner".into() });
             }
         }
         GatewayMessage::Leave { region, epoch, player } => {
-            let (region, player) = (RegionId(region), PlayerId(player));
             hub.detach(player, gateway);
             if admits(region, epoch) {
                 send(region, Command::Leave { player });
             }
         }
         GatewayMessage::Input { region, epoch, player, seq, payload } => {
-            let region = RegionId(region);
-            let input = PlayerInput { player: PlayerId(player), seq, payload };
+            let input = PlayerInput { player, seq, payload };
             let bounced = |input: PlayerInput| ServerMessage::Bounced {
-                region: region.0,
-                player: input.player.0,
+                region,
+                player: input.player,
                 seq: input.seq,
                 payload: input.payload,
             };
-            if !admits(region, epoch) || !send(region, Command::Input(input.clone())) {
+            if !admits(region, epoch) {
+                hub.to_gateway(gateway, bounced(input));
+                return;
+            }
+            // A region thread that is gone hands the input back in the send error: no copy of
+            // the payload is made on the way in.
+            let sender = regions.lock().ok().and_then(|regions| regions.get(&region).map(|slot| slot.sender.clone()));
+            let refused = match sender {
+                Some(sender) => match sender.send(Command::Input(input)) {
+                    Ok(()) => None,
+                    Err(mpsc::SendError(Command::Input(input))) => Some(input),
+                    Err(mpsc::SendError(_)) => None,
+                },
+                None => Some(input),
+            };
+            if let Some(input) = refused {
                 hub.to_gateway(gateway, bounced(input));
             }
         }
         GatewayMessage::Attach { region, epoch, players } => {
-            if admits(RegionId(region), epoch) {
+            if admits(region, epoch) {
                 for player in players {
-                    hub.attach(PlayerId(player), gateway);
+                    hub.attach(player, gateway);
                 }
             }
         }
         GatewayMessage::Immigrate { epoch, transfer } => {
-            let region = RegionId(transfer.to);
+            let region = transfer.to;
             if !admits(region, epoch) {
                 hub.to_gateway(gateway, ServerMessage::ImmigrationRefused { transfer, reason: "not the owner".into() });
             } else if let Err(transfer) = send_immigrant(regions, region, transfer, gateway) {

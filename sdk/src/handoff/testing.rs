@@ -22,7 +22,7 @@ use super::message::Message;
 use super::source::{HandoffSource, SourceConfig, SourcePhase};
 use super::target::TargetPhase;
 use crate::RegionError;
-use crate::node::{HostEvent, NoGateways, NodeSettings, Output, PlayerSettings, RegionNode, Role};
+use crate::node::{GatewayRequest, HostEvent, NoGateways, NodeSettings, Output, PlayerSettings, RegionNode, Role};
 use crate::region::{Region, RegionLogic, TickSchedule};
 use crate::world::WorldDigest;
 
@@ -70,6 +70,13 @@ pub enum Record {
     Resumed(String),
     /// The target discarded its state.
     Discarded(String),
+    /// A side answered a gateway's request (a join, an arrival) with `message`.
+    ToGateway {
+        /// Who answered.
+        side: Side,
+        /// The answer.
+        message: ServerMessage,
+    },
 }
 
 /// Two instances of a region and everything between them.
@@ -272,6 +279,14 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
         let _ = entity;
     }
 
+    /// A gateway's request (a join, a leave, an arrival) reaches `side` now; its answer is
+    /// recorded as [`Record::ToGateway`].
+    pub fn gateway_request(&mut self, side: Side, request: GatewayRequest) {
+        let now = self.now;
+        self.node(side).handle_gateway(now, request);
+        self.pump();
+    }
+
     /// Advances to the next event and processes it. Returns false when nothing is scheduled.
     pub fn step(&mut self) -> bool {
         let now = self.now;
@@ -457,7 +472,7 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
             Output::Bounce(ServerMessage::Bounced { player, seq, payload, .. }, _) => {
                 // The gateway routes a bounced input again, unless that would hand it straight
                 // back to the side that refused it.
-                let input = PlayerInput { player: PlayerId(player), seq, payload };
+                let input = PlayerInput { player, seq, payload };
                 if self.destination() != Some(side) {
                     self.route_input(input);
                 }
@@ -478,10 +493,10 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
                     self.route_input(input);
                 }
             }
+            Output::ToGateway { message, .. } => self.records.push(Record::ToGateway { side, message }),
             Output::Connect { .. }
             | Output::Owned { .. }
             | Output::NotOwned
-            | Output::ToGateway { .. }
             | Output::ToPlayers(_)
             | Output::Broadcast(_)
             | Output::Attach { .. }

@@ -5,13 +5,16 @@
 //! one bidirectional stream. Each frame is a little-endian `u32` length then postcard; a frame
 //! carries one [`GatewayMessage`] (gateway to server) or [`ServerMessage`] (server to gateway).
 //! Everything about a region is stamped with the sender's view of its ownership epoch; the
-//! receiver refuses what is stale (invariant 1). Player bytes (input payloads, views) are opaque
+//! receiver refuses what is stale (invariant 1). Regions, players and epochs travel as their types
+//! ([`RegionId`], [`PlayerId`], [`Epoch`]), each encoded as its `u64`. Player bytes (input payloads, views) are opaque
 //! here and never reach rkyv; the avatar carried by a border crossing is an SDK archive that the
 //! receiving region validates like any other.
 
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
+
+use crate::{Epoch, PlayerId, RegionId};
 
 /// ALPN of the upstream protocol.
 pub const ALPN_UPSTREAM: &[u8] = b"baton-upstream/1";
@@ -24,11 +27,11 @@ pub const MAX_UPSTREAM_FRAME: usize = crate::framing::MAX_FRAME_BYTES;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transfer {
     /// The player.
-    pub player: u64,
+    pub player: PlayerId,
     /// The region it leaves.
-    pub from: u64,
+    pub from: RegionId,
     /// The region it enters.
-    pub to: u64,
+    pub to: RegionId,
     /// The last input applied in `from`.
     pub last_applied: u64,
     /// Inputs received by `from` but not applied, in order: `(seq, payload)`.
@@ -52,29 +55,29 @@ pub enum GatewayMessage {
     /// its updates to this gateway. Answered by `Joined` or `JoinRefused`.
     Join {
         /// The region.
-        region: u64,
+        region: RegionId,
         /// The gateway's epoch for it.
-        epoch: u64,
+        epoch: Epoch,
         /// The player.
-        player: u64,
+        player: PlayerId,
     },
     /// `player` left for good: remove its session.
     Leave {
         /// The region.
-        region: u64,
+        region: RegionId,
         /// The gateway's epoch for it.
-        epoch: u64,
+        epoch: Epoch,
         /// The player.
-        player: u64,
+        player: PlayerId,
     },
     /// One player input.
     Input {
         /// The region.
-        region: u64,
+        region: RegionId,
         /// The gateway's epoch for it.
-        epoch: u64,
+        epoch: Epoch,
         /// The player.
-        player: u64,
+        player: PlayerId,
         /// Sequence number.
         seq: u64,
         /// Game-defined bytes.
@@ -84,16 +87,16 @@ pub enum GatewayMessage {
     /// After a route flip: these players of `region` are served by this gateway.
     Attach {
         /// The region.
-        region: u64,
+        region: RegionId,
         /// The new owner's epoch.
-        epoch: u64,
+        epoch: Epoch,
         /// The players.
-        players: Vec<u64>,
+        players: Vec<PlayerId>,
     },
     /// Take in an avatar crossing the border into `transfer.to`.
     Immigrate {
         /// The gateway's epoch for `transfer.to`.
-        epoch: u64,
+        epoch: Epoch,
         /// The avatar.
         transfer: Transfer,
     },
@@ -107,80 +110,80 @@ pub enum ServerMessage {
         /// The server instance's name.
         server: String,
         /// Regions owned here, with their epochs.
-        regions: Vec<(u64, u64)>,
+        regions: Vec<(RegionId, Epoch)>,
     },
     /// This server owns `region` at `epoch` (a region created here, or taken over).
     Owning {
         /// The region.
-        region: u64,
+        region: RegionId,
         /// Its epoch.
-        epoch: u64,
+        epoch: Epoch,
     },
     /// The owner at `epoch` started handing `region` to the server at `target`.
     HandoffStarted {
         /// The region.
-        region: u64,
+        region: RegionId,
         /// The source's epoch.
-        epoch: u64,
+        epoch: Epoch,
         /// The target's cluster address.
         target: SocketAddr,
     },
     /// The owner at `epoch` froze `region`: hold its inputs.
     Frozen {
         /// The region.
-        region: u64,
+        region: RegionId,
         /// The source's epoch.
-        epoch: u64,
+        epoch: Epoch,
     },
     /// The handoff committed: the server at `owner` owns `region` at `epoch`.
     Committed {
         /// The region.
-        region: u64,
+        region: RegionId,
         /// The new epoch.
-        epoch: u64,
+        epoch: Epoch,
         /// The new owner's cluster address.
         owner: SocketAddr,
     },
     /// The handoff failed; this server owns `region` at `epoch`.
     Aborted {
         /// The region.
-        region: u64,
+        region: RegionId,
         /// The epoch now.
-        epoch: u64,
+        epoch: Epoch,
     },
     /// `player` is in `region`.
     Joined {
         /// The region.
-        region: u64,
+        region: RegionId,
         /// Its epoch.
-        epoch: u64,
+        epoch: Epoch,
         /// The player.
-        player: u64,
+        player: PlayerId,
         /// Its last applied input.
         last_applied: u64,
     },
     /// `player` could not join `region`.
     JoinRefused {
         /// The region.
-        region: u64,
+        region: RegionId,
         /// The player.
-        player: u64,
+        player: PlayerId,
         /// Why.
         reason: String,
     },
     /// Another gateway serves `player` now (it resumed there): drop the session here.
     Detached {
         /// The player.
-        player: u64,
+        player: PlayerId,
     },
     /// A state update for one player.
     Update {
         /// The region.
-        region: u64,
+        region: RegionId,
         /// Its epoch.
-        epoch: u64,
+        epoch: Epoch,
         /// The player.
-        player: u64,
+        player: PlayerId,
         /// The tick.
         tick: u64,
         /// The player's last applied input.
@@ -192,11 +195,11 @@ pub enum ServerMessage {
     /// The view of `region`'s objects near its border with `toward`, for players close to it.
     Border {
         /// The region.
-        region: u64,
+        region: RegionId,
         /// Its epoch.
-        epoch: u64,
+        epoch: Epoch,
         /// The neighbour the strip faces.
-        toward: u64,
+        toward: RegionId,
         /// The tick.
         tick: u64,
         /// Players of `toward` (or of `region`, crossing soon) near that border.
@@ -206,19 +209,19 @@ pub enum ServerMessage {
     /// `players` of `region` are within the neighbour-view distance of its border with `toward`.
     NearBorder {
         /// The region.
-        region: u64,
+        region: RegionId,
         /// The neighbour.
-        toward: u64,
+        toward: RegionId,
         /// The players near that border now (replaces the previous list).
-        players: Vec<u64>,
+        players: Vec<PlayerId>,
     },
     /// An input this server did not take (it does not own the region, or the player is not in
     /// it): route it again.
     Bounced {
         /// The region it was sent to.
-        region: u64,
+        region: RegionId,
         /// The player.
-        player: u64,
+        player: PlayerId,
         /// Sequence number.
         seq: u64,
         /// Game-defined bytes.
@@ -228,18 +231,18 @@ pub enum ServerMessage {
     /// An avatar left `transfer.from` across a border: deliver it to `transfer.to`.
     Emigrated {
         /// The epoch of `transfer.from`.
-        epoch: u64,
+        epoch: Epoch,
         /// The avatar.
         transfer: Transfer,
     },
     /// The avatar arrived in `region`.
     Arrived {
         /// The region.
-        region: u64,
+        region: RegionId,
         /// Its epoch.
-        epoch: u64,
+        epoch: Epoch,
         /// The player.
-        player: u64,
+        player: PlayerId,
         /// Its last applied input.
         last_applied: u64,
     },
@@ -254,9 +257,9 @@ pub enum ServerMessage {
     /// restarted before handoffs): its players' sessions end; they reconnect once it runs again.
     Stopped {
         /// The region.
-        region: u64,
+        region: RegionId,
         /// The epoch it had.
-        epoch: u64,
+        epoch: Epoch,
     },
 }
 
@@ -271,14 +274,21 @@ mod tests {
     #[test]
     fn messages_round_trip_in_pieces() {
         let messages = vec![
-            ServerMessage::Welcome { server: "a".into(), regions: vec![(1, 4)] },
-            ServerMessage::Update { region: 1, epoch: 4, player: 9, tick: 77, last_applied: 3, payload: vec![1; 300] },
+            ServerMessage::Welcome { server: "a".into(), regions: vec![(RegionId(1), Epoch(4))] },
+            ServerMessage::Update {
+                region: RegionId(1),
+                epoch: Epoch(4),
+                player: PlayerId(9),
+                tick: 77,
+                last_applied: 3,
+                payload: vec![1; 300],
+            },
             ServerMessage::Emigrated {
-                epoch: 4,
+                epoch: Epoch(4),
                 transfer: Transfer {
-                    player: 9,
-                    from: 1,
-                    to: 2,
+                    player: PlayerId(9),
+                    from: RegionId(1),
+                    to: RegionId(2),
                     last_applied: 3,
                     pending: vec![(4, vec![1, 2])],
                     avatar: vec![0; 100],
@@ -298,6 +308,11 @@ mod tests {
             }
         }
         assert_eq!(received, messages);
+        // The typed ids are encoded exactly as the bare numbers were (version 1 is unchanged).
+        let typed =
+            postcard::to_allocvec(&GatewayMessage::Join { region: RegionId(3), epoch: Epoch(7), player: PlayerId(9) })
+                .unwrap();
+        assert_eq!(typed, [1, 3, 7, 9], "Join is variant 1 followed by three varints");
         let mut reader = UpstreamReader::default();
         reader.feed(&[0xff, 0xff, 0xff, 0x7f]);
         assert!(matches!(reader.next_message::<ServerMessage>(), Err(FrameError::TooLarge(_))));

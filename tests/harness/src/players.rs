@@ -659,6 +659,7 @@ pub async fn run_direct_probe(
     use baton_wire::upstream::{
         ALPN_UPSTREAM, GatewayMessage, ServerMessage, UPSTREAM_VERSION, UpstreamReader, encode_into,
     };
+    let (region, player) = (RegionId(region), baton_wire::PlayerId(player));
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
     let config = baton_net::cluster_client_config(&identity, baton_net::LinkSettings::default(), ALPN_UPSTREAM)?;
     let connection = baton_net::connect_with(&endpoint, config, server).await?;
@@ -695,7 +696,7 @@ pub async fn run_direct_probe(
             _ => {}
         }
     };
-    let mut rng = fastrand::Rng::with_seed(player);
+    let mut rng = fastrand::Rng::with_seed(player.0);
     let period = Duration::from_secs_f64(1.0 / f64::from(inputs_per_second.max(1)));
     // Start at a random phase of the tick grid, as real players (and the gateway's players) do.
     tokio::time::sleep(period.mul_f64(rng.f64())).await;

@@ -1,0 +1,195 @@
+//! `RegionNode` stepped by hand and through the two-node harness: what it answers gateways while a
+//! handoff freezes it, what it does with inputs it does not own, and how a stop goes — the paths
+//! the runtime's region thread now only carries out.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use baton_sdk::RegionConfig;
+use baton_sdk::handoff::testing::{HandoffPair, Record, Side};
+use baton_sdk::handoff::{SourceConfig, SourcePhase, TargetPhase};
+use baton_sdk::node::{GatewayRequest, HostEvent, NodeSettings, Output, PlayerSettings, RegionNode, Role};
+use baton_sdk::wire::upstream::ServerMessage;
+use baton_sdk::wire::{Epoch, PlayerId, PlayerInput, RegionId};
+use sample_region_server::{SampleLogic, SimulatedPlayers, WorldSpec, new_region, populate};
+
+const REGION: RegionId = RegionId(1);
+const NEWCOMER: PlayerId = PlayerId(500);
+
+fn settings(start: Instant) -> NodeSettings {
+    NodeSettings {
+        name: "here".into(),
+        address: SocketAddr::from(([127, 0, 0, 1], 9)),
+        source: SourceConfig::default(),
+        players: PlayerSettings::default(),
+        checkpoint_every_ticks: 0,
+        wall_clock: (start, 1_000_000),
+    }
+}
+
+fn node(role: Role) -> (RegionNode<SampleLogic>, Instant) {
+    let start = Instant::now();
+    let mut region = new_region(REGION, RegionConfig::default()).unwrap();
+    if matches!(role, Role::Owner { .. }) {
+        populate(&mut region, WorldSpec { objects: 20, npcs: 2, plants: 2, seed: 1, churn: 0 }).unwrap();
+    }
+    let rewarm = Box::new(|region| new_region(region, RegionConfig::default()));
+    (RegionNode::new(region, role, settings(start), rewarm, start), start)
+}
+
+fn outputs(node: &mut RegionNode<SampleLogic>, now: Instant) -> Vec<Output> {
+    std::iter::from_fn(|| node.poll_output(now)).collect()
+}
+
+#[test]
+fn an_owner_announces_itself_and_ticks_on_its_grid() {
+    let (mut node, start) = node(Role::Owner { epoch: Epoch(3) });
+    let first = outputs(&mut node, start);
+    assert!(matches!(first[0], Output::Event(HostEvent::Owning { region: REGION, epoch: Epoch(3) })));
+    assert!(matches!(first[1], Output::Owned { epoch: Epoch(3), announce: true }));
+    let interval = RegionConfig::default().tick_interval();
+    // Nothing runs before the tick is due; at the due time exactly one tick runs.
+    assert_eq!(node.poll_timeout(start), Some(start));
+    node.handle_timeout(start, &baton_sdk::node::NoGateways);
+    let ticked = outputs(&mut node, start).into_iter().filter(|output| matches!(output, Output::Ticked(_))).count();
+    assert_eq!(ticked, 1);
+    node.handle_timeout(start + interval / 2, &baton_sdk::node::NoGateways);
+    assert!(outputs(&mut node, start + interval / 2).iter().all(|output| !matches!(output, Output::Ticked(_))));
+    assert_eq!(node.poll_timeout(start + interval / 2), Some(start + interval));
+}
+
+#[test]
+fn an_input_for_a_region_it_does_not_own_goes_back_to_the_gateway() {
+    let (mut node, start) = node(Role::Target);
+    let input = PlayerInput { player: PlayerId(7), seq: 1, payload: vec![1] };
+    node.handle_input(start, input.clone());
+    let outputs = outputs(&mut node, start);
+    assert!(
+        matches!(
+            &outputs[0],
+            Output::Bounce(ServerMessage::Bounced { region: REGION, player: PlayerId(7), seq: 1, .. }, PlayerId(7))
+        ),
+        "{outputs:?}"
+    );
+    assert!(matches!(&outputs[1], Output::Event(HostEvent::InputRefused { input: refused, .. }) if *refused == input));
+}
+
+#[test]
+fn a_stop_saves_then_lets_go_and_a_failed_save_keeps_the_region() {
+    let (mut node, start) = node(Role::Owner { epoch: Epoch(2) });
+    outputs(&mut node, start);
+    // Without a store there is nothing to save into.
+    node.handle_stop(start, false);
+    assert!(matches!(&outputs(&mut node, start)[..], [Output::Event(HostEvent::StopRefused { .. })]));
+    // A failed save leaves the region owned and ticking.
+    node.handle_stop(start, true);
+    assert!(matches!(&outputs(&mut node, start)[..], [Output::SaveAndStop { .. }]));
+    assert!(!node.ticks(), "no tick while the region is being saved");
+    node.handle_stop_saved(start, Err("disk full".into()));
+    assert!(
+        matches!(&outputs(&mut node, start)[..], [Output::Event(HostEvent::StopRefused { reason, .. })] if reason.contains("disk full"))
+    );
+    assert!(node.ticks() && node.owned_epoch() == Some(Epoch(2)));
+    // A save that works ends the region here, and tells gateways it stopped at its epoch.
+    node.handle_stop(start, true);
+    let Some(Output::SaveAndStop { info, .. }) = node.poll_output(start) else { panic!("no save") };
+    assert_eq!(info.epoch, Epoch(2));
+    node.handle_stop_saved(start, Ok((info.tick, 100, "/tmp/r1".into())));
+    let outputs = outputs(&mut node, start);
+    assert!(matches!(outputs[0], Output::NotOwned));
+    assert!(matches!(outputs[1], Output::Broadcast(ServerMessage::Stopped { region: REGION, epoch: Epoch(2) })));
+    assert!(matches!(&outputs[2], Output::Event(HostEvent::Stopped { epoch: Epoch(2), .. })));
+    assert!(matches!(outputs[3], Output::Finished));
+    assert!(node.is_finished());
+    // A stop during a handoff is refused.
+    let (mut busy, start) = self::node(Role::Owner { epoch: Epoch(1) });
+    busy.handle_start_handoff(start, SocketAddr::from(([127, 0, 0, 1], 10)), 1);
+    self::outputs(&mut busy, start);
+    busy.handle_stop(start, true);
+    assert!(self::outputs(&mut busy, start).iter().any(
+        |output| matches!(output, Output::Event(HostEvent::StopRefused { reason, .. }) if reason.contains("handoff"))
+    ));
+}
+
+fn pair() -> HandoffPair<SampleLogic> {
+    let mut source = new_region(REGION, RegionConfig::default()).unwrap();
+    populate(&mut source, WorldSpec { objects: 300, npcs: 40, plants: 40, seed: 3, churn: 0 }).unwrap();
+    let mut players = SimulatedPlayers::join(&mut source, 10, 1, 20, 3).unwrap();
+    let mut pair = HandoffPair::new(
+        REGION,
+        source,
+        Box::new(|| new_region(REGION, RegionConfig::default()).unwrap()),
+        Box::new(move |round| players.inputs_for_tick(round)),
+    );
+    pair.link.bytes_per_second = 4_000_000;
+    pair.link.latency = Duration::from_millis(2);
+    pair
+}
+
+fn answers(pair: &HandoffPair<SampleLogic>) -> Vec<(Side, ServerMessage)> {
+    pair.records
+        .iter()
+        .filter_map(|record| match record {
+            Record::ToGateway { side, message } => Some((*side, message.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// protocol.md §9: a join that reaches a frozen source waits and is answered after the outcome;
+/// after a commit the source has nothing to offer but "the region moved".
+#[test]
+fn a_join_that_reaches_a_frozen_source_is_answered_after_the_commit() {
+    let mut pair = pair();
+    pair.drive_until(Duration::from_millis(500));
+    pair.start_handoff();
+    let frozen = pair.drive_while(Duration::from_secs(10), |pair| pair.source_phase() == Some(SourcePhase::Frozen));
+    assert!(frozen, "the source never froze");
+    pair.gateway_request(Side::Source, GatewayRequest::Join { player: NEWCOMER, gateway: 4 });
+    assert!(answers(&pair).is_empty(), "a frozen region answers nobody: {:?}", answers(&pair));
+    let committed = pair.drive_while(Duration::from_secs(5), |pair| pair.target_phase() == TargetPhase::Authoritative);
+    assert!(committed);
+    pair.drive_until(pair.elapsed() + Duration::from_millis(200));
+    assert!(
+        matches!(&answers(&pair)[..], [(Side::Source, ServerMessage::JoinRefused { player: NEWCOMER, reason, .. })] if reason == "the region moved"),
+        "{:?}",
+        answers(&pair)
+    );
+    // The new owner lets the player in, as the gateway's retry would find.
+    pair.gateway_request(Side::Target, GatewayRequest::Join { player: NEWCOMER, gateway: 4 });
+    assert!(
+        matches!(
+            answers(&pair).last(),
+            Some((Side::Target, ServerMessage::Joined { player: NEWCOMER, epoch: Epoch(2), .. }))
+        ),
+        "{:?}",
+        answers(&pair)
+    );
+    pair.check_invariants();
+}
+
+/// The same join, when the handoff aborts instead: the source resumes and lets the player in.
+#[test]
+fn a_join_that_reaches_a_frozen_source_is_answered_by_the_source_after_an_abort() {
+    let mut pair = pair();
+    pair.drive_until(Duration::from_millis(500));
+    pair.start_handoff();
+    let frozen = pair.drive_while(Duration::from_secs(10), |pair| pair.source_phase() == Some(SourcePhase::Frozen));
+    assert!(frozen, "the source never froze");
+    pair.gateway_request(Side::Source, GatewayRequest::Join { player: NEWCOMER, gateway: 4 });
+    pair.crash_target();
+    let resumed = pair.drive_while(Duration::from_secs(10), |pair| pair.ticking() == Some(Side::Source));
+    assert!(resumed, "the source did not resume");
+    pair.drive_until(pair.elapsed() + Duration::from_millis(100));
+    assert!(
+        matches!(
+            &answers(&pair)[..],
+            [(Side::Source, ServerMessage::Joined { player: NEWCOMER, last_applied: 0, .. })]
+        ),
+        "{:?}",
+        answers(&pair)
+    );
+    pair.check_invariants();
+}
