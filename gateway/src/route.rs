@@ -529,4 +529,41 @@ mod tests {
         assert!(table.admits_update(REGION, ServerId(1), Epoch(2)));
         assert!(!table.admits_update(REGION, ServerId(0), Epoch(1)), "the old owner's updates are refused");
     }
+
+    /// Invariant 1, pinned: what an older epoch says changes nothing, even from the server that
+    /// owns the region again now.
+    #[test]
+    fn stale_routes_aborts_and_updates_are_refused() {
+        let table = RouteTable::new(RouteConfig::default());
+        let (a, b) = (ServerId(0), ServerId(1));
+        table.handle_event(RouteEvent::Assign { region: REGION, server: a, epoch: Epoch(1) }).unwrap();
+        // A at 1, B at 2 (a commit), A at 3 (a later move back).
+        table.handle_event(RouteEvent::Committed { region: REGION, server: b, epoch: Epoch(2) }).unwrap();
+        table.handle_event(RouteEvent::Committed { region: REGION, server: a, epoch: Epoch(3) }).unwrap();
+        assert!(table.admits_update(REGION, a, Epoch(3)));
+        assert!(!table.admits_update(REGION, a, Epoch(1)), "A's update stamped with its old epoch is refused");
+        assert!(!table.admits_update(REGION, b, Epoch(2)), "B is no longer the owner");
+        assert!(!table.admits_update(REGION, a, Epoch(4)), "an epoch nobody granted yet is refused too");
+        // A late route assignment (the coordinator's feed repeating an old route) is refused.
+        assert_eq!(
+            table.handle_event(RouteEvent::Assign { region: REGION, server: b, epoch: Epoch(2) }),
+            Err(RouteError::StaleEpoch { region: REGION, got: Epoch(2), current: Epoch(3) })
+        );
+        assert_eq!(table.owner(REGION), Some((a, Epoch(3))));
+        // A late abort of an older handoff neither moves the route nor lowers its epoch.
+        assert_eq!(
+            table.handle_event(RouteEvent::Aborted { region: REGION, epoch: Epoch(2) }),
+            Err(RouteError::StaleEpoch { region: REGION, got: Epoch(2), current: Epoch(3) })
+        );
+        assert_eq!(table.owner(REGION), Some((a, Epoch(3))));
+        // A stale commit does not flip.
+        assert!(table.handle_event(RouteEvent::Committed { region: REGION, server: b, epoch: Epoch(3) }).is_err());
+        assert_eq!(table.owner(REGION), Some((a, Epoch(3))));
+        // Inputs go to the owner at the current epoch.
+        let input = PlayerInput { player: PlayerId(1), seq: 1, payload: Vec::new() };
+        assert_eq!(
+            table.handle_input(REGION, input.clone()),
+            Ok(Some(RouteAction::Forward { region: REGION, server: a, epoch: Epoch(3), input }))
+        );
+    }
 }

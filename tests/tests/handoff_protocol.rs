@@ -134,6 +134,7 @@ fn check(when: When, fault: Fault, expected: Outcome) -> u64 {
             assert_eq!(owner.epoch, Epoch(2));
             // Same state: the target committed the world the source froze (re-checked from outside).
             assert!(pair.freeze_digest().is_some());
+            assert_eq!(pair.commit_digest(), pair.freeze_digest());
         }
         Outcome::SourceKept => {
             assert_eq!(owner.owner, pair.source_name());

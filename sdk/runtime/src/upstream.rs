@@ -327,3 +327,101 @@ fn send_immigrant<L: RegionLogic + 'static>(
 fn send_command<L: RegionLogic>(sender: &mpsc::Sender<Command<L>>, command: Command<L>) -> bool {
     sender.send(command).is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in game: the dispatch never reaches the region's logic.
+    struct NoGame;
+
+    impl baton_sdk::scripts::ScriptBindings for NoGame {
+        fn read(
+            &self,
+            _world: &baton_sdk::World,
+            _entity: baton_sdk::EntityId,
+            _slots: &mut [f32; baton_sdk::scripts::PROPERTY_SLOTS],
+        ) {
+        }
+        fn write(&mut self, _world: &mut baton_sdk::World, _entity: baton_sdk::EntityId, _slot: usize, _value: f32) {}
+    }
+
+    impl RegionLogic for NoGame {
+        fn register(&self, _registry: &mut baton_sdk::Registry) -> Result<(), baton_sdk::RegistryError> {
+            Ok(())
+        }
+        fn load_assets(
+            &mut self,
+            _scripts: &mut baton_sdk::scripts::ScriptEngine,
+        ) -> Result<(), baton_sdk::scripts::ScriptError> {
+            Ok(())
+        }
+        fn apply_input(&mut self, _world: &mut baton_sdk::World, _input: &baton_sdk::sessions::ReadyInput) {}
+        fn tick(&mut self, _world: &mut baton_sdk::World) {}
+    }
+
+    const REGION: RegionId = RegionId(4);
+
+    /// What [`setup`] makes.
+    type Setup = (
+        GatewayHub,
+        GatewayId,
+        UnboundedReceiver<ServerMessage>,
+        Mutex<HashMap<RegionId, Slot<NoGame>>>,
+        mpsc::Receiver<Command<NoGame>>,
+    );
+
+    /// A hub owning `REGION` at epoch 3, one gateway, and the region's thread's channel.
+    fn setup() -> Setup {
+        let hub = GatewayHub::new("s1");
+        hub.set_owned(REGION, Epoch(3), false);
+        let (gateway, to_gateway) = hub.register();
+        let (sender, commands) = mpsc::channel();
+        let regions = Mutex::new(HashMap::from([(REGION, Slot { generation: 1, sender })]));
+        (hub, gateway, to_gateway, regions, commands)
+    }
+
+    fn input(epoch: u64) -> GatewayMessage {
+        GatewayMessage::Input { region: REGION, epoch: Epoch(epoch), player: PlayerId(7), seq: 5, payload: vec![9] }
+    }
+
+    /// Invariant 1 on the server: joins and inputs stamped with an older epoch than the one this
+    /// host owns the region at never reach the region; the gateway gets them back.
+    #[test]
+    fn joins_and_inputs_at_a_stale_epoch_are_refused_and_handed_back() {
+        let (hub, gateway, mut to_gateway, regions, commands) = setup();
+        dispatch(input(2), gateway, &hub, &regions);
+        assert!(commands.try_recv().is_err(), "a stale input reached the region");
+        assert_eq!(
+            to_gateway.try_recv().ok(),
+            Some(ServerMessage::Bounced { region: REGION, player: PlayerId(7), seq: 5, payload: vec![9] })
+        );
+        let join = GatewayMessage::Join { region: REGION, epoch: Epoch(2), player: PlayerId(7) };
+        dispatch(join, gateway, &hub, &regions);
+        assert!(commands.try_recv().is_err(), "a stale join reached the region");
+        assert!(matches!(to_gateway.try_recv(), Ok(ServerMessage::JoinRefused { player: PlayerId(7), .. })));
+        // At the owned epoch both go through, and nothing comes back.
+        dispatch(input(3), gateway, &hub, &regions);
+        assert!(matches!(commands.try_recv(), Ok(Command::Input(PlayerInput { seq: 5, .. }))));
+        let join = GatewayMessage::Join { region: REGION, epoch: Epoch(3), player: PlayerId(7) };
+        dispatch(join, gateway, &hub, &regions);
+        assert!(matches!(commands.try_recv(), Ok(Command::Join { player: PlayerId(7), .. })));
+        assert!(to_gateway.try_recv().is_err());
+    }
+
+    /// An input for a region whose thread is gone comes back whole (nothing is copied or lost).
+    #[test]
+    fn an_input_for_a_stopped_region_thread_comes_back_whole() {
+        let (hub, gateway, mut to_gateway, regions, commands) = setup();
+        drop(commands);
+        dispatch(input(3), gateway, &hub, &regions);
+        assert_eq!(
+            to_gateway.try_recv().ok(),
+            Some(ServerMessage::Bounced { region: REGION, player: PlayerId(7), seq: 5, payload: vec![9] })
+        );
+        // A region this host does not own at all bounces the same way.
+        hub.clear_owned(REGION);
+        dispatch(input(3), gateway, &hub, &regions);
+        assert!(matches!(to_gateway.try_recv(), Ok(ServerMessage::Bounced { .. })));
+    }
+}

@@ -109,6 +109,7 @@ pub struct HandoffPair<L: RegionLogic> {
     /// Everything that happened, in order.
     pub records: Vec<Record>,
     freeze_digest: Option<WorldDigest>,
+    commit_digest: Option<WorldDigest>,
     next_handoff_id: u64,
 }
 
@@ -180,6 +181,7 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
             applied: BTreeMap::new(),
             records: Vec::new(),
             freeze_digest: None,
+            commit_digest: None,
             next_handoff_id: 1,
         };
         pair.pump();
@@ -489,6 +491,8 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
             },
             Output::Event(HostEvent::Authoritative { epoch, .. }) => {
                 self.records.push(Record::Committed(epoch));
+                // Same state: what the target took over, before its first tick.
+                self.commit_digest = Some(self.target.region_mut().world_mut().digest());
                 for input in std::mem::take(&mut self.held_at_gateway) {
                     self.route_input(input);
                 }
@@ -513,8 +517,9 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
     ///   at the authority is the side that ticks now;
     /// - no input lost or applied twice: per player, the applied sequence numbers are exactly
     ///   `1..=n`, in order, and at most 4 sent inputs are not applied yet (in flight);
-    /// - same state: the target's world at the commit equalled the source's at the freeze (the
-    ///   protocol checks the digest; this re-checks it from outside);
+    /// - same state: the target's world at the commit equals the source's at the freeze (the
+    ///   protocol checks the digest; this re-checks it from outside, with digests taken by the
+    ///   harness);
     /// - tick continuity: tick numbers go up by one with no gap.
     ///
     /// Returns the number of ticks that started more than 1.5 tick intervals after the previous.
@@ -539,6 +544,11 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
             }
         }
         assert!(!(self.source_ticks() && self.target_ticks()), "both instances tick the region: split brain");
+        // Same state (invariant 4), from outside the protocol: a target that took the region over
+        // holds exactly the world the source froze.
+        if let Some(committed) = self.commit_digest {
+            assert_eq!(Some(committed), self.freeze_digest, "the target took over a world other than the frozen one");
+        }
         let owner = self.authority.current(self.region).ok();
         match self.ticking() {
             Some(Side::Source) => {
@@ -572,6 +582,12 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
     #[must_use]
     pub fn freeze_digest(&self) -> Option<WorldDigest> {
         self.freeze_digest
+    }
+
+    /// The target's digest when it took the region over (before its first tick), if it did.
+    #[must_use]
+    pub fn commit_digest(&self) -> Option<WorldDigest> {
+        self.commit_digest
     }
 
     /// The target's name at the authority.
