@@ -138,10 +138,8 @@ fn answers(pair: &HandoffPair<SampleLogic>) -> Vec<(Side, ServerMessage)> {
         .collect()
 }
 
-/// protocol.md §9: a join that reaches a frozen source waits and is answered after the outcome;
-/// after a commit the source has nothing to offer but "the region moved".
-#[test]
-fn a_join_that_reaches_a_frozen_source_is_answered_after_the_commit() {
+/// A pair whose source froze with a newcomer's join waiting on it, unanswered.
+fn frozen_with_a_join() -> HandoffPair<SampleLogic> {
     let mut pair = pair();
     pair.drive_until(Duration::from_millis(500));
     pair.start_handoff();
@@ -149,6 +147,14 @@ fn a_join_that_reaches_a_frozen_source_is_answered_after_the_commit() {
     assert!(frozen, "the source never froze");
     pair.gateway_request(Side::Source, GatewayRequest::Join { player: NEWCOMER, gateway: 4 });
     assert!(answers(&pair).is_empty(), "a frozen region answers nobody: {:?}", answers(&pair));
+    pair
+}
+
+/// protocol.md §9: a join that reaches a frozen source waits and is answered after the outcome;
+/// after a commit the source has nothing to offer but "the region moved".
+#[test]
+fn a_join_that_reaches_a_frozen_source_is_answered_after_the_commit() {
+    let mut pair = frozen_with_a_join();
     let committed = pair.drive_while(Duration::from_secs(5), |pair| pair.target_phase() == TargetPhase::Authoritative);
     assert!(committed);
     pair.drive_until(pair.elapsed() + Duration::from_millis(200));
@@ -173,12 +179,7 @@ fn a_join_that_reaches_a_frozen_source_is_answered_after_the_commit() {
 /// The same join, when the handoff aborts instead: the source resumes and lets the player in.
 #[test]
 fn a_join_that_reaches_a_frozen_source_is_answered_by_the_source_after_an_abort() {
-    let mut pair = pair();
-    pair.drive_until(Duration::from_millis(500));
-    pair.start_handoff();
-    let frozen = pair.drive_while(Duration::from_secs(10), |pair| pair.source_phase() == Some(SourcePhase::Frozen));
-    assert!(frozen, "the source never froze");
-    pair.gateway_request(Side::Source, GatewayRequest::Join { player: NEWCOMER, gateway: 4 });
+    let mut pair = frozen_with_a_join();
     pair.crash_target();
     let resumed = pair.drive_while(Duration::from_secs(10), |pair| pair.ticking() == Some(Side::Source));
     assert!(resumed, "the source did not resume");

@@ -15,12 +15,11 @@ use std::time::{Duration, Instant};
 
 use baton_sdk::handoff::{AuthorityError, Message, Ownership, OwnershipAuthority};
 use baton_sdk::node::{GatewayRequest, Gateways, Output, RegionNode};
-use baton_sdk::wire::upstream::Transfer;
 use baton_sdk::wire::{PlayerId, PlayerInput, RegionId};
 use baton_sdk::{Region, RegionLogic};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::upstream::{GatewayHub, GatewayId};
+use crate::upstream::GatewayHub;
 use crate::{HostEvent, IDLE_POLL};
 
 /// A closure run on a region's thread between ticks.
@@ -51,25 +50,8 @@ pub enum Command<L: RegionLogic> {
     },
     /// Run a closure on the region between ticks.
     Query(RegionQuery<L>),
-    /// A gateway lets a player in (or back in).
-    Join {
-        /// The player.
-        player: PlayerId,
-        /// The gateway serving it.
-        gateway: GatewayId,
-    },
-    /// A player left for good.
-    Leave {
-        /// The player.
-        player: PlayerId,
-    },
-    /// An avatar crossing the border into this region.
-    Immigrate {
-        /// The avatar.
-        transfer: Transfer,
-        /// The gateway serving its player.
-        gateway: GatewayId,
-    },
+    /// A gateway's join, leave or arrival.
+    Gateway(GatewayRequest),
     /// The authority answered the node's last compare-and-swap.
     Authority(Result<(), AuthorityError>),
     /// Save the region to the checkpoint store and stop hosting it (a restart the old way).
@@ -147,13 +129,7 @@ pub(crate) fn run<L: RegionLogic + 'static>(
         match command {
             Some(Command::Shutdown) => break,
             Some(Command::Input(input)) => node.handle_input(now, input),
-            Some(Command::Join { player, gateway }) => {
-                node.handle_gateway(now, GatewayRequest::Join { player, gateway });
-            }
-            Some(Command::Leave { player }) => node.handle_gateway(now, GatewayRequest::Leave { player }),
-            Some(Command::Immigrate { transfer, gateway }) => {
-                node.handle_gateway(now, GatewayRequest::Immigrate { transfer, gateway });
-            }
+            Some(Command::Gateway(request)) => node.handle_gateway(now, request),
             Some(Command::Query(query)) => query(node.region_mut()),
             Some(Command::Stop) => node.handle_stop(now, context.checkpoints.is_some()),
             Some(Command::Attach(handle)) => link = Some(handle),

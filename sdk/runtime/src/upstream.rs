@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
 use baton_sdk::RegionLogic;
+use baton_sdk::node::GatewayRequest;
 use baton_sdk::wire::upstream::{GatewayMessage, ServerMessage, UPSTREAM_VERSION, UpstreamReader, encode_batch};
 use baton_sdk::wire::{Epoch, PlayerId, PlayerInput, RegionId};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -21,7 +22,7 @@ use crate::Slot;
 use crate::region_loop::Command;
 
 /// Identifies one gateway connection on this host.
-pub type GatewayId = u64;
+pub use baton_sdk::node::GatewayId;
 
 /// Connected gateways, the players they serve, and the regions this host owns.
 #[derive(Default)]
@@ -250,14 +251,14 @@ fn dispatch<L: RegionLogic + 'static>(
     match message {
         GatewayMessage::Hello { .. } => {}
         GatewayMessage::Join { region, epoch, player } => {
-            if !admits(region, epoch) || !send(region, Command::Join { player, gateway }) {
+            if !admits(region, epoch) || !send(region, Command::Gateway(GatewayRequest::Join { player, gateway })) {
                 hub.to_gateway(gateway, ServerMessage::JoinRefused { region, player, reason: "not the owner".into() });
             }
         }
         GatewayMessage::Leave { region, epoch, player } => {
             hub.detach(player, gateway);
             if admits(region, epoch) {
-                send(region, Command::Leave { player });
+                send(region, Command::Gateway(GatewayRequest::Leave { player }));
             }
         }
         GatewayMessage::Input { region, epoch, player, seq, payload } => {
@@ -318,8 +319,8 @@ fn send_immigrant<L: RegionLogic + 'static>(
     else {
         return Err(transfer);
     };
-    match sender.send(Command::Immigrate { transfer, gateway }) {
-        Err(mpsc::SendError(Command::Immigrate { transfer, .. })) => Err(transfer),
+    match sender.send(Command::Gateway(GatewayRequest::Immigrate { transfer, gateway })) {
+        Err(mpsc::SendError(Command::Gateway(GatewayRequest::Immigrate { transfer, .. }))) => Err(transfer),
         _ => Ok(()),
     }
 }
@@ -405,7 +406,7 @@ mod tests {
         assert!(matches!(commands.try_recv(), Ok(Command::Input(PlayerInput { seq: 5, .. }))));
         let join = GatewayMessage::Join { region: REGION, epoch: Epoch(3), player: PlayerId(7) };
         dispatch(join, gateway, &hub, &regions);
-        assert!(matches!(commands.try_recv(), Ok(Command::Join { player: PlayerId(7), .. })));
+        assert!(matches!(commands.try_recv(), Ok(Command::Gateway(GatewayRequest::Join { player: PlayerId(7), .. }))));
         assert!(to_gateway.try_recv().is_err());
     }
 

@@ -48,7 +48,8 @@ pub type CoordinatorProcess = Process<ConsoleEvent>;
 pub type GatewayProcess = Process<serde_json::Value>;
 
 impl ServerProcess {
-    /// Starts `binary --serve` and waits until it listens.
+    /// Starts `binary --serve` deciding ownership in the file-backed authority in `authority`,
+    /// and waits until it listens.
     pub fn spawn(
         binary: &Path,
         name: &str,
@@ -56,16 +57,13 @@ impl ServerProcess {
         authority: &Path,
         extra: &[String],
     ) -> anyhow::Result<ServerProcess> {
-        let mut command = Command::new(binary);
-        command
-            .arg("--serve")
-            .args(["--name", name])
-            .arg("--certs")
-            .arg(certs)
-            .arg("--authority")
-            .arg(authority)
-            .args(extra);
-        ServerProcess::spawn_server(name, command)
+        ServerProcess::spawn_served(
+            binary,
+            name,
+            certs,
+            [std::ffi::OsStr::new("--authority"), authority.as_os_str()],
+            extra,
+        )
     }
 
     /// Starts `binary --serve` deciding ownership at the coordinator at `coordinator`.
@@ -76,14 +74,25 @@ impl ServerProcess {
         coordinator: SocketAddr,
         extra: &[String],
     ) -> anyhow::Result<ServerProcess> {
+        let coordinator = coordinator.to_string();
+        ServerProcess::spawn_served(
+            binary,
+            name,
+            certs,
+            [std::ffi::OsStr::new("--coordinator"), coordinator.as_ref()],
+            extra,
+        )
+    }
+
+    fn spawn_served(
+        binary: &Path,
+        name: &str,
+        certs: &Path,
+        authority: [&std::ffi::OsStr; 2],
+        extra: &[String],
+    ) -> anyhow::Result<ServerProcess> {
         let mut command = Command::new(binary);
-        command
-            .arg("--serve")
-            .args(["--name", name])
-            .arg("--certs")
-            .arg(certs)
-            .args(["--coordinator", &coordinator.to_string()])
-            .args(extra);
+        command.arg("--serve").args(["--name", name]).arg("--certs").arg(certs).args(authority).args(extra);
         ServerProcess::spawn_server(name, command)
     }
 
