@@ -154,8 +154,8 @@ pub enum HostEvent {
     Phase {
         /// The region.
         region: RegionId,
-        /// The source's phase, lower-case (`prepare`, `snapshot`, `rounds`, `frozen`, ...).
-        phase: String,
+        /// The source's phase.
+        phase: SourcePhase,
     },
     /// A pre-warmed slot waits for `region`.
     Prepared {
@@ -295,6 +295,9 @@ pub enum Output {
         expected: Ownership,
         /// What it holds afterwards.
         next: Ownership,
+        /// Whether this is a target's commit (taking the region over) rather than a source
+        /// settling a frozen handoff for itself.
+        commit: bool,
     },
     /// The host owns the region at `epoch` from now on (the table gateways' joins and inputs are
     /// checked against); tell every gateway with `Owning` when `announce`.
@@ -610,7 +613,9 @@ impl<L: RegionLogic> RegionNode<L> {
     pub fn handle_stop(&mut self, _now: Instant, can_store: bool) {
         let id = self.region.id();
         let (epoch, schedule) = match &self.state {
-            State::Owner { handoff: Some(_), .. } => return self.refuse_stop("a handoff of the region is in progress"),
+            State::Owner { handoff: Some(handoff), .. } if !handoff.is_finished() => {
+                return self.refuse_stop("a handoff of the region is in progress");
+            }
             State::Owner { epoch, schedule, .. } => (*epoch, schedule.clone()),
             State::Stopping { .. } => return self.refuse_stop("the region is being stopped already"),
             State::Target { .. } | State::Finished { .. } => {
@@ -722,7 +727,7 @@ impl<L: RegionLogic> RegionNode<L> {
             // A checkpoint is a snapshot at a tick boundary; during a handoff the snapshot being
             // streamed is the region's safety net instead, and a frozen source never gets here.
             let every = self.settings.checkpoint_every_ticks;
-            if handoff.is_none() && every > 0 && tick.is_multiple_of(every) {
+            if handoff.as_ref().is_none_or(HandoffSource::is_finished) && every > 0 && tick.is_multiple_of(every) {
                 match crate::checkpoint::encode(&mut self.region, *epoch) {
                     Ok((info, bytes)) => self.outputs.push_back(Output::StoreCheckpoint { info, bytes }),
                     Err(error) => self
@@ -732,7 +737,9 @@ impl<L: RegionLogic> RegionNode<L> {
             }
             let next_due = schedule.next_due();
             if let Some(handoff) = handoff.as_mut() {
-                handoff.handle_tick_completed(now, self.region.world_mut(), next_due);
+                // The tick ended `duration` after it started: the freeze (protocol.md §8) and the
+                // target's first tick (§6) are timed from its end, not its start.
+                handoff.handle_tick_completed(now + report.duration, self.region.world_mut(), next_due);
                 if !handoff.allows_ticks() {
                     self.outputs.push_back(Output::Broadcast(ServerMessage::Frozen { region: id, epoch: *epoch }));
                     self.outputs.push_back(Output::Event(HostEvent::Frozen {
@@ -785,7 +792,7 @@ impl<L: RegionLogic> RegionNode<L> {
                     busy = true;
                     match action {
                         SourceAction::Authority { expected, next } => {
-                            self.outputs.push_back(Output::Authority { expected, next });
+                            self.outputs.push_back(Output::Authority { expected, next, commit: false });
                         }
                         SourceAction::Resume { epoch: resumed, held, reason } => {
                             *epoch = resumed;
@@ -853,7 +860,7 @@ impl<L: RegionLogic> RegionNode<L> {
                     busy = true;
                     match action {
                         TargetAction::Authority { expected, next } => {
-                            self.outputs.push_back(Output::Authority { expected, next });
+                            self.outputs.push_back(Output::Authority { expected, next, commit: true });
                         }
                         TargetAction::Authoritative { epoch, first_tick_at, .. } => {
                             self.region.rebuild_caches();
@@ -930,8 +937,7 @@ impl<L: RegionLogic> RegionNode<L> {
             && self.reported_phase != Some(handoff.phase())
         {
             self.reported_phase = Some(handoff.phase());
-            let phase = format!("{:?}", handoff.phase()).to_lowercase();
-            self.outputs.push_back(Output::Event(HostEvent::Phase { region: id, phase }));
+            self.outputs.push_back(Output::Event(HostEvent::Phase { region: id, phase: handoff.phase() }));
             busy = true;
         }
         if !self.deferred.is_empty() && !self.is_frozen() {

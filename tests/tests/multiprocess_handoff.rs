@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use baton_harness::cluster::{Cluster, sample_world, server_binary};
-use baton_wire::serve::{ServerCommand, ServerEvent};
+use baton_wire::serve::{HandoffPhase, ServerCommand, ServerEvent};
 use baton_wire::{PlayerId, RegionId};
 
 fn binary() -> PathBuf {
@@ -85,15 +85,15 @@ fn kill_target_in(phase: KillIn) {
         _ => {
             let mark = cluster.begin_handoff(1).unwrap();
             let wanted = match phase {
-                KillIn::Snapshot => "snapshot",
-                KillIn::Rounds => "rounds",
-                _ => "frozen",
+                KillIn::Snapshot => HandoffPhase::Snapshot,
+                KillIn::Rounds => HandoffPhase::Rounds,
+                _ => HandoffPhase::Frozen,
             };
             cluster
                 .play_until(
                     mark,
                     Duration::from_secs(30),
-                    |event| matches!(event, ServerEvent::Phase { phase, .. } if phase == wanted),
+                    |event| matches!(event, ServerEvent::Phase { phase, .. } if *phase == wanted),
                 )
                 .unwrap();
             if let KillIn::Snapshot = phase {

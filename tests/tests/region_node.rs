@@ -43,6 +43,38 @@ fn outputs(node: &mut RegionNode<SampleLogic>, now: Instant) -> Vec<Output> {
     std::iter::from_fn(|| node.poll_output(now)).collect()
 }
 
+fn ticked(outputs: &[Output]) -> usize {
+    outputs.iter().filter(|output| matches!(output, Output::Ticked(_))).count()
+}
+
+#[test]
+fn after_an_aborted_handoff_the_region_checkpoints_and_can_stop_again() {
+    let start = Instant::now();
+    let mut region = new_region(REGION, RegionConfig::default()).unwrap();
+    populate(&mut region, WorldSpec { objects: 20, npcs: 2, plants: 2, seed: 1, churn: 0 }).unwrap();
+    let rewarm = Box::new(|region| new_region(region, RegionConfig::default()));
+    let every_tick = NodeSettings { checkpoint_every_ticks: 1, ..settings(start) };
+    let mut node = RegionNode::new(region, Role::Owner { epoch: Epoch(1) }, every_tick, rewarm, start);
+    outputs(&mut node, start);
+    node.handle_start_handoff(start, SocketAddr::from(([127, 0, 0, 1], 10)), 1);
+    outputs(&mut node, start);
+    // No checkpoint while the handoff runs: its snapshot is the safety net.
+    node.handle_timeout(start, &baton_sdk::node::NoGateways);
+    assert!(outputs(&mut node, start).iter().all(|output| !matches!(output, Output::StoreCheckpoint { .. })));
+    // The link dies before the freeze: the source keeps the region.
+    node.handle_link_lost(start);
+    let aborted = outputs(&mut node, start);
+    assert!(aborted.iter().any(|output| matches!(output, Output::Event(HostEvent::Aborted { owning: true, .. }))));
+    let later = start + RegionConfig::default().tick_interval() * 3;
+    node.handle_timeout(later, &baton_sdk::node::NoGateways);
+    assert!(
+        outputs(&mut node, later).iter().any(|output| matches!(output, Output::StoreCheckpoint { .. })),
+        "checkpoints resume once the handoff is over"
+    );
+    node.handle_stop(later, true);
+    assert!(matches!(&outputs(&mut node, later)[..], [Output::SaveAndStop { .. }]), "a stop is possible again");
+}
+
 #[test]
 fn an_owner_announces_itself_and_ticks_on_its_grid() {
     let (mut node, start) = node(Role::Owner { epoch: Epoch(3) });
@@ -53,11 +85,18 @@ fn an_owner_announces_itself_and_ticks_on_its_grid() {
     // Nothing runs before the tick is due; at the due time exactly one tick runs.
     assert_eq!(node.poll_timeout(start), Some(start));
     node.handle_timeout(start, &baton_sdk::node::NoGateways);
-    let ticked = outputs(&mut node, start).into_iter().filter(|output| matches!(output, Output::Ticked(_))).count();
-    assert_eq!(ticked, 1);
+    assert_eq!(ticked(&outputs(&mut node, start)), 1);
     node.handle_timeout(start + interval / 2, &baton_sdk::node::NoGateways);
-    assert!(outputs(&mut node, start + interval / 2).iter().all(|output| !matches!(output, Output::Ticked(_))));
+    assert_eq!(ticked(&outputs(&mut node, start + interval / 2)), 0);
     assert_eq!(node.poll_timeout(start + interval / 2), Some(start + interval));
+    // The grid goes on from the start, whatever time the driver comes back at within a slot.
+    for slot in 1..=5u32 {
+        let late = start + interval * slot + interval / 4;
+        node.handle_timeout(late, &baton_sdk::node::NoGateways);
+        assert_eq!(ticked(&outputs(&mut node, late)), 1, "slot {slot}");
+        assert_eq!(node.poll_timeout(late), Some(start + interval * (slot + 1)));
+    }
+    assert_eq!(node.region().world().tick(), 6);
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use baton_sdk::handoff::{AuthorityError, Message, Ownership, OwnershipAuthority};
+use baton_sdk::handoff::{AuthorityError, Message, Ownership, OwnershipAuthority, TargetPhase};
 use baton_sdk::node::{GatewayRequest, Gateways, Output, RegionNode};
 use baton_sdk::wire::{PlayerId, PlayerInput, RegionId};
 use baton_sdk::{Region, RegionLogic};
@@ -123,9 +123,19 @@ pub(crate) fn run<L: RegionLogic + 'static>(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         let now = Instant::now();
-        let _span = node.handoff().filter(|handoff| !handoff.is_finished()).map(|handoff| {
-            tracing::info_span!("handoff", region = %id, handoff = handoff.id(), side = "source").entered()
-        });
+        let _span = match node.handoff().filter(|handoff| !handoff.is_finished()) {
+            Some(handoff) => {
+                Some(tracing::info_span!("handoff", region = %id, handoff = handoff.id(), side = "source").entered())
+            }
+            None if !matches!(
+                node.target_phase(),
+                TargetPhase::Idle | TargetPhase::Authoritative | TargetPhase::Aborted
+            ) =>
+            {
+                Some(tracing::info_span!("handoff", region = %id, side = "target").entered())
+            }
+            None => None,
+        };
         match command {
             Some(Command::Shutdown) => break,
             Some(Command::Input(input)) => node.handle_input(now, input),
@@ -183,7 +193,7 @@ fn carry_out<L: RegionLogic + 'static>(
                     node.handle_link_lost(Instant::now());
                 }
             }
-            Output::Authority { expected, next } => ask_authority(context, id, expected, next),
+            Output::Authority { expected, next, commit } => ask_authority(context, id, expected, next, commit),
             Output::Owned { epoch, announce } => hub.set_owned(id, epoch, announce),
             Output::NotOwned => hub.clear_owned(id),
             Output::ToGateway { gateway, message } => hub.to_gateway(gateway, message),
@@ -254,10 +264,11 @@ fn ask_authority<L: RegionLogic + 'static>(
     region: RegionId,
     expected: Ownership,
     next: Ownership,
+    commit: bool,
 ) {
     let authority = context.authority.clone();
     let answer = context.commands.clone();
-    let delay = context.test_commit_delay.filter(|_| next.owner != expected.owner);
+    let delay = context.test_commit_delay.filter(|_| commit);
     context.runtime.spawn_blocking(move || {
         // Fault injection for process-level tests: a target holds its commit request so a test
         // can kill a process while the source is frozen (`--test-commit-delay-ms`).

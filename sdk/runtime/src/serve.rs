@@ -20,10 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_net::{ClusterIdentity, LinkSettings};
-use baton_sdk::handoff::{FileAuthority, OwnershipAuthority, SourceConfig};
+use baton_sdk::handoff::{FileAuthority, OwnershipAuthority, SourceConfig, SourcePhase};
 use baton_sdk::sessions::PlayerSession;
 use baton_sdk::wire::serve::{
-    GameObject, HandoffFigures, PlayerReport, SERVE_VERSION, ServerCommand, ServerEvent, parse_command, to_line,
+    GameObject, HandoffFigures, HandoffPhase, PlayerReport, SERVE_VERSION, ServerCommand, ServerEvent, parse_command,
+    to_line,
 };
 use baton_sdk::wire::{PlayerId, PlayerInput, RegionId};
 use baton_sdk::{EntityId, Region, RegionError, RegionLogic, World};
@@ -342,7 +343,10 @@ impl<G: Game> Server<'_, G> {
     fn execute(&self, command: ServerCommand) -> Result<(), String> {
         let failed = |error: HostError| error.to_string();
         match command {
-            ServerCommand::Host { region, world: _, from_checkpoint: true } => self.restore(region),
+            ServerCommand::Host { world, from_checkpoint: true, .. } if !world.is_empty() => {
+                Err("give either a world or from_checkpoint, not both".to_owned())
+            }
+            ServerCommand::Host { region, from_checkpoint: true, .. } => self.restore(region),
             ServerCommand::Host { region, world, from_checkpoint: false } => {
                 let mut built = (self.factory)(region).map_err(|error| format!("creating the region: {error}"))?;
                 self.game.populate(&mut built, &world).map_err(|error| format!("populating the region: {error}"))?;
@@ -448,7 +452,7 @@ pub fn server_event(event: HostEvent) -> ServerEvent {
     match event {
         HostEvent::Owning { region, epoch } => ServerEvent::Owning { region, epoch },
         HostEvent::Prepared { region } => ServerEvent::Prepared { region },
-        HostEvent::Phase { region, phase } => ServerEvent::Phase { region, phase },
+        HostEvent::Phase { region, phase } => ServerEvent::Phase { region, phase: handoff_phase(phase) },
         HostEvent::Frozen { region, tick, last_tick_at_us } => ServerEvent::Frozen { region, tick, last_tick_at_us },
         HostEvent::Authoritative { region, epoch } => ServerEvent::Authoritative { region, epoch },
         HostEvent::FirstTick { region, tick, at_us } => ServerEvent::FirstTick { region, tick, at_us },
@@ -480,5 +484,19 @@ pub fn server_event(event: HostEvent) -> ServerEvent {
         HostEvent::InputRefused { region, input } => {
             ServerEvent::InputRefused { region, player: input.player, seq: input.seq }
         }
+    }
+}
+
+/// The serve protocol's name for a source's phase.
+fn handoff_phase(phase: SourcePhase) -> HandoffPhase {
+    match phase {
+        SourcePhase::Prepare => HandoffPhase::Prepare,
+        SourcePhase::Snapshot => HandoffPhase::Snapshot,
+        SourcePhase::Rounds => HandoffPhase::Rounds,
+        SourcePhase::Frozen => HandoffPhase::Frozen,
+        SourcePhase::Settling => HandoffPhase::Settling,
+        SourcePhase::HandedOff => HandoffPhase::HandedOff,
+        SourcePhase::Retired => HandoffPhase::Retired,
+        SourcePhase::Aborted => HandoffPhase::Aborted,
     }
 }

@@ -249,7 +249,7 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
         self.pump();
     }
 
-    /// The target process dies (its link to the source reports the loss after `latency`).
+    /// The target process dies (the source hears of the link's loss at once).
     pub fn crash_target(&mut self) {
         self.target_crashed = true;
         self.to_target.clear();
@@ -258,7 +258,7 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
         self.pump();
     }
 
-    /// The source process dies (its link to the target reports the loss after `latency`). Until
+    /// The source process dies (the target hears of the link's loss at once). Until
     /// failover exists, a region whose source dies before the commit is down: nobody may tick it.
     pub fn crash_source(&mut self) {
         self.source_crashed = true;
@@ -473,7 +473,7 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
         };
         match output {
             Output::ToPeer(message) => self.send(other, message),
-            Output::Authority { expected, next } => {
+            Output::Authority { expected, next, .. } => {
                 let result = if self.authority_down {
                     Err(AuthorityError::Unavailable("the authority is down (harness)".to_owned()))
                 } else {

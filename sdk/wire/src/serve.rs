@@ -128,6 +128,28 @@ impl HandoffFigures {
     }
 }
 
+/// The phase a handoff's source entered ([`ServerEvent::Phase`]); docs/protocol.md §2-§6.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HandoffPhase {
+    /// Waiting for the prepared target's answer.
+    Prepare,
+    /// Streaming the snapshot while the region ticks.
+    Snapshot,
+    /// Sending delta rounds.
+    Rounds,
+    /// Frozen at a tick boundary; the final delta is out.
+    Frozen,
+    /// Asking the authority how the commit went.
+    Settling,
+    /// The target owns the region; stragglers are forwarded.
+    HandedOff,
+    /// The region is freed here.
+    Retired,
+    /// The handoff failed; the source owns the region.
+    Aborted,
+}
+
 /// One player in a [`ServerEvent::Report`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PlayerReport {
@@ -167,12 +189,12 @@ pub enum ServerEvent {
         /// The region.
         region: RegionId,
     },
-    /// A handoff this process started entered a phase (`snapshot`, `rounds`, `frozen`, ...).
+    /// A handoff this process started entered a phase.
     Phase {
         /// The region.
         region: RegionId,
-        /// The source's phase, lower-case.
-        phase: String,
+        /// The source's phase.
+        phase: HandoffPhase,
     },
     /// This process's copy of `region` froze after its last tick.
     Frozen {
@@ -429,17 +451,24 @@ mod tests {
         assert!(parse_command(r#"{"cmd":"prepare","region":-1}"#).is_err());
     }
 
-    #[test]
-    fn every_event_round_trips_through_a_line_and_a_postcard_frame() {
-        let events = vec![
+    /// One event of every kind. `kind` below matches exhaustively, so a new variant does not
+    /// compile until it is listed here too.
+    fn one_of_each() -> Vec<ServerEvent> {
+        let region = RegionId(3);
+        vec![
             ServerEvent::Listening {
                 name: "h1-p1".into(),
                 addr: "127.0.0.1:9".parse().unwrap(),
                 version: SERVE_VERSION,
             },
-            ServerEvent::Owning { region: RegionId(3), epoch: Epoch(2) },
+            ServerEvent::Owning { region, epoch: Epoch(2) },
+            ServerEvent::Prepared { region },
+            ServerEvent::Phase { region, phase: HandoffPhase::HandedOff },
+            ServerEvent::Frozen { region, tick: 9, last_tick_at_us: 1_700_000_000_000_000 },
+            ServerEvent::Authoritative { region, epoch: Epoch(3) },
+            ServerEvent::FirstTick { region, tick: 10, at_us: 1_700_000_000_050_000 },
             ServerEvent::HandedOff {
-                region: RegionId(3),
+                region,
                 epoch: Epoch(3),
                 figures: HandoffFigures {
                     freeze_us: Some(2500),
@@ -450,10 +479,24 @@ mod tests {
                     final_bytes: 1,
                 },
             },
-            ServerEvent::Aborted { region: RegionId(3), reason: "target: frozen: gone".into(), owning: true },
-            ServerEvent::Error { region: None, error: "bad".into() },
+            ServerEvent::Aborted { region, reason: "target: frozen: gone".into(), owning: true },
+            ServerEvent::Retired { region },
+            ServerEvent::Load { region, tick_ms: 1.25, tick_ms_max: 7.5, players: 4, entities: 900 },
+            ServerEvent::Checkpointed { region, tick: 300, epoch: Epoch(2), bytes: 4096, path: "/c/r3-e2-t300".into() },
+            ServerEvent::CheckpointFailed { region, error: "disk full".into() },
+            ServerEvent::Restored { region, tick: 300, from_epoch: Epoch(2), epoch: Epoch(3), path: "/c/x".into() },
+            ServerEvent::Stopped {
+                region,
+                epoch: Epoch(3),
+                tick: 400,
+                bytes: 5000,
+                path: "/c/y".into(),
+                inputs_discarded: 2,
+            },
+            ServerEvent::StopRefused { region, reason: "a handoff".into() },
+            ServerEvent::InputRefused { region, player: PlayerId(5), seq: 8 },
             ServerEvent::Report {
-                region: RegionId(3),
+                region,
                 tick: 7,
                 late_ticks: 0,
                 digest: "ab".into(),
@@ -465,7 +508,40 @@ mod tests {
                     game: GameObject::new(),
                 }],
             },
-        ];
+            ServerEvent::Error { region: None, error: "bad".into() },
+            ServerEvent::Error { region: Some(region), error: "refused".into() },
+        ]
+    }
+
+    fn kind(event: &ServerEvent) -> usize {
+        match event {
+            ServerEvent::Listening { .. } => 0,
+            ServerEvent::Owning { .. } => 1,
+            ServerEvent::Prepared { .. } => 2,
+            ServerEvent::Phase { .. } => 3,
+            ServerEvent::Frozen { .. } => 4,
+            ServerEvent::Authoritative { .. } => 5,
+            ServerEvent::FirstTick { .. } => 6,
+            ServerEvent::HandedOff { .. } => 7,
+            ServerEvent::Aborted { .. } => 8,
+            ServerEvent::Retired { .. } => 9,
+            ServerEvent::Load { .. } => 10,
+            ServerEvent::Checkpointed { .. } => 11,
+            ServerEvent::CheckpointFailed { .. } => 12,
+            ServerEvent::Restored { .. } => 13,
+            ServerEvent::Stopped { .. } => 14,
+            ServerEvent::StopRefused { .. } => 15,
+            ServerEvent::InputRefused { .. } => 16,
+            ServerEvent::Report { .. } => 17,
+            ServerEvent::Error { .. } => 18,
+        }
+    }
+
+    #[test]
+    fn every_event_round_trips_through_a_line_and_a_postcard_frame() {
+        let events = one_of_each();
+        let kinds: std::collections::BTreeSet<usize> = events.iter().map(kind).collect();
+        assert_eq!(kinds.len(), 19, "one event of every kind");
         for event in events {
             let line = to_line(&event);
             assert_eq!(parse_event(&line).unwrap(), event, "{line}");
@@ -473,6 +549,9 @@ mod tests {
             let back: AsJson<ServerEvent> = postcard::from_bytes(&frame).unwrap();
             assert_eq!(back.0, event);
         }
+        // The phase is a name on the wire.
+        let line = to_line(&ServerEvent::Phase { region: RegionId(1), phase: HandoffPhase::HandedOff });
+        assert!(line.contains(r#""phase":"handed_off""#), "{line}");
     }
 
     #[test]
