@@ -34,16 +34,11 @@ fn handoffs_commit_at_the_coordinator() {
 #[test]
 fn a_coordinator_killed_mid_handoff_restarts_and_the_handoff_resolves_to_one_owner() {
     let coordinator = coordinator_binary().unwrap();
-    // The target holds its commit for a second after the digest check, so the coordinator can be
-    // killed while the source is frozen and the commit is not yet decided.
-    let mut cluster = Cluster::start_coordinated(
-        &server_binary().unwrap(),
-        &coordinator,
-        2,
-        &["--test-commit-delay-ms".into(), "1000".into()],
-    )
-    .unwrap();
+    let mut cluster = Cluster::start_coordinated(&server_binary().unwrap(), &coordinator, 2, &[]).unwrap();
     cluster.host(&spec(), 20).unwrap();
+    // The coordinator hangs (SIGSTOP) before the handoff starts, so the target's commit finds no
+    // answer; it is killed while the source is frozen and the commit is not yet decided.
+    cluster.pause_coordinator().unwrap();
     let mark = cluster.begin_handoff(1).unwrap();
     cluster.play_until(mark, Duration::from_secs(30), |event| matches!(event, ServerEvent::Frozen { .. })).unwrap();
     cluster.kill_coordinator();

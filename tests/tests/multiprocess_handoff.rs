@@ -53,13 +53,11 @@ enum KillIn {
 /// lost or applied twice.
 fn kill_target_in(phase: KillIn) {
     // A slow (1 MB/s) link and 20,000 churning entities stretch the snapshot and the rounds over
-    // seconds; for the freeze, the target holds its commit 3 s after the digest check.
+    // seconds; for the freeze, the test holds the authority's lock, so the target's commit waits
+    // after its digest check.
     let mut extra: Vec<String> = ["--bulk-mbps", "1"].iter().map(|arg| arg.to_string()).collect();
     let churn = match phase {
-        KillIn::Freeze => {
-            extra.extend(["--test-commit-delay-ms".to_owned(), "3000".to_owned()]);
-            0
-        }
+        KillIn::Freeze => 0,
         _ => {
             extra.extend(["--dirty".to_owned(), "0.02".to_owned()]);
             20_000
@@ -83,6 +81,9 @@ fn kill_target_in(phase: KillIn) {
             mark
         }
         _ => {
+            // Held before the handoff starts: the target's commit comes within milliseconds of the
+            // freeze, sooner than the test could hear of it.
+            let hold = matches!(phase, KillIn::Freeze).then(|| cluster.hold_authority(1).unwrap());
             let mark = cluster.begin_handoff(1).unwrap();
             let wanted = match phase {
                 KillIn::Snapshot => HandoffPhase::Snapshot,
@@ -100,6 +101,8 @@ fn kill_target_in(phase: KillIn) {
                 cluster.play(Duration::from_millis(100)).unwrap();
             }
             cluster.processes[1].kill();
+            // The source may now settle the handoff at the authority.
+            drop(hold);
             mark
         }
     };

@@ -91,9 +91,6 @@ pub struct HostConfig {
     pub source: SourceConfig,
     /// Link timeouts.
     pub link: LinkSettings,
-    /// Fault injection for tests: a target waits this long after its digest check before asking
-    /// the authority for the region (so a test can kill it while the source is frozen).
-    pub test_commit_delay: Option<Duration>,
     /// What players get from this host's regions.
     pub players: PlayerSettings,
     /// Periodic checkpoints of owned regions (none: never).
@@ -304,7 +301,6 @@ impl<L: RegionLogic + 'static> Host<L> {
             commands: sender,
             regions: self.regions.clone(),
             generation,
-            test_commit_delay: self.config.test_commit_delay,
             hub: self.hub.clone(),
             checkpoints: self.config.checkpoints.clone(),
         };

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use baton_sdk::handoff::{AuthorityError, Message, Ownership, OwnershipAuthority, TargetPhase};
 use baton_sdk::node::{GatewayRequest, Gateways, Output, RegionNode};
@@ -89,7 +89,6 @@ pub(crate) struct LoopContext<L: RegionLogic + 'static> {
     pub(crate) commands: mpsc::Sender<Command<L>>,
     pub(crate) regions: Arc<Mutex<HashMap<RegionId, crate::Slot<L>>>>,
     pub(crate) generation: u64,
-    pub(crate) test_commit_delay: Option<Duration>,
     pub(crate) hub: Arc<GatewayHub>,
     pub(crate) checkpoints: Option<crate::CheckpointSettings>,
 }
@@ -193,7 +192,7 @@ fn carry_out<L: RegionLogic + 'static>(
                     node.handle_link_lost(Instant::now());
                 }
             }
-            Output::Authority { expected, next, commit } => ask_authority(context, id, expected, next, commit),
+            Output::Authority { expected, next, .. } => ask_authority(context, id, expected, next),
             Output::Owned { epoch, announce } => hub.set_owned(id, epoch, announce),
             Output::NotOwned => hub.clear_owned(id),
             Output::ToGateway { gateway, message } => hub.to_gateway(gateway, message),
@@ -264,17 +263,10 @@ fn ask_authority<L: RegionLogic + 'static>(
     region: RegionId,
     expected: Ownership,
     next: Ownership,
-    commit: bool,
 ) {
     let authority = context.authority.clone();
     let answer = context.commands.clone();
-    let delay = context.test_commit_delay.filter(|_| commit);
     context.runtime.spawn_blocking(move || {
-        // Fault injection for process-level tests: a target holds its commit request so a test
-        // can kill a process while the source is frozen (`--test-commit-delay-ms`).
-        if let Some(delay) = delay {
-            std::thread::sleep(delay);
-        }
         let result = authority.compare_and_swap(region, &expected, &next);
         let _ = answer.send(Command::Authority(result));
     });

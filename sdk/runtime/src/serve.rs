@@ -124,10 +124,6 @@ pub struct ServeSettings {
     /// Players this close to a border (metres) see the neighbour's objects near it.
     #[arg(long, default_value_t = 24.0)]
     pub border_view: f32,
-    /// Fault injection for process-level tests: hold a handoff's commit this many milliseconds
-    /// after the digest check.
-    #[arg(long, hide = true)]
-    pub test_commit_delay_ms: Option<u64>,
 }
 
 /// Why a region server could not start (what goes wrong afterwards is reported as events).
@@ -248,7 +244,6 @@ pub fn run<G: Game>(game: G, settings: &ServeSettings) -> Result<(), ServeError>
         // protocol.md §4: the freeze budget is what the paced link moves in 2 ms.
         source: SourceConfig::for_link(bulk_bytes_per_second, Duration::from_millis(2)),
         link: LinkSettings::default(),
-        test_commit_delay: settings.test_commit_delay_ms.map(Duration::from_millis),
         players: PlayerSettings {
             update_every_ticks: settings.update_every,
             border_every_ticks: 3,

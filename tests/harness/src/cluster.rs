@@ -13,7 +13,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -317,6 +318,22 @@ pub struct Cluster {
     refused_seen: Vec<usize>,
 }
 
+/// The authority's lock of a region, held by a test ([`Cluster::hold_authority`]); released when
+/// dropped.
+pub struct AuthorityHold {
+    held: Arc<AtomicBool>,
+    refresher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for AuthorityHold {
+    fn drop(&mut self) {
+        self.held.store(false, Ordering::Relaxed);
+        if let Some(refresher) = self.refresher.take() {
+            let _ = refresher.join();
+        }
+    }
+}
+
 /// A region's report, as a process answered [`ServerCommand::Report`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct RegionReport {
@@ -393,6 +410,45 @@ impl Cluster {
             coordinator_address,
             refused_seen: vec![0; count],
         })
+    }
+
+    /// Freezes the coordinator with SIGSTOP: it neither answers nor closes its connections (a
+    /// hung machine), until [`Cluster::kill_coordinator`].
+    pub fn pause_coordinator(&mut self) -> anyhow::Result<()> {
+        let coordinator = self.coordinator.as_ref().context("no coordinator running")?;
+        let status = Command::new("kill").args(["-STOP", &coordinator.pid().to_string()]).status()?;
+        if !status.success() {
+            bail!("could not pause the coordinator: {status}");
+        }
+        Ok(())
+    }
+
+    /// Holds the file-backed authority's lock of `region` until the guard is dropped, so every
+    /// compare-and-swap of the region waits (a slow authority, from outside the processes: no
+    /// fault knob in the servers). The lock is kept fresh, so the servers never take it for a
+    /// crashed holder's; a compare-and-swap that waits longer than twice the stale time (4 s)
+    /// answers "unavailable".
+    pub fn hold_authority(&self, region: u64) -> anyhow::Result<AuthorityHold> {
+        let lock = self.directory.join("authority").join(format!("region-{region}.lock"));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+            .with_context(|| format!("taking {}", lock.display()))?;
+        let held = Arc::new(AtomicBool::new(true));
+        let refresher = std::thread::spawn({
+            let (lock, held) = (lock.clone(), held.clone());
+            move || {
+                while held.load(Ordering::Relaxed) {
+                    if let Ok(file) = std::fs::OpenOptions::new().write(true).open(&lock) {
+                        let _ = file.set_modified(std::time::SystemTime::now());
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                let _ = std::fs::remove_file(&lock);
+            }
+        });
+        Ok(AuthorityHold { held, refresher: Some(refresher) })
     }
 
     /// Kills the coordinator with SIGKILL (as a crash would).
