@@ -98,7 +98,13 @@ fn reached(pair: &HandoffPair<SampleLogic>, when: When) -> bool {
 
 /// Runs one scenario: 1 s of play, a handoff, `fault` injected when `when` is reached, 6 s more.
 fn check(when: When, fault: Fault, expected: Outcome) -> u64 {
+    check_with(when, fault, expected, Duration::ZERO)
+}
+
+/// [`check`] with an authority that answers after `latency`.
+fn check_with(when: When, fault: Fault, expected: Outcome, latency: Duration) -> u64 {
     let mut pair = pair(600);
+    pair.authority_latency = latency;
     pair.drive_until(Duration::from_secs(1));
     pair.start_handoff();
     let hit = pair.drive_while(Duration::from_secs(10), |pair| reached(pair, when));
@@ -233,4 +239,14 @@ fn a_source_crash_before_the_commit_leaves_nobody_ticking_and_after_it_the_targe
     }
     // Once the target's commit won, the source's death changes nothing.
     check(When::Committed, Fault::CrashSource, Outcome::Committed);
+}
+
+#[test]
+fn a_slow_authority_delays_the_commit_but_changes_no_outcome() {
+    // The answer takes 20 ms to come back (as it does over a loaded cluster link): the target ticks
+    // only once it hears its swap won, and a lost commit report is still recovered.
+    let slow = Duration::from_millis(20);
+    check_with(When::Prepare, Fault::None, Outcome::Committed, slow);
+    check_with(When::Committed, Fault::Partition, Outcome::Committed, slow);
+    check_with(When::Frozen, Fault::CrashTarget, Outcome::SourceKept, slow);
 }

@@ -92,6 +92,10 @@ pub struct HandoffPair<L: RegionLogic> {
     pub authority: InMemoryAuthority,
     /// When true, every authority call answers "unavailable".
     pub authority_down: bool,
+    /// How long the authority takes to answer (0: at once); answers arrive as events on the
+    /// virtual clock, as they come back through the region's channel in production.
+    pub authority_latency: Duration,
+    authority_answers: VecDeque<(Instant, Side, Result<(), AuthorityError>)>,
     /// The link.
     pub link: Link,
     to_target: VecDeque<(Instant, Message)>,
@@ -166,6 +170,8 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
             target,
             authority,
             authority_down: false,
+            authority_latency: Duration::ZERO,
+            authority_answers: VecDeque::new(),
             link: Link::default(),
             to_target: VecDeque::new(),
             to_source: VecDeque::new(),
@@ -312,6 +318,7 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
         }
         next.extend(self.to_target.front().map(|(at, _)| *at));
         next.extend(self.to_source.front().map(|(at, _)| *at));
+        next.extend(self.authority_answers.front().map(|(at, _, _)| *at));
         let Some(at) = next.into_iter().min() else {
             return false;
         };
@@ -365,6 +372,17 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
                 && !self.target_crashed
             {
                 self.target.handle_peer_message(now, message);
+            }
+        }
+        while self.authority_answers.front().is_some_and(|(at, _, _)| *at <= now) {
+            if let Some((_, side, result)) = self.authority_answers.pop_front() {
+                let crashed = match side {
+                    Side::Source => self.source_crashed,
+                    Side::Target => self.target_crashed,
+                };
+                if !crashed {
+                    self.node(side).handle_authority(now, result);
+                }
             }
         }
         while self.to_source.front().is_some_and(|(at, _)| *at <= now) {
@@ -474,12 +492,18 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
         match output {
             Output::ToPeer(message) => self.send(other, message),
             Output::Authority { expected, next, .. } => {
+                // The swap happens when it is asked; the answer travels back for
+                // `authority_latency` (a slow answer must not be taken for a failed swap).
                 let result = if self.authority_down {
                     Err(AuthorityError::Unavailable("the authority is down (harness)".to_owned()))
                 } else {
                     self.authority.compare_and_swap(self.region, &expected, &next)
                 };
-                self.node(side).handle_authority(now, result);
+                if self.authority_latency.is_zero() {
+                    self.node(side).handle_authority(now, result);
+                } else {
+                    self.authority_answers.push_back((now + self.authority_latency, side, result));
+                }
             }
             Output::Ticked(report) => self.record_tick(side, report.tick, &report.applied),
             Output::Bounce(ServerMessage::Bounced { player, seq, payload, .. }, _) => {
