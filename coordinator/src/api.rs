@@ -386,11 +386,14 @@ async fn create_region(
         .hosts
         .claim(&request.host, Duration::from_secs(10))
         .await
-        .map_err(|reason| Failure(StatusCode::CONFLICT, reason))?;
+        .map_err(|error| Failure(StatusCode::CONFLICT, error.to_string()))?;
     let region = RegionId(request.region);
     let command =
         ServerCommand::Host { region, world: request.world.clone(), from_checkpoint: request.from_checkpoint };
-    state.hosts.run(&request.host, &process, command).map_err(|reason| Failure(StatusCode::CONFLICT, reason))?;
+    state
+        .hosts
+        .run(&request.host, &process, command)
+        .map_err(|error| Failure(StatusCode::CONFLICT, error.to_string()))?;
     let waited = tokio::time::timeout(Duration::from_secs(120), async {
         loop {
             match events.recv().await {
@@ -468,7 +471,7 @@ async fn stop_region(
     state
         .hosts
         .run(&host, &process, ServerCommand::Stop { region: stopping })
-        .map_err(|reason| Failure(StatusCode::CONFLICT, reason))?;
+        .map_err(|error| Failure(StatusCode::CONFLICT, error.to_string()))?;
     let waited = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             match events.recv().await {

@@ -117,8 +117,28 @@ struct HostEntry {
     draining: bool,
 }
 
+/// Why the coordinator could not give a host's agent work.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HostsError {
+    /// No agent ever registered this host.
+    #[error("unknown host {0}")]
+    UnknownHost(String),
+    /// The host's agent is not connected now.
+    #[error("host {0} is not connected")]
+    NotConnected(String),
+    /// The registry's lock was poisoned by a panic elsewhere.
+    #[error("host registry unavailable")]
+    Unavailable,
+    /// The agent did not answer a claim within its time.
+    #[error("host {0} did not answer the claim in time")]
+    ClaimTimedOut(String),
+    /// The agent had no warm process to give (its reason).
+    #[error("{0}")]
+    NoWarmProcess(String),
+}
+
 /// A claim's answer: the reserved process and its address, or why none is.
-pub type ClaimResult = Result<(String, SocketAddr), String>;
+pub type ClaimResult = Result<(String, SocketAddr), HostsError>;
 
 /// The registry of hosts.
 pub struct Hosts {
@@ -277,25 +297,25 @@ impl Hosts {
         }
         match answer {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) | Err(_) => Err(format!("host {host} did not answer the claim in time")),
+            Ok(Err(_)) | Err(_) => Err(HostsError::ClaimTimedOut(host.to_owned())),
         }
     }
 
     /// Sends a serve-protocol command to a process of `host`.
-    pub fn run(&self, host: &str, process: &str, command: ServerCommand) -> Result<(), String> {
+    pub fn run(&self, host: &str, process: &str, command: ServerCommand) -> Result<(), HostsError> {
         self.send(host, CoordinatorMessage::Run { process: process.to_owned(), command: AsJson(command) })
     }
 
     /// Stops a process of `host`.
-    pub fn release(&self, host: &str, process: &str) -> Result<(), String> {
+    pub fn release(&self, host: &str, process: &str) -> Result<(), HostsError> {
         self.send(host, CoordinatorMessage::Release { process: process.to_owned() })
     }
 
-    fn send(&self, host: &str, message: CoordinatorMessage) -> Result<(), String> {
-        let hosts = self.hosts.lock().map_err(|_| "host registry unavailable".to_owned())?;
-        let entry = hosts.get(host).ok_or_else(|| format!("unknown host {host}"))?;
-        let sender = entry.sender.as_ref().ok_or_else(|| format!("host {host} is not connected"))?;
-        sender.send(message).map_err(|_| format!("host {host} is not connected"))
+    fn send(&self, host: &str, message: CoordinatorMessage) -> Result<(), HostsError> {
+        let hosts = self.hosts.lock().map_err(|_| HostsError::Unavailable)?;
+        let entry = hosts.get(host).ok_or_else(|| HostsError::UnknownHost(host.to_owned()))?;
+        let sender = entry.sender.as_ref().ok_or_else(|| HostsError::NotConnected(host.to_owned()))?;
+        sender.send(message).map_err(|_| HostsError::NotConnected(host.to_owned()))
     }
 
     /// Records what a process did and tells whoever follows the processes.
@@ -336,7 +356,7 @@ impl Hosts {
                 }
                 let waiting = self.claims.lock().ok().and_then(|mut claims| claims.remove(&request));
                 if let Some(waiting) = waiting {
-                    let _ = waiting.send(process.ok_or(reason));
+                    let _ = waiting.send(process.ok_or(HostsError::NoWarmProcess(reason)));
                 }
             }
         }

@@ -23,7 +23,7 @@ use baton_wire::authority::OwnershipAuthority;
 use serde::{Deserialize, Serialize};
 
 use crate::directory::Directory;
-use crate::hosts::{Happened, Hosts, ProcessEvent};
+use crate::hosts::{ClaimResult, Happened, Hosts, ProcessEvent};
 use baton_wire::serve::{ServerCommand, ServerEvent};
 
 /// A migration's phase.
@@ -212,7 +212,7 @@ impl Migration {
     }
 
     /// A claim's answer.
-    pub fn handle_claimed(&mut self, result: Result<(String, SocketAddr), String>, now: Instant) -> Vec<Action> {
+    pub fn handle_claimed(&mut self, result: ClaimResult, now: Instant) -> Vec<Action> {
         if self.record.phase != Phase::Claiming {
             return Vec::new();
         }
@@ -583,11 +583,7 @@ async fn drive(
     }
 }
 
-fn perform(
-    migrations: &Arc<Migrations>,
-    action: Action,
-    claims: &tokio::sync::mpsc::UnboundedSender<Result<(String, SocketAddr), String>>,
-) {
+fn perform(migrations: &Arc<Migrations>, action: Action, claims: &tokio::sync::mpsc::UnboundedSender<ClaimResult>) {
     match action {
         Action::Claim { host } => {
             let migrations = migrations.clone();
@@ -613,6 +609,7 @@ fn perform(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hosts::HostsError;
 
     fn event(process: &str, event: ServerEvent) -> ProcessEvent {
         ProcessEvent { host: String::new(), process: process.to_owned(), happened: Happened::Event(event) }
@@ -674,7 +671,7 @@ mod tests {
     fn failures_abort_and_release_the_claimed_target() {
         let (mut machine, now) = started();
         assert_eq!(
-            machine.handle_claimed(Err("none ready".into()), now),
+            machine.handle_claimed(Err(HostsError::NoWarmProcess("none ready".into())), now),
             Vec::new(),
             "nothing was claimed, nothing to release"
         );
