@@ -97,11 +97,6 @@ pub enum RouteAction {
         /// The input.
         input: PlayerInput,
     },
-    /// Open the connection to `server` ahead of time (handoff target).
-    Connect {
-        /// The server.
-        server: ServerId,
-    },
 }
 
 /// Errors of the route table.
@@ -257,16 +252,17 @@ impl RouteTable {
                         VecDeque::new()
                     }
                 };
-                let mut actions = vec![RouteAction::Connect { server }];
-                actions.extend(held.into_iter().map(|input| RouteAction::Forward { region, server, epoch, input }));
-                Ok(actions)
+                Ok(held.into_iter().map(|input| RouteAction::Forward { region, server, epoch, input }).collect())
             }
             RouteEvent::HandoffStarted { region, epoch, target } => {
                 let mut route = self.current(region, epoch)?;
                 match route.stage {
                     Stage::Open => {
                         route.stage = Stage::Preparing { target };
-                        Ok(vec![RouteAction::Connect { server: target }])
+                        // The gateway connects to the target when it learns its address (its
+                        // `ServerId` exists only once a connection to it was started), so
+                        // nothing more is needed here to pre-connect.
+                        Ok(Vec::new())
                     }
                     ref stage => Err(RouteError::OutOfOrder { region, event: "handoff started", state: stage.name() }),
                 }
@@ -378,11 +374,10 @@ mod tests {
         let mut forwarded: Vec<(PlayerId, u64)> = Vec::new();
         let verify = |actions: Vec<RouteAction>, model: &Model, forwarded: &mut Vec<(PlayerId, u64)>| {
             for action in actions {
-                if let RouteAction::Forward { server, epoch, input, .. } = action {
-                    // Invariant 1: only to the owner of the current epoch.
-                    assert_eq!((server, epoch), (model.owner, model.epoch), "forwarded to a non-owner");
-                    forwarded.push((input.player, input.seq));
-                }
+                let RouteAction::Forward { server, epoch, input, .. } = action;
+                // Invariant 1: only to the owner of the current epoch.
+                assert_eq!((server, epoch), (model.owner, model.epoch), "forwarded to a non-owner");
+                forwarded.push((input.player, input.seq));
             }
         };
         for op in ops {
@@ -403,7 +398,7 @@ mod tests {
                         target: ServerId(target),
                     });
                     if model.target.is_none() {
-                        assert_eq!(result.unwrap(), vec![RouteAction::Connect { server: ServerId(target) }]);
+                        assert_eq!(result.unwrap(), Vec::new());
                         model.target = Some(ServerId(target));
                     } else {
                         assert!(result.is_err());

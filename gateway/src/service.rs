@@ -312,7 +312,7 @@ impl Gateway {
     /// server at `owner` at `epoch`. Stale epochs are refused.
     pub fn assign(&self, region: RegionId, owner: SocketAddr, epoch: Epoch) -> Result<(), RouteError> {
         let server = server_for(&self.inner, owner);
-        take_route(&self.inner, region, server, epoch)
+        owner_known(&self.inner, region, server, epoch, OwnerNews::Owning)
     }
 
     /// The owner and epoch the gateway routes `region` to.
@@ -662,7 +662,6 @@ fn run_actions(inner: &Inner, actions: Vec<RouteAction>) {
                     },
                 );
             }
-            RouteAction::Connect { .. } => {}
         }
     }
 }
@@ -784,17 +783,45 @@ fn route_event(inner: &Inner, event: RouteEvent) -> Result<(), RouteError> {
     Ok(())
 }
 
-/// `server` owns `region` at `epoch` (it said so, or the coordinator's feed did): route there if
-/// the epoch is newer, tell the server whose updates come here, then send what was held, in
-/// order. The same steps as a commit's flip, so whichever news arrives first does the flip and the
-/// other is refused as stale.
-fn take_route(inner: &Inner, region: RegionId, server: ServerId, epoch: Epoch) -> Result<(), RouteError> {
-    let actions = inner.routes.handle_event(RouteEvent::Assign { region, server, epoch })?;
-    let players = players_in(inner, region);
-    if !players.is_empty() {
-        send_upstream(inner, server, GatewayMessage::Attach { region, epoch, players });
+/// How the gateway heard that a server owns a region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OwnerNews {
+    /// The server said so when it connected (`Welcome`) or when it took the region (`Owning`), or
+    /// the coordinator's route feed did.
+    Owning,
+    /// A handoff committed (`Committed`, from the target or the source).
+    Commit,
+}
+
+/// protocol.md §10: `server` owns `region` at `epoch`. Every way of hearing it (`Welcome`,
+/// `Owning`, `Committed` from either side of a handoff, the coordinator's feed) comes here, so one
+/// place decides: the first news with a newer epoch flips the route; whichever news it was, if the
+/// route now names this owner at this epoch, the owner is told whose players' updates come here
+/// (`Attach` is idempotent: a server that turned an earlier one away because it did not own the
+/// region yet now takes it), and only then are the held inputs replayed, in order. News with a
+/// stale epoch changes nothing and is answered with the route table's error.
+fn owner_known(
+    inner: &Inner,
+    region: RegionId,
+    server: ServerId,
+    epoch: Epoch,
+    news: OwnerNews,
+) -> Result<(), RouteError> {
+    let event = match news {
+        OwnerNews::Owning => RouteEvent::Assign { region, server, epoch },
+        OwnerNews::Commit => RouteEvent::Committed { region, server, epoch },
+    };
+    let flipped = inner.routes.handle_event(event);
+    if flipped.is_ok() && news == OwnerNews::Commit {
+        inner.counters.handoff_flips.fetch_add(1, Ordering::Relaxed);
     }
-    run_actions(inner, actions);
+    if inner.routes.owner(region) == Some((server, epoch)) {
+        let players = players_in(inner, region);
+        if !players.is_empty() {
+            send_upstream(inner, server, GatewayMessage::Attach { region, epoch, players });
+        }
+    }
+    run_actions(inner, flipped?);
     Ok(())
 }
 
@@ -806,19 +833,13 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
     match message {
         ServerMessage::Welcome { server: name, regions } => {
             tracing::info!(server = server.0, name, regions = regions.len(), "region server introduced itself");
+            // After a reconnect the server knows none of our players: `owner_known` tells it again.
             for (region, epoch) in regions {
-                let _ = route_event(inner, RouteEvent::Assign { region, server, epoch });
-                // After a reconnect the server knows none of our players: tell it again.
-                if inner.routes.owner(region) == Some((server, epoch)) {
-                    let players = players_in(inner, region);
-                    if !players.is_empty() {
-                        send_upstream(inner, server, GatewayMessage::Attach { region, epoch, players });
-                    }
-                }
+                let _ = owner_known(inner, region, server, epoch, OwnerNews::Owning);
             }
         }
         ServerMessage::Owning { region, epoch } => {
-            let _ = take_route(inner, region, server, epoch);
+            let _ = owner_known(inner, region, server, epoch, OwnerNews::Owning);
         }
         ServerMessage::HandoffStarted { region, epoch, target } => {
             let target = server_for(inner, target);
@@ -833,29 +854,10 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
         }
         ServerMessage::Committed { region, epoch, owner } => {
             let owner = server_for(inner, owner);
-            // Flip (atomic for the region), tell the new owner whose updates come here, then replay.
-            match inner.routes.handle_event(RouteEvent::Committed { region, server: owner, epoch }) {
-                Ok(actions) => {
-                    inner.counters.handoff_flips.fetch_add(1, Ordering::Relaxed);
-                    send_upstream(
-                        inner,
-                        owner,
-                        GatewayMessage::Attach { region, epoch, players: players_in(inner, region) },
-                    );
-                    run_actions(inner, actions);
-                }
-                // The route may have flipped already (the coordinator's feed, or the other side's
-                // report). The new owner may have turned an earlier Attach away because it did not
-                // own the region yet; now it says it does, so tell it again (Attach is idempotent).
-                Err(error) => {
-                    if inner.routes.owner(region) == Some((owner, epoch)) {
-                        let players = players_in(inner, region);
-                        if !players.is_empty() {
-                            send_upstream(inner, owner, GatewayMessage::Attach { region, epoch, players });
-                        }
-                    }
-                    tracing::debug!(%error, "commit already known");
-                }
+            // The route may have flipped already (the coordinator's feed, or the other side's
+            // report): then only the Attach is repeated.
+            if let Err(error) = owner_known(inner, region, owner, epoch, OwnerNews::Commit) {
+                tracing::debug!(%error, "commit already known");
             }
         }
         ServerMessage::Aborted { region, epoch } => {
