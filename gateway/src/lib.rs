@@ -6,6 +6,8 @@
 //!   replays them in order at cutover (no I/O, property-tested).
 //! - [`token`]: session and resume tokens (HMAC-SHA256), defined in `baton_wire::token`.
 //! - [`service`]: the running gateway: player endpoint, upstream connections, sessions, limits.
+//! - `sessions`: every player's session, resume grace, the inputs waiting during a border crossing
+//!   and the crossings' retries, with one deadline queue (no I/O, unit-tested).
 //! - `crossing`: counts the failed deliveries of avatars crossing borders and decides when one
 //!   goes back (no I/O).
 //! - `feed`: follows the coordinator's route feed (`Gateway::follow_coordinator`).
@@ -16,6 +18,7 @@ mod crossing;
 mod feed;
 pub mod route;
 pub mod service;
+mod sessions;
 
 /// Session and resume tokens (shared with the login service; defined in `baton-wire`).
 pub use baton_wire::token;

@@ -33,8 +33,9 @@ use serde::Serialize;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
 
-use crate::crossing::{Crossings, Delivery};
+use crate::crossing::Delivery;
 use crate::route::{RouteAction, RouteConfig, RouteError, RouteEvent, RouteTable, ServerId};
+use crate::sessions::{SessionAction, SessionTable};
 use crate::token::{Claims, TokenKey};
 
 /// Limits that protect the gateway and other players from one client.
@@ -166,37 +167,23 @@ impl GatewayStats {
     }
 }
 
-/// A player's session on this gateway.
-struct Session {
-    player: PlayerId,
-    /// Distinguishes this session's connection from a later one of the same player.
+/// A connected player's connection: what its updates and reliable frames go out on. One per
+/// connection, never changed (a resume makes a new one); the player's session itself is in the
+/// [`SessionTable`].
+struct PlayerLink {
+    /// The session generation of this connection.
     generation: u64,
-    connection: Mutex<Option<quinn::Connection>>,
-    reliable: Mutex<Option<UnboundedSender<ServerFrame>>>,
-    region: Mutex<RegionId>,
-    /// Inputs waiting while the avatar crosses a border.
-    transit: Mutex<Option<Vec<PlayerInput>>>,
+    connection: quinn::Connection,
+    reliable: UnboundedSender<ServerFrame>,
 }
 
-impl Session {
-    fn region(&self) -> RegionId {
-        self.region.lock().map(|region| *region).unwrap_or(RegionId(0))
-    }
-
+impl PlayerLink {
     fn send_reliable(&self, frame: ServerFrame) {
-        if let Ok(reliable) = self.reliable.lock()
-            && let Some(sender) = reliable.as_ref()
-        {
-            let _ = sender.send(frame);
-        }
+        let _ = self.reliable.send(frame);
     }
 
     fn close(&self, code: CloseCode, reason: &str) {
-        if let Ok(mut connection) = self.connection.lock()
-            && let Some(connection) = connection.take()
-        {
-            connection.close((code as u32).into(), reason.as_bytes());
-        }
+        self.connection.close((code as u32).into(), reason.as_bytes());
     }
 }
 
@@ -217,13 +204,16 @@ struct Inner {
     servers: DashMap<ServerId, Upstream>,
     server_ids: DashMap<SocketAddr, ServerId>,
     next_server: AtomicU32,
-    sessions: DashMap<PlayerId, Arc<Session>>,
-    next_generation: AtomicU64,
+    /// Every player's session, resume grace and crossing (no I/O); one lock, never held across
+    /// an await or a send.
+    table: Mutex<SessionTable>,
+    /// Wakes the timer task when the table may have an earlier deadline.
+    timers: tokio::sync::Notify,
+    /// Connected players' connections (the data path: updates read only this).
+    links: DashMap<PlayerId, Arc<PlayerLink>>,
     joins: DashMap<PlayerId, JoinWaiter>,
     /// Latest border view of (region, toward), as an encoded datagram.
     borders: DashMap<(RegionId, RegionId), Vec<u8>>,
-    /// Failed deliveries of the avatars crossing borders, which decide when one goes back.
-    crossings: Mutex<Crossings>,
     counters: Counters,
     live_connections: AtomicU64,
     shut_down: std::sync::atomic::AtomicBool,
@@ -252,6 +242,7 @@ impl Gateway {
             None,
         )?;
         let cluster_client = baton_net::cluster_client_config(&config.identity, config.link, ALPN_UPSTREAM)?;
+        let resume_grace = config.resume_grace;
         let inner = Arc::new(Inner {
             config,
             endpoint: endpoint.clone(),
@@ -261,16 +252,17 @@ impl Gateway {
             servers: DashMap::new(),
             server_ids: DashMap::new(),
             next_server: AtomicU32::new(1),
-            sessions: DashMap::new(),
-            next_generation: AtomicU64::new(1),
+            table: Mutex::new(SessionTable::new(resume_grace)),
+            timers: tokio::sync::Notify::new(),
+            links: DashMap::new(),
             joins: DashMap::new(),
             borders: DashMap::new(),
-            crossings: Mutex::new(Crossings::default()),
             counters: Counters::default(),
             live_connections: AtomicU64::new(0),
             shut_down: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(accept_loop(inner.clone()));
+        tokio::spawn(run_timers(inner.clone()));
         Ok(Gateway { inner })
     }
 
@@ -328,7 +320,7 @@ impl Gateway {
         let counters = &self.inner.counters;
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         GatewayStats {
-            sessions: self.inner.sessions.len() as u64,
+            sessions: table(&self.inner).len() as u64,
             connections: load(&counters.connections),
             refused_full: load(&counters.refused_full),
             refused_token: load(&counters.refused_token),
@@ -457,43 +449,32 @@ async fn player_session(inner: &Arc<Inner>, connection: &quinn::Connection) -> R
 
     // A player has one session: a new connection (a resume, here or from another gateway) takes
     // the previous one over, and the region it knows wins over the token's.
-    let previous = inner.sessions.get(&player).map(|session| session.clone());
-    let region = match &previous {
-        Some(session) => {
-            session.close(CloseCode::Replaced, "the session continues on a newer connection");
-            inner.counters.resumes.fetch_add(1, Ordering::Relaxed);
-            session.region()
-        }
-        None => RegionId(claims.region),
-    };
+    let opened = table(inner).handle_connected(player, RegionId(claims.region));
     let (reliable_sender, reliable_receiver) = unbounded_channel();
-    let session = Arc::new(Session {
-        player,
-        generation: inner.next_generation.fetch_add(1, Ordering::Relaxed),
-        connection: Mutex::new(Some(connection.clone())),
-        reliable: Mutex::new(Some(reliable_sender)),
-        region: Mutex::new(region),
-        transit: Mutex::new(
-            previous.as_ref().and_then(|session| session.transit.lock().ok().and_then(|mut t| t.take())),
-        ),
+    let link = Arc::new(PlayerLink {
+        generation: opened.generation,
+        connection: connection.clone(),
+        reliable: reliable_sender,
     });
-    inner.sessions.insert(player, session.clone());
+    if let Some(previous) = inner.links.insert(player, link.clone()) {
+        previous.close(CloseCode::Replaced, "the session continues on a newer connection");
+    }
+    if opened.resumed {
+        inner.counters.resumes.fetch_add(1, Ordering::Relaxed);
+    }
     tokio::spawn(write_reliable(send, reliable_receiver));
 
-    let joined = join(inner, player, region).await;
+    let joined = join(inner, player, opened.region).await;
     let (region, last_applied) = match joined {
         Ok(joined) => joined,
         Err(reason) => {
-            if inner.sessions.get(&player).is_some_and(|current| current.generation == session.generation) {
-                inner.sessions.remove(&player);
-            }
+            table(inner).handle_join_failed(player, opened.generation);
+            inner.links.remove_if(&player, |_, current| current.generation == opened.generation);
             return Err(Closing::new(CloseCode::Unavailable, reason));
         }
     };
-    if let Ok(mut current) = session.region.lock() {
-        *current = region;
-    }
-    session.send_reliable(ServerFrame::Welcome {
+    table(inner).handle_joined(player, opened.generation, region);
+    link.send_reliable(ServerFrame::Welcome {
         player: player.0,
         region: region.0,
         last_applied,
@@ -513,7 +494,7 @@ async fn player_session(inner: &Arc<Inner>, connection: &quinn::Connection) -> R
         };
         match frame {
             ClientFrame::Hello { .. } => break Err(Closing::new(CloseCode::Protocol, "Hello sent twice")),
-            ClientFrame::Ping { nonce } => session.send_reliable(ServerFrame::Pong { nonce }),
+            ClientFrame::Ping { nonce } => link.send_reliable(ServerFrame::Pong { nonce }),
             ClientFrame::Input { seq, payload } => {
                 if seq == 0 || seq > highest_seq + 1 {
                     break Err(Closing::new(
@@ -540,37 +521,60 @@ async fn player_session(inner: &Arc<Inner>, connection: &quinn::Connection) -> R
                     continue;
                 }
                 bucket.consume(now, 1);
-                forward_input(inner, &session, PlayerInput { player, seq, payload });
+                forward_input(inner, PlayerInput { player, seq, payload });
             }
         }
     };
-    // The connection is gone (or is being closed): keep the session for a resume until the grace
-    // period ends, then leave the region, unless a newer connection took it over meanwhile.
-    if let Ok(mut reliable) = session.reliable.lock() {
-        reliable.take();
+    // The connection is gone (or is being closed): the session waits for a resume until the grace
+    // period ends (the table's timer), unless a newer connection took it over meanwhile.
+    inner.links.remove_if(&player, |_, current| current.generation == opened.generation);
+    table(inner).handle_disconnected(Instant::now(), player, opened.generation);
+    inner.timers.notify_one();
+    result
+}
+
+/// The session table. A panic elsewhere while the lock was held leaves at worst one event
+/// unrecorded, so a poisoned lock is used as it is rather than stopping every player.
+fn table(inner: &Inner) -> std::sync::MutexGuard<'_, SessionTable> {
+    inner.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The one timer of the gateway's players: sleeps until the table's next deadline (or until told
+/// there may be an earlier one), then carries out what is due: sessions whose resume grace ran
+/// out leave their region; refused crossings are delivered again.
+async fn run_timers(inner: Arc<Inner>) {
+    loop {
+        let next = table(&inner).poll_timeout();
+        let notified = inner.timers.notified();
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+                    () = notified => continue,
+                }
+            }
+            None => notified.await,
+        }
+        if inner.shut_down.load(Ordering::Relaxed) {
+            return;
+        }
+        let actions = table(&inner).handle_timeout(Instant::now());
+        for action in actions {
+            carry_out(&inner, action);
+        }
     }
-    if let Ok(mut connection) = session.connection.lock() {
-        connection.take();
-    }
-    let inner_for_grace = inner.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(inner_for_grace.config.resume_grace + Duration::from_secs(1)).await;
-        let expired = inner_for_grace
-            .sessions
-            .remove_if(&session.player, |_, current| current.generation == session.generation)
-            .is_some();
-        if expired {
-            let region = session.region();
-            if let Some((server, epoch)) = inner_for_grace.routes.owner(region) {
-                send_upstream(
-                    &inner_for_grace,
-                    server,
-                    GatewayMessage::Leave { region, epoch, player: session.player },
-                );
+}
+
+/// Does what the session table asked.
+fn carry_out(inner: &Arc<Inner>, action: SessionAction) {
+    match action {
+        SessionAction::Leave { player, region } => {
+            if let Some((server, epoch)) = inner.routes.owner(region) {
+                send_upstream(inner, server, GatewayMessage::Leave { region, epoch, player });
             }
         }
-    });
-    result
+        SessionAction::Deliver { transfer, delivery } => deliver_transfer(inner, transfer, delivery),
+    }
 }
 
 fn resume_token(inner: &Inner, player: PlayerId, region: RegionId) -> String {
@@ -623,14 +627,12 @@ async fn join(inner: &Arc<Inner>, player: PlayerId, region: RegionId) -> Result<
     Err(last_error)
 }
 
-fn forward_input(inner: &Inner, session: &Session, input: PlayerInput) {
-    if let Ok(mut transit) = session.transit.lock()
-        && let Some(waiting) = transit.as_mut()
-    {
-        waiting.push(input);
-        return;
+/// A player's input: to its region's route, or waiting while its avatar crosses a border.
+fn forward_input(inner: &Inner, input: PlayerInput) {
+    let routed = table(inner).handle_input(input);
+    if let Some((region, input)) = routed {
+        route_input(inner, region, input);
     }
-    route_input(inner, session.region(), input);
 }
 
 fn route_input(inner: &Inner, region: RegionId, input: PlayerInput) {
@@ -826,7 +828,7 @@ fn owner_known(
 }
 
 fn players_in(inner: &Inner, region: RegionId) -> Vec<PlayerId> {
-    inner.sessions.iter().filter(|session| session.region() == region).map(|session| session.player).collect()
+    table(inner).players_in(region)
 }
 
 fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
@@ -876,18 +878,20 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
             }
         }
         ServerMessage::Detached { player } => {
-            if let Some((_, session)) = inner.sessions.remove(&player) {
-                session.close(CloseCode::Replaced, "the session continues on another gateway");
+            table(inner).handle_detached(player);
+            if let Some((_, link)) = inner.links.remove(&player) {
+                link.close(CloseCode::Replaced, "the session continues on another gateway");
             }
         }
         ServerMessage::Update { region, epoch, player, tick, last_applied, payload } => {
-            let admitted = inner.routes.admits_update(region, server, epoch);
-            let session = inner.sessions.get(&player).map(|session| session.clone());
-            let Some(session) = session.filter(|session| admitted && session.region() == region) else {
+            let admitted =
+                inner.routes.admits_update(region, server, epoch) && table(inner).region_of(player) == Some(region);
+            let link = inner.links.get(&player).map(|link| link.clone());
+            let Some(link) = link.filter(|_| admitted) else {
                 inner.counters.updates_stale.fetch_add(1, Ordering::Relaxed);
                 return;
             };
-            send_update(inner, &session, StateUpdate { region: region.0, tick, last_applied, payload });
+            send_update(inner, &link, StateUpdate { region: region.0, tick, last_applied, payload });
         }
         ServerMessage::Border { region, epoch, toward, tick, payload } => {
             let admitted = inner.routes.admits_update(region, server, epoch);
@@ -900,11 +904,9 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
                 return;
             };
             for player in players {
-                if let Some(session) = inner.sessions.get(&player)
-                    && let Ok(connection) = session.connection.lock()
-                    && let Some(connection) = connection.as_ref()
-                    && view.len() <= connection.max_datagram_size().unwrap_or(0)
-                    && connection.send_datagram(view.clone().into()).is_ok()
+                if let Some(link) = inner.links.get(&player)
+                    && view.len() <= link.connection.max_datagram_size().unwrap_or(0)
+                    && link.connection.send_datagram(view.clone().into()).is_ok()
                 {
                     inner.counters.neighbour_views.fetch_add(1, Ordering::Relaxed);
                 }
@@ -917,77 +919,58 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
                 tracing::debug!(%region, %epoch, "a stop from a server that does not own the region; ignored");
                 return;
             }
-            let players = players_in(inner, region);
+            let players = table(inner).handle_stopped(region);
             tracing::info!(%region, %epoch, players = players.len(), "region stopped; ending its sessions");
             let reason = format!("region {region} was stopped for a restart; reconnect to play on");
+            inner.counters.stopped_sessions.fetch_add(players.len() as u64, Ordering::Relaxed);
             for player in players {
-                if let Some((_, session)) = inner.sessions.remove(&player) {
-                    session.close(CloseCode::Unavailable, &reason);
-                    inner.counters.stopped_sessions.fetch_add(1, Ordering::Relaxed);
+                if let Some((_, link)) = inner.links.remove(&player) {
+                    link.close(CloseCode::Unavailable, &reason);
                 }
             }
         }
         ServerMessage::Bounced { player, seq, payload, .. } => {
             inner.counters.inputs_bounced.fetch_add(1, Ordering::Relaxed);
-            let input = PlayerInput { player, seq, payload };
-            match inner.sessions.get(&player).map(|session| session.clone()) {
-                Some(session) => forward_input(inner, &session, input),
-                None => tracing::debug!(%player, "a bounced input of a player without a session"),
-            }
+            // Routed again like a new input (it waits if the avatar is crossing); a player without
+            // a session here has nobody to route it for.
+            forward_input(inner, PlayerInput { player, seq, payload });
         }
         ServerMessage::Emigrated { epoch, transfer } => {
             let from = transfer.from;
             if !inner.routes.admits_update(from, server, epoch) {
                 tracing::warn!(%from, "an emigration from a server that does not own the region; delivering anyway");
             }
-            if let Some(session) = inner.sessions.get(&transfer.player)
-                && let Ok(mut transit) = session.transit.lock()
-                && transit.is_none()
-            {
-                *transit = Some(Vec::new());
-            }
-            let delivery = crossings(inner).handle_emigrated(transfer.player);
-            deliver_transfer(inner.clone(), transfer, delivery);
+            let action = table(inner).handle_emigrated(transfer);
+            carry_out(inner, action);
         }
         ServerMessage::Arrived { region, player, .. } => {
             inner.counters.crossings.fetch_add(1, Ordering::Relaxed);
-            crossings(inner).handle_arrived(player);
-            let Some(session) = inner.sessions.get(&player).map(|session| session.clone()) else { return };
-            if let Ok(mut current) = session.region.lock() {
-                *current = region;
-            }
-            let waiting = session.transit.lock().ok().and_then(|mut transit| transit.take()).unwrap_or_default();
+            let waiting = table(inner).handle_arrived(player, region);
+            let Some(waiting) = waiting else { return };
             for input in waiting {
                 route_input(inner, region, input);
             }
-            session.send_reliable(ServerFrame::RegionChanged {
-                region: region.0,
-                resume_token: resume_token(inner, player, region),
-            });
+            if let Some(link) = inner.links.get(&player) {
+                link.send_reliable(ServerFrame::RegionChanged {
+                    region: region.0,
+                    resume_token: resume_token(inner, player, region),
+                });
+            }
         }
         ServerMessage::ImmigrationRefused { transfer, reason } => {
             tracing::info!(player = %transfer.player, to = %transfer.to, reason, "a crossing was refused; retrying");
             // The refusal counts with the crossing's earlier failures, so one that is refused
             // every time still goes back after `SEND_BACK_AFTER` of them (docs/protocol.md §10).
-            let delivery = crossings(inner).handle_refused(transfer.player);
-            let inner = inner.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                deliver_transfer(inner, transfer, delivery);
-            });
+            table(inner).handle_immigration_refused(Instant::now(), transfer);
+            inner.timers.notify_one();
         }
     }
 }
 
-/// The crossings in flight. A panic elsewhere while the lock was held leaves at worst one count
-/// off, so a poisoned lock is used as it is rather than stopping every crossing.
-fn crossings(inner: &Inner) -> std::sync::MutexGuard<'_, Crossings> {
-    inner.crossings.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Sends a crossing avatar to the owner of its destination, or turns it back when [`Crossings`]
-/// says so. Nothing is dropped: the avatar and its pending inputs travel together.
-fn deliver_transfer(inner: Arc<Inner>, mut transfer: Transfer, delivery: Delivery) {
+/// Sends a crossing avatar to the owner of its destination, or turns it back when the session
+/// table says so. Nothing is dropped: the avatar and its pending inputs travel together, and an
+/// avatar that cannot be sent now is tried again by the table's timer.
+fn deliver_transfer(inner: &Arc<Inner>, mut transfer: Transfer, delivery: Delivery) {
     if delivery == Delivery::Back {
         tracing::warn!(player = %transfer.player, to = %transfer.to, "a crossing keeps failing; sending the avatar back");
         std::mem::swap(&mut transfer.from, &mut transfer.to);
@@ -995,21 +978,18 @@ fn deliver_transfer(inner: Arc<Inner>, mut transfer: Transfer, delivery: Deliver
     let to = transfer.to;
     let route = (inner.routes.held(to) == 0).then(|| inner.routes.owner(to)).flatten();
     match route {
-        Some((server, epoch)) => send_upstream(&inner, server, GatewayMessage::Immigrate { epoch, transfer }),
+        Some((server, epoch)) => send_upstream(inner, server, GatewayMessage::Immigrate { epoch, transfer }),
         None => {
-            let delivery = crossings(&inner).handle_unroutable(transfer.player);
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                deliver_transfer(inner, transfer, delivery);
-            });
+            table(inner).handle_unroutable(Instant::now(), transfer);
+            inner.timers.notify_one();
         }
     }
 }
 
-fn send_update(inner: &Inner, session: &Session, update: StateUpdate) {
+fn send_update(inner: &Inner, link: &PlayerLink, update: StateUpdate) {
     let datagram = Datagram::State(update);
     let Ok(bytes) = datagram.encode() else { return };
-    let Some(connection) = session.connection.lock().ok().and_then(|connection| connection.clone()) else { return };
+    let connection = &link.connection;
     // quinn drops the oldest queued datagrams when its small buffer is full: latest wins. What
     // does not fit in a datagram (or a peer without datagrams) takes the reliable stream.
     match connection.send_datagram(bytes.into()) {
@@ -1023,7 +1003,7 @@ fn send_update(inner: &Inner, session: &Session, update: StateUpdate) {
         ) => {
             if let Datagram::State(update) = datagram {
                 inner.counters.updates_reliable.fetch_add(1, Ordering::Relaxed);
-                session.send_reliable(ServerFrame::State(update));
+                link.send_reliable(ServerFrame::State(update));
             }
         }
         Err(quinn::SendDatagramError::ConnectionLost(_)) => {}

@@ -1,0 +1,389 @@
+//! The gateway's players: sessions, resume grace, border crossings and their retries. No I/O.
+//!
+//! [`SessionTable`] knows, per player, the session's generation (each new connection of the player
+//! is one), the region it plays in, whether it is connected, and the inputs waiting while its
+//! avatar crosses a border. Events come in through `handle_*` with the time; what must be done
+//! later (a session whose grace ran out leaves its region; a refused crossing is tried again) comes
+//! out of [`SessionTable::handle_timeout`] as [`SessionAction`]s, and
+//! [`SessionTable::poll_timeout`] says when. The service (`service.rs`) owns the sockets, one timer
+//! task, and the per-connection links players' updates go out on; it holds the table behind one
+//! lock and carries out what the table answers after releasing it.
+//!
+//! Invariants it keeps:
+//! - One session per player: a newer connection (a resume, here or through another gateway) takes
+//!   the session over with its region and its waiting inputs; the older connection's end changes
+//!   nothing any more (generations).
+//! - Invariant 2: inputs that arrive while the avatar is between regions wait, in order, and go to
+//!   the new region when it says the avatar arrived; a crossing is never dropped (it is retried,
+//!   and turned back after [`crate::crossing::SEND_BACK_AFTER`] failures, see [`Crossings`]).
+//!
+//! What it does not do: routes and epochs ([`crate::route::RouteTable`]), tokens, limits, or
+//! anything with a socket.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use baton_wire::upstream::Transfer;
+use baton_wire::{PlayerId, PlayerInput, RegionId};
+
+use crate::crossing::{Crossings, Delivery};
+
+/// How long after a refused or unroutable delivery a crossing is tried again.
+pub(crate) const CROSSING_RETRY: Duration = Duration::from_millis(100);
+
+/// What the service must do when a timer of the table fires.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum SessionAction {
+    /// The player's session ended (its resume grace ran out): tell its region it left for good.
+    Leave {
+        /// The player.
+        player: PlayerId,
+        /// The region it was in.
+        region: RegionId,
+    },
+    /// Deliver a crossing avatar again, onward or turned back.
+    Deliver {
+        /// The avatar.
+        transfer: Transfer,
+        /// Which way.
+        delivery: Delivery,
+    },
+}
+
+/// A new connection's session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Opened {
+    /// This connection's generation.
+    pub(crate) generation: u64,
+    /// The region to join: the session's, if the player had one, else the token's.
+    pub(crate) region: RegionId,
+    /// Whether an earlier session was taken over (its connection must be closed).
+    pub(crate) resumed: bool,
+}
+
+#[derive(Debug)]
+struct Record {
+    generation: u64,
+    region: RegionId,
+    connected: bool,
+    /// Inputs waiting while the avatar crosses a border.
+    transit: Option<Vec<PlayerInput>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Timer {
+    ResumeEnds { player: PlayerId, generation: u64 },
+    RetryCrossing { transfer: Transfer, delivery: Delivery },
+}
+
+/// Every player's session on this gateway (see the module documentation).
+#[derive(Debug)]
+pub(crate) struct SessionTable {
+    sessions: HashMap<PlayerId, Record>,
+    next_generation: u64,
+    crossings: Crossings,
+    timers: BTreeMap<(Instant, u64), Timer>,
+    next_timer: u64,
+    resume_grace: Duration,
+}
+
+impl SessionTable {
+    /// A table whose disconnected sessions wait `resume_grace` for a resume.
+    pub(crate) fn new(resume_grace: Duration) -> SessionTable {
+        SessionTable {
+            sessions: HashMap::new(),
+            next_generation: 1,
+            crossings: Crossings::default(),
+            timers: BTreeMap::new(),
+            next_timer: 0,
+            resume_grace,
+        }
+    }
+
+    /// Sessions (connected or waiting for a resume).
+    pub(crate) fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// `player` connected with a token for `token_region`: a new session, or the player's existing
+    /// one taken over (its region wins over the token's, its waiting inputs stay).
+    pub(crate) fn handle_connected(&mut self, player: PlayerId, token_region: RegionId) -> Opened {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        match self.sessions.get_mut(&player) {
+            Some(record) => {
+                record.generation = generation;
+                record.connected = true;
+                Opened { generation, region: record.region, resumed: true }
+            }
+            None => {
+                let record = Record { generation, region: token_region, connected: true, transit: None };
+                self.sessions.insert(player, record);
+                Opened { generation, region: token_region, resumed: false }
+            }
+        }
+    }
+
+    /// The join of connection `generation` succeeded in `region`.
+    pub(crate) fn handle_joined(&mut self, player: PlayerId, generation: u64, region: RegionId) {
+        if let Some(record) = self.sessions.get_mut(&player).filter(|record| record.generation == generation) {
+            record.region = region;
+        }
+    }
+
+    /// The join of connection `generation` failed: the session ends unless a newer connection took
+    /// it over meanwhile.
+    pub(crate) fn handle_join_failed(&mut self, player: PlayerId, generation: u64) {
+        if self.sessions.get(&player).is_some_and(|record| record.generation == generation) {
+            self.sessions.remove(&player);
+        }
+    }
+
+    /// Connection `generation` of `player` ended: its session waits for a resume until the grace
+    /// period (plus a second, so a resume racing the deadline wins) is over.
+    pub(crate) fn handle_disconnected(&mut self, now: Instant, player: PlayerId, generation: u64) {
+        if let Some(record) = self.sessions.get_mut(&player).filter(|record| record.generation == generation) {
+            record.connected = false;
+            let at = now + self.resume_grace + Duration::from_secs(1);
+            self.schedule(at, Timer::ResumeEnds { player, generation });
+        }
+    }
+
+    /// An input of `player` (from its connection, or bounced back by a server): where it goes now,
+    /// or `None` while the avatar crosses a border (it waits) or the player has no session.
+    pub(crate) fn handle_input(&mut self, input: PlayerInput) -> Option<(RegionId, PlayerInput)> {
+        let record = self.sessions.get_mut(&input.player)?;
+        match record.transit.as_mut() {
+            Some(waiting) => {
+                waiting.push(input);
+                None
+            }
+            None => Some((record.region, input)),
+        }
+    }
+
+    /// The region `player` plays in.
+    pub(crate) fn region_of(&self, player: PlayerId) -> Option<RegionId> {
+        self.sessions.get(&player).map(|record| record.region)
+    }
+
+    /// The players whose session is in `region`.
+    pub(crate) fn players_in(&self, region: RegionId) -> Vec<PlayerId> {
+        self.sessions.iter().filter(|(_, record)| record.region == region).map(|(player, _)| *player).collect()
+    }
+
+    /// The player's session continues on another gateway: it ends here.
+    pub(crate) fn handle_detached(&mut self, player: PlayerId) -> bool {
+        self.sessions.remove(&player).is_some()
+    }
+
+    /// `region` was stopped (the old way of restarting it): its players' sessions end here; they
+    /// are returned so the service can close their connections.
+    pub(crate) fn handle_stopped(&mut self, region: RegionId) -> Vec<PlayerId> {
+        let players = self.players_in(region);
+        for player in &players {
+            self.sessions.remove(player);
+        }
+        players
+    }
+
+    /// The player's avatar left its region: its inputs wait until it arrives, and the crossing is
+    /// delivered onward.
+    pub(crate) fn handle_emigrated(&mut self, transfer: Transfer) -> SessionAction {
+        if let Some(record) = self.sessions.get_mut(&transfer.player)
+            && record.transit.is_none()
+        {
+            record.transit = Some(Vec::new());
+        }
+        let delivery = self.crossings.handle_emigrated(transfer.player);
+        SessionAction::Deliver { transfer, delivery }
+    }
+
+    /// The player's avatar arrived in `region`: the crossing is over; returns the inputs that
+    /// waited, in order, if the player has a session here.
+    pub(crate) fn handle_arrived(&mut self, player: PlayerId, region: RegionId) -> Option<Vec<PlayerInput>> {
+        self.crossings.handle_arrived(player);
+        let record = self.sessions.get_mut(&player)?;
+        record.region = region;
+        Some(record.transit.take().unwrap_or_default())
+    }
+
+    /// The destination's owner refused the crossing: it is tried again shortly (turned back once
+    /// it failed too often).
+    pub(crate) fn handle_immigration_refused(&mut self, now: Instant, transfer: Transfer) {
+        let delivery = self.crossings.handle_refused(transfer.player);
+        self.schedule(now + CROSSING_RETRY, Timer::RetryCrossing { transfer, delivery });
+    }
+
+    /// The crossing could not be sent (its destination has no route or is frozen): it is tried
+    /// again shortly.
+    pub(crate) fn handle_unroutable(&mut self, now: Instant, transfer: Transfer) {
+        let delivery = self.crossings.handle_unroutable(transfer.player);
+        self.schedule(now + CROSSING_RETRY, Timer::RetryCrossing { transfer, delivery });
+    }
+
+    /// When [`SessionTable::handle_timeout`] has something to do next.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.keys().next().map(|(at, _)| *at)
+    }
+
+    /// What is due at `now`, in the order it was scheduled.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) -> Vec<SessionAction> {
+        let mut actions = Vec::new();
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            match entry.remove() {
+                Timer::ResumeEnds { player, generation } => {
+                    // Only the connection that ended, and only if nobody resumed since.
+                    if self
+                        .sessions
+                        .get(&player)
+                        .is_some_and(|record| record.generation == generation && !record.connected)
+                        && let Some(record) = self.sessions.remove(&player)
+                    {
+                        actions.push(SessionAction::Leave { player, region: record.region });
+                    }
+                }
+                Timer::RetryCrossing { transfer, delivery } => {
+                    actions.push(SessionAction::Deliver { transfer, delivery })
+                }
+            }
+        }
+        actions
+    }
+
+    fn schedule(&mut self, at: Instant, timer: Timer) {
+        self.next_timer += 1;
+        self.timers.insert((at, self.next_timer), timer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRACE: Duration = Duration::from_secs(5);
+    const HOME: RegionId = RegionId(1);
+    const NEXT: RegionId = RegionId(2);
+
+    fn input(player: u64, seq: u64) -> PlayerInput {
+        PlayerInput { player: PlayerId(player), seq, payload: vec![seq as u8] }
+    }
+
+    fn transfer(player: u64) -> Transfer {
+        Transfer {
+            player: PlayerId(player),
+            from: HOME,
+            to: NEXT,
+            last_applied: 0,
+            pending: Vec::new(),
+            avatar: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_resume_takes_the_session_over_and_only_the_last_connection_ending_counts() {
+        let start = Instant::now();
+        let mut table = SessionTable::new(GRACE);
+        let first = table.handle_connected(PlayerId(7), HOME);
+        assert!(!first.resumed);
+        table.handle_joined(PlayerId(7), first.generation, NEXT);
+        // A resume (with a token for another region) continues where the session is.
+        let second = table.handle_connected(PlayerId(7), RegionId(9));
+        assert_eq!((second.resumed, second.region), (true, NEXT));
+        // The first connection's end is old news; the second's starts the grace.
+        table.handle_disconnected(start, PlayerId(7), first.generation);
+        assert_eq!(table.poll_timeout(), None);
+        table.handle_disconnected(start, PlayerId(7), second.generation);
+        let deadline = table.poll_timeout().unwrap();
+        assert_eq!(deadline, start + GRACE + Duration::from_secs(1));
+        assert!(table.handle_timeout(deadline - Duration::from_millis(1)).is_empty());
+        assert_eq!(table.handle_timeout(deadline), vec![SessionAction::Leave { player: PlayerId(7), region: NEXT }]);
+        assert_eq!(table.len(), 0);
+    }
+
+    #[test]
+    fn a_resume_within_the_grace_keeps_the_player_in_its_region() {
+        let start = Instant::now();
+        let mut table = SessionTable::new(GRACE);
+        let first = table.handle_connected(PlayerId(7), HOME);
+        table.handle_disconnected(start, PlayerId(7), first.generation);
+        let again = table.handle_connected(PlayerId(7), HOME);
+        assert!(again.resumed);
+        assert!(table.handle_timeout(start + GRACE * 2).is_empty(), "a resumed session does not leave");
+        assert_eq!(table.region_of(PlayerId(7)), Some(HOME));
+        // A failed join of an old connection does not end the newer one's session.
+        table.handle_join_failed(PlayerId(7), first.generation);
+        assert_eq!(table.len(), 1);
+        table.handle_join_failed(PlayerId(7), again.generation);
+        assert_eq!(table.len(), 0);
+    }
+
+    #[test]
+    fn inputs_wait_during_a_crossing_and_go_on_in_order_with_the_arrival() {
+        let mut table = SessionTable::new(GRACE);
+        table.handle_connected(PlayerId(7), HOME);
+        assert_eq!(table.handle_input(input(7, 1)), Some((HOME, input(7, 1))));
+        assert_eq!(
+            table.handle_emigrated(transfer(7)),
+            SessionAction::Deliver { transfer: transfer(7), delivery: Delivery::Onward }
+        );
+        for seq in 2..=4 {
+            assert_eq!(table.handle_input(input(7, seq)), None, "input {seq} waits for the arrival");
+        }
+        // A resume in the middle of the crossing keeps the waiting inputs.
+        let resumed = table.handle_connected(PlayerId(7), HOME);
+        assert!(resumed.resumed);
+        assert_eq!(table.handle_input(input(7, 5)), None);
+        let waited = table.handle_arrived(PlayerId(7), NEXT).unwrap();
+        assert_eq!(waited.iter().map(|input| input.seq).collect::<Vec<_>>(), vec![2, 3, 4, 5]);
+        assert_eq!(table.handle_input(input(7, 6)), Some((NEXT, input(7, 6))));
+        assert_eq!(table.players_in(NEXT), vec![PlayerId(7)]);
+    }
+
+    #[test]
+    fn a_refused_crossing_is_retried_later_and_turned_back_after_thirty_failures() {
+        let start = Instant::now();
+        let mut table = SessionTable::new(GRACE);
+        table.handle_connected(PlayerId(7), HOME);
+        table.handle_emigrated(transfer(7));
+        let mut now = start;
+        let mut ways = Vec::new();
+        for failure in 1..=31u32 {
+            if failure % 2 == 0 {
+                table.handle_immigration_refused(now, transfer(7));
+            } else {
+                table.handle_unroutable(now, transfer(7));
+            }
+            assert_eq!(table.poll_timeout(), Some(now + CROSSING_RETRY), "retried after a pause, not at once");
+            assert!(table.handle_timeout(now).is_empty());
+            now += CROSSING_RETRY;
+            match &table.handle_timeout(now)[..] {
+                [SessionAction::Deliver { delivery, .. }] => ways.push(*delivery),
+                other => panic!("failure {failure}: {other:?}"),
+            }
+        }
+        assert!(ways[..29].iter().all(|way| *way == Delivery::Onward), "{ways:?}");
+        assert_eq!(ways[29], Delivery::Back, "after 30 failures the avatar goes back");
+        // The arrival (wherever) ends the crossing; the player's inputs flow again.
+        assert!(table.handle_arrived(PlayerId(7), HOME).is_some());
+        assert_eq!(table.handle_input(input(7, 1)), Some((HOME, input(7, 1))));
+    }
+
+    #[test]
+    fn a_stopped_region_ends_its_players_sessions_only() {
+        let mut table = SessionTable::new(GRACE);
+        table.handle_connected(PlayerId(1), HOME);
+        table.handle_connected(PlayerId(2), NEXT);
+        table.handle_connected(PlayerId(3), HOME);
+        let mut ended = table.handle_stopped(HOME);
+        ended.sort();
+        assert_eq!(ended, vec![PlayerId(1), PlayerId(3)]);
+        assert_eq!(table.len(), 1);
+        assert!(table.handle_detached(PlayerId(2)));
+        assert!(!table.handle_detached(PlayerId(2)));
+        assert_eq!(table.handle_input(input(2, 1)), None, "no session, nowhere to go");
+    }
+}
