@@ -1,5 +1,9 @@
-//! The gateway service: players' QUIC endpoint, upstream connections to region servers, and the
-//! glue between them (routes, sessions, border crossings, resume).
+//! The gateway service: the driver of the gateway's cores. It owns the players' QUIC endpoint,
+//! the upstream connections to region servers and the tasks; the decisions are made by
+//! [`RouteTable`] (routes, hold, flip, replay) and `SessionTable` (sessions, resume grace,
+//! crossings and their retries), both without I/O. What stays here: checking a player's token,
+//! limits and frame sequence, the join's request and retries while the route is in flux, and
+//! sending what the cores decide.
 //!
 //! # Data flow
 //! A player connects (ALPN `baton-player/1`), says `Hello` with a token, and is joined to the region
@@ -11,8 +15,10 @@
 //!
 //! # What runs where
 //! One task per player connection (reading its reliable stream), one writer task per player for
-//! reliable frames, two tasks per upstream connection (reader, writer). Shared state is in
-//! [`DashMap`]s: sessions, servers, and the routes inside [`RouteTable`].
+//! reliable frames, two tasks per upstream connection (reader, writer), and one timer task for the
+//! session table's deadlines. Shared state: the session table behind one lock (never held across
+//! an await or a send), the players' connections (`links`), servers and the routes inside
+//! [`RouteTable`] in [`DashMap`]s.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
