@@ -6,8 +6,9 @@
 //! - [`run`]: starts the deployment, runs the avatars and the events, shows progress.
 //! - [`report`]: `report.json`, the terminal summary, the SLO verdict; `chart`: `report.html`.
 //!
-//! Not built yet: the side-by-side restart baseline (stop, save, start elsewhere, reconnect).
-//! Every figure comes from the avatars' own clients; nothing is estimated.
+//! With `--baseline restart` the scenario runs again with every move done the old way (stop, save,
+//! start elsewhere, players reconnect), side by side. Every figure comes from the avatars' own
+//! clients or the coordinator's records; nothing is estimated.
 
 mod chart;
 pub mod report;

@@ -18,7 +18,7 @@ fn help_explains_and_bad_settings_are_refused_clearly() {
     let help = server().arg("--help").output().unwrap();
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
-    for needle in ["--serve", "--headless", "--coordinator", "--checkpoint-dir", "--tick-rate", "--config"] {
+    for needle in ["--serve", "--coordinator", "--authority", "--checkpoint-dir", "--tick-rate", "--config"] {
         assert!(text.contains(needle), "--help should mention {needle}");
     }
     let refused = |args: &[&str], expected: &str| {
@@ -30,7 +30,7 @@ fn help_explains_and_bad_settings_are_refused_clearly() {
     refused(&["--serve"], "needs --name");
     refused(&["--serve", "--name", "a"], "needs --certs");
     refused(&["--serve", "--name", "a", "--certs", "/nonexistent", "--tick-rate", "0"], "--tick-rate");
-    refused(&[], "choose a mode");
+    refused(&[], "give --serve");
 }
 
 #[test]

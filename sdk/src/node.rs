@@ -1048,13 +1048,20 @@ fn wall_micros(anchor: (Instant, u64), now: Instant) -> u64 {
 /// drops is counted (`baton_inputs_refused_total` by reason) and is never the input its player is
 /// blocked on. Duplicates are dropped by the session (they were applied already).
 fn submit_or_bounce<L: RegionLogic>(region: &mut Region<L>, input: PlayerInput, outputs: &mut VecDeque<Output>) {
-    match region.submit_input(input.clone()) {
-        Ok(_) => {}
-        Err(error) => match after_refusal(&error) {
-            Refused::Bounce => refuse_input(region.id(), input, outputs),
+    // Checked before submitting, so the input is handed on whole rather than copied in case the
+    // session refuses it.
+    if region.session_of(input.player).is_none() {
+        return refuse_input(region.id(), input, outputs);
+    }
+    if let Err(error) = region.submit_input(input) {
+        match after_refusal(&error) {
+            // The session vanished between the check and the submit: impossible on one thread.
+            Refused::Bounce => {
+                tracing::warn!(region = %region.id(), %error, "an input refused by a session that was there")
+            }
             // Already counted and logged by the region's `input_refused` event.
             Refused::Drop => {}
-        },
+        }
     }
 }
 

@@ -4,10 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use baton_harness::headless::SimulatedPlayers;
 use baton_sdk::checkpoint::{self, CheckpointError};
 use baton_sdk::wire::{Epoch, RegionId};
 use baton_sdk::{Region, RegionConfig};
-use sample_region_server::{SampleLogic, SimulatedPlayers, WorldSpec, new_region, populate};
+use sample_region_server::{SampleLogic, WorldSpec, new_region, populate};
 
 fn busy_region(seed: u64) -> (Region<SampleLogic>, SimulatedPlayers) {
     let mut region = new_region(RegionId(4), RegionConfig::default()).unwrap();

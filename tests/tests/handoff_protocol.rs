@@ -6,12 +6,13 @@
 
 use std::time::Duration;
 
+use baton_harness::headless::SimulatedPlayers;
 use baton_sdk::RegionConfig;
 use baton_sdk::codec::ChunkConfig;
 use baton_sdk::handoff::testing::{HandoffPair, Record, Side};
 use baton_sdk::handoff::{OwnershipAuthority, SourceConfig, SourcePhase, TargetPhase};
 use baton_sdk::wire::{Epoch, RegionId};
-use sample_region_server::{SampleLogic, SimulatedPlayers, WorldSpec, new_region, populate};
+use sample_region_server::{SampleLogic, WorldSpec, new_region, populate};
 
 const REGION: RegionId = RegionId(1);
 

@@ -43,21 +43,9 @@ fn a_region_server_serves_prometheus_metrics_and_takes_its_settings_from_a_file(
 #[test]
 fn logs_can_be_json_lines() {
     // With BATON_LOG_FORMAT=json every log line is a JSON object (here: the ticks, at trace).
-    let output = std::process::Command::new(binary())
-        .args([
-            "--headless",
-            "--seconds",
-            "0.2",
-            "--objects",
-            "10",
-            "--avatars",
-            "2",
-            "--npcs",
-            "2",
-            "--plants",
-            "2",
-            "--json",
-        ])
+    let headless = baton_harness::cluster::headless_binary().expect("the headless binary (cargo build --bins)");
+    let output = std::process::Command::new(headless)
+        .args(["--seconds", "0.2", "--objects", "10", "--avatars", "2", "--npcs", "2", "--plants", "2", "--json"])
         .env("RUST_LOG", "baton_sdk=trace")
         .env("BATON_LOG_FORMAT", "json")
         .output()

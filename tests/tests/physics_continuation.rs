@@ -10,14 +10,13 @@
 
 use std::collections::BTreeMap;
 
+use baton_harness::headless::SimulatedPlayers;
 use baton_sdk::codec::{self, ChunkConfig, DecodeLimits};
 use baton_sdk::physics::{Body, BodyKind};
 use baton_sdk::scripts::Script;
 use baton_sdk::wire::RegionId;
 use baton_sdk::{EntityId, Region, RegionConfig};
-use sample_region_server::{
-    Avatar, Npc, Plant, SampleLogic, SimulatedPlayers, Transform, WorldSpec, new_region, populate,
-};
+use sample_region_server::{Avatar, Npc, Plant, SampleLogic, Transform, WorldSpec, new_region, populate};
 
 /// Largest distance, in metres, a body may be from its unmoved twin one tick after the move. An
 /// avatar walks 13 cm per tick; 2 cm on a crate it is shoving is not something a player can see.

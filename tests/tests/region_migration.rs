@@ -3,12 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use baton_harness::headless::SimulatedPlayers;
 use baton_sdk::codec::{self, ChunkConfig, DecodeLimits, SnapshotWriter};
 use baton_sdk::physics::{Body, BodyKind, Shape};
 use baton_sdk::wire::{PlayerId, RegionId};
 use baton_sdk::{EntityId, Region, RegionConfig};
 use proptest::prelude::*;
-use sample_region_server::{SampleLogic, SimulatedPlayers, WorldSpec, join_avatar, new_region, populate};
+use sample_region_server::{SampleLogic, WorldSpec, join_avatar, new_region, populate};
 
 #[derive(Clone, Debug)]
 enum Op {

@@ -7,13 +7,14 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use baton_harness::headless::SimulatedPlayers;
 use baton_sdk::RegionConfig;
 use baton_sdk::handoff::testing::{HandoffPair, Record, Side};
 use baton_sdk::handoff::{SourceConfig, SourcePhase, TargetPhase};
 use baton_sdk::node::{GatewayRequest, HostEvent, NodeSettings, Output, PlayerSettings, RegionNode, Role};
 use baton_sdk::wire::upstream::ServerMessage;
 use baton_sdk::wire::{Epoch, PlayerId, PlayerInput, RegionId};
-use sample_region_server::{SampleLogic, SimulatedPlayers, WorldSpec, new_region, populate};
+use sample_region_server::{SampleLogic, WorldSpec, new_region, populate};
 
 const REGION: RegionId = RegionId(1);
 const NEWCOMER: PlayerId = PlayerId(500);

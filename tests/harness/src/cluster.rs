@@ -2,7 +2,8 @@
 //! by `baton_runtime::serve`) on loopback through the serve protocol's types: used by the
 //! multi-process tests and by `handoff-bench`.
 //!
-//! The controller plays the parts that later issues build properly: it is the players (each
+//! The controller plays, in the simplest form a test needs, the parts a deployment has: it is the
+//! players (each
 //! sends [`scripted_input`](sample_region_server::scripted_input)s at a fixed rate to the process that owns the
 //! region), the gateway (it switches to the new owner when it reports `authoritative`, and sends
 //! again whatever an old owner refused), and the operator (it tells processes to prepare and to
@@ -809,6 +810,11 @@ pub fn batonctl_binary() -> anyhow::Result<PathBuf> {
 /// `cargo build --examples`) next to the running executable (or `BATON_TALLY_REGION`).
 pub fn tally_region_binary() -> anyhow::Result<PathBuf> {
     sibling_binary("examples/tally-region", "BATON_TALLY_REGION")
+}
+
+/// The harness's `headless` binary next to the running executable (or `BATON_HEADLESS`).
+pub fn headless_binary() -> anyhow::Result<PathBuf> {
+    sibling_binary("headless", "BATON_HEADLESS")
 }
 
 /// The `baton-agent` binary next to the running executable (or `BATON_AGENT`).

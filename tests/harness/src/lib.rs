@@ -6,7 +6,9 @@
 //! - [`fleet`]: a whole deployment on loopback (coordinator, host agents with warm pools, a gateway)
 //!   operated through the admin API, as an operator would;
 //! - [`players`]: simulated players through the client library, their live statistics, and direct
-//!   probes for the latency baseline.
+//!   probes for the latency baseline;
+//! - [`headless`]: one sample region in this process with simulated players (the `headless`
+//!   binary, and in-process tests).
 //!
 //! Binaries are found next to the running executable (`target/<profile>/`), or where the
 //! `BATON_<NAME>` variables say. The harness never reaches into a process: it reads what the
@@ -17,4 +19,5 @@
 
 pub mod cluster;
 pub mod fleet;
+pub mod headless;
 pub mod players;
