@@ -141,6 +141,10 @@ impl Gateways for NoGateways {
 }
 
 /// Something that happened to the region, for its operator (or a test).
+///
+/// This is the in-process form, with the runtime's own types (`SourceStats`, `PathBuf`, whole
+/// inputs). Its wire form is `baton_wire::serve::ServerEvent` (`baton_runtime::serve::server_event`
+/// converts), kept apart so the serve protocol stays versioned while this grows.
 #[derive(Clone, Debug, PartialEq)]
 pub enum HostEvent {
     /// A region is hosted here and owned by this instance.
