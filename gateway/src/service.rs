@@ -892,12 +892,15 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
         ServerMessage::Update { region, epoch, player, tick, last_applied, payload } => {
             let admitted =
                 inner.routes.admits_update(region, server, epoch) && table(inner).region_of(player) == Some(region);
-            let link = inner.links.get(&player).map(|link| link.clone());
-            let Some(link) = link.filter(|_| admitted) else {
+            if !admitted {
                 inner.counters.updates_stale.fetch_add(1, Ordering::Relaxed);
                 return;
-            };
-            send_update(inner, &link, StateUpdate { region: region.0, tick, last_applied, payload });
+            }
+            // A player between connections (waiting for a resume) misses this update; the next one
+            // after it is back carries the newest state anyway.
+            if let Some(link) = inner.links.get(&player).map(|link| link.clone()) {
+                send_update(inner, &link, StateUpdate { region: region.0, tick, last_applied, payload });
+            }
         }
         ServerMessage::Border { region, epoch, toward, tick, payload } => {
             let admitted = inner.routes.admits_update(region, server, epoch);
