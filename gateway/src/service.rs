@@ -41,7 +41,7 @@ use tokio::sync::oneshot;
 
 use crate::crossing::Delivery;
 use crate::route::{RouteAction, RouteConfig, RouteError, RouteEvent, RouteTable, ServerId};
-use crate::sessions::{SessionAction, SessionTable};
+use crate::sessions::{Routed, SessionAction, SessionTable};
 use crate::token::{Claims, TokenKey};
 
 /// Limits that protect the gateway and other players from one client.
@@ -215,7 +215,8 @@ struct Inner {
     table: Mutex<SessionTable>,
     /// Wakes the timer task when the table may have an earlier deadline.
     timers: tokio::sync::Notify,
-    /// Connected players' connections (the data path: updates read only this).
+    /// Connected players' connections, one per player (the newest generation's): what updates and
+    /// reliable frames go out on.
     links: DashMap<PlayerId, Arc<PlayerLink>>,
     joins: DashMap<PlayerId, JoinWaiter>,
     /// Latest border view of (region, toward), as an encoded datagram.
@@ -350,6 +351,8 @@ impl Gateway {
     /// Closes every player connection and stops accepting.
     pub fn shutdown(&self) {
         self.inner.shut_down.store(true, Ordering::Relaxed);
+        // The timer task sees the flag when it wakes.
+        self.inner.timers.notify_one();
         self.inner.endpoint.close((CloseCode::Shutdown as u32).into(), b"gateway shutting down");
         self.inner.cluster.close(0u32.into(), b"gateway shutting down");
     }
@@ -462,7 +465,19 @@ async fn player_session(inner: &Arc<Inner>, connection: &quinn::Connection) -> R
         connection: connection.clone(),
         reliable: reliable_sender,
     });
-    if let Some(previous) = inner.links.insert(player, link.clone()) {
+    // Two connections of one player may race from here: only the newer generation's link stays,
+    // so the connection the session belongs to is always the one registered.
+    let previous = match inner.links.entry(player) {
+        dashmap::Entry::Occupied(occupied) if occupied.get().generation > opened.generation => {
+            return Err(Closing::new(CloseCode::Replaced, "a newer connection of this player took the session over"));
+        }
+        dashmap::Entry::Occupied(mut occupied) => Some(occupied.insert(link.clone())),
+        dashmap::Entry::Vacant(vacant) => {
+            vacant.insert(link.clone());
+            None
+        }
+    };
+    if let Some(previous) = previous {
         previous.close(CloseCode::Replaced, "the session continues on a newer connection");
     }
     if opened.resumed {
@@ -636,8 +651,13 @@ async fn join(inner: &Arc<Inner>, player: PlayerId, region: RegionId) -> Result<
 /// A player's input: to its region's route, or waiting while its avatar crosses a border.
 fn forward_input(inner: &Inner, input: PlayerInput) {
     let routed = table(inner).handle_input(input);
-    if let Some((region, input)) = routed {
-        route_input(inner, region, input);
+    match routed {
+        Routed::To(region, input) => route_input(inner, region, input),
+        Routed::Waiting => {}
+        Routed::NoSession(player) => {
+            inner.counters.inputs_dropped_unroutable.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%player, "an input of a player without a session here");
+        }
     }
 }
 

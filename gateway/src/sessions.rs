@@ -10,9 +10,10 @@
 //! lock and carries out what the table answers after releasing it.
 //!
 //! Invariants it keeps:
-//! - One session per player: a newer connection (a resume, here or through another gateway) takes
-//!   the session over with its region and its waiting inputs; the older connection's end changes
-//!   nothing any more (generations).
+//! - One session per player: a newer connection to this gateway takes the session over with its
+//!   region and its waiting inputs; the older connection's end changes nothing any more
+//!   (generations). A resume through another gateway ends the session here (`Detached`); the
+//!   client sends again what was not acknowledged.
 //! - Invariant 2: inputs that arrive while the avatar is between regions wait, in order, and go to
 //!   the new region when it says the avatar arrived; a crossing is never dropped (it is retried,
 //!   and turned back after [`crate::crossing::SEND_BACK_AFTER`] failures, see [`Crossings`]).
@@ -48,6 +49,17 @@ pub(crate) enum SessionAction {
         /// Which way.
         delivery: Delivery,
     },
+}
+
+/// Where an input goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Routed {
+    /// To the route of this region.
+    To(RegionId, PlayerInput),
+    /// Nowhere yet: the avatar is crossing a border; the input waits for the arrival.
+    Waiting,
+    /// Nowhere: the player has no session here.
+    NoSession(PlayerId),
 }
 
 /// A new connection's session.
@@ -149,16 +161,15 @@ impl SessionTable {
         }
     }
 
-    /// An input of `player` (from its connection, or bounced back by a server): where it goes now,
-    /// or `None` while the avatar crosses a border (it waits) or the player has no session.
-    pub(crate) fn handle_input(&mut self, input: PlayerInput) -> Option<(RegionId, PlayerInput)> {
-        let record = self.sessions.get_mut(&input.player)?;
+    /// An input of `player` (from its connection, or bounced back by a server): where it goes now.
+    pub(crate) fn handle_input(&mut self, input: PlayerInput) -> Routed {
+        let Some(record) = self.sessions.get_mut(&input.player) else { return Routed::NoSession(input.player) };
         match record.transit.as_mut() {
             Some(waiting) => {
                 waiting.push(input);
-                None
+                Routed::Waiting
             }
-            None => Some((record.region, input)),
+            None => Routed::To(record.region, input),
         }
     }
 
@@ -325,21 +336,21 @@ mod tests {
     fn inputs_wait_during_a_crossing_and_go_on_in_order_with_the_arrival() {
         let mut table = SessionTable::new(GRACE);
         table.handle_connected(PlayerId(7), HOME);
-        assert_eq!(table.handle_input(input(7, 1)), Some((HOME, input(7, 1))));
+        assert_eq!(table.handle_input(input(7, 1)), Routed::To(HOME, input(7, 1)));
         assert_eq!(
             table.handle_emigrated(transfer(7)),
             SessionAction::Deliver { transfer: transfer(7), delivery: Delivery::Onward }
         );
         for seq in 2..=4 {
-            assert_eq!(table.handle_input(input(7, seq)), None, "input {seq} waits for the arrival");
+            assert_eq!(table.handle_input(input(7, seq)), Routed::Waiting, "input {seq} waits for the arrival");
         }
         // A resume in the middle of the crossing keeps the waiting inputs.
         let resumed = table.handle_connected(PlayerId(7), HOME);
         assert!(resumed.resumed);
-        assert_eq!(table.handle_input(input(7, 5)), None);
+        assert_eq!(table.handle_input(input(7, 5)), Routed::Waiting);
         let waited = table.handle_arrived(PlayerId(7), NEXT).unwrap();
         assert_eq!(waited.iter().map(|input| input.seq).collect::<Vec<_>>(), vec![2, 3, 4, 5]);
-        assert_eq!(table.handle_input(input(7, 6)), Some((NEXT, input(7, 6))));
+        assert_eq!(table.handle_input(input(7, 6)), Routed::To(NEXT, input(7, 6)));
         assert_eq!(table.players_in(NEXT), vec![PlayerId(7)]);
     }
 
@@ -369,7 +380,7 @@ mod tests {
         assert_eq!(ways[29], Delivery::Back, "after 30 failures the avatar goes back");
         // The arrival (wherever) ends the crossing; the player's inputs flow again.
         assert!(table.handle_arrived(PlayerId(7), HOME).is_some());
-        assert_eq!(table.handle_input(input(7, 1)), Some((HOME, input(7, 1))));
+        assert_eq!(table.handle_input(input(7, 1)), Routed::To(HOME, input(7, 1)));
     }
 
     #[test]
@@ -384,6 +395,6 @@ mod tests {
         assert_eq!(table.len(), 1);
         assert!(table.handle_detached(PlayerId(2)));
         assert!(!table.handle_detached(PlayerId(2)));
-        assert_eq!(table.handle_input(input(2, 1)), None, "no session, nowhere to go");
+        assert_eq!(table.handle_input(input(2, 1)), Routed::NoSession(PlayerId(2)), "no session, nowhere to go");
     }
 }
