@@ -6,7 +6,7 @@
 //! joins without a gateway, scripts inputs for tests, and what it reports about a player.
 
 use baton_runtime::serve::{Game, GameError};
-use baton_sdk::wire::serve::GameObject;
+use baton_sdk::wire::serve::{GameObject, from_game_object, to_game_object};
 use baton_sdk::wire::{PlayerId, PlayerInput, RegionId};
 use baton_sdk::{EntityId, Region, RegionConfig, RegionError, World};
 use serde::{Deserialize, Serialize};
@@ -65,7 +65,7 @@ impl AvatarReport {
     /// Reads the sample's part of a player's report (missing: zeros).
     #[must_use]
     pub fn from_game(game: &GameObject) -> AvatarReport {
-        serde_json::from_value(serde_json::Value::Object(game.clone())).unwrap_or_default()
+        from_game_object(game).unwrap_or_default()
     }
 }
 
@@ -77,7 +77,7 @@ impl Game for SampleGame {
     }
 
     fn populate(&self, region: &mut Region<SampleLogic>, world: &GameObject) -> Result<(), GameError> {
-        let request: WorldRequest = serde_json::from_value(serde_json::Value::Object(world.clone()))?;
+        let request: WorldRequest = from_game_object(world)?;
         let spec = WorldSpec {
             objects: request.objects,
             npcs: request.npcs,
@@ -90,7 +90,7 @@ impl Game for SampleGame {
     }
 
     fn join(&self, region: &mut Region<SampleLogic>, player: PlayerId, spawn: &GameObject) -> Result<(), GameError> {
-        let spawn: Spawn = serde_json::from_value(serde_json::Value::Object(spawn.clone()))?;
+        let spawn: Spawn = from_game_object(spawn)?;
         join_avatar(region, player, [spawn.x, spawn.z])?;
         Ok(())
     }
@@ -104,9 +104,6 @@ impl Game for SampleGame {
             .get::<Avatar>(avatar)
             .map(|avatar| AvatarReport { applied: avatar.inputs_applied, chain: avatar.input_chain })
             .unwrap_or_default();
-        match serde_json::to_value(report) {
-            Ok(serde_json::Value::Object(object)) => object,
-            _ => GameObject::new(),
-        }
+        to_game_object(&report)
     }
 }

@@ -31,6 +31,22 @@ pub const SERVE_VERSION: u16 = 2;
 /// game-specific part). Baton passes it through without reading it.
 pub type GameObject = serde_json::Map<String, serde_json::Value>;
 
+/// A game's own value (a world request, a spawn point, a report) as a [`GameObject`]; a value that
+/// is not a JSON object (or cannot be written) gives an empty one.
+#[must_use]
+pub fn to_game_object<T: Serialize>(value: &T) -> GameObject {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::Object(object)) => object,
+        _ => GameObject::new(),
+    }
+}
+
+/// Reads a game's own value from a [`GameObject`] (the game refuses keys it does not know with
+/// `#[serde(deny_unknown_fields)]`).
+pub fn from_game_object<T: DeserializeOwned>(object: &GameObject) -> Result<T, serde_json::Error> {
+    serde_json::from_value(serde_json::Value::Object(object.clone()))
+}
+
 /// A command to a region-server process.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use baton_coordinator::console::{ConsoleCommand, ConsoleEvent};
-use baton_wire::serve::{GameObject, JoinRequest, ServerCommand, ServerEvent, to_line};
+use baton_wire::serve::{GameObject, JoinRequest, ServerCommand, ServerEvent, to_game_object, to_line};
 use baton_wire::{PlayerId, RegionId};
 use sample_region_server::expected_chain;
 use sample_region_server::game::{AvatarReport, Spawn, WorldRequest};
@@ -776,10 +776,7 @@ pub fn issue_certificates(certs: &Path, nodes: &[String]) -> anyhow::Result<()> 
 /// The `world` object of a sample region made as `request` says.
 #[must_use]
 pub fn world_object(request: WorldRequest) -> GameObject {
-    match serde_json::to_value(request) {
-        Ok(serde_json::Value::Object(object)) => object,
-        _ => GameObject::new(),
-    }
+    to_game_object(&request)
 }
 
 /// The `world` object of a sample region with these counts.
@@ -791,10 +788,7 @@ pub fn sample_world(objects: usize, npcs: usize, plants: usize, churn: usize, se
 /// The `spawn` object of a sample avatar standing at `spawn`.
 #[must_use]
 pub fn spawn_object(spawn: Spawn) -> GameObject {
-    match serde_json::to_value(spawn) {
-        Ok(serde_json::Value::Object(object)) => object,
-        _ => GameObject::new(),
-    }
+    to_game_object(&spawn)
 }
 
 fn spawn_coordinator(binary: &Path, directory: &Path, address: SocketAddr) -> anyhow::Result<CoordinatorProcess> {

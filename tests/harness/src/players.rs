@@ -20,7 +20,6 @@ use serde_json::{Value, json};
 use crate::cluster::{GatewayProcess, ServerProcess, gateway_binary, issue_certificates, server_binary};
 use baton_wire::RegionId;
 use baton_wire::serve::{ServerCommand, ServerEvent};
-use sample_region_server::game::WorldRequest;
 use sample_region_server::{PlayerView, walk_payload};
 
 /// Processes of a cluster with gateways; all are stopped when it is dropped.
@@ -112,11 +111,7 @@ impl GatewayCluster {
         let region = RegionId(region);
         let mark = self.servers[server].log.len();
         let npcs = objects / 10;
-        let world = WorldRequest { objects, npcs, plants: npcs, churn: 0, seed: Some(region.0) };
-        let world = match serde_json::to_value(world)? {
-            Value::Object(world) => world,
-            other => bail!("a world request is not an object: {other}"),
-        };
+        let world = crate::cluster::sample_world(objects, npcs, npcs, 0, region.0);
         self.servers[server].command(&ServerCommand::Host { region, world, from_checkpoint: false })?;
         self.servers[server]
             .wait_outcome(
