@@ -806,11 +806,6 @@ pub fn tally_region_binary() -> anyhow::Result<PathBuf> {
     sibling_binary("examples/tally-region", "BATON_TALLY_REGION")
 }
 
-/// The harness's `headless` binary next to the running executable (or `BATON_HEADLESS`).
-pub fn headless_binary() -> anyhow::Result<PathBuf> {
-    sibling_binary("headless", "BATON_HEADLESS")
-}
-
 /// The `baton-agent` binary next to the running executable (or `BATON_AGENT`).
 pub fn agent_binary() -> anyhow::Result<PathBuf> {
     sibling_binary("baton-agent", "BATON_AGENT")
