@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use baton_net::framed::{ReadEnd, read_frames, spawn_writer};
 use baton_net::{ClusterIdentity, LinkSettings};
 use baton_wire::RegionId;
-use baton_wire::control::{ALPN_CONTROL, AgentMessage, CONTROL_VERSION, CoordinatorMessage, HostLoad, ProcessInfo};
+use baton_wire::control::{
+    ALPN_CONTROL, AgentMessage, CONTROL_VERSION, CoordinatorMessage, HostLoad, ProcessInfo, RegionLoadReport,
+};
 use baton_wire::serve::{AsJson, ServerCommand, ServerEvent, parse_event, to_line};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
@@ -59,6 +61,10 @@ pub struct AgentConfig {
     pub pool: usize,
     /// Most processes on this host.
     pub capacity: usize,
+    /// CPU cores the region servers may use (the balancer's measure of the host).
+    pub capacity_cores: f64,
+    /// Memory the region servers may use, in bytes.
+    pub capacity_memory: u64,
     /// The region-server command and its arguments (the agent adds `--name` and `--listen`).
     pub command: Vec<String>,
     /// How often to report.
@@ -74,8 +80,8 @@ struct Process {
     restarts: u32,
     last_cpu: Option<(Instant, u64)>,
     cpu_cores: f64,
-    /// Per owned region: (mean tick ms over the last second, players), from its `load` events.
-    region_load: BTreeMap<RegionId, (f64, u64)>,
+    /// Per owned region: its last `load` event.
+    region_load: BTreeMap<RegionId, RegionLoadReport>,
 }
 
 enum Happening {
@@ -97,6 +103,12 @@ pub async fn run(
     if config.pool > config.capacity {
         anyhow::bail!("the warm pool ({}) cannot exceed the capacity ({})", config.pool, config.capacity);
     }
+    if !(config.capacity_cores.is_finite() && config.capacity_cores > 0.0) {
+        anyhow::bail!("the CPU capacity must be a positive number of cores, not {}", config.capacity_cores);
+    }
+    if config.capacity_memory == 0 {
+        anyhow::bail!("the memory capacity must be above 0 bytes");
+    }
     let client = baton_net::cluster_client_config(&identity, LinkSettings::default(), ALPN_CONTROL)?;
     let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
     let (happenings, mut inbox) = unbounded_channel::<Happening>();
@@ -109,13 +121,14 @@ pub async fn run(
     let mut waiting_claims: Vec<u64> = Vec::new();
     // Bytes the host's handoffs have sent so far (kept here: processes come and go).
     let mut migration_bytes = 0u64;
+    // A free host (the coordinator's balancer emptied it) keeps no warm processes.
+    let mut free = false;
     tokio::pin!(stop);
 
     loop {
         // Keep the pool full, within the capacity.
-        while processes.values().filter(|process| process.warm).count() < config.pool
-            && processes.len() < config.capacity
-        {
+        let pool = if free { 0 } else { config.pool };
+        while processes.values().filter(|process| process.warm).count() < pool && processes.len() < config.capacity {
             next_index += 1;
             let name = format!("{}-p{next_index}", config.host);
             match spawn(&config, &name, &happenings) {
@@ -223,8 +236,25 @@ pub async fn run(
                     }
                 }
             }
+            Happening::FromCoordinator(CoordinatorMessage::Free { free: now_free }) => {
+                if now_free != free {
+                    tracing::info!(
+                        free = now_free,
+                        "the coordinator marked this host {}",
+                        if now_free { "free" } else { "in use" }
+                    );
+                }
+                free = now_free;
+                if free {
+                    let warm: Vec<String> =
+                        processes.iter().filter(|(_, process)| process.warm).map(|(name, _)| name.clone()).collect();
+                    for name in warm {
+                        handle_command(CoordinatorMessage::Release { process: name }, &mut processes).await;
+                    }
+                }
+            }
             Happening::FromCoordinator(message) => {
-                handle_command(message, &mut processes, outbound.as_ref()).await;
+                handle_command(message, &mut processes).await;
             }
             Happening::CoordinatorLost => {
                 tracing::warn!("lost the coordinator; reconnecting");
@@ -289,8 +319,18 @@ fn spawn(config: &AgentConfig, name: &str, happenings: &UnboundedSender<Happenin
 fn track(process: &mut Process, event: &ServerEvent) {
     match event {
         ServerEvent::Listening { addr, .. } => process.address = Some(*addr),
-        ServerEvent::Load { region, tick_ms, players, .. } => {
-            process.region_load.insert(*region, (*tick_ms, *players));
+        ServerEvent::Load { region, tick_ms, tick_ms_max, tick_budget_ms, players, entities } => {
+            process.region_load.insert(
+                *region,
+                RegionLoadReport {
+                    region: *region,
+                    tick_ms: *tick_ms,
+                    tick_ms_max: *tick_ms_max,
+                    tick_budget_ms: *tick_budget_ms,
+                    players: *players,
+                    entities: *entities,
+                },
+            );
         }
         _ => {}
     }
@@ -328,15 +368,10 @@ fn claim(processes: &mut BTreeMap<String, Process>, request: u64) -> Option<Agen
     })
 }
 
-async fn handle_command(
-    message: CoordinatorMessage,
-    processes: &mut BTreeMap<String, Process>,
-    outbound: Option<&UnboundedSender<AgentMessage>>,
-) {
+async fn handle_command(message: CoordinatorMessage, processes: &mut BTreeMap<String, Process>) {
     match message {
-        CoordinatorMessage::Claim { .. } => {
-            let _ = outbound;
-        }
+        // Handled by the loop, which knows the pool and the waiting claims.
+        CoordinatorMessage::Claim { .. } | CoordinatorMessage::Free { .. } => {}
         CoordinatorMessage::Run { process, command: AsJson(command) } => match processes.get_mut(&process) {
             Some(entry) => {
                 if !send_command(entry, &command).await {
@@ -377,8 +412,7 @@ fn status(processes: &mut BTreeMap<String, Process>, migration_bytes: u64) -> Ag
                 load.memory_bytes += resident_bytes(pid).unwrap_or(0);
             }
             load.cpu_cores += process.cpu_cores;
-            load.regions
-                .extend(process.region_load.iter().map(|(region, (tick_ms, players))| (*region, *tick_ms, *players)));
+            load.regions.extend(process.region_load.values().cloned());
             ProcessInfo {
                 name: name.clone(),
                 address: process.address.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
@@ -422,6 +456,8 @@ async fn connect(
         version: CONTROL_VERSION,
         host: config.host.clone(),
         capacity: u32::try_from(config.capacity).unwrap_or(u32::MAX),
+        capacity_cores: config.capacity_cores,
+        capacity_memory: config.capacity_memory,
     });
     let happenings = happenings.clone();
     tokio::spawn(async move {

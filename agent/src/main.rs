@@ -43,6 +43,14 @@ struct Cli {
     /// Most region-server processes on this host.
     #[arg(long, default_value_t = 16)]
     capacity: usize,
+    /// CPU cores the region servers of this host may use: the coordinator's balancer keeps each
+    /// host's load below its watermarks of this. Default: the cores this process may run on.
+    #[arg(long, value_name = "CORES")]
+    capacity_cores: Option<f64>,
+    /// Memory the region servers of this host may use, e.g. `16GiB` or `512MB` (plain numbers are
+    /// bytes). Default: the host's total memory (/proc/meminfo).
+    #[arg(long, value_name = "SIZE")]
+    capacity_memory: Option<bytesize::ByteSize>,
     /// Milliseconds between load reports.
     #[arg(long, default_value_t = 1000)]
     status_interval_ms: u64,
@@ -58,6 +66,14 @@ fn main() -> ExitCode {
     baton_config::main("baton-agent", "BATON_AGENT", |cli: Cli| run(cli))
 }
 
+/// The host's total memory in bytes, from `/proc/meminfo`.
+fn total_memory() -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo")?;
+    let line = text.lines().find(|line| line.starts_with("MemTotal:")).context("no MemTotal in /proc/meminfo")?;
+    let kib: u64 = line.trim_start_matches("MemTotal:").trim().trim_end_matches("kB").trim().parse()?;
+    Ok(kib * 1024)
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.status_interval_ms == 0 {
         anyhow::bail!("--status-interval-ms must be at least 1");
@@ -71,11 +87,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .with_context(|| format!("serving metrics on {address}"))?;
         baton_agent::describe_metrics();
     }
+    let capacity_cores = match cli.capacity_cores {
+        Some(cores) => cores,
+        None => {
+            std::thread::available_parallelism().context("counting this host's cores (set --capacity-cores)")?.get()
+                as f64
+        }
+    };
+    let capacity_memory = match cli.capacity_memory {
+        Some(size) => size.as_u64(),
+        None => total_memory().context("reading this host's memory (set --capacity-memory)")?,
+    };
     let config = AgentConfig {
         host: cli.host,
         coordinator: cli.coordinator,
         pool: cli.pool,
         capacity: cli.capacity,
+        capacity_cores,
+        capacity_memory,
         command: cli.command,
         status_interval: Duration::from_millis(cli.status_interval_ms),
     };

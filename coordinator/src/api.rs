@@ -1,4 +1,4 @@
-//! The admin HTTP API: hosts, regions, migrations, draining, stopping a region the old way. JSON; every `/v1` route needs
+//! The admin HTTP API: hosts, regions, migrations, draining, the balancer, stopping a region the old way. JSON; every `/v1` route needs
 //! `Authorization: Bearer <token>`; `/openapi.json` (the OpenAPI document) and `/metrics`
 //! (Prometheus) are open. Errors are `{"error": "..."}` with 400 (malformed request: a bad id in
 //! the path, or a body that is not the operation's JSON, whatever axum's own rejection was), 401 (no
@@ -18,6 +18,9 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+
+use crate::balancer::{Decision, HostPressure, Kind, Mode, Plan, Settings, Step};
+use crate::balancing::{BalancerStatus, BalancerUpdate, Balancing, DecisionRecord};
 use axum::{Json, Router};
 use baton_wire::RegionId;
 use baton_wire::authority::{AuthorityError, OwnershipAuthority};
@@ -46,6 +49,8 @@ pub struct ApiState {
     pub hosts: Arc<Hosts>,
     /// The migrations.
     pub migrations: Arc<Migrations>,
+    /// The balancer.
+    pub balancing: Arc<Balancing>,
     /// Renders Prometheus metrics.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
@@ -191,12 +196,13 @@ pub struct DrainStarted {
     info(title = "Baton coordinator admin API", version = "1"),
     paths(
         list_hosts, drain_host, list_regions, create_region, stop_region, list_migrations, start_migration,
-        get_migration, cancel_migration, openapi_document, metrics
+        get_migration, cancel_migration, get_balancer, put_balancer, balancer_plan, openapi_document, metrics
     ),
     components(schemas(
         HostView, ProcessView, RegionLoad, RegionView, CreateRegion, CreateRegionAfresh, CreateRegionFromCheckpoint,
         RegionIdSchema, MigrationIdSchema, StoppedRegion, StartMigration, MigrationRecord, Phase, PhaseTiming,
-        DrainStarted, ApiError
+        DrainStarted, ApiError, BalancerStatus, BalancerUpdate, DecisionRecord, Mode, Settings, Step, Decision, Kind,
+        Plan, HostPressure
     )),
     modifiers(&BearerAuth)
 )]
@@ -235,6 +241,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/migrations", get(list_migrations).post(start_migration))
         .route("/v1/migrations/{id}", get(get_migration))
         .route("/v1/migrations/{id}/cancel", post(cancel_migration))
+        .route("/v1/balancer", get(get_balancer).put(put_balancer))
+        .route("/v1/balancer/plan", get(balancer_plan))
         .route("/openapi.json", get(openapi_document))
         .route("/metrics", get(metrics))
         .fallback(|| async { Failure(StatusCode::NOT_FOUND, "no such route".into()) })
@@ -547,7 +555,7 @@ async fn list_migrations(_: Authorized, State(state): State<ApiState>) -> Json<V
         (status = 404, description = "No registered host serves the region, or the target host is unknown.",
             body = ApiError),
         (status = 409, description = "Not possible now: the region is on the target already or being migrated, the \
-            target is draining, or a host has as many migrations running as it may.", body = ApiError)))]
+            target is draining or free, or a host has as many migrations running as it may.", body = ApiError)))]
 async fn start_migration(
     _: Authorized,
     State(state): State<ApiState>,
@@ -588,4 +596,48 @@ async fn cancel_migration(
 ) -> Result<StatusCode, Failure> {
     state.migrations.cancel(id)?;
     Ok(StatusCode::ACCEPTED)
+}
+
+fn balancer_unavailable() -> Failure {
+    Failure(StatusCode::SERVICE_UNAVAILABLE, "the balancer is unavailable".into())
+}
+
+/// The balancer: its mode, settings, hosts in use and free, and its decisions.
+#[utoipa::path(get, path = "/v1/balancer",
+    responses((status = 200, description = "The balancer.", body = BalancerStatus),
+        (status = 401, description = "No or wrong bearer token.", body = ApiError),
+        (status = 503, description = "The balancer's state is unavailable.", body = ApiError)))]
+async fn get_balancer(_: Authorized, State(state): State<ApiState>) -> Result<Json<BalancerStatus>, Failure> {
+    state.balancing.status().map(Json).ok_or_else(balancer_unavailable)
+}
+
+/// Change the balancer's mode (`off`, `dry-run`, `on`) and/or its settings.
+#[utoipa::path(put, path = "/v1/balancer", request_body = BalancerUpdate,
+    responses((status = 200, description = "The balancer as changed.", body = BalancerStatus),
+        (status = 400, description = "The body is not a `BalancerUpdate` (not JSON, an unknown or mistyped \
+            field, more than 2 MiB), or the settings do not hold (levels not rising, numbers out of range); \
+            nothing changed.", body = ApiError),
+        (status = 401, description = "No or wrong bearer token.", body = ApiError),
+        (status = 503, description = "The balancer's state is unavailable.", body = ApiError)))]
+async fn put_balancer(
+    _: Authorized,
+    State(state): State<ApiState>,
+    body: Result<Json<BalancerUpdate>, JsonRejection>,
+) -> Result<Json<BalancerStatus>, Failure> {
+    let Json(update) = body.map_err(bad_body)?;
+    match state.balancing.update(update) {
+        Ok(Some(status)) => Ok(Json(status)),
+        Ok(None) => Err(balancer_unavailable()),
+        Err(error) => Err(Failure(StatusCode::BAD_REQUEST, format!("bad balancer settings: {error}"))),
+    }
+}
+
+/// What the balancer would do now and why, whatever its mode (changes nothing).
+#[utoipa::path(get, path = "/v1/balancer/plan",
+    responses((status = 200, description = "The plan: steps, notes on what is not planned and why, hosts' load.",
+            body = Plan),
+        (status = 401, description = "No or wrong bearer token.", body = ApiError),
+        (status = 503, description = "The balancer's state is unavailable.", body = ApiError)))]
+async fn balancer_plan(_: Authorized, State(state): State<ApiState>) -> Result<Json<Plan>, Failure> {
+    state.balancing.plan().map(Json).ok_or_else(balancer_unavailable)
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use baton_net::framed::{ReadEnd, read_frames, spawn_writer};
 use baton_wire::RegionId;
-use baton_wire::control::{AgentMessage, CONTROL_VERSION, CoordinatorMessage, HostLoad, ProcessInfo};
+use baton_wire::control::{AgentMessage, CONTROL_VERSION, CoordinatorMessage, HostLoad, ProcessInfo, RegionLoadReport};
 use baton_wire::serve::{AsJson, ServerCommand, ServerEvent};
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
@@ -63,8 +63,15 @@ pub struct HostView {
     pub connected: bool,
     /// Whether it is being drained (no new regions).
     pub draining: bool,
+    /// Whether the balancer freed it (emptied, no warm pool: it may be switched off). A free host
+    /// takes no migrations until the balancer takes it back into use.
+    pub free: bool,
     /// Most processes it runs.
     pub capacity: u32,
+    /// CPU cores its region servers may use, as its agent declared.
+    pub capacity_cores: f64,
+    /// Memory its region servers may use, in bytes, as its agent declared.
+    pub capacity_memory: u64,
     /// Seconds since its agent last reported.
     pub last_seen_s: f64,
     /// CPU used by its region-server processes, in cores.
@@ -86,8 +93,34 @@ pub struct RegionLoad {
     pub region: u64,
     /// Mean tick duration over the last second, in milliseconds.
     pub tick_ms: f64,
+    /// Longest tick over the last second, in milliseconds.
+    pub tick_ms_max: f64,
+    /// A tick's budget (the tick interval), in milliseconds; 0 if the server did not say.
+    pub tick_budget_ms: f64,
     /// Players in it.
     pub players: u64,
+    /// Live entities (the size of its state).
+    pub entities: u64,
+}
+
+impl RegionLoad {
+    fn from_report(report: &RegionLoadReport) -> RegionLoad {
+        RegionLoad {
+            region: report.region.0,
+            tick_ms: report.tick_ms,
+            tick_ms_max: report.tick_ms_max,
+            tick_budget_ms: report.tick_budget_ms,
+            players: report.players,
+            entities: report.entities,
+        }
+    }
+
+    /// The cores its ticks use: the share of each tick interval spent ticking (0 if the server
+    /// reported no budget).
+    #[must_use]
+    pub fn tick_cores(&self) -> f64 {
+        if self.tick_budget_ms > 0.0 { self.tick_ms / self.tick_budget_ms } else { 0.0 }
+    }
 }
 
 /// A region-server process of a host.
@@ -109,6 +142,9 @@ pub struct ProcessView {
 
 struct HostEntry {
     capacity: u32,
+    capacity_cores: f64,
+    capacity_memory: u64,
+    free: bool,
     processes: Vec<ProcessInfo>,
     load: HostLoad,
     last_seen: Instant,
@@ -170,21 +206,15 @@ impl Hosts {
                 name: name.clone(),
                 connected: entry.sender.is_some(),
                 draining: entry.draining,
+                free: entry.free,
                 capacity: entry.capacity,
+                capacity_cores: entry.capacity_cores,
+                capacity_memory: entry.capacity_memory,
                 last_seen_s: entry.last_seen.elapsed().as_secs_f64(),
                 cpu_cores: entry.load.cpu_cores,
                 memory_bytes: entry.load.memory_bytes,
                 migration_bytes: entry.load.migration_bytes,
-                regions: entry
-                    .load
-                    .regions
-                    .iter()
-                    .map(|(region, tick_ms, players)| RegionLoad {
-                        region: region.0,
-                        tick_ms: *tick_ms,
-                        players: *players,
-                    })
-                    .collect(),
+                regions: entry.load.regions.iter().map(RegionLoad::from_report).collect(),
                 processes: entry
                     .processes
                     .iter()
@@ -216,6 +246,23 @@ impl Hosts {
             .ok()
             .and_then(|mut hosts| hosts.get_mut(host).map(|entry| entry.draining = draining))
             .is_some()
+    }
+
+    /// Marks `host` free (emptied by the balancer: its agent keeps no warm processes) or in use;
+    /// the agent is told now, and again whenever it registers.
+    pub fn set_free(&self, host: &str, free: bool) -> Result<(), HostsError> {
+        {
+            let mut hosts = self.hosts.lock().map_err(|_| HostsError::Unavailable)?;
+            let entry = hosts.get_mut(host).ok_or_else(|| HostsError::UnknownHost(host.to_owned()))?;
+            entry.free = free;
+        }
+        self.send(host, CoordinatorMessage::Free { free })
+    }
+
+    /// Whether `host` is free.
+    #[must_use]
+    pub fn is_free(&self, host: &str) -> bool {
+        self.hosts.lock().ok().is_some_and(|hosts| hosts.get(host).is_some_and(|entry| entry.free))
     }
 
     /// Whether `host` is draining.
@@ -263,8 +310,8 @@ impl Hosts {
         hosts
             .values()
             .flat_map(|entry| entry.load.regions.iter())
-            .find(|(id, _, _)| *id == region)
-            .map(|(region, tick_ms, players)| RegionLoad { region: region.0, tick_ms: *tick_ms, players: *players })
+            .find(|report| report.region == region)
+            .map(RegionLoad::from_report)
     }
 
     /// The regions served on `host`.
@@ -410,11 +457,17 @@ pub(crate) async fn serve_agent(connection: quinn::Connection, hosts: std::sync:
     let mut host: Option<(String, u64)> = None;
     let end = read_frames::<AgentMessage>(&mut recv, |message| {
         match (&host, message) {
-            (None, AgentMessage::Hello { version: CONTROL_VERSION, host: name, capacity }) => {
+            (
+                None,
+                AgentMessage::Hello { version: CONTROL_VERSION, host: name, capacity, capacity_cores, capacity_memory },
+            ) => {
                 let id = hosts.next_id.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut registry) = hosts.hosts.lock() {
                     let entry = registry.entry(name.clone()).or_insert_with(|| HostEntry {
                         capacity,
+                        capacity_cores,
+                        capacity_memory,
+                        free: false,
                         processes: Vec::new(),
                         load: HostLoad::default(),
                         last_seen: Instant::now(),
@@ -423,7 +476,13 @@ pub(crate) async fn serve_agent(connection: quinn::Connection, hosts: std::sync:
                         draining: false,
                     });
                     entry.capacity = capacity;
+                    entry.capacity_cores = capacity_cores;
+                    entry.capacity_memory = capacity_memory;
                     entry.sender = Some(sender.clone());
+                    // A host the balancer freed stays free across reconnections and agent restarts.
+                    if entry.free {
+                        let _ = sender.send(CoordinatorMessage::Free { free: true });
+                    }
                     entry.connection = id;
                     entry.last_seen = Instant::now();
                 }
@@ -445,7 +504,7 @@ pub(crate) async fn serve_agent(connection: quinn::Connection, hosts: std::sync:
             tracing::warn!(%peer, %error, "malformed frame from an agent");
             connection.close(1u32.into(), b"malformed frame");
         }
-        ReadEnd::Stopped => connection.close(1u32.into(), b"the first message must be Hello (version 1)"),
+        ReadEnd::Stopped => connection.close(1u32.into(), b"the first message must be Hello of control version 3"),
         ReadEnd::Closed => {}
     }
     if let Some((name, id)) = host

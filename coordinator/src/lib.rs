@@ -5,12 +5,16 @@
 //! - [`hosts`]: the hosts as their agents report them; claiming warm processes, running commands.
 //! - [`migrations`]: moving regions between hosts, one state machine per migration (no I/O) and
 //!   its driver; the history is persisted with the directory.
+//! - [`balancer`]: automatic balancing as a policy with no I/O: load in, planned moves, hosts to
+//!   free and hosts to take back out; [`balancing`] drives it.
 //! - [`routes`]: the route feed that tells every gateway which process owns each region.
 //! - [`api`]: the admin HTTP API (JSON, bearer token, OpenAPI at `/openapi.json`).
 //! - [`console`]: the `--control` console's JSON lines (typed).
 
 pub mod api;
 pub mod authority;
+pub mod balancer;
+pub mod balancing;
 pub mod console;
 pub mod directory;
 pub mod hosts;

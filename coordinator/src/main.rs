@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use baton_coordinator::balancer::{Mode, Settings};
 use baton_coordinator::console::{ConsoleCommand, ConsoleEvent, DirectoryEntry};
 use baton_coordinator::directory::Directory;
 use baton_net::ClusterIdentity;
@@ -22,6 +23,12 @@ use clap::Parser;
 /// Host agents register on the same endpoint. The admin HTTP API (--api-listen; bearer token from
 /// --api-token-file; OpenAPI document at /openapi.json, Prometheus metrics at /metrics) creates
 /// regions, moves them between hosts and drains hosts; `batonctl` is its command line.
+///
+/// With --balancer on, the coordinator balances on its own: a host above its high watermark is
+/// relieved (its cheapest region that fixes it moves to the host with most room; a region too big
+/// for its host goes to a bigger one), and when the load fits on fewer hosts the least loaded host
+/// is emptied and freed (its warm pool released, --balancer-hook told) until it is needed again.
+/// --balancer dry-run only records what it would do (GET /v1/balancer, /v1/balancer/plan).
 ///
 /// With --control, standard input takes JSON lines: {"cmd":"regions"} prints the directory,
 /// {"cmd":"quit"} stops. Without it, the coordinator runs until Ctrl-C.
@@ -58,6 +65,72 @@ struct Cli {
     /// Most migrations running at once that involve one host.
     #[arg(long, default_value_t = 2)]
     migrations_per_host: usize,
+    #[command(flatten)]
+    balancer: BalancerArgs,
+}
+
+/// Automatic balancing (the admin API shows and changes all of it: /v1/balancer).
+#[derive(Debug, clap::Args)]
+struct BalancerArgs {
+    /// Automatic balancing: `off`, `dry-run` (plans every round and records what it would do) or
+    /// `on` (relieves hosts above --balancer-high, empties and frees hosts below --balancer-low).
+    #[arg(long = "balancer", value_enum, default_value = "off")]
+    mode: Mode,
+    /// Milliseconds between the balancer's rounds.
+    #[arg(long = "balancer-interval-ms", default_value_t = 2000)]
+    interval_ms: u64,
+    /// A program the balancer runs as `PROGRAM free HOST` when it frees a host (an autoscaler may
+    /// switch it off) and `PROGRAM use HOST` when it takes one back (it must be on).
+    #[arg(long = "balancer-hook", value_name = "PROGRAM")]
+    hook: Option<PathBuf>,
+    /// A host above this share of its capacity (CPU or memory) is relieved.
+    #[arg(long = "balancer-high", default_value_t = Settings::default().high)]
+    high: f64,
+    /// A free host comes back when a host in use is above this share and the others have no room.
+    #[arg(long = "balancer-wake", default_value_t = Settings::default().wake)]
+    wake: f64,
+    /// Moves fill a host to at most this share.
+    #[arg(long = "balancer-fill", default_value_t = Settings::default().fill)]
+    fill: f64,
+    /// A host below this share is emptied and freed when the others can take its regions.
+    #[arg(long = "balancer-low", default_value_t = Settings::default().low)]
+    low: f64,
+    /// Seconds a region stays where a move put it.
+    #[arg(long = "balancer-cooldown-s", default_value_t = Settings::default().cooldown_s)]
+    cooldown_s: f64,
+    /// Seconds without consolidation after a relief or after a host came back.
+    #[arg(long = "balancer-settle-s", default_value_t = Settings::default().settle_s)]
+    settle_s: f64,
+    /// Seconds of load history: regions are sized by their peak over it.
+    #[arg(long = "balancer-peak-window-s", default_value_t = Settings::default().peak_window_s)]
+    peak_window_s: f64,
+    /// Hosts that always stay in use.
+    #[arg(long = "balancer-min-hosts", default_value_t = Settings::default().min_hosts)]
+    min_hosts: usize,
+    /// Balancer moves running at once in the whole cluster.
+    #[arg(long = "balancer-max-moves", default_value_t = Settings::default().max_moves)]
+    max_moves: usize,
+    /// A region the balancer never moves (repeat for more).
+    #[arg(long = "balancer-pin", value_name = "REGION")]
+    pin: Vec<u64>,
+}
+
+impl BalancerArgs {
+    fn settings(&self) -> Settings {
+        Settings {
+            high: self.high,
+            wake: self.wake,
+            fill: self.fill,
+            low: self.low,
+            cooldown_s: self.cooldown_s,
+            settle_s: self.settle_s,
+            peak_window_s: self.peak_window_s,
+            min_hosts: self.min_hosts,
+            max_moves: self.max_moves,
+            pinned: self.pin.clone(),
+            ..Settings::default()
+        }
+    }
 }
 
 fn emit(event: &ConsoleEvent) {
@@ -77,6 +150,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.migrations_per_host == 0 {
         anyhow::bail!("--migrations-per-host must be at least 1");
     }
+    let balancer_settings = cli.balancer.settings();
+    balancer_settings.validate().map_err(|error| anyhow::anyhow!("the --balancer-* settings: {error}"))?;
+    if cli.balancer.interval_ms == 0 {
+        anyhow::bail!("--balancer-interval-ms must be at least 1");
+    }
     let identity = ClusterIdentity::load(&cli.certs, &cli.name)
         .with_context(|| format!("loading the cluster certificate of {} from {}", cli.name, cli.certs.display()))?;
     let directory = Arc::new(
@@ -89,6 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let hosts = Arc::new(baton_coordinator::hosts::Hosts::default());
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok();
+    baton_coordinator::balancing::describe_metrics();
     let (endpoint, api_address) = runtime.block_on(async {
         let endpoint = baton_coordinator::authority::serve(
             cli.listen,
@@ -105,11 +184,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             baton_coordinator::migrations::Timeouts::default(),
         )
         .map_err(anyhow::Error::msg)?;
+        let balancing = baton_coordinator::balancing::Balancing::new(
+            hosts.clone(),
+            migrations.clone(),
+            cli.balancer.mode,
+            balancer_settings,
+            std::time::Duration::from_millis(cli.balancer.interval_ms),
+            cli.balancer.hook.clone(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        tokio::spawn(balancing.clone().run());
         let state = baton_coordinator::api::ApiState {
             token: Arc::new(token),
             directory: directory.clone(),
             hosts: hosts.clone(),
             migrations,
+            balancing,
             metrics,
         };
         let listener = tokio::net::TcpListener::bind(cli.api_listen)

@@ -68,8 +68,12 @@ pub struct MigrationRecord {
     pub id: u64,
     /// The region.
     pub region: u64,
-    /// `migration` (asked for) or `drain` (part of draining a host).
+    /// `migration` (asked for), `drain` (part of draining a host), `rebalance` (the balancer
+    /// relieving a host) or `consolidate` (the balancer emptying a host).
     pub kind: String,
+    /// Why it was started, when the coordinator started it on its own (the balancer's reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
     /// Source host and process.
     pub from_host: String,
     /// Source process.
@@ -169,6 +173,7 @@ impl Migration {
             id,
             region,
             kind: kind.to_owned(),
+            cause: None,
             from_host: from.0,
             from_process: from.1,
             to_host: to_host.clone(),
@@ -426,8 +431,35 @@ impl Migrations {
             .count()
     }
 
+    /// Most migrations running at once that involve one host.
+    #[must_use]
+    pub fn per_host_limit(&self) -> usize {
+        self.per_host_limit
+    }
+
+    /// Starts moving `region` to `to_host`, recording why the coordinator decided to.
+    pub fn start_because(
+        self: &Arc<Self>,
+        region: u64,
+        to_host: &str,
+        kind: &str,
+        cause: &str,
+    ) -> Result<MigrationRecord, StartError> {
+        self.start_with(region, to_host, kind, Some(cause.to_owned()))
+    }
+
     /// Starts moving `region` to `to_host`.
     pub fn start(self: &Arc<Self>, region: u64, to_host: &str, kind: &str) -> Result<MigrationRecord, StartError> {
+        self.start_with(region, to_host, kind, None)
+    }
+
+    fn start_with(
+        self: &Arc<Self>,
+        region: u64,
+        to_host: &str,
+        kind: &str,
+        cause: Option<String>,
+    ) -> Result<MigrationRecord, StartError> {
         let (from_host, from_process, _) = self
             .hosts
             .locate(RegionId(region))
@@ -440,6 +472,12 @@ impl Migrations {
         }
         if self.hosts.is_draining(to_host) {
             return Err(StartError::Conflict(format!("host {to_host} is draining")));
+        }
+        if self.hosts.is_free(to_host) {
+            return Err(StartError::Conflict(format!(
+                "host {to_host} is free (the balancer emptied it; it takes regions again once the balancer \
+                 takes it back into use)"
+            )));
         }
         if self.list().iter().any(|record| record.region == region && !record.phase.is_final()) {
             return Err(StartError::Conflict(format!("region {region} is being migrated already")));
@@ -460,7 +498,7 @@ impl Migrations {
             *next += 1;
             id
         };
-        let (machine, actions) = Migration::start(
+        let (mut machine, actions) = Migration::start(
             id,
             kind,
             region,
@@ -469,6 +507,7 @@ impl Migrations {
             self.timeouts,
             Instant::now(),
         );
+        machine.record.cause = cause;
         let record = machine.record().clone();
         self.store(&record);
         let (cancel, cancelled) = tokio::sync::mpsc::unbounded_channel();
@@ -534,7 +573,7 @@ impl Migrations {
         self.hosts
             .views()
             .into_iter()
-            .filter(|view| view.name != host && view.connected && !view.draining)
+            .filter(|view| view.name != host && view.connected && !view.draining && !view.free)
             .filter(|view| view.processes.iter().any(|process| process.warm))
             .min_by(|a, b| {
                 let load =

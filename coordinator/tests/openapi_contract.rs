@@ -952,11 +952,22 @@ impl Cluster {
             let timeouts = Timeouts { prepare: Duration::from_secs(24 * 3600), ..Timeouts::default() };
             let migrations = Migrations::open(hosts.clone(), directory.clone(), 2, timeouts)?;
             let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder().handle();
+            // The balancer is not driven here (its rounds would move the fake hosts' regions); its
+            // API still answers: status, plan, and changes.
+            let balancing = baton_coordinator::balancing::Balancing::new(
+                hosts.clone(),
+                migrations.clone(),
+                baton_coordinator::balancer::Mode::Off,
+                baton_coordinator::balancer::Settings::default(),
+                Duration::from_secs(1),
+                None,
+            )?;
             let state = ApiState {
                 token: Arc::new(TOKEN.to_owned()),
                 directory: directory.clone(),
                 hosts: hosts.clone(),
                 migrations,
+                balancing,
                 metrics: Some(metrics),
             };
             let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
@@ -1019,7 +1030,13 @@ impl FakeHost {
         let outbound = spawn_writer::<AgentMessage>(send);
         let ready = format!("{name}-agent");
         for message in [
-            AgentMessage::Hello { version: CONTROL_VERSION, host: name.to_owned(), capacity: 64 },
+            AgentMessage::Hello {
+                version: CONTROL_VERSION,
+                host: name.to_owned(),
+                capacity: 64,
+                capacity_cores: 8.0,
+                capacity_memory: 16 << 30,
+            },
             AgentMessage::Status { processes: Vec::new(), load: HostLoad::default() },
             AgentMessage::Event {
                 process: ready.clone(),
@@ -1071,7 +1088,7 @@ impl FakeHost {
                         }
                         _ => None,
                     },
-                    CoordinatorMessage::Release { .. } => None,
+                    CoordinatorMessage::Release { .. } | CoordinatorMessage::Free { .. } => None,
                 };
                 answer.is_none_or(|answer| outbound.send(answer).is_ok())
             })

@@ -224,6 +224,8 @@ pub enum HostEvent {
         tick_ms_mean: f64,
         /// Longest tick in it.
         tick_ms_max: f64,
+        /// The tick interval (a tick's budget), in milliseconds.
+        tick_budget_ms: f64,
         /// Players with a session in the region.
         players: u64,
         /// Live entities.
@@ -713,6 +715,7 @@ impl<L: RegionLogic> RegionNode<L> {
                     region: id,
                     tick_ms_mean: window.1.as_secs_f64() * 1000.0 / f64::from(window.0),
                     tick_ms_max: window.2.as_secs_f64() * 1000.0,
+                    tick_budget_ms: interval.as_secs_f64() * 1000.0,
                     players: self.region.sessions().len() as u64,
                     entities: self.region.world().entity_count() as u64,
                 }));

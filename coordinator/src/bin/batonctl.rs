@@ -85,6 +85,11 @@ enum Command {
         /// The host.
         host: String,
     },
+    /// The automatic balancer: its state, its plan, its mode.
+    Balancer {
+        #[command(subcommand)]
+        command: BalancerCommand,
+    },
     /// Make (or reuse) a development cluster CA in DIR and issue certificates for each --node (the
     /// coordinator, each host, each gateway). Needs no running coordinator. For production, issue
     /// them from your own CA: DIR holds ca.pem and <node>.pem/<node>.key.
@@ -94,6 +99,24 @@ enum Command {
         /// A node to issue a certificate for (repeat it).
         #[arg(long = "node", value_name = "NAME", required = true)]
         nodes: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BalancerCommand {
+    /// Its mode, settings, hosts in use and free, and its latest decisions.
+    Status {
+        /// Decisions to show, newest last.
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+    },
+    /// What it would do now and why (whatever its mode; changes nothing).
+    Plan,
+    /// Set its mode: off, dry-run (records what it would do) or on.
+    Mode {
+        /// off, dry-run or on.
+        #[arg(value_parser = ["off", "dry-run", "on"])]
+        mode: String,
     },
 }
 
@@ -131,6 +154,7 @@ impl Api {
         let authorization = format!("Bearer {}", self.token);
         let response = match (method, body) {
             ("GET", _) => self.agent.get(&url).header("Authorization", &authorization).call(),
+            ("PUT", Some(body)) => self.agent.put(&url).header("Authorization", &authorization).send_json(body),
             (_, Some(body)) => self.agent.post(&url).header("Authorization", &authorization).send_json(body),
             (_, None) => self.agent.post(&url).header("Authorization", &authorization).send_empty(),
         };
@@ -199,6 +223,106 @@ fn migration_rows(migrations: &[Value]) -> Vec<Vec<String>> {
         .collect()
 }
 
+fn step_row(step: &Value) -> Vec<String> {
+    match step["step"].as_str() {
+        Some("move") => vec![
+            text(&step["kind"]),
+            text(&step["region"]),
+            text(&step["from"]),
+            text(&step["to"]),
+            format!(
+                "{:.0}%->{:.0}%",
+                step["from_before"].as_f64().unwrap_or(0.0) * 100.0,
+                step["from_after"].as_f64().unwrap_or(0.0) * 100.0
+            ),
+            format!(
+                "{:.0}%->{:.0}%",
+                step["to_before"].as_f64().unwrap_or(0.0) * 100.0,
+                step["to_after"].as_f64().unwrap_or(0.0) * 100.0
+            ),
+            text(&step["reason"]),
+        ],
+        kind => vec![
+            kind.unwrap_or("?").to_owned(),
+            "-".into(),
+            text(&step["host"]),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            text(&step["reason"]),
+        ],
+    }
+}
+
+const STEP_HEADERS: [&str; 7] = ["STEP", "REGION", "FROM/HOST", "TO", "FROM LOAD", "TO LOAD", "REASON"];
+
+fn print_balancer(status: &Value, last: usize) {
+    println!("mode: {}", text(&status["mode"]));
+    println!("hosts in use: {}", text(&status["hosts_in_use"]));
+    println!("free hosts: {}", text(&status["free_hosts"]));
+    println!("emptying: {}", text(&status["emptying"]));
+    let settings = &status["settings"];
+    println!(
+        "levels: low {} < fill {} < wake {} < high {}; cool-down {} s; at most {} moves at once; at least {} host(s)",
+        text(&settings["low"]),
+        text(&settings["fill"]),
+        text(&settings["wake"]),
+        text(&settings["high"]),
+        text(&settings["cooldown_s"]),
+        text(&settings["max_moves"]),
+        text(&settings["min_hosts"]),
+    );
+    if last == 0 {
+        return;
+    }
+    let decisions = status["decisions"].as_array().cloned().unwrap_or_default();
+    let shown = &decisions[decisions.len().saturating_sub(last)..];
+    let rows = shown
+        .iter()
+        .map(|decision| {
+            let mut row = vec![text(&decision["at_unix_ms"]), text(&decision["outcome"])];
+            row.extend(step_row(&decision["step"]));
+            row
+        })
+        .collect();
+    let mut headers = vec!["AT (UNIX MS)", "OUTCOME"];
+    headers.extend(STEP_HEADERS);
+    table(&headers, rows);
+}
+
+fn print_plan(plan: &Value) {
+    let hosts = plan["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|host| {
+            vec![
+                text(&host["host"]),
+                format!("{:.0}%", host["cpu"].as_f64().unwrap_or(0.0) * 100.0),
+                format!("{:.0}%", host["memory"].as_f64().unwrap_or(0.0) * 100.0),
+                if host["free"] == true {
+                    "free".into()
+                } else if host["in_use"] == true {
+                    "in use".into()
+                } else {
+                    "unavailable".into()
+                },
+            ]
+        })
+        .collect();
+    table(&["HOST", "CPU", "MEMORY", "STATE"], hosts);
+    println!();
+    let steps: Vec<Vec<String>> = plan["steps"].as_array().into_iter().flatten().map(step_row).collect();
+    if steps.is_empty() {
+        println!("nothing to do");
+    } else {
+        table(&STEP_HEADERS, steps);
+    }
+    for note in plan["notes"].as_array().into_iter().flatten() {
+        println!("note: {}", text(note));
+    }
+}
+
 const MIGRATION_HEADERS: [&str; 9] = ["ID", "REGION", "KIND", "FROM", "TO", "PHASE", "FREEZE MS", "PHASES", "REASON"];
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
@@ -250,6 +374,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Migration { id } => api.call("GET", &format!("/v1/migrations/{id}"), None)?,
         Command::Cancel { id } => api.call("POST", &format!("/v1/migrations/{id}/cancel"), None)?,
         Command::Drain { host } => api.call("POST", &format!("/v1/hosts/{host}/drain"), None)?,
+        Command::Balancer { command: BalancerCommand::Status { .. } } => api.call("GET", "/v1/balancer", None)?,
+        Command::Balancer { command: BalancerCommand::Plan } => api.call("GET", "/v1/balancer/plan", None)?,
+        Command::Balancer { command: BalancerCommand::Mode { mode } } => {
+            api.call("PUT", "/v1/balancer", Some(json!({ "mode": mode })))?
+        }
         Command::Certs { .. } => return Ok(()),
     };
     if cli.json {
@@ -260,12 +389,37 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Hosts => {
             let mut rows = Vec::new();
             for host in output.as_array().into_iter().flatten() {
+                let use_state = if host["free"] == true {
+                    "free"
+                } else if host["draining"] == true {
+                    "draining"
+                } else {
+                    "in use"
+                };
+                let cpu = format!(
+                    "{:.2}/{}",
+                    host["cpu_cores"].as_f64().unwrap_or(0.0),
+                    host["capacity_cores"].as_f64().unwrap_or(0.0)
+                );
+                if host["processes"].as_array().is_none_or(Vec::is_empty) {
+                    rows.push(vec![
+                        text(&host["name"]),
+                        if host["connected"] == true { "up".into() } else { "down".into() },
+                        use_state.into(),
+                        cpu.clone(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                    ]);
+                }
                 for process in host["processes"].as_array().into_iter().flatten() {
                     rows.push(vec![
                         text(&host["name"]),
                         if host["connected"] == true { "up".into() } else { "down".into() },
-                        if host["draining"] == true { "yes".into() } else { "no".into() },
-                        format!("{:.2}", host["cpu_cores"].as_f64().unwrap_or(0.0)),
+                        use_state.into(),
+                        cpu.clone(),
                         text(&process["name"]),
                         text(&process["address"]),
                         if process["warm"] == true { "warm".into() } else { "serving".into() },
@@ -274,7 +428,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                     ]);
                 }
             }
-            table(&["HOST", "AGENT", "DRAINING", "CPU", "PROCESS", "ADDRESS", "STATE", "REGIONS", "RESTARTS"], rows);
+            table(&["HOST", "AGENT", "USE", "CPU/CORES", "PROCESS", "ADDRESS", "STATE", "REGIONS", "RESTARTS"], rows);
         }
         Command::Regions | Command::Create { .. } => {
             let regions = if output.is_array() { output.as_array().cloned().unwrap_or_default() } else { vec![output] };
@@ -307,6 +461,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             text(&output["bytes"]),
         ),
         Command::Drain { host } => println!("draining {host}: regions {} will move", text(&output["regions"])),
+        Command::Balancer { command: BalancerCommand::Status { last } } => print_balancer(&output, *last),
+        Command::Balancer { command: BalancerCommand::Mode { .. } } => print_balancer(&output, 0),
+        Command::Balancer { command: BalancerCommand::Plan } => print_plan(&output),
         Command::Certs { .. } => {}
     }
     Ok(())

@@ -468,8 +468,8 @@ pub fn server_event(event: HostEvent) -> ServerEvent {
         HostEvent::Checkpointed { region, tick, epoch, bytes, path } => {
             ServerEvent::Checkpointed { region, tick, epoch, bytes, path: path.display().to_string() }
         }
-        HostEvent::Load { region, tick_ms_mean, tick_ms_max, players, entities } => {
-            ServerEvent::Load { region, tick_ms: tick_ms_mean, tick_ms_max, players, entities }
+        HostEvent::Load { region, tick_ms_mean, tick_ms_max, tick_budget_ms, players, entities } => {
+            ServerEvent::Load { region, tick_ms: tick_ms_mean, tick_ms_max, tick_budget_ms, players, entities }
         }
         HostEvent::Stopped { region, epoch, tick, bytes, path, inputs_discarded } => {
             ServerEvent::Stopped { region, epoch, tick, bytes, path: path.display().to_string(), inputs_discarded }

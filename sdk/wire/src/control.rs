@@ -1,4 +1,4 @@
-//! The control protocol (version 1): host agents ↔ the coordinator.
+//! The control protocol (version 3): host agents ↔ the coordinator.
 //!
 //! An agent connects to the coordinator (mutual TLS with the host's cluster certificate, ALPN
 //! [`ALPN_CONTROL`]) and keeps one bidirectional stream of `u32`-framed postcard messages
@@ -8,7 +8,9 @@
 //! to host, prepare or hand off a region, and to claim a pre-warmed process (`Claim`).
 //!
 //! Version 2 carries the serve protocol as its types ([`crate::serve`]) instead of JSON text, and
-//! reports a process's exit as its own message.
+//! reports a process's exit as its own message. Version 3 adds the host's declared CPU and memory
+//! capacity to `Hello`, each region's full load report (tick time against its budget, entities),
+//! and `Free` (the balancer emptied the host; it keeps no warm pool).
 
 use std::net::SocketAddr;
 
@@ -20,7 +22,7 @@ use crate::{Epoch, RegionId};
 /// ALPN of the control protocol.
 pub const ALPN_CONTROL: &[u8] = b"baton-control/1";
 /// Version of the control message set.
-pub const CONTROL_VERSION: u16 = 2;
+pub const CONTROL_VERSION: u16 = 3;
 
 /// What one region-server process of a host is doing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,10 +48,27 @@ pub struct HostLoad {
     pub cpu_cores: f64,
     /// Resident memory of those processes, in bytes.
     pub memory_bytes: u64,
-    /// Per region: (region, mean tick duration over the last second in ms, players).
-    pub regions: Vec<(RegionId, f64, u64)>,
+    /// What each region the host serves costs, from its owner's last `load` event.
+    pub regions: Vec<RegionLoadReport>,
     /// Bytes sent by handoffs so far.
     pub migration_bytes: u64,
+}
+
+/// What one region costs its host over the last second of ticks (its owner's `load` event).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegionLoadReport {
+    /// The region.
+    pub region: RegionId,
+    /// Mean tick duration, in milliseconds.
+    pub tick_ms: f64,
+    /// Longest tick, in milliseconds.
+    pub tick_ms_max: f64,
+    /// The tick interval (the budget of one tick), in milliseconds.
+    pub tick_budget_ms: f64,
+    /// Players with a session.
+    pub players: u64,
+    /// Live entities.
+    pub entities: u64,
 }
 
 /// Agent to coordinator.
@@ -63,6 +82,10 @@ pub enum AgentMessage {
         host: String,
         /// Most region-server processes it runs.
         capacity: u32,
+        /// CPU cores its region servers may use (`--capacity-cores`).
+        capacity_cores: f64,
+        /// Memory its region servers may use, in bytes (`--capacity-memory`).
+        capacity_memory: u64,
     },
     /// Every interval: the host's processes and load.
     Status {
@@ -116,6 +139,12 @@ pub enum CoordinatorMessage {
     Release {
         /// The process.
         process: String,
+    },
+    /// Whether the host is free (the balancer emptied it so it can be switched off): a free host
+    /// keeps no warm processes; a host taken back into use refills its warm pool.
+    Free {
+        /// Free (true) or in use (false).
+        free: bool,
     },
 }
 

@@ -269,6 +269,10 @@ pub enum ServerEvent {
         tick_ms: f64,
         /// Longest tick in it, in milliseconds.
         tick_ms_max: f64,
+        /// The tick interval (a tick's budget), in milliseconds (0 from servers before it was
+        /// reported).
+        #[serde(default)]
+        tick_budget_ms: f64,
         /// Players with a session in the region.
         players: u64,
         /// Live entities.
@@ -497,7 +501,14 @@ mod tests {
             },
             ServerEvent::Aborted { region, reason: "target: frozen: gone".into(), owning: true },
             ServerEvent::Retired { region },
-            ServerEvent::Load { region, tick_ms: 1.25, tick_ms_max: 7.5, players: 4, entities: 900 },
+            ServerEvent::Load {
+                region,
+                tick_ms: 1.25,
+                tick_ms_max: 7.5,
+                tick_budget_ms: 50.0,
+                players: 4,
+                entities: 900,
+            },
             ServerEvent::Checkpointed { region, tick: 300, epoch: Epoch(2), bytes: 4096, path: "/c/r3-e2-t300".into() },
             ServerEvent::CheckpointFailed { region, error: "disk full".into() },
             ServerEvent::Restored { region, tick: 300, from_epoch: Epoch(2), epoch: Epoch(3), path: "/c/x".into() },

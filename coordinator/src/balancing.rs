@@ -1,0 +1,366 @@
+//! The balancer's driver: every interval it reads the hosts' load reports and the migrations into
+//! a [`Snapshot`], runs one [`Balancer::round`], and carries out what the round says: migrations
+//! (kind `rebalance` or `consolidate`, the decision's reason as their cause), hosts freed or taken
+//! back (the agent is told, the optional hook is run). It records every decision with its inputs
+//! for the admin API, tells the policy how its migrations ended (back-off after aborts), and keeps
+//! the balancer's metrics.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::balancer::{Balancer, HostState, Mode, Plan, RegionState, Settings, Snapshot, Step};
+use crate::hosts::Hosts;
+use crate::migrations::{Migrations, Phase};
+
+/// Metric: balancer migrations started, by kind (`rebalance`, `consolidate`).
+pub const MOVES_TOTAL: &str = "baton_balancer_moves_total";
+/// Metric: hosts in use (connected, not draining, not free).
+pub const HOSTS_IN_USE: &str = "baton_balancer_hosts_in_use";
+/// Metric: hosts the balancer freed.
+pub const HOSTS_FREE: &str = "baton_balancer_hosts_free";
+/// Metric: per host, its load over its capacity (the larger of CPU and memory).
+pub const HOST_LOAD: &str = "baton_host_load_ratio";
+/// Metric: steps in the balancer's last plan.
+pub const PLAN_STEPS: &str = "baton_balancer_plan_steps";
+
+/// Describes the balancer's metrics (call once, after installing a recorder).
+pub fn describe_metrics() {
+    metrics::describe_counter!(MOVES_TOTAL, "Migrations the balancer started, by kind (rebalance, consolidate).");
+    metrics::describe_gauge!(HOSTS_IN_USE, "Hosts in use: connected, not draining, not freed by the balancer.");
+    metrics::describe_gauge!(HOSTS_FREE, "Hosts the balancer freed (empty, no warm pool; may be switched off).");
+    metrics::describe_gauge!(
+        HOST_LOAD,
+        "Per host: its load over its declared capacity (the larger of CPU and memory)."
+    );
+    metrics::describe_gauge!(PLAN_STEPS, "Steps in the balancer's last plan (also in dry-run mode).");
+}
+
+/// Decisions kept for the admin API.
+const KEPT_DECISIONS: usize = 1000;
+
+/// One decision the balancer made (or, in dry-run mode, would have made).
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DecisionRecord {
+    /// When, Unix milliseconds.
+    pub at_unix_ms: u64,
+    /// The mode it was made in.
+    pub mode: Mode,
+    /// What it was.
+    pub step: Step,
+    /// What came of it: the migration's id, a refusal, `dry run`.
+    pub outcome: String,
+    /// The migration it started, if any.
+    pub migration: Option<u64>,
+}
+
+/// The balancer as the admin API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BalancerStatus {
+    /// Whether it acts.
+    pub mode: Mode,
+    /// Its settings.
+    pub settings: Settings,
+    /// Seconds between rounds.
+    pub interval_s: f64,
+    /// Hosts in use (connected, not draining, not free).
+    pub hosts_in_use: Vec<String>,
+    /// Hosts it freed.
+    pub free_hosts: Vec<String>,
+    /// The host it is emptying, if any.
+    pub emptying: Option<String>,
+    /// Its decisions, newest last (at most the last 1,000).
+    pub decisions: Vec<DecisionRecord>,
+}
+
+/// A change of the balancer (absent fields stay as they are).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BalancerUpdate {
+    /// The new mode.
+    pub mode: Option<Mode>,
+    /// The new settings, whole (fields left out take their defaults).
+    #[serde(default, deserialize_with = "settings_object")]
+    pub settings: Option<Settings>,
+}
+
+/// Settings only from a JSON object (serde would also take an array of the fields in order).
+fn settings_object<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Settings>, D::Error> {
+    let object: Option<serde_json::Map<String, serde_json::Value>> = Option::deserialize(deserializer)?;
+    object
+        .map(|object| serde_json::from_value(serde_json::Value::Object(object)).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+struct Inner {
+    balancer: Balancer,
+    decisions: VecDeque<DecisionRecord>,
+    /// Migrations the balancer started and that may still run: id → region.
+    started: HashMap<u64, u64>,
+    /// The last dry-run plan's steps, so a dry run records a decision when it changes only.
+    last_dry_run: Vec<Step>,
+}
+
+/// The balancer and what it needs to act.
+pub struct Balancing {
+    hosts: Arc<Hosts>,
+    migrations: Arc<Migrations>,
+    inner: Mutex<Inner>,
+    interval: Duration,
+    hook: Option<PathBuf>,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+/// What the balancer sees of the cluster now.
+#[must_use]
+pub fn snapshot(hosts: &Hosts, migrations: &Migrations, started: &HashMap<u64, u64>) -> Snapshot {
+    let records = migrations.list();
+    let running: Vec<_> = records.iter().filter(|record| !record.phase.is_final()).collect();
+    let views = hosts.views();
+    let hosts = views
+        .iter()
+        .map(|view| {
+            let loads: HashMap<u64, &crate::hosts::RegionLoad> =
+                view.regions.iter().map(|load| (load.region, load)).collect();
+            // The processes' lists say what the host owns; the load reports (once a second) say
+            // what it costs. A region that just arrived has no report yet: it counts as idle.
+            let regions = view
+                .processes
+                .iter()
+                .flat_map(|process| process.regions.iter())
+                .map(|&region| match loads.get(&region) {
+                    Some(load) => RegionState {
+                        region,
+                        cores: load.tick_cores(),
+                        late: load.tick_budget_ms > 0.0 && load.tick_ms_max > load.tick_budget_ms,
+                        players: load.players,
+                        entities: load.entities,
+                    },
+                    None => RegionState { region, cores: 0.0, late: false, players: 0, entities: 0 },
+                })
+                .collect();
+            HostState {
+                name: view.name.clone(),
+                capacity_cores: view.capacity_cores,
+                capacity_memory: view.capacity_memory,
+                used_cores: view.cpu_cores,
+                used_memory: view.memory_bytes,
+                available: view.connected && !view.draining,
+                free: view.free,
+                regions,
+                migrations: running
+                    .iter()
+                    .filter(|record| record.from_host == view.name || record.to_host == view.name)
+                    .count(),
+            }
+        })
+        .collect();
+    Snapshot {
+        hosts,
+        moving: running.iter().map(|record| record.region).collect::<BTreeSet<u64>>(),
+        per_host_limit: migrations.per_host_limit(),
+        in_flight: running.iter().filter(|record| started.contains_key(&record.id)).count(),
+    }
+}
+
+impl Balancing {
+    /// The balancer of a coordinator; [`Balancing::run`] drives it.
+    pub fn new(
+        hosts: Arc<Hosts>,
+        migrations: Arc<Migrations>,
+        mode: Mode,
+        settings: Settings,
+        interval: Duration,
+        hook: Option<PathBuf>,
+    ) -> Result<Arc<Balancing>, String> {
+        if interval.is_zero() {
+            return Err("the balancer's interval must be above 0".into());
+        }
+        Ok(Arc::new(Balancing {
+            hosts,
+            migrations,
+            inner: Mutex::new(Inner {
+                balancer: Balancer::new(mode, settings)?,
+                decisions: VecDeque::new(),
+                started: HashMap::new(),
+                last_dry_run: Vec::new(),
+            }),
+            interval,
+            hook,
+        }))
+    }
+
+    /// Runs a round every interval, forever (spawn it).
+    pub async fn run(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            self.round(Instant::now());
+        }
+    }
+
+    /// One round: outcomes of earlier moves, a plan, and (mode `on`) its steps carried out.
+    pub fn round(&self, now: Instant) {
+        let Ok(mut inner) = self.inner.lock() else { return };
+        let finished: Vec<(u64, u64, bool)> = inner
+            .started
+            .iter()
+            .filter_map(|(&id, &region)| {
+                let record = self.migrations.get(id)?;
+                record.phase.is_final().then_some((id, region, record.phase == Phase::Committed))
+            })
+            .collect();
+        for (id, region, committed) in finished {
+            inner.started.remove(&id);
+            inner.balancer.handle_outcome(region, committed, now);
+        }
+        let snapshot = snapshot(&self.hosts, &self.migrations, &inner.started);
+        let round = inner.balancer.round(&snapshot, now);
+        let mode = inner.balancer.mode();
+        metrics::gauge!(PLAN_STEPS).set(round.plan.steps.len() as f64);
+        for host in &round.plan.hosts {
+            metrics::gauge!(HOST_LOAD, "host" => host.host.clone()).set(host.cpu.max(host.memory));
+        }
+        if mode == Mode::DryRun && round.plan.steps != inner.last_dry_run {
+            inner.last_dry_run.clone_from(&round.plan.steps);
+            for step in &round.plan.steps {
+                record(&mut inner.decisions, mode, step.clone(), "dry run: not carried out".into(), None);
+            }
+        }
+        for step in round.execute {
+            let (outcome, migration) = self.carry_out(&step, &mut inner, now);
+            record(&mut inner.decisions, mode, step, outcome, migration);
+        }
+        let views = self.hosts.views();
+        metrics::gauge!(HOSTS_IN_USE)
+            .set(views.iter().filter(|view| view.connected && !view.draining && !view.free).count() as f64);
+        metrics::gauge!(HOSTS_FREE).set(views.iter().filter(|view| view.free).count() as f64);
+    }
+
+    fn carry_out(&self, step: &Step, inner: &mut Inner, now: Instant) -> (String, Option<u64>) {
+        match step {
+            Step::Move(decision) => {
+                match self.migrations.start_because(
+                    decision.region,
+                    &decision.to,
+                    decision.kind.as_str(),
+                    &decision.reason,
+                ) {
+                    Ok(record) => {
+                        tracing::info!(
+                            id = record.id,
+                            region = decision.region,
+                            from = decision.from,
+                            to = decision.to,
+                            kind = decision.kind.as_str(),
+                            reason = decision.reason,
+                            "the balancer started a migration"
+                        );
+                        metrics::counter!(MOVES_TOTAL, "kind" => decision.kind.as_str()).increment(1);
+                        inner.started.insert(record.id, decision.region);
+                        (format!("migration {} started", record.id), Some(record.id))
+                    }
+                    Err(error) => {
+                        tracing::warn!(region = decision.region, to = decision.to, %error, "a balancer move was refused");
+                        inner.balancer.handle_outcome(decision.region, false, now);
+                        (format!("refused: {error}"), None)
+                    }
+                }
+            }
+            Step::Free { host, reason } | Step::Use { host, reason } => {
+                let free = matches!(step, Step::Free { .. });
+                match self.hosts.set_free(host, free) {
+                    Ok(()) => {
+                        tracing::info!(
+                            host,
+                            reason,
+                            "the balancer marked a host {}",
+                            if free { "free" } else { "in use" }
+                        );
+                        self.run_hook(if free { "free" } else { "use" }, host);
+                        (format!("host {}", if free { "freed" } else { "back in use" }), None)
+                    }
+                    Err(error) => (format!("failed: {error}"), None),
+                }
+            }
+        }
+    }
+
+    /// Runs the operator's hook (`HOOK free HOST` or `HOOK use HOST`) in the background, so an
+    /// autoscaler can switch a freed host off or make sure one taken back is on.
+    fn run_hook(&self, what: &'static str, host: &str) {
+        let Some(hook) = self.hook.clone() else { return };
+        let host = host.to_owned();
+        tokio::spawn(async move {
+            let child = tokio::process::Command::new(&hook).args([what, &host]).kill_on_drop(true).status();
+            match tokio::time::timeout(Duration::from_secs(60), child).await {
+                Ok(Ok(status)) if status.success() => tracing::info!(hook = %hook.display(), what, host, "hook ran"),
+                Ok(Ok(status)) => tracing::warn!(hook = %hook.display(), what, host, %status, "the hook failed"),
+                Ok(Err(error)) => {
+                    tracing::warn!(hook = %hook.display(), what, host, %error, "the hook could not start")
+                }
+                Err(_) => tracing::warn!(hook = %hook.display(), what, host, "the hook ran over 60 s and was killed"),
+            }
+        });
+    }
+
+    /// The balancer's mode, settings, hosts and decisions.
+    #[must_use]
+    pub fn status(&self) -> Option<BalancerStatus> {
+        let inner = self.inner.lock().ok()?;
+        let views = self.hosts.views();
+        Some(BalancerStatus {
+            mode: inner.balancer.mode(),
+            settings: inner.balancer.settings().clone(),
+            interval_s: self.interval.as_secs_f64(),
+            hosts_in_use: views
+                .iter()
+                .filter(|view| view.connected && !view.draining && !view.free)
+                .map(|view| view.name.clone())
+                .collect(),
+            free_hosts: views.iter().filter(|view| view.free).map(|view| view.name.clone()).collect(),
+            emptying: inner.balancer.emptying().map(str::to_owned),
+            decisions: inner.decisions.iter().cloned().collect(),
+        })
+    }
+
+    /// What the balancer would do now, whatever its mode (changes nothing).
+    #[must_use]
+    pub fn plan(&self) -> Option<Plan> {
+        let inner = self.inner.lock().ok()?;
+        let snapshot = snapshot(&self.hosts, &self.migrations, &inner.started);
+        Some(inner.balancer.plan(&snapshot, Instant::now()))
+    }
+
+    /// Changes the mode and/or the settings (all or nothing).
+    pub fn update(&self, update: BalancerUpdate) -> Result<Option<BalancerStatus>, String> {
+        {
+            let mut inner = self.inner.lock().map_err(|_| "the balancer is unavailable".to_owned())?;
+            if let Some(settings) = update.settings {
+                inner.balancer.set_settings(settings)?;
+            }
+            if let Some(mode) = update.mode {
+                if mode != inner.balancer.mode() {
+                    tracing::info!(?mode, "balancer mode changed");
+                }
+                inner.balancer.set_mode(mode);
+                inner.last_dry_run.clear();
+            }
+        }
+        Ok(self.status())
+    }
+}
+
+fn record(decisions: &mut VecDeque<DecisionRecord>, mode: Mode, step: Step, outcome: String, migration: Option<u64>) {
+    if decisions.len() == KEPT_DECISIONS {
+        decisions.pop_front();
+    }
+    decisions.push_back(DecisionRecord { at_unix_ms: unix_ms(), mode, step, outcome, migration });
+}
