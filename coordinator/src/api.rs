@@ -346,7 +346,7 @@ async fn list_regions(_: Authorized, State(state): State<ApiState>) -> Result<Js
         (status = 401, description = "No or wrong bearer token.", body = ApiError),
         (status = 404, description = "Unknown host.", body = ApiError),
         (status = 409, description = "Not possible now: the region exists (restore it with `from_checkpoint`), a host \
-            serves it, the host is draining, not connected or has no warm process, or the process refused the \
+            serves it, the host is draining or free, not connected or has no warm process, or the process refused the \
             region.", body = ApiError),
         (status = 503, description = "The directory's store failed.", body = ApiError),
         (status = 504, description = "The process did not report owning the region within 120 s.", body = ApiError)))]
@@ -388,6 +388,15 @@ async fn create_region(
     }
     if state.hosts.is_draining(&request.host) {
         return Err(Failure(StatusCode::CONFLICT, format!("host {} is draining", request.host)));
+    }
+    if state.hosts.is_free(&request.host) {
+        return Err(Failure(
+            StatusCode::CONFLICT,
+            format!(
+                "host {} is free (the balancer emptied it; it takes regions once taken back into use)",
+                request.host
+            ),
+        ));
     }
     let mut events = state.hosts.subscribe();
     let (process, _) = state

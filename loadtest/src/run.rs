@@ -101,6 +101,8 @@ pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mo
         columns: scenario.columns,
         tick_rate: 20,
         checkpoint_every_s: 10.0,
+        capacity_cores: Vec::new(),
+        coordinator_args: Vec::new(),
     })?;
     fleet.wait_hosts_ready(scenario.hosts, 1, Duration::from_secs(120))?;
     for region in 1..=scenario.regions {

@@ -25,6 +25,8 @@ fn the_example_game_runs_under_the_coordinator_and_migrates() {
         columns: 1,
         tick_rate: 20,
         checkpoint_every_s: 5.0,
+        capacity_cores: Vec::new(),
+        coordinator_args: Vec::new(),
     };
     let server = ServerCommandLine { binary: tally_region_binary().unwrap(), args: Vec::new() };
     let fleet = Fleet::start_with(&spec, server).unwrap();

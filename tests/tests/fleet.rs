@@ -12,7 +12,17 @@ use baton_harness::players::{Movement, PlayerOutcome, PlayerPlan, run_player};
 use serde_json::{Value, json};
 
 fn spec(hosts: usize, pool: usize) -> FleetSpec {
-    FleetSpec { hosts, pool, capacity: 12, world_regions: 12, columns: 4, tick_rate: 20, checkpoint_every_s: 5.0 }
+    FleetSpec {
+        hosts,
+        pool,
+        capacity: 12,
+        world_regions: 12,
+        columns: 4,
+        tick_rate: 20,
+        checkpoint_every_s: 5.0,
+        capacity_cores: Vec::new(),
+        coordinator_args: Vec::new(),
+    }
 }
 
 /// Invariant 1 at a quiet moment (no migration running): every region of the directory is served by
@@ -413,6 +423,8 @@ fn a_world_survives_a_restart_of_everything() {
         columns: 1,
         tick_rate: 20,
         checkpoint_every_s: 0.5,
+        capacity_cores: Vec::new(),
+        coordinator_args: Vec::new(),
     };
     let mut fleet = Fleet::start(&spec).unwrap();
     fleet.wait_hosts_ready(1, 1, Duration::from_secs(60)).unwrap();
@@ -476,6 +488,8 @@ fn a_migration_survives_a_coordinator_crash_with_players_on_board() {
         columns: 4,
         tick_rate: 20,
         checkpoint_every_s: 5.0,
+        capacity_cores: Vec::new(),
+        coordinator_args: Vec::new(),
     };
     let mut fleet = Fleet::start(&spec).unwrap();
     fleet.wait_hosts_ready(2, 2, Duration::from_secs(60)).unwrap();

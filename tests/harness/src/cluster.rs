@@ -739,6 +739,7 @@ pub fn spawn_coordinator_at(
     directory: &Path,
     address: SocketAddr,
     api: SocketAddr,
+    extra: &[String],
 ) -> anyhow::Result<CoordinatorProcess> {
     let token_file = directory.join("api.token");
     if !token_file.exists() {
@@ -754,7 +755,8 @@ pub fn spawn_coordinator_at(
         .arg("--certs")
         .arg(directory.join("certs"))
         .arg("--data")
-        .arg(directory.join("coordinator-data"));
+        .arg(directory.join("coordinator-data"))
+        .args(extra);
     CoordinatorProcess::spawn_coordinator_command(command)
 }
 
@@ -792,7 +794,7 @@ pub fn spawn_object(spawn: Spawn) -> GameObject {
 }
 
 fn spawn_coordinator(binary: &Path, directory: &Path, address: SocketAddr) -> anyhow::Result<CoordinatorProcess> {
-    spawn_coordinator_at(binary, directory, address, SocketAddr::from(([127, 0, 0, 1], 0)))
+    spawn_coordinator_at(binary, directory, address, SocketAddr::from(([127, 0, 0, 1], 0)), &[])
 }
 
 /// The `batonctl` binary next to the running executable (or `BATONCTL`).

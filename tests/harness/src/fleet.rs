@@ -34,6 +34,11 @@ pub struct FleetSpec {
     pub tick_rate: u32,
     /// Seconds between checkpoints of each region (into the fleet's shared checkpoint folder).
     pub checkpoint_every_s: f64,
+    /// CPU cores each host declares (`--capacity-cores`), by host; hosts past the end declare
+    /// the agent's default (the machine's cores).
+    pub capacity_cores: Vec<f64>,
+    /// More coordinator options (e.g. `--balancer on`).
+    pub coordinator_args: Vec<String>,
 }
 
 /// The region-server command the fleet's agents run (the agent adds `--name` and `--listen`).
@@ -131,7 +136,7 @@ impl AdminApi {
                 request.call()
             }
             _ => {
-                let mut request = self.http.post(&url);
+                let mut request = if method == "PUT" { self.http.put(&url) } else { self.http.post(&url) };
                 if let Some(value) = &authorization {
                     request = request.header("Authorization", value);
                 }
@@ -174,7 +179,13 @@ impl Fleet {
         issue_certificates(&certs, &nodes)?;
         let coordinator_address = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
         let api_address = free_tcp_address()?;
-        let coordinator = spawn_coordinator_at(&coordinator_binary()?, &directory, coordinator_address, api_address)?;
+        let coordinator = spawn_coordinator_at(
+            &coordinator_binary()?,
+            &directory,
+            coordinator_address,
+            api_address,
+            &spec.coordinator_args,
+        )?;
         let token = std::fs::read_to_string(directory.join("api.token"))?;
         let (agents, agent_metrics) = spawn_agents(spec, &server, &directory, coordinator_address)?;
         let key_text: String = (0..48).map(|_| fastrand::alphanumeric()).collect();
@@ -327,6 +338,7 @@ impl Fleet {
             &self.directory,
             self.coordinator_address,
             self.api_address,
+            &self.spec.coordinator_args,
         )?);
         Ok(())
     }
@@ -381,6 +393,12 @@ fn spawn_agents(
             .arg("--certs")
             .arg(&certs)
             .args(["--pool", &spec.pool.to_string(), "--capacity", &spec.capacity.to_string()])
+            .args(
+                spec.capacity_cores
+                    .get(index - 1)
+                    .map(|cores| vec!["--capacity-cores".to_owned(), cores.to_string()])
+                    .unwrap_or_default(),
+            )
             .args(["--status-interval-ms", "200", "--"])
             .arg(&server.binary)
             .args(&server.args)
