@@ -4,9 +4,8 @@
 //! [`crate::migrations::Migration`]; `balancer-sim` runs the same code over a simulated fleet.
 //!
 //! The measure of a host is its *pressure*: the larger of its CPU and memory use as a share of
-//! what its agent declared. Four levels, lowest first, keep the policy from undoing its own work
+//! what its agent declared. Three levels, lowest first, keep the policy from undoing its own work
 //! (hysteresis, like the descheduler's two thresholds):
-//! - `low`: a host below it is emptied when the other hosts in use can take its regions;
 //! - `fill`: no move fills a host above it;
 //! - `wake`: a free host is taken back into use when a host in use is above it and no other host
 //!   in use has room for any of its regions, so the fleet grows *before* a host crosses `high`;
@@ -17,20 +16,21 @@
 //! move; when no single move is enough, the move with the best relief per cost. A region too big
 //! for its host therefore goes to a bigger one, the only kind it fits on.
 //!
-//! Consolidating empties the least loaded host below `low` when every one of its regions fits on
-//! the other hosts in use at most `fill` full (first fit, biggest region first, fullest host
-//! first), then frees it: its warm pool is released and an autoscaler may switch it off.
+//! Consolidating empties the least loaded host when every one of its regions fits on the other
+//! hosts in use at most `fill` full (first fit, biggest region first, fullest host first), then
+//! frees it: its warm pool is released and an autoscaler may switch it off. It does not run while
+//! a host lacks room (then the fleet needs hosts, not fewer), and it never empties a host that
+//! received a region or came back into use within `settle_s`, so it does not undo a relief.
 //!
 //! Guards: a region moves at most once per `cooldown_s`; after a move of it aborts it waits
 //! `backoff_s`, doubled per abort in a row (at most 32 times); pinned regions never move; at most
 //! `max_moves` balancer moves run at once, and the migrations' per-host limit holds; at least
-//! `min_hosts` hosts stay in use; no consolidation for `settle_s` after a relief or a host was taken
-//! back; and a move's predicted gain must exceed its cost, both in core-seconds: the gain is the
+//! `min_hosts` hosts stay in use; and a move's predicted gain must exceed its cost, both in core-seconds: the gain is the
 //! pressure it removes over `horizon_s` (for consolidation: the freed host's cores over
 //! `horizon_s`), the cost is the CPU spent encoding and sending the region's state
 //! (`bytes_per_entity` × entities ÷ `move_bytes_per_core_s`) plus `move_overhead_core_s`.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -59,13 +59,11 @@ pub struct Settings {
     pub wake: f64,
     /// Moves fill a host to at most this share.
     pub fill: f64,
-    /// A host below this share is emptied when the others can take its regions.
-    pub low: f64,
     /// Seconds a region stays where a move put it.
     pub cooldown_s: f64,
     /// Seconds a region waits after a move of it aborted (doubled per abort in a row).
     pub backoff_s: f64,
-    /// Seconds without consolidation after a relief or after a host came back into use.
+    /// Seconds a host that received a region or came back into use is not emptied.
     pub settle_s: f64,
     /// Hosts that always stay in use.
     pub min_hosts: usize,
@@ -73,9 +71,13 @@ pub struct Settings {
     pub max_moves: usize,
     /// Seconds over which a move's gain is counted.
     pub horizon_s: f64,
-    /// Seconds of load history: the balancer sizes each region by its peak over them, so a region
-    /// whose load swings is placed for its peak, not moved back and forth with the swing.
+    /// Seconds of load history for relief: the balancer sizes each region by its peak over them, so
+    /// a region whose load swings is placed for its peak, not moved back and forth with the swing.
     pub peak_window_s: f64,
+    /// Seconds of load history for consolidation: a host is emptied only if its regions fit on the
+    /// others at their peak over this window (longer: consolidation is never urgent, and a load that
+    /// comes and goes within it does not make hosts come and go).
+    pub consolidate_window_s: f64,
     /// Bytes of state per entity, to estimate what a move sends.
     pub bytes_per_entity: f64,
     /// Bytes of state one core encodes and sends per second during a move.
@@ -92,7 +94,6 @@ impl Default for Settings {
             high: 0.8,
             wake: 0.7,
             fill: 0.6,
-            low: 0.3,
             cooldown_s: 120.0,
             backoff_s: 30.0,
             settle_s: 30.0,
@@ -100,6 +101,7 @@ impl Default for Settings {
             max_moves: 4,
             horizon_s: 60.0,
             peak_window_s: 300.0,
+            consolidate_window_s: 3600.0,
             bytes_per_entity: 200.0,
             move_bytes_per_core_s: 50e6,
             move_overhead_core_s: 0.5,
@@ -111,16 +113,16 @@ impl Default for Settings {
 impl Settings {
     /// Checks that the levels are ordered and the numbers make sense.
     pub fn validate(&self) -> Result<(), String> {
-        let levels = [("low", self.low), ("fill", self.fill), ("wake", self.wake), ("high", self.high)];
+        let levels = [("fill", self.fill), ("wake", self.wake), ("high", self.high)];
         for (name, value) in levels {
             if !(value.is_finite() && value > 0.0 && value <= 1.0) {
                 return Err(format!("{name} must be a share above 0 and at most 1, not {value}"));
             }
         }
-        if !(self.low < self.fill && self.fill < self.wake && self.wake < self.high) {
+        if !(self.fill < self.wake && self.wake < self.high) {
             return Err(format!(
-                "the levels must rise: low ({}) < fill ({}) < wake ({}) < high ({})",
-                self.low, self.fill, self.wake, self.high
+                "the levels must rise: fill ({}) < wake ({}) < high ({})",
+                self.fill, self.wake, self.high
             ));
         }
         let durations = [
@@ -129,11 +131,12 @@ impl Settings {
             ("settle_s", self.settle_s),
             ("horizon_s", self.horizon_s),
             ("peak_window_s", self.peak_window_s),
+            ("consolidate_window_s", self.consolidate_window_s),
             ("bytes_per_entity", self.bytes_per_entity),
             ("move_overhead_core_s", self.move_overhead_core_s),
         ];
         for (name, value) in durations {
-            if !(value.is_finite() && value >= 0.0 && value <= 1e9) {
+            if !(value.is_finite() && (0.0..=1e9).contains(&value)) {
                 return Err(format!("{name} must be a number from 0 to 1e9, not {value}"));
             }
         }
@@ -197,8 +200,9 @@ pub struct HostState {
 pub struct Snapshot {
     /// Every host.
     pub hosts: Vec<HostState>,
-    /// Regions being migrated now (by anyone).
-    pub moving: BTreeSet<u64>,
+    /// Regions being migrated now (by anyone), and the host each goes to: until it lands, its load
+    /// counts on its source and is reserved on its target.
+    pub moving: BTreeMap<u64, String>,
     /// Most migrations running at once that involve one host.
     pub per_host_limit: usize,
     /// Moves the balancer started that still run.
@@ -319,11 +323,16 @@ struct Model {
     slots: usize,
     /// (region, cores including the host's overhead, memory estimate, its state).
     regions: Vec<(f64, f64, RegionState)>,
+    /// Cores at the consolidation window's peaks (with the overhead), in all.
+    long_cores: f64,
+    /// The same per region.
+    long: HashMap<u64, f64>,
 }
 
 impl Model {
-    /// A host's model; `peak` gives a region's peak tick cores over the balancer's window.
-    fn new(host: &HostState, per_host_limit: usize, peak: impl Fn(&RegionState) -> f64) -> Model {
+    /// A host's model; `peak` gives a region's peak tick cores over the relief window and over the
+    /// consolidation window.
+    fn new(host: &HostState, per_host_limit: usize, peak: impl Fn(&RegionState) -> (f64, f64)) -> Model {
         let ticks: f64 = host.regions.iter().map(|region| region.cores).sum();
         // What the host spends besides ticks (network, encoding) follows its regions.
         let overhead = if ticks > 0.0 { (host.used_cores.max(ticks) / ticks).clamp(1.0, 4.0) } else { 1.0 };
@@ -335,10 +344,13 @@ impl Model {
             .iter()
             .map(|region| {
                 let share = if entities > 0 { region.entities as f64 / entities as f64 } else { 1.0 / count };
-                (peak(region).max(region.cores) * overhead, memory * share, region.clone())
+                (peak(region).0.max(region.cores) * overhead, memory * share, region.clone())
             })
             .collect();
         let cores = if regions.is_empty() { host.used_cores } else { regions.iter().map(|(cores, ..)| cores).sum() };
+        let long: HashMap<u64, f64> =
+            host.regions.iter().map(|region| (region.region, peak(region).1.max(region.cores) * overhead)).collect();
+        let long_cores = if long.is_empty() { host.used_cores } else { long.values().sum() };
         Model {
             name: host.name.clone(),
             capacity_cores: host.capacity_cores.max(1e-9),
@@ -350,7 +362,14 @@ impl Model {
             available: host.available,
             slots: per_host_limit.saturating_sub(host.migrations),
             regions,
+            long_cores,
+            long,
         }
+    }
+
+    /// A region's cores at its consolidation-window peak.
+    fn long_of(&self, region: u64) -> f64 {
+        self.long.get(&region).copied().unwrap_or(0.0)
     }
 
     fn pressure_with(&self, cores: f64, memory: f64) -> f64 {
@@ -361,9 +380,22 @@ impl Model {
         self.pressure_with(self.cores, self.memory)
     }
 
+    /// The pressure with each region at its consolidation-window peak.
+    fn long_pressure(&self) -> f64 {
+        self.pressure_with(self.long_cores, self.memory)
+    }
+
     fn cpu(&self) -> f64 {
         self.cores / self.capacity_cores
     }
+}
+
+/// Moves a region's consolidation-window figures from one host's model to another's.
+fn hand_over(hosts: &mut [Model], from: usize, to: usize, region: u64) {
+    let long = hosts[from].long.remove(&region).unwrap_or(0.0);
+    hosts[from].long_cores -= long;
+    hosts[to].long_cores += long;
+    hosts[to].long.insert(region, long);
 }
 
 /// The balancer's memory between rounds and its settings.
@@ -375,8 +407,9 @@ pub struct Balancer {
     /// Per region: aborts in a row, and until when it waits.
     backoff: HashMap<u64, (u32, Instant)>,
     emptying: Option<String>,
-    last_disturbance: Option<Instant>,
-    /// Per region: its tick cores as seen each round within the peak window, oldest first.
+    /// Per host: when it last received a region or came back into use.
+    touched: HashMap<String, Instant>,
+    /// Per region: its highest tick cores per time bucket within the longer window, oldest first.
     history: HashMap<u64, VecDeque<(Instant, f64)>>,
 }
 
@@ -399,7 +432,7 @@ impl Balancer {
             last_moved: HashMap::new(),
             backoff: HashMap::new(),
             emptying: None,
-            last_disturbance: None,
+            touched: HashMap::new(),
             history: HashMap::new(),
         })
     }
@@ -447,15 +480,17 @@ impl Balancer {
                     match step {
                         Step::Move(decision) => {
                             self.last_moved.insert(decision.region, now);
-                            if decision.kind == Kind::Rebalance {
-                                self.last_disturbance = Some(now);
-                            }
+                            self.touched.insert(decision.to.clone(), now);
                         }
-                        Step::Use { .. } => self.last_disturbance = Some(now),
+                        Step::Use { host, .. } => {
+                            self.touched.insert(host.clone(), now);
+                        }
                         Step::Free { .. } => {}
                     }
                 }
                 self.emptying.clone_from(&plan.emptying);
+                let settle = Settings::seconds(self.settings.settle_s);
+                self.touched.retain(|_, at| now.saturating_duration_since(*at) < settle);
                 Round { execute: plan.steps.clone(), plan }
             }
         }
@@ -464,22 +499,42 @@ impl Balancer {
     /// Remembers each region's load for the peak window (in every mode: a dry run or a switch to
     /// `on` sees the same peaks).
     fn observe(&mut self, snapshot: &Snapshot, now: Instant) {
-        let window = Settings::seconds(self.settings.peak_window_s);
+        let window = Settings::seconds(self.settings.peak_window_s.max(self.settings.consolidate_window_s));
+        let bucket = self.bucket();
         let mut seen = BTreeSet::new();
         for region in snapshot.hosts.iter().flat_map(|host| host.regions.iter()) {
             seen.insert(region.region);
             let samples = self.history.entry(region.region).or_default();
-            samples.push_back((now, region.cores));
-            while samples.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) > window) {
+            match samples.back_mut() {
+                Some((start, highest)) if now.saturating_duration_since(*start) < bucket => {
+                    *highest = highest.max(region.cores);
+                }
+                _ => samples.push_back((now, region.cores)),
+            }
+            while samples.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) > window + bucket) {
                 samples.pop_front();
             }
         }
         self.history.retain(|region, _| seen.contains(region));
     }
 
-    /// A region's peak tick cores over the window (0 when never seen).
-    fn peak(&self, region: u64) -> f64 {
-        self.history.get(&region).map_or(0.0, |samples| samples.iter().map(|(_, cores)| *cores).fold(0.0, f64::max))
+    /// The history's time bucket: a tenth of the shorter window, from 100 ms to 10 s (so a day of
+    /// history of thousands of regions stays small).
+    fn bucket(&self) -> Duration {
+        Settings::seconds(self.settings.peak_window_s.min(self.settings.consolidate_window_s) / 10.0)
+            .clamp(Duration::from_millis(100), Duration::from_secs(10))
+    }
+
+    /// A region's peak tick cores over the last `window` (0 when never seen).
+    fn peak(&self, region: u64, window: Duration, now: Instant) -> f64 {
+        let reach = window + self.bucket();
+        self.history.get(&region).map_or(0.0, |samples| {
+            samples
+                .iter()
+                .filter(|(at, _)| now.saturating_duration_since(*at) <= reach)
+                .map(|(_, cores)| *cores)
+                .fold(0.0, f64::max)
+        })
     }
 
     /// A move the balancer started ended: an abort (or a refusal to start) makes the region wait
@@ -499,7 +554,7 @@ impl Balancer {
         if self.settings.pinned.contains(&region.region) {
             return Err("pinned".into());
         }
-        if snapshot.moving.contains(&region.region) {
+        if snapshot.moving.contains_key(&region.region) {
             return Err("being migrated".into());
         }
         if let Some(moved) = self.last_moved.get(&region.region) {
@@ -531,9 +586,37 @@ impl Balancer {
         let mut hosts: Vec<Model> = snapshot
             .hosts
             .iter()
-            .map(|host| Model::new(host, snapshot.per_host_limit.max(1), |region| self.peak(region.region)))
+            .map(|host| {
+                Model::new(host, snapshot.per_host_limit.max(1), |region| {
+                    (
+                        self.peak(region.region, Settings::seconds(settings.peak_window_s), now),
+                        self.peak(region.region, Settings::seconds(settings.consolidate_window_s), now),
+                    )
+                })
+            })
             .collect();
         hosts.sort_by(|a, b| a.name.cmp(&b.name));
+        // A region on its way counts on its source until it lands, and is reserved on its target.
+        for (region, to) in &snapshot.moving {
+            let Some(from) =
+                hosts.iter().position(|host| host.regions.iter().any(|(_, _, state)| state.region == *region))
+            else {
+                continue;
+            };
+            let Some(to) = hosts.iter().position(|host| &host.name == to) else { continue };
+            if from == to {
+                continue;
+            }
+            let (cores, memory) = hosts[from]
+                .regions
+                .iter()
+                .find(|(_, _, state)| state.region == *region)
+                .map_or((0.0, 0.0), |(cores, memory, _)| (*cores, *memory));
+            let long = hosts[from].long_of(*region);
+            hosts[to].cores += cores;
+            hosts[to].memory += memory;
+            hosts[to].long_cores += long;
+        }
         let mut plan = Plan {
             hosts: hosts
                 .iter()
@@ -552,8 +635,7 @@ impl Balancer {
         let mut crowded: Vec<usize> = Vec::new();
         self.relieve(snapshot, now, &mut hosts, &mut plan, &mut budget, &mut crowded);
         let woke = self.wake(&hosts, &crowded, &mut plan);
-        let relieved = plan.steps.iter().any(|step| matches!(step, Step::Move(_)));
-        if !relieved && !woke {
+        if !woke && crowded.is_empty() {
             self.consolidate(snapshot, now, &mut hosts, &mut plan, budget);
         } else {
             plan.emptying = None;
@@ -605,6 +687,8 @@ impl Balancer {
             // (fixes, key, region index, target index, gain, cost, pressure after at the source)
             let mut best: Option<(bool, f64, usize, usize, f64, f64, f64)> = None;
             let mut held = Vec::new();
+            // Whether some region would fit somewhere if migrations were not at their limits.
+            let mut room = false;
             for (position, (cores, memory, region)) in host.regions.iter().enumerate() {
                 if let Err(why_not) = self.movable(region, snapshot, now) {
                     held.push(format!("{} {why_not}", region.region));
@@ -616,17 +700,19 @@ impl Balancer {
                 let fixes = after <= threshold;
                 // Fixing at the least cost; else the most relief per cost.
                 let key = if fixes { cost } else { -gain / cost.max(1e-9) };
-                let target = hosts
+                let fitting: Vec<(usize, f64)> = hosts
                     .iter()
                     .enumerate()
                     .filter(|(other, target)| {
-                        *other != index
-                            && target.in_use
-                            && target.slots > 0
-                            && plan.emptying.as_deref() != Some(&target.name)
+                        *other != index && target.in_use && plan.emptying.as_deref() != Some(&target.name)
                     })
                     .map(|(other, target)| (other, target.pressure_with(target.cores + cores, target.memory + memory)))
                     .filter(|(_, after)| *after <= settings.fill)
+                    .collect();
+                room |= !fitting.is_empty();
+                let target = fitting
+                    .into_iter()
+                    .filter(|(other, _)| hosts[*other].slots > 0)
                     .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
                 let Some((target, _)) = target else { continue };
                 let better = match &best {
@@ -639,8 +725,14 @@ impl Balancer {
             }
             let Some((_, _, position, target, gain, cost, after)) = best else {
                 let held = if held.is_empty() { String::new() } else { format!(" (held: {})", held.join(", ")) };
-                plan.notes.push(format!("{why}; no host in use has room for any of its regions{held}"));
-                crowded.push(index);
+                if room {
+                    plan.notes.push(format!("{why}; the hosts with room have as many migrations as they may{held}"));
+                } else if held.len() < hosts[index].regions.len() {
+                    plan.notes.push(format!("{why}; no host in use has room for any of its regions{held}"));
+                    crowded.push(index);
+                } else {
+                    plan.notes.push(format!("{why}; none of its regions may move now{held}"));
+                }
                 continue;
             };
             if gain <= cost {
@@ -650,6 +742,7 @@ impl Balancer {
                 continue;
             }
             let (cores, memory, region) = hosts[index].regions.remove(position);
+            hand_over(hosts, index, target, region.region);
             let to_before = hosts[target].pressure();
             hosts[target].cores += cores;
             hosts[target].memory += memory;
@@ -680,25 +773,35 @@ impl Balancer {
         }
     }
 
-    /// Takes a free host back when a host in use needs room nobody in use has, or is above `wake`
-    /// with no room elsewhere for its smallest region. Returns whether it did.
-    fn wake(&self, hosts: &[Model], crowded: &[usize], plan: &mut Plan) -> bool {
-        let settings = &self.settings;
+    /// A host in use above `wake` with no room elsewhere (hosts in use other than `without`) for
+    /// its smallest region, if any: the fleet is about to need another host.
+    fn needing_room(&self, hosts: &[Model], without: Option<usize>) -> Option<usize> {
+        let fill = self.settings.fill;
         let no_room = |index: usize| {
             let host = &hosts[index];
             let smallest = host.regions.iter().min_by(|a, b| a.0.total_cmp(&b.0));
             smallest.is_some_and(|(cores, memory, _)| {
                 !hosts.iter().enumerate().any(|(other, target)| {
                     other != index
+                        && Some(other) != without
                         && target.in_use
-                        && target.pressure_with(target.cores + cores, target.memory + memory) <= settings.fill
+                        && target.pressure_with(target.cores + cores, target.memory + memory) <= fill
                 })
             })
         };
-        let needing = crowded.first().copied().or_else(|| {
-            (0..hosts.len())
-                .find(|&index| hosts[index].in_use && hosts[index].pressure() > settings.wake && no_room(index))
-        });
+        (0..hosts.len()).find(|&index| {
+            Some(index) != without
+                && hosts[index].in_use
+                && hosts[index].pressure() > self.settings.wake
+                && no_room(index)
+        })
+    }
+
+    /// Takes a free host back when a host in use needs room nobody in use has, or is above `wake`
+    /// with no room elsewhere for its smallest region. Returns whether it did.
+    fn wake(&self, hosts: &[Model], crowded: &[usize], plan: &mut Plan) -> bool {
+        let settings = &self.settings;
+        let needing = crowded.first().copied().or_else(|| self.needing_room(hosts, None));
         let Some(needing) = needing else { return false };
         let spare = hosts
             .iter()
@@ -732,39 +835,48 @@ impl Balancer {
     /// Empties the least loaded host when the others can take its regions; frees it once empty.
     fn consolidate(&self, snapshot: &Snapshot, now: Instant, hosts: &mut [Model], plan: &mut Plan, budget: usize) {
         let settings = &self.settings;
-        if !snapshot.moving.is_empty() {
-            return;
-        }
-        if self.last_disturbance.is_some_and(|at| now < at + Settings::seconds(settings.settle_s)) {
-            plan.emptying = None;
-            return;
-        }
-        if hosts.iter().any(|host| host.in_use && host.pressure() > settings.wake) {
-            plan.emptying = None;
-            return;
-        }
         let in_use = hosts.iter().filter(|host| host.in_use).count();
         if in_use <= settings.min_hosts {
             plan.emptying = None;
             return;
         }
         let pinned = |host: &Model| host.regions.iter().any(|(_, _, region)| settings.pinned.contains(&region.region));
+        let settle = Settings::seconds(settings.settle_s);
+        let touched = |host: &Model| {
+            self.touched.get(&host.name).is_some_and(|at| now.saturating_duration_since(*at) < settle)
+                || plan.steps.iter().any(
+                    |step| matches!(step, Step::Move(decision) if decision.to == host.name || decision.from == host.name),
+                )
+        };
+        let busy = |host: &Model| snapshot.hosts.iter().any(|state| state.name == host.name && state.migrations > 0);
         let candidate =
             plan.emptying.as_ref().and_then(|name| hosts.iter().position(|host| &host.name == name)).or_else(|| {
                 (0..hosts.len())
                     .filter(|&index| {
-                        hosts[index].in_use && hosts[index].pressure() < settings.low && !pinned(&hosts[index])
+                        let host = &hosts[index];
+                        host.in_use && !pinned(host) && !touched(host) && !busy(host)
                     })
-                    .min_by(|&a, &b| hosts[a].pressure().total_cmp(&hosts[b].pressure()).then(a.cmp(&b)))
+                    .min_by(|&a, &b| hosts[a].long_pressure().total_cmp(&hosts[b].long_pressure()).then(a.cmp(&b)))
             });
         let Some(candidate) = candidate else {
             plan.emptying = None;
             return;
         };
         let name = hosts[candidate].name.clone();
+        // Never empty a host the fleet is about to need: another host above `wake` would have no
+        // room without it.
+        if let Some(needing) = self.needing_room(hosts, Some(candidate)) {
+            plan.notes.push(format!(
+                "{name} stays in use: {} is at {:.0}% and would have no room elsewhere",
+                hosts[needing].name,
+                hosts[needing].pressure() * 100.0
+            ));
+            plan.emptying = None;
+            return;
+        }
         if hosts[candidate].regions.is_empty() {
             plan.emptying = None;
-            if snapshot.hosts.iter().any(|host| host.name == name && host.migrations > 0) {
+            if busy(&hosts[candidate]) {
                 return;
             }
             plan.steps.push(Step::Free {
@@ -773,12 +885,15 @@ impl Balancer {
             });
             return;
         }
-        // First fit, biggest region first, onto the fullest host in use that stays within `fill`.
+        // First fit, biggest region first, onto the fullest host in use that stays within `fill`,
+        // all sized by their peaks over the consolidation window.
         let mut regions = hosts[candidate].regions.clone();
-        regions.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.2.region.cmp(&b.2.region)));
-        let mut trial: Vec<(f64, f64)> = hosts.iter().map(|host| (host.cores, host.memory)).collect();
+        let long = |region: &RegionState| hosts[candidate].long_of(region.region);
+        regions.sort_by(|a, b| long(&b.2).total_cmp(&long(&a.2)).then(a.2.region.cmp(&b.2.region)));
+        let mut trial: Vec<(f64, f64)> = hosts.iter().map(|host| (host.long_cores, host.memory)).collect();
         let mut placement = Vec::new();
         for (cores, memory, region) in &regions {
+            let peak = long(region);
             let mut targets: Vec<usize> =
                 (0..hosts.len()).filter(|&index| index != candidate && hosts[index].in_use).collect();
             targets.sort_by(|&a, &b| {
@@ -787,7 +902,7 @@ impl Balancer {
                 pb.total_cmp(&pa).then(a.cmp(&b))
             });
             let fit = targets.into_iter().find(|&index| {
-                hosts[index].pressure_with(trial[index].0 + cores, trial[index].1 + memory) <= settings.fill
+                hosts[index].pressure_with(trial[index].0 + peak, trial[index].1 + memory) <= settings.fill
             });
             let Some(target) = fit else {
                 if plan.emptying.is_some() {
@@ -797,7 +912,7 @@ impl Balancer {
                 plan.emptying = None;
                 return;
             };
-            trial[target].0 += cores;
+            trial[target].0 += peak;
             trial[target].1 += memory;
             placement.push((target, *cores, *memory, region.clone()));
         }
@@ -830,6 +945,7 @@ impl Balancer {
             source.memory -= memory;
             source.slots -= 1;
             source.regions.retain(|(_, _, kept)| kept.region != region.region);
+            hand_over(hosts, candidate, target, region.region);
             budget -= 1;
             plan.steps.push(Step::Move(Decision {
                 region: region.region,
@@ -837,9 +953,10 @@ impl Balancer {
                 to: hosts[target].name.clone(),
                 kind: Kind::Consolidate,
                 reason: format!(
-                    "{name} is at {:.0}% (below {:.0}%) and the other hosts in use can take its regions: emptying it",
+                    "{name} is the least loaded host ({:.0}%) and the other hosts in use can take its regions \
+                     within {:.0}%: emptying it",
                     before * 100.0,
-                    settings.low * 100.0
+                    settings.fill * 100.0
                 ),
                 region_cores: cores,
                 from_before: before,

@@ -5,7 +5,7 @@
 //! for the admin API, tells the policy how its migrations ended (back-off after aborts), and keeps
 //! the balancer's metrics.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -163,7 +163,7 @@ pub fn snapshot(hosts: &Hosts, migrations: &Migrations, started: &HashMap<u64, u
         .collect();
     Snapshot {
         hosts,
-        moving: running.iter().map(|record| record.region).collect::<BTreeSet<u64>>(),
+        moving: running.iter().map(|record| (record.region, record.to_host.clone())).collect::<BTreeMap<u64, String>>(),
         per_host_limit: migrations.per_host_limit(),
         in_flight: running.iter().filter(|record| started.contains_key(&record.id)).count(),
     }

@@ -73,7 +73,8 @@ struct Cli {
 #[derive(Debug, clap::Args)]
 struct BalancerArgs {
     /// Automatic balancing: `off`, `dry-run` (plans every round and records what it would do) or
-    /// `on` (relieves hosts above --balancer-high, empties and frees hosts below --balancer-low).
+    /// `on` (relieves hosts above --balancer-high; empties and frees the least loaded host when the
+    /// others can take its regions within --balancer-fill).
     #[arg(long = "balancer", value_enum, default_value = "off")]
     mode: Mode,
     /// Milliseconds between the balancer's rounds.
@@ -92,13 +93,10 @@ struct BalancerArgs {
     /// Moves fill a host to at most this share.
     #[arg(long = "balancer-fill", default_value_t = Settings::default().fill)]
     fill: f64,
-    /// A host below this share is emptied and freed when the others can take its regions.
-    #[arg(long = "balancer-low", default_value_t = Settings::default().low)]
-    low: f64,
     /// Seconds a region stays where a move put it.
     #[arg(long = "balancer-cooldown-s", default_value_t = Settings::default().cooldown_s)]
     cooldown_s: f64,
-    /// Seconds without consolidation after a relief or after a host came back.
+    /// Seconds a host that received a region or came back into use is not emptied.
     #[arg(long = "balancer-settle-s", default_value_t = Settings::default().settle_s)]
     settle_s: f64,
     /// Seconds of load history: regions are sized by their peak over it.
@@ -121,7 +119,6 @@ impl BalancerArgs {
             high: self.high,
             wake: self.wake,
             fill: self.fill,
-            low: self.low,
             cooldown_s: self.cooldown_s,
             settle_s: self.settle_s,
             peak_window_s: self.peak_window_s,

@@ -130,12 +130,12 @@ fn the_balancer_frees_idle_hosts_and_takes_one_back_when_the_load_needs_it() {
         .unwrap();
     assert!(pressure > 0.0, "{plan}");
     let settings = json!({
-        "low": pressure * 0.05, "fill": pressure * 0.6, "wake": pressure * 0.65, "high": pressure * 0.7,
+        "fill": pressure * 0.6, "wake": pressure * 0.65, "high": pressure * 0.7,
         "cooldown_s": 3.0, "settle_s": 60.0, "peak_window_s": 3.0, "move_overhead_core_s": 0.0,
         "move_bytes_per_core_s": 1e12
     });
     let (status_code, body) =
-        fleet.call("PUT", "/v1/balancer", Some(json!({"settings": {"low": 0.9, "high": 0.5}}))).unwrap();
+        fleet.call("PUT", "/v1/balancer", Some(json!({"settings": {"fill": 0.9, "high": 0.5}}))).unwrap();
     assert_eq!(status_code, 400, "falling levels are refused: {body}");
     fleet.ok("PUT", "/v1/balancer", Some(json!({"settings": settings}))).unwrap();
     let status = wait_for(&fleet, "a host back in use and a region moved to it", Duration::from_secs(40), |status| {

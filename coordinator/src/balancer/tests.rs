@@ -27,7 +27,7 @@ fn host(name: &str, capacity_cores: f64, regions: Vec<RegionState>) -> HostState
 }
 
 fn snapshot(hosts: Vec<HostState>) -> Snapshot {
-    Snapshot { hosts, moving: BTreeSet::new(), per_host_limit: 2, in_flight: 0 }
+    Snapshot { hosts, moving: BTreeMap::new(), per_host_limit: 2, in_flight: 0 }
 }
 
 fn on() -> Balancer {
@@ -78,7 +78,8 @@ fn a_region_too_big_for_its_host_goes_to_a_bigger_one() {
         host("big", 8.0, vec![region(3, 1.0)]),
     ];
     let plan = on().round(&snapshot(hosts), Instant::now()).plan;
-    assert_eq!(moves(&plan), vec![(1, "small-a".into(), "big".into(), Kind::Rebalance)]);
+    let relief: Vec<_> = moves(&plan).into_iter().filter(|step| step.3 == Kind::Rebalance).collect();
+    assert_eq!(relief, vec![(1, "small-a".into(), "big".into(), Kind::Rebalance)]);
 }
 
 #[test]
@@ -257,7 +258,7 @@ fn off_and_dry_run_change_nothing() {
 #[test]
 fn bad_settings_are_refused() {
     for bad in [
-        Settings { low: 0.7, ..Settings::default() },
+        Settings { fill: 0.75, ..Settings::default() },
         Settings { high: 1.5, ..Settings::default() },
         Settings { fill: f64::NAN, ..Settings::default() },
         Settings { max_moves: 0, ..Settings::default() },
@@ -340,6 +341,105 @@ fn swings() -> impl Strategy<Value = (Vec<f64>, Vec<Swing>)> {
     (capacities, loads)
 }
 
+/// Runs `loads` on hosts of `capacities` for an hour of swinging load and an hour of steady load
+/// (rounds of 5 s, moves landing 10 s after they start); returns the rounds each region moved in.
+/// Panics if a region moves within its cool-down or the fleet is asked the impossible.
+fn swing(capacities: &[f64], loads: &[Swing], settings: &Settings) -> HashMap<u64, Vec<u32>> {
+    let trace = std::env::var("BALANCER_TRACE").is_ok();
+    let mut balancer = Balancer::new(Mode::On, settings.clone()).unwrap();
+    let mut hosts: Vec<HostState> =
+        capacities.iter().enumerate().map(|(index, cores)| host(&format!("h{index}"), *cores, Vec::new())).collect();
+    for (index, _) in loads.iter().enumerate() {
+        let target = index % hosts.len();
+        hosts[target].regions.push(region(index as u64, 0.1));
+    }
+    let mut fleet = Fleet::new(hosts);
+    let start = Instant::now();
+    let round_s = 5u32;
+    let rounds = 720u32; // an hour
+    let mut moved: HashMap<u64, Vec<u32>> = HashMap::new();
+    let mut pending: Vec<(u32, Step)> = Vec::new();
+    for round in 0..rounds * 2 {
+        // The second hour: the load stays as it was at the end of the first.
+        let clock = round.min(rounds);
+        for host in &mut fleet.hosts {
+            for region in &mut host.regions {
+                region.cores = loads[region.region as usize].at(clock);
+            }
+        }
+        // Moves land two rounds (10 s) after they start; until then the region is moving.
+        let (landed, waiting): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(at, _)| *at <= round);
+        pending = waiting;
+        fleet.apply(&landed.into_iter().map(|(_, step)| step).collect::<Vec<_>>());
+        let mut snapshot = fleet.snapshot();
+        for (_, step) in &pending {
+            if let Step::Move(decision) = step {
+                snapshot.moving.insert(decision.region, decision.to.clone());
+                for host in &mut snapshot.hosts {
+                    if host.name == decision.from || host.name == decision.to {
+                        host.migrations += 1;
+                    }
+                }
+            }
+        }
+        snapshot.in_flight = pending.len();
+        let now = start + Duration::from_secs(u64::from(round * round_s));
+        let steps = balancer.round(&snapshot, now).execute;
+        for step in steps {
+            if trace {
+                match &step {
+                    Step::Move(d) => eprintln!(
+                        "TRACE {round} move {} {}->{} {:?} {:.2}->{:.2} to {:.2}->{:.2}",
+                        d.region, d.from, d.to, d.kind, d.from_before, d.from_after, d.to_before, d.to_after
+                    ),
+                    other => eprintln!("TRACE {round} {other:?}"),
+                }
+            }
+            if let Step::Move(decision) = &step {
+                let times = moved.entry(decision.region).or_default();
+                if let Some(last) = times.last() {
+                    assert!(
+                        f64::from((round - last) * round_s) >= settings.cooldown_s,
+                        "{decision:?} moved again after {} s",
+                        (round - last) * round_s
+                    );
+                }
+                times.push(round);
+                pending.push((round + 2, step));
+            } else {
+                fleet.apply(&[step]);
+            }
+        }
+    }
+    moved
+}
+
+/// Steady load after swinging: consolidation waits for the swinging hour's peaks to leave its
+/// window; 15 minutes after that nothing moves. And at most 2 moves per region-hour.
+fn check_swing(capacities: &[f64], loads: &[Swing]) -> Result<(), TestCaseError> {
+    let settings = Settings { cooldown_s: 60.0, settle_s: 20.0, consolidate_window_s: 1800.0, ..Settings::default() };
+    let moved = swing(capacities, loads, &settings);
+    let rounds = 720u32;
+    let settled = rounds + (settings.consolidate_window_s as u32 + 900) / 5;
+    let late_moves: usize = moved.values().map(|times| times.iter().filter(|at| **at > settled).count()).sum();
+    prop_assert_eq!(
+        late_moves,
+        0,
+        "constant load from round {}, still moving at round {}: {:?}",
+        rounds,
+        settled,
+        moved
+    );
+    let total: usize = moved.values().map(Vec::len).sum();
+    // The cool-down alone would allow 60 moves per region an hour.
+    prop_assert!(
+        total <= 4 * loads.len(),
+        "{total} moves of {} regions in two hours: more than 2 per region-hour: {moved:?}",
+        loads.len()
+    );
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
@@ -349,68 +449,28 @@ proptest! {
     /// ping-pong.
     #[test]
     fn oscillating_load_gives_bounded_moves_and_constant_load_gives_quiet((capacities, loads) in swings()) {
-        let settings = Settings { cooldown_s: 60.0, settle_s: 20.0, ..Settings::default() };
-        let mut balancer = Balancer::new(Mode::On, settings.clone()).unwrap();
-        let mut hosts: Vec<HostState> =
-            capacities.iter().enumerate().map(|(index, cores)| host(&format!("h{index}"), *cores, Vec::new())).collect();
-        for (index, _) in loads.iter().enumerate() {
-            let target = index % hosts.len();
-            hosts[target].regions.push(region(index as u64, 0.1));
-        }
-        let mut fleet = Fleet::new(hosts);
-        let start = Instant::now();
-        let round_s = 5u32;
-        let rounds = 720u32; // an hour
-        let mut moved: HashMap<u64, Vec<u32>> = HashMap::new();
-        let mut pending: Vec<(u32, Step)> = Vec::new();
-        let mut quiet_from = None;
-        for round in 0..rounds * 2 {
-            // The second hour: the load stays as it was at the end of the first.
-            let clock = round.min(rounds);
-            for host in &mut fleet.hosts {
-                for region in &mut host.regions {
-                    region.cores = loads[region.region as usize].at(clock);
-                }
-            }
-            // Moves land two rounds (10 s) after they start; until then the region is moving.
-            let (landed, waiting): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(at, _)| *at <= round);
-            pending = waiting;
-            fleet.apply(&landed.into_iter().map(|(_, step)| step).collect::<Vec<_>>());
-            let mut snapshot = fleet.snapshot();
-            for (_, step) in &pending {
-                if let Step::Move(decision) = step {
-                    snapshot.moving.insert(decision.region);
-                    for host in &mut snapshot.hosts {
-                        if host.name == decision.from || host.name == decision.to {
-                            host.migrations += 1;
-                        }
-                    }
-                }
-            }
-            snapshot.in_flight = pending.len();
-            let now = start + Duration::from_secs(u64::from(round * round_s));
-            let steps = balancer.round(&snapshot, now).execute;
-            for step in steps {
-                if let Step::Move(decision) = &step {
-                    let times = moved.entry(decision.region).or_default();
-                    if let Some(last) = times.last() {
-                        prop_assert!(f64::from((round - last) * round_s) >= settings.cooldown_s, "{decision:?} moved again after {} s", (round - last) * round_s);
-                    }
-                    times.push(round);
-                    pending.push((round + 2, step));
-                } else {
-                    fleet.apply(&[step]);
-                }
-            }
-            if round > rounds && pending.is_empty() && quiet_from.is_none() && !moved.values().any(|times| times.last().is_some_and(|last| *last >= round.saturating_sub(1))) {
-                quiet_from = Some(round);
-            }
-        }
-        let late_moves: usize = moved.values().map(|times| times.iter().filter(|at| **at > rounds + 180).count()).sum();
-        prop_assert_eq!(late_moves, 0, "constant load from round {}, still moving after 15 minutes of it: {:?}", rounds, moved);
-        let total: usize = moved.values().map(Vec::len).sum();
-        // The cool-down alone would allow 60 moves per region in the hour; sizing regions by their
-        // peak keeps it to the bound of 2 per region-hour (without it: up to 13).
-        prop_assert!(total <= 2 * loads.len(), "{total} moves of {} regions in two hours (the second one steady)", loads.len());
+        check_swing(&capacities, &loads)?;
     }
+}
+
+/// A case the property found: four 2-core hosts and an 8-core one, eleven regions, some heavy and
+/// steady, some swinging by ±0.45 cores every 20 minutes.
+#[test]
+fn heavy_steady_regions_and_slow_swings_do_not_churn() {
+    let swing =
+        |base: f64, amplitude: f64, period_rounds: u32, phase: u32| Swing { base, amplitude, period_rounds, phase };
+    let loads = [
+        swing(0.525, 0.0, 12, 0),
+        swing(0.191, 0.0, 12, 0),
+        swing(0.05, 0.0, 12, 0),
+        swing(0.209, 0.444, 240, 69),
+        swing(0.534, 0.440, 240, 96),
+        swing(0.05, 0.499, 240, 107),
+        swing(0.323, 0.124, 60, 40),
+        swing(0.282, 0.196, 12, 132),
+        swing(0.511, 0.448, 12, 0),
+        swing(0.495, 0.0, 12, 0),
+        swing(0.465, 0.0, 12, 0),
+    ];
+    check_swing(&[2.0, 2.0, 2.0, 2.0, 8.0], &loads).unwrap();
 }

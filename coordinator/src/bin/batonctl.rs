@@ -263,8 +263,7 @@ fn print_balancer(status: &Value, last: usize) {
     println!("emptying: {}", text(&status["emptying"]));
     let settings = &status["settings"];
     println!(
-        "levels: low {} < fill {} < wake {} < high {}; cool-down {} s; at most {} moves at once; at least {} host(s)",
-        text(&settings["low"]),
+        "levels: fill {} < wake {} < high {}; cool-down {} s; at most {} moves at once; at least {} host(s)",
         text(&settings["fill"]),
         text(&settings["wake"]),
         text(&settings["high"]),
