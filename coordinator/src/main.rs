@@ -99,9 +99,13 @@ struct BalancerArgs {
     /// Seconds a host that received a region or came back into use is not emptied.
     #[arg(long = "balancer-settle-s", default_value_t = Settings::default().settle_s)]
     settle_s: f64,
-    /// Seconds of load history: regions are sized by their peak over it.
+    /// Seconds of load history for relief: regions are sized by their peak over it.
     #[arg(long = "balancer-peak-window-s", default_value_t = Settings::default().peak_window_s)]
     peak_window_s: f64,
+    /// Seconds of load history for consolidation: a host is emptied only if its regions fit
+    /// elsewhere at their peak over it.
+    #[arg(long = "balancer-consolidate-window-s", default_value_t = Settings::default().consolidate_window_s)]
+    consolidate_window_s: f64,
     /// Hosts that always stay in use.
     #[arg(long = "balancer-min-hosts", default_value_t = Settings::default().min_hosts)]
     min_hosts: usize,
@@ -122,6 +126,7 @@ impl BalancerArgs {
             cooldown_s: self.cooldown_s,
             settle_s: self.settle_s,
             peak_window_s: self.peak_window_s,
+            consolidate_window_s: self.consolidate_window_s,
             min_hosts: self.min_hosts,
             max_moves: self.max_moves,
             pinned: self.pin.clone(),

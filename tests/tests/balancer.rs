@@ -60,6 +60,8 @@ fn the_balancer_frees_idle_hosts_and_takes_one_back_when_the_load_needs_it() {
             "1",
             "--balancer-peak-window-s",
             "3",
+            "--balancer-consolidate-window-s",
+            "5",
         ]
         .map(str::to_owned)
         .to_vec(),
@@ -131,7 +133,7 @@ fn the_balancer_frees_idle_hosts_and_takes_one_back_when_the_load_needs_it() {
     assert!(pressure > 0.0, "{plan}");
     let settings = json!({
         "fill": pressure * 0.6, "wake": pressure * 0.65, "high": pressure * 0.7,
-        "cooldown_s": 3.0, "settle_s": 60.0, "peak_window_s": 3.0, "move_overhead_core_s": 0.0,
+        "cooldown_s": 3.0, "settle_s": 60.0, "peak_window_s": 3.0, "consolidate_window_s": 5.0, "move_overhead_core_s": 0.0,
         "move_bytes_per_core_s": 1e12
     });
     let (status_code, body) =
