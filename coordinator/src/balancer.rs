@@ -330,26 +330,29 @@ struct Model {
 }
 
 impl Model {
-    /// A host's model; `peak` gives a region's peak tick cores over the relief window and over the
-    /// consolidation window.
-    fn new(host: &HostState, per_host_limit: usize, peak: impl Fn(&RegionState) -> (f64, f64)) -> Model {
-        let ticks: f64 = host.regions.iter().map(|region| region.cores).sum();
-        // What the host spends besides ticks (network, encoding) follows its regions.
-        let overhead = if ticks > 0.0 { (host.used_cores.max(ticks) / ticks).clamp(1.0, 4.0) } else { 1.0 };
+    /// A host's model; `peak` gives a region's peak cores (as [`attributed`]) over the relief
+    /// window and over the consolidation window.
+    fn new(host: &HostState, per_host_limit: usize, peak: impl Fn(u64) -> (f64, f64)) -> Model {
         let entities: u64 = host.regions.iter().map(|region| region.entities).sum();
         let count = host.regions.len().max(1) as f64;
         let memory = host.used_memory as f64;
+        let now = attributed(host);
         let regions: Vec<(f64, f64, RegionState)> = host
             .regions
             .iter()
-            .map(|region| {
+            .zip(&now)
+            .map(|(region, current)| {
                 let share = if entities > 0 { region.entities as f64 / entities as f64 } else { 1.0 / count };
-                (peak(region).0.max(region.cores) * overhead, memory * share, region.clone())
+                (peak(region.region).0.max(*current), memory * share, region.clone())
             })
             .collect();
         let cores = if regions.is_empty() { host.used_cores } else { regions.iter().map(|(cores, ..)| cores).sum() };
-        let long: HashMap<u64, f64> =
-            host.regions.iter().map(|region| (region.region, peak(region).1.max(region.cores) * overhead)).collect();
+        let long: HashMap<u64, f64> = host
+            .regions
+            .iter()
+            .zip(&now)
+            .map(|(region, current)| (region.region, peak(region.region).1.max(*current)))
+            .collect();
         let long_cores = if long.is_empty() { host.used_cores } else { long.values().sum() };
         Model {
             name: host.name.clone(),
@@ -390,6 +393,29 @@ impl Model {
     }
 }
 
+/// What each region of `host` costs it, in cores: its ticks, plus its share of what the host uses
+/// beyond all ticks (sending updates, reading inputs, encoding), split by players (by ticks when
+/// nobody plays).
+fn attributed(host: &HostState) -> Vec<f64> {
+    let ticks: f64 = host.regions.iter().map(|region| region.cores).sum();
+    let rest = (host.used_cores - ticks).max(0.0);
+    let players: u64 = host.regions.iter().map(|region| region.players).sum();
+    let count = host.regions.len().max(1) as f64;
+    host.regions
+        .iter()
+        .map(|region| {
+            let share = if players > 0 {
+                region.players as f64 / players as f64
+            } else if ticks > 0.0 {
+                region.cores / ticks
+            } else {
+                1.0 / count
+            };
+            region.cores + rest * share
+        })
+        .collect()
+}
+
 /// Moves a region's consolidation-window figures from one host's model to another's.
 fn hand_over(hosts: &mut [Model], from: usize, to: usize, region: u64) {
     let long = hosts[from].long.remove(&region).unwrap_or(0.0);
@@ -409,7 +435,8 @@ pub struct Balancer {
     emptying: Option<String>,
     /// Per host: when it last received a region or came back into use.
     touched: HashMap<String, Instant>,
-    /// Per region: its highest tick cores per time bucket within the longer window, oldest first.
+    /// Per region: its highest cost ([`attributed`]) per time bucket within the longer window,
+    /// oldest first.
     history: HashMap<u64, VecDeque<(Instant, f64)>>,
 }
 
@@ -502,14 +529,15 @@ impl Balancer {
         let window = Settings::seconds(self.settings.peak_window_s.max(self.settings.consolidate_window_s));
         let bucket = self.bucket();
         let mut seen = BTreeSet::new();
-        for region in snapshot.hosts.iter().flat_map(|host| host.regions.iter()) {
+        let costs = snapshot.hosts.iter().flat_map(|host| host.regions.iter().zip(attributed(host)));
+        for (region, cores) in costs {
             seen.insert(region.region);
             let samples = self.history.entry(region.region).or_default();
             match samples.back_mut() {
                 Some((start, highest)) if now.saturating_duration_since(*start) < bucket => {
-                    *highest = highest.max(region.cores);
+                    *highest = highest.max(cores);
                 }
-                _ => samples.push_back((now, region.cores)),
+                _ => samples.push_back((now, cores)),
             }
             while samples.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) > window + bucket) {
                 samples.pop_front();
@@ -525,7 +553,7 @@ impl Balancer {
             .clamp(Duration::from_millis(100), Duration::from_secs(10))
     }
 
-    /// A region's peak tick cores over the last `window` (0 when never seen).
+    /// A region's peak cost ([`attributed`]) over the last `window` (0 when never seen).
     fn peak(&self, region: u64, window: Duration, now: Instant) -> f64 {
         let reach = window + self.bucket();
         self.history.get(&region).map_or(0.0, |samples| {
@@ -589,8 +617,8 @@ impl Balancer {
             .map(|host| {
                 Model::new(host, snapshot.per_host_limit.max(1), |region| {
                     (
-                        self.peak(region.region, Settings::seconds(settings.peak_window_s), now),
-                        self.peak(region.region, Settings::seconds(settings.consolidate_window_s), now),
+                        self.peak(region, Settings::seconds(settings.peak_window_s), now),
+                        self.peak(region, Settings::seconds(settings.consolidate_window_s), now),
                     )
                 })
             })

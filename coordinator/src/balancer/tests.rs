@@ -474,3 +474,20 @@ fn heavy_steady_regions_and_slow_swings_do_not_churn() {
     ];
     check_swing(&[2.0, 2.0, 2.0, 2.0, 8.0], &loads).unwrap();
 }
+
+#[test]
+fn what_a_host_spends_beyond_ticks_is_charged_to_the_regions_with_players() {
+    // h1 uses 3.6 of 4 cores, only 0.4 of them ticking: the rest is serving region 1's 100 players
+    // (region 2 has none). Region 1 costs 3.4 cores, region 2 0.2: only moving region 1 fixes h1,
+    // although region 2 would be cheaper to send.
+    let mut crowded = region(1, 0.2);
+    crowded.players = 100;
+    crowded.entities = 5000;
+    let empty = region(2, 0.2);
+    let mut h1 = host("h1", 4.0, vec![crowded, empty]);
+    h1.used_cores = 3.6;
+    let plan = on().plan(&snapshot(vec![h1, host("h2", 8.0, vec![])]), Instant::now());
+    assert_eq!(moves(&plan), vec![(1, "h1".into(), "h2".into(), Kind::Rebalance)], "{plan:?}");
+    let Step::Move(decision) = &plan.steps[0] else { panic!() };
+    assert!((decision.region_cores - 3.4).abs() < 1e-9, "{decision:?}");
+}
