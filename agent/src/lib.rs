@@ -40,6 +40,9 @@ pub const CPU_CORES: &str = "baton_agent_cpu_cores";
 /// Resident memory of the region-server processes.
 pub const MEMORY_BYTES: &str = "baton_agent_memory_bytes";
 
+/// The shortest time over which a process's CPU use is measured.
+const CPU_WINDOW: Duration = Duration::from_secs(1);
+
 /// Describes the agent's metrics (call once, after installing a recorder).
 pub fn describe_metrics() {
     metrics::describe_gauge!(PROCESSES, "Region-server processes the agent runs.");
@@ -400,14 +403,18 @@ fn status(processes: &mut BTreeMap<String, Process>, migration_bytes: u64) -> Ag
         .map(|(name, process)| {
             if let Some(pid) = process.child.id() {
                 let now = Instant::now();
+                // CPU time counts in 10 ms clock ticks: measured over at least a second, so a short
+                // status interval does not make the figure jump by whole ticks.
                 if let Some(ticks) = cpu_ticks(pid) {
-                    if let Some((at, before)) = process.last_cpu {
-                        let seconds = now.duration_since(at).as_secs_f64();
-                        if seconds > 0.0 {
+                    match process.last_cpu {
+                        Some((at, before)) if now.duration_since(at) >= CPU_WINDOW => {
+                            let seconds = now.duration_since(at).as_secs_f64();
                             process.cpu_cores = ticks.saturating_sub(before) as f64 / 100.0 / seconds;
+                            process.last_cpu = Some((now, ticks));
                         }
+                        Some(_) => {}
+                        None => process.last_cpu = Some((now, ticks)),
                     }
-                    process.last_cpu = Some((now, ticks));
                 }
                 load.memory_bytes += resident_bytes(pid).unwrap_or(0);
             }

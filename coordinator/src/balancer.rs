@@ -19,8 +19,9 @@
 //! Consolidating empties the least loaded host when every one of its regions fits on the other
 //! hosts in use at most `fill` full (first fit, biggest region first, fullest host first), then
 //! frees it: its warm pool is released and an autoscaler may switch it off. It does not run while
-//! a host lacks room (then the fleet needs hosts, not fewer), and it never empties a host that
-//! received a region or came back into use within `settle_s`, so it does not undo a relief.
+//! a host lacks room (then the fleet needs hosts, not fewer) or within `settle_s` of a host coming
+//! back into use, and it never empties a host that received a region or came back into use within
+//! `settle_s`, so it does not undo a relief.
 //!
 //! Guards: a region moves at most once per `cooldown_s`; after a move of it aborts it waits
 //! `backoff_s`, doubled per abort in a row (at most 32 times); pinned regions never move; at most
@@ -435,6 +436,8 @@ pub struct Balancer {
     emptying: Option<String>,
     /// Per host: when it last received a region or came back into use.
     touched: HashMap<String, Instant>,
+    /// When a free host was last taken back into use.
+    woken: Option<Instant>,
     /// Per region: its highest cost ([`attributed`]) per time bucket within the longer window,
     /// oldest first.
     history: HashMap<u64, VecDeque<(Instant, f64)>>,
@@ -460,6 +463,7 @@ impl Balancer {
             backoff: HashMap::new(),
             emptying: None,
             touched: HashMap::new(),
+            woken: None,
             history: HashMap::new(),
         })
     }
@@ -511,6 +515,7 @@ impl Balancer {
                         }
                         Step::Use { host, .. } => {
                             self.touched.insert(host.clone(), now);
+                            self.woken = Some(now);
                         }
                         Step::Free { .. } => {}
                     }
@@ -801,9 +806,9 @@ impl Balancer {
         }
     }
 
-    /// A host in use above `wake` with no room elsewhere (hosts in use other than `without`) for
-    /// its smallest region, if any: the fleet is about to need another host.
-    fn needing_room(&self, hosts: &[Model], without: Option<usize>) -> Option<usize> {
+    /// A host in use above `level` with no room elsewhere (hosts in use other than `without`) for
+    /// its smallest region, if any: above `wake`, the fleet is about to need another host.
+    fn needing_room(&self, hosts: &[Model], without: Option<usize>, level: f64) -> Option<usize> {
         let fill = self.settings.fill;
         let no_room = |index: usize| {
             let host = &hosts[index];
@@ -818,10 +823,7 @@ impl Balancer {
             })
         };
         (0..hosts.len()).find(|&index| {
-            Some(index) != without
-                && hosts[index].in_use
-                && hosts[index].pressure() > self.settings.wake
-                && no_room(index)
+            Some(index) != without && hosts[index].in_use && hosts[index].pressure() > level && no_room(index)
         })
     }
 
@@ -829,7 +831,7 @@ impl Balancer {
     /// with no room elsewhere for its smallest region. Returns whether it did.
     fn wake(&self, hosts: &[Model], crowded: &[usize], plan: &mut Plan) -> bool {
         let settings = &self.settings;
-        let needing = crowded.first().copied().or_else(|| self.needing_room(hosts, None));
+        let needing = crowded.first().copied().or_else(|| self.needing_room(hosts, None, settings.wake));
         let Some(needing) = needing else { return false };
         let spare = hosts
             .iter()
@@ -863,6 +865,11 @@ impl Balancer {
     /// Empties the least loaded host when the others can take its regions; frees it once empty.
     fn consolidate(&self, snapshot: &Snapshot, now: Instant, hosts: &mut [Model], plan: &mut Plan, budget: usize) {
         let settings = &self.settings;
+        // The fleet just grew because it lacked room: no shrinking it for a while.
+        if self.woken.is_some_and(|at| now.saturating_duration_since(at) < Settings::seconds(settings.settle_s)) {
+            plan.emptying = None;
+            return;
+        }
         let in_use = hosts.iter().filter(|host| host.in_use).count();
         if in_use <= settings.min_hosts {
             plan.emptying = None;
@@ -891,9 +898,10 @@ impl Balancer {
             return;
         };
         let name = hosts[candidate].name.clone();
-        // Never empty a host the fleet is about to need: another host above `wake` would have no
-        // room without it.
-        if let Some(needing) = self.needing_room(hosts, Some(candidate)) {
+        // Never empty a host the fleet may soon need: another host above `fill` would have no room
+        // without it (`fill`, not `wake`: a host taken back stays until the load is well below
+        // what brought it back).
+        if let Some(needing) = self.needing_room(hosts, Some(candidate), settings.fill) {
             plan.notes.push(format!(
                 "{name} stays in use: {} is at {:.0}% and would have no room elsewhere",
                 hosts[needing].name,

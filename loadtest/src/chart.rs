@@ -1,6 +1,7 @@
 //! `report.html`: one self-contained page (inline SVG charts drawn with plotters, text in the
 //! bundled DejaVu Sans, no scripts, nothing fetched): the summary, update gap over time with the
-//! region moves marked, round-trip percentiles over time, and each host's load.
+//! region moves marked, round-trip percentiles over time, each host's load, and with the balancer
+//! on, each host's load over its capacity and the hosts in use with its decisions marked.
 
 use std::fmt::Write as _;
 
@@ -119,6 +120,9 @@ pub fn html(report: &Report) -> anyhow::Result<String> {
         page.push_str(&svg);
         page.push_str("</div>");
     }
+    if let Some(balancer) = &report.balancer {
+        balancer_section(&mut page, balancer, end)?;
+    }
     page.push_str("<h2>Region moves</h2>");
     moves_table(&mut page, report, "freeze ms");
     let crossings = report.handoffs.iter().filter(|handoff| handoff.kind == "crossing").count();
@@ -166,6 +170,62 @@ pub fn html(report: &Report) -> anyhow::Result<String> {
     }
     page.push_str("</body></html>");
     Ok(page)
+}
+
+/// The balancer's charts (each host's load over its capacity, hosts in use; its decisions
+/// marked) and its decisions.
+fn balancer_section(page: &mut String, balancer: &crate::report::BalancerReport, end: f64) -> anyhow::Result<()> {
+    let palette = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    let decisions: Vec<(f64, String)> =
+        balancer.decisions.iter().map(|decision| (decision.at_s, decision.kind.clone())).collect();
+    let loads: Vec<Line> = balancer
+        .host_load
+        .iter()
+        .enumerate()
+        .map(|(index, (host, load))| {
+            let points = load.iter().enumerate().skip(1).map(|(second, share)| (second as f64, *share)).collect();
+            (host.clone(), palette[index % palette.len()], points)
+        })
+        .collect();
+    let load =
+        chart("Each host's CPU over its declared capacity; grey lines: balancer decisions", end, &loads, &decisions)?;
+    let in_use = chart(
+        "Hosts in use; grey lines: balancer decisions",
+        end,
+        &[(
+            "hosts in use".into(),
+            BLUE,
+            balancer
+                .hosts_in_use
+                .iter()
+                .enumerate()
+                .skip(1)
+                .map(|(second, hosts)| (second as f64, *hosts as f64))
+                .collect(),
+        )],
+        &decisions,
+    )?;
+    let _ = write!(page, "<h2>Balancer ({})</h2><div>{load}</div><div>{in_use}</div>", escape(&balancer.mode));
+    page.push_str(
+        "<table><tr><th>at s</th><th>decision</th><th>region</th><th>from / host</th><th>to</th><th>why</th>\
+         <th>outcome</th></tr>",
+    );
+    for decision in &balancer.decisions {
+        let _ = write!(
+            page,
+            "<tr><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td style=\"text-align:left\">{}</td>\
+             <td>{}</td></tr>",
+            decision.at_s,
+            escape(&decision.kind),
+            decision.region.map_or("-".into(), |region| region.to_string()),
+            escape(&decision.from),
+            escape(&decision.to),
+            escape(&decision.reason),
+            escape(&decision.outcome),
+        );
+    }
+    page.push_str("</table>");
+    Ok(())
 }
 
 /// The table of a report's region moves.

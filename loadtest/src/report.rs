@@ -75,8 +75,87 @@ pub struct HostSample {
     pub host: String,
     /// CPU of its region servers, in cores.
     pub cpu_cores: f64,
+    /// The cores it declares (`--capacity-cores`).
+    pub capacity_cores: f64,
+    /// Connected, not draining and not freed by the balancer.
+    pub in_use: bool,
     /// Players in its regions.
     pub players: u64,
+}
+
+/// One thing the balancer did during the run.
+#[derive(Clone, Debug, Serialize)]
+pub struct BalancerDecision {
+    /// Seconds after the start of the run.
+    pub at_s: f64,
+    /// `rebalance` or `consolidate` (a region moved), `free` or `use` (a host left or came back).
+    pub kind: String,
+    /// The region, for a move.
+    pub region: Option<u64>,
+    /// The region's host, or the host freed or taken back.
+    pub from: String,
+    /// The region's new host (empty for `free` and `use`).
+    pub to: String,
+    /// Why.
+    pub reason: String,
+    /// What came of it.
+    pub outcome: String,
+}
+
+/// What the balancer did and how the hosts fared.
+#[derive(Clone, Debug, Serialize)]
+pub struct BalancerReport {
+    /// `off`, `dry-run` or `on` at the end of the run.
+    pub mode: String,
+    /// Its decisions in the run.
+    pub decisions: Vec<BalancerDecision>,
+    /// Hosts in use, per second.
+    pub hosts_in_use: Vec<usize>,
+    /// Per host, its CPU over its declared capacity, per second.
+    pub host_load: std::collections::BTreeMap<String, Vec<f64>>,
+}
+
+/// The balancer's part of the report, from its status (`GET /v1/balancer`) and the host samples.
+#[must_use]
+pub fn balancer_report(status: &Value, started_unix_ms: u64, hosts: &[HostSample]) -> BalancerReport {
+    let decisions = status["decisions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|decision| decision["at_unix_ms"].as_u64().is_some_and(|at| at >= started_unix_ms))
+        .map(|decision| {
+            let step = &decision["step"];
+            let text = |value: &Value| value.as_str().unwrap_or_default().to_owned();
+            let is_move = step["step"] == "move";
+            BalancerDecision {
+                at_s: decision["at_unix_ms"].as_u64().unwrap_or(0).saturating_sub(started_unix_ms) as f64 / 1000.0,
+                kind: if is_move { text(&step["kind"]) } else { text(&step["step"]) },
+                region: step["region"].as_u64(),
+                from: if is_move { text(&step["from"]) } else { text(&step["host"]) },
+                to: text(&step["to"]),
+                reason: text(&step["reason"]),
+                outcome: text(&decision["outcome"]),
+            }
+        })
+        .collect();
+    let seconds = hosts.iter().map(|sample| sample.at_s.floor() as usize).max().map_or(0, |last| last + 1);
+    let mut hosts_in_use = vec![0usize; seconds];
+    let mut host_load: std::collections::BTreeMap<String, Vec<f64>> = std::collections::BTreeMap::new();
+    for sample in hosts {
+        let second = sample.at_s.floor() as usize;
+        if sample.in_use {
+            hosts_in_use[second] += 1;
+        }
+        let load = host_load.entry(sample.host.clone()).or_insert_with(|| vec![0.0; seconds]);
+        if sample.capacity_cores > 0.0 {
+            load[second] = sample.cpu_cores / sample.capacity_cores;
+        }
+    }
+    BalancerReport { mode: text_of(&status["mode"]), decisions, hosts_in_use, host_load }
+}
+
+fn text_of(value: &Value) -> String {
+    value.as_str().unwrap_or_default().to_owned()
 }
 
 /// Everything a run measured.
@@ -118,6 +197,9 @@ pub struct Report {
     pub seconds: Vec<Second>,
     /// Hosts' load over time.
     pub hosts: Vec<HostSample>,
+    /// What the balancer did, when the scenario ran it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balancer: Option<BalancerReport>,
     /// The SLOs the run was judged by.
     pub slo: crate::scenario::Slo,
     /// Which SLOs were violated, in words.
@@ -292,6 +374,7 @@ pub fn build_report(
         handoffs,
         seconds,
         hosts,
+        balancer: None,
         slo: scenario.slo.clone(),
         slo_violations: Vec::new(),
         slo_ok: false,
@@ -321,6 +404,14 @@ fn violations(report: &Report) -> Vec<String> {
     }
     if report.failed_to_connect > 0 {
         found.push(format!("{} avatars could not connect", report.failed_to_connect));
+    }
+    if let Some(limit) = slo.move_gap_ms {
+        for handoff in report.moves().filter(|handoff| handoff.max_player_gap_ms > limit) {
+            found.push(format!(
+                "moving region {} ({}): a player went {:.0} ms without an update > {limit:.0} ms",
+                handoff.region, handoff.kind, handoff.max_player_gap_ms
+            ));
+        }
     }
     if slo.migrations_commit {
         for handoff in
@@ -390,6 +481,31 @@ impl Report {
                 handoff.freeze_ms.map_or("-".into(), |ms| format!("{ms:.1} ms")),
                 handoff.max_player_gap_ms
             );
+        }
+        if let Some(balancer) = &self.balancer {
+            let in_use = |at: usize| balancer.hosts_in_use.get(at).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "  balancer ({}): {} decisions; hosts in use: {} at the start, {} at the end, {} to {} on the way",
+                balancer.mode,
+                balancer.decisions.len(),
+                in_use(1),
+                in_use(balancer.hosts_in_use.len().saturating_sub(2)),
+                balancer.hosts_in_use.iter().skip(1).min().copied().unwrap_or(0),
+                balancer.hosts_in_use.iter().max().copied().unwrap_or(0),
+            );
+            for decision in &balancer.decisions {
+                let _ = writeln!(
+                    out,
+                    "    t={:>5.1}s {:<11} {} {}{}: {}",
+                    decision.at_s,
+                    decision.kind,
+                    decision.region.map_or(String::new(), |region| format!("region {region}")),
+                    decision.from,
+                    if decision.to.is_empty() { String::new() } else { format!(" -> {}", decision.to) },
+                    decision.reason
+                );
+            }
         }
         if self.slo_ok {
             let _ = writeln!(out, "  SLO: met");

@@ -101,12 +101,16 @@ pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mo
         columns: scenario.columns,
         tick_rate: 20,
         checkpoint_every_s: 10.0,
-        capacity_cores: Vec::new(),
+        capacity_cores: scenario.host_cores.clone(),
         coordinator_args: Vec::new(),
     })?;
     fleet.wait_hosts_ready(scenario.hosts, 1, Duration::from_secs(120))?;
     for region in 1..=scenario.regions {
-        let host = format!("h{}", (region - 1) % scenario.hosts as u64 + 1);
+        let host = scenario
+            .placement
+            .get(region as usize - 1)
+            .cloned()
+            .unwrap_or_else(|| format!("h{}", (region - 1) % scenario.hosts as u64 + 1));
         let objects = scenario.objects_per_region;
         fleet
             .ok(
@@ -118,6 +122,20 @@ pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mo
             .with_context(|| format!("creating region {region}"))?;
     }
 
+    // The balancer: set once its time comes (at once if that is before the avatars connect).
+    let mut balancer_pending = scenario.balancer.clone();
+    let set_balancer = |fleet: &Fleet, balancer: &crate::scenario::BalancerScenario| -> anyhow::Result<()> {
+        let mut update = json!({ "mode": balancer.mode });
+        if let Some(settings) = &balancer.settings {
+            update["settings"] = serde_json::to_value(settings)?;
+        }
+        fleet.ok("PUT", "/v1/balancer", Some(update)).context("setting the balancer")?;
+        Ok(())
+    };
+    if let Some(balancer) = balancer_pending.take_if(|balancer| balancer.at_s <= 0.0) {
+        set_balancer(&fleet, &balancer)?;
+        say(format!("the coordinator's balancer is {}", balancer.mode));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -163,6 +181,10 @@ pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mo
     let play_ends = Duration::from_secs(scenario.ramp_s + scenario.duration_s);
     let mut next_second = Duration::from_secs(1);
     while started.elapsed() < play_ends && !stop.load(Ordering::Relaxed) {
+        if let Some(balancer) = balancer_pending.take_if(|balancer| started.elapsed().as_secs_f64() >= balancer.at_s) {
+            set_balancer(&fleet, &balancer)?;
+            say(format!("t={:.0}s: the coordinator's balancer is {}", balancer.at_s, balancer.mode));
+        }
         while let Some(event) = events.next_if(|event| started.elapsed().as_secs_f64() >= event.at_s) {
             if mode == Mode::Restart {
                 let moves = restart_moves(&fleet, &event, scenario.hosts);
@@ -218,6 +240,8 @@ pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mo
                         at_s,
                         host: host["name"].as_str().unwrap_or_default().to_owned(),
                         cpu_cores: host["cpu_cores"].as_f64().unwrap_or(0.0),
+                        capacity_cores: host["capacity_cores"].as_f64().unwrap_or(0.0),
+                        in_use: host["connected"] == true && host["draining"] != true && host["free"] != true,
                         players: host["regions"]
                             .as_array()
                             .map(|loads| loads.iter().filter_map(|load| load["players"].as_u64()).sum())
@@ -293,7 +317,13 @@ pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mo
         std::thread::sleep(Duration::from_millis(200));
     };
     let migrations = migrations.as_array().cloned().unwrap_or_default();
-    Ok(build_report(&scenario, started_unix_ms, &outcomes, failed_to_connect, &migrations, host_samples))
+    let balancer = match &scenario.balancer {
+        Some(_) => Some(fleet.ok("GET", "/v1/balancer", None)?),
+        None => None,
+    };
+    let mut report = build_report(&scenario, started_unix_ms, &outcomes, failed_to_connect, &migrations, host_samples);
+    report.balancer = balancer.map(|status| crate::report::balancer_report(&status, started_unix_ms, &report.hosts));
+    Ok(report)
 }
 
 /// The moves one scenario event asks for, the old way: (region, from host, to host, kind). A
@@ -387,11 +417,21 @@ fn plans(scenario: &Scenario) -> Vec<PlayerPlan> {
     let leaving =
         scenario.churn.as_ref().map_or(0, |churn| (churn.fraction * scenario.avatars as f64).round() as usize);
     let halfway = ramp + play / 2;
-    let mut plans = Vec::with_capacity(scenario.avatars + leaving);
+    let crowd = scenario.crowd.as_ref().map_or(0, |crowd| crowd.avatars);
+    let mut plans = Vec::with_capacity(scenario.avatars + leaving + crowd);
     let mut patrols = 0;
+    // Night falls: the first `fraction` of the avatars leave one after another.
+    let nightfall = scenario.leaving.as_ref().map(|leaving| {
+        let count = (leaving.fraction * scenario.avatars as f64).round() as usize;
+        (count, leaving.from_s, leaving.to_s)
+    });
     for index in 0..scenario.avatars + leaving {
         let mut player = index as u64 + 1;
-        let region = (index as u64 % scenario.regions) + 1;
+        let region = if scenario.avatar_regions.is_empty() {
+            (index as u64 % scenario.regions) + 1
+        } else {
+            scenario.avatar_regions[index % scenario.avatar_regions.len()]
+        };
         let share = (index % scenario.avatars) as f64 / scenario.avatars as f64 * total;
         let movement = if share < mix.random_walk {
             Movement::Wander
@@ -413,7 +453,13 @@ fn plans(scenario: &Scenario) -> Vec<PlayerPlan> {
         } else {
             let start_after = ramp.mul_f64(index as f64 / scenario.avatars as f64);
             // The first `leaving` avatars leave halfway through.
-            let end = if index < leaving { halfway } else { ramp + play };
+            let mut end = if index < leaving { halfway } else { ramp + play };
+            if let Some((count, from_s, to_s)) = nightfall
+                && index < count
+            {
+                let at = from_s + (to_s - from_s) * index as f64 / count.max(1) as f64;
+                end = end.min(Duration::from_secs_f64(at));
+            }
             (start_after, end.saturating_sub(start_after))
         };
         plans.push(PlayerPlan {
@@ -423,6 +469,27 @@ fn plans(scenario: &Scenario) -> Vec<PlayerPlan> {
             payload_bytes: scenario.payload_bytes,
             ..PlayerPlan::new(player, region, movement, play_for)
         });
+    }
+    // A crowd arrives: new avatars, wandering, spread over the regions, playing to the end.
+    if let Some(arriving) = &scenario.crowd {
+        for index in 0..arriving.avatars {
+            let player = (scenario.avatars + leaving + index) as u64 + 1;
+            let region = if arriving.regions.is_empty() {
+                (index as u64 % scenario.regions) + 1
+            } else {
+                arriving.regions[index % arriving.regions.len()]
+            };
+            let start_after = Duration::from_secs_f64(
+                arriving.at_s + arriving.over_s * index as f64 / arriving.avatars.max(1) as f64,
+            );
+            plans.push(PlayerPlan {
+                inputs_per_second: scenario.inputs_per_second,
+                start_after,
+                settle_for: Duration::from_secs(10),
+                payload_bytes: scenario.payload_bytes,
+                ..PlayerPlan::new(player, region, Movement::Wander, (ramp + play).saturating_sub(start_after))
+            });
+        }
     }
     plans
 }

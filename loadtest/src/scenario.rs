@@ -40,6 +40,27 @@ pub struct Scenario {
     /// Physics objects per region (plus a tenth as many scripted NPCs and plants).
     #[serde(default = "default_objects")]
     pub objects_per_region: usize,
+    /// The regions avatars start in, round-robin (empty: all regions).
+    #[serde(default)]
+    pub avatar_regions: Vec<u64>,
+    /// The host of each region, in order (`["h1", "h1", "h2", ...]`); regions past the end (or
+    /// all, when empty) are placed round-robin.
+    #[serde(default)]
+    pub placement: Vec<String>,
+    /// CPU cores each host declares to the balancer (`--capacity-cores`), in order; hosts past the
+    /// end declare the machine's cores. All hosts of a run share one machine: small declared
+    /// capacities make its load matter.
+    #[serde(default)]
+    pub host_cores: Vec<f64>,
+    /// The coordinator's balancer during the run (off when absent).
+    #[serde(default)]
+    pub balancer: Option<BalancerScenario>,
+    /// Avatars leaving over a stretch of the run (night falls).
+    #[serde(default)]
+    pub leaving: Option<Leaving>,
+    /// A crowd of new avatars arriving.
+    #[serde(default)]
+    pub crowd: Option<Crowd>,
     /// How avatars move (shares; they need not add up to 1).
     #[serde(default)]
     pub movement: MovementMix,
@@ -73,6 +94,48 @@ impl Default for MovementMix {
     fn default() -> Self {
         MovementMix { random_walk: 1.0, hotspot: 0.0, border_patrol: 0.0 }
     }
+}
+
+/// The balancer during a run: set through the admin API once the regions exist.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalancerScenario {
+    /// `off`, `dry-run` or `on`.
+    pub mode: String,
+    /// When to set it, seconds after the ramp began (0: before the avatars connect).
+    #[serde(default)]
+    pub at_s: f64,
+    /// Its settings (the admin API's `settings` object; fields left out take their defaults).
+    #[serde(default)]
+    pub settings: Option<toml::Table>,
+}
+
+/// The first `fraction` of the avatars leave, one after another, between `from_s` and `to_s`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Leaving {
+    /// Between 0 and 1.
+    pub fraction: f64,
+    /// When the first leaves, seconds after the ramp began.
+    pub from_s: f64,
+    /// When the last leaves.
+    pub to_s: f64,
+}
+
+/// `avatars` new avatars join between `at_s` and `at_s + over_s` and play to the end.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Crowd {
+    /// How many.
+    pub avatars: usize,
+    /// When the first joins, seconds after the ramp began.
+    pub at_s: f64,
+    /// Seconds over which they join.
+    #[serde(default)]
+    pub over_s: f64,
+    /// The regions they join, round-robin (empty: all regions).
+    #[serde(default)]
+    pub regions: Vec<u64>,
 }
 
 /// Join/leave churn: `fraction` of the avatars leave halfway through and as many new ones join.
@@ -126,6 +189,10 @@ pub struct Slo {
     /// Most disconnects.
     #[serde(default)]
     pub disconnects: u64,
+    /// Most milliseconds any player of a moved region may go without an update during its move
+    /// (none: not judged).
+    #[serde(default)]
+    pub move_gap_ms: Option<f64>,
     /// Every operator event must end committed.
     #[serde(default = "yes")]
     pub migrations_commit: bool,
@@ -139,6 +206,7 @@ impl Default for Slo {
             inputs_lost: 0,
             inputs_duplicated: 0,
             disconnects: 0,
+            move_gap_ms: None,
             migrations_commit: true,
         }
     }
@@ -225,12 +293,63 @@ impl Scenario {
         {
             return Err(format!("churn.fraction must be within 0..=1, got {}", churn.fraction));
         }
+        let host_exists = |host: &str| {
+            host.strip_prefix('h')
+                .and_then(|index| index.parse::<usize>().ok())
+                .is_some_and(|index| (1..=self.hosts).contains(&index))
+        };
+        if let Some(region) = self.avatar_regions.iter().find(|region| !(1..=self.regions).contains(*region)) {
+            return Err(format!("avatar_regions names region {region}: no such region"));
+        }
+        if self.placement.len() as u64 > self.regions {
+            return Err(format!("placement names {} hosts for {} regions", self.placement.len(), self.regions));
+        }
+        if let Some(host) = self.placement.iter().find(|host| !host_exists(host)) {
+            return Err(format!("placement names {host}: no such host"));
+        }
+        if self.host_cores.len() > self.hosts
+            || self.host_cores.iter().any(|cores| !(cores.is_finite() && *cores > 0.0))
+        {
+            return Err(format!("host_cores must be at most {} positive numbers", self.hosts));
+        }
+        if let Some(balancer) = &self.balancer
+            && !["off", "dry-run", "on"].contains(&balancer.mode.as_str())
+        {
+            return Err(format!("balancer.mode must be off, dry-run or on, not {:?}", balancer.mode));
+        }
+        if let Some(balancer) = &self.balancer
+            && !(balancer.at_s.is_finite() && balancer.at_s >= 0.0)
+        {
+            return Err("balancer.at_s must be 0 or more seconds".into());
+        }
+        if let Some(leaving) = &self.leaving
+            && !((0.0..=1.0).contains(&leaving.fraction)
+                && leaving.from_s.is_finite()
+                && leaving.from_s >= 0.0
+                && leaving.to_s.is_finite()
+                && leaving.to_s >= leaving.from_s)
+        {
+            return Err("leaving needs 0 <= fraction <= 1 and 0 <= from_s <= to_s".into());
+        }
+        if let Some(crowd) = &self.crowd
+            && !(crowd.at_s.is_finite() && crowd.at_s >= 0.0 && crowd.over_s.is_finite() && crowd.over_s >= 0.0)
+        {
+            return Err("crowd needs at_s and over_s of 0 or more".into());
+        }
+        if let Some(region) = self
+            .crowd
+            .iter()
+            .flat_map(|crowd| crowd.regions.iter())
+            .find(|region| !(1..=self.regions).contains(*region))
+        {
+            return Err(format!("crowd.regions names region {region}: no such region"));
+        }
+        if let Some(crowd) = &self.crowd
+            && crowd.at_s + crowd.over_s >= (self.ramp_s + self.duration_s) as f64
+        {
+            return Err("the crowd must have arrived before the run ends (at_s + over_s < ramp_s + duration_s)".into());
+        }
         for event in &self.events {
-            let host_exists = |host: &str| {
-                host.strip_prefix('h')
-                    .and_then(|index| index.parse::<usize>().ok())
-                    .is_some_and(|index| (1..=self.hosts).contains(&index))
-            };
             match (&event.migrate, &event.drain) {
                 (Some(migrate), None) => {
                     if !(1..=self.regions).contains(&migrate.region) || !host_exists(&migrate.to) {
@@ -283,7 +402,7 @@ mod tests {
     #[test]
     fn every_shipped_scenario_loads() {
         let names = shipped_names();
-        for required in ["steady", "migrate", "crossing", "hotspot", "mixed"] {
+        for required in ["steady", "migrate", "crossing", "hotspot", "mixed", "nightfall", "bighost"] {
             assert!(names.iter().any(|name| name == required), "{required} is not shipped: {names:?}");
         }
         for name in names {
@@ -310,5 +429,12 @@ mod tests {
         assert!(parse(&format!("{base}[[events]]\nat_s = 1\n")).unwrap_err().contains("exactly one"));
         assert!(parse(&format!("{base}payload_bytes = [4, 2]\n")).unwrap_err().contains("payload_bytes"));
         assert!(parse(&format!("{base}[movement]\nrandom_walk = 0\n")).unwrap_err().contains("movement"));
+        assert!(parse(&format!("{base}placement = [\"h7\"]\n")).unwrap_err().contains("h7"));
+        assert!(parse(&format!("{base}host_cores = [0.5, -1]\n")).unwrap_err().contains("host_cores"));
+        assert!(parse(&format!("{base}[balancer]\nmode = \"always\"\n")).unwrap_err().contains("balancer.mode"));
+        assert!(
+            parse(&format!("{base}[leaving]\nfraction = 0.5\nfrom_s = 9\nto_s = 3\n")).unwrap_err().contains("leaving")
+        );
+        assert!(parse(&format!("{base}[balancer]\nmode = \"on\"\nsettings = {{ high = 0.9 }}\n")).is_ok());
     }
 }

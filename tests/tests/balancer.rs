@@ -40,6 +40,13 @@ fn decisions_of(status: &Value, step: &str) -> Vec<Value> {
 
 #[test]
 fn the_balancer_frees_idle_hosts_and_takes_one_back_when_the_load_needs_it() {
+    // The operator's hook records what it is told (an autoscaler would switch hosts off and on).
+    let hooks = std::env::temp_dir().join(format!("baton-balancer-hook-{}", std::process::id()));
+    std::fs::create_dir_all(&hooks).unwrap();
+    let hook = hooks.join("hook.sh");
+    let told = hooks.join("told");
+    std::fs::write(&hook, format!("#!/bin/sh\necho \"$1 $2\" >> {}\n", told.display())).unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(&hook).status().unwrap();
     let spec = FleetSpec {
         hosts: 3,
         pool: 1,
@@ -62,6 +69,8 @@ fn the_balancer_frees_idle_hosts_and_takes_one_back_when_the_load_needs_it() {
             "3",
             "--balancer-consolidate-window-s",
             "5",
+            "--balancer-hook",
+            hook.to_str().unwrap(),
         ]
         .map(str::to_owned)
         .to_vec(),
@@ -114,6 +123,24 @@ fn the_balancer_frees_idle_hosts_and_takes_one_back_when_the_load_needs_it() {
     }
     let regions = fleet.ok("GET", "/v1/regions", None).unwrap();
     assert!(regions.as_array().unwrap().iter().all(|row| row["host"] == kept.as_str()), "{regions}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut freed: Vec<String> = status["free_hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|host| format!("free {}", host.as_str().unwrap()))
+        .collect();
+    freed.sort();
+    loop {
+        let mut lines: Vec<String> =
+            std::fs::read_to_string(&told).unwrap_or_default().lines().map(str::to_owned).collect();
+        lines.sort();
+        if lines == freed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the hook was told {lines:?}, not {freed:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // A free host takes no migration asked for by hand.
     let free_host = status["free_hosts"][0].as_str().unwrap();
     let (refused, body) =
@@ -144,6 +171,12 @@ fn the_balancer_frees_idle_hosts_and_takes_one_back_when_the_load_needs_it() {
         !decisions_of(status, "use").is_empty()
             && decisions_of(status, "move").iter().any(|decision| decision["step"]["kind"] == "rebalance")
     });
+    let taken_back = decisions_of(&status, "use")[0]["step"]["host"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&told).unwrap_or_default().contains(&format!("use {taken_back}")) {
+        assert!(Instant::now() < deadline, "the hook was not told {taken_back} is back in use");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let migrations = fleet.ok("GET", "/v1/migrations", None).unwrap();
     let rebalanced: Vec<&Value> =
         migrations.as_array().unwrap().iter().filter(|record| record["kind"] == "rebalance").collect();
@@ -181,4 +214,5 @@ fn the_balancer_frees_idle_hosts_and_takes_one_back_when_the_load_needs_it() {
             .collect();
         assert_eq!(serving, ["owner"], "{row} {hosts}");
     }
+    let _ = std::fs::remove_dir_all(hooks);
 }

@@ -491,3 +491,16 @@ fn what_a_host_spends_beyond_ticks_is_charged_to_the_regions_with_players() {
     let Step::Move(decision) = &plan.steps[0] else { panic!() };
     assert!((decision.region_cores - 3.4).abs() < 1e-9, "{decision:?}");
 }
+
+#[test]
+fn a_host_taken_back_stays_until_the_load_is_well_below_what_brought_it_back() {
+    // h1 at 65%: above fill, below wake. Without the empty h2 it would have no room for a region:
+    // h2 stays in use (freeing it at 65% and taking it back at 70% would flap).
+    let busy = |cores: f64| host("h1", 4.0, vec![region(1, cores / 2.0), region(2, cores / 2.0)]);
+    let plan = on().plan(&snapshot(vec![busy(2.6), host("h2", 4.0, vec![])]), Instant::now());
+    assert!(plan.steps.is_empty(), "{plan:?}");
+    assert!(plan.notes.iter().any(|note| note.contains("h2 stays in use")), "{plan:?}");
+    // At 50% h1 does not need it: h2 is freed.
+    let plan = on().plan(&snapshot(vec![busy(2.0), host("h2", 4.0, vec![])]), Instant::now());
+    assert!(matches!(&plan.steps[..], [Step::Free { host, .. }] if host == "h2"), "{plan:?}");
+}
