@@ -480,17 +480,7 @@ fn a_world_survives_a_restart_of_everything() {
 
 #[test]
 fn a_migration_survives_a_coordinator_crash_with_players_on_board() {
-    let spec = FleetSpec {
-        hosts: 2,
-        pool: 2,
-        capacity: 4,
-        world_regions: 12,
-        columns: 4,
-        tick_rate: 20,
-        checkpoint_every_s: 5.0,
-        capacity_cores: Vec::new(),
-        coordinator_args: Vec::new(),
-    };
+    let spec = FleetSpec { capacity: 4, ..spec(2, 2) };
     let mut fleet = Fleet::start(&spec).unwrap();
     fleet.wait_hosts_ready(2, 2, Duration::from_secs(60)).unwrap();
     for (region, host) in [(1u64, "h1"), (2, "h2"), (3, "h1")] {
