@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::balancer::{Decision, HostPressure, Kind, Mode, Plan, Settings, Step};
-use crate::balancing::{BalancerStatus, BalancerUpdate, Balancing, DecisionRecord};
+use crate::balancing::{BalancerStatus, BalancerUpdate, Balancing, DecisionRecord, UpdateError};
 use axum::{Json, Router};
 use baton_wire::RegionId;
 use baton_wire::authority::{AuthorityError, OwnershipAuthority};
@@ -635,9 +635,11 @@ async fn put_balancer(
 ) -> Result<Json<BalancerStatus>, Failure> {
     let Json(update) = body.map_err(bad_body)?;
     match state.balancing.update(update) {
-        Ok(Some(status)) => Ok(Json(status)),
-        Ok(None) => Err(balancer_unavailable()),
-        Err(error) => Err(Failure(StatusCode::BAD_REQUEST, format!("bad balancer settings: {error}"))),
+        Ok(status) => Ok(Json(status)),
+        Err(UpdateError::Unavailable) => Err(balancer_unavailable()),
+        Err(UpdateError::Invalid(error)) => {
+            Err(Failure(StatusCode::BAD_REQUEST, format!("bad balancer settings: {error}")))
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 //! (hysteresis, like the descheduler's two thresholds):
 //! - `fill`: no move fills a host above it;
 //! - `wake`: a free host is taken back into use when a host in use is above it and no other host
-//!   in use has room for any of its regions, so the fleet grows *before* a host crosses `high`;
+//!   in use has room for its smallest region, so the fleet grows *before* a host crosses `high`;
 //! - `high`: a host above it is relieved (or one above `fill` whose regions' ticks run late).
 //!
 //! Relieving moves, per overloaded host, the region whose move brings the host back below its
@@ -188,7 +188,10 @@ pub struct HostState {
     pub used_memory: u64,
     /// Connected and not draining: it may take regions.
     pub available: bool,
-    /// Freed by the balancer (no warm pool; takes no regions until taken back).
+    /// Being drained by an operator (never taken back into use by the balancer).
+    pub draining: bool,
+    /// Freed by the balancer (no warm pool; takes no regions until taken back). A free host may
+    /// be disconnected (an autoscaler switched it off); taking it back runs the hook to switch it on.
     pub free: bool,
     /// Its regions.
     pub regions: Vec<RegionState>,
@@ -201,8 +204,9 @@ pub struct HostState {
 pub struct Snapshot {
     /// Every host.
     pub hosts: Vec<HostState>,
-    /// Regions being migrated now (by anyone), and the host each goes to: until it lands, its load
-    /// counts on its source and is reserved on its target.
+    /// Regions being migrated now (by anyone), and the host each goes to: the balancer counts its
+    /// load on its target from the moment it starts (so it neither relieves its source again nor
+    /// places it twice).
     pub moving: BTreeMap<u64, String>,
     /// Most migrations running at once that involve one host.
     pub per_host_limit: usize,
@@ -320,7 +324,7 @@ struct Model {
     memory: f64,
     in_use: bool,
     free: bool,
-    available: bool,
+    draining: bool,
     slots: usize,
     /// (region, cores including the host's overhead, memory estimate, its state).
     regions: Vec<(f64, f64, RegionState)>,
@@ -363,7 +367,7 @@ impl Model {
             memory,
             in_use: host.available && !host.free,
             free: host.free,
-            available: host.available,
+            draining: host.draining,
             slots: per_host_limit.saturating_sub(host.migrations),
             regions,
             long_cores,
@@ -548,7 +552,11 @@ impl Balancer {
                 samples.pop_front();
             }
         }
-        self.history.retain(|region, _| seen.contains(region));
+        // A region missing from one report (between its source letting go and its target
+        // reporting it) keeps its history until that ages out.
+        self.history.retain(|region, samples| {
+            seen.contains(region) || samples.back().is_some_and(|(at, _)| now.saturating_duration_since(*at) <= window)
+        });
     }
 
     /// The history's time bucket: a tenth of the shorter window, from 100 ms to 10 s (so a day of
@@ -570,8 +578,15 @@ impl Balancer {
         })
     }
 
-    /// A move the balancer started ended: an abort (or a refusal to start) makes the region wait
-    /// before the balancer tries it again.
+    /// A move the balancer planned could not start (the migrations refused it): it did not happen,
+    /// so no cool-down, but the region backs off like after an abort.
+    pub fn handle_refused(&mut self, region: u64, now: Instant) {
+        self.last_moved.remove(&region);
+        self.handle_outcome(region, false, now);
+    }
+
+    /// A move the balancer started ended: an abort makes the region wait before the balancer tries
+    /// it again.
     pub fn handle_outcome(&mut self, region: u64, committed: bool, now: Instant) {
         if committed {
             self.backoff.remove(&region);
@@ -629,7 +644,7 @@ impl Balancer {
             })
             .collect();
         hosts.sort_by(|a, b| a.name.cmp(&b.name));
-        // A region on its way counts on its source until it lands, and is reserved on its target.
+        // A region on its way counts on its target from the moment it starts.
         for (region, to) in &snapshot.moving {
             let Some(from) =
                 hosts.iter().position(|host| host.regions.iter().any(|(_, _, state)| state.region == *region))
@@ -640,15 +655,16 @@ impl Balancer {
             if from == to {
                 continue;
             }
-            let (cores, memory) = hosts[from]
-                .regions
-                .iter()
-                .find(|(_, _, state)| state.region == *region)
-                .map_or((0.0, 0.0), |(cores, memory, _)| (*cores, *memory));
-            let long = hosts[from].long_of(*region);
+            let Some(position) = hosts[from].regions.iter().position(|(_, _, state)| state.region == *region) else {
+                continue;
+            };
+            let (cores, memory, state) = hosts[from].regions.remove(position);
+            hand_over(&mut hosts, from, to, *region);
+            hosts[from].cores -= cores;
+            hosts[from].memory -= memory;
             hosts[to].cores += cores;
             hosts[to].memory += memory;
-            hosts[to].long_cores += long;
+            hosts[to].regions.push((cores, memory, state));
         }
         let mut plan = Plan {
             hosts: hosts
@@ -709,8 +725,10 @@ impl Balancer {
                 continue;
             };
             if *budget == 0 {
-                plan.notes
-                    .push(format!("{why}; no move planned: {} balancer moves run (the limit)", settings.max_moves));
+                plan.notes.push(format!(
+                    "{why}; no move planned: the limit of {} balancer moves at once is reached",
+                    settings.max_moves
+                ));
                 continue;
             }
             if host.slots == 0 {
@@ -835,7 +853,7 @@ impl Balancer {
         let Some(needing) = needing else { return false };
         let spare = hosts
             .iter()
-            .filter(|host| host.free && host.available)
+            .filter(|host| host.free && !host.draining)
             .max_by(|a, b| a.capacity_cores.total_cmp(&b.capacity_cores).then(b.name.cmp(&a.name)));
         match spare {
             Some(spare) => {
@@ -884,15 +902,19 @@ impl Balancer {
                 )
         };
         let busy = |host: &Model| snapshot.hosts.iter().any(|state| state.name == host.name && state.migrations > 0);
-        let candidate =
-            plan.emptying.as_ref().and_then(|name| hosts.iter().position(|host| &host.name == name)).or_else(|| {
-                (0..hosts.len())
-                    .filter(|&index| {
-                        let host = &hosts[index];
-                        host.in_use && !pinned(host) && !touched(host) && !busy(host)
-                    })
-                    .min_by(|&a, &b| hosts[a].long_pressure().total_cmp(&hosts[b].long_pressure()).then(a.cmp(&b)))
-            });
+        let carried_over = plan
+            .emptying
+            .as_ref()
+            .and_then(|name| hosts.iter().position(|host| &host.name == name))
+            .filter(|&index| hosts[index].in_use && !pinned(&hosts[index]));
+        let candidate = carried_over.or_else(|| {
+            (0..hosts.len())
+                .filter(|&index| {
+                    let host = &hosts[index];
+                    host.in_use && !pinned(host) && !touched(host) && !busy(host)
+                })
+                .min_by(|&a, &b| hosts[a].long_pressure().total_cmp(&hosts[b].long_pressure()).then(a.cmp(&b)))
+        });
         let Some(candidate) = candidate else {
             plan.emptying = None;
             return;
@@ -989,9 +1011,9 @@ impl Balancer {
                 to: hosts[target].name.clone(),
                 kind: Kind::Consolidate,
                 reason: format!(
-                    "{name} is the least loaded host ({:.0}%) and the other hosts in use can take its regions \
-                     within {:.0}%: emptying it",
+                    "emptying {name} ({:.0}%, {}): the other hosts in use can take its regions within {:.0}%",
                     before * 100.0,
+                    if carried_over.is_some() { "being emptied" } else { "the least loaded host" },
                     settings.fill * 100.0
                 ),
                 region_cores: cores,

@@ -22,7 +22,9 @@ pub const MOVES_TOTAL: &str = "baton_balancer_moves_total";
 pub const HOSTS_IN_USE: &str = "baton_balancer_hosts_in_use";
 /// Metric: hosts the balancer freed.
 pub const HOSTS_FREE: &str = "baton_balancer_hosts_free";
-/// Metric: per host, its load over its capacity (the larger of CPU and memory).
+/// Metric: per host, the pressure the balancer plans with: the larger of CPU and memory over the
+/// declared capacity, regions at their recent peaks, moves in flight counted on their targets
+/// (set each round unless the balancer is off).
 pub const HOST_LOAD: &str = "baton_host_load_ratio";
 /// Metric: steps in the balancer's last plan.
 pub const PLAN_STEPS: &str = "baton_balancer_plan_steps";
@@ -95,6 +97,37 @@ fn settings_object<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<
         .transpose()
 }
 
+/// What came of carrying out one step.
+enum Outcome {
+    /// A migration started.
+    Started {
+        /// Its id.
+        id: u64,
+        /// The region.
+        region: u64,
+    },
+    /// The migrations refused the move.
+    Refused {
+        /// The region.
+        region: u64,
+        /// Why.
+        error: String,
+    },
+    /// A host was freed or taken back, or that failed: in words.
+    Done(String),
+}
+
+/// Why the balancer could not be changed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// The settings do not hold (nothing changed).
+    #[error("{0}")]
+    Invalid(String),
+    /// The balancer's state is unavailable (a panic poisoned its lock).
+    #[error("the balancer is unavailable")]
+    Unavailable,
+}
+
 struct Inner {
     balancer: Balancer,
     decisions: VecDeque<DecisionRecord>,
@@ -152,6 +185,7 @@ pub fn snapshot(hosts: &Hosts, migrations: &Migrations, started: &HashMap<u64, u
                 used_cores: view.cpu_cores,
                 used_memory: view.memory_bytes,
                 available: view.connected && !view.draining,
+                draining: view.draining,
                 free: view.free,
                 regions,
                 migrations: running
@@ -234,17 +268,40 @@ impl Balancing {
                 record(&mut inner.decisions, mode, step.clone(), "dry run: not carried out".into(), None);
             }
         }
-        for step in round.execute {
-            let (outcome, migration) = self.carry_out(&step, &mut inner, now);
-            record(&mut inner.decisions, mode, step, outcome, migration);
+        // The steps are carried out without the balancer's lock (starting a migration writes the
+        // directory's store); what came of them is recorded after.
+        drop(inner);
+        let outcomes: Vec<(Step, Outcome)> = round
+            .execute
+            .into_iter()
+            .map(|step| {
+                let outcome = self.carry_out(&step);
+                (step, outcome)
+            })
+            .collect();
+        let Ok(mut inner) = self.inner.lock() else { return };
+        for (step, outcome) in outcomes {
+            let (text, migration) = match outcome {
+                Outcome::Started { id, region } => {
+                    inner.started.insert(id, region);
+                    (format!("migration {id} started"), Some(id))
+                }
+                Outcome::Refused { region, error } => {
+                    inner.balancer.handle_refused(region, now);
+                    (format!("refused: {error}"), None)
+                }
+                Outcome::Done(text) => (text, None),
+            };
+            record(&mut inner.decisions, mode, step, text, migration);
         }
+        drop(inner);
         let views = self.hosts.views();
         metrics::gauge!(HOSTS_IN_USE)
             .set(views.iter().filter(|view| view.connected && !view.draining && !view.free).count() as f64);
         metrics::gauge!(HOSTS_FREE).set(views.iter().filter(|view| view.free).count() as f64);
     }
 
-    fn carry_out(&self, step: &Step, inner: &mut Inner, now: Instant) -> (String, Option<u64>) {
+    fn carry_out(&self, step: &Step) -> Outcome {
         match step {
             Step::Move(decision) => {
                 match self.migrations.start_because(
@@ -264,13 +321,11 @@ impl Balancing {
                             "the balancer started a migration"
                         );
                         metrics::counter!(MOVES_TOTAL, "kind" => decision.kind.as_str()).increment(1);
-                        inner.started.insert(record.id, decision.region);
-                        (format!("migration {} started", record.id), Some(record.id))
+                        Outcome::Started { id: record.id, region: decision.region }
                     }
                     Err(error) => {
                         tracing::warn!(region = decision.region, to = decision.to, %error, "a balancer move was refused");
-                        inner.balancer.handle_outcome(decision.region, false, now);
-                        (format!("refused: {error}"), None)
+                        Outcome::Refused { region: decision.region, error: error.to_string() }
                     }
                 }
             }
@@ -285,9 +340,9 @@ impl Balancing {
                             if free { "free" } else { "in use" }
                         );
                         self.run_hook(if free { "free" } else { "use" }, host);
-                        (format!("host {}", if free { "freed" } else { "back in use" }), None)
+                        Outcome::Done(format!("host {}", if free { "freed" } else { "back in use" }))
                     }
-                    Err(error) => (format!("failed: {error}"), None),
+                    Err(error) => Outcome::Done(format!("failed: {error}")),
                 }
             }
         }
@@ -340,11 +395,11 @@ impl Balancing {
     }
 
     /// Changes the mode and/or the settings (all or nothing).
-    pub fn update(&self, update: BalancerUpdate) -> Result<Option<BalancerStatus>, String> {
+    pub fn update(&self, update: BalancerUpdate) -> Result<BalancerStatus, UpdateError> {
         {
-            let mut inner = self.inner.lock().map_err(|_| "the balancer is unavailable".to_owned())?;
+            let mut inner = self.inner.lock().map_err(|_| UpdateError::Unavailable)?;
             if let Some(settings) = update.settings {
-                inner.balancer.set_settings(settings)?;
+                inner.balancer.set_settings(settings).map_err(UpdateError::Invalid)?;
             }
             if let Some(mode) = update.mode {
                 if mode != inner.balancer.mode() {
@@ -354,7 +409,7 @@ impl Balancing {
                 inner.last_dry_run.clear();
             }
         }
-        Ok(self.status())
+        self.status().ok_or(UpdateError::Unavailable)
     }
 }
 

@@ -171,6 +171,9 @@ pub enum HostsError {
     /// The agent had no warm process to give (its reason).
     #[error("{0}")]
     NoWarmProcess(String),
+    /// The host serves regions (it cannot be freed).
+    #[error("host {0} serves regions")]
+    NotEmpty(String),
 }
 
 /// A claim's answer: the reserved process and its address, or why none is.
@@ -248,15 +251,21 @@ impl Hosts {
             .is_some()
     }
 
-    /// Marks `host` free (emptied by the balancer: its agent keeps no warm processes) or in use;
-    /// the agent is told now, and again whenever it registers.
+    /// Marks `host` free (emptied by the balancer: its agent keeps no warm processes) or in use.
+    /// Its agent is told now if it is connected, and again whenever it registers (a host switched
+    /// off while free learns it is back in use when it comes back). A host that serves regions is
+    /// not freed.
     pub fn set_free(&self, host: &str, free: bool) -> Result<(), HostsError> {
-        {
-            let mut hosts = self.hosts.lock().map_err(|_| HostsError::Unavailable)?;
-            let entry = hosts.get_mut(host).ok_or_else(|| HostsError::UnknownHost(host.to_owned()))?;
-            entry.free = free;
+        let mut hosts = self.hosts.lock().map_err(|_| HostsError::Unavailable)?;
+        let entry = hosts.get_mut(host).ok_or_else(|| HostsError::UnknownHost(host.to_owned()))?;
+        if free && entry.processes.iter().any(|process| !process.regions.is_empty()) {
+            return Err(HostsError::NotEmpty(host.to_owned()));
         }
-        self.send(host, CoordinatorMessage::Free { free })
+        entry.free = free;
+        if let Some(sender) = &entry.sender {
+            let _ = sender.send(CoordinatorMessage::Free { free });
+        }
+        Ok(())
     }
 
     /// Whether `host` is free.
@@ -457,6 +466,12 @@ pub(crate) async fn serve_agent(connection: quinn::Connection, hosts: std::sync:
     let mut host: Option<(String, u64)> = None;
     let end = read_frames::<AgentMessage>(&mut recv, |message| {
         match (&host, message) {
+            (None, AgentMessage::Hello { capacity_cores, capacity_memory, .. })
+                if !(capacity_cores.is_finite() && capacity_cores > 0.0) || capacity_memory == 0 =>
+            {
+                tracing::warn!(%peer, capacity_cores, capacity_memory, "an agent declared no usable capacity");
+                false
+            }
             (
                 None,
                 AgentMessage::Hello { version: CONTROL_VERSION, host: name, capacity, capacity_cores, capacity_memory },
@@ -479,10 +494,10 @@ pub(crate) async fn serve_agent(connection: quinn::Connection, hosts: std::sync:
                     entry.capacity_cores = capacity_cores;
                     entry.capacity_memory = capacity_memory;
                     entry.sender = Some(sender.clone());
-                    // A host the balancer freed stays free across reconnections and agent restarts.
-                    if entry.free {
-                        let _ = sender.send(CoordinatorMessage::Free { free: true });
-                    }
+                    // Whether the balancer freed it, at every registration: a free host stays free
+                    // across reconnections and agent restarts, and one taken back while away (or by
+                    // a coordinator that restarted and so sees every host in use) refills its pool.
+                    let _ = sender.send(CoordinatorMessage::Free { free: entry.free });
                     entry.connection = id;
                     entry.last_seen = Instant::now();
                 }
@@ -490,7 +505,7 @@ pub(crate) async fn serve_agent(connection: quinn::Connection, hosts: std::sync:
                 host = Some((name, id));
                 true
             }
-            // The first message must be a hello of this version.
+            // The first message must be a hello of this version, with a capacity that makes sense.
             (None, _) => false,
             (Some((name, _)), message) => {
                 hosts.handle(name, message);
@@ -504,7 +519,7 @@ pub(crate) async fn serve_agent(connection: quinn::Connection, hosts: std::sync:
             tracing::warn!(%peer, %error, "malformed frame from an agent");
             connection.close(1u32.into(), b"malformed frame");
         }
-        ReadEnd::Stopped => connection.close(1u32.into(), b"the first message must be Hello of control version 3"),
+        ReadEnd::Stopped => connection.close(1u32.into(), b"the first message must be Hello of control version 3, with capacity_cores above 0 and capacity_memory above 0"),
         ReadEnd::Closed => {}
     }
     if let Some((name, id)) = host

@@ -139,18 +139,20 @@ pub fn balancer_report(status: &Value, started_unix_ms: u64, hosts: &[HostSample
         })
         .collect();
     let seconds = hosts.iter().map(|sample| sample.at_s.floor() as usize).max().map_or(0, |last| last + 1);
-    let mut hosts_in_use = vec![0usize; seconds];
+    // A late sampling pass can put two samples of a host in one second: count hosts, not samples.
+    let mut in_use: Vec<std::collections::BTreeSet<&str>> = vec![std::collections::BTreeSet::new(); seconds];
     let mut host_load: std::collections::BTreeMap<String, Vec<f64>> = std::collections::BTreeMap::new();
     for sample in hosts {
         let second = sample.at_s.floor() as usize;
         if sample.in_use {
-            hosts_in_use[second] += 1;
+            in_use[second].insert(&sample.host);
         }
         let load = host_load.entry(sample.host.clone()).or_insert_with(|| vec![0.0; seconds]);
         if sample.capacity_cores > 0.0 {
             load[second] = sample.cpu_cores / sample.capacity_cores;
         }
     }
+    let hosts_in_use = in_use.iter().map(std::collections::BTreeSet::len).collect();
     BalancerReport { mode: text_of(&status["mode"]), decisions, hosts_in_use, host_load }
 }
 

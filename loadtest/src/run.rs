@@ -276,6 +276,9 @@ pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mo
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    if let Some(balancer) = balancer_pending {
+        say(format!("the balancer was to be set at {} s, after the end of play: it never was", balancer.at_s));
+    }
     let skipped = events.count();
     if skipped > 0 {
         say(format!("{skipped} operator events fall after the end of play and were not performed"));
@@ -482,6 +485,9 @@ fn plans(scenario: &Scenario) -> Vec<PlayerPlan> {
             let start_after = Duration::from_secs_f64(
                 arriving.at_s + arriving.over_s * index as f64 / arriving.avatars.max(1) as f64,
             );
+            if start_after >= ramp + play {
+                continue;
+            }
             plans.push(PlayerPlan {
                 inputs_per_second: scenario.inputs_per_second,
                 start_after,

@@ -181,6 +181,19 @@ fn the_balancer_frees_idle_hosts_and_takes_one_back_when_the_load_needs_it() {
     let rebalanced: Vec<&Value> =
         migrations.as_array().unwrap().iter().filter(|record| record["kind"] == "rebalance").collect();
     assert!(!rebalanced.is_empty(), "{migrations}");
+    // A relief went to the host taken back, and committed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let migrations = fleet.ok("GET", "/v1/migrations", None).unwrap();
+        let landed = migrations.as_array().unwrap().iter().any(|record| {
+            record["kind"] == "rebalance" && record["to_host"] == taken_back.as_str() && record["phase"] == "committed"
+        });
+        if landed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no relief committed on {taken_back}: {migrations}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
     assert!(rebalanced.iter().all(|record| record["cause"].as_str().is_some_and(|cause| cause.contains(&kept))));
     eprintln!("balancer: {}", status["decisions"]);
 

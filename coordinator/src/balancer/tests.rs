@@ -20,6 +20,7 @@ fn host(name: &str, capacity_cores: f64, regions: Vec<RegionState>) -> HostState
         used_cores: regions.iter().map(|region| region.cores).sum(),
         used_memory: GIB,
         available: true,
+        draining: false,
         free: false,
         regions,
         migrations: 0,
@@ -199,6 +200,13 @@ fn a_moved_region_cools_down_and_an_aborted_one_backs_off() {
     assert_eq!(moves(&balancer.plan(&snapshot(overloaded()), now + Duration::from_secs(31))).len(), 1);
     balancer.handle_outcome(1, false, now);
     assert!(moves(&balancer.plan(&snapshot(overloaded()), now + Duration::from_secs(59))).is_empty());
+    assert_eq!(moves(&balancer.plan(&snapshot(overloaded()), now + Duration::from_secs(61))).len(), 1);
+    // A move the migrations refused did not happen: no cool-down, only the back-off.
+    let mut balancer = on();
+    assert_eq!(moves(&balancer.round(&snapshot(overloaded()), now).plan).len(), 1);
+    balancer.handle_refused(1, now);
+    assert!(moves(&balancer.plan(&snapshot(overloaded()), now + Duration::from_secs(29))).is_empty());
+    assert_eq!(moves(&balancer.plan(&snapshot(overloaded()), now + Duration::from_secs(31))).len(), 1);
     balancer.handle_outcome(1, true, now);
     assert_eq!(moves(&balancer.plan(&snapshot(overloaded()), now + Duration::from_secs(1))).len(), 1);
 }
@@ -344,7 +352,8 @@ fn swings() -> impl Strategy<Value = (Vec<f64>, Vec<Swing>)> {
 /// Runs `loads` on hosts of `capacities` for an hour of swinging load and an hour of steady load
 /// (rounds of 5 s, moves landing 10 s after they start); returns the rounds each region moved in.
 /// Panics if a region moves within its cool-down or the fleet is asked the impossible.
-fn swing(capacities: &[f64], loads: &[Swing], settings: &Settings) -> HashMap<u64, Vec<u32>> {
+/// Also returns the pressure of each host in use at the end.
+fn swing(capacities: &[f64], loads: &[Swing], settings: &Settings) -> (HashMap<u64, Vec<u32>>, Vec<f64>) {
     let trace = std::env::var("BALANCER_TRACE").is_ok();
     let mut balancer = Balancer::new(Mode::On, settings.clone()).unwrap();
     let mut hosts: Vec<HostState> =
@@ -411,14 +420,20 @@ fn swing(capacities: &[f64], loads: &[Swing], settings: &Settings) -> HashMap<u6
             }
         }
     }
-    moved
+    let end_pressures = fleet
+        .hosts
+        .iter()
+        .filter(|host| !host.free)
+        .map(|host| host.regions.iter().map(|region| region.cores).sum::<f64>() / host.capacity_cores)
+        .collect();
+    (moved, end_pressures)
 }
 
 /// Steady load after swinging: consolidation waits for the swinging hour's peaks to leave its
 /// window; 15 minutes after that nothing moves. And at most 2 moves per region-hour.
 fn check_swing(capacities: &[f64], loads: &[Swing]) -> Result<(), TestCaseError> {
     let settings = Settings { cooldown_s: 60.0, settle_s: 20.0, consolidate_window_s: 1800.0, ..Settings::default() };
-    let moved = swing(capacities, loads, &settings);
+    let (moved, end_pressures) = swing(capacities, loads, &settings);
     let rounds = 720u32;
     let settled = rounds + (settings.consolidate_window_s as u32 + 900) / 5;
     let late_moves: usize = moved.values().map(|times| times.iter().filter(|at| **at > settled).count()).sum();
@@ -431,6 +446,13 @@ fn check_swing(capacities: &[f64], loads: &[Swing]) -> Result<(), TestCaseError>
         moved
     );
     let total: usize = moved.values().map(Vec::len).sum();
+    // It does act: when the steady load fits easily (half the fleet's cores, no region above a
+    // quarter of the smallest host), no host in use stays above its high watermark.
+    let steady: f64 = loads.iter().map(|swing| swing.at(rounds)).sum();
+    let smallest = capacities.iter().copied().fold(f64::INFINITY, f64::min);
+    if steady <= 0.5 * capacities.iter().sum::<f64>() && loads.iter().all(|swing| swing.at(rounds) <= 0.25 * smallest) {
+        prop_assert!(end_pressures.iter().all(|pressure| *pressure <= settings.high), "{end_pressures:?}");
+    }
     // The cool-down alone would allow 60 moves per region an hour.
     prop_assert!(
         total <= 4 * loads.len(),
@@ -503,4 +525,39 @@ fn a_host_taken_back_stays_until_the_load_is_well_below_what_brought_it_back() {
     // At 50% h1 does not need it: h2 is freed.
     let plan = on().plan(&snapshot(vec![busy(2.0), host("h2", 4.0, vec![])]), Instant::now());
     assert!(matches!(&plan.steps[..], [Step::Free { host, .. }] if host == "h2"), "{plan:?}");
+}
+
+#[test]
+fn a_move_in_flight_counts_on_its_target_from_the_start() {
+    // h1 was at 90%; region 1 is on its way to h2. h1 is fixed already (60%): no second relief, no
+    // host taken back; h2 carries region 1 in the plan's view.
+    let mut spare = host("spare", 8.0, vec![]);
+    spare.free = true;
+    let mut moving = snapshot(vec![
+        host("h1", 4.0, vec![region(1, 1.2), region(2, 2.4)]),
+        host("h2", 4.0, vec![region(3, 0.4)]),
+        spare,
+    ]);
+    moving.moving.insert(1, "h2".into());
+    moving.hosts[0].migrations = 1;
+    moving.hosts[1].migrations = 1;
+    moving.in_flight = 1;
+    let plan = on().plan(&moving, Instant::now());
+    assert!(plan.steps.is_empty(), "{plan:?}");
+    let pressure = |name: &str| plan.hosts.iter().find(|host| host.host == name).map(|host| host.cpu).unwrap();
+    assert!((pressure("h1") - 0.6).abs() < 1e-9 && (pressure("h2") - 0.4).abs() < 1e-9, "{plan:?}");
+}
+
+#[test]
+fn a_free_host_that_was_switched_off_can_be_taken_back() {
+    let mut off = host("spare", 4.0, vec![]);
+    off.free = true;
+    off.available = false;
+    let hosts = vec![host("h1", 4.0, vec![region(1, 1.5), region(2, 1.4)]), off.clone()];
+    let plan = on().plan(&snapshot(hosts.clone()), Instant::now());
+    assert!(matches!(&plan.steps[..], [Step::Use { host, .. }] if host == "spare"), "{plan:?}");
+    // Not one being drained.
+    off.draining = true;
+    let plan = on().plan(&snapshot(vec![hosts[0].clone(), off]), Instant::now());
+    assert!(plan.steps.is_empty(), "{plan:?}");
 }

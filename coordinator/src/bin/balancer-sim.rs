@@ -254,7 +254,9 @@ fn balanced(model: &Model, placement: &[usize], progress: bool) -> Result<Figure
                 capacity_memory: host.memory as u64,
                 used_cores: load[index],
                 used_memory: memory[index] as u64,
-                available: booting[index].is_none_or(|ready| ready <= step),
+                // A freed host is switched off; one taken back takes regions once it has booted.
+                available: !free[index] && booting[index].is_none_or(|ready| ready <= step),
+                draining: false,
                 free: free[index],
                 regions: Vec::new(),
                 migrations: 0,

@@ -26,7 +26,7 @@ struct Cli {
     /// BATON_DEMO_<OPTION> environment variables override it, options given here override both.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// The scenario: steady, migrate, crossing, hotspot, mixed, or a TOML file.
+    /// The scenario: steady, migrate, crossing, hotspot, mixed, nightfall, bighost, or a TOML file.
     #[arg(long, default_value = "mixed")]
     scenario: String,
     /// Avatars (default: the scenario's).

@@ -25,7 +25,7 @@ struct Cli {
     /// BATON_LOADTEST_<OPTION> environment variables override it, options given here override both.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// A shipped scenario (steady, migrate, crossing, hotspot, mixed) or a path to a TOML file.
+    /// A shipped scenario (steady, migrate, crossing, hotspot, mixed, nightfall, bighost; the last three run the balancer) or a path to a TOML file.
     #[arg(long, default_value = "steady")]
     scenario: String,
     /// Avatars (overrides the scenario).
