@@ -40,6 +40,10 @@ pub const CPU_CORES: &str = "baton_agent_cpu_cores";
 /// Resident memory of the region-server processes.
 pub const MEMORY_BYTES: &str = "baton_agent_memory_bytes";
 
+/// How long after a claim the agent waits before starting the claimed process's replacement (the
+/// handoff to the claimed process runs meanwhile, on the same cores).
+const REFILL_DELAY: Duration = Duration::from_secs(3);
+
 /// The shortest time over which a process's CPU use is measured.
 const CPU_WINDOW: Duration = Duration::from_secs(1);
 
@@ -126,12 +130,19 @@ pub async fn run(
     let mut migration_bytes = 0u64;
     // A free host (the coordinator's balancer emptied it) keeps no warm processes.
     let mut free = false;
+    let mut refill_not_before = Instant::now();
     tokio::pin!(stop);
 
     loop {
         // Keep the pool full, within the capacity.
+        // A claimed process is the target of a handoff that starts at once: its replacement starts
+        // after the handoff's busiest moments (REFILL_DELAY), unless a claim is waiting for it.
         let pool = if free { 0 } else { config.pool };
-        while processes.values().filter(|process| process.warm).count() < pool && processes.len() < config.capacity {
+        let refill = !waiting_claims.is_empty() || Instant::now() >= refill_not_before;
+        while refill
+            && processes.values().filter(|process| process.warm).count() < pool
+            && processes.len() < config.capacity
+        {
             next_index += 1;
             let name = format!("{}-p{next_index}", config.host);
             match spawn(&config, &name, &happenings) {
@@ -221,6 +232,7 @@ pub async fn run(
                 // next one to finish starting (the coordinator gives up after its timeout).
                 match claim(&mut processes, request) {
                     Some(reply) => {
+                        refill_not_before = Instant::now() + REFILL_DELAY;
                         metrics::counter!(CLAIMS_TOTAL, "outcome" => "granted").increment(1);
                         if let Some(sender) = &outbound {
                             let _ = sender.send(reply);
