@@ -17,9 +17,11 @@
 //! ```
 //!
 //! # What it guarantees
-//! - Inputs are numbered 1, 2, 3... per player and kept until a state update acknowledges them
-//!   (`last_applied`); after [`Client::resume`] (a lost connection, a dead gateway) every
-//!   unacknowledged input is sent again, and the region applies each number once.
+//! - Inputs are numbered 1, 2, 3... per player and kept until a state update says they are
+//!   durable (`durable`: held in state that survives the loss of the region's host, at most
+//!   [`MAX_KEPT`] applied ones); after [`Client::resume`] (a lost connection, a dead gateway)
+//!   every input the region has not applied is sent again, and after a failover
+//!   ([`Event::Recovered`]) every kept one is; the region applies each number once.
 //! - State updates arrive as datagrams: some may be lost or reordered, so [`Event::Update`]s older
 //!   than the newest seen are dropped here; the newest state always wins.
 //! - A change of network address (Wi-Fi to mobile) keeps the connection (QUIC migration);
@@ -38,6 +40,11 @@ use baton_wire::player::{
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 pub use baton_wire::player;
+
+/// Most inputs kept that the region applied but did not make durable yet. A region that makes
+/// nothing durable (no standby, no checkpoint store) says its applied inputs are durable, as no
+/// failover could bring them back; this bounds the memory if one falls behind anyway.
+pub const MAX_KEPT: usize = baton_wire::player::MAX_KEPT_INPUTS;
 
 /// How to reach a gateway.
 #[derive(Clone, Debug)]
@@ -127,6 +134,19 @@ pub enum Event {
         /// The new region.
         region: u64,
     },
+    /// `region` lost its host and another took it over from saved state; every kept input was
+    /// sent again, and updates start again from the restored tick.
+    Recovered {
+        /// The region.
+        region: u64,
+    },
+    /// `region` lost its host and none could take it over yet (the session stays open).
+    RegionUnavailable {
+        /// The region.
+        region: u64,
+        /// Why.
+        reason: String,
+    },
     /// A ping was answered.
     Pong {
         /// Its nonce.
@@ -160,8 +180,12 @@ pub struct Client {
     shared: Arc<Mutex<Shared>>,
     player: u64,
     next_seq: u64,
-    unacked: VecDeque<(u64, Vec<u8>)>,
+    /// Every input after `durable`, in order.
+    kept: VecDeque<(u64, Vec<u8>)>,
     acked: u64,
+    durable: u64,
+    /// A failover asked for every kept input again; sent before anything else is.
+    resend_pending: bool,
     /// Which updates are news (newest per region, across region changes).
     updates: UpdateOrder,
     /// An update to hand out before reading more: one from a region entered that came before
@@ -196,8 +220,10 @@ impl Client {
             shared,
             player: welcome.player,
             next_seq: welcome.last_applied + 1,
-            unacked: VecDeque::new(),
+            kept: VecDeque::new(),
             acked: welcome.last_applied,
+            durable: welcome.last_applied,
+            resend_pending: false,
             updates: UpdateOrder::new(welcome.region),
             next_update: None,
         })
@@ -218,7 +244,19 @@ impl Client {
     /// Inputs sent and not yet acknowledged by an update.
     #[must_use]
     pub fn unacked(&self) -> usize {
-        self.unacked.len()
+        self.kept.len() - self.kept.partition_point(|(seq, _)| *seq <= self.acked)
+    }
+
+    /// Inputs kept because they are not durable yet (applied or not).
+    #[must_use]
+    pub fn kept(&self) -> usize {
+        self.kept.len()
+    }
+
+    /// The last input the region holds in state that survives the loss of its host.
+    #[must_use]
+    pub fn durable(&self) -> u64 {
+        self.durable
     }
 
     /// The last input the region acknowledged.
@@ -239,13 +277,26 @@ impl Client {
         &self.connection
     }
 
-    /// Sends one input (kept until acknowledged); returns its sequence number.
+    /// Sends one input (kept until durable); returns its sequence number.
     pub async fn send_input(&mut self, payload: Vec<u8>) -> Result<u64, ClientError> {
+        self.flush_resend().await?;
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.unacked.push_back((seq, payload.clone()));
+        self.kept.push_back((seq, payload.clone()));
         self.write(&ClientFrame::Input { seq, payload }).await?;
         Ok(seq)
+    }
+
+    /// Sends every kept input again if a failover asked for it.
+    async fn flush_resend(&mut self) -> Result<(), ClientError> {
+        if !std::mem::take(&mut self.resend_pending) {
+            return Ok(());
+        }
+        let again: Vec<(u64, Vec<u8>)> = self.kept.iter().cloned().collect();
+        for (seq, payload) in again {
+            self.write(&ClientFrame::Input { seq, payload }).await?;
+        }
+        Ok(())
     }
 
     /// Sends raw bytes on the reliable stream (tests of the gateway's defences use it).
@@ -290,6 +341,11 @@ impl Client {
                 self.events.recv().await?
             };
             if let Some(event) = self.observe(event) {
+                if self.flush_resend().await.is_err() {
+                    // The connection is gone; its closing comes as the next event, and a resume
+                    // sends what the region lacks.
+                    tracing::debug!("could not send kept inputs again");
+                }
                 return Some(event);
             }
         }
@@ -331,27 +387,38 @@ impl Client {
             Event::Update(update) => {
                 let region = self.region();
                 let update = self.updates.handle_update(update, region)?;
-                self.acknowledge(update.last_applied);
+                self.acknowledge(update.last_applied, update.durable);
                 Some(Event::Update(update))
             }
             Event::RegionChanged { region } => {
                 // Handed out right after this event, as it is (it was checked here).
                 if let Some(early) = self.updates.handle_region_changed(region) {
-                    self.acknowledge(early.last_applied);
+                    self.acknowledge(early.last_applied, early.durable);
                     self.next_update = Some(early);
                 }
                 Some(Event::RegionChanged { region })
+            }
+            Event::Recovered { region } => {
+                // The new owner holds the state of `durable` or later: what it applied after that
+                // it has to apply again, and its ticks start again from the restored one.
+                self.acked = self.durable;
+                self.resend_pending = true;
+                self.updates.handle_recovered(region);
+                Some(Event::Recovered { region })
             }
             other => Some(other),
         }
     }
 
-    fn acknowledge(&mut self, last_applied: u64) {
-        if last_applied > self.acked {
-            self.acked = last_applied;
-        }
-        while self.unacked.front().is_some_and(|(seq, _)| *seq <= self.acked) {
-            self.unacked.pop_front();
+    fn acknowledge(&mut self, last_applied: u64, durable: u64) {
+        self.acked = self.acked.max(last_applied);
+        self.durable = self.durable.max(durable.min(last_applied));
+        while let Some((seq, _)) = self.kept.front() {
+            let applied_beyond_limit = self.kept.len() > MAX_KEPT && *seq <= self.acked;
+            if *seq > self.durable && !applied_beyond_limit {
+                break;
+            }
+            self.kept.pop_front();
         }
     }
 
@@ -371,8 +438,12 @@ impl Client {
         self.options = options;
         self.updates = UpdateOrder::new(welcome.region);
         self.next_update = None;
-        self.acknowledge(welcome.last_applied);
-        let resend: Vec<(u64, Vec<u8>)> = self.unacked.iter().cloned().collect();
+        // The region says what it applied; after a failover that can be less than acknowledged
+        // before, and everything after it is sent again.
+        self.acked = welcome.last_applied;
+        self.resend_pending = false;
+        let resend: Vec<(u64, Vec<u8>)> =
+            self.kept.iter().filter(|(seq, _)| *seq > welcome.last_applied).cloned().collect();
         for (seq, payload) in resend {
             self.write(&ClientFrame::Input { seq, payload }).await?;
         }
@@ -457,6 +528,19 @@ impl UpdateOrder {
         let early = self.early.take().filter(|early| early.region == region && early.tick > self.tick)?;
         self.tick = early.tick;
         Some(early)
+    }
+
+    /// `region` was restored from saved state by a new owner: its ticks start again from an
+    /// earlier one, which are news.
+    fn handle_recovered(&mut self, region: u64) {
+        if region == self.region {
+            self.tick = 0;
+        }
+        if let Some((left, left_tick)) = self.left.as_mut()
+            && *left == region
+        {
+            *left_tick = 0;
+        }
     }
 
     fn enter(&mut self, region: u64) {
@@ -564,6 +648,12 @@ async fn read_reliable(
                 }
                 let _ = events.send(Event::RegionChanged { region });
             }
+            Ok(Some(ServerFrame::Resend { region })) => {
+                let _ = events.send(Event::Recovered { region });
+            }
+            Ok(Some(ServerFrame::RegionUnavailable { region, reason })) => {
+                let _ = events.send(Event::RegionUnavailable { region, reason });
+            }
             Ok(Some(ServerFrame::Welcome { .. })) => {}
             Ok(None) | Err(_) => break,
         }
@@ -592,7 +682,7 @@ mod tests {
     use super::{StateUpdate, UpdateOrder};
 
     fn update(region: u64, tick: u64) -> StateUpdate {
-        StateUpdate { region, tick, last_applied: tick, payload: Vec::new() }
+        StateUpdate { region, tick, last_applied: tick, durable: tick, payload: Vec::new() }
     }
 
     enum Step {

@@ -406,7 +406,7 @@ async fn create_region(
         .map_err(|error| Failure(StatusCode::CONFLICT, error.to_string()))?;
     let region = RegionId(request.region);
     let command =
-        ServerCommand::Host { region, world: request.world.clone(), from_checkpoint: request.from_checkpoint };
+        ServerCommand::Host { region, world: request.world.clone(), from_checkpoint: request.from_checkpoint, take_over: None };
     state
         .hosts
         .run(&request.host, &process, command)

@@ -53,6 +53,10 @@ async fn follow_once(
         let routes = match message {
             RouteFeed::Table { routes } => routes,
             RouteFeed::Route(route) => vec![route],
+            RouteFeed::Unavailable { region, reason } => {
+                gateway.region_unavailable(region, &reason);
+                Vec::new()
+            }
         };
         for route in routes {
             // protocol.md §10: a route no newer than the one in use is refused, which is fine.

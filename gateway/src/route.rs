@@ -97,6 +97,13 @@ pub enum RouteAction {
         /// The input.
         input: PlayerInput,
     },
+    /// The region's owner changed without a handoff this gateway followed (a failover, or a
+    /// commit it missed): its players must send again every input not yet durable, because the
+    /// new owner may hold older state than the one they were acknowledged by.
+    Resend {
+        /// The region.
+        region: RegionId,
+    },
 }
 
 /// Errors of the route table.
@@ -236,23 +243,29 @@ impl RouteTable {
             RouteEvent::Assign { region, server, epoch } => {
                 let fresh = Route { owner: server, epoch, stage: Stage::Open };
                 // A newer owner (failover) takes the region whatever was going on; held inputs
-                // go to it, in order.
-                let held = match self.routes.entry(region) {
+                // go to it, in order, and then its players send again what is not durable.
+                let (held, replaced) = match self.routes.entry(region) {
                     Entry::Occupied(mut occupied) => {
                         if epoch <= occupied.get().epoch {
                             return Err(RouteError::StaleEpoch { region, got: epoch, current: occupied.get().epoch });
                         }
-                        match std::mem::replace(occupied.get_mut(), fresh).stage {
+                        let held = match std::mem::replace(occupied.get_mut(), fresh).stage {
                             Stage::Held { held, .. } => held,
                             _ => VecDeque::new(),
-                        }
+                        };
+                        (held, true)
                     }
                     Entry::Vacant(vacant) => {
                         vacant.insert(fresh);
-                        VecDeque::new()
+                        (VecDeque::new(), false)
                     }
                 };
-                Ok(held.into_iter().map(|input| RouteAction::Forward { region, server, epoch, input }).collect())
+                let mut actions: Vec<RouteAction> =
+                    held.into_iter().map(|input| RouteAction::Forward { region, server, epoch, input }).collect();
+                if replaced {
+                    actions.push(RouteAction::Resend { region });
+                }
+                Ok(actions)
             }
             RouteEvent::HandoffStarted { region, epoch, target } => {
                 let mut route = self.current(region, epoch)?;
@@ -374,7 +387,7 @@ mod tests {
         let mut forwarded: Vec<(PlayerId, u64)> = Vec::new();
         let verify = |actions: Vec<RouteAction>, model: &Model, forwarded: &mut Vec<(PlayerId, u64)>| {
             for action in actions {
-                let RouteAction::Forward { server, epoch, input, .. } = action;
+                let RouteAction::Forward { server, epoch, input, .. } = action else { continue };
                 // Invariant 1: only to the owner of the current epoch.
                 assert_eq!((server, epoch), (model.owner, model.epoch), "forwarded to a non-owner");
                 forwarded.push((input.player, input.seq));
@@ -452,6 +465,10 @@ mod tests {
                             epoch: model.epoch,
                         })
                         .unwrap();
+                    // The players are asked to send again what is not durable, after the held
+                    // inputs went to the new owner.
+                    assert_eq!(actions.last(), Some(&RouteAction::Resend { region: REGION }));
+                    assert_eq!(actions.iter().filter(|action| matches!(action, RouteAction::Resend { .. })).count(), 1);
                     verify(actions, &model, &mut forwarded);
                 }
                 Op::StaleFreeze => {
@@ -575,7 +592,10 @@ mod tests {
         let forwarded = std::sync::Mutex::new(Vec::new());
         let record = |actions: Vec<RouteAction>| {
             let mut forwarded = forwarded.lock().unwrap();
-            for RouteAction::Forward { server, epoch, input, .. } in actions {
+            for action in actions {
+                let RouteAction::Forward { server, epoch, input, .. } = action else {
+                    panic!("no failover in this run: {action:?}");
+                };
                 // Epoch e is owned by server e - 1 in this run (every commit moves to a new one).
                 assert_eq!(server, ServerId((epoch.0 - 1) as u32), "forwarded to a non-owner");
                 forwarded.push((input.player, input.seq));

@@ -112,6 +112,8 @@ struct Counters {
     crossings: AtomicU64,
     resumes: AtomicU64,
     handoff_flips: AtomicU64,
+    resends: AtomicU64,
+    unavailable: AtomicU64,
     stopped_sessions: AtomicU64,
 }
 
@@ -152,6 +154,11 @@ pub struct GatewayStats {
     pub resumes: u64,
     /// Handoffs that flipped a route.
     pub handoff_flips: u64,
+    /// Owner changes this gateway did not follow as a handoff (failovers): the region's players
+    /// were asked to send again what is not durable.
+    pub resends: u64,
+    /// Regions announced unavailable (lost their host, none took them over in the grace).
+    pub unavailable: u64,
     /// Sessions ended because their region was stopped (the old way of restarting it).
     pub stopped_sessions: u64,
 }
@@ -314,6 +321,18 @@ impl Gateway {
         owner_known(&self.inner, region, server, epoch, OwnerNews::Owning)
     }
 
+    /// `region` lost its host and none took it over yet: its players here are told why (they stay
+    /// connected; a `Resend` follows when a new owner is routed).
+    pub fn region_unavailable(&self, region: RegionId, reason: &str) {
+        self.inner.counters.unavailable.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%region, reason, "region unavailable");
+        for player in players_in(&self.inner, region) {
+            if let Some(link) = self.inner.links.get(&player) {
+                link.send_reliable(ServerFrame::RegionUnavailable { region: region.0, reason: reason.to_owned() });
+            }
+        }
+    }
+
     /// The owner and epoch the gateway routes `region` to.
     #[must_use]
     pub fn route(&self, region: RegionId) -> Option<(SocketAddr, Epoch)> {
@@ -344,6 +363,8 @@ impl Gateway {
             crossings: load(&counters.crossings),
             resumes: load(&counters.resumes),
             handoff_flips: load(&counters.handoff_flips),
+            resends: load(&counters.resends),
+            unavailable: load(&counters.unavailable),
             stopped_sessions: load(&counters.stopped_sessions),
         }
     }
@@ -505,6 +526,11 @@ async fn player_session(inner: &Arc<Inner>, connection: &quinn::Connection) -> R
 
     let now = Instant::now();
     let mut bucket = TokenBucket::new(u64::from(limits.inputs_per_second), u64::from(limits.input_burst), now);
+    // Inputs sent again (numbers already seen: after a failover the client sends every input that
+    // is not durable) have a bucket of their own, as deep as what a client keeps, so a whole
+    // window sent again at once is not dropped into a gap the region would wait at for ever.
+    let mut resend_bucket =
+        TokenBucket::new(u64::from(limits.inputs_per_second), kept_inputs_limit(), now);
     let mut highest_seq = last_applied;
     let mut dropped = 0u64;
     let result = loop {
@@ -532,8 +558,9 @@ async fn player_session(inner: &Arc<Inner>, connection: &quinn::Connection) -> R
                 let now = Instant::now();
                 // A dropped input still uses its number: the client's sequence goes on without
                 // a protocol error, and the region waits for a gap only that client made.
+                let charged = if seq <= highest_seq { &mut resend_bucket } else { &mut bucket };
                 highest_seq = highest_seq.max(seq);
-                if !bucket.delay(now, 1).is_zero() {
+                if !charged.delay(now, 1).is_zero() {
                     inner.counters.inputs_dropped_rate.fetch_add(1, Ordering::Relaxed);
                     dropped += 1;
                     if dropped >= limits.flood_disconnect_after {
@@ -541,7 +568,7 @@ async fn player_session(inner: &Arc<Inner>, connection: &quinn::Connection) -> R
                     }
                     continue;
                 }
-                bucket.consume(now, 1);
+                charged.consume(now, 1);
                 forward_input(inner, PlayerInput { player, seq, payload });
             }
         }
@@ -552,6 +579,11 @@ async fn player_session(inner: &Arc<Inner>, connection: &quinn::Connection) -> R
     table(inner).handle_disconnected(Instant::now(), player, opened.generation);
     inner.timers.notify_one();
     result
+}
+
+/// How many inputs a client may send again at once: what `baton-client` keeps at most.
+fn kept_inputs_limit() -> u64 {
+    baton_wire::player::MAX_KEPT_INPUTS as u64
 }
 
 /// The session table. A panic elsewhere while the lock was held leaves at worst one event
@@ -676,6 +708,16 @@ fn route_input(inner: &Inner, region: RegionId, input: PlayerInput) {
 fn run_actions(inner: &Inner, actions: Vec<RouteAction>) {
     for action in actions {
         match action {
+            RouteAction::Resend { region } => {
+                // After the Attach (owner_known sends it first), so what the players send again
+                // reaches an owner that knows they are served here.
+                inner.counters.resends.fetch_add(1, Ordering::Relaxed);
+                for player in players_in(inner, region) {
+                    if let Some(link) = inner.links.get(&player) {
+                        link.send_reliable(ServerFrame::Resend { region: region.0 });
+                    }
+                }
+            }
             RouteAction::Forward { region, server, epoch, input } => {
                 inner.counters.inputs_forwarded.fetch_add(1, Ordering::Relaxed);
                 send_upstream(
@@ -909,7 +951,7 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
                 link.close(CloseCode::Replaced, "the session continues on another gateway");
             }
         }
-        ServerMessage::Update { region, epoch, player, tick, last_applied, payload } => {
+        ServerMessage::Update { region, epoch, player, tick, last_applied, durable, payload } => {
             let admitted =
                 inner.routes.admits_update(region, server, epoch) && table(inner).region_of(player) == Some(region);
             if !admitted {
@@ -919,7 +961,7 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
             // A player between connections (waiting for a resume) misses this update; the next one
             // after it is back carries the newest state anyway.
             if let Some(link) = inner.links.get(&player).map(|link| link.clone()) {
-                send_update(inner, &link, StateUpdate { region: region.0, tick, last_applied, payload });
+                send_update(inner, &link, StateUpdate { region: region.0, tick, last_applied, durable, payload });
             }
         }
         ServerMessage::Border { region, epoch, toward, tick, payload } => {

@@ -24,7 +24,7 @@
 //! What it deliberately does not do: decide when to move (the coordinator does), pick the handoff's
 //! id (randomness is the driver's), pace or encrypt the link, or store anything.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -39,7 +39,7 @@ use crate::handoff::{
     SourcePhase, SourceStats, TargetAction, TargetConfig, TargetPhase,
 };
 use crate::region::{Emigrant, Region, RegionLogic, TickReport, TickSchedule};
-use crate::sessions::SessionError;
+use crate::sessions::{PlayerSession, SessionError};
 
 /// Identifies a gateway connection on the host.
 pub type GatewayId = u64;
@@ -390,6 +390,8 @@ pub struct RegionNode<L: RegionLogic> {
     deferred: Vec<GatewayRequest>,
     /// Tick durations since the last load report: (ticks, total, longest).
     load_window: (u32, Duration, Duration),
+    /// What survives the loss of this instance (durable acknowledgements, protocol.md §9).
+    durability: Durability,
     reported_phase: Option<SourcePhase>,
     outputs: VecDeque<Output>,
 }
@@ -414,7 +416,7 @@ impl<L: RegionLogic> RegionNode<L> {
             }
             Role::Target => State::Target { receiver: HandoffTarget::new(now, TargetConfig::new(&settings.name)) },
         };
-        RegionNode {
+        let mut node = RegionNode {
             region,
             settings,
             rewarm,
@@ -424,7 +426,43 @@ impl<L: RegionLogic> RegionNode<L> {
             load_window: (0, Duration::ZERO, Duration::ZERO),
             reported_phase: None,
             outputs,
+            durability: Durability::default(),
+        };
+        // An owner from the start holds either a fresh world or a restored checkpoint: what its
+        // sessions applied is in the store already.
+        if matches!(role, Role::Owner { .. }) {
+            node.durability.confirmed = player_progress(node.region.world()).into_iter().collect();
         }
+        node
+    }
+
+    /// A checkpoint taken at `tick` was stored (`stored`) or not: once stored, the inputs it holds
+    /// are durable, and the next updates say so.
+    pub fn handle_checkpoint_stored(&mut self, _now: Instant, tick: u64, stored: bool) {
+        self.durability.handle_stored(tick, stored);
+    }
+
+    /// The authority says who owns the region now (read after a checkpoint, so an owner cut off
+    /// by a failover learns it lost the region). An owner at an older epoch stops serving it.
+    pub fn handle_ownership_seen(&mut self, _now: Instant, current: &Ownership) {
+        let id = self.region.id();
+        let State::Owner { epoch, handoff, .. } = &self.state else { return };
+        // A handoff in flight settles its own ownership (its commit is that newer epoch).
+        if current.epoch <= *epoch || handoff.as_ref().is_some_and(|handoff| !handoff.is_finished()) {
+            return;
+        }
+        tracing::warn!(region = %id, ours = %epoch, owner = current.owner, epoch = %current.epoch, "another instance took the region over; letting it go");
+        for input in self.region.take_pending_inputs() {
+            refuse_input(id, input, &mut self.outputs);
+        }
+        self.outputs.push_back(Output::NotOwned);
+        self.outputs.push_back(Output::Event(HostEvent::Aborted {
+            region: id,
+            reason: format!("the region was taken over by {}@{} (a failover)", current.owner, current.epoch),
+            owning: false,
+        }));
+        self.outputs.push_back(Output::Finished);
+        self.state = State::Finished { handoff: None };
     }
 
     /// The region.
@@ -730,13 +768,17 @@ impl<L: RegionLogic> RegionNode<L> {
                 }));
             }
             let tick = report.tick;
-            after_tick(&mut self.region, *epoch, tick, self.settings.players, gateways, &mut self.outputs);
+            let durable = (self.settings.checkpoint_every_ticks > 0).then_some(&self.durability.confirmed);
+            after_tick(&mut self.region, *epoch, tick, self.settings.players, durable, gateways, &mut self.outputs);
             // A checkpoint is a snapshot at a tick boundary; during a handoff the snapshot being
             // streamed is the region's safety net instead, and a frozen source never gets here.
             let every = self.settings.checkpoint_every_ticks;
             if handoff.as_ref().is_none_or(HandoffSource::is_finished) && every > 0 && tick.is_multiple_of(every) {
                 match crate::checkpoint::encode(&mut self.region, *epoch) {
-                    Ok((info, bytes)) => self.outputs.push_back(Output::StoreCheckpoint { info, bytes }),
+                    Ok((info, bytes)) => {
+                        self.durability.taken(info.tick, player_progress(self.region.world()));
+                        self.outputs.push_back(Output::StoreCheckpoint { info, bytes });
+                    }
                     Err(error) => self
                         .outputs
                         .push_back(Output::Event(HostEvent::CheckpointFailed { region: id, error: error.to_string() })),
@@ -1114,11 +1156,53 @@ fn refuse_input(region: RegionId, input: PlayerInput, outputs: &mut VecDeque<Out
 }
 
 /// What players get after each tick: their updates, border views, and avatars leaving.
+/// Each player's last applied input in `world`.
+fn player_progress(world: &crate::World) -> Vec<(PlayerId, u64)> {
+    world.iter::<PlayerSession>().map(|(_, session)| (PlayerId(session.player), session.last_applied)).collect()
+}
+
+/// Which of the players' inputs are held in state that survives the loss of this instance: those
+/// in the newest checkpoint the store confirmed.
+#[derive(Debug, Default)]
+struct Durability {
+    /// Checkpoints taken and not confirmed yet: their tick and each player's last applied input.
+    taken: VecDeque<(u64, Vec<(PlayerId, u64)>)>,
+    /// Per player, the last input in the newest stored checkpoint.
+    confirmed: HashMap<PlayerId, u64>,
+}
+
+impl Durability {
+    /// Stores finish in order of tick; a handful in flight at most.
+    const MAX_TAKEN: usize = 8;
+
+    fn taken(&mut self, tick: u64, progress: Vec<(PlayerId, u64)>) {
+        if self.taken.len() == Self::MAX_TAKEN {
+            self.taken.pop_front();
+        }
+        self.taken.push_back((tick, progress));
+    }
+
+    fn handle_stored(&mut self, tick: u64, stored: bool) {
+        while let Some((taken_at, _)) = self.taken.front()
+            && *taken_at < tick
+        {
+            self.taken.pop_front();
+        }
+        if self.taken.front().is_some_and(|(taken_at, _)| *taken_at == tick)
+            && let Some((_, progress)) = self.taken.pop_front()
+            && stored
+        {
+            self.confirmed = progress.into_iter().collect();
+        }
+    }
+}
+
 fn after_tick<L: RegionLogic>(
     region: &mut Region<L>,
     epoch: Epoch,
     tick: u64,
     settings: PlayerSettings,
+    durable: Option<&HashMap<PlayerId, u64>>,
     gateways: &dyn Gateways,
     outputs: &mut VecDeque<Output>,
 ) {
@@ -1140,6 +1224,11 @@ fn after_tick<L: RegionLogic>(
                     player: update.player,
                     tick,
                     last_applied: update.last_applied,
+                    // Without checkpoints nothing survives this instance, so keeping inputs could
+                    // not bring anything back: what is applied is as durable as it gets.
+                    durable: durable.map_or(update.last_applied, |durable| {
+                        durable.get(&update.player).copied().unwrap_or(0).min(update.last_applied)
+                    }),
                     payload: update.payload,
                 };
                 (update.player, message)

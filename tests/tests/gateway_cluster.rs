@@ -372,6 +372,7 @@ fn a_server_that_does_not_own_a_region_can_neither_stop_it_nor_speak_for_it() {
                 player: PlayerId(7),
                 tick: u64::MAX / 2,
                 last_applied: 1_000_000,
+                durable: 1_000_000,
                 payload: b"impostor".to_vec(),
             });
             lies.push(ServerMessage::Stopped { region: RegionId(1), epoch: Epoch(epoch) });

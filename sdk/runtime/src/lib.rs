@@ -184,13 +184,19 @@ impl<L: RegionLogic + 'static> Host<L> {
     /// Hosts a region restored from a checkpoint, taking ownership from whoever the authority
     /// names now (epoch + 1, so anything the previous owner stamps is refused from then on), or
     /// registering it if the authority has never heard of it. The caller makes sure the previous
-    /// owner is gone (the coordinator refuses a restore while any host serves the region).
-    pub fn restore_region(&self, region: Region<L>) -> Result<Epoch, HostError> {
+    /// owner is gone (the coordinator refuses a restore while any host serves the region); with
+    /// `take_over`, only an owner at that epoch is replaced.
+    pub fn restore_region(&self, region: Region<L>, take_over: Option<Epoch>) -> Result<Epoch, HostError> {
         let id = region.id();
         if self.regions.lock().map(|regions| regions.contains_key(&id)).unwrap_or(true) {
             return Err(HostError::AlreadyHosted(id));
         }
         let epoch = match self.config.authority.current(id) {
+            // A failover takes over only the owner it declared lost; one that moved on meanwhile
+            // (a handoff committed, another failover won) is left alone.
+            Ok(current) if take_over.is_some_and(|expected| expected != current.epoch) => {
+                return Err(HostError::OwnedElsewhere { region: id, owner: current.owner, epoch: current.epoch });
+            }
             Ok(current) => {
                 let next = Ownership { owner: self.config.name.clone(), epoch: current.epoch.next() };
                 self.config.authority.compare_and_swap(id, &current, &next)?;

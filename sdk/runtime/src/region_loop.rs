@@ -56,6 +56,16 @@ pub enum Command<L: RegionLogic> {
     Authority(Result<(), AuthorityError>),
     /// Save the region to the checkpoint store and stop hosting it (a restart the old way).
     Stop,
+    /// The checkpoint taken at `tick` was stored (or not), and who owns the region now, as the
+    /// authority answered right after (`None`: it did not answer).
+    CheckpointStored {
+        /// The checkpoint's tick.
+        tick: u64,
+        /// Whether it is in the store.
+        stored: bool,
+        /// The region's owner now.
+        owner: Option<Ownership>,
+    },
     /// Stop the thread.
     Shutdown,
 }
@@ -144,6 +154,12 @@ pub(crate) fn run<L: RegionLogic + 'static>(
             Some(Command::Attach(handle)) => link = Some(handle),
             Some(Command::StartHandoff { peer }) => node.handle_start_handoff(now, peer, fastrand::u64(..)),
             Some(Command::Authority(result)) => node.handle_authority(now, result),
+            Some(Command::CheckpointStored { tick, stored, owner }) => {
+                node.handle_checkpoint_stored(now, tick, stored);
+                if let Some(owner) = owner {
+                    node.handle_ownership_seen(now, &owner);
+                }
+            }
             // Events of a link other than the current one (an earlier handoff's) are stale.
             Some(Command::LinkLost { link: lost }) if link.as_ref().is_some_and(|current| current.id == lost) => {
                 link = None;
@@ -220,8 +236,15 @@ fn carry_out<L: RegionLogic + 'static>(
                 if let Some(settings) = &context.checkpoints {
                     let store = settings.store.clone();
                     let events = context.events.clone();
+                    let answer = context.commands.clone();
+                    let authority = context.authority.clone();
                     context.runtime.spawn_blocking(move || {
-                        let event = match store.save(&info, &bytes) {
+                        let saved = store.save(&info, &bytes);
+                        // Asked after every checkpoint: an owner cut off from the cluster while a
+                        // failover replaced it learns here that it lost the region.
+                        let owner = authority.current(info.region).ok();
+                        let _ = answer.send(Command::CheckpointStored { tick: info.tick, stored: saved.is_ok(), owner });
+                        let event = match saved {
                             Ok(path) => HostEvent::Checkpointed {
                                 region: info.region,
                                 tick: info.tick,

@@ -26,7 +26,7 @@ use baton_sdk::wire::serve::{
     GameObject, HandoffFigures, HandoffPhase, PlayerReport, SERVE_VERSION, ServerCommand, ServerEvent, parse_command,
     to_line,
 };
-use baton_sdk::wire::{PlayerId, PlayerInput, RegionId};
+use baton_sdk::wire::{Epoch, PlayerId, PlayerInput, RegionId};
 use baton_sdk::{EntityId, Region, RegionError, RegionLogic, World};
 
 use crate::checkpoint_store::CheckpointStore;
@@ -341,8 +341,8 @@ impl<G: Game> Server<'_, G> {
             ServerCommand::Host { world, from_checkpoint: true, .. } if !world.is_empty() => {
                 Err("give either a world or from_checkpoint, not both".to_owned())
             }
-            ServerCommand::Host { region, from_checkpoint: true, .. } => self.restore(region),
-            ServerCommand::Host { region, world, from_checkpoint: false } => {
+            ServerCommand::Host { region, from_checkpoint: true, take_over, .. } => self.restore(region, take_over),
+            ServerCommand::Host { region, world, from_checkpoint: false, .. } => {
                 let mut built = (self.factory)(region).map_err(|error| format!("creating the region: {error}"))?;
                 self.game.populate(&mut built, &world).map_err(|error| format!("populating the region: {error}"))?;
                 self.host.host_region(built).map_err(failed)
@@ -387,7 +387,7 @@ impl<G: Game> Server<'_, G> {
     }
 
     /// Restores `region` from the newest checkpoint in the store (protocol.md §12).
-    fn restore(&self, region: RegionId) -> Result<(), String> {
+    fn restore(&self, region: RegionId, take_over: Option<Epoch>) -> Result<(), String> {
         let store = &self
             .checkpoints
             .as_ref()
@@ -403,7 +403,7 @@ impl<G: Game> Server<'_, G> {
         let mut built = (self.factory)(region).map_err(|error| format!("creating the region: {error}"))?;
         let info =
             baton_sdk::checkpoint::restore(&mut built, &bytes).map_err(|error| format!("restoring {path}: {error}"))?;
-        let epoch = self.host.restore_region(built).map_err(|error| error.to_string())?;
+        let epoch = self.host.restore_region(built, take_over).map_err(|error| error.to_string())?;
         self.out.emit(&ServerEvent::Restored { region, tick: info.tick, from_epoch: info.epoch, epoch, path });
         Ok(())
     }

@@ -1,4 +1,4 @@
-//! The control protocol (version 3): host agents ↔ the coordinator.
+//! The control protocol (version 4): host agents ↔ the coordinator.
 //!
 //! An agent connects to the coordinator (mutual TLS with the host's cluster certificate, ALPN
 //! [`ALPN_CONTROL`]) and keeps one bidirectional stream of `u32`-framed postcard messages
@@ -10,7 +10,8 @@
 //! Version 2 carries the serve protocol as its types ([`crate::serve`]) instead of JSON text, and
 //! reports a process's exit as its own message. Version 3 adds the host's declared CPU and memory
 //! capacity to `Hello`, each region's full load report (tick time against its budget, entities),
-//! and `Free` (the balancer emptied the host; it keeps no warm pool).
+//! and `Free` (the balancer emptied the host; it keeps no warm pool). Version 4 adds
+//! [`RouteFeed::Unavailable`] (a region lost its host and none took it over within the grace).
 
 use std::net::SocketAddr;
 
@@ -22,7 +23,7 @@ use crate::{Epoch, RegionId};
 /// ALPN of the control protocol.
 pub const ALPN_CONTROL: &[u8] = b"baton-control/1";
 /// Version of the control message set.
-pub const CONTROL_VERSION: u16 = 3;
+pub const CONTROL_VERSION: u16 = 4;
 
 /// What one region-server process of a host is doing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,4 +190,12 @@ pub enum RouteFeed {
     },
     /// One route changed.
     Route(RouteEntry),
+    /// `region` lost its host and no other host could take it over within the failover grace:
+    /// tell its players (the coordinator keeps trying; a newer route follows when it is back).
+    Unavailable {
+        /// The region.
+        region: RegionId,
+        /// Why, for people.
+        reason: String,
+    },
 }

@@ -1,4 +1,4 @@
-//! The player protocol (version 1): what a game client and a gateway say to each other.
+//! The player protocol (version 2): what a game client and a gateway say to each other.
 //!
 //! A client opens one QUIC connection (ALPN [`ALPN_PLAYER`]) and one bidirectional stream on it, the
 //! *reliable stream*. On it each frame is a little-endian `u16` length followed by that many bytes
@@ -8,17 +8,27 @@
 //! [`ServerFrame::State`]. Frames over [`MAX_FRAME`] bytes, or that do not decode, are protocol
 //! errors: the gateway closes that player's connection with [`CloseCode::Protocol`] and touches
 //! nothing else. Player bytes never reach rkyv. docs/protocol.md §9 has the layouts.
+//!
+//! Version 2 adds durable acknowledgements: a state update also says up to which input the
+//! player's inputs are held in state that survives the loss of the region's host
+//! ([`StateUpdate::durable`]); a client keeps every input until then. After a failover the gateway
+//! says [`ServerFrame::Resend`], and the client sends every input it keeps again (the region applies
+//! each sequence number once). [`ServerFrame::RegionUnavailable`] says a region lost its host and no
+//! other could take it yet.
 
 use serde::{Deserialize, Serialize};
 
 /// Version of the player message set.
-pub const PLAYER_PROTOCOL_VERSION: u16 = 1;
+pub const PLAYER_PROTOCOL_VERSION: u16 = 2;
 /// ALPN of the player protocol.
 pub const ALPN_PLAYER: &[u8] = b"baton-player/1";
 /// Largest frame body, in bytes (an input payload is at most 1024).
 pub const MAX_FRAME: usize = 1200;
+/// Most inputs a client keeps that were applied but are not durable yet (older ones are dropped);
+/// a gateway lets a client send this many again at once.
+pub const MAX_KEPT_INPUTS: usize = 8192;
 /// First byte of every datagram: the message-set version.
-pub const DATAGRAM_VERSION: u8 = 1;
+pub const DATAGRAM_VERSION: u8 = 2;
 
 /// What a client sends on its reliable stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +85,20 @@ pub enum ServerFrame {
     },
     /// A state update that does not fit a datagram.
     State(StateUpdate),
+    /// The region lost its host and another took it over from saved state: send every input not
+    /// yet durable again, in order (inputs it applied already are dropped by sequence number).
+    Resend {
+        /// The region.
+        region: u64,
+    },
+    /// The region lost its host and none could take it over yet; the session stays open and a
+    /// [`ServerFrame::Resend`] follows when the region is back.
+    RegionUnavailable {
+        /// The region.
+        region: u64,
+        /// Why, for people.
+        reason: String,
+    },
 }
 
 /// A state update for one player.
@@ -86,6 +110,10 @@ pub struct StateUpdate {
     pub tick: u64,
     /// The last of this player's inputs applied at that tick (inputs up to it are acknowledged).
     pub last_applied: u64,
+    /// The last of this player's inputs held in state that survives the loss of the region's
+    /// host (its standby or its newest stored checkpoint); at most `last_applied`. Keep every
+    /// input after it.
+    pub durable: u64,
     /// Game-defined view of the world.
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
@@ -252,7 +280,7 @@ mod tests {
 
     #[test]
     fn datagrams_round_trip_and_garbage_is_refused() {
-        let datagram = Datagram::State(StateUpdate { region: 3, tick: 99, last_applied: 12, payload: vec![5; 400] });
+        let datagram = Datagram::State(StateUpdate { region: 3, tick: 99, last_applied: 12, durable: 10, payload: vec![5; 400] });
         let bytes = datagram.encode().unwrap();
         assert!(bytes.len() < 430, "a 400-byte update costs {} bytes", bytes.len());
         assert_eq!(Datagram::decode(&bytes).unwrap(), datagram);

@@ -63,6 +63,10 @@ pub enum ServerCommand {
         /// Restore from the newest checkpoint instead of creating the world.
         #[serde(default)]
         from_checkpoint: bool,
+        /// With `from_checkpoint`: take the region over only from this epoch (the one of an owner
+        /// declared lost), so a restore never replaces an owner that moved on meanwhile.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        take_over: Option<Epoch>,
     },
     /// Pre-warm an empty slot to receive `region` in a handoff. Answered by `prepared`.
     Prepare {
@@ -460,7 +464,7 @@ mod tests {
         let host = parse_command(r#"{"cmd":"host","region":1,"world":{"objects":20}}"#).unwrap();
         let mut world = GameObject::new();
         world.insert("objects".into(), 20.into());
-        assert_eq!(host, ServerCommand::Host { region: RegionId(1), world, from_checkpoint: false });
+        assert_eq!(host, ServerCommand::Host { region: RegionId(1), world, from_checkpoint: false, take_over: None });
         let handoff = parse_command(r#"{"cmd":"handoff","region":1,"to":"127.0.0.1:4433"}"#).unwrap();
         assert_eq!(handoff, ServerCommand::Handoff { region: RegionId(1), to: "127.0.0.1:4433".parse().unwrap() });
         assert_eq!(parse_command(r#"{"cmd":"quit"}"#).unwrap(), ServerCommand::Quit);

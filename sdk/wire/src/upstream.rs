@@ -1,4 +1,4 @@
-//! The upstream protocol (version 1): what a gateway and a region server say to each other.
+//! The upstream protocol (version 2): what a gateway and a region server say to each other.
 //!
 //! A gateway keeps one QUIC connection (mutual TLS with cluster certificates, ALPN
 //! [`ALPN_UPSTREAM`]) to each region server and multiplexes all its players routed there over
@@ -9,6 +9,9 @@
 //! ([`RegionId`], [`PlayerId`], [`Epoch`]), each encoded as its `u64`. Player bytes (input payloads, views) are opaque
 //! here and never reach rkyv; the avatar carried by a border crossing is an SDK archive that the
 //! receiving region validates like any other.
+//!
+//! Version 2 adds `durable` to [`ServerMessage::Update`]: the player's last input held in state
+//! that survives the loss of the server (the player protocol's durable acknowledgement).
 
 use std::net::SocketAddr;
 
@@ -19,7 +22,7 @@ use crate::{Epoch, PlayerId, RegionId};
 /// ALPN of the upstream protocol.
 pub const ALPN_UPSTREAM: &[u8] = b"baton-upstream/1";
 /// Version of the upstream message set.
-pub const UPSTREAM_VERSION: u16 = 1;
+pub const UPSTREAM_VERSION: u16 = 2;
 /// Largest upstream frame, in bytes.
 pub const MAX_UPSTREAM_FRAME: usize = crate::framing::MAX_FRAME_BYTES;
 
@@ -188,6 +191,8 @@ pub enum ServerMessage {
         tick: u64,
         /// The player's last applied input.
         last_applied: u64,
+        /// The player's last input held in state that survives the loss of this server.
+        durable: u64,
         /// The game's view for the player.
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
@@ -281,6 +286,7 @@ mod tests {
                 player: PlayerId(9),
                 tick: 77,
                 last_applied: 3,
+                durable: 2,
                 payload: vec![1; 300],
             },
             ServerMessage::Emigrated {

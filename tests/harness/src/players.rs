@@ -112,7 +112,7 @@ impl GatewayCluster {
         let mark = self.servers[server].log.len();
         let npcs = objects / 10;
         let world = crate::cluster::sample_world(objects, npcs, npcs, 0, region.0);
-        self.servers[server].command(&ServerCommand::Host { region, world, from_checkpoint: false })?;
+        self.servers[server].command(&ServerCommand::Host { region, world, from_checkpoint: false, take_over: None })?;
         self.servers[server]
             .wait_outcome(
                 mark,
@@ -386,6 +386,10 @@ pub struct PlayerOutcome {
     pub lost: u64,
     /// Times the player logged in again after its region was stopped.
     pub relogins: u64,
+    /// Failovers of its region it lived through (the gateway asked for its kept inputs again).
+    pub recoveries: u64,
+    /// What the gateway said when its region was unavailable (lost its host, none took it over).
+    pub unavailable_notices: Vec<String>,
     /// Why, for each.
     pub close_reasons: Vec<String>,
     /// State updates received.
@@ -569,6 +573,8 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
                     outcome.crossing_log.push((unix_ms(), current_region, region));
                     current_region = region;
                 }
+                Some(Event::Recovered { .. }) => outcome.recoveries += 1,
+                Some(Event::RegionUnavailable { reason, .. }) => outcome.unavailable_notices.push(reason),
                 Some(Event::Pong { .. }) | None => {}
                 Some(Event::Closed { code, reason }) => ended = Some((code, reason)),
             }
