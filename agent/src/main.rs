@@ -51,8 +51,9 @@ struct Cli {
     /// bytes). Default: the host's total memory (/proc/meminfo).
     #[arg(long, value_name = "SIZE")]
     capacity_memory: Option<bytesize::ByteSize>,
-    /// Milliseconds between load reports.
-    #[arg(long, default_value_t = 1000)]
+    /// Milliseconds between status reports. They are also the host's heartbeat: the coordinator
+    /// declares a host dead after --host-dead-after-ms (800 by default) without one.
+    #[arg(long, default_value_t = 200)]
     status_interval_ms: u64,
     /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9101; any path).
     #[arg(long, value_name = "ADDR")]

@@ -345,8 +345,8 @@ async fn list_regions(_: Authorized, State(state): State<ApiState>) -> Result<Js
             body = ApiError),
         (status = 401, description = "No or wrong bearer token.", body = ApiError),
         (status = 404, description = "Unknown host.", body = ApiError),
-        (status = 409, description = "Not possible now: the region exists (restore it with `from_checkpoint`), a host \
-            serves it, the host is draining or free, not connected or has no warm process, or the process refused the \
+        (status = 409, description = "Not possible now: the region exists (restore it with `from_checkpoint`), a \
+            migration or failover of it is in flight, a host serves it, the host is draining or free, not connected or has no warm process, or the process refused the \
             region.", body = ApiError),
         (status = 503, description = "The directory's store failed.", body = ApiError),
         (status = 504, description = "The process did not report owning the region within 120 s.", body = ApiError)))]
@@ -374,6 +374,14 @@ async fn create_region(
     }
     if request.from_checkpoint && !request.world.is_empty() {
         return Err(Failure(StatusCode::BAD_REQUEST, "give either \"world\" or \"from_checkpoint\", not both".into()));
+    }
+    if let Some(record) =
+        state.migrations.list().into_iter().find(|record| record.region == request.region && !record.phase.is_final())
+    {
+        return Err(Failure(
+            StatusCode::CONFLICT,
+            format!("region {} has a {} in flight (id {})", request.region, record.kind, record.id),
+        ));
     }
     // Invariant 1: a restore fences the previous owner by epoch, but only a dead owner can be
     // fenced safely, so a region some host still serves is moved with a migration instead.
@@ -434,6 +442,10 @@ async fn create_region(
     .await;
     match waited {
         Ok(Ok(epoch)) => {
+            // Running again: a failover takes it over if its host is lost.
+            if let Err(error) = state.directory.set_stopped(region, false) {
+                tracing::error!(%region, %error, "could not record that the region runs again");
+            }
             Ok((StatusCode::CREATED, Json(region_view(&state, RegionId(request.region), process, epoch)))
                 .into_response())
         }
@@ -536,6 +548,10 @@ async fn stop_region(
         }
         Err(_) => return Err(Failure(StatusCode::GATEWAY_TIMEOUT, format!("{process} did not stop it within 30 s"))),
     };
+    // Stopped on purpose: no failover brings it back.
+    if let Err(error) = state.directory.set_stopped(stopping, true) {
+        tracing::error!(region, %error, "could not record that the region was stopped");
+    }
     // A process serving nothing any more goes away; the agent's warm pool has replacements.
     if state.hosts.regions_of(&host, &process).is_some_and(|regions| regions.is_empty()) {
         let _ = state.hosts.release(&host, &process);

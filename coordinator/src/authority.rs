@@ -21,6 +21,7 @@ pub fn serve(
     authority: Arc<dyn OwnershipAuthority>,
     hosts: Arc<crate::hosts::Hosts>,
     directory: Arc<crate::directory::Directory>,
+    notices: Arc<crate::routes::RouteNotices>,
 ) -> Result<quinn::Endpoint, baton_net::NetError> {
     let endpoint = baton_net::cluster_endpoint_with(
         bind,
@@ -35,6 +36,7 @@ pub fn serve(
             let authority = authority.clone();
             let hosts = hosts.clone();
             let directory = directory.clone();
+            let notices = notices.clone();
             tokio::spawn(async move {
                 let Ok(connection) = incoming.await else { return };
                 if baton_net::negotiated_alpn(&connection).as_deref() == Some(ALPN_CONTROL) {
@@ -42,7 +44,7 @@ pub fn serve(
                     return;
                 }
                 if baton_net::negotiated_alpn(&connection).as_deref() == Some(ALPN_ROUTES) {
-                    crate::routes::serve_gateway(connection, directory, hosts).await;
+                    crate::routes::serve_gateway(connection, directory, hosts, notices).await;
                     return;
                 }
                 let peer = connection.remote_address();

@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 const REGIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("regions");
 /// migration id → JSON of a `MigrationRecord` (the history, readable by tools).
 const MIGRATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("migrations");
+/// Regions stopped on purpose (saved and let go): no failover brings them back.
+const STOPPED: TableDefinition<u64, ()> = TableDefinition::new("stopped");
 
 /// What the directory keeps per region.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,8 +53,35 @@ impl Directory {
         let write = db.begin_write().map_err(unavailable)?;
         write.open_table(REGIONS).map_err(unavailable)?;
         write.open_table(MIGRATIONS).map_err(unavailable)?;
+        write.open_table(STOPPED).map_err(unavailable)?;
         write.commit().map_err(unavailable)?;
         Ok(Directory { db })
+    }
+
+    /// Marks `region` stopped on purpose (or running again), durably.
+    pub fn set_stopped(&self, region: RegionId, stopped: bool) -> Result<(), AuthorityError> {
+        let write = self.db.begin_write().map_err(unavailable)?;
+        {
+            let mut table = write.open_table(STOPPED).map_err(unavailable)?;
+            if stopped {
+                table.insert(region.0, ()).map_err(unavailable)?;
+            } else {
+                table.remove(region.0).map_err(unavailable)?;
+            }
+        }
+        write.commit().map_err(unavailable)
+    }
+
+    /// The regions stopped on purpose.
+    pub fn stopped(&self) -> Result<std::collections::BTreeSet<RegionId>, AuthorityError> {
+        let read = self.db.begin_read().map_err(unavailable)?;
+        let table = read.open_table(STOPPED).map_err(unavailable)?;
+        let mut out = std::collections::BTreeSet::new();
+        for entry in table.iter().map_err(unavailable)? {
+            let (key, _) = entry.map_err(unavailable)?;
+            out.insert(RegionId(key.value()));
+        }
+        Ok(out)
     }
 
     /// Persists a migration record (durably).

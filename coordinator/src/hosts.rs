@@ -59,8 +59,11 @@ impl ProcessEvent {
 pub struct HostView {
     /// The host's name.
     pub name: String,
-    /// Whether its agent is connected.
+    /// Whether its agent is connected and reporting (a host declared dead is not).
     pub connected: bool,
+    /// Whether it was declared dead: its agent did not report for longer than the limit, so its
+    /// regions were failed over. It comes back when its agent reports again.
+    pub dead: bool,
     /// Whether it is being drained (no new regions).
     pub draining: bool,
     /// Whether the balancer freed it (emptied, no warm pool: it may be switched off). A free host
@@ -151,6 +154,26 @@ struct HostEntry {
     sender: Option<UnboundedSender<CoordinatorMessage>>,
     connection: u64,
     draining: bool,
+    dead: bool,
+    /// How long it had been silent when it was declared dead.
+    silent_at_death: Duration,
+}
+
+/// Where a region's owner stands, as the hosts report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerState {
+    /// A live host reports the owner serving the region.
+    Serving,
+    /// The owner's host was declared dead this long after its last report.
+    HostDead {
+        /// How long its agent had been silent.
+        silent_for: Duration,
+    },
+    /// A live host has the owner process, which does not serve the region (it exited and was
+    /// started again, or it let the region go).
+    NotServing,
+    /// No host reports the owner process.
+    Unknown,
 }
 
 /// Why the coordinator could not give a host's agent work.
@@ -207,7 +230,8 @@ impl Hosts {
             .iter()
             .map(|(name, entry)| HostView {
                 name: name.clone(),
-                connected: entry.sender.is_some(),
+                connected: entry.sender.is_some() && !entry.dead,
+                dead: entry.dead,
                 draining: entry.draining,
                 free: entry.free,
                 capacity: entry.capacity,
@@ -234,6 +258,47 @@ impl Hosts {
             .collect();
         views.sort_by(|a, b| a.name.cmp(&b.name));
         views
+    }
+
+    /// Declares dead every host whose agent has not reported for longer than `silent_after`: its
+    /// processes count as serving nothing from now on (their regions are failed over). Returns the
+    /// hosts declared dead now, with how long each had been silent. A dead host comes back when
+    /// its agent reports again.
+    pub fn declare_dead(&self, silent_after: Duration) -> Vec<(String, Duration)> {
+        let Ok(mut hosts) = self.hosts.lock() else { return Vec::new() };
+        let mut dead = Vec::new();
+        for (name, entry) in hosts.iter_mut() {
+            let silent_for = entry.last_seen.elapsed();
+            if !entry.dead && silent_for > silent_after {
+                entry.dead = true;
+                entry.silent_at_death = silent_for;
+                for process in &mut entry.processes {
+                    process.regions.clear();
+                    process.warm = false;
+                }
+                entry.load.regions.clear();
+                dead.push((name.clone(), silent_for));
+            }
+        }
+        dead
+    }
+
+    /// Where the owner `process` of `region` stands, and its host if one reports the process.
+    #[must_use]
+    pub fn owner_state(&self, process: &str, region: RegionId) -> (OwnerState, Option<String>) {
+        let Ok(hosts) = self.hosts.lock() else { return (OwnerState::Unknown, None) };
+        for (name, entry) in hosts.iter() {
+            let Some(info) = entry.processes.iter().find(|info| info.name == process) else { continue };
+            let state = if entry.dead {
+                OwnerState::HostDead { silent_for: entry.silent_at_death }
+            } else if info.regions.contains(&region) {
+                OwnerState::Serving
+            } else {
+                OwnerState::NotServing
+            };
+            return (state, Some(name.clone()));
+        }
+        (OwnerState::Unknown, None)
     }
 
     /// Whether `host` is known.
@@ -386,6 +451,13 @@ impl Hosts {
     }
 
     fn handle(&self, host: &str, message: AgentMessage) {
+        if let Ok(mut hosts) = self.hosts.lock()
+            && let Some(entry) = hosts.get_mut(host)
+            && entry.dead
+        {
+            entry.dead = false;
+            tracing::warn!(host, "a host declared dead reports again");
+        }
         match message {
             AgentMessage::Hello { .. } => {}
             AgentMessage::Status { processes, load } => {
@@ -489,6 +561,8 @@ pub(crate) async fn serve_agent(connection: quinn::Connection, hosts: std::sync:
                         sender: None,
                         connection: id,
                         draining: false,
+                        dead: false,
+                        silent_at_death: Duration::ZERO,
                     });
                     entry.capacity = capacity;
                     entry.capacity_cores = capacity_cores;
@@ -500,6 +574,7 @@ pub(crate) async fn serve_agent(connection: quinn::Connection, hosts: std::sync:
                     let _ = sender.send(CoordinatorMessage::Free { free: entry.free });
                     entry.connection = id;
                     entry.last_seen = Instant::now();
+                    entry.dead = false;
                 }
                 tracing::info!(%peer, host = name, "host agent registered");
                 host = Some((name, id));

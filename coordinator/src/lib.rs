@@ -7,6 +7,8 @@
 //!   its driver; the history is persisted with the directory.
 //! - [`balancer`]: automatic balancing as a policy with no I/O: load in, planned moves, hosts to
 //!   free and hosts to take back out; [`balancing`] drives it.
+//! - [`failover`]: regions whose owner is lost (process exited, host silent) are restored from
+//!   their newest checkpoint on another process, one state machine per failover (no I/O).
 //! - [`routes`]: the route feed that tells every gateway which process owns each region.
 //! - [`api`]: the admin HTTP API (JSON, bearer token, OpenAPI at `/openapi.json`).
 //! - [`console`]: the `--control` console's JSON lines (typed).
@@ -17,6 +19,7 @@ pub mod balancer;
 pub mod balancing;
 pub mod console;
 pub mod directory;
+pub mod failover;
 pub mod hosts;
 pub mod migrations;
 pub mod routes;

@@ -10,6 +10,8 @@ use anyhow::Context;
 use baton_coordinator::balancer::{Mode, Settings};
 use baton_coordinator::console::{ConsoleCommand, ConsoleEvent, DirectoryEntry};
 use baton_coordinator::directory::Directory;
+use baton_coordinator::failover::{FailoverSettings, Failovers};
+use baton_coordinator::routes::RouteNotices;
 use baton_net::ClusterIdentity;
 use clap::Parser;
 
@@ -67,6 +69,54 @@ struct Cli {
     migrations_per_host: usize,
     #[command(flatten)]
     balancer: BalancerArgs,
+    #[command(flatten)]
+    failover: FailoverArgs,
+}
+
+/// Failover: regions whose owner is lost are restored from their newest checkpoint elsewhere.
+#[derive(Debug, clap::Args)]
+struct FailoverArgs {
+    /// Take lost regions over automatically: `on` or `off` (then a person restores them with
+    /// `POST /v1/regions {"from_checkpoint": true}`). Hosts are declared dead either way.
+    #[arg(long = "failover", value_enum, default_value = "on")]
+    failover: Switch,
+    /// Milliseconds without a report from a host's agent before the host is declared dead and
+    /// its regions are failed over (agents report every --status-interval-ms, 200 by default).
+    #[arg(long = "host-dead-after-ms", default_value_t = 800)]
+    dead_after_ms: u64,
+    /// Milliseconds a region may have no host serving it, with no word of why, before it is
+    /// failed over (a host lost while the coordinator was down).
+    #[arg(long = "orphan-after-ms", default_value_t = 3000)]
+    orphan_after_ms: u64,
+    /// Seconds a failover may take before the region's players are told it is unavailable (it
+    /// keeps trying).
+    #[arg(long = "failover-grace-s", default_value_t = 10.0)]
+    grace_s: f64,
+}
+
+/// On or off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    On,
+    Off,
+}
+
+impl FailoverArgs {
+    fn settings(&self) -> anyhow::Result<FailoverSettings> {
+        if self.dead_after_ms == 0 || self.orphan_after_ms == 0 {
+            anyhow::bail!("--host-dead-after-ms and --orphan-after-ms must be at least 1");
+        }
+        if !(self.grace_s.is_finite() && self.grace_s >= 0.0 && self.grace_s <= 86_400.0) {
+            anyhow::bail!("--failover-grace-s must be between 0 and 86400, not {}", self.grace_s);
+        }
+        Ok(FailoverSettings {
+            enabled: self.failover == Switch::On,
+            dead_after: std::time::Duration::from_millis(self.dead_after_ms),
+            orphan_after: std::time::Duration::from_millis(self.orphan_after_ms),
+            grace: std::time::Duration::from_secs_f64(self.grace_s),
+            ..FailoverSettings::default()
+        })
+    }
 }
 
 /// Automatic balancing (the admin API shows and changes all of it: /v1/balancer).
@@ -152,6 +202,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.migrations_per_host == 0 {
         anyhow::bail!("--migrations-per-host must be at least 1");
     }
+    let failover_settings = cli.failover.settings()?;
     let balancer_settings = cli.balancer.settings();
     balancer_settings.validate().map_err(|error| anyhow::anyhow!("the --balancer-* settings: {error}"))?;
     if cli.balancer.interval_ms == 0 {
@@ -170,6 +221,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let hosts = Arc::new(baton_coordinator::hosts::Hosts::default());
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok();
     baton_coordinator::balancing::describe_metrics();
+    baton_coordinator::failover::describe_metrics();
+    let notices = Arc::new(RouteNotices::default());
     let (endpoint, api_address) = runtime.block_on(async {
         let endpoint = baton_coordinator::authority::serve(
             cli.listen,
@@ -177,6 +230,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             directory.clone(),
             hosts.clone(),
             directory.clone(),
+            notices.clone(),
         )
         .context("starting the cluster endpoint")?;
         let migrations = baton_coordinator::migrations::Migrations::open(
@@ -196,6 +250,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         )
         .map_err(anyhow::Error::msg)?;
         tokio::spawn(balancing.clone().run());
+        Failovers::start(hosts.clone(), directory.clone(), migrations.clone(), notices, failover_settings);
         let state = baton_coordinator::api::ApiState {
             token: Arc::new(token),
             directory: directory.clone(),

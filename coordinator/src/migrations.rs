@@ -34,6 +34,8 @@ pub enum Phase {
     Claiming,
     /// The target process pre-warms a slot for the region.
     Preparing,
+    /// A failover's process restores the region from its newest checkpoint.
+    Restoring,
     /// The handoff runs.
     Transferring,
     /// Committed; the source retires its copy.
@@ -69,7 +71,8 @@ pub struct MigrationRecord {
     /// The region.
     pub region: u64,
     /// `migration` (asked for), `drain` (part of draining a host), `rebalance` (the balancer
-    /// relieving a host) or `consolidate` (the balancer emptying a host).
+    /// relieving a host), `consolidate` (the balancer emptying a host) or `failover` (the region's
+    /// owner was lost; another process restored it from its newest checkpoint).
     pub kind: String,
     /// Why it was started, when the coordinator started it on its own (the balancer's reason).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -92,6 +95,9 @@ pub struct MigrationRecord {
     pub phases: Vec<PhaseTiming>,
     /// The source's freeze, as it reported it.
     pub freeze_ms: Option<f64>,
+    /// A failover's cause and figures (kind `failover`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<crate::failover::FailoverFigures>,
 }
 
 /// What the driver must do.
@@ -153,7 +159,8 @@ pub struct Migration {
     timeouts: Timeouts,
 }
 
-fn unix_ms() -> u64 {
+/// Now, in milliseconds since the Unix epoch.
+pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
@@ -183,6 +190,7 @@ impl Migration {
             started_unix_ms: unix_ms(),
             phases: Vec::new(),
             freeze_ms: None,
+            failover: None,
         };
         (
             Migration { record, target_address: None, phase_started: now, timeouts },
@@ -293,7 +301,7 @@ impl Migration {
     pub fn handle_time(&mut self, now: Instant) -> Vec<Action> {
         let limit = match self.record.phase {
             Phase::Claiming => self.timeouts.claim,
-            Phase::Preparing => self.timeouts.prepare,
+            Phase::Preparing | Phase::Restoring => self.timeouts.prepare,
             Phase::Transferring => self.timeouts.transfer,
             Phase::CleaningUp => self.timeouts.cleanup,
             Phase::Committed | Phase::Aborted => return Vec::new(),
@@ -415,6 +423,19 @@ impl Migrations {
         self.records.lock().ok().and_then(|records| records.get(&id).cloned())
     }
 
+    /// A fresh record id (failovers share the history).
+    pub fn allocate_id(&self) -> Option<u64> {
+        let mut next = self.next_id.lock().ok()?;
+        let id = *next;
+        *next += 1;
+        Some(id)
+    }
+
+    /// Persists a record driven elsewhere (a failover's) in the history.
+    pub fn keep(&self, record: &MigrationRecord) {
+        self.store(record);
+    }
+
     fn store(&self, record: &MigrationRecord) {
         if let Err(error) = self.directory.save_migration(record) {
             tracing::error!(id = record.id, %error, "could not persist a migration record");
@@ -490,13 +511,8 @@ impl Migrations {
                 )));
             }
         }
-        let id = {
-            let Ok(mut next) = self.next_id.lock() else {
-                return Err(StartError::Conflict("migration ids unavailable".into()));
-            };
-            let id = *next;
-            *next += 1;
-            id
+        let Some(id) = self.allocate_id() else {
+            return Err(StartError::Conflict("migration ids unavailable".into()));
         };
         let (mut machine, actions) = Migration::start(
             id,
@@ -523,6 +539,9 @@ impl Migrations {
         let record = self.get(id).ok_or_else(|| StartError::NotFound(format!("no migration {id}")))?;
         if record.phase.is_final() {
             return Err(StartError::Conflict(format!("migration {id} is over ({:?})", record.phase)));
+        }
+        if record.kind == "failover" {
+            return Err(StartError::Conflict(format!("migration {id} is a failover; failovers are not cancelled")));
         }
         if !matches!(record.phase, Phase::Claiming | Phase::Preparing) {
             return Err(StartError::Conflict(format!(

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_wire::control::{CONTROL_VERSION, GatewayHello, RouteEntry, RouteFeed};
+use baton_wire::RegionId;
 use baton_wire::framing::{FramedReader, encode_into};
 
 use crate::directory::Directory;
@@ -21,6 +22,36 @@ use crate::hosts::Hosts;
 
 /// Longest time between two comparisons of a connection's table with the directory.
 pub const REFRESH: Duration = Duration::from_millis(250);
+
+/// What the gateways are to tell players about regions that have no route: a region lost its
+/// host and no failover brought it back within the grace. Cleared when its failover ends (a new
+/// route follows if it recovered).
+#[derive(Debug, Default)]
+pub struct RouteNotices {
+    unavailable: std::sync::Mutex<BTreeMap<RegionId, String>>,
+}
+
+impl RouteNotices {
+    /// `region` is unavailable, for `reason`.
+    pub fn unavailable(&self, region: RegionId, reason: String) {
+        if let Ok(mut notices) = self.unavailable.lock() {
+            notices.insert(region, reason);
+        }
+    }
+
+    /// `region` is no longer announced unavailable.
+    pub fn clear(&self, region: RegionId) {
+        if let Ok(mut notices) = self.unavailable.lock() {
+            notices.remove(&region);
+        }
+    }
+
+    /// Every region announced unavailable, with why.
+    #[must_use]
+    pub fn current(&self) -> BTreeMap<RegionId, String> {
+        self.unavailable.lock().map(|notices| notices.clone()).unwrap_or_default()
+    }
+}
 
 /// The current table: every region of the directory whose owner reports serving it.
 ///
@@ -41,7 +72,12 @@ pub fn table(directory: &Directory, hosts: &Hosts) -> BTreeMap<u64, RouteEntry> 
 }
 
 /// Serves one gateway's route feed until it closes or misbehaves.
-pub(crate) async fn serve_gateway(connection: quinn::Connection, directory: Arc<Directory>, hosts: Arc<Hosts>) {
+pub(crate) async fn serve_gateway(
+    connection: quinn::Connection,
+    directory: Arc<Directory>,
+    hosts: Arc<Hosts>,
+    notices: Arc<RouteNotices>,
+) {
     let peer = connection.remote_address();
     let Ok((mut send, mut recv)) = connection.accept_bi().await else { return };
     let mut reader = FramedReader::default();
@@ -74,6 +110,7 @@ pub(crate) async fn serve_gateway(connection: quinn::Connection, directory: Arc<
     {
         return;
     }
+    let mut told: BTreeMap<RegionId, String> = BTreeMap::new();
     let mut refresh = tokio::time::interval(REFRESH);
     loop {
         tokio::select! {
@@ -99,6 +136,15 @@ pub(crate) async fn serve_gateway(connection: quinn::Connection, directory: Arc<
                 sent.insert(region, entry);
             }
         }
+        let unavailable = notices.current();
+        for (region, reason) in &unavailable {
+            if told.get(region) != Some(reason)
+                && encode_into(&RouteFeed::Unavailable { region: *region, reason: reason.clone() }, &mut buffer).is_ok()
+            {
+                told.insert(*region, reason.clone());
+            }
+        }
+        told.retain(|region, _| unavailable.contains_key(region));
         if !buffer.is_empty() && send.write_all(&buffer).await.is_err() {
             return;
         }

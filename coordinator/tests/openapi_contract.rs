@@ -946,6 +946,7 @@ impl Cluster {
                 directory.clone(),
                 hosts.clone(),
                 directory.clone(),
+                Arc::new(baton_coordinator::routes::RouteNotices::default()),
             )?;
             // A migration's target never gets ready (see `FakeHost`); no phase timeout may end it
             // while the test wants to cancel it.

@@ -424,7 +424,9 @@ fn a_world_survives_a_restart_of_everything() {
         tick_rate: 20,
         checkpoint_every_s: 0.5,
         capacity_cores: Vec::new(),
-        coordinator_args: Vec::new(),
+        // A person brings the region back here; with failover on, the coordinator would (after
+        // --orphan-after-ms without a host serving it: tests/tests/failover.rs).
+        coordinator_args: vec!["--failover".into(), "off".into()],
     };
     let mut fleet = Fleet::start(&spec).unwrap();
     fleet.wait_hosts_ready(1, 1, Duration::from_secs(60)).unwrap();

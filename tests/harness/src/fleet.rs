@@ -324,6 +324,34 @@ impl Fleet {
         Ok(())
     }
 
+    /// Kills host `h{index}` the way a machine dies: its agent and every region-server process
+    /// it reports, each with SIGKILL at once. Returns the process ids killed.
+    pub fn kill_host(&mut self, index: usize) -> anyhow::Result<Vec<u32>> {
+        let name = format!("h{index}");
+        let hosts = self.ok("GET", "/v1/hosts", None)?;
+        let host = hosts
+            .as_array()
+            .and_then(|hosts| hosts.iter().find(|host| host["name"] == name.as_str()))
+            .with_context(|| format!("no host {name}: {hosts}"))?;
+        let agent = self.agents.get(index - 1).with_context(|| format!("no agent for {name}"))?;
+        let mut pids = vec![agent.id()];
+        pids.extend(
+            host["processes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|process| process["pid"].as_u64())
+                .filter_map(|pid| u32::try_from(pid).ok())
+                .filter(|pid| *pid > 0),
+        );
+        let arguments: Vec<String> = pids.iter().map(u32::to_string).collect();
+        let status = Command::new("kill").arg("-KILL").args(&arguments).status()?;
+        if !status.success() {
+            bail!("kill -KILL {arguments:?} failed");
+        }
+        Ok(pids)
+    }
+
     /// Kills the coordinator with SIGKILL.
     pub fn kill_coordinator(&mut self) {
         if let Some(mut coordinator) = self.coordinator.take() {

@@ -1,0 +1,224 @@
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use baton_wire::serve::{GameObject, ServerCommand, ServerEvent};
+use baton_wire::{Epoch, RegionId};
+
+use super::{Action, Cause, Failover, FailoverSettings, Lost, OwnerWatch, judge};
+use crate::hosts::{Happened, HostsError, OwnerState, ProcessEvent};
+use crate::migrations::Phase;
+
+const REGION: RegionId = RegionId(7);
+
+fn lost() -> Lost {
+    Lost {
+        region: REGION,
+        owner: "h1-p1".into(),
+        epoch: Epoch(4),
+        host: Some("h1".into()),
+        cause: Cause::ProcessExited,
+        silent_for: Duration::ZERO,
+    }
+}
+
+fn candidates() -> Vec<String> {
+    vec!["h2".into(), "h3".into()]
+}
+
+fn address() -> SocketAddr {
+    "127.0.0.1:9000".parse().unwrap()
+}
+
+fn event(host: &str, process: &str, event: ServerEvent) -> ProcessEvent {
+    ProcessEvent { host: host.into(), process: process.into(), happened: Happened::Event(event) }
+}
+
+fn restore(host: &str, process: &str) -> Action {
+    Action::Run {
+        host: host.into(),
+        process: process.into(),
+        command: ServerCommand::Host {
+            region: REGION,
+            world: GameObject::new(),
+            from_checkpoint: true,
+            take_over: Some(Epoch(4)),
+        },
+    }
+}
+
+fn started() -> (Failover, Instant) {
+    started_with(FailoverSettings::default())
+}
+
+fn started_with(settings: FailoverSettings) -> (Failover, Instant) {
+    let now = Instant::now();
+    let (machine, actions) = Failover::start(1, lost(), &candidates(), settings, now);
+    assert_eq!(actions, vec![Action::Claim { host: "h2".into() }]);
+    (machine, now)
+}
+
+#[test]
+fn judge_tells_lost_owners_from_live_ones() {
+    let settings = FailoverSettings::default();
+    let watch = |state, exited, unserved_ms| OwnerWatch {
+        state,
+        exited,
+        unserved_for: Duration::from_millis(unserved_ms),
+    };
+    assert_eq!(judge(watch(OwnerState::Serving, true, 60_000), &settings), None, "a serving owner is never lost");
+    let silent = Duration::from_millis(900);
+    assert_eq!(
+        judge(watch(OwnerState::HostDead { silent_for: silent }, false, 0), &settings),
+        Some((Cause::HostSilent, silent))
+    );
+    assert_eq!(judge(watch(OwnerState::NotServing, true, 0), &settings), Some((Cause::ProcessExited, Duration::ZERO)));
+    assert_eq!(judge(watch(OwnerState::Unknown, true, 0), &settings), Some((Cause::ProcessExited, Duration::ZERO)));
+    // With no word of why, only after the orphan limit (a region just created or moved is
+    // reported by its new owner a moment after the directory names it).
+    let limit = settings.orphan_after.as_millis() as u64;
+    assert_eq!(judge(watch(OwnerState::NotServing, false, limit - 1), &settings), None);
+    assert_eq!(judge(watch(OwnerState::Unknown, false, limit - 1), &settings), None);
+    assert_eq!(
+        judge(watch(OwnerState::Unknown, false, limit), &settings),
+        Some((Cause::NotServed, Duration::from_millis(limit)))
+    );
+    assert_eq!(
+        judge(watch(OwnerState::NotServing, false, limit), &settings),
+        Some((Cause::NotServed, Duration::from_millis(limit)))
+    );
+}
+
+#[test]
+fn a_failover_claims_restores_at_the_lost_epoch_and_commits_when_the_new_owner_reports() {
+    let (mut machine, now) = started();
+    assert_eq!(machine.record().kind, "failover");
+    assert_eq!(machine.record().from_process, "h1-p1");
+    let actions = machine.handle_claimed("h2", Ok(("h2-p5".into(), address())), &candidates(), now);
+    assert_eq!(actions, vec![restore("h2", "h2-p5")]);
+    assert_eq!(machine.record().phase, Phase::Restoring);
+    // Events of other processes, hosts or regions change nothing.
+    let owning_elsewhere = ServerEvent::Owning { region: REGION, epoch: Epoch(5) };
+    assert!(machine.handle_event(&event("h3", "h2-p5", owning_elsewhere.clone()), &candidates(), now).is_empty());
+    assert!(machine.handle_event(&event("h2", "h2-p6", owning_elsewhere.clone()), &candidates(), now).is_empty());
+    let other_region = ServerEvent::Owning { region: RegionId(8), epoch: Epoch(5) };
+    assert!(machine.handle_event(&event("h2", "h2-p5", other_region), &candidates(), now).is_empty());
+    assert_eq!(machine.record().phase, Phase::Restoring);
+    let restored = ServerEvent::Restored {
+        region: REGION,
+        tick: 600,
+        from_epoch: Epoch(4),
+        epoch: Epoch(5),
+        path: "/c/7".into(),
+    };
+    machine.handle_event(&event("h2", "h2-p5", restored), &candidates(), now);
+    let later = now + Duration::from_millis(420);
+    assert!(machine.handle_event(&event("h2", "h2-p5", owning_elsewhere), &candidates(), later).is_empty());
+    assert!(machine.is_done());
+    let record = machine.record();
+    assert_eq!(record.phase, Phase::Committed);
+    assert_eq!(record.to_host, "h2");
+    assert_eq!(record.to_process.as_deref(), Some("h2-p5"));
+    let figures = record.failover.as_ref().unwrap();
+    assert_eq!(figures.restored_tick, Some(600));
+    assert_eq!(figures.recovery_ms, Some(420.0));
+    assert_eq!(figures.lost_epoch, 4);
+    assert_eq!(figures.attempts, 1);
+    assert!(!figures.players_told);
+    let phases: Vec<Phase> = record.phases.iter().map(|timing| timing.phase).collect();
+    assert_eq!(phases, vec![Phase::Claiming, Phase::Restoring]);
+}
+
+#[test]
+fn a_failed_attempt_moves_to_the_next_host_and_releases_what_it_claimed() {
+    let (mut machine, now) = started();
+    // No warm process on h2: h3 is asked.
+    let actions = machine.handle_claimed("h2", Err(HostsError::NoWarmProcess("busy".into())), &candidates(), now);
+    assert_eq!(actions, vec![Action::Claim { host: "h3".into() }]);
+    machine.handle_claimed("h3", Ok(("h3-p1".into(), address())), &candidates(), now);
+    // The restore fails on h3 (no checkpoint there, say): its process goes, and with both hosts
+    // failed lately the failover waits.
+    let refused = ServerEvent::Error { region: Some(REGION), error: "no checkpoint of region 7".into() };
+    let actions = machine.handle_event(&event("h3", "h3-p1", refused), &candidates(), now);
+    assert_eq!(actions, vec![Action::Release { host: "h3".into(), process: "h3-p1".into() }]);
+    assert!(machine.handle_time(now + Duration::from_secs(1), true, &candidates()).is_empty());
+    // A host that failed is asked again once the retry interval passed.
+    let retry = now + FailoverSettings::default().retry_after;
+    assert_eq!(machine.handle_time(retry, true, &candidates()), vec![Action::Claim { host: "h2".into() }]);
+    // The target process dying while it restores is a failed attempt too.
+    machine.handle_claimed("h2", Ok(("h2-p9".into(), address())), &candidates(), retry);
+    let exited = ProcessEvent {
+        host: "h2".into(),
+        process: "h2-p9".into(),
+        happened: Happened::Exited { regions: Vec::new() },
+    };
+    let actions = machine.handle_event(&exited, &candidates(), retry);
+    assert_eq!(
+        actions,
+        vec![Action::Release { host: "h2".into(), process: "h2-p9".into() }, Action::Claim { host: "h3".into() }]
+    );
+    assert_eq!(machine.record().failover.as_ref().unwrap().attempts, 4);
+    assert!(!machine.is_done());
+}
+
+#[test]
+fn slow_claims_and_restores_time_out_and_a_late_claim_answer_is_released() {
+    let (mut machine, now) = started();
+    let settings = FailoverSettings::default();
+    assert!(machine.handle_time(now + settings.claim - Duration::from_millis(1), true, &candidates()).is_empty());
+    let timed_out = now + settings.claim;
+    assert_eq!(machine.handle_time(timed_out, true, &candidates()), vec![Action::Claim { host: "h3".into() }]);
+    // h2's process arrives after the failover moved on to h3: it goes back to h2, and the
+    // failover still waits for h3's answer.
+    let late = machine.handle_claimed("h2", Ok(("h2-p2".into(), address())), &candidates(), timed_out);
+    assert_eq!(late, vec![Action::Release { host: "h2".into(), process: "h2-p2".into() }]);
+    assert_eq!(machine.record().phase, Phase::Claiming);
+    let actions = machine.handle_claimed("h3", Ok(("h3-p4".into(), address())), &candidates(), timed_out);
+    assert_eq!(actions, vec![restore("h3", "h3-p4")]);
+    // (Players are told only after a grace longer than this restore's limit here.)
+    let (mut machine, now) = started_with(FailoverSettings { grace: Duration::from_secs(3600), ..settings });
+    machine.handle_claimed("h2", Ok(("h2-p5".into(), address())), &candidates(), now);
+    let stuck = now + settings.restore;
+    assert_eq!(
+        machine.handle_time(stuck, true, &candidates()),
+        vec![Action::Release { host: "h2".into(), process: "h2-p5".into() }, Action::Claim { host: "h3".into() }]
+    );
+}
+
+#[test]
+fn players_are_told_once_after_the_grace_and_the_failover_gives_up_in_the_end() {
+    let now = Instant::now();
+    let settings = FailoverSettings::default();
+    // No host can take the region.
+    let (mut machine, actions) = Failover::start(1, lost(), &[], settings, now);
+    assert!(actions.is_empty());
+    assert!(machine.handle_time(now + settings.grace - Duration::from_millis(1), true, &[]).is_empty());
+    let told = machine.handle_time(now + settings.grace, true, &[]);
+    assert!(
+        matches!(&told[..], [Action::TellUnavailable { region, reason }] if *region == REGION && reason.contains("h1-p1 on h1 exited")),
+        "{told:?}"
+    );
+    assert!(machine.handle_time(now + settings.grace + Duration::from_secs(1), true, &[]).is_empty(), "told once");
+    assert!(machine.record().failover.as_ref().unwrap().players_told);
+    // A host shows up: it is asked.
+    let later = now + settings.grace + Duration::from_secs(2);
+    assert_eq!(machine.handle_time(later, true, &candidates()), vec![Action::Claim { host: "h2".into() }]);
+    machine.handle_claimed("h2", Ok(("h2-p5".into(), address())), &candidates(), later);
+    let end = now + settings.give_up;
+    assert_eq!(machine.handle_time(end, true, &candidates()), vec![Action::Release { host: "h2".into(), process: "h2-p5".into() }]);
+    assert!(machine.is_done());
+    assert_eq!(machine.record().phase, Phase::Aborted);
+    assert!(machine.record().reason.as_deref().unwrap().starts_with("gave up"));
+}
+
+#[test]
+fn a_region_served_again_ends_a_failover_that_has_not_started_restoring() {
+    let (mut machine, now) = started();
+    assert!(machine.handle_time(now, false, &candidates()).is_empty());
+    assert!(machine.is_done());
+    assert_eq!(machine.record().phase, Phase::Aborted);
+    // A restore under way reports its own outcome first: being served (by it) does not end it.
+    let (mut machine, now) = started();
+    machine.handle_claimed("h2", Ok(("h2-p5".into(), address())), &candidates(), now);
+    assert!(machine.handle_time(now, false, &candidates()).is_empty());
+    assert!(!machine.is_done());
+}

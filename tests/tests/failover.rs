@@ -1,0 +1,172 @@
+//! Failover across processes: a deployment (coordinator, two host agents, a gateway) with players
+//! in a region whose process is killed with SIGKILL, then a whole host killed the same way. The
+//! coordinator takes each region over from its newest checkpoint on another process; the players
+//! stay connected, send again what was not durable, and every input they sent is applied exactly
+//! once (the avatar's hash chain over its applied inputs matches the one each player computed).
+//! A region stopped on purpose is not brought back.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use baton_harness::fleet::{Fleet, FleetSpec};
+use baton_harness::players::{Movement, PlayerOutcome, PlayerPlan, run_player};
+use serde_json::{Value, json};
+
+fn spec() -> FleetSpec {
+    FleetSpec {
+        hosts: 2,
+        pool: 1,
+        capacity: 6,
+        world_regions: 2,
+        columns: 2,
+        tick_rate: 20,
+        checkpoint_every_s: 0.5,
+        capacity_cores: Vec::new(),
+        coordinator_args: Vec::new(),
+    }
+}
+
+/// The process serving `region` and its pid, as the hosts report.
+fn server_of(fleet: &Fleet, region: u64) -> Option<(String, String, u64)> {
+    let hosts = fleet.ok("GET", "/v1/hosts", None).unwrap();
+    hosts.as_array().unwrap().iter().find_map(|host| {
+        host["processes"].as_array().unwrap().iter().find_map(|process| {
+            process["regions"].as_array().unwrap().contains(&json!(region)).then(|| {
+                (
+                    host["name"].as_str().unwrap().to_owned(),
+                    process["name"].as_str().unwrap().to_owned(),
+                    process["pid"].as_u64().unwrap(),
+                )
+            })
+        })
+    })
+}
+
+/// Waits for the failover of `region` to end; returns its record.
+fn failover_of(fleet: &Fleet, region: u64, after: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let records = fleet.ok("GET", "/v1/migrations", None).unwrap();
+        let done = records.as_array().unwrap().iter().find(|record| {
+            record["kind"] == "failover"
+                && record["region"] == region
+                && record["id"].as_u64().unwrap() > after
+                && matches!(record["phase"].as_str(), Some("committed" | "aborted"))
+        });
+        if let Some(record) = done {
+            return record.clone();
+        }
+        assert!(Instant::now() < deadline, "no failover of region {region} ended: {records}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn last_record_id(fleet: &Fleet) -> u64 {
+    let records = fleet.ok("GET", "/v1/migrations", None).unwrap();
+    records.as_array().unwrap().iter().filter_map(|record| record["id"].as_u64()).max().unwrap_or(0)
+}
+
+/// Players in `region` for `seconds` of play, on threads of their own; joined by the caller.
+fn players(fleet: &Fleet, first: u64, count: u64, region: u64, seconds: u64) -> std::thread::JoinHandle<Vec<PlayerOutcome>> {
+    let options = fleet.client_options();
+    let tokens: Vec<(u64, String)> = (first..first + count).map(|player| (player, fleet.token(player, region))).collect();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let mut tasks = Vec::new();
+            for (player, token) in tokens {
+                let plan = PlayerPlan {
+                    settle_for: Duration::from_secs(20),
+                    ..PlayerPlan::new(player, region, Movement::Wander, Duration::from_secs(seconds))
+                };
+                tasks.push(tokio::spawn(run_player(options.clone(), token, plan)));
+            }
+            let mut outcomes = Vec::new();
+            for task in tasks {
+                outcomes.push(task.await.unwrap().unwrap());
+            }
+            outcomes
+        })
+    })
+}
+
+/// Every player stayed connected and every input it sent was applied exactly once, in order.
+fn assert_nothing_lost(outcomes: &[PlayerOutcome]) {
+    for outcome in outcomes {
+        assert!(outcome.sent > 0, "{outcome:?}");
+        assert_eq!(outcome.disconnects, 0, "{outcome:?}");
+        assert_eq!(outcome.lost, 0, "{outcome:?}");
+        assert_eq!(outcome.acked, outcome.sent, "every input applied: {outcome:?}");
+        assert!(outcome.chain_ok, "every input applied once, in order: {outcome:?}");
+    }
+}
+
+#[test]
+fn regions_survive_a_killed_process_and_a_killed_host_with_their_players_connected() {
+    let mut fleet = Fleet::start(&spec()).unwrap();
+    fleet.wait_hosts_ready(2, 1, Duration::from_secs(60)).unwrap();
+    let world = json!({"objects": 40, "npcs": 4, "plants": 4});
+    fleet.ok("POST", "/v1/regions", Some(json!({"region": 1, "host": "h1", "world": world}))).unwrap();
+    fleet.ok("POST", "/v1/regions", Some(json!({"region": 2, "host": "h2", "world": world}))).unwrap();
+
+    // 1. The process serving region 1 is killed while four players play in it.
+    let playing = players(&fleet, 1, 4, 1, 8);
+    let (_, process, pid) = wait_for(|| server_of(&fleet, 1));
+    // Some inputs are applied and durable before the kill (checkpoints every 0.5 s).
+    std::thread::sleep(Duration::from_secs(3));
+    let before = last_record_id(&fleet);
+    assert!(std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
+    let record = failover_of(&fleet, 1, before);
+    eprintln!("after the process was killed: {record}");
+    assert_eq!(record["phase"], "committed", "{record}");
+    assert_eq!(record["from_process"], process.as_str(), "{record}");
+    let figures = &record["failover"];
+    assert_eq!(figures["cause"], "process_exited", "{record}");
+    assert!(figures["restored_tick"].as_u64().is_some() && figures["recovery_ms"].as_f64().is_some(), "{record}");
+    let outcomes = playing.join().unwrap();
+    assert_nothing_lost(&outcomes);
+    assert!(
+        outcomes.iter().any(|outcome| outcome.recoveries > 0),
+        "the gateway asked the players of the region for their kept inputs: {outcomes:?}"
+    );
+
+    // 2. The whole host now serving region 1 dies (its agent and every process, SIGKILL), with
+    // players on board; region 1 comes back on the other host.
+    let (host, _, _) = wait_for(|| server_of(&fleet, 1));
+    let index: usize = host.trim_start_matches('h').parse().unwrap();
+    let playing = players(&fleet, 11, 3, 1, 8);
+    std::thread::sleep(Duration::from_secs(3));
+    let before = last_record_id(&fleet);
+    fleet.kill_host(index).unwrap();
+    let record = failover_of(&fleet, 1, before);
+    eprintln!("after the host was killed: {record}");
+    assert_eq!(record["phase"], "committed", "{record}");
+    assert_eq!(record["failover"]["cause"], "host_silent", "{record}");
+    assert_ne!(record["to_host"], host.as_str(), "{record}");
+    assert_nothing_lost(&playing.join().unwrap());
+    let hosts = fleet.ok("GET", "/v1/hosts", None).unwrap();
+    let dead = hosts.as_array().unwrap().iter().find(|view| view["name"] == host.as_str()).unwrap();
+    assert!(dead["dead"] == true && dead["connected"] == false, "{dead}");
+
+    // 3. A region stopped on purpose stays stopped: no failover brings it back.
+    let (other, _, _) = wait_for(|| server_of(&fleet, 2));
+    assert_ne!(other, host, "region 2 lived on the other host, or was failed over there");
+    let before = last_record_id(&fleet);
+    fleet.ok("POST", "/v1/regions/2/stop", None).unwrap();
+    // Longer than the limit for a region no host serves (3 s by default).
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(server_of(&fleet, 2).is_none());
+    assert_eq!(last_record_id(&fleet), before, "{}", fleet.ok("GET", "/v1/migrations", None).unwrap());
+}
+
+fn wait_for<T>(mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(found) = probe() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "not in time");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
