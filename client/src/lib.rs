@@ -180,12 +180,8 @@ pub struct Client {
     shared: Arc<Mutex<Shared>>,
     player: u64,
     next_seq: u64,
-    /// Every input after `durable`, in order.
-    kept: VecDeque<(u64, Vec<u8>)>,
-    acked: u64,
-    durable: u64,
-    /// A failover asked for every kept input again; sent before anything else is.
-    resend_pending: bool,
+    /// The inputs kept until durable, and what the region acknowledged.
+    inputs: InputLog,
     /// Which updates are news (newest per region, across region changes).
     updates: UpdateOrder,
     /// An update to hand out before reading more: one from a region entered that came before
@@ -220,10 +216,7 @@ impl Client {
             shared,
             player: welcome.player,
             next_seq: welcome.last_applied + 1,
-            kept: VecDeque::new(),
-            acked: welcome.last_applied,
-            durable: welcome.last_applied,
-            resend_pending: false,
+            inputs: InputLog::new(welcome.last_applied),
             updates: UpdateOrder::new(welcome.region),
             next_update: None,
         })
@@ -244,25 +237,25 @@ impl Client {
     /// Inputs sent and not yet acknowledged by an update.
     #[must_use]
     pub fn unacked(&self) -> usize {
-        self.kept.len() - self.kept.partition_point(|(seq, _)| *seq <= self.acked)
+        self.inputs.unacked()
     }
 
     /// Inputs kept because they are not durable yet (applied or not).
     #[must_use]
     pub fn kept(&self) -> usize {
-        self.kept.len()
+        self.inputs.kept.len()
     }
 
     /// The last input the region holds in state that survives the loss of its host.
     #[must_use]
     pub fn durable(&self) -> u64 {
-        self.durable
+        self.inputs.durable
     }
 
     /// The last input the region acknowledged.
     #[must_use]
     pub fn acked(&self) -> u64 {
-        self.acked
+        self.inputs.acked
     }
 
     /// The sequence number the next input will get.
@@ -282,17 +275,14 @@ impl Client {
         self.flush_resend().await?;
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.kept.push_back((seq, payload.clone()));
+        self.inputs.kept.push_back((seq, payload.clone()));
         self.write(&ClientFrame::Input { seq, payload }).await?;
         Ok(seq)
     }
 
     /// Sends every kept input again if a failover asked for it.
     async fn flush_resend(&mut self) -> Result<(), ClientError> {
-        if !std::mem::take(&mut self.resend_pending) {
-            return Ok(());
-        }
-        let again: Vec<(u64, Vec<u8>)> = self.kept.iter().cloned().collect();
+        let again = self.inputs.take_resend();
         for (seq, payload) in again {
             self.write(&ClientFrame::Input { seq, payload }).await?;
         }
@@ -387,22 +377,20 @@ impl Client {
             Event::Update(update) => {
                 let region = self.region();
                 let update = self.updates.handle_update(update, region)?;
-                self.acknowledge(update.last_applied, update.durable);
+                self.inputs.acknowledge(update.last_applied, update.durable);
                 Some(Event::Update(update))
             }
             Event::RegionChanged { region } => {
                 // Handed out right after this event, as it is (it was checked here).
                 if let Some(early) = self.updates.handle_region_changed(region) {
-                    self.acknowledge(early.last_applied, early.durable);
+                    self.inputs.acknowledge(early.last_applied, early.durable);
                     self.next_update = Some(early);
                 }
                 Some(Event::RegionChanged { region })
             }
             Event::Recovered { region } => {
-                // The new owner holds the state of `durable` or later: what it applied after that
-                // it has to apply again, and its ticks start again from the restored one.
-                self.acked = self.durable;
-                self.resend_pending = true;
+                // Its ticks start again from the restored one.
+                self.inputs.handle_recovered();
                 self.updates.handle_recovered(region);
                 Some(Event::Recovered { region })
             }
@@ -410,17 +398,6 @@ impl Client {
         }
     }
 
-    fn acknowledge(&mut self, last_applied: u64, durable: u64) {
-        self.acked = self.acked.max(last_applied);
-        self.durable = self.durable.max(durable.min(last_applied));
-        while let Some((seq, _)) = self.kept.front() {
-            let applied_beyond_limit = self.kept.len() > MAX_KEPT && *seq <= self.acked;
-            if *seq > self.durable && !applied_beyond_limit {
-                break;
-            }
-            self.kept.pop_front();
-        }
-    }
 
     /// Resumes the session on the gateway at `gateway` (the same or another) after the connection
     /// was lost, with the resume token; every unacknowledged input is sent again.
@@ -438,12 +415,7 @@ impl Client {
         self.options = options;
         self.updates = UpdateOrder::new(welcome.region);
         self.next_update = None;
-        // The region says what it applied; after a failover that can be less than acknowledged
-        // before, and everything after it is sent again.
-        self.acked = welcome.last_applied;
-        self.resend_pending = false;
-        let resend: Vec<(u64, Vec<u8>)> =
-            self.kept.iter().filter(|(seq, _)| *seq > welcome.last_applied).cloned().collect();
+        let resend = self.inputs.handle_welcome(welcome.last_applied);
         for (seq, payload) in resend {
             self.write(&ClientFrame::Input { seq, payload }).await?;
         }
@@ -465,6 +437,67 @@ impl Client {
     /// Ends the session.
     pub fn close(&self) {
         self.connection.close((CloseCode::Normal as u32).into(), b"bye");
+    }
+}
+
+/// A player's inputs from sending until durable: which were applied, which survive the loss of
+/// the region's host, and which to send again after a resume or a failover. No I/O.
+#[derive(Debug)]
+struct InputLog {
+    /// Every input after `durable` (and at most [`MAX_KEPT`] applied ones), in order.
+    kept: VecDeque<(u64, Vec<u8>)>,
+    /// The last input the region applied, as far as its updates said.
+    acked: u64,
+    /// The last input held in state that survives the loss of the region's host.
+    durable: u64,
+    /// A failover asked for every kept input again; sent before anything else is.
+    resend_pending: bool,
+}
+
+impl InputLog {
+    fn new(last_applied: u64) -> InputLog {
+        InputLog { kept: VecDeque::new(), acked: last_applied, durable: last_applied, resend_pending: false }
+    }
+
+    /// Inputs sent and not applied yet.
+    fn unacked(&self) -> usize {
+        self.kept.len() - self.kept.partition_point(|(seq, _)| *seq <= self.acked)
+    }
+
+    /// An update said what the region applied and what is durable.
+    fn acknowledge(&mut self, last_applied: u64, durable: u64) {
+        self.acked = self.acked.max(last_applied);
+        self.durable = self.durable.max(durable.min(last_applied));
+        while let Some((seq, _)) = self.kept.front() {
+            let applied_beyond_limit = self.kept.len() > MAX_KEPT && *seq <= self.acked;
+            if *seq > self.durable && !applied_beyond_limit {
+                break;
+            }
+            self.kept.pop_front();
+        }
+    }
+
+    /// A new owner restored the region from saved state holding `durable` or later: what was
+    /// applied after that may have to be applied again, so every kept input is sent again.
+    fn handle_recovered(&mut self) {
+        self.acked = self.durable;
+        self.resend_pending = true;
+    }
+
+    /// The inputs to send again now (once per failover).
+    fn take_resend(&mut self) -> Vec<(u64, Vec<u8>)> {
+        if !std::mem::take(&mut self.resend_pending) {
+            return Vec::new();
+        }
+        self.kept.iter().cloned().collect()
+    }
+
+    /// A resumed session's welcome says what the region applied (after a failover that can be
+    /// less than acknowledged before): everything kept after it is sent again.
+    fn handle_welcome(&mut self, last_applied: u64) -> Vec<(u64, Vec<u8>)> {
+        self.acked = last_applied;
+        self.resend_pending = false;
+        self.kept.iter().filter(|(seq, _)| *seq > last_applied).cloned().collect()
     }
 }
 
@@ -679,7 +712,79 @@ fn datagram_event(bytes: &[u8]) -> Option<Event> {
 
 #[cfg(test)]
 mod tests {
-    use super::{StateUpdate, UpdateOrder};
+    use super::{InputLog, MAX_KEPT, StateUpdate, UpdateOrder};
+
+    fn seqs(inputs: &[(u64, Vec<u8>)]) -> Vec<u64> {
+        inputs.iter().map(|(seq, _)| *seq).collect()
+    }
+
+    fn sent(log: &mut InputLog, range: std::ops::RangeInclusive<u64>) {
+        for seq in range {
+            log.kept.push_back((seq, vec![seq as u8]));
+        }
+    }
+
+    #[test]
+    fn inputs_are_kept_until_durable_and_sent_again_after_a_failover() {
+        let mut log = InputLog::new(0);
+        sent(&mut log, 1..=10);
+        assert_eq!(log.unacked(), 10);
+        // Applied up to 8, durable up to 3: 4..=10 are kept, 9 and 10 not applied yet.
+        log.acknowledge(8, 3);
+        assert_eq!((log.acked, log.durable, log.unacked()), (8, 3, 2));
+        assert_eq!(seqs(&log.kept.iter().cloned().collect::<Vec<_>>()), (4..=10).collect::<Vec<_>>());
+        // Durable never passes applied, and neither goes back on a late update.
+        log.acknowledge(5, 9);
+        assert_eq!((log.acked, log.durable), (8, 5));
+        assert!(log.take_resend().is_empty(), "nothing to send again without a failover");
+        // A failover: the new owner holds state of input 5 or later; every kept one goes again,
+        // once.
+        log.handle_recovered();
+        assert_eq!(log.acked, 5);
+        assert_eq!(seqs(&log.take_resend()), (6..=10).collect::<Vec<_>>());
+        assert!(log.take_resend().is_empty());
+        // The new owner's updates move on from what it restored.
+        log.acknowledge(10, 10);
+        assert_eq!((log.acked, log.durable, log.kept.len(), log.unacked()), (10, 10, 0, 0));
+    }
+
+    #[test]
+    fn a_resume_sends_again_what_the_region_has_not_applied() {
+        let mut log = InputLog::new(0);
+        sent(&mut log, 1..=6);
+        log.acknowledge(6, 2);
+        log.handle_recovered();
+        // The connection is lost before the resend; the welcome of the resumed session says
+        // the restored region applied up to 4.
+        assert_eq!(seqs(&log.handle_welcome(4)), vec![5, 6]);
+        assert!(log.take_resend().is_empty(), "the welcome's resend replaces the failover's");
+        assert_eq!((log.acked, log.unacked()), (4, 2));
+    }
+
+    #[test]
+    fn a_restored_region_s_earlier_ticks_are_news_after_the_failover() {
+        let mut order = UpdateOrder::new(1);
+        assert!(order.handle_update(update(1, 100), 1).is_some());
+        assert!(order.handle_update(update(1, 80), 1).is_none(), "older than the newest: dropped");
+        order.handle_recovered(2);
+        assert!(order.handle_update(update(1, 81), 1).is_none(), "another region's failover changes nothing");
+        order.handle_recovered(1);
+        assert_eq!(order.handle_update(update(1, 80), 1).map(|update| update.tick), Some(80));
+        assert!(order.handle_update(update(1, 79), 1).is_none());
+    }
+
+    #[test]
+    fn applied_inputs_kept_past_the_limit_are_dropped_oldest_first() {
+        let mut log = InputLog::new(0);
+        let total = MAX_KEPT as u64 + 10;
+        sent(&mut log, 1..=total);
+        // Nothing durable (a region that fell behind): the applied ones beyond the limit go,
+        // the unapplied ones stay whatever their number.
+        log.acknowledge(total - 5, 0);
+        assert_eq!(log.kept.len(), MAX_KEPT);
+        assert_eq!(log.kept.front().map(|(seq, _)| *seq), Some(11));
+        assert_eq!(log.unacked(), 5);
+    }
 
     fn update(region: u64, tick: u64) -> StateUpdate {
         StateUpdate { region, tick, last_applied: tick, durable: tick, payload: Vec::new() }

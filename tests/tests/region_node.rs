@@ -234,3 +234,117 @@ fn a_join_that_reaches_a_frozen_source_is_answered_by_the_source_after_an_abort(
     );
     pair.check_invariants();
 }
+
+/// Gateways that serve every player (so the node sends views).
+struct AllPlayers;
+
+impl baton_sdk::node::Gateways for AllPlayers {
+    fn any(&self) -> bool {
+        true
+    }
+    fn serves(&self, _player: PlayerId) -> bool {
+        true
+    }
+}
+
+/// `(last_applied, durable)` of the player's update in `outputs`.
+fn acknowledged(outputs: &[Output], player: PlayerId) -> Option<(u64, u64)> {
+    outputs.iter().find_map(|output| match output {
+        Output::ToPlayers(messages) => messages.iter().find_map(|(to, message)| match message {
+            ServerMessage::Update { last_applied, durable, .. } if *to == player => Some((*last_applied, *durable)),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+/// Runs one tick at `at` with `inputs` of `player` submitted first; returns its outputs.
+fn tick_with(
+    node: &mut RegionNode<SampleLogic>,
+    at: Instant,
+    player: PlayerId,
+    inputs: std::ops::RangeInclusive<u64>,
+) -> Vec<Output> {
+    for seq in inputs {
+        node.handle_input(at, sample_region_server::scripted_input(player.0, seq));
+    }
+    node.handle_timeout(at, &AllPlayers);
+    outputs(node, at)
+}
+
+#[test]
+fn updates_say_an_input_is_durable_only_once_a_checkpoint_holding_it_is_stored() {
+    let start = Instant::now();
+    let mut region = new_region(REGION, RegionConfig::default()).unwrap();
+    populate(&mut region, WorldSpec { objects: 4, npcs: 0, plants: 0, seed: 1, churn: 0 }).unwrap();
+    let rewarm = Box::new(|region| new_region(region, RegionConfig::default()));
+    let every_other_tick = NodeSettings { checkpoint_every_ticks: 2, ..settings(start) };
+    let mut node = RegionNode::new(region, Role::Owner { epoch: Epoch(1) }, every_other_tick, rewarm, start);
+    outputs(&mut node, start);
+    node.handle_gateway(start, GatewayRequest::Join { player: NEWCOMER, gateway: 1 });
+    outputs(&mut node, start);
+    let interval = RegionConfig::default().tick_interval();
+    // Tick 1: inputs 1..=3 applied, nothing stored yet.
+    let first = tick_with(&mut node, start, NEWCOMER, 1..=3);
+    assert_eq!(acknowledged(&first, NEWCOMER), Some((3, 0)));
+    // Tick 2: inputs 4..=5 applied, and a checkpoint taken after them; not durable before the
+    // store says it has it.
+    let second = tick_with(&mut node, start + interval, NEWCOMER, 4..=5);
+    assert_eq!(acknowledged(&second, NEWCOMER), Some((5, 0)));
+    let taken = second
+        .iter()
+        .find_map(|output| match output {
+            Output::StoreCheckpoint { info, .. } => Some(info.tick),
+            _ => None,
+        })
+        .expect("a checkpoint every other tick");
+    let third = tick_with(&mut node, start + interval * 2, NEWCOMER, 6..=6);
+    assert_eq!(acknowledged(&third, NEWCOMER), Some((6, 0)), "stored is not yet said");
+    // A failed store makes nothing durable; a stored one makes its inputs durable.
+    node.handle_checkpoint_stored(start + interval * 2, taken, false);
+    let fourth = tick_with(&mut node, start + interval * 3, NEWCOMER, 7..=7);
+    assert_eq!(acknowledged(&fourth, NEWCOMER), Some((7, 0)));
+    let next_taken = fourth
+        .iter()
+        .find_map(|output| match output {
+            Output::StoreCheckpoint { info, .. } => Some(info.tick),
+            _ => None,
+        })
+        .unwrap();
+    node.handle_checkpoint_stored(start + interval * 3, next_taken, true);
+    let fifth = tick_with(&mut node, start + interval * 4, NEWCOMER, 8..=8);
+    assert_eq!(acknowledged(&fifth, NEWCOMER), Some((8, 7)));
+}
+
+#[test]
+fn without_checkpoints_what_is_applied_is_as_durable_as_it_gets() {
+    let (mut node, start) = node(Role::Owner { epoch: Epoch(1) });
+    outputs(&mut node, start);
+    node.handle_gateway(start, GatewayRequest::Join { player: NEWCOMER, gateway: 1 });
+    outputs(&mut node, start);
+    let ticked = tick_with(&mut node, start, NEWCOMER, 1..=4);
+    assert_eq!(acknowledged(&ticked, NEWCOMER), Some((4, 4)));
+}
+
+#[test]
+fn an_owner_that_learns_a_failover_replaced_it_lets_the_region_go() {
+    let (mut node, start) = node(Role::Owner { epoch: Epoch(3) });
+    outputs(&mut node, start);
+    // Its own epoch (or an older one) changes nothing.
+    node.handle_ownership_seen(start, &baton_sdk::handoff::Ownership { owner: "here".into(), epoch: Epoch(3) });
+    assert!(outputs(&mut node, start).is_empty());
+    assert_eq!(node.owned_epoch(), Some(Epoch(3)));
+    node.handle_input(start, PlayerInput { player: PlayerId(7), seq: 1, payload: vec![1] });
+    node.handle_ownership_seen(start, &baton_sdk::handoff::Ownership { owner: "there".into(), epoch: Epoch(4) });
+    let gone = outputs(&mut node, start);
+    assert!(gone.iter().any(|output| matches!(output, Output::NotOwned)), "{gone:?}");
+    assert!(
+        gone.iter().any(|output| matches!(output, Output::Event(HostEvent::Aborted { owning: false, reason, .. }) if reason.contains("there@e4"))),
+        "{gone:?}"
+    );
+    assert!(gone.iter().any(|output| matches!(output, Output::Bounce(..))), "its unapplied inputs go back: {gone:?}");
+    assert!(node.is_finished() && node.owned_epoch().is_none());
+    // It never ticks again.
+    node.handle_timeout(start + Duration::from_secs(1), &AllPlayers);
+    assert_eq!(ticked(&outputs(&mut node, start + Duration::from_secs(1))), 0);
+}
