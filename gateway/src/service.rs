@@ -226,6 +226,16 @@ struct Inner {
     /// reliable frames go out on.
     links: DashMap<PlayerId, Arc<PlayerLink>>,
     joins: DashMap<PlayerId, JoinWaiter>,
+    /// Per player, inputs bounced back since its last update: a region that keeps bouncing a
+    /// player's inputs does not have its avatar (lost in a failover while it crossed a border).
+    bounces: DashMap<PlayerId, u32>,
+    /// Per region, players whose avatars left it lately, and when: inputs they sent it just before
+    /// may have been lost with it in a failover (it never bounced them), so they are asked to send
+    /// again too.
+    departures: DashMap<RegionId, Vec<(PlayerId, Instant)>>,
+    /// Crossings sent to their destination and not answered yet: a destination that dies before
+    /// answering never will, so a failover of it delivers them again to the new owner.
+    crossings_sent: DashMap<PlayerId, Transfer>,
     /// Latest border view of (region, toward), as an encoded datagram.
     borders: DashMap<(RegionId, RegionId), Vec<u8>>,
     counters: Counters,
@@ -270,6 +280,9 @@ impl Gateway {
             timers: tokio::sync::Notify::new(),
             links: DashMap::new(),
             joins: DashMap::new(),
+            bounces: DashMap::new(),
+            departures: DashMap::new(),
+            crossings_sent: DashMap::new(),
             borders: DashMap::new(),
             counters: Counters::default(),
             live_connections: AtomicU64::new(0),
@@ -581,6 +594,15 @@ async fn player_session(inner: &Arc<Inner>, connection: &quinn::Connection) -> R
     result
 }
 
+/// Inputs of one player bounced back with no update for it in between, after which its session
+/// ends (`Unavailable`): its region does not have its avatar. A crossing or a handoff bounces a
+/// few; a failover that lost the avatar bounces every input, at once and for ever.
+const MAX_BOUNCES: u32 = 1000;
+
+/// How long a player that left a region counts as having inputs in flight to it (see
+/// `Inner::departures`).
+const RECENT_DEPARTURE: Duration = Duration::from_secs(10);
+
 /// How many inputs a client may send again at once: what `baton-client` keeps at most.
 fn kept_inputs_limit() -> u64 {
     baton_wire::player::MAX_KEPT_INPUTS as u64
@@ -712,7 +734,23 @@ fn run_actions(inner: &Inner, actions: Vec<RouteAction>) {
                 // After the Attach (owner_known sends it first), so what the players send again
                 // reaches an owner that knows they are served here.
                 inner.counters.resends.fetch_add(1, Ordering::Relaxed);
-                for player in players_in(inner, region) {
+                let mut players = players_in(inner, region);
+                if let Some(departed) = inner.departures.get(&region) {
+                    players.extend(departed.iter().map(|(player, _)| *player));
+                }
+                players.sort_unstable();
+                players.dedup();
+                // Crossings its lost owner never answered go to the new one.
+                let unanswered: Vec<Transfer> = inner
+                    .crossings_sent
+                    .iter()
+                    .filter(|sent| sent.to == region)
+                    .map(|sent| sent.value().clone())
+                    .collect();
+                for transfer in unanswered {
+                    deliver_transfer(inner, transfer, Delivery::Onward);
+                }
+                for player in players {
                     if let Some(link) = inner.links.get(&player) {
                         link.send_reliable(ServerFrame::Resend { region: region.0 });
                     }
@@ -960,6 +998,7 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
             }
             // A player between connections (waiting for a resume) misses this update; the next one
             // after it is back carries the newest state anyway.
+            inner.bounces.remove(&player);
             if let Some(link) = inner.links.get(&player).map(|link| link.clone()) {
                 send_update(inner, &link, StateUpdate { region: region.0, tick, last_applied, durable, payload });
             }
@@ -1000,14 +1039,39 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
                 }
             }
         }
-        ServerMessage::Bounced { player, seq, payload, .. } => {
+        ServerMessage::Bounced { region, player, seq, payload } => {
             inner.counters.inputs_bounced.fetch_add(1, Ordering::Relaxed);
+            let streak = {
+                let mut streak = inner.bounces.entry(player).or_insert(0);
+                *streak += 1;
+                *streak
+            };
+            if streak > MAX_BOUNCES {
+                // Nothing the player sends can be applied: say so instead of bouncing for ever,
+                // and drop what still bounces until the region sends the player an update.
+                if streak > MAX_BOUNCES + 1 {
+                    return;
+                }
+                tracing::warn!(%player, %region, "the player's region keeps refusing its inputs; ending the session");
+                if let Some(link) = inner.links.get(&player) {
+                    link.close(
+                        CloseCode::Unavailable,
+                        &format!("region {region} does not have this player's avatar (lost in a failover?); log in again"),
+                    );
+                }
+                return;
+            }
             // Routed again like a new input (it waits if the avatar is crossing); a player without
             // a session here has nobody to route it for.
             forward_input(inner, PlayerInput { player, seq, payload });
         }
         ServerMessage::Emigrated { epoch, transfer } => {
             let from = transfer.from;
+            let now = Instant::now();
+            let mut departed = inner.departures.entry(from).or_default();
+            departed.retain(|(player, at)| *player != transfer.player && now.duration_since(*at) < RECENT_DEPARTURE);
+            departed.push((transfer.player, now));
+            drop(departed);
             if !inner.routes.admits_update(from, server, epoch) {
                 tracing::warn!(%from, "an emigration from a server that does not own the region; delivering anyway");
             }
@@ -1015,6 +1079,7 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
             carry_out(inner, action);
         }
         ServerMessage::Arrived { region, player, .. } => {
+            inner.crossings_sent.remove(&player);
             inner.counters.crossings.fetch_add(1, Ordering::Relaxed);
             let waiting = table(inner).handle_arrived(player, region);
             let Some(waiting) = waiting else { return };
@@ -1029,6 +1094,7 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
             }
         }
         ServerMessage::ImmigrationRefused { transfer, reason } => {
+            inner.crossings_sent.remove(&transfer.player);
             tracing::info!(player = %transfer.player, to = %transfer.to, reason, "a crossing was refused; retrying");
             // The refusal counts with the crossing's earlier failures, so one that is refused
             // every time still goes back after `SEND_BACK_AFTER` of them (docs/protocol.md §10).
@@ -1041,7 +1107,7 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
 /// Sends a crossing avatar to the owner of its destination, or turns it back when the session
 /// table says so. Nothing is dropped: the avatar and its pending inputs travel together, and an
 /// avatar that cannot be sent now is tried again by the table's timer.
-fn deliver_transfer(inner: &Arc<Inner>, mut transfer: Transfer, delivery: Delivery) {
+fn deliver_transfer(inner: &Inner, mut transfer: Transfer, delivery: Delivery) {
     if delivery == Delivery::Back {
         tracing::warn!(player = %transfer.player, to = %transfer.to, "a crossing keeps failing; sending the avatar back");
         std::mem::swap(&mut transfer.from, &mut transfer.to);
@@ -1049,7 +1115,10 @@ fn deliver_transfer(inner: &Arc<Inner>, mut transfer: Transfer, delivery: Delive
     let to = transfer.to;
     let route = (inner.routes.held(to) == 0).then(|| inner.routes.owner(to)).flatten();
     match route {
-        Some((server, epoch)) => send_upstream(inner, server, GatewayMessage::Immigrate { epoch, transfer }),
+        Some((server, epoch)) => {
+            inner.crossings_sent.insert(transfer.player, transfer.clone());
+            send_upstream(inner, server, GatewayMessage::Immigrate { epoch, transfer });
+        }
         None => {
             table(inner).handle_unroutable(Instant::now(), transfer);
             inner.timers.notify_one();

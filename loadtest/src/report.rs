@@ -37,7 +37,7 @@ pub struct Handoff {
     pub from: String,
     /// Where to.
     pub to: String,
-    /// `migration`, `drain` or `crossing`.
+    /// `migration`, `drain`, `rebalance`, `consolidate`, `failover` or `crossing`.
     pub kind: String,
     /// For a migration or drain: the freeze as the source measured it (in the restart baseline:
     /// the region's downtime, from the stop request to it running again). For a crossing: the
@@ -49,8 +49,41 @@ pub struct Handoff {
     pub max_player_gap_ms: f64,
     /// `committed` or `aborted` (crossings: `committed`).
     pub outcome: String,
+    /// For a failover: from the lost owner's last sign of life to the coordinator judging it
+    /// lost, as the coordinator measured it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detect_ms: Option<f64>,
+    /// For a failover after a host the run killed: from the kill to the new owner's first update
+    /// reaching the slowest of the region's players.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_ms: Option<f64>,
+    /// For a failover: the ticks of play the region lost (the newest tick its players saw
+    /// before, minus the tick of the checkpoint it was restored from).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback_ticks: Option<u64>,
     /// Seconds after the start of the run.
     pub at_s: f64,
+}
+
+/// A player who lost inputs or was disconnected.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlayerLoss {
+    /// The player.
+    pub player: u64,
+    /// The region it ended in.
+    pub region: u64,
+    /// Inputs it sent.
+    pub sent: u64,
+    /// Of those, acknowledged.
+    pub acked: u64,
+    /// Inputs its avatar counts as applied at the end.
+    pub applied: u64,
+    /// Failovers it lived through.
+    pub recoveries: u64,
+    /// Border crossings.
+    pub crossings: u64,
+    /// Why its connections ended.
+    pub close_reasons: Vec<String>,
 }
 
 /// One second of the run.
@@ -185,6 +218,8 @@ pub struct Report {
     pub inputs_duplicated: u64,
     /// Connections that closed or timed out.
     pub disconnects: u64,
+    /// The players who lost inputs or were disconnected (the first 20), to find out why.
+    pub players_with_losses: Vec<PlayerLoss>,
     /// Times players logged in again after their region was stopped (restart mode).
     pub relogins: u64,
     /// How long players who logged in again were offline, in milliseconds.
@@ -244,6 +279,34 @@ fn region_at(outcome: &PlayerOutcome, unix_ms: u64) -> u64 {
     region
 }
 
+/// What the players of `region` felt of its failover: from the kill (if the run caused it) to the
+/// first update after it reaching the slowest of them, and how many ticks of play the region
+/// lost: the newest tick one of them saw before (reported between `from_ms` and `to_ms`) minus
+/// the tick of the checkpoint it was restored from.
+fn failover_felt(
+    outcomes: &[PlayerOutcome],
+    region: u64,
+    killed: Option<u64>,
+    restored_tick: Option<u64>,
+    (from_ms, to_ms): (u64, u64),
+) -> (Option<f64>, Option<u64>) {
+    let recovery = killed.and_then(|killed| {
+        outcomes
+            .iter()
+            .filter(|outcome| region_at(outcome, killed) == region)
+            .filter_map(|outcome| outcome.gap_ends_unix_ms.iter().find(|end| **end > killed))
+            .map(|end| (end - killed) as f64)
+            .reduce(f64::max)
+    });
+    let rollback = outcomes
+        .iter()
+        .flat_map(|outcome| outcome.rollbacks.iter())
+        .filter(|(at, rolled, _)| *rolled == region && (from_ms..=to_ms).contains(at))
+        .filter_map(|(_, _, seen)| Some(seen.saturating_sub(restored_tick?)))
+        .max();
+    (recovery, rollback)
+}
+
 /// Builds the report from the players' outcomes and the coordinator's migration history.
 #[must_use]
 pub fn build_report(
@@ -253,6 +316,7 @@ pub fn build_report(
     failed_to_connect: usize,
     migrations: &[Value],
     hosts: Vec<HostSample>,
+    kills: &[u64],
 ) -> Report {
     let mut rtt = histogram();
     let mut gaps = histogram();
@@ -310,15 +374,31 @@ pub fn build_report(
                 .as_array()
                 .map(|phases| phases.iter().filter_map(|timing| timing["ms"].as_f64()).sum())
                 .unwrap_or(0.0);
+            let kind = record["kind"].as_str().unwrap_or("migration").to_owned();
+            let failover = (kind == "failover").then(|| {
+                // The kill that caused it: the last one before the coordinator noticed.
+                let killed = kills.iter().copied().filter(|at| *at <= begun).max();
+                let restored = record["failover"]["restored_tick"].as_u64();
+                failover_felt(outcomes, region, killed, restored, (begun, begun + took as u64 + 5000))
+            });
+            let (recovery_ms, rollback_ticks) = failover.unwrap_or_default();
             Handoff {
                 region,
                 from: record["from_host"].as_str().unwrap_or_default().to_owned(),
                 to: record["to_host"].as_str().unwrap_or_default().to_owned(),
-                kind: record["kind"].as_str().unwrap_or("migration").to_owned(),
                 freeze_ms: record["freeze_ms"].as_f64(),
-                max_player_gap_ms: worst_gap(Some(region), None, begun, begun + took as u64 + 1000),
+                max_player_gap_ms: worst_gap(
+                    Some(region),
+                    None,
+                    begun.saturating_sub(if kind == "failover" { 2000 } else { 0 }),
+                    begun + took as u64 + 1000,
+                ),
                 outcome: record["phase"].as_str().unwrap_or_default().to_owned(),
                 at_s: begun.saturating_sub(started_unix_ms) as f64 / 1000.0,
+                detect_ms: record["failover"]["detect_ms"].as_f64(),
+                recovery_ms,
+                rollback_ticks,
+                kind,
             }
         })
         .collect();
@@ -339,6 +419,9 @@ pub fn build_report(
                 max_player_gap_ms: worst_gap(None, Some(outcome.player), at.saturating_sub(1000), at + 1000),
                 outcome: "committed".into(),
                 at_s: at.saturating_sub(started_unix_ms) as f64 / 1000.0,
+                detect_ms: None,
+                recovery_ms: None,
+                rollback_ticks: None,
             });
         }
     }
@@ -369,6 +452,21 @@ pub fn build_report(
         inputs_lost: inputs_sent - inputs_acked,
         inputs_duplicated,
         disconnects,
+        players_with_losses: outcomes
+            .iter()
+            .filter(|outcome| outcome.disconnects > 0 || outcome.acked < outcome.acked_before + outcome.sent)
+            .take(20)
+            .map(|outcome| PlayerLoss {
+                player: outcome.player,
+                region: outcome.region,
+                sent: outcome.sent,
+                acked: outcome.acked.saturating_sub(outcome.acked_before),
+                applied: outcome.applied,
+                recoveries: outcome.recoveries,
+                crossings: outcome.crossings,
+                close_reasons: outcome.close_reasons.clone(),
+            })
+            .collect(),
         relogins: outcomes.iter().map(|outcome| outcome.relogins).sum(),
         offline_ms: percentiles(&offline),
         rtt_ms: percentiles(&rtt),
@@ -473,7 +571,7 @@ impl Report {
         for handoff in self.moves() {
             let _ = writeln!(
                 out,
-                "    t={:>5.1}s {:<9} region {:>3} {} -> {}: {}, freeze {}, worst player gap {:.0} ms",
+                "    t={:>5.1}s {:<9} region {:>3} {} -> {}: {}, freeze {}, worst player gap {:.0} ms{}",
                 handoff.at_s,
                 handoff.kind,
                 handoff.region,
@@ -481,7 +579,16 @@ impl Report {
                 handoff.to,
                 handoff.outcome,
                 handoff.freeze_ms.map_or("-".into(), |ms| format!("{ms:.1} ms")),
-                handoff.max_player_gap_ms
+                handoff.max_player_gap_ms,
+                match handoff.kind.as_str() {
+                    "failover" => format!(
+                        ", detected in {}, players back after {}, rolled back {} ticks",
+                        handoff.detect_ms.map_or("-".into(), |ms| format!("{ms:.0} ms")),
+                        handoff.recovery_ms.map_or("-".into(), |ms| format!("{ms:.0} ms")),
+                        handoff.rollback_ticks.map_or("-".into(), |ticks| ticks.to_string())
+                    ),
+                    _ => String::new(),
+                }
             );
         }
         if let Some(balancer) = &self.balancer {

@@ -100,7 +100,7 @@ pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mo
         world_regions: scenario.regions,
         columns: scenario.columns,
         tick_rate: 20,
-        checkpoint_every_s: 10.0,
+        checkpoint_every_s: scenario.checkpoint_every_s,
         capacity_cores: scenario.host_cores.clone(),
         coordinator_args: Vec::new(),
     })?;
@@ -177,6 +177,8 @@ pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mo
     let restarts: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
     let mut restart_threads: Vec<std::thread::JoinHandle<()>> = Vec::new();
     let mut host_samples: Vec<HostSample> = Vec::new();
+    // When hosts were killed (Unix milliseconds).
+    let mut kills: Vec<u64> = Vec::new();
     let mut last_stats: Option<Value> = None;
     let play_ends = Duration::from_secs(scenario.ramp_s + scenario.duration_s);
     let mut next_second = Duration::from_secs(1);
@@ -186,6 +188,21 @@ pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mo
             say(format!("t={:.0}s: the coordinator's balancer is {}", balancer.at_s, balancer.mode));
         }
         while let Some(event) = events.next_if(|event| started.elapsed().as_secs_f64() >= event.at_s) {
+            if let Some(host) = &event.kill_host {
+                if mode == Mode::Restart {
+                    say(format!("t={:.0}s: the restart baseline does not kill {host}", event.at_s));
+                    continue;
+                }
+                let index: usize = host.trim_start_matches('h').parse().unwrap_or(0);
+                match fleet.kill_host(index) {
+                    Ok(pids) => {
+                        kills.push(unix_ms());
+                        say(format!("t={:.0}s: killed {host} (SIGKILL to processes {pids:?})", event.at_s));
+                    }
+                    Err(error) => say(format!("t={:.0}s: killing {host} failed: {error:#}", event.at_s)),
+                }
+                continue;
+            }
             if mode == Mode::Restart {
                 let moves = restart_moves(&fleet, &event, scenario.hosts);
                 if moves.is_empty() {
@@ -303,7 +320,8 @@ pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mo
     }
     if mode == Mode::Restart {
         let records = restarts.lock().map(|records| records.clone()).unwrap_or_default();
-        let mut report = build_report(&scenario, started_unix_ms, &outcomes, failed_to_connect, &records, host_samples);
+        let mut report =
+            build_report(&scenario, started_unix_ms, &outcomes, failed_to_connect, &records, host_samples, &kills);
         report.mode = mode.name().to_owned();
         return Ok(report);
     }
@@ -324,7 +342,8 @@ pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mo
         Some(_) => Some(fleet.ok("GET", "/v1/balancer", None)?),
         None => None,
     };
-    let mut report = build_report(&scenario, started_unix_ms, &outcomes, failed_to_connect, &migrations, host_samples);
+    let mut report =
+        build_report(&scenario, started_unix_ms, &outcomes, failed_to_connect, &migrations, host_samples, &kills);
     report.balancer = balancer.map(|status| crate::report::balancer_report(&status, started_unix_ms, &report.hosts));
     Ok(report)
 }

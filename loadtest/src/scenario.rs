@@ -40,6 +40,10 @@ pub struct Scenario {
     /// Physics objects per region (plus a tenth as many scripted NPCs and plants).
     #[serde(default = "default_objects")]
     pub objects_per_region: usize,
+    /// Seconds between two checkpoints of each region (what a failover restores, and so what
+    /// makes players' inputs durable).
+    #[serde(default = "default_checkpoint_every_s")]
+    pub checkpoint_every_s: f64,
     /// The regions avatars start in, round-robin (empty: all regions).
     #[serde(default)]
     pub avatar_regions: Vec<u64>,
@@ -159,6 +163,10 @@ pub struct Event {
     /// Drain this host.
     #[serde(default)]
     pub drain: Option<String>,
+    /// Kill this host the way a machine dies: its agent and every region-server process of it,
+    /// with SIGKILL (the coordinator fails its regions over).
+    #[serde(default)]
+    pub kill_host: Option<String>,
 }
 
 /// A migration asked for by a scenario.
@@ -233,6 +241,9 @@ fn default_columns() -> u64 {
 }
 fn default_objects() -> usize {
     300
+}
+fn default_checkpoint_every_s() -> f64 {
+    10.0
 }
 fn default_gap_slo() -> f64 {
     // 1.5 tick intervals at 20 Hz.
@@ -345,9 +356,17 @@ impl Scenario {
         {
             return Err(format!("crowd.regions names region {region}: no such region"));
         }
+        if !(self.checkpoint_every_s.is_finite() && self.checkpoint_every_s > 0.0) {
+            return Err(format!("checkpoint_every_s must be above 0, got {}", self.checkpoint_every_s));
+        }
         for event in &self.events {
-            match (&event.migrate, &event.drain) {
-                (Some(migrate), None) => {
+            match (&event.migrate, &event.drain, &event.kill_host) {
+                (None, None, Some(host)) => {
+                    if !host_exists(host) {
+                        return Err(format!("event at {} s kills {host}: no such host", event.at_s));
+                    }
+                }
+                (Some(migrate), None, None) => {
                     if !(1..=self.regions).contains(&migrate.region) || !host_exists(&migrate.to) {
                         return Err(format!(
                             "event at {} s moves region {} to {}: no such region or host",
@@ -355,12 +374,17 @@ impl Scenario {
                         ));
                     }
                 }
-                (None, Some(host)) => {
+                (None, Some(host), None) => {
                     if !host_exists(host) {
                         return Err(format!("event at {} s drains {host}: no such host", event.at_s));
                     }
                 }
-                _ => return Err(format!("event at {} s must have exactly one of migrate or drain", event.at_s)),
+                _ => {
+                    return Err(format!(
+                        "event at {} s must have exactly one of migrate, drain or kill_host",
+                        event.at_s
+                    ));
+                }
             }
             if !event.at_s.is_finite() || event.at_s < 0.0 {
                 return Err("event times must be 0 or more seconds".into());

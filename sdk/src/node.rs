@@ -769,11 +769,17 @@ impl<L: RegionLogic> RegionNode<L> {
             }
             let tick = report.tick;
             let durable = (self.settings.checkpoint_every_ticks > 0).then_some(&self.durability.confirmed);
+            let before = self.outputs.len();
             after_tick(&mut self.region, *epoch, tick, self.settings.players, durable, gateways, &mut self.outputs);
+            if self.outputs.iter().skip(before).any(|output| {
+                matches!(output, Output::ToPlayers(messages) if messages.iter().any(|(_, message)| matches!(message, ServerMessage::Emigrated { .. })))
+            }) {
+                self.durability.crossed = true;
+            }
             // A checkpoint is a snapshot at a tick boundary; during a handoff the snapshot being
             // streamed is the region's safety net instead, and a frozen source never gets here.
             let every = self.settings.checkpoint_every_ticks;
-            if handoff.as_ref().is_none_or(HandoffSource::is_finished) && every > 0 && tick.is_multiple_of(every) {
+            if handoff.as_ref().is_none_or(HandoffSource::is_finished) && self.durability.due(tick, every) {
                 match crate::checkpoint::encode(&mut self.region, *epoch) {
                     Ok((info, bytes)) => {
                         self.durability.taken(info.tick, player_progress(self.region.world()));
@@ -1050,6 +1056,7 @@ impl<L: RegionLogic> RegionNode<L> {
                 };
                 match self.region.immigrate(transfer.from, &emigrant) {
                     Ok(last_applied) => {
+                        self.durability.crossed = true;
                         out.push_back(Output::Attach { player: emigrant.player, gateway });
                         out.push_back(Output::ToGateway {
                             gateway,
@@ -1169,13 +1176,30 @@ struct Durability {
     taken: VecDeque<(u64, Vec<(PlayerId, u64)>)>,
     /// Per player, the last input in the newest stored checkpoint.
     confirmed: HashMap<PlayerId, u64>,
+    /// An avatar arrived or left since the last checkpoint: the next one is taken early, so a
+    /// failover finds the avatar where its player is (and not also where it was).
+    crossed: bool,
+    /// The tick of the last checkpoint taken.
+    last_taken: u64,
 }
 
 impl Durability {
     /// Stores finish in order of tick; a handful in flight at most.
     const MAX_TAKEN: usize = 8;
 
+    /// Ticks between a crossing's early checkpoint and the previous one, at least.
+    const MIN_EARLY_GAP_TICKS: u64 = 1;
+
+    /// Whether a checkpoint is due after `tick`, taking one every `every` ticks (0: never).
+    fn due(&self, tick: u64, every: u64) -> bool {
+        every > 0
+            && (tick.is_multiple_of(every)
+                || (self.crossed && tick >= self.last_taken + Self::MIN_EARLY_GAP_TICKS.min(every)))
+    }
+
     fn taken(&mut self, tick: u64, progress: Vec<(PlayerId, u64)>) {
+        self.crossed = false;
+        self.last_taken = tick;
         if self.taken.len() == Self::MAX_TAKEN {
             self.taken.pop_front();
         }

@@ -159,14 +159,6 @@ pub enum EntryError {
     /// The player's session could not be opened.
     #[error("opening the session: {0}")]
     Session(#[from] SessionError),
-    /// An arriving player has a session here already.
-    #[error("player {player} already has a session here (last applied {last_applied})")]
-    AlreadyHere {
-        /// The player.
-        player: PlayerId,
-        /// Its last applied input here.
-        last_applied: u64,
-    },
     /// A crossing avatar's archive does not decode.
     #[error("the avatar of player {player} is invalid: {error}")]
     InvalidAvatar {
@@ -436,7 +428,13 @@ impl<L: RegionLogic> Region<L> {
     /// session where `from` left it and queues its pending inputs. Returns its last applied input.
     pub fn immigrate(&mut self, from: RegionId, emigrant: &Emigrant) -> Result<u64, EntryError> {
         if let Some(session) = self.session_of(emigrant.player) {
-            return Err(EntryError::AlreadyHere { player: emigrant.player, last_applied: session.last_applied });
+            // The same arrival delivered again: it is here.
+            if session.last_applied >= emigrant.last_applied {
+                return Ok(session.last_applied);
+            }
+            // A copy older than the arriving avatar: this region was restored from a checkpoint
+            // taken before the avatar left it (a failover). The avatar arriving is the real one.
+            self.remove_player(emigrant.player);
         }
         let avatar =
             crate::codec::apply_bundle(&mut self.world, &emigrant.avatar, crate::codec::DecodeLimits::default())

@@ -390,6 +390,10 @@ pub struct PlayerOutcome {
     pub recoveries: u64,
     /// What the gateway said when its region was unavailable (lost its host, none took it over).
     pub unavailable_notices: Vec<String>,
+    /// After each failover, the newest tick of the region seen before it: (milliseconds since
+    /// the Unix epoch of the restored region's first update, region, tick).
+    #[serde(skip)]
+    pub rollbacks: Vec<(u64, u64, u64)>,
     /// Why, for each.
     pub close_reasons: Vec<String>,
     /// State updates received.
@@ -457,6 +461,9 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
     // Inputs not acknowledged yet: (seq, when sent, the chain after it).
     let mut sent_at: std::collections::VecDeque<(u64, Instant, u64)> = std::collections::VecDeque::new();
     let mut view: Option<PlayerView> = None;
+    // The newest tick seen, and after a failover the tick seen before it (a rollback to measure).
+    let mut newest_tick = 0u64;
+    let mut recovered_from: Option<u64> = None;
     let mut done_sending = false;
     let settle_deadline = started + plan.play_for + plan.settle_for;
     let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(next_input));
@@ -547,6 +554,10 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
                             outcome.region_switch_log.push((now_unix_ms, gap.as_micros() as u64));
                         }
                     }
+                    if let Some(before) = recovered_from.take() {
+                        outcome.rollbacks.push((now_unix_ms, update.region, before));
+                    }
+                    newest_tick = if last_update_region == Some(update.region) { newest_tick.max(update.tick) } else { update.tick };
                     last_update = Some(now);
                     last_update_region = Some(update.region);
                     outcome.updates += 1;
@@ -573,7 +584,12 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
                     outcome.crossing_log.push((unix_ms(), current_region, region));
                     current_region = region;
                 }
-                Some(Event::Recovered { .. }) => outcome.recoveries += 1,
+                Some(Event::Recovered { region }) => {
+                    outcome.recoveries += 1;
+                    if last_update_region == Some(region) {
+                        recovered_from = Some(newest_tick);
+                    }
+                }
                 Some(Event::RegionUnavailable { reason, .. }) => outcome.unavailable_notices.push(reason),
                 Some(Event::Pong { .. }) | None => {}
                 Some(Event::Closed { code, reason }) => ended = Some((code, reason)),
