@@ -170,3 +170,68 @@ fn wait_for<T>(mut probe: impl FnMut() -> Option<T>) -> T {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Sends `signal` to the agent of host `h{index}` (its region servers keep running).
+fn signal_agent(fleet: &Fleet, index: usize, signal: &str) {
+    let pid = fleet.agent_pid(index).unwrap();
+    assert!(std::process::Command::new("kill").args([signal, &pid.to_string()]).status().unwrap().success());
+}
+
+#[test]
+fn a_host_cut_off_is_replaced_and_its_old_owner_lets_go_and_a_coordinator_down_catches_up() {
+    let mut fleet = Fleet::start(&spec()).unwrap();
+    fleet.wait_hosts_ready(2, 1, Duration::from_secs(60)).unwrap();
+    let world = json!({"objects": 40, "npcs": 4, "plants": 4});
+    fleet.ok("POST", "/v1/regions", Some(json!({"region": 1, "host": "h1", "world": world}))).unwrap();
+
+    // 1. h1's agent stops reporting (SIGSTOP: a host cut off from the coordinator) while its
+    // region server keeps ticking region 1 with players on board. The coordinator declares h1
+    // dead and restores region 1 on h2; the old owner, still alive, reads the newer epoch after
+    // its next checkpoint and lets the region go. The players notice nothing but a pause.
+    let playing = players(&fleet, 1, 3, 1, 8);
+    let (_, old_owner, _) = wait_for(|| server_of(&fleet, 1));
+    std::thread::sleep(Duration::from_secs(2));
+    let before = last_record_id(&fleet);
+    signal_agent(&fleet, 1, "-STOP");
+    let record = failover_of(&fleet, 1, before);
+    eprintln!("after h1 was cut off: {record}");
+    assert_eq!(record["phase"], "committed", "{record}");
+    assert_eq!(record["failover"]["cause"], "host_silent", "{record}");
+    assert_eq!(record["to_host"], "h2", "{record}");
+    signal_agent(&fleet, 1, "-CONT");
+    assert_nothing_lost(&playing.join().unwrap());
+    // One owner in the end: the directory's, and the old one serves nothing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let hosts = fleet.ok("GET", "/v1/hosts", None).unwrap();
+        let serving: Vec<String> = hosts
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|host| host["processes"].as_array().cloned().unwrap_or_default())
+            .filter(|process| process["regions"].as_array().unwrap().contains(&json!(1)))
+            .map(|process| process["name"].as_str().unwrap().to_owned())
+            .collect();
+        let owner = fleet.ok("GET", "/v1/regions", None).unwrap()[0]["owner"].as_str().unwrap().to_owned();
+        if serving == [owner.clone()] && owner != old_owner {
+            break;
+        }
+        assert!(Instant::now() < deadline, "region 1 served by {serving:?}, owner {owner}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // 2. The coordinator is down when region 1's process is killed: nobody hears the exit. Once
+    // the coordinator is back, no host reports serving region 1, and it is failed over.
+    let (_, _, pid) = wait_for(|| server_of(&fleet, 1));
+    let before = last_record_id(&fleet);
+    fleet.kill_coordinator();
+    assert!(std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
+    std::thread::sleep(Duration::from_secs(1));
+    fleet.restart_coordinator().unwrap();
+    let record = failover_of(&fleet, 1, before);
+    eprintln!("after the coordinator came back: {record}");
+    assert_eq!(record["phase"], "committed", "{record}");
+    assert_eq!(record["failover"]["cause"], "not_served", "{record}");
+    let (_, serving, _) = wait_for(|| server_of(&fleet, 1));
+    assert_eq!(fleet.ok("GET", "/v1/regions", None).unwrap()[0]["owner"], serving.as_str());
+}

@@ -352,6 +352,12 @@ impl Fleet {
         Ok(pids)
     }
 
+    /// The process id of host `h{index}`'s agent.
+    #[must_use]
+    pub fn agent_pid(&self, index: usize) -> Option<u32> {
+        self.agents.get(index.checked_sub(1)?).map(Child::id)
+    }
+
     /// Kills the coordinator with SIGKILL.
     pub fn kill_coordinator(&mut self) {
         if let Some(mut coordinator) = self.coordinator.take() {
