@@ -398,7 +398,6 @@ impl Client {
         }
     }
 
-
     /// Resumes the session on the gateway at `gateway` (the same or another) after the connection
     /// was lost, with the resume token; every unacknowledged input is sent again.
     pub async fn resume(&mut self, gateway: SocketAddr) -> Result<(), ClientError> {

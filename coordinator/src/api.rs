@@ -413,8 +413,12 @@ async fn create_region(
         .await
         .map_err(|error| Failure(StatusCode::CONFLICT, error.to_string()))?;
     let region = RegionId(request.region);
-    let command =
-        ServerCommand::Host { region, world: request.world.clone(), from_checkpoint: request.from_checkpoint, take_over: None };
+    let command = ServerCommand::Host {
+        region,
+        world: request.world.clone(),
+        from_checkpoint: request.from_checkpoint,
+        take_over: None,
+    };
     state
         .hosts
         .run(&request.host, &process, command)

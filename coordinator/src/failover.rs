@@ -280,7 +280,8 @@ impl Failover {
     }
 
     fn figures(&mut self) -> &mut FailoverFigures {
-        self.record.failover.get_or_insert_with(|| FailoverFigures {
+        // Set at the start; a record without them would be a bug, and fresh figures the fallback.
+        let fresh = FailoverFigures {
             cause: self.lost.cause,
             lost_epoch: self.lost.epoch.0,
             detect_ms: 0.0,
@@ -288,7 +289,8 @@ impl Failover {
             restored_tick: None,
             attempts: 0,
             players_told: false,
-        })
+        };
+        self.record.failover.get_or_insert(fresh)
     }
 
     fn enter(&mut self, phase: Phase, now: Instant) {
@@ -400,7 +402,9 @@ impl Failover {
                 self.finish(Phase::Committed, None, now);
                 Vec::new()
             }
-            Happened::Event(ServerEvent::Error { region: about, error }) if about.is_none_or(|about| about == region) => {
+            Happened::Event(ServerEvent::Error { region: about, error })
+                if about.is_none_or(|about| about == region) =>
+            {
                 let error = error.clone();
                 self.attempt_failed(format!("the restore failed: {error}"), candidates, now)
             }
@@ -475,7 +479,9 @@ fn describe(lost: &Lost) -> String {
     match lost.cause {
         Cause::ProcessExited => format!("{} on {host} exited", lost.owner),
         Cause::HostSilent => format!("{host} silent for {} ms", lost.silent_for.as_millis()),
-        Cause::NotServed => format!("no host serves it ({} at {} for {} ms)", lost.owner, lost.epoch, lost.silent_for.as_millis()),
+        Cause::NotServed => {
+            format!("no host serves it ({} at {} for {} ms)", lost.owner, lost.epoch, lost.silent_for.as_millis())
+        }
     }
 }
 
@@ -611,7 +617,14 @@ impl Failovers {
                     unserved_for: now.duration_since(since),
                 };
                 if let Some((cause, silent_for)) = judge(watch, &self.settings) {
-                    starts.push(Lost { region, owner: ownership.owner, epoch: ownership.epoch, host, cause, silent_for });
+                    starts.push(Lost {
+                        region,
+                        owner: ownership.owner,
+                        epoch: ownership.epoch,
+                        host,
+                        cause,
+                        silent_for,
+                    });
                 }
             }
         }
@@ -643,11 +656,7 @@ impl Failovers {
         let mut events = self.hosts.subscribe();
         let mut ticker = tokio::time::interval(Duration::from_millis(100));
         let (claims, mut claimed) = tokio::sync::mpsc::unbounded_channel();
-        let (owner, epoch, lost_host) = (
-            machine.lost.owner.clone(),
-            machine.lost.epoch,
-            machine.lost.host.clone(),
-        );
+        let (owner, epoch, lost_host) = (machine.lost.owner.clone(), machine.lost.epoch, machine.lost.host.clone());
         let region = machine.region();
         let mut pending = actions;
         loop {
@@ -688,7 +697,9 @@ impl Failovers {
                 recovery_ms = record.failover.as_ref().and_then(|figures| figures.recovery_ms).unwrap_or_default(),
                 "failover recovered the region"
             ),
-            _ => tracing::warn!(region = %region, reason = record.reason.as_deref().unwrap_or_default(), "failover ended"),
+            _ => {
+                tracing::warn!(region = %region, reason = record.reason.as_deref().unwrap_or_default(), "failover ended")
+            }
         }
         self.notices.clear(region);
         if let Ok(mut state) = self.state.lock() {

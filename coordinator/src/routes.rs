@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_wire::control::{CONTROL_VERSION, GatewayHello, RouteEntry, RouteFeed};
 use baton_wire::RegionId;
+use baton_wire::control::{CONTROL_VERSION, GatewayHello, RouteEntry, RouteFeed};
 use baton_wire::framing::{FramedReader, encode_into};
 
 use crate::directory::Directory;

@@ -542,8 +542,7 @@ async fn player_session(inner: &Arc<Inner>, connection: &quinn::Connection) -> R
     // Inputs sent again (numbers already seen: after a failover the client sends every input that
     // is not durable) have a bucket of their own, as deep as what a client keeps, so a whole
     // window sent again at once is not dropped into a gap the region would wait at for ever.
-    let mut resend_bucket =
-        TokenBucket::new(u64::from(limits.inputs_per_second), kept_inputs_limit(), now);
+    let mut resend_bucket = TokenBucket::new(u64::from(limits.inputs_per_second), kept_inputs_limit(), now);
     let mut highest_seq = last_applied;
     let mut dropped = 0u64;
     let result = loop {
@@ -1056,7 +1055,9 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
                 if let Some(link) = inner.links.get(&player) {
                     link.close(
                         CloseCode::Unavailable,
-                        &format!("region {region} does not have this player's avatar (lost in a failover?); log in again"),
+                        &format!(
+                            "region {region} does not have this player's avatar (lost in a failover?); log in again"
+                        ),
                     );
                 }
                 return;

@@ -68,9 +68,16 @@ fn last_record_id(fleet: &Fleet) -> u64 {
 }
 
 /// Players in `region` for `seconds` of play, on threads of their own; joined by the caller.
-fn players(fleet: &Fleet, first: u64, count: u64, region: u64, seconds: u64) -> std::thread::JoinHandle<Vec<PlayerOutcome>> {
+fn players(
+    fleet: &Fleet,
+    first: u64,
+    count: u64,
+    region: u64,
+    seconds: u64,
+) -> std::thread::JoinHandle<Vec<PlayerOutcome>> {
     let options = fleet.client_options();
-    let tokens: Vec<(u64, String)> = (first..first + count).map(|player| (player, fleet.token(player, region))).collect();
+    let tokens: Vec<(u64, String)> =
+        (first..first + count).map(|player| (player, fleet.token(player, region))).collect();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         runtime.block_on(async move {

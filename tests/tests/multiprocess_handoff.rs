@@ -185,7 +185,9 @@ fn an_owner_refuses_to_prepare_for_its_own_region() {
     );
     // A second host command for the same region is refused too, and the region keeps working.
     let world = sample_world(10, 0, 0, 0, 1);
-    cluster.processes[0].command(&ServerCommand::Host { region: RegionId(1), world, from_checkpoint: false, take_over: None }).unwrap();
+    cluster.processes[0]
+        .command(&ServerCommand::Host { region: RegionId(1), world, from_checkpoint: false, take_over: None })
+        .unwrap();
     let already =
         |event: &ServerEvent| matches!(event, ServerEvent::Error { error, .. } if error.contains("already has a slot"));
     cluster.processes[0].wait_for(mark, Duration::from_secs(10), already).unwrap();

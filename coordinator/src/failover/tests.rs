@@ -60,11 +60,8 @@ fn started_with(settings: FailoverSettings) -> (Failover, Instant) {
 #[test]
 fn judge_tells_lost_owners_from_live_ones() {
     let settings = FailoverSettings::default();
-    let watch = |state, exited, unserved_ms| OwnerWatch {
-        state,
-        exited,
-        unserved_for: Duration::from_millis(unserved_ms),
-    };
+    let watch =
+        |state, exited, unserved_ms| OwnerWatch { state, exited, unserved_for: Duration::from_millis(unserved_ms) };
     assert_eq!(judge(watch(OwnerState::Serving, true, 60_000), &settings), None, "a serving owner is never lost");
     let silent = Duration::from_millis(900);
     assert_eq!(
@@ -103,13 +100,8 @@ fn a_failover_claims_restores_at_the_lost_epoch_and_commits_when_the_new_owner_r
     let other_region = ServerEvent::Owning { region: RegionId(8), epoch: Epoch(5) };
     assert!(machine.handle_event(&event("h2", "h2-p5", other_region), &candidates(), now).is_empty());
     assert_eq!(machine.record().phase, Phase::Restoring);
-    let restored = ServerEvent::Restored {
-        region: REGION,
-        tick: 600,
-        from_epoch: Epoch(4),
-        epoch: Epoch(5),
-        path: "/c/7".into(),
-    };
+    let restored =
+        ServerEvent::Restored { region: REGION, tick: 600, from_epoch: Epoch(4), epoch: Epoch(5), path: "/c/7".into() };
     machine.handle_event(&event("h2", "h2-p5", restored), &candidates(), now);
     let later = now + Duration::from_millis(420);
     assert!(machine.handle_event(&event("h2", "h2-p5", owning_elsewhere), &candidates(), later).is_empty());
@@ -146,11 +138,8 @@ fn a_failed_attempt_moves_to_the_next_host_and_releases_what_it_claimed() {
     assert_eq!(machine.handle_time(retry, true, &candidates()), vec![Action::Claim { host: "h2".into() }]);
     // The target process dying while it restores is a failed attempt too.
     machine.handle_claimed("h2", Ok(("h2-p9".into(), address())), &candidates(), retry);
-    let exited = ProcessEvent {
-        host: "h2".into(),
-        process: "h2-p9".into(),
-        happened: Happened::Exited { regions: Vec::new() },
-    };
+    let exited =
+        ProcessEvent { host: "h2".into(), process: "h2-p9".into(), happened: Happened::Exited { regions: Vec::new() } };
     let actions = machine.handle_event(&exited, &candidates(), retry);
     assert_eq!(
         actions,
@@ -204,7 +193,10 @@ fn players_are_told_once_after_the_grace_and_the_failover_gives_up_in_the_end() 
     assert_eq!(machine.handle_time(later, true, &candidates()), vec![Action::Claim { host: "h2".into() }]);
     machine.handle_claimed("h2", Ok(("h2-p5".into(), address())), &candidates(), later);
     let end = now + settings.give_up;
-    assert_eq!(machine.handle_time(end, true, &candidates()), vec![Action::Release { host: "h2".into(), process: "h2-p5".into() }]);
+    assert_eq!(
+        machine.handle_time(end, true, &candidates()),
+        vec![Action::Release { host: "h2".into(), process: "h2-p5".into() }]
+    );
     assert!(machine.is_done());
     assert_eq!(machine.record().phase, Phase::Aborted);
     assert!(machine.record().reason.as_deref().unwrap().starts_with("gave up"));

@@ -243,7 +243,8 @@ fn carry_out<L: RegionLogic + 'static>(
                         // Asked after every checkpoint: an owner cut off from the cluster while a
                         // failover replaced it learns here that it lost the region.
                         let owner = authority.current(info.region).ok();
-                        let _ = answer.send(Command::CheckpointStored { tick: info.tick, stored: saved.is_ok(), owner });
+                        let _ =
+                            answer.send(Command::CheckpointStored { tick: info.tick, stored: saved.is_ok(), owner });
                         let event = match saved {
                             Ok(path) => HostEvent::Checkpointed {
                                 region: info.region,

@@ -280,7 +280,8 @@ mod tests {
 
     #[test]
     fn datagrams_round_trip_and_garbage_is_refused() {
-        let datagram = Datagram::State(StateUpdate { region: 3, tick: 99, last_applied: 12, durable: 10, payload: vec![5; 400] });
+        let datagram =
+            Datagram::State(StateUpdate { region: 3, tick: 99, last_applied: 12, durable: 10, payload: vec![5; 400] });
         let bytes = datagram.encode().unwrap();
         assert!(bytes.len() < 430, "a 400-byte update costs {} bytes", bytes.len());
         assert_eq!(Datagram::decode(&bytes).unwrap(), datagram);

@@ -488,7 +488,12 @@ impl Cluster {
     pub fn host(&mut self, world: &GameObject, players: u64) -> anyhow::Result<()> {
         let region = RegionId(self.region);
         let mark = self.processes[0].log.len();
-        self.processes[0].command(&ServerCommand::Host { region, world: world.clone(), from_checkpoint: false, take_over: None })?;
+        self.processes[0].command(&ServerCommand::Host {
+            region,
+            world: world.clone(),
+            from_checkpoint: false,
+            take_over: None,
+        })?;
         self.processes[0].wait_outcome(
             mark,
             Duration::from_secs(120),
@@ -514,7 +519,12 @@ impl Cluster {
         let region = RegionId(region);
         let process = &mut self.processes[index];
         let mark = process.log.len();
-        process.command(&ServerCommand::Host { region, world: world.clone(), from_checkpoint: false, take_over: None })?;
+        process.command(&ServerCommand::Host {
+            region,
+            world: world.clone(),
+            from_checkpoint: false,
+            take_over: None,
+        })?;
         process.wait_outcome(
             mark,
             Duration::from_secs(120),

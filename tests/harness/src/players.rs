@@ -112,7 +112,12 @@ impl GatewayCluster {
         let mark = self.servers[server].log.len();
         let npcs = objects / 10;
         let world = crate::cluster::sample_world(objects, npcs, npcs, 0, region.0);
-        self.servers[server].command(&ServerCommand::Host { region, world, from_checkpoint: false, take_over: None })?;
+        self.servers[server].command(&ServerCommand::Host {
+            region,
+            world,
+            from_checkpoint: false,
+            take_over: None,
+        })?;
         self.servers[server]
             .wait_outcome(
                 mark,
@@ -557,7 +562,11 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
                     if let Some(before) = recovered_from.take() {
                         outcome.rollbacks.push((now_unix_ms, update.region, before));
                     }
-                    newest_tick = if last_update_region == Some(update.region) { newest_tick.max(update.tick) } else { update.tick };
+                    newest_tick = if last_update_region == Some(update.region) {
+                        newest_tick.max(update.tick)
+                    } else {
+                        update.tick
+                    };
                     last_update = Some(now);
                     last_update_region = Some(update.region);
                     outcome.updates += 1;
