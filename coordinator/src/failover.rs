@@ -151,30 +151,15 @@ pub struct Lost {
     pub silent_for: Duration,
 }
 
+/// A migration's work on hosts (claim a warm process, run a command, release a process): a
+/// failover does the same.
+pub use crate::migrations::Action as HostAction;
+
 /// What the driver must do.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
-    /// Reserve a warm process on `host`.
-    Claim {
-        /// The host.
-        host: String,
-    },
-    /// Send a serve-protocol command to a process.
-    Run {
-        /// The host.
-        host: String,
-        /// The process.
-        process: String,
-        /// The command.
-        command: ServerCommand,
-    },
-    /// Stop a process (a claimed one that did not take the region).
-    Release {
-        /// The host.
-        host: String,
-        /// The process.
-        process: String,
-    },
+    /// Work on a host, as a migration's.
+    Host(HostAction),
     /// Tell the region's players (through the gateways) it is unavailable, and why.
     TellUnavailable {
         /// The region.
@@ -320,7 +305,7 @@ impl Failover {
         self.record.to_process = None;
         self.step = Step::Claiming { host: host.clone() };
         self.step_started = now;
-        vec![Action::Claim { host }]
+        vec![Action::Host(HostAction::Claim { host })]
     }
 
     /// The current attempt failed: its process (if any) goes, and the next host is asked.
@@ -329,7 +314,7 @@ impl Failover {
         let host = match std::mem::replace(&mut self.step, Step::Waiting) {
             Step::Claiming { host } => host,
             Step::Restoring { host, process } => {
-                actions.push(Action::Release { host: host.clone(), process });
+                actions.push(Action::Host(HostAction::Release { host: host.clone(), process }));
                 host
             }
             Step::Waiting | Step::Done => return actions,
@@ -368,7 +353,7 @@ impl Failover {
                 self.enter(Phase::Restoring, now);
                 self.step = Step::Restoring { host: host.clone(), process: process.clone() };
                 self.step_started = now;
-                vec![Action::Run {
+                vec![Action::Host(HostAction::Run {
                     host,
                     process,
                     command: ServerCommand::Host {
@@ -377,7 +362,7 @@ impl Failover {
                         from_checkpoint: true,
                         take_over: Some(self.lost.epoch),
                     },
-                }]
+                })]
             }
             Err(error) => self.attempt_failed(format!("no warm process: {error}"), candidates, now),
         }
@@ -441,7 +426,7 @@ impl Failover {
         }
         if elapsed >= self.settings.give_up {
             if let Step::Restoring { host, process } = std::mem::replace(&mut self.step, Step::Waiting) {
-                actions.push(Action::Release { host, process });
+                actions.push(Action::Host(HostAction::Release { host, process }));
             }
             let reason = format!(
                 "gave up after {:.0} s{}",
@@ -469,7 +454,7 @@ impl Failover {
 /// An answer to a claim the failover gave up on: a process it got goes back.
 fn late_claim(host: &str, result: ClaimResult) -> Vec<Action> {
     match result {
-        Ok((process, _)) => vec![Action::Release { host: host.to_owned(), process }],
+        Ok((process, _)) => vec![Action::Host(HostAction::Release { host: host.to_owned(), process })],
         Err(_) => Vec::new(),
     }
 }
@@ -712,7 +697,7 @@ impl Failovers {
 
     fn perform(&self, action: Action, claims: &tokio::sync::mpsc::UnboundedSender<(String, ClaimResult)>) {
         match action {
-            Action::Claim { host } => {
+            Action::Host(HostAction::Claim { host }) => {
                 let hosts = self.hosts.clone();
                 let claims = claims.clone();
                 let timeout = self.settings.claim;
@@ -721,12 +706,12 @@ impl Failovers {
                     let _ = claims.send((host, result));
                 });
             }
-            Action::Run { host, process, command } => {
+            Action::Host(HostAction::Run { host, process, command }) => {
                 if let Err(error) = self.hosts.run(&host, &process, command) {
                     tracing::warn!(host, process, %error, "could not send a failover command");
                 }
             }
-            Action::Release { host, process } => {
+            Action::Host(HostAction::Release { host, process }) => {
                 let _ = self.hosts.release(&host, &process);
             }
             Action::TellUnavailable { region, reason } => {

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 use baton_wire::serve::{GameObject, ServerCommand, ServerEvent};
 use baton_wire::{Epoch, RegionId};
 
-use super::{Action, Cause, Failover, FailoverSettings, Lost, OwnerWatch, judge};
+use super::{Action, Cause, Failover, FailoverSettings, HostAction, Lost, OwnerWatch, judge};
 use crate::hosts::{Happened, HostsError, OwnerState, ProcessEvent};
 use crate::migrations::Phase;
 
@@ -34,7 +34,7 @@ fn event(host: &str, process: &str, event: ServerEvent) -> ProcessEvent {
 }
 
 fn restore(host: &str, process: &str) -> Action {
-    Action::Run {
+    Action::Host(HostAction::Run {
         host: host.into(),
         process: process.into(),
         command: ServerCommand::Host {
@@ -43,7 +43,7 @@ fn restore(host: &str, process: &str) -> Action {
             from_checkpoint: true,
             take_over: Some(Epoch(4)),
         },
-    }
+    })
 }
 
 fn started() -> (Failover, Instant) {
@@ -53,7 +53,7 @@ fn started() -> (Failover, Instant) {
 fn started_with(settings: FailoverSettings) -> (Failover, Instant) {
     let now = Instant::now();
     let (machine, actions) = Failover::start(1, lost(), &candidates(), settings, now);
-    assert_eq!(actions, vec![Action::Claim { host: "h2".into() }]);
+    assert_eq!(actions, vec![Action::Host(HostAction::Claim { host: "h2".into() })]);
     (machine, now)
 }
 
@@ -125,17 +125,20 @@ fn a_failed_attempt_moves_to_the_next_host_and_releases_what_it_claimed() {
     let (mut machine, now) = started();
     // No warm process on h2: h3 is asked.
     let actions = machine.handle_claimed("h2", Err(HostsError::NoWarmProcess("busy".into())), &candidates(), now);
-    assert_eq!(actions, vec![Action::Claim { host: "h3".into() }]);
+    assert_eq!(actions, vec![Action::Host(HostAction::Claim { host: "h3".into() })]);
     machine.handle_claimed("h3", Ok(("h3-p1".into(), address())), &candidates(), now);
     // The restore fails on h3 (no checkpoint there, say): its process goes, and with both hosts
     // failed lately the failover waits.
     let refused = ServerEvent::Error { region: Some(REGION), error: "no checkpoint of region 7".into() };
     let actions = machine.handle_event(&event("h3", "h3-p1", refused), &candidates(), now);
-    assert_eq!(actions, vec![Action::Release { host: "h3".into(), process: "h3-p1".into() }]);
+    assert_eq!(actions, vec![Action::Host(HostAction::Release { host: "h3".into(), process: "h3-p1".into() })]);
     assert!(machine.handle_time(now + Duration::from_secs(1), true, &candidates()).is_empty());
     // A host that failed is asked again once the retry interval passed.
     let retry = now + FailoverSettings::default().retry_after;
-    assert_eq!(machine.handle_time(retry, true, &candidates()), vec![Action::Claim { host: "h2".into() }]);
+    assert_eq!(
+        machine.handle_time(retry, true, &candidates()),
+        vec![Action::Host(HostAction::Claim { host: "h2".into() })]
+    );
     // The target process dying while it restores is a failed attempt too.
     machine.handle_claimed("h2", Ok(("h2-p9".into(), address())), &candidates(), retry);
     let exited =
@@ -143,7 +146,10 @@ fn a_failed_attempt_moves_to_the_next_host_and_releases_what_it_claimed() {
     let actions = machine.handle_event(&exited, &candidates(), retry);
     assert_eq!(
         actions,
-        vec![Action::Release { host: "h2".into(), process: "h2-p9".into() }, Action::Claim { host: "h3".into() }]
+        vec![
+            Action::Host(HostAction::Release { host: "h2".into(), process: "h2-p9".into() }),
+            Action::Host(HostAction::Claim { host: "h3".into() })
+        ]
     );
     assert_eq!(machine.record().failover.as_ref().unwrap().attempts, 4);
     assert!(!machine.is_done());
@@ -155,11 +161,14 @@ fn slow_claims_and_restores_time_out_and_a_late_claim_answer_is_released() {
     let settings = FailoverSettings::default();
     assert!(machine.handle_time(now + settings.claim - Duration::from_millis(1), true, &candidates()).is_empty());
     let timed_out = now + settings.claim;
-    assert_eq!(machine.handle_time(timed_out, true, &candidates()), vec![Action::Claim { host: "h3".into() }]);
+    assert_eq!(
+        machine.handle_time(timed_out, true, &candidates()),
+        vec![Action::Host(HostAction::Claim { host: "h3".into() })]
+    );
     // h2's process arrives after the failover moved on to h3: it goes back to h2, and the
     // failover still waits for h3's answer.
     let late = machine.handle_claimed("h2", Ok(("h2-p2".into(), address())), &candidates(), timed_out);
-    assert_eq!(late, vec![Action::Release { host: "h2".into(), process: "h2-p2".into() }]);
+    assert_eq!(late, vec![Action::Host(HostAction::Release { host: "h2".into(), process: "h2-p2".into() })]);
     assert_eq!(machine.record().phase, Phase::Claiming);
     let actions = machine.handle_claimed("h3", Ok(("h3-p4".into(), address())), &candidates(), timed_out);
     assert_eq!(actions, vec![restore("h3", "h3-p4")]);
@@ -169,7 +178,10 @@ fn slow_claims_and_restores_time_out_and_a_late_claim_answer_is_released() {
     let stuck = now + settings.restore;
     assert_eq!(
         machine.handle_time(stuck, true, &candidates()),
-        vec![Action::Release { host: "h2".into(), process: "h2-p5".into() }, Action::Claim { host: "h3".into() }]
+        vec![
+            Action::Host(HostAction::Release { host: "h2".into(), process: "h2-p5".into() }),
+            Action::Host(HostAction::Claim { host: "h3".into() })
+        ]
     );
 }
 
@@ -190,12 +202,15 @@ fn players_are_told_once_after_the_grace_and_the_failover_gives_up_in_the_end() 
     assert!(machine.record().failover.as_ref().unwrap().players_told);
     // A host shows up: it is asked.
     let later = now + settings.grace + Duration::from_secs(2);
-    assert_eq!(machine.handle_time(later, true, &candidates()), vec![Action::Claim { host: "h2".into() }]);
+    assert_eq!(
+        machine.handle_time(later, true, &candidates()),
+        vec![Action::Host(HostAction::Claim { host: "h2".into() })]
+    );
     machine.handle_claimed("h2", Ok(("h2-p5".into(), address())), &candidates(), later);
     let end = now + settings.give_up;
     assert_eq!(
         machine.handle_time(end, true, &candidates()),
-        vec![Action::Release { host: "h2".into(), process: "h2-p5".into() }]
+        vec![Action::Host(HostAction::Release { host: "h2".into(), process: "h2-p5".into() })]
     );
     assert!(machine.is_done());
     assert_eq!(machine.record().phase, Phase::Aborted);
