@@ -42,7 +42,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 pub use baton_wire::player;
 
 /// Most inputs kept that the region applied but did not make durable yet. A region that makes
-/// nothing durable (no standby, no checkpoint store) says its applied inputs are durable, as no
+/// nothing durable (no checkpoint store) says its applied inputs are durable, as no
 /// failover could bring them back; this bounds the memory if one falls behind anyway.
 pub const MAX_KEPT: usize = baton_wire::player::MAX_KEPT_INPUTS;
 

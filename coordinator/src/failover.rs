@@ -114,7 +114,8 @@ pub struct FailoverFigures {
 pub struct OwnerWatch {
     /// Where the owner stands.
     pub state: OwnerState,
-    /// Whether its agent reported it exited (since it last owned the region).
+    /// Whether its agent reported it exited while it owned the region (or its host was declared
+    /// dead), and it has not owned a region since.
     pub exited: bool,
     /// How long no host has reported serving the region.
     pub unserved_for: Duration,
@@ -195,6 +196,30 @@ pub struct Failover {
     /// Hosts that failed a take-over, and when.
     failed_on: BTreeMap<String, Instant>,
     last_error: Option<String>,
+    outcome: Option<Outcome>,
+}
+
+/// How a failover ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new owner serves the region.
+    Recovered,
+    /// The region was served again without it (its owner came back, a person restored it).
+    Superseded,
+    /// It ran out of time.
+    GaveUp,
+}
+
+impl Outcome {
+    /// Its name in metrics.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Recovered => "recovered",
+            Outcome::Superseded => "superseded",
+            Outcome::GaveUp => "gave_up",
+        }
+    }
 }
 
 impl Failover {
@@ -241,6 +266,7 @@ impl Failover {
             step_started: now,
             failed_on: BTreeMap::new(),
             last_error: None,
+            outcome: None,
         };
         let actions = failover.try_next_host(candidates, now);
         (failover, actions)
@@ -381,12 +407,7 @@ impl Failover {
                 self.figures().restored_tick = Some(*tick);
                 Vec::new()
             }
-            Happened::Event(ServerEvent::Owning { region: owned, .. }) if *owned == region => {
-                let recovery_ms = now.duration_since(self.detected).as_secs_f64() * 1000.0;
-                self.figures().recovery_ms = Some(recovery_ms);
-                self.finish(Phase::Committed, None, now);
-                Vec::new()
-            }
+            Happened::Event(ServerEvent::Owning { region: owned, .. }) if *owned == region => self.handle_serving(now),
             Happened::Event(ServerEvent::Error { region: about, error })
                 if about.is_none_or(|about| about == region) =>
             {
@@ -395,6 +416,33 @@ impl Failover {
             }
             Happened::Event(_) => Vec::new(),
         }
+    }
+
+    /// The hosts report the process restoring the region serving it (its `owning` event may have
+    /// been missed): the failover is done.
+    pub fn handle_serving(&mut self, now: Instant) -> Vec<Action> {
+        if matches!(self.step, Step::Restoring { .. }) {
+            let recovery_ms = now.duration_since(self.detected).as_secs_f64() * 1000.0;
+            self.figures().recovery_ms.get_or_insert(recovery_ms);
+            self.finish(Phase::Committed, None, now);
+            self.outcome = Some(Outcome::Recovered);
+        }
+        Vec::new()
+    }
+
+    /// The process restoring the region, if one is.
+    #[must_use]
+    pub fn restoring(&self) -> Option<&str> {
+        match &self.step {
+            Step::Restoring { process, .. } => Some(process),
+            _ => None,
+        }
+    }
+
+    /// How it ended, once it has.
+    #[must_use]
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.outcome
     }
 
     /// The time passes. `still_lost` says whether the region is still lost as first judged (same
@@ -410,6 +458,7 @@ impl Failover {
         // is under way reports its outcome first.
         if !still_lost && !matches!(self.step, Step::Restoring { .. }) {
             self.finish(Phase::Aborted, Some("the region was served again without this failover".into()), now);
+            self.outcome = Some(Outcome::Superseded);
             return actions;
         }
         let elapsed = now.duration_since(self.detected);
@@ -434,6 +483,7 @@ impl Failover {
                 self.last_error.as_ref().map(|error| format!(" (last: {error})")).unwrap_or_default()
             );
             self.finish(Phase::Aborted, Some(reason), now);
+            self.outcome = Some(Outcome::GaveUp);
             return actions;
         }
         let waited = now.duration_since(self.step_started);
@@ -479,7 +529,12 @@ pub struct Failovers {
     notices: Arc<RouteNotices>,
     settings: FailoverSettings,
     state: Mutex<WatchState>,
+    started: Instant,
 }
+
+/// After a coordinator starts, how much longer than `orphan_after` a region's absence waits before
+/// it is judged lost (agents reconnect after the cluster link's 3 s idle timeout, then report).
+pub const STARTUP_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct WatchState {
@@ -487,8 +542,9 @@ struct WatchState {
     running: BTreeMap<u64, u64>,
     /// Regions whose last failover ended unfinished, and when.
     gave_up: HashMap<u64, Instant>,
-    /// Processes whose agents reported them exited, and when.
-    exited: HashMap<String, Instant>,
+    /// Processes reported exited (or on a host declared dead), with the regions they owned then;
+    /// forgotten once the process (restarted under the same name) owns a region again.
+    exited: HashMap<String, Vec<RegionId>>,
     /// Regions no host reports serving, since when.
     unserved: HashMap<u64, Instant>,
 }
@@ -509,6 +565,7 @@ impl Failovers {
             notices,
             settings,
             state: Mutex::new(WatchState::default()),
+            started: Instant::now(),
         });
         let watcher = failovers.clone();
         tokio::spawn(async move { watcher.watch().await });
@@ -535,8 +592,8 @@ impl Failovers {
     fn note(self: &Arc<Self>, event: &ProcessEvent) {
         let Ok(mut state) = self.state.lock() else { return };
         match &event.happened {
-            Happened::Exited { .. } => {
-                state.exited.insert(event.process.clone(), Instant::now());
+            Happened::Exited { regions } => {
+                state.exited.insert(event.process.clone(), regions.clone());
                 drop(state);
                 // Judged at once rather than at the next tick: every millisecond is the players'.
                 self.check(Instant::now());
@@ -576,7 +633,21 @@ impl Failovers {
             return;
         }
         let Ok(regions) = self.directory.list() else { return };
-        let stopped = self.directory.stopped().unwrap_or_default();
+        // A store that cannot say which regions were stopped on purpose cannot tell lost from
+        // stopped: nothing is judged until it can.
+        let Ok(stopped) = self.directory.stopped() else { return };
+        // A migration settles its region itself (its source dying included).
+        let migrating: Vec<u64> = self
+            .migrations
+            .list()
+            .into_iter()
+            .filter(|record| !record.phase.is_final() && record.kind != "failover")
+            .map(|record| record.region)
+            .collect();
+        // Right after a start, hosts are still coming back (their agents reconnect once the
+        // cluster link's idle timeout noticed the old coordinator was gone): only an exit or a
+        // dead host says a region is lost then, not its absence.
+        let settled = now.duration_since(self.started) >= self.settings.orphan_after + STARTUP_GRACE;
         let mut starts = Vec::new();
         {
             let Ok(mut state) = self.state.lock() else { return };
@@ -590,18 +661,25 @@ impl Failovers {
                 let (owner_state, host) = self.hosts.owner_state(&ownership.owner, region);
                 if owner_state == OwnerState::Serving {
                     state.unserved.remove(&region.0);
+                    // It came back (a host that was only slow): its exit is history.
+                    state.exited.remove(&ownership.owner);
                     continue;
                 }
                 let since = *state.unserved.entry(region.0).or_insert(now);
-                if state.running.contains_key(&region.0) || state.gave_up.contains_key(&region.0) {
+                if state.running.contains_key(&region.0)
+                    || state.gave_up.contains_key(&region.0)
+                    || migrating.contains(&region.0)
+                {
                     continue;
                 }
                 let watch = OwnerWatch {
                     state: owner_state,
-                    exited: state.exited.contains_key(&ownership.owner),
+                    exited: state.exited.get(&ownership.owner).is_some_and(|regions| regions.contains(&region)),
                     unserved_for: now.duration_since(since),
                 };
-                if let Some((cause, silent_for)) = judge(watch, &self.settings) {
+                if let Some((cause, silent_for)) = judge(watch, &self.settings)
+                    && (settled || cause != Cause::NotServed)
+                {
                     starts.push(Lost {
                         region,
                         owner: ownership.owner,
@@ -663,18 +741,31 @@ impl Failovers {
                     machine.handle_claimed(&host, result, &candidates(), Instant::now())
                 }
                 _ = ticker.tick() => {
-                    let still_lost = self.still_lost(region, &owner, epoch);
-                    machine.handle_time(Instant::now(), still_lost, &candidates())
+                    let serving = machine
+                        .restoring()
+                        .is_some_and(|process| self.hosts.owner_state(process, region).0 == OwnerState::Serving);
+                    if serving {
+                        machine.handle_serving(Instant::now())
+                    } else {
+                        let still_lost = self.still_lost(region, &owner, epoch);
+                        machine.handle_time(Instant::now(), still_lost, &candidates())
+                    }
                 }
             };
         }
         let record = machine.record().clone();
-        let outcome = match record.phase {
-            Phase::Committed => "recovered",
-            _ if record.reason.as_deref().is_some_and(|reason| reason.contains("served again")) => "superseded",
-            _ => "gave_up",
-        };
-        metrics::counter!(FAILOVERS_TOTAL, "outcome" => outcome).increment(1);
+        let outcome = machine.outcome().unwrap_or(Outcome::GaveUp);
+        metrics::counter!(FAILOVERS_TOTAL, "outcome" => outcome.name()).increment(1);
+        // A claim still out gets its answer after the failover ended: the process goes back.
+        let hosts = self.hosts.clone();
+        let settle = self.settings.claim + Duration::from_secs(1);
+        tokio::spawn(async move {
+            while let Ok(Some((host, result))) = tokio::time::timeout(settle, claimed.recv()).await {
+                if let Ok((process, _)) = result {
+                    let _ = hosts.release(&host, &process);
+                }
+            }
+        });
         match record.phase {
             Phase::Committed => tracing::info!(
                 region = %region,

@@ -62,7 +62,8 @@ pub struct HostView {
     /// Whether its agent is connected and reporting (a host declared dead is not).
     pub connected: bool,
     /// Whether it was declared dead: its agent did not report for longer than the limit, so its
-    /// regions were failed over. It comes back when its agent reports again.
+    /// processes count as serving nothing (with failover on, its regions are restored elsewhere).
+    /// It comes back when its agent reports again.
     pub dead: bool,
     /// Whether it is being drained (no new regions).
     pub draining: bool,
@@ -261,24 +262,36 @@ impl Hosts {
     }
 
     /// Declares dead every host whose agent has not reported for longer than `silent_after`: its
-    /// processes count as serving nothing from now on (their regions are failed over). Returns the
-    /// hosts declared dead now, with how long each had been silent. A dead host comes back when
-    /// its agent reports again.
+    /// processes count as serving nothing from now on, and each is announced as exited. Returns
+    /// the hosts declared dead now, with how long each had been silent. A dead host comes back
+    /// when its agent reports again.
     pub fn declare_dead(&self, silent_after: Duration) -> Vec<(String, Duration)> {
-        let Ok(mut hosts) = self.hosts.lock() else { return Vec::new() };
         let mut dead = Vec::new();
-        for (name, entry) in hosts.iter_mut() {
-            let silent_for = entry.last_seen.elapsed();
-            if !entry.dead && silent_for > silent_after {
-                entry.dead = true;
-                entry.silent_at_death = silent_for;
-                for process in &mut entry.processes {
-                    process.regions.clear();
-                    process.warm = false;
+        let mut exits = Vec::new();
+        {
+            let Ok(mut hosts) = self.hosts.lock() else { return Vec::new() };
+            for (name, entry) in hosts.iter_mut() {
+                let silent_for = entry.last_seen.elapsed();
+                if !entry.dead && silent_for > silent_after {
+                    entry.dead = true;
+                    entry.silent_at_death = silent_for;
+                    for process in &mut entry.processes {
+                        exits.push(ProcessEvent {
+                            host: name.clone(),
+                            process: process.name.clone(),
+                            happened: Happened::Exited { regions: std::mem::take(&mut process.regions) },
+                        });
+                        process.warm = false;
+                    }
+                    entry.load.regions.clear();
+                    dead.push((name.clone(), silent_for));
                 }
-                entry.load.regions.clear();
-                dead.push((name.clone(), silent_for));
             }
+        }
+        // Whoever follows the processes (a migration whose source or target was there) learns
+        // they are gone as if each had exited.
+        for exit in exits {
+            let _ = self.events.send(exit);
         }
         dead
     }

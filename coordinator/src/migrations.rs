@@ -126,6 +126,10 @@ pub enum Action {
     },
 }
 
+/// How long the target of a handoff whose source died has to report its commit or its abort
+/// (well over the cluster links' 3 s idle timeout).
+pub const SOURCE_GONE_SETTLE: Duration = Duration::from_secs(10);
+
 /// Time limits per phase.
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {
@@ -154,6 +158,8 @@ impl Default for Timeouts {
 #[derive(Debug)]
 pub struct Migration {
     record: MigrationRecord,
+    /// When the source process exited while the handoff ran.
+    source_gone: Option<Instant>,
     target_address: Option<SocketAddr>,
     phase_started: Instant,
     timeouts: Timeouts,
@@ -193,7 +199,7 @@ impl Migration {
             failover: None,
         };
         (
-            Migration { record, target_address: None, phase_started: now, timeouts },
+            Migration { record, source_gone: None, target_address: None, phase_started: now, timeouts },
             vec![Action::Claim { host: to_host }],
         )
     }
@@ -258,6 +264,12 @@ impl Migration {
                 Phase::Preparing | Phase::Transferring if is_target && exited => {
                     self.abort("the target process exited".into(), now)
                 }
+                // The source died mid-handoff: the target either commits (it had everything) or
+                // gives up when the link is gone; either says so.
+                Phase::Transferring if is_source && exited => {
+                    self.source_gone.get_or_insert(now);
+                    Vec::new()
+                }
                 Phase::CleaningUp if is_source && exited => self.commit_cleaned_up(now),
                 _ => Vec::new(),
             };
@@ -278,9 +290,24 @@ impl Migration {
             (Phase::Transferring, ServerEvent::Error { error, .. }) if is_source => {
                 self.abort(format!("the source refused the handoff: {error}"), now)
             }
-            (Phase::Transferring, ServerEvent::HandedOff { figures, .. }) if is_source => {
-                self.record.freeze_ms = figures.freeze_us.map(|us| us as f64 / 1000.0);
+            // The target's commit won: the region moved even if the source never says so (it
+            // died after the freeze); the source goes once it retires or is found gone.
+            (Phase::Transferring, ServerEvent::Authoritative { .. }) if is_target => {
+                if self.source_gone.is_some() {
+                    return self.commit_cleaned_up(now);
+                }
                 self.enter(Phase::CleaningUp, now);
+                Vec::new()
+            }
+            // The target gave up (its link to the source broke, say) and does not own the region.
+            (Phase::Transferring, ServerEvent::Aborted { reason, owning: false, .. }) if is_target => {
+                self.abort(format!("the target gave up: {reason}"), now)
+            }
+            (Phase::Transferring | Phase::CleaningUp, ServerEvent::HandedOff { figures, .. }) if is_source => {
+                self.record.freeze_ms = figures.freeze_us.map(|us| us as f64 / 1000.0);
+                if self.record.phase == Phase::Transferring {
+                    self.enter(Phase::CleaningUp, now);
+                }
                 Vec::new()
             }
             (Phase::Transferring, ServerEvent::Aborted { reason, owning: true, .. }) if is_source => {
@@ -299,6 +326,13 @@ impl Migration {
 
     /// The time passes; a phase over its limit ends the migration.
     pub fn handle_time(&mut self, now: Instant) -> Vec<Action> {
+        // A source that died before the target decided: a target that had the link notices its
+        // loss within the link's idle timeout and says so; one that never had it never will.
+        if self.record.phase == Phase::Transferring
+            && self.source_gone.is_some_and(|gone| now.duration_since(gone) >= SOURCE_GONE_SETTLE)
+        {
+            return self.abort("the source process died before the target committed".into(), now);
+        }
         let limit = match self.record.phase {
             Phase::Claiming => self.timeouts.claim,
             Phase::Preparing | Phase::Restoring => self.timeouts.prepare,
@@ -402,9 +436,12 @@ impl Migrations {
             "resolved from the directory after a coordinator restart (owner: {})",
             owner.unwrap_or_else(|error| error.to_string())
         ));
-        // Clean up what the lost driver would have: the loser's process goes away.
+        // Clean up what the lost driver would have: the loser's process goes away (a failover's
+        // lost owner is gone already; its name may be a fresh process's now).
         if committed {
-            let _ = self.hosts.release(&record.from_host, &record.from_process);
+            if record.kind != "failover" {
+                let _ = self.hosts.release(&record.from_host, &record.from_process);
+            }
         } else if let Some(process) = &record.to_process {
             let _ = self.hosts.release(&record.to_host, process);
         }
@@ -723,6 +760,70 @@ mod tests {
         assert_eq!(machine.record().freeze_ms, Some(2.5));
         let phases: Vec<Phase> = machine.record().phases.iter().map(|timing| timing.phase).collect();
         assert_eq!(phases, vec![Phase::Claiming, Phase::Preparing, Phase::Transferring, Phase::CleaningUp]);
+    }
+
+    fn exited(process: &str) -> ProcessEvent {
+        ProcessEvent {
+            host: String::new(),
+            process: process.to_owned(),
+            happened: Happened::Exited { regions: Vec::new() },
+        }
+    }
+
+    /// A migration whose handoff runs (source h1-p1, target h2-p3).
+    fn transferring() -> (Migration, Instant) {
+        let (mut machine, now) = started();
+        machine.handle_claimed(Ok(("h2-p3".into(), "127.0.0.1:9000".parse().unwrap())), now);
+        machine.handle_event(&event("h2-p3", prepared(7)), now);
+        assert_eq!(machine.record().phase, Phase::Transferring);
+        (machine, now)
+    }
+
+    #[test]
+    fn a_source_that_dies_mid_handoff_ends_as_the_target_decides() {
+        // The target had everything and committed: the migration is done, the dead source goes.
+        let (mut machine, now) = transferring();
+        assert!(machine.handle_event(&exited("h1-p1"), now).is_empty(), "the target decides");
+        assert_eq!(machine.record().phase, Phase::Transferring);
+        let won = ServerEvent::Authoritative { region: RegionId(7), epoch: baton_wire::Epoch(2) };
+        let actions = machine.handle_event(&event("h2-p3", won), now);
+        assert_eq!(actions, vec![Action::Release { host: "h1".into(), process: "h1-p1".into() }]);
+        assert_eq!(machine.record().phase, Phase::Committed);
+        // The target gave up instead: aborted, and the target goes (a failover takes the region).
+        let (mut machine, now) = transferring();
+        machine.handle_event(&exited("h1-p1"), now);
+        let gave_up = ServerEvent::Aborted { region: RegionId(7), owning: false, reason: "link lost".into() };
+        let actions = machine.handle_event(&event("h2-p3", gave_up), now);
+        assert_eq!(actions, vec![Action::Release { host: "h2".into(), process: "h2-p3".into() }]);
+        assert_eq!(machine.record().phase, Phase::Aborted);
+        // The target never had a link (the source died before connecting): it says nothing, and
+        // the migration ends after the settling time.
+        let (mut machine, now) = transferring();
+        machine.handle_event(&exited("h1-p1"), now);
+        assert!(machine.handle_time(now + SOURCE_GONE_SETTLE - Duration::from_millis(1)).is_empty());
+        let actions = machine.handle_time(now + SOURCE_GONE_SETTLE);
+        assert_eq!(actions, vec![Action::Release { host: "h2".into(), process: "h2-p3".into() }]);
+        assert_eq!(machine.record().phase, Phase::Aborted);
+    }
+
+    #[test]
+    fn the_target_s_commit_may_come_before_the_source_s_report() {
+        let (mut machine, now) = transferring();
+        let won = ServerEvent::Authoritative { region: RegionId(7), epoch: baton_wire::Epoch(2) };
+        assert!(machine.handle_event(&event("h2-p3", won), now).is_empty());
+        assert_eq!(machine.record().phase, Phase::CleaningUp);
+        let handed_off = ServerEvent::HandedOff {
+            region: RegionId(7),
+            epoch: baton_wire::Epoch(2),
+            figures: baton_wire::serve::HandoffFigures { freeze_us: Some(3100), ..Default::default() },
+        };
+        machine.handle_event(&event("h1-p1", handed_off), now);
+        assert_eq!(machine.record().freeze_ms, Some(3.1));
+        let phases: Vec<Phase> = machine.record().phases.iter().map(|timing| timing.phase).collect();
+        assert_eq!(phases, vec![Phase::Claiming, Phase::Preparing, Phase::Transferring], "cleaning up entered once");
+        let actions = machine.handle_event(&event("h1-p1", ServerEvent::Retired { region: RegionId(7) }), now);
+        assert_eq!(actions, vec![Action::Release { host: "h1".into(), process: "h1-p1".into() }]);
+        assert_eq!(machine.record().phase, Phase::Committed);
     }
 
     #[test]

@@ -97,9 +97,10 @@ pub enum RouteAction {
         /// The input.
         input: PlayerInput,
     },
-    /// The region's owner changed without a handoff this gateway followed (a failover, or a
-    /// commit it missed): its players must send again every input not yet durable, because the
-    /// new owner may hold older state than the one they were acknowledged by.
+    /// The region's owner changed to one that is not the target of a handoff this gateway
+    /// followed (a failover, or a handoff it missed entirely): its players must send again every
+    /// input not yet durable, because the new owner may hold older state than the one they were
+    /// acknowledged by.
     Resend {
         /// The region.
         region: RegionId,
@@ -249,11 +250,14 @@ impl RouteTable {
                         if epoch <= occupied.get().epoch {
                             return Err(RouteError::StaleEpoch { region, got: epoch, current: occupied.get().epoch });
                         }
-                        let held = match std::mem::replace(occupied.get_mut(), fresh).stage {
-                            Stage::Held { held, .. } => held,
-                            _ => VecDeque::new(),
+                        // The handoff's own target at a newer epoch is its commit, heard first from
+                        // elsewhere (the feed): nothing was lost, nobody sends anything again.
+                        let (held, handoff_target) = match std::mem::replace(occupied.get_mut(), fresh).stage {
+                            Stage::Held { held, target } => (held, target == server),
+                            Stage::Preparing { target } => (VecDeque::new(), target == server),
+                            Stage::Open => (VecDeque::new(), false),
                         };
-                        (held, true)
+                        (held, !handoff_target)
                     }
                     Entry::Vacant(vacant) => {
                         vacant.insert(fresh);
@@ -454,6 +458,7 @@ mod tests {
                     }
                 }
                 Op::Failover(server) => {
+                    let handoff_target = model.target == Some(ServerId(server));
                     model.owner = ServerId(server);
                     model.epoch = Epoch(model.epoch.0 + 5);
                     model.target = None;
@@ -466,9 +471,15 @@ mod tests {
                         })
                         .unwrap();
                     // The players are asked to send again what is not durable, after the held
-                    // inputs went to the new owner.
-                    assert_eq!(actions.last(), Some(&RouteAction::Resend { region: REGION }));
-                    assert_eq!(actions.iter().filter(|action| matches!(action, RouteAction::Resend { .. })).count(), 1);
+                    // inputs went to the new owner; unless the new owner is the handoff's target
+                    // (its commit, heard from the feed first).
+                    let resends = actions.iter().filter(|action| matches!(action, RouteAction::Resend { .. })).count();
+                    if handoff_target {
+                        assert_eq!(resends, 0);
+                    } else {
+                        assert_eq!(actions.last(), Some(&RouteAction::Resend { region: REGION }));
+                        assert_eq!(resends, 1);
+                    }
                     verify(actions, &model, &mut forwarded);
                 }
                 Op::StaleFreeze => {
@@ -576,6 +587,33 @@ mod tests {
         assert_eq!(
             table.handle_input(REGION, input.clone()),
             Ok(Some(RouteAction::Forward { region: REGION, server: a, epoch: Epoch(3), input }))
+        );
+    }
+
+    #[test]
+    fn only_an_owner_change_that_is_not_a_followed_handoff_asks_players_to_send_again() {
+        let (a, b, c) = (ServerId(1), ServerId(2), ServerId(3));
+        let table = RouteTable::new(RouteConfig::default());
+        // The first route is no change.
+        assert_eq!(table.handle_event(RouteEvent::Assign { region: REGION, server: a, epoch: Epoch(1) }), Ok(vec![]));
+        // The feed names the handoff's target before its commit reached us: that is the commit.
+        table.handle_event(RouteEvent::HandoffStarted { region: REGION, epoch: Epoch(1), target: b }).unwrap();
+        table.handle_event(RouteEvent::Frozen { region: REGION, epoch: Epoch(1) }).unwrap();
+        let input = PlayerInput { player: PlayerId(1), seq: 1, payload: Vec::new() };
+        assert_eq!(table.handle_input(REGION, input.clone()), Ok(None), "held");
+        assert_eq!(
+            table.handle_event(RouteEvent::Assign { region: REGION, server: b, epoch: Epoch(2) }),
+            Ok(vec![RouteAction::Forward { region: REGION, server: b, epoch: Epoch(2), input }])
+        );
+        // An owner nobody handed the region to (a failover): the players send again.
+        table.handle_event(RouteEvent::HandoffStarted { region: REGION, epoch: Epoch(2), target: a }).unwrap();
+        assert_eq!(
+            table.handle_event(RouteEvent::Assign { region: REGION, server: c, epoch: Epoch(3) }),
+            Ok(vec![RouteAction::Resend { region: REGION }])
+        );
+        assert_eq!(
+            table.handle_event(RouteEvent::Assign { region: REGION, server: a, epoch: Epoch(4) }),
+            Ok(vec![RouteAction::Resend { region: REGION }])
         );
     }
 

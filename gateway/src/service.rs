@@ -643,6 +643,8 @@ async fn run_timers(inner: Arc<Inner>) {
 fn carry_out(inner: &Arc<Inner>, action: SessionAction) {
     match action {
         SessionAction::Leave { player, region } => {
+            inner.bounces.remove(&player);
+            inner.crossings_sent.remove(&player);
             if let Some((server, epoch)) = inner.routes.owner(region) {
                 send_upstream(inner, server, GatewayMessage::Leave { region, epoch, player });
             }
@@ -735,7 +737,13 @@ fn run_actions(inner: &Inner, actions: Vec<RouteAction>) {
                 inner.counters.resends.fetch_add(1, Ordering::Relaxed);
                 let mut players = players_in(inner, region);
                 if let Some(departed) = inner.departures.get(&region) {
-                    players.extend(departed.iter().map(|(player, _)| *player));
+                    let now = Instant::now();
+                    players.extend(
+                        departed
+                            .iter()
+                            .filter(|(_, at)| now.duration_since(*at) < RECENT_DEPARTURE)
+                            .map(|(player, _)| *player),
+                    );
                 }
                 players.sort_unstable();
                 players.dedup();
@@ -1068,6 +1076,12 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
         }
         ServerMessage::Emigrated { epoch, transfer } => {
             let from = transfer.from;
+            if inner.routes.owner(from).is_some_and(|(_, current)| current > epoch) {
+                // An owner a failover replaced: its copy of the avatar is stale, the player's is
+                // with the region's new owner.
+                tracing::warn!(%from, %epoch, player = %transfer.player, "an emigration from a replaced owner; dropped");
+                return;
+            }
             let now = Instant::now();
             let mut departed = inner.departures.entry(from).or_default();
             departed.retain(|(player, at)| *player != transfer.player && now.duration_since(*at) < RECENT_DEPARTURE);

@@ -436,10 +436,19 @@ impl<L: RegionLogic> RegionNode<L> {
         node
     }
 
-    /// A checkpoint taken at `tick` was stored (`stored`) or not: once stored, the inputs it holds
-    /// are durable, and the next updates say so.
-    pub fn handle_checkpoint_stored(&mut self, _now: Instant, tick: u64, stored: bool) {
-        self.durability.handle_stored(tick, stored);
+    /// A checkpoint taken at `tick` was stored (`stored`) or not, and the authority named `owner`
+    /// right after (`None`: it did not answer). The inputs it holds are durable only if it was
+    /// stored while this instance still owned the region at its epoch (a checkpoint of an owner
+    /// that a failover replaced is older than the one the failover restored); the next updates
+    /// say so. An owner at a newer epoch ends this one ([`RegionNode::handle_ownership_seen`]).
+    pub fn handle_checkpoint_stored(&mut self, now: Instant, tick: u64, stored: bool, owner: Option<&Ownership>) {
+        let still_ours = self
+            .owned_epoch()
+            .is_some_and(|epoch| owner.is_some_and(|owner| owner.epoch == epoch && owner.owner == self.settings.name));
+        self.durability.handle_stored(tick, stored && still_ours);
+        if let Some(owner) = owner {
+            self.handle_ownership_seen(now, owner);
+        }
     }
 
     /// The authority says who owns the region now (read after a checkpoint, so an owner cut off
@@ -1162,7 +1171,6 @@ fn refuse_input(region: RegionId, input: PlayerInput, outputs: &mut VecDeque<Out
     outputs.push_back(Output::Event(HostEvent::InputRefused { region, input }));
 }
 
-/// What players get after each tick: their updates, border views, and avatars leaving.
 /// Each player's last applied input in `world`.
 fn player_progress(world: &crate::World) -> Vec<(PlayerId, u64)> {
     world.iter::<PlayerSession>().map(|(_, session)| (PlayerId(session.player), session.last_applied)).collect()
@@ -1190,11 +1198,15 @@ impl Durability {
     /// Ticks between a crossing's early checkpoint and the previous one, at least.
     const MIN_EARLY_GAP_TICKS: u64 = 1;
 
-    /// Whether a checkpoint is due after `tick`, taking one every `every` ticks (0: never).
+    /// Whether a checkpoint is due after `tick`, taking one every `every` ticks (0: never), and
+    /// early after a crossing unless one is still being stored (so a region where avatars cross
+    /// all the time stores one after another, not one per tick).
     fn due(&self, tick: u64, every: u64) -> bool {
         every > 0
             && (tick.is_multiple_of(every)
-                || (self.crossed && tick >= self.last_taken + Self::MIN_EARLY_GAP_TICKS.min(every)))
+                || (self.crossed
+                    && self.taken.is_empty()
+                    && tick >= self.last_taken + Self::MIN_EARLY_GAP_TICKS.min(every)))
     }
 
     fn taken(&mut self, tick: u64, progress: Vec<(PlayerId, u64)>) {
@@ -1221,6 +1233,8 @@ impl Durability {
     }
 }
 
+/// What players get after each tick: their updates (with what is durable: `durable` per player,
+/// or, without checkpoints, everything applied), border views, and avatars leaving.
 fn after_tick<L: RegionLogic>(
     region: &mut Region<L>,
     epoch: Epoch,

@@ -428,12 +428,13 @@ impl<L: RegionLogic> Region<L> {
     /// session where `from` left it and queues its pending inputs. Returns its last applied input.
     pub fn immigrate(&mut self, from: RegionId, emigrant: &Emigrant) -> Result<u64, EntryError> {
         if let Some(session) = self.session_of(emigrant.player) {
-            // The same arrival delivered again: it is here.
-            if session.last_applied >= emigrant.last_applied {
+            // The arrival delivered again after the player played on here: it is here.
+            if session.last_applied > emigrant.last_applied {
                 return Ok(session.last_applied);
             }
-            // A copy older than the arriving avatar: this region was restored from a checkpoint
-            // taken before the avatar left it (a failover). The avatar arriving is the real one.
+            // A copy no newer than the arriving avatar: this region was restored from a
+            // checkpoint taken before the avatar left it (a failover), or the same arrival came
+            // twice. The avatar arriving is the real one.
             self.remove_player(emigrant.player);
         }
         let avatar =

@@ -242,3 +242,43 @@ fn a_host_cut_off_is_replaced_and_its_old_owner_lets_go_and_a_coordinator_down_c
     let (_, serving, _) = wait_for(|| server_of(&fleet, 1));
     assert_eq!(fleet.ok("GET", "/v1/regions", None).unwrap()[0]["owner"], serving.as_str());
 }
+
+#[test]
+fn a_source_host_that_dies_mid_migration_leaves_one_owner_and_loses_nothing() {
+    let mut fleet = Fleet::start(&spec()).unwrap();
+    fleet.wait_hosts_ready(2, 1, Duration::from_secs(60)).unwrap();
+    let world = json!({"objects": 400, "npcs": 20, "plants": 20});
+    fleet.ok("POST", "/v1/regions", Some(json!({"region": 1, "host": "h1", "world": world}))).unwrap();
+    let playing = players(&fleet, 1, 3, 1, 8);
+    std::thread::sleep(Duration::from_secs(2));
+    let migration = fleet.ok("POST", "/v1/migrations", Some(json!({"region": 1, "to_host": "h2"}))).unwrap();
+    let id = migration["id"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fleet.ok("GET", &format!("/v1/migrations/{id}"), None).unwrap()["phase"] != "transferring" {
+        assert!(Instant::now() < deadline, "migration {id} never reached the handoff");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The source's whole host dies while the region streams to h2.
+    fleet.kill_host(1).unwrap();
+    let record = fleet.wait_migration(id, Duration::from_secs(60)).unwrap();
+    eprintln!("the migration: {record}");
+    // Either the target committed (it had everything) or it gave up and a failover restored the
+    // region there: one process serves region 1 in the end, on h2, and it is the directory's owner.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let owner = fleet.ok("GET", "/v1/regions", None).unwrap()[0]["owner"].as_str().unwrap_or_default().to_owned();
+        if let Some((host, process, _)) = server_of(&fleet, 1)
+            && host == "h2"
+            && process == owner
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "region 1 not served by its owner on h2: {}",
+            fleet.ok("GET", "/v1/hosts", None).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_nothing_lost(&playing.join().unwrap());
+}

@@ -301,7 +301,8 @@ fn updates_say_an_input_is_durable_only_once_a_checkpoint_holding_it_is_stored()
     let third = tick_with(&mut node, start + interval * 2, NEWCOMER, 6..=6);
     assert_eq!(acknowledged(&third, NEWCOMER), Some((6, 0)), "stored is not yet said");
     // A failed store makes nothing durable; a stored one makes its inputs durable.
-    node.handle_checkpoint_stored(start + interval * 2, taken, false);
+    let ours = baton_sdk::handoff::Ownership { owner: "here".into(), epoch: Epoch(1) };
+    node.handle_checkpoint_stored(start + interval * 2, taken, false, Some(&ours));
     let fourth = tick_with(&mut node, start + interval * 3, NEWCOMER, 7..=7);
     assert_eq!(acknowledged(&fourth, NEWCOMER), Some((7, 0)));
     let next_taken = fourth
@@ -311,9 +312,21 @@ fn updates_say_an_input_is_durable_only_once_a_checkpoint_holding_it_is_stored()
             _ => None,
         })
         .unwrap();
-    node.handle_checkpoint_stored(start + interval * 3, next_taken, true);
+    // Stored, but the authority did not answer: it may have been replaced meanwhile, so no.
+    node.handle_checkpoint_stored(start + interval * 3, next_taken, true, None);
     let fifth = tick_with(&mut node, start + interval * 4, NEWCOMER, 8..=8);
-    assert_eq!(acknowledged(&fifth, NEWCOMER), Some((8, 7)));
+    assert_eq!(acknowledged(&fifth, NEWCOMER), Some((8, 0)));
+    let sixth = tick_with(&mut node, start + interval * 5, NEWCOMER, 9..=9);
+    let last_taken = sixth
+        .iter()
+        .find_map(|output| match output {
+            Output::StoreCheckpoint { info, .. } => Some(info.tick),
+            _ => None,
+        })
+        .unwrap();
+    node.handle_checkpoint_stored(start + interval * 5, last_taken, true, Some(&ours));
+    let seventh = tick_with(&mut node, start + interval * 6, NEWCOMER, 10..=10);
+    assert_eq!(acknowledged(&seventh, NEWCOMER), Some((10, 9)));
 }
 
 #[test]

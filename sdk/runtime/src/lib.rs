@@ -187,7 +187,15 @@ impl<L: RegionLogic + 'static> Host<L> {
     /// owner is gone (the coordinator refuses a restore while any host serves the region); with
     /// `take_over`, only an owner at that epoch is replaced.
     pub fn restore_region(&self, region: Region<L>, take_over: Option<Epoch>) -> Result<Epoch, HostError> {
-        let id = region.id();
+        let epoch = self.take_ownership(region.id(), take_over)?;
+        self.host_owned(region, epoch)?;
+        Ok(epoch)
+    }
+
+    /// Takes ownership of `id` at the authority for a restore (see [`Host::restore_region`]),
+    /// before the region is built: a failover reads the checkpoint only after its swap won, so no
+    /// checkpoint the old owner stores after that can be newer than the one it restores.
+    pub fn take_ownership(&self, id: RegionId, take_over: Option<Epoch>) -> Result<Epoch, HostError> {
         if self.regions.lock().map(|regions| regions.contains_key(&id)).unwrap_or(true) {
             return Err(HostError::AlreadyHosted(id));
         }
@@ -215,8 +223,17 @@ impl<L: RegionLogic + 'static> Host<L> {
             }
             Err(error) => return Err(error.into()),
         };
-        self.spawn_loop(region, Role::Owner { epoch });
         Ok(epoch)
+    }
+
+    /// Hosts `region`, owned here at `epoch` ([`Host::take_ownership`]).
+    pub fn host_owned(&self, region: Region<L>, epoch: Epoch) -> Result<(), HostError> {
+        let id = region.id();
+        if self.regions.lock().map(|regions| regions.contains_key(&id)).unwrap_or(true) {
+            return Err(HostError::AlreadyHosted(id));
+        }
+        self.spawn_loop(region, Role::Owner { epoch });
+        Ok(())
     }
 
     /// Pre-warms an empty slot for `region` so this host can receive it.

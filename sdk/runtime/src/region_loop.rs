@@ -155,10 +155,7 @@ pub(crate) fn run<L: RegionLogic + 'static>(
             Some(Command::StartHandoff { peer }) => node.handle_start_handoff(now, peer, fastrand::u64(..)),
             Some(Command::Authority(result)) => node.handle_authority(now, result),
             Some(Command::CheckpointStored { tick, stored, owner }) => {
-                node.handle_checkpoint_stored(now, tick, stored);
-                if let Some(owner) = owner {
-                    node.handle_ownership_seen(now, &owner);
-                }
+                node.handle_checkpoint_stored(now, tick, stored, owner.as_ref());
             }
             // Events of a link other than the current one (an earlier handoff's) are stale.
             Some(Command::LinkLost { link: lost }) if link.as_ref().is_some_and(|current| current.id == lost) => {

@@ -393,6 +393,13 @@ impl<G: Game> Server<'_, G> {
             .as_ref()
             .ok_or_else(|| "this server has no checkpoint store (--checkpoint-dir)".to_owned())?
             .store;
+        // A failover wins the region first and reads the newest checkpoint after: the owner it
+        // replaces, if still alive, can confirm no later checkpoint as durable (it sees the newer
+        // epoch), so every input players were told is durable is in what is read here.
+        let taken = match take_over {
+            Some(_) => Some(self.host.take_ownership(region, take_over).map_err(|error| error.to_string())?),
+            None => None,
+        };
         let folder = store.directory().display().to_string();
         let stored = store
             .latest(region)
@@ -403,7 +410,13 @@ impl<G: Game> Server<'_, G> {
         let mut built = (self.factory)(region).map_err(|error| format!("creating the region: {error}"))?;
         let info =
             baton_sdk::checkpoint::restore(&mut built, &bytes).map_err(|error| format!("restoring {path}: {error}"))?;
-        let epoch = self.host.restore_region(built, take_over).map_err(|error| error.to_string())?;
+        let epoch = match taken {
+            Some(epoch) => {
+                self.host.host_owned(built, epoch).map_err(|error| error.to_string())?;
+                epoch
+            }
+            None => self.host.restore_region(built, None).map_err(|error| error.to_string())?,
+        };
         self.out.emit(&ServerEvent::Restored { region, tick: info.tick, from_epoch: info.epoch, epoch, path });
         Ok(())
     }

@@ -111,7 +111,7 @@ pub struct StateUpdate {
     /// The last of this player's inputs applied at that tick (inputs up to it are acknowledged).
     pub last_applied: u64,
     /// The last of this player's inputs held in state that survives the loss of the region's
-    /// host (its standby or its newest stored checkpoint); at most `last_applied`. Keep every
+    /// host (the newest checkpoint of it the store confirmed); at most `last_applied`. Keep every
     /// input after it.
     pub durable: u64,
     /// Game-defined view of the world.
