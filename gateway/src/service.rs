@@ -233,8 +233,10 @@ struct Inner {
     /// may have been lost with it in a failover (it never bounced them), so they are asked to send
     /// again too.
     departures: DashMap<RegionId, Vec<(PlayerId, Instant)>>,
-    /// Crossings sent to their destination and not answered yet: a destination that dies before
-    /// answering never will, so a failover of it delivers them again to the new owner.
+    /// Crossings sent to their destination and not yet durable there: not answered, or arrived
+    /// but not yet in a checkpoint the destination stored (its updates' `durable` says when). A
+    /// destination that dies before that is restored without the avatar, so a failover of it
+    /// delivers them again to the new owner.
     crossings_sent: DashMap<PlayerId, Transfer>,
     /// Latest border view of (region, toward), as an encoded datagram.
     borders: DashMap<(RegionId, RegionId), Vec<u8>>,
@@ -747,7 +749,8 @@ fn run_actions(inner: &Inner, actions: Vec<RouteAction>) {
                 }
                 players.sort_unstable();
                 players.dedup();
-                // Crossings its lost owner never answered go to the new one.
+                // Crossings its lost owner never answered, or took in but had not stored, go to
+                // the new one.
                 let unanswered: Vec<Transfer> = inner
                     .crossings_sent
                     .iter()
@@ -1006,6 +1009,9 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
             // A player between connections (waiting for a resume) misses this update; the next one
             // after it is back carries the newest state anyway.
             inner.bounces.remove(&player);
+            // The avatar is in a checkpoint of the region it crossed into: a failover of it would
+            // find it there.
+            inner.crossings_sent.remove_if(&player, |_, sent| sent.to == region && durable >= sent.last_applied);
             if let Some(link) = inner.links.get(&player).map(|link| link.clone()) {
                 send_update(inner, &link, StateUpdate { region: region.0, tick, last_applied, durable, payload });
             }
@@ -1094,7 +1100,6 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
             carry_out(inner, action);
         }
         ServerMessage::Arrived { region, player, .. } => {
-            inner.crossings_sent.remove(&player);
             inner.counters.crossings.fetch_add(1, Ordering::Relaxed);
             let waiting = table(inner).handle_arrived(player, region);
             let Some(waiting) = waiting else { return };
