@@ -35,8 +35,9 @@ use baton_wire::{Epoch, PlayerId, PlayerInput, RegionId};
 use crate::RegionError;
 use crate::checkpoint::CheckpointInfo;
 use crate::handoff::{
-    AuthorityError, HandoffPlan, HandoffSource, HandoffTarget, Message, Ownership, SourceAction, SourceConfig,
-    SourcePhase, SourceStats, TargetAction, TargetConfig, TargetPhase,
+    AuthorityError, FeedEvent, FollowerAction, HandoffPlan, HandoffSource, HandoffTarget, Message, Ownership,
+    SourceAction, SourceConfig, SourcePhase, SourceStats, StandbyFeed, StandbyFollower, TargetAction, TargetConfig,
+    TargetPhase,
 };
 use crate::region::{Emigrant, Region, RegionLogic, TickReport, TickSchedule};
 use crate::sessions::{PlayerSession, SessionError};
@@ -273,6 +274,51 @@ pub enum HostEvent {
         /// Why.
         reason: String,
     },
+    /// This host's standby copy of `region` holds the owner's world as of `tick` (reported at the
+    /// first held tick, then at most once a second).
+    StandbyHolding {
+        /// The region.
+        region: RegionId,
+        /// The epoch of the owner it follows.
+        owner_epoch: Epoch,
+        /// The tick it holds.
+        tick: u64,
+        /// Archive bytes it received so far.
+        bytes: u64,
+    },
+    /// This host's standby copy of `region` stopped following: `detached` when it keeps what it
+    /// holds for a promotion (the owner went silent), else it was discarded.
+    StandbyLost {
+        /// The region.
+        region: RegionId,
+        /// Why.
+        reason: String,
+        /// Whether it still holds a tick it could be promoted from.
+        detached: bool,
+    },
+    /// The owner's feed of its standby ended; the region goes on without one.
+    FeedEnded {
+        /// The region.
+        region: RegionId,
+        /// Why.
+        reason: String,
+    },
+    /// This host's standby took `region` over from the owner that was lost.
+    Promoted {
+        /// The region.
+        region: RegionId,
+        /// The new epoch.
+        epoch: Epoch,
+        /// The tick it continues from (the owner's, as the standby held it).
+        tick: u64,
+    },
+    /// A promotion of the standby of `region` here was refused.
+    PromoteRefused {
+        /// The region.
+        region: RegionId,
+        /// Why.
+        reason: String,
+    },
     /// An input reached a host that does not own the region; route it to the owner.
     InputRefused {
         /// The region.
@@ -293,6 +339,15 @@ pub enum Output {
     /// Send a handoff message to the peer on the current link (the driver reports a failed send
     /// with [`RegionNode::handle_link_lost`]).
     ToPeer(Message),
+    /// Open a link to the hot standby at `peer` (beside any handoff link); the messages of
+    /// [`Output::ToStandby`] go on it.
+    ConnectStandby {
+        /// The standby's cluster address.
+        peer: SocketAddr,
+    },
+    /// Send a message to the standby (a failed send is reported with
+    /// [`RegionNode::handle_standby_link_lost`]).
+    ToStandby(Message),
     /// Ask the ownership authority to swap `expected` for `next`; answer with
     /// [`RegionNode::handle_authority`]. Never done by the node itself, so a slow authority never
     /// blocks the thread that drives it.
@@ -369,11 +424,15 @@ enum State {
         first_tick_pending: bool,
         /// Where the current handoff goes.
         peer: Option<SocketAddr>,
+        /// The feed of the region's hot standby, if it has one.
+        standby: Option<StandbyFeed>,
     },
     /// Saving the region before letting it go; inputs received meanwhile wait.
     Stopping { epoch: Epoch, schedule: TickSchedule, pending: Vec<PlayerInput> },
     /// Pre-warmed, receiving or waiting.
     Target { receiver: HandoffTarget },
+    /// A hot standby: follows the owner, never ticks, until promoted or discarded.
+    Standby { follower: StandbyFollower, reported: Option<(Instant, u64)> },
     /// Done; the last handoff stays readable.
     Finished { handoff: Option<HandoffSource> },
 }
@@ -412,6 +471,7 @@ impl<L: RegionLogic> RegionNode<L> {
                     handoff: None,
                     first_tick_pending: false,
                     peer: None,
+                    standby: None,
                 }
             }
             Role::Target => State::Target { receiver: HandoffTarget::new(now, TargetConfig::new(&settings.name)) },
@@ -529,7 +589,7 @@ impl<L: RegionLogic> RegionNode<L> {
     pub fn handoff(&self) -> Option<&HandoffSource> {
         match &self.state {
             State::Owner { handoff, .. } | State::Finished { handoff } => handoff.as_ref(),
-            State::Stopping { .. } | State::Target { .. } => None,
+            State::Stopping { .. } | State::Target { .. } | State::Standby { .. } => None,
         }
     }
 
@@ -550,7 +610,7 @@ impl<L: RegionLogic> RegionNode<L> {
         let mut deadline: Option<Instant> = None;
         let mut earliest = |at: Instant| deadline = Some(deadline.map_or(at, |current| current.min(at)));
         match &self.state {
-            State::Owner { schedule, handoff, .. } => {
+            State::Owner { schedule, handoff, standby, .. } => {
                 if handoff.as_ref().is_none_or(HandoffSource::allows_ticks) {
                     earliest(schedule.next_due());
                 }
@@ -559,6 +619,19 @@ impl<L: RegionLogic> RegionNode<L> {
                     earliest(now + Duration::from_millis(1));
                 }
                 if let Some(at) = handoff.as_ref().and_then(HandoffSource::poll_timeout) {
+                    earliest(at);
+                }
+                if let Some(feed) = standby {
+                    if feed.phase() == crate::handoff::FeedPhase::Snapshot {
+                        earliest(now + Duration::from_millis(1));
+                    }
+                    if let Some(at) = feed.poll_timeout() {
+                        earliest(at);
+                    }
+                }
+            }
+            State::Standby { follower, .. } => {
+                if let Some(at) = follower.poll_timeout() {
                     earliest(at);
                 }
             }
@@ -585,7 +658,7 @@ impl<L: RegionLogic> RegionNode<L> {
                 }
             }
             State::Stopping { pending, .. } => pending.push(input),
-            State::Target { .. } | State::Finished { .. } => self.refuse_input(input),
+            State::Target { .. } | State::Standby { .. } | State::Finished { .. } => self.refuse_input(input),
         }
     }
 
@@ -602,13 +675,17 @@ impl<L: RegionLogic> RegionNode<L> {
     /// Starts moving the region to the target at `peer` (`id` identifies this attempt).
     pub fn handle_start_handoff(&mut self, now: Instant, peer: SocketAddr, id: u64) {
         let region = self.region.id();
-        let State::Owner { epoch, handoff, peer: handoff_peer, .. } = &mut self.state else {
+        let State::Owner { epoch, handoff, peer: handoff_peer, standby, .. } = &mut self.state else {
             tracing::warn!(%region, "cannot start a handoff of a region this host does not own");
             return;
         };
         if handoff.as_ref().is_some_and(|handoff| !handoff.is_finished()) {
             tracing::warn!(%region, "a handoff of this region is already running");
             return;
+        }
+        // One copy moves at a time: the standby is re-made on the new owner after the move.
+        if let Some(feed) = standby.as_mut() {
+            feed.stop(self.region.world_mut(), "the region is being moved to another host");
         }
         let plan = HandoffPlan {
             id,
@@ -638,8 +715,99 @@ impl<L: RegionLogic> RegionNode<L> {
                     receiver.handle_message(now, world, message);
                 }
             }
-            State::Target { receiver } => receiver.handle_message(now, world, message),
+            State::Target { receiver } => {
+                if matches!(message, Message::Follow { .. })
+                    && matches!(receiver.phase(), TargetPhase::Idle | TargetPhase::Aborted)
+                {
+                    let follower =
+                        StandbyFollower::new(now, TargetConfig::new(&self.settings.name), world, &message);
+                    self.state = State::Standby { follower, reported: None };
+                } else {
+                    receiver.handle_message(now, world, message);
+                }
+            }
+            State::Standby { follower, reported } => {
+                follower.handle_message(now, world, message);
+                // The coordinator learns that the standby holds the region, and how far, at the
+                // first held tick and then once a second.
+                if let Some(tick) = follower.held_tick()
+                    && reported.is_none_or(|(at, held)| held != tick && now >= at + Duration::from_secs(1))
+                {
+                    *reported = Some((now, tick));
+                    self.outputs.push_back(Output::Event(HostEvent::StandbyHolding {
+                        region: follower.region(),
+                        owner_epoch: follower.owner().epoch,
+                        tick,
+                        bytes: follower.applied_bytes(),
+                    }));
+                }
+            }
             State::Stopping { .. } | State::Finished { .. } => {}
+        }
+    }
+
+    /// Starts feeding a hot standby at `peer` (`id` identifies the feed). Refused while a
+    /// handoff runs or a feed exists, or on an instance that does not own the region.
+    pub fn handle_start_standby(&mut self, now: Instant, peer: SocketAddr, id: u64) {
+        let region = self.region.id();
+        let State::Owner { epoch, handoff, standby, .. } = &mut self.state else {
+            tracing::warn!(%region, "cannot feed a standby of a region this host does not own");
+            return;
+        };
+        let refusal = if handoff.as_ref().is_some_and(|handoff| !handoff.is_finished()) {
+            Some("a handoff of the region is running")
+        } else if standby.as_ref().is_some_and(|feed| !feed.is_ended()) {
+            Some("the region has a standby already")
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            tracing::warn!(%region, %peer, reason, "not starting a standby feed");
+            self.outputs.push_back(Output::Event(HostEvent::FeedEnded { region, reason: reason.to_owned() }));
+            return;
+        }
+        let plan = HandoffPlan {
+            id,
+            region,
+            epoch: *epoch,
+            name: self.settings.name.clone(),
+            tick_interval: self.region.config().tick_interval(),
+        };
+        *standby = Some(StandbyFeed::start(now, self.region.world(), &plan, self.settings.source));
+        self.outputs.push_back(Output::ConnectStandby { peer });
+    }
+
+    /// A message from the standby.
+    pub fn handle_standby_message(&mut self, now: Instant, message: Message) {
+        if let State::Owner { standby: Some(feed), .. } = &mut self.state {
+            feed.handle_message(now, self.region.world_mut(), message);
+        }
+    }
+
+    /// The link to the standby broke.
+    pub fn handle_standby_link_lost(&mut self, _now: Instant) {
+        if let State::Owner { standby: Some(feed), .. } = &mut self.state {
+            feed.handle_link_lost(self.region.world_mut());
+        }
+    }
+
+    /// The coordinator promotes this standby: the owner at `epoch` is lost. The promotion's
+    /// compare-and-swap goes out as [`Output::Authority`]; a refusal is reported as
+    /// [`HostEvent::PromoteRefused`].
+    pub fn handle_promote(&mut self, _now: Instant, epoch: Epoch) {
+        let region = self.region.id();
+        let refused = match &mut self.state {
+            State::Standby { follower, .. } => follower.promote(epoch).err(),
+            State::Owner { epoch: owned, .. } if owned.0 > epoch.0 => {
+                // Promoted already (a repeated command): say so again.
+                self.outputs.push_back(Output::Event(HostEvent::Owning { region, epoch: *owned }));
+                None
+            }
+            _ => Some("this host holds no standby of the region".to_owned()),
+        };
+        if let Some(reason) = refused {
+            tracing::warn!(%region, %epoch, reason, "promotion refused");
+            self.outputs.push_back(Output::Event(HostEvent::PromoteRefused { region, reason }));
         }
     }
 
@@ -648,6 +816,7 @@ impl<L: RegionLogic> RegionNode<L> {
         match &mut self.state {
             State::Owner { handoff: Some(handoff), .. } => handoff.handle_link_lost(now, self.region.world_mut()),
             State::Target { receiver } => receiver.handle_link_lost(now),
+            State::Standby { follower, .. } => follower.handle_link_lost(),
             _ => {}
         }
     }
@@ -657,6 +826,7 @@ impl<L: RegionLogic> RegionNode<L> {
         match &mut self.state {
             State::Owner { handoff: Some(handoff), .. } => handoff.handle_authority(now, result),
             State::Target { receiver } => receiver.handle_authority(now, result),
+            State::Standby { follower, .. } => follower.handle_authority(now, result),
             _ => tracing::debug!(region = %self.region.id(), ?result, "an authority answer nobody waits for"),
         }
     }
@@ -671,13 +841,14 @@ impl<L: RegionLogic> RegionNode<L> {
             }
             State::Owner { epoch, schedule, .. } => (*epoch, schedule.clone()),
             State::Stopping { .. } => return self.refuse_stop("the region is being stopped already"),
-            State::Target { .. } | State::Finished { .. } => {
+            State::Target { .. } | State::Standby { .. } | State::Finished { .. } => {
                 return self.refuse_stop("this host does not own the region");
             }
         };
         if !can_store {
             return self.refuse_stop("this host has no checkpoint store to save the region in");
         }
+        self.end_feed("the region is being stopped");
         // What was received but not applied is not saved: players continue at last_applied + 1.
         let pending = self.region.take_pending_inputs();
         match crate::checkpoint::encode(&mut self.region, epoch) {
@@ -721,7 +892,14 @@ impl<L: RegionLogic> RegionNode<L> {
                 self.outputs.push_back(Output::Finished);
             }
             Err(error) => {
-                self.state = State::Owner { epoch, schedule, handoff: None, first_tick_pending: false, peer: None };
+                self.state = State::Owner {
+                    epoch,
+                    schedule,
+                    handoff: None,
+                    first_tick_pending: false,
+                    peer: None,
+                    standby: None,
+                };
                 for input in pending {
                     self.submit_or_bounce(input);
                 }
@@ -744,7 +922,7 @@ impl<L: RegionLogic> RegionNode<L> {
         let id = self.region.id();
         let interval = self.region.config().tick_interval();
         let ticks_per_report = self.region.config().tick_rate_hz.max(1);
-        if let State::Owner { schedule, handoff, first_tick_pending, epoch, .. } = &mut self.state
+        if let State::Owner { schedule, handoff, first_tick_pending, epoch, standby, .. } = &mut self.state
             && handoff.as_ref().is_none_or(HandoffSource::allows_ticks)
             && schedule.next_due() <= now
         {
@@ -777,7 +955,8 @@ impl<L: RegionLogic> RegionNode<L> {
                 }));
             }
             let tick = report.tick;
-            let durable = (self.settings.checkpoint_every_ticks > 0).then_some(&self.durability.confirmed);
+            let feeding = standby.as_ref().is_some_and(|feed| !feed.is_ended());
+            let durable = (self.settings.checkpoint_every_ticks > 0 || feeding).then_some(&self.durability.confirmed);
             let before = self.outputs.len();
             after_tick(&mut self.region, *epoch, tick, self.settings.players, durable, gateways, &mut self.outputs);
             if self.outputs.iter().skip(before).any(|output| {
@@ -788,6 +967,11 @@ impl<L: RegionLogic> RegionNode<L> {
             // A checkpoint is a snapshot at a tick boundary; during a handoff the snapshot being
             // streamed is the region's safety net instead, and a frozen source never gets here.
             let every = self.settings.checkpoint_every_ticks;
+            if feeding && standby.as_ref().is_some_and(|feed| feed.stats().held_tick.is_some()) {
+                // A standby that holds the region follows the crossing within a tick or two; a
+                // failover promotes it rather than restoring a checkpoint.
+                self.durability.crossed = false;
+            }
             if handoff.as_ref().is_none_or(HandoffSource::is_finished) && self.durability.due(tick, every) {
                 match crate::checkpoint::encode(&mut self.region, *epoch) {
                     Ok((info, bytes)) => {
@@ -798,6 +982,11 @@ impl<L: RegionLogic> RegionNode<L> {
                         .outputs
                         .push_back(Output::Event(HostEvent::CheckpointFailed { region: id, error: error.to_string() })),
                 }
+            }
+            if let Some(feed) = standby.as_mut()
+                && let Some(marked) = feed.handle_tick_completed(self.region.world_mut())
+            {
+                self.durability.marked(marked, player_progress(self.region.world()));
             }
             let next_due = schedule.next_due();
             if let Some(handoff) = handoff.as_mut() {
@@ -822,7 +1011,15 @@ impl<L: RegionLogic> RegionNode<L> {
             State::Target { receiver } if receiver.poll_timeout().is_some_and(|at| at <= now) => {
                 receiver.handle_timeout(now);
             }
+            State::Standby { follower, .. } if follower.poll_timeout().is_some_and(|at| at <= now) => {
+                follower.handle_timeout(now);
+            }
             _ => {}
+        }
+        if let State::Owner { standby: Some(feed), .. } = &mut self.state
+            && feed.poll_timeout().is_some_and(|at| at <= now)
+        {
+            feed.handle_timeout(now, self.region.world_mut());
         }
     }
 
@@ -845,6 +1042,31 @@ impl<L: RegionLogic> RegionNode<L> {
         let id = self.region.id();
         let mut busy = false;
         let mut next_state = None;
+        if let State::Owner { schedule, standby: Some(feed), .. } = &mut self.state {
+            // The snapshot is encoded only in the time left before the next tick, as a handoff's.
+            let encoding_allowed = feed.phase() != crate::handoff::FeedPhase::Snapshot || now < schedule.next_due();
+            let message = if encoding_allowed { feed.poll_message(self.region.world_mut()) } else { None };
+            let idle = message.is_none();
+            if let Some(message) = message {
+                busy = true;
+                self.outputs.push_back(Output::ToStandby(message));
+            }
+            while let Some(event) = feed.poll_event() {
+                busy = true;
+                match event {
+                    FeedEvent::Held { tick } => self.durability.handle_held(tick),
+                    FeedEvent::Ended(reason) => {
+                        self.outputs.push_back(Output::Event(HostEvent::FeedEnded { region: id, reason }));
+                    }
+                }
+            }
+            if idle && feed.is_ended() {
+                if let State::Owner { standby, .. } = &mut self.state {
+                    *standby = None;
+                }
+                busy = true;
+            }
+        }
         match &mut self.state {
             State::Owner { epoch, schedule, handoff: Some(handoff), peer, .. } => {
                 let encoding_allowed = handoff.phase() != SourcePhase::Snapshot || now < schedule.next_due();
@@ -949,6 +1171,7 @@ impl<L: RegionLogic> RegionNode<L> {
                                 handoff: None,
                                 first_tick_pending: true,
                                 peer: None,
+                                standby: None,
                             });
                         }
                         TargetAction::Stragglers(inputs) => {
@@ -966,6 +1189,59 @@ impl<L: RegionLogic> RegionNode<L> {
                                 reason: reason.to_string(),
                                 owning: false,
                             }));
+                        }
+                    }
+                }
+            }
+            State::Standby { follower, .. } => {
+                if let Some(message) = follower.poll_message() {
+                    busy = true;
+                    self.outputs.push_back(Output::ToPeer(message));
+                }
+                if let Some(action) = follower.poll_action() {
+                    busy = true;
+                    match action {
+                        FollowerAction::Authority { expected, next } => {
+                            self.outputs.push_back(Output::Authority { expected, next, commit: true });
+                        }
+                        FollowerAction::Promoted { epoch, tick } => {
+                            self.region.rebuild_caches();
+                            self.outputs.push_back(Output::Owned { epoch, announce: true });
+                            self.outputs.push_back(Output::Event(HostEvent::Owning { region: id, epoch }));
+                            self.outputs.push_back(Output::Event(HostEvent::Promoted { region: id, epoch, tick }));
+                            // What it holds is what the lost owner's standby acknowledged; it
+                            // is checkpointed at once, since no standby follows it yet.
+                            self.durability.confirmed = player_progress(self.region.world()).into_iter().collect();
+                            self.durability.crossed = true;
+                            next_state = Some(State::Owner {
+                                epoch,
+                                schedule: TickSchedule::new(self.region.config().tick_interval(), now),
+                                handoff: None,
+                                first_tick_pending: true,
+                                peer: None,
+                                standby: None,
+                            });
+                        }
+                        FollowerAction::Detached(reason) => {
+                            self.outputs.push_back(Output::Event(HostEvent::StandbyLost {
+                                region: id,
+                                reason,
+                                detached: true,
+                            }));
+                        }
+                        FollowerAction::Discard(reason) => {
+                            match (self.rewarm)(id) {
+                                Ok(fresh) => self.region = fresh,
+                                Err(error) => tracing::error!(region = %id, %error, "could not re-warm the region"),
+                            }
+                            self.outputs.push_back(Output::Event(HostEvent::StandbyLost {
+                                region: id,
+                                reason,
+                                detached: false,
+                            }));
+                            next_state = Some(State::Target {
+                                receiver: HandoffTarget::new(now, TargetConfig::new(&self.settings.name)),
+                            });
                         }
                     }
                 }
@@ -1011,6 +1287,20 @@ impl<L: RegionLogic> RegionNode<L> {
             busy = true;
         }
         busy
+    }
+
+    /// Ends the standby feed, if any, telling the standby.
+    fn end_feed(&mut self, reason: &str) {
+        let id = self.region.id();
+        if let State::Owner { standby, .. } = &mut self.state
+            && let Some(mut feed) = standby.take()
+        {
+            feed.stop(self.region.world_mut(), reason);
+            while let Some(message) = feed.poll_message(self.region.world_mut()) {
+                self.outputs.push_back(Output::ToStandby(message));
+            }
+            self.outputs.push_back(Output::Event(HostEvent::FeedEnded { region: id, reason: reason.to_owned() }));
+        }
     }
 
     fn refuse_stop(&mut self, reason: &str) {
@@ -1189,6 +1479,11 @@ struct Durability {
     crossed: bool,
     /// The tick of the last checkpoint taken.
     last_taken: u64,
+    /// Rounds sent to the hot standby and not held yet: their tick and each player's last
+    /// applied input.
+    marked: VecDeque<(u64, Vec<(PlayerId, u64)>)>,
+    /// The tick `confirmed` is from.
+    confirmed_tick: Option<u64>,
 }
 
 impl Durability {
@@ -1228,7 +1523,40 @@ impl Durability {
             && let Some((_, progress)) = self.taken.pop_front()
             && stored
         {
+            self.confirm(tick, progress);
+        }
+    }
+
+    /// Rounds ahead of the standby's acknowledgements, at most (the feed skips ticks long before).
+    const MAX_MARKED: usize = 256;
+
+    /// A round bringing the standby to `tick` went out, with each player's progress at `tick`.
+    fn marked(&mut self, tick: u64, progress: Vec<(PlayerId, u64)>) {
+        if self.marked.len() == Self::MAX_MARKED {
+            self.marked.pop_front();
+        }
+        self.marked.push_back((tick, progress));
+    }
+
+    /// The standby holds the world after `tick`.
+    fn handle_held(&mut self, tick: u64) {
+        while let Some((marked_at, _)) = self.marked.front()
+            && *marked_at < tick
+        {
+            self.marked.pop_front();
+        }
+        if self.marked.front().is_some_and(|(marked_at, _)| *marked_at == tick)
+            && let Some((_, progress)) = self.marked.pop_front()
+        {
+            self.confirm(tick, progress);
+        }
+    }
+
+    /// A copy of the world after `tick` survives this instance; an older one confirms nothing new.
+    fn confirm(&mut self, tick: u64, progress: Vec<(PlayerId, u64)>) {
+        if self.confirmed_tick.is_none_or(|confirmed| confirmed < tick) {
             self.confirmed = progress.into_iter().collect();
+            self.confirmed_tick = Some(tick);
         }
     }
 }

@@ -256,6 +256,16 @@ impl<L: RegionLogic + 'static> Host<L> {
         self.send(region, Command::StartHandoff { peer })
     }
 
+    /// Starts feeding a hot standby of `region` (owned here) at `peer`.
+    pub fn feed_standby(&self, region: RegionId, peer: SocketAddr) -> Result<(), HostError> {
+        self.send(region, Command::FeedStandby { peer })
+    }
+
+    /// Promotes this host's standby of `region`: the owner at `epoch` is lost.
+    pub fn promote(&self, region: RegionId, epoch: Epoch) -> Result<(), HostError> {
+        self.send(region, Command::Promote { epoch })
+    }
+
     /// Offers a player input to `region`.
     pub fn submit_input(&self, region: RegionId, input: PlayerInput) {
         if let Err(error) = self.send(region, Command::Input(input.clone())) {

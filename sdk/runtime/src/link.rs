@@ -1,6 +1,7 @@
-//! Handoff links: one QUIC connection per handoff, a control stream (bidirectional, unpaced) and a
-//! bulk stream (source to target, paced by a token bucket so the migration does not starve other
-//! traffic on the link; invariant 6).
+//! Handoff links: one QUIC connection per handoff (or per hot-standby feed, which starts with
+//! `Follow` instead of `Begin`), a control stream (bidirectional, unpaced) and a bulk stream
+//! (source to target, paced by a token bucket so the migration does not starve other traffic on
+//! the link; invariant 6).
 //!
 //! Frames are length-prefixed handoff messages, decoded with checked rkyv access; anything that
 //! does not decode ends that link (and so that handoff attempt), nothing else.
@@ -65,8 +66,8 @@ async fn serve_incoming<L: RegionLogic + 'static>(
         .map_err(|error| error.to_string())?
         .ok_or("link closed before Begin")?;
     let begin = Message::decode(&first).map_err(|error| error.to_string())?;
-    let Message::Begin { region, .. } = &begin else {
-        return Err("the first message of a handoff link must be Begin".to_owned());
+    let (Message::Begin { region, .. } | Message::Follow { region, .. }) = &begin else {
+        return Err("the first message of a handoff link must be Begin or Follow".to_owned());
     };
     let region = RegionId(*region);
     let sender = regions

@@ -48,6 +48,16 @@ pub enum Command<L: RegionLogic> {
         /// The target host's address.
         peer: SocketAddr,
     },
+    /// Start feeding a hot standby at `peer`.
+    FeedStandby {
+        /// The standby's address.
+        peer: SocketAddr,
+    },
+    /// Promote the standby held here: the owner at `epoch` is lost.
+    Promote {
+        /// The lost owner's epoch.
+        epoch: baton_sdk::wire::Epoch,
+    },
     /// Run a closure on the region between ticks.
     Query(RegionQuery<L>),
     /// A gateway's join, leave or arrival.
@@ -120,9 +130,11 @@ pub(crate) fn run<L: RegionLogic + 'static>(
     context: LoopContext<L>,
 ) {
     let id = node.region().id();
-    let mut link: Option<LinkHandle> = None;
+    // The handoff link (to a target, or from a source or owner) and the link to this owner's
+    // hot standby, which can exist beside it.
+    let mut links = Links::default();
     // Outputs from the node's construction (an owner announces itself).
-    carry_out(&mut node, &context, &mut link);
+    carry_out(&mut node, &context, &mut links);
     while !node.is_finished() {
         let now = Instant::now();
         let deadline = node.poll_timeout(now).map_or(now + IDLE_POLL, |at| at.min(now + IDLE_POLL));
@@ -151,27 +163,36 @@ pub(crate) fn run<L: RegionLogic + 'static>(
             Some(Command::Gateway(request)) => node.handle_gateway(now, request),
             Some(Command::Query(query)) => query(node.region_mut()),
             Some(Command::Stop) => node.handle_stop(now, context.checkpoints.is_some()),
-            Some(Command::Attach(handle)) => link = Some(handle),
+            Some(Command::Attach(handle)) => links.peer = Some(handle),
             Some(Command::StartHandoff { peer }) => node.handle_start_handoff(now, peer, fastrand::u64(..)),
+            Some(Command::FeedStandby { peer }) => node.handle_start_standby(now, peer, fastrand::u64(..)),
+            Some(Command::Promote { epoch }) => node.handle_promote(now, epoch),
             Some(Command::Authority(result)) => node.handle_authority(now, result),
             Some(Command::CheckpointStored { tick, stored, owner }) => {
                 node.handle_checkpoint_stored(now, tick, stored, owner.as_ref());
             }
-            // Events of a link other than the current one (an earlier handoff's) are stale.
-            Some(Command::LinkLost { link: lost }) if link.as_ref().is_some_and(|current| current.id == lost) => {
-                link = None;
+            // Events of a link other than the current ones (an earlier handoff's) are stale.
+            Some(Command::LinkLost { link: lost }) if Links::is(&links.peer, lost) => {
+                links.peer = None;
                 node.handle_link_lost(now);
             }
-            Some(Command::Peer { link: from, message }) if link.as_ref().is_some_and(|current| current.id == from) => {
+            Some(Command::Peer { link: from, message }) if Links::is(&links.peer, from) => {
                 node.handle_peer_message(now, message);
+            }
+            Some(Command::LinkLost { link: lost }) if Links::is(&links.standby, lost) => {
+                links.standby = None;
+                node.handle_standby_link_lost(now);
+            }
+            Some(Command::Peer { link: from, message }) if Links::is(&links.standby, from) => {
+                node.handle_standby_message(now, message);
             }
             Some(Command::Peer { .. } | Command::LinkLost { .. }) | None => {}
         }
         node.handle_timeout(Instant::now(), &*context.hub);
-        carry_out(&mut node, &context, &mut link);
+        carry_out(&mut node, &context, &mut links);
     }
     node.handle_close(Instant::now());
-    carry_out(&mut node, &context, &mut link);
+    carry_out(&mut node, &context, &mut links);
     if let Ok(mut regions) = context.regions.lock() {
         // Only remove our own entry: a new slot for the same region may have been prepared meanwhile.
         if regions.get(&id).is_some_and(|slot| slot.generation == context.generation) {
@@ -180,18 +201,29 @@ pub(crate) fn run<L: RegionLogic + 'static>(
     }
 }
 
+/// A region thread's links.
+#[derive(Default)]
+struct Links {
+    /// The handoff link.
+    peer: Option<LinkHandle>,
+    /// The link to this owner's hot standby.
+    standby: Option<LinkHandle>,
+}
+
+impl Links {
+    fn is(link: &Option<LinkHandle>, id: u64) -> bool {
+        link.as_ref().is_some_and(|current| current.id == id)
+    }
+}
+
 /// Does what the node asks, until it asks nothing more.
-fn carry_out<L: RegionLogic + 'static>(
-    node: &mut RegionNode<L>,
-    context: &LoopContext<L>,
-    link: &mut Option<LinkHandle>,
-) {
+fn carry_out<L: RegionLogic + 'static>(node: &mut RegionNode<L>, context: &LoopContext<L>, links: &mut Links) {
     let id = node.region().id();
     let hub = &context.hub;
     while let Some(output) = node.poll_output(Instant::now()) {
         match output {
             Output::Connect { peer } => {
-                *link = Some(crate::link::connect(
+                links.peer = Some(crate::link::connect(
                     &context.runtime,
                     context.endpoint.clone(),
                     peer,
@@ -201,8 +233,23 @@ fn carry_out<L: RegionLogic + 'static>(
                 ));
             }
             Output::ToPeer(message) => {
-                if !link.as_ref().is_some_and(|link| link.send(message)) {
+                if !links.peer.as_ref().is_some_and(|link| link.send(message)) {
                     node.handle_link_lost(Instant::now());
+                }
+            }
+            Output::ConnectStandby { peer } => {
+                links.standby = Some(crate::link::connect(
+                    &context.runtime,
+                    context.endpoint.clone(),
+                    peer,
+                    context.commands.clone(),
+                    context.bulk_bytes_per_second,
+                    context.bulk_burst_bytes,
+                ));
+            }
+            Output::ToStandby(message) => {
+                if !links.standby.as_ref().is_some_and(|link| link.send(message)) {
+                    node.handle_standby_link_lost(Instant::now());
                 }
             }
             Output::Authority { expected, next, .. } => ask_authority(context, id, expected, next),

@@ -349,6 +349,8 @@ impl<G: Game> Server<'_, G> {
             }
             ServerCommand::Prepare { region } => self.host.prepare(region).map_err(failed),
             ServerCommand::Handoff { region, to } => self.host.start_handoff(region, to).map_err(failed),
+            ServerCommand::FeedStandby { region, to } => self.host.feed_standby(region, to).map_err(failed),
+            ServerCommand::Promote { region, epoch } => self.host.promote(region, epoch).map_err(failed),
             ServerCommand::Stop { region } => self.host.stop_region(region).map_err(failed),
             ServerCommand::Join { region, players } => {
                 let game = self.game.clone();
@@ -428,6 +430,8 @@ fn command_region(command: &ServerCommand) -> Option<RegionId> {
         ServerCommand::Host { region, .. }
         | ServerCommand::Prepare { region }
         | ServerCommand::Handoff { region, .. }
+        | ServerCommand::FeedStandby { region, .. }
+        | ServerCommand::Promote { region, .. }
         | ServerCommand::Stop { region }
         | ServerCommand::Join { region, .. }
         | ServerCommand::Inputs { region, .. }
@@ -489,6 +493,13 @@ pub fn server_event(event: HostEvent) -> ServerEvent {
         }
         HostEvent::StopRefused { region, reason } => ServerEvent::StopRefused { region, reason },
         HostEvent::CheckpointFailed { region, error } => ServerEvent::CheckpointFailed { region, error },
+        HostEvent::StandbyHolding { region, owner_epoch, tick, bytes } => {
+            ServerEvent::StandbyHolding { region, owner_epoch, tick, bytes }
+        }
+        HostEvent::StandbyLost { region, reason, detached } => ServerEvent::StandbyLost { region, reason, detached },
+        HostEvent::FeedEnded { region, reason } => ServerEvent::FeedEnded { region, reason },
+        HostEvent::Promoted { region, epoch, tick } => ServerEvent::Promoted { region, epoch, tick },
+        HostEvent::PromoteRefused { region, reason } => ServerEvent::PromoteRefused { region, reason },
         HostEvent::InputRefused { region, input } => {
             ServerEvent::InputRefused { region, player: input.player, seq: input.seq }
         }

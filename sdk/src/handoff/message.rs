@@ -10,7 +10,7 @@ use rkyv::util::AlignedVec;
 use super::HandoffId;
 
 /// Version of the handoff message set; a peer with another version is refused at `Begin`.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest encoded message accepted (a world chunk is at most 1 MiB by default).
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
@@ -108,6 +108,47 @@ mod definition {
             /// The inputs, in arrival order.
             inputs: Vec<PlayerInput>,
         },
+        /// Owner → standby: start following the region as its hot standby (protocol.md §14). The
+        /// standby answers `Ready`, takes `Chunk`s, then a `Delta` round and a `Mark` per tick.
+        Follow {
+            /// This feed.
+            handoff: HandoffId,
+            /// Message-set version.
+            version: u16,
+            /// The region.
+            region: u64,
+            /// The owner's epoch.
+            epoch: u64,
+            /// The owner instance's name at the authority.
+            source: String,
+            /// The owner's component registry schema hash.
+            schema: u64,
+            /// Tick interval in microseconds.
+            tick_interval_us: u64,
+        },
+        /// Owner → standby: delta round `round`, in `parts` parts, brings the world to the end of
+        /// tick `tick`, where the owner's digest was `digest`.
+        Mark {
+            /// This feed.
+            handoff: HandoffId,
+            /// The round.
+            round: u32,
+            /// Its number of parts (possibly 0).
+            parts: u32,
+            /// The tick it ends at.
+            tick: u64,
+            /// The owner's world digest after that tick.
+            digest: u128,
+        },
+        /// Standby → owner: the standby holds the world as it was after tick `tick`.
+        Holds {
+            /// This feed.
+            handoff: HandoffId,
+            /// The tick.
+            tick: u64,
+            /// Archive bytes applied so far.
+            applied_bytes: u64,
+        },
         /// Either side: this attempt is over without a commit (or the target refused it).
         Abort {
             /// This attempt.
@@ -131,6 +172,9 @@ impl Message {
             | Message::Freeze { handoff, .. }
             | Message::Committed { handoff, .. }
             | Message::Stragglers { handoff, .. }
+            | Message::Follow { handoff, .. }
+            | Message::Mark { handoff, .. }
+            | Message::Holds { handoff, .. }
             | Message::Abort { handoff, .. } => *handoff,
         }
     }
@@ -220,6 +264,17 @@ mod tests {
                 handoff: 9,
                 inputs: vec![PlayerInput { player: baton_wire::PlayerId(1), seq: 2, payload: vec![0; 300] }],
             },
+            Message::Follow {
+                handoff: 9,
+                version: PROTOCOL_VERSION,
+                region: 3,
+                epoch: 4,
+                source: "a".into(),
+                schema: 5,
+                tick_interval_us: 50_000,
+            },
+            Message::Mark { handoff: 9, round: 7, parts: 2, tick: 1_000, digest: 77 },
+            Message::Holds { handoff: 9, tick: 1_000, applied_bytes: 12_345 },
         ];
         for message in messages {
             let bytes = message.encode().unwrap();

@@ -16,6 +16,7 @@
 pub mod authority;
 pub mod message;
 pub mod source;
+pub mod standby;
 pub mod target;
 pub mod testing;
 
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 pub use authority::{AuthorityError, FileAuthority, InMemoryAuthority, Ownership, OwnershipAuthority};
 pub use message::{Message, MessageError};
+pub use standby::{FeedEvent, FeedPhase, FeedStats, FollowerAction, FollowerPhase, StandbyFeed, StandbyFollower};
 pub use source::{HandoffPlan, HandoffSource, SourceAction, SourceConfig, SourcePhase, SourceStats};
 pub use target::{HandoffTarget, TargetAction, TargetConfig, TargetPhase, TargetStats};
 

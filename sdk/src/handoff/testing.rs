@@ -533,7 +533,10 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
                 }
             }
             Output::ToGateway { message, .. } => self.records.push(Record::ToGateway { side, message }),
+            // This harness runs two instances and no standby; standbys have their own tests.
             Output::Connect { .. }
+            | Output::ConnectStandby { .. }
+            | Output::ToStandby(_)
             | Output::Owned { .. }
             | Output::NotOwned
             | Output::ToPlayers(_)

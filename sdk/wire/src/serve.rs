@@ -25,7 +25,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::{Epoch, PlayerId, RegionId};
 
 /// Version of the serve protocol; a process says it in its `listening` event.
-pub const SERVE_VERSION: u16 = 2;
+pub const SERVE_VERSION: u16 = 3;
 
 /// A JSON object a game defines (a region's initial world, a player's spawn point, a report's
 /// game-specific part). Baton passes it through without reading it.
@@ -80,6 +80,23 @@ pub enum ServerCommand {
         region: RegionId,
         /// The target's cluster address.
         to: SocketAddr,
+    },
+    /// Feed a hot standby of `region` (owned here) to the prepared process listening at `to`:
+    /// the snapshot, then a round after every tick. Answered by `standby_holding` from the
+    /// standby, or `feed_ended` when the feed stops.
+    FeedStandby {
+        /// The region.
+        region: RegionId,
+        /// The standby's cluster address.
+        to: SocketAddr,
+    },
+    /// Promote this process's standby of `region`: the owner at `epoch` is lost. Answered by
+    /// `promoted` and `owning`, or `promote_refused`.
+    Promote {
+        /// The region.
+        region: RegionId,
+        /// The lost owner's epoch.
+        epoch: Epoch,
     },
     /// Save `region` to the checkpoint store and stop serving it (the old way of moving a region;
     /// its players are disconnected). Answered by `stopped` or `stop_refused`.
@@ -337,6 +354,51 @@ pub enum ServerEvent {
         /// Why.
         reason: String,
     },
+    /// This process's standby of `region` holds the owner's world after `tick` (at the first
+    /// tick it holds, then at most once a second).
+    StandbyHolding {
+        /// The region.
+        region: RegionId,
+        /// The epoch of the owner it follows.
+        owner_epoch: Epoch,
+        /// The tick.
+        tick: u64,
+        /// Archive bytes it received so far.
+        bytes: u64,
+    },
+    /// This process's standby of `region` stopped following: `detached` when it keeps what it
+    /// holds for a promotion, else it was discarded (the slot is empty again).
+    StandbyLost {
+        /// The region.
+        region: RegionId,
+        /// Why.
+        reason: String,
+        /// Whether it can still be promoted.
+        detached: bool,
+    },
+    /// The owner's feed of `region`'s standby ended (the region goes on without one).
+    FeedEnded {
+        /// The region.
+        region: RegionId,
+        /// Why.
+        reason: String,
+    },
+    /// This process's standby took `region` over at `epoch`, continuing from `tick`.
+    Promoted {
+        /// The region.
+        region: RegionId,
+        /// The new epoch.
+        epoch: Epoch,
+        /// The tick it held.
+        tick: u64,
+    },
+    /// A promotion of this process's standby of `region` was refused.
+    PromoteRefused {
+        /// The region.
+        region: RegionId,
+        /// Why.
+        reason: String,
+    },
     /// An input reached a process that does not serve the region.
     InputRefused {
         /// The region.
@@ -394,6 +456,11 @@ impl ServerEvent {
             | ServerEvent::Stopped { region, .. }
             | ServerEvent::StopRefused { region, .. }
             | ServerEvent::InputRefused { region, .. }
+            | ServerEvent::StandbyHolding { region, .. }
+            | ServerEvent::StandbyLost { region, .. }
+            | ServerEvent::FeedEnded { region, .. }
+            | ServerEvent::Promoted { region, .. }
+            | ServerEvent::PromoteRefused { region, .. }
             | ServerEvent::Report { region, .. } => Some(*region),
         }
     }
@@ -465,6 +532,10 @@ mod tests {
         let mut world = GameObject::new();
         world.insert("objects".into(), 20.into());
         assert_eq!(host, ServerCommand::Host { region: RegionId(1), world, from_checkpoint: false, take_over: None });
+        let promote = parse_command(r#"{"cmd":"promote","region":1,"epoch":4}"#).unwrap();
+        assert_eq!(promote, ServerCommand::Promote { region: RegionId(1), epoch: Epoch(4) });
+        let feed = parse_command(r#"{"cmd":"feed_standby","region":1,"to":"127.0.0.1:4434"}"#).unwrap();
+        assert_eq!(feed, ServerCommand::FeedStandby { region: RegionId(1), to: "127.0.0.1:4434".parse().unwrap() });
         let handoff = parse_command(r#"{"cmd":"handoff","region":1,"to":"127.0.0.1:4433"}"#).unwrap();
         assert_eq!(handoff, ServerCommand::Handoff { region: RegionId(1), to: "127.0.0.1:4433".parse().unwrap() });
         assert_eq!(parse_command(r#"{"cmd":"quit"}"#).unwrap(), ServerCommand::Quit);
@@ -526,6 +597,11 @@ mod tests {
             },
             ServerEvent::StopRefused { region, reason: "a handoff".into() },
             ServerEvent::InputRefused { region, player: PlayerId(5), seq: 8 },
+            ServerEvent::StandbyHolding { region, owner_epoch: Epoch(2), tick: 500, bytes: 70_000 },
+            ServerEvent::StandbyLost { region, reason: "the owner went silent".into(), detached: true },
+            ServerEvent::FeedEnded { region, reason: "link lost".into() },
+            ServerEvent::Promoted { region, epoch: Epoch(3), tick: 500 },
+            ServerEvent::PromoteRefused { region, reason: "holds nothing".into() },
             ServerEvent::Report {
                 region,
                 tick: 7,
@@ -565,6 +641,11 @@ mod tests {
             ServerEvent::InputRefused { .. } => 16,
             ServerEvent::Report { .. } => 17,
             ServerEvent::Error { .. } => 18,
+            ServerEvent::StandbyHolding { .. } => 19,
+            ServerEvent::StandbyLost { .. } => 20,
+            ServerEvent::FeedEnded { .. } => 21,
+            ServerEvent::Promoted { .. } => 22,
+            ServerEvent::PromoteRefused { .. } => 23,
         }
     }
 
@@ -572,7 +653,7 @@ mod tests {
     fn every_event_round_trips_through_a_line_and_a_postcard_frame() {
         let events = one_of_each();
         let kinds: std::collections::BTreeSet<usize> = events.iter().map(kind).collect();
-        assert_eq!(kinds.len(), 19, "one event of every kind");
+        assert_eq!(kinds.len(), 24, "one event of every kind");
         for event in events {
             let line = to_line(&event);
             assert_eq!(parse_event(&line).unwrap(), event, "{line}");
@@ -595,5 +676,8 @@ mod tests {
         let lost = ServerEvent::Aborted { region, reason: String::new(), owning: false };
         assert_eq!(lost.ownership_change(), Some((region, false)));
         assert_eq!(ServerEvent::Prepared { region }.ownership_change(), None);
+        // A standby never owns the region until it says `owning`.
+        let holding = ServerEvent::StandbyHolding { region, owner_epoch: Epoch(1), tick: 9, bytes: 1 };
+        assert_eq!(holding.ownership_change(), None);
     }
 }

@@ -1,0 +1,351 @@
+//! Hot standbys between two production `RegionNode`s stepped on a virtual clock: the standby holds
+//! the owner's world tick by tick (same digest), the owner's durable acknowledgements follow what
+//! the standby holds, and a promotion takes the region over at the next epoch from exactly that
+//! world, fenced by the authority's compare-and-swap.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use baton_sdk::RegionConfig;
+use baton_sdk::handoff::{InMemoryAuthority, Message, Ownership, OwnershipAuthority, SourceConfig};
+use baton_sdk::node::{GatewayRequest, Gateways, HostEvent, NodeSettings, Output, PlayerSettings, RegionNode, Role};
+use baton_sdk::wire::upstream::ServerMessage;
+use baton_sdk::wire::{Epoch, PlayerId, RegionId};
+use baton_sdk::world::WorldDigest;
+use sample_region_server::{SampleLogic, WorldSpec, new_region, populate, scripted_input};
+
+const REGION: RegionId = RegionId(4);
+const PLAYER: PlayerId = PlayerId(77);
+
+struct AllPlayers;
+
+impl Gateways for AllPlayers {
+    fn any(&self) -> bool {
+        true
+    }
+    fn serves(&self, _player: PlayerId) -> bool {
+        true
+    }
+}
+
+fn settings(name: &str, start: Instant, source: SourceConfig) -> NodeSettings {
+    NodeSettings {
+        name: name.into(),
+        address: SocketAddr::from(([127, 0, 0, 1], 9)),
+        source,
+        players: PlayerSettings::default(),
+        checkpoint_every_ticks: 0,
+        wall_clock: (start, 1_000_000),
+    }
+}
+
+/// An owner and a standby joined by a lossless instant link, with an in-memory authority.
+struct Pair {
+    owner: RegionNode<SampleLogic>,
+    standby: RegionNode<SampleLogic>,
+    authority: InMemoryAuthority,
+    now: Instant,
+    interval: Duration,
+    /// The owner is dead: it neither ticks nor answers.
+    owner_dead: bool,
+    /// Messages from the standby wait here instead of reaching the owner.
+    hold_acks: bool,
+    held_acks: VecDeque<Message>,
+    to_standby: VecDeque<Message>,
+    to_owner: VecDeque<Message>,
+    /// The owner's last update's `(last_applied, durable)` for `PLAYER`.
+    acknowledged: Option<(u64, u64)>,
+    standby_events: Vec<HostEvent>,
+    owner_events: Vec<HostEvent>,
+    next_seq: u64,
+}
+
+impl Pair {
+    fn new(source: SourceConfig) -> Pair {
+        let start = Instant::now();
+        let mut region = new_region(REGION, RegionConfig::default()).unwrap();
+        populate(&mut region, WorldSpec { objects: 40, npcs: 3, plants: 3, seed: 5, churn: 0 }).unwrap();
+        let authority = InMemoryAuthority::new();
+        authority.register(REGION, "owner").unwrap();
+        let rewarm = || Box::new(|region| new_region(region, RegionConfig::default()));
+        let owner = RegionNode::new(
+            region,
+            Role::Owner { epoch: Epoch(1) },
+            settings("owner", start, source),
+            rewarm(),
+            start,
+        );
+        let empty = new_region(REGION, RegionConfig::default()).unwrap();
+        let standby =
+            RegionNode::new(empty, Role::Target, settings("standby", start, source), rewarm(), start);
+        let mut pair = Pair {
+            owner,
+            standby,
+            authority,
+            now: start,
+            interval: RegionConfig::default().tick_interval(),
+            owner_dead: false,
+            hold_acks: false,
+            held_acks: VecDeque::new(),
+            to_standby: VecDeque::new(),
+            to_owner: VecDeque::new(),
+            acknowledged: None,
+            standby_events: Vec::new(),
+            owner_events: Vec::new(),
+            next_seq: 1,
+        };
+        pair.owner.handle_gateway(start, GatewayRequest::Join { player: PLAYER, gateway: 1 });
+        pair.settle();
+        pair.owner.handle_start_standby(start, SocketAddr::from(([127, 0, 0, 1], 10)), 42);
+        pair.settle();
+        pair
+    }
+
+    /// Carries out both nodes' outputs until neither has anything to say.
+    fn settle(&mut self) {
+        loop {
+            let mut quiet = true;
+            while let Some(output) = self.owner.poll_output(self.now) {
+                quiet = false;
+                match output {
+                    Output::ToStandby(message) if !self.owner_dead => self.to_standby.push_back(message),
+                    Output::ToPlayers(messages) => {
+                        for (to, message) in messages {
+                            if let ServerMessage::Update { last_applied, durable, .. } = message
+                                && to == PLAYER
+                            {
+                                self.acknowledged = Some((last_applied, durable));
+                            }
+                        }
+                    }
+                    Output::Event(event) => self.owner_events.push(event),
+                    _ => {}
+                }
+            }
+            while let Some(message) = self.to_standby.pop_front() {
+                quiet = false;
+                self.standby.handle_peer_message(self.now, message);
+            }
+            while let Some(output) = self.standby.poll_output(self.now) {
+                quiet = false;
+                match output {
+                    Output::ToPeer(message) if self.hold_acks => self.held_acks.push_back(message),
+                    Output::ToPeer(message) => self.to_owner.push_back(message),
+                    Output::Authority { expected, next, .. } => {
+                        let result = self.authority.compare_and_swap(REGION, &expected, &next);
+                        self.standby.handle_authority(self.now, result);
+                    }
+                    Output::Event(event) => self.standby_events.push(event),
+                    _ => {}
+                }
+            }
+            while let Some(message) = self.to_owner.pop_front() {
+                quiet = false;
+                if !self.owner_dead {
+                    self.owner.handle_standby_message(self.now, message);
+                }
+            }
+            if quiet {
+                return;
+            }
+        }
+    }
+
+    /// One tick interval passes; the owner (if alive) ticks with `inputs` more of `PLAYER`'s.
+    fn tick(&mut self, inputs: u64) {
+        if !self.owner_dead {
+            for _ in 0..inputs {
+                self.owner.handle_input(self.now, scripted_input(PLAYER.0, self.next_seq));
+                self.next_seq += 1;
+            }
+            // The snapshot streams in the time before the tick.
+            self.settle();
+            self.owner.handle_timeout(self.now, &AllPlayers);
+        }
+        self.standby.handle_timeout(self.now, &AllPlayers);
+        self.settle();
+        self.now += self.interval;
+    }
+
+    fn held(&self) -> Option<u64> {
+        self.standby_events.iter().rev().find_map(|event| match event {
+            HostEvent::StandbyHolding { tick, .. } => Some(*tick),
+            _ => None,
+        })
+    }
+}
+
+fn digest(node: &mut RegionNode<SampleLogic>) -> WorldDigest {
+    node.region_mut().world_mut().digest()
+}
+
+#[test]
+fn the_standby_holds_the_owners_world_after_every_tick_and_durable_follows_it() {
+    let mut pair = Pair::new(SourceConfig::default());
+    for _ in 0..20 {
+        pair.tick(2);
+        // Instant link: after each tick the standby holds exactly the owner's world.
+        assert_eq!(digest(&mut pair.standby), digest(&mut pair.owner), "tick {}", pair.owner.region().world().tick());
+        assert_eq!(pair.standby.region().world().tick(), pair.owner.region().world().tick());
+    }
+    assert!(pair.held().is_some(), "the standby reported what it holds: {:?}", pair.standby_events);
+    // Updates go out before the round of their tick: durable trails applied by one tick at most.
+    let (applied, durable) = pair.acknowledged.unwrap();
+    assert_eq!(applied, 40);
+    assert!(durable >= 38 && durable <= applied, "durable {durable} of {applied}");
+    // The standby never ticks and takes no inputs.
+    assert!(!pair.standby.ticks() && pair.standby.owned_epoch().is_none());
+}
+
+#[test]
+fn durable_stops_advancing_when_the_standby_stops_acknowledging() {
+    let mut pair = Pair::new(SourceConfig::default());
+    for _ in 0..5 {
+        pair.tick(1);
+    }
+    let (_, durable_before) = pair.acknowledged.unwrap();
+    pair.hold_acks = true;
+    for _ in 0..5 {
+        pair.tick(1);
+    }
+    let (applied, durable) = pair.acknowledged.unwrap();
+    assert_eq!(applied, 10);
+    assert!(durable <= durable_before + 1, "durable moved to {durable} without the standby's word");
+    pair.hold_acks = false;
+    let late = std::mem::take(&mut pair.held_acks);
+    pair.to_owner.extend(late);
+    pair.settle();
+    pair.tick(1);
+    let (applied, durable) = pair.acknowledged.unwrap();
+    assert!(durable >= 9 && durable <= applied, "durable {durable} once the acknowledgements arrive");
+}
+
+#[test]
+fn a_promoted_standby_continues_from_the_tick_it_holds_at_the_next_epoch() {
+    let mut pair = Pair::new(SourceConfig::default());
+    for _ in 0..10 {
+        pair.tick(3);
+    }
+    let held = pair.standby.region().world().tick();
+    let held_digest = digest(&mut pair.standby);
+    let (_, durable) = pair.acknowledged.unwrap();
+    pair.owner_dead = true;
+    // A promotion for another epoch, or of a node that holds nothing, is refused.
+    pair.standby.handle_promote(pair.now, Epoch(7));
+    pair.settle();
+    assert!(matches!(pair.standby_events.last(), Some(HostEvent::PromoteRefused { reason, .. }) if reason.contains("epoch")));
+    pair.standby.handle_promote(pair.now, Epoch(1));
+    pair.settle();
+    assert!(
+        pair.standby_events.iter().any(|event| matches!(event, HostEvent::Promoted { epoch: Epoch(2), tick, .. } if *tick == held)),
+        "{:?}",
+        pair.standby_events
+    );
+    assert_eq!(pair.authority.current(REGION).unwrap(), Ownership { owner: "standby".into(), epoch: Epoch(2) });
+    assert_eq!(pair.standby.owned_epoch(), Some(Epoch(2)));
+    assert_eq!(digest(&mut pair.standby), held_digest, "the promoted world is the one held");
+    // Every input the owner called durable is applied in the world it continues from.
+    let last_applied = pair.standby.region().session_of(PLAYER).expect("the player's session came along").last_applied;
+    assert!(last_applied >= durable, "applied {last_applied} < durable {durable}");
+    // It ticks from the next tick, and takes the player's inputs.
+    pair.standby.handle_input(pair.now, scripted_input(PLAYER.0, last_applied + 1));
+    pair.standby.handle_timeout(pair.now, &AllPlayers);
+    pair.settle();
+    assert_eq!(pair.standby.region().world().tick(), held + 1);
+    assert_eq!(pair.standby.region().session_of(PLAYER).unwrap().last_applied, last_applied + 1);
+}
+
+#[test]
+fn a_promotion_that_loses_the_swap_discards_and_the_slot_is_warm_again() {
+    let mut pair = Pair::new(SourceConfig::default());
+    for _ in 0..5 {
+        pair.tick(1);
+    }
+    pair.owner_dead = true;
+    // A checkpoint restore got there first.
+    let owner = Ownership { owner: "owner".into(), epoch: Epoch(1) };
+    pair.authority.compare_and_swap(REGION, &owner, &Ownership { owner: "elsewhere".into(), epoch: Epoch(2) }).unwrap();
+    pair.standby.handle_promote(pair.now, Epoch(1));
+    pair.settle();
+    assert!(
+        pair.standby_events.iter().any(|event| matches!(event, HostEvent::StandbyLost { detached: false, reason, .. } if reason.contains("elsewhere@e2"))),
+        "{:?}",
+        pair.standby_events
+    );
+    assert!(pair.standby.owned_epoch().is_none() && !pair.standby.ticks());
+    assert_eq!(pair.standby.region().world().entity_count(), 0, "what it held is discarded");
+    assert_eq!(pair.authority.current(REGION).unwrap().owner, "elsewhere");
+}
+
+#[test]
+fn a_silent_owner_detaches_the_standby_which_keeps_what_it_holds() {
+    let mut pair = Pair::new(SourceConfig::default());
+    for _ in 0..5 {
+        pair.tick(1);
+    }
+    let held = pair.standby.region().world().tick();
+    pair.owner_dead = true;
+    // Silence is judged after the handoff's silence timeout (3 s): 90 ticks at 30 Hz.
+    for _ in 0..80 {
+        pair.tick(0);
+    }
+    assert!(!pair.standby_events.iter().any(|event| matches!(event, HostEvent::StandbyLost { .. })));
+    for _ in 0..20 {
+        pair.tick(0);
+    }
+    assert!(
+        pair.standby_events.iter().any(|event| matches!(event, HostEvent::StandbyLost { detached: true, .. })),
+        "{:?}",
+        pair.standby_events
+    );
+    assert_eq!(pair.standby.region().world().tick(), held);
+    pair.standby.handle_promote(pair.now, Epoch(1));
+    pair.settle();
+    assert_eq!(pair.standby.owned_epoch(), Some(Epoch(2)), "a detached standby can still be promoted");
+}
+
+#[test]
+fn a_standby_that_falls_behind_is_caught_up_by_one_round_of_everything_it_missed() {
+    // A window of one byte: after each round the owner waits for the standby's word.
+    let source = SourceConfig { window_bytes: 1, ..SourceConfig::default() };
+    let mut pair = Pair::new(source);
+    for _ in 0..4 {
+        pair.tick(1);
+    }
+    pair.hold_acks = true;
+    for _ in 0..6 {
+        pair.tick(1);
+    }
+    let behind = pair.standby.region().world().tick();
+    assert!(behind < pair.owner.region().world().tick(), "the standby is behind");
+    pair.hold_acks = false;
+    let late = std::mem::take(&mut pair.held_acks);
+    pair.to_owner.extend(late);
+    pair.settle();
+    pair.tick(1);
+    assert_eq!(digest(&mut pair.standby), digest(&mut pair.owner), "one round carried every skipped tick");
+}
+
+#[test]
+fn a_migration_ends_the_feed_and_the_standby_lets_go() {
+    let mut pair = Pair::new(SourceConfig::default());
+    for _ in 0..3 {
+        pair.tick(1);
+    }
+    pair.owner.handle_start_handoff(pair.now, SocketAddr::from(([127, 0, 0, 1], 11)), 9);
+    pair.settle();
+    assert!(
+        pair.owner_events.iter().any(|event| matches!(event, HostEvent::FeedEnded { reason, .. } if reason.contains("moved"))),
+        "{:?}",
+        pair.owner_events
+    );
+    assert!(
+        pair.standby_events.iter().any(|event| matches!(event, HostEvent::StandbyLost { detached: false, .. })),
+        "{:?}",
+        pair.standby_events
+    );
+    assert_eq!(pair.standby.region().world().entity_count(), 0);
+}
