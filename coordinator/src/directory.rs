@@ -21,6 +21,9 @@ const REGIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("regions");
 const MIGRATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("migrations");
 /// Regions stopped on purpose (saved and let go): no failover brings them back.
 const STOPPED: TableDefinition<u64, ()> = TableDefinition::new("stopped");
+/// Regions created with a hot standby chosen explicitly (1) or refused (0); the others follow
+/// the coordinator's default.
+const STANDBY: TableDefinition<u64, u8> = TableDefinition::new("standby");
 
 /// What the directory keeps per region.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +57,7 @@ impl Directory {
         write.open_table(REGIONS).map_err(unavailable)?;
         write.open_table(MIGRATIONS).map_err(unavailable)?;
         write.open_table(STOPPED).map_err(unavailable)?;
+        write.open_table(STANDBY).map_err(unavailable)?;
         write.commit().map_err(unavailable)?;
         Ok(Directory { db })
     }
@@ -82,6 +86,30 @@ impl Directory {
             out.insert(RegionId(key.value()));
         }
         Ok(out)
+    }
+
+    /// Records whether `region` wants a hot standby (`None`: the coordinator's default), durably.
+    pub fn set_standby_choice(&self, region: RegionId, choice: Option<bool>) -> Result<(), AuthorityError> {
+        let write = self.db.begin_write().map_err(unavailable)?;
+        {
+            let mut table = write.open_table(STANDBY).map_err(unavailable)?;
+            match choice {
+                Some(wanted) => {
+                    table.insert(region.0, u8::from(wanted)).map_err(unavailable)?;
+                }
+                None => {
+                    table.remove(region.0).map_err(unavailable)?;
+                }
+            }
+        }
+        write.commit().map_err(unavailable)
+    }
+
+    /// Whether `region` was created wanting a hot standby (`None`: no choice was made).
+    pub fn standby_choice(&self, region: RegionId) -> Result<Option<bool>, AuthorityError> {
+        let read = self.db.begin_read().map_err(unavailable)?;
+        let table = read.open_table(STANDBY).map_err(unavailable)?;
+        Ok(table.get(region.0).map_err(unavailable)?.map(|value| value.value() != 0))
     }
 
     /// Persists a migration record (durably).

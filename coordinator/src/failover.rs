@@ -29,6 +29,7 @@ use crate::directory::Directory;
 use crate::hosts::{ClaimResult, Happened, Hosts, OwnerState, ProcessEvent};
 use crate::migrations::{MigrationRecord, Migrations, Phase, PhaseTiming};
 use crate::routes::RouteNotices;
+use crate::standby::Standbys;
 
 /// Metric: failovers by outcome (`recovered`, `gave_up`, `superseded`).
 pub const FAILOVERS_TOTAL: &str = "baton_failovers_total";
@@ -101,8 +102,12 @@ pub struct FailoverFigures {
     pub detect_ms: f64,
     /// From the detection to the new owner reporting it owns the region.
     pub recovery_ms: Option<f64>,
-    /// The tick of the checkpoint the region was restored from.
+    /// The tick the new owner continued from: the restored checkpoint's, or the promoted
+    /// standby's.
     pub restored_tick: Option<u64>,
+    /// Whether the region's hot standby was promoted (else a checkpoint was restored).
+    #[serde(default)]
+    pub standby: bool,
     /// Hosts asked to take the region over.
     pub attempts: u32,
     /// Whether its players were told it was unavailable (it was not back within the grace).
@@ -197,6 +202,8 @@ pub struct Failover {
     failed_on: BTreeMap<String, Instant>,
     last_error: Option<String>,
     outcome: Option<Outcome>,
+    /// The current attempt promotes the region's standby.
+    promoting: bool,
 }
 
 /// How a failover ended.
@@ -223,11 +230,14 @@ impl Outcome {
 }
 
 impl Failover {
-    /// Starts taking `lost` over; `candidates` are the hosts that could, best first.
+    /// Starts taking `lost` over: by promoting its hot standby `(host, process, tick held)` if it
+    /// has one, else (or if that fails) by restoring the newest checkpoint on one of
+    /// `candidates`, the hosts that could, best first.
     #[must_use]
     pub fn start(
         id: u64,
         lost: Lost,
+        standby: Option<(String, String, u64)>,
         candidates: &[String],
         settings: FailoverSettings,
         now: Instant,
@@ -252,6 +262,7 @@ impl Failover {
                 detect_ms: lost.silent_for.as_secs_f64() * 1000.0,
                 recovery_ms: None,
                 restored_tick: None,
+                standby: false,
                 attempts: 0,
                 players_told: false,
             }),
@@ -267,9 +278,31 @@ impl Failover {
             failed_on: BTreeMap::new(),
             last_error: None,
             outcome: None,
+            promoting: false,
         };
-        let actions = failover.try_next_host(candidates, now);
+        let actions = match standby {
+            Some((host, process, tick)) => failover.promote(host, process, tick, now),
+            None => failover.try_next_host(candidates, now),
+        };
         (failover, actions)
+    }
+
+    /// Promotes the standby `process` on `host`, which holds the owner's world after `tick`.
+    fn promote(&mut self, host: String, process: String, tick: u64, now: Instant) -> Vec<Action> {
+        self.enter(Phase::Restoring, now);
+        self.promoting = true;
+        let figures = self.figures();
+        figures.attempts += 1;
+        figures.restored_tick = Some(tick);
+        self.record.to_host = host.clone();
+        self.record.to_process = Some(process.clone());
+        self.step = Step::Restoring { host: host.clone(), process: process.clone() };
+        self.step_started = now;
+        vec![Action::Host(HostAction::Run {
+            host,
+            process,
+            command: ServerCommand::Promote { region: self.lost.region, epoch: self.lost.epoch },
+        })]
     }
 
     /// The record as it stands.
@@ -298,6 +331,7 @@ impl Failover {
             detect_ms: 0.0,
             recovery_ms: None,
             restored_tick: None,
+            standby: false,
             attempts: 0,
             players_told: false,
         };
@@ -345,7 +379,10 @@ impl Failover {
             }
             Step::Waiting | Step::Done => return actions,
         };
-        tracing::warn!(region = %self.lost.region, host, reason, "a failover attempt failed");
+        tracing::warn!(region = %self.lost.region, host, reason, promoting = self.promoting, "a failover attempt failed");
+        if std::mem::take(&mut self.promoting) {
+            self.figures().restored_tick = None;
+        }
         self.last_error = Some(format!("{host}: {reason}"));
         self.failed_on.insert(host, now);
         actions.extend(self.try_next_host(candidates, now));
@@ -407,6 +444,18 @@ impl Failover {
                 self.figures().restored_tick = Some(*tick);
                 Vec::new()
             }
+            Happened::Event(ServerEvent::Promoted { region: promoted, tick, .. }) if *promoted == region => {
+                self.figures().restored_tick = Some(*tick);
+                Vec::new()
+            }
+            Happened::Event(ServerEvent::PromoteRefused { region: refused, reason }) if *refused == region => {
+                let reason = format!("the standby refused the promotion: {reason}");
+                self.attempt_failed(reason, candidates, now)
+            }
+            Happened::Event(ServerEvent::StandbyLost { region: lost, reason, detached: false }) if *lost == region => {
+                let reason = format!("the standby's promotion failed: {reason}");
+                self.attempt_failed(reason, candidates, now)
+            }
             Happened::Event(ServerEvent::Owning { region: owned, .. }) if *owned == region => self.handle_serving(now),
             Happened::Event(ServerEvent::Error { region: about, error })
                 if about.is_none_or(|about| about == region) =>
@@ -423,7 +472,9 @@ impl Failover {
     pub fn handle_serving(&mut self, now: Instant) -> Vec<Action> {
         if matches!(self.step, Step::Restoring { .. }) {
             let recovery_ms = now.duration_since(self.detected).as_secs_f64() * 1000.0;
+            let promoting = self.promoting;
             self.figures().recovery_ms.get_or_insert(recovery_ms);
+            self.figures().standby = promoting;
             self.finish(Phase::Committed, None, now);
             self.outcome = Some(Outcome::Recovered);
         }
@@ -527,6 +578,8 @@ pub struct Failovers {
     directory: Arc<Directory>,
     migrations: Arc<Migrations>,
     notices: Arc<RouteNotices>,
+    /// The regions' hot standbys, promoted first.
+    standbys: Option<Arc<Standbys>>,
     settings: FailoverSettings,
     state: Mutex<WatchState>,
     started: Instant,
@@ -556,6 +609,7 @@ impl Failovers {
         directory: Arc<Directory>,
         migrations: Arc<Migrations>,
         notices: Arc<RouteNotices>,
+        standbys: Option<Arc<Standbys>>,
         settings: FailoverSettings,
     ) -> Arc<Failovers> {
         let failovers = Arc::new(Failovers {
@@ -563,6 +617,7 @@ impl Failovers {
             directory,
             migrations,
             notices,
+            standbys,
             settings,
             state: Mutex::new(WatchState::default()),
             started: Instant::now(),
@@ -703,7 +758,14 @@ impl Failovers {
         }
         tracing::warn!(region = %lost.region, owner = lost.owner, epoch = %lost.epoch, cause = ?lost.cause, "region lost; failing over");
         let candidates = self.candidates(lost.host.as_deref());
-        let (machine, actions) = Failover::start(id, lost, &candidates, self.settings, now);
+        // The standby is promoted only if its own host is alive (both lost: the checkpoint path).
+        let alive = |host: &str| self.hosts.views().iter().any(|view| view.name == host && view.connected && !view.dead);
+        let standby = self
+            .standbys
+            .as_ref()
+            .and_then(|standbys| standbys.take(lost.region, lost.epoch))
+            .filter(|(host, _, _)| alive(host));
+        let (machine, actions) = Failover::start(id, lost, standby, &candidates, self.settings, now);
         self.migrations.keep(machine.record());
         tokio::spawn(self.clone().drive(machine, actions));
     }

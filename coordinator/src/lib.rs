@@ -7,8 +7,11 @@
 //!   its driver; the history is persisted with the directory.
 //! - [`balancer`]: automatic balancing as a policy with no I/O: load in, planned moves, hosts to
 //!   free and hosts to take back out; [`balancing`] drives it.
-//! - [`failover`]: regions whose owner is lost (process exited, host silent) are restored from
-//!   their newest checkpoint on another process, one state machine per failover (no I/O).
+//! - [`failover`]: regions whose owner is lost (process exited, host silent) are taken over by
+//!   their hot standby, or restored from their newest checkpoint on another process, one state
+//!   machine per failover (no I/O).
+//! - [`standby`]: hot standbys: a process on another host follows each region tick by tick, and
+//!   a failover promotes it (one state machine per standby, no I/O).
 //! - [`routes`]: the route feed that tells every gateway which process owns each region.
 //! - [`api`]: the admin HTTP API (JSON, bearer token, OpenAPI at `/openapi.json`).
 //! - [`console`]: the `--control` console's JSON lines (typed).
@@ -23,3 +26,4 @@ pub mod failover;
 pub mod hosts;
 pub mod migrations;
 pub mod routes;
+pub mod standby;

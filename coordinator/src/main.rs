@@ -73,7 +73,8 @@ struct Cli {
     failover: FailoverArgs,
 }
 
-/// Failover: regions whose owner is lost are restored from their newest checkpoint elsewhere.
+/// Failover: regions whose owner is lost are taken over by their hot standby, or restored from
+/// their newest checkpoint elsewhere.
 #[derive(Debug, clap::Args)]
 struct FailoverArgs {
     /// Take lost regions over automatically: `on` or `off` (then a person restores them with
@@ -92,6 +93,12 @@ struct FailoverArgs {
     /// keeps trying).
     #[arg(long = "failover-grace-s", default_value_t = 10.0)]
     grace_s: f64,
+    /// Keep a hot standby of every region on another host: `on` or `off`. It follows the owner
+    /// tick by tick (its bytes count as the owner host's migration bytes) and a failover promotes
+    /// it, rolling back only the ticks it had not acknowledged, instead of restoring the newest
+    /// checkpoint. Needs --failover on.
+    #[arg(long = "standby", value_enum, default_value = "on")]
+    standby: Switch,
 }
 
 /// On or off.
@@ -250,7 +257,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         )
         .map_err(anyhow::Error::msg)?;
         tokio::spawn(balancing.clone().run());
-        Failovers::start(hosts.clone(), directory.clone(), migrations.clone(), notices, failover_settings);
+        let standbys = (cli.failover.failover == Switch::On && cli.failover.standby == Switch::On).then(|| {
+            baton_coordinator::standby::Standbys::start(
+                hosts.clone(),
+                directory.clone(),
+                migrations.clone(),
+                baton_coordinator::standby::StandbySettings::default(),
+            )
+        });
+        Failovers::start(hosts.clone(), directory.clone(), migrations.clone(), notices, standbys, failover_settings);
         let state = baton_coordinator::api::ApiState {
             token: Arc::new(token),
             directory: directory.clone(),

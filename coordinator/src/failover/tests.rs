@@ -52,7 +52,7 @@ fn started() -> (Failover, Instant) {
 
 fn started_with(settings: FailoverSettings) -> (Failover, Instant) {
     let now = Instant::now();
-    let (machine, actions) = Failover::start(1, lost(), &candidates(), settings, now);
+    let (machine, actions) = Failover::start(1, lost(), None, &candidates(), settings, now);
     assert_eq!(actions, vec![Action::Host(HostAction::Claim { host: "h2".into() })]);
     (machine, now)
 }
@@ -190,7 +190,7 @@ fn players_are_told_once_after_the_grace_and_the_failover_gives_up_in_the_end() 
     let now = Instant::now();
     let settings = FailoverSettings::default();
     // No host can take the region.
-    let (mut machine, actions) = Failover::start(1, lost(), &[], settings, now);
+    let (mut machine, actions) = Failover::start(1, lost(), None, &[], settings, now);
     assert!(actions.is_empty());
     assert!(machine.handle_time(now + settings.grace - Duration::from_millis(1), true, &[]).is_empty());
     let told = machine.handle_time(now + settings.grace, true, &[]);
@@ -228,4 +228,63 @@ fn a_region_served_again_ends_a_failover_that_has_not_started_restoring() {
     machine.handle_claimed("h2", Ok(("h2-p5".into(), address())), &candidates(), now);
     assert!(machine.handle_time(now, false, &candidates()).is_empty());
     assert!(!machine.is_done());
+}
+
+fn promote(host: &str, process: &str) -> Action {
+    Action::Host(HostAction::Run {
+        host: host.into(),
+        process: process.into(),
+        command: ServerCommand::Promote { region: REGION, epoch: Epoch(4) },
+    })
+}
+
+#[test]
+fn a_region_with_a_standby_is_taken_over_by_promoting_it() {
+    let now = Instant::now();
+    let standby = Some(("h3".to_owned(), "h3-p2".to_owned(), 900));
+    let (mut machine, actions) = Failover::start(1, lost(), standby, &candidates(), FailoverSettings::default(), now);
+    assert_eq!(actions, vec![promote("h3", "h3-p2")], "no claim: the standby is promoted at the lost epoch");
+    assert_eq!(machine.record().phase, Phase::Restoring);
+    assert_eq!(machine.record().to_process.as_deref(), Some("h3-p2"));
+    let promoted = ServerEvent::Promoted { region: REGION, epoch: Epoch(5), tick: 901 };
+    assert!(machine.handle_event(&event("h3", "h3-p2", promoted), &candidates(), now).is_empty());
+    let later = now + Duration::from_millis(30);
+    let owning = ServerEvent::Owning { region: REGION, epoch: Epoch(5) };
+    machine.handle_event(&event("h3", "h3-p2", owning), &candidates(), later);
+    assert!(machine.is_done());
+    let figures = machine.record().failover.clone().unwrap();
+    assert!(figures.standby, "recorded as a promotion");
+    assert_eq!(figures.restored_tick, Some(901));
+    assert_eq!(figures.attempts, 1);
+    assert!((figures.recovery_ms.unwrap() - 30.0).abs() < 1.0);
+}
+
+#[test]
+fn a_refused_or_lost_promotion_falls_back_to_the_newest_checkpoint() {
+    for failure in [
+        ServerEvent::PromoteRefused { region: REGION, reason: "the standby holds no complete tick yet".into() },
+        ServerEvent::StandbyLost { region: REGION, reason: "the promotion lost".into(), detached: false },
+    ] {
+        let now = Instant::now();
+        let standby = Some(("h3".to_owned(), "h3-p2".to_owned(), 900));
+        let (mut machine, _) = Failover::start(1, lost(), standby, &candidates(), FailoverSettings::default(), now);
+        let actions = machine.handle_event(&event("h3", "h3-p2", failure), &candidates(), now);
+        // The standby's process goes; a claim for the checkpoint path goes out on the best host
+        // that has not just failed.
+        assert_eq!(
+            actions,
+            vec![
+                Action::Host(HostAction::Release { host: "h3".into(), process: "h3-p2".into() }),
+                Action::Host(HostAction::Claim { host: "h2".into() }),
+            ]
+        );
+        machine.handle_claimed("h2", Ok(("h2-p5".into(), address())), &candidates(), now);
+        let owning = ServerEvent::Owning { region: REGION, epoch: Epoch(5) };
+        machine.handle_event(&event("h2", "h2-p5", owning), &candidates(), now);
+        assert!(machine.is_done());
+        let figures = machine.record().failover.clone().unwrap();
+        assert!(!figures.standby, "recorded as a restore");
+        assert_eq!(figures.restored_tick, None, "the standby's tick is not the restore's");
+        assert_eq!(figures.attempts, 2);
+    }
 }

@@ -1,0 +1,150 @@
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use baton_wire::serve::{ServerCommand, ServerEvent};
+use baton_wire::{Epoch, RegionId};
+
+use super::{OwnerAt, Placement, StandbySettings};
+use crate::hosts::{Happened, HostsError, ProcessEvent};
+use crate::migrations::Action;
+
+const REGION: RegionId = RegionId(3);
+
+fn owner() -> OwnerAt {
+    OwnerAt { host: "h1".into(), process: "h1-p1".into(), epoch: Epoch(2) }
+}
+
+fn address() -> SocketAddr {
+    "127.0.0.1:9100".parse().unwrap()
+}
+
+fn event(host: &str, process: &str, event: ServerEvent) -> ProcessEvent {
+    ProcessEvent { host: host.into(), process: process.into(), happened: Happened::Event(event) }
+}
+
+fn release() -> Vec<Action> {
+    vec![Action::Release { host: "h2".into(), process: "h2-p4".into() }]
+}
+
+fn holding(tick: u64) -> ServerEvent {
+    ServerEvent::StandbyHolding { region: REGION, owner_epoch: Epoch(2), tick, bytes: tick * 1000 }
+}
+
+/// A placement whose standby holds tick 100.
+fn placed() -> (Placement, Instant) {
+    let now = Instant::now();
+    let (mut placement, actions) = Placement::start(REGION, owner(), "h2", StandbySettings::default(), now);
+    assert_eq!(actions, vec![Action::Claim { host: "h2".into() }]);
+    let actions = placement.handle_claimed("h2", Ok(("h2-p4".into(), address())), now);
+    assert_eq!(
+        actions,
+        vec![Action::Run { host: "h2".into(), process: "h2-p4".into(), command: ServerCommand::Prepare { region: REGION } }]
+    );
+    assert_eq!(placement.promotable(Epoch(2)), None, "nothing held yet");
+    let actions = placement.handle_event(&event("h2", "h2-p4", ServerEvent::Prepared { region: REGION }), now);
+    assert_eq!(
+        actions,
+        vec![Action::Run {
+            host: "h1".into(),
+            process: "h1-p1".into(),
+            command: ServerCommand::FeedStandby { region: REGION, to: address() },
+        }],
+        "the owner is told to feed the prepared slot"
+    );
+    assert_eq!(placement.promotable(Epoch(2)), None, "fed, but holding nothing yet");
+    placement.handle_event(&event("h2", "h2-p4", holding(100)), now);
+    (placement, now)
+}
+
+#[test]
+fn a_standby_is_claimed_prepared_fed_and_then_promotable_for_its_owners_epoch_only() {
+    let (mut placement, now) = placed();
+    assert_eq!(placement.promotable(Epoch(2)), Some(("h2".into(), "h2-p4".into(), 100)));
+    assert_eq!(placement.promotable(Epoch(3)), None, "a standby of another epoch's owner");
+    // A report from another process, or about another region or epoch, changes nothing.
+    placement.handle_event(&event("h3", "h2-p4", holding(200)), now);
+    let other_epoch = ServerEvent::StandbyHolding { region: REGION, owner_epoch: Epoch(1), tick: 300, bytes: 0 };
+    placement.handle_event(&event("h2", "h2-p4", other_epoch), now);
+    assert_eq!(placement.promotable(Epoch(2)), Some(("h2".into(), "h2-p4".into(), 100)));
+    placement.handle_event(&event("h2", "h2-p4", holding(130)), now + Duration::from_secs(1));
+    assert_eq!(placement.promotable(Epoch(2)).map(|(_, _, tick)| tick), Some(130));
+    let view = placement.view();
+    assert_eq!((view.state.as_str(), view.tick), ("holding", Some(130)));
+    assert!((view.bytes_per_second - 30_000.0).abs() < 1.0, "{}", view.bytes_per_second);
+}
+
+#[test]
+fn the_owners_death_keeps_the_standby_for_the_failover() {
+    let (mut placement, now) = placed();
+    let exited =
+        ProcessEvent { host: "h1".into(), process: "h1-p1".into(), happened: Happened::Exited { regions: vec![REGION] } };
+    assert!(placement.handle_event(&exited, now).is_empty());
+    let detached = ServerEvent::StandbyLost { region: REGION, reason: "link lost".into(), detached: true };
+    assert!(placement.handle_event(&event("h2", "h2-p4", detached), now).is_empty());
+    assert_eq!(placement.promotable(Epoch(2)), Some(("h2".into(), "h2-p4".into(), 100)), "kept for the failover");
+    // Nobody serves the region: it is kept for the keep time, then released.
+    let settings = StandbySettings::default();
+    assert!(placement.handle_time(now + settings.detached_keep / 2, None, true).is_empty());
+    assert_eq!(placement.handle_time(now + settings.detached_keep, None, true), release());
+    assert!(placement.is_done());
+}
+
+#[test]
+fn a_detached_standby_of_an_owner_that_still_serves_is_replaced() {
+    let (mut placement, now) = placed();
+    let detached = ServerEvent::StandbyLost { region: REGION, reason: "the owner went silent".into(), detached: true };
+    placement.handle_event(&event("h2", "h2-p4", detached), now);
+    assert_eq!(placement.handle_time(now, Some(&owner()), true), release());
+}
+
+#[test]
+fn failures_end_the_standby_and_release_its_process() {
+    let ends: Vec<(ProcessEvent, Vec<Action>)> = vec![
+        (event("h1", "h1-p1", ServerEvent::FeedEnded { region: REGION, reason: "a migration".into() }), release()),
+        (
+            event("h2", "h2-p4", ServerEvent::StandbyLost { region: REGION, reason: "digest".into(), detached: false }),
+            release(),
+        ),
+        (event("h2", "h2-p4", ServerEvent::Error { region: Some(REGION), error: "no slot".into() }), release()),
+        // An exited process has nothing to release.
+        (
+            ProcessEvent { host: "h2".into(), process: "h2-p4".into(), happened: Happened::Exited { regions: vec![] } },
+            vec![],
+        ),
+    ];
+    for (end, released) in ends {
+        let (mut placement, now) = placed();
+        assert_eq!(placement.handle_event(&end, now), released, "{end:?}");
+        assert!(placement.is_done() && placement.ended().is_some());
+        assert_eq!(placement.promotable(Epoch(2)), None);
+    }
+}
+
+#[test]
+fn a_new_owner_or_an_unusable_host_ends_the_standby() {
+    let (mut placement, now) = placed();
+    assert!(placement.handle_time(now, Some(&owner()), true).is_empty(), "same owner, usable host: nothing");
+    let moved = OwnerAt { host: "h3".into(), process: "h3-p1".into(), epoch: Epoch(3) };
+    assert_eq!(placement.handle_time(now, Some(&moved), true), release());
+    let (mut placement, now) = placed();
+    assert_eq!(placement.handle_time(now, Some(&owner()), false), release(), "its host is dead, draining or freed");
+}
+
+#[test]
+fn steps_that_take_too_long_end_the_standby() {
+    let settings = StandbySettings::default();
+    let now = Instant::now();
+    let (mut claiming, _) = Placement::start(REGION, owner(), "h2", settings, now);
+    assert!(claiming.handle_time(now + settings.claim, Some(&owner()), true).is_empty());
+    assert!(claiming.handle_time(now + settings.claim + Duration::from_secs(1), Some(&owner()), true).is_empty());
+    assert!(claiming.is_done(), "nothing to release before a process was claimed");
+    // A late claim answer gives the process back.
+    assert_eq!(claiming.handle_claimed("h2", Ok(("h2-p4".into(), address())), now), release());
+    let (mut preparing, _) = Placement::start(REGION, owner(), "h2", settings, now);
+    preparing.handle_claimed("h2", Ok(("h2-p4".into(), address())), now);
+    assert!(preparing.handle_time(now + settings.prepare / 2, Some(&owner()), true).is_empty());
+    assert_eq!(preparing.handle_time(now + settings.prepare, Some(&owner()), true), release());
+    let (mut failed, _) = Placement::start(REGION, owner(), "h2", settings, now);
+    assert!(failed.handle_claimed("h2", Err(HostsError::NoWarmProcess("none".into())), now).is_empty());
+    assert!(failed.is_done());
+}
