@@ -53,6 +53,8 @@ pub struct ApiState {
     pub balancing: Arc<Balancing>,
     /// Renders Prometheus metrics.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The hot standbys (`None`: the coordinator keeps none).
+    pub standbys: Option<Arc<crate::standby::Standbys>>,
 }
 
 /// An error answer.
@@ -195,14 +197,14 @@ pub struct DrainStarted {
 #[openapi(
     info(title = "Baton coordinator admin API", version = "1"),
     paths(
-        list_hosts, drain_host, list_regions, create_region, stop_region, list_migrations, start_migration,
+        list_hosts, drain_host, list_standbys, list_regions, create_region, stop_region, list_migrations, start_migration,
         get_migration, cancel_migration, get_balancer, put_balancer, balancer_plan, openapi_document, metrics
     ),
     components(schemas(
         HostView, ProcessView, RegionLoad, RegionView, CreateRegion, CreateRegionAfresh, CreateRegionFromCheckpoint,
         RegionIdSchema, MigrationIdSchema, StoppedRegion, StartMigration, MigrationRecord, Phase, PhaseTiming,
         DrainStarted, ApiError, BalancerStatus, BalancerUpdate, DecisionRecord, Mode, Settings, Step, Decision, Kind,
-        Plan, HostPressure
+        Plan, HostPressure, crate::standby::StandbyView
     )),
     modifiers(&BearerAuth)
 )]
@@ -236,6 +238,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/hosts", get(list_hosts))
         .route("/v1/hosts/{host}/drain", post(drain_host))
+        .route("/v1/standbys", get(list_standbys))
         .route("/v1/regions", get(list_regions).post(create_region))
         .route("/v1/regions/{region}/stop", post(stop_region))
         .route("/v1/migrations", get(list_migrations).post(start_migration))
@@ -287,6 +290,14 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         (status = 401, description = "No or wrong bearer token.", body = ApiError)))]
 async fn list_hosts(_: Authorized, State(state): State<ApiState>) -> Json<Vec<HostView>> {
     Json(state.hosts.views())
+}
+
+/// Every region's hot standby, as far as it got (empty when the coordinator keeps none).
+#[utoipa::path(get, path = "/v1/standbys",
+    responses((status = 200, description = "The standbys, by region.", body = Vec<crate::standby::StandbyView>),
+        (status = 401, description = "No or wrong bearer token.", body = ApiError)))]
+async fn list_standbys(_: Authorized, State(state): State<ApiState>) -> Json<Vec<crate::standby::StandbyView>> {
+    Json(state.standbys.as_ref().map(|standbys| standbys.views()).unwrap_or_default())
 }
 
 /// Drain a host: no new regions, and its regions move to other hosts.

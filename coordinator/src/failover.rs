@@ -759,7 +759,8 @@ impl Failovers {
         tracing::warn!(region = %lost.region, owner = lost.owner, epoch = %lost.epoch, cause = ?lost.cause, "region lost; failing over");
         let candidates = self.candidates(lost.host.as_deref());
         // The standby is promoted only if its own host is alive (both lost: the checkpoint path).
-        let alive = |host: &str| self.hosts.views().iter().any(|view| view.name == host && view.connected && !view.dead);
+        let alive =
+            |host: &str| self.hosts.views().iter().any(|view| view.name == host && view.connected && !view.dead);
         let standby = self
             .standbys
             .as_ref()

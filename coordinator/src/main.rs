@@ -97,7 +97,7 @@ struct FailoverArgs {
     /// tick by tick (its bytes count as the owner host's migration bytes) and a failover promotes
     /// it, rolling back only the ticks it had not acknowledged, instead of restoring the newest
     /// checkpoint. Needs --failover on.
-    #[arg(long = "standby", value_enum, default_value = "on")]
+    #[arg(long = "standby", value_enum, default_value = "off")]
     standby: Switch,
 }
 
@@ -265,7 +265,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 baton_coordinator::standby::StandbySettings::default(),
             )
         });
-        Failovers::start(hosts.clone(), directory.clone(), migrations.clone(), notices, standbys, failover_settings);
+        Failovers::start(
+            hosts.clone(),
+            directory.clone(),
+            migrations.clone(),
+            notices,
+            standbys.clone(),
+            failover_settings,
+        );
         let state = baton_coordinator::api::ApiState {
             token: Arc::new(token),
             directory: directory.clone(),
@@ -273,6 +280,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             migrations,
             balancing,
             metrics,
+            standbys,
         };
         let listener = tokio::net::TcpListener::bind(cli.api_listen)
             .await

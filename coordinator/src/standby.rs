@@ -443,7 +443,9 @@ impl Standbys {
         let actions = match state.placements.get_mut(&region) {
             Some(placement) => placement.handle_claimed(host, result, now),
             // The placement is gone (a failover took it, or it ended): the process goes back.
-            None => result.map(|(process, _)| vec![HostAction::Release { host: host.to_owned(), process }]).unwrap_or_default(),
+            None => result
+                .map(|(process, _)| vec![HostAction::Release { host: host.to_owned(), process }])
+                .unwrap_or_default(),
         };
         Self::sweep(&mut state, now);
         actions.into_iter().map(|action| (region, action)).collect()
@@ -488,7 +490,8 @@ impl Standbys {
         for (region, placement) in &mut state.placements {
             let standby_usable = placement.process().is_none_or(|(host, _)| usable(host));
             let owner = owners.get(region);
-            actions.extend(placement.handle_time(now, owner, standby_usable).into_iter().map(|action| (*region, action)));
+            actions
+                .extend(placement.handle_time(now, owner, standby_usable).into_iter().map(|action| (*region, action)));
         }
         Self::sweep(&mut state, now);
         for (region, _) in regions {

@@ -963,6 +963,13 @@ impl Cluster {
                 Duration::from_secs(1),
                 None,
             )?;
+            // Standbys only for regions created asking for one: the fake hosts do not feed any.
+            let standbys = baton_coordinator::standby::Standbys::start(
+                hosts.clone(),
+                directory.clone(),
+                migrations.clone(),
+                baton_coordinator::standby::StandbySettings { by_default: false, ..Default::default() },
+            );
             let state = ApiState {
                 token: Arc::new(TOKEN.to_owned()),
                 directory: directory.clone(),
@@ -970,6 +977,7 @@ impl Cluster {
                 migrations,
                 balancing,
                 metrics: Some(metrics),
+                standbys: Some(standbys),
             };
             let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
             let base = format!("http://{}", listener.local_addr()?);

@@ -719,8 +719,7 @@ impl<L: RegionLogic> RegionNode<L> {
                 if matches!(message, Message::Follow { .. })
                     && matches!(receiver.phase(), TargetPhase::Idle | TargetPhase::Aborted)
                 {
-                    let follower =
-                        StandbyFollower::new(now, TargetConfig::new(&self.settings.name), world, &message);
+                    let follower = StandbyFollower::new(now, TargetConfig::new(&self.settings.name), world, &message);
                     self.state = State::Standby { follower, reported: None };
                 } else {
                     receiver.handle_message(now, world, message);
@@ -1207,8 +1206,9 @@ impl<L: RegionLogic> RegionNode<L> {
                         FollowerAction::Promoted { epoch, tick } => {
                             self.region.rebuild_caches();
                             self.outputs.push_back(Output::Owned { epoch, announce: true });
-                            self.outputs.push_back(Output::Event(HostEvent::Owning { region: id, epoch }));
+                            // `promoted` first: the coordinator's failover ends at `owning`.
                             self.outputs.push_back(Output::Event(HostEvent::Promoted { region: id, epoch, tick }));
+                            self.outputs.push_back(Output::Event(HostEvent::Owning { region: id, epoch }));
                             // What it holds is what the lost owner's standby acknowledged; it
                             // is checkpointed at once, since no standby follows it yet.
                             self.durability.confirmed = player_progress(self.region.world()).into_iter().collect();

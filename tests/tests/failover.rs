@@ -282,3 +282,57 @@ fn a_source_host_that_dies_mid_migration_leaves_one_owner_and_loses_nothing() {
     }
     assert_nothing_lost(&playing.join().unwrap());
 }
+
+/// The standby of `region` once it holds a tick: `(host, process)`.
+fn holding_standby(fleet: &Fleet, region: u64) -> Option<(String, String)> {
+    let standbys = fleet.ok("GET", "/v1/standbys", None).unwrap();
+    standbys.as_array().unwrap().iter().find_map(|standby| {
+        (standby["region"] == region && standby["state"] == "holding")
+            .then(|| (standby["host"].as_str().unwrap().to_owned(), standby["process"].as_str().unwrap().to_owned()))
+    })
+}
+
+#[test]
+fn a_hot_standby_is_promoted_when_its_owners_host_dies_rolling_back_only_a_few_ticks() {
+    // Checkpoints once a minute: a restore would roll back hundreds of ticks, a promoted standby
+    // only the ticks it had not acknowledged.
+    let spec =
+        FleetSpec { checkpoint_every_s: 60.0, coordinator_args: vec!["--standby".into(), "on".into()], ..spec() };
+    let mut fleet = Fleet::start(&spec).unwrap();
+    fleet.wait_hosts_ready(2, 1, Duration::from_secs(60)).unwrap();
+    let world = json!({"objects": 40, "npcs": 4, "plants": 4});
+    fleet.ok("POST", "/v1/regions", Some(json!({"region": 1, "host": "h1", "world": world}))).unwrap();
+    // Anti-affinity: the standby is on the other host.
+    let (standby_host, standby_process) = wait_for(|| holding_standby(&fleet, 1));
+    assert_eq!(standby_host, "h2");
+    let playing = players(&fleet, 1, 4, 1, 8);
+    std::thread::sleep(Duration::from_secs(3));
+    let before = last_record_id(&fleet);
+    fleet.kill_host(1).unwrap();
+    let record = failover_of(&fleet, 1, before);
+    eprintln!("after the owner's host was killed: {record}");
+    assert_eq!(record["phase"], "committed", "{record}");
+    assert_eq!(record["failover"]["cause"], "host_silent", "{record}");
+    assert_eq!(record["failover"]["standby"], true, "the standby was promoted: {record}");
+    assert_eq!(record["to_process"], standby_process.as_str(), "{record}");
+    let restored = record["failover"]["restored_tick"].as_u64().unwrap();
+    let outcomes = playing.join().unwrap();
+    assert_nothing_lost(&outcomes);
+    for outcome in &outcomes {
+        for &(_, region, seen) in &outcome.rollbacks {
+            assert_eq!(region, 1);
+            assert!(
+                seen.saturating_sub(restored) <= 10,
+                "player {} saw tick {seen}, the standby held {restored}",
+                outcome.player
+            );
+        }
+    }
+    assert!(outcomes.iter().any(|outcome| outcome.recoveries > 0), "{outcomes:?}");
+    // The promoted owner serves the region; with its old host dead no host is left for a new
+    // standby (never on the owner's own host).
+    let (host, process, _) = wait_for(|| server_of(&fleet, 1));
+    assert_eq!((host.as_str(), process.as_str()), ("h2", standby_process.as_str()));
+    let standbys = fleet.ok("GET", "/v1/standbys", None).unwrap();
+    assert!(standbys.as_array().unwrap().iter().all(|standby| standby["host"] != "h2"), "{standbys}");
+}

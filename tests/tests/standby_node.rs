@@ -71,16 +71,10 @@ impl Pair {
         let authority = InMemoryAuthority::new();
         authority.register(REGION, "owner").unwrap();
         let rewarm = || Box::new(|region| new_region(region, RegionConfig::default()));
-        let owner = RegionNode::new(
-            region,
-            Role::Owner { epoch: Epoch(1) },
-            settings("owner", start, source),
-            rewarm(),
-            start,
-        );
+        let owner =
+            RegionNode::new(region, Role::Owner { epoch: Epoch(1) }, settings("owner", start, source), rewarm(), start);
         let empty = new_region(REGION, RegionConfig::default()).unwrap();
-        let standby =
-            RegionNode::new(empty, Role::Target, settings("standby", start, source), rewarm(), start);
+        let standby = RegionNode::new(empty, Role::Target, settings("standby", start, source), rewarm(), start);
         let mut pair = Pair {
             owner,
             standby,
@@ -236,11 +230,15 @@ fn a_promoted_standby_continues_from_the_tick_it_holds_at_the_next_epoch() {
     // A promotion for another epoch, or of a node that holds nothing, is refused.
     pair.standby.handle_promote(pair.now, Epoch(7));
     pair.settle();
-    assert!(matches!(pair.standby_events.last(), Some(HostEvent::PromoteRefused { reason, .. }) if reason.contains("epoch")));
+    assert!(
+        matches!(pair.standby_events.last(), Some(HostEvent::PromoteRefused { reason, .. }) if reason.contains("epoch"))
+    );
     pair.standby.handle_promote(pair.now, Epoch(1));
     pair.settle();
     assert!(
-        pair.standby_events.iter().any(|event| matches!(event, HostEvent::Promoted { epoch: Epoch(2), tick, .. } if *tick == held)),
+        pair.standby_events
+            .iter()
+            .any(|event| matches!(event, HostEvent::Promoted { epoch: Epoch(2), tick, .. } if *tick == held)),
         "{:?}",
         pair.standby_events
     );
@@ -338,7 +336,9 @@ fn a_migration_ends_the_feed_and_the_standby_lets_go() {
     pair.owner.handle_start_handoff(pair.now, SocketAddr::from(([127, 0, 0, 1], 11)), 9);
     pair.settle();
     assert!(
-        pair.owner_events.iter().any(|event| matches!(event, HostEvent::FeedEnded { reason, .. } if reason.contains("moved"))),
+        pair.owner_events
+            .iter()
+            .any(|event| matches!(event, HostEvent::FeedEnded { reason, .. } if reason.contains("moved"))),
         "{:?}",
         pair.owner_events
     );

@@ -38,7 +38,11 @@ fn placed() -> (Placement, Instant) {
     let actions = placement.handle_claimed("h2", Ok(("h2-p4".into(), address())), now);
     assert_eq!(
         actions,
-        vec![Action::Run { host: "h2".into(), process: "h2-p4".into(), command: ServerCommand::Prepare { region: REGION } }]
+        vec![Action::Run {
+            host: "h2".into(),
+            process: "h2-p4".into(),
+            command: ServerCommand::Prepare { region: REGION }
+        }]
     );
     assert_eq!(placement.promotable(Epoch(2)), None, "nothing held yet");
     let actions = placement.handle_event(&event("h2", "h2-p4", ServerEvent::Prepared { region: REGION }), now);
@@ -76,8 +80,11 @@ fn a_standby_is_claimed_prepared_fed_and_then_promotable_for_its_owners_epoch_on
 #[test]
 fn the_owners_death_keeps_the_standby_for_the_failover() {
     let (mut placement, now) = placed();
-    let exited =
-        ProcessEvent { host: "h1".into(), process: "h1-p1".into(), happened: Happened::Exited { regions: vec![REGION] } };
+    let exited = ProcessEvent {
+        host: "h1".into(),
+        process: "h1-p1".into(),
+        happened: Happened::Exited { regions: vec![REGION] },
+    };
     assert!(placement.handle_event(&exited, now).is_empty());
     let detached = ServerEvent::StandbyLost { region: REGION, reason: "link lost".into(), detached: true };
     assert!(placement.handle_event(&event("h2", "h2-p4", detached), now).is_empty());

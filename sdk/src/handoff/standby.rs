@@ -22,11 +22,11 @@ use std::time::Instant;
 use baton_wire::{Epoch, RegionId};
 use rkyv::util::AlignedVec;
 
+use super::HandoffId;
 use super::authority::{AuthorityError, Ownership};
 use super::message::{Message, PROTOCOL_VERSION};
 use super::source::{HandoffPlan, SourceConfig};
 use super::target::TargetConfig;
-use super::HandoffId;
 use crate::codec::{self, SnapshotWriter};
 use crate::world::{TrackerId, World, WorldDigest};
 
@@ -422,7 +422,10 @@ impl StandbyFollower {
         let refusal = if *version != PROTOCOL_VERSION {
             Some(format!("protocol version {version} is not {PROTOCOL_VERSION}"))
         } else if *schema != world.registry().schema_hash() {
-            Some(format!("component schema {schema:016x} differs from this build's {:016x}", world.registry().schema_hash()))
+            Some(format!(
+                "component schema {schema:016x} differs from this build's {:016x}",
+                world.registry().schema_hash()
+            ))
         } else if world.entity_count() != 0 {
             Some("the standby's world is not empty".to_owned())
         } else {
@@ -430,7 +433,9 @@ impl StandbyFollower {
         };
         match refusal {
             Some(reason) => follower.end(reason),
-            None => follower.outbox.push_back(Message::Ready { handoff: follower.feed, target: follower.config.name.clone() }),
+            None => follower
+                .outbox
+                .push_back(Message::Ready { handoff: follower.feed, target: follower.config.name.clone() }),
         }
         follower
     }
@@ -647,7 +652,11 @@ impl StandbyFollower {
             }
             self.held = Some(mark.tick);
             self.progress_due = false;
-            self.outbox.push_back(Message::Holds { handoff: self.feed, tick: mark.tick, applied_bytes: self.applied_bytes });
+            self.outbox.push_back(Message::Holds {
+                handoff: self.feed,
+                tick: mark.tick,
+                applied_bytes: self.applied_bytes,
+            });
         }
     }
 
