@@ -102,7 +102,7 @@ pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mo
         tick_rate: 20,
         checkpoint_every_s: scenario.checkpoint_every_s,
         capacity_cores: scenario.host_cores.clone(),
-        coordinator_args: Vec::new(),
+        coordinator_args: if scenario.standby { vec!["--standby".into(), "on".into()] } else { Vec::new() },
     })?;
     fleet.wait_hosts_ready(scenario.hosts, 1, Duration::from_secs(120))?;
     for region in 1..=scenario.regions {

@@ -44,6 +44,10 @@ pub struct Scenario {
     /// makes players' inputs durable).
     #[serde(default = "default_checkpoint_every_s")]
     pub checkpoint_every_s: f64,
+    /// Whether every region keeps a hot standby on another host (the coordinator's `--standby
+    /// on`): a failover promotes it instead of restoring the newest checkpoint.
+    #[serde(default)]
+    pub standby: bool,
     /// The regions avatars start in, round-robin (empty: all regions).
     #[serde(default)]
     pub avatar_regions: Vec<u64>,
