@@ -61,6 +61,10 @@ pub struct Handoff {
     /// before, minus the tick of the checkpoint it was restored from).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollback_ticks: Option<u64>,
+    /// For a failover: whether the region's hot standby was promoted (else a checkpoint was
+    /// restored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby: Option<bool>,
     /// Seconds after the start of the run.
     pub at_s: f64,
 }
@@ -396,6 +400,7 @@ pub fn build_report(
                 outcome: record["phase"].as_str().unwrap_or_default().to_owned(),
                 at_s: begun.saturating_sub(started_unix_ms) as f64 / 1000.0,
                 detect_ms: record["failover"]["detect_ms"].as_f64(),
+                standby: record["failover"]["standby"].as_bool(),
                 recovery_ms,
                 rollback_ticks,
                 kind,
@@ -422,6 +427,7 @@ pub fn build_report(
                 detect_ms: None,
                 recovery_ms: None,
                 rollback_ticks: None,
+                standby: None,
             });
         }
     }
@@ -582,10 +588,11 @@ impl Report {
                 handoff.max_player_gap_ms,
                 match handoff.kind.as_str() {
                     "failover" => format!(
-                        ", detected in {}, players back after {}, rolled back {} ticks",
+                        ", detected in {}, players back after {}, rolled back {} ticks{}",
                         handoff.detect_ms.map_or("-".into(), |ms| format!("{ms:.0} ms")),
                         handoff.recovery_ms.map_or("-".into(), |ms| format!("{ms:.0} ms")),
-                        handoff.rollback_ticks.map_or("-".into(), |ticks| ticks.to_string())
+                        handoff.rollback_ticks.map_or("-".into(), |ticks| ticks.to_string()),
+                        if handoff.standby == Some(true) { " (standby promoted)" } else { " (checkpoint restored)" }
                     ),
                     _ => String::new(),
                 }

@@ -425,7 +425,7 @@ enum State {
         /// Where the current handoff goes.
         peer: Option<SocketAddr>,
         /// The feed of the region's hot standby, if it has one.
-        standby: Option<StandbyFeed>,
+        standby: Option<Box<StandbyFeed>>,
     },
     /// Saving the region before letting it go; inputs received meanwhile wait.
     Stopping { epoch: Epoch, schedule: TickSchedule, pending: Vec<PlayerInput> },
@@ -772,7 +772,7 @@ impl<L: RegionLogic> RegionNode<L> {
             name: self.settings.name.clone(),
             tick_interval: self.region.config().tick_interval(),
         };
-        *standby = Some(StandbyFeed::start(now, self.region.world(), &plan, self.settings.source));
+        *standby = Some(Box::new(StandbyFeed::start(now, self.region.world(), &plan, self.settings.source)));
         self.outputs.push_back(Output::ConnectStandby { peer });
     }
 
