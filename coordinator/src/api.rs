@@ -150,6 +150,10 @@ pub struct CreateRegion {
     /// it must not be served by any registered host.
     #[serde(default)]
     pub from_checkpoint: bool,
+    /// Whether the region keeps a hot standby on another host (absent: the coordinator's
+    /// `--standby`; a restore without it keeps the region's earlier choice).
+    #[serde(default)]
+    pub standby: Option<bool>,
 }
 
 /// A region that was stopped: saved to its host's checkpoint store and no longer served.
@@ -460,6 +464,11 @@ async fn create_region(
             // Running again: a failover takes it over if its host is lost.
             if let Err(error) = state.directory.set_stopped(region, false) {
                 tracing::error!(%region, %error, "could not record that the region runs again");
+            }
+            if request.standby.is_some()
+                && let Err(error) = state.directory.set_standby_choice(region, request.standby)
+            {
+                tracing::error!(%region, %error, "could not record whether the region wants a standby");
             }
             Ok((StatusCode::CREATED, Json(region_view(&state, RegionId(request.region), process, epoch)))
                 .into_response())

@@ -49,6 +49,10 @@ pub struct FailoverSettings {
     pub enabled: bool,
     /// A host whose agent has not reported for this long is dead.
     pub dead_after: Duration,
+    /// A region's owner whose host's agent has not reported for this long, and from which its
+    /// standby has heard nothing for several ticks, is lost (two witnesses, so sooner than
+    /// `dead_after`; the host itself is declared dead only at `dead_after`).
+    pub suspect_after: Duration,
     /// A region no host reports serving (with no word of why) is lost after this long.
     pub orphan_after: Duration,
     /// Players are told their region is unavailable when it is not back after this long.
@@ -68,6 +72,7 @@ impl Default for FailoverSettings {
         FailoverSettings {
             enabled: true,
             dead_after: Duration::from_millis(800),
+            suspect_after: Duration::from_millis(300),
             orphan_after: Duration::from_secs(3),
             grace: Duration::from_secs(10),
             claim: Duration::from_secs(5),
@@ -88,6 +93,9 @@ pub enum Cause {
     HostSilent,
     /// No host reports serving it (a host lost while the coordinator was down, say).
     NotServed,
+    /// Its host's agent stopped reporting and its standby stopped hearing from it, both for
+    /// longer than `suspect_after`.
+    OwnerSilent,
 }
 
 /// What a failover measured (part of its history record).
@@ -124,13 +132,19 @@ pub struct OwnerWatch {
     pub exited: bool,
     /// How long no host has reported serving the region.
     pub unserved_for: Duration,
+    /// For an owner still reported serving: how long both its host's agent and the region's
+    /// standby have heard nothing from it (the shorter of the two), if both are silent.
+    pub witnessed_silence: Option<Duration>,
 }
 
 /// Whether a region's owner is lost, and why. No I/O.
 #[must_use]
 pub fn judge(watch: OwnerWatch, settings: &FailoverSettings) -> Option<(Cause, Duration)> {
     match watch.state {
-        OwnerState::Serving => None,
+        OwnerState::Serving => match watch.witnessed_silence {
+            Some(silence) if silence >= settings.suspect_after => Some((Cause::OwnerSilent, silence)),
+            _ => None,
+        },
         OwnerState::HostDead { silent_for } => Some((Cause::HostSilent, silent_for)),
         OwnerState::NotServing | OwnerState::Unknown if watch.exited => Some((Cause::ProcessExited, Duration::ZERO)),
         OwnerState::NotServing | OwnerState::Unknown if watch.unserved_for >= settings.orphan_after => {
@@ -380,9 +394,10 @@ impl Failover {
             Step::Waiting | Step::Done => return actions,
         };
         tracing::warn!(region = %self.lost.region, host, reason, promoting = self.promoting, "a failover attempt failed");
-        if std::mem::take(&mut self.promoting) {
-            self.figures().restored_tick = None;
-        }
+        // The failed attempt's tick (a standby's, or a restore's that then failed) is not the one
+        // the region will continue from.
+        self.promoting = false;
+        self.figures().restored_tick = None;
         self.last_error = Some(format!("{host}: {reason}"));
         self.failed_on.insert(host, now);
         actions.extend(self.try_next_host(candidates, now));
@@ -565,6 +580,9 @@ fn describe(lost: &Lost) -> String {
     match lost.cause {
         Cause::ProcessExited => format!("{} on {host} exited", lost.owner),
         Cause::HostSilent => format!("{host} silent for {} ms", lost.silent_for.as_millis()),
+        Cause::OwnerSilent => {
+            format!("{host} and the standby heard nothing from {} for {} ms", lost.owner, lost.silent_for.as_millis())
+        }
         Cause::NotServed => {
             format!("no host serves it ({} at {} for {} ms)", lost.owner, lost.epoch, lost.silent_for.as_millis())
         }
@@ -714,7 +732,17 @@ impl Failovers {
                     continue;
                 }
                 let (owner_state, host) = self.hosts.owner_state(&ownership.owner, region);
-                if owner_state == OwnerState::Serving {
+                let witnessed_silence = match (&host, &self.standbys) {
+                    (Some(host), Some(standbys)) if owner_state == OwnerState::Serving => self
+                        .hosts
+                        .silence(host)
+                        .zip(standbys.owner_silent(region, ownership.epoch))
+                        .map(|(agent, standby)| agent.min(standby)),
+                    _ => None,
+                };
+                if owner_state == OwnerState::Serving
+                    && witnessed_silence.is_none_or(|silence| silence < self.settings.suspect_after)
+                {
                     state.unserved.remove(&region.0);
                     // It came back (a host that was only slow): its exit is history.
                     state.exited.remove(&ownership.owner);
@@ -731,6 +759,7 @@ impl Failovers {
                     state: owner_state,
                     exited: state.exited.get(&ownership.owner).is_some_and(|regions| regions.contains(&region)),
                     unserved_for: now.duration_since(since),
+                    witnessed_silence,
                 };
                 if let Some((cause, silent_for)) = judge(watch, &self.settings)
                     && (settled || cause != Cause::NotServed)

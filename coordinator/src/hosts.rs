@@ -296,6 +296,14 @@ impl Hosts {
         dead
     }
 
+    /// How long `host`'s agent has not reported, if it is connected and not declared dead.
+    #[must_use]
+    pub fn silence(&self, host: &str) -> Option<Duration> {
+        let hosts = self.hosts.lock().ok()?;
+        let entry = hosts.get(host)?;
+        (!entry.dead).then(|| entry.last_seen.elapsed())
+    }
+
     /// Where the owner `process` of `region` stands, and its host if one reports the process.
     #[must_use]
     pub fn owner_state(&self, process: &str, region: RegionId) -> (OwnerState, Option<String>) {

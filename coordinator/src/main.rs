@@ -85,6 +85,11 @@ struct FailoverArgs {
     /// its regions are failed over (agents report every --status-interval-ms, 200 by default).
     #[arg(long = "host-dead-after-ms", default_value_t = 800)]
     dead_after_ms: u64,
+    /// Milliseconds after which a region's owner is lost when its host's agent has not reported
+    /// and its hot standby has heard nothing from it either (two witnesses; with --standby on).
+    /// Its other regions wait for --host-dead-after-ms.
+    #[arg(long = "host-suspect-after-ms", default_value_t = 300)]
+    suspect_after_ms: u64,
     /// Milliseconds a region may have no host serving it, with no word of why, before it is
     /// failed over (a host lost while the coordinator was down).
     #[arg(long = "orphan-after-ms", default_value_t = 3000)]
@@ -110,8 +115,8 @@ enum Switch {
 
 impl FailoverArgs {
     fn settings(&self) -> anyhow::Result<FailoverSettings> {
-        if self.dead_after_ms == 0 || self.orphan_after_ms == 0 {
-            anyhow::bail!("--host-dead-after-ms and --orphan-after-ms must be at least 1");
+        if self.dead_after_ms == 0 || self.orphan_after_ms == 0 || self.suspect_after_ms == 0 {
+            anyhow::bail!("--host-dead-after-ms, --host-suspect-after-ms and --orphan-after-ms must be at least 1");
         }
         if !(self.grace_s.is_finite() && self.grace_s >= 0.0 && self.grace_s <= 86_400.0) {
             anyhow::bail!("--failover-grace-s must be between 0 and 86400, not {}", self.grace_s);
@@ -119,6 +124,7 @@ impl FailoverArgs {
         Ok(FailoverSettings {
             enabled: self.failover == Switch::On,
             dead_after: std::time::Duration::from_millis(self.dead_after_ms),
+            suspect_after: std::time::Duration::from_millis(self.suspect_after_ms),
             orphan_after: std::time::Duration::from_millis(self.orphan_after_ms),
             grace: std::time::Duration::from_secs_f64(self.grace_s),
             ..FailoverSettings::default()

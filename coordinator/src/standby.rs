@@ -89,6 +89,8 @@ pub struct Placement {
     /// Archive bytes the standby reported received, and when (for its rate).
     bytes: Option<(Instant, u64)>,
     bytes_per_second: f64,
+    /// Since when the standby has heard nothing from the owner, as it reported.
+    owner_silent_since: Option<Instant>,
 }
 
 /// What the API shows of a standby.
@@ -129,6 +131,7 @@ impl Placement {
             ended: None,
             bytes: None,
             bytes_per_second: 0.0,
+            owner_silent_since: None,
         };
         (placement, vec![HostAction::Claim { host: host.to_owned() }])
     }
@@ -163,6 +166,16 @@ impl Placement {
             }
             _ => None,
         }
+    }
+
+    /// How long the standby has heard nothing from the owner at `epoch`, as it reported (`None`:
+    /// it hears it, or holds nothing of that epoch).
+    #[must_use]
+    pub fn owner_silent(&self, epoch: Epoch, now: Instant) -> Option<Duration> {
+        if self.owner.epoch != epoch || !matches!(self.step, Step::Holding { .. }) {
+            return None;
+        }
+        self.owner_silent_since.map(|since| now.saturating_duration_since(since))
     }
 
     /// The host and process of the standby, once claimed.
@@ -271,10 +284,23 @@ impl Placement {
                     }
                 }
                 self.bytes = Some((now, *bytes));
+                if self.promotable(self.owner.epoch).is_none_or(|(_, _, held)| held < *tick) {
+                    self.owner_silent_since = None;
+                }
                 if let Step::Feeding { host, process } | Step::Holding { host, process, .. } = &self.step {
                     self.step = Step::Holding { host: host.clone(), process: process.clone(), tick: *tick };
                     self.step_started = now;
                 }
+                Vec::new()
+            }
+            (Happened::Event(ServerEvent::OwnerSilent { region: silent, owner_epoch, silent_ms }), true)
+                if *silent == region && *owner_epoch == self.owner.epoch =>
+            {
+                self.owner_silent_since = Some(now.checked_sub(Duration::from_millis(*silent_ms)).unwrap_or(now));
+                Vec::new()
+            }
+            (Happened::Event(ServerEvent::OwnerHeard { region: heard }), true) if *heard == region => {
+                self.owner_silent_since = None;
                 Vec::new()
             }
             (Happened::Event(ServerEvent::StandbyLost { region: lost, reason, detached: true }), true)
@@ -395,6 +421,14 @@ impl Standbys {
         let promotable = state.placements.get(&region)?.promotable(epoch)?;
         state.placements.remove(&region);
         Some(promotable)
+    }
+
+    /// How long the standby of `region` has heard nothing from its owner at `epoch`, as it
+    /// reported (a witness for failure detection).
+    #[must_use]
+    pub fn owner_silent(&self, region: RegionId, epoch: Epoch) -> Option<Duration> {
+        let state = self.state.lock().ok()?;
+        state.placements.get(&region)?.owner_silent(epoch, Instant::now())
     }
 
     /// What the API shows, by region.

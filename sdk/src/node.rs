@@ -312,6 +312,22 @@ pub enum HostEvent {
         /// The tick it continues from (the owner's, as the standby held it).
         tick: u64,
     },
+    /// This host's standby of `region` heard nothing from the owner for `silent_ms` (several
+    /// ticks: the owner sends a round every tick). A witness for the coordinator's failure
+    /// detection, not a verdict.
+    OwnerSilent {
+        /// The region.
+        region: RegionId,
+        /// The epoch of the owner it follows.
+        owner_epoch: Epoch,
+        /// How long nothing came, in milliseconds.
+        silent_ms: u64,
+    },
+    /// This host's standby of `region` hears its owner again after `owner_silent`.
+    OwnerHeard {
+        /// The region.
+        region: RegionId,
+    },
     /// A promotion of the standby of `region` here was refused.
     PromoteRefused {
         /// The region.
@@ -1221,6 +1237,16 @@ impl<L: RegionLogic> RegionNode<L> {
                                 peer: None,
                                 standby: None,
                             });
+                        }
+                        FollowerAction::OwnerSilent { silent_for } => {
+                            self.outputs.push_back(Output::Event(HostEvent::OwnerSilent {
+                                region: id,
+                                owner_epoch: follower.owner().epoch,
+                                silent_ms: silent_for.as_millis() as u64,
+                            }));
+                        }
+                        FollowerAction::OwnerHeard => {
+                            self.outputs.push_back(Output::Event(HostEvent::OwnerHeard { region: id }));
                         }
                         FollowerAction::Detached(reason) => {
                             self.outputs.push_back(Output::Event(HostEvent::StandbyLost {

@@ -286,8 +286,21 @@ fn a_silent_owner_detaches_the_standby_which_keeps_what_it_holds() {
     }
     let held = pair.standby.region().world().tick();
     pair.owner_dead = true;
-    // Silence is judged after the handoff's silence timeout (3 s): 90 ticks at 30 Hz.
-    for _ in 0..80 {
+    // Five ticks of silence make the standby a witness (the owner sends a round every tick)...
+    for _ in 0..4 {
+        pair.tick(0);
+    }
+    assert!(!pair.standby_events.iter().any(|event| matches!(event, HostEvent::OwnerSilent { .. })));
+    for _ in 0..3 {
+        pair.tick(0);
+    }
+    assert!(
+        pair.standby_events.iter().any(|event| matches!(event, HostEvent::OwnerSilent { owner_epoch: Epoch(1), silent_ms, .. } if *silent_ms >= 150)),
+        "{:?}",
+        pair.standby_events
+    );
+    // ... and it detaches only after the handoff's silence timeout (3 s): 90 ticks at 30 Hz.
+    for _ in 0..73 {
         pair.tick(0);
     }
     assert!(!pair.standby_events.iter().any(|event| matches!(event, HostEvent::StandbyLost { .. })));
@@ -303,6 +316,33 @@ fn a_silent_owner_detaches_the_standby_which_keeps_what_it_holds() {
     pair.standby.handle_promote(pair.now, Epoch(1));
     pair.settle();
     assert_eq!(pair.standby.owned_epoch(), Some(Epoch(2)), "a detached standby can still be promoted");
+}
+
+#[test]
+fn a_standby_that_suspected_its_owner_says_so_when_it_hears_it_again() {
+    let mut pair = Pair::new(SourceConfig::default());
+    for _ in 0..3 {
+        pair.tick(1);
+    }
+    // The owner is alive but its rounds do not arrive for a while (a stalled host).
+    pair.owner_dead = true;
+    for _ in 0..8 {
+        pair.tick(0);
+    }
+    assert!(pair.standby_events.iter().any(|event| matches!(event, HostEvent::OwnerSilent { .. })));
+    pair.owner_dead = false;
+    pair.tick(1);
+    assert!(
+        matches!(
+            pair.standby_events
+                .iter()
+                .rev()
+                .find(|event| matches!(event, HostEvent::OwnerSilent { .. } | HostEvent::OwnerHeard { .. })),
+            Some(HostEvent::OwnerHeard { .. })
+        ),
+        "{:?}",
+        pair.standby_events
+    );
 }
 
 #[test]

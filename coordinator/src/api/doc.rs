@@ -133,6 +133,14 @@ impl PartialSchema for CreateRegionAfresh {
                     .default(Some(json!(false)))
                     .description(Some("Absent or `false` for a new region.")),
             )
+            .property(
+                "standby",
+                ObjectBuilder::new().schema_type(Type::Boolean).description(Some(
+                    "Keep a hot standby of the region on another host (needs the coordinator's failover \
+                     on). Absent: the coordinator's `--standby`; a restore without it keeps the region's \
+                     earlier choice.",
+                )),
+            )
             .additional_properties(Some(AdditionalProperties::FreeForm(false)))
             .examples([json!({"region": 1, "host": "h1", "world": {"objects": 40, "npcs": 4}})])
             .into()
@@ -166,6 +174,14 @@ impl PartialSchema for CreateRegionFromCheckpoint {
                     .schema_type(Type::Object)
                     .max_properties(Some(0))
                     .description(Some("The checkpoint holds the world: absent or empty.")),
+            )
+            .property(
+                "standby",
+                ObjectBuilder::new().schema_type(Type::Boolean).description(Some(
+                    "Keep a hot standby of the region on another host (needs the coordinator's failover \
+                     on). Absent: the coordinator's `--standby`; a restore without it keeps the region's \
+                     earlier choice.",
+                )),
             )
             .additional_properties(Some(AdditionalProperties::FreeForm(false)))
             .examples([json!({"region": 1, "host": "h1", "from_checkpoint": true})])

@@ -60,8 +60,12 @@ fn started_with(settings: FailoverSettings) -> (Failover, Instant) {
 #[test]
 fn judge_tells_lost_owners_from_live_ones() {
     let settings = FailoverSettings::default();
-    let watch =
-        |state, exited, unserved_ms| OwnerWatch { state, exited, unserved_for: Duration::from_millis(unserved_ms) };
+    let watch = |state, exited, unserved_ms| OwnerWatch {
+        state,
+        exited,
+        unserved_for: Duration::from_millis(unserved_ms),
+        witnessed_silence: None,
+    };
     assert_eq!(judge(watch(OwnerState::Serving, true, 60_000), &settings), None, "a serving owner is never lost");
     let silent = Duration::from_millis(900);
     assert_eq!(
@@ -83,6 +87,26 @@ fn judge_tells_lost_owners_from_live_ones() {
         judge(watch(OwnerState::NotServing, false, limit), &settings),
         Some((Cause::NotServed, Duration::from_millis(limit)))
     );
+}
+
+#[test]
+fn an_owner_still_reported_serving_is_lost_only_when_its_agent_and_its_standby_both_went_silent() {
+    let settings = FailoverSettings::default();
+    let watch = |silence_ms: Option<u64>| OwnerWatch {
+        state: OwnerState::Serving,
+        exited: false,
+        unserved_for: Duration::ZERO,
+        witnessed_silence: silence_ms.map(Duration::from_millis),
+    };
+    let limit = settings.suspect_after.as_millis() as u64;
+    assert_eq!(judge(watch(None), &settings), None, "one witness or none: not lost");
+    assert_eq!(judge(watch(Some(limit - 1)), &settings), None);
+    assert_eq!(
+        judge(watch(Some(limit)), &settings),
+        Some((Cause::OwnerSilent, Duration::from_millis(limit))),
+        "both silent for the limit: lost, sooner than a dead host"
+    );
+    assert!(settings.suspect_after < settings.dead_after);
 }
 
 #[test]

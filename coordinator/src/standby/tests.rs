@@ -155,3 +155,27 @@ fn steps_that_take_too_long_end_the_standby() {
     assert!(failed.handle_claimed("h2", Err(HostsError::NoWarmProcess("none".into())), now).is_empty());
     assert!(failed.is_done());
 }
+
+#[test]
+fn the_standby_witnesses_its_owners_silence_until_it_hears_it_again() {
+    let (mut placement, now) = placed();
+    assert_eq!(placement.owner_silent(Epoch(2), now), None);
+    let silent = ServerEvent::OwnerSilent { region: REGION, owner_epoch: Epoch(2), silent_ms: 200 };
+    placement.handle_event(&event("h2", "h2-p4", silent), now);
+    assert_eq!(placement.owner_silent(Epoch(2), now + Duration::from_millis(100)), Some(Duration::from_millis(300)));
+    assert_eq!(placement.owner_silent(Epoch(3), now), None, "another epoch's owner");
+    // Heard again: no longer a witness.
+    placement.handle_event(&event("h2", "h2-p4", ServerEvent::OwnerHeard { region: REGION }), now);
+    assert_eq!(placement.owner_silent(Epoch(2), now), None);
+    // A newer held tick also says the owner is alive; a report of the same tick does not.
+    let silent = ServerEvent::OwnerSilent { region: REGION, owner_epoch: Epoch(2), silent_ms: 200 };
+    placement.handle_event(&event("h2", "h2-p4", silent), now);
+    placement.handle_event(&event("h2", "h2-p4", holding(100)), now);
+    assert!(placement.owner_silent(Epoch(2), now).is_some());
+    placement.handle_event(&event("h2", "h2-p4", holding(101)), now);
+    assert_eq!(placement.owner_silent(Epoch(2), now), None);
+    // Another process's word is not the standby's.
+    let silent = ServerEvent::OwnerSilent { region: REGION, owner_epoch: Epoch(2), silent_ms: 200 };
+    placement.handle_event(&event("h3", "h3-p4", silent), now);
+    assert_eq!(placement.owner_silent(Epoch(2), now), None);
+}

@@ -412,14 +412,18 @@ impl<G: Game> Server<'_, G> {
         let mut built = (self.factory)(region).map_err(|error| format!("creating the region: {error}"))?;
         let info =
             baton_sdk::checkpoint::restore(&mut built, &bytes).map_err(|error| format!("restoring {path}: {error}"))?;
-        let epoch = match taken {
+        match taken {
             Some(epoch) => {
+                // Said before the region's thread starts, so it always comes before its `owning`
+                // (which a failover ends at).
+                self.out.emit(&ServerEvent::Restored { region, tick: info.tick, from_epoch: info.epoch, epoch, path });
                 self.host.host_owned(built, epoch).map_err(|error| error.to_string())?;
-                epoch
             }
-            None => self.host.restore_region(built, None).map_err(|error| error.to_string())?,
-        };
-        self.out.emit(&ServerEvent::Restored { region, tick: info.tick, from_epoch: info.epoch, epoch, path });
+            None => {
+                let epoch = self.host.restore_region(built, None).map_err(|error| error.to_string())?;
+                self.out.emit(&ServerEvent::Restored { region, tick: info.tick, from_epoch: info.epoch, epoch, path });
+            }
+        }
         Ok(())
     }
 }
@@ -500,6 +504,10 @@ pub fn server_event(event: HostEvent) -> ServerEvent {
         HostEvent::FeedEnded { region, reason } => ServerEvent::FeedEnded { region, reason },
         HostEvent::Promoted { region, epoch, tick } => ServerEvent::Promoted { region, epoch, tick },
         HostEvent::PromoteRefused { region, reason } => ServerEvent::PromoteRefused { region, reason },
+        HostEvent::OwnerSilent { region, owner_epoch, silent_ms } => {
+            ServerEvent::OwnerSilent { region, owner_epoch, silent_ms }
+        }
+        HostEvent::OwnerHeard { region } => ServerEvent::OwnerHeard { region },
         HostEvent::InputRefused { region, input } => {
             ServerEvent::InputRefused { region, player: input.player, seq: input.seq }
         }

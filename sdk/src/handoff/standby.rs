@@ -17,7 +17,7 @@
 //! every input applied up to that tick survives the owner's death.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use baton_wire::{Epoch, RegionId};
 use rkyv::util::AlignedVec;
@@ -32,6 +32,14 @@ use crate::world::{TrackerId, World, WorldDigest};
 
 /// Most bytes of rounds a follower buffers while it waits for their `Mark` (or the parts of one).
 pub const MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
+
+/// Ticks without a word from the owner after which a standby suspects it (the owner sends a round
+/// every tick), within [`MIN_SUSPECT_AFTER`] and [`MAX_SUSPECT_AFTER`].
+pub const SUSPECT_AFTER_TICKS: u32 = 5;
+/// The shortest silence a standby calls suspect.
+pub const MIN_SUSPECT_AFTER: Duration = Duration::from_millis(150);
+/// The longest.
+pub const MAX_SUSPECT_AFTER: Duration = Duration::from_millis(500);
 
 /// Where a feed is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -358,6 +366,14 @@ pub enum FollowerAction {
     },
     /// The feed stopped; what is held is kept for a promotion.
     Detached(String),
+    /// Nothing came from the owner for `silent_for`, several ticks' worth (it sends a round every
+    /// tick): a witness, for the coordinator, that the owner or its link may be gone.
+    OwnerSilent {
+        /// How long nothing came.
+        silent_for: Duration,
+    },
+    /// The owner was heard again after an [`FollowerAction::OwnerSilent`].
+    OwnerHeard,
     /// Discard the received world and return to the pre-warmed state.
     Discard(String),
 }
@@ -389,6 +405,9 @@ pub struct StandbyFollower {
     applied_bytes: u64,
     progress_due: bool,
     held: Option<u64>,
+    /// After this long without a message the owner is suspected ([`FollowerAction::OwnerSilent`]).
+    suspect_after: Duration,
+    suspected: bool,
 }
 
 impl StandbyFollower {
@@ -412,13 +431,17 @@ impl StandbyFollower {
             applied_bytes: 0,
             progress_due: false,
             held: None,
+            suspect_after: MIN_SUSPECT_AFTER,
+            suspected: false,
         };
-        let Message::Follow { version, region, epoch, source, schema, .. } = follow else {
+        let Message::Follow { version, region, epoch, source, schema, tick_interval_us, .. } = follow else {
             follower.end("the first message of a feed must be Follow".to_owned());
             return follower;
         };
         follower.region = RegionId(*region);
         follower.owner = Ownership { owner: source.clone(), epoch: Epoch(*epoch) };
+        follower.suspect_after = (Duration::from_micros(*tick_interval_us) * SUSPECT_AFTER_TICKS)
+            .clamp(MIN_SUSPECT_AFTER, MAX_SUSPECT_AFTER);
         let refusal = if *version != PROTOCOL_VERSION {
             Some(format!("protocol version {version} is not {PROTOCOL_VERSION}"))
         } else if *schema != world.registry().schema_hash() {
@@ -476,6 +499,9 @@ impl StandbyFollower {
             return;
         }
         self.last_heard = now;
+        if std::mem::take(&mut self.suspected) {
+            self.actions.push_back(FollowerAction::OwnerHeard);
+        }
         match message {
             // Chunks come before round 1's parts on the (ordered) bulk stream, so they are all
             // applied before any round is.
@@ -530,6 +556,7 @@ impl StandbyFollower {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
+            FollowerPhase::Following if !self.suspected => Some(self.last_heard + self.suspect_after),
             FollowerPhase::Following => Some(self.last_heard + self.config.timeouts.silence),
             FollowerPhase::Promoting => self.retry_at,
             _ => None,
@@ -543,6 +570,10 @@ impl StandbyFollower {
         match self.phase {
             FollowerPhase::Following if now >= self.last_heard + self.config.timeouts.silence => {
                 self.detach("the owner went silent");
+            }
+            FollowerPhase::Following if !self.suspected && now >= self.last_heard + self.suspect_after => {
+                self.suspected = true;
+                self.actions.push_back(FollowerAction::OwnerSilent { silent_for: now - self.last_heard });
             }
             FollowerPhase::Promoting if self.retry_at.is_some_and(|at| now >= at) => {
                 self.retry_at = None;

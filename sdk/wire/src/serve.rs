@@ -52,8 +52,8 @@ pub fn from_game_object<T: DeserializeOwned>(object: &GameObject) -> Result<T, s
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ServerCommand {
     /// Create `region` here and own it: afresh from `world`, or restored from the newest checkpoint
-    /// in the process's checkpoint store. Answered by `owning` (afresh), `restored` then `owning`
-    /// (checkpoint), or `error`.
+    /// in the process's checkpoint store. Answered by `owning` (afresh), `restored` and `owning`
+    /// (checkpoint; in that order with `take_over`), or `error`.
     Host {
         /// The region.
         region: RegionId,
@@ -392,6 +392,21 @@ pub enum ServerEvent {
         /// The tick it held.
         tick: u64,
     },
+    /// This process's standby of `region` heard nothing from its owner for `silent_ms` (several
+    /// ticks); a witness for failure detection.
+    OwnerSilent {
+        /// The region.
+        region: RegionId,
+        /// The epoch of the owner it follows.
+        owner_epoch: Epoch,
+        /// How long nothing came, in milliseconds.
+        silent_ms: u64,
+    },
+    /// This process's standby of `region` hears its owner again.
+    OwnerHeard {
+        /// The region.
+        region: RegionId,
+    },
     /// A promotion of this process's standby of `region` was refused.
     PromoteRefused {
         /// The region.
@@ -461,6 +476,8 @@ impl ServerEvent {
             | ServerEvent::FeedEnded { region, .. }
             | ServerEvent::Promoted { region, .. }
             | ServerEvent::PromoteRefused { region, .. }
+            | ServerEvent::OwnerSilent { region, .. }
+            | ServerEvent::OwnerHeard { region }
             | ServerEvent::Report { region, .. } => Some(*region),
         }
     }
@@ -602,6 +619,8 @@ mod tests {
             ServerEvent::FeedEnded { region, reason: "link lost".into() },
             ServerEvent::Promoted { region, epoch: Epoch(3), tick: 500 },
             ServerEvent::PromoteRefused { region, reason: "holds nothing".into() },
+            ServerEvent::OwnerSilent { region, owner_epoch: Epoch(2), silent_ms: 250 },
+            ServerEvent::OwnerHeard { region },
             ServerEvent::Report {
                 region,
                 tick: 7,
@@ -646,6 +665,8 @@ mod tests {
             ServerEvent::FeedEnded { .. } => 21,
             ServerEvent::Promoted { .. } => 22,
             ServerEvent::PromoteRefused { .. } => 23,
+            ServerEvent::OwnerSilent { .. } => 24,
+            ServerEvent::OwnerHeard { .. } => 25,
         }
     }
 
@@ -653,7 +674,7 @@ mod tests {
     fn every_event_round_trips_through_a_line_and_a_postcard_frame() {
         let events = one_of_each();
         let kinds: std::collections::BTreeSet<usize> = events.iter().map(kind).collect();
-        assert_eq!(kinds.len(), 24, "one event of every kind");
+        assert_eq!(kinds.len(), 26, "one event of every kind");
         for event in events {
             let line = to_line(&event);
             assert_eq!(parse_event(&line).unwrap(), event, "{line}");
