@@ -3,7 +3,9 @@
 //! coordinator takes each region over from its newest checkpoint on another process; the players
 //! stay connected, send again what was not durable, and every input they sent is applied exactly
 //! once (the avatar's hash chain over its applied inputs matches the one each player computed).
-//! A region stopped on purpose is not brought back.
+//! A region stopped on purpose is not brought back. With hot standbys: a standby is promoted
+//! when its owner's host dies (also together with the players' gateway: they resume on another),
+//! and a host that hangs and comes back again and again loses its region once, never ping-pong.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -342,4 +344,138 @@ fn a_hot_standby_is_promoted_when_its_owners_host_dies_rolling_back_only_a_few_t
     assert_eq!((host.as_str(), process.as_str()), ("h2", standby_process.as_str()));
     let standbys = fleet.ok("GET", "/v1/standbys", None).unwrap();
     assert!(standbys.as_array().unwrap().iter().all(|standby| standby["host"] != "h2"), "{standbys}");
+}
+
+/// The next state update, or `None` after 10 s or when the connection closed.
+async fn next_update(client: &mut baton_client::Client) -> Option<baton_wire::player::StateUpdate> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, client.next_event()).await {
+            Ok(Some(baton_client::Event::Update(update))) => return Some(update),
+            Ok(Some(baton_client::Event::Closed { .. }) | None) | Err(_) => return None,
+            Ok(Some(_)) => {}
+        }
+    }
+}
+
+#[test]
+fn a_gateway_dying_with_the_owners_host_leaves_its_players_to_resume_on_another_gateway() {
+    let spec = FleetSpec { coordinator_args: vec!["--standby".into(), "on".into()], ..spec() };
+    let mut fleet = Fleet::start(&spec).unwrap();
+    fleet.wait_hosts_ready(2, 1, Duration::from_secs(60)).unwrap();
+    let world = json!({"objects": 40, "npcs": 4, "plants": 4});
+    fleet.ok("POST", "/v1/regions", Some(json!({"region": 1, "host": "h1", "world": world}))).unwrap();
+    wait_for(|| holding_standby(&fleet, 1));
+    let (_g1, g1_address) = fleet.start_late_gateway().unwrap();
+    let options = fleet.client_options();
+    let token = fleet.token(7, 1);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut client = runtime.block_on(baton_client::Client::connect(&options, &token)).unwrap();
+    let mut chain = 0u64;
+    let send = |client: &mut baton_client::Client, count: u64, chain: &mut u64| {
+        runtime.block_on(async {
+            for _ in 0..count {
+                let payload = vec![1, 0, 0, 0, 0, 0, 0, 0, 0, fastrand::u8(..)];
+                *chain = baton_harness::players::chain_step(*chain, client.next_seq(), &payload);
+                client.send_input(payload).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+    };
+    send(&mut client, 20, &mut chain);
+    assert!(runtime.block_on(next_update(&mut client)).is_some());
+    // Inputs in flight; then the owner's host and the player's gateway die together.
+    send(&mut client, 20, &mut chain);
+    let before = last_record_id(&fleet);
+    fleet.kill_host(1).unwrap();
+    fleet.gateway.kill();
+    // The player resumes on the other gateway; until the region is back its join waits or is
+    // refused, and the player tries again, as a client would.
+    let resumed = runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match client.resume(g1_address).await {
+                Ok(()) => return true,
+                Err(error) if tokio::time::Instant::now() < deadline => {
+                    eprintln!("resume refused ({error}); trying again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(_) => return false,
+            }
+        }
+    });
+    assert!(resumed, "the session resumed on the other gateway");
+    let record = failover_of(&fleet, 1, before);
+    assert_eq!(record["phase"], "committed", "{record}");
+    assert_eq!(record["failover"]["standby"], true, "{record}");
+    send(&mut client, 20, &mut chain);
+    let view = runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut view = None;
+        while tokio::time::Instant::now() < deadline {
+            let Some(update) = next_update(&mut client).await else { break };
+            view = sample_region_server::PlayerView::parse(&update.payload);
+            if update.last_applied == 60 {
+                break;
+            }
+        }
+        view
+    });
+    let view = view.expect("a view from the promoted owner");
+    assert_eq!(client.acked(), 60, "every input acknowledged");
+    assert_eq!(view.inputs_applied, 60, "each input applied exactly once");
+    assert_eq!(view.input_chain, chain, "in order");
+}
+
+#[test]
+fn a_flapping_host_loses_its_region_once_and_never_gets_it_back_by_failover() {
+    let spec = FleetSpec { coordinator_args: vec!["--standby".into(), "on".into()], ..spec() };
+    let mut fleet = Fleet::start(&spec).unwrap();
+    fleet.wait_hosts_ready(2, 1, Duration::from_secs(60)).unwrap();
+    let world = json!({"objects": 40, "npcs": 4, "plants": 4});
+    fleet.ok("POST", "/v1/regions", Some(json!({"region": 1, "host": "h1", "world": world}))).unwrap();
+    wait_for(|| holding_standby(&fleet, 1));
+    let playing = players(&fleet, 1, 3, 1, 10);
+    std::thread::sleep(Duration::from_secs(1));
+    // 1. h1 hangs (every process of it frozen): its region is taken over by its standby on h2.
+    let before = last_record_id(&fleet);
+    let frozen = fleet.signal_host(1, "-STOP").unwrap();
+    let record = failover_of(&fleet, 1, before);
+    assert_eq!(record["phase"], "committed", "{record}");
+    assert_eq!(record["to_host"], "h2", "{record}");
+    // 2. It comes back, hangs again, comes back again: the old owner lets the region go and
+    // nothing fails over again (the region stays on h2).
+    let arguments: Vec<String> = frozen.iter().map(u32::to_string).collect();
+    assert!(std::process::Command::new("kill").arg("-CONT").args(&arguments).status().unwrap().success());
+    wait_for(|| host_alive(&fleet, "h1").then_some(()));
+    let settled = last_record_id(&fleet);
+    for _ in 0..2 {
+        let frozen_again = fleet.signal_host(1, "-STOP").unwrap();
+        // An outage longer than the dead-host limit (800 ms).
+        std::thread::sleep(Duration::from_millis(1500));
+        let arguments: Vec<String> = frozen_again.iter().map(u32::to_string).collect();
+        assert!(std::process::Command::new("kill").arg("-CONT").args(&arguments).status().unwrap().success());
+        wait_for(|| host_alive(&fleet, "h1").then_some(()));
+    }
+    assert_nothing_lost(&playing.join().unwrap());
+    let (host, _, _) = wait_for(|| server_of(&fleet, 1));
+    assert_eq!(host, "h2", "the region stayed where the failover put it");
+    let records = fleet.ok("GET", "/v1/migrations", None).unwrap();
+    let later: Vec<&Value> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|record| record["id"].as_u64().unwrap() > settled && record["region"] == 1)
+        .collect();
+    assert!(later.is_empty(), "no ping-pong: {later:?}");
+}
+
+/// Whether host `name` reports (connected and not declared dead).
+fn host_alive(fleet: &Fleet, name: &str) -> bool {
+    let hosts = fleet.ok("GET", "/v1/hosts", None).unwrap();
+    hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|host| host["name"] == name && host["connected"] == true && host["dead"] == false)
 }

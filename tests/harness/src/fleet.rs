@@ -327,6 +327,13 @@ impl Fleet {
     /// Kills host `h{index}` the way a machine dies: its agent and every region-server process
     /// it reports, each with SIGKILL at once. Returns the process ids killed.
     pub fn kill_host(&mut self, index: usize) -> anyhow::Result<Vec<u32>> {
+        self.signal_host(index, "-KILL")
+    }
+
+    /// Sends `signal` (`-STOP` freezes a host as a hang or partition does, `-CONT` thaws it) to
+    /// host `h{index}`'s agent and every region-server process it reports, at once. Returns the
+    /// process ids.
+    pub fn signal_host(&mut self, index: usize, signal: &str) -> anyhow::Result<Vec<u32>> {
         let name = format!("h{index}");
         let hosts = self.ok("GET", "/v1/hosts", None)?;
         let host = hosts
@@ -345,9 +352,9 @@ impl Fleet {
                 .filter(|pid| *pid > 0),
         );
         let arguments: Vec<String> = pids.iter().map(u32::to_string).collect();
-        let status = Command::new("kill").arg("-KILL").args(&arguments).status()?;
+        let status = Command::new("kill").arg(signal).args(&arguments).status()?;
         if !status.success() {
-            bail!("kill -KILL {arguments:?} failed");
+            bail!("kill {signal} {arguments:?} failed");
         }
         Ok(pids)
     }

@@ -107,12 +107,12 @@ fn run_once(cli: &Cli, with_standby: bool) -> anyhow::Result<Run> {
     let start = Instant::now();
     let config = RegionConfig::default();
     let interval = config.tick_interval();
-    let mut region = new_region(REGION, config.clone()).context("creating the region")?;
+    let mut region = new_region(REGION, config).context("creating the region")?;
     let spec = WorldSpec { objects: cli.objects, npcs: cli.npcs, plants: cli.plants, seed: 7, churn: 0 };
     populate(&mut region, spec)?;
     let rewarm = || Box::new(|region| new_region(region, RegionConfig::default()));
     let mut owner = RegionNode::new(region, Role::Owner { epoch: Epoch(1) }, settings("owner", start), rewarm(), start);
-    let empty = new_region(REGION, config.clone()).context("creating the standby's slot")?;
+    let empty = new_region(REGION, config).context("creating the standby's slot")?;
     let mut standby = RegionNode::new(empty, Role::Target, settings("standby", start), rewarm(), start);
     for player in 1..=cli.players {
         owner.handle_gateway(start, GatewayRequest::Join { player: PlayerId(player), gateway: 1 });
