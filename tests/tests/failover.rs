@@ -285,6 +285,47 @@ fn a_source_host_that_dies_mid_migration_leaves_one_owner_and_loses_nothing() {
     assert_nothing_lost(&playing.join().unwrap());
 }
 
+#[test]
+fn a_target_host_that_dies_mid_migration_leaves_one_owner_and_loses_nothing() {
+    let mut fleet = Fleet::start(&spec()).unwrap();
+    fleet.wait_hosts_ready(2, 1, Duration::from_secs(60)).unwrap();
+    let world = json!({"objects": 400, "npcs": 20, "plants": 20});
+    fleet.ok("POST", "/v1/regions", Some(json!({"region": 1, "host": "h1", "world": world}))).unwrap();
+    let playing = players(&fleet, 1, 3, 1, 8);
+    std::thread::sleep(Duration::from_secs(2));
+    let migration = fleet.ok("POST", "/v1/migrations", Some(json!({"region": 1, "to_host": "h2"}))).unwrap();
+    let id = migration["id"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fleet.ok("GET", &format!("/v1/migrations/{id}"), None).unwrap()["phase"] != "transferring" {
+        assert!(Instant::now() < deadline, "migration {id} never reached the handoff");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The target's whole host dies while the region streams to it.
+    fleet.kill_host(2).unwrap();
+    let record = fleet.wait_migration(id, Duration::from_secs(60)).unwrap();
+    eprintln!("the migration: {record}");
+    // Either the source kept the region (the handoff aborted), or the target had committed and a
+    // failover brought the region back to h1: one process serves it in the end, on h1, and it is
+    // the directory's owner.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let owner = fleet.ok("GET", "/v1/regions", None).unwrap()[0]["owner"].as_str().unwrap_or_default().to_owned();
+        if let Some((host, process, _)) = server_of(&fleet, 1)
+            && host == "h1"
+            && process == owner
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "region 1 not served by its owner on h1: {}",
+            fleet.ok("GET", "/v1/hosts", None).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_nothing_lost(&playing.join().unwrap());
+}
+
 /// The standby of `region` once it holds a tick: `(host, process)`.
 fn holding_standby(fleet: &Fleet, region: u64) -> Option<(String, String)> {
     let standbys = fleet.ok("GET", "/v1/standbys", None).unwrap();
