@@ -52,7 +52,10 @@ fn a_served_process_answers_bad_lines_with_errors_and_keeps_serving() {
     let mut stdin = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut next = || baton_wire::serve::parse_event(&lines.next().unwrap().unwrap()).unwrap();
-    assert!(matches!(next(), baton_wire::serve::ServerEvent::Listening { version: baton_wire::serve::SERVE_VERSION, .. }));
+    assert!(matches!(
+        next(),
+        baton_wire::serve::ServerEvent::Listening { version: baton_wire::serve::SERVE_VERSION, .. }
+    ));
     for bad in [r#"{"cmd":"migrate","region":1}"#, "not json", r#"{"cmd":"prepare","region":-1}"#] {
         writeln!(stdin, "{bad}").unwrap();
         assert!(matches!(next(), baton_wire::serve::ServerEvent::Error { region: None, .. }), "{bad}");
