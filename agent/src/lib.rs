@@ -126,7 +126,7 @@ pub async fn run(
     let mut status_timer = tokio::time::interval(config.status_interval);
     // Claims waiting for a warm process to finish starting.
     let mut waiting_claims: Vec<u64> = Vec::new();
-    // Bytes the host's handoffs have sent so far (kept here: processes come and go).
+    // Bytes the host's handoffs and standby feeds have sent so far (kept here: processes come and go).
     let mut migration_bytes = 0u64;
     // A free host (the coordinator's balancer emptied it) keeps no warm processes.
     let mut free = false;
@@ -192,8 +192,11 @@ pub async fn run(
                 if let Some(entry) = processes.get_mut(&process) {
                     track(entry, &event);
                 }
-                if let ServerEvent::HandedOff { figures, .. } = &event {
-                    migration_bytes += figures.total_bytes();
+                match &event {
+                    ServerEvent::HandedOff { figures, .. } => migration_bytes += figures.total_bytes(),
+                    // What feeding a hot standby sent: state leaving the host, as a handoff's.
+                    ServerEvent::Load { standby_bytes, .. } => migration_bytes += standby_bytes,
+                    _ => {}
                 }
                 if matches!(event, ServerEvent::Listening { .. }) {
                     while !waiting_claims.is_empty() {
@@ -334,7 +337,7 @@ fn spawn(config: &AgentConfig, name: &str, happenings: &UnboundedSender<Happenin
 fn track(process: &mut Process, event: &ServerEvent) {
     match event {
         ServerEvent::Listening { addr, .. } => process.address = Some(*addr),
-        ServerEvent::Load { region, tick_ms, tick_ms_max, tick_budget_ms, players, entities } => {
+        ServerEvent::Load { region, tick_ms, tick_ms_max, tick_budget_ms, players, entities, .. } => {
             process.region_load.insert(
                 *region,
                 RegionLoadReport {

@@ -22,6 +22,9 @@
 //!   [`MAX_KEPT`] applied ones); after [`Client::resume`] (a lost connection, a dead gateway)
 //!   every input the region has not applied is sent again, and after a failover
 //!   ([`Event::Recovered`]) every kept one is; the region applies each number once.
+//! - If the region comes back from state older than what it acknowledged as durable (its hot
+//!   standby died with it), the inputs the client no longer has are gone: the client says so
+//!   (`Skip`), the region counts them lost and goes on with the next one (it never waits for them).
 //! - State updates arrive as datagrams: some may be lost or reordered, so [`Event::Update`]s older
 //!   than the newest seen are dropped here; the newest state always wins.
 //! - A change of network address (Wi-Fi to mobile) keeps the connection (QUIC migration);
@@ -280,8 +283,12 @@ impl Client {
         Ok(seq)
     }
 
-    /// Sends every kept input again if a failover asked for it.
+    /// Sends every kept input again if a failover asked for it, after saying which inputs the
+    /// client no longer has if the region's updates show it lacks them.
     async fn flush_resend(&mut self) -> Result<(), ClientError> {
+        if let Some(through) = self.inputs.take_skip() {
+            self.write(&ClientFrame::Skip { through }).await?;
+        }
         let again = self.inputs.take_resend();
         for (seq, payload) in again {
             self.write(&ClientFrame::Input { seq, payload }).await?;
@@ -415,6 +422,9 @@ impl Client {
         self.updates = UpdateOrder::new(welcome.region);
         self.next_update = None;
         let resend = self.inputs.handle_welcome(welcome.last_applied);
+        if let Some(through) = self.inputs.take_skip() {
+            self.write(&ClientFrame::Skip { through }).await?;
+        }
         for (seq, payload) in resend {
             self.write(&ClientFrame::Input { seq, payload }).await?;
         }
@@ -451,11 +461,29 @@ struct InputLog {
     durable: u64,
     /// A failover asked for every kept input again; sent before anything else is.
     resend_pending: bool,
+    /// The newest input no longer kept (dropped as durable, or applied beyond [`MAX_KEPT`]).
+    forgotten: u64,
+    /// Updates in a row whose region applied less than `forgotten` (restored from older state).
+    gap_updates: u32,
+    /// A `Skip` through `forgotten` is due.
+    skip_pending: bool,
 }
+
+/// While a region's updates show it lacks inputs the client no longer has, a `Skip` goes once,
+/// then again every this many updates (one that was lost, or reached an owner about to change).
+const SKIP_EVERY_UPDATES: u32 = 30;
 
 impl InputLog {
     fn new(last_applied: u64) -> InputLog {
-        InputLog { kept: VecDeque::new(), acked: last_applied, durable: last_applied, resend_pending: false }
+        InputLog {
+            kept: VecDeque::new(),
+            acked: last_applied,
+            durable: last_applied,
+            resend_pending: false,
+            forgotten: last_applied,
+            gap_updates: 0,
+            skip_pending: false,
+        }
     }
 
     /// Inputs sent and not applied yet.
@@ -465,6 +493,7 @@ impl InputLog {
 
     /// An update said what the region applied and what is durable.
     fn acknowledge(&mut self, last_applied: u64, durable: u64) {
+        self.note_applied(last_applied);
         self.acked = self.acked.max(last_applied);
         self.durable = self.durable.max(durable.min(last_applied));
         while let Some((seq, _)) = self.kept.front() {
@@ -472,8 +501,27 @@ impl InputLog {
             if *seq > self.durable && !applied_beyond_limit {
                 break;
             }
+            self.forgotten = self.forgotten.max(*seq);
             self.kept.pop_front();
         }
+    }
+
+    /// The region says it applied up to `last_applied`: below what the client no longer has, it
+    /// will wait for those inputs for ever unless told they are gone.
+    fn note_applied(&mut self, last_applied: u64) {
+        if last_applied >= self.forgotten {
+            self.gap_updates = 0;
+            return;
+        }
+        if self.gap_updates.is_multiple_of(SKIP_EVERY_UPDATES) {
+            self.skip_pending = true;
+        }
+        self.gap_updates = self.gap_updates.wrapping_add(1);
+    }
+
+    /// The `Skip` to send now, if one is due: through the newest input no longer kept.
+    fn take_skip(&mut self) -> Option<u64> {
+        std::mem::take(&mut self.skip_pending).then_some(self.forgotten)
     }
 
     /// A new owner restored the region from saved state holding `durable` or later: what was
@@ -494,6 +542,8 @@ impl InputLog {
     /// A resumed session's welcome says what the region applied (after a failover that can be
     /// less than acknowledged before): everything kept after it is sent again.
     fn handle_welcome(&mut self, last_applied: u64) -> Vec<(u64, Vec<u8>)> {
+        self.gap_updates = 0;
+        self.note_applied(last_applied);
         self.acked = last_applied;
         self.resend_pending = false;
         self.kept.iter().filter(|(seq, _)| *seq > last_applied).cloned().collect()
@@ -711,7 +761,7 @@ fn datagram_event(bytes: &[u8]) -> Option<Event> {
 
 #[cfg(test)]
 mod tests {
-    use super::{InputLog, MAX_KEPT, StateUpdate, UpdateOrder};
+    use super::{InputLog, MAX_KEPT, SKIP_EVERY_UPDATES, StateUpdate, UpdateOrder};
 
     fn seqs(inputs: &[(u64, Vec<u8>)]) -> Vec<u64> {
         inputs.iter().map(|(seq, _)| *seq).collect()
@@ -758,6 +808,45 @@ mod tests {
         assert_eq!(seqs(&log.handle_welcome(4)), vec![5, 6]);
         assert!(log.take_resend().is_empty(), "the welcome's resend replaces the failover's");
         assert_eq!((log.acked, log.unacked()), (4, 2));
+    }
+
+    #[test]
+    fn a_region_restored_from_before_what_was_durable_is_told_to_skip_what_the_client_dropped() {
+        let mut log = InputLog::new(0);
+        sent(&mut log, 1..=10);
+        // The standby held up to 8; the owner applied 10.
+        log.acknowledge(10, 8);
+        assert_eq!(log.take_skip(), None, "nothing missing while the region is ahead");
+        // Both lost; restored from a checkpoint at input 3: 9 and 10 go again, 4..=8 are gone.
+        log.handle_recovered();
+        assert_eq!(seqs(&log.take_resend()), vec![9, 10]);
+        log.acknowledge(3, 3);
+        assert_eq!(log.take_skip(), Some(8));
+        assert_eq!(log.take_skip(), None, "once");
+        // Updates still showing the gap (sent before the skip arrived) ask again only every so often.
+        for _ in 1..SKIP_EVERY_UPDATES {
+            log.acknowledge(3, 3);
+            assert_eq!(log.take_skip(), None);
+        }
+        log.acknowledge(3, 3);
+        assert_eq!(log.take_skip(), Some(8), "the skip was lost: again");
+        // The region skipped and applied what was sent again.
+        log.acknowledge(10, 10);
+        assert_eq!(log.take_skip(), None);
+        assert!(log.kept.is_empty());
+        // A resumed session whose welcome shows the gap skips before sending again.
+        let mut log = InputLog::new(0);
+        sent(&mut log, 1..=6);
+        log.acknowledge(6, 4);
+        assert_eq!(seqs(&log.handle_welcome(2)), vec![5, 6]);
+        assert_eq!(log.take_skip(), Some(4));
+        // Applied inputs dropped past the limit count as no longer kept.
+        let mut log = InputLog::new(0);
+        let total = MAX_KEPT as u64 + 10;
+        sent(&mut log, 1..=total);
+        log.acknowledge(total - 5, 0);
+        log.acknowledge(4, 0);
+        assert_eq!(log.take_skip(), Some(10));
     }
 
     #[test]

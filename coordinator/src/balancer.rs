@@ -23,6 +23,9 @@
 //! back into use, and it never empties a host that received a region or came back into use within
 //! `settle_s`, so it does not undo a relief.
 //!
+//! A region with a hot standby never moves to its standby's host (relief or consolidation): owner
+//! and standby on one host would be lost together.
+//!
 //! Guards: a region moves at most once per `cooldown_s`; after a move of it aborts it waits
 //! `backoff_s`, doubled per abort in a row (at most 32 times); pinned regions never move; at most
 //! `max_moves` balancer moves run at once, and the migrations' per-host limit holds; at least
@@ -171,6 +174,9 @@ pub struct RegionState {
     pub players: u64,
     /// Live entities (the size of its state).
     pub entities: u64,
+    /// The host of its hot standby, if it has one: never a move's target (the region and its
+    /// standby would die together; the standby's own cost is in that host's measured use).
+    pub standby: Option<String>,
 }
 
 /// One host, as the balancer sees it.
@@ -755,7 +761,10 @@ impl Balancer {
                     .iter()
                     .enumerate()
                     .filter(|(other, target)| {
-                        *other != index && target.in_use && plan.emptying.as_deref() != Some(&target.name)
+                        *other != index
+                            && target.in_use
+                            && plan.emptying.as_deref() != Some(&target.name)
+                            && region.standby.as_ref() != Some(&target.name)
                     })
                     .map(|(other, target)| (other, target.pressure_with(target.cores + cores, target.memory + memory)))
                     .filter(|(_, after)| *after <= settings.fill)
@@ -952,8 +961,11 @@ impl Balancer {
         let mut placement = Vec::new();
         for (cores, memory, region) in &regions {
             let peak = long(region);
-            let mut targets: Vec<usize> =
-                (0..hosts.len()).filter(|&index| index != candidate && hosts[index].in_use).collect();
+            let mut targets: Vec<usize> = (0..hosts.len())
+                .filter(|&index| {
+                    index != candidate && hosts[index].in_use && region.standby.as_ref() != Some(&hosts[index].name)
+                })
+                .collect();
             targets.sort_by(|&a, &b| {
                 let pa = hosts[a].pressure_with(trial[a].0, trial[a].1);
                 let pb = hosts[b].pressure_with(trial[b].0, trial[b].1);

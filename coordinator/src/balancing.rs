@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::balancer::{Balancer, HostState, Mode, Plan, RegionState, Settings, Snapshot, Step};
 use crate::hosts::Hosts;
 use crate::migrations::{Migrations, Phase};
+use crate::standby::Standbys;
 
 /// Metric: balancer migrations started, by kind (`rebalance`, `consolidate`).
 pub const MOVES_TOTAL: &str = "baton_balancer_moves_total";
@@ -144,6 +145,7 @@ pub struct Balancing {
     inner: Mutex<Inner>,
     interval: Duration,
     hook: Option<PathBuf>,
+    standbys: Option<Arc<Standbys>>,
 }
 
 fn unix_ms() -> u64 {
@@ -152,8 +154,21 @@ fn unix_ms() -> u64 {
 
 /// What the balancer sees of the cluster now.
 #[must_use]
-pub fn snapshot(hosts: &Hosts, migrations: &Migrations, started: &HashMap<u64, u64>) -> Snapshot {
+pub fn snapshot(
+    hosts: &Hosts,
+    migrations: &Migrations,
+    started: &HashMap<u64, u64>,
+    standbys: Option<&Standbys>,
+) -> Snapshot {
     let records = migrations.list();
+    // Where each region's standby is (claimed: a claim still out has no host yet).
+    let standby_hosts: HashMap<u64, String> = standbys
+        .map(Standbys::views)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|view| !view.host.is_empty())
+        .map(|view| (view.region, view.host))
+        .collect();
     let running: Vec<_> = records.iter().filter(|record| !record.phase.is_final()).collect();
     let views = hosts.views();
     let hosts = views
@@ -174,8 +189,16 @@ pub fn snapshot(hosts: &Hosts, migrations: &Migrations, started: &HashMap<u64, u
                         late: load.tick_budget_ms > 0.0 && load.tick_ms_max > load.tick_budget_ms,
                         players: load.players,
                         entities: load.entities,
+                        standby: standby_hosts.get(&region).cloned(),
                     },
-                    None => RegionState { region, cores: 0.0, late: false, players: 0, entities: 0 },
+                    None => RegionState {
+                        region,
+                        cores: 0.0,
+                        late: false,
+                        players: 0,
+                        entities: 0,
+                        standby: standby_hosts.get(&region).cloned(),
+                    },
                 })
                 .collect();
             HostState {
@@ -212,6 +235,7 @@ impl Balancing {
         settings: Settings,
         interval: Duration,
         hook: Option<PathBuf>,
+        standbys: Option<Arc<Standbys>>,
     ) -> Result<Arc<Balancing>, String> {
         if interval.is_zero() {
             return Err("the balancer's interval must be above 0".into());
@@ -227,6 +251,7 @@ impl Balancing {
             }),
             interval,
             hook,
+            standbys,
         }))
     }
 
@@ -255,7 +280,7 @@ impl Balancing {
             inner.started.remove(&id);
             inner.balancer.handle_outcome(region, committed, now);
         }
-        let snapshot = snapshot(&self.hosts, &self.migrations, &inner.started);
+        let snapshot = snapshot(&self.hosts, &self.migrations, &inner.started, self.standbys.as_deref());
         let round = inner.balancer.round(&snapshot, now);
         let mode = inner.balancer.mode();
         metrics::gauge!(PLAN_STEPS).set(round.plan.steps.len() as f64);
@@ -390,7 +415,7 @@ impl Balancing {
     #[must_use]
     pub fn plan(&self) -> Option<Plan> {
         let inner = self.inner.lock().ok()?;
-        let snapshot = snapshot(&self.hosts, &self.migrations, &inner.started);
+        let snapshot = snapshot(&self.hosts, &self.migrations, &inner.started, self.standbys.as_deref());
         Some(inner.balancer.plan(&snapshot, Instant::now()))
     }
 

@@ -35,11 +35,17 @@ use crate::standby::Standbys;
 pub const FAILOVERS_TOTAL: &str = "baton_failovers_total";
 /// Metric: hosts declared dead.
 pub const HOSTS_DEAD_TOTAL: &str = "baton_hosts_declared_dead_total";
+/// Metric: player inputs acknowledged durable and then lost in a failover (standby lost too).
+pub const FAILOVER_INPUTS_LOST_TOTAL: &str = "baton_failover_inputs_lost_total";
 
 /// Describes the failover metrics.
 pub fn describe_metrics() {
     metrics::describe_counter!(FAILOVERS_TOTAL, "Failovers, by outcome: recovered, gave_up, superseded.");
     metrics::describe_counter!(HOSTS_DEAD_TOTAL, "Hosts declared dead (silent longer than the limit).");
+    metrics::describe_counter!(
+        FAILOVER_INPUTS_LOST_TOTAL,
+        "Player inputs acknowledged durable, then lost with their region's owner and standby."
+    );
 }
 
 /// When a region counts as lost and how long a failover tries.
@@ -120,6 +126,11 @@ pub struct FailoverFigures {
     pub attempts: u32,
     /// Whether its players were told it was unavailable (it was not back within the grace).
     pub players_told: bool,
+    /// Player inputs acknowledged durable that the state it came back from lacked (its standby
+    /// was lost with it): counted as the players' clients say they no longer have them, after
+    /// the failover ended.
+    #[serde(default)]
+    pub inputs_lost: u64,
 }
 
 /// What the coordinator knows of a region's owner right now.
@@ -279,6 +290,7 @@ impl Failover {
                 standby: false,
                 attempts: 0,
                 players_told: false,
+                inputs_lost: 0,
             }),
         };
         let mut failover = Failover {
@@ -348,6 +360,7 @@ impl Failover {
             standby: false,
             attempts: 0,
             players_told: false,
+            inputs_lost: 0,
         };
         self.record.failover.get_or_insert(fresh)
     }
@@ -674,7 +687,34 @@ impl Failovers {
             Happened::Event(event_) if event_.ownership_change().is_some_and(|(_, owns)| owns) => {
                 state.exited.remove(&event.process);
             }
+            Happened::Event(ServerEvent::InputsLost { region, lost, .. }) => {
+                drop(state);
+                self.count_lost_inputs(*region, *lost);
+            }
             Happened::Event(_) => {}
+        }
+    }
+
+    /// A new owner's players said they no longer have inputs it lacks: the loss goes on the
+    /// region's latest failover record. (A failover is done once the new owner owns the region,
+    /// before any update of it reaches a player, so no running failover stores over this.)
+    fn count_lost_inputs(&self, region: RegionId, lost: u64) {
+        metrics::counter!(FAILOVER_INPUTS_LOST_TOTAL).increment(lost);
+        let latest = self
+            .migrations
+            .list()
+            .into_iter()
+            .filter(|record| record.region == region.0 && record.failover.is_some())
+            .max_by_key(|record| record.id);
+        match latest {
+            Some(mut record) => {
+                if let Some(figures) = record.failover.as_mut() {
+                    figures.inputs_lost += lost;
+                }
+                tracing::warn!(%region, lost, record = record.id, "player inputs acknowledged durable were lost");
+                self.migrations.keep(&record);
+            }
+            None => tracing::warn!(%region, lost, "player inputs were lost outside any failover"),
         }
     }
 

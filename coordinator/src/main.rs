@@ -253,16 +253,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             baton_coordinator::migrations::Timeouts::default(),
         )
         .map_err(anyhow::Error::msg)?;
-        let balancing = baton_coordinator::balancing::Balancing::new(
-            hosts.clone(),
-            migrations.clone(),
-            cli.balancer.mode,
-            balancer_settings,
-            std::time::Duration::from_millis(cli.balancer.interval_ms),
-            cli.balancer.hook.clone(),
-        )
-        .map_err(anyhow::Error::msg)?;
-        tokio::spawn(balancing.clone().run());
         let standbys = (cli.failover.failover == Switch::On && cli.failover.standby == Switch::On).then(|| {
             baton_coordinator::standby::Standbys::start(
                 hosts.clone(),
@@ -271,6 +261,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 baton_coordinator::standby::StandbySettings::default(),
             )
         });
+        let balancing = baton_coordinator::balancing::Balancing::new(
+            hosts.clone(),
+            migrations.clone(),
+            cli.balancer.mode,
+            balancer_settings,
+            std::time::Duration::from_millis(cli.balancer.interval_ms),
+            cli.balancer.hook.clone(),
+            standbys.clone(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        tokio::spawn(balancing.clone().run());
         Failovers::start(
             hosts.clone(),
             directory.clone(),

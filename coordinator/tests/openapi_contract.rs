@@ -955,14 +955,6 @@ impl Cluster {
             let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder().handle();
             // The balancer is not driven here (its rounds would move the fake hosts' regions); its
             // API still answers: status, plan, and changes.
-            let balancing = baton_coordinator::balancing::Balancing::new(
-                hosts.clone(),
-                migrations.clone(),
-                baton_coordinator::balancer::Mode::Off,
-                baton_coordinator::balancer::Settings::default(),
-                Duration::from_secs(1),
-                None,
-            )?;
             // Standbys only for regions created asking for one: the fake hosts do not feed any.
             let standbys = baton_coordinator::standby::Standbys::start(
                 hosts.clone(),
@@ -970,6 +962,15 @@ impl Cluster {
                 migrations.clone(),
                 baton_coordinator::standby::StandbySettings { by_default: false, ..Default::default() },
             );
+            let balancing = baton_coordinator::balancing::Balancing::new(
+                hosts.clone(),
+                migrations.clone(),
+                baton_coordinator::balancer::Mode::Off,
+                baton_coordinator::balancer::Settings::default(),
+                Duration::from_secs(1),
+                None,
+                Some(standbys.clone()),
+            )?;
             let state = ApiState {
                 token: Arc::new(TOKEN.to_owned()),
                 directory: directory.clone(),

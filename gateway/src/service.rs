@@ -585,6 +585,25 @@ async fn player_session(inner: &Arc<Inner>, connection: &quinn::Connection) -> R
                 charged.consume(now, 1);
                 forward_input(inner, PlayerInput { player, seq, payload });
             }
+            ClientFrame::Skip { through } => {
+                // A session resumed here after a failover starts from the restored state's
+                // `last_applied`, below what the client dropped: the skip moves its numbering on.
+                if through > MAX_SKIP_THROUGH {
+                    break Err(Closing::new(
+                        CloseCode::Protocol,
+                        format!("skip through input {through} is implausible"),
+                    ));
+                }
+                highest_seq = highest_seq.max(through);
+                // Charged as an input: a client cannot flood its region with skips either.
+                let now = Instant::now();
+                if !bucket.delay(now, 1).is_zero() {
+                    inner.counters.inputs_dropped_rate.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                bucket.consume(now, 1);
+                forward_skip(inner, player, through);
+            }
         }
     };
     // The connection is gone (or is being closed): the session waits for a resume until the grace
@@ -715,6 +734,22 @@ fn forward_input(inner: &Inner, input: PlayerInput) {
             inner.counters.inputs_dropped_unroutable.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%player, "an input of a player without a session here");
         }
+    }
+}
+
+/// Largest input number a skip may name (far beyond any real session; keeps `+ 1` from overflowing).
+const MAX_SKIP_THROUGH: u64 = u64::MAX / 2;
+
+/// A player's client no longer has its inputs up to `through`: to its region's owner now. Not
+/// held like an input (a skip changes no order); one that finds no owner is dropped, and the
+/// client says it again while the region's updates still show the gap.
+fn forward_skip(inner: &Inner, player: PlayerId, through: u64) {
+    let region = table(inner).region_of(player);
+    match region.and_then(|region| Some((region, inner.routes.owner(region)?))) {
+        Some((region, (server, epoch))) => {
+            send_upstream(inner, server, GatewayMessage::Skip { region, epoch, player, through });
+        }
+        None => tracing::debug!(%player, through, "a skip with no region to go to"),
     }
 }
 

@@ -22,6 +22,9 @@ pub const REGION_ENTITIES: &str = "baton_region_entities";
 pub const INPUTS_APPLIED_TOTAL: &str = "baton_inputs_applied_total";
 /// Counter: player inputs refused (bad, duplicate or overflowing). Labels: `region`, `reason`.
 pub const INPUTS_REFUSED_TOTAL: &str = "baton_inputs_refused_total";
+/// Counter: player inputs lost: acknowledged durable, then lost with the state that held them
+/// (a region restored from older state; its players said they no longer have them). Label: `region`.
+pub const INPUTS_LOST_TOTAL: &str = "baton_inputs_lost_total";
 /// Counter: script calls. Label: `region`.
 pub const SCRIPT_CALLS_TOTAL: &str = "baton_script_calls_total";
 /// Counter: scripts stopped for a trap, fuel or memory. No label (the entity is in the log).
@@ -67,6 +70,10 @@ pub fn describe() {
     metrics::describe_gauge!(REGION_ENTITIES, "Live entities in the region's world.");
     metrics::describe_counter!(INPUTS_APPLIED_TOTAL, "Player inputs applied.");
     metrics::describe_counter!(INPUTS_REFUSED_TOTAL, "Player inputs refused, by reason.");
+    metrics::describe_counter!(
+        INPUTS_LOST_TOTAL,
+        "Player inputs acknowledged durable and then lost with the state that held them."
+    );
     metrics::describe_counter!(SCRIPT_CALLS_TOTAL, "Calls into region scripts.");
     metrics::describe_counter!(SCRIPT_FAULTS_TOTAL, "Scripts stopped for a trap, exhausted fuel or memory.");
     metrics::describe_gauge!(PHYSICS_AWAKE_BODIES, "Physics bodies awake after the last step.");
@@ -119,6 +126,13 @@ pub fn tick_overrun(region: RegionId, tick: u64, late_by: Duration) {
 pub fn input_refused(region: RegionId, player: baton_wire::PlayerId, reason: &'static str) {
     metrics::counter!(INPUTS_REFUSED_TOTAL, "region" => region.to_string(), "reason" => reason).increment(1);
     tracing::debug!(%region, %player, reason, "input refused");
+}
+
+/// `player`'s inputs up to `through` were acknowledged durable, and `lost` of them are not in the
+/// state `region` was restored from.
+pub fn inputs_lost(region: RegionId, player: baton_wire::PlayerId, lost: u64, through: u64) {
+    metrics::counter!(INPUTS_LOST_TOTAL, "region" => region.to_string()).increment(lost);
+    tracing::warn!(%region, %player, lost, through, "inputs acknowledged as durable were lost with the state that held them");
 }
 
 /// An avatar left `region` across its border into `to`.

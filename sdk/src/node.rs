@@ -118,6 +118,13 @@ pub enum GatewayRequest {
         /// The gateway serving its player.
         gateway: GatewayId,
     },
+    /// The player's client no longer has its inputs up to `through` (protocol.md §9, `Skip`).
+    Skip {
+        /// The player.
+        player: PlayerId,
+        /// The last input it dropped.
+        through: u64,
+    },
 }
 
 /// What the node knows of the host's gateways when it ticks (the driver answers from its table).
@@ -231,6 +238,8 @@ pub enum HostEvent {
         players: u64,
         /// Live entities.
         entities: u64,
+        /// Bytes sent to the region's hot standby since the previous report.
+        standby_bytes: u64,
     },
     /// A checkpoint of `region` was stored.
     Checkpointed {
@@ -341,6 +350,18 @@ pub enum HostEvent {
         region: RegionId,
         /// The input.
         input: PlayerInput,
+    },
+    /// `player`'s inputs up to `through` were acknowledged durable, and `lost` of them are not in
+    /// the state the region was restored from.
+    InputsLost {
+        /// The region.
+        region: RegionId,
+        /// The player.
+        player: PlayerId,
+        /// How many.
+        lost: u64,
+        /// The last input its client dropped.
+        through: u64,
     },
 }
 
@@ -465,6 +486,8 @@ pub struct RegionNode<L: RegionLogic> {
     deferred: Vec<GatewayRequest>,
     /// Tick durations since the last load report: (ticks, total, longest).
     load_window: (u32, Duration, Duration),
+    /// Archive bytes sent to the standby since the last [`HostEvent::Load`].
+    standby_bytes: u64,
     /// What survives the loss of this instance (durable acknowledgements, protocol.md §9).
     durability: Durability,
     reported_phase: Option<SourcePhase>,
@@ -500,6 +523,7 @@ impl<L: RegionLogic> RegionNode<L> {
             late_receiver: None,
             deferred: Vec::new(),
             load_window: (0, Duration::ZERO, Duration::ZERO),
+            standby_bytes: 0,
             reported_phase: None,
             outputs,
             durability: Durability::default(),
@@ -958,6 +982,7 @@ impl<L: RegionLogic> RegionNode<L> {
                     tick_budget_ms: interval.as_secs_f64() * 1000.0,
                     players: self.region.sessions().len() as u64,
                     entities: self.region.world().entity_count() as u64,
+                    standby_bytes: std::mem::take(&mut self.standby_bytes),
                 }));
                 *window = (0, Duration::ZERO, Duration::ZERO);
             }
@@ -1064,6 +1089,7 @@ impl<L: RegionLogic> RegionNode<L> {
             let idle = message.is_none();
             if let Some(message) = message {
                 busy = true;
+                self.standby_bytes += message.archive_bytes() as u64;
                 self.outputs.push_back(Output::ToStandby(message));
             }
             while let Some(event) = feed.poll_event() {
@@ -1403,6 +1429,15 @@ impl<L: RegionLogic> RegionNode<L> {
                 gateway,
                 message: ServerMessage::ImmigrationRefused { transfer, reason: "the region moved".into() },
             }),
+            (GatewayRequest::Skip { player, through }, Some(_)) => match self.region.skip_inputs(player, through) {
+                Ok(0) => {}
+                Ok(lost) => {
+                    out.push_back(Output::Event(HostEvent::InputsLost { region: id, player, lost, through }));
+                }
+                Err(error) => tracing::debug!(region = %id, %player, %error, "a skip for a player not here"),
+            },
+            // Its client says it again while the new owner's updates show the gap.
+            (GatewayRequest::Skip { .. }, None) => {}
         }
     }
 }

@@ -465,6 +465,17 @@ impl<L: RegionLogic> Region<L> {
         outcome
     }
 
+    /// `player`'s client no longer has its inputs up to `through` (see
+    /// [`Sessions::skip`](crate::sessions::Sessions::skip)): how many of them this region lacked,
+    /// now counted lost.
+    pub fn skip_inputs(&mut self, player: PlayerId, through: u64) -> Result<u64, SessionError> {
+        let lost = self.sessions.skip(&mut self.world, player, through)?;
+        if lost > 0 {
+            events::inputs_lost(self.id, player, lost, through);
+        }
+        Ok(lost)
+    }
+
     /// Takes every player input received but not applied yet out of the queues (see
     /// [`Sessions::take_pending`](crate::sessions::Sessions::take_pending)).
     pub fn take_pending_inputs(&mut self) -> Vec<PlayerInput> {

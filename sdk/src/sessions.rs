@@ -15,6 +15,9 @@
 //!   the gap (`last_applied + 1`) is always taken, so a full queue can still drain (see
 //!   [`Sessions::submit`]).
 //! - Inputs of different players are independent; within a tick, players are served in entity order.
+//! - The one way past a gap: the client says it no longer has the inputs in it
+//!   ([`Sessions::skip`]: they were acknowledged durable by state that was then lost). They are
+//!   counted lost, and the next input after them is applied; no number is ever applied twice.
 
 use std::collections::HashMap;
 
@@ -176,6 +179,23 @@ impl Sessions {
         }
         session.pending.insert(position, PendingInput { seq: input.seq, payload: input.payload });
         Ok(InputOutcome::Queued)
+    }
+
+    /// `player`'s client no longer has its inputs up to `through` (protocol.md §9, `Skip`): the
+    /// region, restored from older state, will never receive those it has not applied. They are
+    /// lost: `last_applied` moves to `through` (inputs of the gap that were waiting go with it, as
+    /// the rest of the gap cannot be applied before them), and the next input applied is
+    /// `through + 1`. Returns how many were lost (0 when the region already applied `through`).
+    pub fn skip(&self, world: &mut World, player: PlayerId, through: InputSeq) -> Result<u64, SessionError> {
+        let avatar = self.avatar_of(player).ok_or(SessionError::UnknownPlayer(player))?;
+        let mut session = world.get_mut::<PlayerSession>(avatar).ok_or(SessionError::UnknownPlayer(player))?;
+        if through <= session.last_applied {
+            return Ok(0);
+        }
+        let lost = through - session.last_applied;
+        session.last_applied = through;
+        session.pending.retain(|pending| pending.seq > through);
+        Ok(lost)
     }
 
     /// Takes every input received but not applied yet out of the queues, in entity then

@@ -39,6 +39,34 @@ fn inputs_apply_in_order_once_and_wait_for_gaps() {
 }
 
 #[test]
+fn a_skip_counts_the_gap_lost_and_applies_what_follows_it_once() {
+    let mut world = world();
+    let mut sessions = Sessions::default();
+    let avatar = world.spawn();
+    sessions.join(&mut world, PlayerId(7), avatar).unwrap();
+    for seq in 1..=3 {
+        sessions.submit(&mut world, input(7, seq)).unwrap();
+    }
+    assert_eq!(applied(&sessions, &mut world).len(), 3);
+    // Restored at 3; the client dropped up to 8 as durable and sends 9 on. 5 was waiting.
+    sessions.submit(&mut world, input(7, 5)).unwrap();
+    sessions.submit(&mut world, input(7, 9)).unwrap();
+    sessions.submit(&mut world, input(7, 10)).unwrap();
+    assert_eq!(applied(&sessions, &mut world), vec![], "9 and 10 wait at the gap");
+    assert_eq!(sessions.skip(&mut world, PlayerId(7), 8), Ok(5));
+    assert_eq!(applied(&sessions, &mut world), vec![(7, 9), (7, 10)]);
+    // Nothing in the gap or before it is ever applied afterwards.
+    for seq in [4, 5, 8, 10] {
+        assert_eq!(sessions.submit(&mut world, input(7, seq)).unwrap(), InputOutcome::Duplicate, "{seq}");
+    }
+    // A skip the region is already past changes nothing; an unknown player is an error.
+    assert_eq!(sessions.skip(&mut world, PlayerId(7), 6), Ok(0));
+    assert_eq!(sessions.skip(&mut world, PlayerId(7), 10), Ok(0));
+    assert_eq!(world.get::<PlayerSession>(avatar).unwrap().last_applied, 10);
+    assert_eq!(sessions.skip(&mut world, PlayerId(8), 3), Err(SessionError::UnknownPlayer(PlayerId(8))));
+}
+
+#[test]
 fn bad_inputs_get_clear_errors() {
     let mut world = world();
     let mut sessions = Sessions::default();

@@ -387,6 +387,54 @@ fn a_hot_standby_is_promoted_when_its_owners_host_dies_rolling_back_only_a_few_t
     assert!(standbys.as_array().unwrap().iter().all(|standby| standby["host"] != "h2"), "{standbys}");
 }
 
+#[test]
+fn an_owner_and_its_standby_lost_together_fall_back_to_a_checkpoint_and_the_inputs_lost_are_counted() {
+    // Checkpoints every 2 s; the standby acknowledges every tick, so the players' clients drop
+    // inputs the checkpoint does not hold.
+    let spec = FleetSpec {
+        hosts: 3,
+        checkpoint_every_s: 2.0,
+        coordinator_args: vec!["--standby".into(), "on".into()],
+        ..spec()
+    };
+    let mut fleet = Fleet::start(&spec).unwrap();
+    fleet.wait_hosts_ready(3, 1, Duration::from_secs(60)).unwrap();
+    let world = json!({"objects": 40, "npcs": 4, "plants": 4});
+    fleet.ok("POST", "/v1/regions", Some(json!({"region": 1, "host": "h1", "world": world}))).unwrap();
+    let (standby_host, _) = wait_for(|| holding_standby(&fleet, 1));
+    assert_ne!(standby_host, "h1");
+    let playing = players(&fleet, 1, 4, 1, 8);
+    std::thread::sleep(Duration::from_secs(3));
+    let before = last_record_id(&fleet);
+    fleet.kill_host(1).unwrap();
+    fleet.kill_host(standby_host.trim_start_matches('h').parse().unwrap()).unwrap();
+    let record = failover_of(&fleet, 1, before);
+    eprintln!("after the owner's and the standby's hosts were killed: {record}");
+    assert_eq!(record["phase"], "committed", "{record}");
+    assert_eq!(record["failover"]["standby"], false, "restored from a checkpoint: {record}");
+    let outcomes = playing.join().unwrap();
+    // Nobody was disconnected, and nobody waits for inputs its client no longer has: every input
+    // sent was acknowledged in the end, including all those after the loss.
+    for outcome in &outcomes {
+        assert_eq!(outcome.disconnects, 0, "{outcome:?}");
+        assert_eq!(outcome.acked, outcome.sent, "{outcome:?}");
+        assert!(outcome.applied <= outcome.acked, "{outcome:?}");
+        if outcome.applied == outcome.acked {
+            assert!(outcome.chain_ok, "{outcome:?}");
+        }
+    }
+    // Exactly the inputs the avatars never applied are counted lost, on the failover's record.
+    let lost: u64 = outcomes.iter().map(|outcome| outcome.acked - outcome.applied).sum();
+    assert!(lost > 0, "the checkpoint was older than what the standby had acknowledged: {outcomes:?}");
+    let counted = wait_for(|| {
+        let records = fleet.ok("GET", "/v1/migrations", None).unwrap();
+        let record = records.as_array().unwrap().iter().find(|found| found["id"] == record["id"]).cloned().unwrap();
+        let counted = record["failover"]["inputs_lost"].as_u64().unwrap();
+        (counted >= lost).then_some(counted)
+    });
+    assert_eq!(counted, lost);
+}
+
 /// The next state update, or `None` after 10 s or when the connection closed.
 async fn next_update(client: &mut baton_client::Client) -> Option<baton_wire::player::StateUpdate> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

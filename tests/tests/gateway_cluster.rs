@@ -190,9 +190,10 @@ fn bad_clients_are_refused_and_nobody_else_notices() {
         let (code, _) = refused(&cluster, "not a token").await;
         assert_eq!(code, Some(CloseCode::Unauthorized));
 
-        // Garbage on the reliable stream, an oversized frame, an input out of sequence: each
-        // closes only that connection, with a protocol error.
-        for bytes in [vec![3, 0, 0xff, 0xff, 0xff], vec![0xff, 0xff, 1, 2, 3], {
+        // Garbage on the reliable stream, an oversized frame, an input out of sequence, a skip
+        // past any real input number: each closes only that connection, with a protocol error.
+        let skip = baton_wire::player::encode(&baton_wire::player::ClientFrame::Skip { through: u64::MAX }).unwrap();
+        for bytes in [vec![3, 0, 0xff, 0xff, 0xff], vec![0xff, 0xff, 1, 2, 3], skip, {
             let mut out =
                 baton_wire::player::encode(&baton_wire::player::ClientFrame::Input { seq: 9, payload: vec![1] })
                     .unwrap();

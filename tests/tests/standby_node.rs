@@ -61,6 +61,8 @@ struct Pair {
     standby_events: Vec<HostEvent>,
     owner_events: Vec<HostEvent>,
     next_seq: u64,
+    /// Archive bytes the owner sent the standby.
+    sent_bytes: u64,
 }
 
 impl Pair {
@@ -90,6 +92,7 @@ impl Pair {
             standby_events: Vec::new(),
             owner_events: Vec::new(),
             next_seq: 1,
+            sent_bytes: 0,
         };
         pair.owner.handle_gateway(start, GatewayRequest::Join { player: PLAYER, gateway: 1 });
         pair.settle();
@@ -105,7 +108,10 @@ impl Pair {
             while let Some(output) = self.owner.poll_output(self.now) {
                 quiet = false;
                 match output {
-                    Output::ToStandby(message) if !self.owner_dead => self.to_standby.push_back(message),
+                    Output::ToStandby(message) if !self.owner_dead => {
+                        self.sent_bytes += message.archive_bytes() as u64;
+                        self.to_standby.push_back(message);
+                    }
                     Output::ToPlayers(messages) => {
                         for (to, message) in messages {
                             if let ServerMessage::Update { last_applied, durable, .. } = message
@@ -192,6 +198,20 @@ fn the_standby_holds_the_owners_world_after_every_tick_and_durable_follows_it() 
     assert!(durable >= 38 && durable <= applied, "durable {durable} of {applied}");
     // The standby never ticks and takes no inputs.
     assert!(!pair.standby.ticks() && pair.standby.owned_epoch().is_none());
+    // The owner's load reports (one per second of ticks) say what it sent the standby (its host
+    // counts it as migration bytes): the snapshot and the rounds up to the last report.
+    for _ in 0..20 {
+        pair.tick(0);
+    }
+    let reported: u64 = pair
+        .owner_events
+        .iter()
+        .filter_map(|event| match event {
+            HostEvent::Load { standby_bytes, .. } => Some(*standby_bytes),
+            _ => None,
+        })
+        .sum();
+    assert!(reported > 0 && reported <= pair.sent_bytes, "reported {reported} of {} sent", pair.sent_bytes);
 }
 
 #[test]

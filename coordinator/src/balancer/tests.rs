@@ -9,7 +9,7 @@ use proptest::prelude::*;
 const GIB: u64 = 1 << 30;
 
 fn region(region: u64, cores: f64) -> RegionState {
-    RegionState { region, cores, late: false, players: 0, entities: 1000 }
+    RegionState { region, cores, late: false, players: 0, entities: 1000, standby: None }
 }
 
 fn host(name: &str, capacity_cores: f64, regions: Vec<RegionState>) -> HostState {
@@ -144,6 +144,43 @@ fn light_hosts_are_emptied_first_fit_and_freed_down_to_the_minimum() {
     assert_eq!(h3.regions.len(), 5);
     // min_hosts = 1: h3 stays in use.
     assert!(!h3.free);
+}
+
+#[test]
+fn a_region_never_moves_onto_its_standbys_host() {
+    // As in the first test, region 2 fixes h1 and h3 has the most room; but h3 holds region 2's
+    // standby, so it goes to h2.
+    let mut big = region(1, 1.2);
+    big.entities = 5000;
+    let mut fixer = region(2, 0.4);
+    fixer.entities = 800;
+    fixer.standby = Some("h3".into());
+    let mut fat = region(3, 2.0);
+    fat.entities = 90_000;
+    let hosts = vec![
+        host("h1", 4.0, vec![big, fixer, fat]),
+        host("h2", 4.0, vec![region(10, 1.6)]),
+        host("h3", 4.0, vec![region(11, 0.4)]),
+    ];
+    let plan = on().round(&snapshot(hosts), Instant::now()).plan;
+    assert_eq!(moves(&plan), vec![(2, "h1".into(), "h2".into(), Kind::Rebalance)]);
+
+    // Consolidation: h2 (5%) would empty onto h3, the fullest; its region's standby is on h3, so
+    // onto h1.
+    let mut kept = region(3, 0.2);
+    kept.standby = Some("h3".into());
+    let hosts = vec![
+        host("h1", 4.0, vec![region(1, 0.5), region(2, 0.3)]),
+        host("h2", 4.0, vec![kept]),
+        host("h3", 4.0, vec![region(4, 0.6), region(5, 0.4)]),
+    ];
+    let balancer = Balancer::new(Mode::On, Settings { min_hosts: 1, ..Settings::default() }).unwrap();
+    let plan = balancer.plan(&snapshot(hosts.clone()), Instant::now());
+    assert_eq!(moves(&plan), vec![(3, "h2".into(), "h1".into(), Kind::Consolidate)]);
+    // With its standby on the only other host in use, it cannot go anywhere: h2 is not emptied.
+    let two: Vec<HostState> = hosts.into_iter().skip(1).collect();
+    let plan = balancer.plan(&snapshot(two), Instant::now());
+    assert!(moves(&plan).is_empty(), "{plan:?}");
 }
 
 #[test]

@@ -270,6 +270,7 @@ fn balanced(model: &Model, placement: &[usize], progress: bool) -> Result<Figure
                 late: load[host] > model.hosts[host].cores,
                 players: region.players(at) as u64,
                 entities: region.entities(at),
+                standby: None,
             });
         }
         for (region, target, _) in &flying {

@@ -489,8 +489,16 @@ pub fn server_event(event: HostEvent) -> ServerEvent {
         HostEvent::Checkpointed { region, tick, epoch, bytes, path } => {
             ServerEvent::Checkpointed { region, tick, epoch, bytes, path: path.display().to_string() }
         }
-        HostEvent::Load { region, tick_ms_mean, tick_ms_max, tick_budget_ms, players, entities } => {
-            ServerEvent::Load { region, tick_ms: tick_ms_mean, tick_ms_max, tick_budget_ms, players, entities }
+        HostEvent::Load { region, tick_ms_mean, tick_ms_max, tick_budget_ms, players, entities, standby_bytes } => {
+            ServerEvent::Load {
+                region,
+                tick_ms: tick_ms_mean,
+                tick_ms_max,
+                tick_budget_ms,
+                players,
+                entities,
+                standby_bytes,
+            }
         }
         HostEvent::Stopped { region, epoch, tick, bytes, path, inputs_discarded } => {
             ServerEvent::Stopped { region, epoch, tick, bytes, path: path.display().to_string(), inputs_discarded }
@@ -510,6 +518,9 @@ pub fn server_event(event: HostEvent) -> ServerEvent {
         HostEvent::OwnerHeard { region } => ServerEvent::OwnerHeard { region },
         HostEvent::InputRefused { region, input } => {
             ServerEvent::InputRefused { region, player: input.player, seq: input.seq }
+        }
+        HostEvent::InputsLost { region, player, lost, through } => {
+            ServerEvent::InputsLost { region, player, lost, through }
         }
     }
 }

@@ -306,6 +306,13 @@ fn dispatch<L: RegionLogic + 'static>(
                 );
             }
         }
+        // Stale or unroutable skips are dropped: the client says it again while the owner's
+        // updates still show the gap.
+        GatewayMessage::Skip { region, epoch, player, through } => {
+            if admits(region, epoch) {
+                send(region, Command::Gateway(GatewayRequest::Skip { player, through }));
+            }
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! The player protocol (version 2): what a game client and a gateway say to each other.
+//! The player protocol (version 3): what a game client and a gateway say to each other.
 //!
 //! A client opens one QUIC connection (ALPN [`ALPN_PLAYER`]) and one bidirectional stream on it, the
 //! *reliable stream*. On it each frame is a little-endian `u16` length followed by that many bytes
@@ -15,11 +15,16 @@
 //! says [`ServerFrame::Resend`], and the client sends every input it keeps again (the region applies
 //! each sequence number once). [`ServerFrame::RegionUnavailable`] says a region lost its host and no
 //! other could take it yet.
+//!
+//! Version 3 adds [`ClientFrame::Skip`]: when a region was restored from state older than what it
+//! had acknowledged as durable (its standby was lost with it), the client no longer has those
+//! inputs; it says so, and the region counts them lost and goes on from the next one instead of
+//! waiting for them for ever.
 
 use serde::{Deserialize, Serialize};
 
 /// Version of the player message set.
-pub const PLAYER_PROTOCOL_VERSION: u16 = 2;
+pub const PLAYER_PROTOCOL_VERSION: u16 = 3;
 /// ALPN of the player protocol.
 pub const ALPN_PLAYER: &[u8] = b"baton-player/1";
 /// Largest frame body, in bytes (an input payload is at most 1024).
@@ -53,6 +58,14 @@ pub enum ClientFrame {
     Ping {
         /// Echoed back.
         nonce: u64,
+    },
+    /// The client no longer has its inputs up to `through`: an update acknowledged them as
+    /// durable, yet the region's updates now say it applied fewer (it was restored from older
+    /// state). The region counts the ones it lacks as lost and takes the next input after
+    /// `through`. Sent again while the region's updates still show the gap.
+    Skip {
+        /// The last input the client dropped as durable.
+        through: u64,
     },
 }
 
@@ -258,6 +271,7 @@ mod tests {
             ClientFrame::Hello { version: PLAYER_PROTOCOL_VERSION, token: "v1.a.b".into() },
             ClientFrame::Input { seq: 7, payload: vec![1; 512] },
             ClientFrame::Ping { nonce: 3 },
+            ClientFrame::Skip { through: 41 },
         ];
         let bytes: Vec<u8> = frames.iter().flat_map(|frame| encode(frame).unwrap()).collect();
         let mut reader = FrameReader::default();

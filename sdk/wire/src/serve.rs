@@ -298,6 +298,10 @@ pub enum ServerEvent {
         players: u64,
         /// Live entities.
         entities: u64,
+        /// Bytes sent to the region's hot standby since the previous report (the host's agent adds
+        /// them to its migration bytes; 0 from servers before it was reported).
+        #[serde(default)]
+        standby_bytes: u64,
     },
     /// A checkpoint of `region` was stored.
     Checkpointed {
@@ -407,6 +411,18 @@ pub enum ServerEvent {
         /// The region.
         region: RegionId,
     },
+    /// `player`'s inputs up to `through` were acknowledged durable, and `lost` of them are not in
+    /// the state `region` was restored from (its standby was lost with its owner): counted lost.
+    InputsLost {
+        /// The region.
+        region: RegionId,
+        /// The player.
+        player: PlayerId,
+        /// How many.
+        lost: u64,
+        /// The last input the player's client dropped.
+        through: u64,
+    },
     /// A promotion of this process's standby of `region` was refused.
     PromoteRefused {
         /// The region.
@@ -478,6 +494,7 @@ impl ServerEvent {
             | ServerEvent::PromoteRefused { region, .. }
             | ServerEvent::OwnerSilent { region, .. }
             | ServerEvent::OwnerHeard { region }
+            | ServerEvent::InputsLost { region, .. }
             | ServerEvent::Report { region, .. } => Some(*region),
         }
     }
@@ -600,6 +617,7 @@ mod tests {
                 tick_budget_ms: 50.0,
                 players: 4,
                 entities: 900,
+                standby_bytes: 65_536,
             },
             ServerEvent::Checkpointed { region, tick: 300, epoch: Epoch(2), bytes: 4096, path: "/c/r3-e2-t300".into() },
             ServerEvent::CheckpointFailed { region, error: "disk full".into() },
@@ -621,6 +639,7 @@ mod tests {
             ServerEvent::PromoteRefused { region, reason: "holds nothing".into() },
             ServerEvent::OwnerSilent { region, owner_epoch: Epoch(2), silent_ms: 250 },
             ServerEvent::OwnerHeard { region },
+            ServerEvent::InputsLost { region, player: PlayerId(7), lost: 12, through: 340 },
             ServerEvent::Report {
                 region,
                 tick: 7,
@@ -667,6 +686,7 @@ mod tests {
             ServerEvent::PromoteRefused { .. } => 23,
             ServerEvent::OwnerSilent { .. } => 24,
             ServerEvent::OwnerHeard { .. } => 25,
+            ServerEvent::InputsLost { .. } => 26,
         }
     }
 
@@ -674,7 +694,7 @@ mod tests {
     fn every_event_round_trips_through_a_line_and_a_postcard_frame() {
         let events = one_of_each();
         let kinds: std::collections::BTreeSet<usize> = events.iter().map(kind).collect();
-        assert_eq!(kinds.len(), 26, "one event of every kind");
+        assert_eq!(kinds.len(), 27, "one event of every kind");
         for event in events {
             let line = to_line(&event);
             assert_eq!(parse_event(&line).unwrap(), event, "{line}");

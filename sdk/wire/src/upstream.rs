@@ -1,4 +1,4 @@
-//! The upstream protocol (version 2): what a gateway and a region server say to each other.
+//! The upstream protocol (version 3): what a gateway and a region server say to each other.
 //!
 //! A gateway keeps one QUIC connection (mutual TLS with cluster certificates, ALPN
 //! [`ALPN_UPSTREAM`]) to each region server and multiplexes all its players routed there over
@@ -11,7 +11,8 @@
 //! receiving region validates like any other.
 //!
 //! Version 2 adds `durable` to [`ServerMessage::Update`]: the player's last input held in state
-//! that survives the loss of the server (the player protocol's durable acknowledgement).
+//! that survives the loss of the server (the player protocol's durable acknowledgement). Version 3
+//! adds [`GatewayMessage::Skip`] (the player protocol's `Skip`, relayed).
 
 use std::net::SocketAddr;
 
@@ -22,7 +23,7 @@ use crate::{Epoch, PlayerId, RegionId};
 /// ALPN of the upstream protocol.
 pub const ALPN_UPSTREAM: &[u8] = b"baton-upstream/1";
 /// Version of the upstream message set.
-pub const UPSTREAM_VERSION: u16 = 2;
+pub const UPSTREAM_VERSION: u16 = 3;
 /// Largest upstream frame, in bytes.
 pub const MAX_UPSTREAM_FRAME: usize = crate::framing::MAX_FRAME_BYTES;
 
@@ -102,6 +103,18 @@ pub enum GatewayMessage {
         epoch: Epoch,
         /// The avatar.
         transfer: Transfer,
+    },
+    /// `player`'s client no longer has its inputs up to `through` (acknowledged durable by state
+    /// that was then lost): those the region has not applied are lost; it goes on after them.
+    Skip {
+        /// The region.
+        region: RegionId,
+        /// The gateway's epoch for it.
+        epoch: Epoch,
+        /// The player.
+        player: PlayerId,
+        /// The last input the client dropped.
+        through: u64,
     },
 }
 
