@@ -286,7 +286,8 @@ fn region_at(outcome: &PlayerOutcome, unix_ms: u64) -> u64 {
 /// What the players of `region` felt of its failover: from the kill (if the run caused it) to the
 /// first update after it reaching the slowest of them, and how many ticks of play the region
 /// lost: the newest tick one of them saw before (reported between `from_ms` and `to_ms`) minus
-/// the tick of the checkpoint it was restored from.
+/// the tick it was restored from (the record's; else the tick before the restored region's first
+/// update the player saw, for a restore the coordinator did not record).
 fn failover_felt(
     outcomes: &[PlayerOutcome],
     region: u64,
@@ -305,8 +306,8 @@ fn failover_felt(
     let rollback = outcomes
         .iter()
         .flat_map(|outcome| outcome.rollbacks.iter())
-        .filter(|(at, rolled, _)| *rolled == region && (from_ms..=to_ms).contains(at))
-        .filter_map(|(_, _, seen)| Some(seen.saturating_sub(restored_tick?)))
+        .filter(|(at, rolled, _, _)| *rolled == region && (from_ms..=to_ms).contains(at))
+        .map(|(_, _, seen, first_after)| seen.saturating_sub(restored_tick.unwrap_or(first_after.saturating_sub(1))))
         .max();
     (recovery, rollback)
 }

@@ -4,7 +4,10 @@
 //!
 //! With the restart baseline, the scenario runs a second time on a fresh deployment with each
 //! region move done the way it was done before handoffs ([`Mode::Restart`]): stop the region (its
-//! host saves it), start it on the new host from the save, and its players log in again.
+//! host saves it), start it on the new host from the save, and its players log in again. A host
+//! killed in the baseline is handled as before failover existed: the coordinator runs with
+//! `--failover off`, and a prompt operator restores each of the host's regions from its newest
+//! checkpoint on another host as soon as the host is declared dead; its players log in again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,13 +59,17 @@ impl Mode {
 /// measured so far) when `stop` is set.
 pub fn run(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool) -> anyhow::Result<Report> {
     let mut report = run_once(scenario, options, stop, Mode::Baton)?;
-    let moves = scenario.events.iter().any(|event| event.migrate.is_some() || event.drain.is_some());
+    let moves = scenario
+        .events
+        .iter()
+        .any(|event| event.migrate.is_some() || event.drain.is_some() || event.kill_host.is_some());
     if options.baseline && !stop.load(Ordering::Relaxed) {
         if moves {
             if !options.quiet {
                 eprintln!(
                     "\nnow the restart baseline: the same scenario on a fresh deployment, each move done the old way \
-                     (stop the region, start it on the new host from its save, players log in again)"
+                     (stop the region, start it on the new host from its save, players log in again; a dead host's \
+                     regions restored from their checkpoints by hand)"
                 );
             }
             report.baseline = Some(Box::new(run_once(scenario, options, stop, Mode::Restart)?));
@@ -102,7 +109,14 @@ pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mo
         tick_rate: 20,
         checkpoint_every_s: scenario.checkpoint_every_s,
         capacity_cores: scenario.host_cores.clone(),
-        coordinator_args: if scenario.standby { vec!["--standby".into(), "on".into()] } else { Vec::new() },
+        coordinator_args: match mode {
+            // The old way has no failover: a person restores what a dead host served.
+            Mode::Restart if scenario.events.iter().any(|event| event.kill_host.is_some()) => {
+                vec!["--failover".into(), "off".into()]
+            }
+            Mode::Baton if scenario.standby => vec!["--standby".into(), "on".into()],
+            _ => Vec::new(),
+        },
     })?;
     fleet.wait_hosts_ready(scenario.hosts, 1, Duration::from_secs(120))?;
     for region in 1..=scenario.regions {
@@ -189,15 +203,32 @@ pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mo
         }
         while let Some(event) = events.next_if(|event| started.elapsed().as_secs_f64() >= event.at_s) {
             if let Some(host) = &event.kill_host {
-                if mode == Mode::Restart {
-                    say(format!("t={:.0}s: the restart baseline does not kill {host}", event.at_s));
-                    continue;
-                }
                 let index: usize = host.trim_start_matches('h').parse().unwrap_or(0);
+                // The regions the host serves, for the baseline's operator to restore.
+                let served = if mode == Mode::Restart { regions_on(&fleet, host) } else { Vec::new() };
                 match fleet.kill_host(index) {
                     Ok(pids) => {
-                        kills.push(unix_ms());
+                        let killed = unix_ms();
+                        kills.push(killed);
                         say(format!("t={:.0}s: killed {host} (SIGKILL to processes {pids:?})", event.at_s));
+                        if mode == Mode::Restart {
+                            let others: Vec<String> = (1..=scenario.hosts)
+                                .map(|index| format!("h{index}"))
+                                .filter(|other| other != host && !kills_of(&scenario, event.at_s).contains(other))
+                                .collect();
+                            say(format!(
+                                "t={:.0}s: once {host} is declared dead, regions {served:?} are restored from their checkpoints by hand",
+                                event.at_s
+                            ));
+                            let (admin, records, host) = (fleet.admin(), restarts.clone(), host.clone());
+                            restart_threads.push(std::thread::spawn(move || {
+                                for record in restore_by_hand(&admin, &host, &served, &others, killed) {
+                                    if let Ok(mut records) = records.lock() {
+                                        records.push(record);
+                                    }
+                                }
+                            }));
+                        }
                     }
                     Err(error) => say(format!("t={:.0}s: killing {host} failed: {error:#}", event.at_s)),
                 }
@@ -411,6 +442,81 @@ fn restart(admin: &AdminApi, region: u64, from: &str, to: &str, kind: &str) -> V
         "phases": [{"phase": "stop", "ms": stop_ms}, {"phase": "start", "ms": down_ms - stop_ms}],
         "freeze_ms": down_ms,
     })
+}
+
+/// The regions `host` serves now, as the directory says.
+fn regions_on(fleet: &Fleet, host: &str) -> Vec<u64> {
+    let Ok(regions) = fleet.ok("GET", "/v1/regions", None) else { return Vec::new() };
+    regions
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|row| row["host"].as_str() == Some(host))
+        .filter_map(|row| row["region"].as_u64())
+        .collect()
+}
+
+/// The hosts the scenario kills at or before `at_s`.
+fn kills_of(scenario: &Scenario, at_s: f64) -> Vec<String> {
+    scenario.events.iter().filter(|event| event.at_s <= at_s).filter_map(|event| event.kill_host.clone()).collect()
+}
+
+/// The old way of surviving a dead host: once the coordinator declares `host` dead (killed at
+/// `killed`, Unix ms), a person restores each region it served from its newest checkpoint on the
+/// other hosts in turn. One record per region in the shape of a failover's (`kind` `failover`,
+/// `detect_ms` the wait for the host to be declared dead).
+fn restore_by_hand(admin: &AdminApi, host: &str, regions: &[u64], others: &[String], killed: u64) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dead = loop {
+        let dead = admin.ok("GET", "/v1/hosts", None).ok().is_some_and(|hosts| {
+            hosts.as_array().into_iter().flatten().any(|view| view["name"] == host && view["dead"] == true)
+        });
+        if dead || Instant::now() >= deadline {
+            break dead;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let detect_ms = unix_ms().saturating_sub(killed) as f64;
+    regions
+        .iter()
+        .enumerate()
+        .map(|(index, &region)| {
+            let to = others.get(index % others.len().max(1)).cloned().unwrap_or_default();
+            // The person restores one region after another: the later ones wait.
+            let queued_ms = (unix_ms().saturating_sub(killed) as f64 - detect_ms).max(0.0);
+            let began = Instant::now();
+            let restored = if !dead {
+                Err(format!("{host} was never declared dead"))
+            } else if to.is_empty() {
+                Err("no host is left to restore it on".to_owned())
+            } else {
+                admin
+                    .ok("POST", "/v1/regions", Some(json!({"region": region, "host": to, "from_checkpoint": true})))
+                    .map_err(|error| format!("restoring it: {error:#}"))
+            };
+            let restore_ms = began.elapsed().as_secs_f64() * 1000.0;
+            let (phase, reason) = match &restored {
+                Ok(_) => ("committed", Value::Null),
+                Err(reason) => ("aborted", json!(reason)),
+            };
+            json!({
+                "region": region,
+                "from_host": host,
+                "to_host": to,
+                "kind": "failover",
+                "phase": phase,
+                "reason": reason,
+                "started_unix_ms": killed,
+                "phases": [
+                    {"phase": "detect", "ms": detect_ms},
+                    {"phase": "queued", "ms": queued_ms},
+                    {"phase": "restore", "ms": restore_ms},
+                ],
+                "freeze_ms": null,
+                "failover": {"detect_ms": detect_ms, "standby": false},
+            })
+        })
+        .collect()
 }
 
 /// The gateway's counters (its `stats` control line).

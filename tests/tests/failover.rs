@@ -369,7 +369,7 @@ fn a_hot_standby_is_promoted_when_its_owners_host_dies_rolling_back_only_a_few_t
     let outcomes = playing.join().unwrap();
     assert_nothing_lost(&outcomes);
     for outcome in &outcomes {
-        for &(_, region, seen) in &outcome.rollbacks {
+        for &(_, region, seen, _) in &outcome.rollbacks {
             assert_eq!(region, 1);
             assert!(
                 seen.saturating_sub(restored) <= 10,

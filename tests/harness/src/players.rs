@@ -254,7 +254,10 @@ pub struct PlayerPlan {
     /// `Unavailable`), the way players come back after a region restart: a new token for the
     /// region the avatar was in, tried every [`RELOGIN_EVERY`] until the region takes the player
     /// again. Inputs the region had not applied when it stopped are lost. Without it, the end of
-    /// the session ends the player.
+    /// the session ends the player. With it, a player whose region came back on another server
+    /// after its host died (`Event::Recovered`) also logs in again, as a client of a server that
+    /// died does (here the gateway kept the connection; the old way has no gateway), and the
+    /// inputs the restored region lacks are lost.
     pub relogin: Option<Login>,
     /// Where the player also records its update gaps and input round trips as they happen, for
     /// a live progress display (the outcome has them all at the end either way).
@@ -395,10 +398,11 @@ pub struct PlayerOutcome {
     pub recoveries: u64,
     /// What the gateway said when its region was unavailable (lost its host, none took it over).
     pub unavailable_notices: Vec<String>,
-    /// After each failover, the newest tick of the region seen before it: (milliseconds since
-    /// the Unix epoch of the restored region's first update, region, tick).
+    /// After each failover, the newest tick of the region seen before it and the tick of the
+    /// restored region's first update: (milliseconds since the Unix epoch of that update, region,
+    /// tick seen before, first tick after).
     #[serde(skip)]
-    pub rollbacks: Vec<(u64, u64, u64)>,
+    pub rollbacks: Vec<(u64, u64, u64, u64)>,
     /// Why, for each.
     pub close_reasons: Vec<String>,
     /// State updates received.
@@ -560,7 +564,7 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
                         }
                     }
                     if let Some(before) = recovered_from.take() {
-                        outcome.rollbacks.push((now_unix_ms, update.region, before));
+                        outcome.rollbacks.push((now_unix_ms, update.region, before, update.tick));
                     }
                     newest_tick = if last_update_region == Some(update.region) {
                         newest_tick.max(update.tick)
@@ -598,6 +602,10 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
                     if last_update_region == Some(region) {
                         recovered_from = Some(newest_tick);
                     }
+                    if plan.relogin.is_some() {
+                        let reason = format!("region {region} came back on another server; logging in again");
+                        ended = Some((Some(CloseCode::Unavailable), reason));
+                    }
                 }
                 Some(Event::RegionUnavailable { reason, .. }) => outcome.unavailable_notices.push(reason),
                 Some(Event::Pong { .. }) | None => {}
@@ -608,8 +616,10 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
         outcome.disconnects += 1;
         outcome.close_reasons.push(reason);
         let Some(login) = plan.relogin.as_ref().filter(|_| code == Some(CloseCode::Unavailable)) else { break };
-        // The region was stopped: log in again until it is back (the old way of moving a region).
+        // The region was stopped (or its server died): log in again until it is back (the old way
+        // of moving a region).
         let region = client.region();
+        let last_sent = client.next_seq().saturating_sub(1);
         client.close();
         let offline_since = unix_ms();
         let back = loop {
@@ -625,11 +635,12 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
         client = again;
         outcome.relogins += 1;
         outcome.offline_log.push((offline_since, unix_ms()));
-        // What the region applied before it stopped is in its save; the rest is gone, and the
-        // player's numbering continues after what was applied.
+        // What the region applied before it stopped is in its save (a dead server's region: in
+        // its newest checkpoint); the rest is gone, and the player's numbering continues after
+        // what was applied.
         let applied = client.acked();
+        outcome.lost += last_sent.saturating_sub(applied);
         if let Some(position) = sent_at.iter().position(|(seq, _, _)| *seq > applied) {
-            outcome.lost += (sent_at.len() - position) as u64;
             sent_at.truncate(position);
         }
         chain = sent_at.back().map_or(acked_chain, |(_, _, chain_after)| *chain_after);
