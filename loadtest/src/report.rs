@@ -139,6 +139,43 @@ pub struct BalancerDecision {
     pub outcome: String,
 }
 
+/// What the regions' hot standbys cost their links: `GET /v1/standbys` once a second during play.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StandbyReport {
+    /// Most standbys holding a tick at once.
+    pub holding_max: usize,
+    /// Samples taken (one per holding standby per second).
+    pub samples: usize,
+    /// Bytes per second a standby's feed sends (each holding standby's rate in each sample),
+    /// median.
+    pub bytes_per_second_p50: f64,
+    /// The same, largest.
+    pub bytes_per_second_max: f64,
+}
+
+impl StandbyReport {
+    /// Adds one `GET /v1/standbys` answer.
+    pub fn sample(&mut self, standbys: &Value, rates: &mut Vec<f64>) {
+        let holding: Vec<f64> = standbys
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|standby| standby["state"] == "holding")
+            .filter_map(|standby| standby["bytes_per_second"].as_f64())
+            .collect();
+        self.holding_max = self.holding_max.max(holding.len());
+        rates.extend(holding);
+    }
+
+    /// Sums up the rates sampled.
+    pub fn finish(&mut self, mut rates: Vec<f64>) {
+        rates.sort_by(f64::total_cmp);
+        self.samples = rates.len();
+        self.bytes_per_second_p50 = rates.get(rates.len() / 2).copied().unwrap_or(0.0);
+        self.bytes_per_second_max = rates.last().copied().unwrap_or(0.0);
+    }
+}
+
 /// What the balancer did and how the hosts fared.
 #[derive(Clone, Debug, Serialize)]
 pub struct BalancerReport {
@@ -241,6 +278,9 @@ pub struct Report {
     /// What the balancer did, when the scenario ran it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub balancer: Option<BalancerReport>,
+    /// What the hot standbys cost, when the scenario keeps them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standbys: Option<StandbyReport>,
     /// The SLOs the run was judged by.
     pub slo: crate::scenario::Slo,
     /// Which SLOs were violated, in words.
@@ -482,6 +522,7 @@ pub fn build_report(
         seconds,
         hosts,
         balancer: None,
+        standbys: None,
         slo: scenario.slo.clone(),
         slo_violations: Vec::new(),
         slo_ok: false,
@@ -597,6 +638,16 @@ impl Report {
                     ),
                     _ => String::new(),
                 }
+            );
+        }
+        if let Some(standbys) = &self.standbys {
+            let _ = writeln!(
+                out,
+                "  hot standbys: up to {} holding; each feed {:.0} kB/s median, {:.0} kB/s max ({} samples)",
+                standbys.holding_max,
+                standbys.bytes_per_second_p50 / 1000.0,
+                standbys.bytes_per_second_max / 1000.0,
+                standbys.samples
             );
         }
         if let Some(balancer) = &self.balancer {

@@ -18,7 +18,7 @@ use baton_harness::fleet::{AdminApi, Fleet, FleetSpec};
 use baton_harness::players::{LiveStats, Movement, PlayerOutcome, PlayerPlan, run_player, unix_ms};
 use serde_json::{Value, json};
 
-use crate::report::{HostSample, Report, build_report};
+use crate::report::{HostSample, Report, StandbyReport, build_report};
 use crate::scenario::Scenario;
 
 /// How to run a scenario.
@@ -194,6 +194,8 @@ pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mo
     // When hosts were killed (Unix milliseconds).
     let mut kills: Vec<u64> = Vec::new();
     let mut last_stats: Option<Value> = None;
+    let mut standbys = (mode == Mode::Baton && scenario.standby).then(StandbyReport::default);
+    let mut standby_rates: Vec<f64> = Vec::new();
     let play_ends = Duration::from_secs(scenario.ramp_s + scenario.duration_s);
     let mut next_second = Duration::from_secs(1);
     while started.elapsed() < play_ends && !stop.load(Ordering::Relaxed) {
@@ -281,6 +283,9 @@ pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mo
         }
         if started.elapsed() >= next_second {
             next_second += Duration::from_secs(1);
+            if let (Some(report), Ok(answer)) = (standbys.as_mut(), fleet.ok("GET", "/v1/standbys", None)) {
+                report.sample(&answer, &mut standby_rates);
+            }
             if let Ok(hosts) = fleet.ok("GET", "/v1/hosts", None) {
                 let at_s = started.elapsed().as_secs_f64();
                 for host in hosts.as_array().into_iter().flatten() {
@@ -376,6 +381,10 @@ pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mo
     let mut report =
         build_report(&scenario, started_unix_ms, &outcomes, failed_to_connect, &migrations, host_samples, &kills);
     report.balancer = balancer.map(|status| crate::report::balancer_report(&status, started_unix_ms, &report.hosts));
+    report.standbys = standbys.map(|mut standbys| {
+        standbys.finish(standby_rates);
+        standbys
+    });
     Ok(report)
 }
 

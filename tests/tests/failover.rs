@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use baton_harness::fleet::{Fleet, FleetSpec};
-use baton_harness::players::{Movement, PlayerOutcome, PlayerPlan, run_player};
+use baton_harness::players::{Movement, PlayerOutcome, PlayerPlan, patrol_player, run_player, unix_ms};
 use serde_json::{Value, json};
 
 fn spec() -> FleetSpec {
@@ -385,6 +385,54 @@ fn a_hot_standby_is_promoted_when_its_owners_host_dies_rolling_back_only_a_few_t
     assert_eq!((host.as_str(), process.as_str()), ("h2", standby_process.as_str()));
     let standbys = fleet.ok("GET", "/v1/standbys", None).unwrap();
     assert!(standbys.as_array().unwrap().iter().all(|standby| standby["host"] != "h2"), "{standbys}");
+}
+
+#[test]
+fn a_host_that_dies_while_avatars_cross_its_borders_loses_no_avatar_and_no_input() {
+    // Regions 1 (h1) and 2 (h2) side by side; avatars patrol across their border both ways, so
+    // crossings are in flight, in both directions, when h1 dies.
+    let mut fleet = Fleet::start(&spec()).unwrap();
+    fleet.wait_hosts_ready(2, 1, Duration::from_secs(60)).unwrap();
+    let world = json!({"objects": 40, "npcs": 4, "plants": 4});
+    fleet.ok("POST", "/v1/regions", Some(json!({"region": 1, "host": "h1", "world": world}))).unwrap();
+    fleet.ok("POST", "/v1/regions", Some(json!({"region": 2, "host": "h2", "world": world}))).unwrap();
+    let options = fleet.client_options();
+    let plans: Vec<(PlayerPlan, String)> = (0..8)
+        .flat_map(|index| [(patrol_player(true, index), 1, 1.0), (patrol_player(false, index), 2, -1.0)])
+        .map(|(player, region, heading)| {
+            let plan = PlayerPlan {
+                settle_for: Duration::from_secs(20),
+                ..PlayerPlan::new(player, region, Movement::Patrol { heading }, Duration::from_secs(12))
+            };
+            (plan, fleet.token(player, region))
+        })
+        .collect();
+    let playing = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let tasks: Vec<_> =
+                plans.into_iter().map(|(plan, token)| tokio::spawn(run_player(options.clone(), token, plan))).collect();
+            let mut outcomes = Vec::new();
+            for task in tasks {
+                outcomes.push(task.await.unwrap().unwrap());
+            }
+            outcomes
+        })
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    let before = last_record_id(&fleet);
+    let killed = unix_ms();
+    fleet.kill_host(1).unwrap();
+    let record = failover_of(&fleet, 1, before);
+    eprintln!("after h1 was killed: {record}");
+    assert_eq!(record["phase"], "committed", "{record}");
+    let outcomes = playing.join().unwrap();
+    assert_nothing_lost(&outcomes);
+    // Avatars were crossing around the kill, both ways, and kept crossing after it.
+    let crossings: Vec<(u64, u64, u64)> = outcomes.iter().flat_map(|outcome| outcome.crossing_log.clone()).collect();
+    let near = |from: u64| crossings.iter().any(|(at, left, _)| *left == from && at.abs_diff(killed) <= 2_000);
+    assert!(near(1) && near(2), "crossings within 2 s of the kill, both ways: {crossings:?} (killed at {killed})");
+    assert!(crossings.iter().any(|(at, _, _)| *at > killed + 2_000), "{crossings:?}");
 }
 
 #[test]
