@@ -48,8 +48,9 @@ fn a_skip_counts_the_gap_lost_and_applies_what_follows_it_once() {
         sessions.submit(&mut world, input(7, seq)).unwrap();
     }
     assert_eq!(applied(&sessions, &mut world).len(), 3);
-    // Restored at 3; the client dropped up to 8 as durable and sends 9 on. 5 was waiting.
+    // Restored at 3; the client dropped up to 8 as durable and sends 9 on. 5 and 8 were waiting.
     sessions.submit(&mut world, input(7, 5)).unwrap();
+    sessions.submit(&mut world, input(7, 8)).unwrap();
     sessions.submit(&mut world, input(7, 9)).unwrap();
     sessions.submit(&mut world, input(7, 10)).unwrap();
     assert_eq!(applied(&sessions, &mut world), vec![], "9 and 10 wait at the gap");
