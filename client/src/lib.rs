@@ -461,6 +461,9 @@ struct InputLog {
     durable: u64,
     /// A failover asked for every kept input again; sent before anything else is.
     resend_pending: bool,
+    /// The resend waits for the restored region's first update: if it lacks inputs the client
+    /// no longer keeps, the `Skip` must reach it first (inputs behind a gap are bounded there).
+    resend_held: bool,
     /// The newest input no longer kept (dropped as durable, or applied beyond [`MAX_KEPT`]).
     forgotten: u64,
     /// Updates in a row whose region applied less than `forgotten` (restored from older state).
@@ -480,6 +483,7 @@ impl InputLog {
             acked: last_applied,
             durable: last_applied,
             resend_pending: false,
+            resend_held: false,
             forgotten: last_applied,
             gap_updates: 0,
             skip_pending: false,
@@ -494,6 +498,7 @@ impl InputLog {
     /// An update said what the region applied and what is durable.
     fn acknowledge(&mut self, last_applied: u64, durable: u64) {
         self.note_applied(last_applied);
+        self.resend_held = false;
         self.acked = self.acked.max(last_applied);
         self.durable = self.durable.max(durable.min(last_applied));
         while let Some((seq, _)) = self.kept.front() {
@@ -515,6 +520,9 @@ impl InputLog {
         }
         if self.gap_updates.is_multiple_of(SKIP_EVERY_UPDATES) {
             self.skip_pending = true;
+            // What is kept goes again after the skip: inputs that waited behind the gap may
+            // have been refused there.
+            self.resend_pending = true;
         }
         self.gap_updates = self.gap_updates.wrapping_add(1);
     }
@@ -529,11 +537,12 @@ impl InputLog {
     fn handle_recovered(&mut self) {
         self.acked = self.durable;
         self.resend_pending = true;
+        self.resend_held = true;
     }
 
     /// The inputs to send again now (once per failover).
     fn take_resend(&mut self) -> Vec<(u64, Vec<u8>)> {
-        if !std::mem::take(&mut self.resend_pending) {
+        if self.resend_held || !std::mem::take(&mut self.resend_pending) {
             return Vec::new();
         }
         self.kept.iter().cloned().collect()
@@ -546,6 +555,7 @@ impl InputLog {
         self.note_applied(last_applied);
         self.acked = last_applied;
         self.resend_pending = false;
+        self.resend_held = false;
         self.kept.iter().filter(|(seq, _)| *seq > last_applied).cloned().collect()
     }
 }
@@ -787,9 +797,12 @@ mod tests {
         assert_eq!((log.acked, log.durable), (8, 5));
         assert!(log.take_resend().is_empty(), "nothing to send again without a failover");
         // A failover: the new owner holds state of input 5 or later; every kept one goes again,
-        // once.
+        // once, after its first update (which could have shown a gap to skip first).
         log.handle_recovered();
         assert_eq!(log.acked, 5);
+        assert!(log.take_resend().is_empty(), "held until the restored region's first update");
+        log.acknowledge(6, 5);
+        assert_eq!(log.take_skip(), None);
         assert_eq!(seqs(&log.take_resend()), (6..=10).collect::<Vec<_>>());
         assert!(log.take_resend().is_empty());
         // The new owner's updates move on from what it restored.
@@ -817,19 +830,24 @@ mod tests {
         // The standby held up to 8; the owner applied 10.
         log.acknowledge(10, 8);
         assert_eq!(log.take_skip(), None, "nothing missing while the region is ahead");
-        // Both lost; restored from a checkpoint at input 3: 9 and 10 go again, 4..=8 are gone.
+        // Both lost; restored from a checkpoint at input 3: 4..=8 are gone. The restored region's
+        // first update shows it: the skip goes first, then 9 and 10 again.
         log.handle_recovered();
-        assert_eq!(seqs(&log.take_resend()), vec![9, 10]);
+        assert!(log.take_resend().is_empty());
         log.acknowledge(3, 3);
         assert_eq!(log.take_skip(), Some(8));
+        assert_eq!(seqs(&log.take_resend()), vec![9, 10]);
         assert_eq!(log.take_skip(), None, "once");
-        // Updates still showing the gap (sent before the skip arrived) ask again only every so often.
+        // Updates still showing the gap (sent before the skip arrived) ask again only every so
+        // often, each time with what is kept behind it.
         for _ in 1..SKIP_EVERY_UPDATES {
             log.acknowledge(3, 3);
             assert_eq!(log.take_skip(), None);
+            assert!(log.take_resend().is_empty());
         }
         log.acknowledge(3, 3);
         assert_eq!(log.take_skip(), Some(8), "the skip was lost: again");
+        assert_eq!(seqs(&log.take_resend()), vec![9, 10]);
         // The region skipped and applied what was sent again.
         log.acknowledge(10, 10);
         assert_eq!(log.take_skip(), None);

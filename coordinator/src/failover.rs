@@ -631,6 +631,9 @@ struct WatchState {
     exited: HashMap<String, Vec<RegionId>>,
     /// Regions no host reports serving, since when.
     unserved: HashMap<u64, Instant>,
+    /// Per region, the epoch and tick of the newest checkpoint reported stored: a standby holding
+    /// an older tick (it lagged) is not promoted over it.
+    checkpoints: HashMap<u64, (Epoch, u64)>,
 }
 
 impl Failovers {
@@ -691,6 +694,12 @@ impl Failovers {
                 drop(state);
                 self.count_lost_inputs(*region, *lost);
             }
+            Happened::Event(ServerEvent::Checkpointed { region, tick, epoch, .. }) => {
+                let newest = state.checkpoints.entry(region.0).or_insert((*epoch, *tick));
+                if (*epoch, *tick) > *newest {
+                    *newest = (*epoch, *tick);
+                }
+            }
             Happened::Event(_) => {}
         }
     }
@@ -709,7 +718,7 @@ impl Failovers {
         match latest {
             Some(mut record) => {
                 if let Some(figures) = record.failover.as_mut() {
-                    figures.inputs_lost += lost;
+                    figures.inputs_lost = figures.inputs_lost.saturating_add(lost);
                 }
                 tracing::warn!(%region, lost, record = record.id, "player inputs acknowledged durable were lost");
                 self.migrations.keep(&record);
@@ -830,11 +839,20 @@ impl Failovers {
         // The standby is promoted only if its own host is alive (both lost: the checkpoint path).
         let alive =
             |host: &str| self.hosts.views().iter().any(|view| view.name == host && view.connected && !view.dead);
-        let standby = self
-            .standbys
-            .as_ref()
-            .and_then(|standbys| standbys.take(lost.region, lost.epoch))
-            .filter(|(host, _, _)| alive(host));
+        // A standby that lagged behind the newest checkpoint of the lost epoch would lose more than
+        // restoring it: the checkpoint path then.
+        let checkpoint = self.state.lock().ok().and_then(|state| state.checkpoints.get(&lost.region.0).copied());
+        let behind = |tick: u64| checkpoint.is_some_and(|(epoch, stored)| epoch == lost.epoch && stored > tick);
+        let standby = match self.standbys.as_ref().and_then(|standbys| standbys.take(lost.region, lost.epoch)) {
+            Some((host, process, tick)) if alive(&host) && !behind(tick) => Some((host, process, tick)),
+            // Taken from the table, so handed back to its host (if it comes back) here.
+            Some((host, process, tick)) => {
+                tracing::info!(region = %lost.region, host, tick, ?checkpoint, "the standby is not promoted: its host is down or a newer checkpoint exists");
+                let _ = self.hosts.release(&host, &process);
+                None
+            }
+            None => None,
+        };
         let (machine, actions) = Failover::start(id, lost, standby, &candidates, self.settings, now);
         self.migrations.keep(machine.record());
         tokio::spawn(self.clone().drive(machine, actions));

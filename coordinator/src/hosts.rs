@@ -296,7 +296,8 @@ impl Hosts {
         dead
     }
 
-    /// How long `host`'s agent has not reported, if it is connected and not declared dead.
+    /// How long `host`'s agent has not reported, unless it is declared dead (a disconnected agent
+    /// counts as silent since its last report).
     #[must_use]
     pub fn silence(&self, host: &str) -> Option<Duration> {
         let hosts = self.hosts.lock().ok()?;

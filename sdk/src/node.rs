@@ -1006,12 +1006,10 @@ impl<L: RegionLogic> RegionNode<L> {
             }
             // A checkpoint is a snapshot at a tick boundary; during a handoff the snapshot being
             // streamed is the region's safety net instead, and a frozen source never gets here.
+            // A crossing is checkpointed at once even with a standby holding the region: if the
+            // standby dies with the owner, the restored region must agree with its neighbour
+            // about where the avatar is.
             let every = self.settings.checkpoint_every_ticks;
-            if feeding && standby.as_ref().is_some_and(|feed| feed.stats().held_tick.is_some()) {
-                // A standby that holds the region follows the crossing within a tick or two; a
-                // failover promotes it rather than restoring a checkpoint.
-                self.durability.crossed = false;
-            }
             if handoff.as_ref().is_none_or(HandoffSource::is_finished) && self.durability.due(tick, every) {
                 match crate::checkpoint::encode(&mut self.region, *epoch) {
                     Ok((info, bytes)) => {
@@ -1252,7 +1250,8 @@ impl<L: RegionLogic> RegionNode<L> {
                             self.outputs.push_back(Output::Event(HostEvent::Promoted { region: id, epoch, tick }));
                             self.outputs.push_back(Output::Event(HostEvent::Owning { region: id, epoch }));
                             // What it holds is what the lost owner's standby acknowledged; it
-                            // is checkpointed at once, since no standby follows it yet.
+                            // is checkpointed after its first tick (when checkpoints are on),
+                            // since no standby follows it yet.
                             self.durability.confirmed = player_progress(self.region.world()).into_iter().collect();
                             self.durability.crossed = true;
                             next_state = Some(State::Owner {
@@ -1528,7 +1527,8 @@ fn player_progress(world: &crate::World) -> Vec<(PlayerId, u64)> {
 }
 
 /// Which of the players' inputs are held in state that survives the loss of this instance: those
-/// in the newest checkpoint the store confirmed.
+/// in the newest checkpoint the store confirmed, or in the newest round the hot standby says it
+/// holds, whichever is newer.
 #[derive(Debug, Default)]
 struct Durability {
     /// Checkpoints taken and not confirmed yet: their tick and each player's last applied input.
@@ -1588,7 +1588,10 @@ impl Durability {
         }
     }
 
-    /// Rounds ahead of the standby's acknowledgements, at most (the feed skips ticks long before).
+    /// Rounds ahead of the standby's acknowledgements, at most (about 13 s at 20 Hz; the feed
+    /// skips ticks while more than its window of bytes is unapplied, so rounds are fewer when
+    /// the standby lags). A `Holds` for a round no longer here confirms nothing; the next one
+    /// within the window does.
     const MAX_MARKED: usize = 256;
 
     /// A round bringing the standby to `tick` went out, with each player's progress at `tick`.

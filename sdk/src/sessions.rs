@@ -11,9 +11,10 @@
 //!   at or below `last_applied`, or already queued, is a duplicate and is dropped (this is what makes
 //!   the gateway's replay after a handoff safe, invariant 2).
 //! - An input that arrives ahead of a gap waits until the gap is filled; nothing is applied past a
-//!   gap. The queue per player is bounded ([`MAX_PENDING_INPUTS`]), except that the input filling
-//!   the gap (`last_applied + 1`) is always taken, so a full queue can still drain (see
-//!   [`Sessions::submit`]).
+//!   gap. The queue per player is bounded ([`MAX_PENDING_INPUTS`]), except that an input that
+//!   continues the run from `last_applied + 1` (the gap's filler, or the next of a run of inputs
+//!   sent again at once after a failover) is taken up to [`MAX_KEPT_INPUTS`], what a client may
+//!   send again at once; so a full queue can still drain (see [`Sessions::submit`]).
 //! - Inputs of different players are independent; within a tick, players are served in entity order.
 //! - The one way past a gap: the client says it no longer has the inputs in it
 //!   ([`Sessions::skip`]: they were acknowledged durable by state that was then lost). They are
@@ -21,12 +22,14 @@
 
 use std::collections::HashMap;
 
+use baton_wire::player::MAX_KEPT_INPUTS;
 use baton_wire::{InputSeq, MAX_INPUT_PAYLOAD, PlayerId, PlayerInput};
 
 use crate::world::{EntityId, World, WorldError};
 
-/// Most inputs one player may have waiting in a region behind a gap. The input that fills the gap
-/// is taken beyond it, so a queue holds at most one more than this (see [`Sessions::submit`]).
+/// Most inputs one player may have waiting in a region behind a gap. Inputs that continue the run
+/// from `last_applied + 1` are taken beyond it, up to [`MAX_KEPT_INPUTS`] in all (see
+/// [`Sessions::submit`]).
 pub const MAX_PENDING_INPUTS: usize = 256;
 
 /// A player's presence in the region, on the player's avatar entity.
@@ -148,13 +151,14 @@ impl Sessions {
     /// Queues an input for its player.
     ///
     /// A player whose queue holds [`MAX_PENDING_INPUTS`] inputs gets [`SessionError::QueueFull`]
-    /// for any further input except the next one in sequence (`last_applied + 1`): that one fills
-    /// the gap every waiting input is blocked on, so refusing it would block the player for good
-    /// (a resuming client resends its inputs from `last_applied + 1` on, into the same full queue).
-    /// It is taken beyond the bound, and the next [`take_ready`](Sessions::take_ready) applies it
-    /// and everything in order behind it. So a queue holds at most `MAX_PENDING_INPUTS + 1`
-    /// inputs: once the gap input is queued, the next input in sequence is a duplicate until the
-    /// queue drains, and nothing else passes the bound.
+    /// for any further input except one that continues the run of inputs from `last_applied + 1`
+    /// (the next number after the last one queued in sequence): the first of those fills the gap
+    /// every waiting input is blocked on, so refusing it would block the player for good (a
+    /// resuming client resends its inputs from `last_applied + 1` on, into the same full queue),
+    /// and after a failover a client sends every input it keeps again at once, in sequence, up to
+    /// [`MAX_KEPT_INPUTS`], all of which the next [`take_ready`](Sessions::take_ready) applies.
+    /// Those are taken while the queue holds fewer than `MAX_KEPT_INPUTS`; nothing else passes
+    /// the bound.
     pub fn submit(&self, world: &mut World, input: PlayerInput) -> Result<InputOutcome, SessionError> {
         if input.payload.len() > MAX_INPUT_PAYLOAD {
             return Err(SessionError::PayloadTooLarge(input.payload.len()));
@@ -172,9 +176,11 @@ impl Sessions {
             Ok(_) => return Ok(InputOutcome::Duplicate),
             Err(position) => position,
         };
-        // The gap input is checked before the bound: it is what lets a full queue drain.
-        let fills_gap = input.seq == session.last_applied + 1;
-        if session.pending.len() >= MAX_PENDING_INPUTS && !fills_gap {
+        // The run from `last_applied + 1` is checked before the bound: it is what lets a full
+        // queue drain.
+        let in_run = input.seq == session.last_applied + 1 + queued_run(&session.pending, session.last_applied);
+        let bound = if in_run { MAX_KEPT_INPUTS } else { MAX_PENDING_INPUTS };
+        if session.pending.len() >= bound {
             return Err(SessionError::QueueFull(input.player));
         }
         session.pending.insert(position, PendingInput { seq: input.seq, payload: input.payload });
@@ -245,6 +251,22 @@ impl Sessions {
         });
         ready
     }
+}
+
+/// How many of `pending` continue the run from `last_applied + 1` without a gap. Their numbers are
+/// distinct, sorted and above `last_applied`, so `pending[i].seq >= last_applied + 1 + i`, with
+/// equality exactly on that prefix: a binary search finds its end.
+fn queued_run(pending: &[PendingInput], last_applied: InputSeq) -> u64 {
+    let (mut low, mut high) = (0usize, pending.len());
+    while low < high {
+        let middle = low + (high - low) / 2;
+        if pending[middle].seq == last_applied + 1 + middle as u64 {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    low as u64
 }
 
 /// An input due for application this tick.

@@ -4,6 +4,7 @@
 
 use baton_sdk::codec::{self, ChunkConfig, DecodeLimits};
 use baton_sdk::sessions::{InputOutcome, MAX_PENDING_INPUTS, PlayerSession, SessionError, Sessions};
+use baton_sdk::wire::player::MAX_KEPT_INPUTS;
 use baton_sdk::wire::{MAX_INPUT_PAYLOAD, PlayerId, PlayerInput};
 use baton_sdk::{Registry, World};
 
@@ -147,7 +148,8 @@ enum Step {
 }
 
 /// Runs `steps` for one player who joined with nothing applied, and checks after every step that
-/// the queue never holds more than [`MAX_PENDING_INPUTS`] inputs plus the one that fills the gap.
+/// the queue holds at most [`MAX_PENDING_INPUTS`] inputs behind a gap (those in sequence from
+/// `last_applied + 1` aside, at most [`MAX_KEPT_INPUTS`] in all).
 fn check(steps: Vec<Step>) {
     let mut world = world();
     let mut sessions = Sessions::default();
@@ -166,8 +168,16 @@ fn check(steps: Vec<Step>) {
                 assert_eq!(taken, expected, "step {index}: inputs applied by the tick");
             }
         }
-        let waiting = world.get::<PlayerSession>(avatar).unwrap().pending.len();
-        assert!(waiting <= MAX_PENDING_INPUTS + 1, "step {index}: {waiting} inputs waiting");
+        let session = world.get::<PlayerSession>(avatar).unwrap();
+        let in_run = session
+            .pending
+            .iter()
+            .enumerate()
+            .take_while(|(at, pending)| pending.seq == session.last_applied + 1 + *at as u64)
+            .count();
+        let behind_gap = session.pending.len() - in_run;
+        assert!(behind_gap <= MAX_PENDING_INPUTS, "step {index}: {behind_gap} inputs waiting behind a gap");
+        assert!(session.pending.len() <= MAX_KEPT_INPUTS, "step {index}: {} waiting", session.pending.len());
     }
 }
 
@@ -183,10 +193,23 @@ fn a_full_queue_still_takes_the_input_that_fills_its_gap() {
         // The one input that unblocks the player is taken although the queue is at its bound...
         Step::Submit(1..=1, Ok(InputOutcome::Queued)),
         Step::Submit(1..=1, Ok(InputOutcome::Duplicate)),
-        // ...and only that one: anything else still waits for the queue to drain.
-        Step::Submit(max + 2..=max + 2, full()),
-        Step::Tick((1..=max + 1).collect()),
+        // ...and so is the next in sequence (the run from 1 goes on); one behind a new gap is not.
+        Step::Submit(max + 3..=max + 3, full()),
         Step::Submit(max + 2..=max + 2, Ok(InputOutcome::Queued)),
-        Step::Tick(vec![max + 2]),
+        Step::Tick((1..=max + 2).collect()),
+        Step::Submit(max + 3..=max + 3, Ok(InputOutcome::Queued)),
+        Step::Tick(vec![max + 3]),
+    ]);
+}
+
+#[test]
+fn every_input_a_client_keeps_sent_again_at_once_is_taken_in_one_tick() {
+    // After a failover a client sends all it kept again at once, in sequence: more than the bound
+    // for inputs behind a gap, none of them refused; past what a client keeps, refused.
+    let kept = MAX_KEPT_INPUTS as u64;
+    check(vec![
+        Step::Submit(1..=kept, Ok(InputOutcome::Queued)),
+        Step::Submit(kept + 1..=kept + 1, Err(SessionError::QueueFull(PlayerId(1)))),
+        Step::Tick((1..=kept).collect()),
     ]);
 }

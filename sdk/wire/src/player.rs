@@ -59,12 +59,12 @@ pub enum ClientFrame {
         /// Echoed back.
         nonce: u64,
     },
-    /// The client no longer has its inputs up to `through`: an update acknowledged them as
-    /// durable, yet the region's updates now say it applied fewer (it was restored from older
-    /// state). The region counts the ones it lacks as lost and takes the next input after
+    /// The client no longer has its inputs up to `through` (an update acknowledged them as
+    /// durable, or they were applied and dropped past [`MAX_KEPT_INPUTS`]), yet the region's
+    /// updates now say it applied fewer (it was restored from older state). The region counts the ones it lacks as lost and takes the next input after
     /// `through`. Sent again while the region's updates still show the gap.
     Skip {
-        /// The last input the client dropped as durable.
+        /// The newest input the client no longer keeps (below 2⁶³).
         through: u64,
     },
 }
