@@ -631,9 +631,6 @@ struct WatchState {
     exited: HashMap<String, Vec<RegionId>>,
     /// Regions no host reports serving, since when.
     unserved: HashMap<u64, Instant>,
-    /// Per region, the epoch and tick of the newest checkpoint reported stored: a standby holding
-    /// an older tick (it lagged) is not promoted over it.
-    checkpoints: HashMap<u64, (Epoch, u64)>,
 }
 
 impl Failovers {
@@ -693,12 +690,6 @@ impl Failovers {
             Happened::Event(ServerEvent::InputsLost { region, lost, .. }) => {
                 drop(state);
                 self.count_lost_inputs(*region, *lost);
-            }
-            Happened::Event(ServerEvent::Checkpointed { region, tick, epoch, .. }) => {
-                let newest = state.checkpoints.entry(region.0).or_insert((*epoch, *tick));
-                if (*epoch, *tick) > *newest {
-                    *newest = (*epoch, *tick);
-                }
             }
             Happened::Event(_) => {}
         }
@@ -839,15 +830,11 @@ impl Failovers {
         // The standby is promoted only if its own host is alive (both lost: the checkpoint path).
         let alive =
             |host: &str| self.hosts.views().iter().any(|view| view.name == host && view.connected && !view.dead);
-        // A standby that lagged behind the newest checkpoint of the lost epoch would lose more than
-        // restoring it: the checkpoint path then.
-        let checkpoint = self.state.lock().ok().and_then(|state| state.checkpoints.get(&lost.region.0).copied());
-        let behind = |tick: u64| checkpoint.is_some_and(|(epoch, stored)| epoch == lost.epoch && stored > tick);
         let standby = match self.standbys.as_ref().and_then(|standbys| standbys.take(lost.region, lost.epoch)) {
-            Some((host, process, tick)) if alive(&host) && !behind(tick) => Some((host, process, tick)),
+            Some((host, process, tick)) if alive(&host) => Some((host, process, tick)),
             // Taken from the table, so handed back to its host (if it comes back) here.
-            Some((host, process, tick)) => {
-                tracing::info!(region = %lost.region, host, tick, ?checkpoint, "the standby is not promoted: its host is down or a newer checkpoint exists");
+            Some((host, process, _)) => {
+                tracing::info!(region = %lost.region, host, "the standby is not promoted: its host is down");
                 let _ = self.hosts.release(&host, &process);
                 None
             }
