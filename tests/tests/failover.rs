@@ -247,46 +247,22 @@ fn a_host_cut_off_is_replaced_and_its_old_owner_lets_go_and_a_coordinator_down_c
 
 #[test]
 fn a_source_host_that_dies_mid_migration_leaves_one_owner_and_loses_nothing() {
-    let mut fleet = Fleet::start(&spec()).unwrap();
-    fleet.wait_hosts_ready(2, 1, Duration::from_secs(60)).unwrap();
-    let world = json!({"objects": 400, "npcs": 20, "plants": 20});
-    fleet.ok("POST", "/v1/regions", Some(json!({"region": 1, "host": "h1", "world": world}))).unwrap();
-    let playing = players(&fleet, 1, 3, 1, 8);
-    std::thread::sleep(Duration::from_secs(2));
-    let migration = fleet.ok("POST", "/v1/migrations", Some(json!({"region": 1, "to_host": "h2"}))).unwrap();
-    let id = migration["id"].as_u64().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while fleet.ok("GET", &format!("/v1/migrations/{id}"), None).unwrap()["phase"] != "transferring" {
-        assert!(Instant::now() < deadline, "migration {id} never reached the handoff");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    // The source's whole host dies while the region streams to h2.
-    fleet.kill_host(1).unwrap();
-    let record = fleet.wait_migration(id, Duration::from_secs(60)).unwrap();
-    eprintln!("the migration: {record}");
     // Either the target committed (it had everything) or it gave up and a failover restored the
-    // region there: one process serves region 1 in the end, on h2, and it is the directory's owner.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let owner = fleet.ok("GET", "/v1/regions", None).unwrap()[0]["owner"].as_str().unwrap_or_default().to_owned();
-        if let Some((host, process, _)) = server_of(&fleet, 1)
-            && host == "h2"
-            && process == owner
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "region 1 not served by its owner on h2: {}",
-            fleet.ok("GET", "/v1/hosts", None).unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_nothing_lost(&playing.join().unwrap());
+    // region there: one process serves region 1 in the end, on h2.
+    host_dies_mid_migration(1, "h2");
 }
 
 #[test]
 fn a_target_host_that_dies_mid_migration_leaves_one_owner_and_loses_nothing() {
+    // Either the source kept the region (the handoff aborted), or the target had committed and a
+    // failover brought the region back to h1: one process serves it in the end, on h1.
+    host_dies_mid_migration(2, "h1");
+}
+
+/// Region 1 migrates from h1 to h2 with players on board; host `h{killed}` dies while the region
+/// streams. In the end one process serves it, on `survivor`, it is the directory's owner, and every
+/// player input was applied exactly once.
+fn host_dies_mid_migration(killed: usize, survivor: &str) {
     let mut fleet = Fleet::start(&spec()).unwrap();
     fleet.wait_hosts_ready(2, 1, Duration::from_secs(60)).unwrap();
     let world = json!({"objects": 400, "npcs": 20, "plants": 20});
@@ -300,25 +276,21 @@ fn a_target_host_that_dies_mid_migration_leaves_one_owner_and_loses_nothing() {
         assert!(Instant::now() < deadline, "migration {id} never reached the handoff");
         std::thread::sleep(Duration::from_millis(5));
     }
-    // The target's whole host dies while the region streams to it.
-    fleet.kill_host(2).unwrap();
+    fleet.kill_host(killed).unwrap();
     let record = fleet.wait_migration(id, Duration::from_secs(60)).unwrap();
     eprintln!("the migration: {record}");
-    // Either the source kept the region (the handoff aborted), or the target had committed and a
-    // failover brought the region back to h1: one process serves it in the end, on h1, and it is
-    // the directory's owner.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let owner = fleet.ok("GET", "/v1/regions", None).unwrap()[0]["owner"].as_str().unwrap_or_default().to_owned();
         if let Some((host, process, _)) = server_of(&fleet, 1)
-            && host == "h1"
+            && host == survivor
             && process == owner
         {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "region 1 not served by its owner on h1: {}",
+            "region 1 not served by its owner on {survivor}: {}",
             fleet.ok("GET", "/v1/hosts", None).unwrap()
         );
         std::thread::sleep(Duration::from_millis(100));

@@ -45,21 +45,27 @@ fn moves(plan: &Plan) -> Vec<(u64, String, String, Kind)> {
         .collect()
 }
 
-#[test]
-fn an_overloaded_host_sends_the_cheapest_region_that_fixes_it_to_the_host_with_most_room() {
-    // h1: 3.6 of 4 cores (90%). Moving region 2 (0.4 cores) is enough (80%), and it is the
-    // cheapest of those that fix it (fewest entities); h3 has more room than h2.
+/// h1: 3.6 of 4 cores (90%). Moving region 2 (0.4 cores) is enough (80%), and it is the cheapest
+/// of those that fix it (fewest entities); h3 has more room than h2. Region 2's standby, if any,
+/// is on `standby`.
+fn overloaded_h1(standby: Option<&str>) -> Vec<HostState> {
     let mut big = region(1, 1.2);
     big.entities = 5000;
     let mut fixer = region(2, 0.4);
     fixer.entities = 800;
+    fixer.standby = standby.map(str::to_owned);
     let mut fat = region(3, 2.0);
     fat.entities = 90_000;
-    let hosts = vec![
+    vec![
         host("h1", 4.0, vec![big, fixer, fat]),
         host("h2", 4.0, vec![region(10, 1.6)]),
         host("h3", 4.0, vec![region(11, 0.4)]),
-    ];
+    ]
+}
+
+#[test]
+fn an_overloaded_host_sends_the_cheapest_region_that_fixes_it_to_the_host_with_most_room() {
+    let hosts = overloaded_h1(None);
     let round = on().round(&snapshot(hosts), Instant::now());
     assert_eq!(moves(&round.plan), vec![(2, "h1".into(), "h3".into(), Kind::Rebalance)]);
     assert_eq!(round.execute, round.plan.steps);
@@ -150,19 +156,7 @@ fn light_hosts_are_emptied_first_fit_and_freed_down_to_the_minimum() {
 fn a_region_never_moves_onto_its_standbys_host() {
     // As in the first test, region 2 fixes h1 and h3 has the most room; but h3 holds region 2's
     // standby, so it goes to h2.
-    let mut big = region(1, 1.2);
-    big.entities = 5000;
-    let mut fixer = region(2, 0.4);
-    fixer.entities = 800;
-    fixer.standby = Some("h3".into());
-    let mut fat = region(3, 2.0);
-    fat.entities = 90_000;
-    let hosts = vec![
-        host("h1", 4.0, vec![big, fixer, fat]),
-        host("h2", 4.0, vec![region(10, 1.6)]),
-        host("h3", 4.0, vec![region(11, 0.4)]),
-    ];
-    let plan = on().round(&snapshot(hosts), Instant::now()).plan;
+    let plan = on().round(&snapshot(overloaded_h1(Some("h3"))), Instant::now()).plan;
     assert_eq!(moves(&plan), vec![(2, "h1".into(), "h2".into(), Kind::Rebalance)]);
 
     // Consolidation: h2 (5%) would empty onto h3, the fullest; its region's standby is on h3, so

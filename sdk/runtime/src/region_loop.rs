@@ -220,33 +220,25 @@ impl Links {
 fn carry_out<L: RegionLogic + 'static>(node: &mut RegionNode<L>, context: &LoopContext<L>, links: &mut Links) {
     let id = node.region().id();
     let hub = &context.hub;
+    let connect = |peer| {
+        crate::link::connect(
+            &context.runtime,
+            context.endpoint.clone(),
+            peer,
+            context.commands.clone(),
+            context.bulk_bytes_per_second,
+            context.bulk_burst_bytes,
+        )
+    };
     while let Some(output) = node.poll_output(Instant::now()) {
         match output {
-            Output::Connect { peer } => {
-                links.peer = Some(crate::link::connect(
-                    &context.runtime,
-                    context.endpoint.clone(),
-                    peer,
-                    context.commands.clone(),
-                    context.bulk_bytes_per_second,
-                    context.bulk_burst_bytes,
-                ));
-            }
+            Output::Connect { peer } => links.peer = Some(connect(peer)),
             Output::ToPeer(message) => {
                 if !links.peer.as_ref().is_some_and(|link| link.send(message)) {
                     node.handle_link_lost(Instant::now());
                 }
             }
-            Output::ConnectStandby { peer } => {
-                links.standby = Some(crate::link::connect(
-                    &context.runtime,
-                    context.endpoint.clone(),
-                    peer,
-                    context.commands.clone(),
-                    context.bulk_bytes_per_second,
-                    context.bulk_burst_bytes,
-                ));
-            }
+            Output::ConnectStandby { peer } => links.standby = Some(connect(peer)),
             Output::ToStandby(message) => {
                 if !links.standby.as_ref().is_some_and(|link| link.send(message)) {
                     node.handle_standby_link_lost(Instant::now());

@@ -442,19 +442,7 @@ impl StandbyFollower {
         follower.owner = Ownership { owner: source.clone(), epoch: Epoch(*epoch) };
         follower.suspect_after = (Duration::from_micros(*tick_interval_us) * SUSPECT_AFTER_TICKS)
             .clamp(MIN_SUSPECT_AFTER, MAX_SUSPECT_AFTER);
-        let refusal = if *version != PROTOCOL_VERSION {
-            Some(format!("protocol version {version} is not {PROTOCOL_VERSION}"))
-        } else if *schema != world.registry().schema_hash() {
-            Some(format!(
-                "component schema {schema:016x} differs from this build's {:016x}",
-                world.registry().schema_hash()
-            ))
-        } else if world.entity_count() != 0 {
-            Some("the standby's world is not empty".to_owned())
-        } else {
-            None
-        };
-        match refusal {
+        match super::target::refusal(*version, *schema, world, "standby") {
             Some(reason) => follower.end(reason),
             None => follower
                 .outbox

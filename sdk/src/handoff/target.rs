@@ -15,6 +15,24 @@ use super::{AbortReason, Culprit, HandoffId, Phase, Timeouts};
 use crate::codec::{self, DecodeLimits};
 use crate::world::{World, WorldDigest};
 
+/// Why a receiving slot (a handoff's target, a standby) refuses a sender whose first message says
+/// `version` and `schema` (protocol.md §2): another message set, other component types, or a
+/// world that is not empty. `what` names the slot in the reason.
+pub(crate) fn refusal(version: u16, schema: u64, world: &World, what: &str) -> Option<String> {
+    if version != PROTOCOL_VERSION {
+        Some(format!("protocol version {version} is not {PROTOCOL_VERSION}"))
+    } else if schema != world.registry().schema_hash() {
+        Some(format!(
+            "component schema {schema:016x} differs from this build's {:016x}",
+            world.registry().schema_hash()
+        ))
+    } else if world.entity_count() != 0 {
+        Some(format!("the {what}'s world is not empty"))
+    } else {
+        None
+    }
+}
+
 /// Settings of the target side.
 #[derive(Clone, Debug)]
 pub struct TargetConfig {
@@ -167,20 +185,7 @@ impl HandoffTarget {
             self.handoff = Some(*handoff);
             self.region = RegionId(*region);
             self.source = Ownership { owner: source.clone(), epoch: Epoch(*epoch) };
-            // protocol.md §2: a target refuses a source whose message set or component types differ.
-            let refusal = if *version != PROTOCOL_VERSION {
-                Some(format!("protocol version {version} is not {PROTOCOL_VERSION}"))
-            } else if *schema != world.registry().schema_hash() {
-                Some(format!(
-                    "component schema {schema:016x} differs from this build's {:016x}",
-                    world.registry().schema_hash()
-                ))
-            } else if world.entity_count() != 0 {
-                Some("the target's world is not empty".to_owned())
-            } else {
-                None
-            };
-            match refusal {
+            match refusal(*version, *schema, world, "target") {
                 Some(reason) => self.abort(Culprit::Target, Phase::Prepare, reason),
                 None => {
                     self.phase = TargetPhase::Receiving;
