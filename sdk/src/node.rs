@@ -836,7 +836,7 @@ impl<L: RegionLogic> RegionNode<L> {
     pub fn handle_promote(&mut self, _now: Instant, epoch: Epoch) {
         let region = self.region.id();
         let refused = match &mut self.state {
-            State::Standby { follower, .. } => follower.promote(epoch).err(),
+            State::Standby { follower, .. } => follower.promote(epoch).err().map(|error| error.to_string()),
             State::Owner { epoch: owned, .. } if owned.0 > epoch.0 => {
                 // Promoted already (a repeated command): say so again.
                 self.outputs.push_back(Output::Event(HostEvent::Owning { region, epoch: *owned }));

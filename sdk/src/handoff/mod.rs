@@ -26,7 +26,9 @@ use std::time::Duration;
 pub use authority::{AuthorityError, FileAuthority, InMemoryAuthority, Ownership, OwnershipAuthority};
 pub use message::{Message, MessageError};
 pub use source::{HandoffPlan, HandoffSource, SourceAction, SourceConfig, SourcePhase, SourceStats};
-pub use standby::{FeedEvent, FeedPhase, FeedStats, FollowerAction, FollowerPhase, StandbyFeed, StandbyFollower};
+pub use standby::{
+    FeedEvent, FeedPhase, FeedStats, FollowerAction, FollowerPhase, PromoteError, StandbyFeed, StandbyFollower,
+};
 pub use target::{HandoffTarget, TargetAction, TargetConfig, TargetPhase, TargetStats};
 
 /// Identifies one handoff attempt (random, chosen by the source).

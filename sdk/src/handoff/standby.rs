@@ -330,6 +330,25 @@ impl StandbyFeed {
     }
 }
 
+/// Why a standby refuses a promotion.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PromoteError {
+    /// It does not follow an owner now (still starting, already promoting, or ended).
+    #[error("the standby cannot be promoted while {0:?}")]
+    NotFollowing(FollowerPhase),
+    /// It follows the owner at another epoch.
+    #[error("the standby follows epoch {follows}, not {asked}")]
+    OtherEpoch {
+        /// The epoch of the owner it follows.
+        follows: Epoch,
+        /// The epoch the promotion names.
+        asked: Epoch,
+    },
+    /// It has not held a complete tick yet.
+    #[error("the standby holds no complete tick yet")]
+    NothingHeld,
+}
+
 /// Where a follower is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FollowerPhase {
@@ -580,15 +599,15 @@ impl StandbyFollower {
 
     /// The coordinator promotes this standby: the owner at `epoch` is lost. Refused (with the
     /// reason) unless it follows that owner at that epoch and holds a tick.
-    pub fn promote(&mut self, epoch: Epoch) -> Result<(), String> {
+    pub fn promote(&mut self, epoch: Epoch) -> Result<(), PromoteError> {
         if !matches!(self.phase, FollowerPhase::Following | FollowerPhase::Detached) {
-            return Err(format!("the standby cannot be promoted while {:?}", self.phase));
+            return Err(PromoteError::NotFollowing(self.phase));
         }
         if self.owner.epoch != epoch {
-            return Err(format!("the standby follows epoch {}, not {epoch}", self.owner.epoch));
+            return Err(PromoteError::OtherEpoch { follows: self.owner.epoch, asked: epoch });
         }
         let Some(tick) = self.held else {
-            return Err("the standby holds no complete tick yet".to_owned());
+            return Err(PromoteError::NothingHeld);
         };
         // Rounds received but not complete are dropped: the world stays exactly as at `tick`.
         self.parts.clear();
