@@ -25,6 +25,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     player: index,
                     last_applied: 4,
                     pending: vec![PendingInput { seq: 5, payload: vec![1, 2, 3] }],
+                    duplicates: 0,
+                    early: 0,
                 },
             )?;
         }

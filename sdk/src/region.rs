@@ -460,7 +460,7 @@ impl<L: RegionLogic> Region<L> {
         match &outcome {
             Ok(InputOutcome::Duplicate) => events::input_refused(self.id, player, "duplicate"),
             Err(error) => events::input_refused(self.id, player, refusal_reason(error)),
-            Ok(InputOutcome::Queued) => {}
+            Ok(InputOutcome::Queued | InputOutcome::Early) => {}
         }
         outcome
     }

@@ -42,6 +42,12 @@ pub struct PlayerSession {
     pub last_applied: InputSeq,
     /// Received, not yet applied, in increasing sequence order.
     pub pending: Vec<PendingInput>,
+    /// Inputs that arrived again after being applied or queued (dropped; see [`InputOutcome`]).
+    /// A gateway forwards each input once, so outside a resume or a failover (where a client
+    /// sends what it keeps again) this stays 0.
+    pub duplicates: u64,
+    /// Inputs that arrived ahead of a gap (queued until the gap fills): out of order.
+    pub early: u64,
 }
 
 /// An input waiting to be applied.
@@ -58,6 +64,8 @@ pub struct PendingInput {
 pub enum InputOutcome {
     /// Queued for application.
     Queued,
+    /// Queued, but behind a gap: an earlier input has not arrived yet.
+    Early,
     /// Already applied or already queued; dropped.
     Duplicate,
 }
@@ -118,7 +126,10 @@ impl Sessions {
         if self.avatars.contains_key(&player) {
             return Err(SessionError::AlreadyJoined(player));
         }
-        world.insert(avatar, PlayerSession { player: player.0, last_applied, pending: Vec::new() })?;
+        world.insert(
+            avatar,
+            PlayerSession { player: player.0, last_applied, pending: Vec::new(), duplicates: 0, early: 0 },
+        )?;
         self.avatars.insert(player, avatar);
         Ok(())
     }
@@ -170,10 +181,14 @@ impl Sessions {
         let mut session = world.get_mut::<PlayerSession>(avatar).ok_or(SessionError::UnknownPlayer(input.player))?;
         // Invariant 2: an input already applied or already waiting is dropped, never applied twice.
         if input.seq <= session.last_applied {
+            session.duplicates += 1;
             return Ok(InputOutcome::Duplicate);
         }
         let position = match session.pending.binary_search_by_key(&input.seq, |pending| pending.seq) {
-            Ok(_) => return Ok(InputOutcome::Duplicate),
+            Ok(_) => {
+                session.duplicates += 1;
+                return Ok(InputOutcome::Duplicate);
+            }
             Err(position) => position,
         };
         // The run from `last_applied + 1` is checked before the bound: it is what lets a full
@@ -184,7 +199,12 @@ impl Sessions {
             return Err(SessionError::QueueFull(input.player));
         }
         session.pending.insert(position, PendingInput { seq: input.seq, payload: input.payload });
-        Ok(InputOutcome::Queued)
+        if in_run {
+            Ok(InputOutcome::Queued)
+        } else {
+            session.early += 1;
+            Ok(InputOutcome::Early)
+        }
     }
 
     /// `player`'s client no longer has its inputs up to `through` (protocol.md §9, `Skip`): the

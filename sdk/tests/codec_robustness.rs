@@ -61,14 +61,67 @@ proptest! {
         if let Some(cut) = cut {
             bytes.truncate(cut % (bytes.len() + 1));
         }
-        let mut world = World::new(registry());
-        let before = world.digest();
-        match codec::decode(world.registry(), &bytes, DecodeLimits::default()) {
-            // A flip inside a value can still be a valid archive; applying it must then work.
-            Ok(decoded) => { decoded.apply(&mut world); }
-            Err(_) => prop_assert_eq!(world.digest(), before),
+        // A world that already holds entities, so an archive applied half-way (some columns
+        // written, others not; despawns done, values not) would show in the digest.
+        let mut world = populated_world();
+        let before = (world.digest(), world.digest_full());
+        match codec::apply(&mut world, &bytes, DecodeLimits::default()) {
+            // A flip inside a value can still be a valid archive, which then applies.
+            Ok(_) => {}
+            Err(_) => prop_assert_eq!((world.digest(), world.digest_full()), before),
         }
     }
+}
+
+/// A world unlike the one `sample_archives` came from: other entities, other values.
+fn populated_world() -> World {
+    let mut world = World::new(registry());
+    for index in 0..50u32 {
+        let entity = world.spawn();
+        world.insert(entity, Position { xyz: [0.5, index as f32, 9.0], label: format!("other{index}") }).unwrap();
+        world.insert(entity, Health(index)).unwrap();
+    }
+    world
+}
+
+/// Section `index` of an archive: (offset, length), read from its section table (a 32-byte
+/// header with the section count at bytes 8..12, then one 16-byte entry per section).
+fn section(bytes: &[u8], index: usize) -> (usize, usize) {
+    let count = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    assert!(index < count, "section {index} of {count}");
+    let entry = 32 + index * 16;
+    let offset = u32::from_le_bytes(bytes[entry..entry + 4].try_into().unwrap()) as usize;
+    let length = u32::from_le_bytes(bytes[entry + 4..entry + 8].try_into().unwrap()) as usize;
+    (offset, length)
+}
+
+#[test]
+fn an_archive_whose_last_column_is_bad_changes_nothing() {
+    // Every earlier section (the manifest, the first columns) is valid, so a decoder that
+    // applied section by section would have written them before finding the bad one.
+    let mut tested = 0;
+    for archive in sample_archives() {
+        let count = u32::from_le_bytes(archive[8..12].try_into().unwrap()) as usize;
+        if count < 3 {
+            continue;
+        }
+        tested += 1;
+        let mut bytes = archive.clone();
+        let (offset, length) = section(&bytes, count - 1);
+        // The column's root is its last 8 bytes: a relative pointer, then the element count.
+        let at = offset + length - 4;
+        let elements = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+        bytes[at..at + 4].copy_from_slice(&(elements + 1).to_le_bytes());
+
+        let mut world = populated_world();
+        let before = (world.digest(), world.digest_full());
+        assert!(codec::apply(&mut world, &bytes, DecodeLimits::default()).is_err());
+        assert_eq!((world.digest(), world.digest_full()), before, "a failed apply changed the world");
+        // The intact archive does change it: the check above would see a half-applied one.
+        codec::apply(&mut world, &archive, DecodeLimits::default()).unwrap();
+        assert_ne!(world.digest(), before.0);
+    }
+    assert!(tested > 0, "no sample archive has a manifest and two columns");
 }
 
 #[test]

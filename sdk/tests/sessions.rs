@@ -28,7 +28,7 @@ fn inputs_apply_in_order_once_and_wait_for_gaps() {
     let mut sessions = Sessions::default();
     let avatar = world.spawn();
     sessions.join(&mut world, PlayerId(7), avatar).unwrap();
-    assert_eq!(sessions.submit(&mut world, input(7, 2)).unwrap(), InputOutcome::Queued);
+    assert_eq!(sessions.submit(&mut world, input(7, 2)).unwrap(), InputOutcome::Early);
     assert_eq!(applied(&sessions, &mut world), vec![], "seq 2 waits for seq 1");
     assert_eq!(sessions.submit(&mut world, input(7, 1)).unwrap(), InputOutcome::Queued);
     assert_eq!(sessions.submit(&mut world, input(7, 1)).unwrap(), InputOutcome::Duplicate);
@@ -36,7 +36,35 @@ fn inputs_apply_in_order_once_and_wait_for_gaps() {
     // A replay of already-applied inputs (what the gateway does after a handoff) is dropped.
     assert_eq!(sessions.submit(&mut world, input(7, 2)).unwrap(), InputOutcome::Duplicate);
     assert_eq!(applied(&sessions, &mut world), vec![]);
-    assert_eq!(world.get::<PlayerSession>(avatar).unwrap().last_applied, 2);
+    let session = world.get::<PlayerSession>(avatar).unwrap();
+    assert_eq!(session.last_applied, 2);
+    // Counted per player: one arrived ahead of its gap (2), two arrived again (1 queued, 2 applied).
+    assert_eq!((session.early, session.duplicates), (1, 2));
+}
+
+#[test]
+fn joining_and_leaving_keep_the_index_and_the_session() {
+    let mut world = world();
+    let mut sessions = Sessions::default();
+    assert!(sessions.is_empty());
+    let (first, second) = (world.spawn(), world.spawn());
+    sessions.join(&mut world, PlayerId(1), first).unwrap();
+    assert_eq!((sessions.len(), sessions.is_empty()), (1, false));
+    sessions.join(&mut world, PlayerId(2), second).unwrap();
+    assert_eq!(sessions.len(), 2);
+    sessions.submit(&mut world, input(1, 1)).unwrap();
+    sessions.submit(&mut world, input(1, 3)).unwrap();
+    applied(&sessions, &mut world);
+    // Leaving hands back the avatar and everything the region held of the player.
+    let (avatar, session) = sessions.leave(&mut world, PlayerId(1)).unwrap();
+    assert_eq!(avatar, first);
+    assert_eq!((session.player, session.last_applied, session.pending.len()), (1, 1, 1));
+    assert!(world.get::<PlayerSession>(first).is_none(), "the avatar no longer carries a session");
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions.leave(&mut world, PlayerId(1)), None, "left already");
+    assert_eq!(sessions.submit(&mut world, input(1, 2)), Err(SessionError::UnknownPlayer(PlayerId(1))));
+    sessions.leave(&mut world, PlayerId(2)).unwrap();
+    assert!(sessions.is_empty());
 }
 
 #[test]
@@ -79,7 +107,10 @@ fn bad_inputs_get_clear_errors() {
     assert_eq!(sessions.submit(&mut world, input(1, 0)), Err(SessionError::ZeroSequence));
     let huge = PlayerInput { player: PlayerId(1), seq: 1, payload: vec![0; MAX_INPUT_PAYLOAD + 1] };
     assert_eq!(sessions.submit(&mut world, huge), Err(SessionError::PayloadTooLarge(MAX_INPUT_PAYLOAD + 1)));
-    for seq in 2..(2 + MAX_PENDING_INPUTS as u64) {
+    let largest = PlayerInput { player: PlayerId(1), seq: 1, payload: vec![0; MAX_INPUT_PAYLOAD] };
+    assert_eq!(sessions.submit(&mut world, largest), Ok(InputOutcome::Queued), "the limit itself is allowed");
+    applied(&sessions, &mut world);
+    for seq in 3..(3 + MAX_PENDING_INPUTS as u64) {
         sessions.submit(&mut world, input(1, seq)).unwrap();
     }
     assert_eq!(sessions.submit(&mut world, input(1, 9999)), Err(SessionError::QueueFull(PlayerId(1))));
@@ -187,7 +218,7 @@ fn a_full_queue_still_takes_the_input_that_fills_its_gap() {
     let full = || Err(SessionError::QueueFull(PlayerId(1)));
     check(vec![
         // Input 1 is late (held elsewhere, or resent after a resume): the queue fills behind the gap.
-        Step::Submit(2..=max + 1, Ok(InputOutcome::Queued)),
+        Step::Submit(2..=max + 1, Ok(InputOutcome::Early)),
         Step::Submit(max + 2..=max + 2, full()),
         Step::Tick(vec![]),
         // The one input that unblocks the player is taken although the queue is at its bound...

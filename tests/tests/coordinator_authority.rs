@@ -23,9 +23,9 @@ fn handoffs_commit_at_the_coordinator() {
         assert!(outcome.committed, "{outcome:?}");
         cluster.play(Duration::from_millis(200)).unwrap();
     }
-    let (sent, lost, duplicated, _) = cluster.settle_and_check().unwrap();
-    assert!(sent > 0);
-    assert_eq!((lost, duplicated), (0, 0));
+    let settled = cluster.settle_and_check().unwrap();
+    assert!(settled.sent > 0);
+    assert_eq!((settled.lost, settled.applied_twice, settled.arrived_twice), (0, 0, 0));
     // The directory knows the owner and the epoch: registered at 1, plus six commits.
     let owner_name = cluster.processes[cluster.owner].name.clone();
     assert_eq!(cluster.directory_rows().unwrap(), vec![(1, owner_name, 7)]);
@@ -72,6 +72,6 @@ fn a_coordinator_killed_mid_handoff_restarts_and_the_handoff_resolves_to_one_own
             .wait_for(0, Duration::from_secs(10), |event| matches!(event, ServerEvent::Aborted { owning: false, .. }))
             .unwrap();
     }
-    let (_, lost, duplicated, _) = cluster.settle_and_check().unwrap();
-    assert_eq!((lost, duplicated), (0, 0));
+    let settled = cluster.settle_and_check().unwrap();
+    assert_eq!((settled.lost, settled.applied_twice), (0, 0));
 }

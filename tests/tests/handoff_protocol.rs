@@ -132,7 +132,7 @@ fn check_with(when: When, fault: Fault, expected: Outcome, latency: Duration) ->
     let outcome = match pair.ticking() {
         Some(Side::Target) => Outcome::Committed,
         Some(Side::Source) => Outcome::SourceKept,
-        None if fault == Fault::CrashSource => Outcome::Down,
+        None if matches!(fault, Fault::CrashSource | Fault::CrashTarget) => Outcome::Down,
         None => Outcome::Fenced,
     };
     assert_eq!(
@@ -155,6 +155,11 @@ fn check_with(when: When, fault: Fault, expected: Outcome, latency: Duration) ->
             assert!(source.abort_reason().is_some(), "an abort has a reason");
         }
         Outcome::Fenced => assert_eq!(owner.owner, "intruder"),
+        // The dead target owns it after its commit.
+        Outcome::Down if fault == Fault::CrashTarget => {
+            assert_eq!((owner.owner.as_str(), owner.epoch), (pair.target_name(), Epoch(2)));
+            assert_eq!(pair.commit_digest(), pair.freeze_digest());
+        }
         // The dead source still owns it at the authority; the target gave up and holds nothing.
         Outcome::Down => {
             assert_eq!(owner.owner, pair.source_name());
@@ -165,6 +170,11 @@ fn check_with(when: When, fault: Fault, expected: Outcome, latency: Duration) ->
             );
         }
     }
+    // The harness's gateway sends each input once, in order, and holds (not sends) what arrives
+    // during the freeze: whoever holds the region saw no input twice and none ahead of a gap.
+    if fault == Fault::None {
+        assert_eq!(pair.arrivals(), (0, 0), "{when:?}: inputs that arrived twice, and ahead of a gap");
+    }
     let (sent, applied) = pair.input_counts();
     if outcome != Outcome::Fenced && outcome != Outcome::Down {
         assert!(sent - applied <= 20 * 4, "{sent} inputs sent, {applied} applied");
@@ -172,74 +182,89 @@ fn check_with(when: When, fault: Fault, expected: Outcome, latency: Duration) ->
     missed
 }
 
-#[test]
-fn a_clean_handoff_commits_without_missing_a_tick() {
-    assert_eq!(check(When::Prepare, Fault::None, Outcome::Committed), 0);
-}
+const PHASES: [When; 5] = [When::Prepare, When::Snapshot, When::Rounds, When::Frozen, When::Committed];
 
-#[test]
-fn target_crash_in_every_phase_before_the_freeze_leaves_the_source_running() {
-    for when in [When::Prepare, When::Snapshot, When::Rounds] {
-        assert_eq!(
-            check(when, Fault::CrashTarget, Outcome::SourceKept),
-            0,
-            "{when:?}: the source never stopped ticking"
-        );
+/// What the design says each fault in each phase must end in. Every cell of the matrix runs.
+fn expected(when: When, fault: Fault) -> Outcome {
+    match (fault, when) {
+        // A fault-free handoff commits wherever the test looks at it.
+        (Fault::None, _) => Outcome::Committed,
+        // Before the target's commit, a dead target leaves the region with the source (after the
+        // freeze too: the source's commit timeout, then it wins the next epoch for itself).
+        (Fault::CrashTarget, When::Prepare | When::Snapshot | When::Rounds | When::Frozen) => Outcome::SourceKept,
+        // After it, the dead target owns the region: nobody may tick it until failover (the
+        // coordinator's, tested across processes in tests/tests/failover.rs).
+        (Fault::CrashTarget, When::Committed) => Outcome::Down,
+        // Nobody else may take a region whose owner died mid-handoff without the authority: the
+        // target never ticks what it was not given. Failover is what brings it back.
+        (Fault::CrashSource, When::Prepare | When::Snapshot | When::Rounds | When::Frozen) => Outcome::Down,
+        // Once the target's commit won, the source's death changes nothing.
+        (Fault::CrashSource, When::Committed) => Outcome::Committed,
+        // A silent link before the commit: the source's timeouts end the handoff and it keeps (or,
+        // frozen, wins back at the next epoch) the region; the target, silent, gives up.
+        (Fault::Partition, When::Prepare | When::Snapshot | When::Rounds | When::Frozen) => Outcome::SourceKept,
+        // The target committed, then the link died before the source heard: the source learns the
+        // outcome from the authority and hands off instead of resuming (no split brain).
+        (Fault::Partition, When::Committed) => Outcome::Committed,
+        // An authority down for a second delays the commit (nobody ticks while ownership cannot be
+        // settled) and changes no outcome.
+        (Fault::AuthorityDown, _) => Outcome::Committed,
+        // A target whose world differs (an extra entity). In the prepare it refuses to take a
+        // snapshot into a world that is not empty: the source resumes. While the snapshot streams,
+        // the chunks still to come are authoritative for their id ranges, the last up to the end,
+        // and remove it: the handoff commits. After the snapshot the digest check at the freeze
+        // fails: the source resumes. At the commit the target holds the region; its world is its own.
+        (Fault::CorruptTarget, When::Prepare | When::Rounds | When::Frozen) => Outcome::SourceKept,
+        (Fault::CorruptTarget, When::Snapshot) => Outcome::Committed,
+        (Fault::CorruptTarget, When::Committed) => Outcome::Committed,
+        // A third instance takes the region: both sides stay off it (after the commit, the target
+        // lets go when it reads the newer owner from the authority).
+        (Fault::Stolen, _) => Outcome::Fenced,
     }
 }
 
-#[test]
-fn partition_in_every_phase_before_the_freeze_leaves_the_source_running() {
-    for when in [When::Prepare, When::Snapshot, When::Rounds] {
-        assert_eq!(check(when, Fault::Partition, Outcome::SourceKept), 0, "{when:?}: the source never stopped ticking");
-    }
+/// Runs `fault` in every phase; returns the late ticks per phase.
+fn row(fault: Fault) -> Vec<u64> {
+    PHASES.iter().map(|&when| check(when, fault, expected(when, fault))).collect()
 }
 
 #[test]
-fn target_crash_after_the_freeze_gives_the_region_back_to_the_source() {
-    check(When::Frozen, Fault::CrashTarget, Outcome::SourceKept);
+fn a_fault_free_handoff_commits_in_every_phase_without_missing_a_tick() {
+    assert_eq!(row(Fault::None), vec![0; PHASES.len()]);
 }
 
 #[test]
-fn partition_after_the_freeze_is_settled_by_the_authority() {
-    // The freeze message or the commit is lost: the source waits for its commit timeout, then wins
-    // epoch 2 for itself; the target, silent, gives up.
-    check(When::Frozen, Fault::Partition, Outcome::SourceKept);
+fn a_target_crash_in_every_phase() {
+    let missed = row(Fault::CrashTarget);
+    assert_eq!(&missed[..3], &[0, 0, 0], "before the freeze the source never stops ticking");
 }
 
 #[test]
-fn a_lost_commit_report_is_recovered_from_the_authority() {
-    // The target committed, then the link died before the source heard: the source learns the
-    // outcome from the authority and hands off instead of resuming (no split brain).
-    check(When::Committed, Fault::Partition, Outcome::Committed);
+fn a_source_crash_in_every_phase() {
+    row(Fault::CrashSource);
 }
 
 #[test]
-fn a_digest_mismatch_aborts_and_the_source_resumes() {
-    check(When::Rounds, Fault::CorruptTarget, Outcome::SourceKept);
+fn a_partition_in_every_phase() {
+    let missed = row(Fault::Partition);
+    assert_eq!(&missed[..3], &[0, 0, 0], "before the freeze the source never stops ticking");
 }
 
 #[test]
-fn an_unavailable_authority_blocks_rather_than_splits() {
-    // With the authority down at the freeze nobody may tick; once it is back exactly one side wins.
-    let missed = check(When::Frozen, Fault::AuthorityDown, Outcome::Committed);
-    assert!(missed >= 1, "ticks must stop while ownership cannot be settled");
+fn an_unavailable_authority_in_every_phase_blocks_rather_than_splits() {
+    let missed = row(Fault::AuthorityDown);
+    // Down at the freeze, nobody may tick until it is back.
+    assert!(missed[3] >= 1, "ticks must stop while ownership cannot be settled");
 }
 
 #[test]
-fn a_region_taken_by_a_third_instance_is_left_alone() {
-    check(When::Rounds, Fault::Stolen, Outcome::Fenced);
+fn a_corrupt_target_in_every_phase() {
+    row(Fault::CorruptTarget);
 }
 
 #[test]
-fn a_source_crash_before_the_commit_leaves_nobody_ticking_and_after_it_the_target_owns() {
-    // Nobody else may take a region whose owner died mid-handoff without the authority: the
-    // target never ticks what it was not given. Failover (a later issue) is what brings it back.
-    for when in [When::Prepare, When::Snapshot, When::Rounds, When::Frozen] {
-        check(when, Fault::CrashSource, Outcome::Down);
-    }
-    // Once the target's commit won, the source's death changes nothing.
-    check(When::Committed, Fault::CrashSource, Outcome::Committed);
+fn a_region_taken_by_a_third_instance_in_every_phase() {
+    row(Fault::Stolen);
 }
 
 #[test]

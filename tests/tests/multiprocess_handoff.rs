@@ -23,22 +23,41 @@ fn a_busy_region_moves_back_and_forth_twenty_times_without_losing_an_input() {
     cluster.host(&sample_world(2000, 200, 200, 0, 5), 50).unwrap();
     cluster.play(Duration::from_secs(1)).unwrap();
     let mut freezes = Vec::new();
+    let mut sent_during = 0;
     for handoff in 0..20 {
         let to = 1 - cluster.owner;
+        let before = cluster.sent();
         let outcome = cluster.handoff(to, Duration::from_secs(30)).unwrap();
         // Every handoff commits: the digest check passed (a mismatch aborts), the epoch moved.
         assert!(outcome.committed && outcome.aborted.is_none(), "handoff {handoff}: {outcome:?}");
         assert!(outcome.snapshot_bytes > 0);
         freezes.push(outcome.freeze_us);
-        cluster.play(Duration::from_millis(300)).unwrap();
+        // Everything sent up to the commit (before the handoff, into the frozen source, held
+        // while the route flipped) reaches the new owner and is applied there: it keeps playing
+        // until its players' last applied inputs cover it.
+        let sent_at_commit = cluster.sent();
+        sent_during += sent_at_commit - before;
+        let owner = cluster.owner;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            cluster.pump_inputs().unwrap();
+            let applied: u64 =
+                cluster.report(owner, cluster.region()).unwrap().players.iter().map(|p| p.last_applied).sum();
+            if applied >= sent_at_commit {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "handoff {handoff}: the new owner applied {applied} of the {sent_at_commit} inputs sent by the commit"
+            );
+        }
     }
-    let (sent, lost, duplicated, digest) = cluster.settle_and_check().unwrap();
-    println!(
-        "20 handoffs: {sent} inputs sent, {lost} lost, {duplicated} duplicated; freezes (us) {freezes:?}; final digest {digest}"
-    );
-    assert!(sent > 50 * 20 * 6, "the players kept playing ({sent} inputs)");
-    assert_eq!(lost, 0, "inputs lost");
-    assert_eq!(duplicated, 0, "inputs applied twice or out of order");
+    let settled = cluster.settle_and_check().unwrap();
+    println!("20 handoffs: {settled:?}, {sent_during} inputs sent during them; freezes (us) {freezes:?}");
+    assert!(sent_during > 0, "no input was sent while a handoff ran");
+    assert_eq!(settled.lost, 0, "inputs lost");
+    assert_eq!(settled.applied_twice, 0, "inputs applied twice or out of order");
+    assert_eq!(settled.arrived_twice, 0, "inputs forwarded twice to a region");
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -115,11 +134,11 @@ fn kill_target_in(phase: KillIn) {
     );
     // The source keeps ticking and applying inputs.
     cluster.play(Duration::from_secs(1)).unwrap();
-    let (sent, lost, duplicated, _) = cluster.settle_and_check().unwrap();
-    println!("kill -9 of the target in {phase:?}: {aborted:?}; {sent} inputs, {lost} lost, {duplicated} duplicated");
-    assert!(sent > 0);
-    assert_eq!(lost, 0, "{phase:?}: inputs lost");
-    assert_eq!(duplicated, 0, "{phase:?}: inputs duplicated");
+    let settled = cluster.settle_and_check().unwrap();
+    println!("kill -9 of the target in {phase:?}: {aborted:?}; {settled:?}");
+    assert!(settled.sent > 0);
+    assert_eq!(settled.lost, 0, "{phase:?}: inputs lost");
+    assert_eq!(settled.applied_twice, 0, "{phase:?}: inputs duplicated");
 }
 
 #[test]
@@ -147,27 +166,20 @@ fn moving_one_region_leaves_another_in_the_same_process_running() {
     let mut cluster = Cluster::start(&binary(), 2, &[]).unwrap();
     cluster.host(&sample_world(500, 50, 50, 0, 3), 10).unwrap();
     cluster.host_other(0, 2, &sample_world(1000, 100, 100, 0, 4)).unwrap();
-    let before = cluster.report(0, 2).unwrap();
-    let started = std::time::Instant::now();
-    for _ in 0..4 {
+    let mut before = cluster.report(0, 2).unwrap();
+    for handoff in 0..4 {
         let to = 1 - cluster.owner;
         assert!(cluster.handoff(to, Duration::from_secs(30)).unwrap().committed);
         cluster.play(Duration::from_millis(200)).unwrap();
+        // Region 2 stayed where it was, owned, ticking on its own thread through each move of
+        // region 1 (how regularly is benchmarked, not asserted: docs/benchmarks.md).
+        let after = cluster.report(0, 2).unwrap();
+        assert!(after.tick > before.tick, "handoff {handoff}: region 2 stopped ticking while region 1 moved");
+        assert_ne!(before.digest, after.digest, "handoff {handoff}: region 2 stopped changing");
+        before = after;
     }
-    let after = cluster.report(0, 2).unwrap();
-    let ticks = after.tick - before.tick;
-    let expected = started.elapsed().as_secs_f64() * 30.0;
-    println!(
-        "bystander region: {ticks} ticks in {:.2} s ({expected:.0} due), {} late",
-        started.elapsed().as_secs_f64(),
-        after.late_ticks
-    );
-    // Region 2 stayed where it was, owned, ticking on its own thread (timing is benchmarked, not
-    // asserted: docs/benchmarks.md).
-    assert!(ticks as f64 > expected * 0.5, "region 2 stopped ticking while region 1 moved");
-    assert_ne!(before.digest, after.digest, "region 2 kept changing");
-    let (_, lost, duplicated, _) = cluster.settle_and_check().unwrap();
-    assert_eq!((lost, duplicated), (0, 0));
+    let settled = cluster.settle_and_check().unwrap();
+    assert_eq!((settled.lost, settled.applied_twice), (0, 0));
 }
 
 #[test]
@@ -192,9 +204,9 @@ fn an_owner_refuses_to_prepare_for_its_own_region() {
         |event: &ServerEvent| matches!(event, ServerEvent::Error { error, .. } if error.contains("already has a slot"));
     cluster.processes[0].wait_for(mark, Duration::from_secs(10), already).unwrap();
     cluster.play(Duration::from_millis(500)).unwrap();
-    let (sent, lost, duplicated, _) = cluster.settle_and_check().unwrap();
-    assert!(sent > 0);
-    assert_eq!((lost, duplicated), (0, 0));
+    let settled = cluster.settle_and_check().unwrap();
+    assert!(settled.sent > 0);
+    assert_eq!((settled.lost, settled.applied_twice), (0, 0));
 }
 
 #[test]

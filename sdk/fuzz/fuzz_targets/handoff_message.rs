@@ -1,4 +1,5 @@
-//! Any bytes from a handoff peer decode to a message or an error, never a panic.
+//! Any bytes from a handoff peer decode to a message or an error, never a panic; a message that
+//! decodes encodes back to bytes that decode to the same message.
 #![no_main]
 
 use baton_sdk::handoff::Message;
@@ -6,6 +7,8 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {
     if let Ok(message) = Message::decode(bytes) {
-        let _ = message.encode();
+        let encoded = message.encode().expect("a decoded message encodes");
+        let again = Message::decode(&encoded).expect("an encoded message decodes");
+        assert_eq!(again, message);
     }
 });

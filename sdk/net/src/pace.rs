@@ -60,16 +60,27 @@ mod tests {
         let later = start + Duration::from_millis(100);
         assert_eq!(bucket.delay(later, 10_000_000), Duration::ZERO);
         bucket.consume(later, 10_000_000);
-        assert!(bucket.delay(later, 1) >= Duration::from_secs(9));
-        // Over 10 s the bucket let through about rate x time.
-        let mut sent = 0usize;
-        let mut now = later + Duration::from_secs(10);
+        // 9.9 MB below zero: a byte waits for 9.9 MB (and itself) to be earned back.
+        assert_eq!(bucket.delay(later, 1), Duration::from_secs_f64(9_900_001.0 / 1_000_000.0));
+        // 10 s later the bucket is full again (100 kB, not 200 kB: the burst caps it). Then 10 kB
+        // messages: the first 10 go at once, each of the other 990 waits exactly 10 ms.
+        let full = later + Duration::from_secs(10);
+        let mut now = full;
+        let mut waits = Vec::new();
         for _ in 0..1000 {
             let wait = bucket.delay(now, 10_000);
+            waits.push(wait);
             now += wait;
             bucket.consume(now, 10_000);
-            sent += 10_000;
         }
-        assert!(now > later + Duration::from_secs(10), "{sent} bytes cannot all go at once");
+        assert!(waits[..10].iter().all(Duration::is_zero), "the burst goes at once: {:?}", &waits[..10]);
+        for (index, wait) in waits.iter().enumerate().skip(10) {
+            assert!(
+                wait.abs_diff(Duration::from_millis(10)) < Duration::from_micros(1),
+                "message {index} waited {wait:?}"
+            );
+        }
+        // 10 MB in 9.9 s: the rate, after the burst.
+        assert!((now - full).abs_diff(Duration::from_millis(9_900)) < Duration::from_millis(1), "{:?}", now - full);
     }
 }

@@ -456,6 +456,8 @@ fn report<G: Game>(game: &G, region: RegionId, built: &mut Region<G::Logic>) -> 
             player: PlayerId(session.player),
             last_applied: session.last_applied,
             pending: session.pending.len() as u64,
+            duplicates: session.duplicates,
+            early: session.early,
             game: game.player_report(world, entity),
         })
         .collect();

@@ -275,12 +275,25 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
         self.pump();
     }
 
-    /// A third instance takes the region at the authority (an operator's forced move, a buggy
-    /// coordinator): both sides of the handoff must then stay off it.
+    /// A third instance takes the region at the authority (an operator's forced move, a failover
+    /// by a coordinator that thought the owner dead): both sides must then stay off it. The
+    /// gateway routes the region's players to the new owner from now on, and both instances read
+    /// the new owner from the authority (as the runtime does after each checkpoint): a handoff in
+    /// flight learns it from its own commit's failed swap, an owner outside one lets the region go.
     pub fn steal_ownership(&mut self) {
         if let Ok(current) = self.authority.current(self.region) {
             let next = Ownership { owner: "intruder".to_owned(), epoch: current.epoch.next() };
-            let _ = self.authority.compare_and_swap(self.region, &current, &next);
+            if self.authority.compare_and_swap(self.region, &current, &next).is_ok() {
+                self.fenced = true;
+                let now = self.now;
+                if !self.source_crashed {
+                    self.source.handle_ownership_seen(now, &next);
+                }
+                if !self.target_crashed {
+                    self.target.handle_ownership_seen(now, &next);
+                }
+                self.pump();
+            }
         }
     }
 
@@ -413,6 +426,9 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
     /// Where the harness's gateway sends an input now: the owner; nobody while the source is
     /// frozen (the gateway holds it) or when the region left the pair.
     fn destination(&self) -> Option<Side> {
+        if self.fenced {
+            return None;
+        }
         if self.target.target_phase() == TargetPhase::Authoritative && !self.target.is_finished() {
             return (!self.target_crashed).then_some(Side::Target);
         }
@@ -516,6 +532,8 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
             }
             Output::Event(HostEvent::Aborted { reason, owning: true, .. }) => {
                 self.records.push(Record::Resumed(reason));
+                // A later attempt freezes again; its commit is compared with that freeze.
+                self.freeze_digest = None;
                 for input in std::mem::take(&mut self.held_at_gateway) {
                     self.route_input(input);
                 }
@@ -603,13 +621,35 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
             let sent = self.sent.get(player).copied().unwrap_or(0);
             assert!(sent >= applied.len() as u64, "{player} had more inputs applied than sent");
             // A region taken by an instance outside the pair gets its inputs elsewhere; one whose
-            // source died before a commit gets them nowhere (until failover).
-            let region_lost = self.source_crashed && self.commit_digest.is_none();
+            // owner died (the source before a commit, the target after it) gets them nowhere: the
+            // harness has no failover (the coordinator's; tests/tests/failover.rs).
+            let region_lost = (self.source_crashed && self.commit_digest.is_none())
+                || (self.target_crashed && self.commit_digest.is_some());
             if !self.fenced && !region_lost {
                 assert!(sent - (applied.len() as u64) <= 4, "{player}: {sent} sent but only {} applied", applied.len());
             }
         }
         missed
+    }
+
+    /// Inputs that reached the region's current holder twice (dropped there) and inputs that
+    /// reached it ahead of a gap, over all players, as its [`PlayerSession`]s count them. The
+    /// holder is the side that ticks, else the target if it committed, else the source.
+    ///
+    /// [`PlayerSession`]: crate::sessions::PlayerSession
+    #[must_use]
+    pub fn arrivals(&self) -> (u64, u64) {
+        let holder = match self.ticking() {
+            Some(Side::Target) => &self.target,
+            Some(Side::Source) => &self.source,
+            None if self.commit_digest.is_some() => &self.target,
+            None => &self.source,
+        };
+        holder
+            .region()
+            .world()
+            .iter::<crate::sessions::PlayerSession>()
+            .fold((0, 0), |(duplicates, early), (_, session)| (duplicates + session.duplicates, early + session.early))
     }
 
     /// Inputs sent and applied, over all players.

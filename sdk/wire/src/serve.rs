@@ -196,6 +196,12 @@ pub struct PlayerReport {
     pub last_applied: u64,
     /// Inputs received and waiting (at a gap, or for the next tick).
     pub pending: u64,
+    /// Inputs that arrived again after being applied or queued here, and were dropped.
+    #[serde(default)]
+    pub duplicates: u64,
+    /// Inputs that arrived here ahead of a gap (out of order).
+    #[serde(default)]
+    pub early: u64,
     /// The game's own figures for this player (the sample: inputs applied and their hash chain).
     #[serde(default)]
     pub game: GameObject,
@@ -650,6 +656,8 @@ mod tests {
                     player: PlayerId(5),
                     last_applied: 9,
                     pending: 1,
+                    duplicates: 2,
+                    early: 3,
                     game: GameObject::new(),
                 }],
             },

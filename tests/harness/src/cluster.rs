@@ -346,8 +346,41 @@ pub struct RegionReport {
     pub digest: String,
     /// Live entities.
     pub entities: u64,
-    /// Per player: `(player, last applied, pending, the sample's avatar figures)`.
-    pub players: Vec<(PlayerId, u64, u64, AvatarReport)>,
+    /// Per player, what the region holds of them.
+    pub players: Vec<PlayerState>,
+}
+
+/// One player as a region reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlayerState {
+    /// The player.
+    pub player: PlayerId,
+    /// The highest input sequence applied.
+    pub last_applied: u64,
+    /// Inputs received and waiting.
+    pub pending: u64,
+    /// Inputs that arrived again after being applied or queued (dropped by the region).
+    pub duplicates: u64,
+    /// Inputs that arrived ahead of a gap.
+    pub early: u64,
+    /// The sample's own figures for the avatar.
+    pub avatar: AvatarReport,
+}
+
+/// What [`Cluster::settle_and_check`] found once every input sent was applied or given up on.
+#[derive(Clone, Debug)]
+pub struct Settled {
+    /// Inputs the players sent.
+    pub sent: u64,
+    /// Inputs sent but not applied by the owner.
+    pub lost: u64,
+    /// Inputs applied more than once or out of order (by the sample's own count and hash chain).
+    pub applied_twice: u64,
+    /// Inputs that reached the owner again after it had them (dropped there, so harmless to the
+    /// game, but a sign of a gateway or handoff path that sends one input twice).
+    pub arrived_twice: u64,
+    /// The owner's world digest (hex).
+    pub digest: String,
 }
 
 impl Cluster {
@@ -553,6 +586,12 @@ impl Cluster {
         self.resend_refused()
     }
 
+    /// Inputs the players have sent so far.
+    #[must_use]
+    pub fn sent(&self) -> u64 {
+        self.next_seq.values().map(|next| next - 1).sum()
+    }
+
     /// Sends every input a process refused since the last call to the current owner (the part
     /// of a gateway that routes a bounced input again).
     fn resend_refused(&mut self) -> anyhow::Result<()> {
@@ -697,39 +736,51 @@ impl Cluster {
         };
         let players = players
             .into_iter()
-            .map(|player| (player.player, player.last_applied, player.pending, AvatarReport::from_game(&player.game)))
+            .map(|player| PlayerState {
+                player: player.player,
+                last_applied: player.last_applied,
+                pending: player.pending,
+                duplicates: player.duplicates,
+                early: player.early,
+                avatar: AvatarReport::from_game(&player.game),
+            })
             .collect();
         Ok(RegionReport { tick, late_ticks, digest, entities, players })
     }
 
-    /// Stops the players, lets everything drain, and checks every player's inputs at the owner:
-    /// returns (inputs sent, lost, duplicated or out of order, region digest).
-    pub fn settle_and_check(&mut self) -> anyhow::Result<(u64, u64, u64, String)> {
-        // Let the stragglers and re-sent inputs arrive and be applied.
-        for _ in 0..50 {
+    /// Stops the players, waits until the owner has applied every input sent (re-sending any a
+    /// process refused, as a gateway does) or 30 s pass, and checks every player's inputs there.
+    pub fn settle_and_check(&mut self) -> anyhow::Result<Settled> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let report = loop {
             self.resend_refused()?;
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let report = self.report(self.owner, self.region)?;
-        let mut sent_total = 0;
-        let mut lost = 0;
-        let mut duplicated = 0;
+            let report = self.report(self.owner, self.region)?;
+            let settled = self.next_seq.iter().all(|(player, next)| {
+                report.players.iter().any(|state| {
+                    state.player == PlayerId(*player) && state.last_applied == next - 1 && state.pending == 0
+                })
+            });
+            if settled || Instant::now() > deadline {
+                break report;
+            }
+        };
+        let mut settled = Settled { sent: 0, lost: 0, applied_twice: 0, arrived_twice: 0, digest: report.digest };
         for (player, next) in &self.next_seq {
             let sent = next - 1;
-            sent_total += sent;
-            let Some((_, last_applied, _, avatar)) = report.players.iter().find(|state| state.0 == PlayerId(*player))
-            else {
-                lost += sent;
+            settled.sent += sent;
+            let Some(state) = report.players.iter().find(|state| state.player == PlayerId(*player)) else {
+                settled.lost += sent;
                 continue;
             };
-            lost += sent.saturating_sub(*last_applied);
-            duplicated += avatar.applied.saturating_sub(*last_applied);
+            settled.lost += sent.saturating_sub(state.last_applied);
+            settled.applied_twice += state.avatar.applied.saturating_sub(state.last_applied);
+            settled.arrived_twice += state.duplicates;
             // The hash chain proves each of 1..=last_applied was applied exactly once, in order.
-            if avatar.chain != expected_chain(*player, 0, 1, *last_applied) {
-                duplicated += 1;
+            if state.avatar.chain != expected_chain(*player, 0, 1, state.last_applied) {
+                settled.applied_twice += 1;
             }
         }
-        Ok((sent_total, lost, duplicated, report.digest))
+        Ok(settled)
     }
 }
 

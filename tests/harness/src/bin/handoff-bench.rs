@@ -107,7 +107,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         outcomes.push(outcome);
         cluster.play(Duration::from_secs_f64(cli.pause))?;
     }
-    let (_, lost, duplicated, _) = cluster.settle_and_check()?;
+    let settled = cluster.settle_and_check()?;
+    let (lost, duplicated) = (settled.lost, settled.applied_twice);
     let bystander = match bystander_before {
         Some(before) => {
             let after = cluster.report(0, BYSTANDER)?;
