@@ -590,6 +590,53 @@ mod tests {
         );
     }
 
+    /// A freeze in progress: what an older epoch says neither releases nor redirects what is held,
+    /// and the table answers for the handoff's target and what it holds.
+    #[test]
+    fn a_stale_abort_during_a_freeze_leaves_the_hold_alone() {
+        let table = RouteTable::new(RouteConfig::default());
+        let (a, b, c) = (ServerId(0), ServerId(1), ServerId(2));
+        table.handle_event(RouteEvent::Assign { region: REGION, server: a, epoch: Epoch(1) }).unwrap();
+        table.handle_event(RouteEvent::Committed { region: REGION, server: b, epoch: Epoch(2) }).unwrap();
+        assert_eq!((table.handoff_target(REGION), table.held(REGION)), (None, 0));
+        assert!(table.references(b) && !table.references(a) && !table.references(c));
+        table.handle_event(RouteEvent::HandoffStarted { region: REGION, epoch: Epoch(2), target: c }).unwrap();
+        assert_eq!(table.handoff_target(REGION), Some(c));
+        assert!(table.references(c), "a handoff's target is in use while it is prepared");
+        // Frozen twice is out of order, and the error names the stage the route is in.
+        table.handle_event(RouteEvent::Frozen { region: REGION, epoch: Epoch(2) }).unwrap();
+        assert_eq!(
+            table.handle_event(RouteEvent::HandoffStarted { region: REGION, epoch: Epoch(2), target: c }),
+            Err(RouteError::OutOfOrder { region: REGION, event: "handoff started", state: "held" })
+        );
+        let input = |seq| PlayerInput { player: PlayerId(1), seq, payload: Vec::new() };
+        assert_eq!(table.handle_input(REGION, input(1)), Ok(None));
+        assert_eq!(table.handle_input(REGION, input(2)), Ok(None));
+        assert_eq!((table.handoff_target(REGION), table.held(REGION)), (Some(c), 2));
+        assert!(table.references(c) && table.references(b));
+        // The abort of the handoff before (epoch 1) changes nothing.
+        assert_eq!(
+            table.handle_event(RouteEvent::Aborted { region: REGION, epoch: Epoch(1) }),
+            Err(RouteError::StaleEpoch { region: REGION, got: Epoch(1), current: Epoch(2) })
+        );
+        assert_eq!(
+            (table.owner(REGION), table.handoff_target(REGION), table.held(REGION)),
+            (Some((b, Epoch(2))), Some(c), 2)
+        );
+        // The commit releases the hold to the new owner, in order.
+        let actions = table.handle_event(RouteEvent::Committed { region: REGION, server: c, epoch: Epoch(3) }).unwrap();
+        let forwarded: Vec<(ServerId, u64)> = actions
+            .iter()
+            .filter_map(|action| match action {
+                RouteAction::Forward { server, input, .. } => Some((*server, input.seq)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(forwarded, vec![(c, 1), (c, 2)]);
+        assert_eq!((table.handoff_target(REGION), table.held(REGION)), (None, 0));
+        assert!(!table.references(b) && table.references(c));
+    }
+
     #[test]
     fn only_an_owner_change_that_is_not_a_followed_handoff_asks_players_to_send_again() {
         let (a, b, c) = (ServerId(1), ServerId(2), ServerId(3));

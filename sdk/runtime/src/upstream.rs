@@ -417,6 +417,30 @@ mod tests {
         assert!(to_gateway.try_recv().is_err());
     }
 
+    /// Leaves and skips stamped with an older epoch do not reach the region either (a stale
+    /// skip would count inputs lost that the owner may still get); at the owned epoch, or a newer
+    /// one this host has not heard of yet (its own commit on the way), they do.
+    #[test]
+    fn leaves_and_skips_at_a_stale_epoch_never_reach_the_region() {
+        let (hub, gateway, mut to_gateway, regions, commands) = setup();
+        let leave = |epoch| GatewayMessage::Leave { region: REGION, epoch: Epoch(epoch), player: PlayerId(7) };
+        let skip =
+            |epoch| GatewayMessage::Skip { region: REGION, epoch: Epoch(epoch), player: PlayerId(7), through: 9 };
+        dispatch(leave(2), gateway, &hub, &regions);
+        dispatch(skip(2), gateway, &hub, &regions);
+        assert!(commands.try_recv().is_err(), "a stale leave or skip reached the region");
+        dispatch(skip(3), gateway, &hub, &regions);
+        assert!(matches!(
+            commands.try_recv(),
+            Ok(Command::Gateway(GatewayRequest::Skip { player: PlayerId(7), through: 9 }))
+        ));
+        dispatch(leave(4), gateway, &hub, &regions);
+        assert!(matches!(commands.try_recv(), Ok(Command::Gateway(GatewayRequest::Leave { player: PlayerId(7) }))));
+        dispatch(input(4), gateway, &hub, &regions);
+        assert!(matches!(commands.try_recv(), Ok(Command::Input(PlayerInput { seq: 5, .. }))));
+        assert!(to_gateway.try_recv().is_err());
+    }
+
     /// An input for a region whose thread is gone comes back whole (nothing is copied or lost).
     #[test]
     fn an_input_for_a_stopped_region_thread_comes_back_whole() {

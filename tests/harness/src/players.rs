@@ -244,8 +244,11 @@ pub struct PlayerPlan {
     pub inputs_per_second: u32,
     /// Connect after this long (a ramp-up spreads connection handshakes).
     pub start_after: Duration,
-    /// Stop sending inputs after this long.
+    /// Stop sending inputs after this long (or sooner, when `stop` is set).
     pub play_for: Duration,
+    /// Stop sending inputs once this is set: a test ends play when what it waits for has
+    /// happened (then `play_for` is only a bound that turns a hang into a failure).
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Then wait at most this long for every input to be acknowledged.
     pub settle_for: Duration,
     /// Input payload sizes, in bytes (at least 9; each input draws one in this range).
@@ -361,6 +364,7 @@ impl PlayerPlan {
             inputs_per_second: 20,
             start_after: Duration::ZERO,
             play_for,
+            stop: None,
             settle_for: Duration::from_secs(10),
             payload_bytes: (256, 512),
             relogin: None,
@@ -474,13 +478,17 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
     let mut newest_tick = 0u64;
     let mut recovered_from: Option<u64> = None;
     let mut done_sending = false;
-    let settle_deadline = started + plan.play_for + plan.settle_for;
+    let mut settle_deadline = started + plan.play_for + plan.settle_for;
     let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(next_input));
     tokio::pin!(timer);
     loop {
         let now = Instant::now();
         if !done_sending && now >= started + plan.play_for {
             done_sending = true;
+        }
+        if !done_sending && plan.stop.as_ref().is_some_and(|stop| stop.load(std::sync::atomic::Ordering::Relaxed)) {
+            done_sending = true;
+            settle_deadline = now + plan.settle_for;
         }
         if done_sending
             && (view.as_ref().is_some_and(|view| {
