@@ -87,22 +87,26 @@ fn the_balancer_frees_idle_hosts_and_takes_one_back_when_the_load_needs_it() {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let options = fleet.client_options();
+    // The players play until the balancer's work below is done (`play_for` only bounds a hang).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let players: Vec<_> = (1..=12u64)
         .map(|player| {
             let region = (player - 1) % 6 + 1;
             let plan = PlayerPlan {
                 start_after: Duration::from_millis(player * 50),
                 settle_for: Duration::from_secs(20),
-                ..PlayerPlan::new(player, region, Movement::Wander, Duration::from_secs(80))
+                stop: Some(stop.clone()),
+                ..PlayerPlan::new(player, region, Movement::Wander, Duration::from_secs(300))
             };
             runtime.spawn(run_player(options.clone(), fleet.token(player, region), plan))
         })
         .collect();
-    std::thread::sleep(Duration::from_secs(2));
-
-    // Dry run: the plan says what it would do, and nothing moves.
-    let plan = fleet.ok("GET", "/v1/balancer/plan", None).unwrap();
-    assert!(count(&plan["steps"]) > 0, "idle hosts: the plan consolidates: {plan}");
+    // Dry run: once the hosts have reported their load, the plan says what it would do, and
+    // nothing moves.
+    baton_harness::wait_until(Duration::from_secs(30), "idle hosts: a plan that consolidates", || {
+        let plan = fleet.ok("GET", "/v1/balancer/plan", None).unwrap();
+        if count(&plan["steps"]) > 0 { Ok(()) } else { Err(plan.to_string()) }
+    });
     assert!(count(&fleet.ok("GET", "/v1/migrations", None).unwrap()) == 0);
 
     // On: the regions are packed onto one host, two hosts are freed and release their pools.
@@ -197,6 +201,7 @@ fn the_balancer_frees_idle_hosts_and_takes_one_back_when_the_load_needs_it() {
     assert!(rebalanced.iter().all(|record| record["cause"].as_str().is_some_and(|cause| cause.contains(&kept))));
     eprintln!("balancer: {}", status["decisions"]);
 
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let outcomes: Vec<PlayerOutcome> =
         players.into_iter().map(|task| runtime.block_on(task).unwrap().unwrap()).collect();
     let migrations = fleet.ok("GET", "/v1/migrations", None).unwrap();

@@ -52,7 +52,18 @@ fn the_example_game_runs_under_the_coordinator_and_migrates() {
         let playing = playing.clone();
         async move { play(options, token, playing).await }
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // The player is in (the host's load report counts it) before the region moves.
+    baton_harness::wait_until(Duration::from_secs(30), "the player in region 1", || {
+        let hosts = fleet.ok("GET", "/v1/hosts", None).unwrap();
+        let players: u64 = hosts
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|host| host["regions"].as_array().cloned().unwrap_or_default())
+            .filter_map(|load| load["players"].as_u64())
+            .sum();
+        if players == 1 { Ok(()) } else { Err(hosts.to_string()) }
+    });
     for to in ["h2", "h1"] {
         let record = fleet.migrate(1, to, Duration::from_secs(60)).unwrap();
         assert_eq!(record["phase"], "committed", "{record}");
@@ -64,7 +75,7 @@ fn the_example_game_runs_under_the_coordinator_and_migrates() {
     playing.store(false, Ordering::Relaxed);
     let (sent, tally) = runtime.block_on(player).unwrap();
     // Every input applied exactly once, through two migrations, on one connection.
-    assert!(sent > 10, "the player played ({sent} inputs)");
+    assert!(sent > 0, "the player played");
     assert_eq!(tally, (sent, expected_sum(sent)), "the avatar's tally after {sent} inputs");
 }
 

@@ -7,8 +7,12 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use baton_harness::fleet::{Fleet, FleetSpec};
 use baton_harness::players::{Movement, PlayerOutcome, PlayerPlan, run_player};
+use baton_harness::wait_until;
 use serde_json::{Value, json};
 
 fn spec(hosts: usize, pool: usize) -> FleetSpec {
@@ -62,6 +66,21 @@ fn assert_one_owner_each(fleet: &Fleet) {
     }
 }
 
+/// Waits until the hosts' load reports (once a second) count `players` in all regions.
+fn wait_for_players(fleet: &Fleet, players: u64) {
+    wait_until(Duration::from_secs(60), &format!("{players} players in the hosts' reports"), || {
+        let hosts = fleet.ok("GET", "/v1/hosts", None).unwrap();
+        let reported: u64 = hosts
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|host| host["regions"].as_array().cloned().unwrap_or_default())
+            .map(|load| load["players"].as_u64().unwrap_or(0))
+            .sum();
+        if reported == players { Ok(()) } else { Err(format!("{reported} reported: {hosts}")) }
+    });
+}
+
 /// A player who wanders about `region` at 20 inputs/s.
 fn wanderer(player: u64, region: u64, start_after: Duration, play_for: Duration, settle_for: Duration) -> PlayerPlan {
     PlayerPlan { start_after, settle_for, ..PlayerPlan::new(player, region, Movement::Wander, play_for) }
@@ -102,30 +121,26 @@ fn operators_migrate_regions_and_drain_a_host_while_players_play() {
             .unwrap();
         assert_eq!(created["host"], json!(host), "{created}");
     }
-    std::thread::sleep(Duration::from_secs(1));
+    assert_one_owner_each(&fleet);
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let options = fleet.client_options();
-    let play_for = Duration::from_secs(50);
+    // The players play until every step below is done (`play_for` only bounds a hang).
+    let play_for = Duration::from_secs(300);
+    let stop = Arc::new(AtomicBool::new(false));
     let players: Vec<_> = (1..=48u64)
         .map(|player| {
             let region = (player - 1) % 12 + 1;
-            let plan = wanderer(player, region, Duration::from_millis(player * 20), play_for, Duration::from_secs(20));
+            let plan = PlayerPlan {
+                stop: Some(stop.clone()),
+                ..wanderer(player, region, Duration::from_millis(player * 20), play_for, Duration::from_secs(20))
+            };
             runtime.spawn(run_player(options.clone(), fleet.token(player, region), plan))
         })
         .collect();
-    std::thread::sleep(Duration::from_secs(3));
-    assert_one_owner_each(&fleet);
     // Hosts report what each region costs (players, tick time) once a second.
-    let hosts = fleet.ok("GET", "/v1/hosts", None).unwrap();
-    let players_reported: u64 = hosts
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|host| host["regions"].as_array().cloned().unwrap_or_default())
-        .map(|load| load["players"].as_u64().unwrap_or(0))
-        .sum();
-    assert_eq!(players_reported, 48, "{hosts}");
+    wait_for_players(&fleet, 48);
+    assert_one_owner_each(&fleet);
 
     // Migrations asked for through the API.
     for (region, to) in [(1u64, "h2"), (5, "h3"), (9, "h1")] {
@@ -151,9 +166,12 @@ fn operators_migrate_regions_and_drain_a_host_while_players_play() {
     }
     let (status, _) = fleet.call("POST", "/v1/regions", Some(json!({"region": 99, "host": "h3"}))).unwrap();
     assert_eq!(status, 409, "a draining host takes no new region");
-    let hosts = fleet.ok("GET", "/v1/hosts", None).unwrap();
-    let h3 = hosts.as_array().unwrap().iter().find(|host| host["name"] == "h3").unwrap();
-    assert!(h3["migration_bytes"].as_u64().unwrap() > 0, "h3 sent its regions away: {h3}");
+    // h3 reports the bytes it sent its regions away with (in its next load report).
+    wait_until(Duration::from_secs(30), "h3's migration bytes reported", || {
+        let hosts = fleet.ok("GET", "/v1/hosts", None).unwrap();
+        let h3 = hosts.as_array().unwrap().iter().find(|host| host["name"] == "h3").cloned().unwrap();
+        if h3["migration_bytes"].as_u64().unwrap_or(0) > 0 { Ok(()) } else { Err(h3.to_string()) }
+    });
     // The drain's migrations finish cleaning up (the sources retire) before the next step.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -224,6 +242,7 @@ fn operators_migrate_regions_and_drain_a_host_while_players_play() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    stop.store(true, Ordering::Relaxed);
     let outcomes: Vec<PlayerOutcome> =
         players.into_iter().map(|task| runtime.block_on(task).unwrap().unwrap()).collect();
     assert_one_owner_each(&fleet);
@@ -297,11 +316,20 @@ fn the_admin_api_refuses_bad_requests_clearly() {
     // A gateway that starts after the region exists learns its route from the coordinator's feed
     // alone (it is given no server): its player plays, every input applied once.
     let (late_gateway, late_address) = fleet.start_late_gateway().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let plan = wanderer(1, 1, Duration::from_millis(500), Duration::from_secs(3), Duration::from_secs(10));
     let mut options = fleet.client_options();
     options.gateway = late_address;
+    // The gateway takes players for the region once the feed gave it the route.
+    wait_until(Duration::from_secs(30), "the late gateway admitting a player", || {
+        match runtime.block_on(baton_client::Client::connect(&options, &fleet.token(1, 1))) {
+            Ok(client) => {
+                client.close();
+                Ok(())
+            }
+            Err(error) => Err(error.to_string()),
+        }
+    });
+    let plan = wanderer(1, 1, Duration::ZERO, Duration::from_secs(3), Duration::from_secs(10));
     let outcome = runtime.block_on(run_player(options, fleet.token(1, 1), plan)).unwrap();
     assert!(outcome.sent > 0 && outcome.acked == outcome.sent && outcome.chain_ok, "{outcome:?}");
     assert_eq!(outcome.disconnects, 0, "{:?}", outcome.close_reasons);
@@ -439,11 +467,17 @@ fn a_world_survives_a_restart_of_everything() {
         .unwrap();
     let first = play(&fleet, 7, 1, 3);
     assert!(first.sent > 0 && first.acked == first.sent && first.chain_ok, "{first:?}");
-    // Every input of the first session is in a checkpoint taken after it (one every 0.5 s).
-    std::thread::sleep(Duration::from_millis(1500));
+    // Every input of the first session was applied before it ended, so it is in any checkpoint
+    // written after that (one every 0.5 s).
+    let ended = std::time::SystemTime::now();
     let checkpoints = fleet.directory().join("checkpoints");
-    let saved = std::fs::read_dir(&checkpoints).unwrap().count();
-    assert!(saved >= 1, "no checkpoint in {}", checkpoints.display());
+    wait_until(Duration::from_secs(30), "a checkpoint written after the first session", || {
+        let newest = std::fs::read_dir(&checkpoints)
+            .map_err(|error| error.to_string())?
+            .filter_map(|entry| entry.ok()?.metadata().ok()?.modified().ok())
+            .max();
+        if newest.is_some_and(|written| written > ended) { Ok(()) } else { Err(format!("newest {newest:?}")) }
+    });
 
     fleet.stop_everything();
     fleet.start_again().unwrap();
@@ -489,22 +523,29 @@ fn a_migration_survives_a_coordinator_crash_with_players_on_board() {
         fleet.ok("POST", "/v1/regions", Some(json!({"region": region, "host": host, "world": {"objects": 40, "npcs": 4, "plants": 4, "seed": region}}))).unwrap();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
     let players: Vec<_> = (1..=9u64)
         .map(|player| {
             let region = (player - 1) % 3 + 1;
-            let plan = wanderer(
-                player,
-                region,
-                Duration::from_millis(player * 50),
-                Duration::from_secs(14),
-                Duration::from_secs(15),
-            );
+            let plan = PlayerPlan {
+                stop: Some(stop.clone()),
+                ..wanderer(
+                    player,
+                    region,
+                    Duration::from_millis(player * 50),
+                    Duration::from_secs(300),
+                    Duration::from_secs(15),
+                )
+            };
             runtime.spawn(run_player(fleet.client_options(), fleet.token(player, region), plan))
         })
         .collect();
-    std::thread::sleep(Duration::from_secs(3));
+    wait_for_players(&fleet, 9);
     let resolved = migrate_through_a_coordinator_crash(&mut fleet, 2, "h1");
     let expected_host = if resolved["phase"] == "committed" { "h1" } else { "h2" };
+    // The players on board go on through the migration and the coordinator's crash; then stop.
+    wait_for_players(&fleet, 9);
+    stop.store(true, Ordering::Relaxed);
     for task in players {
         let outcome = runtime.block_on(task).unwrap().unwrap();
         eprintln!(
@@ -537,17 +578,19 @@ fn a_region_stopped_the_old_way_comes_back_from_its_save_and_its_players_log_in_
         .unwrap();
     fleet.ok("POST", "/v1/regions", Some(json!({"region": 2, "host": "h2", "world": {"objects": 60}}))).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = (1..=8u64)
         .map(|player| {
             let region = 1 + player % 2;
             let plan = PlayerPlan {
                 relogin: Some(fleet.login()),
-                ..wanderer(player, region, Duration::ZERO, Duration::from_secs(9), Duration::from_secs(15))
+                stop: Some(stop.clone()),
+                ..wanderer(player, region, Duration::ZERO, Duration::from_secs(300), Duration::from_secs(15))
             };
             runtime.spawn(run_player(fleet.client_options(), fleet.token(player, region), plan))
         })
         .collect();
-    std::thread::sleep(Duration::from_secs(3));
+    wait_for_players(&fleet, 8);
     let stopped = fleet.ok("POST", "/v1/regions/1/stop", None).unwrap();
     assert_eq!(stopped["host"], "h1", "{stopped}");
     assert_eq!(stopped["epoch"], created["epoch"], "{stopped}");
@@ -555,12 +598,20 @@ fn a_region_stopped_the_old_way_comes_back_from_its_save_and_its_players_log_in_
     assert!(std::path::Path::new(stopped["checkpoint"].as_str().unwrap()).exists(), "{stopped}");
     let (status, body) = fleet.call("POST", "/v1/regions/1/stop", None).unwrap();
     assert_eq!(status, 409, "a stopped region is not stopped twice: {body}");
-    // While it is down the players of region 1 cannot play; then it starts on h2 from the save.
-    std::thread::sleep(Duration::from_secs(1));
+    // It starts on h2 from the save; until then the players of region 1 cannot play.
     let restored =
         fleet.ok("POST", "/v1/regions", Some(json!({"region": 1, "host": "h2", "from_checkpoint": true}))).unwrap();
     assert_eq!(restored["epoch"].as_u64(), created["epoch"].as_u64().map(|epoch| epoch + 1), "{restored}");
     assert_eq!(host_of(&fleet, 1), "h2");
+    // Region 1's four players are back (logged in again, on h2) before the players stop.
+    wait_until(Duration::from_secs(60), "region 1's players back on h2", || {
+        let hosts = fleet.ok("GET", "/v1/hosts", None).unwrap();
+        let h2 = hosts.as_array().unwrap().iter().find(|host| host["name"] == "h2").cloned().unwrap_or_default();
+        let back =
+            h2["regions"].as_array().into_iter().flatten().any(|load| load["region"] == 1 && load["players"] == 4);
+        if back { Ok(()) } else { Err(h2.to_string()) }
+    });
+    stop.store(true, Ordering::Relaxed);
 
     let outcomes: Vec<PlayerOutcome> = tasks.into_iter().map(|task| runtime.block_on(task).unwrap().unwrap()).collect();
     for outcome in &outcomes {
@@ -583,7 +634,6 @@ fn a_region_stopped_the_old_way_comes_back_from_its_save_and_its_players_log_in_
         if region_one {
             assert_eq!((outcome.disconnects, outcome.relogins), (1, 1), "{:?}", outcome.close_reasons);
             assert!(outcome.close_reasons[0].contains("stopped"), "{:?}", outcome.close_reasons);
-            assert!(outcome.max_gap_ms >= 1000.0, "the region was down for over a second: {outcome:?}");
             assert_eq!(outcome.region, 1);
         } else {
             assert_eq!((outcome.disconnects, outcome.lost), (0, 0), "region 2 was not touched: {outcome:?}");

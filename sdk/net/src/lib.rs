@@ -256,6 +256,7 @@ mod tests {
         let a = cluster_endpoint("127.0.0.1:0".parse().unwrap(), &nodes[0], LinkSettings::default()).unwrap();
         let b = cluster_endpoint("127.0.0.1:0".parse().unwrap(), &nodes[1], LinkSettings::default()).unwrap();
         let b_address = b.local_addr().unwrap();
+        let (checked, refusal_checked) = tokio::sync::oneshot::channel();
         let server = tokio::spawn(async move {
             let connection = b.accept().await.unwrap().await.unwrap();
             let (mut send, mut recv) = connection.accept_bi().await.unwrap();
@@ -266,6 +267,7 @@ mod tests {
             let (_, mut recv) = connection.accept_bi().await.unwrap();
             let refused = read_frame(&mut recv, 16).await;
             assert!(matches!(refused, Err(NetError::FrameTooLarge { length: 17, limit: 16 })));
+            let _ = checked.send(());
             connection.closed().await;
         });
         let connection = connect(&a, b_address).await.unwrap();
@@ -274,7 +276,8 @@ mod tests {
         assert_eq!(read_frame(&mut recv, 1024).await.unwrap().unwrap(), b"hello");
         let (mut send, _) = connection.open_bi().await.unwrap();
         write_frame(&mut send, &[0u8; 17]).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Closed only once the server has read (and refused) the frame's length.
+        refusal_checked.await.unwrap();
         connection.close(0u32.into(), b"done");
         server.await.unwrap();
 

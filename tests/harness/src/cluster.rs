@@ -417,10 +417,10 @@ impl Cluster {
         let mut coordinator = None;
         let mut coordinator_address = None;
         if let Some(coordinator_binary) = coordinator_binary {
-            // A fixed port, so a restarted coordinator is found where the servers look for it.
-            let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
-            let process = spawn_coordinator(coordinator_binary, &directory, port)?;
-            coordinator_address = Some(port);
+            // The coordinator binds a port of its own and says which; a restarted one binds the
+            // same again, so the servers find it where they look for it.
+            let process = spawn_coordinator(coordinator_binary, &directory, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+            coordinator_address = Some(process.address);
             coordinator = Some(process);
         }
         let authority = directory.join("authority");
@@ -852,6 +852,18 @@ pub fn sample_world(objects: usize, npcs: usize, plants: usize, churn: usize, se
 #[must_use]
 pub fn spawn_object(spawn: Spawn) -> GameObject {
     to_game_object(&spawn)
+}
+
+/// The admin API address a coordinator said it listens on (its first line).
+pub fn coordinator_api(coordinator: &CoordinatorProcess) -> anyhow::Result<SocketAddr> {
+    coordinator
+        .log
+        .iter()
+        .find_map(|event| match event {
+            ConsoleEvent::Listening { api, .. } => Some(*api),
+            _ => None,
+        })
+        .context("the coordinator did not say where its API listens")
 }
 
 fn spawn_coordinator(binary: &Path, directory: &Path, address: SocketAddr) -> anyhow::Result<CoordinatorProcess> {

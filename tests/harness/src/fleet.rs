@@ -13,8 +13,8 @@ use baton_gateway::token::TokenKey;
 use serde_json::{Value, json};
 
 use crate::cluster::{
-    CoordinatorProcess, GatewayProcess, agent_binary, coordinator_binary, gateway_binary, issue_certificates,
-    server_binary, spawn_coordinator_at,
+    CoordinatorProcess, GatewayProcess, agent_binary, coordinator_api, coordinator_binary, gateway_binary,
+    issue_certificates, server_binary, spawn_coordinator_at,
 };
 
 /// Settings of a [`Fleet`].
@@ -177,15 +177,12 @@ impl Fleet {
         let mut nodes = vec!["coordinator".to_owned(), "g0".to_owned(), "g1".to_owned()];
         nodes.extend(hosts.iter().cloned());
         issue_certificates(&certs, &nodes)?;
-        let coordinator_address = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
-        let api_address = free_tcp_address()?;
-        let coordinator = spawn_coordinator_at(
-            &coordinator_binary()?,
-            &directory,
-            coordinator_address,
-            api_address,
-            &spec.coordinator_args,
-        )?;
+        // The coordinator binds ports of its own and says which (a restart binds the same again).
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        let coordinator =
+            spawn_coordinator_at(&coordinator_binary()?, &directory, any_port, any_port, &spec.coordinator_args)?;
+        let coordinator_address = coordinator.address;
+        let api_address = coordinator_api(&coordinator)?;
         let token = std::fs::read_to_string(directory.join("api.token"))?;
         let (agents, agent_metrics) = spawn_agents(spec, &server, &directory, coordinator_address)?;
         let key_text: String = (0..48).map(|_| fastrand::alphanumeric()).collect();
@@ -370,6 +367,14 @@ impl Fleet {
         if let Some(mut coordinator) = self.coordinator.take() {
             coordinator.kill();
         }
+    }
+
+    /// The counters of the fleet's gateway (g0), as its `stats` command prints them.
+    pub fn gateway_stats(&mut self) -> anyhow::Result<serde_json::Value> {
+        let mark = self.gateway.log.len();
+        self.gateway.send(&serde_json::json!({"cmd": "stats"}))?;
+        let (_, event) = self.gateway.wait_for(mark, Duration::from_secs(10), |event| event["event"] == "stats")?;
+        Ok(event["stats"].clone())
     }
 
     /// Starts the coordinator again with the same addresses and data.

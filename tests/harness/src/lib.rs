@@ -21,3 +21,19 @@ pub mod cluster;
 pub mod fleet;
 pub mod headless;
 pub mod players;
+
+/// Polls `probe` every 20 ms until it gives a value; panics, saying `what` and the last thing
+/// `probe` saw, after `within`. Tests wait for what they need to have happened with this, never
+/// with a sleep of a guessed length.
+pub fn wait_until<T>(within: std::time::Duration, what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(seen) => {
+                assert!(std::time::Instant::now() < deadline, "{what} did not happen in {within:?}: {seen}");
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
