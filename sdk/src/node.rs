@@ -529,9 +529,12 @@ impl<L: RegionLogic> RegionNode<L> {
             durability: Durability::default(),
         };
         // An owner from the start holds either a fresh world or a restored checkpoint: what its
-        // sessions applied is in the store already.
+        // sessions applied was given to it (a new world has applied nothing), so nothing it
+        // holds waits to be durable. Its first tick checkpoints the world (a new region is in no
+        // store yet).
         if matches!(role, Role::Owner { .. }) {
             node.durability.confirmed = player_progress(node.region.world()).into_iter().collect();
+            node.durability.initial = true;
         }
         node
     }
@@ -1375,6 +1378,9 @@ impl<L: RegionLogic> RegionNode<L> {
         match (request, epoch) {
             (GatewayRequest::Join { player, gateway }, Some(epoch)) => match self.region.join_player(player) {
                 Ok(last_applied) => {
+                    // A new avatar is checkpointed early, as an arriving one is: a host that dies
+                    // before the next regular checkpoint must not take the avatar with it.
+                    self.durability.crossed = true;
                     out.push_back(Output::Attach { player, gateway });
                     out.push_back(Output::ToGateway {
                         gateway,
@@ -1535,8 +1541,8 @@ struct Durability {
     taken: VecDeque<(u64, Vec<(PlayerId, u64)>)>,
     /// Per player, the last input in the newest stored checkpoint.
     confirmed: HashMap<PlayerId, u64>,
-    /// An avatar arrived or left since the last checkpoint: the next one is taken early, so a
-    /// failover finds the avatar where its player is (and not also where it was).
+    /// An avatar joined, arrived or left since the last checkpoint: the next one is taken early,
+    /// so a failover finds the avatar where its player is (and not also where it was).
     crossed: bool,
     /// The tick of the last checkpoint taken.
     last_taken: u64,
@@ -1545,6 +1551,10 @@ struct Durability {
     marked: VecDeque<(u64, Vec<(PlayerId, u64)>)>,
     /// The tick `confirmed` is from.
     confirmed_tick: Option<u64>,
+    /// No checkpoint was taken since this node became the owner of a world it was given (a new
+    /// region, a restore): the first tick takes one, so a region is never without a checkpoint
+    /// to fail over from, even when its host dies before the first regular one is due.
+    initial: bool,
 }
 
 impl Durability {
@@ -1559,7 +1569,8 @@ impl Durability {
     /// all the time stores one after another, not one per tick).
     fn due(&self, tick: u64, every: u64) -> bool {
         every > 0
-            && (tick.is_multiple_of(every)
+            && (self.initial
+                || tick.is_multiple_of(every)
                 || (self.crossed
                     && self.taken.is_empty()
                     && tick >= self.last_taken + Self::MIN_EARLY_GAP_TICKS.min(every)))
@@ -1567,6 +1578,7 @@ impl Durability {
 
     fn taken(&mut self, tick: u64, progress: Vec<(PlayerId, u64)>) {
         self.crossed = false;
+        self.initial = false;
         self.last_taken = tick;
         if self.taken.len() == Self::MAX_TAKEN {
             self.taken.pop_front();

@@ -204,13 +204,18 @@ fn the_balancer_frees_idle_hosts_and_takes_one_back_when_the_load_needs_it() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let outcomes: Vec<PlayerOutcome> =
         players.into_iter().map(|task| runtime.block_on(task).unwrap().unwrap()).collect();
-    let migrations = fleet.ok("GET", "/v1/migrations", None).unwrap();
+    // Every move ends (the last ones may still be cleaning up their sources).
+    let migrations = baton_harness::wait_until(Duration::from_secs(30), "every move ended", || {
+        let migrations = fleet.ok("GET", "/v1/migrations", None).unwrap();
+        let ended = migrations
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|record| record["phase"] == "committed" || record["phase"] == "aborted");
+        if ended { Ok(migrations) } else { Err(migrations.to_string()) }
+    });
     let records = migrations.as_array().unwrap();
     assert!(records.iter().any(|record| record["kind"] == "consolidate" && record["phase"] == "committed"));
-    assert!(
-        records.iter().all(|record| record["phase"] == "committed" || record["phase"] == "aborted"),
-        "{migrations}"
-    );
     for outcome in &outcomes {
         assert_eq!(outcome.disconnects, 0, "player {}: {:?}", outcome.player, outcome.close_reasons);
         assert!(outcome.chain_ok && outcome.acked == outcome.sent, "player {}: {outcome:?}", outcome.player);

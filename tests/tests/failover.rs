@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use baton_harness::fleet::{Fleet, FleetSpec};
@@ -74,6 +74,8 @@ fn last_record_id(fleet: &Fleet) -> u64 {
 /// Players playing on a thread of their own until [`Playing::finish`].
 struct Playing {
     stop: Arc<AtomicBool>,
+    in_play: Arc<AtomicU64>,
+    count: u64,
     thread: std::thread::JoinHandle<Vec<PlayerOutcome>>,
 }
 
@@ -82,11 +84,19 @@ impl Playing {
     fn start(fleet: &Fleet, plans: Vec<(PlayerPlan, String)>) -> Playing {
         let options = fleet.client_options();
         let stop = Arc::new(AtomicBool::new(false));
+        let in_play = Arc::new(AtomicU64::new(0));
+        let count = plans.len() as u64;
         let plans: Vec<(PlayerPlan, String)> = plans
             .into_iter()
             .map(|(plan, token)| {
                 // `play_for` only bounds a hang: the test says when to stop.
-                (PlayerPlan { stop: Some(stop.clone()), play_for: Duration::from_secs(300), ..plan }, token)
+                let plan = PlayerPlan {
+                    stop: Some(stop.clone()),
+                    in_play: Some(in_play.clone()),
+                    play_for: Duration::from_secs(300),
+                    ..plan
+                };
+                (plan, token)
             })
             .collect();
         let thread = std::thread::spawn(move || {
@@ -103,7 +113,12 @@ impl Playing {
                 outcomes
             })
         });
-        Playing { stop, thread }
+        Playing { stop, in_play, count, thread }
+    }
+
+    /// Waits until every player had an input acknowledged.
+    fn wait_in_play(&self) {
+        wait_for(|| (self.in_play.load(Ordering::Relaxed) == self.count).then_some(()));
     }
 
     /// Stops the players; returns what each saw once its last inputs were acknowledged.
@@ -114,7 +129,7 @@ impl Playing {
 }
 
 /// `count` wandering players in `region`, from player `first` on, who play until
-/// [`Playing::finish`]; returns once the region's host reports them all in.
+/// [`Playing::finish`]; returns once every one of them had an input acknowledged.
 fn players(fleet: &Fleet, first: u64, count: u64, region: u64) -> Playing {
     let plans = (first..first + count)
         .map(|player| {
@@ -126,21 +141,8 @@ fn players(fleet: &Fleet, first: u64, count: u64, region: u64) -> Playing {
         })
         .collect();
     let playing = Playing::start(fleet, plans);
-    wait_for(|| (players_in(fleet, region) == count).then_some(()));
+    playing.wait_in_play();
     playing
-}
-
-/// Players the hosts' load reports (once a second) count in `region`.
-fn players_in(fleet: &Fleet, region: u64) -> u64 {
-    let hosts = fleet.ok("GET", "/v1/hosts", None).unwrap();
-    hosts
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|host| host["regions"].as_array().cloned().unwrap_or_default())
-        .filter(|load| load["region"] == region)
-        .map(|load| load["players"].as_u64().unwrap_or(0))
-        .sum()
 }
 
 /// Every player stayed connected and every input it sent was applied exactly once, in order.
@@ -308,6 +310,9 @@ fn host_dies_mid_migration(killed: usize, survivor: &str) {
     let world = json!({"objects": 400, "npcs": 20, "plants": 20});
     fleet.ok("POST", "/v1/regions", Some(json!({"region": 1, "host": "h1", "world": world}))).unwrap();
     let playing = players(&fleet, 1, 3, 1);
+    // A checkpoint exists to fail over from if the handoff cannot finish (one every 0.5 s).
+    let checkpoints = fleet.directory().join("checkpoints");
+    wait_for(|| std::fs::read_dir(&checkpoints).ok()?.next().map(|_| ()));
     let migration = fleet.ok("POST", "/v1/migrations", Some(json!({"region": 1, "to_host": "h2"}))).unwrap();
     let id = migration["id"].as_u64().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -335,6 +340,42 @@ fn host_dies_mid_migration(killed: usize, survivor: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_nothing_lost(&playing.finish());
+}
+
+/// A region with no checkpoint (its servers store none) and no standby has nothing to come back
+/// from when its host dies: each attempt to restore it fails, and none of them takes the region
+/// over at the directory on the way (an owner at a new epoch that serves nothing would be judged
+/// lost again, at a higher epoch each time, by one failover after another).
+#[test]
+fn a_failed_restore_leaves_the_directory_as_it_was() {
+    let spec = FleetSpec { checkpoint_every_s: 0.0, ..spec() };
+    let mut fleet = Fleet::start(&spec).unwrap();
+    fleet.wait_hosts_ready(2, 1, Duration::from_secs(60)).unwrap();
+    let world = json!({"objects": 40, "npcs": 4, "plants": 4});
+    let created = fleet.ok("POST", "/v1/regions", Some(json!({"region": 1, "host": "h1", "world": world}))).unwrap();
+    wait_for(|| server_of(&fleet, 1));
+    fleet.kill_host(1).unwrap();
+    // The failover tries h2, fails there (no checkpoint), and tries again after its retry interval.
+    let record = wait_for(|| {
+        let records = fleet.ok("GET", "/v1/migrations", None).unwrap();
+        records
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|record| record["kind"] == "failover" && record["failover"]["attempts"].as_u64() >= Some(2))
+            .cloned()
+    });
+    eprintln!("the failover: {record}");
+    let regions = fleet.ok("GET", "/v1/regions", None).unwrap();
+    let row = &regions[0];
+    assert_eq!((&row["owner"], &row["epoch"]), (&created["owner"], &created["epoch"]), "{row}");
+    assert_ne!(record["phase"], "aborted", "the failover did not take its own failed restore for another's: {record}");
+}
+
+/// The newest tick the standby of `region` holds (reported about once a second).
+fn standby_tick(fleet: &Fleet, region: u64) -> Option<u64> {
+    let standbys = fleet.ok("GET", "/v1/standbys", None).unwrap();
+    standbys.as_array().unwrap().iter().find(|standby| standby["region"] == region)?["tick"].as_u64()
 }
 
 /// The standby of `region` once it holds a tick: `(host, process)`.
@@ -394,7 +435,9 @@ fn a_hot_standby_is_promoted_when_its_owners_host_dies_rolling_back_only_a_few_t
     }
     assert!(outcomes.iter().any(|outcome| outcome.recoveries > 0), "{outcomes:?}");
     // The promoted owner serves the region; with its old host dead no host is left for a new
-    // standby (never on the owner's own host).
+    // standby (never on the owner's own host). (Until h1 is declared dead, its last report
+    // still lists what its processes served.)
+    wait_for(|| host_dead(&fleet, "h1").then_some(()));
     let (host, process, _) = wait_for(|| server_of(&fleet, 1));
     assert_eq!((host.as_str(), process.as_str()), ("h2", standby_process.as_str()));
     let standbys = fleet.ok("GET", "/v1/standbys", None).unwrap();
@@ -421,6 +464,7 @@ fn a_host_that_dies_while_avatars_cross_its_borders_loses_no_avatar_and_no_input
         })
         .collect();
     let playing = Playing::start(&fleet, plans);
+    playing.wait_in_play();
     // Avatars cross both ways before the kill (the gateway counts each crossing it carries)...
     wait_for(|| (fleet.gateway_stats().ok()?["crossings"].as_u64()? >= 4).then_some(()));
     let before = last_record_id(&fleet);
@@ -446,11 +490,11 @@ fn a_host_that_dies_while_avatars_cross_its_borders_loses_no_avatar_and_no_input
 
 #[test]
 fn an_owner_and_its_standby_lost_together_fall_back_to_a_checkpoint_and_the_inputs_lost_are_counted() {
-    // Checkpoints every 2 s; the standby acknowledges every tick, so the players' clients drop
-    // inputs the checkpoint does not hold.
+    // Checkpoints once a minute (and when the region starts and players join); the standby
+    // acknowledges every tick, so the players' clients drop inputs the checkpoint does not hold.
     let spec = FleetSpec {
         hosts: 3,
-        checkpoint_every_s: 2.0,
+        checkpoint_every_s: 60.0,
         coordinator_args: vec!["--standby".into(), "on".into()],
         ..spec()
     };
@@ -461,6 +505,10 @@ fn an_owner_and_its_standby_lost_together_fall_back_to_a_checkpoint_and_the_inpu
     let (standby_host, _) = wait_for(|| holding_standby(&fleet, 1));
     assert_ne!(standby_host, "h1");
     let playing = players(&fleet, 1, 4, 1);
+    // The players are in, in a checkpoint (taken when they joined); then the standby holds 40
+    // ticks more (2 s of their inputs, acknowledged durable), which the fallback loses.
+    let joined = wait_for(|| standby_tick(&fleet, 1));
+    wait_for(|| standby_tick(&fleet, 1).filter(|tick| *tick >= joined + 40));
     let before = last_record_id(&fleet);
     fleet.kill_host(1).unwrap();
     fleet.kill_host(standby_host.trim_start_matches('h').parse().unwrap()).unwrap();
@@ -612,6 +660,12 @@ fn a_flapping_host_loses_its_region_once_and_never_gets_it_back_by_failover() {
         .filter(|record| record["id"].as_u64().unwrap() > settled && record["region"] == 1)
         .collect();
     assert!(later.is_empty(), "no ping-pong: {later:?}");
+}
+
+/// Whether host `name` was declared dead.
+fn host_dead(fleet: &Fleet, name: &str) -> bool {
+    let hosts = fleet.ok("GET", "/v1/hosts", None).unwrap();
+    hosts.as_array().unwrap().iter().any(|host| host["name"] == name && host["dead"] == true)
 }
 
 /// Whether host `name` reports (connected and not declared dead).

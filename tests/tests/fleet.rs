@@ -398,7 +398,13 @@ fn the_admin_api_refuses_bad_requests_clearly() {
         let hosts = fleet.ok("GET", "/v1/hosts", None).unwrap();
         hosts[0]["processes"].as_array().cloned().unwrap_or_default()
     };
-    let warm = processes(&fleet).into_iter().find(|process| process["warm"] == true).unwrap();
+    // The agent refills its warm pool a moment after a claim took its warm process.
+    let warm = wait_until(Duration::from_secs(30), "a warm process on h1", || {
+        processes(&fleet)
+            .into_iter()
+            .find(|process| process["warm"] == true && process["pid"].as_u64().is_some_and(|pid| pid > 0))
+            .ok_or_else(|| "none running yet".to_owned())
+    });
     let (name, pid) = (warm["name"].as_str().unwrap().to_owned(), warm["pid"].as_u64().unwrap());
     assert!(pid > 0, "{warm}");
     assert!(std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());

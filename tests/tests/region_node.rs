@@ -284,9 +284,15 @@ fn updates_say_an_input_is_durable_only_once_a_checkpoint_holding_it_is_stored()
     node.handle_gateway(start, GatewayRequest::Join { player: NEWCOMER, gateway: 1 });
     outputs(&mut node, start);
     let interval = RegionConfig::default().tick_interval();
-    // Tick 1: inputs 1..=3 applied, nothing stored yet.
+    // Tick 1: inputs 1..=3 applied, nothing stored yet. A new region is in no store: its first
+    // tick takes a checkpoint, although one is due only every other tick.
     let first = tick_with(&mut node, start, NEWCOMER, 1..=3);
     assert_eq!(acknowledged(&first, NEWCOMER), Some((3, 0)));
+    let initial = first.iter().find_map(|output| match output {
+        Output::StoreCheckpoint { info, .. } => Some(info.tick),
+        _ => None,
+    });
+    assert_eq!(initial, Some(1), "a new region checkpoints at its first tick");
     // Tick 2: inputs 4..=5 applied, and a checkpoint taken after them; not durable before the
     // store says it has it.
     let second = tick_with(&mut node, start + interval, NEWCOMER, 4..=5);

@@ -109,7 +109,9 @@ pub struct ServeSettings {
     /// restores from it. Hosts that should restore each other's regions share one folder.
     #[arg(long, value_name = "DIR")]
     pub checkpoint_dir: Option<PathBuf>,
-    /// Seconds between two checkpoints of a region (with --checkpoint-dir; 0: only restore).
+    /// Seconds between two checkpoints of a region (with --checkpoint-dir). A region this
+    /// server starts or restores also takes one at its first tick, so it can be failed over from
+    /// its first moment. 0: no checkpoints, only restores.
     #[arg(long, default_value_t = 10.0)]
     pub checkpoint_every_s: f64,
     /// Checkpoints kept per region (with --checkpoint-dir).
@@ -395,6 +397,17 @@ impl<G: Game> Server<'_, G> {
             .as_ref()
             .ok_or_else(|| "this server has no checkpoint store (--checkpoint-dir)".to_owned())?
             .store;
+        let folder = store.directory().display().to_string();
+        let latest = || {
+            store
+                .latest(region)
+                .map_err(|error| format!("reading the checkpoint store {folder}: {error}"))?
+                .ok_or_else(|| format!("no checkpoint of region {region} in {folder}"))
+        };
+        // Nothing to restore: refused before winning the region, so a failed restore never leaves
+        // the directory naming an owner that serves nothing (at an epoch the next failover would
+        // only raise again).
+        latest()?;
         // A failover wins the region first and reads the newest checkpoint after: the owner it
         // replaces, if still alive, can confirm no later checkpoint as durable (it sees the newer
         // epoch), so every input players were told is durable is in what is read here.
@@ -402,11 +415,7 @@ impl<G: Game> Server<'_, G> {
             Some(_) => Some(self.host.take_ownership(region, take_over).map_err(|error| error.to_string())?),
             None => None,
         };
-        let folder = store.directory().display().to_string();
-        let stored = store
-            .latest(region)
-            .map_err(|error| format!("reading the checkpoint store {folder}: {error}"))?
-            .ok_or_else(|| format!("no checkpoint of region {region} in {folder}"))?;
+        let stored = latest()?;
         let path = stored.path.display().to_string();
         let bytes = std::fs::read(&stored.path).map_err(|error| format!("reading {path}: {error}"))?;
         let mut built = (self.factory)(region).map_err(|error| format!("creating the region: {error}"))?;

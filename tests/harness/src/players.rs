@@ -249,6 +249,10 @@ pub struct PlayerPlan {
     /// Stop sending inputs once this is set: a test ends play when what it waits for has
     /// happened (then `play_for` is only a bound that turns a hang into a failure).
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Counted up once, when the region first says one of the player's inputs is durable (so the
+    /// player's avatar is in a checkpoint or a standby too): a test waits for all its players to
+    /// be in play before it kills anything.
+    pub in_play: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     /// Then wait at most this long for every input to be acknowledged.
     pub settle_for: Duration,
     /// Input payload sizes, in bytes (at least 9; each input draws one in this range).
@@ -365,6 +369,7 @@ impl PlayerPlan {
             start_after: Duration::ZERO,
             play_for,
             stop: None,
+            in_play: None,
             settle_for: Duration::from_secs(10),
             payload_bytes: (256, 512),
             relogin: None,
@@ -478,6 +483,7 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
     let mut newest_tick = 0u64;
     let mut recovered_from: Option<u64> = None;
     let mut done_sending = false;
+    let mut counted_in_play = false;
     let mut settle_deadline = started + plan.play_for + plan.settle_for;
     let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(next_input));
     tokio::pin!(timer);
@@ -591,6 +597,12 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
                             outcome.round_trip_ends_unix_ms.push(now_unix_ms);
                             acked_chain = chain_after;
                         }
+                    }
+                    if update.durable > 0
+                        && let Some(in_play) = plan.in_play.as_ref().filter(|_| !counted_in_play)
+                    {
+                        in_play.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        counted_in_play = true;
                     }
                     match PlayerView::parse(&update.payload) {
                         Some(parsed) => view = Some(parsed),
