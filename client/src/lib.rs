@@ -901,6 +901,8 @@ mod tests {
         Update { region: u64, tick: u64, current: u64 },
         /// The word that the avatar entered `region`.
         Changed(u64),
+        /// `region` came back from saved state after a failover.
+        Recovered(u64),
     }
 
     /// Runs the steps from region 1 and returns what was handed out: `(region, tick)`.
@@ -911,6 +913,10 @@ mod tests {
             let handed = match step {
                 Step::Update { region, tick, current } => order.handle_update(update(*region, *tick), *current),
                 Step::Changed(region) => order.handle_region_changed(*region),
+                Step::Recovered(region) => {
+                    order.handle_recovered(*region);
+                    None
+                }
             };
             out.extend(handed.map(|update| (update.region, update.tick)));
         }
@@ -994,6 +1000,57 @@ mod tests {
                 Update { region: 2, tick: 40, current: 2 },
             ],
             &[(1, 10), (2, 40)],
+        );
+    }
+
+    #[test]
+    fn each_update_is_handed_out_once_whatever_order_it_comes_in() {
+        use Step::{Changed, Recovered, Update};
+        // The held update of the region entered is handed out at the word, and only there.
+        check(
+            &[
+                Update { region: 1, tick: 10, current: 1 },
+                Update { region: 2, tick: 41, current: 1 },
+                Update { region: 2, tick: 40, current: 1 },
+                Changed(2),
+                Update { region: 2, tick: 42, current: 2 },
+            ],
+            &[(1, 10), (2, 41), (2, 42)],
+        );
+        // An update of the region entered held before the word, and the same or an older tick
+        // of it handed out since (the stream said so first): the word hands out nothing again.
+        check(
+            &[
+                Update { region: 1, tick: 10, current: 1 },
+                Update { region: 2, tick: 40, current: 1 },
+                Update { region: 2, tick: 40, current: 2 },
+                Changed(2),
+            ],
+            &[(1, 10), (2, 40)],
+        );
+        check(
+            &[
+                Update { region: 1, tick: 10, current: 1 },
+                Update { region: 2, tick: 39, current: 1 },
+                Update { region: 2, tick: 40, current: 2 },
+                Changed(2),
+            ],
+            &[(1, 10), (2, 40)],
+        );
+        // The last view of the region left comes once, however often it arrives; another
+        // region's failover does not make the left region's old ticks news again.
+        check(
+            &[
+                Update { region: 1, tick: 10, current: 1 },
+                Changed(2),
+                Update { region: 1, tick: 11, current: 2 },
+                Update { region: 1, tick: 11, current: 2 },
+                Recovered(3),
+                Update { region: 1, tick: 5, current: 2 },
+                Recovered(1),
+                Update { region: 1, tick: 5, current: 2 },
+            ],
+            &[(1, 10), (1, 11), (1, 5)],
         );
     }
 

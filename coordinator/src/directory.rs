@@ -233,6 +233,50 @@ mod tests {
     }
 
     #[test]
+    fn stopped_regions_standby_choices_and_the_history_survive_a_reopen() {
+        let path = folder();
+        let record = |id, region| {
+            let timeouts = crate::migrations::Timeouts::default();
+            let from = ("h1".to_owned(), "h1-p1".to_owned());
+            let (migration, _) = crate::migrations::Migration::start(
+                id,
+                "drain",
+                region,
+                from,
+                "h2".to_owned(),
+                timeouts,
+                std::time::Instant::now(),
+            );
+            serde_json::to_value(migration.record()).unwrap()
+        };
+        let (first, second) = (record(1, 7), record(2, 8));
+        {
+            let directory = Directory::open(&path).unwrap();
+            assert!(format!("{directory:?}").starts_with("Directory"));
+            directory.set_stopped(RegionId(3), true).unwrap();
+            directory.set_stopped(RegionId(5), true).unwrap();
+            directory.set_stopped(RegionId(5), false).unwrap();
+            directory.set_standby_choice(RegionId(1), Some(true)).unwrap();
+            directory.set_standby_choice(RegionId(2), Some(false)).unwrap();
+            directory.set_standby_choice(RegionId(4), Some(true)).unwrap();
+            directory.set_standby_choice(RegionId(4), None).unwrap();
+            for saved in [&second, &first] {
+                let saved: crate::migrations::MigrationRecord = serde_json::from_value(saved.clone()).unwrap();
+                directory.save_migration(&saved).unwrap();
+            }
+        }
+        let directory = Directory::open(&path).unwrap();
+        assert_eq!(directory.stopped().unwrap().into_iter().collect::<Vec<_>>(), vec![RegionId(3)]);
+        let choices: Vec<Option<bool>> =
+            (1..=4).map(|region| directory.standby_choice(RegionId(region)).unwrap()).collect();
+        assert_eq!(choices, vec![Some(true), Some(false), None, None]);
+        let history: Vec<serde_json::Value> =
+            directory.load_migrations().unwrap().iter().map(|saved| serde_json::to_value(saved).unwrap()).collect();
+        assert_eq!(history, vec![first, second], "by id, as saved");
+        let _ = std::fs::remove_dir_all(path);
+    }
+
+    #[test]
     fn swaps_are_fenced_and_survive_a_reopen() {
         let path = folder();
         let region = RegionId(4);
