@@ -1047,6 +1047,15 @@ mod tests {
                 Update { region: 1, tick: 11, current: 2 },
                 Recovered(3),
                 Update { region: 1, tick: 5, current: 2 },
+            ],
+            &[(1, 10), (1, 11)],
+        );
+        // The left region's own failover does.
+        check(
+            &[
+                Update { region: 1, tick: 10, current: 1 },
+                Changed(2),
+                Update { region: 1, tick: 11, current: 2 },
                 Recovered(1),
                 Update { region: 1, tick: 5, current: 2 },
             ],

@@ -291,6 +291,11 @@ mod tests {
                 Err(AuthorityError::Conflict { actual_epoch: Epoch(2), .. })
             ));
             assert!(directory.compare_and_swap(region, &owned("b", 2), &owned("c", 4)).is_err());
+            // The right epoch from another owner (one that never held it) is refused too.
+            assert!(matches!(
+                directory.compare_and_swap(region, &owned("c", 2), &owned("c", 3)),
+                Err(AuthorityError::Conflict { .. })
+            ));
             assert!(matches!(
                 directory.compare_and_swap(RegionId(9), &owned("a", 1), &owned("b", 2)),
                 Err(AuthorityError::UnknownRegion(_))

@@ -1376,22 +1376,25 @@ impl<L: RegionLogic> RegionNode<L> {
         let epoch = self.owned_epoch();
         let out = &mut self.outputs;
         match (request, epoch) {
-            (GatewayRequest::Join { player, gateway }, Some(epoch)) => match self.region.join_player(player) {
-                Ok(last_applied) => {
-                    // A new avatar is checkpointed early, as an arriving one is: a host that dies
-                    // before the next regular checkpoint must not take the avatar with it.
-                    self.durability.crossed = true;
-                    out.push_back(Output::Attach { player, gateway });
-                    out.push_back(Output::ToGateway {
+            (GatewayRequest::Join { player, gateway }, Some(epoch)) => {
+                let rejoin = self.region.sessions().avatar_of(player).is_some();
+                match self.region.join_player(player) {
+                    Ok(last_applied) => {
+                        // A new avatar is checkpointed early, as an arriving one is: a host that dies
+                        // before the next regular checkpoint must not take the avatar with it.
+                        self.durability.crossed |= !rejoin;
+                        out.push_back(Output::Attach { player, gateway });
+                        out.push_back(Output::ToGateway {
+                            gateway,
+                            message: ServerMessage::Joined { region: id, epoch, player, last_applied },
+                        });
+                    }
+                    Err(error) => out.push_back(Output::ToGateway {
                         gateway,
-                        message: ServerMessage::Joined { region: id, epoch, player, last_applied },
-                    });
+                        message: ServerMessage::JoinRefused { region: id, player, reason: error.to_string() },
+                    }),
                 }
-                Err(error) => out.push_back(Output::ToGateway {
-                    gateway,
-                    message: ServerMessage::JoinRefused { region: id, player, reason: error.to_string() },
-                }),
-            },
+            }
             (GatewayRequest::Join { player, gateway }, None) => out.push_back(Output::ToGateway {
                 gateway,
                 message: ServerMessage::JoinRefused { region: id, player, reason: "the region moved".into() },
@@ -1564,8 +1567,9 @@ impl Durability {
     /// Ticks between a crossing's early checkpoint and the previous one, at least.
     const MIN_EARLY_GAP_TICKS: u64 = 1;
 
-    /// Whether a checkpoint is due after `tick`, taking one every `every` ticks (0: never), and
-    /// early after a crossing unless one is still being stored (so a region where avatars cross
+    /// Whether a checkpoint is due after `tick`, taking one every `every` ticks (0: never), at the
+    /// first tick of a node that was given its world (`initial`), and early after a join or a
+    /// crossing unless one is still being stored (so a region where avatars cross
     /// all the time stores one after another, not one per tick).
     fn due(&self, tick: u64, every: u64) -> bool {
         every > 0

@@ -53,17 +53,7 @@ fn the_example_game_runs_under_the_coordinator_and_migrates() {
         async move { play(options, token, playing).await }
     });
     // The player is in (the host's load report counts it) before the region moves.
-    baton_harness::wait_until(Duration::from_secs(30), "the player in region 1", || {
-        let hosts = fleet.ok("GET", "/v1/hosts", None).unwrap();
-        let players: u64 = hosts
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|host| host["regions"].as_array().cloned().unwrap_or_default())
-            .filter_map(|load| load["players"].as_u64())
-            .sum();
-        if players == 1 { Ok(()) } else { Err(hosts.to_string()) }
-    });
+    fleet.wait_for_players(1, Duration::from_secs(30));
     for to in ["h2", "h1"] {
         let record = fleet.migrate(1, to, Duration::from_secs(60)).unwrap();
         assert_eq!(record["phase"], "committed", "{record}");

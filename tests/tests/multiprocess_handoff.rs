@@ -35,21 +35,32 @@ fn a_busy_region_moves_back_and_forth_twenty_times_without_losing_an_input() {
         // Everything sent up to the commit (before the handoff, into the frozen source, held
         // while the route flipped) reaches the new owner and is applied there: it keeps playing
         // until its players' last applied inputs cover it.
-        let sent_at_commit = cluster.sent();
-        sent_during += sent_at_commit - before;
+        sent_during += cluster.sent() - before;
+        let sent_at_commit = cluster.last_sent();
         let owner = cluster.owner;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             cluster.pump_inputs().unwrap();
-            let applied: u64 =
-                cluster.report(owner, cluster.region()).unwrap().players.iter().map(|p| p.last_applied).sum();
-            if applied >= sent_at_commit {
+            let report = cluster.report(owner, cluster.region()).unwrap();
+            let behind: Vec<(PlayerId, u64, u64)> = sent_at_commit
+                .iter()
+                .filter_map(|(player, sent)| {
+                    let applied = report
+                        .players
+                        .iter()
+                        .find(|state| state.player == *player)
+                        .map_or(0, |state| state.last_applied);
+                    (applied < *sent).then_some((*player, applied, *sent))
+                })
+                .collect();
+            if behind.is_empty() {
                 break;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "handoff {handoff}: the new owner applied {applied} of the {sent_at_commit} inputs sent by the commit"
+                "handoff {handoff}: (player, applied, sent by the commit) at the new owner: {behind:?}"
             );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
     let settled = cluster.settle_and_check().unwrap();
@@ -175,7 +186,6 @@ fn moving_one_region_leaves_another_in_the_same_process_running() {
         // region 1 (how regularly is benchmarked, not asserted: docs/benchmarks.md).
         let after = cluster.report(0, 2).unwrap();
         assert!(after.tick > before.tick, "handoff {handoff}: region 2 stopped ticking while region 1 moved");
-        assert_ne!(before.digest, after.digest, "handoff {handoff}: region 2 stopped changing");
         before = after;
     }
     let settled = cluster.settle_and_check().unwrap();

@@ -272,6 +272,60 @@ fn tick_with(
     outputs(node, at)
 }
 
+/// The ticks at which `ticks` ticks from `start` took a checkpoint (each stored at once), a join
+/// of `player` arriving before the tick at each index of `joins`.
+fn checkpoints_taken(
+    node: &mut RegionNode<SampleLogic>,
+    start: Instant,
+    ticks: u32,
+    joins: &[(u32, PlayerId)],
+) -> Vec<u64> {
+    let interval = RegionConfig::default().tick_interval();
+    let ours = baton_sdk::handoff::Ownership { owner: "here".into(), epoch: Epoch(1) };
+    let mut taken = Vec::new();
+    for index in 0..ticks {
+        let at = start + interval * index;
+        for (_, player) in joins.iter().filter(|(before, _)| *before == index) {
+            node.handle_gateway(at, GatewayRequest::Join { player: *player, gateway: 1 });
+        }
+        node.handle_timeout(at, &AllPlayers);
+        let stored: Vec<u64> = outputs(node, at)
+            .iter()
+            .filter_map(|output| match output {
+                Output::StoreCheckpoint { info, .. } => Some(info.tick),
+                _ => None,
+            })
+            .collect();
+        for tick in stored {
+            node.handle_checkpoint_stored(at, tick, true, Some(&ours));
+            taken.push(tick);
+        }
+    }
+    taken
+}
+
+#[test]
+fn a_new_owner_checkpoints_at_its_first_tick_and_after_a_new_player_joins() {
+    let start = Instant::now();
+    let mut region = new_region(REGION, RegionConfig::default()).unwrap();
+    populate(&mut region, WorldSpec { objects: 4, npcs: 0, plants: 0, seed: 1, churn: 0 }).unwrap();
+    let rewarm = Box::new(|region| new_region(region, RegionConfig::default()));
+    let rarely = NodeSettings { checkpoint_every_ticks: 100, ..settings(start) };
+    let mut node = RegionNode::new(region, Role::Owner { epoch: Epoch(1) }, rarely, rewarm, start);
+    outputs(&mut node, start);
+    // Tick 1 (the world it was given is in no store), then the tick after the newcomer joined
+    // (before tick 6); the same player joining again (a resume) is no new avatar: nothing more.
+    let joins = [(5, NEWCOMER), (8, NEWCOMER)];
+    assert_eq!(checkpoints_taken(&mut node, start, 12, &joins), vec![1, 6]);
+    // Without checkpoints (0), neither.
+    let mut region = new_region(REGION, RegionConfig::default()).unwrap();
+    populate(&mut region, WorldSpec { objects: 4, npcs: 0, plants: 0, seed: 1, churn: 0 }).unwrap();
+    let rewarm = Box::new(|region| new_region(region, RegionConfig::default()));
+    let mut node = RegionNode::new(region, Role::Owner { epoch: Epoch(1) }, settings(start), rewarm, start);
+    outputs(&mut node, start);
+    assert_eq!(checkpoints_taken(&mut node, start, 12, &joins), Vec::<u64>::new());
+}
+
 #[test]
 fn updates_say_an_input_is_durable_only_once_a_checkpoint_holding_it_is_stored() {
     let start = Instant::now();

@@ -62,9 +62,9 @@ mod tests {
         bucket.consume(later, 10_000_000);
         // 9.9 MB below zero: a byte waits for 9.9 MB (and itself) to be earned back.
         assert_eq!(bucket.delay(later, 1), Duration::from_secs_f64(9_900_001.0 / 1_000_000.0));
-        // 10 s later the bucket is full again (100 kB, not 200 kB: the burst caps it). Then 10 kB
-        // messages: the first 10 go at once, each of the other 990 waits exactly 10 ms.
-        let full = later + Duration::from_secs(10);
+        // 10.1 s later the bucket is full again: 100 kB, not the 200 kB earned (the burst caps
+        // it). Then 10 kB messages: the first 10 go at once, each of the other 990 waits 10 ms.
+        let full = later + Duration::from_millis(10_100);
         let mut now = full;
         let mut waits = Vec::new();
         for _ in 0..1000 {

@@ -404,23 +404,31 @@ impl<G: Game> Server<'_, G> {
                 .map_err(|error| format!("reading the checkpoint store {folder}: {error}"))?
                 .ok_or_else(|| format!("no checkpoint of region {region} in {folder}"))
         };
-        // Nothing to restore: refused before winning the region, so a failed restore never leaves
-        // the directory naming an owner that serves nothing (at an epoch the next failover would
-        // only raise again).
-        latest()?;
-        // A failover wins the region first and reads the newest checkpoint after: the owner it
-        // replaces, if still alive, can confirm no later checkpoint as durable (it sees the newer
-        // epoch), so every input players were told is durable is in what is read here.
+        let restore = |path: &std::path::Path| -> Result<_, String> {
+            let shown = path.display().to_string();
+            let bytes = std::fs::read(path).map_err(|error| format!("reading {shown}: {error}"))?;
+            let mut built = (self.factory)(region).map_err(|error| format!("creating the region: {error}"))?;
+            let info = baton_sdk::checkpoint::restore(&mut built, &bytes)
+                .map_err(|error| format!("restoring {shown}: {error}"))?;
+            Ok((built, info, shown))
+        };
+        // The newest checkpoint is restored before the region is won: one that is missing,
+        // damaged or of another schema is refused without taking the region over, so a failed
+        // restore never leaves the directory naming an owner that serves nothing (at an epoch the
+        // next failover would only raise again).
+        let stored = latest()?;
+        let (mut built, mut info, mut path) = restore(&stored.path)?;
+        // A failover wins the region, then looks again: the owner it replaces, if still alive,
+        // can confirm no later checkpoint as durable once it sees the newer epoch, so every input
+        // players were told is durable is in the newest checkpoint as of now.
         let taken = match take_over {
             Some(_) => Some(self.host.take_ownership(region, take_over).map_err(|error| error.to_string())?),
             None => None,
         };
-        let stored = latest()?;
-        let path = stored.path.display().to_string();
-        let bytes = std::fs::read(&stored.path).map_err(|error| format!("reading {path}: {error}"))?;
-        let mut built = (self.factory)(region).map_err(|error| format!("creating the region: {error}"))?;
-        let info =
-            baton_sdk::checkpoint::restore(&mut built, &bytes).map_err(|error| format!("restoring {path}: {error}"))?;
+        let newest = latest()?;
+        if newest.path != stored.path {
+            (built, info, path) = restore(&newest.path)?;
+        }
         match taken {
             Some(epoch) => {
                 // Said before the region's thread starts, so it always comes before its `owning`

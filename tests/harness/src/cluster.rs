@@ -592,6 +592,12 @@ impl Cluster {
         self.next_seq.values().map(|next| next - 1).sum()
     }
 
+    /// Per player, the sequence number of the last input sent.
+    #[must_use]
+    pub fn last_sent(&self) -> BTreeMap<PlayerId, u64> {
+        self.next_seq.iter().map(|(player, next)| (PlayerId(*player), next - 1)).collect()
+    }
+
     /// Sends every input a process refused since the last call to the current owner (the part
     /// of a gateway that routes a bounced input again).
     fn resend_refused(&mut self) -> anyhow::Result<()> {
@@ -763,6 +769,7 @@ impl Cluster {
             if settled || Instant::now() > deadline {
                 break report;
             }
+            std::thread::sleep(Duration::from_millis(20));
         };
         let mut settled = Settled { sent: 0, lost: 0, applied_twice: 0, arrived_twice: 0, digest: report.digest };
         for (player, next) in &self.next_seq {

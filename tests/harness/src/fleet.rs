@@ -369,6 +369,22 @@ impl Fleet {
         }
     }
 
+    /// Waits until the hosts' load reports (once a second) count `players` in all regions; panics
+    /// after `within`.
+    pub fn wait_for_players(&self, players: u64, within: Duration) {
+        crate::wait_until(within, &format!("{players} players in the hosts' reports"), || {
+            let hosts = self.ok("GET", "/v1/hosts", None).map_err(|error| error.to_string())?;
+            let reported: u64 = hosts
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|host| host["regions"].as_array().cloned().unwrap_or_default())
+                .filter_map(|load| load["players"].as_u64())
+                .sum();
+            if reported == players { Ok(()) } else { Err(format!("{reported} reported: {hosts}")) }
+        });
+    }
+
     /// The counters of the fleet's gateway (g0), as its `stats` command prints them.
     pub fn gateway_stats(&mut self) -> anyhow::Result<serde_json::Value> {
         let mark = self.gateway.log.len();
