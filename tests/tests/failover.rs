@@ -212,15 +212,11 @@ fn regions_survive_a_killed_process_and_a_killed_host_with_their_players_connect
     assert_eq!(last_record_id(&fleet), before, "{}", fleet.ok("GET", "/v1/migrations", None).unwrap());
 }
 
+/// Waits up to 30 s for `probe` to find what it looks for.
 fn wait_for<T>(mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(found) = probe() {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "not in time");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    baton_harness::wait_until(Duration::from_secs(30), "what the test waited for", || {
+        probe().ok_or_else(|| "not yet".to_owned())
+    })
 }
 
 /// Sends `signal` to the agent of host `h{index}` (its region servers keep running).

@@ -29,15 +29,10 @@ fn spec(servers: usize, gateways: usize, gateway_args: &[&str]) -> ClusterSpec {
 
 /// Polls gateway 0's counter `key` until it reaches `at_least`; fails after `within`.
 fn wait_for_stat(cluster: &mut GatewayCluster, key: &str, at_least: u64, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let stats = cluster.gateway_stats(0).unwrap();
-        if stats[key].as_u64().unwrap_or(0) >= at_least {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{key} did not reach {at_least} in {within:?}: {stats}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    baton_harness::wait_until(within, &format!("{key} reaching {at_least}"), || {
+        let stats = cluster.gateway_stats(0).map_err(|error| error.to_string())?;
+        if stats[key].as_u64().unwrap_or(0) >= at_least { Ok(()) } else { Err(stats.to_string()) }
+    });
 }
 
 fn runtime() -> tokio::runtime::Runtime {
