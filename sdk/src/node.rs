@@ -1380,9 +1380,10 @@ impl<L: RegionLogic> RegionNode<L> {
                 let rejoin = self.region.sessions().avatar_of(player).is_some();
                 match self.region.join_player(player) {
                     Ok(last_applied) => {
-                        // A new avatar is checkpointed early, as an arriving one is: a host that dies
-                        // before the next regular checkpoint must not take the avatar with it.
-                        self.durability.crossed |= !rejoin;
+                        // A new avatar is checkpointed early (a second after the last checkpoint
+                        // at most, so a crowd logging in does not checkpoint every tick): a host
+                        // that dies before the next regular checkpoint must not take it along.
+                        self.durability.joined |= !rejoin;
                         out.push_back(Output::Attach { player, gateway });
                         out.push_back(Output::ToGateway {
                             gateway,
@@ -1544,8 +1545,8 @@ struct Durability {
     taken: VecDeque<(u64, Vec<(PlayerId, u64)>)>,
     /// Per player, the last input in the newest stored checkpoint.
     confirmed: HashMap<PlayerId, u64>,
-    /// An avatar joined, arrived or left since the last checkpoint: the next one is taken early,
-    /// so a failover finds the avatar where its player is (and not also where it was).
+    /// An avatar arrived or left since the last checkpoint: the next one is taken early, so a
+    /// failover finds the avatar where its player is (and not also where it was).
     crossed: bool,
     /// The tick of the last checkpoint taken.
     last_taken: u64,
@@ -1554,6 +1555,9 @@ struct Durability {
     marked: VecDeque<(u64, Vec<(PlayerId, u64)>)>,
     /// The tick `confirmed` is from.
     confirmed_tick: Option<u64>,
+    /// A new player joined since the last checkpoint: one is taken at most
+    /// [`Durability::JOIN_GAP_TICKS`] after the last.
+    joined: bool,
     /// No checkpoint was taken since this node became the owner of a world it was given (a new
     /// region, a restore): the first tick takes one, so a region is never without a checkpoint
     /// to fail over from, even when its host dies before the first regular one is due.
@@ -1567,21 +1571,25 @@ impl Durability {
     /// Ticks between a crossing's early checkpoint and the previous one, at least.
     const MIN_EARLY_GAP_TICKS: u64 = 1;
 
+    /// Ticks between a join's early checkpoint and the previous one, at least.
+    const JOIN_GAP_TICKS: u64 = 20;
+
     /// Whether a checkpoint is due after `tick`, taking one every `every` ticks (0: never), at the
-    /// first tick of a node that was given its world (`initial`), and early after a join or a
-    /// crossing unless one is still being stored (so a region where avatars cross
-    /// all the time stores one after another, not one per tick).
+    /// first tick of a node that was given its world (`initial`), and early after a crossing or
+    /// (at most one a second) a new player's join, unless one is still being stored (so a region
+    /// where avatars cross all the time stores one after another, not one per tick).
     fn due(&self, tick: u64, every: u64) -> bool {
+        let early_after = |gap: u64| self.taken.is_empty() && tick >= self.last_taken + gap.min(every);
         every > 0
             && (self.initial
                 || tick.is_multiple_of(every)
-                || (self.crossed
-                    && self.taken.is_empty()
-                    && tick >= self.last_taken + Self::MIN_EARLY_GAP_TICKS.min(every)))
+                || (self.crossed && early_after(Self::MIN_EARLY_GAP_TICKS))
+                || (self.joined && early_after(Self::JOIN_GAP_TICKS)))
     }
 
     fn taken(&mut self, tick: u64, progress: Vec<(PlayerId, u64)>) {
         self.crossed = false;
+        self.joined = false;
         self.initial = false;
         self.last_taken = tick;
         if self.taken.len() == Self::MAX_TAKEN {
