@@ -61,7 +61,11 @@ impl CheckpointStore {
     pub fn save(&self, info: &CheckpointInfo, bytes: &[u8]) -> std::io::Result<PathBuf> {
         let name = format!("region-{:020}-e{:020}-t{:020}.ckpt", info.region.0, info.epoch.0, info.tick);
         let path = self.directory.join(&name);
-        let temporary = self.directory.join(format!(".{name}.{}.tmp", std::process::id()));
+        // Unique per save: two saves of the same tick (a stop's save right after a checkpoint of
+        // that tick) must not write, and rename away, each other's temporary file.
+        static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let save = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let temporary = self.directory.join(format!(".{name}.{}.{save}.tmp", std::process::id()));
         {
             let mut file = fs::File::create(&temporary)?;
             file.write_all(bytes)?;
@@ -143,6 +147,32 @@ mod tests {
         assert!(store.latest(RegionId(3)).unwrap().is_none());
         fs::write(directory.join("region-garbage.ckpt"), b"x").unwrap();
         assert_eq!(store.list(RegionId(1)).unwrap().len(), 2, "foreign names are ignored");
+        let _ = fs::remove_dir_all(&directory);
+    }
+
+    /// A region's stop saves it at the tick a checkpoint of it may be being stored at: saves of
+    /// the same tick at once all succeed, and one whole file is left.
+    #[test]
+    fn saves_of_the_same_tick_at_once_all_succeed() {
+        let directory = std::env::temp_dir().join(format!("baton-ckpt-same-tick-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&directory);
+        let store = CheckpointStore::open(&directory, 3).unwrap();
+        let savers: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    (0..25).map(|_| store.save(&info(1, 1, 7), &[7; 4096]).map(|_| ())).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for saver in savers {
+            for saved in saver.join().unwrap() {
+                saved.unwrap();
+            }
+        }
+        let stored = store.list(RegionId(1)).unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(fs::read(&stored[0].path).unwrap(), vec![7; 4096]);
         let _ = fs::remove_dir_all(&directory);
     }
 }
