@@ -1559,8 +1559,9 @@ struct Durability {
     /// [`Durability::JOIN_GAP_TICKS`] after the last.
     joined: bool,
     /// No checkpoint was taken since this node became the owner of a world it was given (a new
-    /// region, a restore): the first tick takes one, so a region is never without a checkpoint
-    /// to fail over from, even when its host dies before the first regular one is due.
+    /// region, a restore): the first tick takes one, so once it is stored the region has a
+    /// checkpoint to fail over from before the first regular one is due (a failed store is not
+    /// retried early).
     initial: bool,
 }
 
