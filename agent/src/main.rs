@@ -55,7 +55,8 @@ struct Cli {
     /// declares a host dead after --host-dead-after-ms (800 by default) without one.
     #[arg(long, default_value_t = 200)]
     status_interval_ms: u64,
-    /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9101; any path).
+    /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9101; any path; port 0
+    /// picks a free one, printed on standard output as `{"event":"metrics","addr":...}`).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
     /// The region-server command and its arguments.
@@ -82,11 +83,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let identity = ClusterIdentity::load(&cli.certs, &cli.host)
         .with_context(|| format!("loading the cluster certificate of {} from {}", cli.host, cli.certs.display()))?;
     if let Some(address) = cli.metrics_listen {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(address)
-            .install()
-            .with_context(|| format!("serving metrics on {address}"))?;
+        let bound = baton_net::metrics::serve(address).context("serving metrics")?;
         baton_agent::describe_metrics();
+        tracing::info!(%bound, "serving metrics");
+        // One line on standard output, for whoever started the agent with port 0.
+        println!("{}", serde_json::json!({"event": "metrics", "addr": bound.to_string()}));
     }
     let capacity_cores = match cli.capacity_cores {
         Some(cores) => cores,

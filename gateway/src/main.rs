@@ -91,7 +91,8 @@ struct Cli {
     /// Seconds a disconnected player's session waits for a resume.
     #[arg(long, default_value_t = 30)]
     resume_grace_s: u64,
-    /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9102; any path).
+    /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9102; any path; port 0
+    /// picks a free one, named in the `listening` line as `metrics`).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
     /// Worker threads of the async runtime.
@@ -138,14 +139,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let identity = ClusterIdentity::load(&cli.certs, &cli.name)
         .with_context(|| format!("loading the cluster certificate of {} from {}", cli.name, cli.certs.display()))?;
-    // Outside the data plane's runtime: the exporter gets a thread of its own, so metrics answer
+    // Outside the data plane's runtime: the listener has a thread of its own, so metrics answer
     // even when the player traffic saturates the runtime.
-    if let Some(address) = cli.metrics_listen {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(address)
-            .install()
-            .with_context(|| format!("serving metrics on {address}"))?;
-    }
+    let metrics = cli.metrics_listen.map(baton_net::metrics::serve).transpose().context("serving metrics")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.threads)
         .enable_all()
@@ -189,7 +185,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             gateway.follow_coordinator(coordinator).context("following the coordinator's route feed")?;
         }
     }
-    emit(&json!({"event": "listening", "name": cli.name, "addr": address.to_string()}));
+    let metrics = metrics.map(|bound| bound.to_string());
+    emit(&json!({"event": "listening", "name": cli.name, "addr": address.to_string(), "metrics": metrics}));
 
     if cli.control {
         let stdin = std::io::stdin();

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use baton_harness::cluster::{Cluster, sample_world, server_binary};
+use baton_wire::serve::ServerEvent;
 
 fn binary() -> PathBuf {
     server_binary().expect("the sample-region-server binary (cargo build --bins)")
@@ -14,14 +15,22 @@ fn binary() -> PathBuf {
 
 #[test]
 fn a_region_server_serves_prometheus_metrics_and_takes_its_settings_from_a_file() {
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    // The metrics address comes from a settings file.
+    // The metrics address comes from a settings file; port 0, and the server says which it got.
     let directory = std::env::temp_dir().join(format!("baton-observability-{}", std::process::id()));
     std::fs::create_dir_all(&directory).unwrap();
     let settings = directory.join("server.toml");
-    std::fs::write(&settings, format!("metrics_listen = \"{metrics}\"\n")).unwrap();
+    std::fs::write(&settings, "metrics_listen = \"127.0.0.1:0\"\n").unwrap();
     let extra = vec!["--config".to_owned(), settings.display().to_string()];
     let mut cluster = Cluster::start(&binary(), 1, &extra).unwrap();
+    let metrics = cluster.processes[0]
+        .log
+        .iter()
+        .find_map(|event| match event {
+            ServerEvent::Listening { metrics, .. } => *metrics,
+            _ => None,
+        })
+        .expect("the listening event names the metrics address");
+    assert_ne!(metrics.port(), 0);
     cluster.host(&sample_world(20, 2, 2, 0, 1), 2).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let text = loop {

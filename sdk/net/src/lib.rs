@@ -7,6 +7,8 @@
 //! nothing of regions or world state, so the gateway and coordinator use it without the SDK.
 
 pub mod framed;
+#[cfg(feature = "metrics-http")]
+pub mod metrics;
 pub mod pace;
 pub mod pki;
 pub mod public;

@@ -117,7 +117,8 @@ pub struct ServeSettings {
     /// Checkpoints kept per region (with --checkpoint-dir).
     #[arg(long, default_value_t = 3)]
     pub checkpoint_keep: usize,
-    /// Serve Prometheus metrics over HTTP on this address (any path).
+    /// Serve Prometheus metrics over HTTP on this address (any path; port 0 picks a free one,
+    /// named in the `listening` event as `metrics`).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
     /// Send players a state update every this many ticks.
@@ -185,11 +186,12 @@ pub fn run<G: Game>(game: G, settings: &ServeSettings) -> Result<(), ServeError>
         ServeError::Settings("a region server needs --certs DIR (create one with `batonctl certs`)".into())
     })?;
     check(settings)?;
-    if let Some(address) = settings.metrics_listen {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(address)
-            .install()
-            .map_err(|error| ServeError::Start { what: "the metrics listener", reason: error.to_string() })?;
+    let metrics = settings
+        .metrics_listen
+        .map(baton_net::metrics::serve)
+        .transpose()
+        .map_err(|error| ServeError::Start { what: "the metrics listener", reason: error.to_string() })?;
+    if metrics.is_some() {
         baton_sdk::events::describe();
     }
     let checkpoints = match &settings.checkpoint_dir {
@@ -256,7 +258,7 @@ pub fn run<G: Game>(game: G, settings: &ServeSettings) -> Result<(), ServeError>
     let (host, mut host_events) = Host::start(host_config, factory.clone(), runtime.handle().clone())
         .map_err(|error| ServeError::Start { what: "the cluster endpoint", reason: error.to_string() })?;
     let out = Output::default();
-    out.emit(&ServerEvent::Listening { name, addr: host.local_address(), version: SERVE_VERSION });
+    out.emit(&ServerEvent::Listening { name, addr: host.local_address(), version: SERVE_VERSION, metrics });
 
     let event_out = out.clone();
     runtime.spawn(async move {

@@ -219,6 +219,9 @@ pub enum ServerEvent {
         addr: SocketAddr,
         /// [`SERVE_VERSION`].
         version: u16,
+        /// Where it serves Prometheus metrics, when it was asked to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        metrics: Option<SocketAddr>,
     },
     /// `region` is hosted here and owned by this process at `epoch`.
     Owning {
@@ -595,6 +598,7 @@ mod tests {
                 name: "h1-p1".into(),
                 addr: "127.0.0.1:9".parse().unwrap(),
                 version: SERVE_VERSION,
+                metrics: Some("127.0.0.1:10".parse().unwrap()),
             },
             ServerEvent::Owning { region, epoch: Epoch(2) },
             ServerEvent::Prepared { region },

@@ -447,11 +447,9 @@ fn spawn_agents(
     let mut metrics = Vec::new();
     for index in 1..=spec.hosts {
         let host = format!("h{index}");
-        let metrics_address = free_tcp_address()?;
-        metrics.push(metrics_address);
-        let child = Command::new(agent_binary()?)
+        let mut child = Command::new(agent_binary()?)
             .args(["--host", &host, "--coordinator", &coordinator.to_string()])
-            .args(["--metrics-listen", &metrics_address.to_string()])
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .arg("--certs")
             .arg(&certs)
             .args(["--pool", &spec.pool.to_string(), "--capacity", &spec.capacity.to_string()])
@@ -472,18 +470,35 @@ fn spawn_agents(
             .args(["--checkpoint-every-s", &spec.checkpoint_every_s.to_string()])
             .args(["--tick-rate", &spec.tick_rate.to_string()])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting an agent")?;
+        let stdout = child.stdout.take().context("no stdout")?;
         agents.push(child);
+        metrics.push(agent_metrics_address(&host, stdout)?);
     }
     Ok((agents, metrics))
 }
 
-/// A loopback TCP address that was free a moment ago (for a child's listener).
-fn free_tcp_address() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+/// Reads the metrics address an agent started with `--metrics-listen 127.0.0.1:0` prints, and
+/// keeps reading its standard output so it never writes into a closed pipe.
+fn agent_metrics_address(host: &str, stdout: std::process::ChildStdout) -> anyhow::Result<SocketAddr> {
+    use std::io::BufRead;
+    let (sender, address) = std::sync::mpsc::channel();
+    let host = host.to_owned();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let event: Value = serde_json::from_str(&line).unwrap_or_default();
+            match event["addr"].as_str().and_then(|addr| addr.parse::<SocketAddr>().ok()) {
+                Some(addr) if event["event"] == "metrics" => {
+                    let _ = sender.send(addr);
+                }
+                _ => eprintln!("agent {host}: {line}"),
+            }
+        }
+    });
+    address.recv_timeout(Duration::from_secs(20)).context("the agent did not say where it serves metrics")
 }
 
 /// Stops agents with SIGTERM (they stop their processes), killing what does not stop in time.
@@ -511,11 +526,10 @@ fn start_gateway(
     name: &str,
     coordinator: SocketAddr,
 ) -> anyhow::Result<(GatewayProcess, SocketAddr, SocketAddr)> {
-    let metrics = free_tcp_address()?;
     let mut command = Command::new(gateway_binary()?);
     command
         .args(["--name", name, "--listen", "127.0.0.1:0", "--control"])
-        .args(["--metrics-listen", &metrics.to_string()])
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .args(["--coordinator", &coordinator.to_string()])
         .arg("--certs")
         .arg(directory.join("certs"))
@@ -525,6 +539,11 @@ fn start_gateway(
         .arg(directory.join("token.key"));
     let gateway = GatewayProcess::spawn_gateway(name, command)?;
     let address = gateway.address;
+    let metrics = gateway
+        .log
+        .iter()
+        .find_map(|event| (event["event"] == "listening").then(|| event["metrics"].as_str()?.parse().ok()).flatten())
+        .context("the gateway did not say where it serves metrics")?;
     Ok((gateway, address, metrics))
 }
 
