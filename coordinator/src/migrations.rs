@@ -857,4 +857,124 @@ mod tests {
         assert!(machine.handle_cancel(now).is_ok());
         assert_eq!(machine.record().reason.as_deref(), Some("cancelled"));
     }
+
+    #[test]
+    fn only_committed_and_aborted_are_final() {
+        for phase in [Phase::Claiming, Phase::Preparing, Phase::Restoring, Phase::Transferring, Phase::CleaningUp] {
+            assert!(!phase.is_final(), "{phase:?}");
+        }
+        assert!(Phase::Committed.is_final());
+        assert!(Phase::Aborted.is_final());
+    }
+
+    #[test]
+    fn a_record_says_when_it_started_and_how_long_each_phase_took() {
+        let wall = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let before = wall();
+        let (mut machine, now) = started();
+        assert!(machine.record().started_unix_ms >= before && machine.record().started_unix_ms <= wall());
+        machine
+            .handle_claimed(Ok(("h2-p3".into(), "127.0.0.1:9000".parse().unwrap())), now + Duration::from_millis(250));
+        machine.handle_event(&event("h2-p3", prepared(7)), now + Duration::from_millis(1250));
+        let phases: Vec<(Phase, f64)> =
+            machine.record().phases.iter().map(|timing| (timing.phase, timing.ms)).collect();
+        assert_eq!(phases, vec![(Phase::Claiming, 250.0), (Phase::Preparing, 1000.0)]);
+    }
+
+    fn error(region: u64) -> ServerEvent {
+        ServerEvent::Error { region: Some(RegionId(region)), error: "refused".into() }
+    }
+
+    fn handed_off() -> ServerEvent {
+        ServerEvent::HandedOff {
+            region: RegionId(7),
+            epoch: baton_wire::Epoch(2),
+            figures: baton_wire::serve::HandoffFigures { freeze_us: Some(1000), ..Default::default() },
+        }
+    }
+
+    /// A migration in `phase` (source h1-p1, target h2-p3).
+    fn in_phase(phase: Phase) -> (Migration, Instant) {
+        let (mut machine, now) = started();
+        if phase == Phase::Claiming {
+            return (machine, now);
+        }
+        machine.handle_claimed(Ok(("h2-p3".into(), "127.0.0.1:9000".parse().unwrap())), now);
+        if phase != Phase::Preparing {
+            machine.handle_event(&event("h2-p3", prepared(7)), now);
+        }
+        if phase == Phase::CleaningUp {
+            machine.handle_event(&event("h1-p1", handed_off()), now);
+        }
+        assert_eq!(machine.record().phase, phase);
+        (machine, now)
+    }
+
+    /// Every event is acted on only when it comes from the process it is expected from: the same
+    /// event from the other side of the handoff, or from a third process, changes nothing.
+    #[test]
+    fn each_event_counts_only_from_the_side_that_sends_it() {
+        let won = ServerEvent::Authoritative { region: RegionId(7), epoch: baton_wire::Epoch(2) };
+        let gave_up = ServerEvent::Aborted { region: RegionId(7), owning: false, reason: "link lost".into() };
+        let kept = ServerEvent::Aborted { region: RegionId(7), owning: true, reason: "did not converge".into() };
+        let retired = ServerEvent::Retired { region: RegionId(7) };
+        // (phase, what happened, the process it counts from, the phase it leads to)
+        let cases: Vec<(Phase, Happened, &str, Phase)> = vec![
+            (Phase::Preparing, Happened::Event(prepared(7)), "h2-p3", Phase::Transferring),
+            (Phase::Preparing, Happened::Event(error(7)), "h2-p3", Phase::Aborted),
+            (Phase::Preparing, Happened::Exited { regions: Vec::new() }, "h2-p3", Phase::Aborted),
+            (Phase::Transferring, Happened::Event(error(7)), "h1-p1", Phase::Aborted),
+            (Phase::Transferring, Happened::Event(won), "h2-p3", Phase::CleaningUp),
+            (Phase::Transferring, Happened::Event(gave_up), "h2-p3", Phase::Aborted),
+            (Phase::Transferring, Happened::Event(handed_off()), "h1-p1", Phase::CleaningUp),
+            (Phase::Transferring, Happened::Event(kept), "h1-p1", Phase::Aborted),
+            (Phase::Transferring, Happened::Exited { regions: Vec::new() }, "h2-p3", Phase::Aborted),
+            (Phase::CleaningUp, Happened::Event(retired), "h1-p1", Phase::Committed),
+            (Phase::CleaningUp, Happened::Exited { regions: Vec::new() }, "h1-p1", Phase::Committed),
+        ];
+        for (phase, happened, from, leads_to) in cases {
+            for process in ["h1-p1", "h2-p3", "h3-p1"] {
+                let (mut machine, now) = in_phase(phase);
+                let event = ProcessEvent { host: String::new(), process: process.into(), happened: happened.clone() };
+                machine.handle_event(&event, now);
+                let expected = if process == from { leads_to } else { phase };
+                assert_eq!(machine.record().phase, expected, "{happened:?} from {process} in {phase:?}");
+            }
+        }
+    }
+
+    /// The source's exit mid-handoff waits for the target's word; a third process's exit does not
+    /// start that wait, and the target's exit does not retire the source.
+    #[test]
+    fn only_the_source_s_exit_waits_for_the_target_s_word() {
+        let (mut machine, now) = in_phase(Phase::Transferring);
+        machine.handle_event(&exited("h3-p1"), now);
+        assert_eq!(machine.record().phase, Phase::Transferring);
+        let won = ServerEvent::Authoritative { region: RegionId(7), epoch: baton_wire::Epoch(2) };
+        machine.handle_event(&event("h2-p3", won), now);
+        assert_eq!(machine.record().phase, Phase::CleaningUp, "the source is still there to retire");
+        let (mut machine, now) = in_phase(Phase::CleaningUp);
+        machine.handle_event(&exited("h2-p3"), now);
+        assert_eq!(machine.record().phase, Phase::CleaningUp, "the target's exit does not retire the source");
+    }
+
+    #[test]
+    fn a_phase_ends_exactly_at_its_limit() {
+        let limits = Timeouts::default();
+        for (phase, limit, after) in [
+            (Phase::Claiming, limits.claim, Phase::Aborted),
+            (Phase::Preparing, limits.prepare, Phase::Aborted),
+            (Phase::CleaningUp, limits.cleanup, Phase::Committed),
+        ] {
+            let (mut machine, now) = in_phase(phase);
+            machine.handle_time(now + limit - Duration::from_millis(1));
+            assert_eq!(machine.record().phase, phase);
+            machine.handle_time(now + limit);
+            assert_eq!(machine.record().phase, after, "{phase:?} at its limit");
+        }
+        let (mut machine, now) = in_phase(Phase::Transferring);
+        machine.handle_time(now + limits.transfer);
+        assert_eq!(machine.record().phase, Phase::Transferring, "resolved from the directory later");
+        assert_eq!(machine.record().reason.as_deref(), Some("no outcome reported in time"));
+    }
 }

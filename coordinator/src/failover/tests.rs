@@ -312,3 +312,76 @@ fn a_refused_or_lost_promotion_falls_back_to_the_newest_checkpoint() {
         assert_eq!(figures.attempts, 2);
     }
 }
+
+#[test]
+fn outcomes_have_the_names_the_metrics_use() {
+    assert_eq!(super::Outcome::Recovered.name(), "recovered");
+    assert_eq!(super::Outcome::Superseded.name(), "superseded");
+    assert_eq!(super::Outcome::GaveUp.name(), "gave_up");
+}
+
+#[test]
+fn the_record_says_how_long_detection_and_each_phase_took() {
+    let now = Instant::now();
+    let silent = Lost { cause: Cause::HostSilent, silent_for: Duration::from_millis(1500), ..lost() };
+    let (mut machine, _) = Failover::start(1, silent, None, &candidates(), FailoverSettings::default(), now);
+    assert_eq!(machine.record().failover.as_ref().unwrap().detect_ms, 1500.0);
+    machine.handle_claimed("h2", Ok(("h2-p5".into(), address())), &candidates(), now + Duration::from_millis(250));
+    let owning = ServerEvent::Owning { region: REGION, epoch: Epoch(5) };
+    machine.handle_event(&event("h2", "h2-p5", owning), &candidates(), now + Duration::from_millis(1250));
+    let phases: Vec<(Phase, f64)> = machine.record().phases.iter().map(|timing| (timing.phase, timing.ms)).collect();
+    assert_eq!(phases, vec![(Phase::Claiming, 250.0), (Phase::Restoring, 1000.0)]);
+}
+
+/// What the restoring process says about another region (it may serve several) changes nothing
+/// about this one's take-over.
+#[test]
+fn events_about_another_region_leave_the_take_over_alone() {
+    let other = RegionId(8);
+    let about_other = [
+        ServerEvent::Restored { region: other, tick: 1, from_epoch: Epoch(1), epoch: Epoch(2), path: "/c/8".into() },
+        ServerEvent::Promoted { region: other, epoch: Epoch(2), tick: 1 },
+        ServerEvent::PromoteRefused { region: other, reason: "no".into() },
+        ServerEvent::StandbyLost { region: other, reason: "gone".into(), detached: false },
+        ServerEvent::Error { region: Some(other), error: "unknown region".into() },
+    ];
+    for event_about_other in about_other {
+        let now = Instant::now();
+        let standby = Some(("h3".to_owned(), "h3-p2".to_owned(), 900));
+        let (mut machine, _) = Failover::start(1, lost(), standby, &candidates(), FailoverSettings::default(), now);
+        let actions = machine.handle_event(&event("h3", "h3-p2", event_about_other.clone()), &candidates(), now);
+        assert!(actions.is_empty(), "{event_about_other:?}");
+        assert_eq!(machine.restoring(), Some("h3-p2"), "{event_about_other:?}");
+        let figures = machine.record().failover.clone().unwrap();
+        assert_eq!(figures.restored_tick, Some(900), "{event_about_other:?}");
+        assert_eq!(figures.attempts, 1, "{event_about_other:?}");
+    }
+    // An error naming no region answers the command this failover sent: the attempt failed.
+    let (mut machine, now) = started();
+    machine.handle_claimed("h2", Ok(("h2-p5".into(), address())), &candidates(), now);
+    let unreadable = ServerEvent::Error { region: None, error: "bad line".into() };
+    machine.handle_event(&event("h2", "h2-p5", unreadable), &candidates(), now);
+    assert_eq!(machine.restoring(), None);
+    assert_eq!(machine.record().failover.as_ref().unwrap().attempts, 2, "the next host was asked");
+}
+
+#[test]
+fn the_restoring_process_and_the_outcome_are_known_while_and_after_it_runs() {
+    let (mut machine, now) = started();
+    assert_eq!(machine.restoring(), None, "claiming");
+    assert_eq!(machine.outcome(), None);
+    machine.handle_claimed("h2", Ok(("h2-p5".into(), address())), &candidates(), now);
+    assert_eq!(machine.restoring(), Some("h2-p5"));
+    machine.handle_serving(now);
+    assert_eq!(machine.restoring(), None);
+    assert_eq!(machine.outcome(), Some(super::Outcome::Recovered));
+
+    let (mut machine, now) = started();
+    machine.handle_time(now, false, &candidates());
+    assert_eq!(machine.outcome(), Some(super::Outcome::Superseded));
+
+    let settings = FailoverSettings::default();
+    let (mut machine, now) = started_with(settings);
+    machine.handle_time(now + settings.give_up, true, &candidates());
+    assert_eq!(machine.outcome(), Some(super::Outcome::GaveUp));
+}

@@ -179,3 +179,81 @@ fn the_standby_witnesses_its_owners_silence_until_it_hears_it_again() {
     placement.handle_event(&event("h3", "h3-p4", silent), now);
     assert_eq!(placement.owner_silent(Epoch(2), now), None);
 }
+
+#[test]
+fn a_standby_says_whether_and_why_it_ended() {
+    let (mut placement, now) = placed();
+    assert!(!placement.is_done());
+    assert_eq!(placement.ended(), None);
+    let refused = ServerEvent::Error { region: Some(REGION), error: "no slot".into() };
+    placement.handle_event(&event("h2", "h2-p4", refused), now);
+    assert!(placement.is_done());
+    assert_eq!(placement.ended(), Some("the standby's process refused: no slot"));
+}
+
+/// What the standby's process or the owner says about another region (each may serve several),
+/// and what another process on the owner's host says, changes nothing.
+#[test]
+fn events_about_another_region_or_from_another_process_leave_the_standby_alone() {
+    let other = RegionId(4);
+    let from_standby = [
+        ServerEvent::OwnerSilent { region: other, owner_epoch: Epoch(2), silent_ms: 200 },
+        ServerEvent::OwnerSilent { region: REGION, owner_epoch: Epoch(1), silent_ms: 200 },
+        ServerEvent::StandbyLost { region: other, reason: "x".into(), detached: true },
+        ServerEvent::StandbyLost { region: other, reason: "x".into(), detached: false },
+        ServerEvent::Error { region: Some(other), error: "x".into() },
+    ];
+    for said in from_standby {
+        let (mut placement, now) = placed();
+        assert!(placement.handle_event(&event("h2", "h2-p4", said.clone()), now).is_empty(), "{said:?}");
+        assert_eq!(placement.view().state, "holding", "{said:?}");
+        assert_eq!(placement.owner_silent(Epoch(2), now), None, "{said:?}");
+    }
+    let from_owner_host = [
+        ("h1-p1", ServerEvent::FeedEnded { region: other, reason: "x".into() }),
+        ("h1-p9", ServerEvent::FeedEnded { region: REGION, reason: "x".into() }),
+    ];
+    for (process, said) in from_owner_host {
+        let (mut placement, now) = placed();
+        assert!(placement.handle_event(&event("h1", process, said.clone()), now).is_empty(), "{said:?}");
+        assert_eq!(placement.view().state, "holding", "{said:?} from {process}");
+    }
+    // Heard about another region: the owner stays unheard.
+    let (mut placement, now) = placed();
+    let silent = ServerEvent::OwnerSilent { region: REGION, owner_epoch: Epoch(2), silent_ms: 200 };
+    placement.handle_event(&event("h2", "h2-p4", silent), now);
+    placement.handle_event(&event("h2", "h2-p4", ServerEvent::OwnerHeard { region: other }), now);
+    assert!(placement.owner_silent(Epoch(2), now).is_some());
+    // A slot prepared for another region does not start the feed.
+    let now = Instant::now();
+    let (mut preparing, _) = Placement::start(REGION, owner(), "h2", StandbySettings::default(), now);
+    preparing.handle_claimed("h2", Ok(("h2-p4".into(), address())), now);
+    assert!(preparing.handle_event(&event("h2", "h2-p4", ServerEvent::Prepared { region: other }), now).is_empty());
+    assert_eq!(preparing.view().state, "preparing");
+}
+
+#[test]
+fn the_owner_refusing_to_feed_ends_the_standby_but_not_once_it_holds() {
+    let now = Instant::now();
+    let (mut feeding, _) = Placement::start(REGION, owner(), "h2", StandbySettings::default(), now);
+    feeding.handle_claimed("h2", Ok(("h2-p4".into(), address())), now);
+    feeding.handle_event(&event("h2", "h2-p4", ServerEvent::Prepared { region: REGION }), now);
+    assert_eq!(feeding.view().state, "feeding");
+    let refused = ServerEvent::Error { region: Some(REGION), error: "no such region".into() };
+    assert_eq!(feeding.handle_event(&event("h1", "h1-p1", refused.clone()), now), release());
+    assert_eq!(feeding.ended(), Some("the owner refused to feed the standby: no such region"));
+    // Holding, the owner's error answers some other command about the region.
+    let (mut holding_one, now) = placed();
+    assert!(holding_one.handle_event(&event("h1", "h1-p1", refused), now).is_empty());
+    assert!(!holding_one.is_done());
+}
+
+#[test]
+fn the_link_cost_is_bytes_over_seconds_between_reports() {
+    let (mut placement, now) = placed();
+    // Two reports at the same instant give no rate (no division by zero).
+    placement.handle_event(&event("h2", "h2-p4", holding(150)), now);
+    assert_eq!(placement.view().bytes_per_second, 0.0);
+    placement.handle_event(&event("h2", "h2-p4", holding(250)), now + Duration::from_secs(2));
+    assert_eq!(placement.view().bytes_per_second, 50_000.0);
+}
