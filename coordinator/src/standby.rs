@@ -261,8 +261,6 @@ impl Placement {
                 self.ended = Some("the standby's process exited".into());
                 Vec::new()
             }
-            // The owner's death is what the standby is for: it stays for the failover.
-            (Happened::Exited { .. }, false) => Vec::new(),
             (Happened::Event(ServerEvent::Prepared { region: prepared }), true) if *prepared == region => {
                 let Step::Preparing { host, process, address } = &self.step else { return Vec::new() };
                 let to = *address;
@@ -339,6 +337,8 @@ impl Placement {
                 let reason = format!("the owner refused to feed the standby: {error}");
                 self.end(reason)
             }
+            // Anything else, the owner's exit among it: the owner's death is what the standby is
+            // for, it stays for the failover.
             _ => Vec::new(),
         }
     }

@@ -142,7 +142,9 @@ fn steps_that_take_too_long_end_the_standby() {
     let settings = StandbySettings::default();
     let now = Instant::now();
     let (mut claiming, _) = Placement::start(REGION, owner(), "h2", settings, now);
+    // The agent's own claim timeout plus a second for its answer to arrive.
     assert!(claiming.handle_time(now + settings.claim, Some(&owner()), true).is_empty());
+    assert!(!claiming.is_done(), "the agent may still answer");
     assert!(claiming.handle_time(now + settings.claim + Duration::from_secs(1), Some(&owner()), true).is_empty());
     assert!(claiming.is_done(), "nothing to release before a process was claimed");
     // A late claim answer gives the process back.
@@ -151,6 +153,14 @@ fn steps_that_take_too_long_end_the_standby() {
     preparing.handle_claimed("h2", Ok(("h2-p4".into(), address())), now);
     assert!(preparing.handle_time(now + settings.prepare / 2, Some(&owner()), true).is_empty());
     assert_eq!(preparing.handle_time(now + settings.prepare, Some(&owner()), true), release());
+    let (mut feeding, _) = Placement::start(REGION, owner(), "h2", settings, now);
+    feeding.handle_claimed("h2", Ok(("h2-p4".into(), address())), now);
+    feeding.handle_event(&event("h2", "h2-p4", ServerEvent::Prepared { region: REGION }), now);
+    let first_hold = now + settings.first_hold;
+    assert!(feeding.handle_time(first_hold - Duration::from_millis(1), Some(&owner()), true).is_empty());
+    assert_eq!(feeding.view().state, "feeding");
+    assert_eq!(feeding.handle_time(first_hold, Some(&owner()), true), release());
+    assert_eq!(feeding.ended(), Some("the standby held no tick in time"));
     let (mut failed, _) = Placement::start(REGION, owner(), "h2", settings, now);
     assert!(failed.handle_claimed("h2", Err(HostsError::NoWarmProcess("none".into())), now).is_empty());
     assert!(failed.is_done());
@@ -256,4 +266,14 @@ fn the_link_cost_is_bytes_over_seconds_between_reports() {
     assert_eq!(placement.view().bytes_per_second, 0.0);
     placement.handle_event(&event("h2", "h2-p4", holding(250)), now + Duration::from_secs(2));
     assert_eq!(placement.view().bytes_per_second, 50_000.0);
+}
+
+#[test]
+fn an_ended_standby_stays_ended_with_its_first_reason() {
+    let (mut placement, now) = placed();
+    let gave_up = ServerEvent::StandbyLost { region: REGION, reason: "digest".into(), detached: false };
+    placement.handle_event(&event("h2", "h2-p4", gave_up), now);
+    let moved = OwnerAt { host: "h3".into(), process: "h3-p1".into(), epoch: Epoch(3) };
+    assert!(placement.handle_time(now + Duration::from_secs(600), Some(&moved), false).is_empty());
+    assert_eq!(placement.ended(), Some("the standby gave up: digest"));
 }
