@@ -29,7 +29,7 @@ pub use source::{HandoffPlan, HandoffSource, SourceAction, SourceConfig, SourceP
 pub use standby::{
     FeedEvent, FeedPhase, FeedStats, FollowerAction, FollowerPhase, PromoteError, StandbyFeed, StandbyFollower,
 };
-pub use target::{HandoffTarget, TargetAction, TargetConfig, TargetPhase, TargetStats};
+pub use target::{HandoffTarget, TargetAction, TargetConfig, TargetPhase};
 
 /// Identifies one handoff attempt (random, chosen by the source).
 pub type HandoffId = u64;

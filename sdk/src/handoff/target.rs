@@ -94,15 +94,6 @@ pub enum TargetAction {
     Discard(AbortReason),
 }
 
-/// Counts and timings, target side.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TargetStats {
-    /// Archive bytes applied.
-    pub applied_bytes: u64,
-    /// From the freeze message's arrival to owning the region.
-    pub freeze_to_commit: Option<Duration>,
-}
-
 #[derive(Clone, Copy, Debug)]
 struct PendingFreeze {
     round: u32,
@@ -128,7 +119,8 @@ pub struct HandoffTarget {
     parts_applied: HashMap<u32, u32>,
     progress_due: bool,
     freeze: Option<PendingFreeze>,
-    stats: TargetStats,
+    /// Archive bytes applied (reported to the source in `Progress`).
+    applied_bytes: u64,
 }
 
 impl HandoffTarget {
@@ -148,7 +140,7 @@ impl HandoffTarget {
             parts_applied: HashMap::new(),
             progress_due: false,
             freeze: None,
-            stats: TargetStats::default(),
+            applied_bytes: 0,
         }
     }
 
@@ -156,12 +148,6 @@ impl HandoffTarget {
     #[must_use]
     pub fn phase(&self) -> TargetPhase {
         self.phase
-    }
-
-    /// Counts and timings.
-    #[must_use]
-    pub fn stats(&self) -> TargetStats {
-        self.stats
     }
 
     /// The region being received or owned.
@@ -241,7 +227,7 @@ impl HandoffTarget {
             && let Some(handoff) = self.handoff
         {
             self.progress_due = false;
-            return Some(Message::Progress { handoff, applied_bytes: self.stats.applied_bytes });
+            return Some(Message::Progress { handoff, applied_bytes: self.applied_bytes });
         }
         None
     }
@@ -326,13 +312,13 @@ impl HandoffTarget {
         self.progress_due = false;
         self.freeze = None;
         self.deadline = None;
-        self.stats = TargetStats::default();
+        self.applied_bytes = 0;
     }
 
     fn apply(&mut self, world: &mut World, bytes: &[u8], phase: Phase) -> bool {
         match codec::apply(world, bytes, self.config.limits) {
             Ok(_) => {
-                self.stats.applied_bytes += bytes.len() as u64;
+                self.applied_bytes += bytes.len() as u64;
                 self.progress_due = true;
                 // Fold the digest as state arrives, so that the check at the freeze costs only the
                 // final round.
@@ -378,7 +364,6 @@ impl HandoffTarget {
         };
         self.phase = TargetPhase::Authoritative;
         self.deadline = None;
-        self.stats.freeze_to_commit = Some(now - freeze.received_at);
         if let Some(handoff) = self.handoff {
             self.outbox.push_back(Message::Committed { handoff, epoch: epoch.0 });
         }
@@ -397,5 +382,167 @@ impl HandoffTarget {
         let reason = AbortReason { culprit, phase, reason };
         crate::events::handoff_aborted(self.region, &reason);
         self.actions.push_back(TargetAction::Discard(reason));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The target alone, fed messages by hand: what the whole-handoff tests cannot single out
+    //! (a busy target, the source's abort, stragglers, the link's loss, timers called early).
+
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::component::Registry;
+    use baton_wire::PlayerId;
+
+    const HANDOFF: HandoffId = 7;
+
+    fn begin(handoff: HandoffId, world: &World) -> Message {
+        Message::Begin {
+            handoff,
+            version: PROTOCOL_VERSION,
+            region: 3,
+            epoch: 4,
+            source: "source".into(),
+            schema: world.registry().schema_hash(),
+            tick_interval_us: 50_000,
+        }
+    }
+
+    /// A target receiving handoff 7 into an empty world.
+    fn receiving() -> (HandoffTarget, World, Instant) {
+        let now = Instant::now();
+        let mut target = HandoffTarget::new(now, TargetConfig::new("target"));
+        let mut world = World::new(Registry::new());
+        let message = begin(HANDOFF, &world);
+        target.handle_message(now, &mut world, message);
+        assert_eq!(target.phase(), TargetPhase::Receiving);
+        assert_eq!(target.region(), RegionId(3));
+        assert_eq!(target.poll_message(), Some(Message::Ready { handoff: HANDOFF, target: "target".into() }));
+        (target, world, now)
+    }
+
+    /// The freeze of an empty world whose final round has `parts` parts.
+    fn freeze(world: &mut World, parts: u32) -> Message {
+        Message::Freeze { handoff: HANDOFF, round: 1, parts, digest: world.digest().0, tick: 90, next_tick_in_us: 0 }
+    }
+
+    fn discarded(target: &mut HandoffTarget) -> Option<AbortReason> {
+        std::iter::from_fn(|| target.poll_action()).find_map(|action| match action {
+            TargetAction::Discard(reason) => Some(reason),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_busy_target_refuses_a_second_handoff_and_keeps_the_first() {
+        let (mut target, mut world, now) = receiving();
+        let message = begin(8, &world);
+        target.handle_message(now, &mut world, message);
+        assert_eq!(
+            target.poll_message(),
+            Some(Message::Abort { handoff: 8, reason: "the target is busy with another handoff".into() })
+        );
+        assert_eq!(target.phase(), TargetPhase::Receiving);
+        assert_eq!(discarded(&mut target), None);
+    }
+
+    #[test]
+    fn the_source_s_abort_discards_without_an_answer() {
+        let (mut target, mut world, now) = receiving();
+        target.handle_message(now, &mut world, Message::Abort { handoff: HANDOFF, reason: "did not converge".into() });
+        assert_eq!(target.phase(), TargetPhase::Aborted);
+        let reason = discarded(&mut target).unwrap();
+        assert_eq!(
+            (reason.culprit, reason.phase, reason.reason.as_str()),
+            (Culprit::Source, Phase::Rounds, "did not converge")
+        );
+        assert_eq!(target.poll_message(), None, "the source asked for it; nothing goes back");
+    }
+
+    #[test]
+    fn stragglers_reach_the_region_once_the_target_owns_it() {
+        let (mut target, mut world, now) = receiving();
+        let message = freeze(&mut world, 0);
+        target.handle_message(now, &mut world, message);
+        assert_eq!(target.phase(), TargetPhase::Committing);
+        let expected = Ownership { owner: "source".into(), epoch: Epoch(4) };
+        let next = Ownership { owner: "target".into(), epoch: Epoch(5) };
+        assert_eq!(target.poll_action(), Some(TargetAction::Authority { expected, next }));
+        target.handle_authority(now, Ok(()));
+        assert_eq!(target.phase(), TargetPhase::Authoritative);
+        assert!(matches!(target.poll_action(), Some(TargetAction::Authoritative { epoch: Epoch(5), tick: 90, .. })));
+        let input = PlayerInput { player: PlayerId(1), seq: 12, payload: vec![1] };
+        target.handle_message(now, &mut world, Message::Stragglers { handoff: HANDOFF, inputs: vec![input.clone()] });
+        assert_eq!(target.poll_action(), Some(TargetAction::Stragglers(vec![input])));
+    }
+
+    #[test]
+    fn the_link_s_loss_aborts_a_transfer_in_the_phase_it_was_in_and_not_a_commit() {
+        let (mut target, _world, now) = receiving();
+        target.handle_link_lost(now);
+        let reason = discarded(&mut target).unwrap();
+        assert_eq!((reason.culprit, reason.phase), (Culprit::Link, Phase::Rounds));
+        assert_eq!(reason.reason, "link to the source lost");
+
+        let (mut target, mut world, now) = receiving();
+        let message = freeze(&mut world, 1);
+        target.handle_message(now, &mut world, message);
+        assert_eq!(target.phase(), TargetPhase::Verifying, "one part of the final round to come");
+        target.handle_link_lost(now);
+        assert_eq!(discarded(&mut target).unwrap().phase, Phase::Freeze);
+
+        // Once the swap is asked for, the target settles with the authority alone.
+        let (mut target, mut world, now) = receiving();
+        let message = freeze(&mut world, 0);
+        target.handle_message(now, &mut world, message);
+        target.handle_link_lost(now);
+        assert_eq!(target.phase(), TargetPhase::Committing);
+        assert_eq!(discarded(&mut target), None);
+    }
+
+    #[test]
+    fn silence_aborts_only_once_it_lasted_and_names_the_phase() {
+        let silence = Timeouts::default().silence;
+        let (mut target, _world, now) = receiving();
+        // A driver may call the timer early (another timer fired): nothing happens.
+        target.handle_timeout(now + Duration::from_millis(1));
+        target.handle_timeout(now + silence - Duration::from_millis(1));
+        assert_eq!(target.phase(), TargetPhase::Receiving);
+        assert_eq!(target.poll_timeout(), Some(now + silence));
+        target.handle_timeout(now + silence);
+        let reason = discarded(&mut target).unwrap();
+        assert_eq!(
+            (reason.culprit, reason.phase, reason.reason.as_str()),
+            (Culprit::Link, Phase::Rounds, "the source went silent")
+        );
+
+        let (mut target, mut world, now) = receiving();
+        let message = freeze(&mut world, 1);
+        target.handle_message(now, &mut world, message);
+        target.handle_timeout(now + silence);
+        assert_eq!(discarded(&mut target).unwrap().phase, Phase::Freeze);
+    }
+
+    #[test]
+    fn a_committing_target_asks_again_only_when_its_retry_is_due() {
+        let (mut target, mut world, now) = receiving();
+        let message = freeze(&mut world, 0);
+        target.handle_message(now, &mut world, message);
+        assert!(matches!(target.poll_action(), Some(TargetAction::Authority { .. })));
+        // No answer yet, no retry due: early or late timer calls ask nothing (silence does not
+        // apply once the swap is asked for).
+        target.handle_timeout(now + Timeouts::default().silence * 2);
+        assert_eq!(target.poll_action(), None);
+        assert_eq!(target.phase(), TargetPhase::Committing);
+        // An unknown outcome: asked again at the retry time, not before.
+        target.handle_authority(now, Err(AuthorityError::Unavailable("down".into())));
+        let retry = now + Timeouts::default().authority_retry;
+        assert_eq!(target.poll_timeout(), Some(retry));
+        target.handle_timeout(retry - Duration::from_millis(1));
+        assert_eq!(target.poll_action(), None);
+        target.handle_timeout(retry);
+        assert!(matches!(target.poll_action(), Some(TargetAction::Authority { .. })));
     }
 }
