@@ -545,4 +545,64 @@ mod tests {
         target.handle_timeout(retry);
         assert!(matches!(target.poll_action(), Some(TargetAction::Authority { .. })));
     }
+
+    #[test]
+    fn a_swap_that_went_through_unheard_still_commits_and_another_owner_aborts() {
+        for (owner, epoch, commits) in [("target", 5, true), ("intruder", 5, false), ("target", 6, false)] {
+            let (mut target, mut world, now) = receiving();
+            let message = freeze(&mut world, 0);
+            target.handle_message(now, &mut world, message);
+            let _ = target.poll_action();
+            let conflict = AuthorityError::Conflict {
+                region: RegionId(3),
+                expected_epoch: Epoch(4),
+                actual_epoch: Epoch(epoch),
+                actual_owner: owner.into(),
+            };
+            target.handle_authority(now, Err(conflict));
+            if commits {
+                assert_eq!(target.phase(), TargetPhase::Authoritative, "{owner}@{epoch}");
+            } else {
+                let reason = discarded(&mut target).unwrap();
+                assert_eq!((reason.culprit, reason.phase), (Culprit::Authority, Phase::Commit), "{owner}@{epoch}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_first_tick_keeps_the_source_s_schedule() {
+        let (mut target, mut world, now) = receiving();
+        let digest = world.digest().0;
+        let message =
+            Message::Freeze { handoff: HANDOFF, round: 1, parts: 0, digest, tick: 90, next_tick_in_us: 20_000 };
+        target.handle_message(now, &mut world, message);
+        let _ = target.poll_action();
+        target.handle_authority(now + Duration::from_millis(5), Ok(()));
+        let first_tick_at = now + Duration::from_millis(20);
+        assert_eq!(
+            target.poll_action(),
+            Some(TargetAction::Authoritative { epoch: Epoch(5), tick: 90, first_tick_at })
+        );
+        assert_eq!(target.poll_message(), Some(Message::Committed { handoff: HANDOFF, epoch: 5 }));
+    }
+
+    #[test]
+    fn a_new_handoff_after_an_aborted_one_starts_clean() {
+        let (mut target, mut world, now) = receiving();
+        let message = freeze(&mut world, 1);
+        target.handle_message(now, &mut world, message);
+        // The source went silent: the abort for it is queued but never sent (the link is gone).
+        target.handle_timeout(now + Timeouts::default().silence);
+        assert_eq!(target.phase(), TargetPhase::Aborted);
+        let later = now + Timeouts::default().silence;
+        let message = begin(8, &world);
+        target.handle_message(later, &mut world, message);
+        assert_eq!(target.phase(), TargetPhase::Receiving);
+        assert_eq!(target.poll_message(), Some(Message::Ready { handoff: 8, target: "target".into() }));
+        assert_eq!(target.poll_message(), None, "nothing of the first handoff is sent");
+        assert_eq!(target.poll_action(), None, "nor done");
+        // The first handoff's pending freeze is gone: the new one waits for its own.
+        target.handle_timeout(later + Duration::from_millis(1));
+        assert_eq!(target.phase(), TargetPhase::Receiving);
+    }
 }
