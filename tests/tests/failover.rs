@@ -593,12 +593,12 @@ fn a_gateway_dying_with_the_owners_host_leaves_its_players_to_resume_on_another_
     };
     send(&mut client, 20, &mut chain);
     assert!(runtime.block_on(next_update(&mut client)).is_some());
-    // Inputs in flight; then the owner's host and the player's gateway die together.
-    send(&mut client, 20, &mut chain);
     // The standby must still hold the region when its owner dies (on a starved machine its feed
     // can end and be placed again in between; a region without one is restored from a checkpoint,
     // which is another test's case).
     wait_for(|| holding_standby(&fleet, 1));
+    // Inputs in flight; then the owner's host and the player's gateway die together.
+    send(&mut client, 20, &mut chain);
     let before = last_record_id(&fleet);
     fleet.kill_host(1).unwrap();
     fleet.gateway.kill();

@@ -5,6 +5,8 @@
 //! by it. Connections are mutual TLS 1.3 over QUIC (quinn, rustls with ring): a peer without a
 //! certificate from the cluster CA cannot connect, and we connect to no one else. This crate knows
 //! nothing of regions or world state, so the gateway and coordinator use it without the SDK.
+//!
+//! With the feature `metrics-http`, [`metrics`] serves a process's Prometheus metrics over HTTP.
 
 pub mod framed;
 #[cfg(feature = "metrics-http")]

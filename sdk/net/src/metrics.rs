@@ -15,22 +15,24 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// How often histograms are drained into their summaries (the exporter's own default).
 const UPKEEP: Duration = Duration::from_secs(5);
+/// How long a connection may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why metrics could not be served.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
     /// The address could not be bound.
-    #[error("binding the metrics listener on {address}: {source}")]
+    #[error("binding the metrics listener on {address}: {error}")]
     Bind {
         /// The address asked for.
         address: SocketAddr,
         /// What went wrong.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The process has a metrics recorder already.
     #[error("a metrics recorder is installed already")]
@@ -43,13 +45,18 @@ pub enum MetricsError {
 /// Installs the Prometheus recorder as the process's global one and serves it on `address`
 /// (port 0 picks a free port). Returns the address bound.
 pub fn serve(address: SocketAddr) -> Result<SocketAddr, MetricsError> {
-    let listener = std::net::TcpListener::bind(address).map_err(|source| MetricsError::Bind { address, source })?;
-    let bound = listener.local_addr().map_err(|source| MetricsError::Bind { address, source })?;
-    listener.set_nonblocking(true).map_err(|source| MetricsError::Bind { address, source })?;
+    let bind = |error| MetricsError::Bind { address, error };
+    let listener = std::net::TcpListener::bind(address).map_err(bind)?;
+    let bound = listener.local_addr().map_err(bind)?;
+    listener.set_nonblocking(true).map_err(bind)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(MetricsError::Thread)?;
+    let listener = {
+        let _entered = runtime.enter();
+        tokio::net::TcpListener::from_std(listener).map_err(bind)?
+    };
     let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|_| MetricsError::RecorderInstalled)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(MetricsError::Thread)?;
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || runtime.block_on(run(listener, handle)))
@@ -57,14 +64,7 @@ pub fn serve(address: SocketAddr) -> Result<SocketAddr, MetricsError> {
     Ok(bound)
 }
 
-async fn run(listener: std::net::TcpListener, handle: PrometheusHandle) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(listener) => listener,
-        Err(error) => {
-            tracing::error!(%error, "the metrics listener could not start");
-            return;
-        }
-    };
+async fn run(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(UPKEEP);
@@ -89,9 +89,13 @@ async fn run(listener: std::net::TcpListener, handle: PrometheusHandle) {
                 let handle = handle.clone();
                 async move { Ok::<_, std::convert::Infallible>(answer(&request, &handle)) }
             });
-            if let Err(error) =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
-            {
+            // A scraper that sends no complete request in time is dropped.
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(error) = served {
                 tracing::debug!(%error, "a metrics connection ended");
             }
         });

@@ -474,9 +474,17 @@ fn spawn_agents(
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting an agent")?;
-        let stdout = child.stdout.take().context("no stdout")?;
+        let stdout = child.stdout.take();
         agents.push(child);
-        metrics.push(agent_metrics_address(&host, stdout)?);
+        let address = stdout.context("no stdout").and_then(|stdout| agent_metrics_address(&host, stdout));
+        match address {
+            Ok(address) => metrics.push(address),
+            Err(error) => {
+                // The agents started so far (and their region servers) go with the failure.
+                stop_agents(&mut agents);
+                return Err(error);
+            }
+        }
     }
     Ok((agents, metrics))
 }
