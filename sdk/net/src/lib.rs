@@ -6,7 +6,7 @@
 //! certificate from the cluster CA cannot connect, and we connect to no one else. This crate knows
 //! nothing of regions or world state, so the gateway and coordinator use it without the SDK.
 //!
-//! With the feature `metrics-http`, [`metrics`] serves a process's Prometheus metrics over HTTP.
+//! With the feature `metrics-http`, the `metrics` module serves a process's Prometheus metrics over HTTP.
 
 pub mod framed;
 #[cfg(feature = "metrics-http")]
