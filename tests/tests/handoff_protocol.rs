@@ -268,6 +268,37 @@ fn a_region_taken_by_a_third_instance_in_every_phase() {
     row(Fault::Stolen);
 }
 
+/// Inputs in flight reach the source after it froze (the gateway has not heard of the freeze
+/// yet): the source holds them and forwards them to the new owner, which applies each once; or,
+/// when the handoff aborts (here the target dies before it asks for the region), applies them
+/// itself when it resumes.
+#[test]
+fn inputs_that_reach_the_frozen_source_are_applied_once_by_whoever_owns_the_region() {
+    for (fault, expected) in [(Fault::None, Outcome::Committed), (Fault::CrashTarget, Outcome::SourceKept)] {
+        let mut pair = pair(600);
+        pair.inputs_reach_frozen_source = true;
+        // A slow authority keeps the source frozen (or settling) for a few input rounds.
+        pair.authority_latency = Duration::from_millis(120);
+        pair.drive_until(Duration::from_secs(1));
+        pair.start_handoff();
+        assert!(pair.drive_while(Duration::from_secs(10), |pair| reached(pair, When::Frozen)));
+        if fault == Fault::CrashTarget {
+            pair.crash_target();
+        }
+        let end = pair.elapsed() + Duration::from_secs(6);
+        pair.drive_until(end);
+        pair.check_invariants();
+        let outcome = match pair.ticking() {
+            Some(Side::Target) => Outcome::Committed,
+            Some(Side::Source) => Outcome::SourceKept,
+            None => Outcome::Down,
+        };
+        assert_eq!(outcome, expected, "{fault:?}");
+        assert!(pair.inputs_to_frozen_source > 0, "{fault:?}: no input reached the frozen source");
+        assert_eq!(pair.arrivals().0, 0, "{fault:?}: inputs that arrived twice");
+    }
+}
+
 #[test]
 fn a_slow_authority_delays_the_commit_but_changes_no_outcome() {
     // The answer takes 20 ms to come back (as it does over a loaded cluster link): the target ticks

@@ -95,6 +95,12 @@ pub struct HandoffPair<L: RegionLogic> {
     /// How long the authority takes to answer (0: at once); answers arrive as events on the
     /// virtual clock, as they come back through the region's channel in production.
     pub authority_latency: Duration,
+    /// When true, the gateway does not hold inputs during the freeze: they reach the frozen
+    /// source, as inputs in flight do before the gateway hears of the freeze, and the source
+    /// must hold them and forward them to the new owner (or apply them if it resumes).
+    pub inputs_reach_frozen_source: bool,
+    /// How many inputs reached the frozen source that way.
+    pub inputs_to_frozen_source: u64,
     authority_answers: VecDeque<(Instant, Side, Result<(), AuthorityError>)>,
     /// The link.
     pub link: Link,
@@ -182,6 +188,8 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
             input_clock: TickSchedule::new(interval, start + interval / 2),
             input_round: 0,
             held_at_gateway: Vec::new(),
+            inputs_reach_frozen_source: false,
+            inputs_to_frozen_source: 0,
             fenced: false,
             sent: BTreeMap::new(),
             applied: BTreeMap::new(),
@@ -444,7 +452,14 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
         match self.destination() {
             Some(Side::Target) => self.target.handle_input(self.now, input),
             Some(Side::Source) => self.source.handle_input(self.now, input),
-            None if self.source.is_frozen() && !self.source_crashed => self.held_at_gateway.push(input),
+            None if self.source.is_frozen() && !self.source_crashed => {
+                if self.inputs_reach_frozen_source {
+                    self.inputs_to_frozen_source += 1;
+                    self.source.handle_input(self.now, input);
+                } else {
+                    self.held_at_gateway.push(input);
+                }
+            }
             None => {}
         }
     }
