@@ -683,3 +683,48 @@ impl HandoffSource {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The source alone, fed messages by hand, for what the whole-handoff tests reach only by a
+    //! slower path.
+
+    use super::*;
+    use crate::component::Registry;
+
+    fn started(world: &World) -> HandoffSource {
+        let plan = HandoffPlan {
+            id: 41,
+            region: RegionId(3),
+            epoch: Epoch(4),
+            name: "source".into(),
+            tick_interval: Duration::from_millis(50),
+        };
+        HandoffSource::start(Instant::now(), world, plan, SourceConfig::default())
+    }
+
+    #[test]
+    fn the_freeze_budget_is_what_the_link_moves_in_the_freeze_time() {
+        assert_eq!(SourceConfig::for_link(50_000_000, Duration::from_millis(2)).freeze_budget_bytes, 100_000);
+        assert_eq!(SourceConfig::for_link(1_000_000, Duration::from_millis(2)).freeze_budget_bytes, 4096, "a floor");
+        assert_eq!(SourceConfig::for_link(50_000_000, Duration::from_millis(2)).max_rounds, 20);
+    }
+
+    #[test]
+    fn a_target_that_refuses_in_the_prepare_ends_the_handoff_and_the_region_resumes() {
+        let mut world = World::new(Registry::new());
+        let mut source = started(&world);
+        assert_eq!(source.id(), 41);
+        assert!(!source.is_finished());
+        assert!(matches!(source.poll_message(&mut world), Some(Message::Begin { handoff: 41, .. })));
+        // An abort of another handoff is not this one's.
+        source.handle_message(Instant::now(), &mut world, Message::Abort { handoff: 40, reason: "x".into() });
+        assert_eq!(source.phase(), SourcePhase::Prepare);
+        let refused = Message::Abort { handoff: 41, reason: "the target's world is not empty".into() };
+        source.handle_message(Instant::now(), &mut world, refused);
+        assert!(source.is_finished());
+        let reason = source.abort_reason().cloned().unwrap();
+        assert_eq!((reason.culprit, reason.phase), (Culprit::Target, Phase::Prepare));
+        assert!(matches!(source.poll_action(), Some(SourceAction::Resume { epoch: Epoch(4), .. })));
+    }
+}
