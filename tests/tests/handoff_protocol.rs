@@ -10,7 +10,7 @@ use baton_harness::headless::SimulatedPlayers;
 use baton_sdk::RegionConfig;
 use baton_sdk::codec::ChunkConfig;
 use baton_sdk::handoff::testing::{HandoffPair, Record, Side};
-use baton_sdk::handoff::{OwnershipAuthority, SourceConfig, SourcePhase, TargetPhase};
+use baton_sdk::handoff::{Culprit, OwnershipAuthority, SourceConfig, SourcePhase, TargetPhase};
 use baton_sdk::wire::{Epoch, RegionId};
 use sample_region_server::{SampleLogic, WorldSpec, new_region, populate};
 
@@ -153,7 +153,14 @@ fn check_with(when: When, fault: Fault, expected: Outcome, latency: Duration) ->
         Outcome::SourceKept => {
             assert_eq!(owner.owner, pair.source_name());
             let source = pair.handoff().unwrap();
-            assert!(source.abort_reason().is_some(), "an abort has a reason");
+            let reason = source.abort_reason().expect("an abort has a reason");
+            // A target that refuses says why at once, and the source resumes on its word (not
+            // after its own timeout).
+            if fault == Fault::CorruptTarget {
+                let said = if when == When::Prepare { "world is not empty" } else { "digest mismatch" };
+                assert_eq!(reason.culprit, Culprit::Target, "{when:?}: {reason}");
+                assert!(reason.reason.contains(said), "{when:?}: {reason}");
+            }
         }
         Outcome::Fenced => assert_eq!(owner.owner, "intruder"),
         // The dead target owns it after its commit.
