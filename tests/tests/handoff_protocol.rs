@@ -182,6 +182,10 @@ fn check_with(when: When, fault: Fault, expected: Outcome, latency: Duration) ->
     // during the freeze: whoever holds the region saw no input twice and none ahead of a gap.
     if fault == Fault::None {
         assert_eq!(pair.arrivals(), (0, 0), "{when:?}: inputs that arrived twice, and ahead of a gap");
+        // The source hands off on the target's word, not after asking the authority when its
+        // commit timeout ran out (virtual time: the harness's clock, not the machine's).
+        let freeze = pair.handoff().and_then(|source| source.stats().freeze).expect("the source handed off");
+        assert!(freeze < SourceConfig::default().timeouts.commit, "{when:?}: frozen for {freeze:?}");
     }
     let (sent, applied) = pair.input_counts();
     if outcome != Outcome::Fenced && outcome != Outcome::Down {
