@@ -693,14 +693,7 @@ mod tests {
     use crate::component::Registry;
 
     fn started(world: &World) -> HandoffSource {
-        let plan = HandoffPlan {
-            id: 41,
-            region: RegionId(3),
-            epoch: Epoch(4),
-            name: "source".into(),
-            tick_interval: Duration::from_millis(50),
-        };
-        HandoffSource::start(Instant::now(), world, plan, SourceConfig::default())
+        started_with(world, Instant::now(), SourceConfig::default())
     }
 
     #[test]
@@ -726,5 +719,586 @@ mod tests {
         let reason = source.abort_reason().cloned().unwrap();
         assert_eq!((reason.culprit, reason.phase), (Culprit::Target, Phase::Prepare));
         assert!(matches!(source.poll_action(), Some(SourceAction::Resume { epoch: Epoch(4), .. })));
+    }
+
+    /// One entity's payload: 1,000 bytes, so a round's size follows the number of entities changed.
+    #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, crate::Component)]
+    #[component(name = "test.blob")]
+    struct Blob(Vec<u8>);
+
+    const BLOB_BYTES: usize = 1000;
+    /// Five entities' worth: a round of 1 entity fits, 9 are within four budgets, 30 are not.
+    const BUDGET: usize = 5000;
+
+    fn config() -> SourceConfig {
+        SourceConfig {
+            chunk: ChunkConfig { target_chunk_bytes: 8000, max_chunk_bytes: 9000 },
+            freeze_budget_bytes: BUDGET,
+            max_rounds: 20,
+            stall_rounds: 3,
+            window_bytes: 4 * 1024 * 1024,
+            timeouts: Timeouts {
+                prepare: Duration::from_secs(5),
+                transfer: Duration::from_secs(120),
+                commit: Duration::from_secs(10),
+                authority_retry: Duration::from_millis(50),
+                straggler_grace: Duration::from_secs(2),
+                silence: Duration::from_secs(3),
+            },
+        }
+    }
+
+    fn input(seq: u64) -> PlayerInput {
+        PlayerInput { player: baton_wire::PlayerId(9), seq, payload: vec![1] }
+    }
+
+    /// A source handing off a world of 40 blobs, with a clock the test moves, fed by hand.
+    struct Run {
+        source: HandoffSource,
+        world: World,
+        now: Instant,
+        entities: Vec<crate::world::EntityId>,
+        /// Bulk bytes (chunks and delta parts) the source sent.
+        sent: u64,
+        changed: u8,
+    }
+
+    impl Run {
+        /// Started; the target has not answered yet.
+        fn prepare(config: SourceConfig) -> Run {
+            let mut registry = Registry::new();
+            registry.register::<Blob>().unwrap();
+            let mut world = World::new(registry);
+            let entities: Vec<_> = (0..40)
+                .map(|_| {
+                    let entity = world.spawn();
+                    world.insert(entity, Blob(vec![0; BLOB_BYTES])).unwrap();
+                    entity
+                })
+                .collect();
+            let now = Instant::now();
+            let mut source = started_with(&world, now, config);
+            assert!(matches!(source.poll_message(&mut world), Some(Message::Begin { .. })));
+            Run { source, world, now, entities, sent: 0, changed: 0 }
+        }
+
+        /// The target accepted; the snapshot is not sent yet.
+        fn snapshot(config: SourceConfig) -> Run {
+            let mut run = Run::prepare(config);
+            run.receive(Message::Ready { handoff: 41, target: "target".into() });
+            assert_eq!(run.source.phase(), SourcePhase::Snapshot);
+            run
+        }
+
+        /// The whole snapshot sent and applied: the next tick starts the delta rounds.
+        fn rounds(config: SourceConfig) -> Run {
+            let mut run = Run::snapshot(config);
+            run.drain();
+            run.acknowledge();
+            run
+        }
+
+        /// Frozen after a first round of one entity.
+        fn frozen() -> Run {
+            Run::frozen_with(config())
+        }
+
+        fn frozen_with(config: SourceConfig) -> Run {
+            let mut run = Run::rounds(config);
+            run.change(1);
+            run.tick();
+            assert_eq!(run.source.phase(), SourcePhase::Frozen);
+            run.drain();
+            run
+        }
+
+        /// Committed by the target at epoch 5.
+        fn handed_off() -> Run {
+            let mut run = Run::frozen();
+            run.receive(Message::Committed { handoff: 41, epoch: 5 });
+            assert_eq!(
+                run.source.poll_action(),
+                Some(SourceAction::HandedOff { epoch: Epoch(5), undelivered: Vec::new() })
+            );
+            run
+        }
+
+        fn receive(&mut self, message: Message) {
+            self.source.handle_message(self.now, &mut self.world, message);
+        }
+
+        /// Every message the source has to send now; counts the bulk bytes among them.
+        fn drain(&mut self) -> Vec<Message> {
+            let messages: Vec<Message> = std::iter::from_fn(|| self.source.poll_message(&mut self.world)).collect();
+            for message in &messages {
+                if let Message::Chunk { bytes, .. } | Message::Delta { bytes, .. } = message {
+                    self.sent += bytes.len() as u64;
+                }
+            }
+            messages
+        }
+
+        /// The target reports everything sent so far applied.
+        fn acknowledge(&mut self) {
+            self.receive(Message::Progress { handoff: 41, applied_bytes: self.sent });
+        }
+
+        /// Changes the first `count` entities, as a tick would.
+        fn change(&mut self, count: usize) {
+            self.changed += 1;
+            for entity in &self.entities[..count] {
+                self.world.insert(*entity, Blob(vec![self.changed; BLOB_BYTES])).unwrap();
+            }
+        }
+
+        fn tick(&mut self) {
+            self.now += Duration::from_millis(50);
+            let next_tick_due = self.now + Duration::from_millis(50);
+            self.source.handle_tick_completed(self.now, &mut self.world, next_tick_due);
+        }
+
+        /// A tick changing `count` entities, its round sent and applied; the round's messages.
+        fn round(&mut self, count: usize) -> Vec<Message> {
+            self.change(count);
+            self.tick();
+            let messages = self.drain();
+            self.acknowledge();
+            messages
+        }
+
+        fn after(&mut self, elapsed: Duration) {
+            self.now += elapsed;
+            self.source.handle_timeout(self.now, &mut self.world);
+        }
+
+        fn actions(&mut self) -> Vec<SourceAction> {
+            std::iter::from_fn(|| self.source.poll_action()).collect()
+        }
+
+        fn resumed(&mut self) -> (Epoch, Vec<PlayerInput>, AbortReason) {
+            match self.actions().as_slice() {
+                [SourceAction::Resume { epoch, held, reason }] => (*epoch, held.clone(), reason.clone()),
+                other => panic!("expected one resume, got {other:?}"),
+            }
+        }
+
+        fn authority_asked(&mut self) {
+            let reclaim = SourceAction::Authority {
+                expected: Ownership { owner: "source".into(), epoch: Epoch(4) },
+                next: Ownership { owner: "source".into(), epoch: Epoch(5) },
+            };
+            assert_eq!(self.actions(), vec![reclaim]);
+            assert_eq!(self.source.phase(), SourcePhase::Settling);
+        }
+
+        fn conflict(&mut self, owner: &str, epoch: u64) {
+            let error = AuthorityError::Conflict {
+                region: RegionId(3),
+                expected_epoch: Epoch(4),
+                actual_epoch: Epoch(epoch),
+                actual_owner: owner.into(),
+            };
+            self.source.handle_authority(self.now, Err(error));
+        }
+    }
+
+    fn started_with(world: &World, now: Instant, config: SourceConfig) -> HandoffSource {
+        let plan = HandoffPlan {
+            id: 41,
+            region: RegionId(3),
+            epoch: Epoch(4),
+            name: "source".into(),
+            tick_interval: Duration::from_millis(50),
+        };
+        HandoffSource::start(now, world, plan, config)
+    }
+
+    /// The rounds of the delta parts among `messages`, each once.
+    fn delta_rounds(messages: &[Message]) -> Vec<u32> {
+        let mut rounds: Vec<u32> = messages
+            .iter()
+            .filter_map(|message| match message {
+                Message::Delta { round, .. } => Some(*round),
+                _ => None,
+            })
+            .collect();
+        rounds.dedup();
+        rounds
+    }
+
+    fn delta_bytes(messages: &[Message]) -> u64 {
+        messages
+            .iter()
+            .map(|message| match message {
+                Message::Delta { bytes, .. } => bytes.len() as u64,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    #[test]
+    fn the_snapshot_waits_for_the_window_and_the_rounds_wait_for_the_whole_snapshot() {
+        let mut run = Run::snapshot(SourceConfig { window_bytes: 1, ..config() });
+        let Some(Message::Chunk { index: 0, bytes, .. }) = run.source.poll_message(&mut run.world) else {
+            panic!("the first chunk");
+        };
+        run.sent += bytes.len() as u64;
+        assert_eq!(run.source.poll_message(&mut run.world), None, "the window is full");
+        // A tick while the snapshot is incomplete starts no round.
+        run.change(40);
+        run.tick();
+        assert_eq!(run.source.phase(), SourcePhase::Snapshot);
+        run.acknowledge();
+        run.tick();
+        assert_eq!(run.source.phase(), SourcePhase::Snapshot, "chunks are still to come");
+        let mut chunks = 1;
+        while let Some(message) = run.source.poll_message(&mut run.world) {
+            let Message::Chunk { index, bytes, .. } = message else { panic!("a chunk: {message:?}") };
+            assert_eq!(index, chunks);
+            chunks += 1;
+            run.sent += bytes.len() as u64;
+            assert_eq!(run.source.poll_message(&mut run.world), None, "one chunk at a time");
+            run.acknowledge();
+        }
+        assert!(chunks >= 4, "40 kB in chunks of 8 kB: {chunks}");
+        assert_eq!(run.source.stats().snapshot_chunks, chunks);
+        assert_eq!(run.source.stats().snapshot_bytes, run.sent);
+    }
+
+    #[test]
+    fn the_last_chunk_must_be_applied_before_the_first_round() {
+        let mut run = Run::snapshot(config());
+        run.drain();
+        run.change(1);
+        run.tick();
+        assert_eq!(run.source.phase(), SourcePhase::Snapshot, "the snapshot is not applied yet");
+        assert_eq!(run.drain(), Vec::new());
+        run.acknowledge();
+        run.tick();
+        assert_eq!(run.source.phase(), SourcePhase::Frozen, "a round of one entity fits the budget");
+    }
+
+    #[test]
+    fn a_round_within_the_budget_is_the_final_one() {
+        let mut run = Run::rounds(config());
+        run.change(1);
+        run.tick();
+        assert_eq!(run.source.phase(), SourcePhase::Frozen);
+        assert!(!run.source.allows_ticks());
+        let messages = run.drain();
+        let digest = run.world.digest().0;
+        let tick = run.world.tick();
+        assert_eq!(delta_rounds(&messages), vec![1]);
+        assert_eq!(
+            messages.last(),
+            Some(&Message::Freeze { handoff: 41, round: 1, parts: 1, digest, tick, next_tick_in_us: 50_000 })
+        );
+        let stats = run.source.stats();
+        assert_eq!((stats.rounds, stats.delta_bytes), (0, 0));
+        assert_eq!(stats.final_bytes, delta_bytes(&messages));
+        assert!(stats.final_bytes > BLOB_BYTES as u64 && stats.final_bytes <= BUDGET as u64);
+    }
+
+    #[test]
+    fn a_round_is_sent_only_once_the_previous_one_is_applied() {
+        let mut run = Run::rounds(config());
+        run.change(30);
+        run.tick();
+        let first = run.drain();
+        assert_eq!(delta_rounds(&first).first(), Some(&1));
+        run.change(30);
+        run.tick();
+        assert_eq!(run.drain(), Vec::new(), "round 1 is still in flight");
+        run.acknowledge();
+        run.tick();
+        assert_eq!(delta_rounds(&run.drain()).first(), Some(&2), "the changes of both ticks");
+    }
+
+    #[test]
+    fn rounds_that_stop_shrinking_within_four_budgets_freeze_when_they_stall() {
+        let mut run = Run::rounds(config());
+        let mut sent = 0;
+        for round in 1..=3 {
+            let messages = run.round(9);
+            assert_eq!(delta_rounds(&messages), vec![round], "round {round} is not final");
+            let bytes = delta_bytes(&messages);
+            assert!(bytes > BUDGET as u64 && bytes <= 4 * BUDGET as u64, "{bytes}");
+            sent += bytes;
+        }
+        assert_eq!(run.source.stats().rounds, 3);
+        assert_eq!(run.source.stats().delta_bytes, sent);
+        // The third round in a row that is not 10% smaller than the first: freeze now.
+        run.change(9);
+        run.tick();
+        assert_eq!(run.source.phase(), SourcePhase::Frozen);
+        assert!(matches!(run.drain().last(), Some(Message::Freeze { round: 4, .. })));
+    }
+
+    #[test]
+    fn rounds_that_stop_shrinking_above_four_budgets_abort_when_they_stall() {
+        let mut run = Run::rounds(config());
+        for round in 1..=3 {
+            assert_eq!(delta_rounds(&run.round(30)), vec![round]);
+        }
+        run.change(30);
+        run.tick();
+        assert_eq!(run.source.phase(), SourcePhase::Aborted);
+        assert!(run.source.allows_ticks());
+        let reason = run.source.abort_reason().cloned().unwrap();
+        assert_eq!((reason.culprit, reason.phase), (Culprit::Link, Phase::Rounds));
+        assert!(reason.reason.starts_with("did not converge: round 4 still holds"), "{reason}");
+        assert!(matches!(run.drain().as_slice(), [Message::Abort { handoff: 41, .. }]));
+        assert_eq!(run.resumed().0, Epoch(4));
+    }
+
+    #[test]
+    fn shrinking_rounds_stop_at_the_round_limit() {
+        let limited = SourceConfig { max_rounds: 3, stall_rounds: 100, ..config() };
+        // Each round at least 10% smaller than the last, none within the budget.
+        let mut run = Run::rounds(limited);
+        for (round, count) in [(1, 30), (2, 26), (3, 22)] {
+            assert_eq!(delta_rounds(&run.round(count)), vec![round]);
+        }
+        run.change(18);
+        run.tick();
+        assert_eq!(run.source.phase(), SourcePhase::Frozen, "round 4 is past the limit and within four budgets");
+        // The same rounds with a limit of 2: round 3 is past it and over four budgets.
+        let mut run = Run::rounds(SourceConfig { max_rounds: 2, ..limited });
+        run.round(30);
+        run.round(26);
+        run.change(22);
+        run.tick();
+        let reason = run.source.abort_reason().cloned().unwrap();
+        assert!(reason.reason.starts_with("did not converge: round 3"), "{reason}");
+    }
+
+    #[test]
+    fn silence_counts_only_while_a_reply_is_due() {
+        // Prepare: the target must answer (silence, 3 s, comes before the prepare limit, 5 s).
+        let mut run = Run::prepare(config());
+        let start = run.now;
+        assert_eq!(run.source.poll_timeout(), Some(start + Duration::from_secs(3)));
+        run.after(Duration::from_secs(1));
+        assert_eq!(run.source.phase(), SourcePhase::Prepare, "a timer called early changes nothing");
+        assert_eq!(run.actions(), Vec::new());
+        // Rounds with everything applied: nothing is due from the target, only the transfer limit.
+        let mut run = Run::rounds(config());
+        let start = run.source.started;
+        run.round(30);
+        assert_eq!(run.source.poll_timeout(), Some(start + Duration::from_secs(120)));
+        run.after(Duration::from_secs(10));
+        assert_eq!(run.source.phase(), SourcePhase::Rounds, "a quiet target with nothing to apply is not silent");
+        // A round in flight: silence counts from the last message.
+        run.change(30);
+        run.tick();
+        run.drain();
+        let heard = run.now;
+        run.receive(Message::Progress { handoff: 41, applied_bytes: 0 });
+        assert_eq!(run.source.poll_timeout(), Some(heard + Duration::from_secs(3)));
+        run.after(Duration::from_secs(3));
+        let reason = run.source.abort_reason().cloned().unwrap();
+        assert_eq!(
+            reason,
+            AbortReason { culprit: Culprit::Link, phase: Phase::Rounds, reason: "the target went silent".into() }
+        );
+    }
+
+    #[test]
+    fn a_frozen_source_waits_for_a_reply_even_with_everything_applied() {
+        let mut run = Run::frozen();
+        run.after(Duration::from_secs(1));
+        run.acknowledge();
+        let heard = run.now;
+        assert_eq!(run.source.poll_timeout(), Some(heard + Duration::from_secs(3)), "silence before the commit limit");
+        run.after(Duration::from_secs(3));
+        run.authority_asked();
+        assert_eq!(run.source.abort_reason().unwrap().reason, "the target went silent after the freeze");
+    }
+
+    #[test]
+    fn limits_name_who_missed_them() {
+        let slow =
+            SourceConfig { timeouts: Timeouts { silence: Duration::from_secs(60), ..config().timeouts }, ..config() };
+        let mut run = Run::prepare(slow);
+        run.after(Duration::from_secs(5));
+        let reason = run.resumed().2;
+        assert_eq!(
+            reason,
+            AbortReason {
+                culprit: Culprit::Target,
+                phase: Phase::Prepare,
+                reason: "the target did not accept in time".into()
+            }
+        );
+        let mut run = Run::rounds(slow);
+        run.round(30);
+        run.after(Duration::from_secs(120));
+        let reason = run.resumed().2;
+        assert_eq!(
+            reason,
+            AbortReason {
+                culprit: Culprit::Link,
+                phase: Phase::Rounds,
+                reason: "the transfer did not finish in time".into()
+            }
+        );
+        let mut run = Run::frozen_with(slow);
+        run.after(Duration::from_secs(10));
+        run.authority_asked();
+        assert_eq!(run.source.abort_reason().unwrap().reason, "the target did not commit in time");
+    }
+
+    #[test]
+    fn a_lost_link_before_the_freeze_resumes_the_region_at_once_and_names_the_phase() {
+        for rounds in [false, true] {
+            let mut run = Run::snapshot(config());
+            if rounds {
+                run.drain();
+                run.acknowledge();
+                run.round(30);
+            }
+            run.source.handle_link_lost(run.now, &mut run.world);
+            assert_eq!(run.source.phase(), SourcePhase::Aborted);
+            assert_eq!(run.drain(), Vec::new(), "nothing is sent on a lost link");
+            let (epoch, _, reason) = run.resumed();
+            assert_eq!(epoch, Epoch(4));
+            let phase = if rounds { Phase::Rounds } else { Phase::Snapshot };
+            assert_eq!(reason, AbortReason { culprit: Culprit::Link, phase, reason: "link to the target lost".into() });
+        }
+    }
+
+    #[test]
+    fn a_lost_link_after_the_freeze_asks_the_authority_and_keeps_the_inputs() {
+        let mut run = Run::frozen();
+        run.source.handle_link_lost(run.now, &mut run.world);
+        run.authority_asked();
+        let reason = run.source.abort_reason().cloned().unwrap();
+        assert_eq!((reason.culprit, reason.phase), (Culprit::Link, Phase::Freeze));
+        assert_eq!(run.source.handle_input(input(1)), None);
+        // The target's commit won before the link broke: the inputs go to the driver to route.
+        run.conflict("target", 5);
+        assert_eq!(run.actions(), vec![SourceAction::HandedOff { epoch: Epoch(5), undelivered: vec![input(1)] }]);
+        assert_eq!(run.drain(), Vec::new());
+        // Later inputs too.
+        assert_eq!(run.source.handle_input(input(2)), None);
+        assert_eq!(run.source.take_undelivered(), vec![input(2)]);
+        assert_eq!(run.source.take_undelivered(), Vec::new());
+    }
+
+    #[test]
+    fn the_commit_of_another_epoch_is_not_this_handoffs() {
+        let mut run = Run::frozen();
+        run.receive(Message::Committed { handoff: 41, epoch: 9 });
+        assert_eq!(run.source.phase(), SourcePhase::Frozen);
+        assert_eq!(run.actions(), Vec::new());
+    }
+
+    #[test]
+    fn inputs_after_the_commit_go_to_the_new_owner_until_the_grace_ends() {
+        let mut run = Run::frozen();
+        let frozen_at = run.now;
+        assert_eq!(run.source.handle_input(input(1)), None, "held while frozen");
+        run.after(Duration::from_millis(3));
+        run.receive(Message::Committed { handoff: 41, epoch: 5 });
+        assert_eq!(run.actions(), vec![SourceAction::HandedOff { epoch: Epoch(5), undelivered: Vec::new() }]);
+        assert_eq!(run.source.stats().freeze, Some(run.now - frozen_at));
+        assert_eq!(run.drain(), vec![Message::Stragglers { handoff: 41, inputs: vec![input(1)] }]);
+        assert_eq!(run.source.handle_input(input(2)), None);
+        assert_eq!(run.drain(), vec![Message::Stragglers { handoff: 41, inputs: vec![input(2)] }]);
+        assert_eq!(run.source.take_undelivered(), Vec::new());
+        // The grace period.
+        let committed = run.now;
+        assert_eq!(run.source.poll_timeout(), Some(committed + Duration::from_secs(2)));
+        run.after(Duration::from_secs(1));
+        assert_eq!(run.source.phase(), SourcePhase::HandedOff);
+        run.after(Duration::from_secs(1));
+        assert_eq!(run.actions(), vec![SourceAction::Retire]);
+        assert!(run.source.is_finished());
+        assert_eq!(run.source.handle_input(input(3)), None);
+        assert_eq!(run.drain(), Vec::new(), "the link is not used after the grace");
+        assert_eq!(run.source.take_undelivered(), vec![input(3)]);
+    }
+
+    #[test]
+    fn a_commit_without_held_inputs_sends_no_stragglers() {
+        let mut run = Run::handed_off();
+        assert_eq!(run.drain(), Vec::new());
+        run.source.handle_link_lost(run.now, &mut run.world);
+        assert_eq!(run.source.phase(), SourcePhase::HandedOff, "the region is the target's all the same");
+        assert_eq!(run.source.handle_input(input(1)), None);
+        assert_eq!(run.drain(), Vec::new());
+        assert_eq!(run.source.take_undelivered(), vec![input(1)]);
+    }
+
+    #[test]
+    fn a_cancel_before_the_freeze_tells_the_target_and_resumes_at_once() {
+        let mut run = Run::rounds(config());
+        run.round(30);
+        run.source.cancel(run.now, &mut run.world, "drain cancelled");
+        assert_eq!(run.drain(), vec![Message::Abort { handoff: 41, reason: "drain cancelled".into() }]);
+        let reason = run.resumed().2;
+        assert_eq!(
+            reason,
+            AbortReason { culprit: Culprit::Source, phase: Phase::Rounds, reason: "drain cancelled".into() }
+        );
+        // A finished handoff ignores a cancel.
+        run.source.cancel(run.now, &mut run.world, "again");
+        assert_eq!((run.drain(), run.actions()), (Vec::new(), Vec::new()));
+    }
+
+    #[test]
+    fn a_cancel_after_the_freeze_tells_the_target_and_asks_the_authority() {
+        let mut run = Run::frozen();
+        run.source.cancel(run.now, &mut run.world, "operator");
+        assert_eq!(run.drain(), vec![Message::Abort { handoff: 41, reason: "operator".into() }]);
+        run.authority_asked();
+        let reason = run.source.abort_reason().cloned().unwrap();
+        assert_eq!(reason, AbortReason { culprit: Culprit::Source, phase: Phase::Freeze, reason: "operator".into() });
+        assert_eq!(run.source.handle_input(input(1)), None);
+        run.source.handle_authority(run.now, Ok(()));
+        let (epoch, held, resumed) = run.resumed();
+        assert_eq!((epoch, held, resumed), (Epoch(5), vec![input(1)], reason));
+    }
+
+    #[test]
+    fn a_reclaim_that_conflicts_is_read_by_who_holds_the_region() {
+        // A third instance: fenced for good.
+        let mut run = Run::frozen();
+        run.after(Duration::from_secs(10));
+        run.authority_asked();
+        run.conflict("third", 5);
+        assert_eq!(run.actions(), vec![SourceAction::Fenced { owner: "third".into(), epoch: Epoch(5) }]);
+        assert_eq!(run.source.phase(), SourcePhase::Retired);
+        assert_eq!(run.source.abort_reason().unwrap().culprit, Culprit::Authority);
+        // Ourselves at the next epoch: an earlier reclaim went through.
+        let mut run = Run::frozen();
+        run.after(Duration::from_secs(10));
+        run.authority_asked();
+        run.conflict("source", 5);
+        assert_eq!(run.resumed().0, Epoch(5));
+        // The target at the next epoch: its commit won and its report was lost.
+        let mut run = Run::frozen();
+        run.after(Duration::from_secs(10));
+        run.authority_asked();
+        run.conflict("target", 5);
+        assert_eq!(run.actions(), vec![SourceAction::HandedOff { epoch: Epoch(5), undelivered: Vec::new() }]);
+    }
+
+    #[test]
+    fn an_unavailable_authority_is_asked_again_after_the_retry_interval() {
+        let mut run = Run::frozen();
+        run.after(Duration::from_secs(10));
+        run.authority_asked();
+        run.source.handle_authority(run.now, Err(AuthorityError::Unavailable("down".into())));
+        assert_eq!(run.source.poll_timeout(), Some(run.now + Duration::from_millis(50)));
+        assert_eq!(run.actions(), Vec::new());
+        run.after(Duration::from_millis(50));
+        run.authority_asked();
+        // An answer while not settling (a late duplicate) changes nothing.
+        let mut run = Run::rounds(config());
+        run.round(30);
+        run.source.handle_authority(run.now, Ok(()));
+        assert_eq!(run.source.phase(), SourcePhase::Rounds);
+        assert_eq!(run.actions(), Vec::new());
     }
 }
