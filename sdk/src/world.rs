@@ -181,8 +181,8 @@ impl World {
 
     /// Spawns an entity with no components.
     pub fn spawn(&mut self) -> EntityId {
+        // `spawn_with_id` moves `next_entity` past it.
         let entity = EntityId(self.next_entity);
-        self.next_entity += 1;
         self.spawn_with_id(entity);
         entity
     }
@@ -788,5 +788,215 @@ impl Iterator for MaskBits {
         let index = self.0.trailing_zeros() as usize;
         self.0 &= self.0 - 1;
         Some(index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The world's own API: entities, components, change trackers and the journal. The codec's
+    //! tests check the digest and archives against it; these check what games and trackers see.
+
+    use super::*;
+
+    #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, crate::Component)]
+    #[component(name = "test.hp")]
+    struct Hp(u32);
+
+    #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, crate::Component)]
+    #[component(name = "test.name")]
+    struct Name(String);
+
+    #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, crate::Component)]
+    #[component(name = "test.unregistered")]
+    struct Unregistered(u8);
+
+    fn world() -> World {
+        let mut registry = Registry::new();
+        registry.register::<Hp>().unwrap();
+        registry.register::<Name>().unwrap();
+        World::new(registry)
+    }
+
+    fn ids(world: &World) -> (ComponentId, ComponentId) {
+        (world.registry().id_of::<Hp>().unwrap(), world.registry().id_of::<Name>().unwrap())
+    }
+
+    #[test]
+    fn entities_live_from_spawn_to_despawn_and_ids_are_never_reused() {
+        let mut world = world();
+        let spawned: Vec<EntityId> = (0..3).map(|_| world.spawn()).collect();
+        assert_eq!(spawned, [EntityId(1), EntityId(2), EntityId(3)]);
+        assert_eq!(world.next_entity_id(), 4);
+        assert!(world.despawn(EntityId(2)));
+        assert!(!world.despawn(EntityId(2)), "already gone");
+        assert!(!world.is_alive(EntityId(2)));
+        assert_eq!(world.entity_count(), 2);
+        assert_eq!(world.entities().collect::<Vec<_>>(), [EntityId(1), EntityId(3)]);
+        assert_eq!(world.spawn(), EntityId(4), "an id is never given twice");
+        assert_eq!(world.insert(EntityId(2), Hp(1)), Err(WorldError::NoSuchEntity(EntityId(2))));
+        assert_eq!(EntityId(2).to_string(), "#2");
+        world.set_tick(7);
+        assert_eq!(world.tick(), 7);
+        assert_eq!(format!("{world:?}"), "World { tick: 7, entities: 3, next_entity: 5, journal: 5, .. }");
+    }
+
+    #[test]
+    fn components_are_read_changed_and_removed_through_the_world() {
+        let mut world = world();
+        let (hp, name) = ids(&world);
+        let [a, b, c] = [world.spawn(), world.spawn(), world.spawn()];
+        assert_eq!(world.insert(c, Hp(30)), Ok(None));
+        assert_eq!(world.insert(a, Hp(10)), Ok(None));
+        assert_eq!(world.insert(a, Hp(11)), Ok(Some(Hp(10))), "a replace returns the old value");
+        world.insert(a, Name("a".into())).unwrap();
+        assert_eq!(world.get::<Hp>(a), Some(&Hp(11)));
+        assert!(world.has::<Name>(a) && !world.has::<Name>(c) && !world.has::<Hp>(b));
+        assert_eq!((world.count::<Hp>(), world.count::<Name>()), (2, 1));
+        assert_eq!(world.iter::<Hp>().collect::<Vec<_>>(), [(a, &Hp(11)), (c, &Hp(30))], "in entity order");
+        assert_eq!(world.mask_of(a), Some(1 << hp.0 | 1 << name.0));
+        world.for_each_mut::<Hp>(|_, mut value| value.0 += 1);
+        assert_eq!(world.iter::<Hp>().map(|(_, value)| value.0).collect::<Vec<_>>(), [12, 31]);
+        assert_eq!(world.remove::<Name>(a), Some(Name("a".into())));
+        assert_eq!(world.remove::<Name>(a), None);
+        assert_eq!(world.mask_of(a), Some(1 << hp.0));
+        assert!(world.remove_erased(a, hp));
+        assert!(!world.remove_erased(a, hp));
+        assert_eq!(world.mask_of(a), Some(0));
+        assert!(world.despawn(c));
+        assert_eq!((world.count::<Hp>(), world.get::<Hp>(c), world.mask_of(c)), (0, None, None));
+        // A type the world was not made with.
+        assert_eq!(world.insert(b, Unregistered(1)), Err(WorldError::Unregistered { name: "test.unregistered" }));
+        assert_eq!(world.get::<Unregistered>(b), None);
+        assert_eq!(world.count::<Unregistered>(), 0);
+        assert_eq!(world.iter::<Unregistered>().count(), 0);
+        assert_eq!(world.remove::<Unregistered>(b), None);
+    }
+
+    #[test]
+    fn a_tracker_sees_each_change_once_at_its_latest() {
+        let mut world = world();
+        let (hp, name) = ids(&world);
+        let [kept, dropped] = [world.spawn(), world.spawn()];
+        world.insert(kept, Name("kept".into())).unwrap();
+        world.insert(dropped, Hp(1)).unwrap();
+        let tracker = world.create_tracker();
+        assert!(world.changes(tracker).is_empty());
+        let born = world.spawn();
+        world.insert(born, Hp(5)).unwrap();
+        world.insert(kept, Hp(1)).unwrap();
+        world.digest(); // a new stamp: the next change of the same value is a record of its own
+        world.insert(kept, Hp(2)).unwrap();
+        world.remove::<Name>(kept);
+        assert!(world.despawn(dropped));
+        let changes = world.changes(tracker);
+        assert_eq!(changes.spawned, [born]);
+        assert_eq!(changes.set, [(born, hp), (kept, hp)], "one record per value changed twice");
+        assert_eq!(changes.removed, [(kept, name)]);
+        assert_eq!(changes.despawned, [dropped]);
+        assert_eq!(changes.len(), 5);
+        assert!(world.changes(tracker).is_empty(), "read once");
+        // A component removed and put back is set, not removed; an entity despawned and applied
+        // again (as an archive does) is spawned, not despawned.
+        world.remove::<Hp>(kept);
+        world.insert(kept, Hp(3)).unwrap();
+        assert!(world.despawn(born));
+        assert!(world.spawn_with_id(born));
+        let changes = world.changes(tracker);
+        assert_eq!((changes.set, changes.removed), (vec![(kept, hp)], vec![]));
+        assert_eq!((changes.spawned, changes.despawned), (vec![born], vec![]));
+    }
+
+    #[test]
+    fn a_change_set_counts_every_kind_of_record() {
+        let entity = EntityId(1);
+        let id = ComponentId(0);
+        let changes = ChangeSet {
+            spawned: vec![entity],
+            set: vec![(entity, id); 2],
+            removed: vec![(entity, id); 3],
+            despawned: vec![entity; 4],
+        };
+        assert_eq!(changes.len(), 10);
+        assert!(!changes.is_empty());
+        assert!(ChangeSet::default().is_empty());
+        for only in [
+            ChangeSet { spawned: vec![entity], ..ChangeSet::default() },
+            ChangeSet { set: vec![(entity, id)], ..ChangeSet::default() },
+            ChangeSet { removed: vec![(entity, id)], ..ChangeSet::default() },
+            ChangeSet { despawned: vec![entity], ..ChangeSet::default() },
+        ] {
+            assert!(!only.is_empty(), "{only:?}");
+            assert_eq!(only.len(), 1);
+        }
+    }
+
+    #[test]
+    fn only_real_writes_through_a_guard_are_changes() {
+        let mut world = world();
+        let entity = world.spawn();
+        world.insert(entity, Hp(1)).unwrap();
+        let tracker = world.create_tracker();
+        assert_eq!(world.get_mut::<Hp>(entity).map(|guard| guard.0), Some(1), "read through the guard");
+        world.get_mut::<Hp>(entity).unwrap().set_if_changed(Hp(1));
+        assert!(world.changes(tracker).is_empty(), "reads and equal writes are not changes");
+        world.get_mut::<Hp>(entity).unwrap().set_if_changed(Hp(2));
+        assert_eq!(world.get::<Hp>(entity), Some(&Hp(2)));
+        assert_eq!(world.changes(tracker).set.len(), 1);
+        world.for_each_mut::<Hp>(|_, guard| assert_eq!(guard.0, 2));
+        assert!(world.changes(tracker).is_empty());
+    }
+
+    #[test]
+    fn catching_up_skips_changes_and_a_dropped_tracker_frees_the_journal() {
+        let mut world = world();
+        let entity = world.spawn();
+        let tracker = world.create_tracker();
+        world.insert(entity, Hp(1)).unwrap();
+        world.catch_up(tracker);
+        assert!(world.changes(tracker).is_empty());
+        for value in 0..10 {
+            world.insert(entity, Hp(value)).unwrap();
+        }
+        world.digest();
+        assert_eq!(world.journal_len(), 10, "kept for the tracker");
+        world.drop_tracker(tracker);
+        assert_eq!(world.journal_len(), 0);
+    }
+
+    #[test]
+    fn the_journal_of_a_world_nobody_reads_is_bounded_at_the_end_of_each_tick() {
+        let mut world = world();
+        let entity = world.spawn();
+        world.digest();
+        for value in 0..4096 {
+            world.insert(entity, Hp(value)).unwrap();
+        }
+        world.end_tick_housekeeping();
+        assert_eq!(world.journal_len(), 4096, "up to 4096 records wait");
+        world.insert(entity, Hp(0)).unwrap();
+        let digest = world.digest_full();
+        world.end_tick_housekeeping();
+        assert_eq!(world.journal_len(), 0, "more are folded into the digest and dropped");
+        assert_eq!(world.digest(), digest);
+    }
+
+    #[test]
+    fn the_digest_tells_which_entities_live() {
+        let mut worlds = [world(), world()];
+        for (despawned, world) in [2, 3].into_iter().zip(&mut worlds) {
+            for _ in 0..3 {
+                world.spawn();
+            }
+            world.despawn(EntityId(despawned));
+        }
+        let [first, second] = &mut worlds;
+        assert_ne!(first.digest(), second.digest(), "as many entities, not the same ones");
+        assert_eq!(first.digest(), first.digest_full());
+    }
+
+    #[test]
+    fn digests_print_as_hex() {
+        assert_eq!(WorldDigest(0xab).to_string(), format!("{:032x}", 0xab));
+        assert_eq!(format!("{:?}", WorldDigest(0xab)), format!("WorldDigest({:032x})", 0xab));
     }
 }
