@@ -47,6 +47,18 @@ const REFILL_DELAY: Duration = Duration::from_secs(3);
 /// The shortest time over which a process's CPU use is measured.
 const CPU_WINDOW: Duration = Duration::from_secs(1);
 
+/// A line the agent prints on standard output (JSON, one object a line); its logs go to
+/// standard error.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum AgentEvent {
+    /// Metrics are served at `addr` (the port bound, also when asked for port 0).
+    Metrics {
+        /// The bound address.
+        addr: SocketAddr,
+    },
+}
+
 /// Describes the agent's metrics (call once, after installing a recorder).
 pub fn describe_metrics() {
     metrics::describe_gauge!(PROCESSES, "Region-server processes the agent runs.");

@@ -87,7 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         baton_agent::describe_metrics();
         tracing::info!(%bound, "serving metrics");
         // One line on standard output, for whoever started the agent with port 0.
-        println!("{}", serde_json::json!({"event": "metrics", "addr": bound.to_string()}));
+        println!("{}", serde_json::to_string(&baton_agent::AgentEvent::Metrics { addr: bound })?);
     }
     let capacity_cores = match cli.capacity_cores {
         Some(cores) => cores,

@@ -5,6 +5,7 @@
 //! - [`route`]: per-region routes with ownership epochs; holds inputs during a handoff's freeze and
 //!   replays them in order at cutover (no I/O, property-tested).
 //! - [`token`]: session and resume tokens (HMAC-SHA256), defined in `baton_wire::token`.
+//! - [`control`]: the control lines of `--control` (commands in, events out).
 //! - [`service`]: the running gateway: player endpoint, upstream connections, sessions, limits.
 //! - `sessions`: every player's session, resume grace, the inputs waiting during a border crossing
 //!   and the crossings' retries, with one deadline queue (no I/O, unit-tested).
@@ -14,6 +15,7 @@
 //! - The player protocol's frames are in `baton_wire::player`, the upstream protocol's in
 //!   `baton_wire::upstream`; docs/protocol.md §9-§10 describe both.
 
+pub mod control;
 mod crossing;
 mod feed;
 pub mod route;
@@ -23,4 +25,5 @@ mod sessions;
 /// Session and resume tokens (shared with the login service; defined in `baton-wire`).
 pub use baton_wire::token;
 
+pub use control::{GatewayCommand, GatewayEvent};
 pub use service::{Gateway, GatewayConfig, GatewayStats, Limits};

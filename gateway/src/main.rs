@@ -8,13 +8,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use baton_gateway::token::TokenKey;
-use baton_gateway::{Gateway, GatewayConfig, Limits};
+use baton_gateway::{Gateway, GatewayCommand, GatewayConfig, GatewayEvent, Limits};
 use baton_net::public::PlayerTransport;
 use baton_net::{ClusterIdentity, LinkSettings};
 use baton_wire::{Epoch, RegionId};
 use clap::Parser;
-use serde::Deserialize;
-use serde_json::json;
 
 /// mimalloc: the gateway allocates and frees a few small buffers per packet (quinn's, tokio's
 /// channels), where glibc's allocator cost about a seventh of the gateway's CPU at 2,000 avatars.
@@ -100,18 +98,11 @@ struct Cli {
     threads: usize,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
-enum Control {
-    Server { addr: SocketAddr },
-    Assign { region: u64, owner: SocketAddr, epoch: u64 },
-    Stats,
-    Quit,
-}
-
-fn emit(value: &serde_json::Value) {
+fn emit(event: &GatewayEvent) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{value}");
+    if let Ok(line) = serde_json::to_string(event) {
+        let _ = writeln!(out, "{line}");
+    }
     let _ = out.flush();
 }
 
@@ -185,8 +176,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             gateway.follow_coordinator(coordinator).context("following the coordinator's route feed")?;
         }
     }
-    let metrics = metrics.map(|bound| bound.to_string());
-    emit(&json!({"event": "listening", "name": cli.name, "addr": address.to_string(), "metrics": metrics}));
+    emit(&GatewayEvent::Listening { name: cli.name.clone(), addr: address, metrics });
 
     if cli.control {
         let stdin = std::io::stdin();
@@ -196,18 +186,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 continue;
             }
             let _guard = runtime.enter();
-            match serde_json::from_str::<Control>(&line) {
-                Ok(Control::Server { addr }) => {
+            match serde_json::from_str::<GatewayCommand>(&line) {
+                Ok(GatewayCommand::Server { addr }) => {
                     gateway.add_server(addr);
                 }
-                Ok(Control::Assign { region, owner, epoch }) => {
+                Ok(GatewayCommand::Assign { region, owner, epoch }) => {
                     if let Err(error) = gateway.assign(RegionId(region), owner, Epoch(epoch)) {
-                        emit(&json!({"event": "error", "error": error.to_string()}));
+                        emit(&GatewayEvent::Error { error: error.to_string() });
                     }
                 }
-                Ok(Control::Stats) => emit(&json!({"event": "stats", "stats": gateway.stats()})),
-                Ok(Control::Quit) => break,
-                Err(error) => emit(&json!({"event": "error", "error": format!("bad control line: {error}")})),
+                Ok(GatewayCommand::Stats) => emit(&GatewayEvent::Stats { stats: gateway.stats() }),
+                Ok(GatewayCommand::Quit) => break,
+                Err(error) => emit(&GatewayEvent::Error { error: format!("bad control line: {error}") }),
             }
         }
     } else {

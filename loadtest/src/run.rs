@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use baton_gateway::{GatewayCommand, GatewayEvent};
 use baton_harness::fleet::{AdminApi, Fleet, FleetSpec};
 use baton_harness::players::{LiveStats, Movement, PlayerOutcome, PlayerPlan, run_player, unix_ms};
 use serde_json::{Value, json};
@@ -533,12 +534,16 @@ fn gateway_stats(fleet: &mut Fleet) -> Option<Value> {
     let gateway = &mut fleet.gateway;
     gateway.drain();
     let before = gateway.log.len();
-    gateway.send(&json!({"cmd": "stats"})).ok()?;
+    gateway.send(&GatewayCommand::Stats).ok()?;
     let deadline = Instant::now() + Duration::from_millis(500);
     while Instant::now() < deadline {
         gateway.drain();
-        if let Some(stats) = gateway.log[before..].iter().rev().find(|event| event["event"] == "stats") {
-            return Some(stats["stats"].clone());
+        let stats = gateway.log[before..].iter().rev().find_map(|event| match event {
+            GatewayEvent::Stats { stats } => Some(stats),
+            _ => None,
+        });
+        if let Some(stats) = stats {
+            return serde_json::to_value(stats).ok();
         }
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -492,7 +492,7 @@ fn a_host_that_dies_while_avatars_cross_its_borders_loses_no_avatar_and_no_input
     let playing = Playing::start(&fleet, plans);
     playing.wait_in_play();
     // Avatars cross both ways before the kill (the gateway counts each crossing it carries)...
-    wait_for(|| (fleet.gateway_stats().ok()?["crossings"].as_u64()? >= 4).then_some(()));
+    wait_for(|| (fleet.gateway_stats().ok()?.crossings >= 4).then_some(()));
     let before = last_record_id(&fleet);
     let killed = unix_ms();
     fleet.kill_host(1).unwrap();
@@ -501,8 +501,8 @@ fn a_host_that_dies_while_avatars_cross_its_borders_loses_no_avatar_and_no_input
     assert_eq!(record["phase"], "committed", "{record}");
     // ...and after the region came back.
     let recovered = unix_ms();
-    let crossed = fleet.gateway_stats().unwrap()["crossings"].as_u64().unwrap();
-    wait_for(|| (fleet.gateway_stats().ok()?["crossings"].as_u64()? >= crossed + 2).then_some(()));
+    let crossed = fleet.gateway_stats().unwrap().crossings;
+    wait_for(|| (fleet.gateway_stats().ok()?.crossings >= crossed + 2).then_some(()));
     let outcomes = playing.finish();
     assert_nothing_lost(&outcomes);
     let crossings: Vec<(u64, u64, u64)> = outcomes.iter().flat_map(|outcome| outcome.crossing_log.clone()).collect();

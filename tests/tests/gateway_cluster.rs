@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use baton_client::{Client, ClientError, Event};
 use baton_gateway::token::Claims;
+use baton_gateway::{GatewayCommand, GatewayStats};
 use baton_harness::players::{
     ClusterSpec, GatewayCluster, Movement, PlayerOutcome, PlayerPlan, patrol_player, run_player,
 };
@@ -28,10 +29,10 @@ fn spec(servers: usize, gateways: usize, gateway_args: &[&str]) -> ClusterSpec {
 }
 
 /// Polls gateway 0's counter `key` until it reaches `at_least`; fails after `within`.
-fn wait_for_stat(cluster: &mut GatewayCluster, key: &str, at_least: u64, within: Duration) {
-    baton_harness::wait_until(within, &format!("{key} reaching {at_least}"), || {
+fn wait_for_stat(cluster: &mut GatewayCluster, key: fn(&GatewayStats) -> u64, at_least: u64, within: Duration) {
+    baton_harness::wait_until(within, &format!("a counter reaching {at_least}"), || {
         let stats = cluster.gateway_stats(0).map_err(|error| error.to_string())?;
-        if stats[key].as_u64().unwrap_or(0) >= at_least { Ok(()) } else { Err(stats.to_string()) }
+        if key(&stats) >= at_least { Ok(()) } else { Err(format!("{stats:?}")) }
     });
 }
 
@@ -74,7 +75,7 @@ fn players_keep_playing_through_handoffs_and_border_crossings() {
         .collect();
 
     // Every player is in before the first handoff.
-    wait_for_stat(&mut cluster, "sessions", plans.len() as u64, Duration::from_secs(60));
+    wait_for_stat(&mut cluster, |stats| stats.sessions, plans.len() as u64, Duration::from_secs(60));
     // Hand both regions back and forth between the two servers while the players play: six
     // committed handoffs, each after the players sent another 400 inputs through the gateway.
     let mut owners = [0usize, 1usize];
@@ -82,8 +83,8 @@ fn players_keep_playing_through_handoffs_and_border_crossings() {
     let mut turn = 0;
     while handoffs.iter().filter(|event| matches!(event, ServerEvent::HandedOff { .. })).count() < 6 {
         assert!(handoffs.len() < 12, "most handoffs did not commit: {handoffs:?}");
-        let forwarded = cluster.gateway_stats(0).unwrap()["inputs_forwarded"].as_u64().unwrap_or(0);
-        wait_for_stat(&mut cluster, "inputs_forwarded", forwarded + 400, Duration::from_secs(30));
+        let forwarded = cluster.gateway_stats(0).unwrap().inputs_forwarded;
+        wait_for_stat(&mut cluster, |stats| stats.inputs_forwarded, forwarded + 400, Duration::from_secs(30));
         let region = 1 + (turn % 2) as u64;
         let from = owners[turn % 2];
         let to = 1 - from;
@@ -95,7 +96,7 @@ fn players_keep_playing_through_handoffs_and_border_crossings() {
         turn += 1;
     }
     // Patrolling avatars walk across the border between the regions, both ways.
-    wait_for_stat(&mut cluster, "crossings", 20, Duration::from_secs(90));
+    wait_for_stat(&mut cluster, |stats| stats.crossings, 20, Duration::from_secs(90));
     stop.store(true, Ordering::Relaxed);
 
     let outcomes: Vec<PlayerOutcome> = tasks.into_iter().map(|task| runtime.block_on(task).unwrap().unwrap()).collect();
@@ -111,7 +112,7 @@ fn players_keep_playing_through_handoffs_and_border_crossings() {
     let p99_gap = gaps.get(gaps.len() * 99 / 100).copied().unwrap_or(0) as f64 / 1000.0;
     eprintln!(
         "{} players, {sent} inputs, {committed}/{} handoffs committed, {crossings} crossings, \
-         {neighbour_views} neighbour views, {disconnects} disconnects, update gap p99 {p99_gap:.1} ms max {max_gap:.1} ms; gateway {stats}",
+         {neighbour_views} neighbour views, {disconnects} disconnects, update gap p99 {p99_gap:.1} ms max {max_gap:.1} ms; gateway {stats:?}",
         outcomes.len(),
         handoffs.len()
     );
@@ -144,7 +145,7 @@ fn players_keep_playing_through_handoffs_and_border_crossings() {
     }
     assert!(crossings >= 20, "patrolling avatars should cross borders, saw {crossings}");
     assert!(neighbour_views > 0, "players near a border should see the neighbour's objects");
-    assert_eq!(stats["protocol_errors"], 0);
+    assert_eq!(stats.protocol_errors, 0);
 }
 
 async fn refused(cluster: &GatewayCluster, token: &str) -> (Option<CloseCode>, String) {
@@ -277,11 +278,11 @@ fn bad_clients_are_refused_and_nobody_else_notices() {
         assert_eq!(good.acked(), seq);
     });
     let stats = cluster.gateway_stats(0).unwrap();
-    assert!(stats["protocol_errors"].as_u64().unwrap() >= 3, "{stats}");
-    assert!(stats["refused_token"].as_u64().unwrap() >= 4, "{stats}");
-    assert!(stats["inputs_dropped_rate"].as_u64().unwrap() > 0, "{stats}");
-    assert_eq!(stats["flood_disconnects"], 1, "{stats}");
-    assert!(stats["refused_full"].as_u64().unwrap() >= 1, "{stats}");
+    assert!(stats.protocol_errors >= 3, "{stats:?}");
+    assert!(stats.refused_token >= 4, "{stats:?}");
+    assert!(stats.inputs_dropped_rate > 0, "{stats:?}");
+    assert_eq!(stats.flood_disconnects, 1, "{stats:?}");
+    assert!(stats.refused_full >= 1, "{stats:?}");
 }
 
 #[test]
@@ -366,7 +367,7 @@ fn a_server_that_does_not_own_a_region_can_neither_stop_it_nor_speak_for_it() {
     let mut client = runtime.block_on(Client::connect(&cluster.client_options(0), &cluster.token(7, 1))).unwrap();
     assert!(runtime.block_on(wait_for_update(&mut client)).is_some(), "the player gets the owner's updates");
 
-    cluster.gateways[0].send(&serde_json::json!({"cmd": "server", "addr": impostor.to_string()})).unwrap();
+    cluster.gateways[0].send(&GatewayCommand::Server { addr: impostor }).unwrap();
     let connection = runtime.block_on(async {
         let incoming = tokio::time::timeout(Duration::from_secs(10), endpoint.accept())
             .await
@@ -405,7 +406,7 @@ fn a_server_that_does_not_own_a_region_can_neither_stop_it_nor_speak_for_it() {
         connection
     });
     // The gateway refused the impostor's four updates (and its stops)...
-    wait_for_stat(&mut cluster, "updates_stale", 4, Duration::from_secs(30));
+    wait_for_stat(&mut cluster, |stats| stats.updates_stale, 4, Duration::from_secs(30));
     // ...and after that the player still gets the owner's updates, none of the impostor's, and
     // its session goes on.
     runtime.block_on(async {
@@ -432,8 +433,8 @@ fn a_server_that_does_not_own_a_region_can_neither_stop_it_nor_speak_for_it() {
         connection.close(0u32.into(), b"done");
     });
     let stats = cluster.gateway_stats(0).unwrap();
-    assert_eq!(stats["stopped_sessions"], 0, "{stats}");
-    assert!(stats["updates_stale"].as_u64().unwrap() >= 4, "the impostor's updates are counted: {stats}");
-    assert_eq!(stats["sessions"], 1, "{stats}");
+    assert_eq!(stats.stopped_sessions, 0, "{stats:?}");
+    assert!(stats.updates_stale >= 4, "the impostor's updates are counted: {stats:?}");
+    assert_eq!(stats.sessions, 1, "{stats:?}");
     client.close();
 }

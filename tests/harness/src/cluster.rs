@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use baton_coordinator::console::{ConsoleCommand, ConsoleEvent};
+use baton_gateway::{GatewayCommand, GatewayEvent, GatewayStats};
 use baton_wire::serve::{GameObject, JoinRequest, ServerCommand, ServerEvent, to_game_object, to_line};
 use baton_wire::{PlayerId, RegionId};
 use sample_region_server::expected_chain;
@@ -47,7 +48,7 @@ pub type ServerProcess = Process<ServerEvent>;
 /// A coordinator started with `--control`.
 pub type CoordinatorProcess = Process<ConsoleEvent>;
 /// A gateway started with `--control` (its console prints untyped JSON lines).
-pub type GatewayProcess = Process<serde_json::Value>;
+pub type GatewayProcess = Process<GatewayEvent>;
 
 impl ServerProcess {
     /// Starts `binary --serve` deciding ownership in the file-backed authority in `authority`,
@@ -144,9 +145,22 @@ impl CoordinatorProcess {
 impl GatewayProcess {
     /// Starts a gateway with `--control` from `command` and waits until it reports `listening`.
     pub fn spawn_gateway(name: &str, command: Command) -> anyhow::Result<GatewayProcess> {
-        Process::spawn_command(name, command, |event: &serde_json::Value| {
-            (event["event"] == "listening").then(|| event["addr"].as_str()?.parse().ok()).flatten()
+        Process::spawn_command(name, command, |event: &GatewayEvent| match event {
+            GatewayEvent::Listening { addr, .. } => Some(*addr),
+            _ => None,
         })
+    }
+
+    /// The gateway's counters, from its `stats` control line.
+    pub fn stats(&mut self) -> anyhow::Result<GatewayStats> {
+        let mark = self.log.len();
+        self.send(&GatewayCommand::Stats)?;
+        let (_, event) =
+            self.wait_for(mark, Duration::from_secs(10), |event| matches!(event, GatewayEvent::Stats { .. }))?;
+        match event {
+            GatewayEvent::Stats { stats } => Ok(stats),
+            other => bail!("not a stats event: {other:?}"),
+        }
     }
 }
 

@@ -8,8 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use baton_agent::AgentEvent;
 use baton_client::ClientOptions;
 use baton_gateway::token::TokenKey;
+use baton_gateway::{GatewayEvent, GatewayStats};
 use serde_json::{Value, json};
 
 use crate::cluster::{
@@ -386,11 +388,8 @@ impl Fleet {
     }
 
     /// The counters of the fleet's gateway (g0), as its `stats` command prints them.
-    pub fn gateway_stats(&mut self) -> anyhow::Result<serde_json::Value> {
-        let mark = self.gateway.log.len();
-        self.gateway.send(&serde_json::json!({"cmd": "stats"}))?;
-        let (_, event) = self.gateway.wait_for(mark, Duration::from_secs(10), |event| event["event"] == "stats")?;
-        Ok(event["stats"].clone())
+    pub fn gateway_stats(&mut self) -> anyhow::Result<GatewayStats> {
+        self.gateway.stats()
     }
 
     /// Starts the coordinator again with the same addresses and data.
@@ -497,12 +496,11 @@ fn agent_metrics_address(host: &str, stdout: std::process::ChildStdout) -> anyho
     let host = host.to_owned();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            let event: Value = serde_json::from_str(&line).unwrap_or_default();
-            match event["addr"].as_str().and_then(|addr| addr.parse::<SocketAddr>().ok()) {
-                Some(addr) if event["event"] == "metrics" => {
+            match serde_json::from_str::<AgentEvent>(&line) {
+                Ok(AgentEvent::Metrics { addr }) => {
                     let _ = sender.send(addr);
                 }
-                _ => eprintln!("agent {host}: {line}"),
+                Err(_) => eprintln!("agent {host}: {line}"),
             }
         }
     });
@@ -550,7 +548,10 @@ fn start_gateway(
     let metrics = gateway
         .log
         .iter()
-        .find_map(|event| (event["event"] == "listening").then(|| event["metrics"].as_str()?.parse().ok()).flatten())
+        .find_map(|event| match event {
+            GatewayEvent::Listening { metrics, .. } => *metrics,
+            _ => None,
+        })
         .context("the gateway did not say where it serves metrics")?;
     Ok((gateway, address, metrics))
 }

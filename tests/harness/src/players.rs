@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use baton_client::player::CloseCode;
 use baton_client::{Client, ClientOptions, Event};
+use baton_gateway::GatewayStats;
 use baton_gateway::token::{Claims, TokenKey};
-use serde_json::{Value, json};
 
 use crate::cluster::{GatewayProcess, ServerProcess, gateway_binary, issue_certificates, server_binary};
 use baton_wire::RegionId;
@@ -169,12 +169,8 @@ impl GatewayCluster {
     }
 
     /// The counters of gateway `index`.
-    pub fn gateway_stats(&mut self, index: usize) -> anyhow::Result<Value> {
-        let mark = self.gateways[index].log.len();
-        self.gateways[index].send(&json!({"cmd": "stats"}))?;
-        let (_, event) =
-            self.gateways[index].wait_for(mark, Duration::from_secs(10), |event| event["event"] == "stats")?;
-        Ok(event["stats"].clone())
+    pub fn gateway_stats(&mut self, index: usize) -> anyhow::Result<GatewayStats> {
+        self.gateways[index].stats()
     }
 
     /// The folder holding certificates and keys.
