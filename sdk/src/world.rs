@@ -535,7 +535,8 @@ impl World {
     /// Bounds the journal at the end of a tick: folds the digest when many records wait, which
     /// frees them unless a tracker still needs them.
     pub fn end_tick_housekeeping(&mut self) {
-        if self.journal.records.len() > 4096 && self.journal.since(self.digest.boundary).len() > 4096 {
+        // Records the digest has not folded yet (a tracker may keep older ones: those are its).
+        if self.journal.since(self.digest.boundary).len() > 4096 {
             self.fold_digest();
         }
     }
@@ -859,8 +860,11 @@ mod tests {
         assert_eq!(world.remove::<Name>(a), Some(Name("a".into())));
         assert_eq!(world.remove::<Name>(a), None);
         assert_eq!(world.mask_of(a), Some(1 << hp.0));
+        world.insert(a, Name("b".into())).unwrap();
+        assert!(world.remove_erased(a, name));
+        assert!(!world.remove_erased(a, name));
+        assert_eq!(world.mask_of(a), Some(1 << hp.0));
         assert!(world.remove_erased(a, hp));
-        assert!(!world.remove_erased(a, hp));
         assert_eq!(world.mask_of(a), Some(0));
         assert!(world.despawn(c));
         assert_eq!((world.count::<Hp>(), world.get::<Hp>(c), world.mask_of(c)), (0, None, None));
