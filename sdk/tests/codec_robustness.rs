@@ -174,3 +174,50 @@ fn unknown_and_mismatching_component_types_are_refused() {
     assert!(matches!(error, CodecError::SchemaMismatch { ref name, .. } if name == "test.position"), "{error}");
     assert_ne!(changed.schema_hash(), registry().schema_hash());
 }
+
+#[test]
+fn a_bundle_moves_one_entity_under_a_new_id_and_anything_else_is_refused() {
+    let mut from = World::new(registry());
+    let before = from.spawn();
+    let avatar = from.spawn();
+    from.insert(avatar, Position { xyz: [1.0, 2.0, 3.0], label: "avatar".into() }).unwrap();
+    from.insert(avatar, Health(7)).unwrap();
+    from.insert(avatar, Inventory { items: vec![(4, 2)] }).unwrap();
+    from.insert(before, Health(1)).unwrap();
+    let inventory = from.registry().id_of::<Inventory>().unwrap();
+    let bundle = codec::encode_bundle(&from, avatar, &[inventory]).unwrap();
+
+    let mut to = populated_world();
+    let arrived = codec::apply_bundle(&mut to, &bundle, DecodeLimits::default()).unwrap();
+    assert_eq!(arrived.0, 51, "a new id in the receiving world");
+    assert_eq!(to.get::<Position>(arrived), from.get::<Position>(avatar));
+    assert_eq!(to.get::<Health>(arrived), Some(&Health(7)));
+    assert_eq!(to.get::<Inventory>(arrived), None, "left out");
+    assert_eq!(to.entity_count(), 51);
+    assert_eq!(to.digest(), to.digest_full());
+
+    let gone = from.spawn();
+    from.despawn(gone);
+    assert!(matches!(codec::encode_bundle(&from, gone, &[]), Err(CodecError::Encode(_))));
+    // Archives that are not bundles: a snapshot chunk, a delta round, garbage, a cut bundle.
+    let tracker = from.create_tracker();
+    from.insert(avatar, Health(8)).unwrap();
+    let changes = from.changes(tracker);
+    let delta = codec::encode_delta(&from, &changes, 1, ChunkConfig::default()).unwrap();
+    let snapshot = codec::encode_snapshot(&from, ChunkConfig::default()).unwrap();
+    let digest = to.digest();
+    for (what, bytes) in [
+        ("a snapshot", snapshot[0].to_vec()),
+        ("a delta", delta[0].to_vec()),
+        ("garbage", vec![7; 64]),
+        ("a cut bundle", bundle[..bundle.len() - 8].to_vec()),
+    ] {
+        let refused = codec::apply_bundle(&mut to, &bytes, DecodeLimits::default());
+        assert!(refused.is_err(), "{what} taken as a bundle");
+        assert_eq!(to.digest(), digest, "{what} changed the world");
+    }
+    assert_eq!(
+        codec::apply_bundle(&mut to, &snapshot[0], DecodeLimits::default()).unwrap_err().to_string(),
+        CodecError::Invalid("not an entity bundle".into()).to_string()
+    );
+}

@@ -772,3 +772,57 @@ pub fn apply(world: &mut World, bytes: &[u8], limits: DecodeLimits) -> Result<Ap
     let decoded = decode(world.registry(), bytes, limits)?;
     Ok(decoded.apply(world))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, crate::Component)]
+    #[component(name = "test.hp")]
+    struct Hp(u32);
+
+    #[test]
+    fn only_a_well_formed_one_entity_bundle_is_applied() {
+        let mut registry = Registry::new();
+        registry.register::<Hp>().unwrap();
+        let mut world = World::new(registry);
+        let [a, b] = [world.spawn(), world.spawn()];
+        world.insert(a, Hp(1)).unwrap();
+        world.insert(b, Hp(2)).unwrap();
+        let hp = world.registry().id_of::<Hp>().unwrap();
+        let bundle = ArchiveKind::Delta { round: BUNDLE_ROUND, part: 0 };
+        let range = (EntityId(0), EntityId(0));
+        let write = |kind, entities: &[EntityId], despawned: &[EntityId], removed: &[_], columns: &[_]| {
+            write_archive(&world, kind, range, entities, despawned, removed, columns).unwrap()
+        };
+        let cases = [
+            ("the bundle", write(bundle, &[a], &[], &[], &[(hp, vec![a])])),
+            ("two entities", write(bundle, &[a, b], &[], &[], &[(hp, vec![a, b])])),
+            ("a despawn", write(bundle, &[a], &[b], &[], &[(hp, vec![a])])),
+            ("a removal", write(bundle, &[a], &[], &[(b, hp)], &[(hp, vec![a])])),
+            ("another entity's column", write(bundle, &[a], &[], &[], &[(hp, vec![b])])),
+            ("a delta round", write(ArchiveKind::Delta { round: 1, part: 0 }, &[a], &[], &[], &[(hp, vec![a])])),
+            (
+                "a later part",
+                write(ArchiveKind::Delta { round: BUNDLE_ROUND, part: 1 }, &[a], &[], &[], &[(hp, vec![a])]),
+            ),
+        ];
+        let mut target = World::new(world.registry().as_ref().clone());
+        for (what, bytes) in cases {
+            let before = target.digest();
+            let result = apply_bundle(&mut target, &bytes, DecodeLimits::default());
+            if what == "the bundle" {
+                let entity = result.unwrap();
+                assert_eq!(target.get::<Hp>(entity), Some(&Hp(1)));
+            } else {
+                let expected = if what == "another entity's column" {
+                    "a bundle column holds another entity"
+                } else {
+                    "not an entity bundle"
+                };
+                assert_eq!(result, Err(CodecError::Invalid(expected.into())), "{what}");
+                assert_eq!(target.digest(), before, "{what} changed the world");
+            }
+        }
+    }
+}
