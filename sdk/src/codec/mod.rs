@@ -825,4 +825,66 @@ mod tests {
             }
         }
     }
+
+    fn hp_world(entities: u32) -> World {
+        let mut registry = Registry::new();
+        registry.register::<Hp>().unwrap();
+        let mut world = World::new(registry);
+        for value in 0..entities {
+            let entity = world.spawn();
+            world.insert(entity, Hp(value)).unwrap();
+        }
+        world
+    }
+
+    #[test]
+    fn snapshot_chunks_aim_at_the_target_size_from_the_second_on() {
+        let world = hp_world(5000);
+        let config = ChunkConfig { target_chunk_bytes: 4096, max_chunk_bytes: 64 * 1024 };
+        let mut writer = SnapshotWriter::new(config);
+        let mut sizes = Vec::new();
+        while let Some(chunk) = writer.next_chunk(&world).unwrap() {
+            sizes.push(chunk.len());
+        }
+        assert!(writer.is_done());
+        // The first guesses (512 entities); the others follow what it weighed per entity.
+        let (middle, last) = (&sizes[1..sizes.len() - 1], sizes[sizes.len() - 1]);
+        assert!(middle.len() >= 10, "{sizes:?}");
+        // Within 10% of the target (the estimate rounds the bytes per entity down).
+        for size in middle {
+            assert!((3686..=4506).contains(size), "a chunk of {size} bytes for a target of 4096: {sizes:?}");
+        }
+        assert!(last <= 4506, "{sizes:?}");
+        assert!(writer.next_chunk(&world).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_first_chunk_over_the_limit_is_halved_until_it_fits() {
+        let world = hp_world(5000);
+        let config = ChunkConfig { target_chunk_bytes: 1024, max_chunk_bytes: 2048 };
+        let chunks = encode_snapshot(&world, config).unwrap();
+        assert!(chunks.iter().all(|chunk| chunk.len() <= 2048));
+        // 512 entities were too many; 64 fit (a chunk of 64 weighs well under 2 kB).
+        assert!(chunks[0].len() > 1024, "the first chunk is the largest halving that fits: {}", chunks[0].len());
+    }
+
+    #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, crate::Component)]
+    #[component(name = "test.blob")]
+    struct Blob(Vec<u8>);
+
+    #[test]
+    fn an_entity_alone_over_the_limit_is_an_error_naming_it() {
+        let mut registry = Registry::new();
+        registry.register::<Blob>().unwrap();
+        let mut world = World::new(registry);
+        let small = world.spawn();
+        world.insert(small, Blob(vec![1; 10])).unwrap();
+        let big = world.spawn();
+        world.insert(big, Blob(vec![2; 4096])).unwrap();
+        let config = ChunkConfig { target_chunk_bytes: 1024, max_chunk_bytes: 2048 };
+        let error = encode_snapshot(&world, config).unwrap_err();
+        let CodecError::Encode(message) = error else { panic!("{error:?}") };
+        assert!(message.starts_with("entity #2 alone needs"), "{message}");
+        assert!(message.ends_with("over the chunk limit of 2048"), "{message}");
+    }
 }
