@@ -843,10 +843,20 @@ mod tests {
         let config = ChunkConfig { target_chunk_bytes: 4096, max_chunk_bytes: 64 * 1024 };
         let mut writer = SnapshotWriter::new(config);
         let mut sizes = Vec::new();
+        let mut decoded = Vec::new();
         while let Some(chunk) = writer.next_chunk(&world).unwrap() {
             sizes.push(chunk.len());
+            decoded.push(decode(world.registry(), &chunk, DecodeLimits::default()).unwrap());
         }
         assert!(writer.is_done());
+        // Numbered in order, the last marked, each entity in exactly one chunk, in id order.
+        let count = decoded.len();
+        for (index, archive) in decoded.iter().enumerate() {
+            let kind = ArchiveKind::SnapshotChunk { index: index as u32, last: index + 1 == count };
+            assert_eq!(archive.kind, kind);
+        }
+        let entities: Vec<EntityId> = decoded.iter().flat_map(|archive| archive.entities.iter().copied()).collect();
+        assert_eq!(entities, world.entities().collect::<Vec<_>>());
         // The first guesses (512 entities); the others follow what it weighed per entity.
         let (middle, last) = (&sizes[1..sizes.len() - 1], sizes[sizes.len() - 1]);
         assert!(middle.len() >= 10, "{sizes:?}");
