@@ -897,4 +897,88 @@ mod tests {
         assert!(message.starts_with("entity #2 alone needs"), "{message}");
         assert!(message.ends_with("over the chunk limit of 2048"), "{message}");
     }
+
+    /// Every entity id an archive names (spawned, despawned, removed, columns), smallest and largest.
+    fn id_span(archive: &DecodedArchive) -> (EntityId, EntityId) {
+        let ids: Vec<EntityId> = archive
+            .entities
+            .iter()
+            .chain(&archive.despawned)
+            .copied()
+            .chain(archive.removed.iter().map(|(entity, _)| *entity))
+            .chain(archive.columns.iter().flat_map(|(_, holders, _)| holders.iter().copied()))
+            .collect();
+        (*ids.iter().min().unwrap(), *ids.iter().max().unwrap())
+    }
+
+    #[test]
+    fn a_large_delta_is_split_by_entity_into_parts_that_fit_and_apply_to_the_same_world() {
+        let mut registry = Registry::new();
+        registry.register::<Hp>().unwrap();
+        registry.register::<Blob>().unwrap();
+        let mut source = World::new(registry);
+        let entities: Vec<EntityId> = (0..200u32)
+            .map(|value| {
+                let entity = source.spawn();
+                source.insert(entity, Hp(value)).unwrap();
+                source.insert(entity, Blob(vec![1; 100])).unwrap();
+                entity
+            })
+            .collect();
+        let mut target = World::new(source.registry().as_ref().clone());
+        for chunk in encode_snapshot(&source, ChunkConfig::default()).unwrap() {
+            apply(&mut target, &chunk, DecodeLimits::default()).unwrap();
+        }
+        let tracker = source.create_tracker();
+        // Every kind of record, spread over the whole id range.
+        for (index, entity) in entities.iter().enumerate() {
+            match index % 5 {
+                0 => assert!(source.despawn(*entity)),
+                1 => assert!(source.remove::<Hp>(*entity).is_some()),
+                2 => assert!(source.insert(*entity, Blob(vec![2; 150])).unwrap().is_some()),
+                _ => {}
+            }
+        }
+        for _ in 0..50 {
+            let entity = source.spawn();
+            source.insert(entity, Blob(vec![3; 100])).unwrap();
+        }
+        let changes = source.changes(tracker);
+        let config = ChunkConfig { target_chunk_bytes: 2048, max_chunk_bytes: 4096 };
+        let parts = encode_delta(&source, &changes, 7, config).unwrap();
+        assert!(parts.len() >= 4, "{} parts", parts.len());
+        let mut previous: Option<EntityId> = None;
+        for (index, part) in parts.iter().enumerate() {
+            assert!(part.len() <= 4096, "part {index}: {} bytes", part.len());
+            let decoded = decode(target.registry(), part, DecodeLimits::default()).unwrap();
+            assert_eq!(decoded.kind, ArchiveKind::Delta { round: 7, part: index as u32 });
+            // Parts hold consecutive ranges of entities: all of one entity's changes in one part.
+            let (low, high) = id_span(&decoded);
+            assert!(previous.is_none_or(|previous| previous < low), "part {index} starts at {low}, after {previous:?}");
+            previous = Some(high);
+            decoded.apply(&mut target);
+        }
+        assert_eq!(target.digest(), source.digest());
+    }
+
+    #[test]
+    fn two_entities_over_the_limit_go_in_two_parts_and_one_alone_is_an_error() {
+        let mut registry = Registry::new();
+        registry.register::<Blob>().unwrap();
+        let mut world = World::new(registry);
+        let config = ChunkConfig { target_chunk_bytes: 1024, max_chunk_bytes: 2048 };
+        let tracker = world.create_tracker();
+        for _ in 0..2 {
+            let entity = world.spawn();
+            world.insert(entity, Blob(vec![1; 1500])).unwrap();
+        }
+        let changes = world.changes(tracker);
+        assert_eq!(encode_delta(&world, &changes, 1, config).unwrap().len(), 2);
+        let big = world.spawn();
+        world.insert(big, Blob(vec![1; 4096])).unwrap();
+        let changes = world.changes(tracker);
+        let error = encode_delta(&world, &changes, 2, config).unwrap_err();
+        let CodecError::Encode(message) = error else { panic!("{error:?}") };
+        assert!(message.starts_with("changes of one entity need"), "{message}");
+    }
 }
