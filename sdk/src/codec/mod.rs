@@ -981,4 +981,28 @@ mod tests {
         let CodecError::Encode(message) = error else { panic!("{error:?}") };
         assert!(message.starts_with("changes of one entity need"), "{message}");
     }
+
+    #[test]
+    fn the_size_limit_and_the_header_are_checked_at_their_exact_boundaries() {
+        let world = hp_world(3);
+        let bytes = encode_snapshot(&world, ChunkConfig::default()).unwrap().remove(0);
+        let registry = world.registry();
+        let exactly = DecodeLimits { max_archive_bytes: bytes.len() };
+        assert!(decode(registry, &bytes, exactly).is_ok(), "an archive of exactly the limit is taken");
+        let under = DecodeLimits { max_archive_bytes: bytes.len() - 1 };
+        assert_eq!(
+            decode(registry, &bytes, under).unwrap_err(),
+            CodecError::TooLarge { length: bytes.len(), limit: bytes.len() - 1 }
+        );
+        let limits = DecodeLimits::default();
+        assert_eq!(
+            decode(registry, &bytes[..HEADER_LEN], limits).unwrap_err(),
+            CodecError::Truncated("shorter than its declared length"),
+            "a whole header is read"
+        );
+        assert_eq!(
+            decode(registry, &bytes[..HEADER_LEN - 1], limits).unwrap_err(),
+            CodecError::Truncated("shorter than the header")
+        );
+    }
 }
