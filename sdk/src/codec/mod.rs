@@ -1005,4 +1005,40 @@ mod tests {
             CodecError::Truncated("shorter than the header")
         );
     }
+
+    #[test]
+    fn a_section_off_the_alignment_is_refused_even_within_bounds() {
+        let world = hp_world(3);
+        let mut bytes = encode_snapshot(&world, ChunkConfig::default()).unwrap().remove(0).to_vec();
+        let offset = u32::from_le_bytes(bytes[HEADER_LEN..HEADER_LEN + 4].try_into().unwrap()) as usize;
+        let length = u32::from_le_bytes(bytes[HEADER_LEN + 4..HEADER_LEN + 8].try_into().unwrap()) as usize;
+        let shifted = offset + ALIGN / 2;
+        assert!(shifted + length <= bytes.len(), "the shifted manifest still lies inside the archive");
+        bytes[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&(shifted as u32).to_le_bytes());
+        assert_eq!(
+            decode(world.registry(), &bytes, DecodeLimits::default()).unwrap_err(),
+            CodecError::Invalid(format!("section 0 at {shifted}+{length} is out of bounds"))
+        );
+    }
+
+    #[test]
+    fn a_chunk_of_one_entity_has_a_range_of_one_id() {
+        let mut registry = Registry::new();
+        registry.register::<Blob>().unwrap();
+        let mut world = World::new(registry);
+        for _ in 0..3 {
+            let entity = world.spawn();
+            world.insert(entity, Blob(vec![1; 1500])).unwrap();
+        }
+        let config = ChunkConfig { target_chunk_bytes: 1024, max_chunk_bytes: 2048 };
+        let chunks = encode_snapshot(&world, config).unwrap();
+        assert_eq!(chunks.len(), 3);
+        let middle = decode(world.registry(), &chunks[1], DecodeLimits::default()).unwrap();
+        assert_eq!(middle.range, (EntityId(2), EntityId(2)));
+        let mut copy = World::new(world.registry().as_ref().clone());
+        for chunk in &chunks {
+            apply(&mut copy, chunk, DecodeLimits::default()).unwrap();
+        }
+        assert_eq!(copy.digest(), world.digest());
+    }
 }
