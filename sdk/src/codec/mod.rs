@@ -1041,4 +1041,54 @@ mod tests {
         }
         assert_eq!(copy.digest(), world.digest());
     }
+
+    #[test]
+    fn a_snapshot_chunk_clears_its_range_and_apply_counts_what_it_did() {
+        let mut source = hp_world(5);
+        let mut target = World::new(source.registry().as_ref().clone());
+        for chunk in encode_snapshot(&source, ChunkConfig::default()).unwrap() {
+            apply(&mut target, &chunk, DecodeLimits::default()).unwrap();
+        }
+        // Entity 3 is gone at the source: a new snapshot over the whole range takes it away.
+        assert!(source.despawn(EntityId(3)));
+        let chunks = encode_snapshot(&source, ChunkConfig::default()).unwrap();
+        assert_eq!(chunks.len(), 1);
+        let stats = apply(&mut target, &chunks[0], DecodeLimits::default()).unwrap();
+        assert_eq!(stats, ApplyStats { values: 4, despawned: 1, removed: 0 });
+        assert!(!target.is_alive(EntityId(3)));
+        assert_eq!(target.digest(), source.digest());
+        // A delta: one value set, one component removed, one entity despawned.
+        let tracker = source.create_tracker();
+        source.insert(EntityId(1), Hp(100)).unwrap();
+        source.remove::<Hp>(EntityId(4));
+        source.despawn(EntityId(5));
+        let changes = source.changes(tracker);
+        let parts = encode_delta(&source, &changes, 1, ChunkConfig::default()).unwrap();
+        let stats = apply(&mut target, &parts[0], DecodeLimits::default()).unwrap();
+        assert_eq!(stats, ApplyStats { values: 1, despawned: 1, removed: 1 });
+        assert_eq!(target.digest(), source.digest());
+    }
+
+    #[test]
+    fn a_snapshot_chunk_names_only_entities_inside_its_range() {
+        let world = hp_world(5);
+        let hp = world.registry().id_of::<Hp>().unwrap();
+        let ids = |range: std::ops::RangeInclusive<u64>| range.map(EntityId).collect::<Vec<_>>();
+        let chunk = |entities: &[EntityId], holders: Vec<EntityId>| {
+            let kind = ArchiveKind::SnapshotChunk { index: 1, last: false };
+            write_archive(&world, kind, (EntityId(2), EntityId(3)), entities, &[], &[], &[(hp, holders)]).unwrap()
+        };
+        let outside = || Err(CodecError::Invalid("snapshot chunk names an entity outside its range".into()));
+        let cases = [
+            ("both ends of the range", chunk(&ids(2..=3), ids(2..=3)), Ok(())),
+            ("an entity below", chunk(&ids(1..=3), ids(2..=3)), outside()),
+            ("an entity above", chunk(&ids(2..=4), ids(2..=3)), outside()),
+            ("a holder below", chunk(&ids(2..=3), ids(1..=3)), outside()),
+            ("a holder above", chunk(&ids(2..=3), ids(2..=4)), outside()),
+        ];
+        for (what, bytes, expected) in cases {
+            let result = decode(world.registry(), &bytes, DecodeLimits::default()).map(drop);
+            assert_eq!(result, expected, "{what}");
+        }
+    }
 }
