@@ -1049,19 +1049,22 @@ mod tests {
         for chunk in encode_snapshot(&source, ChunkConfig::default()).unwrap() {
             apply(&mut target, &chunk, DecodeLimits::default()).unwrap();
         }
-        // Entity 3 is gone at the source: a new snapshot over the whole range takes it away.
+        // Entity 3 is gone at the source and entity 2 lost its component: a new snapshot over
+        // the whole range takes both away.
         assert!(source.despawn(EntityId(3)));
+        assert_eq!(source.remove::<Hp>(EntityId(2)), Some(Hp(1)));
         let chunks = encode_snapshot(&source, ChunkConfig::default()).unwrap();
         assert_eq!(chunks.len(), 1);
         let stats = apply(&mut target, &chunks[0], DecodeLimits::default()).unwrap();
-        assert_eq!(stats, ApplyStats { values: 4, despawned: 1, removed: 0 });
+        assert_eq!(stats, ApplyStats { values: 3, despawned: 1, removed: 1 });
+        assert!(target.is_alive(EntityId(2)) && !target.has::<Hp>(EntityId(2)));
         assert!(!target.is_alive(EntityId(3)));
         assert_eq!(target.digest(), source.digest());
         // A delta: one value set, one component removed, one entity despawned.
         let tracker = source.create_tracker();
         source.insert(EntityId(1), Hp(100)).unwrap();
-        source.remove::<Hp>(EntityId(4));
-        source.despawn(EntityId(5));
+        assert!(source.remove::<Hp>(EntityId(4)).is_some());
+        assert!(source.despawn(EntityId(5)));
         let changes = source.changes(tracker);
         let parts = encode_delta(&source, &changes, 1, ChunkConfig::default()).unwrap();
         let stats = apply(&mut target, &parts[0], DecodeLimits::default()).unwrap();
