@@ -1094,4 +1094,21 @@ mod tests {
             assert_eq!(result, expected, "{what}");
         }
     }
+
+    #[test]
+    fn a_chunk_of_exactly_the_limit_is_kept_whole() {
+        for entities in [1, 2] {
+            let world = hp_world(entities);
+            let whole = encode_snapshot(&world, ChunkConfig::default()).unwrap();
+            assert_eq!(whole.len(), 1);
+            let limit = whole[0].len();
+            let config = ChunkConfig { target_chunk_bytes: limit, max_chunk_bytes: limit };
+            let chunks = encode_snapshot(&world, config).unwrap();
+            assert_eq!(chunks.len(), 1, "{entities} entities in {limit} bytes, the limit, are one chunk");
+            let decoded = decode(world.registry(), &chunks[0], DecodeLimits::default()).unwrap();
+            assert!(
+                format!("{decoded:?}").starts_with("DecodedArchive { kind: SnapshotChunk { index: 0, last: true }")
+            );
+        }
+    }
 }
