@@ -85,3 +85,19 @@ pub const fn schema_hash<T: Archive>(fingerprint: u64) -> u64 {
     hash = (hash ^ align).wrapping_mul(0x94d0_49bb_1331_11eb);
     hash ^ (hash >> 31)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Processes of different builds compare these hashes to agree on a component's shape, so
+    /// the mixing must not change: the values are pinned.
+    #[test]
+    fn schema_hashes_are_stable_and_follow_size_alignment_and_fingerprint() {
+        let hashes = [schema_hash::<u32>(1), schema_hash::<u32>(2), schema_hash::<u64>(1), schema_hash::<[u8; 4]>(1)];
+        assert_eq!(
+            hashes,
+            [0x9761_7f44_6355_e656, 0x5fe0_2b82_2c32_c150, 0xbf98_bb74_ff89_4157, 0xd8f0_a215_a5e2_a733]
+        );
+    }
+}
