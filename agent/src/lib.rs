@@ -40,13 +40,6 @@ pub const CPU_CORES: &str = "baton_agent_cpu_cores";
 /// Resident memory of the region-server processes.
 pub const MEMORY_BYTES: &str = "baton_agent_memory_bytes";
 
-/// How long after a claim the agent waits before starting the claimed process's replacement (the
-/// handoff to the claimed process runs meanwhile, on the same cores).
-const REFILL_DELAY: Duration = Duration::from_secs(3);
-
-/// The shortest time over which a process's CPU use is measured.
-const CPU_WINDOW: Duration = Duration::from_secs(1);
-
 /// A line the agent prints on standard output (JSON, one object a line); its logs go to
 /// standard error.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -58,6 +51,13 @@ pub enum AgentEvent {
         addr: SocketAddr,
     },
 }
+
+/// How long after a claim the agent waits before starting the claimed process's replacement (the
+/// handoff to the claimed process runs meanwhile, on the same cores).
+const REFILL_DELAY: Duration = Duration::from_secs(3);
+
+/// The shortest time over which a process's CPU use is measured.
+const CPU_WINDOW: Duration = Duration::from_secs(1);
 
 /// Describes the agent's metrics (call once, after installing a recorder).
 pub fn describe_metrics() {

@@ -181,9 +181,10 @@ impl World {
 
     /// Spawns an entity with no components.
     pub fn spawn(&mut self) -> EntityId {
-        // `spawn_with_id` moves `next_entity` past it.
+        // `spawn_with_id` moves `next_entity` past it; every live id is below `next_entity`.
         let entity = EntityId(self.next_entity);
-        self.spawn_with_id(entity);
+        let spawned = self.spawn_with_id(entity);
+        debug_assert!(spawned, "the next entity id is never alive");
         entity
     }
 

@@ -845,8 +845,13 @@ mod tests {
 
         /// Changes the first `count` entities, as a tick would.
         fn change(&mut self, count: usize) {
+            self.change_range(0..count);
+        }
+
+        /// Changes the entities at positions `range`.
+        fn change_range(&mut self, range: std::ops::Range<usize>) {
             self.changed += 1;
-            for entity in &self.entities[..count] {
+            for entity in &self.entities[range] {
                 self.world.insert(*entity, Blob(vec![self.changed; BLOB_BYTES])).unwrap();
             }
         }
@@ -1006,12 +1011,17 @@ mod tests {
         run.tick();
         let first = run.drain();
         assert_eq!(delta_rounds(&first).first(), Some(&1));
-        run.change(30);
+        // Ten entities change while round 1 is in flight, ten others at the tick that follows.
+        run.change_range(0..10);
         run.tick();
         assert_eq!(run.drain(), Vec::new(), "round 1 is still in flight");
         run.acknowledge();
+        run.change_range(30..40);
         run.tick();
-        assert_eq!(delta_rounds(&run.drain()).first(), Some(&2), "the changes of both ticks");
+        let second = run.drain();
+        assert_eq!(delta_rounds(&second), vec![2]);
+        let bytes = delta_bytes(&second);
+        assert!((20 * BLOB_BYTES as u64..25 * BLOB_BYTES as u64).contains(&bytes), "both ticks' 20 entities: {bytes}");
     }
 
     #[test]
@@ -1112,7 +1122,14 @@ mod tests {
         assert_eq!(run.source.poll_timeout(), Some(heard + Duration::from_secs(3)), "silence before the commit limit");
         run.after(Duration::from_secs(3));
         run.authority_asked();
-        assert_eq!(run.source.abort_reason().unwrap().reason, "the target went silent after the freeze");
+        assert_eq!(
+            run.source.abort_reason().cloned().unwrap(),
+            AbortReason {
+                culprit: Culprit::Target,
+                phase: Phase::Freeze,
+                reason: "the target went silent after the freeze".into()
+            }
+        );
     }
 
     #[test]
@@ -1145,7 +1162,14 @@ mod tests {
         let mut run = Run::frozen_with(slow);
         run.after(Duration::from_secs(10));
         run.authority_asked();
-        assert_eq!(run.source.abort_reason().unwrap().reason, "the target did not commit in time");
+        assert_eq!(
+            run.source.abort_reason().cloned().unwrap(),
+            AbortReason {
+                culprit: Culprit::Target,
+                phase: Phase::Freeze,
+                reason: "the target did not commit in time".into()
+            }
+        );
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub struct Process<E> {
 pub type ServerProcess = Process<ServerEvent>;
 /// A coordinator started with `--control`.
 pub type CoordinatorProcess = Process<ConsoleEvent>;
-/// A gateway started with `--control` (its console prints untyped JSON lines).
+/// A gateway started with `--control` (it prints `baton_gateway::GatewayEvent` lines).
 pub type GatewayProcess = Process<GatewayEvent>;
 
 impl ServerProcess {
