@@ -139,4 +139,19 @@ mod tests {
             .chain(times(SEND_BACK_AFTER - 1, Event::Refused));
         check(events, &[]);
     }
+
+    #[test]
+    fn an_arrival_forgets_the_crossing_and_a_late_refusal_starts_from_zero() {
+        // No emigration after the arrival: a late refusal does not continue the forgotten count.
+        let events = std::iter::once(Event::Emigrated)
+            .chain(times(SEND_BACK_AFTER - 1, Event::Unroutable))
+            .chain([Event::Arrived])
+            .chain(times(SEND_BACK_AFTER - 1, Event::Refused));
+        check(events, &[]);
+        // Nothing is kept for a player whose crossing ended.
+        let mut crossings = Crossings::default();
+        crossings.handle_emigrated(PlayerId(7));
+        crossings.handle_arrived(PlayerId(7));
+        assert!(crossings.failures.is_empty());
+    }
 }

@@ -397,4 +397,41 @@ mod tests {
         assert!(!table.handle_detached(PlayerId(2)));
         assert_eq!(table.handle_input(input(2, 1)), Routed::NoSession(PlayerId(2)), "no session, nowhere to go");
     }
+
+    #[test]
+    fn timers_due_at_the_same_instant_all_fire_in_the_order_scheduled() {
+        let start = Instant::now();
+        let mut table = SessionTable::new(GRACE);
+        let first = table.handle_connected(PlayerId(1), HOME);
+        let second = table.handle_connected(PlayerId(2), HOME);
+        table.handle_disconnected(start, PlayerId(1), first.generation);
+        table.handle_disconnected(start, PlayerId(2), second.generation);
+        let due = table.poll_timeout().unwrap();
+        assert_eq!(
+            table.handle_timeout(due),
+            vec![
+                SessionAction::Leave { player: PlayerId(1), region: HOME },
+                SessionAction::Leave { player: PlayerId(2), region: HOME }
+            ]
+        );
+        assert_eq!(table.len(), 0);
+    }
+
+    #[test]
+    fn an_older_connections_grace_does_not_end_a_session_that_resumed_and_dropped_again() {
+        let start = Instant::now();
+        let mut table = SessionTable::new(GRACE);
+        let first = table.handle_connected(PlayerId(7), HOME);
+        table.handle_disconnected(start, PlayerId(7), first.generation);
+        let second = table.handle_connected(PlayerId(7), HOME);
+        let later = start + Duration::from_secs(3);
+        table.handle_disconnected(later, PlayerId(7), second.generation);
+        // The first connection's grace ends: the session is the second connection's now.
+        assert!(table.handle_timeout(start + GRACE + Duration::from_secs(1)).is_empty());
+        assert_eq!(table.len(), 1);
+        assert_eq!(
+            table.handle_timeout(later + GRACE + Duration::from_secs(1)),
+            vec![SessionAction::Leave { player: PlayerId(7), region: HOME }]
+        );
+    }
 }

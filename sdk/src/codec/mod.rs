@@ -1110,4 +1110,22 @@ mod tests {
             assert!(format!("{decoded:?}").starts_with("DecodedArchive { kind: SnapshotChunk"));
         }
     }
+
+    #[test]
+    fn a_split_sends_every_record_below_the_entity_low_and_the_rest_high() {
+        let id = ComponentId(0);
+        let of = |entity: u64| ChangeSet {
+            spawned: vec![EntityId(entity)],
+            set: vec![(EntityId(entity), id)],
+            removed: vec![(EntityId(entity), id)],
+            despawned: vec![EntityId(entity)],
+        };
+        let both = ChangeSet {
+            spawned: vec![EntityId(4), EntityId(5)],
+            set: vec![(EntityId(4), id), (EntityId(5), id)],
+            removed: vec![(EntityId(4), id), (EntityId(5), id)],
+            despawned: vec![EntityId(4), EntityId(5)],
+        };
+        assert_eq!(split_changes(&both, EntityId(5)), (of(4), of(5)));
+    }
 }
