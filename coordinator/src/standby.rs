@@ -343,12 +343,20 @@ impl Placement {
         }
     }
 
-    /// The time passes. `owner` is the region's owner now (`None`: not known to be served);
-    /// `standby_host_usable` whether the standby's host still takes work (connected, not dead,
-    /// draining or freed).
-    pub fn handle_time(&mut self, now: Instant, owner: Option<&OwnerAt>, standby_host_usable: bool) -> Vec<HostAction> {
+    /// The time passes. `owner` is the region's owner now and when its host last reported
+    /// (`None`: not known to be served); `standby_host_usable` whether the standby's host still
+    /// takes work (connected, not dead, draining or freed).
+    pub fn handle_time(
+        &mut self,
+        now: Instant,
+        owner: Option<(&OwnerAt, Instant)>,
+        standby_host_usable: bool,
+    ) -> Vec<HostAction> {
         let waited = now.duration_since(self.step_started);
-        let moved_on = owner.is_some_and(|owner| *owner != self.owner);
+        let moved_on = owner.is_some_and(|(owner, _)| *owner != self.owner);
+        // An owner counts as serving again only on a report made after the standby lost its
+        // feed: until its host is declared dead, a dead owner's last report still says it serves.
+        let serving_since_detached = owner.is_some_and(|(_, reported)| reported > self.step_started);
         match &self.step {
             Step::Done => Vec::new(),
             _ if moved_on => self.end("the region's owner changed".into()),
@@ -364,9 +372,10 @@ impl Placement {
             Step::Feeding { .. } if waited >= self.settings.first_hold => {
                 self.end("the standby held no tick in time".into())
             }
-            // Kept only while a failover may want it: once the owner serves again (the link
-            // broke, not the owner), or after the keep time, a fresh standby is better.
-            Step::Detached { .. } if owner.is_some() || waited >= self.settings.detached_keep => {
+            // Kept only while a failover may want it: once the owner reports serving after the
+            // feed broke (the link broke, not the owner), or after the keep time, a fresh
+            // standby is better.
+            Step::Detached { .. } if serving_since_detached || waited >= self.settings.detached_keep => {
                 self.end("the standby lost its feed".into())
             }
             _ => Vec::new(),
@@ -515,22 +524,24 @@ impl Standbys {
         let retry_after = self.settings.retry_after;
         state.ended.retain(|_, at| now.duration_since(*at) < retry_after);
         let mut actions = Vec::new();
-        let mut owners: HashMap<RegionId, OwnerAt> = HashMap::new();
+        let mut owners: HashMap<RegionId, (OwnerAt, Instant)> = HashMap::new();
         for (region, ownership) in &regions {
             if let (OwnerState::Serving, Some(host)) = self.hosts.owner_state(&ownership.owner, *region) {
-                owners.insert(*region, OwnerAt { host, process: ownership.owner.clone(), epoch: ownership.epoch });
+                let reported = self.hosts.silence(&host).map_or(now, |silent| now.checked_sub(silent).unwrap_or(now));
+                let owner = OwnerAt { host, process: ownership.owner.clone(), epoch: ownership.epoch };
+                owners.insert(*region, (owner, reported));
             }
         }
         for (region, placement) in &mut state.placements {
             let standby_usable = placement.process().is_none_or(|(host, _)| usable(host));
-            let owner = owners.get(region);
+            let owner = owners.get(region).map(|(owner, reported)| (owner, *reported));
             actions
                 .extend(placement.handle_time(now, owner, standby_usable).into_iter().map(|action| (*region, action)));
         }
         Self::sweep(&mut state, now);
         for (region, _) in regions {
             let wanted = self.directory.standby_choice(region).ok().flatten().unwrap_or(self.settings.by_default);
-            let Some(owner) = owners.get(&region) else { continue };
+            let Some((owner, _)) = owners.get(&region) else { continue };
             if !wanted
                 || stopped.contains(&region)
                 || busy.contains(&region.0)

@@ -97,11 +97,19 @@ fn the_owners_death_keeps_the_standby_for_the_failover() {
 }
 
 #[test]
-fn a_detached_standby_of_an_owner_that_still_serves_is_replaced() {
+fn a_detached_standby_is_replaced_once_its_owner_reports_serving_after_the_feed_broke() {
     let (mut placement, now) = placed();
     let detached = ServerEvent::StandbyLost { region: REGION, reason: "the owner went silent".into(), detached: true };
     placement.handle_event(&event("h2", "h2-p4", detached), now);
-    assert_eq!(placement.handle_time(now, Some(&owner()), true), release());
+    // The owner's last report is not newer than the detachment: its host may be dead and not yet
+    // declared so (a killed host's last report still says its processes serve), so the standby
+    // stays for the failover.
+    let later = now + Duration::from_millis(500);
+    assert!(placement.handle_time(later, Some((&owner(), now)), true).is_empty());
+    assert_eq!(placement.promotable(Epoch(2)), Some(("h2".into(), "h2-p4".into(), 100)));
+    // A report after it: the owner lives (it was starved, or the link broke), and a fresh standby
+    // is better.
+    assert_eq!(placement.handle_time(later, Some((&owner(), now + Duration::from_millis(1))), true), release());
 }
 
 #[test]
@@ -130,11 +138,15 @@ fn failures_end_the_standby_and_release_its_process() {
 #[test]
 fn a_new_owner_or_an_unusable_host_ends_the_standby() {
     let (mut placement, now) = placed();
-    assert!(placement.handle_time(now, Some(&owner()), true).is_empty(), "same owner, usable host: nothing");
+    assert!(placement.handle_time(now, Some((&owner(), now)), true).is_empty(), "same owner, usable host: nothing");
     let moved = OwnerAt { host: "h3".into(), process: "h3-p1".into(), epoch: Epoch(3) };
-    assert_eq!(placement.handle_time(now, Some(&moved), true), release());
+    assert_eq!(placement.handle_time(now, Some((&moved, now)), true), release());
     let (mut placement, now) = placed();
-    assert_eq!(placement.handle_time(now, Some(&owner()), false), release(), "its host is dead, draining or freed");
+    assert_eq!(
+        placement.handle_time(now, Some((&owner(), now)), false),
+        release(),
+        "its host is dead, draining or freed"
+    );
 }
 
 #[test]
@@ -143,23 +155,25 @@ fn steps_that_take_too_long_end_the_standby() {
     let now = Instant::now();
     let (mut claiming, _) = Placement::start(REGION, owner(), "h2", settings, now);
     // The agent's own claim timeout plus a second for its answer to arrive.
-    assert!(claiming.handle_time(now + settings.claim, Some(&owner()), true).is_empty());
+    assert!(claiming.handle_time(now + settings.claim, Some((&owner(), now)), true).is_empty());
     assert!(!claiming.is_done(), "the agent may still answer");
-    assert!(claiming.handle_time(now + settings.claim + Duration::from_secs(1), Some(&owner()), true).is_empty());
+    assert!(
+        claiming.handle_time(now + settings.claim + Duration::from_secs(1), Some((&owner(), now)), true).is_empty()
+    );
     assert!(claiming.is_done(), "nothing to release before a process was claimed");
     // A late claim answer gives the process back.
     assert_eq!(claiming.handle_claimed("h2", Ok(("h2-p4".into(), address())), now), release());
     let (mut preparing, _) = Placement::start(REGION, owner(), "h2", settings, now);
     preparing.handle_claimed("h2", Ok(("h2-p4".into(), address())), now);
-    assert!(preparing.handle_time(now + settings.prepare / 2, Some(&owner()), true).is_empty());
-    assert_eq!(preparing.handle_time(now + settings.prepare, Some(&owner()), true), release());
+    assert!(preparing.handle_time(now + settings.prepare / 2, Some((&owner(), now)), true).is_empty());
+    assert_eq!(preparing.handle_time(now + settings.prepare, Some((&owner(), now)), true), release());
     let (mut feeding, _) = Placement::start(REGION, owner(), "h2", settings, now);
     feeding.handle_claimed("h2", Ok(("h2-p4".into(), address())), now);
     feeding.handle_event(&event("h2", "h2-p4", ServerEvent::Prepared { region: REGION }), now);
     let first_hold = now + settings.first_hold;
-    assert!(feeding.handle_time(first_hold - Duration::from_millis(1), Some(&owner()), true).is_empty());
+    assert!(feeding.handle_time(first_hold - Duration::from_millis(1), Some((&owner(), now)), true).is_empty());
     assert_eq!(feeding.view().state, "feeding");
-    assert_eq!(feeding.handle_time(first_hold, Some(&owner()), true), release());
+    assert_eq!(feeding.handle_time(first_hold, Some((&owner(), now)), true), release());
     assert_eq!(feeding.ended(), Some("the standby held no tick in time"));
     let (mut failed, _) = Placement::start(REGION, owner(), "h2", settings, now);
     assert!(failed.handle_claimed("h2", Err(HostsError::NoWarmProcess("none".into())), now).is_empty());
@@ -274,6 +288,6 @@ fn an_ended_standby_stays_ended_with_its_first_reason() {
     let gave_up = ServerEvent::StandbyLost { region: REGION, reason: "digest".into(), detached: false };
     placement.handle_event(&event("h2", "h2-p4", gave_up), now);
     let moved = OwnerAt { host: "h3".into(), process: "h3-p1".into(), epoch: Epoch(3) };
-    assert!(placement.handle_time(now + Duration::from_secs(600), Some(&moved), false).is_empty());
+    assert!(placement.handle_time(now + Duration::from_secs(600), Some((&moved, now)), false).is_empty());
     assert_eq!(placement.ended(), Some("the standby gave up: digest"));
 }
