@@ -592,3 +592,92 @@ fn a_free_host_that_was_switched_off_can_be_taken_back() {
     let plan = on().plan(&snapshot(vec![hosts[0].clone(), off]), Instant::now());
     assert!(plan.steps.is_empty(), "{plan:?}");
 }
+
+#[test]
+fn settings_at_the_edges_of_their_ranges() {
+    for bad in [
+        Settings { fill: 0.0, ..Settings::default() },
+        Settings { fill: 0.7, wake: 0.7, ..Settings::default() },
+        Settings { wake: 0.8, high: 0.8, ..Settings::default() },
+    ] {
+        assert!(bad.validate().is_err(), "{bad:?}");
+    }
+    let custom = Settings { fill: 0.5, wake: 0.9, high: 1.0, cooldown_s: 0.0, ..Settings::default() };
+    assert_eq!(custom.validate(), Ok(()), "a level of exactly 1 and a duration of 0 are fine");
+    let mut balancer = Balancer::new(Mode::DryRun, Settings::default()).unwrap();
+    assert_eq!(balancer.mode(), Mode::DryRun);
+    balancer.set_mode(Mode::On);
+    assert_eq!(balancer.mode(), Mode::On);
+    balancer.set_settings(custom.clone()).unwrap();
+    assert_eq!(balancer.settings(), &custom);
+    assert_eq!((Kind::Rebalance.as_str(), Kind::Consolidate.as_str()), ("rebalance", "consolidate"));
+}
+
+#[test]
+fn what_a_host_spends_beyond_ticks_goes_by_ticks_without_players_and_evenly_without_either() {
+    let mut by_ticks = host("h1", 4.0, vec![region(1, 1.0), region(2, 0.5)]);
+    by_ticks.used_cores = 3.0;
+    let costs = attributed(&by_ticks);
+    assert!((costs[0] - 2.0).abs() < 1e-9 && (costs[1] - 1.0).abs() < 1e-9, "{costs:?}");
+    let mut evenly = host("h1", 4.0, vec![region(1, 0.0), region(2, 0.0)]);
+    evenly.used_cores = 1.0;
+    assert_eq!(attributed(&evenly), vec![0.5, 0.5]);
+}
+
+#[test]
+fn a_move_costs_its_state_over_the_encoding_rate_plus_the_overhead() {
+    let balancer = on();
+    // 1,000 entities of 200 bytes at 50 MB per core-second, plus 0.5 core-seconds.
+    let cost = balancer.cost(&region(1, 0.1));
+    assert!((cost - (200_000.0 / 50e6 + 0.5)).abs() < 1e-12, "{cost}");
+}
+
+#[test]
+fn cool_downs_and_back_offs_end_exactly_at_their_time() {
+    let mut balancer = on();
+    let now = Instant::now();
+    let state = region(1, 0.1);
+    let snapshot = snapshot(vec![host("h1", 4.0, vec![state.clone()])]);
+    balancer.last_moved.insert(1, now);
+    let cooled = now + Duration::from_secs(120);
+    assert!(balancer.movable(&state, &snapshot, cooled - Duration::from_millis(1)).is_err());
+    assert_eq!(balancer.movable(&state, &snapshot, cooled), Ok(()));
+    balancer.handle_outcome(1, false, cooled);
+    let waited = cooled + Duration::from_secs(30);
+    assert!(balancer.movable(&state, &snapshot, waited - Duration::from_millis(1)).is_err());
+    assert_eq!(balancer.movable(&state, &snapshot, waited), Ok(()));
+}
+
+#[test]
+fn the_load_history_keeps_each_buckets_peak_for_the_longer_window() {
+    let settings = Settings { peak_window_s: 10.0, consolidate_window_s: 60.0, ..Settings::default() };
+    let mut balancer = Balancer::new(Mode::Off, settings).unwrap();
+    assert_eq!(balancer.bucket(), Duration::from_secs(1), "a tenth of the shorter window");
+    let seconds = |s: f64| Duration::from_secs_f64(s);
+    let start = Instant::now();
+    let load = |cores: f64| snapshot(vec![host("h1", 4.0, vec![region(1, cores)])]);
+    let nobody = snapshot(vec![host("h1", 4.0, Vec::new())]);
+    balancer.round(&load(2.0), start);
+    balancer.round(&load(3.0), start + seconds(0.5));
+    balancer.round(&load(1.0), start + seconds(2.0));
+    assert_eq!(balancer.history[&1].len(), 2, "one sample per bucket, its highest");
+    assert_eq!(balancer.peak(1, seconds(10.0), start + seconds(2.0)), 3.0);
+    // The first bucket leaves the 10 s window (plus a bucket) after 11 s.
+    assert_eq!(balancer.peak(1, seconds(10.0), start + seconds(11.0)), 3.0);
+    assert_eq!(balancer.peak(1, seconds(10.0), start + seconds(11.5)), 1.0);
+    assert_eq!(balancer.peak(1, seconds(60.0), start + seconds(11.5)), 3.0);
+    // Samples older than the longer window and a bucket are dropped.
+    balancer.round(&load(0.5), start + seconds(61.5));
+    assert_eq!(balancer.history[&1].len(), 2);
+    // A region missing from a report keeps its history until it ages out of the longer window.
+    balancer.round(&nobody, start + seconds(100.0));
+    assert_eq!(balancer.peak(1, seconds(60.0), start + seconds(100.0)), 0.5);
+    balancer.round(&nobody, start + seconds(122.0));
+    assert!(!balancer.history.contains_key(&1));
+    assert_eq!(balancer.peak(1, seconds(60.0), start + seconds(122.0)), 0.0);
+    // The bucket is kept between 100 ms and 10 s.
+    let tiny = Settings { peak_window_s: 0.1, consolidate_window_s: 0.2, ..Settings::default() };
+    assert_eq!(Balancer::new(Mode::Off, tiny).unwrap().bucket(), Duration::from_millis(100));
+    let huge = Settings { peak_window_s: 1000.0, consolidate_window_s: 5000.0, ..Settings::default() };
+    assert_eq!(Balancer::new(Mode::Off, huge).unwrap().bucket(), Duration::from_secs(10));
+}
