@@ -681,3 +681,65 @@ fn the_load_history_keeps_each_buckets_peak_for_the_longer_window() {
     let huge = Settings { peak_window_s: 1000.0, consolidate_window_s: 5000.0, ..Settings::default() };
     assert_eq!(Balancer::new(Mode::Off, huge).unwrap().bucket(), Duration::from_secs(10));
 }
+
+/// Two crowded hosts, each with a 1.5-core region to shed, and two hosts with room: `c` (with
+/// `c_cores`) and `d` (4 cores, 0.4 in use).
+fn two_crowded(c_cores: f64, per_host_limit: usize) -> Snapshot {
+    let crowded = |name: &str, first: u64| {
+        host(name, 4.0, vec![region(first, 1.5), region(first + 1, 1.0), region(first + 2, 1.0)])
+    };
+    let mut fleet = snapshot(vec![
+        crowded("a", 1),
+        crowded("b", 4),
+        host("c", c_cores, Vec::new()),
+        host("d", 4.0, vec![region(7, 0.4)]),
+    ]);
+    fleet.per_host_limit = per_host_limit;
+    fleet
+}
+
+#[test]
+fn a_planned_move_counts_on_its_target_for_the_next_decision() {
+    // After `a`'s region lands on `c` (37.5%), a second one would take `c` to 75%, above the fill
+    // level: `b`'s goes to `d`.
+    let plan = on().plan(&two_crowded(4.0, 2), Instant::now());
+    let targets: Vec<(String, String)> = moves(&plan)
+        .into_iter()
+        .filter(|(.., kind)| *kind == Kind::Rebalance)
+        .map(|(_, from, to, _)| (from, to))
+        .collect();
+    assert_eq!(targets, [("a".to_owned(), "c".to_owned()), ("b".to_owned(), "d".to_owned())], "{plan:?}");
+}
+
+#[test]
+fn a_planned_move_takes_one_of_its_targets_migration_slots() {
+    // `c` has room for both regions; with one migration per host at once, the second goes to `d`.
+    let targets = |per_host_limit| -> Vec<String> {
+        let plan = on().plan(&two_crowded(8.0, per_host_limit), Instant::now());
+        moves(&plan).into_iter().filter(|(.., kind)| *kind == Kind::Rebalance).map(|(_, _, to, _)| to).collect()
+    };
+    assert_eq!(targets(2), ["c", "c"]);
+    assert_eq!(targets(1), ["c", "d"]);
+}
+
+#[test]
+fn emptying_a_host_counts_each_placed_region_on_its_target_for_the_next() {
+    // `e` (15%) is emptied; `f` (50%) has room within the fill level (60%) for one of its two
+    // regions, not both, so the second goes to `g`.
+    let fleet = snapshot(vec![
+        host("e", 4.0, vec![region(1, 0.3), region(2, 0.3)]),
+        host("f", 4.0, vec![region(3, 2.0)]),
+        host("g", 4.0, vec![region(4, 0.8)]),
+    ]);
+    let mut balancer = on();
+    let plan = balancer.round(&fleet, Instant::now()).plan;
+    assert_eq!(plan.emptying.as_deref(), Some("e"));
+    assert_eq!(balancer.emptying(), Some("e"), "remembered for the next round");
+    assert_eq!(
+        moves(&plan),
+        [
+            (1, "e".to_owned(), "f".to_owned(), Kind::Consolidate),
+            (2, "e".to_owned(), "g".to_owned(), Kind::Consolidate)
+        ]
+    );
+}
