@@ -172,7 +172,9 @@ impl Placement {
     /// it hears it, or holds nothing of that epoch).
     #[must_use]
     pub fn owner_silent(&self, epoch: Epoch, now: Instant) -> Option<Duration> {
-        if self.owner.epoch != epoch || !matches!(self.step, Step::Holding { .. }) {
+        if self.owner.epoch != epoch
+            || !matches!(self.step, Step::Holding { .. } | Step::Detached { tick: Some(_), .. })
+        {
             return None;
         }
         self.owner_silent_since.map(|since| now.saturating_duration_since(since))
@@ -312,6 +314,9 @@ impl Placement {
                     tracing::info!(region = %region, reason, "the standby lost its feed; kept for a failover");
                     self.step = Step::Detached { host: host.to_owned(), process: process.to_owned(), tick };
                     self.step_started = now;
+                    // A feed that broke is the standby's word that its owner is silent, often
+                    // before five ticks without a round would have said so: it stays a witness.
+                    self.owner_silent_since.get_or_insert(now);
                 }
                 Vec::new()
             }

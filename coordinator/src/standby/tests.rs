@@ -205,6 +205,21 @@ fn the_standby_witnesses_its_owners_silence_until_it_hears_it_again() {
 }
 
 #[test]
+fn a_standby_whose_feed_broke_stays_a_witness_of_its_owners_silence() {
+    let (mut placement, now) = placed();
+    let detached = ServerEvent::StandbyLost { region: REGION, reason: "link lost".into(), detached: true };
+    placement.handle_event(&event("h2", "h2-p4", detached), now);
+    assert_eq!(placement.owner_silent(Epoch(2), now + Duration::from_millis(300)), Some(Duration::from_millis(300)));
+    // Silent since before it detached: the earlier time stands.
+    let (mut placement, now) = placed();
+    let silent = ServerEvent::OwnerSilent { region: REGION, owner_epoch: Epoch(2), silent_ms: 200 };
+    placement.handle_event(&event("h2", "h2-p4", silent), now);
+    let detached = ServerEvent::StandbyLost { region: REGION, reason: "link lost".into(), detached: true };
+    placement.handle_event(&event("h2", "h2-p4", detached), now + Duration::from_millis(100));
+    assert_eq!(placement.owner_silent(Epoch(2), now + Duration::from_millis(100)), Some(Duration::from_millis(300)));
+}
+
+#[test]
 fn a_standby_says_whether_and_why_it_ended() {
     let (mut placement, now) = placed();
     assert!(!placement.is_done());
