@@ -941,6 +941,10 @@ mod tests {
             .sum()
     }
 
+    fn abort(culprit: Culprit, phase: Phase, reason: &str) -> AbortReason {
+        AbortReason { culprit, phase, reason: reason.to_owned() }
+    }
+
     #[test]
     fn the_snapshot_waits_for_the_window_and_the_rounds_wait_for_the_whole_snapshot() {
         let mut run = Run::snapshot(SourceConfig { window_bytes: 1, ..config() });
@@ -1107,10 +1111,7 @@ mod tests {
         assert_eq!(run.source.poll_timeout(), Some(heard + Duration::from_secs(3)));
         run.after(Duration::from_secs(3));
         let reason = run.source.abort_reason().cloned().unwrap();
-        assert_eq!(
-            reason,
-            AbortReason { culprit: Culprit::Link, phase: Phase::Rounds, reason: "the target went silent".into() }
-        );
+        assert_eq!(reason, abort(Culprit::Link, Phase::Rounds, "the target went silent"));
     }
 
     #[test]
@@ -1124,11 +1125,7 @@ mod tests {
         run.authority_asked();
         assert_eq!(
             run.source.abort_reason().cloned().unwrap(),
-            AbortReason {
-                culprit: Culprit::Target,
-                phase: Phase::Freeze,
-                reason: "the target went silent after the freeze".into()
-            }
+            abort(Culprit::Target, Phase::Freeze, "the target went silent after the freeze")
         );
     }
 
@@ -1139,36 +1136,18 @@ mod tests {
         let mut run = Run::prepare(slow);
         run.after(Duration::from_secs(5));
         let reason = run.resumed().2;
-        assert_eq!(
-            reason,
-            AbortReason {
-                culprit: Culprit::Target,
-                phase: Phase::Prepare,
-                reason: "the target did not accept in time".into()
-            }
-        );
+        assert_eq!(reason, abort(Culprit::Target, Phase::Prepare, "the target did not accept in time"));
         let mut run = Run::rounds(slow);
         run.round(30);
         run.after(Duration::from_secs(120));
         let reason = run.resumed().2;
-        assert_eq!(
-            reason,
-            AbortReason {
-                culprit: Culprit::Link,
-                phase: Phase::Rounds,
-                reason: "the transfer did not finish in time".into()
-            }
-        );
+        assert_eq!(reason, abort(Culprit::Link, Phase::Rounds, "the transfer did not finish in time"));
         let mut run = Run::frozen_with(slow);
         run.after(Duration::from_secs(10));
         run.authority_asked();
         assert_eq!(
             run.source.abort_reason().cloned().unwrap(),
-            AbortReason {
-                culprit: Culprit::Target,
-                phase: Phase::Freeze,
-                reason: "the target did not commit in time".into()
-            }
+            abort(Culprit::Target, Phase::Freeze, "the target did not commit in time")
         );
     }
 
@@ -1261,10 +1240,7 @@ mod tests {
         run.source.cancel(run.now, &mut run.world, "drain cancelled");
         assert_eq!(run.drain(), vec![Message::Abort { handoff: 41, reason: "drain cancelled".into() }]);
         let reason = run.resumed().2;
-        assert_eq!(
-            reason,
-            AbortReason { culprit: Culprit::Source, phase: Phase::Rounds, reason: "drain cancelled".into() }
-        );
+        assert_eq!(reason, abort(Culprit::Source, Phase::Rounds, "drain cancelled"));
         // A finished handoff ignores a cancel.
         run.source.cancel(run.now, &mut run.world, "again");
         assert_eq!((run.drain(), run.actions()), (Vec::new(), Vec::new()));
@@ -1277,7 +1253,7 @@ mod tests {
         assert_eq!(run.drain(), vec![Message::Abort { handoff: 41, reason: "operator".into() }]);
         run.authority_asked();
         let reason = run.source.abort_reason().cloned().unwrap();
-        assert_eq!(reason, AbortReason { culprit: Culprit::Source, phase: Phase::Freeze, reason: "operator".into() });
+        assert_eq!(reason, abort(Culprit::Source, Phase::Freeze, "operator"));
         assert_eq!(run.source.handle_input(input(1)), None);
         run.source.handle_authority(run.now, Ok(()));
         let (epoch, held, resumed) = run.resumed();
