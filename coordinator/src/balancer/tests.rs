@@ -743,3 +743,36 @@ fn emptying_a_host_counts_each_placed_region_on_its_target_for_the_next() {
         ]
     );
 }
+
+#[test]
+fn the_fleet_is_said_to_need_a_host_only_above_the_wake_level() {
+    let now = Instant::now();
+    // No free host, and h2 has no room for any of h1's regions, whose ticks run late.
+    let fleet = |cores: f64| {
+        let late = |id| RegionState { late: true, ..region(id, cores / 2.0) };
+        snapshot(vec![host("h1", 4.0, vec![late(1), late(2)]), host("h2", 4.0, vec![region(3, 2.3)])])
+    };
+    let needs = |plan: &Plan| plan.notes.iter().any(|note| note.contains("the fleet needs another host"));
+    // 72.5%: above the wake level.
+    let above = on().plan(&fleet(2.9), now);
+    assert!(needs(&above), "{above:?}");
+    // 65%: relief is wanted (the ticks run late, above the fill level), a new host is not.
+    let below = on().plan(&fleet(2.6), now);
+    assert!(below.notes.iter().any(|note| note.contains("no host in use has room")), "{below:?}");
+    assert!(!needs(&below), "{below:?}");
+}
+
+#[test]
+fn the_load_history_bucket_and_window_edges_are_exact() {
+    let settings = Settings { peak_window_s: 10.0, consolidate_window_s: 60.0, ..Settings::default() };
+    let mut balancer = Balancer::new(Mode::Off, settings).unwrap();
+    let start = Instant::now();
+    let load = snapshot(vec![host("h1", 4.0, vec![region(1, 1.0)])]);
+    balancer.round(&load, start);
+    balancer.round(&load, start + Duration::from_secs(1));
+    assert_eq!(balancer.history[&1].len(), 2, "a bucket's length after a sample, the next bucket starts");
+    balancer.round(&load, start + Duration::from_secs(61));
+    assert_eq!(balancer.history[&1].len(), 3, "a sample exactly the longer window and a bucket old is kept");
+    balancer.round(&load, start + Duration::from_millis(61_001));
+    assert_eq!(balancer.history[&1].len(), 2, "then it goes");
+}
