@@ -683,7 +683,9 @@ impl Balancer {
                     free: host.free,
                 })
                 .collect(),
-            emptying: self.emptying.clone().filter(|name| hosts.iter().any(|host| &host.name == name && host.in_use)),
+            // Kept from the last round so that relief sends nothing to it; `consolidate` decides
+            // whether it goes on (it drops a host no longer in use or now pinned).
+            emptying: self.emptying.clone(),
             ..Plan::default()
         };
         let mut budget = settings.max_moves.saturating_sub(snapshot.in_flight);
@@ -975,7 +977,7 @@ impl Balancer {
                 hosts[index].pressure_with(trial[index].0 + peak, trial[index].1 + memory) <= settings.fill
             });
             let Some(target) = fit else {
-                if plan.emptying.is_some() {
+                if carried_over.is_some() {
                     plan.notes
                         .push(format!("stopped emptying {name}: region {} no longer fits elsewhere", region.region));
                 }

@@ -776,3 +776,321 @@ fn the_load_history_bucket_and_window_edges_are_exact() {
     balancer.round(&load, start + Duration::from_millis(61_001));
     assert_eq!(balancer.history[&1].len(), 2, "then it goes");
 }
+
+fn decisions(plan: &Plan) -> Vec<&Decision> {
+    plan.steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::Move(decision) => Some(decision),
+            _ => None,
+        })
+        .collect()
+}
+
+fn near(actual: f64, expected: f64) -> bool {
+    (actual - expected).abs() < 1e-9
+}
+
+fn with_memory(mut host: HostState, capacity_gib: u64, used_gib: f64) -> HostState {
+    host.capacity_memory = capacity_gib * GIB;
+    host.used_memory = (used_gib * GIB as f64) as u64;
+    host
+}
+
+fn free_host(name: &str) -> HostState {
+    HostState { free: true, ..host(name, 4.0, Vec::new()) }
+}
+
+#[test]
+fn a_move_in_flight_from_any_host_carries_its_memory_and_its_peak() {
+    // Region 5 leaves h2 (not the first host by name) for h3; h1 is the one host without a
+    // migration, so the one consolidation may empty.
+    let mut fleet = snapshot(vec![
+        host("h1", 4.0, vec![region(1, 0.2), region(2, 0.2)]),
+        with_memory(host("h2", 4.0, vec![region(5, 0.2), region(6, 0.2)]), 64, 4.0),
+        host("h3", 4.0, vec![region(7, 0.2)]),
+    ]);
+    fleet.moving.insert(5, "h3".into());
+    fleet.hosts[1].migrations = 1;
+    fleet.hosts[2].migrations = 1;
+    fleet.in_flight = 1;
+    let plan = on().plan(&fleet, Instant::now());
+    let seen =
+        |name: &str| plan.hosts.iter().find(|host| host.host == name).map(|host| (host.cpu, host.memory)).unwrap();
+    // Region 5 takes its 2 of h2's 4 GiB along.
+    let (cpu, memory) = seen("h2");
+    assert!(near(cpu, 0.05) && near(memory, 2.0 / 64.0), "{plan:?}");
+    let (cpu, memory) = seen("h3");
+    assert!(near(cpu, 0.1) && near(memory, 3.0 / 64.0), "{plan:?}");
+    // h1's region goes to the fullest host with room at the consolidation window's peaks: h3
+    // (10%) with region 5, not h2 (5%) without it.
+    assert_eq!(moves(&plan), [(1, "h1".to_owned(), "h3".to_owned(), Kind::Consolidate)], "{plan:?}");
+}
+
+/// h1 (85%) sheds region 2 (1.4 cores, the cheapest fix) onto h2; h3 (5%) has no room for it and
+/// is the host consolidation empties, onto the fullest host with room after the relief.
+fn relieved_then_emptied(per_host_limit: usize) -> Snapshot {
+    let mut shed = region(2, 1.4);
+    shed.entities = 800;
+    let mut fleet = snapshot(vec![
+        host("h1", 4.0, vec![RegionState { entities: 5000, ..region(1, 2.0) }, shed]),
+        host("h2", 8.0, vec![region(10, 2.0)]),
+        host("h3", 2.0, vec![region(11, 0.1)]),
+    ]);
+    fleet.per_host_limit = per_host_limit;
+    fleet
+}
+
+#[test]
+fn a_relief_counts_on_its_source_for_the_rest_of_the_plan() {
+    let plan = on().plan(&relieved_then_emptied(2), Instant::now());
+    assert_eq!(
+        moves(&plan),
+        [
+            (2, "h1".to_owned(), "h2".to_owned(), Kind::Rebalance),
+            (11, "h3".to_owned(), "h1".to_owned(), Kind::Consolidate)
+        ],
+        "{plan:?}"
+    );
+    let relief = decisions(&plan)[0];
+    assert!(near(relief.from_before, 0.85) && near(relief.from_after, 0.5), "{relief:?}");
+    assert!(near(relief.to_before, 0.25) && near(relief.to_after, 3.4 / 8.0), "{relief:?}");
+    // (85% - 80%) of 4 cores for a minute; 800 entities of 200 bytes at 50 MB per core-s + 0.5.
+    assert!(near(relief.gain_core_s, 12.0) && near(relief.cost_core_s, 0.5032), "{relief:?}");
+    let emptying = decisions(&plan)[1];
+    assert!(near(emptying.to_before, 0.5) && near(emptying.to_after, 2.1 / 4.0), "{emptying:?}");
+    assert!(near(emptying.from_before, 0.05) && near(emptying.from_after, 0.0), "{emptying:?}");
+    assert!(near(emptying.gain_core_s, 2.0 * 60.0), "{emptying:?}");
+    // One migration per host at once: h1's slot went to the relief, so h3 waits.
+    let plan = on().plan(&relieved_then_emptied(1), Instant::now());
+    assert_eq!(moves(&plan), [(2, "h1".to_owned(), "h2".to_owned(), Kind::Rebalance)], "{plan:?}");
+    assert_eq!(plan.emptying.as_deref(), Some("h3"));
+}
+
+#[test]
+fn memory_counts_like_cpu_when_relieving_and_placing() {
+    // h1 holds 9 of its 10 GiB: region 1 (0.9 GiB by its share of entities) would leave it at
+    // 81%, above high; region 2 (8.1 GiB) fixes it. h4 has cores but no memory to spare; h2 has
+    // both.
+    let fleet = snapshot(vec![
+        with_memory(host("h1", 4.0, vec![region(1, 0.1), RegionState { entities: 9000, ..region(2, 0.1) }]), 10, 9.0),
+        with_memory(host("h2", 4.0, vec![region(10, 0.1)]), 128, 1.0),
+        host("h3", 2.0, vec![region(11, 0.1)]),
+        with_memory(host("h4", 8.0, Vec::new()), 8, 4.0),
+    ]);
+    let plan = on().plan(&fleet, Instant::now());
+    assert_eq!(
+        moves(&plan),
+        [
+            (2, "h1".to_owned(), "h2".to_owned(), Kind::Rebalance),
+            (11, "h3".to_owned(), "h1".to_owned(), Kind::Consolidate)
+        ],
+        "{plan:?}"
+    );
+    let relief = decisions(&plan)[0];
+    assert!(near(relief.from_after, 0.09) && near(relief.to_after, 9.1 / 128.0), "{relief:?}");
+    // h3's region goes to the fullest host with room: h1, at 9% after the relief (h4 at 50%
+    // has no room for its gibibyte).
+    let emptying = decisions(&plan)[1];
+    assert!(near(emptying.to_before, 0.09) && near(emptying.to_after, 0.19), "{emptying:?}");
+}
+
+#[test]
+fn without_a_fix_the_most_relief_per_cost_moves() {
+    // h1 at 100%: no region that fits elsewhere brings it to 80%. Region 1 gives 30 core-s for 4.5
+    // (a million entities), region 2 gives 24 for 0.504: region 2 moves.
+    let fleet = snapshot(vec![
+        host("h1", 4.0, vec![RegionState { entities: 1_000_000, ..region(1, 0.5) }, region(2, 0.4), region(3, 3.1)]),
+        host("h2", 2.0, Vec::new()),
+    ]);
+    let plan = on().plan(&fleet, Instant::now());
+    assert_eq!(moves(&plan), [(2, "h1".to_owned(), "h2".to_owned(), Kind::Rebalance)], "{plan:?}");
+    let relief = decisions(&plan)[0];
+    assert!(near(relief.gain_core_s, 24.0) && near(relief.cost_core_s, 0.504), "{relief:?}");
+}
+
+#[test]
+fn of_equal_moves_the_first_region_goes() {
+    let plan = on().plan(
+        &snapshot(vec![host("h1", 4.0, vec![region(1, 1.8), region(2, 1.8)]), host("h2", 8.0, vec![])]),
+        Instant::now(),
+    );
+    assert_eq!(moves(&plan), [(1, "h1".to_owned(), "h2".to_owned(), Kind::Rebalance)], "{plan:?}");
+}
+
+#[test]
+fn why_an_overloaded_host_is_not_relieved_is_told_and_only_a_lack_of_room_takes_a_host_back() {
+    let overloaded = || host("h1", 4.0, vec![region(1, 1.8), region(2, 1.8)]);
+    // h2 has room but no migration slot: wait for it, no host taken back.
+    let mut slotless = host("h2", 8.0, vec![]);
+    slotless.migrations = 2;
+    let plan = on().plan(&snapshot(vec![overloaded(), slotless, free_host("spare")]), Instant::now());
+    assert!(plan.steps.is_empty(), "{plan:?}");
+    assert!(plan.notes.iter().any(|note| note.contains("the hosts with room have as many migrations")), "{plan:?}");
+    // Every region pinned: none may move, and a spare host would not help.
+    let pinned = Balancer::new(Mode::On, Settings { pinned: vec![1, 2], ..Settings::default() }).unwrap();
+    let plan = pinned.plan(&snapshot(vec![overloaded(), host("h2", 8.0, vec![]), free_host("spare")]), Instant::now());
+    assert!(plan.steps.is_empty(), "{plan:?}");
+    assert!(plan.notes.iter().any(|note| note.contains("none of its regions may move now")), "{plan:?}");
+}
+
+#[test]
+fn exactly_at_the_high_watermark_or_at_fill_with_late_ticks_a_host_is_left_alone() {
+    let relieved = |plan: &Plan| !moves(plan).is_empty() || plan.notes.iter().any(|note| note.starts_with("h1 is at"));
+    let at_high = snapshot(vec![host("h1", 4.0, vec![region(1, 3.2)]), host("h2", 8.0, vec![])]);
+    let plan = on().plan(&at_high, Instant::now());
+    assert!(!relieved(&plan), "{plan:?}");
+    let late = RegionState { late: true, ..region(1, 2.4) };
+    let at_fill = snapshot(vec![host("h1", 4.0, vec![late]), host("h2", 8.0, vec![])]);
+    let plan = on().plan(&at_fill, Instant::now());
+    assert!(!relieved(&plan), "{plan:?}");
+}
+
+#[test]
+fn a_free_host_is_taken_back_only_above_wake_with_no_room_elsewhere() {
+    let now = Instant::now();
+    let fleet = |h1_cores: f64, h2_cores: f64| {
+        snapshot(vec![
+            host("h1", 4.0, vec![region(1, h1_cores / 2.0), region(2, h1_cores / 2.0)]),
+            host("h2", 4.0, vec![region(3, h2_cores)]),
+            free_host("spare"),
+        ])
+    };
+    let takes_back = |plan: &Plan| matches!(&plan.steps[..], [Step::Use { host, .. }] if host == "spare");
+    // h1 at 75%; h2 at 25% has no room for a 1.5-core region within fill (62.5%): take it back,
+    // and do not talk of emptying anything.
+    let plan = on().plan(&fleet(3.0, 1.0), now);
+    assert!(takes_back(&plan), "{plan:?}");
+    assert!(!plan.notes.iter().any(|note| note.contains("stays in use")), "{plan:?}");
+    // h2 at 20% has room (57.5%): nothing.
+    let plan = on().plan(&fleet(3.0, 0.8), now);
+    assert!(plan.steps.is_empty(), "{plan:?}");
+    // h1 exactly at wake (70%): nothing; just above: take it back.
+    let plan = on().plan(&fleet(2.8, 1.2), now);
+    assert!(plan.steps.is_empty(), "{plan:?}");
+    assert!(takes_back(&on().plan(&fleet(2.9, 1.2), now)));
+}
+
+#[test]
+fn after_taking_a_host_back_nothing_is_emptied_until_the_fleet_settles() {
+    let mut balancer = on();
+    let t0 = Instant::now();
+    let mut fleet = Fleet::new(vec![
+        host("h1", 4.0, vec![region(1, 1.5), region(2, 1.5)]),
+        host("h2", 4.0, vec![region(3, 1.0)]),
+        free_host("spare"),
+    ]);
+    let round = balancer.round(&fleet.snapshot(), t0);
+    assert!(matches!(&round.execute[..], [Step::Use { .. }]), "{round:?}");
+    fleet.apply(&round.execute);
+    // With the spare in use h2 could be emptied onto it, but not while the fleet settles.
+    let plan = balancer.plan(&fleet.snapshot(), t0 + Duration::from_secs(1));
+    assert!(plan.steps.is_empty() && plan.notes.is_empty() && plan.emptying.is_none(), "{plan:?}");
+    let plan = balancer.plan(&fleet.snapshot(), t0 + Duration::from_millis(29_999));
+    assert!(plan.notes.is_empty(), "{plan:?}");
+    // At 30 s the spare (empty, least loaded) is considered, and kept: h1 needs it.
+    let plan = balancer.plan(&fleet.snapshot(), t0 + Duration::from_secs(30));
+    assert!(plan.steps.is_empty(), "{plan:?}");
+    assert!(plan.notes.iter().any(|note| note.contains("spare stays in use")), "{plan:?}");
+}
+
+#[test]
+fn a_host_that_just_received_a_region_is_not_emptied_until_it_settles() {
+    let mut balancer = on();
+    let t0 = Instant::now();
+    let mut fleet = Fleet::new(vec![host("h1", 4.0, vec![region(1, 1.8), region(2, 1.8)]), host("h2", 16.0, vec![])]);
+    let round = balancer.round(&fleet.snapshot(), t0);
+    assert_eq!(moves(&round.plan), [(1, "h1".to_owned(), "h2".to_owned(), Kind::Rebalance)]);
+    fleet.apply(&round.execute);
+    // h2 (11%) is now the least loaded, but it just received region 1: h1 (45%) is emptied instead.
+    let round = balancer.round(&fleet.snapshot(), t0 + Duration::from_secs(1));
+    assert_eq!(moves(&round.plan), [(2, "h1".to_owned(), "h2".to_owned(), Kind::Consolidate)], "{round:?}");
+    // Had it not been taken, at 30 s h2 may be considered: its region has no room on h1.
+    let plan = balancer.plan(&fleet.snapshot(), t0 + Duration::from_secs(30));
+    assert!(plan.steps.is_empty(), "{plan:?}");
+}
+
+#[test]
+fn a_migration_elsewhere_does_not_keep_a_quiet_host_in_use() {
+    let mut fleet = snapshot(vec![
+        host("h1", 4.0, vec![region(1, 0.3)]),
+        host("h2", 4.0, vec![region(2, 1.0)]),
+        host("h3", 4.0, vec![region(3, 1.2)]),
+    ]);
+    fleet.hosts[1].migrations = 1;
+    let plan = on().plan(&fleet, Instant::now());
+    assert_eq!(moves(&plan), [(1, "h1".to_owned(), "h3".to_owned(), Kind::Consolidate)], "{plan:?}");
+}
+
+#[test]
+fn a_host_being_emptied_goes_on_being_emptied_unless_pinned_since() {
+    let fleet = || {
+        snapshot(vec![
+            host("h1", 4.0, vec![region(1, 0.2)]),
+            host("h2", 4.0, vec![region(2, 1.0)]),
+            host("h3", 4.0, vec![region(3, 0.6)]),
+        ])
+    };
+    // h1 is the least loaded, but h3 was being emptied.
+    let mut balancer = on();
+    balancer.emptying = Some("h3".into());
+    let plan = balancer.plan(&fleet(), Instant::now());
+    assert_eq!(moves(&plan), [(3, "h3".to_owned(), "h2".to_owned(), Kind::Consolidate)], "{plan:?}");
+    assert!(decisions(&plan)[0].reason.contains("being emptied"), "{plan:?}");
+    // A region of h3 was pinned since: h3 stays; the least loaded host is emptied instead.
+    let mut balancer = Balancer::new(Mode::On, Settings { pinned: vec![3], ..Settings::default() }).unwrap();
+    balancer.emptying = Some("h3".into());
+    let plan = balancer.plan(&fleet(), Instant::now());
+    assert_eq!(moves(&plan), [(1, "h1".to_owned(), "h2".to_owned(), Kind::Consolidate)], "{plan:?}");
+    // Relief sends nothing to a host being emptied.
+    let mut balancer = on();
+    balancer.emptying = Some("h3".into());
+    let mut overloaded = fleet();
+    overloaded.hosts[0] = host("h1", 4.0, vec![region(1, 3.4)]);
+    overloaded.hosts[2] = host("h3", 8.0, vec![region(3, 0.6)]);
+    let plan = balancer.plan(&overloaded, Instant::now());
+    assert!(moves(&plan).iter().all(|(_, _, to, _)| to != "h3"), "{plan:?}");
+}
+
+#[test]
+fn a_host_is_emptied_only_if_each_region_fits_within_fill() {
+    // h1's region would take h2 to 62.5%.
+    let plan = on().plan(
+        &snapshot(vec![host("h1", 4.0, vec![region(1, 0.3)]), host("h2", 4.0, vec![region(2, 2.2)])]),
+        Instant::now(),
+    );
+    assert!(plan.steps.is_empty() && plan.emptying.is_none(), "{plan:?}");
+}
+
+/// Host `e` (10% of its memory) empties onto `f` (30%); the limits vary.
+fn emptying_e(per_host_limit: usize, e_migrations: usize, f_migrations: usize, max_moves: usize) -> Plan {
+    let tiny = |id| RegionState { cores: 0.01, ..region(id, 0.01) };
+    let mut fleet = snapshot(vec![
+        with_memory(host("e", 4.0, vec![tiny(1), tiny(2)]), 10, 1.0),
+        with_memory(host("f", 4.0, vec![tiny(3)]), 10, 3.0),
+    ]);
+    fleet.per_host_limit = per_host_limit;
+    fleet.hosts[0].migrations = e_migrations;
+    fleet.hosts[1].migrations = f_migrations;
+    let mut balancer = Balancer::new(Mode::On, Settings { max_moves, ..Settings::default() }).unwrap();
+    // Carried over: a host with a migration is not picked anew.
+    balancer.emptying = Some("e".into());
+    balancer.plan(&fleet, Instant::now())
+}
+
+#[test]
+fn emptying_a_host_counts_each_move_on_both_hosts_and_within_every_limit() {
+    let plan = emptying_e(4, 0, 0, 4);
+    let steps = decisions(&plan);
+    assert_eq!(steps.len(), 2, "{plan:?}");
+    assert!(near(steps[0].to_before, 0.3) && near(steps[0].to_after, 0.35), "{:?}", steps[0]);
+    assert!(near(steps[0].from_before, 0.1) && near(steps[0].from_after, 0.05), "{:?}", steps[0]);
+    assert!(near(steps[1].to_before, 0.35) && near(steps[1].to_after, 0.4), "{:?}", steps[1]);
+    assert!(near(steps[1].from_before, 0.1) && near(steps[1].from_after, 0.0), "{:?}", steps[1]);
+    // One slot left on the target, or on the source, or one balancer move: one region moves now.
+    for (limit, e, f, max_moves) in [(2, 0, 1, 4), (2, 1, 0, 4), (4, 0, 0, 1)] {
+        let plan = emptying_e(limit, e, f, max_moves);
+        assert_eq!(moves(&plan).len(), 1, "{limit} {e} {f} {max_moves}: {plan:?}");
+        assert_eq!(plan.emptying.as_deref(), Some("e"));
+    }
+}
