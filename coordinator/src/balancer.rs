@@ -786,10 +786,11 @@ impl Balancer {
                 }
             }
             let Some((_, _, position, target, gain, cost, after)) = best else {
+                let all_held = held.len() == hosts[index].regions.len();
                 let held = if held.is_empty() { String::new() } else { format!(" (held: {})", held.join(", ")) };
                 if room {
                     plan.notes.push(format!("{why}; the hosts with room have as many migrations as they may{held}"));
-                } else if held.len() < hosts[index].regions.len() {
+                } else if !all_held {
                     plan.notes.push(format!("{why}; no host in use has room for any of its regions{held}"));
                     crowded.push(index);
                 } else {

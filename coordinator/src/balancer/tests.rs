@@ -932,6 +932,14 @@ fn why_an_overloaded_host_is_not_relieved_is_told_and_only_a_lack_of_room_takes_
     let plan = pinned.plan(&snapshot(vec![overloaded(), host("h2", 8.0, vec![]), free_host("spare")]), Instant::now());
     assert!(plan.steps.is_empty(), "{plan:?}");
     assert!(plan.notes.iter().any(|note| note.contains("none of its regions may move now")), "{plan:?}");
+    // One region pinned, the others too big for any host in use: the fleet lacks room, and a
+    // spare host is taken back for them.
+    let one_pinned = Balancer::new(Mode::On, Settings { pinned: vec![3], ..Settings::default() }).unwrap();
+    let crowded = host("h1", 4.0, vec![region(1, 1.7), region(2, 1.7), region(3, 0.1)]);
+    let plan = one_pinned
+        .plan(&snapshot(vec![crowded, host("h2", 4.0, vec![region(4, 1.2)]), free_host("spare")]), Instant::now());
+    assert!(plan.notes.iter().any(|note| note.contains("no host in use has room")), "{plan:?}");
+    assert!(matches!(&plan.steps[..], [Step::Use { host, .. }] if host == "spare"), "{plan:?}");
 }
 
 #[test]

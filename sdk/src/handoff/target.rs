@@ -599,5 +599,8 @@ mod tests {
         assert_eq!(target.poll_message(), Some(Message::Ready { handoff: 8, target: "target".into() }));
         assert_eq!(target.poll_message(), None, "nothing of the first handoff is sent");
         assert_eq!(target.poll_action(), None, "nor done");
+        // The new handoff's silence counts from its own first message, not the old one's last.
+        target.handle_timeout(later + Duration::from_millis(1));
+        assert_eq!(target.phase(), TargetPhase::Receiving);
     }
 }
