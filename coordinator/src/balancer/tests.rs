@@ -1102,3 +1102,55 @@ fn emptying_a_host_counts_each_move_on_both_hosts_and_within_every_limit() {
         assert_eq!(plan.emptying.as_deref(), Some("e"));
     }
 }
+
+#[test]
+fn the_fleet_needs_a_host_only_strictly_above_wake_and_memory_counts_for_room() {
+    let now = Instant::now();
+    // Exactly at wake (70%), its ticks late, no room elsewhere and no free host: relief is wanted,
+    // another host is not yet.
+    let late = |id| RegionState { late: true, ..region(id, 1.4) };
+    let plan =
+        on().plan(&snapshot(vec![host("h1", 4.0, vec![late(1), late(2)]), host("h2", 4.0, vec![region(3, 2.3)])]), now);
+    assert!(plan.notes.iter().any(|note| note.contains("no host in use has room")), "{plan:?}");
+    assert!(!plan.notes.iter().any(|note| note.contains("the fleet needs another host")), "{plan:?}");
+    // h1 holds 75% of its memory in two regions of 3.75 GiB; h2, at 30%, would reach 67.5%
+    // with one: no room, so the spare is taken back.
+    let tiny = |id| region(id, 0.01);
+    let fleet = snapshot(vec![
+        with_memory(host("h1", 4.0, vec![tiny(1), tiny(2)]), 10, 7.5),
+        with_memory(host("h2", 4.0, vec![tiny(3)]), 10, 3.0),
+        free_host("spare"),
+    ]);
+    let plan = on().plan(&fleet, now);
+    assert!(matches!(&plan.steps[..], [Step::Use { host, .. }] if host == "spare"), "{plan:?}");
+}
+
+#[test]
+fn emptying_a_host_counts_each_placed_region_at_its_peak_and_memory() {
+    // `e`'s two regions of 0.3 cores: the first takes `f` to 57.5%, so the second goes to `g`
+    // (busy with a migration, so not emptied itself, but a target with a slot left).
+    let mut fleet = snapshot(vec![
+        host("e", 4.0, vec![region(1, 0.3), region(2, 0.3)]),
+        host("f", 4.0, vec![region(3, 2.0)]),
+        host("g", 4.0, vec![region(4, 0.5)]),
+    ]);
+    fleet.hosts[2].migrations = 1;
+    let plan = on().plan(&fleet, Instant::now());
+    assert_eq!(
+        moves(&plan),
+        [
+            (1, "e".to_owned(), "f".to_owned(), Kind::Consolidate),
+            (2, "e".to_owned(), "g".to_owned(), Kind::Consolidate)
+        ],
+        "{plan:?}"
+    );
+    // By memory: `f` at 54% takes one of `e`'s half-gibibyte regions (59%), not both (64%); no
+    // other host may, so `e` stays.
+    let tiny = |id| region(id, 0.01);
+    let fleet = snapshot(vec![
+        with_memory(host("e", 4.0, vec![tiny(1), tiny(2)]), 10, 1.0),
+        with_memory(host("f", 4.0, vec![tiny(3)]), 10, 5.4),
+    ]);
+    let plan = on().plan(&fleet, Instant::now());
+    assert!(plan.steps.is_empty() && plan.emptying.is_none(), "{plan:?}");
+}
