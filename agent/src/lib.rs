@@ -86,6 +86,9 @@ pub struct AgentConfig {
     pub capacity_memory: u64,
     /// The region-server command and its arguments (the agent adds `--name` and `--listen`).
     pub command: Vec<String>,
+    /// The address the region servers listen on (a free port each): what the coordinator, other
+    /// hosts and the gateways dial, so this host's address on the cluster network.
+    pub server_ip: std::net::IpAddr,
     /// How often to report.
     pub status_interval: Duration,
 }
@@ -313,7 +316,7 @@ fn spawn(config: &AgentConfig, name: &str, happenings: &UnboundedSender<Happenin
     let mut command = tokio::process::Command::new(&config.command[0]);
     command
         .args(&config.command[1..])
-        .args(["--name", name, "--listen", "127.0.0.1:0"])
+        .args(["--name", name, "--listen", &SocketAddr::new(config.server_ip, 0).to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

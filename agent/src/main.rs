@@ -59,6 +59,11 @@ struct Cli {
     /// picks a free one, printed on standard output as `{"event":"metrics","addr":...}`).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// The address this host's region servers listen on, each on a free port: this host's address
+    /// on the cluster network (other hosts and the gateways dial it; the default suits a cluster on
+    /// one machine).
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    server_ip: std::net::IpAddr,
     /// The region-server command and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -79,6 +84,12 @@ fn total_memory() -> anyhow::Result<u64> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.status_interval_ms == 0 {
         anyhow::bail!("--status-interval-ms must be at least 1");
+    }
+    if cli.server_ip.is_unspecified() {
+        anyhow::bail!(
+            "--server-ip must be an address other hosts can dial (this host's on the cluster network), not {}",
+            cli.server_ip
+        );
     }
     let identity = ClusterIdentity::load(&cli.certs, &cli.host)
         .with_context(|| format!("loading the cluster certificate of {} from {}", cli.host, cli.certs.display()))?;
@@ -107,6 +118,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         capacity: cli.capacity,
         capacity_cores,
         capacity_memory,
+        server_ip: cli.server_ip,
         command: cli.command,
         status_interval: Duration::from_millis(cli.status_interval_ms),
     };

@@ -25,6 +25,7 @@ fn spec(servers: usize, gateways: usize, gateway_args: &[&str]) -> ClusterSpec {
         columns: 2,
         server_args: ["--tick-rate", "20"].iter().map(|arg| (*arg).to_owned()).collect(),
         gateway_args: gateway_args.iter().map(|arg| (*arg).to_owned()).collect(),
+        placement: None,
     }
 }
 

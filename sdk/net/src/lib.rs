@@ -9,6 +9,7 @@
 //! With the feature `metrics-http`, the `metrics` module serves a process's Prometheus metrics over HTTP.
 
 pub mod framed;
+pub mod ledbat;
 #[cfg(feature = "metrics-http")]
 pub mod metrics;
 pub mod pace;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+pub use ledbat::{Ledbat, LedbatConfig};
 pub use pace::TokenBucket;
 pub use pki::{ClusterIdentity, DevCa};
 
@@ -70,11 +72,41 @@ pub struct LinkSettings {
     pub idle_timeout: Duration,
     /// Keep-alive interval (must be well under the idle timeout).
     pub keep_alive: Duration,
+    /// The congestion controller of the connections this endpoint opens (its default client
+    /// configuration). Connections it accepts keep quinn's default: a region server opens only
+    /// handoff and standby links, which carry bulk state, and accepts the gateways', which carry
+    /// players' updates.
+    pub dial_congestion: Congestion,
 }
 
 impl Default for LinkSettings {
     fn default() -> Self {
-        LinkSettings { idle_timeout: Duration::from_secs(3), keep_alive: Duration::from_millis(500) }
+        LinkSettings {
+            idle_timeout: Duration::from_secs(3),
+            keep_alive: Duration::from_millis(500),
+            dial_congestion: Congestion::Cubic,
+        }
+    }
+}
+
+/// A QUIC congestion controller.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Congestion {
+    /// quinn's default (CUBIC): takes its fair share of a link, and fills its queue to find it.
+    Cubic,
+    /// quinn's BBR (marked experimental by quinn).
+    Bbr,
+    /// [`Ledbat`]: takes only what other traffic leaves, keeping the queue near its target.
+    Ledbat(LedbatConfig),
+}
+
+impl Congestion {
+    fn factory(self) -> Arc<dyn quinn::congestion::ControllerFactory + Send + Sync> {
+        match self {
+            Congestion::Cubic => Arc::new(quinn::congestion::CubicConfig::default()),
+            Congestion::Bbr => Arc::new(quinn::congestion::BbrConfig::default()),
+            Congestion::Ledbat(config) => Arc::new(config),
+        }
     }
 }
 
@@ -83,6 +115,10 @@ fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 pub(crate) fn transport(settings: LinkSettings) -> Result<Arc<quinn::TransportConfig>, NetError> {
+    transport_with(settings, Congestion::Cubic)
+}
+
+fn transport_with(settings: LinkSettings, congestion: Congestion) -> Result<Arc<quinn::TransportConfig>, NetError> {
     let mut transport = quinn::TransportConfig::default();
     let idle = quinn::IdleTimeout::try_from(settings.idle_timeout).map_err(|error| NetError::Tls(error.to_string()))?;
     transport.max_idle_timeout(Some(idle));
@@ -91,6 +127,7 @@ pub(crate) fn transport(settings: LinkSettings) -> Result<Arc<quinn::TransportCo
     transport.stream_receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024));
     transport.receive_window(quinn::VarInt::from_u32(32 * 1024 * 1024));
     transport.send_window(32 * 1024 * 1024);
+    transport.congestion_controller_factory(congestion.factory());
     Ok(Arc::new(transport))
 }
 
@@ -176,7 +213,7 @@ pub fn cluster_client_config(
     client_tls.alpn_protocols = vec![alpn.to_vec()];
     let client_crypto = QuicClientConfig::try_from(client_tls).map_err(|error| NetError::Tls(error.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
-    client.transport_config(transport(settings)?);
+    client.transport_config(transport_with(settings, settings.dial_congestion)?);
     Ok(client)
 }
 

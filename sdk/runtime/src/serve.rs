@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton_net::{ClusterIdentity, LinkSettings};
+use baton_net::{ClusterIdentity, Congestion, LedbatConfig, LinkSettings};
 use baton_sdk::handoff::{FileAuthority, OwnershipAuthority, SourceConfig, SourcePhase};
 use baton_sdk::sessions::PlayerSession;
 use baton_sdk::wire::serve::{
@@ -98,9 +98,18 @@ pub struct ServeSettings {
     /// The coordinator whose region directory decides ownership.
     #[arg(long, value_name = "ADDR", conflicts_with = "authority")]
     pub coordinator: Option<SocketAddr>,
-    /// Bulk bandwidth a handoff may use, in MB/s.
+    /// Bulk bandwidth a handoff or standby feed may use at most, in MB/s (a fixed cap above the
+    /// congestion controller).
     #[arg(long, default_value_t = 50)]
     pub bulk_mbps: u64,
+    /// How the bulk links this server opens share a link with other traffic: `ledbat` takes only
+    /// what other traffic leaves (keeping the link's queue near --bulk-target-ms), `cubic` takes
+    /// a fair share, `bbr` uses quinn's experimental BBR.
+    #[arg(long, value_enum, default_value_t = BulkCongestion::Ledbat)]
+    pub bulk_congestion: BulkCongestion,
+    /// The queueing delay a `ledbat` bulk link may add to a link, in milliseconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub bulk_target_ms: f64,
     /// Ticks per second.
     #[arg(long, default_value_t = 30)]
     pub tick_rate: u32,
@@ -127,6 +136,17 @@ pub struct ServeSettings {
     /// Players this close to a border (metres) see the neighbour's objects near it.
     #[arg(long, default_value_t = 24.0)]
     pub border_view: f32,
+}
+
+/// The congestion controller of bulk links (see `--bulk-congestion`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BulkCongestion {
+    /// Delay-based, yields to other traffic (RFC 6817).
+    Ledbat,
+    /// quinn's default.
+    Cubic,
+    /// quinn's BBR.
+    Bbr,
 }
 
 /// Why a region server could not start (what goes wrong afterwards is reported as events).
@@ -238,6 +258,14 @@ pub fn run<G: Game>(game: G, settings: &ServeSettings) -> Result<(), ServeError>
         Arc::new(move |region| game.new_region(region))
     };
     let bulk_bytes_per_second = settings.bulk_mbps * 1_000_000;
+    let congestion = match settings.bulk_congestion {
+        BulkCongestion::Cubic => Congestion::Cubic,
+        BulkCongestion::Bbr => Congestion::Bbr,
+        BulkCongestion::Ledbat => Congestion::Ledbat(LedbatConfig {
+            target: Duration::from_secs_f64(settings.bulk_target_ms / 1000.0),
+            ..LedbatConfig::default()
+        }),
+    };
     let host_config = HostConfig {
         name: name.clone(),
         bind: settings.listen,
@@ -247,7 +275,7 @@ pub fn run<G: Game>(game: G, settings: &ServeSettings) -> Result<(), ServeError>
         bulk_burst_bytes: 256 * 1024,
         // protocol.md §4: the freeze budget is what the paced link moves in 2 ms.
         source: SourceConfig::for_link(bulk_bytes_per_second, Duration::from_millis(2)),
-        link: LinkSettings::default(),
+        link: LinkSettings { dial_congestion: congestion, ..LinkSettings::default() },
         players: PlayerSettings {
             update_every_ticks: settings.update_every,
             border_every_ticks: 3,
@@ -304,6 +332,8 @@ fn check(settings: &ServeSettings) -> Result<(), ServeError> {
         Some(format!("--border-view must be a distance of 0 or more metres, got {}", settings.border_view))
     } else if settings.bulk_mbps == 0 {
         Some("--bulk-mbps must be at least 1".to_owned())
+    } else if !(settings.bulk_target_ms.is_finite() && (0.1..=100.0).contains(&settings.bulk_target_ms)) {
+        Some(format!("--bulk-target-ms must be from 0.1 to 100 (RFC 6817's limit), got {}", settings.bulk_target_ms))
     } else if !(settings.checkpoint_every_s.is_finite() && settings.checkpoint_every_s >= 0.0) {
         Some(format!("--checkpoint-every-s must be 0 or more seconds, got {}", settings.checkpoint_every_s))
     } else if settings.checkpoint_keep == 0 {

@@ -19,7 +19,7 @@ use baton_gateway::token::{Claims, TokenKey};
 
 use crate::cluster::{GatewayProcess, ServerProcess, gateway_binary, issue_certificates, server_binary};
 use baton_wire::RegionId;
-use baton_wire::serve::{ServerCommand, ServerEvent};
+use baton_wire::serve::{GameObject, ServerCommand, ServerEvent};
 use sample_region_server::{PlayerView, walk_payload};
 
 /// Processes of a cluster with gateways; all are stopped when it is dropped.
@@ -51,6 +51,49 @@ pub struct ClusterSpec {
     pub server_args: Vec<String>,
     /// Extra arguments for every gateway.
     pub gateway_args: Vec<String>,
+    /// Where each server and gateway runs; `None`: every process on loopback in this network
+    /// namespace.
+    pub placement: Option<Placement>,
+}
+
+/// Where the processes of a [`GatewayCluster`] run: each in a network namespace, listening on an
+/// address of it (a test bed of several hosts on one machine).
+#[derive(Clone, Debug)]
+pub struct Placement {
+    /// Per server, in order.
+    pub servers: Vec<Site>,
+    /// Per gateway, in order.
+    pub gateways: Vec<Site>,
+}
+
+/// A network namespace and the address processes in it listen on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Site {
+    /// The namespace's name (`ip netns`).
+    pub netns: String,
+    /// Its address on the test bed's network.
+    pub ip: std::net::IpAddr,
+}
+
+impl Site {
+    /// A command that runs `program` in this namespace.
+    #[must_use]
+    pub fn command(&self, program: &Path) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.netns]).arg(program);
+        command
+    }
+
+    /// This namespace's address with port 0, for a process to listen on.
+    #[must_use]
+    pub fn listen(&self) -> String {
+        SocketAddr::new(self.ip, 0).to_string()
+    }
+}
+
+/// `program` in `site`, or here.
+fn placed(program: &Path, site: Option<&Site>) -> Command {
+    site.map_or_else(|| Command::new(program), |site| site.command(program))
 }
 
 impl GatewayCluster {
@@ -77,18 +120,39 @@ impl GatewayCluster {
             "--world-columns".to_owned(),
             spec.columns.to_string(),
         ];
+        let site = |sites: fn(&Placement) -> &Vec<Site>, index: usize| -> anyhow::Result<Option<&Site>> {
+            spec.placement
+                .as_ref()
+                .map(|placement| sites(placement).get(index).context("the placement names fewer sites than processes"))
+                .transpose()
+        };
         let mut servers = Vec::new();
-        for name in &server_names {
-            let extra: Vec<String> = world.iter().cloned().chain(spec.server_args.iter().cloned()).collect();
-            servers.push(ServerProcess::spawn(&server, name, &certs, &authority, &extra)?);
+        for (index, name) in server_names.iter().enumerate() {
+            let site = site(|placement| &placement.servers, index)?;
+            let mut command = placed(&server, site);
+            command
+                .arg("--serve")
+                .args(["--name", name])
+                .arg("--certs")
+                .arg(&certs)
+                .arg("--authority")
+                .arg(&authority)
+                .args(&world)
+                .args(&spec.server_args);
+            if let Some(site) = site {
+                command.args(["--listen", &site.listen()]);
+            }
+            servers.push(ServerProcess::spawn_server(name, command)?);
         }
         let dev_tls = directory.join("tls");
         let mut gateways = Vec::new();
         let mut gateway_addresses = Vec::new();
-        for name in &gateway_names {
-            let mut command = Command::new(&gateway);
+        for (index, name) in gateway_names.iter().enumerate() {
+            let site = site(|placement| &placement.gateways, index)?;
+            let listen = site.map_or_else(|| "127.0.0.1:0".to_owned(), Site::listen);
+            let mut command = placed(&gateway, site);
             command
-                .args(["--name", name, "--listen", "127.0.0.1:0", "--control"])
+                .args(["--name", name, "--listen", &listen, "--control"])
                 .arg("--certs")
                 .arg(&certs)
                 .arg("--dev-tls")
@@ -108,10 +172,14 @@ impl GatewayCluster {
 
     /// Hosts `region` on server `server` with `objects` physics objects (and a few NPCs).
     pub fn host(&mut self, server: usize, region: u64, objects: usize) -> anyhow::Result<()> {
+        let npcs = objects / 10;
+        self.host_world(server, region, crate::cluster::sample_world(objects, npcs, npcs, 0, region))
+    }
+
+    /// Hosts `region` on server `server`, filled from `world` (the sample's `world` object).
+    pub fn host_world(&mut self, server: usize, region: u64, world: GameObject) -> anyhow::Result<()> {
         let region = RegionId(region);
         let mark = self.servers[server].log.len();
-        let npcs = objects / 10;
-        let world = crate::cluster::sample_world(objects, npcs, npcs, 0, region.0);
         self.servers[server].command(&ServerCommand::Host {
             region,
             world,

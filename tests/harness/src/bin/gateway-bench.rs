@@ -164,6 +164,7 @@ fn measure(cli: &Cli, avatars: usize) -> anyhow::Result<serde_json::Value> {
             "--threads".into(),
             cli.gateway_threads.to_string(),
         ],
+        placement: None,
     };
     let mut cluster = GatewayCluster::start(&spec)?;
     cluster.host(0, 1, cli.objects)?;

@@ -1,0 +1,302 @@
+//! A delay-based "scavenger" congestion controller for bulk links (LEDBAT, RFC 6817, with the
+//! multiplicative decrease of LEDBAT++): it fills what a link has spare and backs off as soon as
+//! its own traffic makes the link's queue grow, so a handoff's state yields to players' updates
+//! crossing the same link (invariant 6). The fixed rate of [`crate::TokenBucket`] stays above it
+//! as a cap.
+//!
+//! The queueing delay is the connection's smoothed round trip (quinn's, corrected for the peer's
+//! ack delay) minus the least round trip seen on it; Baton opens one connection per handoff or
+//! standby feed, so that least round trip is fresh. Per acknowledged byte the window grows by
+//! `GAIN * (1 - queueing / target)` segments per window while the queue is below `target`, and
+//! shrinks by `min(queueing / target - 1, 1/2)` of the acknowledged bytes above it (at most half
+//! the window per round trip). A loss halves it, as in every TCP-friendly controller. Slow start
+//! doubles the window per round trip until the queue reaches three quarters of `target`.
+//!
+//! The arithmetic is in [`Ledbat::acked`] and [`Ledbat::lost`], which take the delays as numbers,
+//! so that the tests can drive it against a model of a link.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn::congestion::{Controller, ControllerFactory, ControllerMetrics};
+
+/// Settings of the controller.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LedbatConfig {
+    /// The queueing delay the bulk link may add (RFC 6817 allows at most 100 ms; players'
+    /// updates share the queue, so Baton aims far lower).
+    pub target: Duration,
+    /// Segments the window grows per round trip with an empty queue.
+    pub gain: f64,
+    /// The window at the start, in segments.
+    pub initial_segments: u64,
+    /// The window never goes below this many segments.
+    pub min_segments: u64,
+}
+
+impl Default for LedbatConfig {
+    fn default() -> Self {
+        LedbatConfig { target: Duration::from_millis(5), gain: 1.0, initial_segments: 4, min_segments: 2 }
+    }
+}
+
+impl ControllerFactory for LedbatConfig {
+    fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
+        Box::new(Ledbat::new(*self, now, current_mtu))
+    }
+}
+
+/// The controller of one connection.
+#[derive(Clone, Debug)]
+pub struct Ledbat {
+    config: LedbatConfig,
+    mtu: f64,
+    window: f64,
+    slow_start: bool,
+    /// Packets sent before this were sent before the last loss was handled.
+    recovery_start: Instant,
+}
+
+impl Ledbat {
+    /// A controller in slow start with the initial window.
+    #[must_use]
+    pub fn new(config: LedbatConfig, now: Instant, mtu: u16) -> Ledbat {
+        let mtu = f64::from(mtu);
+        Ledbat {
+            window: config.initial_segments.max(config.min_segments) as f64 * mtu,
+            config,
+            mtu,
+            slow_start: true,
+            recovery_start: now,
+        }
+    }
+
+    fn min_window(&self) -> f64 {
+        self.config.min_segments.max(1) as f64 * self.mtu
+    }
+
+    /// The window, in bytes.
+    #[must_use]
+    pub fn window_bytes(&self) -> u64 {
+        self.window as u64
+    }
+
+    /// Whether it is still in slow start.
+    #[must_use]
+    pub fn in_slow_start(&self) -> bool {
+        self.slow_start
+    }
+
+    /// `bytes` sent at `sent` were acknowledged; the link's round trip is `smoothed` now and was
+    /// never less than `least`. `app_limited`: the sender had nothing more to send, so the window
+    /// was not the limit (it does not grow then, but it still shrinks under a queue).
+    pub fn acked(&mut self, sent: Instant, bytes: u64, app_limited: bool, smoothed: Duration, least: Duration) {
+        if sent < self.recovery_start {
+            return;
+        }
+        let target = self.config.target.as_secs_f64().max(1e-6);
+        let queueing = smoothed.saturating_sub(least).as_secs_f64();
+        let bytes = bytes as f64;
+        if self.slow_start && queueing >= 0.75 * target {
+            self.slow_start = false;
+        }
+        if queueing > target {
+            let share = (queueing / target - 1.0).min(0.5);
+            self.window -= share * bytes;
+        } else if !app_limited {
+            if self.slow_start {
+                self.window += bytes;
+            } else {
+                let off_target = 1.0 - queueing / target;
+                self.window += self.config.gain * off_target * bytes * self.mtu / self.window;
+            }
+        }
+        self.window = self.window.max(self.min_window());
+    }
+
+    /// Packets sent at `sent` were lost at `now` (or marked congested); `persistent`: every packet
+    /// of the persistent-congestion period was.
+    pub fn lost(&mut self, now: Instant, sent: Instant, persistent: bool) {
+        if persistent {
+            self.window = self.min_window();
+            self.recovery_start = now;
+            self.slow_start = false;
+            return;
+        }
+        if sent < self.recovery_start {
+            return;
+        }
+        self.recovery_start = now;
+        self.slow_start = false;
+        self.window = (self.window / 2.0).max(self.min_window());
+    }
+}
+
+impl Controller for Ledbat {
+    fn on_ack(&mut self, _now: Instant, sent: Instant, bytes: u64, app_limited: bool, rtt: &quinn_proto::RttEstimator) {
+        self.acked(sent, bytes, app_limited, rtt.get(), rtt.min());
+    }
+
+    fn on_congestion_event(&mut self, now: Instant, sent: Instant, is_persistent_congestion: bool, _lost_bytes: u64) {
+        self.lost(now, sent, is_persistent_congestion);
+    }
+
+    fn on_mtu_update(&mut self, new_mtu: u16) {
+        self.mtu = f64::from(new_mtu);
+        self.window = self.window.max(self.min_window());
+    }
+
+    fn window(&self) -> u64 {
+        self.window_bytes()
+    }
+
+    fn metrics(&self) -> ControllerMetrics {
+        let mut metrics = ControllerMetrics::default();
+        metrics.congestion_window = self.window_bytes();
+        metrics
+    }
+
+    fn clone_box(&self) -> Box<dyn Controller> {
+        Box::new(self.clone())
+    }
+
+    fn initial_window(&self) -> u64 {
+        (self.config.initial_segments.max(self.config.min_segments) as f64 * self.mtu) as u64
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The controller against a model of one bottleneck: a link of fixed rate and base round
+    //! trip with a FIFO queue, fed one window per round trip (a fluid model, enough to check the
+    //! loop's gains and the queue it settles at).
+
+    use super::*;
+
+    const MTU: u16 = 1200;
+
+    /// Runs `rounds` round trips of a sender always wanting to send over a link of `rate` bytes
+    /// per second and `base` round trip; `cross` bytes per second of other traffic share the
+    /// queue. Returns (queueing delay, throughput) per round.
+    fn run(config: LedbatConfig, rate: f64, base: Duration, cross: f64, rounds: usize) -> Vec<(Duration, f64)> {
+        let start = Instant::now();
+        let mut ledbat = Ledbat::new(config, start, MTU);
+        let mut now = start;
+        let mut queue = 0.0_f64; // bytes waiting at the bottleneck
+        let mut smoothed = base;
+        let mut trace = Vec::new();
+        for _ in 0..rounds {
+            let window = ledbat.window_bytes() as f64;
+            let rtt = base + Duration::from_secs_f64(queue / rate);
+            // One round trip: the window and the cross traffic arrive, the link drains its rate.
+            let drained = rate * rtt.as_secs_f64();
+            let arriving = window + cross * rtt.as_secs_f64();
+            let throughput = window.min(drained * window / arriving.max(1.0)) / rtt.as_secs_f64();
+            queue = (queue + arriving - drained).max(0.0);
+            smoothed = (smoothed * 7 + rtt) / 8;
+            let sent = now;
+            now += rtt;
+            // Acknowledged a segment at a time, as quinn reports them.
+            let mut left = window;
+            while left > 0.0 {
+                let bytes = left.min(f64::from(MTU));
+                ledbat.acked(sent, bytes as u64, false, smoothed, base);
+                left -= bytes;
+            }
+            trace.push((Duration::from_secs_f64(queue / rate), throughput));
+        }
+        trace
+    }
+
+    #[test]
+    fn alone_on_a_link_it_fills_it_and_keeps_the_queue_near_its_target() {
+        let rate = 12.5e6; // 100 Mbit/s
+        let config = LedbatConfig::default();
+        let trace = run(config, rate, Duration::from_millis(1), 0.0, 4000);
+        let settled = &trace[2000..];
+        let worst = settled.iter().map(|(queue, _)| *queue).max().unwrap();
+        assert!(worst <= config.target * 2, "queue up to {worst:?} against a target of {:?}", config.target);
+        let mean = settled.iter().map(|(_, throughput)| throughput).sum::<f64>() / settled.len() as f64;
+        assert!(mean >= 0.9 * rate, "uses {:.0}% of the link", 100.0 * mean / rate);
+    }
+
+    #[test]
+    fn a_queue_above_target_shrinks_the_window_and_below_it_grows_it() {
+        let now = Instant::now();
+        let base = Duration::from_millis(1);
+        let mut ledbat = Ledbat::new(LedbatConfig::default(), now, MTU);
+        ledbat.slow_start = false;
+        ledbat.window = 100.0 * f64::from(MTU);
+        // 10 ms of queue against 5: half of each acknowledged byte comes off.
+        ledbat.acked(now, 12_000, false, base + Duration::from_millis(11), base);
+        assert_eq!(ledbat.window_bytes(), 120_000 - 6_000);
+        // 7.5 ms: a half again, the most per acknowledged byte.
+        let before = ledbat.window;
+        ledbat.acked(now, 12_000, false, base + Duration::from_micros(7_500), base);
+        assert!((before - ledbat.window - 6_000.0).abs() < 1e-6);
+        // 6 ms: a fifth.
+        let before = ledbat.window;
+        ledbat.acked(now, 10_000, false, base + Duration::from_millis(6), base);
+        assert!((before - ledbat.window - 2_000.0).abs() < 1e-6, "{}", before - ledbat.window);
+        // Empty queue: one segment per window of acknowledged bytes.
+        let before = ledbat.window;
+        ledbat.acked(now, before as u64, false, base, base);
+        assert!((ledbat.window - before - f64::from(MTU)).abs() < 1.0, "{}", ledbat.window - before);
+        // Half the target: half a segment.
+        let before = ledbat.window;
+        ledbat.acked(now, before as u64, false, base + Duration::from_micros(2_500), base);
+        assert!((ledbat.window - before - f64::from(MTU) / 2.0).abs() < 1.0, "{}", ledbat.window - before);
+        // Exactly at the target: no change.
+        let before = ledbat.window;
+        ledbat.acked(now, 50_000, false, base + Duration::from_millis(5), base);
+        assert!((ledbat.window - before).abs() < 1e-9);
+        // With nothing more to send it does not grow.
+        let before = ledbat.window;
+        ledbat.acked(now, 50_000, true, base, base);
+        assert!((ledbat.window - before).abs() < 1e-9);
+    }
+
+    #[test]
+    fn it_yields_to_other_traffic_that_fills_the_queue() {
+        let rate = 12.5e6;
+        let base = Duration::from_millis(1);
+        let alone = run(LedbatConfig::default(), rate, base, 0.0, 3000);
+        // Other traffic at the link's full rate: whatever the bulk link sends queues, and it
+        // backs off to its smallest window.
+        let crowded = run(LedbatConfig::default(), rate, base, rate, 3000);
+        let mean = |trace: &[(Duration, f64)]| trace[2000..].iter().map(|(_, t)| t).sum::<f64>() / 1000.0;
+        assert!(mean(&crowded) < 0.1 * mean(&alone), "{} against {}", mean(&crowded), mean(&alone));
+    }
+
+    #[test]
+    fn slow_start_ends_near_the_target_and_losses_halve_the_window() {
+        let now = Instant::now();
+        let base = Duration::from_millis(1);
+        let mut ledbat = Ledbat::new(LedbatConfig::default(), now, MTU);
+        assert_eq!(ledbat.window_bytes(), 4 * 1200);
+        ledbat.acked(now, 4800, false, base, base);
+        assert_eq!(ledbat.window_bytes(), 9600, "slow start doubles per window");
+        ledbat.acked(now, 1200, false, base + Duration::from_micros(3_750), base);
+        assert!(!ledbat.in_slow_start(), "three quarters of the target ends it");
+        let window = ledbat.window_bytes();
+        let later = now + Duration::from_millis(10);
+        ledbat.lost(later, now + Duration::from_millis(1), false);
+        assert_eq!(ledbat.window_bytes(), window / 2);
+        // Losses of packets sent before the first was handled count once.
+        ledbat.lost(later + Duration::from_millis(1), now + Duration::from_millis(2), false);
+        assert_eq!(ledbat.window_bytes(), window / 2);
+        // Nor do acknowledgements of them make it grow.
+        ledbat.acked(now + Duration::from_millis(2), 100_000, false, base, base);
+        assert_eq!(ledbat.window_bytes(), window / 2);
+        // Persistent congestion: the least window.
+        ledbat.lost(later + Duration::from_millis(2), later, true);
+        assert_eq!(ledbat.window_bytes(), 2 * 1200);
+        ledbat.lost(later + Duration::from_millis(3), later + Duration::from_millis(3), false);
+        assert_eq!(ledbat.window_bytes(), 2 * 1200, "never below the least window");
+    }
+}

@@ -1,0 +1,107 @@
+//! The test bed itself (links that go down and come back, limits in place, nothing left behind)
+//! and its short interference run (a region moves across a shaped link; nothing is lost). They
+//! need root and skip, saying so, without it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use baton_testbed::interference::{self, Mode, Options};
+use baton_testbed::netns::{self, SiteSpec, Testbed};
+
+fn skip() -> bool {
+    if let Some(why) = netns::unavailable() {
+        eprintln!("skipped: {why}");
+        return true;
+    }
+    false
+}
+
+fn leftovers() -> Vec<String> {
+    let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter(|line| line.starts_with(netns::PREFIX))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A UDP echo in `netns` at `address`, answering until it has answered `answers` times.
+fn echo(netns: String, address: SocketAddr, answers: usize) -> std::thread::JoinHandle<()> {
+    let (ready, bound) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        Testbed::enter(&netns).unwrap();
+        let socket = UdpSocket::bind(address).unwrap();
+        ready.send(()).unwrap();
+        let mut buffer = [0u8; 64];
+        for _ in 0..answers {
+            let (length, from) = socket.recv_from(&mut buffer).unwrap();
+            socket.send_to(&buffer[..length], from).unwrap();
+        }
+    });
+    bound.recv().unwrap();
+    handle
+}
+
+/// From `netns`, sends to `to` until an answer comes back (true) or `within` passes (false).
+fn reaches(netns: &str, to: SocketAddr, within: Duration) -> bool {
+    let netns = netns.to_owned();
+    std::thread::spawn(move || {
+        Testbed::enter(&netns).unwrap();
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let deadline = Instant::now() + within;
+        let mut buffer = [0u8; 64];
+        while Instant::now() < deadline {
+            // A link just brought up may refuse to send for a moment.
+            let _ = socket.send_to(b"ping", to);
+            if let Ok((length, _)) = socket.recv_from(&mut buffer) {
+                return &buffer[..length] == b"ping";
+            }
+        }
+        false
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn links_are_limited_go_down_and_come_back_and_nothing_is_left_behind() {
+    if skip() {
+        return;
+    }
+    let sites = [SiteSpec { name: "ta".into(), host_byte: 1 }, SiteSpec { name: "tb".into(), host_byte: 2 }];
+    let testbed = Testbed::create(&sites).unwrap();
+    let (a, b) = (testbed.site("ta").unwrap(), testbed.site("tb").unwrap());
+    testbed.limit("ta", 100, 50).unwrap();
+    let qdisc = Command::new("tc").args(["-n", &a.netns, "qdisc", "show", "dev", netns::DEVICE]).output().unwrap();
+    let qdisc = String::from_utf8_lossy(&qdisc.stdout).into_owned();
+    assert!(qdisc.contains("tbf") && qdisc.contains("100Mbit"), "{qdisc}");
+    let server = SocketAddr::new(b.ip, 9000);
+    let answering = echo(b.netns.clone(), server, 2);
+    assert!(reaches(&a.netns, server, Duration::from_secs(10)), "the link carries traffic");
+    testbed.set_link("ta", false).unwrap();
+    // Down: nothing gets through however long one tries (a short try is enough to see it).
+    assert!(!reaches(&a.netns, server, Duration::from_millis(300)), "a link that is down carries nothing");
+    testbed.set_link("ta", true).unwrap();
+    assert!(reaches(&a.netns, server, Duration::from_secs(10)), "the link is back");
+    answering.join().unwrap();
+    drop(testbed);
+    assert_eq!(leftovers(), Vec::<String>::new(), "every namespace is removed");
+}
+
+#[test]
+fn a_region_moves_across_a_shaped_link_without_losing_a_player_or_an_input() {
+    if skip() {
+        return;
+    }
+    let options = Options::quick();
+    let report = interference::run(Mode::Paced, &options).unwrap();
+    assert!(report.committed, "{report:?}");
+    assert_eq!((report.lost, report.disconnects), (0, 0), "{report:?}");
+    assert!(report.state_bytes >= options.state_mb * 900_000, "the region's state crossed the link: {report:?}");
+    assert!(report.samples > 0, "the other regions' players played during the move: {report:?}");
+    assert_eq!(leftovers(), Vec::<String>::new(), "every namespace is removed");
+}
