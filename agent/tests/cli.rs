@@ -7,7 +7,7 @@ fn help_explains_and_bad_configuration_is_refused() {
     let help = Command::new(env!("CARGO_BIN_EXE_baton-agent")).arg("--help").output().unwrap();
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
-    for needle in ["--host", "--coordinator", "--pool", "--capacity", "COMMAND"] {
+    for needle in ["--host", "--coordinator", "--pool", "--capacity", "--server-ip", "COMMAND"] {
         assert!(text.contains(needle), "--help should mention {needle}");
     }
     let missing_command = Command::new(env!("CARGO_BIN_EXE_baton-agent"))
@@ -22,6 +22,15 @@ fn help_explains_and_bad_configuration_is_refused() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("loading the cluster certificate"), "{stderr}");
+    // Region servers must listen where other hosts can dial them.
+    let output = Command::new(env!("CARGO_BIN_EXE_baton-agent"))
+        .args(["--host", "h", "--certs", "/nonexistent", "--coordinator", "127.0.0.1:1", "--server-ip", "0.0.0.0"])
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--server-ip must be an address other hosts can dial"), "{stderr}");
 }
 
 #[test]

@@ -18,7 +18,9 @@ fn help_explains_and_bad_settings_are_refused_clearly() {
     let help = server().arg("--help").output().unwrap();
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
-    for needle in ["--serve", "--coordinator", "--authority", "--checkpoint-dir", "--tick-rate", "--config"] {
+    for needle in
+        ["--serve", "--coordinator", "--authority", "--checkpoint-dir", "--tick-rate", "--config", "--bulk-congestion"]
+    {
         assert!(text.contains(needle), "--help should mention {needle}");
     }
     let refused = |args: &[&str], expected: &str| {
@@ -30,6 +32,8 @@ fn help_explains_and_bad_settings_are_refused_clearly() {
     refused(&["--serve"], "needs --name");
     refused(&["--serve", "--name", "a"], "needs --certs");
     refused(&["--serve", "--name", "a", "--certs", "/nonexistent", "--tick-rate", "0"], "--tick-rate");
+    refused(&["--serve", "--name", "a", "--certs", "/nonexistent", "--bulk-target-ms", "0"], "--bulk-target-ms");
+    refused(&["--serve", "--name", "a", "--bulk-congestion", "reno"], "ledbat");
     refused(&[], "give --serve");
 }
 

@@ -841,23 +841,27 @@ fn relieved_then_emptied(per_host_limit: usize) -> Snapshot {
     fleet
 }
 
-#[test]
-fn a_relief_counts_on_its_source_for_the_rest_of_the_plan() {
-    let plan = on().plan(&relieved_then_emptied(2), Instant::now());
+/// The plan's two moves, checked: h1 sheds region 2 onto h2, then h3's region 11 goes to h1.
+fn relief_then_emptying_h3(plan: &Plan) -> (&Decision, &Decision) {
     assert_eq!(
-        moves(&plan),
+        moves(plan),
         [
             (2, "h1".to_owned(), "h2".to_owned(), Kind::Rebalance),
             (11, "h3".to_owned(), "h1".to_owned(), Kind::Consolidate)
         ],
         "{plan:?}"
     );
-    let relief = decisions(&plan)[0];
+    (decisions(plan)[0], decisions(plan)[1])
+}
+
+#[test]
+fn a_relief_counts_on_its_source_for_the_rest_of_the_plan() {
+    let plan = on().plan(&relieved_then_emptied(2), Instant::now());
+    let (relief, emptying) = relief_then_emptying_h3(&plan);
     assert!(near(relief.from_before, 0.85) && near(relief.from_after, 0.5), "{relief:?}");
     assert!(near(relief.to_before, 0.25) && near(relief.to_after, 3.4 / 8.0), "{relief:?}");
     // (85% - 80%) of 4 cores for a minute; 800 entities of 200 bytes at 50 MB per core-s + 0.5.
     assert!(near(relief.gain_core_s, 12.0) && near(relief.cost_core_s, 0.5032), "{relief:?}");
-    let emptying = decisions(&plan)[1];
     assert!(near(emptying.to_before, 0.5) && near(emptying.to_after, 2.1 / 4.0), "{emptying:?}");
     assert!(near(emptying.from_before, 0.05) && near(emptying.from_after, 0.0), "{emptying:?}");
     assert!(near(emptying.gain_core_s, 2.0 * 60.0), "{emptying:?}");
@@ -879,19 +883,10 @@ fn memory_counts_like_cpu_when_relieving_and_placing() {
         with_memory(host("h4", 8.0, Vec::new()), 8, 4.0),
     ]);
     let plan = on().plan(&fleet, Instant::now());
-    assert_eq!(
-        moves(&plan),
-        [
-            (2, "h1".to_owned(), "h2".to_owned(), Kind::Rebalance),
-            (11, "h3".to_owned(), "h1".to_owned(), Kind::Consolidate)
-        ],
-        "{plan:?}"
-    );
-    let relief = decisions(&plan)[0];
+    let (relief, emptying) = relief_then_emptying_h3(&plan);
     assert!(near(relief.from_after, 0.09) && near(relief.to_after, 9.1 / 128.0), "{relief:?}");
     // h3's region goes to the fullest host with room: h1, at 9% after the relief (h4 at 50%
     // has no room for its gibibyte).
-    let emptying = decisions(&plan)[1];
     assert!(near(emptying.to_before, 0.09) && near(emptying.to_after, 0.19), "{emptying:?}");
 }
 

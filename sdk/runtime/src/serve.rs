@@ -108,7 +108,7 @@ pub struct ServeSettings {
     #[arg(long, value_enum, default_value_t = BulkCongestion::Ledbat)]
     pub bulk_congestion: BulkCongestion,
     /// The queueing delay a `ledbat` bulk link may add to a link, in milliseconds.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 2.0)]
     pub bulk_target_ms: f64,
     /// Ticks per second.
     #[arg(long, default_value_t = 30)]

@@ -60,7 +60,16 @@ impl Mode {
 
     fn server_args(self, options: &Options) -> Vec<String> {
         let (congestion, mbps) = match self {
-            Mode::Baseline | Mode::Paced => ("ledbat", 50),
+            Mode::Baseline | Mode::Paced => {
+                return vec![
+                    "--bulk-congestion".into(),
+                    "ledbat".into(),
+                    "--bulk-mbps".into(),
+                    "50".into(),
+                    "--bulk-target-ms".into(),
+                    options.target_ms.to_string(),
+                ];
+            }
             Mode::Fixed => ("cubic", u64::from(options.mbit) / 10),
             Mode::Bbr => ("bbr", 50),
             Mode::Unpaced => ("cubic", 100_000),
@@ -90,6 +99,8 @@ pub struct Options {
     pub window_s: u64,
     /// Tick rate of the regions.
     pub tick_rate: u32,
+    /// LEDBAT's target queueing delay (`--bulk-target-ms` of the servers), milliseconds.
+    pub target_ms: f64,
 }
 
 impl Options {
@@ -106,6 +117,7 @@ impl Options {
             warmup_s: 4,
             window_s: 8,
             tick_rate: 20,
+            target_ms: 2.0,
         }
     }
 

@@ -47,6 +47,14 @@ enum Command {
         /// Players in each of the two other regions (default 40; 10 with --quick).
         #[arg(long)]
         players: Option<u64>,
+        /// LEDBAT's target queueing delay for the `paced` run, milliseconds (the servers'
+        /// --bulk-target-ms).
+        #[arg(long, default_value_t = 2.0)]
+        target_ms: f64,
+        /// Only these runs (baseline, paced, fixed, bbr, unpaced; default: all, or baseline,
+        /// paced and unpaced with --quick).
+        #[arg(long, value_delimiter = ',')]
+        modes: Vec<String>,
         /// Where to write the figures.
         #[arg(long, default_value = "target/interference.json")]
         json: PathBuf,
@@ -79,7 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             netns::clean_up()?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Interference { quick, mbit, queue_ms, state_mb, dirty, players, json } => {
+        Command::Interference { quick, mbit, queue_ms, state_mb, dirty, players, target_ms, modes, json } => {
             if mbit == 0 || queue_ms == 0 {
                 anyhow::bail!("--mbit and --queue-ms must be at least 1");
             }
@@ -93,15 +101,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 state_mb: state_mb.unwrap_or(base.state_mb),
                 dirty,
                 players: players.unwrap_or(base.players),
+                target_ms,
                 ..base
             };
-            let modes: &[Mode] = if quick { &[Mode::Baseline, Mode::Paced, Mode::Unpaced] } else { &Mode::ALL };
+            let modes: Vec<Mode> = if !modes.is_empty() {
+                modes
+                    .iter()
+                    .map(|name| {
+                        Mode::ALL
+                            .into_iter()
+                            .find(|mode| format!("{mode:?}").eq_ignore_ascii_case(name))
+                            .with_context(|| format!("no run {name:?} (baseline, paced, fixed, bbr, unpaced)"))
+                    })
+                    .collect::<anyhow::Result<_>>()?
+            } else if quick {
+                vec![Mode::Baseline, Mode::Paced, Mode::Unpaced]
+            } else {
+                Mode::ALL.to_vec()
+            };
             let mut reports = serde_json::Map::new();
             println!(
                 "{:<9} {:>14} {:>14} {:>14} {:>10} {:>10} {:>10}  outcome",
                 "mode", "other rtt p99", "other rtt p50", "other gap p99", "freeze", "state MB", "window s"
             );
-            for mode in modes {
+            for mode in &modes {
                 eprintln!("baton-testbed: interference: {mode:?} ...");
                 let report = interference::run(*mode, &options).with_context(|| format!("the {mode:?} run"))?;
                 println!(
