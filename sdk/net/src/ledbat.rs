@@ -1,16 +1,21 @@
 //! A delay-based "scavenger" congestion controller for bulk links (LEDBAT, RFC 6817, with the
-//! multiplicative decrease of LEDBAT++): it fills what a link has spare and backs off as soon as
-//! its own traffic makes the link's queue grow, so a handoff's state yields to players' updates
-//! crossing the same link (invariant 6). The fixed rate of [`crate::TokenBucket`] stays above it
-//! as a cap.
+//! multiplicative decrease of LEDBAT++): it backs off as soon as the link's round trip grows past
+//! its target, so a handoff's state yields to players' updates crossing the same link (invariant
+//! 6), down to a floor that keeps the handoff going. The fixed rate of [`crate::TokenBucket`] stays
+//! above it as a cap.
 //!
-//! The queueing delay is the connection's smoothed round trip (quinn's, corrected for the peer's
-//! ack delay) minus the least round trip seen on it; Baton opens one connection per handoff or
-//! standby feed, so that least round trip is fresh. Per acknowledged byte the window grows by
-//! `GAIN * (1 - queueing / target)` segments per window while the queue is below `target`, and
-//! shrinks by `min(queueing / target - 1, 1/2)` of the acknowledged bytes above it (at most half
-//! the window per round trip). A loss halves it, as in every TCP-friendly controller. Slow start
-//! doubles the window per round trip until the queue reaches three quarters of `target`.
+//! The queueing delay is the connection's smoothed round trip (quinn's, corrected for the ack
+//! delay the peer reports) minus the least round trip seen on it. What it measures is the whole
+//! round trip's growth: queues on the way there and back, and a receiver slow to read (a busy
+//! process), which it yields to as well. Baton opens one connection per handoff, so that least
+//! round trip is fresh (standby feeds, which live as long as their region, do not use it). Per
+//! acknowledged byte the window grows by `GAIN * (1 - queueing / target)` segments per window while
+//! the queue is below `target`, and shrinks by `min(queueing / target - 1, 1/2)` of the
+//! acknowledged bytes above it (at most half the window per round trip). A loss halves it, as in
+//! every TCP-friendly controller. Slow start doubles the window per round trip until the queue
+//! reaches three quarters of `target` (the smoothed round trip lags a few round trips behind, so it
+//! overshoots by about that much). No rule takes the window below four packets, nor below what
+//! sends [`LedbatConfig::floor_bytes_per_second`] at the current round trip.
 //!
 //! The arithmetic is in [`Ledbat::acked`] and [`Ledbat::lost`], which take the delays as numbers,
 //! so that the tests can drive it against a model of a link.
@@ -69,8 +74,8 @@ pub struct Ledbat {
     slow_start: bool,
     /// Packets sent before this were sent before the last loss was handled.
     recovery_start: Instant,
-    /// The smoothed round trip at the last acknowledgement (for the floor).
-    smoothed: Duration,
+    /// The round trip at the last acknowledgement (for the floor).
+    round_trip: Duration,
 }
 
 impl Ledbat {
@@ -84,12 +89,12 @@ impl Ledbat {
             mtu,
             slow_start: true,
             recovery_start: now,
-            smoothed: Duration::ZERO,
+            round_trip: Duration::ZERO,
         }
     }
 
     fn min_window(&self) -> f64 {
-        let floor = self.config.floor_bytes_per_second.max(0.0) * self.smoothed.as_secs_f64();
+        let floor = self.config.floor_bytes_per_second.max(0.0) * self.round_trip.as_secs_f64();
         (self.config.min_segments.max(1) as f64 * self.mtu).max(floor)
     }
 
@@ -108,9 +113,9 @@ impl Ledbat {
     /// `bytes` sent at `sent` were acknowledged `latest` later; the link's round trip is
     /// `smoothed` now and was never less than `least`. `app_limited`: the sender had nothing more
     /// to send, so the window was not the limit (it does not grow then, but it still shrinks under
-    /// a queue). Slow start ends on the first sample whose queueing reaches three quarters of the
-    /// target (the smoothed round trip lags by several round trips, in which slow start would
-    /// double the window and the queue several times over).
+    /// a queue). The floor is worked out from the lesser of `latest` and `smoothed`: before its
+    /// first sample quinn's smoothed round trip is its initial guess (333 ms), which would make
+    /// the floor a third of a megabyte.
     pub fn acked(
         &mut self,
         sent: Instant,
@@ -120,15 +125,14 @@ impl Ledbat {
         smoothed: Duration,
         least: Duration,
     ) {
-        self.smoothed = smoothed;
+        self.round_trip = smoothed.min(latest);
         if sent < self.recovery_start {
             return;
         }
         let target = self.config.target.as_secs_f64().max(1e-6);
         let queueing = smoothed.saturating_sub(least).as_secs_f64();
         let bytes = bytes as f64;
-        let newest_queueing = latest.saturating_sub(least).as_secs_f64();
-        if self.slow_start && queueing.max(newest_queueing) >= 0.75 * target {
+        if self.slow_start && queueing >= 0.75 * target {
             self.slow_start = false;
         }
         if queueing > target {
@@ -327,6 +331,31 @@ mod tests {
     }
 
     #[test]
+    fn with_the_default_settings_it_fills_a_link_alone_and_keeps_the_queue_near_its_target() {
+        let rate = 12.5e6;
+        let config = LedbatConfig::default();
+        for base in [Duration::from_micros(200), Duration::from_millis(1), Duration::from_millis(20)] {
+            let trace = run(config, rate, base, 0.0, 6000);
+            let settled = &trace[4000..];
+            let worst = settled.iter().map(|(queue, _)| *queue).max().unwrap();
+            assert!(worst <= config.target * 2, "base {base:?}: queue up to {worst:?}");
+            let mean = settled.iter().map(|(_, throughput)| throughput).sum::<f64>() / settled.len() as f64;
+            assert!(mean >= 0.9 * rate, "base {base:?}: uses {:.0}% of the link", 100.0 * mean / rate);
+        }
+    }
+
+    #[test]
+    fn quinns_first_guess_of_the_round_trip_does_not_raise_the_floor() {
+        let now = Instant::now();
+        let mut ledbat = Ledbat::new(LedbatConfig::default(), now, MTU);
+        // The handshake's acknowledgement: quinn's smoothed round trip is still its initial
+        // 333 ms; the sample itself took 0.2 ms.
+        let initial = Duration::from_millis(333);
+        ledbat.acked(now, 1200, true, Duration::from_micros(200), initial, initial);
+        assert_eq!(ledbat.window_bytes(), 4 * 1200, "the initial window, not 333 kB");
+    }
+
+    #[test]
     fn however_long_the_queue_it_keeps_sending_at_its_floor() {
         let now = Instant::now();
         let base = Duration::from_millis(1);
@@ -352,11 +381,10 @@ mod tests {
         let base = Duration::from_millis(1);
         let mut ledbat = Ledbat::new(five(), now, MTU);
         assert_eq!(ledbat.window_bytes(), 4 * 1200);
-        ledbat.acked(now, 4800, false, base + Duration::from_micros(3_700), base, base);
+        ledbat.acked(now, 4800, false, base, base + Duration::from_micros(3_700), base);
         assert_eq!(ledbat.window_bytes(), 9600, "slow start doubles per window");
         assert!(ledbat.in_slow_start(), "below three quarters of the target it goes on");
-        // The newest sample alone ends it, before the smoothed round trip shows the queue.
-        ledbat.acked(now, 1200, false, base + Duration::from_micros(3_750), base, base);
+        ledbat.acked(now, 1200, false, base, base + Duration::from_micros(3_750), base);
         assert!(!ledbat.in_slow_start(), "three quarters of the target ends it");
         let window = ledbat.window_bytes();
         let later = now + Duration::from_millis(10);

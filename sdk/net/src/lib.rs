@@ -96,7 +96,8 @@ pub enum Congestion {
     Cubic,
     /// quinn's BBR (marked experimental by quinn).
     Bbr,
-    /// [`Ledbat`]: takes only what other traffic leaves, keeping the queue near its target.
+    /// [`Ledbat`]: backs off as soon as the round trip grows past its target, down to a floor, so
+    /// it takes mostly what other traffic leaves.
     Ledbat(LedbatConfig),
 }
 

@@ -125,6 +125,10 @@ pub struct Host<L: RegionLogic + 'static> {
     factory: RegionFactory<L>,
     events: UnboundedSender<HostEvent>,
     endpoint: quinn::Endpoint,
+    /// The client configuration of standby feeds: quinn's default congestion control, not the
+    /// bulk links' (a feed lives as long as its region and carries every tick; a scavenger would
+    /// let other traffic delay the standby's copy and its acknowledgements).
+    feed_client: quinn::ClientConfig,
     runtime: tokio::runtime::Handle,
     hub: Arc<upstream::GatewayHub>,
 }
@@ -146,12 +150,17 @@ impl<L: RegionLogic + 'static> Host<L> {
                 baton_net::ALPN_REGION,
             )?
         };
+        let feed_client = baton_net::cluster_client_config(
+            &config.identity,
+            LinkSettings { dial_congestion: baton_net::Congestion::Cubic, ..config.link },
+            baton_net::ALPN_REGION,
+        )?;
         let local_address = endpoint.local_addr()?;
         let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
         let regions: Arc<Mutex<HashMap<RegionId, Slot<L>>>> = Arc::default();
         let hub = Arc::new(upstream::GatewayHub::new(&config.name));
         runtime.spawn(link::accept_loop(endpoint.clone(), regions.clone(), hub.clone()));
-        let host = Host { config, local_address, regions, factory, events, endpoint, runtime, hub };
+        let host = Host { config, local_address, regions, factory, events, endpoint, feed_client, runtime, hub };
         Ok((host, receiver))
     }
 
@@ -329,6 +338,7 @@ impl<L: RegionLogic + 'static> Host<L> {
             bulk_bytes_per_second: self.config.bulk_bytes_per_second,
             bulk_burst_bytes: self.config.bulk_burst_bytes,
             endpoint: self.endpoint.clone(),
+            feed_client: self.feed_client.clone(),
             runtime: self.runtime.clone(),
             events: self.events.clone(),
             commands: sender,

@@ -94,10 +94,12 @@ async fn serve_incoming<L: RegionLogic + 'static>(
     Ok(())
 }
 
-/// Connects to a target and returns where the region thread sends its messages.
+/// Connects to a target (with `client`, or the endpoint's default client configuration) and returns
+/// where the region thread sends its messages.
 pub(crate) fn connect<L: RegionLogic + 'static>(
     runtime: &tokio::runtime::Handle,
     endpoint: quinn::Endpoint,
+    client: Option<quinn::ClientConfig>,
     peer: SocketAddr,
     commands: mpsc::Sender<Command<L>>,
     bulk_bytes_per_second: u64,
@@ -107,7 +109,11 @@ pub(crate) fn connect<L: RegionLogic + 'static>(
     let (bulk_tx, bulk_rx) = unbounded_channel();
     let link = next_link_id();
     runtime.spawn(async move {
-        let connection = match baton_net::connect(&endpoint, peer).await {
+        let connected = match client {
+            Some(client) => baton_net::connect_with(&endpoint, client, peer).await,
+            None => baton_net::connect(&endpoint, peer).await,
+        };
+        let connection = match connected {
             Ok(connection) => connection,
             Err(error) => {
                 tracing::warn!(%peer, %error, "handoff link failed");

@@ -104,6 +104,8 @@ pub(crate) struct LoopContext<L: RegionLogic + 'static> {
     pub(crate) bulk_bytes_per_second: u64,
     pub(crate) bulk_burst_bytes: u64,
     pub(crate) endpoint: quinn::Endpoint,
+    /// How standby feeds connect (handoff links use the endpoint's default).
+    pub(crate) feed_client: quinn::ClientConfig,
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) events: UnboundedSender<HostEvent>,
     pub(crate) commands: mpsc::Sender<Command<L>>,
@@ -220,10 +222,11 @@ impl Links {
 fn carry_out<L: RegionLogic + 'static>(node: &mut RegionNode<L>, context: &LoopContext<L>, links: &mut Links) {
     let id = node.region().id();
     let hub = &context.hub;
-    let connect = |peer| {
+    let connect = |peer, client: Option<&quinn::ClientConfig>| {
         crate::link::connect(
             &context.runtime,
             context.endpoint.clone(),
+            client.cloned(),
             peer,
             context.commands.clone(),
             context.bulk_bytes_per_second,
@@ -232,13 +235,13 @@ fn carry_out<L: RegionLogic + 'static>(node: &mut RegionNode<L>, context: &LoopC
     };
     while let Some(output) = node.poll_output(Instant::now()) {
         match output {
-            Output::Connect { peer } => links.peer = Some(connect(peer)),
+            Output::Connect { peer } => links.peer = Some(connect(peer, None)),
             Output::ToPeer(message) => {
                 if !links.peer.as_ref().is_some_and(|link| link.send(message)) {
                     node.handle_link_lost(Instant::now());
                 }
             }
-            Output::ConnectStandby { peer } => links.standby = Some(connect(peer)),
+            Output::ConnectStandby { peer } => links.standby = Some(connect(peer, Some(&context.feed_client))),
             Output::ToStandby(message) => {
                 if !links.standby.as_ref().is_some_and(|link| link.send(message)) {
                     node.handle_standby_link_lost(Instant::now());

@@ -102,9 +102,11 @@ pub struct ServeSettings {
     /// congestion controller).
     #[arg(long, default_value_t = 50)]
     pub bulk_mbps: u64,
-    /// How the bulk links this server opens share a link with other traffic: `ledbat` takes only
-    /// what other traffic leaves (keeping the link's queue near --bulk-target-ms), `cubic` takes
-    /// a fair share, `bbr` uses quinn's experimental BBR.
+    /// How the handoff links this server opens share a link with other traffic: `ledbat` backs off
+    /// as soon as the round trip grows by more than --bulk-target-ms (down to 1 MB/s), so it takes
+    /// mostly what other traffic leaves; `cubic` takes a fair share (on a link reserved for
+    /// migrations it finishes soonest); `bbr` uses quinn's experimental BBR. Standby feeds always
+    /// use cubic.
     #[arg(long, value_enum, default_value_t = BulkCongestion::Ledbat)]
     pub bulk_congestion: BulkCongestion,
     /// The queueing delay a `ledbat` bulk link may add to a link, in milliseconds.

@@ -15,7 +15,8 @@
 //! - `unpaced`: CUBIC without a cap.
 //!
 //! Per run: the other regions' players' input round trip and update gap p99 over the move's
-//! window (from the handoff's start to its commit), the freeze, the bytes moved.
+//! window (from the handoff's start to its commit), the freeze, the bytes moved, and of every
+//! player (the moving region's too) disconnects, lost inputs and inputs not applied exactly once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -70,7 +71,7 @@ impl Mode {
                     options.target_ms.to_string(),
                 ];
             }
-            Mode::Fixed => ("cubic", u64::from(options.mbit) / 10),
+            Mode::Fixed => ("cubic", (u64::from(options.mbit) / 10).max(1)),
             Mode::Bbr => ("bbr", 50),
             Mode::Unpaced => ("cubic", 100_000),
         };
@@ -141,7 +142,8 @@ pub struct RunReport {
     pub other_gap_p99_ms: f64,
     /// Round trips and gaps the percentiles are over.
     pub samples: usize,
-    /// The move's freeze (none for the baseline or an aborted move).
+    /// The move's freeze (none for the baseline or an aborted move); one move per run, so this
+    /// "p99" is that move's freeze (the name is the figure's across runs).
     pub freeze_ms_p99: Option<f64>,
     /// Bytes the move sent (snapshot, rounds and final delta).
     pub state_bytes: u64,
@@ -151,10 +153,12 @@ pub struct RunReport {
     pub committed: bool,
     /// Why it aborted, if it did.
     pub aborted: Option<String>,
-    /// Other regions' players' disconnects and lost inputs (0 expected).
+    /// Players' disconnects, of every region (0 expected).
     pub disconnects: u64,
-    /// Inputs sent that were never applied.
+    /// Inputs sent that were never applied, of every player.
     pub lost: u64,
+    /// Players whose avatar did not apply each of their inputs exactly once, in order.
+    pub not_applied_once: u64,
 }
 
 const BIG: u64 = 1;
@@ -244,14 +248,19 @@ pub fn run(mode: Mode, options: &Options) -> anyhow::Result<RunReport> {
     stop.store(true, Ordering::Relaxed);
     let mut round_trips = Vec::new();
     let mut gaps = Vec::new();
-    let (mut disconnects, mut lost) = (0, 0);
+    let (mut disconnects, mut lost, mut not_once) = (0, 0, 0);
     for (region, handle) in handles {
         let outcome: PlayerOutcome = runtime.block_on(handle).context("a player task")?.context("a player")?;
+        // Every player counts for what was lost; the moving region's only not for the others'
+        // figures.
+        disconnects += outcome.disconnects;
+        lost += outcome.sent.saturating_sub(outcome.acked.saturating_sub(outcome.acked_before));
+        if !outcome.chain_ok {
+            not_once += 1;
+        }
         if region == BIG {
             continue;
         }
-        disconnects += outcome.disconnects;
-        lost += outcome.sent.saturating_sub(outcome.acked.saturating_sub(outcome.acked_before));
         let within = |at: &u64| (started..=ended).contains(at);
         round_trips.extend(
             outcome
@@ -280,5 +289,6 @@ pub fn run(mode: Mode, options: &Options) -> anyhow::Result<RunReport> {
         aborted,
         disconnects,
         lost,
+        not_applied_once: not_once,
     })
 }

@@ -1,11 +1,13 @@
 //! Hosts as Linux network namespaces on one machine, joined by veth pairs through a bridge, with
 //! per-link bandwidth limits (`tc` `tbf`) and links taken down and up (`ip link set`).
 //!
-//! Every namespace is named `bt-<site>`; the bridge lives in `bt-switch`, so the machine's own
-//! namespace is never touched and traffic only flows between the test bed's addresses
-//! (10.77.0.0/24). [`Testbed::create`] first removes whatever an earlier, crashed run left (every
-//! `bt-` namespace and every process in one); dropping the [`Testbed`] removes everything again,
-//! also on a panic, and [`on_signals_clean_up`] does so on Ctrl-C or a CI job's SIGTERM.
+//! Every namespace is named `baton-tb-<site>`; the bridge lives in `baton-tb-switch`, so the
+//! machine's own namespace is never touched and traffic only flows between the test bed's
+//! addresses (10.77.0.0/24). [`Testbed::create`] first removes whatever an earlier, crashed run
+//! left (every `baton-tb-` namespace and every process in one); dropping the [`Testbed`] removes
+//! everything again, also on a panic, and [`on_signals_clean_up`] does so on Ctrl-C or a CI job's
+//! SIGTERM in the `baton-testbed` binary (a test process killed by its runner leaves its test bed
+//! to the next run's start).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
@@ -14,8 +16,8 @@ use anyhow::{Context, bail};
 use baton_harness::players::Site;
 
 /// Prefix of every namespace of the test bed.
-pub const PREFIX: &str = "bt-";
-const SWITCH: &str = "bt-switch";
+pub const PREFIX: &str = "baton-tb-";
+const SWITCH: &str = "baton-tb-switch";
 const BRIDGE: &str = "br0";
 /// The device name of a host's link inside its namespace.
 pub const DEVICE: &str = "uplink";
@@ -23,7 +25,7 @@ pub const DEVICE: &str = "uplink";
 /// One site (a host, the gateway's machine, the players' network).
 #[derive(Clone, Debug)]
 pub struct SiteSpec {
-    /// Short name (the namespace is `bt-<name>`; at most 8 characters).
+    /// Short name (the namespace is `baton-tb-<name>`; at most 8 characters).
     pub name: String,
     /// Its address's last byte (10.77.0.N).
     pub host_byte: u8,
@@ -46,6 +48,9 @@ fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
 
 fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
     let output = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
+    if !output.status.success() {
+        bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+    }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
@@ -64,6 +69,19 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
+/// Whether this kernel offers `netem` (the usual tool for delay and loss; the test bed shapes
+/// links with `tbf` only, which every kernel here has). Tried in a namespace of its own.
+#[must_use]
+pub fn netem_available() -> bool {
+    let probe = format!("{PREFIX}probe");
+    if run("ip", &["netns", "add", &probe]).is_err() {
+        return false;
+    }
+    let added = run("tc", &["-n", &probe, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"]).is_ok();
+    let _ = run("ip", &["netns", "delete", &probe]);
+    added
+}
+
 /// The test bed's namespaces that exist now.
 fn namespaces() -> anyhow::Result<Vec<String>> {
     Ok(output("ip", &["netns", "list"])?
@@ -75,17 +93,27 @@ fn namespaces() -> anyhow::Result<Vec<String>> {
 }
 
 /// Kills every process in the test bed's namespaces and removes them (idempotent: what an
-/// earlier run left, or this one).
+/// earlier run left, or this one). Goes on past a namespace it cannot remove and reports them all.
 pub fn clean_up() -> anyhow::Result<()> {
+    let mut failures = Vec::new();
     for namespace in namespaces()? {
-        for pid in output("ip", &["netns", "pids", &namespace])?.split_whitespace() {
-            if let Ok(pid) = pid.parse::<i32>() {
+        // A process may be starting in it while it is emptied: kill until none is left.
+        for _ in 0..10 {
+            let pids = output("ip", &["netns", "pids", &namespace]).unwrap_or_default();
+            let pids: Vec<i32> = pids.split_whitespace().filter_map(|pid| pid.parse().ok()).collect();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        run("ip", &["netns", "delete", &namespace])?;
+        if let Err(error) = run("ip", &["netns", "delete", &namespace]) {
+            failures.push(format!("{error:#}"));
+        }
     }
-    Ok(())
+    if failures.is_empty() { Ok(()) } else { bail!("{}", failures.join("; ")) }
 }
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread (call it first in `main`, before any other
@@ -101,8 +129,14 @@ pub fn on_signals_clean_up() -> anyhow::Result<()> {
     std::thread::Builder::new().name("signals".into()).spawn(move || {
         if let Ok(signal) = signals.wait() {
             eprintln!("baton-testbed: {signal}: removing the test bed");
-            if let Err(error) = clean_up() {
-                eprintln!("baton-testbed: cleaning up: {error:#}");
+            // The main thread may be making a namespace meanwhile: go again until none is left.
+            for _ in 0..5 {
+                if let Err(error) = clean_up() {
+                    eprintln!("baton-testbed: cleaning up: {error:#}");
+                }
+                if namespaces().is_ok_and(|left| left.is_empty()) {
+                    break;
+                }
             }
             std::process::exit(130);
         }
@@ -182,23 +216,8 @@ impl Testbed {
         run("ip", &["-n", &namespace, "link", "set", DEVICE, if up { "up" } else { "down" }])
     }
 
-    /// Whether this kernel offers `netem` (the seeds' usual tool for delay and loss; the test bed
-    /// uses only `tbf`).
-    pub fn has_netem(&self) -> anyhow::Result<bool> {
-        let (_, site) = self.sites.first().context("an empty test bed")?;
-        let added = Command::new("tc")
-            .args(["-n", &site.netns, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"])
-            .output()?
-            .status
-            .success();
-        if added {
-            run("tc", &["-n", &site.netns, "qdisc", "del", "dev", "lo", "root"])?;
-        }
-        Ok(added)
-    }
-
-    /// Moves the calling thread into site `name`'s namespace: sockets it opens from then on are
-    /// in that namespace (use it in a runtime's `on_thread_start`).
+    /// Moves the calling thread into the network namespace `netns`: sockets it opens from then on
+    /// are in that namespace (use it in a runtime's `on_thread_start`).
     pub fn enter(netns: &str) -> anyhow::Result<()> {
         let file = std::fs::File::open(format!("/run/netns/{netns}")).with_context(|| format!("opening {netns}"))?;
         nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).with_context(|| format!("entering {netns}"))?;

@@ -59,7 +59,7 @@ enum Command {
         #[arg(long, default_value = "target/interference.json")]
         json: PathBuf,
     },
-    /// Removes whatever a test bed left (namespaces named bt-*, and every process in them).
+    /// Removes whatever a test bed left (namespaces named baton-tb-*, and every process in them).
     Clean,
 }
 
@@ -119,6 +119,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 Mode::ALL.to_vec()
             };
+            if !netns::netem_available() {
+                eprintln!(
+                    "baton-testbed: this kernel has no netem (no delay or loss); the test bed shapes links with tbf only"
+                );
+            }
             let mut reports = serde_json::Map::new();
             println!(
                 "{:<9} {:>14} {:>14} {:>14} {:>10} {:>10} {:>10}  outcome",
@@ -144,7 +149,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // Whatever the figures, a move must keep every player and input.
             let broken: Vec<String> = reports
                 .iter()
-                .filter(|(_, report)| report["committed"] != true || report["lost"] != 0 || report["disconnects"] != 0)
+                .filter(|(_, report)| {
+                    report["committed"] != true
+                        || report["lost"] != 0
+                        || report["disconnects"] != 0
+                        || report["not_applied_once"] != 0
+                })
                 .map(|(mode, _)| mode.clone())
                 .collect();
             if let Some(parent) = json.parent() {
@@ -155,7 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("baton-testbed: wrote {}", json.display());
             if !broken.is_empty() {
                 eprintln!(
-                    "baton-testbed: runs that did not commit, lost inputs or lost players: {}",
+                    "baton-testbed: runs that did not commit, lost inputs or players, or applied an input twice: {}",
                     broken.join(", ")
                 );
                 return Ok(ExitCode::FAILURE);
