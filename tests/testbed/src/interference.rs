@@ -161,18 +161,6 @@ pub struct RunReport {
     pub not_applied_once: u64,
 }
 
-const BIG: u64 = 1;
-const OTHERS: [u64; 2] = [2, 3];
-
-fn percentile(values: &mut [u64], quantile: f64) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    values.sort_unstable();
-    let index = ((values.len() - 1) as f64 * quantile).round() as usize;
-    values[index.min(values.len() - 1)] as f64 / 1000.0
-}
-
 /// One run of `mode` on a fresh test bed.
 pub fn run(mode: Mode, options: &Options) -> anyhow::Result<RunReport> {
     let sites = [("h1", 1), ("h2", 2), ("gw", 10), ("pl", 20)]
@@ -291,4 +279,16 @@ pub fn run(mode: Mode, options: &Options) -> anyhow::Result<RunReport> {
         lost,
         not_applied_once: not_once,
     })
+}
+
+const BIG: u64 = 1;
+const OTHERS: [u64; 2] = [2, 3];
+
+fn percentile(values: &mut [u64], quantile: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_unstable();
+    let index = ((values.len() - 1) as f64 * quantile).round() as usize;
+    values[index.min(values.len() - 1)] as f64 / 1000.0
 }

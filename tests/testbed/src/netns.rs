@@ -37,23 +37,6 @@ pub struct Testbed {
     sites: Vec<(SiteSpec, Site)>,
 }
 
-/// Runs `ip`/`tc` with `args`; fails with what it printed.
-fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let output = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
-    if !output.status.success() {
-        bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
-    }
-    Ok(())
-}
-
-fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
-    if !output.status.success() {
-        bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
 /// Why the test bed cannot run here, if it cannot: it needs root (namespaces, links, qdiscs) and
 /// `ip` and `tc` from iproute2.
 #[must_use]
@@ -66,6 +49,12 @@ pub fn unavailable() -> Option<String> {
             return Some(format!("the test bed needs `{tool}` (Debian: apt-get install iproute2)"));
         }
     }
+    // Root in a container may still lack the right to make namespaces.
+    let probe = format!("{PREFIX}can");
+    if let Err(error) = run("ip", &["netns", "add", &probe]) {
+        return Some(format!("the test bed cannot make network namespaces here: {error:#}"));
+    }
+    let _ = run("ip", &["netns", "delete", &probe]);
     None
 }
 
@@ -80,16 +69,6 @@ pub fn netem_available() -> bool {
     let added = run("tc", &["-n", &probe, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"]).is_ok();
     let _ = run("ip", &["netns", "delete", &probe]);
     added
-}
-
-/// The test bed's namespaces that exist now.
-fn namespaces() -> anyhow::Result<Vec<String>> {
-    Ok(output("ip", &["netns", "list"])?
-        .lines()
-        .filter_map(|line| line.split_whitespace().next())
-        .filter(|name| name.starts_with(PREFIX))
-        .map(str::to_owned)
-        .collect())
 }
 
 /// Kills every process in the test bed's namespaces and removes them (idempotent: what an
@@ -231,4 +210,31 @@ impl Drop for Testbed {
             eprintln!("removing the test bed: {error:#}");
         }
     }
+}
+
+/// Runs `ip`/`tc` with `args`; fails with what it printed.
+fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
+    if !output.status.success() {
+        bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(())
+}
+
+fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
+    if !output.status.success() {
+        bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The test bed's namespaces that exist now.
+fn namespaces() -> anyhow::Result<Vec<String>> {
+    Ok(output("ip", &["netns", "list"])?
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| name.starts_with(PREFIX))
+        .map(str::to_owned)
+        .collect())
 }
