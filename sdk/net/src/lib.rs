@@ -72,10 +72,10 @@ pub struct LinkSettings {
     pub idle_timeout: Duration,
     /// Keep-alive interval (must be well under the idle timeout).
     pub keep_alive: Duration,
-    /// The congestion controller of the connections this endpoint opens (its default client
-    /// configuration). Connections it accepts keep quinn's default: a region server opens only
-    /// handoff and standby links, which carry bulk state, and accepts the gateways', which carry
-    /// players' updates.
+    /// The congestion controller of the connections this endpoint opens with its default client
+    /// configuration. Connections it accepts keep quinn's default: a region server opens its
+    /// handoff links this way (bulk state) and accepts the gateways' (players' updates); its
+    /// standby feeds dial with a client configuration of their own, on quinn's default.
     pub dial_congestion: Congestion,
 }
 
