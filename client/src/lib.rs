@@ -137,8 +137,9 @@ pub enum Event {
         /// The new region.
         region: u64,
     },
-    /// `region` lost its host and another took it over from saved state; every kept input was
-    /// sent again, and updates start again from the restored tick.
+    /// `region` lost its host and another took it over from saved state, or it waited for an
+    /// input lost on its way: every kept input was sent again, and updates may start again from an
+    /// earlier (restored) tick.
     Recovered {
         /// The region.
         region: u64,

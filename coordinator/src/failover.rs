@@ -281,6 +281,8 @@ impl Failover {
             started_unix_ms: crate::migrations::unix_ms(),
             phases: Vec::new(),
             freeze_ms: None,
+            source_digest: None,
+            target_digest: None,
             failover: Some(FailoverFigures {
                 cause: lost.cause,
                 lost_epoch: lost.epoch.0,

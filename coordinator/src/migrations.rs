@@ -95,6 +95,13 @@ pub struct MigrationRecord {
     pub phases: Vec<PhaseTiming>,
     /// The source's freeze, as it reported it.
     pub freeze_ms: Option<f64>,
+    /// The world digest the source reported at its freeze (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_digest: Option<String>,
+    /// The world digest the target reported when it took the region over (hex): equal to
+    /// `source_digest` for a handoff that committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_digest: Option<String>,
     /// A failover's cause and figures (kind `failover`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<crate::failover::FailoverFigures>,
@@ -196,6 +203,8 @@ impl Migration {
             started_unix_ms: unix_ms(),
             phases: Vec::new(),
             freeze_ms: None,
+            source_digest: None,
+            target_digest: None,
             failover: None,
         };
         (
@@ -274,6 +283,17 @@ impl Migration {
                 _ => Vec::new(),
             };
         };
+        // The digests are kept whenever they come: the target's takeover may be reported after
+        // the source's handoff moved the migration on.
+        match reported {
+            ServerEvent::Frozen { digest, .. } if is_source && !digest.is_empty() => {
+                self.record.source_digest = Some(digest.clone());
+            }
+            ServerEvent::Authoritative { digest, .. } if is_target && !digest.is_empty() => {
+                self.record.target_digest = Some(digest.clone());
+            }
+            _ => {}
+        }
         match (self.record.phase, reported) {
             (Phase::Preparing, ServerEvent::Prepared { .. }) if is_target => {
                 let Some(address) = self.target_address else { return Vec::new() };
@@ -785,7 +805,7 @@ mod tests {
         let (mut machine, now) = transferring();
         assert!(machine.handle_event(&exited("h1-p1"), now).is_empty(), "the target decides");
         assert_eq!(machine.record().phase, Phase::Transferring);
-        let won = ServerEvent::Authoritative { region: RegionId(7), epoch: baton_wire::Epoch(2) };
+        let won = ServerEvent::Authoritative { region: RegionId(7), epoch: baton_wire::Epoch(2), digest: "ab".into() };
         let actions = machine.handle_event(&event("h2-p3", won), now);
         assert_eq!(actions, vec![Action::Release { host: "h1".into(), process: "h1-p1".into() }]);
         assert_eq!(machine.record().phase, Phase::Committed);
@@ -809,7 +829,7 @@ mod tests {
     #[test]
     fn the_target_s_commit_may_come_before_the_source_s_report() {
         let (mut machine, now) = transferring();
-        let won = ServerEvent::Authoritative { region: RegionId(7), epoch: baton_wire::Epoch(2) };
+        let won = ServerEvent::Authoritative { region: RegionId(7), epoch: baton_wire::Epoch(2), digest: "ab".into() };
         assert!(machine.handle_event(&event("h2-p3", won), now).is_empty());
         assert_eq!(machine.record().phase, Phase::CleaningUp);
         let handed_off = ServerEvent::HandedOff {
@@ -824,6 +844,46 @@ mod tests {
         let actions = machine.handle_event(&event("h1-p1", ServerEvent::Retired { region: RegionId(7) }), now);
         assert_eq!(actions, vec![Action::Release { host: "h1".into(), process: "h1-p1".into() }]);
         assert_eq!(machine.record().phase, Phase::Committed);
+    }
+
+    #[test]
+    fn the_digests_at_the_freeze_and_the_takeover_are_kept_whichever_comes_first() {
+        let frozen = |process: &str, digest: &str| {
+            event(
+                process,
+                ServerEvent::Frozen { region: RegionId(7), tick: 9, last_tick_at_us: 1, digest: digest.into() },
+            )
+        };
+        let won = |digest: &str| {
+            let reported =
+                ServerEvent::Authoritative { region: RegionId(7), epoch: baton_wire::Epoch(2), digest: digest.into() };
+            event("h2-p3", reported)
+        };
+        let handed_off = ServerEvent::HandedOff {
+            region: RegionId(7),
+            epoch: baton_wire::Epoch(2),
+            figures: baton_wire::serve::HandoffFigures::default(),
+        };
+        // The source's report moves the migration on before the target's takeover is heard.
+        let (mut machine, now) = transferring();
+        machine.handle_event(&frozen("h1-p1", "aa"), now);
+        machine.handle_event(&event("h1-p1", handed_off), now);
+        assert_eq!(machine.record().phase, Phase::CleaningUp);
+        machine.handle_event(&won("aa"), now);
+        assert_eq!(machine.record().source_digest.as_deref(), Some("aa"));
+        assert_eq!(machine.record().target_digest.as_deref(), Some("aa"));
+        // Only the source's freeze and the target's takeover count, and an empty digest (an older
+        // server) is none.
+        let (mut machine, now) = transferring();
+        machine.handle_event(&frozen("h2-p3", "bb"), now);
+        machine.handle_event(&frozen("h1-p1", ""), now);
+        assert_eq!(machine.record().source_digest, None);
+        machine.handle_event(&event("h1-p1", won("cc").event().cloned().unwrap()), now);
+        assert_eq!(machine.record().target_digest, None, "the source's takeover is not the target's");
+        machine.handle_event(&won(""), now);
+        assert_eq!(machine.record().target_digest, None);
+        machine.handle_event(&won("dd"), now);
+        assert_eq!(machine.record().target_digest.as_deref(), Some("dd"));
     }
 
     #[test]
@@ -914,7 +974,7 @@ mod tests {
     /// event from the other side of the handoff, or from a third process, changes nothing.
     #[test]
     fn each_event_counts_only_from_the_side_that_sends_it() {
-        let won = ServerEvent::Authoritative { region: RegionId(7), epoch: baton_wire::Epoch(2) };
+        let won = ServerEvent::Authoritative { region: RegionId(7), epoch: baton_wire::Epoch(2), digest: "ab".into() };
         let gave_up = ServerEvent::Aborted { region: RegionId(7), owning: false, reason: "link lost".into() };
         let kept = ServerEvent::Aborted { region: RegionId(7), owning: true, reason: "did not converge".into() };
         let retired = ServerEvent::Retired { region: RegionId(7) };
@@ -950,7 +1010,7 @@ mod tests {
         let (mut machine, now) = in_phase(Phase::Transferring);
         machine.handle_event(&exited("h3-p1"), now);
         assert_eq!(machine.record().phase, Phase::Transferring);
-        let won = ServerEvent::Authoritative { region: RegionId(7), epoch: baton_wire::Epoch(2) };
+        let won = ServerEvent::Authoritative { region: RegionId(7), epoch: baton_wire::Epoch(2), digest: "ab".into() };
         machine.handle_event(&event("h2-p3", won), now);
         assert_eq!(machine.record().phase, Phase::CleaningUp, "the source is still there to retire");
         let (mut machine, now) = in_phase(Phase::CleaningUp);

@@ -113,6 +113,7 @@ struct Counters {
     resumes: AtomicU64,
     handoff_flips: AtomicU64,
     resends: AtomicU64,
+    inputs_asked_again: AtomicU64,
     unavailable: AtomicU64,
     stopped_sessions: AtomicU64,
 }
@@ -157,6 +158,9 @@ pub struct GatewayStats {
     /// Owner changes this gateway did not follow as a handoff (failovers): the region's players
     /// were asked to send again what is not durable.
     pub resends: u64,
+    /// Players asked to send their inputs again because their region waited at a gap in them (an
+    /// input lost on its way).
+    pub inputs_asked_again: u64,
     /// Regions announced unavailable (lost their host, none took them over in the grace).
     pub unavailable: u64,
     /// Sessions ended because their region was stopped (the old way of restarting it).
@@ -379,6 +383,7 @@ impl Gateway {
             resumes: load(&counters.resumes),
             handoff_flips: load(&counters.handoff_flips),
             resends: load(&counters.resends),
+            inputs_asked_again: load(&counters.inputs_asked_again),
             unavailable: load(&counters.unavailable),
             stopped_sessions: load(&counters.stopped_sessions),
         }
@@ -1072,6 +1077,15 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
         }
         // The region's owner saved it and let it go: its players' sessions end (they reconnect
         // once it runs again, elsewhere). Only the owner the gateway routes by can say so.
+        ServerMessage::ResendInputs { region, player, from } => {
+            // Harmless from any server: what the client sends again that the region has applied
+            // or queued is dropped there by its number.
+            if let Some(link) = inner.links.get(&player) {
+                inner.counters.inputs_asked_again.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%player, %region, from, "the region waits for an input of the player; asking for its inputs again");
+                link.send_reliable(ServerFrame::Resend { region: region.0 });
+            }
+        }
         ServerMessage::Stopped { region, epoch } => {
             if !inner.routes.admits_update(region, server, epoch) {
                 tracing::debug!(%region, %epoch, "a stop from a server that does not own the region; ignored");

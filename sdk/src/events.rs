@@ -25,6 +25,9 @@ pub const INPUTS_REFUSED_TOTAL: &str = "baton_inputs_refused_total";
 /// Counter: player inputs lost: acknowledged durable, then lost with the state that held them
 /// (a region restored from older state; its players said they no longer have them). Label: `region`.
 pub const INPUTS_LOST_TOTAL: &str = "baton_inputs_lost_total";
+/// Counter: players asked to send their inputs again because the region waited at a gap in their
+/// sequence (an input lost on its way). Label: `region`.
+pub const INPUTS_ASKED_AGAIN_TOTAL: &str = "baton_inputs_asked_again_total";
 /// Counter: script calls. Label: `region`.
 pub const SCRIPT_CALLS_TOTAL: &str = "baton_script_calls_total";
 /// Counter: scripts stopped for a trap, fuel or memory. No label (the entity is in the log).
@@ -73,6 +76,10 @@ pub fn describe() {
     metrics::describe_counter!(
         INPUTS_LOST_TOTAL,
         "Player inputs acknowledged durable and then lost with the state that held them."
+    );
+    metrics::describe_counter!(
+        INPUTS_ASKED_AGAIN_TOTAL,
+        "Players asked to send their inputs again after the region waited at a gap in their sequence."
     );
     metrics::describe_counter!(SCRIPT_CALLS_TOTAL, "Calls into region scripts.");
     metrics::describe_counter!(SCRIPT_FAULTS_TOTAL, "Scripts stopped for a trap, exhausted fuel or memory.");
@@ -126,6 +133,13 @@ pub fn tick_overrun(region: RegionId, tick: u64, late_by: Duration) {
 pub fn input_refused(region: RegionId, player: baton_wire::PlayerId, reason: &'static str) {
     metrics::counter!(INPUTS_REFUSED_TOTAL, "region" => region.to_string(), "reason" => reason).increment(1);
     tracing::debug!(%region, %player, reason, "input refused");
+}
+
+/// `players` of `region` were asked to send their inputs again: the region waited at a gap in
+/// their sequence for [`GAP_RESEND_TICKS`](crate::sessions::GAP_RESEND_TICKS).
+pub fn inputs_asked_again(region: RegionId, players: usize) {
+    metrics::counter!(INPUTS_ASKED_AGAIN_TOTAL, "region" => region.to_string()).increment(players as u64);
+    tracing::warn!(%region, players, "players waited at a gap in their inputs; asking for them again");
 }
 
 /// `player`'s inputs up to `through` were acknowledged durable, and `lost` of them are not in the

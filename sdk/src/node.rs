@@ -40,7 +40,8 @@ use crate::handoff::{
     TargetPhase,
 };
 use crate::region::{Emigrant, Region, RegionLogic, TickReport, TickSchedule};
-use crate::sessions::{PlayerSession, SessionError};
+use crate::sessions::{GapWatch, PlayerSession, SessionError};
+use crate::world::WorldDigest;
 
 /// Identifies a gateway connection on the host.
 pub type GatewayId = u64;
@@ -183,6 +184,8 @@ pub enum HostEvent {
         /// When that tick started, in microseconds since the Unix epoch (wall clock; comparable
         /// between processes on one host).
         last_tick_at_us: u64,
+        /// The world's digest at the freeze (the one the final delta's `Freeze` carries).
+        digest: WorldDigest,
     },
     /// This host took `region` over in a handoff.
     Authoritative {
@@ -190,6 +193,9 @@ pub enum HostEvent {
         region: RegionId,
         /// The new epoch.
         epoch: Epoch,
+        /// The world's digest when it took over (equal to the source's at the freeze: the target
+        /// checks it before it commits).
+        digest: WorldDigest,
     },
     /// The first tick this host ran after taking `region` over.
     FirstTick {
@@ -490,6 +496,8 @@ pub struct RegionNode<L: RegionLogic> {
     standby_bytes: u64,
     /// What survives the loss of this instance (durable acknowledgements, protocol.md §9).
     durability: Durability,
+    /// Players waiting at a gap in their inputs, to ask for them again.
+    gaps: GapWatch,
     reported_phase: Option<SourcePhase>,
     outputs: VecDeque<Output>,
 }
@@ -527,6 +535,7 @@ impl<L: RegionLogic> RegionNode<L> {
             reported_phase: None,
             outputs,
             durability: Durability::default(),
+            gaps: GapWatch::default(),
         };
         // An owner from the start holds either a fresh world or a restored checkpoint: what its
         // sessions applied was given to it (a new world has applied nothing), so nothing it
@@ -1002,6 +1011,19 @@ impl<L: RegionLogic> RegionNode<L> {
             let durable = (self.settings.checkpoint_every_ticks > 0 || feeding).then_some(&self.durability.confirmed);
             let before = self.outputs.len();
             after_tick(&mut self.region, *epoch, tick, self.settings.players, durable, gateways, &mut self.outputs);
+            // An input lost on its way (at a server that died after the gateway sent it there)
+            // leaves its player waiting at a gap; the client keeps it, so it is asked for again.
+            let stalled = self.region.sessions().stalled(self.region.world());
+            let ask: Vec<(PlayerId, ServerMessage)> = self
+                .gaps
+                .observe(tick, &stalled)
+                .into_iter()
+                .map(|(player, from)| (player, ServerMessage::ResendInputs { region: id, player, from }))
+                .collect();
+            if !ask.is_empty() && gateways.any() {
+                crate::events::inputs_asked_again(id, ask.len());
+                self.outputs.push_back(Output::ToPlayers(ask));
+            }
             if self.outputs.iter().skip(before).any(|output| {
                 matches!(output, Output::ToPlayers(messages) if messages.iter().any(|(_, message)| matches!(message, ServerMessage::Emigrated { .. })))
             }) {
@@ -1036,10 +1058,12 @@ impl<L: RegionLogic> RegionNode<L> {
                 handoff.handle_tick_completed(now + report.duration, self.region.world_mut(), next_due);
                 if !handoff.allows_ticks() {
                     self.outputs.push_back(Output::Broadcast(ServerMessage::Frozen { region: id, epoch: *epoch }));
+                    let digest = self.region.world_mut().digest();
                     self.outputs.push_back(Output::Event(HostEvent::Frozen {
                         region: id,
                         tick,
                         last_tick_at_us: started_us,
+                        digest,
                     }));
                 }
             }
@@ -1191,6 +1215,7 @@ impl<L: RegionLogic> RegionNode<L> {
                             self.outputs.push_back(Output::Authority { expected, next, commit: true });
                         }
                         TargetAction::Authoritative { epoch, first_tick_at, .. } => {
+                            let digest = self.region.world_mut().digest();
                             self.region.rebuild_caches();
                             self.outputs.push_back(Output::Owned { epoch, announce: false });
                             self.outputs.push_back(Output::Broadcast(ServerMessage::Committed {
@@ -1198,7 +1223,11 @@ impl<L: RegionLogic> RegionNode<L> {
                                 epoch,
                                 owner: self.settings.address,
                             }));
-                            self.outputs.push_back(Output::Event(HostEvent::Authoritative { region: id, epoch }));
+                            self.outputs.push_back(Output::Event(HostEvent::Authoritative {
+                                region: id,
+                                epoch,
+                                digest,
+                            }));
                             let schedule = TickSchedule::new(self.region.config().tick_interval(), first_tick_at);
                             // Keep answering the source (Committed, then stragglers) after the switch.
                             let mut finished = HandoffTarget::new(now, TargetConfig::new(&self.settings.name));

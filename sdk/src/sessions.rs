@@ -19,6 +19,11 @@
 //! - The one way past a gap: the client says it no longer has the inputs in it
 //!   ([`Sessions::skip`]: they were acknowledged durable by state that was then lost). They are
 //!   counted lost, and the next input after them is applied; no number is ever applied twice.
+//! - A gap that stays is filled by asking: an input can be lost on its way (it reached a server
+//!   that died or was cut off before passing it on), and the client keeps every input until it is
+//!   durable. [`GapWatch`] says which players have waited at the same gap for
+//!   [`GAP_RESEND_TICKS`]; their clients are asked to send what they keep again (the inputs
+//!   already applied or queued are dropped as duplicates).
 
 use std::collections::HashMap;
 
@@ -31,6 +36,12 @@ use crate::world::{EntityId, World, WorldError};
 /// from `last_applied + 1` are taken beyond it, up to [`MAX_KEPT_INPUTS`] in all (see
 /// [`Sessions::submit`]).
 pub const MAX_PENDING_INPUTS: usize = 256;
+
+/// Ticks a player may wait at the same gap before its client is asked to send its inputs again
+/// (and again every as many ticks while the gap stays): half a second at 20 Hz. Inputs of one
+/// player travel in order on one stream, so a gap lasts longer than a few ticks only when an input
+/// was lost on its way.
+pub const GAP_RESEND_TICKS: u64 = 10;
 
 /// A player's presence in the region, on the player's avatar entity.
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, crate::Component)]
@@ -224,6 +235,18 @@ impl Sessions {
         Ok(lost)
     }
 
+    /// The players whose next input has not arrived while later ones wait (a gap), each with the
+    /// number it waits for (`last_applied + 1`), in entity order. Called after
+    /// [`take_ready`](Sessions::take_ready): a waiting input then always sits behind a gap.
+    #[must_use]
+    pub fn stalled(&self, world: &World) -> Vec<(PlayerId, InputSeq)> {
+        world
+            .iter::<PlayerSession>()
+            .filter(|(_, session)| session.pending.first().is_some_and(|first| first.seq > session.last_applied + 1))
+            .map(|(_, session)| (PlayerId(session.player), session.last_applied + 1))
+            .collect()
+    }
+
     /// Takes every input received but not applied yet out of the queues, in entity then
     /// sequence order. For a region being stopped the old way (saved, then started again elsewhere
     /// while its players reconnect): what was not applied at the save is not in it, and each
@@ -300,4 +323,39 @@ pub struct ReadyInput {
     pub seq: InputSeq,
     /// Game-defined bytes.
     pub payload: Vec<u8>,
+}
+
+/// Which players waited at the same gap long enough for their clients to be asked to send their
+/// inputs again (see the module's consistency notes). No I/O: fed the players waiting at a gap
+/// after each tick, it answers whom to ask.
+#[derive(Debug, Default)]
+pub struct GapWatch {
+    /// Per player waiting at a gap: the number it waits for, the tick it was first seen waiting
+    /// for it, and the tick it was last asked for (if it was).
+    waiting: HashMap<PlayerId, (InputSeq, u64, Option<u64>)>,
+}
+
+impl GapWatch {
+    /// After tick `tick`, the players waiting at a gap ([`Sessions::stalled`]); returns those to
+    /// ask for their inputs again, from the number they wait for: once they waited
+    /// [`GAP_RESEND_TICKS`] at the same gap, and again every as many ticks while it stays. A
+    /// player no longer waiting, or waiting at another gap, starts over.
+    pub fn observe(&mut self, tick: u64, stalled: &[(PlayerId, InputSeq)]) -> Vec<(PlayerId, InputSeq)> {
+        let mut ask = Vec::new();
+        let mut waiting = HashMap::with_capacity(stalled.len());
+        for &(player, missing) in stalled {
+            let (since, mut asked) = match self.waiting.get(&player) {
+                Some(&(seq, since, asked)) if seq == missing => (since, asked),
+                _ => (tick, None),
+            };
+            let due = asked.unwrap_or(since) + GAP_RESEND_TICKS;
+            if tick >= due {
+                ask.push((player, missing));
+                asked = Some(tick);
+            }
+            waiting.insert(player, (missing, since, asked));
+        }
+        self.waiting = waiting;
+        ask
+    }
 }

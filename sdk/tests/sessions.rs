@@ -244,3 +244,47 @@ fn every_input_a_client_keeps_sent_again_at_once_is_taken_in_one_tick() {
         Step::Tick((1..=kept).collect()),
     ]);
 }
+
+#[test]
+fn players_waiting_at_a_gap_are_found_and_asked_again_only_once_the_gap_stays() {
+    use baton_sdk::sessions::{GAP_RESEND_TICKS, GapWatch};
+    let mut world = world();
+    let mut sessions = Sessions::default();
+    for player in [7, 8, 9] {
+        let avatar = world.spawn();
+        sessions.join(&mut world, PlayerId(player), avatar).unwrap();
+    }
+    // 7 waits for 2 (3 and 4 are queued), 8 has nothing waiting, 9's inputs are in order.
+    for (player, seq) in [(7, 1), (7, 3), (7, 4), (9, 1), (9, 2)] {
+        sessions.submit(&mut world, input(player, seq)).unwrap();
+    }
+    assert_eq!(applied(&sessions, &mut world), vec![(7, 1), (9, 1), (9, 2)]);
+    assert_eq!(sessions.stalled(&world), vec![(PlayerId(7), 2)]);
+
+    let mut watch = GapWatch::default();
+    let stalled = sessions.stalled(&world);
+    for tick in 100..100 + GAP_RESEND_TICKS {
+        assert_eq!(watch.observe(tick, &stalled), vec![], "tick {tick}: not waited long enough");
+    }
+    assert_eq!(watch.observe(100 + GAP_RESEND_TICKS, &stalled), vec![(PlayerId(7), 2)]);
+    for tick in 101 + GAP_RESEND_TICKS..100 + 2 * GAP_RESEND_TICKS {
+        assert_eq!(watch.observe(tick, &stalled), vec![], "tick {tick}: asked already");
+    }
+    assert_eq!(watch.observe(100 + 2 * GAP_RESEND_TICKS, &stalled), vec![(PlayerId(7), 2)], "asked again");
+
+    // The gap fills; a new gap of the same player starts a new wait.
+    sessions.submit(&mut world, input(7, 2)).unwrap();
+    sessions.submit(&mut world, input(7, 6)).unwrap();
+    assert_eq!(applied(&sessions, &mut world), vec![(7, 2), (7, 3), (7, 4)]);
+    let stalled = sessions.stalled(&world);
+    assert_eq!(stalled, vec![(PlayerId(7), 5)]);
+    let at = 100 + 2 * GAP_RESEND_TICKS + 1;
+    assert_eq!(watch.observe(at, &stalled), vec![]);
+    assert_eq!(watch.observe(at + GAP_RESEND_TICKS - 1, &stalled), vec![]);
+    assert_eq!(watch.observe(at + GAP_RESEND_TICKS, &stalled), vec![(PlayerId(7), 5)]);
+    // A player no longer waiting is forgotten: waiting again starts over.
+    assert_eq!(watch.observe(at + GAP_RESEND_TICKS + 1, &[]), vec![]);
+    assert_eq!(watch.observe(at + GAP_RESEND_TICKS + 2, &stalled), vec![]);
+    assert_eq!(watch.observe(at + 2 * GAP_RESEND_TICKS + 1, &stalled), vec![]);
+    assert_eq!(watch.observe(at + 2 * GAP_RESEND_TICKS + 2, &stalled), vec![(PlayerId(7), 5)]);
+}

@@ -28,7 +28,7 @@ fn the_example_game_runs_under_the_coordinator_and_migrates() {
         capacity_cores: Vec::new(),
         coordinator_args: Vec::new(),
     };
-    let server = ServerCommandLine { binary: tally_region_binary().unwrap(), args: Vec::new() };
+    let server = ServerCommandLine { binary: tally_region_binary().unwrap(), args: Vec::new(), env: Vec::new() };
     let fleet = Fleet::start_with(&spec, server).unwrap();
     fleet.wait_hosts_ready(2, 1, Duration::from_secs(90)).unwrap();
 

@@ -9,12 +9,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use baton_harness::fleet::{Fleet, FleetSpec};
-use baton_harness::players::{Movement, PlayerOutcome, PlayerPlan, patrol_player, run_player, unix_ms};
+use baton_harness::players::{Movement, PlayerOutcome, PlayerPlan, Playing, patrol_player, unix_ms};
 use serde_json::{Value, json};
 
 fn spec() -> FleetSpec {
@@ -80,63 +78,6 @@ fn last_record_id(fleet: &Fleet) -> u64 {
     records.as_array().unwrap().iter().filter_map(|record| record["id"].as_u64()).max().unwrap_or(0)
 }
 
-/// Players playing on a thread of their own until [`Playing::finish`].
-struct Playing {
-    stop: Arc<AtomicBool>,
-    in_play: Arc<AtomicU64>,
-    count: u64,
-    thread: std::thread::JoinHandle<Vec<PlayerOutcome>>,
-}
-
-impl Playing {
-    /// Runs `plans` (each with its token) until [`Playing::finish`].
-    fn start(fleet: &Fleet, plans: Vec<(PlayerPlan, String)>) -> Playing {
-        let options = fleet.client_options();
-        let stop = Arc::new(AtomicBool::new(false));
-        let in_play = Arc::new(AtomicU64::new(0));
-        let count = plans.len() as u64;
-        let plans: Vec<(PlayerPlan, String)> = plans
-            .into_iter()
-            .map(|(plan, token)| {
-                // `play_for` only bounds a hang: the test says when to stop.
-                let plan = PlayerPlan {
-                    stop: Some(stop.clone()),
-                    in_play: Some(in_play.clone()),
-                    play_for: Duration::from_secs(300),
-                    ..plan
-                };
-                (plan, token)
-            })
-            .collect();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-            runtime.block_on(async move {
-                let tasks: Vec<_> = plans
-                    .into_iter()
-                    .map(|(plan, token)| tokio::spawn(run_player(options.clone(), token, plan)))
-                    .collect();
-                let mut outcomes = Vec::new();
-                for task in tasks {
-                    outcomes.push(task.await.unwrap().unwrap());
-                }
-                outcomes
-            })
-        });
-        Playing { stop, in_play, count, thread }
-    }
-
-    /// Waits until every player had an input acknowledged.
-    fn wait_in_play(&self) {
-        wait_for(|| (self.in_play.load(Ordering::Relaxed) == self.count).then_some(()));
-    }
-
-    /// Stops the players; returns what each saw once its last inputs were acknowledged.
-    fn finish(self) -> Vec<PlayerOutcome> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap()
-    }
-}
-
 /// `count` wandering players in `region`, from player `first` on, who play until
 /// [`Playing::finish`]; returns once every one of them had an input acknowledged.
 fn players(fleet: &Fleet, first: u64, count: u64, region: u64) -> Playing {
@@ -149,8 +90,8 @@ fn players(fleet: &Fleet, first: u64, count: u64, region: u64) -> Playing {
             (plan, fleet.token(player, region))
         })
         .collect();
-    let playing = Playing::start(fleet, plans);
-    playing.wait_in_play();
+    let playing = Playing::start(&fleet.client_options(), plans);
+    playing.wait_in_play(Duration::from_secs(30)).unwrap();
     playing
 }
 
@@ -185,7 +126,7 @@ fn regions_survive_a_killed_process_and_a_killed_host_with_their_players_connect
     let figures = &record["failover"];
     assert_eq!(figures["cause"], "process_exited", "{record}");
     assert!(figures["restored_tick"].as_u64().is_some() && figures["recovery_ms"].as_f64().is_some(), "{record}");
-    let outcomes = playing.finish();
+    let outcomes = playing.finish().unwrap();
     assert_nothing_lost(&outcomes);
     assert!(
         outcomes.iter().any(|outcome| outcome.recoveries > 0),
@@ -204,7 +145,7 @@ fn regions_survive_a_killed_process_and_a_killed_host_with_their_players_connect
     assert_eq!(record["phase"], "committed", "{record}");
     assert_eq!(record["failover"]["cause"], "host_silent", "{record}");
     assert_ne!(record["to_host"], host.as_str(), "{record}");
-    assert_nothing_lost(&playing.finish());
+    assert_nothing_lost(&playing.finish().unwrap());
     let hosts = fleet.ok("GET", "/v1/hosts", None).unwrap();
     let dead = hosts.as_array().unwrap().iter().find(|view| view["name"] == host.as_str()).unwrap();
     assert!(dead["dead"] == true && dead["connected"] == false, "{dead}");
@@ -255,7 +196,7 @@ fn a_host_cut_off_is_replaced_and_its_old_owner_lets_go_and_a_coordinator_down_c
     assert_eq!(record["failover"]["cause"], "host_silent", "{record}");
     assert_eq!(record["to_host"], "h2", "{record}");
     signal_agent(&fleet, 1, "-CONT");
-    assert_nothing_lost(&playing.finish());
+    assert_nothing_lost(&playing.finish().unwrap());
     // One owner in the end: the directory's, and the old one serves nothing.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -344,7 +285,7 @@ fn host_dies_mid_migration(killed: usize, survivor: &str) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_nothing_lost(&playing.finish());
+    assert_nothing_lost(&playing.finish().unwrap());
 }
 
 /// A region whose only checkpoint is damaged (and with no standby) has nothing to come back from
@@ -443,7 +384,7 @@ fn a_hot_standby_is_promoted_when_its_owners_host_dies_rolling_back_only_a_few_t
     assert_eq!(record["failover"]["standby"], true, "the standby was promoted: {record}");
     assert_eq!(record["to_process"], standby_process.as_str(), "{record}");
     let restored = record["failover"]["restored_tick"].as_u64().unwrap();
-    let outcomes = playing.finish();
+    let outcomes = playing.finish().unwrap();
     assert_nothing_lost(&outcomes);
     // The standby held the region's recent past: what players saw rolled back by fewer than the
     // 40 ticks a restore from the join's checkpoint would have lost. How few ticks it is, is
@@ -489,8 +430,8 @@ fn a_host_that_dies_while_avatars_cross_its_borders_loses_no_avatar_and_no_input
             (plan, fleet.token(player, region))
         })
         .collect();
-    let playing = Playing::start(&fleet, plans);
-    playing.wait_in_play();
+    let playing = Playing::start(&fleet.client_options(), plans);
+    playing.wait_in_play(Duration::from_secs(30)).unwrap();
     // Avatars cross both ways before the kill (the gateway counts each crossing it carries)...
     wait_for(|| (fleet.gateway_stats().ok()?.crossings >= 4).then_some(()));
     let before = last_record_id(&fleet);
@@ -503,7 +444,7 @@ fn a_host_that_dies_while_avatars_cross_its_borders_loses_no_avatar_and_no_input
     let recovered = unix_ms();
     let crossed = fleet.gateway_stats().unwrap().crossings;
     wait_for(|| (fleet.gateway_stats().ok()?.crossings >= crossed + 2).then_some(()));
-    let outcomes = playing.finish();
+    let outcomes = playing.finish().unwrap();
     assert_nothing_lost(&outcomes);
     let crossings: Vec<(u64, u64, u64)> = outcomes.iter().flat_map(|outcome| outcome.crossing_log.clone()).collect();
     let before_kill = |from: u64| crossings.iter().any(|(at, left, _)| *left == from && *at < killed);
@@ -541,7 +482,7 @@ fn an_owner_and_its_standby_lost_together_fall_back_to_a_checkpoint_and_the_inpu
     eprintln!("after the owner's and the standby's hosts were killed: {record}");
     assert_eq!(record["phase"], "committed", "{record}");
     assert_eq!(record["failover"]["standby"], false, "restored from a checkpoint: {record}");
-    let outcomes = playing.finish();
+    let outcomes = playing.finish().unwrap();
     // Nobody was disconnected, and nobody waits for inputs its client no longer has: every input
     // sent was acknowledged in the end, including all those after the loss.
     for outcome in &outcomes {
@@ -678,7 +619,7 @@ fn a_flapping_host_loses_its_region_once_and_never_gets_it_back_by_failover() {
         assert!(std::process::Command::new("kill").arg("-CONT").args(&arguments).status().unwrap().success());
         wait_for(|| host_alive(&fleet, "h1").then_some(()));
     }
-    assert_nothing_lost(&playing.finish());
+    assert_nothing_lost(&playing.finish().unwrap());
     let (host, process, _) = wait_for(|| server_of(&fleet, 1));
     assert_eq!(host, "h2", "the region stayed where the failover put it");
     assert_eq!(fleet.ok("GET", "/v1/regions", None).unwrap()[0]["owner"], process.as_str(), "the directory agrees");

@@ -10,6 +10,7 @@
 //! (the gateway), or decode anything but handoff messages from peers.
 
 pub mod checkpoint_store;
+pub mod fault_point;
 pub mod link;
 pub mod region_loop;
 pub mod remote_authority;
@@ -95,6 +96,9 @@ pub struct HostConfig {
     pub players: PlayerSettings,
     /// Periodic checkpoints of owned regions (none: never).
     pub checkpoints: Option<CheckpointSettings>,
+    /// Where region threads stop for fault injection (the test bed's fault matrix; none in
+    /// production).
+    pub fault_point: Option<fault_point::FaultPoint>,
 }
 
 /// Where and how often owned regions are checkpointed.
@@ -346,6 +350,7 @@ impl<L: RegionLogic + 'static> Host<L> {
             generation,
             hub: self.hub.clone(),
             checkpoints: self.config.checkpoints.clone(),
+            fault_point: self.config.fault_point.clone(),
         };
         let spawned = std::thread::Builder::new().name(format!("region-{}", id.0)).spawn(move || {
             // Built on its own thread: the node (and the game's region in it) never moves again.

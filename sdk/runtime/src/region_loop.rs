@@ -13,12 +13,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
-use baton_sdk::handoff::{AuthorityError, Message, Ownership, OwnershipAuthority, TargetPhase};
+use baton_sdk::handoff::{AuthorityError, HandoffSource, Message, Ownership, OwnershipAuthority, TargetPhase};
 use baton_sdk::node::{GatewayRequest, Gateways, Output, RegionNode};
 use baton_sdk::wire::{PlayerId, PlayerInput, RegionId};
 use baton_sdk::{Region, RegionLogic};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::fault_point::FaultPhase;
 use crate::upstream::GatewayHub;
 use crate::{HostEvent, IDLE_POLL};
 
@@ -113,6 +114,7 @@ pub(crate) struct LoopContext<L: RegionLogic + 'static> {
     pub(crate) generation: u64,
     pub(crate) hub: Arc<GatewayHub>,
     pub(crate) checkpoints: Option<crate::CheckpointSettings>,
+    pub(crate) fault_point: Option<crate::fault_point::FaultPoint>,
 }
 
 impl Gateways for GatewayHub {
@@ -137,6 +139,7 @@ pub(crate) fn run<L: RegionLogic + 'static>(
     let mut links = Links::default();
     // Outputs from the node's construction (an owner announces itself).
     carry_out(&mut node, &context, &mut links);
+    let mut phase = None;
     while !node.is_finished() {
         let now = Instant::now();
         let deadline = node.poll_timeout(now).map_or(now + IDLE_POLL, |at| at.min(now + IDLE_POLL));
@@ -192,6 +195,15 @@ pub(crate) fn run<L: RegionLogic + 'static>(
         }
         node.handle_timeout(Instant::now(), &*context.hub);
         carry_out(&mut node, &context, &mut links);
+        if let Some(point) = &context.fault_point {
+            let now_in = FaultPhase::of(node.handoff().map(HandoffSource::phase), node.target_phase());
+            if now_in != phase {
+                phase = now_in;
+                if let Some(entered) = now_in {
+                    point.reached(entered, id.0);
+                }
+            }
+        }
     }
     node.handle_close(Instant::now());
     carry_out(&mut node, &context, &mut links);

@@ -260,6 +260,10 @@ pub fn run<G: Game>(game: G, settings: &ServeSettings) -> Result<(), ServeError>
         Arc::new(move |region| game.new_region(region))
     };
     let bulk_bytes_per_second = settings.bulk_mbps * 1_000_000;
+    let fault_point = crate::fault_point::FaultPoint::from_env().map_err(ServeError::Settings)?;
+    if let Some(point) = &fault_point {
+        tracing::warn!(phase = point.phase.name(), path = %point.path.display(), "a fault point is set (fault injection)");
+    }
     let congestion = match settings.bulk_congestion {
         BulkCongestion::Cubic => Congestion::Cubic,
         BulkCongestion::Bbr => Congestion::Bbr,
@@ -284,6 +288,7 @@ pub fn run<G: Game>(game: G, settings: &ServeSettings) -> Result<(), ServeError>
             border_view_distance: settings.border_view,
         },
         checkpoints: checkpoints.clone(),
+        fault_point,
     };
     let (host, mut host_events) = Host::start(host_config, factory.clone(), runtime.handle().clone())
         .map_err(|error| ServeError::Start { what: "the cluster endpoint", reason: error.to_string() })?;
@@ -522,8 +527,12 @@ pub fn server_event(event: HostEvent) -> ServerEvent {
         HostEvent::Owning { region, epoch } => ServerEvent::Owning { region, epoch },
         HostEvent::Prepared { region } => ServerEvent::Prepared { region },
         HostEvent::Phase { region, phase } => ServerEvent::Phase { region, phase: handoff_phase(phase) },
-        HostEvent::Frozen { region, tick, last_tick_at_us } => ServerEvent::Frozen { region, tick, last_tick_at_us },
-        HostEvent::Authoritative { region, epoch } => ServerEvent::Authoritative { region, epoch },
+        HostEvent::Frozen { region, tick, last_tick_at_us, digest } => {
+            ServerEvent::Frozen { region, tick, last_tick_at_us, digest: digest.to_string() }
+        }
+        HostEvent::Authoritative { region, epoch, digest } => {
+            ServerEvent::Authoritative { region, epoch, digest: digest.to_string() }
+        }
         HostEvent::FirstTick { region, tick, at_us } => ServerEvent::FirstTick { region, tick, at_us },
         HostEvent::HandedOff { region, epoch, stats } => ServerEvent::HandedOff {
             region,

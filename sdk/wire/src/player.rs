@@ -98,8 +98,9 @@ pub enum ServerFrame {
     },
     /// A state update that does not fit a datagram.
     State(StateUpdate),
-    /// The region lost its host and another took it over from saved state: send every input not
-    /// yet durable again, in order (inputs it applied already are dropped by sequence number).
+    /// Send every input not yet durable again, in order (inputs the region applied already are
+    /// dropped by sequence number): the region lost its host and another took it over from saved
+    /// state, or the region waits for an input that was lost on its way.
     Resend {
         /// The region.
         region: u64,

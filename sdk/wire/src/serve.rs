@@ -250,6 +250,9 @@ pub enum ServerEvent {
         tick: u64,
         /// When that tick started, in microseconds since the Unix epoch.
         last_tick_at_us: u64,
+        /// The world digest at the freeze (hex; empty from a server that predates it).
+        #[serde(default)]
+        digest: String,
     },
     /// This process took `region` over in a handoff.
     Authoritative {
@@ -257,6 +260,9 @@ pub enum ServerEvent {
         region: RegionId,
         /// The new epoch.
         epoch: Epoch,
+        /// The world digest when it took over (hex; empty from a server that predates it).
+        #[serde(default)]
+        digest: String,
     },
     /// The first tick this process ran after taking `region` over.
     FirstTick {
@@ -603,8 +609,8 @@ mod tests {
             ServerEvent::Owning { region, epoch: Epoch(2) },
             ServerEvent::Prepared { region },
             ServerEvent::Phase { region, phase: HandoffPhase::HandedOff },
-            ServerEvent::Frozen { region, tick: 9, last_tick_at_us: 1_700_000_000_000_000 },
-            ServerEvent::Authoritative { region, epoch: Epoch(3) },
+            ServerEvent::Frozen { region, tick: 9, last_tick_at_us: 1_700_000_000_000_000, digest: "ab".into() },
+            ServerEvent::Authoritative { region, epoch: Epoch(3), digest: "ab".into() },
             ServerEvent::FirstTick { region, tick: 10, at_us: 1_700_000_000_050_000 },
             ServerEvent::HandedOff {
                 region,

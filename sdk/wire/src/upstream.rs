@@ -279,6 +279,17 @@ pub enum ServerMessage {
         /// The epoch it had.
         epoch: Epoch,
     },
+    /// `region` has waited a while for `player`'s input `from` while later ones are queued (it was
+    /// lost on its way, e.g. at a server that died): ask the player's client to send every input
+    /// it keeps again (protocol.md §9).
+    ResendInputs {
+        /// The region.
+        region: RegionId,
+        /// The player.
+        player: PlayerId,
+        /// The input the region waits for.
+        from: u64,
+    },
 }
 
 pub use crate::framing::{UpstreamReader, encode_batch, encode_into};

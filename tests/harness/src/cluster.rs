@@ -823,12 +823,24 @@ pub fn spawn_coordinator_at(
     api: SocketAddr,
     extra: &[String],
 ) -> anyhow::Result<CoordinatorProcess> {
+    spawn_coordinator_placed(binary, None, directory, address, api, extra)
+}
+
+/// [`spawn_coordinator_at`], in `site`'s network namespace (or here).
+pub fn spawn_coordinator_placed(
+    binary: &Path,
+    site: Option<&crate::players::Site>,
+    directory: &Path,
+    address: SocketAddr,
+    api: SocketAddr,
+    extra: &[String],
+) -> anyhow::Result<CoordinatorProcess> {
     let token_file = directory.join("api.token");
     if !token_file.exists() {
         let token: String = (0..32).map(|_| fastrand::alphanumeric()).collect();
         std::fs::write(&token_file, token)?;
     }
-    let mut command = Command::new(binary);
+    let mut command = crate::players::placed(binary, site);
     command
         .args(["--name", "coordinator", "--control", "--listen", &address.to_string()])
         .args(["--api-listen", &api.to_string()])

@@ -16,8 +16,9 @@ use serde_json::{Value, json};
 
 use crate::cluster::{
     CoordinatorProcess, GatewayProcess, agent_binary, coordinator_api, coordinator_binary, gateway_binary,
-    issue_certificates, server_binary, spawn_coordinator_at,
+    issue_certificates, server_binary, spawn_coordinator_placed,
 };
+use crate::players::{Site, placed};
 
 /// Settings of a [`Fleet`].
 #[derive(Clone, Debug)]
@@ -51,6 +52,9 @@ pub struct ServerCommandLine {
     /// Arguments before the fleet's own (`--coordinator`, `--certs`, `--cert-name`,
     /// `--checkpoint-dir`, `--checkpoint-every-s`, `--tick-rate`).
     pub args: Vec<String>,
+    /// Environment variables of the agents, which their region servers inherit (e.g. a fault
+    /// point, `baton_runtime::fault_point`).
+    pub env: Vec<(String, String)>,
 }
 
 impl ServerCommandLine {
@@ -65,8 +69,39 @@ impl ServerCommandLine {
                 "--world-columns".into(),
                 spec.columns.to_string(),
             ],
+            env: Vec::new(),
         })
     }
+}
+
+/// Where the processes of a [`Fleet`] run: each in a network namespace of a test bed, listening on
+/// its address. Without one, everything runs here on loopback.
+#[derive(Clone, Debug)]
+pub struct FleetPlacement {
+    /// The coordinator's.
+    pub coordinator: Site,
+    /// The gateways' (`g0`, then `g1` for [`Fleet::start_late_gateway`]).
+    pub gateways: Vec<Site>,
+    /// Per host (`h1` first): its agent and region servers.
+    pub hosts: Vec<Site>,
+}
+
+impl FleetPlacement {
+    fn gateway<'a>(placement: Option<&'a FleetPlacement>, name: &str) -> anyhow::Result<Option<&'a Site>> {
+        let Some(placement) = placement else { return Ok(None) };
+        let index: usize = name.trim_start_matches('g').parse().with_context(|| format!("gateway {name}"))?;
+        placement.gateways.get(index).map(Some).with_context(|| format!("no site for gateway {name}"))
+    }
+
+    fn host(placement: Option<&FleetPlacement>, index: usize) -> anyhow::Result<Option<&Site>> {
+        let Some(placement) = placement else { return Ok(None) };
+        placement.hosts.get(index - 1).map(Some).with_context(|| format!("no site for host h{index}"))
+    }
+}
+
+/// The address a process in `site` (or on loopback) listens on, with any port.
+fn any_port(site: Option<&Site>) -> SocketAddr {
+    SocketAddr::new(site.map_or(std::net::IpAddr::from([127, 0, 0, 1]), |site| site.ip), 0)
 }
 
 /// The processes of a deployment; all are stopped when it is dropped.
@@ -92,6 +127,7 @@ pub struct Fleet {
     directory: PathBuf,
     spec: FleetSpec,
     server: ServerCommandLine,
+    placement: Option<FleetPlacement>,
 }
 
 /// A client of the admin API with the deployment's token (cheap to clone, usable from any thread).
@@ -173,6 +209,16 @@ impl Fleet {
 
     /// Starts a deployment whose agents run `server` as their region servers.
     pub fn start_with(spec: &FleetSpec, server: ServerCommandLine) -> anyhow::Result<Fleet> {
+        Fleet::start_placed(spec, server, None)
+    }
+
+    /// Starts a deployment whose processes run where `placement` says (a test bed's network
+    /// namespaces), or on loopback.
+    pub fn start_placed(
+        spec: &FleetSpec,
+        server: ServerCommandLine,
+        placement: Option<FleetPlacement>,
+    ) -> anyhow::Result<Fleet> {
         let directory = std::env::temp_dir().join(format!("baton-fleet-{}-{}", std::process::id(), fastrand::u64(..)));
         let certs = directory.join("certs");
         let hosts: Vec<String> = (1..=spec.hosts).map(|index| format!("h{index}")).collect();
@@ -180,17 +226,24 @@ impl Fleet {
         nodes.extend(hosts.iter().cloned());
         issue_certificates(&certs, &nodes)?;
         // The coordinator binds ports of its own and says which (a restart binds the same again).
-        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-        let coordinator =
-            spawn_coordinator_at(&coordinator_binary()?, &directory, any_port, any_port, &spec.coordinator_args)?;
+        let site = placement.as_ref().map(|placement| &placement.coordinator);
+        let coordinator = spawn_coordinator_placed(
+            &coordinator_binary()?,
+            site,
+            &directory,
+            any_port(site),
+            any_port(site),
+            &spec.coordinator_args,
+        )?;
         let coordinator_address = coordinator.address;
         let api_address = coordinator_api(&coordinator)?;
         let token = std::fs::read_to_string(directory.join("api.token"))?;
-        let (agents, agent_metrics) = spawn_agents(spec, &server, &directory, coordinator_address)?;
+        let (agents, agent_metrics) = spawn_agents(spec, &server, placement.as_ref(), &directory, coordinator_address)?;
         let key_text: String = (0..48).map(|_| fastrand::alphanumeric()).collect();
         std::fs::write(directory.join("token.key"), &key_text)?;
         let key = TokenKey::new(key_text.as_bytes()).map_err(anyhow::Error::msg)?;
-        let (gateway, gateway_address, gateway_metrics) = start_gateway(&directory, "g0", coordinator_address)?;
+        let (gateway, gateway_address, gateway_metrics) =
+            start_gateway(&directory, "g0", FleetPlacement::gateway(placement.as_ref(), "g0")?, coordinator_address)?;
         let api = format!("http://{api_address}");
         Ok(Fleet {
             coordinator: Some(coordinator),
@@ -208,6 +261,7 @@ impl Fleet {
             directory,
             spec: spec.clone(),
             server,
+            placement,
         })
     }
 
@@ -277,7 +331,8 @@ impl Fleet {
     /// Starts another gateway (`g1`) following the coordinator's route feed; returns it and its
     /// players' address. It learns every route from the feed alone (no `--server`).
     pub fn start_late_gateway(&self) -> anyhow::Result<(GatewayProcess, SocketAddr)> {
-        let (gateway, address, _) = start_gateway(&self.directory, "g1", self.coordinator_address)?;
+        let site = FleetPlacement::gateway(self.placement.as_ref(), "g1")?;
+        let (gateway, address, _) = start_gateway(&self.directory, "g1", site, self.coordinator_address)?;
         Ok((gateway, address))
     }
 
@@ -315,8 +370,9 @@ impl Fleet {
     pub fn start_again(&mut self) -> anyhow::Result<()> {
         self.restart_coordinator()?;
         (self.agents, self.agent_metrics) =
-            spawn_agents(&self.spec, &self.server, &self.directory, self.coordinator_address)?;
-        let (gateway, address, metrics) = start_gateway(&self.directory, "g0", self.coordinator_address)?;
+            spawn_agents(&self.spec, &self.server, self.placement.as_ref(), &self.directory, self.coordinator_address)?;
+        let site = FleetPlacement::gateway(self.placement.as_ref(), "g0")?;
+        let (gateway, address, metrics) = start_gateway(&self.directory, "g0", site, self.coordinator_address)?;
         self.gateway = gateway;
         self.gateway_address = address;
         self.gateway_metrics = metrics;
@@ -394,8 +450,9 @@ impl Fleet {
 
     /// Starts the coordinator again with the same addresses and data.
     pub fn restart_coordinator(&mut self) -> anyhow::Result<()> {
-        self.coordinator = Some(spawn_coordinator_at(
+        self.coordinator = Some(spawn_coordinator_placed(
             &coordinator_binary()?,
+            self.placement.as_ref().map(|placement| &placement.coordinator),
             &self.directory,
             self.coordinator_address,
             self.api_address,
@@ -438,6 +495,7 @@ impl Fleet {
 fn spawn_agents(
     spec: &FleetSpec,
     server: &ServerCommandLine,
+    placement: Option<&FleetPlacement>,
     directory: &Path,
     coordinator: SocketAddr,
 ) -> anyhow::Result<(Vec<Child>, Vec<SocketAddr>)> {
@@ -446,9 +504,15 @@ fn spawn_agents(
     let mut metrics = Vec::new();
     for index in 1..=spec.hosts {
         let host = format!("h{index}");
-        let mut child = Command::new(agent_binary()?)
+        let site = FleetPlacement::host(placement, index)?;
+        let mut command = placed(&agent_binary()?, site);
+        if let Some(site) = site {
+            command.args(["--server-ip", &site.ip.to_string()]);
+        }
+        let mut child = command
+            .envs(server.env.iter().map(|(name, value)| (name, value)))
             .args(["--host", &host, "--coordinator", &coordinator.to_string()])
-            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", &any_port(site).to_string()])
             .arg("--certs")
             .arg(&certs)
             .args(["--pool", &spec.pool.to_string(), "--capacity", &spec.capacity.to_string()])
@@ -530,12 +594,14 @@ fn stop_agents(agents: &mut Vec<Child>) {
 fn start_gateway(
     directory: &Path,
     name: &str,
+    site: Option<&Site>,
     coordinator: SocketAddr,
 ) -> anyhow::Result<(GatewayProcess, SocketAddr, SocketAddr)> {
-    let mut command = Command::new(gateway_binary()?);
+    let mut command = placed(&gateway_binary()?, site);
+    let listen = any_port(site).to_string();
     command
-        .args(["--name", name, "--listen", "127.0.0.1:0", "--control"])
-        .args(["--metrics-listen", "127.0.0.1:0"])
+        .args(["--name", name, "--listen", &listen, "--control"])
+        .args(["--metrics-listen", &listen])
         .args(["--coordinator", &coordinator.to_string()])
         .arg("--certs")
         .arg(directory.join("certs"))

@@ -92,7 +92,7 @@ impl Site {
 }
 
 /// `program` in `site`, or here.
-fn placed(program: &Path, site: Option<&Site>) -> Command {
+pub(crate) fn placed(program: &Path, site: Option<&Site>) -> Command {
     site.map_or_else(|| Command::new(program), |site| site.command(program))
 }
 
@@ -333,6 +333,11 @@ pub struct PlayerPlan {
     /// Where the player also records its update gaps and input round trips as they happen, for
     /// a live progress display (the outcome has them all at the end either way).
     pub live: Option<std::sync::Arc<LiveStats>>,
+    /// Where to resume the session when the connection to the gateway is lost (the gateway
+    /// died: no close from it), as a client with a list of gateways does: tried every
+    /// [`RESUME_EVERY`] until it takes the session back. Without it, a lost connection ends the
+    /// player.
+    pub resume_at: Option<SocketAddr>,
 }
 
 /// Update gaps and round trips of many players, recorded as they happen and read (and reset)
@@ -407,6 +412,9 @@ impl LiveHistogram {
     }
 }
 
+/// Pause between a player's attempts to resume its session at another gateway.
+pub const RESUME_EVERY: Duration = Duration::from_millis(200);
+
 /// Pause between a stopped player's attempts to log in again.
 pub const RELOGIN_EVERY: Duration = Duration::from_millis(250);
 
@@ -438,6 +446,7 @@ impl PlayerPlan {
             payload_bytes: (256, 512),
             relogin: None,
             live: None,
+            resume_at: None,
         }
     }
 }
@@ -467,6 +476,9 @@ pub struct PlayerOutcome {
     pub lost: u64,
     /// Times the player logged in again after its region was stopped.
     pub relogins: u64,
+    /// Times the player resumed its session at another gateway after its connection was lost
+    /// (counted here, not in `disconnects`).
+    pub resumes: u64,
     /// Failovers of its region it lived through (the gateway asked for its kept inputs again).
     pub recoveries: u64,
     /// What the gateway said when its region was unavailable (lost its host, none took it over).
@@ -514,6 +526,83 @@ pub struct PlayerOutcome {
     /// Times offline after a stop: (session ended, back in), milliseconds since the Unix epoch.
     #[serde(skip)]
     pub offline_log: Vec<(u64, u64)>,
+}
+
+/// Players playing on a thread of their own (one tokio worker) until [`Playing::finish`].
+pub struct Playing {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    in_play: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    count: u64,
+    thread: std::thread::JoinHandle<anyhow::Result<Vec<PlayerOutcome>>>,
+}
+
+impl Playing {
+    /// Runs `plans` (each with its token) at the gateway `options` names until
+    /// [`Playing::finish`]; each plan's `stop` and `in_play` are the group's, and its `play_for`
+    /// only bounds a hang (5 minutes).
+    #[must_use]
+    pub fn start(options: &ClientOptions, plans: Vec<(PlayerPlan, String)>) -> Playing {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let in_play = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = plans.len() as u64;
+        let plans: Vec<(PlayerPlan, String)> = plans
+            .into_iter()
+            .map(|(plan, token)| {
+                let plan = PlayerPlan {
+                    stop: Some(stop.clone()),
+                    in_play: Some(in_play.clone()),
+                    play_for: Duration::from_secs(300),
+                    ..plan
+                };
+                (plan, token)
+            })
+            .collect();
+        let options = options.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            runtime.block_on(async move {
+                let tasks: Vec<_> = plans
+                    .into_iter()
+                    .map(|(plan, token)| tokio::spawn(run_player(options.clone(), token, plan)))
+                    .collect();
+                let mut outcomes = Vec::new();
+                for task in tasks {
+                    outcomes.push(task.await.context("a player task")??);
+                }
+                Ok(outcomes)
+            })
+        });
+        Playing { stop, in_play, count, thread }
+    }
+
+    /// Players who had an input acknowledged as durable so far.
+    #[must_use]
+    pub fn in_play(&self) -> u64 {
+        self.in_play.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until every player had an input acknowledged as durable; fails after `within` (or
+    /// when the players ended: one failed to connect).
+    pub fn wait_in_play(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        while self.in_play() < self.count {
+            if self.thread.is_finished() {
+                anyhow::bail!("the players ended before all were in play");
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("{} of {} players in play after {within:?}", self.in_play(), self.count);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Stops the players; returns what each saw once its last inputs were acknowledged (or its
+    /// `settle_for` ran out).
+    pub fn finish(self) -> anyhow::Result<Vec<PlayerOutcome>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().map_err(|_| anyhow::anyhow!("the players' thread panicked"))?
+    }
 }
 
 /// Runs one simulated player to the end of its plan.
@@ -697,8 +786,25 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
             }
         }
         let Some((code, reason)) = ended else { continue };
-        outcome.disconnects += 1;
         outcome.close_reasons.push(reason);
+        if let Some(gateway) = plan.resume_at.filter(|_| code.is_none()) {
+            // The gateway is gone: resume at another; the client sends again what the region has
+            // not applied, with the same numbers.
+            let resumed = loop {
+                if client.resume(gateway).await.is_ok() {
+                    break true;
+                }
+                if Instant::now() >= settle_deadline {
+                    break false;
+                }
+                tokio::time::sleep(RESUME_EVERY).await;
+            };
+            if resumed {
+                outcome.resumes += 1;
+                continue;
+            }
+        }
+        outcome.disconnects += 1;
         let Some(login) = plan.relogin.as_ref().filter(|_| code == Some(CloseCode::Unavailable)) else { break };
         // The region was stopped (or its server died): log in again until it is back (the old way
         // of moving a region).

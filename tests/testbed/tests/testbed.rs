@@ -1,6 +1,7 @@
-//! The test bed itself (links that go down and come back, limits in place, nothing left behind)
-//! and its short interference run (a region moves across a shaped link; nothing is lost). They
-//! need root and skip, saying so, without it (CI runs as root).
+//! The test bed itself (links that go down and come back, limits in place, nothing left behind),
+//! its short interference run (a region moves across a shaped link; nothing is lost) and one cell
+//! of the fault matrix (a source killed at the freeze). They need root and skip, saying so,
+//! without it (CI runs as root).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use baton_runtime::fault_point::FaultPhase;
 use baton_testbed::interference::{self, Mode, Options};
+use baton_testbed::matrix::{self, Cell, Fault};
 use baton_testbed::netns::{self, SiteSpec, Testbed};
 
 fn skip() -> bool {
@@ -109,5 +112,25 @@ fn a_region_moves_across_a_shaped_link_without_losing_a_player_or_an_input() {
     assert_eq!((report.lost, report.disconnects, report.not_applied_once), (0, 0, 0), "{report:?}");
     assert!(report.state_bytes >= options.state_mb * 900_000, "the region's state crossed the link: {report:?}");
     assert!(report.samples > 0, "the other regions' players played during the move: {report:?}");
+    assert_eq!(leftovers(), Vec::<String>::new(), "every namespace is removed");
+}
+
+/// One cell of the fault matrix end to end: the source's region server is killed at the freeze
+/// (its thread held there by the fault point). The target commits if the final delta left the
+/// source before it died, else the handoff aborts and the region is restored elsewhere; either
+/// way nothing is lost.
+#[test]
+fn a_source_killed_at_the_freeze_leaves_one_owner_and_every_input_applied_once() {
+    if skip() {
+        return;
+    }
+    let report = matrix::run(Cell { phase: FaultPhase::Frozen, fault: Fault::KillSource }).unwrap();
+    eprintln!("{report:?}");
+    assert_eq!(report.held, "source", "the source stopped at the freeze: {report:?}");
+    assert!(matches!(report.outcome.as_str(), "committed" | "aborted+failover"), "{report:?}");
+    assert!(report.single_owner, "{report:?}");
+    assert_eq!((report.inputs_lost, report.inputs_duplicated, report.disconnects), (0, 0, 0), "{report:?}");
+    assert!(report.serving_after_ms.is_some(), "the region serves again: {report:?}");
+    assert!(report.held_up(), "{report:?}");
     assert_eq!(leftovers(), Vec::<String>::new(), "every namespace is removed");
 }

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use baton_runtime::fault_point::FaultPhase;
 use baton_testbed::interference::{self, Mode, Options};
+use baton_testbed::matrix::{self, Cell, CellReport, Fault};
 use baton_testbed::netns;
 use clap::{Parser, Subcommand};
 
@@ -59,6 +61,30 @@ enum Command {
         #[arg(long, default_value = "target/interference.json")]
         json: PathBuf,
     },
+    /// Injects each fault (kill -9 of the source, the target, the coordinator or the players'
+    /// gateway; the source host's link down for 2 s; the target host's link down) at each phase of
+    /// a handoff (prepare, snapshot, rounds, frozen, committing, handed_off), one fresh test bed
+    /// and deployment per cell, and checks per cell: one owner, no input lost or applied twice, no
+    /// player disconnected, equal digests where the handoff committed, the region serving again.
+    /// Writes the cells as JSON (and with --markdown as a table); fails if a cell broke an
+    /// invariant.
+    Matrix {
+        /// The short form for CI: each fault once, each at another phase.
+        #[arg(long)]
+        quick: bool,
+        /// Only these cells, as phase:fault (e.g. frozen:kill_source,rounds:target_link_down).
+        #[arg(long, value_delimiter = ',')]
+        cells: Vec<String>,
+        /// Start no cell after this many seconds (the cells not run are listed); 0: no limit.
+        #[arg(long, default_value_t = 0)]
+        time_box_s: u64,
+        /// Where to write the cells.
+        #[arg(long, default_value = "target/fault-matrix.json")]
+        json: PathBuf,
+        /// Also write the table (docs/fault-matrix.md) here.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+    },
     /// Removes whatever a test bed left (namespaces named baton-tb-*, and every process in them).
     Clean,
 }
@@ -86,6 +112,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Clean => {
             netns::clean_up()?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Matrix { quick, cells, time_box_s, json, markdown } => {
+            let cells: Vec<Cell> = if !cells.is_empty() {
+                cells.iter().map(|text| parse_cell(text)).collect::<anyhow::Result<_>>()?
+            } else if quick {
+                Cell::quick()
+            } else {
+                Cell::all()
+            };
+            run_matrix(&cells, time_box_s, &json, markdown.as_deref())
         }
         Command::Interference { quick, mbit, queue_ms, state_mb, dirty, players, target_ms, modes, json } => {
             if mbit == 0 || queue_ms == 0 {
@@ -173,4 +209,94 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn parse_cell(text: &str) -> anyhow::Result<Cell> {
+    let (phase, fault) = text.split_once(':').with_context(|| format!("a cell is phase:fault, not {text:?}"))?;
+    let phase = FaultPhase::parse(phase).with_context(|| {
+        let names: Vec<&str> = FaultPhase::ALL.iter().map(|phase| phase.name()).collect();
+        format!("no phase {phase:?} ({})", names.join(", "))
+    })?;
+    let fault = Fault::parse(fault).with_context(|| {
+        let names: Vec<&str> = Fault::ALL.iter().map(|fault| fault.name()).collect();
+        format!("no fault {fault:?} ({})", names.join(", "))
+    })?;
+    Ok(Cell { phase, fault })
+}
+
+fn run_matrix(
+    cells: &[Cell],
+    time_box_s: u64,
+    json: &std::path::Path,
+    markdown: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let mut reports: Vec<CellReport> = Vec::new();
+    let mut skipped = Vec::new();
+    println!(
+        "{:<11} {:<20} {:<26} {:>4} {:>6} {:>5} {:>5} {:>5} {:>7} {:>7} {:>9}",
+        "phase", "fault", "outcome", "ok", "owner", "lost", "dup", "disc", "resumed", "digest", "serving"
+    );
+    for (index, cell) in cells.iter().enumerate() {
+        if time_box_s > 0 && started.elapsed().as_secs() >= time_box_s {
+            skipped.push(format!("{}:{}", cell.phase.name(), cell.fault.name()));
+            continue;
+        }
+        eprintln!(
+            "baton-testbed: matrix: cell {}/{}: {} at {} ...",
+            index + 1,
+            cells.len(),
+            cell.fault.name(),
+            cell.phase.name()
+        );
+        let report = matrix::run(*cell)?;
+        println!(
+            "{:<11} {:<20} {:<26} {:>4} {:>6} {:>5} {:>5} {:>5} {:>7} {:>7} {:>9}",
+            report.phase,
+            report.fault,
+            report.outcome.chars().take(26).collect::<String>(),
+            if report.held_up() { "yes" } else { "NO" },
+            report.single_owner,
+            report.inputs_lost,
+            report.inputs_duplicated,
+            report.disconnects,
+            report.resumes,
+            report.digest_ok.map_or("-".to_owned(), |ok| ok.to_string()),
+            report.serving_after_ms.map_or("-".to_owned(), |ms| format!("{ms} ms")),
+        );
+        if report.outcome.starts_with("error") || report.reason.is_some() {
+            eprintln!(
+                "baton-testbed: matrix: {} {}: {}",
+                report.phase,
+                report.fault,
+                report.reason.as_deref().unwrap_or(&report.outcome)
+            );
+        }
+        reports.push(report);
+    }
+    if let Some(parent) = json.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(json, serde_json::to_string_pretty(&reports)?)
+        .with_context(|| format!("writing {}", json.display()))?;
+    eprintln!("baton-testbed: wrote {}", json.display());
+    if let Some(path) = markdown {
+        let command: Vec<String> = std::env::args().collect();
+        std::fs::write(path, matrix::markdown(&reports, &command.join(" ")))
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("baton-testbed: wrote {}", path.display());
+    }
+    if !skipped.is_empty() {
+        eprintln!("baton-testbed: matrix: not run (time box of {time_box_s} s): {}", skipped.join(", "));
+    }
+    let broken: Vec<String> = reports
+        .iter()
+        .filter(|report| !report.held_up())
+        .map(|report| format!("{}:{}", report.phase, report.fault))
+        .collect();
+    if !broken.is_empty() {
+        eprintln!("baton-testbed: matrix: cells that broke an invariant: {}", broken.join(", "));
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
 }

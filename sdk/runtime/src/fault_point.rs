@@ -1,0 +1,213 @@
+//! Fault points: a region thread that reaches a chosen phase of a handoff stops there, says so in a
+//! file, and waits until it is told to go on, so a fault (a killed process, a link taken down) can
+//! be injected at exactly that phase. Used by the test bed's fault matrix (`baton-testbed matrix`);
+//! never set in production.
+//!
+//! Set with the environment variable [`FAULT_POINT_VARIABLE`] as `<phase>:<path>`, for example
+//! `frozen:/tmp/fault`. The first region thread of any process sharing `<path>` that enters
+//! `<phase>` creates `<path>` (exclusively: a fault point fires once per path, across processes)
+//! with one line, `<pid> <region> <phase>`, then waits until `<path>.release` exists, for at most
+//! [`FaultPoint::MOST_HELD`]. Phases ([`FaultPhase`]): the source's `prepare`, `snapshot`,
+//! `rounds`, `frozen` and `handed_off`, and the target's `committing`.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use baton_sdk::handoff::{SourcePhase, TargetPhase};
+
+/// The environment variable that sets a fault point.
+pub const FAULT_POINT_VARIABLE: &str = "BATON_FAULT_POINT";
+
+/// A phase a fault point can stop at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultPhase {
+    /// The source asked the target to accept (`Begin` sent).
+    Prepare,
+    /// The source streams the snapshot.
+    Snapshot,
+    /// The source streams delta rounds.
+    Rounds,
+    /// The source froze and sent the final delta.
+    Frozen,
+    /// The target asked the authority for the region (its commit).
+    Committing,
+    /// The source learned the target owns the region.
+    HandedOff,
+}
+
+impl FaultPhase {
+    /// Every phase, in handoff order.
+    pub const ALL: [FaultPhase; 6] = [
+        FaultPhase::Prepare,
+        FaultPhase::Snapshot,
+        FaultPhase::Rounds,
+        FaultPhase::Frozen,
+        FaultPhase::Committing,
+        FaultPhase::HandedOff,
+    ];
+
+    /// The name used in [`FAULT_POINT_VARIABLE`].
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultPhase::Prepare => "prepare",
+            FaultPhase::Snapshot => "snapshot",
+            FaultPhase::Rounds => "rounds",
+            FaultPhase::Frozen => "frozen",
+            FaultPhase::Committing => "committing",
+            FaultPhase::HandedOff => "handed_off",
+        }
+    }
+
+    /// The phase named `name`.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<FaultPhase> {
+        FaultPhase::ALL.into_iter().find(|phase| phase.name() == name)
+    }
+
+    /// The phase a region thread is in, from its source's and its target's phases.
+    #[must_use]
+    pub fn of(source: Option<SourcePhase>, target: TargetPhase) -> Option<FaultPhase> {
+        match (source, target) {
+            (_, TargetPhase::Committing) => Some(FaultPhase::Committing),
+            (Some(SourcePhase::Prepare), _) => Some(FaultPhase::Prepare),
+            (Some(SourcePhase::Snapshot), _) => Some(FaultPhase::Snapshot),
+            (Some(SourcePhase::Rounds), _) => Some(FaultPhase::Rounds),
+            (Some(SourcePhase::Frozen), _) => Some(FaultPhase::Frozen),
+            (Some(SourcePhase::HandedOff), _) => Some(FaultPhase::HandedOff),
+            _ => None,
+        }
+    }
+}
+
+/// A configured fault point.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FaultPoint {
+    /// Where to stop.
+    pub phase: FaultPhase,
+    /// The file that says it stopped (and, with `.release` added, lets it go on).
+    pub path: PathBuf,
+}
+
+impl FaultPoint {
+    /// The longest a region thread waits at a fault point.
+    pub const MOST_HELD: Duration = Duration::from_secs(10);
+
+    /// The fault point [`FAULT_POINT_VARIABLE`] sets, if it is set; an error says what is wrong
+    /// with its value.
+    pub fn from_env() -> Result<Option<FaultPoint>, String> {
+        match std::env::var(FAULT_POINT_VARIABLE) {
+            Ok(value) => FaultPoint::parse(&value).map(Some),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Err(format!("{FAULT_POINT_VARIABLE} is not UTF-8")),
+        }
+    }
+
+    /// Parses `<phase>:<path>`.
+    pub fn parse(value: &str) -> Result<FaultPoint, String> {
+        let (phase, path) = value
+            .split_once(':')
+            .ok_or_else(|| format!("{FAULT_POINT_VARIABLE}={value:?}: expected <phase>:<path>"))?;
+        let phase = FaultPhase::parse(phase).ok_or_else(|| {
+            let names: Vec<&str> = FaultPhase::ALL.iter().map(|phase| phase.name()).collect();
+            format!("{FAULT_POINT_VARIABLE}: unknown phase {phase:?} (one of {})", names.join(", "))
+        })?;
+        if path.is_empty() {
+            return Err(format!("{FAULT_POINT_VARIABLE}={value:?}: the path is empty"));
+        }
+        Ok(FaultPoint { phase, path: PathBuf::from(path) })
+    }
+
+    /// The file whose existence lets a held thread go on.
+    #[must_use]
+    pub fn release_path(&self) -> PathBuf {
+        let mut name = self.path.clone().into_os_string();
+        name.push(".release");
+        PathBuf::from(name)
+    }
+
+    /// Called by a region thread when it enters `phase`: holds the thread if this is the fault
+    /// point's phase and the point has not fired yet (in any process); returns whether it held.
+    pub fn reached(&self, phase: FaultPhase, region: u64) -> bool {
+        if phase != self.phase {
+            return false;
+        }
+        let Ok(mut file) = OpenOptions::new().write(true).create_new(true).open(&self.path) else {
+            return false;
+        };
+        let written = writeln!(file, "{} {region} {}", std::process::id(), phase.name()).and_then(|()| file.sync_all());
+        drop(file);
+        if let Err(error) = written {
+            tracing::warn!(%error, path = %self.path.display(), "writing the fault point's file");
+        }
+        tracing::warn!(region, phase = phase.name(), "held at a fault point");
+        let release = self.release_path();
+        let until = Instant::now() + FaultPoint::MOST_HELD;
+        while !release.exists() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fault_point_is_a_phase_and_a_path_and_bad_values_say_what_is_wrong() {
+        let point = FaultPoint::parse("frozen:/tmp/x:y").unwrap();
+        assert_eq!(point, FaultPoint { phase: FaultPhase::Frozen, path: PathBuf::from("/tmp/x:y") });
+        assert_eq!(point.release_path(), PathBuf::from("/tmp/x:y.release"));
+        for phase in FaultPhase::ALL {
+            assert_eq!(FaultPhase::parse(phase.name()), Some(phase));
+        }
+        assert!(FaultPoint::parse("frozen").unwrap_err().contains("<phase>:<path>"));
+        assert!(FaultPoint::parse("melted:/tmp/x").unwrap_err().contains("unknown phase \"melted\""));
+        assert!(FaultPoint::parse("frozen:").unwrap_err().contains("path is empty"));
+    }
+
+    #[test]
+    fn the_phase_of_a_region_thread_comes_from_its_source_and_its_target() {
+        let phase = |source, target| FaultPhase::of(source, target);
+        assert_eq!(phase(None, TargetPhase::Committing), Some(FaultPhase::Committing));
+        assert_eq!(phase(None, TargetPhase::Receiving), None);
+        assert_eq!(phase(None, TargetPhase::Idle), None);
+        assert_eq!(phase(Some(SourcePhase::Prepare), TargetPhase::Idle), Some(FaultPhase::Prepare));
+        assert_eq!(phase(Some(SourcePhase::Snapshot), TargetPhase::Idle), Some(FaultPhase::Snapshot));
+        assert_eq!(phase(Some(SourcePhase::Rounds), TargetPhase::Idle), Some(FaultPhase::Rounds));
+        assert_eq!(phase(Some(SourcePhase::Frozen), TargetPhase::Idle), Some(FaultPhase::Frozen));
+        assert_eq!(phase(Some(SourcePhase::Settling), TargetPhase::Idle), None);
+        assert_eq!(phase(Some(SourcePhase::HandedOff), TargetPhase::Idle), Some(FaultPhase::HandedOff));
+        assert_eq!(phase(Some(SourcePhase::Retired), TargetPhase::Idle), None);
+        assert_eq!(phase(Some(SourcePhase::Aborted), TargetPhase::Idle), None);
+    }
+
+    #[test]
+    fn a_fault_point_holds_the_first_thread_to_reach_its_phase_until_released_and_only_once() {
+        let folder = std::env::temp_dir().join(format!("baton-fault-point-{}", std::process::id()));
+        std::fs::create_dir_all(&folder).unwrap();
+        let point = FaultPoint { phase: FaultPhase::Rounds, path: folder.join("point") };
+        let _ = std::fs::remove_file(&point.path);
+        let _ = std::fs::remove_file(point.release_path());
+        assert!(!point.reached(FaultPhase::Snapshot, 7), "another phase passes");
+        assert!(!point.path.exists());
+        let held = std::thread::spawn({
+            let point = point.clone();
+            move || point.reached(FaultPhase::Rounds, 7)
+        });
+        // The thread says where it stopped, then waits for the release.
+        while !std::fs::read_to_string(&point.path).is_ok_and(|text| text.ends_with('\n')) {
+            std::thread::yield_now();
+        }
+        let text = std::fs::read_to_string(&point.path).unwrap();
+        assert_eq!(text, format!("{} 7 rounds\n", std::process::id()));
+        assert!(!held.is_finished(), "held until released");
+        std::fs::write(point.release_path(), b"").unwrap();
+        assert!(held.join().unwrap());
+        assert!(!point.reached(FaultPhase::Rounds, 7), "a fault point fires once");
+        std::fs::remove_dir_all(&folder).unwrap();
+    }
+}

@@ -1,0 +1,607 @@
+//! The fault matrix: a handoff across the test bed, with one fault injected at one phase of it,
+//! for each phase and each fault; per cell, whether the invariants held.
+//!
+//! Each cell starts a fresh test bed and deployment: the coordinator (`co`), three hosts (`h1`,
+//! `h2`, `h3`: an agent each with its warm region servers), two gateways (`g0`, `g1`) and the
+//! players (`pl`), each in its own network namespace. Region 1 (20,000 entities, 4% of them
+//! changing per tick, so its handoff streams a snapshot and at least one delta round) lives on
+//! `h1` with four players; region 2 on `h3` with two. Every player plays through `g0` and resumes
+//! its session at `g1` if `g0` dies. Region 1 migrates to `h2` with a fault point
+//! (`baton_runtime::fault_point`) at the cell's phase: the first region thread that enters it
+//! stops there, the fault is injected, and the thread goes on. Then the cell waits until the
+//! region is served by one process again, plays on for a while, and checks:
+//!
+//! - `single_owner`: the directory names one owner of region 1, it is the one process that
+//!   reports serving it, and once a cut link is back no other process claims it;
+//! - `inputs_lost`, `inputs_duplicated`: of every player, inputs sent that were never applied, and
+//!   inputs the avatar counted beyond those acknowledged (plus players whose avatar's input chain
+//!   differs from the one they sent: an input applied out of order or twice);
+//! - `disconnects`: players whose connection ended (a player of the killed gateway who resumed at
+//!   the other counts in `resumes`, not here);
+//! - `digest_ok`: for a committed handoff, whether the target's world digest when it took over
+//!   equals the source's at the freeze, as each reported (none when no handoff committed, or when
+//!   a report is missing because its side, or the coordinator it went to, was killed or cut off);
+//! - `serving_after_ms`: from the fault to the first update every player of region 1 received
+//!   after it (none if one never received another).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use baton_harness::fleet::{Fleet, FleetPlacement, FleetSpec, ServerCommandLine};
+use baton_harness::players::{Movement, PlayerOutcome, PlayerPlan, Playing, unix_ms};
+use baton_runtime::fault_point::{FAULT_POINT_VARIABLE, FaultPhase, FaultPoint};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::netns::{SiteSpec, Testbed};
+
+/// A fault to inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// SIGKILL to the source region server.
+    KillSource,
+    /// SIGKILL to the target region server.
+    KillTarget,
+    /// SIGKILL to the coordinator; it is started again (same address and data) a second later,
+    /// as a supervisor would.
+    KillCoordinator,
+    /// SIGKILL to the players' gateway; they resume at the other.
+    KillGateway,
+    /// The source host's link down for two seconds.
+    SourceLinkDown2s,
+    /// The target host's link down until the region serves again elsewhere (then it comes back,
+    /// to check that the cut-off host let go).
+    TargetLinkDown,
+}
+
+impl Fault {
+    /// Every fault, in the matrix's order.
+    pub const ALL: [Fault; 6] = [
+        Fault::KillSource,
+        Fault::KillTarget,
+        Fault::KillCoordinator,
+        Fault::KillGateway,
+        Fault::SourceLinkDown2s,
+        Fault::TargetLinkDown,
+    ];
+
+    /// Its name in the JSON and on the command line.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::KillSource => "kill_source",
+            Fault::KillTarget => "kill_target",
+            Fault::KillCoordinator => "kill_coordinator",
+            Fault::KillGateway => "kill_gateway",
+            Fault::SourceLinkDown2s => "source_link_down_2s",
+            Fault::TargetLinkDown => "target_link_down",
+        }
+    }
+
+    /// The fault named `name`.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Fault> {
+        Fault::ALL.into_iter().find(|fault| fault.name() == name)
+    }
+}
+
+/// One cell: a fault at a phase of an operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cell {
+    /// Where in the handoff.
+    pub phase: FaultPhase,
+    /// What goes wrong.
+    pub fault: Fault,
+}
+
+impl Cell {
+    /// Every cell: each fault at each phase.
+    #[must_use]
+    pub fn all() -> Vec<Cell> {
+        FaultPhase::ALL
+            .into_iter()
+            .flat_map(|phase| Fault::ALL.into_iter().map(move |fault| Cell { phase, fault }))
+            .collect()
+    }
+
+    /// The short form: each fault once, each at another phase.
+    #[must_use]
+    pub fn quick() -> Vec<Cell> {
+        Fault::ALL.into_iter().zip(FaultPhase::ALL).map(|(fault, phase)| Cell { phase, fault }).collect()
+    }
+}
+
+/// What one cell saw.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CellReport {
+    /// `handoff`.
+    pub operation: String,
+    /// The phase the fault hit (`baton_runtime::fault_point` names).
+    pub phase: String,
+    /// The fault.
+    pub fault: String,
+    /// How the operation ended: `committed` or `aborted` (the migration's final phase), with
+    /// `+failover` when the coordinator then restored the region elsewhere; `not_reached` when
+    /// the handoff never entered the phase; `error: ...` when the cell could not run.
+    pub outcome: String,
+    /// One owner of the region, which the directory and the processes agree on.
+    pub single_owner: bool,
+    /// Inputs sent that were never applied, of every player.
+    pub inputs_lost: u64,
+    /// Inputs applied more often than acknowledged, plus players whose avatar's input chain
+    /// differs from the one they sent.
+    pub inputs_duplicated: u64,
+    /// Players whose connection ended.
+    pub disconnects: u64,
+    /// Players of the killed gateway who resumed at the other.
+    pub resumes: u64,
+    /// For a committed handoff: the target's digest when it took over equals the source's at the
+    /// freeze.
+    pub digest_ok: Option<bool>,
+    /// The digest the source reported at its freeze, and the one the target reported when it
+    /// took over.
+    pub digests: Option<(String, String)>,
+    /// From the fault to the first update every player of the region received after it.
+    pub serving_after_ms: Option<u64>,
+    /// The process that stopped at the phase (`source` or `target`).
+    pub held: String,
+    /// Why the migration aborted, if it did.
+    pub reason: Option<String>,
+    /// Wall time of the cell, milliseconds.
+    pub cell_ms: u64,
+}
+
+impl CellReport {
+    /// Whether every invariant held in this cell (a phase never reached breaks none).
+    #[must_use]
+    pub fn held_up(&self) -> bool {
+        if self.outcome == "not_reached" {
+            return true;
+        }
+        !self.outcome.starts_with("error")
+            && self.single_owner
+            && self.inputs_lost == 0
+            && self.inputs_duplicated == 0
+            && self.disconnects == 0
+            && self.digest_ok != Some(false)
+            && self.serving_after_ms.is_some()
+    }
+}
+
+const MOVING: u64 = 1;
+const BYSTANDER: u64 = 2;
+const MOVERS: u64 = 4;
+const BYSTANDERS: u64 = 2;
+
+/// Runs one cell on a fresh test bed; `Err` only when the test bed itself could not be made.
+pub fn run(cell: Cell) -> anyhow::Result<CellReport> {
+    let clock = Instant::now();
+    let sites = [("co", 1), ("h1", 11), ("h2", 12), ("h3", 13), ("g0", 21), ("g1", 22), ("pl", 30)]
+        .map(|(name, host_byte)| SiteSpec { name: name.into(), host_byte });
+    let testbed = Testbed::create(&sites)?;
+    let mut report = CellReport {
+        operation: "handoff".into(),
+        phase: cell.phase.name().into(),
+        fault: cell.fault.name().into(),
+        ..CellReport::default()
+    };
+    // The cell runs on a thread in the players' namespace (everything it opens, and the threads
+    // it starts, are on the test bed's network); the main thread stays where it is, so that
+    // cleaning the namespaces never takes this process for one of theirs.
+    let ran = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                Testbed::enter(&testbed.site("pl")?.netns)?;
+                run_in(&testbed, cell, &mut report)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the cell's thread panicked")))
+    });
+    if let Err(error) = ran {
+        report.outcome = format!("error: {error:#}");
+    }
+    drop(testbed);
+    report.cell_ms = clock.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+fn run_in(testbed: &Testbed, cell: Cell, report: &mut CellReport) -> anyhow::Result<()> {
+    let spec = FleetSpec {
+        hosts: 3,
+        pool: 1,
+        capacity: 4,
+        world_regions: 4,
+        columns: 2,
+        tick_rate: 20,
+        checkpoint_every_s: 0.5,
+        capacity_cores: Vec::new(),
+        coordinator_args: Vec::new(),
+    };
+    let mut server = ServerCommandLine::sample(&spec)?;
+    server.args.extend(["--dirty".into(), "0.04".into()]);
+    let point = std::env::temp_dir().join(format!("baton-fault-{}-{}", std::process::id(), unique_suffix()));
+    let fault_point = FaultPoint { phase: cell.phase, path: point.clone() };
+    server.env.push((FAULT_POINT_VARIABLE.into(), format!("{}:{}", cell.phase.name(), point.display())));
+    let placement = FleetPlacement {
+        coordinator: testbed.site("co")?,
+        gateways: vec![testbed.site("g0")?, testbed.site("g1")?],
+        hosts: vec![testbed.site("h1")?, testbed.site("h2")?, testbed.site("h3")?],
+    };
+    let mut fleet = Fleet::start_placed(&spec, server, Some(placement))?;
+    let outcome = run_fleet(testbed, &mut fleet, cell, &fault_point, report);
+    let _ = std::fs::remove_file(&point);
+    let _ = std::fs::remove_file(fault_point.release_path());
+    outcome
+}
+
+fn unique_suffix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_nanos() as u64)
+}
+
+fn run_fleet(
+    testbed: &Testbed,
+    fleet: &mut Fleet,
+    cell: Cell,
+    point: &FaultPoint,
+    report: &mut CellReport,
+) -> anyhow::Result<()> {
+    fleet.wait_hosts_ready(3, 1, Duration::from_secs(60))?;
+    let (_g1, g1_address) = fleet.start_late_gateway()?;
+    let moving = json!({"churn": 20_000, "objects": 40, "npcs": 4, "plants": 4});
+    fleet.ok("POST", "/v1/regions", Some(json!({"region": MOVING, "host": "h1", "world": moving})))?;
+    let small = json!({"objects": 40, "npcs": 4, "plants": 4});
+    fleet.ok("POST", "/v1/regions", Some(json!({"region": BYSTANDER, "host": "h3", "world": small})))?;
+    let plans = (1..=MOVERS)
+        .map(|player| (player, MOVING))
+        .chain((1..=BYSTANDERS).map(|index| (100 + index, BYSTANDER)))
+        .map(|(player, region)| {
+            let plan = PlayerPlan {
+                settle_for: Duration::from_secs(30),
+                resume_at: Some(g1_address),
+                ..PlayerPlan::new(player, region, Movement::Wander, Duration::from_secs(300))
+            };
+            (plan, fleet.token(player, region))
+        })
+        .collect();
+    let mut options = fleet.client_options();
+    options.bind = std::net::SocketAddr::new(testbed.site("pl")?.ip, 0);
+    let playing = Playing::start(&options, plans);
+    if let Err(error) = playing.wait_in_play(Duration::from_secs(30)) {
+        let why = playing.finish().err().map(|why| format!(": {why:#}")).unwrap_or_default();
+        bail!("{error}{why}");
+    }
+    let migration = fleet.ok("POST", "/v1/migrations", Some(json!({"region": MOVING, "to_host": "h2"})))?;
+    let id = migration["id"].as_u64().context("the migration's id")?;
+    // Wait for the fault point (or for the migration to end without reaching it).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let held_pid = loop {
+        if let Some(pid) = held_at(&point.path) {
+            break Some(pid);
+        }
+        if Instant::now() > deadline
+            || fleet.ok("GET", &format!("/v1/migrations/{id}"), None)?["phase"]
+                .as_str()
+                .is_some_and(|phase| matches!(phase, "committed" | "aborted"))
+        {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let Some(held_pid) = held_pid else {
+        report.outcome = "not_reached".into();
+        let outcomes = playing.finish()?;
+        count_players(&outcomes, report);
+        return Ok(());
+    };
+    let record = fleet.ok("GET", &format!("/v1/migrations/{id}"), None)?;
+    let source = process_pid(fleet, record["from_process"].as_str().unwrap_or_default())?;
+    let target = process_pid(fleet, record["to_process"].as_str().unwrap_or_default())?;
+    report.held = if Some(held_pid) == source { "source" } else { "target" }.into();
+    let fault_at = unix_ms();
+    let mut heal: Option<(&str, Instant)> = None;
+    match cell.fault {
+        Fault::KillSource => kill(source.context("the source's pid")?)?,
+        Fault::KillTarget => kill(target.context("the target's pid")?)?,
+        Fault::KillCoordinator => fleet.kill_coordinator(),
+        Fault::KillGateway => fleet.gateway.kill(),
+        Fault::SourceLinkDown2s => {
+            testbed.set_link("h1", false)?;
+            heal = Some(("h1", Instant::now() + Duration::from_secs(2)));
+        }
+        Fault::TargetLinkDown => testbed.set_link("h2", false)?,
+    }
+    std::fs::write(point.release_path(), b"").context("releasing the fault point")?;
+    if cell.fault == Fault::KillCoordinator {
+        std::thread::sleep(Duration::from_secs(1));
+        fleet.restart_coordinator()?;
+    }
+    if let Some((host, at)) = heal.take() {
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        testbed.set_link(host, true)?;
+    }
+    // The migration ends, and so does whatever failover it led to; then one process serves the
+    // region again.
+    let record = wait_final(fleet, id, Duration::from_secs(90))?;
+    report.reason = record["reason"].as_str().map(str::to_owned);
+    let settled = wait_settled(fleet, Duration::from_secs(90));
+    let failed_over = records_of(fleet)?
+        .iter()
+        .any(|later| later["kind"] == "failover" && later["region"] == MOVING && later["id"].as_u64() > Some(id));
+    report.outcome =
+        format!("{}{}", record["phase"].as_str().unwrap_or("unknown"), if failed_over { "+failover" } else { "" });
+    if record["phase"] == "committed" {
+        let digest = |key: &str| record[key].as_str().unwrap_or_default().to_owned();
+        let (source, target) = (digest("source_digest"), digest("target_digest"));
+        // A side killed or cut off may never have got its report out, and a coordinator killed
+        // loses what was reported to it: then the digests cannot be compared. Any other missing
+        // report is a failure.
+        let lost_reports = cell.fault == Fault::KillCoordinator;
+        let source_silenced = lost_reports || matches!(cell.fault, Fault::KillSource | Fault::SourceLinkDown2s);
+        let target_silenced = lost_reports || matches!(cell.fault, Fault::KillTarget | Fault::TargetLinkDown);
+        report.digest_ok = match (source.is_empty(), target.is_empty()) {
+            (false, false) => Some(source == target),
+            (true, _) if source_silenced => None,
+            (_, true) if target_silenced => None,
+            _ => Some(false),
+        };
+        report.digests = Some((source, target));
+    }
+    if cell.fault == Fault::TargetLinkDown {
+        // The cut-off host comes back: whatever it thought it owned, it must let go.
+        testbed.set_link("h2", true)?;
+        fleet.wait_hosts_ready(3, 0, Duration::from_secs(60)).context("h2 back after its link came up")?;
+    }
+    report.single_owner = settled.is_ok() && wait_settled(fleet, Duration::from_secs(30)).is_ok();
+    // Play on a while on the settled region, so every player's inputs in flight land.
+    std::thread::sleep(Duration::from_secs(2));
+    let outcomes = playing.finish()?;
+    count_players(&outcomes, report);
+    report.serving_after_ms = serving_after(&outcomes, fault_at);
+    if let Err(error) = settled {
+        report.reason.get_or_insert_with(String::new).push_str(&format!(" (not settled: {error:#})"));
+    }
+    Ok(())
+}
+
+/// The pid the fault point's file names, once a region thread stopped there.
+fn held_at(path: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(path).ok()?;
+    if !text.ends_with('\n') {
+        return None;
+    }
+    text.split_whitespace().next()?.parse().ok()
+}
+
+fn kill(pid: u32) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status()?;
+    if !status.success() {
+        bail!("kill -KILL {pid} failed");
+    }
+    Ok(())
+}
+
+/// The pid of region-server process `name`, as its host reports.
+fn process_pid(fleet: &Fleet, name: &str) -> anyhow::Result<Option<u32>> {
+    let hosts = fleet.ok("GET", "/v1/hosts", None)?;
+    Ok(hosts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|host| host["processes"].as_array().cloned().unwrap_or_default())
+        .find(|process| process["name"] == name)
+        .and_then(|process| process["pid"].as_u64())
+        .and_then(|pid| u32::try_from(pid).ok()))
+}
+
+fn records_of(fleet: &Fleet) -> anyhow::Result<Vec<Value>> {
+    Ok(fleet.ok("GET", "/v1/migrations", None)?.as_array().cloned().unwrap_or_default())
+}
+
+/// Waits until migration `id` is over; returns its record. The coordinator may be down for a
+/// moment (a cell that killed it): its API answering again is part of the wait.
+fn wait_final(fleet: &Fleet, id: u64, within: Duration) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(record) = fleet.ok("GET", &format!("/v1/migrations/{id}"), None)
+            && matches!(record["phase"].as_str(), Some("committed" | "aborted"))
+        {
+            return Ok(record);
+        }
+        if Instant::now() > deadline {
+            bail!("migration {id} did not end in {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until no migration or failover of the region is running, the directory names its owner
+/// and exactly that process (and no other) reports serving it.
+fn wait_settled(fleet: &Fleet, within: Duration) -> anyhow::Result<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let seen = settled_owner(fleet);
+        match seen {
+            Ok(owner) => return Ok(owner),
+            Err(error) if Instant::now() > deadline => return Err(error),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn settled_owner(fleet: &Fleet) -> anyhow::Result<String> {
+    let running = records_of(fleet)?
+        .into_iter()
+        .filter(|record| record["region"] == MOVING)
+        .any(|record| !matches!(record["phase"].as_str(), Some("committed" | "aborted")));
+    if running {
+        bail!("a migration or failover of region {MOVING} is running");
+    }
+    let regions = fleet.ok("GET", "/v1/regions", None)?;
+    let owner = regions
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|region| region["region"] == MOVING)
+        .and_then(|region| region["owner"].as_str().map(str::to_owned))
+        .context("no owner in the directory")?;
+    let hosts = fleet.ok("GET", "/v1/hosts", None)?;
+    let serving: Vec<String> = hosts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|host| host["processes"].as_array().cloned().unwrap_or_default())
+        .filter(|process| process["regions"].as_array().is_some_and(|regions| regions.contains(&json!(MOVING))))
+        .filter_map(|process| process["name"].as_str().map(str::to_owned))
+        .collect();
+    if serving != [owner.clone()] {
+        bail!("the directory names {owner}, processes serving region {MOVING}: {serving:?}");
+    }
+    Ok(owner)
+}
+
+fn count_players(outcomes: &[PlayerOutcome], report: &mut CellReport) {
+    for outcome in outcomes {
+        report.inputs_lost += outcome.sent.saturating_sub(outcome.acked.saturating_sub(outcome.acked_before));
+        report.inputs_duplicated += outcome.applied.saturating_sub(outcome.acked);
+        if !outcome.chain_ok && outcome.applied <= outcome.acked {
+            report.inputs_duplicated += 1;
+        }
+        report.disconnects += outcome.disconnects;
+        report.resumes += outcome.resumes;
+    }
+}
+
+/// From `fault_at` (Unix ms) to the first update after it, for the player of the moving region
+/// who waited longest; none if one of them never got another.
+fn serving_after(outcomes: &[PlayerOutcome], fault_at: u64) -> Option<u64> {
+    outcomes
+        .iter()
+        .filter(|outcome| outcome.player <= MOVERS)
+        .map(|outcome| outcome.gap_ends_unix_ms.iter().find(|at| **at >= fault_at).map(|at| at - fault_at))
+        .try_fold(0, |longest, waited| waited.map(|waited| longest.max(waited)))
+}
+
+/// Writes the matrix as a Markdown table (docs/fault-matrix.md), from its JSON.
+pub fn markdown(reports: &[CellReport], command: &str) -> String {
+    let mut text = String::from(
+        "# Fault matrix\n\nGenerated by `baton-testbed matrix` from `target/fault-matrix.json`; do not edit by hand.\n\n",
+    );
+    text.push_str(&format!("Command: `{command}`\n\n"));
+    text.push_str(
+        "One cell per fault at each phase of a handoff across the test bed (docs/testing.md says how a \
+         cell runs and what each column means). `ok` is every invariant held.\n\n",
+    );
+    text.push_str(
+        "| phase | fault | outcome | ok | single owner | lost | duplicated | disconnects | resumes | digest | serving after |\n",
+    );
+    text.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for report in reports {
+        text.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            report.phase,
+            report.fault,
+            report.outcome.replace('|', "/"),
+            if report.held_up() { "yes" } else { "**no**" },
+            report.single_owner,
+            report.inputs_lost,
+            report.inputs_duplicated,
+            report.disconnects,
+            report.resumes,
+            report.digest_ok.map_or("-".to_owned(), |ok| ok.to_string()),
+            report.serving_after_ms.map_or("-".to_owned(), |ms| format!("{ms} ms")),
+        ));
+    }
+    text
+}
+
+/// Where the matrix's JSON goes by default.
+#[must_use]
+pub fn default_json() -> PathBuf {
+    PathBuf::from("target/fault-matrix.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_full_matrix_has_each_fault_at_each_phase_and_the_quick_one_each_fault_once() {
+        let all = Cell::all();
+        assert_eq!(all.len(), FaultPhase::ALL.len() * Fault::ALL.len());
+        for phase in FaultPhase::ALL {
+            for fault in Fault::ALL {
+                assert!(all.contains(&Cell { phase, fault }));
+            }
+        }
+        let quick = Cell::quick();
+        assert_eq!(quick.iter().map(|cell| cell.fault).collect::<Vec<_>>(), Fault::ALL);
+        let phases: std::collections::BTreeSet<&str> = quick.iter().map(|cell| cell.phase.name()).collect();
+        assert_eq!(phases.len(), quick.len(), "each at another phase");
+        for fault in Fault::ALL {
+            assert_eq!(Fault::parse(fault.name()), Some(fault));
+        }
+    }
+
+    #[test]
+    fn a_cell_holds_up_only_when_every_invariant_held() {
+        let good = CellReport {
+            outcome: "committed".into(),
+            single_owner: true,
+            serving_after_ms: Some(40),
+            digest_ok: Some(true),
+            ..CellReport::default()
+        };
+        assert!(good.held_up());
+        assert!(CellReport { outcome: "not_reached".into(), ..CellReport::default() }.held_up());
+        let broken = [
+            CellReport { outcome: "error: no test bed".into(), ..good.clone() },
+            CellReport { single_owner: false, ..good.clone() },
+            CellReport { inputs_lost: 1, ..good.clone() },
+            CellReport { inputs_duplicated: 1, ..good.clone() },
+            CellReport { disconnects: 1, ..good.clone() },
+            CellReport { digest_ok: Some(false), ..good.clone() },
+            CellReport { serving_after_ms: None, ..good.clone() },
+        ];
+        for report in broken {
+            assert!(!report.held_up(), "{report:?}");
+        }
+    }
+
+    #[test]
+    fn serving_again_is_the_longest_wait_of_the_moving_regions_players() {
+        let player = |player, ends: &[u64]| PlayerOutcome {
+            player,
+            gap_ends_unix_ms: ends.to_vec(),
+            ..PlayerOutcome::default()
+        };
+        let outcomes = [player(1, &[900, 1_050, 1_100]), player(2, &[990, 1_300]), player(101, &[5_000])];
+        assert_eq!(serving_after(&outcomes, 1_000), Some(300), "a bystander's wait does not count");
+        let silent = [player(1, &[1_050]), player(2, &[990])];
+        assert_eq!(serving_after(&silent, 1_000), None);
+    }
+
+    #[test]
+    fn players_count_what_was_lost_applied_twice_or_out_of_order() {
+        let mut report = CellReport::default();
+        let outcomes = [
+            PlayerOutcome { sent: 10, acked: 10, applied: 10, chain_ok: true, ..PlayerOutcome::default() },
+            PlayerOutcome {
+                sent: 10,
+                acked: 8,
+                applied: 8,
+                chain_ok: true,
+                disconnects: 1,
+                ..PlayerOutcome::default()
+            },
+            PlayerOutcome { sent: 10, acked: 10, applied: 11, chain_ok: false, resumes: 1, ..PlayerOutcome::default() },
+            PlayerOutcome { sent: 10, acked: 10, applied: 10, chain_ok: false, ..PlayerOutcome::default() },
+        ];
+        count_players(&outcomes, &mut report);
+        assert_eq!(report.inputs_lost, 2);
+        assert_eq!(report.inputs_duplicated, 2, "one applied twice, one chain out of order");
+        assert_eq!(report.disconnects, 1);
+        assert_eq!(report.resumes, 1);
+    }
+}
