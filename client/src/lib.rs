@@ -256,6 +256,13 @@ impl Client {
         self.inputs.durable
     }
 
+    /// The token that resumes this session ([`Client::resume`] presents it): from the welcome, a
+    /// crossing, or the gateway's latest refresh (every third of its resume grace).
+    #[must_use]
+    pub fn resume_token(&self) -> String {
+        self.shared.lock().map(|shared| shared.resume_token.clone()).unwrap_or_default()
+    }
+
     /// The last input the region acknowledged.
     #[must_use]
     pub fn acked(&self) -> u64 {
@@ -740,6 +747,11 @@ async fn read_reliable(
                     shared.resume_token = resume_token;
                 }
                 let _ = events.send(Event::RegionChanged { region });
+            }
+            Ok(Some(ServerFrame::ResumeToken { resume_token })) => {
+                if let Ok(mut shared) = shared.lock() {
+                    shared.resume_token = resume_token;
+                }
             }
             Ok(Some(ServerFrame::Resend { region })) => {
                 let _ = events.send(Event::Recovered { region });

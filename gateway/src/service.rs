@@ -543,6 +543,9 @@ async fn player_session(inner: &Arc<Inner>, connection: &quinn::Connection) -> R
         resume_token: resume_token(inner, player, region),
     });
     tracing::debug!(%player, %region, last_applied, "player session open");
+    // The resume token expires a grace after it was issued: a fresh one every third of it, so a
+    // session of any length can be resumed (at another gateway too) when this one dies.
+    let refresher = tokio::spawn(refresh_resume_token(inner.clone(), player, link.clone()));
 
     let now = Instant::now();
     let mut bucket = TokenBucket::new(u64::from(limits.inputs_per_second), u64::from(limits.input_burst), now);
@@ -611,6 +614,7 @@ async fn player_session(inner: &Arc<Inner>, connection: &quinn::Connection) -> R
             }
         }
     };
+    refresher.abort();
     // The connection is gone (or is being closed): the session waits for a resume until the grace
     // period ends (the table's timer), unless a newer connection took it over meanwhile.
     inner.links.remove_if(&player, |_, current| current.generation == opened.generation);
@@ -676,6 +680,23 @@ fn carry_out(inner: &Arc<Inner>, action: SessionAction) {
             }
         }
         SessionAction::Deliver { transfer, delivery } => deliver_transfer(inner, transfer, delivery),
+    }
+}
+
+/// Sends `player` a fresh resume token for its current region every third of the resume grace,
+/// while `link` is its session's link.
+async fn refresh_resume_token(inner: Arc<Inner>, player: PlayerId, link: Arc<PlayerLink>) {
+    let every = (inner.config.resume_grace / 3).max(Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(every).await;
+        let current = inner.links.get(&player).is_some_and(|current| current.generation == link.generation);
+        let region = table(&inner).region_of(player);
+        match region {
+            Some(region) if current => {
+                link.send_reliable(ServerFrame::ResumeToken { resume_token: resume_token(&inner, player, region) });
+            }
+            _ => return,
+        }
     }
 }
 

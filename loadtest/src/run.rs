@@ -159,7 +159,7 @@ pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mo
     let base = fleet.client_options();
     // One socket per 50 players keeps the generator's own cost down on a machine it shares with
     // the whole cluster (a real client has one each).
-    let mut plans = plans(&scenario);
+    let mut plans = player_plans(&scenario);
     let live = Arc::new(LiveStats::default());
     let login = (mode == Mode::Restart).then(|| fleet.login());
     for plan in &mut plans {
@@ -551,7 +551,8 @@ fn gateway_stats(fleet: &mut Fleet) -> Option<Value> {
 }
 
 /// Every avatar's plan: movement by the scenario's shares, regions round-robin, a ramp, churn.
-fn plans(scenario: &Scenario) -> Vec<PlayerPlan> {
+#[must_use]
+pub fn player_plans(scenario: &Scenario) -> Vec<PlayerPlan> {
     let ramp = Duration::from_secs(scenario.ramp_s);
     let play = Duration::from_secs(scenario.duration_s);
     let mix = &scenario.movement;

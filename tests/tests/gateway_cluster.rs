@@ -340,6 +340,39 @@ fn sessions_survive_address_changes_lost_connections_and_a_dead_gateway() {
     });
 }
 
+/// A resume token expires a grace after it was issued; the gateway sends a fresh one every third of
+/// the grace, so a session older than the grace still resumes at another gateway when its own dies.
+#[test]
+fn a_session_older_than_the_resume_grace_still_resumes_at_another_gateway() {
+    let mut cluster = GatewayCluster::start(&spec(1, 2, &["--resume-grace-s", "2"])).unwrap();
+    cluster.host(0, 1, 20).unwrap();
+    let runtime = runtime();
+    let mut client = runtime.block_on(Client::connect(&cluster.client_options(0), &cluster.token(7, 1))).unwrap();
+    let first = client.resume_token();
+    let expires_at = cluster.verify_token(&first, 0).unwrap().expires_at;
+    // Play on until the welcome's token has expired; the session keeps getting fresh ones.
+    runtime.block_on(async {
+        while cluster.verify_token(&first, baton_harness::players::unix_ms() / 1000).is_ok() {
+            client.send_input(vec![1, 0, 0, 0, 0, 0, 0, 0, 0, 7]).await.unwrap();
+            let _ = wait_for_update(&mut client).await;
+        }
+    });
+    let fresh = client.resume_token();
+    assert!(cluster.verify_token(&fresh, 0).unwrap().expires_at > expires_at, "a newer token came");
+    cluster.gateways[0].kill();
+    runtime.block_on(client.resume(cluster.gateway_addresses[1])).expect("resumed with the refreshed token");
+    let sent = client.next_seq() - 1;
+    let acked = runtime.block_on(async {
+        while client.acked() < sent {
+            if wait_for_update(&mut client).await.is_none() {
+                break;
+            }
+        }
+        client.acked()
+    });
+    assert_eq!(acked, sent, "every input acknowledged after the resume");
+}
+
 /// Invariant 1 at the gateway: a region server that does not own a region can neither stop it nor
 /// speak for it. An impostor with a valid cluster certificate connects as a region server and
 /// sends, for a region another server owns, at every epoch it could guess, an update for a player

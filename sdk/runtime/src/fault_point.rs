@@ -9,6 +9,10 @@
 //! with one line, `<pid> <region> <phase>`, then waits until `<path>.release` exists, for at most
 //! [`FaultPoint::MOST_HELD`]. Phases ([`FaultPhase`]): the source's `prepare`, `snapshot`,
 //! `rounds`, `frozen` and `handed_off`, and the target's `committing`.
+//!
+//! `armed:<path>` takes the phase from the file `<path>.phase` instead, read when a region thread
+//! enters a phase (none there: the point is disarmed). A long run arms it again and again: it
+//! writes the next phase there and removes `<path>` and `<path>.release`.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -85,8 +89,8 @@ impl FaultPhase {
 /// A configured fault point.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FaultPoint {
-    /// Where to stop.
-    pub phase: FaultPhase,
+    /// Where to stop; `None`: the phase named in the file `<path>.phase`, if any.
+    pub phase: Option<FaultPhase>,
     /// The file that says it stopped (and, with `.release` added, lets it go on).
     pub path: PathBuf,
 }
@@ -110,10 +114,13 @@ impl FaultPoint {
         let (phase, path) = value
             .split_once(':')
             .ok_or_else(|| format!("{FAULT_POINT_VARIABLE}={value:?}: expected <phase>:<path>"))?;
-        let phase = FaultPhase::parse(phase).ok_or_else(|| {
-            let names: Vec<&str> = FaultPhase::ALL.iter().map(|phase| phase.name()).collect();
-            format!("{FAULT_POINT_VARIABLE}: unknown phase {phase:?} (one of {})", names.join(", "))
-        })?;
+        let phase = match phase {
+            "armed" => None,
+            name => Some(FaultPhase::parse(name).ok_or_else(|| {
+                let names: Vec<&str> = FaultPhase::ALL.iter().map(|phase| phase.name()).collect();
+                format!("{FAULT_POINT_VARIABLE}: unknown phase {name:?} (armed, or one of {})", names.join(", "))
+            })?),
+        };
         if path.is_empty() {
             return Err(format!("{FAULT_POINT_VARIABLE}={value:?}: the path is empty"));
         }
@@ -123,15 +130,30 @@ impl FaultPoint {
     /// The file whose existence lets a held thread go on.
     #[must_use]
     pub fn release_path(&self) -> PathBuf {
+        self.beside(".release")
+    }
+
+    /// The file that names the phase of an `armed` point.
+    #[must_use]
+    pub fn phase_path(&self) -> PathBuf {
+        self.beside(".phase")
+    }
+
+    fn beside(&self, suffix: &str) -> PathBuf {
         let mut name = self.path.clone().into_os_string();
-        name.push(".release");
+        name.push(suffix);
         PathBuf::from(name)
+    }
+
+    /// The phase to stop at now.
+    fn wanted(&self) -> Option<FaultPhase> {
+        self.phase.or_else(|| FaultPhase::parse(std::fs::read_to_string(self.phase_path()).ok()?.trim()))
     }
 
     /// Called by a region thread when it enters `phase`: holds the thread if this is the fault
     /// point's phase and the point has not fired yet (in any process); returns whether it held.
     pub fn reached(&self, phase: FaultPhase, region: u64) -> bool {
-        if phase != self.phase {
+        if self.wanted() != Some(phase) {
             return false;
         }
         let Ok(mut file) = OpenOptions::new().write(true).create_new(true).open(&self.path) else {
@@ -159,8 +181,11 @@ mod tests {
     #[test]
     fn a_fault_point_is_a_phase_and_a_path_and_bad_values_say_what_is_wrong() {
         let point = FaultPoint::parse("frozen:/tmp/x:y").unwrap();
-        assert_eq!(point, FaultPoint { phase: FaultPhase::Frozen, path: PathBuf::from("/tmp/x:y") });
+        assert_eq!(point, FaultPoint { phase: Some(FaultPhase::Frozen), path: PathBuf::from("/tmp/x:y") });
         assert_eq!(point.release_path(), PathBuf::from("/tmp/x:y.release"));
+        let armed = FaultPoint::parse("armed:/tmp/p").unwrap();
+        assert_eq!(armed, FaultPoint { phase: None, path: PathBuf::from("/tmp/p") });
+        assert_eq!(armed.phase_path(), PathBuf::from("/tmp/p.phase"));
         for phase in FaultPhase::ALL {
             assert_eq!(FaultPhase::parse(phase.name()), Some(phase));
         }
@@ -189,7 +214,7 @@ mod tests {
     fn a_fault_point_holds_the_first_thread_to_reach_its_phase_until_released_and_only_once() {
         let folder = std::env::temp_dir().join(format!("baton-fault-point-{}", std::process::id()));
         std::fs::create_dir_all(&folder).unwrap();
-        let point = FaultPoint { phase: FaultPhase::Rounds, path: folder.join("point") };
+        let point = FaultPoint { phase: Some(FaultPhase::Rounds), path: folder.join("point") };
         let _ = std::fs::remove_file(&point.path);
         let _ = std::fs::remove_file(point.release_path());
         assert!(!point.reached(FaultPhase::Snapshot, 7), "another phase passes");
@@ -208,6 +233,26 @@ mod tests {
         std::fs::write(point.release_path(), b"").unwrap();
         assert!(held.join().unwrap());
         assert!(!point.reached(FaultPhase::Rounds, 7), "a fault point fires once");
+        std::fs::remove_dir_all(&folder).unwrap();
+    }
+
+    #[test]
+    fn an_armed_fault_point_stops_at_the_phase_its_file_names_each_time_it_is_armed_again() {
+        let folder = std::env::temp_dir().join(format!("baton-fault-armed-{}", std::process::id()));
+        std::fs::create_dir_all(&folder).unwrap();
+        let point = FaultPoint { phase: None, path: folder.join("point") };
+        assert!(!point.reached(FaultPhase::Frozen, 1), "disarmed: no phase named");
+        for phase in [FaultPhase::Frozen, FaultPhase::Prepare] {
+            let _ = std::fs::remove_file(&point.path);
+            std::fs::write(point.phase_path(), format!("{}\n", phase.name())).unwrap();
+            // Released before it is reached: the thread goes on at once.
+            std::fs::write(point.release_path(), b"").unwrap();
+            let other = if phase == FaultPhase::Frozen { FaultPhase::Rounds } else { FaultPhase::Snapshot };
+            assert!(!point.reached(other, 1), "another phase passes");
+            assert!(point.reached(phase, 1), "{phase:?} is the armed one");
+            assert!(std::fs::read_to_string(&point.path).unwrap().ends_with(&format!(" 1 {}\n", phase.name())));
+            assert!(!point.reached(phase, 1), "once per arming");
+        }
         std::fs::remove_dir_all(&folder).unwrap();
     }
 }

@@ -262,7 +262,8 @@ pub fn run<G: Game>(game: G, settings: &ServeSettings) -> Result<(), ServeError>
     let bulk_bytes_per_second = settings.bulk_mbps * 1_000_000;
     let fault_point = crate::fault_point::FaultPoint::from_env().map_err(ServeError::Settings)?;
     if let Some(point) = &fault_point {
-        tracing::warn!(phase = point.phase.name(), path = %point.path.display(), "a fault point is set (fault injection)");
+        let phase = point.phase.map_or("armed", crate::fault_point::FaultPhase::name);
+        tracing::warn!(phase, path = %point.path.display(), "a fault point is set (fault injection)");
     }
     let congestion = match settings.bulk_congestion {
         BulkCongestion::Cubic => Congestion::Cubic,

@@ -1,4 +1,4 @@
-//! The player protocol (version 3): what a game client and a gateway say to each other.
+//! The player protocol (version 4): what a game client and a gateway say to each other.
 //!
 //! A client opens one QUIC connection (ALPN [`ALPN_PLAYER`]) and one bidirectional stream on it, the
 //! *reliable stream*. On it each frame is a little-endian `u16` length followed by that many bytes
@@ -24,7 +24,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the player message set.
-pub const PLAYER_PROTOCOL_VERSION: u16 = 3;
+pub const PLAYER_PROTOCOL_VERSION: u16 = 4;
 /// ALPN of the player protocol.
 pub const ALPN_PLAYER: &[u8] = b"baton-player/1";
 /// Largest frame body, in bytes (an input payload is at most 1024).
@@ -112,6 +112,13 @@ pub enum ServerFrame {
         region: u64,
         /// Why, for people.
         reason: String,
+    },
+    /// A fresh resume token for the session (version 4), sent every third of the resume grace: a
+    /// resume token expires a grace after it was issued, and a session that lasts longer must
+    /// still be able to resume when its gateway dies.
+    ResumeToken {
+        /// Replaces the one the client holds.
+        resume_token: String,
     },
 }
 

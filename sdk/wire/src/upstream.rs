@@ -1,4 +1,4 @@
-//! The upstream protocol (version 3): what a gateway and a region server say to each other.
+//! The upstream protocol (version 4): what a gateway and a region server say to each other.
 //!
 //! A gateway keeps one QUIC connection (mutual TLS with cluster certificates, ALPN
 //! [`ALPN_UPSTREAM`]) to each region server and multiplexes all its players routed there over
@@ -23,7 +23,7 @@ use crate::{Epoch, PlayerId, RegionId};
 /// ALPN of the upstream protocol.
 pub const ALPN_UPSTREAM: &[u8] = b"baton-upstream/1";
 /// Version of the upstream message set.
-pub const UPSTREAM_VERSION: u16 = 3;
+pub const UPSTREAM_VERSION: u16 = 4;
 /// Largest upstream frame, in bytes.
 pub const MAX_UPSTREAM_FRAME: usize = crate::framing::MAX_FRAME_BYTES;
 

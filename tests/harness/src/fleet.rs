@@ -336,6 +336,17 @@ impl Fleet {
         Ok((gateway, address))
     }
 
+    /// Starts gateway `g0` again (after it was killed) with the same players' address.
+    pub fn restart_gateway(&mut self) -> anyhow::Result<()> {
+        let site = FleetPlacement::gateway(self.placement.as_ref(), "g0")?;
+        let (gateway, address, metrics) =
+            start_gateway_at(&self.directory, "g0", site, Some(self.gateway_address), self.coordinator_address)?;
+        self.gateway = gateway;
+        self.gateway_address = address;
+        self.gateway_metrics = metrics;
+        Ok(())
+    }
+
     /// Starts a migration and waits for its end; returns the final record.
     pub fn migrate(&self, region: u64, to: &str, timeout: Duration) -> anyhow::Result<Value> {
         let record = self.ok("POST", "/v1/migrations", Some(json!({"region": region, "to_host": to})))?;
@@ -597,11 +608,22 @@ fn start_gateway(
     site: Option<&Site>,
     coordinator: SocketAddr,
 ) -> anyhow::Result<(GatewayProcess, SocketAddr, SocketAddr)> {
+    start_gateway_at(directory, name, site, None, coordinator)
+}
+
+/// Starts gateway `name`, its players' end at `listen` (or any port of its site).
+fn start_gateway_at(
+    directory: &Path,
+    name: &str,
+    site: Option<&Site>,
+    listen: Option<SocketAddr>,
+    coordinator: SocketAddr,
+) -> anyhow::Result<(GatewayProcess, SocketAddr, SocketAddr)> {
     let mut command = placed(&gateway_binary()?, site);
-    let listen = any_port(site).to_string();
+    let listen = listen.unwrap_or_else(|| any_port(site)).to_string();
     command
         .args(["--name", name, "--listen", &listen, "--control"])
-        .args(["--metrics-listen", &listen])
+        .args(["--metrics-listen", &any_port(site).to_string()])
         .args(["--coordinator", &coordinator.to_string()])
         .arg("--certs")
         .arg(directory.join("certs"))

@@ -230,6 +230,11 @@ impl GatewayCluster {
         self.key.issue(claims)
     }
 
+    /// Checks a token with the cluster's key at `now_unix` (seconds), as a gateway does.
+    pub fn verify_token(&self, token: &str, now_unix: u64) -> Result<Claims, baton_wire::token::TokenError> {
+        self.key.verify(token, now_unix)
+    }
+
     /// Client options for gateway `index`.
     #[must_use]
     pub fn client_options(&self, index: usize) -> ClientOptions {
@@ -334,10 +339,10 @@ pub struct PlayerPlan {
     /// a live progress display (the outcome has them all at the end either way).
     pub live: Option<std::sync::Arc<LiveStats>>,
     /// Where to resume the session when the connection to the gateway is lost (the gateway
-    /// died: no close from it), as a client with a list of gateways does: tried every
-    /// [`RESUME_EVERY`] until it takes the session back. Without it, a lost connection ends the
-    /// player.
-    pub resume_at: Option<SocketAddr>,
+    /// died: no close from it), as a client with a list of gateways does: each tried in turn,
+    /// one every [`RESUME_EVERY`], until one takes the session back. Empty: a lost connection
+    /// ends the player.
+    pub resume_at: Vec<SocketAddr>,
 }
 
 /// Update gaps and round trips of many players, recorded as they happen and read (and reset)
@@ -446,7 +451,7 @@ impl PlayerPlan {
             payload_bytes: (256, 512),
             relogin: None,
             live: None,
-            resume_at: None,
+            resume_at: Vec::new(),
         }
     }
 }
@@ -787,12 +792,17 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
         }
         let Some((code, reason)) = ended else { continue };
         outcome.close_reasons.push(reason);
-        if let Some(gateway) = plan.resume_at.filter(|_| code.is_none()) {
+        if code.is_none() && !plan.resume_at.is_empty() {
             // The gateway is gone: resume at another; the client sends again what the region has
             // not applied, with the same numbers.
+            let mut gateways = plan.resume_at.iter().cycle();
+            let mut refused = String::new();
             let resumed = loop {
-                if client.resume(gateway).await.is_ok() {
-                    break true;
+                if let Some(gateway) = gateways.next() {
+                    match client.resume(*gateway).await {
+                        Ok(()) => break true,
+                        Err(error) => refused = format!("resuming at {gateway}: {error}"),
+                    }
                 }
                 if Instant::now() >= settle_deadline {
                     break false;
@@ -803,6 +813,7 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
                 outcome.resumes += 1;
                 continue;
             }
+            outcome.close_reasons.push(refused);
         }
         outcome.disconnects += 1;
         let Some(login) = plan.relogin.as_ref().filter(|_| code == Some(CloseCode::Unavailable)) else { break };

@@ -222,7 +222,7 @@ fn run_in(testbed: &Testbed, cell: Cell, report: &mut CellReport) -> anyhow::Res
     let mut server = ServerCommandLine::sample(&spec)?;
     server.args.extend(["--dirty".into(), "0.04".into()]);
     let point = std::env::temp_dir().join(format!("baton-fault-{}-{}", std::process::id(), unique_suffix()));
-    let fault_point = FaultPoint { phase: cell.phase, path: point.clone() };
+    let fault_point = FaultPoint { phase: Some(cell.phase), path: point.clone() };
     server.env.push((FAULT_POINT_VARIABLE.into(), format!("{}:{}", cell.phase.name(), point.display())));
     let placement = FleetPlacement {
         coordinator: testbed.site("co")?,
@@ -259,7 +259,7 @@ fn run_fleet(
         .map(|(player, region)| {
             let plan = PlayerPlan {
                 settle_for: Duration::from_secs(30),
-                resume_at: Some(g1_address),
+                resume_at: vec![g1_address],
                 ..PlayerPlan::new(player, region, Movement::Wander, Duration::from_secs(300))
             };
             (plan, fleet.token(player, region))
@@ -272,7 +272,60 @@ fn run_fleet(
         let why = playing.finish().err().map(|why| format!(": {why:#}")).unwrap_or_default();
         bail!("{error}{why}");
     }
-    let migration = fleet.ok("POST", "/v1/migrations", Some(json!({"region": MOVING, "to_host": "h2"})))?;
+    let strike = strike(testbed, fleet, point, MOVING, ("h1", "h2"), cell.fault)?;
+    let Some(fault_at) = strike.fault_at else {
+        report.outcome = "not_reached".into();
+        let outcomes = playing.finish()?;
+        count_players(&outcomes, report);
+        return Ok(());
+    };
+    report.held = strike.held.clone();
+    report.outcome = strike.outcome.clone();
+    report.reason = strike.reason.clone();
+    report.digest_ok = strike.digest_ok;
+    report.digests = strike.digests.clone();
+    report.single_owner = strike.single_owner;
+    // Play on a while on the settled region, so every player's inputs in flight land.
+    std::thread::sleep(Duration::from_secs(2));
+    let outcomes = playing.finish()?;
+    count_players(&outcomes, report);
+    report.serving_after_ms = serving_after(&outcomes, fault_at);
+    Ok(())
+}
+
+/// What one fault during one migration did.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Strike {
+    /// When the fault was injected (Unix ms); none: the migration never entered the phase.
+    pub(crate) fault_at: Option<u64>,
+    /// `source` or `target`: who stopped at the fault point.
+    pub(crate) held: String,
+    /// As [`CellReport::outcome`].
+    pub(crate) outcome: String,
+    /// Why the migration aborted, and why the region did not settle, if so.
+    pub(crate) reason: Option<String>,
+    /// As [`CellReport::digest_ok`].
+    pub(crate) digest_ok: Option<bool>,
+    /// As [`CellReport::digests`].
+    pub(crate) digests: Option<(String, String)>,
+    /// As [`CellReport::single_owner`].
+    pub(crate) single_owner: bool,
+}
+
+/// Migrates `region` from `hosts.0` to `hosts.1` with `point` armed (by the caller) and injects
+/// `fault` when a region thread stops at it; heals what a fault heals (the coordinator started
+/// again, a link back up); waits until the migration and whatever failover it led to are over and
+/// one process serves the region.
+pub(crate) fn strike(
+    testbed: &Testbed,
+    fleet: &mut Fleet,
+    point: &FaultPoint,
+    region: u64,
+    (from_host, to_host): (&str, &str),
+    fault: Fault,
+) -> anyhow::Result<Strike> {
+    let mut strike = Strike::default();
+    let migration = fleet.ok("POST", "/v1/migrations", Some(json!({"region": region, "to_host": to_host})))?;
     let id = migration["id"].as_u64().context("the migration's id")?;
     // Wait for the fault point (or for the migration to end without reaching it).
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -290,30 +343,28 @@ fn run_fleet(
         std::thread::sleep(Duration::from_millis(1));
     };
     let Some(held_pid) = held_pid else {
-        report.outcome = "not_reached".into();
-        let outcomes = playing.finish()?;
-        count_players(&outcomes, report);
-        return Ok(());
+        strike.outcome = "not_reached".into();
+        return Ok(strike);
     };
     let record = fleet.ok("GET", &format!("/v1/migrations/{id}"), None)?;
     let source = process_pid(fleet, record["from_process"].as_str().unwrap_or_default())?;
     let target = process_pid(fleet, record["to_process"].as_str().unwrap_or_default())?;
-    report.held = if Some(held_pid) == source { "source" } else { "target" }.into();
-    let fault_at = unix_ms();
+    strike.held = if Some(held_pid) == source { "source" } else { "target" }.into();
+    strike.fault_at = Some(unix_ms());
     let mut heal: Option<(&str, Instant)> = None;
-    match cell.fault {
+    match fault {
         Fault::KillSource => kill(source.context("the source's pid")?)?,
         Fault::KillTarget => kill(target.context("the target's pid")?)?,
         Fault::KillCoordinator => fleet.kill_coordinator(),
         Fault::KillGateway => fleet.gateway.kill(),
         Fault::SourceLinkDown2s => {
-            testbed.set_link("h1", false)?;
-            heal = Some(("h1", Instant::now() + Duration::from_secs(2)));
+            testbed.set_link(from_host, false)?;
+            heal = Some((from_host, Instant::now() + Duration::from_secs(2)));
         }
-        Fault::TargetLinkDown => testbed.set_link("h2", false)?,
+        Fault::TargetLinkDown => testbed.set_link(to_host, false)?,
     }
     std::fs::write(point.release_path(), b"").context("releasing the fault point")?;
-    if cell.fault == Fault::KillCoordinator {
+    if fault == Fault::KillCoordinator {
         std::thread::sleep(Duration::from_secs(1));
         fleet.restart_coordinator()?;
     }
@@ -324,12 +375,12 @@ fn run_fleet(
     // The migration ends, and so does whatever failover it led to; then one process serves the
     // region again.
     let record = wait_final(fleet, id, Duration::from_secs(90))?;
-    report.reason = record["reason"].as_str().map(str::to_owned);
-    let settled = wait_settled(fleet, Duration::from_secs(90));
+    strike.reason = record["reason"].as_str().map(str::to_owned);
+    let settled = wait_settled(fleet, region, Duration::from_secs(90));
     let failed_over = records_of(fleet)?
         .iter()
-        .any(|later| later["kind"] == "failover" && later["region"] == MOVING && later["id"].as_u64() > Some(id));
-    report.outcome =
+        .any(|later| later["kind"] == "failover" && later["region"] == region && later["id"].as_u64() > Some(id));
+    strike.outcome =
         format!("{}{}", record["phase"].as_str().unwrap_or("unknown"), if failed_over { "+failover" } else { "" });
     if record["phase"] == "committed" {
         let digest = |key: &str| record[key].as_str().unwrap_or_default().to_owned();
@@ -337,32 +388,30 @@ fn run_fleet(
         // A side killed or cut off may never have got its report out, and a coordinator killed
         // loses what was reported to it: then the digests cannot be compared. Any other missing
         // report is a failure.
-        let lost_reports = cell.fault == Fault::KillCoordinator;
-        let source_silenced = lost_reports || matches!(cell.fault, Fault::KillSource | Fault::SourceLinkDown2s);
-        let target_silenced = lost_reports || matches!(cell.fault, Fault::KillTarget | Fault::TargetLinkDown);
-        report.digest_ok = match (source.is_empty(), target.is_empty()) {
+        let lost_reports = fault == Fault::KillCoordinator;
+        let source_silenced = lost_reports || matches!(fault, Fault::KillSource | Fault::SourceLinkDown2s);
+        let target_silenced = lost_reports || matches!(fault, Fault::KillTarget | Fault::TargetLinkDown);
+        strike.digest_ok = match (source.is_empty(), target.is_empty()) {
             (false, false) => Some(source == target),
             (true, _) if source_silenced => None,
             (_, true) if target_silenced => None,
             _ => Some(false),
         };
-        report.digests = Some((source, target));
+        strike.digests = Some((source, target));
     }
-    if cell.fault == Fault::TargetLinkDown {
+    if fault == Fault::TargetLinkDown {
         // The cut-off host comes back: whatever it thought it owned, it must let go.
-        testbed.set_link("h2", true)?;
-        fleet.wait_hosts_ready(3, 0, Duration::from_secs(60)).context("h2 back after its link came up")?;
+        testbed.set_link(to_host, true)?;
+        let hosts = fleet.ok("GET", "/v1/hosts", None)?.as_array().map_or(0, Vec::len);
+        fleet
+            .wait_hosts_ready(hosts, 0, Duration::from_secs(60))
+            .with_context(|| format!("{to_host} back after its link came up"))?;
     }
-    report.single_owner = settled.is_ok() && wait_settled(fleet, Duration::from_secs(30)).is_ok();
-    // Play on a while on the settled region, so every player's inputs in flight land.
-    std::thread::sleep(Duration::from_secs(2));
-    let outcomes = playing.finish()?;
-    count_players(&outcomes, report);
-    report.serving_after_ms = serving_after(&outcomes, fault_at);
+    strike.single_owner = settled.is_ok() && wait_settled(fleet, region, Duration::from_secs(30)).is_ok();
     if let Err(error) = settled {
-        report.reason.get_or_insert_with(String::new).push_str(&format!(" (not settled: {error:#})"));
+        strike.reason.get_or_insert_with(String::new).push_str(&format!(" (not settled: {error:#})"));
     }
-    Ok(())
+    Ok(strike)
 }
 
 /// The pid the fault point's file names, once a region thread stopped there.
@@ -418,10 +467,10 @@ fn wait_final(fleet: &Fleet, id: u64, within: Duration) -> anyhow::Result<Value>
 
 /// Waits until no migration or failover of the region is running, the directory names its owner
 /// and exactly that process (and no other) reports serving it.
-fn wait_settled(fleet: &Fleet, within: Duration) -> anyhow::Result<String> {
+pub(crate) fn wait_settled(fleet: &Fleet, region: u64, within: Duration) -> anyhow::Result<String> {
     let deadline = Instant::now() + within;
     loop {
-        let seen = settled_owner(fleet);
+        let seen = settled_owner(fleet, region);
         match seen {
             Ok(owner) => return Ok(owner),
             Err(error) if Instant::now() > deadline => return Err(error),
@@ -430,21 +479,21 @@ fn wait_settled(fleet: &Fleet, within: Duration) -> anyhow::Result<String> {
     }
 }
 
-fn settled_owner(fleet: &Fleet) -> anyhow::Result<String> {
+fn settled_owner(fleet: &Fleet, region: u64) -> anyhow::Result<String> {
     let running = records_of(fleet)?
         .into_iter()
-        .filter(|record| record["region"] == MOVING)
+        .filter(|record| record["region"] == region)
         .any(|record| !matches!(record["phase"].as_str(), Some("committed" | "aborted")));
     if running {
-        bail!("a migration or failover of region {MOVING} is running");
+        bail!("a migration or failover of region {region} is running");
     }
     let regions = fleet.ok("GET", "/v1/regions", None)?;
     let owner = regions
         .as_array()
         .into_iter()
         .flatten()
-        .find(|region| region["region"] == MOVING)
-        .and_then(|region| region["owner"].as_str().map(str::to_owned))
+        .find(|view| view["region"] == region)
+        .and_then(|view| view["owner"].as_str().map(str::to_owned))
         .context("no owner in the directory")?;
     let hosts = fleet.ok("GET", "/v1/hosts", None)?;
     let serving: Vec<String> = hosts
@@ -452,16 +501,16 @@ fn settled_owner(fleet: &Fleet) -> anyhow::Result<String> {
         .into_iter()
         .flatten()
         .flat_map(|host| host["processes"].as_array().cloned().unwrap_or_default())
-        .filter(|process| process["regions"].as_array().is_some_and(|regions| regions.contains(&json!(MOVING))))
+        .filter(|process| process["regions"].as_array().is_some_and(|regions| regions.contains(&json!(region))))
         .filter_map(|process| process["name"].as_str().map(str::to_owned))
         .collect();
     if serving != [owner.clone()] {
-        bail!("the directory names {owner}, processes serving region {MOVING}: {serving:?}");
+        bail!("the directory names {owner}, processes serving region {region}: {serving:?}");
     }
     Ok(owner)
 }
 
-fn count_players(outcomes: &[PlayerOutcome], report: &mut CellReport) {
+pub(crate) fn count_players(outcomes: &[PlayerOutcome], report: &mut CellReport) {
     for outcome in outcomes {
         report.inputs_lost += outcome.sent.saturating_sub(outcome.acked.saturating_sub(outcome.acked_before));
         report.inputs_duplicated += outcome.applied.saturating_sub(outcome.acked);
@@ -493,6 +542,8 @@ pub fn markdown(reports: &[CellReport], command: &str) -> String {
         "One cell per fault at each phase of a handoff across the test bed (docs/testing.md says how a \
          cell runs and what each column means). `ok` is every invariant held.\n\n",
     );
+    let held = reports.iter().filter(|report| report.held_up()).count();
+    text.push_str(&format!("{held} of {} cells held every invariant.\n\n", reports.len()));
     text.push_str(
         "| phase | fault | outcome | ok | single owner | lost | duplicated | disconnects | resumes | digest | serving after |\n",
     );

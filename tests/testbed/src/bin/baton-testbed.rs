@@ -10,6 +10,7 @@ use baton_runtime::fault_point::FaultPhase;
 use baton_testbed::interference::{self, Mode, Options};
 use baton_testbed::matrix::{self, Cell, CellReport, Fault};
 use baton_testbed::netns;
+use baton_testbed::soak;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -85,6 +86,31 @@ enum Command {
         #[arg(long)]
         markdown: Option<PathBuf>,
     },
+    /// The load test's `mixed` scenario across the test bed for a long while (30 minutes), with a
+    /// fault of the matrix every minute (a random region migrated to a random host, hit at a random
+    /// phase by a random fault; the seed repeats a run). Checks that nothing was lost, no process
+    /// was left behind, and that every long-running process's memory and open files stayed flat
+    /// (their slopes are reported). Writes the report as JSON; fails if it did not hold.
+    Soak {
+        /// The short form: 3 minutes, a fault every 30 s, 60 avatars.
+        #[arg(long)]
+        quick: bool,
+        /// Minutes of play (default 30; 3 with --quick).
+        #[arg(long)]
+        minutes: Option<f64>,
+        /// Seconds between faults (default 60; 30 with --quick).
+        #[arg(long)]
+        fault_every_s: Option<u64>,
+        /// Picks the faults: the same seed repeats a run.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Avatars (default: the scenario's 300; 60 with --quick).
+        #[arg(long)]
+        avatars: Option<usize>,
+        /// Where to write the report.
+        #[arg(long, default_value = "target/soak.json")]
+        json: PathBuf,
+    },
     /// Removes whatever a test bed left (namespaces named baton-tb-*, and every process in them).
     Clean,
 }
@@ -112,6 +138,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Clean => {
             netns::clean_up()?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Soak { quick, minutes, fault_every_s, seed, avatars, json } => {
+            let base = if quick { soak::Options::quick(seed) } else { soak::Options::full(seed) };
+            let options = soak::Options {
+                minutes: minutes.unwrap_or(base.minutes),
+                fault_every_s: fault_every_s.unwrap_or(base.fault_every_s),
+                seed,
+                avatars: avatars.or(base.avatars),
+            };
+            if !options.minutes.is_finite() || options.minutes <= 0.0 || options.fault_every_s < 10 {
+                anyhow::bail!("--minutes must be above 0 and --fault-every-s at least 10");
+            }
+            let report = soak::run(&options)?;
+            print_soak(&report);
+            if let Some(parent) = json.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&json, serde_json::to_string_pretty(&report)?)
+                .with_context(|| format!("writing {}", json.display()))?;
+            eprintln!("baton-testbed: wrote {}", json.display());
+            Ok(if report.held_up() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Matrix { quick, cells, time_box_s, json, markdown } => {
             let cells: Vec<Cell> = if !cells.is_empty() {
@@ -299,4 +346,56 @@ fn run_matrix(
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_soak(report: &soak::SoakReport) {
+    println!("seed {}, {} min, {} avatars", report.seed, report.minutes, report.avatars);
+    println!(
+        "{:>7} {:>6} {:<9} {:<11} {:<20} {:<24} {:>6} {:>6}",
+        "t", "region", "hosts", "phase", "fault", "outcome", "owner", "digest"
+    );
+    for fault in &report.faults {
+        println!(
+            "{:>6.0}s {:>6} {:<9} {:<11} {:<20} {:<24} {:>6} {:>6}",
+            fault.at_s,
+            fault.region,
+            format!("{}>{}", fault.hosts.0, fault.hosts.1),
+            fault.cell.phase,
+            fault.cell.fault,
+            fault.cell.outcome.chars().take(24).collect::<String>(),
+            fault.cell.single_owner,
+            fault.cell.digest_ok.map_or("-".to_owned(), |ok| ok.to_string()),
+        );
+    }
+    println!(
+        "inputs sent {}, lost {}, applied twice or out of order {}; disconnects {}, resumes {}, failed to connect {}",
+        report.inputs_sent,
+        report.inputs_lost,
+        report.inputs_duplicated,
+        report.disconnects,
+        report.resumes,
+        report.failed_to_connect
+    );
+    println!(
+        "leaked processes: {}",
+        if report.leaked_processes.is_empty() { "none".to_owned() } else { report.leaked_processes.join("; ") }
+    );
+    println!(
+        "{:<14} {:>7} {:>8} {:>21} {:>12} {:>9} {:>10} {:>5}",
+        "process", "pid", "minutes", "rss kB first/last", "kB/min", "fds", "fds/min", "flat"
+    );
+    for process in &report.processes {
+        println!(
+            "{:<14} {:>7} {:>8.1} {:>21} {:>12.1} {:>9} {:>10.3} {:>5}",
+            process.process,
+            process.pid,
+            process.minutes,
+            format!("{}/{}", process.rss_kb.0, process.rss_kb.1),
+            process.rss_kb_per_min,
+            format!("{}/{}", process.fds.0, process.fds.1),
+            process.fds_per_min,
+            process.flat
+        );
+    }
+    println!("held up: {}", report.held_up());
 }

@@ -1,0 +1,633 @@
+//! The soak: the load test's `mixed` scenario (its avatars: wandering, patrolling across borders
+//! and crowding a hotspot, with joins and leaves halfway; its regions, hosts and hot standbys) for
+//! a long while across the test bed, with a fault of the matrix ([`crate::matrix`]) every
+//! `fault_every_s`: a migration of a random region to a random other host, hit at a random phase
+//! by a random fault. A seed picks them all, so a run can be repeated.
+//!
+//! At the end: every avatar's inputs applied once (nothing lost, nothing twice, nobody
+//! disconnected); no process left behind (each host's namespace holds its agent and the region
+//! servers it reports, and nothing at all once the deployment is stopped); and the memory and open
+//! files of every long-running process (coordinator, agents, gateways, region servers) sampled
+//! every 10 s, with their least-squares slope.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use baton_harness::fleet::{AdminApi, Fleet, FleetPlacement, FleetSpec, ServerCommandLine};
+use baton_harness::players::{PlayerOutcome, run_player};
+use baton_loadtest::Scenario;
+use baton_runtime::fault_point::{FAULT_POINT_VARIABLE, FaultPoint};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::matrix::{Cell, CellReport, count_players, strike, wait_settled};
+use crate::netns::{SiteSpec, Testbed};
+
+/// Settings of a soak.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Minutes of play (after the scenario's ramp).
+    pub minutes: f64,
+    /// Seconds between faults.
+    pub fault_every_s: u64,
+    /// Picks the faults.
+    pub seed: u64,
+    /// Avatars (default: the scenario's).
+    pub avatars: Option<usize>,
+}
+
+impl Options {
+    /// The full soak: 30 minutes, a fault a minute.
+    #[must_use]
+    pub fn full(seed: u64) -> Options {
+        Options { minutes: 30.0, fault_every_s: 60, seed, avatars: None }
+    }
+
+    /// The short form: 3 minutes, a fault every 30 s, 60 avatars.
+    #[must_use]
+    pub fn quick(seed: u64) -> Options {
+        Options { minutes: 3.0, fault_every_s: 30, seed, avatars: Some(60) }
+    }
+}
+
+/// One fault of the soak.
+#[derive(Clone, Debug, Serialize)]
+pub struct FaultRecord {
+    /// Seconds since play started.
+    pub at_s: f64,
+    /// The region moved.
+    pub region: u64,
+    /// From which host to which.
+    pub hosts: (String, String),
+    /// The cell: phase, fault and what came of it (the players' figures are the soak's).
+    pub cell: CellReport,
+}
+
+/// Memory and open files of one process over the soak.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessTrend {
+    /// Its name (`coordinator`, `h1 agent`, `g0`, a region server's `h1-p2`).
+    pub process: String,
+    /// Its pid (a process started again is another trend).
+    pub pid: u32,
+    /// Samples after the warm-up the slope is fitted to.
+    pub samples: usize,
+    /// Minutes they span.
+    pub minutes: f64,
+    /// Resident memory at the first and the last of them, kB.
+    pub rss_kb: (u64, u64),
+    /// Least-squares slope of the resident memory, kB per minute.
+    pub rss_kb_per_min: f64,
+    /// Open files at the first and the last.
+    pub fds: (u64, u64),
+    /// Least-squares slope of the open files, per minute.
+    pub fds_per_min: f64,
+    /// Whether both are flat: memory growing less than 10% of its mean per hour, open files fewer
+    /// than 5 per hour (projected from the slopes).
+    pub flat: bool,
+}
+
+/// An avatar that lost, duplicated or reordered an input, or was disconnected.
+#[derive(Clone, Debug, Serialize)]
+pub struct TroubledAvatar {
+    /// Its figures.
+    pub outcome: PlayerOutcome,
+    /// Its border crossings: (Unix ms, from, to).
+    pub crossings: Vec<(u64, u64, u64)>,
+    /// The failovers it lived through: (Unix ms, region, tick seen before, first tick after).
+    pub rollbacks: Vec<(u64, u64, u64, u64)>,
+}
+
+/// What a soak saw.
+#[derive(Clone, Debug, Serialize)]
+pub struct SoakReport {
+    /// The seed.
+    pub seed: u64,
+    /// Minutes of play.
+    pub minutes: f64,
+    /// The faults, in order.
+    pub faults: Vec<FaultRecord>,
+    /// Avatars that played.
+    pub avatars: usize,
+    /// Inputs they sent.
+    pub inputs_sent: u64,
+    /// As in the matrix: of every avatar.
+    pub inputs_lost: u64,
+    /// As in the matrix.
+    pub inputs_duplicated: u64,
+    /// As in the matrix.
+    pub disconnects: u64,
+    /// Sessions resumed at another gateway.
+    pub resumes: u64,
+    /// Avatars that could not connect at all.
+    pub failed_to_connect: usize,
+    /// Why sessions ended or were resumed, with how often (the avatars' close reasons).
+    pub close_reasons: std::collections::BTreeMap<String, u64>,
+    /// What each avatar that lost, duplicated or reordered an input, or was disconnected, saw.
+    pub troubled_avatars: Vec<TroubledAvatar>,
+    /// Processes found where none should be (pid and namespace), at the end.
+    pub leaked_processes: Vec<String>,
+    /// Memory and open files per long-running process.
+    pub processes: Vec<ProcessTrend>,
+}
+
+impl SoakReport {
+    /// Whether the soak held: every fault's invariants, nothing lost, nothing leaked, every
+    /// process flat.
+    #[must_use]
+    pub fn held_up(&self) -> bool {
+        self.faults.iter().all(|fault| fault.cell.single_owner || fault.cell.outcome == "not_reached")
+            && self.faults.iter().all(|fault| fault.cell.digest_ok != Some(false))
+            && self.inputs_lost == 0
+            && self.inputs_duplicated == 0
+            && self.disconnects == 0
+            && self.failed_to_connect == 0
+            && self.leaked_processes.is_empty()
+            && self.processes.iter().all(|process| process.flat)
+    }
+}
+
+/// Runs a soak on a fresh test bed.
+pub fn run(options: &Options) -> anyhow::Result<SoakReport> {
+    let sites = [("co", 1), ("h1", 11), ("h2", 12), ("h3", 13), ("g0", 21), ("g1", 22), ("pl", 30)]
+        .map(|(name, host_byte)| SiteSpec { name: name.into(), host_byte });
+    let testbed = Testbed::create(&sites)?;
+    // As the matrix: the soak's own thread is in the players' namespace.
+    let report = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                crate::netns::Testbed::enter(&testbed.site("pl")?.netns)?;
+                run_in(&testbed, options)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the soak's thread panicked")))
+    })?;
+    drop(testbed);
+    Ok(report)
+}
+
+fn run_in(testbed: &Testbed, options: &Options) -> anyhow::Result<SoakReport> {
+    let mut scenario = Scenario::shipped("mixed")?;
+    if let Some(avatars) = options.avatars {
+        scenario.avatars = avatars;
+    }
+    scenario.duration_s = (options.minutes * 60.0).ceil() as u64;
+    let spec = FleetSpec {
+        hosts: scenario.hosts,
+        pool: 2,
+        capacity: scenario.regions as usize + 4,
+        world_regions: scenario.regions,
+        columns: scenario.columns,
+        tick_rate: 20,
+        checkpoint_every_s: scenario.checkpoint_every_s,
+        capacity_cores: Vec::new(),
+        coordinator_args: if scenario.standby { vec!["--standby".into(), "on".into()] } else { Vec::new() },
+    };
+    let point =
+        FaultPoint { phase: None, path: std::env::temp_dir().join(format!("baton-soak-fault-{}", std::process::id())) };
+    let mut server = ServerCommandLine::sample(&spec)?;
+    server.env.push((FAULT_POINT_VARIABLE.into(), format!("armed:{}", point.path.display())));
+    let hosts: Vec<String> = (1..=scenario.hosts).map(|index| format!("h{index}")).collect();
+    let placement = FleetPlacement {
+        coordinator: testbed.site("co")?,
+        gateways: vec![testbed.site("g0")?, testbed.site("g1")?],
+        hosts: hosts.iter().map(|host| testbed.site(host)).collect::<anyhow::Result<_>>()?,
+    };
+    let mut fleet = Fleet::start_placed(&spec, server, Some(placement))?;
+    let outcome = soak(testbed, &mut fleet, &scenario, &point, options);
+    for path in [point.path.clone(), point.release_path(), point.phase_path()] {
+        let _ = std::fs::remove_file(path);
+    }
+    let mut report = outcome?;
+    // No process left behind: the deployment stops every one it started.
+    drop(fleet);
+    for host in ["co", "h1", "h2", "h3", "g0", "g1"] {
+        let netns = testbed.site(host)?.netns;
+        for pid in pids_in(&netns) {
+            report.leaked_processes.push(format!("pid {pid} in {netns} after the deployment stopped"));
+        }
+    }
+    Ok(report)
+}
+
+fn soak(
+    testbed: &Testbed,
+    fleet: &mut Fleet,
+    scenario: &Scenario,
+    point: &FaultPoint,
+    options: &Options,
+) -> anyhow::Result<SoakReport> {
+    fleet.wait_hosts_ready(scenario.hosts, 1, Duration::from_secs(120))?;
+    for region in 1..=scenario.regions {
+        let host = format!("h{}", (region - 1) % scenario.hosts as u64 + 1);
+        let objects = scenario.objects_per_region;
+        let world = json!({"objects": objects, "npcs": objects / 10, "plants": objects / 10, "seed": region});
+        fleet
+            .ok("POST", "/v1/regions", Some(json!({"region": region, "host": host, "world": world})))
+            .with_context(|| format!("creating region {region}"))?;
+    }
+    let (mut g1, g1_address) = fleet.start_late_gateway()?;
+    let g0_address = fleet.gateway_address;
+    let mut client = fleet.client_options();
+    client.bind = SocketAddr::new(testbed.site("pl")?.ip, 0);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let plans = baton_loadtest::run::player_plans(scenario);
+    let avatars = plans.len();
+    let endpoints: Vec<_> = {
+        let _guard = runtime.enter();
+        (0..plans.len().div_ceil(50)).map(|_| client.shared_endpoint()).collect::<Result<_, _>>()?
+    };
+    let tasks: Vec<_> = plans
+        .into_iter()
+        .enumerate()
+        .map(|(index, mut plan)| {
+            plan.resume_at = vec![g1_address, g0_address];
+            let mut options = client.clone();
+            options.endpoint = Some(endpoints[index / 50].clone());
+            runtime.spawn(run_player(options, fleet.token(plan.player, plan.region), plan))
+        })
+        .collect();
+    eprintln!(
+        "baton-testbed: soak: {avatars} avatars in {} regions on {} hosts for {} min, a fault every {} s (seed {})",
+        scenario.regions, scenario.hosts, options.minutes, options.fault_every_s, options.seed
+    );
+
+    // Memory and open files, every 10 s, on a thread of its own.
+    let watched: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
+    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let sampler = {
+        let (watched, samples, stop, admin) = (watched.clone(), samples.clone(), stop.clone(), fleet.admin());
+        std::thread::spawn(move || sample_every(Duration::from_secs(10), started, &watched, &admin, &samples, &stop))
+    };
+    let mut rng = Rng(options.seed.max(1));
+    let cells = Cell::all();
+    let mut faults = Vec::new();
+    let play_ends = Duration::from_secs(scenario.ramp_s + scenario.duration_s);
+    // The first fault once every avatar is in.
+    let mut next_fault = Duration::from_secs(scenario.ramp_s + options.fault_every_s.min(30));
+    while started.elapsed() < play_ends {
+        set_watched(&watched, fleet, &g1);
+        if started.elapsed() < next_fault {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        next_fault += Duration::from_secs(options.fault_every_s);
+        if started.elapsed() + Duration::from_secs(45) > play_ends {
+            // Too late for a fault to settle before play ends.
+            continue;
+        }
+        let cell = cells[rng.below(cells.len())];
+        let region = 1 + rng.below(scenario.regions as usize) as u64;
+        let from = match region_host(fleet, region) {
+            Some(host) => host,
+            None => continue,
+        };
+        let candidates: Vec<String> =
+            (1..=scenario.hosts).map(|index| format!("h{index}")).filter(|host| *host != from).collect();
+        let to = candidates[rng.below(candidates.len())].clone();
+        let at_s = started.elapsed().as_secs_f64();
+        eprintln!(
+            "baton-testbed: soak: t={at_s:.0}s: region {region} {from} -> {to}, {} at {}",
+            cell.fault.name(),
+            cell.phase.name()
+        );
+        arm(point, cell)?;
+        let mut record = CellReport {
+            operation: "handoff".into(),
+            phase: cell.phase.name().into(),
+            fault: cell.fault.name().into(),
+            ..CellReport::default()
+        };
+        match strike(testbed, fleet, point, region, (&from, &to), cell.fault) {
+            Ok(struck) => {
+                record.outcome = struck.outcome;
+                record.held = struck.held;
+                record.reason = struck.reason;
+                record.digest_ok = struck.digest_ok;
+                record.digests = struck.digests;
+                record.single_owner = struck.single_owner;
+            }
+            Err(error) => record.outcome = format!("error: {error:#}"),
+        }
+        disarm(point);
+        if cell.fault == crate::matrix::Fault::KillGateway {
+            // The players resumed at g1; g0 comes back for the next gateway fault and for those
+            // who resume again.
+            fleet.restart_gateway().context("starting g0 again")?;
+        }
+        if !record.outcome.starts_with("error") && record.outcome != "not_reached" && !record.single_owner {
+            eprintln!("baton-testbed: soak: region {region} did not settle: {:?}", record.reason);
+        }
+        eprintln!("baton-testbed: soak: t={:.0}s: {}", started.elapsed().as_secs_f64(), record.outcome);
+        faults.push(FaultRecord { at_s, region, hosts: (from, to), cell: record });
+    }
+    // Every long-running process as it is at the end, for the leak check.
+    let leaked = leftover_processes(testbed, fleet, scenario.hosts)?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    eprintln!("baton-testbed: soak: play is over; waiting for the last acknowledgements");
+    let mut outcomes: Vec<PlayerOutcome> = Vec::new();
+    let mut failed_to_connect = 0;
+    for task in tasks {
+        match runtime.block_on(task) {
+            Ok(Ok(outcome)) => outcomes.push(outcome),
+            Ok(Err(_)) => failed_to_connect += 1,
+            Err(error) => anyhow::bail!("a player task panicked: {error}"),
+        }
+    }
+    g1.kill();
+    let mut totals = CellReport::default();
+    count_players(&outcomes, &mut totals);
+    let mut close_reasons = std::collections::BTreeMap::new();
+    for reason in outcomes.iter().flat_map(|outcome| &outcome.close_reasons) {
+        *close_reasons.entry(reason.clone()).or_insert(0) += 1;
+    }
+    let samples = samples.lock().map(|samples| samples.clone()).unwrap_or_default();
+    Ok(SoakReport {
+        seed: options.seed,
+        minutes: options.minutes,
+        faults,
+        avatars,
+        inputs_sent: outcomes.iter().map(|outcome| outcome.sent).sum(),
+        inputs_lost: totals.inputs_lost,
+        inputs_duplicated: totals.inputs_duplicated,
+        disconnects: totals.disconnects,
+        resumes: totals.resumes,
+        failed_to_connect,
+        close_reasons,
+        troubled_avatars: outcomes
+            .iter()
+            .filter(|outcome| {
+                !outcome.chain_ok
+                    || outcome.disconnects > 0
+                    || outcome.applied != outcome.acked
+                    || outcome.sent > outcome.acked.saturating_sub(outcome.acked_before)
+            })
+            .map(|outcome| TroubledAvatar {
+                crossings: outcome.crossing_log.clone(),
+                rollbacks: outcome.rollbacks.clone(),
+                outcome: outcome.clone(),
+            })
+            .collect(),
+        leaked_processes: leaked,
+        processes: trends(&samples, Duration::from_secs(120)),
+    })
+}
+
+/// Arms the fault point for `cell`'s phase (the next region thread entering it stops there).
+fn arm(point: &FaultPoint, cell: Cell) -> anyhow::Result<()> {
+    disarm(point);
+    std::fs::write(point.phase_path(), format!("{}\n", cell.phase.name())).context("arming the fault point")
+}
+
+/// Disarms the fault point and lets go of any thread it holds.
+fn disarm(point: &FaultPoint) {
+    let _ = std::fs::remove_file(point.phase_path());
+    let _ = std::fs::write(point.release_path(), b"");
+    let _ = std::fs::remove_file(&point.path);
+    let _ = std::fs::remove_file(point.release_path());
+}
+
+/// The host serving `region`, once nothing moves it.
+fn region_host(fleet: &Fleet, region: u64) -> Option<String> {
+    wait_settled(fleet, region, Duration::from_secs(30)).ok()?;
+    let regions = fleet.ok("GET", "/v1/regions", None).ok()?;
+    regions.as_array()?.iter().find(|view| view["region"] == region)?["host"].as_str().map(str::to_owned)
+}
+
+/// The processes the sampler follows besides the region servers: the coordinator, the agents and
+/// the gateways, with their current pids.
+fn set_watched(watched: &Mutex<Vec<(String, u32)>>, fleet: &Fleet, g1: &baton_harness::cluster::GatewayProcess) {
+    let mut now = Vec::new();
+    if let Some(coordinator) = &fleet.coordinator {
+        now.push(("coordinator".to_owned(), coordinator.pid()));
+    }
+    for index in 1.. {
+        let Some(pid) = fleet.agent_pid(index) else { break };
+        now.push((format!("h{index} agent"), pid));
+    }
+    now.push(("g0".to_owned(), fleet.gateway.pid()));
+    now.push(("g1".to_owned(), g1.pid()));
+    if let Ok(mut watched) = watched.lock() {
+        *watched = now;
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Sample {
+    at_min: f64,
+    process: String,
+    pid: u32,
+    rss_kb: u64,
+    fds: u64,
+}
+
+fn sample_every(
+    every: Duration,
+    started: Instant,
+    watched: &Mutex<Vec<(String, u32)>>,
+    admin: &AdminApi,
+    samples: &Mutex<Vec<Sample>>,
+    stop: &AtomicBool,
+) {
+    let mut next = started;
+    while !stop.load(Ordering::Relaxed) {
+        if Instant::now() < next {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        next += every;
+        let mut processes = watched.lock().map(|watched| watched.clone()).unwrap_or_default();
+        // Region servers, as their hosts report them (none while the coordinator is down).
+        if let Ok(hosts) = admin.ok("GET", "/v1/hosts", None) {
+            for process in hosts
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|host| host["processes"].as_array().cloned().unwrap_or_default())
+            {
+                if let (Some(name), Some(pid)) = (process["name"].as_str(), process["pid"].as_u64()) {
+                    processes.push((name.to_owned(), pid as u32));
+                }
+            }
+        }
+        let at_min = started.elapsed().as_secs_f64() / 60.0;
+        let taken: Vec<Sample> = processes
+            .into_iter()
+            .filter_map(|(process, pid)| {
+                let (rss_kb, fds) = usage(pid)?;
+                Some(Sample { at_min, process, pid, rss_kb, fds })
+            })
+            .collect();
+        if let Ok(mut samples) = samples.lock() {
+            samples.extend(taken);
+        }
+    }
+}
+
+/// Resident memory (kB) and open files of process `pid`, from `/proc`.
+fn usage(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb =
+        status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
+    Some((rss_kb, fds))
+}
+
+/// Per process (name and pid), the trend of its samples after `warmup` of its own life.
+fn trends(samples: &[Sample], warmup: Duration) -> Vec<ProcessTrend> {
+    let mut keys: Vec<(String, u32)> = samples.iter().map(|sample| (sample.process.clone(), sample.pid)).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter_map(|(process, pid)| {
+            let own: Vec<&Sample> =
+                samples.iter().filter(|sample| sample.process == process && sample.pid == pid).collect();
+            let first = own.first()?.at_min;
+            let kept: Vec<&Sample> =
+                own.into_iter().filter(|sample| sample.at_min >= first + warmup.as_secs_f64() / 60.0).collect();
+            // A trend needs a few minutes of samples.
+            if kept.len() < 12 {
+                return None;
+            }
+            let minutes = kept.last()?.at_min - kept.first()?.at_min;
+            let points = |value: fn(&Sample) -> u64| -> Vec<(f64, f64)> {
+                kept.iter().map(|sample| (sample.at_min, value(sample) as f64)).collect()
+            };
+            let rss = points(|sample| sample.rss_kb);
+            let fds = points(|sample| sample.fds);
+            let rss_kb_per_min = slope(&rss);
+            let fds_per_min = slope(&fds);
+            let mean_rss = rss.iter().map(|(_, kb)| kb).sum::<f64>() / rss.len() as f64;
+            let flat = rss_kb_per_min * 60.0 <= mean_rss * 0.10 && fds_per_min * 60.0 < 5.0;
+            Some(ProcessTrend {
+                process,
+                pid,
+                samples: kept.len(),
+                minutes,
+                rss_kb: (kept.first()?.rss_kb, kept.last()?.rss_kb),
+                rss_kb_per_min,
+                fds: (kept.first()?.fds, kept.last()?.fds),
+                fds_per_min,
+                flat,
+            })
+        })
+        .collect()
+}
+
+/// Least-squares slope of `points` (0 for fewer than two distinct x).
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let count = points.len() as f64;
+    if points.len() < 2 {
+        return 0.0;
+    }
+    let mean_x = points.iter().map(|(x, _)| x).sum::<f64>() / count;
+    let mean_y = points.iter().map(|(_, y)| y).sum::<f64>() / count;
+    let (mut covariance, mut variance) = (0.0, 0.0);
+    for (x, y) in points {
+        covariance += (x - mean_x) * (y - mean_y);
+        variance += (x - mean_x) * (x - mean_x);
+    }
+    if variance == 0.0 { 0.0 } else { covariance / variance }
+}
+
+/// Processes where none should be: in a host's namespace, besides its agent and the region
+/// servers the agent reports.
+fn leftover_processes(testbed: &Testbed, fleet: &Fleet, hosts: usize) -> anyhow::Result<Vec<String>> {
+    let views = fleet.ok("GET", "/v1/hosts", None)?;
+    let mut leaked = Vec::new();
+    for index in 1..=hosts {
+        let name = format!("h{index}");
+        let netns = testbed.site(&name)?.netns;
+        let mut expected: Vec<u32> = fleet.agent_pid(index).into_iter().collect();
+        expected.extend(
+            views
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|host| host["name"] == name.as_str())
+                .flat_map(|host| host["processes"].as_array().cloned().unwrap_or_default())
+                .filter_map(|process| process["pid"].as_u64())
+                .map(|pid| pid as u32),
+        );
+        for pid in pids_in(&netns) {
+            if !expected.contains(&pid) {
+                leaked.push(format!("pid {pid} in {netns}: neither its agent nor a region server it reports"));
+            }
+        }
+    }
+    Ok(leaked)
+}
+
+/// The processes in network namespace `netns`.
+fn pids_in(netns: &str) -> Vec<u32> {
+    std::process::Command::new("ip")
+        .args(["netns", "pids", netns])
+        .output()
+        .map(|output| {
+            String::from_utf8_lossy(&output.stdout).split_whitespace().filter_map(|pid| pid.parse().ok()).collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A small seeded generator (xorshift64*): the same seed picks the same faults.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, bound: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % bound.max(1) as u64) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_slope_of_a_line_is_its_slope_and_flat_samples_are_flat() {
+        assert!((slope(&[(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)]) - 2.0).abs() < 1e-9);
+        assert_eq!(slope(&[(0.0, 7.0), (1.0, 7.0), (2.0, 7.0)]), 0.0);
+        assert_eq!(slope(&[(1.0, 7.0)]), 0.0);
+        assert_eq!(slope(&[(1.0, 7.0), (1.0, 9.0)]), 0.0);
+    }
+
+    #[test]
+    fn a_process_that_grows_is_not_flat_and_the_warm_up_is_left_out() {
+        let sample = |at_min: f64, rss_kb: u64, fds: u64| Sample { at_min, process: "g0".into(), pid: 9, rss_kb, fds };
+        // Growing 10 kB a minute on 10 MB: 6% an hour, flat; the first 2 minutes are left out.
+        let steady: Vec<Sample> =
+            (0..40).map(|index| sample(f64::from(index) * 0.5, 10_000 + index as u64 * 5, 30)).collect();
+        let trend = &trends(&steady, Duration::from_secs(120))[0];
+        assert_eq!(trend.samples, 36);
+        assert!((trend.rss_kb_per_min - 10.0).abs() < 1e-6, "{trend:?}");
+        assert!(trend.flat, "{trend:?}");
+        // 1 MB a minute on 10 MB, or one more open file every two minutes: not flat.
+        let leaking: Vec<Sample> =
+            (0..40).map(|index| sample(f64::from(index) * 0.5, 10_000 + index as u64 * 500, 30)).collect();
+        assert!(!trends(&leaking, Duration::from_secs(120))[0].flat);
+        let files: Vec<Sample> =
+            (0..40).map(|index| sample(f64::from(index) * 0.5, 10_000, 30 + index as u64 / 4)).collect();
+        assert!(!trends(&files, Duration::from_secs(120))[0].flat);
+        // Too short to say.
+        assert!(trends(&steady[..10], Duration::ZERO).is_empty());
+    }
+
+    #[test]
+    fn a_seed_picks_the_same_faults() {
+        let picks = |seed| {
+            let mut rng = Rng(seed);
+            (0..20).map(|_| rng.below(36)).collect::<Vec<_>>()
+        };
+        assert_eq!(picks(7), picks(7));
+        assert_ne!(picks(7), picks(8));
+        assert!(picks(7).iter().all(|pick| *pick < 36));
+    }
+}
