@@ -137,10 +137,15 @@ pub enum Event {
         /// The new region.
         region: u64,
     },
-    /// `region` lost its host and another took it over from saved state, or it waited for an
-    /// input lost on its way: every kept input was sent again, and updates may start again from an
-    /// earlier (restored) tick.
+    /// `region` lost its host and another took it over from saved state; every kept input was
+    /// sent again, and updates start again from the restored tick.
     Recovered {
+        /// The region.
+        region: u64,
+    },
+    /// `region` waited for one of this player's inputs that was lost on its way (at a server that
+    /// died or was cut off): every kept input was sent again. Nothing else changed.
+    InputsAskedAgain {
         /// The region.
         region: u64,
     },
@@ -403,6 +408,11 @@ impl Client {
                 }
                 Some(Event::RegionChanged { region })
             }
+            Event::InputsAskedAgain { region } => {
+                // An input was lost on its way; the region stands as it was.
+                self.inputs.handle_resend_asked();
+                Some(Event::InputsAskedAgain { region })
+            }
             Event::Recovered { region } => {
                 // Its ticks start again from the restored one.
                 self.inputs.handle_recovered();
@@ -538,6 +548,12 @@ impl InputLog {
     /// The `Skip` to send now, if one is due: through the newest input no longer kept.
     fn take_skip(&mut self) -> Option<u64> {
         std::mem::take(&mut self.skip_pending).then_some(self.forgotten)
+    }
+
+    /// The region waits for an input that was lost on its way: every kept input goes again (those
+    /// it has are dropped there by number); nothing else changes.
+    fn handle_resend_asked(&mut self) {
+        self.resend_pending = true;
     }
 
     /// A new owner restored the region from saved state holding `durable` or later: what was
@@ -756,6 +772,9 @@ async fn read_reliable(
             Ok(Some(ServerFrame::Resend { region })) => {
                 let _ = events.send(Event::Recovered { region });
             }
+            Ok(Some(ServerFrame::ResendInputs { region })) => {
+                let _ = events.send(Event::InputsAskedAgain { region });
+            }
             Ok(Some(ServerFrame::RegionUnavailable { region, reason })) => {
                 let _ = events.send(Event::RegionUnavailable { region, reason });
             }
@@ -834,6 +853,18 @@ mod tests {
         assert_eq!(seqs(&log.handle_welcome(4)), vec![5, 6]);
         assert!(log.take_resend().is_empty(), "the welcome's resend replaces the failover's");
         assert_eq!((log.acked, log.unacked()), (4, 2));
+    }
+
+    #[test]
+    fn a_region_asking_for_inputs_again_gets_every_kept_one_at_once_and_nothing_else_changes() {
+        let mut log = InputLog::new(0);
+        sent(&mut log, 1..=6);
+        log.acknowledge(3, 2);
+        log.handle_resend_asked();
+        assert_eq!(seqs(&log.take_resend()), vec![3, 4, 5, 6], "no wait for an update: the region was not restored");
+        assert!(log.take_resend().is_empty(), "once per request");
+        assert_eq!((log.acked, log.durable, log.unacked()), (3, 2, 3), "what was acknowledged stands");
+        assert_eq!(log.take_skip(), None);
     }
 
     #[test]

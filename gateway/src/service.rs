@@ -1104,7 +1104,7 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
             if let Some(link) = inner.links.get(&player) {
                 inner.counters.inputs_asked_again.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%player, %region, from, "the region waits for an input of the player; asking for its inputs again");
-                link.send_reliable(ServerFrame::Resend { region: region.0 });
+                link.send_reliable(ServerFrame::ResendInputs { region: region.0 });
             }
         }
         ServerMessage::Stopped { region, epoch } => {
@@ -1158,15 +1158,21 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
                 tracing::warn!(%from, %epoch, player = %transfer.player, "an emigration from a replaced owner; dropped");
                 return;
             }
+            let player = transfer.player;
+            let Some(action) = table(inner).handle_emigrated(transfer) else {
+                // The player is in another region: this avatar is a stale copy (its region was
+                // restored from state taken before the live avatar left it).
+                tracing::warn!(%from, %epoch, %player, "an emigration of a stale copy of an avatar; dropped");
+                return;
+            };
             let now = Instant::now();
             let mut departed = inner.departures.entry(from).or_default();
-            departed.retain(|(player, at)| *player != transfer.player && now.duration_since(*at) < RECENT_DEPARTURE);
-            departed.push((transfer.player, now));
+            departed.retain(|(gone, at)| *gone != player && now.duration_since(*at) < RECENT_DEPARTURE);
+            departed.push((player, now));
             drop(departed);
             if !inner.routes.admits_update(from, server, epoch) {
                 tracing::warn!(%from, "an emigration from a server that does not own the region; delivering anyway");
             }
-            let action = table(inner).handle_emigrated(transfer);
             carry_out(inner, action);
         }
         ServerMessage::Arrived { region, player, .. } => {

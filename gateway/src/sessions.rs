@@ -200,14 +200,22 @@ impl SessionTable {
 
     /// The player's avatar left its region: its inputs wait until it arrives, and the crossing is
     /// delivered onward.
-    pub(crate) fn handle_emigrated(&mut self, transfer: Transfer) -> SessionAction {
-        if let Some(record) = self.sessions.get_mut(&transfer.player)
-            && record.transit.is_none()
-        {
-            record.transit = Some(Vec::new());
+    ///
+    /// `None` when the player's session is in another region than the one the avatar left: that
+    /// avatar is a stale copy (a region restored from a standby or a checkpoint taken before the
+    /// player's avatar left it, still ticking it), and delivering it would give the player a second
+    /// avatar beside the live one. It is dropped.
+    pub(crate) fn handle_emigrated(&mut self, transfer: Transfer) -> Option<SessionAction> {
+        if let Some(record) = self.sessions.get_mut(&transfer.player) {
+            if record.region != transfer.from {
+                return None;
+            }
+            if record.transit.is_none() {
+                record.transit = Some(Vec::new());
+            }
         }
         let delivery = self.crossings.handle_emigrated(transfer.player);
-        SessionAction::Deliver { transfer, delivery }
+        Some(SessionAction::Deliver { transfer, delivery })
     }
 
     /// The player's avatar arrived in `region`: the crossing is over; returns the inputs that
@@ -339,7 +347,7 @@ mod tests {
         assert_eq!(table.handle_input(input(7, 1)), Routed::To(HOME, input(7, 1)));
         assert_eq!(
             table.handle_emigrated(transfer(7)),
-            SessionAction::Deliver { transfer: transfer(7), delivery: Delivery::Onward }
+            Some(SessionAction::Deliver { transfer: transfer(7), delivery: Delivery::Onward })
         );
         for seq in 2..=4 {
             assert_eq!(table.handle_input(input(7, seq)), Routed::Waiting, "input {seq} waits for the arrival");
@@ -352,6 +360,23 @@ mod tests {
         assert_eq!(waited.iter().map(|input| input.seq).collect::<Vec<_>>(), vec![2, 3, 4, 5]);
         assert_eq!(table.handle_input(input(7, 6)), Routed::To(NEXT, input(7, 6)));
         assert_eq!(table.players_in(NEXT), vec![PlayerId(7)]);
+    }
+
+    #[test]
+    fn an_avatar_leaving_a_region_its_player_is_not_in_is_a_stale_copy_and_is_dropped() {
+        let mut table = SessionTable::new(GRACE);
+        table.handle_connected(PlayerId(7), HOME);
+        // The player is in HOME; a copy of its avatar left in NEXT (restored from older state)
+        // crosses towards HOME: dropped, and the player's inputs keep flowing to HOME.
+        let stale = Transfer { from: NEXT, to: HOME, ..transfer(7) };
+        assert_eq!(table.handle_emigrated(stale), None);
+        assert_eq!(table.handle_input(input(7, 1)), Routed::To(HOME, input(7, 1)), "no crossing began");
+        // The live avatar's crossing is delivered; a stale copy in flight meanwhile is not.
+        assert!(table.handle_emigrated(transfer(7)).is_some());
+        assert_eq!(table.handle_emigrated(Transfer { from: RegionId(9), ..transfer(7) }), None);
+        assert_eq!(table.handle_arrived(PlayerId(7), NEXT), Some(Vec::new()));
+        // A player with no session here: its avatar is delivered (this gateway cannot tell).
+        assert!(table.handle_emigrated(transfer(8)).is_some());
     }
 
     #[test]

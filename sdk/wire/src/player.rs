@@ -98,9 +98,8 @@ pub enum ServerFrame {
     },
     /// A state update that does not fit a datagram.
     State(StateUpdate),
-    /// Send every input not yet durable again, in order (inputs the region applied already are
-    /// dropped by sequence number): the region lost its host and another took it over from saved
-    /// state, or the region waits for an input that was lost on its way.
+    /// The region lost its host and another took it over from saved state: send every input not
+    /// yet durable again, in order (inputs it applied already are dropped by sequence number).
     Resend {
         /// The region.
         region: u64,
@@ -119,6 +118,13 @@ pub enum ServerFrame {
     ResumeToken {
         /// Replaces the one the client holds.
         resume_token: String,
+    },
+    /// The region waits for an input of this player that was lost on its way (version 4): send
+    /// every kept input again, in order. Nothing else changed (unlike [`ServerFrame::Resend`],
+    /// the region was not restored: its ticks and what it acknowledged stand).
+    ResendInputs {
+        /// The region.
+        region: u64,
     },
 }
 

@@ -281,7 +281,7 @@ pub enum ServerMessage {
     },
     /// `region` has waited a while for `player`'s input `from` while later ones are queued (it was
     /// lost on its way, e.g. at a server that died): ask the player's client to send every input
-    /// it keeps again (protocol.md §9).
+    /// it keeps again (the player frame `ResendInputs`, protocol.md §9).
     ResendInputs {
         /// The region.
         region: RegionId,

@@ -486,6 +486,8 @@ pub struct PlayerOutcome {
     pub resumes: u64,
     /// Failovers of its region it lived through (the gateway asked for its kept inputs again).
     pub recoveries: u64,
+    /// Times its region asked for its inputs again because one was lost on its way.
+    pub inputs_asked_again: u64,
     /// What the gateway said when its region was unavailable (lost its host, none took it over).
     pub unavailable_notices: Vec<String>,
     /// After each failover, the newest tick of the region seen before it and the tick of the
@@ -693,13 +695,16 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
             let payload = walk_payload(heading, rng.usize(smallest.max(9)..=largest.max(smallest).max(9)), &mut rng);
             let seq = client.next_seq();
             let next_chain = chain_step(chain, seq, &payload);
-            match client.send_input(payload).await {
-                Ok(_) => {
-                    chain = next_chain;
-                    outcome.sent += 1;
-                    sent_at.push_back((seq, Instant::now(), chain));
-                }
-                Err(error) => ended = Some((None, error.to_string())),
+            let sent = client.send_input(payload).await;
+            // An input the connection failed under is still sent if the client numbered and kept
+            // it: a resume sends it again.
+            if sent.is_ok() || client.next_seq() > seq {
+                chain = next_chain;
+                outcome.sent += 1;
+                sent_at.push_back((seq, Instant::now(), chain));
+            }
+            if let Err(error) = sent {
+                ended = Some((None, error.to_string()));
             }
         }
         if ended.is_none() {
@@ -786,6 +791,7 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
                     }
                 }
                 Some(Event::RegionUnavailable { reason, .. }) => outcome.unavailable_notices.push(reason),
+                Some(Event::InputsAskedAgain { .. }) => outcome.inputs_asked_again += 1,
                 Some(Event::Pong { .. }) | None => {}
                 Some(Event::Closed { code, reason }) => ended = Some((code, reason)),
             }
