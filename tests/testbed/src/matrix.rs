@@ -154,6 +154,25 @@ pub struct CellReport {
 }
 
 impl CellReport {
+    /// The matrix table's columns: phase, fault, outcome, ok (every invariant held), single
+    /// owner, lost, duplicated, disconnects, resumes, digest, serving after.
+    #[must_use]
+    pub fn columns(&self) -> [String; 11] {
+        [
+            self.phase.clone(),
+            self.fault.clone(),
+            self.outcome.replace('|', "/"),
+            if self.held_up() { "yes" } else { "NO" }.to_owned(),
+            self.single_owner.to_string(),
+            self.inputs_lost.to_string(),
+            self.inputs_duplicated.to_string(),
+            self.disconnects.to_string(),
+            self.resumes.to_string(),
+            self.digest_ok.map_or("-".to_owned(), |ok| ok.to_string()),
+            self.serving_after_ms.map_or("-".to_owned(), |ms| format!("{ms} ms")),
+        ]
+    }
+
     /// Whether every invariant held in this cell (a phase never reached breaks none).
     #[must_use]
     pub fn held_up(&self) -> bool {
@@ -540,7 +559,7 @@ pub fn markdown(reports: &[CellReport], command: &str) -> String {
     text.push_str(&format!("Command: `{command}`\n\n"));
     text.push_str(
         "One cell per fault at each phase of a handoff across the test bed (docs/testing.md says how a \
-         cell runs and what each column means). `ok` is every invariant held.\n\n",
+         cell runs and what each column means). `ok` is every invariant held (`NO`: one broke).\n\n",
     );
     let held = reports.iter().filter(|report| report.held_up()).count();
     text.push_str(&format!("{held} of {} cells held every invariant.\n\n", reports.len()));
@@ -549,20 +568,7 @@ pub fn markdown(reports: &[CellReport], command: &str) -> String {
     );
     text.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for report in reports {
-        text.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            report.phase,
-            report.fault,
-            report.outcome.replace('|', "/"),
-            if report.held_up() { "yes" } else { "**no**" },
-            report.single_owner,
-            report.inputs_lost,
-            report.inputs_duplicated,
-            report.disconnects,
-            report.resumes,
-            report.digest_ok.map_or("-".to_owned(), |ok| ok.to_string()),
-            report.serving_after_ms.map_or("-".to_owned(), |ms| format!("{ms} ms")),
-        ));
+        text.push_str(&format!("| {} |\n", report.columns().join(" | ")));
     }
     text
 }

@@ -297,19 +297,11 @@ fn run_matrix(
             cell.phase.name()
         );
         let report = matrix::run(*cell)?;
+        let [phase, fault, outcome, ok, owner, lost, duplicated, disconnects, resumes, digest, serving] =
+            report.columns();
         println!(
-            "{:<11} {:<20} {:<26} {:>4} {:>6} {:>5} {:>5} {:>5} {:>7} {:>7} {:>9}",
-            report.phase,
-            report.fault,
-            report.outcome.chars().take(26).collect::<String>(),
-            if report.held_up() { "yes" } else { "NO" },
-            report.single_owner,
-            report.inputs_lost,
-            report.inputs_duplicated,
-            report.disconnects,
-            report.resumes,
-            report.digest_ok.map_or("-".to_owned(), |ok| ok.to_string()),
-            report.serving_after_ms.map_or("-".to_owned(), |ms| format!("{ms} ms")),
+            "{phase:<11} {fault:<20} {:<26} {ok:>4} {owner:>6} {lost:>5} {duplicated:>5} {disconnects:>5} {resumes:>7} {digest:>7} {serving:>9}",
+            outcome.chars().take(26).collect::<String>(),
         );
         if report.outcome.starts_with("error") || report.reason.is_some() {
             eprintln!(
