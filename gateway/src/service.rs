@@ -690,8 +690,10 @@ async fn refresh_resume_token(inner: Arc<Inner>, player: PlayerId, link: Arc<Pla
     loop {
         tokio::time::sleep(every).await;
         let current = inner.links.get(&player).is_some_and(|current| current.generation == link.generation);
-        let region = table(&inner).region_of(player);
-        match region {
+        // Sent under the table's lock: a crossing's arrival changes the region under it and sends
+        // its own token after, so the client never keeps a token for the region it left.
+        let table = table(&inner);
+        match table.region_of(player) {
             Some(region) if current => {
                 link.send_reliable(ServerFrame::ResumeToken { resume_token: resume_token(&inner, player, region) });
             }
@@ -1096,17 +1098,21 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
                 }
             }
         }
-        // The region's owner saved it and let it go: its players' sessions end (they reconnect
-        // once it runs again, elsewhere). Only the owner the gateway routes by can say so.
         ServerMessage::ResendInputs { region, player, from } => {
-            // Harmless from any server: what the client sends again that the region has applied
-            // or queued is dropped there by its number.
+            // Only for the region the player is in (a stale copy elsewhere must not make the
+            // client send everything again and again); what it sends again that the region has
+            // applied or queued is dropped there by its number (protocol.md §9).
+            if table(inner).region_of(player) != Some(region) {
+                return;
+            }
             if let Some(link) = inner.links.get(&player) {
                 inner.counters.inputs_asked_again.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%player, %region, from, "the region waits for an input of the player; asking for its inputs again");
                 link.send_reliable(ServerFrame::ResendInputs { region: region.0 });
             }
         }
+        // The region's owner saved it and let it go: its players' sessions end (they reconnect
+        // once it runs again, elsewhere). Only the owner the gateway routes by can say so.
         ServerMessage::Stopped { region, epoch } => {
             if !inner.routes.admits_update(region, server, epoch) {
                 tracing::debug!(%region, %epoch, "a stop from a server that does not own the region; ignored");

@@ -207,7 +207,9 @@ impl SessionTable {
     /// avatar beside the live one. It is dropped.
     pub(crate) fn handle_emigrated(&mut self, transfer: Transfer) -> Option<SessionAction> {
         if let Some(record) = self.sessions.get_mut(&transfer.player) {
-            if record.region != transfer.from {
+            // During a crossing the gateway cannot tell where the avatar is (its destination may
+            // have taken it in and passed it on before its arrival was heard): delivered.
+            if record.region != transfer.from && record.transit.is_none() {
                 return None;
             }
             if record.transit.is_none() {
@@ -371,10 +373,12 @@ mod tests {
         let stale = Transfer { from: NEXT, to: HOME, ..transfer(7) };
         assert_eq!(table.handle_emigrated(stale), None);
         assert_eq!(table.handle_input(input(7, 1)), Routed::To(HOME, input(7, 1)), "no crossing began");
-        // The live avatar's crossing is delivered; a stale copy in flight meanwhile is not.
+        // During the live avatar's crossing the gateway cannot tell: an avatar leaving its
+        // destination (taken in there, arrival not heard yet) goes on.
         assert!(table.handle_emigrated(transfer(7)).is_some());
-        assert_eq!(table.handle_emigrated(Transfer { from: RegionId(9), ..transfer(7) }), None);
-        assert_eq!(table.handle_arrived(PlayerId(7), NEXT), Some(Vec::new()));
+        assert!(table.handle_emigrated(Transfer { from: NEXT, to: RegionId(9), ..transfer(7) }).is_some());
+        assert_eq!(table.handle_arrived(PlayerId(7), RegionId(9)), Some(Vec::new()));
+        assert_eq!(table.handle_emigrated(Transfer { from: NEXT, ..transfer(7) }), None, "crossing over: stale");
         // A player with no session here: its avatar is delivered (this gateway cannot tell).
         assert!(table.handle_emigrated(transfer(8)).is_some());
     }

@@ -540,7 +540,7 @@ pub struct Playing {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     in_play: std::sync::Arc<std::sync::atomic::AtomicU64>,
     count: u64,
-    thread: std::thread::JoinHandle<anyhow::Result<Vec<PlayerOutcome>>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<Vec<PlayerOutcome>>>>,
 }
 
 impl Playing {
@@ -579,7 +579,7 @@ impl Playing {
                 Ok(outcomes)
             })
         });
-        Playing { stop, in_play, count, thread }
+        Playing { stop, in_play, count, thread: Some(thread) }
     }
 
     /// Players who had an input acknowledged as durable so far.
@@ -593,7 +593,7 @@ impl Playing {
     pub fn wait_in_play(&self, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
         while self.in_play() < self.count {
-            if self.thread.is_finished() {
+            if self.thread.as_ref().is_none_or(std::thread::JoinHandle::is_finished) {
                 anyhow::bail!("the players ended before all were in play");
             }
             if Instant::now() > deadline {
@@ -605,10 +605,17 @@ impl Playing {
     }
 
     /// Stops the players; returns what each saw once its last inputs were acknowledged (or its
-    /// `settle_for` ran out).
-    pub fn finish(self) -> anyhow::Result<Vec<PlayerOutcome>> {
+    /// `settle_for` ran out). Dropped without it (a failed test), they stop all the same.
+    pub fn finish(mut self) -> anyhow::Result<Vec<PlayerOutcome>> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.join().map_err(|_| anyhow::anyhow!("the players' thread panicked"))?
+        let Some(thread) = self.thread.take() else { anyhow::bail!("the players were finished already") };
+        thread.join().map_err(|_| anyhow::anyhow!("the players' thread panicked"))?
+    }
+}
+
+impl Drop for Playing {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

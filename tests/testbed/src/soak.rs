@@ -303,8 +303,10 @@ fn soak(
             fault: cell.fault.name().into(),
             ..CellReport::default()
         };
+        let mut injected = false;
         match strike(testbed, fleet, point, region, (&from, &to), cell.fault) {
             Ok(struck) => {
+                injected = struck.fault_at.is_some();
                 record.outcome = struck.outcome;
                 record.held = struck.held;
                 record.reason = struck.reason;
@@ -315,7 +317,7 @@ fn soak(
             Err(error) => record.outcome = format!("error: {error:#}"),
         }
         disarm(point);
-        if cell.fault == crate::matrix::Fault::KillGateway {
+        if cell.fault == crate::matrix::Fault::KillGateway && injected {
             // The players resumed at g1; g0 comes back for the next gateway fault and for those
             // who resume again.
             fleet.restart_gateway().context("starting g0 again")?;
