@@ -536,6 +536,10 @@ fn settled_owner(fleet: &Fleet, region: u64) -> anyhow::Result<String> {
 pub(crate) fn count_players(outcomes: &[PlayerOutcome], report: &mut CellReport) {
     for outcome in outcomes {
         report.inputs_lost += outcome.sent.saturating_sub(outcome.acked.saturating_sub(outcome.acked_before));
+        // Acknowledged but never applied to the avatar (skipped past at the region): lost too.
+        if outcome.acked_before == 0 {
+            report.inputs_lost += outcome.acked.saturating_sub(outcome.applied);
+        }
         report.inputs_duplicated += outcome.applied.saturating_sub(outcome.acked);
         if !outcome.chain_ok && outcome.applied <= outcome.acked {
             report.inputs_duplicated += 1;
@@ -658,10 +662,11 @@ mod tests {
             },
             PlayerOutcome { sent: 10, acked: 10, applied: 11, chain_ok: false, resumes: 1, ..PlayerOutcome::default() },
             PlayerOutcome { sent: 10, acked: 10, applied: 10, chain_ok: false, ..PlayerOutcome::default() },
+            PlayerOutcome { sent: 10, acked: 10, applied: 7, chain_ok: false, ..PlayerOutcome::default() },
         ];
         count_players(&outcomes, &mut report);
-        assert_eq!(report.inputs_lost, 2);
-        assert_eq!(report.inputs_duplicated, 2, "one applied twice, one chain out of order");
+        assert_eq!(report.inputs_lost, 2 + 3, "two never acknowledged, three acknowledged but never applied");
+        assert_eq!(report.inputs_duplicated, 3, "one applied twice, two chains out of order");
         assert_eq!(report.disconnects, 1);
         assert_eq!(report.resumes, 1);
     }
