@@ -101,24 +101,16 @@ pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mo
         "starting a coordinator, {} host agents and a gateway; {} regions of {} objects",
         scenario.hosts, scenario.regions, scenario.objects_per_region
     ));
-    let mut fleet = Fleet::start(&FleetSpec {
-        hosts: scenario.hosts,
-        pool: 2,
-        capacity: scenario.regions as usize + 4,
-        world_regions: scenario.regions,
-        columns: scenario.columns,
-        tick_rate: 20,
-        checkpoint_every_s: scenario.checkpoint_every_s,
-        capacity_cores: scenario.host_cores.clone(),
-        coordinator_args: match mode {
-            // The old way has no failover: a person restores what a dead host served.
-            Mode::Restart if scenario.events.iter().any(|event| event.kill_host.is_some()) => {
-                vec!["--failover".into(), "off".into()]
-            }
-            Mode::Baton if scenario.standby => vec!["--standby".into(), "on".into()],
-            _ => Vec::new(),
-        },
-    })?;
+    let mut spec = fleet_spec(&scenario);
+    spec.coordinator_args = match mode {
+        // The old way has no failover: a person restores what a dead host served.
+        Mode::Restart if scenario.events.iter().any(|event| event.kill_host.is_some()) => {
+            vec!["--failover".into(), "off".into()]
+        }
+        Mode::Restart => Vec::new(),
+        Mode::Baton => spec.coordinator_args,
+    };
+    let mut fleet = Fleet::start(&spec)?;
     fleet.wait_hosts_ready(scenario.hosts, 1, Duration::from_secs(120))?;
     for region in 1..=scenario.regions {
         let host = scenario
@@ -548,6 +540,22 @@ fn gateway_stats(fleet: &mut Fleet) -> Option<Value> {
         std::thread::sleep(Duration::from_millis(10));
     }
     None
+}
+
+/// The deployment `scenario` runs on (Baton's way: hot standbys when the scenario has them).
+#[must_use]
+pub fn fleet_spec(scenario: &Scenario) -> FleetSpec {
+    FleetSpec {
+        hosts: scenario.hosts,
+        pool: 2,
+        capacity: scenario.regions as usize + 4,
+        world_regions: scenario.regions,
+        columns: scenario.columns,
+        tick_rate: 20,
+        checkpoint_every_s: scenario.checkpoint_every_s,
+        capacity_cores: scenario.host_cores.clone(),
+        coordinator_args: if scenario.standby { vec!["--standby".into(), "on".into()] } else { Vec::new() },
+    }
 }
 
 /// Every avatar's plan: movement by the scenario's shares, regions round-robin, a ramp, churn.

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use baton_harness::fleet::{AdminApi, Fleet, FleetPlacement, FleetSpec, ServerCommandLine};
+use baton_harness::fleet::{AdminApi, Fleet, FleetPlacement, ServerCommandLine};
 use baton_harness::players::{PlayerOutcome, run_player};
 use baton_loadtest::Scenario;
 use baton_runtime::fault_point::{FAULT_POINT_VARIABLE, FaultPoint};
@@ -175,17 +175,7 @@ fn run_in(testbed: &Testbed, options: &Options) -> anyhow::Result<SoakReport> {
         scenario.avatars = avatars;
     }
     scenario.duration_s = (options.minutes * 60.0).ceil() as u64;
-    let spec = FleetSpec {
-        hosts: scenario.hosts,
-        pool: 2,
-        capacity: scenario.regions as usize + 4,
-        world_regions: scenario.regions,
-        columns: scenario.columns,
-        tick_rate: 20,
-        checkpoint_every_s: scenario.checkpoint_every_s,
-        capacity_cores: Vec::new(),
-        coordinator_args: if scenario.standby { vec!["--standby".into(), "on".into()] } else { Vec::new() },
-    };
+    let spec = baton_loadtest::run::fleet_spec(&scenario);
     let point =
         FaultPoint { phase: None, path: std::env::temp_dir().join(format!("baton-soak-fault-{}", std::process::id())) };
     let mut server = ServerCommandLine::sample(&spec)?;
