@@ -204,8 +204,20 @@ impl PlayerLink {
     }
 }
 
-/// Waits for a region's answer to a join: the region and the player's last applied input.
-type JoinWaiter = oneshot::Sender<Result<(RegionId, u64), String>>;
+/// A region's answer to a join, or to the arrival a join delivered.
+#[derive(Debug)]
+enum JoinAnswer {
+    /// The player is in the region, with its last applied input.
+    Joined(RegionId, u64),
+    /// The avatar left the region asked (or the one an arrival was sent to) across a border:
+    /// deliver it on.
+    Moved(Transfer),
+    /// Why the player could not join.
+    Refused(String),
+}
+
+/// Waits for a region's answer to a join.
+type JoinWaiter = oneshot::Sender<JoinAnswer>;
 
 struct Upstream {
     address: SocketAddr,
@@ -731,21 +743,36 @@ async fn write_reliable(mut send: quinn::SendStream, mut frames: UnboundedReceiv
 /// Joins `player` to `region` at its owner; retries while the route is in flux (a handoff).
 async fn join(inner: &Arc<Inner>, player: PlayerId, region: RegionId) -> Result<(RegionId, u64), String> {
     let mut last_error = String::from("no route");
+    // After a `JoinMoved`, the avatar to deliver instead of asking `region` again.
+    let mut moved: Option<Transfer> = None;
     for attempt in 0..25u32 {
-        if attempt > 0 {
+        if attempt > 0 && moved.is_none() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let Some((server, epoch)) = inner.routes.owner(region) else {
-            last_error = format!("region {region} has no route at this gateway");
+        let asked = moved.as_ref().map_or(region, |transfer| transfer.to);
+        let Some((server, epoch)) = inner.routes.owner(asked) else {
+            last_error = format!("region {asked} has no route at this gateway");
+            moved = None;
             continue;
         };
         let (sender, receiver) = oneshot::channel();
         inner.joins.insert(player, sender);
-        send_upstream(inner, server, GatewayMessage::Join { region, epoch, player });
+        let message = match moved.take() {
+            // The player's last crossing went out through a gateway that died before the avatar
+            // arrived, or its token names a region it has left since: the avatar goes where it
+            // was going, which takes it in or says it is there already (docs/protocol.md §10).
+            Some(transfer) => GatewayMessage::Immigrate { epoch, transfer },
+            None => GatewayMessage::Join { region, epoch, player },
+        };
+        send_upstream(inner, server, message);
         match tokio::time::timeout(Duration::from_secs(3), receiver).await {
-            Ok(Ok(Ok(joined))) => return Ok(joined),
-            Ok(Ok(Err(reason))) => last_error = format!("region {region} refused the player: {reason}"),
-            Ok(Err(_)) | Err(_) => last_error = format!("region {region} did not answer the join"),
+            Ok(Ok(JoinAnswer::Joined(region, last_applied))) => return Ok((region, last_applied)),
+            Ok(Ok(JoinAnswer::Moved(transfer))) => {
+                tracing::info!(%player, from = %transfer.from, to = %transfer.to, "the player's avatar left the region it resumes in; delivering it on");
+                moved = Some(transfer);
+            }
+            Ok(Ok(JoinAnswer::Refused(reason))) => last_error = format!("region {asked} refused the player: {reason}"),
+            Ok(Err(_)) | Err(_) => last_error = format!("region {asked} did not answer the join"),
         }
     }
     inner.joins.remove(&player);
@@ -1048,12 +1075,17 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
         }
         ServerMessage::Joined { region, player, last_applied, .. } => {
             if let Some((_, waiting)) = inner.joins.remove(&player) {
-                let _ = waiting.send(Ok((region, last_applied)));
+                let _ = waiting.send(JoinAnswer::Joined(region, last_applied));
+            }
+        }
+        ServerMessage::JoinMoved { player, transfer, .. } => {
+            if let Some((_, waiting)) = inner.joins.remove(&player) {
+                let _ = waiting.send(JoinAnswer::Moved(transfer));
             }
         }
         ServerMessage::JoinRefused { player, reason, .. } => {
             if let Some((_, waiting)) = inner.joins.remove(&player) {
-                let _ = waiting.send(Err(reason));
+                let _ = waiting.send(JoinAnswer::Refused(reason));
             }
         }
         ServerMessage::Detached { player } => {
@@ -1181,7 +1213,12 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
             }
             carry_out(inner, action);
         }
-        ServerMessage::Arrived { region, player, .. } => {
+        ServerMessage::Arrived { region, player, last_applied, .. } => {
+            // The arrival of an avatar a join delivered (after `JoinMoved`): the join's answer.
+            if let Some((_, waiting)) = inner.joins.remove(&player) {
+                let _ = waiting.send(JoinAnswer::Joined(region, last_applied));
+                return;
+            }
             inner.counters.crossings.fetch_add(1, Ordering::Relaxed);
             let waiting = table(inner).handle_arrived(player, region);
             let Some(waiting) = waiting else { return };
@@ -1195,7 +1232,14 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
                 });
             }
         }
-        ServerMessage::ImmigrationRefused { transfer, reason } => {
+        ServerMessage::ImmigrationRefused { transfer, reason, onward } => {
+            if let Some((_, waiting)) = inner.joins.remove(&transfer.player) {
+                let _ = waiting.send(match onward {
+                    Some(onward) => JoinAnswer::Moved(onward),
+                    None => JoinAnswer::Refused(reason),
+                });
+                return;
+            }
             inner.crossings_sent.remove(&transfer.player);
             tracing::info!(player = %transfer.player, to = %transfer.to, reason, "a crossing was refused; retrying");
             // The refusal counts with the crossing's earlier failures, so one that is refused

@@ -301,6 +301,7 @@ mod tests {
             last_applied: 0,
             pending: Vec::new(),
             avatar: Vec::new(),
+            crossings: 1,
         }
     }
 

@@ -27,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     pending: vec![PendingInput { seq: 5, payload: vec![1, 2, 3] }],
                     duplicates: 0,
                     early: 0,
+                    crossings: 0,
                 },
             )?;
         }

@@ -26,8 +26,8 @@ pub use baton_sdk_derive::Component;
 pub use baton_wire as wire;
 pub use component::{Component, ComponentId, Registry, RegistryError};
 pub use region::{
-    AvatarLocation, Emigrant, EntryError, PlayerUpdate, Region, RegionConfig, RegionError, RegionLogic, TickReport,
-    TickSchedule,
+    AvatarLocation, DEPARTED_KEEP, DepartedAvatar, Emigrant, EntryError, Immigration, PlayerUpdate, Region,
+    RegionConfig, RegionError, RegionLogic, TickReport, TickSchedule,
 };
 pub use rkyv;
 pub use world::{ChangeSet, EntityId, Mut, TrackerId, World, WorldDigest, WorldError};

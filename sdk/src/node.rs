@@ -39,7 +39,7 @@ use crate::handoff::{
     SourceAction, SourceConfig, SourcePhase, SourceStats, StandbyFeed, StandbyFollower, TargetAction, TargetConfig,
     TargetPhase,
 };
-use crate::region::{Emigrant, Region, RegionLogic, TickReport, TickSchedule};
+use crate::region::{Emigrant, Immigration, Region, RegionLogic, TickReport, TickSchedule};
 use crate::sessions::{GapWatch, PlayerSession, SessionError};
 use crate::world::WorldDigest;
 
@@ -1406,6 +1406,15 @@ impl<L: RegionLogic> RegionNode<L> {
         let out = &mut self.outputs;
         match (request, epoch) {
             (GatewayRequest::Join { player, gateway }, Some(epoch)) => {
+                if let Some(moved) = self.region.departed(player) {
+                    // The player left across a border; its crossing may have been lost with the
+                    // gateway that carried it: the gateway delivers the avatar on.
+                    out.push_back(Output::ToGateway {
+                        gateway,
+                        message: ServerMessage::JoinMoved { region: id, player, transfer: transfer_from(id, moved) },
+                    });
+                    return;
+                }
                 let rejoin = self.region.sessions().avatar_of(player).is_some();
                 match self.region.join_player(player) {
                     Ok(last_applied) => {
@@ -1442,9 +1451,10 @@ impl<L: RegionLogic> RegionNode<L> {
                     last_applied: transfer.last_applied,
                     pending: transfer.pending.clone(),
                     avatar: transfer.avatar.clone(),
+                    crossings: transfer.crossings,
                 };
                 match self.region.immigrate(transfer.from, &emigrant) {
-                    Ok(last_applied) => {
+                    Ok(Immigration::Arrived(last_applied)) => {
                         self.durability.crossed = true;
                         out.push_back(Output::Attach { player: emigrant.player, gateway });
                         out.push_back(Output::ToGateway {
@@ -1457,15 +1467,31 @@ impl<L: RegionLogic> RegionNode<L> {
                             },
                         });
                     }
+                    Ok(Immigration::MovedOn(onward)) => out.push_back(Output::ToGateway {
+                        gateway,
+                        message: ServerMessage::ImmigrationRefused {
+                            transfer,
+                            reason: "a stale copy: the avatar came here and left again".into(),
+                            onward: Some(transfer_from(id, onward)),
+                        },
+                    }),
                     Err(error) => out.push_back(Output::ToGateway {
                         gateway,
-                        message: ServerMessage::ImmigrationRefused { transfer, reason: error.to_string() },
+                        message: ServerMessage::ImmigrationRefused {
+                            transfer,
+                            reason: error.to_string(),
+                            onward: None,
+                        },
                     }),
                 }
             }
             (GatewayRequest::Immigrate { transfer, gateway }, None) => out.push_back(Output::ToGateway {
                 gateway,
-                message: ServerMessage::ImmigrationRefused { transfer, reason: "the region moved".into() },
+                message: ServerMessage::ImmigrationRefused {
+                    transfer,
+                    reason: "the region moved".into(),
+                    onward: None,
+                },
             }),
             (GatewayRequest::Skip { player, through }, Some(_)) => match self.region.skip_inputs(player, through) {
                 Ok(0) => {}
@@ -1680,7 +1706,8 @@ impl Durability {
 }
 
 /// What players get after each tick: their updates (with what is durable: `durable` per player,
-/// or, without checkpoints, everything applied), border views, and avatars leaving.
+/// or, without checkpoints, everything applied), border views, and avatars leaving (kept as
+/// departed for a while, and forgotten here once that is over).
 fn after_tick<L: RegionLogic>(
     region: &mut Region<L>,
     epoch: Epoch,
@@ -1690,6 +1717,7 @@ fn after_tick<L: RegionLogic>(
     gateways: &dyn Gateways,
     outputs: &mut VecDeque<Output>,
 ) {
+    region.forget_departed();
     if !gateways.any() {
         return;
     }
@@ -1725,15 +1753,9 @@ fn after_tick<L: RegionLogic>(
         }
     }
     for emigrant in region.take_emigrants(|player| gateways.serves(player)) {
-        let transfer = Transfer {
-            player: emigrant.player,
-            from: id,
-            to: emigrant.to,
-            last_applied: emigrant.last_applied,
-            pending: emigrant.pending,
-            avatar: emigrant.avatar,
-        };
-        outputs.push_back(Output::ToPlayers(vec![(emigrant.player, ServerMessage::Emigrated { epoch, transfer })]));
+        let player = emigrant.player;
+        let transfer = transfer_from(id, emigrant);
+        outputs.push_back(Output::ToPlayers(vec![(player, ServerMessage::Emigrated { epoch, transfer })]));
     }
     if settings.border_every_ticks > 0 && tick.is_multiple_of(u64::from(settings.border_every_ticks)) {
         let distance = settings.border_view_distance;
@@ -1751,6 +1773,19 @@ fn after_tick<L: RegionLogic>(
         for (toward, players) in region.players_near_borders(distance) {
             outputs.push_back(Output::Broadcast(ServerMessage::NearBorder { region: id, toward, players }));
         }
+    }
+}
+
+/// The wire form of an avatar leaving `from`.
+fn transfer_from(from: RegionId, emigrant: Emigrant) -> Transfer {
+    Transfer {
+        player: emigrant.player,
+        from,
+        to: emigrant.to,
+        last_applied: emigrant.last_applied,
+        pending: emigrant.pending,
+        avatar: emigrant.avatar,
+        crossings: emigrant.crossings,
     }
 }
 

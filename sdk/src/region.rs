@@ -24,7 +24,7 @@ use crate::component::{Registry, RegistryError};
 use crate::events::{self, TickFacts};
 use crate::physics::{Body, PhysicsConfig, PhysicsEngine, PhysicsStepStats};
 use crate::scripts::{Script, ScriptBindings, ScriptConfig, ScriptEngine, ScriptError};
-use crate::sessions::{InputOutcome, PlayerSession, ReadyInput, SessionError, Sessions};
+use crate::sessions::{InputOutcome, PendingInput, PlayerSession, ReadyInput, SessionError, Sessions};
 use crate::world::{EntityId, World, WorldError};
 
 /// The game side of a region.
@@ -116,6 +116,61 @@ pub struct Emigrant {
     pub pending: Vec<(u64, Vec<u8>)>,
     /// The avatar entity without its session ([`crate::codec::encode_bundle`]).
     pub avatar: Vec<u8>,
+    /// Borders the avatar has crossed, this one included ([`PlayerSession::crossings`]).
+    pub crossings: u64,
+}
+
+/// How long a region keeps an avatar that left it across a border ([`DepartedAvatar`]): longer
+/// than a gateway takes to notice it died plus the resume grace, the longest a player whose
+/// crossing was lost with its gateway can take to come back.
+pub const DEPARTED_KEEP: Duration = Duration::from_secs(120);
+
+/// An avatar that left the region across a border, kept on an entity of its own for
+/// [`DEPARTED_KEEP`] after it left. A crossing travels through the player's gateway; if that
+/// gateway dies with the avatar on its way, this is the only copy left. So a `Join` of a player
+/// who is not here but left from here is answered with it ([`Region::departed`]: the gateway
+/// delivers it on), and a copy of the avatar arriving here with fewer crossings than this one is
+/// stale: [`Region::immigrate`] answers with this one instead.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, crate::Component)]
+#[component(name = "baton.departed_avatar")]
+pub struct DepartedAvatar {
+    /// The player.
+    pub player: u64,
+    /// The region it went to.
+    pub to: u64,
+    /// The last input applied here.
+    pub last_applied: u64,
+    /// Inputs received here and not applied, in order.
+    pub pending: Vec<PendingInput>,
+    /// The avatar entity without its session ([`crate::codec::encode_bundle`]).
+    pub avatar: Vec<u8>,
+    /// Borders the avatar had crossed, this one included.
+    pub crossings: u64,
+    /// The tick it left in.
+    pub left_at_tick: u64,
+}
+
+impl DepartedAvatar {
+    fn emigrant(&self) -> Emigrant {
+        Emigrant {
+            player: PlayerId(self.player),
+            to: RegionId(self.to),
+            last_applied: self.last_applied,
+            pending: self.pending.iter().map(|input| (input.seq, input.payload.clone())).collect(),
+            avatar: self.avatar.clone(),
+            crossings: self.crossings,
+        }
+    }
+}
+
+/// What became of an avatar arriving across a border ([`Region::immigrate`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Immigration {
+    /// The avatar is here (it arrived now, or had arrived before); the player's last applied input.
+    Arrived(u64),
+    /// The avatar arriving is a stale copy: the live one came here and left again; here it is
+    /// as it left.
+    MovedOn(Emigrant),
 }
 
 /// Settings of a region.
@@ -216,6 +271,7 @@ pub struct Region<L: RegionLogic> {
 pub fn region_registry(logic: &dyn RegionLogic) -> Result<Registry, RegistryError> {
     let mut registry = Registry::new();
     registry.register::<PlayerSession>()?;
+    registry.register::<DepartedAvatar>()?;
     registry.register::<Script>()?;
     registry.register::<Body>()?;
     logic.register(&mut registry)?;
@@ -413,34 +469,49 @@ impl<L: RegionLogic> Region<L> {
             let Some((_, session)) = self.sessions.leave(&mut self.world, player) else { continue };
             self.world.despawn(avatar);
             events::border_crossed(self.id, to, player);
-            emigrants.push(Emigrant {
+            let emigrant = Emigrant {
                 player,
                 to,
                 last_applied: session.last_applied,
                 pending: session.pending.into_iter().map(|input| (input.seq, input.payload)).collect(),
                 avatar: bundle.to_vec(),
-            });
+                crossings: session.crossings + 1,
+            };
+            self.keep_departed(&emigrant);
+            emigrants.push(emigrant);
         }
         emigrants
     }
 
     /// Takes in an avatar that crossed from `from`: validates and spawns its entity, opens its
-    /// session where `from` left it and queues its pending inputs. Returns its last applied input.
-    pub fn immigrate(&mut self, from: RegionId, emigrant: &Emigrant) -> Result<u64, EntryError> {
-        if let Some(session) = self.session_of(emigrant.player) {
-            // The arrival delivered again after the player played on here: it is here.
-            if session.last_applied > emigrant.last_applied {
-                return Ok(session.last_applied);
+    /// session where `from` left it and queues its pending inputs.
+    ///
+    /// Of two copies of one avatar, the one with more crossings is the live one: an arrival with
+    /// no more crossings than the player's session here was delivered before (it is here); one
+    /// with more replaces the session's avatar (a copy restored from state taken before the
+    /// avatar left, after a failover); and one with fewer crossings than the avatar had when it
+    /// last left here ([`DepartedAvatar`]) is stale: the answer is [`Immigration::MovedOn`] with
+    /// the avatar as it left.
+    pub fn immigrate(&mut self, from: RegionId, emigrant: &Emigrant) -> Result<Immigration, EntryError> {
+        if let Some((entity, departed)) = self.departed_entry(emigrant.player) {
+            if departed.crossings > emigrant.crossings {
+                return Ok(Immigration::MovedOn(departed.emigrant()));
             }
-            // A copy no newer than the arriving avatar: this region was restored from a
-            // checkpoint taken before the avatar left it (a failover), or the same arrival came
-            // twice. The avatar arriving is the real one.
+            // It comes back (or a crossing turned back arrives where it started).
+            self.world.despawn(entity);
+        }
+        if let Some(session) = self.session_of(emigrant.player) {
+            if session.crossings >= emigrant.crossings {
+                return Ok(Immigration::Arrived(session.last_applied));
+            }
             self.remove_player(emigrant.player);
         }
         let avatar =
             crate::codec::apply_bundle(&mut self.world, &emigrant.avatar, crate::codec::DecodeLimits::default())
                 .map_err(|error| EntryError::InvalidAvatar { player: emigrant.player, error })?;
-        if let Err(error) = self.sessions.join_at(&mut self.world, emigrant.player, avatar, emigrant.last_applied) {
+        if let Err(error) =
+            self.sessions.join_at(&mut self.world, emigrant.player, avatar, emigrant.last_applied, emigrant.crossings)
+        {
             self.world.despawn(avatar);
             return Err(error.into());
         }
@@ -450,7 +521,61 @@ impl<L: RegionLogic> Region<L> {
                 .submit(&mut self.world, PlayerInput { player: emigrant.player, seq: *seq, payload: payload.clone() });
         }
         self.logic.arrived(&mut self.world, self.id, avatar, from);
-        Ok(emigrant.last_applied)
+        Ok(Immigration::Arrived(emigrant.last_applied))
+    }
+
+    /// The avatar of `player` as it last left this region across a border, if the player has no
+    /// session here and it left less than [`DEPARTED_KEEP`] ago.
+    #[must_use]
+    pub fn departed(&self, player: PlayerId) -> Option<Emigrant> {
+        if self.sessions.avatar_of(player).is_some() {
+            return None;
+        }
+        self.departed_entry(player).map(|(_, departed)| departed.emigrant())
+    }
+
+    fn departed_entry(&self, player: PlayerId) -> Option<(EntityId, &DepartedAvatar)> {
+        self.world.iter::<DepartedAvatar>().find(|(_, departed)| departed.player == player.0)
+    }
+
+    /// Keeps `emigrant` as the player's one [`DepartedAvatar`].
+    fn keep_departed(&mut self, emigrant: &Emigrant) {
+        if let Some((entity, _)) = self.departed_entry(emigrant.player) {
+            self.world.despawn(entity);
+        }
+        let departed = DepartedAvatar {
+            player: emigrant.player.0,
+            to: emigrant.to.0,
+            last_applied: emigrant.last_applied,
+            pending: emigrant
+                .pending
+                .iter()
+                .map(|(seq, payload)| PendingInput { seq: *seq, payload: payload.clone() })
+                .collect(),
+            avatar: emigrant.avatar.clone(),
+            crossings: emigrant.crossings,
+            left_at_tick: self.world.tick(),
+        };
+        let entity = self.world.spawn();
+        if let Err(error) = self.world.insert(entity, departed) {
+            self.world.despawn(entity);
+            tracing::error!(region = %self.id, player = %emigrant.player, %error, "cannot keep a departed avatar");
+        }
+    }
+
+    /// Forgets the avatars that left more than [`DEPARTED_KEEP`] ago.
+    pub fn forget_departed(&mut self) {
+        let keep_ticks = DEPARTED_KEEP.as_secs() * u64::from(self.config.tick_rate_hz);
+        let now = self.world.tick();
+        let expired: Vec<EntityId> = self
+            .world
+            .iter::<DepartedAvatar>()
+            .filter(|(_, departed)| departed.left_at_tick + keep_ticks <= now)
+            .map(|(entity, _)| entity)
+            .collect();
+        for entity in expired {
+            self.world.despawn(entity);
+        }
     }
 
     /// Queues a player's input for the next tick.
@@ -600,5 +725,156 @@ mod tests {
         assert_eq!(timing.late_by, Duration::from_millis(35));
         assert_eq!(timing.skipped, 2);
         assert_eq!(schedule.next_due(), start + Duration::from_millis(40));
+    }
+
+    /// Where a test avatar walks: into the region numbered `into` (0: it stays).
+    #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, crate::Component)]
+    #[component(name = "test.heading")]
+    struct Heading {
+        into: u64,
+    }
+
+    /// Avatars that cross into the region their `Heading` names.
+    struct Walkers;
+
+    impl ScriptBindings for Walkers {
+        fn read(&self, _world: &World, _entity: EntityId, _slots: &mut [f32; crate::scripts::PROPERTY_SLOTS]) {}
+        fn write(&mut self, _world: &mut World, _entity: EntityId, _slot: usize, _value: f32) {}
+    }
+
+    impl RegionLogic for Walkers {
+        fn register(&self, registry: &mut Registry) -> Result<(), RegistryError> {
+            registry.register::<Heading>().map(|_| ())
+        }
+        fn load_assets(&mut self, _scripts: &mut ScriptEngine) -> Result<(), ScriptError> {
+            Ok(())
+        }
+        fn apply_input(&mut self, _world: &mut World, _input: &ReadyInput) {}
+        fn tick(&mut self, _world: &mut World) {}
+        fn spawn_avatar(&mut self, world: &mut World, _player: PlayerId) -> Result<EntityId, EntryError> {
+            let avatar = world.spawn();
+            world.insert(avatar, Heading { into: 0 })?;
+            Ok(avatar)
+        }
+        fn avatar_location(&self, world: &World, region: RegionId, avatar: EntityId, _view: f32) -> AvatarLocation {
+            let crossed_into = world
+                .get::<Heading>(avatar)
+                .filter(|heading| heading.into != 0 && heading.into != region.0)
+                .map(|heading| RegionId(heading.into));
+            AvatarLocation { crossed_into, near: Vec::new() }
+        }
+        fn arrived(&mut self, world: &mut World, _region: RegionId, avatar: EntityId, _from: RegionId) {
+            if let Some(mut heading) = world.get_mut::<Heading>(avatar) {
+                heading.into = 0;
+            }
+        }
+    }
+
+    const A: RegionId = RegionId(1);
+    const B: RegionId = RegionId(2);
+    const PLAYER: PlayerId = PlayerId(7);
+
+    fn region(id: RegionId) -> Region<Walkers> {
+        let config = RegionConfig { tick_rate_hz: 1, ..RegionConfig::default() };
+        Region::new(id, Walkers, config).unwrap()
+    }
+
+    /// The player's avatar walks from `region` into `into`; returns it as it left.
+    fn walk(region: &mut Region<Walkers>, into: RegionId) -> Emigrant {
+        let avatar = region.sessions().avatar_of(PLAYER).unwrap();
+        region.world_mut().get_mut::<Heading>(avatar).unwrap().into = into.0;
+        let mut leaving = region.take_emigrants(|_| true);
+        assert_eq!(leaving.len(), 1);
+        leaving.remove(0)
+    }
+
+    fn sessions(region: &Region<Walkers>) -> Vec<PlayerSession> {
+        region.world().iter::<PlayerSession>().map(|(_, session)| session.clone()).collect()
+    }
+
+    #[test]
+    fn an_avatar_whose_crossing_was_lost_is_kept_where_it_left_and_taken_in_once() {
+        let (mut a, mut b) = (region(A), region(B));
+        assert_eq!(a.join_player(PLAYER).unwrap(), 0);
+        a.submit_input(PlayerInput { player: PLAYER, seq: 1, payload: vec![1] }).unwrap();
+        a.tick();
+        let left = walk(&mut a, B);
+        assert_eq!((left.crossings, left.last_applied), (1, 1));
+        assert!(a.session_of(PLAYER).is_none());
+        // The crossing never reached `B` (its gateway died): `A` still has the avatar to hand out.
+        assert_eq!(a.departed(PLAYER), Some(left.clone()));
+        assert_eq!(b.immigrate(A, &left).unwrap(), Immigration::Arrived(1));
+        // Delivered again (the crossing's gateway did deliver it before it died): still one avatar.
+        assert_eq!(b.immigrate(A, &left).unwrap(), Immigration::Arrived(1));
+        assert_eq!(sessions(&b).len(), 1);
+        assert_eq!(sessions(&b)[0].crossings, 1);
+        assert_eq!(b.departed(PLAYER), None, "the avatar is here");
+    }
+
+    #[test]
+    fn a_stale_copy_of_an_avatar_that_left_again_is_answered_with_the_avatar_as_it_left() {
+        let (mut a, mut b) = (region(A), region(B));
+        a.join_player(PLAYER).unwrap();
+        let first = walk(&mut a, B);
+        b.immigrate(A, &first).unwrap();
+        // Back towards `A`, and this crossing is lost: `A` only has the older departure.
+        let second = walk(&mut b, A);
+        assert_eq!(second.crossings, 2);
+        assert_eq!(a.departed(PLAYER), Some(first.clone()), "what a join at A hands out");
+        assert_eq!(b.immigrate(A, &first).unwrap(), Immigration::MovedOn(second.clone()));
+        assert!(sessions(&b).is_empty(), "the stale copy was not taken in");
+        assert_eq!(a.immigrate(B, &second).unwrap(), Immigration::Arrived(0));
+        assert_eq!(a.departed(PLAYER), None);
+        assert_eq!(a.world().iter::<DepartedAvatar>().count(), 0, "the older departure is forgotten");
+        assert_eq!(sessions(&a)[0].crossings, 2);
+    }
+
+    #[test]
+    fn an_avatar_with_more_crossings_replaces_an_older_copy_of_it() {
+        let (mut a, mut b) = (region(A), region(B));
+        a.join_player(PLAYER).unwrap();
+        a.submit_input(PlayerInput { player: PLAYER, seq: 1, payload: vec![1] }).unwrap();
+        a.tick();
+        let left = walk(&mut a, B);
+        // `B` holds an older copy (a fresh avatar, or state restored from before the avatar left).
+        b.join_player(PLAYER).unwrap();
+        assert_eq!(b.immigrate(A, &left).unwrap(), Immigration::Arrived(1));
+        assert_eq!(sessions(&b).len(), 1);
+        assert_eq!((sessions(&b)[0].crossings, sessions(&b)[0].last_applied), (1, 1));
+        // A copy with fewer crossings than the session is not taken in.
+        let older = Emigrant { crossings: 0, ..left };
+        assert_eq!(b.immigrate(A, &older).unwrap(), Immigration::Arrived(1));
+        assert_eq!(sessions(&b).len(), 1);
+    }
+
+    #[test]
+    fn a_departed_avatar_is_kept_for_the_keep_time_then_forgotten() {
+        let mut a = region(A);
+        a.join_player(PLAYER).unwrap();
+        walk(&mut a, B);
+        let keep_ticks = DEPARTED_KEEP.as_secs();
+        for _ in 0..keep_ticks - 1 {
+            a.tick();
+            a.forget_departed();
+        }
+        assert!(a.departed(PLAYER).is_some());
+        a.tick();
+        a.forget_departed();
+        assert_eq!(a.departed(PLAYER), None);
+        assert_eq!(a.world().iter::<DepartedAvatar>().count(), 0);
+    }
+
+    #[test]
+    fn a_player_leaving_again_keeps_one_departed_avatar() {
+        let (mut a, mut b) = (region(A), region(B));
+        a.join_player(PLAYER).unwrap();
+        let first = walk(&mut a, B);
+        b.immigrate(A, &first).unwrap();
+        let back = walk(&mut b, A);
+        a.immigrate(B, &back).unwrap();
+        let again = walk(&mut a, B);
+        assert_eq!(again.crossings, 3);
+        assert_eq!(a.world().iter::<DepartedAvatar>().count(), 1);
+        assert_eq!(a.departed(PLAYER), Some(again));
     }
 }

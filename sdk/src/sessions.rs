@@ -59,6 +59,9 @@ pub struct PlayerSession {
     pub duplicates: u64,
     /// Inputs that arrived ahead of a gap (queued until the gap fills): out of order.
     pub early: u64,
+    /// Borders the avatar has crossed since the player joined (carried across them): of two
+    /// copies of one avatar, the one with more crossings is the live one.
+    pub crossings: u64,
 }
 
 /// An input waiting to be applied.
@@ -122,24 +125,26 @@ impl Sessions {
 
     /// Adds `player` with `avatar` (an existing entity) to the region.
     pub fn join(&mut self, world: &mut World, player: PlayerId, avatar: EntityId) -> Result<(), SessionError> {
-        self.join_at(world, player, avatar, 0)
+        self.join_at(world, player, avatar, 0, 0)
     }
 
-    /// Adds `player` whose inputs up to `last_applied` were applied elsewhere (a player crossing in
-    /// from a neighbouring region keeps its sequence numbers).
+    /// Adds `player` whose inputs up to `last_applied` were applied elsewhere, after `crossings`
+    /// border crossings (a player crossing in from a neighbouring region keeps its sequence
+    /// numbers and its count of crossings).
     pub fn join_at(
         &mut self,
         world: &mut World,
         player: PlayerId,
         avatar: EntityId,
         last_applied: InputSeq,
+        crossings: u64,
     ) -> Result<(), SessionError> {
         if self.avatars.contains_key(&player) {
             return Err(SessionError::AlreadyJoined(player));
         }
         world.insert(
             avatar,
-            PlayerSession { player: player.0, last_applied, pending: Vec::new(), duplicates: 0, early: 0 },
+            PlayerSession { player: player.0, last_applied, pending: Vec::new(), duplicates: 0, early: 0, crossings },
         )?;
         self.avatars.insert(player, avatar);
         Ok(())

@@ -14,7 +14,7 @@ use baton_harness::players::{
     ClusterSpec, GatewayCluster, Movement, PlayerOutcome, PlayerPlan, patrol_player, run_player,
 };
 use baton_wire::player::CloseCode;
-use baton_wire::serve::ServerEvent;
+use baton_wire::serve::{ServerCommand, ServerEvent};
 use baton_wire::{Epoch, PlayerId, RegionId};
 
 fn spec(servers: usize, gateways: usize, gateway_args: &[&str]) -> ClusterSpec {
@@ -338,6 +338,93 @@ fn sessions_survive_address_changes_lost_connections_and_a_dead_gateway() {
         assert_eq!(view.inputs_applied, 100, "each input applied exactly once");
         assert_eq!(view.input_chain, chain, "in order");
     });
+}
+
+/// The players `server` reports in `region`.
+fn players_in(cluster: &mut GatewayCluster, server: usize, region: u64) -> Vec<PlayerId> {
+    let region = RegionId(region);
+    let process = &mut cluster.servers[server];
+    let mark = process.log.len();
+    process.command(&ServerCommand::Report { region }).unwrap();
+    let (_, event) = process
+        .wait_for(
+            mark,
+            Duration::from_secs(10),
+            |event| matches!(event, ServerEvent::Report { region: about, .. } if *about == region),
+        )
+        .unwrap();
+    let ServerEvent::Report { players, .. } = event else { unreachable!("matched a report") };
+    players.into_iter().map(|player| player.player).collect()
+}
+
+/// A border crossing travels through the player's gateway. Here the gateway is killed while the
+/// avatar walks on towards the border: the region it leaves sends the avatar to the dead gateway,
+/// so the crossing never arrives. The player resumes at the other gateway with a token naming the
+/// region it left; that region still has the avatar as it left (`JoinMoved`), the gateway delivers
+/// it on, and the player plays on in the new region with every input applied once, in order.
+#[test]
+fn an_avatar_crossing_while_its_gateway_dies_is_found_again_when_its_player_resumes() {
+    let mut cluster = GatewayCluster::start(&spec(2, 2, &["--resume-grace-s", "20"])).unwrap();
+    cluster.host(0, 1, 20).unwrap();
+    cluster.host(1, 2, 20).unwrap();
+    // Spawns 29 m west of the border with region 2 (east).
+    let player = patrol_player(true, 0);
+    let runtime = runtime();
+    let mut client = runtime.block_on(Client::connect(&cluster.client_options(0), &cluster.token(player, 1))).unwrap();
+    assert_eq!(client.region(), 1);
+    let east = vec![1, 0, 0, 0x80, 0x3f, 0, 0, 0, 0];
+    let mut chain = 0u64;
+    let mut sent = 0u64;
+    // Walk east until the avatar is a few metres from the border, every input applied.
+    runtime.block_on(async {
+        loop {
+            let seq = client.next_seq();
+            chain = baton_harness::players::chain_step(chain, seq, &east);
+            client.send_input(east.clone()).await.unwrap();
+            sent += 1;
+            let update = wait_for_update(&mut client).await.expect("updates while walking");
+            let view = sample_region_server::PlayerView::parse(&update.payload).expect("a view");
+            if view.position[0] > sample_region_server::HALF_SIZE - 3.0 && update.last_applied == sent {
+                break;
+            }
+            assert!(sent < 400, "the avatar never neared the border: {view:?}");
+        }
+    });
+    // The avatar walks on (its last input keeps it walking) and leaves region 1 through the dead
+    // gateway: neither region has it now.
+    cluster.gateways[0].kill();
+    baton_harness::wait_until(Duration::from_secs(20), "the avatar leaving region 1", || {
+        let players = players_in(&mut cluster, 0, 1);
+        if players.contains(&PlayerId(player)) { Err(format!("{players:?}")) } else { Ok(()) }
+    });
+    assert!(
+        !players_in(&mut cluster, 1, 2).contains(&PlayerId(player)),
+        "the crossing went out through the dead gateway and must not have arrived"
+    );
+
+    runtime.block_on(client.resume(cluster.gateway_addresses[1])).expect("resumed at the other gateway");
+    assert_eq!(client.region(), 2, "the session continues where the avatar went");
+    runtime.block_on(async {
+        for _ in 0..20 {
+            let seq = client.next_seq();
+            chain = baton_harness::players::chain_step(chain, seq, &east);
+            client.send_input(east.clone()).await.unwrap();
+            sent += 1;
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut view = None;
+        while Instant::now() < deadline && client.acked() < sent {
+            if let Some(update) = wait_for_update(&mut client).await {
+                view = sample_region_server::PlayerView::parse(&update.payload).or(view);
+            }
+        }
+        let view = view.expect("a view after the resume");
+        assert_eq!(client.acked(), sent, "every input acknowledged");
+        assert_eq!(view.inputs_applied, sent, "each input applied exactly once, by the avatar that crossed");
+        assert_eq!(view.input_chain, chain, "in order");
+    });
+    assert_eq!(players_in(&mut cluster, 1, 2), vec![PlayerId(player)]);
+    assert!(!players_in(&mut cluster, 0, 1).contains(&PlayerId(player)), "one avatar");
 }
 
 /// A resume token expires a grace after it was issued; the gateway sends a fresh one every third of

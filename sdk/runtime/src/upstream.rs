@@ -298,11 +298,14 @@ fn dispatch<L: RegionLogic + 'static>(
         GatewayMessage::Immigrate { epoch, transfer } => {
             let region = transfer.to;
             if !admits(region, epoch) {
-                hub.to_gateway(gateway, ServerMessage::ImmigrationRefused { transfer, reason: "not the owner".into() });
+                hub.to_gateway(
+                    gateway,
+                    ServerMessage::ImmigrationRefused { transfer, reason: "not the owner".into(), onward: None },
+                );
             } else if let Err(transfer) = send_immigrant(regions, region, transfer, gateway) {
                 hub.to_gateway(
                     gateway,
-                    ServerMessage::ImmigrationRefused { transfer, reason: "region stopped".into() },
+                    ServerMessage::ImmigrationRefused { transfer, reason: "region stopped".into(), onward: None },
                 );
             }
         }

@@ -1,4 +1,4 @@
-//! The upstream protocol (version 4): what a gateway and a region server say to each other.
+//! The upstream protocol (version 5): what a gateway and a region server say to each other.
 //!
 //! A gateway keeps one QUIC connection (mutual TLS with cluster certificates, ALPN
 //! [`ALPN_UPSTREAM`]) to each region server and multiplexes all its players routed there over
@@ -12,7 +12,11 @@
 //!
 //! Version 2 adds `durable` to [`ServerMessage::Update`]: the player's last input held in state
 //! that survives the loss of the server (the player protocol's durable acknowledgement). Version 3
-//! adds [`GatewayMessage::Skip`] (the player protocol's `Skip`, relayed).
+//! adds [`GatewayMessage::Skip`] (the player protocol's `Skip`, relayed). Version 4 adds
+//! [`ServerMessage::ResendInputs`]. Version 5 numbers each avatar's crossings
+//! ([`Transfer::crossings`]) and lets a region answer for an avatar that left it
+//! ([`ServerMessage::JoinMoved`], [`ServerMessage::ImmigrationRefused::onward`]): a crossing
+//! whose gateway died with the avatar on its way is found again when the player resumes.
 
 use std::net::SocketAddr;
 
@@ -23,7 +27,7 @@ use crate::{Epoch, PlayerId, RegionId};
 /// ALPN of the upstream protocol.
 pub const ALPN_UPSTREAM: &[u8] = b"baton-upstream/1";
 /// Version of the upstream message set.
-pub const UPSTREAM_VERSION: u16 = 4;
+pub const UPSTREAM_VERSION: u16 = 5;
 /// Largest upstream frame, in bytes.
 pub const MAX_UPSTREAM_FRAME: usize = crate::framing::MAX_FRAME_BYTES;
 
@@ -43,6 +47,10 @@ pub struct Transfer {
     /// The avatar entity: an SDK bundle archive of its components (session excluded).
     #[serde(with = "serde_bytes")]
     pub avatar: Vec<u8>,
+    /// How many borders this avatar has crossed, this one included: of two copies of one avatar
+    /// (a crossing delivered twice, a region restored from state older than a departure) the one
+    /// with more crossings is the live one.
+    pub crossings: u64,
 }
 
 /// Gateway to region server.
@@ -178,6 +186,18 @@ pub enum ServerMessage {
         /// Its last applied input.
         last_applied: u64,
     },
+    /// `player` is not in `region` but left it across a border (`transfer`, kept by `region` for
+    /// a while after the avatar left): deliver it to `transfer.to` as an `Immigrate`. The answer
+    /// to a `Join` of a player whose last crossing was lost with the gateway that carried it, or
+    /// whose resume token names a region it has left since.
+    JoinMoved {
+        /// The region asked.
+        region: RegionId,
+        /// The player.
+        player: PlayerId,
+        /// The avatar as it left `region`.
+        transfer: Transfer,
+    },
     /// `player` could not join `region`.
     JoinRefused {
         /// The region.
@@ -264,12 +284,17 @@ pub enum ServerMessage {
         /// Its last applied input.
         last_applied: u64,
     },
-    /// `transfer.to` could not take the avatar; deliver it back to `transfer.from`.
+    /// `transfer.to` could not take the avatar; deliver it back to `transfer.from`, or, with
+    /// `onward`, deliver `onward` instead.
     ImmigrationRefused {
         /// The avatar.
         transfer: Transfer,
         /// Why.
         reason: String,
+        /// The avatar came here and left again after `transfer` (it has more crossings): `transfer`
+        /// is a stale copy, and `onward` is the avatar as it left `transfer.to` (a crossing lost
+        /// with its gateway).
+        onward: Option<Transfer>,
     },
     /// The owner at `epoch` stopped `region` (saved it and let it go, the way regions were
     /// restarted before handoffs): its players' sessions end; they reconnect once it runs again.
@@ -322,6 +347,7 @@ mod tests {
                     last_applied: 3,
                     pending: vec![(4, vec![1, 2])],
                     avatar: vec![0; 100],
+                    crossings: 3,
                 },
             },
         ];
