@@ -212,12 +212,21 @@ enum JoinAnswer {
     /// The avatar left the region asked (or the one an arrival was sent to) across a border:
     /// deliver it on.
     Moved(Transfer),
-    /// Why the player could not join.
+    /// The avatar a join delivered is in the region now (the session table says which): join it
+    /// there.
+    Arrived,
+    /// Why the player could not join (or the delivered avatar could not arrive).
     Refused(String),
 }
 
-/// Waits for a region's answer to a join.
-type JoinWaiter = oneshot::Sender<JoinAnswer>;
+/// A join waiting for its answer.
+#[derive(Debug)]
+struct JoinWaiter {
+    answer: oneshot::Sender<JoinAnswer>,
+    /// The avatar the join delivered (its destination and its crossings), whose arrival or
+    /// refusal is the answer; none: the answer to a `Join`.
+    delivered: Option<(RegionId, u64)>,
+}
 
 struct Upstream {
     address: SocketAddr,
@@ -690,6 +699,12 @@ fn carry_out(inner: &Arc<Inner>, action: SessionAction) {
             if let Some((server, epoch)) = inner.routes.owner(region) {
                 send_upstream(inner, server, GatewayMessage::Leave { region, epoch, player });
             }
+            // Every region forgets the avatar it kept as it left: a later session of the player
+            // starts afresh (docs/protocol.md §10).
+            let servers: Vec<ServerId> = inner.servers.iter().map(|entry| *entry.key()).collect();
+            for server in servers {
+                send_upstream(inner, server, GatewayMessage::Forget { player });
+            }
         }
         SessionAction::Deliver { transfer, delivery } => deliver_transfer(inner, transfer, delivery),
     }
@@ -743,26 +758,40 @@ async fn write_reliable(mut send: quinn::SendStream, mut frames: UnboundedReceiv
 /// Joins `player` to `region` at its owner; retries while the route is in flux (a handoff).
 async fn join(inner: &Arc<Inner>, player: PlayerId, region: RegionId) -> Result<(RegionId, u64), String> {
     let mut last_error = String::from("no route");
-    // After a `JoinMoved`, the avatar to deliver instead of asking `region` again.
+    // After a `JoinMoved`, the avatar to deliver instead of asking a region.
     let mut moved: Option<Transfer> = None;
-    for attempt in 0..25u32 {
-        if attempt > 0 && moved.is_none() {
+    let mut pause = false;
+    for _ in 0..25u32 {
+        if std::mem::take(&mut pause) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let asked = moved.as_ref().map_or(region, |transfer| transfer.to);
-        let Some((server, epoch)) = inner.routes.owner(asked) else {
-            last_error = format!("region {asked} has no route at this gateway");
+        // A crossing of the player in flight at this gateway (a resume here while its avatar
+        // crosses) delivers the avatar: the join waits for it, then asks the region it entered.
+        if table(inner).in_transit(player) {
             moved = None;
+            last_error = format!("player {player}'s avatar is crossing a border");
+            pause = true;
+            continue;
+        }
+        let asked = match &moved {
+            Some(transfer) => transfer.to,
+            None => table(inner).region_of(player).unwrap_or(region),
+        };
+        let route = inner.routes.owner(asked).filter(|_| moved.is_none() || inner.routes.held(asked) == 0);
+        let Some((server, epoch)) = route else {
+            last_error = format!("region {asked} has no route at this gateway (or is moving)");
+            pause = true;
             continue;
         };
-        let (sender, receiver) = oneshot::channel();
-        inner.joins.insert(player, sender);
+        let (answer, receiver) = oneshot::channel();
+        let delivered = moved.as_ref().map(|transfer| (transfer.to, transfer.crossings));
+        inner.joins.insert(player, JoinWaiter { answer, delivered });
         let message = match moved.take() {
             // The player's last crossing went out through a gateway that died before the avatar
             // arrived, or its token names a region it has left since: the avatar goes where it
             // was going, which takes it in or says it is there already (docs/protocol.md §10).
             Some(transfer) => GatewayMessage::Immigrate { epoch, transfer },
-            None => GatewayMessage::Join { region, epoch, player },
+            None => GatewayMessage::Join { region: asked, epoch, player },
         };
         send_upstream(inner, server, message);
         match tokio::time::timeout(Duration::from_secs(3), receiver).await {
@@ -771,8 +800,16 @@ async fn join(inner: &Arc<Inner>, player: PlayerId, region: RegionId) -> Result<
                 tracing::info!(%player, from = %transfer.from, to = %transfer.to, "the player's avatar left the region it resumes in; delivering it on");
                 moved = Some(transfer);
             }
-            Ok(Ok(JoinAnswer::Refused(reason))) => last_error = format!("region {asked} refused the player: {reason}"),
-            Ok(Err(_)) | Err(_) => last_error = format!("region {asked} did not answer the join"),
+            // The session table says where the avatar is now: the next round joins it there.
+            Ok(Ok(JoinAnswer::Arrived)) => {}
+            Ok(Ok(JoinAnswer::Refused(reason))) => {
+                last_error = format!("region {asked} refused the player: {reason}");
+                pause = true;
+            }
+            Ok(Err(_)) | Err(_) => {
+                last_error = format!("region {asked} did not answer the join");
+                pause = true;
+            }
         }
     }
     inner.joins.remove(&player);
@@ -1074,19 +1111,13 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
             }
         }
         ServerMessage::Joined { region, player, last_applied, .. } => {
-            if let Some((_, waiting)) = inner.joins.remove(&player) {
-                let _ = waiting.send(JoinAnswer::Joined(region, last_applied));
-            }
+            answer_join(inner, player, None, JoinAnswer::Joined(region, last_applied));
         }
         ServerMessage::JoinMoved { player, transfer, .. } => {
-            if let Some((_, waiting)) = inner.joins.remove(&player) {
-                let _ = waiting.send(JoinAnswer::Moved(transfer));
-            }
+            answer_join(inner, player, None, JoinAnswer::Moved(transfer));
         }
         ServerMessage::JoinRefused { player, reason, .. } => {
-            if let Some((_, waiting)) = inner.joins.remove(&player) {
-                let _ = waiting.send(JoinAnswer::Refused(reason));
-            }
+            answer_join(inner, player, None, JoinAnswer::Refused(reason));
         }
         ServerMessage::Detached { player } => {
             table(inner).handle_detached(player);
@@ -1213,10 +1244,15 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
             }
             carry_out(inner, action);
         }
-        ServerMessage::Arrived { region, player, last_applied, .. } => {
-            // The arrival of an avatar a join delivered (after `JoinMoved`): the join's answer.
-            if let Some((_, waiting)) = inner.joins.remove(&player) {
-                let _ = waiting.send(JoinAnswer::Joined(region, last_applied));
+        ServerMessage::Arrived { region, player, .. } => {
+            // The arrival of an avatar a join delivered (after `JoinMoved`): the player is in
+            // `region` (and a crossing this gateway carried, if any, is over); the join asks there.
+            if inner.joins.get(&player).is_some_and(|waiter| waiter.delivered.is_some_and(|(to, _)| to == region)) {
+                let waiting = table(inner).handle_arrived(player, region);
+                for input in waiting.unwrap_or_default() {
+                    route_input(inner, region, input);
+                }
+                answer_join(inner, player, Some(region), JoinAnswer::Arrived);
                 return;
             }
             inner.counters.crossings.fetch_add(1, Ordering::Relaxed);
@@ -1233,20 +1269,48 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
             }
         }
         ServerMessage::ImmigrationRefused { transfer, reason, onward } => {
-            if let Some((_, waiting)) = inner.joins.remove(&transfer.player) {
-                let _ = waiting.send(match onward {
-                    Some(onward) => JoinAnswer::Moved(onward),
-                    None => JoinAnswer::Refused(reason),
-                });
+            let player = transfer.player;
+            let for_join = inner
+                .joins
+                .get(&player)
+                .is_some_and(|waiter| waiter.delivered == Some((transfer.to, transfer.crossings)));
+            if for_join {
+                let answer = onward.clone().map_or_else(|| JoinAnswer::Refused(reason.clone()), JoinAnswer::Moved);
+                answer_join(inner, player, Some(transfer.to), answer);
+                // The same avatar may be on a crossing this gateway carries: that goes on below.
+                if !table(inner).in_transit(player) {
+                    return;
+                }
+            }
+            inner.crossings_sent.remove(&player);
+            if let Some(onward) = onward {
+                // The crossing carried a stale copy: the avatar had come to `transfer.to` and left
+                // again; it goes on as it left (that crossing was lost with its gateway, or arrives
+                // again, which its destination answers).
+                tracing::info!(%player, to = %transfer.to, onward = %onward.to, "a crossing of a stale copy; delivering the avatar as it left instead");
+                if let Some(action) = table(inner).handle_moved_on(onward) {
+                    carry_out(inner, action);
+                }
                 return;
             }
-            inner.crossings_sent.remove(&transfer.player);
             tracing::info!(player = %transfer.player, to = %transfer.to, reason, "a crossing was refused; retrying");
             // The refusal counts with the crossing's earlier failures, so one that is refused
             // every time still goes back after `SEND_BACK_AFTER` of them (docs/protocol.md §10).
             table(inner).handle_immigration_refused(Instant::now(), transfer);
             inner.timers.notify_one();
         }
+    }
+}
+
+/// Hands `answer` to the player's waiting join, if it waits for it: the answer to a `Join`
+/// (`delivered` none), or to the delivery of an avatar to `delivered`.
+fn answer_join(inner: &Inner, player: PlayerId, delivered: Option<RegionId>, answer: JoinAnswer) {
+    let waited = inner
+        .joins
+        .remove_if(&player, |_, waiter| waiter.delivered.map(|(to, _)| to) == delivered)
+        .map(|(_, waiter)| waiter);
+    if let Some(waiter) = waited {
+        let _ = waiter.answer.send(answer);
     }
 }
 

@@ -220,6 +220,22 @@ impl SessionTable {
         Some(SessionAction::Deliver { transfer, delivery })
     }
 
+    /// Whether `player`'s avatar is crossing a border (its inputs wait).
+    pub(crate) fn in_transit(&self, player: PlayerId) -> bool {
+        self.sessions.get(&player).is_some_and(|record| record.transit.is_some())
+    }
+
+    /// The destination refused a crossing as a stale copy of the avatar, which had come there
+    /// and left again as `onward`: the crossing goes on with `onward` (a new delivery, counted
+    /// afresh). Nothing when the player's crossing is over already (a late answer).
+    pub(crate) fn handle_moved_on(&mut self, onward: Transfer) -> Option<SessionAction> {
+        if self.sessions.get(&onward.player).is_some_and(|record| record.transit.is_none()) {
+            return None;
+        }
+        let delivery = self.crossings.handle_emigrated(onward.player);
+        Some(SessionAction::Deliver { transfer: onward, delivery })
+    }
+
     /// The player's avatar arrived in `region`: the crossing is over; returns the inputs that
     /// waited, in order, if the player has a session here.
     pub(crate) fn handle_arrived(&mut self, player: PlayerId, region: RegionId) -> Option<Vec<PlayerInput>> {
@@ -284,6 +300,7 @@ impl SessionTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crossing::SEND_BACK_AFTER;
 
     const GRACE: Duration = Duration::from_secs(5);
     const HOME: RegionId = RegionId(1);
@@ -382,6 +399,38 @@ mod tests {
         assert_eq!(table.handle_emigrated(Transfer { from: NEXT, ..transfer(7) }), None, "crossing over: stale");
         // A player with no session here: its avatar is delivered (this gateway cannot tell).
         assert!(table.handle_emigrated(transfer(8)).is_some());
+    }
+
+    #[test]
+    fn a_crossing_refused_as_a_stale_copy_goes_on_as_the_avatar_left_and_counts_afresh() {
+        let start = Instant::now();
+        let mut table = SessionTable::new(GRACE);
+        table.handle_connected(PlayerId(7), HOME);
+        assert!(!table.in_transit(PlayerId(7)));
+        table.handle_emigrated(transfer(7));
+        assert!(table.in_transit(PlayerId(7)));
+        // Failures so far count towards turning back...
+        for _ in 0..SEND_BACK_AFTER - 1 {
+            table.handle_immigration_refused(start, transfer(7));
+        }
+        // ...until NEXT says the avatar came there and left again towards 9, as `onward`.
+        let onward = Transfer { from: NEXT, to: RegionId(9), crossings: 3, ..transfer(7) };
+        assert_eq!(
+            table.handle_moved_on(onward.clone()),
+            Some(SessionAction::Deliver { transfer: onward.clone(), delivery: Delivery::Onward })
+        );
+        assert!(table.in_transit(PlayerId(7)), "inputs still wait for the arrival");
+        table.handle_immigration_refused(start, onward.clone());
+        let retried = table.handle_timeout(start + CROSSING_RETRY);
+        assert!(
+            retried.contains(&SessionAction::Deliver { transfer: onward.clone(), delivery: Delivery::Onward }),
+            "a new count: one refusal does not turn it back ({retried:?})"
+        );
+        assert_eq!(table.handle_arrived(PlayerId(7), RegionId(9)), Some(Vec::new()));
+        assert_eq!(table.region_of(PlayerId(7)), Some(RegionId(9)));
+        // A late answer once the crossing is over changes nothing.
+        assert_eq!(table.handle_moved_on(onward), None);
+        assert!(!table.in_transit(PlayerId(7)));
     }
 
     #[test]

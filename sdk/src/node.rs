@@ -112,6 +112,12 @@ pub enum GatewayRequest {
         /// The player.
         player: PlayerId,
     },
+    /// A player left the game for good (its session ended): the avatar kept as departed, if any,
+    /// goes (protocol.md §10).
+    Forget {
+        /// The player.
+        player: PlayerId,
+    },
     /// An avatar crossing the border into this region.
     Immigrate {
         /// The avatar.
@@ -430,6 +436,10 @@ pub enum Output {
         player: PlayerId,
         /// The gateway.
         gateway: GatewayId,
+        /// Whether it takes the player over from a gateway already serving it here (a join, a
+        /// first arrival); otherwise it only serves a player no gateway serves here (an arrival
+        /// delivered again, perhaps late, by a gateway the player has left).
+        take_over: bool,
     },
     /// An input the node will not apply: back to the player's gateway to be routed again (to every
     /// gateway if the host does not know the player's).
@@ -1422,7 +1432,7 @@ impl<L: RegionLogic> RegionNode<L> {
                         // at most, so a crowd logging in does not checkpoint every tick): a host
                         // that dies before the next regular checkpoint must not take it along.
                         self.durability.joined |= !rejoin;
-                        out.push_back(Output::Attach { player, gateway });
+                        out.push_back(Output::Attach { player, gateway, take_over: true });
                         out.push_back(Output::ToGateway {
                             gateway,
                             message: ServerMessage::Joined { region: id, epoch, player, last_applied },
@@ -1444,6 +1454,8 @@ impl<L: RegionLogic> RegionNode<L> {
             (GatewayRequest::Leave { player }, None) => {
                 tracing::warn!(region = %id, %player, "a leave arrived while the region moved away; the avatar stays");
             }
+            (GatewayRequest::Forget { player }, Some(_)) => self.region.forget_departed_of(player),
+            (GatewayRequest::Forget { .. }, None) => {}
             (GatewayRequest::Immigrate { transfer, gateway }, Some(epoch)) => {
                 let emigrant = Emigrant {
                     player: transfer.player,
@@ -1454,9 +1466,10 @@ impl<L: RegionLogic> RegionNode<L> {
                     crossings: transfer.crossings,
                 };
                 match self.region.immigrate(transfer.from, &emigrant) {
-                    Ok(Immigration::Arrived(last_applied)) => {
-                        self.durability.crossed = true;
-                        out.push_back(Output::Attach { player: emigrant.player, gateway });
+                    Ok(arrival @ (Immigration::Arrived(last_applied) | Immigration::Here(last_applied))) => {
+                        let first = matches!(arrival, Immigration::Arrived(_));
+                        self.durability.crossed |= first;
+                        out.push_back(Output::Attach { player: emigrant.player, gateway, take_over: first });
                         out.push_back(Output::ToGateway {
                             gateway,
                             message: ServerMessage::Arrived {

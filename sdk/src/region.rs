@@ -166,8 +166,11 @@ impl DepartedAvatar {
 /// What became of an avatar arriving across a border ([`Region::immigrate`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Immigration {
-    /// The avatar is here (it arrived now, or had arrived before); the player's last applied input.
+    /// The avatar arrived now; the player's last applied input.
     Arrived(u64),
+    /// The avatar had arrived before (this is the same crossing delivered again); the player's
+    /// last applied input.
+    Here(u64),
     /// The avatar arriving is a stale copy: the live one came here and left again; here it is
     /// as it left.
     MovedOn(Emigrant),
@@ -502,7 +505,7 @@ impl<L: RegionLogic> Region<L> {
         }
         if let Some(session) = self.session_of(emigrant.player) {
             if session.crossings >= emigrant.crossings {
-                return Ok(Immigration::Arrived(session.last_applied));
+                return Ok(Immigration::Here(session.last_applied));
             }
             self.remove_player(emigrant.player);
         }
@@ -560,6 +563,14 @@ impl<L: RegionLogic> Region<L> {
         if let Err(error) = self.world.insert(entity, departed) {
             self.world.despawn(entity);
             tracing::error!(region = %self.id, player = %emigrant.player, %error, "cannot keep a departed avatar");
+        }
+    }
+
+    /// Forgets the avatar `player` left with, if kept: the player left the game for good, and a
+    /// later session of it must not find it.
+    pub fn forget_departed_of(&mut self, player: PlayerId) {
+        if let Some((entity, _)) = self.departed_entry(player) {
+            self.world.despawn(entity);
         }
     }
 
@@ -804,8 +815,12 @@ mod tests {
         // The crossing never reached `B` (its gateway died): `A` still has the avatar to hand out.
         assert_eq!(a.departed(PLAYER), Some(left.clone()));
         assert_eq!(b.immigrate(A, &left).unwrap(), Immigration::Arrived(1));
-        // Delivered again (the crossing's gateway did deliver it before it died): still one avatar.
-        assert_eq!(b.immigrate(A, &left).unwrap(), Immigration::Arrived(1));
+        let avatar = b.sessions().avatar_of(PLAYER).unwrap();
+        let entities = b.world().entity_count();
+        // Delivered again (the crossing's gateway did deliver it before it died): the same avatar.
+        assert_eq!(b.immigrate(A, &left).unwrap(), Immigration::Here(1));
+        assert_eq!(b.sessions().avatar_of(PLAYER), Some(avatar), "not replaced");
+        assert_eq!(b.world().entity_count(), entities);
         assert_eq!(sessions(&b).len(), 1);
         assert_eq!(sessions(&b)[0].crossings, 1);
         assert_eq!(b.departed(PLAYER), None, "the avatar is here");
@@ -842,9 +857,12 @@ mod tests {
         assert_eq!(sessions(&b).len(), 1);
         assert_eq!((sessions(&b)[0].crossings, sessions(&b)[0].last_applied), (1, 1));
         // A copy with fewer crossings than the session is not taken in.
+        let avatar = b.sessions().avatar_of(PLAYER).unwrap();
         let older = Emigrant { crossings: 0, ..left };
-        assert_eq!(b.immigrate(A, &older).unwrap(), Immigration::Arrived(1));
+        assert_eq!(b.immigrate(A, &older).unwrap(), Immigration::Here(1));
+        assert_eq!(b.sessions().avatar_of(PLAYER), Some(avatar), "not replaced");
         assert_eq!(sessions(&b).len(), 1);
+        assert_eq!(sessions(&b)[0].crossings, 1);
     }
 
     #[test]
@@ -860,6 +878,18 @@ mod tests {
         assert!(a.departed(PLAYER).is_some());
         a.tick();
         a.forget_departed();
+        assert_eq!(a.departed(PLAYER), None);
+        assert_eq!(a.world().iter::<DepartedAvatar>().count(), 0);
+    }
+
+    #[test]
+    fn a_player_who_left_the_game_is_forgotten() {
+        let mut a = region(A);
+        a.join_player(PLAYER).unwrap();
+        walk(&mut a, B);
+        a.forget_departed_of(PlayerId(99));
+        assert!(a.departed(PLAYER).is_some(), "another player's");
+        a.forget_departed_of(PLAYER);
         assert_eq!(a.departed(PLAYER), None);
         assert_eq!(a.world().iter::<DepartedAvatar>().count(), 0);
     }

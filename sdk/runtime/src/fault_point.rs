@@ -1,14 +1,17 @@
-//! Fault points: a region thread that reaches a chosen phase of a handoff stops there, says so in a
-//! file, and waits until it is told to go on, so a fault (a killed process, a link taken down) can
-//! be injected at exactly that phase. Used by the test bed's fault matrix (`baton-testbed matrix`);
+//! Fault points: a region thread that reaches a chosen phase of a handoff or of a border crossing
+//! stops there, says so in a file, and waits until it is told to go on, so a fault (a killed
+//! process, a link taken down) can be injected at exactly that phase. Used by the test bed's fault matrix (`baton-testbed matrix`);
 //! never set in production.
 //!
 //! Set with the environment variable [`FAULT_POINT_VARIABLE`] as `<phase>:<path>`, for example
 //! `frozen:/tmp/fault`. The first region thread of any process sharing `<path>` that enters
 //! `<phase>` creates `<path>` (exclusively: a fault point fires once per path, across processes)
 //! with one line, `<pid> <region> <phase>`, then waits until `<path>.release` exists, for at most
-//! [`FaultPoint::MOST_HELD`]. Phases ([`FaultPhase`]): the source's `prepare`, `snapshot`,
-//! `rounds`, `frozen` and `handed_off`, and the target's `committing`.
+//! [`FaultPoint::MOST_HELD`]. Phases ([`FaultPhase`]): of a handoff, the source's `prepare`,
+//! `snapshot`, `rounds`, `frozen` and `handed_off`, and the target's `committing`; of a border
+//! crossing, `emigrated` (the region the avatar left sent it to the player's gateway) and
+//! `immigrated` (the region it entered took it in and answered `Arrived`). `<region>` in the file
+//! is the region whose thread stopped.
 //!
 //! `armed:<path>` takes the phase from the file `<path>.phase` instead, read when a region thread
 //! enters a phase (none there: the point is disarmed). A long run arms it again and again: it
@@ -39,11 +42,15 @@ pub enum FaultPhase {
     Committing,
     /// The source learned the target owns the region.
     HandedOff,
+    /// A border crossing: the region an avatar left sent it to the player's gateway.
+    Emigrated,
+    /// A border crossing: the region an avatar entered took it in and answered `Arrived`.
+    Immigrated,
 }
 
 impl FaultPhase {
-    /// Every phase, in handoff order.
-    pub const ALL: [FaultPhase; 6] = [
+    /// The phases of a handoff, in order.
+    pub const HANDOFF: [FaultPhase; 6] = [
         FaultPhase::Prepare,
         FaultPhase::Snapshot,
         FaultPhase::Rounds,
@@ -51,6 +58,27 @@ impl FaultPhase {
         FaultPhase::Committing,
         FaultPhase::HandedOff,
     ];
+
+    /// The phases of a border crossing, in order.
+    pub const CROSSING: [FaultPhase; 2] = [FaultPhase::Emigrated, FaultPhase::Immigrated];
+
+    /// Every phase: a handoff's, then a crossing's.
+    pub const ALL: [FaultPhase; 8] = [
+        FaultPhase::Prepare,
+        FaultPhase::Snapshot,
+        FaultPhase::Rounds,
+        FaultPhase::Frozen,
+        FaultPhase::Committing,
+        FaultPhase::HandedOff,
+        FaultPhase::Emigrated,
+        FaultPhase::Immigrated,
+    ];
+
+    /// Whether it is a phase of a border crossing (otherwise of a handoff).
+    #[must_use]
+    pub fn is_crossing(self) -> bool {
+        FaultPhase::CROSSING.contains(&self)
+    }
 
     /// The name used in [`FAULT_POINT_VARIABLE`].
     #[must_use]
@@ -62,6 +90,8 @@ impl FaultPhase {
             FaultPhase::Frozen => "frozen",
             FaultPhase::Committing => "committing",
             FaultPhase::HandedOff => "handed_off",
+            FaultPhase::Emigrated => "emigrated",
+            FaultPhase::Immigrated => "immigrated",
         }
     }
 

@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use baton_sdk::handoff::{AuthorityError, HandoffSource, Message, Ownership, OwnershipAuthority, TargetPhase};
 use baton_sdk::node::{GatewayRequest, Gateways, Output, RegionNode};
+use baton_sdk::wire::upstream::ServerMessage;
 use baton_sdk::wire::{PlayerId, PlayerInput, RegionId};
 use baton_sdk::{Region, RegionLogic};
 use tokio::sync::mpsc::UnboundedSender;
@@ -194,7 +195,7 @@ pub(crate) fn run<L: RegionLogic + 'static>(
             Some(Command::Peer { .. } | Command::LinkLost { .. }) | None => {}
         }
         node.handle_timeout(Instant::now(), &*context.hub);
-        carry_out(&mut node, &context, &mut links);
+        let crossed = carry_out(&mut node, &context, &mut links);
         if let Some(point) = &context.fault_point {
             let now_in = FaultPhase::of(node.handoff().map(HandoffSource::phase), node.target_phase());
             if now_in != phase {
@@ -202,6 +203,9 @@ pub(crate) fn run<L: RegionLogic + 'static>(
                 if let Some(entered) = now_in {
                     point.reached(entered, id.0);
                 }
+            }
+            if let Some(crossed) = crossed {
+                point.reached(crossed, id.0);
             }
         }
     }
@@ -230,9 +234,15 @@ impl Links {
     }
 }
 
-/// Does what the node asks, until it asks nothing more.
-fn carry_out<L: RegionLogic + 'static>(node: &mut RegionNode<L>, context: &LoopContext<L>, links: &mut Links) {
+/// Does what the node asks, until it asks nothing more. Returns the phase of a border crossing
+/// it carried out, if any (for the fault point): an avatar sent off, or one taken in.
+fn carry_out<L: RegionLogic + 'static>(
+    node: &mut RegionNode<L>,
+    context: &LoopContext<L>,
+    links: &mut Links,
+) -> Option<FaultPhase> {
     let id = node.region().id();
+    let mut crossed = None;
     let hub = &context.hub;
     let connect = |peer, client: Option<&quinn::ClientConfig>| {
         crate::link::connect(
@@ -262,12 +272,20 @@ fn carry_out<L: RegionLogic + 'static>(node: &mut RegionNode<L>, context: &LoopC
             Output::Authority { expected, next, .. } => ask_authority(context, id, expected, next),
             Output::Owned { epoch, announce } => hub.set_owned(id, epoch, announce),
             Output::NotOwned => hub.clear_owned(id),
-            Output::ToGateway { gateway, message } => hub.to_gateway(gateway, message),
+            Output::ToGateway { gateway, message } => {
+                if matches!(message, ServerMessage::Arrived { .. }) {
+                    crossed = Some(FaultPhase::Immigrated);
+                }
+                hub.to_gateway(gateway, message);
+            }
             Output::ToPlayers(messages) => {
+                if messages.iter().any(|(_, message)| matches!(message, ServerMessage::Emigrated { .. })) {
+                    crossed = Some(FaultPhase::Emigrated);
+                }
                 hub.to_players(messages);
             }
             Output::Broadcast(message) => hub.broadcast(&message),
-            Output::Attach { player, gateway } => hub.attach(player, gateway),
+            Output::Attach { player, gateway, take_over } => hub.attach(player, gateway, take_over),
             Output::Bounce(bounced, player) => {
                 // Invariant 2: a bounced input must reach the gateway that holds the player's
                 // session. This host may not know it (the player was never attached here: a
@@ -330,6 +348,7 @@ fn carry_out<L: RegionLogic + 'static>(node: &mut RegionNode<L>, context: &LoopC
             Output::Finished => {}
         }
     }
+    crossed
 }
 
 /// Asks the authority on a blocking thread; the answer comes back as [`Command::Authority`].

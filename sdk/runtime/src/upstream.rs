@@ -109,8 +109,14 @@ impl GatewayHub {
     }
 
     /// `gateway` serves `player` from now on; a gateway that served it before is told to let go.
-    pub(crate) fn attach(&self, player: PlayerId, gateway: GatewayId) {
-        let previous = self.players.lock().ok().and_then(|mut players| players.insert(player, gateway));
+    /// Without `take_over`, only if no gateway serves the player here.
+    pub(crate) fn attach(&self, player: PlayerId, gateway: GatewayId, take_over: bool) {
+        let previous = self.players.lock().ok().and_then(|mut players| {
+            if !take_over && players.contains_key(&player) {
+                return None;
+            }
+            players.insert(player, gateway)
+        });
         if let Some(previous) = previous
             && previous != gateway
         {
@@ -261,6 +267,15 @@ fn dispatch<L: RegionLogic + 'static>(
                 send(region, Command::Gateway(GatewayRequest::Leave { player }));
             }
         }
+        GatewayMessage::Forget { player } => {
+            let senders: Vec<_> = regions
+                .lock()
+                .map(|regions| regions.values().map(|slot| slot.sender.clone()).collect())
+                .unwrap_or_default();
+            for sender in senders {
+                send_command(&sender, Command::Gateway(GatewayRequest::Forget { player }));
+            }
+        }
         GatewayMessage::Input { region, epoch, player, seq, payload } => {
             let input = PlayerInput { player, seq, payload };
             let bounced = |input: PlayerInput| ServerMessage::Bounced {
@@ -291,7 +306,7 @@ fn dispatch<L: RegionLogic + 'static>(
         GatewayMessage::Attach { region, epoch, players } => {
             if admits(region, epoch) {
                 for player in players {
-                    hub.attach(player, gateway);
+                    hub.attach(player, gateway, true);
                 }
             }
         }
@@ -458,5 +473,32 @@ mod tests {
         hub.clear_owned(REGION);
         dispatch(input(3), gateway, &hub, &regions);
         assert!(matches!(to_gateway.try_recv(), Ok(ServerMessage::Bounced { .. })));
+    }
+    /// A gateway the player has left (it resumed elsewhere) may still deliver its crossing again:
+    /// the arrival's attach does not take the player over from the gateway serving it now; a
+    /// join's does.
+    #[test]
+    fn only_a_taking_over_attach_moves_a_player_between_gateways() {
+        let (hub, old, mut to_old, _regions, _commands) = setup();
+        let (new, mut to_new) = hub.register();
+        hub.attach(PlayerId(7), new, true);
+        hub.attach(PlayerId(7), old, false);
+        assert_eq!(hub.to_players(vec![(PlayerId(7), ServerMessage::Detached { player: PlayerId(8) })]), 1);
+        assert!(matches!(to_new.try_recv(), Ok(ServerMessage::Detached { player: PlayerId(8) })), "still the new one");
+        assert!(to_old.try_recv().is_err());
+        // A player no gateway serves here is served by whoever delivers it.
+        hub.attach(PlayerId(9), old, false);
+        assert!(hub.serves(PlayerId(9)));
+        // A join takes over, and the gateway let go of is told.
+        hub.attach(PlayerId(7), old, true);
+        assert!(matches!(to_new.try_recv(), Ok(ServerMessage::Detached { player: PlayerId(7) })));
+    }
+
+    /// `Forget` reaches every region of the server, whoever owns what.
+    #[test]
+    fn a_forget_reaches_every_region() {
+        let (hub, gateway, _to_gateway, regions, commands) = setup();
+        dispatch(GatewayMessage::Forget { player: PlayerId(7) }, gateway, &hub, &regions);
+        assert!(matches!(commands.try_recv(), Ok(Command::Gateway(GatewayRequest::Forget { player: PlayerId(7) }))));
     }
 }

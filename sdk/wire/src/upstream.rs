@@ -15,8 +15,9 @@
 //! adds [`GatewayMessage::Skip`] (the player protocol's `Skip`, relayed). Version 4 adds
 //! [`ServerMessage::ResendInputs`]. Version 5 numbers each avatar's crossings
 //! ([`Transfer::crossings`]) and lets a region answer for an avatar that left it
-//! ([`ServerMessage::JoinMoved`], [`ServerMessage::ImmigrationRefused::onward`]): a crossing
-//! whose gateway died with the avatar on its way is found again when the player resumes.
+//! ([`ServerMessage::JoinMoved`], the `onward` of [`ServerMessage::ImmigrationRefused`]): a
+//! crossing whose gateway died with the avatar on its way is found again when the player resumes;
+//! [`GatewayMessage::Forget`] drops what regions kept of a player who left.
 
 use std::net::SocketAddr;
 
@@ -79,6 +80,12 @@ pub enum GatewayMessage {
         region: RegionId,
         /// The gateway's epoch for it.
         epoch: Epoch,
+        /// The player.
+        player: PlayerId,
+    },
+    /// `player` left the game for good (its session ended; sent to every server after `Leave`):
+    /// each region forgets the avatar it kept as it left, so a later session does not find it.
+    Forget {
         /// The player.
         player: PlayerId,
     },

@@ -1,5 +1,5 @@
-//! The fault matrix: a handoff across the test bed, with one fault injected at one phase of it,
-//! for each phase and each fault; per cell, whether the invariants held.
+//! The fault matrix: a handoff or a border crossing across the test bed, with one fault injected
+//! at one phase of it, for each phase and each fault; per cell, whether the invariants held.
 //!
 //! Each cell starts a fresh test bed and deployment: the coordinator (`co`), three hosts (`h1`,
 //! `h2`, `h3`: an agent each with its warm region servers), two gateways (`g0`, `g1`) and the
@@ -23,13 +23,20 @@
 //!   a report is missing because its side, or the coordinator it went to, was killed or cut off);
 //! - `serving_after_ms`: from the fault to the first update every player of region 1 received
 //!   after it (none if one never received another).
+//!
+//! A crossing cell has the same deployment with region 1 on `h1` and its eastern neighbour,
+//! region 2, on `h2`, and six players patrolling across their border (four from region 1, two from
+//! region 2). The fault point is armed once every player is in play; the first region thread
+//! that sends an avatar off (`emigrated`) or takes one in (`immigrated`) stops there. The fault
+//! hits the region the avatar leaves (`source`) or the one it enters (`target`); the checks are
+//! the same, for both regions and every player (no digest: nothing is handed off).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use baton_harness::fleet::{Fleet, FleetPlacement, FleetSpec, ServerCommandLine};
-use baton_harness::players::{Movement, PlayerOutcome, PlayerPlan, Playing, unix_ms};
+use baton_harness::players::{Movement, PlayerOutcome, PlayerPlan, Playing, patrol_player, unix_ms};
 use baton_runtime::fault_point::{FAULT_POINT_VARIABLE, FaultPhase, FaultPoint};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -87,17 +94,18 @@ impl Fault {
     }
 }
 
-/// One cell: a fault at a phase of an operation.
+/// One cell: a fault at a phase of an operation (a handoff, or a border crossing: the phase says
+/// which).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cell {
-    /// Where in the handoff.
+    /// Where in the handoff or the crossing.
     pub phase: FaultPhase,
     /// What goes wrong.
     pub fault: Fault,
 }
 
 impl Cell {
-    /// Every cell: each fault at each phase.
+    /// Every cell: each fault at each phase of a handoff, then of a crossing.
     #[must_use]
     pub fn all() -> Vec<Cell> {
         FaultPhase::ALL
@@ -106,25 +114,47 @@ impl Cell {
             .collect()
     }
 
-    /// The short form: each fault once, each at another phase.
+    /// Every cell of a handoff.
+    #[must_use]
+    pub fn handoffs() -> Vec<Cell> {
+        Cell::all().into_iter().filter(|cell| !cell.phase.is_crossing()).collect()
+    }
+
+    /// The short form: each fault once at a phase of a handoff, each at another phase; and the
+    /// gateway killed as an avatar leaves, and the target killed as it arrives.
     #[must_use]
     pub fn quick() -> Vec<Cell> {
-        Fault::ALL.into_iter().zip(FaultPhase::ALL).map(|(fault, phase)| Cell { phase, fault }).collect()
+        Fault::ALL
+            .into_iter()
+            .zip(FaultPhase::HANDOFF)
+            .map(|(fault, phase)| Cell { phase, fault })
+            .chain([
+                Cell { phase: FaultPhase::Emigrated, fault: Fault::KillGateway },
+                Cell { phase: FaultPhase::Immigrated, fault: Fault::KillTarget },
+            ])
+            .collect()
+    }
+
+    /// `crossing` or `handoff`.
+    #[must_use]
+    pub fn operation(self) -> &'static str {
+        if self.phase.is_crossing() { "crossing" } else { "handoff" }
     }
 }
 
 /// What one cell saw.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct CellReport {
-    /// `handoff`.
+    /// `handoff` or `crossing`.
     pub operation: String,
     /// The phase the fault hit (`baton_runtime::fault_point` names).
     pub phase: String,
     /// The fault.
     pub fault: String,
-    /// How the operation ended: `committed` or `aborted` (the migration's final phase), with
-    /// `+failover` when the coordinator then restored the region elsewhere; `not_reached` when
-    /// the handoff never entered the phase; `error: ...` when the cell could not run.
+    /// How the operation ended: `committed` or `aborted` (the migration's final phase), or
+    /// `crossed` (a crossing), with `+failover` when the coordinator then restored a region
+    /// elsewhere; `not_reached` when the operation never entered the phase; `error: ...` when
+    /// the cell could not run.
     pub outcome: String,
     /// One owner of the region, which the directory and the processes agree on.
     pub single_owner: bool,
@@ -154,11 +184,12 @@ pub struct CellReport {
 }
 
 impl CellReport {
-    /// The matrix table's columns: phase, fault, outcome, ok (every invariant held), single
-    /// owner, lost, duplicated, disconnects, resumes, digest, serving after.
+    /// The matrix table's columns: operation, phase, fault, outcome, ok (every invariant held),
+    /// single owner, lost, duplicated, disconnects, resumes, digest, serving after.
     #[must_use]
-    pub fn columns(&self) -> [String; 11] {
+    pub fn columns(&self) -> [String; 12] {
         [
+            self.operation.clone(),
             self.phase.clone(),
             self.fault.clone(),
             self.outcome.replace('|', "/"),
@@ -174,7 +205,8 @@ impl CellReport {
     }
 
     /// Whether every invariant held in this cell. A phase never reached fails too: every handoff
-    /// of the matrix's region has each phase, so a cell that missed its phase tested nothing.
+    /// of the matrix's region, and every crossing, has each of its phases, so a cell that missed
+    /// its phase tested nothing.
     #[must_use]
     pub fn held_up(&self) -> bool {
         !self.outcome.starts_with("error")
@@ -192,6 +224,12 @@ const MOVING: u64 = 1;
 const BYSTANDER: u64 = 2;
 const MOVERS: u64 = 4;
 const BYSTANDERS: u64 = 2;
+/// A crossing cell's regions: region 1 and its eastern neighbour (the grid is two wide).
+const WEST: u64 = 1;
+const EAST: u64 = 2;
+/// A crossing cell's players patrolling east from `WEST`, and west from `EAST`.
+const EASTBOUND: u64 = 4;
+const WESTBOUND: u64 = 2;
 
 /// Runs one cell on a fresh test bed; `Err` only when the test bed itself could not be made.
 pub fn run(cell: Cell) -> anyhow::Result<CellReport> {
@@ -200,7 +238,7 @@ pub fn run(cell: Cell) -> anyhow::Result<CellReport> {
         .map(|(name, host_byte)| SiteSpec { name: name.into(), host_byte });
     let testbed = Testbed::create(&sites)?;
     let mut report = CellReport {
-        operation: "handoff".into(),
+        operation: cell.operation().into(),
         phase: cell.phase.name().into(),
         fault: cell.fault.name().into(),
         ..CellReport::default()
@@ -240,17 +278,25 @@ fn run_in(testbed: &Testbed, cell: Cell, report: &mut CellReport) -> anyhow::Res
     let mut server = ServerCommandLine::sample(&spec)?;
     server.args.extend(["--dirty".into(), "0.04".into()]);
     let point = std::env::temp_dir().join(format!("baton-fault-{}-{}", std::process::id(), unique_suffix()));
-    let fault_point = FaultPoint { phase: Some(cell.phase), path: point.clone() };
-    server.env.push((FAULT_POINT_VARIABLE.into(), format!("{}:{}", cell.phase.name(), point.display())));
+    // A handoff's phases come only with the migration the cell starts; crossings start as soon as
+    // players patrol, so that point is armed (by file) once every player is in play.
+    let fault_point = FaultPoint { phase: (!cell.phase.is_crossing()).then_some(cell.phase), path: point.clone() };
+    let named = fault_point.phase.map_or("armed", FaultPhase::name);
+    server.env.push((FAULT_POINT_VARIABLE.into(), format!("{named}:{}", point.display())));
     let placement = FleetPlacement {
         coordinator: testbed.site("co")?,
         gateways: vec![testbed.site("g0")?, testbed.site("g1")?],
         hosts: vec![testbed.site("h1")?, testbed.site("h2")?, testbed.site("h3")?],
     };
     let mut fleet = Fleet::start_placed(&spec, server, Some(placement))?;
-    let outcome = run_fleet(testbed, &mut fleet, cell, &fault_point, report);
-    let _ = std::fs::remove_file(&point);
-    let _ = std::fs::remove_file(fault_point.release_path());
+    let outcome = if cell.phase.is_crossing() {
+        run_crossing(testbed, &mut fleet, cell, &fault_point, report)
+    } else {
+        run_fleet(testbed, &mut fleet, cell, &fault_point, report)
+    };
+    for path in [point.clone(), fault_point.release_path(), fault_point.phase_path()] {
+        let _ = std::fs::remove_file(path);
+    }
     outcome
 }
 
@@ -307,8 +353,196 @@ fn run_fleet(
     std::thread::sleep(Duration::from_secs(2));
     let outcomes = playing.finish()?;
     count_players(&outcomes, report);
-    report.serving_after_ms = serving_after(&outcomes, fault_at);
+    report.serving_after_ms = serving_after(&outcomes, fault_at, |player| player <= MOVERS);
     Ok(())
+}
+
+/// A crossing cell: players patrol across the border of `WEST` (on `h1`) and `EAST` (on `h2`);
+/// the fault hits at the first crossing after every player is in play.
+fn run_crossing(
+    testbed: &Testbed,
+    fleet: &mut Fleet,
+    cell: Cell,
+    point: &FaultPoint,
+    report: &mut CellReport,
+) -> anyhow::Result<()> {
+    fleet.wait_hosts_ready(3, 1, Duration::from_secs(60))?;
+    let (_g1, g1_address) = fleet.start_late_gateway()?;
+    let world = json!({"objects": 40, "npcs": 4, "plants": 4});
+    fleet.ok("POST", "/v1/regions", Some(json!({"region": WEST, "host": "h1", "world": world})))?;
+    fleet.ok("POST", "/v1/regions", Some(json!({"region": EAST, "host": "h2", "world": world})))?;
+    let patrols = (0..EASTBOUND)
+        .map(|index| (patrol_player(true, index), WEST, 1.0))
+        .chain((0..WESTBOUND).map(|index| (patrol_player(false, index), EAST, -1.0)));
+    let plans = patrols
+        .map(|(player, region, heading)| {
+            let plan = PlayerPlan {
+                settle_for: Duration::from_secs(30),
+                resume_at: vec![g1_address],
+                ..PlayerPlan::new(player, region, Movement::Patrol { heading }, Duration::from_secs(300))
+            };
+            (plan, fleet.token(player, region))
+        })
+        .collect();
+    let mut options = fleet.client_options();
+    options.bind = std::net::SocketAddr::new(testbed.site("pl")?.ip, 0);
+    let playing = Playing::start(&options, plans);
+    if let Err(error) = playing.wait_in_play(Duration::from_secs(30)) {
+        let why = playing.finish().err().map(|why| format!(": {why:#}")).unwrap_or_default();
+        bail!("{error}{why}");
+    }
+    std::fs::write(point.phase_path(), format!("{}\n", cell.phase.name())).context("arming the fault point")?;
+    let strike = strike_crossing(testbed, fleet, point, cell.fault)?;
+    let Some(fault_at) = strike.fault_at else {
+        report.outcome = "not_reached".into();
+        let outcomes = playing.finish()?;
+        count_players(&outcomes, report);
+        return Ok(());
+    };
+    report.held = strike.held.clone();
+    report.outcome = strike.outcome.clone();
+    report.reason = strike.reason.clone();
+    report.single_owner = strike.single_owner;
+    // Play on a while, so every player's inputs in flight land (and the avatars cross again).
+    std::thread::sleep(Duration::from_secs(2));
+    let outcomes = playing.finish()?;
+    count_players(&outcomes, report);
+    report.serving_after_ms = serving_after(&outcomes, fault_at, |_| true);
+    Ok(())
+}
+
+/// Injects `fault` when a region thread stops at the armed crossing point (the region an avatar
+/// left, at `emigrated`; the one it entered, at `immigrated`); heals what the fault heals; waits
+/// until whatever failover it led to is over and one process serves each of the two regions.
+pub(crate) fn strike_crossing(
+    testbed: &Testbed,
+    fleet: &mut Fleet,
+    point: &FaultPoint,
+    fault: Fault,
+) -> anyhow::Result<Strike> {
+    let mut strike = Strike::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let held = loop {
+        if let Some(held) = held_at(&point.path) {
+            break Some(held);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let Some((_, held_region, phase)) = held else {
+        strike.outcome = "not_reached".into();
+        return Ok(strike);
+    };
+    let other = if held_region == WEST { EAST } else { WEST };
+    let (source, target) = if phase == FaultPhase::Emigrated.name() {
+        strike.held = "source".into();
+        (held_region, other)
+    } else {
+        strike.held = "target".into();
+        (other, held_region)
+    };
+    let (source_process, source_host) = owner_of(fleet, source)?;
+    let (target_process, target_host) = owner_of(fleet, target)?;
+    let last_record = last_record_id(fleet)?;
+    strike.fault_at = Some(unix_ms());
+    let mut heal: Option<(String, Instant)> = None;
+    match fault {
+        Fault::KillSource => kill(process_pid(fleet, &source_process)?.context("the source's pid")?)?,
+        Fault::KillTarget => kill(process_pid(fleet, &target_process)?.context("the target's pid")?)?,
+        Fault::KillCoordinator => fleet.kill_coordinator(),
+        Fault::KillGateway => fleet.gateway.kill(),
+        Fault::SourceLinkDown2s => {
+            testbed.set_link(&source_host, false)?;
+            heal = Some((source_host.clone(), Instant::now() + Duration::from_secs(2)));
+        }
+        Fault::TargetLinkDown => testbed.set_link(&target_host, false)?,
+    }
+    std::fs::write(point.release_path(), b"").context("releasing the fault point")?;
+    if fault == Fault::KillCoordinator {
+        std::thread::sleep(Duration::from_secs(1));
+        fleet.restart_coordinator()?;
+    }
+    if let Some((host, at)) = heal.take() {
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        testbed.set_link(&host, true)?;
+    }
+    if fault == Fault::TargetLinkDown {
+        // The target's host is cut off for good: its region fails over; then the host comes
+        // back, and whatever it thought it owned it must let go.
+        let failed_over = wait_until_failed_over(fleet, target, last_record, Duration::from_secs(90));
+        testbed.set_link(&target_host, true)?;
+        failed_over.with_context(|| format!("region {target} after {target_host} was cut off"))?;
+        let hosts = fleet.ok("GET", "/v1/hosts", None)?.as_array().map_or(0, Vec::len);
+        fleet
+            .wait_hosts_ready(hosts, 0, Duration::from_secs(60))
+            .with_context(|| format!("{target_host} back after its link came up"))?;
+    }
+    let settled: anyhow::Result<Vec<String>> =
+        [source, target].iter().map(|region| wait_settled(fleet, *region, Duration::from_secs(90))).collect();
+    let failed_over = records_of(fleet)?.iter().any(|record| {
+        record["kind"] == "failover"
+            && record["id"].as_u64() > last_record
+            && [source, target].iter().any(|region| record["region"] == *region)
+    });
+    strike.outcome = format!("crossed{}", if failed_over { "+failover" } else { "" });
+    strike.single_owner = settled.is_ok()
+        && [source, target].iter().all(|region| wait_settled(fleet, *region, Duration::from_secs(30)).is_ok());
+    if let Err(error) = settled {
+        strike.reason = Some(format!("not settled: {error:#}"));
+    }
+    Ok(strike)
+}
+
+/// The process that owns `region` (the directory's word) and the host it runs on.
+fn owner_of(fleet: &Fleet, region: u64) -> anyhow::Result<(String, String)> {
+    let owner = wait_settled(fleet, region, Duration::from_secs(10))?;
+    let hosts = fleet.ok("GET", "/v1/hosts", None)?;
+    let host = hosts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|host| {
+            host["processes"]
+                .as_array()
+                .is_some_and(|processes| processes.iter().any(|process| process["name"] == owner))
+        })
+        .and_then(|host| host["name"].as_str().map(str::to_owned))
+        .with_context(|| format!("no host runs {owner}"))?;
+    Ok((owner, host))
+}
+
+/// The id of the newest migration or failover record, if any.
+fn last_record_id(fleet: &Fleet) -> anyhow::Result<Option<u64>> {
+    Ok(records_of(fleet)?.iter().filter_map(|record| record["id"].as_u64()).max())
+}
+
+/// Waits until a failover of `region` recorded after record `last_record` is over.
+fn wait_until_failed_over(
+    fleet: &Fleet,
+    region: u64,
+    last_record: Option<u64>,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let over = records_of(fleet).is_ok_and(|records| {
+            records.iter().any(|record| {
+                record["kind"] == "failover"
+                    && record["id"].as_u64() > last_record
+                    && record["region"] == region
+                    && matches!(record["phase"].as_str(), Some("committed" | "aborted"))
+            })
+        });
+        if over {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("no failover of region {region} ended in {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// What one fault during one migration did.
@@ -349,7 +583,7 @@ pub(crate) fn strike(
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut polls = 0u64;
     let held_pid = loop {
-        if let Some(pid) = held_at(&point.path) {
+        if let Some((pid, _, _)) = held_at(&point.path) {
             break Some(pid);
         }
         // The file every millisecond; the coordinator (sharing the machine with the handoff)
@@ -437,13 +671,16 @@ pub(crate) fn strike(
     Ok(strike)
 }
 
-/// The pid the fault point's file names, once a region thread stopped there.
-fn held_at(path: &Path) -> Option<u32> {
+/// The pid, region and phase the fault point's file names, once a region thread stopped there.
+fn held_at(path: &Path) -> Option<(u32, u64, String)> {
     let text = std::fs::read_to_string(path).ok()?;
     if !text.ends_with('\n') {
         return None;
     }
-    text.split_whitespace().next()?.parse().ok()
+    let mut words = text.split_whitespace();
+    let pid = words.next()?.parse().ok()?;
+    let region = words.next()?.parse().ok()?;
+    Some((pid, region, words.next()?.to_owned()))
 }
 
 fn kill(pid: u32) -> anyhow::Result<()> {
@@ -549,12 +786,12 @@ pub(crate) fn count_players(outcomes: &[PlayerOutcome], report: &mut CellReport)
     }
 }
 
-/// From `fault_at` (Unix ms) to the first update after it, for the player of the moving region
+/// From `fault_at` (Unix ms) to the first update after it, for the player (of those `counted`)
 /// who waited longest; none if one of them never got another.
-fn serving_after(outcomes: &[PlayerOutcome], fault_at: u64) -> Option<u64> {
+fn serving_after(outcomes: &[PlayerOutcome], fault_at: u64, counted: impl Fn(u64) -> bool) -> Option<u64> {
     outcomes
         .iter()
-        .filter(|outcome| outcome.player <= MOVERS)
+        .filter(|outcome| counted(outcome.player))
         .map(|outcome| outcome.gap_ends_unix_ms.iter().find(|at| **at >= fault_at).map(|at| at - fault_at))
         .try_fold(0, |longest, waited| waited.map(|waited| longest.max(waited)))
 }
@@ -566,15 +803,15 @@ pub fn markdown(reports: &[CellReport], command: &str) -> String {
     );
     text.push_str(&format!("Command: `{command}`\n\n"));
     text.push_str(
-        "One cell per fault at each phase of a handoff across the test bed (docs/testing.md says how a \
+        "One cell per fault at each phase of a handoff and of a border crossing across the test bed (docs/testing.md says how a \
          cell runs and what each column means). `ok` is every invariant held (`NO`: one broke).\n\n",
     );
     let held = reports.iter().filter(|report| report.held_up()).count();
     text.push_str(&format!("{held} of {} cells held every invariant.\n\n", reports.len()));
     text.push_str(
-        "| phase | fault | outcome | ok | single owner | lost | duplicated | disconnects | resumes | digest | serving after |\n",
+        "| operation | phase | fault | outcome | ok | single owner | lost | duplicated | disconnects | resumes | digest | serving after |\n",
     );
-    text.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    text.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for report in reports {
         text.push_str(&format!("| {} |\n", report.columns().join(" | ")));
     }
@@ -600,10 +837,15 @@ mod tests {
                 assert!(all.contains(&Cell { phase, fault }));
             }
         }
+        assert_eq!(Cell::handoffs().len(), FaultPhase::HANDOFF.len() * Fault::ALL.len());
+        assert!(Cell::handoffs().iter().all(|cell| cell.operation() == "handoff"));
         let quick = Cell::quick();
-        assert_eq!(quick.iter().map(|cell| cell.fault).collect::<Vec<_>>(), Fault::ALL);
-        let phases: std::collections::BTreeSet<&str> = quick.iter().map(|cell| cell.phase.name()).collect();
-        assert_eq!(phases.len(), quick.len(), "each at another phase");
+        let (crossings, handoffs): (Vec<Cell>, Vec<Cell>) = quick.iter().partition(|cell| cell.phase.is_crossing());
+        assert_eq!(handoffs.iter().map(|cell| cell.fault).collect::<Vec<_>>(), Fault::ALL);
+        let phases: std::collections::BTreeSet<&str> = handoffs.iter().map(|cell| cell.phase.name()).collect();
+        assert_eq!(phases.len(), handoffs.len(), "each at another phase");
+        assert_eq!(crossings.len(), FaultPhase::CROSSING.len(), "each phase of a crossing once");
+        assert!(crossings.iter().all(|cell| cell.operation() == "crossing"));
         for fault in Fault::ALL {
             assert_eq!(Fault::parse(fault.name()), Some(fault));
         }
@@ -642,9 +884,11 @@ mod tests {
             ..PlayerOutcome::default()
         };
         let outcomes = [player(1, &[900, 1_050, 1_100]), player(2, &[990, 1_300]), player(101, &[5_000])];
-        assert_eq!(serving_after(&outcomes, 1_000), Some(300), "a bystander's wait does not count");
+        let movers = |player| player <= MOVERS;
+        assert_eq!(serving_after(&outcomes, 1_000, movers), Some(300), "a bystander's wait does not count");
+        assert_eq!(serving_after(&outcomes, 1_000, |_| true), Some(4_000));
         let silent = [player(1, &[1_050]), player(2, &[990])];
-        assert_eq!(serving_after(&silent, 1_000), None);
+        assert_eq!(serving_after(&silent, 1_000, movers), None);
     }
 
     #[test]

@@ -255,7 +255,7 @@ fn soak(
         std::thread::spawn(move || sample_every(Duration::from_secs(10), started, &watched, &admin, &samples, &stop))
     };
     let mut rng = Rng(options.seed.max(1));
-    let cells = Cell::all();
+    let cells = Cell::handoffs();
     let mut faults = Vec::new();
     let play_ends = Duration::from_secs(scenario.ramp_s + scenario.duration_s);
     // The first fault once every avatar is in.
@@ -277,8 +277,15 @@ fn soak(
             Some(host) => host,
             None => continue,
         };
-        let candidates: Vec<String> =
-            (1..=scenario.hosts).map(|index| format!("h{index}")).filter(|host| *host != from).collect();
+        // A region never moves onto its standby's host (the coordinator refuses): not a target.
+        let standby = standby_host(fleet, region);
+        let candidates: Vec<String> = (1..=scenario.hosts)
+            .map(|index| format!("h{index}"))
+            .filter(|host| *host != from && Some(host) != standby.as_ref())
+            .collect();
+        if candidates.is_empty() {
+            continue;
+        }
         let to = candidates[rng.below(candidates.len())].clone();
         let at_s = started.elapsed().as_secs_f64();
         eprintln!(
@@ -383,6 +390,18 @@ fn disarm(point: &FaultPoint) {
     let _ = std::fs::write(point.release_path(), b"");
     let _ = std::fs::remove_file(&point.path);
     let _ = std::fs::remove_file(point.release_path());
+}
+
+/// The host of `region`'s hot standby, if it has one.
+fn standby_host(fleet: &Fleet, region: u64) -> Option<String> {
+    let standbys = fleet.ok("GET", "/v1/standbys", None).ok()?;
+    standbys
+        .as_array()?
+        .iter()
+        .find(|standby| standby["region"] == region)
+        .and_then(|standby| standby["host"].as_str())
+        .filter(|host| !host.is_empty())
+        .map(str::to_owned)
 }
 
 /// The host serving `region`, once nothing moves it.

@@ -64,13 +64,15 @@ enum Command {
     },
     /// Injects each fault (kill -9 of the source, the target, the coordinator or the players'
     /// gateway; the source host's link down for 2 s; the target host's link down) at each phase of
-    /// a handoff (prepare, snapshot, rounds, frozen, committing, handed_off), one fresh test bed
-    /// and deployment per cell, and checks per cell: one owner, no input lost or applied twice, no
-    /// player disconnected, equal digests where the handoff committed, the region serving again.
+    /// a handoff (prepare, snapshot, rounds, frozen, committing, handed_off) and of a border
+    /// crossing (emigrated, immigrated), one fresh test bed and deployment per cell, and checks per
+    /// cell: one owner, no input lost or applied twice, no player disconnected, equal digests where
+    /// the handoff committed, the regions serving again.
     /// Writes the cells as JSON (and with --markdown as a table); fails if a cell broke an
     /// invariant.
     Matrix {
-        /// The short form for CI: each fault once, each at another phase.
+        /// The short form for CI: each fault once, each at another phase of a handoff, and one cell
+        /// at each phase of a crossing.
         #[arg(long)]
         quick: bool,
         /// Only these cells, as phase:fault (e.g. frozen:kill_source,rounds:target_link_down).
@@ -281,8 +283,8 @@ fn run_matrix(
     let mut reports: Vec<CellReport> = Vec::new();
     let mut skipped = Vec::new();
     println!(
-        "{:<11} {:<20} {:<26} {:>4} {:>6} {:>5} {:>5} {:>5} {:>7} {:>7} {:>9}",
-        "phase", "fault", "outcome", "ok", "owner", "lost", "dup", "disc", "resumed", "digest", "serving"
+        "{:<9} {:<11} {:<20} {:<26} {:>4} {:>6} {:>5} {:>5} {:>5} {:>7} {:>7} {:>9}",
+        "operation", "phase", "fault", "outcome", "ok", "owner", "lost", "dup", "disc", "resumed", "digest", "serving"
     );
     for (index, cell) in cells.iter().enumerate() {
         if time_box_s > 0 && started.elapsed().as_secs() >= time_box_s {
@@ -297,10 +299,10 @@ fn run_matrix(
             cell.phase.name()
         );
         let report = matrix::run(*cell)?;
-        let [phase, fault, outcome, ok, owner, lost, duplicated, disconnects, resumes, digest, serving] =
+        let [operation, phase, fault, outcome, ok, owner, lost, duplicated, disconnects, resumes, digest, serving] =
             report.columns();
         println!(
-            "{phase:<11} {fault:<20} {:<26} {ok:>4} {owner:>6} {lost:>5} {duplicated:>5} {disconnects:>5} {resumes:>7} {digest:>7} {serving:>9}",
+            "{operation:<9} {phase:<11} {fault:<20} {:<26} {ok:>4} {owner:>6} {lost:>5} {duplicated:>5} {disconnects:>5} {resumes:>7} {digest:>7} {serving:>9}",
             outcome.chars().take(26).collect::<String>(),
         );
         if report.outcome.starts_with("error") || report.reason.is_some() {
