@@ -1402,6 +1402,18 @@ impl<L: RegionLogic> RegionNode<L> {
     }
 
     fn submit_or_bounce(&mut self, input: PlayerInput) {
+        if let Some(epoch) = self.owned_epoch()
+            && let Some(moved) = self.region.departed(input.player)
+        {
+            // The player's gateway routes it here, but its avatar left across a border: that
+            // crossing never reached the gateway (it was lost with this region's previous owner,
+            // whose standby holds the departure, or with a gateway). It goes out again, to the
+            // player's gateway only, ahead of the input bounced back (protocol.md §10).
+            let transfer = transfer_from(self.region.id(), moved);
+            tracing::info!(region = %transfer.from, to = %transfer.to, player = %input.player, "an input of a player whose avatar left; sending its crossing again");
+            self.outputs
+                .push_back(Output::ToPlayers(vec![(input.player, ServerMessage::Emigrated { epoch, transfer })]));
+        }
         submit_or_bounce(&mut self.region, input, &mut self.outputs);
     }
 
@@ -1815,6 +1827,49 @@ mod tests {
         assert_eq!(after_refusal(&SessionError::ZeroSequence), Refused::Drop);
         assert_eq!(after_refusal(&SessionError::PayloadTooLarge(4096)), Refused::Drop);
         assert_eq!(after_refusal(&SessionError::AlreadyJoined(PlayerId(1))), Refused::Drop);
+    }
+
+    #[test]
+    fn an_input_for_a_player_whose_avatar_left_sends_its_crossing_out_again_then_bounces() {
+        use crate::region::test_logic::{self, B, PLAYER};
+        let start = Instant::now();
+        let mut region = test_logic::region(test_logic::A);
+        region.join_player(PLAYER).unwrap();
+        let left = test_logic::walk(&mut region, B);
+        let settings = NodeSettings {
+            name: "here".into(),
+            address: std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
+            source: crate::handoff::SourceConfig::default(),
+            players: PlayerSettings::default(),
+            checkpoint_every_ticks: 0,
+            wall_clock: (start, 1_000_000),
+        };
+        let rewarm: Rewarm<test_logic::Walkers> = Box::new(|id| Ok(test_logic::region(id)));
+        let mut node = RegionNode::new(region, Role::Owner { epoch: Epoch(3) }, settings, rewarm, start);
+        while node.poll_output(start).is_some() {}
+        node.handle_input(start, PlayerInput { player: PLAYER, seq: 1, payload: vec![1] });
+        let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output(start)).collect();
+        let again = Transfer {
+            player: PLAYER,
+            from: test_logic::A,
+            to: B,
+            last_applied: left.last_applied,
+            pending: left.pending.clone(),
+            avatar: left.avatar.clone(),
+            crossings: 1,
+        };
+        assert!(
+            matches!(&outputs[..], [
+                Output::ToPlayers(sent),
+                Output::Bounce(ServerMessage::Bounced { seq: 1, .. }, PLAYER),
+                Output::Event(HostEvent::InputRefused { .. }),
+            ] if sent == &vec![(PLAYER, ServerMessage::Emigrated { epoch: Epoch(3), transfer: again.clone() })]),
+            "{outputs:?}"
+        );
+        // A player who never was here is only bounced.
+        node.handle_input(start, PlayerInput { player: PlayerId(99), seq: 1, payload: vec![1] });
+        let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output(start)).collect();
+        assert!(matches!(&outputs[..], [Output::Bounce(..), Output::Event(_)]), "{outputs:?}");
     }
 
     #[test]

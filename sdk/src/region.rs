@@ -718,35 +718,21 @@ impl TickSchedule {
     }
 }
 
+/// A tiny game whose avatars cross into the region their `Heading` names (tests of crossings).
 #[cfg(test)]
-mod tests {
+#[allow(clippy::unwrap_used)]
+pub(crate) mod test_logic {
     use super::*;
-
-    #[test]
-    fn schedule_keeps_a_fixed_grid_and_skips_when_far_behind() {
-        let start = Instant::now();
-        let interval = Duration::from_millis(10);
-        let mut schedule = TickSchedule::new(interval, start);
-        let timing = schedule.start_tick(start + Duration::from_millis(3));
-        assert_eq!(timing, TickTiming { late_by: Duration::from_millis(3), skipped: 0 });
-        assert_eq!(schedule.next_due(), start + interval);
-        // 35 ms late: the slots at 20 and 30 ms are skipped rather than run as a burst; the slot at
-        // 40 ms is still the latest one due, so it runs next.
-        let timing = schedule.start_tick(start + Duration::from_millis(45));
-        assert_eq!(timing.late_by, Duration::from_millis(35));
-        assert_eq!(timing.skipped, 2);
-        assert_eq!(schedule.next_due(), start + Duration::from_millis(40));
-    }
 
     /// Where a test avatar walks: into the region numbered `into` (0: it stays).
     #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, crate::Component)]
     #[component(name = "test.heading")]
-    struct Heading {
+    pub(crate) struct Heading {
         into: u64,
     }
 
     /// Avatars that cross into the region their `Heading` names.
-    struct Walkers;
+    pub(crate) struct Walkers;
 
     impl ScriptBindings for Walkers {
         fn read(&self, _world: &World, _entity: EntityId, _slots: &mut [f32; crate::scripts::PROPERTY_SLOTS]) {}
@@ -781,22 +767,44 @@ mod tests {
         }
     }
 
-    const A: RegionId = RegionId(1);
-    const B: RegionId = RegionId(2);
-    const PLAYER: PlayerId = PlayerId(7);
+    pub(crate) const A: RegionId = RegionId(1);
+    pub(crate) const B: RegionId = RegionId(2);
+    pub(crate) const PLAYER: PlayerId = PlayerId(7);
 
-    fn region(id: RegionId) -> Region<Walkers> {
+    pub(crate) fn region(id: RegionId) -> Region<Walkers> {
         let config = RegionConfig { tick_rate_hz: 1, ..RegionConfig::default() };
         Region::new(id, Walkers, config).unwrap()
     }
 
     /// The player's avatar walks from `region` into `into`; returns it as it left.
-    fn walk(region: &mut Region<Walkers>, into: RegionId) -> Emigrant {
+    pub(crate) fn walk(region: &mut Region<Walkers>, into: RegionId) -> Emigrant {
         let avatar = region.sessions().avatar_of(PLAYER).unwrap();
         region.world_mut().get_mut::<Heading>(avatar).unwrap().into = into.0;
         let mut leaving = region.take_emigrants(|_| true);
         assert_eq!(leaving.len(), 1);
         leaving.remove(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_logic::{A, B, PLAYER, Walkers, region, walk};
+    use super::*;
+
+    #[test]
+    fn schedule_keeps_a_fixed_grid_and_skips_when_far_behind() {
+        let start = Instant::now();
+        let interval = Duration::from_millis(10);
+        let mut schedule = TickSchedule::new(interval, start);
+        let timing = schedule.start_tick(start + Duration::from_millis(3));
+        assert_eq!(timing, TickTiming { late_by: Duration::from_millis(3), skipped: 0 });
+        assert_eq!(schedule.next_due(), start + interval);
+        // 35 ms late: the slots at 20 and 30 ms are skipped rather than run as a burst; the slot at
+        // 40 ms is still the latest one due, so it runs next.
+        let timing = schedule.start_tick(start + Duration::from_millis(45));
+        assert_eq!(timing.late_by, Duration::from_millis(35));
+        assert_eq!(timing.skipped, 2);
+        assert_eq!(schedule.next_due(), start + Duration::from_millis(40));
     }
 
     fn sessions(region: &Region<Walkers>) -> Vec<PlayerSession> {
