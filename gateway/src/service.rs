@@ -761,7 +761,11 @@ async fn join(inner: &Arc<Inner>, player: PlayerId, region: RegionId) -> Result<
     // After a `JoinMoved`, the avatar to deliver instead of asking a region.
     let mut moved: Option<Transfer> = None;
     let mut pause = false;
-    for _ in 0..25u32 {
+    let mut attempts = 0u32;
+    // Waiting for a crossing does not count as an attempt, but is bounded: a crossing is retried
+    // and turned back until one side takes it (`crate::crossing`), seconds at worst.
+    let crossing_deadline = Instant::now() + Duration::from_secs(30);
+    while attempts < 25 {
         if std::mem::take(&mut pause) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -770,9 +774,13 @@ async fn join(inner: &Arc<Inner>, player: PlayerId, region: RegionId) -> Result<
         if table(inner).in_transit(player) {
             moved = None;
             last_error = format!("player {player}'s avatar is crossing a border");
+            if Instant::now() > crossing_deadline {
+                break;
+            }
             pause = true;
             continue;
         }
+        attempts += 1;
         let asked = match &moved {
             Some(transfer) => transfer.to,
             None => table(inner).region_of(player).unwrap_or(region),

@@ -80,6 +80,8 @@ struct Record {
     connected: bool,
     /// Inputs waiting while the avatar crosses a border.
     transit: Option<Vec<PlayerInput>>,
+    /// The crossings count of the avatar being delivered (`Transfer::crossings`), while it crosses.
+    delivering: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -129,7 +131,8 @@ impl SessionTable {
                 Opened { generation, region: record.region, resumed: true }
             }
             None => {
-                let record = Record { generation, region: token_region, connected: true, transit: None };
+                let record =
+                    Record { generation, region: token_region, connected: true, transit: None, delivering: None };
                 self.sessions.insert(player, record);
                 Opened { generation, region: token_region, resumed: false }
             }
@@ -205,6 +208,10 @@ impl SessionTable {
     /// avatar is a stale copy (a region restored from a standby or a checkpoint taken before the
     /// player's avatar left it, still ticking it), and delivering it would give the player a second
     /// avatar beside the live one. It is dropped.
+    ///
+    /// `None` too for the crossing being delivered already (the same avatar with the same
+    /// crossings: its region sent it again, see protocol.md §10): one delivery per crossing, so a
+    /// crossing turned back can never meet a copy of itself still going onward.
     pub(crate) fn handle_emigrated(&mut self, transfer: Transfer) -> Option<SessionAction> {
         if let Some(record) = self.sessions.get_mut(&transfer.player) {
             // During a crossing the gateway cannot tell where the avatar is (its destination may
@@ -212,9 +219,13 @@ impl SessionTable {
             if record.region != transfer.from && record.transit.is_none() {
                 return None;
             }
+            if record.transit.is_some() && record.delivering == Some(transfer.crossings) {
+                return None;
+            }
             if record.transit.is_none() {
                 record.transit = Some(Vec::new());
             }
+            record.delivering = Some(transfer.crossings);
         }
         let delivery = self.crossings.handle_emigrated(transfer.player);
         Some(SessionAction::Deliver { transfer, delivery })
@@ -229,8 +240,10 @@ impl SessionTable {
     /// and left again as `onward`: the crossing goes on with `onward` (a new delivery, counted
     /// afresh). Nothing when the player's crossing is over already (a late answer).
     pub(crate) fn handle_moved_on(&mut self, onward: Transfer) -> Option<SessionAction> {
-        if self.sessions.get(&onward.player).is_some_and(|record| record.transit.is_none()) {
-            return None;
+        if let Some(record) = self.sessions.get_mut(&onward.player) {
+            // A late answer: the crossing is over.
+            record.transit.as_ref()?;
+            record.delivering = Some(onward.crossings);
         }
         let delivery = self.crossings.handle_emigrated(onward.player);
         Some(SessionAction::Deliver { transfer: onward, delivery })
@@ -242,6 +255,7 @@ impl SessionTable {
         self.crossings.handle_arrived(player);
         let record = self.sessions.get_mut(&player)?;
         record.region = region;
+        record.delivering = None;
         Some(record.transit.take().unwrap_or_default())
     }
 
@@ -383,6 +397,20 @@ mod tests {
     }
 
     #[test]
+    fn a_crossing_sent_again_while_it_is_delivered_is_not_delivered_twice() {
+        let mut table = SessionTable::new(GRACE);
+        table.handle_connected(PlayerId(7), HOME);
+        assert!(table.handle_emigrated(transfer(7)).is_some());
+        assert_eq!(table.handle_emigrated(transfer(7)), None, "its region sent it again");
+        // The avatar's next crossing (one more) during the same transit is another one.
+        let next = Transfer { from: NEXT, to: RegionId(9), crossings: 2, ..transfer(7) };
+        assert!(table.handle_emigrated(next.clone()).is_some());
+        table.handle_arrived(PlayerId(7), RegionId(9));
+        // After the arrival, the same crossing again is a stale copy's (the player is elsewhere).
+        assert_eq!(table.handle_emigrated(next), None);
+    }
+
+    #[test]
     fn an_avatar_leaving_a_region_its_player_is_not_in_is_a_stale_copy_and_is_dropped() {
         let mut table = SessionTable::new(GRACE);
         table.handle_connected(PlayerId(7), HOME);
@@ -394,9 +422,15 @@ mod tests {
         // During the live avatar's crossing the gateway cannot tell: an avatar leaving its
         // destination (taken in there, arrival not heard yet) goes on.
         assert!(table.handle_emigrated(transfer(7)).is_some());
-        assert!(table.handle_emigrated(Transfer { from: NEXT, to: RegionId(9), ..transfer(7) }).is_some());
+        assert!(
+            table.handle_emigrated(Transfer { from: NEXT, to: RegionId(9), crossings: 2, ..transfer(7) }).is_some()
+        );
         assert_eq!(table.handle_arrived(PlayerId(7), RegionId(9)), Some(Vec::new()));
-        assert_eq!(table.handle_emigrated(Transfer { from: NEXT, ..transfer(7) }), None, "crossing over: stale");
+        assert_eq!(
+            table.handle_emigrated(Transfer { from: NEXT, crossings: 3, ..transfer(7) }),
+            None,
+            "crossing over: stale"
+        );
         // A player with no session here: its avatar is delivered (this gateway cannot tell).
         assert!(table.handle_emigrated(transfer(8)).is_some());
     }
@@ -420,6 +454,7 @@ mod tests {
             Some(SessionAction::Deliver { transfer: onward.clone(), delivery: Delivery::Onward })
         );
         assert!(table.in_transit(PlayerId(7)), "inputs still wait for the arrival");
+        assert_eq!(table.handle_emigrated(onward.clone()), None, "the same crossing sent again: one delivery");
         table.handle_immigration_refused(start, onward.clone());
         let retried = table.handle_timeout(start + CROSSING_RETRY);
         assert!(

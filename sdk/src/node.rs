@@ -39,8 +39,8 @@ use crate::handoff::{
     SourceAction, SourceConfig, SourcePhase, SourceStats, StandbyFeed, StandbyFollower, TargetAction, TargetConfig,
     TargetPhase,
 };
-use crate::region::{Emigrant, Immigration, Region, RegionLogic, TickReport, TickSchedule};
-use crate::sessions::{GapWatch, PlayerSession, SessionError};
+use crate::region::{DEPARTED_KEEP, Emigrant, Immigration, Region, RegionLogic, TickReport, TickSchedule};
+use crate::sessions::{GAP_RESEND_TICKS, GapWatch, PlayerSession, SessionError};
 use crate::world::WorldDigest;
 
 /// Identifies a gateway connection on the host.
@@ -508,6 +508,8 @@ pub struct RegionNode<L: RegionLogic> {
     durability: Durability,
     /// Players waiting at a gap in their inputs, to ask for them again.
     gaps: GapWatch,
+    /// Per player whose avatar left, the tick its crossing was last sent out again.
+    departures_resent: HashMap<PlayerId, u64>,
     reported_phase: Option<SourcePhase>,
     outputs: VecDeque<Output>,
 }
@@ -540,6 +542,7 @@ impl<L: RegionLogic> RegionNode<L> {
             state,
             late_receiver: None,
             deferred: Vec::new(),
+            departures_resent: HashMap::new(),
             load_window: (0, Duration::ZERO, Duration::ZERO),
             standby_bytes: 0,
             reported_phase: None,
@@ -1402,13 +1405,23 @@ impl<L: RegionLogic> RegionNode<L> {
     }
 
     fn submit_or_bounce(&mut self, input: PlayerInput) {
-        if let Some(epoch) = self.owned_epoch()
+        let tick = self.region.world().tick();
+        let due = self.departures_resent.get(&input.player).is_none_or(|at| *at + GAP_RESEND_TICKS <= tick);
+        if due
+            && let Some(epoch) = self.owned_epoch()
             && let Some(moved) = self.region.departed(input.player)
         {
+            if self.departures_resent.len() >= 1024 {
+                let keep = DEPARTED_KEEP.as_secs() * u64::from(self.region.config().tick_rate_hz);
+                self.departures_resent.retain(|_, at| *at + keep > tick);
+            }
+            self.departures_resent.insert(input.player, tick);
             // The player's gateway routes it here, but its avatar left across a border: that
             // crossing never reached the gateway (it was lost with this region's previous owner,
             // whose standby holds the departure, or with a gateway). It goes out again, to the
-            // player's gateway only, ahead of the input bounced back (protocol.md §10).
+            // player's gateway only, ahead of the input bounced back, at most once every
+            // `GAP_RESEND_TICKS` per player (inputs in flight during any crossing come here too;
+            // the gateway delivers one crossing once; protocol.md §10).
             let transfer = transfer_from(self.region.id(), moved);
             tracing::info!(region = %transfer.from, to = %transfer.to, player = %input.player, "an input of a player whose avatar left; sending its crossing again");
             self.outputs
@@ -1866,6 +1879,10 @@ mod tests {
             ] if sent == &vec![(PLAYER, ServerMessage::Emigrated { epoch: Epoch(3), transfer: again.clone() })]),
             "{outputs:?}"
         );
+        // The next input soon after: only bounced (the crossing went out again just now).
+        node.handle_input(start, PlayerInput { player: PLAYER, seq: 2, payload: vec![1] });
+        let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output(start)).collect();
+        assert!(matches!(&outputs[..], [Output::Bounce(..), Output::Event(_)]), "{outputs:?}");
         // A player who never was here is only bounced.
         node.handle_input(start, PlayerInput { player: PlayerId(99), seq: 1, payload: vec![1] });
         let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output(start)).collect();

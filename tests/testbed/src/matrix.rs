@@ -329,6 +329,13 @@ fn run_fleet(
             (plan, fleet.token(player, region))
         })
         .collect();
+    let playing = start_playing(testbed, fleet, plans)?;
+    let strike = strike(testbed, fleet, point, MOVING, ("h1", "h2"), cell.fault)?;
+    finish_cell(playing, &strike, report, |player| player <= MOVERS)
+}
+
+/// Starts the cell's players on the players' site; returns once every one is in play.
+fn start_playing(testbed: &Testbed, fleet: &Fleet, plans: Vec<(PlayerPlan, String)>) -> anyhow::Result<Playing> {
     let mut options = fleet.client_options();
     options.bind = std::net::SocketAddr::new(testbed.site("pl")?.ip, 0);
     let playing = Playing::start(&options, plans);
@@ -336,24 +343,33 @@ fn run_fleet(
         let why = playing.finish().err().map(|why| format!(": {why:#}")).unwrap_or_default();
         bail!("{error}{why}");
     }
-    let strike = strike(testbed, fleet, point, MOVING, ("h1", "h2"), cell.fault)?;
+    Ok(playing)
+}
+
+/// Records what `strike` did, plays on a while (so every player's inputs in flight land), stops
+/// the players and counts what they saw; `counted` says whose wait for an update after the fault
+/// is the region's `serving_after_ms`.
+fn finish_cell(
+    playing: Playing,
+    strike: &Strike,
+    report: &mut CellReport,
+    counted: impl Fn(u64) -> bool,
+) -> anyhow::Result<()> {
+    report.outcome = strike.outcome.clone();
     let Some(fault_at) = strike.fault_at else {
-        report.outcome = "not_reached".into();
         let outcomes = playing.finish()?;
         count_players(&outcomes, report);
         return Ok(());
     };
     report.held = strike.held.clone();
-    report.outcome = strike.outcome.clone();
     report.reason = strike.reason.clone();
     report.digest_ok = strike.digest_ok;
     report.digests = strike.digests.clone();
     report.single_owner = strike.single_owner;
-    // Play on a while on the settled region, so every player's inputs in flight land.
     std::thread::sleep(Duration::from_secs(2));
     let outcomes = playing.finish()?;
     count_players(&outcomes, report);
-    report.serving_after_ms = serving_after(&outcomes, fault_at, |player| player <= MOVERS);
+    report.serving_after_ms = serving_after(&outcomes, fault_at, counted);
     Ok(())
 }
 
@@ -384,31 +400,10 @@ fn run_crossing(
             (plan, fleet.token(player, region))
         })
         .collect();
-    let mut options = fleet.client_options();
-    options.bind = std::net::SocketAddr::new(testbed.site("pl")?.ip, 0);
-    let playing = Playing::start(&options, plans);
-    if let Err(error) = playing.wait_in_play(Duration::from_secs(30)) {
-        let why = playing.finish().err().map(|why| format!(": {why:#}")).unwrap_or_default();
-        bail!("{error}{why}");
-    }
+    let playing = start_playing(testbed, fleet, plans)?;
     std::fs::write(point.phase_path(), format!("{}\n", cell.phase.name())).context("arming the fault point")?;
     let strike = strike_crossing(testbed, fleet, point, cell.fault)?;
-    let Some(fault_at) = strike.fault_at else {
-        report.outcome = "not_reached".into();
-        let outcomes = playing.finish()?;
-        count_players(&outcomes, report);
-        return Ok(());
-    };
-    report.held = strike.held.clone();
-    report.outcome = strike.outcome.clone();
-    report.reason = strike.reason.clone();
-    report.single_owner = strike.single_owner;
-    // Play on a while, so every player's inputs in flight land (and the avatars cross again).
-    std::thread::sleep(Duration::from_secs(2));
-    let outcomes = playing.finish()?;
-    count_players(&outcomes, report);
-    report.serving_after_ms = serving_after(&outcomes, fault_at, |_| true);
-    Ok(())
+    finish_cell(playing, &strike, report, |_| true)
 }
 
 /// Injects `fault` when a region thread stops at the armed crossing point (the region an avatar
@@ -447,26 +442,13 @@ pub(crate) fn strike_crossing(
     let (target_process, target_host) = owner_of(fleet, target)?;
     let last_record = last_record_id(fleet)?;
     strike.fault_at = Some(unix_ms());
-    let mut heal: Option<(String, Instant)> = None;
-    match fault {
-        Fault::KillSource => kill(process_pid(fleet, &source_process)?.context("the source's pid")?)?,
-        Fault::KillTarget => kill(process_pid(fleet, &target_process)?.context("the target's pid")?)?,
-        Fault::KillCoordinator => fleet.kill_coordinator(),
-        Fault::KillGateway => fleet.gateway.kill(),
-        Fault::SourceLinkDown2s => {
-            testbed.set_link(&source_host, false)?;
-            heal = Some((source_host.clone(), Instant::now() + Duration::from_secs(2)));
-        }
-        Fault::TargetLinkDown => testbed.set_link(&target_host, false)?,
-    }
-    std::fs::write(point.release_path(), b"").context("releasing the fault point")?;
-    if fault == Fault::KillCoordinator {
-        std::thread::sleep(Duration::from_secs(1));
-        fleet.restart_coordinator()?;
-    }
-    if let Some((host, at)) = heal.take() {
-        std::thread::sleep(at.saturating_duration_since(Instant::now()));
-        testbed.set_link(&host, true)?;
+    let pids = (process_pid(fleet, &source_process)?, process_pid(fleet, &target_process)?);
+    inject(testbed, fleet, point, fault, pids, (&source_host, &target_host))?;
+    if matches!(fault, Fault::KillSource | Fault::KillTarget) {
+        // A killed owner's region fails over (its agent starts the process again, empty).
+        let killed = if fault == Fault::KillSource { source } else { target };
+        wait_until_failed_over(fleet, killed, last_record, Duration::from_secs(90))
+            .with_context(|| format!("region {killed} after its owner was killed"))?;
     }
     if fault == Fault::TargetLinkDown {
         // The target's host is cut off for good: its region fails over; then the host comes
@@ -608,27 +590,7 @@ pub(crate) fn strike(
     let target = process_pid(fleet, record["to_process"].as_str().unwrap_or_default())?;
     strike.held = if Some(held_pid) == source { "source" } else { "target" }.into();
     strike.fault_at = Some(unix_ms());
-    let mut heal: Option<(&str, Instant)> = None;
-    match fault {
-        Fault::KillSource => kill(source.context("the source's pid")?)?,
-        Fault::KillTarget => kill(target.context("the target's pid")?)?,
-        Fault::KillCoordinator => fleet.kill_coordinator(),
-        Fault::KillGateway => fleet.gateway.kill(),
-        Fault::SourceLinkDown2s => {
-            testbed.set_link(from_host, false)?;
-            heal = Some((from_host, Instant::now() + Duration::from_secs(2)));
-        }
-        Fault::TargetLinkDown => testbed.set_link(to_host, false)?,
-    }
-    std::fs::write(point.release_path(), b"").context("releasing the fault point")?;
-    if fault == Fault::KillCoordinator {
-        std::thread::sleep(Duration::from_secs(1));
-        fleet.restart_coordinator()?;
-    }
-    if let Some((host, at)) = heal.take() {
-        std::thread::sleep(at.saturating_duration_since(Instant::now()));
-        testbed.set_link(host, true)?;
-    }
+    inject(testbed, fleet, point, fault, (source, target), (from_host, to_host))?;
     // The migration ends, and so does whatever failover it led to; then one process serves the
     // region again.
     let record = wait_final(fleet, id, Duration::from_secs(90))?;
@@ -669,6 +631,42 @@ pub(crate) fn strike(
         strike.reason.get_or_insert_with(String::new).push_str(&format!(" (not settled: {error:#})"));
     }
     Ok(strike)
+}
+
+/// Injects `fault` (`pids` and `hosts`: the source's and the target's), lets the thread held at
+/// `point` go on, and heals what heals by itself: the coordinator is started again a second
+/// later, a source link cut for 2 s comes back. A target's link cut stays down (the caller
+/// brings it back).
+fn inject(
+    testbed: &Testbed,
+    fleet: &mut Fleet,
+    point: &FaultPoint,
+    fault: Fault,
+    pids: (Option<u32>, Option<u32>),
+    hosts: (&str, &str),
+) -> anyhow::Result<()> {
+    let mut heal: Option<Instant> = None;
+    match fault {
+        Fault::KillSource => kill(pids.0.context("the source's pid")?)?,
+        Fault::KillTarget => kill(pids.1.context("the target's pid")?)?,
+        Fault::KillCoordinator => fleet.kill_coordinator(),
+        Fault::KillGateway => fleet.gateway.kill(),
+        Fault::SourceLinkDown2s => {
+            testbed.set_link(hosts.0, false)?;
+            heal = Some(Instant::now() + Duration::from_secs(2));
+        }
+        Fault::TargetLinkDown => testbed.set_link(hosts.1, false)?,
+    }
+    std::fs::write(point.release_path(), b"").context("releasing the fault point")?;
+    if fault == Fault::KillCoordinator {
+        std::thread::sleep(Duration::from_secs(1));
+        fleet.restart_coordinator()?;
+    }
+    if let Some(at) = heal {
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        testbed.set_link(hosts.0, true)?;
+    }
+    Ok(())
 }
 
 /// The pid, region and phase the fault point's file names, once a region thread stopped there.
