@@ -80,7 +80,8 @@ struct Record {
     connected: bool,
     /// Inputs waiting while the avatar crosses a border.
     transit: Option<Vec<PlayerInput>>,
-    /// The crossings count of the avatar being delivered (`Transfer::crossings`), while it crosses.
+    /// The crossings count of the avatar being delivered (`Transfer::crossings`); read only while
+    /// it crosses (`transit`), set whenever a crossing starts.
     delivering: Option<u64>,
 }
 
@@ -255,7 +256,6 @@ impl SessionTable {
         self.crossings.handle_arrived(player);
         let record = self.sessions.get_mut(&player)?;
         record.region = region;
-        record.delivering = None;
         Some(record.transit.take().unwrap_or_default())
     }
 
