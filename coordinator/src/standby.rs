@@ -6,15 +6,18 @@
 //! host other than the owner's (anti-affinity), prepare an empty slot there, tell the owner to
 //! feed it, and watch it hold ticks. It ends (releasing the process) when the feed or the standby
 //! fails, when the region's owner changes (a migration, a failover that did not promote it), or
-//! when a step takes too long; [`Standbys`] then makes a new one after a pause. A failover takes a
-//! placement that holds a tick of the lost owner's epoch out of the table ([`Standbys::take`]) and
-//! promotes its process.
+//! when a step takes too long; [`Standbys`] then makes a new one after a pause. A standby that
+//! reports holding a tick of the region's owner while no placement knows it (one made before the
+//! coordinator restarted: the owner still feeds it and refuses a second feed) is adopted as the
+//! region's placement ([`Placement::adopt`]). A failover takes a placement that holds a tick of
+//! the lost owner's epoch out of the table ([`Standbys::take`]) and promotes its process.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use baton_wire::authority::OwnershipAuthority;
 use baton_wire::serve::{ServerCommand, ServerEvent};
 use baton_wire::{Epoch, RegionId};
 use serde::Serialize;
@@ -134,6 +137,47 @@ impl Placement {
             owner_silent_since: None,
         };
         (placement, vec![HostAction::Claim { host: host.to_owned() }])
+    }
+
+    /// Takes over a standby that reports holding `tick` of `owner` on `host`'s `process` but
+    /// that no placement knows: one made before the coordinator restarted. Its owner goes on
+    /// feeding it (and refuses a second feed), so it is the region's standby.
+    #[must_use]
+    pub fn adopt(
+        region: RegionId,
+        owner: OwnerAt,
+        host: &str,
+        process: &str,
+        tick: u64,
+        settings: StandbySettings,
+        now: Instant,
+    ) -> Placement {
+        Placement {
+            region,
+            owner,
+            step: Step::Holding { host: host.to_owned(), process: process.to_owned(), tick },
+            step_started: now,
+            settings,
+            ended: None,
+            bytes: None,
+            bytes_per_second: 0.0,
+            owner_silent_since: None,
+        }
+    }
+
+    /// Whether a standby that no placement knows, reporting from `host`'s `process` that it
+    /// holds a tick of `owner`, should replace this placement: it does unless this placement
+    /// follows the same owner and is that process or already fed (an owner feeds one standby
+    /// at a time).
+    #[must_use]
+    pub fn yields_to(&self, owner: &OwnerAt, host: &str, process: &str) -> bool {
+        let fed = matches!(self.step, Step::Feeding { .. } | Step::Holding { .. } | Step::Detached { .. });
+        !(*owner == self.owner && (fed || self.process() == Some((host, process))))
+    }
+
+    /// Ends this placement because an adopted standby replaces it (its claimed process goes back).
+    pub fn replaced(&mut self) -> Vec<HostAction> {
+        self.end("a standby made before the coordinator restarted holds the region".into())
     }
 
     /// Whether it is over.
@@ -403,6 +447,46 @@ struct StandbyState {
     placements: HashMap<RegionId, Placement>,
     /// When a region's last standby ended (the next waits `retry_after`).
     ended: HashMap<RegionId, Instant>,
+    /// Processes released lately, by host and name: a report they send on their way out is
+    /// not a standby to adopt.
+    released: HashMap<(String, String), Instant>,
+}
+
+/// How long a released process's reports are not taken as a standby to adopt.
+const RELEASED_KEEP: Duration = Duration::from_secs(60);
+
+impl StandbyState {
+    /// Takes `event` as a standby to adopt when it reports holding a tick of `owner` (the
+    /// region's owner now, serving) from a process no placement of the region knows (see
+    /// [`Placement::adopt`]); returns what the placement it replaces releases.
+    fn adopt(
+        &mut self,
+        event: &ProcessEvent,
+        owner: Option<OwnerAt>,
+        settings: StandbySettings,
+        now: Instant,
+    ) -> Vec<(RegionId, HostAction)> {
+        let Happened::Event(ServerEvent::StandbyHolding { region, owner_epoch, tick, .. }) = &event.happened else {
+            return Vec::new();
+        };
+        let Some(owner) = owner.filter(|owner| owner.epoch == *owner_epoch && owner.host != event.host) else {
+            return Vec::new();
+        };
+        let key = (event.host.clone(), event.process.clone());
+        if self.released.get(&key).is_some_and(|at| now.duration_since(*at) < RELEASED_KEEP) {
+            return Vec::new();
+        }
+        let mut released = Vec::new();
+        match self.placements.get_mut(region) {
+            Some(placement) if !placement.yields_to(&owner, &event.host, &event.process) => return Vec::new(),
+            Some(placement) => released = placement.replaced(),
+            None => {}
+        }
+        tracing::info!(region = %region, host = event.host, process = event.process, tick, "adopting a standby");
+        let adopted = Placement::adopt(*region, owner, &event.host, &event.process, *tick, settings, now);
+        self.placements.insert(*region, adopted);
+        released.into_iter().map(|action| (*region, action)).collect()
+    }
 }
 
 impl Standbys {
@@ -475,9 +559,13 @@ impl Standbys {
     }
 
     fn on_event(&self, event: &ProcessEvent) -> Vec<(RegionId, HostAction)> {
+        let owner = match &event.happened {
+            Happened::Event(ServerEvent::StandbyHolding { region, .. }) => self.serving_owner(*region),
+            _ => None,
+        };
         let Ok(mut state) = self.state.lock() else { return Vec::new() };
         let now = Instant::now();
-        let mut actions = Vec::new();
+        let mut actions = state.adopt(event, owner, self.settings, now);
         for (region, placement) in &mut state.placements {
             actions.extend(placement.handle_event(event, now).into_iter().map(|action| (*region, action)));
         }
@@ -497,6 +585,17 @@ impl Standbys {
         };
         Self::sweep(&mut state, now);
         actions.into_iter().map(|action| (region, action)).collect()
+    }
+
+    /// The owner of `region` as the directory names it, if its host reports it serving.
+    fn serving_owner(&self, region: RegionId) -> Option<OwnerAt> {
+        let ownership = self.directory.current(region).ok()?;
+        match self.hosts.owner_state(&ownership.owner, region) {
+            (OwnerState::Serving, Some(host)) => {
+                Some(OwnerAt { host, process: ownership.owner, epoch: ownership.epoch })
+            }
+            _ => None,
+        }
     }
 
     /// Ended placements leave the table; their region waits `retry_after` for the next.
@@ -589,6 +688,11 @@ impl Standbys {
             }
             HostAction::Release { host, process } => {
                 let _ = self.hosts.release(&host, &process);
+                if let Ok(mut state) = self.state.lock() {
+                    let now = Instant::now();
+                    state.released.retain(|_, at| now.duration_since(*at) < RELEASED_KEEP);
+                    state.released.insert((host, process), now);
+                }
             }
         }
     }

@@ -373,6 +373,13 @@ fn a_hot_standby_is_promoted_when_its_owners_host_dies_rolling_back_only_a_few_t
     assert!(standbys.as_array().unwrap().iter().all(|standby| standby["region"] != 2), "{standbys}");
     let playing = players(&fleet, 1, 4, 1);
     wait_for_standby_ticks(&fleet, 1, 40);
+    // The coordinator is killed and started again: its table of standbys is gone, the owner
+    // goes on feeding the standby (and would refuse to feed a second one). The coordinator
+    // adopts it from its reports, so the failover below still promotes it.
+    fleet.kill_coordinator();
+    fleet.restart_coordinator().unwrap();
+    assert_eq!(wait_for(|| holding_standby(&fleet, 1)), (standby_host.clone(), standby_process.clone()));
+    wait_for_standby_ticks(&fleet, 1, 40);
     let before = last_record_id(&fleet);
     fleet.kill_host(1).unwrap();
     let record = failover_of(&fleet, 1, before);

@@ -306,3 +306,100 @@ fn an_ended_standby_stays_ended_with_its_first_reason() {
     assert!(placement.handle_time(now + Duration::from_secs(600), Some((&moved, now)), false).is_empty());
     assert_eq!(placement.ended(), Some("the standby gave up: digest"));
 }
+
+/// The table with a standby of `owner()` that the coordinator knows: `h2-p4`, holding tick 100.
+fn known() -> (super::StandbyState, Instant) {
+    let (placement, now) = placed();
+    let mut state = super::StandbyState::default();
+    state.placements.insert(REGION, placement);
+    (state, now)
+}
+
+#[test]
+fn a_standby_made_before_the_coordinator_restarted_is_adopted_and_promotable() {
+    let now = Instant::now();
+    let mut state = super::StandbyState::default();
+    let actions = state.adopt(&event("h3", "h3-p2", holding(700)), Some(owner()), StandbySettings::default(), now);
+    assert_eq!(actions, Vec::new());
+    let placement = &state.placements[&REGION];
+    assert_eq!(placement.promotable(Epoch(2)), Some(("h3".into(), "h3-p2".into(), 700)));
+    assert_eq!(placement.view().state, "holding");
+    // It then follows the owner as any standby does.
+    let placement = state.placements.get_mut(&REGION).unwrap();
+    placement.handle_event(&event("h3", "h3-p2", holding(720)), now);
+    assert_eq!(placement.promotable(Epoch(2)), Some(("h3".into(), "h3-p2".into(), 720)));
+}
+
+#[test]
+fn an_adopted_standby_replaces_a_placement_not_yet_fed_whose_process_goes_back() {
+    let now = Instant::now();
+    let mut state = super::StandbyState::default();
+    let (mut placement, _) = Placement::start(REGION, owner(), "h2", StandbySettings::default(), now);
+    placement.handle_claimed("h2", Ok(("h2-p4".into(), address())), now);
+    state.placements.insert(REGION, placement);
+    let actions = state.adopt(&event("h3", "h3-p2", holding(700)), Some(owner()), StandbySettings::default(), now);
+    assert_eq!(actions, vec![(REGION, Action::Release { host: "h2".into(), process: "h2-p4".into() })]);
+    assert_eq!(state.placements[&REGION].promotable(Epoch(2)), Some(("h3".into(), "h3-p2".into(), 700)));
+    // A claim still out when the standby is adopted goes back when it is answered.
+    let mut state = super::StandbyState::default();
+    let (placement, _) = Placement::start(REGION, owner(), "h2", StandbySettings::default(), now);
+    state.placements.insert(REGION, placement);
+    assert_eq!(
+        state.adopt(&event("h3", "h3-p2", holding(700)), Some(owner()), StandbySettings::default(), now),
+        Vec::new()
+    );
+    let placement = state.placements.get_mut(&REGION).unwrap();
+    assert_eq!(placement.handle_claimed("h2", Ok(("h2-p4".into(), address())), now), release());
+    assert_eq!(placement.promotable(Epoch(2)), Some(("h3".into(), "h3-p2".into(), 700)));
+}
+
+#[test]
+fn no_standby_is_adopted_over_a_fed_one_or_from_a_released_process_another_epoch_or_the_owners_host() {
+    let settings = StandbySettings::default();
+    let adopted = |state: &mut super::StandbyState, event: ProcessEvent, owner: Option<OwnerAt>, now: Instant| {
+        state.adopt(&event, owner, settings, now);
+        state.placements.get(&REGION).and_then(|placement| placement.promotable(Epoch(2)))
+    };
+    let held = Some(("h2".into(), "h2-p4".into(), 100));
+    // The known standby is fed: the other report is not the one the owner feeds.
+    let (mut state, now) = known();
+    assert_eq!(adopted(&mut state, event("h3", "h3-p2", holding(700)), Some(owner()), now), held);
+    // Its own reports are its own.
+    let (mut state, now) = known();
+    assert_eq!(adopted(&mut state, event("h2", "h2-p4", holding(700)), Some(owner()), now), held);
+    // A process released lately reports on its way out.
+    let now = Instant::now();
+    let mut state = super::StandbyState::default();
+    state.released.insert(("h3".into(), "h3-p2".into()), now);
+    assert_eq!(adopted(&mut state, event("h3", "h3-p2", holding(700)), Some(owner()), now), None);
+    let later = now + super::RELEASED_KEEP;
+    assert_eq!(
+        adopted(&mut state, event("h3", "h3-p2", holding(700)), Some(owner()), later),
+        Some(("h3".into(), "h3-p2".into(), 700)),
+        "a release long past does not stand in the way"
+    );
+    // The owner is not known to serve, or at another epoch, or the report is from its host.
+    let mut state = super::StandbyState::default();
+    assert_eq!(adopted(&mut state, event("h3", "h3-p2", holding(700)), None, now), None);
+    let newer = OwnerAt { epoch: Epoch(3), ..owner() };
+    assert_eq!(adopted(&mut state, event("h3", "h3-p2", holding(700)), Some(newer), now), None);
+    assert_eq!(adopted(&mut state, event("h1", "h1-p2", holding(700)), Some(owner()), now), None);
+    // Another kind of event adopts nothing.
+    let prepared = event("h3", "h3-p2", ServerEvent::Prepared { region: REGION });
+    assert_eq!(adopted(&mut state, prepared, Some(owner()), now), None);
+    assert!(state.placements.is_empty());
+}
+
+#[test]
+fn a_placement_following_an_older_owner_yields_to_a_standby_of_the_new_one() {
+    let (mut state, now) = known();
+    let newer = OwnerAt { process: "h4-p1".into(), host: "h4".into(), epoch: Epoch(3) };
+    let event = event(
+        "h3",
+        "h3-p2",
+        ServerEvent::StandbyHolding { region: REGION, owner_epoch: Epoch(3), tick: 900, bytes: 1 },
+    );
+    let actions = state.adopt(&event, Some(newer), StandbySettings::default(), now);
+    assert_eq!(actions, vec![(REGION, Action::Release { host: "h2".into(), process: "h2-p4".into() })]);
+    assert_eq!(state.placements[&REGION].promotable(Epoch(3)), Some(("h3".into(), "h3-p2".into(), 900)));
+}

@@ -8,7 +8,9 @@
 //! disconnected); no process left behind (each host's namespace holds its agent and the region
 //! servers it reports, and nothing at all once the deployment is stopped); and the memory and open
 //! files of every long-running process (coordinator, agents, gateways, region servers) sampled
-//! every 10 s, with their least-squares slope.
+//! every 10 s, with their least-squares slope. A region server's memory follows the regions it
+//! hosts (it grows when it takes one over, shrinks when it hands one off), so its slope is fitted
+//! within each stretch of samples where it hosted the same regions ([`pooled_slope`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,11 +81,13 @@ pub struct ProcessTrend {
     pub minutes: f64,
     /// Resident memory at the first and the last of them, kB.
     pub rss_kb: (u64, u64),
-    /// Least-squares slope of the resident memory, kB per minute.
+    /// Stretches of samples with the same regions hosted (1 for a process that hosts none).
+    pub stretches: usize,
+    /// Least-squares slope of the resident memory within those stretches, kB per minute.
     pub rss_kb_per_min: f64,
     /// Open files at the first and the last.
     pub fds: (u64, u64),
-    /// Least-squares slope of the open files, per minute.
+    /// Least-squares slope of the open files within those stretches, per minute.
     pub fds_per_min: f64,
     /// Whether both are flat: memory growing less than 10% of its mean per hour, open files fewer
     /// than 5 per hour (projected from the slopes).
@@ -436,6 +440,8 @@ struct Sample {
     pid: u32,
     rss_kb: u64,
     fds: u64,
+    /// The regions it hosted, in order (none for a process that is not a region server).
+    regions: Vec<u64>,
 }
 
 fn sample_every(
@@ -453,7 +459,10 @@ fn sample_every(
             continue;
         }
         next += every;
-        let mut processes = watched.lock().map(|watched| watched.clone()).unwrap_or_default();
+        let mut processes: Vec<(String, u32, Vec<u64>)> = watched
+            .lock()
+            .map(|watched| watched.iter().map(|(name, pid)| (name.clone(), *pid, Vec::new())).collect())
+            .unwrap_or_default();
         // Region servers, as their hosts report them (none while the coordinator is down).
         if let Ok(hosts) = admin.ok("GET", "/v1/hosts", None) {
             for process in hosts
@@ -463,16 +472,23 @@ fn sample_every(
                 .flat_map(|host| host["processes"].as_array().cloned().unwrap_or_default())
             {
                 if let (Some(name), Some(pid)) = (process["name"].as_str(), process["pid"].as_u64()) {
-                    processes.push((name.to_owned(), pid as u32));
+                    let mut regions: Vec<u64> = process["regions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|region| region.as_u64())
+                        .collect();
+                    regions.sort_unstable();
+                    processes.push((name.to_owned(), pid as u32, regions));
                 }
             }
         }
         let at_min = started.elapsed().as_secs_f64() / 60.0;
         let taken: Vec<Sample> = processes
             .into_iter()
-            .filter_map(|(process, pid)| {
+            .filter_map(|(process, pid, regions)| {
                 let (rss_kb, fds) = usage(pid)?;
-                Some(Sample { at_min, process, pid, rss_kb, fds })
+                Some(Sample { at_min, process, pid, rss_kb, fds, regions })
             })
             .collect();
         if let Ok(mut samples) = samples.lock() {
@@ -507,20 +523,24 @@ fn trends(samples: &[Sample], warmup: Duration) -> Vec<ProcessTrend> {
                 return None;
             }
             let minutes = kept.last()?.at_min - kept.first()?.at_min;
-            let points = |value: fn(&Sample) -> u64| -> Vec<(f64, f64)> {
-                kept.iter().map(|sample| (sample.at_min, value(sample) as f64)).collect()
+            let stretches: Vec<&[&Sample]> = kept.chunk_by(|a, b| a.regions == b.regions).collect();
+            let points = |value: fn(&Sample) -> u64| -> Vec<Vec<(f64, f64)>> {
+                stretches
+                    .iter()
+                    .map(|stretch| stretch.iter().map(|sample| (sample.at_min, value(sample) as f64)).collect())
+                    .collect()
             };
             let rss = points(|sample| sample.rss_kb);
-            let fds = points(|sample| sample.fds);
-            let rss_kb_per_min = slope(&rss);
-            let fds_per_min = slope(&fds);
-            let mean_rss = rss.iter().map(|(_, kb)| kb).sum::<f64>() / rss.len() as f64;
+            let rss_kb_per_min = pooled_slope(&rss);
+            let fds_per_min = pooled_slope(&points(|sample| sample.fds));
+            let mean_rss = kept.iter().map(|sample| sample.rss_kb as f64).sum::<f64>() / kept.len() as f64;
             let flat = rss_kb_per_min * 60.0 <= mean_rss * 0.10 && fds_per_min * 60.0 < 5.0;
             Some(ProcessTrend {
                 process,
                 pid,
                 samples: kept.len(),
                 minutes,
+                stretches: stretches.len(),
                 rss_kb: (kept.first()?.rss_kb, kept.last()?.rss_kb),
                 rss_kb_per_min,
                 fds: (kept.first()?.fds, kept.last()?.fds),
@@ -532,17 +552,25 @@ fn trends(samples: &[Sample], warmup: Duration) -> Vec<ProcessTrend> {
 }
 
 /// Least-squares slope of `points` (0 for fewer than two distinct x).
+#[cfg(test)]
 fn slope(points: &[(f64, f64)]) -> f64 {
-    let count = points.len() as f64;
-    if points.len() < 2 {
-        return 0.0;
-    }
-    let mean_x = points.iter().map(|(x, _)| x).sum::<f64>() / count;
-    let mean_y = points.iter().map(|(_, y)| y).sum::<f64>() / count;
+    pooled_slope(&[points.to_vec()])
+}
+
+/// The least-squares slope shared by `stretches`, each with a level of its own: the line's
+/// height may jump between stretches (a region taken over or handed off), its slope is one.
+/// That is, the sums of each stretch's deviations from its own means, pooled (0 without two
+/// distinct x in any stretch).
+fn pooled_slope(stretches: &[Vec<(f64, f64)>]) -> f64 {
     let (mut covariance, mut variance) = (0.0, 0.0);
-    for (x, y) in points {
-        covariance += (x - mean_x) * (y - mean_y);
-        variance += (x - mean_x) * (x - mean_x);
+    for points in stretches.iter().filter(|points| !points.is_empty()) {
+        let count = points.len() as f64;
+        let mean_x = points.iter().map(|(x, _)| x).sum::<f64>() / count;
+        let mean_y = points.iter().map(|(_, y)| y).sum::<f64>() / count;
+        for (x, y) in points {
+            covariance += (x - mean_x) * (y - mean_y);
+            variance += (x - mean_x) * (x - mean_x);
+        }
     }
     if variance == 0.0 { 0.0 } else { covariance / variance }
 }
@@ -612,7 +640,14 @@ mod tests {
 
     #[test]
     fn a_process_that_grows_is_not_flat_and_the_warm_up_is_left_out() {
-        let sample = |at_min: f64, rss_kb: u64, fds: u64| Sample { at_min, process: "g0".into(), pid: 9, rss_kb, fds };
+        let sample = |at_min: f64, rss_kb: u64, fds: u64| Sample {
+            at_min,
+            process: "g0".into(),
+            pid: 9,
+            rss_kb,
+            fds,
+            regions: Vec::new(),
+        };
         // Growing 10 kB a minute on 10 MB: 6% an hour, flat; the first 2 minutes are left out.
         let steady: Vec<Sample> =
             (0..40).map(|index| sample(f64::from(index) * 0.5, 10_000 + index as u64 * 5, 30)).collect();
@@ -629,6 +664,37 @@ mod tests {
         assert!(!trends(&files, Duration::from_secs(120))[0].flat);
         // Too short to say.
         assert!(trends(&steady[..10], Duration::ZERO).is_empty());
+    }
+
+    #[test]
+    fn a_region_servers_memory_is_judged_within_stretches_of_the_same_regions() {
+        // A region server flat while it hosts region 1 (20 MB), that takes region 2 over (+30 MB)
+        // and hands region 1 off (-15 MB): the jumps are not a trend.
+        let sample = |index: u32, rss_kb: u64, regions: Vec<u64>| Sample {
+            at_min: f64::from(index) / 6.0,
+            process: "h1-p2".into(),
+            pid: 7,
+            rss_kb,
+            fds: 40,
+            regions,
+        };
+        let mut samples: Vec<Sample> = (0..30).map(|index| sample(index, 20_000, vec![1])).collect();
+        samples.extend((30..60).map(|index| sample(index, 50_000, vec![1, 2])));
+        samples.extend((60..90).map(|index| sample(index, 35_000, vec![2])));
+        let trend = &trends(&samples, Duration::ZERO)[0];
+        assert_eq!(trend.stretches, 3);
+        assert_eq!(trend.rss_kb_per_min, 0.0, "{trend:?}");
+        assert!(trend.flat, "{trend:?}");
+        // Fitted across the jumps as one line, the same samples climb 15 MB in 15 minutes.
+        let points: Vec<(f64, f64)> = samples.iter().map(|sample| (sample.at_min, sample.rss_kb as f64)).collect();
+        assert!(slope(&points) > 1_000.0);
+        // Growth within each stretch is still growth: 1 MB a minute in each.
+        let leaking: Vec<Sample> = samples
+            .iter()
+            .map(|sample| Sample { rss_kb: sample.rss_kb + (sample.at_min * 1_000.0) as u64 % 5_000, ..sample.clone() })
+            .collect();
+        let trend = &trends(&leaking, Duration::ZERO)[0];
+        assert!(trend.rss_kb_per_min > 900.0 && !trend.flat, "{trend:?}");
     }
 
     #[test]
