@@ -222,10 +222,9 @@ impl OwnershipAuthority for Directory {
 mod tests {
     use super::*;
 
-    fn folder() -> std::path::PathBuf {
-        let path = std::env::temp_dir().join(format!("baton-directory-{}-{}", std::process::id(), fastrand::u64(..)));
-        let _ = std::fs::remove_dir_all(&path);
-        path
+    /// A fresh folder, removed when the test ends (also when it fails).
+    fn folder() -> tempfile::TempDir {
+        tempfile::Builder::new().prefix("baton-directory-").tempdir().unwrap()
     }
 
     fn owned(owner: &str, epoch: u64) -> Ownership {
@@ -251,7 +250,7 @@ mod tests {
         };
         let (first, second) = (record(1, 7), record(2, 8));
         {
-            let directory = Directory::open(&path).unwrap();
+            let directory = Directory::open(path.path()).unwrap();
             assert!(format!("{directory:?}").starts_with("Directory"));
             directory.set_stopped(RegionId(3), true).unwrap();
             directory.set_stopped(RegionId(5), true).unwrap();
@@ -265,7 +264,7 @@ mod tests {
                 directory.save_migration(&saved).unwrap();
             }
         }
-        let directory = Directory::open(&path).unwrap();
+        let directory = Directory::open(path.path()).unwrap();
         assert_eq!(directory.stopped().unwrap().into_iter().collect::<Vec<_>>(), vec![RegionId(3)]);
         let choices: Vec<Option<bool>> =
             (1..=4).map(|region| directory.standby_choice(RegionId(region)).unwrap()).collect();
@@ -273,7 +272,6 @@ mod tests {
         let history: Vec<serde_json::Value> =
             directory.load_migrations().unwrap().iter().map(|saved| serde_json::to_value(saved).unwrap()).collect();
         assert_eq!(history, vec![first, second], "by id, as saved");
-        let _ = std::fs::remove_dir_all(path);
     }
 
     #[test]
@@ -281,7 +279,7 @@ mod tests {
         let path = folder();
         let region = RegionId(4);
         {
-            let directory = Directory::open(&path).unwrap();
+            let directory = Directory::open(path.path()).unwrap();
             assert_eq!(directory.register(region, "a").unwrap(), owned("a", 1));
             assert_eq!(directory.register(region, "b").unwrap(), owned("a", 1), "registering twice keeps the owner");
             directory.compare_and_swap(region, &owned("a", 1), &owned("b", 2)).unwrap();
@@ -303,16 +301,15 @@ mod tests {
             assert_eq!(directory.current(region).unwrap(), owned("b", 2));
         }
         // A new process (a restarted coordinator) sees exactly what was committed.
-        let directory = Directory::open(&path).unwrap();
+        let directory = Directory::open(path.path()).unwrap();
         assert_eq!(directory.current(region).unwrap(), owned("b", 2));
         assert_eq!(directory.list().unwrap(), vec![(region, owned("b", 2))]);
-        let _ = std::fs::remove_dir_all(path);
     }
 
     #[test]
     fn concurrent_swaps_from_the_same_epoch_have_one_winner() {
         let path = folder();
-        let directory = std::sync::Arc::new(Directory::open(&path).unwrap());
+        let directory = std::sync::Arc::new(Directory::open(path.path()).unwrap());
         let region = RegionId(1);
         directory.register(region, "source").unwrap();
         let winners: usize = (0..8)
@@ -328,6 +325,5 @@ mod tests {
             .sum();
         assert_eq!(winners, 1);
         assert_eq!(directory.current(region).unwrap().epoch, Epoch(2));
-        let _ = std::fs::remove_dir_all(path);
     }
 }

@@ -6,11 +6,15 @@
 //! host other than the owner's (anti-affinity), prepare an empty slot there, tell the owner to
 //! feed it, and watch it hold ticks. It ends (releasing the process) when the feed or the standby
 //! fails, when the region's owner changes (a migration, a failover that did not promote it), or
-//! when a step takes too long; [`Standbys`] then makes a new one after a pause. A standby that
-//! reports holding a tick of the region's owner while no placement knows it (one made before the
-//! coordinator restarted: the owner still feeds it and refuses a second feed) is adopted as the
-//! region's placement ([`Placement::adopt`]). A failover takes a placement that holds a tick of
-//! the lost owner's epoch out of the table ([`Standbys::take`]) and promotes its process.
+//! when a step takes too long; [`Standbys`] then makes a new one after a pause. A failover takes a
+//! placement that holds a tick of the lost owner's epoch out of the table ([`Standbys::take`]) and
+//! promotes its process.
+//!
+//! protocol.md §14: a coordinator that restarts has lost its table while each owner goes on
+//! feeding its standby (and refuses to feed a second one). So a process that reports holding a
+//! tick of the region's owner, and that no placement of the region knows, is adopted as the
+//! region's standby ([`StandbyState::adopt`]) unless it was released or taken by a failover in
+//! the last minute; it replaces a placement that is not yet holding.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -94,6 +98,9 @@ pub struct Placement {
     bytes_per_second: f64,
     /// Since when the standby has heard nothing from the owner, as it reported.
     owner_silent_since: Option<Instant>,
+    /// Adopted from its reports rather than made: the owner was never asked to feed it, so an
+    /// owner's `feed_ended` (which names no feed) is its refusal of another placement's request.
+    adopted: bool,
 }
 
 /// What the API shows of a standby.
@@ -135,15 +142,15 @@ impl Placement {
             bytes: None,
             bytes_per_second: 0.0,
             owner_silent_since: None,
+            adopted: false,
         };
         (placement, vec![HostAction::Claim { host: host.to_owned() }])
     }
 
-    /// Takes over a standby that reports holding `tick` of `owner` on `host`'s `process` but
-    /// that no placement knows: one made before the coordinator restarted. Its owner goes on
-    /// feeding it (and refuses a second feed), so it is the region's standby.
+    /// A placement of the standby on `host`'s `process`, which reports holding `tick` of
+    /// `owner` while no placement knows it (see the module documentation).
     #[must_use]
-    pub fn adopt(
+    fn adopt(
         region: RegionId,
         owner: OwnerAt,
         host: &str,
@@ -162,22 +169,23 @@ impl Placement {
             bytes: None,
             bytes_per_second: 0.0,
             owner_silent_since: None,
+            adopted: true,
         }
     }
 
     /// Whether a standby that no placement knows, reporting from `host`'s `process` that it
-    /// holds a tick of `owner`, should replace this placement: it does unless this placement
-    /// follows the same owner and is that process or already fed (an owner feeds one standby
-    /// at a time).
-    #[must_use]
-    pub fn yields_to(&self, owner: &OwnerAt, host: &str, process: &str) -> bool {
-        let fed = matches!(self.step, Step::Feeding { .. } | Step::Holding { .. } | Step::Detached { .. });
-        !(*owner == self.owner && (fed || self.process() == Some((host, process))))
+    /// holds a tick of `owner`, replaces this placement: it does unless this placement follows
+    /// the same owner and is that process or holds a tick itself (an owner feeds one standby at a
+    /// time: while this one is only being fed, the other is the one the owner feeds, and refuses
+    /// this one).
+    fn yields_to(&self, owner: &OwnerAt, host: &str, process: &str) -> bool {
+        let holds = matches!(self.step, Step::Holding { .. } | Step::Detached { .. });
+        !(*owner == self.owner && (holds || self.process() == Some((host, process))))
     }
 
     /// Ends this placement because an adopted standby replaces it (its claimed process goes back).
-    pub fn replaced(&mut self) -> Vec<HostAction> {
-        self.end("a standby made before the coordinator restarted holds the region".into())
+    fn replaced(&mut self) -> Vec<HostAction> {
+        self.end("another standby of the owner holds the region".into())
     }
 
     /// Whether it is over.
@@ -370,7 +378,9 @@ impl Placement {
                 let reason = format!("the standby gave up: {reason}");
                 self.end(reason)
             }
-            (Happened::Event(ServerEvent::FeedEnded { region: ended, reason }), false) if *ended == region => {
+            (Happened::Event(ServerEvent::FeedEnded { region: ended, reason }), false)
+                if *ended == region && !self.adopted =>
+            {
                 let reason = format!("the owner's feed ended: {reason}");
                 self.end(reason)
             }
@@ -447,18 +457,28 @@ struct StandbyState {
     placements: HashMap<RegionId, Placement>,
     /// When a region's last standby ended (the next waits `retry_after`).
     ended: HashMap<RegionId, Instant>,
-    /// Processes released lately, by host and name: a report they send on their way out is
-    /// not a standby to adopt.
+    /// Processes released or taken by a failover lately, by host and name: a report they send
+    /// on their way out, or before a promotion lands, is not a standby to adopt.
     released: HashMap<(String, String), Instant>,
 }
 
-/// How long a released process's reports are not taken as a standby to adopt.
+/// How long a released or taken process's reports are not taken as a standby to adopt.
 const RELEASED_KEEP: Duration = Duration::from_secs(60);
 
 impl StandbyState {
+    /// See [`Standbys::take`].
+    fn take(&mut self, region: RegionId, epoch: Epoch, now: Instant) -> Option<(String, String, u64)> {
+        let promotable = self.placements.get(&region)?.promotable(epoch)?;
+        self.placements.remove(&region);
+        // Until its promotion lands, it still reports holding the lost owner's ticks.
+        let (host, process, _) = &promotable;
+        self.released.insert((host.clone(), process.clone()), now);
+        Some(promotable)
+    }
+
     /// Takes `event` as a standby to adopt when it reports holding a tick of `owner` (the
-    /// region's owner now, serving) from a process no placement of the region knows (see
-    /// [`Placement::adopt`]); returns what the placement it replaces releases.
+    /// region's owner now, serving) from a process no placement of the region knows (see the
+    /// module documentation); returns what the placement it replaces releases.
     fn adopt(
         &mut self,
         event: &ProcessEvent,
@@ -515,10 +535,7 @@ impl Standbys {
     /// Takes the standby of `region` that holds a tick of the owner at `epoch` out of the table,
     /// for a failover to promote: `(host, process, tick)`.
     pub fn take(&self, region: RegionId, epoch: Epoch) -> Option<(String, String, u64)> {
-        let mut state = self.state.lock().ok()?;
-        let promotable = state.placements.get(&region)?.promotable(epoch)?;
-        state.placements.remove(&region);
-        Some(promotable)
+        self.state.lock().ok()?.take(region, epoch, Instant::now())
     }
 
     /// How long the standby of `region` has heard nothing from its owner at `epoch`, as it

@@ -886,15 +886,7 @@ fn run_actions(inner: &Inner, actions: Vec<RouteAction>) {
                 players.dedup();
                 // Crossings its lost owner never answered, or took in but had not stored, go to
                 // the new one.
-                let unanswered: Vec<Transfer> = inner
-                    .crossings_sent
-                    .iter()
-                    .filter(|sent| sent.to == region)
-                    .map(|sent| sent.value().clone())
-                    .collect();
-                for transfer in unanswered {
-                    deliver_transfer(inner, transfer, Delivery::Onward);
-                }
+                deliver_unanswered(inner, region);
                 for player in players {
                     if let Some(link) = inner.links.get(&player) {
                         link.send_reliable(ServerFrame::Resend { region: region.0 });
@@ -1078,6 +1070,17 @@ fn owner_known(
     Ok(())
 }
 
+/// protocol.md §10: delivers again every crossing into `region` that was sent and not answered
+/// (the owner that got it was lost, or the connection it went on broke). An owner that took the
+/// avatar in already answers `Arrived` again.
+fn deliver_unanswered(inner: &Inner, region: RegionId) {
+    let unanswered: Vec<Transfer> =
+        inner.crossings_sent.iter().filter(|sent| sent.to == region).map(|sent| sent.value().clone()).collect();
+    for transfer in unanswered {
+        deliver_transfer(inner, transfer, Delivery::Onward);
+    }
+}
+
 fn players_in(inner: &Inner, region: RegionId) -> Vec<PlayerId> {
     table(inner).players_in(region)
 }
@@ -1087,8 +1090,13 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
         ServerMessage::Welcome { server: name, regions } => {
             tracing::info!(server = server.0, name, regions = regions.len(), "region server introduced itself");
             // After a reconnect the server knows none of our players: `owner_known` tells it again.
+            // Crossings into its regions that went out on the broken connection (the `Immigrate`
+            // or its `Arrived` lost with it) go again: nothing else would answer them.
             for (region, epoch) in regions {
                 let _ = owner_known(inner, region, server, epoch, OwnerNews::Owning);
+                if inner.routes.owner(region) == Some((server, epoch)) {
+                    deliver_unanswered(inner, region);
+                }
             }
         }
         ServerMessage::Owning { region, epoch } => {

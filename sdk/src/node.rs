@@ -35,9 +35,9 @@ use baton_wire::{Epoch, PlayerId, PlayerInput, RegionId};
 use crate::RegionError;
 use crate::checkpoint::CheckpointInfo;
 use crate::handoff::{
-    AuthorityError, FeedEvent, FollowerAction, HandoffPlan, HandoffSource, HandoffTarget, Message, Ownership,
-    SourceAction, SourceConfig, SourcePhase, SourceStats, StandbyFeed, StandbyFollower, TargetAction, TargetConfig,
-    TargetPhase,
+    AuthorityError, FeedEvent, FollowerAction, FollowerPhase, HandoffPlan, HandoffSource, HandoffTarget, Message,
+    Ownership, SourceAction, SourceConfig, SourcePhase, SourceStats, StandbyFeed, StandbyFollower, TargetAction,
+    TargetConfig, TargetPhase,
 };
 use crate::region::{DEPARTED_KEEP, Emigrant, Immigration, Region, RegionLogic, TickReport, TickSchedule};
 use crate::sessions::{GAP_RESEND_TICKS, GapWatch, PlayerSession, SessionError};
@@ -655,6 +655,15 @@ impl<L: RegionLogic> RegionNode<L> {
         match &self.state {
             State::Owner { handoff, .. } | State::Finished { handoff } => handoff.as_ref(),
             State::Stopping { .. } | State::Target { .. } | State::Standby { .. } => None,
+        }
+    }
+
+    /// The hot standby's phase, while this node is one.
+    #[must_use]
+    pub fn standby_phase(&self) -> Option<FollowerPhase> {
+        match &self.state {
+            State::Standby { follower, .. } => Some(follower.phase()),
+            _ => None,
         }
     }
 

@@ -428,6 +428,119 @@ fn an_avatar_crossing_while_its_gateway_dies_is_found_again_when_its_player_resu
     assert!(!players_in(&mut cluster, 0, 1).contains(&PlayerId(player)), "one avatar");
 }
 
+/// A server's side of one upstream connection from the gateway, as a test drives it: reads the
+/// gateway's messages, sends the server's.
+struct FakeServerLink {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    reader: baton_wire::upstream::UpstreamReader,
+    connection: quinn::Connection,
+}
+
+impl FakeServerLink {
+    /// Accepts the gateway's next connection, reads its `Hello` and answers `Welcome` with
+    /// `regions`.
+    async fn accept(endpoint: &quinn::Endpoint, regions: Vec<(RegionId, Epoch)>) -> FakeServerLink {
+        use baton_wire::upstream::{GatewayMessage, ServerMessage};
+        let incoming = tokio::time::timeout(Duration::from_secs(10), endpoint.accept())
+            .await
+            .expect("the gateway connects to the server")
+            .unwrap();
+        let connection = incoming.await.unwrap();
+        let (send, recv) = connection.accept_bi().await.unwrap();
+        let mut link = FakeServerLink { send, recv, reader: Default::default(), connection };
+        let hello = link.next().await;
+        assert!(matches!(hello, GatewayMessage::Hello { .. }), "first message: {hello:?}");
+        link.say(ServerMessage::Welcome { server: "fake".into(), regions }).await;
+        link
+    }
+
+    async fn next(&mut self) -> baton_wire::upstream::GatewayMessage {
+        loop {
+            if let Some(message) = self.reader.next_message().unwrap() {
+                return message;
+            }
+            let chunk = self.recv.read_chunk(64 * 1024, true).await.unwrap().expect("the gateway goes on");
+            self.reader.feed(&chunk.bytes);
+        }
+    }
+
+    async fn say(&mut self, message: baton_wire::upstream::ServerMessage) {
+        let mut bytes = Vec::new();
+        assert!(baton_wire::upstream::encode_batch(message, || None, &mut bytes, 1 << 20).is_empty());
+        self.send.write_all(&bytes).await.unwrap();
+    }
+
+    /// Waits (up to 20 s) for the gateway to deliver `player`'s avatar.
+    async fn immigration_of(&mut self, player: u64) -> baton_wire::upstream::Transfer {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if let baton_wire::upstream::GatewayMessage::Immigrate { transfer, .. } = self.next().await
+                    && transfer.player == PlayerId(player)
+                {
+                    return transfer;
+                }
+            }
+        })
+        .await
+        .expect("the gateway delivers the crossing avatar")
+    }
+}
+
+/// protocol.md §10: a crossing sent to a server whose connection then broke, before it answered,
+/// is delivered again when the server connects again: nothing else would answer it, and the
+/// player's inputs wait for the crossing.
+#[test]
+fn a_crossing_lost_with_a_broken_server_connection_is_delivered_again_when_the_server_reconnects() {
+    use baton_wire::upstream::ALPN_UPSTREAM;
+
+    let mut cluster = GatewayCluster::start(&spec(1, 1, &[])).unwrap();
+    cluster.host(0, 1, 20).unwrap();
+    let identity = cluster.probe_identity().unwrap();
+    let runtime = runtime();
+    let endpoint = runtime.block_on(async {
+        baton_net::cluster_endpoint_with(
+            "127.0.0.1:0".parse().unwrap(),
+            &identity,
+            baton_net::LinkSettings::default(),
+            &[ALPN_UPSTREAM],
+            ALPN_UPSTREAM,
+        )
+        .unwrap()
+    });
+    // Region 2, east of region 1, is this test's: the gateway learns so from its `Welcome`.
+    cluster.gateways[0].send(&GatewayCommand::Server { addr: endpoint.local_addr().unwrap() }).unwrap();
+    let regions = vec![(RegionId(2), Epoch(1))];
+    let mut first = runtime.block_on(FakeServerLink::accept(&endpoint, regions.clone()));
+    // A player walks east from region 1 across the border.
+    let player = patrol_player(true, 0);
+    let mut client = runtime.block_on(Client::connect(&cluster.client_options(0), &cluster.token(player, 1))).unwrap();
+    let east = vec![1, 0, 0, 0x80, 0x3f, 0, 0, 0, 0];
+    let walking = runtime.spawn(async move {
+        for _ in 0..600 {
+            if client.send_input(east.clone()).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        client
+    });
+    let transfer = runtime.block_on(async {
+        let transfer = first.immigration_of(player).await;
+        // The connection breaks before the server answers: the `Immigrate` is lost with it.
+        first.connection.close(0u32.into(), b"lost");
+        transfer
+    });
+    assert_eq!((transfer.from, transfer.to), (RegionId(1), RegionId(2)));
+    let again = runtime.block_on(async {
+        let mut second = FakeServerLink::accept(&endpoint, regions).await;
+        second.immigration_of(player).await
+    });
+    assert_eq!(again.player, transfer.player);
+    assert_eq!(again.crossings, transfer.crossings, "the same crossing, not a new one");
+    walking.abort();
+}
+
 /// A resume token expires a grace after it was issued; the gateway sends a fresh one every third of
 /// the grace, so a session older than the grace still resumes at another gateway when its own dies.
 #[test]

@@ -331,15 +331,30 @@ fn a_standby_made_before_the_coordinator_restarted_is_adopted_and_promotable() {
 }
 
 #[test]
-fn an_adopted_standby_replaces_a_placement_not_yet_fed_whose_process_goes_back() {
+fn an_adopted_standby_replaces_a_placement_not_yet_holding_whose_process_goes_back() {
     let now = Instant::now();
-    let mut state = super::StandbyState::default();
-    let (mut placement, _) = Placement::start(REGION, owner(), "h2", StandbySettings::default(), now);
-    placement.handle_claimed("h2", Ok(("h2-p4".into(), address())), now);
-    state.placements.insert(REGION, placement);
-    let actions = state.adopt(&event("h3", "h3-p2", holding(700)), Some(owner()), StandbySettings::default(), now);
-    assert_eq!(actions, vec![(REGION, Action::Release { host: "h2".into(), process: "h2-p4".into() })]);
-    assert_eq!(state.placements[&REGION].promotable(Epoch(2)), Some(("h3".into(), "h3-p2".into(), 700)));
+    for fed in [false, true] {
+        let mut state = super::StandbyState::default();
+        let (mut placement, _) = Placement::start(REGION, owner(), "h2", StandbySettings::default(), now);
+        placement.handle_claimed("h2", Ok(("h2-p4".into(), address())), now);
+        if fed {
+            placement.handle_event(&event("h2", "h2-p4", ServerEvent::Prepared { region: REGION }), now);
+            assert_eq!(placement.view().state, "feeding");
+        }
+        state.placements.insert(REGION, placement);
+        let actions = state.adopt(&event("h3", "h3-p2", holding(700)), Some(owner()), StandbySettings::default(), now);
+        assert_eq!(actions, vec![(REGION, Action::Release { host: "h2".into(), process: "h2-p4".into() })]);
+        assert_eq!(state.placements[&REGION].promotable(Epoch(2)), Some(("h3".into(), "h3-p2".into(), 700)));
+        // The owner refuses the replaced placement's feed: the adopted standby is the one it feeds.
+        let refused = ServerEvent::FeedEnded { region: REGION, reason: "the region has a standby already".into() };
+        let placement = state.placements.get_mut(&REGION).unwrap();
+        assert_eq!(placement.handle_event(&event("h1", "h1-p1", refused), now), Vec::new());
+        assert_eq!(placement.promotable(Epoch(2)), Some(("h3".into(), "h3-p2".into(), 700)));
+        // It ends as any standby does: when it gives up, its process goes back.
+        let gave_up = ServerEvent::StandbyLost { region: REGION, reason: "the feed ended".into(), detached: false };
+        let actions = placement.handle_event(&event("h3", "h3-p2", gave_up), now);
+        assert_eq!(actions, vec![Action::Release { host: "h3".into(), process: "h3-p2".into() }]);
+    }
     // A claim still out when the standby is adopted goes back when it is answered.
     let mut state = super::StandbyState::default();
     let (placement, _) = Placement::start(REGION, owner(), "h2", StandbySettings::default(), now);
@@ -354,14 +369,14 @@ fn an_adopted_standby_replaces_a_placement_not_yet_fed_whose_process_goes_back()
 }
 
 #[test]
-fn no_standby_is_adopted_over_a_fed_one_or_from_a_released_process_another_epoch_or_the_owners_host() {
+fn no_standby_is_adopted_over_one_that_holds_or_from_a_released_process_another_epoch_or_the_owners_host() {
     let settings = StandbySettings::default();
     let adopted = |state: &mut super::StandbyState, event: ProcessEvent, owner: Option<OwnerAt>, now: Instant| {
         state.adopt(&event, owner, settings, now);
         state.placements.get(&REGION).and_then(|placement| placement.promotable(Epoch(2)))
     };
     let held = Some(("h2".into(), "h2-p4".into(), 100));
-    // The known standby is fed: the other report is not the one the owner feeds.
+    // The known standby holds ticks: the other report is not the one the owner feeds.
     let (mut state, now) = known();
     assert_eq!(adopted(&mut state, event("h3", "h3-p2", holding(700)), Some(owner()), now), held);
     // Its own reports are its own.
@@ -402,4 +417,17 @@ fn a_placement_following_an_older_owner_yields_to_a_standby_of_the_new_one() {
     let actions = state.adopt(&event, Some(newer), StandbySettings::default(), now);
     assert_eq!(actions, vec![(REGION, Action::Release { host: "h2".into(), process: "h2-p4".into() })]);
     assert_eq!(state.placements[&REGION].promotable(Epoch(3)), Some(("h3".into(), "h3-p2".into(), 900)));
+}
+
+#[test]
+fn a_standby_taken_by_a_failover_is_not_adopted_again_before_its_promotion_lands() {
+    let (mut state, now) = known();
+    assert_eq!(state.take(REGION, Epoch(1), now), None, "it holds no tick of that epoch");
+    assert_eq!(state.take(REGION, Epoch(2), now), Some(("h2".into(), "h2-p4".into(), 100)));
+    assert!(state.placements.is_empty());
+    // The owner is slow, not dead: it sends one more round, the standby reports it.
+    let actions = state.adopt(&event("h2", "h2-p4", holding(101)), Some(owner()), StandbySettings::default(), now);
+    assert_eq!(actions, Vec::new());
+    assert!(state.placements.is_empty(), "promoting, not a standby");
+    assert_eq!(state.take(REGION, Epoch(2), now), None);
 }

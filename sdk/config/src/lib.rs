@@ -272,12 +272,10 @@ mod tests {
     }
 
     fn parse(file: Option<&str>, environment: &[(&str, &str)], arguments: &[&str]) -> Result<Cli, String> {
-        let directory =
-            std::env::temp_dir().join(format!("baton-config-test-{}-{}", std::process::id(), arguments.len()));
-        std::fs::create_dir_all(&directory).unwrap();
+        let directory = tempfile::Builder::new().prefix("baton-config-test-").tempdir().unwrap();
         let mut all: Vec<OsString> = vec!["prog".into()];
         if let Some(text) = file {
-            let path = directory.join(format!("{}.toml", text.len()));
+            let path = directory.path().join(format!("{}.toml", text.len()));
             std::fs::write(&path, text).unwrap();
             all.push("--config".into());
             all.push(path.into());

@@ -1,5 +1,5 @@
-//! Fault points: a region thread that reaches a chosen phase of a handoff or of a border crossing
-//! stops there, says so in a file, and waits until it is told to go on, so a fault (a killed
+//! Fault points: a region thread that reaches a chosen phase of a handoff, of a border crossing
+//! or of a failover stops there, says so in a file, and waits until it is told to go on, so a fault (a killed
 //! process, a link taken down) can be injected at exactly that phase. Used by the test bed's fault matrix (`baton-testbed matrix`);
 //! never set in production.
 //!
@@ -10,8 +10,9 @@
 //! [`FaultPoint::MOST_HELD`]. Phases ([`FaultPhase`]): of a handoff, the source's `prepare`,
 //! `snapshot`, `rounds`, `frozen` and `handed_off`, and the target's `committing`; of a border
 //! crossing, `emigrated` (the region the avatar left sent it to the player's gateway) and
-//! `immigrated` (the region it entered took it in and answered `Arrived`). `<region>` in the file
-//! is the region whose thread stopped.
+//! `immigrated` (the region it entered took it in and answered `Arrived`); of a failover that
+//! promotes a hot standby, `promoting` (the standby asked the authority for the region) and
+//! `promoted` (the swap won: the standby owns the region and has announced it). `<region>` in the file is the region whose thread stopped.
 //!
 //! `armed:<path>` takes the phase from the file `<path>.phase` instead, read when a region thread
 //! enters a phase (none there: the point is disarmed). A long run arms it again and again: it
@@ -22,7 +23,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use baton_sdk::handoff::{SourcePhase, TargetPhase};
+use baton_sdk::handoff::{FollowerPhase, SourcePhase, TargetPhase};
 
 /// The environment variable that sets a fault point.
 pub const FAULT_POINT_VARIABLE: &str = "BATON_FAULT_POINT";
@@ -46,6 +47,10 @@ pub enum FaultPhase {
     Emigrated,
     /// A border crossing: the region an avatar entered took it in and answered `Arrived`.
     Immigrated,
+    /// A failover: the hot standby being promoted asked the authority for the region.
+    Promoting,
+    /// A failover: the promotion's swap won; the standby owns the region and announced it.
+    Promoted,
 }
 
 impl FaultPhase {
@@ -62,8 +67,11 @@ impl FaultPhase {
     /// The phases of a border crossing, in order.
     pub const CROSSING: [FaultPhase; 2] = [FaultPhase::Emigrated, FaultPhase::Immigrated];
 
-    /// Every phase: a handoff's, then a crossing's.
-    pub const ALL: [FaultPhase; 8] = [
+    /// The phases of a failover that promotes a hot standby, in order.
+    pub const FAILOVER: [FaultPhase; 2] = [FaultPhase::Promoting, FaultPhase::Promoted];
+
+    /// Every phase: a handoff's, a crossing's, then a failover's.
+    pub const ALL: [FaultPhase; 10] = [
         FaultPhase::Prepare,
         FaultPhase::Snapshot,
         FaultPhase::Rounds,
@@ -72,12 +80,32 @@ impl FaultPhase {
         FaultPhase::HandedOff,
         FaultPhase::Emigrated,
         FaultPhase::Immigrated,
+        FaultPhase::Promoting,
+        FaultPhase::Promoted,
     ];
 
-    /// Whether it is a phase of a border crossing (otherwise of a handoff).
+    /// Whether it is a phase of a border crossing.
     #[must_use]
     pub fn is_crossing(self) -> bool {
         FaultPhase::CROSSING.contains(&self)
+    }
+
+    /// Whether it is a phase of a failover.
+    #[must_use]
+    pub fn is_failover(self) -> bool {
+        FaultPhase::FAILOVER.contains(&self)
+    }
+
+    /// `handoff`, `crossing` or `failover`: the operation the phase is part of.
+    #[must_use]
+    pub fn operation(self) -> &'static str {
+        if self.is_crossing() {
+            "crossing"
+        } else if self.is_failover() {
+            "failover"
+        } else {
+            "handoff"
+        }
     }
 
     /// The name used in [`FAULT_POINT_VARIABLE`].
@@ -92,6 +120,8 @@ impl FaultPhase {
             FaultPhase::HandedOff => "handed_off",
             FaultPhase::Emigrated => "emigrated",
             FaultPhase::Immigrated => "immigrated",
+            FaultPhase::Promoting => "promoting",
+            FaultPhase::Promoted => "promoted",
         }
     }
 
@@ -101,16 +131,28 @@ impl FaultPhase {
         FaultPhase::ALL.into_iter().find(|phase| phase.name() == name)
     }
 
-    /// The phase a region thread is in, from its source's and its target's phases.
+    /// The phase a region thread is in, from its handoff source's and target's phases, its hot
+    /// standby's (`standby`), the phase it was in before (`was`) and whether it owns the region
+    /// now (`owns`): a thread that was promoting and owns the region is `promoted`.
     #[must_use]
-    pub fn of(source: Option<SourcePhase>, target: TargetPhase) -> Option<FaultPhase> {
-        match (source, target) {
-            (_, TargetPhase::Committing) => Some(FaultPhase::Committing),
-            (Some(SourcePhase::Prepare), _) => Some(FaultPhase::Prepare),
-            (Some(SourcePhase::Snapshot), _) => Some(FaultPhase::Snapshot),
-            (Some(SourcePhase::Rounds), _) => Some(FaultPhase::Rounds),
-            (Some(SourcePhase::Frozen), _) => Some(FaultPhase::Frozen),
-            (Some(SourcePhase::HandedOff), _) => Some(FaultPhase::HandedOff),
+    pub fn of(
+        source: Option<SourcePhase>,
+        target: TargetPhase,
+        standby: Option<FollowerPhase>,
+        was: Option<FaultPhase>,
+        owns: bool,
+    ) -> Option<FaultPhase> {
+        match (source, target, standby) {
+            (_, _, Some(FollowerPhase::Promoting)) => Some(FaultPhase::Promoting),
+            (None, _, None) if owns && matches!(was, Some(FaultPhase::Promoting | FaultPhase::Promoted)) => {
+                Some(FaultPhase::Promoted)
+            }
+            (_, TargetPhase::Committing, _) => Some(FaultPhase::Committing),
+            (Some(SourcePhase::Prepare), _, _) => Some(FaultPhase::Prepare),
+            (Some(SourcePhase::Snapshot), _, _) => Some(FaultPhase::Snapshot),
+            (Some(SourcePhase::Rounds), _, _) => Some(FaultPhase::Rounds),
+            (Some(SourcePhase::Frozen), _, _) => Some(FaultPhase::Frozen),
+            (Some(SourcePhase::HandedOff), _, _) => Some(FaultPhase::HandedOff),
             _ => None,
         }
     }
@@ -226,7 +268,7 @@ mod tests {
 
     #[test]
     fn the_phase_of_a_region_thread_comes_from_its_source_and_its_target() {
-        let phase = |source, target| FaultPhase::of(source, target);
+        let phase = |source, target| FaultPhase::of(source, target, None, None, true);
         assert_eq!(phase(None, TargetPhase::Committing), Some(FaultPhase::Committing));
         assert_eq!(phase(None, TargetPhase::Receiving), None);
         assert_eq!(phase(None, TargetPhase::Idle), None);
@@ -238,6 +280,29 @@ mod tests {
         assert_eq!(phase(Some(SourcePhase::HandedOff), TargetPhase::Idle), Some(FaultPhase::HandedOff));
         assert_eq!(phase(Some(SourcePhase::Retired), TargetPhase::Idle), None);
         assert_eq!(phase(Some(SourcePhase::Aborted), TargetPhase::Idle), None);
+    }
+
+    #[test]
+    fn a_standby_is_promoting_while_it_asks_and_promoted_once_it_owns() {
+        let phase = |standby, was, owns| FaultPhase::of(None, TargetPhase::Idle, standby, was, owns);
+        assert_eq!(phase(Some(FollowerPhase::Following), None, false), None);
+        assert_eq!(phase(Some(FollowerPhase::Detached), None, false), None);
+        assert_eq!(phase(Some(FollowerPhase::Promoting), None, false), Some(FaultPhase::Promoting));
+        // The swap won: the thread owns the region and has no follower any more.
+        assert_eq!(phase(None, Some(FaultPhase::Promoting), true), Some(FaultPhase::Promoted));
+        assert_eq!(phase(None, Some(FaultPhase::Promoted), true), Some(FaultPhase::Promoted));
+        // Refused: it owns nothing.
+        assert_eq!(phase(None, Some(FaultPhase::Promoting), false), None);
+        // An owner that was never promoting is no failover's.
+        assert_eq!(phase(None, None, true), None);
+        assert_eq!(phase(None, Some(FaultPhase::HandedOff), true), None);
+        for phase in FaultPhase::ALL {
+            let kinds = [!phase.is_crossing() && !phase.is_failover(), phase.is_crossing(), phase.is_failover()];
+            assert_eq!(kinds.iter().filter(|kind| **kind).count(), 1, "{phase:?}");
+        }
+        assert_eq!(FaultPhase::Promoted.operation(), "failover");
+        assert_eq!(FaultPhase::Emigrated.operation(), "crossing");
+        assert_eq!(FaultPhase::Rounds.operation(), "handoff");
     }
 
     #[test]

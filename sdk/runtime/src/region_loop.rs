@@ -197,7 +197,13 @@ pub(crate) fn run<L: RegionLogic + 'static>(
         node.handle_timeout(Instant::now(), &*context.hub);
         let crossed = carry_out(&mut node, &context, &mut links);
         if let Some(point) = &context.fault_point {
-            let now_in = FaultPhase::of(node.handoff().map(HandoffSource::phase), node.target_phase());
+            let now_in = FaultPhase::of(
+                node.handoff().map(HandoffSource::phase),
+                node.target_phase(),
+                node.standby_phase(),
+                phase,
+                node.ticks(),
+            );
             if now_in != phase {
                 phase = now_in;
                 if let Some(entered) = now_in {

@@ -64,15 +64,16 @@ enum Command {
     },
     /// Injects each fault (kill -9 of the source, the target, the coordinator or the players'
     /// gateway; the source host's link down for 2 s; the target host's link down) at each phase of
-    /// a handoff (prepare, snapshot, rounds, frozen, committing, handed_off) and of a border
-    /// crossing (emigrated, immigrated), one fresh test bed and deployment per cell, and checks per
-    /// cell: one owner, no input lost or applied twice, no player disconnected, equal digests where
-    /// the handoff committed, the regions serving again.
+    /// a handoff (prepare, snapshot, rounds, frozen, committing, handed_off), of a border
+    /// crossing (emigrated, immigrated) and of a failover that promotes a hot standby (promoting,
+    /// promoted), one fresh test bed and deployment per cell, and checks per cell: one owner, no
+    /// input lost (beyond what a failover counted lost by design) or applied twice, no player
+    /// disconnected, equal digests where the handoff committed, the regions serving again.
     /// Writes the cells as JSON (and with --markdown as a table); fails if a cell broke an
     /// invariant.
     Matrix {
-        /// The short form for CI: each fault once, each at another phase of a handoff, and one cell
-        /// at each phase of a crossing.
+        /// The short form for CI: each fault once, each at another phase of a handoff, one cell
+        /// at each phase of a crossing, and the standby killed while it is being promoted.
         #[arg(long)]
         quick: bool,
         /// Only these cells, as phase:fault (e.g. frozen:kill_source,rounds:target_link_down).
@@ -283,8 +284,20 @@ fn run_matrix(
     let mut reports: Vec<CellReport> = Vec::new();
     let mut skipped = Vec::new();
     println!(
-        "{:<9} {:<11} {:<20} {:<26} {:>4} {:>6} {:>5} {:>5} {:>5} {:>7} {:>7} {:>9}",
-        "operation", "phase", "fault", "outcome", "ok", "owner", "lost", "dup", "disc", "resumed", "digest", "serving"
+        "{:<9} {:<11} {:<20} {:<26} {:>4} {:>6} {:>5} {:>7} {:>5} {:>5} {:>7} {:>7} {:>9}",
+        "operation",
+        "phase",
+        "fault",
+        "outcome",
+        "ok",
+        "owner",
+        "lost",
+        "counted",
+        "dup",
+        "disc",
+        "resumed",
+        "digest",
+        "serving"
     );
     for (index, cell) in cells.iter().enumerate() {
         if time_box_s > 0 && started.elapsed().as_secs() >= time_box_s {
@@ -299,10 +312,23 @@ fn run_matrix(
             cell.phase.name()
         );
         let report = matrix::run(*cell)?;
-        let [operation, phase, fault, outcome, ok, owner, lost, duplicated, disconnects, resumes, digest, serving] =
-            report.columns();
+        let [
+            operation,
+            phase,
+            fault,
+            outcome,
+            ok,
+            owner,
+            lost,
+            counted,
+            duplicated,
+            disconnects,
+            resumes,
+            digest,
+            serving,
+        ] = report.columns();
         println!(
-            "{operation:<9} {phase:<11} {fault:<20} {:<26} {ok:>4} {owner:>6} {lost:>5} {duplicated:>5} {disconnects:>5} {resumes:>7} {digest:>7} {serving:>9}",
+            "{operation:<9} {phase:<11} {fault:<20} {:<26} {ok:>4} {owner:>6} {lost:>5} {counted:>7} {duplicated:>5} {disconnects:>5} {resumes:>7} {digest:>7} {serving:>9}",
             outcome.chars().take(26).collect::<String>(),
         );
         if report.outcome.starts_with("error") || report.reason.is_some() {
@@ -362,9 +388,10 @@ fn print_soak(report: &soak::SoakReport) {
         );
     }
     println!(
-        "inputs sent {}, lost {}, applied twice or out of order {}; disconnects {}, resumes {}, failed to connect {}",
+        "inputs sent {}, lost {} (counted lost by failovers {}), applied twice or out of order {}; disconnects {}, resumes {}, failed to connect {}",
         report.inputs_sent,
         report.inputs_lost,
+        report.inputs_lost_counted,
         report.inputs_duplicated,
         report.disconnects,
         report.resumes,
