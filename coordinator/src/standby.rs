@@ -132,10 +132,15 @@ impl Placement {
         settings: StandbySettings,
         now: Instant,
     ) -> (Placement, Vec<HostAction>) {
-        let placement = Placement {
+        let placement = Placement::at(region, owner, Step::Claiming { host: host.to_owned() }, settings, now);
+        (placement, vec![HostAction::Claim { host: host.to_owned() }])
+    }
+
+    fn at(region: RegionId, owner: OwnerAt, step: Step, settings: StandbySettings, now: Instant) -> Placement {
+        Placement {
             region,
             owner,
-            step: Step::Claiming { host: host.to_owned() },
+            step,
             step_started: now,
             settings,
             ended: None,
@@ -143,8 +148,7 @@ impl Placement {
             bytes_per_second: 0.0,
             owner_silent_since: None,
             adopted: false,
-        };
-        (placement, vec![HostAction::Claim { host: host.to_owned() }])
+        }
     }
 
     /// A placement of the standby on `host`'s `process`, which reports holding `tick` of
@@ -159,18 +163,8 @@ impl Placement {
         settings: StandbySettings,
         now: Instant,
     ) -> Placement {
-        Placement {
-            region,
-            owner,
-            step: Step::Holding { host: host.to_owned(), process: process.to_owned(), tick },
-            step_started: now,
-            settings,
-            ended: None,
-            bytes: None,
-            bytes_per_second: 0.0,
-            owner_silent_since: None,
-            adopted: true,
-        }
+        let step = Step::Holding { host: host.to_owned(), process: process.to_owned(), tick };
+        Placement { adopted: true, ..Placement::at(region, owner, step, settings, now) }
     }
 
     /// Whether a standby that no placement knows, reporting from `host`'s `process` that it

@@ -1070,13 +1070,26 @@ fn owner_known(
     Ok(())
 }
 
-/// protocol.md §10: delivers again every crossing into `region` that was sent and not answered
-/// (the owner that got it was lost, or the connection it went on broke). An owner that took the
-/// avatar in already answers `Arrived` again.
+/// protocol.md §10: delivers again the crossings into `region` that were sent and may not have
+/// been answered or stored (the owner that got them was lost). An owner that took the avatar in
+/// already answers `Arrived` again.
 fn deliver_unanswered(inner: &Inner, region: RegionId) {
-    let unanswered: Vec<Transfer> =
+    deliver_again(inner, region, |_| true);
+}
+
+/// protocol.md §10: delivers again the crossings into `region` still waiting for their answer
+/// (`Arrived` or a refusal) after the connection they went on broke: the `Immigrate`, or its
+/// answer, may have been lost with it. Crossings answered already, and those of players whose
+/// avatar crosses on to elsewhere by now, are left alone: an `Arrived` repeated now would end a
+/// later crossing.
+fn deliver_unanswered_on_reconnect(inner: &Inner, region: RegionId) {
+    deliver_again(inner, region, |sent| table(inner).delivering(sent.player) == Some(sent.crossings));
+}
+
+fn deliver_again(inner: &Inner, region: RegionId, wanted: impl Fn(&Transfer) -> bool) {
+    let again: Vec<Transfer> =
         inner.crossings_sent.iter().filter(|sent| sent.to == region).map(|sent| sent.value().clone()).collect();
-    for transfer in unanswered {
+    for transfer in again.into_iter().filter(|transfer| wanted(transfer)) {
         deliver_transfer(inner, transfer, Delivery::Onward);
     }
 }
@@ -1091,11 +1104,14 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
             tracing::info!(server = server.0, name, regions = regions.len(), "region server introduced itself");
             // After a reconnect the server knows none of our players: `owner_known` tells it again.
             // Crossings into its regions that went out on the broken connection (the `Immigrate`
-            // or its `Arrived` lost with it) go again: nothing else would answer them.
+            // or its `Arrived` lost with it) go again: nothing else would answer them. (A server
+            // that becomes a region's owner by this `Welcome` gets the unanswered crossings with
+            // the route's flip.)
             for (region, epoch) in regions {
+                let reconnected = inner.routes.owner(region) == Some((server, epoch));
                 let _ = owner_known(inner, region, server, epoch, OwnerNews::Owning);
-                if inner.routes.owner(region) == Some((server, epoch)) {
-                    deliver_unanswered(inner, region);
+                if reconnected {
+                    deliver_unanswered_on_reconnect(inner, region);
                 }
             }
         }
@@ -1137,6 +1153,8 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
         }
         ServerMessage::Detached { player } => {
             table(inner).handle_detached(player);
+            // Another gateway carries the player now, and its crossings.
+            inner.crossings_sent.remove(&player);
             if let Some((_, link)) = inner.links.remove(&player) {
                 link.close(CloseCode::Replaced, "the session continues on another gateway");
             }
@@ -1198,6 +1216,9 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
                 return;
             }
             let players = table(inner).handle_stopped(region);
+            for player in &players {
+                inner.crossings_sent.remove(player);
+            }
             tracing::info!(%region, %epoch, players = players.len(), "region stopped; ending its sessions");
             let reason = format!("region {region} was stopped for a restart; reconnect to play on");
             inner.counters.stopped_sessions.fetch_add(players.len() as u64, Ordering::Relaxed);
@@ -1298,7 +1319,10 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
                     return;
                 }
             }
-            inner.crossings_sent.remove(&player);
+            // Only this crossing's entry: a newer crossing of the player may be out already.
+            inner
+                .crossings_sent
+                .remove_if(&player, |_, sent| sent.to == transfer.to && sent.crossings == transfer.crossings);
             if let Some(onward) = onward {
                 // The crossing carried a stale copy: the avatar had come to `transfer.to` and left
                 // again; it goes on as it left (that crossing was lost with its gateway, or arrives
@@ -1342,7 +1366,16 @@ fn deliver_transfer(inner: &Inner, mut transfer: Transfer, delivery: Delivery) {
     let route = (inner.routes.held(to) == 0).then(|| inner.routes.owner(to)).flatten();
     match route {
         Some((server, epoch)) => {
-            inner.crossings_sent.insert(transfer.player, transfer.clone());
+            // The newest crossing of the player is the one to deliver again if need be.
+            inner
+                .crossings_sent
+                .entry(transfer.player)
+                .and_modify(|sent| {
+                    if transfer.crossings >= sent.crossings {
+                        *sent = transfer.clone();
+                    }
+                })
+                .or_insert_with(|| transfer.clone());
             send_upstream(inner, server, GatewayMessage::Immigrate { epoch, transfer });
         }
         None => {

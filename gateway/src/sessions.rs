@@ -237,6 +237,11 @@ impl SessionTable {
         self.sessions.get(&player).is_some_and(|record| record.transit.is_some())
     }
 
+    /// The crossings count of the avatar `player`'s crossing is delivering, while it crosses.
+    pub(crate) fn delivering(&self, player: PlayerId) -> Option<u64> {
+        self.sessions.get(&player).filter(|record| record.transit.is_some()).and_then(|record| record.delivering)
+    }
+
     /// The destination refused a crossing as a stale copy of the avatar, which had come there
     /// and left again as `onward`: the crossing goes on with `onward` (a new delivery, counted
     /// afresh). Nothing when the player's crossing is over already (a late answer).
@@ -443,6 +448,8 @@ mod tests {
         assert!(!table.in_transit(PlayerId(7)));
         table.handle_emigrated(transfer(7));
         assert!(table.in_transit(PlayerId(7)));
+        assert_eq!(table.delivering(PlayerId(7)), Some(transfer(7).crossings));
+        assert_eq!(table.delivering(PlayerId(8)), None, "no session");
         // Failures so far count towards turning back...
         for _ in 0..SEND_BACK_AFTER - 1 {
             table.handle_immigration_refused(start, transfer(7));
@@ -454,6 +461,7 @@ mod tests {
             Some(SessionAction::Deliver { transfer: onward.clone(), delivery: Delivery::Onward })
         );
         assert!(table.in_transit(PlayerId(7)), "inputs still wait for the arrival");
+        assert_eq!(table.delivering(PlayerId(7)), Some(3), "the crossing delivered now is the onward one");
         assert_eq!(table.handle_emigrated(onward.clone()), None, "the same crossing sent again: one delivery");
         table.handle_immigration_refused(start, onward.clone());
         let retried = table.handle_timeout(start + CROSSING_RETRY);
@@ -466,6 +474,7 @@ mod tests {
         // A late answer once the crossing is over changes nothing.
         assert_eq!(table.handle_moved_on(onward), None);
         assert!(!table.in_transit(PlayerId(7)));
+        assert_eq!(table.delivering(PlayerId(7)), None, "arrived: nothing is being delivered");
     }
 
     #[test]

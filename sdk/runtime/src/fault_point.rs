@@ -1,7 +1,7 @@
 //! Fault points: a region thread that reaches a chosen phase of a handoff, of a border crossing
-//! or of a failover stops there, says so in a file, and waits until it is told to go on, so a fault (a killed
-//! process, a link taken down) can be injected at exactly that phase. Used by the test bed's fault matrix (`baton-testbed matrix`);
-//! never set in production.
+//! or of a failover stops there, says so in a file, and waits until it is told to go on, so a
+//! fault (a killed process, a link taken down) can be injected at exactly that phase. Used by the
+//! test bed's fault matrix (`baton-testbed matrix`); never set in production.
 //!
 //! Set with the environment variable [`FAULT_POINT_VARIABLE`] as `<phase>:<path>`, for example
 //! `frozen:/tmp/fault`. The first region thread of any process sharing `<path>` that enters
@@ -12,7 +12,8 @@
 //! crossing, `emigrated` (the region the avatar left sent it to the player's gateway) and
 //! `immigrated` (the region it entered took it in and answered `Arrived`); of a failover that
 //! promotes a hot standby, `promoting` (the standby asked the authority for the region) and
-//! `promoted` (the swap won: the standby owns the region and has announced it). `<region>` in the file is the region whose thread stopped.
+//! `promoted` (the swap won: the standby owns the region and has announced it). `<region>` in the
+//! file is the region whose thread stopped.
 //!
 //! `armed:<path>` takes the phase from the file `<path>.phase` instead, read when a region thread
 //! enters a phase (none there: the point is disarmed). A long run arms it again and again: it

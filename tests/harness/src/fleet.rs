@@ -417,14 +417,12 @@ impl Fleet {
                 .filter_map(|pid| u32::try_from(pid).ok())
                 .filter(|pid| *pid > 0),
         );
-        // The agent must get it; a region server its host last reported may have exited since
-        // (a crashed one the agent has not started again yet).
-        let status = Command::new("kill").arg(signal).arg(pids[0].to_string()).status()?;
-        if !status.success() {
-            bail!("kill {signal} {} (the agent of {name}) failed", pids[0]);
-        }
-        for pid in &pids[1..] {
-            let _ = Command::new("kill").arg(signal).arg(pid.to_string()).stderr(std::process::Stdio::null()).status();
+        let arguments: Vec<String> = pids.iter().map(u32::to_string).collect();
+        let all = Command::new("kill").arg(signal).args(&arguments).stderr(std::process::Stdio::null()).status()?;
+        // A region server its host last reported may have exited since (a crashed one the agent
+        // has not started again yet): the others got the signal; the agent must have.
+        if !all.success() && !Command::new("kill").args(["-0", &arguments[0]]).status()?.success() {
+            bail!("kill {signal} {} (the agent of {name}) failed", arguments[0]);
         }
         Ok(pids)
     }

@@ -9,8 +9,9 @@
 //! servers it reports, and nothing at all once the deployment is stopped); and the memory and open
 //! files of every long-running process (coordinator, agents, gateways, region servers) sampled
 //! every 10 s, with their least-squares slope. A region server's memory follows the regions it
-//! hosts (it grows when it takes one over, shrinks when it hands one off), so its slope is fitted
-//! within each stretch of samples where it hosted the same regions ([`pooled_slope`]).
+//! hosts (it grows when it takes one over or becomes a region's hot standby, shrinks when it hands
+//! one off), so its slope is fitted within each stretch of samples where it owned the same regions
+//! and was the standby of the same regions ([`pooled_slope`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,7 +82,8 @@ pub struct ProcessTrend {
     pub minutes: f64,
     /// Resident memory at the first and the last of them, kB.
     pub rss_kb: (u64, u64),
-    /// Stretches of samples with the same regions hosted (1 for a process that hosts none).
+    /// Stretches of samples with the same regions owned and followed as a standby (1 for a
+    /// process that hosts none).
     pub stretches: usize,
     /// Least-squares slope of the resident memory within those stretches, kB per minute.
     pub rss_kb_per_min: f64,
@@ -446,8 +448,10 @@ struct Sample {
     pid: u32,
     rss_kb: u64,
     fds: u64,
-    /// The regions it hosted, in order (none for a process that is not a region server).
+    /// The regions it owned, in order (none for a process that is not a region server).
     regions: Vec<u64>,
+    /// The regions it was the hot standby of (holding their state), in order.
+    standby_of: Vec<u64>,
 }
 
 fn sample_every(
@@ -465,10 +469,22 @@ fn sample_every(
             continue;
         }
         next += every;
-        let mut processes: Vec<(String, u32, Vec<u64>)> = watched
+        let mut processes: Vec<(String, u32, Vec<u64>, Vec<u64>)> = watched
             .lock()
-            .map(|watched| watched.iter().map(|(name, pid)| (name.clone(), *pid, Vec::new())).collect())
+            .map(|watched| watched.iter().map(|(name, pid)| (name.clone(), *pid, Vec::new(), Vec::new())).collect())
             .unwrap_or_default();
+        // Which process follows which region as its standby.
+        let mut standbys: Vec<(String, u64)> = Vec::new();
+        if let Ok(views) = admin.ok("GET", "/v1/standbys", None) {
+            for view in views.as_array().into_iter().flatten() {
+                // Holding the region's state (being fed, its snapshot is still on its way).
+                let holds = matches!(view["state"].as_str(), Some("holding" | "detached"));
+                if let (true, Some(process), Some(region)) = (holds, view["process"].as_str(), view["region"].as_u64())
+                {
+                    standbys.push((process.to_owned(), region));
+                }
+            }
+        }
         // Region servers, as their hosts report them (none while the coordinator is down).
         if let Ok(hosts) = admin.ok("GET", "/v1/hosts", None) {
             for process in hosts
@@ -485,16 +501,19 @@ fn sample_every(
                         .filter_map(|region| region.as_u64())
                         .collect();
                     regions.sort_unstable();
-                    processes.push((name.to_owned(), pid as u32, regions));
+                    let mut standby_of: Vec<u64> =
+                        standbys.iter().filter(|(process, _)| process == name).map(|(_, region)| *region).collect();
+                    standby_of.sort_unstable();
+                    processes.push((name.to_owned(), pid as u32, regions, standby_of));
                 }
             }
         }
         let at_min = started.elapsed().as_secs_f64() / 60.0;
         let taken: Vec<Sample> = processes
             .into_iter()
-            .filter_map(|(process, pid, regions)| {
+            .filter_map(|(process, pid, regions, standby_of)| {
                 let (rss_kb, fds) = usage(pid)?;
-                Some(Sample { at_min, process, pid, rss_kb, fds, regions })
+                Some(Sample { at_min, process, pid, rss_kb, fds, regions, standby_of })
             })
             .collect();
         if let Ok(mut samples) = samples.lock() {
@@ -529,7 +548,8 @@ fn trends(samples: &[Sample], warmup: Duration) -> Vec<ProcessTrend> {
                 return None;
             }
             let minutes = kept.last()?.at_min - kept.first()?.at_min;
-            let stretches: Vec<&[&Sample]> = kept.chunk_by(|a, b| a.regions == b.regions).collect();
+            let stretches: Vec<&[&Sample]> =
+                kept.chunk_by(|a, b| a.regions == b.regions && a.standby_of == b.standby_of).collect();
             let points = |value: fn(&Sample) -> u64| -> Vec<Vec<(f64, f64)>> {
                 stretches
                     .iter()
@@ -653,6 +673,7 @@ mod tests {
             rss_kb,
             fds,
             regions: Vec::new(),
+            standby_of: Vec::new(),
         };
         // Growing 10 kB a minute on 10 MB: 6% an hour, flat; the first 2 minutes are left out.
         let steady: Vec<Sample> =
@@ -674,24 +695,27 @@ mod tests {
 
     #[test]
     fn a_region_servers_memory_is_judged_within_stretches_of_the_same_regions() {
-        // A region server flat while it hosts region 1 (20 MB), that takes region 2 over (+30 MB)
-        // and hands region 1 off (-15 MB): the jumps are not a trend.
-        let sample = |index: u32, rss_kb: u64, regions: Vec<u64>| Sample {
+        // A region server flat while it hosts region 1 (20 MB), that takes region 2 over (+30 MB),
+        // hands region 1 off (-15 MB) and becomes region 3's standby (+10 MB): the jumps are not
+        // a trend.
+        let sample = |index: u32, rss_kb: u64, regions: Vec<u64>, standby_of: Vec<u64>| Sample {
             at_min: f64::from(index) / 6.0,
             process: "h1-p2".into(),
             pid: 7,
             rss_kb,
             fds: 40,
             regions,
+            standby_of,
         };
-        let mut samples: Vec<Sample> = (0..30).map(|index| sample(index, 20_000, vec![1])).collect();
-        samples.extend((30..60).map(|index| sample(index, 50_000, vec![1, 2])));
-        samples.extend((60..90).map(|index| sample(index, 35_000, vec![2])));
+        let mut samples: Vec<Sample> = (0..30).map(|index| sample(index, 20_000, vec![1], vec![])).collect();
+        samples.extend((30..60).map(|index| sample(index, 50_000, vec![1, 2], vec![])));
+        samples.extend((60..90).map(|index| sample(index, 35_000, vec![2], vec![])));
+        samples.extend((90..120).map(|index| sample(index, 45_000, vec![2], vec![3])));
         let trend = &trends(&samples, Duration::ZERO)[0];
-        assert_eq!(trend.stretches, 3);
+        assert_eq!(trend.stretches, 4);
         assert_eq!(trend.rss_kb_per_min, 0.0, "{trend:?}");
         assert!(trend.flat, "{trend:?}");
-        // Fitted across the jumps as one line, the same samples climb 15 MB in 15 minutes.
+        // Fitted across the jumps as one line, the same samples climb 25 MB in 20 minutes.
         let points: Vec<(f64, f64)> = samples.iter().map(|sample| (sample.at_min, sample.rss_kb as f64)).collect();
         assert!(slope(&points) > 1_000.0);
         // Growth within each stretch is still growth: 1 MB a minute in each.
