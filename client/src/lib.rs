@@ -182,6 +182,11 @@ pub struct Client {
     endpoint: quinn::Endpoint,
     connection: quinn::Connection,
     send: quinn::SendStream,
+    /// Frames encoded and not yet written to `send`, whole frames only ever added: every write
+    /// goes through here and quinn's cancel-safe `write`, so a caller that drops a future of this
+    /// client mid-write (a `select!` on [`Client::next_event`], which sends kept inputs again)
+    /// never leaves half a frame on the stream; the rest goes out with the next write.
+    outbox: Vec<u8>,
     events: UnboundedReceiver<Event>,
     /// Datagrams are read in [`Client::next_event`] itself (no task of their own: one wake-up less
     /// per update); false once the connection is gone.
@@ -220,6 +225,7 @@ impl Client {
             endpoint,
             connection,
             send,
+            outbox: Vec::new(),
             events,
             datagrams_open: true,
             shared,
@@ -288,23 +294,23 @@ impl Client {
 
     /// Sends one input (kept until durable); returns its sequence number.
     pub async fn send_input(&mut self, payload: Vec<u8>) -> Result<u64, ClientError> {
-        self.flush_resend().await?;
+        self.queue_resend()?;
         let seq = self.next_seq;
         self.next_seq += 1;
         self.inputs.kept.push_back((seq, payload.clone()));
-        self.write(&ClientFrame::Input { seq, payload }).await?;
+        self.queue(&ClientFrame::Input { seq, payload })?;
+        self.drain().await?;
         Ok(seq)
     }
 
-    /// Sends every kept input again if a failover asked for it, after saying which inputs the
+    /// Queues every kept input again if a failover asked for it, after saying which inputs the
     /// client no longer has if the region's updates show it lacks them.
-    async fn flush_resend(&mut self) -> Result<(), ClientError> {
+    fn queue_resend(&mut self) -> Result<(), ClientError> {
         if let Some(through) = self.inputs.take_skip() {
-            self.write(&ClientFrame::Skip { through }).await?;
+            self.queue(&ClientFrame::Skip { through })?;
         }
-        let again = self.inputs.take_resend();
-        for (seq, payload) in again {
-            self.write(&ClientFrame::Input { seq, payload }).await?;
+        for (seq, payload) in self.inputs.take_resend() {
+            self.queue(&ClientFrame::Input { seq, payload })?;
         }
         Ok(())
     }
@@ -316,12 +322,26 @@ impl Client {
 
     /// Sends a keep-alive; the answer is an [`Event::Pong`].
     pub async fn ping(&mut self, nonce: u64) -> Result<(), ClientError> {
-        self.write(&ClientFrame::Ping { nonce }).await
+        self.queue(&ClientFrame::Ping { nonce })?;
+        self.drain().await
     }
 
-    async fn write(&mut self, frame: &ClientFrame) -> Result<(), ClientError> {
+    /// Adds `frame` to the outbox (whole, or not at all).
+    fn queue(&mut self, frame: &ClientFrame) -> Result<(), ClientError> {
         let bytes = baton_wire::player::encode(frame).map_err(|error| ClientError::Protocol(error.to_string()))?;
-        self.send.write_all(&bytes).await.map_err(|error| ClientError::Connection(error.to_string()))
+        self.outbox.extend_from_slice(&bytes);
+        Ok(())
+    }
+
+    /// Writes the outbox to the stream. Cancel-safe: what a dropped call did not write stays in
+    /// the outbox, in order, for the next call.
+    async fn drain(&mut self) -> Result<(), ClientError> {
+        while !self.outbox.is_empty() {
+            let written =
+                self.send.write(&self.outbox).await.map_err(|error| ClientError::Connection(error.to_string()))?;
+            self.outbox.drain(..written);
+        }
+        Ok(())
     }
 
     /// The next event; `None` once the session's connection is gone and every event was taken.
@@ -351,7 +371,8 @@ impl Client {
                 self.events.recv().await?
             };
             if let Some(event) = self.observe(event) {
-                if self.flush_resend().await.is_err() {
+                let queued = self.queue_resend();
+                if queued.is_err() || self.drain().await.is_err() {
                     // The connection is gone; its closing comes as the next event, and a resume
                     // sends what the region lacks.
                     tracing::debug!("could not send kept inputs again");
@@ -433,6 +454,8 @@ impl Client {
         let (connection, send, events, shared, welcome) = open_session(&self.endpoint, &options, &token).await?;
         self.connection = connection;
         self.send = send;
+        // What the old stream did not take is in the inputs kept, sent again below.
+        self.outbox.clear();
         self.events = events;
         self.datagrams_open = true;
         self.shared = shared;
@@ -441,12 +464,12 @@ impl Client {
         self.next_update = None;
         let resend = self.inputs.handle_welcome(welcome.last_applied);
         if let Some(through) = self.inputs.take_skip() {
-            self.write(&ClientFrame::Skip { through }).await?;
+            self.queue(&ClientFrame::Skip { through })?;
         }
         for (seq, payload) in resend {
-            self.write(&ClientFrame::Input { seq, payload }).await?;
+            self.queue(&ClientFrame::Input { seq, payload })?;
         }
-        Ok(())
+        self.drain().await
     }
 
     /// Moves the connection to a new local socket bound to `bind` (as when a phone changes network;

@@ -1066,7 +1066,15 @@ fn owner_known(
             send_upstream(inner, server, GatewayMessage::Attach { region, epoch, players });
         }
     }
-    run_actions(inner, flipped?);
+    let actions = flipped?;
+    // A flip without `Resend` is a handoff's commit. A crossing its source took after the freeze
+    // waits there for the outcome, and dies with a source killed before it answers: the new owner
+    // gets the crossings still waiting for their answer (a failover's `Resend` delivers them all).
+    let failover = actions.iter().any(|action| matches!(action, RouteAction::Resend { .. }));
+    run_actions(inner, actions);
+    if !failover {
+        deliver_still_unanswered(inner, region);
+    }
     Ok(())
 }
 
@@ -1078,11 +1086,12 @@ fn deliver_unanswered(inner: &Inner, region: RegionId) {
 }
 
 /// protocol.md §10: delivers again the crossings into `region` still waiting for their answer
-/// (`Arrived` or a refusal) after the connection they went on broke: the `Immigrate`, or its
-/// answer, may have been lost with it. Crossings answered already, and those of players whose
-/// avatar crosses on to elsewhere by now, are left alone: an `Arrived` repeated now would end a
-/// later crossing.
-fn deliver_unanswered_on_reconnect(inner: &Inner, region: RegionId) {
+/// (`Arrived` or a refusal) to the region's owner, after the connection they went on broke (the
+/// `Immigrate`, or its answer, may have been lost with it) or after a handoff's commit (a source
+/// that took it while frozen and died before the outcome never answers it). Crossings answered
+/// already, and those of players whose avatar crosses on to elsewhere by now, are left alone: an
+/// `Arrived` repeated now would end a later crossing.
+fn deliver_still_unanswered(inner: &Inner, region: RegionId) {
     deliver_again(inner, region, |sent| table(inner).delivering(sent.player) == Some(sent.crossings));
 }
 
@@ -1111,7 +1120,7 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
                 let reconnected = inner.routes.owner(region) == Some((server, epoch));
                 let _ = owner_known(inner, region, server, epoch, OwnerNews::Owning);
                 if reconnected {
-                    deliver_unanswered_on_reconnect(inner, region);
+                    deliver_still_unanswered(inner, region);
                 }
             }
         }
@@ -1265,10 +1274,22 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
                 return;
             }
             let player = transfer.player;
-            let Some(action) = table(inner).handle_emigrated(transfer) else {
-                // The player is in another region: this avatar is a stale copy (its region was
-                // restored from state taken before the live avatar left it).
-                tracing::warn!(%from, %epoch, %player, "an emigration of a stale copy of an avatar; dropped");
+            let crossings = transfer.crossings;
+            let (action, known) = {
+                let mut table = table(inner);
+                // Not newer than the latest crossing heard: one sent again (its region does so for
+                // inputs that still reach it, protocol.md §10) or a stale copy's, both common.
+                let known = table.last_crossing(player).is_some_and(|last| crossings <= last);
+                (table.handle_emigrated(transfer), known)
+            };
+            let Some(action) = action else {
+                if known {
+                    tracing::debug!(%from, %player, crossings, "an emigration no newer than the latest crossing; dropped");
+                } else {
+                    // The player is in another region: this avatar is a stale copy (its region was
+                    // restored from state taken before the live avatar left it).
+                    tracing::warn!(%from, %epoch, %player, "an emigration of a stale copy of an avatar; dropped");
+                }
                 return;
             };
             let now = Instant::now();
@@ -1333,11 +1354,15 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
                 }
                 return;
             }
-            tracing::info!(player = %transfer.player, to = %transfer.to, reason, "a crossing was refused; retrying");
             // The refusal counts with the crossing's earlier failures, so one that is refused
             // every time still goes back after `SEND_BACK_AFTER` of them (docs/protocol.md §10).
-            table(inner).handle_immigration_refused(Instant::now(), transfer);
-            inner.timers.notify_one();
+            let to = transfer.to;
+            if table(inner).handle_immigration_refused(Instant::now(), transfer) {
+                tracing::info!(%player, %to, reason, "a crossing was refused; retrying");
+                inner.timers.notify_one();
+            } else {
+                tracing::debug!(%player, %to, reason, "a late refusal of a crossing that is over; ignored");
+            }
         }
     }
 }

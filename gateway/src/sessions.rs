@@ -80,8 +80,8 @@ struct Record {
     connected: bool,
     /// Inputs waiting while the avatar crosses a border.
     transit: Option<Vec<PlayerInput>>,
-    /// The crossings count of the avatar being delivered (`Transfer::crossings`); read only while
-    /// it crosses (`transit`), set whenever a crossing starts.
+    /// The crossings count of the avatar being delivered (`Transfer::crossings`), set whenever a
+    /// crossing starts and kept after its arrival (the latest crossing heard).
     delivering: Option<u64>,
 }
 
@@ -242,6 +242,11 @@ impl SessionTable {
         self.sessions.get(&player).filter(|record| record.transit.is_some()).and_then(|record| record.delivering)
     }
 
+    /// The crossings count of `player`'s latest crossing heard here, delivering or over.
+    pub(crate) fn last_crossing(&self, player: PlayerId) -> Option<u64> {
+        self.sessions.get(&player).and_then(|record| record.delivering)
+    }
+
     /// The destination refused a crossing as a stale copy of the avatar, which had come there
     /// and left again as `onward`: the crossing goes on with `onward` (a new delivery, counted
     /// afresh). Nothing when the player's crossing is over already (a late answer).
@@ -265,10 +270,18 @@ impl SessionTable {
     }
 
     /// The destination's owner refused the crossing: it is tried again shortly (turned back once
-    /// it failed too often).
-    pub(crate) fn handle_immigration_refused(&mut self, now: Instant, transfer: Transfer) {
+    /// it failed too often). False, and nothing is tried again, for a late refusal of a crossing
+    /// of a player served here that is over (it arrived: a source that held the crossing while
+    /// frozen refuses it after the commit, when it was delivered to the new owner already) or that
+    /// a newer crossing replaced. A player with no session here has its crossing retried anyway:
+    /// nothing else carries that avatar.
+    pub(crate) fn handle_immigration_refused(&mut self, now: Instant, transfer: Transfer) -> bool {
+        if self.is_over(&transfer) {
+            return false;
+        }
         let delivery = self.crossings.handle_refused(transfer.player);
         self.schedule(now + CROSSING_RETRY, Timer::RetryCrossing { transfer, delivery });
+        true
     }
 
     /// The crossing could not be sent (its destination has no route or is frozen): it is tried
@@ -303,11 +316,23 @@ impl SessionTable {
                     }
                 }
                 Timer::RetryCrossing { transfer, delivery } => {
-                    actions.push(SessionAction::Deliver { transfer, delivery })
+                    // Not once the crossing is over: its answer came by another delivery.
+                    if !self.is_over(&transfer) {
+                        actions.push(SessionAction::Deliver { transfer, delivery });
+                    }
                 }
             }
         }
         actions
+    }
+
+    /// Whether `transfer` is a crossing of a player served here that is over: it arrived, or a
+    /// newer crossing replaced it. (The crossing of a player with no session here is never over
+    /// for the table: nothing else carries that avatar.)
+    fn is_over(&self, transfer: &Transfer) -> bool {
+        self.sessions
+            .get(&transfer.player)
+            .is_some_and(|record| record.transit.is_none() || record.delivering != Some(transfer.crossings))
     }
 
     fn schedule(&mut self, at: Instant, timer: Timer) {
@@ -475,6 +500,8 @@ mod tests {
         assert_eq!(table.handle_moved_on(onward), None);
         assert!(!table.in_transit(PlayerId(7)));
         assert_eq!(table.delivering(PlayerId(7)), None, "arrived: nothing is being delivered");
+        assert_eq!(table.last_crossing(PlayerId(7)), Some(3), "the latest crossing is remembered");
+        assert_eq!(table.last_crossing(PlayerId(8)), None, "no session");
     }
 
     #[test]
@@ -504,6 +531,37 @@ mod tests {
         // The arrival (wherever) ends the crossing; the player's inputs flow again.
         assert!(table.handle_arrived(PlayerId(7), HOME).is_some());
         assert_eq!(table.handle_input(input(7, 1)), Routed::To(HOME, input(7, 1)));
+    }
+
+    #[test]
+    fn a_refusal_or_a_retry_of_a_crossing_that_is_over_delivers_nothing() {
+        let start = Instant::now();
+        let mut table = SessionTable::new(GRACE);
+        table.handle_connected(PlayerId(7), HOME);
+        table.handle_emigrated(transfer(7));
+        // Refused once (the source frozen at the time); the retry is due...
+        assert!(table.handle_immigration_refused(start, transfer(7)));
+        // ...but another delivery (to the new owner) arrived first: the retry sends nothing.
+        assert!(table.handle_arrived(PlayerId(7), NEXT).is_some());
+        assert_eq!(table.handle_timeout(start + CROSSING_RETRY), Vec::new());
+        // A refusal that comes after the arrival is late: nothing is scheduled.
+        assert!(!table.handle_immigration_refused(start, transfer(7)));
+        assert_eq!(table.poll_timeout(), None);
+        // The next crossing is out: a refusal of the earlier one is late too, its own is not.
+        let next = Transfer { from: NEXT, to: RegionId(9), crossings: 2, ..transfer(7) };
+        assert!(table.handle_emigrated(next.clone()).is_some());
+        assert!(!table.handle_immigration_refused(start, transfer(7)));
+        assert!(table.handle_immigration_refused(start, next.clone()));
+        assert_eq!(
+            table.handle_timeout(start + CROSSING_RETRY),
+            vec![SessionAction::Deliver { transfer: next, delivery: Delivery::Onward }]
+        );
+        // A player with no session here: its avatar is carried on whatever the table knows.
+        assert!(table.handle_immigration_refused(start, transfer(8)));
+        assert_eq!(
+            table.handle_timeout(start + CROSSING_RETRY),
+            vec![SessionAction::Deliver { transfer: transfer(8), delivery: Delivery::Onward }]
+        );
     }
 
     #[test]

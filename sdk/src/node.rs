@@ -510,6 +510,9 @@ pub struct RegionNode<L: RegionLogic> {
     gaps: GapWatch,
     /// Per player whose avatar left, the tick its crossing was last sent out again.
     departures_resent: HashMap<PlayerId, u64>,
+    /// A handoff waiting for the checkpoint taken when it was asked for (the region has a hot
+    /// standby, which the handoff lets go: see [`RegionNode::handle_start_handoff`]).
+    handoff_waiting: Option<WaitingHandoff>,
     reported_phase: Option<SourcePhase>,
     outputs: VecDeque<Output>,
 }
@@ -543,6 +546,7 @@ impl<L: RegionLogic> RegionNode<L> {
             late_receiver: None,
             deferred: Vec::new(),
             departures_resent: HashMap::new(),
+            handoff_waiting: None,
             load_window: (0, Duration::ZERO, Duration::ZERO),
             standby_bytes: 0,
             reported_phase: None,
@@ -573,6 +577,13 @@ impl<L: RegionLogic> RegionNode<L> {
         self.durability.handle_stored(tick, stored && still_ours);
         if let Some(owner) = owner {
             self.handle_ownership_seen(now, owner);
+        }
+        if let Some(waiting) = self.handoff_waiting.take_if(|waiting| waiting.tick == tick) {
+            if stored && still_ours && self.owned_epoch().is_some() {
+                self.start_handoff(now, waiting.peer, waiting.id);
+            } else {
+                self.refuse_handoff("the checkpoint before the move was not stored");
+            }
         }
     }
 
@@ -747,17 +758,49 @@ impl<L: RegionLogic> RegionNode<L> {
     }
 
     /// Starts moving the region to the target at `peer` (`id` identifies this attempt).
+    ///
+    /// One copy moves at a time: the handoff ends the hot standby's feed, and the standby is made
+    /// again on the new owner after the move. What players were told is durable because the
+    /// standby holds it would then survive only in this instance and the target until the new
+    /// owner stores its first checkpoint (invariant 7). So a region with a standby (and
+    /// checkpoints on) first takes a checkpoint, here between two ticks; the standby's
+    /// acknowledgements of later ticks confirm nothing more; and the handoff starts, ending the
+    /// feed, only once the checkpoint is stored ([`RegionNode::handle_checkpoint_stored`]). A
+    /// checkpoint that cannot be taken or stored aborts the handoff (the region stays here with
+    /// its standby).
     pub fn handle_start_handoff(&mut self, now: Instant, peer: SocketAddr, id: u64) {
+        let region = self.region.id();
+        let State::Owner { epoch, handoff, standby, .. } = &self.state else {
+            tracing::warn!(%region, "cannot start a handoff of a region this host does not own");
+            return;
+        };
+        if handoff.as_ref().is_some_and(|handoff| !handoff.is_finished()) || self.handoff_waiting.is_some() {
+            tracing::warn!(%region, "a handoff of this region is already running");
+            return;
+        }
+        let epoch = *epoch;
+        if standby.as_ref().is_none_or(|feed| feed.is_ended()) || self.settings.checkpoint_every_ticks == 0 {
+            self.start_handoff(now, peer, id);
+            return;
+        }
+        match crate::checkpoint::encode(&mut self.region, epoch) {
+            Ok((info, bytes)) => {
+                tracing::info!(%region, tick = info.tick, "storing a checkpoint before the handoff lets the standby go");
+                self.durability.taken(info.tick, player_progress(self.region.world()));
+                self.handoff_waiting = Some(WaitingHandoff { peer, id, tick: info.tick });
+                self.outputs.push_back(Output::StoreCheckpoint { info, bytes });
+            }
+            Err(error) => self.refuse_handoff(&format!("the checkpoint before the move failed: {error}")),
+        }
+    }
+
+    /// Starts the handoff now: ends the standby's feed and begins streaming to `peer`.
+    fn start_handoff(&mut self, now: Instant, peer: SocketAddr, id: u64) {
         let region = self.region.id();
         let State::Owner { epoch, handoff, peer: handoff_peer, standby, .. } = &mut self.state else {
             tracing::warn!(%region, "cannot start a handoff of a region this host does not own");
             return;
         };
-        if handoff.as_ref().is_some_and(|handoff| !handoff.is_finished()) {
-            tracing::warn!(%region, "a handoff of this region is already running");
-            return;
-        }
-        // One copy moves at a time: the standby is re-made on the new owner after the move.
         if let Some(feed) = standby.as_mut() {
             feed.stop(self.region.world_mut(), "the region is being moved to another host");
         }
@@ -777,6 +820,17 @@ impl<L: RegionLogic> RegionNode<L> {
             target: peer,
         }));
         self.outputs.push_back(Output::Connect { peer });
+    }
+
+    /// A handoff that cannot start: the region stays here (the coordinator ends the migration).
+    fn refuse_handoff(&mut self, reason: &str) {
+        let region = self.region.id();
+        tracing::warn!(%region, reason, "not starting the handoff");
+        self.outputs.push_back(Output::Event(HostEvent::Aborted {
+            region,
+            reason: reason.to_owned(),
+            owning: self.owned_epoch().is_some(),
+        }));
     }
 
     /// A handoff message from the peer on the current link.
@@ -1142,7 +1196,13 @@ impl<L: RegionLogic> RegionNode<L> {
             while let Some(event) = feed.poll_event() {
                 busy = true;
                 match event {
-                    FeedEvent::Held { tick } => self.durability.handle_held(tick),
+                    // Not past the checkpoint a waiting handoff took: the standby lets go
+                    // of what it holds once that checkpoint is stored.
+                    FeedEvent::Held { tick } => {
+                        if self.handoff_waiting.is_none_or(|waiting| tick <= waiting.tick) {
+                            self.durability.handle_held(tick);
+                        }
+                    }
                     FeedEvent::Ended(reason) => {
                         self.outputs.push_back(Output::Event(HostEvent::FeedEnded { region: id, reason }));
                     }
@@ -1638,6 +1698,15 @@ fn player_progress(world: &crate::World) -> Vec<(PlayerId, u64)> {
     world.iter::<PlayerSession>().map(|(_, session)| (PlayerId(session.player), session.last_applied)).collect()
 }
 
+/// A handoff asked for while a hot standby held the region: it starts once the checkpoint taken
+/// at `tick` is stored.
+#[derive(Clone, Copy, Debug)]
+struct WaitingHandoff {
+    peer: SocketAddr,
+    id: u64,
+    tick: u64,
+}
+
 /// Which of the players' inputs are held in state that survives the loss of this instance: those
 /// in the newest checkpoint the store confirmed, or in the newest round the hot standby says it
 /// holds, whichever is newer.
@@ -1896,6 +1965,93 @@ mod tests {
         node.handle_input(start, PlayerInput { player: PlayerId(99), seq: 1, payload: vec![1] });
         let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output(start)).collect();
         assert!(matches!(&outputs[..], [Output::Bounce(..), Output::Event(_)]), "{outputs:?}");
+    }
+
+    /// An owner of region A at epoch 3 with one player, checkpoints on; its outputs so far drained.
+    fn owner_with_checkpoints(start: Instant) -> RegionNode<crate::region::test_logic::Walkers> {
+        use crate::region::test_logic::{self, PLAYER};
+        let mut region = test_logic::region(test_logic::A);
+        region.join_player(PLAYER).unwrap();
+        let settings = NodeSettings {
+            name: "here".into(),
+            address: std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
+            source: crate::handoff::SourceConfig::default(),
+            players: PlayerSettings::default(),
+            checkpoint_every_ticks: 100,
+            wall_clock: (start, 1_000_000),
+        };
+        let rewarm: Rewarm<test_logic::Walkers> = Box::new(|id| Ok(test_logic::region(id)));
+        let mut node = RegionNode::new(region, Role::Owner { epoch: Epoch(3) }, settings, rewarm, start);
+        while node.poll_output(start).is_some() {}
+        node
+    }
+
+    /// What the node puts out now: its store requests' ticks, whether it announced a handoff, and
+    /// the reasons of its aborts and of its feed's end.
+    fn outputs_of(
+        node: &mut RegionNode<crate::region::test_logic::Walkers>,
+        now: Instant,
+    ) -> (Vec<u64>, bool, Vec<String>, Vec<String>) {
+        let (mut stores, mut started, mut aborts, mut ended) = (Vec::new(), false, Vec::new(), Vec::new());
+        while let Some(output) = node.poll_output(now) {
+            match output {
+                Output::StoreCheckpoint { info, .. } => stores.push(info.tick),
+                Output::Broadcast(ServerMessage::HandoffStarted { .. }) => started = true,
+                Output::Event(HostEvent::Aborted { reason, owning: true, .. }) => aborts.push(reason),
+                Output::Event(HostEvent::FeedEnded { reason, .. }) => ended.push(reason),
+                _ => {}
+            }
+        }
+        (stores, started, aborts, ended)
+    }
+
+    #[test]
+    fn a_region_with_a_standby_stores_a_checkpoint_before_its_handoff_lets_the_standby_go() {
+        let start = Instant::now();
+        let standby = std::net::SocketAddr::from(([127, 0, 0, 1], 10));
+        let target = std::net::SocketAddr::from(([127, 0, 0, 1], 11));
+        let ours = Ownership { owner: "here".into(), epoch: Epoch(3) };
+
+        // Without a standby the handoff starts at once.
+        let mut node = owner_with_checkpoints(start);
+        node.handle_start_handoff(start, target, 1);
+        let (stores, started, _, _) = outputs_of(&mut node, start);
+        assert_eq!((stores, started), (Vec::new(), true));
+
+        // With one, a checkpoint first; the handoff starts (ending the feed) once it is stored.
+        let mut node = owner_with_checkpoints(start);
+        node.handle_start_standby(start, standby, 1);
+        let _ = outputs_of(&mut node, start);
+        node.handle_start_handoff(start, target, 2);
+        let (stores, started, aborts, ended) = outputs_of(&mut node, start);
+        assert_eq!((stores.len(), started, aborts.len(), ended.len()), (1, false, 0, 0), "waiting for the store");
+        assert!(node.handoff().is_none());
+        // Asked again meanwhile: still one handoff, one checkpoint.
+        node.handle_start_handoff(start, target, 3);
+        assert_eq!(outputs_of(&mut node, start).0, Vec::<u64>::new());
+        // Another checkpoint's report does not start it.
+        node.handle_checkpoint_stored(start, stores[0] + 1, true, Some(&ours));
+        assert!(!outputs_of(&mut node, start).1);
+        node.handle_checkpoint_stored(start, stores[0], true, Some(&ours));
+        let (_, started, aborts, ended) = outputs_of(&mut node, start);
+        assert!(started && aborts.is_empty(), "{aborts:?}");
+        assert_eq!(ended.len(), 1, "the handoff ends the standby's feed");
+        assert!(node.handoff().is_some());
+
+        // A checkpoint that was not stored: no handoff, the standby stays.
+        let mut node = owner_with_checkpoints(start);
+        node.handle_start_standby(start, standby, 1);
+        let _ = outputs_of(&mut node, start);
+        node.handle_start_handoff(start, target, 2);
+        let stores = outputs_of(&mut node, start).0;
+        node.handle_checkpoint_stored(start, stores[0], false, Some(&ours));
+        let (_, started, aborts, ended) = outputs_of(&mut node, start);
+        assert!(!started && ended.is_empty(), "{ended:?}");
+        assert_eq!(aborts, vec!["the checkpoint before the move was not stored".to_owned()]);
+        assert!(node.handoff().is_none());
+        // The next request tries again.
+        node.handle_start_handoff(start, target, 3);
+        assert_eq!(outputs_of(&mut node, start).0.len(), 1);
     }
 
     #[test]

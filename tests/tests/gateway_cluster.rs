@@ -147,6 +147,16 @@ fn players_keep_playing_through_handoffs_and_border_crossings() {
     assert!(crossings >= 20, "patrolling avatars should cross borders, saw {crossings}");
     assert!(neighbour_views > 0, "players near a border should see the neighbour's objects");
     assert_eq!(stats.protocol_errors, 0);
+    // The owners count, per player, inputs that reached them twice (since the avatar's last
+    // crossing, which starts a new session there): the gateway forwarded each once, also across
+    // the handoffs (held, then replayed). (Inputs that arrive ahead of an earlier one are allowed:
+    // a frozen source forwards stragglers, and an input bounced during a crossing comes back
+    // after later ones; the region applies them in order, which the chains above prove.)
+    for (region, owner) in [(1, owners[0]), (2, owners[1])] {
+        for player in player_reports(&mut cluster, owner, region) {
+            assert_eq!(player.duplicates, 0, "player {} in region {region}: inputs forwarded twice", player.player);
+        }
+    }
 }
 
 async fn refused(cluster: &GatewayCluster, token: &str) -> (Option<CloseCode>, String) {
@@ -342,6 +352,11 @@ fn sessions_survive_address_changes_lost_connections_and_a_dead_gateway() {
 
 /// The players `server` reports in `region`.
 fn players_in(cluster: &mut GatewayCluster, server: usize, region: u64) -> Vec<PlayerId> {
+    player_reports(cluster, server, region).into_iter().map(|player| player.player).collect()
+}
+
+/// What region server `server` reports of the players of `region`.
+fn player_reports(cluster: &mut GatewayCluster, server: usize, region: u64) -> Vec<baton_wire::serve::PlayerReport> {
     let region = RegionId(region);
     let process = &mut cluster.servers[server];
     let mark = process.log.len();
@@ -354,7 +369,7 @@ fn players_in(cluster: &mut GatewayCluster, server: usize, region: u64) -> Vec<P
         )
         .unwrap();
     let ServerEvent::Report { players, .. } = event else { unreachable!("matched a report") };
-    players.into_iter().map(|player| player.player).collect()
+    players
 }
 
 /// A border crossing travels through the player's gateway. Here the gateway is killed while the
@@ -487,18 +502,11 @@ impl FakeServerLink {
     }
 }
 
-/// protocol.md §10: a crossing sent to a server whose connection then broke, before it answered,
-/// is delivered again when the server connects again: nothing else would answer it, and the
-/// player's inputs wait for the crossing.
-#[test]
-fn a_crossing_lost_with_a_broken_server_connection_is_delivered_again_when_the_server_reconnects() {
+/// A fake region server's cluster endpoint, trusted by `cluster`'s gateways.
+fn fake_server_endpoint(cluster: &GatewayCluster, runtime: &tokio::runtime::Runtime) -> quinn::Endpoint {
     use baton_wire::upstream::ALPN_UPSTREAM;
-
-    let mut cluster = GatewayCluster::start(&spec(1, 1, &[])).unwrap();
-    cluster.host(0, 1, 20).unwrap();
     let identity = cluster.probe_identity().unwrap();
-    let runtime = runtime();
-    let endpoint = runtime.block_on(async {
+    runtime.block_on(async {
         baton_net::cluster_endpoint_with(
             "127.0.0.1:0".parse().unwrap(),
             &identity,
@@ -507,16 +515,19 @@ fn a_crossing_lost_with_a_broken_server_connection_is_delivered_again_when_the_s
             ALPN_UPSTREAM,
         )
         .unwrap()
-    });
-    // Region 2, east of region 1, is this test's: the gateway learns so from its `Welcome`.
-    cluster.gateways[0].send(&GatewayCommand::Server { addr: endpoint.local_addr().unwrap() }).unwrap();
-    let regions = vec![(RegionId(2), Epoch(1))];
-    let mut first = runtime.block_on(FakeServerLink::accept(&endpoint, regions.clone()));
-    // A player walks east from region 1 across the border.
-    let player = patrol_player(true, 0);
+    })
+}
+
+/// A player walking east from region 1 (the cluster's server) towards region 2, for ever: the
+/// task gives the client back when aborted.
+fn walk_east(
+    cluster: &GatewayCluster,
+    runtime: &tokio::runtime::Runtime,
+    player: u64,
+) -> tokio::task::JoinHandle<Client> {
     let mut client = runtime.block_on(Client::connect(&cluster.client_options(0), &cluster.token(player, 1))).unwrap();
     let east = vec![1, 0, 0, 0x80, 0x3f, 0, 0, 0, 0];
-    let walking = runtime.spawn(async move {
+    runtime.spawn(async move {
         for _ in 0..600 {
             if client.send_input(east.clone()).await.is_err() {
                 break;
@@ -524,7 +535,25 @@ fn a_crossing_lost_with_a_broken_server_connection_is_delivered_again_when_the_s
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         client
-    });
+    })
+}
+
+/// protocol.md §10: a crossing sent to a server whose connection then broke, before it answered,
+/// is delivered again when the server connects again: nothing else would answer it, and the
+/// player's inputs wait for the crossing.
+#[test]
+fn a_crossing_lost_with_a_broken_server_connection_is_delivered_again_when_the_server_reconnects() {
+    let mut cluster = GatewayCluster::start(&spec(1, 1, &[])).unwrap();
+    cluster.host(0, 1, 20).unwrap();
+    let runtime = runtime();
+    let endpoint = fake_server_endpoint(&cluster, &runtime);
+    // Region 2, east of region 1, is this test's: the gateway learns so from its `Welcome`.
+    cluster.gateways[0].send(&GatewayCommand::Server { addr: endpoint.local_addr().unwrap() }).unwrap();
+    let regions = vec![(RegionId(2), Epoch(1))];
+    let mut first = runtime.block_on(FakeServerLink::accept(&endpoint, regions.clone()));
+    // A player walks east from region 1 across the border.
+    let player = patrol_player(true, 0);
+    let walking = walk_east(&cluster, &runtime, player);
     let transfer = runtime.block_on(async {
         let transfer = first.immigration_of(player).await;
         // The connection breaks before the server answers: the `Immigrate` is lost with it.
@@ -539,6 +568,136 @@ fn a_crossing_lost_with_a_broken_server_connection_is_delivered_again_when_the_s
     assert_eq!(again.player, transfer.player);
     assert_eq!(again.crossings, transfer.crossings, "the same crossing, not a new one");
     walking.abort();
+}
+
+/// protocol.md §10: a crossing that reached a handoff's source as it froze waits there for the
+/// outcome; when the source dies before it answers, the gateway delivers the crossing to the new
+/// owner once the handoff commits (the player's inputs wait for it, for good otherwise).
+#[test]
+fn a_crossing_held_by_a_handoff_source_that_dies_is_delivered_to_the_new_owner_at_the_commit() {
+    use baton_wire::upstream::{GatewayMessage, ServerMessage};
+
+    let mut cluster = GatewayCluster::start(&spec(1, 1, &[])).unwrap();
+    cluster.host(0, 1, 20).unwrap();
+    let runtime = runtime();
+    let (source_endpoint, target_endpoint) =
+        (fake_server_endpoint(&cluster, &runtime), fake_server_endpoint(&cluster, &runtime));
+    let target_address = target_endpoint.local_addr().unwrap();
+    cluster.gateways[0].send(&GatewayCommand::Server { addr: source_endpoint.local_addr().unwrap() }).unwrap();
+    let mut source = runtime.block_on(FakeServerLink::accept(&source_endpoint, vec![(RegionId(2), Epoch(1))]));
+    let player = patrol_player(true, 0);
+    let walking = walk_east(&cluster, &runtime, player);
+    let transfer = runtime.block_on(async {
+        let transfer = source.immigration_of(player).await;
+        // The source takes it while freezing for a handoff to the target, and is killed.
+        source
+            .say(ServerMessage::HandoffStarted { region: RegionId(2), epoch: Epoch(1), target: target_address })
+            .await;
+        source.say(ServerMessage::Frozen { region: RegionId(2), epoch: Epoch(1) }).await;
+        transfer
+    });
+    let (mut target, delivered) = runtime.block_on(async {
+        // The gateway connects to the target when it hears of the handoff.
+        let mut target = FakeServerLink::accept(&target_endpoint, Vec::new()).await;
+        source.connection.close(0u32.into(), b"killed");
+        target.say(ServerMessage::Committed { region: RegionId(2), epoch: Epoch(2), owner: target_address }).await;
+        let delivered = target.immigration_of(player).await;
+        (target, delivered)
+    });
+    assert_eq!((delivered.player, delivered.to), (transfer.player, RegionId(2)));
+    assert_eq!(delivered.crossings, transfer.crossings, "the same crossing, not a new one");
+    // The target takes it: the player plays on in region 2 and its held inputs arrive there.
+    runtime.block_on(async {
+        target
+            .say(ServerMessage::Arrived {
+                region: RegionId(2),
+                epoch: Epoch(2),
+                player: PlayerId(player),
+                last_applied: delivered.last_applied,
+            })
+            .await;
+        // Each input once: those that waited for the crossing, then those sent since.
+        let seqs = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut seqs = Vec::new();
+            while seqs.len() < 20 {
+                if let GatewayMessage::Input { region, player: from, seq, .. } = target.next().await
+                    && from == PlayerId(player)
+                {
+                    assert_eq!(region, RegionId(2));
+                    seqs.push(seq);
+                }
+            }
+            seqs
+        })
+        .await
+        .expect("the player's inputs go to the region it crossed into");
+        let mut distinct = seqs.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), seqs.len(), "an input forwarded twice: {seqs:?}");
+        assert!(seqs.iter().all(|seq| *seq > delivered.last_applied), "{seqs:?}");
+    });
+    walking.abort();
+}
+
+/// A client's sends are cancel-safe: a caller that drops `send_input` (or `next_event`, which sends
+/// kept inputs again) while the stream is full never leaves half a frame on it. Thousands of
+/// sends, each given a single poll, then one awaited to the end: the gateway reads nothing but
+/// whole frames (no protocol error; the session goes on and answers a ping).
+#[test]
+fn a_client_send_dropped_halfway_never_leaves_half_a_frame_on_the_stream() {
+    let mut cluster =
+        GatewayCluster::start(&spec(1, 1, &["--input-rate", "1000000", "--input-burst", "1000000"])).unwrap();
+    cluster.host(0, 1, 20).unwrap();
+    let runtime = runtime();
+    let mut client = runtime.block_on(Client::connect(&cluster.client_options(0), &cluster.token(7, 1))).unwrap();
+    let payload =
+        vec![1, 0, 0, 0, 0, 0, 0, 0, 0].into_iter().chain(std::iter::repeat_n(0u8, 1000)).collect::<Vec<u8>>();
+    let dropped = runtime.block_on(async {
+        let mut dropped = 0;
+        for _ in 0..4000 {
+            // One poll: whatever the stream does not take at once is left to later sends.
+            let send = std::pin::pin!(client.send_input(payload.clone()));
+            if futures_poll_once(send).await.is_none() {
+                dropped += 1;
+            }
+        }
+        client.send_input(payload.clone()).await.expect("the session is open");
+        dropped
+    });
+    eprintln!("{dropped} of 4000 sends were dropped before they finished");
+    assert!(dropped > 0, "the stream never filled: nothing was tested");
+    let pong = runtime.block_on(async {
+        client.ping(42).await.expect("the session is open");
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match client.next_event().await {
+                    Some(Event::Pong { nonce }) => return nonce,
+                    Some(Event::Closed { code, reason }) => panic!("closed: {code:?} {reason}"),
+                    Some(_) => {}
+                    None => panic!("the session ended"),
+                }
+            }
+        })
+        .await
+        .expect("the gateway answers the ping")
+    });
+    assert_eq!(pong, 42);
+    assert_eq!(cluster.gateway_stats(0).unwrap().protocol_errors, 0);
+}
+
+/// Polls `future` once: its output if it was ready, `None` if it was not (it is then dropped by
+/// the caller, as a `select!` drops the branch that lost).
+async fn futures_poll_once<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    let mut future = Some(future);
+    std::future::poll_fn(move |context| {
+        let polled = future.take().map(|future| future.poll(context));
+        std::task::Poll::Ready(match polled {
+            Some(std::task::Poll::Ready(output)) => Some(output),
+            _ => None,
+        })
+    })
+    .await
 }
 
 /// A resume token expires a grace after it was issued; the gateway sends a fresh one every third of
