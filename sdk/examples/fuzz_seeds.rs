@@ -1,17 +1,19 @@
-//! Writes valid snapshot and delta archives to a folder, as a seed corpus for the archive fuzzer.
+//! Writes valid snapshot and delta archives to a folder, as a seed corpus for the archive and
+//! checkpoint fuzzers (the SDK's own component types, registered in the order a region does).
 //! Usage: `cargo run -p baton-sdk --example fuzz_seeds -- <folder>`
 
 use baton_sdk::codec::{self, ChunkConfig};
 use baton_sdk::physics::{Body, BodyKind, Shape};
 use baton_sdk::scripts::{Script, ScriptTimer};
 use baton_sdk::sessions::{PendingInput, PlayerSession};
-use baton_sdk::{Registry, World};
+use baton_sdk::{DepartedAvatar, Registry, World};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let folder = std::env::args().nth(1).ok_or("usage: fuzz_seeds <folder>")?;
     std::fs::create_dir_all(&folder)?;
     let mut registry = Registry::new();
     registry.register::<PlayerSession>()?;
+    registry.register::<DepartedAvatar>()?;
     registry.register::<Script>()?;
     registry.register::<Body>()?;
     let mut world = World::new(registry);

@@ -219,11 +219,14 @@ fn a_host_cut_off_is_replaced_and_its_old_owner_lets_go_and_a_coordinator_down_c
 
     // 2. The coordinator is down when region 1's process is killed: nobody hears the exit. Once
     // the coordinator is back, no host reports serving region 1, and it is failed over.
-    let (_, _, pid) = wait_for(|| server_of(&fleet, 1));
+    let (host, _, pid) = wait_for(|| server_of(&fleet, 1));
+    let agent: usize = host.trim_start_matches('h').parse().unwrap();
+    let restarts = fleet.agent_metric(agent, baton_agent::RESTARTS_TOTAL).unwrap();
     let before = last_record_id(&fleet);
     fleet.kill_coordinator();
     assert!(std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
-    std::thread::sleep(Duration::from_secs(1));
+    // The coordinator comes back only once the agent saw the exit (and told nobody).
+    wait_for(|| (fleet.agent_metric(agent, baton_agent::RESTARTS_TOTAL).unwrap() > restarts).then_some(()));
     fleet.restart_coordinator().unwrap();
     let record = failover_of(&fleet, 1, before);
     eprintln!("after the coordinator came back: {record}");

@@ -7,12 +7,14 @@ use baton_sdk::codec::{self, ChunkConfig, DecodeLimits};
 use baton_sdk::physics::Body;
 use baton_sdk::scripts::Script;
 use baton_sdk::sessions::PlayerSession;
-use baton_sdk::{Registry, World};
+use baton_sdk::{DepartedAvatar, Registry, World};
 use libfuzzer_sys::fuzz_target;
 
 fn registry() -> Registry {
     let mut registry = Registry::new();
+    // The SDK's own types, in the order a region registers them (the seed corpus's registry).
     let _ = registry.register::<PlayerSession>();
+    let _ = registry.register::<DepartedAvatar>();
     let _ = registry.register::<Script>();
     let _ = registry.register::<Body>();
     registry

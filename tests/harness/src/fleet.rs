@@ -433,6 +433,17 @@ impl Fleet {
         self.agents.get(index.checked_sub(1)?).map(Child::id)
     }
 
+    /// The value of the counter or gauge `name` (without labels) that host `h{index}`'s agent
+    /// serves on its metrics page; 0 when the agent has not recorded it yet.
+    pub fn agent_metric(&self, index: usize, name: &str) -> anyhow::Result<f64> {
+        let address = index
+            .checked_sub(1)
+            .and_then(|index| self.agent_metrics.get(index))
+            .with_context(|| format!("no agent h{index}"))?;
+        let page = self.admin.http.get(format!("http://{address}/metrics")).call()?.body_mut().read_to_string()?;
+        metric_value(&page, name)
+    }
+
     /// Kills the coordinator with SIGKILL.
     pub fn kill_coordinator(&mut self) {
         if let Some(mut coordinator) = self.coordinator.take() {
@@ -652,4 +663,13 @@ impl Drop for Fleet {
         self.coordinator = None;
         let _ = std::fs::remove_dir_all(&self.directory);
     }
+}
+
+/// The value of the unlabelled sample `name` in a Prometheus text page (0 when it is absent: a
+/// counter not incremented yet is not listed).
+fn metric_value(page: &str, name: &str) -> anyhow::Result<f64> {
+    page.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(Ok(0.0), |value| value.trim().parse().with_context(|| format!("{name}: {value}")))
 }
