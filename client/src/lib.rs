@@ -183,9 +183,10 @@ pub struct Client {
     connection: quinn::Connection,
     send: quinn::SendStream,
     /// Frames encoded and not yet written to `send`, whole frames only ever added: every write
-    /// goes through here and quinn's cancel-safe `write`, so a caller that drops a future of this
-    /// client mid-write (a `select!` on [`Client::next_event`], which sends kept inputs again)
-    /// never leaves half a frame on the stream; the rest goes out with the next write.
+    /// goes through here and quinn's cancel-safe `write`, so a caller that drops `send_input` or
+    /// `ping` mid-write never leaves half a frame on the stream; the rest goes out with the next
+    /// write. [`Client::next_event`] writes only what the stream takes at once (it never waits
+    /// for the stream while holding an event).
     outbox: Vec<u8>,
     events: UnboundedReceiver<Event>,
     /// Datagrams are read in [`Client::next_event`] itself (no task of their own: one wake-up less
@@ -333,6 +334,25 @@ impl Client {
         Ok(())
     }
 
+    /// Writes to the stream what it takes now, without waiting (the rest stays in the outbox).
+    fn drain_now(&mut self) -> Result<(), ClientError> {
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        while !self.outbox.is_empty() {
+            let polled = {
+                let write = std::pin::pin!(self.send.write(&self.outbox));
+                std::future::Future::poll(write, &mut context)
+            };
+            match polled {
+                std::task::Poll::Ready(Ok(written)) => {
+                    self.outbox.drain(..written);
+                }
+                std::task::Poll::Ready(Err(error)) => return Err(ClientError::Connection(error.to_string())),
+                std::task::Poll::Pending => break,
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the outbox to the stream. Cancel-safe: what a dropped call did not write stays in
     /// the outbox, in order, for the next call.
     async fn drain(&mut self) -> Result<(), ClientError> {
@@ -371,8 +391,10 @@ impl Client {
                 self.events.recv().await?
             };
             if let Some(event) = self.observe(event) {
+                // Without waiting: the event is taken already, and a caller may drop this future
+                // at any await; what the stream does not take now goes with the next send.
                 let queued = self.queue_resend();
-                if queued.is_err() || self.drain().await.is_err() {
+                if queued.is_err() || self.drain_now().is_err() {
                     // The connection is gone; its closing comes as the next event, and a resume
                     // sends what the region lacks.
                     tracing::debug!("could not send kept inputs again");
@@ -454,7 +476,8 @@ impl Client {
         let (connection, send, events, shared, welcome) = open_session(&self.endpoint, &options, &token).await?;
         self.connection = connection;
         self.send = send;
-        // What the old stream did not take is in the inputs kept, sent again below.
+        // The old stream's frames stay with it: the inputs among them are kept and sent again
+        // below, a skip is worked out again from the welcome, a ping is not answered.
         self.outbox.clear();
         self.events = events;
         self.datagrams_open = true;

@@ -234,6 +234,7 @@ impl Migration {
         if let Some(process) = self.record.to_process.clone() {
             actions.push(Action::Release { host: self.record.to_host.clone(), process });
         }
+        tracing::info!(id = self.record.id, region = %self.record.region, reason, "migration aborted");
         self.record.reason = Some(reason);
         self.enter(Phase::Aborted, now);
         actions

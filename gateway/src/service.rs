@@ -957,7 +957,16 @@ async fn run_upstream(
                 // names it again finds the connection machinery still in place.
                 let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
                 if since.elapsed() >= QUIET_AFTER && !inner.routes.references(id) {
-                    tracing::debug!(%address, %error, "an unreachable region server no route names");
+                    // What waits for it is dropped, or it would pile up for ever behind a process
+                    // that is gone (its address is never used again: processes bind port 0).
+                    // Nothing in it is owed to anyone: inputs were for regions whose routes
+                    // moved on (a new owner asks for lost ones again), crossings are delivered
+                    // again to whoever owns their region, and stale epochs are refused anyway.
+                    let mut dropped = 0usize;
+                    while outbound.try_recv().is_ok() {
+                        dropped += 1;
+                    }
+                    tracing::debug!(%address, %error, dropped, "an unreachable region server no route names");
                     tokio::time::sleep(QUIET_RETRY).await;
                     continue;
                 }
@@ -1067,9 +1076,10 @@ fn owner_known(
         }
     }
     let actions = flipped?;
-    // A flip without `Resend` is a handoff's commit. A crossing its source took after the freeze
-    // waits there for the outcome, and dies with a source killed before it answers: the new owner
-    // gets the crossings still waiting for their answer (a failover's `Resend` delivers them all).
+    // A flip without `Resend` is a handoff's commit (or a region's first route, with nothing sent
+    // to it yet). A crossing its source took after the freeze waits there for the outcome, and
+    // dies with a source killed before it answers: the new owner gets the crossings still waiting
+    // for their answer (a failover's `Resend` delivers them all). Protocol.md §10.
     let failover = actions.iter().any(|action| matches!(action, RouteAction::Resend { .. }));
     run_actions(inner, actions);
     if !failover {
@@ -1286,9 +1296,9 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
                 if known {
                     tracing::debug!(%from, %player, crossings, "an emigration no newer than the latest crossing; dropped");
                 } else {
-                    // The player is in another region: this avatar is a stale copy (its region was
-                    // restored from state taken before the live avatar left it).
-                    tracing::warn!(%from, %epoch, %player, "an emigration of a stale copy of an avatar; dropped");
+                    // Newer than any crossing heard, from a region the player is not in: a crossing
+                    // of the player was missed (protocol.md §10). Not expected; said loudly.
+                    tracing::warn!(%from, %epoch, %player, crossings, "an emigration from a region the player is not in, newer than its latest crossing; dropped");
                 }
                 return;
             };
@@ -1313,9 +1323,10 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
                 answer_join(inner, player, Some(region), JoinAnswer::Arrived);
                 return;
             }
-            inner.counters.crossings.fetch_add(1, Ordering::Relaxed);
             let waiting = table(inner).handle_arrived(player, region);
+            // No session here, or an arrival repeated (a crossing delivered twice).
             let Some(waiting) = waiting else { return };
+            inner.counters.crossings.fetch_add(1, Ordering::Relaxed);
             for input in waiting {
                 route_input(inner, region, input);
             }
@@ -1349,7 +1360,7 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
                 // again; it goes on as it left (that crossing was lost with its gateway, or arrives
                 // again, which its destination answers).
                 tracing::info!(%player, to = %transfer.to, onward = %onward.to, "a crossing of a stale copy; delivering the avatar as it left instead");
-                if let Some(action) = table(inner).handle_moved_on(onward) {
+                if let Some(action) = table(inner).handle_moved_on(&transfer, onward) {
                     carry_out(inner, action);
                 }
                 return;

@@ -247,13 +247,15 @@ impl SessionTable {
         self.sessions.get(&player).and_then(|record| record.delivering)
     }
 
-    /// The destination refused a crossing as a stale copy of the avatar, which had come there
+    /// The destination refused `refused` as a stale copy of the avatar, which had come there
     /// and left again as `onward`: the crossing goes on with `onward` (a new delivery, counted
-    /// afresh). Nothing when the player's crossing is over already (a late answer).
-    pub(crate) fn handle_moved_on(&mut self, onward: Transfer) -> Option<SessionAction> {
+    /// afresh). Nothing when `refused` is over already (a late answer: the crossing arrived, or a
+    /// newer one is out), protocol.md §10.
+    pub(crate) fn handle_moved_on(&mut self, refused: &Transfer, onward: Transfer) -> Option<SessionAction> {
+        if self.is_over(refused) {
+            return None;
+        }
         if let Some(record) = self.sessions.get_mut(&onward.player) {
-            // A late answer: the crossing is over.
-            record.transit.as_ref()?;
             record.delivering = Some(onward.crossings);
         }
         let delivery = self.crossings.handle_emigrated(onward.player);
@@ -261,10 +263,14 @@ impl SessionTable {
     }
 
     /// The player's avatar arrived in `region`: the crossing is over; returns the inputs that
-    /// waited, in order, if the player has a session here.
+    /// waited, in order, if the player has a session here. Nothing for an arrival repeated where
+    /// the player already is with no crossing out (a crossing delivered twice, protocol.md §10).
     pub(crate) fn handle_arrived(&mut self, player: PlayerId, region: RegionId) -> Option<Vec<PlayerInput>> {
         self.crossings.handle_arrived(player);
         let record = self.sessions.get_mut(&player)?;
+        if record.transit.is_none() && record.region == region {
+            return None;
+        }
         record.region = region;
         Some(record.transit.take().unwrap_or_default())
     }
@@ -327,8 +333,8 @@ impl SessionTable {
     }
 
     /// Whether `transfer` is a crossing of a player served here that is over: it arrived, or a
-    /// newer crossing replaced it. (The crossing of a player with no session here is never over
-    /// for the table: nothing else carries that avatar.)
+    /// newer crossing replaced it (protocol.md §10). (The crossing of a player with no session
+    /// here is never over for the table: nothing else carries that avatar.)
     fn is_over(&self, transfer: &Transfer) -> bool {
         self.sessions
             .get(&transfer.player)
@@ -482,7 +488,7 @@ mod tests {
         // ...until NEXT says the avatar came there and left again towards 9, as `onward`.
         let onward = Transfer { from: NEXT, to: RegionId(9), crossings: 3, ..transfer(7) };
         assert_eq!(
-            table.handle_moved_on(onward.clone()),
+            table.handle_moved_on(&transfer(7), onward.clone()),
             Some(SessionAction::Deliver { transfer: onward.clone(), delivery: Delivery::Onward })
         );
         assert!(table.in_transit(PlayerId(7)), "inputs still wait for the arrival");
@@ -496,8 +502,10 @@ mod tests {
         );
         assert_eq!(table.handle_arrived(PlayerId(7), RegionId(9)), Some(Vec::new()));
         assert_eq!(table.region_of(PlayerId(7)), Some(RegionId(9)));
-        // A late answer once the crossing is over changes nothing.
-        assert_eq!(table.handle_moved_on(onward), None);
+        // A late answer once the crossing is over changes nothing, and a repeated arrival ends
+        // nothing.
+        assert_eq!(table.handle_moved_on(&onward, Transfer { crossings: 4, ..onward.clone() }), None);
+        assert_eq!(table.handle_arrived(PlayerId(7), RegionId(9)), None);
         assert!(!table.in_transit(PlayerId(7)));
         assert_eq!(table.delivering(PlayerId(7)), None, "arrived: nothing is being delivered");
         assert_eq!(table.last_crossing(PlayerId(7)), Some(3), "the latest crossing is remembered");

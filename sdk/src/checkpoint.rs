@@ -6,8 +6,8 @@
 //! ownership epoch it was taken, the world's digest and the registry's schema hash, and an xxh3
 //! checksum of everything after the header. Restoring checks, in this order: magic and version,
 //! checksum (a torn or corrupted file is refused before rkyv sees a byte), schema hash, every chunk
-//! through the codec's checked decoder, and finally that the restored world's digest equals the one
-//! recorded: a checkpoint restores exactly the world that was saved, or not at all.
+//! through the codec's checked decoder, and finally that the restored world's digest and tick equal
+//! the ones recorded: a checkpoint restores exactly the world that was saved, or not at all.
 //!
 //! This module does no I/O; `baton-runtime` stores checkpoints (`checkpoint_store`).
 
@@ -192,6 +192,14 @@ pub fn restore<L: RegionLogic>(region: &mut Region<L>, bytes: &[u8]) -> Result<C
     let found = region.world_mut().digest().0;
     if found != info.digest {
         return Err(CheckpointError::Digest { expected: info.digest, found });
+    }
+    // The header is outside the checksum: its tick, which orders checkpoints, must be the world's.
+    if region.world().tick() != info.tick {
+        return Err(CheckpointError::Invalid(format!(
+            "the header says tick {}, the world is at tick {}",
+            info.tick,
+            region.world().tick()
+        )));
     }
     region.rebuild_caches();
     Ok(info)

@@ -579,11 +579,12 @@ impl<L: RegionLogic> RegionNode<L> {
             self.handle_ownership_seen(now, owner);
         }
         if let Some(waiting) = self.handoff_waiting.take_if(|waiting| waiting.tick == tick) {
-            if stored && still_ours && self.owned_epoch().is_some() {
+            if stored && still_ours {
                 self.start_handoff(now, waiting.peer, waiting.id);
-            } else {
+            } else if self.owned_epoch().is_some() {
                 self.refuse_handoff("the checkpoint before the move was not stored");
             }
+            // Otherwise the region was lost meanwhile (a failover), which said so already.
         }
     }
 
@@ -767,7 +768,7 @@ impl<L: RegionLogic> RegionNode<L> {
     /// acknowledgements of later ticks confirm nothing more; and the handoff starts, ending the
     /// feed, only once the checkpoint is stored ([`RegionNode::handle_checkpoint_stored`]). A
     /// checkpoint that cannot be taken or stored aborts the handoff (the region stays here with
-    /// its standby).
+    /// its standby). Protocol.md §14.
     pub fn handle_start_handoff(&mut self, now: Instant, peer: SocketAddr, id: u64) {
         let region = self.region.id();
         let State::Owner { epoch, handoff, standby, .. } = &self.state else {
@@ -781,6 +782,14 @@ impl<L: RegionLogic> RegionNode<L> {
         let epoch = *epoch;
         if standby.as_ref().is_none_or(|feed| feed.is_ended()) || self.settings.checkpoint_every_ticks == 0 {
             self.start_handoff(now, peer, id);
+            return;
+        }
+        let tick = self.region.world().tick();
+        // A checkpoint of this tick is being stored already (taken right after the tick): it
+        // holds every input applied, which is all a standby can hold; the handoff waits for it
+        // (two of one tick would share a file name, and their answers could not be told apart).
+        if self.durability.is_taken(tick) {
+            self.handoff_waiting = Some(WaitingHandoff { peer, id, tick });
             return;
         }
         match crate::checkpoint::encode(&mut self.region, epoch) {
@@ -965,6 +974,9 @@ impl<L: RegionLogic> RegionNode<L> {
         let (epoch, schedule) = match &self.state {
             State::Owner { handoff: Some(handoff), .. } if !handoff.is_finished() => {
                 return self.refuse_stop("a handoff of the region is in progress");
+            }
+            State::Owner { .. } if self.handoff_waiting.is_some() => {
+                return self.refuse_stop("a handoff of the region is starting");
             }
             State::Owner { epoch, schedule, .. } => (*epoch, schedule.clone()),
             State::Stopping { .. } => return self.refuse_stop("the region is being stopped already"),
@@ -1757,6 +1769,11 @@ impl Durability {
                 || tick.is_multiple_of(every)
                 || (self.crossed && early_after(Self::MIN_EARLY_GAP_TICKS))
                 || (self.joined && early_after(Self::JOIN_GAP_TICKS)))
+    }
+
+    /// Whether a checkpoint taken at `tick` is still being stored.
+    fn is_taken(&self, tick: u64) -> bool {
+        self.taken.iter().any(|(taken_at, _)| *taken_at == tick)
     }
 
     fn taken(&mut self, tick: u64, progress: Vec<(PlayerId, u64)>) {

@@ -87,4 +87,11 @@ fn damaged_or_foreign_checkpoints_are_refused() {
     lying[8 + 2 + 8 + 8 + 8] ^= 1;
     let mut target = fresh();
     assert!(matches!(checkpoint::restore(&mut target, &lying), Err(CheckpointError::Digest { .. })));
+    // A header tick that is not the world's (the checksum covers the body only).
+    let mut late = bytes.clone();
+    late[8 + 2 + 8] ^= 1;
+    assert!(matches!(
+        checkpoint::restore(&mut fresh(), &late),
+        Err(CheckpointError::Invalid(reason)) if reason.contains("tick")
+    ));
 }

@@ -63,18 +63,25 @@ struct Pair {
     next_seq: u64,
     /// Archive bytes the owner sent the standby.
     sent_bytes: u64,
+    /// Ticks of the checkpoints the owner asked to store (never answered unless a test does).
+    stores: Vec<u64>,
 }
 
 impl Pair {
     fn new(source: SourceConfig) -> Pair {
+        Pair::with_checkpoints(source, 0)
+    }
+
+    /// A pair whose owner takes a checkpoint every `every` ticks (0: never).
+    fn with_checkpoints(source: SourceConfig, every: u64) -> Pair {
         let start = Instant::now();
         let mut region = new_region(REGION, RegionConfig::default()).unwrap();
         populate(&mut region, WorldSpec { objects: 40, npcs: 3, plants: 3, seed: 5, churn: 0 }).unwrap();
         let authority = InMemoryAuthority::new();
         authority.register(REGION, "owner").unwrap();
         let rewarm = || Box::new(|region| new_region(region, RegionConfig::default()));
-        let owner =
-            RegionNode::new(region, Role::Owner { epoch: Epoch(1) }, settings("owner", start, source), rewarm(), start);
+        let owner_settings = NodeSettings { checkpoint_every_ticks: every, ..settings("owner", start, source) };
+        let owner = RegionNode::new(region, Role::Owner { epoch: Epoch(1) }, owner_settings, rewarm(), start);
         let empty = new_region(REGION, RegionConfig::default()).unwrap();
         let standby = RegionNode::new(empty, Role::Target, settings("standby", start, source), rewarm(), start);
         let mut pair = Pair {
@@ -93,6 +100,7 @@ impl Pair {
             owner_events: Vec::new(),
             next_seq: 1,
             sent_bytes: 0,
+            stores: Vec::new(),
         };
         pair.owner.handle_gateway(start, GatewayRequest::Join { player: PLAYER, gateway: 1 });
         pair.settle();
@@ -122,6 +130,7 @@ impl Pair {
                         }
                     }
                     Output::Event(event) => self.owner_events.push(event),
+                    Output::StoreCheckpoint { info, .. } => self.stores.push(info.tick),
                     _ => {}
                 }
             }
@@ -408,4 +417,45 @@ fn a_migration_ends_the_feed_and_the_standby_lets_go() {
         pair.standby_events
     );
     assert_eq!(pair.standby.region().world().entity_count(), 0);
+}
+
+/// protocol.md §14: a handoff lets the standby go, so the owner first stores a checkpoint; until it
+/// is stored, what the standby acknowledges past the checkpoint's tick is not durable (the
+/// checkpoint is what will survive the standby), and the handoff and the end of the feed wait.
+#[test]
+fn an_owner_handing_off_counts_no_standby_acknowledgement_past_its_checkpoint_until_it_is_stored() {
+    let mut pair = Pair::with_checkpoints(SourceConfig::default(), 10_000);
+    for _ in 0..5 {
+        pair.tick(1);
+    }
+    let (applied_before, durable_before) = pair.acknowledged.unwrap();
+    assert!(durable_before + 1 >= applied_before, "durable follows the standby: {durable_before} of {applied_before}");
+    let stores_before = pair.stores.len();
+    pair.owner.handle_start_handoff(pair.now, SocketAddr::from(([127, 0, 0, 1], 11)), 9);
+    pair.settle();
+    assert_eq!(pair.stores.len(), stores_before + 1, "a checkpoint first: {:?}", pair.stores);
+    let checkpoint = *pair.stores.last().unwrap();
+    assert_eq!(checkpoint, pair.owner.region().world().tick(), "taken between ticks, at the current one");
+    assert!(pair.owner.handoff().is_none(), "the handoff waits for the checkpoint");
+    // The standby goes on holding every tick, but durable stops at what the checkpoint holds.
+    for _ in 0..5 {
+        pair.tick(1);
+    }
+    let (applied, durable) = pair.acknowledged.unwrap();
+    assert_eq!(applied, applied_before + 5);
+    assert!(durable <= applied_before, "durable {durable} moved past the checkpoint ({applied_before} applied)");
+    assert_eq!(pair.standby.region().world().tick(), pair.owner.region().world().tick(), "the feed runs on");
+    // Stored: the handoff starts and ends the feed.
+    let ours = Ownership { owner: "owner".into(), epoch: Epoch(1) };
+    pair.owner.handle_checkpoint_stored(pair.now, checkpoint, true, Some(&ours));
+    pair.settle();
+    assert!(pair.owner.handoff().is_some(), "the handoff started once the checkpoint was stored");
+    assert!(
+        pair.owner_events.iter().any(|event| matches!(event, HostEvent::FeedEnded { .. })),
+        "{:?}",
+        pair.owner_events
+    );
+    pair.tick(0);
+    let (_, durable) = pair.acknowledged.unwrap();
+    assert_eq!(durable, applied_before, "what the stored checkpoint holds is durable");
 }

@@ -1,8 +1,8 @@
 //! Any bytes read as a checkpoint give its header or an error, never a panic. The same bytes are
 //! then made the one chunk of a checkpoint with a correct header (its checksum, schema hash, and
 //! the digest and tick the restore found: a fuzzer alone would almost never match them), so they
-//! reach the restore's checked decoder; a checkpoint that restores encodes again to one that says
-//! the same about itself and restores the same world. The seed corpus is the archive fuzzer's
+//! reach the restore's checked decoder; a checkpoint that restores encodes again to one with the
+//! same tick and digest, which restores to a world that encodes to the same bytes. The seed corpus is the archive fuzzer's
 //! (`fuzz_seeds`: chunks of the SDK's own component types).
 #![no_main]
 
@@ -75,12 +75,14 @@ fuzz_target!(|bytes: &[u8]| {
     let info = checkpoint::restore(&mut restored, &file).expect("a checkpoint with the digest it makes restores");
     let (again, encoded) = checkpoint::encode(&mut restored, info.epoch).expect("a restored region encodes");
     assert_eq!(
-        (again.region, again.epoch, again.digest, again.schema_hash),
-        (info.region, info.epoch, info.digest, info.schema_hash),
+        (again.tick, again.digest),
+        (info.tick, info.digest),
         "the checkpoint of a restored region says what the restored one said"
     );
     assert_eq!(checkpoint::inspect(&encoded).expect("an encoded checkpoint reads"), again);
     let mut second = region();
     assert_eq!(checkpoint::restore(&mut second, &encoded).expect("an encoded checkpoint restores"), again);
-    assert_eq!(second.world_mut().digest(), restored.world_mut().digest());
+    // Encoding is a function of the world: the restored copy encodes to the same bytes.
+    let (_, encoded_again) = checkpoint::encode(&mut second, info.epoch).expect("a restored region encodes");
+    assert!(encoded_again == encoded, "a restored checkpoint encodes to other bytes");
 });

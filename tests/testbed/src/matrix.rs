@@ -789,6 +789,8 @@ pub(crate) fn strike(
     };
     let Some(held_pid) = held_pid else {
         strike.outcome = "not_reached".into();
+        // Why the migration ended before the phase (a refused claim, say), for the report.
+        strike.reason = fleet.ok("GET", &format!("/v1/migrations/{id}"), None)?["reason"].as_str().map(str::to_owned);
         return Ok(strike);
     };
     let record = fleet.ok("GET", &format!("/v1/migrations/{id}"), None)?;
