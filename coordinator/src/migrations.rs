@@ -334,6 +334,11 @@ impl Migration {
             (Phase::Transferring, ServerEvent::Aborted { reason, owning: true, .. }) if is_source => {
                 self.abort(format!("the handoff aborted: {reason}"), now)
             }
+            // The source lost the region before its handoff began (a failover took it while the
+            // source waited for its checkpoint, protocol.md §14): nothing moves.
+            (Phase::Transferring, ServerEvent::Aborted { reason, owning: false, .. }) if is_source => {
+                self.abort(format!("the source lost the region: {reason}"), now)
+            }
             (Phase::CleaningUp, ServerEvent::Retired { .. }) if is_source => self.commit_cleaned_up(now),
             _ => Vec::new(),
         }
@@ -828,6 +833,17 @@ mod tests {
     }
 
     #[test]
+    fn a_source_that_loses_the_region_before_its_handoff_began_ends_the_migration() {
+        // Waiting for its checkpoint (protocol.md §14), the source saw a failover take the region.
+        let (mut machine, now) = transferring();
+        let lost = ServerEvent::Aborted { region: RegionId(7), owning: false, reason: "taken over".into() };
+        let actions = machine.handle_event(&event("h1-p1", lost), now);
+        assert_eq!(actions, vec![Action::Release { host: "h2".into(), process: "h2-p3".into() }]);
+        assert_eq!(machine.record().phase, Phase::Aborted);
+        assert!(machine.record().reason.as_deref().is_some_and(|reason| reason.contains("lost the region")));
+    }
+
+    #[test]
     fn the_target_s_commit_may_come_before_the_source_s_report() {
         let (mut machine, now) = transferring();
         let won = ServerEvent::Authoritative { region: RegionId(7), epoch: baton_wire::Epoch(2), digest: "ab".into() };
@@ -986,7 +1002,6 @@ mod tests {
             (Phase::Preparing, Happened::Exited { regions: Vec::new() }, "h2-p3", Phase::Aborted),
             (Phase::Transferring, Happened::Event(error(7)), "h1-p1", Phase::Aborted),
             (Phase::Transferring, Happened::Event(won), "h2-p3", Phase::CleaningUp),
-            (Phase::Transferring, Happened::Event(gave_up), "h2-p3", Phase::Aborted),
             (Phase::Transferring, Happened::Event(handed_off()), "h1-p1", Phase::CleaningUp),
             (Phase::Transferring, Happened::Event(kept), "h1-p1", Phase::Aborted),
             (Phase::Transferring, Happened::Exited { regions: Vec::new() }, "h2-p3", Phase::Aborted),
@@ -1001,6 +1016,20 @@ mod tests {
                 let expected = if process == from { leads_to } else { phase };
                 assert_eq!(machine.record().phase, expected, "{happened:?} from {process} in {phase:?}");
             }
+        }
+        // A region lost (`owning: false`) counts from either side: the target gave up, or the
+        // source lost the region before its handoff began (protocol.md §14).
+        for (process, leads_to) in
+            [("h1-p1", Phase::Aborted), ("h2-p3", Phase::Aborted), ("h3-p1", Phase::Transferring)]
+        {
+            let (mut machine, now) = in_phase(Phase::Transferring);
+            let event = ProcessEvent {
+                host: String::new(),
+                process: process.into(),
+                happened: Happened::Event(gave_up.clone()),
+            };
+            machine.handle_event(&event, now);
+            assert_eq!(machine.record().phase, leads_to, "a lost region from {process}");
         }
     }
 

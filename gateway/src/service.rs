@@ -958,10 +958,11 @@ async fn run_upstream(
                 let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
                 if since.elapsed() >= QUIET_AFTER && !inner.routes.references(id) {
                     // What waits for it is dropped, or it would pile up for ever behind a process
-                    // that is gone (its address is never used again: processes bind port 0).
-                    // Nothing in it is owed to anyone: inputs were for regions whose routes
-                    // moved on (a new owner asks for lost ones again), crossings are delivered
-                    // again to whoever owns their region, and stale epochs are refused anyway.
+                    // that is gone (its address is never used again: processes bind port 0). It
+                    // could never be delivered anyway; what matters is carried otherwise: a new
+                    // owner asks for lost inputs again, crossings are delivered again to whoever
+                    // owns their region, a client says a `Skip` again. (A `Leave` in it is lost:
+                    // the new owner keeps that avatar, protocol.md §10.)
                     let mut dropped = 0usize;
                     while outbound.try_recv().is_ok() {
                         dropped += 1;

@@ -193,7 +193,8 @@ pub fn restore<L: RegionLogic>(region: &mut Region<L>, bytes: &[u8]) -> Result<C
     if found != info.digest {
         return Err(CheckpointError::Digest { expected: info.digest, found });
     }
-    // The header is outside the checksum: its tick, which orders checkpoints, must be the world's.
+    // The header is outside the checksum: its tick, which says what the file holds, must be the
+    // world's.
     if region.world().tick() != info.tick {
         return Err(CheckpointError::Invalid(format!(
             "the header says tick {}, the world is at tick {}",

@@ -581,10 +581,14 @@ impl<L: RegionLogic> RegionNode<L> {
         if let Some(waiting) = self.handoff_waiting.take_if(|waiting| waiting.tick == tick) {
             if stored && still_ours {
                 self.start_handoff(now, waiting.peer, waiting.id);
-            } else if self.owned_epoch().is_some() {
+            } else if self.owned_epoch().is_none() {
+                // The region was lost meanwhile (a failover): that said so already
+                // (`aborted`, not owning), which ends the migration.
+            } else if !stored {
                 self.refuse_handoff("the checkpoint before the move was not stored");
+            } else {
+                self.refuse_handoff("the authority did not confirm the owner after the checkpoint before the move");
             }
-            // Otherwise the region was lost meanwhile (a failover), which said so already.
         }
     }
 
@@ -787,7 +791,7 @@ impl<L: RegionLogic> RegionNode<L> {
         let tick = self.region.world().tick();
         // A checkpoint of this tick is being stored already (taken right after the tick): it
         // holds every input applied, which is all a standby can hold; the handoff waits for it
-        // (two of one tick would share a file name, and their answers could not be told apart).
+        // (the answers of two checkpoints of one tick could not be told apart).
         if self.durability.is_taken(tick) {
             self.handoff_waiting = Some(WaitingHandoff { peer, id, tick });
             return;
@@ -1749,7 +1753,8 @@ struct Durability {
 }
 
 impl Durability {
-    /// Stores finish in order of tick; a handful in flight at most.
+    /// Checkpoints being stored at once, at most (stores run side by side; an answer confirms
+    /// its own tick and forgets older ones still waiting, which then confirm nothing).
     const MAX_TAKEN: usize = 8;
 
     /// Ticks between a crossing's early checkpoint and the previous one, at least.
@@ -1944,16 +1949,8 @@ mod tests {
         let mut region = test_logic::region(test_logic::A);
         region.join_player(PLAYER).unwrap();
         let left = test_logic::walk(&mut region, B);
-        let settings = NodeSettings {
-            name: "here".into(),
-            address: std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
-            source: crate::handoff::SourceConfig::default(),
-            players: PlayerSettings::default(),
-            checkpoint_every_ticks: 0,
-            wall_clock: (start, 1_000_000),
-        };
         let rewarm: Rewarm<test_logic::Walkers> = Box::new(|id| Ok(test_logic::region(id)));
-        let mut node = RegionNode::new(region, Role::Owner { epoch: Epoch(3) }, settings, rewarm, start);
+        let mut node = RegionNode::new(region, Role::Owner { epoch: Epoch(3) }, settings(start, 0), rewarm, start);
         while node.poll_output(start).is_some() {}
         node.handle_input(start, PlayerInput { player: PLAYER, seq: 1, payload: vec![1] });
         let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output(start)).collect();
@@ -1984,21 +1981,25 @@ mod tests {
         assert!(matches!(&outputs[..], [Output::Bounce(..), Output::Event(_)]), "{outputs:?}");
     }
 
+    /// A node named `here`, checkpointing every `every` ticks.
+    fn settings(start: Instant, every: u64) -> NodeSettings {
+        NodeSettings {
+            name: "here".into(),
+            address: std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
+            source: crate::handoff::SourceConfig::default(),
+            players: PlayerSettings::default(),
+            checkpoint_every_ticks: every,
+            wall_clock: (start, 1_000_000),
+        }
+    }
+
     /// An owner of region A at epoch 3 with one player, checkpoints on; its outputs so far drained.
     fn owner_with_checkpoints(start: Instant) -> RegionNode<crate::region::test_logic::Walkers> {
         use crate::region::test_logic::{self, PLAYER};
         let mut region = test_logic::region(test_logic::A);
         region.join_player(PLAYER).unwrap();
-        let settings = NodeSettings {
-            name: "here".into(),
-            address: std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
-            source: crate::handoff::SourceConfig::default(),
-            players: PlayerSettings::default(),
-            checkpoint_every_ticks: 100,
-            wall_clock: (start, 1_000_000),
-        };
         let rewarm: Rewarm<test_logic::Walkers> = Box::new(|id| Ok(test_logic::region(id)));
-        let mut node = RegionNode::new(region, Role::Owner { epoch: Epoch(3) }, settings, rewarm, start);
+        let mut node = RegionNode::new(region, Role::Owner { epoch: Epoch(3) }, settings(start, 100), rewarm, start);
         while node.poll_output(start).is_some() {}
         node
     }
@@ -2069,6 +2070,51 @@ mod tests {
         // The next request tries again.
         node.handle_start_handoff(start, target, 3);
         assert_eq!(outputs_of(&mut node, start).0.len(), 1);
+    }
+
+    #[test]
+    fn a_handoff_waits_for_the_checkpoint_of_its_tick_being_stored_and_blocks_a_stop_meanwhile() {
+        let start = Instant::now();
+        let standby = std::net::SocketAddr::from(([127, 0, 0, 1], 10));
+        let target = std::net::SocketAddr::from(([127, 0, 0, 1], 11));
+        let mut node = owner_with_checkpoints(start);
+        node.handle_start_standby(start, standby, 1);
+        // The first tick checkpoints the region (it was given its world); that store is running.
+        let later = start + Duration::from_secs(2);
+        node.handle_timeout(later, &NoGateways);
+        let stores = outputs_of(&mut node, later).0;
+        assert_eq!(stores, vec![node.region.world().tick()]);
+        // The handoff asked for at that tick waits for that checkpoint instead of taking another.
+        node.handle_start_handoff(later, target, 2);
+        let (more, started, _, _) = outputs_of(&mut node, later);
+        assert_eq!((more, started), (Vec::new(), false));
+        // A stop meanwhile is refused.
+        node.handle_stop(later, true);
+        let refused = std::iter::from_fn(|| node.poll_output(later))
+            .any(|output| matches!(output, Output::Event(HostEvent::StopRefused { .. })));
+        assert!(refused, "a stop while the handoff waits");
+        // The store's answer without the authority's word: refused, saying so.
+        node.handle_checkpoint_stored(later, stores[0], true, None);
+        let (_, started, aborts, _) = outputs_of(&mut node, later);
+        assert!(!started);
+        assert!(aborts[0].contains("authority"), "{aborts:?}");
+
+        // A failover takes the region while the handoff waits: no second abort, no handoff.
+        let mut node = owner_with_checkpoints(start);
+        node.handle_start_standby(start, standby, 1);
+        let _ = outputs_of(&mut node, start);
+        node.handle_start_handoff(start, target, 2);
+        let stores = outputs_of(&mut node, start).0;
+        node.handle_checkpoint_stored(
+            start,
+            stores[0],
+            true,
+            Some(&Ownership { owner: "else".into(), epoch: Epoch(4) }),
+        );
+        let lost: Vec<Output> = std::iter::from_fn(|| node.poll_output(start)).collect();
+        let aborts = lost.iter().filter(|output| matches!(output, Output::Event(HostEvent::Aborted { .. }))).count();
+        assert_eq!(aborts, 1, "{lost:?}");
+        assert!(node.handoff().is_none() && node.owned_epoch().is_none());
     }
 
     #[test]
