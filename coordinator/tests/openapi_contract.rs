@@ -870,6 +870,11 @@ impl Api {
             .http_status_as_error(false)
             // Not a timing assertion: the longest handler wait is 120 s; this only ends a hung run.
             .timeout_global(Some(Duration::from_secs(300)))
+            // A fresh connection per request. The server closes a connection after answering a
+            // request whose body it did not read (a 401, a malformed path); a pooled connection
+            // reused at that moment ends with "Peer disconnected" and no answer, which says
+            // nothing about the document.
+            .max_idle_connections(0)
             .build()
             .new_agent();
         Api { base: base.to_owned(), agent }
