@@ -391,14 +391,7 @@ impl Client {
                 self.events.recv().await?
             };
             if let Some(event) = self.observe(event) {
-                // Without waiting: the event is taken already, and a caller may drop this future
-                // at any await; what the stream does not take now goes with the next send.
-                let queued = self.queue_resend();
-                if queued.is_err() || self.drain_now().is_err() {
-                    // The connection is gone; its closing comes as the next event, and a resume
-                    // sends what the region lacks.
-                    tracing::debug!("could not send kept inputs again");
-                }
+                self.resend_now();
                 return Some(event);
             }
         }
@@ -430,8 +423,21 @@ impl Client {
                 Err(_) => return None,
             };
             if let Some(event) = self.observe(event) {
+                self.resend_now();
                 return Some(event);
             }
+        }
+    }
+
+    /// Sends what an event asked for again (kept inputs after a failover or a lost input),
+    /// without waiting: the event is taken already, and a caller may drop `next_event` at any
+    /// await; what the stream does not take now goes with the next send.
+    fn resend_now(&mut self) {
+        let queued = self.queue_resend();
+        if queued.is_err() || self.drain_now().is_err() {
+            // The connection is gone; its closing comes as the next event, and a resume sends
+            // what the region lacks.
+            tracing::debug!("could not send kept inputs again");
         }
     }
 

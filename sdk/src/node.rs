@@ -514,7 +514,29 @@ pub struct RegionNode<L: RegionLogic> {
     /// standby, which the handoff lets go: see [`RegionNode::handle_start_handoff`]).
     handoff_waiting: Option<WaitingHandoff>,
     reported_phase: Option<SourcePhase>,
+    /// When the last snapshot chunk was encoded, for [`chunk_allowed`].
+    chunk_sent_at: ChunkClock,
     outputs: VecDeque<Output>,
+}
+
+/// When a handoff's and a standby feed's last snapshot chunks were encoded.
+#[derive(Clone, Copy, Debug, Default)]
+struct ChunkClock {
+    handoff: Option<Instant>,
+    feed: Option<Instant>,
+}
+
+/// The longest a snapshot being streamed goes without a chunk, even when every tick runs late.
+/// Far below the target's silence timeout (3 s), and one chunk (256 KiB by default, about a
+/// millisecond to encode) per interval costs a late-running region little.
+pub const MIN_CHUNK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Whether a snapshot chunk may be encoded at `now`: in the time left before the next tick is due
+/// (`next_due`), so streaming a large region never pushes its ticks late; or when no chunk was
+/// encoded for [`MIN_CHUNK_INTERVAL`] since `last` (or none yet), so a region whose ticks all run
+/// late still streams instead of going silent until its target gives up.
+fn chunk_allowed(now: Instant, next_due: Instant, last: Option<Instant>) -> bool {
+    now < next_due || last.is_none_or(|at| now >= at + MIN_CHUNK_INTERVAL)
 }
 
 impl<L: RegionLogic> RegionNode<L> {
@@ -550,6 +572,7 @@ impl<L: RegionLogic> RegionNode<L> {
             load_window: (0, Duration::ZERO, Duration::ZERO),
             standby_bytes: 0,
             reported_phase: None,
+            chunk_sent_at: ChunkClock::default(),
             outputs,
             durability: Durability::default(),
             gaps: GapWatch::default(),
@@ -711,6 +734,9 @@ impl<L: RegionLogic> RegionNode<L> {
                 if let Some(at) = handoff.as_ref().and_then(HandoffSource::poll_timeout) {
                     earliest(at);
                 }
+                if let Some(waiting) = self.handoff_waiting {
+                    earliest(waiting.since + CHECKPOINT_WAIT);
+                }
                 if let Some(feed) = standby {
                     if feed.phase() == crate::handoff::FeedPhase::Snapshot {
                         earliest(now + Duration::from_millis(1));
@@ -793,14 +819,14 @@ impl<L: RegionLogic> RegionNode<L> {
         // holds every input applied, which is all a standby can hold; the handoff waits for it
         // (the answers of two checkpoints of one tick could not be told apart).
         if self.durability.is_taken(tick) {
-            self.handoff_waiting = Some(WaitingHandoff { peer, id, tick });
+            self.handoff_waiting = Some(WaitingHandoff { peer, id, tick, since: now });
             return;
         }
         match crate::checkpoint::encode(&mut self.region, epoch) {
             Ok((info, bytes)) => {
                 tracing::info!(%region, tick = info.tick, "storing a checkpoint before the handoff lets the standby go");
                 self.durability.taken(info.tick, player_progress(self.region.world()));
-                self.handoff_waiting = Some(WaitingHandoff { peer, id, tick: info.tick });
+                self.handoff_waiting = Some(WaitingHandoff { peer, id, tick: info.tick, since: now });
                 self.outputs.push_back(Output::StoreCheckpoint { info, bytes });
             }
             Err(error) => self.refuse_handoff(&format!("the checkpoint before the move failed: {error}")),
@@ -1178,11 +1204,17 @@ impl<L: RegionLogic> RegionNode<L> {
         {
             feed.handle_timeout(now, self.region.world_mut());
         }
+        if self.handoff_waiting.take_if(|waiting| now >= waiting.since + CHECKPOINT_WAIT).is_some() {
+            self.refuse_handoff(&format!(
+                "the checkpoint before the move was not stored within {} s",
+                CHECKPOINT_WAIT.as_secs()
+            ));
+        }
     }
 
     /// The next thing to do, if any. `now` bounds the snapshot work done in this call: chunks are
-    /// encoded only in the time left before the next tick is due, so streaming a large region never
-    /// pushes its ticks late.
+    /// encoded in the time left before the next tick is due, so streaming a large region does not
+    /// push its ticks late, and at least one every [`MIN_CHUNK_INTERVAL`] (see [`chunk_allowed`]).
     pub fn poll_output(&mut self, now: Instant) -> Option<Output> {
         loop {
             if let Some(output) = self.outputs.pop_front() {
@@ -1200,12 +1232,16 @@ impl<L: RegionLogic> RegionNode<L> {
         let mut busy = false;
         let mut next_state = None;
         if let State::Owner { schedule, standby: Some(feed), .. } = &mut self.state {
-            // The snapshot is encoded only in the time left before the next tick, as a handoff's.
-            let encoding_allowed = feed.phase() != crate::handoff::FeedPhase::Snapshot || now < schedule.next_due();
+            // The snapshot is encoded in the time left before the next tick, as a handoff's.
+            let snapshot = feed.phase() == crate::handoff::FeedPhase::Snapshot;
+            let encoding_allowed = !snapshot || chunk_allowed(now, schedule.next_due(), self.chunk_sent_at.feed);
             let message = if encoding_allowed { feed.poll_message(self.region.world_mut()) } else { None };
             let idle = message.is_none();
             if let Some(message) = message {
                 busy = true;
+                if snapshot {
+                    self.chunk_sent_at.feed = Some(now);
+                }
                 self.standby_bytes += message.archive_bytes() as u64;
                 self.outputs.push_back(Output::ToStandby(message));
             }
@@ -1233,9 +1269,13 @@ impl<L: RegionLogic> RegionNode<L> {
         }
         match &mut self.state {
             State::Owner { epoch, schedule, handoff: Some(handoff), peer, .. } => {
-                let encoding_allowed = handoff.phase() != SourcePhase::Snapshot || now < schedule.next_due();
+                let snapshot = handoff.phase() == SourcePhase::Snapshot;
+                let encoding_allowed = !snapshot || chunk_allowed(now, schedule.next_due(), self.chunk_sent_at.handoff);
                 if encoding_allowed && let Some(message) = handoff.poll_message(self.region.world_mut()) {
                     busy = true;
+                    if snapshot {
+                        self.chunk_sent_at.handoff = Some(now);
+                    }
                     self.outputs.push_back(Output::ToPeer(message));
                 }
                 if let Some(action) = handoff.poll_action() {
@@ -1721,7 +1761,13 @@ struct WaitingHandoff {
     peer: SocketAddr,
     id: u64,
     tick: u64,
+    /// When the handoff was asked for: it is refused after [`CHECKPOINT_WAIT`].
+    since: Instant,
 }
+
+/// The longest a handoff waits for the checkpoint taken before it (a store that never answers
+/// would otherwise keep the region from moving or stopping for good).
+pub const CHECKPOINT_WAIT: Duration = Duration::from_secs(30);
 
 /// Which of the players' inputs are held in state that survives the loss of this instance: those
 /// in the newest checkpoint the store confirmed, or in the newest round the hot standby says it
@@ -2073,6 +2119,37 @@ mod tests {
     }
 
     #[test]
+    fn a_handoff_whose_checkpoint_is_never_stored_is_refused_after_the_wait() {
+        let start = Instant::now();
+        let standby = std::net::SocketAddr::from(([127, 0, 0, 1], 10));
+        let target = std::net::SocketAddr::from(([127, 0, 0, 1], 11));
+        let mut node = owner_with_checkpoints(start);
+        node.handle_start_standby(start, standby, 1);
+        let _ = outputs_of(&mut node, start);
+        node.handle_start_handoff(start, target, 2);
+        let stores = outputs_of(&mut node, start).0;
+        assert_eq!(stores.len(), 1);
+        assert!(node.poll_timeout(start).is_some_and(|at| at <= start + CHECKPOINT_WAIT));
+        let almost = start + CHECKPOINT_WAIT - Duration::from_millis(1);
+        node.handle_timeout(almost, &NoGateways);
+        let (_, started, aborts, _) = outputs_of(&mut node, almost);
+        assert!(!started && aborts.is_empty(), "{aborts:?}");
+        let over = start + CHECKPOINT_WAIT;
+        node.handle_timeout(over, &NoGateways);
+        let (_, started, aborts, _) = outputs_of(&mut node, over);
+        assert!(!started);
+        assert_eq!(aborts, vec!["the checkpoint before the move was not stored within 30 s".to_owned()]);
+        // The store's late answer starts nothing.
+        let ours = Ownership { owner: "here".into(), epoch: Epoch(3) };
+        node.handle_checkpoint_stored(over, stores[0], true, Some(&ours));
+        assert!(!outputs_of(&mut node, over).1, "a late answer started the handoff");
+        assert!(node.handoff_waiting.is_none() && node.handoff().is_none());
+        // The next request is taken (the standby, which never answered, is gone: it starts at once).
+        node.handle_start_handoff(over, target, 3);
+        assert!(outputs_of(&mut node, over).1);
+    }
+
+    #[test]
     fn a_handoff_waits_for_the_checkpoint_of_its_tick_being_stored_and_blocks_a_stop_meanwhile() {
         let start = Instant::now();
         let standby = std::net::SocketAddr::from(([127, 0, 0, 1], 10));
@@ -2115,6 +2192,91 @@ mod tests {
         let aborts = lost.iter().filter(|output| matches!(output, Output::Event(HostEvent::Aborted { .. }))).count();
         assert_eq!(aborts, 1, "{lost:?}");
         assert!(node.handoff().is_none() && node.owned_epoch().is_none());
+    }
+
+    #[test]
+    fn a_snapshot_streams_a_chunk_every_interval_while_every_tick_runs_late() {
+        streams_while_ticks_run_late(false);
+    }
+
+    #[test]
+    fn a_standby_feed_streams_a_chunk_every_interval_while_every_tick_runs_late() {
+        streams_while_ticks_run_late(true);
+    }
+
+    /// A handoff's (or, with `standby`, a standby feed's) snapshot: as many chunks as the window
+    /// takes before the next tick is due, then exactly one per [`MIN_CHUNK_INTERVAL`] while every
+    /// tick runs late.
+    fn streams_while_ticks_run_late(standby: bool) {
+        use crate::region::test_logic::{self, PLAYER};
+        let start = Instant::now();
+        let mut region = test_logic::region(test_logic::A);
+        region.join_player(PLAYER).unwrap();
+        test_logic::crowd(&mut region, 20_000);
+        let rewarm: Rewarm<test_logic::Walkers> = Box::new(|id| Ok(test_logic::region(id)));
+        let mut settings = settings(start, 0);
+        settings.source.chunk = crate::codec::ChunkConfig { target_chunk_bytes: 4000, max_chunk_bytes: 5000 };
+        settings.source.window_bytes = 40_000;
+        let mut node = RegionNode::new(region, Role::Owner { epoch: Epoch(3) }, settings, rewarm, start);
+        // The first tick: the next is due a second later (the region ticks at 1 Hz).
+        node.handle_timeout(start, &NoGateways);
+        while node.poll_output(start).is_some() {}
+        let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 11));
+        if standby {
+            node.handle_start_standby(start, peer, 1);
+        } else {
+            node.handle_start_handoff(start, peer, 1);
+        }
+        let handoff = std::iter::from_fn(|| node.poll_output(start))
+            .find_map(|output| match output {
+                Output::ToPeer(Message::Begin { handoff, .. }) | Output::ToStandby(Message::Follow { handoff, .. }) => {
+                    Some(handoff)
+                }
+                _ => None,
+            })
+            .expect("the stream begins");
+        let reply = |node: &mut RegionNode<test_logic::Walkers>, now: Instant, message: Message| {
+            if standby {
+                node.handle_standby_message(now, message);
+            } else {
+                node.handle_peer_message(now, message);
+            }
+        };
+        reply(&mut node, start, Message::Ready { handoff, target: "there".into() });
+        // Chunks put out at `now`, each acknowledged as applied so the window stays open.
+        let mut sent_bytes = 0u64;
+        let mut chunks_at = |node: &mut RegionNode<test_logic::Walkers>, now: Instant| {
+            let mut chunks = 0;
+            while let Some(output) = node.poll_output(now) {
+                if let Output::ToPeer(Message::Chunk { bytes, .. }) | Output::ToStandby(Message::Chunk { bytes, .. }) =
+                    output
+                {
+                    chunks += 1;
+                    sent_bytes += bytes.len() as u64;
+                }
+            }
+            reply(node, now, Message::Progress { handoff, applied_bytes: sent_bytes });
+            chunks
+        };
+        // Before the next tick is due, chunks go out as fast as they are encoded, up to the window.
+        let before_due = chunks_at(&mut node, start + Duration::from_millis(10));
+        assert!(before_due >= 8, "{before_due} chunks before the tick was due");
+        // From the due time on, ticks run late (none runs here): one chunk at once (none went
+        // out for longer than the interval), then one per interval and none in between.
+        let due = start + Duration::from_secs(1);
+        let mut sent = Vec::new();
+        for step in 0..100u32 {
+            let now = due + Duration::from_millis(10) * step;
+            let chunks = chunks_at(&mut node, now);
+            assert!(chunks <= 1, "{chunks} chunks at once at {step}");
+            if chunks == 1 {
+                sent.push(step);
+            }
+        }
+        assert_eq!(sent, vec![0, 10, 20, 30, 40, 50, 60, 70, 80, 90], "chunks sent at these 10 ms steps");
+        if !standby {
+            assert_eq!(node.handoff().map(HandoffSource::phase), Some(SourcePhase::Snapshot), "still streaming");
+        }
     }
 
     #[test]

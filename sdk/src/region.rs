@@ -776,6 +776,14 @@ pub(crate) mod test_logic {
         Region::new(id, Walkers, config).unwrap()
     }
 
+    /// Adds `count` entities that stay where they are (to give a region's snapshot some size).
+    pub(crate) fn crowd(region: &mut Region<Walkers>, count: usize) {
+        for _ in 0..count {
+            let entity = region.world_mut().spawn();
+            region.world_mut().insert(entity, Heading { into: 0 }).unwrap();
+        }
+    }
+
     /// The player's avatar walks from `region` into `into`; returns it as it left.
     pub(crate) fn walk(region: &mut Region<Walkers>, into: RegionId) -> Emigrant {
         let avatar = region.sessions().avatar_of(PLAYER).unwrap();

@@ -260,6 +260,9 @@ fn players_waiting_at_a_gap_are_found_and_asked_again_only_once_the_gap_stays() 
     }
     assert_eq!(applied(&sessions, &mut world), vec![(7, 1), (9, 1), (9, 2)]);
     assert_eq!(sessions.stalled(&world), vec![(PlayerId(7), 2)]);
+    // 9's next input arrived and waits only for the tick: not a gap.
+    sessions.submit(&mut world, input(9, 3)).unwrap();
+    assert_eq!(sessions.stalled(&world), vec![(PlayerId(7), 2)]);
 
     let mut watch = GapWatch::default();
     let stalled = sessions.stalled(&world);
@@ -275,7 +278,7 @@ fn players_waiting_at_a_gap_are_found_and_asked_again_only_once_the_gap_stays() 
     // The gap fills; a new gap of the same player starts a new wait.
     sessions.submit(&mut world, input(7, 2)).unwrap();
     sessions.submit(&mut world, input(7, 6)).unwrap();
-    assert_eq!(applied(&sessions, &mut world), vec![(7, 2), (7, 3), (7, 4)]);
+    assert_eq!(applied(&sessions, &mut world), vec![(7, 2), (7, 3), (7, 4), (9, 3)]);
     let stalled = sessions.stalled(&world);
     assert_eq!(stalled, vec![(PlayerId(7), 5)]);
     let at = 100 + 2 * GAP_RESEND_TICKS + 1;

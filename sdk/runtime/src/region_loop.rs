@@ -141,7 +141,7 @@ pub(crate) fn run<L: RegionLogic + 'static>(
     // Outputs from the node's construction (an owner announces itself).
     carry_out(&mut node, &context, &mut links);
     let mut phase = None;
-    while !node.is_finished() {
+    'region: while !node.is_finished() {
         let now = Instant::now();
         let deadline = node.poll_timeout(now).map_or(now + IDLE_POLL, |at| at.min(now + IDLE_POLL));
         let command = match commands.recv_timeout(deadline.saturating_duration_since(now)) {
@@ -163,36 +163,18 @@ pub(crate) fn run<L: RegionLogic + 'static>(
             }
             None => None,
         };
-        match command {
-            Some(Command::Shutdown) => break,
-            Some(Command::Input(input)) => node.handle_input(now, input),
-            Some(Command::Gateway(request)) => node.handle_gateway(now, request),
-            Some(Command::Query(query)) => query(node.region_mut()),
-            Some(Command::Stop) => node.handle_stop(now, context.checkpoints.is_some()),
-            Some(Command::Attach(handle)) => links.peer = Some(handle),
-            Some(Command::StartHandoff { peer }) => node.handle_start_handoff(now, peer, fastrand::u64(..)),
-            Some(Command::FeedStandby { peer }) => node.handle_start_standby(now, peer, fastrand::u64(..)),
-            Some(Command::Promote { epoch }) => node.handle_promote(now, epoch),
-            Some(Command::Authority(result)) => node.handle_authority(now, result),
-            Some(Command::CheckpointStored { tick, stored, owner }) => {
-                node.handle_checkpoint_stored(now, tick, stored, owner.as_ref());
+        // Everything already queued is handled before the tick, up to a bound: a region whose
+        // ticks all run late still takes its inputs and its handoff peer's messages (a target's
+        // `Progress` waiting behind players' inputs would keep the window closed).
+        let mut command = command;
+        let mut handled = 0;
+        while let Some(next) = command {
+            if apply(&mut node, next, &context, &mut links, now) == Flow::Stop {
+                break 'region;
             }
-            // Events of a link other than the current ones (an earlier handoff's) are stale.
-            Some(Command::LinkLost { link: lost }) if Links::is(&links.peer, lost) => {
-                links.peer = None;
-                node.handle_link_lost(now);
-            }
-            Some(Command::Peer { link: from, message }) if Links::is(&links.peer, from) => {
-                node.handle_peer_message(now, message);
-            }
-            Some(Command::LinkLost { link: lost }) if Links::is(&links.standby, lost) => {
-                links.standby = None;
-                node.handle_standby_link_lost(now);
-            }
-            Some(Command::Peer { link: from, message }) if Links::is(&links.standby, from) => {
-                node.handle_standby_message(now, message);
-            }
-            Some(Command::Peer { .. } | Command::LinkLost { .. }) | None => {}
+            handled += 1;
+            command =
+                (handled < MAX_COMMANDS_PER_PASS && !node.is_finished()).then(|| commands.try_recv().ok()).flatten();
         }
         node.handle_timeout(Instant::now(), &*context.hub);
         let crossed = carry_out(&mut node, &context, &mut links);
@@ -223,6 +205,58 @@ pub(crate) fn run<L: RegionLogic + 'static>(
             regions.remove(&id);
         }
     }
+}
+
+/// Whether the region's thread goes on after a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Most commands one pass of the region's loop handles before it lets a due tick run.
+const MAX_COMMANDS_PER_PASS: usize = 256;
+
+/// Hands one command to the node.
+fn apply<L: RegionLogic + 'static>(
+    node: &mut RegionNode<L>,
+    command: Command<L>,
+    context: &LoopContext<L>,
+    links: &mut Links,
+    now: Instant,
+) -> Flow {
+    match command {
+        Command::Shutdown => return Flow::Stop,
+        Command::Input(input) => node.handle_input(now, input),
+        Command::Gateway(request) => node.handle_gateway(now, request),
+        Command::Query(query) => query(node.region_mut()),
+        Command::Stop => node.handle_stop(now, context.checkpoints.is_some()),
+        Command::Attach(handle) => links.peer = Some(handle),
+        Command::StartHandoff { peer } => node.handle_start_handoff(now, peer, fastrand::u64(..)),
+        Command::FeedStandby { peer } => node.handle_start_standby(now, peer, fastrand::u64(..)),
+        Command::Promote { epoch } => node.handle_promote(now, epoch),
+        Command::Authority(result) => node.handle_authority(now, result),
+        Command::CheckpointStored { tick, stored, owner } => {
+            node.handle_checkpoint_stored(now, tick, stored, owner.as_ref());
+        }
+        // Events of a link other than the current ones (an earlier handoff's) are stale.
+        Command::LinkLost { link: lost } if Links::is(&links.peer, lost) => {
+            links.peer = None;
+            node.handle_link_lost(now);
+        }
+        Command::Peer { link: from, message } if Links::is(&links.peer, from) => {
+            node.handle_peer_message(now, message);
+        }
+        Command::LinkLost { link: lost } if Links::is(&links.standby, lost) => {
+            links.standby = None;
+            node.handle_standby_link_lost(now);
+        }
+        Command::Peer { link: from, message } if Links::is(&links.standby, from) => {
+            node.handle_standby_message(now, message);
+        }
+        Command::Peer { .. } | Command::LinkLost { .. } => {}
+    }
+    Flow::Continue
 }
 
 /// A region thread's links.
