@@ -390,9 +390,7 @@ async fn create_region(
     if request.from_checkpoint && !request.world.is_empty() {
         return Err(Failure(StatusCode::BAD_REQUEST, "give either \"world\" or \"from_checkpoint\", not both".into()));
     }
-    if let Some(record) =
-        state.migrations.list().into_iter().find(|record| record.region == request.region && !record.phase.is_final())
-    {
+    if let Some(record) = state.migrations.running().into_iter().find(|record| record.region == request.region) {
         return Err(Failure(
             StatusCode::CONFLICT,
             format!("region {} has a {} in flight (id {})", request.region, record.kind, record.id),
@@ -510,7 +508,7 @@ async fn stop_region(
         }
         Err(error) => return Err(Failure(StatusCode::SERVICE_UNAVAILABLE, error.to_string())),
     }
-    if state.migrations.list().iter().any(|record| record.region == region && !record.phase.is_final()) {
+    if state.migrations.running().iter().any(|record| record.region == region) {
         return Err(Failure(StatusCode::CONFLICT, format!("region {region} is being migrated; stop it afterwards")));
     }
     let Some((host, process, _)) = state.hosts.locate(RegionId(region)) else {
@@ -584,9 +582,9 @@ async fn stop_region(
     Ok(Json(stopped))
 }
 
-/// The migration history, oldest first.
+/// The migration history, oldest first: every running migration and the last 1000 to finish.
 #[utoipa::path(get, path = "/v1/migrations",
-    responses((status = 200, description = "Every migration, oldest first.", body = Vec<MigrationRecord>),
+    responses((status = 200, description = "Every running migration and the last 1000 to finish, oldest first.", body = Vec<MigrationRecord>),
         (status = 401, description = "No or wrong bearer token.", body = ApiError)))]
 async fn list_migrations(_: Authorized, State(state): State<ApiState>) -> Json<Vec<MigrationRecord>> {
     Json(state.migrations.list())

@@ -160,7 +160,7 @@ pub fn snapshot(
     started: &HashMap<u64, u64>,
     standbys: Option<&Standbys>,
 ) -> Snapshot {
-    let records = migrations.list();
+    let running = migrations.running();
     // Where each region's standby is (claimed: a claim still out has no host yet).
     let standby_hosts: HashMap<u64, String> = standbys
         .map(Standbys::views)
@@ -169,7 +169,6 @@ pub fn snapshot(
         .filter(|view| !view.host.is_empty())
         .map(|view| (view.region, view.host))
         .collect();
-    let running: Vec<_> = records.iter().filter(|record| !record.phase.is_final()).collect();
     let views = hosts.views();
     let hosts = views
         .iter()
@@ -271,9 +270,11 @@ impl Balancing {
         let finished: Vec<(u64, u64, bool)> = inner
             .started
             .iter()
-            .filter_map(|(&id, &region)| {
-                let record = self.migrations.get(id)?;
-                record.phase.is_final().then_some((id, region, record.phase == Phase::Committed))
+            .filter_map(|(&id, &region)| match self.migrations.get(id) {
+                Some(record) => record.phase.is_final().then_some((id, region, record.phase == Phase::Committed)),
+                // Forgotten by the history already (it keeps the last finished ones): an outcome
+                // not known, taken as not committed.
+                None => Some((id, region, false)),
             })
             .collect();
         for (id, region, committed) in finished {

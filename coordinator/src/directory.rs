@@ -25,6 +25,9 @@ const STOPPED: TableDefinition<u64, ()> = TableDefinition::new("stopped");
 /// the coordinator's default.
 const STANDBY: TableDefinition<u64, u8> = TableDefinition::new("standby");
 
+/// The most memory redb caches the directory's pages in.
+const DIRECTORY_CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 /// What the directory keeps per region.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Record {
@@ -52,7 +55,12 @@ impl Directory {
     pub fn open(data_dir: &Path) -> Result<Directory, AuthorityError> {
         std::fs::create_dir_all(data_dir).map_err(|error| unavailable(format!("{}: {error}", data_dir.display())))?;
         let path = data_dir.join("directory.redb");
-        let db = Database::create(&path).map_err(|error| unavailable(format!("{}: {error}", path.display())))?;
+        // The directory is small (a record per region, the migration history): redb's default
+        // cache of 1 GiB would let the process grow with the pages it touches, up to that much.
+        let db = Database::builder()
+            .set_cache_size(DIRECTORY_CACHE_BYTES)
+            .create(&path)
+            .map_err(|error| unavailable(format!("{}: {error}", path.display())))?;
         let write = db.begin_write().map_err(unavailable)?;
         write.open_table(REGIONS).map_err(unavailable)?;
         write.open_table(MIGRATIONS).map_err(unavailable)?;
@@ -117,6 +125,18 @@ impl Directory {
         let bytes = serde_json::to_vec(record).map_err(unavailable)?;
         let write = self.db.begin_write().map_err(unavailable)?;
         write.open_table(MIGRATIONS).map_err(unavailable)?.insert(record.id, bytes.as_slice()).map_err(unavailable)?;
+        write.commit().map_err(unavailable)
+    }
+
+    /// Removes the migration records `ids` (the oldest of the history), durably.
+    pub fn forget_migrations(&self, ids: &[u64]) -> Result<(), AuthorityError> {
+        let write = self.db.begin_write().map_err(unavailable)?;
+        {
+            let mut table = write.open_table(MIGRATIONS).map_err(unavailable)?;
+            for id in ids {
+                table.remove(*id).map_err(unavailable)?;
+            }
+        }
         write.commit().map_err(unavailable)
     }
 
@@ -248,7 +268,7 @@ mod tests {
             );
             serde_json::to_value(migration.record()).unwrap()
         };
-        let (first, second) = (record(1, 7), record(2, 8));
+        let (first, second, third) = (record(1, 7), record(2, 8), record(3, 9));
         {
             let directory = Directory::open(path.path()).unwrap();
             assert!(format!("{directory:?}").starts_with("Directory"));
@@ -259,10 +279,11 @@ mod tests {
             directory.set_standby_choice(RegionId(2), Some(false)).unwrap();
             directory.set_standby_choice(RegionId(4), Some(true)).unwrap();
             directory.set_standby_choice(RegionId(4), None).unwrap();
-            for saved in [&second, &first] {
+            for saved in [&second, &third, &first] {
                 let saved: crate::migrations::MigrationRecord = serde_json::from_value(saved.clone()).unwrap();
                 directory.save_migration(&saved).unwrap();
             }
+            directory.forget_migrations(&[3, 4]).unwrap();
         }
         let directory = Directory::open(path.path()).unwrap();
         assert_eq!(directory.stopped().unwrap().into_iter().collect::<Vec<_>>(), vec![RegionId(3)]);
@@ -271,7 +292,7 @@ mod tests {
         assert_eq!(choices, vec![Some(true), Some(false), None, None]);
         let history: Vec<serde_json::Value> =
             directory.load_migrations().unwrap().iter().map(|saved| serde_json::to_value(saved).unwrap()).collect();
-        assert_eq!(history, vec![first, second], "by id, as saved");
+        assert_eq!(history, vec![first, second], "by id, as saved, without the forgotten one");
     }
 
     #[test]

@@ -629,7 +629,8 @@ struct WatchState {
     /// Regions whose last failover ended unfinished, and when.
     gave_up: HashMap<u64, Instant>,
     /// Processes reported exited (or on a host declared dead), with the regions they owned then;
-    /// forgotten once the process (restarted under the same name) owns a region again.
+    /// forgotten once the process (restarted under the same name) owns a region again, or once
+    /// the directory names it owner of no region (a warm process, or a failover replaced it).
     exited: HashMap<String, Vec<RegionId>>,
     /// Regions no host reports serving, since when.
     unserved: HashMap<u64, Instant>,
@@ -754,9 +755,9 @@ impl Failovers {
         // A migration settles its region itself (its source dying included).
         let migrating: Vec<u64> = self
             .migrations
-            .list()
+            .running()
             .into_iter()
-            .filter(|record| !record.phase.is_final() && record.kind != "failover")
+            .filter(|record| record.kind != "failover")
             .map(|record| record.region)
             .collect();
         // Right after a start, hosts are still coming back (their agents reconnect once the
@@ -768,7 +769,14 @@ impl Failovers {
             let Ok(mut state) = self.state.lock() else { return };
             let retry_after = self.settings.retry_after;
             state.gave_up.retain(|_, at| now.duration_since(*at) < retry_after);
-            for (region, ownership) in regions {
+            // An exit matters while the process still owns a region in the directory (until the
+            // failover replaced it); a warm process's exit, or one the failover dealt with, is
+            // forgotten, so the map holds no more than the owners.
+            let owners: std::collections::HashSet<&str> =
+                regions.iter().map(|(_, ownership)| ownership.owner.as_str()).collect();
+            state.exited.retain(|process, _| owners.contains(process.as_str()));
+            for (region, ownership) in &regions {
+                let (region, ownership) = (*region, ownership);
                 if stopped.contains(&region) {
                     state.unserved.remove(&region.0);
                     continue;
@@ -808,7 +816,7 @@ impl Failovers {
                 {
                     starts.push(Lost {
                         region,
-                        owner: ownership.owner,
+                        owner: ownership.owner.clone(),
                         epoch: ownership.epoch,
                         host,
                         cause,

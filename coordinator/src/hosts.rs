@@ -433,14 +433,22 @@ impl Hosts {
         if let Ok(mut claims) = self.claims.lock() {
             claims.insert(request, sender);
         }
-        self.send(host, CoordinatorMessage::Claim { request })?;
-        let answer = tokio::time::timeout(timeout, receiver).await;
-        if let Ok(mut claims) = self.claims.lock() {
-            claims.remove(&request);
+        if let Err(error) = self.send(host, CoordinatorMessage::Claim { request }) {
+            // Nothing will ever answer it.
+            self.forget_claim(request);
+            return Err(error);
         }
+        let answer = tokio::time::timeout(timeout, receiver).await;
+        self.forget_claim(request);
         match answer {
             Ok(Ok(result)) => result,
             Ok(Err(_)) | Err(_) => Err(HostsError::ClaimTimedOut(host.to_owned())),
+        }
+    }
+
+    fn forget_claim(&self, request: u64) {
+        if let Ok(mut claims) = self.claims.lock() {
+            claims.remove(&request);
         }
     }
 
@@ -626,5 +634,21 @@ pub(crate) async fn serve_agent(connection: quinn::Connection, hosts: std::sync:
     {
         entry.sender = None;
         tracing::warn!(host = name, "host agent disconnected");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_that_cannot_be_sent_leaves_nothing_waiting() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let hosts = Hosts::default();
+        for _ in 0..3 {
+            let result = runtime.block_on(hosts.claim("nowhere", Duration::from_secs(60)));
+            assert!(matches!(result, Err(HostsError::UnknownHost(ref host)) if host == "nowhere"), "{result:?}");
+        }
+        assert_eq!(hosts.claims.lock().unwrap().len(), 0, "claims left waiting for an answer");
     }
 }

@@ -404,11 +404,44 @@ pub enum StartError {
     Conflict(String),
 }
 
-/// All migrations: running ones, their drivers, and the history.
+/// Finished migrations the history keeps (in memory and in the directory); the oldest beyond
+/// this are forgotten. Running ones are always kept.
+pub const HISTORY_KEPT: usize = 1000;
+
+/// The migration records: every running one and the last finished ones, forgotten in the order
+/// they finished (a long migration that finishes late is as new as its end, whatever its id).
+#[derive(Debug, Default)]
+struct History {
+    records: BTreeMap<u64, MigrationRecord>,
+    /// Finished records' ids, in the order they finished (loaded ones by id, first).
+    finished: std::collections::VecDeque<u64>,
+}
+
+impl History {
+    /// Stores `record`; returns the ids of the finished records forgotten to keep `kept`.
+    fn insert(&mut self, record: MigrationRecord, kept: usize) -> Vec<u64> {
+        let was_final = self.records.get(&record.id).is_some_and(|old| old.phase.is_final());
+        if record.phase.is_final() && !was_final {
+            self.finished.push_back(record.id);
+        }
+        self.records.insert(record.id, record);
+        let mut forgotten = Vec::new();
+        while self.finished.len() > kept {
+            if let Some(id) = self.finished.pop_front() {
+                self.records.remove(&id);
+                forgotten.push(id);
+            }
+        }
+        forgotten
+    }
+}
+
+/// All migrations: running ones, their drivers, and the history (the last [`HISTORY_KEPT`] to
+/// finish).
 pub struct Migrations {
     hosts: Arc<Hosts>,
     directory: Arc<Directory>,
-    records: Mutex<BTreeMap<u64, MigrationRecord>>,
+    history: Mutex<History>,
     cancels: Mutex<BTreeMap<u64, tokio::sync::mpsc::UnboundedSender<()>>>,
     next_id: Mutex<u64>,
     per_host_limit: usize,
@@ -428,15 +461,21 @@ impl Migrations {
         let next = loaded.iter().map(|record| record.id).max().unwrap_or(0) + 1;
         let in_flight: Vec<u64> =
             loaded.iter().filter(|record| !record.phase.is_final()).map(|record| record.id).collect();
+        let mut history = History::default();
+        let mut forgotten = Vec::new();
+        for record in loaded {
+            forgotten.extend(history.insert(record, HISTORY_KEPT));
+        }
         let migrations = Arc::new(Migrations {
             hosts,
             directory,
-            records: Mutex::new(loaded.into_iter().map(|record| (record.id, record)).collect()),
+            history: Mutex::new(history),
             cancels: Mutex::new(BTreeMap::new()),
             next_id: Mutex::new(next),
             per_host_limit: per_host_limit.max(1),
             timeouts,
         });
+        migrations.forget(&forgotten);
         if !in_flight.is_empty() {
             let resolver = migrations.clone();
             tokio::spawn(async move {
@@ -474,16 +513,25 @@ impl Migrations {
         self.store(&record);
     }
 
-    /// Every migration, oldest first.
+    /// Every running migration and the last [`HISTORY_KEPT`] to finish, oldest first.
     #[must_use]
     pub fn list(&self) -> Vec<MigrationRecord> {
-        self.records.lock().map(|records| records.values().cloned().collect()).unwrap_or_default()
+        self.history.lock().map(|history| history.records.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The migrations running (not finished), oldest first.
+    #[must_use]
+    pub fn running(&self) -> Vec<MigrationRecord> {
+        self.history
+            .lock()
+            .map(|history| history.records.values().filter(|record| !record.phase.is_final()).cloned().collect())
+            .unwrap_or_default()
     }
 
     /// One migration.
     #[must_use]
     pub fn get(&self, id: u64) -> Option<MigrationRecord> {
-        self.records.lock().ok().and_then(|records| records.get(&id).cloned())
+        self.history.lock().ok().and_then(|history| history.records.get(&id).cloned())
     }
 
     /// A fresh record id (failovers share the history).
@@ -503,16 +551,23 @@ impl Migrations {
         if let Err(error) = self.directory.save_migration(record) {
             tracing::error!(id = record.id, %error, "could not persist a migration record");
         }
-        if let Ok(mut records) = self.records.lock() {
-            records.insert(record.id, record.clone());
+        let forgotten = match self.history.lock() {
+            Ok(mut history) => history.insert(record.clone(), HISTORY_KEPT),
+            Err(_) => Vec::new(),
+        };
+        self.forget(&forgotten);
+    }
+
+    fn forget(&self, ids: &[u64]) {
+        if !ids.is_empty()
+            && let Err(error) = self.directory.forget_migrations(ids)
+        {
+            tracing::warn!(records = ids.len(), %error, "could not forget the oldest migration records");
         }
     }
 
     fn active_on(&self, host: &str) -> usize {
-        self.list()
-            .iter()
-            .filter(|record| !record.phase.is_final() && (record.from_host == host || record.to_host == host))
-            .count()
+        self.running().iter().filter(|record| record.from_host == host || record.to_host == host).count()
     }
 
     /// Most migrations running at once that involve one host.
@@ -563,7 +618,7 @@ impl Migrations {
                  takes it back into use)"
             )));
         }
-        if self.list().iter().any(|record| record.region == region && !record.phase.is_final()) {
+        if self.running().iter().any(|record| record.region == region) {
             return Err(StartError::Conflict(format!("region {region} is being migrated already")));
         }
         for host in [&from_host, &to_host.to_owned()] {
@@ -738,6 +793,47 @@ mod tests {
 
     fn prepared(region: u64) -> ServerEvent {
         ServerEvent::Prepared { region: RegionId(region) }
+    }
+
+    #[test]
+    fn the_history_forgets_the_first_finished_migrations_and_keeps_running_ones() {
+        // The API's description of the history names this number.
+        assert_eq!(HISTORY_KEPT, 1000);
+        let now = Instant::now();
+        let record = |id: u64, phase: Phase| {
+            let (machine, _) = Migration::start(
+                id,
+                "migration",
+                7,
+                ("h1".into(), "h1-p1".into()),
+                "h2".into(),
+                Timeouts::default(),
+                now,
+            );
+            MigrationRecord { phase, ..machine.record().clone() }
+        };
+        let mut history = History::default();
+        let kept = 2;
+        let mut forgotten = Vec::new();
+        // 1 runs a long time; 2, 3 and 4 start after it and finish first.
+        for (id, phase) in [
+            (1, Phase::Transferring),
+            (2, Phase::Claiming),
+            (2, Phase::Committed),
+            (3, Phase::Aborted),
+            (4, Phase::Committed),
+        ] {
+            forgotten.extend(history.insert(record(id, phase), kept));
+        }
+        assert_eq!(forgotten, vec![2], "the first to finish is forgotten first");
+        // 1 finishes last: the newest finished, kept; 3 goes. Stored again finished, nothing moves.
+        assert_eq!(history.insert(record(1, Phase::Aborted), kept), vec![3]);
+        assert_eq!(history.insert(record(1, Phase::Aborted), kept), Vec::<u64>::new());
+        assert_eq!(history.records.keys().copied().collect::<Vec<_>>(), vec![1, 4]);
+        // Running ones are never counted or forgotten.
+        assert_eq!(history.insert(record(5, Phase::Preparing), kept), Vec::<u64>::new());
+        assert_eq!(history.insert(record(6, Phase::Committed), kept), vec![4]);
+        assert_eq!(history.records.keys().copied().collect::<Vec<_>>(), vec![1, 5, 6]);
     }
 
     fn started() -> (Migration, Instant) {

@@ -526,15 +526,16 @@ struct ChunkClock {
     feed: Option<Instant>,
 }
 
-/// The longest a snapshot being streamed goes without a chunk, even when every tick runs late.
-/// Far below the target's silence timeout (3 s), and one chunk (256 KiB by default, about a
-/// millisecond to encode) per interval costs a late-running region little.
+/// Once this long has passed since a snapshot's last chunk, the next is encoded even when a tick
+/// is due (protocol.md §3): a region whose ticks all run late still streams, one chunk per interval
+/// (or per pass of its loop, if a pass takes longer) while the flow-control window is open, instead
+/// of going silent until its target gives up. Far below the target's silence timeout (3 s), and one
+/// chunk (256 KiB by default, about a millisecond to encode) per interval costs such a region little.
 pub const MIN_CHUNK_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Whether a snapshot chunk may be encoded at `now`: in the time left before the next tick is due
-/// (`next_due`), so streaming a large region never pushes its ticks late; or when no chunk was
-/// encoded for [`MIN_CHUNK_INTERVAL`] since `last` (or none yet), so a region whose ticks all run
-/// late still streams instead of going silent until its target gives up.
+/// Whether a snapshot chunk may be encoded at `now` (protocol.md §3): in the time left before the
+/// next tick is due (`next_due`), so streaming a large region does not push its ticks late; or
+/// once [`MIN_CHUNK_INTERVAL`] has passed since the last one (`last`; none yet counts as passed).
 fn chunk_allowed(now: Instant, next_due: Instant, last: Option<Instant>) -> bool {
     now < next_due || last.is_none_or(|at| now >= at + MIN_CHUNK_INTERVAL)
 }
@@ -733,9 +734,6 @@ impl<L: RegionLogic> RegionNode<L> {
                 }
                 if let Some(at) = handoff.as_ref().and_then(HandoffSource::poll_timeout) {
                     earliest(at);
-                }
-                if let Some(waiting) = self.handoff_waiting {
-                    earliest(waiting.since + CHECKPOINT_WAIT);
                 }
                 if let Some(feed) = standby {
                     if feed.phase() == crate::handoff::FeedPhase::Snapshot {
@@ -1214,7 +1212,8 @@ impl<L: RegionLogic> RegionNode<L> {
 
     /// The next thing to do, if any. `now` bounds the snapshot work done in this call: chunks are
     /// encoded in the time left before the next tick is due, so streaming a large region does not
-    /// push its ticks late, and at least one every [`MIN_CHUNK_INTERVAL`] (see [`chunk_allowed`]).
+    /// push its ticks late, and once [`MIN_CHUNK_INTERVAL`] has passed since the last one even when
+    /// a tick is due (see [`chunk_allowed`]).
     pub fn poll_output(&mut self, now: Instant) -> Option<Output> {
         loop {
             if let Some(output) = self.outputs.pop_front() {
@@ -1765,8 +1764,9 @@ struct WaitingHandoff {
     since: Instant,
 }
 
-/// The longest a handoff waits for the checkpoint taken before it (a store that never answers
-/// would otherwise keep the region from moving or stopping for good).
+/// The longest a handoff waits for the checkpoint taken before it (protocol.md §14): a store that
+/// never answers would otherwise keep the region from moving or stopping for good. Checked at
+/// each tick (`handle_timeout`), so the refusal comes at the first tick past it.
 pub const CHECKPOINT_WAIT: Duration = Duration::from_secs(30);
 
 /// Which of the players' inputs are held in state that survives the loss of this instance: those
@@ -2129,7 +2129,6 @@ mod tests {
         node.handle_start_handoff(start, target, 2);
         let stores = outputs_of(&mut node, start).0;
         assert_eq!(stores.len(), 1);
-        assert!(node.poll_timeout(start).is_some_and(|at| at <= start + CHECKPOINT_WAIT));
         let almost = start + CHECKPOINT_WAIT - Duration::from_millis(1);
         node.handle_timeout(almost, &NoGateways);
         let (_, started, aborts, _) = outputs_of(&mut node, almost);

@@ -165,37 +165,24 @@ pub(crate) fn run<L: RegionLogic + 'static>(
         };
         // Everything already queued is handled before the tick, up to a bound: a region whose
         // ticks all run late still takes its inputs and its handoff peer's messages (a target's
-        // `Progress` waiting behind players' inputs would keep the window closed).
+        // `Progress` waiting behind players' inputs would keep the window closed). What each
+        // command puts out is carried out before the next is handled, as with one command per
+        // pass: a new link is in place before a stale event of the old one is judged.
         let mut command = command;
         let mut handled = 0;
         while let Some(next) = command {
             if apply(&mut node, next, &context, &mut links, now) == Flow::Stop {
                 break 'region;
             }
+            let crossed = carry_out(&mut node, &context, &mut links);
+            observe_fault_point(&node, &context, &mut phase, crossed);
             handled += 1;
             command =
                 (handled < MAX_COMMANDS_PER_PASS && !node.is_finished()).then(|| commands.try_recv().ok()).flatten();
         }
         node.handle_timeout(Instant::now(), &*context.hub);
         let crossed = carry_out(&mut node, &context, &mut links);
-        if let Some(point) = &context.fault_point {
-            let now_in = FaultPhase::of(
-                node.handoff().map(HandoffSource::phase),
-                node.target_phase(),
-                node.standby_phase(),
-                phase,
-                node.ticks(),
-            );
-            if now_in != phase {
-                phase = now_in;
-                if let Some(entered) = now_in {
-                    point.reached(entered, id.0);
-                }
-            }
-            if let Some(crossed) = crossed {
-                point.reached(crossed, id.0);
-            }
-        }
+        observe_fault_point(&node, &context, &mut phase, crossed);
     }
     node.handle_close(Instant::now());
     carry_out(&mut node, &context, &mut links);
@@ -204,6 +191,34 @@ pub(crate) fn run<L: RegionLogic + 'static>(
         if regions.get(&id).is_some_and(|slot| slot.generation == context.generation) {
             regions.remove(&id);
         }
+    }
+}
+
+/// Tells the fault point (test bed only) the phase the node entered and the crossing it sent,
+/// if any.
+fn observe_fault_point<L: RegionLogic + 'static>(
+    node: &RegionNode<L>,
+    context: &LoopContext<L>,
+    phase: &mut Option<FaultPhase>,
+    crossed: Option<FaultPhase>,
+) {
+    let Some(point) = &context.fault_point else { return };
+    let region = node.region().id().0;
+    let now_in = FaultPhase::of(
+        node.handoff().map(HandoffSource::phase),
+        node.target_phase(),
+        node.standby_phase(),
+        *phase,
+        node.ticks(),
+    );
+    if now_in != *phase {
+        *phase = now_in;
+        if let Some(entered) = now_in {
+            point.reached(entered, region);
+        }
+    }
+    if let Some(crossed) = crossed {
+        point.reached(crossed, region);
     }
 }
 

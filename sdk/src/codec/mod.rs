@@ -338,28 +338,37 @@ fn encode_delta_split(
             config.max_chunk_bytes
         )));
     }
-    let split = touched[touched.len() / 2];
-    let (low, high) = split_changes(changes, split);
-    encode_delta_split(world, &low, round, config, parts)?;
-    encode_delta_split(world, &high, round, config, parts)
+    // Split at once into as many ranges of touched entities as the archive holds target-sized
+    // chunks (halving instead would encode a large round once per halving: a 56 MB round six
+    // times); a range still over the limit (its entities carry more than the average) is split
+    // again.
+    let pieces = bytes.len().div_ceil(config.target_chunk_bytes.max(1)).clamp(2, touched.len());
+    let bounds: Vec<EntityId> = (1..pieces).map(|piece| touched[piece * touched.len() / pieces]).collect();
+    for piece in split_changes(changes, &bounds) {
+        encode_delta_split(world, &piece, round, config, parts)?;
+    }
+    Ok(())
 }
 
-fn split_changes(changes: &ChangeSet, split: EntityId) -> (ChangeSet, ChangeSet) {
-    let mut low = ChangeSet::default();
-    let mut high = ChangeSet::default();
+/// Splits `changes` at the ascending entity ids `bounds`: piece `i` holds every record of the
+/// entities from `bounds[i - 1]` (from the lowest for the first) up to, not including, `bounds[i]`
+/// (to the highest for the last), so all records of one entity stay in one piece.
+fn split_changes(changes: &ChangeSet, bounds: &[EntityId]) -> Vec<ChangeSet> {
+    let mut pieces = vec![ChangeSet::default(); bounds.len() + 1];
+    let piece_of = |entity: EntityId| bounds.partition_point(|bound| *bound <= entity);
     for entity in &changes.spawned {
-        if *entity < split { &mut low } else { &mut high }.spawned.push(*entity);
+        pieces[piece_of(*entity)].spawned.push(*entity);
     }
     for entity in &changes.despawned {
-        if *entity < split { &mut low } else { &mut high }.despawned.push(*entity);
+        pieces[piece_of(*entity)].despawned.push(*entity);
     }
     for record in &changes.set {
-        if record.0 < split { &mut low } else { &mut high }.set.push(*record);
+        pieces[piece_of(record.0)].set.push(*record);
     }
     for record in &changes.removed {
-        if record.0 < split { &mut low } else { &mut high }.removed.push(*record);
+        pieces[piece_of(record.0)].removed.push(*record);
     }
-    (low, high)
+    pieces
 }
 
 fn write_archive(
@@ -1126,6 +1135,18 @@ mod tests {
             removed: vec![(EntityId(4), id), (EntityId(5), id)],
             despawned: vec![EntityId(4), EntityId(5)],
         };
-        assert_eq!(split_changes(&both, EntityId(5)), (of(4), of(5)));
+        assert_eq!(split_changes(&both, &[EntityId(5)]), vec![of(4), of(5)]);
+        // Three pieces: below 5, from 5 to 8, from 9; a piece with no entity is empty.
+        let many = ChangeSet {
+            spawned: vec![EntityId(4), EntityId(5), EntityId(9)],
+            set: vec![(EntityId(4), id), (EntityId(5), id), (EntityId(9), id)],
+            removed: vec![(EntityId(4), id), (EntityId(5), id), (EntityId(9), id)],
+            despawned: vec![EntityId(4), EntityId(5), EntityId(9)],
+        };
+        assert_eq!(split_changes(&many, &[EntityId(5), EntityId(9)]), vec![of(4), of(5), of(9)]);
+        assert_eq!(
+            split_changes(&many, &[EntityId(5), EntityId(6), EntityId(9)]),
+            vec![of(4), of(5), ChangeSet::default(), of(9)]
+        );
     }
 }
