@@ -171,9 +171,10 @@ pub(crate) fn run<L: RegionLogic + 'static>(
         let mut command = command;
         let mut handled = 0;
         while let Some(next) = command {
-            if apply(&mut node, next, &context, &mut links, now) == Flow::Stop {
+            if matches!(next, Command::Shutdown) {
                 break 'region;
             }
+            apply(&mut node, next, &context, &mut links, now);
             let crossed = carry_out(&mut node, &context, &mut links);
             observe_fault_point(&node, &context, &mut phase, crossed);
             handled += 1;
@@ -222,26 +223,18 @@ fn observe_fault_point<L: RegionLogic + 'static>(
     }
 }
 
-/// Whether the region's thread goes on after a command.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Flow {
-    Continue,
-    Stop,
-}
-
 /// Most commands one pass of the region's loop handles before it lets a due tick run.
 const MAX_COMMANDS_PER_PASS: usize = 256;
 
-/// Hands one command to the node.
+/// Hands one command other than `Shutdown` (which ends the loop) to the node.
 fn apply<L: RegionLogic + 'static>(
     node: &mut RegionNode<L>,
     command: Command<L>,
     context: &LoopContext<L>,
     links: &mut Links,
     now: Instant,
-) -> Flow {
+) {
     match command {
-        Command::Shutdown => return Flow::Stop,
         Command::Input(input) => node.handle_input(now, input),
         Command::Gateway(request) => node.handle_gateway(now, request),
         Command::Query(query) => query(node.region_mut()),
@@ -269,9 +262,8 @@ fn apply<L: RegionLogic + 'static>(
         Command::Peer { link: from, message } if Links::is(&links.standby, from) => {
             node.handle_standby_message(now, message);
         }
-        Command::Peer { .. } | Command::LinkLost { .. } => {}
+        Command::Peer { .. } | Command::LinkLost { .. } | Command::Shutdown => {}
     }
-    Flow::Continue
 }
 
 /// A region thread's links.
