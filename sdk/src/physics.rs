@@ -211,7 +211,10 @@ impl PhysicsEngine {
                 self.awake.insert(entity);
             }
         }
-        let all: Vec<EntityId> = self.bodies.keys().copied().collect();
+        // In entity order: waking and putting to sleep rewires rapier's islands, so the order of
+        // these calls decides the engine's state, and a hash map's order differs per process.
+        let mut all: Vec<EntityId> = self.bodies.keys().copied().collect();
+        all.sort_unstable();
         self.prime_contacts(world, &all);
         self.tracker = Some(world.create_tracker());
     }
