@@ -194,6 +194,12 @@ pub fn handoff_aborted(region: RegionId, reason: &crate::handoff::AbortReason) {
     tracing::warn!(%region, culprit = ?reason.culprit, phase = %reason.phase, reason = %reason.reason, "handoff aborted");
 }
 
+/// A handoff's rounds cannot converge now; the source goes on sending them, waiting for a
+/// quieter moment.
+pub fn handoff_waiting(region: RegionId, rates: &str) {
+    tracing::warn!(%region, rates, "handoff waits for a quieter moment");
+}
+
 /// A delta round was sent before the freeze.
 pub fn handoff_round(region: RegionId, round: u32, bytes: usize) {
     metrics::histogram!(HANDOFF_ROUND_BYTES).record(bytes as f64);

@@ -34,6 +34,7 @@ fn pair(objects: usize) -> HandoffPair<SampleLogic> {
     pair.set_source_config(SourceConfig {
         chunk: ChunkConfig { target_chunk_bytes: 16 * 1024, max_chunk_bytes: 64 * 1024 },
         freeze_budget_bytes: 5_000,
+        max_freeze: None,
         max_rounds: 5,
         ..SourceConfig::default()
     });

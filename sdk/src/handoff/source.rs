@@ -22,14 +22,25 @@ pub struct SourceConfig {
     /// Snapshot chunk and delta part sizes.
     pub chunk: ChunkConfig,
     /// A round at most this large (bytes) is small enough to be the final one: the freeze budget,
-    /// i.e. what the link moves in the freeze time (default 100 kB: 2 ms at 50 MB/s).
+    /// i.e. what the link's cap moves in the freeze time (default 100 kB: 2 ms at 50 MB/s). With
+    /// `max_freeze` set, a measured delivery rate can lower it (never raise it).
     pub freeze_budget_bytes: usize,
+    /// The time the final round may take to deliver. Once a delta round over
+    /// `freeze_budget_bytes` was sent and reported applied, the freeze budget is what the measured
+    /// rate (the round's bytes over the time from sending them to hearing them applied) moves in
+    /// this time, at least [`MIN_FREEZE_BUDGET`] and at most `freeze_budget_bytes`. `None` keeps
+    /// `freeze_budget_bytes` for the whole handoff.
+    pub max_freeze: Option<Duration>,
     /// After this many rounds that did not fit the budget, freeze anyway if the round is at most
-    /// four budgets, else abort: the region changes faster than the link moves it.
+    /// four budgets, else wait for a quieter moment (`quiet_wait`).
     pub max_rounds: u32,
     /// Rounds stop shrinking when this many in a row are not 10% smaller than the smallest so
     /// far; then the same decision is taken at once instead of after `max_rounds`.
     pub stall_rounds: u32,
+    /// How long the source goes on sending rounds, waiting for one within four budgets, once the
+    /// rounds stopped shrinking above four budgets or one tick's changes alone exceed four budgets;
+    /// then it aborts with "did not converge" and the measured rates.
+    pub quiet_wait: Duration,
     /// Most archive bytes sent and not yet applied by the target.
     pub window_bytes: usize,
     /// Timeouts.
@@ -41,21 +52,44 @@ impl Default for SourceConfig {
         SourceConfig {
             chunk: ChunkConfig::default(),
             freeze_budget_bytes: 100_000,
+            max_freeze: Some(Duration::from_millis(2)),
             max_rounds: 20,
             stall_rounds: 3,
+            quiet_wait: Duration::from_secs(10),
             window_bytes: 4 * 1024 * 1024,
             timeouts: Timeouts::default(),
         }
     }
 }
 
+/// The smallest freeze budget, however slow the link: one round of a few entities.
+pub const MIN_FREEZE_BUDGET: usize = 4096;
+
 impl SourceConfig {
-    /// A configuration whose freeze budget is what `bytes_per_second` moves in `freeze_time`.
+    /// A configuration whose freeze budget is at most what `bytes_per_second` (the link's cap)
+    /// moves in `freeze_time`, and less when the delivery rate measured during the handoff is.
     #[must_use]
     pub fn for_link(bytes_per_second: u64, freeze_time: Duration) -> SourceConfig {
-        let budget = (bytes_per_second as f64 * freeze_time.as_secs_f64()) as usize;
-        SourceConfig { freeze_budget_bytes: budget.max(4096), ..SourceConfig::default() }
+        SourceConfig {
+            freeze_budget_bytes: budget_for(bytes_per_second as f64, freeze_time),
+            max_freeze: Some(freeze_time),
+            ..SourceConfig::default()
+        }
     }
+}
+
+/// A rate for people: MB/s from 1 MB/s up, kB/s below.
+fn rate_text(bytes_per_second: f64) -> String {
+    if bytes_per_second >= 1e6 {
+        format!("{:.1} MB/s", bytes_per_second / 1e6)
+    } else {
+        format!("{:.1} kB/s", bytes_per_second / 1e3)
+    }
+}
+
+/// What `bytes_per_second` moves in `time`, at least [`MIN_FREEZE_BUDGET`].
+fn budget_for(bytes_per_second: f64, time: Duration) -> usize {
+    ((bytes_per_second * time.as_secs_f64()) as usize).max(MIN_FREEZE_BUDGET)
 }
 
 /// Where the source is.
@@ -129,6 +163,14 @@ pub struct SourceStats {
     pub rounds: u32,
     /// Bytes of the final delta.
     pub final_bytes: u64,
+    /// The last measured delivery rate of a delta round (bytes per second: sent to applied).
+    pub delivery_bytes_per_second: Option<u64>,
+    /// Bytes of changes per tick in the last round: its bytes over the ticks it spans (an average:
+    /// entities changed in several of those ticks count once).
+    pub change_bytes_per_tick: Option<u64>,
+    /// How long the source waited for a quieter moment (from when it said the rounds could not
+    /// converge to the freeze or the abort).
+    pub waited: Option<Duration>,
     /// From the end of the last tick to the target's commit arriving (source's view of the freeze).
     pub freeze: Option<Duration>,
     /// From start to the commit or abort.
@@ -172,6 +214,13 @@ pub struct HandoffSource {
     round: u32,
     smallest_round: usize,
     stalled_rounds: u32,
+    tick_interval: Duration,
+    /// Ticks since the changes of the next round began (tracker created, or the last round read).
+    ticks_since_round: u32,
+    /// The delta round in flight: when it was sent, its bytes, and the sent-bytes count it ends at.
+    round_in_flight: Option<(Instant, u64, u64)>,
+    delivery_rate: Option<f64>,
+    waiting_since: Option<Instant>,
     frozen_at: Option<Instant>,
     held: Vec<PlayerInput>,
     link_lost: bool,
@@ -205,6 +254,11 @@ impl HandoffSource {
             round: 0,
             smallest_round: usize::MAX,
             stalled_rounds: 0,
+            tick_interval,
+            ticks_since_round: 0,
+            round_in_flight: None,
+            delivery_rate: None,
+            waiting_since: None,
             frozen_at: None,
             held: Vec::new(),
             link_lost: false,
@@ -306,6 +360,7 @@ impl HandoffSource {
             }
             (_, Message::Progress { applied_bytes, .. }) => {
                 self.applied_bytes = self.applied_bytes.max(applied_bytes);
+                self.measure_delivery(now);
             }
             (SourcePhase::Frozen | SourcePhase::Settling, Message::Committed { epoch, .. })
                 if Epoch(epoch) == self.epoch.next() =>
@@ -452,6 +507,9 @@ impl HandoffSource {
     /// Called after every tick the region ran, at the tick boundary; `next_tick_due` is when the
     /// next tick is scheduled. Delta rounds and the freeze happen here (protocol.md §4).
     pub fn handle_tick_completed(&mut self, now: Instant, world: &mut World, next_tick_due: Instant) {
+        if self.tracker.is_some() {
+            self.ticks_since_round += 1;
+        }
         if self.phase == SourcePhase::Snapshot
             && self.writer.as_ref().is_some_and(SnapshotWriter::is_done)
             && self.in_flight() == 0
@@ -479,7 +537,10 @@ impl HandoffSource {
             }
         };
         let bytes: usize = parts.iter().map(AlignedVec::len).sum();
-        let budget = self.config.freeze_budget_bytes;
+        let per_tick = bytes / self.ticks_since_round.max(1) as usize;
+        self.ticks_since_round = 0;
+        self.stats.change_bytes_per_tick = Some(per_tick as u64);
+        let budget = self.freeze_budget();
         if bytes.saturating_mul(10) < self.smallest_round.saturating_mul(9) {
             self.smallest_round = bytes;
             self.stalled_rounds = 0;
@@ -487,17 +548,28 @@ impl HandoffSource {
             self.stalled_rounds += 1;
         }
         let out_of_rounds = round > self.config.max_rounds || self.stalled_rounds >= self.config.stall_rounds;
-        // protocol.md §4: freeze once a round fits the budget; when rounds stop shrinking (or run
-        // out), freeze if the round is within four budgets, else give up: the region changes faster
-        // than the link moves it.
-        if bytes <= budget || (out_of_rounds && bytes <= budget * 4) {
+        let within_four = bytes <= budget.saturating_mul(4);
+        // protocol.md §4: rounds that stopped shrinking above four budgets, or a tick whose changes
+        // alone exceed them, cannot converge now: say so, and wait for a quieter moment.
+        if self.waiting_since.is_none() && !within_four && (out_of_rounds || per_tick > budget.saturating_mul(4)) {
+            self.waiting_since = Some(now);
+            crate::events::handoff_waiting(self.region, &self.rates(round, bytes, budget));
+        }
+        // protocol.md §4: freeze once a round fits the budget, or is within four budgets when the
+        // rounds stopped shrinking or ran out; give up when waiting took too long.
+        if bytes <= budget || (out_of_rounds && within_four) {
+            self.stats.waited = self.waiting_since.map(|since| now - since);
             self.freeze(now, world, round, parts, next_tick_due);
-        } else if out_of_rounds {
+        } else if !within_four && self.waiting_since.is_some_and(|since| now >= since + self.config.quiet_wait) {
+            let waited = self.waiting_since.map(|since| now - since).unwrap_or_default();
+            self.stats.waited = Some(waited);
             let reason = AbortReason {
                 culprit: Culprit::Link,
                 phase: Phase::Rounds,
                 reason: format!(
-                    "did not converge: round {round} still holds {bytes} bytes, over four freeze budgets of {budget}"
+                    "did not converge: {}; no quieter moment came in {:.1} s",
+                    self.rates(round, bytes, budget),
+                    waited.as_secs_f64()
                 ),
             };
             self.abort_before_freeze(world, reason);
@@ -507,7 +579,59 @@ impl HandoffSource {
             self.stats.rounds = round;
             self.stats.delta_bytes += bytes as u64;
             self.send_parts(round, parts);
+            // Only a round over the configured budget is measured: its transfer time dominates
+            // the round trip in the measurement, and the budget it gives cannot shrink the rounds
+            // that measure it.
+            if bytes > self.config.freeze_budget_bytes {
+                self.round_in_flight = Some((now, bytes as u64, self.sent_bytes));
+            }
         }
+    }
+
+    /// The freeze budget now: what the measured delivery rate moves in `max_freeze` when that is
+    /// less than the configured budget (which is what the link's cap moves), else the configured.
+    fn freeze_budget(&self) -> usize {
+        match (self.config.max_freeze, self.delivery_rate) {
+            (Some(freeze), Some(rate)) => budget_for(rate, freeze).min(self.config.freeze_budget_bytes),
+            _ => self.config.freeze_budget_bytes,
+        }
+    }
+
+    /// A round in flight that is now wholly applied gives a delivery rate.
+    fn measure_delivery(&mut self, now: Instant) {
+        let Some((sent_at, bytes, through)) = self.round_in_flight else {
+            return;
+        };
+        if self.applied_bytes < through {
+            return;
+        }
+        self.round_in_flight = None;
+        let elapsed = now.saturating_duration_since(sent_at).as_secs_f64();
+        if elapsed > 0.0 {
+            let rate = bytes as f64 / elapsed;
+            self.delivery_rate = Some(rate);
+            self.stats.delivery_bytes_per_second = Some(rate as u64);
+        }
+    }
+
+    /// What an operator needs to judge a handoff that cannot converge now.
+    fn rates(&self, round: u32, bytes: usize, budget: usize) -> String {
+        let per_tick = self.stats.change_bytes_per_tick.unwrap_or_default() as f64;
+        let change_rate = per_tick / self.tick_interval.as_secs_f64().max(f64::EPSILON);
+        let mut text = format!(
+            "round {round} holds {bytes} bytes, over four freeze budgets of {budget}; \
+             the region changes {:.0} kB a tick ({})",
+            per_tick / 1e3,
+            rate_text(change_rate)
+        );
+        if let Some(rate) = self.delivery_rate {
+            text.push_str(&format!(
+                ", the link delivers {}: a final round of one tick would take {:.1} ms",
+                rate_text(rate),
+                per_tick / rate * 1e3
+            ));
+        }
+        text
     }
 
     /// Abandons the handoff (operator or coordinator request). Before the freeze this is immediate;
@@ -734,8 +858,10 @@ mod tests {
         SourceConfig {
             chunk: ChunkConfig { target_chunk_bytes: 8000, max_chunk_bytes: 9000 },
             freeze_budget_bytes: BUDGET,
+            max_freeze: None,
             max_rounds: 20,
             stall_rounds: 3,
+            quiet_wait: Duration::from_secs(1),
             window_bytes: 4 * 1024 * 1024,
             timeouts: Timeouts {
                 prepare: Duration::from_secs(5),
@@ -869,6 +995,17 @@ mod tests {
             let messages = self.drain();
             self.acknowledge();
             messages
+        }
+
+        /// A tick changing `count` entities, its round sent, then reported applied `elapsed` later;
+        /// the round's bulk bytes.
+        fn round_delivered_in(&mut self, count: usize, elapsed: Duration) -> u64 {
+            self.change(count);
+            self.tick();
+            let bytes = delta_bytes(&self.drain());
+            self.now += elapsed;
+            self.acknowledge();
+            bytes
         }
 
         fn after(&mut self, elapsed: Duration) {
@@ -1049,10 +1186,12 @@ mod tests {
     }
 
     #[test]
-    fn rounds_that_stop_shrinking_above_four_budgets_abort_when_they_stall() {
+    fn rounds_that_cannot_converge_wait_for_a_quieter_moment_then_abort_with_the_rates() {
         let mut run = Run::rounds(config());
-        for round in 1..=3 {
-            assert_eq!(delta_rounds(&run.round(30)), vec![round]);
+        // One tick of 30 entities is over four budgets: the wait starts at round 1, not when the
+        // rounds stall (round 4), and ends a second (20 ticks) later.
+        for round in 1..=20 {
+            assert_eq!(delta_rounds(&run.round(30)), vec![round], "round {round} is sent");
         }
         run.change(30);
         run.tick();
@@ -1060,9 +1199,41 @@ mod tests {
         assert!(run.source.allows_ticks());
         let reason = run.source.abort_reason().cloned().unwrap();
         assert_eq!((reason.culprit, reason.phase), (Culprit::Link, Phase::Rounds));
-        assert!(reason.reason.starts_with("did not converge: round 4 still holds"), "{reason}");
+        assert!(reason.reason.starts_with("did not converge: round 21 holds"), "{reason}");
+        assert!(reason.reason.contains("over four freeze budgets of 5000"), "{reason}");
+        assert!(reason.reason.contains("kB a tick"), "{reason}");
+        assert!(reason.reason.ends_with("no quieter moment came in 1.0 s"), "{reason}");
+        assert_eq!(run.source.stats().waited, Some(Duration::from_secs(1)));
         assert!(matches!(run.drain().as_slice(), [Message::Abort { handoff: 41, .. }]));
         assert_eq!(run.resumed().0, Epoch(4));
+    }
+
+    #[test]
+    fn rounds_that_stall_above_four_budgets_wait_for_a_quieter_moment() {
+        let mut run = Run::rounds(config());
+        run.change(9);
+        run.tick();
+        assert_eq!(delta_rounds(&run.drain()), vec![1]);
+        // Each tick changes 9 other entities (within four budgets), but each round spans three
+        // ticks, as the one before it is applied only then: 27 entities, over four budgets, and
+        // not smaller than round 1.
+        for round in 2..=4 {
+            run.change_range(9..18);
+            run.tick();
+            run.change_range(18..27);
+            run.tick();
+            run.acknowledge();
+            run.change_range(27..36);
+            run.tick();
+            assert_eq!(delta_rounds(&run.drain()), vec![round], "round {round} is sent");
+        }
+        // Round 4 was the third in a row not smaller than the smallest: the rounds stalled there,
+        // and the source waits for a quieter moment instead of giving up. It comes one tick later.
+        run.acknowledge();
+        run.change(9);
+        run.tick();
+        assert_eq!(run.source.phase(), SourcePhase::Frozen);
+        assert_eq!(run.source.stats().waited, Some(Duration::from_millis(50)));
     }
 
     #[test]
@@ -1070,20 +1241,95 @@ mod tests {
         let limited = SourceConfig { max_rounds: 3, stall_rounds: 100, ..config() };
         // Each round at least 10% smaller than the last, none within the budget.
         let mut run = Run::rounds(limited);
-        for (round, count) in [(1, 30), (2, 26), (3, 22)] {
+        for (round, count) in [(1, 18), (2, 16), (3, 14)] {
             assert_eq!(delta_rounds(&run.round(count)), vec![round]);
         }
-        run.change(18);
+        run.change(12);
         run.tick();
         assert_eq!(run.source.phase(), SourcePhase::Frozen, "round 4 is past the limit and within four budgets");
-        // The same rounds with a limit of 2: round 3 is past it and over four budgets.
-        let mut run = Run::rounds(SourceConfig { max_rounds: 2, ..limited });
-        run.round(30);
-        run.round(26);
+        assert_eq!(run.source.stats().waited, None);
+        // The same with rounds over four budgets, a limit of 2 and no quiet wait: round 3 is past
+        // the limit and over four budgets.
+        let mut run = Run::rounds(SourceConfig { max_rounds: 2, quiet_wait: Duration::ZERO, ..limited });
+        run.round(18);
+        run.round(16);
         run.change(22);
         run.tick();
         let reason = run.source.abort_reason().cloned().unwrap();
-        assert!(reason.reason.starts_with("did not converge: round 3"), "{reason}");
+        assert!(reason.reason.starts_with("did not converge: round 3 holds"), "{reason}");
+    }
+
+    #[test]
+    fn a_quieter_moment_ends_the_wait_once_the_rounds_fit() {
+        let mut run = Run::rounds(config());
+        run.round(30);
+        // Waiting since round 1; rounds that shrink go on as usual: 9 entities do not fit one
+        // budget, and rounds have not stalled.
+        assert_eq!(delta_rounds(&run.round(9)), vec![2]);
+        run.change(1);
+        run.tick();
+        assert_eq!(run.source.phase(), SourcePhase::Frozen);
+        assert_eq!(run.source.stats().waited, Some(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn the_budget_follows_a_measured_delivery_rate_below_the_configured_budget() {
+        // Configured: 9000 bytes. Round 1 (10 entities) is over it, so it is sent and measured.
+        let measured =
+            SourceConfig { freeze_budget_bytes: 9000, max_freeze: Some(Duration::from_millis(10)), ..config() };
+        // Reported applied at the instant it was sent, it tells nothing: 6 entities fit 9000.
+        let mut run = Run::rounds(measured);
+        run.round_delivered_in(10, Duration::ZERO);
+        assert_eq!(run.source.stats().delivery_bytes_per_second, None);
+        run.change(6);
+        run.tick();
+        assert_eq!(run.source.phase(), SourcePhase::Frozen);
+        // Delivered in 20 ms: about 0.5 MB/s, 5 kB in 10 ms. 6 entities no longer fit; 4 do.
+        let mut run = Run::rounds(measured);
+        let first = run.round_delivered_in(10, Duration::from_millis(20));
+        assert_eq!(run.source.stats().delivery_bytes_per_second, Some(first * 50));
+        run.change(6);
+        run.tick();
+        assert_eq!(delta_rounds(&run.drain()), vec![2], "6 entities are over the measured budget");
+        run.acknowledge();
+        run.change(4);
+        run.tick();
+        assert_eq!(run.source.phase(), SourcePhase::Frozen, "4 entities fit the measured budget");
+        // The same without `max_freeze`: the configured budget stays.
+        let mut run = Run::rounds(SourceConfig { max_freeze: None, ..measured });
+        run.round_delivered_in(10, Duration::from_millis(20));
+        run.change(6);
+        run.tick();
+        assert_eq!(run.source.phase(), SourcePhase::Frozen);
+        // A fast link does not raise the budget over the configured one: 10 entities delivered in
+        // 1 ms would move 100 kB in 10 ms, but 10 entities stay over 9000.
+        let mut run = Run::rounds(measured);
+        run.round_delivered_in(10, Duration::from_millis(1));
+        run.change(10);
+        run.tick();
+        assert_eq!(delta_rounds(&run.drain()), vec![2]);
+    }
+
+    #[test]
+    fn a_slow_link_shrinks_the_budget_to_its_floor_and_the_reason_names_the_rates() {
+        let slow = SourceConfig { max_freeze: Some(Duration::from_millis(10)), quiet_wait: Duration::ZERO, ..config() };
+        let mut run = Run::rounds(slow);
+        // 10 entities delivered in a second: about 10 kB/s, 100 bytes in 10 ms, so the floor.
+        let first = run.round_delivered_in(10, Duration::from_secs(1));
+        assert_eq!(run.source.stats().delivery_bytes_per_second, Some(first));
+        // A tick of 30 entities is over four budgets of the floor, and there is no quiet wait.
+        run.change(30);
+        run.tick();
+        let reason = run.source.abort_reason().cloned().expect("aborted at once (no quiet wait)");
+        let per_tick = run.source.stats().change_bytes_per_tick.unwrap();
+        assert!(reason.reason.starts_with("did not converge: round 2 holds"), "{reason}");
+        assert!(reason.reason.contains(&format!("over four freeze budgets of {MIN_FREEZE_BUDGET}")), "{reason}");
+        let change =
+            format!("the region changes {:.0} kB a tick ({:.1} kB/s)", per_tick as f64 / 1e3, per_tick as f64 / 50.0);
+        assert!(reason.reason.contains(&change), "{reason} lacks {change}");
+        assert!(reason.reason.contains(&format!("the link delivers {:.1} kB/s", first as f64 / 1e3)), "{reason}");
+        let one_tick = format!("a final round of one tick would take {:.1} ms", per_tick as f64 / first as f64 * 1e3);
+        assert!(reason.reason.contains(&one_tick), "{reason} lacks {one_tick}");
     }
 
     #[test]
@@ -1098,12 +1344,12 @@ mod tests {
         // Rounds with everything applied: nothing is due from the target, only the transfer limit.
         let mut run = Run::rounds(config());
         let start = run.source.started;
-        run.round(30);
+        run.round(9);
         assert_eq!(run.source.poll_timeout(), Some(start + Duration::from_secs(120)));
         run.after(Duration::from_secs(10));
         assert_eq!(run.source.phase(), SourcePhase::Rounds, "a quiet target with nothing to apply is not silent");
         // A round in flight: silence counts from the last message.
-        run.change(30);
+        run.change(9);
         run.tick();
         run.drain();
         let heard = run.now;

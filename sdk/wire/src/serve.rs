@@ -155,6 +155,16 @@ pub struct HandoffFigures {
     pub delta_bytes: u64,
     /// Bytes of the final delta sent at the freeze.
     pub final_bytes: u64,
+    /// The delivery rate the source last measured (a delta round's bytes over the time from
+    /// sending it to its being applied), in bytes per second; none when no round was measured.
+    #[serde(default)]
+    pub delivery_bytes_per_second: Option<u64>,
+    /// Bytes of changes per tick in the last round.
+    #[serde(default)]
+    pub change_bytes_per_tick: Option<u64>,
+    /// How long the source waited for a quieter moment before the freeze, in microseconds.
+    #[serde(default)]
+    pub waited_us: Option<u64>,
 }
 
 impl HandoffFigures {
@@ -622,6 +632,9 @@ mod tests {
                     snapshot_bytes: 9,
                     delta_bytes: 1,
                     final_bytes: 1,
+                    delivery_bytes_per_second: Some(40_000_000),
+                    change_bytes_per_tick: Some(12_000),
+                    waited_us: None,
                 },
             },
             ServerEvent::Aborted { region, reason: "target: frozen: gone".into(), owning: true },
@@ -723,6 +736,17 @@ mod tests {
         // The phase is a name on the wire.
         let line = to_line(&ServerEvent::Phase { region: RegionId(1), phase: HandoffPhase::HandedOff });
         assert!(line.contains(r#""phase":"handed_off""#), "{line}");
+    }
+
+    #[test]
+    fn handoff_figures_of_an_older_server_parse_without_the_measured_rates() {
+        let figures = HandoffFigures { freeze_us: Some(1), ..HandoffFigures::default() };
+        let event = ServerEvent::HandedOff { region: RegionId(1), epoch: Epoch(2), figures };
+        let line = to_line(&event);
+        let older =
+            line.replace(r#","delivery_bytes_per_second":null,"change_bytes_per_tick":null,"waited_us":null"#, "");
+        assert_ne!(older, line, "{line}");
+        assert_eq!(parse_event(&older).unwrap(), event);
     }
 
     #[test]

@@ -310,6 +310,12 @@ pub struct HandoffOutcome {
     pub final_bytes: u64,
     /// From the source's last tick start to the target's first tick start, microseconds.
     pub tick_gap_us: u64,
+    /// The delivery rate the source last measured, bytes per second (0: none measured).
+    pub delivery_bytes_per_second: u64,
+    /// How long the source waited for a quieter moment, microseconds.
+    pub waited_us: u64,
+    /// Bytes of changes per tick in the source's last round.
+    pub change_bytes_per_tick: u64,
 }
 
 /// A cluster of server processes with one region and scripted players.
@@ -686,6 +692,9 @@ impl Cluster {
                 outcome.snapshot_bytes = figures.snapshot_bytes;
                 outcome.delta_bytes = figures.delta_bytes;
                 outcome.final_bytes = figures.final_bytes;
+                outcome.delivery_bytes_per_second = figures.delivery_bytes_per_second.unwrap_or(0);
+                outcome.waited_us = figures.waited_us.unwrap_or(0);
+                outcome.change_bytes_per_tick = figures.change_bytes_per_tick.unwrap_or(0);
                 outcome.tick_gap_us = first_tick_at.saturating_sub(last_tick_at);
                 return Ok(outcome);
             }

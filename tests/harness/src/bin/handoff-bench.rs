@@ -1,8 +1,10 @@
 //! `handoff-bench`: moves a busy region between two `sample-region-server --serve` processes on
 //! loopback, again and again, and prints one JSON object with what it measured.
 //!
-//! The region holds `--entities` entities of which `--dirty` change every tick at 30 Hz, plus
-//! `--avatars` players sending 20 inputs/s. Run it from a release build:
+//! The region holds `--entities` entities (or `--state-mb` of them) of which `--dirty` change every
+//! tick at 30 Hz, or with `--world sample` the sample game's world at the size of a real game
+//! server (10,000 physics objects, 500 scripted NPCs, 1,000 plants), plus `--avatars` players
+//! sending 20 inputs/s. Run it from a release build:
 //! `cargo run --release -p baton-harness --bin handoff-bench -- --entities 10000 --dirty 0.05 --handoffs 20`
 
 use std::process::ExitCode;
@@ -18,9 +20,20 @@ use serde_json::json;
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
-    /// Entities in the region (each with 48 bytes of state that can change).
-    #[arg(long, default_value_t = 10_000)]
-    entities: usize,
+    /// What the region holds: `churn` entities that only change (`--entities`, `--dirty`), or the
+    /// sample game's world at a real game server's size (`sample`: 10,000 physics objects, 500
+    /// scripted NPCs, 1,000 plants; `--entities` and `--state-mb` do not apply).
+    #[arg(long, value_enum, default_value_t = BenchWorld::Churn)]
+    world: BenchWorld,
+    /// Churn entities in the region (each with 48 bytes of state that can change); 10,000 when
+    /// neither this nor `--state-mb` is given.
+    #[arg(long, conflicts_with = "state_mb")]
+    entities: Option<usize>,
+    /// Size of the churn region's state in MB (snapshot bytes): sets `--entities` to this many MB
+    /// over the snapshot bytes of one churn entity (about 68, measured: the JSON's
+    /// `bytes.snapshot` says what was moved).
+    #[arg(long)]
+    state_mb: Option<f64>,
     /// Fraction of the entities that change every tick (0 to 1).
     #[arg(long, default_value_t = 0.05)]
     dirty: f64,
@@ -41,6 +54,18 @@ struct Cli {
     #[arg(long, default_value_t = 2000)]
     bystander_objects: usize,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BenchWorld {
+    /// Entities that only carry churn state.
+    Churn,
+    /// The sample game's world at a real game server's size.
+    Sample,
+}
+
+/// Snapshot bytes of one churn entity at a million or so (measured: 1.2 M entities, 81.6 MB; 10,000
+/// entities take 65.6 bytes each).
+const CHURN_ENTITY_BYTES: f64 = 68.0;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -68,13 +93,24 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     if cli.handoffs == 0 {
         anyhow::bail!("--handoffs must be at least 1");
     }
+    let entities = match (cli.world, cli.entities, cli.state_mb) {
+        (BenchWorld::Sample, Some(_), _) | (BenchWorld::Sample, _, Some(_)) => {
+            anyhow::bail!("--entities and --state-mb size a churn world; --world sample has a fixed size")
+        }
+        (BenchWorld::Sample, None, None) => 0,
+        (BenchWorld::Churn, Some(entities), _) => entities,
+        (BenchWorld::Churn, None, Some(mb)) if mb.is_finite() && mb > 0.0 => (mb * 1e6 / CHURN_ENTITY_BYTES) as usize,
+        (BenchWorld::Churn, None, Some(mb)) => anyhow::bail!("--state-mb must be a positive number, not {mb}"),
+        (BenchWorld::Churn, None, None) => 10_000,
+    };
+    let world = match cli.world {
+        BenchWorld::Churn => WorldRequest { churn: entities, seed: Some(1), ..WorldRequest::default() },
+        BenchWorld::Sample => WorldRequest { objects: 10_000, npcs: 500, plants: 1_000, churn: 0, seed: Some(1) },
+    };
     let binary = server_binary()?;
     let extra = vec!["--dirty".to_owned(), cli.dirty.to_string(), "--bulk-mbps".to_owned(), cli.bulk_mbps.to_string()];
     let mut cluster = Cluster::start(&binary, 2, &extra).context("starting two region servers")?;
-    cluster.host(
-        &world_object(WorldRequest { churn: cli.entities, seed: Some(1), ..WorldRequest::default() }),
-        cli.avatars,
-    )?;
+    cluster.host(&world_object(world), cli.avatars)?;
     const BYSTANDER: u64 = 2;
     if cli.bystander_objects > 0 {
         let world = WorldRequest { objects: cli.bystander_objects, npcs: 200, plants: 200, churn: 0, seed: Some(2) };
@@ -95,14 +131,20 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             aborts.push(reason.clone());
         }
         eprintln!(
-            "handoff {:>3}/{}: {} freeze {:.2} ms, total {:.1} ms, {} rounds, tick gap {:.1} ms",
+            "handoff {:>3}/{}: {} freeze {:.2} ms, total {:.1} ms, {} rounds, tick gap {:.1} ms, {} kB changed a tick, delivery {}, waited {:.0} ms",
             index + 1,
             cli.handoffs,
             if outcome.committed { "committed" } else { "aborted" },
             outcome.freeze_us as f64 / 1000.0,
             outcome.total_us as f64 / 1000.0,
             outcome.rounds,
-            outcome.tick_gap_us as f64 / 1000.0
+            outcome.tick_gap_us as f64 / 1000.0,
+            outcome.change_bytes_per_tick / 1000,
+            match outcome.delivery_bytes_per_second {
+                0 => "not measured".to_owned(),
+                rate => format!("{:.1} MB/s", rate as f64 / 1e6),
+            },
+            outcome.waited_us as f64 / 1000.0
         );
         outcomes.push(outcome);
         cluster.play(Duration::from_secs_f64(cli.pause))?;
@@ -137,7 +179,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         }
     };
     let report = json!({
-        "entities": cli.entities,
+        "world": format!("{:?}", cli.world).to_lowercase(),
+        "entities": entities,
         "dirty": cli.dirty,
         "handoffs": cli.handoffs,
         "committed": committed.len(),
