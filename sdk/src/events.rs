@@ -45,6 +45,8 @@ pub const HANDOFF_ROUND_BYTES: &str = "baton_handoff_round_bytes";
 pub const HANDOFF_BYTES_TOTAL: &str = "baton_handoff_bytes_total";
 /// Counter: finished handoffs. Label: `outcome` (`committed`, `aborted`).
 pub const HANDOFFS_TOTAL: &str = "baton_handoffs_total";
+/// Counter: handoffs that said their rounds could not converge and waited for a quieter moment.
+pub const HANDOFF_WAITS_TOTAL: &str = "baton_handoff_waits_total";
 /// Counter: avatars that left a region across a border, by region.
 pub const BORDER_CROSSINGS_TOTAL: &str = "baton_border_crossings_total";
 
@@ -67,6 +69,10 @@ pub fn describe() {
         "World archive bytes sent by handoffs, by phase."
     );
     metrics::describe_counter!(HANDOFFS_TOTAL, "Finished handoffs, by outcome.");
+    metrics::describe_counter!(
+        HANDOFF_WAITS_TOTAL,
+        "Handoffs whose rounds could not converge and that waited for a quieter moment."
+    );
     metrics::describe_histogram!(TICK_DURATION_SECONDS, metrics::Unit::Seconds, "Time to run one region tick.");
     metrics::describe_counter!(TICKS_TOTAL, "Region ticks run.");
     metrics::describe_counter!(TICK_OVERRUNS_TOTAL, "Ticks that started more than half a tick interval late.");
@@ -194,10 +200,26 @@ pub fn handoff_aborted(region: RegionId, reason: &crate::handoff::AbortReason) {
     tracing::warn!(%region, culprit = ?reason.culprit, phase = %reason.phase, reason = %reason.reason, "handoff aborted");
 }
 
-/// A handoff's rounds cannot converge now; the source goes on sending them, waiting for a
-/// quieter moment.
-pub fn handoff_waiting(region: RegionId, rates: &str) {
-    tracing::warn!(%region, rates, "handoff waits for a quieter moment");
+/// A handoff's rounds cannot converge now (round `round` holds `bytes`, over four budgets of
+/// `budget`); the source goes on sending them, waiting for a quieter moment.
+pub fn handoff_waiting(
+    region: RegionId,
+    round: u32,
+    bytes: usize,
+    budget: usize,
+    change_bytes_per_tick: usize,
+    delivery_bytes_per_second: Option<u64>,
+) {
+    metrics::counter!(HANDOFF_WAITS_TOTAL).increment(1);
+    tracing::warn!(
+        %region,
+        round,
+        bytes,
+        budget,
+        change_bytes_per_tick,
+        delivery_bytes_per_second,
+        "handoff waits for a quieter moment"
+    );
 }
 
 /// A delta round was sent before the freeze.

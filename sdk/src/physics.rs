@@ -212,7 +212,7 @@ impl PhysicsEngine {
             }
         }
         // In entity order: waking and putting to sleep rewires rapier's islands, so the order of
-        // these calls decides the engine's state, and a hash map's order differs per process.
+        // these calls decides the engine's state, and a hash map's order differs from map to map.
         let mut all: Vec<EntityId> = self.bodies.keys().copied().collect();
         all.sort_unstable();
         self.prime_contacts(world, &all);

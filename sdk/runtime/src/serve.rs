@@ -280,7 +280,8 @@ pub fn run<G: Game>(game: G, settings: &ServeSettings) -> Result<(), ServeError>
         authority,
         bulk_bytes_per_second,
         bulk_burst_bytes: 256 * 1024,
-        // protocol.md §4: the freeze budget is what the paced link moves in 2 ms.
+        // protocol.md §4: the freeze budget is what the paced link moves in 2 ms, lowered when a
+        // measured round says the link delivers less.
         source: SourceConfig::for_link(bulk_bytes_per_second, Duration::from_millis(2)),
         link: LinkSettings { dial_congestion: congestion, ..LinkSettings::default() },
         players: PlayerSettings {

@@ -27,9 +27,9 @@ pub struct SourceConfig {
     pub freeze_budget_bytes: usize,
     /// The time the final round may take to deliver. Once a delta round over
     /// `freeze_budget_bytes` was sent and reported applied, the freeze budget is what the measured
-    /// rate (the round's bytes over the time from sending them to hearing them applied) moves in
-    /// this time, at least [`MIN_FREEZE_BUDGET`] and at most `freeze_budget_bytes`. `None` keeps
-    /// `freeze_budget_bytes` for the whole handoff.
+    /// rate (the round's bytes over the time from the tick boundary it was encoded at to hearing
+    /// it applied) moves in this time, at least [`MIN_FREEZE_BUDGET`] and at most
+    /// `freeze_budget_bytes`. `None` keeps `freeze_budget_bytes` for the whole handoff.
     pub max_freeze: Option<Duration>,
     /// After this many rounds that did not fit the budget, freeze anyway if the round is at most
     /// four budgets, else wait for a quieter moment (`quiet_wait`).
@@ -37,9 +37,10 @@ pub struct SourceConfig {
     /// Rounds stop shrinking when this many in a row are not 10% smaller than the smallest so
     /// far; then the same decision is taken at once instead of after `max_rounds`.
     pub stall_rounds: u32,
-    /// How long the source goes on sending rounds, waiting for one within four budgets, once the
-    /// rounds stopped shrinking above four budgets or one tick's changes alone exceed four budgets;
-    /// then it aborts with "did not converge" and the measured rates.
+    /// Once the rounds stopped shrinking (or ran out) above four budgets, or one tick's changes
+    /// alone exceed four budgets, the source goes on sending rounds and freezes as soon as the
+    /// usual rules allow; a round still over four budgets this long after that makes it abort
+    /// with "did not converge" and the measured rates.
     pub quiet_wait: Duration,
     /// Most archive bytes sent and not yet applied by the target.
     pub window_bytes: usize,
@@ -76,20 +77,6 @@ impl SourceConfig {
             ..SourceConfig::default()
         }
     }
-}
-
-/// A rate for people: MB/s from 1 MB/s up, kB/s below.
-fn rate_text(bytes_per_second: f64) -> String {
-    if bytes_per_second >= 1e6 {
-        format!("{:.1} MB/s", bytes_per_second / 1e6)
-    } else {
-        format!("{:.1} kB/s", bytes_per_second / 1e3)
-    }
-}
-
-/// What `bytes_per_second` moves in `time`, at least [`MIN_FREEZE_BUDGET`].
-fn budget_for(bytes_per_second: f64, time: Duration) -> usize {
-    ((bytes_per_second * time.as_secs_f64()) as usize).max(MIN_FREEZE_BUDGET)
 }
 
 /// Where the source is.
@@ -217,8 +204,8 @@ pub struct HandoffSource {
     tick_interval: Duration,
     /// Ticks since the changes of the next round began (tracker created, or the last round read).
     ticks_since_round: u32,
-    /// The delta round in flight: when it was sent, its bytes, and the sent-bytes count it ends at.
-    round_in_flight: Option<(Instant, u64, u64)>,
+    /// The delta round in flight, if it is one to measure.
+    round_in_flight: Option<RoundInFlight>,
     delivery_rate: Option<f64>,
     waiting_since: Option<Instant>,
     frozen_at: Option<Instant>,
@@ -553,7 +540,14 @@ impl HandoffSource {
         // alone exceed them, cannot converge now: say so, and wait for a quieter moment.
         if self.waiting_since.is_none() && !within_four && (out_of_rounds || per_tick > budget.saturating_mul(4)) {
             self.waiting_since = Some(now);
-            crate::events::handoff_waiting(self.region, &self.rates(round, bytes, budget));
+            crate::events::handoff_waiting(
+                self.region,
+                round,
+                bytes,
+                budget,
+                per_tick,
+                self.delivery_rate.map(|rate| rate as u64),
+            );
         }
         // protocol.md §4: freeze once a round fits the budget, or is within four budgets when the
         // rounds stopped shrinking or ran out; give up when waiting took too long.
@@ -579,11 +573,12 @@ impl HandoffSource {
             self.stats.rounds = round;
             self.stats.delta_bytes += bytes as u64;
             self.send_parts(round, parts);
-            // Only a round over the configured budget is measured: its transfer time dominates
-            // the round trip in the measurement, and the budget it gives cannot shrink the rounds
-            // that measure it.
+            // Only a round over the configured budget is measured. A small round's time is mostly
+            // the round trip, so it reads the link low; if small rounds were measured, that low
+            // budget would make more small rounds, read low again, and spiral down to the floor.
             if bytes > self.config.freeze_budget_bytes {
-                self.round_in_flight = Some((now, bytes as u64, self.sent_bytes));
+                self.round_in_flight =
+                    Some(RoundInFlight { encoded_at: now, bytes: bytes as u64, sent_through: self.sent_bytes });
             }
         }
     }
@@ -599,16 +594,16 @@ impl HandoffSource {
 
     /// A round in flight that is now wholly applied gives a delivery rate.
     fn measure_delivery(&mut self, now: Instant) {
-        let Some((sent_at, bytes, through)) = self.round_in_flight else {
+        let Some(round) = self.round_in_flight else {
             return;
         };
-        if self.applied_bytes < through {
+        if self.applied_bytes < round.sent_through {
             return;
         }
         self.round_in_flight = None;
-        let elapsed = now.saturating_duration_since(sent_at).as_secs_f64();
+        let elapsed = now.saturating_duration_since(round.encoded_at).as_secs_f64();
         if elapsed > 0.0 {
-            let rate = bytes as f64 / elapsed;
+            let rate = round.bytes as f64 / elapsed;
             self.delivery_rate = Some(rate);
             self.stats.delivery_bytes_per_second = Some(rate as u64);
         }
@@ -806,6 +801,32 @@ impl HandoffSource {
             reason,
         });
     }
+}
+
+/// A delta round sent and measured once it is wholly applied.
+#[derive(Clone, Copy, Debug)]
+struct RoundInFlight {
+    /// The tick boundary it was encoded at: its encoding is part of what is measured, as the final
+    /// round's is part of the freeze.
+    encoded_at: Instant,
+    /// Its bytes.
+    bytes: u64,
+    /// The count of bytes sent that its last part brings the total to.
+    sent_through: u64,
+}
+
+/// A rate for people: MB/s from 1 MB/s up, kB/s below.
+fn rate_text(bytes_per_second: f64) -> String {
+    if bytes_per_second >= 1e6 {
+        format!("{:.1} MB/s", bytes_per_second / 1e6)
+    } else {
+        format!("{:.1} kB/s", bytes_per_second / 1e3)
+    }
+}
+
+/// What `bytes_per_second` moves in `time`, at least [`MIN_FREEZE_BUDGET`].
+fn budget_for(bytes_per_second: f64, time: Duration) -> usize {
+    ((bytes_per_second * time.as_secs_f64()) as usize).max(MIN_FREEZE_BUDGET)
 }
 
 #[cfg(test)]
@@ -1248,8 +1269,8 @@ mod tests {
         run.tick();
         assert_eq!(run.source.phase(), SourcePhase::Frozen, "round 4 is past the limit and within four budgets");
         assert_eq!(run.source.stats().waited, None);
-        // The same with rounds over four budgets, a limit of 2 and no quiet wait: round 3 is past
-        // the limit and over four budgets.
+        // A limit of 2 and no quiet wait: round 3 is past the limit and, unlike rounds 1 and 2, over
+        // four budgets.
         let mut run = Run::rounds(SourceConfig { max_rounds: 2, quiet_wait: Duration::ZERO, ..limited });
         run.round(18);
         run.round(16);

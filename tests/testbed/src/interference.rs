@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use baton_client::ClientOptions;
-use baton_harness::cluster::world_object;
+use baton_harness::cluster::{CHURN_BYTES_PER_ENTITY, world_object};
 use baton_harness::players::{
     ClusterSpec, GatewayCluster, Movement, Placement, PlayerOutcome, PlayerPlan, run_player, unix_ms,
 };
@@ -34,10 +34,6 @@ use sample_region_server::game::WorldRequest;
 use serde::Serialize;
 
 use crate::netns::{SiteSpec, Testbed};
-
-/// Bytes of snapshot per churn entity of the sample (measured: a 1,000,000-entity region's
-/// snapshot is 67.6 MB).
-const BYTES_PER_ENTITY: u64 = 67;
 
 /// How one run sends the bulk state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -184,7 +180,7 @@ pub fn run(mode: Mode, options: &Options) -> anyhow::Result<RunReport> {
         }),
     };
     let mut cluster = GatewayCluster::start(&spec).context("starting the cluster in the test bed")?;
-    let entities = (options.state_mb * 1_000_000 / BYTES_PER_ENTITY) as usize;
+    let entities = (options.state_mb * 1_000_000 / CHURN_BYTES_PER_ENTITY) as usize;
     let big = WorldRequest { churn: entities, seed: Some(BIG), ..WorldRequest::default() };
     cluster.host_world(0, BIG, world_object(big)).context("hosting the region that moves")?;
     for region in OTHERS {

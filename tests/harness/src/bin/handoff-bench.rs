@@ -11,14 +11,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use baton_harness::cluster::{Cluster, HandoffOutcome, server_binary, world_object};
+use baton_harness::cluster::{CHURN_BYTES_PER_ENTITY, Cluster, HandoffOutcome, server_binary, world_object};
 use clap::Parser;
 use sample_region_server::game::WorldRequest;
 use serde_json::json;
 
 /// Benchmark live handoffs between two region-server processes.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Cli {
     /// What the region holds: `churn` entities that only change (`--entities`, `--dirty`), or the
     /// sample game's world at a real game server's size (`sample`: 10,000 physics objects, 500
@@ -29,14 +29,14 @@ struct Cli {
     /// neither this nor `--state-mb` is given.
     #[arg(long, conflicts_with = "state_mb")]
     entities: Option<usize>,
-    /// Size of the churn region's state in MB (snapshot bytes): sets `--entities` to this many MB
-    /// over the snapshot bytes of one churn entity (about 68, measured: the JSON's
-    /// `bytes.snapshot` says what was moved).
+    /// Size of the churn region's state in MB of snapshot: entities = MB x 1,000,000 / 67 (a
+    /// million churn entities snapshot to 67.6 MB; smaller regions take 64-66 bytes each, so this
+    /// is good to about 5%; the JSON's `bytes.snapshot` says what was moved).
     #[arg(long)]
-    state_mb: Option<f64>,
-    /// Fraction of the entities that change every tick (0 to 1).
-    #[arg(long, default_value_t = 0.05)]
-    dirty: f64,
+    state_mb: Option<u64>,
+    /// Fraction of the churn entities that change every tick (0 to 1; default 0.05).
+    #[arg(long)]
+    dirty: Option<f64>,
     /// Handoffs to run (alternating between the two processes).
     #[arg(long, default_value_t = 20)]
     handoffs: usize,
@@ -63,10 +63,6 @@ enum BenchWorld {
     Sample,
 }
 
-/// Snapshot bytes of one churn entity at a million or so (measured: 1.2 M entities, 81.6 MB; 10,000
-/// entities take 65.6 bytes each).
-const CHURN_ENTITY_BYTES: f64 = 68.0;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
@@ -87,7 +83,11 @@ fn percentile(sorted: &[f64], quantile: f64) -> f64 {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
-    if !(0.0..=1.0).contains(&cli.dirty) {
+    if cli.world == BenchWorld::Sample && cli.dirty.is_some() {
+        anyhow::bail!("--dirty sets how many churn entities change; --world sample has none");
+    }
+    let dirty = cli.dirty.unwrap_or(0.05);
+    if !(0.0..=1.0).contains(&dirty) {
         anyhow::bail!("--dirty must be within 0..=1");
     }
     if cli.handoffs == 0 {
@@ -98,9 +98,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             anyhow::bail!("--entities and --state-mb size a churn world; --world sample has a fixed size")
         }
         (BenchWorld::Sample, None, None) => 0,
+        (BenchWorld::Churn, Some(0), _) => anyhow::bail!("--entities must be at least 1"),
         (BenchWorld::Churn, Some(entities), _) => entities,
-        (BenchWorld::Churn, None, Some(mb)) if mb.is_finite() && mb > 0.0 => (mb * 1e6 / CHURN_ENTITY_BYTES) as usize,
-        (BenchWorld::Churn, None, Some(mb)) => anyhow::bail!("--state-mb must be a positive number, not {mb}"),
+        (BenchWorld::Churn, None, Some(0)) => anyhow::bail!("--state-mb must be at least 1"),
+        (BenchWorld::Churn, None, Some(mb)) => (mb * 1_000_000 / CHURN_BYTES_PER_ENTITY) as usize,
         (BenchWorld::Churn, None, None) => 10_000,
     };
     let world = match cli.world {
@@ -108,7 +109,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         BenchWorld::Sample => WorldRequest { objects: 10_000, npcs: 500, plants: 1_000, churn: 0, seed: Some(1) },
     };
     let binary = server_binary()?;
-    let extra = vec!["--dirty".to_owned(), cli.dirty.to_string(), "--bulk-mbps".to_owned(), cli.bulk_mbps.to_string()];
+    let extra = vec!["--dirty".to_owned(), dirty.to_string(), "--bulk-mbps".to_owned(), cli.bulk_mbps.to_string()];
     let mut cluster = Cluster::start(&binary, 2, &extra).context("starting two region servers")?;
     cluster.host(&world_object(world), cli.avatars)?;
     const BYSTANDER: u64 = 2;
@@ -130,22 +131,25 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             }
             aborts.push(reason.clone());
         }
-        eprintln!(
-            "handoff {:>3}/{}: {} freeze {:.2} ms, total {:.1} ms, {} rounds, tick gap {:.1} ms, {} kB changed a tick, delivery {}, waited {:.0} ms",
-            index + 1,
-            cli.handoffs,
-            if outcome.committed { "committed" } else { "aborted" },
-            outcome.freeze_us as f64 / 1000.0,
-            outcome.total_us as f64 / 1000.0,
-            outcome.rounds,
-            outcome.tick_gap_us as f64 / 1000.0,
-            outcome.change_bytes_per_tick / 1000,
-            match outcome.delivery_bytes_per_second {
-                0 => "not measured".to_owned(),
-                rate => format!("{:.1} MB/s", rate as f64 / 1e6),
-            },
-            outcome.waited_us as f64 / 1000.0
-        );
+        if let Some(reason) = &outcome.aborted {
+            eprintln!("handoff {:>3}/{}: aborted: {reason}", index + 1, cli.handoffs);
+        } else {
+            eprintln!(
+                "handoff {:>3}/{}: committed, freeze {:.2} ms, total {:.1} ms, {} rounds, tick gap {:.1} ms, {} kB changed a tick, delivery {}, waited {:.0} ms",
+                index + 1,
+                cli.handoffs,
+                outcome.freeze_us as f64 / 1000.0,
+                outcome.total_us as f64 / 1000.0,
+                outcome.rounds,
+                outcome.tick_gap_us as f64 / 1000.0,
+                outcome.change_bytes_per_tick / 1000,
+                match outcome.delivery_bytes_per_second {
+                    0 => "not measured".to_owned(),
+                    rate => format!("{:.1} MB/s", rate as f64 / 1e6),
+                },
+                outcome.waited_us as f64 / 1000.0
+            );
+        }
         outcomes.push(outcome);
         cluster.play(Duration::from_secs_f64(cli.pause))?;
     }
@@ -169,6 +173,14 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let freeze = sorted(committed.iter().map(|outcome| outcome.freeze_us as f64 / 1000.0).collect());
     let total = sorted(committed.iter().map(|outcome| outcome.total_us as f64 / 1000.0).collect());
     let rounds = sorted(committed.iter().map(|outcome| outcome.rounds as f64).collect());
+    let delivery = sorted(
+        committed
+            .iter()
+            .filter(|outcome| outcome.delivery_bytes_per_second > 0)
+            .map(|outcome| outcome.delivery_bytes_per_second as f64 / 1e6)
+            .collect(),
+    );
+    let waited = sorted(committed.iter().map(|outcome| outcome.waited_us as f64 / 1000.0).collect());
     let interval_us = cluster.tick_interval.as_micros() as u64;
     let missed_ticks = committed.iter().filter(|outcome| outcome.tick_gap_us > interval_us * 3 / 2).count();
     let mean = |pick: fn(&HandoffOutcome) -> u64| {
@@ -181,12 +193,17 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let report = json!({
         "world": format!("{:?}", cli.world).to_lowercase(),
         "entities": entities,
-        "dirty": cli.dirty,
+        "dirty": if cli.world == BenchWorld::Churn { json!(dirty) } else { json!(null) },
+        "objects": world.objects,
+        "npcs": world.npcs,
+        "plants": world.plants,
         "handoffs": cli.handoffs,
         "committed": committed.len(),
         "freeze_ms": {"p50": percentile(&freeze, 0.5), "p99": percentile(&freeze, 0.99), "max": freeze.last().copied().unwrap_or(0.0)},
         "total_ms": {"p50": percentile(&total, 0.5), "p99": percentile(&total, 0.99)},
         "rounds": {"p50": percentile(&rounds, 0.5), "max": rounds.last().copied().unwrap_or(0.0)},
+        "delivery_mb_s": {"p50": percentile(&delivery, 0.5), "min": delivery.first().copied().unwrap_or(0.0)},
+        "waited_ms": {"max": waited.last().copied().unwrap_or(0.0)},
         "bytes": {"snapshot": mean(|outcome| outcome.snapshot_bytes), "deltas": mean(|outcome| outcome.delta_bytes), "final": mean(|outcome| outcome.final_bytes)},
         "digest_mismatches": digest_mismatches,
         "inputs_lost": lost,

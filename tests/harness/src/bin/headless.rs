@@ -14,7 +14,7 @@ use sample_region_server::WorldSpec;
 /// Run one sample Baton region (physics objects, scripted NPCs, growing plants and avatars) in this
 /// process with simulated players, and report what it measured.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None, args_override_self = true)]
+#[command(version, args_override_self = true)]
 struct Cli {
     /// Settings file (TOML: each key is a long option without its dashes). BATON_HEADLESS_<OPTION>
     /// environment variables override it, options given here override both.

@@ -22,7 +22,7 @@ use serde_json::json;
 
 /// Measure the owner's cost of feeding a hot standby.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Cli {
     /// Ticks to measure in each run (after 30 ticks of warm-up).
     #[arg(long, default_value_t = 600)]

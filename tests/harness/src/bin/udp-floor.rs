@@ -19,7 +19,7 @@ use serde_json::json;
 
 /// Measure the CPU cost of plain UDP datagrams on loopback.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Cli {
     /// Datagrams per second the clients send (the echo doubles what the machine moves).
     #[arg(long, default_value_t = 50_000)]
