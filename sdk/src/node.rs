@@ -1268,11 +1268,12 @@ impl<L: RegionLogic> RegionNode<L> {
         }
         match &mut self.state {
             State::Owner { epoch, schedule, handoff: Some(handoff), peer, .. } => {
-                let snapshot = handoff.phase() == SourcePhase::Snapshot;
-                let encoding_allowed = !snapshot || chunk_allowed(now, schedule.next_due(), self.chunk_sent_at.handoff);
+                // Snapshot chunks and the pieces of an oversized round alike (protocol.md §3, §4).
+                let encodes = handoff.encodes_on_poll();
+                let encoding_allowed = !encodes || chunk_allowed(now, schedule.next_due(), self.chunk_sent_at.handoff);
                 if encoding_allowed && let Some(message) = handoff.poll_message(self.region.world_mut()) {
                     busy = true;
-                    if snapshot {
+                    if encodes {
                         self.chunk_sent_at.handoff = Some(now);
                     }
                     self.outputs.push_back(Output::ToPeer(message));

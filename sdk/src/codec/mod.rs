@@ -321,6 +321,27 @@ fn encode_delta_split(
         parts.push(bytes);
         return Ok(());
     }
+    // Split at once into as many ranges of touched entities as the archive holds target-sized
+    // chunks (halving instead would encode a large round once per halving: a 56 MB round six
+    // times); a range still over the limit (its entities carry more than the average) is split
+    // again.
+    let pieces = split_round(changes, bytes.len().div_ceil(config.target_chunk_bytes.max(1)).max(2));
+    if pieces.len() < 2 {
+        return Err(CodecError::Encode(format!(
+            "changes of one entity need {} bytes, over the chunk limit of {}",
+            bytes.len(),
+            config.max_chunk_bytes
+        )));
+    }
+    for piece in pieces {
+        encode_delta_split(world, &piece, round, config, parts)?;
+    }
+    Ok(())
+}
+
+/// Splits a round's `changes` into `pieces` ranges of about as many touched entities each (fewer
+/// when fewer entities changed), all records of one entity in one piece, in entity order.
+pub(crate) fn split_round(changes: &ChangeSet, pieces: usize) -> Vec<ChangeSet> {
     let mut touched: Vec<EntityId> = changes
         .spawned
         .iter()
@@ -331,23 +352,16 @@ fn encode_delta_split(
         .collect();
     touched.sort_unstable();
     touched.dedup();
-    if touched.len() < 2 {
-        return Err(CodecError::Encode(format!(
-            "changes of one entity need {} bytes, over the chunk limit of {}",
-            bytes.len(),
-            config.max_chunk_bytes
-        )));
-    }
-    // Split at once into as many ranges of touched entities as the archive holds target-sized
-    // chunks (halving instead would encode a large round once per halving: a 56 MB round six
-    // times); a range still over the limit (its entities carry more than the average) is split
-    // again.
-    let pieces = bytes.len().div_ceil(config.target_chunk_bytes.max(1)).clamp(2, touched.len());
+    let pieces = pieces.clamp(1, touched.len().max(1));
     let bounds: Vec<EntityId> = (1..pieces).map(|piece| touched[piece * touched.len() / pieces]).collect();
-    for piece in split_changes(changes, &bounds) {
-        encode_delta_split(world, &piece, round, config, parts)?;
-    }
-    Ok(())
+    split_changes(changes, &bounds)
+}
+
+/// Drops from `changes` the values no longer in `world` (a component removed or an entity
+/// despawned since the changes were read): they cannot be encoded, and their removal is in the
+/// changes read next.
+pub(crate) fn retain_present(world: &World, changes: &mut ChangeSet) {
+    changes.set.retain(|(entity, id)| world.store(*id).contains(*entity));
 }
 
 /// Splits `changes` at the ascending entity ids `bounds`: piece `i` holds every record of the

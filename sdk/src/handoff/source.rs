@@ -14,7 +14,7 @@ use super::authority::{AuthorityError, Ownership};
 use super::message::{Message, PROTOCOL_VERSION};
 use super::{AbortReason, Culprit, HandoffId, Phase, Timeouts};
 use crate::codec::{self, ChunkConfig, SnapshotWriter};
-use crate::world::{TrackerId, World};
+use crate::world::{ChangeSet, TrackerId, World};
 
 /// Settings of the source side.
 #[derive(Clone, Copy, Debug)]
@@ -206,6 +206,10 @@ pub struct HandoffSource {
     ticks_since_round: u32,
     /// The delta round in flight, if it is one to measure.
     round_in_flight: Option<RoundInFlight>,
+    /// A round too big to encode at its tick boundary, encoded piece by piece as it is polled.
+    piecewise: Option<PiecewiseRound>,
+    /// Entities in the world when the snapshot began, for the bytes an entity takes.
+    snapshot_entities: usize,
     delivery_rate: Option<f64>,
     waiting_since: Option<Instant>,
     frozen_at: Option<Instant>,
@@ -244,6 +248,8 @@ impl HandoffSource {
             tick_interval,
             ticks_since_round: 0,
             round_in_flight: None,
+            piecewise: None,
+            snapshot_entities: 0,
             delivery_rate: None,
             waiting_since: None,
             frozen_at: None,
@@ -341,6 +347,7 @@ impl HandoffSource {
                 // protocol.md §3: the tracker exists before the first chunk, so every change under
                 // an already-sent chunk is in a later delta.
                 self.tracker = Some(world.create_tracker());
+                self.snapshot_entities = world.entity_count();
                 self.writer = Some(SnapshotWriter::new(self.config.chunk));
                 self.phase = SourcePhase::Snapshot;
                 self.deadline = Some(self.started + self.config.timeouts.transfer);
@@ -371,7 +378,14 @@ impl HandoffSource {
         if let Some(message) = self.outbox.pop_front() {
             return Some(message);
         }
-        if self.phase != SourcePhase::Snapshot || self.in_flight() >= self.config.window_bytes as u64 {
+        if self.in_flight() >= self.config.window_bytes as u64 {
+            return None;
+        }
+        if self.phase == SourcePhase::Rounds && self.piecewise.is_some() {
+            self.encode_next_piece(world);
+            return self.outbox.pop_front();
+        }
+        if self.phase != SourcePhase::Snapshot {
             return None;
         }
         let writer = self.writer.as_mut()?;
@@ -394,6 +408,14 @@ impl HandoffSource {
                 self.outbox.pop_front()
             }
         }
+    }
+
+    /// Whether [`HandoffSource::poll_message`] may encode world state (a snapshot chunk or a piece
+    /// of a piecewise round) rather than only hand over what is queued: the driver bounds that
+    /// work by the time left before the next tick (protocol.md §3, §4).
+    #[must_use]
+    pub fn encodes_on_poll(&self) -> bool {
+        self.phase == SourcePhase::Snapshot || (self.phase == SourcePhase::Rounds && self.piecewise.is_some())
     }
 
     /// The next thing the driver must do, if any.
@@ -503,7 +525,7 @@ impl HandoffSource {
         {
             self.phase = SourcePhase::Rounds;
         }
-        if self.phase != SourcePhase::Rounds || self.in_flight() > 0 {
+        if self.phase != SourcePhase::Rounds || self.in_flight() > 0 || self.piecewise.is_some() {
             return;
         }
         let Some(tracker) = self.tracker else {
@@ -511,23 +533,32 @@ impl HandoffSource {
         };
         let changes = world.changes(tracker);
         let round = self.round + 1;
-        let parts = match codec::encode_delta(world, &changes, round, self.config.chunk) {
-            Ok(parts) => parts,
-            Err(error) => {
-                let reason = AbortReason {
-                    culprit: Culprit::Source,
-                    phase: Phase::Rounds,
-                    reason: format!("encoding delta round {round}: {error}"),
-                };
-                self.abort_before_freeze(world, reason);
-                return;
+        let budget = self.freeze_budget();
+        // protocol.md §4: a round estimated far over four budgets cannot be the final one; it is
+        // encoded piece by piece between ticks, as the snapshot is, instead of here (a 67 MB
+        // round encoded at once held the region thread for 3.4 s, past the target's silence limit).
+        let estimate = self.estimated_bytes(&changes);
+        let piecewise = estimate > budget.saturating_mul(4)
+            && estimate > PIECEWISE_ROUND_CHUNKS.saturating_mul(self.config.chunk.max_chunk_bytes);
+        let (bytes, parts) = if piecewise {
+            (estimate, None)
+        } else {
+            match codec::encode_delta(world, &changes, round, self.config.chunk) {
+                Ok(parts) => (parts.iter().map(AlignedVec::len).sum(), Some(parts)),
+                Err(error) => {
+                    let reason = AbortReason {
+                        culprit: Culprit::Source,
+                        phase: Phase::Rounds,
+                        reason: format!("encoding delta round {round}: {error}"),
+                    };
+                    self.abort_before_freeze(world, reason);
+                    return;
+                }
             }
         };
-        let bytes: usize = parts.iter().map(AlignedVec::len).sum();
         let per_tick = bytes / self.ticks_since_round.max(1) as usize;
         self.ticks_since_round = 0;
         self.stats.change_bytes_per_tick = Some(per_tick as u64);
-        let budget = self.freeze_budget();
         if bytes.saturating_mul(10) < self.smallest_round.saturating_mul(9) {
             self.smallest_round = bytes;
             self.stalled_rounds = 0;
@@ -551,36 +582,107 @@ impl HandoffSource {
         }
         // protocol.md §4: freeze once a round fits the budget, or is within four budgets when the
         // rounds stopped shrinking or ran out; give up when waiting took too long.
-        if bytes <= budget || (out_of_rounds && within_four) {
-            self.stats.waited = self.waiting_since.map(|since| now - since);
-            self.freeze(now, world, round, parts, next_tick_due);
-        } else if !within_four && self.waiting_since.is_some_and(|since| now >= since + self.config.quiet_wait) {
-            let waited = self.waiting_since.map(|since| now - since).unwrap_or_default();
-            self.stats.waited = Some(waited);
-            let reason = AbortReason {
-                culprit: Culprit::Link,
-                phase: Phase::Rounds,
-                reason: format!(
-                    "did not converge: {}; no quieter moment came in {:.1} s",
-                    self.rates(round, bytes, budget),
-                    waited.as_secs_f64()
-                ),
-            };
-            self.abort_before_freeze(world, reason);
-        } else {
-            crate::events::handoff_round(self.region, round, bytes);
-            self.round = round;
-            self.stats.rounds = round;
-            self.stats.delta_bytes += bytes as u64;
-            self.send_parts(round, parts);
-            // Only a round over the configured budget is measured. A small round's time is mostly
-            // the round trip, so it reads the link low; if small rounds were measured, that low
-            // budget would make more small rounds, read low again, and spiral down to the floor.
-            if bytes > self.config.freeze_budget_bytes {
-                self.round_in_flight =
-                    Some(RoundInFlight { encoded_at: now, bytes: bytes as u64, sent_through: self.sent_bytes });
+        let freeze_now = bytes <= budget || (out_of_rounds && within_four);
+        match parts {
+            Some(parts) if freeze_now => {
+                self.stats.waited = self.waiting_since.map(|since| now - since);
+                self.freeze(now, world, round, parts, next_tick_due);
+            }
+            _ if !within_four && self.waiting_since.is_some_and(|since| now >= since + self.config.quiet_wait) => {
+                let waited = self.waiting_since.map(|since| now - since).unwrap_or_default();
+                self.stats.waited = Some(waited);
+                let reason = AbortReason {
+                    culprit: Culprit::Link,
+                    phase: Phase::Rounds,
+                    reason: format!(
+                        "did not converge: {}; no quieter moment came in {:.1} s",
+                        self.rates(round, bytes, budget),
+                        waited.as_secs_f64()
+                    ),
+                };
+                self.abort_before_freeze(world, reason);
+            }
+            Some(parts) => {
+                self.round = round;
+                self.stats.rounds = round;
+                self.send_parts(round, parts);
+                self.round_sent(now, round, bytes);
+            }
+            None => {
+                self.round = round;
+                self.stats.rounds = round;
+                let pieces = bytes.div_ceil(self.config.chunk.target_chunk_bytes.max(1));
+                self.piecewise = Some(PiecewiseRound {
+                    round,
+                    encoded_at: now,
+                    pieces: codec::split_round(&changes, pieces).into(),
+                    parts: 0,
+                    bytes: 0,
+                });
             }
         }
+    }
+
+    /// Round `round` (`bytes`, read at `read_at`) is wholly sent.
+    fn round_sent(&mut self, read_at: Instant, round: u32, bytes: usize) {
+        crate::events::handoff_round(self.region, round, bytes);
+        self.stats.delta_bytes += bytes as u64;
+        // Only a round over the configured budget is measured. A small round's time is mostly
+        // the round trip, so it reads the link low; if small rounds were measured, that low
+        // budget would make more small rounds, read low again, and spiral down to the floor.
+        if bytes > self.config.freeze_budget_bytes {
+            self.round_in_flight =
+                Some(RoundInFlight { encoded_at: read_at, bytes: bytes as u64, sent_through: self.sent_bytes });
+        }
+    }
+
+    /// Encodes the next piece of a piecewise round from the world as it is now: values changed
+    /// since the round was read go out newer, and go again in the next round, as under a snapshot.
+    fn encode_next_piece(&mut self, world: &mut World) {
+        let Some(mut piecewise) = self.piecewise.take() else {
+            return;
+        };
+        let Some(mut piece) = piecewise.pieces.pop_front() else {
+            return;
+        };
+        codec::retain_present(world, &mut piece);
+        match codec::encode_delta(world, &piece, piecewise.round, self.config.chunk) {
+            Ok(parts) => {
+                for part in parts {
+                    piecewise.bytes += part.len();
+                    self.sent_bytes += part.len() as u64;
+                    self.outbox.push_back(Message::Delta {
+                        handoff: self.id,
+                        round: piecewise.round,
+                        part: piecewise.parts,
+                        bytes: part.to_vec(),
+                    });
+                    piecewise.parts += 1;
+                }
+            }
+            Err(error) => {
+                let reason = AbortReason {
+                    culprit: Culprit::Source,
+                    phase: Phase::Rounds,
+                    reason: format!("encoding delta round {}: {error}", piecewise.round),
+                };
+                self.abort_before_freeze(world, reason);
+                return;
+            }
+        }
+        if piecewise.pieces.is_empty() {
+            self.round_sent(piecewise.encoded_at, piecewise.round, piecewise.bytes);
+        } else {
+            self.piecewise = Some(piecewise);
+        }
+    }
+
+    /// What a round of `changes` would take, from the snapshot's bytes per entity (each record
+    /// counted as a whole entity, so never much under).
+    fn estimated_bytes(&self, changes: &ChangeSet) -> usize {
+        let per_entity = self.stats.snapshot_bytes as usize / self.snapshot_entities.max(1);
+        let records = changes.spawned.len() + changes.despawned.len() + changes.set.len() + changes.removed.len();
+        records.saturating_mul(per_entity)
     }
 
     /// The freeze budget now: what the measured delivery rate moves in `max_freeze` when that is
@@ -786,6 +888,7 @@ impl HandoffSource {
         if let Some(tracker) = self.tracker.take() {
             world.drop_tracker(tracker);
         }
+        self.piecewise = None;
         self.writer = None;
         self.outbox.clear();
         if !self.link_lost {
@@ -801,6 +904,24 @@ impl HandoffSource {
             reason,
         });
     }
+}
+
+/// A round estimated over this many of the largest chunks (and over four freeze budgets) is
+/// encoded piece by piece between ticks (protocol.md §4).
+const PIECEWISE_ROUND_CHUNKS: usize = 2;
+
+/// A round too big to encode at its tick boundary: its changes in entity ranges of about a chunk
+/// each, encoded one per poll.
+#[derive(Debug)]
+struct PiecewiseRound {
+    round: u32,
+    /// The tick boundary its changes were read at.
+    encoded_at: Instant,
+    pieces: VecDeque<ChangeSet>,
+    /// Parts sent so far.
+    parts: u32,
+    /// Bytes sent so far.
+    bytes: usize,
 }
 
 /// A delta round sent and measured once it is wholly applied.
@@ -846,6 +967,8 @@ mod tests {
         assert_eq!(SourceConfig::for_link(50_000_000, Duration::from_millis(2)).freeze_budget_bytes, 100_000);
         assert_eq!(SourceConfig::for_link(1_000_000, Duration::from_millis(2)).freeze_budget_bytes, 4096, "a floor");
         assert_eq!(SourceConfig::for_link(50_000_000, Duration::from_millis(2)).max_rounds, 20);
+        let measured = SourceConfig::for_link(50_000_000, Duration::from_millis(5));
+        assert_eq!((measured.freeze_budget_bytes, measured.max_freeze), (250_000, Some(Duration::from_millis(5))));
     }
 
     #[test]
@@ -1351,6 +1474,55 @@ mod tests {
         assert!(reason.reason.contains(&format!("the link delivers {:.1} kB/s", first as f64 / 1e3)), "{reason}");
         let one_tick = format!("a final round of one tick would take {:.1} ms", per_tick as f64 / first as f64 * 1e3);
         assert!(reason.reason.contains(&one_tick), "{reason} lacks {one_tick}");
+    }
+
+    #[test]
+    fn a_round_far_over_the_budget_is_encoded_piece_by_piece_as_the_world_goes_on() {
+        let mut run = Run::snapshot(config());
+        let mut registry = Registry::new();
+        registry.register::<Blob>().unwrap();
+        let mut target = World::new(registry);
+        let apply = |target: &mut World, messages: &[Message]| {
+            for message in messages {
+                if let Message::Chunk { bytes, .. } | Message::Delta { bytes, .. } = message {
+                    codec::apply(target, bytes, codec::DecodeLimits::default()).unwrap();
+                }
+            }
+        };
+        let snapshot = run.drain();
+        apply(&mut target, &snapshot);
+        run.acknowledge();
+        // All 40 entities change: about 41 kB, over four budgets (20 kB) and two chunks (18 kB). At
+        // the tick nothing is encoded; each poll encodes one piece of about a chunk (8 kB).
+        run.change(40);
+        run.tick();
+        assert!(run.source.encodes_on_poll());
+        let Some(first @ Message::Delta { round: 1, part: 0, .. }) = run.source.poll_message(&mut run.world) else {
+            panic!("the first piece");
+        };
+        assert!(delta_bytes(std::slice::from_ref(&first)) < 9000, "one piece, not the round");
+        run.sent += delta_bytes(std::slice::from_ref(&first));
+        apply(&mut target, &[first]);
+        // Ticks go on meanwhile: the last entity is despawned, one in a later piece changes again.
+        run.world.despawn(run.entities[39]);
+        run.change_range(30..31);
+        run.tick();
+        assert_eq!(run.source.stats().rounds, 1, "no second round while the first is being encoded");
+        let rest = run.drain();
+        assert!(delta_rounds(&rest) == vec![1] && rest.len() >= 4, "the other pieces: {}", rest.len());
+        assert!(!run.source.encodes_on_poll());
+        apply(&mut target, &rest);
+        run.acknowledge();
+        // The next round carries what changed since round 1 was read; it fits and is the final one,
+        // and the target then holds the source's world.
+        run.change(1);
+        run.tick();
+        assert_eq!(run.source.phase(), SourcePhase::Frozen);
+        let last = run.drain();
+        apply(&mut target, &last);
+        let Some(Message::Freeze { digest, round: 2, .. }) = last.last() else { panic!("the freeze: {last:?}") };
+        assert_eq!(target.digest().0, *digest);
+        assert!(run.source.stats().delta_bytes > 40 * BLOB_BYTES as u64);
     }
 
     #[test]
