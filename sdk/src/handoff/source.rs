@@ -1428,6 +1428,14 @@ mod tests {
         run.change(6);
         run.tick();
         assert_eq!(run.source.phase(), SourcePhase::Frozen);
+        // A round partly applied is not measured yet.
+        let mut run = Run::rounds(measured);
+        run.change(10);
+        run.tick();
+        run.drain();
+        run.now += Duration::from_millis(20);
+        run.receive(Message::Progress { handoff: 41, applied_bytes: run.sent - 1 });
+        assert_eq!(run.source.stats().delivery_bytes_per_second, None);
         // Delivered in 20 ms: about 0.5 MB/s, 5 kB in 10 ms. 6 entities no longer fit; 4 do.
         let mut run = Run::rounds(measured);
         let first = run.round_delivered_in(10, Duration::from_millis(20));
