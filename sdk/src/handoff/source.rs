@@ -410,12 +410,13 @@ impl HandoffSource {
         }
     }
 
-    /// Whether [`HandoffSource::poll_message`] may encode world state (a snapshot chunk or a piece
-    /// of a piecewise round) rather than only hand over what is queued: the driver bounds that
-    /// work by the time left before the next tick (protocol.md §3, §4).
+    /// Whether the next [`HandoffSource::poll_message`] may encode world state (a snapshot chunk or
+    /// a piece of a piecewise round) rather than only hand over what is queued: the driver bounds
+    /// that work by the time left before the next tick (protocol.md §3, §4).
     #[must_use]
     pub fn encodes_on_poll(&self) -> bool {
-        self.phase == SourcePhase::Snapshot || (self.phase == SourcePhase::Rounds && self.piecewise.is_some())
+        self.outbox.is_empty()
+            && (self.phase == SourcePhase::Snapshot || (self.phase == SourcePhase::Rounds && self.piecewise.is_some()))
     }
 
     /// The next thing the driver must do, if any.
@@ -536,7 +537,7 @@ impl HandoffSource {
         let budget = self.freeze_budget();
         // protocol.md §4: a round estimated far over four budgets cannot be the final one; it is
         // encoded piece by piece between ticks, as the snapshot is, instead of here (a 67 MB
-        // round encoded at once held the region thread for 3.4 s, past the target's silence limit).
+        // round encoded whole, twice, at a tick boundary held the region thread for seconds).
         let estimate = self.estimated_bytes(&changes);
         let piecewise = estimate > budget.saturating_mul(4)
             && estimate > PIECEWISE_ROUND_CHUNKS.saturating_mul(self.config.chunk.max_chunk_bytes);
@@ -596,7 +597,7 @@ impl HandoffSource {
                     phase: Phase::Rounds,
                     reason: format!(
                         "did not converge: {}; no quieter moment came in {:.1} s",
-                        self.rates(round, bytes, budget),
+                        self.rates(round, bytes, budget, parts.is_none()),
                         waited.as_secs_f64()
                     ),
                 };
@@ -606,7 +607,15 @@ impl HandoffSource {
                 self.round = round;
                 self.stats.rounds = round;
                 self.send_parts(round, parts);
-                self.round_sent(now, round, bytes);
+                self.round_sent(round, bytes);
+                // Only a round over the configured budget is measured. A small round's time is
+                // mostly the round trip, so it reads the link low; if small rounds were measured,
+                // that low budget would make more small rounds, read low again, and spiral down to
+                // the floor.
+                if bytes > self.config.freeze_budget_bytes {
+                    self.round_in_flight =
+                        Some(RoundInFlight { encoded_at: now, bytes: bytes as u64, sent_through: self.sent_bytes });
+                }
             }
             None => {
                 self.round = round;
@@ -614,7 +623,6 @@ impl HandoffSource {
                 let pieces = bytes.div_ceil(self.config.chunk.target_chunk_bytes.max(1));
                 self.piecewise = Some(PiecewiseRound {
                     round,
-                    encoded_at: now,
                     pieces: codec::split_round(&changes, pieces).into(),
                     parts: 0,
                     bytes: 0,
@@ -623,17 +631,10 @@ impl HandoffSource {
         }
     }
 
-    /// Round `round` (`bytes`, read at `read_at`) is wholly sent.
-    fn round_sent(&mut self, read_at: Instant, round: u32, bytes: usize) {
+    /// Round `round` (`bytes`) is wholly sent.
+    fn round_sent(&mut self, round: u32, bytes: usize) {
         crate::events::handoff_round(self.region, round, bytes);
         self.stats.delta_bytes += bytes as u64;
-        // Only a round over the configured budget is measured. A small round's time is mostly
-        // the round trip, so it reads the link low; if small rounds were measured, that low
-        // budget would make more small rounds, read low again, and spiral down to the floor.
-        if bytes > self.config.freeze_budget_bytes {
-            self.round_in_flight =
-                Some(RoundInFlight { encoded_at: read_at, bytes: bytes as u64, sent_through: self.sent_bytes });
-        }
     }
 
     /// Encodes the next piece of a piecewise round from the world as it is now: values changed
@@ -671,14 +672,17 @@ impl HandoffSource {
             }
         }
         if piecewise.pieces.is_empty() {
-            self.round_sent(piecewise.encoded_at, piecewise.round, piecewise.bytes);
+            // Not measured: its time is mostly the ticks between its pieces, which the final
+            // round, encoded at once, does not wait for.
+            self.round_sent(piecewise.round, piecewise.bytes);
         } else {
             self.piecewise = Some(piecewise);
         }
     }
 
     /// What a round of `changes` would take, from the snapshot's bytes per entity (each record
-    /// counted as a whole entity, so never much under).
+    /// counted as a whole entity: usually over, under when the changed entities are bigger than
+    /// the average).
     fn estimated_bytes(&self, changes: &ChangeSet) -> usize {
         let per_entity = self.stats.snapshot_bytes as usize / self.snapshot_entities.max(1);
         let records = changes.spawned.len() + changes.despawned.len() + changes.set.len() + changes.removed.len();
@@ -712,12 +716,13 @@ impl HandoffSource {
     }
 
     /// What an operator needs to judge a handoff that cannot converge now.
-    fn rates(&self, round: u32, bytes: usize, budget: usize) -> String {
+    fn rates(&self, round: u32, bytes: usize, budget: usize, estimated: bool) -> String {
         let per_tick = self.stats.change_bytes_per_tick.unwrap_or_default() as f64;
         let change_rate = per_tick / self.tick_interval.as_secs_f64().max(f64::EPSILON);
         let mut text = format!(
-            "round {round} holds {bytes} bytes, over four freeze budgets of {budget}; \
+            "round {round} holds {}{bytes} bytes, over four freeze budgets of {budget}; \
              the region changes {:.0} kB a tick ({})",
+            if estimated { "about " } else { "" },
             per_tick / 1e3,
             rate_text(change_rate)
         );
@@ -915,8 +920,6 @@ const PIECEWISE_ROUND_CHUNKS: usize = 2;
 #[derive(Debug)]
 struct PiecewiseRound {
     round: u32,
-    /// The tick boundary its changes were read at.
-    encoded_at: Instant,
     pieces: VecDeque<ChangeSet>,
     /// Parts sent so far.
     parts: u32,
@@ -1343,7 +1346,8 @@ mod tests {
         assert!(run.source.allows_ticks());
         let reason = run.source.abort_reason().cloned().unwrap();
         assert_eq!((reason.culprit, reason.phase), (Culprit::Link, Phase::Rounds));
-        assert!(reason.reason.starts_with("did not converge: round 21 holds"), "{reason}");
+        // 30 entities are over two chunks: the round is piecewise, its size an estimate.
+        assert!(reason.reason.starts_with("did not converge: round 21 holds about"), "{reason}");
         assert!(reason.reason.contains("over four freeze budgets of 5000"), "{reason}");
         assert!(reason.reason.contains("kB a tick"), "{reason}");
         assert!(reason.reason.ends_with("no quieter moment came in 1.0 s"), "{reason}");
@@ -1520,7 +1524,9 @@ mod tests {
         assert!(delta_rounds(&rest) == vec![1] && rest.len() >= 4, "the other pieces: {}", rest.len());
         assert!(!run.source.encodes_on_poll());
         apply(&mut target, &rest);
+        run.now += Duration::from_millis(10);
         run.acknowledge();
+        assert_eq!(run.source.stats().delivery_bytes_per_second, None, "a piecewise round is not measured");
         // The next round carries what changed since round 1 was read; it fits and is the final one,
         // and the target then holds the source's world.
         run.change(1);
