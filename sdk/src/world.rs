@@ -914,6 +914,14 @@ mod tests {
         let changes = world.changes(tracker);
         assert_eq!((changes.set, changes.removed), (vec![(kept, hp)], vec![]));
         assert_eq!((changes.spawned, changes.despawned), (vec![born], vec![]));
+        // A component removed from an entity despawned since is no removal: the despawn says it.
+        let short = world.spawn();
+        world.insert(short, Hp(1)).unwrap();
+        world.changes(tracker);
+        world.remove::<Hp>(short);
+        assert!(world.despawn(short));
+        let changes = world.changes(tracker);
+        assert_eq!((changes.removed, changes.despawned), (vec![], vec![short]));
     }
 
     #[test]

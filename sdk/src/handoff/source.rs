@@ -1523,6 +1523,14 @@ mod tests {
         let rest = run.drain();
         assert!(delta_rounds(&rest) == vec![1] && rest.len() >= 4, "the other pieces: {}", rest.len());
         assert!(!run.source.encodes_on_poll());
+        let parts: Vec<u32> = rest
+            .iter()
+            .filter_map(|message| match message {
+                Message::Delta { part, .. } => Some(*part),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(parts, (1..=parts.len() as u32).collect::<Vec<_>>(), "parts numbered across the round");
         apply(&mut target, &rest);
         run.now += Duration::from_millis(10);
         run.acknowledge();
