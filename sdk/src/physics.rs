@@ -180,7 +180,11 @@ impl PhysicsEngine {
     pub fn new(config: PhysicsConfig) -> PhysicsEngine {
         PhysicsEngine {
             config,
-            rapier: new_rapier(config),
+            rapier: {
+                let mut rapier = new_rapier(config);
+                insert_ground(&mut rapier, config);
+                rapier
+            },
             bodies: HashMap::new(),
             awake: BTreeSet::new(),
             tracker: None,
@@ -211,6 +215,7 @@ impl PhysicsEngine {
                 self.awake.insert(entity);
             }
         }
+        insert_ground(&mut self.rapier, self.config);
         // In entity order: waking and putting to sleep rewires rapier's islands, so the order of
         // these calls decides the engine's state, and a hash map's order differs from map to map.
         let mut all: Vec<EntityId> = self.bodies.keys().copied().collect();
@@ -400,16 +405,26 @@ impl std::fmt::Debug for PhysicsEngine {
     }
 }
 
+/// A rapier world with the region's settings and no colliders; see [`insert_ground`].
 fn new_rapier(config: PhysicsConfig) -> PhysicsWorld {
     let mut rapier = PhysicsWorld::new();
     rapier.gravity = Vector::from_array(config.gravity);
     rapier.integration_parameters.dt = config.timestep;
+    rapier
+}
+
+/// Adds the region's ground slab, if it has one.
+///
+/// Insert it after the bodies of a rebuild: rapier looks up a new contact pair by walking the
+/// contacts of the pair's lower-numbered collider, and the ground touches every resting object.
+/// Numbered first, it made building the contacts of n resting objects cost n² steps (10,000 crates:
+/// 190 ms); numbered last, each lookup walks one object's few contacts.
+fn insert_ground(rapier: &mut PhysicsWorld, config: PhysicsConfig) {
     if let Some(half_extent) = config.ground_half_extent {
         let ground =
             ColliderBuilder::cuboid(half_extent, 0.5, half_extent).translation(Vector::new(0.0, -0.5, 0.0)).build();
         rapier.colliders.insert(ground);
     }
-    rapier
 }
 
 fn pose_of(body: &Body) -> Pose {
