@@ -83,6 +83,11 @@ pub struct NodeSettings {
     /// The wall clock at one instant, so events can carry Unix times that other processes compare
     /// (`(instant, microseconds since the Unix epoch)`); the node itself never reads a clock.
     pub wall_clock: (Instant, u64),
+    /// Whether a handoff target builds the physics engine of the received world on another thread
+    /// while the rounds go on (production), or at once on the region's thread (deterministic
+    /// harnesses, whose virtual clock must not race a real thread). See
+    /// [`Region::follow_received`].
+    pub engines_on_thread: bool,
 }
 
 /// What the node does with the region when it starts.
@@ -533,6 +538,10 @@ struct ChunkClock {
 /// chunk (256 KiB by default, about a millisecond to encode) per interval costs such a region little.
 pub const MIN_CHUNK_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How often a target whose physics engine is being built on another thread looks whether the
+/// build is done, to tell its source `Prepared` (protocol.md §4).
+pub const BUILD_POLL: Duration = Duration::from_millis(2);
+
 /// Whether a snapshot chunk may be encoded at `now` (protocol.md §3): in the time left before the
 /// next tick is due (`next_due`), so streaming a large region does not push its ticks late; or
 /// once [`MIN_CHUNK_INTERVAL`] has passed since the last one (`last`; none yet counts as passed).
@@ -753,6 +762,11 @@ impl<L: RegionLogic> RegionNode<L> {
                 if let Some(at) = receiver.poll_timeout() {
                     earliest(at);
                 }
+                // The engines being built on another thread are looked at again soon, so that
+                // the source hears `Prepared` without waiting for the next round.
+                if self.region.physics().is_building() {
+                    earliest(now + BUILD_POLL);
+                }
             }
             State::Stopping { .. } | State::Finished { .. } => {}
         }
@@ -887,7 +901,16 @@ impl<L: RegionLogic> RegionNode<L> {
                     let follower = StandbyFollower::new(now, TargetConfig::new(&self.settings.name), world, &message);
                     self.state = State::Standby { follower, reported: None };
                 } else {
+                    // A delta round comes after the whole snapshot: from then on the engines
+                    // follow the received world, so the commit does not wait for their build.
+                    let follows = matches!(message, Message::Delta { .. });
                     receiver.handle_message(now, world, message);
+                    if follows
+                        && matches!(receiver.phase(), TargetPhase::Receiving | TargetPhase::Verifying)
+                        && self.region.follow_received(self.settings.engines_on_thread)
+                    {
+                        receiver.engines_prepared();
+                    }
                 }
             }
             State::Standby { follower, reported } => {
@@ -1189,8 +1212,16 @@ impl<L: RegionLogic> RegionNode<L> {
             State::Owner { handoff: Some(handoff), .. } if handoff.poll_timeout().is_some_and(|at| at <= now) => {
                 handoff.handle_timeout(now, self.region.world_mut());
             }
-            State::Target { receiver } if receiver.poll_timeout().is_some_and(|at| at <= now) => {
-                receiver.handle_timeout(now);
+            State::Target { receiver } => {
+                if receiver.poll_timeout().is_some_and(|at| at <= now) {
+                    receiver.handle_timeout(now);
+                }
+                if self.region.physics().is_building()
+                    && matches!(receiver.phase(), TargetPhase::Receiving)
+                    && self.region.follow_received(self.settings.engines_on_thread)
+                {
+                    receiver.engines_prepared();
+                }
             }
             State::Standby { follower, .. } if follower.poll_timeout().is_some_and(|at| at <= now) => {
                 follower.handle_timeout(now);
@@ -1354,7 +1385,7 @@ impl<L: RegionLogic> RegionNode<L> {
                         }
                         TargetAction::Authoritative { epoch, first_tick_at, .. } => {
                             let digest = self.region.world_mut().digest();
-                            self.region.rebuild_caches();
+                            self.region.take_over_received();
                             self.outputs.push_back(Output::Owned { epoch, announce: false });
                             self.outputs.push_back(Output::Broadcast(ServerMessage::Committed {
                                 region: id,
@@ -2037,6 +2068,7 @@ mod tests {
             players: PlayerSettings::default(),
             checkpoint_every_ticks: every,
             wall_clock: (start, 1_000_000),
+            engines_on_thread: false,
         }
     }
 

@@ -626,6 +626,30 @@ impl<L: RegionLogic> Region<L> {
         self.physics.rebuild(&mut self.world);
     }
 
+    /// Keeps the engines of a region whose world is being received (a handoff target, after the
+    /// snapshot) in step with it, so that taking the region over costs only the last changes: the
+    /// first call starts building the physics engine on another thread, later ones bring it up to
+    /// the world (see [`PhysicsEngine::start_following`]); with `on_thread` false it is built at
+    /// once, on this thread. Returns whether the engines are built and in step, i.e. whether a
+    /// take-over now costs only the changes since.
+    pub fn follow_received(&mut self, on_thread: bool) -> bool {
+        if self.physics.is_following() {
+            self.physics.follow(&mut self.world);
+        } else {
+            self.physics.start_following(&mut self.world, on_thread);
+        }
+        !self.physics.is_building()
+    }
+
+    /// Makes the engine caches current for a received world the region now owns: the physics
+    /// engine that followed it takes the last changes (or is built now, if it did not follow), the
+    /// sessions and script timers are read from the world. Call before the first tick.
+    pub fn take_over_received(&mut self) {
+        self.sessions = Sessions::from_world(&self.world);
+        self.scripts.rebuild(&self.world);
+        self.physics.finish_following(&mut self.world);
+    }
+
     /// Runs one tick.
     pub fn tick(&mut self) -> TickReport {
         let started = Instant::now();

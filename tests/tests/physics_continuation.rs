@@ -1,7 +1,8 @@
 //! A moved region's physics against an unmoved twin, 10 s (300 ticks) after the move.
 //!
 //! rapier's caches (island order, broad phase, contact warm starts) do not travel; the target
-//! rebuilds them from the migrated per-body state. This test measures what that costs and holds
+//! builds them from the migrated per-body state, either from the whole world at the cutover or
+//! from the snapshot, kept in step with each delta round (what a handoff target does). This test measures what that costs and holds
 //! it to a bound: objects at rest stay exactly at rest, everything that is not a dynamic body
 //! (scripts, NPCs, plants, avatars) continues bit-identically, and dynamic bodies stay within
 //! `MAX_DIVERGENCE_M` of their twin. The measured figures are in docs/benchmarks.md.
@@ -91,8 +92,28 @@ fn positions(region: &Region<SampleLogic>) -> BTreeMap<EntityId, (BodyKind, [f32
     region.world().iter::<Body>().map(|(entity, body)| (entity, (body.kind, body.translation, body.sleeping))).collect()
 }
 
+/// How the moved region's engines come to be.
+#[derive(Clone, Copy, Debug)]
+enum Receive {
+    /// Built from the whole world at the cutover (`Region::rebuild_caches`: restored checkpoints,
+    /// promoted standbys).
+    Rebuilt,
+    /// Built from the snapshot on another thread and kept in step with the delta rounds, as a
+    /// handoff target does (`Region::follow_received`, then `Region::take_over_received`).
+    Followed,
+}
+
 #[test]
-fn a_moved_region_stays_close_to_its_unmoved_twin() {
+fn a_region_rebuilt_from_its_world_stays_close_to_its_unmoved_twin() {
+    continues_close_to_its_twin(Receive::Rebuilt);
+}
+
+#[test]
+fn a_region_whose_engines_followed_the_rounds_stays_close_to_its_unmoved_twin() {
+    continues_close_to_its_twin(Receive::Followed);
+}
+
+fn continues_close_to_its_twin(receive: Receive) {
     let mut twin = new_region(RegionId(1), RegionConfig::default()).unwrap();
     // Dense enough that avatars keep walking into crates.
     populate(&mut twin, WorldSpec { objects: 3000, npcs: 100, plants: 100, seed: 7, churn: 0 }).unwrap();
@@ -100,14 +121,33 @@ fn a_moved_region_stays_close_to_its_unmoved_twin() {
     for _ in 0..90 {
         tick(&mut twin, &mut twin_players);
     }
-    let at_move = positions(&twin);
 
     let mut moved = new_region(RegionId(1), RegionConfig::default()).unwrap();
+    let tracker = twin.world_mut().create_tracker();
     for chunk in codec::encode_snapshot(twin.world(), ChunkConfig::default()).unwrap() {
         codec::apply(moved.world_mut(), &chunk, DecodeLimits::default()).unwrap();
     }
-    moved.rebuild_caches();
+    match receive {
+        Receive::Rebuilt => moved.rebuild_caches(),
+        Receive::Followed => {
+            // Rounds while the twin plays on, the engine following each; the last one is the
+            // freeze's, after which the moved region takes over.
+            for round in 1..=6 {
+                tick(&mut twin, &mut twin_players);
+                let changes = twin.world_mut().changes(tracker);
+                for part in codec::encode_delta(twin.world(), &changes, round, ChunkConfig::default()).unwrap() {
+                    codec::apply(moved.world_mut(), &part, DecodeLimits::default()).unwrap();
+                    moved.follow_received(true);
+                }
+            }
+            assert!(moved.physics().is_following(), "the engine follows the received world");
+            moved.take_over_received();
+            assert!(!moved.physics().is_following());
+        }
+    }
+    twin.world_mut().drop_tracker(tracker);
     assert_eq!(twin.world_mut().digest(), moved.world_mut().digest());
+    let at_move = positions(&twin);
     let mut moved_players = twin_players.clone();
 
     let mut report = Vec::new();
@@ -131,7 +171,7 @@ fn a_moved_region_stays_close_to_its_unmoved_twin() {
             }
         }
     }
-    println!("physics continuation vs an unmoved twin: {}", report.join("; "));
+    println!("physics continuation vs an unmoved twin ({receive:?}): {}", report.join("; "));
 
     // Everything that is not dynamic physics continues bit-identically.
     for entity in twin.world().entities() {

@@ -39,6 +39,7 @@ fn settings(name: &str, start: Instant, source: SourceConfig) -> NodeSettings {
         players: PlayerSettings::default(),
         checkpoint_every_ticks: 0,
         wall_clock: (start, 1_000_000),
+        engines_on_thread: false,
     }
 }
 

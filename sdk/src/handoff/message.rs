@@ -10,7 +10,7 @@ use rkyv::util::AlignedVec;
 use super::HandoffId;
 
 /// Version of the handoff message set; a peer with another version is refused at `Begin`.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Largest encoded message accepted (a world chunk is at most 1 MiB by default).
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
@@ -149,6 +149,12 @@ mod definition {
             /// Archive bytes applied so far.
             applied_bytes: u64,
         },
+        /// Target → source: the target's engines are built from the received world and follow it,
+        /// so a freeze costs it only the final round (protocol.md §4). Sent once per attempt.
+        Prepared {
+            /// This attempt.
+            handoff: HandoffId,
+        },
         /// Either side: this attempt is over without a commit (or the target refused it).
         Abort {
             /// This attempt.
@@ -175,6 +181,7 @@ impl Message {
             | Message::Follow { handoff, .. }
             | Message::Mark { handoff, .. }
             | Message::Holds { handoff, .. }
+            | Message::Prepared { handoff }
             | Message::Abort { handoff, .. } => *handoff,
         }
     }
@@ -275,6 +282,7 @@ mod tests {
             },
             Message::Mark { handoff: 9, round: 7, parts: 2, tick: 1_000, digest: 77 },
             Message::Holds { handoff: 9, tick: 1_000, applied_bytes: 12_345 },
+            Message::Prepared { handoff: 9 },
         ];
         for message in messages {
             let bytes = message.encode().unwrap();

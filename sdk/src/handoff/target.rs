@@ -121,6 +121,8 @@ pub struct HandoffTarget {
     freeze: Option<PendingFreeze>,
     /// Archive bytes applied (reported to the source in `Progress`).
     applied_bytes: u64,
+    /// Whether this attempt's `Prepared` went out.
+    prepared: bool,
 }
 
 impl HandoffTarget {
@@ -141,6 +143,7 @@ impl HandoffTarget {
             progress_due: false,
             freeze: None,
             applied_bytes: 0,
+            prepared: false,
         }
     }
 
@@ -154,6 +157,19 @@ impl HandoffTarget {
     #[must_use]
     pub fn region(&self) -> RegionId {
         self.region
+    }
+
+    /// The driver's engines are built from the received world and follow it (a region's
+    /// [`follow_received`](crate::Region::follow_received) said so): tells the source, once per
+    /// attempt, that a freeze now costs only the final round. Ignored outside the rounds.
+    pub fn engines_prepared(&mut self) {
+        if let Some(handoff) = self.handoff
+            && self.phase == TargetPhase::Receiving
+            && !self.prepared
+        {
+            self.prepared = true;
+            self.outbox.push_back(Message::Prepared { handoff });
+        }
     }
 
     /// A message from the source.
@@ -313,6 +329,7 @@ impl HandoffTarget {
         self.freeze = None;
         self.deadline = None;
         self.applied_bytes = 0;
+        self.prepared = false;
     }
 
     fn apply(&mut self, world: &mut World, bytes: &[u8], phase: Phase) -> bool {
@@ -444,6 +461,31 @@ mod tests {
         );
         assert_eq!(target.phase(), TargetPhase::Receiving);
         assert_eq!(discarded(&mut target), None);
+    }
+
+    #[test]
+    fn prepared_goes_to_the_source_once_per_attempt_and_only_while_receiving() {
+        let mut idle = HandoffTarget::new(Instant::now(), TargetConfig::new("target"));
+        idle.engines_prepared();
+        assert_eq!(idle.poll_message(), None, "no attempt yet");
+
+        let (mut target, mut world, now) = receiving();
+        target.engines_prepared();
+        target.engines_prepared();
+        assert_eq!(target.poll_message(), Some(Message::Prepared { handoff: HANDOFF }));
+        assert_eq!(target.poll_message(), None, "once per attempt");
+
+        // A new attempt after an abort says it again; a frozen source needs it no more.
+        target.handle_message(now, &mut world, Message::Abort { handoff: HANDOFF, reason: "operator".into() });
+        let message = begin(HANDOFF + 1, &world);
+        target.handle_message(now, &mut world, message);
+        target.poll_message();
+        target.engines_prepared();
+        assert_eq!(target.poll_message(), Some(Message::Prepared { handoff: HANDOFF + 1 }));
+        let (mut frozen, mut world, now) = receiving();
+        frozen.handle_message(now, &mut world, Message::Freeze { handoff: HANDOFF, round: 1, parts: 1, digest: 0, tick: 9, next_tick_in_us: 0 });
+        frozen.engines_prepared();
+        assert_eq!(frozen.poll_message(), None);
     }
 
     #[test]
