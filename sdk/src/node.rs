@@ -39,6 +39,7 @@ use crate::handoff::{
     Ownership, SourceAction, SourceConfig, SourcePhase, SourceStats, StandbyFeed, StandbyFollower, TargetAction,
     TargetConfig, TargetPhase,
 };
+use crate::physics::{BuiltEngine, EngineBuild};
 use crate::region::{DEPARTED_KEEP, Emigrant, Immigration, Region, RegionLogic, TickReport, TickSchedule};
 use crate::sessions::{GAP_RESEND_TICKS, GapWatch, PlayerSession, SessionError};
 use crate::world::WorldDigest;
@@ -83,11 +84,6 @@ pub struct NodeSettings {
     /// The wall clock at one instant, so events can carry Unix times that other processes compare
     /// (`(instant, microseconds since the Unix epoch)`); the node itself never reads a clock.
     pub wall_clock: (Instant, u64),
-    /// Whether a handoff target builds the physics engine of the received world on another thread
-    /// while the rounds go on (production), or at once on the region's thread (deterministic
-    /// harnesses, whose virtual clock must not race a real thread). See
-    /// [`Region::follow_received`].
-    pub engines_on_thread: bool,
 }
 
 /// What the node does with the region when it starts.
@@ -459,6 +455,10 @@ pub enum Output {
         /// The checkpoint.
         bytes: Vec<u8>,
     },
+    /// Build this physics engine away from the region's thread (it takes tens of milliseconds for
+    /// a real region) and answer with [`RegionNode::handle_engine_built`]: a handoff target's
+    /// engine, built from the received world while the rounds go on (protocol.md §4).
+    BuildEngine(EngineBuild),
     /// Save this checkpoint and stop (the old way of moving a region); answer with
     /// [`RegionNode::handle_stop_saved`].
     SaveAndStop {
@@ -537,10 +537,6 @@ struct ChunkClock {
 /// of going silent until its target gives up. Far below the target's silence timeout (3 s), and one
 /// chunk (256 KiB by default, about a millisecond to encode) per interval costs such a region little.
 pub const MIN_CHUNK_INTERVAL: Duration = Duration::from_millis(100);
-
-/// How often a target whose physics engine is being built on another thread looks whether the
-/// build is done, to tell its source `Prepared` (protocol.md §4).
-pub const BUILD_POLL: Duration = Duration::from_millis(2);
 
 /// Whether a snapshot chunk may be encoded at `now` (protocol.md §3): in the time left before the
 /// next tick is due (`next_due`), so streaming a large region does not push its ticks late; or
@@ -762,11 +758,6 @@ impl<L: RegionLogic> RegionNode<L> {
                 if let Some(at) = receiver.poll_timeout() {
                     earliest(at);
                 }
-                // The engines being built on another thread are looked at again soon, so that
-                // the source hears `Prepared` without waiting for the next round.
-                if self.region.physics().is_building() {
-                    earliest(now + BUILD_POLL);
-                }
             }
             State::Stopping { .. } | State::Finished { .. } => {}
         }
@@ -884,6 +875,17 @@ impl<L: RegionLogic> RegionNode<L> {
         }));
     }
 
+    /// The engine [`Output::BuildEngine`] asked for is built: a target still receiving installs it
+    /// and tells its source it is prepared (protocol.md §4). Anywhere else it is stale and dropped.
+    pub fn handle_engine_built(&mut self, _now: Instant, built: BuiltEngine) {
+        if let State::Target { receiver } = &mut self.state
+            && matches!(receiver.phase(), TargetPhase::Receiving | TargetPhase::Verifying)
+            && self.region.install_engine(built)
+        {
+            receiver.engines_prepared();
+        }
+    }
+
     /// A handoff message from the peer on the current link.
     pub fn handle_peer_message(&mut self, now: Instant, message: Message) {
         let world = self.region.world_mut();
@@ -907,9 +909,9 @@ impl<L: RegionLogic> RegionNode<L> {
                     receiver.handle_message(now, world, message);
                     if follows
                         && matches!(receiver.phase(), TargetPhase::Receiving | TargetPhase::Verifying)
-                        && self.region.follow_received(self.settings.engines_on_thread)
+                        && let Some(build) = self.region.follow_received()
                     {
-                        receiver.engines_prepared();
+                        self.outputs.push_back(Output::BuildEngine(build));
                     }
                 }
             }
@@ -1212,16 +1214,8 @@ impl<L: RegionLogic> RegionNode<L> {
             State::Owner { handoff: Some(handoff), .. } if handoff.poll_timeout().is_some_and(|at| at <= now) => {
                 handoff.handle_timeout(now, self.region.world_mut());
             }
-            State::Target { receiver } => {
-                if receiver.poll_timeout().is_some_and(|at| at <= now) {
-                    receiver.handle_timeout(now);
-                }
-                if self.region.physics().is_building()
-                    && matches!(receiver.phase(), TargetPhase::Receiving)
-                    && self.region.follow_received(self.settings.engines_on_thread)
-                {
-                    receiver.engines_prepared();
-                }
+            State::Target { receiver } if receiver.poll_timeout().is_some_and(|at| at <= now) => {
+                receiver.handle_timeout(now);
             }
             State::Standby { follower, .. } if follower.poll_timeout().is_some_and(|at| at <= now) => {
                 follower.handle_timeout(now);
@@ -2068,7 +2062,6 @@ mod tests {
             players: PlayerSettings::default(),
             checkpoint_every_ticks: every,
             wall_clock: (start, 1_000_000),
-            engines_on_thread: false,
         }
     }
 

@@ -10,7 +10,10 @@
 //!
 //! # What does not migrate, and what that costs
 //! rapier's caches — island order, the broad-phase tree, contact manifolds and their warm-start
-//! impulses — are rebuilt on the receiving side in entity order ([`PhysicsEngine::rebuild`]).
+//! impulses — are rebuilt on the receiving side in entity order ([`PhysicsEngine::rebuild`]), or,
+//! on a handoff target, built from the snapshot away from the region's thread and kept in step
+//! with each delta round, so the freeze pays only for the last one
+//! ([`PhysicsEngine::start_following`]).
 //! Sleeping and free bodies continue bit-identically; bodies that are awake *and touching something*
 //! at the moment of the move may drift from an unmoved twin by a small amount while the solver
 //! re-converges. The bound is measured by the `physics_continuation` test and reported in
@@ -178,11 +181,61 @@ struct Engine {
 enum Following {
     /// The engine is the region's, stepped with its ticks.
     No,
-    /// Being built on another thread from a copy of the world's bodies; the engine's tracker holds
-    /// what changed since the copy.
-    Building(std::thread::JoinHandle<Engine>),
+    /// Waiting for build `generation` ([`EngineBuild`]); the engine's tracker holds what changed in
+    /// the world since the copy it is built from.
+    Building(u64),
     /// Built from the received world and kept in step with it; never stepped.
     InStep,
+}
+
+/// The building of a handoff target's physics engine from a copy of the received world's bodies,
+/// to run away from the region's thread ([`PhysicsEngine::start_following`]): the driver runs it
+/// (on another thread, in production) and gives the result to [`PhysicsEngine::install`].
+pub struct EngineBuild {
+    generation: u64,
+    config: PhysicsConfig,
+    bodies: Vec<(EntityId, Body)>,
+}
+
+impl EngineBuild {
+    /// Builds the engine (10,000 resting crates: about 45 ms).
+    #[must_use]
+    pub fn run(self) -> BuiltEngine {
+        let engine = Engine::build(self.config, self.bodies.iter().map(|(entity, body)| (*entity, body)));
+        BuiltEngine { generation: self.generation, engine }
+    }
+
+    /// Bodies it builds.
+    #[must_use]
+    pub fn bodies(&self) -> usize {
+        self.bodies.len()
+    }
+}
+
+impl std::fmt::Debug for EngineBuild {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("EngineBuild")
+            .field("generation", &self.generation)
+            .field("bodies", &self.bodies.len())
+            .finish()
+    }
+}
+
+/// A physics engine an [`EngineBuild`] built, for [`PhysicsEngine::install`].
+pub struct BuiltEngine {
+    generation: u64,
+    engine: Engine,
+}
+
+impl std::fmt::Debug for BuiltEngine {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("BuiltEngine")
+            .field("generation", &self.generation)
+            .field("bodies", &self.engine.bodies.len())
+            .finish()
+    }
 }
 
 /// The rapier engine of one region, a cache of the world's [`Body`] components.
@@ -190,6 +243,8 @@ pub struct PhysicsEngine {
     config: PhysicsConfig,
     engine: Engine,
     following: Following,
+    /// Builds started, numbering them so that a stale one is not installed.
+    builds: u64,
     tracker: Option<TrackerId>,
     body_component: Option<ComponentId>,
 }
@@ -204,6 +259,7 @@ impl PhysicsEngine {
             config,
             engine: Engine { rapier, bodies: HashMap::new(), awake: BTreeSet::new() },
             following: Following::No,
+            builds: 0,
             tracker: None,
             body_component: None,
         }
@@ -227,63 +283,54 @@ impl PhysicsEngine {
     /// in), so that taking the region over costs only the changes of the last round instead of a
     /// whole build (45 ms for 10,000 resting crates).
     ///
-    /// With `on_thread`, the engine is built on another thread from a copy of the world's bodies,
-    /// so the thread receiving the world goes on answering; [`PhysicsEngine::follow`] installs it
-    /// when it is done and brings it up to the world. Without, it is built here and now (for
-    /// harnesses on a virtual clock). [`PhysicsEngine::finish_following`] ends following.
+    /// Returns the build, from a copy of the world's bodies, for the driver to run away from the
+    /// region's thread, which goes on receiving; [`PhysicsEngine::install`] takes the result and
+    /// brings it up to the world, [`PhysicsEngine::follow`] keeps it in step after each round, and
+    /// [`PhysicsEngine::finish_following`] ends following.
     ///
     /// A followed engine is not the same as one rebuilt from the final world: bodies that arrived
     /// or changed during the rounds sit elsewhere in rapier's sets and trees, so bodies awake and
     /// touching something at the cutover may drift from a rebuilt twin while the solver
     /// re-converges, as they may from the unmoved source (see the module documentation). Sleeping
     /// and free bodies continue identically.
-    pub fn start_following(&mut self, world: &mut World, on_thread: bool) {
+    pub fn start_following(&mut self, world: &mut World) -> EngineBuild {
         self.track(world);
-        if !on_thread {
-            self.engine = Engine::build(self.config, world.iter::<Body>());
-            self.following = Following::InStep;
-            return;
-        }
-        let bodies: Vec<(EntityId, Body)> = world.iter::<Body>().map(|(entity, body)| (entity, body.clone())).collect();
-        let config = self.config;
-        let spawned = std::thread::Builder::new()
-            .name("physics-build".to_owned())
-            .spawn(move || Engine::build(config, bodies.iter().map(|(entity, body)| (*entity, body))));
-        match spawned {
-            Ok(handle) => self.following = Following::Building(handle),
-            Err(error) => {
-                tracing::warn!(%error, "cannot build the physics engine on another thread; building it here");
-                self.engine = Engine::build(self.config, world.iter::<Body>());
-                self.following = Following::InStep;
-            }
-        }
+        self.builds += 1;
+        self.following = Following::Building(self.builds);
+        let bodies = world.iter::<Body>().map(|(entity, body)| (entity, body.clone())).collect();
+        EngineBuild { generation: self.builds, config: self.config, bodies }
     }
 
-    /// Brings a following engine up to `world`: installs the build once it is done (without
-    /// waiting for it) and applies what changed since. Does nothing to an engine not following.
+    /// Installs the engine the last [`PhysicsEngine::start_following`] asked for and applies what
+    /// changed in `world` since its copy. Returns whether it was installed: a build started before
+    /// a later one, or arriving after [`PhysicsEngine::finish_following`], is dropped.
+    pub fn install(&mut self, world: &mut World, built: BuiltEngine) -> bool {
+        if !matches!(self.following, Following::Building(generation) if generation == built.generation) {
+            return false;
+        }
+        self.engine = built.engine;
+        self.following = Following::InStep;
+        self.sync_received(world);
+        true
+    }
+
+    /// Brings a following, installed engine up to `world`. Does nothing to an engine that is not
+    /// following or still waits for its build.
     pub fn follow(&mut self, world: &mut World) {
-        match &self.following {
-            Following::No => {}
-            Following::Building(handle) if !handle.is_finished() => {}
-            Following::Building(_) | Following::InStep => {
-                if self.install_build(world) {
-                    self.sync_received(world);
-                }
-            }
+        if matches!(self.following, Following::InStep) {
+            self.sync_received(world);
         }
     }
 
-    /// Ends following: waits for the build if it still runs, applies the last changes, and from
-    /// here the engine steps with the region. An engine that was not following is rebuilt from
-    /// `world`.
+    /// Ends following: applies the last changes, and from here the engine steps with the region.
+    /// An engine that was not following, or whose build has not been installed, is built from
+    /// `world` here.
     pub fn finish_following(&mut self, world: &mut World) {
-        if matches!(self.following, Following::No) {
+        if !matches!(self.following, Following::InStep) {
             self.rebuild(world);
             return;
         }
-        if self.install_build(world) {
-            self.sync_received(world);
-        }
+        self.sync_received(world);
         self.engine.mark_all_modified();
         self.following = Following::No;
     }
@@ -294,10 +341,11 @@ impl PhysicsEngine {
         !matches!(self.following, Following::No)
     }
 
-    /// Whether the engine of a received world is still being built on another thread.
+    /// Whether the engine of a received world is built and in step with it, so a take-over costs
+    /// only the changes since.
     #[must_use]
-    pub fn is_building(&self) -> bool {
-        matches!(self.following, Following::Building(_))
+    pub fn is_in_step(&self) -> bool {
+        matches!(self.following, Following::InStep)
     }
 
     /// A new tracker for `world`, in place of the engine's old one.
@@ -307,29 +355,6 @@ impl PhysicsEngine {
         }
         self.body_component = world.registry().id_of::<Body>();
         self.tracker = Some(world.create_tracker());
-    }
-
-    /// Installs a finished (or, waiting for it, a running) build. False when there was none to
-    /// install and the engine was rebuilt instead (the build thread failed).
-    fn install_build(&mut self, world: &mut World) -> bool {
-        let Following::Building(_) = self.following else {
-            return true;
-        };
-        let Following::Building(handle) = std::mem::replace(&mut self.following, Following::InStep) else {
-            return true;
-        };
-        match handle.join() {
-            Ok(engine) => {
-                self.engine = engine;
-                true
-            }
-            Err(_) => {
-                tracing::error!("building the physics engine failed; building it again from the world");
-                self.rebuild(world);
-                self.following = Following::InStep;
-                false
-            }
-        }
     }
 
     /// Applies to a following engine what changed in the received world since it last looked,
@@ -838,8 +863,12 @@ mod tests {
             codec::apply(&mut rebuilt, &chunk, DecodeLimits::default()).unwrap();
         }
         let mut engine = PhysicsEngine::new(PhysicsConfig::default());
-        engine.start_following(&mut followed, false);
-        assert!(engine.is_following() && !engine.is_building());
+        // A build started for an earlier attempt is not installed over a later one's.
+        let stale = engine.start_following(&mut followed).run();
+        let build = engine.start_following(&mut followed);
+        assert_eq!(build.bodies(), 15);
+        assert!(!engine.install(&mut followed, stale));
+        let mut build = Some(build);
         for tick in 1..=8 {
             play(&mut source, &entities, tick);
             source_engine.step(&mut source);
@@ -848,6 +877,12 @@ mod tests {
                 codec::apply(&mut followed, &part, DecodeLimits::default()).unwrap();
                 codec::apply(&mut rebuilt, &part, DecodeLimits::default()).unwrap();
                 engine.follow(&mut followed);
+            }
+            // The build arrives after three rounds, which it catches up on when installed.
+            if tick == 3 {
+                assert!(engine.is_following() && !engine.is_in_step());
+                assert!(engine.install(&mut followed, build.take().unwrap().run()));
+                assert!(engine.is_in_step());
             }
         }
         assert_eq!(followed.digest(), source.digest());
@@ -873,7 +908,8 @@ mod tests {
                 assert_eq!(after_rebuilt[entity], (*motion, true), "{entity} slept on after a rebuild");
             }
         }
-        let awake = |view: &View| view.iter().filter(|(_, (_, sleeping))| !*sleeping).map(|(e, _)| *e).collect::<Vec<_>>();
+        let awake =
+            |view: &View| view.iter().filter(|(_, (_, sleeping))| !*sleeping).map(|(e, _)| *e).collect::<Vec<_>>();
         assert_eq!(awake(&after_followed), awake(&after_rebuilt));
     }
 }

@@ -22,7 +22,7 @@ use baton_wire::{PlayerId, PlayerInput, RegionId};
 
 use crate::component::{Registry, RegistryError};
 use crate::events::{self, TickFacts};
-use crate::physics::{Body, PhysicsConfig, PhysicsEngine, PhysicsStepStats};
+use crate::physics::{Body, BuiltEngine, EngineBuild, PhysicsConfig, PhysicsEngine, PhysicsStepStats};
 use crate::scripts::{Script, ScriptBindings, ScriptConfig, ScriptEngine, ScriptError};
 use crate::sessions::{InputOutcome, PendingInput, PlayerSession, ReadyInput, SessionError, Sessions};
 use crate::world::{EntityId, World, WorldError};
@@ -627,18 +627,24 @@ impl<L: RegionLogic> Region<L> {
     }
 
     /// Keeps the engines of a region whose world is being received (a handoff target, after the
-    /// snapshot) in step with it, so that taking the region over costs only the last changes: the
-    /// first call starts building the physics engine on another thread, later ones bring it up to
-    /// the world (see [`PhysicsEngine::start_following`]); with `on_thread` false it is built at
-    /// once, on this thread. Returns whether the engines are built and in step, i.e. whether a
-    /// take-over now costs only the changes since.
-    pub fn follow_received(&mut self, on_thread: bool) -> bool {
+    /// snapshot) in step with it, so that taking the region over costs only the last changes. The
+    /// first call returns the physics engine's build, for the driver to run away from this thread
+    /// and hand to [`Region::install_engine`]; later ones bring the installed engine up to the
+    /// world (see [`PhysicsEngine::start_following`]).
+    pub fn follow_received(&mut self) -> Option<EngineBuild> {
         if self.physics.is_following() {
             self.physics.follow(&mut self.world);
+            None
         } else {
-            self.physics.start_following(&mut self.world, on_thread);
+            Some(self.physics.start_following(&mut self.world))
         }
-        !self.physics.is_building()
+    }
+
+    /// Installs the physics engine built for [`Region::follow_received`] and brings it up to the
+    /// world. Returns whether it was installed (a stale build is dropped), i.e. whether a take-over
+    /// now costs only the changes since.
+    pub fn install_engine(&mut self, built: BuiltEngine) -> bool {
+        self.physics.install(&mut self.world, built)
     }
 
     /// Makes the engine caches current for a received world the region now owns: the physics

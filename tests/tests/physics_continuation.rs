@@ -131,16 +131,24 @@ fn continues_close_to_its_twin(receive: Receive) {
         Receive::Rebuilt => moved.rebuild_caches(),
         Receive::Followed => {
             // Rounds while the twin plays on, the engine following each; the last one is the
-            // freeze's, after which the moved region takes over.
+            // freeze's, after which the moved region takes over. The engine is built on another
+            // thread from the first round on, and installed two rounds later, as a driver does.
+            let mut building = None;
             for round in 1..=6 {
                 tick(&mut twin, &mut twin_players);
                 let changes = twin.world_mut().changes(tracker);
                 for part in codec::encode_delta(twin.world(), &changes, round, ChunkConfig::default()).unwrap() {
                     codec::apply(moved.world_mut(), &part, DecodeLimits::default()).unwrap();
-                    moved.follow_received(true);
+                    if let Some(build) = moved.follow_received() {
+                        building = Some(std::thread::spawn(move || build.run()));
+                    }
+                }
+                if round == 3 {
+                    let built = building.take().expect("the first round started a build").join().unwrap();
+                    assert!(moved.install_engine(built), "the build is the one asked for");
                 }
             }
-            assert!(moved.physics().is_following(), "the engine follows the received world");
+            assert!(moved.physics().is_in_step(), "the engine follows the received world");
             moved.take_over_received();
             assert!(!moved.physics().is_following());
         }

@@ -27,7 +27,6 @@ fn settings(start: Instant) -> NodeSettings {
         players: PlayerSettings::default(),
         checkpoint_every_ticks: 0,
         wall_clock: (start, 1_000_000),
-        engines_on_thread: false,
     }
 }
 

@@ -39,7 +39,6 @@ fn settings(name: &str, start: Instant, source: SourceConfig) -> NodeSettings {
         players: PlayerSettings::default(),
         checkpoint_every_ticks: 0,
         wall_clock: (start, 1_000_000),
-        engines_on_thread: false,
     }
 }
 

@@ -335,7 +335,6 @@ impl<L: RegionLogic + 'static> Host<L> {
             players: self.config.players,
             checkpoint_every_ticks: self.config.checkpoints.as_ref().map_or(0, |settings| settings.every_ticks),
             wall_clock: (Instant::now(), unix_micros()),
-            engines_on_thread: true,
         };
         let factory = self.factory.clone();
         let context = region_loop::LoopContext {

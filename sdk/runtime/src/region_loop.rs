@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use baton_sdk::handoff::{AuthorityError, HandoffSource, Message, Ownership, OwnershipAuthority, TargetPhase};
 use baton_sdk::node::{GatewayRequest, Gateways, Output, RegionNode};
+use baton_sdk::physics::{BuiltEngine, EngineBuild};
 use baton_sdk::wire::upstream::ServerMessage;
 use baton_sdk::wire::{PlayerId, PlayerInput, RegionId};
 use baton_sdk::{Region, RegionLogic};
@@ -64,6 +65,8 @@ pub enum Command<L: RegionLogic> {
     Query(RegionQuery<L>),
     /// A gateway's join, leave or arrival.
     Gateway(GatewayRequest),
+    /// The physics engine the node asked to build ([`Output::BuildEngine`]) is built.
+    EngineBuilt(Box<BuiltEngine>),
     /// The authority answered the node's last compare-and-swap.
     Authority(Result<(), AuthorityError>),
     /// Save the region to the checkpoint store and stop hosting it (a restart the old way).
@@ -223,6 +226,15 @@ fn observe_fault_point<L: RegionLogic + 'static>(
     }
 }
 
+/// Builds a handoff target's physics engine on a blocking thread, so the region's thread goes on
+/// receiving; the engine comes back as [`Command::EngineBuilt`].
+fn build_engine<L: RegionLogic + 'static>(context: &LoopContext<L>, build: EngineBuild) {
+    let answer = context.commands.clone();
+    context.runtime.spawn_blocking(move || {
+        let _ = answer.send(Command::EngineBuilt(Box::new(build.run())));
+    });
+}
+
 /// Most commands one pass of the region's loop handles before it lets a due tick run.
 const MAX_COMMANDS_PER_PASS: usize = 256;
 
@@ -244,6 +256,7 @@ fn apply<L: RegionLogic + 'static>(
         Command::FeedStandby { peer } => node.handle_start_standby(now, peer, fastrand::u64(..)),
         Command::Promote { epoch } => node.handle_promote(now, epoch),
         Command::Authority(result) => node.handle_authority(now, result),
+        Command::EngineBuilt(built) => node.handle_engine_built(now, *built),
         Command::CheckpointStored { tick, stored, owner } => {
             node.handle_checkpoint_stored(now, tick, stored, owner.as_ref());
         }
@@ -345,6 +358,7 @@ fn carry_out<L: RegionLogic + 'static>(
                     hub.broadcast(&bounced);
                 }
             }
+            Output::BuildEngine(build) => build_engine(context, build),
             Output::Ticked(_) => {}
             Output::StoreCheckpoint { info, bytes } => {
                 // Encoded on the region's thread at a tick boundary; stored on a blocking thread,

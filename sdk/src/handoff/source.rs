@@ -1321,7 +1321,9 @@ mod tests {
         for index in 0..bodies {
             let entity = world.spawn();
             let shape = crate::physics::Shape::Ball { radius: 0.5 };
-            world.insert(entity, Body::new(crate::physics::BodyKind::Dynamic, shape, [index as f32, 0.5, 0.0])).unwrap();
+            world
+                .insert(entity, Body::new(crate::physics::BodyKind::Dynamic, shape, [index as f32, 0.5, 0.0]))
+                .unwrap();
         }
         let now = Instant::now();
         let mut source = started_with(&world, now, config());

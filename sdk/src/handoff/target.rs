@@ -483,7 +483,11 @@ mod tests {
         target.engines_prepared();
         assert_eq!(target.poll_message(), Some(Message::Prepared { handoff: HANDOFF + 1 }));
         let (mut frozen, mut world, now) = receiving();
-        frozen.handle_message(now, &mut world, Message::Freeze { handoff: HANDOFF, round: 1, parts: 1, digest: 0, tick: 9, next_tick_in_us: 0 });
+        frozen.handle_message(
+            now,
+            &mut world,
+            Message::Freeze { handoff: HANDOFF, round: 1, parts: 1, digest: 0, tick: 9, next_tick_in_us: 0 },
+        );
         frozen.engines_prepared();
         assert_eq!(frozen.poll_message(), None);
     }

@@ -136,7 +136,6 @@ fn settings(name: &str, port: u16, start: Instant) -> NodeSettings {
         players: PlayerSettings::default(),
         checkpoint_every_ticks: 0,
         wall_clock: (start, 0),
-        engines_on_thread: false,
     }
 }
 
@@ -537,6 +536,8 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
                     self.authority_answers.push_back((now + self.authority_latency, side, result));
                 }
             }
+            // Built at once: the virtual clock does not race a real thread.
+            Output::BuildEngine(build) => self.node(side).handle_engine_built(now, build.run()),
             Output::Ticked(report) => self.record_tick(side, report.tick, &report.applied),
             Output::Bounce(ServerMessage::Bounced { player, seq, payload, .. }, _) => {
                 // The gateway routes a bounced input again, unless that would hand it straight

@@ -74,7 +74,6 @@ fn settings(name: &str, start: Instant) -> NodeSettings {
         players: PlayerSettings::default(),
         checkpoint_every_ticks: 0,
         wall_clock: (start, 0),
-        engines_on_thread: false,
     }
 }
 
