@@ -666,8 +666,12 @@ mod tests {
                 .map(|(entity, _)| entity)
                 .collect();
             changed.sort_unstable();
-            let expected: Vec<EntityId> =
-                region.world().iter::<Churn>().map(|(entity, _)| entity).filter(|entity| entity.0 % 4 == phase).collect();
+            let expected: Vec<EntityId> = region
+                .world()
+                .iter::<Churn>()
+                .map(|(entity, _)| entity)
+                .filter(|entity| entity.0 % 4 == phase)
+                .collect();
             assert_eq!(changed, expected);
             assert_eq!(expected.len(), 5, "20 churn entities, one in four a tick");
         }

@@ -118,7 +118,7 @@ impl ChangeSet {
 pub struct World {
     registry: Arc<Registry>,
     /// Live entities and a bit per component type they hold.
-    entities: BTreeMap<EntityId, u128>,
+    entities: Column<u128>,
     stores: Vec<Box<dyn ErasedStore>>,
     next_entity: u64,
     tick: u64,
@@ -142,7 +142,7 @@ impl World {
         let stores = registry.infos().map(|(_, info)| (info.new_store)()).collect();
         World {
             registry: Arc::new(registry),
-            entities: BTreeMap::new(),
+            entities: Column::default(),
             stores,
             next_entity: 1,
             tick: 0,
@@ -191,7 +191,7 @@ impl World {
     /// Spawns `entity` if it is not alive; returns whether it was spawned. Used when applying
     /// archives, where ids come from the source world.
     pub(crate) fn spawn_with_id(&mut self, entity: EntityId) -> bool {
-        if self.entities.contains_key(&entity) {
+        if self.entities.contains(entity) {
             return false;
         }
         self.entities.insert(entity, 0);
@@ -203,7 +203,7 @@ impl World {
 
     /// Despawns `entity` and all its components; returns whether it was alive.
     pub fn despawn(&mut self, entity: EntityId) -> bool {
-        let Some(mask) = self.entities.remove(&entity) else {
+        let Some(mask) = self.entities.remove(entity) else {
             return false;
         };
         for index in MaskBits(mask) {
@@ -219,7 +219,7 @@ impl World {
     /// Whether `entity` is alive.
     #[must_use]
     pub fn is_alive(&self, entity: EntityId) -> bool {
-        self.entities.contains_key(&entity)
+        self.entities.contains(entity)
     }
 
     /// Number of live entities.
@@ -230,29 +230,29 @@ impl World {
 
     /// Live entities in id order.
     pub fn entities(&self) -> impl Iterator<Item = EntityId> + '_ {
-        self.entities.keys().copied()
+        self.entities.iter().map(|(entity, _)| entity)
     }
 
     /// Live entities with ids in `from..`, in id order.
     pub(crate) fn entities_from(&self, from: EntityId) -> impl Iterator<Item = (EntityId, u128)> + '_ {
-        self.entities.range(from..).map(|(entity, mask)| (*entity, *mask))
+        self.entities.range_from(from).map(|(entity, mask)| (entity, *mask))
     }
 
     /// The component mask of a live entity.
     pub(crate) fn mask_of(&self, entity: EntityId) -> Option<u128> {
-        self.entities.get(&entity).copied()
+        self.entities.get(entity).copied()
     }
 
     /// Inserts or replaces component `T` on `entity`; returns the previous value.
     pub fn insert<T: Component>(&mut self, entity: EntityId, value: T) -> Result<Option<T>, WorldError> {
         let id = self.component_id::<T>()?;
-        let Some(mask) = self.entities.get_mut(&entity) else {
+        let Some(mask) = self.entities.get_mut(entity) else {
             return Err(WorldError::NoSuchEntity(entity));
         };
         *mask |= 1u128 << id.0;
         let stamp = self.journal.stamp;
         let store = typed_store_mut::<T>(&mut self.stores, id);
-        let previous = store.entries.insert(entity, Entry { value, stamp, folded: None });
+        let previous = store.insert(entity, Entry { value, stamp, folded: None });
         let previous = previous.map(|entry| {
             if let Some(folded) = entry.folded {
                 self.digest.component_sum = self.digest.component_sum.wrapping_sub(folded);
@@ -266,8 +266,8 @@ impl World {
     /// Removes component `T` from `entity`; returns it.
     pub fn remove<T: Component>(&mut self, entity: EntityId) -> Option<T> {
         let id = self.registry.id_of::<T>()?;
-        let entry = typed_store_mut::<T>(&mut self.stores, id).entries.remove(&entity)?;
-        if let Some(mask) = self.entities.get_mut(&entity) {
+        let entry = typed_store_mut::<T>(&mut self.stores, id).remove(entity)?;
+        if let Some(mask) = self.entities.get_mut(entity) {
             *mask &= !(1u128 << id.0);
         }
         if let Some(folded) = entry.folded {
@@ -285,7 +285,7 @@ impl World {
         let Some(folded) = store.remove(entity) else {
             return false;
         };
-        if let Some(mask) = self.entities.get_mut(&entity) {
+        if let Some(mask) = self.entities.get_mut(entity) {
             *mask &= !(1u128 << id.0);
         }
         if let Some(folded) = folded {
@@ -299,7 +299,7 @@ impl World {
     #[must_use]
     pub fn get<T: Component>(&self, entity: EntityId) -> Option<&T> {
         let id = self.registry.id_of::<T>()?;
-        typed_store::<T>(&self.stores, id).entries.get(&entity).map(|entry| &entry.value)
+        typed_store::<T>(&self.stores, id).get(entity).map(|entry| &entry.value)
     }
 
     /// Whether `entity` has component `T`.
@@ -313,19 +313,15 @@ impl World {
     pub fn get_mut<T: Component>(&mut self, entity: EntityId) -> Option<Mut<'_, T>> {
         let id = self.registry.id_of::<T>()?;
         let store = typed_store_mut::<T>(&mut self.stores, id);
-        let entry = store.entries.get_mut(&entity)?;
+        let entry = store.get_mut(entity)?;
         Some(Mut { entry, journal: &mut self.journal, entity, component: id })
     }
 
     /// Every entity with component `T` and its value, in entity-id order.
     pub fn iter<T: Component>(&self) -> impl Iterator<Item = (EntityId, &T)> + '_ {
-        let entries = self
-            .registry
-            .id_of::<T>()
-            .map(|id| typed_store::<T>(&self.stores, id).entries.iter())
-            .into_iter()
-            .flatten();
-        entries.map(|(entity, entry)| (*entity, &entry.value))
+        let entries =
+            self.registry.id_of::<T>().map(|id| typed_store::<T>(&self.stores, id).iter()).into_iter().flatten();
+        entries.map(|(entity, entry)| (entity, &entry.value))
     }
 
     /// Calls `visit` with every entity holding `T` and a change guard for its value, in entity-id
@@ -335,8 +331,8 @@ impl World {
             return;
         };
         let store = typed_store_mut::<T>(&mut self.stores, id);
-        for (entity, entry) in &mut store.entries {
-            visit(*entity, Mut { entry, journal: &mut self.journal, entity: *entity, component: id });
+        for (entity, entry) in store.iter_mut() {
+            visit(entity, Mut { entry, journal: &mut self.journal, entity, component: id });
         }
     }
 
@@ -359,10 +355,10 @@ impl World {
         let bit = 1u128 << id.0;
         for entity in entities {
             // One lookup per value: mark the component on a live entity, or spawn it with it.
-            match self.entities.entry(*entity) {
-                std::collections::btree_map::Entry::Occupied(mut occupied) => *occupied.get_mut() |= bit,
-                std::collections::btree_map::Entry::Vacant(vacant) => {
-                    vacant.insert(bit);
+            match self.entities.get_mut(*entity) {
+                Some(mask) => *mask |= bit,
+                None => {
+                    self.entities.insert(*entity, bit);
                     self.next_entity = self.next_entity.max(entity.0.saturating_add(1));
                     self.digest.entity_sum = self.digest.entity_sum.wrapping_add(entity_hash(*entity));
                     self.journal.push(*entity, ChangeKind::Spawned);
@@ -475,10 +471,10 @@ impl World {
         let mut scratch = AlignedVec::new();
         let mut component_sum: u128 = 0;
         let mut entity_sum: u128 = 0;
-        for (entity, mask) in &self.entities {
-            entity_sum = entity_sum.wrapping_add(entity_hash(*entity));
+        for (entity, mask) in self.entities.iter() {
+            entity_sum = entity_sum.wrapping_add(entity_hash(entity));
             for index in MaskBits(*mask) {
-                let (hash, returned) = self.stores[index].hash_entry(*entity, scratch);
+                let (hash, returned) = self.stores[index].hash_entry(entity, scratch);
                 scratch = returned;
                 component_sum = component_sum.wrapping_add(hash.unwrap_or(0));
             }
@@ -648,14 +644,234 @@ pub(crate) struct Entry<T> {
     folded: Option<u128>,
 }
 
-/// Storage of one component type.
-pub(crate) struct Store<T> {
-    pub(crate) entries: BTreeMap<EntityId, Entry<T>>,
+/// Values by entity: a dense column sorted by entity id, found by id through a paged direct
+/// index, so a lookup costs two array reads however many entities there are (a B-tree of a million
+/// entries cost a chain of cache misses per lookup: most of a busy million-entity region's tick).
+/// Entity ids only grow, so a new entity's value goes at the column's end. A value given to an
+/// older entity waits in a small ordered side map, a removed one leaves a tombstone; both are
+/// folded into the column when they grow past a share of it ([`Column::compact`]), so every
+/// operation stays amortised constant time and iteration stays in entity order. The world's
+/// entity table and each component type's storage are columns.
+pub(crate) struct Column<V> {
+    /// Entity of each column position, ascending (tombstones keep theirs).
+    ids: Vec<EntityId>,
+    /// Value at each column position; `None` is a tombstone.
+    values: Vec<Option<V>>,
+    /// Column position of each live entity in the column.
+    index: ColumnIndex,
+    /// Values of entities below the column's last id, and of entities too large to index.
+    side: BTreeMap<EntityId, V>,
+    tombstones: usize,
 }
 
-impl<T> Default for Store<T> {
+impl<V> Default for Column<V> {
     fn default() -> Self {
-        Store { entries: BTreeMap::new() }
+        Column {
+            ids: Vec::new(),
+            values: Vec::new(),
+            index: ColumnIndex::default(),
+            side: BTreeMap::new(),
+            tombstones: 0,
+        }
+    }
+}
+
+/// The side map and tombstones are folded into the column once they exceed this many entries, or
+/// an eighth (side map) or a half (tombstones) of the column, whichever is more.
+const COMPACT_AT_LEAST: usize = 1024;
+
+impl<V> Column<V> {
+    pub(crate) fn len(&self) -> usize {
+        self.ids.len() - self.tombstones + self.side.len()
+    }
+
+    pub(crate) fn get(&self, entity: EntityId) -> Option<&V> {
+        match self.index.get(entity) {
+            Some(position) => self.values[position].as_ref(),
+            None if self.side.is_empty() => None,
+            None => self.side.get(&entity),
+        }
+    }
+
+    pub(crate) fn get_mut(&mut self, entity: EntityId) -> Option<&mut V> {
+        match self.index.get(entity) {
+            Some(position) => self.values[position].as_mut(),
+            None if self.side.is_empty() => None,
+            None => self.side.get_mut(&entity),
+        }
+    }
+
+    pub(crate) fn contains(&self, entity: EntityId) -> bool {
+        self.get(entity).is_some()
+    }
+
+    /// Inserts or replaces `entity`'s value; returns the replaced one.
+    pub(crate) fn insert(&mut self, entity: EntityId, value: V) -> Option<V> {
+        if let Some(position) = self.index.get(entity) {
+            return self.values[position].replace(value);
+        }
+        if let Some(existing) = self.side.get_mut(&entity) {
+            return Some(std::mem::replace(existing, value));
+        }
+        if !ColumnIndex::covers(entity) {
+            self.side.insert(entity, value);
+            return None;
+        }
+        if self.ids.last().is_none_or(|last| entity > *last) {
+            self.index.set(entity, self.ids.len());
+            self.ids.push(entity);
+            self.values.push(Some(value));
+            return None;
+        }
+        // Below the column's end: the entity's own tombstone is revived in place, anything else
+        // waits in the side map.
+        if let Ok(position) = self.ids.binary_search(&entity) {
+            self.values[position] = Some(value);
+            self.index.set(entity, position);
+            self.tombstones -= 1;
+            return None;
+        }
+        self.side.insert(entity, value);
+        if self.side.len() > COMPACT_AT_LEAST.max(self.ids.len() / 8) {
+            self.compact();
+        }
+        None
+    }
+
+    pub(crate) fn remove(&mut self, entity: EntityId) -> Option<V> {
+        let Some(position) = self.index.get(entity) else {
+            return if self.side.is_empty() { None } else { self.side.remove(&entity) };
+        };
+        self.index.clear(entity);
+        self.tombstones += 1;
+        let removed = self.values[position].take();
+        if self.tombstones > COMPACT_AT_LEAST.max(self.ids.len() / 2) {
+            self.compact();
+        }
+        removed
+    }
+
+    /// Folds the side map into the column and drops the tombstones, in entity order.
+    fn compact(&mut self) {
+        let ids = std::mem::take(&mut self.ids);
+        let values = std::mem::take(&mut self.values);
+        let side = std::mem::take(&mut self.side);
+        let live = ids.len() - self.tombstones + side.len();
+        self.ids.reserve(live);
+        self.values.reserve(live);
+        self.index = ColumnIndex::default();
+        self.tombstones = 0;
+        let dense = ids.into_iter().zip(values).filter_map(|(entity, value)| value.map(|value| (entity, value)));
+        for (entity, value) in MergeById::new(dense, side.into_iter()) {
+            if ColumnIndex::covers(entity) {
+                self.index.set(entity, self.ids.len());
+                self.ids.push(entity);
+                self.values.push(Some(value));
+            } else {
+                self.side.insert(entity, value);
+            }
+        }
+    }
+
+    /// Every value, in entity order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (EntityId, &V)> + '_ {
+        self.range_from(EntityId(0))
+    }
+
+    /// Every value of an entity at or after `from`, in entity order.
+    pub(crate) fn range_from(&self, from: EntityId) -> impl Iterator<Item = (EntityId, &V)> + '_ {
+        let start = self.ids.partition_point(|entity| *entity < from);
+        let dense = self.ids[start..]
+            .iter()
+            .zip(&self.values[start..])
+            .filter_map(|(entity, value)| value.as_ref().map(|value| (*entity, value)));
+        MergeById::new(dense, self.side.range(from..).map(|(entity, value)| (*entity, value)))
+    }
+
+    /// Every value, in entity order, for change.
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (EntityId, &mut V)> + '_ {
+        let dense = self
+            .ids
+            .iter()
+            .zip(&mut self.values)
+            .filter_map(|(entity, value)| value.as_mut().map(|value| (*entity, value)));
+        MergeById::new(dense, self.side.iter_mut().map(|(entity, value)| (*entity, value)))
+    }
+
+    /// Entities holding a value within `first..=last`, in order.
+    pub(crate) fn entities_in(&self, first: EntityId, last: EntityId) -> Vec<EntityId> {
+        if first > last {
+            return Vec::new();
+        }
+        self.range_from(first).map(|(entity, _)| entity).take_while(|entity| *entity <= last).collect()
+    }
+}
+
+/// Storage of one component type.
+pub(crate) type Store<T> = Column<Entry<T>>;
+
+/// Merges two iterators of distinct entities, each in entity order, into one in entity order.
+struct MergeById<A: Iterator, B: Iterator> {
+    left: std::iter::Peekable<A>,
+    right: std::iter::Peekable<B>,
+}
+
+impl<X, A: Iterator<Item = (EntityId, X)>, B: Iterator<Item = (EntityId, X)>> MergeById<A, B> {
+    fn new(left: A, right: B) -> Self {
+        MergeById { left: left.peekable(), right: right.peekable() }
+    }
+}
+
+impl<X, A: Iterator<Item = (EntityId, X)>, B: Iterator<Item = (EntityId, X)>> Iterator for MergeById<A, B> {
+    type Item = (EntityId, X);
+    fn next(&mut self) -> Option<(EntityId, X)> {
+        match (self.left.peek(), self.right.peek()) {
+            (Some((left, _)), Some((right, _))) if right < left => self.right.next(),
+            (Some(_), _) => self.left.next(),
+            (None, _) => self.right.next(),
+        }
+    }
+}
+
+/// Column positions by entity id, in pages of [`INDEX_PAGE`] ids allocated as ids are used.
+#[derive(Default)]
+struct ColumnIndex {
+    /// Per page, the column position plus one of each id (0: not in the column).
+    pages: Vec<Option<Box<[u32; INDEX_PAGE]>>>,
+}
+
+const INDEX_PAGE: usize = 1024;
+/// Ids at or above this (a billion: far beyond what a region spawns in its life, but what a
+/// hostile archive could name) are kept in the side map instead, so the page table stays small.
+const INDEX_LIMIT: u64 = 1 << 30;
+
+impl ColumnIndex {
+    fn covers(entity: EntityId) -> bool {
+        entity.0 < INDEX_LIMIT
+    }
+
+    fn get(&self, entity: EntityId) -> Option<usize> {
+        let page = usize::try_from(entity.0).ok()? / INDEX_PAGE;
+        let slot = self.pages.get(page)?.as_ref()?[usize::try_from(entity.0).ok()? % INDEX_PAGE];
+        slot.checked_sub(1).map(|position| position as usize)
+    }
+
+    /// Records `position` for `entity`, which [`ColumnIndex::covers`].
+    fn set(&mut self, entity: EntityId, position: usize) {
+        let id = entity.0 as usize;
+        let page = id / INDEX_PAGE;
+        if self.pages.len() <= page {
+            self.pages.resize_with(page + 1, || None);
+        }
+        let slots = self.pages[page].get_or_insert_with(|| Box::new([0; INDEX_PAGE]));
+        slots[id % INDEX_PAGE] = u32::try_from(position + 1).unwrap_or(0);
+    }
+
+    fn clear(&mut self, entity: EntityId) {
+        let id = entity.0 as usize;
+        if let Some(Some(slots)) = self.pages.get_mut(id / INDEX_PAGE) {
+            slots[id % INDEX_PAGE] = 0;
+        }
     }
 }
 
@@ -688,19 +904,19 @@ impl<T: Component> ErasedStore for Store<T> {
         self
     }
     fn len(&self) -> usize {
-        self.entries.len()
+        Store::len(self)
     }
     fn contains(&self, entity: EntityId) -> bool {
-        self.entries.contains_key(&entity)
+        Store::contains(self, entity)
     }
     fn stamp_of(&self, entity: EntityId) -> Option<u64> {
-        self.entries.get(&entity).map(|entry| entry.stamp)
+        self.get(entity).map(|entry| entry.stamp)
     }
     fn remove(&mut self, entity: EntityId) -> Option<Option<u128>> {
-        self.entries.remove(&entity).map(|entry| entry.folded)
+        Store::remove(self, entity).map(|entry| entry.folded)
     }
     fn refold(&mut self, entity: EntityId, scratch: AlignedVec) -> (Option<(u128, u128)>, AlignedVec) {
-        let Some(entry) = self.entries.get_mut(&entity) else {
+        let Some(entry) = Store::get_mut(self, entity) else {
             return (None, scratch);
         };
         let (hash, scratch) = value_hash(&entry.value, entity, scratch);
@@ -708,7 +924,7 @@ impl<T: Component> ErasedStore for Store<T> {
         (Some((previous, hash)), scratch)
     }
     fn hash_entry(&self, entity: EntityId, scratch: AlignedVec) -> (Option<u128>, AlignedVec) {
-        match self.entries.get(&entity) {
+        match self.get(entity) {
             Some(entry) => {
                 let (hash, scratch) = value_hash(&entry.value, entity, scratch);
                 (Some(hash), scratch)
@@ -719,7 +935,7 @@ impl<T: Component> ErasedStore for Store<T> {
     fn encode_entities(&self, entities: &[EntityId], out: AlignedVec) -> Result<AlignedVec, CodecError> {
         let mut values = Vec::with_capacity(entities.len());
         for entity in entities {
-            match self.entries.get(entity) {
+            match self.get(*entity) {
                 Some(entry) => values.push(&entry.value),
                 None => return Err(CodecError::Encode(format!("entity {entity} has no {}", T::NAME))),
             }
@@ -727,7 +943,7 @@ impl<T: Component> ErasedStore for Store<T> {
         T::encode_column(&values, out)
     }
     fn entities_in(&self, first: EntityId, last: EntityId) -> Vec<EntityId> {
-        self.entries.range(first..=last).map(|(entity, _)| *entity).collect()
+        Store::entities_in(self, first, last)
     }
     fn insert_decoded(&mut self, entities: &[EntityId], values: Box<dyn Any>, stamp: u64) -> Vec<u128> {
         let mut replaced = Vec::new();
@@ -737,7 +953,7 @@ impl<T: Component> ErasedStore for Store<T> {
             return replaced;
         };
         for (entity, value) in entities.iter().zip(*values) {
-            if let Some(previous) = self.entries.insert(*entity, Entry { value, stamp, folded: None })
+            if let Some(previous) = self.insert(*entity, Entry { value, stamp, folded: None })
                 && let Some(folded) = previous.folded
             {
                 replaced.push(folded);
@@ -1010,6 +1226,99 @@ mod tests {
         let [first, second] = &mut worlds;
         assert_ne!(first.digest(), second.digest(), "as many entities, not the same ones");
         assert_eq!(first.digest(), first.digest_full());
+    }
+
+    /// One step of the model test, on the `Hp` of an entity.
+    #[derive(Clone, Debug)]
+    enum StoreOp {
+        Insert(u64, u32),
+        Remove(u64),
+        Change(u64, u32),
+        Despawn(u64),
+    }
+
+    fn store_op() -> impl proptest::strategy::Strategy<Value = StoreOp> {
+        use proptest::prelude::*;
+        // More entities than the compaction threshold, in any order, and a few beyond what the
+        // column index covers.
+        let entity = prop_oneof![20 => 1u64..3000, 1 => INDEX_LIMIT - 2..INDEX_LIMIT + 3];
+        prop_oneof![
+            4 => (entity.clone(), any::<u32>()).prop_map(|(entity, value)| StoreOp::Insert(entity, value)),
+            2 => entity.clone().prop_map(StoreOp::Remove),
+            2 => (entity.clone(), any::<u32>()).prop_map(|(entity, value)| StoreOp::Change(entity, value)),
+            1 => entity.prop_map(StoreOp::Despawn),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 48, ..proptest::test_runner::Config::default() })]
+
+        /// The column store against an ordered map: whatever the order components come and go in,
+        /// each is found, iteration and ranges are in entity order, and the digest is the same as
+        /// one computed from scratch.
+        #[test]
+        fn components_are_found_and_iterated_in_entity_order_however_they_came(
+            ops in proptest::collection::vec(store_op(), 1..5000),
+        ) {
+            let mut world = world();
+            let (hp, _) = ids(&world);
+            let mut model: BTreeMap<EntityId, u32> = BTreeMap::new();
+            let mut alive: std::collections::BTreeSet<EntityId> = std::collections::BTreeSet::new();
+            for op in ops {
+                match op {
+                    StoreOp::Insert(id, value) => {
+                        let entity = EntityId(id);
+                        proptest::prop_assert_eq!(world.spawn_with_id(entity), alive.insert(entity));
+                        let previous = world.insert(entity, Hp(value)).unwrap().map(|hp| hp.0);
+                        proptest::prop_assert_eq!(previous, model.insert(entity, value));
+                    }
+                    StoreOp::Remove(id) => {
+                        let entity = EntityId(id);
+                        proptest::prop_assert_eq!(world.remove::<Hp>(entity).map(|hp| hp.0), model.remove(&entity));
+                    }
+                    StoreOp::Change(id, value) => {
+                        let entity = EntityId(id);
+                        match world.get_mut::<Hp>(entity) {
+                            Some(mut guard) => {
+                                guard.0 = value;
+                                proptest::prop_assert!(model.insert(entity, value).is_some());
+                            }
+                            None => proptest::prop_assert!(!model.contains_key(&entity)),
+                        }
+                    }
+                    StoreOp::Despawn(id) => {
+                        let entity = EntityId(id);
+                        proptest::prop_assert_eq!(world.despawn(entity), alive.remove(&entity));
+                        model.remove(&entity);
+                    }
+                }
+            }
+            // The entity table is a column too.
+            proptest::prop_assert_eq!(world.entities().collect::<Vec<_>>(), alive.iter().copied().collect::<Vec<_>>());
+            proptest::prop_assert_eq!(world.entity_count(), alive.len());
+            let from: Vec<EntityId> = world.entities_from(EntityId(1500)).map(|(entity, _)| entity).collect();
+            proptest::prop_assert_eq!(from, alive.range(EntityId(1500)..).copied().collect::<Vec<_>>());
+            let held: Vec<(EntityId, u32)> = world.iter::<Hp>().map(|(entity, hp)| (entity, hp.0)).collect();
+            let expected: Vec<(EntityId, u32)> = model.iter().map(|(entity, value)| (*entity, *value)).collect();
+            proptest::prop_assert_eq!(&held, &expected);
+            proptest::prop_assert_eq!(world.count::<Hp>(), model.len());
+            for (entity, value) in &model {
+                proptest::prop_assert_eq!(world.get::<Hp>(*entity), Some(&Hp(*value)));
+            }
+            for (first, last) in [(1, 2999), (500, 1500), (2999, INDEX_LIMIT + 5), (40, 39)] {
+                let range = world.store(hp).entities_in(EntityId(first), EntityId(last));
+                let expected: Vec<EntityId> = if first > last {
+                    Vec::new()
+                } else {
+                    model.range(EntityId(first)..=EntityId(last)).map(|(entity, _)| *entity).collect()
+                };
+                proptest::prop_assert_eq!(range, expected);
+            }
+            let mut visited = Vec::new();
+            world.for_each_mut::<Hp>(|entity, guard| visited.push((entity, guard.0)));
+            proptest::prop_assert_eq!(visited, expected);
+            proptest::prop_assert_eq!(world.digest(), world.digest_full());
+        }
     }
 
     #[test]
