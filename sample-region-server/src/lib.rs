@@ -429,8 +429,9 @@ impl RegionLogic for SampleLogic {
     fn tick(&mut self, world: &mut World) {
         let dt = self.dt;
         if self.churn_period > 0 {
-            // The entities whose id is `phase` modulo the period, by id: visiting only those keeps
-            // a tick of a region of a million churn entities at the cost of the ones that change.
+            // The entities whose id is `phase` modulo the period, by id: one id in `period` is
+            // looked at (whatever it holds), not every churn entity, so a tick of a region of a
+            // million churn entities costs about what changes in it.
             let phase = world.tick() % self.churn_period;
             let step = usize::try_from(self.churn_period).unwrap_or(usize::MAX);
             for id in (phase..world.next_entity_id()).step_by(step) {

@@ -47,6 +47,8 @@ pub const HANDOFF_BYTES_TOTAL: &str = "baton_handoff_bytes_total";
 pub const HANDOFFS_TOTAL: &str = "baton_handoffs_total";
 /// Counter: handoffs that said their rounds could not converge and waited for a quieter moment.
 pub const HANDOFF_WAITS_TOTAL: &str = "baton_handoff_waits_total";
+/// Counter: handoffs that froze before the target's engines were ready (`engines_ready_wait`).
+pub const HANDOFF_UNREADY_FREEZES_TOTAL: &str = "baton_handoff_unready_freezes_total";
 /// Counter: avatars that left a region across a border, by region.
 pub const BORDER_CROSSINGS_TOTAL: &str = "baton_border_crossings_total";
 
@@ -72,6 +74,10 @@ pub fn describe() {
     metrics::describe_counter!(
         HANDOFF_WAITS_TOTAL,
         "Handoffs whose rounds could not converge and that waited for a quieter moment."
+    );
+    metrics::describe_counter!(
+        HANDOFF_UNREADY_FREEZES_TOTAL,
+        "Handoffs that froze before the target's engines were ready (the target built them in the freeze)."
     );
     metrics::describe_histogram!(TICK_DURATION_SECONDS, metrics::Unit::Seconds, "Time to run one region tick.");
     metrics::describe_counter!(TICKS_TOTAL, "Region ticks run.");
@@ -219,6 +225,17 @@ pub fn handoff_waiting(
         change_bytes_per_tick,
         delivery_bytes_per_second,
         "handoff waits for a quieter moment"
+    );
+}
+
+/// A handoff of a region with many bodies freezes although the target never said its engines
+/// were ready, `waited` after its first round: the target builds them in the freeze.
+pub fn handoff_freezes_unready(region: RegionId, waited: std::time::Duration) {
+    metrics::counter!(HANDOFF_UNREADY_FREEZES_TOTAL).increment(1);
+    tracing::warn!(
+        %region,
+        waited_ms = waited.as_millis() as u64,
+        "handoff freezes before the target's engines are ready"
     );
 }
 

@@ -877,12 +877,12 @@ impl<L: RegionLogic> RegionNode<L> {
 
     /// The engine [`Output::BuildEngine`] asked for is built: a target still receiving installs it
     /// and tells its source it is prepared (protocol.md §4). Anywhere else it is stale and dropped.
-    pub fn handle_engine_built(&mut self, _now: Instant, built: BuiltEngine) {
+    pub fn handle_engine_built(&mut self, now: Instant, built: BuiltEngine) {
         if let State::Target { receiver } = &mut self.state
             && matches!(receiver.phase(), TargetPhase::Receiving | TargetPhase::Verifying)
             && self.region.install_engine(built)
         {
-            receiver.engines_prepared();
+            receiver.handle_engines_ready(now);
         }
     }
 
@@ -903,9 +903,11 @@ impl<L: RegionLogic> RegionNode<L> {
                     let follower = StandbyFollower::new(now, TargetConfig::new(&self.settings.name), world, &message);
                     self.state = State::Standby { follower, reported: None };
                 } else {
-                    // A delta round comes after the whole snapshot: from then on the engines
-                    // follow the received world, so the commit does not wait for their build.
-                    let follows = matches!(message, Message::Delta { .. });
+                    // protocol.md §4: a delta round of this attempt comes after its whole
+                    // snapshot; from then on the engines follow the received world, so the commit
+                    // does not wait for their build.
+                    let follows =
+                        matches!(message, Message::Delta { .. }) && Some(message.handoff()) == receiver.handoff();
                     receiver.handle_message(now, world, message);
                     if follows
                         && matches!(receiver.phase(), TargetPhase::Receiving | TargetPhase::Verifying)

@@ -644,9 +644,10 @@ pub(crate) struct Entry<T> {
     folded: Option<u128>,
 }
 
-/// Values by entity: a dense column sorted by entity id, found by id through a paged direct
-/// index, so a lookup costs two array reads however many entities there are (a B-tree of a million
-/// entries cost a chain of cache misses per lookup: most of a busy million-entity region's tick).
+/// Values by entity: a dense column sorted by entity id, found by id through a paged index, so a
+/// lookup costs a page lookup and two array reads however many entities there are (a B-tree of a
+/// million entries cost a chain of cache misses per lookup: most of a busy million-entity region's
+/// tick); a miss also looks in the side map when it holds anything.
 /// Entity ids only grow, so a new entity's value goes at the column's end. A value given to an
 /// older entity waits in a small ordered side map, a removed one leaves a tombstone; both are
 /// folded into the column when they grow past a share of it ([`Column::compact`]), so every
@@ -659,7 +660,7 @@ pub(crate) struct Column<V> {
     values: Vec<Option<V>>,
     /// Column position of each live entity in the column.
     index: ColumnIndex,
-    /// Values of entities below the column's last id, and of entities too large to index.
+    /// Values of entities below the column's last id, given since the last compaction.
     side: BTreeMap<EntityId, V>,
     tombstones: usize,
 }
@@ -677,8 +678,12 @@ impl<V> Default for Column<V> {
 }
 
 /// The side map and tombstones are folded into the column once they exceed this many entries, or
-/// an eighth (side map) or a half (tombstones) of the column, whichever is more.
+/// an eighth (side map) or a half (tombstones) of the column, whichever is more. (Few in tests, so
+/// that they fold often.)
+#[cfg(not(test))]
 const COMPACT_AT_LEAST: usize = 1024;
+#[cfg(test)]
+const COMPACT_AT_LEAST: usize = 8;
 
 impl<V> Column<V> {
     pub(crate) fn len(&self) -> usize {
@@ -712,10 +717,6 @@ impl<V> Column<V> {
         }
         if let Some(existing) = self.side.get_mut(&entity) {
             return Some(std::mem::replace(existing, value));
-        }
-        if !ColumnIndex::covers(entity) {
-            self.side.insert(entity, value);
-            return None;
         }
         if self.ids.last().is_none_or(|last| entity > *last) {
             self.index.set(entity, self.ids.len());
@@ -763,13 +764,9 @@ impl<V> Column<V> {
         self.tombstones = 0;
         let dense = ids.into_iter().zip(values).filter_map(|(entity, value)| value.map(|value| (entity, value)));
         for (entity, value) in MergeById::new(dense, side.into_iter()) {
-            if ColumnIndex::covers(entity) {
-                self.index.set(entity, self.ids.len());
-                self.ids.push(entity);
-                self.values.push(Some(value));
-            } else {
-                self.side.insert(entity, value);
-            }
+            self.index.set(entity, self.ids.len());
+            self.ids.push(entity);
+            self.values.push(Some(value));
         }
     }
 
@@ -833,44 +830,35 @@ impl<X, A: Iterator<Item = (EntityId, X)>, B: Iterator<Item = (EntityId, X)>> It
     }
 }
 
-/// Column positions by entity id, in pages of [`INDEX_PAGE`] ids allocated as ids are used.
+/// Column positions by entity id, in pages of [`INDEX_PAGE`] ids allocated as ids are used, found
+/// by page number in a hash map (ids never repeat and only grow, so a long-lived region's ids are
+/// large; a hostile archive's may be anything: no id makes the table itself large).
 #[derive(Default)]
 struct ColumnIndex {
     /// Per page, the column position plus one of each id (0: not in the column).
-    pages: Vec<Option<Box<[u32; INDEX_PAGE]>>>,
+    pages: rustc_hash::FxHashMap<u64, Box<[u32; INDEX_PAGE]>>,
 }
 
-const INDEX_PAGE: usize = 1024;
-/// Ids at or above this (a billion: far beyond what a region spawns in its life, but what a
-/// hostile archive could name) are kept in the side map instead, so the page table stays small.
-const INDEX_LIMIT: u64 = 1 << 30;
+const INDEX_PAGE: usize = 256;
 
 impl ColumnIndex {
-    fn covers(entity: EntityId) -> bool {
-        entity.0 < INDEX_LIMIT
-    }
-
     fn get(&self, entity: EntityId) -> Option<usize> {
-        let page = usize::try_from(entity.0).ok()? / INDEX_PAGE;
-        let slot = self.pages.get(page)?.as_ref()?[usize::try_from(entity.0).ok()? % INDEX_PAGE];
+        let slots = self.pages.get(&(entity.0 / INDEX_PAGE as u64))?;
+        let slot = slots[(entity.0 % INDEX_PAGE as u64) as usize];
         slot.checked_sub(1).map(|position| position as usize)
     }
 
-    /// Records `position` for `entity`, which [`ColumnIndex::covers`].
     fn set(&mut self, entity: EntityId, position: usize) {
-        let id = entity.0 as usize;
-        let page = id / INDEX_PAGE;
-        if self.pages.len() <= page {
-            self.pages.resize_with(page + 1, || None);
-        }
-        let slots = self.pages[page].get_or_insert_with(|| Box::new([0; INDEX_PAGE]));
-        slots[id % INDEX_PAGE] = u32::try_from(position + 1).unwrap_or(0);
+        let slots = self.pages.entry(entity.0 / INDEX_PAGE as u64).or_insert_with(|| Box::new([0; INDEX_PAGE]));
+        // Memory runs out long before a column holds four billion entries.
+        #[allow(clippy::expect_used)]
+        let slot = u32::try_from(position + 1).expect("a column holds fewer than 2^32 entries");
+        slots[(entity.0 % INDEX_PAGE as u64) as usize] = slot;
     }
 
     fn clear(&mut self, entity: EntityId) {
-        let id = entity.0 as usize;
-        if let Some(Some(slots)) = self.pages.get_mut(id / INDEX_PAGE) {
-            slots[id % INDEX_PAGE] = 0;
+        if let Some(slots) = self.pages.get_mut(&(entity.0 / INDEX_PAGE as u64)) {
+            slots[(entity.0 % INDEX_PAGE as u64) as usize] = 0;
         }
     }
 }
@@ -1228,6 +1216,41 @@ mod tests {
         assert_eq!(first.digest(), first.digest_full());
     }
 
+    #[test]
+    fn a_column_folds_its_side_map_and_tombstones_in_and_still_finds_everything() {
+        let mut column: Column<u32> = Column::default();
+        for id in (2..=100).rev().step_by(2) {
+            // Even ids first, from the top: all but the first wait in the side map, which is
+            // folded in once it holds more than 8 (and an eighth of the column).
+            column.insert(EntityId(id), id as u32);
+        }
+        for id in (1..=99).step_by(2) {
+            column.insert(EntityId(id), id as u32);
+        }
+        assert_eq!(column.len(), 100);
+        assert!(column.side.len() <= 12, "folded in: {} waiting", column.side.len());
+        let in_order: Vec<(EntityId, u32)> = column.iter().map(|(entity, value)| (entity, *value)).collect();
+        assert_eq!(in_order, (1..=100).map(|id| (EntityId(id), id as u32)).collect::<Vec<_>>());
+        // Removing more than half leaves tombstones until they are folded out.
+        for id in 1..=60 {
+            assert!(column.remove(EntityId(id)).is_some());
+        }
+        assert!(column.tombstones < 60, "tombstones folded out: {} left", column.tombstones);
+        assert_eq!(column.len(), 40);
+        for id in 61..=100 {
+            assert_eq!(column.get(EntityId(id)), Some(&(id as u32)), "{id} found after the fold");
+        }
+        assert_eq!(column.get(EntityId(5)), None);
+        // A tombstone is revived in place; an entity below the column's start waits in the side map.
+        let tombstones = column.tombstones;
+        let tombstone = *column.ids.iter().find(|entity| column.get(**entity).is_none()).expect("a tombstone is left");
+        assert_eq!(column.insert(tombstone, 7), None);
+        assert_eq!((column.get(tombstone), column.tombstones, column.side.len()), (Some(&7), tombstones - 1, 0));
+        assert_eq!(column.insert(EntityId(1), 1), None);
+        assert_eq!(column.entities_in(EntityId(1), EntityId(62)).first(), Some(&EntityId(1)));
+        assert_eq!(column.insert(EntityId(1), 2), Some(1), "replaced where it waits");
+    }
+
     /// One step of the model test, on the `Hp` of an entity.
     #[derive(Clone, Debug)]
     enum StoreOp {
@@ -1239,9 +1262,8 @@ mod tests {
 
     fn store_op() -> impl proptest::strategy::Strategy<Value = StoreOp> {
         use proptest::prelude::*;
-        // More entities than the compaction threshold, in any order, and a few beyond what the
-        // column index covers.
-        let entity = prop_oneof![20 => 1u64..3000, 1 => INDEX_LIMIT - 2..INDEX_LIMIT + 3];
+        // Entities in any order, and a few with ids far apart (each on an index page of its own).
+        let entity = prop_oneof![20 => 1u64..3000, 1 => (1u64 << 40) - 2..(1u64 << 40) + 3];
         prop_oneof![
             4 => (entity.clone(), any::<u32>()).prop_map(|(entity, value)| StoreOp::Insert(entity, value)),
             2 => entity.clone().prop_map(StoreOp::Remove),
@@ -1305,7 +1327,7 @@ mod tests {
             for (entity, value) in &model {
                 proptest::prop_assert_eq!(world.get::<Hp>(*entity), Some(&Hp(*value)));
             }
-            for (first, last) in [(1, 2999), (500, 1500), (2999, INDEX_LIMIT + 5), (40, 39)] {
+            for (first, last) in [(1, 2999), (500, 1500), (2999, (1 << 40) + 5), (40, 39)] {
                 let range = world.store(hp).entities_in(EntityId(first), EntityId(last));
                 let expected: Vec<EntityId> = if first > last {
                     Vec::new()

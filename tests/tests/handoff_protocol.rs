@@ -311,6 +311,45 @@ fn inputs_that_reach_the_frozen_source_are_applied_once_by_whoever_owns_the_regi
     }
 }
 
+/// A busy sample region of 600 crates and 20 avatars (over `engines_ready_bodies`) whose target
+/// takes `build` to build its engine: the handoff commits with every invariant, and the source
+/// froze only once the engine was in, or `engines_ready_wait` after its first round.
+fn moved_with_an_engine_build_of(build: Duration) -> (HandoffPair<SampleLogic>, Duration) {
+    let mut pair = pair(600);
+    pair.engine_build_time = build;
+    pair.drive_until(Duration::from_secs(1));
+    pair.start_handoff();
+    let end = pair.elapsed() + Duration::from_secs(8);
+    pair.drive_until(end);
+    pair.check_invariants();
+    assert_eq!(pair.ticking(), Some(Side::Target), "committed");
+    assert_eq!(pair.commit_digest(), pair.freeze_digest());
+    assert_eq!(pair.engines_built.0, 1, "one build per attempt");
+    let waited = pair.handoff().and_then(|source| source.stats().engines_waited).unwrap_or_default();
+    (pair, waited)
+}
+
+#[test]
+fn a_region_with_many_bodies_freezes_only_once_the_target_s_engine_is_built() {
+    let (pair, waited) = moved_with_an_engine_build_of(Duration::from_millis(300));
+    let stats = pair.handoff().unwrap().stats();
+    // Rounds of one tick each fit the budget, and went out as ordinary rounds while the target
+    // built: the freeze came after the build, 300 ms after the first round.
+    assert!(stats.rounds >= 5, "{stats:?}");
+    assert!(waited >= Duration::from_millis(200) && waited < Duration::from_millis(400), "{waited:?}");
+    assert!(!pair.target.region().physics().is_following(), "the followed engine steps the region");
+}
+
+#[test]
+fn a_target_whose_engine_is_not_built_in_time_is_frozen_after_the_wait_and_builds_it_then() {
+    let wait = SourceConfig::default().engines_ready_wait;
+    let (pair, waited) = moved_with_an_engine_build_of(Duration::from_secs(5));
+    assert!(waited >= wait - Duration::from_millis(100) && waited <= wait, "{waited:?}");
+    // The build that never came back in time was dropped; the target built its engine at the commit.
+    assert!(pair.engines_built.1.is_some());
+    assert!(!pair.target.region().physics().is_following());
+}
+
 #[test]
 fn a_slow_authority_delays_the_commit_but_changes_no_outcome() {
     // The answer takes 20 ms to come back (as it does over a loaded cluster link): the target ticks

@@ -549,6 +549,7 @@ pub fn server_event(event: HostEvent) -> ServerEvent {
                 delivery_bytes_per_second: stats.delivery_bytes_per_second,
                 change_bytes_per_tick: stats.change_bytes_per_tick,
                 waited_us: stats.waited.map(|waited| waited.as_micros() as u64),
+                engines_waited_us: stats.engines_waited.map(|waited| waited.as_micros() as u64),
             },
         },
         HostEvent::Aborted { region, reason, owning } => ServerEvent::Aborted { region, reason, owning },

@@ -151,7 +151,7 @@ mod definition {
         },
         /// Target → source: the target's engines are built from the received world and follow it,
         /// so a freeze costs it only the final round (protocol.md §4). Sent once per attempt.
-        Prepared {
+        EnginesReady {
             /// This attempt.
             handoff: HandoffId,
         },
@@ -181,7 +181,7 @@ impl Message {
             | Message::Follow { handoff, .. }
             | Message::Mark { handoff, .. }
             | Message::Holds { handoff, .. }
-            | Message::Prepared { handoff }
+            | Message::EnginesReady { handoff }
             | Message::Abort { handoff, .. } => *handoff,
         }
     }
@@ -282,7 +282,7 @@ mod tests {
             },
             Message::Mark { handoff: 9, round: 7, parts: 2, tick: 1_000, digest: 77 },
             Message::Holds { handoff: 9, tick: 1_000, applied_bytes: 12_345 },
-            Message::Prepared { handoff: 9 },
+            Message::EnginesReady { handoff: 9 },
         ];
         for message in messages {
             let bytes = message.encode().unwrap();

@@ -46,13 +46,13 @@ pub struct SourceConfig {
     /// Most archive bytes sent and not yet applied by the target.
     pub window_bytes: usize,
     /// A region with at least this many physics bodies freezes only once the target said its
-    /// engines are built from the received world (`Prepared`), or `prepare_wait` after the first
+    /// engines are built from the received world (`EnginesReady`), or `engines_ready_wait` after the first
     /// round: otherwise the target would build them in the freeze (10,000 resting crates: 45 ms).
     /// Fewer bodies take the target about 2 ms or less to build, and are built in the freeze.
-    pub prepare_bodies: usize,
-    /// The longest the freeze waits for `Prepared`, from the first round; then the source freezes
+    pub engines_ready_bodies: usize,
+    /// The longest the freeze waits for `EnginesReady`, from the first round; then the source freezes
     /// anyway and the target builds its engines in the freeze.
-    pub prepare_wait: Duration,
+    pub engines_ready_wait: Duration,
     /// Timeouts.
     pub timeouts: Timeouts,
 }
@@ -67,8 +67,8 @@ impl Default for SourceConfig {
             stall_rounds: 3,
             quiet_wait: Duration::from_secs(10),
             window_bytes: 4 * 1024 * 1024,
-            prepare_bodies: 500,
-            prepare_wait: Duration::from_secs(2),
+            engines_ready_bodies: 500,
+            engines_ready_wait: Duration::from_secs(2),
             timeouts: Timeouts::default(),
         }
     }
@@ -169,8 +169,8 @@ pub struct SourceStats {
     /// How long the source waited for a quieter moment (from when it said the rounds could not
     /// converge to the freeze or the abort).
     pub waited: Option<Duration>,
-    /// How long the freeze waited for the target's `Prepared` after a round fitted the budget.
-    pub prepare_waited: Option<Duration>,
+    /// How long the freeze waited for the target's `EnginesReady` after a round fitted the budget.
+    pub engines_waited: Option<Duration>,
     /// From the end of the last tick to the target's commit arriving (source's view of the freeze).
     pub freeze: Option<Duration>,
     /// From start to the commit or abort.
@@ -225,14 +225,16 @@ pub struct HandoffSource {
     snapshot_entities: usize,
     delivery_rate: Option<f64>,
     waiting_since: Option<Instant>,
-    /// Whether the freeze waits for the target's `Prepared` (the region has many bodies).
-    needs_prepared: bool,
-    /// Whether the target said `Prepared`.
-    prepared: bool,
-    /// When the first round was read (the `prepare_wait` counts from there).
+    /// Whether the freeze waits for the target's `EnginesReady` (the region has many bodies).
+    needs_engines: bool,
+    /// Whether the target said `EnginesReady`.
+    engines_ready: bool,
+    /// When the first round was read (the `engines_ready_wait` counts from there).
     first_round_at: Option<Instant>,
     /// When a round first fitted the budget but the target was not prepared.
-    held_for_prepared: Option<Instant>,
+    held_for_engines: Option<Instant>,
+    /// Rounds that fitted the budget and were sent only because the target was not prepared.
+    held_rounds: u32,
     frozen_at: Option<Instant>,
     held: Vec<PlayerInput>,
     link_lost: bool,
@@ -273,10 +275,11 @@ impl HandoffSource {
             snapshot_entities: 0,
             delivery_rate: None,
             waiting_since: None,
-            needs_prepared: false,
-            prepared: false,
+            needs_engines: false,
+            engines_ready: false,
             first_round_at: None,
-            held_for_prepared: None,
+            held_for_engines: None,
+            held_rounds: 0,
             frozen_at: None,
             held: Vec::new(),
             link_lost: false,
@@ -373,7 +376,7 @@ impl HandoffSource {
                 // an already-sent chunk is in a later delta.
                 self.tracker = Some(world.create_tracker());
                 self.snapshot_entities = world.entity_count();
-                self.needs_prepared = world.count::<Body>() >= self.config.prepare_bodies;
+                self.needs_engines = world.count::<Body>() >= self.config.engines_ready_bodies;
                 self.writer = Some(SnapshotWriter::new(self.config.chunk));
                 self.phase = SourcePhase::Snapshot;
                 self.deadline = Some(self.started + self.config.timeouts.transfer);
@@ -382,7 +385,7 @@ impl HandoffSource {
                 self.applied_bytes = self.applied_bytes.max(applied_bytes);
                 self.measure_delivery(now);
             }
-            (_, Message::Prepared { .. }) => self.prepared = true,
+            (_, Message::EnginesReady { .. }) => self.engines_ready = true,
             (SourcePhase::Frozen | SourcePhase::Settling, Message::Committed { epoch, .. })
                 if Epoch(epoch) == self.epoch.next() =>
             {
@@ -588,13 +591,20 @@ impl HandoffSource {
         let per_tick = bytes / self.ticks_since_round.max(1) as usize;
         self.ticks_since_round = 0;
         self.stats.change_bytes_per_tick = Some(per_tick as u64);
-        if bytes.saturating_mul(10) < self.smallest_round.saturating_mul(9) {
+        // protocol.md §4: a round within the budget that waits only for the target's engines
+        // counts neither as a round that did not shrink nor towards the round limit, so the wait
+        // does not loosen the rule the freeze is then taken by.
+        let prepared = !self.needs_engines || self.engines_ready;
+        if !prepared && bytes <= budget {
+            self.held_rounds += 1;
+        } else if bytes.saturating_mul(10) < self.smallest_round.saturating_mul(9) {
             self.smallest_round = bytes;
             self.stalled_rounds = 0;
         } else {
             self.stalled_rounds += 1;
         }
-        let out_of_rounds = round > self.config.max_rounds || self.stalled_rounds >= self.config.stall_rounds;
+        let out_of_rounds = round.saturating_sub(self.held_rounds) > self.config.max_rounds
+            || self.stalled_rounds >= self.config.stall_rounds;
         let within_four = bytes <= budget.saturating_mul(4);
         // protocol.md §4: rounds that stopped shrinking above four budgets, or a tick whose changes
         // alone exceed them, cannot converge now: say so, and wait for a quieter moment.
@@ -615,22 +625,17 @@ impl HandoffSource {
         // protocol.md §4: a region with many bodies also waits for the target's engines, which
         // the target builds from the received world while the rounds go on, so that they are not
         // built in the freeze; a round that fits is then sent as an ordinary one.
-        let prepared = !self.needs_prepared || self.prepared;
-        let freeze_now = fits && (prepared || now >= first_round_at + self.config.prepare_wait);
+        let freeze_now = fits && (prepared || now >= first_round_at + self.config.engines_ready_wait);
         if fits && !prepared {
-            self.held_for_prepared.get_or_insert(now);
+            self.held_for_engines.get_or_insert(now);
             if freeze_now {
-                tracing::warn!(
-                    region = %self.region,
-                    waited_ms = (now - first_round_at).as_millis() as u64,
-                    "freezing without the target's engines built: it builds them in the freeze"
-                );
+                crate::events::handoff_freezes_unready(self.region, now - first_round_at);
             }
         }
         match parts {
             Some(parts) if freeze_now => {
                 self.stats.waited = self.waiting_since.map(|since| now - since);
-                self.stats.prepare_waited = self.held_for_prepared.map(|since| now - since);
+                self.stats.engines_waited = self.held_for_engines.map(|since| now - since);
                 self.freeze(now, world, round, parts, next_tick_due);
             }
             _ if !within_four && self.waiting_since.is_some_and(|since| now >= since + self.config.quiet_wait) => {
@@ -1054,8 +1059,8 @@ mod tests {
             stall_rounds: 3,
             quiet_wait: Duration::from_secs(1),
             window_bytes: 4 * 1024 * 1024,
-            prepare_bodies: 3,
-            prepare_wait: Duration::from_secs(2),
+            engines_ready_bodies: 3,
+            engines_ready_wait: Duration::from_secs(2),
             timeouts: Timeouts {
                 prepare: Duration::from_secs(5),
                 transfer: Duration::from_secs(120),
@@ -1305,7 +1310,7 @@ mod tests {
     }
 
     /// A source about to read its first round, whose world also holds `bodies` physics bodies
-    /// (`config()` waits for `Prepared` from three).
+    /// (`config()` waits for `EnginesReady` from three).
     fn rounds_with_bodies(bodies: usize) -> Run {
         let mut registry = Registry::new();
         registry.register::<Blob>().unwrap();
@@ -1345,11 +1350,28 @@ mod tests {
             assert!(!messages.iter().any(|message| matches!(message, Message::Freeze { .. })));
             assert_eq!(run.source.phase(), SourcePhase::Rounds);
         }
-        run.receive(Message::Prepared { handoff: 41 });
+        run.receive(Message::EnginesReady { handoff: 41 });
         let messages = run.round(1);
         assert!(matches!(messages.last(), Some(Message::Freeze { round: 4, .. })), "{messages:?}");
         // Held from the first fitting round (three ticks of 50 ms before the one that froze).
-        assert_eq!(run.source.stats().prepare_waited, Some(Duration::from_millis(150)));
+        assert_eq!(run.source.stats().engines_waited, Some(Duration::from_millis(150)));
+    }
+
+    #[test]
+    fn rounds_held_for_the_target_s_engines_do_not_count_as_rounds_that_stopped_shrinking() {
+        let mut run = rounds_with_bodies(3);
+        // More held rounds than `stall_rounds` (3) and a round limit of 3.
+        run.source.config.max_rounds = 3;
+        for _ in 0..6 {
+            run.round(1);
+        }
+        run.receive(Message::EnginesReady { handoff: 41 });
+        // Nine entities: over the budget, within four. Rounds that stalled or ran out would freeze
+        // on it; these did not.
+        let messages = run.round(9);
+        assert!(!messages.iter().any(|message| matches!(message, Message::Freeze { .. })), "{messages:?}");
+        let messages = run.round(1);
+        assert!(matches!(messages.last(), Some(Message::Freeze { round: 8, .. })), "{messages:?}");
     }
 
     #[test]
@@ -1361,8 +1383,8 @@ mod tests {
             assert_eq!(run.source.phase(), SourcePhase::Rounds);
         }
         run.round(1);
-        assert_eq!(run.source.phase(), SourcePhase::Frozen, "the freeze waits at most `prepare_wait`");
-        assert_eq!(run.source.stats().prepare_waited, Some(Duration::from_secs(2)));
+        assert_eq!(run.source.phase(), SourcePhase::Frozen, "the freeze waits at most `engines_ready_wait`");
+        assert_eq!(run.source.stats().engines_waited, Some(Duration::from_secs(2)));
     }
 
     #[test]
@@ -1370,7 +1392,7 @@ mod tests {
         let mut run = rounds_with_bodies(2);
         let messages = run.round(1);
         assert!(matches!(messages.last(), Some(Message::Freeze { round: 1, .. })), "{messages:?}");
-        assert_eq!(run.source.stats().prepare_waited, None);
+        assert_eq!(run.source.stats().engines_waited, None);
     }
 
     #[test]

@@ -121,8 +121,8 @@ pub struct HandoffTarget {
     freeze: Option<PendingFreeze>,
     /// Archive bytes applied (reported to the source in `Progress`).
     applied_bytes: u64,
-    /// Whether this attempt's `Prepared` went out.
-    prepared: bool,
+    /// Whether this attempt's `EnginesReady` went out.
+    engines_ready: bool,
 }
 
 impl HandoffTarget {
@@ -143,7 +143,7 @@ impl HandoffTarget {
             progress_due: false,
             freeze: None,
             applied_bytes: 0,
-            prepared: false,
+            engines_ready: false,
         }
     }
 
@@ -153,6 +153,12 @@ impl HandoffTarget {
         self.phase
     }
 
+    /// The attempt being received, if any.
+    #[must_use]
+    pub fn handoff(&self) -> Option<HandoffId> {
+        self.handoff
+    }
+
     /// The region being received or owned.
     #[must_use]
     pub fn region(&self) -> RegionId {
@@ -160,15 +166,16 @@ impl HandoffTarget {
     }
 
     /// The driver's engines are built from the received world and follow it (a region's
-    /// [`follow_received`](crate::Region::follow_received) said so): tells the source, once per
-    /// attempt, that a freeze now costs only the final round. Ignored outside the rounds.
-    pub fn engines_prepared(&mut self) {
+    /// [`install_engine`](crate::Region::install_engine) said so): tells the source, once per
+    /// attempt, that a freeze now costs only the final round (protocol.md §4). Ignored outside the
+    /// rounds.
+    pub fn handle_engines_ready(&mut self, _now: Instant) {
         if let Some(handoff) = self.handoff
             && self.phase == TargetPhase::Receiving
-            && !self.prepared
+            && !self.engines_ready
         {
-            self.prepared = true;
-            self.outbox.push_back(Message::Prepared { handoff });
+            self.engines_ready = true;
+            self.outbox.push_back(Message::EnginesReady { handoff });
         }
     }
 
@@ -329,7 +336,7 @@ impl HandoffTarget {
         self.freeze = None;
         self.deadline = None;
         self.applied_bytes = 0;
-        self.prepared = false;
+        self.engines_ready = false;
     }
 
     fn apply(&mut self, world: &mut World, bytes: &[u8], phase: Phase) -> bool {
@@ -464,15 +471,15 @@ mod tests {
     }
 
     #[test]
-    fn prepared_goes_to_the_source_once_per_attempt_and_only_while_receiving() {
+    fn engines_ready_goes_to_the_source_once_per_attempt_and_only_while_receiving() {
         let mut idle = HandoffTarget::new(Instant::now(), TargetConfig::new("target"));
-        idle.engines_prepared();
+        idle.handle_engines_ready(Instant::now());
         assert_eq!(idle.poll_message(), None, "no attempt yet");
 
         let (mut target, mut world, now) = receiving();
-        target.engines_prepared();
-        target.engines_prepared();
-        assert_eq!(target.poll_message(), Some(Message::Prepared { handoff: HANDOFF }));
+        target.handle_engines_ready(now);
+        target.handle_engines_ready(now);
+        assert_eq!(target.poll_message(), Some(Message::EnginesReady { handoff: HANDOFF }));
         assert_eq!(target.poll_message(), None, "once per attempt");
 
         // A new attempt after an abort says it again; a frozen source needs it no more.
@@ -480,15 +487,15 @@ mod tests {
         let message = begin(HANDOFF + 1, &world);
         target.handle_message(now, &mut world, message);
         target.poll_message();
-        target.engines_prepared();
-        assert_eq!(target.poll_message(), Some(Message::Prepared { handoff: HANDOFF + 1 }));
+        target.handle_engines_ready(now);
+        assert_eq!(target.poll_message(), Some(Message::EnginesReady { handoff: HANDOFF + 1 }));
         let (mut frozen, mut world, now) = receiving();
         frozen.handle_message(
             now,
             &mut world,
             Message::Freeze { handoff: HANDOFF, round: 1, parts: 1, digest: 0, tick: 9, next_tick_in_us: 0 },
         );
-        frozen.engines_prepared();
+        frozen.handle_engines_ready(now);
         assert_eq!(frozen.poll_message(), None);
     }
 

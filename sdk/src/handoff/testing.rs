@@ -23,6 +23,7 @@ use super::source::{HandoffSource, SourceConfig, SourcePhase};
 use super::target::TargetPhase;
 use crate::RegionError;
 use crate::node::{GatewayRequest, HostEvent, NoGateways, NodeSettings, Output, PlayerSettings, RegionNode, Role};
+use crate::physics::BuiltEngine;
 use crate::region::{Region, RegionLogic, TickSchedule};
 use crate::world::WorldDigest;
 
@@ -101,7 +102,13 @@ pub struct HandoffPair<L: RegionLogic> {
     pub inputs_reach_frozen_source: bool,
     /// How many inputs reached the frozen source that way.
     pub inputs_to_frozen_source: u64,
+    /// How long a target's engine build takes (0: it is built at once); the engine comes back to
+    /// the node as an event on the virtual clock, as it does from the runtime's blocking thread.
+    pub engine_build_time: Duration,
+    /// Engine builds delivered so far, and the virtual time of the last.
+    pub engines_built: (u64, Option<Duration>),
     authority_answers: VecDeque<(Instant, Side, Result<(), AuthorityError>)>,
+    engine_builds: VecDeque<(Instant, Side, BuiltEngine)>,
     /// The link.
     pub link: Link,
     to_target: VecDeque<(Instant, Message)>,
@@ -177,7 +184,10 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
             authority,
             authority_down: false,
             authority_latency: Duration::ZERO,
+            engine_build_time: Duration::ZERO,
+            engines_built: (0, None),
             authority_answers: VecDeque::new(),
+            engine_builds: VecDeque::new(),
             link: Link::default(),
             to_target: VecDeque::new(),
             to_source: VecDeque::new(),
@@ -340,6 +350,7 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
         next.extend(self.to_target.front().map(|(at, _)| *at));
         next.extend(self.to_source.front().map(|(at, _)| *at));
         next.extend(self.authority_answers.front().map(|(at, _, _)| *at));
+        next.extend(self.engine_builds.front().map(|(at, _, _)| *at));
         let Some(at) = next.into_iter().min() else {
             return false;
         };
@@ -404,6 +415,11 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
                 if !crashed {
                     self.node(side).handle_authority(now, result);
                 }
+            }
+        }
+        while self.engine_builds.front().is_some_and(|(at, _, _)| *at <= now) {
+            if let Some((_, side, built)) = self.engine_builds.pop_front() {
+                self.deliver_engine(side, built);
             }
         }
         while self.to_source.front().is_some_and(|(at, _)| *at <= now) {
@@ -507,6 +523,19 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
         }
     }
 
+    /// Hands a built engine to `side`'s node, unless that side crashed meanwhile.
+    fn deliver_engine(&mut self, side: Side, built: BuiltEngine) {
+        let crashed = match side {
+            Side::Source => self.source_crashed,
+            Side::Target => self.target_crashed,
+        };
+        if !crashed {
+            self.engines_built = (self.engines_built.0 + 1, Some(self.now - self.start));
+            let now = self.now;
+            self.node(side).handle_engine_built(now, built);
+        }
+    }
+
     fn node(&mut self, side: Side) -> &mut RegionNode<L> {
         match side {
             Side::Source => &mut self.source,
@@ -536,8 +565,16 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
                     self.authority_answers.push_back((now + self.authority_latency, side, result));
                 }
             }
-            // Built at once: the virtual clock does not race a real thread.
-            Output::BuildEngine(build) => self.node(side).handle_engine_built(now, build.run()),
+            // Built here, delivered after `engine_build_time` of virtual time: the clock never
+            // races a real thread.
+            Output::BuildEngine(build) => {
+                let built = build.run();
+                if self.engine_build_time.is_zero() {
+                    self.deliver_engine(side, built);
+                } else {
+                    self.engine_builds.push_back((now + self.engine_build_time, side, built));
+                }
+            }
             Output::Ticked(report) => self.record_tick(side, report.tick, &report.applied),
             Output::Bounce(ServerMessage::Bounced { player, seq, payload, .. }, _) => {
                 // The gateway routes a bounced input again, unless that would hand it straight

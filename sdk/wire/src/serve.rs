@@ -165,6 +165,9 @@ pub struct HandoffFigures {
     /// How long the source waited for a quieter moment before the freeze, in microseconds.
     #[serde(default)]
     pub waited_us: Option<u64>,
+    /// How long the freeze waited for the target's engines after a round fitted, in microseconds.
+    #[serde(default)]
+    pub engines_waited_us: Option<u64>,
 }
 
 impl HandoffFigures {
@@ -635,6 +638,7 @@ mod tests {
                     delivery_bytes_per_second: Some(40_000_000),
                     change_bytes_per_tick: Some(12_000),
                     waited_us: None,
+                    engines_waited_us: None,
                 },
             },
             ServerEvent::Aborted { region, reason: "target: frozen: gone".into(), owning: true },
@@ -744,7 +748,7 @@ mod tests {
         let event = ServerEvent::HandedOff { region: RegionId(1), epoch: Epoch(2), figures };
         let line = to_line(&event);
         let older =
-            line.replace(r#","delivery_bytes_per_second":null,"change_bytes_per_tick":null,"waited_us":null"#, "");
+            line.replace(r#","delivery_bytes_per_second":null,"change_bytes_per_tick":null,"waited_us":null,"engines_waited_us":null"#, "");
         assert_ne!(older, line, "{line}");
         assert_eq!(parse_event(&older).unwrap(), event);
     }

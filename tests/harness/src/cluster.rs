@@ -314,6 +314,8 @@ pub struct HandoffOutcome {
     pub delivery_bytes_per_second: u64,
     /// How long the source waited for a quieter moment, microseconds.
     pub waited_us: u64,
+    /// How long the freeze waited for the target's engines, microseconds.
+    pub engines_waited_us: u64,
     /// Bytes of changes per tick in the source's last round.
     pub change_bytes_per_tick: u64,
 }
@@ -698,6 +700,7 @@ impl Cluster {
                 outcome.final_bytes = figures.final_bytes;
                 outcome.delivery_bytes_per_second = figures.delivery_bytes_per_second.unwrap_or(0);
                 outcome.waited_us = figures.waited_us.unwrap_or(0);
+                outcome.engines_waited_us = figures.engines_waited_us.unwrap_or(0);
                 outcome.change_bytes_per_tick = figures.change_bytes_per_tick.unwrap_or(0);
                 outcome.tick_gap_us = first_tick_at.saturating_sub(last_tick_at);
                 return Ok(outcome);

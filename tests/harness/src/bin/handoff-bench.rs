@@ -135,7 +135,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             eprintln!("handoff {:>3}/{}: aborted: {reason}", index + 1, cli.handoffs);
         } else {
             eprintln!(
-                "handoff {:>3}/{}: committed, freeze {:.2} ms, total {:.1} ms, {} rounds, tick gap {:.1} ms, {} kB changed a tick, delivery {}, waited {:.0} ms",
+                "handoff {:>3}/{}: committed, freeze {:.2} ms, total {:.1} ms, {} rounds, tick gap {:.1} ms, {} kB changed a tick, delivery {}, waited {:.0} ms, engines waited {:.0} ms",
                 index + 1,
                 cli.handoffs,
                 outcome.freeze_us as f64 / 1000.0,
@@ -147,7 +147,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                     0 => "not measured".to_owned(),
                     rate => format!("{:.1} MB/s", rate as f64 / 1e6),
                 },
-                outcome.waited_us as f64 / 1000.0
+                outcome.waited_us as f64 / 1000.0,
+                outcome.engines_waited_us as f64 / 1000.0
             );
         }
         outcomes.push(outcome);
@@ -181,6 +182,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             .collect(),
     );
     let waited = sorted(committed.iter().map(|outcome| outcome.waited_us as f64 / 1000.0).collect());
+    let engines_waited = sorted(committed.iter().map(|outcome| outcome.engines_waited_us as f64 / 1000.0).collect());
     let interval_us = cluster.tick_interval.as_micros() as u64;
     let missed_ticks = committed.iter().filter(|outcome| outcome.tick_gap_us > interval_us * 3 / 2).count();
     let mean = |pick: fn(&HandoffOutcome) -> u64| {
@@ -204,6 +206,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         "rounds": {"p50": percentile(&rounds, 0.5), "max": rounds.last().copied().unwrap_or(0.0)},
         "delivery_mb_s": {"p50": percentile(&delivery, 0.5), "min": delivery.first().copied().unwrap_or(0.0)},
         "waited_ms": {"max": waited.last().copied().unwrap_or(0.0)},
+        "engines_waited_ms": {"max": engines_waited.last().copied().unwrap_or(0.0)},
         "bytes": {"snapshot": mean(|outcome| outcome.snapshot_bytes), "deltas": mean(|outcome| outcome.delta_bytes), "final": mean(|outcome| outcome.final_bytes)},
         "digest_mismatches": digest_mismatches,
         "inputs_lost": lost,
