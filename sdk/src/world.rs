@@ -1217,6 +1217,49 @@ mod tests {
     }
 
     #[test]
+    fn a_column_appends_new_entities_revives_tombstones_in_place_and_folds_at_its_thresholds() {
+        let mut column: Column<u32> = Column::default();
+        for id in 1..=64 {
+            assert_eq!(column.insert(EntityId(id), 0), None);
+        }
+        assert_eq!((column.ids.len(), column.side.len()), (64, 0), "ascending ids go at the end");
+        // The last entity's tombstone is revived where it was, not pushed again.
+        assert_eq!(column.remove(EntityId(64)), Some(0));
+        assert_eq!(column.insert(EntityId(64), 1), None);
+        assert_eq!((column.ids.len(), column.tombstones, column.get(EntityId(64))), (64, 0, Some(&1)));
+        // Components given to older entities wait until more than max(8, 64 / 8) do.
+        for id in 1..=8 {
+            column.remove(EntityId(id));
+        }
+        for id in 1..=8 {
+            column.insert(EntityId(id), 2);
+        }
+        assert_eq!((column.side.len(), column.tombstones), (0, 0), "revived in place");
+        let older: Column<u32> = {
+            let mut older = Column::default();
+            older.insert(EntityId(1000), 0);
+            for id in 1..=8 {
+                older.insert(EntityId(id), 0);
+            }
+            assert_eq!(older.side.len(), 8, "eight wait");
+            older.insert(EntityId(9), 0);
+            older
+        };
+        assert_eq!((older.side.len(), older.ids.len()), (0, 10), "the ninth folds them in");
+        // Tombstones are folded out once more than max(8, half the column) are left.
+        let mut shrinking: Column<u32> = Column::default();
+        for id in 1..=20 {
+            shrinking.insert(EntityId(id), 0);
+        }
+        for id in 1..=10 {
+            shrinking.remove(EntityId(id));
+        }
+        assert_eq!((shrinking.tombstones, shrinking.ids.len()), (10, 20), "ten are half");
+        shrinking.remove(EntityId(11));
+        assert_eq!((shrinking.tombstones, shrinking.ids.len(), shrinking.len()), (0, 9, 9));
+    }
+
+    #[test]
     fn a_column_folds_its_side_map_and_tombstones_in_and_still_finds_everything() {
         let mut column: Column<u32> = Column::default();
         for id in (2..=100).rev().step_by(2) {

@@ -1090,8 +1090,14 @@ mod tests {
     impl Run {
         /// Started; the target has not answered yet.
         fn prepare(config: SourceConfig) -> Run {
+            Run::prepare_with_bodies(config, 0)
+        }
+
+        /// Started, with `bodies` physics bodies besides the 40 blobs.
+        fn prepare_with_bodies(config: SourceConfig, bodies: usize) -> Run {
             let mut registry = Registry::new();
             registry.register::<Blob>().unwrap();
+            registry.register::<Body>().unwrap();
             let mut world = World::new(registry);
             let entities: Vec<_> = (0..40)
                 .map(|_| {
@@ -1100,6 +1106,12 @@ mod tests {
                     entity
                 })
                 .collect();
+            for index in 0..bodies {
+                let entity = world.spawn();
+                let shape = crate::physics::Shape::Ball { radius: 0.5 };
+                let body = Body::new(crate::physics::BodyKind::Dynamic, shape, [index as f32, 0.5, 0.0]);
+                world.insert(entity, body).unwrap();
+            }
             let now = Instant::now();
             let mut source = started_with(&world, now, config);
             assert!(matches!(source.poll_message(&mut world), Some(Message::Begin { .. })));
@@ -1312,28 +1324,7 @@ mod tests {
     /// A source about to read its first round, whose world also holds `bodies` physics bodies
     /// (`config()` waits for `EnginesReady` from three).
     fn rounds_with_bodies(bodies: usize) -> Run {
-        let mut registry = Registry::new();
-        registry.register::<Blob>().unwrap();
-        registry.register::<Body>().unwrap();
-        let mut world = World::new(registry);
-        let entities: Vec<_> = (0..40)
-            .map(|_| {
-                let entity = world.spawn();
-                world.insert(entity, Blob(vec![0; BLOB_BYTES])).unwrap();
-                entity
-            })
-            .collect();
-        for index in 0..bodies {
-            let entity = world.spawn();
-            let shape = crate::physics::Shape::Ball { radius: 0.5 };
-            world
-                .insert(entity, Body::new(crate::physics::BodyKind::Dynamic, shape, [index as f32, 0.5, 0.0]))
-                .unwrap();
-        }
-        let now = Instant::now();
-        let mut source = started_with(&world, now, config());
-        assert!(matches!(source.poll_message(&mut world), Some(Message::Begin { .. })));
-        let mut run = Run { source, world, now, entities, sent: 0, changed: 0 };
+        let mut run = Run::prepare_with_bodies(config(), bodies);
         run.receive(Message::Ready { handoff: 41, target: "target".into() });
         run.drain();
         run.acknowledge();
@@ -1628,9 +1619,7 @@ mod tests {
     #[test]
     fn a_round_far_over_the_budget_is_encoded_piece_by_piece_as_the_world_goes_on() {
         let mut run = Run::snapshot(config());
-        let mut registry = Registry::new();
-        registry.register::<Blob>().unwrap();
-        let mut target = World::new(registry);
+        let mut target = World::new(run.world.registry().as_ref().clone());
         let apply = |target: &mut World, messages: &[Message]| {
             for message in messages {
                 if let Message::Chunk { bytes, .. } | Message::Delta { bytes, .. } = message {
