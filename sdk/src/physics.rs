@@ -248,6 +248,9 @@ pub struct PhysicsEngine {
     following: Following,
     tracker: Option<TrackerId>,
     body_component: Option<ComponentId>,
+    /// Whole builds from the world (tests check that a followed engine is not built again).
+    #[cfg(test)]
+    rebuilds: usize,
 }
 
 impl PhysicsEngine {
@@ -262,6 +265,8 @@ impl PhysicsEngine {
             following: Following::No,
             tracker: None,
             body_component: None,
+            #[cfg(test)]
+            rebuilds: 0,
         }
     }
 
@@ -274,6 +279,10 @@ impl PhysicsEngine {
     /// Builds the engine afresh from every [`Body`] in `world`, in entity order. Call once when a
     /// region starts or after it was restored from archives.
     pub fn rebuild(&mut self, world: &mut World) {
+        #[cfg(test)]
+        {
+            self.rebuilds += 1;
+        }
         self.track(world);
         self.following = Following::No;
         self.engine = Engine::build(self.config, world.iter::<Body>());
@@ -886,16 +895,21 @@ mod tests {
                 codec::apply(&mut rebuilt, &part, DecodeLimits::default()).unwrap();
                 engine.follow(&mut followed);
             }
-            // The build arrives after three rounds, which it catches up on when installed.
+            // The build arrives after three rounds, which it catches up on when installed; from
+            // then on each round is in the engine as soon as it is applied.
             if tick == 3 {
                 assert!(engine.is_following() && !engine.is_in_step());
                 assert!(engine.install(&mut followed, build.take().unwrap().run()));
                 assert!(engine.is_in_step());
             }
+            if tick >= 3 {
+                assert_eq!(engine_view(&engine), world_view(&followed), "in step after round {tick}");
+            }
         }
         assert_eq!(followed.digest(), source.digest());
         engine.finish_following(&mut followed);
         assert!(!engine.is_following());
+        assert_eq!(engine.rebuilds, 0, "the followed engine is taken over, not built again");
         let mut rebuilt_engine = PhysicsEngine::new(PhysicsConfig::default());
         rebuilt_engine.rebuild(&mut rebuilt);
 

@@ -1246,6 +1246,17 @@ mod tests {
             older
         };
         assert_eq!((older.side.len(), older.ids.len()), (0, 10), "the ninth folds them in");
+        // Beside a column of 80, an eighth of it (10) wait, and the eleventh folds them in.
+        let mut long: Column<u32> = Column::default();
+        for id in 1000..1080 {
+            long.insert(EntityId(id), 0);
+        }
+        for id in 1..=10 {
+            long.insert(EntityId(id), 0);
+        }
+        assert_eq!(long.side.len(), 10, "an eighth of 80 wait");
+        long.insert(EntityId(11), 0);
+        assert_eq!((long.side.len(), long.ids.len()), (0, 91));
         // Tombstones are folded out once more than max(8, half the column) are left.
         let mut shrinking: Column<u32> = Column::default();
         for id in 1..=20 {
