@@ -875,8 +875,9 @@ impl<L: RegionLogic> RegionNode<L> {
         }));
     }
 
-    /// The engine [`Output::BuildEngine`] asked for is built: a target still receiving installs it
-    /// and tells its source it is prepared (protocol.md §4). Anywhere else it is stale and dropped.
+    /// The engine [`Output::BuildEngine`] asked for is built: a target still receiving or verifying
+    /// installs it, and while receiving also tells its source `EnginesReady` (protocol.md §4).
+    /// Anywhere else it is stale and dropped.
     pub fn handle_engine_built(&mut self, now: Instant, built: BuiltEngine) {
         if let State::Target { receiver } = &mut self.state
             && matches!(receiver.phase(), TargetPhase::Receiving | TargetPhase::Verifying)

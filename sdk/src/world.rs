@@ -650,8 +650,9 @@ pub(crate) struct Entry<T> {
 /// tick); a miss also looks in the side map when it holds anything.
 /// Entity ids only grow, so a new entity's value goes at the column's end. A value given to an
 /// older entity waits in a small ordered side map, a removed one leaves a tombstone; both are
-/// folded into the column when they grow past a share of it ([`Column::compact`]), so every
-/// operation stays amortised constant time and iteration stays in entity order. The world's
+/// folded into the column when they grow past a share of it ([`Column::compact`]), so a value
+/// given to an older entity costs a binary search and a small map's insert, everything else a
+/// constant amortised over the folds, and iteration stays in entity order. The world's
 /// entity table and each component type's storage are columns.
 pub(crate) struct Column<V> {
     /// Entity of each column position, ascending (tombstones keep theirs).

@@ -46,9 +46,10 @@ pub struct SourceConfig {
     /// Most archive bytes sent and not yet applied by the target.
     pub window_bytes: usize,
     /// A region with at least this many physics bodies freezes only once the target said its
-    /// engines are built from the received world (`EnginesReady`), or `engines_ready_wait` after the first
-    /// round: otherwise the target would build them in the freeze (10,000 resting crates: 45 ms).
-    /// Fewer bodies take the target about 2 ms or less to build, and are built in the freeze.
+    /// engines are built from the received world (`EnginesReady`), or `engines_ready_wait` after
+    /// the first round: otherwise the target might build them in the freeze (10,000 resting
+    /// crates: 45 ms). For fewer bodies the source does not wait: the target uses its build if it
+    /// came back by the commit, else builds them in the freeze (about 2 ms or less).
     pub engines_ready_bodies: usize,
     /// The longest the freeze waits for `EnginesReady`, from the first round; then the source freezes
     /// anyway and the target builds its engines in the freeze.
@@ -231,9 +232,10 @@ pub struct HandoffSource {
     engines_ready: bool,
     /// When the first round was read (the `engines_ready_wait` counts from there).
     first_round_at: Option<Instant>,
-    /// When a round first fitted the budget but the target was not prepared.
+    /// When a round first fitted the budget but the target had not said `EnginesReady`.
     held_for_engines: Option<Instant>,
-    /// Rounds that fitted the budget and were sent only because the target was not prepared.
+    /// Rounds that fitted the budget and were sent only because the target had not said
+    /// `EnginesReady`.
     held_rounds: u32,
     frozen_at: Option<Instant>,
     held: Vec<PlayerInput>,
@@ -1332,7 +1334,7 @@ mod tests {
     }
 
     #[test]
-    fn a_region_with_many_bodies_freezes_only_once_the_target_is_prepared() {
+    fn a_region_with_many_bodies_freezes_only_once_the_target_s_engines_are_ready() {
         let mut run = rounds_with_bodies(3);
         // Rounds that fit the budget go out as ordinary ones while the target builds its engines.
         for round in 1..=3 {
@@ -1366,7 +1368,7 @@ mod tests {
     }
 
     #[test]
-    fn a_target_that_never_says_prepared_is_frozen_after_the_wait() {
+    fn a_target_that_never_says_its_engines_are_ready_is_frozen_after_the_wait() {
         let mut run = rounds_with_bodies(3);
         // 2 s of rounds from the first: 40 ticks of 50 ms.
         for _ in 0..40 {
