@@ -31,7 +31,7 @@ use rapier3d::math::{Pose, Rotation, Vector};
 use rapier3d::prelude::{ColliderBuilder, PhysicsWorld, RigidBodyBuilder, RigidBodyHandle};
 
 use crate::component::ComponentId;
-use crate::world::{EntityId, TrackerId, World};
+use crate::world::{ChangeSet, EntityId, TrackerId, World};
 
 /// How a body moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -379,15 +379,7 @@ impl PhysicsEngine {
         let changes = world.changes(tracker);
         let engine = &mut self.engine;
         let mut touched: BTreeSet<EntityId> = BTreeSet::new();
-        let mut dirty = false;
-        for entity in &changes.despawned {
-            dirty |= engine.remove(*entity);
-        }
-        for (entity, component) in &changes.removed {
-            if *component == body_component {
-                dirty |= engine.remove(*entity);
-            }
-        }
+        let mut dirty = engine.apply_removals(&changes, body_component);
         for (entity, component) in &changes.set {
             if *component == body_component
                 && let Some(body) = world.get::<Body>(*entity)
@@ -395,9 +387,8 @@ impl PhysicsEngine {
                 if engine.bodies.get(entity).is_some_and(|tracked| tracked.spec.same_collider(body)) {
                     engine.restore_motion(*entity, body);
                 } else {
-                    engine.remove(*entity);
-                    let tracked = insert_body(&mut engine.rapier, *entity, body);
-                    engine.bodies.insert(*entity, tracked);
+                    // Its place in the awake set is settled below with the others.
+                    engine.reinsert(*entity, body);
                 }
                 touched.insert(*entity);
                 dirty = true;
@@ -439,14 +430,7 @@ impl PhysicsEngine {
         };
         let engine = &mut self.engine;
         let changes = world.changes(tracker);
-        for entity in &changes.despawned {
-            engine.remove(*entity);
-        }
-        for (entity, component) in &changes.removed {
-            if *component == body_component {
-                engine.remove(*entity);
-            }
-        }
+        engine.apply_removals(&changes, body_component);
         for (entity, component) in &changes.set {
             if *component == body_component
                 && let Some(body) = world.get::<Body>(*entity)
@@ -592,6 +576,21 @@ impl Engine {
         } else {
             self.awake.insert(entity);
         }
+    }
+
+    /// Removes the bodies of despawned entities and of entities whose `Body` (component
+    /// `body_component`) was removed; whether any was.
+    fn apply_removals(&mut self, changes: &ChangeSet, body_component: ComponentId) -> bool {
+        let mut removed = false;
+        for entity in &changes.despawned {
+            removed |= self.remove(*entity);
+        }
+        for (entity, component) in &changes.removed {
+            if *component == body_component {
+                removed |= self.remove(*entity);
+            }
+        }
+        removed
     }
 
     /// Whether `entity` had a body, now removed.

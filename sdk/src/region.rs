@@ -621,9 +621,14 @@ impl<L: RegionLogic> Region<L> {
     /// Rebuilds every engine cache from the world. Call after the world was replaced or restored
     /// from archives, before the first tick.
     pub fn rebuild_caches(&mut self) {
+        self.read_sessions_and_timers();
+        self.physics.rebuild(&mut self.world);
+    }
+
+    /// The sessions index and the script schedule, read from the world.
+    fn read_sessions_and_timers(&mut self) {
         self.sessions = Sessions::from_world(&self.world);
         self.scripts.rebuild(&self.world);
-        self.physics.rebuild(&mut self.world);
     }
 
     /// Keeps the engines of a region whose world is being received (a handoff target, after the
@@ -651,8 +656,7 @@ impl<L: RegionLogic> Region<L> {
     /// engine that followed it takes the last changes (or is built now, if it did not follow), the
     /// sessions and script timers are read from the world. Call before the first tick.
     pub fn take_over_received(&mut self) {
-        self.sessions = Sessions::from_world(&self.world);
-        self.scripts.rebuild(&self.world);
+        self.read_sessions_and_timers();
         self.physics.finish_following(&mut self.world);
     }
 
