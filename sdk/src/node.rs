@@ -29,6 +29,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use baton_wire::serve::TickSamples;
 use baton_wire::upstream::{ServerMessage, Transfer};
 use baton_wire::{Epoch, PlayerId, PlayerInput, RegionId};
 
@@ -221,6 +222,10 @@ pub enum HostEvent {
         epoch: Epoch,
         /// What the handoff moved and how long it froze.
         stats: SourceStats,
+        /// The region thread's ticks before the handoff started.
+        ticks_before: TickSamples,
+        /// Its ticks from the start of the handoff to the freeze.
+        ticks_during: TickSamples,
     },
     /// A handoff of `region` failed; the side that reports it says what it does next.
     Aborted {
@@ -507,6 +512,10 @@ pub struct RegionNode<L: RegionLogic> {
     deferred: Vec<GatewayRequest>,
     /// Tick durations since the last load report: (ticks, total, longest).
     load_window: (u32, Duration, Duration),
+    /// The ticks of the current handoff and those before it, for [`HostEvent::HandedOff`].
+    tick_log: TickLog,
+    /// The last tick, while the handoff has not yet done its work at it.
+    handoff_tick: Option<HandoffTick>,
     /// Archive bytes sent to the standby since the last [`HostEvent::Load`].
     standby_bytes: u64,
     /// What survives the loss of this instance (durable acknowledgements, protocol.md §9).
@@ -522,6 +531,65 @@ pub struct RegionNode<L: RegionLogic> {
     /// When the last snapshot chunk was encoded, for [`chunk_allowed`].
     chunk_sent_at: ChunkClock,
     outputs: VecDeque<Output>,
+}
+
+/// A tick the handoff has yet to do its work at ([`RegionNode::complete_handoff_tick`]).
+#[derive(Clone, Copy, Debug)]
+struct HandoffTick {
+    /// When the tick ended.
+    ended: Instant,
+    /// When the next tick is due.
+    next_due: Instant,
+    /// Its number.
+    tick: u64,
+    /// When it started, microseconds since the Unix epoch.
+    started_us: u64,
+}
+
+/// Ticks a region without a handoff keeps, to compare a handoff's ticks with (15 s at 20 Hz).
+const TICKS_KEPT: usize = 300;
+
+/// The region thread's time at each tick (busy, late; microseconds): the last [`TICKS_KEPT`] ticks
+/// without a handoff, and those of the current handoff up to its freeze. A handoff that commits
+/// reports both ([`HostEvent::HandedOff`]), so a benchmark can tell whether it made ticks costlier.
+#[derive(Debug, Default)]
+struct TickLog {
+    before: VecDeque<(u32, u32)>,
+    during: Vec<(u32, u32)>,
+}
+
+impl TickLog {
+    fn record(&mut self, in_handoff: bool, busy: Duration, late: Duration) {
+        let entry = (micros_u32(busy), micros_u32(late));
+        if in_handoff {
+            self.during.push(entry);
+        } else {
+            if self.before.len() == TICKS_KEPT {
+                self.before.pop_front();
+            }
+            self.before.push_back(entry);
+        }
+    }
+
+    /// A handoff starts: its ticks are counted from here.
+    fn handoff_started(&mut self) {
+        self.during.clear();
+    }
+
+    /// The handoff committed: (before, during), and the ticks from here on count as without one.
+    fn take(&mut self) -> (TickSamples, TickSamples) {
+        let samples = |entries: &mut dyn Iterator<Item = (u32, u32)>| {
+            let (busy_us, late_us) = entries.unzip();
+            TickSamples { busy_us, late_us }
+        };
+        let before = samples(&mut self.before.iter().copied());
+        let during = samples(&mut self.during.drain(..));
+        (before, during)
+    }
+}
+
+fn micros_u32(duration: Duration) -> u32 {
+    u32::try_from(duration.as_micros()).unwrap_or(u32::MAX)
 }
 
 /// When a handoff's and a standby feed's last snapshot chunks were encoded.
@@ -576,6 +644,8 @@ impl<L: RegionLogic> RegionNode<L> {
             departures_resent: HashMap::new(),
             handoff_waiting: None,
             load_window: (0, Duration::ZERO, Duration::ZERO),
+            tick_log: TickLog::default(),
+            handoff_tick: None,
             standby_bytes: 0,
             reported_phase: None,
             chunk_sent_at: ChunkClock::default(),
@@ -854,6 +924,7 @@ impl<L: RegionLogic> RegionNode<L> {
             tick_interval: self.region.config().tick_interval(),
         };
         *handoff = Some(HandoffSource::start(now, self.region.world(), plan, self.settings.source));
+        self.tick_log.handoff_started();
         *handoff_peer = Some(peer);
         self.reported_phase = None;
         self.outputs.push_back(Output::Broadcast(ServerMessage::HandoffStarted {
@@ -1114,6 +1185,9 @@ impl<L: RegionLogic> RegionNode<L> {
     /// The time passes: runs the tick if it is due (never while frozen, protocol.md §6), then the
     /// handoff's timeouts. `gateways` says who serves which player (for views and crossings).
     pub fn handle_timeout(&mut self, now: Instant, gateways: &dyn Gateways) {
+        // A tick never starts before the handoff has done its work at the previous one (which may
+        // freeze the region).
+        self.complete_handoff_tick();
         let id = self.region.id();
         let interval = self.region.config().tick_interval();
         let ticks_per_report = self.region.config().tick_rate_hz.max(1);
@@ -1122,6 +1196,10 @@ impl<L: RegionLogic> RegionNode<L> {
             && schedule.next_due() <= now
         {
             let started_us = wall_micros(self.settings.wall_clock, now);
+            // Measured, never decided on: what the tick costs the region thread up to putting out
+            // its updates (a handoff's work at it comes after), for the handoff's figures.
+            let began = Instant::now();
+            let in_handoff = handoff.as_ref().is_some_and(|handoff| !handoff.is_finished());
             let timing = schedule.start_tick(now);
             if timing.late_by > interval / 2 {
                 self.region.note_late_tick();
@@ -1195,22 +1273,15 @@ impl<L: RegionLogic> RegionNode<L> {
             {
                 self.durability.marked(marked, player_progress(self.region.world()));
             }
-            let next_due = schedule.next_due();
-            if let Some(handoff) = handoff.as_mut() {
+            if handoff.is_some() {
+                // The handoff's work at this tick (a delta round collected and encoded, or the
+                // freeze) waits until the tick's updates are out (see `complete_handoff_tick`).
                 // The tick ended `duration` after it started: the freeze (protocol.md §8) and the
                 // target's first tick (§6) are timed from its end, not its start.
-                handoff.handle_tick_completed(now + report.duration, self.region.world_mut(), next_due);
-                if !handoff.allows_ticks() {
-                    self.outputs.push_back(Output::Broadcast(ServerMessage::Frozen { region: id, epoch: *epoch }));
-                    let digest = self.region.world_mut().digest();
-                    self.outputs.push_back(Output::Event(HostEvent::Frozen {
-                        region: id,
-                        tick,
-                        last_tick_at_us: started_us,
-                        digest,
-                    }));
-                }
+                self.handoff_tick =
+                    Some(HandoffTick { ended: now + report.duration, next_due: schedule.next_due(), tick, started_us });
             }
+            self.tick_log.record(in_handoff, began.elapsed(), timing.late_by);
             self.outputs.push_back(Output::Ticked(report));
         }
         match &mut self.state {
@@ -1253,10 +1324,36 @@ impl<L: RegionLogic> RegionNode<L> {
         }
     }
 
+    /// The handoff's work at the last tick, once that tick's updates are out (the output queue was
+    /// drained before [`RegionNode::drive`] runs): its delta round is collected and encoded, or the
+    /// region freezes. Done here rather than in the tick so that encoding a round delays no
+    /// player's updates; the next tick waits for it. True when there was a tick to complete.
+    fn complete_handoff_tick(&mut self) -> bool {
+        let Some(ended) = self.handoff_tick.take() else {
+            return false;
+        };
+        let id = self.region.id();
+        let State::Owner { epoch, handoff: Some(handoff), .. } = &mut self.state else {
+            return true;
+        };
+        handoff.handle_tick_completed(ended.ended, self.region.world_mut(), ended.next_due);
+        if !handoff.allows_ticks() {
+            self.outputs.push_back(Output::Broadcast(ServerMessage::Frozen { region: id, epoch: *epoch }));
+            let digest = self.region.world_mut().digest();
+            self.outputs.push_back(Output::Event(HostEvent::Frozen {
+                region: id,
+                tick: ended.tick,
+                last_tick_at_us: ended.started_us,
+                digest,
+            }));
+        }
+        true
+    }
+
     /// Moves what the handoff state machines want done into the output queue; false when quiet.
     fn drive(&mut self, now: Instant) -> bool {
         let id = self.region.id();
-        let mut busy = false;
+        let mut busy = self.complete_handoff_tick();
         let mut next_state = None;
         if let State::Owner { schedule, standby: Some(feed), .. } = &mut self.state {
             // The snapshot is encoded in the time left before the next tick, as a handoff's.
@@ -1338,10 +1435,13 @@ impl<L: RegionLogic> RegionNode<L> {
                                     owner,
                                 }));
                             }
+                            let (ticks_before, ticks_during) = self.tick_log.take();
                             self.outputs.push_back(Output::Event(HostEvent::HandedOff {
                                 region: id,
                                 epoch: new_epoch,
                                 stats: handoff.stats(),
+                                ticks_before,
+                                ticks_during,
                             }));
                             for input in undelivered {
                                 refuse_input(id, input, &mut self.outputs);
@@ -2305,6 +2405,85 @@ mod tests {
         if !standby {
             assert_eq!(node.handoff().map(HandoffSource::phase), Some(SourcePhase::Snapshot), "still streaming");
         }
+    }
+
+    /// An owner of region A (1 Hz, one player) whose handoff streamed its snapshot, wholly
+    /// applied, at `start`; its next tick is due a second later.
+    fn owner_past_its_snapshot(start: Instant) -> RegionNode<crate::region::test_logic::Walkers> {
+        use crate::region::test_logic::{self, PLAYER};
+        let mut region = test_logic::region(test_logic::A);
+        region.join_player(PLAYER).unwrap();
+        let rewarm: Rewarm<test_logic::Walkers> = Box::new(|id| Ok(test_logic::region(id)));
+        let mut node = RegionNode::new(region, Role::Owner { epoch: Epoch(3) }, settings(start, 0), rewarm, start);
+        node.handle_timeout(start, &NoGateways);
+        while node.poll_output(start).is_some() {}
+        node.handle_start_handoff(start, std::net::SocketAddr::from(([127, 0, 0, 1], 11)), 1);
+        let handoff = std::iter::from_fn(|| node.poll_output(start))
+            .find_map(|output| match output {
+                Output::ToPeer(Message::Begin { handoff, .. }) => Some(handoff),
+                _ => None,
+            })
+            .expect("the handoff begins");
+        node.handle_peer_message(start, Message::Ready { handoff, target: "there".into() });
+        let snapshot: u64 = std::iter::from_fn(|| node.poll_output(start))
+            .map(|output| match output {
+                Output::ToPeer(Message::Chunk { bytes, .. }) => bytes.len() as u64,
+                _ => 0,
+            })
+            .sum();
+        node.handle_peer_message(start, Message::Progress { handoff, applied_bytes: snapshot });
+        while node.poll_output(start).is_some() {}
+        node
+    }
+
+    #[test]
+    fn a_handoff_works_at_a_tick_only_once_the_tick_s_outputs_are_out() {
+        use crate::region::test_logic;
+        let start = Instant::now();
+        let mut node = owner_past_its_snapshot(start);
+        // The next tick: the region changed by nothing since, so its round is the final one. It is
+        // collected and the region frozen only after the tick's outputs were taken.
+        let due = start + Duration::from_secs(1);
+        node.handle_timeout(due, &NoGateways);
+        let source = |node: &RegionNode<test_logic::Walkers>| node.handoff().expect("a handoff").allows_ticks();
+        assert!(source(&node), "nothing of the handoff's work is done in the tick");
+        let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output(due)).collect();
+        let ticked = outputs.iter().position(|output| matches!(output, Output::Ticked(_)));
+        let frozen =
+            outputs.iter().position(|output| matches!(output, Output::Broadcast(ServerMessage::Frozen { .. })));
+        assert!(ticked.is_some() && frozen > ticked, "the tick's outputs come first: {outputs:?}");
+        assert!(!source(&node), "frozen once the outputs were taken");
+    }
+
+    #[test]
+    fn a_tick_due_before_the_handoff_worked_at_the_last_one_waits_for_that_work() {
+        let start = Instant::now();
+        let mut node = owner_past_its_snapshot(start);
+        let tick = node.region().world().tick();
+        // Two ticks fall due with no outputs taken in between: the first tick's round freezes the
+        // region before the second could run.
+        node.handle_timeout(start + Duration::from_secs(1), &NoGateways);
+        node.handle_timeout(start + Duration::from_secs(2), &NoGateways);
+        assert_eq!(node.region().world().tick(), tick + 1, "one tick ran");
+        assert!(!node.handoff().expect("a handoff").allows_ticks());
+    }
+
+    #[test]
+    fn the_tick_log_keeps_the_last_ticks_without_a_handoff_and_every_tick_of_one() {
+        let mut log = TickLog::default();
+        for tick in 0..(TICKS_KEPT as u64 + 5) {
+            log.record(false, Duration::from_micros(tick), Duration::from_micros(1));
+        }
+        log.handoff_started();
+        log.record(true, Duration::from_millis(3), Duration::from_micros(7));
+        log.record(true, Duration::from_secs(5000), Duration::ZERO);
+        let (before, during) = log.take();
+        assert_eq!(before.busy_us.len(), TICKS_KEPT);
+        assert_eq!(before.busy_us.first(), Some(&5), "the oldest went");
+        assert_eq!(before.late_us.len(), TICKS_KEPT);
+        assert_eq!(during.busy_us, vec![3000, u32::MAX], "a tick too long for u32 µs is counted as the longest");
+        assert_eq!(during.late_us, vec![7, 0]);
+        assert_eq!(log.take().1, TickSamples::default(), "the handoff's ticks are taken once");
     }
 
     #[test]

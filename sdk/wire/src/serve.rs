@@ -168,6 +168,30 @@ pub struct HandoffFigures {
     /// How long the freeze waited for the target's engines after a round fitted, in microseconds.
     #[serde(default)]
     pub engines_waited_us: Option<u64>,
+    /// The source's ticks before and during the handoff.
+    #[serde(default)]
+    pub ticks: Box<HandoffTicks>,
+}
+
+/// A handoff source's ticks, as its region thread timed them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffTicks {
+    /// The last ticks it ran without a handoff, before this one started.
+    pub before: TickSamples,
+    /// Its ticks from the start of the handoff to the freeze (the last one included).
+    pub during: TickSamples,
+}
+
+/// Ticks of a region as its thread timed them, one entry per tick in each list.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TickSamples {
+    /// Microseconds the region thread spent on the tick up to putting out its updates: the tick,
+    /// its updates, a checkpoint or a standby feed's round. A handoff's work at the tick (its delta
+    /// round collected and encoded) runs after that and is not in here; when it delays the next
+    /// tick, that tick's `late_us` shows it.
+    pub busy_us: Vec<u32>,
+    /// Microseconds the tick started after it was due.
+    pub late_us: Vec<u32>,
 }
 
 impl HandoffFigures {
@@ -639,6 +663,10 @@ mod tests {
                     change_bytes_per_tick: Some(12_000),
                     waited_us: None,
                     engines_waited_us: None,
+                    ticks: Box::new(HandoffTicks {
+                        before: TickSamples { busy_us: vec![900, 1100], late_us: vec![40, 60] },
+                        during: TickSamples { busy_us: vec![1000], late_us: vec![50] },
+                    }),
                 },
             },
             ServerEvent::Aborted { region, reason: "target: frozen: gone".into(), owning: true },

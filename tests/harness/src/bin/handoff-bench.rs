@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use baton_harness::cluster::{CHURN_BYTES_PER_ENTITY, Cluster, HandoffOutcome, server_binary, world_object};
+use baton_wire::serve::TickSamples;
 use clap::Parser;
 use sample_region_server::game::WorldRequest;
 use serde_json::json;
@@ -183,6 +184,37 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     );
     let waited = sorted(committed.iter().map(|outcome| outcome.waited_us as f64 / 1000.0).collect());
     let engines_waited = sorted(committed.iter().map(|outcome| outcome.engines_waited_us as f64 / 1000.0).collect());
+    // Every committed handoff's source ticks, pooled: those it ran before each handoff and those
+    // during it (to its freeze). Busy is the region thread's time at the tick, late how long after
+    // its due time it started.
+    let pooled = |pick: fn(&HandoffOutcome) -> &TickSamples, late: bool| {
+        sorted(
+            committed
+                .iter()
+                .flat_map(|outcome| {
+                    let samples = pick(outcome);
+                    if late { samples.late_us.clone() } else { samples.busy_us.clone() }
+                })
+                .map(|us| f64::from(us) / 1000.0)
+                .collect(),
+        )
+    };
+    let tick_figures = |pick: fn(&HandoffOutcome) -> &TickSamples| {
+        let (busy, late) = (pooled(pick, false), pooled(pick, true));
+        json!({
+            "ticks": busy.len(),
+            "busy_ms": {"p50": percentile(&busy, 0.5), "p99": percentile(&busy, 0.99), "max": busy.last().copied().unwrap_or(0.0)},
+            "late_ms": {"p50": percentile(&late, 0.5), "p99": percentile(&late, 0.99), "max": late.last().copied().unwrap_or(0.0)},
+        })
+    };
+    let busy_p99 = |pick: fn(&HandoffOutcome) -> &TickSamples| percentile(&pooled(pick, false), 0.99);
+    let (before_p99, during_p99) =
+        (busy_p99(|outcome| &outcome.ticks_before), busy_p99(|outcome| &outcome.ticks_during));
+    let source_ticks = json!({
+        "before": tick_figures(|outcome| &outcome.ticks_before),
+        "during": tick_figures(|outcome| &outcome.ticks_during),
+        "busy_p99_rise": if before_p99 > 0.0 { json!(during_p99 / before_p99 - 1.0) } else { json!(null) },
+    });
     let interval_us = cluster.tick_interval.as_micros() as u64;
     let missed_ticks = committed.iter().filter(|outcome| outcome.tick_gap_us > interval_us * 3 / 2).count();
     let mean = |pick: fn(&HandoffOutcome) -> u64| {
@@ -214,6 +246,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         "missed_ticks": missed_ticks,
         "aborts": aborts,
         "bystander": bystander,
+        "source_ticks": source_ticks,
     });
     println!("{report}");
     Ok(())
