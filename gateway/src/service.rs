@@ -137,7 +137,8 @@ pub struct GatewayStats {
     pub inputs_forwarded: u64,
     /// Inputs dropped for exceeding a player's rate.
     pub inputs_dropped_rate: u64,
-    /// Inputs dropped because their region has no route.
+    /// Inputs dropped because their region has no route, holds too many during a handoff, or too
+    /// many of the player's wait for its avatar to cross a border.
     pub inputs_dropped_unroutable: u64,
     /// Inputs a server sent back to route again.
     pub inputs_bounced: u64,
@@ -833,6 +834,10 @@ fn forward_input(inner: &Inner, input: PlayerInput) {
         Routed::NoSession(player) => {
             inner.counters.inputs_dropped_unroutable.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%player, "an input of a player without a session here");
+        }
+        Routed::TransitFull(player) => {
+            inner.counters.inputs_dropped_unroutable.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%player, "an input dropped: too many wait for the player's avatar to arrive");
         }
     }
 }

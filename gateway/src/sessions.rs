@@ -15,8 +15,10 @@
 //!   (generations). A resume through another gateway ends the session here (`Detached`); the
 //!   client sends again what was not acknowledged.
 //! - Invariant 2: inputs that arrive while the avatar is between regions wait, in order, and go to
-//!   the new region when it says the avatar arrived; a crossing is never dropped (it is retried,
-//!   and turned back after [`crate::crossing::SEND_BACK_AFTER`] failures, see [`Crossings`]).
+//!   the new region when it says the avatar arrived (at most [`MAX_TRANSIT_INPUTS`] per player;
+//!   more are dropped, counted, and asked for again by the region); a crossing is never dropped (it
+//!   is retried, and turned back after [`crate::crossing::SEND_BACK_AFTER`] failures, see
+//!   [`Crossings`]).
 //!
 //! What it does not do: routes and epochs ([`crate::route::RouteTable`]), tokens, limits, or
 //! anything with a socket.
@@ -31,6 +33,13 @@ use crate::crossing::{Crossings, Delivery};
 
 /// How long after a refused or unroutable delivery a crossing is tried again.
 pub(crate) const CROSSING_RETRY: Duration = Duration::from_millis(100);
+
+/// Most inputs of one player that wait while its avatar crosses a border (12.8 s of inputs at
+/// 20 Hz; a crossing takes a few ticks, or a few seconds when its destination is being moved).
+/// The rest are dropped and counted: the client keeps every input until it is acknowledged, and
+/// the region asks for the missing ones again once it sees the gap (so a client that floods
+/// inputs during a crossing cannot grow the gateway's memory without bound).
+pub(crate) const MAX_TRANSIT_INPUTS: usize = 256;
 
 /// What the service must do when a timer of the table fires.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,6 +69,8 @@ pub(crate) enum Routed {
     Waiting,
     /// Nowhere: the player has no session here.
     NoSession(PlayerId),
+    /// Nowhere: [`MAX_TRANSIT_INPUTS`] of the player's inputs wait for its avatar's arrival already.
+    TransitFull(PlayerId),
 }
 
 /// A new connection's session.
@@ -169,6 +180,7 @@ impl SessionTable {
     pub(crate) fn handle_input(&mut self, input: PlayerInput) -> Routed {
         let Some(record) = self.sessions.get_mut(&input.player) else { return Routed::NoSession(input.player) };
         match record.transit.as_mut() {
+            Some(waiting) if waiting.len() >= MAX_TRANSIT_INPUTS => Routed::TransitFull(input.player),
             Some(waiting) => {
                 waiting.push(input);
                 Routed::Waiting
@@ -469,6 +481,25 @@ mod tests {
         );
         // A player with no session here: its avatar is delivered (this gateway cannot tell).
         assert!(table.handle_emigrated(transfer(8)).is_some());
+    }
+
+    #[test]
+    fn inputs_waiting_for_a_crossing_are_bounded_per_player() {
+        let mut table = SessionTable::new(GRACE);
+        table.handle_connected(PlayerId(7), HOME);
+        table.handle_connected(PlayerId(8), HOME);
+        table.handle_emigrated(transfer(7));
+        table.handle_emigrated(transfer(8));
+        for seq in 1..=MAX_TRANSIT_INPUTS as u64 {
+            assert_eq!(table.handle_input(input(7, seq)), Routed::Waiting);
+        }
+        let over = MAX_TRANSIT_INPUTS as u64 + 1;
+        assert_eq!(table.handle_input(input(7, over)), Routed::TransitFull(PlayerId(7)));
+        assert_eq!(table.handle_input(input(8, 1)), Routed::Waiting, "another player's inputs still wait");
+        let waited = table.handle_arrived(PlayerId(7), NEXT).expect("the player has a session");
+        assert_eq!(waited.len(), MAX_TRANSIT_INPUTS);
+        assert!(waited.iter().map(|input| input.seq).eq(1..=MAX_TRANSIT_INPUTS as u64), "the first ones, in order");
+        assert_eq!(table.handle_input(input(7, over)), Routed::To(NEXT, input(7, over)), "arrived: routed again");
     }
 
     #[test]
