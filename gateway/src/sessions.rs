@@ -16,7 +16,8 @@
 //!   client sends again what was not acknowledged.
 //! - Invariant 2: inputs that arrive while the avatar is between regions wait, in order, and go to
 //!   the new region when it says the avatar arrived (at most [`MAX_TRANSIT_INPUTS`] per player;
-//!   more are dropped, counted, and asked for again by the region); a crossing is never dropped (it
+//!   more are dropped and counted, and the region asks for them again once a later input of the
+//!   player reaches it); a crossing is never dropped (it
 //!   is retried, and turned back after [`crate::crossing::SEND_BACK_AFTER`] failures, see
 //!   [`Crossings`]).
 //!
@@ -34,11 +35,13 @@ use crate::crossing::{Crossings, Delivery};
 /// How long after a refused or unroutable delivery a crossing is tried again.
 pub(crate) const CROSSING_RETRY: Duration = Duration::from_millis(100);
 
-/// Most inputs of one player that wait while its avatar crosses a border (12.8 s of inputs at
-/// 20 Hz; a crossing takes a few ticks, or a few seconds when its destination is being moved).
-/// The rest are dropped and counted: the client keeps every input until it is acknowledged, and
-/// the region asks for the missing ones again once it sees the gap (so a client that floods
-/// inputs during a crossing cannot grow the gateway's memory without bound).
+/// Most inputs of one player that wait while its avatar crosses a border: 12.8 s of a client
+/// sending 20 a second, 4.3 s at the gateway's default rate limit of 60 a second (a crossing
+/// takes a few ticks, or seconds when its destination is being moved); 256 KiB of payload at
+/// most. The rest are dropped and counted: the client keeps every input until it is
+/// acknowledged, and the region asks for the missing ones again once a later input of the
+/// player reaches it past the gap. So a client that floods inputs during a crossing cannot grow
+/// the gateway's memory without bound.
 pub(crate) const MAX_TRANSIT_INPUTS: usize = 256;
 
 /// What the service must do when a timer of the table fires.

@@ -6,7 +6,9 @@
 //! answer, the passing of time); everything it wants done comes out of [`RegionNode::poll_output`]
 //! ([`Output`]: messages for the peer, requests to the ownership authority, messages for gateways,
 //! checkpoints to store, events for the operator); [`RegionNode::poll_timeout`] says when to call
-//! [`RegionNode::handle_timeout`] next. It owns no socket, channel, thread or clock: the runtime's
+//! [`RegionNode::handle_timeout`] next. It owns no socket, channel, thread or clock (it reads the
+//! monotonic clock only to time its own work for reports, as the region times its ticks, never to
+//! decide anything): the runtime's
 //! region thread (`baton_runtime`'s `region_loop`) drives it with real time and real sockets, and
 //! [`crate::handoff::testing`] drives two of them on a virtual clock over a simulated link, so the
 //! in-process fault scenarios run exactly the code production runs.
@@ -29,7 +31,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use baton_wire::serve::TickSamples;
+use baton_wire::serve::{HandoffTicks, TickSamples};
 use baton_wire::upstream::{ServerMessage, Transfer};
 use baton_wire::{Epoch, PlayerId, PlayerInput, RegionId};
 
@@ -222,10 +224,8 @@ pub enum HostEvent {
         epoch: Epoch,
         /// What the handoff moved and how long it froze.
         stats: SourceStats,
-        /// The region thread's ticks before the handoff started.
-        ticks_before: TickSamples,
-        /// Its ticks from the start of the handoff to the freeze.
-        ticks_during: TickSamples,
+        /// The region thread's ticks before the handoff started and during it.
+        ticks: Box<HandoffTicks>,
     },
     /// A handoff of `region` failed; the side that reports it says what it does next.
     Aborted {
@@ -536,6 +536,8 @@ pub struct RegionNode<L: RegionLogic> {
 /// A tick the handoff has yet to do its work at ([`RegionNode::complete_handoff_tick`]).
 #[derive(Clone, Copy, Debug)]
 struct HandoffTick {
+    /// The handoff it belongs to.
+    handoff: crate::handoff::HandoffId,
     /// When the tick ended.
     ended: Instant,
     /// When the next tick is due.
@@ -549,25 +551,43 @@ struct HandoffTick {
 /// Ticks a region without a handoff keeps, to compare a handoff's ticks with (15 s at 20 Hz).
 const TICKS_KEPT: usize = 300;
 
-/// The region thread's time at each tick (busy, late; microseconds): the last [`TICKS_KEPT`] ticks
-/// without a handoff, and those of the current handoff up to its freeze. A handoff that commits
-/// reports both ([`HostEvent::HandedOff`]), so a benchmark can tell whether it made ticks costlier.
+/// Most ticks of one handoff kept (the last ones; 60 s at 20 Hz), so what a long handoff reports
+/// stays small.
+const HANDOFF_TICKS_KEPT: usize = 1200;
+
+/// One tick as the node timed it, in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct TickTime {
+    busy: u32,
+    late: u32,
+    handoff: u32,
+}
+
+/// The region thread's time at each tick: the last [`TICKS_KEPT`] ticks without a handoff, and
+/// the last [`HANDOFF_TICKS_KEPT`] of the current handoff up to its freeze. A handoff that commits
+/// reports both ([`HostEvent::HandedOff`]): what the ticks cost, and what the handoff's work after
+/// each of them took.
 #[derive(Debug, Default)]
 struct TickLog {
-    before: VecDeque<(u32, u32)>,
-    during: Vec<(u32, u32)>,
+    before: VecDeque<TickTime>,
+    during: VecDeque<TickTime>,
 }
 
 impl TickLog {
     fn record(&mut self, in_handoff: bool, busy: Duration, late: Duration) {
-        let entry = (micros_u32(busy), micros_u32(late));
-        if in_handoff {
-            self.during.push(entry);
-        } else {
-            if self.before.len() == TICKS_KEPT {
-                self.before.pop_front();
-            }
-            self.before.push_back(entry);
+        let entry = TickTime { busy: micros_u32(busy), late: micros_u32(late), handoff: 0 };
+        let (log, kept) =
+            if in_handoff { (&mut self.during, HANDOFF_TICKS_KEPT) } else { (&mut self.before, TICKS_KEPT) };
+        if log.len() == kept {
+            log.pop_front();
+        }
+        log.push_back(entry);
+    }
+
+    /// The handoff's work after the last tick of the handoff took `took`.
+    fn handoff_worked(&mut self, took: Duration) {
+        if let Some(last) = self.during.back_mut() {
+            last.handoff = micros_u32(took);
         }
     }
 
@@ -578,12 +598,19 @@ impl TickLog {
 
     /// The handoff committed: (before, during), and the ticks from here on count as without one.
     fn take(&mut self) -> (TickSamples, TickSamples) {
-        let samples = |entries: &mut dyn Iterator<Item = (u32, u32)>| {
-            let (busy_us, late_us) = entries.unzip();
-            TickSamples { busy_us, late_us }
+        let samples = |entries: &mut dyn Iterator<Item = TickTime>, handoff: bool| {
+            let mut samples = TickSamples::default();
+            for entry in entries {
+                samples.busy_us.push(entry.busy);
+                samples.late_us.push(entry.late);
+                if handoff {
+                    samples.handoff_us.push(entry.handoff);
+                }
+            }
+            samples
         };
-        let before = samples(&mut self.before.iter().copied());
-        let during = samples(&mut self.during.drain(..));
+        let before = samples(&mut self.before.iter().copied(), false);
+        let during = samples(&mut self.during.drain(..), true);
         (before, during)
     }
 }
@@ -1184,6 +1211,10 @@ impl<L: RegionLogic> RegionNode<L> {
 
     /// The time passes: runs the tick if it is due (never while frozen, protocol.md §6), then the
     /// handoff's timeouts. `gateways` says who serves which player (for views and crossings).
+    ///
+    /// A handoff's work at the tick (its delta round, or the freeze) is not done here but in the
+    /// next [`RegionNode::poll_output`] once the tick's outputs are taken (protocol.md §4): until
+    /// then [`RegionNode::is_frozen`] says what it was before the tick.
     pub fn handle_timeout(&mut self, now: Instant, gateways: &dyn Gateways) {
         // A tick never starts before the handoff has done its work at the previous one (which may
         // freeze the region).
@@ -1273,19 +1304,28 @@ impl<L: RegionLogic> RegionNode<L> {
             {
                 self.durability.marked(marked, player_progress(self.region.world()));
             }
-            if handoff.is_some() {
+            if let Some(handoff) = handoff.as_ref().filter(|handoff| !handoff.is_finished()) {
                 // The handoff's work at this tick (a delta round collected and encoded, or the
                 // freeze) waits until the tick's updates are out (see `complete_handoff_tick`).
                 // The tick ended `duration` after it started: the freeze (protocol.md §8) and the
                 // target's first tick (§6) are timed from its end, not its start.
-                self.handoff_tick =
-                    Some(HandoffTick { ended: now + report.duration, next_due: schedule.next_due(), tick, started_us });
+                self.handoff_tick = Some(HandoffTick {
+                    handoff: handoff.id(),
+                    ended: now + report.duration,
+                    next_due: schedule.next_due(),
+                    tick,
+                    started_us,
+                });
             }
             self.tick_log.record(in_handoff, began.elapsed(), timing.late_by);
             self.outputs.push_back(Output::Ticked(report));
         }
         match &mut self.state {
-            State::Owner { handoff: Some(handoff), .. } if handoff.poll_timeout().is_some_and(|at| at <= now) => {
+            // The handoff's timeouts wait for its work at the tick that just ran, as they did
+            // when that work was part of the tick: the driver calls again at once.
+            State::Owner { handoff: Some(handoff), .. }
+                if self.handoff_tick.is_none() && handoff.poll_timeout().is_some_and(|at| at <= now) =>
+            {
                 handoff.handle_timeout(now, self.region.world_mut());
             }
             State::Target { receiver } if receiver.poll_timeout().is_some_and(|at| at <= now) => {
@@ -1309,7 +1349,9 @@ impl<L: RegionLogic> RegionNode<L> {
         }
     }
 
-    /// The next thing to do, if any. `now` bounds the snapshot work done in this call: chunks are
+    /// The next thing to do, if any; once the outputs queued before are taken, this is where a
+    /// handoff does its work at the last tick (see [`RegionNode::handle_timeout`]). `now` bounds
+    /// the snapshot work done in this call: chunks are
     /// encoded in the time left before the next tick is due, so streaming a large region does not
     /// push its ticks late, and once [`MIN_CHUNK_INTERVAL`] has passed since the last one even when
     /// a tick is due (see [`chunk_allowed`]).
@@ -1326,8 +1368,9 @@ impl<L: RegionLogic> RegionNode<L> {
 
     /// The handoff's work at the last tick, once that tick's updates are out (the output queue was
     /// drained before [`RegionNode::drive`] runs): its delta round is collected and encoded, or the
-    /// region freezes. Done here rather than in the tick so that encoding a round delays no
-    /// player's updates; the next tick waits for it. True when there was a tick to complete.
+    /// region freezes (protocol.md §4). Done here rather than in the tick so that encoding a round
+    /// delays no player's updates; the next tick waits for it. Nothing for a tick of an earlier
+    /// handoff. True when there was a tick to complete.
     fn complete_handoff_tick(&mut self) -> bool {
         let Some(ended) = self.handoff_tick.take() else {
             return false;
@@ -1336,7 +1379,13 @@ impl<L: RegionLogic> RegionNode<L> {
         let State::Owner { epoch, handoff: Some(handoff), .. } = &mut self.state else {
             return true;
         };
+        if handoff.id() != ended.handoff {
+            return true;
+        }
+        // Timed for the report only, as the tick is.
+        let began = Instant::now();
         handoff.handle_tick_completed(ended.ended, self.region.world_mut(), ended.next_due);
+        self.tick_log.handoff_worked(began.elapsed());
         if !handoff.allows_ticks() {
             self.outputs.push_back(Output::Broadcast(ServerMessage::Frozen { region: id, epoch: *epoch }));
             let digest = self.region.world_mut().digest();
@@ -1435,13 +1484,12 @@ impl<L: RegionLogic> RegionNode<L> {
                                     owner,
                                 }));
                             }
-                            let (ticks_before, ticks_during) = self.tick_log.take();
+                            let (before, during) = self.tick_log.take();
                             self.outputs.push_back(Output::Event(HostEvent::HandedOff {
                                 region: id,
                                 epoch: new_epoch,
                                 stats: handoff.stats(),
-                                ticks_before,
-                                ticks_during,
+                                ticks: Box::new(HandoffTicks { before, during }),
                             }));
                             for input in undelivered {
                                 refuse_input(id, input, &mut self.outputs);
@@ -2469,21 +2517,35 @@ mod tests {
     }
 
     #[test]
-    fn the_tick_log_keeps_the_last_ticks_without_a_handoff_and_every_tick_of_one() {
+    fn the_tick_log_keeps_the_last_ticks_without_a_handoff_and_those_of_one() {
         let mut log = TickLog::default();
         for tick in 0..(TICKS_KEPT as u64 + 5) {
             log.record(false, Duration::from_micros(tick), Duration::from_micros(1));
         }
+        log.handoff_worked(Duration::from_millis(1));
         log.handoff_started();
         log.record(true, Duration::from_millis(3), Duration::from_micros(7));
+        log.handoff_worked(Duration::from_micros(250));
         log.record(true, Duration::from_secs(5000), Duration::ZERO);
         let (before, during) = log.take();
         assert_eq!(before.busy_us.len(), TICKS_KEPT);
         assert_eq!(before.busy_us.first(), Some(&5), "the oldest went");
         assert_eq!(before.late_us.len(), TICKS_KEPT);
+        assert!(before.handoff_us.is_empty(), "no handoff's work before one");
         assert_eq!(during.busy_us, vec![3000, u32::MAX], "a tick too long for u32 µs is counted as the longest");
         assert_eq!(during.late_us, vec![7, 0]);
+        assert_eq!(during.handoff_us, vec![250, 0], "the work after each tick of the handoff");
         assert_eq!(log.take().1, TickSamples::default(), "the handoff's ticks are taken once");
+        for tick in 0..(HANDOFF_TICKS_KEPT as u64 + 2) {
+            log.record(true, Duration::from_micros(tick), Duration::ZERO);
+        }
+        let during = log.take().1;
+        assert_eq!(during.busy_us.len(), HANDOFF_TICKS_KEPT);
+        assert_eq!(during.busy_us.first(), Some(&2), "a long handoff keeps its last ticks");
+        // An aborted handoff's ticks are not the next one's.
+        log.record(true, Duration::from_millis(1), Duration::ZERO);
+        log.handoff_started();
+        assert_eq!(log.take().1, TickSamples::default());
     }
 
     #[test]

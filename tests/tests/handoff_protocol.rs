@@ -11,6 +11,7 @@ use baton_sdk::RegionConfig;
 use baton_sdk::codec::ChunkConfig;
 use baton_sdk::handoff::testing::{HandoffPair, Record, Side};
 use baton_sdk::handoff::{Culprit, OwnershipAuthority, SourceConfig, SourcePhase, TargetPhase};
+use baton_sdk::wire::serve::TickSamples;
 use baton_sdk::wire::{Epoch, RegionId};
 use sample_region_server::{SampleLogic, WorldSpec, new_region, populate};
 
@@ -309,6 +310,45 @@ fn inputs_that_reach_the_frozen_source_are_applied_once_by_whoever_owns_the_regi
         assert!(pair.inputs_to_frozen_source > 0, "{fault:?}: no input reached the frozen source");
         assert_eq!(pair.arrivals().0, 0, "{fault:?}: inputs that arrived twice");
     }
+}
+
+#[test]
+fn the_source_reports_every_tick_it_ran_during_the_handoff_and_the_work_after_each() {
+    // Long enough a handoff to span several ticks: the target's engine takes 300 ms to build.
+    let mut pair = pair(600);
+    pair.engine_build_time = Duration::from_millis(300);
+    pair.drive_until(Duration::from_secs(1));
+    let started = pair.elapsed();
+    pair.start_handoff();
+    let end = started + Duration::from_secs(5);
+    pair.drive_until(end);
+    pair.check_invariants();
+    assert_eq!(pair.ticking(), Some(Side::Target), "committed");
+    let ran = pair
+        .records
+        .iter()
+        .filter(|record| matches!(record, Record::Tick { side: Side::Source, at, .. } if *at > started))
+        .count();
+    let reported: Vec<(&TickSamples, &TickSamples)> = pair
+        .records
+        .iter()
+        .filter_map(|record| match record {
+            Record::HandedOff { before, during } => Some((before, during)),
+            _ => None,
+        })
+        .collect();
+    let [(before, during)] = reported[..] else { panic!("one handoff reported: {reported:?}") };
+    assert!(ran > 1, "the source ticked {ran} times during the handoff");
+    assert_eq!(during.busy_us.len(), ran, "one entry per tick, the freezing one included");
+    assert_eq!(during.late_us.len(), ran);
+    assert_eq!(during.handoff_us.len(), ran);
+    let ticks_before = pair
+        .records
+        .iter()
+        .filter(|record| matches!(record, Record::Tick { side: Side::Source, at, .. } if *at <= started))
+        .count();
+    assert_eq!(before.busy_us.len(), ticks_before, "every tick before it");
+    assert!(before.handoff_us.is_empty());
 }
 
 /// A busy sample region of 600 crates and 20 avatars (over `engines_ready_bodies`) whose target

@@ -23,8 +23,8 @@ use baton_net::{ClusterIdentity, Congestion, LedbatConfig, LinkSettings};
 use baton_sdk::handoff::{FileAuthority, OwnershipAuthority, SourceConfig, SourcePhase};
 use baton_sdk::sessions::PlayerSession;
 use baton_sdk::wire::serve::{
-    GameObject, HandoffFigures, HandoffPhase, HandoffTicks, PlayerReport, SERVE_VERSION, ServerCommand, ServerEvent,
-    parse_command, to_line,
+    GameObject, HandoffFigures, HandoffPhase, PlayerReport, SERVE_VERSION, ServerCommand, ServerEvent, parse_command,
+    to_line,
 };
 use baton_sdk::wire::{Epoch, PlayerId, PlayerInput, RegionId};
 use baton_sdk::{EntityId, Region, RegionError, RegionLogic, World};
@@ -536,7 +536,7 @@ pub fn server_event(event: HostEvent) -> ServerEvent {
             ServerEvent::Authoritative { region, epoch, digest: digest.to_string() }
         }
         HostEvent::FirstTick { region, tick, at_us } => ServerEvent::FirstTick { region, tick, at_us },
-        HostEvent::HandedOff { region, epoch, stats, ticks_before, ticks_during } => ServerEvent::HandedOff {
+        HostEvent::HandedOff { region, epoch, stats, ticks } => ServerEvent::HandedOff {
             region,
             epoch,
             figures: HandoffFigures {
@@ -550,7 +550,7 @@ pub fn server_event(event: HostEvent) -> ServerEvent {
                 change_bytes_per_tick: stats.change_bytes_per_tick,
                 waited_us: stats.waited.map(|waited| waited.as_micros() as u64),
                 engines_waited_us: stats.engines_waited.map(|waited| waited.as_micros() as u64),
-                ticks: Box::new(HandoffTicks { before: ticks_before, during: ticks_during }),
+                ticks,
             },
         },
         HostEvent::Aborted { region, reason, owning } => ServerEvent::Aborted { region, reason, owning },

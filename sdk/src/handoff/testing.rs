@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use baton_wire::serve::TickSamples;
 use baton_wire::upstream::ServerMessage;
 use baton_wire::{Epoch, PlayerId, PlayerInput, RegionId};
 
@@ -77,6 +78,13 @@ pub enum Record {
         side: Side,
         /// The answer.
         message: ServerMessage,
+    },
+    /// The source handed the region off, with its ticks before and during the handoff.
+    HandedOff {
+        /// The ticks before the handoff started.
+        before: TickSamples,
+        /// Its ticks from the start to the freeze.
+        during: TickSamples,
     },
 }
 
@@ -431,9 +439,6 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
         }
         if !self.source_crashed {
             self.source.handle_timeout(now, &NoGateways);
-            if self.freeze_digest.is_none() && self.source_phase() == Some(SourcePhase::Frozen) {
-                self.freeze_digest = Some(self.source.region_mut().world_mut().digest());
-            }
         }
         if !self.target_crashed {
             self.target.handle_timeout(now, &NoGateways);
@@ -521,6 +526,10 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
                 break;
             }
         }
+        // The source freezes once its tick's outputs are out (protocol.md §4), in the loop above.
+        if !self.source_crashed && self.freeze_digest.is_none() && self.source_phase() == Some(SourcePhase::Frozen) {
+            self.freeze_digest = Some(self.source.region_mut().world_mut().digest());
+        }
     }
 
     /// Hands a built engine to `side`'s node, unless that side crashed meanwhile.
@@ -605,6 +614,10 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
                 }
             }
             Output::ToGateway { message, .. } => self.records.push(Record::ToGateway { side, message }),
+            Output::Event(HostEvent::HandedOff { ticks, .. }) => {
+                let ticks = *ticks;
+                self.records.push(Record::HandedOff { before: ticks.before, during: ticks.during });
+            }
             // This harness runs two instances and no standby; standbys have their own tests.
             Output::Connect { .. }
             | Output::ConnectStandby { .. }

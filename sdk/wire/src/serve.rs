@@ -192,6 +192,11 @@ pub struct TickSamples {
     pub busy_us: Vec<u32>,
     /// Microseconds the tick started after it was due.
     pub late_us: Vec<u32>,
+    /// During a handoff: microseconds of the handoff's work after the tick (its delta round
+    /// collected and encoded, or the freeze's final round), on the region thread before the next
+    /// tick. Empty for ticks without a handoff.
+    #[serde(default)]
+    pub handoff_us: Vec<u32>,
 }
 
 impl HandoffFigures {
@@ -664,8 +669,8 @@ mod tests {
                     waited_us: None,
                     engines_waited_us: None,
                     ticks: Box::new(HandoffTicks {
-                        before: TickSamples { busy_us: vec![900, 1100], late_us: vec![40, 60] },
-                        during: TickSamples { busy_us: vec![1000], late_us: vec![50] },
+                        before: TickSamples { busy_us: vec![900, 1100], late_us: vec![40, 60], handoff_us: Vec::new() },
+                        during: TickSamples { busy_us: vec![1000], late_us: vec![50], handoff_us: vec![300] },
                     }),
                 },
             },

@@ -4,7 +4,8 @@
 //! The region holds `--entities` entities (or `--state-mb` of them) of which `--dirty` change every
 //! tick at 30 Hz, or with `--world sample` the sample game's world at the size of a real game
 //! server (10,000 physics objects, 500 scripted NPCs, 1,000 plants), plus `--avatars` players
-//! sending 20 inputs/s. Run it from a release build:
+//! sending 20 inputs/s. `source_ticks` in the JSON compares the source's ticks before and during
+//! the handoffs. Run it from a release build:
 //! `cargo run --release -p baton-harness --bin handoff-bench -- --entities 10000 --dirty 0.05 --handoffs 20`
 
 use std::process::ExitCode;
@@ -185,29 +186,29 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let waited = sorted(committed.iter().map(|outcome| outcome.waited_us as f64 / 1000.0).collect());
     let engines_waited = sorted(committed.iter().map(|outcome| outcome.engines_waited_us as f64 / 1000.0).collect());
     // Every committed handoff's source ticks, pooled: those it ran before each handoff and those
-    // during it (to its freeze). Busy is the region thread's time at the tick, late how long after
-    // its due time it started.
-    let pooled = |pick: fn(&HandoffOutcome) -> &TickSamples, late: bool| {
+    // during it (to its freeze). Busy is the region thread's time from a tick's start to its
+    // updates, late how long after its due time it started, handoff the handoff's work after it.
+    type Pick = fn(&HandoffOutcome) -> &TickSamples;
+    type Field = fn(&TickSamples) -> &Vec<u32>;
+    let pooled = |pick: Pick, field: Field| {
         sorted(
             committed
                 .iter()
-                .flat_map(|outcome| {
-                    let samples = pick(outcome);
-                    if late { samples.late_us.clone() } else { samples.busy_us.clone() }
-                })
-                .map(|us| f64::from(us) / 1000.0)
+                .flat_map(|outcome| field(pick(outcome)).iter().map(|us| f64::from(*us) / 1000.0))
                 .collect(),
         )
     };
-    let tick_figures = |pick: fn(&HandoffOutcome) -> &TickSamples| {
-        let (busy, late) = (pooled(pick, false), pooled(pick, true));
+    let figures = |values: &[f64]| json!({"p50": percentile(values, 0.5), "p99": percentile(values, 0.99), "max": values.last().copied().unwrap_or(0.0)});
+    let tick_figures = |pick: Pick| {
+        let busy = pooled(pick, |samples| &samples.busy_us);
         json!({
             "ticks": busy.len(),
-            "busy_ms": {"p50": percentile(&busy, 0.5), "p99": percentile(&busy, 0.99), "max": busy.last().copied().unwrap_or(0.0)},
-            "late_ms": {"p50": percentile(&late, 0.5), "p99": percentile(&late, 0.99), "max": late.last().copied().unwrap_or(0.0)},
+            "busy_ms": figures(&busy),
+            "late_ms": figures(&pooled(pick, |samples| &samples.late_us)),
+            "handoff_ms": figures(&pooled(pick, |samples| &samples.handoff_us)),
         })
     };
-    let busy_p99 = |pick: fn(&HandoffOutcome) -> &TickSamples| percentile(&pooled(pick, false), 0.99);
+    let busy_p99 = |pick: Pick| percentile(&pooled(pick, |samples| &samples.busy_us), 0.99);
     let (before_p99, during_p99) =
         (busy_p99(|outcome| &outcome.ticks_before), busy_p99(|outcome| &outcome.ticks_during));
     let source_ticks = json!({
