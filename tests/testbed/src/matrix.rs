@@ -4,7 +4,7 @@
 //!
 //! Each cell starts a fresh test bed and deployment: the coordinator (`co`), three hosts (`h1`,
 //! `h2`, `h3`: an agent each with its warm region servers), two gateways (`g0`, `g1`) and the
-//! players (`pl`), each in its own network namespace. Region 1 (20,000 entities, 4% of them
+//! players (`pl`), each in its own network namespace. Region 1 (20,000 entities, 2% of them
 //! changing per tick, so its handoff streams a snapshot and at least one delta round) lives on
 //! `h1` with four players; region 2 on `h3` with two. Every player plays through `g0` and resumes
 //! its session at `g1` if `g0` dies. Region 1 migrates to `h2` with a fault point
@@ -303,7 +303,7 @@ fn run_in(testbed: &Testbed, cell: Cell, report: &mut CellReport) -> anyhow::Res
         },
     };
     let mut server = ServerCommandLine::sample(&spec)?;
-    server.args.extend(["--dirty".into(), "0.04".into()]);
+    server.args.extend(["--dirty".into(), MOVING_DIRTY.into(), "--bulk-mbps".into(), BULK_MBPS.into()]);
     let point = std::env::temp_dir().join(format!("baton-fault-{}-{}", std::process::id(), unique_suffix()));
     // A handoff's phases come only with the migration the cell starts; crossings start as soon as
     // players patrol, so that point is armed (by file) once every player is in play.
@@ -327,6 +327,20 @@ fn run_in(testbed: &Testbed, cell: Cell, report: &mut CellReport) -> anyhow::Res
     outcome
 }
 
+/// Churn entities of the region a handoff cell moves, the fraction of them that changes a tick
+/// (`--dirty`), and the bulk cap of the cells' region servers (`--bulk-mbps`). 400 entities a
+/// tick are 23 kB: over the 20 kB freeze budget the 10 MB/s cap gives (2 ms of it), so the first
+/// round is never the final one and the rounds phase is always reached; and about half of the
+/// four budgets a final round may take once the source measured a debug build's delivery rate on
+/// the test bed (5.1 MB/s: budgets of 10 kB), so the handoff converges. With 4% (46 kB a tick)
+/// and the default 50 MB/s cap (100 kB budgets), one tick was over the four measured budgets
+/// whenever the rate fell under 5.75 MB/s, and the cell's handoff gave up ("did not converge")
+/// before its fault; at 2% alone the first round sometimes fit the 100 kB budget and the source
+/// froze without a round.
+const MOVING_CHURN: usize = 20_000;
+const MOVING_DIRTY: &str = "0.02";
+const BULK_MBPS: &str = "10";
+
 fn unique_suffix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_nanos() as u64)
 }
@@ -339,7 +353,7 @@ fn run_fleet(
     report: &mut CellReport,
 ) -> anyhow::Result<()> {
     let (_g1, g1_address) = ready(fleet)?;
-    let moving = json!({"churn": 20_000, "objects": 40, "npcs": 4, "plants": 4});
+    let moving = json!({"churn": MOVING_CHURN, "objects": 40, "npcs": 4, "plants": 4});
     fleet.ok("POST", "/v1/regions", Some(json!({"region": MOVING, "host": "h1", "world": moving})))?;
     let small = json!({"objects": 40, "npcs": 4, "plants": 4});
     fleet.ok("POST", "/v1/regions", Some(json!({"region": BYSTANDER, "host": "h3", "world": small})))?;
