@@ -1230,7 +1230,8 @@ impl<L: RegionLogic> RegionNode<L> {
             // Measured, never decided on: what the tick costs the region thread up to putting out
             // its updates (a handoff's work at it comes after), for the handoff's figures.
             let began = Instant::now();
-            let in_handoff = handoff.as_ref().is_some_and(|handoff| !handoff.is_finished());
+            // The handoff this tick belongs to, if one is going on.
+            let in_handoff = handoff.as_ref().filter(|handoff| !handoff.is_finished()).map(HandoffSource::id);
             let timing = schedule.start_tick(now);
             if timing.late_by > interval / 2 {
                 self.region.note_late_tick();
@@ -1304,20 +1305,20 @@ impl<L: RegionLogic> RegionNode<L> {
             {
                 self.durability.marked(marked, player_progress(self.region.world()));
             }
-            if let Some(handoff) = handoff.as_ref().filter(|handoff| !handoff.is_finished()) {
+            if let Some(handoff) = in_handoff {
                 // The handoff's work at this tick (a delta round collected and encoded, or the
                 // freeze) waits until the tick's updates are out (see `complete_handoff_tick`).
                 // The tick ended `duration` after it started: the freeze (protocol.md §8) and the
                 // target's first tick (§6) are timed from its end, not its start.
                 self.handoff_tick = Some(HandoffTick {
-                    handoff: handoff.id(),
+                    handoff,
                     ended: now + report.duration,
                     next_due: schedule.next_due(),
                     tick,
                     started_us,
                 });
             }
-            self.tick_log.record(in_handoff, began.elapsed(), timing.late_by);
+            self.tick_log.record(in_handoff.is_some(), began.elapsed(), timing.late_by);
             self.outputs.push_back(Output::Ticked(report));
         }
         match &mut self.state {

@@ -11,7 +11,7 @@ use baton_sdk::RegionConfig;
 use baton_sdk::codec::ChunkConfig;
 use baton_sdk::handoff::testing::{HandoffPair, Record, Side};
 use baton_sdk::handoff::{Culprit, OwnershipAuthority, SourceConfig, SourcePhase, TargetPhase};
-use baton_sdk::wire::serve::TickSamples;
+use baton_sdk::wire::serve::HandoffTicks;
 use baton_sdk::wire::{Epoch, RegionId};
 use sample_region_server::{SampleLogic, WorldSpec, new_region, populate};
 
@@ -329,15 +329,15 @@ fn the_source_reports_every_tick_it_ran_during_the_handoff_and_the_work_after_ea
         .iter()
         .filter(|record| matches!(record, Record::Tick { side: Side::Source, at, .. } if *at > started))
         .count();
-    let reported: Vec<(&TickSamples, &TickSamples)> = pair
+    let reported: Vec<&HandoffTicks> = pair
         .records
         .iter()
         .filter_map(|record| match record {
-            Record::HandedOff { before, during } => Some((before, during)),
+            Record::HandedOff(ticks) => Some(ticks),
             _ => None,
         })
         .collect();
-    let [(before, during)] = reported[..] else { panic!("one handoff reported: {reported:?}") };
+    let [HandoffTicks { before, during }] = reported[..] else { panic!("one handoff reported: {reported:?}") };
     assert!(ran > 1, "the source ticked {ran} times during the handoff");
     assert_eq!(during.busy_us.len(), ran, "one entry per tick, the freezing one included");
     assert_eq!(during.late_us.len(), ran);

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use baton_wire::serve::TickSamples;
+use baton_wire::serve::HandoffTicks;
 use baton_wire::upstream::ServerMessage;
 use baton_wire::{Epoch, PlayerId, PlayerInput, RegionId};
 
@@ -80,12 +80,7 @@ pub enum Record {
         message: ServerMessage,
     },
     /// The source handed the region off, with its ticks before and during the handoff.
-    HandedOff {
-        /// The ticks before the handoff started.
-        before: TickSamples,
-        /// Its ticks from the start to the freeze.
-        during: TickSamples,
-    },
+    HandedOff(HandoffTicks),
 }
 
 /// Two instances of a region and everything between them.
@@ -614,10 +609,7 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
                 }
             }
             Output::ToGateway { message, .. } => self.records.push(Record::ToGateway { side, message }),
-            Output::Event(HostEvent::HandedOff { ticks, .. }) => {
-                let ticks = *ticks;
-                self.records.push(Record::HandedOff { before: ticks.before, during: ticks.during });
-            }
+            Output::Event(HostEvent::HandedOff { ticks, .. }) => self.records.push(Record::HandedOff(*ticks)),
             // This harness runs two instances and no standby; standbys have their own tests.
             Output::Connect { .. }
             | Output::ConnectStandby { .. }

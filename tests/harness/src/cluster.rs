@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use baton_coordinator::console::{ConsoleCommand, ConsoleEvent};
 use baton_gateway::{GatewayCommand, GatewayEvent, GatewayStats};
-use baton_wire::serve::{GameObject, JoinRequest, ServerCommand, ServerEvent, TickSamples, to_game_object, to_line};
+use baton_wire::serve::{GameObject, HandoffTicks, JoinRequest, ServerCommand, ServerEvent, to_game_object, to_line};
 use baton_wire::{PlayerId, RegionId};
 use sample_region_server::expected_chain;
 use sample_region_server::game::{AvatarReport, Spawn, WorldRequest};
@@ -318,10 +318,8 @@ pub struct HandoffOutcome {
     pub engines_waited_us: u64,
     /// Bytes of changes per tick in the source's last round.
     pub change_bytes_per_tick: u64,
-    /// The source's ticks before the handoff.
-    pub ticks_before: TickSamples,
-    /// The source's ticks from the start of the handoff to the freeze.
-    pub ticks_during: TickSamples,
+    /// The source's ticks before and during the handoff.
+    pub ticks: HandoffTicks,
 }
 
 /// Bytes of snapshot per churn entity of the sample at a million or so (measured: a
@@ -707,8 +705,7 @@ impl Cluster {
                 outcome.engines_waited_us = figures.engines_waited_us.unwrap_or(0);
                 outcome.change_bytes_per_tick = figures.change_bytes_per_tick.unwrap_or(0);
                 outcome.tick_gap_us = first_tick_at.saturating_sub(last_tick_at);
-                outcome.ticks_before = figures.ticks.before.clone();
-                outcome.ticks_during = figures.ticks.during.clone();
+                outcome.ticks = (*figures.ticks).clone();
                 return Ok(outcome);
             }
             if Instant::now() > deadline {

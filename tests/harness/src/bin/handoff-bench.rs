@@ -210,10 +210,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     };
     let busy_p99 = |pick: Pick| percentile(&pooled(pick, |samples| &samples.busy_us), 0.99);
     let (before_p99, during_p99) =
-        (busy_p99(|outcome| &outcome.ticks_before), busy_p99(|outcome| &outcome.ticks_during));
+        (busy_p99(|outcome| &outcome.ticks.before), busy_p99(|outcome| &outcome.ticks.during));
     let source_ticks = json!({
-        "before": tick_figures(|outcome| &outcome.ticks_before),
-        "during": tick_figures(|outcome| &outcome.ticks_during),
+        "before": tick_figures(|outcome| &outcome.ticks.before),
+        "during": tick_figures(|outcome| &outcome.ticks.during),
         "busy_p99_rise": if before_p99 > 0.0 { json!(during_p99 / before_p99 - 1.0) } else { json!(null) },
     });
     let interval_us = cluster.tick_interval.as_micros() as u64;
