@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use baton_gateway::{GatewayCommand, GatewayEvent};
 use baton_harness::fleet::{AdminApi, Fleet, FleetSpec};
-use baton_harness::players::{LiveStats, Movement, PlayerOutcome, PlayerPlan, run_player, unix_ms};
+use baton_harness::players::{Generator, LiveStats, Movement, PlayerEnd, PlayerOutcome, PlayerPlan, unix_ms};
 use serde_json::{Value, json};
 
 use crate::report::{HostSample, Report, StandbyReport, build_report};
@@ -143,14 +143,7 @@ pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mo
         set_balancer(&fleet, &balancer)?;
         say(format!("the coordinator's balancer is {}", balancer.mode));
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the load generator's runtime")?;
     let base = fleet.client_options();
-    // One socket per 50 players keeps the generator's own cost down on a machine it shares with
-    // the whole cluster (a real client has one each).
     let mut plans = player_plans(&scenario);
     let live = Arc::new(LiveStats::default());
     let login = (mode == Mode::Restart).then(|| fleet.login());
@@ -158,23 +151,20 @@ pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mo
         plan.relogin.clone_from(&login);
         plan.live = Some(live.clone());
     }
-    let endpoints: Vec<_> = {
-        let _guard = runtime.enter();
-        (0..plans.len().div_ceil(50)).map(|_| base.shared_endpoint()).collect::<Result<_, _>>()?
-    };
-    let started_unix_ms = unix_ms();
-    let started = Instant::now();
-    let tasks: Vec<_> = plans
+    let avatars = plans.len();
+    let players: Vec<(PlayerPlan, String)> = plans
         .into_iter()
-        .enumerate()
-        .map(|(index, plan)| {
-            let mut client = base.clone();
-            client.endpoint = Some(endpoints[index / 50].clone());
+        .map(|plan| {
             let token = fleet.token(plan.player, plan.region);
-            runtime.spawn(run_player(client, token, plan))
+            (plan, token)
         })
         .collect();
-    say(format!("{} avatars connect over {} s, then play for {} s", tasks.len(), scenario.ramp_s, scenario.duration_s));
+    let started_unix_ms = unix_ms();
+    let started = Instant::now();
+    // Two threads of players, sharing a socket per 50 (a real client has one each): the
+    // generator's own cost stays low on a machine it shares with the whole cluster.
+    let generator = Generator::start(&base, players, 2)?;
+    say(format!("{avatars} avatars connect over {} s, then play for {} s", scenario.ramp_s, scenario.duration_s));
 
     // The operator's events, the live display and the hosts' load, once per second.
     let mut events: Vec<_> = scenario.events.clone();
@@ -330,18 +320,17 @@ pub fn run_once(scenario: &Scenario, options: &RunOptions, stop: &AtomicBool, mo
         say(format!("{skipped} operator events fall after the end of play and were not performed"));
     }
     say("play is over; waiting for the last acknowledgements".to_owned());
+    if stop.load(Ordering::Relaxed) {
+        generator.abort();
+    }
     let mut outcomes: Vec<PlayerOutcome> = Vec::new();
     let mut failed_to_connect = 0;
-    for task in tasks {
-        if stop.load(Ordering::Relaxed) {
-            task.abort();
-            continue;
-        }
-        match runtime.block_on(task) {
-            Ok(Ok(outcome)) => outcomes.push(outcome),
-            Ok(Err(_)) => failed_to_connect += 1,
-            Err(error) if error.is_cancelled() => {}
-            Err(error) => anyhow::bail!("a player task panicked: {error}"),
+    for end in generator.join_unless(stop)? {
+        match end {
+            PlayerEnd::Finished(outcome) => outcomes.push(*outcome),
+            PlayerEnd::Failed(_) => failed_to_connect += 1,
+            PlayerEnd::Aborted => {}
+            PlayerEnd::Panicked(error) => anyhow::bail!("a player task panicked: {error}"),
         }
     }
     for thread in restart_threads {

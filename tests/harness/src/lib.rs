@@ -8,7 +8,9 @@
 //! - [`players`]: simulated players through the client library, their live statistics, and direct
 //!   probes for the latency baseline;
 //! - [`headless`]: one sample region in this process with simulated players (the `headless`
-//!   binary, and in-process tests).
+//!   binary, and in-process tests);
+//! - [`udp_floor`]: what plain UDP costs on the machine, the floor under `gateway-bench`;
+//! - [`quic_floor`]: what QUIC itself costs, `quinn-proto` driven from a plain loop.
 //!
 //! Binaries are found next to the running executable (`target/<profile>/`), or where the
 //! `BATON_<NAME>` variables say. The harness never reaches into a process: it reads what the
@@ -21,6 +23,8 @@ pub mod cluster;
 pub mod fleet;
 pub mod headless;
 pub mod players;
+pub mod quic_floor;
+pub mod udp_floor;
 
 /// Polls `probe` every 20 ms until it gives a value; panics, saying `what` and the last thing
 /// `probe` saw, after `within`. Tests wait for what they need to have happened with this, never

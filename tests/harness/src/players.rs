@@ -535,6 +535,147 @@ pub struct PlayerOutcome {
     pub offline_log: Vec<(u64, u64)>,
 }
 
+/// How one simulated player of a [`Generator`] ended.
+#[derive(Debug)]
+pub enum PlayerEnd {
+    /// It played its plan to the end.
+    Finished(Box<PlayerOutcome>),
+    /// It failed (could not connect, or its session broke in a way it does not recover from).
+    Failed(anyhow::Error),
+    /// [`Generator::abort`] stopped it.
+    Aborted,
+    /// Its task panicked (a bug in the harness or the client library).
+    Panicked(String),
+}
+
+/// The load generator: simulated players spread over `threads` OS threads, each running a
+/// single-threaded tokio runtime that owns its players and their sockets.
+///
+/// A player's client, its connection's driver and the socket it shares with 49 other players all
+/// live on one thread, so waking one another is a local queue operation: no futex, no work
+/// stealing, no cache lines moving between cores, which a work-stealing runtime pays on most
+/// packets (docs/benchmarks.md, "Where each datagram's microseconds go").
+pub struct Generator {
+    shards: Vec<std::thread::JoinHandle<Vec<(usize, PlayerEnd)>>>,
+    abort: tokio::sync::watch::Sender<bool>,
+    count: usize,
+}
+
+impl Generator {
+    /// Players a socket is shared by (a real client has one each; sharing keeps the generator's
+    /// own cost down on a machine it shares with the cluster).
+    pub const PLAYERS_PER_SOCKET: usize = 50;
+
+    /// Starts `players` (each a plan and its token) against the gateway `base` names (its
+    /// `endpoint` is ignored: each thread makes its own sockets). Player `i` runs on thread
+    /// `i % threads`, so a ramp spreads over all of them.
+    pub fn start(
+        base: &ClientOptions,
+        players: Vec<(PlayerPlan, String)>,
+        threads: usize,
+    ) -> anyhow::Result<Generator> {
+        anyhow::ensure!(threads >= 1, "the load generator needs at least one thread");
+        let count = players.len();
+        let mut per_thread: Vec<Vec<(usize, PlayerPlan, String)>> = (0..threads).map(|_| Vec::new()).collect();
+        for (index, (plan, token)) in players.into_iter().enumerate() {
+            per_thread[index % threads].push((index, plan, token));
+        }
+        let (abort, aborted) = tokio::sync::watch::channel(false);
+        let mut shards = Vec::with_capacity(threads);
+        for (shard, players) in per_thread.into_iter().enumerate() {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting a load generator thread's runtime")?;
+            let endpoints: Vec<quinn::Endpoint> = {
+                let _guard = runtime.enter();
+                (0..players.len().div_ceil(Self::PLAYERS_PER_SOCKET))
+                    .map(|_| base.shared_endpoint())
+                    .collect::<Result<_, _>>()?
+            };
+            let base = base.clone();
+            let mut aborted = aborted.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("players-{shard}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let tasks: Vec<(usize, tokio::task::JoinHandle<_>)> = players
+                            .into_iter()
+                            .enumerate()
+                            .map(|(slot, (index, plan, token))| {
+                                let mut options = base.clone();
+                                options.endpoint = Some(endpoints[slot / Self::PLAYERS_PER_SOCKET].clone());
+                                (index, tokio::spawn(run_player(options, token, plan)))
+                            })
+                            .collect();
+                        let mut ends = Vec::with_capacity(tasks.len());
+                        for (index, mut task) in tasks {
+                            let joined = tokio::select! {
+                                joined = &mut task => joined,
+                                _ = aborted.wait_for(|aborted| *aborted) => {
+                                    task.abort();
+                                    task.await
+                                }
+                            };
+                            ends.push((
+                                index,
+                                match joined {
+                                    Ok(Ok(outcome)) => PlayerEnd::Finished(Box::new(outcome)),
+                                    Ok(Err(error)) => PlayerEnd::Failed(error),
+                                    Err(error) if error.is_cancelled() => PlayerEnd::Aborted,
+                                    Err(error) => PlayerEnd::Panicked(error.to_string()),
+                                },
+                            ));
+                        }
+                        ends
+                    })
+                })
+                .context("starting a load generator thread")?;
+            shards.push(thread);
+        }
+        Ok(Generator { shards, abort, count })
+    }
+
+    /// Stops every player that has not ended yet (their ends are [`PlayerEnd::Aborted`]).
+    pub fn abort(&self) {
+        self.abort.send_replace(true);
+    }
+
+    /// Waits for every player to end; their ends in the order they were given.
+    pub fn join(self) -> anyhow::Result<Vec<PlayerEnd>> {
+        self.join_unless(&std::sync::atomic::AtomicBool::new(false))
+    }
+
+    /// [`Generator::join`], aborting the players still playing as soon as `stop` is set (an
+    /// operator's Ctrl-C).
+    pub fn join_unless(mut self, stop: &std::sync::atomic::AtomicBool) -> anyhow::Result<Vec<PlayerEnd>> {
+        while !self.shards.iter().all(std::thread::JoinHandle::is_finished) {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                self.abort();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut ends: Vec<Option<PlayerEnd>> = (0..self.count).map(|_| None).collect();
+        for shard in std::mem::take(&mut self.shards) {
+            let shard_ends = shard.join().map_err(|_| anyhow::anyhow!("a load generator thread panicked"))?;
+            for (index, end) in shard_ends {
+                ends[index] = Some(end);
+            }
+        }
+        ends.into_iter()
+            .enumerate()
+            .map(|(index, end)| end.with_context(|| format!("player {index} of the load generator never ended")))
+            .collect()
+    }
+}
+
+impl Drop for Generator {
+    /// Dropped without [`Generator::join`] (a failed run), the players stop all the same.
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
 /// Players playing on a thread of their own (one tokio worker) until [`Playing::finish`].
 pub struct Playing {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,

@@ -4,7 +4,9 @@
 //! simulated players through the gateway (inputs of 256-512 bytes at `--input-rate`, a state update
 //! of a few hundred bytes every tick), and in the same run a few probe players connected straight to
 //! the region servers. Prints one JSON object: update gaps, input round trips through the gateway
-//! and direct, their ratio, losses and the gateway's CPU use. Run it from a release build:
+//! and direct, their ratio, losses, the CPU of the gateway per update forwarded and of the load
+//! generator per player-second, and after the run, in the same process, the floors to hold them
+//! against (plain UDP, and QUIC without an async runtime). Run it from a release build:
 //! `cargo build --release --bins && target/release/gateway-bench --avatars 2000`, or
 //! `target/release/gateway-bench --find-capacity` to find the most avatars that meet the target.
 
@@ -12,7 +14,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use baton_harness::players::{ClusterSpec, GatewayCluster, Movement, PlayerPlan, run_direct_probe, run_player};
+use baton_harness::players::{
+    ClusterSpec, GatewayCluster, Generator, Movement, PlayerEnd, PlayerPlan, run_direct_probe,
+};
+use baton_harness::quic_floor::{self, QuicFloorPlan};
+use baton_harness::udp_floor::{self, FloorPlan};
 use clap::Parser;
 use serde_json::json;
 
@@ -46,9 +52,14 @@ struct Cli {
     /// Probe players connected straight to the region servers.
     #[arg(long, default_value_t = 20)]
     probes: u64,
-    /// Worker threads of the load generator.
+    /// Threads of the load generator (each a single-threaded runtime owning its players).
     #[arg(long, default_value_t = 2)]
     client_threads: usize,
+    /// Seconds of each floor measured after the run (0: none): plain UDP at the datagram rate the
+    /// run moved, and QUIC without an async runtime (`quic-floor`) for as many players, with one
+    /// `sendmsg` per datagram and with `sendmmsg` batches.
+    #[arg(long, default_value_t = 5.0)]
+    floor_seconds: f64,
     /// Worker threads of the gateway.
     #[arg(long, default_value_t = 2)]
     gateway_threads: usize,
@@ -109,7 +120,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     if cli.step == 0 || cli.up_to < cli.step {
         anyhow::bail!("--find-capacity needs --step of at least 1 and --up-to of at least --step");
     }
-    let mut carried: Option<usize> = None;
+    let mut carried: Option<(usize, serde_json::Value)> = None;
     let mut missed: Option<(usize, String)> = None;
     let mut avatars = cli.step;
     while avatars <= cli.up_to {
@@ -117,7 +128,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         let report = measure(cli, avatars)?;
         println!("{report}");
         match missed_target(&report) {
-            None => carried = Some(avatars),
+            None => carried = Some((avatars, report)),
             Some(why) => {
                 missed = Some((avatars, why));
                 break;
@@ -125,10 +136,17 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         avatars += cli.step;
     }
+    // The costs are those of the largest load within the target.
+    let at = |field: &str| carried.as_ref().map(|(_, report)| report[field].clone());
     println!(
         "{}",
         json!({
-            "capacity_avatars": carried,
+            "avatars_within_target": carried.as_ref().map(|(avatars, _)| *avatars),
+            "udp_floor_us": at("udp_floor_us"),
+            "gateway_us_per_update": at("gateway_us_per_update"),
+            "gateway_over_floor": at("gateway_over_floor"),
+            "generator_us_per_avatar_s": at("generator_us_per_avatar_s"),
+            "added_latency_ratio": at("rtt_ratio_p50"),
             "first_miss": missed.as_ref().map(|(avatars, why)| json!({"avatars": avatars, "why": why})),
             "target": "p99 update gap <= 1.5 ticks, no input lost, no disconnect, every player connected",
         })
@@ -169,22 +187,11 @@ fn measure(cli: &Cli, avatars: usize) -> anyhow::Result<serde_json::Value> {
     let mut cluster = GatewayCluster::start(&spec)?;
     cluster.host(0, 1, cli.objects)?;
     cluster.host(1, 2, cli.objects)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cli.client_threads)
-        .enable_all()
-        .build()
-        .context("starting the load generator's runtime")?;
     let ramp = Duration::from_secs_f64(cli.ramp);
     let play = Duration::from_secs_f64(cli.seconds);
     let base = cluster.client_options(0);
-    // The load generator shares a socket among 50 players, as a real one would not: it keeps the
-    // generator's own cost down on a machine it shares with the cluster.
-    let endpoints: Vec<quinn::Endpoint> = {
-        let _guard = runtime.enter();
-        (0..avatars.div_ceil(50)).map(|_| base.shared_endpoint()).collect::<Result<_, _>>()?
-    };
     eprintln!("connecting {} players over {:.0} s, then {:.0} s of play", avatars, cli.ramp, cli.seconds);
-    let players: Vec<_> = (0..avatars)
+    let players: Vec<(PlayerPlan, String)> = (0..avatars)
         .map(|index| {
             let player = index as u64 + 1;
             let region = 1 + player % 2;
@@ -195,11 +202,13 @@ fn measure(cli: &Cli, avatars: usize) -> anyhow::Result<serde_json::Value> {
                 settle_for: Duration::from_secs(5),
                 ..PlayerPlan::new(player, region, Movement::Wander, ramp + play - start_after)
             };
-            let mut options = base.clone();
-            options.endpoint = Some(endpoints[index / 50].clone());
-            runtime.spawn(run_player(options, cluster.token(player, region), plan))
+            (plan, cluster.token(player, region))
         })
         .collect();
+    let generator = Generator::start(&base, players, cli.client_threads)?;
+    // The probes run on a runtime of their own thread, so the generator's CPU is its threads' alone.
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the probes' runtime")?;
     let identity = cluster.probe_identity()?;
     let server_addresses = [cluster.servers[0].address, cluster.servers[1].address];
     let probes: Vec<_> = (0..cli.probes)
@@ -215,32 +224,64 @@ fn measure(cli: &Cli, avatars: usize) -> anyhow::Result<serde_json::Value> {
         })
         .collect();
 
+    let probes = std::thread::spawn(move || -> anyhow::Result<Vec<u64>> {
+        runtime.block_on(async move {
+            let mut direct = Vec::new();
+            for task in probes {
+                direct.extend(task.await.context("probe task")??);
+            }
+            Ok(direct)
+        })
+    });
+
     std::thread::sleep(ramp);
-    let cpu_before = cluster.gateways[0].cpu_time();
-    let measured_from = Instant::now();
+    let before = Sample::take(&mut cluster)?;
     std::thread::sleep(play);
-    let cpu_after = cluster.gateways[0].cpu_time();
-    let measured = measured_from.elapsed();
+    let after = Sample::take(&mut cluster)?;
+    let cost = Cost::between(&before, &after, avatars);
 
     let mut outcomes = Vec::new();
     let mut failures = 0u64;
-    for task in players {
-        match runtime.block_on(task) {
-            Ok(Ok(outcome)) => outcomes.push(outcome),
-            Ok(Err(error)) => {
+    for end in generator.join()? {
+        match end {
+            PlayerEnd::Finished(outcome) => outcomes.push(*outcome),
+            PlayerEnd::Failed(error) => {
                 failures += 1;
                 if failures <= 5 {
                     eprintln!("a player failed: {error:#}");
                 }
             }
-            Err(error) => anyhow::bail!("a player task panicked: {error}"),
+            PlayerEnd::Aborted => anyhow::bail!("a player was aborted"),
+            PlayerEnd::Panicked(error) => anyhow::bail!("a player task panicked: {error}"),
         }
     }
-    let mut direct = Vec::new();
-    for task in probes {
-        direct.extend(runtime.block_on(task).context("probe task")??);
-    }
+    let direct = probes.join().map_err(|_| anyhow::anyhow!("the probes' thread panicked"))??;
     let stats = cluster.gateway_stats(0)?;
+    drop(cluster);
+    let floors = if cli.floor_seconds > 0.0 {
+        // The rate the run moved between players and the gateway: each player's inputs in and
+        // updates out (the upstream batches are left out: the floor is per datagram).
+        let rate = (avatars as u64 * u64::from(cli.input_rate + cli.tick_rate) / 2).max(1000);
+        let floor = udp_floor::measure(FloorPlan { rate, bytes: 400, sockets: 4, seconds: cli.floor_seconds })?;
+        let quic = |batch_sends| {
+            quic_floor::measure(QuicFloorPlan {
+                connections: avatars,
+                tick_hz: cli.tick_rate,
+                inputs_per_second: cli.input_rate,
+                update_bytes: 350,
+                input_bytes: 384,
+                seconds: cli.floor_seconds,
+                batch_sends,
+            })
+        };
+        Some((floor, quic(false)?, quic(true)?))
+    } else {
+        None
+    };
+    let (floor, quic, quic_batched) = match floors {
+        Some((floor, quic, batched)) => (Some(floor), Some(quic), Some(batched)),
+        None => (None, None, None),
+    };
 
     let sent: u64 = outcomes.iter().map(|outcome| outcome.sent).sum();
     let acked: u64 = outcomes.iter().map(|outcome| outcome.acked).sum();
@@ -255,10 +296,6 @@ fn measure(cli: &Cli, avatars: usize) -> anyhow::Result<serde_json::Value> {
     let ratio = |field: &str| {
         let straight = direct[field].as_f64().unwrap_or(0.0);
         if straight > 0.0 { through[field].as_f64().unwrap_or(0.0) / straight } else { 0.0 }
-    };
-    let gateway_cpu = match (cpu_before, cpu_after) {
-        (Some(before), Some(after)) => (after - before).as_secs_f64() / measured.as_secs_f64(),
-        _ => f64::NAN,
     };
     let report = json!({
         "avatars": avatars,
@@ -276,8 +313,62 @@ fn measure(cli: &Cli, avatars: usize) -> anyhow::Result<serde_json::Value> {
         "rtt_direct_ms": direct,
         "rtt_ratio_p50": ratio("p50"),
         "rtt_ratio_p99": ratio("p99"),
-        "gateway_cpu_cores": gateway_cpu,
+        "gateway_cpu_cores": cost.gateway_cores,
+        "gateway_us_per_update": cost.gateway_us_per_update,
+        "generator_cpu_cores": cost.generator_cores,
+        "generator_us_per_avatar_s": cost.generator_us_per_avatar_s,
+        "udp_floor": floor,
+        "udp_floor_us": floor.map(|floor| floor.cpu_us_per_datagram),
+        "gateway_over_floor": floor.map(|floor| cost.gateway_us_per_update / floor.cpu_us_per_datagram),
+        "quic_floor": quic,
+        "quic_floor_batched_sends": quic_batched,
         "gateway": stats,
     });
     Ok(report)
+}
+
+/// What the gateway and the load generator had used, and the gateway had forwarded, at one moment.
+struct Sample {
+    at: Instant,
+    gateway_cpu_s: f64,
+    generator_cpu_s: f64,
+    updates: u64,
+}
+
+impl Sample {
+    fn take(cluster: &mut GatewayCluster) -> anyhow::Result<Sample> {
+        let gateway_cpu = cluster.gateways[0].cpu_time().context("reading the gateway's CPU time")?;
+        let stats = cluster.gateway_stats(0)?;
+        Ok(Sample {
+            at: Instant::now(),
+            gateway_cpu_s: gateway_cpu.as_secs_f64(),
+            // This process is the load generator (and the probes, whose few players are not
+            // separated out).
+            generator_cpu_s: udp_floor::process_cpu_seconds()?,
+            updates: stats.updates_datagram + stats.updates_reliable,
+        })
+    }
+}
+
+/// The CPU cost of one measured window.
+struct Cost {
+    gateway_cores: f64,
+    gateway_us_per_update: f64,
+    generator_cores: f64,
+    generator_us_per_avatar_s: f64,
+}
+
+impl Cost {
+    fn between(before: &Sample, after: &Sample, avatars: usize) -> Cost {
+        let seconds = (after.at - before.at).as_secs_f64();
+        let gateway = after.gateway_cpu_s - before.gateway_cpu_s;
+        let generator = after.generator_cpu_s - before.generator_cpu_s;
+        let updates = after.updates.saturating_sub(before.updates).max(1);
+        Cost {
+            gateway_cores: gateway / seconds,
+            gateway_us_per_update: gateway * 1e6 / updates as f64,
+            generator_cores: generator / seconds,
+            generator_us_per_avatar_s: generator * 1e6 / (avatars as f64 * seconds),
+        }
+    }
 }

@@ -1,21 +1,14 @@
 //! `udp-floor`: what plain UDP costs on this machine, without QUIC, crypto or Baton.
 //!
-//! The floor under `gateway-bench`: one "gateway" socket echoes every datagram back to its sender,
-//! "client" sockets send `--rate` datagrams per second of `--bytes` bytes to it, paced every
-//! millisecond, one system call per datagram each way (as a QUIC stack does for connections to
-//! different peers). Prints the CPU the whole process used per second and per datagram moved
-//! (each datagram counted once, sent and received). Run it from a release build:
+//! The floor under `gateway-bench` (`baton_harness::udp_floor`, which says how it is measured),
+//! alone. Prints the CPU the whole process used per second and per datagram moved (each datagram
+//! counted once, sent and received). Run it from a release build:
 //! `cargo build --release --bins && target/release/udp-floor --rate 100000`
 
-use std::net::{SocketAddr, UdpSocket};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use baton_harness::udp_floor::{FloorPlan, measure};
 use clap::Parser;
-use serde_json::json;
 
 /// Measure the CPU cost of plain UDP datagrams on loopback.
 #[derive(Debug, Parser)]
@@ -37,113 +30,15 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
+    let plan = FloorPlan { rate: cli.rate, bytes: cli.bytes, sockets: cli.sockets, seconds: cli.seconds };
+    match measure(plan).and_then(|floor| Ok(serde_json::to_string_pretty(&floor)?)) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("udp-floor: {error:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-/// CPU time of this process (user + system), from /proc/self/stat.
-fn cpu_seconds() -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).context("unexpected /proc/self/stat")?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |index: usize| -> anyhow::Result<f64> {
-        Ok(fields.get(index).context("short /proc/self/stat")?.parse::<f64>()?)
-    };
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name, in clock
-    // ticks of USER_HZ, which is 100 on Linux.
-    Ok((ticks(11)? + ticks(12)?) / 100.0)
-}
-
-fn bound() -> anyhow::Result<UdpSocket> {
-    let socket = UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0))).context("binding a UDP socket")?;
-    let buffers = socket2::SockRef::from(&socket);
-    buffers.set_recv_buffer_size(4 << 20).context("sizing the receive buffer")?;
-    buffers.set_send_buffer_size(4 << 20).context("sizing the send buffer")?;
-    socket.set_read_timeout(Some(Duration::from_millis(100))).context("setting a read timeout")?;
-    Ok(socket)
-}
-
-fn run(cli: &Cli) -> anyhow::Result<()> {
-    if cli.rate < 1000 || cli.sockets == 0 || cli.bytes == 0 || cli.bytes > 1400 || cli.seconds <= 0.0 {
-        anyhow::bail!("--rate must be at least 1000, --sockets at least 1, --bytes 1 to 1400, --seconds above 0");
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let echoed = Arc::new(AtomicU64::new(0));
-    let received = Arc::new(AtomicU64::new(0));
-
-    let gateway = bound()?;
-    let gateway_address = gateway.local_addr()?;
-    let echo = {
-        let (stop, echoed) = (stop.clone(), echoed.clone());
-        std::thread::spawn(move || {
-            let mut buffer = [0u8; 2048];
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok((length, from)) = gateway.recv_from(&mut buffer)
-                    && gateway.send_to(&buffer[..length], from).is_ok()
-                {
-                    echoed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        })
-    };
-    let clients: Vec<UdpSocket> = (0..cli.sockets).map(|_| bound()).collect::<anyhow::Result<_>>()?;
-    let readers: Vec<_> = clients
-        .iter()
-        .map(|socket| {
-            let socket = socket.try_clone()?;
-            let (stop, received) = (stop.clone(), received.clone());
-            Ok(std::thread::spawn(move || {
-                let mut buffer = [0u8; 2048];
-                while !stop.load(Ordering::Relaxed) {
-                    if socket.recv(&mut buffer).is_ok() {
-                        received.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }))
-        })
-        .collect::<std::io::Result<_>>()?;
-
-    let payload = vec![7u8; cli.bytes];
-    let per_millisecond = cli.rate.div_ceil(1000);
-    let cpu_before = cpu_seconds()?;
-    let started = Instant::now();
-    let run_for = Duration::from_secs_f64(cli.seconds);
-    let mut sent = 0u64;
-    while started.elapsed() < run_for {
-        for _ in 0..per_millisecond {
-            let socket = &clients[(sent % clients.len() as u64) as usize];
-            if socket.send_to(&payload, gateway_address).is_ok() {
-                sent += 1;
-            }
-        }
-        let due = started + Duration::from_secs_f64(sent as f64 / (per_millisecond * 1000) as f64);
-        std::thread::sleep(due.saturating_duration_since(Instant::now()));
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds()? - cpu_before;
-    stop.store(true, Ordering::Relaxed);
-    let _ = echo.join();
-    for reader in readers {
-        let _ = reader.join();
-    }
-    let moved = sent + echoed.load(Ordering::Relaxed);
-    println!(
-        "{:#}",
-        json!({
-            "rate_asked": cli.rate,
-            "sent_per_second": sent as f64 / elapsed,
-            "echoed": echoed.load(Ordering::Relaxed),
-            "received": received.load(Ordering::Relaxed),
-            "datagrams_moved_per_second": moved as f64 / elapsed,
-            "cpu_cores": cpu / elapsed,
-            "cpu_us_per_datagram": cpu * 1e6 / moved.max(1) as f64,
-        })
-    );
-    Ok(())
 }
