@@ -6,7 +6,9 @@
 //!   replays them in order at cutover (no I/O, property-tested).
 //! - [`token`]: session and resume tokens (HMAC-SHA256), defined in `baton_wire::token`.
 //! - [`control`]: the control lines of `--control` (commands in, events out).
-//! - [`service`]: the running gateway: player endpoint, upstream connections, sessions, limits.
+//! - [`service`]: the running gateway: player sessions, upstream connections, limits.
+//! - `plane`: every player's QUIC connection, driven by one task over `quinn-proto` (batched
+//!   receives, no task per connection); its core has no I/O.
 //! - `sessions`: every player's session, resume grace, the inputs waiting during a border crossing
 //!   and the crossings' retries, with one deadline queue (no I/O, unit-tested).
 //! - `crossing`: counts the failed deliveries of avatars crossing borders and decides when one
@@ -18,6 +20,7 @@
 pub mod control;
 mod crossing;
 mod feed;
+mod plane;
 pub mod route;
 pub mod service;
 mod sessions;

@@ -28,18 +28,20 @@ use std::time::{Duration, Instant};
 use baton_net::public::PlayerTransport;
 use baton_net::{ClusterIdentity, LinkSettings, TokenBucket};
 use baton_wire::player::{
-    ALPN_PLAYER, ClientFrame, CloseCode, Datagram, FrameReader, PLAYER_PROTOCOL_VERSION, ServerFrame, StateUpdate,
+    ALPN_PLAYER, ClientFrame, CloseCode, Datagram, PLAYER_PROTOCOL_VERSION, ServerFrame, StateUpdate,
 };
 use baton_wire::upstream::{
     ALPN_UPSTREAM, GatewayMessage, ServerMessage, Transfer, UPSTREAM_VERSION, UpstreamReader, encode_batch,
 };
 use baton_wire::{Epoch, MAX_INPUT_PAYLOAD, PlayerId, PlayerInput, RegionId};
+use bytes::Bytes;
 use dashmap::DashMap;
 use serde::Serialize;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
 
 use crate::crossing::Delivery;
+use crate::plane::{Command, ConnId, NewPlayer, PlaneHandle, PlayerEvent};
 use crate::route::{RouteAction, RouteConfig, RouteError, RouteEvent, RouteTable, ServerId};
 use crate::sessions::{Routed, SessionAction, SessionTable};
 use crate::token::{Claims, TokenKey};
@@ -93,11 +95,12 @@ pub struct GatewayConfig {
     pub link: LinkSettings,
 }
 
-/// Counters of what the gateway did; a snapshot is [`GatewayStats`].
+/// Counters of what the gateway did; a snapshot is [`GatewayStats`]. The players' plane counts
+/// connections and what it sends; the rest is counted here.
 #[derive(Debug, Default)]
-struct Counters {
-    connections: AtomicU64,
-    refused_full: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) connections: AtomicU64,
+    pub(crate) refused_full: AtomicU64,
     refused_token: AtomicU64,
     protocol_errors: AtomicU64,
     flood_disconnects: AtomicU64,
@@ -105,10 +108,10 @@ struct Counters {
     inputs_dropped_rate: AtomicU64,
     inputs_dropped_unroutable: AtomicU64,
     inputs_bounced: AtomicU64,
-    updates_datagram: AtomicU64,
-    updates_reliable: AtomicU64,
+    pub(crate) updates_datagram: AtomicU64,
+    pub(crate) updates_reliable: AtomicU64,
     updates_stale: AtomicU64,
-    neighbour_views: AtomicU64,
+    pub(crate) neighbour_views: AtomicU64,
     crossings: AtomicU64,
     resumes: AtomicU64,
     handoff_flips: AtomicU64,
@@ -185,23 +188,23 @@ impl GatewayStats {
     }
 }
 
-/// A connected player's connection: what its updates and reliable frames go out on. One per
-/// connection, never changed (a resume makes a new one); the player's session itself is in the
-/// [`SessionTable`].
+/// A connected player's connection: what its updates and reliable frames go out on (through the
+/// players' plane). One per connection, never changed (a resume makes a new one); the player's
+/// session itself is in the [`SessionTable`].
 struct PlayerLink {
     /// The session generation of this connection.
     generation: u64,
-    connection: quinn::Connection,
-    reliable: UnboundedSender<ServerFrame>,
+    connection: ConnId,
+    plane: PlaneHandle,
 }
 
 impl PlayerLink {
     fn send_reliable(&self, frame: ServerFrame) {
-        let _ = self.reliable.send(frame);
+        self.plane.send(Command::Reliable { to: self.connection, frame });
     }
 
     fn close(&self, code: CloseCode, reason: &str) {
-        self.connection.close((code as u32).into(), reason.as_bytes());
+        self.plane.send(Command::Close { to: self.connection, code, reason: reason.to_owned() });
     }
 }
 
@@ -236,7 +239,8 @@ struct Upstream {
 
 struct Inner {
     config: GatewayConfig,
-    endpoint: quinn::Endpoint,
+    /// Every player connection (see `plane`).
+    plane: PlaneHandle,
     cluster: quinn::Endpoint,
     cluster_client: quinn::ClientConfig,
     routes: RouteTable,
@@ -265,9 +269,8 @@ struct Inner {
     /// delivers them again to the new owner.
     crossings_sent: DashMap<PlayerId, Transfer>,
     /// Latest border view of (region, toward), as an encoded datagram.
-    borders: DashMap<(RegionId, RegionId), Vec<u8>>,
-    counters: Counters,
-    live_connections: AtomicU64,
+    borders: DashMap<(RegionId, RegionId), Bytes>,
+    counters: Arc<Counters>,
     shut_down: std::sync::atomic::AtomicBool,
 }
 
@@ -287,7 +290,9 @@ impl Gateway {
     pub fn start(mut config: GatewayConfig) -> Result<Gateway, baton_net::NetError> {
         let (chain, key) = config.tls.take().ok_or_else(|| baton_net::NetError::Tls("no certificate".into()))?;
         let server = baton_net::public::player_server_config(chain, key, ALPN_PLAYER, config.transport)?;
-        let endpoint = baton_net::udp_endpoint(config.listen, quinn::EndpointConfig::default(), Some(server))?;
+        let counters = Arc::new(Counters::default());
+        let (plane, new_players) =
+            crate::plane::start(config.listen, Arc::new(server), config.limits.max_connections, counters.clone())?;
         let cluster = baton_net::udp_endpoint(
             "0.0.0.0:0".parse().map_err(|_| baton_net::NetError::Tls("bind".into()))?,
             quinn::EndpointConfig::default(),
@@ -297,7 +302,7 @@ impl Gateway {
         let resume_grace = config.resume_grace;
         let inner = Arc::new(Inner {
             config,
-            endpoint: endpoint.clone(),
+            plane,
             cluster,
             cluster_client,
             routes: RouteTable::new(RouteConfig::default()),
@@ -312,18 +317,17 @@ impl Gateway {
             departures: DashMap::new(),
             crossings_sent: DashMap::new(),
             borders: DashMap::new(),
-            counters: Counters::default(),
-            live_connections: AtomicU64::new(0),
+            counters,
             shut_down: std::sync::atomic::AtomicBool::new(false),
         });
-        tokio::spawn(accept_loop(inner.clone()));
+        tokio::spawn(accept_loop(inner.clone(), new_players));
         tokio::spawn(run_timers(inner.clone()));
         Ok(Gateway { inner })
     }
 
     /// Where players connect.
     pub fn player_address(&self) -> Result<SocketAddr, std::io::Error> {
-        self.inner.endpoint.local_addr()
+        Ok(self.inner.plane.local_address())
     }
 
     /// This gateway's name.
@@ -416,7 +420,7 @@ impl Gateway {
         self.inner.shut_down.store(true, Ordering::Relaxed);
         // The timer task sees the flag when it wakes.
         self.inner.timers.notify_one();
-        self.inner.endpoint.close((CloseCode::Shutdown as u32).into(), b"gateway shutting down");
+        self.inner.plane.send(Command::Shutdown);
         self.inner.cluster.close(0u32.into(), b"gateway shutting down");
     }
 }
@@ -424,27 +428,10 @@ impl Gateway {
 // ---------------------------------------------------------------------------------------------
 // Players
 
-async fn accept_loop(inner: Arc<Inner>) {
-    while let Some(incoming) = inner.endpoint.accept().await {
+async fn accept_loop(inner: Arc<Inner>, mut new_players: UnboundedReceiver<NewPlayer>) {
+    while let Some(player) = new_players.recv().await {
         let inner = inner.clone();
-        tokio::spawn(async move {
-            let connection = match incoming.await {
-                Ok(connection) => connection,
-                Err(error) => {
-                    tracing::debug!(%error, "a player handshake failed");
-                    return;
-                }
-            };
-            let live = inner.live_connections.fetch_add(1, Ordering::Relaxed) + 1;
-            if live as usize > inner.config.limits.max_connections {
-                inner.counters.refused_full.fetch_add(1, Ordering::Relaxed);
-                connection.close((CloseCode::Full as u32).into(), b"the gateway is at its connection limit");
-            } else {
-                inner.counters.connections.fetch_add(1, Ordering::Relaxed);
-                serve_player(&inner, connection).await;
-            }
-            inner.live_connections.fetch_sub(1, Ordering::Relaxed);
-        });
+        tokio::spawn(async move { serve_player(&inner, player).await });
     }
 }
 
@@ -460,47 +447,43 @@ impl Closing {
     }
 }
 
-async fn serve_player(inner: &Arc<Inner>, connection: quinn::Connection) {
-    let peer = connection.remote_address();
-    let result = player_session(inner, &connection).await;
-    if let Err(closing) = result {
-        match closing.code {
-            CloseCode::Protocol => inner.counters.protocol_errors.fetch_add(1, Ordering::Relaxed),
-            CloseCode::Unauthorized | CloseCode::Version => {
-                inner.counters.refused_token.fetch_add(1, Ordering::Relaxed)
-            }
-            CloseCode::Flood => inner.counters.flood_disconnects.fetch_add(1, Ordering::Relaxed),
-            _ => 0,
-        };
-        tracing::info!(%peer, code = ?closing.code, reason = closing.reason, "closing a player connection");
-        let reason: String = closing.reason.chars().take(200).collect();
-        connection.close((closing.code as u32).into(), reason.as_bytes());
+async fn serve_player(inner: &Arc<Inner>, player: NewPlayer) {
+    let NewPlayer { id, remote: peer, mut events } = player;
+    let result = player_session(inner, id, &mut events).await;
+    let (code, reason) = match result {
+        Err(closing) => {
+            match closing.code {
+                CloseCode::Protocol => inner.counters.protocol_errors.fetch_add(1, Ordering::Relaxed),
+                CloseCode::Unauthorized | CloseCode::Version => {
+                    inner.counters.refused_token.fetch_add(1, Ordering::Relaxed)
+                }
+                CloseCode::Flood => inner.counters.flood_disconnects.fetch_add(1, Ordering::Relaxed),
+                _ => 0,
+            };
+            tracing::info!(%peer, code = ?closing.code, reason = closing.reason, "closing a player connection");
+            (closing.code, closing.reason.chars().take(200).collect())
+        }
+        // The player's stream ended or its connection is gone: nothing is left to say on it.
+        Ok(()) => (CloseCode::Normal, String::new()),
+    };
+    inner.plane.send(Command::Close { to: id, code, reason });
+}
+
+async fn read_frame(events: &mut tokio::sync::mpsc::Receiver<PlayerEvent>) -> Result<Option<ClientFrame>, Closing> {
+    match events.recv().await {
+        Some(PlayerEvent::Frame(frame)) => Ok(Some(frame)),
+        Some(PlayerEvent::Malformed(error)) => Err(Closing::new(CloseCode::Protocol, error)),
+        None => Ok(None),
     }
 }
 
-async fn read_frame(recv: &mut quinn::RecvStream, reader: &mut FrameReader) -> Result<Option<ClientFrame>, Closing> {
-    loop {
-        match reader.next_frame::<ClientFrame>() {
-            Ok(Some(frame)) => return Ok(Some(frame)),
-            Ok(None) => {}
-            Err(error) => return Err(Closing::new(CloseCode::Protocol, error.to_string())),
-        }
-        match recv.read_chunk(4096, true).await {
-            Ok(Some(chunk)) => reader.feed(&chunk.bytes),
-            Ok(None) => return Ok(None),
-            Err(_) => return Ok(None),
-        }
-    }
-}
-
-async fn player_session(inner: &Arc<Inner>, connection: &quinn::Connection) -> Result<(), Closing> {
+async fn player_session(
+    inner: &Arc<Inner>,
+    connection: ConnId,
+    events: &mut tokio::sync::mpsc::Receiver<PlayerEvent>,
+) -> Result<(), Closing> {
     let limits = inner.config.limits;
-    let (send, mut recv) = tokio::time::timeout(limits.hello_timeout, connection.accept_bi())
-        .await
-        .map_err(|_| Closing::new(CloseCode::Idle, "no stream opened in time"))?
-        .map_err(|error| Closing::new(CloseCode::Normal, error.to_string()))?;
-    let mut reader = FrameReader::default();
-    let hello = tokio::time::timeout(limits.hello_timeout, read_frame(&mut recv, &mut reader))
+    let hello = tokio::time::timeout(limits.hello_timeout, read_frame(events))
         .await
         .map_err(|_| Closing::new(CloseCode::Idle, "no Hello in time"))??;
     let Some(ClientFrame::Hello { version, token }) = hello else {
@@ -522,12 +505,7 @@ async fn player_session(inner: &Arc<Inner>, connection: &quinn::Connection) -> R
     // A player has one session: a new connection (a resume, here or from another gateway) takes
     // the previous one over, and the region it knows wins over the token's.
     let opened = table(inner).handle_connected(player, RegionId(claims.region));
-    let (reliable_sender, reliable_receiver) = unbounded_channel();
-    let link = Arc::new(PlayerLink {
-        generation: opened.generation,
-        connection: connection.clone(),
-        reliable: reliable_sender,
-    });
+    let link = Arc::new(PlayerLink { generation: opened.generation, connection, plane: inner.plane.clone() });
     // Two connections of one player may race from here: only the newer generation's link stays,
     // so the connection the session belongs to is always the one registered.
     let previous = match inner.links.entry(player) {
@@ -546,7 +524,6 @@ async fn player_session(inner: &Arc<Inner>, connection: &quinn::Connection) -> R
     if opened.resumed {
         inner.counters.resumes.fetch_add(1, Ordering::Relaxed);
     }
-    tokio::spawn(write_reliable(send, reliable_receiver));
 
     let joined = join(inner, player, opened.region).await;
     let (region, last_applied) = match joined {
@@ -578,7 +555,7 @@ async fn player_session(inner: &Arc<Inner>, connection: &quinn::Connection) -> R
     let mut highest_seq = last_applied;
     let mut dropped = 0u64;
     let result = loop {
-        let frame = match read_frame(&mut recv, &mut reader).await {
+        let frame = match read_frame(events).await {
             Ok(Some(frame)) => frame,
             Ok(None) => break Ok(()),
             Err(closing) => break Err(closing),
@@ -733,27 +710,6 @@ async fn refresh_resume_token(inner: Arc<Inner>, player: PlayerId, link: Arc<Pla
 fn resume_token(inner: &Inner, player: PlayerId, region: RegionId) -> String {
     let expires_at = unix_seconds() + inner.config.resume_grace.as_secs().max(1);
     inner.config.token_key.issue(&Claims { player: player.0, region: region.0, expires_at })
-}
-
-async fn write_reliable(mut send: quinn::SendStream, mut frames: UnboundedReceiver<ServerFrame>) {
-    let mut buffer = Vec::new();
-    while let Some(frame) = frames.recv().await {
-        buffer.clear();
-        let mut next = Some(frame);
-        while let Some(frame) = next.take() {
-            match baton_wire::player::encode(&frame) {
-                Ok(bytes) => buffer.extend_from_slice(&bytes),
-                Err(error) => tracing::warn!(%error, "dropping a player frame that cannot be encoded"),
-            }
-            if buffer.len() < 32 * 1024 {
-                next = frames.try_recv().ok();
-            }
-        }
-        if send.write_all(&buffer).await.is_err() {
-            return;
-        }
-    }
-    let _ = send.finish();
 }
 
 /// Joins `player` to `region` at its owner; retries while the route is in flux (a handoff).
@@ -1105,8 +1061,9 @@ fn deliver_unanswered(inner: &Inner, region: RegionId) {
 /// (`Arrived` or a refusal) to the region's owner, after the connection they went on broke (the
 /// `Immigrate`, or its answer, may have been lost with it) or after a handoff's commit (a source
 /// that took it while frozen and died before the outcome never answers it). Crossings answered
-/// already, and those of players whose avatar crosses on to elsewhere by now, are left alone: an
-/// `Arrived` repeated now would end a later crossing.
+/// already, and those of players whose avatar crosses on to elsewhere by now, are left alone:
+/// delivered again, they would only be answered again (an `Arrived` of an earlier crossing than
+/// the latest ends nothing: it carries its crossings count).
 fn deliver_still_unanswered(inner: &Inner, region: RegionId) {
     deliver_again(inner, region, |sent| table(inner).delivering(sent.player) == Some(sent.crossings));
 }
@@ -1204,19 +1161,17 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
         ServerMessage::Border { region, epoch, toward, tick, payload } => {
             let admitted = inner.routes.admits_update(region, server, epoch);
             if admitted && let Ok(bytes) = (Datagram::Neighbour { region: region.0, tick, payload }).encode() {
-                inner.borders.insert((region, toward), bytes);
+                inner.borders.insert((region, toward), Bytes::from(bytes));
             }
         }
         ServerMessage::NearBorder { region, toward, players } => {
             let Some(view) = inner.borders.get(&(toward, region)).map(|view| view.clone()) else {
                 return;
             };
+            // Sent only where it fits in a datagram (the plane checks and counts).
             for player in players {
-                if let Some(link) = inner.links.get(&player)
-                    && view.len() <= link.connection.max_datagram_size().unwrap_or(0)
-                    && link.connection.send_datagram(view.clone().into()).is_ok()
-                {
-                    inner.counters.neighbour_views.fetch_add(1, Ordering::Relaxed);
+                if let Some(link) = inner.links.get(&player) {
+                    inner.plane.send(Command::Neighbour { to: link.connection, datagram: view.clone() });
                 }
             }
         }
@@ -1318,19 +1273,20 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
             }
             carry_out(inner, action);
         }
-        ServerMessage::Arrived { region, player, .. } => {
+        ServerMessage::Arrived { region, player, crossings, .. } => {
             // The arrival of an avatar a join delivered (after `JoinMoved`): the player is in
             // `region` (and a crossing this gateway carried, if any, is over); the join asks there.
-            if inner.joins.get(&player).is_some_and(|waiter| waiter.delivered.is_some_and(|(to, _)| to == region)) {
-                let waiting = table(inner).handle_arrived(player, region);
+            if inner.joins.get(&player).is_some_and(|waiter| waiter.delivered == Some((region, crossings))) {
+                let waiting = table(inner).handle_arrived(player, region, crossings);
                 for input in waiting.unwrap_or_default() {
                     route_input(inner, region, input);
                 }
                 answer_join(inner, player, Some(region), JoinAnswer::Arrived);
                 return;
             }
-            let waiting = table(inner).handle_arrived(player, region);
-            // No session here, or an arrival repeated (a crossing delivered twice).
+            let waiting = table(inner).handle_arrived(player, region, crossings);
+            // No session here, an arrival repeated (a crossing delivered twice), or the late
+            // answer to an earlier crossing than the latest.
             let Some(waiting) = waiting else { return };
             inner.counters.crossings.fetch_add(1, Ordering::Relaxed);
             for input in waiting {
@@ -1427,26 +1383,9 @@ fn deliver_transfer(inner: &Inner, mut transfer: Transfer, delivery: Delivery) {
     }
 }
 
+/// Sends a state update: a datagram (quinn-proto drops the oldest queued when the connection's
+/// small buffer is full: latest wins), or on the reliable stream when it does not fit in one or
+/// the peer takes no datagrams. The plane decides and counts.
 fn send_update(inner: &Inner, link: &PlayerLink, update: StateUpdate) {
-    let datagram = Datagram::State(update);
-    let Ok(bytes) = datagram.encode() else { return };
-    let connection = &link.connection;
-    // quinn drops the oldest queued datagrams when its small buffer is full: latest wins. What
-    // does not fit in a datagram (or a peer without datagrams) takes the reliable stream.
-    match connection.send_datagram(bytes.into()) {
-        Ok(()) => {
-            inner.counters.updates_datagram.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(
-            quinn::SendDatagramError::TooLarge
-            | quinn::SendDatagramError::UnsupportedByPeer
-            | quinn::SendDatagramError::Disabled,
-        ) => {
-            if let Datagram::State(update) = datagram {
-                inner.counters.updates_reliable.fetch_add(1, Ordering::Relaxed);
-                link.send_reliable(ServerFrame::State(update));
-            }
-        }
-        Err(quinn::SendDatagramError::ConnectionLost(_)) => {}
-    }
+    inner.plane.send(Command::Update { to: link.connection, update });
 }

@@ -277,12 +277,24 @@ impl SessionTable {
         Some(SessionAction::Deliver { transfer: onward, delivery })
     }
 
-    /// The player's avatar arrived in `region`: the crossing is over; returns the inputs that
-    /// waited, in order, if the player has a session here. Nothing for an arrival repeated where
-    /// the player already is with no crossing out (a crossing delivered twice, protocol.md §10).
-    pub(crate) fn handle_arrived(&mut self, player: PlayerId, region: RegionId) -> Option<Vec<PlayerInput>> {
+    /// The player's avatar arrived in `region` by its crossing numbered `crossings`: the crossing
+    /// is over; returns the inputs that waited, in order, if the player has a session here.
+    /// Nothing for an arrival repeated where the player already is with no crossing out (a
+    /// crossing delivered twice, protocol.md §10), nor for the arrival of an earlier crossing than
+    /// the latest heard (delivered again after a reconnect or a commit and answered late): it
+    /// must not end the later one, nor put the player back in the region it has left since.
+    pub(crate) fn handle_arrived(
+        &mut self,
+        player: PlayerId,
+        region: RegionId,
+        crossings: u64,
+    ) -> Option<Vec<PlayerInput>> {
+        let record = self.sessions.get_mut(&player);
+        if record.as_ref().is_some_and(|record| record.delivering.is_some_and(|latest| crossings < latest)) {
+            return None;
+        }
         self.crossings.handle_arrived(player);
-        let record = self.sessions.get_mut(&player)?;
+        let record = record?;
         if record.transit.is_none() && record.region == region {
             return None;
         }
@@ -441,7 +453,7 @@ mod tests {
         let resumed = table.handle_connected(PlayerId(7), HOME);
         assert!(resumed.resumed);
         assert_eq!(table.handle_input(input(7, 5)), Routed::Waiting);
-        let waited = table.handle_arrived(PlayerId(7), NEXT).unwrap();
+        let waited = table.handle_arrived(PlayerId(7), NEXT, 1).unwrap();
         assert_eq!(waited.iter().map(|input| input.seq).collect::<Vec<_>>(), vec![2, 3, 4, 5]);
         assert_eq!(table.handle_input(input(7, 6)), Routed::To(NEXT, input(7, 6)));
         assert_eq!(table.players_in(NEXT), vec![PlayerId(7)]);
@@ -456,9 +468,31 @@ mod tests {
         // The avatar's next crossing (one more) during the same transit is another one.
         let next = Transfer { from: NEXT, to: RegionId(9), crossings: 2, ..transfer(7) };
         assert!(table.handle_emigrated(next.clone()).is_some());
-        table.handle_arrived(PlayerId(7), RegionId(9));
+        table.handle_arrived(PlayerId(7), RegionId(9), 2);
         // After the arrival, the same crossing again is a stale copy's (the player is elsewhere).
         assert_eq!(table.handle_emigrated(next), None);
+    }
+
+    #[test]
+    fn an_arrival_of_an_earlier_crossing_ends_neither_a_later_one_nor_moves_the_player_back() {
+        let mut table = SessionTable::new(GRACE);
+        table.handle_connected(PlayerId(7), HOME);
+        // Crossing 1 (HOME to NEXT) arrives; crossing 2 (NEXT to 9) is out.
+        table.handle_emigrated(transfer(7));
+        assert!(table.handle_arrived(PlayerId(7), NEXT, 1).is_some());
+        let second = Transfer { from: NEXT, to: RegionId(9), crossings: 2, ..transfer(7) };
+        assert!(table.handle_emigrated(second).is_some());
+        assert_eq!(table.handle_input(input(7, 1)), Routed::Waiting);
+        // Crossing 1 delivered again (a reconnect) is answered again, late: ignored.
+        assert_eq!(table.handle_arrived(PlayerId(7), NEXT, 1), None);
+        assert!(table.in_transit(PlayerId(7)), "the second crossing still holds the inputs");
+        assert_eq!(table.delivering(PlayerId(7)), Some(2));
+        // Its own arrival ends it.
+        assert_eq!(table.handle_arrived(PlayerId(7), RegionId(9), 2), Some(vec![input(7, 1)]));
+        // Once over, a late arrival of crossing 1 does not put the player back in NEXT.
+        assert_eq!(table.handle_arrived(PlayerId(7), NEXT, 1), None);
+        assert_eq!(table.region_of(PlayerId(7)), Some(RegionId(9)));
+        assert_eq!(table.handle_input(input(7, 2)), Routed::To(RegionId(9), input(7, 2)));
     }
 
     #[test]
@@ -476,7 +510,7 @@ mod tests {
         assert!(
             table.handle_emigrated(Transfer { from: NEXT, to: RegionId(9), crossings: 2, ..transfer(7) }).is_some()
         );
-        assert_eq!(table.handle_arrived(PlayerId(7), RegionId(9)), Some(Vec::new()));
+        assert_eq!(table.handle_arrived(PlayerId(7), RegionId(9), 2), Some(Vec::new()));
         assert_eq!(
             table.handle_emigrated(Transfer { from: NEXT, crossings: 3, ..transfer(7) }),
             None,
@@ -499,7 +533,7 @@ mod tests {
         let over = MAX_TRANSIT_INPUTS as u64 + 1;
         assert_eq!(table.handle_input(input(7, over)), Routed::TransitFull(PlayerId(7)));
         assert_eq!(table.handle_input(input(8, 1)), Routed::Waiting, "another player's inputs still wait");
-        let waited = table.handle_arrived(PlayerId(7), NEXT).expect("the player has a session");
+        let waited = table.handle_arrived(PlayerId(7), NEXT, 1).expect("the player has a session");
         assert_eq!(waited.len(), MAX_TRANSIT_INPUTS);
         assert!(waited.iter().map(|input| input.seq).eq(1..=MAX_TRANSIT_INPUTS as u64), "the first ones, in order");
         assert_eq!(table.handle_input(input(7, over)), Routed::To(NEXT, input(7, over)), "arrived: routed again");
@@ -534,12 +568,12 @@ mod tests {
             retried.contains(&SessionAction::Deliver { transfer: onward.clone(), delivery: Delivery::Onward }),
             "a new count: one refusal does not turn it back ({retried:?})"
         );
-        assert_eq!(table.handle_arrived(PlayerId(7), RegionId(9)), Some(Vec::new()));
+        assert_eq!(table.handle_arrived(PlayerId(7), RegionId(9), 3), Some(Vec::new()));
         assert_eq!(table.region_of(PlayerId(7)), Some(RegionId(9)));
         // A late answer once the crossing is over changes nothing, and a repeated arrival ends
         // nothing.
         assert_eq!(table.handle_moved_on(&onward, Transfer { crossings: 4, ..onward.clone() }), None);
-        assert_eq!(table.handle_arrived(PlayerId(7), RegionId(9)), None);
+        assert_eq!(table.handle_arrived(PlayerId(7), RegionId(9), 3), None);
         assert!(!table.in_transit(PlayerId(7)));
         assert_eq!(table.delivering(PlayerId(7)), None, "arrived: nothing is being delivered");
         assert_eq!(table.last_crossing(PlayerId(7)), Some(3), "the latest crossing is remembered");
@@ -571,7 +605,7 @@ mod tests {
         assert!(ways[..29].iter().all(|way| *way == Delivery::Onward), "{ways:?}");
         assert_eq!(ways[29], Delivery::Back, "after 30 failures the avatar goes back");
         // The arrival (wherever) ends the crossing; the player's inputs flow again.
-        assert!(table.handle_arrived(PlayerId(7), HOME).is_some());
+        assert!(table.handle_arrived(PlayerId(7), HOME, 1).is_some());
         assert_eq!(table.handle_input(input(7, 1)), Routed::To(HOME, input(7, 1)));
     }
 
@@ -584,7 +618,7 @@ mod tests {
         // Refused once (the source frozen at the time); the retry is due...
         assert!(table.handle_immigration_refused(start, transfer(7)));
         // ...but another delivery (to the new owner) arrived first: the retry sends nothing.
-        assert!(table.handle_arrived(PlayerId(7), NEXT).is_some());
+        assert!(table.handle_arrived(PlayerId(7), NEXT, 1).is_some());
         assert_eq!(table.handle_timeout(start + CROSSING_RETRY), Vec::new());
         // A refusal that comes after the arrival is late: nothing is scheduled.
         assert!(!table.handle_immigration_refused(start, transfer(7)));

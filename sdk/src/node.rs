@@ -1804,6 +1804,7 @@ impl<L: RegionLogic> RegionNode<L> {
                                 epoch,
                                 player: transfer.player,
                                 last_applied,
+                                crossings: transfer.crossings,
                             },
                         });
                     }

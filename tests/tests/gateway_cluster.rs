@@ -614,6 +614,7 @@ fn a_crossing_held_by_a_handoff_source_that_dies_is_delivered_to_the_new_owner_a
                 epoch: Epoch(2),
                 player: PlayerId(player),
                 last_applied: delivered.last_applied,
+                crossings: delivered.crossings,
             })
             .await;
         // Each input once: those that waited for the crossing, then those sent since.

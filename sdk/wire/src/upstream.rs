@@ -1,4 +1,4 @@
-//! The upstream protocol (version 5): what a gateway and a region server say to each other.
+//! The upstream protocol (version 6): what a gateway and a region server say to each other.
 //!
 //! A gateway keeps one QUIC connection (mutual TLS with cluster certificates, ALPN
 //! [`ALPN_UPSTREAM`]) to each region server and multiplexes all its players routed there over
@@ -17,7 +17,9 @@
 //! ([`Transfer::crossings`]) and lets a region answer for an avatar that left it
 //! ([`ServerMessage::JoinMoved`], the `onward` of [`ServerMessage::ImmigrationRefused`]): a
 //! crossing whose gateway died with the avatar on its way is found again when the player resumes;
-//! [`GatewayMessage::Forget`] drops what regions kept of a player who left.
+//! [`GatewayMessage::Forget`] drops what regions kept of a player who left. Version 6 adds
+//! `crossings` to [`ServerMessage::Arrived`]: which crossing of the avatar the arrival answers, so
+//! an arrival repeated for an earlier crossing never ends a later one.
 
 use std::net::SocketAddr;
 
@@ -28,7 +30,7 @@ use crate::{Epoch, PlayerId, RegionId};
 /// ALPN of the upstream protocol.
 pub const ALPN_UPSTREAM: &[u8] = b"baton-upstream/1";
 /// Version of the upstream message set.
-pub const UPSTREAM_VERSION: u16 = 5;
+pub const UPSTREAM_VERSION: u16 = 6;
 /// Largest upstream frame, in bytes.
 pub const MAX_UPSTREAM_FRAME: usize = crate::framing::MAX_FRAME_BYTES;
 
@@ -290,6 +292,9 @@ pub enum ServerMessage {
         player: PlayerId,
         /// Its last applied input.
         last_applied: u64,
+        /// The crossing this answers: the [`Transfer::crossings`] of the avatar delivered (the
+        /// region may hold a copy with more, when the delivery was repeated).
+        crossings: u64,
     },
     /// `transfer.to` could not take the avatar; deliver it back to `transfer.from`, or, with
     /// `onward`, deliver `onward` instead.
