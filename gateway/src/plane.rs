@@ -59,10 +59,27 @@ pub(crate) struct ConnId {
 /// What the plane tells a player's session.
 #[derive(Debug, PartialEq)]
 pub(crate) enum PlayerEvent {
-    /// A frame the player sent, in order.
+    /// A frame the player sent, in order: the first only, until the session gives the plane a
+    /// [`FrameHandler`] for the rest (the plane holds them meanwhile).
     Frame(ClientFrame),
     /// The player's stream did not hold a valid frame; nothing more is read from it.
     Malformed(String),
+    /// The session's [`FrameHandler`] refused a frame, with the code and reason to close the
+    /// connection with; nothing more is read from it.
+    Refused(CloseCode, String),
+}
+
+/// Takes a welcomed player's frames on the plane's thread as they come off the connection, in
+/// order (no hop through the session's task); an error ends the session with that close code.
+pub(crate) trait FrameHandler: Send {
+    /// One frame of the player.
+    fn handle(&mut self, frame: ClientFrame) -> Result<(), (CloseCode, String)>;
+}
+
+impl std::fmt::Debug for dyn FrameHandler {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("FrameHandler")
+    }
 }
 
 /// A player connection whose handshake completed: its session reads `events` (which ends when the
@@ -88,6 +105,8 @@ pub(crate) enum Command {
     Reliable { to: ConnId, frame: ServerFrame },
     /// Closes the connection with `code` and `reason`.
     Close { to: ConnId, code: CloseCode, reason: String },
+    /// The player's frames after its first go to `handler`, on the plane's thread.
+    Serve { to: ConnId, handler: Box<dyn FrameHandler> },
     /// Closes every connection and refuses new ones.
     Shutdown,
 }
@@ -149,6 +168,10 @@ struct Conn {
     /// Encoded frames not yet taken by the stream.
     unsent: Vec<u8>,
     events: Option<Sender<PlayerEvent>>,
+    /// Takes the frames once the session installed it.
+    handler: Option<Box<dyn FrameHandler>>,
+    /// The session has its first frame; later ones wait for `handler`.
+    first_taken: bool,
     /// Frames read but not yet taken by a full `events`.
     waiting: VecDeque<PlayerEvent>,
     /// Nothing more is read from the stream (it ended, or held a malformed frame).
@@ -291,6 +314,11 @@ impl PlaneCore {
                 if fits && conn.quic.datagrams().send(datagram, true).is_ok() {
                     self.counters.neighbour_views.fetch_add(1, Ordering::Relaxed);
                 }
+                self.mark(to.handle);
+            }
+            Command::Serve { to, handler } => {
+                let Some(conn) = conn_of(&mut self.conns, to) else { return };
+                conn.handler = Some(handler);
                 self.mark(to.handle);
             }
             Command::Reliable { to, frame } => {
@@ -437,6 +465,7 @@ impl PlaneCore {
                 }
                 // The session sees its events end.
                 conn.events = None;
+                conn.handler = None;
                 conn.waiting.clear();
                 false
             }
@@ -472,9 +501,12 @@ impl PlaneCore {
         }
     }
 
-    /// Hands the frames read to the session; true if it may read more.
+    /// Hands the frames read to the session (the first) or its handler (the rest); true if it
+    /// may read more.
     fn deliver(&mut self, handle: usize, conn: &mut Conn) -> bool {
-        let Some(events) = conn.events.as_ref() else { return false };
+        if conn.events.is_none() {
+            return false;
+        }
         // Frames of the stream's buffer, after those that waited.
         loop {
             if conn.waiting.is_empty() {
@@ -488,9 +520,27 @@ impl PlaneCore {
                     }
                 }
             }
-            let Some(event) = conn.waiting.pop_front() else { break };
+            let Some(mut event) = conn.waiting.pop_front() else { break };
+            if let Some(handler) = conn.handler.as_mut() {
+                match event {
+                    PlayerEvent::Frame(frame) => match handler.handle(frame) {
+                        Ok(()) => continue,
+                        Err((code, reason)) => event = PlayerEvent::Refused(code, reason),
+                    },
+                    PlayerEvent::Malformed(_) | PlayerEvent::Refused(..) => {}
+                }
+                // The session ends: it hears why; nothing more is read.
+                conn.handler = None;
+                conn.read_done = true;
+                conn.reader = FrameReader::default();
+            } else if conn.first_taken && matches!(event, PlayerEvent::Frame(_)) {
+                // Held until the session's handler comes (QUIC's flow control holds the rest).
+                conn.waiting.push_front(event);
+                return false;
+            }
+            let Some(events) = conn.events.as_ref() else { return false };
             match events.try_send(event) {
-                Ok(()) => {}
+                Ok(()) => conn.first_taken = true,
                 Err(TrySendError::Full(event)) => {
                     conn.waiting.push_front(event);
                     if !self.blocked.contains(&handle) {
@@ -509,6 +559,7 @@ impl PlaneCore {
         if conn.read_done && conn.waiting.is_empty() {
             // The stream ended (or went bad) and every frame before it was taken.
             conn.events = None;
+            conn.handler = None;
             return false;
         }
         // Read what the stream holds now that there is room (a session that fell behind
@@ -552,6 +603,8 @@ impl PlaneCore {
             reader: FrameReader::default(),
             unsent: Vec::new(),
             events: None,
+            handler: None,
+            first_taken: false,
             waiting: VecDeque::new(),
             read_done: false,
             readable: false,
@@ -614,6 +667,7 @@ fn read_stream(conn: &mut Conn) -> bool {
 /// (`live`), and it lingers only to say so to the peer until quinn-proto drains it.
 fn close(conn: &mut Conn, live: &mut usize, now: Instant, code: CloseCode, reason: Bytes) {
     conn.events = None;
+    conn.handler = None;
     conn.waiting.clear();
     conn.unsent.clear();
     if conn.live {
@@ -835,7 +889,7 @@ mod tests {
     use bytes::BytesMut;
     use quinn_proto::{ClientConfig, Connection, ConnectionError, Dir, Endpoint, EndpointConfig, Event, StreamId};
 
-    use super::{Command, ConnId, EVENTS_PER_PLAYER, NewPlayer, Output, PlaneCore, PlayerEvent};
+    use super::{Command, ConnId, EVENTS_PER_PLAYER, FrameHandler, NewPlayer, Output, PlaneCore, PlayerEvent};
     use crate::service::Counters;
 
     const GATEWAY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7000);
@@ -1016,6 +1070,46 @@ mod tests {
         }
     }
 
+    /// A session's handler that records the frames it gets; it refuses input `refuse` (as a flood).
+    struct Recorder {
+        seen: Arc<std::sync::Mutex<Vec<ClientFrame>>>,
+        refuse: Option<u64>,
+    }
+
+    impl Recorder {
+        fn install(bench: &mut Bench, to: ConnId, refuse: Option<u64>) -> Recorded {
+            let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let handler = Box::new(Recorder { seen: seen.clone(), refuse });
+            bench.plane.handle_command(bench.now, Command::Serve { to, handler });
+            bench.pump();
+            Recorded(seen)
+        }
+    }
+
+    impl FrameHandler for Recorder {
+        fn handle(&mut self, frame: ClientFrame) -> Result<(), (CloseCode, String)> {
+            let refused = matches!(frame, ClientFrame::Input { seq, .. } if Some(seq) == self.refuse);
+            self.seen.lock().unwrap().push(frame);
+            if refused { Err((CloseCode::Flood, format!("input {}", self.refuse.unwrap_or(0)))) } else { Ok(()) }
+        }
+    }
+
+    struct Recorded(Arc<std::sync::Mutex<Vec<ClientFrame>>>);
+
+    impl Recorded {
+        fn seqs(&self) -> Vec<u64> {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|frame| match frame {
+                    ClientFrame::Input { seq, .. } => *seq,
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        }
+    }
+
     fn update(tick: u64, bytes: usize) -> StateUpdate {
         StateUpdate { region: 1, tick, last_applied: tick, durable: 0, payload: vec![7; bytes] }
     }
@@ -1038,18 +1132,17 @@ mod tests {
             frames(&mut player.events),
             vec![PlayerEvent::Frame(ClientFrame::Hello { version: 1, token: "t".into() })]
         );
+        // Frames after the first wait for the session's handler, then go to it in order.
         for seq in 1..=3 {
             bench.clients[0].send(&ClientFrame::Input { seq, payload: vec![1; 300] });
         }
         bench.pump();
-        let seqs: Vec<u64> = frames(&mut player.events)
-            .into_iter()
-            .map(|event| match event {
-                PlayerEvent::Frame(ClientFrame::Input { seq, .. }) => seq,
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(seqs, vec![1, 2, 3]);
+        assert!(frames(&mut player.events).is_empty(), "held for the handler");
+        let seen = Recorder::install(&mut bench, player.id, None);
+        bench.clients[0].send(&ClientFrame::Input { seq: 4, payload: vec![1; 300] });
+        bench.pump();
+        assert_eq!(seen.seqs(), vec![1, 2, 3, 4]);
+        assert!(frames(&mut player.events).is_empty(), "nothing reaches the session's task");
 
         // An update goes as a datagram; a frame on the stream.
         bench.plane.handle_command(bench.now, Command::Update { to: player.id, update: update(1, 300) });
@@ -1138,30 +1231,43 @@ mod tests {
     }
 
     #[test]
-    fn a_session_that_falls_behind_holds_its_player_back_and_loses_nothing() {
+    fn frames_held_for_a_session_still_joining_hold_its_player_back_and_none_is_lost() {
         let mut bench = Bench::new(10);
         bench.connect();
         let mut player = bench.player(0);
         frames(&mut player.events);
+        // Far more than the stream's window while the session joins its region.
         let sent = EVENTS_PER_PLAYER as u64 * 3;
         for seq in 1..=sent {
             bench.clients[0].send(&ClientFrame::Input { seq, payload: vec![2; 200] });
         }
         bench.pump();
-        let mut seqs = Vec::new();
+        bench.advance(Duration::from_millis(50));
+        assert!(frames(&mut player.events).is_empty());
+        let seen = Recorder::install(&mut bench, player.id, None);
         for _ in 0..100 {
-            let taken = frames(&mut player.events);
-            assert!(taken.len() <= EVENTS_PER_PLAYER, "never more than the session's share at once");
-            seqs.extend(taken.into_iter().map(|event| match event {
-                PlayerEvent::Frame(ClientFrame::Input { seq, .. }) => seq,
-                other => panic!("{other:?}"),
-            }));
-            if seqs.len() as u64 == sent {
+            if seen.seqs().len() as u64 == sent {
                 break;
             }
             bench.advance(Duration::from_millis(5));
         }
-        assert!(seqs.iter().copied().eq(1..=sent), "every input, once, in order");
+        assert!(seen.seqs().into_iter().eq(1..=sent), "every input, once, in order");
+    }
+
+    #[test]
+    fn a_frame_the_handler_refuses_ends_the_session_with_its_code_and_nothing_after_it_is_handled() {
+        let mut bench = Bench::new(10);
+        bench.connect();
+        let mut player = bench.player(0);
+        frames(&mut player.events);
+        let seen = Recorder::install(&mut bench, player.id, Some(2));
+        for seq in 1..=4 {
+            bench.clients[0].send(&ClientFrame::Input { seq, payload: vec![3; 100] });
+        }
+        bench.pump();
+        assert_eq!(seen.seqs(), vec![1, 2]);
+        assert_eq!(frames(&mut player.events), vec![PlayerEvent::Refused(CloseCode::Flood, "input 2".into())]);
+        assert!(player.events.is_closed(), "nothing more reaches the session");
     }
 
     #[test]

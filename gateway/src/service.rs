@@ -41,7 +41,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
 
 use crate::crossing::Delivery;
-use crate::plane::{Command, ConnId, NewPlayer, PlaneHandle, PlayerEvent};
+use crate::plane::{Command, ConnId, FrameHandler, NewPlayer, PlaneHandle, PlayerEvent};
 use crate::route::{RouteAction, RouteConfig, RouteError, RouteEvent, RouteTable, ServerId};
 use crate::sessions::{Routed, SessionAction, SessionTable};
 use crate::token::{Claims, TokenKey};
@@ -473,6 +473,7 @@ async fn read_frame(events: &mut tokio::sync::mpsc::Receiver<PlayerEvent>) -> Re
     match events.recv().await {
         Some(PlayerEvent::Frame(frame)) => Ok(Some(frame)),
         Some(PlayerEvent::Malformed(error)) => Err(Closing::new(CloseCode::Protocol, error)),
+        Some(PlayerEvent::Refused(code, reason)) => Err(Closing::new(code, reason)),
         None => Ok(None),
     }
 }
@@ -546,72 +547,28 @@ async fn player_session(
     // session of any length can be resumed (at another gateway too) when this one dies.
     let refresher = tokio::spawn(refresh_resume_token(inner.clone(), player, link.clone()));
 
+    // From here the player's frames are checked and forwarded on the plane's thread, as they
+    // come off the connection (no hop through this task); this task waits for the end.
     let now = Instant::now();
-    let mut bucket = TokenBucket::new(u64::from(limits.inputs_per_second), u64::from(limits.input_burst), now);
-    // Inputs sent again (numbers already seen: after a failover the client sends every input that
-    // is not durable) have a bucket of their own, as deep as what a client keeps, so a whole
-    // window sent again at once is not dropped into a gap the region would wait at for ever.
-    let mut resend_bucket = TokenBucket::new(u64::from(limits.inputs_per_second), kept_inputs_limit(), now);
-    let mut highest_seq = last_applied;
-    let mut dropped = 0u64;
-    let result = loop {
-        let frame = match read_frame(events).await {
-            Ok(Some(frame)) => frame,
-            Ok(None) => break Ok(()),
-            Err(closing) => break Err(closing),
-        };
-        match frame {
-            ClientFrame::Hello { .. } => break Err(Closing::new(CloseCode::Protocol, "Hello sent twice")),
-            ClientFrame::Ping { nonce } => link.send_reliable(ServerFrame::Pong { nonce }),
-            ClientFrame::Input { seq, payload } => {
-                if seq == 0 || seq > highest_seq + 1 {
-                    break Err(Closing::new(
-                        CloseCode::Protocol,
-                        format!("input {seq} out of sequence (next is {})", highest_seq + 1),
-                    ));
-                }
-                if payload.len() > MAX_INPUT_PAYLOAD {
-                    break Err(Closing::new(
-                        CloseCode::Protocol,
-                        format!("input payload of {} bytes exceeds {MAX_INPUT_PAYLOAD}", payload.len()),
-                    ));
-                }
-                let now = Instant::now();
-                // A dropped input still uses its number: the client's sequence goes on without
-                // a protocol error, and the region waits for a gap only that client made.
-                let charged = if seq <= highest_seq { &mut resend_bucket } else { &mut bucket };
-                highest_seq = highest_seq.max(seq);
-                if !charged.delay(now, 1).is_zero() {
-                    inner.counters.inputs_dropped_rate.fetch_add(1, Ordering::Relaxed);
-                    dropped += 1;
-                    if dropped >= limits.flood_disconnect_after {
-                        break Err(Closing::new(CloseCode::Flood, "far more inputs than the rate limit allows"));
-                    }
-                    continue;
-                }
-                charged.consume(now, 1);
-                forward_input(inner, PlayerInput { player, seq, payload });
-            }
-            ClientFrame::Skip { through } => {
-                // A session resumed here after a failover starts from the restored state's
-                // `last_applied`, below what the client dropped: the skip moves its numbering on.
-                if through > MAX_SKIP_THROUGH {
-                    break Err(Closing::new(
-                        CloseCode::Protocol,
-                        format!("skip through input {through} is implausible"),
-                    ));
-                }
-                highest_seq = highest_seq.max(through);
-                // Charged as an input: a client cannot flood its region with skips either.
-                let now = Instant::now();
-                if !bucket.delay(now, 1).is_zero() {
-                    inner.counters.inputs_dropped_rate.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                bucket.consume(now, 1);
-                forward_skip(inner, player, through);
-            }
-        }
+    let welcomed = Welcomed {
+        inner: inner.clone(),
+        link: link.clone(),
+        player,
+        limits,
+        bucket: TokenBucket::new(u64::from(limits.inputs_per_second), u64::from(limits.input_burst), now),
+        // Inputs sent again (numbers already seen: after a failover the client sends every input
+        // that is not durable) have a bucket of their own, as deep as what a client keeps, so a
+        // whole window sent again at once is not dropped into a gap the region would wait at for
+        // ever.
+        resend_bucket: TokenBucket::new(u64::from(limits.inputs_per_second), kept_inputs_limit(), now),
+        highest_seq: last_applied,
+        dropped: 0,
+    };
+    inner.plane.send(Command::Serve { to: connection, handler: Box::new(welcomed) });
+    let result = match events.recv().await {
+        Some(PlayerEvent::Refused(code, reason)) => Err(Closing::new(code, reason)),
+        Some(PlayerEvent::Malformed(error)) => Err(Closing::new(CloseCode::Protocol, error)),
+        Some(PlayerEvent::Frame(_)) | None => Ok(()),
     };
     refresher.abort();
     // The connection is gone (or is being closed): the session waits for a resume until the grace
@@ -620,6 +577,76 @@ async fn player_session(
     table(inner).handle_disconnected(Instant::now(), player, opened.generation);
     inner.timers.notify_one();
     result
+}
+
+/// A welcomed player's frames, checked and forwarded on the plane's thread: pings answered,
+/// inputs and skips checked against the limits (sequence, payload size, rate) and sent to the
+/// player's region.
+struct Welcomed {
+    inner: Arc<Inner>,
+    link: Arc<PlayerLink>,
+    player: PlayerId,
+    limits: Limits,
+    bucket: TokenBucket,
+    resend_bucket: TokenBucket,
+    highest_seq: u64,
+    dropped: u64,
+}
+
+impl FrameHandler for Welcomed {
+    fn handle(&mut self, frame: ClientFrame) -> Result<(), (CloseCode, String)> {
+        let inner = &self.inner;
+        match frame {
+            ClientFrame::Hello { .. } => return Err((CloseCode::Protocol, "Hello sent twice".into())),
+            ClientFrame::Ping { nonce } => self.link.send_reliable(ServerFrame::Pong { nonce }),
+            ClientFrame::Input { seq, payload } => {
+                if seq == 0 || seq > self.highest_seq + 1 {
+                    return Err((
+                        CloseCode::Protocol,
+                        format!("input {seq} out of sequence (next is {})", self.highest_seq + 1),
+                    ));
+                }
+                if payload.len() > MAX_INPUT_PAYLOAD {
+                    return Err((
+                        CloseCode::Protocol,
+                        format!("input payload of {} bytes exceeds {MAX_INPUT_PAYLOAD}", payload.len()),
+                    ));
+                }
+                let now = Instant::now();
+                // A dropped input still uses its number: the client's sequence goes on without
+                // a protocol error, and the region waits for a gap only that client made.
+                let charged = if seq <= self.highest_seq { &mut self.resend_bucket } else { &mut self.bucket };
+                self.highest_seq = self.highest_seq.max(seq);
+                if !charged.delay(now, 1).is_zero() {
+                    inner.counters.inputs_dropped_rate.fetch_add(1, Ordering::Relaxed);
+                    self.dropped += 1;
+                    if self.dropped >= self.limits.flood_disconnect_after {
+                        return Err((CloseCode::Flood, "far more inputs than the rate limit allows".into()));
+                    }
+                    return Ok(());
+                }
+                charged.consume(now, 1);
+                forward_input(inner, PlayerInput { player: self.player, seq, payload });
+            }
+            ClientFrame::Skip { through } => {
+                // A session resumed here after a failover starts from the restored state's
+                // `last_applied`, below what the client dropped: the skip moves its numbering on.
+                if through > MAX_SKIP_THROUGH {
+                    return Err((CloseCode::Protocol, format!("skip through input {through} is implausible")));
+                }
+                self.highest_seq = self.highest_seq.max(through);
+                // Charged as an input: a client cannot flood its region with skips either.
+                let now = Instant::now();
+                if !self.bucket.delay(now, 1).is_zero() {
+                    inner.counters.inputs_dropped_rate.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                self.bucket.consume(now, 1);
+                forward_skip(inner, self.player, through);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Inputs of one player bounced back with no update for it in between, after which its session
