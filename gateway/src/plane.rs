@@ -15,16 +15,17 @@
 //! through quinn-udp) and a timer around the core. Semantics are those of the quinn driver it
 //! replaces: state updates are datagrams that drop the oldest queued when the connection's
 //! buffer is full (latest state wins) and go on the reliable stream when too large for one;
-//! everything else is on the player's one bidirectional stream, in order. Reading a player's
-//! stream stops while its session has [`EVENTS_PER_PLAYER`] frames not yet taken, so QUIC's flow
-//! control holds a client back that sends faster than its session handles.
+//! everything else is on the player's one bidirectional stream, in order. A player's first frame
+//! (its Hello) goes to its session's task; the plane holds the rest, reading no further (QUIC's
+//! flow control holds the client back), until the welcomed session installs a [`FrameHandler`],
+//! which takes them on the plane's thread.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use baton_wire::player::{ClientFrame, CloseCode, Datagram, FrameReader, ServerFrame, StateUpdate};
 use bytes::{Bytes, BytesMut};
@@ -33,20 +34,17 @@ use quinn_proto::{
     Connection, ConnectionHandle, DatagramEvent, Dir, EcnCodepoint, Endpoint, EndpointConfig, Event, SendDatagramError,
     ServerConfig, StreamEvent, StreamId, VarInt, WriteError,
 };
-use tokio::sync::mpsc::{Receiver, Sender, UnboundedReceiver, UnboundedSender, error::TrySendError};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::service::Counters;
 
-/// Frames of one player read from its stream and not yet taken by its session, after which the
-/// plane stops reading that stream until the session catches up.
-pub(crate) const EVENTS_PER_PLAYER: usize = 256;
+/// Frames of one player read from its stream at most in one read (in bytes: this many of the
+/// largest), before they are handed out.
+pub(crate) const FRAMES_PER_READ: usize = 256;
 
 /// Bytes of reliable frames one player's stream may hold unsent (a client that stopped reading
 /// its stream) before the plane closes the connection.
 pub(crate) const MAX_UNSENT_RELIABLE: usize = 1 << 20;
-
-/// How soon a player's stream is read again after its session fell behind.
-const BLOCKED_RETRY: Duration = Duration::from_millis(2);
 
 /// One connection of the plane: its handle, and a serial that tells it from a later connection
 /// given the same handle (`quinn-proto` reuses the handles of closed connections).
@@ -90,8 +88,9 @@ pub(crate) struct NewPlayer {
     pub(crate) id: ConnId,
     /// The player's address at the handshake.
     pub(crate) remote: SocketAddr,
-    /// The player's frames.
-    pub(crate) events: Receiver<PlayerEvent>,
+    /// The player's first frame, then why its session ends if the plane knows (at most two
+    /// events: the channel needs no bound).
+    pub(crate) events: UnboundedReceiver<PlayerEvent>,
 }
 
 /// What the rest of the gateway asks of the plane.
@@ -167,7 +166,7 @@ struct Conn {
     reader: FrameReader,
     /// Encoded frames not yet taken by the stream.
     unsent: Vec<u8>,
-    events: Option<Sender<PlayerEvent>>,
+    events: Option<UnboundedSender<PlayerEvent>>,
     /// Takes the frames once the session installed it.
     handler: Option<Box<dyn FrameHandler>>,
     /// The session has its first frame; later ones wait for `handler`.
@@ -196,9 +195,6 @@ pub(crate) struct PlaneCore {
     timeouts: Vec<Option<Instant>>,
     timers: BTreeSet<(Instant, usize)>,
     dirty: Vec<usize>,
-    /// Connections whose session fell behind, to read again soon.
-    blocked: Vec<usize>,
-    blocked_retry: Option<Instant>,
     counters: Arc<Counters>,
     max_connections: usize,
     live: usize,
@@ -224,8 +220,6 @@ impl PlaneCore {
             timeouts: Vec::new(),
             timers: BTreeSet::new(),
             dirty: Vec::new(),
-            blocked: Vec::new(),
-            blocked_retry: None,
             counters,
             max_connections,
             live: 0,
@@ -346,15 +340,10 @@ impl PlaneCore {
 
     /// When the plane has something to do next without input, if ever.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        let timer = self.timers.first().map(|(at, _)| *at);
-        match (timer, self.blocked_retry) {
-            (Some(timer), Some(retry)) => Some(timer.min(retry)),
-            (timer, retry) => timer.or(retry),
-        }
+        self.timers.first().map(|(at, _)| *at)
     }
 
-    /// Fires the connections' timers that are due, and reads again the streams whose sessions
-    /// fell behind.
+    /// Fires the connections' timers that are due.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         while let Some(&(at, handle)) = self.timers.first() {
             if at > now {
@@ -367,12 +356,6 @@ impl PlaneCore {
                 self.mark(handle);
             }
         }
-        if self.blocked_retry.is_some_and(|retry| retry <= now) {
-            self.blocked_retry = None;
-            for handle in std::mem::take(&mut self.blocked) {
-                self.mark(handle);
-            }
-        }
     }
 
     /// Lets every connection that had something happen talk to the endpoint, hand its frames to
@@ -381,19 +364,14 @@ impl PlaneCore {
         while let Some(handle) = self.dirty.pop() {
             let Some(mut conn) = self.conns.get_mut(handle).and_then(Option::take) else { continue };
             conn.dirty = false;
-            let drained = self.drive_one(handle, &mut conn, now, out);
-            if drained {
-                if conn.live {
-                    self.live -= 1;
-                }
+            // A drained connection is forgotten (it stopped counting as live when it was lost
+            // or closed, which comes first).
+            if self.drive_one(handle, &mut conn, now, out) {
                 self.set_timeout(handle, None);
                 continue;
             }
             self.set_timeout(handle, conn.quic.poll_timeout());
             self.conns[handle] = Some(conn);
-        }
-        if !self.blocked.is_empty() && self.blocked_retry.is_none() {
-            self.blocked_retry = Some(now + BLOCKED_RETRY);
         }
     }
 
@@ -412,7 +390,7 @@ impl PlaneCore {
             while let Some(event) = conn.quic.poll() {
                 again |= self.handle_app_event(handle, conn, now, event, out);
             }
-            again |= self.deliver(handle, conn);
+            again |= Self::deliver(conn);
             flush_unsent(conn);
             // quinn-proto builds each transmit in an empty buffer.
             let mut buffer = std::mem::take(&mut self.scratch);
@@ -447,7 +425,7 @@ impl PlaneCore {
                     close(conn, &mut self.live, now, CloseCode::Full, reason);
                 } else {
                     self.counters.connections.fetch_add(1, Ordering::Relaxed);
-                    let (sender, events) = tokio::sync::mpsc::channel(EVENTS_PER_PLAYER);
+                    let (sender, events) = tokio::sync::mpsc::unbounded_channel();
                     conn.events = Some(sender);
                     out.new_players.push(NewPlayer {
                         id: ConnId { handle, serial: conn.serial },
@@ -503,7 +481,7 @@ impl PlaneCore {
 
     /// Hands the frames read to the session (the first) or its handler (the rest); true if it
     /// may read more.
-    fn deliver(&mut self, handle: usize, conn: &mut Conn) -> bool {
+    fn deliver(conn: &mut Conn) -> bool {
         if conn.events.is_none() {
             return false;
         }
@@ -539,22 +517,13 @@ impl PlaneCore {
                 return false;
             }
             let Some(events) = conn.events.as_ref() else { return false };
-            match events.try_send(event) {
-                Ok(()) => conn.first_taken = true,
-                Err(TrySendError::Full(event)) => {
-                    conn.waiting.push_front(event);
-                    if !self.blocked.contains(&handle) {
-                        self.blocked.push(handle);
-                    }
-                    return false;
-                }
-                Err(TrySendError::Closed(_)) => {
-                    // The session is over; the connection is closed by it.
-                    conn.waiting.clear();
-                    conn.events = None;
-                    return false;
-                }
+            if events.send(event).is_err() {
+                // The session is over; the connection is closed by it.
+                conn.waiting.clear();
+                conn.events = None;
+                return false;
             }
+            conn.first_taken = true;
         }
         if conn.read_done && conn.waiting.is_empty() {
             // The stream ended (or went bad) and every frame before it was taken.
@@ -633,8 +602,7 @@ fn read_stream(conn: &mut Conn) -> bool {
         conn.read_done = true;
         return true;
     };
-    // At most what the session may take at once, in bytes of the largest frames.
-    let mut budget = EVENTS_PER_PLAYER * baton_wire::player::MAX_FRAME;
+    let mut budget = FRAMES_PER_READ * baton_wire::player::MAX_FRAME;
     let mut progressed = false;
     loop {
         match chunks.next(budget.min(64 * 1024)) {
@@ -889,7 +857,7 @@ mod tests {
     use bytes::BytesMut;
     use quinn_proto::{ClientConfig, Connection, ConnectionError, Dir, Endpoint, EndpointConfig, Event, StreamId};
 
-    use super::{Command, ConnId, EVENTS_PER_PLAYER, FrameHandler, NewPlayer, Output, PlaneCore, PlayerEvent};
+    use super::{Command, ConnId, FRAMES_PER_READ, FrameHandler, NewPlayer, Output, PlaneCore, PlayerEvent};
     use crate::service::Counters;
 
     const GATEWAY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7000);
@@ -1012,6 +980,15 @@ mod tests {
             self.pump();
         }
 
+        /// A plane with one player, connected and introduced (its Hello taken by its session).
+        fn with_player() -> (Bench, NewPlayer) {
+            let mut bench = Bench::new(10);
+            bench.connect();
+            let mut player = bench.player(0);
+            frames(&mut player.events);
+            (bench, player)
+        }
+
         /// The player of client `index`: connected and introduced with a Hello.
         fn player(&mut self, index: usize) -> NewPlayer {
             self.pump();
@@ -1114,7 +1091,7 @@ mod tests {
         StateUpdate { region: 1, tick, last_applied: tick, durable: 0, payload: vec![7; bytes] }
     }
 
-    fn frames(events: &mut tokio::sync::mpsc::Receiver<PlayerEvent>) -> Vec<PlayerEvent> {
+    fn frames(events: &mut tokio::sync::mpsc::UnboundedReceiver<PlayerEvent>) -> Vec<PlayerEvent> {
         let mut taken = Vec::new();
         while let Ok(event) = events.try_recv() {
             taken.push(event);
@@ -1186,10 +1163,7 @@ mod tests {
 
     #[test]
     fn a_closed_connection_tells_the_player_why_and_ends_its_session_s_frames() {
-        let mut bench = Bench::new(10);
-        bench.connect();
-        let mut player = bench.player(0);
-        frames(&mut player.events);
+        let (mut bench, player) = Bench::with_player();
         bench.plane.handle_command(
             bench.now,
             Command::Close { to: player.id, code: CloseCode::Flood, reason: "too many".into() },
@@ -1202,11 +1176,23 @@ mod tests {
     }
 
     #[test]
+    fn only_the_player_s_first_stream_is_read_and_the_others_are_refused() {
+        let (mut bench, mut player) = Bench::with_player();
+        let seen = Recorder::install(&mut bench, player.id, None);
+        let client = &mut bench.clients[0];
+        let other = client.connection.streams().open(Dir::Bi).unwrap();
+        client.connection.send_stream(other).write(&[0xff, 0xff, 1, 2, 3]).unwrap();
+        bench.pump();
+        bench.clients[0].send(&ClientFrame::Input { seq: 1, payload: vec![1; 10] });
+        bench.pump();
+        assert_eq!(seen.seqs(), vec![1], "the player's stream goes on");
+        assert!(frames(&mut player.events).is_empty(), "nothing of the other stream reached the session");
+        assert_eq!(bench.clients[0].lost, None);
+    }
+
+    #[test]
     fn a_malformed_frame_is_reported_once_and_nothing_after_it_is_read() {
-        let mut bench = Bench::new(10);
-        bench.connect();
-        let mut player = bench.player(0);
-        frames(&mut player.events);
+        let (mut bench, mut player) = Bench::with_player();
         bench.clients[0].send_raw(&[0xff, 0xff, 1, 2, 3]);
         bench.clients[0].send(&ClientFrame::Ping { nonce: 1 });
         bench.pump();
@@ -1232,12 +1218,9 @@ mod tests {
 
     #[test]
     fn frames_held_for_a_session_still_joining_hold_its_player_back_and_none_is_lost() {
-        let mut bench = Bench::new(10);
-        bench.connect();
-        let mut player = bench.player(0);
-        frames(&mut player.events);
+        let (mut bench, mut player) = Bench::with_player();
         // Far more than the stream's window while the session joins its region.
-        let sent = EVENTS_PER_PLAYER as u64 * 3;
+        let sent = FRAMES_PER_READ as u64 * 3;
         for seq in 1..=sent {
             bench.clients[0].send(&ClientFrame::Input { seq, payload: vec![2; 200] });
         }
@@ -1256,10 +1239,7 @@ mod tests {
 
     #[test]
     fn a_frame_the_handler_refuses_ends_the_session_with_its_code_and_nothing_after_it_is_handled() {
-        let mut bench = Bench::new(10);
-        bench.connect();
-        let mut player = bench.player(0);
-        frames(&mut player.events);
+        let (mut bench, mut player) = Bench::with_player();
         let seen = Recorder::install(&mut bench, player.id, Some(2));
         for seq in 1..=4 {
             bench.clients[0].send(&ClientFrame::Input { seq, payload: vec![3; 100] });

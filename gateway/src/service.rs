@@ -469,7 +469,7 @@ async fn serve_player(inner: &Arc<Inner>, player: NewPlayer) {
     inner.plane.send(Command::Close { to: id, code, reason });
 }
 
-async fn read_frame(events: &mut tokio::sync::mpsc::Receiver<PlayerEvent>) -> Result<Option<ClientFrame>, Closing> {
+async fn read_frame(events: &mut UnboundedReceiver<PlayerEvent>) -> Result<Option<ClientFrame>, Closing> {
     match events.recv().await {
         Some(PlayerEvent::Frame(frame)) => Ok(Some(frame)),
         Some(PlayerEvent::Malformed(error)) => Err(Closing::new(CloseCode::Protocol, error)),
@@ -481,7 +481,7 @@ async fn read_frame(events: &mut tokio::sync::mpsc::Receiver<PlayerEvent>) -> Re
 async fn player_session(
     inner: &Arc<Inner>,
     connection: ConnId,
-    events: &mut tokio::sync::mpsc::Receiver<PlayerEvent>,
+    events: &mut UnboundedReceiver<PlayerEvent>,
 ) -> Result<(), Closing> {
     let limits = inner.config.limits;
     let hello = tokio::time::timeout(limits.hello_timeout, read_frame(events))

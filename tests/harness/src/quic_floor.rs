@@ -82,13 +82,7 @@ pub struct QuicFloor {
 
 /// CPU time of the calling thread (user + system) in seconds, from /proc/thread-self/stat.
 pub fn thread_cpu_seconds() -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").context("reading /proc/thread-self/stat")?;
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).context("unexpected /proc/thread-self/stat")?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |index: usize| -> anyhow::Result<f64> {
-        Ok(fields.get(index).context("short /proc/thread-self/stat")?.parse::<f64>()?)
-    };
-    Ok((ticks(11)? + ticks(12)?) / 100.0)
+    crate::udp_floor::stat_cpu_seconds("/proc/thread-self/stat")
 }
 
 /// One socket, its endpoint and the connections on it, driven by the thread that owns it.

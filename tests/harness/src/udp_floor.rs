@@ -47,12 +47,17 @@ pub struct Floor {
 
 /// CPU time of this process (user + system) in seconds, from /proc/self/stat.
 pub fn process_cpu_seconds() -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    stat_cpu_seconds("/proc/self/stat")
+}
+
+/// User + system CPU time in seconds from a `stat` file of /proc (a process's or a thread's).
+pub fn stat_cpu_seconds(path: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     // Fields after the command name (which is in parentheses and may hold spaces).
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).context("unexpected /proc/self/stat")?;
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).with_context(|| format!("unexpected {path}"))?;
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks = |index: usize| -> anyhow::Result<f64> {
-        Ok(fields.get(index).context("short /proc/self/stat")?.parse::<f64>()?)
+        Ok(fields.get(index).with_context(|| format!("short {path}"))?.parse::<f64>()?)
     };
     // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name, in clock
     // ticks of USER_HZ, which is 100 on Linux.
