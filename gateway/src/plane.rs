@@ -10,15 +10,20 @@
 //! passes them to their sessions, takes the gateway's updates and frames as commands, and sends
 //! what a pass produced before waiting again.
 //!
-//! [`PlaneCore`] is the plane without I/O: datagrams, commands and time go in; datagrams to send,
-//! new players and their frames come out. [`run`] is the driver: a socket (batched receives
-//! through quinn-udp) and a timer around the core. Semantics are those of the quinn driver it
-//! replaces: state updates are datagrams that drop the oldest queued when the connection's
-//! buffer is full (latest state wins) and go on the reliable stream when too large for one;
-//! everything else is on the player's one bidirectional stream, in order. A player's first frame
-//! (its Hello) goes to its session's task; the plane holds the rest, reading no further (QUIC's
-//! flow control holds the client back), until the welcomed session installs a [`FrameHandler`],
-//! which takes them on the plane's thread.
+//! [`PlaneCore`] is the plane without sockets or a clock: datagrams, commands and time go in;
+//! datagrams to send, new players and their frames come out (the frames of a welcomed player go
+//! to its session's [`FrameHandler`], which the core calls). [`run`] is the driver: a socket
+//! (batched receives through quinn-udp) and a timer around the core, on a thread of its own.
+//! State updates are datagrams that drop the oldest queued when the connection's buffer is full
+//! (latest state wins) and go on the reliable stream when the peer takes no datagrams; everything
+//! else is on the player's one bidirectional stream, in order. A player's first frame (its Hello)
+//! goes to its session's task; the plane holds the rest, reading no further (QUIC's flow control
+//! holds the client back), until the welcomed session installs its [`FrameHandler`], which takes
+//! them on the plane's thread. What changed from quinn's driver: a connection stops counting
+//! towards the limit when it is closed, not when its task ends; the Hello timeout runs from the
+//! handshake; a client that stops reading its stream while frames for it pile up
+//! ([`MAX_UNSENT_RELIABLE`]) is closed; and the gateway's updates wait in one queue of commands
+//! (unbounded: drop-oldest applies per connection once the plane takes them).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io::IoSliceMut;
@@ -38,9 +43,13 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::service::Counters;
 
-/// Frames of one player read from its stream at most in one read (in bytes: this many of the
-/// largest), before they are handed out.
-pub(crate) const FRAMES_PER_READ: usize = 256;
+/// Bytes read from one player's stream at most in one read; a pass reads at most
+/// [`READS_PER_PASS`] times per connection, so one client's flood of small frames is handled a
+/// slice at a time between everyone else's packets.
+pub(crate) const BYTES_PER_READ: usize = 16 * 1024;
+
+/// Reads of one connection's stream in one pass, at most.
+const READS_PER_PASS: usize = 4;
 
 /// Bytes of reliable frames one player's stream may hold unsent (a client that stopped reading
 /// its stream) before the plane closes the connection.
@@ -182,7 +191,7 @@ struct Conn {
     dirty: bool,
 }
 
-/// The plane without I/O (see the module's documentation).
+/// The plane without sockets or a clock (see the module's documentation).
 pub(crate) struct PlaneCore {
     endpoint: Endpoint,
     /// Indexed by `ConnectionHandle.0`. Boxed: a `quinn_proto::Connection` is kilobytes, and a
@@ -195,6 +204,8 @@ pub(crate) struct PlaneCore {
     timeouts: Vec<Option<Instant>>,
     timers: BTreeSet<(Instant, usize)>,
     dirty: Vec<usize>,
+    /// Connections with more to read than a pass reads, for the next pass.
+    more: Vec<usize>,
     counters: Arc<Counters>,
     max_connections: usize,
     live: usize,
@@ -220,6 +231,7 @@ impl PlaneCore {
             timeouts: Vec::new(),
             timers: BTreeSet::new(),
             dirty: Vec::new(),
+            more: Vec::new(),
             counters,
             max_connections,
             live: 0,
@@ -294,7 +306,7 @@ impl PlaneCore {
                     ) => {
                         if let Datagram::State(update) = datagram {
                             self.counters.updates_reliable.fetch_add(1, Ordering::Relaxed);
-                            queue_frame(conn, &mut self.live, now, &ServerFrame::State(update));
+                            queue_frame(conn, &mut self.live, &self.counters, now, &ServerFrame::State(update));
                         }
                     }
                     // Only sent without dropping the oldest, which the plane never does.
@@ -317,7 +329,7 @@ impl PlaneCore {
             }
             Command::Reliable { to, frame } => {
                 let Some(conn) = conn_of(&mut self.conns, to) else { return };
-                queue_frame(conn, &mut self.live, now, &frame);
+                queue_frame(conn, &mut self.live, &self.counters, now, &frame);
                 self.mark(to.handle);
             }
             Command::Close { to, code, reason } => {
@@ -338,13 +350,27 @@ impl PlaneCore {
         }
     }
 
-    /// When the plane has something to do next without input, if ever.
+    /// When the plane has something to do next without input, if ever (now, when a connection
+    /// has more to read).
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        if !self.more.is_empty() {
+            return Some(Instant::now());
+        }
         self.timers.first().map(|(at, _)| *at)
     }
 
-    /// Fires the connections' timers that are due.
+    /// How many datagrams one transmit may carry (the socket's GSO limit, which quinn-udp lowers
+    /// to 1 when the network card turns GSO down).
+    pub(crate) fn set_max_segments(&mut self, segments: usize) {
+        self.max_segments = segments.max(1);
+    }
+
+    /// Fires the connections' timers that are due, and lets the connections with more to read
+    /// read on.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        for handle in std::mem::take(&mut self.more) {
+            self.mark(handle);
+        }
         while let Some(&(at, handle)) = self.timers.first() {
             if at > now {
                 break;
@@ -371,13 +397,19 @@ impl PlaneCore {
                 continue;
             }
             self.set_timeout(handle, conn.quic.poll_timeout());
+            let unread = conn.readable && !conn.read_done && conn.handler.is_some() && conn.waiting.is_empty();
             self.conns[handle] = Some(conn);
+            if unread {
+                // This pass's reads were used up: the next pass reads on.
+                self.more.push(handle);
+            }
         }
     }
 
     /// One connection's pass; true once it is drained (forgotten by the endpoint).
     fn drive_one(&mut self, handle: usize, conn: &mut Conn, now: Instant, out: &mut Output) -> bool {
         let mut drained = false;
+        let mut reads = READS_PER_PASS;
         loop {
             let mut again = false;
             while let Some(event) = conn.quic.poll_endpoint_events() {
@@ -390,7 +422,7 @@ impl PlaneCore {
             while let Some(event) = conn.quic.poll() {
                 again |= self.handle_app_event(handle, conn, now, event, out);
             }
-            again |= Self::deliver(conn);
+            again |= Self::deliver(conn, &mut reads);
             flush_unsent(conn);
             // quinn-proto builds each transmit in an empty buffer.
             let mut buffer = std::mem::take(&mut self.scratch);
@@ -481,7 +513,7 @@ impl PlaneCore {
 
     /// Hands the frames read to the session (the first) or its handler (the rest); true if it
     /// may read more.
-    fn deliver(conn: &mut Conn) -> bool {
+    fn deliver(conn: &mut Conn, reads: &mut usize) -> bool {
         if conn.events.is_none() {
             return false;
         }
@@ -501,10 +533,21 @@ impl PlaneCore {
             let Some(mut event) = conn.waiting.pop_front() else { break };
             if let Some(handler) = conn.handler.as_mut() {
                 match event {
-                    PlayerEvent::Frame(frame) => match handler.handle(frame) {
-                        Ok(()) => continue,
-                        Err((code, reason)) => event = PlayerEvent::Refused(code, reason),
-                    },
+                    PlayerEvent::Frame(frame) => {
+                        // A bug in one session's handling ends that session, not the plane.
+                        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(frame)));
+                        match handled {
+                            Ok(Ok(())) => continue,
+                            Ok(Err((code, reason))) => event = PlayerEvent::Refused(code, reason),
+                            Err(_) => {
+                                tracing::error!("the gateway failed on a player's frame; closing that connection");
+                                event = PlayerEvent::Refused(
+                                    CloseCode::Protocol,
+                                    "the gateway failed on this frame".into(),
+                                );
+                            }
+                        }
+                    }
                     PlayerEvent::Malformed(_) | PlayerEvent::Refused(..) => {}
                 }
                 // The session ends: it hears why; nothing more is read.
@@ -531,8 +574,12 @@ impl PlaneCore {
             conn.handler = None;
             return false;
         }
-        // Read what the stream holds now that there is room (a session that fell behind
-        // stopped the reading): if anything came, there are frames to hand out.
+        // Read what the stream holds now that its frames are handed out: if anything came,
+        // there are more to hand out; past this pass's reads, the next pass reads on.
+        if *reads == 0 {
+            return false;
+        }
+        *reads -= 1;
         read_stream(conn)
     }
 
@@ -602,10 +649,10 @@ fn read_stream(conn: &mut Conn) -> bool {
         conn.read_done = true;
         return true;
     };
-    let mut budget = FRAMES_PER_READ * baton_wire::player::MAX_FRAME;
+    let mut budget = BYTES_PER_READ;
     let mut progressed = false;
     loop {
-        match chunks.next(budget.min(64 * 1024)) {
+        match chunks.next(budget) {
             Ok(Some(chunk)) => {
                 budget = budget.saturating_sub(chunk.bytes.len());
                 conn.reader.feed(&chunk.bytes);
@@ -646,7 +693,7 @@ fn close(conn: &mut Conn, live: &mut usize, now: Instant, code: CloseCode, reaso
 }
 
 /// Adds `frame` to the player's stream (closing a connection whose player stopped reading).
-fn queue_frame(conn: &mut Conn, live: &mut usize, now: Instant, frame: &ServerFrame) {
+fn queue_frame(conn: &mut Conn, live: &mut usize, counters: &Counters, now: Instant, frame: &ServerFrame) {
     match baton_wire::player::encode(frame) {
         Ok(bytes) => conn.unsent.extend_from_slice(&bytes),
         Err(error) => {
@@ -655,6 +702,8 @@ fn queue_frame(conn: &mut Conn, live: &mut usize, now: Instant, frame: &ServerFr
         }
     }
     if conn.unsent.len() > MAX_UNSENT_RELIABLE {
+        tracing::info!(peer = %conn.quic.remote_address(), "closing a player connection: the client does not read its stream");
+        counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
         close(conn, live, now, CloseCode::Protocol, Bytes::from_static(b"the client does not read its stream"));
     }
 }
@@ -689,8 +738,9 @@ fn push_transmit(out: &mut Output, transmit: &quinn_proto::Transmit, contents: &
 }
 
 /// Binds the players' socket and starts the plane on a thread of its own; returns its handle and
-/// the players whose handshake completes, as they do. The plane stops when every handle is
-/// dropped.
+/// the players whose handshake completes, as they do. The plane runs as long as the process (its
+/// welcomed players' handlers hold the gateway, which holds a handle); if it fails, the process
+/// exits.
 pub(crate) fn start(
     listen: SocketAddr,
     server: Arc<ServerConfig>,
@@ -715,12 +765,20 @@ pub(crate) fn start(
     // sessions' tasks for a worker, and its socket, timer and commands wake only it.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::Builder::new().name("players-plane".into()).spawn(move || {
-        runtime.block_on(async move {
-            match tokio::net::UdpSocket::from_std(socket) {
-                Ok(socket) => run(socket, state, core, command_receiver, players).await,
-                Err(error) => tracing::error!(%error, "the players' socket could not be registered"),
-            }
-        });
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            runtime.block_on(async move {
+                match tokio::net::UdpSocket::from_std(socket) {
+                    Ok(socket) => run(socket, state, core, command_receiver, players).await,
+                    Err(error) => tracing::error!(%error, "the players' socket could not be registered"),
+                }
+            });
+        }));
+        if served.is_err() {
+            // Every player's connection is gone with the plane: a gateway that goes on without
+            // it would only look alive. Its players resume at another gateway.
+            tracing::error!("the players' plane failed; the gateway stops");
+            std::process::exit(70);
+        }
     })?;
     Ok((PlaneHandle { commands, local }, player_receiver))
 }
@@ -758,9 +816,6 @@ pub(crate) async fn run(
             biased;
             command = commands.recv() => {
                 let Some(command) = command else { return };
-                // Commands come in bursts (a tick's updates for every player of a region): let
-                // the burst arrive and take it in one pass rather than one pass per command.
-                tokio::task::yield_now().await;
                 let now = Instant::now();
                 core.handle_command(now, command);
                 for _ in 1..COMMANDS_PER_PASS {
@@ -805,9 +860,12 @@ pub(crate) async fn run(
                     }
                 }
             }
-            () = sleep => core.handle_timeout(Instant::now()),
+            () = sleep => {}
         }
+        // Timers every pass: under load a command or a datagram is always ready first.
         let now = Instant::now();
+        core.handle_timeout(now);
+        core.set_max_segments(state.max_gso_segments());
         core.drive(now, &mut out);
         for player in out.new_players.drain(..) {
             let _ = players.send(player);
@@ -857,7 +915,7 @@ mod tests {
     use bytes::BytesMut;
     use quinn_proto::{ClientConfig, Connection, ConnectionError, Dir, Endpoint, EndpointConfig, Event, StreamId};
 
-    use super::{Command, ConnId, FRAMES_PER_READ, FrameHandler, NewPlayer, Output, PlaneCore, PlayerEvent};
+    use super::{Command, ConnId, FrameHandler, NewPlayer, Output, PlaneCore, PlayerEvent};
     use crate::service::Counters;
 
     const GATEWAY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7000);
@@ -1176,17 +1234,16 @@ mod tests {
     }
 
     #[test]
-    fn only_the_player_s_first_stream_is_read_and_the_others_are_refused() {
+    fn a_player_opens_one_stream_and_no_other() {
         let (mut bench, mut player) = Bench::with_player();
         let seen = Recorder::install(&mut bench, player.id, None);
         let client = &mut bench.clients[0];
-        let other = client.connection.streams().open(Dir::Bi).unwrap();
-        client.connection.send_stream(other).write(&[0xff, 0xff, 1, 2, 3]).unwrap();
-        bench.pump();
+        assert_eq!(client.connection.streams().open(Dir::Bi), None, "the gateway allows one");
+        assert_eq!(client.connection.streams().open(Dir::Uni), None, "and no one-way stream");
         bench.clients[0].send(&ClientFrame::Input { seq: 1, payload: vec![1; 10] });
         bench.pump();
         assert_eq!(seen.seqs(), vec![1], "the player's stream goes on");
-        assert!(frames(&mut player.events).is_empty(), "nothing of the other stream reached the session");
+        assert!(frames(&mut player.events).is_empty());
         assert_eq!(bench.clients[0].lost, None);
     }
 
@@ -1220,7 +1277,8 @@ mod tests {
     fn frames_held_for_a_session_still_joining_hold_its_player_back_and_none_is_lost() {
         let (mut bench, mut player) = Bench::with_player();
         // Far more than the stream's window while the session joins its region.
-        let sent = FRAMES_PER_READ as u64 * 3;
+        // About 150 kB: more than the stream's window and than a pass reads.
+        let sent = 768;
         for seq in 1..=sent {
             bench.clients[0].send(&ClientFrame::Input { seq, payload: vec![2; 200] });
         }

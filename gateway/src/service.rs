@@ -1,24 +1,26 @@
-//! The gateway service: the driver of the gateway's cores. It owns the players' QUIC endpoint,
-//! the upstream connections to region servers and the tasks; the decisions are made by
-//! [`RouteTable`] (routes, hold, flip, replay) and `SessionTable` (sessions, resume grace,
-//! crossings and their retries), both without I/O. What stays here: checking a player's token,
-//! limits and frame sequence, the join's request and retries while the route is in flux, and
-//! sending what the cores decide.
+//! The gateway service: the driver of the gateway's cores. It owns the upstream connections to
+//! region servers, the players' sessions and the tasks; the players' QUIC connections are the
+//! plane's (`plane.rs`). The decisions are made by [`RouteTable`] (routes, hold, flip, replay)
+//! and `SessionTable` (sessions, resume grace, crossings and their retries), both without I/O.
+//! What stays here: checking a player's token, limits and frame sequence, the join's request and
+//! retries while the route is in flux, and sending what the cores decide.
 //!
 //! # Data flow
 //! A player connects (ALPN `baton-player/1`), says `Hello` with a token, and is joined to the region
 //! its token (or its lingering session) names, at the owner the route table knows. Its inputs go
 //! through [`RouteTable::handle_input`] to the owner's upstream connection (or are held during a
 //! handoff's freeze). Updates come back on the upstream connection, are checked against the route
-//! (only the owner at the current epoch is heard) and go to the player as datagrams, where quinn
-//! keeps only the newest few (a stalled player gets the latest state, not a backlog).
+//! (only the owner at the current epoch is heard) and go to the player as datagrams through the
+//! plane, where quinn-proto keeps only the newest few per connection (a stalled player gets the
+//! latest state, not a backlog).
 //!
 //! # What runs where
-//! One task per player connection (reading its reliable stream), one writer task per player for
-//! reliable frames, two tasks per upstream connection (reader, writer), and one timer task for the
-//! session table's deadlines. Shared state: the session table behind one lock (never held across
-//! an await or a send), the players' connections (`links`), servers and the routes inside
-//! [`RouteTable`] in [`DashMap`]s.
+//! The plane's thread: every player connection, and a welcomed player's frames (`Welcomed`).
+//! On the runtime: one task per player session (Hello, join, welcome, then waiting for the end),
+//! two tasks per upstream connection (reader, writer), and one timer task for the session table's
+//! deadlines. Shared state: the session table behind one lock (never held across an await or a
+//! send), the players' links (`links`), servers and the routes inside [`RouteTable`] in
+//! [`DashMap`]s.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -102,7 +104,7 @@ pub(crate) struct Counters {
     pub(crate) connections: AtomicU64,
     pub(crate) refused_full: AtomicU64,
     refused_token: AtomicU64,
-    protocol_errors: AtomicU64,
+    pub(crate) protocol_errors: AtomicU64,
     flood_disconnects: AtomicU64,
     inputs_forwarded: AtomicU64,
     inputs_dropped_rate: AtomicU64,
@@ -487,7 +489,11 @@ async fn player_session(
     let hello = tokio::time::timeout(limits.hello_timeout, read_frame(events))
         .await
         .map_err(|_| Closing::new(CloseCode::Idle, "no Hello in time"))??;
-    let Some(ClientFrame::Hello { version, token }) = hello else {
+    let Some(hello) = hello else {
+        // The connection or its stream ended before a word: nothing to count.
+        return Ok(());
+    };
+    let ClientFrame::Hello { version, token } = hello else {
         return Err(Closing::new(CloseCode::Protocol, "the first frame must be Hello"));
     };
     if version != PLAYER_PROTOCOL_VERSION {
@@ -598,7 +604,20 @@ impl FrameHandler for Welcomed {
         let inner = &self.inner;
         match frame {
             ClientFrame::Hello { .. } => return Err((CloseCode::Protocol, "Hello sent twice".into())),
-            ClientFrame::Ping { nonce } => self.link.send_reliable(ServerFrame::Pong { nonce }),
+            ClientFrame::Ping { nonce } => {
+                // Charged as an input: a client cannot flood the plane with pings either.
+                let now = Instant::now();
+                if !self.bucket.delay(now, 1).is_zero() {
+                    inner.counters.inputs_dropped_rate.fetch_add(1, Ordering::Relaxed);
+                    self.dropped += 1;
+                    if self.dropped >= self.limits.flood_disconnect_after {
+                        return Err((CloseCode::Flood, "far more frames than the rate limit allows".into()));
+                    }
+                    return Ok(());
+                }
+                self.bucket.consume(now, 1);
+                self.link.send_reliable(ServerFrame::Pong { nonce });
+            }
             ClientFrame::Input { seq, payload } => {
                 if seq == 0 || seq > self.highest_seq + 1 {
                     return Err((

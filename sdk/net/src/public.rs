@@ -33,7 +33,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn transport(settings: PlayerTransport, keep_alive: Option<Duration>) -> Result<Arc<quinn::TransportConfig>, NetError> {
+fn transport(settings: PlayerTransport, keep_alive: Option<Duration>) -> Result<quinn::TransportConfig, NetError> {
     let mut transport = quinn::TransportConfig::default();
     let idle = quinn::IdleTimeout::try_from(settings.idle_timeout).map_err(|error| NetError::Tls(error.to_string()))?;
     transport.max_idle_timeout(Some(idle));
@@ -45,7 +45,7 @@ fn transport(settings: PlayerTransport, keep_alive: Option<Duration>) -> Result<
     let mut ack_frequency = quinn::AckFrequencyConfig::default();
     ack_frequency.ack_eliciting_threshold(quinn::VarInt::from_u32(8)).max_ack_delay(Some(Duration::from_millis(60)));
     transport.ack_frequency_config(Some(ack_frequency));
-    Ok(Arc::new(transport))
+    Ok(transport)
 }
 
 /// Reads a PEM certificate chain and private key.
@@ -102,7 +102,12 @@ pub fn player_server_config(
     tls.alpn_protocols = vec![alpn.to_vec()];
     let crypto = QuicServerConfig::try_from(tls).map_err(|error| NetError::Tls(error.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(transport(settings, None)?);
+    let mut transport = transport(settings, None)?;
+    // A player opens one bidirectional stream (its frames) and nothing else: a client opening
+    // more is held back by QUIC's stream limits rather than by the gateway.
+    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1));
+    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    server.transport_config(Arc::new(transport));
     // Clients on mobile networks change address; QUIC connection migration keeps their session.
     server.migration(true);
     Ok(server)
@@ -131,6 +136,6 @@ pub fn player_client_config(
     tls.alpn_protocols = vec![alpn.to_vec()];
     let crypto = QuicClientConfig::try_from(tls).map_err(|error| NetError::Tls(error.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    client.transport_config(transport(settings, Some(settings.idle_timeout / 4))?);
+    client.transport_config(Arc::new(transport(settings, Some(settings.idle_timeout / 4))?));
     Ok(client)
 }

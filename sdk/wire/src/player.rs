@@ -243,33 +243,46 @@ pub fn encode<T: Serialize>(frame: &T) -> Result<Vec<u8>, FrameError> {
     Ok(out)
 }
 
-/// Splits a byte stream into frames; feed it what arrives, take whole frames out.
+/// Splits a byte stream into frames; feed it what arrives, take whole frames out. Taking a frame
+/// costs its own length whatever is buffered behind it (a read position, the buffer compacted
+/// when fed).
 #[derive(Debug, Default)]
 pub struct FrameReader {
     buffer: Vec<u8>,
+    /// Where the next frame starts in `buffer`.
+    start: usize,
 }
 
 impl FrameReader {
     /// Appends received bytes.
     pub fn feed(&mut self, bytes: &[u8]) {
+        if self.start > 0 {
+            self.buffer.drain(..self.start);
+            self.start = 0;
+        }
         self.buffer.extend_from_slice(bytes);
     }
 
     /// The next whole frame, if one has arrived. After an error the connection must be closed.
     pub fn next_frame<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, FrameError> {
-        if self.buffer.len() < 2 {
+        let rest = &self.buffer[self.start..];
+        if rest.len() < 2 {
             return Ok(None);
         }
-        let length = usize::from(u16::from_le_bytes([self.buffer[0], self.buffer[1]]));
+        let length = usize::from(u16::from_le_bytes([rest[0], rest[1]]));
         if length > MAX_FRAME {
             return Err(FrameError::TooLarge(length));
         }
-        if self.buffer.len() < 2 + length {
+        if rest.len() < 2 + length {
             return Ok(None);
         }
         let frame =
-            postcard::from_bytes(&self.buffer[2..2 + length]).map_err(|error| FrameError::Malformed(error.to_string()));
-        self.buffer.drain(..2 + length);
+            postcard::from_bytes(&rest[2..2 + length]).map_err(|error| FrameError::Malformed(error.to_string()));
+        self.start += 2 + length;
+        if self.start == self.buffer.len() {
+            self.buffer.clear();
+            self.start = 0;
+        }
         frame.map(Some)
     }
 }

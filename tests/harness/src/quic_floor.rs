@@ -10,7 +10,9 @@
 //! `inputs_per_second` datagrams of `input_bytes` (inputs), at its own phase of the period. Both
 //! use the player transport settings (`baton_net::public`): TLS 1.3 with AES-GCM,
 //! acknowledgement frequency, datagram buffers. Receives are batched (`recvmmsg` through
-//! quinn-udp); each transmit is one `sendmsg`, as quinn sends them.
+//! quinn-udp); each transmit is one `sendmsg`, as quinn sends them, or with `batch_sends` up to 64
+//! in one `sendmmsg` (without the ECN marking and source address quinn asks for: an upper bound
+//! on what batching saves).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

@@ -28,7 +28,7 @@ GROUPS = [
     ("quinn-udp", lambda sym, dso: "quinn_udp" in sym),
     ("quinn (async driver, endpoint)", lambda sym, dso: "quinn::" in sym),
     ("tokio (tasks, channels, timers)", lambda sym, dso: "tokio::" in sym),
-    ("allocator", lambda sym, dso: re.search(r"_mi_|mi_|malloc|free|__rust_(de)?alloc|realloc", sym)),
+    ("allocator", lambda sym, dso: re.search(r"^_?mi_|malloc|^free$|^cfree|__rust_(de)?alloc|realloc", sym)),
     ("memcpy/memset", lambda sym, dso: re.search(r"memmove|memcpy|memset|memcmp", sym)),
     ("Baton (routing, sessions, frames, players)", lambda sym, dso: re.search(r"baton|sample_region", sym)),
     ("tracing", lambda sym, dso: "tracing" in sym),

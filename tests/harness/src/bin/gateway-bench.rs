@@ -206,7 +206,8 @@ fn measure(cli: &Cli, avatars: usize) -> anyhow::Result<serde_json::Value> {
         })
         .collect();
     let generator = Generator::start(&base, players, cli.client_threads)?;
-    // The probes run on a runtime of their own thread, so the generator's CPU is its threads' alone.
+    // The probes run on a runtime of their own thread (the generator's CPU is this process's:
+    // the probes' few players are in it).
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the probes' runtime")?;
     let identity = cluster.probe_identity()?;
