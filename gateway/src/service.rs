@@ -599,24 +599,37 @@ struct Welcomed {
     dropped: u64,
 }
 
+impl Welcomed {
+    /// Charges one frame to the player's rate (to the bucket of inputs sent again if `resend`);
+    /// false when over it: the frame is dropped and counted, and with `flood`, past
+    /// `flood_disconnect_after` such drops the session ends.
+    fn charge(&mut self, resend: bool, flood: bool) -> Result<bool, (CloseCode, String)> {
+        let now = Instant::now();
+        let bucket = if resend { &mut self.resend_bucket } else { &mut self.bucket };
+        if bucket.delay(now, 1).is_zero() {
+            bucket.consume(now, 1);
+            return Ok(true);
+        }
+        self.inner.counters.inputs_dropped_rate.fetch_add(1, Ordering::Relaxed);
+        if flood {
+            self.dropped += 1;
+            if self.dropped >= self.limits.flood_disconnect_after {
+                return Err((CloseCode::Flood, "far more inputs than the rate limit allows".into()));
+            }
+        }
+        Ok(false)
+    }
+}
+
 impl FrameHandler for Welcomed {
     fn handle(&mut self, frame: ClientFrame) -> Result<(), (CloseCode, String)> {
-        let inner = &self.inner;
         match frame {
             ClientFrame::Hello { .. } => return Err((CloseCode::Protocol, "Hello sent twice".into())),
             ClientFrame::Ping { nonce } => {
                 // Charged as an input: a client cannot flood the plane with pings either.
-                let now = Instant::now();
-                if !self.bucket.delay(now, 1).is_zero() {
-                    inner.counters.inputs_dropped_rate.fetch_add(1, Ordering::Relaxed);
-                    self.dropped += 1;
-                    if self.dropped >= self.limits.flood_disconnect_after {
-                        return Err((CloseCode::Flood, "far more frames than the rate limit allows".into()));
-                    }
-                    return Ok(());
+                if self.charge(false, true)? {
+                    self.link.send_reliable(ServerFrame::Pong { nonce });
                 }
-                self.bucket.consume(now, 1);
-                self.link.send_reliable(ServerFrame::Pong { nonce });
             }
             ClientFrame::Input { seq, payload } => {
                 if seq == 0 || seq > self.highest_seq + 1 {
@@ -631,21 +644,13 @@ impl FrameHandler for Welcomed {
                         format!("input payload of {} bytes exceeds {MAX_INPUT_PAYLOAD}", payload.len()),
                     ));
                 }
-                let now = Instant::now();
                 // A dropped input still uses its number: the client's sequence goes on without
                 // a protocol error, and the region waits for a gap only that client made.
-                let charged = if seq <= self.highest_seq { &mut self.resend_bucket } else { &mut self.bucket };
+                let resend = seq <= self.highest_seq;
                 self.highest_seq = self.highest_seq.max(seq);
-                if !charged.delay(now, 1).is_zero() {
-                    inner.counters.inputs_dropped_rate.fetch_add(1, Ordering::Relaxed);
-                    self.dropped += 1;
-                    if self.dropped >= self.limits.flood_disconnect_after {
-                        return Err((CloseCode::Flood, "far more inputs than the rate limit allows".into()));
-                    }
-                    return Ok(());
+                if self.charge(resend, true)? {
+                    forward_input(&self.inner, PlayerInput { player: self.player, seq, payload });
                 }
-                charged.consume(now, 1);
-                forward_input(inner, PlayerInput { player: self.player, seq, payload });
             }
             ClientFrame::Skip { through } => {
                 // A session resumed here after a failover starts from the restored state's
@@ -655,13 +660,9 @@ impl FrameHandler for Welcomed {
                 }
                 self.highest_seq = self.highest_seq.max(through);
                 // Charged as an input: a client cannot flood its region with skips either.
-                let now = Instant::now();
-                if !self.bucket.delay(now, 1).is_zero() {
-                    inner.counters.inputs_dropped_rate.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
+                if self.charge(false, false)? {
+                    forward_skip(&self.inner, self.player, through);
                 }
-                self.bucket.consume(now, 1);
-                forward_skip(inner, self.player, through);
             }
         }
         Ok(())

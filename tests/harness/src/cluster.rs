@@ -260,11 +260,8 @@ impl<E> Process<E> {
     /// CPU time the process used so far (user + system), from `/proc` (Linux); `None` elsewhere.
     #[must_use]
     pub fn cpu_time(&self) -> Option<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        // Fields after the command name (which may hold spaces) start after the last ')'.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        Some(Duration::from_millis(ticks * 10))
+        let seconds = crate::udp_floor::stat_cpu_seconds(&format!("/proc/{}/stat", self.child.id())).ok()?;
+        Some(Duration::from_secs_f64(seconds))
     }
 
     /// Kills the process at once (SIGKILL), as a crash would.
