@@ -1000,6 +1000,7 @@ impl<L: RegionLogic> RegionNode<L> {
                     && matches!(receiver.phase(), TargetPhase::Idle | TargetPhase::Aborted)
                 {
                     let follower = StandbyFollower::new(now, TargetConfig::new(&self.settings.name), world, &message);
+                    self.region.stand_by();
                     self.state = State::Standby { follower, reported: None };
                 } else {
                     // protocol.md §4: a delta round of this attempt comes after its whole

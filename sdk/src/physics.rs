@@ -359,6 +359,17 @@ impl PhysicsEngine {
         matches!(self.following, Following::InStep)
     }
 
+    /// Stops reading `world`'s changes, for a world that follows another's and never steps here
+    /// (a hot standby's): the engine's change reader would otherwise keep every change of every
+    /// round in the world's journal. The engine is stale from here; [`PhysicsEngine::rebuild`]
+    /// (at a promotion) builds it again and reads changes again.
+    pub fn stop_tracking(&mut self, world: &mut World) {
+        if let Some(tracker) = self.tracker.take() {
+            world.drop_tracker(tracker);
+        }
+        self.following = Following::No;
+    }
+
     /// A new tracker for `world`, in place of the engine's old one.
     fn track(&mut self, world: &mut World) {
         if let Some(tracker) = self.tracker.take() {

@@ -631,6 +631,14 @@ impl<L: RegionLogic> Region<L> {
         self.scripts.rebuild(&self.world);
     }
 
+    /// The region becomes a hot standby: its world follows an owner's and it never ticks until it
+    /// is promoted, which rebuilds the engine caches ([`Region::rebuild_caches`]). Its engines stop
+    /// reading the world's changes meanwhile (nothing would read them, and the journal would keep
+    /// them all).
+    pub fn stand_by(&mut self) {
+        self.physics.stop_tracking(&mut self.world);
+    }
+
     /// Keeps the engines of a region whose world is being received (a handoff target, after the
     /// snapshot) in step with it, so that taking the region over costs only the last changes. The
     /// first call returns the physics engine's build, for the driver to run away from this thread

@@ -641,6 +641,53 @@ fn a_crossing_held_by_a_handoff_source_that_dies_is_delivered_to_the_new_owner_a
     walking.abort();
 }
 
+/// The gateway's bound on a player's inputs waiting for its avatar to cross a border
+/// (`MAX_TRANSIT_INPUTS` in gateway/src/sessions.rs): an input dropped at the bound is asked for
+/// again by the region the avatar entered, once a later input reaches it past the gap (`GapWatch`,
+/// protocol.md §9), and every input is applied once in the end. The region east of the player's
+/// stalls (its server stopped with SIGSTOP) while the avatar walks into it sending 200 inputs a
+/// second; the stall outlasts the gateway's link to that server (its idle timeout), so the
+/// crossing reaches the region only when the server is back and the link connected again.
+#[test]
+fn an_input_dropped_at_the_crossing_bound_is_asked_for_again_and_applied_once() {
+    let mut cluster =
+        GatewayCluster::start(&spec(2, 1, &["--input-rate", "1000000", "--input-burst", "1000000"])).unwrap();
+    cluster.host(0, 1, 20).unwrap();
+    cluster.host(1, 2, 20).unwrap();
+    let runtime = runtime();
+    let player = patrol_player(true, 0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let plan = PlayerPlan {
+        inputs_per_second: 200,
+        stop: Some(stop.clone()),
+        settle_for: Duration::from_secs(30),
+        ..PlayerPlan::new(player, 1, Movement::Patrol { heading: 1.0 }, Duration::from_secs(120))
+    };
+    let playing = runtime.spawn(run_player(cluster.client_options(0), cluster.token(player, 1), plan));
+    wait_for_stat(&mut cluster, |stats| stats.sessions, 1, Duration::from_secs(30));
+    let east = cluster.servers[1].pid().to_string();
+    let signal = |signal: &str| {
+        assert!(std::process::Command::new("kill").args([signal, &east]).status().unwrap().success());
+    };
+    signal("-STOP");
+    // The avatar crosses into the stalled region: its inputs wait at the gateway, up to the bound,
+    // and those over it are dropped.
+    wait_for_stat(&mut cluster, |stats| stats.inputs_dropped_unroutable, 50, Duration::from_secs(60));
+    signal("-CONT");
+    // The region takes the avatar in, gets the inputs that waited and then later ones past the
+    // gap, and asks the player for the dropped ones.
+    wait_for_stat(&mut cluster, |stats| stats.inputs_asked_again, 1, Duration::from_secs(60));
+    stop.store(true, Ordering::Relaxed);
+    let outcome = runtime.block_on(playing).unwrap().unwrap();
+    let stats = cluster.gateway_stats(0).unwrap();
+    eprintln!("{outcome:?}\n{stats:?}");
+    assert!(outcome.crossings >= 1, "the avatar crossed");
+    assert!(outcome.inputs_asked_again >= 1, "the region asked for the dropped inputs");
+    assert_eq!(outcome.disconnects, 0, "{:?}", outcome.close_reasons);
+    assert_eq!((outcome.acked, outcome.applied), (outcome.sent, outcome.sent), "every input applied exactly once");
+    assert!(outcome.chain_ok, "inputs applied out of order or altered");
+}
+
 /// A client's sends are cancel-safe: a caller that drops `send_input` (or `next_event`, which sends
 /// kept inputs again) while the stream is full never leaves half a frame on it. Thousands of
 /// sends, each given a single poll, then one awaited to the end: the gateway reads nothing but

@@ -223,6 +223,24 @@ fn the_standby_holds_the_owners_world_after_every_tick_and_durable_follows_it() 
     assert!(reported > 0 && reported <= pair.sent_bytes, "reported {reported} of {} sent", pair.sent_bytes);
 }
 
+/// A standby never ticks, so nothing of its own reads its world's changes: what it keeps of them
+/// must not grow with the rounds it follows (the warm region's physics engine registered a change
+/// reader that only its ticks would read: the journal kept every change of every round).
+#[test]
+fn a_standby_keeps_no_more_of_its_worlds_changes_the_longer_it_follows() {
+    let mut pair = Pair::new(SourceConfig::default());
+    for _ in 0..20 {
+        pair.tick(2);
+    }
+    let early = pair.standby.region().world().journal_len();
+    for _ in 0..400 {
+        pair.tick(2);
+    }
+    let late = pair.standby.region().world().journal_len();
+    assert_eq!(digest(&mut pair.standby), digest(&mut pair.owner));
+    assert!(late <= early.max(64), "the standby's journal grew from {early} to {late} records in 400 rounds");
+}
+
 #[test]
 fn durable_stops_advancing_when_the_standby_stops_acknowledging() {
     let mut pair = Pair::new(SourceConfig::default());

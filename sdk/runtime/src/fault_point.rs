@@ -13,7 +13,9 @@
 //! `immigrated` (the region it entered took it in and answered `Arrived`); of a failover that
 //! promotes a hot standby, `promoting` (the standby asked the authority for the region) and
 //! `promoted` (the swap won: the standby owns the region and has announced it). `<region>` in the
-//! file is the region whose thread stopped.
+//! file is the region whose thread stopped. At a crossing the line has a fourth word, the other
+//! region of the crossing (where the avatar went, at `emigrated`; where it came from, at
+//! `immigrated`), when the thread knows it.
 //!
 //! `armed:<path>` takes the phase from the file `<path>.phase` instead, read when a region thread
 //! enters a phase (none there: the point is disarmed). A long run arms it again and again: it
@@ -226,13 +228,25 @@ impl FaultPoint {
     /// Called by a region thread when it enters `phase`: holds the thread if this is the fault
     /// point's phase and the point has not fired yet (in any process); returns whether it held.
     pub fn reached(&self, phase: FaultPhase, region: u64) -> bool {
+        self.hold(phase, region, None)
+    }
+
+    /// As [`FaultPoint::reached`], for a border crossing of `region` whose other region is `peer`
+    /// (when the thread knows it), which the file names too.
+    pub fn crossed(&self, phase: FaultPhase, region: u64, peer: Option<u64>) -> bool {
+        self.hold(phase, region, peer)
+    }
+
+    fn hold(&self, phase: FaultPhase, region: u64, peer: Option<u64>) -> bool {
         if self.wanted() != Some(phase) {
             return false;
         }
         let Ok(mut file) = OpenOptions::new().write(true).create_new(true).open(&self.path) else {
             return false;
         };
-        let written = writeln!(file, "{} {region} {}", std::process::id(), phase.name()).and_then(|()| file.sync_all());
+        let peer = peer.map(|peer| format!(" {peer}")).unwrap_or_default();
+        let written =
+            writeln!(file, "{} {region} {}{peer}", std::process::id(), phase.name()).and_then(|()| file.sync_all());
         drop(file);
         if let Err(error) = written {
             tracing::warn!(%error, path = %self.path.display(), "writing the fault point's file");
@@ -349,6 +363,14 @@ mod tests {
             assert!(std::fs::read_to_string(&point.path).unwrap().ends_with(&format!(" 1 {}\n", phase.name())));
             assert!(!point.reached(phase, 1), "once per arming");
         }
+        let _ = std::fs::remove_file(&point.path);
+        std::fs::write(point.phase_path(), "immigrated\n").unwrap();
+        std::fs::write(point.release_path(), b"").unwrap();
+        assert!(point.crossed(FaultPhase::Immigrated, 3, Some(4)));
+        assert!(
+            std::fs::read_to_string(&point.path).unwrap().ends_with(" 3 immigrated 4\n"),
+            "the crossing's other region"
+        );
         std::fs::remove_dir_all(&folder).unwrap();
     }
 }

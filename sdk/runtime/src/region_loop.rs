@@ -143,7 +143,7 @@ pub(crate) fn run<L: RegionLogic + 'static>(
     let mut links = Links::default();
     // Outputs from the node's construction (an owner announces itself).
     carry_out(&mut node, &context, &mut links);
-    let mut phase = None;
+    let mut watch = FaultWatch::default();
     'region: while !node.is_finished() {
         let now = Instant::now();
         let deadline = node.poll_timeout(now).map_or(now + IDLE_POLL, |at| at.min(now + IDLE_POLL));
@@ -177,16 +177,19 @@ pub(crate) fn run<L: RegionLogic + 'static>(
             if matches!(next, Command::Shutdown) {
                 break 'region;
             }
+            if context.fault_point.is_some() {
+                watch.note(&next);
+            }
             apply(&mut node, next, &context, &mut links, now);
             let crossed = carry_out(&mut node, &context, &mut links);
-            observe_fault_point(&node, &context, &mut phase, crossed);
+            observe_fault_point(&node, &context, &mut watch, crossed);
             handled += 1;
             command =
                 (handled < MAX_COMMANDS_PER_PASS && !node.is_finished()).then(|| commands.try_recv().ok()).flatten();
         }
         node.handle_timeout(Instant::now(), &*context.hub);
         let crossed = carry_out(&mut node, &context, &mut links);
-        observe_fault_point(&node, &context, &mut phase, crossed);
+        observe_fault_point(&node, &context, &mut watch, crossed);
     }
     node.handle_close(Instant::now());
     carry_out(&mut node, &context, &mut links);
@@ -198,14 +201,41 @@ pub(crate) fn run<L: RegionLogic + 'static>(
     }
 }
 
-/// Tells the fault point (test bed only) the phase the node entered and the crossing it sent,
-/// if any.
+/// A border crossing the thread carried out, for the fault point.
+enum Crossing {
+    /// An avatar was sent off to region `to`.
+    Emigrated { to: u64 },
+    /// `player`'s avatar was taken in.
+    Immigrated { player: PlayerId },
+}
+
+/// What the fault point (test bed only) is told: the phase the thread was in, and where each
+/// avatar being taken in comes from (the fault point's file names a crossing's other region).
+#[derive(Default)]
+struct FaultWatch {
+    phase: Option<FaultPhase>,
+    /// The region each immigration handled came from, by player, until it is answered (a
+    /// refused one stays until the player's next: at most one entry per player).
+    immigrating_from: HashMap<PlayerId, u64>,
+}
+
+impl FaultWatch {
+    fn note<L: RegionLogic + 'static>(&mut self, command: &Command<L>) {
+        if let Command::Gateway(GatewayRequest::Immigrate { transfer, .. }) = command {
+            self.immigrating_from.insert(transfer.player, transfer.from.0);
+        }
+    }
+}
+
+/// Tells the fault point (test bed only) the phase the node entered and the crossing it carried
+/// out, if any.
 fn observe_fault_point<L: RegionLogic + 'static>(
     node: &RegionNode<L>,
     context: &LoopContext<L>,
-    phase: &mut Option<FaultPhase>,
-    crossed: Option<FaultPhase>,
+    watch: &mut FaultWatch,
+    crossed: Option<Crossing>,
 ) {
+    let phase = &mut watch.phase;
     let Some(point) = &context.fault_point else { return };
     let region = node.region().id().0;
     let now_in = FaultPhase::of(
@@ -221,8 +251,15 @@ fn observe_fault_point<L: RegionLogic + 'static>(
             point.reached(entered, region);
         }
     }
-    if let Some(crossed) = crossed {
-        point.reached(crossed, region);
+    match crossed {
+        Some(Crossing::Emigrated { to }) => {
+            point.crossed(FaultPhase::Emigrated, region, Some(to));
+        }
+        Some(Crossing::Immigrated { player }) => {
+            let from = watch.immigrating_from.remove(&player);
+            point.crossed(FaultPhase::Immigrated, region, from);
+        }
+        None => {}
     }
 }
 
@@ -294,13 +331,13 @@ impl Links {
     }
 }
 
-/// Does what the node asks, until it asks nothing more. Returns the phase of a border crossing
-/// it carried out, if any (for the fault point): an avatar sent off, or one taken in.
+/// Does what the node asks, until it asks nothing more. Returns a border crossing it carried
+/// out, if any (for the fault point): an avatar sent off, or one taken in.
 fn carry_out<L: RegionLogic + 'static>(
     node: &mut RegionNode<L>,
     context: &LoopContext<L>,
     links: &mut Links,
-) -> Option<FaultPhase> {
+) -> Option<Crossing> {
     let id = node.region().id();
     let mut crossed = None;
     let hub = &context.hub;
@@ -333,14 +370,17 @@ fn carry_out<L: RegionLogic + 'static>(
             Output::Owned { epoch, announce } => hub.set_owned(id, epoch, announce),
             Output::NotOwned => hub.clear_owned(id),
             Output::ToGateway { gateway, message } => {
-                if matches!(message, ServerMessage::Arrived { .. }) {
-                    crossed = Some(FaultPhase::Immigrated);
+                if let ServerMessage::Arrived { player, .. } = message {
+                    crossed = Some(Crossing::Immigrated { player });
                 }
                 hub.to_gateway(gateway, message);
             }
             Output::ToPlayers(messages) => {
-                if messages.iter().any(|(_, message)| matches!(message, ServerMessage::Emigrated { .. })) {
-                    crossed = Some(FaultPhase::Emigrated);
+                if let Some(to) = messages.iter().find_map(|(_, message)| match message {
+                    ServerMessage::Emigrated { transfer, .. } => Some(transfer.to.0),
+                    _ => None,
+                }) {
+                    crossed = Some(Crossing::Emigrated { to });
                 }
                 hub.to_players(messages);
             }

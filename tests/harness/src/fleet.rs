@@ -396,6 +396,30 @@ impl Fleet {
         self.signal_host(index, "-KILL")
     }
 
+    /// Starts host `h{index}`'s agent again if it is dead (after [`Fleet::kill_host`]), as a
+    /// machine that comes back does: the same host name and placement, an empty warm pool to
+    /// fill. Returns whether it was dead.
+    pub fn revive_host(&mut self, index: usize) -> anyhow::Result<bool> {
+        let slot = index
+            .checked_sub(1)
+            .filter(|slot| *slot < self.agents.len())
+            .with_context(|| format!("no host h{index}"))?;
+        if self.agents[slot].try_wait()?.is_none() {
+            return Ok(false);
+        }
+        let (agent, metrics) = spawn_agent(
+            index,
+            &self.spec,
+            &self.server,
+            self.placement.as_ref(),
+            &self.directory,
+            self.coordinator_address,
+        )?;
+        self.agents[slot] = agent;
+        self.agent_metrics[slot] = metrics;
+        Ok(true)
+    }
+
     /// Sends `signal` (`-STOP` freezes a host as a hang or partition does, `-CONT` thaws it) to
     /// host `h{index}`'s agent and every region-server process it reports, at once. Returns the
     /// process ids.
@@ -523,49 +547,14 @@ fn spawn_agents(
     directory: &Path,
     coordinator: SocketAddr,
 ) -> anyhow::Result<(Vec<Child>, Vec<SocketAddr>)> {
-    let certs = directory.join("certs");
     let mut agents = Vec::new();
     let mut metrics = Vec::new();
     for index in 1..=spec.hosts {
-        let host = format!("h{index}");
-        let site = FleetPlacement::host(placement, index)?;
-        let mut command = placed(&agent_binary()?, site);
-        if let Some(site) = site {
-            command.args(["--server-ip", &site.ip.to_string()]);
-        }
-        let mut child = command
-            .envs(server.env.iter().map(|(name, value)| (name, value)))
-            .args(["--host", &host, "--coordinator", &coordinator.to_string()])
-            .args(["--metrics-listen", &any_port(site).to_string()])
-            .arg("--certs")
-            .arg(&certs)
-            .args(["--pool", &spec.pool.to_string(), "--capacity", &spec.capacity.to_string()])
-            .args(
-                spec.capacity_cores
-                    .get(index - 1)
-                    .map(|cores| vec!["--capacity-cores".to_owned(), cores.to_string()])
-                    .unwrap_or_default(),
-            )
-            .args(["--status-interval-ms", "200", "--"])
-            .arg(&server.binary)
-            .args(&server.args)
-            .args(["--cert-name", &host, "--coordinator", &coordinator.to_string()])
-            .arg("--certs")
-            .arg(&certs)
-            .arg("--checkpoint-dir")
-            .arg(directory.join("checkpoints"))
-            .args(["--checkpoint-every-s", &spec.checkpoint_every_s.to_string()])
-            .args(["--tick-rate", &spec.tick_rate.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting an agent")?;
-        let stdout = child.stdout.take();
-        agents.push(child);
-        let address = stdout.context("no stdout").and_then(|stdout| agent_metrics_address(&host, stdout));
-        match address {
-            Ok(address) => metrics.push(address),
+        match spawn_agent(index, spec, server, placement, directory, coordinator) {
+            Ok((agent, address)) => {
+                agents.push(agent);
+                metrics.push(address);
+            }
             Err(error) => {
                 // The agents started so far (and their region servers) go with the failure.
                 stop_agents(&mut agents);
@@ -574,6 +563,60 @@ fn spawn_agents(
         }
     }
     Ok((agents, metrics))
+}
+
+/// Starts host `h{index}`'s agent: the process and the address of its metrics page.
+fn spawn_agent(
+    index: usize,
+    spec: &FleetSpec,
+    server: &ServerCommandLine,
+    placement: Option<&FleetPlacement>,
+    directory: &Path,
+    coordinator: SocketAddr,
+) -> anyhow::Result<(Child, SocketAddr)> {
+    let certs = directory.join("certs");
+    let host = format!("h{index}");
+    let site = FleetPlacement::host(placement, index)?;
+    let mut command = placed(&agent_binary()?, site);
+    if let Some(site) = site {
+        command.args(["--server-ip", &site.ip.to_string()]);
+    }
+    let mut child = command
+        .envs(server.env.iter().map(|(name, value)| (name, value)))
+        .args(["--host", &host, "--coordinator", &coordinator.to_string()])
+        .args(["--metrics-listen", &any_port(site).to_string()])
+        .arg("--certs")
+        .arg(&certs)
+        .args(["--pool", &spec.pool.to_string(), "--capacity", &spec.capacity.to_string()])
+        .args(
+            spec.capacity_cores
+                .get(index - 1)
+                .map(|cores| vec!["--capacity-cores".to_owned(), cores.to_string()])
+                .unwrap_or_default(),
+        )
+        .args(["--status-interval-ms", "200", "--"])
+        .arg(&server.binary)
+        .args(&server.args)
+        .args(["--cert-name", &host, "--coordinator", &coordinator.to_string()])
+        .arg("--certs")
+        .arg(&certs)
+        .arg("--checkpoint-dir")
+        .arg(directory.join("checkpoints"))
+        .args(["--checkpoint-every-s", &spec.checkpoint_every_s.to_string()])
+        .args(["--tick-rate", &spec.tick_rate.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting an agent")?;
+    let address = child.stdout.take().context("no stdout").and_then(|stdout| agent_metrics_address(&host, stdout));
+    match address {
+        Ok(address) => Ok((child, address)),
+        Err(error) => {
+            stop_agents(&mut vec![child]);
+            Err(error)
+        }
+    }
 }
 
 /// Reads the metrics address an agent started with `--metrics-listen 127.0.0.1:0` prints, and

@@ -143,6 +143,13 @@ pub struct RunReport {
     pub freeze_ms_p99: Option<f64>,
     /// Bytes the move sent (snapshot, rounds and final delta).
     pub state_bytes: u64,
+    /// Bytes of the final delta, sent frozen (what the freeze moved over the link).
+    pub final_bytes: u64,
+    /// Delta rounds before the freeze.
+    pub rounds: u32,
+    /// The delivery rate the source last measured, bytes per second (it sets the final round's
+    /// budget).
+    pub delivery_bytes_per_second: Option<u64>,
     /// From the move's start to its commit, milliseconds (the baseline: its window).
     pub window_ms: u64,
     /// Whether the move committed (true for the baseline).
@@ -215,15 +222,13 @@ pub fn run(mode: Mode, options: &Options) -> anyhow::Result<RunReport> {
     std::thread::sleep(Duration::from_secs(options.warmup_s));
     let started = unix_ms();
     let clock = Instant::now();
-    let (committed, aborted, freeze, bytes) = if mode == Mode::Baseline {
+    let (committed, aborted, figures) = if mode == Mode::Baseline {
         std::thread::sleep(Duration::from_secs(options.window_s));
-        (true, None, None, 0)
+        (true, None, None)
     } else {
         match cluster.handoff(BIG, 0, 1)? {
-            ServerEvent::HandedOff { figures, .. } => {
-                (true, None, figures.freeze_us.map(|us| us as f64 / 1000.0), figures.total_bytes())
-            }
-            ServerEvent::Aborted { reason, .. } => (false, Some(reason), None, 0),
+            ServerEvent::HandedOff { figures, .. } => (true, None, Some(figures)),
+            ServerEvent::Aborted { reason, .. } => (false, Some(reason), None),
             other => bail!("the handoff ended with {other:?}"),
         }
     };
@@ -266,8 +271,11 @@ pub fn run(mode: Mode, options: &Options) -> anyhow::Result<RunReport> {
         other_rtt_p50_ms: percentile(&mut round_trips, 0.5),
         other_gap_p99_ms: percentile(&mut gaps, 0.99),
         samples: round_trips.len() + gaps.len(),
-        freeze_ms_p99: freeze,
-        state_bytes: bytes,
+        freeze_ms_p99: figures.as_ref().and_then(|figures| figures.freeze_us).map(|us| us as f64 / 1000.0),
+        state_bytes: figures.as_ref().map_or(0, |figures| figures.total_bytes()),
+        final_bytes: figures.as_ref().map_or(0, |figures| figures.final_bytes),
+        rounds: figures.as_ref().map_or(0, |figures| figures.rounds),
+        delivery_bytes_per_second: figures.as_ref().and_then(|figures| figures.delivery_bytes_per_second),
         window_ms,
         committed,
         aborted,

@@ -337,9 +337,9 @@ fn run_in(testbed: &Testbed, cell: Cell, report: &mut CellReport) -> anyhow::Res
 /// whenever the rate fell under 5.75 MB/s, and the cell's handoff gave up ("did not converge")
 /// before its fault; at 2% alone the first round sometimes fit the 100 kB budget and the source
 /// froze without a round.
-const MOVING_CHURN: usize = 20_000;
-const MOVING_DIRTY: &str = "0.02";
-const BULK_MBPS: &str = "10";
+pub(crate) const MOVING_CHURN: usize = 20_000;
+pub(crate) const MOVING_DIRTY: &str = "0.02";
+pub(crate) const BULK_MBPS: &str = "10";
 
 fn unique_suffix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_nanos() as u64)
@@ -406,7 +406,7 @@ fn run_failover(
     // the owner dies.
     let (standby_host, standby_process, first) = holding_standby(fleet, MOVING, 0, Duration::from_secs(60))?;
     holding_standby(fleet, MOVING, first + 40, Duration::from_secs(30))?;
-    let strike = strike_failover(testbed, fleet, point, cell.fault, (&standby_host, &standby_process))?;
+    let strike = strike_failover(testbed, fleet, point, MOVING, cell.fault, (&standby_host, &standby_process))?;
     finish_cell(fleet, playing, &strike, report, |player| player <= MOVERS)
 }
 
@@ -437,27 +437,37 @@ fn holding_standby(
     }
 }
 
-/// Kills the owner of `MOVING` so that the coordinator promotes its standby (`standby`: host
+/// Kills the owner of `region` so that the coordinator promotes its standby (`standby`: host
 /// and process); injects `fault` when the standby's region thread stops at `point`; heals what
-/// the fault heals; waits until the failover, and whatever failover it led to, is over and one
-/// process serves the region.
-fn strike_failover(
+/// the fault heals (not a host killed whole: `kill_source` kills the owner's host, which the
+/// caller starts again if it wants it back); waits until the failover, and whatever failover it
+/// led to, is over and one process serves the region. `not_reached` when no promotion reached the
+/// phase, or another region's did first.
+pub(crate) fn strike_failover(
     testbed: &Testbed,
     fleet: &mut Fleet,
     point: &FaultPoint,
+    region: u64,
     fault: Fault,
     (standby_host, standby_process): (&str, &str),
 ) -> anyhow::Result<Strike> {
-    let mut strike = Strike { regions: vec![MOVING], ..Strike::default() };
-    let (owner_process, owner_host) = owner_of(fleet, MOVING)?;
+    let mut strike = Strike { regions: vec![region], ..Strike::default() };
+    let (owner_process, owner_host) = owner_of(fleet, region)?;
     let standby_pid = process_pid(fleet, standby_process)?;
     let last_record = last_record_id(fleet)?;
     strike.records_after = last_record;
     kill(process_pid(fleet, &owner_process)?.context("the owner's pid")?)?;
-    let Some(_) = wait_held(point, Duration::from_secs(60)) else {
+    let Some(held) = wait_held(point, Duration::from_secs(60)) else {
         strike.outcome = "not_reached".into();
         return Ok(strike);
     };
+    if held.region != region {
+        // Another region's promotion (of an earlier fault) reached the phase first.
+        std::fs::write(point.release_path(), b"").context("releasing the fault point")?;
+        strike.outcome = "not_reached".into();
+        strike.reason = Some(format!("region {}'s promotion reached {} first", held.region, held.phase));
+        return Ok(strike);
+    }
     strike.held = "target".into();
     strike.fault_at = Some(unix_ms());
     if fault == Fault::KillSource {
@@ -468,13 +478,13 @@ fn strike_failover(
     } else {
         inject(testbed, fleet, point, fault, (None, standby_pid), (&owner_host, standby_host))?;
     }
-    let first = wait_record(fleet, MOVING, last_record, Duration::from_secs(60))?;
+    let first = wait_record(fleet, region, last_record, Duration::from_secs(60))?;
     let record = wait_final(fleet, first, Duration::from_secs(90))?;
     strike.reason = record["reason"].as_str().map(str::to_owned);
     if matches!(fault, Fault::KillTarget | Fault::TargetLinkDown) {
         // The standby is lost too (dead, or cut off for good): the region is restored elsewhere
         // from a checkpoint, by this failover or the next.
-        let moved_on = wait_owner_other_than(fleet, MOVING, standby_process, Duration::from_secs(120));
+        let moved_on = wait_owner_other_than(fleet, region, standby_process, Duration::from_secs(120));
         if fault == Fault::TargetLinkDown {
             testbed.set_link(standby_host, true)?;
             let hosts = fleet.ok("GET", "/v1/hosts", None)?.as_array().map_or(0, Vec::len);
@@ -482,21 +492,21 @@ fn strike_failover(
                 .wait_hosts_ready(hosts, 0, Duration::from_secs(60))
                 .with_context(|| format!("{standby_host} back after its link came up"))?;
         }
-        moved_on.with_context(|| format!("region {MOVING} after its standby {standby_process} was lost"))?;
+        moved_on.with_context(|| format!("region {region} after its standby {standby_process} was lost"))?;
     }
-    let settled = wait_settled(fleet, MOVING, Duration::from_secs(90));
-    let again = failovers_after(&records_of(fleet)?, &[MOVING], Some(first)).next().is_some();
+    let settled = wait_settled(fleet, region, Duration::from_secs(90));
+    let again = failovers_after(&records_of(fleet)?, &[region], Some(first)).next().is_some();
     strike.outcome =
         format!("{}{}", record["phase"].as_str().unwrap_or("unknown"), if again { "+failover" } else { "" });
-    strike.single_owner = settled.is_ok() && wait_settled(fleet, MOVING, Duration::from_secs(30)).is_ok();
+    strike.single_owner = settled.is_ok() && wait_settled(fleet, region, Duration::from_secs(30)).is_ok();
     if let Err(error) = settled {
         strike.reason.get_or_insert_with(String::new).push_str(&format!(" (not settled: {error:#})"));
     }
     Ok(strike)
 }
 
-/// The fault point's file once a region thread stopped there: `(pid, region, phase)`.
-fn wait_held(point: &FaultPoint, within: Duration) -> Option<(u32, u64, String)> {
+/// The fault point's file once a region thread stopped there.
+fn wait_held(point: &FaultPoint, within: Duration) -> Option<Held> {
     let deadline = Instant::now() + within;
     loop {
         if let Some(held) = held_at(&point.path) {
@@ -634,26 +644,36 @@ fn run_crossing(
         .collect();
     let playing = start_playing(testbed, fleet, plans)?;
     std::fs::write(point.phase_path(), format!("{}\n", cell.phase.name())).context("arming the fault point")?;
-    let strike = strike_crossing(testbed, fleet, point, cell.fault)?;
+    let strike = strike_crossing(testbed, fleet, point, cell.fault, Some((WEST, EAST)), Duration::from_secs(60))?;
     finish_cell(fleet, playing, &strike, report, |_| true)
 }
 
 /// Injects `fault` when a region thread stops at the armed crossing point (the region an avatar
-/// left, at `emigrated`; the one it entered, at `immigrated`); heals what the fault heals; waits
-/// until whatever failover it led to is over and one process serves each of the two regions.
+/// left, at `emigrated`; the one it entered, at `immigrated`) within `within`; heals what the
+/// fault heals; waits until whatever failover it led to is over and one process serves each of
+/// the two regions. The crossing's other region is the one the fault point's file names, or else
+/// the other of `pair`.
 pub(crate) fn strike_crossing(
     testbed: &Testbed,
     fleet: &mut Fleet,
     point: &FaultPoint,
     fault: Fault,
+    pair: Option<(u64, u64)>,
+    within: Duration,
 ) -> anyhow::Result<Strike> {
-    let mut strike = Strike { regions: vec![WEST, EAST], ..Strike::default() };
-    let Some((_, held_region, phase)) = wait_held(point, Duration::from_secs(60)) else {
+    let mut strike = Strike::default();
+    let Some(held) = wait_held(point, within) else {
         strike.outcome = "not_reached".into();
         return Ok(strike);
     };
-    let other = if held_region == WEST { EAST } else { WEST };
-    let (source, target) = if phase == FaultPhase::Emigrated.name() {
+    let held_region = held.region;
+    let other = held.peer.or_else(|| pair.map(|(one, two)| if held_region == one { two } else { one }));
+    let Some(other) = other else {
+        std::fs::write(point.release_path(), b"").context("releasing the fault point")?;
+        bail!("region {held_region} stopped at {} without naming the crossing's other region", held.phase);
+    };
+    strike.regions = vec![held_region, other];
+    let (source, target) = if held.phase == FaultPhase::Emigrated.name() {
         strike.held = "source".into();
         (held_region, other)
     } else {
@@ -662,6 +682,7 @@ pub(crate) fn strike_crossing(
     };
     let (source_process, source_host) = owner_of(fleet, source)?;
     let (target_process, target_host) = owner_of(fleet, target)?;
+    strike.hosts = (source_host.clone(), target_host.clone());
     let last_record = last_record_id(fleet)?;
     strike.records_after = last_record;
     strike.fault_at = Some(unix_ms());
@@ -764,6 +785,8 @@ pub(crate) struct Strike {
     pub(crate) regions: Vec<u64>,
     /// The newest migration or failover record before the fault.
     pub(crate) records_after: Option<u64>,
+    /// A crossing's source and target hosts, once it was held.
+    pub(crate) hosts: (String, String),
 }
 
 /// Migrates `region` from `hosts.0` to `hosts.1` with `point` armed (by the caller) and injects
@@ -785,8 +808,8 @@ pub(crate) fn strike(
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut polls = 0u64;
     let held_pid = loop {
-        if let Some((pid, _, _)) = held_at(&point.path) {
-            break Some(pid);
+        if let Some(held) = held_at(&point.path) {
+            break Some(held.pid);
         }
         // The file every millisecond; the coordinator (sharing the machine with the handoff)
         // only every 100.
@@ -889,16 +912,34 @@ fn inject(
     Ok(())
 }
 
-/// The pid, region and phase the fault point's file names, once a region thread stopped there.
-fn held_at(path: &Path) -> Option<(u32, u64, String)> {
-    let text = std::fs::read_to_string(path).ok()?;
+/// What the fault point's file says once a region thread stopped there.
+#[derive(Debug, PartialEq, Eq)]
+struct Held {
+    /// The process of the thread.
+    pid: u32,
+    /// Its region.
+    region: u64,
+    /// The phase it stopped at.
+    phase: String,
+    /// At a crossing, the other region, when the thread knew it.
+    peer: Option<u64>,
+}
+
+/// The fault point's file, once a region thread stopped there (a whole line written).
+fn held_at(path: &Path) -> Option<Held> {
+    parse_held(&std::fs::read_to_string(path).ok()?)
+}
+
+fn parse_held(text: &str) -> Option<Held> {
     if !text.ends_with('\n') {
         return None;
     }
     let mut words = text.split_whitespace();
     let pid = words.next()?.parse().ok()?;
     let region = words.next()?.parse().ok()?;
-    Some((pid, region, words.next()?.to_owned()))
+    let phase = words.next()?.to_owned();
+    let peer = words.next().map(str::parse).transpose().ok()?;
+    Some(Held { pid, region, phase, peer })
 }
 
 fn kill(pid: u32) -> anyhow::Result<()> {
@@ -1080,6 +1121,16 @@ mod tests {
         for fault in Fault::ALL {
             assert_eq!(Fault::parse(fault.name()), Some(fault));
         }
+    }
+
+    #[test]
+    fn the_fault_point_s_file_names_the_thread_and_at_a_crossing_the_other_region() {
+        let held = |pid, region, phase: &str, peer| Held { pid, region, phase: phase.into(), peer };
+        assert_eq!(parse_held("12 3 rounds\n"), Some(held(12, 3, "rounds", None)));
+        assert_eq!(parse_held("12 3 emigrated 4\n"), Some(held(12, 3, "emigrated", Some(4))));
+        assert_eq!(parse_held("12 3 emigrated 4"), None, "a line still being written");
+        assert_eq!(parse_held("12 3 emigrated x\n"), None);
+        assert_eq!(parse_held("12 3\n"), None);
     }
 
     #[test]

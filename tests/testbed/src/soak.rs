@@ -1,8 +1,10 @@
 //! The soak: the load test's `mixed` scenario (its avatars: wandering, patrolling across borders
 //! and crowding a hotspot, with joins and leaves halfway; its regions, hosts and hot standbys) for
 //! a long while across the test bed, with a fault of the matrix ([`crate::matrix`]) every
-//! `fault_every_s`: a migration of a random region to a random other host, hit at a random phase
-//! by a random fault. A seed picks them all, so a run can be repeated.
+//! `fault_every_s`: a random cell of the matrix, struck as [`strike_cell`] says (a migration of a
+//! random region to a random other host, the next border crossing, or a failover of a random
+//! region to its hot standby), hit at the cell's phase by the cell's fault. A seed picks them
+//! all, so a run can be repeated.
 //!
 //! At the end: every avatar's inputs applied once (nothing lost, nothing twice, nobody
 //! disconnected); no process left behind (each host's namespace holds its agent and the region
@@ -22,12 +24,20 @@ use anyhow::Context;
 use baton_harness::fleet::{AdminApi, Fleet, FleetPlacement, ServerCommandLine};
 use baton_harness::players::{PlayerOutcome, run_player};
 use baton_loadtest::Scenario;
-use baton_runtime::fault_point::{FAULT_POINT_VARIABLE, FaultPoint};
+use baton_runtime::fault_point::{FAULT_POINT_VARIABLE, FaultPhase, FaultPoint};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::matrix::{Cell, CellReport, count_players, strike, wait_settled};
+use crate::matrix::{
+    BULK_MBPS, Cell, CellReport, MOVING_CHURN, MOVING_DIRTY, count_players, strike, strike_crossing, strike_failover,
+    wait_settled,
+};
 use crate::netns::{SiteSpec, Testbed};
+
+/// Regions that churn as the matrix's moving region does (20,000 entities, 2% of them changing a
+/// tick, the servers' bulk cap at 10 MB/s): the others are small and quiet, and their handoffs
+/// freeze after the snapshot without a delta round, so a fault at `rounds` is struck at these.
+const CHURNING: [u64; 2] = [1, 7];
 
 /// Settings of a soak.
 #[derive(Clone, Debug)]
@@ -61,9 +71,11 @@ impl Options {
 pub struct FaultRecord {
     /// Seconds since play started.
     pub at_s: f64,
-    /// The region moved.
+    /// The region moved, failed over, or that the avatar left (a crossing; 0 when none was
+    /// struck).
     pub region: u64,
-    /// From which host to which.
+    /// From which host to which: a handoff's source and target, a crossing's, or the lost
+    /// owner's and its standby's.
     pub hosts: (String, String),
     /// The cell: phase, fault and what came of it (the players' figures are the soak's).
     pub cell: CellReport,
@@ -82,8 +94,9 @@ pub struct ProcessTrend {
     pub minutes: f64,
     /// Resident memory at the first and the last of them, kB.
     pub rss_kb: (u64, u64),
-    /// Stretches of samples with the same regions owned and followed as a standby (1 for a
-    /// process that hosts none).
+    /// Stretches of samples with the same regions owned and followed as a standby, and the same
+    /// number of child processes (an agent's open files follow the region servers it runs: a pipe
+    /// each way and a process handle per child).
     pub stretches: usize,
     /// Least-squares slope of the resident memory within those stretches, kB per minute.
     pub rss_kb_per_min: f64,
@@ -92,8 +105,10 @@ pub struct ProcessTrend {
     /// Least-squares slope of the open files within those stretches, per minute.
     pub fds_per_min: f64,
     /// Whether both are flat: memory growing less than 10% of its mean per hour, open files fewer
-    /// than 5 per hour (projected from the slopes).
-    pub flat: bool,
+    /// than 5 per hour (projected from the slopes). `None`: fewer than [`JUDGED_MINUTES`] of
+    /// samples after its warm-up (a process started again late, or killed early), too short for a
+    /// slope that says anything per hour: reported, not judged.
+    pub flat: Option<bool>,
 }
 
 /// An avatar that lost, duplicated or reordered an input, or was disconnected.
@@ -155,7 +170,7 @@ impl SoakReport {
             && self.disconnects == 0
             && self.failed_to_connect == 0
             && self.leaked_processes.is_empty()
-            && self.processes.iter().all(|process| process.flat)
+            && self.processes.iter().all(|process| process.flat != Some(false))
     }
 }
 
@@ -188,6 +203,8 @@ fn run_in(testbed: &Testbed, options: &Options) -> anyhow::Result<SoakReport> {
     let point =
         FaultPoint { phase: None, path: std::env::temp_dir().join(format!("baton-soak-fault-{}", std::process::id())) };
     let mut server = ServerCommandLine::sample(&spec)?;
+    // As in the matrix: churn regions' handoffs stream delta rounds (see `CHURNING`).
+    server.args.extend(["--dirty".into(), MOVING_DIRTY.into(), "--bulk-mbps".into(), BULK_MBPS.into()]);
     server.env.push((FAULT_POINT_VARIABLE.into(), format!("armed:{}", point.path.display())));
     let hosts: Vec<String> = (1..=scenario.hosts).map(|index| format!("h{index}")).collect();
     let placement = FleetPlacement {
@@ -223,7 +240,9 @@ fn soak(
     for region in 1..=scenario.regions {
         let host = format!("h{}", (region - 1) % scenario.hosts as u64 + 1);
         let objects = scenario.objects_per_region;
-        let world = json!({"objects": objects, "npcs": objects / 10, "plants": objects / 10, "seed": region});
+        let churn = if CHURNING.contains(&region) { MOVING_CHURN } else { 0 };
+        let world =
+            json!({"objects": objects, "npcs": objects / 10, "plants": objects / 10, "seed": region, "churn": churn});
         fleet
             .ok("POST", "/v1/regions", Some(json!({"region": region, "host": host, "world": world})))
             .with_context(|| format!("creating region {region}"))?;
@@ -264,7 +283,7 @@ fn soak(
         std::thread::spawn(move || sample_every(Duration::from_secs(10), started, &watched, &admin, &samples, &stop))
     };
     let mut rng = Rng(options.seed.max(1));
-    let cells = Cell::handoffs();
+    let cells = Cell::all();
     let mut faults = Vec::new();
     let play_ends = Duration::from_secs(scenario.ramp_s + scenario.duration_s);
     // The first fault once every avatar is in.
@@ -281,58 +300,21 @@ fn soak(
             continue;
         }
         let cell = cells[rng.below(cells.len())];
-        let region = 1 + rng.below(scenario.regions as usize) as u64;
-        let from = match region_host(fleet, region) {
-            Some(host) => host,
-            None => continue,
-        };
-        // A region never moves onto its standby's host (the coordinator refuses): not a target.
-        let standby = standby_host(fleet, region);
-        let candidates: Vec<String> = (1..=scenario.hosts)
-            .map(|index| format!("h{index}"))
-            .filter(|host| *host != from && Some(host) != standby.as_ref())
-            .collect();
-        if candidates.is_empty() {
-            continue;
+        let mut region = 1 + rng.below(scenario.regions as usize) as u64;
+        if cell.phase == FaultPhase::Rounds {
+            // Only a churning region's handoff is sure to stream delta rounds.
+            region = CHURNING[region as usize % CHURNING.len()];
         }
-        let to = candidates[rng.below(candidates.len())].clone();
+        let pick = rng.below(usize::MAX);
         let at_s = started.elapsed().as_secs_f64();
-        eprintln!(
-            "baton-testbed: soak: t={at_s:.0}s: region {region} {from} -> {to}, {} at {}",
-            cell.fault.name(),
-            cell.phase.name()
-        );
-        arm(point, cell)?;
-        let mut record = CellReport {
-            operation: "handoff".into(),
-            phase: cell.phase.name().into(),
-            fault: cell.fault.name().into(),
-            ..CellReport::default()
+        let Some(fault) = strike_cell(testbed, fleet, point, cell, region, pick, scenario.hosts)? else {
+            continue;
         };
-        let mut injected = false;
-        match strike(testbed, fleet, point, region, (&from, &to), cell.fault) {
-            Ok(struck) => {
-                injected = struck.fault_at.is_some();
-                record.outcome = struck.outcome;
-                record.held = struck.held;
-                record.reason = struck.reason;
-                record.digest_ok = struck.digest_ok;
-                record.digests = struck.digests;
-                record.single_owner = struck.single_owner;
-            }
-            Err(error) => record.outcome = format!("error: {error:#}"),
+        if !fault.cell.outcome.starts_with("error") && fault.cell.outcome != "not_reached" && !fault.cell.single_owner {
+            eprintln!("baton-testbed: soak: region {} did not settle: {:?}", fault.region, fault.cell.reason);
         }
-        disarm(point);
-        if cell.fault == crate::matrix::Fault::KillGateway && injected {
-            // The players resumed at g1; g0 comes back for the next gateway fault and for those
-            // who resume again.
-            fleet.restart_gateway().context("starting g0 again")?;
-        }
-        if !record.outcome.starts_with("error") && record.outcome != "not_reached" && !record.single_owner {
-            eprintln!("baton-testbed: soak: region {region} did not settle: {:?}", record.reason);
-        }
-        eprintln!("baton-testbed: soak: t={:.0}s: {}", started.elapsed().as_secs_f64(), record.outcome);
-        faults.push(FaultRecord { at_s, region, hosts: (from, to), cell: record });
+        eprintln!("baton-testbed: soak: t={:.0}s: {}", started.elapsed().as_secs_f64(), fault.cell.outcome);
+        faults.push(FaultRecord { at_s, ..fault });
     }
     // Every long-running process as it is at the end, for the leak check.
     let leaked = leftover_processes(testbed, fleet, scenario.hosts)?;
@@ -387,6 +369,128 @@ fn soak(
             .collect(),
         leaked_processes: leaked,
         processes: trends(&samples, Duration::from_secs(120)),
+    })
+}
+
+/// Strikes one fault of the matrix, `cell`:
+/// - a handoff's: `region` migrates to the `pick`-th (modulo their number) of the other hosts
+///   (not the one holding its standby, which the coordinator refuses as a target), hit at the
+///   cell's phase;
+/// - a crossing's: the next avatar to cross any border (at the cell's phase) is hit, its two
+///   regions being the cell's source and target;
+/// - a failover's: `region`'s owner is killed, and its hot standby hit while it is promoted (a
+///   `kill_source` kills the owner's host whole; it is started again afterwards, whatever came
+///   of the strike).
+///
+/// `None` when the cell cannot be struck now (the region is moving, or has no standby holding).
+fn strike_cell(
+    testbed: &Testbed,
+    fleet: &mut Fleet,
+    point: &FaultPoint,
+    cell: Cell,
+    region: u64,
+    pick: usize,
+    host_count: usize,
+) -> anyhow::Result<Option<FaultRecord>> {
+    let skip = |why: &str| {
+        eprintln!("baton-testbed: soak: {} at {} skipped: {why}", cell.fault.name(), cell.phase.name());
+        Ok(None)
+    };
+    let (region, hosts, struck) = match cell.operation() {
+        "crossing" => {
+            announce(cell, "the next crossing");
+            arm(point, cell)?;
+            let struck = strike_crossing(testbed, fleet, point, cell.fault, None, Duration::from_secs(30));
+            // The crossing's source region (the held one at `emigrated`, the other at `immigrated`).
+            let (region, hosts) = match &struck {
+                Ok(strike) if strike.regions.len() == 2 => {
+                    let source = if strike.held == "source" { strike.regions[0] } else { strike.regions[1] };
+                    (source, strike.hosts.clone())
+                }
+                _ => (0, Default::default()),
+            };
+            (region, hosts, struck)
+        }
+        "failover" => {
+            let Some(from) = region_host(fleet, region) else { return skip(&format!("region {region} is moving")) };
+            let Some((standby_host, standby_process)) = holding_standby(fleet, region) else {
+                return skip(&format!("region {region} has no standby holding it"));
+            };
+            announce(cell, &format!("region {region} on {from}, its standby on {standby_host}"));
+            arm(point, cell)?;
+            let struck = strike_failover(testbed, fleet, point, region, cell.fault, (&standby_host, &standby_process));
+            (region, (from, standby_host), struck)
+        }
+        _ => {
+            let Some(from) = region_host(fleet, region) else { return skip(&format!("region {region} is moving")) };
+            let standby = standby_host(fleet, region);
+            let candidates: Vec<String> = (1..=host_count)
+                .map(|index| format!("h{index}"))
+                .filter(|host| *host != from && Some(host) != standby.as_ref())
+                .collect();
+            if candidates.is_empty() {
+                return skip(&format!("region {region} has no host to move to"));
+            }
+            let to = candidates[pick % candidates.len()].clone();
+            announce(cell, &format!("region {region} {from} -> {to}"));
+            arm(point, cell)?;
+            let struck = strike(testbed, fleet, point, region, (&from, &to), cell.fault);
+            (region, (from, to), struck)
+        }
+    };
+    disarm(point);
+    let mut record = CellReport {
+        operation: cell.operation().into(),
+        phase: cell.phase.name().into(),
+        fault: cell.fault.name().into(),
+        ..CellReport::default()
+    };
+    let mut injected = false;
+    match struck {
+        Ok(struck) => {
+            injected = struck.fault_at.is_some();
+            record.outcome = struck.outcome;
+            record.held = struck.held;
+            record.reason = struck.reason;
+            record.digest_ok = struck.digest_ok;
+            record.digests = struck.digests;
+            record.single_owner = struck.single_owner;
+        }
+        Err(error) => record.outcome = format!("error: {error:#}"),
+    }
+    if cell.fault == crate::matrix::Fault::KillGateway && injected {
+        // The players resumed at g1; g0 comes back for the next gateway fault and for those
+        // who resume again.
+        fleet.restart_gateway().context("starting g0 again")?;
+    }
+    // A host killed whole comes back, as a repaired machine does, whatever came of the strike.
+    for index in 1..=host_count {
+        let revived = fleet.revive_host(index).and_then(|revived| {
+            if revived {
+                fleet.wait_hosts_ready(host_count, 1, Duration::from_secs(60))?;
+            }
+            Ok(revived)
+        });
+        match revived {
+            Ok(true) => eprintln!("baton-testbed: soak: h{index} started again"),
+            Ok(false) => {}
+            Err(error) => record.outcome = format!("error: starting h{index} again: {error:#}"),
+        }
+    }
+    Ok(Some(FaultRecord { at_s: 0.0, region, hosts, cell: record }))
+}
+
+fn announce(cell: Cell, what: &str) {
+    eprintln!("baton-testbed: soak: {what}: {} at {}", cell.fault.name(), cell.phase.name());
+}
+
+/// `region`'s hot standby, if one holds it now: its host and process.
+fn holding_standby(fleet: &Fleet, region: u64) -> Option<(String, String)> {
+    let standbys = fleet.ok("GET", "/v1/standbys", None).ok()?;
+    standbys.as_array()?.iter().find_map(|standby| {
+        let name = |key: &str| standby[key].as_str().filter(|name| !name.is_empty()).map(str::to_owned);
+        (standby["region"] == region && standby["state"] == "holding")
+            .then(|| Some((name("host")?, name("process")?)))?
     })
 }
 
@@ -452,6 +556,8 @@ struct Sample {
     regions: Vec<u64>,
     /// The regions it was the hot standby of (holding their state), in order.
     standby_of: Vec<u64>,
+    /// Its child processes (an agent's region servers).
+    children: u64,
 }
 
 fn sample_every(
@@ -512,8 +618,8 @@ fn sample_every(
         let taken: Vec<Sample> = processes
             .into_iter()
             .filter_map(|(process, pid, regions, standby_of)| {
-                let (rss_kb, fds) = usage(pid)?;
-                Some(Sample { at_min, process, pid, rss_kb, fds, regions, standby_of })
+                let (rss_kb, fds, children) = usage(pid)?;
+                Some(Sample { at_min, process, pid, rss_kb, fds, regions, standby_of, children })
             })
             .collect();
         if let Ok(mut samples) = samples.lock() {
@@ -522,14 +628,19 @@ fn sample_every(
     }
 }
 
-/// Resident memory (kB) and open files of process `pid`, from `/proc`.
-fn usage(pid: u32) -> Option<(u64, u64)> {
+/// Resident memory (kB), open files and child processes of process `pid`, from `/proc`.
+fn usage(pid: u32) -> Option<(u64, u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss_kb =
         status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
-    Some((rss_kb, fds))
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .map_or(0, |children| children.split_whitespace().count() as u64);
+    Some((rss_kb, fds, children))
 }
+
+/// The least span of samples after its warm-up a process's trend is judged on.
+pub const JUDGED_MINUTES: f64 = 10.0;
 
 /// Per process (name and pid), the trend of its samples after `warmup` of its own life.
 fn trends(samples: &[Sample], warmup: Duration) -> Vec<ProcessTrend> {
@@ -548,8 +659,9 @@ fn trends(samples: &[Sample], warmup: Duration) -> Vec<ProcessTrend> {
                 return None;
             }
             let minutes = kept.last()?.at_min - kept.first()?.at_min;
-            let stretches: Vec<&[&Sample]> =
-                kept.chunk_by(|a, b| a.regions == b.regions && a.standby_of == b.standby_of).collect();
+            let stretches: Vec<&[&Sample]> = kept
+                .chunk_by(|a, b| a.regions == b.regions && a.standby_of == b.standby_of && a.children == b.children)
+                .collect();
             let points = |value: fn(&Sample) -> u64| -> Vec<Vec<(f64, f64)>> {
                 stretches
                     .iter()
@@ -560,7 +672,8 @@ fn trends(samples: &[Sample], warmup: Duration) -> Vec<ProcessTrend> {
             let rss_kb_per_min = pooled_slope(&rss);
             let fds_per_min = pooled_slope(&points(|sample| sample.fds));
             let mean_rss = kept.iter().map(|sample| sample.rss_kb as f64).sum::<f64>() / kept.len() as f64;
-            let flat = rss_kb_per_min * 60.0 <= mean_rss * 0.10 && fds_per_min * 60.0 < 5.0;
+            let flat = (minutes >= JUDGED_MINUTES)
+                .then_some(rss_kb_per_min * 60.0 <= mean_rss * 0.10 && fds_per_min * 60.0 < 5.0);
             Some(ProcessTrend {
                 process,
                 pid,
@@ -674,6 +787,7 @@ mod tests {
             fds,
             regions: Vec::new(),
             standby_of: Vec::new(),
+            children: 0,
         };
         // Growing 10 kB a minute on 10 MB: 6% an hour, flat; the first 2 minutes are left out.
         let steady: Vec<Sample> =
@@ -681,16 +795,28 @@ mod tests {
         let trend = &trends(&steady, Duration::from_secs(120))[0];
         assert_eq!(trend.samples, 36);
         assert!((trend.rss_kb_per_min - 10.0).abs() < 1e-6, "{trend:?}");
-        assert!(trend.flat, "{trend:?}");
+        assert_eq!(trend.flat, Some(true), "{trend:?}");
         // 1 MB a minute on 10 MB, or one more open file every two minutes: not flat.
         let leaking: Vec<Sample> =
             (0..40).map(|index| sample(f64::from(index) * 0.5, 10_000 + index as u64 * 500, 30)).collect();
-        assert!(!trends(&leaking, Duration::from_secs(120))[0].flat);
+        assert_eq!(trends(&leaking, Duration::from_secs(120))[0].flat, Some(false));
         let files: Vec<Sample> =
             (0..40).map(|index| sample(f64::from(index) * 0.5, 10_000, 30 + index as u64 / 4)).collect();
-        assert!(!trends(&files, Duration::from_secs(120))[0].flat);
-        // Too short to say.
+        assert_eq!(trends(&files, Duration::from_secs(120))[0].flat, Some(false));
+        // Open files that follow the child processes (an agent's) are not a trend; within the same
+        // children they are.
+        let following: Vec<Sample> = (0..40u32)
+            .map(|index| {
+                let children = u64::from(index / 8);
+                Sample { children, ..sample(f64::from(index) * 0.5, 10_000, 30 + children * 3) }
+            })
+            .collect();
+        assert_eq!(trends(&following, Duration::from_secs(120))[0].flat, Some(true));
+        // Too short to say anything; long enough for a slope, too short to judge it.
         assert!(trends(&steady[..10], Duration::ZERO).is_empty());
+        let short = &trends(&leaking[..24], Duration::from_secs(120))[0];
+        assert!(short.minutes < JUDGED_MINUTES && short.rss_kb_per_min > 900.0, "{short:?}");
+        assert_eq!(short.flat, None, "{short:?}");
     }
 
     #[test]
@@ -706,6 +832,7 @@ mod tests {
             fds: 40,
             regions,
             standby_of,
+            children: 4,
         };
         let mut samples: Vec<Sample> = (0..30).map(|index| sample(index, 20_000, vec![1], vec![])).collect();
         samples.extend((30..60).map(|index| sample(index, 50_000, vec![1, 2], vec![])));
@@ -714,7 +841,7 @@ mod tests {
         let trend = &trends(&samples, Duration::ZERO)[0];
         assert_eq!(trend.stretches, 4);
         assert_eq!(trend.rss_kb_per_min, 0.0, "{trend:?}");
-        assert!(trend.flat, "{trend:?}");
+        assert_eq!(trend.flat, Some(true), "{trend:?}");
         // Fitted across the jumps as one line, the same samples climb 25 MB in 20 minutes.
         let points: Vec<(f64, f64)> = samples.iter().map(|sample| (sample.at_min, sample.rss_kb as f64)).collect();
         assert!(slope(&points) > 1_000.0);
@@ -724,7 +851,7 @@ mod tests {
             .map(|sample| Sample { rss_kb: sample.rss_kb + (sample.at_min * 1_000.0) as u64 % 5_000, ..sample.clone() })
             .collect();
         let trend = &trends(&leaking, Duration::ZERO)[0];
-        assert!(trend.rss_kb_per_min > 900.0 && !trend.flat, "{trend:?}");
+        assert!(trend.rss_kb_per_min > 900.0 && trend.flat == Some(false), "{trend:?}");
     }
 
     #[test]

@@ -415,7 +415,7 @@ fn print_soak(report: &soak::SoakReport) {
             process.rss_kb_per_min,
             format!("{}/{}", process.fds.0, process.fds.1),
             process.fds_per_min,
-            process.flat
+            process.flat.map_or("short", |flat| if flat { "yes" } else { "NO" })
         );
     }
     println!("held up: {}", report.held_up());
