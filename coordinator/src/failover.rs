@@ -16,7 +16,7 @@
 //! `give_up`. Each failover is a record in the migration history, kind `failover`, with its
 //! cause and timings ([`FailoverFigures`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::directory::Directory;
 use crate::hosts::{ClaimResult, Happened, Hosts, OwnerState, ProcessEvent};
+use crate::idle::{IDLE_RELEASED_TOTAL, IdleProcesses, Reported};
 use crate::migrations::{MigrationRecord, Migrations, Phase, PhaseTiming};
 use crate::routes::RouteNotices;
 use crate::standby::Standbys;
@@ -71,6 +72,9 @@ pub struct FailoverSettings {
     pub retry_after: Duration,
     /// A failover ends unfinished after this long (another starts if the region is still lost).
     pub give_up: Duration,
+    /// A claimed process that owns, receives and follows nothing is released after this long
+    /// (see [`crate::idle`]; watched whether failover is on or off).
+    pub idle_release: Duration,
 }
 
 impl Default for FailoverSettings {
@@ -85,6 +89,7 @@ impl Default for FailoverSettings {
             restore: Duration::from_secs(30),
             retry_after: Duration::from_secs(5),
             give_up: Duration::from_secs(300),
+            idle_release: crate::idle::DEFAULT_GRACE,
         }
     }
 }
@@ -615,6 +620,8 @@ pub struct Failovers {
     standbys: Option<Arc<Standbys>>,
     settings: FailoverSettings,
     state: Mutex<WatchState>,
+    /// Claimed processes with nothing to do.
+    idle: Mutex<IdleProcesses>,
     started: Instant,
 }
 
@@ -654,6 +661,7 @@ impl Failovers {
             standbys,
             settings,
             state: Mutex::new(WatchState::default()),
+            idle: Mutex::new(IdleProcesses::new(settings.idle_release)),
             started: Instant::now(),
         });
         let watcher = failovers.clone();
@@ -738,13 +746,51 @@ impl Failovers {
         views.into_iter().map(|view| view.name).collect()
     }
 
-    /// One look at the cluster: hosts silent too long are declared dead, lost regions get a
-    /// failover.
+    /// Gives back claimed processes that own, receive and follow nothing (see [`crate::idle`]).
+    fn release_idle(&self, now: Instant) {
+        let Ok(regions) = self.directory.list() else { return };
+        let running = self.migrations.running();
+        let standbys = self.standbys.as_ref().map(|standbys| standbys.views()).unwrap_or_default();
+        let mut in_use: HashSet<&str> = regions.iter().map(|(_, ownership)| ownership.owner.as_str()).collect();
+        for record in &running {
+            in_use.insert(record.from_process.as_str());
+            in_use.extend(record.to_process.as_deref());
+        }
+        in_use.extend(standbys.iter().filter_map(|view| view.process.as_deref()));
+        let views = self.hosts.views();
+        let reported = views.iter().filter(|view| view.connected).flat_map(|view| {
+            view.processes.iter().map(|process| Reported {
+                host: &view.name,
+                process: &process.name,
+                warm: process.warm,
+                owns: !process.regions.is_empty(),
+            })
+        });
+        let release = match self.idle.lock() {
+            Ok(mut idle) => idle.check(now, reported, &in_use),
+            Err(_) => return,
+        };
+        for (host, process) in release {
+            metrics::counter!(IDLE_RELEASED_TOTAL).increment(1);
+            match self.hosts.release(&host, &process) {
+                Ok(()) => tracing::info!(
+                    host,
+                    process,
+                    "released a claimed process that owned, received and followed nothing"
+                ),
+                Err(error) => tracing::warn!(host, process, %error, "could not release an idle claimed process"),
+            }
+        }
+    }
+
+    /// One look at the cluster: hosts silent too long are declared dead, idle claimed processes
+    /// are given back, lost regions get a failover.
     fn check(self: &Arc<Self>, now: Instant) {
         for (host, silent_for) in self.hosts.declare_dead(self.settings.dead_after) {
             metrics::counter!(HOSTS_DEAD_TOTAL).increment(1);
             tracing::warn!(host, silent_ms = silent_for.as_millis() as u64, "host declared dead");
         }
+        self.release_idle(now);
         if !self.settings.enabled {
             return;
         }

@@ -10,6 +10,8 @@
 //! - [`failover`]: regions whose owner is lost (process exited, host silent) are taken over by
 //!   their hot standby, or restored from their newest checkpoint on another process, one state
 //!   machine per failover (no I/O).
+//! - [`idle`]: claimed processes that own, receive and follow nothing are given back to their
+//!   hosts after a grace (no I/O; the failover watch drives it).
 //! - [`standby`]: hot standbys: a process on another host follows each region tick by tick, and
 //!   a failover promotes it (one state machine per standby, no I/O).
 //! - [`routes`]: the route feed that tells every gateway which process owns each region.
@@ -24,6 +26,7 @@ pub mod console;
 pub mod directory;
 pub mod failover;
 pub mod hosts;
+pub mod idle;
 pub mod migrations;
 pub mod routes;
 pub mod standby;

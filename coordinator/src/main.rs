@@ -104,6 +104,11 @@ struct FailoverArgs {
     /// checkpoint. Needs --failover on.
     #[arg(long = "standby", value_enum, default_value = "off")]
     standby: Switch,
+    /// Seconds a process claimed from a host's warm pool may own, receive and follow nothing
+    /// (the old owner of a region that failed over while its host was only cut off) before it
+    /// is released: its agent stops it and starts a fresh warm one.
+    #[arg(long = "idle-release-s", default_value_t = 30.0)]
+    idle_release_s: f64,
 }
 
 /// On or off.
@@ -121,12 +126,16 @@ impl FailoverArgs {
         if !(self.grace_s.is_finite() && self.grace_s >= 0.0 && self.grace_s <= 86_400.0) {
             anyhow::bail!("--failover-grace-s must be between 0 and 86400, not {}", self.grace_s);
         }
+        if !(self.idle_release_s.is_finite() && self.idle_release_s >= 1.0 && self.idle_release_s <= 86_400.0) {
+            anyhow::bail!("--idle-release-s must be between 1 and 86400, not {}", self.idle_release_s);
+        }
         Ok(FailoverSettings {
             enabled: self.failover == Switch::On,
             dead_after: std::time::Duration::from_millis(self.dead_after_ms),
             suspect_after: std::time::Duration::from_millis(self.suspect_after_ms),
             orphan_after: std::time::Duration::from_millis(self.orphan_after_ms),
             grace: std::time::Duration::from_secs_f64(self.grace_s),
+            idle_release: std::time::Duration::from_secs_f64(self.idle_release_s),
             ..FailoverSettings::default()
         })
     }
@@ -235,6 +244,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok();
     baton_coordinator::balancing::describe_metrics();
     baton_coordinator::failover::describe_metrics();
+    baton_coordinator::idle::describe_metrics();
     let notices = Arc::new(RouteNotices::default());
     let (endpoint, api_address) = runtime.block_on(async {
         let endpoint = baton_coordinator::authority::serve(

@@ -25,7 +25,8 @@ fn spec() -> FleetSpec {
         tick_rate: 20,
         checkpoint_every_s: 0.5,
         capacity_cores: Vec::new(),
-        coordinator_args: Vec::new(),
+        // Claimed processes with nothing to do go back after 2 s rather than 30.
+        coordinator_args: vec!["--idle-release-s".into(), "2".into()],
     }
 }
 
@@ -214,6 +215,20 @@ fn a_host_cut_off_is_replaced_and_its_old_owner_lets_go_and_a_coordinator_down_c
             break;
         }
         assert!(Instant::now() < deadline, "region 1 served by {serving:?}, owner {owner}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The old owner, which now owns, receives and follows nothing, is given back: its agent
+    // stops it (and starts a fresh warm process) once the coordinator's idle grace passed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fleet
+        .ok("GET", "/v1/hosts", None)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|host| host["processes"].as_array().unwrap().iter().any(|process| process["name"] == old_owner.as_str()))
+    {
+        assert!(Instant::now() < deadline, "{old_owner} is still claimed, with nothing to do");
         std::thread::sleep(Duration::from_millis(200));
     }
 

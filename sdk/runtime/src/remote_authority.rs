@@ -67,11 +67,19 @@ impl RemoteAuthority {
                 .ok_or("no reply")?;
             Ok::<_, String>((connection, reply))
         };
-        let (connection, reply) = self
-            .runtime
-            .block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, exchange).await })
-            .map_err(|_| unavailable("timed out".into()))?
-            .map_err(unavailable)?;
+        // The exchange runs as a task of the runtime and this thread waits on a plain channel:
+        // a request still waiting when the process stops then finds the task dropped with the
+        // runtime (an unavailable authority), where a timer awaited from this thread would panic
+        // ("a Tokio context ... is being shutdown").
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        self.runtime.spawn(async move {
+            let _ = sender.send(tokio::time::timeout(REQUEST_TIMEOUT, exchange).await);
+        });
+        let (connection, reply) = match receiver.recv() {
+            Ok(Ok(result)) => result.map_err(unavailable)?,
+            Ok(Err(_)) => return Err(unavailable("timed out".into())),
+            Err(_) => return Err(unavailable("the process is shutting down".into())),
+        };
         if let Ok(mut cached) = self.connection.lock() {
             *cached = Some(connection);
         }

@@ -337,7 +337,7 @@ fn run_in(testbed: &Testbed, cell: Cell, report: &mut CellReport) -> anyhow::Res
 /// whenever the rate fell under 5.75 MB/s, and the cell's handoff gave up ("did not converge")
 /// before its fault; at 2% alone the first round sometimes fit the 100 kB budget and the source
 /// froze without a round.
-pub(crate) const MOVING_CHURN: usize = 20_000;
+const MOVING_CHURN: usize = 20_000;
 pub(crate) const MOVING_DIRTY: &str = "0.02";
 pub(crate) const BULK_MBPS: &str = "10";
 
