@@ -425,6 +425,8 @@ async fn create_region(
         .claim(&request.host, Duration::from_secs(10))
         .await
         .map_err(|error| Failure(StatusCode::CONFLICT, error.to_string()))?;
+    // In use while it loads the world or the checkpoint (not yet the directory's owner).
+    let _placing = state.hosts.placing(&process);
     let region = RegionId(request.region);
     let command = ServerCommand::Host {
         region,

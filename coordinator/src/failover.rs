@@ -625,6 +625,11 @@ pub struct Failovers {
     started: Instant,
 }
 
+/// After a coordinator with standbys starts, how long before claimed processes with nothing to do
+/// are judged: a standby's first hold may take a minute (`StandbySettings::first_hold`), and a standby being
+/// fed is adopted only from its report of a hold.
+pub const IDLE_STARTUP_WAIT: Duration = Duration::from_secs(90);
+
 /// After a coordinator starts, how much longer than `orphan_after` a region's absence waits before
 /// it is judged lost (agents reconnect after the cluster link's 3 s idle timeout, then report).
 pub const STARTUP_GRACE: Duration = Duration::from_secs(5);
@@ -748,6 +753,12 @@ impl Failovers {
 
     /// Gives back claimed processes that own, receive and follow nothing (see [`crate::idle`]).
     fn release_idle(&self, now: Instant) {
+        // After a start with standbys on, a standby the owner still feeds is in no table until
+        // its first `standby_holding` report (its snapshot may take the first hold's minute):
+        // none is judged before then.
+        if self.standbys.is_some() && now.duration_since(self.started) < IDLE_STARTUP_WAIT {
+            return;
+        }
         let Ok(regions) = self.directory.list() else { return };
         let running = self.migrations.running();
         let standbys = self.standbys.as_ref().map(|standbys| standbys.views()).unwrap_or_default();
@@ -757,6 +768,8 @@ impl Failovers {
             in_use.extend(record.to_process.as_deref());
         }
         in_use.extend(standbys.iter().filter_map(|view| view.process.as_deref()));
+        let placing = self.hosts.placing_now();
+        in_use.extend(placing.iter().map(String::as_str));
         let views = self.hosts.views();
         let reported = views.iter().filter(|view| view.connected).flat_map(|view| {
             view.processes.iter().map(|process| Reported {

@@ -6,10 +6,10 @@
 //! drives a migration. Nothing here is persisted: hosts re-register after a coordinator restart
 //! and report their processes again within one status interval.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use baton_net::framed::{ReadEnd, read_frames, spawn_writer};
@@ -209,6 +209,25 @@ pub struct Hosts {
     events: broadcast::Sender<ProcessEvent>,
     claims: Mutex<HashMap<u64, oneshot::Sender<ClaimResult>>>,
     next_id: AtomicU64,
+    /// Claimed processes being given a region outside any migration, failover or standby (the
+    /// admin API's `POST /v1/regions`), by name: in use though they own nothing yet.
+    placing: Arc<Mutex<HashSet<String>>>,
+}
+
+/// A claimed process being given a region ([`Hosts::placing`]); it counts as in use until this is
+/// dropped.
+#[must_use = "the process counts as in use only while this lives"]
+pub struct Placing {
+    process: String,
+    placing: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Drop for Placing {
+    fn drop(&mut self) {
+        if let Ok(mut placing) = self.placing.lock() {
+            placing.remove(&self.process);
+        }
+    }
 }
 
 impl Default for Hosts {
@@ -218,11 +237,27 @@ impl Default for Hosts {
             events: broadcast::channel(4096).0,
             claims: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            placing: Arc::default(),
         }
     }
 }
 
 impl Hosts {
+    /// Marks claimed `process` as in use while it is given a region outside any migration,
+    /// failover or standby, until the returned guard is dropped (see [`crate::idle`]).
+    pub fn placing(&self, process: &str) -> Placing {
+        if let Ok(mut placing) = self.placing.lock() {
+            placing.insert(process.to_owned());
+        }
+        Placing { process: process.to_owned(), placing: self.placing.clone() }
+    }
+
+    /// The processes being given a region now ([`Hosts::placing`]).
+    #[must_use]
+    pub fn placing_now(&self) -> Vec<String> {
+        self.placing.lock().map(|placing| placing.iter().cloned().collect()).unwrap_or_default()
+    }
+
     /// Every host, by name.
     #[must_use]
     pub fn views(&self) -> Vec<HostView> {

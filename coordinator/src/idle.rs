@@ -13,8 +13,9 @@
 //!
 //! [`IdleProcesses`] is the no-I/O judge: a process on a connected host that is not warm, owns no
 //! region, and is not `in use` (the directory's owner of a region, a running migration's or
-//! failover's source or target, a region's standby) for `grace` in a row is released: its agent
-//! stops it and starts a fresh warm process in its place.
+//! failover's source or target, a region's standby, a process the admin API is giving a region)
+//! for `grace` in a row is released: its agent
+//! stops it, which frees its place on the host (the agent refills its warm pool when it is short).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -30,9 +31,10 @@ pub fn describe_metrics() {
     );
 }
 
-/// How long a claimed process may do nothing before it is released, by default: far longer than
-/// any step between a claim and the use of the process (a migration or standby records its
-/// process when the claim is answered).
+/// How long a claimed process may do nothing before it is released, by default. Every user of a
+/// claim names its process at once (a migration's or failover's record, a standby's placement, the
+/// admin API's [`crate::hosts::Hosts::placing`]); the grace covers the moment between the agent
+/// reporting the process claimed and the claim's answer reaching its user.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 /// One process as its host reports it.

@@ -106,7 +106,7 @@ struct FailoverArgs {
     standby: Switch,
     /// Seconds a process claimed from a host's warm pool may own, receive and follow nothing
     /// (the old owner of a region that failed over while its host was only cut off) before it
-    /// is released: its agent stops it and starts a fresh warm one.
+    /// is released: its agent stops it, which frees its place (the warm pool is refilled if short).
     #[arg(long = "idle-release-s", default_value_t = 30.0)]
     idle_release_s: f64,
 }

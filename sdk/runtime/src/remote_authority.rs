@@ -75,10 +75,16 @@ impl RemoteAuthority {
         self.runtime.spawn(async move {
             let _ = sender.send(tokio::time::timeout(REQUEST_TIMEOUT, exchange).await);
         });
-        let (connection, reply) = match receiver.recv() {
+        // The task's own timeout answers first; the wait's is a backstop for a runtime with no
+        // worker free to run the task.
+        let (connection, reply) = match receiver.recv_timeout(REQUEST_TIMEOUT + Duration::from_secs(1)) {
             Ok(Ok(result)) => result.map_err(unavailable)?,
-            Ok(Err(_)) => return Err(unavailable("timed out".into())),
-            Err(_) => return Err(unavailable("the process is shutting down".into())),
+            Ok(Err(_)) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                return Err(unavailable("timed out".into()));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(unavailable("the process is shutting down".into()));
+            }
         };
         if let Ok(mut cached) = self.connection.lock() {
             *cached = Some(connection);
