@@ -310,6 +310,13 @@ impl Client {
         if let Some(through) = self.inputs.take_skip() {
             self.queue(&ClientFrame::Skip { through })?;
         }
+        // One copy of the kept inputs at a time: while an earlier one still waits in the outbox
+        // (the stream is full), it carries them, and every input sent since follows it; the
+        // resend stays due and goes once the outbox is written. A region waiting at a gap asks
+        // every half second, and a copy per ask piled up faster than the stream took them.
+        if !self.outbox.is_empty() {
+            return Ok(());
+        }
         for (seq, payload) in self.inputs.take_resend() {
             self.queue(&ClientFrame::Input { seq, payload })?;
         }

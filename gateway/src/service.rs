@@ -549,8 +549,9 @@ async fn player_session(
         resume_token: resume_token(inner, player, region),
     });
     tracing::debug!(%player, %region, last_applied, "player session open");
-    // The resume token expires a grace after it was issued: a fresh one every third of it, so a
-    // session of any length can be resumed (at another gateway too) when this one dies.
+    // The resume token expires a grace and a third after it was issued: a fresh one every third
+    // of the grace, so a session of any length can be resumed (at another gateway too) for a
+    // whole grace after this one dies.
     let refresher = tokio::spawn(refresh_resume_token(inner.clone(), player, link.clone()));
 
     // From here the player's frames are checked and forwarded on the plane's thread, as they
@@ -648,7 +649,11 @@ impl FrameHandler for Welcomed {
                 // a protocol error, and the region waits for a gap only that client made.
                 let resend = seq <= self.highest_seq;
                 self.highest_seq = self.highest_seq.max(seq);
-                if self.charge(resend, true)? {
+                // A dropped input sent again is counted but never ends the session: a client asked
+                // again and again by a region waiting at a gap (every half second) may queue copies
+                // of its kept inputs faster than their bucket refills, and a disconnect for that
+                // only made it resume, reopen a gap and be asked again (the soak's collapse).
+                if self.charge(resend, !resend)? {
                     forward_input(&self.inner, PlayerInput { player: self.player, seq, payload });
                 }
             }
@@ -735,10 +740,15 @@ fn carry_out(inner: &Arc<Inner>, action: SessionAction) {
     }
 }
 
+/// How often a session's resume token is renewed: every third of the resume grace.
+fn refresh_every(grace: Duration) -> Duration {
+    (grace / 3).max(Duration::from_secs(1))
+}
+
 /// Sends `player` a fresh resume token for its current region every third of the resume grace,
 /// while `link` is its session's link.
 async fn refresh_resume_token(inner: Arc<Inner>, player: PlayerId, link: Arc<PlayerLink>) {
-    let every = (inner.config.resume_grace / 3).max(Duration::from_secs(1));
+    let every = refresh_every(inner.config.resume_grace);
     loop {
         tokio::time::sleep(every).await;
         let current = inner.links.get(&player).is_some_and(|current| current.generation == link.generation);
@@ -754,8 +764,12 @@ async fn refresh_resume_token(inner: Arc<Inner>, player: PlayerId, link: Arc<Pla
     }
 }
 
+/// A token valid for a whole grace after the next refresh is due: whenever the connection is lost,
+/// the newest token the client holds still covers the grace from then (a client notices a dead
+/// gateway only after its idle timeout, and one issued a grace before expiry left it seconds).
 fn resume_token(inner: &Inner, player: PlayerId, region: RegionId) -> String {
-    let expires_at = unix_seconds() + inner.config.resume_grace.as_secs().max(1);
+    let grace = inner.config.resume_grace;
+    let expires_at = unix_seconds() + (grace + refresh_every(grace)).as_secs().max(1);
     inner.config.token_key.issue(&Claims { player: player.0, region: region.0, expires_at })
 }
 
