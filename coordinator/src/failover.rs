@@ -73,7 +73,7 @@ pub struct FailoverSettings {
     /// A failover ends unfinished after this long (another starts if the region is still lost).
     pub give_up: Duration,
     /// A claimed process that owns, receives and follows nothing is released after this long
-    /// (see [`crate::idle`]; watched whether failover is on or off).
+    /// (see [`crate::idle`]; watched whether failover is on or off); zero: never (the default).
     pub idle_release: Duration,
 }
 
@@ -89,7 +89,7 @@ impl Default for FailoverSettings {
             restore: Duration::from_secs(30),
             retry_after: Duration::from_secs(5),
             give_up: Duration::from_secs(300),
-            idle_release: crate::idle::DEFAULT_GRACE,
+            idle_release: Duration::ZERO,
         }
     }
 }
@@ -753,6 +753,9 @@ impl Failovers {
 
     /// Gives back claimed processes that own, receive and follow nothing (see [`crate::idle`]).
     fn release_idle(&self, now: Instant) {
+        if self.settings.idle_release.is_zero() {
+            return;
+        }
         // After a start with standbys on, a standby the owner still feeds is in no table until
         // its first `standby_holding` report (its snapshot may take the first hold's minute):
         // none is judged before then.

@@ -11,6 +11,13 @@
 //! link faults). Rather than finding every such path, the coordinator gives back any claimed
 //! process that has had nothing to do for a while.
 //!
+//! Off by default (`--idle-release-s 0`): with a 30 s grace, two 30-minute soaks saw the players'
+//! inputs collapse after a gateway kill, escalating as the release gave back the old owners of a
+//! host that had been cut off; the link between the two is not understood yet. Every user of a
+//! claim names its process at once (a migration's or failover's record, a standby's placement,
+//! the admin API's [`crate::hosts::Hosts::placing`]); a grace of 30 s covers the moment between
+//! the agent reporting a process claimed and the claim's answer reaching its user.
+//!
 //! [`IdleProcesses`] is the no-I/O judge: a process on a connected host that is not warm, owns no
 //! region, and is not `in use` (the directory's owner of a region, a running migration's or
 //! failover's source or target, a region's standby, a process the admin API is giving a region)
@@ -30,12 +37,6 @@ pub fn describe_metrics() {
         "Claimed region-server processes released for owning, receiving and following nothing."
     );
 }
-
-/// How long a claimed process may do nothing before it is released, by default. Every user of a
-/// claim names its process at once (a migration's or failover's record, a standby's placement, the
-/// admin API's [`crate::hosts::Hosts::placing`]); the grace covers the moment between the agent
-/// reporting the process claimed and the claim's answer reaching its user.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 /// One process as its host reports it.
 #[derive(Clone, Copy, Debug)]

@@ -106,8 +106,10 @@ struct FailoverArgs {
     standby: Switch,
     /// Seconds a process claimed from a host's warm pool may own, receive and follow nothing
     /// (the old owner of a region that failed over while its host was only cut off) before it
-    /// is released: its agent stops it, which frees its place (the warm pool is refilled if short).
-    #[arg(long = "idle-release-s", default_value_t = 30.0)]
+    /// is released: its agent stops it, which frees its place (the warm pool is refilled if
+    /// short). 0 (the default) never releases one: with 30 s, two 30-minute soaks saw players'
+    /// inputs collapse after a gateway kill, not yet explained.
+    #[arg(long = "idle-release-s", default_value_t = 0.0)]
     idle_release_s: f64,
 }
 
@@ -126,8 +128,10 @@ impl FailoverArgs {
         if !(self.grace_s.is_finite() && self.grace_s >= 0.0 && self.grace_s <= 86_400.0) {
             anyhow::bail!("--failover-grace-s must be between 0 and 86400, not {}", self.grace_s);
         }
-        if !(self.idle_release_s.is_finite() && self.idle_release_s >= 1.0 && self.idle_release_s <= 86_400.0) {
-            anyhow::bail!("--idle-release-s must be between 1 and 86400, not {}", self.idle_release_s);
+        if !(self.idle_release_s.is_finite()
+            && (self.idle_release_s == 0.0 || (1.0..=86_400.0).contains(&self.idle_release_s)))
+        {
+            anyhow::bail!("--idle-release-s must be 0 (never) or between 1 and 86400, not {}", self.idle_release_s);
         }
         Ok(FailoverSettings {
             enabled: self.failover == Switch::On,
