@@ -536,8 +536,10 @@ struct InputLog {
     acked: u64,
     /// The last input held in state that survives the loss of the region's host.
     durable: u64,
-    /// A failover asked for every kept input again; sent before anything else is.
-    resend_pending: bool,
+    /// Kept inputs after this number are due to go again, before anything else is: every kept
+    /// one after a failover (0), only those not acknowledged applied when a region waits at a
+    /// gap (`acked`).
+    resend_after: Option<u64>,
     /// The resend waits for the restored region's first update: if it lacks inputs the client
     /// no longer keeps, the `Skip` must reach it first (inputs behind a gap are bounded there).
     resend_held: bool,
@@ -559,7 +561,7 @@ impl InputLog {
             kept: VecDeque::new(),
             acked: last_applied,
             durable: last_applied,
-            resend_pending: false,
+            resend_after: None,
             resend_held: false,
             forgotten: last_applied,
             gap_updates: 0,
@@ -599,7 +601,7 @@ impl InputLog {
             self.skip_pending = true;
             // What is kept goes again after the skip: inputs that waited behind the gap may
             // have been refused there.
-            self.resend_pending = true;
+            self.resend_after = Some(0);
         }
         self.gap_updates = self.gap_updates.wrapping_add(1);
     }
@@ -609,26 +611,30 @@ impl InputLog {
         std::mem::take(&mut self.skip_pending).then_some(self.forgotten)
     }
 
-    /// The region waits for an input that was lost on its way: every kept input goes again (those
-    /// it has are dropped there by number); nothing else changes.
+    /// The region waits for an input that was lost on its way: every kept input it has not
+    /// acknowledged applied goes again (those it has queued are dropped there by number; nothing
+    /// was restored, so what it applied stands). The applied ones it is not sent again: a client
+    /// keeps inputs until they are durable, which can be hundreds, and a copy of them all per ask
+    /// fed the storm the soak found.
     fn handle_resend_asked(&mut self) {
-        self.resend_pending = true;
+        self.resend_after = Some(self.resend_after.map_or(self.acked, |after| after.min(self.acked)));
     }
 
     /// A new owner restored the region from saved state holding `durable` or later: what was
     /// applied after that may have to be applied again, so every kept input is sent again.
     fn handle_recovered(&mut self) {
         self.acked = self.durable;
-        self.resend_pending = true;
+        self.resend_after = Some(0);
         self.resend_held = true;
     }
 
     /// The inputs to send again now (once per failover).
     fn take_resend(&mut self) -> Vec<(u64, Vec<u8>)> {
-        if self.resend_held || !std::mem::take(&mut self.resend_pending) {
+        if self.resend_held {
             return Vec::new();
         }
-        self.kept.iter().cloned().collect()
+        let Some(after) = self.resend_after.take() else { return Vec::new() };
+        self.kept.iter().filter(|(seq, _)| *seq > after).cloned().collect()
     }
 
     /// A resumed session's welcome says what the region applied (after a failover that can be
@@ -637,7 +643,7 @@ impl InputLog {
         self.gap_updates = 0;
         self.note_applied(last_applied);
         self.acked = last_applied;
-        self.resend_pending = false;
+        self.resend_after = None;
         self.resend_held = false;
         self.kept.iter().filter(|(seq, _)| *seq > last_applied).cloned().collect()
     }
@@ -915,15 +921,27 @@ mod tests {
     }
 
     #[test]
-    fn a_region_asking_for_inputs_again_gets_every_kept_one_at_once_and_nothing_else_changes() {
+    fn a_region_asking_for_inputs_again_gets_every_kept_one_it_has_not_applied_at_once_and_nothing_else_changes() {
         let mut log = InputLog::new(0);
         sent(&mut log, 1..=6);
         log.acknowledge(3, 2);
+        assert_eq!(seqs(&log.kept.iter().cloned().collect::<Vec<_>>()), vec![3, 4, 5, 6]);
         log.handle_resend_asked();
-        assert_eq!(seqs(&log.take_resend()), vec![3, 4, 5, 6], "no wait for an update: the region was not restored");
+        assert_eq!(seqs(&log.take_resend()), vec![4, 5, 6], "no wait for an update: the region was not restored");
         assert!(log.take_resend().is_empty(), "once per request");
         assert_eq!((log.acked, log.durable, log.unacked()), (3, 2, 3), "what was acknowledged stands");
         assert_eq!(log.take_skip(), None);
+        // An ask and then a failover before the resend went: the failover's whole resend wins.
+        log.handle_resend_asked();
+        log.handle_recovered();
+        log.acknowledge(2, 2);
+        assert_eq!(seqs(&log.take_resend()), vec![3, 4, 5, 6]);
+        // A failover and then an ask before the restored region's first update: still everything.
+        log.acknowledge(6, 2);
+        log.handle_recovered();
+        log.handle_resend_asked();
+        log.acknowledge(2, 2);
+        assert_eq!(seqs(&log.take_resend()), vec![3, 4, 5, 6]);
     }
 
     #[test]

@@ -37,11 +37,18 @@ use crate::world::{EntityId, World, WorldError};
 /// [`Sessions::submit`]).
 pub const MAX_PENDING_INPUTS: usize = 256;
 
-/// Ticks a player may wait at the same gap before its client is asked to send its inputs again
-/// (and again every as many ticks while the gap stays): half a second at 20 Hz. Inputs of one
-/// player travel in order on one stream, so a gap lasts longer than a few ticks only when an input
-/// was lost on its way.
+/// Ticks a player may wait at the same gap before its client is asked to send its inputs again:
+/// half a second at 20 Hz. Inputs of one player travel in order on one stream, so a gap lasts
+/// longer than a few ticks only when an input was lost on its way. While the same gap stays, each
+/// further ask waits twice as long as the one before, up to [`GAP_RESEND_MAX_TICKS`]: a region
+/// whose asks are not answered (the player's link is down, or its gateway drops what the client
+/// sends again) does not add a full copy of the player's kept inputs every half second to a load
+/// that is already too much.
 pub const GAP_RESEND_TICKS: u64 = 10;
+
+/// The longest wait between two asks at the same gap: 16 times [`GAP_RESEND_TICKS`], 8 s at
+/// 20 Hz.
+pub const GAP_RESEND_MAX_TICKS: u64 = 16 * GAP_RESEND_TICKS;
 
 /// A player's presence in the region, on the player's avatar entity.
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, crate::Component)]
@@ -335,30 +342,41 @@ pub struct ReadyInput {
 /// after each tick, it answers whom to ask.
 #[derive(Debug, Default)]
 pub struct GapWatch {
-    /// Per player waiting at a gap: the number it waits for, the tick it was first seen waiting
-    /// for it, and the tick it was last asked for (if it was).
-    waiting: HashMap<PlayerId, (InputSeq, u64, Option<u64>)>,
+    /// Per player waiting at a gap: the number it waits for, and the tick the next ask is due.
+    waiting: HashMap<PlayerId, Waiting>,
+}
+
+/// One player waiting at a gap.
+#[derive(Clone, Copy, Debug)]
+struct Waiting {
+    /// The input it waits for.
+    missing: InputSeq,
+    /// When it is asked for (again).
+    due: u64,
+    /// Ticks from this ask to the next.
+    interval: u64,
 }
 
 impl GapWatch {
     /// After tick `tick`, the players waiting at a gap ([`Sessions::stalled`]); returns those to
     /// ask for their inputs again, from the number they wait for: once they waited
-    /// [`GAP_RESEND_TICKS`] at the same gap, and again every as many ticks while it stays. A
-    /// player no longer waiting, or waiting at another gap, starts over.
+    /// [`GAP_RESEND_TICKS`] at the same gap, then after twice as long each time while it stays
+    /// (10, 20, 40 ... ticks, at most [`GAP_RESEND_MAX_TICKS`]). A player no longer waiting, or
+    /// waiting at another gap, starts over.
     pub fn observe(&mut self, tick: u64, stalled: &[(PlayerId, InputSeq)]) -> Vec<(PlayerId, InputSeq)> {
         let mut ask = Vec::new();
         let mut waiting = HashMap::with_capacity(stalled.len());
         for &(player, missing) in stalled {
-            let (since, mut asked) = match self.waiting.get(&player) {
-                Some(&(seq, since, asked)) if seq == missing => (since, asked),
-                _ => (tick, None),
+            let mut entry = match self.waiting.get(&player) {
+                Some(entry) if entry.missing == missing => *entry,
+                _ => Waiting { missing, due: tick + GAP_RESEND_TICKS, interval: GAP_RESEND_TICKS },
             };
-            let due = asked.unwrap_or(since) + GAP_RESEND_TICKS;
-            if tick >= due {
+            if tick >= entry.due {
                 ask.push((player, missing));
-                asked = Some(tick);
+                entry.interval = (entry.interval * 2).min(GAP_RESEND_MAX_TICKS);
+                entry.due = tick + entry.interval;
             }
-            waiting.insert(player, (missing, since, asked));
+            waiting.insert(player, entry);
         }
         self.waiting = waiting;
         ask

@@ -247,7 +247,7 @@ fn every_input_a_client_keeps_sent_again_at_once_is_taken_in_one_tick() {
 
 #[test]
 fn players_waiting_at_a_gap_are_found_and_asked_again_only_once_the_gap_stays() {
-    use baton_sdk::sessions::{GAP_RESEND_TICKS, GapWatch};
+    use baton_sdk::sessions::{GAP_RESEND_MAX_TICKS, GAP_RESEND_TICKS, GapWatch};
     let mut world = world();
     let mut sessions = Sessions::default();
     for player in [7, 8, 9] {
@@ -269,11 +269,24 @@ fn players_waiting_at_a_gap_are_found_and_asked_again_only_once_the_gap_stays() 
     for tick in 100..100 + GAP_RESEND_TICKS {
         assert_eq!(watch.observe(tick, &stalled), vec![], "tick {tick}: not waited long enough");
     }
-    assert_eq!(watch.observe(100 + GAP_RESEND_TICKS, &stalled), vec![(PlayerId(7), 2)]);
-    for tick in 101 + GAP_RESEND_TICKS..100 + 2 * GAP_RESEND_TICKS {
-        assert_eq!(watch.observe(tick, &stalled), vec![], "tick {tick}: asked already");
+    // Asked once it waited GAP_RESEND_TICKS, then after twice as long each time, up to the cap.
+    let mut asked_at = Vec::new();
+    for tick in 100 + GAP_RESEND_TICKS..100 + 1000 {
+        let ask = watch.observe(tick, &stalled);
+        if !ask.is_empty() {
+            assert_eq!(ask, vec![(PlayerId(7), 2)], "tick {tick}");
+            asked_at.push(tick - 100);
+        }
     }
-    assert_eq!(watch.observe(100 + 2 * GAP_RESEND_TICKS, &stalled), vec![(PlayerId(7), 2)], "asked again");
+    let g = GAP_RESEND_TICKS;
+    let max = GAP_RESEND_MAX_TICKS;
+    assert_eq!(max, 16 * g);
+    let mut expected = vec![g, 3 * g, 7 * g, 15 * g, 31 * g];
+    while *expected.last().unwrap() + max < 1000 {
+        expected.push(expected.last().unwrap() + max);
+    }
+    assert_eq!(asked_at, expected, "asks back off to one every {max} ticks");
+    let at = 1100;
 
     // The gap fills; a new gap of the same player starts a new wait.
     sessions.submit(&mut world, input(7, 2)).unwrap();
@@ -281,7 +294,6 @@ fn players_waiting_at_a_gap_are_found_and_asked_again_only_once_the_gap_stays() 
     assert_eq!(applied(&sessions, &mut world), vec![(7, 2), (7, 3), (7, 4), (9, 3)]);
     let stalled = sessions.stalled(&world);
     assert_eq!(stalled, vec![(PlayerId(7), 5)]);
-    let at = 100 + 2 * GAP_RESEND_TICKS + 1;
     assert_eq!(watch.observe(at, &stalled), vec![]);
     assert_eq!(watch.observe(at + GAP_RESEND_TICKS - 1, &stalled), vec![]);
     assert_eq!(watch.observe(at + GAP_RESEND_TICKS, &stalled), vec![(PlayerId(7), 5)]);

@@ -120,7 +120,8 @@ pub enum ServerFrame {
         resume_token: String,
     },
     /// The region waits for an input of this player that was lost on its way (version 4): send
-    /// every kept input again, in order. Nothing else changed (unlike [`ServerFrame::Resend`],
+    /// again, in order, every kept input after the last one acknowledged applied (sending every
+    /// kept one is also correct: the region drops what it has by number). Nothing else changed (unlike [`ServerFrame::Resend`],
     /// the region was not restored: its ticks and what it acknowledged stand).
     ResendInputs {
         /// The region.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use baton_client::player::CloseCode;
-use baton_client::{Client, ClientOptions, Event};
+use baton_client::{Client, ClientError, ClientOptions, Event};
 use baton_gateway::GatewayStats;
 use baton_gateway::token::{Claims, TokenKey};
 
@@ -484,6 +484,9 @@ pub struct PlayerOutcome {
     /// Times the player resumed its session at another gateway after its connection was lost
     /// (counted here, not in `disconnects`).
     pub resumes: u64,
+    /// Resumes refused in a way no other attempt can change (an expired token, another protocol):
+    /// the player stopped trying, and its session counts as a disconnect.
+    pub resumes_refused_for_good: u64,
     /// Failovers of its region it lived through (the gateway asked for its kept inputs again).
     pub recoveries: u64,
     /// Times its region asked for its inputs again because one was lost on its way.
@@ -955,6 +958,19 @@ pub async fn run_player(options: ClientOptions, token: String, plan: PlayerPlan)
                 if let Some(gateway) = gateways.next() {
                     match client.resume(*gateway).await {
                         Ok(()) => break true,
+                        // A token the gateways refuse (expired: the player was away longer than
+                        // the grace) or a protocol they do not speak is refused at every gateway
+                        // every time: asking again only costs them handshakes.
+                        Err(
+                            error @ ClientError::Refused {
+                                code: Some(CloseCode::Unauthorized | CloseCode::Version | CloseCode::Protocol),
+                                ..
+                            },
+                        ) => {
+                            outcome.resumes_refused_for_good += 1;
+                            refused = format!("resuming at {gateway}: {error}");
+                            break false;
+                        }
                         Err(error) => refused = format!("resuming at {gateway}: {error}"),
                     }
                 }

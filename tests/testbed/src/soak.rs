@@ -55,19 +55,21 @@ pub struct Options {
     pub seed: u64,
     /// Avatars (default: the scenario's).
     pub avatars: Option<usize>,
+    /// The coordinator's `--idle-release-s` (0: its default, off).
+    pub idle_release_s: f64,
 }
 
 impl Options {
     /// The full soak: 30 minutes, a fault a minute.
     #[must_use]
     pub fn full(seed: u64) -> Options {
-        Options { minutes: 30.0, fault_every_s: 60, seed, avatars: None }
+        Options { minutes: 30.0, fault_every_s: 60, seed, avatars: None, idle_release_s: 0.0 }
     }
 
     /// The short form: 3 minutes, a fault every 30 s, 60 avatars.
     #[must_use]
     pub fn quick(seed: u64) -> Options {
-        Options { minutes: 3.0, fault_every_s: 30, seed, avatars: Some(60) }
+        Options { minutes: 3.0, fault_every_s: 30, seed, avatars: Some(60), idle_release_s: 0.0 }
     }
 }
 
@@ -150,6 +152,8 @@ pub struct SoakReport {
     pub disconnects: u64,
     /// Sessions resumed at another gateway.
     pub resumes: u64,
+    /// Resumes refused for good (an expired token): each ended its player's session.
+    pub resumes_refused_for_good: u64,
     /// Avatars that could not connect at all.
     pub failed_to_connect: usize,
     /// Why sessions ended or were resumed, with how often (the avatars' close reasons).
@@ -204,7 +208,10 @@ fn run_in(testbed: &Testbed, options: &Options) -> anyhow::Result<SoakReport> {
         scenario.avatars = avatars;
     }
     scenario.duration_s = (options.minutes * 60.0).ceil() as u64;
-    let spec = baton_loadtest::run::fleet_spec(&scenario);
+    let mut spec = baton_loadtest::run::fleet_spec(&scenario);
+    if options.idle_release_s > 0.0 {
+        spec.coordinator_args.extend(["--idle-release-s".into(), options.idle_release_s.to_string()]);
+    }
     let point =
         FaultPoint { phase: None, path: std::env::temp_dir().join(format!("baton-soak-fault-{}", std::process::id())) };
     let mut server = ServerCommandLine::sample(&spec)?;
@@ -356,6 +363,7 @@ fn soak(
         inputs_duplicated: totals.inputs_duplicated,
         disconnects: totals.disconnects,
         resumes: totals.resumes,
+        resumes_refused_for_good: outcomes.iter().map(|outcome| outcome.resumes_refused_for_good).sum(),
         failed_to_connect,
         close_reasons,
         troubled_avatars: outcomes

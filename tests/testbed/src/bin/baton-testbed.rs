@@ -110,6 +110,11 @@ enum Command {
         /// Avatars (default: the scenario's 300; 60 with --quick).
         #[arg(long)]
         avatars: Option<usize>,
+        /// The coordinator's --idle-release-s: seconds after which a claimed region-server process
+        /// that owns, receives and follows nothing is given back to its host (0: never, the
+        /// coordinator's default).
+        #[arg(long, default_value_t = 0.0)]
+        idle_release_s: f64,
         /// Where to write the report.
         #[arg(long, default_value = "target/soak.json")]
         json: PathBuf,
@@ -142,13 +147,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             netns::clean_up()?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Soak { quick, minutes, fault_every_s, seed, avatars, json } => {
+        Command::Soak { quick, minutes, fault_every_s, seed, avatars, idle_release_s, json } => {
             let base = if quick { soak::Options::quick(seed) } else { soak::Options::full(seed) };
             let options = soak::Options {
                 minutes: minutes.unwrap_or(base.minutes),
                 fault_every_s: fault_every_s.unwrap_or(base.fault_every_s),
                 seed,
                 avatars: avatars.or(base.avatars),
+                idle_release_s,
             };
             if !options.minutes.is_finite() || options.minutes <= 0.0 || options.fault_every_s < 10 {
                 anyhow::bail!("--minutes must be above 0 and --fault-every-s at least 10");
@@ -388,13 +394,14 @@ fn print_soak(report: &soak::SoakReport) {
         );
     }
     println!(
-        "inputs sent {}, lost {} (counted lost by failovers {}), applied twice or out of order {}; disconnects {}, resumes {}, failed to connect {}",
+        "inputs sent {}, lost {} (counted lost by failovers {}), applied twice or out of order {}; disconnects {}, resumes {} (refused for good {}), failed to connect {}",
         report.inputs_sent,
         report.inputs_lost,
         report.inputs_lost_counted,
         report.inputs_duplicated,
         report.disconnects,
         report.resumes,
+        report.resumes_refused_for_good,
         report.failed_to_connect
     );
     println!(
