@@ -540,6 +540,8 @@ struct InputLog {
     /// one after a failover (0), only those not acknowledged applied when a region waits at a
     /// gap (`acked`).
     resend_after: Option<u64>,
+    /// What was acknowledged applied when a region last asked for inputs again.
+    asked_at_acked: Option<u64>,
     /// The resend waits for the restored region's first update: if it lacks inputs the client
     /// no longer keeps, the `Skip` must reach it first (inputs behind a gap are bounded there).
     resend_held: bool,
@@ -562,6 +564,7 @@ impl InputLog {
             acked: last_applied,
             durable: last_applied,
             resend_after: None,
+            asked_at_acked: None,
             resend_held: false,
             forgotten: last_applied,
             gap_updates: 0,
@@ -616,8 +619,12 @@ impl InputLog {
     /// was restored, so what it applied stands). The applied ones it is not sent again: a client
     /// keeps inputs until they are durable, which can be hundreds, and a copy of them all per ask
     /// fed the storm the soak found.
+    /// Should a region ask again while nothing more was acknowledged since its last ask (a gap
+    /// below what the client holds as applied, which no known path makes), every kept input goes.
     fn handle_resend_asked(&mut self) {
-        self.resend_after = Some(self.resend_after.map_or(self.acked, |after| after.min(self.acked)));
+        let after = if self.asked_at_acked == Some(self.acked) { 0 } else { self.acked };
+        self.asked_at_acked = Some(self.acked);
+        self.resend_after = Some(self.resend_after.map_or(after, |pending| pending.min(after)));
     }
 
     /// A new owner restored the region from saved state holding `durable` or later: what was
@@ -931,6 +938,13 @@ mod tests {
         assert!(log.take_resend().is_empty(), "once per request");
         assert_eq!((log.acked, log.durable, log.unacked()), (3, 2, 3), "what was acknowledged stands");
         assert_eq!(log.take_skip(), None);
+        // Asked again with nothing acknowledged since: the gap may be below what the client holds
+        // as applied, so every kept input goes; once something is acknowledged, only the rest.
+        log.handle_resend_asked();
+        assert_eq!(seqs(&log.take_resend()), vec![3, 4, 5, 6]);
+        log.acknowledge(4, 2);
+        log.handle_resend_asked();
+        assert_eq!(seqs(&log.take_resend()), vec![5, 6]);
         // An ask and then a failover before the resend went: the failover's whole resend wins.
         log.handle_resend_asked();
         log.handle_recovered();

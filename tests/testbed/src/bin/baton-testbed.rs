@@ -389,7 +389,7 @@ fn print_soak(report: &soak::SoakReport) {
             fault.cell.phase,
             fault.cell.fault,
             fault.cell.outcome.chars().take(24).collect::<String>(),
-            fault.cell.single_owner,
+            if fault.cell.outcome == "not_reached" { "-".to_owned() } else { fault.cell.single_owner.to_string() },
             fault.cell.digest_ok.map_or("-".to_owned(), |ok| ok.to_string()),
         );
     }
