@@ -128,6 +128,10 @@ pub(crate) struct Counters {
 pub struct GatewayStats {
     /// Players with a session (connected or waiting for a resume).
     pub sessions: u64,
+    /// Region servers the gateway knows now (connected, or being dialled): a server gone for good
+    /// that no route names is forgotten (see `run_upstream`).
+    #[serde(default)]
+    pub servers: u64,
     /// Connections accepted.
     pub connections: u64,
     /// Connections refused at the connection limit.
@@ -181,8 +185,8 @@ impl GatewayStats {
         let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(self) else { return };
         for (name, value) in fields {
             let value = value.as_u64().unwrap_or(0);
-            if name == "sessions" {
-                metrics::gauge!("baton_gateway_sessions").set(value as f64);
+            if name == "sessions" || name == "servers" {
+                metrics::gauge!(format!("baton_gateway_{name}")).set(value as f64);
             } else {
                 metrics::counter!(format!("baton_gateway_{name}_total")).absolute(value);
             }
@@ -394,6 +398,7 @@ impl Gateway {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         GatewayStats {
             sessions: table(&self.inner).len() as u64,
+            servers: self.inner.servers.len() as u64,
             connections: load(&counters.connections),
             refused_full: load(&counters.refused_full),
             refused_token: load(&counters.refused_token),
@@ -956,11 +961,24 @@ fn send_upstream(inner: &Inner, server: ServerId, message: GatewayMessage) {
     }
 }
 
-/// After this long unreachable, a region server no route names is retried only every
-/// [`QUIET_RETRY`], without warnings.
-const QUIET_AFTER: Duration = Duration::from_secs(10);
-/// See [`QUIET_AFTER`].
-const QUIET_RETRY: Duration = Duration::from_secs(10);
+/// Forgets server `id` at `address` unless a route names it; true when it was forgotten. Its
+/// address is let go first, so no lookup hands out the id afterwards; a route that named it
+/// meanwhile keeps it.
+fn forget_server(inner: &Inner, id: ServerId, address: SocketAddr) -> bool {
+    if inner.routes.references(id) {
+        return false;
+    }
+    inner.server_ids.remove_if(&address, |_, known| *known == id);
+    if inner.routes.references(id) {
+        inner.server_ids.entry(address).or_insert(id);
+        return false;
+    }
+    inner.servers.remove(&id);
+    true
+}
+
+/// After this long unreachable, a region server no route names is forgotten.
+const FORGET_AFTER: Duration = Duration::from_secs(10);
 
 async fn run_upstream(
     inner: Arc<Inner>,
@@ -974,24 +992,24 @@ async fn run_upstream(
         let connection = match baton_net::connect_with(&inner.cluster, inner.cluster_client.clone(), address).await {
             Ok(connection) => connection,
             Err(error) => {
-                // A server that was stopped (its regions moved away, its process released) is
-                // only retried now and then, quietly, once no route names it: a route that
-                // names it again finds the connection machinery still in place.
+                // A server that was stopped (its regions moved away, its process released or
+                // killed) is forgotten once no route names it: processes bind port 0, so its
+                // address never comes back, and a gateway that kept every server it ever knew
+                // (a task, a queue and a handshake every few seconds each) grew for as long as
+                // the cluster churned. A route that names the address again gets a fresh
+                // upstream. What waits for it is dropped; it could never be delivered anyway and
+                // what matters is carried otherwise: a new owner asks for lost inputs again,
+                // crossings are delivered again to whoever owns their region, a client says a
+                // `Skip` again. (A `Leave` in it is lost: the new owner keeps that avatar,
+                // protocol.md §10.)
                 let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
-                if since.elapsed() >= QUIET_AFTER && !inner.routes.references(id) {
-                    // What waits for it is dropped, or it would pile up for ever behind a process
-                    // that is gone (its address is never used again: processes bind port 0). It
-                    // could never be delivered anyway; what matters is carried otherwise: a new
-                    // owner asks for lost inputs again, crossings are delivered again to whoever
-                    // owns their region, a client says a `Skip` again. (A `Leave` in it is lost:
-                    // the new owner keeps that avatar, protocol.md §10.)
+                if since.elapsed() >= FORGET_AFTER && forget_server(&inner, id, address) {
                     let mut dropped = 0usize;
                     while outbound.try_recv().is_ok() {
                         dropped += 1;
                     }
-                    tracing::debug!(%address, %error, dropped, "an unreachable region server no route names");
-                    tokio::time::sleep(QUIET_RETRY).await;
-                    continue;
+                    tracing::info!(%address, %error, dropped, "forgot a region server that is gone and that no route names");
+                    return;
                 }
                 tracing::warn!(%address, %error, "cannot reach a region server; retrying");
                 tokio::time::sleep(backoff).await;
