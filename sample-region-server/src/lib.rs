@@ -310,9 +310,13 @@ impl RegionLogic for SampleLogic {
     }
 
     fn prepare_views(&mut self, world: &World) {
-        for items in self.views.cells.values_mut() {
+        // A cell nothing was in last tick is dropped (objects pushed off the ground fall and
+        // drift into new cells for ever); the others keep their vectors for this tick.
+        self.views.cells.retain(|_, items| {
+            let keep = !items.is_empty();
             items.clear();
-        }
+            keep
+        });
         let mut add = |entity: EntityId, kind: u8, position: [f32; 2]| {
             self.views.cells.entry(view_cell(position)).or_default().push(ViewItem {
                 entity: entity.0,

@@ -679,10 +679,13 @@ impl<V> Default for Column<V> {
 }
 
 /// The side map and tombstones are folded into the column once they exceed this many entries, or
-/// an eighth (side map) or a half (tombstones) of the column, whichever is more. (Few in tests, so
-/// that they fold often.)
+/// an eighth (side map) or a sixteenth (tombstones) of the column, whichever is more. (Few in
+/// tests, so that they fold often.) Each fold costs a pass over the column, a sixteenth of it
+/// apart at least: 16 moves per removal. Folding tombstones only at half the column let a region
+/// whose avatars come and go by crossings (each leaves a tombstone in several columns) grow for
+/// tens of minutes before the first fold, which a 30-minute soak could not tell from a leak.
 #[cfg(not(test))]
-const COMPACT_AT_LEAST: usize = 1024;
+const COMPACT_AT_LEAST: usize = 256;
 #[cfg(test)]
 const COMPACT_AT_LEAST: usize = 8;
 
@@ -747,7 +750,7 @@ impl<V> Column<V> {
         self.index.clear(entity);
         self.tombstones += 1;
         let removed = self.values[position].take();
-        if self.tombstones > COMPACT_AT_LEAST.max(self.ids.len() / 2) {
+        if self.tombstones > COMPACT_AT_LEAST.max(self.ids.len() / 16) {
             self.compact();
         }
         removed
@@ -1258,17 +1261,19 @@ mod tests {
         assert_eq!(long.side.len(), 10, "an eighth of 80 wait");
         long.insert(EntityId(11), 0);
         assert_eq!((long.side.len(), long.ids.len()), (0, 91));
-        // Tombstones are folded out once more than max(8, half the column) are left.
+        // Tombstones are folded out once more than max(8, a sixteenth of the column) are left.
         let mut shrinking: Column<u32> = Column::default();
-        for id in 1..=20 {
+        for id in 1..=200 {
             shrinking.insert(EntityId(id), 0);
         }
-        for id in 1..=10 {
+        for id in 1..=12 {
             shrinking.remove(EntityId(id));
         }
-        assert_eq!((shrinking.tombstones, shrinking.ids.len()), (10, 20), "ten are half");
-        shrinking.remove(EntityId(11));
-        assert_eq!((shrinking.tombstones, shrinking.ids.len(), shrinking.len()), (0, 9, 9));
+        assert_eq!((shrinking.tombstones, shrinking.ids.len()), (12, 200), "twelve wait: 200 / 16");
+        shrinking.remove(EntityId(13));
+        assert_eq!((shrinking.tombstones, shrinking.ids.len(), shrinking.len()), (0, 187, 187));
+        assert_eq!(shrinking.get(EntityId(14)), Some(&0));
+        assert_eq!(shrinking.get(EntityId(13)), None);
     }
 
     #[test]
