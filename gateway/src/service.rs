@@ -128,8 +128,9 @@ pub(crate) struct Counters {
 pub struct GatewayStats {
     /// Players with a session (connected or waiting for a resume).
     pub sessions: u64,
-    /// Region servers the gateway knows now (connected, or being dialled): a server gone for good
-    /// that no route names is forgotten (see `run_upstream`).
+    /// Region servers the gateway has an upstream to (connected, or being dialled): one
+    /// unreachable for 10 s that no route and no `--server` names is forgotten (see
+    /// `run_upstream`). A gauge, like `sessions`.
     #[serde(default)]
     pub servers: u64,
     /// Connections accepted.
@@ -178,9 +179,10 @@ pub struct GatewayStats {
 }
 
 impl GatewayStats {
-    /// Records the snapshot as Prometheus metrics: `baton_gateway_sessions` (a gauge) and
-    /// `baton_gateway_<counter>_total` for every other field, so the metric names follow the
-    /// fields of this one struct and cannot drift from what `{"cmd":"stats"}` prints.
+    /// Records the snapshot as Prometheus metrics: `baton_gateway_sessions` and
+    /// `baton_gateway_servers` (gauges) and `baton_gateway_<counter>_total` for every other field,
+    /// so the metric names follow the fields of this one struct and cannot drift from what
+    /// `{"cmd":"stats"}` prints.
     pub fn record_metrics(&self) {
         let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(self) else { return };
         for (name, value) in fields {
@@ -241,9 +243,14 @@ struct JoinWaiter {
 struct Upstream {
     address: SocketAddr,
     outbound: UnboundedSender<GatewayMessage>,
+    /// Named by the operator (`--server`, the control line `server`): never forgotten, as no
+    /// route names it before it first connects.
+    pinned: bool,
 }
 
 struct Inner {
+    /// This gateway, for what must start an upstream from a plain `&Inner` (`send_upstream`).
+    me: std::sync::Weak<Inner>,
     config: GatewayConfig,
     /// Every player connection (see `plane`).
     plane: PlaneHandle,
@@ -306,7 +313,8 @@ impl Gateway {
         )?;
         let cluster_client = baton_net::cluster_client_config(&config.identity, config.link, ALPN_UPSTREAM)?;
         let resume_grace = config.resume_grace;
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|me| Inner {
+            me: me.clone(),
             config,
             plane,
             cluster,
@@ -362,7 +370,11 @@ impl Gateway {
 
     /// Connects to the region server at `address` (it announces the regions it owns).
     pub fn add_server(&self, address: SocketAddr) -> ServerId {
-        server_for(&self.inner, address)
+        let id = server_for(&self.inner, address);
+        if let Some(mut upstream) = self.inner.servers.get_mut(&id) {
+            upstream.pinned = true;
+        }
+        id
     }
 
     /// Applies a route change from the control plane (the coordinator): `region` is owned by the
@@ -941,15 +953,20 @@ fn run_actions(inner: &Inner, actions: Vec<RouteAction>) {
 // ---------------------------------------------------------------------------------------------
 // Upstream
 
+/// The id of the server at `address`, with an upstream to it (started if there is none: a new
+/// server, or one forgotten and named again). An address keeps its id for good (a few bytes);
+/// only a forgotten server's upstream goes.
 fn server_for(inner: &Arc<Inner>, address: SocketAddr) -> ServerId {
-    if let Some(id) = inner.server_ids.get(&address) {
-        return *id;
-    }
-    let id =
-        *inner.server_ids.entry(address).or_insert_with(|| ServerId(inner.next_server.fetch_add(1, Ordering::Relaxed)));
-    if !inner.servers.contains_key(&id) {
+    let id = match inner.server_ids.get(&address) {
+        Some(id) => *id,
+        None => *inner
+            .server_ids
+            .entry(address)
+            .or_insert_with(|| ServerId(inner.next_server.fetch_add(1, Ordering::Relaxed))),
+    };
+    if let dashmap::Entry::Vacant(vacant) = inner.servers.entry(id) {
         let (outbound, receiver) = unbounded_channel();
-        inner.servers.insert(id, Upstream { address, outbound });
+        vacant.insert(Upstream { address, outbound, pinned: false });
         tokio::spawn(run_upstream(inner.clone(), id, address, receiver));
     }
     id
@@ -958,27 +975,34 @@ fn server_for(inner: &Arc<Inner>, address: SocketAddr) -> ServerId {
 fn send_upstream(inner: &Inner, server: ServerId, message: GatewayMessage) {
     if let Some(upstream) = inner.servers.get(&server) {
         let _ = upstream.outbound.send(message);
+        return;
+    }
+    // A server forgotten as something named it again (a route flipped to it just then): its
+    // upstream comes back. Rare, so its address is looked up the long way.
+    let address = inner.server_ids.iter().find(|entry| *entry.value() == server).map(|entry| *entry.key());
+    if let (Some(address), Some(inner)) = (address, inner.me.upgrade()) {
+        server_for(&inner, address);
+        if let Some(upstream) = inner.servers.get(&server) {
+            let _ = upstream.outbound.send(message);
+        }
     }
 }
 
-/// Forgets server `id` at `address` unless a route names it; true when it was forgotten. Its
-/// address is let go first, so no lookup hands out the id afterwards; a route that named it
-/// meanwhile keeps it.
-fn forget_server(inner: &Inner, id: ServerId, address: SocketAddr) -> bool {
+/// Forgets server `id`'s upstream unless a route names it or the operator named it; true when it
+/// was forgotten. Anything sent to it afterwards starts a fresh one (`send_upstream`), so a route
+/// that names it after all, just as it goes, is still served.
+fn forget_server(inner: &Inner, id: ServerId) -> bool {
     if inner.routes.references(id) {
         return false;
     }
-    inner.server_ids.remove_if(&address, |_, known| *known == id);
-    if inner.routes.references(id) {
-        inner.server_ids.entry(address).or_insert(id);
-        return false;
-    }
-    inner.servers.remove(&id);
-    true
+    inner.servers.remove_if(&id, |_, upstream| !upstream.pinned).is_some()
 }
 
-/// After this long unreachable, a region server no route names is forgotten.
+/// After this long unreachable, a region server no route names is forgotten (one the operator
+/// named is retried only every [`QUIET_RETRY`], without warnings).
 const FORGET_AFTER: Duration = Duration::from_secs(10);
+/// See [`FORGET_AFTER`].
+const QUIET_RETRY: Duration = Duration::from_secs(10);
 
 async fn run_upstream(
     inner: Arc<Inner>,
@@ -993,23 +1017,31 @@ async fn run_upstream(
             Ok(connection) => connection,
             Err(error) => {
                 // A server that was stopped (its regions moved away, its process released or
-                // killed) is forgotten once no route names it: processes bind port 0, so its
-                // address never comes back, and a gateway that kept every server it ever knew
-                // (a task, a queue and a handshake every few seconds each) grew for as long as
-                // the cluster churned. A route that names the address again gets a fresh
+                // killed) is forgotten once no route names it: a gateway that kept every server
+                // it ever knew (a task, a queue and a handshake every few seconds each) grew for
+                // as long as the cluster churned (agents' region servers bind port 0, so each
+                // process is a new address). A route that names the address again gets a fresh
                 // upstream. What waits for it is dropped; it could never be delivered anyway and
                 // what matters is carried otherwise: a new owner asks for lost inputs again,
                 // crossings are delivered again to whoever owns their region, a client says a
                 // `Skip` again. (A `Leave` in it is lost: the new owner keeps that avatar,
                 // protocol.md §10.)
                 let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
-                if since.elapsed() >= FORGET_AFTER && forget_server(&inner, id, address) {
+                if since.elapsed() >= FORGET_AFTER && !inner.routes.references(id) {
+                    let forgotten = forget_server(&inner, id);
                     let mut dropped = 0usize;
                     while outbound.try_recv().is_ok() {
                         dropped += 1;
                     }
-                    tracing::info!(%address, %error, dropped, "forgot a region server that is gone and that no route names");
-                    return;
+                    if forgotten {
+                        tracing::info!(%address, %error, dropped, "forgot a gone region server no route names");
+                        return;
+                    }
+                    // One the operator named (or a route named just now): tried again now and
+                    // then, quietly.
+                    tracing::debug!(%address, %error, dropped, "an unreachable region server no route names");
+                    tokio::time::sleep(QUIET_RETRY).await;
+                    continue;
                 }
                 tracing::warn!(%address, %error, "cannot reach a region server; retrying");
                 tokio::time::sleep(backoff).await;

@@ -22,8 +22,9 @@
 //! - A gap that stays is filled by asking: an input can be lost on its way (it reached a server
 //!   that died or was cut off before passing it on), and the client keeps every input until it is
 //!   durable. [`GapWatch`] says which players have waited at the same gap for
-//!   [`GAP_RESEND_TICKS`]; their clients are asked to send what they keep again (the inputs
-//!   already applied or queued are dropped as duplicates).
+//!   [`GAP_RESEND_TICKS`] (and again after twice as long each time it stays); their clients are
+//!   asked to send again what they keep and have not seen applied (the inputs already applied or
+//!   queued are dropped as duplicates).
 
 use std::collections::HashMap;
 
@@ -346,17 +347,6 @@ pub struct GapWatch {
     waiting: HashMap<PlayerId, Waiting>,
 }
 
-/// One player waiting at a gap.
-#[derive(Clone, Copy, Debug)]
-struct Waiting {
-    /// The input it waits for.
-    missing: InputSeq,
-    /// When it is asked for (again).
-    due: u64,
-    /// Ticks from this ask to the next.
-    interval: u64,
-}
-
 impl GapWatch {
     /// After tick `tick`, the players waiting at a gap ([`Sessions::stalled`]); returns those to
     /// ask for their inputs again, from the number they wait for: once they waited
@@ -381,4 +371,15 @@ impl GapWatch {
         self.waiting = waiting;
         ask
     }
+}
+
+/// One player waiting at a gap.
+#[derive(Clone, Copy, Debug)]
+struct Waiting {
+    /// The input it waits for.
+    missing: InputSeq,
+    /// When it is asked for (again).
+    due: u64,
+    /// Ticks from this ask to the next.
+    interval: u64,
 }

@@ -1291,7 +1291,7 @@ mod tests {
         assert!(column.side.len() <= 12, "folded in: {} waiting", column.side.len());
         let in_order: Vec<(EntityId, u32)> = column.iter().map(|(entity, value)| (entity, *value)).collect();
         assert_eq!(in_order, (1..=100).map(|id| (EntityId(id), id as u32)).collect::<Vec<_>>());
-        // Removing more than half leaves tombstones until they are folded out.
+        // Removing many leaves tombstones until they are folded out.
         for id in 1..=60 {
             assert!(column.remove(EntityId(id)).is_some());
         }

@@ -278,14 +278,13 @@ fn players_waiting_at_a_gap_are_found_and_asked_again_only_once_the_gap_stays() 
             asked_at.push(tick - 100);
         }
     }
-    let g = GAP_RESEND_TICKS;
-    let max = GAP_RESEND_MAX_TICKS;
-    assert_eq!(max, 16 * g);
-    let mut expected = vec![g, 3 * g, 7 * g, 15 * g, 31 * g];
-    while *expected.last().unwrap() + max < 1000 {
-        expected.push(expected.last().unwrap() + max);
+    let first = GAP_RESEND_TICKS;
+    assert_eq!(GAP_RESEND_MAX_TICKS, 16 * first);
+    let mut expected = vec![first, 3 * first, 7 * first, 15 * first, 31 * first];
+    while *expected.last().unwrap() + GAP_RESEND_MAX_TICKS < 1000 {
+        expected.push(expected.last().unwrap() + GAP_RESEND_MAX_TICKS);
     }
-    assert_eq!(asked_at, expected, "asks back off to one every {max} ticks");
+    assert_eq!(asked_at, expected, "asks back off to one every {GAP_RESEND_MAX_TICKS} ticks");
     let at = 1100;
 
     // The gap fills; a new gap of the same player starts a new wait.

@@ -276,6 +276,25 @@ fn operators_migrate_regions_and_drain_a_host_while_players_play() {
             .iter()
             .all(|record| record["phase"] == "committed" || record["phase"] == "aborted")
     );
+    // The processes the migrations and the drain released are gone, and the gateway, which
+    // learned every server from the route feed, forgets them: in the end it keeps an upstream to
+    // the owners alone (it kept every server it ever knew, and grew as the cluster churned).
+    let owners: std::collections::BTreeSet<String> = fleet
+        .ok("GET", "/v1/regions", None)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["owner"].as_str().unwrap().to_owned())
+        .collect();
+    baton_harness::wait_until(Duration::from_secs(60), "the gateway forgetting the released servers", || {
+        let stats = fleet.gateway_stats().map_err(|error| error.to_string())?;
+        if stats.servers == owners.len() as u64 {
+            Ok(())
+        } else {
+            Err(format!("{} servers known, {} owners", stats.servers, owners.len()))
+        }
+    });
 }
 
 #[test]

@@ -121,8 +121,9 @@ pub enum ServerFrame {
     },
     /// The region waits for an input of this player that was lost on its way (version 4): send
     /// again, in order, every kept input after the last one acknowledged applied (sending every
-    /// kept one is also correct: the region drops what it has by number). Nothing else changed (unlike [`ServerFrame::Resend`],
-    /// the region was not restored: its ticks and what it acknowledged stand).
+    /// kept one is also correct: the region drops what it has by number). Nothing else changed
+    /// (unlike [`ServerFrame::Resend`], the region was not restored: its ticks and what it
+    /// acknowledged stand).
     ResendInputs {
         /// The region.
         region: u64,

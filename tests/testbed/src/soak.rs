@@ -55,21 +55,21 @@ pub struct Options {
     pub seed: u64,
     /// Avatars (default: the scenario's).
     pub avatars: Option<usize>,
-    /// The coordinator's `--idle-release-s` (0: its default, off).
-    pub idle_release_s: f64,
+    /// The coordinator's `--idle-release-s` (`None`: its default).
+    pub idle_release_s: Option<f64>,
 }
 
 impl Options {
     /// The full soak: 30 minutes, a fault a minute.
     #[must_use]
     pub fn full(seed: u64) -> Options {
-        Options { minutes: 30.0, fault_every_s: 60, seed, avatars: None, idle_release_s: 0.0 }
+        Options { minutes: 30.0, fault_every_s: 60, seed, avatars: None, idle_release_s: None }
     }
 
     /// The short form: 3 minutes, a fault every 30 s, 60 avatars.
     #[must_use]
     pub fn quick(seed: u64) -> Options {
-        Options { minutes: 3.0, fault_every_s: 30, seed, avatars: Some(60), idle_release_s: 0.0 }
+        Options { minutes: 3.0, fault_every_s: 30, seed, avatars: Some(60), idle_release_s: None }
     }
 }
 
@@ -209,8 +209,8 @@ fn run_in(testbed: &Testbed, options: &Options) -> anyhow::Result<SoakReport> {
     }
     scenario.duration_s = (options.minutes * 60.0).ceil() as u64;
     let mut spec = baton_loadtest::run::fleet_spec(&scenario);
-    if options.idle_release_s > 0.0 {
-        spec.coordinator_args.extend(["--idle-release-s".into(), options.idle_release_s.to_string()]);
+    if let Some(seconds) = options.idle_release_s {
+        spec.coordinator_args.extend(["--idle-release-s".into(), seconds.to_string()]);
     }
     let point =
         FaultPoint { phase: None, path: std::env::temp_dir().join(format!("baton-soak-fault-{}", std::process::id())) };

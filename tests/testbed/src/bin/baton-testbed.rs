@@ -111,10 +111,10 @@ enum Command {
         #[arg(long)]
         avatars: Option<usize>,
         /// The coordinator's --idle-release-s: seconds after which a claimed region-server process
-        /// that owns, receives and follows nothing is given back to its host (0: never, the
-        /// coordinator's default).
-        #[arg(long, default_value_t = 0.0)]
-        idle_release_s: f64,
+        /// that owns, receives and follows nothing is given back to its host (0: never; default:
+        /// the coordinator's, 30).
+        #[arg(long)]
+        idle_release_s: Option<f64>,
         /// Where to write the report.
         #[arg(long, default_value = "target/soak.json")]
         json: PathBuf,
