@@ -129,8 +129,8 @@ pub struct GatewayStats {
     /// Players with a session (connected or waiting for a resume).
     pub sessions: u64,
     /// Region servers the gateway has an upstream to (connected, or being dialled): one
-    /// unreachable for 10 s that no route and no `--server` names is forgotten (see
-    /// `run_upstream`). A gauge, like `sessions`.
+    /// unreachable for 10 s that no route names is forgotten unless the operator named it
+    /// (`--server`, the control line `server`; see `run_upstream`). A gauge, like `sessions`.
     #[serde(default)]
     pub servers: u64,
     /// Connections accepted.
@@ -251,6 +251,9 @@ struct Upstream {
 struct Inner {
     /// This gateway, for what must start an upstream from a plain `&Inner` (`send_upstream`).
     me: std::sync::Weak<Inner>,
+    /// The runtime upstreams run on: one may be started from the players' plane, whose thread
+    /// has its own runtime that must never carry them.
+    runtime: tokio::runtime::Handle,
     config: GatewayConfig,
     /// Every player connection (see `plane`).
     plane: PlaneHandle,
@@ -315,6 +318,7 @@ impl Gateway {
         let resume_grace = config.resume_grace;
         let inner = Arc::new_cyclic(|me| Inner {
             me: me.clone(),
+            runtime: tokio::runtime::Handle::current(),
             config,
             plane,
             cluster,
@@ -370,11 +374,7 @@ impl Gateway {
 
     /// Connects to the region server at `address` (it announces the regions it owns).
     pub fn add_server(&self, address: SocketAddr) -> ServerId {
-        let id = server_for(&self.inner, address);
-        if let Some(mut upstream) = self.inner.servers.get_mut(&id) {
-            upstream.pinned = true;
-        }
-        id
+        upstream_for(&self.inner, address, true)
     }
 
     /// Applies a route change from the control plane (the coordinator): `region` is owned by the
@@ -957,6 +957,11 @@ fn run_actions(inner: &Inner, actions: Vec<RouteAction>) {
 /// server, or one forgotten and named again). An address keeps its id for good (a few bytes);
 /// only a forgotten server's upstream goes.
 fn server_for(inner: &Arc<Inner>, address: SocketAddr) -> ServerId {
+    upstream_for(inner, address, false)
+}
+
+/// [`server_for`], and with `pin` the server is never forgotten (the operator named it).
+fn upstream_for(inner: &Arc<Inner>, address: SocketAddr, pin: bool) -> ServerId {
     let id = match inner.server_ids.get(&address) {
         Some(id) => *id,
         None => *inner
@@ -964,10 +969,13 @@ fn server_for(inner: &Arc<Inner>, address: SocketAddr) -> ServerId {
             .entry(address)
             .or_insert_with(|| ServerId(inner.next_server.fetch_add(1, Ordering::Relaxed))),
     };
-    if let dashmap::Entry::Vacant(vacant) = inner.servers.entry(id) {
-        let (outbound, receiver) = unbounded_channel();
-        vacant.insert(Upstream { address, outbound, pinned: false });
-        tokio::spawn(run_upstream(inner.clone(), id, address, receiver));
+    match inner.servers.entry(id) {
+        dashmap::Entry::Vacant(vacant) => {
+            let (outbound, receiver) = unbounded_channel();
+            vacant.insert(Upstream { address, outbound, pinned: pin });
+            inner.runtime.spawn(run_upstream(inner.clone(), id, address, receiver));
+        }
+        dashmap::Entry::Occupied(mut occupied) => occupied.get_mut().pinned |= pin,
     }
     id
 }
@@ -1028,20 +1036,27 @@ async fn run_upstream(
                 // protocol.md §10.)
                 let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
                 if since.elapsed() >= FORGET_AFTER && !inner.routes.references(id) {
-                    let forgotten = forget_server(&inner, id);
-                    let mut dropped = 0usize;
-                    while outbound.try_recv().is_ok() {
-                        dropped += 1;
+                    let pinned = inner.servers.get(&id).is_some_and(|upstream| upstream.pinned);
+                    if pinned {
+                        // One the operator named: what waits for it is dropped, and it is
+                        // tried again now and then, quietly.
+                        let mut dropped = 0usize;
+                        while outbound.try_recv().is_ok() {
+                            dropped += 1;
+                        }
+                        tracing::debug!(%address, %error, dropped, "an unreachable region server no route names");
+                        tokio::time::sleep(QUIET_RETRY).await;
+                        continue;
                     }
-                    if forgotten {
+                    if forget_server(&inner, id) {
+                        let mut dropped = 0usize;
+                        while outbound.try_recv().is_ok() {
+                            dropped += 1;
+                        }
                         tracing::info!(%address, %error, dropped, "forgot a gone region server no route names");
                         return;
                     }
-                    // One the operator named (or a route named just now): tried again now and
-                    // then, quietly.
-                    tracing::debug!(%address, %error, dropped, "an unreachable region server no route names");
-                    tokio::time::sleep(QUIET_RETRY).await;
-                    continue;
+                    // A route named it just now: dialled again as any other.
                 }
                 tracing::warn!(%address, %error, "cannot reach a region server; retrying");
                 tokio::time::sleep(backoff).await;
