@@ -89,7 +89,7 @@ impl Default for FailoverSettings {
             restore: Duration::from_secs(30),
             retry_after: Duration::from_secs(5),
             give_up: Duration::from_secs(300),
-            idle_release: Duration::from_secs(30),
+            idle_release: crate::idle::DEFAULT_GRACE,
         }
     }
 }

@@ -29,6 +29,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+/// How long a claimed process may do nothing before it is released, by default (see the module's
+/// notes on the grace).
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
 /// Metric: claimed processes released for having nothing to do.
 pub const IDLE_RELEASED_TOTAL: &str = "baton_idle_processes_released_total";
 

@@ -108,7 +108,7 @@ struct FailoverArgs {
     /// (the old owner of a region that failed over while its host was only cut off) before it
     /// is released: its agent stops it, which frees its place (the warm pool is refilled if
     /// short). 0 never releases one: a host then runs out of processes after enough link faults.
-    #[arg(long = "idle-release-s", default_value_t = 30.0)]
+    #[arg(long = "idle-release-s", default_value_t = baton_coordinator::idle::DEFAULT_GRACE.as_secs_f64())]
     idle_release_s: f64,
 }
 

@@ -1006,6 +1006,11 @@ fn forget_server(inner: &Inner, id: ServerId) -> bool {
     inner.servers.remove_if(&id, |_, upstream| !upstream.pinned).is_some()
 }
 
+/// Empties `outbound`; returns how many messages it held.
+fn drain(outbound: &mut UnboundedReceiver<GatewayMessage>) -> usize {
+    std::iter::from_fn(|| outbound.try_recv().ok()).count()
+}
+
 /// After this long unreachable, a region server no route names is forgotten (one the operator
 /// named is retried only every [`QUIET_RETRY`], without warnings).
 const FORGET_AFTER: Duration = Duration::from_secs(10);
@@ -1040,19 +1045,13 @@ async fn run_upstream(
                     if pinned {
                         // One the operator named: what waits for it is dropped, and it is
                         // tried again now and then, quietly.
-                        let mut dropped = 0usize;
-                        while outbound.try_recv().is_ok() {
-                            dropped += 1;
-                        }
+                        let dropped = drain(&mut outbound);
                         tracing::debug!(%address, %error, dropped, "an unreachable region server no route names");
                         tokio::time::sleep(QUIET_RETRY).await;
                         continue;
                     }
                     if forget_server(&inner, id) {
-                        let mut dropped = 0usize;
-                        while outbound.try_recv().is_ok() {
-                            dropped += 1;
-                        }
+                        let dropped = drain(&mut outbound);
                         tracing::info!(%address, %error, dropped, "forgot a gone region server no route names");
                         return;
                     }

@@ -67,11 +67,25 @@ impl RemoteAuthority {
                 .ok_or("no reply")?;
             Ok::<_, String>((connection, reply))
         };
-        let (connection, reply) = self
-            .runtime
-            .block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, exchange).await })
-            .map_err(|_| unavailable("timed out".into()))?
-            .map_err(unavailable)?;
+        // The exchange runs as a task of the runtime and this thread waits on a plain channel:
+        // a request still waiting when the process stops then finds the task dropped with the
+        // runtime (an unavailable authority), where a timer awaited from this thread would panic
+        // ("a Tokio context ... is being shutdown").
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        self.runtime.spawn(async move {
+            let _ = sender.send(tokio::time::timeout(REQUEST_TIMEOUT, exchange).await);
+        });
+        // The task's own timeout answers first; the wait's is a backstop for a runtime with no
+        // worker free to run the task.
+        let (connection, reply) = match receiver.recv_timeout(REQUEST_TIMEOUT + Duration::from_secs(1)) {
+            Ok(Ok(result)) => result.map_err(unavailable)?,
+            Ok(Err(_)) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                return Err(unavailable("timed out".into()));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(unavailable("the process is shutting down".into()));
+            }
+        };
         if let Ok(mut cached) = self.connection.lock() {
             *cached = Some(connection);
         }
