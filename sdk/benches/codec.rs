@@ -80,7 +80,23 @@ fn bench_snapshots(criterion: &mut Criterion) {
                 }
             })
         });
+        // As a handoff's target: it makes room for the world its `Begin` announces, then applies.
+        let sizes = source.sizes();
         group.bench_function("validate+decode+apply", |bencher| {
+            bencher.iter_batched(
+                || World::new(registry()),
+                |mut target| {
+                    target.reserve(&sizes);
+                    for chunk in &chunks {
+                        codec::apply(&mut target, chunk, DecodeLimits::default()).unwrap();
+                    }
+                    target
+                },
+                BatchSize::LargeInput,
+            )
+        });
+        // Without knowing the size ahead: each column grows (and is copied) as chunks arrive.
+        group.bench_function("validate+decode+apply, no size given", |bencher| {
             bencher.iter_batched(
                 || World::new(registry()),
                 |mut target| {

@@ -10,7 +10,7 @@ use rkyv::util::AlignedVec;
 use super::HandoffId;
 
 /// Version of the handoff message set; a peer with another version is refused at `Begin`.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Largest encoded message accepted (a world chunk is at most 1 MiB by default).
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
@@ -44,6 +44,9 @@ mod definition {
             schema: u64,
             /// Tick interval in microseconds.
             tick_interval_us: u64,
+            /// The source world's size ([`World::sizes`](crate::World::sizes)): the target makes
+            /// room for the snapshot before it arrives.
+            sizes: Vec<u64>,
         },
         /// Target → source: ready to receive (schemas match).
         Ready {
@@ -125,6 +128,9 @@ mod definition {
             schema: u64,
             /// Tick interval in microseconds.
             tick_interval_us: u64,
+            /// The owner world's size ([`World::sizes`](crate::World::sizes)): the standby makes
+            /// room for the snapshot before it arrives.
+            sizes: Vec<u64>,
         },
         /// Owner → standby: delta round `round`, in `parts` parts, brings the world to the end of
         /// tick `tick`, where the owner's digest was `digest`.
@@ -257,6 +263,7 @@ mod tests {
                 source: "a".into(),
                 schema: 5,
                 tick_interval_us: 33_333,
+                sizes: vec![10, 4, 0],
             },
             Message::Chunk { handoff: 9, index: 2, bytes: vec![1, 2, 3] },
             Message::Freeze {
@@ -279,6 +286,7 @@ mod tests {
                 source: "a".into(),
                 schema: 5,
                 tick_interval_us: 50_000,
+                sizes: Vec::new(),
             },
             Message::Mark { handoff: 9, round: 7, parts: 2, tick: 1_000, digest: 77 },
             Message::Holds { handoff: 9, tick: 1_000, applied_bytes: 12_345 },

@@ -296,6 +296,7 @@ impl HandoffSource {
             source: name.to_owned(),
             schema: world.registry().schema_hash(),
             tick_interval_us: tick_interval.as_micros() as u64,
+            sizes: world.sizes(),
         });
         source
     }

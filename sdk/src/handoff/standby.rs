@@ -131,6 +131,7 @@ impl StandbyFeed {
             source: plan.name.clone(),
             schema: world.registry().schema_hash(),
             tick_interval_us: plan.tick_interval.as_micros() as u64,
+            sizes: world.sizes(),
         });
         feed
     }
@@ -433,7 +434,7 @@ impl StandbyFollower {
     /// Starts following from the owner's `Follow` message (anything else is refused); `world` is
     /// the pre-warmed slot's, which must be empty and of the same schema.
     #[must_use]
-    pub fn new(now: Instant, config: TargetConfig, world: &World, follow: &Message) -> StandbyFollower {
+    pub fn new(now: Instant, config: TargetConfig, world: &mut World, follow: &Message) -> StandbyFollower {
         let mut follower = StandbyFollower {
             config,
             phase: FollowerPhase::Following,
@@ -453,7 +454,7 @@ impl StandbyFollower {
             suspect_after: MIN_SUSPECT_AFTER,
             suspected: false,
         };
-        let Message::Follow { version, region, epoch, source, schema, tick_interval_us, .. } = follow else {
+        let Message::Follow { version, region, epoch, source, schema, tick_interval_us, sizes, .. } = follow else {
             follower.end("the first message of a feed must be Follow".to_owned());
             return follower;
         };
@@ -463,9 +464,12 @@ impl StandbyFollower {
             .clamp(MIN_SUSPECT_AFTER, MAX_SUSPECT_AFTER);
         match super::target::refusal(*version, *schema, world, "standby") {
             Some(reason) => follower.end(reason),
-            None => follower
-                .outbox
-                .push_back(Message::Ready { handoff: follower.feed, target: follower.config.name.clone() }),
+            None => {
+                world.reserve(sizes);
+                follower
+                    .outbox
+                    .push_back(Message::Ready { handoff: follower.feed, target: follower.config.name.clone() });
+            }
         }
         follower
     }

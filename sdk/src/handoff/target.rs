@@ -182,7 +182,7 @@ impl HandoffTarget {
     /// A message from the source.
     pub fn handle_message(&mut self, now: Instant, world: &mut World, message: Message) {
         self.last_heard = now;
-        if let Message::Begin { handoff, version, region, epoch, source, schema, .. } = &message {
+        if let Message::Begin { handoff, version, region, epoch, source, schema, sizes, .. } = &message {
             if self.phase != TargetPhase::Idle && self.phase != TargetPhase::Aborted {
                 self.outbox.push_back(Message::Abort {
                     handoff: *handoff,
@@ -198,6 +198,7 @@ impl HandoffTarget {
                 Some(reason) => self.abort(Culprit::Target, Phase::Prepare, reason),
                 None => {
                     self.phase = TargetPhase::Receiving;
+                    world.reserve(sizes);
                     self.outbox.push_back(Message::Ready { handoff: *handoff, target: self.config.name.clone() });
                 }
             }
@@ -429,6 +430,7 @@ mod tests {
             source: "source".into(),
             schema: world.registry().schema_hash(),
             tick_interval_us: 50_000,
+            sizes: world.sizes(),
         }
     }
 
