@@ -15,6 +15,7 @@ use rkyv::util::AlignedVec;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::codec::CodecError;
+use crate::codec::column::CapturedColumn;
 use crate::world::{ErasedStore, Store};
 
 /// A type that is part of a region's world state.
@@ -33,6 +34,9 @@ pub trait Component: Sized + Send + Sync + 'static {
     fn decode_column(bytes: &[u8], expected_len: usize) -> Result<Vec<Self>, CodecError>;
     /// Appends the archived bytes of one value to `out` (used for the world digest).
     fn encode_one(&self, out: AlignedVec) -> Result<AlignedVec, CodecError>;
+    /// Copies `values` out of the world, to be encoded on another thread (a handoff's delta round:
+    /// protocol.md §4). The derive clones them, so a component type must be `Clone`.
+    fn capture_column(values: &[&Self]) -> Box<dyn CapturedColumn>;
 }
 
 /// Index of a component type within one registry (and so within archives made from it).

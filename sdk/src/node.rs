@@ -38,9 +38,9 @@ use baton_wire::{Epoch, PlayerId, PlayerInput, RegionId};
 use crate::RegionError;
 use crate::checkpoint::CheckpointInfo;
 use crate::handoff::{
-    AuthorityError, FeedEvent, FollowerAction, FollowerPhase, HandoffPlan, HandoffSource, HandoffTarget, Message,
-    Ownership, SourceAction, SourceConfig, SourcePhase, SourceStats, StandbyFeed, StandbyFollower, TargetAction,
-    TargetConfig, TargetPhase,
+    AuthorityError, EncodeJob, EncodedRound, FeedEvent, FollowerAction, FollowerPhase, HandoffPlan, HandoffSource,
+    HandoffTarget, Message, Ownership, SourceAction, SourceConfig, SourcePhase, SourceStats, StandbyFeed,
+    StandbyFollower, TargetAction, TargetConfig, TargetPhase,
 };
 use crate::physics::{BuiltEngine, EngineBuild};
 use crate::region::{DEPARTED_KEEP, Emigrant, Immigration, Region, RegionLogic, TickReport, TickSchedule};
@@ -464,6 +464,10 @@ pub enum Output {
     /// a real region) and answer with [`RegionNode::handle_engine_built`]: a handoff target's
     /// engine, built from the received world while the rounds go on (protocol.md §4).
     BuildEngine(EngineBuild),
+    /// Encode this delta round (or piece of one) away from the region's thread ([`EncodeJob::run`])
+    /// and answer with [`RegionNode::handle_encoded`]: a handoff's rounds that cannot be the final
+    /// one (protocol.md §4).
+    EncodeRound(EncodeJob),
     /// Save this checkpoint and stop (the old way of moving a region); answer with
     /// [`RegionNode::handle_stop_saved`].
     SaveAndStop {
@@ -985,6 +989,14 @@ impl<L: RegionLogic> RegionNode<L> {
         }
     }
 
+    /// The round [`Output::EncodeRound`] asked for is encoded: the handoff sends it (a stale one,
+    /// of a handoff that ended meanwhile, is dropped).
+    pub fn handle_encoded(&mut self, now: Instant, encoded: EncodedRound) {
+        if let State::Owner { handoff: Some(handoff), .. } = &mut self.state {
+            handoff.handle_encoded(now, self.region.world_mut(), encoded);
+        }
+    }
+
     /// A handoff message from the peer on the current link.
     pub fn handle_peer_message(&mut self, now: Instant, message: Message) {
         let world = self.region.world_mut();
@@ -1453,6 +1465,10 @@ impl<L: RegionLogic> RegionNode<L> {
                         self.chunk_sent_at.handoff = Some(now);
                     }
                     self.outputs.push_back(Output::ToPeer(message));
+                }
+                if let Some(job) = handoff.poll_encode() {
+                    busy = true;
+                    self.outputs.push_back(Output::EncodeRound(job));
                 }
                 if let Some(action) = handoff.poll_action() {
                     busy = true;

@@ -35,6 +35,7 @@ use rkyv::util::AlignedVec;
 use xxhash_rust::xxh3::{Xxh3, xxh3_128};
 
 use crate::codec::CodecError;
+use crate::codec::column::CapturedColumn;
 use crate::component::{Component, ComponentId, Registry};
 
 /// An entity: a stable id, unique within a region for the region's whole life (never reused).
@@ -885,6 +886,20 @@ impl<V> Column<V> {
 /// Storage of one component type.
 pub(crate) type Store<T> = Column<Entry<T>>;
 
+impl<T: Component> Store<T> {
+    /// The values of `entities`, in their order; each must be present.
+    fn values_of(&self, entities: &[EntityId]) -> Result<Vec<&T>, CodecError> {
+        entities
+            .iter()
+            .map(|entity| {
+                self.get(*entity)
+                    .map(|entry| &entry.value)
+                    .ok_or_else(|| CodecError::Encode(format!("entity {entity} has no {}", T::NAME)))
+            })
+            .collect()
+    }
+}
+
 /// Merges two iterators of distinct entities, each in entity order, into one in entity order.
 struct MergeById<A: Iterator, B: Iterator> {
     left: std::iter::Peekable<A>,
@@ -980,6 +995,8 @@ pub(crate) trait ErasedStore: Send + Sync {
     fn reserve(&mut self, additional: usize);
     /// Appends a column archive of the values of `entities` (each must be present) to `out`.
     fn encode_entities(&self, entities: &[EntityId], out: AlignedVec) -> Result<AlignedVec, CodecError>;
+    /// Copies the values of `entities` (each must be present) out, to be encoded elsewhere.
+    fn capture(&self, entities: &[EntityId]) -> Result<Box<dyn CapturedColumn>, CodecError>;
     /// Entities holding this component within `first..=last`, in order.
     fn entities_in(&self, first: EntityId, last: EntityId) -> Vec<EntityId>;
     /// Inserts decoded values; returns the folded hashes of replaced entries.
@@ -1027,14 +1044,10 @@ impl<T: Component> ErasedStore for Store<T> {
         Store::reserve(self, additional);
     }
     fn encode_entities(&self, entities: &[EntityId], out: AlignedVec) -> Result<AlignedVec, CodecError> {
-        let mut values = Vec::with_capacity(entities.len());
-        for entity in entities {
-            match self.get(*entity) {
-                Some(entry) => values.push(&entry.value),
-                None => return Err(CodecError::Encode(format!("entity {entity} has no {}", T::NAME))),
-            }
-        }
-        T::encode_column(&values, out)
+        T::encode_column(&self.values_of(entities)?, out)
+    }
+    fn capture(&self, entities: &[EntityId]) -> Result<Box<dyn CapturedColumn>, CodecError> {
+        Ok(T::capture_column(&self.values_of(entities)?))
     }
     fn entities_in(&self, first: EntityId, last: EntityId) -> Vec<EntityId> {
         Store::entities_in(self, first, last)

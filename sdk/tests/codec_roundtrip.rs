@@ -130,6 +130,13 @@ fn check(initial: Vec<Op>, during_snapshot: Vec<Op>, rounds: Vec<Vec<Op>>) {
         }
         let changes = source.changes(tracker);
         let parts = codec::encode_delta(&source, &changes, round as u32 + 1, SMALL_CHUNKS).unwrap();
+        // A round captured to be encoded on another thread encodes to the same bytes.
+        let captured = codec::capture_delta(&source, &changes, round as u32 + 1).unwrap().encode(SMALL_CHUNKS).unwrap();
+        assert_eq!(
+            captured.iter().map(|part| part.as_slice()).collect::<Vec<_>>(),
+            parts.iter().map(|part| part.as_slice()).collect::<Vec<_>>(),
+            "round {round}: a captured round encodes as the world's"
+        );
         for part in &parts {
             assert!(part.len() <= SMALL_CHUNKS.max_chunk_bytes);
             codec::apply(&mut target, part, DecodeLimits::default()).unwrap();

@@ -90,6 +90,10 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
             ) -> ::core::result::Result<::baton_sdk::rkyv::util::AlignedVec, ::baton_sdk::codec::CodecError> {
                 ::baton_sdk::codec::column::encode_one::<#ident>(self, out)
             }
+
+            fn capture_column(values: &[&Self]) -> ::std::boxed::Box<dyn ::baton_sdk::codec::column::CapturedColumn> {
+                ::baton_sdk::codec::column::capture::<#ident>(values)
+            }
         }
     })
 }

@@ -13,7 +13,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
-use baton_sdk::handoff::{AuthorityError, HandoffSource, Message, Ownership, OwnershipAuthority, TargetPhase};
+use baton_sdk::handoff::{
+    AuthorityError, EncodeJob, EncodedRound, HandoffSource, Message, Ownership, OwnershipAuthority, TargetPhase,
+};
 use baton_sdk::node::{GatewayRequest, Gateways, Output, RegionNode};
 use baton_sdk::physics::{BuiltEngine, EngineBuild};
 use baton_sdk::wire::upstream::ServerMessage;
@@ -67,6 +69,8 @@ pub enum Command<L: RegionLogic> {
     Gateway(GatewayRequest),
     /// The physics engine the node asked to build ([`Output::BuildEngine`]) is built.
     EngineBuilt(Box<BuiltEngine>),
+    /// The delta round the node asked to encode ([`Output::EncodeRound`]) is encoded.
+    Encoded(EncodedRound),
     /// The authority answered the node's last compare-and-swap.
     Authority(Result<(), AuthorityError>),
     /// Save the region to the checkpoint store and stop hosting it (a restart the old way).
@@ -272,6 +276,15 @@ fn build_engine<L: RegionLogic + 'static>(context: &LoopContext<L>, build: Engin
     });
 }
 
+/// Encodes a handoff's delta round on a blocking thread, so the region's thread goes on ticking
+/// (protocol.md §4); the parts come back as [`Command::Encoded`].
+fn encode_round<L: RegionLogic + 'static>(context: &LoopContext<L>, job: EncodeJob) {
+    let answer = context.commands.clone();
+    context.runtime.spawn_blocking(move || {
+        let _ = answer.send(Command::Encoded(job.run()));
+    });
+}
+
 /// Most commands one pass of the region's loop handles before it lets a due tick run.
 const MAX_COMMANDS_PER_PASS: usize = 256;
 
@@ -294,6 +307,7 @@ fn apply<L: RegionLogic + 'static>(
         Command::Promote { epoch } => node.handle_promote(now, epoch),
         Command::Authority(result) => node.handle_authority(now, result),
         Command::EngineBuilt(built) => node.handle_engine_built(now, *built),
+        Command::Encoded(encoded) => node.handle_encoded(now, encoded),
         Command::CheckpointStored { tick, stored, owner } => {
             node.handle_checkpoint_stored(now, tick, stored, owner.as_ref());
         }
@@ -403,6 +417,7 @@ fn carry_out<L: RegionLogic + 'static>(
                 }
             }
             Output::BuildEngine(build) => build_engine(context, build),
+            Output::EncodeRound(job) => encode_round(context, job),
             Output::Ticked(_) => {}
             Output::StoreCheckpoint { info, bytes } => {
                 // Encoded on the region's thread at a tick boundary; stored on a blocking thread,

@@ -35,6 +35,7 @@
 pub mod column;
 
 use std::any::Any;
+use std::sync::Arc;
 
 use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
@@ -275,7 +276,7 @@ fn encode_snapshot_range(
         }
     }
     let listed: Vec<EntityId> = entities.iter().map(|(entity, _)| *entity).collect();
-    write_archive(world, kind, (first, last), &listed, &[], &[], &columns)
+    write_archive_of(world, kind, (first, last), &listed, &[], &[], &columns)
 }
 
 /// Encodes the changes in `changes` as one or more delta archives, each at most
@@ -299,16 +300,8 @@ fn encode_delta_split(
     parts: &mut Vec<AlignedVec>,
 ) -> Result<(), CodecError> {
     let kind = ArchiveKind::Delta { round, part: parts.len() as u32 };
-    let mut columns: Vec<(ComponentId, Vec<EntityId>)> = Vec::new();
-    let mut sorted = changes.set.clone();
-    sorted.sort_unstable_by_key(|(entity, id)| (*id, *entity));
-    for (entity, id) in sorted {
-        match columns.last_mut() {
-            Some((current, holders)) if *current == id => holders.push(entity),
-            _ => columns.push((id, vec![entity])),
-        }
-    }
-    let bytes = write_archive(
+    let columns = columns_of(changes);
+    let bytes = write_archive_of(
         world,
         kind,
         (EntityId(0), EntityId(0)),
@@ -337,6 +330,184 @@ fn encode_delta_split(
         encode_delta_split(world, &piece, round, config, parts)?;
     }
     Ok(())
+}
+
+/// A delta round (or a piece of one) read out of a world, its changed values copied, so that it
+/// can be encoded on another thread while the world goes on ticking (protocol.md §4). Encoding it
+/// gives, byte for byte, what [`encode_delta`] gave for the same changes at the moment of the
+/// capture.
+pub struct CapturedDelta {
+    registry: Arc<Registry>,
+    round: u32,
+    tick: u64,
+    next_entity: u64,
+    spawned: Vec<EntityId>,
+    despawned: Vec<EntityId>,
+    removed: Vec<(EntityId, ComponentId)>,
+    /// Per component type (ascending), its holders (ascending) and their values in that order.
+    columns: Vec<(ComponentId, Vec<EntityId>)>,
+    values: Vec<Box<dyn column::CapturedColumn>>,
+}
+
+impl std::fmt::Debug for CapturedDelta {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("CapturedDelta")
+            .field("round", &self.round)
+            .field("tick", &self.tick)
+            .field("records", &self.records())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads the values of `changes` (each must be present: see [`retain_present`]) out of `world`
+/// for delta round `round`, to be encoded with [`CapturedDelta::encode`] elsewhere. Costs a copy of
+/// each changed value; the encoding is left to the caller's thread.
+pub fn capture_delta(world: &World, changes: &ChangeSet, round: u32) -> Result<CapturedDelta, CodecError> {
+    let columns = columns_of(changes);
+    let values =
+        columns.iter().map(|(id, holders)| world.store(*id).capture(holders)).collect::<Result<Vec<_>, _>>()?;
+    Ok(CapturedDelta {
+        registry: Arc::clone(world.registry()),
+        round,
+        tick: world.tick(),
+        next_entity: world.next_entity_id(),
+        spawned: changes.spawned.clone(),
+        despawned: changes.despawned.clone(),
+        removed: changes.removed.clone(),
+        columns,
+        values,
+    })
+}
+
+/// A change set's values grouped by component type (ascending), each type's holders ascending.
+fn columns_of(changes: &ChangeSet) -> Vec<(ComponentId, Vec<EntityId>)> {
+    let mut columns: Vec<(ComponentId, Vec<EntityId>)> = Vec::new();
+    let mut sorted = changes.set.clone();
+    sorted.sort_unstable_by_key(|(entity, id)| (*id, *entity));
+    for (entity, id) in sorted {
+        match columns.last_mut() {
+            Some((current, holders)) if *current == id => holders.push(entity),
+            _ => columns.push((id, vec![entity])),
+        }
+    }
+    columns
+}
+
+/// One column's values within a span of entities: which captured column, and where in it.
+struct CapturedSlice<'a> {
+    column: usize,
+    range: std::ops::Range<usize>,
+    holders: &'a [EntityId],
+}
+
+impl AsRef<[EntityId]> for CapturedSlice<'_> {
+    fn as_ref(&self) -> &[EntityId] {
+        self.holders
+    }
+}
+
+impl ColumnSource<CapturedSlice<'_>> for CapturedDelta {
+    fn encode_column(
+        &self,
+        column: &(ComponentId, CapturedSlice<'_>),
+        out: AlignedVec,
+    ) -> Result<AlignedVec, CodecError> {
+        let slice = &column.1;
+        match self.values.get(slice.column) {
+            Some(values) => values.encode(slice.range.clone(), out),
+            None => Err(CodecError::Encode(format!("no captured column {}", slice.column))),
+        }
+    }
+}
+
+impl CapturedDelta {
+    /// The round it belongs to.
+    #[must_use]
+    pub fn round(&self) -> u32 {
+        self.round
+    }
+
+    /// Number of change records it holds.
+    #[must_use]
+    pub fn records(&self) -> usize {
+        self.spawned.len()
+            + self.despawned.len()
+            + self.removed.len()
+            + self.columns.iter().map(|(_, holders)| holders.len()).sum::<usize>()
+    }
+
+    /// Encodes it as one or more delta archives, each at most `config.max_chunk_bytes` (all
+    /// records of one entity in one archive), split as [`encode_delta`] splits.
+    pub fn encode(&self, config: ChunkConfig) -> Result<Vec<AlignedVec>, CodecError> {
+        let mut touched: Vec<EntityId> = self
+            .spawned
+            .iter()
+            .chain(&self.despawned)
+            .copied()
+            .chain(self.columns.iter().flat_map(|(_, holders)| holders.iter().copied()))
+            .chain(self.removed.iter().map(|(entity, _)| *entity))
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
+        let mut parts = Vec::new();
+        self.encode_span(&touched, config, &mut parts)?;
+        Ok(parts)
+    }
+
+    /// Encodes the records of the entities from `touched`'s first to its last (all records when
+    /// `touched` is empty), splitting as [`encode_delta`] does while over the chunk limit.
+    fn encode_span(
+        &self,
+        touched: &[EntityId],
+        config: ChunkConfig,
+        parts: &mut Vec<AlignedVec>,
+    ) -> Result<(), CodecError> {
+        let (low, high) = match (touched.first(), touched.last()) {
+            (Some(low), Some(high)) => (*low, *high),
+            _ => (EntityId(0), EntityId(u64::MAX)),
+        };
+        let within = |entity: &EntityId| low <= *entity && *entity <= high;
+        let spawned: Vec<EntityId> = self.spawned.iter().copied().filter(within).collect();
+        let despawned: Vec<EntityId> = self.despawned.iter().copied().filter(within).collect();
+        let removed: Vec<(EntityId, ComponentId)> =
+            self.removed.iter().copied().filter(|(entity, _)| within(entity)).collect();
+        let columns: Vec<(ComponentId, CapturedSlice<'_>)> = self
+            .columns
+            .iter()
+            .enumerate()
+            .filter_map(|(column, (id, holders))| {
+                let range =
+                    holders.partition_point(|entity| *entity < low)..holders.partition_point(|entity| *entity <= high);
+                (!range.is_empty()).then(|| (*id, CapturedSlice { column, holders: &holders[range.clone()], range }))
+            })
+            .collect();
+        let stamp = Stamp {
+            kind: ArchiveKind::Delta { round: self.round, part: parts.len() as u32 },
+            range: (EntityId(0), EntityId(0)),
+            tick: self.tick,
+            next_entity: self.next_entity,
+        };
+        let contents = Contents { entities: &spawned, despawned: &despawned, removed: &removed, columns: &columns };
+        let bytes = write_archive(&self.registry, stamp, contents, self)?;
+        if bytes.len() <= config.max_chunk_bytes {
+            parts.push(bytes);
+            return Ok(());
+        }
+        let pieces = bytes.len().div_ceil(config.target_chunk_bytes.max(1)).max(2).clamp(1, touched.len().max(1));
+        if pieces < 2 {
+            return Err(CodecError::Encode(format!(
+                "changes of one entity need {} bytes, over the chunk limit of {}",
+                bytes.len(),
+                config.max_chunk_bytes
+            )));
+        }
+        for piece in 0..pieces {
+            let span = &touched[piece * touched.len() / pieces..(piece + 1) * touched.len() / pieces];
+            self.encode_span(span, config, parts)?;
+        }
+        Ok(())
+    }
 }
 
 /// Splits a round's `changes` into `pieces` ranges of about as many touched entities each (fewer
@@ -385,7 +556,27 @@ fn split_changes(changes: &ChangeSet, bounds: &[EntityId]) -> Vec<ChangeSet> {
     pieces
 }
 
-fn write_archive(
+/// An archive's entity lists and columns (each a component type and its holders, ascending).
+struct Contents<'a, C> {
+    entities: &'a [EntityId],
+    despawned: &'a [EntityId],
+    removed: &'a [(EntityId, ComponentId)],
+    columns: &'a [(ComponentId, C)],
+}
+
+/// Where an archive's values come from: the world, or values captured out of it.
+trait ColumnSource<C> {
+    /// Appends the column archive of `column`'s values to `out`.
+    fn encode_column(&self, column: &(ComponentId, C), out: AlignedVec) -> Result<AlignedVec, CodecError>;
+}
+
+impl<C: AsRef<[EntityId]>> ColumnSource<C> for World {
+    fn encode_column(&self, column: &(ComponentId, C), out: AlignedVec) -> Result<AlignedVec, CodecError> {
+        self.store(column.0).encode_entities(column.1.as_ref(), out)
+    }
+}
+
+fn write_archive_of(
     world: &World,
     kind: ArchiveKind,
     range: (EntityId, EntityId),
@@ -394,7 +585,27 @@ fn write_archive(
     removed: &[(EntityId, ComponentId)],
     columns: &[(ComponentId, Vec<EntityId>)],
 ) -> Result<AlignedVec, CodecError> {
-    let registry = world.registry();
+    let stamp = Stamp { kind, range, tick: world.tick(), next_entity: world.next_entity_id() };
+    write_archive(world.registry(), stamp, Contents { entities, despawned, removed, columns }, world)
+}
+
+/// What an archive says about itself and its source world.
+#[derive(Clone, Copy)]
+struct Stamp {
+    kind: ArchiveKind,
+    range: (EntityId, EntityId),
+    tick: u64,
+    next_entity: u64,
+}
+
+fn write_archive<C: AsRef<[EntityId]>>(
+    registry: &Registry,
+    stamp: Stamp,
+    contents: Contents<'_, C>,
+    source: &impl ColumnSource<C>,
+) -> Result<AlignedVec, CodecError> {
+    let Stamp { kind, range, tick, next_entity } = stamp;
+    let Contents { entities, despawned, removed, columns } = contents;
     // The archive's own component table lists only the types it uses, by name.
     let mut used: Vec<ComponentId> =
         columns.iter().map(|(id, _)| *id).chain(removed.iter().map(|(_, id)| *id)).collect();
@@ -417,8 +628,8 @@ fn write_archive(
         sequence,
         part,
         last,
-        tick: world.tick(),
-        next_entity: world.next_entity_id(),
+        tick,
+        next_entity,
         range_first: range.0.0,
         range_last: range.1.0,
         components,
@@ -429,7 +640,7 @@ fn write_archive(
             .iter()
             .map(|(id, holders)| ColumnDesc {
                 component: local_index(*id),
-                entities: holders.iter().map(|entity| entity.0).collect(),
+                entities: holders.as_ref().iter().map(|entity| entity.0).collect(),
             })
             .collect(),
     };
@@ -444,10 +655,10 @@ fn write_archive(
     buffer = rkyv::api::high::to_bytes_in::<_, BoxedError>(&manifest, buffer)
         .map_err(|error| CodecError::Encode(error.to_string()))?;
     sections.push((start, buffer.len() - start));
-    for (id, holders) in columns {
+    for column in columns {
         pad_to_alignment(&mut buffer);
         let start = buffer.len();
-        buffer = world.store(*id).encode_entities(holders, buffer)?;
+        buffer = source.encode_column(column, buffer)?;
         sections.push((start, buffer.len() - start));
     }
 
@@ -754,7 +965,7 @@ pub fn encode_bundle(world: &World, entity: EntityId, exclude: &[ComponentId]) -
         .filter(|id| !exclude.contains(id))
         .map(|id| (id, vec![entity]))
         .collect();
-    write_archive(
+    write_archive_of(
         world,
         ArchiveKind::Delta { round: BUNDLE_ROUND, part: 0 },
         (EntityId(0), EntityId(0)),
@@ -816,7 +1027,7 @@ mod tests {
         let bundle = ArchiveKind::Delta { round: BUNDLE_ROUND, part: 0 };
         let range = (EntityId(0), EntityId(0));
         let write = |kind, entities: &[EntityId], despawned: &[EntityId], removed: &[_], columns: &[_]| {
-            write_archive(&world, kind, range, entities, despawned, removed, columns).unwrap()
+            write_archive_of(&world, kind, range, entities, despawned, removed, columns).unwrap()
         };
         let cases = [
             ("the bundle", write(bundle, &[a], &[], &[], &[(hp, vec![a])])),
@@ -858,6 +1069,46 @@ mod tests {
             world.insert(entity, Hp(value)).unwrap();
         }
         world
+    }
+
+    #[test]
+    fn a_captured_round_encodes_the_values_of_its_capture_whatever_the_world_does_after() {
+        let mut world = hp_world(300);
+        let tracker = world.create_tracker();
+        for entity in world.entities().step_by(3).collect::<Vec<_>>() {
+            world.get_mut::<Hp>(entity).unwrap().0 += 1000;
+        }
+        world.despawn(EntityId(2));
+        let changes = world.changes(tracker);
+        let config = ChunkConfig { target_chunk_bytes: 256, max_chunk_bytes: 1024 };
+        let expected = encode_delta(&world, &changes, 4, config).unwrap();
+        assert!(expected.len() > 2, "split into parts: {}", expected.len());
+        let captured = capture_delta(&world, &changes, 4).unwrap();
+        assert_eq!((captured.round(), captured.records()), (4, changes.len()));
+        // The world goes on: values change, entities go; the capture keeps what it read.
+        for entity in world.entities().collect::<Vec<_>>() {
+            world.get_mut::<Hp>(entity).unwrap().0 = 7;
+        }
+        world.despawn(EntityId(1));
+        world.set_tick(99);
+        let parts = captured.encode(config).unwrap();
+        assert_eq!(
+            parts.iter().map(|part| part.as_slice()).collect::<Vec<_>>(),
+            expected.iter().map(|part| part.as_slice()).collect::<Vec<_>>()
+        );
+        // One entity's changes over the limit cannot be split.
+        let tight = ChunkConfig { target_chunk_bytes: 8, max_chunk_bytes: 16 };
+        let error = capture_delta(
+            &hp_world(1),
+            &ChangeSet { set: vec![(EntityId(1), ComponentId(0))], ..ChangeSet::default() },
+            1,
+        )
+        .unwrap()
+        .encode(tight)
+        .unwrap_err();
+        assert!(error.to_string().contains("changes of one entity need"), "{error}");
+        let missing = ChangeSet { set: vec![(EntityId(5), ComponentId(0))], ..ChangeSet::default() };
+        assert!(capture_delta(&hp_world(1), &missing, 1).is_err(), "a value not in the world");
     }
 
     #[test]
@@ -1102,7 +1353,7 @@ mod tests {
         let ids = |range: std::ops::RangeInclusive<u64>| range.map(EntityId).collect::<Vec<_>>();
         let chunk = |entities: &[EntityId], holders: Vec<EntityId>| {
             let kind = ArchiveKind::SnapshotChunk { index: 1, last: false };
-            write_archive(&world, kind, (EntityId(2), EntityId(3)), entities, &[], &[], &[(hp, holders)]).unwrap()
+            write_archive_of(&world, kind, (EntityId(2), EntityId(3)), entities, &[], &[], &[(hp, holders)]).unwrap()
         };
         let outside = || Err(CodecError::Invalid("snapshot chunk names an entity outside its range".into()));
         let cases = [

@@ -25,7 +25,9 @@ use std::time::Duration;
 
 pub use authority::{AuthorityError, FileAuthority, InMemoryAuthority, Ownership, OwnershipAuthority};
 pub use message::{Message, MessageError};
-pub use source::{HandoffPlan, HandoffSource, SourceAction, SourceConfig, SourcePhase, SourceStats};
+pub use source::{
+    EncodeJob, EncodedRound, HandoffPlan, HandoffSource, SourceAction, SourceConfig, SourcePhase, SourceStats,
+};
 pub use standby::{
     FeedEvent, FeedPhase, FeedStats, FollowerAction, FollowerPhase, PromoteError, StandbyFeed, StandbyFollower,
 };

@@ -220,8 +220,16 @@ pub struct HandoffSource {
     ticks_since_round: u32,
     /// The delta round in flight, if it is one to measure.
     round_in_flight: Option<RoundInFlight>,
-    /// A round too big to encode at its tick boundary, encoded piece by piece as it is polled.
+    /// A round too big to encode at its tick boundary, captured piece by piece as it is polled.
     piecewise: Option<PiecewiseRound>,
+    /// A round that cannot be the final one, captured whole at its tick boundary and being encoded
+    /// elsewhere (protocol.md §4).
+    deferred: Option<RoundRead>,
+    /// The last round encoded elsewhere came out within four budgets (the estimate overshot): the
+    /// next is encoded at its tick boundary, so it may be the final one.
+    encode_next_inline: bool,
+    /// Captured values waiting for the driver to take them to be encoded ([`HandoffSource::poll_encode`]).
+    job: Option<EncodeJob>,
     /// Entities in the world when the snapshot began, for the bytes an entity takes.
     snapshot_entities: usize,
     delivery_rate: Option<f64>,
@@ -280,6 +288,9 @@ impl HandoffSource {
             needs_engines: false,
             engines_ready: false,
             first_round_at: None,
+            deferred: None,
+            encode_next_inline: false,
+            job: None,
             held_for_engines: None,
             held_rounds: 0,
             frozen_at: None,
@@ -414,8 +425,8 @@ impl HandoffSource {
         if self.in_flight() >= self.config.window_bytes as u64 {
             return None;
         }
-        if self.phase == SourcePhase::Rounds && self.piecewise.is_some() {
-            self.encode_next_piece(world);
+        if self.phase == SourcePhase::Rounds && self.piecewise.as_ref().is_some_and(|round| !round.encoding) {
+            self.capture_next_piece(world);
             return self.outbox.pop_front();
         }
         if self.phase != SourcePhase::Snapshot {
@@ -449,7 +460,69 @@ impl HandoffSource {
     #[must_use]
     pub fn encodes_on_poll(&self) -> bool {
         self.outbox.is_empty()
-            && (self.phase == SourcePhase::Snapshot || (self.phase == SourcePhase::Rounds && self.piecewise.is_some()))
+            && (self.phase == SourcePhase::Snapshot
+                || (self.phase == SourcePhase::Rounds && self.piecewise.as_ref().is_some_and(|round| !round.encoding)))
+    }
+
+    /// Values captured from the world to be encoded away from the region's thread (protocol.md
+    /// §4): the driver runs the job ([`EncodeJob::run`]) on another thread and hands back what it
+    /// gives with [`HandoffSource::handle_encoded`]. At most one job is out at a time.
+    pub fn poll_encode(&mut self) -> Option<EncodeJob> {
+        self.job.take()
+    }
+
+    /// An [`EncodeJob`] is done: its parts are queued to be sent (a whole round's then decided as
+    /// a round read at its tick boundary would be, except that it is never the final one), or the
+    /// handoff aborts if it could not be encoded. Stale results (another attempt's, or one that
+    /// arrives after this attempt ended) are dropped.
+    pub fn handle_encoded(&mut self, now: Instant, world: &mut World, encoded: EncodedRound) {
+        if encoded.handoff != self.id || self.phase != SourcePhase::Rounds {
+            return;
+        }
+        let parts = match encoded.result {
+            Ok(parts) => parts,
+            Err(error) => {
+                let reason = AbortReason {
+                    culprit: Culprit::Source,
+                    phase: Phase::Rounds,
+                    reason: format!("encoding delta round {}: {error}", encoded.round),
+                };
+                self.abort_before_freeze(world, reason);
+                return;
+            }
+        };
+        if let Some(read) = self.deferred.take_if(|read| read.round == encoded.round) {
+            let bytes: usize = parts.iter().map(AlignedVec::len).sum();
+            self.encode_next_inline = bytes <= self.freeze_budget().saturating_mul(4);
+            self.conclude_round(now, world, read, bytes, Some(parts), None);
+            return;
+        }
+        let Some(mut piecewise) = self.piecewise.take() else {
+            return;
+        };
+        if !piecewise.encoding || piecewise.round != encoded.round {
+            self.piecewise = Some(piecewise);
+            return;
+        }
+        piecewise.encoding = false;
+        for part in parts {
+            piecewise.bytes += part.len();
+            self.sent_bytes += part.len() as u64;
+            self.outbox.push_back(Message::Delta {
+                handoff: self.id,
+                round: piecewise.round,
+                part: piecewise.parts,
+                bytes: part.to_vec(),
+            });
+            piecewise.parts += 1;
+        }
+        if piecewise.pieces.is_empty() {
+            // Not measured: its time is mostly the ticks between its pieces, which the final
+            // round, encoded at once, does not wait for.
+            self.round_sent(piecewise.round, piecewise.bytes);
+        } else {
+            self.piecewise = Some(piecewise);
+        }
     }
 
     /// The next thing the driver must do, if any.
@@ -559,40 +632,87 @@ impl HandoffSource {
         {
             self.phase = SourcePhase::Rounds;
         }
-        if self.phase != SourcePhase::Rounds || self.in_flight() > 0 || self.piecewise.is_some() {
+        if self.phase != SourcePhase::Rounds
+            || self.in_flight() > 0
+            || self.piecewise.is_some()
+            || self.deferred.is_some()
+        {
             return;
         }
         let Some(tracker) = self.tracker else {
             return;
         };
         let changes = world.changes(tracker);
-        let round = self.round + 1;
-        let budget = self.freeze_budget();
-        let first_round_at = *self.first_round_at.get_or_insert(now);
-        // protocol.md §4: a round estimated far over four budgets cannot be the final one; it is
-        // encoded piece by piece between ticks, as the snapshot is, instead of here (a 67 MB
-        // round encoded whole, twice, at a tick boundary held the region thread for seconds).
-        let estimate = self.estimated_bytes(&changes);
-        let piecewise = estimate > budget.saturating_mul(4)
-            && estimate > PIECEWISE_ROUND_CHUNKS.saturating_mul(self.config.chunk.max_chunk_bytes);
-        let (bytes, parts) = if piecewise {
-            (estimate, None)
-        } else {
-            match codec::encode_delta(world, &changes, round, self.config.chunk) {
-                Ok(parts) => (parts.iter().map(AlignedVec::len).sum(), Some(parts)),
-                Err(error) => {
-                    let reason = AbortReason {
-                        culprit: Culprit::Source,
-                        phase: Phase::Rounds,
-                        reason: format!("encoding delta round {round}: {error}"),
-                    };
-                    self.abort_before_freeze(world, reason);
-                    return;
-                }
-            }
-        };
-        let per_tick = bytes / self.ticks_since_round.max(1) as usize;
+        let read = RoundRead { round: self.round + 1, at: now, ticks: self.ticks_since_round };
         self.ticks_since_round = 0;
+        let budget = self.freeze_budget();
+        self.first_round_at.get_or_insert(now);
+        // protocol.md §4: a round estimated over four budgets cannot be the final one, so it need
+        // not be encoded here: its values are captured and encoded away from the region's thread,
+        // whole, or piece by piece between ticks when it is far over (a 67 MB round encoded
+        // whole, twice, at a tick boundary held the region thread for seconds).
+        let estimate = self.estimated_bytes(&changes);
+        let inline = std::mem::take(&mut self.encode_next_inline);
+        let over_four = estimate > budget.saturating_mul(4);
+        if over_four && estimate > PIECEWISE_ROUND_CHUNKS.saturating_mul(self.config.chunk.max_chunk_bytes) {
+            self.conclude_round(now, world, read, estimate, None, None);
+            if self.phase == SourcePhase::Rounds {
+                let pieces = estimate.div_ceil(self.config.chunk.target_chunk_bytes.max(1));
+                self.piecewise = Some(PiecewiseRound {
+                    round: read.round,
+                    pieces: codec::split_round(&changes, pieces).into(),
+                    encoding: false,
+                    parts: 0,
+                    bytes: 0,
+                });
+            }
+            return;
+        }
+        if over_four && !inline {
+            match codec::capture_delta(world, &changes, read.round) {
+                Ok(captured) => {
+                    self.job = Some(EncodeJob { handoff: self.id, config: self.config.chunk, captured });
+                    self.deferred = Some(read);
+                }
+                Err(error) => self.abort_encoding(world, read.round, &error),
+            }
+            return;
+        }
+        match codec::encode_delta(world, &changes, read.round, self.config.chunk) {
+            Ok(parts) => {
+                let bytes = parts.iter().map(AlignedVec::len).sum();
+                self.conclude_round(now, world, read, bytes, Some(parts), Some(next_tick_due));
+            }
+            Err(error) => self.abort_encoding(world, read.round, &error),
+        }
+    }
+
+    fn abort_encoding(&mut self, world: &mut World, round: u32, error: &codec::CodecError) {
+        let reason = AbortReason {
+            culprit: Culprit::Source,
+            phase: Phase::Rounds,
+            reason: format!("encoding delta round {round}: {error}"),
+        };
+        self.abort_before_freeze(world, reason);
+    }
+
+    /// Decides what becomes of round `read` of `bytes` (protocol.md §4): `parts` when it is
+    /// encoded (`None`: an estimate, sent piece by piece), `next_tick_due` when it was read at the
+    /// tick boundary just passed and so may be the final round (`None`: encoded elsewhere since,
+    /// sent as an ordinary round whatever its size).
+    fn conclude_round(
+        &mut self,
+        now: Instant,
+        world: &mut World,
+        read: RoundRead,
+        bytes: usize,
+        parts: Option<Vec<AlignedVec>>,
+        next_tick_due: Option<Instant>,
+    ) {
+        let round = read.round;
+        let budget = self.freeze_budget();
+        let first_round_at = *self.first_round_at.get_or_insert(read.at);
+        let per_tick = bytes / read.ticks.max(1) as usize;
         self.stats.change_bytes_per_tick = Some(per_tick as u64);
         // protocol.md §4: a round within the budget that waits only for the target's engines
         // counts neither as a round that did not shrink nor towards the round limit, so the wait
@@ -628,15 +748,17 @@ impl HandoffSource {
         // protocol.md §4: a region with many bodies also waits for the target's engines, which
         // the target builds from the received world while the rounds go on, so that they are not
         // built in the freeze; a round that fits is then sent as an ordinary one.
-        let freeze_now = fits && (prepared || now >= first_round_at + self.config.engines_ready_wait);
+        let freeze_now =
+            fits && next_tick_due.is_some() && (prepared || now >= first_round_at + self.config.engines_ready_wait);
         if fits && !prepared {
             self.held_for_engines.get_or_insert(now);
             if freeze_now {
                 crate::events::handoff_freezes_unready(self.region, now - first_round_at);
             }
         }
-        match parts {
-            Some(parts) if freeze_now => {
+        let estimated = parts.is_none();
+        match (parts, next_tick_due) {
+            (Some(parts), Some(next_tick_due)) if freeze_now => {
                 self.stats.waited = self.waiting_since.map(|since| now - since);
                 self.stats.engines_waited = self.held_for_engines.map(|since| now - since);
                 self.freeze(now, world, round, parts, next_tick_due);
@@ -649,13 +771,13 @@ impl HandoffSource {
                     phase: Phase::Rounds,
                     reason: format!(
                         "did not converge: {}; no quieter moment came in {:.1} s",
-                        self.rates(round, bytes, budget, parts.is_none()),
+                        self.rates(round, bytes, budget, estimated),
                         waited.as_secs_f64()
                     ),
                 };
                 self.abort_before_freeze(world, reason);
             }
-            Some(parts) => {
+            (Some(parts), _) => {
                 self.round = round;
                 self.stats.rounds = round;
                 self.send_parts(round, parts);
@@ -666,19 +788,12 @@ impl HandoffSource {
                 // the floor.
                 if bytes > self.config.freeze_budget_bytes {
                     self.round_in_flight =
-                        Some(RoundInFlight { encoded_at: now, bytes: bytes as u64, sent_through: self.sent_bytes });
+                        Some(RoundInFlight { encoded_at: read.at, bytes: bytes as u64, sent_through: self.sent_bytes });
                 }
             }
-            None => {
+            (None, _) => {
                 self.round = round;
                 self.stats.rounds = round;
-                let pieces = bytes.div_ceil(self.config.chunk.target_chunk_bytes.max(1));
-                self.piecewise = Some(PiecewiseRound {
-                    round,
-                    pieces: codec::split_round(&changes, pieces).into(),
-                    parts: 0,
-                    bytes: 0,
-                });
             }
         }
     }
@@ -689,9 +804,10 @@ impl HandoffSource {
         self.stats.delta_bytes += bytes as u64;
     }
 
-    /// Encodes the next piece of a piecewise round from the world as it is now: values changed
-    /// since the round was read go out newer, and go again in the next round, as under a snapshot.
-    fn encode_next_piece(&mut self, world: &mut World) {
+    /// Captures the next piece of a piecewise round from the world as it is now, to be encoded
+    /// elsewhere: values changed since the round was read go out newer, and go again in the next
+    /// round, as under a snapshot.
+    fn capture_next_piece(&mut self, world: &mut World) {
         let Some(mut piecewise) = self.piecewise.take() else {
             return;
         };
@@ -699,36 +815,13 @@ impl HandoffSource {
             return;
         };
         codec::retain_present(world, &mut piece);
-        match codec::encode_delta(world, &piece, piecewise.round, self.config.chunk) {
-            Ok(parts) => {
-                for part in parts {
-                    piecewise.bytes += part.len();
-                    self.sent_bytes += part.len() as u64;
-                    self.outbox.push_back(Message::Delta {
-                        handoff: self.id,
-                        round: piecewise.round,
-                        part: piecewise.parts,
-                        bytes: part.to_vec(),
-                    });
-                    piecewise.parts += 1;
-                }
+        match codec::capture_delta(world, &piece, piecewise.round) {
+            Ok(captured) => {
+                self.job = Some(EncodeJob { handoff: self.id, config: self.config.chunk, captured });
+                piecewise.encoding = true;
+                self.piecewise = Some(piecewise);
             }
-            Err(error) => {
-                let reason = AbortReason {
-                    culprit: Culprit::Source,
-                    phase: Phase::Rounds,
-                    reason: format!("encoding delta round {}: {error}", piecewise.round),
-                };
-                self.abort_before_freeze(world, reason);
-                return;
-            }
-        }
-        if piecewise.pieces.is_empty() {
-            // Not measured: its time is mostly the ticks between its pieces, which the final
-            // round, encoded at once, does not wait for.
-            self.round_sent(piecewise.round, piecewise.bytes);
-        } else {
-            self.piecewise = Some(piecewise);
+            Err(error) => self.abort_encoding(world, piecewise.round, &error),
         }
     }
 
@@ -946,6 +1039,8 @@ impl HandoffSource {
             world.drop_tracker(tracker);
         }
         self.piecewise = None;
+        self.deferred = None;
+        self.job = None;
         self.writer = None;
         self.outbox.clear();
         if !self.link_lost {
@@ -968,15 +1063,59 @@ impl HandoffSource {
 const PIECEWISE_ROUND_CHUNKS: usize = 2;
 
 /// A round too big to encode at its tick boundary: its changes in entity ranges of about a chunk
-/// each, encoded one per poll.
+/// each, captured one per poll and encoded elsewhere, one at a time.
 #[derive(Debug)]
 struct PiecewiseRound {
     round: u32,
     pieces: VecDeque<ChangeSet>,
+    /// A piece is out being encoded.
+    encoding: bool,
     /// Parts sent so far.
     parts: u32,
     /// Bytes sent so far.
     bytes: usize,
+}
+
+/// A round as it was read at its tick boundary.
+#[derive(Clone, Copy, Debug)]
+struct RoundRead {
+    round: u32,
+    /// The tick boundary it was read at.
+    at: Instant,
+    /// Ticks whose changes it holds.
+    ticks: u32,
+}
+
+/// Values of a delta round (or of a piece of one) captured from the world, to be encoded away
+/// from the region's thread ([`HandoffSource::poll_encode`]).
+#[derive(Debug)]
+pub struct EncodeJob {
+    handoff: HandoffId,
+    config: ChunkConfig,
+    captured: codec::CapturedDelta,
+}
+
+impl EncodeJob {
+    /// Encodes the captured values (on any thread); a panic while encoding is returned as an
+    /// error, so the handoff aborts rather than waiting for a result that never comes.
+    #[must_use]
+    pub fn run(self) -> EncodedRound {
+        let started = Instant::now();
+        let round = self.captured.round();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.captured.encode(self.config)))
+            .unwrap_or_else(|_| Err(codec::CodecError::Encode("encoding panicked".to_owned())));
+        EncodedRound { handoff: self.handoff, round, result, took: started.elapsed() }
+    }
+}
+
+/// What an [`EncodeJob`] gave, for [`HandoffSource::handle_encoded`].
+#[derive(Debug)]
+pub struct EncodedRound {
+    handoff: HandoffId,
+    round: u32,
+    result: Result<Vec<AlignedVec>, codec::CodecError>,
+    /// How long the encoding took.
+    pub took: Duration,
 }
 
 /// A delta round sent and measured once it is wholly applied.
@@ -1166,9 +1305,17 @@ mod tests {
             self.source.handle_message(self.now, &mut self.world, message);
         }
 
-        /// Every message the source has to send now; counts the bulk bytes among them.
+        /// Every message the source has to send now, running the encoding jobs it hands out on
+        /// the way as a driver would (at once); counts the bulk bytes among them.
         fn drain(&mut self) -> Vec<Message> {
-            let messages: Vec<Message> = std::iter::from_fn(|| self.source.poll_message(&mut self.world)).collect();
+            let mut messages = Vec::new();
+            loop {
+                messages.extend(std::iter::from_fn(|| self.source.poll_message(&mut self.world)));
+                let Some(job) = self.source.poll_encode() else {
+                    break;
+                };
+                self.source.handle_encoded(self.now, &mut self.world, job.run());
+            }
             for message in &messages {
                 if let Message::Chunk { bytes, .. } | Message::Delta { bytes, .. } = message {
                     self.sent += bytes.len() as u64;
@@ -1634,16 +1781,32 @@ mod tests {
         apply(&mut target, &snapshot);
         run.acknowledge();
         // All 40 entities change: about 41 kB, over four budgets (20 kB) and two chunks (18 kB). At
-        // the tick nothing is encoded; each poll encodes one piece of about a chunk (8 kB).
+        // the tick nothing is encoded; a poll captures one piece of about a chunk (8 kB), which
+        // goes out to be encoded elsewhere, one at a time.
         run.change(40);
         run.tick();
         assert!(run.source.encodes_on_poll());
+        assert!(run.source.poll_message(&mut run.world).is_none(), "captured, not encoded here");
+        let job = run.source.poll_encode().expect("the first piece, to encode");
+        assert!(!run.source.encodes_on_poll() && run.source.poll_message(&mut run.world).is_none());
+        assert!(run.source.poll_encode().is_none(), "one piece out at a time");
+        // The world goes on while it is encoded: the piece holds the values it captured.
+        run.change_range(0..1);
+        run.tick();
+        let encoded = job.run();
+        run.source.handle_encoded(run.now, &mut run.world, encoded);
         let Some(first @ Message::Delta { round: 1, part: 0, .. }) = run.source.poll_message(&mut run.world) else {
             panic!("the first piece");
         };
         assert!(delta_bytes(std::slice::from_ref(&first)) < 9000, "one piece, not the round");
         run.sent += delta_bytes(std::slice::from_ref(&first));
-        apply(&mut target, &[first]);
+        apply(&mut target, std::slice::from_ref(&first));
+        let Message::Delta { bytes, .. } = &first else { unreachable!() };
+        let decoded = codec::decode(run.world.registry(), bytes, codec::DecodeLimits::default()).unwrap();
+        let mut piece = World::new(run.world.registry().as_ref().clone());
+        decoded.apply(&mut piece);
+        assert_eq!(piece.get::<Blob>(run.entities[0]), Some(&Blob(vec![1; BLOB_BYTES])), "as captured");
+        assert_eq!(run.world.get::<Blob>(run.entities[0]), Some(&Blob(vec![2; BLOB_BYTES])), "changed since");
         // Ticks go on meanwhile: the last entity is despawned, one in a later piece changes again.
         run.world.despawn(run.entities[39]);
         run.change_range(30..31);
@@ -1674,6 +1837,106 @@ mod tests {
         let Some(Message::Freeze { digest, round: 2, .. }) = last.last() else { panic!("the freeze: {last:?}") };
         assert_eq!(target.digest().0, *digest);
         assert!(run.source.stats().delta_bytes > 40 * BLOB_BYTES as u64);
+    }
+
+    /// Chunks big enough that rounds over four budgets (20 kB) stay under two chunks.
+    fn big_chunks() -> SourceConfig {
+        SourceConfig { chunk: ChunkConfig { target_chunk_bytes: 32_000, max_chunk_bytes: 64_000 }, ..config() }
+    }
+
+    #[test]
+    fn a_round_that_cannot_be_the_final_one_is_encoded_away_from_the_tick_and_sent_as_an_ordinary_one() {
+        let mut run = Run::snapshot(big_chunks());
+        let mut target = World::new(run.world.registry().as_ref().clone());
+        let apply = |target: &mut World, messages: &[Message]| {
+            for message in messages {
+                if let Message::Chunk { bytes, .. } | Message::Delta { bytes, .. } = message {
+                    codec::apply(target, bytes, codec::DecodeLimits::default()).unwrap();
+                }
+            }
+        };
+        let snapshot = run.drain();
+        apply(&mut target, &snapshot);
+        run.acknowledge();
+        // 30 entities, about 30 kB: over four budgets, under two chunks. The tick only captures it.
+        run.change(30);
+        run.tick();
+        assert!(run.source.poll_message(&mut run.world).is_none() && !run.source.encodes_on_poll());
+        let job = run.source.poll_encode().expect("the round, to encode");
+        assert_eq!(run.source.stats().rounds, 0, "decided once encoded");
+        // Ticks go on; no round is read while it is out.
+        run.change_range(0..1);
+        run.tick();
+        assert!(run.source.poll_encode().is_none());
+        // Another attempt's result is not this one's.
+        let stale = EncodedRound { handoff: 40, round: 1, result: Ok(Vec::new()), took: Duration::ZERO };
+        run.source.handle_encoded(run.now, &mut run.world, stale);
+        assert!(run.source.poll_message(&mut run.world).is_none());
+        run.source.handle_encoded(run.now, &mut run.world, job.run());
+        let first = run.drain();
+        assert_eq!(delta_rounds(&first), vec![1]);
+        assert!(delta_bytes(&first) > 4 * BUDGET as u64 && run.source.stats().rounds == 1);
+        assert!(!first.iter().any(|message| matches!(message, Message::Freeze { .. })));
+        apply(&mut target, &first);
+        run.now += Duration::from_millis(20);
+        run.acknowledge();
+        // Measured as a round encoded at its tick boundary is, from the boundary it was read at.
+        let rate = run.source.stats().delivery_bytes_per_second.expect("measured");
+        // Read at a tick, sent at the next (50 ms later), applied 20 ms after that.
+        assert_eq!(rate, (delta_bytes(&first) as f64 / 0.070) as u64, "the time since the read, not since the send");
+        // The next round (what changed since round 1 was read) fits: the final one.
+        run.change(1);
+        run.tick();
+        let last = run.drain();
+        apply(&mut target, &last);
+        let Some(Message::Freeze { digest, round: 2, .. }) = last.last() else { panic!("the freeze: {last:?}") };
+        assert_eq!(target.digest().0, *digest);
+    }
+
+    #[test]
+    fn a_round_encoded_away_that_fits_is_not_the_final_one_and_the_next_is_encoded_at_its_tick() {
+        let mut run = Run::rounds(big_chunks());
+        // 30 small values: estimated from the snapshot's thousand bytes an entity (30 kB), about
+        // 1 kB once encoded.
+        let small = |run: &mut Run| {
+            run.changed += 1;
+            for entity in run.entities[..30].iter().copied() {
+                run.world.insert(entity, Blob(vec![run.changed; 10])).unwrap();
+            }
+        };
+        small(&mut run);
+        run.tick();
+        let round = run.drain();
+        assert!(delta_bytes(&round) <= BUDGET as u64, "it fits: {}", delta_bytes(&round));
+        assert!(!round.iter().any(|message| matches!(message, Message::Freeze { .. })), "read two ticks ago");
+        run.acknowledge();
+        small(&mut run);
+        run.tick();
+        assert!(run.source.poll_encode().is_none(), "encoded at its tick");
+        assert_eq!(run.source.phase(), SourcePhase::Frozen);
+        assert!(matches!(run.drain().last(), Some(Message::Freeze { round: 2, .. })));
+    }
+
+    #[test]
+    fn a_round_that_could_not_be_encoded_elsewhere_ends_the_handoff() {
+        let mut run = Run::rounds(big_chunks());
+        run.change(30);
+        run.tick();
+        let job = run.source.poll_encode().expect("the round, to encode");
+        drop(job);
+        let failed = EncodedRound {
+            handoff: 41,
+            round: 1,
+            result: Err(codec::CodecError::Encode("encoding panicked".into())),
+            took: Duration::ZERO,
+        };
+        run.source.handle_encoded(run.now, &mut run.world, failed);
+        let (_, _, reason) = run.resumed();
+        assert_eq!(
+            reason,
+            abort(Culprit::Source, Phase::Rounds, "encoding delta round 1: encoding failed: encoding panicked")
+        );
+        assert!(run.source.poll_encode().is_none());
     }
 
     #[test]

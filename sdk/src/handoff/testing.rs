@@ -579,6 +579,11 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
                     self.engine_builds.push_back((now + self.engine_build_time, side, built));
                 }
             }
+            // Encoded at once: the rounds' ordering against ticks is the source's own tests'.
+            Output::EncodeRound(job) => {
+                let encoded = job.run();
+                self.node(side).handle_encoded(now, encoded);
+            }
             Output::Ticked(report) => self.record_tick(side, report.tick, &report.applied),
             Output::Bounce(ServerMessage::Bounced { player, seq, payload, .. }, _) => {
                 // The gateway routes a bounced input again, unless that would hand it straight
