@@ -50,12 +50,6 @@ where
 /// Values copied out of a world's column, to be encoded on another thread: a delta round's piece
 /// that the region thread only reads out ([`capture_delta`](super::capture_delta)).
 pub trait CapturedColumn: Send {
-    /// How many values it holds.
-    fn len(&self) -> usize;
-    /// Whether it holds none.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
     /// Appends a column archive of the values at `range` to `out`.
     fn encode(&self, range: std::ops::Range<usize>, out: AlignedVec) -> Result<AlignedVec, CodecError>;
 }
@@ -63,10 +57,6 @@ pub trait CapturedColumn: Send {
 struct Captured<T>(Vec<T>);
 
 impl<T: crate::Component> CapturedColumn for Captured<T> {
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
     fn encode(&self, range: std::ops::Range<usize>, out: AlignedVec) -> Result<AlignedVec, CodecError> {
         let Some(values) = self.0.get(range.clone()) else {
             return Err(CodecError::Encode(format!("values {range:?} of a column of {}", self.0.len())));
