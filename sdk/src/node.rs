@@ -1468,6 +1468,10 @@ impl<L: RegionLogic> RegionNode<L> {
                 }
                 if let Some(job) = handoff.poll_encode() {
                     busy = true;
+                    // A piece captured under the chunk rule counts as a chunk sent (protocol.md §4).
+                    if encodes {
+                        self.chunk_sent_at.handoff = Some(now);
+                    }
                     self.outputs.push_back(Output::EncodeRound(job));
                 }
                 if let Some(action) = handoff.poll_action() {

@@ -371,31 +371,44 @@ impl World {
     }
 
     /// How much the world holds: its live entities, then the values of each component type in
-    /// registry order. A world about to receive this one's snapshot makes room for it with
-    /// [`World::reserve`] (the handoff's `Begin` carries it).
+    /// the order of their names (the same in every process whose registry passes the schema check,
+    /// which does not depend on the order types were registered in). A world about to receive
+    /// this one's snapshot makes room for it with [`World::reserve`] (the handoff's `Begin`
+    /// carries it).
     #[must_use]
     pub fn sizes(&self) -> Vec<u64> {
-        std::iter::once(self.entities.len() as u64).chain(self.stores.iter().map(|store| store.len() as u64)).collect()
+        let stores = self.stores_by_name().into_iter().map(|index| self.stores[index].len() as u64);
+        std::iter::once(self.entities.len() as u64).chain(stores).collect()
     }
 
-    /// Makes room for a world of `sizes` (from [`World::sizes`] of a world with the same registry)
+    /// Makes room for a world of `sizes` (from [`World::sizes`] of a world of the same schema)
     /// before its snapshot arrives, so that applying it writes each column once instead of growing
-    /// and copying it chunk by chunk. A hint only: a wrong or short `sizes` costs speed, not
-    /// correctness, and each column reserves at most 2^22 values however large the number.
+    /// and copying it chunk by chunk. A hint only, which may come from a peer: a wrong or short
+    /// `sizes` costs speed, not correctness, each column reserves at most 2^22 values and 256 MiB
+    /// however large the number, and room the allocator cannot give is simply not reserved.
     pub fn reserve(&mut self, sizes: &[u64]) {
         let additional = |size: u64, len: usize| usize::try_from(size).unwrap_or(usize::MAX).saturating_sub(len);
         let Some((entities, values)) = sizes.split_first() else {
             return;
         };
-        self.entities.reserve(additional(*entities, self.entities.len()));
         let mut records = additional(*entities, self.entities.len());
-        for (store, size) in self.stores.iter_mut().zip(values) {
+        self.entities.reserve(records);
+        for (index, size) in self.stores_by_name().into_iter().zip(values) {
+            let store = &mut self.stores[index];
             let more = additional(*size, store.len());
             store.reserve(more);
             records = records.saturating_add(more);
         }
         // Applying the snapshot journals a record per entity and per value.
-        self.journal.records.reserve(records.min(MAX_RESERVE));
+        let _ = self.journal.records.try_reserve(records.min(MAX_RESERVE));
+    }
+
+    /// Indices of the stores in the order of their types' names.
+    fn stores_by_name(&self) -> Vec<usize> {
+        let mut order: Vec<(&str, usize)> =
+            self.registry.infos().map(|(id, info)| (info.name, usize::from(id.0))).collect();
+        order.sort_unstable();
+        order.into_iter().map(|(_, index)| index).collect()
     }
 
     /// A new change reader that will see every change made from now on.
@@ -668,8 +681,8 @@ pub(crate) struct Entry<T> {
 }
 
 /// A hash folded into the digest sum, kept in two halves so that an entry needs a `u64`'s
-/// alignment rather than a `u128`'s (a 28-byte value's slot in a column is 64 bytes rather than 96:
-/// a third less memory to fault in and copy when a snapshot is applied). 0 stands for "nothing
+/// alignment rather than a `u128`'s (a 28-byte value's slot in a column is 64 bytes rather than 80:
+/// a fifth less memory to fault in and copy when a snapshot is applied). 0 stands for "nothing
 /// folded": a hash of 0 adds nothing to the sum, so the digest cannot tell the two apart.
 #[derive(Clone, Copy)]
 struct Folded([u64; 2]);
@@ -756,12 +769,15 @@ impl<V> Column<V> {
         self.get(entity).is_some()
     }
 
-    /// Makes room for `additional` more values (at most [`MAX_RESERVE`]: the number may come from
-    /// a peer).
+    /// Makes room for `additional` more values (at most [`MAX_RESERVE`] of them and
+    /// [`MAX_RESERVE_BYTES`]: the number may come from a peer); room the allocator cannot give is
+    /// not reserved.
     pub(crate) fn reserve(&mut self, additional: usize) {
-        let additional = additional.min(MAX_RESERVE);
-        self.ids.reserve(additional);
-        self.values.reserve(additional);
+        let slot = size_of::<Option<V>>().max(size_of::<EntityId>());
+        let additional = additional.min(MAX_RESERVE).min(MAX_RESERVE_BYTES / slot);
+        if self.ids.try_reserve(additional).is_ok() {
+            let _ = self.values.try_reserve(additional);
+        }
     }
 
     /// Whether `entities` are strictly ascending and all above every id the column holds (a
@@ -770,9 +786,10 @@ impl<V> Column<V> {
         let Some(first) = entities.first() else {
             return true;
         };
-        self.ids.last().is_none_or(|last| first > last)
-            && self.side.last_key_value().is_none_or(|(last, _)| first > last)
-            && entities.windows(2).all(|pair| pair[0] < pair[1])
+        // Every id in the side map is below the column's last id (that is how it got there; a
+        // fold, which may drop the last id's tombstone, empties the side map), so above the last
+        // id is above everything.
+        self.ids.last().is_none_or(|last| first > last) && entities.windows(2).all(|pair| pair[0] < pair[1])
     }
 
     /// Appends the values of `entities`, which [`Column::appends_at_end`] accepted: one pass, one
@@ -937,6 +954,9 @@ const INDEX_PAGE: usize = 256;
 /// The most values [`Column::reserve`] makes room for at once (the hint comes from a peer; room
 /// that is reserved and never written costs address space, not memory).
 const MAX_RESERVE: usize = 1 << 22;
+
+/// The most bytes [`Column::reserve`] makes room for at once in one of a column's vectors.
+const MAX_RESERVE_BYTES: usize = 256 << 20;
 
 impl ColumnIndex {
     fn get(&self, entity: EntityId) -> Option<usize> {
@@ -1369,6 +1389,16 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_keeps_its_digest_hash_in_8_byte_halves() {
+        // A 28-byte value (a pose: 7 x f32) takes 64 bytes a slot, not the 80 an `Option<u128>`'s
+        // 16-byte alignment made it.
+        assert_eq!(size_of::<Option<Entry<[f32; 7]>>>(), 64);
+        let hash = (7u128 << 64) | 9;
+        assert_eq!(Folded::of(hash).get(), hash);
+        assert_eq!(Folded::NONE.get(), 0);
+    }
+
+    #[test]
     fn a_world_makes_room_for_the_sizes_of_another_and_no_more_than_its_cap() {
         let mut source = world();
         let (hp, _) = ids(&source);
@@ -1379,7 +1409,17 @@ mod tests {
                 source.insert(entity, Name(format!("n{index}"))).unwrap();
             }
         }
-        assert_eq!(source.sizes(), [40, 40, 10], "entities, then each type in registry order");
+        assert_eq!(source.sizes(), [40, 40, 10], "entities, then each type by name: test.hp, test.name");
+        // Registered the other way round: the same sizes, by name.
+        let mut reversed = Registry::new();
+        reversed.register::<Name>().unwrap();
+        reversed.register::<Hp>().unwrap();
+        let mut other = World::new(reversed);
+        other.reserve(&source.sizes());
+        let other_hp = other.registry().id_of::<Hp>().unwrap();
+        let other_name = other.registry().id_of::<Name>().unwrap();
+        assert!(typed_store::<Hp>(&other.stores, other_hp).values.capacity() >= 40);
+        assert!(typed_store::<Name>(&other.stores, other_name).values.capacity() < 40);
         let mut target = world();
         target.reserve(&source.sizes());
         assert!(target.entities.ids.capacity() >= 40 && target.store(hp).len() == 0);
@@ -1390,6 +1430,11 @@ mod tests {
         hinted.reserve(&[u64::MAX, u64::MAX]);
         assert!(hinted.entities.ids.capacity() <= 2 * MAX_RESERVE);
         assert!(typed_store::<Hp>(&hinted.stores, hp).ids.capacity() <= 2 * MAX_RESERVE);
+        // Big values: the byte cap binds before the count.
+        let mut big: Column<[u64; 1024]> = Column::default();
+        big.reserve(usize::MAX);
+        assert!(big.values.capacity() * size_of::<Option<[u64; 1024]>>() <= 2 * MAX_RESERVE_BYTES);
+        assert!(big.values.capacity() > 0);
         assert!(hinted.journal.records.capacity() <= 2 * MAX_RESERVE);
         hinted.reserve(&[]);
         assert_eq!(hinted.entity_count(), 0);

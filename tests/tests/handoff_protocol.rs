@@ -313,6 +313,44 @@ fn inputs_that_reach_the_frozen_source_are_applied_once_by_whoever_owns_the_regi
 }
 
 #[test]
+fn rounds_encoded_away_from_the_region_s_thread_while_it_ticks_move_the_frozen_world() {
+    // Rounds over four budgets (20 kB here) are encoded on another thread, which here takes 120 ms
+    // (over three ticks) to hand them back, while the region ticks and its players' inputs
+    // arrive; a target lost while one is out leaves the source owning the region.
+    for (fault, expected) in [(Fault::None, Outcome::Committed), (Fault::CrashTarget, Outcome::SourceKept)] {
+        let mut pair = pair(600);
+        // A budget a little under one tick of changes: a round's estimate (its records times the
+        // snapshot's bytes per entity, which the scripted NPCs make large) is over four of them.
+        pair.set_source_config(SourceConfig {
+            chunk: ChunkConfig { target_chunk_bytes: 16 * 1024, max_chunk_bytes: 64 * 1024 },
+            freeze_budget_bytes: 4_000,
+            max_freeze: None,
+            max_rounds: 5,
+            ..SourceConfig::default()
+        });
+        pair.encode_time = Duration::from_millis(120);
+        pair.drive_until(Duration::from_secs(1));
+        pair.start_handoff();
+        let out = pair.drive_while(Duration::from_secs(10), |pair| pair.encodes_out() > 0);
+        assert!(out, "{fault:?}: no round was encoded away");
+        if fault == Fault::CrashTarget {
+            pair.crash_target();
+        }
+        let end = pair.elapsed() + Duration::from_secs(6);
+        pair.drive_until(end);
+        pair.check_invariants();
+        let outcome = match pair.ticking() {
+            Some(Side::Target) => Outcome::Committed,
+            Some(Side::Source) => Outcome::SourceKept,
+            None => Outcome::Down,
+        };
+        assert_eq!(outcome, expected, "{fault:?}");
+        assert!(pair.rounds_encoded > 0, "{fault:?}: delivered {}", pair.rounds_encoded);
+        assert_eq!(pair.arrivals().0, 0, "{fault:?}: inputs that arrived twice");
+    }
+}
+
+#[test]
 fn the_source_reports_every_tick_it_ran_during_the_handoff_and_the_work_after_each() {
     // Long enough a handoff to span several ticks: the target's engine takes 300 ms to build.
     let mut pair = pair(600);

@@ -54,18 +54,6 @@ pub trait CapturedColumn: Send {
     fn encode(&self, range: std::ops::Range<usize>, out: AlignedVec) -> Result<AlignedVec, CodecError>;
 }
 
-struct Captured<T>(Vec<T>);
-
-impl<T: crate::Component> CapturedColumn for Captured<T> {
-    fn encode(&self, range: std::ops::Range<usize>, out: AlignedVec) -> Result<AlignedVec, CodecError> {
-        let Some(values) = self.0.get(range.clone()) else {
-            return Err(CodecError::Encode(format!("values {range:?} of a column of {}", self.0.len())));
-        };
-        let values: Vec<&T> = values.iter().collect();
-        T::encode_column(&values, out)
-    }
-}
-
 /// Copies `values` out of the world (the derive's `capture_column`; components are `Clone`).
 pub fn capture<T: crate::Component + Clone>(values: &[&T]) -> Box<dyn CapturedColumn> {
     Box::new(Captured(values.iter().map(|value| (*value).clone()).collect::<Vec<T>>()))
@@ -108,6 +96,21 @@ pub const fn schema_hash<T: Archive>(fingerprint: u64) -> u64 {
     hash = (hash ^ size).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     hash = (hash ^ align).wrapping_mul(0x94d0_49bb_1331_11eb);
     hash ^ (hash >> 31)
+}
+
+struct Captured<T>(Vec<T>);
+
+impl<T: crate::Component> CapturedColumn for Captured<T> {
+    fn encode(&self, range: std::ops::Range<usize>, out: AlignedVec) -> Result<AlignedVec, CodecError> {
+        let Some(values) = self.0.get(range.clone()) else {
+            return Err(CodecError::Encode(format!(
+                "values {range:?} asked of a captured column of {} values",
+                self.0.len()
+            )));
+        };
+        let values: Vec<&T> = values.iter().collect();
+        T::encode_column(&values, out)
+    }
 }
 
 #[cfg(test)]

@@ -1079,15 +1079,25 @@ mod tests {
             world.get_mut::<Hp>(entity).unwrap().0 += 1000;
         }
         world.despawn(EntityId(2));
+        world.remove::<Hp>(EntityId(5));
+        let spawned = world.spawn();
         let changes = world.changes(tracker);
+        assert!(!changes.spawned.is_empty() && !changes.despawned.is_empty() && !changes.removed.is_empty());
         let config = ChunkConfig { target_chunk_bytes: 256, max_chunk_bytes: 1024 };
         let expected = encode_delta(&world, &changes, 4, config).unwrap();
         assert!(expected.len() > 2, "split into parts: {}", expected.len());
         let captured = capture_delta(&world, &changes, 4).unwrap();
         assert_eq!((captured.round(), captured.records()), (4, changes.len()));
+        assert_eq!(
+            format!("{captured:?}"),
+            format!("CapturedDelta {{ round: 4, tick: 0, records: {}, .. }}", changes.len())
+        );
+        world.despawn(spawned);
         // The world goes on: values change, entities go; the capture keeps what it read.
         for entity in world.entities().collect::<Vec<_>>() {
-            world.get_mut::<Hp>(entity).unwrap().0 = 7;
+            if let Some(mut hp) = world.get_mut::<Hp>(entity) {
+                hp.0 = 7;
+            }
         }
         world.despawn(EntityId(1));
         world.set_tick(99);
@@ -1096,6 +1106,12 @@ mod tests {
             parts.iter().map(|part| part.as_slice()).collect::<Vec<_>>(),
             expected.iter().map(|part| part.as_slice()).collect::<Vec<_>>()
         );
+        // Just over the limit: split in two.
+        let whole = captured.encode(ChunkConfig { target_chunk_bytes: 1 << 30, max_chunk_bytes: 1 << 30 }).unwrap();
+        let length = whole[0].len();
+        let halves =
+            captured.encode(ChunkConfig { target_chunk_bytes: length / 2 + 1, max_chunk_bytes: length - 1 }).unwrap();
+        assert_eq!((whole.len(), halves.len()), (1, 2));
         // One entity's changes over the limit cannot be split.
         let tight = ChunkConfig { target_chunk_bytes: 8, max_chunk_bytes: 16 };
         let error = capture_delta(

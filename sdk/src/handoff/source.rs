@@ -28,8 +28,8 @@ pub struct SourceConfig {
     pub freeze_budget_bytes: usize,
     /// The time the final round may take to deliver. Once a delta round over
     /// `freeze_budget_bytes` was sent and reported applied, the freeze budget is what the measured
-    /// rate (the round's bytes over the time from the tick boundary it was encoded at to hearing
-    /// it applied) moves in this time, at least [`MIN_FREEZE_BUDGET`] and at most
+    /// rate (the round's bytes over the time from when its encoding began, at its tick boundary
+    /// or on another thread, to hearing it applied) moves in this time, at least [`MIN_FREEZE_BUDGET`] and at most
     /// `freeze_budget_bytes`. `None` keeps `freeze_budget_bytes` for the whole handoff.
     pub max_freeze: Option<Duration>,
     /// After this many rounds that did not fit the budget, freeze anyway if the round is at most
@@ -191,6 +191,38 @@ pub struct HandoffPlan {
     pub name: String,
     /// The region's tick interval.
     pub tick_interval: Duration,
+}
+
+/// Values of a delta round (or of a piece of one) captured from the world, to be encoded away
+/// from the region's thread ([`HandoffSource::poll_encode`]).
+#[derive(Debug)]
+pub struct EncodeJob {
+    handoff: HandoffId,
+    config: ChunkConfig,
+    captured: codec::CapturedDelta,
+}
+
+impl EncodeJob {
+    /// Encodes the captured values (on any thread); a panic while encoding is returned as an
+    /// error, so the handoff aborts rather than waiting for a result that never comes.
+    #[must_use]
+    pub fn run(self) -> EncodedRound {
+        let started = Instant::now();
+        let round = self.captured.round();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.captured.encode(self.config)))
+            .unwrap_or_else(|_| Err(codec::CodecError::Encode("the encoder panicked".to_owned())));
+        EncodedRound { handoff: self.handoff, round, result, took: started.elapsed() }
+    }
+}
+
+/// What an [`EncodeJob`] gave, for [`HandoffSource::handle_encoded`].
+#[derive(Debug)]
+pub struct EncodedRound {
+    handoff: HandoffId,
+    round: u32,
+    result: Result<Vec<AlignedVec>, codec::CodecError>,
+    /// How long the encoding took.
+    pub took: Duration,
 }
 
 /// The source side of one handoff.
@@ -454,9 +486,9 @@ impl HandoffSource {
         }
     }
 
-    /// Whether the next [`HandoffSource::poll_message`] may encode world state (a snapshot chunk or
-    /// a piece of a piecewise round) rather than only hand over what is queued: the driver bounds
-    /// that work by the time left before the next tick (protocol.md §3, §4).
+    /// Whether the next [`HandoffSource::poll_message`] may work on world state (encode a snapshot
+    /// chunk, or capture a piece of a piecewise round) rather than only hand over what is queued:
+    /// the driver bounds that work by the time left before the next tick (protocol.md §3, §4).
     #[must_use]
     pub fn encodes_on_poll(&self) -> bool {
         self.outbox.is_empty()
@@ -493,8 +525,12 @@ impl HandoffSource {
         };
         if let Some(read) = self.deferred.take_if(|read| read.round == encoded.round) {
             let bytes: usize = parts.iter().map(AlignedVec::len).sum();
+            // protocol.md §4: the estimate overshot; the next round may be the final one.
             self.encode_next_inline = bytes <= self.freeze_budget().saturating_mul(4);
-            self.conclude_round(now, world, read, bytes, Some(parts), None);
+            // Measured from when its encoding began, as a final round's is from its tick boundary
+            // (its wait for a free thread is not the link's).
+            let began = now.checked_sub(encoded.took).unwrap_or(read.at).max(read.at);
+            self.conclude_round(now, world, RoundRead { encoded_at: began, ..read }, bytes, Some(parts), None);
             return;
         }
         let Some(mut piecewise) = self.piecewise.take() else {
@@ -643,7 +679,7 @@ impl HandoffSource {
             return;
         };
         let changes = world.changes(tracker);
-        let read = RoundRead { round: self.round + 1, at: now, ticks: self.ticks_since_round };
+        let read = RoundRead { round: self.round + 1, at: now, encoded_at: now, ticks: self.ticks_since_round };
         self.ticks_since_round = 0;
         let budget = self.freeze_budget();
         self.first_round_at.get_or_insert(now);
@@ -718,7 +754,7 @@ impl HandoffSource {
         // counts neither as a round that did not shrink nor towards the round limit, so the wait
         // does not loosen the rule the freeze is then taken by.
         let prepared = !self.needs_engines || self.engines_ready;
-        if !prepared && bytes <= budget {
+        if !prepared && bytes <= budget && next_tick_due.is_some() {
             self.held_rounds += 1;
         } else if bytes.saturating_mul(10) < self.smallest_round.saturating_mul(9) {
             self.smallest_round = bytes;
@@ -787,8 +823,11 @@ impl HandoffSource {
                 // that low budget would make more small rounds, read low again, and spiral down to
                 // the floor.
                 if bytes > self.config.freeze_budget_bytes {
-                    self.round_in_flight =
-                        Some(RoundInFlight { encoded_at: read.at, bytes: bytes as u64, sent_through: self.sent_bytes });
+                    self.round_in_flight = Some(RoundInFlight {
+                        encoded_at: read.encoded_at,
+                        bytes: bytes as u64,
+                        sent_through: self.sent_bytes,
+                    });
                 }
             }
             (None, _) => {
@@ -1082,47 +1121,19 @@ struct RoundRead {
     round: u32,
     /// The tick boundary it was read at.
     at: Instant,
+    /// When its encoding began: `at` for a round encoded there, later for one encoded elsewhere
+    /// (its wait for a free thread is not the link's); a measured round is measured from here.
+    encoded_at: Instant,
     /// Ticks whose changes it holds.
     ticks: u32,
-}
-
-/// Values of a delta round (or of a piece of one) captured from the world, to be encoded away
-/// from the region's thread ([`HandoffSource::poll_encode`]).
-#[derive(Debug)]
-pub struct EncodeJob {
-    handoff: HandoffId,
-    config: ChunkConfig,
-    captured: codec::CapturedDelta,
-}
-
-impl EncodeJob {
-    /// Encodes the captured values (on any thread); a panic while encoding is returned as an
-    /// error, so the handoff aborts rather than waiting for a result that never comes.
-    #[must_use]
-    pub fn run(self) -> EncodedRound {
-        let started = Instant::now();
-        let round = self.captured.round();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.captured.encode(self.config)))
-            .unwrap_or_else(|_| Err(codec::CodecError::Encode("encoding panicked".to_owned())));
-        EncodedRound { handoff: self.handoff, round, result, took: started.elapsed() }
-    }
-}
-
-/// What an [`EncodeJob`] gave, for [`HandoffSource::handle_encoded`].
-#[derive(Debug)]
-pub struct EncodedRound {
-    handoff: HandoffId,
-    round: u32,
-    result: Result<Vec<AlignedVec>, codec::CodecError>,
-    /// How long the encoding took.
-    pub took: Duration,
 }
 
 /// A delta round sent and measured once it is wholly applied.
 #[derive(Clone, Copy, Debug)]
 struct RoundInFlight {
-    /// The tick boundary it was encoded at: its encoding is part of what is measured, as the final
-    /// round's is part of the freeze.
+    /// When its encoding began (the tick boundary it was read at, unless it was encoded
+    /// elsewhere): its encoding is part of what is measured, as the final round's is part of the
+    /// freeze.
     encoded_at: Instant,
     /// Its bytes.
     bytes: u64,
@@ -1880,10 +1891,11 @@ mod tests {
         apply(&mut target, &first);
         run.now += Duration::from_millis(20);
         run.acknowledge();
-        // Measured as a round encoded at its tick boundary is, from the boundary it was read at.
-        let rate = run.source.stats().delivery_bytes_per_second.expect("measured");
-        // Read at a tick, sent at the next (50 ms later), applied 20 ms after that.
-        assert_eq!(rate, (delta_bytes(&first) as f64 / 0.070) as u64, "the time since the read, not since the send");
+        // Measured from when its encoding began (here at the next tick, 50 ms after the read),
+        // not from the read: its wait for a free thread is not the link's.
+        let rate = run.source.stats().delivery_bytes_per_second.expect("measured") as f64;
+        let bytes = delta_bytes(&first) as f64;
+        assert!(rate <= bytes / 0.020 && rate > bytes / 0.030, "{rate} for {bytes} bytes applied 20 ms after");
         // The next round (what changed since round 1 was read) fits: the final one.
         run.change(1);
         run.tick();
@@ -1918,25 +1930,46 @@ mod tests {
     }
 
     #[test]
-    fn a_round_that_could_not_be_encoded_elsewhere_ends_the_handoff() {
+    fn a_round_or_piece_that_could_not_be_encoded_elsewhere_ends_the_handoff() {
+        let failed = |round| EncodedRound {
+            handoff: 41,
+            round,
+            result: Err(codec::CodecError::Encode("the encoder panicked".into())),
+            took: Duration::ZERO,
+        };
+        let expected =
+            abort(Culprit::Source, Phase::Rounds, "encoding delta round 1: encoding failed: the encoder panicked");
+        // A whole round.
+        let mut run = Run::rounds(big_chunks());
+        run.change(30);
+        run.tick();
+        drop(run.source.poll_encode().expect("the round, to encode"));
+        run.source.handle_encoded(run.now, &mut run.world, failed(1));
+        assert_eq!(run.resumed().2, expected);
+        assert!(run.source.poll_encode().is_none());
+        assert!(matches!(run.drain().as_slice(), [Message::Abort { .. }]), "the target is told");
+        // A piece of a piecewise round.
+        let mut run = Run::rounds(config());
+        run.change(40);
+        run.tick();
+        assert!(run.source.poll_message(&mut run.world).is_none());
+        drop(run.source.poll_encode().expect("the first piece, to encode"));
+        run.source.handle_encoded(run.now, &mut run.world, failed(1));
+        assert_eq!(run.resumed().2, expected);
+    }
+
+    #[test]
+    fn a_round_encoded_after_the_attempt_ended_is_dropped() {
         let mut run = Run::rounds(big_chunks());
         run.change(30);
         run.tick();
         let job = run.source.poll_encode().expect("the round, to encode");
-        drop(job);
-        let failed = EncodedRound {
-            handoff: 41,
-            round: 1,
-            result: Err(codec::CodecError::Encode("encoding panicked".into())),
-            took: Duration::ZERO,
-        };
-        run.source.handle_encoded(run.now, &mut run.world, failed);
-        let (_, _, reason) = run.resumed();
-        assert_eq!(
-            reason,
-            abort(Culprit::Source, Phase::Rounds, "encoding delta round 1: encoding failed: encoding panicked")
-        );
-        assert!(run.source.poll_encode().is_none());
+        run.source.cancel(run.now, &mut run.world, "the operator changed their mind");
+        assert_eq!(run.source.phase(), SourcePhase::Aborted);
+        let before = run.drain();
+        run.source.handle_encoded(run.now, &mut run.world, job.run());
+        assert!(run.drain().is_empty(), "nothing after the abort: {before:?}");
+        assert_eq!((run.source.stats().rounds, run.source.stats().delta_bytes), (0, 0));
     }
 
     #[test]

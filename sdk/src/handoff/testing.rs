@@ -20,7 +20,7 @@ use baton_wire::{Epoch, PlayerId, PlayerInput, RegionId};
 
 use super::authority::{AuthorityError, InMemoryAuthority, Ownership, OwnershipAuthority};
 use super::message::Message;
-use super::source::{HandoffSource, SourceConfig, SourcePhase};
+use super::source::{EncodedRound, HandoffSource, SourceConfig, SourcePhase};
 use super::target::TargetPhase;
 use crate::RegionError;
 use crate::node::{GatewayRequest, HostEvent, NoGateways, NodeSettings, Output, PlayerSettings, RegionNode, Role};
@@ -110,6 +110,12 @@ pub struct HandoffPair<L: RegionLogic> {
     pub engine_build_time: Duration,
     /// Engine builds delivered so far, and the virtual time of the last.
     pub engines_built: (u64, Option<Duration>),
+    /// How long encoding a delta round away from the region's thread takes (0: at once); the parts
+    /// come back to the node on the virtual clock, as they do from the runtime's blocking thread.
+    pub encode_time: Duration,
+    /// Rounds (or pieces) encoded away from the region's thread and delivered so far.
+    pub rounds_encoded: u64,
+    encodes: VecDeque<(Instant, Side, EncodedRound)>,
     authority_answers: VecDeque<(Instant, Side, Result<(), AuthorityError>)>,
     engine_builds: VecDeque<(Instant, Side, BuiltEngine)>,
     /// The link.
@@ -191,6 +197,9 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
             engines_built: (0, None),
             authority_answers: VecDeque::new(),
             engine_builds: VecDeque::new(),
+            encode_time: Duration::ZERO,
+            rounds_encoded: 0,
+            encodes: VecDeque::new(),
             link: Link::default(),
             to_target: VecDeque::new(),
             to_source: VecDeque::new(),
@@ -354,6 +363,7 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
         next.extend(self.to_source.front().map(|(at, _)| *at));
         next.extend(self.authority_answers.front().map(|(at, _, _)| *at));
         next.extend(self.engine_builds.front().map(|(at, _, _)| *at));
+        next.extend(self.encodes.front().map(|(at, _, _)| *at));
         let Some(at) = next.into_iter().min() else {
             return false;
         };
@@ -423,6 +433,11 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
         while self.engine_builds.front().is_some_and(|(at, _, _)| *at <= now) {
             if let Some((_, side, built)) = self.engine_builds.pop_front() {
                 self.deliver_engine(side, built);
+            }
+        }
+        while self.encodes.front().is_some_and(|(at, _, _)| *at <= now) {
+            if let Some((_, side, encoded)) = self.encodes.pop_front() {
+                self.deliver_encoded(side, encoded);
             }
         }
         while self.to_source.front().is_some_and(|(at, _)| *at <= now) {
@@ -540,6 +555,25 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
         }
     }
 
+    /// Rounds (or pieces) out being encoded away from the region's thread now.
+    #[must_use]
+    pub fn encodes_out(&self) -> usize {
+        self.encodes.len()
+    }
+
+    /// Hands an encoded round to `side`'s node, unless that side crashed meanwhile.
+    fn deliver_encoded(&mut self, side: Side, encoded: EncodedRound) {
+        let crashed = match side {
+            Side::Source => self.source_crashed,
+            Side::Target => self.target_crashed,
+        };
+        if !crashed {
+            self.rounds_encoded += 1;
+            let now = self.now;
+            self.node(side).handle_encoded(now, encoded);
+        }
+    }
+
     fn node(&mut self, side: Side) -> &mut RegionNode<L> {
         match side {
             Side::Source => &mut self.source,
@@ -579,10 +613,14 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
                     self.engine_builds.push_back((now + self.engine_build_time, side, built));
                 }
             }
-            // Encoded at once: the rounds' ordering against ticks is the source's own tests'.
+            // Encoded here, delivered after `encode_time` of virtual time, as engines are.
             Output::EncodeRound(job) => {
                 let encoded = job.run();
-                self.node(side).handle_encoded(now, encoded);
+                if self.encode_time.is_zero() {
+                    self.deliver_encoded(side, encoded);
+                } else {
+                    self.encodes.push_back((now + self.encode_time, side, encoded));
+                }
             }
             Output::Ticked(report) => self.record_tick(side, report.tick, &report.applied),
             Output::Bounce(ServerMessage::Bounced { player, seq, payload, .. }, _) => {
