@@ -285,6 +285,22 @@ fn a_region_taken_by_a_third_instance_in_every_phase() {
 /// yet): the source holds them and forwards them to the new owner, which applies each once; or,
 /// when the handoff aborts (here the target dies before it asks for the region), applies them
 /// itself when it resumes.
+/// Crashes the target if `fault` says so, plays 6 s more, checks the invariants and says who
+/// ticks the region.
+fn crash_target_if(pair: &mut HandoffPair<SampleLogic>, fault: Fault) -> Outcome {
+    if fault == Fault::CrashTarget {
+        pair.crash_target();
+    }
+    let end = pair.elapsed() + Duration::from_secs(6);
+    pair.drive_until(end);
+    pair.check_invariants();
+    match pair.ticking() {
+        Some(Side::Target) => Outcome::Committed,
+        Some(Side::Source) => Outcome::SourceKept,
+        None => Outcome::Down,
+    }
+}
+
 #[test]
 fn inputs_that_reach_the_frozen_source_are_applied_once_by_whoever_owns_the_region() {
     for (fault, expected) in [(Fault::None, Outcome::Committed), (Fault::CrashTarget, Outcome::SourceKept)] {
@@ -295,18 +311,7 @@ fn inputs_that_reach_the_frozen_source_are_applied_once_by_whoever_owns_the_regi
         pair.drive_until(Duration::from_secs(1));
         pair.start_handoff();
         assert!(pair.drive_while(Duration::from_secs(10), |pair| reached(pair, When::Frozen)));
-        if fault == Fault::CrashTarget {
-            pair.crash_target();
-        }
-        let end = pair.elapsed() + Duration::from_secs(6);
-        pair.drive_until(end);
-        pair.check_invariants();
-        let outcome = match pair.ticking() {
-            Some(Side::Target) => Outcome::Committed,
-            Some(Side::Source) => Outcome::SourceKept,
-            None => Outcome::Down,
-        };
-        assert_eq!(outcome, expected, "{fault:?}");
+        assert_eq!(crash_target_if(&mut pair, fault), expected, "{fault:?}");
         assert!(pair.inputs_to_frozen_source > 0, "{fault:?}: no input reached the frozen source");
         assert_eq!(pair.arrivals().0, 0, "{fault:?}: inputs that arrived twice");
     }
@@ -333,18 +338,7 @@ fn rounds_encoded_away_from_the_region_s_thread_while_it_ticks_move_the_frozen_w
         pair.start_handoff();
         let out = pair.drive_while(Duration::from_secs(10), |pair| pair.encodes_out() > 0);
         assert!(out, "{fault:?}: no round was encoded away");
-        if fault == Fault::CrashTarget {
-            pair.crash_target();
-        }
-        let end = pair.elapsed() + Duration::from_secs(6);
-        pair.drive_until(end);
-        pair.check_invariants();
-        let outcome = match pair.ticking() {
-            Some(Side::Target) => Outcome::Committed,
-            Some(Side::Source) => Outcome::SourceKept,
-            None => Outcome::Down,
-        };
-        assert_eq!(outcome, expected, "{fault:?}");
+        assert_eq!(crash_target_if(&mut pair, fault), expected, "{fault:?}");
         assert!(pair.rounds_encoded > 0, "{fault:?}: delivered {}", pair.rounds_encoded);
         assert_eq!(pair.arrivals().0, 0, "{fault:?}: inputs that arrived twice");
     }

@@ -1316,6 +1316,16 @@ mod tests {
             self.source.handle_message(self.now, &mut self.world, message);
         }
 
+        /// The snapshot sent, applied to a target's world (returned) and acknowledged.
+        fn snapshot_applied(config: SourceConfig) -> (Run, World) {
+            let mut run = Run::snapshot(config);
+            let mut target = World::new(run.world.registry().as_ref().clone());
+            let snapshot = run.drain();
+            apply_bulk(&mut target, &snapshot);
+            run.acknowledge();
+            (run, target)
+        }
+
         /// Every message the source has to send now, running the encoding jobs it hands out on
         /// the way as a driver would (at once); counts the bulk bytes among them.
         fn drain(&mut self) -> Vec<Message> {
@@ -1424,6 +1434,15 @@ mod tests {
             tick_interval: Duration::from_millis(50),
         };
         HandoffSource::start(now, world, plan, config)
+    }
+
+    /// Applies the snapshot chunks and delta parts among `messages` to `target`.
+    fn apply_bulk(target: &mut World, messages: &[Message]) {
+        for message in messages {
+            if let Message::Chunk { bytes, .. } | Message::Delta { bytes, .. } = message {
+                codec::apply(target, bytes, codec::DecodeLimits::default()).unwrap();
+            }
+        }
     }
 
     /// The rounds of the delta parts among `messages`, each once.
@@ -1779,18 +1798,7 @@ mod tests {
 
     #[test]
     fn a_round_far_over_the_budget_is_encoded_piece_by_piece_as_the_world_goes_on() {
-        let mut run = Run::snapshot(config());
-        let mut target = World::new(run.world.registry().as_ref().clone());
-        let apply = |target: &mut World, messages: &[Message]| {
-            for message in messages {
-                if let Message::Chunk { bytes, .. } | Message::Delta { bytes, .. } = message {
-                    codec::apply(target, bytes, codec::DecodeLimits::default()).unwrap();
-                }
-            }
-        };
-        let snapshot = run.drain();
-        apply(&mut target, &snapshot);
-        run.acknowledge();
+        let (mut run, mut target) = Run::snapshot_applied(config());
         // All 40 entities change: about 41 kB, over four budgets (20 kB) and two chunks (18 kB). At
         // the tick nothing is encoded; a poll captures one piece of about a chunk (8 kB), which
         // goes out to be encoded elsewhere, one at a time.
@@ -1811,7 +1819,7 @@ mod tests {
         };
         assert!(delta_bytes(std::slice::from_ref(&first)) < 9000, "one piece, not the round");
         run.sent += delta_bytes(std::slice::from_ref(&first));
-        apply(&mut target, std::slice::from_ref(&first));
+        apply_bulk(&mut target, std::slice::from_ref(&first));
         let Message::Delta { bytes, .. } = &first else { unreachable!() };
         let decoded = codec::decode(run.world.registry(), bytes, codec::DecodeLimits::default()).unwrap();
         let mut piece = World::new(run.world.registry().as_ref().clone());
@@ -1834,7 +1842,7 @@ mod tests {
             })
             .collect();
         assert_eq!(parts, (1..=parts.len() as u32).collect::<Vec<_>>(), "parts numbered across the round");
-        apply(&mut target, &rest);
+        apply_bulk(&mut target, &rest);
         run.now += Duration::from_millis(10);
         run.acknowledge();
         assert_eq!(run.source.stats().delivery_bytes_per_second, None, "a piecewise round is not measured");
@@ -1844,7 +1852,7 @@ mod tests {
         run.tick();
         assert_eq!(run.source.phase(), SourcePhase::Frozen);
         let last = run.drain();
-        apply(&mut target, &last);
+        apply_bulk(&mut target, &last);
         let Some(Message::Freeze { digest, round: 2, .. }) = last.last() else { panic!("the freeze: {last:?}") };
         assert_eq!(target.digest().0, *digest);
         assert!(run.source.stats().delta_bytes > 40 * BLOB_BYTES as u64);
@@ -1857,18 +1865,7 @@ mod tests {
 
     #[test]
     fn a_round_that_cannot_be_the_final_one_is_encoded_away_from_the_tick_and_sent_as_an_ordinary_one() {
-        let mut run = Run::snapshot(big_chunks());
-        let mut target = World::new(run.world.registry().as_ref().clone());
-        let apply = |target: &mut World, messages: &[Message]| {
-            for message in messages {
-                if let Message::Chunk { bytes, .. } | Message::Delta { bytes, .. } = message {
-                    codec::apply(target, bytes, codec::DecodeLimits::default()).unwrap();
-                }
-            }
-        };
-        let snapshot = run.drain();
-        apply(&mut target, &snapshot);
-        run.acknowledge();
+        let (mut run, mut target) = Run::snapshot_applied(big_chunks());
         // 30 entities, about 30 kB: over four budgets, under two chunks. The tick only captures it.
         run.change(30);
         run.tick();
@@ -1888,7 +1885,7 @@ mod tests {
         assert_eq!(delta_rounds(&first), vec![1]);
         assert!(delta_bytes(&first) > 4 * BUDGET as u64 && run.source.stats().rounds == 1);
         assert!(!first.iter().any(|message| matches!(message, Message::Freeze { .. })));
-        apply(&mut target, &first);
+        apply_bulk(&mut target, &first);
         run.now += Duration::from_millis(20);
         run.acknowledge();
         // Measured from when its encoding began (here at the next tick, 50 ms after the read),
@@ -1900,7 +1897,7 @@ mod tests {
         run.change(1);
         run.tick();
         let last = run.drain();
-        apply(&mut target, &last);
+        apply_bulk(&mut target, &last);
         let Some(Message::Freeze { digest, round: 2, .. }) = last.last() else { panic!("the freeze: {last:?}") };
         assert_eq!(target.digest().0, *digest);
     }
