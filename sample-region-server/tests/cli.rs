@@ -33,6 +33,7 @@ fn help_explains_and_bad_settings_are_refused_clearly() {
     refused(&["--serve", "--name", "a"], "needs --certs");
     refused(&["--serve", "--name", "a", "--certs", "/nonexistent", "--tick-rate", "0"], "--tick-rate");
     refused(&["--serve", "--name", "a", "--certs", "/nonexistent", "--bulk-target-ms", "0"], "--bulk-target-ms");
+    refused(&["--serve", "--name", "a", "--certs", "/nonexistent", "--max-freeze-ms", "0"], "--max-freeze-ms");
     refused(&["--serve", "--name", "a", "--bulk-congestion", "reno"], "ledbat");
     refused(&[], "give --serve");
 }

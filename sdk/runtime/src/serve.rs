@@ -112,6 +112,13 @@ pub struct ServeSettings {
     /// The queueing delay a `ledbat` bulk link may add to a link, in milliseconds.
     #[arg(long, default_value_t = 2.0)]
     pub bulk_target_ms: f64,
+    /// The longest a handoff may freeze a region this server gives away, in milliseconds: the
+    /// final delta round must be what the link moves in this time (as measured during the
+    /// handoff, at most what --bulk-mbps moves). A region whose every tick changes more than four
+    /// times that waits for a quieter moment, then its handoff gives up and says so with the
+    /// rates; a longer freeze lets such a region move, and its players see a longer pause.
+    #[arg(long, default_value_t = 2.0)]
+    pub max_freeze_ms: f64,
     /// Ticks per second.
     #[arg(long, default_value_t = 30)]
     pub tick_rate: u32,
@@ -280,9 +287,9 @@ pub fn run<G: Game>(game: G, settings: &ServeSettings) -> Result<(), ServeError>
         authority,
         bulk_bytes_per_second,
         bulk_burst_bytes: 256 * 1024,
-        // protocol.md §4: the freeze budget is what the paced link moves in 2 ms, lowered when a
-        // measured round says the link delivers less.
-        source: SourceConfig::for_link(bulk_bytes_per_second, Duration::from_millis(2)),
+        // protocol.md §4: the freeze budget is what the paced link moves in --max-freeze-ms,
+        // lowered when a measured round says the link delivers less.
+        source: SourceConfig::for_link(bulk_bytes_per_second, Duration::from_secs_f64(settings.max_freeze_ms / 1000.0)),
         link: LinkSettings { dial_congestion: congestion, ..LinkSettings::default() },
         players: PlayerSettings {
             update_every_ticks: settings.update_every,
@@ -343,6 +350,8 @@ fn check(settings: &ServeSettings) -> Result<(), ServeError> {
         Some("--bulk-mbps must be at least 1".to_owned())
     } else if !(settings.bulk_target_ms.is_finite() && (0.1..=100.0).contains(&settings.bulk_target_ms)) {
         Some(format!("--bulk-target-ms must be from 0.1 to 100 (RFC 6817's limit), got {}", settings.bulk_target_ms))
+    } else if !(settings.max_freeze_ms.is_finite() && (0.1..=1000.0).contains(&settings.max_freeze_ms)) {
+        Some(format!("--max-freeze-ms must be from 0.1 to 1000, got {}", settings.max_freeze_ms))
     } else if !(settings.checkpoint_every_s.is_finite() && settings.checkpoint_every_s >= 0.0) {
         Some(format!("--checkpoint-every-s must be 0 or more seconds, got {}", settings.checkpoint_every_s))
     } else if settings.checkpoint_keep == 0 {

@@ -48,6 +48,9 @@ struct Cli {
     /// Bulk bandwidth a handoff may use, MB/s.
     #[arg(long, default_value_t = 50)]
     bulk_mbps: u64,
+    /// The longest a handoff may freeze the region, ms (the servers' --max-freeze-ms).
+    #[arg(long, default_value_t = 2.0)]
+    max_freeze_ms: f64,
     /// Seconds of play between handoffs.
     #[arg(long, default_value_t = 0.5)]
     pause: f64,
@@ -111,7 +114,14 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         BenchWorld::Sample => WorldRequest { objects: 10_000, npcs: 500, plants: 1_000, churn: 0, seed: Some(1) },
     };
     let binary = server_binary()?;
-    let extra = vec!["--dirty".to_owned(), dirty.to_string(), "--bulk-mbps".to_owned(), cli.bulk_mbps.to_string()];
+    let extra = vec![
+        "--dirty".to_owned(),
+        dirty.to_string(),
+        "--bulk-mbps".to_owned(),
+        cli.bulk_mbps.to_string(),
+        "--max-freeze-ms".to_owned(),
+        cli.max_freeze_ms.to_string(),
+    ];
     let mut cluster = Cluster::start(&binary, 2, &extra).context("starting two region servers")?;
     cluster.host(&world_object(world), cli.avatars)?;
     const BYSTANDER: u64 = 2;
