@@ -112,9 +112,10 @@ pub struct ServeSettings {
     /// The queueing delay a `ledbat` bulk link may add to a link, in milliseconds.
     #[arg(long, default_value_t = 2.0)]
     pub bulk_target_ms: f64,
-    /// The longest a handoff may freeze a region this server gives away, in milliseconds: the
-    /// final delta round must be what the link moves in this time (as measured during the
-    /// handoff, at most what --bulk-mbps moves). A region whose every tick changes more than four
+    /// The freeze a handoff aims at for a region this server gives away, in milliseconds: the
+    /// final delta round is what the link moves in this time (as measured during the handoff, at
+    /// most what --bulk-mbps moves), or up to four times that once the rounds stop shrinking (so
+    /// a freeze can take up to four times this). A region whose every tick changes more than four
     /// times that waits for a quieter moment, then its handoff gives up and says so with the
     /// rates; a longer freeze lets such a region move, and its players see a longer pause.
     #[arg(long, default_value_t = 2.0)]

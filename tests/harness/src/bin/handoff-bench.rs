@@ -48,7 +48,8 @@ struct Cli {
     /// Bulk bandwidth a handoff may use, MB/s.
     #[arg(long, default_value_t = 50)]
     bulk_mbps: u64,
-    /// The longest a handoff may freeze the region, ms (the servers' --max-freeze-ms).
+    /// The freeze a handoff aims at, ms (the servers' --max-freeze-ms; up to four times this once
+    /// the rounds stop shrinking).
     #[arg(long, default_value_t = 2.0)]
     max_freeze_ms: f64,
     /// Seconds of play between handoffs.
