@@ -115,56 +115,6 @@ impl ChangeSet {
     }
 }
 
-/// Changes read a tick at a time and gathered into one set, the newest record of each entity and
-/// component winning, so that a reader whose changes pile up (a handoff's tracker while its
-/// snapshot streams) reads them as they come instead of all at once later, and the journal does
-/// not keep them meanwhile.
-#[derive(Debug, Default)]
-pub(crate) struct GatheredChanges {
-    records: rustc_hash::FxHashMap<(EntityId, u16), ChangeKind>,
-}
-
-impl GatheredChanges {
-    /// Takes in `changes`, read after every change gathered so far.
-    pub(crate) fn absorb(&mut self, changes: ChangeSet) {
-        let ChangeSet { spawned, set, removed, despawned } = changes;
-        self.records.extend(spawned.into_iter().map(|entity| ((entity, u16::MAX), ChangeKind::Spawned)));
-        self.records.extend(despawned.into_iter().map(|entity| ((entity, u16::MAX - 1), ChangeKind::Despawned)));
-        self.records.extend(set.into_iter().map(|(entity, id)| ((entity, id.0), ChangeKind::Set(id))));
-        self.records.extend(removed.into_iter().map(|(entity, id)| ((entity, id.0), ChangeKind::Removed(id))));
-    }
-
-    /// Every change gathered, then `latest` (read from `world` just now) over them, as one change
-    /// set of what still holds in `world`: each gathered record is checked against the world as
-    /// a tracker's read checks its own (a value set and not removed since, an entity spawned and
-    /// still alive, ...). Lists are in entity order. Leaves nothing gathered.
-    pub(crate) fn take(&mut self, world: &World, latest: ChangeSet) -> ChangeSet {
-        self.absorb(latest);
-        let mut changes = ChangeSet::default();
-        for ((entity, _), kind) in std::mem::take(&mut self.records) {
-            match kind {
-                ChangeKind::Spawned if world.is_alive(entity) => changes.spawned.push(entity),
-                ChangeKind::Despawned if !world.is_alive(entity) => changes.despawned.push(entity),
-                ChangeKind::Set(id) if world.store(id).contains(entity) => changes.set.push((entity, id)),
-                ChangeKind::Removed(id) if world.is_alive(entity) && !world.store(id).contains(entity) => {
-                    changes.removed.push((entity, id));
-                }
-                _ => {}
-            }
-        }
-        changes.spawned.sort_unstable();
-        changes.despawned.sort_unstable();
-        changes.set.sort_unstable();
-        changes.removed.sort_unstable();
-        changes
-    }
-
-    /// Whether nothing is gathered.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.records.is_empty()
-    }
-}
-
 /// The region's world state.
 pub struct World {
     registry: Arc<Registry>,
@@ -1436,54 +1386,6 @@ mod tests {
         column.append_ascending(&[EntityId(6_000), EntityId(6_001)], [60].into_iter());
         assert_eq!((column.get(EntityId(6_000)), column.get(EntityId(6_001)), column.len()), (Some(&60), None, 9));
         assert_eq!(column.ids.len(), column.values.len());
-    }
-
-    #[test]
-    fn changes_gathered_a_tick_at_a_time_are_what_one_read_at_the_end_gives() {
-        let mut world = world();
-        let mut live: Vec<EntityId> = (0..20).map(|_| world.spawn()).collect();
-        for entity in &live {
-            world.insert(*entity, Hp(1)).unwrap();
-        }
-        let (each_tick, at_the_end) = (world.create_tracker(), world.create_tracker());
-        let mut gathered = GatheredChanges::default();
-        let mut seed: u64 = 7;
-        let mut next = |bound: usize| {
-            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-            (seed >> 33) as usize % bound
-        };
-        for _tick in 0..12 {
-            for _ in 0..15 {
-                match next(6) {
-                    0 => live.push(world.spawn()),
-                    1 if !live.is_empty() => {
-                        let entity = live.swap_remove(next(live.len()));
-                        world.despawn(entity);
-                    }
-                    2 | 3 if !live.is_empty() => {
-                        world.insert(live[next(live.len())], Hp(next(100) as u32)).unwrap();
-                    }
-                    4 if !live.is_empty() => {
-                        world.remove::<Hp>(live[next(live.len())]);
-                    }
-                    5 if !live.is_empty() => {
-                        world.insert(live[next(live.len())], Name("n".into())).unwrap();
-                    }
-                    _ => {}
-                }
-            }
-            gathered.absorb(world.changes(each_tick));
-        }
-        world.insert(live[0], Hp(1000)).unwrap();
-        let latest = world.changes(each_tick);
-        let mut once = world.changes(at_the_end);
-        once.spawned.sort_unstable();
-        once.despawned.sort_unstable();
-        once.set.sort_unstable();
-        once.removed.sort_unstable();
-        assert!(!once.spawned.is_empty() && !once.despawned.is_empty() && !once.removed.is_empty());
-        assert_eq!(gathered.take(&world, latest), once);
-        assert!(gathered.is_empty());
     }
 
     #[test]

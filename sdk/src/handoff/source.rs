@@ -15,7 +15,7 @@ use super::message::{Message, PROTOCOL_VERSION};
 use super::{AbortReason, Culprit, HandoffId, Phase, Timeouts};
 use crate::codec::{self, ChunkConfig, SnapshotWriter};
 use crate::physics::Body;
-use crate::world::{ChangeSet, GatheredChanges, TrackerId, World};
+use crate::world::{ChangeSet, TrackerId, World};
 
 /// Settings of the source side.
 #[derive(Clone, Copy, Debug)]
@@ -254,9 +254,6 @@ pub struct HandoffSource {
     round_in_flight: Option<RoundInFlight>,
     /// A round too big to encode at its tick boundary, captured piece by piece as it is polled.
     piecewise: Option<PiecewiseRound>,
-    /// The tracker's changes read at each tick while the snapshot streams, which the first round
-    /// takes over (protocol.md §4).
-    gathered: GatheredChanges,
     /// A round that cannot be the final one, captured whole at its tick boundary and being encoded
     /// elsewhere (protocol.md §4).
     deferred: Option<RoundRead>,
@@ -323,7 +320,6 @@ impl HandoffSource {
             needs_engines: false,
             engines_ready: false,
             first_round_at: None,
-            gathered: GatheredChanges::default(),
             deferred: None,
             encode_next_inline: false,
             job: None,
@@ -672,15 +668,6 @@ impl HandoffSource {
         {
             self.phase = SourcePhase::Rounds;
         }
-        if self.phase == SourcePhase::Snapshot
-            && let Some(tracker) = self.tracker
-        {
-            // protocol.md §4: what changes while the snapshot streams is read a tick at a time
-            // (a read of every change of a 76 MB snapshot's seconds at once held the region
-            // thread for 111 ms), and the first round takes it over.
-            self.gathered.absorb(world.changes(tracker));
-            return;
-        }
         if self.phase != SourcePhase::Rounds
             || self.in_flight() > 0
             || self.piecewise.is_some()
@@ -691,8 +678,7 @@ impl HandoffSource {
         let Some(tracker) = self.tracker else {
             return;
         };
-        let latest = world.changes(tracker);
-        let changes = if self.gathered.is_empty() { latest } else { self.gathered.take(world, latest) };
+        let changes = world.changes(tracker);
         let read = RoundRead { round: self.round + 1, at: now, encoded_at: now, ticks: self.ticks_since_round };
         self.ticks_since_round = 0;
         let budget = self.freeze_budget();
@@ -1092,7 +1078,6 @@ impl HandoffSource {
             world.drop_tracker(tracker);
         }
         self.piecewise = None;
-        self.gathered = GatheredChanges::default();
         self.deferred = None;
         self.job = None;
         self.writer = None;
