@@ -1459,19 +1459,18 @@ impl<L: RegionLogic> RegionNode<L> {
                 // Snapshot chunks and the pieces of an oversized round alike (protocol.md §3, §4).
                 let encodes = handoff.encodes_on_poll();
                 let encoding_allowed = !encodes || chunk_allowed(now, schedule.next_due(), self.chunk_sent_at.handoff);
-                if encoding_allowed && let Some(message) = handoff.poll_message(self.region.world_mut()) {
+                let message = if encoding_allowed { handoff.poll_message(self.region.world_mut()) } else { None };
+                let job = handoff.poll_encode();
+                // A chunk encoded, or a piece captured, under the chunk rule (protocol.md §3, §4).
+                if encodes && (message.is_some() || job.is_some()) {
+                    self.chunk_sent_at.handoff = Some(now);
+                }
+                if let Some(message) = message {
                     busy = true;
-                    if encodes {
-                        self.chunk_sent_at.handoff = Some(now);
-                    }
                     self.outputs.push_back(Output::ToPeer(message));
                 }
-                if let Some(job) = handoff.poll_encode() {
+                if let Some(job) = job {
                     busy = true;
-                    // A piece captured under the chunk rule counts as a chunk sent (protocol.md §4).
-                    if encodes {
-                        self.chunk_sent_at.handoff = Some(now);
-                    }
                     self.outputs.push_back(Output::EncodeRound(job));
                 }
                 if let Some(action) = handoff.poll_action() {

@@ -131,7 +131,8 @@ fn check(initial: Vec<Op>, during_snapshot: Vec<Op>, rounds: Vec<Vec<Op>>) {
         let changes = source.changes(tracker);
         let parts = codec::encode_delta(&source, &changes, round as u32 + 1, SMALL_CHUNKS).unwrap();
         // A round captured to be encoded on another thread encodes to the same bytes.
-        let captured = codec::capture_delta(&source, &changes, round as u32 + 1).unwrap().encode(SMALL_CHUNKS).unwrap();
+        let captured =
+            codec::capture_delta(&source, changes.clone(), round as u32 + 1).unwrap().encode(SMALL_CHUNKS).unwrap();
         assert_eq!(
             captured.iter().map(|part| part.as_slice()).collect::<Vec<_>>(),
             parts.iter().map(|part| part.as_slice()).collect::<Vec<_>>(),

@@ -281,10 +281,6 @@ fn a_region_taken_by_a_third_instance_in_every_phase() {
     row(Fault::Stolen);
 }
 
-/// Inputs in flight reach the source after it froze (the gateway has not heard of the freeze
-/// yet): the source holds them and forwards them to the new owner, which applies each once; or,
-/// when the handoff aborts (here the target dies before it asks for the region), applies them
-/// itself when it resumes.
 /// Crashes the target if `fault` says so, plays 6 s more, checks the invariants and says who
 /// ticks the region.
 fn crash_target_if(pair: &mut HandoffPair<SampleLogic>, fault: Fault) -> Outcome {
@@ -301,6 +297,10 @@ fn crash_target_if(pair: &mut HandoffPair<SampleLogic>, fault: Fault) -> Outcome
     }
 }
 
+/// Inputs in flight reach the source after it froze (the gateway has not heard of the freeze
+/// yet): the source holds them and forwards them to the new owner, which applies each once; or,
+/// when the handoff aborts (here the target dies before it asks for the region), applies them
+/// itself when it resumes.
 #[test]
 fn inputs_that_reach_the_frozen_source_are_applied_once_by_whoever_owns_the_region() {
     for (fault, expected) in [(Fault::None, Outcome::Committed), (Fault::CrashTarget, Outcome::SourceKept)] {

@@ -300,7 +300,7 @@ fn encode_delta_split(
     parts: &mut Vec<AlignedVec>,
 ) -> Result<(), CodecError> {
     let kind = ArchiveKind::Delta { round, part: parts.len() as u32 };
-    let columns = columns_of(changes);
+    let columns = columns_of(changes.set.clone());
     let bytes = write_archive_of(
         world,
         kind,
@@ -363,8 +363,9 @@ impl std::fmt::Debug for CapturedDelta {
 /// Reads the values of `changes` (each must be present: see [`retain_present`]) out of `world`
 /// for delta round `round`, to be encoded with [`CapturedDelta::encode`] elsewhere. Costs a copy of
 /// each changed value; the encoding is left to the caller's thread.
-pub fn capture_delta(world: &World, changes: &ChangeSet, round: u32) -> Result<CapturedDelta, CodecError> {
-    let columns = columns_of(changes);
+pub fn capture_delta(world: &World, changes: ChangeSet, round: u32) -> Result<CapturedDelta, CodecError> {
+    let ChangeSet { spawned, set, removed, despawned } = changes;
+    let columns = columns_of(set);
     let values =
         columns.iter().map(|(id, holders)| world.store(*id).capture(holders)).collect::<Result<Vec<_>, _>>()?;
     Ok(CapturedDelta {
@@ -372,20 +373,19 @@ pub fn capture_delta(world: &World, changes: &ChangeSet, round: u32) -> Result<C
         round,
         tick: world.tick(),
         next_entity: world.next_entity_id(),
-        spawned: changes.spawned.clone(),
-        despawned: changes.despawned.clone(),
-        removed: changes.removed.clone(),
+        spawned,
+        despawned,
+        removed,
         columns,
         values,
     })
 }
 
 /// A change set's values grouped by component type (ascending), each type's holders ascending.
-fn columns_of(changes: &ChangeSet) -> Vec<(ComponentId, Vec<EntityId>)> {
+fn columns_of(mut set: Vec<(EntityId, ComponentId)>) -> Vec<(ComponentId, Vec<EntityId>)> {
     let mut columns: Vec<(ComponentId, Vec<EntityId>)> = Vec::new();
-    let mut sorted = changes.set.clone();
-    sorted.sort_unstable_by_key(|(entity, id)| (*id, *entity));
-    for (entity, id) in sorted {
+    set.sort_unstable_by_key(|(entity, id)| (*id, *entity));
+    for (entity, id) in set {
         match columns.last_mut() {
             Some((current, holders)) if *current == id => holders.push(entity),
             _ => columns.push((id, vec![entity])),
@@ -1086,7 +1086,7 @@ mod tests {
         let config = ChunkConfig { target_chunk_bytes: 256, max_chunk_bytes: 1024 };
         let expected = encode_delta(&world, &changes, 4, config).unwrap();
         assert!(expected.len() > 2, "split into parts: {}", expected.len());
-        let captured = capture_delta(&world, &changes, 4).unwrap();
+        let captured = capture_delta(&world, changes.clone(), 4).unwrap();
         assert_eq!((captured.round(), captured.records()), (4, changes.len()));
         assert_eq!(
             format!("{captured:?}"),
@@ -1116,7 +1116,7 @@ mod tests {
         let tight = ChunkConfig { target_chunk_bytes: 8, max_chunk_bytes: 16 };
         let error = capture_delta(
             &hp_world(1),
-            &ChangeSet { set: vec![(EntityId(1), ComponentId(0))], ..ChangeSet::default() },
+            ChangeSet { set: vec![(EntityId(1), ComponentId(0))], ..ChangeSet::default() },
             1,
         )
         .unwrap()
@@ -1124,7 +1124,7 @@ mod tests {
         .unwrap_err();
         assert!(error.to_string().contains("changes of one entity need"), "{error}");
         let missing = ChangeSet { set: vec![(EntityId(5), ComponentId(0))], ..ChangeSet::default() };
-        assert!(capture_delta(&hp_world(1), &missing, 1).is_err(), "a value not in the world");
+        assert!(capture_delta(&hp_world(1), missing, 1).is_err(), "a value not in the world");
     }
 
     #[test]

@@ -514,12 +514,7 @@ impl HandoffSource {
         let parts = match encoded.result {
             Ok(parts) => parts,
             Err(error) => {
-                let reason = AbortReason {
-                    culprit: Culprit::Source,
-                    phase: Phase::Rounds,
-                    reason: format!("encoding delta round {}: {error}", encoded.round),
-                };
-                self.abort_before_freeze(world, reason);
+                self.abort_encoding(world, encoded.round, &error);
                 return;
             }
         };
@@ -533,25 +528,14 @@ impl HandoffSource {
             self.conclude_round(now, world, RoundRead { encoded_at: began, ..read }, bytes, Some(parts), None);
             return;
         }
-        let Some(mut piecewise) = self.piecewise.take() else {
+        let Some(mut piecewise) =
+            self.piecewise.take_if(|piecewise| piecewise.encoding && piecewise.round == encoded.round)
+        else {
             return;
         };
-        if !piecewise.encoding || piecewise.round != encoded.round {
-            self.piecewise = Some(piecewise);
-            return;
-        }
         piecewise.encoding = false;
-        for part in parts {
-            piecewise.bytes += part.len();
-            self.sent_bytes += part.len() as u64;
-            self.outbox.push_back(Message::Delta {
-                handoff: self.id,
-                round: piecewise.round,
-                part: piecewise.parts,
-                bytes: part.to_vec(),
-            });
-            piecewise.parts += 1;
-        }
+        piecewise.bytes += parts.iter().map(AlignedVec::len).sum::<usize>();
+        piecewise.parts = self.send_parts(piecewise.round, piecewise.parts, parts);
         if piecewise.pieces.is_empty() {
             // Not measured: its time is mostly the ticks between its pieces, which the final
             // round, encoded at once, does not wait for.
@@ -682,7 +666,6 @@ impl HandoffSource {
         let read = RoundRead { round: self.round + 1, at: now, encoded_at: now, ticks: self.ticks_since_round };
         self.ticks_since_round = 0;
         let budget = self.freeze_budget();
-        self.first_round_at.get_or_insert(now);
         // protocol.md §4: a round estimated over four budgets cannot be the final one, so it need
         // not be encoded here: its values are captured and encoded away from the region's thread,
         // whole, or piece by piece between ticks when it is far over (a 67 MB round encoded
@@ -705,7 +688,7 @@ impl HandoffSource {
             return;
         }
         if over_four && !inline {
-            match codec::capture_delta(world, &changes, read.round) {
+            match codec::capture_delta(world, changes, read.round) {
                 Ok(captured) => {
                     self.job = Some(EncodeJob { handoff: self.id, config: self.config.chunk, captured });
                     self.deferred = Some(read);
@@ -816,7 +799,7 @@ impl HandoffSource {
             (Some(parts), _) => {
                 self.round = round;
                 self.stats.rounds = round;
-                self.send_parts(round, parts);
+                self.send_parts(round, 0, parts);
                 self.round_sent(round, bytes);
                 // Only a round over the configured budget is measured. A small round's time is
                 // mostly the round trip, so it reads the link low; if small rounds were measured,
@@ -854,7 +837,7 @@ impl HandoffSource {
             return;
         };
         codec::retain_present(world, &mut piece);
-        match codec::capture_delta(world, &piece, piecewise.round) {
+        match codec::capture_delta(world, piece, piecewise.round) {
             Ok(captured) => {
                 self.job = Some(EncodeJob { handoff: self.id, config: self.config.chunk, captured });
                 piecewise.encoding = true;
@@ -1008,17 +991,21 @@ impl HandoffSource {
         }
     }
 
-    fn send_parts(&mut self, round: u32, parts: Vec<AlignedVec>) {
-        for (part, bytes) in parts.into_iter().enumerate() {
+    /// Queues `parts` of `round`, numbered from `first`; returns the number after the last.
+    fn send_parts(&mut self, round: u32, first: u32, parts: Vec<AlignedVec>) -> u32 {
+        let mut part = first;
+        for bytes in parts {
             self.sent_bytes += bytes.len() as u64;
-            self.outbox.push_back(Message::Delta { handoff: self.id, round, part: part as u32, bytes: bytes.to_vec() });
+            self.outbox.push_back(Message::Delta { handoff: self.id, round, part, bytes: bytes.to_vec() });
+            part += 1;
         }
+        part
     }
 
     fn freeze(&mut self, now: Instant, world: &mut World, round: u32, parts: Vec<AlignedVec>, next_tick_due: Instant) {
         let part_count = parts.len() as u32;
         self.stats.final_bytes = parts.iter().map(|part| part.len() as u64).sum();
-        self.send_parts(round, parts);
+        self.send_parts(round, 0, parts);
         let digest = world.digest();
         self.outbox.push_back(Message::Freeze {
             handoff: self.id,

@@ -110,8 +110,10 @@ pub struct HandoffPair<L: RegionLogic> {
     pub engine_build_time: Duration,
     /// Engine builds delivered so far, and the virtual time of the last.
     pub engines_built: (u64, Option<Duration>),
-    /// How long encoding a delta round away from the region's thread takes (0: at once); the parts
-    /// come back to the node on the virtual clock, as they do from the runtime's blocking thread.
+    /// How long a delta round sent away from the region's thread to be encoded takes to come back
+    /// (0: at once), on the virtual clock, as it does from the runtime's blocking thread. The job
+    /// runs at once; the time it reports having taken is its real one, so the source counts this
+    /// delay as a wait for a free thread, not as encoding.
     pub encode_time: Duration,
     /// Rounds (or pieces) encoded away from the region's thread and delivered so far.
     pub rounds_encoded: u64,
