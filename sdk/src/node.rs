@@ -512,6 +512,11 @@ pub struct RegionNode<L: RegionLogic> {
     state: State,
     /// After a takeover the receiver stays to take stragglers the old source forwards.
     late_receiver: Option<HandoffTarget>,
+    /// A committed target's taking over of the received world (its sessions, timers and engines)
+    /// still to do: done once the commit's outputs are out, so that `Committed` reaches the source
+    /// without waiting for it (the source counts its freeze until then), and always before
+    /// anything else touches the region ([`RegionNode::finish_take_over`]).
+    take_over: bool,
     /// Gateway requests that wait while the region is frozen (protocol.md §9).
     deferred: Vec<GatewayRequest>,
     /// Tick durations since the last load report: (ticks, total, longest).
@@ -671,6 +676,7 @@ impl<L: RegionLogic> RegionNode<L> {
             rewarm,
             state,
             late_receiver: None,
+            take_over: false,
             deferred: Vec::new(),
             departures_resent: HashMap::new(),
             handoff_waiting: None,
@@ -867,6 +873,7 @@ impl<L: RegionLogic> RegionNode<L> {
 
     /// A player input from a gateway (or forwarded by a handoff's source).
     pub fn handle_input(&mut self, _now: Instant, input: PlayerInput) {
+        self.finish_take_over();
         match &mut self.state {
             State::Owner { handoff, .. } => {
                 let input = match handoff.as_mut() {
@@ -885,6 +892,7 @@ impl<L: RegionLogic> RegionNode<L> {
     /// A join, leave or arrival from a gateway; one that reaches a frozen region waits for the
     /// handoff's outcome.
     pub fn handle_gateway(&mut self, _now: Instant, request: GatewayRequest) {
+        self.finish_take_over();
         if self.is_frozen() {
             self.deferred.push(request);
         } else {
@@ -1230,7 +1238,8 @@ impl<L: RegionLogic> RegionNode<L> {
     /// then [`RegionNode::is_frozen`] says what it was before the tick.
     pub fn handle_timeout(&mut self, now: Instant, gateways: &dyn Gateways) {
         // A tick never starts before the handoff has done its work at the previous one (which may
-        // freeze the region).
+        // freeze the region), nor before a committed target took the region over.
+        self.finish_take_over();
         self.complete_handoff_tick();
         let id = self.region.id();
         let interval = self.region.config().tick_interval();
@@ -1413,9 +1422,23 @@ impl<L: RegionLogic> RegionNode<L> {
         true
     }
 
+    /// Takes over the received world after a commit, if that is still to do (protocol.md §6);
+    /// true when it was. [`RegionNode::drive`] does it once the commit's outputs are taken; the
+    /// handlers that touch the region do it first should they be called before.
+    fn finish_take_over(&mut self) -> bool {
+        if !std::mem::take(&mut self.take_over) {
+            return false;
+        }
+        self.region.take_over_received();
+        true
+    }
+
     /// Moves what the handoff state machines want done into the output queue; false when quiet.
     fn drive(&mut self, now: Instant) -> bool {
         let id = self.region.id();
+        if self.finish_take_over() {
+            return true;
+        }
         let mut busy = self.complete_handoff_tick();
         let mut next_state = None;
         if let State::Owner { schedule, standby: Some(feed), .. } = &mut self.state {
@@ -1551,7 +1574,7 @@ impl<L: RegionLogic> RegionNode<L> {
                         }
                         TargetAction::Authoritative { epoch, first_tick_at, .. } => {
                             let digest = self.region.world_mut().digest();
-                            self.region.take_over_received();
+                            self.take_over = true;
                             self.outputs.push_back(Output::Owned { epoch, announce: false });
                             self.outputs.push_back(Output::Broadcast(ServerMessage::Committed {
                                 region: id,
@@ -2536,6 +2559,85 @@ mod tests {
         node.handle_timeout(start + Duration::from_secs(2), &NoGateways);
         assert_eq!(node.region().world().tick(), tick + 1, "one tick ran");
         assert!(!node.handoff().expect("a handoff").allows_ticks());
+    }
+
+    /// A source of region A (1 Hz, one player) and its target, the handoff piped between them
+    /// until the target applied and checked the final round and asked the authority for the swap
+    /// (its answer not given yet); the time then.
+    fn target_asking_the_authority(
+        start: Instant,
+    ) -> (RegionNode<crate::region::test_logic::Walkers>, RegionNode<crate::region::test_logic::Walkers>, Instant) {
+        use crate::region::test_logic::{self, PLAYER};
+        let rewarm = || -> Rewarm<test_logic::Walkers> { Box::new(|id| Ok(test_logic::region(id))) };
+        let mut region = test_logic::region(test_logic::A);
+        region.join_player(PLAYER).unwrap();
+        let mut source = RegionNode::new(region, Role::Owner { epoch: Epoch(3) }, settings(start, 0), rewarm(), start);
+        let mut target =
+            RegionNode::new(test_logic::region(test_logic::A), Role::Target, settings(start, 0), rewarm(), start);
+        source.handle_timeout(start, &NoGateways);
+        source.handle_start_handoff(start, std::net::SocketAddr::from(([127, 0, 0, 1], 11)), 1);
+        let mut now = start;
+        for _ in 0..10 {
+            loop {
+                let mut moved = false;
+                while let Some(output) = source.poll_output(now) {
+                    if let Output::ToPeer(message) = output {
+                        target.handle_peer_message(now, message);
+                        moved = true;
+                    }
+                }
+                while let Some(output) = target.poll_output(now) {
+                    match output {
+                        Output::ToPeer(message) => {
+                            source.handle_peer_message(now, message);
+                            moved = true;
+                        }
+                        Output::Authority { commit: true, .. } => return (source, target, now),
+                        _ => {}
+                    }
+                }
+                if !moved {
+                    break;
+                }
+            }
+            now += Duration::from_secs(1);
+            source.handle_timeout(now, &NoGateways);
+            target.handle_timeout(now, &NoGateways);
+        }
+        panic!("the target never asked the authority");
+    }
+
+    #[test]
+    fn a_committed_target_sends_committed_before_it_takes_the_region_over() {
+        use crate::region::test_logic::PLAYER;
+        let start = Instant::now();
+        let (_source, mut target, now) = target_asking_the_authority(start);
+        assert!(target.region().session_of(PLAYER).is_none(), "the pre-warmed region knows nobody yet");
+        target.handle_authority(now, Ok(()));
+        // protocol.md §6: the source's freeze ends when `Committed` reaches it; reading the
+        // sessions and bringing the engines up to the final round comes after it is out.
+        let first = target.poll_output(now);
+        assert!(matches!(first, Some(Output::ToPeer(Message::Committed { .. }))), "{first:?}");
+        assert!(target.region().session_of(PLAYER).is_none(), "not taken over before Committed is out");
+        let rest: Vec<Output> = std::iter::from_fn(|| target.poll_output(now)).collect();
+        assert!(rest.iter().any(|output| matches!(output, Output::Owned { .. })), "{rest:?}");
+        assert!(target.region().session_of(PLAYER).is_some(), "taken over once the outputs were taken");
+    }
+
+    #[test]
+    fn a_committed_target_takes_the_region_over_before_it_handles_anything_else() {
+        use crate::region::test_logic::PLAYER;
+        let start = Instant::now();
+        let (_source, mut target, now) = target_asking_the_authority(start);
+        target.handle_authority(now, Ok(()));
+        let first = target.poll_output(now);
+        assert!(matches!(first, Some(Output::ToPeer(Message::Committed { .. }))), "{first:?}");
+        // An input handled before the driver took the rest of the commit's outputs: the region
+        // is taken over first, so the player is known.
+        target.handle_input(now, PlayerInput { player: PLAYER, seq: 1, payload: vec![1] });
+        let outputs: Vec<Output> = std::iter::from_fn(|| target.poll_output(now)).collect();
+        assert!(!outputs.iter().any(|output| matches!(output, Output::Bounce(..))), "{outputs:?}");
+        assert!(target.region().session_of(PLAYER).is_some());
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! one of them can win — invariant 1 (single authority) rests on this and nothing else.
 //!
 //! This module holds the trait and two implementations: in-process (tests, one-process clusters)
-//! and file-backed (one JSON-free, fsynced record per region under a directory, for several
-//! processes on one host). The coordinator implements it with its persistent region directory.
+//! and file-backed (one record file per region under a directory, written in place with one
+//! `fdatasync` a swap, for several processes on one host). The coordinator implements it with its persistent region directory.
 
 use std::collections::HashMap;
 use std::fs;
@@ -173,58 +173,185 @@ impl OwnershipAuthority for InMemoryAuthority {
     }
 }
 
-/// An authority kept in a directory, one file per region, shared by processes on one host.
+/// An authority kept in a directory, one record file per region, shared by processes on one host.
 ///
-/// Each compare-and-swap takes an exclusive lock file (created with `create_new`, so only one
-/// process holds it), reads the record, writes the new record to a temporary file, fsyncs it and
-/// renames it over the old one, then removes the lock. A lock older than `stale_lock_ms` (a crashed
-/// holder) is broken. Record format: one line `epoch owner`.
+/// Each compare-and-swap takes the region's lock (an advisory `flock` on `region-N.lock`, which
+/// the kernel releases when its holder dies, so a crashed holder never blocks the region), reads
+/// the record, and writes the new one in place. The record file `region-N.own` holds two slots of
+/// [`SLOT_BYTES`], each a whole record with a sequence number and a checksum; a write goes to the
+/// slot not holding the newest record and is made durable with one `fdatasync` (the file's size
+/// never changes after it is made, so no metadata need reach the disk). A read takes the valid
+/// slot with the highest sequence number, so a write torn by a crash leaves the record before it,
+/// whole. A swap that waits longer than [`FileAuthority::LOCK_WAIT`] (or
+/// [`FileAuthority::with_lock_wait`]) for the lock answers "unavailable". The record of a region written by an earlier version (`region-N.owner`, one line
+/// `epoch owner`) is read when no `.own` record exists, and removed once the first swap made the
+/// new record durable.
 #[derive(Clone, Debug)]
 pub struct FileAuthority {
     directory: PathBuf,
-    stale_lock_ms: u64,
+    lock_wait: std::time::Duration,
+}
+
+/// Bytes of one slot of a [`FileAuthority`] record; two slots make a record file.
+pub const SLOT_BYTES: usize = 512;
+const SLOT_MAGIC: &[u8; 8] = b"BATONOWN";
+/// Magic, sequence number, epoch, owner length; then the owner, then the checksum.
+const SLOT_HEADER: usize = 8 + 8 + 8 + 2;
+const SLOT_CHECKSUM: usize = 8;
+/// The longest owner name a [`FileAuthority`] keeps, in bytes.
+pub const MAX_OWNER_BYTES: usize = SLOT_BYTES - SLOT_HEADER - SLOT_CHECKSUM;
+
+/// One slot: the record and its sequence number.
+fn encode_slot(sequence: u64, ownership: &Ownership) -> [u8; SLOT_BYTES] {
+    let owner = ownership.owner.as_bytes();
+    let mut slot = [0u8; SLOT_BYTES];
+    slot[..8].copy_from_slice(SLOT_MAGIC);
+    slot[8..16].copy_from_slice(&sequence.to_le_bytes());
+    slot[16..24].copy_from_slice(&ownership.epoch.0.to_le_bytes());
+    slot[24..26].copy_from_slice(&(owner.len() as u16).to_le_bytes());
+    let end = SLOT_HEADER + owner.len();
+    slot[SLOT_HEADER..end].copy_from_slice(owner);
+    let checksum = slot_checksum(&slot[..end]);
+    slot[end..end + SLOT_CHECKSUM].copy_from_slice(&checksum);
+    slot
+}
+
+/// The record in a slot and its sequence number; `None` for a slot never written or torn.
+fn decode_slot(slot: &[u8]) -> Option<(u64, Ownership)> {
+    if slot.len() != SLOT_BYTES || &slot[..8] != SLOT_MAGIC {
+        return None;
+    }
+    let length = u16::from_le_bytes([slot[24], slot[25]]) as usize;
+    if length > MAX_OWNER_BYTES {
+        return None;
+    }
+    let end = SLOT_HEADER + length;
+    if slot[end..end + SLOT_CHECKSUM] != slot_checksum(&slot[..end]) {
+        return None;
+    }
+    let sequence = u64::from_le_bytes(slot[8..16].try_into().ok()?);
+    let epoch = u64::from_le_bytes(slot[16..24].try_into().ok()?);
+    let owner = std::str::from_utf8(&slot[SLOT_HEADER..end]).ok()?.to_owned();
+    Some((sequence, Ownership { owner, epoch: Epoch(epoch) }))
+}
+
+fn slot_checksum(bytes: &[u8]) -> [u8; SLOT_CHECKSUM] {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    let mut checksum = [0u8; SLOT_CHECKSUM];
+    checksum.copy_from_slice(&digest[..SLOT_CHECKSUM]);
+    checksum
+}
+
+/// A region's record as read: the newest record and the slot it is in, or the earlier version's.
+enum Record {
+    Missing,
+    Slotted { sequence: u64, ownership: Ownership },
+    Legacy(Ownership),
+}
+
+impl Record {
+    fn ownership(&self) -> Option<&Ownership> {
+        match self {
+            Record::Missing => None,
+            Record::Slotted { ownership, .. } | Record::Legacy(ownership) => Some(ownership),
+        }
+    }
 }
 
 impl FileAuthority {
+    /// How long a swap waits for a region's lock before answering "unavailable", by default.
+    pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(4);
+
     /// An authority in `directory` (created if missing).
     pub fn open(directory: impl AsRef<Path>) -> Result<FileAuthority, AuthorityError> {
         let directory = directory.as_ref().to_path_buf();
         fs::create_dir_all(&directory).map_err(|error| unavailable(&directory, &error))?;
-        Ok(FileAuthority { directory, stale_lock_ms: 2_000 })
+        Ok(FileAuthority { directory, lock_wait: Self::LOCK_WAIT })
+    }
+
+    /// The same authority, waiting at most `wait` for a region's lock.
+    #[must_use]
+    pub fn with_lock_wait(mut self, wait: std::time::Duration) -> FileAuthority {
+        self.lock_wait = wait;
+        self
     }
 
     fn record_path(&self, region: RegionId) -> PathBuf {
+        self.directory.join(format!("region-{}.own", region.0))
+    }
+
+    fn legacy_path(&self, region: RegionId) -> PathBuf {
         self.directory.join(format!("region-{}.owner", region.0))
     }
 
-    fn read(&self, region: RegionId) -> Result<Option<Ownership>, AuthorityError> {
+    /// The path of `region`'s lock file (a test may hold it to make the authority slow).
+    #[must_use]
+    pub fn lock_path(&self, region: RegionId) -> PathBuf {
+        self.directory.join(format!("region-{}.lock", region.0))
+    }
+
+    fn read(&self, region: RegionId) -> Result<Record, AuthorityError> {
         let path = self.record_path(region);
-        let text = match fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        match fs::read(&path) {
+            Ok(bytes) => {
+                let newest = bytes.chunks(SLOT_BYTES).filter_map(decode_slot).max_by_key(|(sequence, _)| *sequence);
+                return match newest {
+                    Some((sequence, ownership)) => Ok(Record::Slotted { sequence, ownership }),
+                    None => Err(AuthorityError::Unavailable(format!("{} holds no whole record", path.display()))),
+                };
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => return Err(unavailable(&path, &error)),
+        }
+        let legacy = self.legacy_path(region);
+        let text = match fs::read_to_string(&legacy) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Record::Missing),
+            Err(error) => return Err(unavailable(&legacy, &error)),
         };
         let (epoch, owner) = text
             .trim_end()
             .split_once(' ')
-            .ok_or_else(|| AuthorityError::Unavailable(format!("{} is malformed", path.display())))?;
+            .ok_or_else(|| AuthorityError::Unavailable(format!("{} is malformed", legacy.display())))?;
         let epoch =
-            epoch.parse().map_err(|_| AuthorityError::Unavailable(format!("{} has a bad epoch", path.display())))?;
-        Ok(Some(Ownership { owner: owner.to_owned(), epoch: Epoch(epoch) }))
+            epoch.parse().map_err(|_| AuthorityError::Unavailable(format!("{} has a bad epoch", legacy.display())))?;
+        Ok(Record::Legacy(Ownership { owner: owner.to_owned(), epoch: Epoch(epoch) }))
     }
 
-    fn write(&self, region: RegionId, ownership: &Ownership) -> Result<(), AuthorityError> {
+    /// Writes `ownership` over `record` (as read under the lock), durably.
+    fn write(&self, region: RegionId, record: &Record, ownership: &Ownership) -> Result<(), AuthorityError> {
+        use std::os::unix::fs::FileExt;
         let path = self.record_path(region);
-        let temporary = path.with_extension("tmp");
-        let mut file = fs::File::create(&temporary).map_err(|error| unavailable(&temporary, &error))?;
-        writeln!(file, "{} {}", ownership.epoch.0, ownership.owner).map_err(|error| unavailable(&temporary, &error))?;
-        file.sync_all().map_err(|error| unavailable(&temporary, &error))?;
-        fs::rename(&temporary, &path).map_err(|error| unavailable(&path, &error))?;
-        if let Ok(directory) = fs::File::open(&self.directory) {
-            // Make the rename durable too; a failure here leaves the old or the new record, both whole.
-            let _ = directory.sync_all();
+        match record {
+            Record::Slotted { sequence, .. } => {
+                let next = sequence + 1;
+                let file =
+                    fs::OpenOptions::new().write(true).open(&path).map_err(|error| unavailable(&path, &error))?;
+                let offset = (next % 2) * SLOT_BYTES as u64;
+                file.write_all_at(&encode_slot(next, ownership), offset).map_err(|error| unavailable(&path, &error))?;
+                file.sync_data().map_err(|error| unavailable(&path, &error))
+            }
+            Record::Missing | Record::Legacy(_) => {
+                // A new record file: made whole under a temporary name (both slots, the second
+                // empty) and renamed into place, so a crash never leaves a short one.
+                let temporary = path.with_extension("tmp");
+                let mut bytes = encode_slot(0, ownership).to_vec();
+                bytes.resize(2 * SLOT_BYTES, 0);
+                let mut file = fs::File::create(&temporary).map_err(|error| unavailable(&temporary, &error))?;
+                file.write_all(&bytes).map_err(|error| unavailable(&temporary, &error))?;
+                file.sync_all().map_err(|error| unavailable(&temporary, &error))?;
+                fs::rename(&temporary, &path).map_err(|error| unavailable(&path, &error))?;
+                fs::File::open(&self.directory)
+                    .and_then(|directory| directory.sync_all())
+                    .map_err(|error| unavailable(&self.directory, &error))?;
+                if matches!(record, Record::Legacy(_)) {
+                    // The new record is durable and read first; the old one is no longer needed.
+                    let _ = fs::remove_file(self.legacy_path(region));
+                }
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     fn locked<T>(
@@ -232,32 +359,29 @@ impl FileAuthority {
         region: RegionId,
         action: impl FnOnce() -> Result<T, AuthorityError>,
     ) -> Result<T, AuthorityError> {
-        let lock = self.directory.join(format!("region-{}.lock", region.0));
+        let path = self.lock_path(region);
+        let lock = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|error| unavailable(&path, &error))?;
         let started = std::time::Instant::now();
         loop {
-            match fs::OpenOptions::new().write(true).create_new(true).open(&lock) {
-                Ok(_) => break,
-                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let stale = fs::metadata(&lock)
-                        .and_then(|metadata| metadata.modified())
-                        .ok()
-                        .and_then(|modified| modified.elapsed().ok())
-                        .is_some_and(|age| age.as_millis() as u64 > self.stale_lock_ms);
-                    if stale {
-                        let _ = fs::remove_file(&lock);
-                        continue;
-                    }
-                    if started.elapsed().as_millis() as u64 > self.stale_lock_ms * 2 {
-                        return Err(AuthorityError::Unavailable(format!("{} is held", lock.display())));
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) => {
+                    if started.elapsed() >= self.lock_wait {
+                        return Err(AuthorityError::Unavailable(format!("{} is held", path.display())));
                     }
                     std::thread::sleep(std::time::Duration::from_micros(200));
                 }
-                Err(error) => return Err(unavailable(&lock, &error)),
+                Err(fs::TryLockError::Error(error)) => return Err(unavailable(&path, &error)),
             }
         }
-        let result = action();
-        let _ = fs::remove_file(&lock);
-        result
+        // The lock is released when `lock` is closed, below (or by the kernel, should this
+        // process die holding it).
+        action()
     }
 }
 
@@ -265,37 +389,50 @@ fn unavailable(path: &Path, error: &std::io::Error) -> AuthorityError {
     AuthorityError::Unavailable(format!("{}: {error}", path.display()))
 }
 
+/// A [`FileAuthority`] keeps owner names of one non-empty line of at most [`MAX_OWNER_BYTES`].
+fn check_owner(owner: &str) -> Result<(), AuthorityError> {
+    if owner.contains(['\n', '\r']) || owner.is_empty() || owner.len() > MAX_OWNER_BYTES {
+        return Err(AuthorityError::Unavailable(format!(
+            "owner names must be one non-empty line of at most {MAX_OWNER_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
 impl OwnershipAuthority for FileAuthority {
     fn current(&self, region: RegionId) -> Result<Ownership, AuthorityError> {
-        self.read(region)?.ok_or(AuthorityError::UnknownRegion(region))
+        self.read(region)?.ownership().cloned().ok_or(AuthorityError::UnknownRegion(region))
     }
 
     fn compare_and_swap(&self, region: RegionId, expected: &Ownership, next: &Ownership) -> Result<(), AuthorityError> {
         check_next(region, expected, next)?;
-        if next.owner.contains(['\n', '\r']) || next.owner.is_empty() {
-            return Err(AuthorityError::Unavailable("owner names must be one non-empty line".to_owned()));
-        }
+        check_owner(&next.owner)?;
         self.locked(region, || {
-            let current = self.read(region)?.ok_or(AuthorityError::UnknownRegion(region))?;
-            if &current != expected {
+            let record = self.read(region)?;
+            let Some(current) = record.ownership() else {
+                return Err(AuthorityError::UnknownRegion(region));
+            };
+            if current != expected {
                 return Err(AuthorityError::Conflict {
                     region,
                     expected_epoch: expected.epoch,
                     actual_epoch: current.epoch,
-                    actual_owner: current.owner,
+                    actual_owner: current.owner.clone(),
                 });
             }
-            self.write(region, next)
+            self.write(region, &record, next)
         })
     }
 
     fn register(&self, region: RegionId, owner: &str) -> Result<Ownership, AuthorityError> {
+        check_owner(owner)?;
         self.locked(region, || {
-            if let Some(current) = self.read(region)? {
-                return Ok(current);
+            let record = self.read(region)?;
+            if let Some(current) = record.ownership() {
+                return Ok(current.clone());
             }
             let ownership = Ownership { owner: owner.to_owned(), epoch: Epoch(1) };
-            self.write(region, &ownership)?;
+            self.write(region, &Record::Missing, &ownership)?;
             Ok(ownership)
         })
     }
@@ -329,12 +466,150 @@ mod tests {
 
     #[test]
     fn file_authority_is_a_compare_and_swap_and_survives_reopening() {
-        let directory =
-            std::env::temp_dir().join(format!("baton-authority-{}-{}", std::process::id(), fastrand::u64(..)));
+        let directory = scratch();
         let authority = FileAuthority::open(&directory).unwrap();
         check_cas(&authority);
         let reopened = FileAuthority::open(&directory).unwrap();
         assert_eq!(reopened.current(RegionId(7)).unwrap().epoch, Epoch(2));
+        let _ = fs::remove_dir_all(&directory);
+    }
+
+    fn scratch() -> PathBuf {
+        std::env::temp_dir().join(format!("baton-authority-{}-{}", std::process::id(), fastrand::u64(..)))
+    }
+
+    fn at(owner: &str, epoch: u64) -> Ownership {
+        Ownership { owner: owner.to_owned(), epoch: Epoch(epoch) }
+    }
+
+    #[test]
+    fn a_torn_write_of_the_newest_slot_leaves_the_record_before_it() {
+        let directory = scratch();
+        let authority = FileAuthority::open(&directory).unwrap();
+        let region = RegionId(3);
+        authority.register(region, "a").unwrap();
+        authority.compare_and_swap(region, &at("a", 1), &at("b", 2)).unwrap();
+        authority.compare_and_swap(region, &at("b", 2), &at("c", 3)).unwrap();
+        let path = directory.join("region-3.own");
+        let mut bytes = fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 2 * SLOT_BYTES, "the file keeps its size");
+        // Sequence 2 (epoch 3) is in slot 0, sequence 1 (epoch 2) in slot 1.
+        bytes[SLOT_HEADER] ^= 0x20;
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(authority.current(region).unwrap(), at("b", 2));
+        // The next swap goes on from there, into the torn slot, and is read back.
+        authority.compare_and_swap(region, &at("b", 2), &at("d", 3)).unwrap();
+        assert_eq!(FileAuthority::open(&directory).unwrap().current(region).unwrap(), at("d", 3));
+        // Both slots torn: no record is known, and nothing is guessed.
+        fs::write(&path, vec![0xAB; 2 * SLOT_BYTES]).unwrap();
+        assert!(matches!(authority.current(region), Err(AuthorityError::Unavailable(_))));
+        assert!(matches!(
+            authority.compare_and_swap(region, &at("d", 3), &at("e", 4)),
+            Err(AuthorityError::Unavailable(_))
+        ));
+        let _ = fs::remove_dir_all(&directory);
+    }
+
+    #[test]
+    fn slots_refuse_what_they_did_not_write() {
+        let slot = encode_slot(5, &at("owner", 9));
+        assert_eq!(decode_slot(&slot), Some((5, at("owner", 9))));
+        assert_eq!(decode_slot(&slot[..SLOT_BYTES - 1]), None, "short");
+        let mut wrong_magic = slot;
+        wrong_magic[0] = b'X';
+        assert_eq!(decode_slot(&wrong_magic), None);
+        let mut too_long = slot;
+        too_long[24..26].copy_from_slice(&((MAX_OWNER_BYTES + 1) as u16).to_le_bytes());
+        assert_eq!(decode_slot(&too_long), None);
+        let mut epoch_changed = slot;
+        epoch_changed[16] ^= 1;
+        assert_eq!(decode_slot(&epoch_changed), None, "the checksum covers the epoch");
+        let longest = "x".repeat(MAX_OWNER_BYTES);
+        assert_eq!(decode_slot(&encode_slot(1, &at(&longest, 2))), Some((1, at(&longest, 2))));
+    }
+
+    #[test]
+    fn a_record_of_the_earlier_version_is_read_and_replaced_at_the_first_swap() {
+        let directory = scratch();
+        fs::create_dir_all(&directory).unwrap();
+        fs::write(directory.join("region-4.owner"), "6 old-host/pid-1\n").unwrap();
+        let authority = FileAuthority::open(&directory).unwrap();
+        let region = RegionId(4);
+        assert_eq!(authority.current(region).unwrap(), at("old-host/pid-1", 6));
+        assert_eq!(authority.register(region, "someone").unwrap(), at("old-host/pid-1", 6));
+        assert!(matches!(
+            authority.compare_and_swap(region, &at("x", 6), &at("y", 7)),
+            Err(AuthorityError::Conflict { .. })
+        ));
+        authority.compare_and_swap(region, &at("old-host/pid-1", 6), &at("new", 7)).unwrap();
+        assert!(!directory.join("region-4.owner").exists());
+        assert_eq!(authority.current(region).unwrap(), at("new", 7));
+        let _ = fs::remove_dir_all(&directory);
+    }
+
+    #[test]
+    fn a_held_lock_makes_the_swap_unavailable_and_a_closed_one_frees_it() {
+        let directory = scratch();
+        let authority = FileAuthority::open(&directory).unwrap().with_lock_wait(std::time::Duration::ZERO);
+        let region = RegionId(5);
+        authority.register(region, "a").unwrap();
+        let holder =
+            fs::OpenOptions::new().write(true).create(true).truncate(false).open(authority.lock_path(region)).unwrap();
+        holder.lock().unwrap();
+        let swap = authority.compare_and_swap(region, &at("a", 1), &at("b", 2));
+        assert!(matches!(swap, Err(AuthorityError::Unavailable(ref reason)) if reason.contains("is held")), "{swap:?}");
+        assert_eq!(authority.current(region).unwrap(), at("a", 1), "reading needs no lock");
+        // A holder that dies (here: closes its file) releases the lock; nothing stale is left.
+        drop(holder);
+        authority.compare_and_swap(region, &at("a", 1), &at("b", 2)).unwrap();
+        let _ = fs::remove_dir_all(&directory);
+    }
+
+    /// Invariant 1 across processes rests on the lock: swaps racing from threads that each open
+    /// the files themselves (as separate processes do) never lose an update, and from one epoch
+    /// exactly one wins.
+    #[test]
+    fn racing_swaps_have_one_winner_per_epoch_and_lose_no_update() {
+        let directory = scratch();
+        let region = RegionId(8);
+        FileAuthority::open(&directory).unwrap().register(region, "first").unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|thread| {
+                let directory = directory.clone();
+                std::thread::spawn(move || {
+                    let authority = FileAuthority::open(&directory).unwrap();
+                    let mut won = Vec::new();
+                    for _ in 0..25 {
+                        let current = authority.current(region).unwrap();
+                        let next = at(&format!("t{thread}"), current.epoch.0 + 1);
+                        if authority.compare_and_swap(region, &current, &next).is_ok() {
+                            won.push(next.epoch.0);
+                        }
+                    }
+                    won
+                })
+            })
+            .collect();
+        let mut won: Vec<u64> = threads.into_iter().flat_map(|thread| thread.join().unwrap()).collect();
+        won.sort_unstable();
+        let last = FileAuthority::open(&directory).unwrap().current(region).unwrap().epoch.0;
+        assert_eq!(won, (2..=last).collect::<Vec<_>>(), "every epoch won exactly once, none skipped");
+        // A swap fails only when another won since its read, so some swap won.
+        assert!(!won.is_empty());
+        let _ = fs::remove_dir_all(&directory);
+    }
+
+    #[test]
+    fn owner_names_are_one_line_that_fits_a_slot() {
+        let directory = scratch();
+        let authority = FileAuthority::open(&directory).unwrap();
+        let region = RegionId(6);
+        assert!(authority.register(region, "").is_err());
+        assert!(authority.register(region, &"x".repeat(MAX_OWNER_BYTES + 1)).is_err());
+        authority.register(region, "a").unwrap();
+        assert!(authority.compare_and_swap(region, &at("a", 1), &at("two\nlines", 2)).is_err());
+        assert!(authority.compare_and_swap(region, &at("a", 1), &at(&"x".repeat(MAX_OWNER_BYTES + 1), 2)).is_err());
+        assert_eq!(authority.current(region).unwrap(), at("a", 1));
         let _ = fs::remove_dir_all(&directory);
     }
 }

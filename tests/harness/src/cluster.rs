@@ -14,8 +14,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -345,19 +344,9 @@ pub struct Cluster {
 }
 
 /// The authority's lock of a region, held by a test ([`Cluster::hold_authority`]); released when
-/// dropped.
+/// dropped (the lock file is closed).
 pub struct AuthorityHold {
-    held: Arc<AtomicBool>,
-    refresher: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for AuthorityHold {
-    fn drop(&mut self) {
-        self.held.store(false, Ordering::Relaxed);
-        if let Some(refresher) = self.refresher.take() {
-            let _ = refresher.join();
-        }
-    }
+    _lock: std::fs::File,
 }
 
 /// A region's report, as a process answered [`ServerCommand::Report`].
@@ -484,30 +473,20 @@ impl Cluster {
 
     /// Holds the file-backed authority's lock of `region` until the guard is dropped, so every
     /// compare-and-swap of the region waits (a slow authority, from outside the processes: no
-    /// fault knob in the servers). The lock is kept fresh, so the servers never take it for a
-    /// crashed holder's; a compare-and-swap that waits longer than twice the stale time (4 s)
+    /// fault knob in the servers); one that waits longer than `FileAuthority::LOCK_WAIT` (4 s)
     /// answers "unavailable".
     pub fn hold_authority(&self, region: u64) -> anyhow::Result<AuthorityHold> {
-        let lock = self.directory.join("authority").join(format!("region-{region}.lock"));
-        std::fs::OpenOptions::new()
+        let authority = baton_wire::authority::FileAuthority::open(self.directory.join("authority"))
+            .map_err(|error| anyhow::anyhow!("{error}"))?;
+        let path = authority.lock_path(baton_wire::RegionId(region));
+        let lock = std::fs::OpenOptions::new()
             .write(true)
-            .create_new(true)
-            .open(&lock)
-            .with_context(|| format!("taking {}", lock.display()))?;
-        let held = Arc::new(AtomicBool::new(true));
-        let refresher = std::thread::spawn({
-            let (lock, held) = (lock.clone(), held.clone());
-            move || {
-                while held.load(Ordering::Relaxed) {
-                    if let Ok(file) = std::fs::OpenOptions::new().write(true).open(&lock) {
-                        let _ = file.set_modified(std::time::SystemTime::now());
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                let _ = std::fs::remove_file(&lock);
-            }
-        });
-        Ok(AuthorityHold { held, refresher: Some(refresher) })
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        lock.try_lock().map_err(|error| anyhow::anyhow!("taking {}: {error}", path.display()))?;
+        Ok(AuthorityHold { _lock: lock })
     }
 
     /// Kills the coordinator with SIGKILL (as a crash would).
