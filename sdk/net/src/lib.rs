@@ -13,6 +13,7 @@ pub mod ledbat;
 #[cfg(feature = "metrics-http")]
 pub mod metrics;
 pub mod pace;
+pub mod pack;
 pub mod pki;
 pub mod public;
 
@@ -25,6 +26,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 pub use ledbat::{Ledbat, LedbatConfig};
 pub use pace::TokenBucket;
+pub use pack::Packer;
 pub use pki::{ClusterIdentity, DevCa};
 
 /// The name every cluster certificate carries and every client checks.

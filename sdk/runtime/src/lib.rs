@@ -88,6 +88,8 @@ pub struct HostConfig {
     pub bulk_bytes_per_second: u64,
     /// Bulk burst in bytes (default 256 KiB).
     pub bulk_burst_bytes: u64,
+    /// Whether paced links compress bulk messages when that pays (`baton_net::Packer`).
+    pub bulk_compression: bool,
     /// Settings of handoffs this host starts.
     pub source: SourceConfig,
     /// Link timeouts.
@@ -339,8 +341,11 @@ impl<L: RegionLogic + 'static> Host<L> {
         let factory = self.factory.clone();
         let context = region_loop::LoopContext {
             authority: self.config.authority.clone(),
-            bulk_bytes_per_second: self.config.bulk_bytes_per_second,
-            bulk_burst_bytes: self.config.bulk_burst_bytes,
+            bulk: link::BulkSettings {
+                bytes_per_second: self.config.bulk_bytes_per_second,
+                burst_bytes: self.config.bulk_burst_bytes,
+                compression: self.config.bulk_compression,
+            },
             endpoint: self.endpoint.clone(),
             feed_client: self.feed_client.clone(),
             runtime: self.runtime.clone(),

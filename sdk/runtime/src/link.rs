@@ -11,10 +11,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
-use baton_net::TokenBucket;
+use baton_net::{Packer, TokenBucket};
 use baton_sdk::RegionLogic;
 use baton_sdk::handoff::Message;
 use baton_sdk::handoff::message::MAX_MESSAGE_BYTES;
+use baton_sdk::rkyv::util::AlignedVec;
 use baton_sdk::wire::RegionId;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
@@ -78,7 +79,7 @@ async fn serve_incoming<L: RegionLogic + 'static>(
     let (control_tx, control_rx) = unbounded_channel();
     // A target sends no bulk; the channel exists so the handle has one shape.
     let (bulk_tx, _bulk_rx) = unbounded_channel();
-    tokio::spawn(write_loop(connection.clone(), control_send, control_rx, None));
+    tokio::spawn(write_loop(connection.clone(), control_send, control_rx, None, None));
     let link = next_link_id();
     let send = |command: Command<L>| sender.send(command).map_err(|_| "the region stopped".to_owned());
     send(Command::Attach(LinkHandle { id: link, control: control_tx, bulk: bulk_tx }))?;
@@ -96,14 +97,24 @@ async fn serve_incoming<L: RegionLogic + 'static>(
 
 /// Connects to a target (with `client`, or the endpoint's default client configuration) and returns
 /// where the region thread sends its messages.
+/// How the bulk stream of the links a host opens is paced and compressed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BulkSettings {
+    /// The cap, bytes per second.
+    pub(crate) bytes_per_second: u64,
+    /// The pacer's burst, bytes.
+    pub(crate) burst_bytes: u64,
+    /// Whether bulk messages are compressed when that pays.
+    pub(crate) compression: bool,
+}
+
 pub(crate) fn connect<L: RegionLogic + 'static>(
     runtime: &tokio::runtime::Handle,
     endpoint: quinn::Endpoint,
     client: Option<quinn::ClientConfig>,
     peer: SocketAddr,
     commands: mpsc::Sender<Command<L>>,
-    bulk_bytes_per_second: u64,
-    bulk_burst_bytes: u64,
+    bulk: BulkSettings,
 ) -> LinkHandle {
     let (control_tx, control_rx) = unbounded_channel();
     let (bulk_tx, bulk_rx) = unbounded_channel();
@@ -134,23 +145,26 @@ pub(crate) fn connect<L: RegionLogic + 'static>(
                 return;
             }
         };
-        tokio::spawn(write_loop(connection.clone(), control_send, control_rx, None));
-        let bucket = TokenBucket::new(bulk_bytes_per_second, bulk_burst_bytes, Instant::now());
-        tokio::spawn(write_loop(connection.clone(), bulk_send, bulk_rx, Some(bucket)));
+        tokio::spawn(write_loop(connection.clone(), control_send, control_rx, None, None));
+        let bucket = TokenBucket::new(bulk.bytes_per_second, bulk.burst_bytes, Instant::now());
+        let packer = bulk.compression.then(|| Packer::new(bulk.bytes_per_second));
+        tokio::spawn(write_loop(connection.clone(), bulk_send, bulk_rx, Some(bucket), packer));
         read_loop(control_recv, commands, link, true).await;
     });
     LinkHandle { id: link, control: control_tx, bulk: bulk_tx }
 }
 
-/// Writes messages until the region thread drops its sender; paces when given a bucket.
+/// Writes messages until the region thread drops its sender; paces when given a bucket, and
+/// then compresses bulk messages when that pays at the bucket's rate ([`Packer`]).
 async fn write_loop(
     connection: quinn::Connection,
     mut send: quinn::SendStream,
     mut messages: UnboundedReceiver<Message>,
     mut bucket: Option<TokenBucket>,
+    mut packer: Option<Packer>,
 ) {
     while let Some(message) = messages.recv().await {
-        let bytes = match message.encode() {
+        let mut bytes = match message.encode() {
             Ok(bytes) => bytes,
             Err(error) => {
                 tracing::error!(%error, "could not encode a handoff message");
@@ -158,7 +172,8 @@ async fn write_loop(
             }
         };
         if let Some(bucket) = bucket.as_mut() {
-            let wait = bucket.delay(Instant::now(), bytes.len());
+            let wait;
+            (bytes, wait) = pack_and_pace(&message, bytes, bucket, packer.as_mut(), Instant::now());
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
@@ -177,6 +192,44 @@ async fn write_loop(
     }
 }
 
+/// What a paced writer sends for `message` (encoded as `bytes`) and how long its pacer holds it
+/// first: compressed into a `Packed` when `packer` says that pays for a message the pacer would
+/// hold back (protocol.md §1), the wait then being the compressed bytes'. The caller consumes the
+/// bucket by the bytes returned, so the cap counts what crosses the link.
+fn pack_and_pace(
+    message: &Message,
+    bytes: AlignedVec,
+    bucket: &mut TokenBucket,
+    packer: Option<&mut Packer>,
+    now: Instant,
+) -> (AlignedVec, std::time::Duration) {
+    let wait = bucket.delay(now, bytes.len());
+    let Some(packer) = packer else {
+        return (bytes, wait);
+    };
+    if !(message.is_bulk() && packer.should_pack(bytes.len(), wait)) {
+        return (bytes, wait);
+    }
+    let started = Instant::now();
+    let packed = message.pack(&bytes);
+    let packed_bytes = match &packed {
+        Some(Message::Packed { bytes: compressed, .. }) => compressed.len(),
+        _ => bytes.len(),
+    };
+    packer.packed(bytes.len(), packed_bytes, started.elapsed());
+    match packed.map(|packed| packed.encode()) {
+        Some(Ok(encoded)) => {
+            let wait = bucket.delay(now, encoded.len());
+            (encoded, wait)
+        }
+        Some(Err(error)) => {
+            tracing::warn!(%error, "could not encode a packed message; sending it as it is");
+            (bytes, wait)
+        }
+        None => (bytes, wait),
+    }
+}
+
 /// Forwards decoded messages to the region thread; reports the link lost when the control stream
 /// ends or anything fails.
 async fn read_loop<L: RegionLogic + 'static>(
@@ -187,7 +240,7 @@ async fn read_loop<L: RegionLogic + 'static>(
 ) {
     loop {
         match baton_net::read_frame(&mut recv, MAX_MESSAGE_BYTES).await {
-            Ok(Some(frame)) => match Message::decode(&frame) {
+            Ok(Some(frame)) => match Message::decode(&frame).and_then(Message::unpack) {
                 Ok(message) => {
                     if commands.send(Command::Peer { link, message }).is_err() {
                         return;
@@ -207,5 +260,48 @@ async fn read_loop<L: RegionLogic + 'static>(
     }
     if report_loss {
         let _ = commands.send(Command::LinkLost { link });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn delta(bytes: Vec<u8>) -> Message {
+        Message::Delta { handoff: 4, round: 2, part: 0, bytes }
+    }
+
+    #[test]
+    fn a_held_back_bulk_message_goes_compressed_and_is_paced_by_its_compressed_bytes() {
+        let now = Instant::now();
+        let mut bucket = TokenBucket::new(1_000_000, 64 * 1024, now);
+        let mut packer = Packer::new(1_000_000);
+        // The bucket holds its burst: a message within it goes at once, as it is.
+        let small = delta(vec![7; 32 * 1024]);
+        let encoded = small.encode().unwrap();
+        let (sent, wait) = pack_and_pace(&small, encoded.clone(), &mut bucket, Some(&mut packer), now);
+        assert_eq!((sent.as_slice(), wait), (encoded.as_slice(), Duration::ZERO));
+        bucket.consume(now, sent.len());
+        // The next would wait for the bucket: it goes compressed, and waits only for its bytes.
+        let big = delta((0..200_000u32).map(|i| (i % 13) as u8).collect());
+        let encoded = big.encode().unwrap();
+        let raw_wait = bucket.clone().delay(now, encoded.len());
+        let (sent, wait) = pack_and_pace(&big, encoded.clone(), &mut bucket, Some(&mut packer), now);
+        assert!(sent.len() < encoded.len() / 4, "{} of {}", sent.len(), encoded.len());
+        assert_eq!(wait, bucket.clone().delay(now, sent.len()));
+        assert!(wait < raw_wait, "{wait:?} against {raw_wait:?}");
+        assert_eq!(Message::decode(&sent).unwrap().unpack().unwrap(), big);
+        assert!(packer.ratio().is_some_and(|ratio| ratio > 4.0));
+        // Control messages, and any message of a link without a packer, go as they are.
+        let abort = Message::Abort { handoff: 4, reason: "x".repeat(10_000) };
+        let encoded = abort.encode().unwrap();
+        assert_eq!(
+            pack_and_pace(&abort, encoded.clone(), &mut bucket, Some(&mut packer), now).0.as_slice(),
+            encoded.as_slice()
+        );
+        let encoded = big.encode().unwrap();
+        assert_eq!(pack_and_pace(&big, encoded.clone(), &mut bucket, None, now).0.as_slice(), encoded.as_slice());
     }
 }

@@ -110,8 +110,7 @@ impl LinkHandle {
 /// What the thread needs from its host.
 pub(crate) struct LoopContext<L: RegionLogic + 'static> {
     pub(crate) authority: Arc<dyn OwnershipAuthority>,
-    pub(crate) bulk_bytes_per_second: u64,
-    pub(crate) bulk_burst_bytes: u64,
+    pub(crate) bulk: crate::link::BulkSettings,
     pub(crate) endpoint: quinn::Endpoint,
     /// How standby feeds connect (handoff links use the endpoint's default).
     pub(crate) feed_client: quinn::ClientConfig,
@@ -362,8 +361,7 @@ fn carry_out<L: RegionLogic + 'static>(
             client.cloned(),
             peer,
             context.commands.clone(),
-            context.bulk_bytes_per_second,
-            context.bulk_burst_bytes,
+            context.bulk,
         )
     };
     while let Some(output) = node.poll_output(Instant::now()) {

@@ -112,6 +112,12 @@ pub struct ServeSettings {
     /// The queueing delay a `ledbat` bulk link may add to a link, in milliseconds.
     #[arg(long, default_value_t = 2.0)]
     pub bulk_target_ms: f64,
+    /// Whether handoff and standby links compress the state they stream: `auto` compresses
+    /// (LZ4) a message the --bulk-mbps cap would hold back when, by the ratio and speed measured
+    /// so far, that saves more time on the link than it costs (at 50 MB/s it usually does, at
+    /// 1000 it does not); `off` never does (hosts short of CPU).
+    #[arg(long, value_enum, default_value_t = BulkCompression::Auto)]
+    pub bulk_compression: BulkCompression,
     /// The freeze a handoff aims at for a region this server gives away, in milliseconds: the
     /// final delta round is what the link moves in this time (as measured during the handoff, at
     /// most what --bulk-mbps moves), or up to four times that once the rounds stop shrinking (so
@@ -157,6 +163,15 @@ pub enum BulkCongestion {
     Cubic,
     /// quinn's BBR.
     Bbr,
+}
+
+/// Whether bulk links compress (see `--bulk-compression`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BulkCompression {
+    /// When it pays at the cap.
+    Auto,
+    /// Never.
+    Off,
 }
 
 /// Why a region server could not start (what goes wrong afterwards is reported as events).
@@ -288,6 +303,7 @@ pub fn run<G: Game>(game: G, settings: &ServeSettings) -> Result<(), ServeError>
         authority,
         bulk_bytes_per_second,
         bulk_burst_bytes: 256 * 1024,
+        bulk_compression: settings.bulk_compression == BulkCompression::Auto,
         // protocol.md §4: the freeze budget is what the paced link moves in --max-freeze-ms,
         // lowered when a measured round says the link delivers less.
         source: SourceConfig::for_link(bulk_bytes_per_second, Duration::from_secs_f64(settings.max_freeze_ms / 1000.0)),

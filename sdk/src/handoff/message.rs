@@ -10,7 +10,7 @@ use rkyv::util::AlignedVec;
 use super::HandoffId;
 
 /// Version of the handoff message set; a peer with another version is refused at `Begin`.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Largest encoded message accepted (a world chunk is at most 1 MiB by default).
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
@@ -161,6 +161,17 @@ mod definition {
             /// This attempt.
             handoff: HandoffId,
         },
+        /// Link only, never seen by the state machines: a bulk message (`Chunk` or `Delta`)
+        /// compressed by the link that sent it ([`Message::pack`]); the receiving link unpacks it
+        /// ([`Message::unpack`]) before handing it on.
+        Packed {
+            /// The attempt of the message inside.
+            handoff: HandoffId,
+            /// Bytes of the encoded message inside (at most [`MAX_MESSAGE_BYTES`](super::MAX_MESSAGE_BYTES)).
+            raw_bytes: u32,
+            /// Its encoding, LZ4-compressed (block format).
+            bytes: Vec<u8>,
+        },
         /// Either side: this attempt is over without a commit (or the target refused it).
         Abort {
             /// This attempt.
@@ -188,6 +199,7 @@ impl Message {
             | Message::Mark { handoff, .. }
             | Message::Holds { handoff, .. }
             | Message::EnginesReady { handoff }
+            | Message::Packed { handoff, .. }
             | Message::Abort { handoff, .. } => *handoff,
         }
     }
@@ -195,7 +207,7 @@ impl Message {
     /// Whether it carries bulk state (and goes on the paced bulk stream).
     #[must_use]
     pub fn is_bulk(&self) -> bool {
-        matches!(self, Message::Chunk { .. } | Message::Delta { .. })
+        matches!(self, Message::Chunk { .. } | Message::Delta { .. } | Message::Packed { .. })
     }
 
     /// Bytes of world archive it carries.
@@ -210,6 +222,42 @@ impl Message {
     /// Encodes the message.
     pub fn encode(&self) -> Result<AlignedVec, MessageError> {
         rkyv::to_bytes::<BoxedError>(self).map_err(|error| MessageError::Encode(error.to_string()))
+    }
+
+    /// `encoded` (this message's [`Message::encode`]) compressed into a [`Message::Packed`], or
+    /// `None` when that would not be smaller. Only bulk messages are worth it; the link decides
+    /// when (`baton_net::Packer`).
+    #[must_use]
+    pub fn pack(&self, encoded: &[u8]) -> Option<Message> {
+        let raw_bytes = u32::try_from(encoded.len()).ok()?;
+        let bytes = lz4_flex::block::compress(encoded);
+        (bytes.len() < encoded.len()).then(|| Message::Packed { handoff: self.handoff(), raw_bytes, bytes })
+    }
+
+    /// The message inside a [`Message::Packed`], decompressed, validated and decoded; any other
+    /// message as it is. A packed message inside another, one that claims more than
+    /// [`MAX_MESSAGE_BYTES`] or one that does not decompress to exactly its claimed size is
+    /// refused. Never panics on any input.
+    pub fn unpack(self) -> Result<Message, MessageError> {
+        let Message::Packed { raw_bytes, bytes, .. } = self else {
+            return Ok(self);
+        };
+        let raw_bytes = raw_bytes as usize;
+        if raw_bytes > MAX_MESSAGE_BYTES {
+            return Err(MessageError::TooLarge(raw_bytes));
+        }
+        let mut encoded = vec![0u8; raw_bytes];
+        let written = lz4_flex::block::decompress_into(&bytes, &mut encoded)
+            .map_err(|error| MessageError::Invalid(format!("a packed message does not decompress: {error}")))?;
+        if written != raw_bytes {
+            return Err(MessageError::Invalid(format!(
+                "a packed message decompressed to {written} bytes, not the {raw_bytes} it claims"
+            )));
+        }
+        match Message::decode(&encoded)? {
+            Message::Packed { .. } => Err(MessageError::Invalid("a packed message inside a packed message".to_owned())),
+            message => Ok(message),
+        }
     }
 
     /// Validates and decodes a message. Never panics on any input.
@@ -303,5 +351,44 @@ mod tests {
             }
         }
         assert!(Message::decode(&[0xff; 64]).is_err());
+    }
+
+    #[test]
+    fn packed_messages_unpack_to_what_was_packed_and_bad_ones_are_refused() {
+        // A delta of repetitive state compresses; what comes out is what went in.
+        let delta =
+            Message::Delta { handoff: 9, round: 3, part: 1, bytes: (0..20_000u32).map(|i| (i % 7) as u8).collect() };
+        let encoded = delta.encode().unwrap();
+        let packed = delta.pack(&encoded).expect("it compresses");
+        assert!(packed.is_bulk() && packed.handoff() == 9);
+        let Message::Packed { raw_bytes, ref bytes, .. } = packed else { unreachable!() };
+        assert_eq!(raw_bytes as usize, encoded.len());
+        assert!(bytes.len() < encoded.len() / 4, "{} of {}", bytes.len(), encoded.len());
+        let on_the_wire = packed.encode().unwrap();
+        assert_eq!(Message::decode(&on_the_wire).unwrap().unpack().unwrap(), delta);
+        // Anything else passes through.
+        let abort = Message::Abort { handoff: 9, reason: "x".into() };
+        assert_eq!(abort.clone().unpack().unwrap(), abort);
+        // Bytes that do not compress are not packed.
+        let noise: Vec<u8> = (0..4096).map(|_| fastrand::u8(..)).collect();
+        assert!(delta.pack(&noise).is_none());
+        // A claimed size over the limit, a wrong claimed size either way, garbage, and a packed
+        // message inside another: refused, never a panic.
+        let claim =
+            |raw_bytes: u32, bytes: &[u8]| Message::Packed { handoff: 9, raw_bytes, bytes: bytes.to_vec() }.unpack();
+        assert!(matches!(claim(MAX_MESSAGE_BYTES as u32 + 1, bytes), Err(MessageError::TooLarge(_))));
+        assert!(claim(raw_bytes - 1, bytes).is_err(), "claims less than it holds");
+        assert!(claim(raw_bytes + 1, bytes).is_err(), "claims more than it holds");
+        for length in [0, 1, 7, 100, 5000] {
+            let garbage: Vec<u8> = (0..length).map(|_| fastrand::u8(..)).collect();
+            assert!(claim(raw_bytes, &garbage).is_err());
+            assert!(claim(fastrand::u32(..1 << 16), &garbage).is_err());
+        }
+        let twice = Message::Packed {
+            handoff: 9,
+            raw_bytes: on_the_wire.len() as u32,
+            bytes: lz4_flex::block::compress(&on_the_wire),
+        };
+        assert!(matches!(twice.unpack(), Err(MessageError::Invalid(reason)) if reason.contains("inside")));
     }
 }

@@ -52,6 +52,10 @@ struct Cli {
     /// the rounds stop shrinking).
     #[arg(long, default_value_t = 2.0)]
     max_freeze_ms: f64,
+    /// Whether the servers' links compress the state they stream (`auto` or `off`: the servers'
+    /// --bulk-compression).
+    #[arg(long, default_value = "auto")]
+    bulk_compression: String,
     /// Seconds of play between handoffs.
     #[arg(long, default_value_t = 0.5)]
     pause: f64,
@@ -122,6 +126,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         cli.bulk_mbps.to_string(),
         "--max-freeze-ms".to_owned(),
         cli.max_freeze_ms.to_string(),
+        "--bulk-compression".to_owned(),
+        cli.bulk_compression.clone(),
     ];
     let mut cluster = Cluster::start(&binary, 2, &extra).context("starting two region servers")?;
     cluster.host(&world_object(world), cli.avatars)?;
