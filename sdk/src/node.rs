@@ -514,9 +514,9 @@ pub struct RegionNode<L: RegionLogic> {
     late_receiver: Option<HandoffTarget>,
     /// A committed target's taking over of the received world (its sessions, timers and engines)
     /// still to do: done once the commit's outputs are out, so that `Committed` reaches the source
-    /// without waiting for it (the source counts its freeze until then), and always before
-    /// anything else touches the region ([`RegionNode::finish_take_over`]).
-    take_over: bool,
+    /// without waiting for it (the source counts its freeze until then), and before any handler
+    /// that touches the region does anything ([`RegionNode::finish_take_over`]).
+    take_over_pending: bool,
     /// Gateway requests that wait while the region is frozen (protocol.md §9).
     deferred: Vec<GatewayRequest>,
     /// Tick durations since the last load report: (ticks, total, longest).
@@ -676,7 +676,7 @@ impl<L: RegionLogic> RegionNode<L> {
             rewarm,
             state,
             late_receiver: None,
-            take_over: false,
+            take_over_pending: false,
             deferred: Vec::new(),
             departures_resent: HashMap::new(),
             handoff_waiting: None,
@@ -707,6 +707,7 @@ impl<L: RegionLogic> RegionNode<L> {
     /// that a failover replaced is older than the one the failover restored); the next updates
     /// say so. An owner at a newer epoch ends this one ([`RegionNode::handle_ownership_seen`]).
     pub fn handle_checkpoint_stored(&mut self, now: Instant, tick: u64, stored: bool, owner: Option<&Ownership>) {
+        self.finish_take_over();
         let still_ours = self
             .owned_epoch()
             .is_some_and(|epoch| owner.is_some_and(|owner| owner.epoch == epoch && owner.owner == self.settings.name));
@@ -731,6 +732,7 @@ impl<L: RegionLogic> RegionNode<L> {
     /// The authority says who owns the region now (read after a checkpoint, so an owner cut off
     /// by a failover learns it lost the region). An owner at an older epoch stops serving it.
     pub fn handle_ownership_seen(&mut self, _now: Instant, current: &Ownership) {
+        self.finish_take_over();
         let id = self.region.id();
         let State::Owner { epoch, handoff, .. } = &self.state else { return };
         // A handoff in flight settles its own ownership (its commit is that newer epoch).
@@ -759,6 +761,7 @@ impl<L: RegionLogic> RegionNode<L> {
 
     /// The region, to change between ticks (queries, tests).
     pub fn region_mut(&mut self) -> &mut Region<L> {
+        self.finish_take_over();
         &mut self.region
     }
 
@@ -912,6 +915,7 @@ impl<L: RegionLogic> RegionNode<L> {
     /// checkpoint that cannot be taken or stored aborts the handoff (the region stays here with
     /// its standby). Protocol.md §14.
     pub fn handle_start_handoff(&mut self, now: Instant, peer: SocketAddr, id: u64) {
+        self.finish_take_over();
         let region = self.region.id();
         let State::Owner { epoch, handoff, standby, .. } = &self.state else {
             tracing::warn!(%region, "cannot start a handoff of a region this host does not own");
@@ -989,6 +993,7 @@ impl<L: RegionLogic> RegionNode<L> {
     /// installs it, and while receiving also tells its source `EnginesReady` (protocol.md §4).
     /// Anywhere else it is stale and dropped.
     pub fn handle_engine_built(&mut self, now: Instant, built: BuiltEngine) {
+        self.finish_take_over();
         if let State::Target { receiver } = &mut self.state
             && matches!(receiver.phase(), TargetPhase::Receiving | TargetPhase::Verifying)
             && self.region.install_engine(built)
@@ -1000,6 +1005,7 @@ impl<L: RegionLogic> RegionNode<L> {
     /// The round [`Output::EncodeRound`] asked for is encoded: the handoff sends it (a stale one,
     /// of a handoff that ended meanwhile, is dropped).
     pub fn handle_encoded(&mut self, now: Instant, encoded: EncodedRound) {
+        self.finish_take_over();
         if let State::Owner { handoff: Some(handoff), .. } = &mut self.state {
             handoff.handle_encoded(now, self.region.world_mut(), encoded);
         }
@@ -1007,6 +1013,7 @@ impl<L: RegionLogic> RegionNode<L> {
 
     /// A handoff message from the peer on the current link.
     pub fn handle_peer_message(&mut self, now: Instant, message: Message) {
+        self.finish_take_over();
         let world = self.region.world_mut();
         match &mut self.state {
             State::Owner { handoff: Some(handoff), .. } => handoff.handle_message(now, world, message),
@@ -1060,6 +1067,7 @@ impl<L: RegionLogic> RegionNode<L> {
     /// Starts feeding a hot standby at `peer` (`id` identifies the feed). Refused while a
     /// handoff runs or a feed exists, or on an instance that does not own the region.
     pub fn handle_start_standby(&mut self, now: Instant, peer: SocketAddr, id: u64) {
+        self.finish_take_over();
         let region = self.region.id();
         let State::Owner { epoch, handoff, standby, .. } = &mut self.state else {
             tracing::warn!(%region, "cannot feed a standby of a region this host does not own");
@@ -1090,6 +1098,7 @@ impl<L: RegionLogic> RegionNode<L> {
 
     /// A message from the standby.
     pub fn handle_standby_message(&mut self, now: Instant, message: Message) {
+        self.finish_take_over();
         if let State::Owner { standby: Some(feed), .. } = &mut self.state {
             feed.handle_message(now, self.region.world_mut(), message);
         }
@@ -1097,6 +1106,7 @@ impl<L: RegionLogic> RegionNode<L> {
 
     /// The link to the standby broke.
     pub fn handle_standby_link_lost(&mut self, _now: Instant) {
+        self.finish_take_over();
         if let State::Owner { standby: Some(feed), .. } = &mut self.state {
             feed.handle_link_lost(self.region.world_mut());
         }
@@ -1106,6 +1116,7 @@ impl<L: RegionLogic> RegionNode<L> {
     /// compare-and-swap goes out as [`Output::Authority`]; a refusal is reported as
     /// [`HostEvent::PromoteRefused`].
     pub fn handle_promote(&mut self, _now: Instant, epoch: Epoch) {
+        self.finish_take_over();
         let region = self.region.id();
         let refused = match &mut self.state {
             State::Standby { follower, .. } => follower.promote(epoch).err().map(|error| error.to_string()),
@@ -1124,6 +1135,7 @@ impl<L: RegionLogic> RegionNode<L> {
 
     /// The current handoff link broke.
     pub fn handle_link_lost(&mut self, now: Instant) {
+        self.finish_take_over();
         match &mut self.state {
             State::Owner { handoff: Some(handoff), .. } => handoff.handle_link_lost(now, self.region.world_mut()),
             State::Target { receiver } => receiver.handle_link_lost(now),
@@ -1134,6 +1146,7 @@ impl<L: RegionLogic> RegionNode<L> {
 
     /// The authority's answer to the last [`Output::Authority`].
     pub fn handle_authority(&mut self, now: Instant, result: Result<(), AuthorityError>) {
+        self.finish_take_over();
         match &mut self.state {
             State::Owner { handoff: Some(handoff), .. } => handoff.handle_authority(now, result),
             State::Target { receiver } => receiver.handle_authority(now, result),
@@ -1145,6 +1158,7 @@ impl<L: RegionLogic> RegionNode<L> {
     /// Save the region and stop hosting it (the old way of moving a region): refused during a
     /// handoff or when `can_store` is false (no checkpoint store). Outputs [`Output::SaveAndStop`].
     pub fn handle_stop(&mut self, _now: Instant, can_store: bool) {
+        self.finish_take_over();
         let id = self.region.id();
         let (epoch, schedule) = match &self.state {
             State::Owner { handoff: Some(handoff), .. } if !handoff.is_finished() => {
@@ -1183,6 +1197,7 @@ impl<L: RegionLogic> RegionNode<L> {
     /// How saving for a stop went: `Ok((tick, bytes, path))` lets the region go, an error keeps
     /// it here (the inputs that waited are queued again).
     pub fn handle_stop_saved(&mut self, _now: Instant, saved: Result<(u64, u64, PathBuf), String>) {
+        self.finish_take_over();
         let id = self.region.id();
         let State::Stopping { epoch, schedule, pending } =
             std::mem::replace(&mut self.state, State::Finished { handoff: None })
@@ -1225,6 +1240,7 @@ impl<L: RegionLogic> RegionNode<L> {
     /// The driver is going away: requests still waiting are answered (refused where the region
     /// is no longer here).
     pub fn handle_close(&mut self, _now: Instant) {
+        self.finish_take_over();
         for request in std::mem::take(&mut self.deferred) {
             self.serve_gateway_request(request);
         }
@@ -1237,6 +1253,7 @@ impl<L: RegionLogic> RegionNode<L> {
     /// next [`RegionNode::poll_output`] once the tick's outputs are taken (protocol.md §4): until
     /// then [`RegionNode::is_frozen`] says what it was before the tick.
     pub fn handle_timeout(&mut self, now: Instant, gateways: &dyn Gateways) {
+        self.finish_take_over();
         // A tick never starts before the handoff has done its work at the previous one (which may
         // freeze the region), nor before a committed target took the region over.
         self.finish_take_over();
@@ -1426,7 +1443,7 @@ impl<L: RegionLogic> RegionNode<L> {
     /// true when it was. [`RegionNode::drive`] does it once the commit's outputs are taken; the
     /// handlers that touch the region do it first should they be called before.
     fn finish_take_over(&mut self) -> bool {
-        if !std::mem::take(&mut self.take_over) {
+        if !std::mem::take(&mut self.take_over_pending) {
             return false;
         }
         self.region.take_over_received();
@@ -1574,7 +1591,7 @@ impl<L: RegionLogic> RegionNode<L> {
                         }
                         TargetAction::Authoritative { epoch, first_tick_at, .. } => {
                             let digest = self.region.world_mut().digest();
-                            self.take_over = true;
+                            self.take_over_pending = true;
                             self.outputs.push_back(Output::Owned { epoch, announce: false });
                             self.outputs.push_back(Output::Broadcast(ServerMessage::Committed {
                                 region: id,
@@ -2627,17 +2644,27 @@ mod tests {
     #[test]
     fn a_committed_target_takes_the_region_over_before_it_handles_anything_else() {
         use crate::region::test_logic::PLAYER;
-        let start = Instant::now();
-        let (_source, mut target, now) = target_asking_the_authority(start);
-        target.handle_authority(now, Ok(()));
-        let first = target.poll_output(now);
-        assert!(matches!(first, Some(Output::ToPeer(Message::Committed { .. }))), "{first:?}");
-        // An input handled before the driver took the rest of the commit's outputs: the region
-        // is taken over first, so the player is known.
-        target.handle_input(now, PlayerInput { player: PLAYER, seq: 1, payload: vec![1] });
-        let outputs: Vec<Output> = std::iter::from_fn(|| target.poll_output(now)).collect();
-        assert!(!outputs.iter().any(|output| matches!(output, Output::Bounce(..))), "{outputs:?}");
-        assert!(target.region().session_of(PLAYER).is_some());
+        type Call = fn(&mut RegionNode<crate::region::test_logic::Walkers>, Instant);
+        let calls: [(&str, Call); 3] = [
+            ("an input", |node, now| node.handle_input(now, PlayerInput { player: PLAYER, seq: 1, payload: vec![1] })),
+            ("a join of someone else", |node, now| {
+                node.handle_gateway(now, GatewayRequest::Join { player: PlayerId(99), gateway: 1 });
+            }),
+            ("the first tick", |node, now| node.handle_timeout(now + Duration::from_secs(1), &NoGateways)),
+        ];
+        for (what, call) in calls {
+            let start = Instant::now();
+            let (_source, mut target, now) = target_asking_the_authority(start);
+            target.handle_authority(now, Ok(()));
+            let first = target.poll_output(now);
+            assert!(matches!(first, Some(Output::ToPeer(Message::Committed { .. }))), "{first:?}");
+            // Handled before the driver took the rest of the commit's outputs: the region is
+            // taken over first, so the player is known.
+            call(&mut target, now);
+            assert!(target.region().session_of(PLAYER).is_some(), "{what}: not taken over first");
+            let outputs: Vec<Output> = std::iter::from_fn(|| target.poll_output(now)).collect();
+            assert!(!outputs.iter().any(|output| matches!(output, Output::Bounce(..))), "{what}: {outputs:?}");
+        }
     }
 
     #[test]

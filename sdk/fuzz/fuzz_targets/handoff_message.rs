@@ -14,8 +14,15 @@ fuzz_target!(|bytes: &[u8]| {
         assert_eq!(again, message);
         let _ = message.unpack();
     }
-    if let Some((claim, payload)) = bytes.split_first_chunk::<2>() {
-        let raw_bytes = u32::from(u16::from_le_bytes(*claim)) * 16;
+    if let Some((claim, payload)) = bytes.split_first_chunk::<4>() {
+        // Any claimed size (over the limit too), any payload.
+        let raw_bytes = u32::from_le_bytes(*claim);
         let _ = Message::Packed { handoff: 1, raw_bytes, bytes: payload.to_vec() }.unpack();
+        // What a link packs unpacks to the same message.
+        let delta = Message::Delta { handoff: 1, round: 1, part: 0, bytes: payload.to_vec() };
+        let encoded = delta.encode().expect("a delta encodes");
+        if let Some(packed) = delta.pack(&encoded) {
+            assert_eq!(packed.unpack().expect("a packed delta unpacks"), delta);
+        }
     }
 });

@@ -1,24 +1,31 @@
 //! Whether compressing a paced link's bulk messages pays (sans-IO: sizes and times in, decisions out).
 //!
-//! On a link paced at `rate` bytes per second, compressing `n` bytes to `n / ratio` saves
+//! On a link that moves `rate` bytes per second, compressing `n` bytes to `n / ratio` saves
 //! `n * (1 - 1/ratio) / rate` seconds on the wire and costs `n / speed` seconds of compressing (and
 //! about a quarter of that to decompress at the other end). So it pays when
 //! `(1 - 1/ratio) * speed >= PAYS_MARGIN * rate`. The ratio and the speed are learned from the
 //! messages compressed so far (an exponential average, as the state being moved changes); the
-//! first messages are compressed to learn them; once it stops paying, one message in
+//! first message held back is compressed to learn them; once it stops paying, one message in
 //! [`Packer::PROBE_EVERY`] is compressed anyway, so that a change in the data or the machine is
-//! noticed. Only a message the pacer would hold back is compressed: one that may go at once (the
-//! bucket holds its bytes, as for a handoff's final round after the link rested) goes as it is,
-//! since on a link faster than its cap compressing would only add to its delivery. Messages under
-//! [`Packer::MIN_BYTES`] are never compressed. An unpaced link has no rate to save time against
-//! and makes no [`Packer`].
+//! noticed. Messages under [`Packer::MIN_BYTES`] are never compressed.
+//!
+//! The rate is what holds the message back. When the pacer would (its wait is not zero), the cap,
+//! or the link's own rate if that is lower. When the pacer would not, only a link slower than the
+//! cap: the rate its congestion controller allows (its window over the round trip,
+//! [`Packer::link_rate`]) below the cap says the link is the bottleneck and how fast it moves. A
+//! message neither holds back goes as it is (on a link faster than its cap, as for a handoff's
+//! final round after the link rested, compressing would only add to its delivery). An unpaced
+//! link makes no [`Packer`].
 
 use std::time::Duration;
 
 /// Decides, message by message, whether to compress a paced link's bulk messages.
 #[derive(Clone, Debug)]
 pub struct Packer {
-    rate: f64,
+    /// The pacer's cap, bytes per second.
+    cap: f64,
+    /// The rate the link's congestion controller allows, bytes per second, as last told.
+    drain: Option<f64>,
     /// Learned compression ratio (input over output bytes) and speed (input bytes per second).
     learned: Option<(f64, f64)>,
     /// Messages sent as they are since the last one compressed.
@@ -40,16 +47,19 @@ impl Packer {
     /// A packer for a link paced at `bytes_per_second`.
     #[must_use]
     pub fn new(bytes_per_second: u64) -> Packer {
-        Packer { rate: bytes_per_second.max(1) as f64, learned: None, skipped: 0 }
+        Packer { cap: bytes_per_second.max(1) as f64, drain: None, learned: None, skipped: 0 }
     }
 
     /// Whether to compress a message of `bytes` that the pacer would send after `wait` (zero:
     /// at once).
     pub fn should_pack(&mut self, bytes: usize, wait: Duration) -> bool {
-        if bytes < Self::MIN_BYTES || wait.is_zero() {
+        if bytes < Self::MIN_BYTES {
             return false;
         }
-        if self.pays() != Some(false) {
+        let Some(rate) = self.holding_rate(wait) else {
+            return false;
+        };
+        if self.pays_at(rate) != Some(false) {
             return true;
         }
         self.skipped += 1;
@@ -72,11 +82,40 @@ impl Packer {
         });
     }
 
-    /// Whether compressing pays by what was learned; `None` before anything was.
+    /// The link's congestion controller allows `window` bytes in flight per round trip of `rtt`
+    /// now (none known: a round trip of zero).
+    pub fn link_rate(&mut self, window: u64, rtt: Duration) {
+        if rtt.is_zero() {
+            return;
+        }
+        self.drain = Some(window as f64 / rtt.as_secs_f64());
+    }
+
+    /// The rate that holds back a message the pacer would send after `wait`: the cap (or the
+    /// link's rate when lower) if the pacer holds it, else the link's rate when it is below the
+    /// cap; `None` when nothing holds it back.
+    fn holding_rate(&self, wait: Duration) -> Option<f64> {
+        let link = self.drain.filter(|drain| *drain < self.cap);
+        if wait.is_zero() { link } else { Some(link.unwrap_or(self.cap)) }
+    }
+
+    /// Whether compressing pays at `rate` by what was learned; `None` before anything was.
+    fn pays_at(&self, rate: f64) -> Option<bool> {
+        let (ratio, speed) = self.learned?;
+        Some((1.0 - 1.0 / ratio.max(1.0)) * speed >= PAYS_MARGIN * rate)
+    }
+
+    /// Whether compressing a message the pacer holds back pays, by what was learned; `None`
+    /// before anything was.
     #[must_use]
     pub fn pays(&self) -> Option<bool> {
-        let (ratio, speed) = self.learned?;
-        Some((1.0 - 1.0 / ratio.max(1.0)) * speed >= PAYS_MARGIN * self.rate)
+        self.pays_at(self.holding_rate(Duration::MAX)?)
+    }
+
+    /// The link's rate as last told, bytes per second, if any.
+    #[must_use]
+    pub fn drain_rate(&self) -> Option<f64> {
+        self.drain
     }
 
     /// The learned compression ratio, if any.
@@ -132,6 +171,31 @@ mod tests {
         let mut grows = Packer::new(1);
         grows.packed(1000, 1100, Duration::from_nanos(1));
         assert_eq!(grows.pays(), Some(false));
+    }
+
+    #[test]
+    fn a_link_slower_than_its_cap_holds_messages_back_by_its_congestion_window() {
+        let mut packer = Packer::new(50_000_000);
+        packer.packed(1_000_000, 600_000, 2 * MS);
+        // The pacer lets it go and nothing is known of the link: as it is.
+        assert!(!packer.should_pack(100_000, Duration::ZERO));
+        packer.link_rate(1_000_000, Duration::ZERO);
+        assert_eq!(packer.drain_rate(), None, "no round trip, no rate");
+        // A window of 1 MB a 10 ms round trip allows 100 MB/s, over the cap: the pacer rules.
+        packer.link_rate(1_000_000, 10 * MS);
+        assert!(!packer.should_pack(100_000, Duration::ZERO));
+        // 125 kB a 10 ms round trip: 12.5 MB/s, below the 50 MB/s cap, so a message goes
+        // compressed even when the pacer would let it go, and it pays at that rate.
+        packer.link_rate(125_000, 10 * MS);
+        assert_eq!(packer.drain_rate(), Some(12_500_000.0));
+        assert!(packer.should_pack(100_000, Duration::ZERO));
+        // Over a fast link the cap is what holds a message back, and there it does not pay.
+        let mut fast_link = Packer::new(1_000_000_000);
+        fast_link.packed(1_000_000, 600_000, 2 * MS);
+        fast_link.link_rate(20_000_000, 10 * MS);
+        assert_eq!(fast_link.pays(), Some(false), "a link of 2 GB/s under a 1 GB/s cap");
+        assert!(!fast_link.should_pack(100_000, Duration::ZERO));
+        assert!(!fast_link.should_pack(100_000, MS));
     }
 
     #[test]

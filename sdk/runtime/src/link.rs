@@ -87,16 +87,18 @@ async fn serve_incoming<L: RegionLogic + 'static>(
     let bulk_sender = sender.clone();
     let bulk_connection = connection.clone();
     tokio::spawn(async move {
-        if let Ok(recv) = bulk_connection.accept_uni().await {
-            read_loop(recv, bulk_sender, link, false).await;
+        if let Ok(recv) = bulk_connection.accept_uni().await
+            && !read_loop(recv, bulk_sender, link, false).await
+        {
+            // An invalid bulk message closes the whole link: the control stream's reader then
+            // reports it lost and the attempt ends.
+            bulk_connection.close(1u32.into(), b"invalid bulk message");
         }
     });
-    read_loop(control_recv, sender, link, true).await;
+    let _ = read_loop(control_recv, sender, link, true).await;
     Ok(())
 }
 
-/// Connects to a target (with `client`, or the endpoint's default client configuration) and returns
-/// where the region thread sends its messages.
 /// How the bulk stream of the links a host opens is paced and compressed.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct BulkSettings {
@@ -108,6 +110,8 @@ pub(crate) struct BulkSettings {
     pub(crate) compression: bool,
 }
 
+/// Connects to a target (with `client`, or the endpoint's default client configuration) and returns
+/// where the region thread sends its messages.
 pub(crate) fn connect<L: RegionLogic + 'static>(
     runtime: &tokio::runtime::Handle,
     endpoint: quinn::Endpoint,
@@ -149,13 +153,13 @@ pub(crate) fn connect<L: RegionLogic + 'static>(
         let bucket = TokenBucket::new(bulk.bytes_per_second, bulk.burst_bytes, Instant::now());
         let packer = bulk.compression.then(|| Packer::new(bulk.bytes_per_second));
         tokio::spawn(write_loop(connection.clone(), bulk_send, bulk_rx, Some(bucket), packer));
-        read_loop(control_recv, commands, link, true).await;
+        let _ = read_loop(control_recv, commands, link, true).await;
     });
     LinkHandle { id: link, control: control_tx, bulk: bulk_tx }
 }
 
 /// Writes messages until the region thread drops its sender; paces when given a bucket, and
-/// then compresses bulk messages when that pays at the bucket's rate ([`Packer`]).
+/// then compresses bulk messages when that pays at the rate that holds them back ([`Packer`]).
 async fn write_loop(
     connection: quinn::Connection,
     mut send: quinn::SendStream,
@@ -171,9 +175,14 @@ async fn write_loop(
                 break;
             }
         };
+        if let Some(packer) = packer.as_mut() {
+            // What the congestion controller allows now: below the cap, the link holds back.
+            let path = connection.stats().path;
+            packer.link_rate(path.cwnd, path.rtt);
+        }
         if let Some(bucket) = bucket.as_mut() {
-            let wait;
-            (bytes, wait) = pack_and_pace(&message, bytes, bucket, packer.as_mut(), Instant::now());
+            bytes = pack_if_it_pays(&message, bytes, bucket, packer.as_mut(), Instant::now());
+            let wait = bucket.delay(Instant::now(), bytes.len());
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
@@ -192,62 +201,62 @@ async fn write_loop(
     }
 }
 
-/// What a paced writer sends for `message` (encoded as `bytes`) and how long its pacer holds it
-/// first: compressed into a `Packed` when `packer` says that pays for a message the pacer would
-/// hold back (protocol.md §1), the wait then being the compressed bytes'. The caller consumes the
-/// bucket by the bytes returned, so the cap counts what crosses the link.
-fn pack_and_pace(
+/// What a paced writer sends for `message` (encoded as `bytes`): compressed into a `Packed`
+/// when `packer` says that pays for a message held back (the pacer would make it wait at `now`,
+/// or the link's congestion controller allows less than the cap; protocol.md §1) and the packed frame is smaller
+/// and within the message limit, else `bytes`. The caller paces and consumes the bucket by the
+/// bytes returned, so the cap counts what crosses the link.
+fn pack_if_it_pays(
     message: &Message,
     bytes: AlignedVec,
     bucket: &mut TokenBucket,
     packer: Option<&mut Packer>,
     now: Instant,
-) -> (AlignedVec, std::time::Duration) {
-    let wait = bucket.delay(now, bytes.len());
+) -> AlignedVec {
     let Some(packer) = packer else {
-        return (bytes, wait);
+        return bytes;
     };
-    if !(message.is_bulk() && packer.should_pack(bytes.len(), wait)) {
-        return (bytes, wait);
+    if !(message.is_bulk() && packer.should_pack(bytes.len(), bucket.delay(now, bytes.len()))) {
+        return bytes;
     }
     let started = Instant::now();
-    let packed = message.pack(&bytes);
+    let packed = message.pack(&bytes).map(|packed| packed.encode());
     let packed_bytes = match &packed {
-        Some(Message::Packed { bytes: compressed, .. }) => compressed.len(),
+        Some(Ok(encoded)) => encoded.len(),
         _ => bytes.len(),
     };
     packer.packed(bytes.len(), packed_bytes, started.elapsed());
-    match packed.map(|packed| packed.encode()) {
-        Some(Ok(encoded)) => {
-            let wait = bucket.delay(now, encoded.len());
-            (encoded, wait)
-        }
+    match packed {
+        Some(Ok(encoded)) if encoded.len() < bytes.len() && encoded.len() <= MAX_MESSAGE_BYTES => encoded,
         Some(Err(error)) => {
             tracing::warn!(%error, "could not encode a packed message; sending it as it is");
-            (bytes, wait)
+            bytes
         }
-        None => (bytes, wait),
+        _ => bytes,
     }
 }
 
-/// Forwards decoded messages to the region thread; reports the link lost when the control stream
-/// ends or anything fails.
+/// Forwards decoded (and unpacked) messages to the region thread; reports the link lost when the
+/// control stream ends or anything fails (`report_loss`). False when it ended on an invalid
+/// message.
 async fn read_loop<L: RegionLogic + 'static>(
     mut recv: quinn::RecvStream,
     commands: mpsc::Sender<Command<L>>,
     link: u64,
     report_loss: bool,
-) {
+) -> bool {
+    let mut valid = true;
     loop {
         match baton_net::read_frame(&mut recv, MAX_MESSAGE_BYTES).await {
             Ok(Some(frame)) => match Message::decode(&frame).and_then(Message::unpack) {
                 Ok(message) => {
                     if commands.send(Command::Peer { link, message }).is_err() {
-                        return;
+                        return true;
                     }
                 }
                 Err(error) => {
                     tracing::warn!(%error, "dropping a handoff link that sent an invalid message");
+                    valid = false;
                     break;
                 }
             },
@@ -261,11 +270,11 @@ async fn read_loop<L: RegionLogic + 'static>(
     if report_loss {
         let _ = commands.send(Command::LinkLost { link });
     }
+    valid
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use super::*;
 
@@ -274,34 +283,35 @@ mod tests {
     }
 
     #[test]
-    fn a_held_back_bulk_message_goes_compressed_and_is_paced_by_its_compressed_bytes() {
+    fn a_held_back_bulk_message_goes_compressed_and_its_compressed_bytes_are_paced() {
         let now = Instant::now();
         let mut bucket = TokenBucket::new(1_000_000, 64 * 1024, now);
         let mut packer = Packer::new(1_000_000);
         // The bucket holds its burst: a message within it goes at once, as it is.
         let small = delta(vec![7; 32 * 1024]);
         let encoded = small.encode().unwrap();
-        let (sent, wait) = pack_and_pace(&small, encoded.clone(), &mut bucket, Some(&mut packer), now);
-        assert_eq!((sent.as_slice(), wait), (encoded.as_slice(), Duration::ZERO));
+        let sent = pack_if_it_pays(&small, encoded.clone(), &mut bucket, Some(&mut packer), now);
+        assert_eq!(sent.as_slice(), encoded.as_slice());
         bucket.consume(now, sent.len());
         // The next would wait for the bucket: it goes compressed, and waits only for its bytes.
         let big = delta((0..200_000u32).map(|i| (i % 13) as u8).collect());
         let encoded = big.encode().unwrap();
-        let raw_wait = bucket.clone().delay(now, encoded.len());
-        let (sent, wait) = pack_and_pace(&big, encoded.clone(), &mut bucket, Some(&mut packer), now);
+        let sent = pack_if_it_pays(&big, encoded.clone(), &mut bucket, Some(&mut packer), now);
         assert!(sent.len() < encoded.len() / 4, "{} of {}", sent.len(), encoded.len());
-        assert_eq!(wait, bucket.clone().delay(now, sent.len()));
-        assert!(wait < raw_wait, "{wait:?} against {raw_wait:?}");
+        assert!(bucket.delay(now, sent.len()) < bucket.delay(now, encoded.len()));
         assert_eq!(Message::decode(&sent).unwrap().unpack().unwrap(), big);
         assert!(packer.ratio().is_some_and(|ratio| ratio > 4.0));
         // Control messages, and any message of a link without a packer, go as they are.
         let abort = Message::Abort { handoff: 4, reason: "x".repeat(10_000) };
         let encoded = abort.encode().unwrap();
-        assert_eq!(
-            pack_and_pace(&abort, encoded.clone(), &mut bucket, Some(&mut packer), now).0.as_slice(),
-            encoded.as_slice()
-        );
+        let sent = pack_if_it_pays(&abort, encoded.clone(), &mut bucket, Some(&mut packer), now);
+        assert_eq!(sent.as_slice(), encoded.as_slice());
         let encoded = big.encode().unwrap();
-        assert_eq!(pack_and_pace(&big, encoded.clone(), &mut bucket, None, now).0.as_slice(), encoded.as_slice());
+        assert_eq!(pack_if_it_pays(&big, encoded.clone(), &mut bucket, None, now).as_slice(), encoded.as_slice());
+        // A message that does not compress goes as it is.
+        let noise = delta((0..100_000).map(|_| fastrand::u8(..)).collect());
+        let encoded = noise.encode().unwrap();
+        let sent = pack_if_it_pays(&noise, encoded.clone(), &mut bucket, Some(&mut packer), now);
+        assert_eq!(sent.as_slice(), encoded.as_slice());
     }
 }

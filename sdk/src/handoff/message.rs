@@ -161,7 +161,15 @@ mod definition {
             /// This attempt.
             handoff: HandoffId,
         },
-        /// Link only, never seen by the state machines: a bulk message (`Chunk` or `Delta`)
+        /// Either side: this attempt is over without a commit (or the target refused it).
+        Abort {
+            /// This attempt.
+            handoff: HandoffId,
+            /// Why, lower-case.
+            reason: String,
+        },
+        /// Link only, never seen by the state machines (the last variant, so that every other
+        /// decodes as in version 4): a bulk message (`Chunk` or `Delta`)
         /// compressed by the link that sent it ([`Message::pack`]); the receiving link unpacks it
         /// ([`Message::unpack`]) before handing it on.
         Packed {
@@ -171,13 +179,6 @@ mod definition {
             raw_bytes: u32,
             /// Its encoding, LZ4-compressed (block format).
             bytes: Vec<u8>,
-        },
-        /// Either side: this attempt is over without a commit (or the target refused it).
-        Abort {
-            /// This attempt.
-            handoff: HandoffId,
-            /// Why, lower-case.
-            reason: String,
         },
     }
 }
@@ -229,17 +230,20 @@ impl Message {
     /// when (`baton_net::Packer`).
     #[must_use]
     pub fn pack(&self, encoded: &[u8]) -> Option<Message> {
+        if !matches!(self, Message::Chunk { .. } | Message::Delta { .. }) {
+            return None;
+        }
         let raw_bytes = u32::try_from(encoded.len()).ok()?;
         let bytes = lz4_flex::block::compress(encoded);
         (bytes.len() < encoded.len()).then(|| Message::Packed { handoff: self.handoff(), raw_bytes, bytes })
     }
 
     /// The message inside a [`Message::Packed`], decompressed, validated and decoded; any other
-    /// message as it is. A packed message inside another, one that claims more than
-    /// [`MAX_MESSAGE_BYTES`] or one that does not decompress to exactly its claimed size is
+    /// message as it is. One that claims more than [`MAX_MESSAGE_BYTES`], does not decompress to
+    /// exactly its claimed size, or holds anything but a `Chunk` or `Delta` of its own attempt is
     /// refused. Never panics on any input.
     pub fn unpack(self) -> Result<Message, MessageError> {
-        let Message::Packed { raw_bytes, bytes, .. } = self else {
+        let Message::Packed { handoff, raw_bytes, bytes } = self else {
             return Ok(self);
         };
         let raw_bytes = raw_bytes as usize;
@@ -255,8 +259,12 @@ impl Message {
             )));
         }
         match Message::decode(&encoded)? {
-            Message::Packed { .. } => Err(MessageError::Invalid("a packed message inside a packed message".to_owned())),
-            message => Ok(message),
+            message @ (Message::Chunk { .. } | Message::Delta { .. }) if message.handoff() == handoff => Ok(message),
+            message @ (Message::Chunk { .. } | Message::Delta { .. }) => Err(MessageError::Invalid(format!(
+                "a packed message of attempt {handoff} holds one of attempt {}",
+                message.handoff()
+            ))),
+            _ => Err(MessageError::Invalid("a packed message holds neither a chunk nor a delta".to_owned())),
         }
     }
 
@@ -366,9 +374,23 @@ mod tests {
         assert!(bytes.len() < encoded.len() / 4, "{} of {}", bytes.len(), encoded.len());
         let on_the_wire = packed.encode().unwrap();
         assert_eq!(Message::decode(&on_the_wire).unwrap().unpack().unwrap(), delta);
-        // Anything else passes through.
-        let abort = Message::Abort { handoff: 9, reason: "x".into() };
+        // Anything else passes through, and is never packed.
+        let abort = Message::Abort { handoff: 9, reason: "x".repeat(20_000) };
         assert_eq!(abort.clone().unpack().unwrap(), abort);
+        let encoded_abort = abort.encode().unwrap();
+        assert!(abort.pack(&encoded_abort).is_none());
+        // A packed control message, or another attempt's delta, is refused.
+        let wrap = |handoff, encoded: &[u8]| Message::Packed {
+            handoff,
+            raw_bytes: encoded.len() as u32,
+            bytes: lz4_flex::block::compress(encoded),
+        };
+        assert!(
+            matches!(wrap(9, &encoded_abort).unpack(), Err(MessageError::Invalid(reason)) if reason.contains("neither"))
+        );
+        assert!(
+            matches!(wrap(8, &encoded).unpack(), Err(MessageError::Invalid(reason)) if reason.contains("attempt 8"))
+        );
         // Bytes that do not compress are not packed.
         let noise: Vec<u8> = (0..4096).map(|_| fastrand::u8(..)).collect();
         assert!(delta.pack(&noise).is_none());
@@ -384,11 +406,9 @@ mod tests {
             assert!(claim(raw_bytes, &garbage).is_err());
             assert!(claim(fastrand::u32(..1 << 16), &garbage).is_err());
         }
-        let twice = Message::Packed {
-            handoff: 9,
-            raw_bytes: on_the_wire.len() as u32,
-            bytes: lz4_flex::block::compress(&on_the_wire),
-        };
-        assert!(matches!(twice.unpack(), Err(MessageError::Invalid(reason)) if reason.contains("inside")));
+        assert!(
+            matches!(wrap(9, &on_the_wire).unpack(), Err(MessageError::Invalid(reason)) if reason.contains("neither"))
+        );
+        assert!(packed.pack(&on_the_wire).is_none(), "a packed message is not packed again");
     }
 }

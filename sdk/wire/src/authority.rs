@@ -7,7 +7,8 @@
 //!
 //! This module holds the trait and two implementations: in-process (tests, one-process clusters)
 //! and file-backed (one record file per region under a directory, written in place with one
-//! `fdatasync` a swap, for several processes on one host). The coordinator implements it with its persistent region directory.
+//! `fdatasync` a swap, for several processes on one host). The coordinator implements it with its
+//! persistent region directory.
 
 use std::collections::HashMap;
 use std::fs;
@@ -175,25 +176,34 @@ impl OwnershipAuthority for InMemoryAuthority {
 
 /// An authority kept in a directory, one record file per region, shared by processes on one host.
 ///
-/// Each compare-and-swap takes the region's lock (an advisory `flock` on `region-N.lock`, which
+/// Each compare-and-swap takes the region's lock (an advisory `flock` on `region-N.flock`, which
 /// the kernel releases when its holder dies, so a crashed holder never blocks the region), reads
-/// the record, and writes the new one in place. The record file `region-N.own` holds two slots of
-/// [`SLOT_BYTES`], each a whole record with a sequence number and a checksum; a write goes to the
-/// slot not holding the newest record and is made durable with one `fdatasync` (the file's size
-/// never changes after it is made, so no metadata need reach the disk). A read takes the valid
-/// slot with the highest sequence number, so a write torn by a crash leaves the record before it,
-/// whole. A swap that waits longer than [`FileAuthority::LOCK_WAIT`] (or
-/// [`FileAuthority::with_lock_wait`]) for the lock answers "unavailable". The record of a region written by an earlier version (`region-N.owner`, one line
+/// the record, and writes the new one in place. The record file `region-N.own` holds two slots
+/// [`SLOT_STRIDE`] bytes apart (on separate pages and disk blocks), each a whole record with a
+/// sequence number and a checksum; a write goes to the slot not holding the newest record and is
+/// made durable with one `fdatasync` (the file's size never changes after it is made, so no
+/// metadata need reach the disk). A read takes the valid slot with the higher sequence number, so
+/// a write torn by a crash leaves the record before it, whole; a file of another size, or with no
+/// valid slot, is refused ("unavailable"), never guessed at. Should the `fdatasync` fail, the slot
+/// is written back as it was before the answer "unavailable". A swap that waits longer than
+/// [`FileAuthority::LOCK_WAIT`] (or [`FileAuthority::with_lock_wait`]) for the lock answers
+/// "unavailable".
+///
+/// The record of a region written by an earlier version (`region-N.owner`, one line
 /// `epoch owner`) is read when no `.own` record exists, and removed once the first swap made the
-/// new record durable.
+/// new record durable. Earlier versions lock differently: stop every process of an earlier version
+/// that uses the directory before starting this one on it.
 #[derive(Clone, Debug)]
 pub struct FileAuthority {
     directory: PathBuf,
     lock_wait: std::time::Duration,
 }
 
-/// Bytes of one slot of a [`FileAuthority`] record; two slots make a record file.
+/// Bytes of one slot's record in a [`FileAuthority`] record file.
 pub const SLOT_BYTES: usize = 512;
+/// Distance between the two slots of a record file, bytes; the file is twice this.
+pub const SLOT_STRIDE: usize = 4096;
+const RECORD_FILE_BYTES: usize = 2 * SLOT_STRIDE;
 const SLOT_MAGIC: &[u8; 8] = b"BATONOWN";
 /// Magic, sequence number, epoch, owner length; then the owner, then the checksum.
 const SLOT_HEADER: usize = 8 + 8 + 8 + 2;
@@ -243,10 +253,18 @@ fn slot_checksum(bytes: &[u8]) -> [u8; SLOT_CHECKSUM] {
     checksum
 }
 
-/// A region's record as read: the newest record and the slot it is in, or the earlier version's.
+/// A region's record as read under its lock.
 enum Record {
     Missing,
-    Slotted { sequence: u64, ownership: Ownership },
+    /// The newest record, its sequence number, the slot (0 or 1) it is in, and the other slot's
+    /// bytes as they are (what the next write replaces).
+    Slotted {
+        ownership: Ownership,
+        sequence: u64,
+        slot: usize,
+        other: Vec<u8>,
+    },
+    /// The earlier version's record.
     Legacy(Ownership),
 }
 
@@ -285,22 +303,16 @@ impl FileAuthority {
         self.directory.join(format!("region-{}.owner", region.0))
     }
 
-    /// The path of `region`'s lock file (a test may hold it to make the authority slow).
+    /// The path of `region`'s lock file (a test holds it to make the authority slow).
     #[must_use]
     pub fn lock_path(&self, region: RegionId) -> PathBuf {
-        self.directory.join(format!("region-{}.lock", region.0))
+        self.directory.join(format!("region-{}.flock", region.0))
     }
 
     fn read(&self, region: RegionId) -> Result<Record, AuthorityError> {
         let path = self.record_path(region);
         match fs::read(&path) {
-            Ok(bytes) => {
-                let newest = bytes.chunks(SLOT_BYTES).filter_map(decode_slot).max_by_key(|(sequence, _)| *sequence);
-                return match newest {
-                    Some((sequence, ownership)) => Ok(Record::Slotted { sequence, ownership }),
-                    None => Err(AuthorityError::Unavailable(format!("{} holds no whole record", path.display()))),
-                };
-            }
+            Ok(bytes) => return Self::slotted(&path, &bytes),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => return Err(unavailable(&path, &error)),
         }
@@ -319,25 +331,55 @@ impl FileAuthority {
         Ok(Record::Legacy(Ownership { owner: owner.to_owned(), epoch: Epoch(epoch) }))
     }
 
+    /// The newest record of a record file's `bytes`.
+    fn slotted(path: &Path, bytes: &[u8]) -> Result<Record, AuthorityError> {
+        if bytes.len() != RECORD_FILE_BYTES {
+            return Err(AuthorityError::Unavailable(format!(
+                "{} is {} bytes, not {RECORD_FILE_BYTES}",
+                path.display(),
+                bytes.len()
+            )));
+        }
+        let slot = |index: usize| &bytes[index * SLOT_STRIDE..index * SLOT_STRIDE + SLOT_BYTES];
+        let newest = (0..2)
+            .filter_map(|index| decode_slot(slot(index)).map(|(sequence, ownership)| (sequence, index, ownership)))
+            .max_by_key(|(sequence, ..)| *sequence);
+        match newest {
+            Some((sequence, index, ownership)) => {
+                Ok(Record::Slotted { ownership, sequence, slot: index, other: slot(1 - index).to_vec() })
+            }
+            None => Err(AuthorityError::Unavailable(format!("{} holds no whole record", path.display()))),
+        }
+    }
+
     /// Writes `ownership` over `record` (as read under the lock), durably.
     fn write(&self, region: RegionId, record: &Record, ownership: &Ownership) -> Result<(), AuthorityError> {
-        use std::os::unix::fs::FileExt;
+        use std::io::{Seek, SeekFrom};
         let path = self.record_path(region);
         match record {
-            Record::Slotted { sequence, .. } => {
-                let next = sequence + 1;
-                let file =
-                    fs::OpenOptions::new().write(true).open(&path).map_err(|error| unavailable(&path, &error))?;
-                let offset = (next % 2) * SLOT_BYTES as u64;
-                file.write_all_at(&encode_slot(next, ownership), offset).map_err(|error| unavailable(&path, &error))?;
-                file.sync_data().map_err(|error| unavailable(&path, &error))
+            Record::Slotted { sequence, slot, other, .. } => {
+                let offset = ((1 - slot) * SLOT_STRIDE) as u64;
+                let failed = |error: std::io::Error| unavailable(&path, &error);
+                let mut file = fs::OpenOptions::new().write(true).open(&path).map_err(failed)?;
+                let mut put = |bytes: &[u8]| {
+                    file.seek(SeekFrom::Start(offset))?;
+                    file.write_all(bytes)?;
+                    file.sync_data()
+                };
+                if let Err(error) = put(&encode_slot(sequence + 1, ownership)) {
+                    // What failed to reach the disk must not be read as the record either: the
+                    // caller hears "unavailable", that nothing is known to have changed.
+                    let _ = put(other);
+                    return Err(failed(error));
+                }
+                Ok(())
             }
             Record::Missing | Record::Legacy(_) => {
-                // A new record file: made whole under a temporary name (both slots, the second
-                // empty) and renamed into place, so a crash never leaves a short one.
-                let temporary = path.with_extension("tmp");
+                // A new record file: made whole under a temporary name (the first slot written,
+                // the second empty) and renamed into place, so a crash never leaves a short one.
+                let temporary = path.with_extension("own.tmp");
                 let mut bytes = encode_slot(0, ownership).to_vec();
-                bytes.resize(2 * SLOT_BYTES, 0);
+                bytes.resize(RECORD_FILE_BYTES, 0);
                 let mut file = fs::File::create(&temporary).map_err(|error| unavailable(&temporary, &error))?;
                 file.write_all(&bytes).map_err(|error| unavailable(&temporary, &error))?;
                 file.sync_all().map_err(|error| unavailable(&temporary, &error))?;
@@ -492,8 +534,9 @@ mod tests {
         authority.compare_and_swap(region, &at("b", 2), &at("c", 3)).unwrap();
         let path = directory.join("region-3.own");
         let mut bytes = fs::read(&path).unwrap();
-        assert_eq!(bytes.len(), 2 * SLOT_BYTES, "the file keeps its size");
-        // Sequence 2 (epoch 3) is in slot 0, sequence 1 (epoch 2) in slot 1.
+        assert_eq!(bytes.len(), 2 * SLOT_STRIDE, "the file keeps its size");
+        // Sequence 0 (epoch 1) went to slot 0, 1 (epoch 2) to slot 1, 2 (epoch 3) to slot 0.
+        assert_eq!(decode_slot(&bytes[..SLOT_BYTES]).map(|(sequence, _)| sequence), Some(2));
         bytes[SLOT_HEADER] ^= 0x20;
         fs::write(&path, &bytes).unwrap();
         assert_eq!(authority.current(region).unwrap(), at("b", 2));
