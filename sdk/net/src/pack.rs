@@ -185,8 +185,11 @@ mod tests {
         assert!(!packer.should_pack(100_000, Duration::ZERO));
         packer.link_rate(1_000_000, Duration::ZERO);
         assert_eq!(packer.drain_rate(), None, "no round trip, no rate");
-        // A window of 1 MB a 10 ms round trip allows 100 MB/s, over the cap: the pacer rules.
+        // A window of 1 MB a 10 ms round trip allows 100 MB/s, over the cap: the pacer rules; so
+        // it does at exactly the cap.
         packer.link_rate(1_000_000, 10 * MS);
+        assert!(!packer.should_pack(100_000, Duration::ZERO));
+        packer.link_rate(500_000, 10 * MS);
         assert!(!packer.should_pack(100_000, Duration::ZERO));
         // 125 kB a 10 ms round trip: 12.5 MB/s, below the 50 MB/s cap, so a message goes
         // compressed even when the pacer would let it go, and it pays at that rate.
@@ -204,11 +207,17 @@ mod tests {
 
     #[test]
     fn once_it_stops_paying_one_message_in_thirty_two_is_packed_to_measure_again() {
-        let mut packer = Packer::new(1_000_000_000);
+        let mut packer = Packer::new(600_000_000);
         packer.packed(1_000_000, 600_000, 2 * MS);
         let packed: Vec<usize> = (0..96).filter(|_| packer.should_pack(100_000, MS)).collect();
         assert_eq!(packed.len(), 3, "{packed:?}");
-        // The data becomes very compressible: the averages move towards it and it pays again.
+        // The data becomes very compressible: each measurement moves the averages a quarter of the
+        // way (ratio 1.67 towards 20: 6.25; speed 500 towards 2,000 MB/s: 875), and it pays again.
+        packer.packed(1_000_000, 50_000, Duration::from_micros(500));
+        let ratio = 1_000_000.0 / 600_000.0;
+        assert!((packer.ratio().unwrap() - (ratio + 0.25 * (20.0 - ratio))).abs() < 1e-9);
+        // Saving 84% at 875 MB/s is 735 MB/s, not yet a quarter over the 600 MB/s cap.
+        assert_eq!(packer.pays(), Some(false));
         for _ in 0..20 {
             packer.packed(1_000_000, 50_000, Duration::from_micros(500));
         }
