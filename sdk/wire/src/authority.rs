@@ -608,6 +608,20 @@ mod tests {
         let _ = fs::remove_dir_all(&directory);
     }
 
+    #[test]
+    fn a_record_that_cannot_be_read_is_unavailable_not_unknown() {
+        let directory = scratch();
+        let authority = FileAuthority::open(&directory).unwrap();
+        // A directory where a record file should be: reading it fails, which is not "missing".
+        fs::create_dir_all(directory.join("region-10.own")).unwrap();
+        assert!(matches!(authority.current(RegionId(10)), Err(AuthorityError::Unavailable(_))));
+        assert!(matches!(authority.register(RegionId(10), "a"), Err(AuthorityError::Unavailable(_))));
+        fs::create_dir_all(directory.join("region-11.owner")).unwrap();
+        assert!(matches!(authority.current(RegionId(11)), Err(AuthorityError::Unavailable(_))));
+        assert!(matches!(authority.current(RegionId(12)), Err(AuthorityError::UnknownRegion(_))));
+        let _ = fs::remove_dir_all(&directory);
+    }
+
     /// Invariant 1 across processes rests on the lock: swaps racing from threads that each open
     /// the files themselves (as separate processes do) never lose an update, and from one epoch
     /// exactly one wins.
@@ -649,6 +663,8 @@ mod tests {
         let region = RegionId(6);
         assert!(authority.register(region, "").is_err());
         assert!(authority.register(region, &"x".repeat(MAX_OWNER_BYTES + 1)).is_err());
+        let longest = "x".repeat(MAX_OWNER_BYTES);
+        assert_eq!(authority.register(RegionId(60), &longest).unwrap(), at(&longest, 1), "the longest name fits");
         authority.register(region, "a").unwrap();
         assert!(authority.compare_and_swap(region, &at("a", 1), &at("two\nlines", 2)).is_err());
         assert!(authority.compare_and_swap(region, &at("a", 1), &at(&"x".repeat(MAX_OWNER_BYTES + 1), 2)).is_err());
