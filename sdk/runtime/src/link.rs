@@ -308,6 +308,22 @@ mod tests {
         assert_eq!(sent.as_slice(), encoded.as_slice());
         let encoded = big.encode().unwrap();
         assert_eq!(pack_if_it_pays(&big, encoded.clone(), &mut bucket, None, now).as_slice(), encoded.as_slice());
+        // A message whose compressed payload is smaller but whose packed frame is not (its
+        // header) goes as it is: noise, with a run of zeros that LZ4 saves a few bytes on.
+        let mut rng = fastrand::Rng::with_seed(7);
+        let noise: Vec<u8> = (0..60_000).map(|_| rng.u8(..)).collect();
+        let barely = (0..400)
+            .map(|zeros| delta([noise.clone(), vec![0; zeros]].concat()))
+            .find(|message| {
+                let encoded = message.encode().unwrap();
+                message.pack(&encoded).is_some_and(|packed| packed.encode().unwrap().len() >= encoded.len())
+            })
+            .expect("some run of zeros compresses by less than the frame's header");
+        let encoded = barely.encode().unwrap();
+        assert!(!bucket.delay(now, encoded.len()).is_zero(), "the pacer holds it back");
+        let mut fresh = Packer::new(1_000_000);
+        let sent = pack_if_it_pays(&barely, encoded.clone(), &mut bucket, Some(&mut fresh), now);
+        assert_eq!(sent.as_slice(), encoded.as_slice());
         // A message that does not compress goes as it is.
         let noise = delta((0..100_000).map(|_| fastrand::u8(..)).collect());
         let encoded = noise.encode().unwrap();
