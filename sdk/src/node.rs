@@ -1253,7 +1253,6 @@ impl<L: RegionLogic> RegionNode<L> {
     /// next [`RegionNode::poll_output`] once the tick's outputs are taken (protocol.md §4): until
     /// then [`RegionNode::is_frozen`] says what it was before the tick.
     pub fn handle_timeout(&mut self, now: Instant, gateways: &dyn Gateways) {
-        self.finish_take_over();
         // A tick never starts before the handoff has done its work at the previous one (which may
         // freeze the region), nor before a committed target took the region over.
         self.finish_take_over();
