@@ -43,6 +43,9 @@ pub const HANDOFF_ROUNDS: &str = "baton_handoff_rounds";
 pub const HANDOFF_ROUND_BYTES: &str = "baton_handoff_round_bytes";
 /// Counter: archive bytes sent by handoffs. Label: `phase` (`snapshot`, `deltas`, `final`).
 pub const HANDOFF_BYTES_TOTAL: &str = "baton_handoff_bytes_total";
+/// Counter: bulk messages (snapshot chunks and delta rounds, of handoffs and standby feeds) the
+/// link compressed because that paid, in bytes: `form` `raw` (before) and `packed` (what crossed).
+pub const BULK_PACKED_BYTES_TOTAL: &str = "baton_bulk_packed_bytes_total";
 /// Counter: finished handoffs. Label: `outcome` (`committed`, `aborted`).
 pub const HANDOFFS_TOTAL: &str = "baton_handoffs_total";
 /// Counter: handoffs that said their rounds could not converge and waited for a quieter moment.
@@ -69,6 +72,11 @@ pub fn describe() {
         HANDOFF_BYTES_TOTAL,
         metrics::Unit::Bytes,
         "World archive bytes sent by handoffs, by phase."
+    );
+    metrics::describe_counter!(
+        BULK_PACKED_BYTES_TOTAL,
+        metrics::Unit::Bytes,
+        "Bulk messages the link compressed, before (form=raw) and after (form=packed)."
     );
     metrics::describe_counter!(HANDOFFS_TOTAL, "Finished handoffs, by outcome.");
     metrics::describe_counter!(
@@ -171,6 +179,12 @@ pub fn border_crossed(region: RegionId, to: RegionId, player: baton_wire::Player
 pub fn script_faulted(entity: EntityId, reason: &str) {
     metrics::counter!(SCRIPT_FAULTS_TOTAL).increment(1);
     tracing::warn!(%entity, reason, "script stopped");
+}
+
+/// A link compressed a bulk message of `raw` bytes into `packed` bytes, and sent that.
+pub fn bulk_packed(raw: usize, packed: usize) {
+    metrics::counter!(BULK_PACKED_BYTES_TOTAL, "form" => "raw").increment(raw as u64);
+    metrics::counter!(BULK_PACKED_BYTES_TOTAL, "form" => "packed").increment(packed as u64);
 }
 
 /// A handoff's source froze after its last tick.

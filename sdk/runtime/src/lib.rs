@@ -385,3 +385,37 @@ pub fn unix_micros() -> u64 {
 
 /// Default pause between polls of an idle region thread.
 pub const IDLE_POLL: Duration = Duration::from_millis(50);
+
+/// A stand-in game for the crate's tests whose region logic is never reached.
+#[cfg(test)]
+pub(crate) mod test_game {
+    use baton_sdk::RegionLogic;
+
+    /// A stand-in game: the dispatch never reaches the region's logic.
+    pub(crate) struct NoGame;
+
+    impl baton_sdk::scripts::ScriptBindings for NoGame {
+        fn read(
+            &self,
+            _world: &baton_sdk::World,
+            _entity: baton_sdk::EntityId,
+            _slots: &mut [f32; baton_sdk::scripts::PROPERTY_SLOTS],
+        ) {
+        }
+        fn write(&mut self, _world: &mut baton_sdk::World, _entity: baton_sdk::EntityId, _slot: usize, _value: f32) {}
+    }
+
+    impl RegionLogic for NoGame {
+        fn register(&self, _registry: &mut baton_sdk::Registry) -> Result<(), baton_sdk::RegistryError> {
+            Ok(())
+        }
+        fn load_assets(
+            &mut self,
+            _scripts: &mut baton_sdk::scripts::ScriptEngine,
+        ) -> Result<(), baton_sdk::scripts::ScriptError> {
+            Ok(())
+        }
+        fn apply_input(&mut self, _world: &mut baton_sdk::World, _input: &baton_sdk::sessions::ReadyInput) {}
+        fn tick(&mut self, _world: &mut baton_sdk::World) {}
+    }
+}

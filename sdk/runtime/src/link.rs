@@ -14,9 +14,10 @@ use std::time::Instant;
 use baton_net::{Packer, TokenBucket};
 use baton_sdk::RegionLogic;
 use baton_sdk::handoff::Message;
-use baton_sdk::handoff::message::MAX_MESSAGE_BYTES;
+use baton_sdk::handoff::message::{MAX_MESSAGE_BYTES, MessageError};
 use baton_sdk::rkyv::util::AlignedVec;
 use baton_sdk::wire::RegionId;
+use tokio::sync::Semaphore;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 use crate::Slot;
@@ -83,19 +84,21 @@ async fn serve_incoming<L: RegionLogic + 'static>(
     let link = next_link_id();
     let send = |command: Command<L>| sender.send(command).map_err(|_| "the region stopped".to_owned());
     send(Command::Attach(LinkHandle { id: link, control: control_tx, bulk: bulk_tx }))?;
-    send(Command::Peer { link, message: begin })?;
+    send(Command::Peer { link, message: begin, held: None })?;
+    let in_flight = Arc::new(Semaphore::new(LINK_IN_FLIGHT_BYTES));
     let bulk_sender = sender.clone();
     let bulk_connection = connection.clone();
+    let bulk_in_flight = in_flight.clone();
     tokio::spawn(async move {
         if let Ok(recv) = bulk_connection.accept_uni().await
-            && !read_loop(recv, bulk_sender, link, false).await
+            && !read_loop(recv, bulk_sender, link, bulk_in_flight, false).await
         {
             // An invalid bulk message closes the whole link: the control stream's reader then
             // reports it lost and the attempt ends.
             bulk_connection.close(1u32.into(), b"invalid bulk message");
         }
     });
-    let _ = read_loop(control_recv, sender, link, true).await;
+    let _ = read_loop(control_recv, sender, link, in_flight, true).await;
     Ok(())
 }
 
@@ -153,7 +156,8 @@ pub(crate) fn connect<L: RegionLogic + 'static>(
         let bucket = TokenBucket::new(bulk.bytes_per_second, bulk.burst_bytes, Instant::now());
         let packer = bulk.compression.then(|| Packer::new(bulk.bytes_per_second));
         tokio::spawn(write_loop(connection.clone(), bulk_send, bulk_rx, Some(bucket), packer));
-        let _ = read_loop(control_recv, commands, link, true).await;
+        let in_flight = Arc::new(Semaphore::new(LINK_IN_FLIGHT_BYTES));
+        let _ = read_loop(control_recv, commands, link, in_flight, true).await;
     });
     LinkHandle { id: link, control: control_tx, bulk: bulk_tx }
 }
@@ -181,7 +185,10 @@ async fn write_loop(
             packer.link_rate(path.cwnd, path.rtt);
         }
         if let Some(bucket) = bucket.as_mut() {
-            bytes = pack_if_it_pays(&message, bytes, bucket, packer.as_mut(), Instant::now());
+            let Some(sent) = pack_if_it_pays(message, bytes, bucket, packer.as_mut(), Instant::now()).await else {
+                break;
+            };
+            bytes = sent;
             let wait = bucket.delay(Instant::now(), bytes.len());
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
@@ -205,64 +212,109 @@ async fn write_loop(
 /// when `packer` says that pays for a message held back (the pacer would make it wait at `now`,
 /// or the link's congestion controller allows less than the cap; protocol.md §1) and the packed frame is smaller
 /// and within the message limit, else `bytes`. The caller paces and consumes the bucket by the
-/// bytes returned, so the cap counts what crosses the link.
-fn pack_if_it_pays(
-    message: &Message,
+/// bytes returned, so the cap counts what crosses the link. Compressing a message of up to
+/// [`MAX_MESSAGE_BYTES`] takes milliseconds, so it runs on a blocking thread, not on the
+/// runtime's workers, which carry the region's players too. `None` only when the runtime is
+/// shutting down.
+async fn pack_if_it_pays(
+    message: Message,
     bytes: AlignedVec,
     bucket: &mut TokenBucket,
     packer: Option<&mut Packer>,
     now: Instant,
-) -> AlignedVec {
+) -> Option<AlignedVec> {
     let Some(packer) = packer else {
-        return bytes;
+        return Some(bytes);
     };
     if !(message.is_bulk() && packer.should_pack(bytes.len(), bucket.delay(now, bytes.len()))) {
-        return bytes;
+        return Some(bytes);
     }
-    let started = Instant::now();
-    let packed = message.pack(&bytes).map(|packed| packed.encode());
+    let (bytes, packed, took) = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        // Whatever happens to the compression, the message's bytes come back to be sent.
+        let packed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            message.pack(&bytes).map(|packed| packed.encode())
+        }))
+        .unwrap_or_else(|_| Some(Err(MessageError::Encode("compressing it panicked".to_owned()))));
+        (bytes, packed, started.elapsed())
+    })
+    .await
+    .ok()?;
     let packed_bytes = match &packed {
         Some(Ok(encoded)) => encoded.len(),
         _ => bytes.len(),
     };
-    packer.packed(bytes.len(), packed_bytes, started.elapsed());
-    match packed {
-        Some(Ok(encoded)) if encoded.len() < bytes.len() && encoded.len() <= MAX_MESSAGE_BYTES => encoded,
+    packer.packed(bytes.len(), packed_bytes, took);
+    Some(match packed {
+        Some(Ok(encoded)) if encoded.len() < bytes.len() && encoded.len() <= MAX_MESSAGE_BYTES => {
+            baton_sdk::events::bulk_packed(bytes.len(), encoded.len());
+            encoded
+        }
         Some(Err(error)) => {
             tracing::warn!(%error, "could not encode a packed message; sending it as it is");
             bytes
         }
         _ => bytes,
-    }
+    })
 }
 
+/// The most bytes of one link's messages read but not yet handled by the region thread. A reader
+/// at the limit stops reading, and QUIC's flow control then holds the sender back, so a region
+/// thread slower than its link (or a peer whose packed messages unpack to eight times their
+/// size) cannot fill the process's memory.
+pub(crate) const LINK_IN_FLIGHT_BYTES: usize = 64 << 20;
+
 /// Forwards decoded (and unpacked) messages to the region thread; reports the link lost when the
-/// control stream ends or anything fails (`report_loss`). False when it ended on an invalid
-/// message.
+/// control stream ends or anything fails (`report_loss`). Each message holds its share of the
+/// link's `in_flight` budget until the region thread has handled it; a packed one is unpacked on
+/// a blocking thread. False when it ended on an invalid message.
 async fn read_loop<L: RegionLogic + 'static>(
     mut recv: quinn::RecvStream,
     commands: mpsc::Sender<Command<L>>,
     link: u64,
+    in_flight: Arc<Semaphore>,
     report_loss: bool,
 ) -> bool {
     let mut valid = true;
     loop {
-        match baton_net::read_frame(&mut recv, MAX_MESSAGE_BYTES).await {
-            Ok(Some(frame)) => match Message::decode(&frame).and_then(Message::unpack) {
-                Ok(message) => {
-                    if commands.send(Command::Peer { link, message }).is_err() {
-                        return true;
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "dropping a handoff link that sent an invalid message");
-                    valid = false;
-                    break;
-                }
-            },
+        let frame = match baton_net::read_frame(&mut recv, MAX_MESSAGE_BYTES).await {
+            Ok(Some(frame)) => frame,
             Ok(None) => break,
             Err(error) => {
                 tracing::debug!(%error, "handoff stream ended");
+                break;
+            }
+        };
+        let message = match Message::decode(&frame) {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::warn!(%error, "dropping a handoff link that sent an invalid message");
+                valid = false;
+                break;
+            }
+        };
+        let share = message_share(&message, frame.len());
+        drop(frame);
+        let Ok(held) = in_flight.clone().acquire_many_owned(share).await else {
+            break;
+        };
+        let unpacked = if matches!(message, Message::Packed { .. }) {
+            match tokio::task::spawn_blocking(move || message.unpack()).await {
+                Ok(unpacked) => unpacked,
+                Err(_) => break,
+            }
+        } else {
+            Ok(message)
+        };
+        match unpacked {
+            Ok(message) => {
+                if commands.send(Command::Peer { link, message, held: Some(held) }).is_err() {
+                    return true;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "dropping a handoff link that sent an invalid message");
+                valid = false;
                 break;
             }
         }
@@ -273,41 +325,60 @@ async fn read_loop<L: RegionLogic + 'static>(
     valid
 }
 
+/// How much of a link's in-flight budget `message` (a frame of `frame_bytes`) holds: what it
+/// unpacks to (as it claims, at most the message limit) or its frame, never more than the budget.
+fn message_share(message: &Message, frame_bytes: usize) -> u32 {
+    let bytes = match message {
+        Message::Packed { raw_bytes, .. } => (*raw_bytes as usize).min(MAX_MESSAGE_BYTES),
+        _ => frame_bytes,
+    };
+    u32::try_from(bytes.clamp(1, LINK_IN_FLIGHT_BYTES)).unwrap_or(u32::MAX)
+}
+
 #[cfg(test)]
 mod tests {
 
     use super::*;
+    use crate::test_game::NoGame;
 
     fn delta(bytes: Vec<u8>) -> Message {
         Message::Delta { handoff: 4, round: 2, part: 0, bytes }
     }
 
-    #[test]
-    fn a_held_back_bulk_message_goes_compressed_and_its_compressed_bytes_are_paced() {
+    /// What `pack_if_it_pays` sends, the message's own encoding beside it.
+    async fn sent(
+        message: &Message,
+        bucket: &mut TokenBucket,
+        packer: Option<&mut Packer>,
+        now: Instant,
+    ) -> (AlignedVec, AlignedVec) {
+        let encoded = message.encode().unwrap();
+        let sent = pack_if_it_pays(message.clone(), encoded.clone(), bucket, packer, now).await.unwrap();
+        (sent, encoded)
+    }
+
+    #[tokio::test]
+    async fn a_held_back_bulk_message_goes_compressed_and_its_compressed_bytes_are_paced() {
         let now = Instant::now();
         let mut bucket = TokenBucket::new(1_000_000, 64 * 1024, now);
         let mut packer = Packer::new(1_000_000);
         // The bucket holds its burst: a message within it goes at once, as it is.
-        let small = delta(vec![7; 32 * 1024]);
-        let encoded = small.encode().unwrap();
-        let sent = pack_if_it_pays(&small, encoded.clone(), &mut bucket, Some(&mut packer), now);
-        assert_eq!(sent.as_slice(), encoded.as_slice());
-        bucket.consume(now, sent.len());
+        let (sent_small, encoded) = sent(&delta(vec![7; 32 * 1024]), &mut bucket, Some(&mut packer), now).await;
+        assert_eq!(sent_small.as_slice(), encoded.as_slice());
+        bucket.consume(now, sent_small.len());
         // The next would wait for the bucket: it goes compressed, and waits only for its bytes.
         let big = delta((0..200_000u32).map(|i| (i % 13) as u8).collect());
-        let encoded = big.encode().unwrap();
-        let sent = pack_if_it_pays(&big, encoded.clone(), &mut bucket, Some(&mut packer), now);
-        assert!(sent.len() < encoded.len() / 4, "{} of {}", sent.len(), encoded.len());
-        assert!(bucket.delay(now, sent.len()) < bucket.delay(now, encoded.len()));
-        assert_eq!(Message::decode(&sent).unwrap().unpack().unwrap(), big);
+        let (sent_big, encoded) = sent(&big, &mut bucket, Some(&mut packer), now).await;
+        assert!(sent_big.len() < encoded.len() / 4, "{} of {}", sent_big.len(), encoded.len());
+        assert!(bucket.delay(now, sent_big.len()) < bucket.delay(now, encoded.len()));
+        assert_eq!(Message::decode(&sent_big).unwrap().unpack().unwrap(), big);
         assert!(packer.ratio().is_some_and(|ratio| ratio > 4.0));
         // Control messages, and any message of a link without a packer, go as they are.
         let abort = Message::Abort { handoff: 4, reason: "x".repeat(10_000) };
-        let encoded = abort.encode().unwrap();
-        let sent = pack_if_it_pays(&abort, encoded.clone(), &mut bucket, Some(&mut packer), now);
-        assert_eq!(sent.as_slice(), encoded.as_slice());
-        let encoded = big.encode().unwrap();
-        assert_eq!(pack_if_it_pays(&big, encoded.clone(), &mut bucket, None, now).as_slice(), encoded.as_slice());
+        let (sent_abort, encoded) = sent(&abort, &mut bucket, Some(&mut packer), now).await;
+        assert_eq!(sent_abort.as_slice(), encoded.as_slice());
+        let (unpacked, encoded) = sent(&big, &mut bucket, None, now).await;
+        assert_eq!(unpacked.as_slice(), encoded.as_slice());
         // A message whose compressed payload is smaller but whose packed frame is not (its
         // header) goes as it is: noise, with a run of zeros that LZ4 saves a few bytes on.
         let mut rng = fastrand::Rng::with_seed(7);
@@ -319,15 +390,106 @@ mod tests {
                 message.pack(&encoded).is_some_and(|packed| packed.encode().unwrap().len() >= encoded.len())
             })
             .expect("some run of zeros compresses by less than the frame's header");
-        let encoded = barely.encode().unwrap();
-        assert!(!bucket.delay(now, encoded.len()).is_zero(), "the pacer holds it back");
         let mut fresh = Packer::new(1_000_000);
-        let sent = pack_if_it_pays(&barely, encoded.clone(), &mut bucket, Some(&mut fresh), now);
-        assert_eq!(sent.as_slice(), encoded.as_slice());
+        let (sent_barely, encoded) = sent(&barely, &mut bucket, Some(&mut fresh), now).await;
+        assert!(!bucket.delay(now, encoded.len()).is_zero(), "the pacer holds it back");
+        assert_eq!(sent_barely.as_slice(), encoded.as_slice());
         // A message that does not compress goes as it is.
         let noise = delta((0..100_000).map(|_| fastrand::u8(..)).collect());
-        let encoded = noise.encode().unwrap();
-        let sent = pack_if_it_pays(&noise, encoded.clone(), &mut bucket, Some(&mut packer), now);
-        assert_eq!(sent.as_slice(), encoded.as_slice());
+        let (sent_noise, encoded) = sent(&noise, &mut bucket, Some(&mut packer), now).await;
+        assert_eq!(sent_noise.as_slice(), encoded.as_slice());
+    }
+
+    #[test]
+    fn a_message_holds_what_it_unpacks_to_of_the_link_s_budget() {
+        let big = delta((0..200_000u32).map(|i| (i % 13) as u8).collect());
+        let encoded = big.encode().unwrap();
+        let packed = big.pack(&encoded).unwrap();
+        let frame = packed.encode().unwrap().len();
+        assert!(frame < encoded.len() / 4);
+        assert_eq!(message_share(&packed, frame), u32::try_from(encoded.len()).unwrap());
+        assert_eq!(message_share(&big, 1234), 1234);
+        // Never nothing, never more than the budget or the message limit.
+        assert_eq!(message_share(&big, 0), 1);
+        let claims_too_much = Message::Packed { handoff: 4, raw_bytes: u32::MAX, bytes: vec![0; 8] };
+        assert_eq!(message_share(&claims_too_much, 100), u32::try_from(MAX_MESSAGE_BYTES).unwrap());
+        assert_eq!(message_share(&big, usize::MAX), u32::try_from(LINK_IN_FLIGHT_BYTES).unwrap());
+    }
+
+    /// A reader in front of a region thread that has not handled anything: what it forwards holds
+    /// the link's budget until handled, packed messages arrive unpacked, and once the budget is
+    /// held the reader forwards nothing more until a message is handled.
+    #[tokio::test]
+    async fn a_link_s_reader_forwards_no_more_than_its_budget_until_the_region_handles_it() {
+        let directory = std::env::temp_dir().join(format!("baton-link-budget-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&directory);
+        let ca = baton_net::DevCa::open_or_create(&directory).unwrap();
+        let identities: Vec<_> = ["source", "target"]
+            .iter()
+            .map(|name| {
+                ca.issue(name).unwrap();
+                baton_net::ClusterIdentity::load(&directory, name).unwrap()
+            })
+            .collect();
+        let loopback = "127.0.0.1:0".parse().unwrap();
+        let settings = baton_net::LinkSettings::default();
+        let source = baton_net::cluster_endpoint(loopback, &identities[0], settings).unwrap();
+        let target = baton_net::cluster_endpoint(loopback, &identities[1], settings).unwrap();
+        let target_address = target.local_addr().unwrap();
+        let accepted = tokio::spawn(async move { target.accept().await.unwrap().await.unwrap() });
+        let connection = baton_net::connect(&source, target_address).await.unwrap();
+        let mut send = connection.open_uni().await.unwrap();
+        // Three messages of 200 kB against a budget of 500 kB: two fit, the third waits. The
+        // second goes packed.
+        let messages: Vec<Message> =
+            (0..3u8).map(|round| delta((0..200_000u32).map(|i| (i % 13) as u8 ^ round).collect())).collect();
+        let encoded = messages[1].encode().unwrap();
+        let frames = [
+            messages[0].encode().unwrap(),
+            messages[1].pack(&encoded).unwrap().encode().unwrap(),
+            messages[2].encode().unwrap(),
+        ];
+        for frame in &frames {
+            baton_net::write_frame(&mut send, frame).await.unwrap();
+        }
+        send.finish().unwrap();
+        let budget = 500_000;
+        let in_flight = Arc::new(Semaphore::new(budget));
+        let incoming = accepted.await.unwrap();
+        let recv = incoming.accept_uni().await.unwrap();
+        let (commands, region) = mpsc::channel::<Command<NoGame>>();
+        let reader = tokio::spawn(read_loop(recv, commands, 7, in_flight.clone(), false));
+        let next = |region: mpsc::Receiver<Command<NoGame>>| async move {
+            tokio::task::spawn_blocking(move || {
+                let command = region.recv().unwrap();
+                (command, region)
+            })
+            .await
+            .unwrap()
+        };
+        let (first, region) = next(region).await;
+        let (second, region) = next(region).await;
+        let mut held = 0;
+        for (command, sent) in [(&first, &messages[0]), (&second, &messages[1])] {
+            let Command::Peer { link: 7, message, held: Some(permit) } = command else {
+                panic!("expected a message of link 7 holding its share");
+            };
+            assert_eq!(message, sent, "arrives as sent, unpacked");
+            assert_eq!(permit.num_permits(), sent.encode().unwrap().len());
+            held += permit.num_permits();
+        }
+        // What is left of the budget (or, once the reader waits for the third message, the part
+        // of it set aside for that wait) is less than the third message needs.
+        assert!(in_flight.available_permits() <= budget - held);
+        assert!(budget - held < frames[2].len(), "the third does not fit");
+        // The reader is now waiting for budget: the stream's end is not reached.
+        assert!(!reader.is_finished());
+        drop(first);
+        let (third, region) = next(region).await;
+        assert!(matches!(&third, Command::Peer { message, held: Some(_), .. } if *message == messages[2]));
+        assert!(reader.await.unwrap(), "every message was valid");
+        drop((second, third, region));
+        assert_eq!(in_flight.available_permits(), budget);
+        let _ = std::fs::remove_dir_all(&directory);
     }
 }

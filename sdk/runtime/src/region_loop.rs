@@ -40,6 +40,9 @@ pub enum Command<L: RegionLogic> {
         link: u64,
         /// The message.
         message: Message,
+        /// Its share of the link's budget of bytes read and not yet handled
+        /// (`link::LINK_IN_FLIGHT_BYTES`), given back when the command is dropped.
+        held: Option<tokio::sync::OwnedSemaphorePermit>,
     },
     /// A handoff link to a source arrived: replies go to these senders (control, bulk).
     Attach(LinkHandle),
@@ -315,14 +318,14 @@ fn apply<L: RegionLogic + 'static>(
             links.peer = None;
             node.handle_link_lost(now);
         }
-        Command::Peer { link: from, message } if Links::is(&links.peer, from) => {
+        Command::Peer { link: from, message, .. } if Links::is(&links.peer, from) => {
             node.handle_peer_message(now, message);
         }
         Command::LinkLost { link: lost } if Links::is(&links.standby, lost) => {
             links.standby = None;
             node.handle_standby_link_lost(now);
         }
-        Command::Peer { link: from, message } if Links::is(&links.standby, from) => {
+        Command::Peer { link: from, message, .. } if Links::is(&links.standby, from) => {
             node.handle_standby_message(now, message);
         }
         Command::Peer { .. } | Command::LinkLost { .. } | Command::Shutdown => {}

@@ -358,33 +358,7 @@ fn send_command<L: RegionLogic>(sender: &mpsc::Sender<Command<L>>, command: Comm
 mod tests {
     use super::*;
 
-    /// A stand-in game: the dispatch never reaches the region's logic.
-    struct NoGame;
-
-    impl baton_sdk::scripts::ScriptBindings for NoGame {
-        fn read(
-            &self,
-            _world: &baton_sdk::World,
-            _entity: baton_sdk::EntityId,
-            _slots: &mut [f32; baton_sdk::scripts::PROPERTY_SLOTS],
-        ) {
-        }
-        fn write(&mut self, _world: &mut baton_sdk::World, _entity: baton_sdk::EntityId, _slot: usize, _value: f32) {}
-    }
-
-    impl RegionLogic for NoGame {
-        fn register(&self, _registry: &mut baton_sdk::Registry) -> Result<(), baton_sdk::RegistryError> {
-            Ok(())
-        }
-        fn load_assets(
-            &mut self,
-            _scripts: &mut baton_sdk::scripts::ScriptEngine,
-        ) -> Result<(), baton_sdk::scripts::ScriptError> {
-            Ok(())
-        }
-        fn apply_input(&mut self, _world: &mut baton_sdk::World, _input: &baton_sdk::sessions::ReadyInput) {}
-        fn tick(&mut self, _world: &mut baton_sdk::World) {}
-    }
+    use crate::test_game::NoGame;
 
     const REGION: RegionId = RegionId(4);
 
