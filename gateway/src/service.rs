@@ -45,7 +45,7 @@ use tokio::sync::oneshot;
 use crate::crossing::Delivery;
 use crate::plane::{Command, ConnId, FrameHandler, NewPlayer, PlaneHandle, PlayerEvent};
 use crate::route::{RouteAction, RouteConfig, RouteError, RouteEvent, RouteTable, ServerId};
-use crate::sessions::{Routed, SessionAction, SessionTable};
+use crate::sessions::{Bounced, Routed, SessionAction, SessionTable};
 use crate::token::{Claims, TokenKey};
 
 /// Limits that protect the gateway and other players from one client.
@@ -272,9 +272,6 @@ struct Inner {
     /// reliable frames go out on.
     links: DashMap<PlayerId, Arc<PlayerLink>>,
     joins: DashMap<PlayerId, JoinWaiter>,
-    /// Per player, inputs bounced back since its last update: a region that keeps bouncing a
-    /// player's inputs does not have its avatar (lost in a failover while it crossed a border).
-    bounces: DashMap<PlayerId, u32>,
     /// Per region, players whose avatars left it lately, and when: inputs they sent it just before
     /// may have been lost with it in a failover (it never bounced them), so they are asked to send
     /// again too.
@@ -331,7 +328,6 @@ impl Gateway {
             timers: tokio::sync::Notify::new(),
             links: DashMap::new(),
             joins: DashMap::new(),
-            bounces: DashMap::new(),
             departures: DashMap::new(),
             crossings_sent: DashMap::new(),
             borders: DashMap::new(),
@@ -691,11 +687,6 @@ impl FrameHandler for Welcomed {
     }
 }
 
-/// Inputs of one player bounced back with no update for it in between, after which its session
-/// ends (`Unavailable`): its region does not have its avatar. A crossing or a handoff bounces a
-/// few; a failover that lost the avatar bounces every input, at once and for ever.
-const MAX_BOUNCES: u32 = 1000;
-
 /// How long a player that left a region counts as having inputs in flight to it (see
 /// `Inner::departures`).
 const RECENT_DEPARTURE: Duration = Duration::from_secs(10);
@@ -741,7 +732,6 @@ async fn run_timers(inner: Arc<Inner>) {
 fn carry_out(inner: &Arc<Inner>, action: SessionAction) {
     match action {
         SessionAction::Leave { player, region } => {
-            inner.bounces.remove(&player);
             inner.crossings_sent.remove(&player);
             if let Some((server, epoch)) = inner.routes.owner(region) {
                 send_upstream(inner, server, GatewayMessage::Leave { region, epoch, player });
@@ -754,6 +744,7 @@ fn carry_out(inner: &Arc<Inner>, action: SessionAction) {
             }
         }
         SessionAction::Deliver { transfer, delivery } => deliver_transfer(inner, transfer, delivery),
+        SessionAction::Route(input) => forward_input(inner, input),
     }
 }
 
@@ -1268,14 +1259,13 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
         }
         ServerMessage::Update { region, epoch, player, tick, last_applied, durable, payload } => {
             let admitted =
-                inner.routes.admits_update(region, server, epoch) && table(inner).region_of(player) == Some(region);
+                inner.routes.admits_update(region, server, epoch) && table(inner).handle_update(player, region);
             if !admitted {
                 inner.counters.updates_stale.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             // A player between connections (waiting for a resume) misses this update; the next one
             // after it is back carries the newest state anyway.
-            inner.bounces.remove(&player);
             // The avatar is in a checkpoint of the region it crossed into: a failover of it would
             // find it there.
             inner.crossings_sent.remove_if(&player, |_, sent| sent.to == region && durable >= sent.last_applied);
@@ -1335,31 +1325,30 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
         }
         ServerMessage::Bounced { region, player, seq, payload } => {
             inner.counters.inputs_bounced.fetch_add(1, Ordering::Relaxed);
-            let streak = {
-                let mut streak = inner.bounces.entry(player).or_insert(0);
-                *streak += 1;
-                *streak
-            };
-            if streak > MAX_BOUNCES {
-                // Nothing the player sends can be applied: say so instead of bouncing for ever,
-                // and drop what still bounces until the region sends the player an update.
-                if streak > MAX_BOUNCES + 1 {
-                    return;
+            let from_its_owner = inner.routes.owner(region).is_some_and(|(owner, _)| owner == server);
+            let input = PlayerInput { player, seq, payload };
+            let bounced = table(inner).handle_bounced(Instant::now(), region, input, from_its_owner);
+            match bounced {
+                // Routed again like a new input (it waits if the avatar is crossing); a player
+                // without a session here has nobody to route it for.
+                Bounced::Route(input) => forward_input(inner, input),
+                Bounced::Later => inner.timers.notify_one(),
+                Bounced::EndSession => {
+                    // Nothing the player sends can be applied: say so instead of bouncing for ever.
+                    tracing::warn!(%player, %region, "the player's region keeps refusing its inputs; ending the session");
+                    if let Some(link) = inner.links.get(&player) {
+                        link.close(
+                            CloseCode::Unavailable,
+                            &format!(
+                                "region {region} does not have this player's avatar (lost in a failover?); log in again"
+                            ),
+                        );
+                    }
                 }
-                tracing::warn!(%player, %region, "the player's region keeps refusing its inputs; ending the session");
-                if let Some(link) = inner.links.get(&player) {
-                    link.close(
-                        CloseCode::Unavailable,
-                        &format!(
-                            "region {region} does not have this player's avatar (lost in a failover?); log in again"
-                        ),
-                    );
+                Bounced::Dropped => {
+                    inner.counters.inputs_dropped_unroutable.fetch_add(1, Ordering::Relaxed);
                 }
-                return;
             }
-            // Routed again like a new input (it waits if the avatar is crossing); a player without
-            // a session here has nobody to route it for.
-            forward_input(inner, PlayerInput { player, seq, payload });
         }
         ServerMessage::Emigrated { epoch, transfer } => {
             let from = transfer.from;

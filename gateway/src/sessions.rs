@@ -44,6 +44,38 @@ pub(crate) const CROSSING_RETRY: Duration = Duration::from_millis(100);
 /// the gateway's memory without bound.
 pub(crate) const MAX_TRANSIT_INPUTS: usize = 256;
 
+/// Inputs of one player bounced back with no update for it in between, after which (and after
+/// [`BOUNCING_FOR_AT_LEAST`]) its session ends: its region does not have its avatar. A crossing
+/// or a handoff bounces a few; a failover that lost the avatar bounces every input, for ever.
+pub(crate) const MAX_BOUNCES: u32 = 1000;
+
+/// The least time a player's inputs must have been bouncing, with no update for it in between,
+/// before its session ends. A count alone ran out within a fraction of a second with many inputs
+/// in flight: after a host's link came back, a region whose avatar had crossed out while it was
+/// cut off bounced every input of the player until it could send the crossing again
+/// (protocol.md §10), and the gateway gave up on the player first.
+pub(crate) const BOUNCING_FOR_AT_LEAST: Duration = Duration::from_secs(5);
+
+/// How long an input bounced by the owner of the region the player is in (no crossing under
+/// way) waits before it goes there again. Sent back at once, every input in flight would circle
+/// between the gateway and a region that bounces it, a network round trip a lap, until the region
+/// sends the crossing that explains it.
+pub(crate) const BOUNCE_RETRY: Duration = Duration::from_millis(50);
+
+/// What becomes of an input a server bounced back ([`SessionTable::handle_bounced`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Bounced {
+    /// Route it again now (like a new input).
+    Route(PlayerInput),
+    /// It comes back out of [`SessionTable::handle_timeout`] after [`BOUNCE_RETRY`].
+    Later,
+    /// The player's region keeps refusing its inputs: end its session (said once; later bounces
+    /// are dropped until an update for the player comes).
+    EndSession,
+    /// Dropped: the session was ended for its bounces.
+    Dropped,
+}
+
 /// What the service must do when a timer of the table fires.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum SessionAction {
@@ -61,6 +93,8 @@ pub(crate) enum SessionAction {
         /// Which way.
         delivery: Delivery,
     },
+    /// Route a bounced input again ([`Bounced::Later`]).
+    Route(PlayerInput),
 }
 
 /// Where an input goes.
@@ -97,12 +131,25 @@ struct Record {
     /// The crossings count of the avatar being delivered (`Transfer::crossings`), set whenever a
     /// crossing starts and kept after its arrival (the latest crossing heard).
     delivering: Option<u64>,
+    /// Its inputs bounced back since its last update.
+    bounces: Option<Bounces>,
+}
+
+/// A player's inputs bounced back since its last update.
+#[derive(Clone, Copy, Debug)]
+struct Bounces {
+    count: u32,
+    /// When the first of them came back.
+    since: Instant,
+    /// Its session was ended for them.
+    ended: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 enum Timer {
     ResumeEnds { player: PlayerId, generation: u64 },
     RetryCrossing { transfer: Transfer, delivery: Delivery },
+    RouteBounced(PlayerInput),
 }
 
 /// Every player's session on this gateway (see the module documentation).
@@ -143,11 +190,19 @@ impl SessionTable {
             Some(record) => {
                 record.generation = generation;
                 record.connected = true;
+                // A new connection is a fresh start for a session ended for its bounces.
+                record.bounces = None;
                 Opened { generation, region: record.region, resumed: true }
             }
             None => {
-                let record =
-                    Record { generation, region: token_region, connected: true, transit: None, delivering: None };
+                let record = Record {
+                    generation,
+                    region: token_region,
+                    connected: true,
+                    transit: None,
+                    delivering: None,
+                    bounces: None,
+                };
                 self.sessions.insert(player, record);
                 Opened { generation, region: token_region, resumed: false }
             }
@@ -189,6 +244,49 @@ impl SessionTable {
                 Routed::Waiting
             }
             None => Routed::To(record.region, input),
+        }
+    }
+
+    /// An input of `player` that `region`'s server bounced back at `now`; `from_its_owner`: that
+    /// server owns `region` by the gateway's routes (not an owner a handoff replaced). Bounced by
+    /// the owner of the region the player is in with no crossing under way, it waits
+    /// [`BOUNCE_RETRY`]; any other goes again now (to where the player is, or to wait for its
+    /// crossing). After [`MAX_BOUNCES`] bounces over at least [`BOUNCING_FOR_AT_LEAST`] with no
+    /// update for the player between, its session ends. A player with no session here: routed
+    /// again (and dropped there, counted).
+    pub(crate) fn handle_bounced(
+        &mut self,
+        now: Instant,
+        region: RegionId,
+        input: PlayerInput,
+        from_its_owner: bool,
+    ) -> Bounced {
+        let Some(record) = self.sessions.get_mut(&input.player) else { return Bounced::Route(input) };
+        let bounces = record.bounces.get_or_insert(Bounces { count: 0, since: now, ended: false });
+        bounces.count = bounces.count.saturating_add(1);
+        if bounces.ended {
+            return Bounced::Dropped;
+        }
+        if bounces.count > MAX_BOUNCES && now.duration_since(bounces.since) >= BOUNCING_FOR_AT_LEAST {
+            bounces.ended = true;
+            return Bounced::EndSession;
+        }
+        if from_its_owner && record.region == region && record.transit.is_none() {
+            self.schedule(now + BOUNCE_RETRY, Timer::RouteBounced(input));
+            return Bounced::Later;
+        }
+        Bounced::Route(input)
+    }
+
+    /// An update for `player` from `region`: true if the player plays there (the update is its
+    /// region's), and then its bounces so far are forgiven (the region has its avatar).
+    pub(crate) fn handle_update(&mut self, player: PlayerId, region: RegionId) -> bool {
+        match self.sessions.get_mut(&player) {
+            Some(record) if record.region == region => {
+                record.bounces = None;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -354,6 +452,7 @@ impl SessionTable {
                         actions.push(SessionAction::Deliver { transfer, delivery });
                     }
                 }
+                Timer::RouteBounced(input) => actions.push(SessionAction::Route(input)),
             }
         }
         actions
@@ -690,5 +789,59 @@ mod tests {
             table.handle_timeout(later + GRACE + Duration::from_secs(1)),
             vec![SessionAction::Leave { player: PlayerId(7), region: HOME }]
         );
+    }
+
+    #[test]
+    fn an_input_bounced_by_its_region_s_owner_goes_again_after_the_retry_others_at_once() {
+        let start = Instant::now();
+        let mut table = SessionTable::new(GRACE);
+        table.handle_connected(PlayerId(7), HOME);
+        // By the owner of the region the player is in: it waits, then comes back out to be routed.
+        assert_eq!(table.handle_bounced(start, HOME, input(7, 1), true), Bounced::Later);
+        assert_eq!(table.poll_timeout(), Some(start + BOUNCE_RETRY));
+        assert!(table.handle_timeout(start + BOUNCE_RETRY - Duration::from_millis(1)).is_empty());
+        assert_eq!(table.handle_timeout(start + BOUNCE_RETRY), vec![SessionAction::Route(input(7, 1))]);
+        // By an owner a handoff replaced, or by another region's: at once.
+        assert_eq!(table.handle_bounced(start, HOME, input(7, 2), false), Bounced::Route(input(7, 2)));
+        assert_eq!(table.handle_bounced(start, NEXT, input(7, 3), true), Bounced::Route(input(7, 3)));
+        // While the avatar crosses: at once too (routed, it waits for the arrival).
+        assert!(table.handle_emigrated(transfer(7)).is_some());
+        assert_eq!(table.handle_bounced(start, HOME, input(7, 4), true), Bounced::Route(input(7, 4)));
+        // A player with no session here: routed (and dropped there, counted).
+        assert_eq!(table.handle_bounced(start, HOME, input(8, 1), true), Bounced::Route(input(8, 1)));
+        assert_eq!(table.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_session_ends_for_bounces_only_after_many_over_a_while_and_an_update_forgives_them() {
+        let start = Instant::now();
+        let mut table = SessionTable::new(GRACE);
+        table.handle_connected(PlayerId(7), HOME);
+        let bounce =
+            |table: &mut SessionTable, at: Instant, seq: u64| table.handle_bounced(at, HOME, input(7, seq), false);
+        // Far more than the count within a moment (inputs in flight): the session stays.
+        for seq in 1..=u64::from(MAX_BOUNCES) * 2 {
+            assert_eq!(bounce(&mut table, start, seq), Bounced::Route(input(7, seq)));
+        }
+        let almost = start + BOUNCING_FOR_AT_LEAST - Duration::from_millis(1);
+        assert!(matches!(bounce(&mut table, almost, 1), Bounced::Route(_)));
+        // Still bouncing once the while is over: it ends, said once; what bounces later is dropped.
+        let over = start + BOUNCING_FOR_AT_LEAST;
+        assert_eq!(bounce(&mut table, over, 2), Bounced::EndSession);
+        assert_eq!(bounce(&mut table, over, 3), Bounced::Dropped);
+        // An update from the player's region forgives them (one from another region does not).
+        assert!(!table.handle_update(PlayerId(7), NEXT));
+        assert_eq!(bounce(&mut table, over, 4), Bounced::Dropped);
+        assert!(table.handle_update(PlayerId(7), HOME));
+        assert!(matches!(bounce(&mut table, over, 5), Bounced::Route(_)));
+        // Few bounces over a long while do not end it either.
+        let much_later = over + BOUNCING_FOR_AT_LEAST * 10;
+        for seq in 6..=u64::from(MAX_BOUNCES) + 4 {
+            assert!(matches!(bounce(&mut table, much_later, seq), Bounced::Route(_)));
+        }
+        assert_eq!(bounce(&mut table, much_later, 1), Bounced::EndSession);
+        // A new connection of the player starts afresh.
+        table.handle_connected(PlayerId(7), HOME);
+        assert!(matches!(bounce(&mut table, much_later, 2), Bounced::Route(_)));
     }
 }

@@ -436,6 +436,17 @@ pub enum Output {
     ToPlayers(Vec<(PlayerId, ServerMessage)>),
     /// A message for every gateway.
     Broadcast(ServerMessage),
+    /// A crossing of `player` sent again (its `Emigrated`) for the gateway serving the player. If
+    /// no gateway serves it on this host (its gateway's connection was lost and is back, and its
+    /// `Attach` has not come yet), the host says so ([`RegionNode::handle_crossing_unsent`]) so
+    /// that the player's next input sends it again, instead of the crossing waiting out the
+    /// resend interval while the gateway bounces the player's inputs back here.
+    CrossingAgain {
+        /// The player.
+        player: PlayerId,
+        /// The `Emigrated`.
+        message: ServerMessage,
+    },
     /// `gateway` serves `player` from now on.
     Attach {
         /// The player.
@@ -1133,6 +1144,12 @@ impl<L: RegionLogic> RegionNode<L> {
         }
     }
 
+    /// The crossing of `player` sent again ([`Output::CrossingAgain`]) reached no gateway: the
+    /// player's next input sends it again, whenever that comes.
+    pub fn handle_crossing_unsent(&mut self, player: PlayerId) {
+        self.departures_resent.remove(&player);
+    }
+
     /// The current handoff link broke.
     pub fn handle_link_lost(&mut self, now: Instant) {
         self.finish_take_over();
@@ -1784,9 +1801,11 @@ impl<L: RegionLogic> RegionNode<L> {
             // `GAP_RESEND_TICKS` per player (inputs in flight during any crossing come here too;
             // the gateway delivers one crossing once; protocol.md §10).
             let transfer = transfer_from(self.region.id(), moved);
-            tracing::info!(region = %transfer.from, to = %transfer.to, player = %input.player, "an input of a player whose avatar left; sending its crossing again");
-            self.outputs
-                .push_back(Output::ToPlayers(vec![(input.player, ServerMessage::Emigrated { epoch, transfer })]));
+            tracing::debug!(region = %transfer.from, to = %transfer.to, player = %input.player, "an input of a player whose avatar left; sending its crossing again");
+            self.outputs.push_back(Output::CrossingAgain {
+                player: input.player,
+                message: ServerMessage::Emigrated { epoch, transfer },
+            });
         }
         submit_or_bounce(&mut self.region, input, &mut self.outputs);
     }
@@ -2247,16 +2266,24 @@ mod tests {
             avatar: left.avatar.clone(),
             crossings: 1,
         };
-        assert!(
-            matches!(&outputs[..], [
-                Output::ToPlayers(sent),
-                Output::Bounce(ServerMessage::Bounced { seq: 1, .. }, PLAYER),
+        let crossing_again = |outputs: &[Output], seq: u64| {
+            matches!(outputs, [
+                Output::CrossingAgain { player: PLAYER, message: ServerMessage::Emigrated { epoch: Epoch(3), transfer } },
+                Output::Bounce(ServerMessage::Bounced { seq: bounced, .. }, PLAYER),
                 Output::Event(HostEvent::InputRefused { .. }),
-            ] if sent == &vec![(PLAYER, ServerMessage::Emigrated { epoch: Epoch(3), transfer: again.clone() })]),
-            "{outputs:?}"
-        );
+            ] if *transfer == again && *bounced == seq)
+        };
+        assert!(crossing_again(&outputs, 1), "{outputs:?}");
         // The next input soon after: only bounced (the crossing went out again just now).
         node.handle_input(start, PlayerInput { player: PLAYER, seq: 2, payload: vec![1] });
+        let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output(start)).collect();
+        assert!(matches!(&outputs[..], [Output::Bounce(..), Output::Event(_)]), "{outputs:?}");
+        // Unless the crossing sent again reached no gateway: then the next input sends it again.
+        node.handle_crossing_unsent(PLAYER);
+        node.handle_input(start, PlayerInput { player: PLAYER, seq: 3, payload: vec![1] });
+        let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output(start)).collect();
+        assert!(crossing_again(&outputs, 3), "{outputs:?}");
+        node.handle_input(start, PlayerInput { player: PLAYER, seq: 4, payload: vec![1] });
         let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output(start)).collect();
         assert!(matches!(&outputs[..], [Output::Bounce(..), Output::Event(_)]), "{outputs:?}");
         // A player who never was here is only bounced.

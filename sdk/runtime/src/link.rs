@@ -4,7 +4,8 @@
 //! the link; invariant 6).
 //!
 //! Frames are length-prefixed handoff messages, decoded with checked rkyv access; anything that
-//! does not decode ends that link (and so that handoff attempt), nothing else.
+//! does not decode ends that link (and so that handoff attempt), nothing else. A link's readers
+//! hold at most [`LINK_IN_FLIGHT_BYTES`] of messages the region thread has not handled yet.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -259,9 +260,10 @@ async fn pack_if_it_pays(
 }
 
 /// The most bytes of one link's messages read but not yet handled by the region thread. A reader
-/// at the limit stops reading, and QUIC's flow control then holds the sender back, so a region
-/// thread slower than its link (or a peer whose packed messages unpack to eight times their
-/// size) cannot fill the process's memory.
+/// at the limit stops reading, and QUIC's flow control then holds the sender back, so what a
+/// region thread slower than its link (or a peer whose packed messages unpack to many times their
+/// size) leaves queued is bounded per link: this, plus the one message each of its two readers
+/// holds while it waits for room.
 pub(crate) const LINK_IN_FLIGHT_BYTES: usize = 64 << 20;
 
 /// Forwards decoded (and unpacked) messages to the region thread; reports the link lost when the

@@ -403,6 +403,11 @@ fn carry_out<L: RegionLogic + 'static>(
                 }
                 hub.to_players(messages);
             }
+            Output::CrossingAgain { player, message } => {
+                if hub.to_players(vec![(player, message)]) == 0 {
+                    node.handle_crossing_unsent(player);
+                }
+            }
             Output::Broadcast(message) => hub.broadcast(&message),
             Output::Attach { player, gateway, take_over } => hub.attach(player, gateway, take_over),
             Output::Bounce(bounced, player) => {

@@ -662,6 +662,7 @@ impl<L: RegionLogic + 'static> HandoffPair<L> {
             | Output::Owned { .. }
             | Output::NotOwned
             | Output::ToPlayers(_)
+            | Output::CrossingAgain { .. }
             | Output::Broadcast(_)
             | Output::Attach { .. }
             | Output::Bounce(..)
