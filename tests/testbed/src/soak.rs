@@ -101,6 +101,8 @@ pub struct ProcessTrend {
     pub minutes: f64,
     /// Resident memory at the first and the last of them, kB.
     pub rss_kb: (u64, u64),
+    /// Every one of them: minutes since the soak began, resident memory in kB.
+    pub rss_series: Vec<(f64, u64)>,
     /// Stretches of samples with the same regions owned and followed as a standby, and the same
     /// number of child processes (an agent's open files follow the region servers it runs: a pipe
     /// each way and a process handle per child).
@@ -694,6 +696,7 @@ fn trends(samples: &[Sample], warmup: Duration) -> Vec<ProcessTrend> {
                 minutes,
                 stretches: stretches.len(),
                 rss_kb: (kept.first()?.rss_kb, kept.last()?.rss_kb),
+                rss_series: kept.iter().map(|sample| (sample.at_min, sample.rss_kb)).collect(),
                 rss_kb_per_min,
                 fds: (kept.first()?.fds, kept.last()?.fds),
                 fds_per_min,
