@@ -704,7 +704,8 @@ fn table(inner: &Inner) -> std::sync::MutexGuard<'_, SessionTable> {
 
 /// The one timer of the gateway's players: sleeps until the table's next deadline (or until told
 /// there may be an earlier one), then carries out what is due: sessions whose resume grace ran
-/// out leave their region; refused crossings are delivered again.
+/// out leave their region; refused crossings are delivered again; inputs held after a bounce are
+/// routed again.
 async fn run_timers(inner: Arc<Inner>) {
     loop {
         let next = table(&inner).poll_timeout();
@@ -1333,7 +1334,9 @@ fn handle_server(inner: &Arc<Inner>, server: ServerId, message: ServerMessage) {
                 // without a session here has nobody to route it for.
                 Bounced::Route(input) => forward_input(inner, input),
                 Bounced::Later => inner.timers.notify_one(),
+                Bounced::Held => {}
                 Bounced::EndSession => {
+                    inner.counters.inputs_dropped_unroutable.fetch_add(1, Ordering::Relaxed);
                     // Nothing the player sends can be applied: say so instead of bouncing for ever.
                     tracing::warn!(%player, %region, "the player's region keeps refusing its inputs; ending the session");
                     if let Some(link) = inner.links.get(&player) {

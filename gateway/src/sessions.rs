@@ -3,8 +3,9 @@
 //! [`SessionTable`] knows, per player, the session's generation (each new connection of the player
 //! is one), the region it plays in, whether it is connected, and the inputs waiting while its
 //! avatar crosses a border. Events come in through `handle_*` with the time; what must be done
-//! later (a session whose grace ran out leaves its region; a refused crossing is tried again) comes
-//! out of [`SessionTable::handle_timeout`] as [`SessionAction`]s, and
+//! later (a session whose grace ran out leaves its region; a refused crossing is tried again; an
+//! input its own region bounced is routed again, [`SessionTable::handle_bounced`]) comes out of
+//! [`SessionTable::handle_timeout`] as [`SessionAction`]s, and
 //! [`SessionTable::poll_timeout`] says when. The service (`service.rs`) owns the sockets, one timer
 //! task, and the per-connection links players' updates go out on; it holds the table behind one
 //! lock and carries out what the table answers after releasing it.
@@ -19,7 +20,9 @@
 //!   more are dropped and counted, and the region asks for them again once a later input of the
 //!   player reaches it); a crossing is never dropped (it
 //!   is retried, and turned back after [`crate::crossing::SEND_BACK_AFTER`] failures, see
-//!   [`Crossings`]).
+//!   [`Crossings`]). Inputs bounced back by the player's own region wait [`BOUNCE_RETRY`] (at most
+//!   [`MAX_TRANSIT_INPUTS`] a player, more dropped and counted); a session whose inputs bounce
+//!   [`MAX_BOUNCES`] times over [`BOUNCING_FOR_AT_LEAST`] with no update between is ended.
 //!
 //! What it does not do: routes and epochs ([`crate::route::RouteTable`]), tokens, limits, or
 //! anything with a socket.
@@ -67,12 +70,16 @@ pub(crate) const BOUNCE_RETRY: Duration = Duration::from_millis(50);
 pub(crate) enum Bounced {
     /// Route it again now (like a new input).
     Route(PlayerInput),
-    /// It comes back out of [`SessionTable::handle_timeout`] after [`BOUNCE_RETRY`].
+    /// It comes back out of [`SessionTable::handle_timeout`] after [`BOUNCE_RETRY`], with the
+    /// player's other inputs bounced meanwhile; the table's next deadline may be earlier now.
     Later,
+    /// It comes back with the player's inputs already held for [`BOUNCE_RETRY`] (no new deadline).
+    Held,
     /// The player's region keeps refusing its inputs: end its session (said once; later bounces
     /// are dropped until an update for the player comes).
     EndSession,
-    /// Dropped: the session was ended for its bounces.
+    /// Dropped (to be counted): the session was ended for its bounces, or [`MAX_TRANSIT_INPUTS`]
+    /// of the player's bounced inputs are held already.
     Dropped,
 }
 
@@ -93,7 +100,8 @@ pub(crate) enum SessionAction {
         /// Which way.
         delivery: Delivery,
     },
-    /// Route a bounced input again ([`Bounced::Later`]).
+    /// Route a bounced input again ([`Bounced::Later`]): to where the player is now, to wait for
+    /// its crossing, or to be dropped and counted if its session is gone.
     Route(PlayerInput),
 }
 
@@ -133,6 +141,8 @@ struct Record {
     delivering: Option<u64>,
     /// Its inputs bounced back since its last update.
     bounces: Option<Bounces>,
+    /// Bounced inputs held for [`BOUNCE_RETRY`] (at most [`MAX_TRANSIT_INPUTS`]), under one timer.
+    held: Vec<PlayerInput>,
 }
 
 /// A player's inputs bounced back since its last update.
@@ -149,7 +159,7 @@ struct Bounces {
 enum Timer {
     ResumeEnds { player: PlayerId, generation: u64 },
     RetryCrossing { transfer: Transfer, delivery: Delivery },
-    RouteBounced(PlayerInput),
+    RouteBounced(PlayerId),
 }
 
 /// Every player's session on this gateway (see the module documentation).
@@ -202,6 +212,7 @@ impl SessionTable {
                     transit: None,
                     delivering: None,
                     bounces: None,
+                    held: Vec::new(),
                 };
                 self.sessions.insert(player, record);
                 Opened { generation, region: token_region, resumed: false }
@@ -250,8 +261,9 @@ impl SessionTable {
     /// An input of `player` that `region`'s server bounced back at `now`; `from_its_owner`: that
     /// server owns `region` by the gateway's routes (not an owner a handoff replaced). Bounced by
     /// the owner of the region the player is in with no crossing under way, it waits
-    /// [`BOUNCE_RETRY`]; any other goes again now (to where the player is, or to wait for its
-    /// crossing). After [`MAX_BOUNCES`] bounces over at least [`BOUNCING_FOR_AT_LEAST`] with no
+    /// [`BOUNCE_RETRY`] with the player's others (one timer a player; one copy of an input; at most
+    /// [`MAX_TRANSIT_INPUTS`], more are dropped); any other goes again now (to where the player
+    /// is, or to wait for its crossing). After [`MAX_BOUNCES`] bounces over at least [`BOUNCING_FOR_AT_LEAST`] with no
     /// update for the player between, its session ends. A player with no session here: routed
     /// again (and dropped there, counted).
     pub(crate) fn handle_bounced(
@@ -272,7 +284,18 @@ impl SessionTable {
             return Bounced::EndSession;
         }
         if from_its_owner && record.region == region && record.transit.is_none() {
-            self.schedule(now + BOUNCE_RETRY, Timer::RouteBounced(input));
+            if record.held.iter().any(|held| held.seq == input.seq) {
+                return Bounced::Held;
+            }
+            if record.held.len() >= MAX_TRANSIT_INPUTS {
+                return Bounced::Dropped;
+            }
+            let player = input.player;
+            record.held.push(input);
+            if record.held.len() > 1 {
+                return Bounced::Held;
+            }
+            self.schedule(now + BOUNCE_RETRY, Timer::RouteBounced(player));
             return Bounced::Later;
         }
         Bounced::Route(input)
@@ -452,7 +475,10 @@ impl SessionTable {
                         actions.push(SessionAction::Deliver { transfer, delivery });
                     }
                 }
-                Timer::RouteBounced(input) => actions.push(SessionAction::Route(input)),
+                Timer::RouteBounced(player) => {
+                    let held = self.sessions.get_mut(&player).map(|record| std::mem::take(&mut record.held));
+                    actions.extend(held.unwrap_or_default().into_iter().map(SessionAction::Route));
+                }
             }
         }
         actions
@@ -801,6 +827,24 @@ mod tests {
         assert_eq!(table.poll_timeout(), Some(start + BOUNCE_RETRY));
         assert!(table.handle_timeout(start + BOUNCE_RETRY - Duration::from_millis(1)).is_empty());
         assert_eq!(table.handle_timeout(start + BOUNCE_RETRY), vec![SessionAction::Route(input(7, 1))]);
+        // Held together under one timer, one copy of each; at most MAX_TRANSIT_INPUTS of them.
+        assert_eq!(table.handle_bounced(start, HOME, input(7, 10), true), Bounced::Later);
+        let later = start + Duration::from_millis(10);
+        assert_eq!(table.handle_bounced(later, HOME, input(7, 11), true), Bounced::Held);
+        assert_eq!(table.handle_bounced(later, HOME, input(7, 10), true), Bounced::Held);
+        for seq in 12..(10 + MAX_TRANSIT_INPUTS as u64) {
+            assert_eq!(table.handle_bounced(later, HOME, input(7, seq), true), Bounced::Held);
+        }
+        let over = 10 + MAX_TRANSIT_INPUTS as u64;
+        assert_eq!(table.handle_bounced(later, HOME, input(7, over), true), Bounced::Dropped);
+        assert_eq!(table.poll_timeout(), Some(start + BOUNCE_RETRY));
+        let routed = table.handle_timeout(start + BOUNCE_RETRY);
+        assert_eq!(routed, (10..over).map(|seq| SessionAction::Route(input(7, seq))).collect::<Vec<_>>());
+        // A player whose session ended meanwhile: nothing is held for it any more.
+        assert_eq!(table.handle_bounced(start, HOME, input(7, 1), true), Bounced::Later);
+        assert!(table.handle_detached(PlayerId(7)));
+        assert!(table.handle_timeout(start + BOUNCE_RETRY * 2).is_empty());
+        table.handle_connected(PlayerId(7), HOME);
         // By an owner a handoff replaced, or by another region's: at once.
         assert_eq!(table.handle_bounced(start, HOME, input(7, 2), false), Bounced::Route(input(7, 2)));
         assert_eq!(table.handle_bounced(start, NEXT, input(7, 3), true), Bounced::Route(input(7, 3)));
@@ -834,7 +878,7 @@ mod tests {
         assert_eq!(bounce(&mut table, over, 4), Bounced::Dropped);
         assert!(table.handle_update(PlayerId(7), HOME));
         assert!(matches!(bounce(&mut table, over, 5), Bounced::Route(_)));
-        // Few bounces over a long while do not end it either.
+        // Nor do up to MAX_BOUNCES over a long while; one more then does.
         let much_later = over + BOUNCING_FOR_AT_LEAST * 10;
         for seq in 6..=u64::from(MAX_BOUNCES) + 4 {
             assert!(matches!(bounce(&mut table, much_later, seq), Bounced::Route(_)));

@@ -303,7 +303,12 @@ async fn read_loop<L: RegionLogic + 'static>(
         let unpacked = if matches!(message, Message::Packed { .. }) {
             match tokio::task::spawn_blocking(move || message.unpack()).await {
                 Ok(unpacked) => unpacked,
-                Err(_) => break,
+                Err(error) => {
+                    // Unpacking panicked (or the runtime is stopping): the link is no good.
+                    tracing::warn!(%error, "dropping a handoff link whose message could not be unpacked");
+                    valid = false;
+                    break;
+                }
             }
         } else {
             Ok(message)
