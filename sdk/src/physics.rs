@@ -23,6 +23,16 @@
 //! The game edits `Body` components freely (a kinematic avatar's target pose, an impulse as a new
 //! velocity, a spawned crate). Before each step the engine reads the changes since its last step and
 //! applies them to rapier; its own write-backs are skipped, so they never echo.
+//!
+//! # Values the engine will not take
+//! A body's numbers come from the game, its scripts and other processes (a handoff's snapshot, a
+//! checkpoint file), and any of them may hold a NaN, an infinity, a quaternion that is not a unit or
+//! a size no step can handle; rapier given those computes garbage or, built with debug assertions,
+//! panics. Each value is brought within [`limits`] on its way into the engine: a value already
+//! within them goes in unchanged (so sane worlds step bit-identically), a non-finite one becomes
+//! the default named there, and a rotation whose length is off by more than
+//! [`limits::ROTATION_SLACK`] is normalized (the identity if it has no direction). The component
+//! keeps what it holds until the engine writes a moving body's state back.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -32,6 +42,56 @@ use rapier3d::prelude::{ColliderBuilder, PhysicsWorld, RigidBodyBuilder, RigidBo
 
 use crate::component::ComponentId;
 use crate::world::{ChangeSet, EntityId, TrackerId, World};
+
+/// What the engine takes from a [`Body`]; see the module documentation.
+pub mod limits {
+    /// Largest distance from the origin along each axis, in metres (f32 resolves about 8 mm here).
+    pub const MAX_COORDINATE: f32 = 100_000.0;
+    /// Smallest half extent, radius or half height, in metres; also what a non-finite one becomes.
+    pub const MIN_EXTENT: f32 = 0.001;
+    /// Largest half extent, radius or half height, in metres.
+    pub const MAX_EXTENT: f32 = 10_000.0;
+    /// Largest speed along each axis, in m/s.
+    pub const MAX_SPEED: f32 = 10_000.0;
+    /// Largest spin about each axis, in rad/s.
+    pub const MAX_SPIN: f32 = 10_000.0;
+    /// Largest density, in kg/m³ (the smallest is 0); a non-finite one becomes 1.
+    pub const MAX_DENSITY: f32 = 1_000_000.0;
+    /// Largest friction or restitution coefficient (the smallest is 0); a non-finite one becomes 0.
+    pub const MAX_COEFFICIENT: f32 = 100.0;
+    /// How far a rotation's length may be from 1 before it is normalized. Rotations the engine
+    /// wrote back are within a few ulps; renormalizing them would change their bits.
+    pub const ROTATION_SLACK: f32 = 1.0e-3;
+
+    /// `value` within `min..=max`, or `otherwise` if it is not finite.
+    pub(super) fn bounded(value: f32, otherwise: f32, min: f32, max: f32) -> f32 {
+        if value.is_finite() { value.clamp(min, max) } else { otherwise }
+    }
+
+    /// Each of `values` within `-max..=max`, a non-finite one 0.
+    pub(super) fn within(values: [f32; 3], max: f32) -> [f32; 3] {
+        values.map(|value| bounded(value, 0.0, -max, max))
+    }
+
+    /// A unit quaternion (x, y, z, w): `rotation` itself if its length is within
+    /// [`ROTATION_SLACK`] of 1, else normalized, the identity if it has no direction.
+    pub(super) fn unit_rotation(rotation: [f32; 4]) -> [f32; 4] {
+        let length = rotation.iter().map(|value| f64::from(*value) * f64::from(*value)).sum::<f64>().sqrt();
+        if !length.is_finite() || length < 1.0e-6 {
+            return [0.0, 0.0, 0.0, 1.0];
+        }
+        if (length - 1.0).abs() <= f64::from(ROTATION_SLACK) {
+            return rotation;
+        }
+        #[expect(clippy::cast_possible_truncation, reason = "each part of a unit quaternion is within -1..=1")]
+        rotation.map(|value| (f64::from(value) / length) as f32)
+    }
+
+    /// A half extent, radius or half height within [`MIN_EXTENT`]`..=`[`MAX_EXTENT`].
+    pub(super) fn extent(value: f32) -> f32 {
+        bounded(value, MIN_EXTENT, MIN_EXTENT, MAX_EXTENT)
+    }
+}
 
 /// How a body moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -641,8 +701,8 @@ impl Engine {
             return;
         };
         rigid_body.set_position(pose_of(body), false);
-        rigid_body.set_linvel(Vector::from_array(body.linvel), false);
-        rigid_body.set_angvel(Vector::from_array(body.angvel), false);
+        rigid_body.set_linvel(linvel_of(body), false);
+        rigid_body.set_angvel(angvel_of(body), false);
     }
 
     /// Applies a game edit of an existing body's pose or velocities to the engine.
@@ -656,14 +716,15 @@ impl Engine {
             BodyKind::Kinematic => rigid_body.set_next_kinematic_position(pose),
             BodyKind::Fixed => rigid_body.set_position(pose, false),
             BodyKind::Dynamic => {
-                let differs = !bits_equal(&rigid_body.position().translation.to_array(), &body.translation)
-                    || !bits_equal(&rigid_body.position().rotation.to_array(), &body.rotation)
-                    || !bits_equal(&rigid_body.linvel().to_array(), &body.linvel)
-                    || !bits_equal(&rigid_body.angvel().to_array(), &body.angvel);
+                let (linvel, angvel) = (linvel_of(body), angvel_of(body));
+                let differs = !bits_equal(&rigid_body.position().translation.to_array(), &pose.translation.to_array())
+                    || !bits_equal(&rigid_body.position().rotation.to_array(), &pose.rotation.to_array())
+                    || !bits_equal(&rigid_body.linvel().to_array(), &linvel.to_array())
+                    || !bits_equal(&rigid_body.angvel().to_array(), &angvel.to_array());
                 if differs {
                     rigid_body.set_position(pose, true);
-                    rigid_body.set_linvel(Vector::from_array(body.linvel), true);
-                    rigid_body.set_angvel(Vector::from_array(body.angvel), true);
+                    rigid_body.set_linvel(linvel, true);
+                    rigid_body.set_angvel(angvel, true);
                     self.awake.insert(entity);
                 }
             }
@@ -705,18 +766,34 @@ fn insert_ground(rapier: &mut PhysicsWorld, config: PhysicsConfig) {
     }
 }
 
+/// The body's pose within [`limits`].
 fn pose_of(body: &Body) -> Pose {
-    let rotation = Rotation::from_array(body.rotation);
-    Pose::from_parts(Vector::from_array(body.translation), rotation)
+    let rotation = Rotation::from_array(limits::unit_rotation(body.rotation));
+    Pose::from_parts(Vector::from_array(limits::within(body.translation, limits::MAX_COORDINATE)), rotation)
 }
 
+/// The body's linear velocity within [`limits`].
+fn linvel_of(body: &Body) -> Vector {
+    Vector::from_array(limits::within(body.linvel, limits::MAX_SPEED))
+}
+
+/// The body's angular velocity within [`limits`].
+fn angvel_of(body: &Body) -> Vector {
+    Vector::from_array(limits::within(body.angvel, limits::MAX_SPIN))
+}
+
+/// The body's collider, its shape and material within [`limits`].
 fn collider_builder(body: &Body) -> ColliderBuilder {
+    use limits::{MAX_COEFFICIENT, MAX_DENSITY, bounded, extent};
     let builder = match body.shape {
-        Shape::Cuboid { half_extents: [x, y, z] } => ColliderBuilder::cuboid(x, y, z),
-        Shape::Ball { radius } => ColliderBuilder::ball(radius),
-        Shape::CapsuleY { half_height, radius } => ColliderBuilder::capsule_y(half_height, radius),
+        Shape::Cuboid { half_extents: [x, y, z] } => ColliderBuilder::cuboid(extent(x), extent(y), extent(z)),
+        Shape::Ball { radius } => ColliderBuilder::ball(extent(radius)),
+        Shape::CapsuleY { half_height, radius } => ColliderBuilder::capsule_y(extent(half_height), extent(radius)),
     };
-    builder.density(body.density).friction(body.friction).restitution(body.restitution)
+    builder
+        .density(bounded(body.density, 1.0, 0.0, MAX_DENSITY))
+        .friction(bounded(body.friction, 0.0, 0.0, MAX_COEFFICIENT))
+        .restitution(bounded(body.restitution, 0.0, 0.0, MAX_COEFFICIENT))
 }
 
 fn insert_body(rapier: &mut PhysicsWorld, entity: EntityId, body: &Body) -> Tracked {
@@ -727,8 +804,8 @@ fn insert_body(rapier: &mut PhysicsWorld, entity: EntityId, body: &Body) -> Trac
     };
     let mut rigid_body = builder
         .pose(pose_of(body))
-        .linvel(Vector::from_array(body.linvel))
-        .angvel(Vector::from_array(body.angvel))
+        .linvel(linvel_of(body))
+        .angvel(angvel_of(body))
         .user_data(u128::from(entity.0))
         .build();
     restore_activation(&mut rigid_body, body);
@@ -943,5 +1020,128 @@ mod tests {
         let awake =
             |view: &View| view.iter().filter(|(_, (_, sleeping))| !*sleeping).map(|(e, _)| *e).collect::<Vec<_>>();
         assert_eq!(awake(&after_followed), awake(&after_rebuilt));
+    }
+
+    /// Bodies no engine can step: NaN and infinite numbers, rotations of every wrong length,
+    /// sizes and distances past any world, overlapping so that their contacts are computed.
+    fn hostile_bodies() -> Vec<Body> {
+        let cube = Shape::Cuboid { half_extents: [0.5, 0.5, 0.5] };
+        let mut bodies = Vec::new();
+        let rotations = [
+            [3.0, 0.0, 0.0, 0.0],
+            [0.1, 0.2, 0.0, 0.1],
+            [0.0; 4],
+            [f32::NAN, 0.0, 0.0, 1.0],
+            [1.0e20, 1.0e20, 0.0, 0.0],
+        ];
+        for (index, rotation) in rotations.into_iter().enumerate() {
+            // Stacked cubes, each rotation stretching or shrinking them unless it is normalized.
+            let mut body = Body::new(BodyKind::Dynamic, cube, [0.2 * index as f32, 0.5 + 0.8 * index as f32, 0.0]);
+            body.rotation = rotation;
+            bodies.push(body);
+        }
+        let shapes = [
+            Shape::Cuboid { half_extents: [f32::NAN, -1.0, 1.0e30] },
+            Shape::Cuboid { half_extents: [0.0, f32::INFINITY, 0.5] },
+            Shape::Ball { radius: f32::NEG_INFINITY },
+            Shape::Ball { radius: -3.0 },
+            Shape::CapsuleY { half_height: 1.0e38, radius: f32::NAN },
+        ];
+        for shape in shapes {
+            bodies.push(Body::new(BodyKind::Dynamic, shape, [0.0, 1.0, 0.0]));
+        }
+        for translation in [[f32::NAN, 0.0, 0.0], [f32::INFINITY, 1.0, f32::NEG_INFINITY], [1.0e38, 1.0e38, -1.0e38]] {
+            bodies.push(Body::new(BodyKind::Dynamic, cube, translation));
+        }
+        let mut fast = Body::new(BodyKind::Dynamic, cube, [0.0, 2.0, 0.0]);
+        fast.linvel = [f32::NAN, f32::INFINITY, 1.0e38];
+        fast.angvel = [f32::NEG_INFINITY, 1.0e38, f32::NAN];
+        bodies.push(fast);
+        let mut material = Body::new(BodyKind::Dynamic, cube, [0.3, 1.5, 0.3]);
+        (material.density, material.friction, material.restitution) = (f32::NAN, f32::INFINITY, -1.0e30);
+        bodies.push(material);
+        let mut heavy = Body::new(BodyKind::Dynamic, cube, [0.1, 2.5, 0.0]);
+        heavy.density = -1.0;
+        bodies.push(heavy);
+        for kind in [BodyKind::Kinematic, BodyKind::Fixed] {
+            let mut body = Body::new(kind, cube, [0.4, 0.5, 0.0]);
+            body.rotation = [2.0, 2.0, 0.0, 0.0];
+            bodies.push(body);
+        }
+        bodies
+    }
+
+    fn within_limits(body: &Body) -> bool {
+        let length = body.rotation.iter().map(|value| value * value).sum::<f32>().sqrt();
+        body.translation.iter().all(|value| value.abs() <= limits::MAX_COORDINATE)
+            && body.linvel.iter().chain(&body.angvel).all(|value| value.is_finite())
+            && (length - 1.0).abs() <= limits::ROTATION_SLACK
+    }
+
+    #[test]
+    fn bodies_with_values_no_engine_can_step_are_brought_within_the_limits_and_stepped() {
+        // Rebuilt (a checkpoint restored, a region started), built for a handoff target, and
+        // edited by the game: each way in meets the limits. Without them the overlapping cubes
+        // of the rotations that are not units fail rapier's own checks of its contacts.
+        let hostile_world = || {
+            let mut world = empty_world();
+            for body in hostile_bodies() {
+                let entity = world.spawn();
+                world.insert(entity, body).unwrap();
+            }
+            world
+        };
+        let (mut world, mut received) = (hostile_world(), hostile_world());
+        let mut rebuilt = PhysicsEngine::new(PhysicsConfig::default());
+        rebuilt.rebuild(&mut world);
+        let mut followed = PhysicsEngine::new(PhysicsConfig::default());
+        let build = followed.start_following(&mut received);
+        assert!(followed.install(&mut received, build.run()));
+        followed.finish_following(&mut received);
+        let count = hostile_bodies().len();
+        assert_eq!((rebuilt.body_count(), followed.body_count()), (count, count));
+
+        let mut edited = empty_world();
+        let mut edited_engine = PhysicsEngine::new(PhysicsConfig::default());
+        edited_engine.rebuild(&mut edited);
+        for body in hostile_bodies() {
+            let entity = edited.spawn();
+            edited.insert(entity, Body::new(body.kind, Shape::Ball { radius: 0.5 }, [0.0, 5.0, 0.0])).unwrap();
+            edited_engine.step(&mut edited);
+            *edited.get_mut::<Body>(entity).unwrap() = body;
+        }
+        for _ in 0..60 {
+            rebuilt.step(&mut world);
+            followed.step(&mut received);
+            edited_engine.step(&mut edited);
+        }
+        for (entity, body) in world.iter::<Body>().chain(received.iter::<Body>()).chain(edited.iter::<Body>()) {
+            if body.kind == BodyKind::Dynamic {
+                assert!(within_limits(body), "{entity} was written back outside the limits: {body:?}");
+            }
+        }
+        for tracked in rebuilt.engine.bodies.values() {
+            let pose = rebuilt.engine.rapier.bodies[tracked.body].position();
+            assert!(pose.translation.is_finite() && pose.rotation.is_normalized(), "the engine holds {pose:?}");
+        }
+    }
+
+    #[test]
+    fn values_within_the_limits_reach_the_engine_unchanged() {
+        let rotation = [0.0, 0.382_683_43, 0.0, 0.923_879_5];
+        assert_eq!(limits::unit_rotation(rotation), rotation);
+        let nearly = [0.0, 0.0, 0.0, 1.0 - limits::ROTATION_SLACK / 2.0];
+        assert_eq!(limits::unit_rotation(nearly), nearly, "within the slack: the engine's own write-backs");
+        assert_eq!(limits::unit_rotation([2.0, 0.0, 0.0, 0.0]), [1.0, 0.0, 0.0, 0.0]);
+        assert_eq!(limits::unit_rotation([0.0, 0.0, 0.0, 1.0 + 2.0 * limits::ROTATION_SLACK]), [0.0, 0.0, 0.0, 1.0]);
+        assert_eq!(limits::unit_rotation([0.0; 4]), [0.0, 0.0, 0.0, 1.0]);
+        assert_eq!(limits::unit_rotation([f32::INFINITY, 0.0, 0.0, 0.0]), [0.0, 0.0, 0.0, 1.0]);
+        assert_eq!(limits::within([-3.5, 0.0, 7.25], 10.0), [-3.5, 0.0, 7.25]);
+        assert_eq!(limits::within([-30.0, f32::NAN, 70.0], 10.0), [-10.0, 0.0, 10.0]);
+        assert_eq!(limits::extent(0.25), 0.25);
+        assert_eq!(limits::extent(-1.0), limits::MIN_EXTENT);
+        assert_eq!(limits::extent(f32::NAN), limits::MIN_EXTENT);
+        assert_eq!(limits::extent(1.0e9), limits::MAX_EXTENT);
+        assert_eq!(limits::bounded(f32::NEG_INFINITY, 1.0, 0.0, 5.0), 1.0);
     }
 }

@@ -9,7 +9,7 @@
 use baton_sdk::checkpoint::{self, CheckpointError, HEADER_BYTES, MAGIC, VERSION};
 use baton_sdk::scripts::{PROPERTY_SLOTS, ScriptBindings, ScriptEngine, ScriptError};
 use baton_sdk::sessions::ReadyInput;
-use baton_sdk::wire::{Epoch, RegionId};
+use baton_sdk::wire::RegionId;
 use baton_sdk::{EntityId, Region, RegionConfig, RegionLogic, Registry, RegistryError, World};
 use libfuzzer_sys::fuzz_target;
 use xxhash_rust::xxh3::xxh3_64;
