@@ -104,6 +104,8 @@ struct Process {
     cpu_cores: f64,
     /// Per owned region: its last `load` event.
     region_load: BTreeMap<RegionId, RegionLoadReport>,
+    /// Its last `heap` event's live heap, in bytes.
+    heap_bytes: Option<u64>,
 }
 
 enum Happening {
@@ -222,9 +224,9 @@ pub async fn run(
                         }
                     }
                 }
-                // Load figures travel in the status reports; every other event is relayed as it
-                // happens (migrations and the route feed wait for them).
-                if !matches!(event, ServerEvent::Load { .. })
+                // Load figures and heaps travel in the status reports; every other event is
+                // relayed as it happens (migrations and the route feed wait for them).
+                if !matches!(event, ServerEvent::Load { .. } | ServerEvent::Heap { .. })
                     && let Some(sender) = &outbound
                 {
                     let _ = sender.send(AgentMessage::Event { process, event: AsJson(event) });
@@ -345,6 +347,7 @@ fn spawn(config: &AgentConfig, name: &str, happenings: &UnboundedSender<Happenin
         last_cpu: None,
         cpu_cores: 0.0,
         region_load: BTreeMap::new(),
+        heap_bytes: None,
     })
 }
 
@@ -352,6 +355,7 @@ fn spawn(config: &AgentConfig, name: &str, happenings: &UnboundedSender<Happenin
 fn track(process: &mut Process, event: &ServerEvent) {
     match event {
         ServerEvent::Listening { addr, .. } => process.address = Some(*addr),
+        ServerEvent::Heap { live_bytes } => process.heap_bytes = Some(*live_bytes),
         ServerEvent::Load { region, tick_ms, tick_ms_max, tick_budget_ms, players, entities, .. } => {
             process.region_load.insert(
                 *region,
@@ -457,6 +461,7 @@ fn status(processes: &mut BTreeMap<String, Process>, migration_bytes: u64) -> Ag
                 regions: process.regions.clone(),
                 restarts: process.restarts,
                 pid: process.child.id().unwrap_or(0),
+                heap_bytes: process.heap_bytes,
             }
         })
         .collect::<Vec<ProcessInfo>>();

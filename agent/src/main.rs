@@ -10,6 +10,10 @@ use baton_agent::AgentConfig;
 use baton_net::ClusterIdentity;
 use clap::Parser;
 
+/// Counts the live heap (`baton_net::heap`) over the system allocator.
+#[global_allocator]
+static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
+
 /// Register this host with the coordinator and keep a pool of pre-warmed region-server processes.
 ///
 /// The agent starts `--pool` idle processes from the command after `--` (adding `--name
@@ -70,6 +74,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    baton_net::heap::count_with(|| ALLOCATOR.allocated());
     baton_config::main("baton-agent", "BATON_AGENT", |cli: Cli| run(cli))
 }
 

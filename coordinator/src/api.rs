@@ -282,6 +282,9 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     }
     metrics::gauge!("baton_coordinator_migrations_running")
         .set(migrations.iter().filter(|record| !record.phase.is_final()).count() as f64);
+    if let Some(live) = baton_net::heap::live_bytes() {
+        metrics::gauge!(baton_net::heap::LIVE_BYTES_GAUGE).set(live as f64);
+    }
     match state.metrics {
         Some(handle) => handle.render().into_response(),
         None => Failure(StatusCode::NOT_FOUND, "metrics are not enabled".into()).into_response(),

@@ -142,6 +142,10 @@ pub struct ProcessView {
     pub restarts: u32,
     /// Its operating-system process id on its host.
     pub pid: u32,
+    /// Its live heap in bytes (allocated, not yet freed), as it last reported it; absent from a
+    /// process that does not count it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heap_bytes: Option<u64>,
 }
 
 struct HostEntry {
@@ -288,6 +292,7 @@ impl Hosts {
                         regions: process.regions.iter().map(|region| region.0).collect(),
                         restarts: process.restarts,
                         pid: process.pid,
+                        heap_bytes: process.heap_bytes,
                     })
                     .collect(),
             })
@@ -591,6 +596,7 @@ fn ensure_process(entry: &mut HostEntry, process: &str, address: SocketAddr, war
             regions: Vec::new(),
             restarts: 0,
             pid: 0,
+            heap_bytes: None,
         }),
     }
 }

@@ -15,6 +15,10 @@ use baton_coordinator::routes::RouteNotices;
 use baton_net::ClusterIdentity;
 use clap::Parser;
 
+/// Counts the live heap (`baton_net::heap`) over the system allocator.
+#[global_allocator]
+static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
+
 /// Keep the region directory (who owns each region, at which epoch) and serve it to region servers
 /// as the authority of handoff commits.
 ///
@@ -351,5 +355,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    baton_net::heap::count_with(|| ALLOCATOR.allocated());
     baton_config::main("baton-coordinator", "BATON_COORDINATOR", |cli: Cli| run(cli))
 }

@@ -16,10 +16,14 @@ use clap::Parser;
 
 /// mimalloc: the gateway allocates and frees a few small buffers per packet (quinn's, tokio's
 /// channels), where glibc's allocator cost about a seventh of the gateway's CPU at 2,000 avatars.
-/// Off without the `mimalloc` feature, for heap profilers that follow the system allocator.
+/// Off without the `mimalloc` feature, for heap profilers that follow the system allocator. Either
+/// way its live heap is counted (`baton_net::heap`).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: cap::Cap<mimalloc::MiMalloc> = cap::Cap::new(mimalloc::MiMalloc, usize::MAX);
+#[cfg(not(feature = "mimalloc"))]
+#[global_allocator]
+static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
 
 /// Keep players' QUIC connections and route them to whichever region server owns their region.
 ///
@@ -213,5 +217,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    baton_net::heap::count_with(|| ALLOCATOR.allocated());
     baton_config::main("baton-gateway", "BATON_GATEWAY", |cli: Cli| run(cli))
 }

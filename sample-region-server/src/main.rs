@@ -8,6 +8,10 @@ use baton_sdk::RegionConfig;
 use clap::Parser;
 use sample_region_server::game::SampleGame;
 
+/// Counts the live heap (`baton_net::heap`) over the system allocator.
+#[global_allocator]
+static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
+
 /// Serve the sample Baton region (physics objects, scripted NPCs, growing plants and avatars) as a
 /// region server: it hosts regions and moves them between processes, controlled by the serve
 /// protocol's JSON lines on standard input (docs/protocol.md §11). A host agent starts it as its
@@ -54,5 +58,6 @@ fn serve(cli: &Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    baton_net::heap::count_with(|| ALLOCATOR.allocated());
     baton_config::main("sample-region-server", "BATON_SERVER", |cli: Cli| serve(&cli))
 }

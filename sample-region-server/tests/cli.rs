@@ -35,6 +35,9 @@ fn help_explains_and_bad_settings_are_refused_clearly() {
     refused(&["--serve", "--name", "a", "--certs", "/nonexistent", "--bulk-target-ms", "0"], "--bulk-target-ms");
     refused(&["--serve", "--name", "a", "--certs", "/nonexistent", "--max-freeze-ms", "0"], "--max-freeze-ms");
     refused(&["--serve", "--name", "a", "--bulk-congestion", "reno"], "ledbat");
+    let long = "x".repeat(baton_wire::authority::MAX_OWNER_BYTES + 1);
+    refused(&["--serve", "--name", &long, "--certs", "/nonexistent"], "--name: the authority cannot keep owner name");
+    refused(&["--serve", "--name", "two\nlines", "--certs", "/nonexistent"], "one non-empty line");
     refused(&[], "give --serve");
 }
 
@@ -56,7 +59,13 @@ fn a_served_process_answers_bad_lines_with_errors_and_keeps_serving() {
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next = || baton_wire::serve::parse_event(&lines.next().unwrap().unwrap()).unwrap();
+    // The next event but the heap reports (every second, at any point).
+    let mut next = || loop {
+        let event = baton_wire::serve::parse_event(&lines.next().unwrap().unwrap()).unwrap();
+        if !matches!(event, baton_wire::serve::ServerEvent::Heap { .. }) {
+            break event;
+        }
+    };
     assert!(matches!(
         next(),
         baton_wire::serve::ServerEvent::Listening { version: baton_wire::serve::SERVE_VERSION, .. }

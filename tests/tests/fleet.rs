@@ -364,6 +364,27 @@ fn the_admin_api_refuses_bad_requests_clearly() {
     };
     let agent_metrics = scrape(fleet.agent_metrics[0]);
     assert!(agent_metrics.contains("baton_agent_warm_processes"), "{agent_metrics}");
+    // Every process counts its live heap: the coordinator, the agent and the gateway on their
+    // metrics, region servers in the host's process list (their `heap` events, once a second).
+    let heap = |page: &str| baton_harness::fleet::metric_value(page, baton_net::heap::LIVE_BYTES_GAUGE).unwrap();
+    for (process, page) in
+        [("coordinator", &metrics), ("agent", &agent_metrics), ("gateway", &scrape(fleet.gateway_metrics))]
+    {
+        assert!((1e5..1e9).contains(&heap(page)), "the {process}'s live heap: {page}");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let hosts = fleet.ok("GET", "/v1/hosts", None).unwrap();
+        let heaps: Vec<Option<u64>> =
+            hosts[0]["processes"].as_array().unwrap().iter().map(|process| process["heap_bytes"].as_u64()).collect();
+        if !heaps.is_empty()
+            && heaps.iter().all(|heap| heap.is_some_and(|bytes| (100_000..1_000_000_000).contains(&bytes)))
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "region servers' heaps: {hosts}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let gateway_metrics = scrape(fleet.gateway_metrics);
@@ -391,7 +412,11 @@ fn the_admin_api_refuses_bad_requests_clearly() {
     let hosts = batonctl(&token_file, &["hosts"]);
     let table = String::from_utf8_lossy(&hosts.stdout);
     assert!(
-        hosts.status.success() && table.starts_with("HOST") && table.contains("h1") && table.contains("serving"),
+        hosts.status.success()
+            && table.starts_with("HOST")
+            && table.contains("h1")
+            && table.contains("serving")
+            && table.contains(" MB"),
         "{table}"
     );
     let regions = batonctl(&token_file, &["--json", "regions"]);

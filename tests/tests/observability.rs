@@ -1,4 +1,5 @@
-//! A region server's own metrics and settings file: what an operator scrapes and sets. (JSON logs are
+//! A region server's own metrics (its live heap among them) and settings file: what an operator
+//! scrapes and sets. (JSON logs are
 //! tested with the harness's binaries, `tests/harness/tests/bins.rs`.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -46,6 +47,16 @@ fn a_region_server_serves_prometheus_metrics_and_takes_its_settings_from_a_file(
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(text.contains("# HELP baton_ticks_total"), "metrics are described: {text}");
+    // The sample server counts its heap: a `heap` event every second, and the gauge when scraped.
+    let (_, heap) = cluster.processes[0]
+        .wait_for(0, Duration::from_secs(10), |event| matches!(event, ServerEvent::Heap { .. }))
+        .unwrap();
+    let ServerEvent::Heap { live_bytes } = heap else { unreachable!("matched above") };
+    let gauge = baton_harness::fleet::metric_value(&text, baton_net::heap::LIVE_BYTES_GAUGE).unwrap();
+    // A region of 20 objects and its engines, a QUIC endpoint, two runtimes: a few MB, not 0, not GBs.
+    for bytes in [live_bytes as f64, gauge] {
+        assert!((1e6..1e9).contains(&bytes), "a live heap of {bytes} bytes");
+    }
     drop(cluster);
     let _ = std::fs::remove_dir_all(directory);
 }

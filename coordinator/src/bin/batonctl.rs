@@ -411,6 +411,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                         "-".into(),
                         "-".into(),
                         "-".into(),
+                        "-".into(),
                     ]);
                 }
                 for process in host["processes"].as_array().into_iter().flatten() {
@@ -424,10 +425,14 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                         if process["warm"] == true { "warm".into() } else { "serving".into() },
                         text(&process["regions"]),
                         text(&process["restarts"]),
+                        process["heap_bytes"].as_f64().map_or("-".into(), |bytes| format!("{:.1} MB", bytes / 1e6)),
                     ]);
                 }
             }
-            table(&["HOST", "AGENT", "USE", "CPU/CORES", "PROCESS", "ADDRESS", "STATE", "REGIONS", "RESTARTS"], rows);
+            table(
+                &["HOST", "AGENT", "USE", "CPU/CORES", "PROCESS", "ADDRESS", "STATE", "REGIONS", "RESTARTS", "HEAP"],
+                rows,
+            );
         }
         Command::Regions | Command::Create { .. } => {
             let regions = if output.is_array() { output.as_array().cloned().unwrap_or_default() } else { vec![output] };

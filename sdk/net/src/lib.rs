@@ -7,8 +7,10 @@
 //! nothing of regions or world state, so the gateway and coordinator use it without the SDK.
 //!
 //! With the feature `metrics-http`, the `metrics` module serves a process's Prometheus metrics over HTTP.
+//! `heap` counts a process's live heap, for binaries that install its allocator.
 
 pub mod framed;
+pub mod heap;
 pub mod ledbat;
 #[cfg(feature = "metrics-http")]
 pub mod metrics;

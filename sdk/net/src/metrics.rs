@@ -57,6 +57,13 @@ pub fn serve(address: SocketAddr) -> Result<SocketAddr, MetricsError> {
     let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|_| MetricsError::RecorderInstalled)?;
+    if crate::heap::live_bytes().is_some() {
+        metrics::describe_gauge!(
+            crate::heap::LIVE_BYTES_GAUGE,
+            metrics::Unit::Bytes,
+            "Heap bytes allocated and not yet freed (read when the metrics are)."
+        );
+    }
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || runtime.block_on(run(listener, handle)))
@@ -105,6 +112,9 @@ async fn run(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
 fn answer(request: &Request<Incoming>, handle: &PrometheusHandle) -> Response<Full<Bytes>> {
     let response = Response::builder();
     let built = if request.method() == Method::GET {
+        if let Some(live) = crate::heap::live_bytes() {
+            metrics::gauge!(crate::heap::LIVE_BYTES_GAUGE).set(live as f64);
+        }
         response.header("content-type", "text/plain; version=0.0.4").body(Full::new(Bytes::from(handle.render())))
     } else {
         response.status(StatusCode::METHOD_NOT_ALLOWED).header("allow", "GET").body(Full::default())

@@ -12,6 +12,10 @@
 //! What the game provides is only what Baton cannot know: how to build an empty region of it (its
 //! [`RegionLogic`] with assets loaded), how to fill one from a `world` object, and, for tools and
 //! tests that feed a region without a gateway, how a player joins and what a scripted input is.
+//!
+//! A game's binary that wraps its global allocator in `cap::Cap` and names it with
+//! `baton_net::heap::count_with` (as `sample-region-server` does) reports its live heap too: a
+//! `heap` event every second, which its agent shows operators with the host's processes.
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -224,6 +228,9 @@ pub fn main<C: clap::Parser, E: std::fmt::Display>(
     baton_config::main(name, prefix, run)
 }
 
+/// How often a process that counts its heap (`baton_net::heap`) reports it (`ServerEvent::Heap`).
+const HEAP_EVERY: Duration = Duration::from_secs(1);
+
 /// Serves `game` until `quit` or the end of standard input.
 pub fn run<G: Game>(game: G, settings: &ServeSettings) -> Result<(), ServeError> {
     let name = settings.name.clone().ok_or_else(|| ServeError::Settings("a region server needs --name".into()))?;
@@ -327,6 +334,19 @@ pub fn run<G: Game>(game: G, settings: &ServeSettings) -> Result<(), ServeError>
             event_out.emit(&server_event(event));
         }
     });
+    if baton_net::heap::live_bytes().is_some() {
+        let heap_out = out.clone();
+        runtime.spawn(async move {
+            let mut every = tokio::time::interval(HEAP_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                if let Some(live_bytes) = baton_net::heap::live_bytes() {
+                    heap_out.emit(&ServerEvent::Heap { live_bytes });
+                }
+            }
+        });
+    }
 
     let server = Server { host: &host, game, factory, checkpoints, out: out.clone() };
     let stdin = std::io::stdin();
@@ -373,6 +393,9 @@ fn check(settings: &ServeSettings) -> Result<(), ServeError> {
         Some(format!("--checkpoint-every-s must be 0 or more seconds, got {}", settings.checkpoint_every_s))
     } else if settings.checkpoint_keep == 0 {
         Some("--checkpoint-keep must be at least 1".to_owned())
+    } else if let Some(Err(error)) = settings.name.as_deref().map(baton_sdk::handoff::check_owner_name) {
+        // The name is what the ownership authority records as the owner of its regions.
+        Some(format!("--name: {error}"))
     } else {
         None
     };

@@ -23,7 +23,9 @@ pub mod testing;
 use std::fmt;
 use std::time::Duration;
 
-pub use authority::{AuthorityError, FileAuthority, InMemoryAuthority, Ownership, OwnershipAuthority};
+pub use authority::{
+    AuthorityError, FileAuthority, InMemoryAuthority, Ownership, OwnershipAuthority, check_owner_name,
+};
 pub use message::{Message, MessageError};
 pub use source::{
     EncodeJob, EncodedRound, HandoffPlan, HandoffSource, SourceAction, SourceConfig, SourcePhase, SourceStats,

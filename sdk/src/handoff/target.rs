@@ -320,6 +320,10 @@ impl HandoffTarget {
                     format!("the authority refused the commit: the region is at {actual_owner}@{actual_epoch}"),
                 );
             }
+            Err(error @ AuthorityError::BadOwner(_)) => {
+                // Refused for good with nothing changed: the source still owns the region.
+                self.abort(Culprit::Authority, Phase::Commit, format!("the authority refused the commit: {error}"));
+            }
             Err(error) => {
                 // Unknown outcome: keep the state and ask again (never discard a possible commit).
                 tracing::warn!(region = %self.region, %error, "commit outcome unknown; retrying");
@@ -620,6 +624,20 @@ mod tests {
                 assert_eq!((reason.culprit, reason.phase), (Culprit::Authority, Phase::Commit), "{owner}@{epoch}");
             }
         }
+    }
+
+    #[test]
+    fn a_target_whose_name_the_authority_cannot_keep_aborts_rather_than_asking_again() {
+        let (mut target, mut world, now) = receiving();
+        let message = freeze(&mut world, 0);
+        target.handle_message(now, &mut world, message);
+        let _ = target.poll_action();
+        target.handle_authority(now, Err(AuthorityError::BadOwner("two\nlines".into())));
+        let reason = discarded(&mut target).unwrap();
+        assert_eq!((reason.culprit, reason.phase), (Culprit::Authority, Phase::Commit));
+        assert!(reason.reason.contains("owner name"), "{}", reason.reason);
+        target.handle_timeout(now + Timeouts::default().authority_retry * 2);
+        assert!(!matches!(target.poll_action(), Some(TargetAction::Authority { .. })), "asked again");
     }
 
     #[test]

@@ -49,6 +49,13 @@ pub enum AuthorityError {
     /// have changed, and the caller must ask again before acting.
     #[error("authority unavailable: {0}")]
     Unavailable(String),
+    /// The authority cannot keep this owner name (see [`check_owner_name`]); nothing changed, and
+    /// asking again with the same name will not help. The last variant, so the others keep their
+    /// tags on the wire.
+    #[error(
+        "the authority cannot keep owner name {0:?}: owner names are one non-empty line of at most {MAX_OWNER_BYTES} bytes"
+    )]
+    BadOwner(String),
 }
 
 /// A store of region ownership with compare-and-swap on the epoch.
@@ -431,12 +438,12 @@ fn unavailable(path: &Path, error: &std::io::Error) -> AuthorityError {
     AuthorityError::Unavailable(format!("{}: {error}", path.display()))
 }
 
-/// A [`FileAuthority`] keeps owner names of one non-empty line of at most [`MAX_OWNER_BYTES`].
-fn check_owner(owner: &str) -> Result<(), AuthorityError> {
+/// Whether an authority can keep `owner` as an owner name: one non-empty line of at most
+/// [`MAX_OWNER_BYTES`] bytes (what a [`FileAuthority`] record holds). A region server checks its
+/// name with it before it starts.
+pub fn check_owner_name(owner: &str) -> Result<(), AuthorityError> {
     if owner.contains(['\n', '\r']) || owner.is_empty() || owner.len() > MAX_OWNER_BYTES {
-        return Err(AuthorityError::Unavailable(format!(
-            "owner names must be one non-empty line of at most {MAX_OWNER_BYTES} bytes"
-        )));
+        return Err(AuthorityError::BadOwner(owner.chars().take(80).collect()));
     }
     Ok(())
 }
@@ -448,7 +455,7 @@ impl OwnershipAuthority for FileAuthority {
 
     fn compare_and_swap(&self, region: RegionId, expected: &Ownership, next: &Ownership) -> Result<(), AuthorityError> {
         check_next(region, expected, next)?;
-        check_owner(&next.owner)?;
+        check_owner_name(&next.owner)?;
         self.locked(region, || {
             let record = self.read(region)?;
             let Some(current) = record.ownership() else {
@@ -467,7 +474,7 @@ impl OwnershipAuthority for FileAuthority {
     }
 
     fn register(&self, region: RegionId, owner: &str) -> Result<Ownership, AuthorityError> {
-        check_owner(owner)?;
+        check_owner_name(owner)?;
         self.locked(region, || {
             let record = self.read(region)?;
             if let Some(current) = record.ownership() {
@@ -661,13 +668,22 @@ mod tests {
         let directory = scratch();
         let authority = FileAuthority::open(&directory).unwrap();
         let region = RegionId(6);
-        assert!(authority.register(region, "").is_err());
-        assert!(authority.register(region, &"x".repeat(MAX_OWNER_BYTES + 1)).is_err());
+        fn bad<T>(result: Result<T, AuthorityError>) -> bool {
+            matches!(result, Err(AuthorityError::BadOwner(_)))
+        }
+        assert!(bad(authority.register(region, "")));
+        assert!(bad(authority.register(region, &"x".repeat(MAX_OWNER_BYTES + 1))));
         let longest = "x".repeat(MAX_OWNER_BYTES);
         assert_eq!(authority.register(RegionId(60), &longest).unwrap(), at(&longest, 1), "the longest name fits");
         authority.register(region, "a").unwrap();
-        assert!(authority.compare_and_swap(region, &at("a", 1), &at("two\nlines", 2)).is_err());
-        assert!(authority.compare_and_swap(region, &at("a", 1), &at(&"x".repeat(MAX_OWNER_BYTES + 1), 2)).is_err());
+        assert!(bad(authority.compare_and_swap(region, &at("a", 1), &at("two\nlines", 2))));
+        assert!(bad(authority.compare_and_swap(region, &at("a", 1), &at(&"x".repeat(MAX_OWNER_BYTES + 1), 2))));
+        assert!(bad(authority.compare_and_swap(region, &at("a", 1), &at("carriage\rreturn", 2))));
+        // The error names the refused name (its first 80 characters) and the rule.
+        let error = check_owner_name(&"y".repeat(500)).unwrap_err().to_string();
+        assert!(error.contains(&"y".repeat(80)) && !error.contains(&"y".repeat(81)), "{error}");
+        assert!(error.contains(&MAX_OWNER_BYTES.to_string()), "{error}");
+        assert_eq!(check_owner_name("h1-p2"), Ok(()));
         assert_eq!(authority.current(region).unwrap(), at("a", 1));
         let _ = fs::remove_dir_all(&directory);
     }

@@ -23,7 +23,7 @@ use crate::{Epoch, RegionId};
 /// ALPN of the control protocol.
 pub const ALPN_CONTROL: &[u8] = b"baton-control/1";
 /// Version of the control message set.
-pub const CONTROL_VERSION: u16 = 4;
+pub const CONTROL_VERSION: u16 = 5;
 
 /// What one region-server process of a host is doing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +40,9 @@ pub struct ProcessInfo {
     pub restarts: u32,
     /// Its operating-system process id (0 while unknown).
     pub pid: u32,
+    /// Its live heap in bytes, from its last `heap` event (`None` from a process that does not
+    /// count it). Since version 5.
+    pub heap_bytes: Option<u64>,
 }
 
 /// A host's load.

@@ -25,7 +25,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::{Epoch, PlayerId, RegionId};
 
 /// Version of the serve protocol; a process says it in its `listening` event.
-pub const SERVE_VERSION: u16 = 3;
+pub const SERVE_VERSION: u16 = 4;
 
 /// A JSON object a game defines (a region's initial world, a player's spawn point, a report's
 /// game-specific part). Baton passes it through without reading it.
@@ -468,6 +468,12 @@ pub enum ServerEvent {
         /// The region.
         region: RegionId,
     },
+    /// Every second, from a process that counts its heap (`baton_net::heap`): bytes allocated and
+    /// not yet freed. Since version 4.
+    Heap {
+        /// The live heap, in bytes.
+        live_bytes: u64,
+    },
     /// `player`'s inputs up to `through` were acknowledged durable, and `lost` of them are not in
     /// the state `region` was restored from (its standby was lost with its owner): counted lost.
     InputsLost {
@@ -526,7 +532,7 @@ impl ServerEvent {
     #[must_use]
     pub fn region(&self) -> Option<RegionId> {
         match self {
-            ServerEvent::Listening { .. } => None,
+            ServerEvent::Listening { .. } | ServerEvent::Heap { .. } => None,
             ServerEvent::Error { region, .. } => *region,
             ServerEvent::Owning { region, .. }
             | ServerEvent::Prepared { region }
@@ -706,6 +712,7 @@ mod tests {
             ServerEvent::OwnerSilent { region, owner_epoch: Epoch(2), silent_ms: 250 },
             ServerEvent::OwnerHeard { region },
             ServerEvent::InputsLost { region, player: PlayerId(7), lost: 12, through: 340 },
+            ServerEvent::Heap { live_bytes: 12_345_678 },
             ServerEvent::Report {
                 region,
                 tick: 7,
@@ -755,6 +762,7 @@ mod tests {
             ServerEvent::OwnerSilent { .. } => 24,
             ServerEvent::OwnerHeard { .. } => 25,
             ServerEvent::InputsLost { .. } => 26,
+            ServerEvent::Heap { .. } => 27,
         }
     }
 
@@ -762,7 +770,7 @@ mod tests {
     fn every_event_round_trips_through_a_line_and_a_postcard_frame() {
         let events = one_of_each();
         let kinds: std::collections::BTreeSet<usize> = events.iter().map(kind).collect();
-        assert_eq!(kinds.len(), 27, "one event of every kind");
+        assert_eq!(kinds.len(), 28, "one event of every kind");
         for event in events {
             let line = to_line(&event);
             assert_eq!(parse_event(&line).unwrap(), event, "{line}");

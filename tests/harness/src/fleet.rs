@@ -191,6 +191,28 @@ impl AdminApi {
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
+    /// The coordinator's metrics page.
+    #[must_use]
+    pub fn metrics_url(&self) -> String {
+        format!("{}/metrics", self.base)
+    }
+
+    /// The unlabelled sample `name` on the Prometheus page at `url` (0 when it is absent), within
+    /// 2 s (a process cut off from the network does not hold the caller).
+    pub fn metric_at(&self, url: &str, name: &str) -> anyhow::Result<f64> {
+        let page = self
+            .http
+            .get(url)
+            .config()
+            .timeout_global(Some(Duration::from_secs(2)))
+            .build()
+            .call()
+            .with_context(|| format!("scraping {url}"))?
+            .body_mut()
+            .read_to_string()?;
+        metric_value(&page, name)
+    }
+
     /// Calls the API and fails unless it answers 2xx.
     pub fn ok(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let (status, value) = self.call(method, path, body)?;
@@ -331,9 +353,14 @@ impl Fleet {
     /// Starts another gateway (`g1`) following the coordinator's route feed; returns it and its
     /// players' address. It learns every route from the feed alone (no `--server`).
     pub fn start_late_gateway(&self) -> anyhow::Result<(GatewayProcess, SocketAddr)> {
-        let site = FleetPlacement::gateway(self.placement.as_ref(), "g1")?;
-        let (gateway, address, _) = start_gateway(&self.directory, "g1", site, self.coordinator_address)?;
+        let (gateway, address, _) = self.start_late_gateway_with_metrics()?;
         Ok((gateway, address))
+    }
+
+    /// [`Fleet::start_late_gateway`], also returning where it serves its metrics.
+    pub fn start_late_gateway_with_metrics(&self) -> anyhow::Result<(GatewayProcess, SocketAddr, SocketAddr)> {
+        let site = FleetPlacement::gateway(self.placement.as_ref(), "g1")?;
+        start_gateway(&self.directory, "g1", site, self.coordinator_address)
     }
 
     /// Starts gateway `g0` again (after it was killed) with the same players' address.
@@ -710,7 +737,7 @@ impl Drop for Fleet {
 
 /// The value of the unlabelled sample `name` in a Prometheus text page (0 when it is absent: a
 /// counter not incremented yet is not listed).
-fn metric_value(page: &str, name: &str) -> anyhow::Result<f64> {
+pub fn metric_value(page: &str, name: &str) -> anyhow::Result<f64> {
     page.lines()
         .filter(|line| !line.starts_with('#'))
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))

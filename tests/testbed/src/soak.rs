@@ -109,12 +109,24 @@ pub struct ProcessTrend {
     pub stretches: usize,
     /// Least-squares slope of the resident memory within those stretches, kB per minute.
     pub rss_kb_per_min: f64,
+    /// Its live heap (what it allocated and has not freed, as it counts it) at the first and the
+    /// last of them, kB; `None` unless every one of them has it (a process that does not count
+    /// its heap, or whose metrics could not be read at times: judged on its resident memory).
+    pub heap_kb: Option<(u64, u64)>,
+    /// Every one of them: minutes since the soak began, live heap in kB (those read).
+    pub heap_series: Vec<(f64, u64)>,
+    /// Least-squares slope of the live heap within those stretches, kB per minute.
+    pub heap_kb_per_min: Option<f64>,
+    /// What `flat` judged: `"heap"` (the live heap) or `"rss"` (resident memory).
+    pub judged_on: &'static str,
     /// Open files at the first and the last.
     pub fds: (u64, u64),
     /// Least-squares slope of the open files within those stretches, per minute.
     pub fds_per_min: f64,
     /// Whether both are flat: memory growing less than 10% of its mean per hour, open files fewer
-    /// than 5 per hour (projected from the slopes). `None`: fewer than [`JUDGED_MINUTES`] of
+    /// than 5 per hour (projected from the slopes). Memory is the live heap where it is counted:
+    /// resident memory also moves with the allocator, which keeps what a burst freed and returns
+    /// it on its own schedule (docs/testing.md). `None`: fewer than [`JUDGED_MINUTES`] of
     /// samples after its warm-up (a process started again late, or killed early), too short for a
     /// slope that says anything per hour: reported, not judged.
     pub flat: Option<bool>,
@@ -261,7 +273,7 @@ fn soak(
             .ok("POST", "/v1/regions", Some(json!({"region": region, "host": host, "world": world})))
             .with_context(|| format!("creating region {region}"))?;
     }
-    let (mut g1, g1_address) = fleet.start_late_gateway()?;
+    let (mut g1, g1_address, g1_metrics) = fleet.start_late_gateway_with_metrics()?;
     let g0_address = fleet.gateway_address;
     let mut client = fleet.client_options();
     client.bind = SocketAddr::new(testbed.site("pl")?.ip, 0);
@@ -288,7 +300,7 @@ fn soak(
     );
 
     // Memory and open files, every 10 s, on a thread of its own.
-    let watched: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
+    let watched: Arc<Mutex<Vec<Watched>>> = Arc::default();
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
@@ -303,7 +315,7 @@ fn soak(
     // The first fault once every avatar is in.
     let mut next_fault = Duration::from_secs(scenario.ramp_s + options.fault_every_s.min(30));
     while started.elapsed() < play_ends {
-        set_watched(&watched, fleet, &g1);
+        set_watched(&watched, fleet, (&g1, g1_metrics));
         if started.elapsed() < next_fault {
             std::thread::sleep(Duration::from_millis(200));
             continue;
@@ -542,19 +554,27 @@ fn region_host(fleet: &Fleet, region: u64) -> Option<String> {
     regions.as_array()?.iter().find(|view| view["region"] == region)?["host"].as_str().map(str::to_owned)
 }
 
+/// A process the sampler follows besides the region servers: its name, its current pid and its
+/// metrics page (where its live heap is read).
+type Watched = (String, u32, String);
+
 /// The processes the sampler follows besides the region servers: the coordinator, the agents and
-/// the gateways, with their current pids.
-fn set_watched(watched: &Mutex<Vec<(String, u32)>>, fleet: &Fleet, g1: &baton_harness::cluster::GatewayProcess) {
+/// the gateways.
+fn set_watched(
+    watched: &Mutex<Vec<Watched>>,
+    fleet: &Fleet,
+    (g1, g1_metrics): (&baton_harness::cluster::GatewayProcess, SocketAddr),
+) {
     let mut now = Vec::new();
     if let Some(coordinator) = &fleet.coordinator {
-        now.push(("coordinator".to_owned(), coordinator.pid()));
+        now.push(("coordinator".to_owned(), coordinator.pid(), fleet.admin().metrics_url()));
     }
     for index in 1.. {
-        let Some(pid) = fleet.agent_pid(index) else { break };
-        now.push((format!("h{index} agent"), pid));
+        let (Some(pid), Some(metrics)) = (fleet.agent_pid(index), fleet.agent_metrics.get(index - 1)) else { break };
+        now.push((format!("h{index} agent"), pid, format!("http://{metrics}/metrics")));
     }
-    now.push(("g0".to_owned(), fleet.gateway.pid()));
-    now.push(("g1".to_owned(), g1.pid()));
+    now.push(("g0".to_owned(), fleet.gateway.pid(), format!("http://{}/metrics", fleet.gateway_metrics)));
+    now.push(("g1".to_owned(), g1.pid(), format!("http://{g1_metrics}/metrics")));
     if let Ok(mut watched) = watched.lock() {
         *watched = now;
     }
@@ -566,6 +586,8 @@ struct Sample {
     process: String,
     pid: u32,
     rss_kb: u64,
+    /// Its live heap in kB, as it counts it (`None`: not read).
+    heap_kb: Option<u64>,
     fds: u64,
     /// The regions it owned, in order (none for a process that is not a region server).
     regions: Vec<u64>,
@@ -578,7 +600,7 @@ struct Sample {
 fn sample_every(
     every: Duration,
     started: Instant,
-    watched: &Mutex<Vec<(String, u32)>>,
+    watched: &Mutex<Vec<Watched>>,
     admin: &AdminApi,
     samples: &Mutex<Vec<Sample>>,
     stop: &AtomicBool,
@@ -590,10 +612,28 @@ fn sample_every(
             continue;
         }
         next += every;
-        let mut processes: Vec<(String, u32, Vec<u64>, Vec<u64>)> = watched
-            .lock()
-            .map(|watched| watched.iter().map(|(name, pid)| (name.clone(), *pid, Vec::new(), Vec::new())).collect())
-            .unwrap_or_default();
+        let watched_now = watched.lock().map(|watched| watched.clone()).unwrap_or_default();
+        // Their live heaps, from their metrics pages (none from a process that is down or cut off).
+        // What /proc says is filled in below.
+        let seen = |process: String, pid: u32, heap_kb: Option<u64>, regions: Vec<u64>, standby_of: Vec<u64>| Sample {
+            at_min: 0.0,
+            process,
+            pid,
+            rss_kb: 0,
+            heap_kb,
+            fds: 0,
+            regions,
+            standby_of,
+            children: 0,
+        };
+        let mut processes: Vec<Sample> = watched_now
+            .into_iter()
+            .map(|(name, pid, metrics)| {
+                let heap =
+                    admin.metric_at(&metrics, baton_net::heap::LIVE_BYTES_GAUGE).ok().filter(|bytes| *bytes > 0.0);
+                seen(name, pid, heap.map(|bytes| bytes as u64 / 1024), Vec::new(), Vec::new())
+            })
+            .collect();
         // Which process follows which region as its standby.
         let mut standbys: Vec<(String, u64)> = Vec::new();
         if let Ok(views) = admin.ok("GET", "/v1/standbys", None) {
@@ -625,16 +665,17 @@ fn sample_every(
                     let mut standby_of: Vec<u64> =
                         standbys.iter().filter(|(process, _)| process == name).map(|(_, region)| *region).collect();
                     standby_of.sort_unstable();
-                    processes.push((name.to_owned(), pid as u32, regions, standby_of));
+                    let heap_kb = process["heap_bytes"].as_u64().map(|bytes| bytes / 1024);
+                    processes.push(seen(name.to_owned(), pid as u32, heap_kb, regions, standby_of));
                 }
             }
         }
         let at_min = started.elapsed().as_secs_f64() / 60.0;
         let taken: Vec<Sample> = processes
             .into_iter()
-            .filter_map(|(process, pid, regions, standby_of)| {
-                let (rss_kb, fds, children) = usage(pid)?;
-                Some(Sample { at_min, process, pid, rss_kb, fds, regions, standby_of, children })
+            .filter_map(|sample| {
+                let (rss_kb, fds, children) = usage(sample.pid)?;
+                Some(Sample { at_min, rss_kb, fds, children, ..sample })
             })
             .collect();
         if let Ok(mut samples) = samples.lock() {
@@ -683,12 +724,17 @@ fn trends(samples: &[Sample], warmup: Duration) -> Vec<ProcessTrend> {
                     .map(|stretch| stretch.iter().map(|sample| (sample.at_min, value(sample) as f64)).collect())
                     .collect()
             };
-            let rss = points(|sample| sample.rss_kb);
-            let rss_kb_per_min = pooled_slope(&rss);
+            let rss_kb_per_min = pooled_slope(&points(|sample| sample.rss_kb));
             let fds_per_min = pooled_slope(&points(|sample| sample.fds));
-            let mean_rss = kept.iter().map(|sample| sample.rss_kb as f64).sum::<f64>() / kept.len() as f64;
-            let flat = (minutes >= JUDGED_MINUTES)
-                .then_some(rss_kb_per_min * 60.0 <= mean_rss * 0.10 && fds_per_min * 60.0 < 5.0);
+            let heaps: Option<Vec<u64>> = kept.iter().map(|sample| sample.heap_kb).collect();
+            let heap_kb_per_min = heaps.is_some().then(|| pooled_slope(&points(|sample| sample.heap_kb.unwrap_or(0))));
+            let (judged_on, judged_per_min, judged): (_, _, Vec<u64>) = match (heap_kb_per_min, heaps.clone()) {
+                (Some(slope), Some(heaps)) => ("heap", slope, heaps),
+                _ => ("rss", rss_kb_per_min, kept.iter().map(|sample| sample.rss_kb).collect()),
+            };
+            let mean = judged.iter().sum::<u64>() as f64 / judged.len() as f64;
+            let flat =
+                (minutes >= JUDGED_MINUTES).then_some(judged_per_min * 60.0 <= mean * 0.10 && fds_per_min * 60.0 < 5.0);
             Some(ProcessTrend {
                 process,
                 pid,
@@ -698,6 +744,10 @@ fn trends(samples: &[Sample], warmup: Duration) -> Vec<ProcessTrend> {
                 rss_kb: (kept.first()?.rss_kb, kept.last()?.rss_kb),
                 rss_series: kept.iter().map(|sample| (sample.at_min, sample.rss_kb)).collect(),
                 rss_kb_per_min,
+                heap_kb: heaps.as_ref().and_then(|heaps| Some((*heaps.first()?, *heaps.last()?))),
+                heap_series: kept.iter().filter_map(|sample| Some((sample.at_min, sample.heap_kb?))).collect(),
+                heap_kb_per_min,
+                judged_on,
                 fds: (kept.first()?.fds, kept.last()?.fds),
                 fds_per_min,
                 flat,
@@ -800,6 +850,7 @@ mod tests {
             process: "g0".into(),
             pid: 9,
             rss_kb,
+            heap_kb: None,
             fds,
             regions: Vec::new(),
             standby_of: Vec::new(),
@@ -836,6 +887,47 @@ mod tests {
     }
 
     #[test]
+    fn memory_is_judged_on_the_live_heap_where_every_sample_has_it() {
+        let sample = |index: u32, rss_kb: u64, heap_kb: Option<u64>| Sample {
+            at_min: f64::from(index) * 0.5,
+            process: "g0".into(),
+            pid: 9,
+            rss_kb,
+            heap_kb,
+            fds: 30,
+            regions: Vec::new(),
+            standby_of: Vec::new(),
+            children: 0,
+        };
+        // Resident memory stepping up after bursts (the allocator keeping what they freed), 20% an
+        // hour, over a level heap: flat, judged on the heap; the resident slope still reported.
+        let settling: Vec<Sample> = (0..40)
+            .map(|index| sample(index, 40_000 + u64::from(index) * 70, Some(30_000 + u64::from(index % 3))))
+            .collect();
+        let trend = &trends(&settling, Duration::ZERO)[0];
+        assert_eq!((trend.judged_on, trend.flat), ("heap", Some(true)), "{trend:?}");
+        assert!((trend.rss_kb_per_min - 140.0).abs() < 1e-6, "{trend:?}");
+        assert_eq!(trend.heap_kb, Some((30_000, 30_000)), "{trend:?}");
+        assert_eq!(trend.heap_series.len(), 40);
+        // A heap that grows 10 kB a minute on 10 MB is judged as resident memory would be (6% an
+        // hour: flat), one that grows 500 kB a minute is not, whatever resident memory does.
+        let slow: Vec<Sample> =
+            (0..40).map(|index| sample(index, 50_000, Some(10_000 + u64::from(index) * 5))).collect();
+        let slow = &trends(&slow, Duration::ZERO)[0];
+        assert!(slow.heap_kb_per_min.is_some_and(|slope| (slope - 10.0).abs() < 1e-6), "{slow:?}");
+        assert_eq!(slow.flat, Some(true), "{slow:?}");
+        let leaking: Vec<Sample> =
+            (0..40).map(|index| sample(index, 50_000, Some(10_000 + u64::from(index) * 250))).collect();
+        assert_eq!(trends(&leaking, Duration::ZERO)[0].flat, Some(false));
+        // A sample without the heap (metrics unreadable for a while): judged on resident memory.
+        let mut gap = settling.clone();
+        gap[20].heap_kb = None;
+        let trend = &trends(&gap, Duration::ZERO)[0];
+        assert_eq!((trend.judged_on, trend.flat, trend.heap_kb_per_min), ("rss", Some(false), None), "{trend:?}");
+        assert_eq!(trend.heap_series.len(), 39);
+    }
+
+    #[test]
     fn a_region_servers_memory_is_judged_within_stretches_of_the_same_regions() {
         // A region server flat while it hosts region 1 (20 MB), that takes region 2 over (+30 MB),
         // hands region 1 off (-15 MB) and becomes region 3's standby (+10 MB): the jumps are not
@@ -845,6 +937,7 @@ mod tests {
             process: "h1-p2".into(),
             pid: 7,
             rss_kb,
+            heap_kb: None,
             fds: 40,
             regions,
             standby_of,

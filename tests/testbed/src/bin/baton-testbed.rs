@@ -93,7 +93,8 @@ enum Command {
     /// fault of the matrix every minute (a random region migrated to a random host, hit at a random
     /// phase by a random fault; the seed repeats a run). Checks that nothing was lost, no process
     /// was left behind, and that every long-running process's memory and open files stayed flat
-    /// (their slopes are reported). Writes the report as JSON; fails if it did not hold.
+    /// (their slopes are reported; memory is judged on the live heap the processes count, resident
+    /// memory is reported beside it). Writes the report as JSON; fails if it did not hold.
     Soak {
         /// The short form: 3 minutes, a fault every 30 s, 60 avatars.
         #[arg(long)]
@@ -409,20 +410,35 @@ fn print_soak(report: &soak::SoakReport) {
         if report.leaked_processes.is_empty() { "none".to_owned() } else { report.leaked_processes.join("; ") }
     );
     println!(
-        "{:<14} {:>7} {:>8} {:>21} {:>12} {:>9} {:>10} {:>5}",
-        "process", "pid", "minutes", "rss kB first/last", "kB/min", "fds", "fds/min", "flat"
+        "{:<14} {:>7} {:>8} {:>21} {:>10} {:>21} {:>10} {:>9} {:>9} {:>10}",
+        "process",
+        "pid",
+        "minutes",
+        "rss kB first/last",
+        "kB/min",
+        "heap kB first/last",
+        "kB/min",
+        "fds",
+        "fds/min",
+        "flat"
     );
     for process in &report.processes {
         println!(
-            "{:<14} {:>7} {:>8.1} {:>21} {:>12.1} {:>9} {:>10.3} {:>5}",
+            "{:<14} {:>7} {:>8.1} {:>21} {:>10.1} {:>21} {:>10} {:>9} {:>9.3} {:>10}",
             process.process,
             process.pid,
             process.minutes,
             format!("{}/{}", process.rss_kb.0, process.rss_kb.1),
             process.rss_kb_per_min,
+            process.heap_kb.map_or("-".to_owned(), |(first, last)| format!("{first}/{last}")),
+            process.heap_kb_per_min.map_or("-".to_owned(), |slope| format!("{slope:.1}")),
             format!("{}/{}", process.fds.0, process.fds.1),
             process.fds_per_min,
-            process.flat.map_or("short", |flat| if flat { "yes" } else { "NO" })
+            process.flat.map_or("short".to_owned(), |flat| format!(
+                "{} ({})",
+                if flat { "yes" } else { "NO" },
+                process.judged_on
+            ))
         );
     }
     println!("held up: {}", report.held_up());
