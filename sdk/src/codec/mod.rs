@@ -287,49 +287,130 @@ pub fn encode_delta(
     round: u32,
     config: ChunkConfig,
 ) -> Result<Vec<AlignedVec>, CodecError> {
-    let mut parts = Vec::new();
-    encode_delta_split(world, changes, round, config, &mut parts)?;
-    Ok(parts)
+    let records = DeltaRecords::of(changes.clone());
+    let stamp = Stamp {
+        kind: ArchiveKind::Delta { round, part: 0 },
+        range: (EntityId(0), EntityId(0)),
+        tick: world.tick(),
+        next_entity: world.next_entity_id(),
+    };
+    records.encode(world.registry(), stamp, config, world)
 }
 
-fn encode_delta_split(
-    world: &World,
-    changes: &ChangeSet,
-    round: u32,
-    config: ChunkConfig,
-    parts: &mut Vec<AlignedVec>,
-) -> Result<(), CodecError> {
-    let kind = ArchiveKind::Delta { round, part: parts.len() as u32 };
-    let columns = columns_of(changes.set.clone());
-    let bytes = write_archive_of(
-        world,
-        kind,
-        (EntityId(0), EntityId(0)),
-        &changes.spawned,
-        &changes.despawned,
-        &changes.removed,
-        &columns,
-    )?;
-    if bytes.len() <= config.max_chunk_bytes {
-        parts.push(bytes);
-        return Ok(());
+/// A delta round's (or a piece's) records as archives list them: the entity lists, and per
+/// component type (ascending) its holders (ascending).
+struct DeltaRecords {
+    spawned: Vec<EntityId>,
+    despawned: Vec<EntityId>,
+    removed: Vec<(EntityId, ComponentId)>,
+    columns: Vec<(ComponentId, Vec<EntityId>)>,
+}
+
+/// One column's holders within a span of entities, and where they sit in the round's column.
+struct ColumnSlice<'a> {
+    column: usize,
+    range: std::ops::Range<usize>,
+    holders: &'a [EntityId],
+}
+
+impl AsRef<[EntityId]> for ColumnSlice<'_> {
+    fn as_ref(&self) -> &[EntityId] {
+        self.holders
     }
-    // Split at once into as many ranges of touched entities as the archive holds target-sized
-    // chunks (halving instead would encode a large round once per halving: a 56 MB round six
-    // times); a range still over the limit (its entities carry more than the average) is split
-    // again.
-    let pieces = split_round(changes, bytes.len().div_ceil(config.target_chunk_bytes.max(1)).max(2));
-    if pieces.len() < 2 {
-        return Err(CodecError::Encode(format!(
-            "changes of one entity need {} bytes, over the chunk limit of {}",
-            bytes.len(),
-            config.max_chunk_bytes
-        )));
+}
+
+impl DeltaRecords {
+    fn of(changes: ChangeSet) -> DeltaRecords {
+        let ChangeSet { spawned, set, removed, despawned } = changes;
+        DeltaRecords { spawned, despawned, removed, columns: columns_of(set) }
     }
-    for piece in pieces {
-        encode_delta_split(world, &piece, round, config, parts)?;
+
+    fn records(&self) -> usize {
+        self.spawned.len()
+            + self.despawned.len()
+            + self.removed.len()
+            + self.columns.iter().map(|(_, holders)| holders.len()).sum::<usize>()
     }
-    Ok(())
+
+    /// Encodes them as delta archives stamped `stamp` (numbered from 0), each at most
+    /// `config.max_chunk_bytes`, with values from `source`.
+    fn encode(
+        &self,
+        registry: &Registry,
+        stamp: Stamp,
+        config: ChunkConfig,
+        source: &impl for<'a> ColumnSource<ColumnSlice<'a>>,
+    ) -> Result<Vec<AlignedVec>, CodecError> {
+        let mut touched: Vec<EntityId> = self
+            .spawned
+            .iter()
+            .chain(&self.despawned)
+            .copied()
+            .chain(self.columns.iter().flat_map(|(_, holders)| holders.iter().copied()))
+            .chain(self.removed.iter().map(|(entity, _)| *entity))
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
+        let mut parts = Vec::new();
+        self.encode_span(&touched, (registry, stamp, config, source), &mut parts)?;
+        Ok(parts)
+    }
+
+    /// Encodes the records of the entities from `touched`'s first to its last (all records when
+    /// `touched` is empty). An archive over the chunk limit is split at once into as many spans
+    /// of touched entities as it holds target-sized chunks (halving instead would encode a large
+    /// round once per halving: a 56 MB round six times), and a span still over the limit (its
+    /// entities carry more than the average) is split again; all records of one entity stay in
+    /// one archive. The spans are those of [`split_round`].
+    fn encode_span<S: for<'a> ColumnSource<ColumnSlice<'a>>>(
+        &self,
+        touched: &[EntityId],
+        (registry, stamp, config, source): (&Registry, Stamp, ChunkConfig, &S),
+        parts: &mut Vec<AlignedVec>,
+    ) -> Result<(), CodecError> {
+        let (low, high) = match (touched.first(), touched.last()) {
+            (Some(low), Some(high)) => (*low, *high),
+            _ => (EntityId(0), EntityId(u64::MAX)),
+        };
+        let within = |entity: &EntityId| low <= *entity && *entity <= high;
+        let spawned: Vec<EntityId> = self.spawned.iter().copied().filter(within).collect();
+        let despawned: Vec<EntityId> = self.despawned.iter().copied().filter(within).collect();
+        let removed: Vec<(EntityId, ComponentId)> =
+            self.removed.iter().copied().filter(|(entity, _)| within(entity)).collect();
+        let columns: Vec<(ComponentId, ColumnSlice<'_>)> = self
+            .columns
+            .iter()
+            .enumerate()
+            .filter_map(|(column, (id, holders))| {
+                let range =
+                    holders.partition_point(|entity| *entity < low)..holders.partition_point(|entity| *entity <= high);
+                (!range.is_empty()).then(|| (*id, ColumnSlice { column, holders: &holders[range.clone()], range }))
+            })
+            .collect();
+        let kind = match stamp.kind {
+            ArchiveKind::Delta { round, .. } => ArchiveKind::Delta { round, part: parts.len() as u32 },
+            other => other,
+        };
+        let contents = Contents { entities: &spawned, despawned: &despawned, removed: &removed, columns: &columns };
+        let bytes = write_archive(registry, Stamp { kind, ..stamp }, contents, source)?;
+        if bytes.len() <= config.max_chunk_bytes {
+            parts.push(bytes);
+            return Ok(());
+        }
+        let pieces = bytes.len().div_ceil(config.target_chunk_bytes.max(1)).max(2).clamp(1, touched.len().max(1));
+        if pieces < 2 {
+            return Err(CodecError::Encode(format!(
+                "changes of one entity need {} bytes, over the chunk limit of {}",
+                bytes.len(),
+                config.max_chunk_bytes
+            )));
+        }
+        for piece in 0..pieces {
+            let span = &touched[piece * touched.len() / pieces..(piece + 1) * touched.len() / pieces];
+            self.encode_span(span, (registry, stamp, config, source), parts)?;
+        }
+        Ok(())
+    }
 }
 
 /// A delta round (or a piece of one) read out of a world, its changed values copied, so that it
@@ -341,11 +422,8 @@ pub struct CapturedDelta {
     round: u32,
     tick: u64,
     next_entity: u64,
-    spawned: Vec<EntityId>,
-    despawned: Vec<EntityId>,
-    removed: Vec<(EntityId, ComponentId)>,
-    /// Per component type (ascending), its holders (ascending) and their values in that order.
-    columns: Vec<(ComponentId, Vec<EntityId>)>,
+    records: DeltaRecords,
+    /// Per column of `records`, its values in the holders' order.
     values: Vec<Box<dyn column::CapturedColumn>>,
 }
 
@@ -364,19 +442,15 @@ impl std::fmt::Debug for CapturedDelta {
 /// for delta round `round`, to be encoded with [`CapturedDelta::encode`] elsewhere. Costs a copy of
 /// each changed value; the encoding is left to the caller's thread.
 pub fn capture_delta(world: &World, changes: ChangeSet, round: u32) -> Result<CapturedDelta, CodecError> {
-    let ChangeSet { spawned, set, removed, despawned } = changes;
-    let columns = columns_of(set);
+    let records = DeltaRecords::of(changes);
     let values =
-        columns.iter().map(|(id, holders)| world.store(*id).capture(holders)).collect::<Result<Vec<_>, _>>()?;
+        records.columns.iter().map(|(id, holders)| world.store(*id).capture(holders)).collect::<Result<Vec<_>, _>>()?;
     Ok(CapturedDelta {
         registry: Arc::clone(world.registry()),
         round,
         tick: world.tick(),
         next_entity: world.next_entity_id(),
-        spawned,
-        despawned,
-        removed,
-        columns,
+        records,
         values,
     })
 }
@@ -394,27 +468,17 @@ fn columns_of(mut set: Vec<(EntityId, ComponentId)>) -> Vec<(ComponentId, Vec<En
     columns
 }
 
-/// One column's values within a span of entities: which captured column, and where in it.
-struct CapturedSlice<'a> {
-    column: usize,
-    range: std::ops::Range<usize>,
-    holders: &'a [EntityId],
-}
+/// The captured values, by the column of the round they came from.
+struct CapturedValues<'a>(&'a [Box<dyn column::CapturedColumn>]);
 
-impl AsRef<[EntityId]> for CapturedSlice<'_> {
-    fn as_ref(&self) -> &[EntityId] {
-        self.holders
-    }
-}
-
-impl ColumnSource<CapturedSlice<'_>> for CapturedDelta {
+impl ColumnSource<ColumnSlice<'_>> for CapturedValues<'_> {
     fn encode_column(
         &self,
-        column: &(ComponentId, CapturedSlice<'_>),
+        column: &(ComponentId, ColumnSlice<'_>),
         out: AlignedVec,
     ) -> Result<AlignedVec, CodecError> {
         let slice = &column.1;
-        match self.values.get(slice.column) {
+        match self.0.get(slice.column) {
             Some(values) => values.encode(slice.range.clone(), out),
             None => Err(CodecError::Encode(format!("no captured column {}", slice.column))),
         }
@@ -431,82 +495,19 @@ impl CapturedDelta {
     /// Number of change records it holds.
     #[must_use]
     pub fn records(&self) -> usize {
-        self.spawned.len()
-            + self.despawned.len()
-            + self.removed.len()
-            + self.columns.iter().map(|(_, holders)| holders.len()).sum::<usize>()
+        self.records.records()
     }
 
     /// Encodes it as one or more delta archives, each at most `config.max_chunk_bytes` (all
     /// records of one entity in one archive), split as [`encode_delta`] splits.
     pub fn encode(&self, config: ChunkConfig) -> Result<Vec<AlignedVec>, CodecError> {
-        let mut touched: Vec<EntityId> = self
-            .spawned
-            .iter()
-            .chain(&self.despawned)
-            .copied()
-            .chain(self.columns.iter().flat_map(|(_, holders)| holders.iter().copied()))
-            .chain(self.removed.iter().map(|(entity, _)| *entity))
-            .collect();
-        touched.sort_unstable();
-        touched.dedup();
-        let mut parts = Vec::new();
-        self.encode_span(&touched, config, &mut parts)?;
-        Ok(parts)
-    }
-
-    /// Encodes the records of the entities from `touched`'s first to its last (all records when
-    /// `touched` is empty), splitting as [`encode_delta`] does while over the chunk limit.
-    fn encode_span(
-        &self,
-        touched: &[EntityId],
-        config: ChunkConfig,
-        parts: &mut Vec<AlignedVec>,
-    ) -> Result<(), CodecError> {
-        let (low, high) = match (touched.first(), touched.last()) {
-            (Some(low), Some(high)) => (*low, *high),
-            _ => (EntityId(0), EntityId(u64::MAX)),
-        };
-        let within = |entity: &EntityId| low <= *entity && *entity <= high;
-        let spawned: Vec<EntityId> = self.spawned.iter().copied().filter(within).collect();
-        let despawned: Vec<EntityId> = self.despawned.iter().copied().filter(within).collect();
-        let removed: Vec<(EntityId, ComponentId)> =
-            self.removed.iter().copied().filter(|(entity, _)| within(entity)).collect();
-        let columns: Vec<(ComponentId, CapturedSlice<'_>)> = self
-            .columns
-            .iter()
-            .enumerate()
-            .filter_map(|(column, (id, holders))| {
-                let range =
-                    holders.partition_point(|entity| *entity < low)..holders.partition_point(|entity| *entity <= high);
-                (!range.is_empty()).then(|| (*id, CapturedSlice { column, holders: &holders[range.clone()], range }))
-            })
-            .collect();
         let stamp = Stamp {
-            kind: ArchiveKind::Delta { round: self.round, part: parts.len() as u32 },
+            kind: ArchiveKind::Delta { round: self.round, part: 0 },
             range: (EntityId(0), EntityId(0)),
             tick: self.tick,
             next_entity: self.next_entity,
         };
-        let contents = Contents { entities: &spawned, despawned: &despawned, removed: &removed, columns: &columns };
-        let bytes = write_archive(&self.registry, stamp, contents, self)?;
-        if bytes.len() <= config.max_chunk_bytes {
-            parts.push(bytes);
-            return Ok(());
-        }
-        let pieces = bytes.len().div_ceil(config.target_chunk_bytes.max(1)).max(2).clamp(1, touched.len().max(1));
-        if pieces < 2 {
-            return Err(CodecError::Encode(format!(
-                "changes of one entity need {} bytes, over the chunk limit of {}",
-                bytes.len(),
-                config.max_chunk_bytes
-            )));
-        }
-        for piece in 0..pieces {
-            let span = &touched[piece * touched.len() / pieces..(piece + 1) * touched.len() / pieces];
-            self.encode_span(span, config, parts)?;
-        }
-        Ok(())
+        self.records.encode(&self.registry, stamp, config, &CapturedValues(&self.values))
     }
 }
 
