@@ -665,7 +665,12 @@ pub(crate) async fn serve_agent(connection: quinn::Connection, hosts: std::sync:
             tracing::warn!(%peer, %error, "malformed frame from an agent");
             connection.close(1u32.into(), b"malformed frame");
         }
-        ReadEnd::Stopped => connection.close(1u32.into(), b"the first message must be Hello of control version 4, with capacity_cores above 0 and capacity_memory above 0"),
+        ReadEnd::Stopped => {
+            let reason = format!(
+                "the first message must be Hello of control version {CONTROL_VERSION}, with capacity_cores above 0 and capacity_memory above 0"
+            );
+            connection.close(1u32.into(), reason.as_bytes());
+        }
         ReadEnd::Closed => {}
     }
     if let Some((name, id)) = host

@@ -28,11 +28,16 @@
 //! A body's numbers come from the game, its scripts and other processes (a handoff's snapshot, a
 //! checkpoint file), and any of them may hold a NaN, an infinity, a quaternion that is not a unit or
 //! a size no step can handle; rapier given those computes garbage or, built with debug assertions,
-//! panics. Each value is brought within [`limits`] on its way into the engine: a value already
-//! within them goes in unchanged (so sane worlds step bit-identically), a non-finite one becomes
-//! the default named there, and a rotation whose length is off by more than
-//! [`limits::ROTATION_SLACK`] is normalized (the identity if it has no direction). The component
-//! keeps what it holds until the engine writes a moving body's state back.
+//! panics. Each number of the pose, velocities, shape and material is brought within [`limits`] on
+//! its way into the engine: a value already within them goes in unchanged (so sane worlds step
+//! bit-identically), a non-finite one becomes the default named there, and a rotation whose length
+//! is off by more than [`limits::ROTATION_SLACK`] is normalized (the identity if it has no
+//! direction). rapier's activation blob is taken only if its thresholds and timers are finite
+//! (else the body starts with rapier's default activation); the previous pose inside it, which
+//! rapier keeps private, is taken as saved. The component keeps what it holds until the engine
+//! writes a moving body's state back. The limits apply where values enter the engine, not to what
+//! the engine makes of them: a body it moves past them keeps its course, and is brought back within
+//! them the next time its values enter (a game edit, a rebuild, a handoff target's build).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -47,7 +52,8 @@ use crate::world::{ChangeSet, EntityId, TrackerId, World};
 pub mod limits {
     /// Largest distance from the origin along each axis, in metres (f32 resolves about 8 mm here).
     pub const MAX_COORDINATE: f32 = 100_000.0;
-    /// Smallest half extent, radius or half height, in metres; also what a non-finite one becomes.
+    /// Smallest half extent or radius, in metres; also what a non-finite one becomes (a capsule's
+    /// half height may be 0: a ball).
     pub const MIN_EXTENT: f32 = 0.001;
     /// Largest half extent, radius or half height, in metres.
     pub const MAX_EXTENT: f32 = 10_000.0;
@@ -60,8 +66,9 @@ pub mod limits {
     /// Largest friction or restitution coefficient (the smallest is 0); a non-finite one becomes 0.
     pub const MAX_COEFFICIENT: f32 = 100.0;
     /// How far a rotation's length may be from 1 before it is normalized. Rotations the engine
-    /// wrote back are within a few ulps; renormalizing them would change their bits.
-    pub const ROTATION_SLACK: f32 = 1.0e-3;
+    /// wrote back are within a few ulps of it (renormalizing them would change their bits);
+    /// glam's own test of a unit quaternion allows about ten times this.
+    pub const ROTATION_SLACK: f32 = 1.0e-5;
 
     /// `value` within `min..=max`, or `otherwise` if it is not finite.
     pub(super) fn bounded(value: f32, otherwise: f32, min: f32, max: f32) -> f32 {
@@ -87,9 +94,14 @@ pub mod limits {
         rotation.map(|value| (f64::from(value) / length) as f32)
     }
 
-    /// A half extent, radius or half height within [`MIN_EXTENT`]`..=`[`MAX_EXTENT`].
+    /// A half extent or radius within [`MIN_EXTENT`]`..=`[`MAX_EXTENT`].
     pub(super) fn extent(value: f32) -> f32 {
         bounded(value, MIN_EXTENT, MIN_EXTENT, MAX_EXTENT)
+    }
+
+    /// A capsule's half height within `0..=`[`MAX_EXTENT`] (0 if it is not finite).
+    pub(super) fn half_height(value: f32) -> f32 {
+        bounded(value, 0.0, 0.0, MAX_EXTENT)
     }
 }
 
@@ -131,6 +143,17 @@ mod shape {
             /// Radius in metres.
             radius: f32,
         },
+    }
+
+    impl Shape {
+        /// The variant and the bits of its numbers (a NaN equals itself here).
+        pub(super) fn bits(&self) -> (u8, [u32; 3]) {
+            match *self {
+                Shape::Cuboid { half_extents: [x, y, z] } => (0, [x.to_bits(), y.to_bits(), z.to_bits()]),
+                Shape::Ball { radius } => (1, [radius.to_bits(), 0, 0]),
+                Shape::CapsuleY { half_height, radius } => (2, [half_height.to_bits(), radius.to_bits(), 0]),
+            }
+        }
     }
 }
 
@@ -184,7 +207,7 @@ impl Body {
     /// Whether `other` needs the same engine collider (kind, shape and material).
     fn same_collider(&self, other: &Body) -> bool {
         self.kind == other.kind
-            && self.shape == other.shape
+            && self.shape.bits() == other.shape.bits()
             && self.density.to_bits() == other.density.to_bits()
             && self.friction.to_bits() == other.friction.to_bits()
             && self.restitution.to_bits() == other.restitution.to_bits()
@@ -788,7 +811,9 @@ fn collider_builder(body: &Body) -> ColliderBuilder {
     let builder = match body.shape {
         Shape::Cuboid { half_extents: [x, y, z] } => ColliderBuilder::cuboid(extent(x), extent(y), extent(z)),
         Shape::Ball { radius } => ColliderBuilder::ball(extent(radius)),
-        Shape::CapsuleY { half_height, radius } => ColliderBuilder::capsule_y(extent(half_height), extent(radius)),
+        Shape::CapsuleY { half_height, radius } => {
+            ColliderBuilder::capsule_y(limits::half_height(half_height), extent(radius))
+        }
     };
     builder
         .density(bounded(body.density, 1.0, 0.0, MAX_DENSITY))
@@ -825,6 +850,14 @@ fn insert_body(rapier: &mut PhysicsWorld, entity: EntityId, body: &Body) -> Trac
 fn restore_activation(rigid_body: &mut rapier3d::prelude::RigidBody, body: &Body) {
     if !body.engine_state.is_empty()
         && let Ok(mut activation) = postcard::from_bytes::<RigidBodyActivation>(&body.engine_state)
+        && [
+            activation.normalized_linear_threshold,
+            activation.angular_threshold,
+            activation.time_until_sleep,
+            activation.time_since_can_sleep,
+        ]
+        .iter()
+        .all(|value| value.is_finite())
     {
         activation.sleeping = rigid_body.is_sleeping();
         *rigid_body.activation_mut() = activation;
@@ -1063,6 +1096,11 @@ mod tests {
         let mut heavy = Body::new(BodyKind::Dynamic, cube, [0.1, 2.5, 0.0]);
         heavy.density = -1.0;
         bodies.push(heavy);
+        let mut asleep = Body::new(BodyKind::Dynamic, cube, [0.6, 3.5, 0.0]);
+        let mut activation = RigidBodyActivation::active();
+        (activation.normalized_linear_threshold, activation.time_until_sleep) = (f32::NAN, f32::INFINITY);
+        asleep.engine_state = postcard::to_allocvec(&activation).unwrap();
+        bodies.push(asleep);
         for kind in [BodyKind::Kinematic, BodyKind::Fixed] {
             let mut body = Body::new(kind, cube, [0.4, 0.5, 0.0]);
             body.rotation = [2.0, 2.0, 0.0, 0.0];
@@ -1071,58 +1109,91 @@ mod tests {
         bodies
     }
 
+    /// What the engine wrote back: finite, a unit rotation, and no farther out than a body let in
+    /// at the limit travels in a second of falling (the engine carries a body on past them).
     fn within_limits(body: &Body) -> bool {
         let length = body.rotation.iter().map(|value| value * value).sum::<f32>().sqrt();
-        body.translation.iter().all(|value| value.abs() <= limits::MAX_COORDINATE)
+        body.translation.iter().all(|value| value.abs() <= limits::MAX_COORDINATE + 100.0)
             && body.linvel.iter().chain(&body.angvel).all(|value| value.is_finite())
             && (length - 1.0).abs() <= limits::ROTATION_SLACK
     }
 
     #[test]
     fn bodies_with_values_no_engine_can_step_are_brought_within_the_limits_and_stepped() {
-        // Rebuilt (a checkpoint restored, a region started), built for a handoff target, and
-        // edited by the game: each way in meets the limits. Without them the overlapping cubes
-        // of the rotations that are not units fail rapier's own checks of its contacts.
-        let hostile_world = || {
+        // Every way into the engine meets the limits: a rebuild (a checkpoint restored, a region
+        // started), a handoff target's build, a received round moving bodies it holds
+        // (`restore_motion`), a game edit of a body's pose and velocities (`apply_edit`) and a
+        // new body (`reinsert`). Without them the overlapping cubes of the rotations that are
+        // not units fail rapier's own checks of its contacts.
+        let world_of = |bodies: Vec<Body>| {
             let mut world = empty_world();
-            for body in hostile_bodies() {
+            for body in bodies {
                 let entity = world.spawn();
                 world.insert(entity, body).unwrap();
             }
             world
         };
-        let (mut world, mut received) = (hostile_world(), hostile_world());
+        // The same shapes and materials at rest where nothing is wrong with their poses: moving
+        // one to its hostile pose is then an edit of a body the engine holds, not a new body.
+        let tame = |body: &Body| Body {
+            translation: [0.0, 1.0, 0.0],
+            rotation: [0.0, 0.0, 0.0, 1.0],
+            linvel: [0.0; 3],
+            angvel: [0.0; 3],
+            ..body.clone()
+        };
+        let count = hostile_bodies().len();
+        let mut world = world_of(hostile_bodies());
         let mut rebuilt = PhysicsEngine::new(PhysicsConfig::default());
         rebuilt.rebuild(&mut world);
+
+        // A target built from the snapshot, then a round moves every body to its hostile pose.
+        let mut received = world_of(hostile_bodies().iter().map(tame).collect());
         let mut followed = PhysicsEngine::new(PhysicsConfig::default());
         let build = followed.start_following(&mut received);
+        let entities: Vec<EntityId> = received.iter::<Body>().map(|(entity, _)| entity).collect();
+        for (entity, body) in entities.iter().zip(hostile_bodies()) {
+            *received.get_mut::<Body>(*entity).unwrap() = body;
+        }
         assert!(followed.install(&mut received, build.run()));
         followed.finish_following(&mut received);
-        let count = hostile_bodies().len();
         assert_eq!((rebuilt.body_count(), followed.body_count()), (count, count));
 
-        let mut edited = empty_world();
+        // The game moves tame bodies to hostile poses, and adds hostile ones.
+        let mut edited = world_of(hostile_bodies().iter().map(tame).collect());
         let mut edited_engine = PhysicsEngine::new(PhysicsConfig::default());
         edited_engine.rebuild(&mut edited);
+        edited_engine.step(&mut edited);
+        let entities: Vec<EntityId> = edited.iter::<Body>().map(|(entity, _)| entity).collect();
+        for (entity, body) in entities.iter().zip(hostile_bodies()) {
+            *edited.get_mut::<Body>(*entity).unwrap() = body;
+        }
         for body in hostile_bodies() {
             let entity = edited.spawn();
-            edited.insert(entity, Body::new(body.kind, Shape::Ball { radius: 0.5 }, [0.0, 5.0, 0.0])).unwrap();
-            edited_engine.step(&mut edited);
-            *edited.get_mut::<Body>(entity).unwrap() = body;
+            edited.insert(entity, body).unwrap();
         }
         for _ in 0..60 {
             rebuilt.step(&mut world);
             followed.step(&mut received);
             edited_engine.step(&mut edited);
         }
+        assert_eq!(edited_engine.body_count(), 2 * count);
         for (entity, body) in world.iter::<Body>().chain(received.iter::<Body>()).chain(edited.iter::<Body>()) {
             if body.kind == BodyKind::Dynamic {
                 assert!(within_limits(body), "{entity} was written back outside the limits: {body:?}");
             }
         }
-        for tracked in rebuilt.engine.bodies.values() {
-            let pose = rebuilt.engine.rapier.bodies[tracked.body].position();
-            assert!(pose.translation.is_finite() && pose.rotation.is_normalized(), "the engine holds {pose:?}");
+        for engine in [&rebuilt, &followed, &edited_engine] {
+            for tracked in engine.engine.bodies.values() {
+                let body = &engine.engine.rapier.bodies[tracked.body];
+                let pose = body.position();
+                assert!(pose.translation.is_finite() && pose.rotation.is_normalized(), "the engine holds {pose:?}");
+                let activation = body.activation();
+                assert!(
+                    activation.normalized_linear_threshold.is_finite() && activation.time_until_sleep.is_finite(),
+                    "{activation:?}"
+                );
+            }
         }
     }
 
@@ -1142,6 +1213,8 @@ mod tests {
         assert_eq!(limits::extent(-1.0), limits::MIN_EXTENT);
         assert_eq!(limits::extent(f32::NAN), limits::MIN_EXTENT);
         assert_eq!(limits::extent(1.0e9), limits::MAX_EXTENT);
+        assert_eq!(limits::half_height(0.0), 0.0, "a capsule of no height is a ball");
+        assert_eq!(limits::half_height(f32::NAN), 0.0);
         assert_eq!(limits::bounded(f32::NEG_INFINITY, 1.0, 0.0, 5.0), 1.0);
     }
 }

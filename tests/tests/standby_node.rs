@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use baton_sdk::RegionConfig;
-use baton_sdk::handoff::{InMemoryAuthority, Message, Ownership, OwnershipAuthority, SourceConfig};
+use baton_sdk::handoff::{AuthorityError, InMemoryAuthority, Message, Ownership, OwnershipAuthority, SourceConfig};
 use baton_sdk::node::{GatewayRequest, Gateways, HostEvent, NodeSettings, Output, PlayerSettings, RegionNode, Role};
 use baton_sdk::wire::upstream::ServerMessage;
 use baton_sdk::wire::{Epoch, PlayerId, RegionId};
@@ -65,6 +65,8 @@ struct Pair {
     sent_bytes: u64,
     /// Ticks of the checkpoints the owner asked to store (never answered unless a test does).
     stores: Vec<u64>,
+    /// The authority refuses the standby's name as one it cannot keep.
+    refuse_name: bool,
 }
 
 impl Pair {
@@ -101,6 +103,7 @@ impl Pair {
             next_seq: 1,
             sent_bytes: 0,
             stores: Vec::new(),
+            refuse_name: false,
         };
         pair.owner.handle_gateway(start, GatewayRequest::Join { player: PLAYER, gateway: 1 });
         pair.settle();
@@ -144,7 +147,11 @@ impl Pair {
                     Output::ToPeer(message) if self.hold_acks => self.held_acks.push_back(message),
                     Output::ToPeer(message) => self.to_owner.push_back(message),
                     Output::Authority { expected, next, .. } => {
-                        let result = self.authority.compare_and_swap(REGION, &expected, &next);
+                        let result = if self.refuse_name {
+                            Err(AuthorityError::BadOwner(next.owner.clone()))
+                        } else {
+                            self.authority.compare_and_swap(REGION, &expected, &next)
+                        };
                         self.standby.handle_authority(self.now, result);
                     }
                     Output::Event(event) => self.standby_events.push(event),
@@ -323,6 +330,27 @@ fn a_promotion_that_loses_the_swap_discards_and_the_slot_is_warm_again() {
     assert!(pair.standby.owned_epoch().is_none() && !pair.standby.ticks());
     assert_eq!(pair.standby.region().world().entity_count(), 0, "what it held is discarded");
     assert_eq!(pair.authority.current(REGION).unwrap().owner, "elsewhere");
+}
+
+#[test]
+fn a_promotion_refused_for_the_standbys_name_discards_rather_than_asking_again() {
+    let mut pair = Pair::new(SourceConfig::default());
+    for _ in 0..5 {
+        pair.tick(1);
+    }
+    pair.owner_dead = true;
+    pair.refuse_name = true;
+    pair.standby.handle_promote(pair.now, Epoch(1));
+    pair.settle();
+    assert!(
+        pair.standby_events
+            .iter()
+            .any(|event| matches!(event, HostEvent::StandbyLost { reason, .. } if reason.contains("owner name"))),
+        "{:?}",
+        pair.standby_events
+    );
+    assert!(pair.standby.owned_epoch().is_none() && !pair.standby.ticks());
+    assert_eq!(pair.authority.current(REGION).unwrap(), Ownership { owner: "owner".into(), epoch: Epoch(1) });
 }
 
 #[test]

@@ -288,13 +288,7 @@ pub fn encode_delta(
     config: ChunkConfig,
 ) -> Result<Vec<AlignedVec>, CodecError> {
     let records = DeltaRecords::of(changes.clone());
-    let stamp = Stamp {
-        kind: ArchiveKind::Delta { round, part: 0 },
-        range: (EntityId(0), EntityId(0)),
-        tick: world.tick(),
-        next_entity: world.next_entity_id(),
-    };
-    records.encode(world.registry(), stamp, config, world)
+    records.encode(world.registry(), round, (world.tick(), world.next_entity_id()), config, world)
 }
 
 /// A delta round's (or a piece's) records as archives list them: the entity lists, and per
@@ -305,6 +299,24 @@ struct DeltaRecords {
     removed: Vec<(EntityId, ComponentId)>,
     columns: Vec<(ComponentId, Vec<EntityId>)>,
 }
+
+/// What every archive of one delta round is made with.
+struct Encoding<'a, S> {
+    registry: &'a Registry,
+    round: u32,
+    tick: u64,
+    next_entity: u64,
+    config: ChunkConfig,
+    source: &'a S,
+}
+
+impl<S> Clone for Encoding<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S> Copy for Encoding<'_, S> {}
 
 /// One column's holders within a span of entities, and where they sit in the round's column.
 struct ColumnSlice<'a> {
@@ -332,27 +344,20 @@ impl DeltaRecords {
             + self.columns.iter().map(|(_, holders)| holders.len()).sum::<usize>()
     }
 
-    /// Encodes them as delta archives stamped `stamp` (numbered from 0), each at most
-    /// `config.max_chunk_bytes`, with values from `source`.
+    /// Encodes them as the archives of delta round `round` (parts numbered from 0) of a world at
+    /// `(tick, next_entity)`, each at most `config.max_chunk_bytes`, with values from `source`.
     fn encode(
         &self,
         registry: &Registry,
-        stamp: Stamp,
+        round: u32,
+        (tick, next_entity): (u64, u64),
         config: ChunkConfig,
         source: &impl for<'a> ColumnSource<ColumnSlice<'a>>,
     ) -> Result<Vec<AlignedVec>, CodecError> {
-        let mut touched: Vec<EntityId> = self
-            .spawned
-            .iter()
-            .chain(&self.despawned)
-            .copied()
-            .chain(self.columns.iter().flat_map(|(_, holders)| holders.iter().copied()))
-            .chain(self.removed.iter().map(|(entity, _)| *entity))
-            .collect();
-        touched.sort_unstable();
-        touched.dedup();
+        let holders = self.columns.iter().flat_map(|(_, holders)| holders.iter().copied());
+        let touched = touched_entities(&self.spawned, &self.despawned, holders, &self.removed);
         let mut parts = Vec::new();
-        self.encode_span(&touched, (registry, stamp, config, source), &mut parts)?;
+        self.encode_span(&touched, &Encoding { registry, round, tick, next_entity, config, source }, &mut parts)?;
         Ok(parts)
     }
 
@@ -365,7 +370,7 @@ impl DeltaRecords {
     fn encode_span<S: for<'a> ColumnSource<ColumnSlice<'a>>>(
         &self,
         touched: &[EntityId],
-        (registry, stamp, config, source): (&Registry, Stamp, ChunkConfig, &S),
+        encoding: &Encoding<'_, S>,
         parts: &mut Vec<AlignedVec>,
     ) -> Result<(), CodecError> {
         let (low, high) = match (touched.first(), touched.last()) {
@@ -387,12 +392,15 @@ impl DeltaRecords {
                 (!range.is_empty()).then(|| (*id, ColumnSlice { column, holders: &holders[range.clone()], range }))
             })
             .collect();
-        let kind = match stamp.kind {
-            ArchiveKind::Delta { round, .. } => ArchiveKind::Delta { round, part: parts.len() as u32 },
-            other => other,
+        let Encoding { registry, round, tick, next_entity, config, source } = *encoding;
+        let stamp = Stamp {
+            kind: ArchiveKind::Delta { round, part: parts.len() as u32 },
+            range: (EntityId(0), EntityId(0)),
+            tick,
+            next_entity,
         };
         let contents = Contents { entities: &spawned, despawned: &despawned, removed: &removed, columns: &columns };
-        let bytes = write_archive(registry, Stamp { kind, ..stamp }, contents, source)?;
+        let bytes = write_archive(registry, stamp, contents, source)?;
         if bytes.len() <= config.max_chunk_bytes {
             parts.push(bytes);
             return Ok(());
@@ -406,8 +414,7 @@ impl DeltaRecords {
             )));
         }
         for piece in 0..pieces {
-            let span = &touched[piece * touched.len() / pieces..(piece + 1) * touched.len() / pieces];
-            self.encode_span(span, (registry, stamp, config, source), parts)?;
+            self.encode_span(&touched[span(touched.len(), pieces, piece)], encoding, parts)?;
         }
         Ok(())
     }
@@ -501,32 +508,49 @@ impl CapturedDelta {
     /// Encodes it as one or more delta archives, each at most `config.max_chunk_bytes` (all
     /// records of one entity in one archive), split as [`encode_delta`] splits.
     pub fn encode(&self, config: ChunkConfig) -> Result<Vec<AlignedVec>, CodecError> {
-        let stamp = Stamp {
-            kind: ArchiveKind::Delta { round: self.round, part: 0 },
-            range: (EntityId(0), EntityId(0)),
-            tick: self.tick,
-            next_entity: self.next_entity,
-        };
-        self.records.encode(&self.registry, stamp, config, &CapturedValues(&self.values))
+        self.records.encode(
+            &self.registry,
+            self.round,
+            (self.tick, self.next_entity),
+            config,
+            &CapturedValues(&self.values),
+        )
     }
 }
 
 /// Splits a round's `changes` into `pieces` ranges of about as many touched entities each (fewer
 /// when fewer entities changed), all records of one entity in one piece, in entity order.
 pub(crate) fn split_round(changes: &ChangeSet, pieces: usize) -> Vec<ChangeSet> {
-    let mut touched: Vec<EntityId> = changes
-        .spawned
+    let holders = changes.set.iter().map(|(entity, _)| *entity);
+    let touched = touched_entities(&changes.spawned, &changes.despawned, holders, &changes.removed);
+    let pieces = pieces.clamp(1, touched.len().max(1));
+    let bounds: Vec<EntityId> = (1..pieces).map(|piece| touched[span(touched.len(), pieces, piece).start]).collect();
+    split_changes(changes, &bounds)
+}
+
+/// Every entity with a record of a round, ascending, once.
+fn touched_entities(
+    spawned: &[EntityId],
+    despawned: &[EntityId],
+    holders: impl Iterator<Item = EntityId>,
+    removed: &[(EntityId, ComponentId)],
+) -> Vec<EntityId> {
+    let mut touched: Vec<EntityId> = spawned
         .iter()
-        .chain(&changes.despawned)
+        .chain(despawned)
         .copied()
-        .chain(changes.set.iter().map(|(entity, _)| *entity))
-        .chain(changes.removed.iter().map(|(entity, _)| *entity))
+        .chain(holders)
+        .chain(removed.iter().map(|(entity, _)| *entity))
         .collect();
     touched.sort_unstable();
     touched.dedup();
-    let pieces = pieces.clamp(1, touched.len().max(1));
-    let bounds: Vec<EntityId> = (1..pieces).map(|piece| touched[piece * touched.len() / pieces]).collect();
-    split_changes(changes, &bounds)
+    touched
+}
+
+/// Where piece `piece` of `pieces` (at most `len`) lies among `len` touched entities: as many in
+/// each as can be, all of them in one of them.
+fn span(len: usize, pieces: usize, piece: usize) -> std::ops::Range<usize> {
+    piece * len / pieces..(piece + 1) * len / pieces
 }
 
 /// Drops from `changes` the values no longer in `world` (a component removed or an entity
@@ -1250,6 +1274,35 @@ mod tests {
             decoded.apply(&mut target);
         }
         assert_eq!(target.digest(), source.digest());
+    }
+
+    #[test]
+    fn a_round_over_the_limit_is_cut_where_split_round_cuts_it_and_a_capture_where_the_world_is() {
+        let mut registry = Registry::new();
+        registry.register::<Blob>().unwrap();
+        let mut world = World::new(registry);
+        let tracker = world.create_tracker();
+        for size in [900, 1000, 1100, 950, 1050, 1000, 980, 1020, 1000, 990] {
+            let entity = world.spawn();
+            world.insert(entity, Blob(vec![7; size])).unwrap();
+        }
+        let changes = world.changes(tracker);
+        let whole = encode_delta(&world, &changes, 3, ChunkConfig::default()).unwrap();
+        assert_eq!(whole.len(), 1);
+        let config = ChunkConfig { target_chunk_bytes: 2500, max_chunk_bytes: 4000 };
+        let pieces = split_round(&changes, whole[0].len().div_ceil(config.target_chunk_bytes));
+        assert!(pieces.len() >= 4, "{} pieces", pieces.len());
+        let from_world = encode_delta(&world, &changes, 3, config).unwrap();
+        let captured = capture_delta(&world, changes.clone(), 3).unwrap().encode(config).unwrap();
+        assert_eq!(from_world.len(), pieces.len());
+        for ((part, piece), same) in from_world.iter().zip(&pieces).zip(&captured) {
+            let decoded = decode(world.registry(), part, DecodeLimits::default()).unwrap();
+            let first = piece.spawned.first().unwrap();
+            let last = piece.spawned.last().unwrap();
+            assert_eq!(id_span(&decoded), (*first, *last));
+            assert!(part.as_slice() == same.as_slice(), "a captured part differs");
+        }
+        assert_eq!(captured.len(), from_world.len());
     }
 
     #[test]

@@ -644,6 +644,11 @@ impl StandbyFollower {
                     "the promotion lost: the region is at {actual_owner}@{actual_epoch}"
                 )));
             }
+            Err(error @ AuthorityError::BadOwner(_)) => {
+                // Refused for good with nothing changed (protocol.md §5): asking again cannot win.
+                self.phase = FollowerPhase::Ended;
+                self.actions.push_back(FollowerAction::Discard(format!("the promotion was refused: {error}")));
+            }
             Err(error) => {
                 // Unknown outcome: keep the state and ask again (never discard a possible win).
                 tracing::warn!(region = %self.region, %error, "promotion outcome unknown; retrying");

@@ -321,7 +321,8 @@ impl HandoffTarget {
                 );
             }
             Err(error @ AuthorityError::BadOwner(_)) => {
-                // Refused for good with nothing changed: the source still owns the region.
+                // protocol.md §5: refused for good with nothing changed; the source still owns the
+                // region.
                 self.abort(Culprit::Authority, Phase::Commit, format!("the authority refused the commit: {error}"));
             }
             Err(error) => {

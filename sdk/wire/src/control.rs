@@ -1,4 +1,4 @@
-//! The control protocol (version 4): host agents ↔ the coordinator.
+//! The control protocol (version 5): host agents ↔ the coordinator.
 //!
 //! An agent connects to the coordinator (mutual TLS with the host's cluster certificate, ALPN
 //! [`ALPN_CONTROL`]) and keeps one bidirectional stream of `u32`-framed postcard messages
@@ -12,6 +12,8 @@
 //! capacity to `Hello`, each region's full load report (tick time against its budget, entities),
 //! and `Free` (the balancer emptied the host; it keeps no warm pool). Version 4 adds
 //! [`RouteFeed::Unavailable`] (a region lost its host and none took it over within the grace).
+//! Version 5 adds each process's live heap to the status reports ([`ProcessInfo::heap_bytes`]);
+//! gateways say the same version in their hello, so a version-4 gateway is refused too.
 
 use std::net::SocketAddr;
 

@@ -1,4 +1,4 @@
-//! The serve protocol (version 3): what a region-server process is told and what it reports.
+//! The serve protocol (version 4): what a region-server process is told and what it reports.
 //!
 //! A region-server process (`baton_runtime::serve`) reads [`ServerCommand`]s as JSON lines on its
 //! standard input and prints [`ServerEvent`]s as JSON lines on its standard output, one object per

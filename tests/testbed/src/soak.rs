@@ -110,14 +110,16 @@ pub struct ProcessTrend {
     /// Least-squares slope of the resident memory within those stretches, kB per minute.
     pub rss_kb_per_min: f64,
     /// Its live heap (what it allocated and has not freed, as it counts it) at the first and the
-    /// last of them, kB; `None` unless every one of them has it (a process that does not count
-    /// its heap, or whose metrics could not be read at times: judged on its resident memory).
+    /// last of them that have it, kB (`None` from a process that does not count its heap).
     pub heap_kb: Option<(u64, u64)>,
-    /// Every one of them: minutes since the soak began, live heap in kB (those read).
+    /// Every one of them that has it: minutes since the soak began, live heap in kB. A sample
+    /// lacks it when the process's metrics could not be read (its host cut off, say).
     pub heap_series: Vec<(f64, u64)>,
-    /// Least-squares slope of the live heap within those stretches, kB per minute.
+    /// Least-squares slope of the live heap within those stretches, kB per minute (of the samples
+    /// that have it; `None` with fewer than two).
     pub heap_kb_per_min: Option<f64>,
-    /// What `flat` judged: `"heap"` (the live heap) or `"rss"` (resident memory).
+    /// What `flat` judged: `"heap"` (the live heap, when at least 90% of the samples have it) or
+    /// `"rss"` (resident memory).
     pub judged_on: &'static str,
     /// Open files at the first and the last.
     pub fds: (u64, u64),
@@ -726,10 +728,19 @@ fn trends(samples: &[Sample], warmup: Duration) -> Vec<ProcessTrend> {
             };
             let rss_kb_per_min = pooled_slope(&points(|sample| sample.rss_kb));
             let fds_per_min = pooled_slope(&points(|sample| sample.fds));
-            let heaps: Option<Vec<u64>> = kept.iter().map(|sample| sample.heap_kb).collect();
-            let heap_kb_per_min = heaps.is_some().then(|| pooled_slope(&points(|sample| sample.heap_kb.unwrap_or(0))));
-            let (judged_on, judged_per_min, judged): (_, _, Vec<u64>) = match (heap_kb_per_min, heaps.clone()) {
-                (Some(slope), Some(heaps)) => ("heap", slope, heaps),
+            let heap_series: Vec<(f64, u64)> =
+                kept.iter().filter_map(|sample| Some((sample.at_min, sample.heap_kb?))).collect();
+            let heap_points: Vec<Vec<(f64, f64)>> = stretches
+                .iter()
+                .map(|stretch| {
+                    stretch.iter().filter_map(|sample| Some((sample.at_min, sample.heap_kb? as f64))).collect()
+                })
+                .collect();
+            let heap_kb_per_min = (heap_series.len() >= 2).then(|| pooled_slope(&heap_points));
+            let (judged_on, judged_per_min, judged): (_, _, Vec<u64>) = match heap_kb_per_min {
+                Some(slope) if heap_series.len() * 10 >= kept.len() * 9 => {
+                    ("heap", slope, heap_series.iter().map(|(_, kb)| *kb).collect())
+                }
                 _ => ("rss", rss_kb_per_min, kept.iter().map(|sample| sample.rss_kb).collect()),
             };
             let mean = judged.iter().sum::<u64>() as f64 / judged.len() as f64;
@@ -744,8 +755,8 @@ fn trends(samples: &[Sample], warmup: Duration) -> Vec<ProcessTrend> {
                 rss_kb: (kept.first()?.rss_kb, kept.last()?.rss_kb),
                 rss_series: kept.iter().map(|sample| (sample.at_min, sample.rss_kb)).collect(),
                 rss_kb_per_min,
-                heap_kb: heaps.as_ref().and_then(|heaps| Some((*heaps.first()?, *heaps.last()?))),
-                heap_series: kept.iter().filter_map(|sample| Some((sample.at_min, sample.heap_kb?))).collect(),
+                heap_kb: heap_series.first().zip(heap_series.last()).map(|(first, last)| (first.1, last.1)),
+                heap_series,
                 heap_kb_per_min,
                 judged_on,
                 fds: (kept.first()?.fds, kept.last()?.fds),
@@ -919,12 +930,18 @@ mod tests {
         let leaking: Vec<Sample> =
             (0..40).map(|index| sample(index, 50_000, Some(10_000 + u64::from(index) * 250))).collect();
         assert_eq!(trends(&leaking, Duration::ZERO)[0].flat, Some(false));
-        // A sample without the heap (metrics unreadable for a while): judged on resident memory.
+        // Samples without the heap (metrics unreadable while the host was cut off): judged on the
+        // others while they are at least 90%, else on resident memory.
         let mut gap = settling.clone();
-        gap[20].heap_kb = None;
+        for sample in &mut gap[20..24] {
+            sample.heap_kb = None;
+        }
         let trend = &trends(&gap, Duration::ZERO)[0];
-        assert_eq!((trend.judged_on, trend.flat, trend.heap_kb_per_min), ("rss", Some(false), None), "{trend:?}");
-        assert_eq!(trend.heap_series.len(), 39);
+        assert_eq!((trend.judged_on, trend.flat, trend.heap_series.len()), ("heap", Some(true), 36), "{trend:?}");
+        gap[24].heap_kb = None;
+        let trend = &trends(&gap, Duration::ZERO)[0];
+        assert_eq!((trend.judged_on, trend.flat), ("rss", Some(false)), "{trend:?}");
+        assert!(trend.heap_kb_per_min.is_some(), "still reported: {trend:?}");
     }
 
     #[test]
