@@ -1198,6 +1198,82 @@ mod tests {
     }
 
     #[test]
+    fn a_moved_body_keeps_its_engine_body_and_a_reshaped_one_is_built_again() {
+        let mut world = empty_world();
+        let mut odd = crate_at(0.0, 0.0);
+        odd.shape = Shape::Cuboid { half_extents: [f32::NAN, 0.5, 0.5] };
+        let (plain, odd_one) = (world.spawn(), world.spawn());
+        world.insert(plain, crate_at(5.0, 0.0)).unwrap();
+        world.insert(odd_one, odd).unwrap();
+        let mut engine = PhysicsEngine::new(PhysicsConfig::default());
+        engine.rebuild(&mut world);
+        let handle = |engine: &PhysicsEngine, entity: EntityId| engine.engine.bodies[&entity].body;
+        let before = (handle(&engine, plain), handle(&engine, odd_one));
+        // Moved (a NaN in its shape too: the same bits are the same shape): the same engine bodies.
+        world.get_mut::<Body>(plain).unwrap().translation[2] = 3.0;
+        world.get_mut::<Body>(odd_one).unwrap().translation[2] = 3.0;
+        engine.step(&mut world);
+        assert_eq!((handle(&engine, plain), handle(&engine, odd_one)), before);
+        // Each change of kind, shape or material builds the body again.
+        let changes: [fn(&mut Body); 5] = [
+            |body| body.kind = BodyKind::Fixed,
+            |body| body.shape = Shape::Ball { radius: 0.5 },
+            |body| body.density = 2.0,
+            |body| body.friction = 0.1,
+            |body| body.restitution = 0.9,
+        ];
+        for change in changes {
+            let before = handle(&engine, plain);
+            change(&mut world.get_mut::<Body>(plain).unwrap());
+            engine.step(&mut world);
+            assert_ne!(handle(&engine, plain), before);
+        }
+        let collider = engine.engine.rapier.bodies[handle(&engine, plain)].colliders()[0];
+        let collider = &engine.engine.rapier.colliders[collider];
+        assert_eq!((collider.friction(), collider.restitution()), (0.1, 0.9));
+        assert!(collider.shape().as_ball().is_some());
+    }
+
+    #[test]
+    fn a_body_that_is_awake_stays_awake_and_one_asleep_sleeps_through_a_rebuild() {
+        let mut world = empty_world();
+        let (falling, resting) = (world.spawn(), world.spawn());
+        let mut ball = Body::new(BodyKind::Dynamic, Shape::Ball { radius: 0.3 }, [0.0, 5.0, 0.0]);
+        ball.sleeping = false;
+        world.insert(falling, ball).unwrap();
+        world.insert(resting, crate_at(4.0, 0.0)).unwrap();
+        let mut engine = PhysicsEngine::new(PhysicsConfig::default());
+        engine.rebuild(&mut world);
+        let asleep = |engine: &PhysicsEngine, entity: EntityId| {
+            engine.engine.rapier.bodies[engine.engine.bodies[&entity].body].is_sleeping()
+        };
+        assert!(!asleep(&engine, falling) && asleep(&engine, resting));
+        engine.step(&mut world);
+        assert!(world.get::<Body>(falling).unwrap().translation[1] < 5.0, "it fell");
+        assert!(asleep(&engine, resting));
+
+        // A target following the world: a round moves the sleeping crate, which sleeps on.
+        let mut followed = PhysicsEngine::new(PhysicsConfig::default());
+        let build = followed.start_following(&mut world);
+        assert!(followed.install(&mut world, build.run()));
+        assert!(asleep(&followed, resting));
+        world.get_mut::<Body>(resting).unwrap().translation[0] = 4.5;
+        followed.follow(&mut world);
+        assert!(asleep(&followed, resting), "a received move of a sleeping body does not wake it");
+
+        // The activation state saved with a body is the one its engine body gets.
+        let mut activation = RigidBodyActivation::active();
+        activation.normalized_linear_threshold = 0.123;
+        let mut saved = crate_at(8.0, 0.0);
+        saved.engine_state = postcard::to_allocvec(&activation).unwrap();
+        let entity = world.spawn();
+        world.insert(entity, saved).unwrap();
+        engine.rebuild(&mut world);
+        let body = &engine.engine.rapier.bodies[engine.engine.bodies[&entity].body];
+        assert_eq!(body.activation().normalized_linear_threshold, 0.123);
+    }
+
+    #[test]
     fn values_within_the_limits_reach_the_engine_unchanged() {
         let rotation = [0.0, 0.382_683_43, 0.0, 0.923_879_5];
         assert_eq!(limits::unit_rotation(rotation), rotation);
@@ -1214,6 +1290,8 @@ mod tests {
         assert_eq!(limits::extent(f32::NAN), limits::MIN_EXTENT);
         assert_eq!(limits::extent(1.0e9), limits::MAX_EXTENT);
         assert_eq!(limits::half_height(0.0), 0.0, "a capsule of no height is a ball");
+        assert_eq!(limits::half_height(2.5), 2.5);
+        assert_eq!(limits::half_height(1.0e9), limits::MAX_EXTENT);
         assert_eq!(limits::half_height(f32::NAN), 0.0);
         assert_eq!(limits::bounded(f32::NEG_INFINITY, 1.0, 0.0, 5.0), 1.0);
     }
