@@ -33,8 +33,8 @@
 //! bit-identically), a non-finite one becomes the default named there, and a rotation whose length
 //! is off by more than [`limits::ROTATION_SLACK`] is normalized (the identity if it has no
 //! direction). rapier's activation blob is taken only if its thresholds and timers are finite
-//! (else the body starts with rapier's default activation); the previous pose inside it, which
-//! rapier keeps private, is taken as saved. The component keeps what it holds until the engine
+//! (else the body keeps the activation it has: a new one rapier's default); the previous pose
+//! inside it, which rapier keeps private, is taken as saved. The component keeps what it holds until the engine
 //! writes a moving body's state back. The limits apply where values enter the engine, not to what
 //! the engine makes of them: a body it moves past them keeps its course, and is brought back within
 //! them the next time its values enter (a game edit, a rebuild, a handoff target's build).
@@ -1096,11 +1096,20 @@ mod tests {
         let mut heavy = Body::new(BodyKind::Dynamic, cube, [0.1, 2.5, 0.0]);
         heavy.density = -1.0;
         bodies.push(heavy);
-        let mut asleep = Body::new(BodyKind::Dynamic, cube, [0.6, 3.5, 0.0]);
-        let mut activation = RigidBodyActivation::active();
-        (activation.normalized_linear_threshold, activation.time_until_sleep) = (f32::NAN, f32::INFINITY);
-        asleep.engine_state = postcard::to_allocvec(&activation).unwrap();
-        bodies.push(asleep);
+        // Each of the activation state's numbers not finite, one body each.
+        for field in 0..4 {
+            let mut odd_activation = Body::new(BodyKind::Dynamic, cube, [0.6, 3.5 + field as f32, 0.0]);
+            let mut activation = RigidBodyActivation::active();
+            *[
+                &mut activation.normalized_linear_threshold,
+                &mut activation.angular_threshold,
+                &mut activation.time_until_sleep,
+                &mut activation.time_since_can_sleep,
+            ][field] = f32::NAN;
+            odd_activation.engine_state = postcard::to_allocvec(&activation).unwrap();
+            bodies.push(odd_activation);
+        }
+        bodies.push(Body::new(BodyKind::Dynamic, Shape::CapsuleY { half_height: 0.0, radius: 0.4 }, [0.2, 2.0, 0.2]));
         for kind in [BodyKind::Kinematic, BodyKind::Fixed] {
             let mut body = Body::new(kind, cube, [0.4, 0.5, 0.0]);
             body.rotation = [2.0, 2.0, 0.0, 0.0];
@@ -1109,8 +1118,8 @@ mod tests {
         bodies
     }
 
-    /// What the engine wrote back: finite, a unit rotation, and no farther out than a body let in
-    /// at the limit travels in a second of falling (the engine carries a body on past them).
+    /// What the engine wrote back: finite, a unit rotation, and within 100 m past the limits (the
+    /// engine carries a body let in at a limit on past it: here two seconds of falling).
     fn within_limits(body: &Body) -> bool {
         let length = body.rotation.iter().map(|value| value * value).sum::<f32>().sqrt();
         body.translation.iter().all(|value| value.abs() <= limits::MAX_COORDINATE + 100.0)
@@ -1190,7 +1199,14 @@ mod tests {
                 assert!(pose.translation.is_finite() && pose.rotation.is_normalized(), "the engine holds {pose:?}");
                 let activation = body.activation();
                 assert!(
-                    activation.normalized_linear_threshold.is_finite() && activation.time_until_sleep.is_finite(),
+                    [
+                        activation.normalized_linear_threshold,
+                        activation.angular_threshold,
+                        activation.time_until_sleep,
+                        activation.time_since_can_sleep
+                    ]
+                    .iter()
+                    .all(|value| value.is_finite()),
                     "{activation:?}"
                 );
             }

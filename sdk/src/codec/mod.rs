@@ -366,7 +366,7 @@ impl DeltaRecords {
     /// of touched entities as it holds target-sized chunks (halving instead would encode a large
     /// round once per halving: a 56 MB round six times), and a span still over the limit (its
     /// entities carry more than the average) is split again; all records of one entity stay in
-    /// one archive. The spans are those of [`split_round`].
+    /// one archive. The first split's spans are those of [`split_round`].
     fn encode_span<S: for<'a> ColumnSource<ColumnSlice<'a>>>(
         &self,
         touched: &[EntityId],

@@ -898,7 +898,7 @@ mod tests {
     }
 
     #[test]
-    fn memory_is_judged_on_the_live_heap_where_every_sample_has_it() {
+    fn memory_is_judged_on_the_live_heap_where_nine_samples_in_ten_have_it() {
         let sample = |index: u32, rss_kb: u64, heap_kb: Option<u64>| Sample {
             at_min: f64::from(index) * 0.5,
             process: "g0".into(),
