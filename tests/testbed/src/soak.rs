@@ -898,6 +898,32 @@ mod tests {
     }
 
     #[test]
+    fn each_process_and_each_of_its_lives_is_a_trend_of_its_own() {
+        let sample = |process: &str, pid: u32, index: u32, rss_kb: u64| Sample {
+            at_min: f64::from(index) * 0.5,
+            process: process.into(),
+            pid,
+            rss_kb,
+            heap_kb: None,
+            fds: 30,
+            regions: Vec::new(),
+            standby_of: Vec::new(),
+            children: 0,
+        };
+        let mut samples = Vec::new();
+        for index in 0..40 {
+            samples.push(sample("g0", 9, index, 10_000));
+            samples.push(sample("g1", 9, index, 10_000 + u64::from(index) * 500));
+            samples.push(sample("g0", 11, index, 10_000 + u64::from(index) * 500));
+        }
+        let trends = trends(&samples, Duration::ZERO);
+        let verdicts: Vec<(&str, u32, Option<bool>)> =
+            trends.iter().map(|trend| (trend.process.as_str(), trend.pid, trend.flat)).collect();
+        assert_eq!(verdicts, [("g0", 9, Some(true)), ("g0", 11, Some(false)), ("g1", 9, Some(false))]);
+        assert!(trends.iter().all(|trend| trend.samples == 40));
+    }
+
+    #[test]
     fn memory_is_judged_on_the_live_heap_where_nine_samples_in_ten_have_it() {
         let sample = |index: u32, rss_kb: u64, heap_kb: Option<u64>| Sample {
             at_min: f64::from(index) * 0.5,
