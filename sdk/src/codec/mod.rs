@@ -310,14 +310,6 @@ struct Encoding<'a, S> {
     source: &'a S,
 }
 
-impl<S> Clone for Encoding<'_, S> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<S> Copy for Encoding<'_, S> {}
-
 /// One column's holders within a span of entities, and where they sit in the round's column.
 struct ColumnSlice<'a> {
     column: usize,
@@ -392,15 +384,15 @@ impl DeltaRecords {
                 (!range.is_empty()).then(|| (*id, ColumnSlice { column, holders: &holders[range.clone()], range }))
             })
             .collect();
-        let Encoding { registry, round, tick, next_entity, config, source } = *encoding;
+        let config = encoding.config;
         let stamp = Stamp {
-            kind: ArchiveKind::Delta { round, part: parts.len() as u32 },
+            kind: ArchiveKind::Delta { round: encoding.round, part: parts.len() as u32 },
             range: (EntityId(0), EntityId(0)),
-            tick,
-            next_entity,
+            tick: encoding.tick,
+            next_entity: encoding.next_entity,
         };
         let contents = Contents { entities: &spawned, despawned: &despawned, removed: &removed, columns: &columns };
-        let bytes = write_archive(registry, stamp, contents, source)?;
+        let bytes = write_archive(encoding.registry, stamp, contents, encoding.source)?;
         if bytes.len() <= config.max_chunk_bytes {
             parts.push(bytes);
             return Ok(());
