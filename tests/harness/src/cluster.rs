@@ -42,6 +42,43 @@ pub struct Process<E> {
     pub log: Vec<E>,
 }
 
+/// Events a process prints on a clock (a region server's `load` and `heap` every second) rather
+/// than in answer to something: a timed-out wait leaves them out of the events it shows.
+pub trait Periodic {
+    /// Whether this event is one of those.
+    fn periodic(&self) -> bool {
+        false
+    }
+}
+
+impl Periodic for ServerEvent {
+    fn periodic(&self) -> bool {
+        matches!(self, ServerEvent::Load { .. } | ServerEvent::Heap { .. })
+    }
+}
+
+impl Periodic for ConsoleEvent {}
+
+impl Periodic for GatewayEvent {}
+
+/// What a timed-out wait shows: the last `count` events that are not periodic, newest first, and
+/// how many periodic ones arrived after the oldest of those.
+fn last_events<E: Periodic + std::fmt::Debug>(log: &[E], count: usize) -> String {
+    let mut shown = Vec::new();
+    let mut periodic = 0usize;
+    for event in log.iter().rev() {
+        if shown.len() == count {
+            break;
+        }
+        if event.periodic() {
+            periodic += 1;
+        } else {
+            shown.push(event);
+        }
+    }
+    format!("last events: {shown:?} (and {periodic} periodic ones among them)")
+}
+
 /// A region-server process (any game served by `baton_runtime::serve`).
 pub type ServerProcess = Process<ServerEvent>;
 /// A coordinator started with `--control`.
@@ -163,7 +200,7 @@ impl GatewayProcess {
     }
 }
 
-impl<E: DeserializeOwned + std::fmt::Debug + Clone + Send + 'static> Process<E> {
+impl<E: DeserializeOwned + std::fmt::Debug + Periodic + Clone + Send + 'static> Process<E> {
     /// Starts a process that speaks JSON lines of `E` and waits for the first event from which
     /// `listening` reads an address.
     pub fn spawn_command(
@@ -240,7 +277,7 @@ impl<E: DeserializeOwned + std::fmt::Debug + Clone + Send + 'static> Process<E> 
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                bail!("{}: timed out; last events: {:?}", self.name, self.log.iter().rev().take(5).collect::<Vec<_>>());
+                bail!("{}: timed out; {}", self.name, last_events(&self.log, 5));
             }
             if let Ok(event) = self.events.recv_timeout(left.min(Duration::from_millis(20))) {
                 self.log.push(event);
@@ -945,5 +982,22 @@ fn sibling_binary(name: &str, variable: &str) -> anyhow::Result<PathBuf> {
         Ok(candidate)
     } else {
         bail!("{} not found; build it first (cargo build --bins) or set {variable}", candidate.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timed_out_wait_shows_the_events_that_are_not_periodic() {
+        let heap = ServerEvent::Heap { live_bytes: 1 };
+        let error = |message: &str| ServerEvent::Error { region: None, error: message.to_owned() };
+        let log = vec![error("first"), heap.clone(), error("second"), heap.clone(), heap.clone(), error("third"), heap];
+        let shown = last_events(&log, 2);
+        assert!(shown.contains("third") && shown.contains("second"), "{shown}");
+        assert!(!shown.contains("first") && !shown.contains("Heap"), "{shown}");
+        assert!(shown.contains("and 3 periodic"), "{shown}");
+        assert!(last_events::<ServerEvent>(&[], 5).contains("[] (and 0 periodic"));
     }
 }
