@@ -15,6 +15,7 @@
 //! one off), so its slope is fitted within each stretch of samples where it owned the same regions
 //! and was the standby of the same regions ([`pooled_slope`]).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -118,6 +119,10 @@ pub struct ProcessTrend {
     /// Least-squares slope of the live heap within those stretches, kB per minute (of the samples
     /// that have it; `None` with fewer than two).
     pub heap_kb_per_min: Option<f64>,
+    /// Entities in the worlds it held (the regions it owned and followed as a standby, as their
+    /// owners last reported them) at the first and the last of them that have the count: what
+    /// its heap holds for the game (`None` for a process that is not a region server).
+    pub entities: Option<(u64, u64)>,
     /// What `flat` judged: `"heap"` (the live heap, when at least 90% of the samples have it) or
     /// `"rss"` (resident memory).
     pub judged_on: &'static str,
@@ -595,6 +600,9 @@ struct Sample {
     regions: Vec<u64>,
     /// The regions it was the hot standby of (holding their state), in order.
     standby_of: Vec<u64>,
+    /// Entities in the worlds of those regions (see [`held_entities`]; `None` for a process that
+    /// is not a region server).
+    entities: Option<u64>,
     /// Its child processes (an agent's region servers).
     children: u64,
 }
@@ -626,6 +634,7 @@ fn sample_every(
             fds: 0,
             regions,
             standby_of,
+            entities: None,
             children: 0,
         };
         let mut processes: Vec<Sample> = watched_now
@@ -650,6 +659,14 @@ fn sample_every(
         }
         // Region servers, as their hosts report them (none while the coordinator is down).
         if let Ok(hosts) = admin.ok("GET", "/v1/hosts", None) {
+            // Each region's entities, as its owner's host last reported them.
+            let counts: HashMap<u64, u64> = hosts
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|host| host["regions"].as_array().cloned().unwrap_or_default())
+                .filter_map(|load| Some((load["region"].as_u64()?, load["entities"].as_u64()?)))
+                .collect();
             for process in hosts
                 .as_array()
                 .into_iter()
@@ -668,7 +685,9 @@ fn sample_every(
                         standbys.iter().filter(|(process, _)| process == name).map(|(_, region)| *region).collect();
                     standby_of.sort_unstable();
                     let heap_kb = process["heap_bytes"].as_u64().map(|bytes| bytes / 1024);
-                    processes.push(seen(name.to_owned(), pid as u32, heap_kb, regions, standby_of));
+                    let entities = held_entities(&regions, &standby_of, &counts);
+                    processes
+                        .push(Sample { entities, ..seen(name.to_owned(), pid as u32, heap_kb, regions, standby_of) });
                 }
             }
         }
@@ -684,6 +703,14 @@ fn sample_every(
             samples.extend(taken);
         }
     }
+}
+
+/// Entities in the worlds a region server holds: the regions it owns and those it follows as a
+/// standby (a standby holds a copy of its region's world), each as `counts` has it (the owner's
+/// last report). `None` when a region's count is not known (its owner has not reported it yet,
+/// or it is moving).
+fn held_entities(regions: &[u64], standby_of: &[u64], counts: &HashMap<u64, u64>) -> Option<u64> {
+    regions.iter().chain(standby_of).map(|region| counts.get(region).copied()).sum()
 }
 
 /// Resident memory (kB), open files and child processes of process `pid`, from `/proc`.
@@ -756,6 +783,10 @@ fn trends(samples: &[Sample], warmup: Duration) -> Vec<ProcessTrend> {
                 rss_series: kept.iter().map(|sample| (sample.at_min, sample.rss_kb)).collect(),
                 rss_kb_per_min,
                 heap_kb: heap_series.first().zip(heap_series.last()).map(|(first, last)| (first.1, last.1)),
+                entities: kept
+                    .iter()
+                    .find_map(|sample| sample.entities)
+                    .zip(kept.iter().rev().find_map(|sample| sample.entities)),
                 heap_series,
                 heap_kb_per_min,
                 judged_on,
@@ -865,6 +896,7 @@ mod tests {
             fds,
             regions: Vec::new(),
             standby_of: Vec::new(),
+            entities: None,
             children: 0,
         };
         // Growing 10 kB a minute on 10 MB: 6% an hour, flat; the first 2 minutes are left out.
@@ -898,6 +930,33 @@ mod tests {
     }
 
     #[test]
+    fn a_region_server_holds_the_entities_of_the_regions_it_owns_and_follows() {
+        let counts: HashMap<u64, u64> = [(1, 300), (2, 369), (7, 20_000)].into_iter().collect();
+        assert_eq!(held_entities(&[1, 2], &[7], &counts), Some(20_669));
+        assert_eq!(held_entities(&[], &[7], &counts), Some(20_000));
+        assert_eq!(held_entities(&[], &[], &counts), Some(0), "a warm process holds none");
+        assert_eq!(held_entities(&[1, 3], &[], &counts), None, "region 3's count is not known");
+        // The trend reports the first and the last known count of the samples it keeps.
+        let sample = |index: u32, entities: Option<u64>| Sample {
+            at_min: f64::from(index) * 0.5,
+            process: "h1-p1".into(),
+            pid: 9,
+            rss_kb: 10_000,
+            heap_kb: Some(9_000),
+            fds: 30,
+            regions: vec![1],
+            standby_of: Vec::new(),
+            entities,
+            children: 0,
+        };
+        let samples: Vec<Sample> =
+            (0..40).map(|index| sample(index, (index % 10 != 0).then_some(300 + u64::from(index)))).collect();
+        assert_eq!(trends(&samples, Duration::ZERO)[0].entities, Some((301, 339)));
+        let unknown: Vec<Sample> = (0..40).map(|index| sample(index, None)).collect();
+        assert_eq!(trends(&unknown, Duration::ZERO)[0].entities, None);
+    }
+
+    #[test]
     fn each_process_and_each_of_its_lives_is_a_trend_of_its_own() {
         let sample = |process: &str, pid: u32, index: u32, rss_kb: u64| Sample {
             at_min: f64::from(index) * 0.5,
@@ -908,6 +967,7 @@ mod tests {
             fds: 30,
             regions: Vec::new(),
             standby_of: Vec::new(),
+            entities: None,
             children: 0,
         };
         let mut samples = Vec::new();
@@ -934,6 +994,7 @@ mod tests {
             fds: 30,
             regions: Vec::new(),
             standby_of: Vec::new(),
+            entities: None,
             children: 0,
         };
         // Resident memory stepping up after bursts (the allocator keeping what they freed), 20% an
@@ -984,6 +1045,7 @@ mod tests {
             fds: 40,
             regions,
             standby_of,
+            entities: None,
             children: 4,
         };
         let mut samples: Vec<Sample> = (0..30).map(|index| sample(index, 20_000, vec![1], vec![])).collect();

@@ -410,7 +410,7 @@ fn print_soak(report: &soak::SoakReport) {
         if report.leaked_processes.is_empty() { "none".to_owned() } else { report.leaked_processes.join("; ") }
     );
     println!(
-        "{:<14} {:>7} {:>8} {:>21} {:>10} {:>21} {:>10} {:>9} {:>9} {:>10}",
+        "{:<14} {:>7} {:>8} {:>21} {:>10} {:>21} {:>10} {:>15} {:>9} {:>9} {:>10}",
         "process",
         "pid",
         "minutes",
@@ -418,13 +418,14 @@ fn print_soak(report: &soak::SoakReport) {
         "kB/min",
         "heap kB first/last",
         "kB/min",
+        "entities",
         "fds",
         "fds/min",
         "flat"
     );
     for process in &report.processes {
         println!(
-            "{:<14} {:>7} {:>8.1} {:>21} {:>10.1} {:>21} {:>10} {:>9} {:>9.3} {:>10}",
+            "{:<14} {:>7} {:>8.1} {:>21} {:>10.1} {:>21} {:>10} {:>15} {:>9} {:>9.3} {:>10}",
             process.process,
             process.pid,
             process.minutes,
@@ -432,6 +433,7 @@ fn print_soak(report: &soak::SoakReport) {
             process.rss_kb_per_min,
             process.heap_kb.map_or("-".to_owned(), |(first, last)| format!("{first}/{last}")),
             process.heap_kb_per_min.map_or("-".to_owned(), |slope| format!("{slope:.1}")),
+            process.entities.map_or("-".to_owned(), |(first, last)| format!("{first}/{last}")),
             format!("{}/{}", process.fds.0, process.fds.1),
             process.fds_per_min,
             process.flat.map_or("short".to_owned(), |flat| format!(
