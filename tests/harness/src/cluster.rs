@@ -42,8 +42,10 @@ pub struct Process<E> {
     pub log: Vec<E>,
 }
 
-/// Events a process prints on a clock (a region server's `load` and `heap` every second) rather
-/// than in answer to something: a timed-out wait leaves them out of the events it shows.
+/// Which of a process's events it prints on a clock rather than in answer to something (a region
+/// server's `load` and `heap` every second, `standby_holding` every second while it follows a
+/// region): a timed-out wait leaves them out of the events it shows. `periodic` is false unless an
+/// event type says otherwise (the coordinator's and the gateway's print nothing on a clock).
 pub trait Periodic {
     /// Whether this event is one of those.
     fn periodic(&self) -> bool {
@@ -53,31 +55,13 @@ pub trait Periodic {
 
 impl Periodic for ServerEvent {
     fn periodic(&self) -> bool {
-        matches!(self, ServerEvent::Load { .. } | ServerEvent::Heap { .. })
+        matches!(self, ServerEvent::Load { .. } | ServerEvent::Heap { .. } | ServerEvent::StandbyHolding { .. })
     }
 }
 
 impl Periodic for ConsoleEvent {}
 
 impl Periodic for GatewayEvent {}
-
-/// What a timed-out wait shows: the last `count` events that are not periodic, newest first, and
-/// how many periodic ones arrived after the oldest of those.
-fn last_events<E: Periodic + std::fmt::Debug>(log: &[E], count: usize) -> String {
-    let mut shown = Vec::new();
-    let mut periodic = 0usize;
-    for event in log.iter().rev() {
-        if shown.len() == count {
-            break;
-        }
-        if event.periodic() {
-            periodic += 1;
-        } else {
-            shown.push(event);
-        }
-    }
-    format!("last events: {shown:?} (and {periodic} periodic ones among them)")
-}
 
 /// A region-server process (any game served by `baton_runtime::serve`).
 pub type ServerProcess = Process<ServerEvent>;
@@ -985,6 +969,25 @@ fn sibling_binary(name: &str, variable: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// What a timed-out wait shows: the last `count` events that are not periodic, newest first, and
+/// how many periodic ones were left out (those after the oldest shown, or in the whole log when
+/// fewer than `count` were found).
+fn last_events<E: Periodic + std::fmt::Debug>(log: &[E], count: usize) -> String {
+    let mut shown = Vec::new();
+    let mut periodic = 0usize;
+    for event in log.iter().rev() {
+        if shown.len() == count {
+            break;
+        }
+        if event.periodic() {
+            periodic += 1;
+        } else {
+            shown.push(event);
+        }
+    }
+    format!("last events, newest first: {shown:?} ({periodic} periodic ones left out)")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -993,11 +996,17 @@ mod tests {
     fn a_timed_out_wait_shows_the_events_that_are_not_periodic() {
         let heap = ServerEvent::Heap { live_bytes: 1 };
         let error = |message: &str| ServerEvent::Error { region: None, error: message.to_owned() };
-        let log = vec![error("first"), heap.clone(), error("second"), heap.clone(), heap.clone(), error("third"), heap];
+        let log =
+            vec![error("oldest"), heap.clone(), error("second"), heap.clone(), heap.clone(), error("third"), heap];
         let shown = last_events(&log, 2);
-        assert!(shown.contains("third") && shown.contains("second"), "{shown}");
-        assert!(!shown.contains("first") && !shown.contains("Heap"), "{shown}");
-        assert!(shown.contains("and 3 periodic"), "{shown}");
-        assert!(last_events::<ServerEvent>(&[], 5).contains("[] (and 0 periodic"));
+        assert!(!shown.contains("oldest") && !shown.contains("Heap"), "{shown}");
+        let (third, second) = (shown.find("third").unwrap(), shown.find("second").unwrap());
+        assert!(third < second, "newest first: {shown}");
+        assert!(shown.ends_with("(3 periodic ones left out)"), "{shown}");
+        // Fewer than asked for: every periodic event of the log is left out and counted.
+        let heap = ServerEvent::Heap { live_bytes: 2 };
+        let shown = last_events(&[heap.clone(), error("only"), heap], 5);
+        assert!(shown.contains("only") && shown.ends_with("(2 periodic ones left out)"), "{shown}");
+        assert!(last_events::<ServerEvent>(&[], 5).ends_with("[] (0 periodic ones left out)"));
     }
 }
