@@ -73,17 +73,21 @@ pub enum Fault {
     /// The target host's link down until the region serves again elsewhere (then it comes back,
     /// to check that the cut-off host let go).
     TargetLinkDown,
+    /// The target host's link down for two seconds (at a crossing: the host of the region the
+    /// avatar entered, cut off while the avatar may turn back).
+    TargetLinkDown2s,
 }
 
 impl Fault {
     /// Every fault, in the matrix's order.
-    pub const ALL: [Fault; 6] = [
+    pub const ALL: [Fault; 7] = [
         Fault::KillSource,
         Fault::KillTarget,
         Fault::KillCoordinator,
         Fault::KillGateway,
         Fault::SourceLinkDown2s,
         Fault::TargetLinkDown,
+        Fault::TargetLinkDown2s,
     ];
 
     /// Its name in the JSON and on the command line.
@@ -96,6 +100,7 @@ impl Fault {
             Fault::KillGateway => "kill_gateway",
             Fault::SourceLinkDown2s => "source_link_down_2s",
             Fault::TargetLinkDown => "target_link_down",
+            Fault::TargetLinkDown2s => "target_link_down_2s",
         }
     }
 
@@ -132,9 +137,10 @@ impl Cell {
         Cell::all().into_iter().filter(|cell| cell.operation() == "handoff").collect()
     }
 
-    /// The short form: each fault once at a phase of a handoff, each at another phase; the
-    /// gateway killed as an avatar leaves, and the target killed as it arrives; the standby killed
-    /// while it is being promoted.
+    /// The short form: each fault but the last once at a phase of a handoff, each at another
+    /// phase; the gateway killed as an avatar leaves, and the host of the region an avatar enters
+    /// cut off for 2 s as it arrives (the last fault); the standby killed while it is being
+    /// promoted.
     #[must_use]
     pub fn quick() -> Vec<Cell> {
         Fault::ALL
@@ -143,7 +149,7 @@ impl Cell {
             .map(|(fault, phase)| Cell { phase, fault })
             .chain([
                 Cell { phase: FaultPhase::Emigrated, fault: Fault::KillGateway },
-                Cell { phase: FaultPhase::Immigrated, fault: Fault::KillTarget },
+                Cell { phase: FaultPhase::Immigrated, fault: Fault::TargetLinkDown2s },
                 Cell { phase: FaultPhase::Promoting, fault: Fault::KillTarget },
             ])
             .collect()
@@ -852,7 +858,8 @@ pub(crate) fn strike(
         // report is a failure.
         let lost_reports = fault == Fault::KillCoordinator;
         let source_silenced = lost_reports || matches!(fault, Fault::KillSource | Fault::SourceLinkDown2s);
-        let target_silenced = lost_reports || matches!(fault, Fault::KillTarget | Fault::TargetLinkDown);
+        let target_silenced =
+            lost_reports || matches!(fault, Fault::KillTarget | Fault::TargetLinkDown | Fault::TargetLinkDown2s);
         strike.digest_ok = match (source.is_empty(), target.is_empty()) {
             (false, false) => Some(source == target),
             (true, _) if source_silenced => None,
@@ -878,7 +885,7 @@ pub(crate) fn strike(
 
 /// Injects `fault` (`pids` and `hosts`: the source's and the target's), lets the thread held at
 /// `point` go on, and heals what heals by itself: the coordinator is started again a second
-/// later, a source link cut for 2 s comes back. A target's link cut stays down (the caller
+/// later, a link cut for 2 s comes back. A target's link cut for good stays down (the caller
 /// brings it back).
 fn inject(
     testbed: &Testbed,
@@ -888,15 +895,16 @@ fn inject(
     pids: (Option<u32>, Option<u32>),
     hosts: (&str, &str),
 ) -> anyhow::Result<()> {
-    let mut heal: Option<Instant> = None;
+    let mut heal: Option<(Instant, &str)> = None;
     match fault {
         Fault::KillSource => kill(pids.0.context("the source's pid")?)?,
         Fault::KillTarget => kill(pids.1.context("the target's pid")?)?,
         Fault::KillCoordinator => fleet.kill_coordinator(),
         Fault::KillGateway => fleet.gateway.kill(),
-        Fault::SourceLinkDown2s => {
-            testbed.set_link(hosts.0, false)?;
-            heal = Some(Instant::now() + Duration::from_secs(2));
+        Fault::SourceLinkDown2s | Fault::TargetLinkDown2s => {
+            let host = if fault == Fault::SourceLinkDown2s { hosts.0 } else { hosts.1 };
+            testbed.set_link(host, false)?;
+            heal = Some((Instant::now() + Duration::from_secs(2), host));
         }
         Fault::TargetLinkDown => testbed.set_link(hosts.1, false)?,
     }
@@ -905,9 +913,9 @@ fn inject(
         std::thread::sleep(Duration::from_secs(1));
         fleet.restart_coordinator()?;
     }
-    if let Some(at) = heal {
+    if let Some((at, host)) = heal {
         std::thread::sleep(at.saturating_duration_since(Instant::now()));
-        testbed.set_link(hosts.0, true)?;
+        testbed.set_link(host, true)?;
     }
     Ok(())
 }
@@ -1109,7 +1117,13 @@ mod tests {
         let (handoffs, crossings, failovers) = (of("handoff"), of("crossing"), of("failover"));
         assert_eq!(handoffs.len() + crossings.len() + failovers.len(), quick.len());
         assert_eq!(failovers, [Cell { phase: FaultPhase::Promoting, fault: Fault::KillTarget }]);
-        assert_eq!(handoffs.iter().map(|cell| cell.fault).collect::<Vec<_>>(), Fault::ALL);
+        // A handoff has six phases: the last fault hits a crossing instead.
+        assert_eq!(handoffs.iter().map(|cell| cell.fault).collect::<Vec<_>>(), Fault::ALL[..FaultPhase::HANDOFF.len()]);
+        assert!(crossings.contains(&Cell { phase: FaultPhase::Immigrated, fault: Fault::TargetLinkDown2s }));
+        assert!(
+            Fault::ALL.iter().all(|fault| quick.iter().any(|cell| cell.fault == *fault)),
+            "each fault at least once"
+        );
         let phases: std::collections::BTreeSet<&str> = handoffs.iter().map(|cell| cell.phase.name()).collect();
         assert_eq!(phases.len(), handoffs.len(), "each at another phase");
         assert_eq!(crossings.len(), FaultPhase::CROSSING.len(), "each phase of a crossing once");

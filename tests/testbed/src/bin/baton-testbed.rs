@@ -63,7 +63,8 @@ enum Command {
         json: PathBuf,
     },
     /// Injects each fault (kill -9 of the source, the target, the coordinator or the players'
-    /// gateway; the source host's link down for 2 s; the target host's link down) at each phase of
+    /// gateway; the source host's link down for 2 s; the target host's link down, for good or for
+    /// 2 s) at each phase of
     /// a handoff (prepare, snapshot, rounds, frozen, committing, handed_off), of a border
     /// crossing (emigrated, immigrated) and of a failover that promotes a hot standby (promoting,
     /// promoted), one fresh test bed and deployment per cell, and checks per cell: one owner, no
@@ -72,8 +73,10 @@ enum Command {
     /// Writes the cells as JSON (and with --markdown as a table); fails if a cell broke an
     /// invariant.
     Matrix {
-        /// The short form for CI: each fault once, each at another phase of a handoff, one cell
-        /// at each phase of a crossing, and the standby killed while it is being promoted.
+        /// The short form for CI: each fault once, all but the last each at another phase of a
+        /// handoff, one cell at each phase of a crossing (the gateway killed as an avatar leaves,
+        /// the entered region's host cut off for 2 s as it arrives), and the standby killed while
+        /// it is being promoted.
         #[arg(long)]
         quick: bool,
         /// Only these cells, as phase:fault (e.g. frozen:kill_source,rounds:target_link_down).
