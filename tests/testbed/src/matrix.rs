@@ -500,6 +500,7 @@ pub(crate) fn strike_failover(
         }
         moved_on.with_context(|| format!("region {region} after its standby {standby_process} was lost"))?;
     }
+    wait_cut_host_back(fleet, fault, (&owner_host, standby_host))?;
     let settled = wait_settled(fleet, region, Duration::from_secs(90));
     let again = failovers_after(&records_of(fleet)?, &[region], Some(first)).next().is_some();
     strike.outcome =
@@ -711,6 +712,7 @@ pub(crate) fn strike_crossing(
             .wait_hosts_ready(hosts, 0, Duration::from_secs(60))
             .with_context(|| format!("{target_host} back after its link came up"))?;
     }
+    wait_cut_host_back(fleet, fault, (&source_host, &target_host))?;
     let settled: anyhow::Result<Vec<String>> =
         [source, target].iter().map(|region| wait_settled(fleet, *region, Duration::from_secs(90))).collect();
     let failed_over = failovers_after(&records_of(fleet)?, &[source, target], last_record).next().is_some();
@@ -846,6 +848,7 @@ pub(crate) fn strike(
     // region again.
     let record = wait_final(fleet, id, Duration::from_secs(90))?;
     strike.reason = record["reason"].as_str().map(str::to_owned);
+    wait_cut_host_back(fleet, fault, (from_host, to_host))?;
     let settled = wait_settled(fleet, region, Duration::from_secs(90));
     let failed_over = failovers_after(&records_of(fleet)?, &[region], Some(id)).next().is_some();
     strike.outcome =
@@ -917,6 +920,23 @@ fn inject(
         std::thread::sleep(at.saturating_duration_since(Instant::now()));
         testbed.set_link(host, true)?;
     }
+    Ok(())
+}
+
+/// After a link cut for 2 s (`hosts`: the source's and the target's): waits until every host is
+/// connected again, the cut-off one included, so that the owner checks that follow see what it
+/// claims once it is back (a host cut off for longer than the coordinator waits is declared dead
+/// and its regions fail over; it must let go of them when it returns).
+fn wait_cut_host_back(fleet: &Fleet, fault: Fault, hosts: (&str, &str)) -> anyhow::Result<()> {
+    let host = match fault {
+        Fault::SourceLinkDown2s => hosts.0,
+        Fault::TargetLinkDown2s => hosts.1,
+        _ => return Ok(()),
+    };
+    let count = fleet.ok("GET", "/v1/hosts", None)?.as_array().map_or(0, Vec::len);
+    fleet
+        .wait_hosts_ready(count, 0, Duration::from_secs(60))
+        .with_context(|| format!("{host} back after its link came up"))?;
     Ok(())
 }
 

@@ -121,7 +121,8 @@ pub struct ProcessTrend {
     pub heap_kb_per_min: Option<f64>,
     /// Entities in the worlds it held (the regions it owned and followed as a standby, as their
     /// owners last reported them) at the first and the last of them that have the count: what
-    /// its heap holds for the game (`None` for a process that is not a region server).
+    /// its heap holds for the game (`None` for a process that is not a region server, or when no
+    /// sample had every count).
     pub entities: Option<(u64, u64)>,
     /// What `flat` judged: `"heap"` (the live heap, when at least 90% of the samples have it) or
     /// `"rss"` (resident memory).
@@ -601,7 +602,7 @@ struct Sample {
     /// The regions it was the hot standby of (holding their state), in order.
     standby_of: Vec<u64>,
     /// Entities in the worlds of those regions (see [`held_entities`]; `None` for a process that
-    /// is not a region server).
+    /// is not a region server, or when a region's count is not known).
     entities: Option<u64>,
     /// Its child processes (an agent's region servers).
     children: u64,
