@@ -104,6 +104,17 @@ impl Fault {
         }
     }
 
+    /// The host a fault cuts off for 2 s, of `hosts` (the source's and the target's); `None` for
+    /// the other faults.
+    #[must_use]
+    pub fn cut_for_2s<'a>(self, hosts: (&'a str, &'a str)) -> Option<&'a str> {
+        match self {
+            Fault::SourceLinkDown2s => Some(hosts.0),
+            Fault::TargetLinkDown2s => Some(hosts.1),
+            _ => None,
+        }
+    }
+
     /// The fault named `name`.
     #[must_use]
     pub fn parse(name: &str) -> Option<Fault> {
@@ -493,10 +504,7 @@ pub(crate) fn strike_failover(
         let moved_on = wait_owner_other_than(fleet, region, standby_process, Duration::from_secs(120));
         if fault == Fault::TargetLinkDown {
             testbed.set_link(standby_host, true)?;
-            let hosts = fleet.ok("GET", "/v1/hosts", None)?.as_array().map_or(0, Vec::len);
-            fleet
-                .wait_hosts_ready(hosts, 0, Duration::from_secs(60))
-                .with_context(|| format!("{standby_host} back after its link came up"))?;
+            wait_host_back(fleet, standby_host)?;
         }
         moved_on.with_context(|| format!("region {region} after its standby {standby_process} was lost"))?;
     }
@@ -707,10 +715,7 @@ pub(crate) fn strike_crossing(
         let failed_over = wait_until_failed_over(fleet, target, last_record, Duration::from_secs(90));
         testbed.set_link(&target_host, true)?;
         failed_over.with_context(|| format!("region {target} after {target_host} was cut off"))?;
-        let hosts = fleet.ok("GET", "/v1/hosts", None)?.as_array().map_or(0, Vec::len);
-        fleet
-            .wait_hosts_ready(hosts, 0, Duration::from_secs(60))
-            .with_context(|| format!("{target_host} back after its link came up"))?;
+        wait_host_back(fleet, &target_host)?;
     }
     wait_cut_host_back(fleet, fault, (&source_host, &target_host))?;
     let settled: anyhow::Result<Vec<String>> =
@@ -874,10 +879,7 @@ pub(crate) fn strike(
     if fault == Fault::TargetLinkDown {
         // The cut-off host comes back: whatever it thought it owned, it must let go.
         testbed.set_link(to_host, true)?;
-        let hosts = fleet.ok("GET", "/v1/hosts", None)?.as_array().map_or(0, Vec::len);
-        fleet
-            .wait_hosts_ready(hosts, 0, Duration::from_secs(60))
-            .with_context(|| format!("{to_host} back after its link came up"))?;
+        wait_host_back(fleet, to_host)?;
     }
     strike.single_owner = settled.is_ok() && wait_settled(fleet, region, Duration::from_secs(30)).is_ok();
     if let Err(error) = settled {
@@ -905,7 +907,7 @@ fn inject(
         Fault::KillCoordinator => fleet.kill_coordinator(),
         Fault::KillGateway => fleet.gateway.kill(),
         Fault::SourceLinkDown2s | Fault::TargetLinkDown2s => {
-            let host = if fault == Fault::SourceLinkDown2s { hosts.0 } else { hosts.1 };
+            let host = fault.cut_for_2s(hosts).context("a 2 s cut names its host")?;
             testbed.set_link(host, false)?;
             heal = Some((Instant::now() + Duration::from_secs(2), host));
         }
@@ -928,11 +930,14 @@ fn inject(
 /// claims once it is back (a host cut off for longer than the coordinator waits is declared dead
 /// and its regions fail over; it must let go of them when it returns).
 fn wait_cut_host_back(fleet: &Fleet, fault: Fault, hosts: (&str, &str)) -> anyhow::Result<()> {
-    let host = match fault {
-        Fault::SourceLinkDown2s => hosts.0,
-        Fault::TargetLinkDown2s => hosts.1,
-        _ => return Ok(()),
-    };
+    match fault.cut_for_2s(hosts) {
+        Some(host) => wait_host_back(fleet, host),
+        None => Ok(()),
+    }
+}
+
+/// Waits until every host is connected again, `host` (whose link came back up) included.
+fn wait_host_back(fleet: &Fleet, host: &str) -> anyhow::Result<()> {
     let count = fleet.ok("GET", "/v1/hosts", None)?.as_array().map_or(0, Vec::len);
     fleet
         .wait_hosts_ready(count, 0, Duration::from_secs(60))
@@ -1144,6 +1149,8 @@ mod tests {
             Fault::ALL.iter().all(|fault| quick.iter().any(|cell| cell.fault == *fault)),
             "each fault at least once"
         );
+        let cut: Vec<Option<&str>> = Fault::ALL.iter().map(|fault| fault.cut_for_2s(("h1", "h2"))).collect();
+        assert_eq!(cut, [None, None, None, None, Some("h1"), None, Some("h2")], "only the 2 s cuts, each its host");
         let phases: std::collections::BTreeSet<&str> = handoffs.iter().map(|cell| cell.phase.name()).collect();
         assert_eq!(phases.len(), handoffs.len(), "each at another phase");
         assert_eq!(crossings.len(), FaultPhase::CROSSING.len(), "each phase of a crossing once");
