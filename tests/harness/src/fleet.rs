@@ -200,7 +200,13 @@ impl AdminApi {
     /// The unlabelled sample `name` on the Prometheus page at `url` (0 when it is absent), within
     /// 2 s (a process cut off from the network does not hold the caller).
     pub fn metric_at(&self, url: &str, name: &str) -> anyhow::Result<f64> {
-        let page = self
+        metric_value(&self.metrics_page(url)?, name)
+    }
+
+    /// The Prometheus page at `url`, within 2 s (for reading several samples of one scrape with
+    /// [`metric_value`]).
+    pub fn metrics_page(&self, url: &str) -> anyhow::Result<String> {
+        Ok(self
             .http
             .get(url)
             .config()
@@ -209,8 +215,7 @@ impl AdminApi {
             .call()
             .with_context(|| format!("scraping {url}"))?
             .body_mut()
-            .read_to_string()?;
-        metric_value(&page, name)
+            .read_to_string()?)
     }
 
     /// Calls the API and fails unless it answers 2xx.

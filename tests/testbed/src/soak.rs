@@ -10,10 +10,12 @@
 //! disconnected); no process left behind (each host's namespace holds its agent and the region
 //! servers it reports, and nothing at all once the deployment is stopped); and the memory and open
 //! files of every long-running process (coordinator, agents, gateways, region servers) sampled
-//! every 10 s, with their least-squares slope. A region server's memory follows the regions it
-//! hosts (it grows when it takes one over or becomes a region's hot standby, shrinks when it hands
-//! one off), so its slope is fitted within each stretch of samples where it owned the same regions
-//! and was the standby of the same regions ([`pooled_slope`]).
+//! every 10 s, with their slope. A region server's memory follows the regions it hosts (it grows
+//! when it takes one over or becomes a region's hot standby, shrinks when it hands one off), and a
+//! gateway's its players, so the slope is fitted within each stretch of samples where the process
+//! owned the same regions, was the standby of the same regions and carried the same players,
+//! leaving out the first [`SETTLE`] of each, as a median of pairs that one stray sample does not
+//! tilt ([`pooled_slope`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use baton_harness::fleet::{AdminApi, Fleet, FleetPlacement, ServerCommandLine};
+use baton_harness::fleet::{AdminApi, Fleet, FleetPlacement, ServerCommandLine, metric_value};
 use baton_harness::players::{PlayerOutcome, run_player};
 use baton_loadtest::Scenario;
 use baton_runtime::fault_point::{FAULT_POINT_VARIABLE, FaultPhase, FaultPoint};
@@ -96,19 +98,24 @@ pub struct ProcessTrend {
     pub process: String,
     /// Its pid (a process started again is another trend).
     pub pid: u32,
-    /// Samples after the warm-up the slope is fitted to.
+    /// Samples after the warm-up.
     pub samples: usize,
     /// Minutes they span.
     pub minutes: f64,
+    /// Minutes the slopes are fitted over: the stretches' spans (below), each without its first
+    /// [`SETTLE`]. A process is judged only when they add up to at least [`JUDGED_MINUTES`].
+    pub judged_minutes: f64,
     /// Resident memory at the first and the last of them, kB.
     pub rss_kb: (u64, u64),
     /// Every one of them: minutes since the soak began, resident memory in kB.
     pub rss_series: Vec<(f64, u64)>,
-    /// Stretches of samples with the same regions owned and followed as a standby, and the same
+    /// Stretches of samples with the same regions owned and followed as a standby, the same
     /// number of child processes (an agent's open files follow the region servers it runs: a pipe
-    /// each way and a process handle per child).
+    /// each way and a process handle per child) and the same number of players (a gateway's).
     pub stretches: usize,
-    /// Least-squares slope of the resident memory within those stretches, kB per minute.
+    /// When each stretch began, minutes since the soak began.
+    pub stretch_starts: Vec<f64>,
+    /// Slope of the resident memory within those stretches, kB per minute ([`pooled_slope`]).
     pub rss_kb_per_min: f64,
     /// Its live heap (what it allocated and has not freed, as it counts it) at the first and the
     /// last of them that have it, kB (`None` from a process that does not count its heap).
@@ -116,8 +123,8 @@ pub struct ProcessTrend {
     /// Every one of them that has it: minutes since the soak began, live heap in kB. A sample
     /// lacks it when the process's metrics could not be read (its host cut off, say).
     pub heap_series: Vec<(f64, u64)>,
-    /// Least-squares slope of the live heap within those stretches, kB per minute (of the samples
-    /// that have it; `None` with fewer than two).
+    /// Slope of the live heap within those stretches, kB per minute (of the samples that have
+    /// it; `None` with fewer than two).
     pub heap_kb_per_min: Option<f64>,
     /// Entities in the worlds it held (the regions it owned and followed as a standby, as their
     /// owners last reported them) at the first and the last of them that have the count: what
@@ -129,14 +136,15 @@ pub struct ProcessTrend {
     pub judged_on: &'static str,
     /// Open files at the first and the last.
     pub fds: (u64, u64),
-    /// Least-squares slope of the open files within those stretches, per minute.
+    /// Slope of the open files within those stretches, per minute.
     pub fds_per_min: f64,
     /// Whether both are flat: memory growing less than 10% of its mean per hour, open files fewer
     /// than 5 per hour (projected from the slopes). Memory is the live heap where it is counted:
     /// resident memory also moves with the allocator, which keeps what a burst freed and returns
     /// it on its own schedule (docs/testing.md). `None`: fewer than [`JUDGED_MINUTES`] of
-    /// samples after its warm-up (a process started again late, or killed early), too short for a
-    /// slope that says anything per hour: reported, not judged.
+    /// settled samples after its warm-up (a process started again late, killed early, or whose
+    /// role changed every few minutes), too short for a slope that says anything per hour:
+    /// reported, not judged.
     pub flat: Option<bool>,
 }
 
@@ -599,13 +607,16 @@ struct Sample {
     fds: u64,
     /// The regions it owned, in order (none for a process that is not a region server).
     regions: Vec<u64>,
-    /// The regions it was the hot standby of (holding their state), in order.
+    /// The regions it was named the hot standby of (preparing for, being fed, holding or keeping
+    /// their state), in order.
     standby_of: Vec<u64>,
     /// Entities in the worlds of those regions (see [`held_entities`]; `None` for a process that
     /// is not a region server, or when a region's count is not known).
     entities: Option<u64>,
     /// Its child processes (an agent's region servers).
     children: u64,
+    /// The players connected to it (a gateway's; `None` for other processes).
+    sessions: Option<u64>,
 }
 
 fn sample_every(
@@ -637,21 +648,30 @@ fn sample_every(
             standby_of,
             entities: None,
             children: 0,
+            sessions: None,
         };
         let mut processes: Vec<Sample> = watched_now
             .into_iter()
             .map(|(name, pid, metrics)| {
-                let heap =
-                    admin.metric_at(&metrics, baton_net::heap::LIVE_BYTES_GAUGE).ok().filter(|bytes| *bytes > 0.0);
-                seen(name, pid, heap.map(|bytes| bytes as u64 / 1024), Vec::new(), Vec::new())
+                let page = admin.metrics_page(&metrics).ok();
+                let read = |metric: &str| page.as_deref().and_then(|page| metric_value(page, metric).ok());
+                let heap = read(baton_net::heap::LIVE_BYTES_GAUGE).filter(|bytes| *bytes > 0.0);
+                // Only a gateway's page has it (and then always, 0 without players).
+                let sessions = page
+                    .as_deref()
+                    .filter(|page| page.contains(SESSIONS_GAUGE))
+                    .and_then(|_| read(SESSIONS_GAUGE))
+                    .map(|sessions| sessions as u64);
+                Sample { sessions, ..seen(name, pid, heap.map(|bytes| bytes as u64 / 1024), Vec::new(), Vec::new()) }
             })
             .collect();
         // Which process follows which region as its standby.
         let mut standbys: Vec<(String, u64)> = Vec::new();
         if let Ok(views) = admin.ok("GET", "/v1/standbys", None) {
             for view in views.as_array().into_iter().flatten() {
-                // Holding the region's state (being fed, its snapshot is still on its way).
-                let holds = matches!(view["state"].as_str(), Some("holding" | "detached"));
+                // Every state in which a process has been named: preparing its slot, being fed the
+                // snapshot, holding the region's state, detached (keeping it for a promotion).
+                let holds = matches!(view["state"].as_str(), Some("preparing" | "feeding" | "holding" | "detached"));
                 if let (true, Some(process), Some(region)) = (holds, view["process"].as_str(), view["region"].as_u64())
                 {
                     standbys.push((process.to_owned(), region));
@@ -725,8 +745,17 @@ fn usage(pid: u32) -> Option<(u64, u64, u64)> {
     Some((rss_kb, fds, children))
 }
 
-/// The least span of samples after its warm-up a process's trend is judged on.
+/// The least span of settled samples after its warm-up a process's trend is judged on.
 pub const JUDGED_MINUTES: f64 = 10.0;
+
+/// How long after a stretch begins its samples are left out of the slopes. A role's memory lands
+/// over a few samples (a region taken over or a standby's snapshot arrives in pieces; a process
+/// that lets a region go is reported by its host up to a second later), and the soak samples
+/// every 10 s.
+pub const SETTLE: Duration = Duration::from_secs(30);
+
+/// The name of the gauge of a gateway's players.
+const SESSIONS_GAUGE: &str = "baton_gateway_sessions";
 
 /// Per process (name and pid), the trend of its samples after `warmup` of its own life.
 fn trends(samples: &[Sample], warmup: Duration) -> Vec<ProcessTrend> {
@@ -746,25 +775,37 @@ fn trends(samples: &[Sample], warmup: Duration) -> Vec<ProcessTrend> {
             }
             let minutes = kept.last()?.at_min - kept.first()?.at_min;
             let stretches: Vec<&[&Sample]> = kept
-                .chunk_by(|a, b| a.regions == b.regions && a.standby_of == b.standby_of && a.children == b.children)
-                .collect();
-            let points = |value: fn(&Sample) -> u64| -> Vec<Vec<(f64, f64)>> {
-                stretches
-                    .iter()
-                    .map(|stretch| stretch.iter().map(|sample| (sample.at_min, value(sample) as f64)).collect())
-                    .collect()
-            };
-            let rss_kb_per_min = pooled_slope(&points(|sample| sample.rss_kb));
-            let fds_per_min = pooled_slope(&points(|sample| sample.fds));
-            let heap_series: Vec<(f64, u64)> =
-                kept.iter().filter_map(|sample| Some((sample.at_min, sample.heap_kb?))).collect();
-            let heap_points: Vec<Vec<(f64, f64)>> = stretches
-                .iter()
-                .map(|stretch| {
-                    stretch.iter().filter_map(|sample| Some((sample.at_min, sample.heap_kb? as f64))).collect()
+                .chunk_by(|a, b| {
+                    a.regions == b.regions
+                        && a.standby_of == b.standby_of
+                        && a.children == b.children
+                        && a.sessions == b.sessions
                 })
                 .collect();
-            let heap_kb_per_min = (heap_series.len() >= 2).then(|| pooled_slope(&heap_points));
+            let settle = SETTLE.as_secs_f64() / 60.0;
+            let settled: Vec<&[&Sample]> = stretches
+                .iter()
+                .map(|stretch| {
+                    let from = stretch[0].at_min + settle;
+                    &stretch[stretch.partition_point(|sample| sample.at_min < from)..]
+                })
+                .filter(|stretch| !stretch.is_empty())
+                .collect();
+            let judged_minutes: f64 =
+                settled.iter().map(|stretch| stretch[stretch.len() - 1].at_min - stretch[0].at_min).sum();
+            let points = |value: fn(&Sample) -> Option<u64>| -> Vec<Vec<(f64, f64)>> {
+                settled
+                    .iter()
+                    .map(|stretch| {
+                        stretch.iter().filter_map(|sample| Some((sample.at_min, value(sample)? as f64))).collect()
+                    })
+                    .collect()
+            };
+            let rss_kb_per_min = pooled_slope(&points(|sample| Some(sample.rss_kb)));
+            let fds_per_min = pooled_slope(&points(|sample| Some(sample.fds)));
+            let heap_series: Vec<(f64, u64)> =
+                kept.iter().filter_map(|sample| Some((sample.at_min, sample.heap_kb?))).collect();
+            let heap_kb_per_min = (heap_series.len() >= 2).then(|| pooled_slope(&points(|sample| sample.heap_kb)));
             let (judged_on, judged_per_min, judged): (_, _, Vec<u64>) = match heap_kb_per_min {
                 Some(slope) if heap_series.len() * 10 >= kept.len() * 9 => {
                     ("heap", slope, heap_series.iter().map(|(_, kb)| *kb).collect())
@@ -772,14 +813,16 @@ fn trends(samples: &[Sample], warmup: Duration) -> Vec<ProcessTrend> {
                 _ => ("rss", rss_kb_per_min, kept.iter().map(|sample| sample.rss_kb).collect()),
             };
             let mean = judged.iter().sum::<u64>() as f64 / judged.len() as f64;
-            let flat =
-                (minutes >= JUDGED_MINUTES).then_some(judged_per_min * 60.0 <= mean * 0.10 && fds_per_min * 60.0 < 5.0);
+            let flat = (judged_minutes >= JUDGED_MINUTES)
+                .then_some(judged_per_min * 60.0 <= mean * 0.10 && fds_per_min * 60.0 < 5.0);
             Some(ProcessTrend {
                 process,
                 pid,
                 samples: kept.len(),
                 minutes,
+                judged_minutes,
                 stretches: stretches.len(),
+                stretch_starts: stretches.iter().map(|stretch| stretch[0].at_min).collect(),
                 rss_kb: (kept.first()?.rss_kb, kept.last()?.rss_kb),
                 rss_series: kept.iter().map(|sample| (sample.at_min, sample.rss_kb)).collect(),
                 rss_kb_per_min,
@@ -799,28 +842,35 @@ fn trends(samples: &[Sample], warmup: Duration) -> Vec<ProcessTrend> {
         .collect()
 }
 
-/// Least-squares slope of `points` (0 for fewer than two distinct x).
+/// The slope of `points` as one stretch ([`pooled_slope`]; 0 for fewer than two distinct x).
 #[cfg(test)]
 fn slope(points: &[(f64, f64)]) -> f64 {
     pooled_slope(&[points.to_vec()])
 }
 
-/// The least-squares slope shared by `stretches`, each with a level of its own: the line's
-/// height may jump between stretches (a region taken over or handed off), its slope is one.
-/// That is, the sums of each stretch's deviations from its own means, pooled (0 without two
-/// distinct x in any stretch).
+/// The slope shared by `stretches`, each with a level of its own: the line's height may jump
+/// between stretches (a region taken over or handed off), its slope is one. It is the median of
+/// the slopes between every two points of the same stretch (the Theil-Sen estimator, pooled over
+/// the stretches; 0 without two distinct x in any stretch): a steady growth gives every pair its
+/// slope, while one sample of a burst, or of a role that changed between two reports, moves the
+/// median by a pair or two where it would tilt a least-squares line.
 fn pooled_slope(stretches: &[Vec<(f64, f64)>]) -> f64 {
-    let (mut covariance, mut variance) = (0.0, 0.0);
-    for points in stretches.iter().filter(|points| !points.is_empty()) {
-        let count = points.len() as f64;
-        let mean_x = points.iter().map(|(x, _)| x).sum::<f64>() / count;
-        let mean_y = points.iter().map(|(_, y)| y).sum::<f64>() / count;
-        for (x, y) in points {
-            covariance += (x - mean_x) * (y - mean_y);
-            variance += (x - mean_x) * (x - mean_x);
+    let mut slopes: Vec<f64> = Vec::new();
+    for points in stretches {
+        for (index, (x0, y0)) in points.iter().enumerate() {
+            for (x1, y1) in &points[index + 1..] {
+                if x1 != x0 {
+                    slopes.push((y1 - y0) / (x1 - x0));
+                }
+            }
         }
     }
-    if variance == 0.0 { 0.0 } else { covariance / variance }
+    if slopes.is_empty() {
+        return 0.0;
+    }
+    slopes.sort_by(f64::total_cmp);
+    let middle = slopes.len() / 2;
+    if slopes.len() % 2 == 1 { slopes[middle] } else { (slopes[middle - 1] + slopes[middle]) / 2.0 }
 }
 
 /// Processes where none should be: in a host's namespace, besides its agent and the region
@@ -899,6 +949,7 @@ mod tests {
             standby_of: Vec::new(),
             entities: None,
             children: 0,
+            sessions: None,
         };
         // Growing 10 kB a minute on 10 MB: 6% an hour, flat; the first 2 minutes are left out.
         let steady: Vec<Sample> =
@@ -949,6 +1000,7 @@ mod tests {
             standby_of: Vec::new(),
             entities,
             children: 0,
+            sessions: None,
         };
         let samples: Vec<Sample> =
             (0..40).map(|index| sample(index, (index % 10 != 0).then_some(300 + u64::from(index)))).collect();
@@ -970,6 +1022,7 @@ mod tests {
             standby_of: Vec::new(),
             entities: None,
             children: 0,
+            sessions: None,
         };
         let mut samples = Vec::new();
         for index in 0..40 {
@@ -997,6 +1050,7 @@ mod tests {
             standby_of: Vec::new(),
             entities: None,
             children: 0,
+            sessions: None,
         };
         // Resident memory stepping up after bursts (the allocator keeping what they freed), 20% an
         // hour, over a level heap: flat, judged on the heap; the resident slope still reported.
@@ -1048,6 +1102,7 @@ mod tests {
             standby_of,
             entities: None,
             children: 4,
+            sessions: None,
         };
         let mut samples: Vec<Sample> = (0..30).map(|index| sample(index, 20_000, vec![1], vec![])).collect();
         samples.extend((30..60).map(|index| sample(index, 50_000, vec![1, 2], vec![])));
@@ -1067,6 +1122,126 @@ mod tests {
             .collect();
         let trend = &trends(&leaking, Duration::ZERO)[0];
         assert!(trend.rss_kb_per_min > 900.0 && trend.flat == Some(false), "{trend:?}");
+    }
+
+    #[test]
+    fn the_slope_is_the_median_of_the_pairs_so_one_sample_does_not_tilt_it() {
+        // Pairs' slopes 1, 2, 4/3, 3, 3/2 and 0: the median of an even count is the mean of the
+        // middle two.
+        let median = slope(&[(0.0, 0.0), (1.0, 1.0), (2.0, 4.0), (3.0, 4.0)]);
+        assert!((median - (4.0 / 3.0 + 1.5) / 2.0).abs() < 1e-9, "{median}");
+        assert!((slope(&[(0.0, 0.0), (1.0, 1.0), (2.0, 4.0)]) - 2.0).abs() < 1e-9);
+        // Level at 9.6 MB but for one burst at the end: a least-squares line would climb.
+        let mut burst: Vec<(f64, f64)> = (0..30).map(|index| (f64::from(index) / 6.0, 9_600.0)).collect();
+        burst[29].1 = 10_200.0;
+        assert_eq!(slope(&burst), 0.0);
+        // Pairs are taken within a stretch only: two level stretches at different heights are flat.
+        assert_eq!(pooled_slope(&[vec![(0.0, 5.0), (1.0, 5.0)], vec![(2.0, 9.0), (3.0, 9.0)]]), 0.0);
+    }
+
+    /// h1-p27 of a 30-minute soak (2026-12-07), in shape: 6.5 MB with nothing to do, the hot
+    /// standby of region 4 from 14.5 minutes (its snapshot lands over two samples, 8.8 then 9.6
+    /// MB, with one-sample bursts of half a megabyte), let go at 19.7 minutes but reported as the
+    /// standby one sample longer, back to 6.5 MB. `grow` kB a minute is added throughout.
+    fn standby_for_a_while(grow: f64) -> Vec<Sample> {
+        (0..130u32)
+            .map(|index| {
+                let at_min = 8.5 + f64::from(index) / 6.0;
+                let standby = (14.5..19.9).contains(&at_min);
+                let heap = match at_min {
+                    at if !(14.5..19.75).contains(&at) => 6_500.0,
+                    at if at < 14.65 => 8_800.0,
+                    _ if index % 7 == 3 => 10_100.0,
+                    _ => 9_600.0,
+                } + f64::from(index * 37 % 100)
+                    + grow * at_min;
+                Sample {
+                    at_min,
+                    process: "h1-p27".into(),
+                    pid: 3641,
+                    rss_kb: heap as u64 + 5_000,
+                    heap_kb: Some(heap as u64),
+                    fds: 13,
+                    regions: Vec::new(),
+                    standby_of: if standby { vec![4] } else { Vec::new() },
+                    entities: Some(if standby { 398 } else { 0 }),
+                    children: 0,
+                    sessions: None,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_role_whose_memory_lands_over_a_few_samples_is_not_a_trend() {
+        let trend = &trends(&standby_for_a_while(0.0), Duration::from_secs(120))[0];
+        assert_eq!(trend.stretches, 3, "{trend:?}");
+        assert!(trend.judged_minutes >= JUDGED_MINUTES, "{trend:?}");
+        assert_eq!((trend.judged_on, trend.flat), ("heap", Some(true)), "{trend:?}");
+        assert!(trend.heap_kb_per_min.is_some_and(|slope| slope.abs() < 5.0), "{trend:?}");
+        // The stretches begin where the role changed, as reported.
+        assert_eq!(trend.stretch_starts.len(), 3);
+        assert!((trend.stretch_starts[1] - 14.5).abs() < 0.2 && (trend.stretch_starts[2] - 19.9).abs() < 0.2);
+        // The same process growing 100 kB a minute all along (15% an hour on its 8 MB) is not flat.
+        let leaking = &trends(&standby_for_a_while(100.0), Duration::from_secs(120))[0];
+        assert_eq!(leaking.flat, Some(false), "{leaking:?}");
+        assert!(leaking.heap_kb_per_min.is_some_and(|slope| (slope - 100.0).abs() < 10.0), "{leaking:?}");
+    }
+
+    #[test]
+    fn a_gateways_players_make_its_stretches() {
+        // 100 players, then 230 after a gateway kill sent the other gateway's players here: the
+        // heap steps up with them and is level after; growth at either count is still growth.
+        let gateway = |grow: f64| -> Vec<Sample> {
+            (0..120u32)
+                .map(|index| {
+                    let at_min = f64::from(index) / 6.0;
+                    let sessions = if at_min < 8.0 { 100 } else { 230 };
+                    let heap = if sessions == 100 { 6_700.0 } else { 8_000.0 } + grow * at_min;
+                    Sample {
+                        at_min,
+                        process: "g0".into(),
+                        pid: 3518,
+                        rss_kb: 13_000,
+                        heap_kb: Some(heap as u64),
+                        fds: 23,
+                        regions: Vec::new(),
+                        standby_of: Vec::new(),
+                        entities: None,
+                        children: 0,
+                        sessions: Some(sessions),
+                    }
+                })
+                .collect()
+        };
+        let trend = &trends(&gateway(0.0), Duration::ZERO)[0];
+        assert_eq!((trend.stretches, trend.flat), (2, Some(true)), "{trend:?}");
+        assert_eq!(trend.heap_kb_per_min, Some(0.0), "{trend:?}");
+        assert_eq!(trends(&gateway(200.0), Duration::ZERO)[0].flat, Some(false));
+    }
+
+    #[test]
+    fn a_process_whose_role_changes_every_few_samples_is_not_judged() {
+        // 20 minutes of samples, but a region taken or let go every 40 s: each stretch leaves one
+        // settled sample, no span to fit.
+        let samples: Vec<Sample> = (0..120u32)
+            .map(|index| Sample {
+                at_min: f64::from(index) / 6.0,
+                process: "h2-p3".into(),
+                pid: 40,
+                rss_kb: 10_000 + u64::from(index) * 100,
+                heap_kb: Some(8_000 + u64::from(index) * 100),
+                fds: 13,
+                regions: vec![u64::from(index / 4 % 2)],
+                standby_of: Vec::new(),
+                entities: None,
+                children: 0,
+                sessions: None,
+            })
+            .collect();
+        let trend = &trends(&samples, Duration::ZERO)[0];
+        assert!(trend.minutes > 19.0 && trend.judged_minutes < 1e-9, "{trend:?}");
+        assert_eq!(trend.flat, None, "{trend:?}");
     }
 
     #[test]

@@ -413,10 +413,11 @@ fn print_soak(report: &soak::SoakReport) {
         if report.leaked_processes.is_empty() { "none".to_owned() } else { report.leaked_processes.join("; ") }
     );
     println!(
-        "{:<14} {:>7} {:>8} {:>21} {:>10} {:>21} {:>10} {:>15} {:>9} {:>9} {:>10}",
+        "{:<14} {:>7} {:>8} {:>7} {:>21} {:>10} {:>21} {:>10} {:>15} {:>9} {:>9} {:>10}",
         "process",
         "pid",
         "minutes",
+        "judged",
         "rss kB first/last",
         "kB/min",
         "heap kB first/last",
@@ -428,10 +429,11 @@ fn print_soak(report: &soak::SoakReport) {
     );
     for process in &report.processes {
         println!(
-            "{:<14} {:>7} {:>8.1} {:>21} {:>10.1} {:>21} {:>10} {:>15} {:>9} {:>9.3} {:>10}",
+            "{:<14} {:>7} {:>8.1} {:>7.1} {:>21} {:>10.1} {:>21} {:>10} {:>15} {:>9} {:>9.3} {:>10}",
             process.process,
             process.pid,
             process.minutes,
+            process.judged_minutes,
             format!("{}/{}", process.rss_kb.0, process.rss_kb.1),
             process.rss_kb_per_min,
             process.heap_kb.map_or("-".to_owned(), |(first, last)| format!("{first}/{last}")),
