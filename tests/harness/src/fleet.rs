@@ -496,8 +496,7 @@ impl Fleet {
             .checked_sub(1)
             .and_then(|index| self.agent_metrics.get(index))
             .with_context(|| format!("no agent h{index}"))?;
-        let page = self.admin.http.get(format!("http://{address}/metrics")).call()?.body_mut().read_to_string()?;
-        metric_value(&page, name)
+        metric_value(&self.admin.metrics_page(&format!("http://{address}/metrics"))?, name)
     }
 
     /// Kills the coordinator with SIGKILL.
@@ -743,8 +742,14 @@ impl Drop for Fleet {
 /// The value of the unlabelled sample `name` in a Prometheus text page (0 when it is absent: a
 /// counter not incremented yet is not listed).
 pub fn metric_value(page: &str, name: &str) -> anyhow::Result<f64> {
+    metric_listed(page, name).unwrap_or(Ok(0.0))
+}
+
+/// The value of the unlabelled sample `name` in a Prometheus text page, `None` when the page does
+/// not list it (a process that does not have it, rather than one that has not counted yet).
+pub fn metric_listed(page: &str, name: &str) -> Option<anyhow::Result<f64>> {
     page.lines()
         .filter(|line| !line.starts_with('#'))
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .map_or(Ok(0.0), |value| value.trim().parse().with_context(|| format!("{name}: {value}")))
+        .map(|value| value.trim().parse().with_context(|| format!("{name}: {value}")))
 }

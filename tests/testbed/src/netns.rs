@@ -3,14 +3,19 @@
 //!
 //! Every namespace is named `baton-tb-<site>`; the bridge lives in `baton-tb-switch`, so the
 //! machine's own namespace is never touched and traffic only flows between the test bed's
-//! addresses (10.77.0.0/24). [`Testbed::create`] first removes whatever an earlier, crashed run
-//! left (every `baton-tb-` namespace and every process in one); dropping the [`Testbed`] removes
-//! everything again, also on a panic, and [`on_signals_clean_up`] does so on Ctrl-C or a CI job's
-//! SIGTERM in the `baton-testbed` binary (a test process killed by its runner leaves its test bed
-//! to the next run's start).
+//! addresses (10.77.0.0/24). One test bed runs on a machine at a time: [`Testbed::create`] waits
+//! for the lock on [`LOCK_PATH`] that a live test bed holds (a test started beside a soak waits
+//! for it instead of removing it), then removes whatever an earlier, crashed run left (every
+//! `baton-tb-` namespace and every process in one); dropping the [`Testbed`] removes everything
+//! again, also on a panic, and [`on_signals_clean_up`] does so on Ctrl-C or a CI job's SIGTERM in
+//! the `baton-testbed` binary (a test process killed by its runner leaves its test bed to the next
+//! run's start; the kernel releases its lock).
 
+use std::fs::File;
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
 use baton_harness::players::Site;
@@ -21,6 +26,69 @@ const SWITCH: &str = "baton-tb-switch";
 const BRIDGE: &str = "br0";
 /// The device name of a host's link inside its namespace.
 pub const DEVICE: &str = "uplink";
+/// The file whose lock a live test bed holds (it names the holder's pid).
+pub const LOCK_PATH: &str = "/run/baton-testbed.lock";
+
+/// Whether this process holds the lock (its signal handler may then remove the test bed; a
+/// process still waiting for the lock must not remove another's).
+static HOLDING: AtomicBool = AtomicBool::new(false);
+
+/// The machine's test bed lock, held until dropped (or until the process ends).
+#[derive(Debug)]
+pub struct MachineLock {
+    _file: File,
+}
+
+impl MachineLock {
+    /// Takes the lock, waiting (and saying so once) while another process holds it.
+    pub fn wait() -> anyhow::Result<MachineLock> {
+        MachineLock::take(true)?.context("the test bed lock")
+    }
+
+    /// Takes the lock if no other process holds it: `None` when one does.
+    pub fn try_now() -> anyhow::Result<Option<MachineLock>> {
+        MachineLock::take(false)
+    }
+
+    fn take(wait: bool) -> anyhow::Result<Option<MachineLock>> {
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(LOCK_PATH)
+            .with_context(|| format!("opening {LOCK_PATH}"))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) if wait => {
+                eprintln!(
+                    "baton-testbed: another test bed is in use on this machine ({}); waiting for it to end",
+                    MachineLock::holder()
+                );
+                file.lock().with_context(|| format!("waiting for the lock on {LOCK_PATH}"))?;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(std::fs::TryLockError::Error(error)) => {
+                return Err(error).with_context(|| format!("locking {LOCK_PATH}"));
+            }
+        }
+        file.set_len(0).and_then(|()| write!(file, "pid {}", std::process::id())).context("naming the holder")?;
+        HOLDING.store(true, Ordering::SeqCst);
+        Ok(Some(MachineLock { _file: file }))
+    }
+
+    /// Who holds the lock, as its file says.
+    #[must_use]
+    pub fn holder() -> String {
+        std::fs::read_to_string(LOCK_PATH).map_or_else(|_| "holder unknown".to_owned(), |text| text.trim().to_owned())
+    }
+}
+
+impl Drop for MachineLock {
+    fn drop(&mut self) {
+        HOLDING.store(false, Ordering::SeqCst);
+    }
+}
 
 /// One site (a host, the gateway's machine, the players' network).
 #[derive(Clone, Debug)]
@@ -35,6 +103,8 @@ pub struct SiteSpec {
 #[derive(Debug)]
 pub struct Testbed {
     sites: Vec<(SiteSpec, Site)>,
+    /// Released after the test bed is removed (fields drop after `Drop::drop`).
+    _lock: MachineLock,
 }
 
 /// Why the test bed cannot run here, if it cannot: it needs root (namespaces, links, qdiscs) and
@@ -97,7 +167,8 @@ pub fn clean_up() -> anyhow::Result<()> {
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread (call it first in `main`, before any other
 /// thread starts, so that they inherit the mask) and waits for them on a thread of its own: one
-/// of them removes the test bed and ends the process with 130.
+/// of them removes the test bed (when this process holds the machine's lock: one still waiting
+/// for it leaves the other's alone) and ends the process with 130.
 pub fn on_signals_clean_up() -> anyhow::Result<()> {
     use nix::sys::signal::{SigSet, Signal};
     let mut signals = SigSet::empty();
@@ -107,6 +178,10 @@ pub fn on_signals_clean_up() -> anyhow::Result<()> {
     signals.thread_block().context("blocking signals")?;
     std::thread::Builder::new().name("signals".into()).spawn(move || {
         if let Ok(signal) = signals.wait() {
+            if !HOLDING.load(Ordering::SeqCst) {
+                eprintln!("baton-testbed: {signal}: stopped before this run had a test bed");
+                std::process::exit(130);
+            }
             eprintln!("baton-testbed: {signal}: removing the test bed");
             // The main thread may be making a namespace meanwhile: go again until none is left.
             for _ in 0..5 {
@@ -125,13 +200,15 @@ pub fn on_signals_clean_up() -> anyhow::Result<()> {
 
 impl Testbed {
     /// Creates one namespace per site, each with a link to the switch and the address
-    /// 10.77.0.N/24; removes what an earlier run left first.
+    /// 10.77.0.N/24; waits while another test bed runs on this machine, then removes what an
+    /// earlier run left.
     pub fn create(sites: &[SiteSpec]) -> anyhow::Result<Testbed> {
         if let Some(why) = unavailable() {
             bail!("{why}");
         }
+        let lock = MachineLock::wait()?;
         clean_up().context("removing an earlier test bed")?;
-        let mut testbed = Testbed { sites: Vec::new() };
+        let mut testbed = Testbed { sites: Vec::new(), _lock: lock };
         run("ip", &["netns", "add", SWITCH])?;
         run("ip", &["-n", SWITCH, "link", "add", BRIDGE, "type", "bridge"])?;
         run("ip", &["-n", SWITCH, "link", "set", BRIDGE, "up"])?;

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use baton_harness::fleet::{AdminApi, Fleet, FleetPlacement, ServerCommandLine, metric_value};
+use baton_harness::fleet::{AdminApi, Fleet, FleetPlacement, ServerCommandLine, metric_listed};
 use baton_harness::players::{PlayerOutcome, run_player};
 use baton_loadtest::Scenario;
 use baton_runtime::fault_point::{FAULT_POINT_VARIABLE, FaultPhase, FaultPoint};
@@ -124,13 +124,15 @@ pub struct ProcessTrend {
     /// lacks it when the process's metrics could not be read (its host cut off, say).
     pub heap_series: Vec<(f64, u64)>,
     /// Slope of the live heap within those stretches, kB per minute (of the samples that have
-    /// it; `None` with fewer than two).
+    /// it; `None` without two settled ones in the same stretch).
     pub heap_kb_per_min: Option<f64>,
     /// Entities in the worlds it held (the regions it owned and followed as a standby, as their
     /// owners last reported them) at the first and the last of them that have the count: what
     /// its heap holds for the game (`None` for a process that is not a region server, or when no
     /// sample had every count).
     pub entities: Option<(u64, u64)>,
+    /// The players it carried (a gateway's) at the first and the last of them.
+    pub sessions: Option<(u64, u64)>,
     /// What `flat` judged: `"heap"` (the live heap, when at least 90% of the samples have it) or
     /// `"rss"` (resident memory).
     pub judged_on: &'static str,
@@ -596,7 +598,7 @@ fn set_watched(
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 struct Sample {
     at_min: f64,
     process: String,
@@ -654,14 +656,10 @@ fn sample_every(
             .into_iter()
             .map(|(name, pid, metrics)| {
                 let page = admin.metrics_page(&metrics).ok();
-                let read = |metric: &str| page.as_deref().and_then(|page| metric_value(page, metric).ok());
+                let read = |metric: &str| page.as_deref().and_then(|page| metric_listed(page, metric)?.ok());
                 let heap = read(baton_net::heap::LIVE_BYTES_GAUGE).filter(|bytes| *bytes > 0.0);
-                // Only a gateway's page has it (and then always, 0 without players).
-                let sessions = page
-                    .as_deref()
-                    .filter(|page| page.contains(SESSIONS_GAUGE))
-                    .and_then(|_| read(SESSIONS_GAUGE))
-                    .map(|sessions| sessions as u64);
+                // Only a gateway's page lists it (and then always, 0 without players).
+                let sessions = read(SESSIONS_GAUGE).map(|sessions| sessions as u64);
                 Sample { sessions, ..seen(name, pid, heap.map(|bytes| bytes as u64 / 1024), Vec::new(), Vec::new()) }
             })
             .collect();
@@ -749,12 +747,15 @@ fn usage(pid: u32) -> Option<(u64, u64, u64)> {
 pub const JUDGED_MINUTES: f64 = 10.0;
 
 /// How long after a stretch begins its samples are left out of the slopes. A role's memory lands
-/// over a few samples (a region taken over or a standby's snapshot arrives in pieces; a process
-/// that lets a region go is reported by its host up to a second later), and the soak samples
-/// every 10 s.
+/// over a few samples: a region taken over arrives in snapshot chunks and rounds, and a region
+/// server's heap, as its agent reports it, is up to a second (its heap events) and a status report
+/// older than the regions it is reported with. The soak samples every 10 s. A standby's stretch
+/// begins when it is named (preparing, then fed its snapshot), so what lands after the first 30 s
+/// of a longer snapshot is in the fit; a role reported late, at the end of a stretch, is left to
+/// the median ([`pooled_slope`]).
 pub const SETTLE: Duration = Duration::from_secs(30);
 
-/// The name of the gauge of a gateway's players.
+/// The gauge of a gateway's players (`GatewayStats::record_metrics` names it).
 const SESSIONS_GAUGE: &str = "baton_gateway_sessions";
 
 /// Per process (name and pid), the trend of its samples after `warmup` of its own life.
@@ -767,14 +768,23 @@ fn trends(samples: &[Sample], warmup: Duration) -> Vec<ProcessTrend> {
             let own: Vec<&Sample> =
                 samples.iter().filter(|sample| sample.process == process && sample.pid == pid).collect();
             let first = own.first()?.at_min;
-            let kept: Vec<&Sample> =
-                own.into_iter().filter(|sample| sample.at_min >= first + warmup.as_secs_f64() / 60.0).collect();
+            // A gateway's players as last read: a scrape that failed (its metrics cut off) does not
+            // end a stretch.
+            let mut players = None;
+            let kept: Vec<Sample> = own
+                .into_iter()
+                .filter(|sample| sample.at_min >= first + warmup.as_secs_f64() / 60.0)
+                .map(|sample| {
+                    players = sample.sessions.or(players);
+                    Sample { sessions: players, ..sample.clone() }
+                })
+                .collect();
             // A trend needs a few minutes of samples.
             if kept.len() < 12 {
                 return None;
             }
             let minutes = kept.last()?.at_min - kept.first()?.at_min;
-            let stretches: Vec<&[&Sample]> = kept
+            let stretches: Vec<&[Sample]> = kept
                 .chunk_by(|a, b| {
                     a.regions == b.regions
                         && a.standby_of == b.standby_of
@@ -783,7 +793,7 @@ fn trends(samples: &[Sample], warmup: Duration) -> Vec<ProcessTrend> {
                 })
                 .collect();
             let settle = SETTLE.as_secs_f64() / 60.0;
-            let settled: Vec<&[&Sample]> = stretches
+            let settled: Vec<&[Sample]> = stretches
                 .iter()
                 .map(|stretch| {
                     let from = stretch[0].at_min + settle;
@@ -801,11 +811,11 @@ fn trends(samples: &[Sample], warmup: Duration) -> Vec<ProcessTrend> {
                     })
                     .collect()
             };
-            let rss_kb_per_min = pooled_slope(&points(|sample| Some(sample.rss_kb)));
-            let fds_per_min = pooled_slope(&points(|sample| Some(sample.fds)));
+            let rss_kb_per_min = pooled_slope(&points(|sample| Some(sample.rss_kb))).unwrap_or(0.0);
+            let fds_per_min = pooled_slope(&points(|sample| Some(sample.fds))).unwrap_or(0.0);
             let heap_series: Vec<(f64, u64)> =
                 kept.iter().filter_map(|sample| Some((sample.at_min, sample.heap_kb?))).collect();
-            let heap_kb_per_min = (heap_series.len() >= 2).then(|| pooled_slope(&points(|sample| sample.heap_kb)));
+            let heap_kb_per_min = pooled_slope(&points(|sample| sample.heap_kb));
             let (judged_on, judged_per_min, judged): (_, _, Vec<u64>) = match heap_kb_per_min {
                 Some(slope) if heap_series.len() * 10 >= kept.len() * 9 => {
                     ("heap", slope, heap_series.iter().map(|(_, kb)| *kb).collect())
@@ -831,6 +841,10 @@ fn trends(samples: &[Sample], warmup: Duration) -> Vec<ProcessTrend> {
                     .iter()
                     .find_map(|sample| sample.entities)
                     .zip(kept.iter().rev().find_map(|sample| sample.entities)),
+                sessions: kept
+                    .iter()
+                    .find_map(|sample| sample.sessions)
+                    .zip(kept.iter().rev().find_map(|sample| sample.sessions)),
                 heap_series,
                 heap_kb_per_min,
                 judged_on,
@@ -845,16 +859,16 @@ fn trends(samples: &[Sample], warmup: Duration) -> Vec<ProcessTrend> {
 /// The slope of `points` as one stretch ([`pooled_slope`]; 0 for fewer than two distinct x).
 #[cfg(test)]
 fn slope(points: &[(f64, f64)]) -> f64 {
-    pooled_slope(&[points.to_vec()])
+    pooled_slope(&[points.to_vec()]).unwrap_or(0.0)
 }
 
 /// The slope shared by `stretches`, each with a level of its own: the line's height may jump
 /// between stretches (a region taken over or handed off), its slope is one. It is the median of
 /// the slopes between every two points of the same stretch (the Theil-Sen estimator, pooled over
-/// the stretches; 0 without two distinct x in any stretch): a steady growth gives every pair its
-/// slope, while one sample of a burst, or of a role that changed between two reports, moves the
-/// median by a pair or two where it would tilt a least-squares line.
-fn pooled_slope(stretches: &[Vec<(f64, f64)>]) -> f64 {
+/// the stretches; `None` without two distinct x in any stretch): a steady growth gives every pair
+/// its slope, while one sample of a burst, or of a role reported late, is in about 1/n of a
+/// stretch's pairs, where it would tilt a least-squares line by its whole height.
+fn pooled_slope(stretches: &[Vec<(f64, f64)>]) -> Option<f64> {
     let mut slopes: Vec<f64> = Vec::new();
     for points in stretches {
         for (index, (x0, y0)) in points.iter().enumerate() {
@@ -866,11 +880,11 @@ fn pooled_slope(stretches: &[Vec<(f64, f64)>]) -> f64 {
         }
     }
     if slopes.is_empty() {
-        return 0.0;
+        return None;
     }
     slopes.sort_by(f64::total_cmp);
     let middle = slopes.len() / 2;
-    if slopes.len() % 2 == 1 { slopes[middle] } else { (slopes[middle - 1] + slopes[middle]) / 2.0 }
+    Some(if slopes.len() % 2 == 1 { slopes[middle] } else { (slopes[middle - 1] + slopes[middle]) / 2.0 })
 }
 
 /// Processes where none should be: in a host's namespace, besides its agent and the region
@@ -943,13 +957,8 @@ mod tests {
             process: "g0".into(),
             pid: 9,
             rss_kb,
-            heap_kb: None,
             fds,
-            regions: Vec::new(),
-            standby_of: Vec::new(),
-            entities: None,
-            children: 0,
-            sessions: None,
+            ..Sample::default()
         };
         // Growing 10 kB a minute on 10 MB: 6% an hour, flat; the first 2 minutes are left out.
         let steady: Vec<Sample> =
@@ -977,7 +986,7 @@ mod tests {
         // Too short to say anything; long enough for a slope, too short to judge it.
         assert!(trends(&steady[..10], Duration::ZERO).is_empty());
         let short = &trends(&leaking[..24], Duration::from_secs(120))[0];
-        assert!(short.minutes < JUDGED_MINUTES && short.rss_kb_per_min > 900.0, "{short:?}");
+        assert!(short.judged_minutes < JUDGED_MINUTES && short.rss_kb_per_min > 900.0, "{short:?}");
         assert_eq!(short.flat, None, "{short:?}");
     }
 
@@ -997,10 +1006,8 @@ mod tests {
             heap_kb: Some(9_000),
             fds: 30,
             regions: vec![1],
-            standby_of: Vec::new(),
             entities,
-            children: 0,
-            sessions: None,
+            ..Sample::default()
         };
         let samples: Vec<Sample> =
             (0..40).map(|index| sample(index, (index % 10 != 0).then_some(300 + u64::from(index)))).collect();
@@ -1016,13 +1023,8 @@ mod tests {
             process: process.into(),
             pid,
             rss_kb,
-            heap_kb: None,
             fds: 30,
-            regions: Vec::new(),
-            standby_of: Vec::new(),
-            entities: None,
-            children: 0,
-            sessions: None,
+            ..Sample::default()
         };
         let mut samples = Vec::new();
         for index in 0..40 {
@@ -1046,11 +1048,7 @@ mod tests {
             rss_kb,
             heap_kb,
             fds: 30,
-            regions: Vec::new(),
-            standby_of: Vec::new(),
-            entities: None,
-            children: 0,
-            sessions: None,
+            ..Sample::default()
         };
         // Resident memory stepping up after bursts (the allocator keeping what they freed), 20% an
         // hour, over a level heap: flat, judged on the heap; the resident slope still reported.
@@ -1096,13 +1094,11 @@ mod tests {
             process: "h1-p2".into(),
             pid: 7,
             rss_kb,
-            heap_kb: None,
             fds: 40,
             regions,
             standby_of,
-            entities: None,
             children: 4,
-            sessions: None,
+            ..Sample::default()
         };
         let mut samples: Vec<Sample> = (0..30).map(|index| sample(index, 20_000, vec![1], vec![])).collect();
         samples.extend((30..60).map(|index| sample(index, 50_000, vec![1, 2], vec![])));
@@ -1136,7 +1132,8 @@ mod tests {
         burst[29].1 = 10_200.0;
         assert_eq!(slope(&burst), 0.0);
         // Pairs are taken within a stretch only: two level stretches at different heights are flat.
-        assert_eq!(pooled_slope(&[vec![(0.0, 5.0), (1.0, 5.0)], vec![(2.0, 9.0), (3.0, 9.0)]]), 0.0);
+        assert_eq!(pooled_slope(&[vec![(0.0, 5.0), (1.0, 5.0)], vec![(2.0, 9.0), (3.0, 9.0)]]), Some(0.0));
+        assert_eq!(pooled_slope(&[vec![(1.0, 7.0)], vec![(2.0, 9.0)]]), None, "no pair within a stretch");
     }
 
     /// h1-p27 of a 30-minute soak (2026-12-07), in shape: 6.5 MB with nothing to do, the hot
@@ -1162,11 +1159,9 @@ mod tests {
                     rss_kb: heap as u64 + 5_000,
                     heap_kb: Some(heap as u64),
                     fds: 13,
-                    regions: Vec::new(),
                     standby_of: if standby { vec![4] } else { Vec::new() },
                     entities: Some(if standby { 398 } else { 0 }),
-                    children: 0,
-                    sessions: None,
+                    ..Sample::default()
                 }
             })
             .collect()
@@ -1196,7 +1191,7 @@ mod tests {
             (0..120u32)
                 .map(|index| {
                     let at_min = f64::from(index) / 6.0;
-                    let sessions = if at_min < 8.0 { 100 } else { 230 };
+                    let sessions = if at_min < 10.0 { 100 } else { 230 };
                     let heap = if sessions == 100 { 6_700.0 } else { 8_000.0 } + grow * at_min;
                     Sample {
                         at_min,
@@ -1205,19 +1200,42 @@ mod tests {
                         rss_kb: 13_000,
                         heap_kb: Some(heap as u64),
                         fds: 23,
-                        regions: Vec::new(),
-                        standby_of: Vec::new(),
-                        entities: None,
-                        children: 0,
                         sessions: Some(sessions),
+                        ..Sample::default()
                     }
                 })
                 .collect()
         };
         let trend = &trends(&gateway(0.0), Duration::ZERO)[0];
-        assert_eq!((trend.stretches, trend.flat), (2, Some(true)), "{trend:?}");
+        assert_eq!((trend.stretches, trend.flat, trend.sessions), (2, Some(true), Some((100, 230))), "{trend:?}");
         assert_eq!(trend.heap_kb_per_min, Some(0.0), "{trend:?}");
+        // A scrape that failed (no count read) continues the stretch it fell in.
+        let mut unread = gateway(0.0);
+        for sample in &mut unread[30..33] {
+            sample.sessions = None;
+        }
+        assert_eq!(trends(&unread, Duration::ZERO)[0].stretches, 2);
         assert_eq!(trends(&gateway(200.0), Duration::ZERO)[0].flat, Some(false));
+    }
+
+    #[test]
+    fn the_first_30_s_of_a_stretch_are_left_out_of_its_slope() {
+        // Ten roles of a minute each, their memory landing over the first three samples of each
+        // (10 s apart) and level after: flat once those are left out, climbing if they were not.
+        let samples: Vec<Sample> = (0..60u32)
+            .map(|index| Sample {
+                at_min: f64::from(index) / 6.0,
+                process: "h3-p4".into(),
+                pid: 12,
+                heap_kb: Some(6_000 + u64::from((index % 6).min(3)) * 1_000),
+                regions: vec![u64::from(index / 6)],
+                ..Sample::default()
+            })
+            .collect();
+        let trend = &trends(&samples, Duration::ZERO)[0];
+        assert_eq!(trend.stretches, 10);
+        assert_eq!(trend.heap_kb_per_min, Some(0.0), "{trend:?}");
+        assert!((trend.judged_minutes - 10.0 * 20.0 / 60.0).abs() < 1e-9, "{trend:?}");
     }
 
     #[test]
@@ -1233,10 +1251,7 @@ mod tests {
                 heap_kb: Some(8_000 + u64::from(index) * 100),
                 fds: 13,
                 regions: vec![u64::from(index / 4 % 2)],
-                standby_of: Vec::new(),
-                entities: None,
-                children: 0,
-                sessions: None,
+                ..Sample::default()
             })
             .collect();
         let trend = &trends(&samples, Duration::ZERO)[0];

@@ -1,4 +1,5 @@
-//! The test bed itself (links that go down and come back, limits in place, nothing left behind),
+//! The test bed itself (links that go down and come back, limits in place, nothing left behind,
+//! one test bed on a machine at a time),
 //! its short interference run (a region moves across a shaped link; nothing is lost) and one cell
 //! of the fault matrix (a source killed at the freeze). They need root and skip, saying so,
 //! without it (CI runs as root).
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use baton_runtime::fault_point::FaultPhase;
 use baton_testbed::interference::{self, Mode, Options};
 use baton_testbed::matrix::{self, Cell, Fault};
-use baton_testbed::netns::{self, SiteSpec, Testbed};
+use baton_testbed::netns::{self, MachineLock, SiteSpec, Testbed};
 
 fn skip() -> bool {
     if let Some(why) = netns::unavailable() {
@@ -72,6 +73,23 @@ fn reaches(netns: &str, to: SocketAddr, within: Duration) -> bool {
     })
     .join()
     .unwrap()
+}
+
+#[test]
+fn a_live_test_bed_holds_the_machine_so_another_run_cannot_remove_it() {
+    if skip() {
+        return;
+    }
+    let testbed = Testbed::create(&[SiteSpec { name: "la".into(), host_byte: 1 }]).unwrap();
+    // Another run (another open of the lock file, as another process makes) finds it taken: a
+    // second `Testbed::create` waits on it, and `baton-testbed clean` refuses.
+    assert!(MachineLock::try_now().unwrap().is_none(), "the live test bed holds the lock");
+    assert_eq!(MachineLock::holder(), format!("pid {}", std::process::id()));
+    assert!(leftovers().contains(&format!("{}la", netns::PREFIX)));
+    drop(testbed);
+    assert!(leftovers().is_empty(), "{:?}", leftovers());
+    let lock = MachineLock::try_now().unwrap();
+    assert!(lock.is_some(), "a removed test bed lets the machine go");
 }
 
 #[test]

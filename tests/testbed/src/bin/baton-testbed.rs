@@ -123,7 +123,7 @@ enum Command {
         #[arg(long, default_value = "target/soak.json")]
         json: PathBuf,
     },
-    /// Removes whatever a test bed left (namespaces named baton-tb-*, and every process in them).
+    /// Removes whatever a test bed left (namespaces named baton-tb-*, and every process in them); refuses while a live run holds the test bed (it removes its own when it ends).
     Clean,
 }
 
@@ -148,6 +148,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     match cli.command {
         Command::Clean => {
+            let Some(_lock) = netns::MachineLock::try_now()? else {
+                anyhow::bail!(
+                    "a test bed is in use on this machine ({}); stop that run (it removes its own)",
+                    netns::MachineLock::holder()
+                );
+            };
             netns::clean_up()?;
             Ok(ExitCode::SUCCESS)
         }
@@ -441,7 +447,7 @@ fn print_soak(report: &soak::SoakReport) {
             process.entities.map_or("-".to_owned(), |(first, last)| format!("{first}/{last}")),
             format!("{}/{}", process.fds.0, process.fds.1),
             process.fds_per_min,
-            process.flat.map_or("short".to_owned(), |flat| format!(
+            process.flat.map_or(unjudged(process).to_owned(), |flat| format!(
                 "{} ({})",
                 if flat { "yes" } else { "NO" },
                 process.judged_on
@@ -449,4 +455,11 @@ fn print_soak(report: &soak::SoakReport) {
         );
     }
     println!("held up: {}", report.held_up());
+}
+
+/// Why a process's trend was not judged: `short` (it lived under the judged span after its
+/// warm-up) or `unsettled` (it lived long enough, but its role changed too often to leave that
+/// span of settled samples).
+fn unjudged(process: &baton_testbed::soak::ProcessTrend) -> &'static str {
+    if process.minutes >= baton_testbed::soak::JUDGED_MINUTES { "unsettled" } else { "short" }
 }
