@@ -102,8 +102,9 @@ pub struct ProcessTrend {
     pub samples: usize,
     /// Minutes they span.
     pub minutes: f64,
-    /// Minutes the slopes are fitted over: the stretches' spans (below), each without its first
-    /// [`SETTLE`]. A process is judged only when they add up to at least [`JUDGED_MINUTES`].
+    /// Minutes the slopes are fitted over: the stretches' spans (below), each begun by a new role
+    /// without its first [`SETTLE`]. A process is judged only when they add up to at least
+    /// [`JUDGED_MINUTES`].
     pub judged_minutes: f64,
     /// Resident memory at the first and the last of them, kB.
     pub rss_kb: (u64, u64),
@@ -746,7 +747,8 @@ fn usage(pid: u32) -> Option<(u64, u64, u64)> {
 /// The least span of settled samples after its warm-up a process's trend is judged on.
 pub const JUDGED_MINUTES: f64 = 10.0;
 
-/// How long after a stretch begins its samples are left out of the slopes. A role's memory lands
+/// How long after a stretch begun by a new role (regions owned or followed, a gateway's players;
+/// not a child process started or gone) its samples are left out of the slopes. A role's memory lands
 /// over a few samples: a region taken over arrives in snapshot chunks and rounds, and a region
 /// server's heap, as its agent reports it, is up to a second (its heap events) and a status report
 /// older than the regions it is reported with. The soak samples every 10 s. A standby's stretch
@@ -792,10 +794,23 @@ fn trends(samples: &[Sample], warmup: Duration) -> Vec<ProcessTrend> {
                         && a.sessions == b.sessions
                 })
                 .collect();
+            // A stretch begun by a new role (regions, standbys, players) settles first; one begun
+            // only by a child process started or gone (an agent's) does not: nothing streams in.
             let settle = SETTLE.as_secs_f64() / 60.0;
             let settled: Vec<&[Sample]> = stretches
                 .iter()
-                .map(|stretch| {
+                .enumerate()
+                .map(|(index, stretch)| {
+                    let new_role = index > 0 && {
+                        let before = &stretches[index - 1][stretches[index - 1].len() - 1];
+                        let first = &stretch[0];
+                        before.regions != first.regions
+                            || before.standby_of != first.standby_of
+                            || before.sessions != first.sessions
+                    };
+                    if !new_role {
+                        return *stretch;
+                    }
                     let from = stretch[0].at_min + settle;
                     &stretch[stretch.partition_point(|sample| sample.at_min < from)..]
                 })
@@ -1219,7 +1234,7 @@ mod tests {
     }
 
     #[test]
-    fn the_first_30_s_of_a_stretch_are_left_out_of_its_slope() {
+    fn the_first_30_s_of_a_new_roles_stretch_are_left_out_of_its_slope() {
         // Ten roles of a minute each, their memory landing over the first three samples of each
         // (10 s apart) and level after: flat once those are left out, climbing if they were not.
         let samples: Vec<Sample> = (0..60u32)
@@ -1235,7 +1250,29 @@ mod tests {
         let trend = &trends(&samples, Duration::ZERO)[0];
         assert_eq!(trend.stretches, 10);
         assert_eq!(trend.heap_kb_per_min, Some(0.0), "{trend:?}");
-        assert!((trend.judged_minutes - 10.0 * 20.0 / 60.0).abs() < 1e-9, "{trend:?}");
+        // The first stretch (the start of the samples, not a new role) keeps its landing too.
+        assert!((trend.judged_minutes - (5.0 + 9.0 * 2.0) / 6.0).abs() < 1e-9, "{trend:?}");
+    }
+
+    #[test]
+    fn a_child_process_started_or_gone_ends_a_stretch_without_settling() {
+        // An agent whose region servers come and go every 40 s: its open files follow them, and
+        // every sample counts (nothing of a role streams into an agent).
+        let samples: Vec<Sample> = (0..120u32)
+            .map(|index| Sample {
+                at_min: f64::from(index) / 6.0,
+                process: "h1 agent".into(),
+                pid: 30,
+                heap_kb: Some(3_200),
+                fds: 30 + u64::from(index / 4 % 3) * 3,
+                children: u64::from(index / 4 % 3),
+                ..Sample::default()
+            })
+            .collect();
+        let trend = &trends(&samples, Duration::ZERO)[0];
+        assert_eq!(trend.stretches, 30);
+        assert!((trend.judged_minutes - 30.0 * 3.0 / 6.0).abs() < 1e-9, "{trend:?}");
+        assert_eq!((trend.fds_per_min, trend.flat), (0.0, Some(true)), "{trend:?}");
     }
 
     #[test]
@@ -1255,7 +1292,7 @@ mod tests {
             })
             .collect();
         let trend = &trends(&samples, Duration::ZERO)[0];
-        assert!(trend.minutes > 19.0 && trend.judged_minutes < 1e-9, "{trend:?}");
+        assert!(trend.minutes > 19.0 && trend.judged_minutes < 1.0, "{trend:?}");
         assert_eq!(trend.flat, None, "{trend:?}");
     }
 
