@@ -80,7 +80,11 @@ impl MachineLock {
     /// Who holds the lock, as its file says.
     #[must_use]
     pub fn holder() -> String {
-        std::fs::read_to_string(LOCK_PATH).map_or_else(|_| "holder unknown".to_owned(), |text| text.trim().to_owned())
+        std::fs::read_to_string(LOCK_PATH)
+            .ok()
+            .map(|text| text.trim().to_owned())
+            .filter(|holder| !holder.is_empty())
+            .unwrap_or_else(|| "holder unknown".to_owned())
     }
 }
 
@@ -120,7 +124,7 @@ pub fn unavailable() -> Option<String> {
         }
     }
     // Root in a container may still lack the right to make namespaces.
-    let probe = format!("{PREFIX}can");
+    let probe = probe_name("can");
     if let Err(error) = run("ip", &["netns", "add", &probe]) {
         return Some(format!("the test bed cannot make network namespaces here: {error:#}"));
     }
@@ -132,7 +136,7 @@ pub fn unavailable() -> Option<String> {
 /// links with `tbf` only, which every kernel here has). Tried in a namespace of its own.
 #[must_use]
 pub fn netem_available() -> bool {
-    let probe = format!("{PREFIX}probe");
+    let probe = probe_name("probe");
     if run("ip", &["netns", "add", &probe]).is_err() {
         return false;
     }
@@ -141,8 +145,16 @@ pub fn netem_available() -> bool {
     added
 }
 
+/// A namespace name for a probe of `what`, of this process and this call alone: probes run before
+/// the machine's lock is taken, beside another run's test bed or probes.
+fn probe_name(what: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!("{PREFIX}{what}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 /// Kills every process in the test bed's namespaces and removes them (idempotent: what an
-/// earlier run left, or this one). Goes on past a namespace it cannot remove and reports them all.
+/// earlier run left, or this one). Goes on past a namespace it cannot remove and reports them all
+/// (one gone meanwhile, another process's probe, is not a failure).
 pub fn clean_up() -> anyhow::Result<()> {
     let mut failures = Vec::new();
     for namespace in namespaces()? {
@@ -158,7 +170,9 @@ pub fn clean_up() -> anyhow::Result<()> {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        if let Err(error) = run("ip", &["netns", "delete", &namespace]) {
+        if let Err(error) = run("ip", &["netns", "delete", &namespace])
+            && namespaces().is_ok_and(|left| left.contains(&namespace))
+        {
             failures.push(format!("{error:#}"));
         }
     }
@@ -179,7 +193,7 @@ pub fn on_signals_clean_up() -> anyhow::Result<()> {
     std::thread::Builder::new().name("signals".into()).spawn(move || {
         if let Ok(signal) = signals.wait() {
             if !HOLDING.load(Ordering::SeqCst) {
-                eprintln!("baton-testbed: {signal}: stopped before this run had a test bed");
+                eprintln!("baton-testbed: {signal}: this process holds no test bed; nothing to remove");
                 std::process::exit(130);
             }
             eprintln!("baton-testbed: {signal}: removing the test bed");

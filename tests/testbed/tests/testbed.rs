@@ -17,6 +17,14 @@ use baton_testbed::interference::{self, Mode, Options};
 use baton_testbed::matrix::{self, Cell, Fault};
 use baton_testbed::netns::{self, MachineLock, SiteSpec, Testbed};
 
+/// One test bed test at a time in this process (`cargo test` runs them as threads; nextest runs
+/// them one at a time anyway): each checks the machine's namespaces and lock between its steps.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn skip() -> bool {
     if let Some(why) = netns::unavailable() {
         eprintln!("skipped: {why}");
@@ -77,6 +85,7 @@ fn reaches(netns: &str, to: SocketAddr, within: Duration) -> bool {
 
 #[test]
 fn a_live_test_bed_holds_the_machine_so_another_run_cannot_remove_it() {
+    let _serial = serial();
     if skip() {
         return;
     }
@@ -94,6 +103,7 @@ fn a_live_test_bed_holds_the_machine_so_another_run_cannot_remove_it() {
 
 #[test]
 fn links_are_limited_go_down_and_come_back_and_nothing_is_left_behind() {
+    let _serial = serial();
     if skip() {
         return;
     }
@@ -121,6 +131,7 @@ fn links_are_limited_go_down_and_come_back_and_nothing_is_left_behind() {
 
 #[test]
 fn a_region_moves_across_a_shaped_link_without_losing_a_player_or_an_input() {
+    let _serial = serial();
     if skip() {
         return;
     }
@@ -139,6 +150,7 @@ fn a_region_moves_across_a_shaped_link_without_losing_a_player_or_an_input() {
 /// way nothing is lost.
 #[test]
 fn a_source_killed_at_the_freeze_leaves_one_owner_and_every_input_applied_once() {
+    let _serial = serial();
     if skip() {
         return;
     }

@@ -458,7 +458,7 @@ fn print_soak(report: &soak::SoakReport) {
 }
 
 /// Why a process's trend was not judged: `short` (it lived under the judged span after its
-/// warm-up) or `unsettled` (it lived long enough, but its role changed too often to leave that
+/// warm-up) or `unsettled` (it lived long enough, but its stretches were too short to leave that
 /// span of settled samples).
 fn unjudged(process: &baton_testbed::soak::ProcessTrend) -> &'static str {
     if process.minutes >= baton_testbed::soak::JUDGED_MINUTES { "unsettled" } else { "short" }
