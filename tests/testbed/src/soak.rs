@@ -622,6 +622,14 @@ struct Sample {
     sessions: Option<u64>,
 }
 
+impl Sample {
+    /// Whether `other` does the same work as this one: the same regions owned and followed, the
+    /// same players (a gateway's).
+    fn same_role(&self, other: &Sample) -> bool {
+        self.regions == other.regions && self.standby_of == other.standby_of && self.sessions == other.sessions
+    }
+}
+
 fn sample_every(
     every: Duration,
     started: Instant,
@@ -786,14 +794,7 @@ fn trends(samples: &[Sample], warmup: Duration) -> Vec<ProcessTrend> {
                 return None;
             }
             let minutes = kept.last()?.at_min - kept.first()?.at_min;
-            let stretches: Vec<&[Sample]> = kept
-                .chunk_by(|a, b| {
-                    a.regions == b.regions
-                        && a.standby_of == b.standby_of
-                        && a.children == b.children
-                        && a.sessions == b.sessions
-                })
-                .collect();
+            let stretches: Vec<&[Sample]> = kept.chunk_by(|a, b| a.same_role(b) && a.children == b.children).collect();
             // A stretch begun by a new role (regions, standbys, players) settles first; one begun
             // only by a child process started or gone (an agent's) does not: nothing streams in.
             let settle = SETTLE.as_secs_f64() / 60.0;
@@ -801,13 +802,8 @@ fn trends(samples: &[Sample], warmup: Duration) -> Vec<ProcessTrend> {
                 .iter()
                 .enumerate()
                 .map(|(index, stretch)| {
-                    let new_role = index > 0 && {
-                        let before = &stretches[index - 1][stretches[index - 1].len() - 1];
-                        let first = &stretch[0];
-                        before.regions != first.regions
-                            || before.standby_of != first.standby_of
-                            || before.sessions != first.sessions
-                    };
+                    let new_role =
+                        index > 0 && !stretches[index - 1][stretches[index - 1].len() - 1].same_role(&stretch[0]);
                     if !new_role {
                         return *stretch;
                     }
