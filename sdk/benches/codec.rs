@@ -133,6 +133,13 @@ fn bench_deltas(criterion: &mut Criterion) {
             );
             let mut group = criterion.benchmark_group(format!("delta/{entities}/{:.0}pct", fraction * 100.0));
             group.throughput(Throughput::Bytes(bytes as u64));
+            // The encoding alone, of changes read once: what a source does with a final round.
+            group.bench_function("encode", |bencher| {
+                bencher.iter(|| black_box(codec::encode_delta(&source, &changes, 1, ChunkConfig::default()).unwrap()))
+            });
+            group.bench_function("capture", |bencher| {
+                bencher.iter(|| black_box(codec::capture_delta(&source, changes.clone(), 1).unwrap()))
+            });
             let mut round = 1;
             group.bench_function("track+encode", |bencher| {
                 bencher.iter(|| {
@@ -151,6 +158,17 @@ fn bench_deltas(criterion: &mut Criterion) {
                     for part in &parts {
                         codec::apply(&mut target, part, DecodeLimits::default()).unwrap();
                     }
+                })
+            });
+            // As a handoff's target: it folds the digest after each round, which also frees the
+            // round's journal records (without it the journal grows every iteration and the bench
+            // measures the kernel handing out fresh pages).
+            group.bench_function("validate+decode+apply+digest", |bencher| {
+                bencher.iter(|| {
+                    for part in &parts {
+                        codec::apply(&mut target, part, DecodeLimits::default()).unwrap();
+                    }
+                    black_box(target.digest())
                 })
             });
             group.finish();

@@ -455,14 +455,29 @@ pub fn capture_delta(world: &World, changes: ChangeSet, round: u32) -> Result<Ca
 }
 
 /// A change set's values grouped by component type (ascending), each type's holders ascending.
-fn columns_of(mut set: Vec<(EntityId, ComponentId)>) -> Vec<(ComponentId, Vec<EntityId>)> {
+///
+/// Grouped first, then each type's holders sorted: the journal lists a type's changes in the
+/// order the game made them, mostly ascending runs (a system visiting entities in order, once a
+/// tick), which the run-adaptive sort merges in about one pass. Sorting the whole set by (type,
+/// entity) at once, with the types interleaved, was a third of encoding a round.
+fn columns_of(set: Vec<(EntityId, ComponentId)>) -> Vec<(ComponentId, Vec<EntityId>)> {
     let mut columns: Vec<(ComponentId, Vec<EntityId>)> = Vec::new();
-    set.sort_unstable_by_key(|(entity, id)| (*id, *entity));
+    // The type of the previous record, usually the next one's too or one of a handful.
+    let mut last = 0;
     for (entity, id) in set {
-        match columns.last_mut() {
-            Some((current, holders)) if *current == id => holders.push(entity),
-            _ => columns.push((id, vec![entity])),
+        if columns.get(last).is_none_or(|(current, _)| *current != id) {
+            last = match columns.binary_search_by_key(&id, |(current, _)| *current) {
+                Ok(found) => found,
+                Err(at) => {
+                    columns.insert(at, (id, Vec::new()));
+                    at
+                }
+            };
         }
+        columns[last].1.push(entity);
+    }
+    for (_, holders) in &mut columns {
+        holders.sort();
     }
     columns
 }
@@ -534,7 +549,9 @@ fn touched_entities(
         .chain(holders)
         .chain(removed.iter().map(|(entity, _)| *entity))
         .collect();
-    touched.sort_unstable();
+    // Each column's holders are ascending already: the run-adaptive sort merges those runs rather
+    // than sorting from scratch.
+    touched.sort();
     touched.dedup();
     touched
 }
@@ -1475,5 +1492,39 @@ mod tests {
             split_changes(&many, &[EntityId(5), EntityId(6), EntityId(9)]),
             vec![of(4), of(5), ChangeSet::default(), of(9)]
         );
+    }
+
+    #[test]
+    fn a_change_set_s_values_group_by_type_ascending_with_each_type_s_holders_ascending() {
+        let (pose, velocity, stats) = (ComponentId(4), ComponentId(1), ComponentId(9));
+        // As a journal lists them: types interleaved, each type's entities in runs (two ticks of
+        // a system visiting entities in order), one type seen first late.
+        let set = vec![
+            (EntityId(5), pose),
+            (EntityId(5), velocity),
+            (EntityId(9), pose),
+            (EntityId(9), velocity),
+            (EntityId(2), pose),
+            (EntityId(7), stats),
+            (EntityId(3), pose),
+            (EntityId(3), velocity),
+            (EntityId(1), stats),
+        ];
+        assert_eq!(
+            columns_of(set),
+            vec![
+                (velocity, vec![EntityId(3), EntityId(5), EntityId(9)]),
+                (pose, vec![EntityId(2), EntityId(3), EntityId(5), EntityId(9)]),
+                (stats, vec![EntityId(1), EntityId(7)]),
+            ]
+        );
+        assert_eq!(columns_of(Vec::new()), Vec::new());
+        let touched = touched_entities(
+            &[EntityId(8)],
+            &[EntityId(4)],
+            [EntityId(3), EntityId(5), EntityId(9), EntityId(2), EntityId(3), EntityId(5)].into_iter(),
+            &[(EntityId(5), pose), (EntityId(1), stats)],
+        );
+        assert_eq!(touched, [1, 2, 3, 4, 5, 8, 9].map(EntityId));
     }
 }
