@@ -140,7 +140,24 @@ fn bench_deltas(criterion: &mut Criterion) {
             group.bench_function("capture", |bencher| {
                 bencher.iter(|| black_box(codec::capture_delta(&source, changes.clone(), 1).unwrap()))
             });
+            // What a source does at its freeze, after the game changed the world: read the
+            // tracker, encode the final round, fold the digest (the churn itself not timed).
             let mut round = 1;
+            group.bench_function("read+encode+digest", |bencher| {
+                bencher.iter_custom(|iterations| {
+                    let mut took = Duration::ZERO;
+                    for _ in 0..iterations {
+                        churn(&mut source, fraction, round);
+                        round += 1;
+                        let started = std::time::Instant::now();
+                        let changes = source.changes(tracker);
+                        black_box(codec::encode_delta(&source, &changes, round, ChunkConfig::default()).unwrap());
+                        black_box(source.digest());
+                        took += started.elapsed();
+                    }
+                    took
+                })
+            });
             group.bench_function("track+encode", |bencher| {
                 bencher.iter(|| {
                     churn(&mut source, fraction, round);

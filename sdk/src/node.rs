@@ -536,6 +536,9 @@ pub struct RegionNode<L: RegionLogic> {
     tick_log: TickLog,
     /// The last tick, while the handoff has not yet done its work at it.
     handoff_tick: Option<HandoffTick>,
+    /// The last tick, while what waits for its updates to go out (a checkpoint, a standby's
+    /// round) is still to do ([`RegionNode::complete_tick`]).
+    tick_pending: Option<u64>,
     /// Archive bytes sent to the standby since the last [`HostEvent::Load`].
     standby_bytes: u64,
     /// What survives the loss of this instance (durable acknowledgements, protocol.md §9).
@@ -581,6 +584,7 @@ struct TickTime {
     busy: u32,
     late: u32,
     handoff: u32,
+    after: u32,
 }
 
 /// The region thread's time at each tick: the last [`TICKS_KEPT`] ticks without a handoff, and
@@ -591,11 +595,14 @@ struct TickTime {
 struct TickLog {
     before: VecDeque<TickTime>,
     during: VecDeque<TickTime>,
+    /// Whether the last tick recorded was one of a handoff.
+    last_in_handoff: bool,
 }
 
 impl TickLog {
     fn record(&mut self, in_handoff: bool, busy: Duration, late: Duration) {
-        let entry = TickTime { busy: micros_u32(busy), late: micros_u32(late), handoff: 0 };
+        let entry = TickTime { busy: micros_u32(busy), late: micros_u32(late), handoff: 0, after: 0 };
+        self.last_in_handoff = in_handoff;
         let (log, kept) =
             if in_handoff { (&mut self.during, HANDOFF_TICKS_KEPT) } else { (&mut self.before, TICKS_KEPT) };
         if log.len() == kept {
@@ -611,6 +618,14 @@ impl TickLog {
         }
     }
 
+    /// What waited for the last tick's updates (a checkpoint, a standby's round) took `took`.
+    fn after_tick_worked(&mut self, took: Duration) {
+        let last = if self.last_in_handoff { self.during.back_mut() } else { self.before.back_mut() };
+        if let Some(last) = last {
+            last.after = micros_u32(took);
+        }
+    }
+
     /// A handoff starts: its ticks are counted from here.
     fn handoff_started(&mut self) {
         self.during.clear();
@@ -623,6 +638,7 @@ impl TickLog {
             for entry in entries {
                 samples.busy_us.push(entry.busy);
                 samples.late_us.push(entry.late);
+                samples.after_us.push(entry.after);
                 if handoff {
                     samples.handoff_us.push(entry.handoff);
                 }
@@ -694,6 +710,7 @@ impl<L: RegionLogic> RegionNode<L> {
             load_window: (0, Duration::ZERO, Duration::ZERO),
             tick_log: TickLog::default(),
             handoff_tick: None,
+            tick_pending: None,
             standby_bytes: 0,
             reported_phase: None,
             chunk_sent_at: ChunkClock::default(),
@@ -718,7 +735,7 @@ impl<L: RegionLogic> RegionNode<L> {
     /// that a failover replaced is older than the one the failover restored); the next updates
     /// say so. An owner at a newer epoch ends this one ([`RegionNode::handle_ownership_seen`]).
     pub fn handle_checkpoint_stored(&mut self, now: Instant, tick: u64, stored: bool, owner: Option<&Ownership>) {
-        self.finish_take_over();
+        self.finish_pending();
         let still_ours = self
             .owned_epoch()
             .is_some_and(|epoch| owner.is_some_and(|owner| owner.epoch == epoch && owner.owner == self.settings.name));
@@ -743,7 +760,7 @@ impl<L: RegionLogic> RegionNode<L> {
     /// The authority says who owns the region now (read after a checkpoint, so an owner cut off
     /// by a failover learns it lost the region). An owner at an older epoch stops serving it.
     pub fn handle_ownership_seen(&mut self, _now: Instant, current: &Ownership) {
-        self.finish_take_over();
+        self.finish_pending();
         let id = self.region.id();
         let State::Owner { epoch, handoff, .. } = &self.state else { return };
         // A handoff in flight settles its own ownership (its commit is that newer epoch).
@@ -772,7 +789,7 @@ impl<L: RegionLogic> RegionNode<L> {
 
     /// The region, to change between ticks (queries, tests).
     pub fn region_mut(&mut self) -> &mut Region<L> {
-        self.finish_take_over();
+        self.finish_pending();
         &mut self.region
     }
 
@@ -887,7 +904,7 @@ impl<L: RegionLogic> RegionNode<L> {
 
     /// A player input from a gateway (or forwarded by a handoff's source).
     pub fn handle_input(&mut self, _now: Instant, input: PlayerInput) {
-        self.finish_take_over();
+        self.finish_pending();
         match &mut self.state {
             State::Owner { handoff, .. } => {
                 let input = match handoff.as_mut() {
@@ -906,7 +923,7 @@ impl<L: RegionLogic> RegionNode<L> {
     /// A join, leave or arrival from a gateway; one that reaches a frozen region waits for the
     /// handoff's outcome.
     pub fn handle_gateway(&mut self, _now: Instant, request: GatewayRequest) {
-        self.finish_take_over();
+        self.finish_pending();
         if self.is_frozen() {
             self.deferred.push(request);
         } else {
@@ -926,7 +943,7 @@ impl<L: RegionLogic> RegionNode<L> {
     /// checkpoint that cannot be taken or stored aborts the handoff (the region stays here with
     /// its standby). Protocol.md §14.
     pub fn handle_start_handoff(&mut self, now: Instant, peer: SocketAddr, id: u64) {
-        self.finish_take_over();
+        self.finish_pending();
         let region = self.region.id();
         let State::Owner { epoch, handoff, standby, .. } = &self.state else {
             tracing::warn!(%region, "cannot start a handoff of a region this host does not own");
@@ -1004,7 +1021,7 @@ impl<L: RegionLogic> RegionNode<L> {
     /// installs it, and while receiving also tells its source `EnginesReady` (protocol.md §4).
     /// Anywhere else it is stale and dropped.
     pub fn handle_engine_built(&mut self, now: Instant, built: BuiltEngine) {
-        self.finish_take_over();
+        self.finish_pending();
         if let State::Target { receiver } = &mut self.state
             && matches!(receiver.phase(), TargetPhase::Receiving | TargetPhase::Verifying)
             && self.region.install_engine(built)
@@ -1016,7 +1033,7 @@ impl<L: RegionLogic> RegionNode<L> {
     /// The round [`Output::EncodeRound`] asked for is encoded: the handoff sends it (a stale one,
     /// of a handoff that ended meanwhile, is dropped).
     pub fn handle_encoded(&mut self, now: Instant, encoded: EncodedRound) {
-        self.finish_take_over();
+        self.finish_pending();
         if let State::Owner { handoff: Some(handoff), .. } = &mut self.state {
             handoff.handle_encoded(now, self.region.world_mut(), encoded);
         }
@@ -1024,7 +1041,7 @@ impl<L: RegionLogic> RegionNode<L> {
 
     /// A handoff message from the peer on the current link.
     pub fn handle_peer_message(&mut self, now: Instant, message: Message) {
-        self.finish_take_over();
+        self.finish_pending();
         let world = self.region.world_mut();
         match &mut self.state {
             State::Owner { handoff: Some(handoff), .. } => handoff.handle_message(now, world, message),
@@ -1078,7 +1095,7 @@ impl<L: RegionLogic> RegionNode<L> {
     /// Starts feeding a hot standby at `peer` (`id` identifies the feed). Refused while a
     /// handoff runs or a feed exists, or on an instance that does not own the region.
     pub fn handle_start_standby(&mut self, now: Instant, peer: SocketAddr, id: u64) {
-        self.finish_take_over();
+        self.finish_pending();
         let region = self.region.id();
         let State::Owner { epoch, handoff, standby, .. } = &mut self.state else {
             tracing::warn!(%region, "cannot feed a standby of a region this host does not own");
@@ -1109,7 +1126,7 @@ impl<L: RegionLogic> RegionNode<L> {
 
     /// A message from the standby.
     pub fn handle_standby_message(&mut self, now: Instant, message: Message) {
-        self.finish_take_over();
+        self.finish_pending();
         if let State::Owner { standby: Some(feed), .. } = &mut self.state {
             feed.handle_message(now, self.region.world_mut(), message);
         }
@@ -1117,7 +1134,7 @@ impl<L: RegionLogic> RegionNode<L> {
 
     /// The link to the standby broke.
     pub fn handle_standby_link_lost(&mut self, _now: Instant) {
-        self.finish_take_over();
+        self.finish_pending();
         if let State::Owner { standby: Some(feed), .. } = &mut self.state {
             feed.handle_link_lost(self.region.world_mut());
         }
@@ -1127,7 +1144,7 @@ impl<L: RegionLogic> RegionNode<L> {
     /// compare-and-swap goes out as [`Output::Authority`]; a refusal is reported as
     /// [`HostEvent::PromoteRefused`].
     pub fn handle_promote(&mut self, _now: Instant, epoch: Epoch) {
-        self.finish_take_over();
+        self.finish_pending();
         let region = self.region.id();
         let refused = match &mut self.state {
             State::Standby { follower, .. } => follower.promote(epoch).err().map(|error| error.to_string()),
@@ -1152,7 +1169,7 @@ impl<L: RegionLogic> RegionNode<L> {
 
     /// The current handoff link broke.
     pub fn handle_link_lost(&mut self, now: Instant) {
-        self.finish_take_over();
+        self.finish_pending();
         match &mut self.state {
             State::Owner { handoff: Some(handoff), .. } => handoff.handle_link_lost(now, self.region.world_mut()),
             State::Target { receiver } => receiver.handle_link_lost(now),
@@ -1163,7 +1180,7 @@ impl<L: RegionLogic> RegionNode<L> {
 
     /// The authority's answer to the last [`Output::Authority`].
     pub fn handle_authority(&mut self, now: Instant, result: Result<(), AuthorityError>) {
-        self.finish_take_over();
+        self.finish_pending();
         match &mut self.state {
             State::Owner { handoff: Some(handoff), .. } => handoff.handle_authority(now, result),
             State::Target { receiver } => receiver.handle_authority(now, result),
@@ -1175,7 +1192,7 @@ impl<L: RegionLogic> RegionNode<L> {
     /// Save the region and stop hosting it (the old way of moving a region): refused during a
     /// handoff or when `can_store` is false (no checkpoint store). Outputs [`Output::SaveAndStop`].
     pub fn handle_stop(&mut self, _now: Instant, can_store: bool) {
-        self.finish_take_over();
+        self.finish_pending();
         let id = self.region.id();
         let (epoch, schedule) = match &self.state {
             State::Owner { handoff: Some(handoff), .. } if !handoff.is_finished() => {
@@ -1214,7 +1231,7 @@ impl<L: RegionLogic> RegionNode<L> {
     /// How saving for a stop went: `Ok((tick, bytes, path))` lets the region go, an error keeps
     /// it here (the inputs that waited are queued again).
     pub fn handle_stop_saved(&mut self, _now: Instant, saved: Result<(u64, u64, PathBuf), String>) {
-        self.finish_take_over();
+        self.finish_pending();
         let id = self.region.id();
         let State::Stopping { epoch, schedule, pending } =
             std::mem::replace(&mut self.state, State::Finished { handoff: None })
@@ -1257,7 +1274,7 @@ impl<L: RegionLogic> RegionNode<L> {
     /// The driver is going away: requests still waiting are answered (refused where the region
     /// is no longer here).
     pub fn handle_close(&mut self, _now: Instant) {
-        self.finish_take_over();
+        self.finish_pending();
         for request in std::mem::take(&mut self.deferred) {
             self.serve_gateway_request(request);
         }
@@ -1270,9 +1287,10 @@ impl<L: RegionLogic> RegionNode<L> {
     /// next [`RegionNode::poll_output`] once the tick's outputs are taken (protocol.md §4): until
     /// then [`RegionNode::is_frozen`] says what it was before the tick.
     pub fn handle_timeout(&mut self, now: Instant, gateways: &dyn Gateways) {
-        // A tick never starts before the handoff has done its work at the previous one (which may
-        // freeze the region), nor before a committed target took the region over.
-        self.finish_take_over();
+        // A tick never starts before the work waiting for the previous one is done (a checkpoint,
+        // a standby's round, the handoff's work, which may freeze the region), nor before a
+        // committed target took the region over.
+        self.finish_pending();
         self.complete_handoff_tick();
         let id = self.region.id();
         let interval = self.region.config().tick_interval();
@@ -1338,28 +1356,9 @@ impl<L: RegionLogic> RegionNode<L> {
             }) {
                 self.durability.crossed = true;
             }
-            // A checkpoint is a snapshot at a tick boundary; during a handoff the snapshot being
-            // streamed is the region's safety net instead, and a frozen source never gets here.
-            // A crossing is checkpointed at once even with a standby holding the region: if the
-            // standby dies with the owner, the restored region must agree with its neighbour
-            // about where the avatar is.
-            let every = self.settings.checkpoint_every_ticks;
-            if handoff.as_ref().is_none_or(HandoffSource::is_finished) && self.durability.due(tick, every) {
-                match crate::checkpoint::encode(&mut self.region, *epoch) {
-                    Ok((info, bytes)) => {
-                        self.durability.taken(info.tick, player_progress(self.region.world()));
-                        self.outputs.push_back(Output::StoreCheckpoint { info, bytes });
-                    }
-                    Err(error) => self
-                        .outputs
-                        .push_back(Output::Event(HostEvent::CheckpointFailed { region: id, error: error.to_string() })),
-                }
-            }
-            if let Some(feed) = standby.as_mut()
-                && let Some(marked) = feed.handle_tick_completed(self.region.world_mut())
-            {
-                self.durability.marked(marked, player_progress(self.region.world()));
-            }
+            // A checkpoint and a standby's round wait until the tick's updates are out (see
+            // `complete_tick`).
+            self.tick_pending = Some(tick);
             if let Some(handoff) = in_handoff {
                 // The handoff's work at this tick (a delta round collected and encoded, or the
                 // freeze) waits until the tick's updates are out (see `complete_handoff_tick`).
@@ -1422,6 +1421,55 @@ impl<L: RegionLogic> RegionNode<L> {
         }
     }
 
+    /// What waits for the last tick's updates to go out (the output queue was drained before
+    /// [`RegionNode::drive`] runs, and every handler does it first should it be called before):
+    /// a checkpoint when one is due, and a standby's round (protocol.md §14). Done here rather
+    /// than in the tick so that encoding them delays no player's updates; the next tick waits for
+    /// it. True when there was a tick to complete.
+    fn complete_tick(&mut self) -> bool {
+        let Some(tick) = self.tick_pending.take() else {
+            return false;
+        };
+        let id = self.region.id();
+        let State::Owner { epoch, handoff, standby, .. } = &mut self.state else {
+            return true;
+        };
+        let began = Instant::now();
+        // A checkpoint is a snapshot at a tick boundary; during a handoff the snapshot being
+        // streamed is the region's safety net instead, and a frozen source never gets here.
+        // A crossing is checkpointed at once even with a standby holding the region: if the
+        // standby dies with the owner, the restored region must agree with its neighbour about
+        // where the avatar is.
+        let every = self.settings.checkpoint_every_ticks;
+        if handoff.as_ref().is_none_or(HandoffSource::is_finished) && self.durability.due(tick, every) {
+            match crate::checkpoint::encode(&mut self.region, *epoch) {
+                Ok((info, bytes)) => {
+                    self.durability.taken(info.tick, player_progress(self.region.world()));
+                    self.outputs.push_back(Output::StoreCheckpoint { info, bytes });
+                }
+                Err(error) => self
+                    .outputs
+                    .push_back(Output::Event(HostEvent::CheckpointFailed { region: id, error: error.to_string() })),
+            }
+        }
+        if let Some(feed) = standby.as_mut()
+            && let Some(marked) = feed.handle_tick_completed(self.region.world_mut())
+        {
+            self.durability.marked(marked, player_progress(self.region.world()));
+        }
+        self.tick_log.after_tick_worked(began.elapsed());
+        true
+    }
+
+    /// What a handler does before anything else: the work still waiting for the last tick's
+    /// outputs to be taken ([`RegionNode::complete_tick`], [`RegionNode::finish_take_over`]).
+    /// True when there was some.
+    fn finish_pending(&mut self) -> bool {
+        let ticked = self.complete_tick();
+        let took_over = self.finish_take_over();
+        ticked || took_over
+    }
+
     /// The handoff's work at the last tick, once that tick's updates are out (the output queue was
     /// drained before [`RegionNode::drive`] runs): its delta round is collected and encoded, or the
     /// region freezes (protocol.md §4). Done here rather than in the tick so that encoding a round
@@ -1469,7 +1517,7 @@ impl<L: RegionLogic> RegionNode<L> {
     /// Moves what the handoff state machines want done into the output queue; false when quiet.
     fn drive(&mut self, now: Instant) -> bool {
         let id = self.region.id();
-        if self.finish_take_over() {
+        if self.finish_pending() {
             return true;
         }
         let mut busy = self.complete_handoff_tick();
@@ -2332,6 +2380,38 @@ mod tests {
             }
         }
         (stores, started, aborts, ended)
+    }
+
+    #[test]
+    fn a_tick_s_updates_go_out_before_its_checkpoint_is_encoded_and_a_handler_encodes_it_first() {
+        use crate::region::test_logic::{self, PLAYER};
+        let start = Instant::now();
+        let mut region = test_logic::region(test_logic::A);
+        region.join_player(PLAYER).unwrap();
+        let interval = region.config().tick_interval();
+        let rewarm: Rewarm<test_logic::Walkers> = Box::new(|id| Ok(test_logic::region(id)));
+        let mut node = RegionNode::new(region, Role::Owner { epoch: Epoch(3) }, settings(start, 1), rewarm, start);
+        while node.poll_output(start).is_some() {}
+        let is_store = |output: &Output| matches!(output, Output::StoreCheckpoint { .. });
+        let is_ticked = |output: &Output| matches!(output, Output::Ticked(_));
+
+        let due = start + interval;
+        node.handle_timeout(due, &NoGateways);
+        assert!(node.outputs.iter().any(is_ticked), "the tick ran");
+        assert!(!node.outputs.iter().any(is_store), "the checkpoint waits for the tick's outputs to be taken");
+        let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output(due)).collect();
+        let ticked = outputs.iter().position(is_ticked).expect("the tick's outputs");
+        let stored = outputs.iter().position(is_store).expect("the checkpoint, once they were taken");
+        assert!(ticked < stored, "{outputs:?}");
+
+        // A handler called before the outputs are taken encodes it first, as the tick did before.
+        let due = due + interval;
+        node.handle_timeout(due, &NoGateways);
+        node.handle_input(due, PlayerInput { player: PLAYER, seq: 1, payload: vec![1] });
+        assert!(node.tick_pending.is_none());
+        assert!(node.outputs.iter().any(is_store));
+        let stores = std::iter::from_fn(|| node.poll_output(due)).filter(is_store).count();
+        assert_eq!(stores, 1, "one checkpoint of the tick");
     }
 
     #[test]

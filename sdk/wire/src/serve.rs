@@ -185,10 +185,10 @@ pub struct HandoffTicks {
 /// Ticks of a region as its thread timed them, one entry per tick in each list.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TickSamples {
-    /// Microseconds the region thread spent on the tick up to putting out its updates: the tick,
-    /// its updates, a checkpoint or a standby feed's round. A handoff's work at the tick (its delta
-    /// round collected and encoded) runs after that and is not in here; when it delays the next
-    /// tick, that tick's `late_us` shows it.
+    /// Microseconds the region thread spent on the tick up to putting out its updates: the tick
+    /// and its updates. What waits for the updates to go out (a checkpoint, a standby feed's round:
+    /// `after_us`; a handoff's work at the tick: `handoff_us`) is not in here; when it delays the
+    /// next tick, that tick's `late_us` shows it.
     pub busy_us: Vec<u32>,
     /// Microseconds the tick started after it was due.
     pub late_us: Vec<u32>,
@@ -197,6 +197,10 @@ pub struct TickSamples {
     /// tick. Empty for ticks without a handoff.
     #[serde(default)]
     pub handoff_us: Vec<u32>,
+    /// Microseconds of the work that waited for the tick's updates to go out: a checkpoint's
+    /// encoding when one was due, a standby feed's round (0 when there was none).
+    #[serde(default)]
+    pub after_us: Vec<u32>,
 }
 
 impl HandoffFigures {
@@ -675,8 +679,18 @@ mod tests {
                     waited_us: None,
                     engines_waited_us: None,
                     ticks: Box::new(HandoffTicks {
-                        before: TickSamples { busy_us: vec![900, 1100], late_us: vec![40, 60], handoff_us: Vec::new() },
-                        during: TickSamples { busy_us: vec![1000], late_us: vec![50], handoff_us: vec![300] },
+                        before: TickSamples {
+                            busy_us: vec![900, 1100],
+                            late_us: vec![40, 60],
+                            handoff_us: Vec::new(),
+                            after_us: vec![0, 0],
+                        },
+                        during: TickSamples {
+                            busy_us: vec![1000],
+                            late_us: vec![50],
+                            handoff_us: vec![300],
+                            after_us: vec![0],
+                        },
                     }),
                 },
             },

@@ -204,7 +204,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let engines_waited = sorted(committed.iter().map(|outcome| outcome.engines_waited_us as f64 / 1000.0).collect());
     // Every committed handoff's source ticks, pooled: those it ran before each handoff and those
     // during it (to its freeze). Busy is the region thread's time from a tick's start to its
-    // updates, late how long after its due time it started, handoff the handoff's work after it.
+    // updates, late how long after its due time it started, handoff the handoff's work after it,
+    // after the rest of the work that waited for its updates (a checkpoint, a standby's round).
     type Pick = fn(&HandoffOutcome) -> &TickSamples;
     type Field = fn(&TickSamples) -> &Vec<u32>;
     let pooled = |pick: Pick, field: Field| {
@@ -223,6 +224,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             "busy_ms": figures(&busy),
             "late_ms": figures(&pooled(pick, |samples| &samples.late_us)),
             "handoff_ms": figures(&pooled(pick, |samples| &samples.handoff_us)),
+            "after_ms": figures(&pooled(pick, |samples| &samples.after_us)),
         })
     };
     let busy_p99 = |pick: Pick| percentile(&pooled(pick, |samples| &samples.busy_us), 0.99);

@@ -3,8 +3,9 @@
 //! players sending 20 inputs/s is ticked by the production `RegionNode` twice, with the same seed:
 //! once alone and once feeding a standby node in the same process (messages handed over at once,
 //! no sockets). Prints one JSON object: the owner's time per tick (the tick, its updates and, with
-//! the standby, the round and the digest) as p50/p99/max in both runs, the bytes per second the feed
-//! sends, and the standby's time to apply a round. Run it from a release build:
+//! the standby, the round and the digest) as p50/p99/max in both runs, the same up to the tick's
+//! updates being out (the standby's round waits for them), the bytes per second the feed sends,
+//! and the standby's time to apply a round. Run it from a release build:
 //! `cargo run --release -p baton-harness --bin standby-bench -- --ticks 600`
 
 use std::net::SocketAddr;
@@ -81,6 +82,7 @@ fn settings(name: &str, start: Instant) -> NodeSettings {
 #[derive(Default)]
 struct Run {
     owner_ms: Vec<f64>,
+    updates_ms: Vec<f64>,
     apply_ms: Vec<f64>,
     feed_bytes: u64,
     held: Option<u64>,
@@ -135,9 +137,13 @@ fn run_once(cli: &Cli, with_standby: bool) -> anyhow::Result<Run> {
         let began = Instant::now();
         owner.handle_timeout(now, &AllPlayers);
         let mut to_standby: Vec<Message> = Vec::new();
+        let mut updates_ms = None;
         while let Some(output) = owner.poll_output(now) {
-            if let Output::ToStandby(message) = output {
-                to_standby.push(message);
+            match output {
+                Output::ToStandby(message) => to_standby.push(message),
+                // The tick's updates are queued before it: here they are all out.
+                Output::Ticked(_) => updates_ms = Some(began.elapsed().as_secs_f64() * 1000.0),
+                _ => {}
             }
         }
         let owner_ms = began.elapsed().as_secs_f64() * 1000.0;
@@ -174,6 +180,7 @@ fn run_once(cli: &Cli, with_standby: bool) -> anyhow::Result<Run> {
         }
         if tick >= WARM_UP {
             run.owner_ms.push(owner_ms);
+            run.updates_ms.push(updates_ms.context("a tick ran without its Ticked output")?);
             run.apply_ms.push(apply_ms);
             run.feed_bytes += bytes;
         }
@@ -200,7 +207,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let alone = run_once(cli, false)?;
     let fed = run_once(cli, true)?;
     let seconds = f64::from(cli.ticks) * RegionConfig::default().tick_interval().as_secs_f64();
-    let rise = percentile(&fed.owner_ms, 0.99) / percentile(&alone.owner_ms, 0.99).max(f64::EPSILON) - 1.0;
+    let rise_of = |fed: &[f64], alone: &[f64]| percentile(fed, 0.99) / percentile(alone, 0.99).max(f64::EPSILON) - 1.0;
+    let rise = rise_of(&fed.owner_ms, &alone.owner_ms);
+    let updates_rise = rise_of(&fed.updates_ms, &alone.updates_ms);
     let report = json!({
         "ticks": cli.ticks,
         "tick_rate_hz": RegionConfig::default().tick_rate_hz,
@@ -208,6 +217,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         "owner_tick_ms_alone": summary(&alone.owner_ms),
         "owner_tick_ms_with_standby": summary(&fed.owner_ms),
         "owner_tick_p99_rise": rise,
+        "owner_to_updates_ms_alone": summary(&alone.updates_ms),
+        "owner_to_updates_ms_with_standby": summary(&fed.updates_ms),
+        "owner_to_updates_p99_rise": updates_rise,
         "standby_apply_ms": summary(&fed.apply_ms),
         "feed_bytes_per_second": fed.feed_bytes as f64 / seconds,
         "held_tick": fed.held,
