@@ -589,8 +589,9 @@ struct TickTime {
 
 /// The region thread's time at each tick: the last [`TICKS_KEPT`] ticks without a handoff, and
 /// the last [`HANDOFF_TICKS_KEPT`] of the current handoff up to its freeze. A handoff that commits
-/// reports both ([`HostEvent::HandedOff`]): what the ticks cost, and what the handoff's work after
-/// each of them took.
+/// reports both ([`HostEvent::HandedOff`]): what the ticks cost up to their updates, what the
+/// handoff's work after each of them took, and what the rest of the work waiting for its updates
+/// took (a checkpoint, a standby's round).
 #[derive(Debug, Default)]
 struct TickLog {
     before: VecDeque<TickTime>,
@@ -1285,7 +1286,9 @@ impl<L: RegionLogic> RegionNode<L> {
     ///
     /// A handoff's work at the tick (its delta round, or the freeze) is not done here but in the
     /// next [`RegionNode::poll_output`] once the tick's outputs are taken (protocol.md §4): until
-    /// then [`RegionNode::is_frozen`] says what it was before the tick.
+    /// then [`RegionNode::is_frozen`] says what it was before the tick. A checkpoint due at the
+    /// tick and a standby's round wait the same way, but a handler called before does them first
+    /// ([`RegionNode::complete_tick`]).
     pub fn handle_timeout(&mut self, now: Instant, gateways: &dyn Gateways) {
         // A tick never starts before the work waiting for the previous one is done (a checkpoint,
         // a standby's round, the handoff's work, which may freeze the region), nor before a
@@ -1404,8 +1407,9 @@ impl<L: RegionLogic> RegionNode<L> {
         }
     }
 
-    /// The next thing to do, if any; once the outputs queued before are taken, this is where a
-    /// handoff does its work at the last tick (see [`RegionNode::handle_timeout`]). `now` bounds
+    /// The next thing to do, if any; once the outputs queued before are taken, this is where the
+    /// work waiting for the last tick is done (a checkpoint, a standby's round, the handoff's
+    /// work: see [`RegionNode::handle_timeout`]). `now` bounds
     /// the snapshot work done in this call: chunks are
     /// encoded in the time left before the next tick is due, so streaming a large region does not
     /// push its ticks late, and once [`MIN_CHUNK_INTERVAL`] has passed since the last one even when
@@ -1423,7 +1427,7 @@ impl<L: RegionLogic> RegionNode<L> {
 
     /// What waits for the last tick's updates to go out (the output queue was drained before
     /// [`RegionNode::drive`] runs, and every handler does it first should it be called before):
-    /// a checkpoint when one is due, and a standby's round (protocol.md §14). Done here rather
+    /// a checkpoint when one is due (protocol.md §12), and a standby's round (§14). Done here rather
     /// than in the tick so that encoding them delays no player's updates; the next tick waits for
     /// it. True when there was a tick to complete.
     fn complete_tick(&mut self) -> bool {
@@ -2412,6 +2416,19 @@ mod tests {
         assert!(node.outputs.iter().any(is_store));
         let stores = std::iter::from_fn(|| node.poll_output(due)).filter(is_store).count();
         assert_eq!(stores, 1, "one checkpoint of the tick");
+
+        // Checkpointing every 100 ticks, a tick with none due stores none.
+        let mut node = owner_with_checkpoints(start);
+        let mut due = start;
+        for _ in 0..2 {
+            due += interval;
+            node.handle_timeout(due, &NoGateways);
+            while node.poll_output(due).is_some() {}
+        }
+        due += interval;
+        node.handle_timeout(due, &NoGateways);
+        let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output(due)).collect();
+        assert!(outputs.iter().any(is_ticked) && !outputs.iter().any(is_store), "{outputs:?}");
     }
 
     #[test]
@@ -2519,6 +2536,25 @@ mod tests {
         let (_, started, aborts, _) = outputs_of(&mut node, later);
         assert!(!started);
         assert!(aborts[0].contains("authority"), "{aborts:?}");
+
+        // Asked for after the tick but before its outputs were taken: the tick's checkpoint is
+        // taken first, and the handoff waits for it rather than taking a second one.
+        let mut node = owner_with_checkpoints(start);
+        node.handle_start_standby(start, standby, 1);
+        let _ = outputs_of(&mut node, start);
+        node.handle_timeout(later, &NoGateways);
+        node.handle_start_handoff(later, target, 2);
+        let (stores, started, aborts, ended) = outputs_of(&mut node, later);
+        assert_eq!(stores, vec![node.region.world().tick()], "one checkpoint, of the tick");
+        assert!(!started && aborts.is_empty() && ended.is_empty(), "{aborts:?} {ended:?}");
+        assert!(node.handoff().is_none());
+        node.handle_checkpoint_stored(
+            later,
+            stores[0],
+            true,
+            Some(&Ownership { owner: "here".into(), epoch: Epoch(3) }),
+        );
+        assert!(outputs_of(&mut node, later).1, "the handoff starts once it is stored");
 
         // A failover takes the region while the handoff waits: no second abort, no handoff.
         let mut node = owner_with_checkpoints(start);
@@ -2779,19 +2815,24 @@ mod tests {
         for tick in 0..(TICKS_KEPT as u64 + 5) {
             log.record(false, Duration::from_micros(tick), Duration::from_micros(1));
         }
+        log.after_tick_worked(Duration::from_micros(40));
         log.handoff_worked(Duration::from_millis(1));
         log.handoff_started();
         log.record(true, Duration::from_millis(3), Duration::from_micros(7));
         log.handoff_worked(Duration::from_micros(250));
+        log.after_tick_worked(Duration::from_micros(60));
         log.record(true, Duration::from_secs(5000), Duration::ZERO);
         let (before, during) = log.take();
         assert_eq!(before.busy_us.len(), TICKS_KEPT);
         assert_eq!(before.busy_us.first(), Some(&5), "the oldest went");
         assert_eq!(before.late_us.len(), TICKS_KEPT);
         assert!(before.handoff_us.is_empty(), "no handoff's work before one");
+        assert_eq!(before.after_us.len(), TICKS_KEPT);
+        assert_eq!(before.after_us[TICKS_KEPT - 2..], [0, 40], "the checkpoint or standby round after the last tick");
         assert_eq!(during.busy_us, vec![3000, u32::MAX], "a tick too long for u32 µs is counted as the longest");
         assert_eq!(during.late_us, vec![7, 0]);
         assert_eq!(during.handoff_us, vec![250, 0], "the work after each tick of the handoff");
+        assert_eq!(during.after_us, vec![60, 0], "the rest of the work after each tick of the handoff");
         assert_eq!(log.take().1, TickSamples::default(), "the handoff's ticks are taken once");
         for tick in 0..(HANDOFF_TICKS_KEPT as u64 + 2) {
             log.record(true, Duration::from_micros(tick), Duration::ZERO);

@@ -188,7 +188,8 @@ pub struct TickSamples {
     /// Microseconds the region thread spent on the tick up to putting out its updates: the tick
     /// and its updates. What waits for the updates to go out (a checkpoint, a standby feed's round:
     /// `after_us`; a handoff's work at the tick: `handoff_us`) is not in here; when it delays the
-    /// next tick, that tick's `late_us` shows it.
+    /// next tick, that tick's `late_us` shows it. (Before 2026-12-07 a checkpoint and a standby's
+    /// round were in here: figures from before are not comparable for regions with either.)
     pub busy_us: Vec<u32>,
     /// Microseconds the tick started after it was due.
     pub late_us: Vec<u32>,
