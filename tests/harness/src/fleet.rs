@@ -529,15 +529,32 @@ impl Fleet {
 
     /// Starts the coordinator again with the same addresses and data.
     pub fn restart_coordinator(&mut self) -> anyhow::Result<()> {
-        self.coordinator = Some(spawn_coordinator_placed(
-            &coordinator_binary()?,
-            self.placement.as_ref().map(|placement| &placement.coordinator),
-            &self.directory,
-            self.coordinator_address,
-            self.api_address,
-            &self.spec.coordinator_args,
-        )?);
-        Ok(())
+        // The coordinator comes back on its old ports, which were free while it was down: a test
+        // running beside this one may have held one of them for a moment (a port picked by binding
+        // port 0), so a start that fails is tried again.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let started = spawn_coordinator_placed(
+                &coordinator_binary()?,
+                self.placement.as_ref().map(|placement| &placement.coordinator),
+                &self.directory,
+                self.coordinator_address,
+                self.api_address,
+                &self.spec.coordinator_args,
+            );
+            match started {
+                Ok(coordinator) => {
+                    self.coordinator = Some(coordinator);
+                    return Ok(());
+                }
+                Err(error) if attempts < 3 => {
+                    eprintln!("restarting the coordinator (attempt {attempts}): {error:#}; trying again");
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+                Err(error) => return Err(error.context(format!("restarting the coordinator, {attempts} attempts"))),
+            }
+        }
     }
 
     /// The fleet's login service: tokens for players who log in again (see
