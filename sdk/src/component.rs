@@ -57,6 +57,9 @@ pub struct ComponentInfo {
     /// The schema fingerprint.
     pub schema: u64,
     pub(crate) new_store: fn() -> Box<dyn ErasedStore>,
+    /// A value's size in memory: what the codec reckons one takes in an archive before encoding
+    /// it (exact for plain values; under for those holding strings or vectors).
+    pub(crate) value_bytes: usize,
     /// Validates and decodes a column archive into a `Box<Vec<T>>`.
     pub(crate) decode: DecodeColumn,
 }
@@ -107,6 +110,7 @@ impl Registry {
             name: T::NAME,
             schema: T::SCHEMA,
             new_store: || Box::new(Store::<T>::default()),
+            value_bytes: std::mem::size_of::<T>(),
             decode: |bytes, expected_len| Ok(Box::new(T::decode_column(bytes, expected_len)?)),
         });
         self.by_name.insert(T::NAME, id);

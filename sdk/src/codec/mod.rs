@@ -354,11 +354,14 @@ impl DeltaRecords {
     }
 
     /// Encodes the records of the entities from `touched`'s first to its last (all records when
-    /// `touched` is empty). An archive over the chunk limit is split at once into as many spans
-    /// of touched entities as it holds target-sized chunks (halving instead would encode a large
-    /// round once per halving: a 56 MB round six times), and a span still over the limit (its
-    /// entities carry more than the average) is split again; all records of one entity stay in
-    /// one archive. The first split's spans are those of [`split_round`].
+    /// `touched` is empty), all records of one entity in one archive. Records reckoned
+    /// ([`DeltaRecords::reckon`]) at over one and a half target-sized chunks are split before
+    /// anything is encoded, into as many spans of touched entities as they hold target-sized
+    /// chunks: a round is encoded once, and its parts can be applied one by one as they arrive
+    /// (protocol.md §4). An archive still over the chunk limit (values holding more than their
+    /// size in memory) is split the same way by its encoded size (halving instead would encode a
+    /// large round once per halving: a 56 MB round six times), and a span still over the limit is
+    /// split again. The first split's spans are those of [`split_round`].
     fn encode_span<S: for<'a> ColumnSource<ColumnSlice<'a>>>(
         &self,
         touched: &[EntityId],
@@ -385,6 +388,15 @@ impl DeltaRecords {
             })
             .collect();
         let config = encoding.config;
+        let target = config.target_chunk_bytes.max(1);
+        let reckoned = Self::reckon(encoding.registry, &spawned, &despawned, &removed, &columns);
+        if reckoned > target.saturating_add(target / 2) && touched.len() > 1 {
+            let pieces = reckoned.div_ceil(target).clamp(2, touched.len());
+            for piece in 0..pieces {
+                self.encode_span(&touched[span(touched.len(), pieces, piece)], encoding, parts)?;
+            }
+            return Ok(());
+        }
         let stamp = Stamp {
             kind: ArchiveKind::Delta { round: encoding.round, part: parts.len() as u32 },
             range: (EntityId(0), EntityId(0)),
@@ -397,7 +409,7 @@ impl DeltaRecords {
             parts.push(bytes);
             return Ok(());
         }
-        let pieces = bytes.len().div_ceil(config.target_chunk_bytes.max(1)).max(2).clamp(1, touched.len().max(1));
+        let pieces = bytes.len().div_ceil(target).max(2).clamp(1, touched.len().max(1));
         if pieces < 2 {
             return Err(CodecError::Encode(format!(
                 "changes of one entity need {} bytes, over the chunk limit of {}",
@@ -409,6 +421,22 @@ impl DeltaRecords {
             self.encode_span(&touched[span(touched.len(), pieces, piece)], encoding, parts)?;
         }
         Ok(())
+    }
+
+    /// What an archive of these records takes, reckoned before encoding: eight bytes per entity
+    /// id listed and each value its type's size in memory ([`ComponentInfo`](crate::component::ComponentInfo)).
+    fn reckon(
+        registry: &Registry,
+        spawned: &[EntityId],
+        despawned: &[EntityId],
+        removed: &[(EntityId, ComponentId)],
+        columns: &[(ComponentId, ColumnSlice<'_>)],
+    ) -> usize {
+        let ids = (spawned.len() + despawned.len() + removed.len()) * 8;
+        columns.iter().fold(ids, |bytes, (id, slice)| {
+            let value = registry.info(*id).map_or(0, |info| info.value_bytes);
+            bytes + slice.holders.len() * (8 + value)
+        })
     }
 }
 
@@ -1315,6 +1343,58 @@ mod tests {
             assert!(part.as_slice() == same.as_slice(), "a captured part differs");
         }
         assert_eq!(captured.len(), from_world.len());
+    }
+
+    /// The world's values, counting those encoded.
+    struct Counting<'a> {
+        world: &'a World,
+        values: std::cell::Cell<usize>,
+    }
+
+    impl ColumnSource<ColumnSlice<'_>> for Counting<'_> {
+        fn encode_column(
+            &self,
+            column: &(ComponentId, ColumnSlice<'_>),
+            out: AlignedVec,
+        ) -> Result<AlignedVec, CodecError> {
+            self.values.set(self.values.get() + column.1.holders.len());
+            self.world.encode_column(column, out)
+        }
+    }
+
+    #[test]
+    fn a_round_reckoned_over_one_and_a_half_chunks_is_split_before_any_value_is_encoded() {
+        let mut world = hp_world(1000);
+        let tracker = world.create_tracker();
+        for entity in world.entities().collect::<Vec<_>>() {
+            world.get_mut::<Hp>(entity).unwrap().0 += 1;
+        }
+        let changes = world.changes(tracker);
+        let records = DeltaRecords::of(changes.clone());
+        // Reckoned at 12 bytes a value (an 8-byte id, a 4-byte Hp): 12,000 bytes, ten chunks of
+        // 1,200; the limit is far above, so only the reckoning splits it.
+        let config = ChunkConfig { target_chunk_bytes: 1200, max_chunk_bytes: 1 << 20 };
+        let counting = Counting { world: &world, values: std::cell::Cell::new(0) };
+        let stamp = (world.tick(), world.next_entity_id());
+        let parts = records.encode(world.registry(), 4, stamp, config, &counting).unwrap();
+        assert_eq!(counting.values.get(), 1000, "each value encoded once");
+        assert_eq!(parts.len(), 10);
+        let mut target = hp_world(1000);
+        for (index, part) in parts.iter().enumerate() {
+            let decoded = decode(target.registry(), part, DecodeLimits::default()).unwrap();
+            assert_eq!(decoded.kind, ArchiveKind::Delta { round: 4, part: index as u32 });
+            let values: usize = decoded.columns.iter().map(|(_, holders, _)| holders.len()).sum();
+            assert_eq!(values, 100, "part {index}");
+            decoded.apply(&mut target);
+        }
+        assert_eq!(target.digest(), world.digest());
+        // One and a half chunks or less is one part.
+        for (target_chunk_bytes, expected) in [(8000, 1), (7999, 2)] {
+            let config = ChunkConfig { target_chunk_bytes, max_chunk_bytes: 1 << 20 };
+            let counting = Counting { world: &world, values: std::cell::Cell::new(0) };
+            let parts = records.encode(world.registry(), 4, stamp, config, &counting).unwrap();
+            assert_eq!((parts.len(), counting.values.get()), (expected, 1000), "target {target_chunk_bytes}");
+        }
     }
 
     #[test]
