@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use baton_net::{Packer, TokenBucket};
 use baton_sdk::RegionLogic;
@@ -103,6 +103,10 @@ async fn serve_incoming<L: RegionLogic + 'static>(
     Ok(())
 }
 
+/// How late the runtime's timer may wake a paced writer: it keeps time in whole milliseconds,
+/// so the pacer lets a message go up to this much of the cap early ([`TokenBucket::delay_with_slack`]).
+const TIMER_SLACK: Duration = Duration::from_millis(1);
+
 /// How the bulk stream of the links a host opens is paced and compressed.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct BulkSettings {
@@ -190,7 +194,7 @@ async fn write_loop(
                 break;
             };
             bytes = sent;
-            let wait = bucket.delay(Instant::now(), bytes.len());
+            let wait = bucket.delay_with_slack(Instant::now(), bytes.len(), TIMER_SLACK);
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
@@ -227,7 +231,7 @@ async fn pack_if_it_pays(
     let Some(packer) = packer else {
         return Some(bytes);
     };
-    if !(message.is_bulk() && packer.should_pack(bytes.len(), bucket.delay(now, bytes.len()))) {
+    if !(message.is_bulk() && packer.should_pack(bytes.len(), bucket.delay_with_slack(now, bytes.len(), TIMER_SLACK))) {
         return Some(bytes);
     }
     let (bytes, packed, took) = tokio::task::spawn_blocking(move || {
