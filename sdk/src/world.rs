@@ -32,7 +32,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use rkyv::util::AlignedVec;
-use xxhash_rust::xxh3::{Xxh3, xxh3_128};
+use xxhash_rust::xxh3::xxh3_128;
 
 use crate::codec::CodecError;
 use crate::codec::column::CapturedColumn;
@@ -347,9 +347,22 @@ impl World {
 
     /// Inserts already-decoded values of one component type (from an archive).
     pub(crate) fn insert_decoded(&mut self, id: ComponentId, entities: &[EntityId], values: Box<dyn Any>) {
+        let stamp = self.journal.stamp;
+        // Each value is hashed into the digest as it goes in, while it is at hand: folding it
+        // later would look it up again (a cache miss per value in a large world).
+        let scratch = std::mem::take(&mut self.digest.scratch);
+        let inserted = self.stores[usize::from(id.0)].insert_decoded(entities, values, stamp, scratch);
+        self.digest.scratch = inserted.scratch;
+        self.digest.component_sum = self.digest.component_sum.wrapping_add(inserted.change);
+        // An entity that held the component is alive and marked with it (a store holds values of
+        // live entities only); the others are marked, or spawned with it. So a delta's values,
+        // which mostly replace others, cost no lookup in the entity table.
         let bit = 1u128 << id.0;
-        for entity in entities {
-            // One lookup per value: mark the component on a live entity, or spawn it with it.
+        let fresh: Box<dyn Iterator<Item = &EntityId>> = match &inserted.fresh {
+            Fresh::All => Box::new(entities.iter()),
+            Fresh::Only(positions) => Box::new(positions.iter().map(|position| &entities[*position])),
+        };
+        for entity in fresh {
             match self.entities.get_mut(*entity) {
                 Some(mask) => *mask |= bit,
                 None => {
@@ -360,14 +373,12 @@ impl World {
                 }
             }
         }
-        let stamp = self.journal.stamp;
-        let replaced = self.stores[usize::from(id.0)].insert_decoded(entities, values, stamp);
-        for folded in replaced {
-            self.digest.component_sum = self.digest.component_sum.wrapping_sub(folded);
-        }
         for entity in entities {
-            self.journal.push(*entity, ChangeKind::Set(id));
+            self.journal.push_folded(*entity, id);
         }
+        // A change made to one of them from now on must have a record of its own, which the fold
+        // hashes: a change guard records a value only once per stamp.
+        self.journal.advance();
     }
 
     /// How much the world holds: its live entities, then the values of each component type in
@@ -541,11 +552,10 @@ impl World {
             let ChangeKind::Set(id) = record.kind else {
                 continue;
             };
-            let store = &mut self.stores[usize::from(id.0)];
-            if store.stamp_of(record.entity) != Some(record.stamp) {
+            if record.folded {
                 continue;
             }
-            let (refolded, returned) = store.refold(record.entity, scratch);
+            let (refolded, returned) = self.stores[usize::from(id.0)].refold(record.entity, record.stamp, scratch);
             scratch = returned;
             if let Some((previous, next)) = refolded {
                 self.digest.component_sum = self.digest.component_sum.wrapping_sub(previous).wrapping_add(next);
@@ -642,6 +652,9 @@ struct ChangeRecord {
     stamp: u64,
     entity: EntityId,
     kind: ChangeKind,
+    /// The value it set was hashed into the digest's sum as it was set (a received one): the
+    /// fold has nothing to do for it.
+    folded: bool,
 }
 
 struct Journal {
@@ -653,7 +666,13 @@ struct Journal {
 
 impl Journal {
     fn push(&mut self, entity: EntityId, kind: ChangeKind) {
-        self.records.push_back(ChangeRecord { stamp: self.stamp, entity, kind });
+        self.records.push_back(ChangeRecord { stamp: self.stamp, entity, kind, folded: false });
+    }
+
+    /// Records that `entity`'s component `id` was set to a value whose hash is already in the
+    /// digest's sum.
+    fn push_folded(&mut self, entity: EntityId, id: ComponentId) {
+        self.records.push_back(ChangeRecord { stamp: self.stamp, entity, kind: ChangeKind::Set(id), folded: true });
     }
 
     /// Closes the current stamp and returns it: changes made from now on have a larger stamp.
@@ -998,6 +1017,21 @@ impl ColumnIndex {
     }
 }
 
+/// What [`ErasedStore::insert_decoded`] did.
+pub(crate) struct Inserted {
+    /// What the digest's sum changes by: the values' hashes, less those of the entries they
+    /// replaced.
+    change: u128,
+    /// The entities (by position in the list given) that did not hold the component before.
+    fresh: Fresh,
+    scratch: AlignedVec,
+}
+
+pub(crate) enum Fresh {
+    All,
+    Only(Vec<usize>),
+}
+
 /// Type-erased operations on a [`Store`], so the world and codec can handle any component type.
 pub(crate) trait ErasedStore: Send + Sync {
     fn as_any(&self) -> &dyn Any;
@@ -1007,8 +1041,9 @@ pub(crate) trait ErasedStore: Send + Sync {
     fn stamp_of(&self, entity: EntityId) -> Option<u64>;
     /// Removes the entry; `Some(its hash in the digest sum, or 0)` when it existed.
     fn remove(&mut self, entity: EntityId) -> Option<u128>;
-    /// Recomputes the entry's hash: `(previously folded or 0, new)`.
-    fn refold(&mut self, entity: EntityId, scratch: AlignedVec) -> (Option<(u128, u128)>, AlignedVec);
+    /// Recomputes the entry's hash if it was last changed at `stamp` (later changes have records
+    /// of their own): `(previously folded or 0, new)`.
+    fn refold(&mut self, entity: EntityId, stamp: u64, scratch: AlignedVec) -> (Option<(u128, u128)>, AlignedVec);
     /// The entry's hash, without caching it.
     fn hash_entry(&self, entity: EntityId, scratch: AlignedVec) -> (Option<u128>, AlignedVec);
     /// Makes room for `additional` more values.
@@ -1019,8 +1054,14 @@ pub(crate) trait ErasedStore: Send + Sync {
     fn capture(&self, entities: &[EntityId]) -> Result<Box<dyn CapturedColumn>, CodecError>;
     /// Entities holding this component within `first..=last`, in order.
     fn entities_in(&self, first: EntityId, last: EntityId) -> Vec<EntityId>;
-    /// Inserts decoded values; returns the folded hashes of replaced entries.
-    fn insert_decoded(&mut self, entities: &[EntityId], values: Box<dyn Any>, stamp: u64) -> Vec<u128>;
+    /// Inserts decoded values, each hashed for the digest as it goes in.
+    fn insert_decoded(
+        &mut self,
+        entities: &[EntityId],
+        values: Box<dyn Any>,
+        stamp: u64,
+        scratch: AlignedVec,
+    ) -> Inserted;
 }
 
 impl<T: Component> ErasedStore for Store<T> {
@@ -1042,8 +1083,8 @@ impl<T: Component> ErasedStore for Store<T> {
     fn remove(&mut self, entity: EntityId) -> Option<u128> {
         Store::remove(self, entity).map(|entry| entry.folded.get())
     }
-    fn refold(&mut self, entity: EntityId, scratch: AlignedVec) -> (Option<(u128, u128)>, AlignedVec) {
-        let Some(entry) = Store::get_mut(self, entity) else {
+    fn refold(&mut self, entity: EntityId, stamp: u64, scratch: AlignedVec) -> (Option<(u128, u128)>, AlignedVec) {
+        let Some(entry) = Store::get_mut(self, entity).filter(|entry| entry.stamp == stamp) else {
             return (None, scratch);
         };
         let (hash, scratch) = value_hash(&entry.value, entity, scratch);
@@ -1072,24 +1113,38 @@ impl<T: Component> ErasedStore for Store<T> {
     fn entities_in(&self, first: EntityId, last: EntityId) -> Vec<EntityId> {
         Store::entities_in(self, first, last)
     }
-    fn insert_decoded(&mut self, entities: &[EntityId], values: Box<dyn Any>, stamp: u64) -> Vec<u128> {
-        let mut replaced = Vec::new();
+    fn insert_decoded(
+        &mut self,
+        entities: &[EntityId],
+        values: Box<dyn Any>,
+        stamp: u64,
+        mut scratch: AlignedVec,
+    ) -> Inserted {
         // The codec pairs each store with the values it decoded itself; another type here is a bug.
         let Ok(values) = values.downcast::<Vec<T>>() else {
             debug_assert!(false, "decoded column type does not match its store");
-            return replaced;
+            return Inserted { change: 0, fresh: Fresh::Only(Vec::new()), scratch };
         };
-        let entries = values.into_iter().map(|value| Entry { value, stamp, folded: Folded::NONE });
+        let mut change = 0u128;
+        let entries = values.into_iter().zip(entities).map(|(value, entity)| {
+            let (hash, returned) = value_hash(&value, *entity, std::mem::take(&mut scratch));
+            scratch = returned;
+            change = change.wrapping_add(hash);
+            Entry { value, stamp, folded: Folded::of(hash) }
+        });
         if self.appends_at_end(entities) {
             self.append_ascending(entities, entries);
-            return replaced;
+            return Inserted { change, fresh: Fresh::All, scratch };
         }
-        for (entity, entry) in entities.iter().zip(entries) {
-            if let Some(previous) = self.insert(*entity, entry) {
-                replaced.push(previous.folded.get());
+        let mut replaced = 0u128;
+        let mut fresh = Vec::new();
+        for (position, (entity, entry)) in entities.iter().zip(entries).enumerate() {
+            match self.insert(*entity, entry) {
+                Some(previous) => replaced = replaced.wrapping_add(previous.folded.get()),
+                None => fresh.push(position),
             }
         }
-        replaced
+        Inserted { change: change.wrapping_sub(replaced), fresh: Fresh::Only(fresh), scratch }
     }
 }
 
@@ -1107,37 +1162,36 @@ fn typed_store_mut<T: Component>(stores: &mut [Box<dyn ErasedStore>], id: Compon
 /// The hash of one (entity, component value). The component is named, not numbered, because ids
 /// follow registration order, which may differ between processes.
 fn value_hash<T: Component>(value: &T, entity: EntityId, mut scratch: AlignedVec) -> (u128, AlignedVec) {
+    let name = T::NAME.as_bytes();
+    let prefix = 16 + name.len();
+    // The hash of the entity, the name's length, the name and the value's bytes, end to end, in
+    // one XXH3 call (the same hash as those pieces fed one after another, which checkpoints were
+    // first made with, and quicker: a handoff's target folds one per value it receives, inside
+    // the freeze for the final round). The value is archived after room for the rest, at an
+    // offset aligned as the buffer's start is: rkyv pads by position in the buffer and points
+    // relatively, so its bytes there are those of an archive of its own.
+    let at = prefix.next_multiple_of(SCRATCH_ALIGN);
     scratch.clear();
-    let scratch = match value.encode_one(scratch) {
+    scratch.resize(at, 0);
+    let mut scratch = match value.encode_one(scratch) {
         Ok(bytes) => bytes,
         // Encoding into memory fails only on allocation failure or a broken Serialize impl; hash the
         // failure so the digest still differs from a correct world's.
-        Err(_) => AlignedVec::new(),
+        Err(_) => {
+            let mut empty = AlignedVec::new();
+            empty.resize(at, 0);
+            empty
+        }
     };
-    let name = T::NAME.as_bytes();
-    // The hash of the entity, the name's length, the name and the value's bytes, end to end. XXH3
-    // hashes the same input the same whether it arrives in pieces or at once, and at once (from
-    // the stack) is quicker for the small values most components have: a handoff's target folds
-    // one per value it receives, inside the freeze for the final round (its apply and fold of a
-    // 100k-entity round took 7-8% less; docs/benchmarks.md).
-    let prefix = 16 + name.len();
-    let mut joined = [0u8; 256];
-    let hash = if let Some(slot) = joined.get_mut(..prefix + scratch.len()) {
-        slot[..8].copy_from_slice(&entity.0.to_le_bytes());
-        slot[8..16].copy_from_slice(&(name.len() as u64).to_le_bytes());
-        slot[16..prefix].copy_from_slice(name);
-        slot[prefix..].copy_from_slice(&scratch);
-        xxh3_128(slot)
-    } else {
-        let mut hasher = Xxh3::new();
-        hasher.update(&entity.0.to_le_bytes());
-        hasher.update(&(name.len() as u64).to_le_bytes());
-        hasher.update(name);
-        hasher.update(&scratch);
-        hasher.digest128()
-    };
-    (hash, scratch)
+    let joined = &mut scratch[at - prefix..];
+    joined[..8].copy_from_slice(&entity.0.to_le_bytes());
+    joined[8..16].copy_from_slice(&(name.len() as u64).to_le_bytes());
+    joined[16..prefix].copy_from_slice(name);
+    (xxh3_128(joined), scratch)
 }
+
+/// The alignment of an [`AlignedVec`]'s start, and so of an archive's.
+const SCRATCH_ALIGN: usize = AlignedVec::<16>::ALIGNMENT;
 
 fn entity_hash(entity: EntityId) -> u128 {
     let mut bytes = [0u8; 16];
@@ -1167,6 +1221,7 @@ mod tests {
     //! tests check the digest and archives against it; these check what games and trackers see.
 
     use super::*;
+    use xxhash_rust::xxh3::Xxh3;
 
     #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, crate::Component)]
     #[component(name = "test.hp")]
@@ -1359,6 +1414,44 @@ mod tests {
         world.end_tick_housekeeping();
         assert_eq!(world.journal_len(), 0, "more are folded into the digest and dropped");
         assert_eq!(world.digest(), digest);
+    }
+
+    #[test]
+    fn values_hashed_as_they_are_received_leave_the_digest_of_the_values_the_world_holds() {
+        let hp = |world: &World| world.registry().id_of::<Hp>().unwrap();
+        let receive = |world: &mut World, entities: &[EntityId], values: Vec<Hp>| {
+            let id = hp(world);
+            world.insert_decoded(id, entities, Box::new(values));
+        };
+        // What the world should hold, made by plain inserts.
+        let expected = |values: &[(u64, u32)]| {
+            let mut world = world();
+            for (entity, value) in values {
+                world.spawn_with_id(EntityId(*entity));
+                world.insert(EntityId(*entity), Hp(*value)).unwrap();
+            }
+            world.digest()
+        };
+        let [a, b, c] = [EntityId(0), EntityId(1), EntityId(2)];
+        let mut world = world();
+        // Received at the end of the columns (as a snapshot arrives), then in place (a delta).
+        receive(&mut world, &[a, b, c], vec![Hp(1), Hp(2), Hp(3)]);
+        assert_eq!(world.digest(), expected(&[(0, 1), (1, 2), (2, 3)]));
+        receive(&mut world, &[a, c], vec![Hp(10), Hp(30)]);
+        assert_eq!(world.digest(), expected(&[(0, 10), (1, 2), (2, 30)]));
+        // Received twice with no digest between, then changed by the game before the fold.
+        receive(&mut world, &[b], vec![Hp(20)]);
+        receive(&mut world, &[b], vec![Hp(21)]);
+        world.get_mut::<Hp>(b).unwrap().0 = 22;
+        assert_eq!(world.digest(), expected(&[(0, 10), (1, 22), (2, 30)]));
+        assert_eq!(world.digest(), world.digest_full());
+        // Changed by the game, then received over it before the fold; then removed unfolded.
+        world.get_mut::<Hp>(a).unwrap().0 = 11;
+        receive(&mut world, &[a], vec![Hp(12)]);
+        receive(&mut world, &[c], vec![Hp(31)]);
+        assert!(world.remove::<Hp>(c).is_some());
+        assert!(world.despawn(c));
+        assert_eq!(world.digest(), world.digest_full());
     }
 
     #[test]
@@ -1658,20 +1751,34 @@ mod tests {
         hasher.digest128()
     }
 
+    /// A value of the widest alignment an archive has, with out-of-line bytes after it.
+    #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, crate::Component)]
+    #[component(name = "test.wide.value.x")]
+    struct Wide(u8, u128, Vec<u64>, String);
+
     #[test]
     fn a_value_s_hash_is_the_one_checkpoints_were_made_with_whatever_its_size() {
+        let hashes = |value: &dyn Fn(EntityId, AlignedVec) -> (u128, AlignedVec), entity| {
+            // Twice over one scratch buffer, as a fold reuses it: what the first left is no matter.
+            let (first, scratch) = value(entity, AlignedVec::new());
+            let (second, scratch) = value(entity, scratch);
+            assert_eq!(first, second);
+            (first, scratch)
+        };
         for entity in [EntityId(0), EntityId(7), EntityId(u64::MAX)] {
-            assert_eq!(value_hash(&Hp(41), entity, AlignedVec::new()).0, value_hash_in_pieces(&Hp(41), entity));
-            // Short and long names: within the stack buffer, at its edge and past it.
-            for len in [0, 1, 200, 220, 221, 222, 223, 224, 225, 226, 230, 240, 300, 5000] {
+            let (hash, _) = hashes(&|entity, scratch| value_hash(&Hp(41), entity, scratch), entity);
+            assert_eq!(hash, value_hash_in_pieces(&Hp(41), entity));
+            // Values short and long, inline and out of line (a name of up to 8 bytes is archived
+            // inline).
+            for len in [0, 1, 8, 9, 200, 240, 5000] {
                 let name = Name("n".repeat(len));
-                let (hash, scratch) = value_hash(&name, entity, AlignedVec::new());
-                assert_eq!(
-                    hash,
-                    value_hash_in_pieces(&name, entity),
-                    "a name of {len} bytes ({} archived)",
-                    scratch.len()
-                );
+                let (hash, scratch) = hashes(&|entity, scratch| value_hash(&name, entity, scratch), entity);
+                let archived = scratch.len();
+                assert_eq!(hash, value_hash_in_pieces(&name, entity), "a name of {len} bytes ({archived} archived)");
+                // A 16-byte-aligned value after a name ("test.wide.value.x": 33 bytes before it).
+                let wide = Wide(3, u128::MAX - len as u128, vec![len as u64; len % 7], name.0.clone());
+                let (hash, _) = hashes(&|entity, scratch| value_hash(&wide, entity, scratch), entity);
+                assert_eq!(hash, value_hash_in_pieces(&wide, entity), "a wide value with {len} bytes of name");
             }
         }
     }
