@@ -825,6 +825,35 @@ impl<V> Column<V> {
         self.index.set_ascending(appended, start);
     }
 
+    /// Inserts or replaces the values of `entities`, as [`Column::insert`] would one by one;
+    /// `replaced` gets each one's position in `entities` and the value it replaced. A value
+    /// replaced in place costs no lookup of the index's page when the entity before it was on the
+    /// same page (ascending entities, as a decoded column's are, share their pages' lookups).
+    pub(crate) fn insert_many(
+        &mut self,
+        entities: &[EntityId],
+        values: impl Iterator<Item = V>,
+        mut replaced: impl FnMut(usize, Option<V>),
+    ) {
+        let mut page: Option<(u64, &[u32; INDEX_PAGE])> = None;
+        for (at, (entity, value)) in entities.iter().zip(values).enumerate() {
+            let number = entity.0 / INDEX_PAGE as u64;
+            let slots = match page {
+                Some((current, slots)) if current == number => Some(slots),
+                _ => self.index.pages.get(&number).map(|slots| &**slots),
+            };
+            page = slots.map(|slots| (number, slots));
+            match slots.and_then(|slots| slots[(entity.0 % INDEX_PAGE as u64) as usize].checked_sub(1)) {
+                Some(position) => replaced(at, self.values[position as usize].replace(value)),
+                None => {
+                    // Anything else may move the column's values (a compaction): look again after.
+                    page = None;
+                    replaced(at, self.insert(*entity, value));
+                }
+            }
+        }
+    }
+
     /// Inserts or replaces `entity`'s value; returns the replaced one.
     pub(crate) fn insert(&mut self, entity: EntityId, value: V) -> Option<V> {
         if let Some(position) = self.index.get(entity) {
@@ -1138,12 +1167,11 @@ impl<T: Component> ErasedStore for Store<T> {
         }
         let mut replaced = 0u128;
         let mut fresh = Vec::new();
-        for (position, (entity, entry)) in entities.iter().zip(entries).enumerate() {
-            match self.insert(*entity, entry) {
-                Some(previous) => replaced = replaced.wrapping_add(previous.folded.get()),
-                None => fresh.push(position),
-            }
-        }
+        // A decoded column's entities are strictly ascending (the decoder checks).
+        self.insert_many(entities, entries, |position, previous| match previous {
+            Some(previous) => replaced = replaced.wrapping_add(previous.folded.get()),
+            None => fresh.push(position),
+        });
         Inserted { change: change.wrapping_sub(replaced), fresh: Fresh::Only(fresh), scratch }
     }
 }
@@ -1648,6 +1676,8 @@ mod tests {
         Remove(u64),
         Change(u64, u32),
         Despawn(u64),
+        /// Values received from an archive (ascending), spawning the entities not alive.
+        Receive(BTreeMap<u64, u32>),
     }
 
     fn store_op() -> impl proptest::strategy::Strategy<Value = StoreOp> {
@@ -1658,7 +1688,8 @@ mod tests {
             4 => (entity.clone(), any::<u32>()).prop_map(|(entity, value)| StoreOp::Insert(entity, value)),
             2 => entity.clone().prop_map(StoreOp::Remove),
             2 => (entity.clone(), any::<u32>()).prop_map(|(entity, value)| StoreOp::Change(entity, value)),
-            1 => entity.prop_map(StoreOp::Despawn),
+            1 => entity.clone().prop_map(StoreOp::Despawn),
+            1 => proptest::collection::btree_map(entity, any::<u32>(), 1..200).prop_map(StoreOp::Receive),
         ]
     }
 
@@ -1702,6 +1733,15 @@ mod tests {
                         let entity = EntityId(id);
                         proptest::prop_assert_eq!(world.despawn(entity), alive.remove(&entity));
                         model.remove(&entity);
+                    }
+                    StoreOp::Receive(values) => {
+                        let entities: Vec<EntityId> = values.keys().map(|id| EntityId(*id)).collect();
+                        let received: Vec<Hp> = values.values().map(|value| Hp(*value)).collect();
+                        world.insert_decoded(hp, &entities, Box::new(received));
+                        for (id, value) in values {
+                            alive.insert(EntityId(id));
+                            model.insert(EntityId(id), value);
+                        }
                     }
                 }
             }
