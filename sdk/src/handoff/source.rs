@@ -262,11 +262,6 @@ pub struct HandoffSource {
     encode_next_inline: bool,
     /// Captured values waiting for the driver to take them to be encoded ([`HandoffSource::poll_encode`]).
     job: Option<EncodeJob>,
-    /// The frozen region's final round while its parts are being made and sent.
-    final_round: Option<FinalRound>,
-    /// What the last round encoded at its tick boundary came to, against its reckoned size
-    /// ([`codec::DeltaEncoder::reckoned_bytes`]): how the next one's size is expected.
-    encoded_per_reckoned: Option<f64>,
     /// Entities in the world when the snapshot began, for the bytes an entity takes.
     snapshot_entities: usize,
     delivery_rate: Option<f64>,
@@ -328,8 +323,6 @@ impl HandoffSource {
             deferred: None,
             encode_next_inline: false,
             job: None,
-            final_round: None,
-            encoded_per_reckoned: None,
             held_for_engines: None,
             held_rounds: 0,
             frozen_at: None,
@@ -461,11 +454,6 @@ impl HandoffSource {
         if let Some(message) = self.outbox.pop_front() {
             return Some(message);
         }
-        if self.final_round.is_some() {
-            // The region is frozen: the final round's parts go out as fast as they are made.
-            self.send_final_part(world);
-            return self.outbox.pop_front();
-        }
         if self.in_flight() >= self.config.window_bytes as u64 {
             return None;
         }
@@ -537,8 +525,7 @@ impl HandoffSource {
             // Measured from when its encoding began, as a final round's is from its tick boundary
             // (its wait for a free thread is not the link's).
             let began = now.checked_sub(encoded.took).unwrap_or(read.at).max(read.at);
-            let read = RoundRead { encoded_at: began, ..read };
-            self.conclude_round(now, world, read, bytes, RoundParts::Encoded(parts), None);
+            self.conclude_round(now, world, RoundRead { encoded_at: began, ..read }, bytes, Some(parts), None);
             return;
         }
         let Some(mut piecewise) =
@@ -687,7 +674,7 @@ impl HandoffSource {
         let inline = std::mem::take(&mut self.encode_next_inline);
         let over_four = estimate > budget.saturating_mul(4);
         if over_four && estimate > PIECEWISE_ROUND_CHUNKS.saturating_mul(self.config.chunk.max_chunk_bytes) {
-            self.conclude_round(now, world, read, estimate, RoundParts::Estimated, None);
+            self.conclude_round(now, world, read, estimate, None, None);
             if self.phase == SourcePhase::Rounds {
                 let pieces = estimate.div_ceil(self.config.chunk.target_chunk_bytes.max(1));
                 self.piecewise = Some(PiecewiseRound {
@@ -710,28 +697,13 @@ impl HandoffSource {
             }
             return;
         }
-        let encoder = codec::DeltaEncoder::new(world, changes, read.round, self.config.chunk);
-        let reckoned = encoder.reckoned_bytes(world.registry());
-        // protocol.md §4: a round whose expected size makes it the final one freezes the region at
-        // once and is encoded a part at a time, each part sent as soon as it is made, so the
-        // target applies the first while the source encodes the next. Its size is expected from
-        // the reckoning and what the last round encoded here came to against its own.
-        if let Some(ratio) = self.encoded_per_reckoned {
-            let expected = (reckoned as f64 * ratio).ceil() as usize;
-            if self.judge(now, read, expected, true).freeze_now {
-                self.conclude_round(now, world, read, expected, RoundParts::Lazy(encoder), Some(next_tick_due));
-                return;
+        match codec::encode_delta(world, &changes, read.round, self.config.chunk) {
+            Ok(parts) => {
+                let bytes = parts.iter().map(AlignedVec::len).sum();
+                self.conclude_round(now, world, read, bytes, Some(parts), Some(next_tick_due));
             }
+            Err(error) => self.abort_encoding(world, read.round, &error),
         }
-        let parts = match encode_all(encoder, world) {
-            Ok(parts) => parts,
-            Err(error) => return self.abort_encoding(world, read.round, &error),
-        };
-        let bytes: usize = parts.iter().map(AlignedVec::len).sum();
-        if reckoned > 0 {
-            self.encoded_per_reckoned = Some(bytes as f64 / reckoned as f64);
-        }
-        self.conclude_round(now, world, read, bytes, RoundParts::Encoded(parts), Some(next_tick_due));
     }
 
     fn abort_encoding(&mut self, world: &mut World, round: u32, error: &codec::CodecError) {
@@ -743,76 +715,42 @@ impl HandoffSource {
         self.abort_before_freeze(world, reason);
     }
 
-    /// How round `read` of `bytes` would be decided now (protocol.md §4), `at_boundary` when it was
-    /// read at the tick boundary just passed and so may be the final round. Changes nothing.
-    fn judge(&self, now: Instant, read: RoundRead, bytes: usize, at_boundary: bool) -> Judgement {
-        let budget = self.freeze_budget();
-        let first_round_at = self.first_round_at.unwrap_or(read.at);
-        // protocol.md §4: a round within the budget that waits only for the target's engines
-        // counts neither as a round that did not shrink nor towards the round limit, so the wait
-        // does not loosen the rule the freeze is then taken by.
-        let prepared = !self.needs_engines || self.engines_ready;
-        let held = !prepared && bytes <= budget && at_boundary;
-        let (smallest_round, stalled_rounds) = if held {
-            (self.smallest_round, self.stalled_rounds)
-        } else if bytes.saturating_mul(10) < self.smallest_round.saturating_mul(9) {
-            (bytes, 0)
-        } else {
-            (self.smallest_round, self.stalled_rounds + 1)
-        };
-        let held_rounds = self.held_rounds + u32::from(held);
-        let out_of_rounds = read.round.saturating_sub(held_rounds) > self.config.max_rounds
-            || stalled_rounds >= self.config.stall_rounds;
-        let within_four = bytes <= budget.saturating_mul(4);
-        // protocol.md §4: freeze once a round fits the budget, or is within four budgets when the
-        // rounds stopped shrinking or ran out.
-        let fits = bytes <= budget || (out_of_rounds && within_four);
-        // protocol.md §4: a region with many bodies also waits for the target's engines, which
-        // the target builds from the received world while the rounds go on, so that they are not
-        // built in the freeze; a round that fits is then sent as an ordinary one.
-        let freeze_now = fits && at_boundary && (prepared || now >= first_round_at + self.config.engines_ready_wait);
-        Judgement {
-            budget,
-            first_round_at,
-            prepared,
-            held_rounds,
-            smallest_round,
-            stalled_rounds,
-            out_of_rounds,
-            within_four,
-            fits,
-            freeze_now,
-        }
-    }
-
-    /// Decides what becomes of round `read` of `bytes` (protocol.md §4): `parts` are its
-    /// archives, encoded or to encode (or an estimate, sent piece by piece); `next_tick_due` when
-    /// it was read at the tick boundary just passed and so may be the final round (`None`: encoded
-    /// elsewhere since, sent as an ordinary round whatever its size).
+    /// Decides what becomes of round `read` of `bytes` (protocol.md §4): `parts` when it is
+    /// encoded (`None`: an estimate, sent piece by piece), `next_tick_due` when it was read at the
+    /// tick boundary just passed and so may be the final round (`None`: encoded elsewhere since,
+    /// sent as an ordinary round whatever its size).
     fn conclude_round(
         &mut self,
         now: Instant,
         world: &mut World,
         read: RoundRead,
         bytes: usize,
-        parts: RoundParts,
+        parts: Option<Vec<AlignedVec>>,
         next_tick_due: Option<Instant>,
     ) {
         let round = read.round;
-        let judgement = self.judge(now, read, bytes, next_tick_due.is_some());
-        let Judgement { budget, prepared, within_four, fits, freeze_now, .. } = judgement;
-        self.first_round_at = Some(judgement.first_round_at);
-        self.held_rounds = judgement.held_rounds;
-        self.smallest_round = judgement.smallest_round;
-        self.stalled_rounds = judgement.stalled_rounds;
+        let budget = self.freeze_budget();
+        let first_round_at = *self.first_round_at.get_or_insert(read.at);
         let per_tick = bytes / read.ticks.max(1) as usize;
         self.stats.change_bytes_per_tick = Some(per_tick as u64);
+        // protocol.md §4: a round within the budget that waits only for the target's engines
+        // counts neither as a round that did not shrink nor towards the round limit, so the wait
+        // does not loosen the rule the freeze is then taken by.
+        let prepared = !self.needs_engines || self.engines_ready;
+        if !prepared && bytes <= budget && next_tick_due.is_some() {
+            self.held_rounds += 1;
+        } else if bytes.saturating_mul(10) < self.smallest_round.saturating_mul(9) {
+            self.smallest_round = bytes;
+            self.stalled_rounds = 0;
+        } else {
+            self.stalled_rounds += 1;
+        }
+        let out_of_rounds = round.saturating_sub(self.held_rounds) > self.config.max_rounds
+            || self.stalled_rounds >= self.config.stall_rounds;
+        let within_four = bytes <= budget.saturating_mul(4);
         // protocol.md §4: rounds that stopped shrinking above four budgets, or a tick whose changes
         // alone exceed them, cannot converge now: say so, and wait for a quieter moment.
-        if self.waiting_since.is_none()
-            && !within_four
-            && (judgement.out_of_rounds || per_tick > budget.saturating_mul(4))
-        {
+        if self.waiting_since.is_none() && !within_four && (out_of_rounds || per_tick > budget.saturating_mul(4)) {
             self.waiting_since = Some(now);
             crate::events::handoff_waiting(
                 self.region,
@@ -823,24 +761,26 @@ impl HandoffSource {
                 self.delivery_rate.map(|rate| rate as u64),
             );
         }
+        // protocol.md §4: freeze once a round fits the budget, or is within four budgets when the
+        // rounds stopped shrinking or ran out; give up when waiting took too long.
+        let fits = bytes <= budget || (out_of_rounds && within_four);
+        // protocol.md §4: a region with many bodies also waits for the target's engines, which
+        // the target builds from the received world while the rounds go on, so that they are not
+        // built in the freeze; a round that fits is then sent as an ordinary one.
+        let freeze_now =
+            fits && next_tick_due.is_some() && (prepared || now >= first_round_at + self.config.engines_ready_wait);
         if fits && !prepared {
             self.held_for_engines.get_or_insert(now);
             if freeze_now {
-                crate::events::handoff_freezes_unready(self.region, now - judgement.first_round_at);
+                crate::events::handoff_freezes_unready(self.region, now - first_round_at);
             }
         }
-        let estimated = matches!(parts, RoundParts::Estimated);
+        let estimated = parts.is_none();
         match (parts, next_tick_due) {
-            (RoundParts::Lazy(encoder), Some(next_tick_due)) if freeze_now => {
+            (Some(parts), Some(next_tick_due)) if freeze_now => {
                 self.stats.waited = self.waiting_since.map(|since| now - since);
                 self.stats.engines_waited = self.held_for_engines.map(|since| now - since);
-                self.freeze(now, world, FinalRound::new(encoder, read.ticks), next_tick_due);
-            }
-            (RoundParts::Encoded(parts), Some(next_tick_due)) if freeze_now => {
-                self.stats.waited = self.waiting_since.map(|since| now - since);
-                self.stats.engines_waited = self.held_for_engines.map(|since| now - since);
-                let parts = self.send_parts(round, 0, parts);
-                self.freeze(now, world, FinalRound::sent(round, parts, bytes, read.ticks), next_tick_due);
+                self.freeze(now, world, round, parts, next_tick_due);
             }
             _ if !within_four && self.waiting_since.is_some_and(|since| now >= since + self.config.quiet_wait) => {
                 let waited = self.waiting_since.map(|since| now - since).unwrap_or_default();
@@ -856,20 +796,7 @@ impl HandoffSource {
                 };
                 self.abort_before_freeze(world, reason);
             }
-            (RoundParts::Estimated, _) => {
-                self.round = round;
-                self.stats.rounds = round;
-            }
-            (parts, _) => {
-                let parts = match parts {
-                    RoundParts::Lazy(encoder) => match encode_all(encoder, world) {
-                        Ok(parts) => parts,
-                        Err(error) => return self.abort_encoding(world, round, &error),
-                    },
-                    RoundParts::Encoded(parts) => parts,
-                    RoundParts::Estimated => Vec::new(),
-                };
-                let bytes = parts.iter().map(AlignedVec::len).sum();
+            (Some(parts), _) => {
                 self.round = round;
                 self.stats.rounds = round;
                 self.send_parts(round, 0, parts);
@@ -885,6 +812,10 @@ impl HandoffSource {
                         sent_through: self.sent_bytes,
                     });
                 }
+            }
+            (None, _) => {
+                self.round = round;
+                self.stats.rounds = round;
             }
         }
     }
@@ -1071,12 +1002,19 @@ impl HandoffSource {
         part
     }
 
-    /// Freezes the region with `last` as its final round (protocol.md §4): its parts go out as
-    /// they are made, then the `Freeze` with the world's digest now.
-    fn freeze(&mut self, now: Instant, world: &mut World, mut last: FinalRound, next_tick_due: Instant) {
-        last.digest = world.digest().0;
-        last.tick = world.tick();
-        last.next_tick_in_us = next_tick_due.saturating_duration_since(now).as_micros() as u64;
+    fn freeze(&mut self, now: Instant, world: &mut World, round: u32, parts: Vec<AlignedVec>, next_tick_due: Instant) {
+        let part_count = parts.len() as u32;
+        self.stats.final_bytes = parts.iter().map(|part| part.len() as u64).sum();
+        self.send_parts(round, 0, parts);
+        let digest = world.digest();
+        self.outbox.push_back(Message::Freeze {
+            handoff: self.id,
+            round,
+            parts: part_count,
+            digest: digest.0,
+            tick: world.tick(),
+            next_tick_in_us: next_tick_due.saturating_duration_since(now).as_micros() as u64,
+        });
         if let Some(tracker) = self.tracker.take() {
             world.drop_tracker(tracker);
         }
@@ -1085,47 +1023,7 @@ impl HandoffSource {
         self.frozen_at = Some(now);
         self.last_heard = now;
         self.deadline = Some(now + self.config.timeouts.commit);
-        self.final_round = Some(last);
-        self.send_final_part(world);
-    }
-
-    /// Makes and queues the final round's next part; after its last, the `Freeze` (with the
-    /// number of parts).
-    fn send_final_part(&mut self, world: &mut World) {
-        let Some(mut last) = self.final_round.take() else {
-            return;
-        };
-        if let Some(encoder) = last.encoder.as_mut() {
-            match encoder.next_part(world) {
-                Ok(Some(part)) => {
-                    last.bytes += part.len();
-                    last.parts = self.send_parts(last.round, last.parts, vec![part]);
-                }
-                Ok(None) => {}
-                Err(error) => {
-                    // The region is frozen: only the authority can say who owns it now.
-                    let reason = format!("encoding the final round {}: {error}", last.round);
-                    self.outbox.push_back(Message::Abort { handoff: self.id, reason: reason.clone() });
-                    let reason = AbortReason { culprit: Culprit::Source, phase: Phase::Freeze, reason };
-                    return self.settle(self.last_heard, reason);
-                }
-            }
-            if !encoder.is_done() {
-                self.final_round = Some(last);
-                return;
-            }
-        }
-        self.stats.final_bytes = last.bytes as u64;
-        self.stats.change_bytes_per_tick = Some((last.bytes / last.ticks.max(1) as usize) as u64);
-        self.outbox.push_back(Message::Freeze {
-            handoff: self.id,
-            round: last.round,
-            parts: last.parts,
-            digest: last.digest,
-            tick: last.tick,
-            next_tick_in_us: last.next_tick_in_us,
-        });
-        crate::events::handoff_frozen(self.region, self.epoch, last.round, self.stats.final_bytes);
+        crate::events::handoff_frozen(self.region, self.epoch, round, self.stats.final_bytes);
     }
 
     fn handed_off(&mut self, now: Instant, epoch: Epoch) {
@@ -1152,8 +1050,6 @@ impl HandoffSource {
         }
         self.phase = SourcePhase::Settling;
         self.deadline = None;
-        // Parts not yet made are of no use to a target that cannot commit without them.
-        self.final_round = None;
         let _ = now;
         self.request_reclaim();
     }
@@ -1186,72 +1082,6 @@ impl HandoffSource {
             reason,
         });
     }
-}
-
-/// A round's archives as [`HandoffSource::conclude_round`] gets them.
-enum RoundParts {
-    /// Encoded, to send.
-    Encoded(Vec<AlignedVec>),
-    /// To encode: if it is the final one, a part at a time as they are sent.
-    Lazy(codec::DeltaEncoder),
-    /// Not encoded: an estimate of a round sent piece by piece.
-    Estimated,
-}
-
-/// How a round would be decided ([`HandoffSource::judge`]).
-struct Judgement {
-    budget: usize,
-    first_round_at: Instant,
-    /// The target's engines are ready, or the region needs none built.
-    prepared: bool,
-    held_rounds: u32,
-    smallest_round: usize,
-    stalled_rounds: u32,
-    out_of_rounds: bool,
-    within_four: bool,
-    fits: bool,
-    freeze_now: bool,
-}
-
-/// The frozen region's final round (protocol.md §4): its parts, made one per poll and sent as
-/// each is made, then its `Freeze`.
-#[derive(Debug)]
-struct FinalRound {
-    round: u32,
-    /// Makes the parts still to make; `None` when they were all made before the freeze.
-    encoder: Option<codec::DeltaEncoder>,
-    /// Parts sent so far, and their bytes.
-    parts: u32,
-    bytes: usize,
-    /// Ticks whose changes it holds.
-    ticks: u32,
-    /// What the `Freeze` says: the world's digest and tick at the freeze, and when its next
-    /// tick was due.
-    digest: u128,
-    tick: u64,
-    next_tick_in_us: u64,
-}
-
-impl FinalRound {
-    /// Round `encoder` of `ticks` ticks' changes, to be made part by part.
-    fn new(encoder: codec::DeltaEncoder, ticks: u32) -> FinalRound {
-        let round = encoder.round();
-        FinalRound { round, encoder: Some(encoder), parts: 0, bytes: 0, ticks, digest: 0, tick: 0, next_tick_in_us: 0 }
-    }
-
-    /// Round `round`, its `parts` of `bytes` already sent.
-    fn sent(round: u32, parts: u32, bytes: usize, ticks: u32) -> FinalRound {
-        FinalRound { round, encoder: None, parts, bytes, ticks, digest: 0, tick: 0, next_tick_in_us: 0 }
-    }
-}
-
-/// Every part of `encoder`'s round, made at once.
-fn encode_all(mut encoder: codec::DeltaEncoder, world: &World) -> Result<Vec<AlignedVec>, codec::CodecError> {
-    let mut parts = Vec::new();
-    while let Some(part) = encoder.next_part(world)? {
-        parts.push(part);
-    }
-    Ok(parts)
 }
 
 /// A round estimated over this many of the largest chunks (and over four freeze budgets) is
@@ -1755,49 +1585,6 @@ mod tests {
         assert_eq!((stats.rounds, stats.delta_bytes), (0, 0));
         assert_eq!(stats.final_bytes, delta_bytes(&messages));
         assert!(stats.final_bytes > BLOB_BYTES as u64 && stats.final_bytes <= BUDGET as u64);
-    }
-
-    #[test]
-    fn a_final_round_expected_to_fit_freezes_at_its_boundary_and_goes_out_a_part_per_poll() {
-        let config = SourceConfig { freeze_budget_bytes: 30_000, ..config() };
-        let (mut run, mut target) = Run::snapshot_applied(config);
-        // The first round, over the budget, is encoded whole: what it came to against its
-        // reckoning tells how big the next is expected to be.
-        let first = run.round(36);
-        assert_eq!((run.source.phase(), delta_rounds(&first)), (SourcePhase::Rounds, vec![1]));
-        apply_bulk(&mut target, &first);
-        run.change(20);
-        run.tick();
-        assert_eq!(run.source.phase(), SourcePhase::Frozen, "20 blobs are expected to fit");
-        // Frozen at the boundary with only its first part made.
-        let last = run.source.final_round.as_ref().expect("a final round in the making");
-        assert_eq!(last.parts, 1);
-        assert!(last.encoder.as_ref().is_some_and(|encoder| !encoder.is_done()));
-        let messages = run.drain();
-        let parts = messages.iter().filter(|message| matches!(message, Message::Delta { round: 2, .. })).count();
-        assert!(parts >= 3, "{parts} parts");
-        let (digest, tick) = (run.world.digest().0, run.world.tick());
-        let freeze =
-            Message::Freeze { handoff: 41, round: 2, parts: parts as u32, digest, tick, next_tick_in_us: 50_000 };
-        assert_eq!(messages.last(), Some(&freeze), "the freeze follows the last part");
-        assert!(run.source.final_round.is_none());
-        apply_bulk(&mut target, &messages);
-        assert_eq!(target.digest(), run.world.digest());
-        assert_eq!(run.source.stats().final_bytes, delta_bytes(&messages));
-    }
-
-    #[test]
-    fn a_frozen_source_that_settles_makes_no_more_parts_of_its_final_round() {
-        let config = SourceConfig { freeze_budget_bytes: 30_000, ..config() };
-        let (mut run, _) = Run::snapshot_applied(config);
-        run.round(36);
-        run.change(20);
-        run.tick();
-        assert_eq!(run.source.phase(), SourcePhase::Frozen);
-        assert!(matches!(run.source.poll_message(&mut run.world), Some(Message::Delta { round: 2, part: 0, .. })));
-        run.receive(Message::Abort { handoff: 41, reason: "no room".into() });
-        run.authority_asked();
-        assert_eq!(run.drain(), Vec::new(), "neither parts nor a freeze after the abort");
     }
 
     #[test]
