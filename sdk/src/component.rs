@@ -58,7 +58,8 @@ pub struct ComponentInfo {
     pub schema: u64,
     pub(crate) new_store: fn() -> Box<dyn ErasedStore>,
     /// A value's size in memory: what the codec reckons one takes in an archive before encoding
-    /// it (exact for plain values; under for those holding strings or vectors).
+    /// it (about what a plain value takes, rkyv's layout differing a little; under for values
+    /// holding strings or vectors, over for empty ones).
     pub(crate) value_bytes: usize,
     /// Validates and decodes a column archive into a `Box<Vec<T>>`.
     pub(crate) decode: DecodeColumn,

@@ -7,7 +7,8 @@
 //!
 //! # Change tracking
 //! The world keeps a journal of changes. Each change is stamped with the world's current *change
-//! stamp*, a process-local counter that every reader of changes advances. A reader (a
+//! stamp*, a process-local counter that every reader of changes advances (and so does receiving
+//! values from an archive, so that a change made to one after has a record of its own). A reader (a
 //! [`TrackerId`], or the digest) asks for "everything with a stamp above my boundary": the journal
 //! is ordered by stamp, so finding the start is a binary search and the cost is proportional to the
 //! changes, not to the world. A component value is journaled at most once per stamp, when it is
@@ -19,7 +20,8 @@
 //! whatever the insertion order or process: it is a sum (mod 2^128) of a hash per (entity,
 //! component, archived value) plus a hash per live entity, finished with the tick, the entity
 //! allocator and the registry's schema hash. The per-entry hashes are kept, so computing the digest
-//! again costs only what changed since the last time.
+//! again costs only what changed since the last time: a value's hash is computed when the digest is
+//! next asked for, or, for a value received from an archive, as it is inserted.
 //!
 //! # What it does not do
 //! No scheduling, no queries across several component types (iterate one and look up the others),
@@ -1056,8 +1058,11 @@ pub(crate) struct Inserted {
     scratch: AlignedVec,
 }
 
+/// Which of the entities given to [`ErasedStore::insert_decoded`] did not hold the component.
 pub(crate) enum Fresh {
+    /// All of them (appended at the column's end).
     All,
+    /// Those at these positions in the list given.
     Only(Vec<usize>),
 }
 
@@ -1678,6 +1683,8 @@ mod tests {
         Despawn(u64),
         /// Values received from an archive (ascending), spawning the entities not alive.
         Receive(BTreeMap<u64, u32>),
+        /// The digest asked for (folding the changes since the last time).
+        Fold,
     }
 
     fn store_op() -> impl proptest::strategy::Strategy<Value = StoreOp> {
@@ -1690,6 +1697,7 @@ mod tests {
             2 => (entity.clone(), any::<u32>()).prop_map(|(entity, value)| StoreOp::Change(entity, value)),
             1 => entity.clone().prop_map(StoreOp::Despawn),
             1 => proptest::collection::btree_map(entity, any::<u32>(), 1..200).prop_map(StoreOp::Receive),
+            1 => Just(StoreOp::Fold),
         ]
     }
 
@@ -1742,6 +1750,9 @@ mod tests {
                             alive.insert(EntityId(id));
                             model.insert(EntityId(id), value);
                         }
+                    }
+                    StoreOp::Fold => {
+                        world.digest();
                     }
                 }
             }

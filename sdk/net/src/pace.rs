@@ -2,8 +2,9 @@
 //!
 //! Pure: the caller passes the time. `rate` bytes per second refill the bucket up to `burst`
 //! bytes; sending `n` bytes takes `n` tokens, and when there are not enough, [`TokenBucket::delay`]
-//! says how long to wait. A message larger than the burst may go once the bucket is full, driving
-//! it negative, so large messages are paced rather than refused.
+//! says how long to wait (or [`TokenBucket::delay_with_slack`], for a caller whose timer wakes it
+//! late). A message larger than the burst may go once the bucket is full, driving it negative, so
+//! large messages are paced rather than refused.
 
 use std::time::{Duration, Instant};
 
@@ -39,9 +40,10 @@ impl TokenBucket {
     /// to `slack` late (a timer of that granularity): they may go when the bucket is short of
     /// them by no more than `slack` of the rate. What such a sleep oversleeps then refills the
     /// bucket to no more than the bytes it waited for, so nothing is lost at the burst's cap and
-    /// the rate holds; over any span the bytes sent exceed the burst plus the rate by at most
-    /// `slack` of the rate. With a wait for every byte instead, each message waits for a timer
-    /// tick it only partly needs: a link capped at 200 MB/s with a 1 ms timer moved 100-150 MB/s.
+    /// the rate holds; over any span the bytes sent exceed the burst plus what the rate moves in
+    /// the span by at most `slack` of the rate, plus, for a message larger than the burst, its
+    /// excess over it. With a wait for every byte instead, each message waits for a timer tick it
+    /// only partly needs: a link capped at 200 MB/s with a 1 ms timer moved 100-150 MB/s.
     pub fn delay_with_slack(&mut self, now: Instant, bytes: usize, slack: Duration) -> Duration {
         self.refill(now);
         let needed = (bytes as f64).min(self.burst) - slack.as_secs_f64() * self.rate;
