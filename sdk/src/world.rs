@@ -1674,6 +1674,23 @@ mod tests {
         assert_eq!(column.insert(EntityId(1), 2), Some(1), "replaced where it waits");
     }
 
+    #[test]
+    fn received_values_replace_their_own_entries_whatever_pages_their_ids_fall_on() {
+        let mut column: Column<u32> = Column::default();
+        // Entity 1 is on index page 0 and entity 65,537 on page 256, at the same slot: a page
+        // number computed wrongly for the one finds the other.
+        for id in [1, 2, 65_537, 65_538] {
+            column.insert(EntityId(id), id as u32);
+        }
+        let mut replaced = Vec::new();
+        let entities = [EntityId(1), EntityId(2), EntityId(65_537), EntityId(70_000)];
+        column.insert_many(&entities, [10, 20, 30, 40].into_iter(), |at, previous| replaced.push((at, previous)));
+        assert_eq!(replaced, vec![(0, Some(1)), (1, Some(2)), (2, Some(65_537)), (3, None)]);
+        for (id, value) in [(1, 10), (2, 20), (65_537, 30), (65_538, 65_538), (70_000, 40)] {
+            assert_eq!(column.get(EntityId(id)), Some(&value), "entity {id}");
+        }
+    }
+
     /// One step of the model test, on the `Hp` of an entity.
     #[derive(Clone, Debug)]
     enum StoreOp {
