@@ -1199,7 +1199,7 @@ fn value_hash<T: Component>(value: &T, entity: EntityId, mut scratch: AlignedVec
     let prefix = 16 + name.len();
     // The hash of the entity, the name's length, the name and the value's bytes, end to end, in
     // one XXH3 call (the same hash as those pieces fed one after another, which checkpoints were
-    // first made with, and quicker: a handoff's target folds one per value it receives, inside
+    // first made with, and quicker: a handoff's target hashes one per value it receives, inside
     // the freeze for the final round). The value is archived after room for the rest, at an
     // offset aligned as the buffer's start is: rkyv pads by position in the buffer and points
     // relatively, so its bytes there are those of an archive of its own.
