@@ -536,6 +536,9 @@ pub struct RegionNode<L: RegionLogic> {
     tick_log: TickLog,
     /// The last tick, while the handoff has not yet done its work at it.
     handoff_tick: Option<HandoffTick>,
+    /// The tick whose boundary the handoff read its round at, until that round is decided: the
+    /// freeze is reported then, if the round froze the region ([`RegionNode::report_freeze`]).
+    boundary_tick: Option<HandoffTick>,
     /// The last tick, while what waits for its updates to go out (a checkpoint, a standby's
     /// round) is still to do ([`RegionNode::complete_tick`]).
     tick_pending: Option<u64>,
@@ -612,10 +615,10 @@ impl TickLog {
         log.push_back(entry);
     }
 
-    /// The handoff's work after the last tick of the handoff took `took`.
+    /// The handoff's work after the last tick of the handoff took `took` (more).
     fn handoff_worked(&mut self, took: Duration) {
         if let Some(last) = self.during.back_mut() {
-            last.handoff = micros_u32(took);
+            last.handoff = last.handoff.saturating_add(micros_u32(took));
         }
     }
 
@@ -711,6 +714,7 @@ impl<L: RegionLogic> RegionNode<L> {
             load_window: (0, Duration::ZERO, Duration::ZERO),
             tick_log: TickLog::default(),
             handoff_tick: None,
+            boundary_tick: None,
             tick_pending: None,
             standby_bytes: 0,
             reported_phase: None,
@@ -1295,6 +1299,7 @@ impl<L: RegionLogic> RegionNode<L> {
         // committed target took the region over.
         self.finish_pending();
         self.complete_handoff_tick();
+        self.finish_boundary_round();
         let id = self.region.id();
         let interval = self.region.config().tick_interval();
         let ticks_per_report = self.region.config().tick_rate_hz.max(1);
@@ -1466,34 +1471,65 @@ impl<L: RegionLogic> RegionNode<L> {
     }
 
     /// What a handler does before anything else: the work still waiting for the last tick's
-    /// outputs to be taken ([`RegionNode::complete_tick`], [`RegionNode::finish_take_over`]).
-    /// True when there was some.
+    /// outputs to be taken ([`RegionNode::complete_tick`], [`RegionNode::finish_take_over`]),
+    /// and the rest of a round being encoded at a tick boundary, which must be read from the world
+    /// as it was there ([`RegionNode::finish_boundary_round`]). True when there was some.
     fn finish_pending(&mut self) -> bool {
+        let worked = self.finish_tick_work();
+        let encoded = self.finish_boundary_round();
+        worked || encoded
+    }
+
+    /// [`RegionNode::complete_tick`] and [`RegionNode::finish_take_over`]; true when there was
+    /// some.
+    fn finish_tick_work(&mut self) -> bool {
         let ticked = self.complete_tick();
         let took_over = self.finish_take_over();
         ticked || took_over
     }
 
-    /// The handoff's work at the last tick, once that tick's updates are out (the output queue was
-    /// drained before [`RegionNode::drive`] runs): its delta round is collected and encoded, or the
-    /// region freezes (protocol.md §4). Done here rather than in the tick so that encoding a round
-    /// delays no player's updates; the next tick waits for it. Nothing for a tick of an earlier
-    /// handoff. True when there was a tick to complete.
-    fn complete_handoff_tick(&mut self) -> bool {
-        let Some(ended) = self.handoff_tick.take() else {
-            return false;
+    /// The next part of a round the handoff is encoding at a tick boundary, made now (protocol.md
+    /// §4), or what the handoff sends once that round is decided; `None` when it encodes none.
+    /// Timed as the handoff's work at that tick.
+    fn poll_boundary_part(&mut self) -> Option<Message> {
+        let State::Owner { handoff: Some(handoff), .. } = &mut self.state else {
+            return None;
         };
+        if !handoff.encodes_at_boundary() {
+            return None;
+        }
+        let began = Instant::now();
+        let message = handoff.poll_message(self.region.world_mut());
+        self.tick_log.handoff_worked(began.elapsed());
+        self.report_freeze();
+        message
+    }
+
+    /// Makes every part still to make of a round being encoded at a tick boundary, queued to
+    /// be sent; true when there was one.
+    fn finish_boundary_round(&mut self) -> bool {
+        let mut any = false;
+        while let Some(message) = self.poll_boundary_part() {
+            any = true;
+            self.outputs.push_back(Output::ToPeer(message));
+        }
+        any
+    }
+
+    /// Once the round read at the last tick boundary is decided: if it froze the region, tells
+    /// the players and the host (protocol.md §4, §8).
+    fn report_freeze(&mut self) {
         let id = self.region.id();
         let State::Owner { epoch, handoff: Some(handoff), .. } = &mut self.state else {
-            return true;
+            self.boundary_tick = None;
+            return;
         };
-        if handoff.id() != ended.handoff {
-            return true;
+        if handoff.encodes_at_boundary() {
+            return;
         }
-        // Timed for the report only, as the tick is.
-        let began = Instant::now();
-        handoff.handle_tick_completed(ended.ended, self.region.world_mut(), ended.next_due);
-        self.tick_log.handoff_worked(began.elapsed());
+        let Some(ended) = self.boundary_tick.take() else {
+            return;
+        };
         if !handoff.allows_ticks() {
             self.outputs.push_back(Output::Broadcast(ServerMessage::Frozen { region: id, epoch: *epoch }));
             let digest = self.region.world_mut().digest();
@@ -1504,6 +1540,30 @@ impl<L: RegionLogic> RegionNode<L> {
                 digest,
             }));
         }
+    }
+
+    /// The handoff's work at the last tick, once that tick's updates are out (the output queue was
+    /// drained before [`RegionNode::drive`] runs): its delta round is read, to be encoded part by
+    /// part as [`RegionNode::drive`] polls ([`RegionNode::poll_boundary_part`]) or captured to be
+    /// encoded elsewhere (protocol.md §4). Done here rather than in the tick so that encoding a
+    /// round delays no player's updates; the next tick waits for it. Nothing for a tick of an
+    /// earlier handoff. True when there was a tick to complete.
+    fn complete_handoff_tick(&mut self) -> bool {
+        let Some(ended) = self.handoff_tick.take() else {
+            return false;
+        };
+        let State::Owner { handoff: Some(handoff), .. } = &mut self.state else {
+            return true;
+        };
+        if handoff.id() != ended.handoff {
+            return true;
+        }
+        // Timed for the report only, as the tick is.
+        let began = Instant::now();
+        handoff.handle_tick_completed(ended.ended, self.region.world_mut(), ended.next_due);
+        self.tick_log.handoff_worked(began.elapsed());
+        self.boundary_tick = Some(ended);
+        self.report_freeze();
         true
     }
 
@@ -1521,10 +1581,16 @@ impl<L: RegionLogic> RegionNode<L> {
     /// Moves what the handoff state machines want done into the output queue; false when quiet.
     fn drive(&mut self, now: Instant) -> bool {
         let id = self.region.id();
-        if self.finish_pending() {
+        if self.finish_tick_work() {
             return true;
         }
         let mut busy = self.complete_handoff_tick();
+        // A round read at the tick boundary: its parts go out one by one as they are made, before
+        // anything else is done (protocol.md §4).
+        if let Some(message) = self.poll_boundary_part() {
+            self.outputs.push_back(Output::ToPeer(message));
+            return true;
+        }
         let mut next_state = None;
         if let State::Owner { schedule, standby: Some(feed), .. } = &mut self.state {
             // The snapshot is encoded in the time left before the next tick, as a handoff's.
@@ -2662,11 +2728,20 @@ mod tests {
     /// An owner of region A (1 Hz, one player) whose handoff streamed its snapshot, wholly
     /// applied, at `start`; its next tick is due a second later.
     fn owner_past_its_snapshot(start: Instant) -> RegionNode<crate::region::test_logic::Walkers> {
+        owner_past_its_snapshot_with(start, crate::handoff::SourceConfig::default())
+    }
+
+    /// [`owner_past_its_snapshot`], its handoff's source configured by `source`.
+    fn owner_past_its_snapshot_with(
+        start: Instant,
+        source: crate::handoff::SourceConfig,
+    ) -> RegionNode<crate::region::test_logic::Walkers> {
         use crate::region::test_logic::{self, PLAYER};
         let mut region = test_logic::region(test_logic::A);
         region.join_player(PLAYER).unwrap();
         let rewarm: Rewarm<test_logic::Walkers> = Box::new(|id| Ok(test_logic::region(id)));
-        let mut node = RegionNode::new(region, Role::Owner { epoch: Epoch(3) }, settings(start, 0), rewarm, start);
+        let settings = NodeSettings { source, ..settings(start, 0) };
+        let mut node = RegionNode::new(region, Role::Owner { epoch: Epoch(3) }, settings, rewarm, start);
         node.handle_timeout(start, &NoGateways);
         while node.poll_output(start).is_some() {}
         node.handle_start_handoff(start, std::net::SocketAddr::from(([127, 0, 0, 1], 11)), 1);
@@ -2705,6 +2780,88 @@ mod tests {
             outputs.iter().position(|output| matches!(output, Output::Broadcast(ServerMessage::Frozen { .. })));
         assert!(ticked.is_some() && frozen > ticked, "the tick's outputs come first: {outputs:?}");
         assert!(!source(&node), "frozen once the outputs were taken");
+    }
+
+    /// An owner past its snapshot whose next round, of 200 new entities, fits the freeze budget
+    /// in parts of a few hundred bytes.
+    fn owner_with_a_round_of_many_parts(start: Instant) -> RegionNode<crate::region::test_logic::Walkers> {
+        let chunk = crate::codec::ChunkConfig { target_chunk_bytes: 512, max_chunk_bytes: 1024 };
+        let source = crate::handoff::SourceConfig { chunk, ..crate::handoff::SourceConfig::default() };
+        let mut node = owner_past_its_snapshot_with(start, source);
+        crate::region::test_logic::crowd(node.region_mut(), 200);
+        node
+    }
+
+    /// The delta parts among `outputs`: (round, part).
+    fn delta_parts(outputs: &[Output]) -> Vec<(u32, u32)> {
+        outputs
+            .iter()
+            .filter_map(|output| match output {
+                Output::ToPeer(Message::Delta { round, part, .. }) => Some((*round, *part)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_round_read_at_a_tick_boundary_goes_out_a_part_per_poll_and_the_freeze_is_told_after_its_last() {
+        let start = Instant::now();
+        let mut node = owner_with_a_round_of_many_parts(start);
+        let due = start + Duration::from_secs(1);
+        node.handle_timeout(due, &NoGateways);
+        let mut outputs = Vec::new();
+        // Each part is handed over as soon as it is made: the next is not made yet.
+        while let Some(output) = node.poll_output(due) {
+            if matches!(output, Output::ToPeer(Message::Delta { .. })) && delta_parts(&outputs).is_empty() {
+                let handoff = node.handoff().expect("a handoff");
+                assert!(handoff.encodes_at_boundary(), "parts still to make after the first");
+                assert!(!handoff.allows_ticks() && !node.ticks(), "nothing ticks until the round is decided");
+                assert_eq!(handoff.phase(), SourcePhase::Rounds, "not frozen before its last part");
+            }
+            outputs.push(output);
+        }
+        let parts = delta_parts(&outputs);
+        assert!(parts.len() >= 4, "many parts: {parts:?}");
+        assert_eq!(parts, (0..parts.len() as u32).map(|part| (1, part)).collect::<Vec<_>>());
+        let last_part = outputs.iter().rposition(|output| matches!(output, Output::ToPeer(Message::Delta { .. })));
+        let frozen =
+            outputs.iter().position(|output| matches!(output, Output::Broadcast(ServerMessage::Frozen { .. })));
+        let freeze = outputs.iter().position(|output| matches!(output, Output::ToPeer(Message::Freeze { .. })));
+        assert!(frozen.is_some() && freeze > last_part && frozen < freeze, "{outputs:?}");
+        assert!(matches!(
+            &outputs[freeze.unwrap_or_default()],
+            Output::ToPeer(Message::Freeze { round: 1, parts, .. }) if *parts as usize == delta_parts(&outputs).len()
+        ));
+        assert_eq!(node.handoff().expect("a handoff").phase(), SourcePhase::Frozen);
+    }
+
+    #[test]
+    fn a_handler_called_while_a_round_is_encoded_at_its_boundary_makes_its_remaining_parts_first() {
+        use crate::region::test_logic::PLAYER;
+        let start = Instant::now();
+        let mut node = owner_with_a_round_of_many_parts(start);
+        let due = start + Duration::from_secs(1);
+        node.handle_timeout(due, &NoGateways);
+        let mut outputs: Vec<Output> = Vec::new();
+        while delta_parts(&outputs).is_empty() {
+            outputs.push(node.poll_output(due).expect("the round's first part"));
+        }
+        assert!(node.handoff().expect("a handoff").encodes_at_boundary());
+        // An input before the driver polled the other parts: they are made from the world as it
+        // was at the boundary before the input is taken (held: the region froze).
+        node.handle_input(due, PlayerInput { player: PLAYER, seq: 1, payload: vec![1] });
+        assert!(!node.handoff().expect("a handoff").encodes_at_boundary());
+        assert_eq!(node.handoff().expect("a handoff").phase(), SourcePhase::Frozen);
+        outputs.extend(std::iter::from_fn(|| node.poll_output(due)));
+        let parts = delta_parts(&outputs);
+        assert!(parts.len() >= 4, "many parts: {parts:?}");
+        assert_eq!(parts, (0..parts.len() as u32).map(|part| (1, part)).collect::<Vec<_>>());
+        let digest = node.region_mut().world_mut().digest();
+        assert!(outputs.iter().any(|output| matches!(
+            output,
+            Output::ToPeer(Message::Freeze { parts: count, digest: sent, .. })
+                if *count as usize == parts.len() && WorldDigest(*sent) == digest
+        )));
     }
 
     #[test]

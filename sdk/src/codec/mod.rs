@@ -336,6 +336,12 @@ impl DeltaRecords {
             + self.columns.iter().map(|(_, holders)| holders.len()).sum::<usize>()
     }
 
+    /// Every entity with a record, ascending, once.
+    fn touched(&self) -> Vec<EntityId> {
+        let holders = self.columns.iter().flat_map(|(_, holders)| holders.iter().copied());
+        touched_entities(&self.spawned, &self.despawned, holders, &self.removed)
+    }
+
     /// Encodes them as the archives of delta round `round` (parts numbered from 0) of a world at
     /// `(tick, next_entity)`, each at most `config.max_chunk_bytes`, with values from `source`.
     fn encode(
@@ -346,28 +352,57 @@ impl DeltaRecords {
         config: ChunkConfig,
         source: &impl for<'a> ColumnSource<ColumnSlice<'a>>,
     ) -> Result<Vec<AlignedVec>, CodecError> {
-        let holders = self.columns.iter().flat_map(|(_, holders)| holders.iter().copied());
-        let touched = touched_entities(&self.spawned, &self.despawned, holders, &self.removed);
+        let mut spans = Spans::of(self.touched());
+        let encoding = Encoding { registry, round, tick, next_entity, config, source };
         let mut parts = Vec::new();
-        self.encode_span(&touched, &Encoding { registry, round, tick, next_entity, config, source }, &mut parts)?;
+        while let Some(part) = self.next_part(&mut spans, &encoding)? {
+            parts.push(part);
+        }
         Ok(parts)
     }
 
-    /// Encodes the records of the entities from `touched`'s first to its last (all records when
-    /// `touched` is empty), all records of one entity in one archive. Records reckoned
-    /// ([`DeltaRecords::reckon`]) at over one and a half target-sized chunks are split before
-    /// anything is encoded, into as many spans of touched entities as they hold target-sized
-    /// chunks: a round is encoded once, and its parts can be applied one by one as they arrive
-    /// (protocol.md §4). An archive still over the chunk limit (values holding more than their
-    /// size in memory) is split the same way by its encoded size (halving instead would encode a
-    /// large round once per halving: a 56 MB round six times), and a span still over the limit is
-    /// split again. The first split's spans are those of [`split_round`].
+    /// The next archive of the records of the spans of touched entities still to encode, all
+    /// records of one entity in one archive; `None` when there are none left.
+    ///
+    /// Records reckoned ([`DeltaRecords::reckon`]) at over one and a half target-sized chunks are
+    /// split before anything is encoded, into as many spans of touched entities as they hold
+    /// target-sized chunks: a round is encoded once, and its parts can be applied one by one as
+    /// they arrive (protocol.md §4). An archive still over the chunk limit (values holding more
+    /// than their size in memory) is split the same way by its encoded size (halving instead would
+    /// encode a large round once per halving: a 56 MB round six times), and a span still over the
+    /// limit is split again. The first split's spans are those of [`split_round`].
+    fn next_part<S: for<'a> ColumnSource<ColumnSlice<'a>>>(
+        &self,
+        spans: &mut Spans,
+        encoding: &Encoding<'_, S>,
+    ) -> Result<Option<AlignedVec>, CodecError> {
+        while let Some(range) = spans.pending.pop() {
+            let touched = &spans.touched[range.clone()];
+            let pieces = match self.encode_span(touched, encoding, spans.parts)? {
+                Ok(part) => {
+                    spans.parts += 1;
+                    return Ok(Some(part));
+                }
+                Err(pieces) => pieces,
+            };
+            // Depth first, in entity order: the first piece is taken next.
+            for piece in (0..pieces).rev() {
+                let within = span(touched.len(), pieces, piece);
+                spans.pending.push(range.start + within.start..range.start + within.end);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The archive (part `part` of the round) of the records of the entities from `touched`'s
+    /// first to its last (all records when `touched` is empty), or the number of pieces to split
+    /// them into first ([`DeltaRecords::next_part`]).
     fn encode_span<S: for<'a> ColumnSource<ColumnSlice<'a>>>(
         &self,
         touched: &[EntityId],
         encoding: &Encoding<'_, S>,
-        parts: &mut Vec<AlignedVec>,
-    ) -> Result<(), CodecError> {
+        part: u32,
+    ) -> Result<Result<AlignedVec, usize>, CodecError> {
         let (low, high) = match (touched.first(), touched.last()) {
             (Some(low), Some(high)) => (*low, *high),
             _ => (EntityId(0), EntityId(u64::MAX)),
@@ -389,16 +424,14 @@ impl DeltaRecords {
             .collect();
         let config = encoding.config;
         let target = config.target_chunk_bytes.max(1);
-        let reckoned = Self::reckon(encoding.registry, &spawned, &despawned, &removed, &columns);
+        let listed = spawned.len() + despawned.len() + removed.len();
+        let sizes = columns.iter().map(|(id, slice)| (*id, slice.holders.len()));
+        let reckoned = Self::reckon(encoding.registry, listed, sizes);
         if reckoned > target.saturating_add(target / 2) && touched.len() > 1 {
-            let pieces = reckoned.div_ceil(target).clamp(2, touched.len());
-            for piece in 0..pieces {
-                self.encode_span(&touched[span(touched.len(), pieces, piece)], encoding, parts)?;
-            }
-            return Ok(());
+            return Ok(Err(reckoned.div_ceil(target).clamp(2, touched.len())));
         }
         let stamp = Stamp {
-            kind: ArchiveKind::Delta { round: encoding.round, part: parts.len() as u32 },
+            kind: ArchiveKind::Delta { round: encoding.round, part },
             range: (EntityId(0), EntityId(0)),
             tick: encoding.tick,
             next_entity: encoding.next_entity,
@@ -406,8 +439,7 @@ impl DeltaRecords {
         let contents = Contents { entities: &spawned, despawned: &despawned, removed: &removed, columns: &columns };
         let bytes = write_archive(encoding.registry, stamp, contents, encoding.source)?;
         if bytes.len() <= config.max_chunk_bytes {
-            parts.push(bytes);
-            return Ok(());
+            return Ok(Ok(bytes));
         }
         let pieces = bytes.len().div_ceil(target).max(2).clamp(1, touched.len().max(1));
         if pieces < 2 {
@@ -417,26 +449,98 @@ impl DeltaRecords {
                 config.max_chunk_bytes
             )));
         }
-        for piece in 0..pieces {
-            self.encode_span(&touched[span(touched.len(), pieces, piece)], encoding, parts)?;
-        }
-        Ok(())
+        Ok(Err(pieces))
     }
 
     /// What an archive of these records takes, reckoned before encoding: eight bytes per entity
     /// id listed and each value its type's size in memory ([`ComponentInfo`](crate::component::ComponentInfo)).
-    fn reckon(
-        registry: &Registry,
-        spawned: &[EntityId],
-        despawned: &[EntityId],
-        removed: &[(EntityId, ComponentId)],
-        columns: &[(ComponentId, ColumnSlice<'_>)],
-    ) -> usize {
-        let ids = (spawned.len() + despawned.len() + removed.len()) * 8;
-        columns.iter().fold(ids, |bytes, (id, slice)| {
-            let value = registry.info(*id).map_or(0, |info| info.value_bytes);
-            bytes + slice.holders.len() * (8 + value)
+    /// `listed` is the number of entities in the entity lists; `columns` gives each column's type
+    /// and number of holders.
+    fn reckon(registry: &Registry, listed: usize, columns: impl Iterator<Item = (ComponentId, usize)>) -> usize {
+        columns.fold(listed * 8, |bytes, (id, holders)| {
+            let value = registry.info(id).map_or(0, |info| info.value_bytes);
+            bytes + holders * (8 + value)
         })
+    }
+}
+
+/// Where the encoding of a round's records is: its touched entities, and the ranges of them
+/// still to encode, the next one last.
+#[derive(Debug)]
+struct Spans {
+    touched: Vec<EntityId>,
+    pending: Vec<std::ops::Range<usize>>,
+    /// Parts made so far.
+    parts: u32,
+}
+
+impl Spans {
+    fn of(touched: Vec<EntityId>) -> Spans {
+        // One range, the whole list: the encoding starts with all records.
+        #[allow(clippy::single_range_in_vec_init)]
+        let pending = vec![0..touched.len()];
+        Spans { touched, pending, parts: 0 }
+    }
+}
+
+/// A delta round encoded a part at a time from the world it was read from, as the parts are
+/// wanted: a round read at a tick boundary, each part sent as soon as it is made (protocol.md §4).
+/// The world must not change until the last part is made. The parts are, byte for byte, those
+/// [`encode_delta`] gives for the same changes.
+#[derive(Debug)]
+pub struct DeltaEncoder {
+    records: DeltaRecords,
+    spans: Spans,
+    round: u32,
+    tick: u64,
+    next_entity: u64,
+    config: ChunkConfig,
+}
+
+impl std::fmt::Debug for DeltaRecords {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("DeltaRecords").field("records", &self.records()).finish_non_exhaustive()
+    }
+}
+
+impl DeltaEncoder {
+    /// An encoder of `changes`, read from `world`, as delta round `round`.
+    #[must_use]
+    pub fn new(world: &World, changes: ChangeSet, round: u32, config: ChunkConfig) -> DeltaEncoder {
+        let records = DeltaRecords::of(changes);
+        let spans = Spans::of(records.touched());
+        DeltaEncoder { records, spans, round, tick: world.tick(), next_entity: world.next_entity_id(), config }
+    }
+
+    /// The next part, from `world` as it was read; `None` once every part is made.
+    pub fn next_part(&mut self, world: &World) -> Result<Option<AlignedVec>, CodecError> {
+        let encoding = Encoding {
+            registry: world.registry(),
+            round: self.round,
+            tick: self.tick,
+            next_entity: self.next_entity,
+            config: self.config,
+            source: world,
+        };
+        self.records.next_part(&mut self.spans, &encoding)
+    }
+
+    /// The round it encodes.
+    #[must_use]
+    pub fn round(&self) -> u32 {
+        self.round
+    }
+
+    /// Whether every part is made.
+    #[must_use]
+    pub fn is_done(&self) -> bool {
+        self.spans.pending.is_empty()
+    }
+
+    /// Parts made so far.
+    #[must_use]
+    pub fn parts(&self) -> u32 {
+        self.spans.parts
     }
 }
 
@@ -1388,6 +1492,16 @@ mod tests {
             decoded.apply(&mut target);
         }
         assert_eq!(target.digest(), world.digest());
+        // A part at a time, as a frozen source sends its final round: the same parts.
+        let mut encoder = DeltaEncoder::new(&world, changes.clone(), 4, config);
+        let whole = encode_delta(&world, &changes, 4, config).unwrap();
+        for (index, part) in whole.iter().enumerate() {
+            assert!(!encoder.is_done(), "done before part {index}");
+            assert_eq!(encoder.next_part(&world).unwrap().as_deref(), Some(part.as_slice()), "part {index}");
+            assert_eq!(encoder.parts(), index as u32 + 1);
+        }
+        assert!(encoder.is_done());
+        assert!(encoder.next_part(&world).unwrap().is_none());
         // One and a half chunks or less is one part.
         for (target_chunk_bytes, expected) in [(8000, 1), (7999, 2)] {
             let config = ChunkConfig { target_chunk_bytes, max_chunk_bytes: 1 << 20 };

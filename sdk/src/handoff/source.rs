@@ -262,6 +262,8 @@ pub struct HandoffSource {
     encode_next_inline: bool,
     /// Captured values waiting for the driver to take them to be encoded ([`HandoffSource::poll_encode`]).
     job: Option<EncodeJob>,
+    /// A round read at the tick boundary just passed, being encoded a part per poll.
+    boundary: Option<BoundaryRound>,
     /// Entities in the world when the snapshot began, for the bytes an entity takes.
     snapshot_entities: usize,
     delivery_rate: Option<f64>,
@@ -323,6 +325,7 @@ impl HandoffSource {
             deferred: None,
             encode_next_inline: false,
             job: None,
+            boundary: None,
             held_for_engines: None,
             held_rounds: 0,
             frozen_at: None,
@@ -368,13 +371,25 @@ impl HandoffSource {
         self.abort_reason.as_ref()
     }
 
-    /// Whether the region may tick now. False from the freeze until the source owns it again.
+    /// Whether the region may tick now. False while a round read at the last tick boundary is
+    /// still being encoded ([`HandoffSource::encodes_at_boundary`]), and from the freeze until the
+    /// source owns the region again.
     #[must_use]
     pub fn allows_ticks(&self) -> bool {
-        !matches!(
-            self.phase,
-            SourcePhase::Frozen | SourcePhase::Settling | SourcePhase::HandedOff | SourcePhase::Retired
-        )
+        self.boundary.is_none()
+            && !matches!(
+                self.phase,
+                SourcePhase::Frozen | SourcePhase::Settling | SourcePhase::HandedOff | SourcePhase::Retired
+            )
+    }
+
+    /// Whether a round read at the last tick boundary is being encoded, a part per
+    /// [`HandoffSource::poll_message`], each part to be sent as soon as it is made (protocol.md
+    /// §4). Until its last part is made the world must not change: the driver polls the parts
+    /// out before it handles anything else, and whether the region froze is known after the last.
+    #[must_use]
+    pub fn encodes_at_boundary(&self) -> bool {
+        self.boundary.is_some()
     }
 
     /// Whether the handoff is over (retired or aborted).
@@ -454,6 +469,12 @@ impl HandoffSource {
         if let Some(message) = self.outbox.pop_front() {
             return Some(message);
         }
+        if self.boundary.is_some() {
+            // Not held by the window: the round was read with nothing in flight, and a part of
+            // it must go as soon as it is made.
+            self.encode_boundary_part(world);
+            return self.outbox.pop_front();
+        }
         if self.in_flight() >= self.config.window_bytes as u64 {
             return None;
         }
@@ -525,7 +546,14 @@ impl HandoffSource {
             // Measured from when its encoding began, as a final round's is from its tick boundary
             // (its wait for a free thread is not the link's).
             let began = now.checked_sub(encoded.took).unwrap_or(read.at).max(read.at);
-            self.conclude_round(now, world, RoundRead { encoded_at: began, ..read }, bytes, Some(parts), None);
+            self.conclude_round(
+                now,
+                world,
+                RoundRead { encoded_at: began, ..read },
+                bytes,
+                RoundParts::Encoded(parts),
+                None,
+            );
             return;
         }
         let Some(mut piecewise) =
@@ -641,7 +669,9 @@ impl HandoffSource {
     }
 
     /// Called after every tick the region ran, at the tick boundary; `next_tick_due` is when the
-    /// next tick is scheduled. Delta rounds and the freeze happen here (protocol.md §4).
+    /// next tick is scheduled. Delta rounds are read here (protocol.md §4): one that may be the
+    /// final round is then encoded a part per [`HandoffSource::poll_message`], and the freeze, if
+    /// it fits, follows its last part, timed from `now`.
     pub fn handle_tick_completed(&mut self, now: Instant, world: &mut World, next_tick_due: Instant) {
         if self.tracker.is_some() {
             self.ticks_since_round += 1;
@@ -656,6 +686,7 @@ impl HandoffSource {
             || self.in_flight() > 0
             || self.piecewise.is_some()
             || self.deferred.is_some()
+            || self.boundary.is_some()
         {
             return;
         }
@@ -674,7 +705,7 @@ impl HandoffSource {
         let inline = std::mem::take(&mut self.encode_next_inline);
         let over_four = estimate > budget.saturating_mul(4);
         if over_four && estimate > PIECEWISE_ROUND_CHUNKS.saturating_mul(self.config.chunk.max_chunk_bytes) {
-            self.conclude_round(now, world, read, estimate, None, None);
+            self.conclude_round(now, world, read, estimate, RoundParts::Estimated, None);
             if self.phase == SourcePhase::Rounds {
                 let pieces = estimate.div_ceil(self.config.chunk.target_chunk_bytes.max(1));
                 self.piecewise = Some(PiecewiseRound {
@@ -697,13 +728,35 @@ impl HandoffSource {
             }
             return;
         }
-        match codec::encode_delta(world, &changes, read.round, self.config.chunk) {
-            Ok(parts) => {
-                let bytes = parts.iter().map(AlignedVec::len).sum();
-                self.conclude_round(now, world, read, bytes, Some(parts), Some(next_tick_due));
+        // protocol.md §4: encoded here, a part per poll, each sent as soon as it is made, so the
+        // target applies the first while the next is encoded; the round is decided on its encoded
+        // size once the last is made.
+        let encoder = codec::DeltaEncoder::new(world, changes, read.round, self.config.chunk);
+        self.boundary = Some(BoundaryRound { encoder, read, next_tick_due, bytes: 0 });
+    }
+
+    /// Makes and queues the next part of the round read at the tick boundary; after its last,
+    /// decides the round (protocol.md §4) as at that boundary.
+    fn encode_boundary_part(&mut self, world: &mut World) {
+        let Some(mut boundary) = self.boundary.take() else {
+            return;
+        };
+        let round = boundary.read.round;
+        match boundary.encoder.next_part(world) {
+            Ok(Some(part)) => {
+                boundary.bytes += part.len();
+                self.send_parts(round, boundary.encoder.parts() - 1, vec![part]);
             }
-            Err(error) => self.abort_encoding(world, read.round, &error),
+            Ok(None) => {}
+            Err(error) => return self.abort_encoding(world, round, &error),
         }
+        if !boundary.encoder.is_done() {
+            self.boundary = Some(boundary);
+            return;
+        }
+        let BoundaryRound { encoder, read, next_tick_due, bytes } = boundary;
+        let parts = RoundParts::Sent(encoder.parts());
+        self.conclude_round(read.at, world, read, bytes, parts, Some(next_tick_due));
     }
 
     fn abort_encoding(&mut self, world: &mut World, round: u32, error: &codec::CodecError) {
@@ -715,17 +768,17 @@ impl HandoffSource {
         self.abort_before_freeze(world, reason);
     }
 
-    /// Decides what becomes of round `read` of `bytes` (protocol.md §4): `parts` when it is
-    /// encoded (`None`: an estimate, sent piece by piece), `next_tick_due` when it was read at the
-    /// tick boundary just passed and so may be the final round (`None`: encoded elsewhere since,
-    /// sent as an ordinary round whatever its size).
+    /// Decides what becomes of round `read` of `bytes` (protocol.md §4): `parts` are its archives
+    /// (or an estimate, sent piece by piece); `next_tick_due` when it was read at the tick
+    /// boundary just passed and nothing changed since, so it may be the final round (`None`:
+    /// encoded elsewhere since, sent as an ordinary round whatever its size).
     fn conclude_round(
         &mut self,
         now: Instant,
         world: &mut World,
         read: RoundRead,
         bytes: usize,
-        parts: Option<Vec<AlignedVec>>,
+        parts: RoundParts,
         next_tick_due: Option<Instant>,
     ) {
         let round = read.round;
@@ -775,12 +828,12 @@ impl HandoffSource {
                 crate::events::handoff_freezes_unready(self.region, now - first_round_at);
             }
         }
-        let estimated = parts.is_none();
+        let estimated = matches!(parts, RoundParts::Estimated);
         match (parts, next_tick_due) {
-            (Some(parts), Some(next_tick_due)) if freeze_now => {
+            (RoundParts::Sent(parts), Some(next_tick_due)) if freeze_now => {
                 self.stats.waited = self.waiting_since.map(|since| now - since);
                 self.stats.engines_waited = self.held_for_engines.map(|since| now - since);
-                self.freeze(now, world, round, parts, next_tick_due);
+                self.freeze(now, world, round, parts, bytes, next_tick_due);
             }
             _ if !within_four && self.waiting_since.is_some_and(|since| now >= since + self.config.quiet_wait) => {
                 let waited = self.waiting_since.map(|since| now - since).unwrap_or_default();
@@ -796,10 +849,16 @@ impl HandoffSource {
                 };
                 self.abort_before_freeze(world, reason);
             }
-            (Some(parts), _) => {
+            (RoundParts::Estimated, _) => {
                 self.round = round;
                 self.stats.rounds = round;
-                self.send_parts(round, 0, parts);
+            }
+            (parts, _) => {
+                self.round = round;
+                self.stats.rounds = round;
+                if let RoundParts::Encoded(parts) = parts {
+                    self.send_parts(round, 0, parts);
+                }
                 self.round_sent(round, bytes);
                 // Only a round over the configured budget is measured. A small round's time is
                 // mostly the round trip, so it reads the link low; if small rounds were measured,
@@ -812,10 +871,6 @@ impl HandoffSource {
                         sent_through: self.sent_bytes,
                     });
                 }
-            }
-            (None, _) => {
-                self.round = round;
-                self.stats.rounds = round;
             }
         }
     }
@@ -1002,15 +1057,22 @@ impl HandoffSource {
         part
     }
 
-    fn freeze(&mut self, now: Instant, world: &mut World, round: u32, parts: Vec<AlignedVec>, next_tick_due: Instant) {
-        let part_count = parts.len() as u32;
-        self.stats.final_bytes = parts.iter().map(|part| part.len() as u64).sum();
-        self.send_parts(round, 0, parts);
+    /// Freezes the region with round `round` as the final one, its `parts` (of `bytes`) sent.
+    fn freeze(
+        &mut self,
+        now: Instant,
+        world: &mut World,
+        round: u32,
+        parts: u32,
+        bytes: usize,
+        next_tick_due: Instant,
+    ) {
+        self.stats.final_bytes = bytes as u64;
         let digest = world.digest();
         self.outbox.push_back(Message::Freeze {
             handoff: self.id,
             round,
-            parts: part_count,
+            parts,
             digest: digest.0,
             tick: world.tick(),
             next_tick_in_us: next_tick_due.saturating_duration_since(now).as_micros() as u64,
@@ -1065,6 +1127,7 @@ impl HandoffSource {
             world.drop_tracker(tracker);
         }
         self.piecewise = None;
+        self.boundary = None;
         self.deferred = None;
         self.job = None;
         self.writer = None;
@@ -1113,6 +1176,27 @@ struct RoundRead {
     encoded_at: Instant,
     /// Ticks whose changes it holds.
     ticks: u32,
+}
+
+/// A round read at a tick boundary while its parts are made (protocol.md §4).
+#[derive(Debug)]
+struct BoundaryRound {
+    encoder: codec::DeltaEncoder,
+    read: RoundRead,
+    /// When the tick after the boundary is due.
+    next_tick_due: Instant,
+    /// Bytes of the parts made so far.
+    bytes: usize,
+}
+
+/// A round's archives as [`HandoffSource::conclude_round`] gets them.
+enum RoundParts {
+    /// Encoded, to send.
+    Encoded(Vec<AlignedVec>),
+    /// This many, already sent as they were made.
+    Sent(u32),
+    /// Not encoded yet: an estimate, the round to be sent piece by piece.
+    Estimated,
 }
 
 /// A delta round sent and measured once it is wholly applied.
@@ -1225,6 +1309,8 @@ mod tests {
         /// Bulk bytes (chunks and delta parts) the source sent.
         sent: u64,
         changed: u8,
+        /// Messages polled out at a tick boundary, not drained yet.
+        polled: Vec<Message>,
     }
 
     impl Run {
@@ -1255,7 +1341,7 @@ mod tests {
             let now = Instant::now();
             let mut source = started_with(&world, now, config);
             assert!(matches!(source.poll_message(&mut world), Some(Message::Begin { .. })));
-            Run { source, world, now, entities, sent: 0, changed: 0 }
+            Run { source, world, now, entities, sent: 0, changed: 0, polled: Vec::new() }
         }
 
         /// The target accepted; the snapshot is not sent yet.
@@ -1283,8 +1369,8 @@ mod tests {
             let mut run = Run::rounds(config);
             run.change(1);
             run.tick();
-            assert_eq!(run.source.phase(), SourcePhase::Frozen);
             run.drain();
+            assert_eq!(run.source.phase(), SourcePhase::Frozen);
             run
         }
 
@@ -1316,7 +1402,7 @@ mod tests {
         /// Every message the source has to send now, running the encoding jobs it hands out on
         /// the way as a driver would (at once); counts the bulk bytes among them.
         fn drain(&mut self) -> Vec<Message> {
-            let mut messages = Vec::new();
+            let mut messages = std::mem::take(&mut self.polled);
             loop {
                 messages.extend(std::iter::from_fn(|| self.source.poll_message(&mut self.world)));
                 let Some(job) = self.source.poll_encode() else {
@@ -1354,6 +1440,12 @@ mod tests {
             self.now += Duration::from_millis(50);
             let next_tick_due = self.now + Duration::from_millis(50);
             self.source.handle_tick_completed(self.now, &mut self.world, next_tick_due);
+            // As a driver does: a round read at the boundary is polled out, part by part, before
+            // anything else.
+            while self.source.encodes_at_boundary() {
+                let message = self.source.poll_message(&mut self.world).expect("a part or the outcome");
+                self.polled.push(message);
+            }
         }
 
         /// A tick changing `count` entities, its round sent and applied; the round's messages.
@@ -1585,6 +1677,68 @@ mod tests {
         assert_eq!((stats.rounds, stats.delta_bytes), (0, 0));
         assert_eq!(stats.final_bytes, delta_bytes(&messages));
         assert!(stats.final_bytes > BLOB_BYTES as u64 && stats.final_bytes <= BUDGET as u64);
+    }
+
+    /// Parts of about two entities.
+    fn small_chunks() -> SourceConfig {
+        SourceConfig { chunk: ChunkConfig { target_chunk_bytes: 1500, max_chunk_bytes: 3000 }, ..config() }
+    }
+
+    /// Runs the tick that ends now + 50 ms without polling its round out.
+    fn tick_unpolled(run: &mut Run) {
+        run.now += Duration::from_millis(50);
+        let next_tick_due = run.now + Duration::from_millis(50);
+        run.source.handle_tick_completed(run.now, &mut run.world, next_tick_due);
+    }
+
+    /// Polls out the parts of the round read at the boundary, checking that each is made only
+    /// when polled and that the region may not tick meanwhile.
+    fn poll_boundary_parts(run: &mut Run) -> Vec<Message> {
+        let mut parts = Vec::new();
+        while run.source.encodes_at_boundary() {
+            assert!(!run.source.allows_ticks(), "the world must not change until the last part");
+            assert_eq!(run.source.phase(), SourcePhase::Rounds, "decided only after the last part");
+            parts.push(run.source.poll_message(&mut run.world).expect("a part"));
+        }
+        parts
+    }
+
+    #[test]
+    fn a_round_read_at_its_boundary_goes_a_part_per_poll_and_freezes_after_its_last_when_it_fits() {
+        let (mut run, mut target) = Run::snapshot_applied(small_chunks());
+        run.change(4);
+        tick_unpolled(&mut run);
+        let parts = poll_boundary_parts(&mut run);
+        assert!(parts.len() >= 2, "a part per poll: {parts:?}");
+        assert_eq!(delta_rounds(&parts), vec![1], "all parts of round 1");
+        assert_eq!(run.source.phase(), SourcePhase::Frozen, "4 kB fit the 5 kB budget");
+        assert!(!run.source.allows_ticks());
+        let rest = run.drain();
+        apply_bulk(&mut target, &parts);
+        let digest = run.world.digest().0;
+        assert_eq!(target.digest().0, digest, "the parts hold the world as at the boundary");
+        let tick = run.world.tick();
+        let count = parts.len() as u32;
+        assert_eq!(
+            rest,
+            vec![Message::Freeze { handoff: 41, round: 1, parts: count, digest, tick, next_tick_in_us: 50_000 }]
+        );
+        let stats = run.source.stats();
+        assert_eq!((stats.rounds, stats.delta_bytes, stats.final_bytes), (0, 0, delta_bytes(&parts)));
+    }
+
+    #[test]
+    fn a_round_read_at_its_boundary_that_does_not_fit_is_an_ordinary_round_once_its_parts_are_out() {
+        let mut run = Run::rounds(small_chunks());
+        run.change(9);
+        tick_unpolled(&mut run);
+        let parts = poll_boundary_parts(&mut run);
+        assert!(parts.len() >= 2, "a part per poll: {parts:?}");
+        assert_eq!(run.source.phase(), SourcePhase::Rounds, "9 kB are over the 5 kB budget");
+        assert!(run.source.allows_ticks());
+        assert_eq!(run.drain(), Vec::new(), "no freeze");
+        let stats = run.source.stats();
+        assert_eq!((stats.rounds, stats.delta_bytes, stats.final_bytes), (1, delta_bytes(&parts), 0));
     }
 
     #[test]
