@@ -297,6 +297,36 @@ fn crash_target_if(pair: &mut HandoffPair<SampleLogic>, fault: Fault) -> Outcome
     }
 }
 
+/// Rounds that may read only 100 change records at a tick boundary (fewer than the busy region
+/// changes in a tick) read the oldest and leave the rest for the next boundaries; the target still
+/// commits the world the source froze, every input once, or a target lost meanwhile leaves the
+/// source owning the region.
+#[test]
+fn rounds_that_read_a_few_records_at_a_time_move_the_frozen_world() {
+    for (fault, expected) in [(Fault::None, Outcome::Committed), (Fault::CrashTarget, Outcome::SourceKept)] {
+        let mut pair = pair(600);
+        pair.set_source_config(SourceConfig {
+            chunk: ChunkConfig { target_chunk_bytes: 16 * 1024, max_chunk_bytes: 64 * 1024 },
+            freeze_budget_bytes: 5_000,
+            max_freeze: None,
+            max_rounds: 5,
+            read_records: 100,
+            ..SourceConfig::default()
+        });
+        pair.drive_until(Duration::from_secs(1));
+        pair.start_handoff();
+        let partial =
+            |pair: &HandoffPair<SampleLogic>| pair.handoff().is_some_and(|source| source.stats().partial_rounds > 1);
+        assert!(pair.drive_while(Duration::from_secs(10), |pair| partial(pair)), "{fault:?}: no round read in part");
+        assert_eq!(crash_target_if(&mut pair, fault), expected, "{fault:?}");
+        if expected == Outcome::Committed {
+            assert!(pair.freeze_digest().is_some());
+            assert_eq!(pair.commit_digest(), pair.freeze_digest());
+        }
+        assert_eq!(pair.arrivals().0, 0, "{fault:?}: inputs that arrived twice");
+    }
+}
+
 /// Inputs in flight reach the source after it froze (the gateway has not heard of the freeze
 /// yet): the source holds them and forwards them to the new owner, which applies each once; or,
 /// when the handoff aborts (here the target dies before it asks for the region), applies them

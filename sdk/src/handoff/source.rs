@@ -54,6 +54,11 @@ pub struct SourceConfig {
     /// The longest the freeze waits for `EnginesReady`, from the first round; then the source freezes
     /// anyway and the target builds its engines in the freeze.
     pub engines_ready_wait: Duration,
+    /// The most change records a round reads at a tick boundary, about 100 ns each of the
+    /// region's thread (the first read after a large region's snapshot can hold millions); a
+    /// round with more to read reads the oldest, and the rest are read at the next boundaries
+    /// (protocol.md §4).
+    pub read_records: usize,
     /// Timeouts.
     pub timeouts: Timeouts,
 }
@@ -70,6 +75,7 @@ impl Default for SourceConfig {
             window_bytes: 4 * 1024 * 1024,
             engines_ready_bodies: 500,
             engines_ready_wait: Duration::from_secs(2),
+            read_records: 50_000,
             timeouts: Timeouts::default(),
         }
     }
@@ -160,6 +166,8 @@ pub struct SourceStats {
     pub delta_bytes: u64,
     /// Delta rounds before the freeze.
     pub rounds: u32,
+    /// Of those, rounds that read only the oldest of the changes (`SourceConfig::read_records`).
+    pub partial_rounds: u32,
     /// Bytes of the final delta.
     pub final_bytes: u64,
     /// The last measured delivery rate of a delta round (bytes per second: sent to applied).
@@ -693,9 +701,20 @@ impl HandoffSource {
         let Some(tracker) = self.tracker else {
             return;
         };
-        let changes = world.changes(tracker);
-        let read = RoundRead { round: self.round + 1, at: now, encoded_at: now, ticks: self.ticks_since_round };
-        self.ticks_since_round = 0;
+        // protocol.md §4: at most so many records at a boundary (the first read after a large
+        // region's snapshot holds hundreds of thousands: tens of milliseconds of the region's
+        // thread); the rest are read at the next boundaries.
+        let (changes, complete) = world.changes_at_most(tracker, self.config.read_records);
+        let read = RoundRead {
+            round: self.round + 1,
+            at: now,
+            encoded_at: now,
+            ticks: self.ticks_since_round,
+            partial: !complete,
+        };
+        if complete {
+            self.ticks_since_round = 0;
+        }
         let budget = self.freeze_budget();
         // protocol.md §4: a round estimated over four budgets cannot be the final one, so it need
         // not be encoded here: its values are captured and encoded away from the region's thread,
@@ -703,7 +722,7 @@ impl HandoffSource {
         // whole, twice, at a tick boundary held the region thread for seconds).
         let estimate = self.estimated_bytes(&changes);
         let inline = std::mem::take(&mut self.encode_next_inline);
-        let over_four = estimate > budget.saturating_mul(4);
+        let over_four = estimate > budget.saturating_mul(4) || read.partial;
         if over_four && estimate > PIECEWISE_ROUND_CHUNKS.saturating_mul(self.config.chunk.max_chunk_bytes) {
             self.conclude_round(now, world, read, estimate, RoundParts::Estimated, None);
             if self.phase == SourcePhase::Rounds {
@@ -718,7 +737,7 @@ impl HandoffSource {
             }
             return;
         }
-        if over_four && !inline {
+        if over_four && (!inline || read.partial) {
             match codec::capture_delta(world, changes, read.round) {
                 Ok(captured) => {
                     self.job = Some(EncodeJob { handoff: self.id, config: self.config.chunk, captured });
@@ -782,6 +801,12 @@ impl HandoffSource {
         next_tick_due: Option<Instant>,
     ) {
         let round = read.round;
+        if read.partial {
+            // protocol.md §4: changes read only in part are not a round of what the region changes:
+            // they neither shrink nor stall the rounds, nor count towards their limit.
+            self.stats.partial_rounds += 1;
+            return self.send_ordinary(read, bytes, parts);
+        }
         let budget = self.freeze_budget();
         let first_round_at = *self.first_round_at.get_or_insert(read.at);
         let per_tick = bytes / read.ticks.max(1) as usize;
@@ -798,7 +823,7 @@ impl HandoffSource {
         } else {
             self.stalled_rounds += 1;
         }
-        let out_of_rounds = round.saturating_sub(self.held_rounds) > self.config.max_rounds
+        let out_of_rounds = round.saturating_sub(self.held_rounds + self.stats.partial_rounds) > self.config.max_rounds
             || self.stalled_rounds >= self.config.stall_rounds;
         let within_four = bytes <= budget.saturating_mul(4);
         // protocol.md §4: rounds that stopped shrinking above four budgets, or a tick whose changes
@@ -849,29 +874,30 @@ impl HandoffSource {
                 };
                 self.abort_before_freeze(world, reason);
             }
-            (RoundParts::Estimated, _) => {
-                self.round = round;
-                self.stats.rounds = round;
+            (parts, _) => self.send_ordinary(read, bytes, parts),
+        }
+    }
+
+    /// Round `read` of `bytes` is an ordinary one: its parts are sent, or it is sent piece by
+    /// piece (an estimate).
+    fn send_ordinary(&mut self, read: RoundRead, bytes: usize, parts: RoundParts) {
+        let round = read.round;
+        self.round = round;
+        self.stats.rounds = round;
+        match parts {
+            RoundParts::Estimated => return,
+            RoundParts::Encoded(parts) => {
+                self.send_parts(round, 0, parts);
             }
-            (parts, _) => {
-                self.round = round;
-                self.stats.rounds = round;
-                if let RoundParts::Encoded(parts) = parts {
-                    self.send_parts(round, 0, parts);
-                }
-                self.round_sent(round, bytes);
-                // Only a round over the configured budget is measured. A small round's time is
-                // mostly the round trip, so it reads the link low; if small rounds were measured,
-                // that low budget would make more small rounds, read low again, and spiral down to
-                // the floor.
-                if bytes > self.config.freeze_budget_bytes {
-                    self.round_in_flight = Some(RoundInFlight {
-                        encoded_at: read.encoded_at,
-                        bytes: bytes as u64,
-                        sent_through: self.sent_bytes,
-                    });
-                }
-            }
+            RoundParts::Sent(_) => {}
+        }
+        self.round_sent(round, bytes);
+        // Only a round over the configured budget is measured. A small round's time is mostly the
+        // round trip, so it reads the link low; if small rounds were measured, that low budget
+        // would make more small rounds, read low again, and spiral down to the floor.
+        if bytes > self.config.freeze_budget_bytes {
+            self.round_in_flight =
+                Some(RoundInFlight { encoded_at: read.encoded_at, bytes: bytes as u64, sent_through: self.sent_bytes });
         }
     }
 
@@ -1176,6 +1202,9 @@ struct RoundRead {
     encoded_at: Instant,
     /// Ticks whose changes it holds.
     ticks: u32,
+    /// Only the oldest of the changes were read (`SourceConfig::read_records`): never the final round,
+    /// and not a round that shrank or stalled.
+    partial: bool,
 }
 
 /// A round read at a tick boundary while its parts are made (protocol.md §4).
@@ -1285,6 +1314,7 @@ mod tests {
             window_bytes: 4 * 1024 * 1024,
             engines_ready_bodies: 3,
             engines_ready_wait: Duration::from_secs(2),
+            read_records: 50_000,
             timeouts: Timeouts {
                 prepare: Duration::from_secs(5),
                 transfer: Duration::from_secs(120),
@@ -1739,6 +1769,32 @@ mod tests {
         assert_eq!(run.drain(), Vec::new(), "no freeze");
         let stats = run.source.stats();
         assert_eq!((stats.rounds, stats.delta_bytes, stats.final_bytes), (1, delta_bytes(&parts), 0));
+    }
+
+    #[test]
+    fn a_round_with_more_records_than_it_may_read_reads_the_oldest_and_is_never_the_final_one() {
+        let (mut run, mut target) = Run::snapshot_applied(SourceConfig { read_records: 2, ..config() });
+        // Three closed stamps of one changed entity each; a round reads two records at most.
+        for entity in 0..3 {
+            run.change_range(entity..entity + 1);
+            run.world.digest();
+        }
+        run.tick();
+        let first = run.drain();
+        assert_eq!(delta_rounds(&first), vec![1]);
+        assert!(delta_bytes(&first) < BUDGET as u64, "two entities fit the budget");
+        assert_eq!(run.source.phase(), SourcePhase::Rounds, "but more changes wait: not the final round");
+        assert!(!first.iter().any(|message| matches!(message, Message::Freeze { .. })));
+        apply_bulk(&mut target, &first);
+        run.acknowledge();
+        // The rest: one record, read whole, the final round.
+        run.tick();
+        let last = run.drain();
+        assert_eq!(run.source.phase(), SourcePhase::Frozen);
+        assert_eq!(delta_rounds(&last), vec![2]);
+        apply_bulk(&mut target, &last);
+        assert_eq!(target.digest(), run.world.digest(), "the two rounds hold all the changes");
+        assert_eq!((run.source.stats().rounds, run.source.stats().partial_rounds), (1, 1));
     }
 
     #[test]
