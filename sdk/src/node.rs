@@ -1046,7 +1046,12 @@ impl<L: RegionLogic> RegionNode<L> {
 
     /// A handoff message from the peer on the current link.
     pub fn handle_peer_message(&mut self, now: Instant, message: Message) {
-        self.finish_pending();
+        if matches!(message, Message::Abort { .. }) {
+            // As for a lost link: a round being encoded at a tick boundary is dropped.
+            self.finish_tick_work();
+        } else {
+            self.finish_pending();
+        }
         let world = self.region.world_mut();
         match &mut self.state {
             State::Owner { handoff: Some(handoff), .. } => handoff.handle_message(now, world, message),
@@ -1095,6 +1100,8 @@ impl<L: RegionLogic> RegionNode<L> {
             }
             State::Stopping { .. } | State::Finished { .. } => {}
         }
+        // A round the abort ended is not reported as a freeze.
+        self.report_freeze();
     }
 
     /// Starts feeding a hot standby at `peer` (`id` identifies the feed). Refused while a
@@ -1174,13 +1181,16 @@ impl<L: RegionLogic> RegionNode<L> {
 
     /// The current handoff link broke.
     pub fn handle_link_lost(&mut self, now: Instant) {
-        self.finish_pending();
+        // A round being encoded at a tick boundary is dropped, not finished: it could only go to
+        // the lost link, and finishing it might freeze the region on it (protocol.md §4).
+        self.finish_tick_work();
         match &mut self.state {
             State::Owner { handoff: Some(handoff), .. } => handoff.handle_link_lost(now, self.region.world_mut()),
             State::Target { receiver } => receiver.handle_link_lost(now),
             State::Standby { follower, .. } => follower.handle_link_lost(),
             _ => {}
         }
+        self.report_freeze();
     }
 
     /// The authority's answer to the last [`Output::Authority`].
@@ -2804,7 +2814,7 @@ mod tests {
     }
 
     #[test]
-    fn a_round_read_at_a_tick_boundary_goes_out_a_part_per_poll_and_the_freeze_is_told_after_its_last() {
+    fn a_round_read_at_a_tick_boundary_goes_out_a_part_per_poll_and_the_freeze_is_told_once_its_last_is_made() {
         let start = Instant::now();
         let mut node = owner_with_a_round_of_many_parts(start);
         let due = start + Duration::from_secs(1);
@@ -2862,6 +2872,31 @@ mod tests {
             Output::ToPeer(Message::Freeze { parts: count, digest: sent, .. })
                 if *count as usize == parts.len() && WorldDigest(*sent) == digest
         )));
+    }
+
+    #[test]
+    fn a_link_lost_while_a_round_is_encoded_at_its_boundary_drops_the_round_and_never_freezes() {
+        let start = Instant::now();
+        let mut node = owner_with_a_round_of_many_parts(start);
+        let due = start + Duration::from_secs(1);
+        node.handle_timeout(due, &NoGateways);
+        let mut outputs: Vec<Output> = Vec::new();
+        while delta_parts(&outputs).is_empty() {
+            outputs.push(node.poll_output(due).expect("the round's first part"));
+        }
+        node.handle_link_lost(due);
+        outputs.extend(std::iter::from_fn(|| node.poll_output(due)));
+        assert_eq!(delta_parts(&outputs), vec![(1, 0)], "no part made after the loss");
+        assert!(
+            !outputs.iter().any(|output| matches!(
+                output,
+                Output::Broadcast(ServerMessage::Frozen { .. }) | Output::ToPeer(Message::Freeze { .. })
+            )),
+            "{outputs:?}"
+        );
+        let handoff = node.handoff().expect("a handoff");
+        assert!(!handoff.encodes_at_boundary() && handoff.abort_reason().is_some());
+        assert!(node.ticks(), "the source ticks on, owning the region");
     }
 
     #[test]

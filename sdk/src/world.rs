@@ -459,8 +459,11 @@ impl World {
 
     /// [`World::changes`], but reading only the oldest of the records since the tracker's last
     /// read when there are more than `records`: those up to the end of the stamp the `records`-th
-    /// is in (a closed one; while the last is still open, everything is read). The tracker moves
-    /// past what was read; the rest is for the next read. True when everything was read.
+    /// is in, so about `records` when stamps are small, more when one stamp holds many (stamps
+    /// close when a reader reads, when the digest folds and when an engine catches up). When that
+    /// stamp is still open, or no record follows it, everything is read. The tracker moves past
+    /// what was read; the rest is for the next read. Returns the changes and the number of records
+    /// left to read (0: everything was read).
     ///
     /// Each record read is checked against the world now, as [`World::changes`] checks all of
     /// them: one superseded by a change not read yet is left out, and that change is in a later
@@ -470,20 +473,24 @@ impl World {
     ///
     /// # Panics
     /// If `tracker` was dropped or belongs to another world (a programming error).
-    pub fn changes_at_most(&mut self, tracker: TrackerId, records: usize) -> (ChangeSet, bool) {
+    pub fn changes_at_most(&mut self, tracker: TrackerId, records: usize) -> (ChangeSet, usize) {
         #[allow(clippy::expect_used)]
         let boundary = self.trackers.get(tracker.0).copied().flatten().expect("tracker is live in this world");
         let from = self.journal.first_after(boundary);
-        if let Some(last) = self.journal.records.get(from + records.max(1) - 1).map(|record| record.stamp)
+        let nth = from.saturating_add(records.max(1) - 1);
+        if let Some(last) = self.journal.records.get(nth).map(|record| record.stamp)
             && last < self.journal.stamp
-            && self.journal.first_after(last) < self.journal.records.len()
         {
-            let changes = self.collect_changes(boundary, Some(last));
-            self.trackers[tracker.0] = Some(last);
-            self.trim_journal();
-            return (changes, false);
+            let end = self.journal.first_after(last);
+            let left = self.journal.records.len() - end;
+            if left > 0 {
+                let changes = self.collect_changes(boundary, Some(last));
+                self.trackers[tracker.0] = Some(last);
+                self.trim_journal();
+                return (changes, left);
+            }
         }
-        (self.changes(tracker), true)
+        (self.changes(tracker), 0)
     }
 
     /// Moves `tracker` to now without collecting: the changes made since its last read are skipped.
@@ -1423,17 +1430,19 @@ mod tests {
         for entity in &entities[10..] {
             world.insert(*entity, Hp(1)).unwrap();
         }
-        let (changes, complete) = world.changes_at_most(tracker, 3);
-        assert_eq!((changes.set.len(), complete), (10, false), "the whole stamp the third is in");
+        let (changes, left) = world.changes_at_most(tracker, 3);
+        assert_eq!((changes.set.len(), left), (10, 5), "the whole stamp the third is in");
         // The rest are in the open stamp: read whole, however many.
-        let (changes, complete) = world.changes_at_most(tracker, 3);
-        assert_eq!((changes.set.len(), complete), (5, true));
+        let (changes, left) = world.changes_at_most(tracker, 3);
+        assert_eq!((changes.set.len(), left), (5, 0));
         assert!(world.changes_at_most(tracker, 3).0.is_empty());
-        // Fewer than the bound: everything, as `changes` reads.
+        // Fewer than the bound: everything, as `changes` reads; no bound at all, the same.
         world.insert(entities[0], Hp(7)).unwrap();
         world.digest();
-        let (changes, complete) = world.changes_at_most(tracker, 3);
-        assert_eq!((changes.set.len(), complete), (1, true));
+        world.insert(entities[1], Hp(7)).unwrap();
+        world.digest();
+        let (changes, left) = world.changes_at_most(tracker, usize::MAX);
+        assert_eq!((changes.set.len(), left), (2, 0));
     }
 
     #[test]
@@ -1453,8 +1462,8 @@ mod tests {
         }
         let tracker = world.create_tracker();
         // Over many stamps: values set again, components removed and put back, entities spawned
-        // and despawned, within a stamp and across stamps.
-        for step in 0..60u32 {
+        // and despawned, within a stamp and across stamps; and more of them between the reads.
+        let change = |world: &mut World, step: u32| {
             let entity = entities[(step * 7 % 20) as usize];
             match step % 6 {
                 0 | 4 => {
@@ -1474,19 +1483,27 @@ mod tests {
                     let _ = world.insert(entity, Name(format!("named at {step}")));
                 }
             }
-            if step % 4 == 0 {
+            if step.is_multiple_of(4) {
                 world.digest();
             }
+        };
+        for step in 0..60 {
+            change(&mut world, step);
         }
         let mut reads = 0;
         loop {
-            let (changes, complete) = world.changes_at_most(tracker, 5);
+            let (changes, left) = world.changes_at_most(tracker, 5);
             reads += 1;
             for part in codec::encode_delta(&world, &changes, reads, ChunkConfig::default()).unwrap() {
                 codec::apply(&mut copy, &part, DecodeLimits::default()).unwrap();
             }
-            if complete {
+            if left == 0 {
                 break;
+            }
+            if reads < 10 {
+                for step in 60 + reads * 3..63 + reads * 3 {
+                    change(&mut world, step);
+                }
             }
         }
         assert!(reads > 5, "read in {reads}");

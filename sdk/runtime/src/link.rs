@@ -225,10 +225,13 @@ async fn pace(wait: Duration) {
     if wait.is_zero() {
         return;
     }
-    if wait <= PRECISE_WAIT_MAX && tokio::task::spawn_blocking(move || std::thread::sleep(wait)).await.is_ok() {
+    // The deadline is set now: a blocking thread that starts late (the pool is shared) sleeps less.
+    let until = Instant::now() + wait;
+    let sleep = move || std::thread::sleep(until.saturating_duration_since(Instant::now()));
+    if wait <= PRECISE_WAIT_MAX && tokio::task::spawn_blocking(sleep).await.is_ok() {
         return;
     }
-    tokio::time::sleep(wait).await;
+    tokio::time::sleep_until(until.into()).await;
 }
 
 /// What a paced writer sends for `message` (encoded as `bytes`): compressed into a `Packed`

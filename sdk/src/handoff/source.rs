@@ -54,10 +54,10 @@ pub struct SourceConfig {
     /// The longest the freeze waits for `EnginesReady`, from the first round; then the source freezes
     /// anyway and the target builds its engines in the freeze.
     pub engines_ready_wait: Duration,
-    /// The most change records a round reads at a tick boundary, about 100 ns each of the
-    /// region's thread (the first read after a large region's snapshot can hold millions); a
-    /// round with more to read reads the oldest, and the rest are read at the next boundaries
-    /// (protocol.md §4).
+    /// About the most change records a round reads at a tick boundary, about 100 ns each of the
+    /// region's thread (the first read after a large region's snapshot can hold millions): a
+    /// round with more to read reads the oldest, to the end of a stamp
+    /// ([`World::changes_at_most`]), and the rest are read at the next boundaries (protocol.md §4).
     pub read_records: usize,
     /// Timeouts.
     pub timeouts: Timeouts,
@@ -260,6 +260,8 @@ pub struct HandoffSource {
     ticks_since_round: u32,
     /// The delta round in flight, if it is one to measure.
     round_in_flight: Option<RoundInFlight>,
+    /// What the last read left unread, when it read the changes only in part.
+    unread: Option<usize>,
     /// A round too big to encode at its tick boundary, captured piece by piece as it is polled.
     piecewise: Option<PiecewiseRound>,
     /// A round that cannot be the final one, captured whole at its tick boundary and being encoded
@@ -334,6 +336,7 @@ impl HandoffSource {
             encode_next_inline: false,
             job: None,
             boundary: None,
+            unread: None,
             held_for_engines: None,
             held_rounds: 0,
             frozen_at: None,
@@ -704,25 +707,20 @@ impl HandoffSource {
         // protocol.md §4: at most so many records at a boundary (the first read after a large
         // region's snapshot holds hundreds of thousands: tens of milliseconds of the region's
         // thread); the rest are read at the next boundaries.
-        let (changes, complete) = world.changes_at_most(tracker, self.config.read_records);
-        let read = RoundRead {
-            round: self.round + 1,
-            at: now,
-            encoded_at: now,
-            ticks: self.ticks_since_round,
-            partial: !complete,
-        };
-        if complete {
-            self.ticks_since_round = 0;
-        }
+        let (changes, unread) = world.changes_at_most(tracker, self.config.read_records);
+        // After a read in part the next read holds the rest of what was left besides the ticks
+        // since: how many ticks of changes that is, is not known.
+        let ticks = if self.unread.is_some() { 0 } else { self.ticks_since_round };
+        let read = RoundRead { round: self.round + 1, at: now, encoded_at: now, ticks, unread };
+        self.ticks_since_round = 0;
         let budget = self.freeze_budget();
         // protocol.md §4: a round estimated over four budgets cannot be the final one, so it need
         // not be encoded here: its values are captured and encoded away from the region's thread,
         // whole, or piece by piece between ticks when it is far over (a 67 MB round encoded
         // whole, twice, at a tick boundary held the region thread for seconds).
         let estimate = self.estimated_bytes(&changes);
-        let inline = std::mem::take(&mut self.encode_next_inline);
-        let over_four = estimate > budget.saturating_mul(4) || read.partial;
+        let inline = !read.partial() && std::mem::take(&mut self.encode_next_inline);
+        let over_four = estimate > budget.saturating_mul(4) || read.partial();
         if over_four && estimate > PIECEWISE_ROUND_CHUNKS.saturating_mul(self.config.chunk.max_chunk_bytes) {
             self.conclude_round(now, world, read, estimate, RoundParts::Estimated, None);
             if self.phase == SourcePhase::Rounds {
@@ -737,7 +735,7 @@ impl HandoffSource {
             }
             return;
         }
-        if over_four && (!inline || read.partial) {
+        if over_four && (!inline || read.partial()) {
             match codec::capture_delta(world, changes, read.round) {
                 Ok(captured) => {
                     self.job = Some(EncodeJob { handoff: self.id, config: self.config.chunk, captured });
@@ -801,16 +799,17 @@ impl HandoffSource {
         next_tick_due: Option<Instant>,
     ) {
         let round = read.round;
-        if read.partial {
-            // protocol.md §4: changes read only in part are not a round of what the region changes:
-            // they neither shrink nor stall the rounds, nor count towards their limit.
-            self.stats.partial_rounds += 1;
-            return self.send_ordinary(read, bytes, parts);
+        let first_round_at = *self.first_round_at.get_or_insert(read.at);
+        let unread = std::mem::take(&mut self.unread);
+        if read.partial() {
+            return self.conclude_partial(now, world, read, bytes, parts, unread);
         }
         let budget = self.freeze_budget();
-        let first_round_at = *self.first_round_at.get_or_insert(read.at);
-        let per_tick = bytes / read.ticks.max(1) as usize;
-        self.stats.change_bytes_per_tick = Some(per_tick as u64);
+        // Unknown after a read in part (`RoundRead::ticks` is 0).
+        let per_tick = (read.ticks > 0).then(|| bytes / read.ticks as usize);
+        if let Some(per_tick) = per_tick {
+            self.stats.change_bytes_per_tick = Some(per_tick as u64);
+        }
         // protocol.md §4: a round within the budget that waits only for the target's engines
         // counts neither as a round that did not shrink nor towards the round limit, so the wait
         // does not loosen the rule the freeze is then taken by.
@@ -828,14 +827,17 @@ impl HandoffSource {
         let within_four = bytes <= budget.saturating_mul(4);
         // protocol.md §4: rounds that stopped shrinking above four budgets, or a tick whose changes
         // alone exceed them, cannot converge now: say so, and wait for a quieter moment.
-        if self.waiting_since.is_none() && !within_four && (out_of_rounds || per_tick > budget.saturating_mul(4)) {
+        if self.waiting_since.is_none()
+            && !within_four
+            && (out_of_rounds || per_tick.is_some_and(|per_tick| per_tick > budget.saturating_mul(4)))
+        {
             self.waiting_since = Some(now);
             crate::events::handoff_waiting(
                 self.region,
                 round,
                 bytes,
                 budget,
-                per_tick,
+                per_tick.unwrap_or_default(),
                 self.delivery_rate.map(|rate| rate as u64),
             );
         }
@@ -876,6 +878,51 @@ impl HandoffSource {
             }
             (parts, _) => self.send_ordinary(read, bytes, parts),
         }
+    }
+
+    /// Round `read`, of changes read only in part (protocol.md §4): not a round of what the region
+    /// changes, so it neither shrinks nor stalls the rounds, nor counts towards their limit. But
+    /// reads that leave no fewer records unread than the one before cannot catch up: as for rounds
+    /// that stop shrinking, the source says so, and gives up after the quiet wait. `before` is
+    /// what the previous read left unread, if it was read in part too.
+    fn conclude_partial(
+        &mut self,
+        now: Instant,
+        world: &mut World,
+        read: RoundRead,
+        bytes: usize,
+        parts: RoundParts,
+        before: Option<usize>,
+    ) {
+        self.stats.partial_rounds += 1;
+        let left = read.unread;
+        self.unread = Some(left);
+        if self.waiting_since.is_none() && before.is_some_and(|before| left >= before) {
+            self.waiting_since = Some(now);
+            crate::events::handoff_waiting(
+                self.region,
+                read.round,
+                bytes,
+                self.freeze_budget(),
+                0,
+                self.delivery_rate.map(|rate| rate as u64),
+            );
+        }
+        if let Some(since) = self.waiting_since.filter(|since| now >= *since + self.config.quiet_wait) {
+            self.stats.waited = Some(now - since);
+            let reason = AbortReason {
+                culprit: Culprit::Link,
+                phase: Phase::Rounds,
+                reason: format!(
+                    "did not converge: round {} read {bytes} bytes of changes and left {left} change records \
+                     unread, no fewer than the read before; no quieter moment came in {:.1} s",
+                    read.round,
+                    (now - since).as_secs_f64()
+                ),
+            };
+            return self.abort_before_freeze(world, reason);
+        }
+        self.send_ordinary(read, bytes, parts);
     }
 
     /// Round `read` of `bytes` is an ordinary one: its parts are sent, or it is sent piece by
@@ -1202,9 +1249,16 @@ struct RoundRead {
     encoded_at: Instant,
     /// Ticks whose changes it holds.
     ticks: u32,
-    /// Only the oldest of the changes were read (`SourceConfig::read_records`): never the final round,
-    /// and not a round that shrank or stalled.
-    partial: bool,
+    /// Change records the read left unread (`SourceConfig::read_records`).
+    unread: usize,
+}
+
+impl RoundRead {
+    /// Only the oldest of the changes were read: never the final round, and not a round that
+    /// shrank or stalled.
+    fn partial(&self) -> bool {
+        self.unread > 0
+    }
 }
 
 /// A round read at a tick boundary while its parts are made (protocol.md §4).
@@ -1795,6 +1849,29 @@ mod tests {
         apply_bulk(&mut target, &last);
         assert_eq!(target.digest(), run.world.digest(), "the two rounds hold all the changes");
         assert_eq!((run.source.stats().rounds, run.source.stats().partial_rounds), (1, 1));
+    }
+
+    #[test]
+    fn reads_in_part_that_never_catch_up_wait_for_a_quieter_moment_then_give_up() {
+        let mut run = Run::rounds(SourceConfig { read_records: 2, ..config() });
+        // Four closed stamps a tick, two records read a tick: what is left unread only grows.
+        let mut ticks = 0;
+        while run.source.abort_reason().is_none() && ticks < 100 {
+            for entity in 0..4 {
+                run.change_range(entity..entity + 1);
+                run.world.digest();
+            }
+            run.tick();
+            run.drain();
+            run.acknowledge();
+            ticks += 1;
+        }
+        let (_, _, reason) = run.resumed();
+        assert!(reason.reason.contains("did not converge") && reason.reason.contains("unread"), "{reason}");
+        // The wait (1 s, 20 ticks) began at the second read, which left more unread than the first.
+        assert_eq!(ticks, 22);
+        let stats = run.source.stats();
+        assert_eq!((stats.partial_rounds, stats.waited), (22, Some(Duration::from_secs(1))), "the last one gave up");
     }
 
     #[test]
