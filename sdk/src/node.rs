@@ -1483,11 +1483,10 @@ impl<L: RegionLogic> RegionNode<L> {
     /// What a handler does before anything else: the work still waiting for the last tick's
     /// outputs to be taken ([`RegionNode::complete_tick`], [`RegionNode::finish_take_over`]),
     /// and the rest of a round being encoded at a tick boundary, which must be read from the world
-    /// as it was there ([`RegionNode::finish_boundary_round`]). True when there was some.
-    fn finish_pending(&mut self) -> bool {
-        let worked = self.finish_tick_work();
-        let encoded = self.finish_boundary_round();
-        worked || encoded
+    /// as it was there ([`RegionNode::finish_boundary_round`]).
+    fn finish_pending(&mut self) {
+        self.finish_tick_work();
+        self.finish_boundary_round();
     }
 
     /// [`RegionNode::complete_tick`] and [`RegionNode::finish_take_over`]; true when there was
@@ -1516,14 +1515,11 @@ impl<L: RegionLogic> RegionNode<L> {
     }
 
     /// Makes every part still to make of a round being encoded at a tick boundary, queued to
-    /// be sent; true when there was one.
-    fn finish_boundary_round(&mut self) -> bool {
-        let mut any = false;
+    /// be sent.
+    fn finish_boundary_round(&mut self) {
         while let Some(message) = self.poll_boundary_part() {
-            any = true;
             self.outputs.push_back(Output::ToPeer(message));
         }
-        any
     }
 
     /// Once the round read at the last tick boundary is decided: if it froze the region, tells
@@ -2802,6 +2798,21 @@ mod tests {
         node
     }
 
+    /// [`owner_with_a_round_of_many_parts`] after its next tick, its outputs taken up to the round's
+    /// first part; when that tick was due.
+    fn at_the_first_part_of_a_round(
+        start: Instant,
+    ) -> (RegionNode<crate::region::test_logic::Walkers>, Instant, Vec<Output>) {
+        let mut node = owner_with_a_round_of_many_parts(start);
+        let due = start + Duration::from_secs(1);
+        node.handle_timeout(due, &NoGateways);
+        let mut outputs: Vec<Output> = Vec::new();
+        while delta_parts(&outputs).is_empty() {
+            outputs.push(node.poll_output(due).expect("the round's first part"));
+        }
+        (node, due, outputs)
+    }
+
     /// The delta parts among `outputs`: (round, part).
     fn delta_parts(outputs: &[Output]) -> Vec<(u32, u32)> {
         outputs
@@ -2848,14 +2859,7 @@ mod tests {
     #[test]
     fn a_handler_called_while_a_round_is_encoded_at_its_boundary_makes_its_remaining_parts_first() {
         use crate::region::test_logic::PLAYER;
-        let start = Instant::now();
-        let mut node = owner_with_a_round_of_many_parts(start);
-        let due = start + Duration::from_secs(1);
-        node.handle_timeout(due, &NoGateways);
-        let mut outputs: Vec<Output> = Vec::new();
-        while delta_parts(&outputs).is_empty() {
-            outputs.push(node.poll_output(due).expect("the round's first part"));
-        }
+        let (mut node, due, mut outputs) = at_the_first_part_of_a_round(Instant::now());
         assert!(node.handoff().expect("a handoff").encodes_at_boundary());
         // An input before the driver polled the other parts: they are made from the world as it
         // was at the boundary before the input is taken (held: the region froze).
@@ -2876,14 +2880,7 @@ mod tests {
 
     #[test]
     fn a_link_lost_while_a_round_is_encoded_at_its_boundary_drops_the_round_and_never_freezes() {
-        let start = Instant::now();
-        let mut node = owner_with_a_round_of_many_parts(start);
-        let due = start + Duration::from_secs(1);
-        node.handle_timeout(due, &NoGateways);
-        let mut outputs: Vec<Output> = Vec::new();
-        while delta_parts(&outputs).is_empty() {
-            outputs.push(node.poll_output(due).expect("the round's first part"));
-        }
+        let (mut node, due, mut outputs) = at_the_first_part_of_a_round(Instant::now());
         node.handle_link_lost(due);
         outputs.extend(std::iter::from_fn(|| node.poll_output(due)));
         assert_eq!(delta_parts(&outputs), vec![(1, 0)], "no part made after the loss");

@@ -478,11 +478,9 @@ impl World {
         let boundary = self.trackers.get(tracker.0).copied().flatten().expect("tracker is live in this world");
         let from = self.journal.first_after(boundary);
         let nth = from.saturating_add(records.max(1) - 1);
-        if let Some(last) = self.journal.records.get(nth).map(|record| record.stamp)
-            && last < self.journal.stamp
-        {
-            let end = self.journal.first_after(last);
-            let left = self.journal.records.len() - end;
+        if let Some(last) = self.journal.records.get(nth).map(|record| record.stamp) {
+            // Records follow `last`'s stamp only once it is closed.
+            let left = self.journal.records.len() - self.journal.first_after(last);
             if left > 0 {
                 let changes = self.collect_changes(boundary, Some(last));
                 self.trackers[tracker.0] = Some(last);
@@ -1435,6 +1433,9 @@ mod tests {
         // The rest are in the open stamp: read whole, however many.
         let (changes, left) = world.changes_at_most(tracker, 3);
         assert_eq!((changes.set.len(), left), (5, 0));
+        // That read closed the stamp: a change made right after it is read next.
+        world.insert(entities[10], Hp(9)).unwrap();
+        assert_eq!(world.changes_at_most(tracker, 3).0.set.len(), 1);
         assert!(world.changes_at_most(tracker, 3).0.is_empty());
         // Fewer than the bound: everything, as `changes` reads; no bound at all, the same.
         world.insert(entities[0], Hp(7)).unwrap();

@@ -525,12 +525,6 @@ impl DeltaEncoder {
         self.records.next_part(&mut self.spans, &encoding)
     }
 
-    /// The round it encodes.
-    #[must_use]
-    pub fn round(&self) -> u32 {
-        self.round
-    }
-
     /// Whether every part is made.
     #[must_use]
     pub fn is_done(&self) -> bool {
