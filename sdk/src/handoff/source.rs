@@ -1775,8 +1775,9 @@ mod tests {
         run.source.handle_tick_completed(run.now, &mut run.world, next_tick_due);
     }
 
-    /// Polls out the parts of the round read at the boundary, checking that each is made only
-    /// when polled and that the region may not tick meanwhile.
+    /// Polls out the parts of the round read at the boundary for as long as the source says it
+    /// is encoding one (so more than one part back means they were made a poll at a time),
+    /// checking that the region may not tick and the round is not decided meanwhile.
     fn poll_boundary_parts(run: &mut Run) -> Vec<Message> {
         let mut parts = Vec::new();
         while run.source.encodes_at_boundary() {
