@@ -729,8 +729,9 @@ impl Journal {
 
     /// The records after stamp `boundary` up to stamp `until` (`None`: all).
     fn between(&self, boundary: u64, until: Option<u64>) -> std::collections::vec_deque::Iter<'_, ChangeRecord> {
+        let start = self.first_after(boundary);
         let end = until.map_or(self.records.len(), |until| self.first_after(until));
-        self.records.range(self.first_after(boundary)..end.max(self.first_after(boundary)))
+        self.records.range(start..end.max(start))
     }
 }
 

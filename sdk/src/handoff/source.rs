@@ -735,7 +735,7 @@ impl HandoffSource {
             }
             return;
         }
-        if over_four && (!inline || read.partial()) {
+        if over_four && !inline {
             match codec::capture_delta(world, changes, read.round) {
                 Ok(captured) => {
                     self.job = Some(EncodeJob { handoff: self.id, config: self.config.chunk, captured });
@@ -1520,10 +1520,15 @@ mod tests {
             }
         }
 
-        fn tick(&mut self) {
+        /// The tick that ends now + 50 ms, its round not polled out.
+        fn tick_unpolled(&mut self) {
             self.now += Duration::from_millis(50);
             let next_tick_due = self.now + Duration::from_millis(50);
             self.source.handle_tick_completed(self.now, &mut self.world, next_tick_due);
+        }
+
+        fn tick(&mut self) {
+            self.tick_unpolled();
             // As a driver does: a round read at the boundary is polled out, part by part, before
             // anything else.
             while self.source.encodes_at_boundary() {
@@ -1768,13 +1773,6 @@ mod tests {
         SourceConfig { chunk: ChunkConfig { target_chunk_bytes: 1500, max_chunk_bytes: 3000 }, ..config() }
     }
 
-    /// Runs the tick that ends now + 50 ms without polling its round out.
-    fn tick_unpolled(run: &mut Run) {
-        run.now += Duration::from_millis(50);
-        let next_tick_due = run.now + Duration::from_millis(50);
-        run.source.handle_tick_completed(run.now, &mut run.world, next_tick_due);
-    }
-
     /// Polls out the parts of the round read at the boundary for as long as the source says it
     /// is encoding one (so more than one part back means they were made a poll at a time),
     /// checking that the region may not tick and the round is not decided meanwhile.
@@ -1792,7 +1790,7 @@ mod tests {
     fn a_round_read_at_its_boundary_goes_a_part_per_poll_and_freezes_after_its_last_when_it_fits() {
         let (mut run, mut target) = Run::snapshot_applied(small_chunks());
         run.change(4);
-        tick_unpolled(&mut run);
+        run.tick_unpolled();
         let parts = poll_boundary_parts(&mut run);
         assert!(parts.len() >= 2, "a part per poll: {parts:?}");
         assert_eq!(delta_rounds(&parts), vec![1], "all parts of round 1");
@@ -1816,7 +1814,7 @@ mod tests {
     fn a_round_read_at_its_boundary_that_does_not_fit_is_an_ordinary_round_once_its_parts_are_out() {
         let mut run = Run::rounds(small_chunks());
         run.change(9);
-        tick_unpolled(&mut run);
+        run.tick_unpolled();
         let parts = poll_boundary_parts(&mut run);
         assert!(parts.len() >= 2, "a part per poll: {parts:?}");
         assert_eq!(run.source.phase(), SourcePhase::Rounds, "9 kB are over the 5 kB budget");
