@@ -798,6 +798,13 @@ impl<L: RegionLogic> RegionNode<L> {
         &mut self.region
     }
 
+    /// The region, taken out of a node that is done with it (its world, engines and scripts are
+    /// most of what a node holds, and so of what freeing it costs).
+    #[must_use]
+    pub fn into_region(self) -> Region<L> {
+        self.region
+    }
+
     /// Settings for the handoffs this node starts from now on.
     pub fn set_source_config(&mut self, config: SourceConfig) {
         self.settings.source = config;

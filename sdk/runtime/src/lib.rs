@@ -12,6 +12,7 @@
 pub mod checkpoint_store;
 pub mod fault_point;
 pub mod link;
+mod reaper;
 pub mod region_loop;
 pub mod remote_authority;
 pub mod serve;
@@ -137,6 +138,8 @@ pub struct Host<L: RegionLogic + 'static> {
     feed_client: quinn::ClientConfig,
     runtime: tokio::runtime::Handle,
     hub: Arc<upstream::GatewayHub>,
+    /// Frees what finished region threads leave behind.
+    reaper: reaper::Reaper,
 }
 
 impl<L: RegionLogic + 'static> Host<L> {
@@ -166,7 +169,9 @@ impl<L: RegionLogic + 'static> Host<L> {
         let regions: Arc<Mutex<HashMap<RegionId, Slot<L>>>> = Arc::default();
         let hub = Arc::new(upstream::GatewayHub::new(&config.name));
         runtime.spawn(link::accept_loop(endpoint.clone(), regions.clone(), hub.clone()));
-        let host = Host { config, local_address, regions, factory, events, endpoint, feed_client, runtime, hub };
+        let reaper = reaper::Reaper::start();
+        let host =
+            Host { config, local_address, regions, factory, events, endpoint, feed_client, runtime, hub, reaper };
         Ok((host, receiver))
     }
 
@@ -356,6 +361,7 @@ impl<L: RegionLogic + 'static> Host<L> {
             hub: self.hub.clone(),
             checkpoints: self.config.checkpoints.clone(),
             fault_point: self.config.fault_point.clone(),
+            reaper: self.reaper.clone(),
         };
         let spawned = std::thread::Builder::new().name(format!("region-{}", id.0)).spawn(move || {
             // Built on its own thread: the node (and the game's region in it) never moves again.

@@ -125,6 +125,7 @@ pub(crate) struct LoopContext<L: RegionLogic + 'static> {
     pub(crate) hub: Arc<GatewayHub>,
     pub(crate) checkpoints: Option<crate::CheckpointSettings>,
     pub(crate) fault_point: Option<crate::fault_point::FaultPoint>,
+    pub(crate) reaper: crate::reaper::Reaper,
 }
 
 impl Gateways for GatewayHub {
@@ -205,6 +206,9 @@ pub(crate) fn run<L: RegionLogic + 'static>(
             regions.remove(&id);
         }
     }
+    // The region's world, engines and scripts are freed at the lowest priority, not at the
+    // running regions' (crate::reaper). Everything the node had to say is said.
+    context.reaper.drop_later(node.into_region());
 }
 
 /// A border crossing the thread carried out, for the fault point.
