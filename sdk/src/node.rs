@@ -236,7 +236,8 @@ pub enum HostEvent {
         /// Whether this host owns the region afterwards.
         owning: bool,
     },
-    /// `region` was freed here (after handing off and the straggler grace period).
+    /// `region` is no longer held here (after handing off and the straggler grace period); its
+    /// node is done with it.
     Retired {
         /// The region.
         region: RegionId,

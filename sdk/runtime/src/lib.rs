@@ -364,7 +364,8 @@ impl<L: RegionLogic + 'static> Host<L> {
             reaper: self.reaper.clone(),
         };
         let spawned = std::thread::Builder::new().name(format!("region-{}", id.0)).spawn(move || {
-            // Built on its own thread: the node (and the game's region in it) never moves again.
+            // Built on its own thread: the node (and the game's region in it) stays there until
+            // the node is done, when the region goes to the reaper to be freed (reaper.rs).
             let rewarm = Box::new(move |region| factory(region));
             let node = RegionNode::new(region, role, settings, rewarm, Instant::now());
             region_loop::run(node, receiver, context);
