@@ -54,6 +54,9 @@ pub const HANDOFF_WAITS_TOTAL: &str = "baton_handoff_waits_total";
 pub const HANDOFF_UNREADY_FREEZES_TOTAL: &str = "baton_handoff_unready_freezes_total";
 /// Counter: avatars that left a region across a border, by region.
 pub const BORDER_CROSSINGS_TOTAL: &str = "baton_border_crossings_total";
+/// Histogram: seconds the ownership authority took to answer a compare-and-swap (a handoff's
+/// commit is one, inside the freeze), by outcome.
+pub const AUTHORITY_SWAP_SECONDS: &str = "baton_authority_swap_seconds";
 
 /// Registers descriptions and units of every SDK metric with the installed recorder.
 pub fn describe() {
@@ -63,6 +66,11 @@ pub fn describe() {
         "Handoff freeze: source's last tick to the target's commit."
     );
     metrics::describe_histogram!(HANDOFF_ROUNDS, "Delta rounds before a handoff's freeze.");
+    metrics::describe_histogram!(
+        AUTHORITY_SWAP_SECONDS,
+        metrics::Unit::Seconds,
+        "Time the ownership authority took to answer a compare-and-swap, by outcome."
+    );
     metrics::describe_histogram!(
         HANDOFF_ROUND_BYTES,
         metrics::Unit::Bytes,
@@ -187,6 +195,20 @@ pub fn bulk_packed(raw: usize, packed: usize) {
     metrics::counter!(BULK_PACKED_BYTES_TOTAL, "form" => "packed").increment(packed as u64);
 }
 
+/// The ownership authority answered a compare-and-swap after `took`: `ok`, `conflict` (another
+/// owner or epoch), `unavailable` (outcome unknown: asked again) or `refused` (an unknown region
+/// or an owner name it cannot keep).
+pub fn authority_swap(took: std::time::Duration, result: &Result<(), crate::handoff::AuthorityError>) {
+    use crate::handoff::AuthorityError;
+    let outcome = match result {
+        Ok(()) => "ok",
+        Err(AuthorityError::Conflict { .. }) => "conflict",
+        Err(AuthorityError::Unavailable(_)) => "unavailable",
+        Err(AuthorityError::UnknownRegion(_) | AuthorityError::BadOwner(_)) => "refused",
+    };
+    metrics::histogram!(AUTHORITY_SWAP_SECONDS, "outcome" => outcome).record(took.as_secs_f64());
+}
+
 /// A handoff's source froze after its last tick.
 pub fn handoff_frozen(region: RegionId, epoch: baton_wire::Epoch, round: u32, final_bytes: u64) {
     tracing::debug!(%region, %epoch, round, final_bytes, "handoff frozen");
@@ -257,4 +279,78 @@ pub fn handoff_freezes_unready(region: RegionId, waited: std::time::Duration) {
 pub fn handoff_round(region: RegionId, round: u32, bytes: usize) {
     metrics::histogram!(HANDOFF_ROUND_BYTES).record(bytes as f64);
     tracing::debug!(%region, round, bytes, "handoff delta round");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handoff::AuthorityError;
+    use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    /// Keeps every histogram value recorded, with its key.
+    #[derive(Default)]
+    struct Recorded(Arc<Mutex<Vec<(Key, f64)>>>);
+
+    struct Value(Key, Arc<Mutex<Vec<(Key, f64)>>>);
+
+    impl metrics::HistogramFn for Value {
+        fn record(&self, value: f64) {
+            self.1.lock().unwrap().push((self.0.clone(), value));
+        }
+    }
+
+    impl Recorder for Recorded {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::noop()
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::from_arc(Arc::new(Value(key.clone(), self.0.clone())))
+        }
+    }
+
+    #[test]
+    fn an_authority_swap_is_timed_by_its_outcome() {
+        let recorded = Recorded::default();
+        let results = [
+            Ok(()),
+            Err(AuthorityError::Conflict {
+                region: RegionId(1),
+                expected_epoch: baton_wire::Epoch(1),
+                actual_epoch: baton_wire::Epoch(2),
+                actual_owner: "elsewhere".to_owned(),
+            }),
+            Err(AuthorityError::Unavailable("disk".to_owned())),
+            Err(AuthorityError::UnknownRegion(RegionId(1))),
+            Err(AuthorityError::BadOwner("a\nb".to_owned())),
+        ];
+        metrics::with_local_recorder(&recorded, || {
+            for (millis, result) in (1u64..).zip(&results) {
+                authority_swap(Duration::from_millis(millis), result);
+            }
+        });
+        let values = recorded.0.lock().unwrap();
+        let seen: Vec<(&str, String, f64)> = values
+            .iter()
+            .map(|(key, value)| {
+                let outcome = key.labels().find(|label| label.key() == "outcome").map(|label| label.value().to_owned());
+                (key.name(), outcome.unwrap_or_default(), *value)
+            })
+            .collect();
+        let expected =
+            [("ok", 0.001), ("conflict", 0.002), ("unavailable", 0.003), ("refused", 0.004), ("refused", 0.005)];
+        assert_eq!(seen.len(), expected.len(), "{seen:?}");
+        for ((name, outcome, value), (want, seconds)) in seen.iter().zip(expected) {
+            assert_eq!(*name, AUTHORITY_SWAP_SECONDS);
+            assert_eq!(outcome, want);
+            assert!((value - seconds).abs() < 1e-12, "{value} for {want}");
+        }
+    }
 }

@@ -491,7 +491,9 @@ fn ask_authority<L: RegionLogic + 'static>(
     let authority = context.authority.clone();
     let answer = context.commands.clone();
     context.runtime.spawn_blocking(move || {
+        let asked = Instant::now();
         let result = authority.compare_and_swap(region, &expected, &next);
+        baton_sdk::events::authority_swap(asked.elapsed(), &result);
         let _ = answer.send(Command::Authority(result));
     });
 }
