@@ -31,8 +31,9 @@ use crate::world::{EntityId, World, WorldError};
 ///
 /// Under `baton-runtime` a region's logic lives on the region's thread and, once the region is
 /// done there (handed off, stopped), is dropped with the region on the host's low-priority reaper
-/// thread, some time later, or not at all should the process exit first: a `Drop` of the logic
-/// must not be what persists anything.
+/// thread some time later (on the region's own thread when four regions wait there already), or
+/// not at all should the process exit first: a `Drop` of the logic must not be what persists
+/// anything.
 pub trait RegionLogic: ScriptBindings + Send {
     /// Registers the game's component types (the SDK's own are registered already).
     fn register(&self, registry: &mut Registry) -> Result<(), RegistryError>;
