@@ -470,7 +470,7 @@ impl PhysicsEngine {
         let (Some(tracker), Some(body_component)) = (self.tracker, self.body_component) else {
             return;
         };
-        let changes = world.changes(tracker);
+        let changes = world.changes_of(tracker, body_component);
         let engine = &mut self.engine;
         let mut touched: BTreeSet<EntityId> = BTreeSet::new();
         let mut dirty = engine.apply_removals(&changes, body_component);
@@ -523,7 +523,7 @@ impl PhysicsEngine {
             return stats;
         };
         let engine = &mut self.engine;
-        let changes = world.changes(tracker);
+        let changes = world.changes_of(tracker, body_component);
         engine.apply_removals(&changes, body_component);
         for (entity, component) in &changes.set {
             if *component == body_component
