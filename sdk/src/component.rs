@@ -16,7 +16,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::codec::CodecError;
 use crate::codec::column::CapturedColumn;
-use crate::world::{ErasedStore, Store};
+use crate::world::{EntityId, ErasedStore, Store};
 
 /// A type that is part of a region's world state.
 ///
@@ -47,7 +47,10 @@ pub struct ComponentId(pub u16);
 pub const MAX_COMPONENT_TYPES: usize = 128;
 
 /// Validates and decodes a column archive of one component type into a `Box<Vec<T>>`.
-pub(crate) type DecodeColumn = fn(&[u8], usize) -> Result<Box<dyn Any>, CodecError>;
+pub(crate) type DecodeColumn = fn(&[u8], usize) -> Result<Box<dyn Any + Send>, CodecError>;
+
+/// The digest's hash of each value of a decoded column (a `Vec<T>`) with its entity.
+pub(crate) type HashColumn = fn(&(dyn Any + Send), &[EntityId]) -> Vec<u128>;
 
 /// What a registry knows about one component type.
 #[derive(Clone, Debug)]
@@ -63,6 +66,8 @@ pub struct ComponentInfo {
     pub(crate) value_bytes: usize,
     /// Validates and decodes a column archive into a `Box<Vec<T>>`.
     pub(crate) decode: DecodeColumn,
+    /// Hashes a decoded column's values for the digest.
+    pub(crate) hash: HashColumn,
 }
 
 /// Errors from registering component types.
@@ -113,6 +118,7 @@ impl Registry {
             new_store: || Box::new(Store::<T>::default()),
             value_bytes: std::mem::size_of::<T>(),
             decode: |bytes, expected_len| Ok(Box::new(T::decode_column(bytes, expected_len)?)),
+            hash: crate::world::hash_column::<T>,
         });
         self.by_name.insert(T::NAME, id);
         self.by_type.insert(type_id, id);

@@ -1054,6 +1054,27 @@ impl<L: RegionLogic> RegionNode<L> {
 
     /// A handoff message from the peer on the current link.
     pub fn handle_peer_message(&mut self, now: Instant, message: Message) {
+        self.handle_peer(now, message, None);
+    }
+
+    /// [`RegionNode::handle_peer_message`] for a `Chunk` or `Delta` whose archive the driver
+    /// prepared ([`crate::codec::prepare`], with a clone of this region's registry) away from the
+    /// region's thread: a target then only inserts its values ([`HandoffTarget::handle_prepared`]).
+    pub fn handle_peer_prepared(
+        &mut self,
+        now: Instant,
+        message: Message,
+        archive: Result<crate::codec::DecodedArchive, crate::codec::CodecError>,
+    ) {
+        self.handle_peer(now, message, Some(archive));
+    }
+
+    fn handle_peer(
+        &mut self,
+        now: Instant,
+        message: Message,
+        prepared: Option<Result<crate::codec::DecodedArchive, crate::codec::CodecError>>,
+    ) {
         if matches!(message, Message::Abort { .. }) {
             // As for a lost link: a round being encoded at a tick boundary is dropped.
             self.finish_tick_work();
@@ -1065,7 +1086,7 @@ impl<L: RegionLogic> RegionNode<L> {
             State::Owner { handoff: Some(handoff), .. } => handoff.handle_message(now, world, message),
             State::Owner { .. } => {
                 if let Some(receiver) = self.late_receiver.as_mut() {
-                    receiver.handle_message(now, world, message);
+                    receive(receiver, now, world, message, prepared);
                 }
             }
             State::Target { receiver } => {
@@ -1081,7 +1102,7 @@ impl<L: RegionLogic> RegionNode<L> {
                     // does not wait for their build.
                     let follows =
                         matches!(message, Message::Delta { .. }) && Some(message.handoff()) == receiver.handoff();
-                    receiver.handle_message(now, world, message);
+                    receive(receiver, now, world, message, prepared);
                     if follows
                         && matches!(receiver.phase(), TargetPhase::Receiving | TargetPhase::Verifying)
                         && let Some(build) = self.region.follow_received()
@@ -2058,6 +2079,20 @@ impl<L: RegionLogic> RegionNode<L> {
 }
 
 /// Whether a source handed the region off (it owns it no more, although it still holds it).
+/// Hands `message` to a handoff's target, with its archive when the driver prepared it.
+fn receive(
+    receiver: &mut HandoffTarget,
+    now: Instant,
+    world: &mut crate::World,
+    message: Message,
+    prepared: Option<Result<crate::codec::DecodedArchive, crate::codec::CodecError>>,
+) {
+    match prepared {
+        Some(archive) => receiver.handle_prepared(now, world, message, archive),
+        None => receiver.handle_message(now, world, message),
+    }
+}
+
 fn handoff_gave_away(handoff: &HandoffSource) -> bool {
     matches!(handoff.phase(), SourcePhase::HandedOff | SourcePhase::Retired)
 }
@@ -2923,6 +2958,15 @@ mod tests {
     fn target_asking_the_authority(
         start: Instant,
     ) -> (RegionNode<crate::region::test_logic::Walkers>, RegionNode<crate::region::test_logic::Walkers>, Instant) {
+        piped_until_the_authority_is_asked(start, false)
+    }
+
+    /// [`target_asking_the_authority`], with every archive the target receives `prepared` (as a
+    /// region server's link prepares them) or handed over raw.
+    fn piped_until_the_authority_is_asked(
+        start: Instant,
+        prepared: bool,
+    ) -> (RegionNode<crate::region::test_logic::Walkers>, RegionNode<crate::region::test_logic::Walkers>, Instant) {
         use crate::region::test_logic::{self, PLAYER};
         let rewarm = || -> Rewarm<test_logic::Walkers> { Box::new(|id| Ok(test_logic::region(id))) };
         let mut region = test_logic::region(test_logic::A);
@@ -2938,7 +2982,15 @@ mod tests {
                 let mut moved = false;
                 while let Some(output) = source.poll_output(now) {
                     if let Output::ToPeer(message) = output {
-                        target.handle_peer_message(now, message);
+                        match &message {
+                            Message::Chunk { bytes, .. } | Message::Delta { bytes, .. } if prepared => {
+                                let registry = target.region().world().registry().clone();
+                                let archive =
+                                    crate::codec::prepare(&registry, bytes, crate::codec::DecodeLimits::default());
+                                target.handle_peer_prepared(now, message, archive);
+                            }
+                            _ => target.handle_peer_message(now, message),
+                        }
                         moved = true;
                     }
                 }
@@ -2961,6 +3013,42 @@ mod tests {
             target.handle_timeout(now, &NoGateways);
         }
         panic!("the target never asked the authority");
+    }
+
+    #[test]
+    fn a_target_takes_archives_prepared_away_as_raw_ones_and_refuses_what_their_preparation_did() {
+        use crate::region::test_logic;
+        let start = Instant::now();
+        let (source, target, _) = piped_until_the_authority_is_asked(start, true);
+        assert_eq!(target.target_phase(), TargetPhase::Committing, "the digests agreed");
+        assert_eq!(target.region().world().entity_count(), source.region().world().entity_count());
+
+        // A preparation that failed aborts the attempt, whatever the bytes hold (these are empty,
+        // which decoded here would fail otherwise).
+        let rewarm: Rewarm<test_logic::Walkers> = Box::new(|id| Ok(test_logic::region(id)));
+        let mut fresh =
+            RegionNode::new(test_logic::region(test_logic::A), Role::Target, settings(start, 0), rewarm, start);
+        let world = fresh.region().world();
+        let begin = Message::Begin {
+            handoff: 9,
+            version: crate::handoff::message::PROTOCOL_VERSION,
+            region: test_logic::A.0,
+            epoch: 3,
+            source: "source".into(),
+            schema: world.registry().schema_hash(),
+            tick_interval_us: 1_000_000,
+            sizes: world.sizes(),
+        };
+        fresh.handle_peer_message(start, begin);
+        assert_eq!(fresh.target_phase(), TargetPhase::Receiving);
+        let delta = Message::Delta { handoff: 9, round: 1, part: 0, bytes: Vec::new() };
+        fresh.handle_peer_prepared(start, delta, Err(crate::codec::CodecError::Invalid("made up".into())));
+        assert_eq!(fresh.target_phase(), TargetPhase::Aborted);
+        let aborted = std::iter::from_fn(|| fresh.poll_output(start)).find_map(|output| match output {
+            Output::ToPeer(Message::Abort { reason, .. }) => Some(reason),
+            _ => None,
+        });
+        assert_eq!(aborted.as_deref(), Some("a received archive is invalid: invalid archive: made up"));
     }
 
     #[test]

@@ -348,12 +348,19 @@ impl World {
     }
 
     /// Inserts already-decoded values of one component type (from an archive).
-    pub(crate) fn insert_decoded(&mut self, id: ComponentId, entities: &[EntityId], values: Box<dyn Any>) {
+    pub(crate) fn insert_decoded(
+        &mut self,
+        id: ComponentId,
+        entities: &[EntityId],
+        values: Box<dyn Any + Send>,
+        hashes: Option<Vec<u128>>,
+    ) {
         let stamp = self.journal.stamp;
-        // Each value is hashed into the digest as it goes in, while it is at hand: folding it
-        // later would look it up again (a cache miss per value in a large world).
+        // Each value is hashed into the digest as it goes in, while it is at hand (folding it
+        // later would look it up again: a cache miss per value in a large world), unless
+        // `hashes` has them from `hash_column` already.
         let scratch = std::mem::take(&mut self.digest.scratch);
-        let inserted = self.stores[usize::from(id.0)].insert_decoded(entities, values, stamp, scratch);
+        let inserted = self.stores[usize::from(id.0)].insert_decoded(entities, values, hashes, stamp, scratch);
         self.digest.scratch = inserted.scratch;
         self.digest.component_sum = self.digest.component_sum.wrapping_add(inserted.change);
         // An entity that held the component is alive and marked with it (a store holds values of
@@ -1154,11 +1161,13 @@ pub(crate) trait ErasedStore: Send + Sync {
     fn capture(&self, entities: &[EntityId]) -> Result<Box<dyn CapturedColumn>, CodecError>;
     /// Entities holding this component within `first..=last`, in order.
     fn entities_in(&self, first: EntityId, last: EntityId) -> Vec<EntityId>;
-    /// Inserts decoded values, each hashed for the digest as it goes in.
+    /// Inserts decoded values, each hashed for the digest as it goes in, or taking its hash from
+    /// `hashes` (one per value, from `hash_column`).
     fn insert_decoded(
         &mut self,
         entities: &[EntityId],
-        values: Box<dyn Any>,
+        values: Box<dyn Any + Send>,
+        hashes: Option<Vec<u128>>,
         stamp: u64,
         scratch: AlignedVec,
     ) -> Inserted;
@@ -1216,7 +1225,8 @@ impl<T: Component> ErasedStore for Store<T> {
     fn insert_decoded(
         &mut self,
         entities: &[EntityId],
-        values: Box<dyn Any>,
+        values: Box<dyn Any + Send>,
+        hashes: Option<Vec<u128>>,
         stamp: u64,
         mut scratch: AlignedVec,
     ) -> Inserted {
@@ -1225,10 +1235,17 @@ impl<T: Component> ErasedStore for Store<T> {
             debug_assert!(false, "decoded column type does not match its store");
             return Inserted { change: 0, fresh: Fresh::Only(Vec::new()), scratch };
         };
+        let mut hashes = hashes.filter(|hashes| hashes.len() == values.len()).map(Vec::into_iter);
         let mut change = 0u128;
         let entries = values.into_iter().zip(entities).map(|(value, entity)| {
-            let (hash, returned) = value_hash(&value, *entity, std::mem::take(&mut scratch));
-            scratch = returned;
+            let hash = match hashes.as_mut().and_then(Iterator::next) {
+                Some(hash) => hash,
+                None => {
+                    let (hash, returned) = value_hash(&value, *entity, std::mem::take(&mut scratch));
+                    scratch = returned;
+                    hash
+                }
+            };
             change = change.wrapping_add(hash);
             Entry { value, stamp, folded: Folded::of(hash) }
         });
@@ -1256,6 +1273,26 @@ fn typed_store<T: Component>(stores: &[Box<dyn ErasedStore>], id: ComponentId) -
 fn typed_store_mut<T: Component>(stores: &mut [Box<dyn ErasedStore>], id: ComponentId) -> &mut Store<T> {
     #[allow(clippy::expect_used)]
     stores[usize::from(id.0)].as_any_mut().downcast_mut::<Store<T>>().expect("store type matches its registry id")
+}
+
+/// The digest's hash of each value of a decoded column (a `Vec<T>`) with its entity, as
+/// [`World::insert_decoded`] would take it: done away from the region's thread for an archive a
+/// handoff's target received (`codec::DecodedArchive::hash_values`).
+pub(crate) fn hash_column<T: Component>(values: &(dyn Any + Send), entities: &[EntityId]) -> Vec<u128> {
+    let Some(values) = values.downcast_ref::<Vec<T>>() else {
+        debug_assert!(false, "decoded column type does not match its registry entry");
+        return Vec::new();
+    };
+    let mut scratch = AlignedVec::new();
+    values
+        .iter()
+        .zip(entities)
+        .map(|(value, entity)| {
+            let (hash, returned) = value_hash(value, *entity, std::mem::take(&mut scratch));
+            scratch = returned;
+            hash
+        })
+        .collect()
 }
 
 /// The hash of one (entity, component value). The component is named, not numbered, because ids
@@ -1675,7 +1712,7 @@ mod tests {
         let hp = |world: &World| world.registry().id_of::<Hp>().unwrap();
         let receive = |world: &mut World, entities: &[EntityId], values: Vec<Hp>| {
             let id = hp(world);
-            world.insert_decoded(id, entities, Box::new(values));
+            world.insert_decoded(id, entities, Box::new(values), None);
         };
         // What the world should hold, made by plain inserts.
         let expected = |values: &[(u64, u32)]| {
@@ -1983,7 +2020,7 @@ mod tests {
                     StoreOp::Receive(values) => {
                         let entities: Vec<EntityId> = values.keys().map(|id| EntityId(*id)).collect();
                         let received: Vec<Hp> = values.values().map(|value| Hp(*value)).collect();
-                        world.insert_decoded(hp, &entities, Box::new(received));
+                        world.insert_decoded(hp, &entities, Box::new(received), None);
                         for (id, value) in values {
                             alive.insert(EntityId(id));
                             model.insert(EntityId(id), value);

@@ -333,7 +333,8 @@ impl<L: RegionLogic + 'static> Host<L> {
         let id = region.id();
         let generation = NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut regions) = self.regions.lock() {
-            regions.insert(id, Slot { generation, sender: sender.clone() });
+            regions
+                .insert(id, Slot { generation, sender: sender.clone(), registry: region.world().registry().clone() });
         }
         let settings = NodeSettings {
             name: self.config.name.clone(),
@@ -380,6 +381,8 @@ impl<L: RegionLogic + 'static> Host<L> {
 pub(crate) struct Slot<L: RegionLogic> {
     pub(crate) generation: u64,
     pub(crate) sender: mpsc::Sender<Command<L>>,
+    /// The region's component types, to prepare received archives with away from its thread.
+    pub(crate) registry: Arc<baton_sdk::Registry>,
 }
 
 static NEXT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);

@@ -43,6 +43,9 @@ pub enum Command<L: RegionLogic> {
         /// Its share of the link's budget of bytes read and not yet handled
         /// (`link::LINK_IN_FLIGHT_BYTES`), given back when the command is dropped.
         held: Option<tokio::sync::OwnedSemaphorePermit>,
+        /// The archive of a `Chunk` or `Delta`, prepared away from the region's thread
+        /// (`codec::prepare`), on a handoff target's link.
+        prepared: Option<Result<baton_sdk::codec::DecodedArchive, baton_sdk::codec::CodecError>>,
     },
     /// A handoff link to a source arrived: replies go to these senders (control, bulk).
     Attach(LinkHandle),
@@ -322,9 +325,10 @@ fn apply<L: RegionLogic + 'static>(
             links.peer = None;
             node.handle_link_lost(now);
         }
-        Command::Peer { link: from, message, .. } if Links::is(&links.peer, from) => {
-            node.handle_peer_message(now, message);
-        }
+        Command::Peer { link: from, message, prepared, .. } if Links::is(&links.peer, from) => match prepared {
+            Some(archive) => node.handle_peer_prepared(now, message, archive),
+            None => node.handle_peer_message(now, message),
+        },
         Command::LinkLost { link: lost } if Links::is(&links.standby, lost) => {
             links.standby = None;
             node.handle_standby_link_lost(now);

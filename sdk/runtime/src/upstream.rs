@@ -377,7 +377,10 @@ mod tests {
         hub.set_owned(REGION, Epoch(3), false);
         let (gateway, to_gateway) = hub.register();
         let (sender, commands) = mpsc::channel();
-        let regions = Mutex::new(HashMap::from([(REGION, Slot { generation: 1, sender })]));
+        let regions = Mutex::new(HashMap::from([(
+            REGION,
+            Slot { generation: 1, sender, registry: Arc::new(baton_sdk::Registry::new()) },
+        )]));
         (hub, gateway, to_gateway, regions, commands)
     }
 

@@ -864,7 +864,17 @@ pub struct DecodedArchive {
     entities: Vec<EntityId>,
     despawned: Vec<EntityId>,
     removed: Vec<(EntityId, ComponentId)>,
-    columns: Vec<(ComponentId, Vec<EntityId>, Box<dyn Any>)>,
+    columns: Vec<DecodedColumn>,
+}
+
+/// One component's values in a decoded archive.
+struct DecodedColumn {
+    id: ComponentId,
+    holders: Vec<EntityId>,
+    /// A `Vec<T>` of the component's type.
+    values: Box<dyn Any + Send>,
+    /// The digest's hash of each value, once [`DecodedArchive::hash_values`] made them.
+    hashes: Option<Vec<u128>>,
 }
 
 impl std::fmt::Debug for DecodedArchive {
@@ -999,7 +1009,7 @@ pub fn decode(registry: &Registry, bytes: &[u8], limits: DecodeLimits) -> Result
             return Err(CodecError::Invalid(format!("component index {} is not declared", id.0)));
         };
         let values = (info.decode)(&bytes[sections[position + 1].clone()], holders.len())?;
-        columns.push((id, holders, values));
+        columns.push(DecodedColumn { id, holders, values, hashes: None });
     }
     let mut removed = Vec::with_capacity(manifest.removed.len());
     for record in manifest.removed.iter() {
@@ -1013,7 +1023,7 @@ pub fn decode(registry: &Registry, bytes: &[u8], limits: DecodeLimits) -> Result
             return Err(CodecError::Invalid("snapshot chunk range is reversed".to_owned()));
         }
         let outside = |entity: &EntityId| *entity < range.0 || *entity > range.1;
-        if entities.iter().any(outside) || columns.iter().any(|(_, holders, _)| holders.iter().any(outside)) {
+        if entities.iter().any(outside) || columns.iter().any(|column| column.holders.iter().any(outside)) {
             return Err(CodecError::Invalid("snapshot chunk names an entity outside its range".to_owned()));
         }
         ArchiveKind::SnapshotChunk { index: manifest.sequence.to_native(), last: manifest.last }
@@ -1053,6 +1063,18 @@ fn read_u32(bytes: &[u8], at: usize) -> u32 {
 }
 
 impl DecodedArchive {
+    /// Hashes every value for the world digest now, so that [`DecodedArchive::apply`] only inserts
+    /// them: a handoff's target prepares each archive it receives this way (with [`prepare`]) on
+    /// another thread while its region's thread applies the one before. `registry` must be the
+    /// registry the archive was decoded against (a clone of the receiving world's).
+    pub fn hash_values(&mut self, registry: &Registry) {
+        for column in &mut self.columns {
+            if let Some(info) = registry.info(column.id) {
+                column.hashes = Some((info.hash)(&*column.values, &column.holders));
+            }
+        }
+    }
+
     /// Applies the archive to `world` and sets the world's tick and entity allocator to the source's.
     pub fn apply(self, world: &mut World) -> ApplyStats {
         let mut stats = ApplyStats::default();
@@ -1088,7 +1110,7 @@ impl DecodedArchive {
         if is_snapshot {
             received_masks = vec![0; self.entities.len()];
         }
-        for (id, holders, values) in self.columns {
+        for DecodedColumn { id, holders, values, hashes } in self.columns {
             if is_snapshot {
                 for entity in &holders {
                     if let Ok(position) = self.entities.binary_search(entity) {
@@ -1097,7 +1119,7 @@ impl DecodedArchive {
                 }
             }
             stats.values += holders.len();
-            world.insert_decoded(id, &holders, values);
+            world.insert_decoded(id, &holders, values, hashes);
         }
         if is_snapshot {
             // Components the receiver has on a listed entity but the chunk does not carry were
@@ -1154,14 +1176,22 @@ pub fn apply_bundle(world: &mut World, bytes: &[u8], limits: DecodeLimits) -> Re
         return Err(CodecError::Invalid("not an entity bundle".into()));
     }
     let original = decoded.entities[0];
-    if decoded.columns.iter().any(|(_, holders, _)| holders.as_slice() != [original]) {
+    if decoded.columns.iter().any(|column| column.holders.as_slice() != [original]) {
         return Err(CodecError::Invalid("a bundle column holds another entity".into()));
     }
     let entity = world.spawn();
-    for (id, _, values) in decoded.columns {
-        world.insert_decoded(id, &[entity], values);
+    for column in decoded.columns {
+        world.insert_decoded(column.id, &[entity], column.values, None);
     }
     Ok(entity)
+}
+
+/// [`decode`], then [`DecodedArchive::hash_values`]: everything of applying an archive but the
+/// inserting, which needs the world. Never panics on any input.
+pub fn prepare(registry: &Registry, bytes: &[u8], limits: DecodeLimits) -> Result<DecodedArchive, CodecError> {
+    let mut decoded = decode(registry, bytes, limits)?;
+    decoded.hash_values(registry);
+    Ok(decoded)
 }
 
 /// Decodes and applies one archive.
@@ -1177,6 +1207,46 @@ mod tests {
     #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, crate::Component)]
     #[component(name = "test.hp")]
     struct Hp(u32);
+
+    #[test]
+    fn an_archive_prepared_away_from_the_world_applies_as_one_decoded_on_it() {
+        let mut registry = Registry::new();
+        registry.register::<Hp>().unwrap();
+        let mut source = World::new(registry);
+        let entities: Vec<EntityId> = (0..40)
+            .map(|value| {
+                let entity = source.spawn();
+                source.insert(entity, Hp(value)).unwrap();
+                entity
+            })
+            .collect();
+        let mut raw = World::new(source.registry().as_ref().clone());
+        let mut prepared = World::new(source.registry().as_ref().clone());
+        let registry = prepared.registry().clone();
+        let deliver = |raw: &mut World, prepared: &mut World, archives: Vec<AlignedVec>| {
+            for bytes in archives {
+                apply(raw, &bytes, DecodeLimits::default()).unwrap();
+                let archive = super::prepare(&registry, &bytes, DecodeLimits::default()).unwrap();
+                assert!(archive.columns.iter().all(|column| column.hashes.is_some()), "hashed before it is applied");
+                archive.apply(prepared);
+            }
+        };
+        let tracker = source.create_tracker();
+        deliver(&mut raw, &mut prepared, encode_snapshot(&source, ChunkConfig::default()).unwrap());
+        // Values replaced, new entities holding the component, and one removed.
+        for entity in entities.iter().step_by(3) {
+            source.insert(*entity, Hp(1000 + entity.0 as u32)).unwrap();
+        }
+        let born = source.spawn();
+        source.insert(born, Hp(7)).unwrap();
+        source.remove::<Hp>(entities[1]);
+        let changes = source.changes(tracker);
+        deliver(&mut raw, &mut prepared, encode_delta(&source, &changes, 1, ChunkConfig::default()).unwrap());
+        assert_eq!(prepared.get::<Hp>(entities[3]), Some(&Hp(1000 + entities[3].0 as u32)));
+        assert_eq!(prepared.digest(), source.digest());
+        assert_eq!(prepared.digest(), raw.digest());
+        assert_eq!(prepared.digest_full(), prepared.digest(), "the hashes made away are the ones the world makes");
+    }
 
     #[test]
     fn only_a_well_formed_one_entity_bundle_is_applied() {
@@ -1359,7 +1429,7 @@ mod tests {
             .chain(&archive.despawned)
             .copied()
             .chain(archive.removed.iter().map(|(entity, _)| *entity))
-            .chain(archive.columns.iter().flat_map(|(_, holders, _)| holders.iter().copied()))
+            .chain(archive.columns.iter().flat_map(|column| column.holders.iter().copied()))
             .collect();
         (*ids.iter().min().unwrap(), *ids.iter().max().unwrap())
     }
@@ -1481,7 +1551,7 @@ mod tests {
         for (index, part) in parts.iter().enumerate() {
             let decoded = decode(target.registry(), part, DecodeLimits::default()).unwrap();
             assert_eq!(decoded.kind, ArchiveKind::Delta { round: 4, part: index as u32 });
-            let values: usize = decoded.columns.iter().map(|(_, holders, _)| holders.len()).sum();
+            let values: usize = decoded.columns.iter().map(|column| column.holders.len()).sum();
             assert_eq!(values, 100, "part {index}");
             decoded.apply(&mut target);
         }

@@ -12,7 +12,7 @@ use baton_wire::{Epoch, PlayerInput, RegionId};
 use super::authority::{AuthorityError, Ownership};
 use super::message::{Message, PROTOCOL_VERSION};
 use super::{AbortReason, Culprit, HandoffId, Phase, Timeouts};
-use crate::codec::{self, DecodeLimits};
+use crate::codec::{self, CodecError, DecodeLimits, DecodedArchive};
 use crate::world::{World, WorldDigest};
 
 /// Why a receiving slot (a handoff's target, a standby) refuses a sender whose first message says
@@ -181,6 +181,30 @@ impl HandoffTarget {
 
     /// A message from the source.
     pub fn handle_message(&mut self, now: Instant, world: &mut World, message: Message) {
+        self.handle(now, world, message, None);
+    }
+
+    /// [`HandoffTarget::handle_message`] for a `Chunk` or `Delta` whose archive was prepared
+    /// ([`codec::prepare`]) away from the region's thread, with a clone of `world`'s registry, so
+    /// that only its values' insertion is left for this thread (any other message is handled as
+    /// by `handle_message`). An archive the preparation refused aborts as an invalid one does.
+    pub fn handle_prepared(
+        &mut self,
+        now: Instant,
+        world: &mut World,
+        message: Message,
+        archive: Result<DecodedArchive, CodecError>,
+    ) {
+        self.handle(now, world, message, Some(archive));
+    }
+
+    fn handle(
+        &mut self,
+        now: Instant,
+        world: &mut World,
+        message: Message,
+        prepared: Option<Result<DecodedArchive, CodecError>>,
+    ) {
         self.last_heard = now;
         if let Message::Begin { handoff, version, region, epoch, source, schema, sizes, .. } = &message {
             if self.phase != TargetPhase::Idle && self.phase != TargetPhase::Aborted {
@@ -209,12 +233,14 @@ impl HandoffTarget {
         }
         match (self.phase, message) {
             (TargetPhase::Receiving | TargetPhase::Verifying, Message::Chunk { bytes, .. }) => {
-                self.apply(world, &bytes, Phase::Snapshot);
+                self.apply(world, &bytes, prepared, Phase::Snapshot);
             }
-            (TargetPhase::Receiving | TargetPhase::Verifying, Message::Delta { round, bytes, .. })
-                if self.apply(world, &bytes, Phase::Rounds) =>
-            {
-                *self.parts_applied.entry(round).or_default() += 1;
+            (TargetPhase::Receiving | TargetPhase::Verifying, Message::Delta { round, bytes, .. }) => {
+                // Not a match guard: the prepared archive moves into the apply.
+                let applied = self.apply(world, &bytes, prepared, Phase::Rounds);
+                if applied {
+                    *self.parts_applied.entry(round).or_default() += 1;
+                }
             }
             (TargetPhase::Receiving, Message::Freeze { round, parts, digest, tick, next_tick_in_us, .. }) => {
                 self.freeze = Some(PendingFreeze {
@@ -345,8 +371,20 @@ impl HandoffTarget {
         self.engines_ready = false;
     }
 
-    fn apply(&mut self, world: &mut World, bytes: &[u8], phase: Phase) -> bool {
-        match codec::apply(world, bytes, self.config.limits) {
+    /// Applies `bytes`, or the archive prepared from them.
+    fn apply(
+        &mut self,
+        world: &mut World,
+        bytes: &[u8],
+        prepared: Option<Result<DecodedArchive, CodecError>>,
+        phase: Phase,
+    ) -> bool {
+        let decoded = match prepared {
+            // Prepared under the runtime's limits: this target's own are checked here.
+            Some(archive) if bytes.len() <= self.config.limits.max_archive_bytes => archive,
+            _ => codec::decode(world.registry(), bytes, self.config.limits),
+        };
+        match decoded.map(|archive| archive.apply(world)) {
             Ok(_) => {
                 self.applied_bytes += bytes.len() as u64;
                 self.progress_due = true;
@@ -462,6 +500,61 @@ mod tests {
             TargetAction::Discard(reason) => Some(reason),
             _ => None,
         })
+    }
+
+    /// A source world of three entities and the delta round (one part) that spawns them.
+    fn spawning_round() -> (World, Vec<u8>) {
+        let mut source = World::new(Registry::new());
+        let tracker = source.create_tracker();
+        for _ in 0..3 {
+            source.spawn();
+        }
+        let changes = source.changes(tracker);
+        let mut parts = codec::encode_delta(&source, &changes, 1, codec::ChunkConfig::default()).unwrap();
+        assert_eq!(parts.len(), 1);
+        (source, parts.remove(0).to_vec())
+    }
+
+    #[test]
+    fn an_archive_prepared_away_is_applied_as_its_bytes_would_be_and_a_refused_one_aborts() {
+        let (mut target, mut world, now) = receiving();
+        let (mut source, bytes) = spawning_round();
+        let archive = codec::prepare(world.registry(), &bytes, DecodeLimits::default());
+        let delta = Message::Delta { handoff: HANDOFF, round: 1, part: 0, bytes: bytes.clone() };
+        target.handle_prepared(now, &mut world, delta.clone(), archive);
+        assert_eq!(world.entity_count(), 3);
+        assert_eq!(
+            target.poll_message(),
+            Some(Message::Progress { handoff: HANDOFF, applied_bytes: bytes.len() as u64 })
+        );
+        target.handle_message(now, &mut world, freeze(&mut source, 1));
+        assert_eq!(
+            target.phase(),
+            TargetPhase::Committing,
+            "the part counts towards the final round and the digests agree"
+        );
+
+        // What the preparation refused is refused, though the bytes are good.
+        let (mut refused, mut world, now) = receiving();
+        refused.handle_prepared(now, &mut world, delta.clone(), Err(CodecError::Invalid("made up".into())));
+        assert_eq!(refused.phase(), TargetPhase::Aborted);
+        let reason = discarded(&mut refused).unwrap();
+        assert_eq!(
+            (reason.culprit, reason.phase, reason.reason.as_str()),
+            (Culprit::Source, Phase::Rounds, "a received archive is invalid: invalid archive: made up")
+        );
+        assert_eq!(world.entity_count(), 0);
+
+        // An archive over this target's own limit is refused, whatever the preparation said.
+        let now = Instant::now();
+        let limits = DecodeLimits { max_archive_bytes: bytes.len() - 1 };
+        let mut strict = HandoffTarget::new(now, TargetConfig { limits, ..TargetConfig::new("target") });
+        let mut world = World::new(Registry::new());
+        strict.handle_message(now, &mut world, begin(HANDOFF, &World::new(Registry::new())));
+        let archive = codec::prepare(world.registry(), &bytes, DecodeLimits::default());
+        strict.handle_prepared(now, &mut world, delta, archive);
+        assert_eq!(strict.phase(), TargetPhase::Aborted);
+        assert_eq!(world.entity_count(), 0);
     }
 
     #[test]
