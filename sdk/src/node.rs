@@ -37,6 +37,7 @@ use baton_wire::{Epoch, PlayerId, PlayerInput, RegionId};
 
 use crate::RegionError;
 use crate::checkpoint::CheckpointInfo;
+use crate::codec::Prepared;
 use crate::handoff::{
     AuthorityError, EncodeJob, EncodedRound, FeedEvent, FollowerAction, FollowerPhase, HandoffPlan, HandoffSource,
     HandoffTarget, Message, Ownership, SourceAction, SourceConfig, SourcePhase, SourceStats, StandbyFeed,
@@ -1060,21 +1061,11 @@ impl<L: RegionLogic> RegionNode<L> {
     /// [`RegionNode::handle_peer_message`] for a `Chunk` or `Delta` whose archive the driver
     /// prepared ([`crate::codec::prepare`], with a clone of this region's registry) away from the
     /// region's thread: a target then only inserts its values ([`HandoffTarget::handle_prepared`]).
-    pub fn handle_peer_prepared(
-        &mut self,
-        now: Instant,
-        message: Message,
-        archive: Result<crate::codec::DecodedArchive, crate::codec::CodecError>,
-    ) {
+    pub fn handle_peer_prepared(&mut self, now: Instant, message: Message, archive: Prepared) {
         self.handle_peer(now, message, Some(archive));
     }
 
-    fn handle_peer(
-        &mut self,
-        now: Instant,
-        message: Message,
-        prepared: Option<Result<crate::codec::DecodedArchive, crate::codec::CodecError>>,
-    ) {
+    fn handle_peer(&mut self, now: Instant, message: Message, prepared: Option<Prepared>) {
         if matches!(message, Message::Abort { .. }) {
             // As for a lost link: a round being encoded at a tick boundary is dropped.
             self.finish_tick_work();
@@ -2078,14 +2069,13 @@ impl<L: RegionLogic> RegionNode<L> {
     }
 }
 
-/// Whether a source handed the region off (it owns it no more, although it still holds it).
 /// Hands `message` to a handoff's target, with its archive when the driver prepared it.
 fn receive(
     receiver: &mut HandoffTarget,
     now: Instant,
     world: &mut crate::World,
     message: Message,
-    prepared: Option<Result<crate::codec::DecodedArchive, crate::codec::CodecError>>,
+    prepared: Option<Prepared>,
 ) {
     match prepared {
         Some(archive) => receiver.handle_prepared(now, world, message, archive),
@@ -2093,6 +2083,7 @@ fn receive(
     }
 }
 
+/// Whether a source handed the region off (it owns it no more, although it still holds it).
 fn handoff_gave_away(handoff: &HandoffSource) -> bool {
     matches!(handoff.phase(), SourcePhase::HandedOff | SourcePhase::Retired)
 }
@@ -3016,15 +3007,15 @@ mod tests {
     }
 
     #[test]
-    fn a_target_takes_archives_prepared_away_as_raw_ones_and_refuses_what_their_preparation_did() {
+    fn a_target_takes_archives_prepared_away_as_raw_ones_and_decodes_again_what_their_preparation_refused() {
         use crate::region::test_logic;
         let start = Instant::now();
         let (source, target, _) = piped_until_the_authority_is_asked(start, true);
         assert_eq!(target.target_phase(), TargetPhase::Committing, "the digests agreed");
         assert_eq!(target.region().world().entity_count(), source.region().world().entity_count());
 
-        // A preparation that failed aborts the attempt, whatever the bytes hold (these are empty,
-        // which decoded here would fail otherwise).
+        // A preparation that failed is decoded again from the bytes: these are empty, and abort
+        // the attempt with the region's own reason.
         let rewarm: Rewarm<test_logic::Walkers> = Box::new(|id| Ok(test_logic::region(id)));
         let mut fresh =
             RegionNode::new(test_logic::region(test_logic::A), Role::Target, settings(start, 0), rewarm, start);
@@ -3048,7 +3039,10 @@ mod tests {
             Output::ToPeer(Message::Abort { reason, .. }) => Some(reason),
             _ => None,
         });
-        assert_eq!(aborted.as_deref(), Some("a received archive is invalid: invalid archive: made up"));
+        assert_eq!(
+            aborted.as_deref(),
+            Some("a received archive is invalid: archive truncated: shorter than the header")
+        );
     }
 
     #[test]

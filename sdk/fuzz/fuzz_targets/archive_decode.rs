@@ -1,6 +1,7 @@
-//! Any bytes given to the archive decoder give an archive or an error, never a panic; an archive
-//! that decodes also applies, and the world it makes encodes to a snapshot that rebuilds the same
-//! world (the same digest) in an empty one.
+//! Any bytes given to the archive decoder (`codec::prepare`: decoded and its values hashed, as a
+//! handoff's target does on its link) give an archive or an error, never a panic; an archive
+//! that decodes also applies, with the digest the world's own hashes give, and the world it makes
+//! encodes to a snapshot that rebuilds the same world (the same digest) in an empty one.
 #![no_main]
 
 use baton_sdk::codec::{self, ChunkConfig, DecodeLimits};
@@ -23,8 +24,9 @@ fn registry() -> Registry {
 fuzz_target!(|bytes: &[u8]| {
     let limits = DecodeLimits { max_archive_bytes: 1 << 20 };
     let mut world = World::new(registry());
-    if let Ok(decoded) = codec::decode(world.registry(), bytes, limits) {
+    if let Ok(decoded) = codec::prepare(world.registry(), bytes, limits) {
         decoded.apply(&mut world);
+        assert_eq!(world.digest(), world.digest_full(), "the values were hashed as the world hashes them");
         let chunks = codec::encode_snapshot(&world, ChunkConfig::default()).expect("a decoded world encodes");
         let mut rebuilt = World::new(registry());
         for chunk in &chunks {

@@ -5,14 +5,13 @@
 //!
 //! Frames are length-prefixed handoff messages, decoded with checked rkyv access; anything that
 //! does not decode ends that link (and so that handoff attempt), nothing else. A link's readers
-//! hold at most [`LINK_IN_FLIGHT_BYTES`] of messages the region thread has not handled yet (and,
-//! on a handoff's target, the archives prepared from them: their values decoded, about as large as
-//! their archive, and 16 bytes of digest hash a value).
+//! hold at most [`LINK_IN_FLIGHT_BYTES`] of messages the region thread has not handled yet, the
+//! archives prepared from them counted in.
 //!
-//! A handoff target's bulk reader prepares each `Chunk` and `Delta` it reads (`codec::prepare`:
-//! validated, decoded and its values hashed for the digest) on a blocking thread, with a clone of
-//! the region's registry, so that the region's thread only inserts the values, while the next
-//! archive is prepared.
+//! A handoff target's bulk reader prepares each `Chunk` and `Delta` of at least
+//! [`PREPARE_AT_LEAST`] bytes (`codec::prepare`: validated, decoded and its values hashed for the
+//! digest) on a blocking thread, with a clone of the region's registry, so that the region's
+//! thread only inserts the values while the next archive is prepared.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,7 +19,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use baton_net::{Packer, TokenBucket};
-use baton_sdk::codec::{self, CodecError, DecodeLimits, DecodedArchive};
+use baton_sdk::codec::{self, DecodeLimits, Prepared};
 use baton_sdk::handoff::Message;
 use baton_sdk::handoff::message::{MAX_MESSAGE_BYTES, MessageError};
 use baton_sdk::rkyv::util::AlignedVec;
@@ -294,20 +293,20 @@ async fn pack_if_it_pays(
     })
 }
 
-/// The most bytes of one link's messages read but not yet handled by the region thread. A reader
-/// at the limit stops reading, and QUIC's flow control then holds the sender back, so what a
-/// region thread slower than its link (or a peer whose packed messages unpack to many times their
-/// size) leaves queued is bounded per link: this, plus the one message each of its two readers
-/// holds while it waits for room.
+/// The most bytes of one link's messages read but not yet handled by the region thread, with
+/// what the archives prepared from them hold ([`DecodedArchive::held_bytes`], an estimate that
+/// leaves out what values hold on the heap). A reader at the limit stops reading, and QUIC's flow
+/// control then holds the sender back, so what a region thread slower than its link (or a peer
+/// whose packed messages unpack to many times their size) leaves queued is bounded per link: this,
+/// plus the one message each of its two readers holds while it waits for room.
 pub(crate) const LINK_IN_FLIGHT_BYTES: usize = 64 << 20;
 
 /// Forwards decoded (and unpacked) messages to the region thread; reports the link lost when the
 /// control stream ends or anything fails (`report_loss`). Each message holds its share of the
-/// link's `in_flight` budget until the region thread has handled it; a packed one is unpacked on
-/// a blocking thread. False when it ended on an invalid message.
-/// Reads `recv`'s messages and hands them to the region's thread, unpacking packed ones and, with
-/// `archives` (the region's registry), preparing the archives of `Chunk` and `Delta` messages, both
-/// on a blocking thread. Returns whether every message was valid.
+/// link's `in_flight` budget until the region thread has handled it, and a prepared archive its
+/// own share besides ([`DecodedArchive::held_bytes`]). A packed message is unpacked, and with
+/// `archives` (the region's registry) a `Chunk` or `Delta` of at least [`PREPARE_AT_LEAST`] bytes
+/// prepared, on a blocking thread. False when it ended on an invalid message.
 async fn read_loop<L: RegionLogic + 'static>(
     mut recv: quinn::RecvStream,
     commands: mpsc::Sender<Command<L>>,
@@ -352,7 +351,7 @@ async fn read_loop<L: RegionLogic + 'static>(
                 Err(error) => {
                     // Unpacking or preparing panicked (or the runtime is stopping): the link is no
                     // good.
-                    tracing::warn!(%error, "dropping a handoff link whose message could not be unpacked");
+                    tracing::warn!(%error, "dropping a handoff link whose message could not be unpacked or prepared");
                     valid = false;
                     break;
                 }
@@ -362,6 +361,15 @@ async fn read_loop<L: RegionLogic + 'static>(
         };
         match handled {
             Ok((message, prepared)) => {
+                let mut held = held;
+                if let Some(Ok(archive)) = &prepared {
+                    let more = archive.held_bytes().min(LINK_IN_FLIGHT_BYTES - share as usize);
+                    let Ok(more) = in_flight.clone().acquire_many_owned(u32::try_from(more).unwrap_or(u32::MAX)).await
+                    else {
+                        break;
+                    };
+                    held.merge(more);
+                }
                 if commands.send(Command::Peer { link, message, held: Some(held), prepared }).is_err() {
                     return true;
                 }
@@ -381,7 +389,7 @@ async fn read_loop<L: RegionLogic + 'static>(
 
 /// The archive of a `Chunk` or `Delta`, prepared against `registry` (`None` for other messages).
 /// The target checks its own decode limits again; these are the runtime's.
-fn prepare(registry: &Registry, message: &Message) -> Option<Result<DecodedArchive, CodecError>> {
+fn prepare(registry: &Registry, message: &Message) -> Option<Prepared> {
     match message {
         Message::Chunk { bytes, .. } | Message::Delta { bytes, .. } if worth_preparing(message) => {
             Some(codec::prepare(registry, bytes, DecodeLimits::default()))
@@ -390,8 +398,8 @@ fn prepare(registry: &Registry, message: &Message) -> Option<Result<DecodedArchi
     }
 }
 
-/// Archives smaller than this go to the region's thread raw: preparing one there costs about as
-/// much as the blocking thread's wake-up, which on a busy host can wait for a core (a sample-world
+/// Archives smaller than this go to the region's thread raw: preparing one takes little off that
+/// thread, and the hop to a blocking thread can wait for a core on a busy host (a sample-world
 /// round is about 25 kB; an 80 MB region's parts are about 220 kB).
 const PREPARE_AT_LEAST: usize = 64 * 1024;
 
@@ -491,9 +499,6 @@ mod tests {
         assert_eq!(message_share(&big, usize::MAX), u32::try_from(LINK_IN_FLIGHT_BYTES).unwrap());
     }
 
-    /// A reader in front of a region thread that has not handled anything: what it forwards holds
-    /// the link's budget until handled, packed messages arrive unpacked, and once the budget is
-    /// held the reader forwards nothing more until a message is handled.
     /// A bulk stream over a real QUIC link on loopback that carries `frames` and ends, read from
     /// the receiving side; the sending side's connection (to keep until the stream is read) and
     /// the directory holding the test's certificates (to remove).
@@ -573,10 +578,11 @@ mod tests {
         let in_flight = Arc::new(Semaphore::new(LINK_IN_FLIGHT_BYTES));
         let reader = tokio::spawn(read_loop(recv, commands, 7, in_flight, false, Some(world.registry().clone())));
         let (good, region) = next(region).await;
-        let Command::Peer { message, prepared: Some(Ok(prepared)), .. } = good else {
+        let Command::Peer { message, prepared: Some(Ok(prepared)), held: Some(permit), .. } = good else {
             panic!("a valid archive arrives prepared");
         };
         assert_eq!(message, messages[0], "with its message as sent");
+        assert_eq!(permit.num_permits(), frames[0].len() + prepared.held_bytes(), "it holds the budget for both");
         let mut copy = baton_sdk::World::new(world.registry().as_ref().clone());
         prepared.apply(&mut copy);
         assert_eq!(copy.entity_count(), 2000);
@@ -597,6 +603,9 @@ mod tests {
         let _ = std::fs::remove_dir_all(&directory);
     }
 
+    /// A reader in front of a region thread that has not handled anything: what it forwards holds
+    /// the link's budget until handled, packed messages arrive unpacked, and once the budget is
+    /// held the reader forwards nothing more until a message is handled.
     #[tokio::test]
     async fn a_link_s_reader_forwards_no_more_than_its_budget_until_the_region_handles_it() {
         // Three messages of 200 kB against a budget of 500 kB: two fit, the third waits. The

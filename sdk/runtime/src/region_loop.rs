@@ -45,7 +45,7 @@ pub enum Command<L: RegionLogic> {
         held: Option<tokio::sync::OwnedSemaphorePermit>,
         /// The archive of a `Chunk` or `Delta`, prepared away from the region's thread
         /// (`codec::prepare`), on a handoff target's link.
-        prepared: Option<Result<baton_sdk::codec::DecodedArchive, baton_sdk::codec::CodecError>>,
+        prepared: Option<baton_sdk::codec::Prepared>,
     },
     /// A handoff link to a source arrived: replies go to these senders (control, bulk).
     Attach(LinkHandle),

@@ -870,6 +870,10 @@ pub struct DecodedArchive {
 /// One component's values in a decoded archive.
 struct DecodedColumn {
     id: ComponentId,
+    /// The component's name, to check the archive against another registry (`fits`).
+    name: &'static str,
+    /// A value's size in memory.
+    value_bytes: usize,
     holders: Vec<EntityId>,
     /// A `Vec<T>` of the component's type.
     values: Box<dyn Any + Send>,
@@ -1009,7 +1013,14 @@ pub fn decode(registry: &Registry, bytes: &[u8], limits: DecodeLimits) -> Result
             return Err(CodecError::Invalid(format!("component index {} is not declared", id.0)));
         };
         let values = (info.decode)(&bytes[sections[position + 1].clone()], holders.len())?;
-        columns.push(DecodedColumn { id, holders, values, hashes: None });
+        columns.push(DecodedColumn {
+            id,
+            name: info.name,
+            value_bytes: info.value_bytes,
+            holders,
+            values,
+            hashes: None,
+        });
     }
     let mut removed = Vec::with_capacity(manifest.removed.len());
     for record in manifest.removed.iter() {
@@ -1075,6 +1086,34 @@ impl DecodedArchive {
         }
     }
 
+    /// Whether `registry` gives each of the archive's components the id the archive was decoded
+    /// with: an archive decoded against one registry is applied only to worlds of a registry that
+    /// numbers its components alike (the schema check at a handoff's `Begin` compares names and
+    /// shapes, not the order they were registered in).
+    #[must_use]
+    pub fn fits(&self, registry: &Registry) -> bool {
+        self.columns.iter().all(|column| registry.info(column.id).is_some_and(|info| info.name == column.name))
+    }
+
+    /// About how much memory the decoded archive holds: its entity lists, and for each value its
+    /// size in memory (what it holds on the heap, a string's bytes say, left out), its entity and
+    /// its hash once made.
+    #[must_use]
+    pub fn held_bytes(&self) -> usize {
+        let id = std::mem::size_of::<EntityId>();
+        let lists = (self.entities.len() + self.despawned.len()) * id
+            + self.removed.len() * std::mem::size_of::<(EntityId, ComponentId)>();
+        let columns: usize = self
+            .columns
+            .iter()
+            .map(|column| {
+                let hash = if column.hashes.is_some() { std::mem::size_of::<u128>() } else { 0 };
+                column.holders.len() * (id + column.value_bytes + hash)
+            })
+            .sum();
+        lists + columns
+    }
+
     /// Applies the archive to `world` and sets the world's tick and entity allocator to the source's.
     pub fn apply(self, world: &mut World) -> ApplyStats {
         let mut stats = ApplyStats::default();
@@ -1110,7 +1149,7 @@ impl DecodedArchive {
         if is_snapshot {
             received_masks = vec![0; self.entities.len()];
         }
-        for DecodedColumn { id, holders, values, hashes } in self.columns {
+        for DecodedColumn { id, holders, values, hashes, .. } in self.columns {
             if is_snapshot {
                 for entity in &holders {
                     if let Ok(position) = self.entities.binary_search(entity) {
@@ -1186,9 +1225,12 @@ pub fn apply_bundle(world: &mut World, bytes: &[u8], limits: DecodeLimits) -> Re
     Ok(entity)
 }
 
+/// An archive [`prepare`]d away from the world it is for, or why it was refused.
+pub type Prepared = Result<DecodedArchive, CodecError>;
+
 /// [`decode`], then [`DecodedArchive::hash_values`]: everything of applying an archive but the
 /// inserting, which needs the world. Never panics on any input.
-pub fn prepare(registry: &Registry, bytes: &[u8], limits: DecodeLimits) -> Result<DecodedArchive, CodecError> {
+pub fn prepare(registry: &Registry, bytes: &[u8], limits: DecodeLimits) -> Prepared {
     let mut decoded = decode(registry, bytes, limits)?;
     decoded.hash_values(registry);
     Ok(decoded)
@@ -1207,6 +1249,10 @@ mod tests {
     #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, crate::Component)]
     #[component(name = "test.hp")]
     struct Hp(u32);
+
+    #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, crate::Component)]
+    #[component(name = "test.mp")]
+    struct Mp(u32);
 
     #[test]
     fn an_archive_prepared_away_from_the_world_applies_as_one_decoded_on_it() {
@@ -1227,7 +1273,13 @@ mod tests {
             for bytes in archives {
                 apply(raw, &bytes, DecodeLimits::default()).unwrap();
                 let archive = super::prepare(&registry, &bytes, DecodeLimits::default()).unwrap();
-                assert!(archive.columns.iter().all(|column| column.hashes.is_some()), "hashed before it is applied");
+                assert!(
+                    archive.columns.iter().all(|column| column
+                        .hashes
+                        .as_ref()
+                        .is_some_and(|hashes| hashes.len() == column.holders.len())),
+                    "each value hashed before it is applied"
+                );
                 archive.apply(prepared);
             }
         };
@@ -1240,12 +1292,43 @@ mod tests {
         let born = source.spawn();
         source.insert(born, Hp(7)).unwrap();
         source.remove::<Hp>(entities[1]);
+        source.despawn(entities[2]);
         let changes = source.changes(tracker);
-        deliver(&mut raw, &mut prepared, encode_delta(&source, &changes, 1, ChunkConfig::default()).unwrap());
+        let delta = encode_delta(&source, &changes, 1, ChunkConfig::default()).unwrap();
+        // What a delta holds: its entity lists (8 bytes an entity, 16 a removal) and each value's
+        // entity, value and hash.
+        let held = super::prepare(&registry, &delta[0], DecodeLimits::default()).unwrap();
+        assert!(!held.despawned.is_empty() && !held.removed.is_empty());
+        let values: usize = held.columns.iter().map(|column| column.holders.len()).sum();
+        assert_eq!(
+            held.held_bytes(),
+            (held.entities.len() + held.despawned.len()) * 8 + held.removed.len() * 16 + values * (8 + 4 + 16)
+        );
+        deliver(&mut raw, &mut prepared, delta);
         assert_eq!(prepared.get::<Hp>(entities[3]), Some(&Hp(1000 + entities[3].0 as u32)));
         assert_eq!(prepared.digest(), source.digest());
         assert_eq!(prepared.digest(), raw.digest());
         assert_eq!(prepared.digest_full(), prepared.digest(), "the hashes made away are the ones the world makes");
+
+        // The world takes the hashes made away as they are (a wrong one would show).
+        let bytes = &encode_snapshot(&source, ChunkConfig::default()).unwrap()[0];
+        let mut archive = super::prepare(&registry, bytes, DecodeLimits::default()).unwrap();
+        if let Some(hashes) = archive.columns[0].hashes.as_mut() {
+            hashes[0] ^= 1;
+        }
+        let mut trusting = World::new(source.registry().as_ref().clone());
+        archive.apply(&mut trusting);
+        assert_ne!(trusting.digest(), trusting.digest_full());
+        // A registry that numbers the same components otherwise does not take it.
+        let archive = super::prepare(&registry, bytes, DecodeLimits::default()).unwrap();
+        assert!(archive.fits(&registry));
+        let mut reordered = Registry::new();
+        reordered.register::<Mp>().unwrap();
+        reordered.register::<Hp>().unwrap();
+        assert!(!archive.fits(&reordered));
+        // Each value: its entity (8 bytes), the value (4) and its hash (16); and the entity list
+        // (8 each).
+        assert_eq!(archive.held_bytes(), source.count::<Hp>() * (8 + 4 + 16) + source.entity_count() * 8);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use baton_wire::{Epoch, PlayerInput, RegionId};
 use super::authority::{AuthorityError, Ownership};
 use super::message::{Message, PROTOCOL_VERSION};
 use super::{AbortReason, Culprit, HandoffId, Phase, Timeouts};
-use crate::codec::{self, CodecError, DecodeLimits, DecodedArchive};
+use crate::codec::{self, DecodeLimits, Prepared};
 use crate::world::{World, WorldDigest};
 
 /// Why a receiving slot (a handoff's target, a standby) refuses a sender whose first message says
@@ -187,24 +187,14 @@ impl HandoffTarget {
     /// [`HandoffTarget::handle_message`] for a `Chunk` or `Delta` whose archive was prepared
     /// ([`codec::prepare`]) away from the region's thread, with a clone of `world`'s registry, so
     /// that only its values' insertion is left for this thread (any other message is handled as
-    /// by `handle_message`). An archive the preparation refused aborts as an invalid one does.
-    pub fn handle_prepared(
-        &mut self,
-        now: Instant,
-        world: &mut World,
-        message: Message,
-        archive: Result<DecodedArchive, CodecError>,
-    ) {
+    /// by `handle_message`). An archive the preparation refused, one over this target's limit or
+    /// one whose component ids are not `world`'s is decoded again here from the message's bytes,
+    /// so preparing never changes what is applied or refused.
+    pub fn handle_prepared(&mut self, now: Instant, world: &mut World, message: Message, archive: Prepared) {
         self.handle(now, world, message, Some(archive));
     }
 
-    fn handle(
-        &mut self,
-        now: Instant,
-        world: &mut World,
-        message: Message,
-        prepared: Option<Result<DecodedArchive, CodecError>>,
-    ) {
+    fn handle(&mut self, now: Instant, world: &mut World, message: Message, prepared: Option<Prepared>) {
         self.last_heard = now;
         if let Message::Begin { handoff, version, region, epoch, source, schema, sizes, .. } = &message {
             if self.phase != TargetPhase::Idle && self.phase != TargetPhase::Aborted {
@@ -372,16 +362,13 @@ impl HandoffTarget {
     }
 
     /// Applies `bytes`, or the archive prepared from them.
-    fn apply(
-        &mut self,
-        world: &mut World,
-        bytes: &[u8],
-        prepared: Option<Result<DecodedArchive, CodecError>>,
-        phase: Phase,
-    ) -> bool {
+    fn apply(&mut self, world: &mut World, bytes: &[u8], prepared: Option<Prepared>, phase: Phase) -> bool {
         let decoded = match prepared {
-            // Prepared under the runtime's limits: this target's own are checked here.
-            Some(archive) if bytes.len() <= self.config.limits.max_archive_bytes => archive,
+            Some(Ok(archive))
+                if bytes.len() <= self.config.limits.max_archive_bytes && archive.fits(world.registry()) =>
+            {
+                Ok(archive)
+            }
             _ => codec::decode(world.registry(), bytes, self.config.limits),
         };
         match decoded.map(|archive| archive.apply(world)) {
@@ -459,6 +446,7 @@ mod tests {
     //! (a busy target, the source's abort, stragglers, the link's loss, timers called early).
 
     use super::*;
+    use crate::codec::CodecError;
     use crate::component::Registry;
     use baton_wire::PlayerId;
 
@@ -516,7 +504,7 @@ mod tests {
     }
 
     #[test]
-    fn an_archive_prepared_away_is_applied_as_its_bytes_would_be_and_a_refused_one_aborts() {
+    fn an_archive_prepared_away_is_applied_as_its_bytes_would_be_and_anything_else_is_decoded_again() {
         let (mut target, mut world, now) = receiving();
         let (mut source, bytes) = spawning_round();
         let archive = codec::prepare(world.registry(), &bytes, DecodeLimits::default());
@@ -534,14 +522,37 @@ mod tests {
             "the part counts towards the final round and the digests agree"
         );
 
-        // What the preparation refused is refused, though the bytes are good.
+        // The prepared archive is what is applied, not its bytes decoded again (here it was made
+        // from another round, of five entities).
+        let (mut used, mut world, now) = receiving();
+        let mut five = World::new(Registry::new());
+        let tracker = five.create_tracker();
+        for _ in 0..5 {
+            five.spawn();
+        }
+        let changes = five.changes(tracker);
+        let other = codec::encode_delta(&five, &changes, 1, codec::ChunkConfig::default()).unwrap().remove(0);
+        let archive = codec::prepare(world.registry(), &other, DecodeLimits::default());
+        used.handle_prepared(now, &mut world, delta.clone(), archive);
+        assert_eq!(world.entity_count(), 5);
+
+        // What the preparation refused is decoded again: good bytes apply, bad ones abort with
+        // this target's own reason.
+        let (mut again, mut world, now) = receiving();
+        again.handle_prepared(now, &mut world, delta.clone(), Err(CodecError::Invalid("made up".into())));
+        assert_eq!((again.phase(), world.entity_count()), (TargetPhase::Receiving, 3));
         let (mut refused, mut world, now) = receiving();
-        refused.handle_prepared(now, &mut world, delta.clone(), Err(CodecError::Invalid("made up".into())));
+        let bad = Message::Delta { handoff: HANDOFF, round: 1, part: 0, bytes: vec![1; 8] };
+        refused.handle_prepared(now, &mut world, bad, Err(CodecError::Invalid("made up".into())));
         assert_eq!(refused.phase(), TargetPhase::Aborted);
         let reason = discarded(&mut refused).unwrap();
         assert_eq!(
             (reason.culprit, reason.phase, reason.reason.as_str()),
-            (Culprit::Source, Phase::Rounds, "a received archive is invalid: invalid archive: made up")
+            (
+                Culprit::Source,
+                Phase::Rounds,
+                "a received archive is invalid: archive truncated: shorter than the header"
+            )
         );
         assert_eq!(world.entity_count(), 0);
 
