@@ -474,10 +474,9 @@ impl PhysicsEngine {
         let engine = &mut self.engine;
         let mut touched: BTreeSet<EntityId> = BTreeSet::new();
         let mut dirty = engine.apply_removals(&changes, body_component);
-        for (entity, component) in &changes.set {
-            if *component == body_component
-                && let Some(body) = world.get::<Body>(*entity)
-            {
+        // Only `Body` sets: the read was of that component alone.
+        for (entity, _) in &changes.set {
+            if let Some(body) = world.get::<Body>(*entity) {
                 if engine.bodies.get(entity).is_some_and(|tracked| tracked.spec.same_collider(body)) {
                     engine.restore_motion(*entity, body);
                 } else {
@@ -525,10 +524,9 @@ impl PhysicsEngine {
         let engine = &mut self.engine;
         let changes = world.changes_of(tracker, body_component);
         engine.apply_removals(&changes, body_component);
-        for (entity, component) in &changes.set {
-            if *component == body_component
-                && let Some(body) = world.get::<Body>(*entity)
-            {
+        // Only `Body` sets: the read was of that component alone.
+        for (entity, _) in &changes.set {
+            if let Some(body) = world.get::<Body>(*entity) {
                 stats.synced += 1;
                 if engine.bodies.get(entity).is_some_and(|tracked| tracked.spec.same_collider(body)) {
                     engine.apply_edit(*entity, body);

@@ -43,8 +43,8 @@ pub enum Command<L: RegionLogic> {
         /// Its share of the link's budget of bytes read and not yet handled
         /// (`link::LINK_IN_FLIGHT_BYTES`), given back when the command is dropped.
         held: Option<tokio::sync::OwnedSemaphorePermit>,
-        /// The archive of a `Chunk` or `Delta`, prepared away from the region's thread
-        /// (`codec::prepare`), on a handoff target's link.
+        /// The archive of a `Chunk` or `Delta` of at least 64 KiB (`link::PREPARE_AT_LEAST`),
+        /// prepared away from the region's thread (`codec::prepare`), on a handoff target's link.
         prepared: Option<baton_sdk::codec::Prepared>,
     },
     /// A handoff link to a source arrived: replies go to these senders (control, bulk).
