@@ -68,6 +68,8 @@ pub struct ComponentInfo {
     pub(crate) decode: DecodeColumn,
     /// Hashes a decoded column's values for the digest.
     pub(crate) hash: HashColumn,
+    /// The Rust type, so that what was decoded against one registry can be checked against another.
+    pub(crate) type_id: TypeId,
 }
 
 /// Errors from registering component types.
@@ -119,6 +121,7 @@ impl Registry {
             value_bytes: std::mem::size_of::<T>(),
             decode: |bytes, expected_len| Ok(Box::new(T::decode_column(bytes, expected_len)?)),
             hash: crate::world::hash_column::<T>,
+            type_id,
         });
         self.by_name.insert(T::NAME, id);
         self.by_type.insert(type_id, id);

@@ -1,7 +1,8 @@
 //! Any bytes given to the archive decoder (`codec::prepare`: decoded and its values hashed, as a
 //! handoff's target does on its link) give an archive or an error, never a panic; an archive
-//! that decodes also applies, with the digest the world's own hashes give, and the world it makes
-//! encodes to a snapshot that rebuilds the same world (the same digest) in an empty one.
+//! that decodes also applies, with the digest the world's own hashes give and the world that
+//! applying it raw (`codec::apply`) makes, and that world encodes to a snapshot that rebuilds the
+//! same world (the same digest) in an empty one.
 #![no_main]
 
 use baton_sdk::codec::{self, ChunkConfig, DecodeLimits};
@@ -27,6 +28,9 @@ fuzz_target!(|bytes: &[u8]| {
     if let Ok(decoded) = codec::prepare(world.registry(), bytes, limits) {
         decoded.apply(&mut world);
         assert_eq!(world.digest(), world.digest_full(), "the values were hashed as the world hashes them");
+        let mut raw = World::new(registry());
+        codec::apply(&mut raw, bytes, limits).expect("what prepares also decodes");
+        assert_eq!(raw.digest(), world.digest(), "prepared or not, an archive makes the same world");
         let chunks = codec::encode_snapshot(&world, ChunkConfig::default()).expect("a decoded world encodes");
         let mut rebuilt = World::new(registry());
         for chunk in &chunks {

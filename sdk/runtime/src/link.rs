@@ -306,7 +306,8 @@ pub(crate) const LINK_IN_FLIGHT_BYTES: usize = 64 << 20;
 /// link's `in_flight` budget until the region thread has handled it, and a prepared archive its
 /// own share besides ([`DecodedArchive::held_bytes`]). A packed message is unpacked, and with
 /// `archives` (the region's registry) a `Chunk` or `Delta` of at least [`PREPARE_AT_LEAST`] bytes
-/// prepared, on a blocking thread. False when it ended on an invalid message.
+/// prepared, on a blocking thread; `in_flight` then holds [`LINK_IN_FLIGHT_BYTES`] permits, as every
+/// link's does. False when it ended on an invalid message.
 async fn read_loop<L: RegionLogic + 'static>(
     mut recv: quinn::RecvStream,
     commands: mpsc::Sender<Command<L>>,
@@ -363,9 +364,8 @@ async fn read_loop<L: RegionLogic + 'static>(
             Ok((message, prepared)) => {
                 let mut held = held;
                 if let Some(Ok(archive)) = &prepared {
-                    let more = archive.held_bytes().min(LINK_IN_FLIGHT_BYTES - share as usize);
-                    let Ok(more) = in_flight.clone().acquire_many_owned(u32::try_from(more).unwrap_or(u32::MAX)).await
-                    else {
+                    let more = extra_share(archive.held_bytes(), share, LINK_IN_FLIGHT_BYTES);
+                    let Ok(more) = in_flight.clone().acquire_many_owned(more).await else {
                         break;
                     };
                     held.merge(more);
@@ -385,6 +385,13 @@ async fn read_loop<L: RegionLogic + 'static>(
         let _ = commands.send(Command::LinkLost { link });
     }
     valid
+}
+
+/// What a prepared archive holding `held` bytes takes of a link's `budget` besides its message's
+/// `share`: all of it, as long as the two together stay within the budget, so that one message
+/// never waits for more than the budget has.
+fn extra_share(held: usize, share: u32, budget: usize) -> u32 {
+    u32::try_from(held.min(budget.saturating_sub(share as usize))).unwrap_or(u32::MAX)
 }
 
 /// The archive of a `Chunk` or `Delta`, prepared against `registry` (`None` for other messages).
@@ -540,6 +547,14 @@ mod tests {
         })
         .await
         .unwrap()
+    }
+
+    #[test]
+    fn a_prepared_archive_takes_what_it_holds_of_the_budget_and_never_more_than_is_left() {
+        assert_eq!(extra_share(300, 100, 1000), 300);
+        assert_eq!(extra_share(950, 100, 1000), 900, "with its message, the whole budget");
+        assert_eq!(extra_share(10, 1000, 1000), 0);
+        assert_eq!(extra_share(usize::MAX, 0, LINK_IN_FLIGHT_BYTES), u32::try_from(LINK_IN_FLIGHT_BYTES).unwrap());
     }
 
     #[tokio::test]

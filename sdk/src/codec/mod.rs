@@ -865,13 +865,14 @@ pub struct DecodedArchive {
     despawned: Vec<EntityId>,
     removed: Vec<(EntityId, ComponentId)>,
     columns: Vec<DecodedColumn>,
+    /// Every component the archive declares (its columns' and its removals'), by the id it was
+    /// decoded with and its Rust type: what [`DecodedArchive::fits`] checks.
+    declared: Vec<(ComponentId, std::any::TypeId)>,
 }
 
 /// One component's values in a decoded archive.
 struct DecodedColumn {
     id: ComponentId,
-    /// The component's name, to check the archive against another registry (`fits`).
-    name: &'static str,
     /// A value's size in memory.
     value_bytes: usize,
     holders: Vec<EntityId>,
@@ -976,15 +977,16 @@ pub fn decode(registry: &Registry, bytes: &[u8], limits: DecodeLimits) -> Result
     }
 
     let mut local_ids = Vec::with_capacity(manifest.components.len());
-    for declared in manifest.components.iter() {
-        let name = declared.name.as_str();
+    let mut declared = Vec::with_capacity(manifest.components.len());
+    for component in manifest.components.iter() {
+        let name = component.name.as_str();
         let Some(id) = registry.id_by_name(name) else {
             return Err(CodecError::UnknownComponent { name: name.to_owned() });
         };
         let Some(info) = registry.info(id) else {
             return Err(CodecError::UnknownComponent { name: name.to_owned() });
         };
-        let remote = declared.schema.to_native();
+        let remote = component.schema.to_native();
         if info.schema != remote {
             return Err(CodecError::SchemaMismatch { name: name.to_owned(), local: info.schema, remote });
         }
@@ -992,6 +994,7 @@ pub fn decode(registry: &Registry, bytes: &[u8], limits: DecodeLimits) -> Result
             return Err(CodecError::Invalid(format!("component {name:?} declared twice")));
         }
         local_ids.push(id);
+        declared.push((id, info.type_id));
     }
     let map_component = |index: u16| -> Result<ComponentId, CodecError> {
         local_ids
@@ -1013,14 +1016,7 @@ pub fn decode(registry: &Registry, bytes: &[u8], limits: DecodeLimits) -> Result
             return Err(CodecError::Invalid(format!("component index {} is not declared", id.0)));
         };
         let values = (info.decode)(&bytes[sections[position + 1].clone()], holders.len())?;
-        columns.push(DecodedColumn {
-            id,
-            name: info.name,
-            value_bytes: info.value_bytes,
-            holders,
-            values,
-            hashes: None,
-        });
+        columns.push(DecodedColumn { id, value_bytes: info.value_bytes, holders, values, hashes: None });
     }
     let mut removed = Vec::with_capacity(manifest.removed.len());
     for record in manifest.removed.iter() {
@@ -1051,6 +1047,7 @@ pub fn decode(registry: &Registry, bytes: &[u8], limits: DecodeLimits) -> Result
         despawned,
         removed,
         columns,
+        declared,
     })
 }
 
@@ -1086,13 +1083,14 @@ impl DecodedArchive {
         }
     }
 
-    /// Whether `registry` gives each of the archive's components the id the archive was decoded
-    /// with: an archive decoded against one registry is applied only to worlds of a registry that
-    /// numbers its components alike (the schema check at a handoff's `Begin` compares names and
-    /// shapes, not the order they were registered in).
+    /// Whether `registry` gives each component the archive declares (its columns' and its
+    /// removals') the id the archive was decoded with, for the same Rust type: an archive decoded
+    /// against one registry is applied only to worlds of a registry that numbers its components
+    /// alike (the schema check at a handoff's `Begin` compares names and shapes, not the order
+    /// they were registered in).
     #[must_use]
     pub fn fits(&self, registry: &Registry) -> bool {
-        self.columns.iter().all(|column| registry.info(column.id).is_some_and(|info| info.name == column.name))
+        self.declared.iter().all(|(id, type_id)| registry.info(*id).is_some_and(|info| info.type_id == *type_id))
     }
 
     /// About how much memory the decoded archive holds: its entity lists, and for each value its
@@ -1329,6 +1327,13 @@ mod tests {
         // Each value: its entity (8 bytes), the value (4) and its hash (16); and the entity list
         // (8 each).
         assert_eq!(archive.held_bytes(), source.count::<Hp>() * (8 + 4 + 16) + source.entity_count() * 8);
+        // Nor does it take an archive that only removes a component.
+        source.remove::<Hp>(entities[4]);
+        let changes = source.changes(tracker);
+        let removal = encode_delta(&source, &changes, 2, ChunkConfig::default()).unwrap();
+        let removal = super::prepare(&registry, &removal[0], DecodeLimits::default()).unwrap();
+        assert!(removal.columns.is_empty() && !removal.removed.is_empty());
+        assert!(removal.fits(&registry) && !removal.fits(&reordered));
     }
 
     #[test]
