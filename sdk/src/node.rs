@@ -1077,7 +1077,7 @@ impl<L: RegionLogic> RegionNode<L> {
             State::Owner { handoff: Some(handoff), .. } => handoff.handle_message(now, world, message),
             State::Owner { .. } => {
                 if let Some(receiver) = self.late_receiver.as_mut() {
-                    receive(receiver, now, world, message, prepared);
+                    receiver.handle(now, world, message, prepared);
                 }
             }
             State::Target { receiver } => {
@@ -1093,7 +1093,7 @@ impl<L: RegionLogic> RegionNode<L> {
                     // does not wait for their build.
                     let follows =
                         matches!(message, Message::Delta { .. }) && Some(message.handoff()) == receiver.handoff();
-                    receive(receiver, now, world, message, prepared);
+                    receiver.handle(now, world, message, prepared);
                     if follows
                         && matches!(receiver.phase(), TargetPhase::Receiving | TargetPhase::Verifying)
                         && let Some(build) = self.region.follow_received()
@@ -2066,20 +2066,6 @@ impl<L: RegionLogic> RegionNode<L> {
             // Its client says it again while the new owner's updates show the gap.
             (GatewayRequest::Skip { .. }, None) => {}
         }
-    }
-}
-
-/// Hands `message` to a handoff's target, with its archive when the driver prepared it.
-fn receive(
-    receiver: &mut HandoffTarget,
-    now: Instant,
-    world: &mut crate::World,
-    message: Message,
-    prepared: Option<Prepared>,
-) {
-    match prepared {
-        Some(archive) => receiver.handle_prepared(now, world, message, archive),
-        None => receiver.handle_message(now, world, message),
     }
 }
 

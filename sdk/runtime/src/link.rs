@@ -336,7 +336,7 @@ async fn read_loop<L: RegionLogic + 'static>(
         };
         let share = message_share(&message, frame.len());
         drop(frame);
-        let Ok(held) = in_flight.clone().acquire_many_owned(share).await else {
+        let Ok(mut held) = in_flight.clone().acquire_many_owned(share).await else {
             break;
         };
         let blocking = matches!(message, Message::Packed { .. }) || (archives.is_some() && worth_preparing(&message));
@@ -362,7 +362,6 @@ async fn read_loop<L: RegionLogic + 'static>(
         };
         match handled {
             Ok((message, prepared)) => {
-                let mut held = held;
                 if let Some(Ok(archive)) = &prepared {
                     let more = extra_share(archive.held_bytes(), share, LINK_IN_FLIGHT_BYTES);
                     let Ok(more) = in_flight.clone().acquire_many_owned(more).await else {

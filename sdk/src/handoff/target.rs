@@ -194,7 +194,9 @@ impl HandoffTarget {
         self.handle(now, world, message, Some(archive));
     }
 
-    fn handle(&mut self, now: Instant, world: &mut World, message: Message, prepared: Option<Prepared>) {
+    /// [`HandoffTarget::handle_prepared`] when the archive was prepared, else
+    /// [`HandoffTarget::handle_message`].
+    pub(crate) fn handle(&mut self, now: Instant, world: &mut World, message: Message, prepared: Option<Prepared>) {
         self.last_heard = now;
         if let Message::Begin { handoff, version, region, epoch, source, schema, sizes, .. } = &message {
             if self.phase != TargetPhase::Idle && self.phase != TargetPhase::Aborted {
